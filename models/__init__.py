@@ -1,0 +1,41 @@
+"""models: learnable DSR models, ground-truth systems, data loading and DSR measures.
+
+Public names are imported lazily from their modules (``models.ShPLRNN`` imports
+``models.shplrnn`` on first use).
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Model": "models.base",
+    "LatentRNN": "models.base",
+    "load": "models.base",
+    "load_with_metadata": "models.base",
+    "ShPLRNN": "models.shplrnn",
+    "ClippedShPLRNN": "models.shplrnn",
+    "ALRNN": "models.alrnn",
+    "PLRNN": "models.alrnn",
+    "LinearSSM": "models.ssm",
+    "SelectiveSSM": "models.ssm",
+    "SYSTEMS": "models.systems",
+    "generate": "models.systems",
+    "load_data": "models.data",
+    "standardize": "models.data",
+    "state_space_divergence": "models.metrics",
+    "power_spectrum_distance": "models.metrics",
+    "prediction_error": "models.metrics",
+    "max_lyapunov": "models.metrics",
+    "evaluate": "models.metrics",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,333 @@
+"""Abstract model contracts: one flat parameter vector with named views, save/load.
+
+Two families share :class:`Model`:
+
+* :class:`LatentRNN` -- latent recurrent maps ``z_t = F_theta(z_{t-1})`` with an identity
+  observation model (the first ``n_obs`` latents are the observations), trained with
+  generalized teacher forcing (Hess et al., ICML 2023) and solved in parallel with DEER /
+  GTF-DEER (Lim et al., ICLR 2024; Hess, Goetz & Durstewitz, arXiv:2605.12683).
+* linear-recurrence state-space models (``models.ssm``), trained teacher-forced.
+
+Every optimiser, finite-difference check and checkpoint sees only ``model.params``, a 1-D
+array of length ``n_params``; ``model.unflatten(vector)`` gives named, shaped *views* into
+any vector of that length (a gradient, an Adam moment) in a fixed, documented order.
+"""
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: model class name -> defining module; :func:`load` imports only the module it needs.
+MODEL_MODULES = {
+    "ShPLRNN": "models.shplrnn",
+    "ClippedShPLRNN": "models.shplrnn",
+    "ALRNN": "models.alrnn",
+    "PLRNN": "models.alrnn",
+    "LinearSSM": "models.ssm",
+    "SelectiveSSM": "models.ssm",
+}
+
+
+def check_float_dtype(dtype, where: str) -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype if it is float32/float64, else raise ``TypeError``."""
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: dtype must be float32 or float64; got {dt}.")
+    return dt
+
+
+def check_positive_int(value, name: str, where: str, minimum: int = 1) -> int:
+    """Validate an integer hyperparameter (``bool`` is rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+class Model(ABC):
+    """A learnable model with one flat parameter vector.
+
+    Contract for subclasses
+    -----------------------
+    * ``__init__`` stores its hyperparameters, calls :meth:`_setup` with the ordered parameter
+      specification and then :meth:`init` with the seed.
+    * :meth:`param_spec` -- ``[(name, shape), ...]``: the order of blocks in ``params``.
+    * :meth:`hyperparameters` -- JSON-able dict such that ``type(self)(**hp)`` rebuilds the
+      architecture (parameters are then overwritten by :meth:`load`).
+    * :meth:`init` -- (re)initialise ``params`` in place from a seed, returns ``self``.
+    * :meth:`generate` -- closed-loop free run in observation space.
+
+    Attributes
+    ----------
+    params : ndarray, shape (n_params,)
+        The parameters, of dtype ``self.dtype`` (float32 or float64).
+    n_obs : int
+        N, the number of observed dimensions the model reads and predicts.
+    standardization : tuple of ndarray (mean, sd), each shape (N,), or None
+        Per-dimension mean and standard deviation of the raw training data; stored with the
+        model so predictions can be mapped back to data units.
+    """
+
+    params: np.ndarray
+    n_obs: int
+    dtype: np.dtype
+    standardization: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _setup(self, dtype) -> None:
+        self.dtype = check_float_dtype(dtype, type(self).__name__)
+        spec = self.param_spec()
+        self._offsets = {}
+        offset = 0
+        for name, shape in spec:
+            size = int(np.prod(shape, dtype=np.int64))
+            self._offsets[name] = (offset, tuple(shape))
+            offset += size
+        self.params = np.zeros(offset, dtype=self.dtype)
+
+    @abstractmethod
+    def param_spec(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Ordered ``(name, shape)`` blocks making up the flat parameter vector."""
+
+    @abstractmethod
+    def hyperparameters(self) -> dict:
+        """Constructor keyword arguments (JSON-able) that rebuild this architecture."""
+
+    @abstractmethod
+    def init(self, seed: int = 0) -> "Model":
+        """Re-initialise ``params`` in place following the lab's scheme; return ``self``."""
+
+    @abstractmethod
+    def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
+        """Closed-loop free run from observation(s) ``x0``.
+
+        Parameters
+        ----------
+        x0 : ndarray, shape (..., N)
+            Initial observation(s).
+        n_steps : int
+            Number of steps to generate.
+
+        Returns
+        -------
+        ndarray, shape (..., n_steps, N)
+            The observations ``x_1 .. x_n`` following ``x0`` (``x0`` itself is not included).
+        """
+
+    @property
+    def n_params(self) -> int:
+        return int(self.params.size)
+
+    def unflatten(self, vector: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Named views into ``vector`` (default: ``self.params``), in :meth:`param_spec` order.
+
+        Writing into a view writes into ``vector``.
+        """
+        vec = self.params if vector is None else vector
+        if vec.ndim != 1 or vec.size != self.n_params:
+            raise ValueError(
+                f"{type(self).__name__}.unflatten: expected a vector of shape "
+                f"({self.n_params},); got shape {vec.shape}."
+            )
+        return {
+            name: vec[offset : offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            for name, (offset, shape) in self._offsets.items()
+        }
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """View of the named parameter block, e.g. ``model["W1"]``."""
+        if name not in self._offsets:
+            raise KeyError(
+                f"{type(self).__name__} has no parameter {name!r}; "
+                f"available: {', '.join(self._offsets)}."
+            )
+        return self.unflatten()[name]
+
+    def set_params(self, params: np.ndarray) -> "Model":
+        """Copy ``params`` (shape ``(n_params,)``, finite) into the model; return ``self``."""
+        arr = np.asarray(params)
+        if arr.shape != (self.n_params,):
+            raise ValueError(
+                f"{type(self).__name__}.set_params: expected shape ({self.n_params},); "
+                f"got {arr.shape}."
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{type(self).__name__}.set_params: parameters contain NaN or inf.")
+        self.params[...] = arr
+        return self
+
+    def copy(self) -> "Model":
+        """An independent model with the same architecture, parameters and metadata."""
+        other = type(self)(**self.hyperparameters())
+        other.params[...] = self.params
+        other.standardization = self.standardization
+        return other
+
+    def astype(self, dtype) -> "Model":
+        """A copy whose parameters (and computations) use ``dtype`` (float32 or float64)."""
+        hp = dict(self.hyperparameters())
+        hp["dtype"] = np.dtype(dtype).name
+        other = type(self)(**hp)
+        other.params[...] = self.params.astype(other.dtype)
+        other.standardization = self.standardization
+        return other
+
+    def save(self, path, metadata: dict | None = None) -> Path:
+        """Write the model to ``path`` (``.npz``): class name, hyperparameters, parameters,
+        standardisation and a free JSON ``metadata`` dict. Returns the path written."""
+        path = Path(path)
+        payload = {
+            "model_class": np.array(type(self).__name__),
+            "hyperparameters": np.array(json.dumps(self.hyperparameters())),
+            "params": self.params,
+            "metadata": np.array(json.dumps(metadata or {})),
+        }
+        if self.standardization is not None:
+            payload["data_mean"] = np.asarray(self.standardization[0], dtype=np.float64)
+            payload["data_std"] = np.asarray(self.standardization[1], dtype=np.float64)
+        with open(path, "wb") as fh:
+            np.savez(fh, **payload)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Model":
+        """Read a model written by :meth:`save`; a file of another model class is rejected."""
+        model, _ = load_with_metadata(path)
+        if cls is not Model and not isinstance(model, cls):
+            raise ValueError(
+                f"{cls.__name__}.load: {path} holds a {type(model).__name__}, not a "
+                f"{cls.__name__}. Use models.load(path) to load any model."
+            )
+        return model
+
+
+def load_with_metadata(path) -> tuple[Model, dict]:
+    """Load any registered model and the ``metadata`` dict saved with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"models.load: no such file {path}.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            fields = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"models.load: {path} is not a readable .npz file ({exc}).") from None
+    missing = {"model_class", "hyperparameters", "params"} - set(fields)
+    if missing:
+        raise ValueError(
+            f"models.load: {path} is not a parscan model file (missing {sorted(missing)})."
+        )
+    name = str(fields["model_class"])
+    if name not in MODEL_MODULES:
+        raise ValueError(
+            f"models.load: {path} holds an unknown model class {name!r}; "
+            f"known: {', '.join(sorted(MODEL_MODULES))}."
+        )
+    model_cls = getattr(importlib.import_module(MODEL_MODULES[name]), name)
+    model = model_cls(**json.loads(str(fields["hyperparameters"])))
+    model.set_params(fields["params"].astype(model.dtype))
+    if "data_mean" in fields:
+        model.standardization = (fields["data_mean"], fields["data_std"])
+    metadata = json.loads(str(fields["metadata"])) if "metadata" in fields else {}
+    return model, metadata
+
+
+def load(path) -> Model:
+    """Load any parscan model from an ``.npz`` written by ``model.save``."""
+    return load_with_metadata(path)[0]
+
+
+class LatentRNN(Model):
+    """A latent recurrent map ``z_t = F(z_{t-1})`` with identity observation model.
+
+    The first ``n_obs`` (N) of the ``M`` latents are the observations. The initial latent
+    state for a window starting at observation ``x_0`` is ``z_0 = [x_0; L0 x_0]`` with the
+    learned ``(M - N, N)`` matrix ``L0`` (parameter block ``"L0"``, absent when ``M == N``);
+    see DESIGN.md section 4 and Hess et al. (ICML 2023).
+
+    Contract for subclasses (all batched over any leading dimensions ``...``)
+    ------------------------------------------------------------------------
+    * ``step(z)``: ``(..., M) -> (..., M)``, ``F(z)``.
+    * ``jacobian(z)``: ``(..., M) -> (..., M, M)``, ``dF/dz`` (row = output).
+    * ``jacobian_diag(z)``: ``(..., M) -> (..., M)``, its diagonal.
+    * ``step_and_jacobian(z, diag=False)``: ``(F(z), J(z))`` computed in one parallel pass
+      (prange over all leading positions); this is what the DEER solver calls.
+    * ``param_vjp(z_prev, cotangent)``: ``sum over ... of (dF/dtheta at z_prev)^T cotangent``,
+      a flat vector of shape ``(n_params,)`` (zero in the ``L0`` block).
+    * ``norm_bound()``: cheap upper bound on ``sup_z ||dF/dz||_2``.
+    * ``simulate(z0, n_steps)``: sequential free run, ``(..., M) -> (..., n_steps, M)``,
+      the states ``z_1 .. z_n`` (``z0`` not included).
+    Inputs must have the model's dtype; shapes and dtypes are validated with errors naming
+    the method.
+    """
+
+    M: int
+
+    def _init_map_spec(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [("L0", (self.M - self.n_obs, self.n_obs))] if self.M > self.n_obs else []
+
+    @abstractmethod
+    def step(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def jacobian(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def jacobian_diag(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def step_and_jacobian(
+        self, z: np.ndarray, diag: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def param_vjp(self, z_prev: np.ndarray, cotangent: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def norm_bound(self) -> float: ...
+
+    @abstractmethod
+    def simulate(self, z0: np.ndarray, n_steps: int) -> np.ndarray: ...
+
+    def initial_state(self, x0: np.ndarray) -> np.ndarray:
+        """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``."""
+        x0 = self._check_obs(x0, "initial_state")
+        z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
+        z0[..., : self.n_obs] = x0
+        if self.M > self.n_obs:
+            z0[..., self.n_obs :] = x0 @ self["L0"].T
+        return z0
+
+    def initial_state_vjp(self, x0: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+        """Gradient of ``<initial_state(x0), cotangent>`` w.r.t. ``params`` (the ``L0`` block).
+
+        ``x0`` is ``(..., N)``, ``cotangent`` ``(..., M)``; summed over ``...``.
+        """
+        grad = np.zeros(self.n_params, dtype=self.dtype)
+        if self.M > self.n_obs:
+            x = np.asarray(x0).reshape(-1, self.n_obs)
+            c = np.asarray(cotangent).reshape(-1, self.M)[:, self.n_obs :]
+            self.unflatten(grad)["L0"][...] = c.T @ x
+        return grad
+
+    def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
+        """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``."""
+        return self.simulate(self.initial_state(x0), n_steps)[..., : self.n_obs]
+
+    def _check_obs(self, x: np.ndarray, method: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.n_obs:
+            raise ValueError(
+                f"{type(self).__name__}.{method}: expected observations of shape (..., "
+                f"{self.n_obs}); got {x.shape}."
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{type(self).__name__}.{method}: expected dtype {self.dtype}; got {x.dtype}. "
+                f"Use x.astype(np.{self.dtype}) or model.astype(...)."
+            )
+        return x
