@@ -29,7 +29,9 @@ def _read_positive_int(name: str) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"parscan: environment variable {name}={raw!r} must be a positive integer.")
+        raise ValueError(
+            f"parscan: environment variable {name}={raw!r} must be a positive integer."
+        )
     return value
 
 
