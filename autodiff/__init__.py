@@ -7,7 +7,7 @@ import importlib
 
 _EXPORTS = {
     "gtf_loss_and_grad": "autodiff.gradients",
-    "ssm_loss_and_grad": "autodiff.gradients",
+    "ssm_loss_and_grad": "autodiff.ssm_gradients",
     "Adam": "autodiff.optim",
     "RAdam": "autodiff.optim",
     "ExponentialDecay": "autodiff.optim",

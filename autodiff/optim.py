@@ -1,0 +1,360 @@
+"""Optimisers on flat parameter vectors: Adam, RAdam, exponential learning-rate decay, clipping.
+
+The optimisers are small state objects (first and second moments and a step counter) that
+update a flat ``params`` vector in place; their state round-trips bit for bit through
+:meth:`Adam.state_dict` / :meth:`Adam.from_state_dict` (arrays only, so ``np.savez`` can store
+it next to a checkpoint). The learning rate is passed to every :meth:`Adam.step` call, so a
+schedule such as :class:`ExponentialDecay` stays a separate, stateless function of the step.
+
+References
+----------
+Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (RAdam), ICLR 2020.
+"""
+
+import math
+
+import numpy as np
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_hyperparameters(where: str, beta1, beta2, eps) -> tuple[float, float, float]:
+    problems = []
+    values = []
+    for name, value, ok, want in (
+        ("beta1", beta1, lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
+        ("beta2", beta2, lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
+        ("eps", eps, lambda x: x > 0.0, "> 0"),
+    ):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where}: {name} must be a real number; got {type(value).__name__}."
+            ) from None
+        if not (math.isfinite(x) and ok(x)):
+            problems.append(f"{name} must be finite and {want}; got {value!r}.")
+        values.append(x)
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))
+    return tuple(values)
+
+
+class Adam:
+    """Adam (Kingma & Ba, ICLR 2015) on a flat parameter vector.
+
+    With gradient ``g_t`` at step ``t = 1, 2, ...``::
+
+        m_t = beta1 m_{t-1} + (1 - beta1) g_t
+        v_t = beta2 v_{t-1} + (1 - beta2) g_t**2
+        m_hat = m_t / (1 - beta1**t),   v_hat = v_t / (1 - beta2**t)
+        params -= lr * m_hat / (sqrt(v_hat) + eps)
+
+    Parameters
+    ----------
+    n_params : int
+        Length of the parameter vector.
+    beta1, beta2 : float
+        Exponential decay rates of the moment estimates, each in ``[0, 1)``.
+    eps : float
+        Denominator offset, > 0.
+    dtype : float32 or float64
+        Dtype of the moment vectors; ``params`` and ``grad`` passed to :meth:`step` must have it.
+
+    Attributes
+    ----------
+    m, v : ndarray, shape (n_params,)
+        First and second moment estimates.
+    t : int
+        Number of steps taken.
+    """
+
+    _NAME = "Adam"
+
+    def __init__(self, n_params: int, *, beta1=0.9, beta2=0.999, eps=1e-8, dtype=np.float64):
+        where = type(self).__name__
+        if isinstance(n_params, bool) or not isinstance(n_params, int | np.integer):
+            raise TypeError(f"{where}: n_params must be an int; got {type(n_params).__name__}.")
+        if n_params < 1:
+            raise ValueError(f"{where}: n_params must be >= 1; got {n_params}.")
+        dt = np.dtype(dtype)
+        if dt not in _DTYPES:
+            raise TypeError(f"{where}: dtype must be float32 or float64; got {dt}.")
+        self.beta1, self.beta2, self.eps = _check_hyperparameters(where, beta1, beta2, eps)
+        self.dtype = dt
+        self.m = np.zeros(int(n_params), dtype=dt)
+        self.v = np.zeros(int(n_params), dtype=dt)
+        self.t = 0
+
+    @property
+    def n_params(self) -> int:
+        return int(self.m.size)
+
+    def _check_step_args(self, params, grad, lr) -> float:
+        where = f"{type(self).__name__}.step"
+        for name, x in (("params", params), ("grad", grad)):
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{where}: {name} must be a NumPy array; got {type(x).__name__}.")
+            if x.dtype != self.dtype:
+                raise TypeError(
+                    f"{where}: {name} must have dtype {self.dtype} (the optimiser's dtype); got "
+                    f"{x.dtype}. Build the optimiser with dtype=model.dtype."
+                )
+            if x.shape != (self.n_params,):
+                raise ValueError(
+                    f"{where}: {name} must have shape ({self.n_params},); got {x.shape}."
+                )
+        if not params.flags.writeable:
+            raise ValueError(f"{where}: params must be writeable (it is updated in place).")
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where}: lr must be a real number; got {type(lr).__name__}."
+            ) from None
+        if not (math.isfinite(lr) and lr > 0.0):
+            raise ValueError(f"{where}: lr must be finite and > 0; got {lr!r}.")
+        if not np.all(np.isfinite(grad)):
+            raise ValueError(
+                f"{where}: grad contains NaN or inf; the optimiser state would be corrupted. "
+                "Reject the step before calling step()."
+            )
+        return lr
+
+    def _update_moments(self, grad: np.ndarray) -> None:
+        self.t += 1
+        # Python-float coefficients keep float32 moments in float32 (NEP 50 weak scalars).
+        self.m *= self.beta1
+        self.m += (1.0 - self.beta1) * grad
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * (grad * grad)
+
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        """Update ``params`` (shape ``(n_params,)``) in place with gradient ``grad``.
+
+        Raises ``TypeError``/``ValueError`` on a dtype or shape mismatch, a non-positive
+        ``lr`` or a non-finite ``grad`` (the state is left untouched).
+        """
+        lr = self._check_step_args(params, grad, lr)
+        self._update_moments(grad)
+        bias1 = 1.0 - self.beta1**self.t
+        bias2 = 1.0 - self.beta2**self.t
+        m_hat = self.m / bias1
+        denom = np.sqrt(self.v / bias2)
+        denom += self.eps
+        m_hat /= denom
+        m_hat *= lr
+        params -= m_hat
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The complete state as NumPy arrays (``np.savez``-able, no pickling).
+
+        Keys: ``kind``, ``m``, ``v``, ``t``, ``beta1``, ``beta2``, ``eps``, ``dtype``.
+        """
+        return {
+            "kind": np.array(self._NAME),
+            "m": self.m.copy(),
+            "v": self.v.copy(),
+            "t": np.array(self.t, dtype=np.int64),
+            "beta1": np.array(self.beta1, dtype=np.float64),
+            "beta2": np.array(self.beta2, dtype=np.float64),
+            "eps": np.array(self.eps, dtype=np.float64),
+            "dtype": np.array(self.dtype.name),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Adam":
+        """Rebuild an optimiser from :meth:`state_dict` output; continues bit-identically."""
+        where = f"{cls.__name__}.from_state_dict"
+        keys = ("kind", "m", "v", "t", "beta1", "beta2", "eps", "dtype")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"{where}: state is missing {missing}; expected keys {list(keys)}.")
+        kind = str(np.asarray(state["kind"]))
+        if kind != cls._NAME:
+            raise ValueError(
+                f"{where}: state belongs to a {kind} optimiser, not {cls._NAME}. "
+                f"Use make_optimizer / {kind}.from_state_dict."
+            )
+        m, v = np.asarray(state["m"]), np.asarray(state["v"])
+        dtype = np.dtype(str(np.asarray(state["dtype"])))
+        if m.ndim != 1 or m.shape != v.shape or m.dtype != dtype or v.dtype != dtype:
+            raise ValueError(
+                f"{where}: m and v must be 1-D arrays of one shape and dtype {dtype}; got "
+                f"m {m.shape} {m.dtype}, v {v.shape} {v.dtype}."
+            )
+        t = int(np.asarray(state["t"]))
+        if t < 0:
+            raise ValueError(f"{where}: step counter t must be >= 0; got {t}.")
+        opt = cls(
+            m.size,
+            beta1=float(np.asarray(state["beta1"])),
+            beta2=float(np.asarray(state["beta2"])),
+            eps=float(np.asarray(state["eps"])),
+            dtype=dtype,
+        )
+        opt.m[...] = m
+        opt.v[...] = v
+        opt.t = t
+        return opt
+
+
+class RAdam(Adam):
+    """Rectified Adam (Liu et al., ICLR 2020), with exactly the update of ``torch.optim.RAdam``
+    (no weight decay).
+
+    After the Adam moment updates at step ``t``::
+
+        m_hat   = m_t / (1 - beta1**t)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t   = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > 5:
+            r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            params -= lr * m_hat * r * sqrt(1 - beta2**t) / (sqrt(v_t) + eps)
+        else:                                    # variance not yet tractable: SGD + momentum
+            params -= lr * m_hat
+
+    Same constructor, state and validation as :class:`Adam`. The lab's default optimiser.
+    """
+
+    _NAME = "RAdam"
+
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        """Update ``params`` in place; see the class docstring for the formulas."""
+        lr = self._check_step_args(params, grad, lr)
+        self._update_moments(grad)
+        t = self.t
+        bias1 = 1.0 - self.beta1**t
+        bias2 = 1.0 - self.beta2**t
+        m_hat = self.m / bias1
+        rho_inf = 2.0 / (1.0 - self.beta2) - 1.0
+        rho_t = rho_inf - 2.0 * t * self.beta2**t / bias2
+        if rho_t > 5.0:
+            rect = math.sqrt(
+                (rho_t - 4.0)
+                * (rho_t - 2.0)
+                * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+            )
+            denom = np.sqrt(self.v)
+            denom += self.eps
+            m_hat *= lr
+            m_hat *= rect * math.sqrt(bias2)
+            m_hat /= denom
+        else:
+            m_hat *= lr
+        params -= m_hat
+
+
+class ExponentialDecay:
+    """Learning rate decaying exponentially from ``lr_start`` to ``lr_end`` over a run.
+
+    ``lr(k) = lr_start * (lr_end / lr_start) ** (k / (n_steps - 1))`` for ``k = 0 .. n_steps-1``
+    (so ``lr(0) = lr_start`` and ``lr(n_steps - 1) = lr_end`` exactly), clamped to ``lr_end``
+    for ``k >= n_steps - 1``. With ``n_steps = 1`` the rate is ``lr_end`` throughout.
+    ``lr_end > lr_start`` (exponential growth) is allowed. ``k`` counts optimiser steps.
+
+    Parameters
+    ----------
+    lr_start, lr_end : float
+        Positive, finite learning rates.
+    n_steps : int
+        Number of optimiser steps of the run, >= 1.
+    """
+
+    def __init__(self, lr_start: float, lr_end: float, n_steps: int):
+        where = "ExponentialDecay"
+        problems = []
+        for name, value in (("lr_start", lr_start), ("lr_end", lr_end)):
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{where}: {name} must be a real number; got {type(value).__name__}."
+                ) from None
+            if not (math.isfinite(x) and x > 0.0):
+                problems.append(f"{name} must be finite and > 0; got {value!r}.")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer):
+            raise TypeError(f"{where}: n_steps must be an int; got {type(n_steps).__name__}.")
+        if n_steps < 1:
+            problems.append(f"n_steps must be >= 1; got {n_steps}.")
+        if problems:
+            raise ValueError(f"{where}: " + " ".join(problems))
+        self.lr_start = float(lr_start)
+        self.lr_end = float(lr_end)
+        self.n_steps = int(n_steps)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at optimiser step ``step`` (0-based, >= 0)."""
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise TypeError(f"ExponentialDecay: step must be an int; got {type(step).__name__}.")
+        if step < 0:
+            raise ValueError(f"ExponentialDecay: step must be >= 0; got {step}.")
+        if step >= self.n_steps - 1:
+            return self.lr_end
+        ratio = self.lr_end / self.lr_start
+        return self.lr_start * ratio ** (int(step) / (self.n_steps - 1))
+
+    def __repr__(self) -> str:
+        return (
+            f"ExponentialDecay(lr_start={self.lr_start!r}, lr_end={self.lr_end!r}, "
+            f"n_steps={self.n_steps})"
+        )
+
+
+def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray, float]:
+    """Rescale ``grad`` to Euclidean norm ``max_norm`` when it is longer.
+
+    Parameters
+    ----------
+    grad : ndarray, shape (n_params,)
+        The gradient; never modified.
+    max_norm : float or None
+        Positive threshold; ``None`` disables clipping.
+
+    Returns
+    -------
+    clipped : ndarray, shape (n_params,)
+        ``grad`` itself when no clipping happens (``max_norm`` None, norm <= ``max_norm``, or a
+        non-finite norm), otherwise a new array ``grad * (max_norm / norm)`` of the same dtype.
+    norm : float
+        The norm of the original ``grad`` (computed in float64); NaN or inf when ``grad`` is
+        not finite, which the caller must treat as a failed step.
+    """
+    if not isinstance(grad, np.ndarray) or grad.dtype not in _DTYPES:
+        got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
+        raise TypeError(f"clip_grad_norm: grad must be a float32/float64 array; got {got}.")
+    norm = float(np.linalg.norm(grad.astype(np.float64, copy=False).ravel()))
+    if max_norm is None:
+        return grad, norm
+    try:
+        max_norm = float(max_norm)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "clip_grad_norm: max_norm must be a real number or None; got "
+            f"{type(max_norm).__name__}."
+        ) from None
+    if not (math.isfinite(max_norm) and max_norm > 0.0):
+        raise ValueError(f"clip_grad_norm: max_norm must be finite and > 0; got {max_norm!r}.")
+    if not math.isfinite(norm) or norm <= max_norm:
+        return grad, norm
+    return grad * (max_norm / norm), norm
+
+
+OPTIMIZERS = {"adam": Adam, "radam": RAdam}
+
+
+def make_optimizer(name: str, n_params: int, **kw) -> Adam:
+    """Build an optimiser by name: ``"adam"`` (:class:`Adam`) or ``"radam"`` (:class:`RAdam`).
+
+    ``kw`` are passed on (``beta1``, ``beta2``, ``eps``, ``dtype``). The name is
+    case-insensitive.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise ValueError(
+            f"make_optimizer: unknown optimiser {name!r}; available: "
+            f"{', '.join(repr(k) for k in OPTIMIZERS)}."
+        )
+    return OPTIMIZERS[key](n_params, **kw)

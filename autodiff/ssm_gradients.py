@@ -1,0 +1,77 @@
+"""Teacher-forced loss of the linear-recurrence SSMs and its explicit adjoint gradient.
+
+For windows ``x_0 .. x_T`` the model (:class:`models.ssm.DiagonalSSM`) runs
+
+    h_t = a_t ⊙ h_{t-1} + b_t,   h_0 = 0          (one forward linear_scan)
+    x̂_t = readout(h_t, x_{t-1})
+    loss = mean over (B, T, N) of (x̂_t - x_t)²    (the convention of the GTF loss)
+
+and the gradient is the adjoint of that recurrence (DESIGN.md section 5, without forcing)::
+
+    g_h_t = (∂x̂_t/∂h_t)^H e_t                     readout VJP, all (B, T) at once
+    μ_t   = g_h_t + conj(a_{t+1}) ⊙ μ_{t+1},  μ_{T+1} = 0      (one reverse linear_scan)
+    g_a_t = μ_t ⊙ conj(h_{t-1}),   g_b_t = μ_t                 cotangents of the coefficients
+    ∇θ    = Σ_{B,T} (∂(a_t, b_t)/∂θ)^T (g_a_t, g_b_t) + readout terms
+
+With complex states the cotangent of ``z`` is ``∂L/∂Re z + i ∂L/∂Im z``; for ``w = c z`` it
+propagates as ``conj(c) g_w``, hence the ``conj(λ)`` in the reverse scan of the LRU (Orvieto et
+al., ICML 2023). Selective (Mamba/S6; Gu & Dao, 2023) models are real, where ``conj`` is a no-op.
+"""
+
+import numpy as np
+
+from models.ssm import DiagonalSSM
+from parscan.scan import linear_scan
+
+
+def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.ndarray, dict]:
+    """Teacher-forced MSE loss of an SSM and its exact gradient (explicit adjoint).
+
+    Parameters
+    ----------
+    model : models.LinearSSM or models.SelectiveSSM
+        Any :class:`models.ssm.DiagonalSSM`.
+    data : ndarray, shape (B, T+1, N)
+        Windows ``x_0 .. x_T`` in the model's dtype (any number of leading batch dimensions,
+        flattened), ``T >= 1``.
+    backend : {"auto", "sequential", "cpu", "cuda"}
+        Backend of the forward and the reverse :func:`parscan.linear_scan`.
+
+    Returns
+    -------
+    loss : float
+        Mean of the squared errors over the batch, time steps ``1..T`` and the ``N`` dims.
+    grad : ndarray, shape (n_params,)
+        Gradient with respect to ``model.params`` (dtype ``model.dtype``). NaN/inf in the data or
+        parameters propagate into ``loss`` and ``grad``; nothing is zeroed.
+    info : dict
+        ``{"method": "scan", "backend": backend, "batch": B, "T": T}``.
+    """
+    if not isinstance(model, DiagonalSSM):
+        raise TypeError(
+            "ssm_loss_and_grad: model must be a LinearSSM or SelectiveSSM; got "
+            f"{type(model).__name__}. Use autodiff.gtf_loss_and_grad for latent RNNs."
+        )
+    trace = model.forward(data, backend=backend)
+    target = data.reshape(-1, *data.shape[-2:])[:, 1:, :]
+    err = trace.pred - target
+    loss = float(np.mean(np.square(err, dtype=np.float64)))
+
+    grad = np.zeros(model.n_params, dtype=model.dtype)
+    g_y = model.readout_vjp(trace, err * (2.0 / err.size), grad)
+    g_h = model.features_vjp(trace, g_y, grad)
+
+    # Reverse scan: μ_t = g_h_t + conj(a_{t+1}) μ_{t+1}; the last step never multiplies anything.
+    a = np.broadcast_to(trace.a, g_h.shape)
+    a_next = np.empty_like(g_h)
+    a_next[:, :-1] = np.conj(a[:, 1:])
+    a_next[:, -1] = 0.0
+    mu = linear_scan(a_next, g_h, reverse=True, backend=backend)
+
+    h_prev = np.empty_like(trace.h)
+    h_prev[:, 0] = 0.0
+    h_prev[:, 1:] = trace.h[:, :-1]
+    g_a = mu * np.conj(h_prev)
+    model.recurrence_vjp(trace, g_a, mu, grad)
+    info = {"method": "scan", "backend": backend, "batch": err.shape[0], "T": err.shape[1]}
+    return loss, grad, info

@@ -1,0 +1,715 @@
+"""Linear-recurrence state-space models with a nonlinear readout (DESIGN.md section 6).
+
+The paper's first class of parallel-in-time models: a *linear* non-autonomous recurrence over
+a diagonal state, driven by the previous observation, and a one-hidden-layer ReLU MLP readout
+predicting the next observation. Teacher-forced training needs one parallel
+:func:`parscan.linear_scan` over time; reconstruction runs the model closed loop (feeding its
+own predictions back), a nonlinear map training never saw (:meth:`DiagonalSSM.generate`).
+
+For a window ``x_0 .. x_T`` with inputs ``u_t = x_{t-1}`` (t = 1..T) and ``h_0 = 0``::
+
+    h_t   = a_t ⊙ h_{t-1} + b_t(u_t)                   diagonal state, one linear_scan
+    y_t   = features(h_t, u_t)                          (K,) real
+    x̂_t  = W2 relu(W1 [y_t; u_t] + b1) + b2             predicts x_t
+
+* :class:`LinearSSM` -- LRU (Orvieto et al., ICML 2023): complex, time-invariant
+  ``a_t = λ = exp(-exp(ν) + i exp(θ))``, ``b_t = γ ⊙ (B u_t)`` with ``γ = sqrt(1 - |λ|²)``,
+  ``y_t = Re(C h_t)``.
+* :class:`SelectiveSSM` -- Mamba / S6 (Gu & Dao, 2023): real, input-dependent
+  ``a_t = exp(Δ_t A)``, ``b_t = Δ_t B_t u_t``, ``y_t = C_t h_t``.
+
+The gradients (explicit adjoint: one reverse scan) are in :mod:`autodiff.ssm_gradients`; a model
+supplies the local pieces :meth:`~DiagonalSSM.recurrence`, :meth:`~DiagonalSSM.features` and
+their VJPs. Complex cotangents follow the convention ``g_z = ∂L/∂Re z + i ∂L/∂Im z``, so that
+for ``w = c z`` the chain rule reads ``g_z = conj(c) g_w``.
+"""
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from numba import prange
+
+from models.base import Model, check_positive_int
+from parscan._jit import jit, jit_parallel
+from parscan.scan import linear_scan
+
+# ---------------------------------------------------------------------------------------------
+# Closed-loop kernels (sequential in time, parallel over independent trajectories)
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _mlp_one(f, W1, b1, W2, b2, hid, out):
+    """``out = W2 relu(W1 f + b1) + b2`` for one feature vector ``f``; ``hid`` is workspace."""
+    for i in range(W1.shape[0]):
+        acc = b1[i]
+        for j in range(f.shape[0]):
+            acc += W1[i, j] * f[j]
+        hid[i] = acc if acc > 0.0 else 0.0
+    for i in range(W2.shape[0]):
+        acc = b2[i]
+        for j in range(W1.shape[0]):
+            acc += W2[i, j] * hid[j]
+        out[i] = acc
+
+
+@jit
+def _softplus(x):
+    if x > 0.0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
+
+
+@jit
+def _generate_linear_one(lam_re, lam_im, gB_re, gB_im, C_re, C_im, W1, b1, W2, b2, x0, out):
+    """Closed loop of :class:`LinearSSM` for one trajectory, in real arithmetic.
+
+    ``gB = γ ⊙ B`` (rows scaled), shapes ``(H, N)``; ``C_* (K, H)``; ``out (n_steps, N)``.
+    """
+    H, N = gB_re.shape
+    K = C_re.shape[0]
+    h_re = np.zeros(H, dtype=out.dtype)
+    h_im = np.zeros(H, dtype=out.dtype)
+    f = np.empty(K + N, dtype=out.dtype)
+    hid = np.empty(W1.shape[0], dtype=out.dtype)
+    for j in range(N):
+        f[K + j] = x0[j]
+    for t in range(out.shape[0]):
+        for k in range(H):
+            in_re = gB_re[k, 0] * f[K]
+            in_im = gB_im[k, 0] * f[K]
+            for j in range(1, N):
+                in_re += gB_re[k, j] * f[K + j]
+                in_im += gB_im[k, j] * f[K + j]
+            re = lam_re[k] * h_re[k] - lam_im[k] * h_im[k] + in_re
+            h_im[k] = lam_re[k] * h_im[k] + lam_im[k] * h_re[k] + in_im
+            h_re[k] = re
+        for k in range(K):
+            acc = C_re[k, 0] * h_re[0] - C_im[k, 0] * h_im[0]
+            for j in range(1, H):
+                acc += C_re[k, j] * h_re[j] - C_im[k, j] * h_im[j]
+            f[k] = acc
+        _mlp_one(f, W1, b1, W2, b2, hid, out[t])
+        for j in range(N):
+            f[K + j] = out[t, j]
+
+
+@jit_parallel
+def _generate_linear(lam_re, lam_im, gB_re, gB_im, C_re, C_im, W1, b1, W2, b2, x0, out):
+    """``x0 (P, N)``, ``out (P, n_steps, N)``: one closed-loop run per row, in parallel."""
+    for p in prange(x0.shape[0]):
+        _generate_linear_one(
+            lam_re, lam_im, gB_re, gB_im, C_re, C_im, W1, b1, W2, b2, x0[p], out[p]
+        )
+
+
+@jit
+def _generate_selective_one(W_delta, b_delta, A, W_B, W_C, W1, b1, W2, b2, x0, out):
+    """Closed loop of :class:`SelectiveSSM` for one trajectory; ``A (N, H)`` (negative)."""
+    N, H = A.shape
+    h = np.zeros((N, H), dtype=out.dtype)
+    delta = np.empty(N, dtype=out.dtype)
+    Bt = np.empty(H, dtype=out.dtype)
+    Ct = np.empty(H, dtype=out.dtype)
+    f = np.empty(2 * N, dtype=out.dtype)
+    hid = np.empty(W1.shape[0], dtype=out.dtype)
+    for j in range(N):
+        f[N + j] = x0[j]
+    for t in range(out.shape[0]):
+        for d in range(N):
+            acc = b_delta[d]
+            for j in range(N):
+                acc += W_delta[d, j] * f[N + j]
+            delta[d] = _softplus(acc)
+        for n in range(H):
+            bb = W_B[n, 0] * f[N]
+            cc = W_C[n, 0] * f[N]
+            for j in range(1, N):
+                bb += W_B[n, j] * f[N + j]
+                cc += W_C[n, j] * f[N + j]
+            Bt[n] = bb
+            Ct[n] = cc
+        for d in range(N):
+            scale = delta[d] * f[N + d]
+            acc = 0.0
+            for n in range(H):
+                h[d, n] = math.exp(delta[d] * A[d, n]) * h[d, n] + scale * Bt[n]
+                acc += Ct[n] * h[d, n]
+            f[d] = acc
+        _mlp_one(f, W1, b1, W2, b2, hid, out[t])
+        for j in range(N):
+            f[N + j] = out[t, j]
+
+
+@jit_parallel
+def _generate_selective(W_delta, b_delta, A, W_B, W_C, W1, b1, W2, b2, x0, out):
+    """``x0 (P, N)``, ``out (P, n_steps, N)``: one closed-loop run per row, in parallel."""
+    for p in prange(x0.shape[0]):
+        _generate_selective_one(W_delta, b_delta, A, W_B, W_C, W1, b1, W2, b2, x0[p], out[p])
+
+
+# ---------------------------------------------------------------------------------------------
+# Common base: teacher forcing, readout MLP, validation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSMTrace:
+    """Intermediates of a teacher-forced pass over ``B`` windows of ``T`` steps.
+
+    Attributes
+    ----------
+    u : ndarray, shape (B, T, N)
+        Inputs ``x_0 .. x_{T-1}``.
+    a : ndarray, shape (D,) or (B, T, D)
+        Scan coefficients (``(D,)`` for a time-invariant recurrence).
+    h : ndarray, shape (B, T, D)
+        States ``h_1 .. h_T`` (complex for :class:`LinearSSM`).
+    aux : dict of ndarray
+        Model-specific intermediates of :meth:`DiagonalSSM.recurrence`.
+    y : ndarray, shape (B, T, K)
+        Readout features.
+    hidden : ndarray, shape (B, T, L)
+        Pre-activations ``W1 [y; u] + b1`` of the MLP.
+    pred : ndarray, shape (B, T, N)
+        Predictions of ``x_1 .. x_T``.
+    """
+
+    u: np.ndarray
+    a: np.ndarray
+    h: np.ndarray
+    aux: dict
+    y: np.ndarray
+    hidden: np.ndarray
+    pred: np.ndarray
+
+
+def _torch_linear_init(rng, shape, fan_in, dtype):
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _apply(x, M):
+    """``x (..., P) @ M (P, Q) -> (..., Q)`` as one 2-D BLAS product (a stacked 3-D matmul
+    runs one small product per leading index and was ~10x slower)."""
+    return (x.reshape(-1, x.shape[-1]) @ M).reshape(*x.shape[:-1], M.shape[-1])
+
+
+def _sum_outer(g, x):
+    """``sum over (B, T) of g ⊗ x``: ``(B, T, P), (B, T, Q) -> (P, Q)``."""
+    return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+
+
+class DiagonalSSM(Model):
+    """Abstract diagonal linear recurrence with a one-hidden-layer ReLU MLP readout.
+
+    Contract for subclasses (``u`` are the inputs, shape ``(B, T, N)``)
+    --------------------------------------------------------------------
+    * ``K`` (readout feature width) and ``D`` (scan width) attributes.
+    * :meth:`recurrence`: ``u -> (a, b, aux)``, the scan coefficients of
+      ``h_t = a_t ⊙ h_{t-1} + b_t``.
+    * :meth:`features`: ``(h, u, aux) -> y (B, T, K)``, real.
+    * :meth:`features_vjp` / :meth:`recurrence_vjp`: add parameter gradients into a flat vector
+      and (``features_vjp``) return the cotangent of ``h``.
+    * :meth:`generate`: the jitted closed loop.
+    The readout blocks ``W1 (L, K+N)``, ``b1 (L,)``, ``W2 (N, L)``, ``b2 (N,)`` come last in
+    :meth:`param_spec`.
+    """
+
+    K: int
+    D: int
+
+    def _readout_spec(self) -> list[tuple[str, tuple[int, ...]]]:
+        N, L = self.n_obs, self.L
+        return [("W1", (L, self.K + N)), ("b1", (L,)), ("W2", (N, L)), ("b2", (N,))]
+
+    def _init_readout(self, rng) -> None:
+        p = self.unflatten()
+        N, L, fan1 = self.n_obs, self.L, self.K + self.n_obs
+        p["W1"][...] = _torch_linear_init(rng, (L, fan1), fan1, self.dtype)
+        p["b1"][...] = _torch_linear_init(rng, (L,), fan1, self.dtype)
+        p["W2"][...] = _torch_linear_init(rng, (N, L), L, self.dtype)
+        p["b2"][...] = _torch_linear_init(rng, (N,), L, self.dtype)
+
+    # -- model-specific pieces ------------------------------------------------------------------
+
+    @abstractmethod
+    def recurrence(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Scan coefficients ``(a, b, aux)`` for inputs ``u (B, T, N)``: ``a`` of shape ``(D,)``
+        or ``(B, T, D)``, ``b (B, T, D)``, ``aux`` intermediates for :meth:`recurrence_vjp`."""
+
+    @abstractmethod
+    def features(self, h: np.ndarray, u: np.ndarray, aux: dict) -> np.ndarray:
+        """Readout features ``y (B, T, K)`` from states ``h (B, T, D)``."""
+
+    @abstractmethod
+    def features_vjp(self, trace: SSMTrace, g_y: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        """Add ``(∂y/∂θ)^T g_y`` into ``grad``; return ``g_h (B, T, D)``."""
+
+    @abstractmethod
+    def recurrence_vjp(
+        self, trace: SSMTrace, g_a: np.ndarray, g_b: np.ndarray, grad: np.ndarray
+    ) -> None:
+        """Add the parameter gradient of ``<a, g_a> + <b, g_b>`` (real inner products of
+        ``(B, T, D)`` arrays; complex ones as ``Re(conj(g) dz)``) into ``grad``."""
+
+    # -- shared machinery -----------------------------------------------------------------------
+
+    def _check_array(self, x, method: str, min_ndim: int, what: str) -> np.ndarray:
+        name = type(self).__name__
+        if not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"{name}.{method}: {what} must be a NumPy array; got {type(x).__name__}."
+            )
+        if x.ndim < min_ndim or x.shape[-1] != self.n_obs:
+            shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
+            raise ValueError(
+                f"{name}.{method}: {what} must have shape {shape} with N={self.n_obs}; "
+                f"got {x.shape}."
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{name}.{method}: {what} must have dtype {self.dtype}; got {x.dtype}. "
+                f"Use x.astype(np.{self.dtype}) or model.astype(...)."
+            )
+        return x
+
+    def forward(self, x: np.ndarray, *, backend: str = "auto") -> SSMTrace:
+        """Teacher-forced pass over windows ``x (B, T+1, N)`` keeping every intermediate.
+
+        ``x`` may have any number of leading batch dimensions (flattened to ``B``); ``T >= 1``.
+        The recurrence is one :func:`parscan.linear_scan` over time (``backend`` is passed on).
+        """
+        x = self._check_array(x, "forward", 2, "x")
+        if x.shape[-2] < 2:
+            raise ValueError(
+                f"{type(self).__name__}.forward: need at least 2 time points (T+1 >= 2) per "
+                f"window; got x.shape={x.shape}."
+            )
+        u = np.ascontiguousarray(x.reshape(-1, *x.shape[-2:])[:, :-1, :])
+        a, b, aux = self.recurrence(u)
+        h = linear_scan(np.ascontiguousarray(np.broadcast_to(a, b.shape)), b, backend=backend)
+        y = self.features(h, u, aux)
+        p = self.unflatten()
+        f = np.concatenate([y, u], axis=-1)
+        hidden = _apply(f, p["W1"].T)
+        hidden += p["b1"]
+        pred = _apply(np.maximum(hidden, 0.0), p["W2"].T)
+        pred += p["b2"]
+        return SSMTrace(u=u, a=a, h=h, aux=aux, y=y, hidden=hidden, pred=pred)
+
+    def readout_vjp(self, trace: SSMTrace, g_pred: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        """Add the MLP-readout parameter gradients for ``g_pred (B, T, N)`` into ``grad``;
+        return the cotangent of the features ``g_y (B, T, K)``."""
+        p, g = self.unflatten(), self.unflatten(grad)
+        act = np.maximum(trace.hidden, 0.0)
+        g["W2"][...] += _sum_outer(g_pred, act)
+        g["b2"][...] += g_pred.sum(axis=(0, 1))
+        g_hidden = _apply(g_pred, p["W2"])
+        g_hidden *= trace.hidden > 0.0
+        g["W1"][:, : self.K] += _sum_outer(g_hidden, trace.y)
+        g["W1"][:, self.K :] += _sum_outer(g_hidden, trace.u)
+        g["b1"][...] += g_hidden.sum(axis=(0, 1))
+        return _apply(g_hidden, p["W1"][:, : self.K])
+
+    def teacher_forced(self, x: np.ndarray, *, backend: str = "auto") -> np.ndarray:
+        """One-step-ahead predictions with the data as inputs.
+
+        Parameters
+        ----------
+        x : ndarray, shape (..., T+1, N)
+            Windows ``x_0 .. x_T`` (model dtype), ``T >= 1``.
+        backend : str
+            Backend of the :func:`parscan.linear_scan` over time.
+
+        Returns
+        -------
+        ndarray, shape (..., T, N)
+            Predictions of ``x_1 .. x_T`` from inputs ``x_0 .. x_{T-1}`` (state ``h_0 = 0`` at
+            the start of every window).
+        """
+        pred = self.forward(x, backend=backend).pred
+        return pred.reshape(*x.shape[:-2], x.shape[-2] - 1, self.n_obs)
+
+    def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
+        """Closed-loop free run from ``x0`` with ``h_0 = 0``, feeding each prediction back.
+
+        Parameters
+        ----------
+        x0 : ndarray, shape (..., N)
+            Initial observation(s), model dtype.
+        n_steps : int
+            Number of steps, >= 0.
+
+        Returns
+        -------
+        ndarray, shape (..., n_steps, N)
+            ``x̂_1 .. x̂_n`` (``x0`` excluded). ``x̂_1`` equals the first teacher-forced
+            prediction of a window starting at ``x0``.
+        """
+        x0 = self._check_array(x0, "generate", 1, "x0")
+        n_steps = check_positive_int(n_steps, "n_steps", f"{type(self).__name__}.generate", 0)
+        flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
+        out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
+        if out.size:
+            self._generate_kernel(flat, out)
+        return out.reshape(*x0.shape[:-1], n_steps, self.n_obs)
+
+    @abstractmethod
+    def _generate_kernel(self, x0: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out (P, n_steps, N)`` with closed-loop runs from ``x0 (P, N)``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# LRU-style linear SSM
+# ---------------------------------------------------------------------------------------------
+
+
+class LinearSSM(DiagonalSSM):
+    """Linear recurrent unit (LRU; Orvieto et al., ICML 2023) with an MLP readout.
+
+    State ``h_t ∈ C^H``, time-invariant diagonal recurrence::
+
+        λ   = exp(-exp(ν) + i exp(θ))                   |λ| < 1 for every real ν, θ
+        γ   = sqrt(1 - |λ|²)                            input normalisation (a function of ν)
+        h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_{t-1}),  h_0 = 0,  B = B_re + i B_im  (H, N)
+        y_t = Re(C h_t),                                C = C_re + i C_im  (K, H)
+        x̂_t = W2 relu(W1 [y_t; x_{t-1}] + b1) + b2
+
+    Unlike the LRU paper, ``γ`` is not a free parameter but always ``sqrt(1 - |λ|²)``, which
+    keeps the stationary state variance of a white-noise input independent of ``|λ|``.
+
+    Parameters
+    ----------
+    N : int
+        Observed dimensions.
+    H : int
+        Complex state size (2H real degrees of freedom).
+    L : int
+        Hidden width of the readout MLP.
+    K : int, optional
+        Readout feature width (rows of ``C``); default ``H``, so ``[Re(C h); x]`` can carry a
+        full-rank linear image of the state.
+    r_min, r_max : float
+        Ring initialisation of ``|λ|``, uniform in area on ``r_min <= |λ| <= r_max``,
+        ``0 <= r_min <= r_max < 1`` (LRU; default 0.9-0.999).
+    max_phase : float
+        Phases ``arg λ`` initialised uniformly in ``[0, max_phase]`` (default 2π).
+    dtype : {"float64", "float32"}
+        Parameter dtype; the state is complex128 / complex64 respectively.
+    seed : int
+        Seed of :meth:`init`.
+
+    Parameter blocks (in order): ``nu (H,)``, ``theta (H,)``, ``B_re, B_im (H, N)``,
+    ``C_re, C_im (K, H)``, ``W1 (L, K+N)``, ``b1 (L,)``, ``W2 (N, L)``, ``b2 (N,)``.
+    """
+
+    def __init__(
+        self,
+        N: int,
+        H: int,
+        L: int,
+        *,
+        K: int | None = None,
+        r_min: float = 0.9,
+        r_max: float = 0.999,
+        max_phase: float = 2.0 * math.pi,
+        dtype="float64",
+        seed: int = 0,
+    ):
+        where = "LinearSSM"
+        self.n_obs = check_positive_int(N, "N", where)
+        self.H = check_positive_int(H, "H", where)
+        self.L = check_positive_int(L, "L", where)
+        self.K = self.H if K is None else check_positive_int(K, "K", where)
+        self.D = self.H
+        try:
+            self.r_min, self.r_max, self.max_phase = (float(r_min), float(r_max), float(max_phase))
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: r_min, r_max and max_phase must be real numbers.") from None
+        if not (0.0 <= self.r_min <= self.r_max < 1.0 and self.r_max > 0.0):
+            raise ValueError(
+                f"{where}: need 0 <= r_min <= r_max < 1 and r_max > 0; got r_min={r_min}, "
+                f"r_max={r_max}."
+            )
+        if not (math.isfinite(self.max_phase) and self.max_phase > 0.0):
+            raise ValueError(f"{where}: max_phase must be finite and > 0; got {max_phase}.")
+        self._setup(dtype)
+        self.init(seed)
+
+    def param_spec(self):
+        H, N, K = self.H, self.n_obs, self.K
+        return [
+            ("nu", (H,)),
+            ("theta", (H,)),
+            ("B_re", (H, N)),
+            ("B_im", (H, N)),
+            ("C_re", (K, H)),
+            ("C_im", (K, H)),
+            *self._readout_spec(),
+        ]
+
+    def hyperparameters(self) -> dict:
+        return {
+            "N": self.n_obs,
+            "H": self.H,
+            "L": self.L,
+            "K": self.K,
+            "r_min": self.r_min,
+            "r_max": self.r_max,
+            "max_phase": self.max_phase,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def init(self, seed: int = 0) -> "LinearSSM":
+        """LRU initialisation: ``|λ|²`` uniform on ``[r_min², r_max²]``, phases uniform on
+        ``[0, max_phase]``; ``B ~ N(0, 1/(2N))`` and ``C ~ N(0, 1/(2H))`` per real part; the MLP
+        as PyTorch's ``nn.Linear`` (uniform ``±1/sqrt(fan_in)``)."""
+        self.seed = check_positive_int(seed, "seed", "LinearSSM.init", 0)
+        rng = np.random.default_rng(self.seed)
+        H, N, K = self.H, self.n_obs, self.K
+        p = self.unflatten()
+        u1 = 1.0 - rng.random(H)  # (0, 1]: keeps |λ| > 0 even for r_min = 0
+        mod2 = u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2
+        p["nu"][...] = np.log(-0.5 * np.log(mod2))
+        p["theta"][...] = np.log(self.max_phase * (1.0 - rng.random(H)))
+        p["B_re"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * N), (H, N))
+        p["B_im"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * N), (H, N))
+        p["C_re"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * H), (K, H))
+        p["C_im"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * H), (K, H))
+        self._init_readout(rng)
+        return self
+
+    def eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(λ, γ)``: the complex diagonal ``(H,)`` and the input normalisation ``(H,)``."""
+        p = self.unflatten()
+        rate = np.exp(p["nu"])
+        lam = np.exp(-rate + 1j * np.exp(p["theta"]))
+        gamma = np.sqrt(-np.expm1(-2.0 * rate))
+        return lam, gamma
+
+    def recurrence(self, u):
+        p = self.unflatten()
+        lam, gamma = self.eigenvalues()
+        b = np.empty((*u.shape[:-1], self.H), dtype=lam.dtype)
+        b.real = _apply(u, (gamma[:, None] * p["B_re"]).T)
+        b.imag = _apply(u, (gamma[:, None] * p["B_im"]).T)
+        return lam, b, {"gamma": gamma}
+
+    def features(self, h, u, aux):
+        p = self.unflatten()
+        return _apply(h.real, p["C_re"].T) - _apply(h.imag, p["C_im"].T)
+
+    def features_vjp(self, trace, g_y, grad):
+        p, g = self.unflatten(), self.unflatten(grad)
+        g["C_re"][...] += _sum_outer(g_y, trace.h.real)
+        g["C_im"][...] -= _sum_outer(g_y, trace.h.imag)
+        g_h = np.empty(trace.h.shape, dtype=trace.h.dtype)  # conj(C)^T g_y
+        g_h.real = _apply(g_y, p["C_re"])
+        g_h.imag = -_apply(g_y, p["C_im"])
+        return g_h
+
+    def recurrence_vjp(self, trace, g_a, g_b, grad):
+        p, g = self.unflatten(), self.unflatten(grad)
+        lam, gamma = trace.a, trace.aux["gamma"]
+        g_lam = g_a.sum(axis=(0, 1))
+        # b = γ ⊙ (B u): real and imaginary parts separately.
+        G_re = _sum_outer(g_b.real, trace.u)
+        G_im = _sum_outer(g_b.imag, trace.u)
+        g["B_re"][...] += gamma[:, None] * G_re
+        g["B_im"][...] += gamma[:, None] * G_im
+        g_gamma = np.sum(p["B_re"] * G_re + p["B_im"] * G_im, axis=1)
+        # λ = exp(s), s = -exp(ν) + i exp(θ): dL = Re(conj(g_λ) λ ds).
+        w = np.conj(g_lam) * lam
+        rate = np.exp(p["nu"])
+        dgamma_dnu = rate * np.exp(-2.0 * rate) / gamma
+        g["nu"][...] += -rate * w.real + g_gamma * dgamma_dnu
+        g["theta"][...] += -np.exp(p["theta"]) * w.imag
+
+    def _generate_kernel(self, x0, out):
+        p = self.unflatten()
+        lam, gamma = self.eigenvalues()
+        c = np.ascontiguousarray
+        _generate_linear(
+            c(lam.real),
+            c(lam.imag),
+            c(gamma[:, None] * p["B_re"]),
+            c(gamma[:, None] * p["B_im"]),
+            c(p["C_re"]),
+            c(p["C_im"]),
+            c(p["W1"]),
+            c(p["b1"]),
+            c(p["W2"]),
+            c(p["b2"]),
+            x0,
+            out,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Mamba / S6-style selective SSM
+# ---------------------------------------------------------------------------------------------
+
+
+class SelectiveSSM(DiagonalSSM):
+    """Selective diagonal SSM after Mamba's S6 layer (Gu & Dao, 2023), with an MLP readout.
+
+    As in S6, every observed channel ``d = 1..N`` drives its own real state ``h[d] ∈ R^H``
+    (total state ``N·H``, one diagonal scan of width ``D = N H``); the step size ``Δ`` is per
+    channel and ``B_t``, ``C_t`` are shared by the channels; all are functions of the input
+    ``u_t = x_{t-1}``. Discretisation is Mamba's ZOH-simplified form (ZOH for ``A``, Euler for
+    ``B``)::
+
+        Δ_t      = softplus(W_Δ u_t + b_Δ)                     (N,)
+        B_t      = W_B u_t,   C_t = W_C u_t                      (H,) each
+        A        = -exp(log_A)                                   (N, H), real negative
+        h_t[d]   = exp(Δ_t[d] A[d]) ⊙ h_{t-1}[d] + Δ_t[d] u_t[d] B_t,   h_0 = 0
+        y_t[d]   = C_t · h_t[d]                                  (K = N features)
+        x̂_t     = W2 relu(W1 [y_t; u_t] + b1) + b2
+
+    Parameters
+    ----------
+    N : int
+        Observed dimensions (= S6 channels).
+    H : int
+        State size per channel.
+    L : int
+        Hidden width of the readout MLP.
+    dt_min, dt_max : float
+        Initial step sizes ``softplus(b_Δ)`` are log-uniform on ``[dt_min, dt_max]`` (Mamba's
+        default 1e-3..1e-1), ``0 < dt_min <= dt_max``.
+    dtype : {"float64", "float32"}
+    seed : int
+
+    Parameter blocks (in order): ``W_delta (N, N)``, ``b_delta (N,)``, ``log_A (N, H)``,
+    ``W_B (H, N)``, ``W_C (H, N)``, ``W1 (L, 2N)``, ``b1 (L,)``, ``W2 (N, L)``, ``b2 (N,)``.
+    """
+
+    def __init__(
+        self,
+        N: int,
+        H: int,
+        L: int,
+        *,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dtype="float64",
+        seed: int = 0,
+    ):
+        where = "SelectiveSSM"
+        self.n_obs = check_positive_int(N, "N", where)
+        self.H = check_positive_int(H, "H", where)
+        self.L = check_positive_int(L, "L", where)
+        self.K = self.n_obs
+        self.D = self.n_obs * self.H
+        try:
+            self.dt_min, self.dt_max = float(dt_min), float(dt_max)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: dt_min and dt_max must be real numbers.") from None
+        if not (0.0 < self.dt_min <= self.dt_max < math.inf):
+            raise ValueError(
+                f"{where}: need 0 < dt_min <= dt_max (finite); got dt_min={dt_min}, "
+                f"dt_max={dt_max}."
+            )
+        self._setup(dtype)
+        self.init(seed)
+
+    def param_spec(self):
+        N, H = self.n_obs, self.H
+        return [
+            ("W_delta", (N, N)),
+            ("b_delta", (N,)),
+            ("log_A", (N, H)),
+            ("W_B", (H, N)),
+            ("W_C", (H, N)),
+            *self._readout_spec(),
+        ]
+
+    def hyperparameters(self) -> dict:
+        return {
+            "N": self.n_obs,
+            "H": self.H,
+            "L": self.L,
+            "dt_min": self.dt_min,
+            "dt_max": self.dt_max,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def init(self, seed: int = 0) -> "SelectiveSSM":
+        """Mamba initialisation: S4D-real ``A[d, n] = -(n+1)``; ``b_Δ = softplus⁻¹(dt)`` with
+        ``dt`` log-uniform on ``[dt_min, dt_max]``; ``W_Δ`` uniform ``±1/sqrt(N)``;
+        ``W_B, W_C ~ N(0, 1/N)``; the MLP as PyTorch's ``nn.Linear``."""
+        self.seed = check_positive_int(seed, "seed", "SelectiveSSM.init", 0)
+        rng = np.random.default_rng(self.seed)
+        N, H = self.n_obs, self.H
+        p = self.unflatten()
+        p["W_delta"][...] = _torch_linear_init(rng, (N, N), N, self.dtype)
+        dt = np.exp(rng.uniform(math.log(self.dt_min), math.log(self.dt_max), N))
+        p["b_delta"][...] = dt + np.log(-np.expm1(-dt))
+        p["log_A"][...] = np.log(np.arange(1, H + 1, dtype=np.float64))[None, :]
+        p["W_B"][...] = rng.normal(0.0, 1.0 / math.sqrt(N), (H, N))
+        p["W_C"][...] = rng.normal(0.0, 1.0 / math.sqrt(N), (H, N))
+        self._init_readout(rng)
+        return self
+
+    def recurrence(self, u):
+        p = self.unflatten()
+        pre = _apply(u, p["W_delta"].T)
+        pre += p["b_delta"]
+        delta = np.logaddexp(0.0, pre).astype(self.dtype, copy=False)
+        A = -np.exp(p["log_A"])
+        a = np.exp(delta[..., None] * A)  # (B, T, N, H)
+        Bt = _apply(u, p["W_B"].T)
+        b = (delta * u)[..., None] * Bt[..., None, :]
+        shape = (*u.shape[:-1], self.D)
+        aux = {"pre": pre, "delta": delta, "A": A, "Bt": Bt, "Ct": _apply(u, p["W_C"].T)}
+        return a.reshape(shape), b.reshape(shape), aux
+
+    def features(self, h, u, aux):
+        h4 = h.reshape(*h.shape[:-1], self.n_obs, self.H)
+        return np.einsum("btdn,btn->btd", h4, aux["Ct"])
+
+    def features_vjp(self, trace, g_y, grad):
+        g = self.unflatten(grad)
+        h4 = trace.h.reshape(*trace.h.shape[:-1], self.n_obs, self.H)
+        g_Ct = np.einsum("btd,btdn->btn", g_y, h4)
+        g["W_C"][...] += _sum_outer(g_Ct, trace.u)
+        g_h = g_y[..., :, None] * trace.aux["Ct"][..., None, :]
+        return g_h.reshape(trace.h.shape)
+
+    def recurrence_vjp(self, trace, g_a, g_b, grad):
+        g = self.unflatten(grad)
+        aux, u = trace.aux, trace.u
+        shape4 = (*u.shape[:-1], self.n_obs, self.H)
+        A, delta, Bt = aux["A"], aux["delta"], aux["Bt"]
+        # a = exp(Δ A): cotangent of the exponent Δ[d] A[d, n].
+        g_exp = g_a.reshape(shape4) * trace.a.reshape(shape4)
+        g_b4 = g_b.reshape(shape4)
+        g_delta = np.einsum("btdn,dn->btd", g_exp, A)
+        g_delta += u * np.einsum("btdn,btn->btd", g_b4, Bt)
+        g["log_A"][...] += np.einsum("btdn,btd->dn", g_exp, delta) * A
+        g["W_B"][...] += _sum_outer(np.einsum("btdn,btd->btn", g_b4, delta * u), u)
+        g_pre = g_delta * (0.5 * (1.0 + np.tanh(0.5 * aux["pre"])))  # softplus' = sigmoid
+        g["W_delta"][...] += _sum_outer(g_pre, u)
+        g["b_delta"][...] += g_pre.sum(axis=(0, 1))
+
+    def _generate_kernel(self, x0, out):
+        p = self.unflatten()
+        c = np.ascontiguousarray
+        _generate_selective(
+            c(p["W_delta"]),
+            c(p["b_delta"]),
+            c(-np.exp(p["log_A"])),
+            c(p["W_B"]),
+            c(p["W_C"]),
+            c(p["W1"]),
+            c(p["b1"]),
+            c(p["W2"]),
+            c(p["b2"]),
+            x0,
+            out,
+        )

@@ -1,0 +1,301 @@
+"""Optimisers against the published update formulas (written out independently here), state
+round trips, the learning-rate schedule, gradient clipping and the L2 penalty."""
+
+import math
+
+import numpy as np
+import pytest
+
+from autodiff.optim import Adam, ExponentialDecay, RAdam, clip_grad_norm, make_optimizer
+from autodiff.regularization import l2_penalty
+from models.base import Model
+from models.ssm import LinearSSM
+
+N_PARAMS = 7
+
+
+def _grads(n_steps, seed=0):
+    """A known gradient sequence with a sign flip and a zero entry."""
+    g = np.random.default_rng(seed).normal(size=(n_steps, N_PARAMS))
+    g[:, 3] = 0.0
+    g[n_steps // 2 :, 1] *= -5.0
+    return g
+
+
+def _adam_reference(p, grads, lr, b1, b2, eps):
+    """Kingma & Ba (ICLR 2015), Algorithm 1."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def _radam_reference(p, grads, lr, b1, b2, eps):
+    """Liu et al. (ICLR 2020), Algorithm 2, in the form of torch.optim.RAdam."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    rho_inf = 2 / (1 - b2) - 1
+    n_rectified = 0
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho > 5:
+            n_rectified += 1
+            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            p = p - lr * m_hat * r * math.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+        else:
+            p = p - lr * m_hat
+    return p, n_rectified
+
+
+@pytest.mark.parametrize(
+    ("b1", "b2", "eps"), [(0.9, 0.999, 1e-8), (0.5, 0.9, 1e-3), (0.0, 0.0, 1e-8)]
+)
+def test_adam_matches_kingma_ba(b1, b2, eps):
+    grads = _grads(25)
+    p0 = np.linspace(-1, 1, N_PARAMS)
+    p = p0.copy()
+    opt = Adam(N_PARAMS, beta1=b1, beta2=b2, eps=eps)
+    for g in grads:
+        opt.step(p, g, 0.01)
+    assert opt.t == 25
+    np.testing.assert_allclose(p, _adam_reference(p0, grads, 0.01, b1, b2, eps), rtol=1e-13)
+
+
+def test_adam_first_step_is_signed_lr():
+    """After one step m_hat / sqrt(v_hat) = g / |g|: every entry moves by lr (eps aside)."""
+    p = np.zeros(4)
+    Adam(4, eps=1e-12).step(p, np.array([3.0, -0.5, 1e-3, -7.0]), 0.1)
+    np.testing.assert_allclose(p, [-0.1, 0.1, -0.1, 0.1], rtol=1e-8)
+
+
+@pytest.mark.parametrize(("b1", "b2"), [(0.9, 0.999), (0.9, 0.9)])
+def test_radam_matches_liu_et_al(b1, b2):
+    grads = _grads(40)
+    p0 = np.linspace(-1, 1, N_PARAMS)
+    p = p0.copy()
+    opt = RAdam(N_PARAMS, beta1=b1, beta2=b2)
+    for g in grads:
+        opt.step(p, g, 0.01)
+    ref, n_rectified = _radam_reference(p0, grads, 0.01, b1, b2, 1e-8)
+    assert 0 < n_rectified < len(grads)  # both branches were exercised
+    np.testing.assert_allclose(p, ref, rtol=1e-13)
+
+
+def test_radam_warmup_is_sgd_with_momentum():
+    """rho_1 = 1 <= 5: the first RAdam step is params -= lr * g (m_hat = g)."""
+    p = np.zeros(3)
+    g = np.array([1.0, -2.0, 0.5])
+    RAdam(3).step(p, g, 0.1)
+    np.testing.assert_allclose(p, -0.1 * g, rtol=1e-15)
+
+
+@pytest.mark.parametrize("cls", [Adam, RAdam])
+def test_float32_state_and_update(cls):
+    grads = _grads(10).astype(np.float32)
+    p = np.linspace(-1, 1, N_PARAMS, dtype=np.float32)
+    p0 = p.astype(np.float64)
+    opt = cls(N_PARAMS, dtype=np.float32)
+    for g in grads:
+        opt.step(p, g, 0.01)
+    assert p.dtype == opt.m.dtype == opt.v.dtype == np.float32
+    ref = (
+        _adam_reference(p0, grads.astype(float), 0.01, 0.9, 0.999, 1e-8)
+        if cls is Adam
+        else _radam_reference(p0, grads.astype(float), 0.01, 0.9, 0.999, 1e-8)[0]
+    )
+    np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [Adam, RAdam])
+def test_state_round_trip_is_bit_identical(cls, tmp_path):
+    grads = _grads(30, seed=4)
+    lrs = ExponentialDecay(1e-2, 1e-4, 30)
+    p_full = np.linspace(-1, 1, N_PARAMS)
+    full = cls(N_PARAMS, beta1=0.8, beta2=0.95, eps=1e-7)
+    for k, g in enumerate(grads):
+        full.step(p_full, g, lrs(k))
+
+    p = np.linspace(-1, 1, N_PARAMS)
+    first = cls(N_PARAMS, beta1=0.8, beta2=0.95, eps=1e-7)
+    for k, g in enumerate(grads[:13]):
+        first.step(p, g, lrs(k))
+    np.savez(tmp_path / "opt.npz", **first.state_dict())
+    with np.load(tmp_path / "opt.npz", allow_pickle=False) as npz:
+        resumed = cls.from_state_dict({k: npz[k] for k in npz.files})
+    assert (resumed.beta1, resumed.beta2, resumed.eps, resumed.t) == (0.8, 0.95, 1e-7, 13)
+    for k, g in enumerate(grads[13:], start=13):
+        resumed.step(p, g, lrs(k))
+    np.testing.assert_array_equal(p, p_full)
+    for key, value in resumed.state_dict().items():
+        np.testing.assert_array_equal(value, full.state_dict()[key])
+
+
+def test_state_dict_is_a_copy_and_checked():
+    opt = Adam(3)
+    state = opt.state_dict()
+    opt.step(np.zeros(3), np.ones(3), 0.1)
+    assert state["t"] == 0 and not state["m"].any()
+    with pytest.raises(ValueError, match="belongs to a Adam optimiser, not RAdam"):
+        RAdam.from_state_dict(state)
+    with pytest.raises(ValueError, match=r"Adam.from_state_dict: state is missing \['v'\]"):
+        Adam.from_state_dict({k: v for k, v in state.items() if k != "v"})
+
+
+def test_step_validation_leaves_state_untouched():
+    opt = Adam(3)
+    p = np.zeros(3)
+    g = np.ones(3)
+    with pytest.raises(ValueError, match=r"Adam.step: lr must be finite and > 0"):
+        opt.step(p, g, 0.0)
+    with pytest.raises(ValueError, match=r"Adam.step: lr must be finite and > 0"):
+        opt.step(p, g, float("nan"))
+    with pytest.raises(TypeError, match=r"Adam.step: grad must have dtype float64"):
+        opt.step(p, g.astype(np.float32), 0.1)
+    with pytest.raises(ValueError, match=r"Adam.step: params must have shape \(3,\)"):
+        opt.step(np.zeros(4), g, 0.1)
+    with pytest.raises(TypeError, match=r"Adam.step: grad must be a NumPy array"):
+        opt.step(p, [1.0, 1.0, 1.0], 0.1)
+    with pytest.raises(ValueError, match=r"Adam.step: grad contains NaN or inf"):
+        opt.step(p, np.array([1.0, np.inf, 0.0]), 0.1)
+    with pytest.raises(ValueError, match=r"RAdam.step: params must be writeable"):
+        ro = np.zeros(3)
+        ro.flags.writeable = False
+        RAdam(3).step(ro, g, 0.1)
+    assert opt.t == 0 and not opt.m.any() and not p.any()
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match=r"Adam: beta1 must be finite and in \[0, 1\)"):
+        Adam(3, beta1=1.0)
+    with pytest.raises(ValueError, match=r"RAdam: beta2 .* eps must be finite and > 0"):
+        RAdam(3, beta2=-0.1, eps=0.0)
+    with pytest.raises(ValueError, match="Adam: n_params must be >= 1"):
+        Adam(0)
+    with pytest.raises(TypeError, match="Adam: dtype must be float32 or float64"):
+        Adam(3, dtype=np.int32)
+
+
+def test_make_optimizer():
+    assert type(make_optimizer("adam", 3)) is Adam
+    opt = make_optimizer("RAdam", 3, beta1=0.5, dtype=np.float32)
+    assert type(opt) is RAdam and opt.beta1 == 0.5 and opt.dtype == np.float32
+    with pytest.raises(ValueError, match="unknown optimiser 'sgd'; available: 'adam', 'radam'"):
+        make_optimizer("sgd", 3)
+
+
+def test_exponential_decay():
+    sched = ExponentialDecay(1e-3, 1e-5, 101)
+    assert sched(0) == 1e-3 and sched(100) == 1e-5 and sched(10**6) == 1e-5
+    assert sched(50) == pytest.approx(1e-4, rel=1e-12)  # geometric mean halfway
+    ratios = [sched(k + 1) / sched(k) for k in range(99)]
+    np.testing.assert_allclose(ratios, 0.01 ** (1 / 100), rtol=1e-12)
+    assert ExponentialDecay(1e-3, 1e-5, 1)(0) == 1e-5
+    with pytest.raises(ValueError, match="ExponentialDecay: lr_end must be finite and > 0"):
+        ExponentialDecay(1e-3, 0.0, 10)
+    with pytest.raises(ValueError, match="ExponentialDecay: n_steps must be >= 1"):
+        ExponentialDecay(1e-3, 1e-4, 0)
+    with pytest.raises(ValueError, match="ExponentialDecay: step must be >= 0"):
+        sched(-1)
+
+
+def test_clip_grad_norm():
+    g = np.array([3.0, 4.0])
+    out, norm = clip_grad_norm(g, None)
+    assert out is g and norm == 5.0
+    out, norm = clip_grad_norm(g, 10.0)
+    assert out is g and norm == 5.0
+    out, norm = clip_grad_norm(g, 1.0)
+    np.testing.assert_allclose(out, [0.6, 0.8], rtol=1e-15)
+    assert norm == 5.0 and g[0] == 3.0  # input untouched
+    g32 = g.astype(np.float32)
+    assert clip_grad_norm(g32, 1.0)[0].dtype == np.float32
+    out, norm = clip_grad_norm(np.array([np.nan, 1.0]), 1.0)
+    assert math.isnan(norm) and math.isnan(out[0])
+    with pytest.raises(ValueError, match="clip_grad_norm: max_norm must be finite and > 0"):
+        clip_grad_norm(g, 0.0)
+
+
+# --- L2 regularisation -------------------------------------------------------------------------
+
+
+class _Toy(Model):
+    """A model with the lab's block names (shPLRNN-like) plus an unregularised L0."""
+
+    def __init__(self, dtype="float64"):
+        self.n_obs = 2
+        self._setup(dtype)
+        self.init()
+
+    def param_spec(self):
+        return [
+            ("A", (3,)),
+            ("W1", (3, 4)),
+            ("W2", (4, 3)),
+            ("h1", (3,)),
+            ("h2", (4,)),
+            ("L0", (1, 2)),
+        ]
+
+    def hyperparameters(self):
+        return {"dtype": self.dtype.name}
+
+    def init(self, seed=0):
+        self.params[...] = np.random.default_rng(seed).normal(size=self.n_params)
+        return self
+
+    def generate(self, x0, n_steps):
+        raise NotImplementedError
+
+
+def test_l2_penalty_value_matches_lab_formula():
+    m = _Toy()
+    p = m.unflatten()
+    expected = 0.1 * (
+        np.sum((1 - p["A"]) ** 2)
+        + np.sum(p["W1"] ** 2)
+        + np.sum(p["W2"] ** 2)
+        + np.sum(p["h1"] ** 2)
+        + np.sum(p["h2"] ** 2)
+    )
+    penalty, grad = l2_penalty(m, 0.1)
+    assert penalty == pytest.approx(expected, rel=1e-14)
+    assert not m.unflatten(grad)["L0"].any()
+    penalty, _ = l2_penalty(m, {"A": 2.0})
+    assert penalty == pytest.approx(2.0 * np.sum((1 - p["A"]) ** 2), rel=1e-14)
+    m.unflatten()["A"][...] = 1.0
+    assert l2_penalty(m, {"A": 2.0})[0] == 0.0
+
+
+@pytest.mark.parametrize("weights", [0.3, {"A": 0.5, "W": 0.2, "bias": 0.1}])
+def test_l2_penalty_gradient_fd(weights):
+    rng = np.random.default_rng(7)
+    for m in (_Toy(), LinearSSM(2, 3, 4, seed=1)):
+        _, grad = l2_penalty(m, weights)
+        p0 = m.params.copy()
+        for _ in range(3):
+            v = rng.normal(size=m.n_params)
+            m.params[...] = p0 + 1e-6 * v
+            lp = l2_penalty(m, weights)[0]
+            m.params[...] = p0 - 1e-6 * v
+            lm = l2_penalty(m, weights)[0]
+            m.params[...] = p0
+            fd = (lp - lm) / 2e-6
+            assert abs(fd - grad @ v) <= 1e-6 * abs(fd)
+
+
+def test_l2_penalty_errors():
+    m = _Toy()
+    with pytest.raises(ValueError, match=r"unknown weight group\(s\) \['C'\]; valid groups"):
+        l2_penalty(m, {"C": 1.0})
+    with pytest.raises(ValueError, match="weight for 'W' must be finite and >= 0"):
+        l2_penalty(m, {"W": -1.0})
+    with pytest.raises(TypeError, match="weight for 'A' must be a real number"):
+        l2_penalty(m, "big")

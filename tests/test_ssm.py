@@ -1,0 +1,253 @@
+"""Linear-recurrence SSMs: teacher forcing and closed loop against NumPy step loops, explicit
+adjoint gradients against central finite differences, save/load, init, and error paths."""
+
+import math
+
+import numpy as np
+import pytest
+
+import models
+from autodiff.optim import Adam
+from autodiff.ssm_gradients import ssm_loss_and_grad
+from models.ssm import LinearSSM, SelectiveSSM
+
+N, H, L = 3, 4, 5
+FD_EPS = 1e-6
+FD_RTOL = 1e-6  # the issue's bound on the relative error of the directional derivative
+
+
+# --- slow, obviously correct references (one time step at a time) -----------------------------
+
+
+def _mlp(p, feat):
+    return p["W2"] @ np.maximum(p["W1"] @ feat + p["b1"], 0.0) + p["b2"]
+
+
+def _linear_step(p, h, u):
+    lam = np.exp(-np.exp(p["nu"]) + 1j * np.exp(p["theta"]))
+    gamma = np.sqrt(1.0 - np.abs(lam) ** 2)
+    h = lam * h + gamma * ((p["B_re"] + 1j * p["B_im"]) @ u)
+    y = np.real((p["C_re"] + 1j * p["C_im"]) @ h)
+    return h, _mlp(p, np.concatenate([y, u]))
+
+
+def _selective_step(p, h, u):
+    delta = np.log1p(np.exp(p["W_delta"] @ u + p["b_delta"]))
+    A = -np.exp(p["log_A"])
+    Bt, Ct = p["W_B"] @ u, p["W_C"] @ u
+    h = np.exp(delta[:, None] * A) * h + (delta * u)[:, None] * Bt[None, :]
+    y = h @ Ct
+    return h, _mlp(p, np.concatenate([y, u]))
+
+
+def _reference(model, x, closed_loop_steps=None):
+    """Teacher-forced predictions for ``x (B, T+1, N)``, or with ``closed_loop_steps`` the
+    free run from ``x[:, 0]``."""
+    p = model.unflatten()
+    step = _linear_step if isinstance(model, LinearSSM) else _selective_step
+    h0 = np.zeros(H, complex) if isinstance(model, LinearSSM) else np.zeros((N, H))
+    n = x.shape[1] - 1 if closed_loop_steps is None else closed_loop_steps
+    out = np.empty((x.shape[0], n, N))
+    for i in range(x.shape[0]):
+        h, u = h0, x[i, 0]
+        for t in range(n):
+            h, out[i, t] = step(p, h, u)
+            u = x[i, t + 1] if closed_loop_steps is None else out[i, t]
+    return out
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+def _make(kind, dtype="float64"):
+    if kind == "linear":
+        return LinearSSM(N, H, L, r_min=0.5, r_max=0.95, dtype=dtype, seed=3)
+    # larger step sizes than Mamba's default so the selective terms matter in a short window
+    return SelectiveSSM(N, H, L, dt_min=0.05, dt_max=0.5, dtype=dtype, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).normal(size=(2, 9, N))
+
+
+@pytest.fixture(scope="module", params=["linear", "selective"])
+def model(request):
+    return _make(request.param)
+
+
+def _loss(model, x):
+    return float(np.mean((model.teacher_forced(x) - x[:, 1:]) ** 2))
+
+
+# --- forward -----------------------------------------------------------------------------------
+
+
+def test_teacher_forced_matches_step_loop(model, data):
+    pred = model.teacher_forced(data)
+    assert pred.shape == (2, 8, N)
+    np.testing.assert_allclose(pred, _reference(model, data), rtol=1e-12, atol=1e-12)
+
+
+def test_teacher_forced_leading_dims(model, data):
+    pred = model.teacher_forced(data)
+    np.testing.assert_array_equal(model.teacher_forced(data[0]), pred[0])
+    np.testing.assert_array_equal(model.teacher_forced(data[None]), pred[None])
+
+
+def test_generate_matches_closed_loop(model, data):
+    out = model.generate(data[:, 0], 12)
+    assert out.shape == (2, 12, N)
+    np.testing.assert_allclose(out, _reference(model, data, 12), rtol=1e-10, atol=1e-12)
+    # the first free step is the first teacher-forced prediction
+    np.testing.assert_allclose(out[:, 0], model.teacher_forced(data)[:, 0], rtol=1e-12)
+    assert model.generate(data[0, 0], 5).shape == (5, N)
+    assert model.generate(data[:, 0], 0).shape == (2, 0, N)
+
+
+# --- gradients ---------------------------------------------------------------------------------
+
+
+def _fd_rel_errors(model, x, directions):
+    loss, grad, info = ssm_loss_and_grad(model, x)
+    assert info["method"] == "scan"
+    assert grad.shape == model.params.shape and grad.dtype == model.dtype
+    assert loss == pytest.approx(_loss(model, x), rel=1e-13)
+    p0 = model.params.copy()
+    errors = []
+    try:
+        for v in directions:
+            model.params[...] = p0 + FD_EPS * v
+            lp = _loss(model, x)
+            model.params[...] = p0 - FD_EPS * v
+            lm = _loss(model, x)
+            fd = (lp - lm) / (2 * FD_EPS)
+            errors.append(abs(fd - grad @ v) / abs(fd))
+    finally:
+        model.params[...] = p0
+    return np.array(errors)
+
+
+def test_gradient_random_directions(model, data):
+    rng = np.random.default_rng(1)
+    directions = rng.normal(size=(4, model.n_params))
+    assert np.all(_fd_rel_errors(model, data, directions) <= FD_RTOL)
+
+
+def test_gradient_every_block(model, data):
+    """A random direction inside each named block, so no block hides behind a larger one
+    (``theta`` and the imaginary parts check the complex adjoint with conj(λ))."""
+    rng = np.random.default_rng(2)
+    directions = []
+    for name, block in model.unflatten(np.zeros(model.n_params)).items():
+        v = np.zeros(model.n_params)
+        model.unflatten(v)[name][...] = rng.normal(size=block.shape)
+        directions.append(v)
+    errors = _fd_rel_errors(model, data, directions)
+    names = list(model.unflatten())
+    assert np.all(errors <= FD_RTOL), dict(zip(names, errors, strict=True))
+
+
+def test_gradient_float32_close_to_float64(data):
+    for kind in ("linear", "selective"):
+        m64, m32 = _make(kind), _make(kind, "float32")
+        l64, g64, _ = ssm_loss_and_grad(m64, data)
+        l32, g32, _ = ssm_loss_and_grad(m32, data.astype(np.float32))
+        assert g32.dtype == np.float32
+        assert l32 == pytest.approx(l64, rel=1e-5)
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
+        out32 = m32.generate(data[:, 0].astype(np.float32), 6)
+        assert out32.dtype == np.float32
+        np.testing.assert_allclose(out32, m64.generate(data[:, 0], 6), rtol=1e-4, atol=1e-5)
+
+
+def test_nonfinite_data_propagates(data):
+    bad = data.copy()
+    bad[0, 3, 1] = np.nan
+    loss, grad, _ = ssm_loss_and_grad(_make("linear"), bad)
+    assert math.isnan(loss) and np.isnan(grad).any()
+
+
+def test_adam_reduces_teacher_forced_loss():
+    """A few hundred Adam steps on a noisy sine fit the one-step map clearly better."""
+    t = np.arange(201) * 0.1
+    x = np.stack([np.sin(t), np.cos(t), np.sin(2 * t)], axis=-1)[None]
+    model = _make("linear")
+    opt = Adam(model.n_params)
+    first = ssm_loss_and_grad(model, x)[0]
+    for _ in range(300):
+        loss, grad, _ = ssm_loss_and_grad(model, x)
+        opt.step(model.params, grad, 3e-3)
+    assert loss < first / 10
+
+
+# --- initialisation, persistence ---------------------------------------------------------------
+
+
+def test_linear_init_ring():
+    m = LinearSSM(N, 64, L, r_min=0.9, r_max=0.999, max_phase=math.pi, seed=5)
+    lam, gamma = m.eigenvalues()
+    assert np.all((np.abs(lam) >= 0.9 - 1e-12) & (np.abs(lam) <= 0.999 + 1e-12))
+    assert np.all((np.angle(lam) >= 0.0) & (np.angle(lam) <= math.pi))
+    np.testing.assert_allclose(gamma, np.sqrt(1 - np.abs(lam) ** 2), rtol=1e-12)
+    np.testing.assert_array_equal(LinearSSM(N, 64, L, max_phase=math.pi, seed=5).params, m.params)
+    assert m.K == 64 and m["W1"].shape == (L, 64 + N)
+
+
+def test_selective_init():
+    m = SelectiveSSM(N, H, L, seed=5)
+    np.testing.assert_allclose(-np.exp(m["log_A"]), -np.tile(np.arange(1.0, H + 1), (N, 1)))
+    dt = np.log1p(np.exp(m["b_delta"]))
+    assert np.all((dt >= 1e-3 * (1 - 1e-9)) & (dt <= 1e-1 * (1 + 1e-9)))
+
+
+@pytest.mark.parametrize("kind", ["linear", "selective"])
+def test_save_load_round_trip(tmp_path, kind, data):
+    m = _make(kind)
+    m.standardization = (np.arange(N, dtype=float), np.ones(N))
+    path = m.save(tmp_path / "m.npz", metadata={"epoch": 7})
+    loaded, meta = models.load_with_metadata(path)
+    assert type(loaded) is type(m) and meta == {"epoch": 7}
+    assert loaded.hyperparameters() == m.hyperparameters()
+    np.testing.assert_array_equal(loaded.params, m.params)
+    np.testing.assert_array_equal(loaded.teacher_forced(data), m.teacher_forced(data))
+    np.testing.assert_array_equal(loaded.standardization[0], m.standardization[0])
+    assert type(m).load(path).n_params == m.n_params
+    other = SelectiveSSM if kind == "linear" else LinearSSM
+    with pytest.raises(ValueError, match=r"Use models\.load"):
+        other.load(path)
+    assert type(m)(**m.hyperparameters()).hyperparameters() == m.hyperparameters()
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_input_errors(model, data):
+    name = type(model).__name__
+    with pytest.raises(ValueError, match=rf"{name}.forward: x must have shape .*N=3"):
+        model.teacher_forced(data[..., :2])
+    with pytest.raises(TypeError, match=rf"{name}.forward: x must have dtype float64"):
+        model.teacher_forced(data.astype(np.float32))
+    with pytest.raises(ValueError, match="at least 2 time points"):
+        model.teacher_forced(data[:, :1])
+    with pytest.raises(TypeError, match="must be a NumPy array"):
+        model.teacher_forced(data.tolist())
+    with pytest.raises(ValueError, match=rf"{name}.generate: n_steps must be >= 0"):
+        model.generate(data[:, 0], -1)
+    with pytest.raises(ValueError, match=rf"{name}.generate: x0 must have shape"):
+        model.generate(data[:, 0, :2], 3)
+
+
+def test_constructor_and_gradient_errors():
+    with pytest.raises(ValueError, match="LinearSSM: need 0 <= r_min <= r_max < 1"):
+        LinearSSM(N, H, L, r_min=0.99, r_max=0.9)
+    with pytest.raises(ValueError, match="LinearSSM: need 0 <= r_min <= r_max < 1"):
+        LinearSSM(N, H, L, r_max=1.0)
+    with pytest.raises(ValueError, match="SelectiveSSM: need 0 < dt_min <= dt_max"):
+        SelectiveSSM(N, H, L, dt_min=0.0)
+    with pytest.raises(ValueError, match="LinearSSM: H must be >= 1"):
+        LinearSSM(N, 0, L)
+    with pytest.raises(TypeError, match="LinearSSM: dtype must be float32 or float64"):
+        LinearSSM(N, H, L, dtype="int64")
+    with pytest.raises(TypeError, match="ssm_loss_and_grad: model must be a LinearSSM"):
+        ssm_loss_and_grad(object(), np.zeros((1, 3, N)))
