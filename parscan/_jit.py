@@ -12,9 +12,6 @@ from parscan import _env
 
 JIT_OPTIONS = {"cache": _env.CACHE, "error_model": "numpy", "nogil": True}
 
-if _env.THREADS is not None:
-    numba.set_num_threads(min(_env.THREADS, numba.config.NUMBA_NUM_THREADS))
-
 
 def jit(fn=None, **overrides):
     """``numba.njit`` with the project policy; usable bare or with keyword overrides."""
@@ -32,3 +29,16 @@ def jit_parallel(fn=None, **overrides):
 def n_threads() -> int:
     """Number of threads ``prange`` kernels will use now."""
     return numba.get_num_threads()
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` threads in ``prange`` kernels (capped at ``NUMBA_NUM_THREADS``); return it."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_threads: n must be a positive int; got {n!r}.")
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
+
+
+if _env.THREADS is not None:
+    set_threads(_env.THREADS)

@@ -1,0 +1,158 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint is one ``.npz`` file holding NumPy arrays plus a JSON metadata string. It is a
+superset of a model file written by :meth:`models.base.Model.save` (``model_class``,
+``hyperparameters``, ``params``, ``metadata``, ``data_mean``/``data_std``), so
+``models.load(path)`` reads the model of any checkpoint directly. Files are written to a
+temporary file in the target directory and moved into place with :func:`os.replace`, so a run
+killed at any moment leaves either the previous or the new checkpoint, never a partial one.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+#: file name of the latest checkpoint inside a checkpoint directory
+CHECKPOINT_NAME = "checkpoint.npz"
+#: bumped when the layout changes incompatibly
+FORMAT_VERSION = 1
+
+
+def checkpoint_path(directory) -> Path:
+    """The path of the latest checkpoint inside ``directory``."""
+    return Path(directory) / CHECKPOINT_NAME
+
+
+def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
+    flushed and fsynced, then :func:`os.replace`. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    directory,
+    model,
+    params: np.ndarray,
+    state: dict,
+    arrays: dict[str, np.ndarray],
+    optimizer_state: dict[str, np.ndarray] | None,
+) -> Path:
+    """Atomically write the training state to ``directory/checkpoint.npz``.
+
+    Parameters
+    ----------
+    directory : path-like
+        Checkpoint directory (created if missing).
+    model : models.base.Model
+        The model being trained; its class, hyperparameters and standardisation are stored in
+        the layout of :meth:`~models.base.Model.save`.
+    params : ndarray, shape (n_params,)
+        The parameters to store (those of the last completed step, not necessarily
+        ``model.params``).
+    state : dict
+        JSON-able training state (epoch, step, alpha, RNG state, config, history, ...),
+        stored as the ``metadata`` string under key ``"train_state"``.
+    arrays : dict of str to ndarray
+        Extra arrays (e.g. the best parameters so far), stored under ``"array.<name>"``.
+    optimizer_state : dict of str to ndarray or None
+        The optimiser's ``state_dict()``, stored under ``"optimizer.<name>"``.
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint file written.
+    """
+    payload = {
+        "model_class": np.array(type(model).__name__),
+        "hyperparameters": np.array(json.dumps(model.hyperparameters())),
+        "params": params,
+        "metadata": np.array(json.dumps({"format_version": FORMAT_VERSION, "train_state": state})),
+    }
+    if model.standardization is not None:
+        payload["data_mean"] = np.asarray(model.standardization[0], dtype=np.float64)
+        payload["data_std"] = np.asarray(model.standardization[1], dtype=np.float64)
+    for name, value in arrays.items():
+        payload[f"array.{name}"] = value
+    for name, value in (optimizer_state or {}).items():
+        payload[f"optimizer.{name}"] = value
+    return atomic_save_npz(checkpoint_path(directory), payload)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path : path-like
+        A checkpoint file, or a directory holding ``checkpoint.npz``.
+
+    Returns
+    -------
+    dict
+        ``model_class`` (str), ``hyperparameters`` (dict), ``params`` (ndarray),
+        ``standardization`` ((mean, sd) or None), ``state`` (the JSON training state),
+        ``arrays`` (dict of extra arrays) and ``optimizer`` (dict, possibly empty).
+
+    Raises
+    ------
+    ValueError
+        No such file, not a readable ``.npz``, or not a parscan training checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = checkpoint_path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"load_checkpoint: no checkpoint at {path}. Start without resume, or point to the "
+            "checkpoint directory of an earlier run."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            fields = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"load_checkpoint: {path} is not a readable .npz file ({exc}).") from None
+    try:
+        meta = json.loads(str(fields["metadata"]))
+        state = meta["train_state"]
+        version = meta["format_version"]
+        hyper = json.loads(str(fields["hyperparameters"]))
+        model_class = str(fields["model_class"])
+        params = fields["params"]
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(
+            f"load_checkpoint: {path} is not a parscan training checkpoint (a model file "
+            "written by model.save has no training state; load it with models.load)."
+        ) from None
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"load_checkpoint: {path} has checkpoint format {version}; this parscan reads "
+            f"format {FORMAT_VERSION}."
+        )
+    standardization = None
+    if "data_mean" in fields:
+        standardization = (fields["data_mean"], fields["data_std"])
+    return {
+        "path": path,
+        "model_class": model_class,
+        "hyperparameters": hyper,
+        "params": params,
+        "standardization": standardization,
+        "state": state,
+        "arrays": {k[6:]: v for k, v in fields.items() if k.startswith("array.")},
+        "optimizer": {k[10:]: v for k, v in fields.items() if k.startswith("optimizer.")},
+    }

@@ -1,0 +1,283 @@
+"""The generalized-teacher-forcing (GTF) loss of a latent RNN and its exact gradient.
+
+For a batch of windows ``x_0 .. x_T`` (DESIGN.md sections 4-5; GTF: Hess et al., ICML 2023)::
+
+    z~_0 = [x_0; L0 x_0]                                  model.initial_state
+    z_t  = F(z~_{t-1}),   z~_t = (I - alpha P) z_t + alpha P x_t,     t = 1..T
+    loss = mean over (B, T, N) of (z_t[:N] - x_t)^2       on the predictions, before forcing
+
+with ``P = diag(1_{n_forced}, 0)``. The gradient is backpropagation through this forced
+recursion, written as an adjoint: with ``e_t = d loss / d z_t`` (direct term) and
+``J_t = dF/dz (z~_t)``, the total cotangent ``mu_t`` of the prediction ``z_t`` obeys::
+
+    mu_t = e_t + (I - alpha P) J_t^T mu_{t+1} = e_t + (J_t (I - alpha P))^T mu_{t+1},
+    mu_{T+1} = 0,
+    grad_theta = sum_t (dF/dtheta at z~_{t-1})^T mu_t  +  (d z~_0 / d L0)^T (J_0^T mu_1).
+
+Two ways to evaluate it:
+
+* ``method="deer"`` (GTF-DEER; Hess, Goetz & Durstewitz, arXiv:2605.12683): the forward is
+  :func:`parscan.deer_solve` (Newton over the whole sequence; DEER: Lim et al., ICLR 2024); the
+  adjoint is **one** reverse :func:`parscan.linear_scan` with transposed Jacobians
+  ``a_t = J_F(z~_t)(I - alpha P)`` evaluated at the converged states (the column scaling is
+  done in place on the freshly computed Jacobians, nothing is copied), followed by
+  ``model.param_vjp`` over all ``(B, T)`` positions in parallel.
+* ``method="sequential"``: fused sequential forward + BPTT in Numba, parallel over the batch
+  (:mod:`autodiff._bptt_kernels`) -- the baseline.
+
+Both give the same loss and gradient up to the Newton tolerance. The adjoint always uses the
+full Jacobian: ``jacobian="diag"`` (quasi-DEER) only changes how the forward is solved.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.base import LatentRNN
+from parscan.deer import DeerStatus, deer_solve
+from parscan.gtf import gtf_alpha
+from parscan.scan import linear_scan
+
+METHODS = ("deer", "sequential")
+JACOBIANS = ("full", "diag")
+
+
+@dataclass(frozen=True)
+class GradInfo:
+    """What :func:`gtf_loss_and_grad` did besides the numbers.
+
+    Attributes
+    ----------
+    method : str
+        ``"deer"`` or ``"sequential"``.
+    alpha : float or ndarray of shape (B,)
+        The GTF parameter used (the estimate when ``alpha="auto"`` was passed).
+    status : DeerStatus
+        Solver status of the forward; ``DeerStatus.CONVERGED`` for the sequential method.
+    newton_iters : ndarray of shape (B,), int
+        Newton iterations per sequence (zeros for the sequential method).
+    """
+
+    method: str
+    alpha: float | np.ndarray
+    status: DeerStatus
+    newton_iters: np.ndarray
+
+    @property
+    def converged(self) -> bool:
+        """Whether the forward converged (then ``loss`` and ``grad`` are valid)."""
+        return self.status == DeerStatus.CONVERGED
+
+    @property
+    def newton_iters_max(self) -> int:
+        return int(self.newton_iters.max(initial=0))
+
+    @property
+    def newton_iters_mean(self) -> float:
+        return float(self.newton_iters.mean()) if self.newton_iters.size else 0.0
+
+
+def _check_args(model, data, alpha, method, n_forced, jacobian):
+    """Validate; return ``(data, alpha, n_forced)`` with alpha a float, ndarray (B,) or "auto"."""
+    where = "gtf_loss_and_grad"
+    if not isinstance(model, LatentRNN):
+        raise TypeError(
+            f"{where}: model must be a latent RNN (models.base.LatentRNN: ShPLRNN, "
+            f"ClippedShPLRNN, ALRNN, PLRNN); got {type(model).__name__}. State-space models "
+            "are trained teacher-forced: use autodiff.ssm_gradients.ssm_loss_and_grad."
+        )
+    if not isinstance(data, np.ndarray):
+        raise TypeError(
+            f"{where}: data must be a numpy array of shape (B, T+1, N); got "
+            f"{type(data).__name__}. Use np.asarray(data, dtype=np.{model.dtype})."
+        )
+    type_errors, value_errors = [], []
+    if data.dtype != model.dtype:
+        type_errors.append(
+            f"data must have the model dtype {model.dtype}; got {data.dtype}. Use "
+            f"data.astype(np.{model.dtype}) or model.astype({data.dtype.name!r})."
+        )
+    if data.ndim != 3 or data.shape[1] < 2 or data.shape[2] != model.n_obs or data.shape[0] < 1:
+        value_errors.append(
+            f"data must have shape (B, T+1, N) with B >= 1, T >= 1 and N = model.n_obs = "
+            f"{model.n_obs}; got {data.shape}."
+        )
+    if method not in METHODS:
+        value_errors.append(f"method must be one of {METHODS}; got {method!r}.")
+    if jacobian not in JACOBIANS:
+        value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
+    N = model.n_obs
+    if n_forced is None:
+        n_forced = N
+    elif isinstance(n_forced, bool) or not isinstance(n_forced, int | np.integer):
+        type_errors.append(f"n_forced must be an int or None; got {type(n_forced).__name__}.")
+    elif not 0 <= n_forced <= N:
+        value_errors.append(f"n_forced must be in [0, N={N}]; got {n_forced}.")
+    if isinstance(alpha, str):
+        if alpha != "auto":
+            value_errors.append(
+                f"alpha must be a float in [0, 1], an array or 'auto'; got {alpha!r}."
+            )
+    elif isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating | np.ndarray):
+        type_errors.append(
+            f"alpha must be a float, an array of shape (B,) or 'auto'; got {type(alpha).__name__}."
+        )
+    else:
+        arr = np.asarray(alpha, dtype=np.float64)
+        B = data.shape[0] if data.ndim == 3 else None
+        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape != (B,)):
+            value_errors.append(
+                f"alpha as an array must have shape (B,) = ({B},); got {arr.shape}."
+            )
+        elif not np.all((arr >= 0.0) & (arr <= 1.0)):
+            value_errors.append(f"alpha must lie in [0, 1]; got {alpha!r}.")
+        alpha = float(arr) if arr.ndim == 0 else arr
+    if type_errors:
+        raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
+    if value_errors:
+        raise ValueError(f"{where}: " + " ".join(value_errors))
+    if not np.all(np.isfinite(data)):
+        b, t, n = np.argwhere(~np.isfinite(data))[0]
+        raise ValueError(
+            f"{where}: data contains NaN or inf (first at data[{b}, {t}, {n}]). Clean the "
+            "trajectory before windowing it."
+        )
+    return data, alpha, int(n_forced)
+
+
+def gtf_loss_and_grad(
+    model,
+    data,
+    *,
+    alpha,
+    method="deer",
+    n_forced=None,
+    jacobian="full",
+    backend="auto",
+    throw=True,
+    tol=None,
+    max_iter=None,
+):
+    """GTF loss of a latent RNN on a batch of windows and its exact parameter gradient.
+
+    Parameters
+    ----------
+    model : models.base.LatentRNN
+        ShPLRNN, ClippedShPLRNN, ALRNN or PLRNN (state-space models are trained with
+        :func:`autodiff.ssm_gradients.ssm_loss_and_grad` instead).
+    data : ndarray, shape (B, T+1, N)
+        Windows ``x_0 .. x_T`` of the model dtype, finite, ``T >= 1``, ``N = model.n_obs``.
+        ``x_0`` initialises ``z~_0 = model.initial_state(x_0)``; ``x_1 .. x_T`` are the targets
+        and the forcing signal.
+    alpha : float in [0, 1], ndarray of shape (B,), or "auto"
+        GTF parameter (one per sequence, or shared). ``"auto"`` estimates one for the batch
+        with :func:`parscan.gtf_alpha` (``method="sup"``), which makes the fully forced map a
+        contraction along the data (DESIGN.md section 4).
+    method : {"deer", "sequential"}
+        GTF-DEER (Newton forward, one reverse scan, parallel VJPs) or the fused sequential
+        forward + BPTT baseline. Same loss and gradient up to the Newton tolerance.
+    n_forced : int, optional
+        Number of forced latents (the first ones), ``0 <= n_forced <= N``; default ``N``.
+    jacobian : {"full", "diag"}
+        Newton (DEER) or quasi-Newton (quasi-DEER, diagonal Jacobian) forward solve. The
+        adjoint always uses the full Jacobian, so the gradient is exact either way. Ignored by
+        ``method="sequential"``.
+    backend : {"auto", "sequential", "cpu", "cuda"}
+        Backend of the DEER solver and the reverse scan; ignored by ``method="sequential"``.
+    throw : bool
+        If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
+        (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A
+        gradient of an unconverged (wrong) trajectory is never returned.
+    tol, max_iter : optional
+        Passed to :func:`parscan.deer_solve` (its defaults when None).
+
+    Returns
+    -------
+    loss : float
+        Mean squared error over the batch, time steps ``1..T`` and the ``N`` observed
+        dimensions, of the predictions ``z_t`` (before forcing), accumulated in float64.
+    grad : ndarray, shape (n_params,), or None
+        ``d loss / d model.params`` (model dtype), including the ``L0`` block of the initial
+        state map; None when the forward did not converge and ``throw=False``.
+    info : GradInfo
+        Method, alpha used, solver status and Newton iterations.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Wrong model kind, dtype, shapes, alpha, method or jacobian; non-finite data.
+    parscan.DeerConvergenceError
+        The DEER forward did not converge and ``throw=True`` (its message gives the remedy).
+    """
+    data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian)
+    x0 = data[:, 0]
+    forcing = data[:, 1:]
+    if isinstance(alpha, str):
+        alpha = gtf_alpha(model, forcing, n_forced=n_forced)
+    z0 = model.initial_state(x0)
+    if method == "sequential":
+        loss, grad, g0 = _sequential(model, z0, forcing, alpha, n_forced)
+        iters = np.zeros(data.shape[0], dtype=np.int64)
+        status = DeerStatus.CONVERGED
+    else:
+        result = deer_solve(
+            model, z0, forcing=forcing, alpha=alpha, n_forced=n_forced, jacobian=jacobian,
+            tol=tol, max_iter=max_iter, backend=backend, throw=throw,
+        )  # fmt: skip
+        iters = np.asarray(result.n_iter, dtype=np.int64).reshape(-1)
+        status = result.status
+        if status != DeerStatus.CONVERGED:
+            return float("nan"), None, GradInfo(method, alpha, status, iters)
+        loss, grad, g0 = _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend)
+    grad += model.initial_state_vjp(x0, g0)
+    return loss, grad, GradInfo(method, alpha, status, iters)
+
+
+def _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend):
+    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states."""
+    B, N = forcing.shape[0], forcing.shape[2]
+    states, predictions = result.states, result.predictions
+    resid = predictions[..., :N] - forcing
+    loss = float(np.mean(np.square(resid, dtype=np.float64)))
+    e = np.zeros_like(predictions)
+    e[..., :N] = resid * (2.0 / resid.size)
+    # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
+    # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
+    a = model.jacobian(states)
+    keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
+    a[..., :n_forced] *= keep.astype(a.dtype)[:, None, None, None]
+    mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
+    zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
+    grad = model.param_vjp(zprev, mu)
+    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu[:, 0])
+    return loss, grad, g0
+
+
+def _sequential(model, z0, forcing, alpha, n_forced):
+    """Loss, gradient of the map and ``d loss / d z~_0`` with the fused BPTT kernel."""
+    from autodiff._bptt_kernels import gtf_bptt
+
+    fns = getattr(model, "step_functions_jit", None)
+    if fns is None:
+        raise TypeError(
+            "gtf_loss_and_grad: method='sequential' needs the model's jitted per-step functions "
+            "(step_functions_jit, kernel_args, n_map_params, as the models in models/ provide); "
+            f"{type(model).__name__} has none. Use method='deer'."
+        )
+    B, T, N = forcing.shape
+    M = model.M
+    alpha_b = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float64), (B,)))
+    zt = np.empty((B, T, M), dtype=model.dtype)
+    zp = np.empty((B, T, M), dtype=model.dtype)
+    mu = np.empty((B, M), dtype=model.dtype)
+    g0 = np.empty((B, M), dtype=model.dtype)
+    G = np.zeros((B, model.n_map_params), dtype=np.float64)
+    sse = np.empty(B, dtype=np.float64)
+    gtf_bptt(
+        fns.step, fns.vjp_state, fns.vjp_params, model.kernel_args(),
+        np.ascontiguousarray(z0), np.ascontiguousarray(forcing), alpha_b, n_forced,
+        2.0 / (B * T * N), zt, zp, mu, g0, G, sse,
+    )  # fmt: skip
+    grad = np.zeros(model.n_params, dtype=model.dtype)
+    grad[: model.n_map_params] = G.sum(axis=0)
+    return float(sse.sum() / (B * T * N)), grad, g0

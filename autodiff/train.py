@@ -1,0 +1,790 @@
+"""The training loop: GTF-DEER (or sequential BPTT) on random windows of one trajectory.
+
+:func:`fit` trains a copy of a model on windows of length ``T + 1`` sampled with replacement
+from a standardised trajectory (DESIGN.md section 8), with the GTF loss of
+:func:`autodiff.gradients.gtf_loss_and_grad` for latent RNNs (Hess et al., ICML 2023; GTF-DEER:
+Hess, Goetz & Durstewitz, arXiv:2605.12683) or the teacher-forced loss of
+:func:`autodiff.ssm_gradients.ssm_loss_and_grad` for state-space models, RAdam/Adam with an
+exponentially decaying learning rate, the lab's alpha annealing, validation-based model
+selection, atomic checkpoints and bit-identical resumption.
+
+Determinism: everything random (window starts, noise) comes from one
+``np.random.Generator(PCG64(seed))`` whose state is checkpointed; the learning rate and the
+alpha re-estimation schedule are functions of the global step. Resuming from any checkpoint
+-- periodic, final, or written on ``KeyboardInterrupt`` -- gives bitwise the parameters of an
+uninterrupted run (same machine, thread count and backend).
+"""
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autodiff.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from autodiff.optim import OPTIMIZERS, ExponentialDecay, clip_grad_norm, make_optimizer
+from autodiff.regularization import GROUPS, l2_penalty
+from models.base import LatentRNN, Model
+from models.data import check_trajectory, standardize
+
+_CHOICES = {
+    "method": ("deer", "sequential"),
+    "optimizer": tuple(OPTIMIZERS),
+    "alpha_mode": ("constant", "auto"),
+    "alpha_method": ("sup", "geomean", "param_bound"),
+    "jacobian": ("full", "diag"),
+    "dtype": ("float32", "float64"),
+    "backend": ("auto", "sequential", "cpu", "cuda"),
+}
+#: config fields that may differ between a checkpoint and the run resuming it
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "checkpoint_interval", "max_bad_steps", "backend", "validation_interval"}
+)
+
+
+class TrainingDivergedError(RuntimeError):
+    """``max_bad_steps`` consecutive steps had a non-finite loss or gradient, or a DEER
+    forward that did not converge.
+
+    Attributes
+    ----------
+    params : ndarray
+        The last good (finite) parameters.
+    checkpoint : pathlib.Path or None
+        The last checkpoint written (never overwritten by a bad state).
+    """
+
+    def __init__(self, message, params, checkpoint):
+        super().__init__(message)
+        self.params = params
+        self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (JSON round trip with :meth:`to_dict` / :meth:`from_dict`).
+
+    Attributes
+    ----------
+    method : {"deer", "sequential"}
+        GTF-DEER (parallel in time) or the sequential BPTT baseline (latent RNNs only).
+    sequence_length : int
+        Window length ``T`` (steps after the initial one); up to ``len(data) - 1``.
+    batch_size : int
+        Windows per batch (lab default 16).
+    batches_per_epoch : int
+        Optimiser steps per epoch (lab default 50).
+    epochs : int
+        Number of epochs.
+    optimizer : {"radam", "adam"}
+        The lab's default is RAdam.
+    lr_start, lr_end : float
+        Exponential learning-rate decay over all ``epochs * batches_per_epoch`` steps.
+    alpha_mode : {"auto", "constant"}
+        ``"constant"``: GTF alpha fixed at ``alpha``. ``"auto"``: start at ``alpha`` and every
+        ``alpha_interval`` steps estimate ``a`` on the current batch with
+        :func:`parscan.gtf_alpha` (``alpha_method``); raise alpha to ``a`` at once when
+        ``a > alpha``, else ``alpha <- gamma alpha + (1 - gamma) a`` (the lab's annealing).
+    alpha : float in [0, 1]
+        The constant alpha, or the initial one in auto mode.
+    alpha_method : {"sup", "geomean", "param_bound"}
+        Estimator for auto mode (see :func:`parscan.gtf_alpha`).
+    alpha_gamma : float in [0, 1)
+        Annealing factor ``gamma``.
+    alpha_interval : int
+        Re-estimate alpha every this many steps.
+    jacobian : {"full", "diag"}
+        DEER (Newton) or quasi-DEER forward.
+    noise_level : float >= 0
+        Gaussian noise of this standard deviation (relative to each dimension's sd, i.e.
+        absolute on standardised data) added to every training window.
+    seed : int
+        Seed of the window sampler and the noise.
+    dtype : {"float32", "float64"}
+        Dtype of the trained model and the data.
+    backend : {"auto", "sequential", "cpu", "cuda"}
+        Backend of the scans.
+    checkpoint_interval : int
+        Write a checkpoint every this many epochs (and always at the end).
+    grad_clip : float or None
+        Clip the gradient to this Euclidean norm (None: no clipping).
+    l2 : float or dict
+        The lab's L2 regularisation weights (:func:`autodiff.regularization.l2_penalty`): one
+        lambda, or ``{"A": .., "W": .., "bias": ..}``. 0 disables it.
+    max_bad_steps : int
+        Stop with :class:`TrainingDivergedError` after this many consecutive rejected steps.
+    validation_interval : int
+        Score the model on ``validation_data`` every this many epochs (and at the last one).
+    validation_steps : int or None
+        Length of the validation free run (None: ``len(validation_data) - 1``).
+    newton_tol, newton_max_iter : optional
+        ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None).
+    standardize : bool
+        Standardise the data per dimension (mean and sd stored with the model); when False the
+        data are used as given.
+    """
+
+    method: str = "deer"
+    sequence_length: int = 1000
+    batch_size: int = 16
+    batches_per_epoch: int = 50
+    epochs: int = 100
+    optimizer: str = "radam"
+    lr_start: float = 1e-3
+    lr_end: float = 1e-5
+    alpha_mode: str = "auto"
+    alpha: float = 0.1
+    alpha_method: str = "sup"
+    alpha_gamma: float = 0.999
+    alpha_interval: int = 5
+    jacobian: str = "full"
+    noise_level: float = 0.0
+    seed: int = 0
+    dtype: str = "float32"
+    backend: str = "auto"
+    checkpoint_interval: int = 10
+    grad_clip: float | None = None
+    l2: float | dict = 0.0
+    max_bad_steps: int = 20
+    validation_interval: int = 5
+    validation_steps: int | None = None
+    newton_tol: float | None = None
+    newton_max_iter: int | None = None
+    standardize: bool = True
+
+    def __post_init__(self):
+        type_errors, value_errors = [], []
+
+        def integer(name, minimum, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                type_errors.append(f"{name} must be an int; got {type(v).__name__} {v!r}.")
+            elif v < minimum:
+                value_errors.append(f"{name} must be >= {minimum}; got {v}.")
+
+        def real(name, lo, hi, *, lo_open=False, hi_open=False, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                type_errors.append(f"{name} must be a float; got {type(v).__name__} {v!r}.")
+                return
+            ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
+            ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+            if not ok:
+                rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
+                rng += ")" if hi_open or hi is None else "]"
+                value_errors.append(f"{name} must be finite and in {rng}; got {v!r}.")
+
+        for name, options in _CHOICES.items():
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in options:
+                value_errors.append(f"{name} must be one of {options}; got {v!r}.")
+        for name in ("sequence_length", "batch_size", "batches_per_epoch", "epochs"):
+            integer(name, 1)
+        for name in ("alpha_interval", "checkpoint_interval", "max_bad_steps"):
+            integer(name, 1)
+        integer("validation_interval", 1)
+        integer("validation_steps", 1, optional=True)
+        integer("newton_max_iter", 1, optional=True)
+        integer("seed", 0)
+        real("lr_start", 0.0, None, lo_open=True)
+        real("lr_end", 0.0, None, lo_open=True)
+        real("alpha", 0.0, 1.0)
+        real("alpha_gamma", 0.0, 1.0, hi_open=True)
+        real("noise_level", 0.0, None)
+        real("grad_clip", 0.0, None, lo_open=True, optional=True)
+        real("newton_tol", 0.0, None, lo_open=True, optional=True)
+        if not isinstance(self.standardize, bool):
+            type_errors.append(
+                f"standardize must be a bool; got {type(self.standardize).__name__}."
+            )
+        l2 = self.l2
+        if isinstance(l2, dict):
+            unknown = sorted(set(l2) - set(GROUPS))
+            if unknown:
+                value_errors.append(f"l2 has unknown groups {unknown}; valid: {list(GROUPS)}.")
+            values = list(l2.values())
+        else:
+            values = [l2]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                type_errors.append(f"l2 weights must be floats; got {type(v).__name__} {v!r}.")
+            elif not (math.isfinite(v) and v >= 0):
+                value_errors.append(f"l2 weights must be finite and >= 0; got {v!r}.")
+        if type_errors:
+            raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
+        if value_errors:
+            raise ValueError("TrainConfig: " + " ".join(value_errors))
+
+    @property
+    def n_steps(self) -> int:
+        """Total number of optimiser steps, ``epochs * batches_per_epoch``."""
+        return self.epochs * self.batches_per_epoch
+
+    def to_dict(self) -> dict:
+        """All fields as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict (e.g. parsed JSON/TOML); missing keys take their defaults."""
+        if not isinstance(d, dict):
+            raise TypeError(f"TrainConfig.from_dict: expected a dict; got {type(d).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"TrainConfig.from_dict: unknown keys {unknown}; valid keys: {sorted(names)}."
+            )
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to ``callback`` after every optimiser step (``kind == "step"``).
+
+    Attributes
+    ----------
+    epoch, batch, step : int
+        0-based epoch, batch within the epoch and global step (this step).
+    n_steps : int
+        Total steps of the run.
+    loss : float
+        Training loss of the batch (NaN for a rejected step whose forward failed).
+    alpha : float
+        GTF alpha used (0 for state-space models).
+    lr : float
+        Learning rate of this step.
+    newton_iters_max, newton_iters_mean : int, float
+        DEER iterations over the batch (0 for the sequential method and SSMs).
+    grad_norm : float
+        Gradient norm before clipping.
+    accepted : bool
+        False when the step was rejected (parameters unchanged); ``reason`` says why.
+    reason : str
+    bad_steps : int
+        Consecutive rejected steps so far.
+    step_time : float
+        Seconds spent in this step.
+    steps_per_s : float
+        Average rate since this call of :func:`fit` started.
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    n_steps: int
+    loss: float
+    alpha: float
+    lr: float
+    newton_iters_max: int
+    newton_iters_mean: float
+    grad_norm: float
+    accepted: bool
+    reason: str
+    bad_steps: int
+    step_time: float
+    steps_per_s: float
+    kind: str = "step"
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """Passed to ``callback`` at the end of every epoch (``kind == "epoch"``).
+
+    Attributes
+    ----------
+    record : dict
+        The epoch's entry of :attr:`TrainResult.history`.
+    best_epoch : int or None
+        Best validated epoch so far (1-based), None before the first validation.
+    best_scores : dict or None
+        Its validation scores.
+    """
+
+    record: dict
+    best_epoch: int | None
+    best_scores: dict | None
+    kind: str = "epoch"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`fit`.
+
+    Attributes
+    ----------
+    model : Model
+        The selected model: the best-validated parameters when ``validation_data`` was
+        given, else the last ones. Carries the data standardisation.
+    last_params : ndarray
+        Parameters after the last step.
+    best_epoch : int or None
+        1-based epoch of the selected model (None without validation).
+    best_scores : dict or None
+        ``{"dstsp", "dh", "score", "status"}`` of the selected model.
+    history : list of dict
+        One record per epoch: ``epoch`` (1-based), ``step``, ``loss`` (mean over accepted
+        steps), ``alpha``, ``lr``, ``newton_iters_mean``, ``newton_iters_max``,
+        ``grad_norm_mean``, ``bad_steps``, ``time`` (s), and when validated ``val_dstsp``,
+        ``val_dh``, ``val_score``, ``val_status``.
+    n_bad_steps : int
+        Rejected steps over the whole run.
+    alpha : float
+        Final GTF alpha.
+    config : TrainConfig
+    wall_time : float
+        Seconds of training (summed over resumed sessions).
+    checkpoint : pathlib.Path or None
+        The final checkpoint, when a directory was given.
+    """
+
+    model: Model
+    last_params: np.ndarray
+    best_epoch: int | None
+    best_scores: dict | None
+    history: list
+    n_bad_steps: int
+    alpha: float
+    config: TrainConfig
+    wall_time: float
+    checkpoint: Path | None = None
+
+
+@dataclass
+class _State:
+    """Everything that evolves during training besides params, optimiser and RNG (JSON-able)."""
+
+    step: int = 0
+    alpha: float = 0.0
+    bad_streak: int = 0
+    n_bad_total: int = 0
+    force_alpha_estimate: bool = False
+    epoch_pending: bool = False
+    wall_time: float = 0.0
+    best_epoch: int | None = None
+    best_scores: dict | None = None
+    epoch_acc: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+    def copy(self) -> "_State":
+        new = dataclasses.replace(self)
+        new.epoch_acc = dict(self.epoch_acc)
+        new.history = list(self.history)
+        return new
+
+
+def _new_epoch_acc() -> dict:
+    return {
+        "loss_sum": 0.0,
+        "n_ok": 0,
+        "newton_sum": 0.0,
+        "newton_max": 0,
+        "grad_norm_sum": 0.0,
+        "bad": 0,
+        "time": 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A consistent copy of the whole training state after a completed step."""
+
+    params: np.ndarray
+    optimizer: dict
+    rng_state: dict
+    state: _State
+    best_params: np.ndarray | None
+
+
+def _check_data(model, data, validation_data, config):
+    where = "fit"
+    data = check_trajectory(data, where, name="data", min_steps=2)
+    if data.shape[1] != model.n_obs:
+        raise ValueError(
+            f"{where}: data has {data.shape[1]} columns but the model observes N = "
+            f"{model.n_obs}; pass a (T, {model.n_obs}) trajectory or build the model with "
+            f"n_obs={data.shape[1]}."
+        )
+    if data.shape[0] < config.sequence_length + 1:
+        raise ValueError(
+            f"{where}: windows of sequence_length + 1 = {config.sequence_length + 1} steps need "
+            f"at least that many data points; got {data.shape[0]}. Lower sequence_length to "
+            f"at most {data.shape[0] - 1}."
+        )
+    if validation_data is not None:
+        validation_data = check_trajectory(
+            validation_data, where, name="validation_data", min_steps=2
+        )
+        if validation_data.shape[1] != model.n_obs:
+            raise ValueError(
+                f"{where}: validation_data has {validation_data.shape[1]} columns; expected "
+                f"{model.n_obs} like data."
+            )
+        steps = config.validation_steps
+        if steps is not None and steps > validation_data.shape[0] - 1:
+            raise ValueError(
+                f"{where}: validation_steps = {steps} exceeds len(validation_data) - 1 = "
+                f"{validation_data.shape[0] - 1}."
+            )
+    return data, validation_data
+
+
+def _check_resume(ckpt, model, config):
+    where = "fit"
+    if ckpt["model_class"] != type(model).__name__ or ckpt["hyperparameters"] != (
+        model.hyperparameters()
+    ):
+        raise ValueError(
+            f"{where}: the checkpoint at {ckpt['path']} holds a {ckpt['model_class']} "
+            f"{ckpt['hyperparameters']}, not the {type(model).__name__} "
+            f"{model.hyperparameters()} given. Resume with the same architecture and dtype."
+        )
+    saved = ckpt["state"]["config"]
+    diff = sorted(
+        k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
+    )
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in diff)
+        raise ValueError(
+            f"{where}: cannot resume with a different configuration ({changes}); only "
+            f"{sorted(RESUMABLE_CHANGES)} may change. Start a new run instead."
+        )
+
+
+def _validate(model, validation_data, steps):
+    """Free-run score on the validation trajectory: D_stsp + D_H (inf when not measurable)."""
+    from models.metrics import evaluate
+
+    out = evaluate(model, validation_data, n_steps=steps, measures=("dstsp", "dh"))
+    if out["status"] != "ok":
+        return {"dstsp": None, "dh": None, "score": math.inf, "status": out["status"]}
+    return {
+        "dstsp": out["dstsp"],
+        "dh": out["dh"],
+        "score": out["dstsp"] + out["dh"],
+        "status": "ok",
+    }
+
+
+def _loss_and_grad(model, windows, alpha, config):
+    """One batch: ``(loss, grad or None, newton (max, mean), reason-if-failed)``."""
+    if not isinstance(model, LatentRNN):
+        from autodiff.ssm_gradients import ssm_loss_and_grad
+
+        loss, grad, _ = ssm_loss_and_grad(model, windows, backend=config.backend)
+        return loss, grad, (0, 0.0), ""
+    from autodiff.gradients import gtf_loss_and_grad
+
+    loss, grad, info = gtf_loss_and_grad(
+        model,
+        windows,
+        alpha=alpha,
+        method=config.method,
+        jacobian=config.jacobian,
+        backend=config.backend,
+        throw=False,
+        tol=config.newton_tol,
+        max_iter=config.newton_max_iter,
+    )
+    newton = (info.newton_iters_max, info.newton_iters_mean)
+    if not info.converged:
+        return loss, None, newton, f"DEER forward failed: {info.status.value}"
+    return loss, grad, newton, ""
+
+
+def fit(
+    model,
+    data,
+    config=None,
+    *,
+    callback=None,
+    checkpoint_dir=None,
+    resume=False,
+    validation_data=None,
+):
+    """Train a model on one trajectory; return the selected model and the run's history.
+
+    Parameters
+    ----------
+    model : models.base.Model
+        A latent RNN (trained with the GTF loss, :func:`autodiff.gtf_loss_and_grad`) or a
+        state-space model (teacher-forced loss; the alpha settings are ignored). Not modified:
+        training works on ``model.astype(config.dtype)``, returned in the result.
+    data : array_like, shape (T_total, N)
+        The training trajectory, ``N = model.n_obs``, finite, ``T_total >= sequence_length +
+        1``. Standardised per dimension when ``config.standardize`` (mean and sd are stored
+        in ``result.model.standardization``).
+    config : TrainConfig, optional
+        Default ``TrainConfig()``.
+    callback : callable, optional
+        ``callback(info)`` after every step (:class:`StepInfo`) and every epoch
+        (:class:`EpochInfo`). An exception in it stops training; ``KeyboardInterrupt``
+        first writes a checkpoint.
+    checkpoint_dir : path-like, optional
+        Where ``checkpoint.npz`` is written (atomically) every ``checkpoint_interval`` epochs,
+        at the end, and when interrupted. Must not hold a checkpoint unless ``resume``.
+    resume : bool
+        Continue from the checkpoint in ``checkpoint_dir``; the final parameters are bitwise
+        those of an uninterrupted run with the same seed and configuration.
+    validation_data : array_like, shape (T_val, N), optional
+        Held-out trajectory in the units of ``data`` (standardised like it). Every
+        ``validation_interval`` epochs the model free-runs from its first point and is scored
+        by ``D_stsp + D_H`` (:func:`models.metrics.evaluate`; a diverged run scores inf); the
+        best-scoring parameters become ``result.model`` (DSR training is not monotone,
+        DESIGN.md section 7).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad model, data, config or checkpoint (messages start with ``fit:``).
+    TrainingDivergedError
+        ``max_bad_steps`` consecutive rejected steps (non-finite loss or gradient, or DEER not
+        converged); the last checkpoint is kept, the last good parameters are attached.
+    KeyboardInterrupt
+        Re-raised after writing a checkpoint of the last completed step.
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
+    if not isinstance(model, Model):
+        raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
+    data, validation_data = _check_data(model, data, validation_data, config)
+    ckpt_file = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir)
+    if ckpt_file is not None and ckpt_file.exists() and not resume:
+        raise ValueError(
+            f"fit: {ckpt_file} already exists; pass resume=True to continue that run or choose "
+            "an empty checkpoint_dir."
+        )
+
+    model = model.astype(config.dtype)
+    dtype = model.dtype
+    if config.standardize:
+        data, mean, sd = standardize(data)
+        if validation_data is not None:
+            validation_data = (validation_data - mean) / sd
+        model.standardization = (mean, sd)
+    data = np.ascontiguousarray(data, dtype=dtype)
+    if validation_data is not None:
+        validation_data = np.ascontiguousarray(validation_data, dtype=dtype)
+
+    rng = np.random.Generator(np.random.PCG64(config.seed))
+    optimizer = make_optimizer(config.optimizer, model.n_params, dtype=dtype)
+    state = _State(alpha=float(config.alpha), epoch_acc=_new_epoch_acc())
+    best_params = None
+    if resume:
+        ckpt = load_checkpoint(ckpt_file)
+        _check_resume(ckpt, model, config)
+        if config.standardize:
+            saved_mean, saved_sd = ckpt["standardization"]
+            if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
+                raise ValueError(
+                    "fit: the data's mean/sd differ from the checkpoint's; resume with the "
+                    "training data of the interrupted run."
+                )
+            model.standardization = (saved_mean, saved_sd)
+        model.set_params(ckpt["params"])
+        optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
+        saved = ckpt["state"]
+        rng.bit_generator.state = saved["rng_state"]
+        state = _State(**saved["train_state"])
+        best_params = ckpt["arrays"].get("best_params")
+
+    schedule = ExponentialDecay(config.lr_start, config.lr_end, config.n_steps)
+    T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
+    n_windows = data.shape[0] - T
+    offsets = np.arange(T + 1)
+    is_rnn = isinstance(model, LatentRNN)
+
+    def snapshot():
+        return _Snapshot(
+            params=model.params.copy(),
+            optimizer=optimizer.state_dict(),
+            rng_state=rng.bit_generator.state,
+            state=state.copy(),
+            best_params=best_params,
+        )
+
+    def write(snap: _Snapshot):
+        if ckpt_file is None:
+            return None
+        meta = {
+            "config": config.to_dict(),
+            "rng_state": snap.rng_state,
+            "train_state": dataclasses.asdict(snap.state),
+        }
+        arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
+        return save_checkpoint(checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer)
+
+    def finish_epoch():
+        nonlocal best_params
+        epoch = state.step // bpe  # 1-based number of the epoch just completed
+        acc = state.epoch_acc
+        n_ok = acc["n_ok"]
+        record = {
+            "epoch": epoch,
+            "step": state.step,
+            "loss": acc["loss_sum"] / n_ok if n_ok else math.nan,
+            "alpha": state.alpha,
+            "lr": schedule(state.step - 1),
+            "newton_iters_mean": acc["newton_sum"] / n_ok if n_ok else math.nan,
+            "newton_iters_max": acc["newton_max"],
+            "grad_norm_mean": acc["grad_norm_sum"] / n_ok if n_ok else math.nan,
+            "bad_steps": acc["bad"],
+            "time": acc["time"],
+        }
+        last = state.step >= config.n_steps
+        if validation_data is not None and (epoch % config.validation_interval == 0 or last):
+            scores = _validate(model, validation_data, config.validation_steps)
+            record.update(
+                val_dstsp=scores["dstsp"],
+                val_dh=scores["dh"],
+                val_score=scores["score"],
+                val_status=scores["status"],
+            )
+            best = state.best_scores
+            # A later model wins ties (e.g. every run so far diverged: keep the newest).
+            if best is None or scores["score"] < best["score"] or best["score"] == math.inf:
+                state.best_epoch, state.best_scores = epoch, scores
+                best_params = model.params.copy()
+        state.history.append(record)
+        state.epoch_acc = _new_epoch_acc()
+        state.epoch_pending = False
+        return record, last
+
+    snap = snapshot()
+    t_session = time.perf_counter()
+    steps_session = 0
+    try:
+        while state.step < config.n_steps or state.epoch_pending:
+            if state.epoch_pending:
+                record, last = finish_epoch()
+                snap = snapshot()
+                if not last and record["epoch"] % config.checkpoint_interval == 0:
+                    write(snap)
+                if callback is not None:
+                    callback(EpochInfo(record, state.best_epoch, state.best_scores))
+                continue
+
+            t0 = time.perf_counter()
+            step = state.step
+            lr = schedule(step)
+            starts = rng.integers(0, n_windows, size=B)
+            windows = data[starts[:, None] + offsets]
+            if config.noise_level > 0:
+                windows += config.noise_level * rng.standard_normal(windows.shape, dtype=dtype)
+            if (
+                is_rnn
+                and config.alpha_mode == "auto"
+                and (step % config.alpha_interval == 0 or state.force_alpha_estimate)
+            ):
+                state.alpha = _anneal_alpha(model, windows, state.alpha, config)
+                state.force_alpha_estimate = False
+
+            loss, grad, newton, reason = _loss_and_grad(model, windows, state.alpha, config)
+            penalty = 0.0
+            if grad is not None and config.l2:
+                penalty, g_l2 = l2_penalty(model, config.l2)
+                grad = grad + g_l2
+            grad_norm = math.nan
+            if grad is not None:
+                grad, grad_norm = clip_grad_norm(grad, config.grad_clip)
+            if not reason and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                reason = "non-finite loss or gradient"
+            acc = state.epoch_acc
+            if reason:
+                state.bad_streak += 1
+                state.n_bad_total += 1
+                acc["bad"] += 1
+                state.force_alpha_estimate = is_rnn and config.alpha_mode == "auto"
+            else:
+                optimizer.step(model.params, grad, lr)
+                state.bad_streak = 0
+                acc["loss_sum"] += loss
+                acc["n_ok"] += 1
+                acc["newton_sum"] += newton[1]
+                acc["newton_max"] = max(acc["newton_max"], newton[0])
+                acc["grad_norm_sum"] += grad_norm
+            dt = time.perf_counter() - t0
+            acc["time"] += dt
+            state.wall_time += dt
+            state.step = step + 1
+            state.epoch_pending = state.step % bpe == 0
+            steps_session += 1
+            snap = snapshot()
+            if state.bad_streak >= config.max_bad_steps:
+                raise TrainingDivergedError(
+                    f"fit: {state.bad_streak} consecutive steps were rejected (last: {reason}) "
+                    f"at epoch {step // bpe + 1}, batch {step % bpe + 1}, alpha="
+                    f"{state.alpha:.4g}, lr={lr:.3g}. Parameters were left at the last good "
+                    "step"
+                    + (f"; the last checkpoint {ckpt_file} is kept" if ckpt_file else "")
+                    + ". Try alpha_mode='auto' or a larger alpha, a smaller lr_start, "
+                    "grad_clip, or jacobian='full'.",
+                    model.params.copy(),
+                    ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
+                )
+            if callback is not None:
+                elapsed = time.perf_counter() - t_session
+                callback(
+                    StepInfo(
+                        epoch=step // bpe,
+                        batch=step % bpe,
+                        step=step,
+                        n_steps=config.n_steps,
+                        loss=loss + penalty,
+                        alpha=state.alpha if is_rnn else 0.0,
+                        lr=lr,
+                        newton_iters_max=newton[0],
+                        newton_iters_mean=newton[1],
+                        grad_norm=grad_norm,
+                        accepted=not reason,
+                        reason=reason,
+                        bad_steps=state.bad_streak,
+                        step_time=dt,
+                        steps_per_s=steps_session / elapsed if elapsed > 0 else math.inf,
+                    )
+                )
+    except KeyboardInterrupt:
+        write(snap)
+        raise
+
+    final = write(snap)
+    last_params = model.params.copy()
+    if best_params is not None:
+        model.params[...] = best_params
+    return TrainResult(
+        model=model,
+        last_params=last_params,
+        best_epoch=state.best_epoch,
+        best_scores=state.best_scores,
+        history=state.history,
+        n_bad_steps=state.n_bad_total,
+        alpha=state.alpha,
+        config=config,
+        wall_time=state.wall_time,
+        checkpoint=final,
+    )
+
+
+def _anneal_alpha(model, windows, alpha, config):
+    """The lab's annealing: raise to the estimate at once, else decay toward it."""
+    from parscan.gtf import gtf_alpha
+
+    estimate = gtf_alpha(model, windows[:, 1:], method=config.alpha_method)
+    if estimate > alpha:
+        return float(estimate)
+    return float(config.alpha_gamma * alpha + (1.0 - config.alpha_gamma) * estimate)

@@ -1,0 +1,257 @@
+"""Benchmark of ``parscan.linear_scan``: one JSON line per case.
+
+Question: how close does each backend get to the memory bandwidth of this machine?
+
+Every case reports backend (and what ``auto`` chose), B, T, D, dtype, diag/dense, the first-call
+overhead (compile or cache load) separately, min and median seconds over ``--repeat`` (>= 5)
+runs, GB/s of essential traffic (read ``a`` and ``b``, write ``h``), and the ratio to a STREAM
+triad ``x = y + s z`` (Numba ``prange``, arrays of B*T*D elements, same dtype) measured in the
+same process with 1 thread and with all threads.
+
+    python bench/scan.py              # full CPU table (issue #2 cases)
+    python bench/scan.py --quick      # smoke run, small sizes
+    python bench/scan.py --backend cuda   # CUDA cases (device arrays) when a GPU is present
+    python bench/scan.py --crossover  # sequential vs cpu at small sizes (the ``auto`` thresholds)
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import prange
+
+import parscan
+from parscan import scan
+from parscan._jit import jit_parallel
+
+DIAG_D = 16
+DENSE_D = (3, 8, 16)
+MAX_CASE_BYTES = 2 * 2**30
+
+
+@jit_parallel
+def _triad(x, y, z, s):
+    for i in prange(x.shape[0]):
+        x[i] = y[i] + s * z[i]
+
+
+def _timeit(fn, repeat):
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, min(times), float(np.median(times))
+
+
+_TRIAD_CACHE = {}
+
+
+def triad_gbps(n, dtype, threads, repeat):
+    """Best GB/s (3 n itemsize bytes per run) of the triad with ``threads`` threads."""
+    key = (n, np.dtype(dtype).str, threads)
+    if key not in _TRIAD_CACHE:
+        y = np.ones(n, dtype)
+        z = np.ones(n, dtype)
+        x = np.empty(n, dtype)
+        saved = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            _, best, _ = _timeit(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
+        finally:
+            numba.set_num_threads(saved)
+        _TRIAD_CACHE[key] = 3 * n * np.dtype(dtype).itemsize / best / 1e9
+    return _TRIAD_CACHE[key]
+
+
+def _inputs(B, T, D, dtype, dense, rng):
+    shape_a = (B, T, D, D) if dense else (B, T, D)
+    a = rng.uniform(-0.9 / D if dense else -0.95, 0.9 / D if dense else 0.95, shape_a)
+    b = rng.standard_normal((B, T, D))
+    return a.astype(dtype), b.astype(dtype)
+
+
+def _essential_bytes(B, T, D, dtype, dense):
+    return (B * T * D * (D if dense else 1) + 2 * B * T * D) * np.dtype(dtype).itemsize
+
+
+def _versions():
+    return {
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def run_case(backend, B, T, D, dtype, dense, repeat, rng, all_threads):
+    if _essential_bytes(B, T, D, dtype, dense) > MAX_CASE_BYTES:
+        return None
+    a, b = _inputs(B, T, D, dtype, dense, rng)
+    chosen = backend
+    if backend == "auto":
+        chosen = scan._choose_host_backend(dense, B, T, D)
+    first, tmin, tmed = _timeit(lambda: parscan.linear_scan(a, b, backend=backend), repeat)
+    gbps = _essential_bytes(B, T, D, dtype, dense) / tmin / 1e9
+    n = B * T * D
+    t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
+    return {
+        "what": "linear_scan",
+        "backend": backend,
+        "chosen": chosen,
+        "B": B,
+        "T": T,
+        "D": D,
+        "dtype": np.dtype(dtype).name,
+        "kind": "dense" if dense else "diag",
+        "first_call_s": round(max(first - tmin, 0.0), 4),
+        "min_s": tmin,
+        "median_s": tmed,
+        "gbps": round(gbps, 3),
+        "triad1_gbps": round(t1, 3),
+        "triad_all_gbps": round(tn, 3),
+        "ratio_triad1": round(gbps / t1, 3),
+        "ratio_triad_all": round(gbps / tn, 3),
+        "threads": all_threads,
+        **_versions(),
+    }
+
+
+def cpu_cases(quick):
+    Ts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
+    dtypes = (np.float64,) if quick else (np.float32, np.float64)
+    for dtype in dtypes:
+        for B in (1, 8):
+            for T in Ts:
+                yield B, T, DIAG_D, dtype, False
+    for D in (3,) if quick else DENSE_D:
+        for B in (1, 8):
+            for T in Ts:
+                yield B, T, D, np.float64, True
+
+
+def bench_cpu(args):
+    rng = np.random.default_rng(0)
+    threads = numba.get_num_threads()
+    backends = ("sequential", "cpu", "auto")
+    for case in cpu_cases(args.quick):
+        for backend in backends:
+            row = run_case(backend, *case, args.repeat, rng, threads)
+            if row is not None:
+                print(json.dumps(row), flush=True)
+
+
+def bench_crossover(args):
+    """Sequential vs cpu near the ``auto`` thresholds (float64)."""
+    rng = np.random.default_rng(0)
+    threads = numba.get_num_threads()
+    grid = [
+        (False, 1, DIAG_D, (256, 1024, 4096, 8192, 16384, 65536)),
+        (False, 8, DIAG_D, (16, 64, 256, 1024, 4096)),
+        (False, 8, 1, (64, 256, 1024, 4096, 16384)),
+        (True, 8, 3, (64, 256, 1024, 4096, 16384)),
+        (True, 8, 16, (16, 64, 256, 1024)),
+    ]
+    for dense, B, D, Ts in grid:
+        for T in Ts:
+            a, b = _inputs(B, T, D, np.float64, dense, rng)
+            res = {}
+            for backend in ("sequential", "cpu"):
+                _, tmin, _ = _timeit(
+                    lambda a=a, b=b, backend=backend: parscan.linear_scan(a, b, backend=backend),
+                    max(args.repeat, 20),
+                )
+                res[backend] = tmin
+            elements = B * T * D * (D if dense else 1)
+            print(
+                json.dumps(
+                    {
+                        "what": "crossover",
+                        "kind": "dense" if dense else "diag",
+                        "B": B,
+                        "T": T,
+                        "D": D,
+                        "elements": elements,
+                        "sequential_s": res["sequential"],
+                        "cpu_s": res["cpu"],
+                        "cpu_speedup": round(res["sequential"] / res["cpu"], 3),
+                        "auto": scan._choose_host_backend(dense, B, T, D),
+                        "threads": threads,
+                    }
+                ),
+                flush=True,
+            )
+
+
+def bench_cuda(args):
+    """CUDA cases on device arrays (no transfers), against a device-to-device copy."""
+    if "cuda" not in parscan.available_backends():
+        print(json.dumps({"what": "linear_scan", "backend": "cuda", "skipped": "no GPU"}))
+        return
+    from parscan import _cuda
+
+    rng = np.random.default_rng(0)
+    Ts = (10_000, 1_000_000) if args.quick else (10_000, 1_000_000, 6_250_000, 25_000_000)
+    cases = [(1, T, DIAG_D, dt, False) for dt in (np.float32, np.float64) for T in Ts]
+    cases += [(8, T, DIAG_D, np.float64, False) for T in Ts[:3]]
+    cases += [(B, 100_000, D, np.float64, True) for D in DENSE_D for B in (1, 8)]
+    for B, T, D, dtype, dense in cases:
+        if _essential_bytes(B, T, D, dtype, dense) > 8 * MAX_CASE_BYTES:
+            continue
+        a, b = _inputs(B, T, D, dtype, dense, rng)
+        da, db = _cuda.to_device(a), _cuda.to_device(b)
+        fn = lambda da=da, db=db: _cuda.synchronize(parscan.linear_scan(da, db))  # noqa: E731
+        first, tmin, tmed = _timeit(fn, args.repeat)
+        gbps = _essential_bytes(B, T, D, dtype, dense) / tmin / 1e9
+        copy = _cuda.copy_bandwidth_gbps(b.nbytes, args.repeat)
+        print(
+            json.dumps(
+                {
+                    "what": "linear_scan",
+                    "backend": "cuda",
+                    "B": B,
+                    "T": T,
+                    "D": D,
+                    "dtype": np.dtype(dtype).name,
+                    "kind": "dense" if dense else "diag",
+                    "first_call_s": round(max(first - tmin, 0.0), 4),
+                    "min_s": tmin,
+                    "median_s": tmed,
+                    "gbps": round(gbps, 2),
+                    "copy_gbps": round(copy, 2),
+                    "ratio_copy": round(gbps / copy, 3),
+                    "device": _cuda.device_name(),
+                    **_versions(),
+                }
+            ),
+            flush=True,
+        )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (>= 5)")
+    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--crossover", action="store_true", help="measure auto thresholds")
+    args = parser.parse_args(argv)
+    if args.repeat < 5:
+        parser.error("--repeat must be >= 5")
+    if args.crossover:
+        bench_crossover(args)
+    elif args.backend == "cuda":
+        bench_cuda(args)
+    else:
+        bench_cpu(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

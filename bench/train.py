@@ -1,0 +1,192 @@
+"""Benchmark of ``autodiff.gtf_loss_and_grad``: one JSON line per case.
+
+Question: how long does one GTF loss + exact gradient take, GTF-DEER (Newton forward, one
+reverse scan, parallel VJPs) against the fused sequential forward + BPTT baseline, as the
+window length T grows?
+
+Model: shPLRNN (M=3, L=50) fitted for a few epochs to generated Lorenz-63 data (so that the
+forced dynamics are chaotic-like and the Newton iteration counts are representative), or one
+loaded with ``--model``. Batch: B=16 random windows of the standardised trajectory. alpha is
+estimated once per T with ``parscan.gtf_alpha`` (the "auto" rule) and passed to both methods,
+so both solve the same problem. Every case reports the first-call time (compile or cache load)
+separately, min and median over ``--repeat`` (>= 5) runs, the Newton iterations, threads and
+versions, and the DEER rows the speed-up over the sequential method measured in the same
+process. JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
+packages are importable, skipped otherwise (they are not dependencies).
+
+    python bench/train.py                 # T in 1e2..1e5, float32 and float64
+    python bench/train.py --quick         # T in 1e2, 1e3; float64; 3 repeats
+    python bench/train.py --model run/model.npz --T 1000 10000
+"""
+
+import argparse
+import functools
+import json
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+
+import models
+from autodiff.gradients import gtf_loss_and_grad
+from autodiff.train import TrainConfig, fit
+from parscan import gtf_alpha
+from parscan._jit import n_threads
+
+
+def _timeit(fn, repeat):
+    times = []
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times)), out
+
+
+def _model(args, x):
+    if args.model:
+        return models.load(args.model), 0.0
+    t0 = time.perf_counter()
+    cfg = TrainConfig(
+        sequence_length=200, epochs=args.pretrain_epochs, optimizer="adam", lr_start=3e-3,
+        lr_end=1e-3, dtype="float64", method="sequential", alpha_mode="constant", alpha=0.2,
+    )  # fmt: skip
+    model = fit(models.ShPLRNN(3, 50, dtype="float64", seed=0), x, cfg).model
+    return model, time.perf_counter() - t0
+
+
+def _versions():
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+
+
+def _jax_bptt(model, windows, alpha):
+    """Seconds of a jitted JAX lax.scan GTF loss + grad (first call excluded), or None."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", windows.dtype == np.float64)
+    p = {k: jnp.asarray(v) for k, v in model.unflatten().items()}
+    N = model.n_obs
+
+    def loss_fn(p, w):
+        z0 = w[:, 0]
+
+        def step(z, x):
+            pred = p["A"] * z + jax.nn.relu(z @ p["W2"].T + p["h2"]) @ p["W1"].T + p["h1"]
+            forced = pred.at[:, :N].set((1 - alpha) * pred[:, :N] + alpha * x)
+            return forced, pred
+
+        _, preds = jax.lax.scan(step, z0, jnp.swapaxes(w[:, 1:], 0, 1))
+        return jnp.mean((jnp.swapaxes(preds, 0, 1)[..., :N] - w[:, 1:]) ** 2)
+
+    f = jax.jit(jax.value_and_grad(loss_fn))
+    w = jnp.asarray(windows)
+    jax.block_until_ready(f(p, w))
+    return lambda: jax.block_until_ready(f(p, w))
+
+
+def _torch_bptt(model, windows, alpha):
+    """A callable running an eager PyTorch GTF loss + backward, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    dt = torch.float64 if windows.dtype == np.float64 else torch.float32
+    p = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in model.unflatten().items()}
+    w = torch.tensor(windows, dtype=dt)
+    N = model.n_obs
+
+    def run():
+        z = w[:, 0]
+        loss = 0.0
+        for t in range(1, w.shape[1]):
+            pred = p["A"] * z + torch.relu(z @ p["W2"].T + p["h2"]) @ p["W1"].T + p["h1"]
+            loss = loss + ((pred[:, :N] - w[:, t]) ** 2).sum()
+            z = torch.cat([(1 - alpha) * pred[:, :N] + alpha * w[:, t], pred[:, N:]], dim=1)
+        loss = loss / w[:, 1:].numel()
+        for v in p.values():
+            v.grad = None
+        loss.backward()
+
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10_000, 100_000])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--method", nargs="+", default=["deer", "sequential"])
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--model", help="a trained LatentRNN .npz (default: a quick pre-fit)")
+    ap.add_argument("--pretrain-epochs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="T in 1e2, 1e3; float64; 3 repeats")
+    ap.add_argument("--no-frameworks", action="store_true", help="skip JAX / PyTorch rows")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.T, args.dtype, args.repeat = [100, 1000], ["float64"], 3
+
+    x = models.generate("lorenz63", max(args.T) + 20_000, seed=1)
+    x, _, _ = models.standardize(x)
+    model64, pretrain_s = _model(args, x)
+    rng = np.random.default_rng(0)
+    common = {"threads": n_threads(), "versions": _versions(), "model": repr(model64)}
+    print(json.dumps({"what": "setup", "pretrain_s": round(pretrain_s, 2), **common}), flush=True)
+
+    for dtype in args.dtype:
+        model = model64.astype(dtype)
+        for method in args.method:  # first call on a tiny problem: compile / cache load
+            w = x[None, :11].astype(dtype).repeat(args.B, axis=0)
+            t0 = time.perf_counter()
+            gtf_loss_and_grad(model, w, alpha=0.5, method=method)
+            first = round(time.perf_counter() - t0, 3)
+            row = {"what": "first_call", "method": method, "dtype": dtype, "seconds": first}
+            print(json.dumps(row), flush=True)
+        for T in args.T:
+            starts = rng.integers(0, x.shape[0] - T, size=args.B)
+            windows = x[starts[:, None] + np.arange(T + 1)].astype(dtype)
+            alpha = gtf_alpha(model, windows[:, 1:])
+            seq_median = None
+            for method in sorted(args.method, reverse=True):  # sequential first: the baseline
+                call = functools.partial(
+                    gtf_loss_and_grad, model, windows, alpha=alpha, method=method
+                )
+                best, median, (loss, _, info) = _timeit(call, args.repeat)
+                row = {
+                    "what": "gtf_loss_and_grad", "method": method, "dtype": dtype, "B": args.B,
+                    "T": T, "M": model.M, "alpha": round(alpha, 4), "loss": loss,
+                    "newton_iters_max": info.newton_iters_max,
+                    "newton_iters_mean": info.newton_iters_mean,
+                    "min_s": best, "median_s": median, "repeat": args.repeat, **common,
+                }  # fmt: skip
+                if method == "sequential":
+                    seq_median = median
+                elif seq_median is not None:
+                    row["speedup_vs_sequential"] = seq_median / median
+                print(json.dumps(row), flush=True)
+            if args.no_frameworks:
+                continue
+            for name, build in (("jax_lax_scan", _jax_bptt), ("torch_eager", _torch_bptt)):
+                comparable = type(model) is models.ShPLRNN and model.M == model.n_obs
+                run = build(model, windows, alpha) if comparable else None
+                if run is None:
+                    why = "not installed" if comparable else "only for a ShPLRNN with M == N"
+                    print(json.dumps({"what": name, "skipped": why}), flush=True)
+                    continue
+                best, median, _ = _timeit(run, args.repeat)
+                print(json.dumps({"what": name, "dtype": dtype, "B": args.B, "T": T,
+                                  "min_s": best, "median_s": median}), flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,710 @@
+"""``parscan-train``: reconstruct a dynamical system from a time series with GTF-DEER.
+
+Parse -> resolve settings (built-in defaults < ``--config`` file < flags) -> data -> model ->
+:func:`autodiff.fit` -> :func:`models.evaluate` -> one results folder. No maths lives here.
+
+User mistakes end with one line on stderr and exit code 2; Ctrl-C saves a checkpoint and exits
+with 130; internal failures (a solver that does not converge even with automatic alpha,
+training that keeps producing non-finite steps) exit with 1 and say what was tried.
+"""
+
+import os
+
+# One BLAS thread: NumPy's OpenBLAS threads otherwise fight Numba's prange threads on small
+# machines (measured 10x slower SSM gradients on 2 cores). Must precede the NumPy import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import csv
+import datetime
+import json
+import platform
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+import parscan
+from parscan._jit import set_threads
+
+MODEL_NAMES = ("shplrnn", "clipped-shplrnn", "alrnn", "plrnn", "linear-ssm", "selective-ssm")
+SSM_NAMES = ("linear-ssm", "selective-ssm")
+#: settings passed unchanged to autodiff.TrainConfig (same names)
+TRAIN_FIELDS = (
+    "method",
+    "jacobian",
+    "alpha_method",
+    "sequence_length",
+    "batch_size",
+    "batches_per_epoch",
+    "epochs",
+    "lr_start",
+    "lr_end",
+    "optimizer",
+    "dtype",
+    "backend",
+    "seed",
+    "validation_interval",
+)
+
+
+class UserError(click.ClickException):
+    """A mistake in the command line, config file or data: one line on stderr, exit 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every resolved setting of a run (written to ``args.json``).
+
+    The defaults are the embedded example: a shPLRNN reconstructing Lorenz-63 with GTF-DEER
+    and automatic alpha, tuned to finish in a few minutes on two cores (README, "Default run").
+    """
+
+    data: str | None = None
+    system: str = "lorenz63"
+    n_steps: int = 100_000
+    noise: float = 0.05
+    test_data: str | None = None
+    model: str = "shplrnn"
+    latent_dim: int | None = None
+    hidden_dim: int = 50
+    n_relu: int | None = None
+    method: str = "deer"
+    jacobian: str = "full"
+    alpha: str = "auto"
+    alpha_method: str = "sup"
+    sequence_length: int = 200
+    batch_size: int = 16
+    batches_per_epoch: int = 50
+    epochs: int = 60
+    lr_start: float = 1e-3
+    lr_end: float = 1e-5
+    optimizer: str = "radam"
+    dtype: str = "float64"
+    backend: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    validation_interval: int = 5
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    quiet: bool = False
+    verbose: bool = False
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+
+
+# ------------------------------------------------------------------------------------------
+# settings
+# ------------------------------------------------------------------------------------------
+
+
+def _read_config(path: str) -> dict:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read --config {path}: {exc.strerror or exc}.") from None
+    try:
+        raw = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--config {path} is not valid TOML/JSON: {exc}.") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--config {path} must hold a table/object of settings.")
+    config = {str(key).replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(config) - set(SETTING_NAMES) - {"config"})
+    if unknown:
+        raise UserError(
+            f"--config {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(SETTING_NAMES)}."
+        )
+    if "alpha" in config:
+        config["alpha"] = str(config["alpha"])
+    return config
+
+
+def resolve_settings(flags: dict, config_path: str | None) -> Settings:
+    """Built-in defaults, overridden by the config file, overridden by the flags given."""
+    merged = _read_config(config_path) if config_path else {}
+    merged.update({key: value for key, value in flags.items() if value is not None})
+    settings = Settings(**merged)
+    _check_settings(settings)
+    return settings
+
+
+def _check_settings(s: Settings) -> None:
+    problems = []
+    if s.model not in MODEL_NAMES:
+        problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if s.n_relu is not None and s.model != "alrnn":
+        problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
+    if s.model in SSM_NAMES and s.method == "sequential":
+        problems.append(f"--method sequential is for the latent RNNs, not {s.model}")
+    for name in ("n_steps", "sequence_length", "batch_size", "batches_per_epoch", "epochs"):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    for name in ("latent_dim", "hidden_dim", "n_relu", "threads"):
+        value = getattr(s, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{name.replace('_', '-')} must be an integer, got {value!r}")
+        elif value is not None and value < 1:
+            problems.append(f"{name.replace('_', '-')} must be >= 1, got {value}")
+    if s.alpha != "auto" and not 0.0 <= _float_or_nan(s.alpha) <= 1.0:
+        problems.append(f"alpha must be 'auto' or a number in [0, 1], got {s.alpha!r}")
+    for name in ("validation_fraction", "test_fraction"):
+        if not 0.0 < getattr(s, name) < 0.9:
+            problems.append(f"{name.replace('_', '-')} must be in (0, 0.9)")
+    if not 0.0 <= s.noise < 10:
+        problems.append(f"noise must be in [0, 10), got {s.noise}")
+    if s.backend == "cuda" and "cuda" not in parscan.available_backends():
+        problems.append(
+            "--backend cuda needs a CUDA GPU and none is available here; available: "
+            + ", ".join(parscan.available_backends())
+        )
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+
+
+def _float_or_nan(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def train_config(s: Settings, n_obs: int):
+    """The :class:`autodiff.TrainConfig` of these settings."""
+    from autodiff import TrainConfig
+
+    kwargs = {name: getattr(s, name) for name in TRAIN_FIELDS}
+    if s.alpha == "auto":
+        kwargs["alpha_mode"] = "auto"
+    else:
+        kwargs.update(alpha_mode="constant", alpha=float(s.alpha))
+    try:
+        return TrainConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------
+# data and model
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training, validation and test trajectories in data units, and where they came from."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    source: str
+
+
+def _load(path: str, what: str) -> np.ndarray:
+    from models import load_data
+
+    try:
+        return load_data(path)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
+def prepare_data(s: Settings) -> Dataset:
+    """Load or generate the data; split off validation (and test, without ``--test-data``)."""
+    if s.data is not None:
+        x = _load(s.data, "--data")
+        source = f"file {s.data}"
+        if s.test_data is None:
+            n_test = round(s.test_fraction * x.shape[0])
+            x, test = x[:-n_test], x[-n_test:]
+            source += f" (last {n_test} steps held out as test data)"
+    else:
+        from models import generate
+
+        try:
+            x = generate(s.system, s.n_steps, seed=s.seed, noise=s.noise)
+            test = None if s.test_data else generate(s.system, s.n_steps, seed=s.seed + 1)
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
+    if s.test_data is not None:
+        test = _load(s.test_data, "--test-data")
+        if test.shape[1] != x.shape[1]:
+            raise UserError(
+                f"--test-data has {test.shape[1]} dimensions but the training data has "
+                f"{x.shape[1]}."
+            )
+    n_val = round(s.validation_fraction * x.shape[0])
+    train, validation = x[:-n_val], x[-n_val:]
+    if train.shape[0] < s.sequence_length + 1:
+        raise UserError(
+            f"too few steps: the training part has {train.shape[0]} steps (after holding out "
+            f"validation/test data) but --sequence-length {s.sequence_length} needs "
+            f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
+        )
+    if validation.shape[0] < 2 or test.shape[0] < 2:
+        raise UserError("too few steps to hold out validation and test data; provide more data.")
+    return Dataset(train, validation, test, source)
+
+
+def build_model(s: Settings, n_obs: int):
+    """The untrained model named by ``--model`` for ``n_obs`` observed dimensions."""
+    import models
+
+    latent = n_obs if s.latent_dim is None else s.latent_dim
+    if s.model not in SSM_NAMES and latent < n_obs:
+        raise UserError(
+            f"the data have N = {n_obs} dimensions but --latent-dim/-M is {latent}; "
+            f"the latent dimension must be >= N."
+        )
+    common = {"dtype": s.dtype, "seed": s.seed}
+    try:
+        if s.model == "shplrnn":
+            return models.ShPLRNN(latent, s.hidden_dim, n_obs, **common)
+        if s.model == "clipped-shplrnn":
+            return models.ClippedShPLRNN(latent, s.hidden_dim, n_obs, **common)
+        if s.model == "alrnn":
+            n_relu = latent if s.n_relu is None else s.n_relu
+            return models.ALRNN(latent, n_relu, n_obs, **common)
+        if s.model == "plrnn":
+            return models.PLRNN(latent, n_obs, **common)
+        state = 32 if s.latent_dim is None else s.latent_dim
+        cls = models.LinearSSM if s.model == "linear-ssm" else models.SelectiveSSM
+        return cls(n_obs, state, s.hidden_dim, **common)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------
+# results folder
+# ------------------------------------------------------------------------------------------
+
+
+def prepare_out_dir(s: Settings) -> Path:
+    """Create (or, with ``--resume``, reopen) the run folder; refuse to overwrite a run."""
+    if s.out is None:
+        stem = Path(s.data).stem if s.data else s.system
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{stem}-{s.model}-{stamp}"
+    else:
+        out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder.")
+    has_content = out.is_dir() and any(out.iterdir())
+    if s.resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
+        raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from.")
+    if has_content and not s.resume:
+        raise UserError(
+            f"--out {out} already holds a run; pass --resume to continue it or choose "
+            f"another --out."
+        )
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
+    return out
+
+
+def _versions() -> dict:
+    import numba
+    import scipy
+
+    return {
+        "parscan": parscan.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "scipy": scipy.__version__,
+        "click": click.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def write_history(path: Path, history: list) -> None:
+    """One CSV row per epoch; the union of the record keys as columns."""
+    columns = []
+    for record in history:
+        columns.extend(key for key in record if key not in columns)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
+    """``attractor.png`` and ``spectrum.png`` with matplotlib, or a note why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plots skipped: matplotlib is not installed (pip install 'parscan[plot]')"
+    from models.metrics import normalized_spectra
+
+    n_obs = test.shape[1]
+    fig = plt.figure(figsize=(10, 4.5))
+    for k, (x, title) in enumerate(((test, "test data"), (generated, "generated"))):
+        if n_obs >= 3:
+            ax = fig.add_subplot(1, 2, k + 1, projection="3d")
+            ax.plot(x[:, 0], x[:, 1], x[:, 2], lw=0.3)
+        else:
+            ax = fig.add_subplot(1, 2, k + 1)
+            ax.plot(x[:, 0], x[:, -1], lw=0.3)
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / "attractor.png", dpi=120)
+    plt.close(fig)
+    length = min(len(test), len(generated))
+    spectra = normalized_spectra(test[:length]), normalized_spectra(generated[:length])
+    fig, axes = plt.subplots(n_obs, 1, figsize=(8, 2.2 * n_obs), squeeze=False)
+    for d in range(n_obs):
+        for spectrum, label in zip(spectra, ("test data", "generated"), strict=True):
+            axes[d, 0].semilogy(spectrum[:, d], label=label, lw=0.8)
+        axes[d, 0].set_ylabel(f"dim {d}")
+    axes[0, 0].legend()
+    axes[-1, 0].set_xlabel("frequency bin")
+    fig.tight_layout()
+    fig.savefig(out / "spectrum.png", dpi=120)
+    plt.close(fig)
+    return "plots: attractor.png, spectrum.png"
+
+
+# ------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback)."""
+
+    def __init__(self, epochs: int, quiet: bool, verbose: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.epochs = epochs
+        self.quiet = quiet
+        self.verbose = verbose
+        self._last_draw = 0.0
+
+    def __call__(self, info) -> None:
+        if self.quiet:
+            return
+        if info.kind == "step":
+            if self.tty and time.monotonic() - self._last_draw > 0.2:
+                self._draw(info)
+            if self.verbose and not info.accepted:
+                self._line(f"step {info.step}: rejected ({info.reason})")
+            return
+        record = info.record
+        if self.tty and not self.verbose:
+            return
+        text = (
+            f"epoch {record['epoch']}/{self.epochs}  loss {record['loss']:.4g}  "
+            f"alpha {record['alpha']:.3f}  newton {record['newton_iters_mean']:.1f}  "
+            f"{record['time']:.1f}s"
+        )
+        if record.get("val_score") is not None:
+            text += f"  val D_stsp {_fmt(record.get('val_dstsp'))} D_H {_fmt(record.get('val_dh'))}"
+        self._line(text)
+
+    def _draw(self, info) -> None:
+        self._last_draw = time.monotonic()
+        done = (info.step + 1) / info.n_steps
+        eta = (info.n_steps - info.step - 1) / info.steps_per_s if info.steps_per_s > 0 else 0
+        bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
+        text = (
+            f"\r[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
+            f"loss {info.loss:.4g} alpha {info.alpha:.3f} newton {info.newton_iters_max} "
+            f"{info.steps_per_s:.1f} steps/s ETA {int(eta) // 60}:{int(eta) % 60:02d} "
+        )
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        prefix = "\r\033[K" if self.tty else ""
+        self.stream.write(prefix + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------
+
+
+class _OneLineErrors(click.Group):
+    """A click group whose usage errors are one line on stderr (exit 2), no traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"parscan-train: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("parscan-train: interrupted.", err=True)
+            sys.exit(130)
+
+
+class _AlphaType(click.ParamType):
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "auto" or 0.0 <= _float_or_nan(text) <= 1.0:
+            return text
+        self.fail(f"{value!r} is neither 'auto' nor a number in [0, 1]", param, ctx)
+
+
+def _choice(*options):
+    return click.Choice(options, case_sensitive=False)
+
+
+@click.group(
+    cls=_OneLineErrors,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option("--data", type=str, help="Training trajectory (.npy/.npz/.csv), T x N.")
+@click.option("--system", type=str, help="Generate data from this system (default lorenz63).")
+@click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
+@click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")
+@click.option("--test-data", type=str, help="Test trajectory; default: generated / held out.")
+@click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default shplrnn).")
+@click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
+@click.option("--hidden-dim", "-L", type=int, help="Hidden width L (shPLRNN units / SSM MLP).")
+@click.option("--n-relu", "-P", type=int, help="ALRNN: number of ReLU units P (default M).")
+@click.option("--method", type=_choice("deer", "sequential"), help="GTF-DEER or sequential BPTT.")
+@click.option("--jacobian", type=_choice("full", "diag"), help="DEER (full) or quasi-DEER (diag).")
+@click.option("--alpha", type=_AlphaType(), help="GTF forcing alpha in [0, 1], or 'auto'.")
+@click.option(
+    "--alpha-method",
+    type=_choice("sup", "geomean", "param_bound"),
+    help="Estimator behind --alpha auto.",
+)
+@click.option("--sequence-length", "-T", type=int, help="Training window length T.")
+@click.option("--batch-size", "-B", type=int, help="Windows per batch.")
+@click.option("--batches-per-epoch", type=int, help="Optimiser steps per epoch.")
+@click.option("--epochs", "-e", type=int, help="Number of epochs.")
+@click.option("--lr-start", type=float, help="Initial learning rate.")
+@click.option("--lr-end", type=float, help="Final learning rate (exponential decay).")
+@click.option("--optimizer", type=_choice("adam", "radam"), help="Optimiser (default radam).")
+@click.option("--dtype", type=_choice("float32", "float64"), help="Floating-point precision.")
+@click.option("--backend", type=_choice("auto", "sequential", "cpu", "cuda"), help="Scan backend.")
+@click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
+@click.option("--seed", type=int, help="Seed of data generation, initialisation and sampling.")
+@click.option("--out", type=str, help="Results folder (default runs/<data>-<model>-<time>).")
+@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out.")
+@click.option("--config", "config_path", type=str, help="TOML/JSON file with these settings.")
+@click.option("--quiet", "-q", is_flag=True, default=None, help="Print only the summary.")
+@click.option("--verbose", "-v", is_flag=True, default=None, help="Log every epoch.")
+@click.version_option(parscan.__version__, "--version", prog_name="parscan-train")
+@click.pass_context
+def main(ctx, config_path, **flags):
+    """Train a recurrent model that reconstructs a dynamical system (GTF-DEER).
+
+    Without arguments: generate Lorenz-63 data, train a shPLRNN with GTF-DEER and automatic
+    alpha, evaluate it on a test trajectory and write the results folder. Use
+    `parscan-train evaluate RUN` to score a trained model again.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = resolve_settings(flags, config_path)
+    train(settings)
+
+
+def train(s: Settings) -> None:
+    """Run one training job end to end (the default command)."""
+    import models
+    from autodiff import fit
+    from autodiff.train import TrainingDivergedError
+    from parscan import DeerConvergenceError
+
+    if s.threads is not None:
+        set_threads(s.threads)
+    data = prepare_data(s)
+    model = build_model(s, data.train.shape[1])
+    config = train_config(s, data.train.shape[1])
+    out = prepare_out_dir(s)
+    _write_json(
+        out / "args.json",
+        {
+            "settings": asdict(replace(s, out=str(out))),
+            "train_config": config.to_dict(),
+            "data_source": data.source,
+            "versions": _versions(),
+            "command": sys.argv,
+        },
+    )
+    say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
+    say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
+    progress = Progress(s.epochs, s.quiet, s.verbose)
+    started = time.perf_counter()
+    try:
+        result = fit(
+            model,
+            data.train,
+            config,
+            callback=progress,
+            checkpoint_dir=out / "checkpoints",
+            resume=s.resume,
+            validation_data=data.validation,
+        )
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo(
+            f"parscan-train: interrupted; checkpoint saved in {out / 'checkpoints'}. "
+            f"Continue with: parscan-train --out {out} --resume",
+            err=True,
+        )
+        sys.exit(130)
+    except (DeerConvergenceError, TrainingDivergedError) as exc:
+        progress.close()
+        click.echo(
+            f"parscan-train: training failed: {exc} Tried: method={config.method}, "
+            f"jacobian={config.jacobian}, alpha={s.alpha} ({config.alpha_method}). "
+            f"The last good checkpoint is in {out / 'checkpoints'}.",
+            err=True,
+        )
+        sys.exit(1)
+    progress.close()
+    wall = time.perf_counter() - started
+    trained = result.model
+    metadata = {
+        "best_epoch": result.best_epoch,
+        "best_scores": result.best_scores,
+        "settings": asdict(replace(s, out=str(out))),
+    }
+    trained.save(out / "model.npz", metadata=metadata)
+    write_history(out / "history.csv", result.history)
+    mean, sd = trained.standardization
+    test = ((data.test - mean) / sd).astype(np.float64)
+    scores = models.evaluate(trained, test)
+    last = result.history[-1] if result.history else {}
+    summary = {
+        "test": scores,
+        "best_epoch": result.best_epoch,
+        "validation": result.best_scores,
+        "final_loss": last.get("loss"),
+        "newton_iters_mean": last.get("newton_iters_mean"),
+        "newton_iters_max": last.get("newton_iters_max"),
+        "alpha": result.alpha,
+        "bad_steps": result.n_bad_steps,
+        "train_seconds": result.wall_time,
+        "wall_seconds": wall,
+    }
+    _write_json(out / "metrics.json", summary)
+    note = "plots skipped: the free run did not produce finite values"
+    if scores["status"] == "ok":
+        generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
+        note = write_plots(out, test[1:], np.asarray(generated, dtype=np.float64))
+    _print_summary(out, summary, note)
+
+
+def _print_summary(out: Path, summary: dict, note: str) -> None:
+    test = summary["test"]
+    if test["status"] == "ok":
+        measures = f"D_stsp {test['dstsp']:.3f}   D_H {test['dh']:.3f}   PE(20) {test['pe']:.3g}"
+    else:
+        measures = f"free run {test['status']}: {test['message']}"
+    lines = [
+        f"test ({test['n_steps']} steps): {measures}",
+        f"selected epoch {summary['best_epoch']}   final loss {_fmt(summary['final_loss'])}   "
+        f"Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)   "
+        f"alpha {summary['alpha']:.3f}",
+        f"wall time {summary['wall_seconds']:.0f} s   results: {out}",
+        note,
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command("evaluate")
+@click.argument("target", type=str)
+@click.option("--test-data", type=str, help="Test trajectory (default: the run's own test set).")
+@click.option("--n-bins", type=int, default=30, show_default=True, help="D_stsp bins per axis.")
+@click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
+@click.option("--pe-steps", type=int, default=20, show_default=True, help="PE horizon n.")
+@click.option("--transient", type=int, default=0, show_default=True, help="Dropped steps.")
+@click.option("--out", "out_file", type=str, help="JSON file for the scores.")
+def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, out_file):
+    """Score a trained model (a run folder or a model .npz) on test data.
+
+    For a run folder without --test-data the run's own test data are rebuilt from its
+    args.json (the generated test trajectory, or the held-out tail of --data). Scores are
+    printed and written to --out (default: RUN/evaluation.json for a run folder).
+    """
+    import models
+
+    path = Path(target)
+    model_file = path / "model.npz" if path.is_dir() else path
+    try:
+        model = models.load(model_file)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if test_data is not None:
+        raw = _load(test_data, "--test-data")
+    elif path.is_dir() and (path / "args.json").is_file():
+        saved = json.loads((path / "args.json").read_text())["settings"]
+        raw = prepare_data(Settings(**{**saved, "out": None, "resume": False})).test
+    else:
+        raise UserError(f"{target} is a model file: pass --test-data.")
+    if raw.shape[1] != model.n_obs:
+        raise UserError(
+            f"the test data have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
+        )
+    if model.standardization is not None:
+        mean, sd = model.standardization
+        raw = (raw - mean) / sd
+    try:
+        scores = models.evaluate(
+            model, raw, n_bins=n_bins, smoothing=smoothing, pe_steps=pe_steps, transient=transient
+        )
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    destination = (
+        Path(out_file) if out_file else (path / "evaluation.json" if path.is_dir() else None)
+    )
+    if destination is not None:
+        _write_json(destination, scores)
+    if scores["status"] == "ok":
+        click.echo(
+            f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
+            f"PE({pe_steps}) {scores['pe']:.3g}   ({scores['n_steps']} steps)"
+        )
+    else:
+        click.echo(f"free run {scores['status']}: {scores['message']}")

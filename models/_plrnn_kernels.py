@@ -1,0 +1,331 @@
+"""Shared machinery of the piecewise-linear RNN families (shPLRNN, ALRNN / PLRNN).
+
+Each family module (``models.shplrnn``, ``models.alrnn``) defines
+
+* plain per-step functions over explicit arrays (no allocation, no calls to other
+  functions, scalar loops only) -- compiled for the CPU with :func:`parscan._jit.jit` and
+  usable from CUDA through ``numba.cuda.jit(device=True)(fn)``;
+* three ``prange`` drivers over those functions: evaluation of ``F`` and ``J`` at many
+  states, the parameter VJP summed over positions, and the sequential free run.
+
+The drivers are written per family rather than once with the per-step functions passed
+as arguments: Numba cannot cache a kernel that takes (or closes over) a jitted function
+argument, and cold parfor compiles cost seconds each.
+
+This module holds what the families share: the :class:`StepFunctions` bundle, the lab's
+initialisers and :class:`PiecewiseLinearRNN`, which validates inputs, flattens leading
+dimensions and calls the family's drivers.
+"""
+
+from abc import abstractmethod
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from models.base import LatentRNN, check_positive_int
+
+#: ``mode`` argument of the evaluation drivers.
+EVAL_F, EVAL_F_DIAG, EVAL_F_FULL = 0, 1, 2
+
+#: ``param_vjp`` splits the positions into ``clip(n // _MIN_CHUNK, 1, _MAX_CHUNKS)`` chunks,
+#: independent of the thread count so that the summation order (hence the result, to the
+#: last bit) does not depend on it.
+_MIN_CHUNK, _MAX_CHUNKS = 1024, 64
+
+
+class StepFunctions(NamedTuple):
+    """The per-step functions of a family, all taking ``(*model.kernel_args(), ...)``.
+
+    ``z``, ``out``, ``cot`` have shape ``(M,)``; ``jac`` ``(M, M)``; ``grad`` is a flat
+    vector of at least ``n_map_params`` entries (the parameters before ``L0``, in
+    ``param_spec`` order). Outputs must not alias inputs.
+
+    Attributes
+    ----------
+    step : ``step(*args, z, out)``
+        ``out = F(z)``.
+    step_jacobian : ``step_jacobian(*args, z, out, jac)``
+        ``out = F(z)`` and ``jac = dF/dz (z)`` (row = output).
+    step_jacobian_diag : ``step_jacobian_diag(*args, z, out, diag)``
+        ``out = F(z)`` and ``diag = diag(dF/dz (z))``.
+    vjp_state : ``vjp_state(*args, z, cot, out)``
+        ``out = (dF/dz (z))^T cot``.
+    vjp_params : ``vjp_params(*args, z, cot, grad)``
+        ``grad += (dF/dtheta (z))^T cot`` (accumulates; ``grad`` may be float64 for a
+        float32 model).
+    """
+
+    step: Any
+    step_jacobian: Any
+    step_jacobian_diag: Any
+    vjp_state: Any
+    vjp_params: Any
+
+
+def normalized_positive_definite(rng: np.random.Generator, M: int) -> np.ndarray:
+    """``K / lambda_max(K)`` with ``K = R^T R / M + I``, ``R`` standard normal ``(M, M)``.
+
+    The recurrent initialisation of Talathi & Vartak (2016), arXiv:1511.03771, which the
+    Durstewitz lab uses for the diagonal ``A`` of its PLRNNs: a symmetric positive-definite
+    matrix with largest eigenvalue 1, so ``diag`` lies in ``(0, 1]``.
+    """
+    R = rng.standard_normal((M, M))
+    K = R.T @ R / M + np.eye(M)
+    return K / np.max(np.abs(np.linalg.eigvalsh(K)))
+
+
+def uniform_fan_in(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform on ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, ``fan_in = shape[-1]`` (the lab's
+    ``uniform_init``)."""
+    r = 1.0 / np.sqrt(shape[-1])
+    return rng.uniform(-r, r, size=shape)
+
+
+class PiecewiseLinearRNN(LatentRNN):
+    """Common implementation of the :class:`~models.base.LatentRNN` contract.
+
+    A family subclass provides :meth:`kernel_args`, :meth:`norm_bound`, :meth:`init`,
+    :meth:`param_spec`, :meth:`hyperparameters` and the class attributes below.
+
+    Attributes
+    ----------
+    step_functions : StepFunctions
+        The plain (uncompiled) per-step functions of the family, for
+        ``numba.cuda.jit(device=True)`` and for fused sequential kernels.
+    step_functions_jit : StepFunctions
+        The same, compiled for the CPU with the project jit policy.
+    """
+
+    step_functions: ClassVar[StepFunctions]
+    step_functions_jit: ClassVar[StepFunctions]
+    # Family drivers (jitted, see the family module), called as
+    #   _eval_kernel(*args, Z (n, M), F (n, M), J (n, K), mode)   K = 0, M or M*M
+    #   _vjp_kernel(*args, Z (n, M), C (n, M), G (n_chunks, n_map_params) float64)
+    #   _simulate_kernel(*args, Z0 (n, M), out (n, n_steps, M))
+    # and their serial per-item bodies, called directly when there is a single item (a
+    # parallel launch costs more than the work there):
+    #   _eval_item(*args, z, f, j, mode), _vjp_chunk(*args, Z, C, start, stop, g),
+    #   _simulate_item(*args, z0, out (n_steps, M))
+    _eval_kernel: ClassVar[Any]
+    _vjp_kernel: ClassVar[Any]
+    _simulate_kernel: ClassVar[Any]
+    _eval_item: ClassVar[Any]
+    _vjp_chunk: ClassVar[Any]
+    _simulate_item: ClassVar[Any]
+
+    def _setup_latent(self, M: int, n_obs, dtype, seed) -> None:
+        where = type(self).__name__
+        self.M = check_positive_int(M, "M", where)
+        n_obs = self.M if n_obs is None else check_positive_int(n_obs, "n_obs", where)
+        if n_obs > self.M:
+            raise ValueError(
+                f"{where}: n_obs must be <= M (the observations are the first n_obs "
+                f"latents); got n_obs={n_obs}, M={self.M}. Increase M or reduce n_obs."
+            )
+        self.n_obs = n_obs
+        self._setup(dtype)
+        self.init(seed)
+
+    @abstractmethod
+    def kernel_args(self) -> tuple:
+        """The leading arguments of every per-step function and driver: views into
+        ``params`` (C-contiguous, model dtype) followed by integer flags."""
+
+    @property
+    def n_map_params(self) -> int:
+        """Number of parameters of the map ``F`` (all blocks before ``L0``)."""
+        return self._offsets["L0"][0] if "L0" in self._offsets else self.n_params
+
+    def _rng(self, seed) -> np.random.Generator:
+        self.seed = check_positive_int(seed, "seed", f"{type(self).__name__}.init", minimum=0)
+        return np.random.default_rng(self.seed)
+
+    def _init_L0(self, rng: np.random.Generator) -> None:
+        if self.M > self.n_obs:
+            self["L0"][...] = uniform_fan_in(rng, (self.M - self.n_obs, self.n_obs))
+
+    # ---- input validation -------------------------------------------------------------
+
+    def _states(self, z, method: str, name: str = "z") -> np.ndarray:
+        """``z`` as a C-contiguous ``(n, M)`` array of the model dtype (a view if possible)."""
+        where = f"{type(self).__name__}.{method}"
+        if not isinstance(z, np.ndarray):
+            raise TypeError(
+                f"{where}: `{name}` must be a numpy array of shape (..., {self.M}); got "
+                f"{type(z).__name__}. Use np.asarray({name}, dtype=np.{self.dtype})."
+            )
+        if z.ndim < 1 or z.shape[-1] != self.M:
+            raise ValueError(
+                f"{where}: `{name}` must have shape (..., {self.M}) (M={self.M}); got "
+                f"{name}.shape={z.shape}."
+            )
+        if z.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: `{name}` must have the model dtype {self.dtype}; got {z.dtype}. "
+                f"Use {name}.astype(np.{self.dtype}) or model.astype({str(z.dtype)!r})."
+            )
+        return np.ascontiguousarray(z).reshape(-1, self.M)
+
+    def _check_out(self, arr, shape: tuple, where: str, name: str) -> np.ndarray:
+        ok = (
+            isinstance(arr, np.ndarray)
+            and arr.shape == shape
+            and arr.dtype == self.dtype
+            and arr.flags.c_contiguous
+            and arr.flags.writeable
+        )
+        if not ok:
+            got = (
+                f"shape {arr.shape}, dtype {arr.dtype}, C-contiguous {arr.flags.c_contiguous}"
+                if isinstance(arr, np.ndarray)
+                else type(arr).__name__
+            )
+            raise ValueError(
+                f"{where}: `{name}` must be a writeable C-contiguous array of shape {shape} "
+                f"and dtype {self.dtype}; got {got}. Allocate it with "
+                f"np.empty({shape}, dtype=np.{self.dtype}) or pass out=None."
+            )
+        return arr
+
+    # ---- the contract -----------------------------------------------------------------
+
+    def _evaluate(self, z, mode: int, out, method: str):
+        Z = self._states(z, method)
+        lead = z.shape[:-1]
+        M = self.M
+        j_tail = {EVAL_F: (0,), EVAL_F_DIAG: (M,), EVAL_F_FULL: (M, M)}[mode]
+        where = f"{type(self).__name__}.{method}"
+        if out is None:
+            F = np.empty(z.shape, dtype=self.dtype)
+            J = np.empty((*lead, *j_tail), dtype=self.dtype)
+        else:
+            if not (isinstance(out, tuple | list) and len(out) == 2):
+                raise TypeError(
+                    f"{where}: `out` must be a pair (f_out, j_out) or None; got "
+                    f"{type(out).__name__}."
+                )
+            F = self._check_out(out[0], z.shape, where, "out[0]")
+            J = self._check_out(out[1], (*lead, *j_tail), where, "out[1]")
+            if np.may_share_memory(F, z) or np.may_share_memory(J, z):
+                raise ValueError(f"{where}: `out` arrays must not overlap `z`.")
+        n = Z.shape[0]
+        F2, J2 = F.reshape(n, M), J.reshape(n, int(np.prod(j_tail)))
+        if n == 1:
+            self._eval_item(*self.kernel_args(), Z[0], F2[0], J2[0], mode)
+        else:
+            self._eval_kernel(*self.kernel_args(), Z, F2, J2, mode)
+        return F, J
+
+    def step(self, z: np.ndarray) -> np.ndarray:
+        """One step of the map, ``F(z)``.
+
+        Parameters
+        ----------
+        z : ndarray, shape (..., M)
+            States, of the model dtype.
+
+        Returns
+        -------
+        ndarray, shape (..., M)
+        """
+        return self._evaluate(z, EVAL_F, None, "step")[0]
+
+    def jacobian(self, z: np.ndarray) -> np.ndarray:
+        """``dF/dz`` at ``z``: ``(..., M) -> (..., M, M)``, row index = output component.
+
+        The relu derivative at exactly 0 is taken as 0 (as in the lab's code).
+        """
+        return self._evaluate(z, EVAL_F_FULL, None, "jacobian")[1]
+
+    def jacobian_diag(self, z: np.ndarray) -> np.ndarray:
+        """Diagonal of ``dF/dz`` at ``z``: ``(..., M) -> (..., M)``."""
+        return self._evaluate(z, EVAL_F_DIAG, None, "jacobian_diag")[1]
+
+    def step_and_jacobian(self, z: np.ndarray, diag: bool = False, out=None):
+        """``F(z)`` and its Jacobian in one parallel pass over all leading positions.
+
+        Parameters
+        ----------
+        z : ndarray, shape (..., M)
+            States, of the model dtype.
+        diag : bool
+            Return only the Jacobian diagonal (quasi-DEER).
+        out : (ndarray, ndarray) or None
+            Caller arrays ``(f_out, j_out)`` of shapes ``(..., M)`` and ``(..., M, M)``
+            (``(..., M)`` with ``diag=True``), C-contiguous, model dtype, not overlapping
+            ``z``; they are filled and returned.
+
+        Returns
+        -------
+        F : ndarray, shape (..., M)
+        J : ndarray, shape (..., M, M), or (..., M) with ``diag=True``
+        """
+        return self._evaluate(z, EVAL_F_DIAG if diag else EVAL_F_FULL, out, "step_and_jacobian")
+
+    def param_vjp(self, z_prev: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+        """``sum over ... of (dF/dtheta at z_prev)^T cotangent``.
+
+        Parallel over chunks of positions; each chunk accumulates in float64 into its own
+        row and the rows are summed at the end: no races, and the result does not depend on
+        the number of threads.
+
+        Parameters
+        ----------
+        z_prev : ndarray, shape (..., M)
+            States at which ``F`` is evaluated.
+        cotangent : ndarray, shape (..., M)
+            Cotangents of ``F(z_prev)``, same shape.
+
+        Returns
+        -------
+        ndarray, shape (n_params,)
+            Model dtype; zero in the ``L0`` block.
+        """
+        Z = self._states(z_prev, "param_vjp", "z_prev")
+        C = self._states(cotangent, "param_vjp", "cotangent")
+        if cotangent.shape != z_prev.shape:
+            raise ValueError(
+                f"{type(self).__name__}.param_vjp: `cotangent` must have the shape of "
+                f"`z_prev` {z_prev.shape}; got {cotangent.shape}."
+            )
+        n = Z.shape[0]
+        n_chunks = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK))
+        G = np.zeros((n_chunks, self.n_map_params), dtype=np.float64)
+        if n_chunks == 1:
+            self._vjp_chunk(*self.kernel_args(), Z, C, 0, n, G[0])
+        else:
+            self._vjp_kernel(*self.kernel_args(), Z, C, G)
+        grad = np.zeros(self.n_params, dtype=self.dtype)
+        grad[: self.n_map_params] = G.sum(axis=0)
+        return grad
+
+    def simulate(self, z0: np.ndarray, n_steps: int) -> np.ndarray:
+        """Sequential free run ``z_{t+1} = F(z_t)``, parallel over the batch.
+
+        Parameters
+        ----------
+        z0 : ndarray, shape (..., M)
+            Initial states.
+        n_steps : int
+            Number of steps (>= 0).
+
+        Returns
+        -------
+        ndarray, shape (..., n_steps, M)
+            ``z_1 .. z_n`` (``z0`` not included).
+        """
+        n_steps = check_positive_int(
+            n_steps, "n_steps", f"{type(self).__name__}.simulate", minimum=0
+        )
+        Z0 = self._states(z0, "simulate", "z0")
+        out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
+        out3 = out.reshape(Z0.shape[0], n_steps, self.M)
+        if n_steps and Z0.shape[0] == 1:
+            self._simulate_item(*self.kernel_args(), Z0[0], out3[0])
+        elif n_steps:
+            self._simulate_kernel(*self.kernel_args(), Z0, out3)
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"

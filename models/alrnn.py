@@ -1,0 +1,312 @@
+"""Almost-linear RNN (Brenner et al., NeurIPS 2024) and the vanilla PLRNN (Koppe et al.,
+PLoS Comput. Biol. 2019; Durstewitz, PLoS Comput. Biol. 2017).
+
+    ALRNN:  F(z) = A * z + W Phi(z) + h,  Phi(z)_j = z_j (j < M - P), relu(z_j) (j >= M - P)
+    PLRNN:  F(z) = A * z + W relu(z) + h,  diag(W) = 0
+
+with ``A`` of shape (M,) (a diagonal), ``W`` (M, M), ``h`` (M,): only the last ``P`` units
+pass through the relu. The PLRNN is the ALRNN with ``P = M`` and a zero diagonal in ``W``
+(self-coupling lives in ``A`` alone); the zero diagonal is set by ``init``, required by
+``set_params`` and kept by training because the gradient there is masked to zero. The relu
+derivative at exactly 0 is 0 everywhere; ``relu(NaN)`` is NaN.
+
+Per-step functions (plain Python over explicit arrays; see
+:class:`models._plrnn_kernels.StepFunctions`), all taking
+``args = model.kernel_args() = (A, W, h, P, zero_diag)`` first, ``P`` and ``zero_diag``
+ints:
+
+* ``alrnn_step(*args, z, out)``
+* ``alrnn_step_jacobian(*args, z, out, jac)``
+* ``alrnn_step_jacobian_diag(*args, z, out, diag)``
+* ``alrnn_vjp_state(*args, z, cot, out)``
+* ``alrnn_vjp_params(*args, z, cot, grad)`` -- accumulates into the flat gradient in the
+  order A, W (row-major), h; skips ``diag(W)`` when ``zero_diag``.
+
+They are bundled (plain and CPU-compiled) as ``ALRNN.step_functions`` and
+``ALRNN.step_functions_jit``.
+"""
+
+import numpy as np
+from numba import prange
+
+from models._plrnn_kernels import (
+    EVAL_F_DIAG,
+    EVAL_F_FULL,
+    PiecewiseLinearRNN,
+    StepFunctions,
+    normalized_positive_definite,
+    uniform_fan_in,
+)
+from models.base import check_positive_int
+from parscan._jit import jit, jit_parallel
+
+# ---- per-step functions (plain Python; no allocation, no calls) ------------------------
+
+
+def alrnn_step(A, W, h, P, zero_diag, z, out):
+    """``out = F(z)``; ``z``, ``out`` of shape (M,), not aliased."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h[i]
+    for j in range(M):
+        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        for i in range(M):
+            out[i] += W[i, j] * phi
+
+
+def alrnn_step_jacobian(A, W, h, P, zero_diag, z, out, jac):
+    """``out = F(z)`` (M,), ``jac = dF/dz`` (M, M) (row = output)."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h[i]
+    for j in range(M):
+        on = j < M - P or z[j] > 0
+        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        for i in range(M):
+            out[i] += W[i, j] * phi
+            jac[i, j] = W[i, j] * on
+        jac[j, j] += A[j]
+
+
+def alrnn_step_jacobian_diag(A, W, h, P, zero_diag, z, out, diag):
+    """``out = F(z)`` (M,), ``diag = diag(dF/dz)`` (M,)."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h[i]
+    for j in range(M):
+        on = j < M - P or z[j] > 0
+        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        for i in range(M):
+            out[i] += W[i, j] * phi
+        diag[j] = A[j] + W[j, j] * on
+
+
+def alrnn_vjp_state(A, W, h, P, zero_diag, z, cot, out):
+    """``out = (dF/dz)^T cot`` (M,)."""
+    M = z.shape[0]
+    for j in range(M):
+        out[j] = A[j] * cot[j]
+        if j < M - P or z[j] > 0:
+            for i in range(M):
+                out[j] += W[i, j] * cot[i]
+
+
+def alrnn_vjp_params(A, W, h, P, zero_diag, z, cot, grad):
+    """``grad[:n_map_params] += (dF/dtheta)^T cot``, blocks A, W, h."""
+    M = z.shape[0]
+    o_h = M + M * M
+    for i in range(M):
+        grad[i] += cot[i] * z[i]
+        grad[o_h + i] += cot[i]
+    for j in range(M):
+        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        for i in range(M):
+            if i != j or zero_diag == 0:
+                grad[M + i * M + j] += cot[i] * phi
+
+
+ALRNN_STEP_FUNCTIONS = StepFunctions(
+    step=alrnn_step,
+    step_jacobian=alrnn_step_jacobian,
+    step_jacobian_diag=alrnn_step_jacobian_diag,
+    vjp_state=alrnn_vjp_state,
+    vjp_params=alrnn_vjp_params,
+)
+ALRNN_STEP_FUNCTIONS_JIT = StepFunctions(*(jit(fn) for fn in ALRNN_STEP_FUNCTIONS))
+_step = ALRNN_STEP_FUNCTIONS_JIT.step
+_step_jacobian = ALRNN_STEP_FUNCTIONS_JIT.step_jacobian
+_step_jacobian_diag = ALRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
+_vjp_params = ALRNN_STEP_FUNCTIONS_JIT.vjp_params
+
+# ---- CPU drivers (prange over items; bodies call one jitted per-item helper) -----------
+
+
+@jit
+def _eval_item(A, W, h, P, zero_diag, z, f, j, mode):
+    if mode == EVAL_F_FULL:
+        _step_jacobian(A, W, h, P, zero_diag, z, f, j.reshape((z.shape[0], z.shape[0])))
+    elif mode == EVAL_F_DIAG:
+        _step_jacobian_diag(A, W, h, P, zero_diag, z, f, j)
+    else:
+        _step(A, W, h, P, zero_diag, z, f)
+
+
+@jit_parallel
+def _eval_kernel(A, W, h, P, zero_diag, Z, F, J, mode):
+    for p in prange(Z.shape[0]):
+        _eval_item(A, W, h, P, zero_diag, Z[p], F[p], J[p], mode)
+
+
+@jit
+def _vjp_chunk(A, W, h, P, zero_diag, Z, C, start, stop, g):
+    for p in range(start, stop):
+        _vjp_params(A, W, h, P, zero_diag, Z[p], C[p], g)
+
+
+@jit_parallel
+def _vjp_kernel(A, W, h, P, zero_diag, Z, C, G):
+    n = Z.shape[0]
+    n_chunks = G.shape[0]
+    for c in prange(n_chunks):
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        _vjp_chunk(A, W, h, P, zero_diag, Z, C, start, stop, G[c])
+
+
+@jit
+def _simulate_item(A, W, h, P, zero_diag, z0, out):
+    _step(A, W, h, P, zero_diag, z0, out[0])
+    for t in range(1, out.shape[0]):
+        _step(A, W, h, P, zero_diag, out[t - 1], out[t])
+
+
+@jit_parallel
+def _simulate_kernel(A, W, h, P, zero_diag, Z0, out):
+    for b in prange(Z0.shape[0]):
+        _simulate_item(A, W, h, P, zero_diag, Z0[b], out[b])
+
+
+# ---- models ---------------------------------------------------------------------------
+
+
+class _ALRNNFamily(PiecewiseLinearRNN):
+    """Shared code of :class:`ALRNN` and :class:`PLRNN` (kept as siblings so that each
+    one's ``load`` rejects a file of the other)."""
+
+    step_functions = ALRNN_STEP_FUNCTIONS
+    step_functions_jit = ALRNN_STEP_FUNCTIONS_JIT
+    _eval_kernel = staticmethod(_eval_kernel)
+    _vjp_kernel = staticmethod(_vjp_kernel)
+    _simulate_kernel = staticmethod(_simulate_kernel)
+    _eval_item = staticmethod(_eval_item)
+    _vjp_chunk = staticmethod(_vjp_chunk)
+    _simulate_item = staticmethod(_simulate_item)
+
+    P: int
+    _ZERO_DIAG: int
+
+    def param_spec(self):
+        M = self.M
+        return [("A", (M,)), ("W", (M, M)), ("h", (M,)), *self._init_map_spec()]
+
+    def init(self, seed: int = 0):
+        """Re-initialise in place with the lab's scheme; returns ``self``.
+
+        ``A = diag(normalized_positive_definite(M))`` (entries in (0, 1]); ``W`` uniform
+        ``+-1/sqrt(M)`` (fan-in), its diagonal zeroed for the PLRNN; ``h = 0``; ``L0``
+        uniform ``+-1/sqrt(N)``. Deterministic in ``seed``.
+        """
+        rng = self._rng(seed)
+        M = self.M
+        self.params[...] = 0
+        self["A"][...] = np.diag(normalized_positive_definite(rng, M))
+        W = uniform_fan_in(rng, (M, M))
+        if self._ZERO_DIAG:
+            np.fill_diagonal(W, 0.0)
+        self["W"][...] = W
+        self._init_L0(rng)
+        return self
+
+    def kernel_args(self) -> tuple:
+        """``(A, W, h, P, zero_diag)``: views into ``params`` and two int flags."""
+        p = self.unflatten()
+        return (p["A"], p["W"], p["h"], self.P, self._ZERO_DIAG)
+
+    def norm_bound(self) -> float:
+        """``max|A| + ||W||_2 >= sup_z ||dF/dz||_2`` (the Jacobian is
+        ``diag(A) + W diag(Phi')`` with ``Phi'`` in {0, 1})."""
+        A, W = self["A"].astype(np.float64), self["W"].astype(np.float64)
+        return float(np.max(np.abs(A)) + np.linalg.norm(W, 2))
+
+
+class ALRNN(_ALRNNFamily):
+    """Almost-linear RNN, ``F(z) = A * z + W Phi(z) + h`` (Brenner et al., NeurIPS 2024).
+
+    ``Phi`` is the identity on the first ``M - P`` units and relu on the last ``P``.
+
+    Parameters
+    ----------
+    M : int
+        Latent dimension.
+    P : int
+        Number of relu units, ``0 <= P <= M`` (``P = 0`` is a linear map).
+    n_obs : int, optional
+        Observed dimensions N <= M (the first N latents); default M.
+    dtype : {"float64", "float32"}
+        Parameter and computation dtype; inputs must match it.
+    seed : int
+        Seed of :meth:`init`.
+
+    Notes
+    -----
+    ``params`` blocks, in order: ``A`` (M,), ``W`` (M, M), ``h`` (M,), then ``L0``
+    (M - N, N) when M > N. See the module docstring for the per-step functions.
+    """
+
+    _ZERO_DIAG = 0
+
+    def __init__(self, M: int, P: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+        where = type(self).__name__
+        M = check_positive_int(M, "M", where)
+        P = check_positive_int(P, "P", where, minimum=0)
+        if P > M:
+            raise ValueError(f"{where}: the number of relu units P must be <= M; got P={P}, M={M}.")
+        self.P = P
+        self._setup_latent(M, n_obs, dtype, seed)
+
+    def hyperparameters(self) -> dict:
+        return {
+            "M": self.M,
+            "P": self.P,
+            "n_obs": self.n_obs,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+
+class PLRNN(_ALRNNFamily):
+    """Vanilla PLRNN, ``F(z) = A * z + W relu(z) + h`` with ``diag(W) = 0`` (Koppe et al.,
+    2019; Durstewitz, 2017).
+
+    The zero diagonal of ``W`` is an invariant: :meth:`init` sets it, :meth:`set_params`
+    rejects a vector that breaks it, and :meth:`param_vjp` returns zero there, so gradient
+    steps keep it. Writing into ``params`` directly bypasses the check.
+
+    Parameters
+    ----------
+    M : int
+        Latent dimension (all units pass through the relu).
+    n_obs : int, optional
+        Observed dimensions N <= M (the first N latents); default M.
+    dtype : {"float64", "float32"}
+        Parameter and computation dtype; inputs must match it.
+    seed : int
+        Seed of :meth:`init`.
+
+    Notes
+    -----
+    ``params`` blocks, in order: ``A`` (M,), ``W`` (M, M), ``h`` (M,), then ``L0``
+    (M - N, N) when M > N.
+    """
+
+    _ZERO_DIAG = 1
+
+    def __init__(self, M: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+        self.P = check_positive_int(M, "M", type(self).__name__)
+        self._setup_latent(M, n_obs, dtype, seed)
+
+    def hyperparameters(self) -> dict:
+        return {"M": self.M, "n_obs": self.n_obs, "dtype": self.dtype.name, "seed": self.seed}
+
+    def set_params(self, params: np.ndarray):
+        """Copy ``params`` into the model; ``diag(W)`` must be zero. Returns ``self``."""
+        arr = np.asarray(params)
+        if arr.shape == (self.n_params,):
+            W = self.unflatten(arr)["W"]
+            if np.any(np.diagonal(W) != 0):
+                raise ValueError(
+                    "PLRNN.set_params: the diagonal of W must be zero (self-coupling is A's "
+                    f"role); got diag(W)={np.diagonal(W)}. Zero it, or use an ALRNN with "
+                    "P = M for a full W."
+                )
+        return super().set_params(params)

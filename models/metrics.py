@@ -1,0 +1,751 @@
+"""DSR measures as the Durstewitz lab defines them (DESIGN.md section 7).
+
+* :func:`state_space_divergence` -- D_stsp, KL divergence between the occupation measures of
+  the true and the generated trajectory (binned, or Gaussian-mixture for high N);
+  Koppe et al., PLoS Comput. Biol. 15, e1007263 (2019); Brenner et al., ICML 2022;
+  Hess et al., ICML 2023.
+* :func:`power_spectrum_distance` -- D_H, mean Hellinger distance of smoothed power spectra;
+  Mikhaeil et al., NeurIPS 2022; Hess et al., ICML 2023.
+* :func:`prediction_error` -- PE(n), n-step-ahead free-run MSE from every data point.
+* :func:`max_lyapunov` / :func:`lyapunov_spectrum` -- Lyapunov exponents from Jacobian products
+  with QR re-orthonormalisation (Benettin et al., Meccanica 15, 1980).
+* :func:`evaluate` -- free run from the first test point, then the measures.
+
+All measures are computed in float64 (float32 inputs are widened).
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+from scipy.ndimage import gaussian_filter1d
+
+from models.base import LatentRNN, Model
+from models.data import check_trajectory
+from models.systems import System, get_system, matmul_into, rk4_tangent_step
+from parscan._jit import jit, jit_parallel
+
+#: Laplace smoothing pseudo-count of the binned D_stsp (DESIGN.md section 7).
+EPSILON = 1e-5
+#: Measures :func:`evaluate` knows.
+MEASURES = ("dstsp", "dh", "pe", "lyapunov")
+#: Elements per model.generate call in prediction_error and per block of Jacobians in
+#: lyapunov_spectrum (bounds the memory of a batch).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by the public functions.
+# ---------------------------------------------------------------------------------------------
+
+
+def _int(value, name, where, minimum):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def _real(value, name, where, *, positive):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{where}: {name} must be a real number; got {type(value).__name__}.")
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(
+            f"{where}: {name} must be finite and {'> 0' if positive else '>= 0'}; got {value}."
+        )
+    return value
+
+
+def _choice(value, name, where, options):
+    if value not in options:
+        raise ValueError(f"{where}: {name} must be one of {options}; got {value!r}.")
+    return value
+
+
+def _pair(x_true, x_gen, where, *, strict=True):
+    """Validate a (true, generated) pair of trajectories; return both as float64.
+
+    ``strict``: ``x_true`` needs >= 2 steps and no constant dimension (binning and spectra
+    scale by its sd)."""
+    x_true = check_trajectory(
+        x_true, where, name="x_true", min_steps=2 if strict else 1, constant=not strict
+    ).astype(np.float64)
+    x_gen = np.asarray(x_gen)
+    if x_gen.ndim == 2 and x_gen.dtype.kind == "f" and not np.all(np.isfinite(x_gen)):
+        raise ValueError(
+            f"{where}: x_gen contains NaN or inf (the generated run diverged); a measure of it "
+            f"is meaningless. evaluate() reports such runs with status 'non_finite'."
+        )
+    x_gen = check_trajectory(x_gen, where, name="x_gen", min_steps=1, constant=True)
+    if x_gen.shape[1] != x_true.shape[1]:
+        raise ValueError(
+            f"{where}: x_true and x_gen must have the same number of dimensions N; got "
+            f"x_true.shape={x_true.shape}, x_gen.shape={x_gen.shape}."
+        )
+    return x_true, x_gen.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# D_stsp
+# ---------------------------------------------------------------------------------------------
+
+
+def _box(x_true, box):
+    sd = x_true.std(axis=0)
+    if box == "minmax":
+        return x_true.min(axis=0) - 0.1 * sd, x_true.max(axis=0) + 0.1 * sd
+    mean = x_true.mean(axis=0)
+    return mean - 2.0 * sd, mean + 2.0 * sd
+
+
+def _bin_index(x, lo, hi, n_bins):
+    """Bin indices (T', N) of the rows of ``x`` inside ``[lo, hi)``; rows outside are dropped."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = (x - lo) / (hi - lo)
+    inside = np.all((u >= 0) & (u < 1), axis=1)
+    # u < 1 can still round to u * n_bins == n_bins: that point belongs to the last bin
+    return np.minimum(np.floor(u[inside] * n_bins), n_bins - 1).astype(np.int64)
+
+
+def _joint_counts(idx_true, idx_gen, n_bins):
+    """Counts of both trajectories over the union of occupied bins (a sparse histogram).
+
+    Bins are identified by a mixed-radix int64 code when ``n_bins**N`` fits, else by unique
+    rows; only occupied bins are ever stored.
+    """
+    both = np.concatenate([idx_true, idx_gen])
+    n_dims = both.shape[1]
+    if n_bins**n_dims < 2**62:
+        radix = np.array([n_bins**j for j in range(n_dims)], dtype=np.int64)
+        _, inverse = np.unique(both @ radix, return_inverse=True)
+    else:
+        _, inverse = np.unique(both, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    n_occupied = int(inverse.max()) + 1 if inverse.size else 0
+    split = idx_true.shape[0]
+    counts_true = np.bincount(inverse[:split], minlength=n_occupied).astype(np.float64)
+    counts_gen = np.bincount(inverse[split:], minlength=n_occupied).astype(np.float64)
+    return counts_true, counts_gen
+
+
+def _kl_binned(counts_true, counts_gen, n_total_bins):
+    """KL(p || q) of Laplace-smoothed histograms over all ``n_total_bins`` bins, exactly.
+
+    With ``p_i = (c_i + e) / A``, ``q_i = (d_i + e) / B``, ``A = sum c + e K``,
+    ``B = sum d + e K`` and ``sum_i p_i = 1``::
+
+        KL = sum_i p_i [log(c_i + e) - log(d_i + e)] + log(B / A),
+
+    and the bracket vanishes in every bin empty in both, so the sum runs over occupied bins
+    only (the never-enumerated empty bins enter through ``log(B / A)``).
+    """
+    a = counts_true.sum() + EPSILON * n_total_bins
+    b = counts_gen.sum() + EPSILON * n_total_bins
+    c = counts_true + EPSILON
+    terms = c * (np.log(c) - np.log(counts_gen + EPSILON))
+    return float(terms.sum() / a + np.log1p((b - a) / a))
+
+
+@jit
+def _logsumexp_sq_dist(s, centers, scale):
+    """``log sum_j exp(-scale * ||s - centers_j||^2)`` with a running maximum (stable)."""
+    m = -np.inf
+    acc = 0.0
+    for j in range(centers.shape[0]):
+        d2 = 0.0
+        for k in range(s.shape[0]):
+            diff = s[k] - centers[j, k]
+            d2 += diff * diff
+        e = -scale * d2
+        if e > m:
+            acc = acc * np.exp(m - e) + 1.0
+            m = e
+        else:
+            acc += np.exp(e - m)
+    return m + np.log(acc)
+
+
+@jit_parallel
+def _gmm_log_sum(samples, centers, scale, out):
+    """``out[i] = log sum_j exp(-scale ||samples_i - centers_j||^2)``; prange over samples."""
+    for i in prange(samples.shape[0]):
+        out[i] = _logsumexp_sq_dist(samples[i], centers, scale)
+
+
+def _subsample(x, n_points):
+    if x.shape[0] <= n_points:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x[np.linspace(0, x.shape[0] - 1, n_points).astype(np.int64)])
+
+
+def _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed):
+    """Monte-Carlo KL between isotropic Gaussian mixtures centred on the trajectory points
+    (Hershey & Olsen, ICASSP 2007); normalisers common to both mixtures cancel."""
+    centers_p = _subsample(x_true, n_points)
+    centers_q = _subsample(x_gen, n_points)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, centers_p.shape[0], n_samples)
+    samples = centers_p[pick] + math.sqrt(sigma2) * rng.standard_normal(
+        (n_samples, centers_p.shape[1])
+    )
+    log_p = np.empty(n_samples)
+    log_q = np.empty(n_samples)
+    scale = 0.5 / sigma2
+    _gmm_log_sum(samples, centers_p, scale, log_p)
+    _gmm_log_sum(samples, centers_q, scale, log_q)
+    log_ratio = log_p - log_q + math.log(centers_q.shape[0] / centers_p.shape[0])
+    return float(log_ratio.mean())
+
+
+def state_space_divergence(
+    x_true,
+    x_gen,
+    n_bins=30,
+    method="bins",
+    *,
+    box="minmax",
+    sigma2=1.0,
+    n_points=10_000,
+    n_samples=1000,
+    seed=0,
+):
+    """D_stsp: KL divergence ``KL(p_true || p_gen)`` of the trajectories' state-space densities.
+
+    ``method="bins"`` (the lab's choice for N < 6): N-d histograms with ``n_bins`` bins per
+    axis over a box fixed by ``x_true``, Laplace-smoothed with ``e = 1e-5``::
+
+        p_i = (count_i + e) / (sum(count) + e * n_bins**N),
+
+    summed exactly over all ``n_bins**N`` bins in closed form while storing only occupied bins
+    (works for any N; note that for large N the ``e * n_bins**N`` mass dominates and the
+    value shrinks toward 0 -- use ``method="gmm"`` there). Boxes:
+
+    * ``"minmax"`` (default): ``[min - 0.1 sd, max + 0.1 sd]`` of ``x_true`` per axis
+      (Hess et al., ICML 2023);
+    * ``"sd2"``: ``[mean - 2 sd, mean + 2 sd]`` per axis, the legacy box of Brenner et al.
+      (ICML 2022), equal to their ``[-2 sd, 2 sd]`` for standardised data.
+
+    Points of either trajectory outside the half-open box ``[lo, hi)`` are dropped before
+    counting, as the lab's histograms do; if no generated point is left the result is NaN
+    (the lab's convention; :func:`evaluate` reports this as status ``"out_of_box"``).
+
+    ``method="gmm"`` (N >= 6): each trajectory, evenly subsampled to at most ``n_points``
+    points, defines a mixture of isotropic Gaussians of variance ``sigma2`` centred on its
+    points; KL is estimated from ``n_samples`` draws of the true mixture (seeded by ``seed``)
+    with exact log-sum-exp densities (the lab's code instead takes the first 10,000 points and
+    drops samples whose float32 density underflows). The estimate can be slightly negative
+    for near-identical trajectories.
+
+    Parameters
+    ----------
+    x_true : array_like, shape (T, N)
+        Reference trajectory (finite; for bins also T >= 2 and no constant dimension).
+    x_gen : array_like, shape (T', N)
+        Generated trajectory (finite); ``T'`` may differ from ``T``.
+    n_bins : int
+        Bins per axis (lab default 30; 8 for the 5-d ECG data).
+    method : {"bins", "gmm"}
+    box : {"minmax", "sd2"}
+    sigma2 : float
+        Mixture variance (lab default 1.0, for standardised data).
+    n_points, n_samples, seed : int
+        GMM subsample size, Monte-Carlo sample size and seed.
+
+    Returns
+    -------
+    float
+        ``>= 0`` for bins (0 iff the two histograms are equal); NaN if no generated point lies
+        in the box.
+    """
+    where = "state_space_divergence"
+    method = _choice(method, "method", where, ("bins", "gmm"))
+    x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
+    if method == "gmm":
+        sigma2 = _real(sigma2, "sigma2", where, positive=True)
+        n_points = _int(n_points, "n_points", where, 1)
+        n_samples = _int(n_samples, "n_samples", where, 1)
+        seed = _int(seed, "seed", where, 0)
+        return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
+    n_bins = _int(n_bins, "n_bins", where, 1)
+    box = _choice(box, "box", where, ("minmax", "sd2"))
+    n_total_bins = n_bins ** x_true.shape[1]
+    if n_total_bins > 10**300:
+        raise ValueError(
+            f"{where}: n_bins**N = {n_bins}**{x_true.shape[1]} is too large for binning; "
+            f"use method='gmm'."
+        )
+    lo, hi = _box(x_true, box)
+    idx_true = _bin_index(x_true, lo, hi, n_bins)
+    idx_gen = _bin_index(x_gen, lo, hi, n_bins)
+    if idx_gen.shape[0] == 0:
+        return math.nan
+    counts_true, counts_gen = _joint_counts(idx_true, idx_gen, n_bins)
+    return _kl_binned(counts_true, counts_gen, float(n_total_bins))
+
+
+# ---------------------------------------------------------------------------------------------
+# D_H
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalized_spectra(x, smoothing):
+    """Per column: standardise, ``|rfft|^2``, Gaussian smoothing, normalise to sum 1.
+
+    Constant columns give NaN columns (their spectrum is undefined)."""
+    sd = x.std(axis=0)
+    constant = sd == 0
+    z = (x - x.mean(axis=0)) / np.where(constant, 1.0, sd)
+    spectra = np.abs(np.fft.rfft(z, axis=0)) ** 2
+    if int(4 * smoothing + 0.5) > 0:  # else scipy's kernel is [1], the identity
+        spectra = gaussian_filter1d(spectra, smoothing, axis=0, mode="reflect")
+    total = spectra.sum(axis=0)
+    spectra = spectra / np.where(constant, 1.0, total)
+    spectra[:, constant] = np.nan
+    return spectra
+
+
+def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=False):
+    """D_H: mean over dimensions of the Hellinger distance between power spectra.
+
+    Per dimension and trajectory: standardise, power spectrum ``|rfft|^2``, smooth with a
+    Gaussian of standard deviation ``smoothing`` frequency bins
+    (``scipy.ndimage.gaussian_filter1d``, reflect padding, as the lab's code), normalise to sum
+    1; then ``H(p, q) = sqrt(1 - sum sqrt(p q)) = sqrt(0.5 sum (sqrt p - sqrt q)^2)`` (the
+    second, non-negative form is evaluated). A dimension that is constant in ``x_gen`` (e.g. a
+    model collapsed to a fixed point) has no spectrum and gets the maximal distance 1.
+
+    Parameters
+    ----------
+    x_true : array_like, shape (T, N)
+        Reference trajectory (finite, no constant dimension).
+    x_gen : array_like, shape (T, N)
+        Generated trajectory of the same length -- the frequency grids must match; slice the
+        longer one (``x[:T]``) otherwise.
+    smoothing : float
+        Gaussian smoothing width in frequency bins (lab default 20; 0 = none; as in scipy,
+        widths below 0.125 give a one-point kernel, i.e. no smoothing).
+    per_dimension : bool
+        Also return the per-dimension distances.
+
+    Returns
+    -------
+    float in [0, 1], or (float, ndarray of shape (N,)) with ``per_dimension=True``
+        Symmetric, 0 for identical series.
+    """
+    where = "power_spectrum_distance"
+    x_true, x_gen = _pair(x_true, x_gen, where)
+    if x_gen.shape[0] != x_true.shape[0]:
+        raise ValueError(
+            f"{where}: x_true and x_gen must have the same length for their spectra to share a "
+            f"frequency grid; got {x_true.shape[0]} and {x_gen.shape[0]} steps. Slice the "
+            f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
+        )
+    smoothing = _real(smoothing, "smoothing", where, positive=False)
+    p = _normalized_spectra(x_true, smoothing)
+    q = _normalized_spectra(x_gen, smoothing)
+    h = np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=0))
+    h = np.where(np.isnan(h), 1.0, np.minimum(h, 1.0))
+    mean = float(h.mean())
+    return (mean, h) if per_dimension else mean
+
+
+# ---------------------------------------------------------------------------------------------
+# PE(n)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_model(model, where):
+    if not isinstance(model, Model):
+        raise TypeError(f"{where}: expected a models.Model; got {type(model).__name__}.")
+    return model
+
+
+def _check_obs(model, x, where, min_steps):
+    x = check_trajectory(x, where, min_steps=min_steps)
+    if x.shape[1] != model.n_obs:
+        raise ValueError(
+            f"{where}: x has N={x.shape[1]} dimensions but the model observes n_obs={model.n_obs}."
+        )
+    return x
+
+
+def prediction_error(model, x, n=20):
+    """PE(n): mean squared error of n-step free-run predictions from every data point.
+
+    From each ``x[t]``, ``t = 0 .. T-n-1``, the model runs ``n`` steps closed-loop
+    (``model.generate``: latent models start from ``initial_state(x[t])``), and the prediction
+    is compared with ``x[t + n]``; the squared error is averaged over all starts and
+    dimensions (Hess et al., ICML 2023). The starts are batched (chunks bound the memory).
+
+    Parameters
+    ----------
+    model : models.Model
+    x : array_like, shape (T, N)
+        Data, ``T > n``; passed to the model in ``model.dtype``.
+    n : int
+        Prediction horizon in steps (lab default 20).
+
+    Returns
+    -------
+    float
+        The MSE; inf or NaN if the model's predictions overflow from some start.
+    """
+    where = "prediction_error"
+    model = _check_model(model, where)
+    n = _int(n, "n", where, 1)
+    x = _check_obs(model, x, where, min_steps=n + 1)
+    x_in = x.astype(model.dtype)
+    starts = x.shape[0] - n
+    width = getattr(model, "M", model.n_obs)
+    chunk = max(1, _CHUNK_ELEMENTS // (n * width))
+    total = 0.0
+    for lo in range(0, starts, chunk):
+        hi = min(lo + chunk, starts)
+        pred = model.generate(x_in[lo:hi], n)[:, -1, :].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total += float(np.sum((pred - x[lo + n : hi + n]) ** 2))
+    return total / (starts * x.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Lyapunov exponents
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _orthonormalize(y, r_diag):
+    """Gram--Schmidt QR of the columns of ``y`` (D, k) in place; ``r_diag`` gets ``|R_ii|``.
+
+    Modified Gram--Schmidt applied twice ("twice is enough", Giraud et al., Numer. Math. 101,
+    2005) keeps the columns orthonormal to rounding; ``r_diag[j]`` is the norm of column j
+    after the first projection pass. A column that vanishes gives ``r_diag[j] = 0`` (and a
+    ``-inf`` exponent), which is exact for a singular Jacobian.
+    """
+    d, k = y.shape
+    for j in range(k):
+        for sweep in range(2):
+            for i in range(j):
+                proj = 0.0
+                for m in range(d):
+                    proj += y[m, i] * y[m, j]
+                for m in range(d):
+                    y[m, j] -= proj * y[m, i]
+            norm = 0.0
+            for m in range(d):
+                norm += y[m, j] * y[m, j]
+            norm = np.sqrt(norm)
+            if sweep == 0:
+                r_diag[j] = norm
+            if norm > 0.0:
+                for m in range(d):
+                    y[m, j] /= norm
+
+
+@jit
+def _flow_lyapunov(kind, x, p, h, n_sub, n_transient, n_steps, y, logs):
+    """Benettin/QR for a flow: ``n_transient + n_steps`` samples of ``n_sub`` RK4 steps each,
+    re-orthonormalising the tangent vectors ``y`` (D, k) after every sample; ``logs`` (k,)
+    accumulates ``log |R_ii|`` after the transient. Returns -1 or the first non-finite sample.
+    """
+    d = x.shape[0]
+    k = y.shape[1]
+    work = np.empty((5, d))
+    jwork = np.empty((d, d))
+    ywork = np.empty((5, d, k))
+    r_diag = np.empty(k)
+    for s in range(n_transient + n_steps):
+        for _ in range(n_sub):
+            rk4_tangent_step(kind, x, y, p, h, work, jwork, ywork)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            return s
+        _orthonormalize(y, r_diag)
+        if s >= n_transient:
+            for i in range(k):
+                logs[i] += np.log(r_diag[i])
+    return -1
+
+
+@jit
+def _map_lyapunov(jacobians, y, n_skip, logs):
+    """Benettin/QR for a map: ``y <- qr(J_t y)`` for each ``J_t`` in ``jacobians`` (T, M, M);
+    ``logs`` (k,) accumulates ``log |R_ii|`` for ``t >= n_skip``."""
+    k = y.shape[1]
+    r_diag = np.empty(k)
+    for t in range(jacobians.shape[0]):
+        matmul_into(jacobians[t], y.copy(), y)
+        _orthonormalize(y, r_diag)
+        if t >= n_skip:
+            for i in range(k):
+                logs[i] += np.log(r_diag[i])
+
+
+def _n_exponents(k, dim, where):
+    if k is None:
+        return dim
+    if k > dim:
+        raise ValueError(f"{where}: n_exponents ({k}) exceeds the state dimension ({dim}).")
+    return k
+
+
+def _model_spectrum(model, k, x0, n_steps, transient, where):
+    if x0 is None:
+        raise ValueError(
+            f"{where}: a model needs x0, the observation to start from (e.g. x_test[0])."
+        )
+    x0 = np.asarray(x0)
+    if x0.shape != (model.n_obs,) or x0.dtype.kind not in "iuf" or not np.all(np.isfinite(x0)):
+        raise ValueError(
+            f"{where}: x0 must be a finite real array of shape ({model.n_obs},); got "
+            f"{x0.dtype} {x0.shape}."
+        )
+    z = model.initial_state(x0.astype(model.dtype))
+    y = np.ascontiguousarray(np.eye(model.M)[:, :k])
+    logs = np.zeros(k)
+    chunk = max(1, _CHUNK_ELEMENTS // (model.M * model.M))
+    total = transient + n_steps
+    done = 0
+    while done < total:
+        length = min(chunk, total - done)
+        states = np.concatenate([z[None], model.simulate(z, length - 1)]) if length > 1 else z[None]
+        if not np.all(np.isfinite(states)):
+            bad = done + int(np.argmax(~np.all(np.isfinite(states), axis=1)))
+            raise ValueError(
+                f"{where}: the model's free run became non-finite at step {bad}; its "
+                f"Lyapunov exponents are undefined (the run diverges)."
+            )
+        jacobians = np.ascontiguousarray(model.jacobian(states), dtype=np.float64)
+        _map_lyapunov(jacobians, y, max(0, transient - done), logs)
+        z = model.step(states[-1])
+        done += length
+    return logs / n_steps
+
+
+def _system_spectrum(system, k, x0, n_steps, transient, dt, params, seed, where):
+    dt = system.dt if dt is None else _real(dt, "dt", where, positive=True)
+    if transient is None:
+        transient = round(system.transient_time / dt)
+    transient = _int(transient, "transient", where, 0)
+    p, x, _ = system.prepare(params=params, x0=x0, seed=seed, where=where)
+    k = _n_exponents(k, x.shape[0], where)
+    n_sub = system.substeps(dt)
+    y = np.ascontiguousarray(np.eye(x.shape[0])[:, :k])
+    logs = np.zeros(k)
+    bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs)
+    if bad >= 0:
+        raise ValueError(
+            f"{where}: the {system.name} trajectory became non-finite at sample {bad}."
+        )
+    return logs / (n_steps * dt)
+
+
+def lyapunov_spectrum(
+    target,
+    n_exponents=None,
+    *,
+    x0=None,
+    n_steps=None,
+    transient=None,
+    dt=None,
+    params=None,
+    seed=0,
+):
+    """The ``n_exponents`` largest Lyapunov exponents (decreasing, for long enough runs).
+
+    Tangent vectors are propagated with the Jacobians along a trajectory and
+    re-orthonormalised by a QR decomposition after every step; exponent ``i`` is the average of
+    ``log |R_ii|`` (Benettin et al., Meccanica 15, 9-20, 1980).
+
+    * A **system** (name or :class:`~models.systems.System`): the flow and its variational
+      equation are integrated with RK4 (as :func:`~models.systems.generate`); exponents are per
+      unit time. The initial condition follows :func:`~models.systems.generate` (``x0`` /
+      ``seed``, ``params``), ``dt`` is the re-orthonormalisation interval.
+    * A :class:`~models.base.LatentRNN` (a map): Jacobians of ``model.step`` along the free run
+      from ``model.initial_state(x0)``; exponents are per step (divide by the data's dt for per
+      unit time). Jacobians are accumulated in float64.
+
+    Parameters
+    ----------
+    target : str, System or LatentRNN
+    n_exponents : int, optional
+        How many exponents (default: all, D or M).
+    x0 : array_like, shape (D,) or (N,)
+        Initial condition (system, optional) or observation to start from (model, required).
+    n_steps : int, optional
+        Steps averaged over (default 20,000 samples for a system, 10,000 steps for a model).
+    transient : int, optional
+        Steps run first to settle on the attractor and align the tangent vectors (default: the
+        system's transient; 1,000 for a model).
+    dt, params, seed
+        System only: sampling step, parameter overrides and the seed of the initial condition.
+
+    Returns
+    -------
+    ndarray, shape (n_exponents,)
+    """
+    where = "lyapunov_spectrum"
+    if n_exponents is not None:
+        n_exponents = _int(n_exponents, "n_exponents", where, 1)
+    if isinstance(target, str | System):
+        system = get_system(target, where)
+        n_steps = 20_000 if n_steps is None else _int(n_steps, "n_steps", where, 1)
+        return _system_spectrum(
+            system, n_exponents, x0, n_steps, transient, dt, params, seed, where
+        )
+    if not isinstance(target, LatentRNN):
+        raise TypeError(
+            f"{where}: expected a system name, a System or a LatentRNN (a model with step and "
+            f"jacobian); got {type(target).__name__}."
+        )
+    if dt is not None or params is not None:
+        raise ValueError(f"{where}: dt and params apply to systems, not to models.")
+    n_steps = 10_000 if n_steps is None else _int(n_steps, "n_steps", where, 1)
+    transient = 1_000 if transient is None else _int(transient, "transient", where, 0)
+    k = _n_exponents(n_exponents, target.M, where)
+    return _model_spectrum(target, k, x0, n_steps, transient, where)
+
+
+def max_lyapunov(target, **kwargs):
+    """Largest Lyapunov exponent: ``lyapunov_spectrum(target, 1, **kwargs)[0]``.
+
+    Per unit time for a system (a flow), per step for a :class:`~models.base.LatentRNN` (a map).
+    Lorenz-63 gives about 0.906 (Sprott 2003). See :func:`lyapunov_spectrum` for the arguments.
+    """
+    return float(lyapunov_spectrum(target, 1, **kwargs)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model,
+    x_test,
+    *,
+    n_steps=None,
+    transient=0,
+    measures=("dstsp", "dh", "pe"),
+    n_bins=30,
+    dstsp_method=None,
+    box="minmax",
+    sigma2=1.0,
+    smoothing=20.0,
+    pe_steps=20,
+    diverge_factor=1e3,
+    seed=0,
+):
+    """Free run from the first test point, then the DSR measures (DESIGN.md section 7).
+
+    The model generates ``n_steps`` steps from ``x_test[0]`` (closed loop, in
+    ``model.dtype``); the first ``transient`` generated steps are dropped. D_stsp compares the
+    rest with ``x_test[1:]``; D_H compares equal lengths (both cut to the shorter). PE uses the
+    test data only (n-step predictions from every test point).
+
+    A run is not measured if it is ``"non_finite"`` (NaN/inf), ``"diverged"`` (some value
+    farther than ``diverge_factor`` data ranges from the test data's mean, per dimension) or
+    ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
+    measures are then None.
+
+    Parameters
+    ----------
+    model : models.Model
+    x_test : array_like, shape (T, N)
+        Test trajectory, typically standardised with the training data's mean and sd.
+    n_steps : int, optional
+        Length of the free run (default ``T - 1``); may exceed ``T - 1``.
+    transient : int
+        Generated steps dropped before measuring.
+    measures : sequence of {"dstsp", "dh", "pe", "lyapunov"}
+        ``"lyapunov"`` (LatentRNN only): largest exponent per step from ``x_test[0]``.
+    n_bins, box, sigma2, seed
+        Passed to :func:`state_space_divergence`.
+    dstsp_method : {"bins", "gmm"}, optional
+        Default: bins for N < 6, GMM for N >= 6 (the lab's rule).
+    smoothing : float
+        Passed to :func:`power_spectrum_distance`.
+    pe_steps : int
+        Horizon of :func:`prediction_error`.
+    diverge_factor : float
+        Divergence threshold in data ranges.
+
+    Returns
+    -------
+    dict
+        ``status`` ("ok", "non_finite", "diverged", "out_of_box"), ``message``, ``n_steps``,
+        ``transient``, ``dstsp_method``, and one entry per requested measure (float, or None
+        when the status is not "ok").
+    """
+    where = "evaluate"
+    model = _check_model(model, where)
+    x_test = _check_obs(model, x_test, where, min_steps=2).astype(np.float64)
+    n_steps = x_test.shape[0] - 1 if n_steps is None else _int(n_steps, "n_steps", where, 1)
+    transient = _int(transient, "transient", where, 0)
+    if transient >= n_steps:
+        raise ValueError(
+            f"{where}: transient ({transient}) must be smaller than n_steps ({n_steps})."
+        )
+    measures = (measures,) if isinstance(measures, str) else tuple(measures)
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ValueError(
+            f"{where}: measures must be a non-empty subset of {MEASURES}; got {measures}."
+        )
+    if "lyapunov" in measures and not isinstance(model, LatentRNN):
+        raise TypeError(
+            f"{where}: the 'lyapunov' measure needs a LatentRNN (step and jacobian); got "
+            f"{type(model).__name__}."
+        )
+    if dstsp_method is None:
+        dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
+    dstsp_method = _choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
+    diverge_factor = _real(diverge_factor, "diverge_factor", where, positive=True)
+
+    gen = model.generate(x_test[0].astype(model.dtype), n_steps).astype(np.float64)
+    gen = gen.reshape(n_steps, x_test.shape[1])
+    result = {
+        "status": "ok",
+        "message": "",
+        "n_steps": n_steps,
+        "transient": transient,
+        "dstsp_method": dstsp_method,
+    }
+    result.update(dict.fromkeys(measures))
+    finite = np.all(np.isfinite(gen), axis=1)
+    mean = x_test.mean(axis=0)
+    limit = diverge_factor * (x_test.max(axis=0) - x_test.min(axis=0))
+    with np.errstate(invalid="ignore"):
+        far = np.any(np.abs(gen - mean) > limit, axis=1)
+    if not finite.all():
+        step = int(np.argmin(finite)) + 1
+        result.update(status="non_finite", message=f"the free run is NaN/inf from step {step}")
+        return result
+    if far.any():
+        step = int(np.argmax(far)) + 1
+        result.update(
+            status="diverged",
+            message=f"the free run leaves {diverge_factor:g} data ranges at step {step}",
+        )
+        return result
+    gen = gen[transient:]
+    values = {}
+    if "dstsp" in measures:
+        values["dstsp"] = state_space_divergence(
+            x_test[1:], gen, n_bins, dstsp_method, box=box, sigma2=sigma2, seed=seed
+        )
+        if math.isnan(values["dstsp"]):
+            result.update(
+                status="out_of_box",
+                message="no generated point lies inside the test data's D_stsp box",
+            )
+            return result
+    if "dh" in measures:
+        length = min(gen.shape[0], x_test.shape[0] - 1)
+        values["dh"] = power_spectrum_distance(x_test[1 : 1 + length], gen[:length], smoothing)
+    if "pe" in measures:
+        values["pe"] = prediction_error(model, x_test, pe_steps)
+    if "lyapunov" in measures:
+        values["lyapunov"] = max_lyapunov(model, x0=x_test[0])
+    result.update(values)
+    return result

@@ -1,0 +1,340 @@
+"""Shallow PLRNN and its clipped variant (Hess, Mikhaeil, Koppe & Durstewitz, ICML 2023).
+
+    shPLRNN:          F(z) = A * z + W1 relu(W2 z + h2) + h1
+    clipped shPLRNN:  F(z) = A * z + W1 [relu(W2 z + h2) - relu(W2 z)] + h1
+
+with ``A`` of shape (M,) (a diagonal), ``W1`` (M, L), ``W2`` (L, M), ``h1`` (M,), ``h2``
+(L,). The clipped nonlinearity is bounded, so orbits stay bounded when ``max|A| < 1``.
+The relu derivative at exactly 0 is 0 everywhere (Jacobians and VJPs), as in the lab's
+code; ``relu(NaN)`` is NaN (NaNs are never zeroed).
+
+Per-step functions (plain Python over explicit arrays; see
+:class:`models._plrnn_kernels.StepFunctions`), all taking
+``args = model.kernel_args() = (A, W1, W2, h1, h2, clipped)`` first, ``clipped`` an int
+(0 or 1):
+
+* ``shplrnn_step(*args, z, out)``
+* ``shplrnn_step_jacobian(*args, z, out, jac)``
+* ``shplrnn_step_jacobian_diag(*args, z, out, diag)``
+* ``shplrnn_vjp_state(*args, z, cot, out)``
+* ``shplrnn_vjp_params(*args, z, cot, grad)`` -- accumulates into the flat gradient in the
+  order A, W1, W2, h1, h2 (row-major); ``d/dh2`` uses ``1[W2 z + h2 > 0]`` while
+  ``d/dW2`` and ``d/dz`` use ``1[W2 z + h2 > 0] - clipped * 1[W2 z > 0]``.
+
+They are bundled (plain and CPU-compiled) as ``ShPLRNN.step_functions`` and
+``ShPLRNN.step_functions_jit``; a CUDA module compiles the plain ones with
+``numba.cuda.jit(device=True)``.
+"""
+
+from typing import ClassVar
+
+import numpy as np
+from numba import prange
+
+from models._plrnn_kernels import (
+    EVAL_F_DIAG,
+    EVAL_F_FULL,
+    PiecewiseLinearRNN,
+    StepFunctions,
+    normalized_positive_definite,
+    uniform_fan_in,
+)
+from models.base import check_positive_int
+from parscan._jit import jit, jit_parallel
+
+# ---- per-step functions (plain Python; no allocation, no calls) ------------------------
+
+
+def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
+    """``out = F(z)``; ``z``, ``out`` of shape (M,), not aliased."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h1[i]
+    for l in range(h2.shape[0]):
+        s = W2[l, 0] * z[0]
+        for j in range(1, M):
+            s += W2[l, j] * z[j]
+        u = s + h2[l]
+        phi = u * (u > 0)
+        if clipped != 0 and s > 0:
+            phi -= s
+        for i in range(M):
+            out[i] += W1[i, l] * phi
+
+
+def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
+    """``out = F(z)`` (M,), ``jac = dF/dz`` (M, M) (row = output)."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h1[i]
+        for j in range(M):
+            jac[i, j] = 0.0
+        jac[i, i] = A[i]
+    for l in range(h2.shape[0]):
+        s = W2[l, 0] * z[0]
+        for j in range(1, M):
+            s += W2[l, j] * z[j]
+        u = s + h2[l]
+        up = u > 0
+        sp = clipped != 0 and s > 0
+        phi = u * up
+        if sp:
+            phi -= s
+        for i in range(M):
+            out[i] += W1[i, l] * phi
+        if up != sp:  # derivative +1 (only the biased relu on) or -1 (only the plain one)
+            for i in range(M):
+                w = W1[i, l] if up else -W1[i, l]
+                for j in range(M):
+                    jac[i, j] += w * W2[l, j]
+
+
+def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
+    """``out = F(z)`` (M,), ``diag = diag(dF/dz)`` (M,)."""
+    M = z.shape[0]
+    for i in range(M):
+        out[i] = A[i] * z[i] + h1[i]
+        diag[i] = A[i]
+    for l in range(h2.shape[0]):
+        s = W2[l, 0] * z[0]
+        for j in range(1, M):
+            s += W2[l, j] * z[j]
+        u = s + h2[l]
+        up = u > 0
+        sp = clipped != 0 and s > 0
+        phi = u * up
+        if sp:
+            phi -= s
+        for i in range(M):
+            out[i] += W1[i, l] * phi
+        if up != sp:
+            for i in range(M):
+                w = W1[i, l] * W2[l, i]
+                diag[i] += w if up else -w
+
+
+def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
+    """``out = (dF/dz)^T cot`` (M,)."""
+    M = z.shape[0]
+    for j in range(M):
+        out[j] = A[j] * cot[j]
+    for l in range(h2.shape[0]):
+        s = W2[l, 0] * z[0]
+        for j in range(1, M):
+            s += W2[l, j] * z[j]
+        up = s + h2[l] > 0
+        sp = clipped != 0 and s > 0
+        if up != sp:
+            a = W1[0, l] * cot[0]
+            for i in range(1, M):
+                a += W1[i, l] * cot[i]
+            if not up:
+                a = -a
+            for j in range(M):
+                out[j] += a * W2[l, j]
+
+
+def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):
+    """``grad[:n_map_params] += (dF/dtheta)^T cot``, blocks A, W1, W2, h1, h2."""
+    M = z.shape[0]
+    L = h2.shape[0]
+    o_w1 = M
+    o_w2 = M + M * L
+    o_h1 = M + 2 * M * L
+    o_h2 = 2 * M + 2 * M * L
+    for i in range(M):
+        grad[i] += cot[i] * z[i]
+        grad[o_h1 + i] += cot[i]
+    for l in range(L):
+        s = W2[l, 0] * z[0]
+        for j in range(1, M):
+            s += W2[l, j] * z[j]
+        u = s + h2[l]
+        up = u > 0
+        sp = clipped != 0 and s > 0
+        phi = u * up
+        if sp:
+            phi -= s
+        a = W1[0, l] * cot[0]
+        for i in range(1, M):
+            a += W1[i, l] * cot[i]
+        for i in range(M):
+            grad[o_w1 + i * L + l] += cot[i] * phi
+        if up:
+            grad[o_h2 + l] += a
+        if up != sp:
+            g = a if up else -a
+            for j in range(M):
+                grad[o_w2 + l * M + j] += g * z[j]
+
+
+SHPLRNN_STEP_FUNCTIONS = StepFunctions(
+    step=shplrnn_step,
+    step_jacobian=shplrnn_step_jacobian,
+    step_jacobian_diag=shplrnn_step_jacobian_diag,
+    vjp_state=shplrnn_vjp_state,
+    vjp_params=shplrnn_vjp_params,
+)
+SHPLRNN_STEP_FUNCTIONS_JIT = StepFunctions(*(jit(fn) for fn in SHPLRNN_STEP_FUNCTIONS))
+_step = SHPLRNN_STEP_FUNCTIONS_JIT.step
+_step_jacobian = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian
+_step_jacobian_diag = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
+_vjp_params = SHPLRNN_STEP_FUNCTIONS_JIT.vjp_params
+
+# ---- CPU drivers (prange over items; bodies call one jitted per-item helper) -----------
+
+
+@jit
+def _eval_item(A, W1, W2, h1, h2, clipped, z, f, j, mode):
+    if mode == EVAL_F_FULL:
+        _step_jacobian(A, W1, W2, h1, h2, clipped, z, f, j.reshape((z.shape[0], z.shape[0])))
+    elif mode == EVAL_F_DIAG:
+        _step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, f, j)
+    else:
+        _step(A, W1, W2, h1, h2, clipped, z, f)
+
+
+@jit_parallel
+def _eval_kernel(A, W1, W2, h1, h2, clipped, Z, F, J, mode):
+    for p in prange(Z.shape[0]):
+        _eval_item(A, W1, W2, h1, h2, clipped, Z[p], F[p], J[p], mode)
+
+
+@jit
+def _vjp_chunk(A, W1, W2, h1, h2, clipped, Z, C, start, stop, g):
+    for p in range(start, stop):
+        _vjp_params(A, W1, W2, h1, h2, clipped, Z[p], C[p], g)
+
+
+@jit_parallel
+def _vjp_kernel(A, W1, W2, h1, h2, clipped, Z, C, G):
+    n = Z.shape[0]
+    n_chunks = G.shape[0]
+    for c in prange(n_chunks):
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        _vjp_chunk(A, W1, W2, h1, h2, clipped, Z, C, start, stop, G[c])
+
+
+@jit
+def _simulate_item(A, W1, W2, h1, h2, clipped, z0, out):
+    _step(A, W1, W2, h1, h2, clipped, z0, out[0])
+    for t in range(1, out.shape[0]):
+        _step(A, W1, W2, h1, h2, clipped, out[t - 1], out[t])
+
+
+@jit_parallel
+def _simulate_kernel(A, W1, W2, h1, h2, clipped, Z0, out):
+    for b in prange(Z0.shape[0]):
+        _simulate_item(A, W1, W2, h1, h2, clipped, Z0[b], out[b])
+
+
+# ---- models ---------------------------------------------------------------------------
+
+
+class _ShallowPLRNNFamily(PiecewiseLinearRNN):
+    """Shared code of :class:`ShPLRNN` and :class:`ClippedShPLRNN` (kept as siblings so
+    that each one's ``load`` rejects a file of the other)."""
+
+    _CLIPPED: ClassVar[int]
+    step_functions = SHPLRNN_STEP_FUNCTIONS
+    step_functions_jit = SHPLRNN_STEP_FUNCTIONS_JIT
+    _eval_kernel = staticmethod(_eval_kernel)
+    _vjp_kernel = staticmethod(_vjp_kernel)
+    _simulate_kernel = staticmethod(_simulate_kernel)
+    _eval_item = staticmethod(_eval_item)
+    _vjp_chunk = staticmethod(_vjp_chunk)
+    _simulate_item = staticmethod(_simulate_item)
+
+    def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+        self.L = check_positive_int(L, "L", type(self).__name__)
+        self._setup_latent(M, n_obs, dtype, seed)
+
+    def param_spec(self):
+        M, L = self.M, self.L
+        return [
+            ("A", (M,)),
+            ("W1", (M, L)),
+            ("W2", (L, M)),
+            ("h1", (M,)),
+            ("h2", (L,)),
+            *self._init_map_spec(),
+        ]
+
+    def hyperparameters(self) -> dict:
+        return {
+            "M": self.M,
+            "L": self.L,
+            "n_obs": self.n_obs,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def init(self, seed: int = 0):
+        """Re-initialise in place with the lab's scheme; returns ``self``.
+
+        ``A = diag(normalized_positive_definite(M))`` (entries in (0, 1]); ``W1`` uniform
+        ``+-1/sqrt(L)``, ``W2`` uniform ``+-1/sqrt(M)`` (fan-in); ``h1 = 0``; ``h2 = 0``
+        for the shPLRNN and uniform ``+-1/sqrt(L)`` for the clipped one (with ``h2 = 0``
+        its nonlinearity would vanish); ``L0`` uniform ``+-1/sqrt(N)``. Deterministic in
+        ``seed``.
+        """
+        rng = self._rng(seed)
+        M, L = self.M, self.L
+        self.params[...] = 0
+        self["A"][...] = np.diag(normalized_positive_definite(rng, M))
+        self["W1"][...] = uniform_fan_in(rng, (M, L))
+        self["W2"][...] = uniform_fan_in(rng, (L, M))
+        if self._CLIPPED:
+            self["h2"][...] = uniform_fan_in(rng, (L,))
+        self._init_L0(rng)
+        return self
+
+    def kernel_args(self) -> tuple:
+        """``(A, W1, W2, h1, h2, clipped)``: views into ``params`` and an int flag."""
+        p = self.unflatten()
+        return (p["A"], p["W1"], p["W2"], p["h1"], p["h2"], self._CLIPPED)
+
+    def norm_bound(self) -> float:
+        """``max|A| + ||W1||_2 ||W2||_2 >= sup_z ||dF/dz||_2`` (the relu derivatives, and
+        their clipped differences, lie in [-1, 1])."""
+        p = {k: v.astype(np.float64) for k, v in self.unflatten().items()}
+        return float(
+            np.max(np.abs(p["A"])) + np.linalg.norm(p["W1"], 2) * np.linalg.norm(p["W2"], 2)
+        )
+
+
+class ShPLRNN(_ShallowPLRNNFamily):
+    """Shallow PLRNN, ``F(z) = A * z + W1 relu(W2 z + h2) + h1`` (Hess et al., ICML 2023).
+
+    Parameters
+    ----------
+    M : int
+        Latent dimension.
+    L : int
+        Hidden (relu) layer width.
+    n_obs : int, optional
+        Observed dimensions N <= M (the first N latents); default M.
+    dtype : {"float64", "float32"}
+        Parameter and computation dtype; inputs must match it.
+    seed : int
+        Seed of :meth:`init`.
+
+    Notes
+    -----
+    ``params`` blocks, in order: ``A`` (M,), ``W1`` (M, L), ``W2`` (L, M), ``h1`` (M,),
+    ``h2`` (L,), then ``L0`` (M - N, N) when M > N. See the module docstring for the
+    per-step functions and :class:`~models.base.LatentRNN` for the batched methods.
+    """
+
+    _CLIPPED = 0
+
+
+class ClippedShPLRNN(_ShallowPLRNNFamily):
+    """Clipped shallow PLRNN, ``F(z) = A * z + W1 [relu(W2 z + h2) - relu(W2 z)] + h1``.
+
+    Each hidden unit is a bounded ramp, so orbits are bounded when ``max|A| < 1``
+    (Hess et al., ICML 2023). Parameters, blocks and methods as :class:`ShPLRNN`.
+    """
+
+    _CLIPPED = 1

@@ -1,0 +1,701 @@
+"""Ground-truth dynamical systems for DSR benchmarks, and their integrator.
+
+Each system is defined once, by
+
+* a jitted right-hand side, e.g. ``lorenz63_rhs(x, p, out)``, writing ``dx/dt`` at state ``x``
+  (shape ``(D,)``) with parameter vector ``p`` into ``out``,
+* a jitted Jacobian, e.g. ``lorenz63_jac(x, p, out)``, writing ``d rhs / dx`` (shape
+  ``(D, D)``, row = output) into ``out`` -- the variational equation used by
+  :func:`models.metrics.max_lyapunov`,
+* a frozen :class:`System` record: parameters, default initial condition, recommended sampling
+  step ``dt``, the largest Lyapunov exponent where the literature gives one, a citation and the
+  system's time scales, and the kernel id ``kind`` through which the compiled integrator reaches
+  the right-hand side (:func:`system_rhs`, :func:`system_jac`).
+
+:data:`SYSTEMS` maps names to records; :func:`generate` samples a trajectory. Integration is the
+classical fixed-step fourth-order Runge--Kutta method in float64 with ``ceil(dt / max_step)``
+internal steps per sample (``max_step`` is part of each record and chosen so that the result
+agrees with ``scipy.integrate.solve_ivp`` (DOP853, ``rtol=1e-10``) to within 1e-7 of the
+attractor's scale over a few Lyapunov times; see ``tests/test_systems.py``).
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from parscan._jit import jit
+
+# ---------------------------------------------------------------------------------------------
+# Right-hand sides and Jacobians. p is the parameter vector in the order of System.params
+# (without the dimension parameter of Lorenz-96).
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def lorenz63_rhs(x, p, out):
+    """Lorenz (1963); ``p = (sigma, rho, beta)``."""
+    out[0] = p[0] * (x[1] - x[0])
+    out[1] = x[0] * (p[1] - x[2]) - x[1]
+    out[2] = x[0] * x[1] - p[2] * x[2]
+
+
+@jit
+def lorenz63_jac(x, p, out):
+    out[0, 0] = -p[0]
+    out[0, 1] = p[0]
+    out[0, 2] = 0.0
+    out[1, 0] = p[1] - x[2]
+    out[1, 1] = -1.0
+    out[1, 2] = -x[0]
+    out[2, 0] = x[1]
+    out[2, 1] = x[0]
+    out[2, 2] = -p[2]
+
+
+@jit
+def rossler_rhs(x, p, out):
+    """Rössler (1976); ``p = (a, b, c)``."""
+    out[0] = -x[1] - x[2]
+    out[1] = x[0] + p[0] * x[1]
+    out[2] = p[1] + x[2] * (x[0] - p[2])
+
+
+@jit
+def rossler_jac(x, p, out):
+    out[0, 0] = 0.0
+    out[0, 1] = -1.0
+    out[0, 2] = -1.0
+    out[1, 0] = 1.0
+    out[1, 1] = p[0]
+    out[1, 2] = 0.0
+    out[2, 0] = x[2]
+    out[2, 1] = 0.0
+    out[2, 2] = x[0] - p[2]
+
+
+@jit
+def lorenz96_rhs(x, p, out):
+    """Lorenz (1996), cyclic in ``D = len(x) >= 4``; ``p = (F,)``."""
+    d = x.shape[0]
+    for i in range(d):
+        out[i] = (x[(i + 1) % d] - x[(i - 2) % d]) * x[(i - 1) % d] - x[i] + p[0]
+
+
+@jit
+def lorenz96_jac(x, p, out):
+    d = x.shape[0]
+    out[:, :] = 0.0
+    for i in range(d):
+        out[i, (i + 1) % d] = x[(i - 1) % d]
+        out[i, (i - 2) % d] = -x[(i - 1) % d]
+        out[i, (i - 1) % d] = x[(i + 1) % d] - x[(i - 2) % d]
+        out[i, i] = -1.0
+
+
+@jit
+def hindmarsh_rose_rhs(x, p, out):
+    """Hindmarsh & Rose (1984); ``p = (a, b, c, d, r, s, x_rest, I)``."""
+    out[0] = x[1] - p[0] * x[0] ** 3 + p[1] * x[0] ** 2 - x[2] + p[7]
+    out[1] = p[2] - p[3] * x[0] ** 2 - x[1]
+    out[2] = p[4] * (p[5] * (x[0] - p[6]) - x[2])
+
+
+@jit
+def hindmarsh_rose_jac(x, p, out):
+    out[0, 0] = -3.0 * p[0] * x[0] ** 2 + 2.0 * p[1] * x[0]
+    out[0, 1] = 1.0
+    out[0, 2] = -1.0
+    out[1, 0] = -2.0 * p[3] * x[0]
+    out[1, 1] = -1.0
+    out[1, 2] = 0.0
+    out[2, 0] = p[4] * p[5]
+    out[2, 1] = 0.0
+    out[2, 2] = -p[4]
+
+
+@jit
+def slow_lorenz_rhs(x, p, out):
+    """Lorenz-63 with ``rho = rho0 + rho_amp * u`` driven by a slow Stuart--Landau oscillator
+    ``(u, v)`` of period ``T``; ``p = (sigma, rho0, beta, rho_amp, T)``."""
+    w = 2.0 * np.pi / p[4]
+    g = 1.0 - x[3] ** 2 - x[4] ** 2
+    out[0] = p[0] * (x[1] - x[0])
+    out[1] = x[0] * (p[1] + p[3] * x[3] - x[2]) - x[1]
+    out[2] = x[0] * x[1] - p[2] * x[2]
+    out[3] = w * (g * x[3] - x[4])
+    out[4] = w * (g * x[4] + x[3])
+
+
+@jit
+def slow_lorenz_jac(x, p, out):
+    w = 2.0 * np.pi / p[4]
+    out[:, :] = 0.0
+    out[0, 0] = -p[0]
+    out[0, 1] = p[0]
+    out[1, 0] = p[1] + p[3] * x[3] - x[2]
+    out[1, 1] = -1.0
+    out[1, 2] = -x[0]
+    out[1, 3] = p[3] * x[0]
+    out[2, 0] = x[1]
+    out[2, 1] = x[0]
+    out[2, 2] = -p[2]
+    out[3, 3] = w * (1.0 - 3.0 * x[3] ** 2 - x[4] ** 2)
+    out[3, 4] = w * (-2.0 * x[3] * x[4] - 1.0)
+    out[4, 3] = w * (1.0 - 2.0 * x[3] * x[4])
+    out[4, 4] = w * (1.0 - x[3] ** 2 - 3.0 * x[4] ** 2)
+
+
+#: Kernel ids of the built-in systems, the ``kind`` argument of the kernels below.
+LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ = range(5)
+
+
+@jit(inline="always")
+def system_rhs(kind, x, p, out):
+    """``rhs`` of the system with kernel id ``kind``.
+
+    The kernels dispatch on an integer instead of taking the jitted right-hand side as an
+    argument: a dispatcher-typed argument changes its type every session and defeats Numba's
+    on-disk cache (numba/numba#6264).
+    """
+    if kind == LORENZ63:
+        lorenz63_rhs(x, p, out)
+    elif kind == ROSSLER:
+        rossler_rhs(x, p, out)
+    elif kind == LORENZ96:
+        lorenz96_rhs(x, p, out)
+    elif kind == HINDMARSH_ROSE:
+        hindmarsh_rose_rhs(x, p, out)
+    else:
+        slow_lorenz_rhs(x, p, out)
+
+
+@jit
+def system_jac(kind, x, p, out):
+    """Jacobian of the system with kernel id ``kind`` (see :func:`system_rhs`)."""
+    if kind == LORENZ63:
+        lorenz63_jac(x, p, out)
+    elif kind == ROSSLER:
+        rossler_jac(x, p, out)
+    elif kind == LORENZ96:
+        lorenz96_jac(x, p, out)
+    elif kind == HINDMARSH_ROSE:
+        hindmarsh_rose_jac(x, p, out)
+    else:
+        slow_lorenz_jac(x, p, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrator kernels (classical RK4, float64).
+# ---------------------------------------------------------------------------------------------
+
+
+@jit(inline="always")
+def rk4_step(kind, x, p, h, work):
+    """One classical RK4 step of size ``h``, in place on ``x``; ``work`` has shape (5, D)."""
+    d = x.shape[0]
+    k1, k2, k3, k4, tmp = work[0], work[1], work[2], work[3], work[4]
+    system_rhs(kind, x, p, k1)
+    for i in range(d):
+        tmp[i] = x[i] + 0.5 * h * k1[i]
+    system_rhs(kind, tmp, p, k2)
+    for i in range(d):
+        tmp[i] = x[i] + 0.5 * h * k2[i]
+    system_rhs(kind, tmp, p, k3)
+    for i in range(d):
+        tmp[i] = x[i] + h * k3[i]
+    system_rhs(kind, tmp, p, k4)
+    for i in range(d):
+        x[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+
+
+@jit
+def matmul_into(a, b, out):
+    """``out[:] = a @ b`` for 2-D float arrays (a plain loop: cheap to compile)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            acc = 0.0
+            for m in range(a.shape[1]):
+                acc += a[i, m] * b[m, j]
+            out[i, j] = acc
+
+
+@jit
+def _axpy_into(y, a, q, out):
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            out[i, j] = y[i, j] + a * q[i, j]
+
+
+@jit
+def rk4_tangent_step(kind, x, y, p, h, work, jwork, ywork):
+    """One RK4 step of the flow and its variational equation ``dY/dt = J(x) Y``, in place.
+
+    ``x`` has shape (D,), ``y`` (D, k) (k tangent vectors); ``work`` (5, D), ``jwork`` (D, D)
+    and ``ywork`` (5, D, k) are scratch. The tangent vectors are propagated with the Jacobian
+    at each RK stage, so ``y`` is the derivative of the discrete RK4 map (Benettin et al.,
+    Meccanica 15, 9-20, 1980; Parker & Chua, Practical Numerical Algorithms for Chaotic
+    Systems, 1989).
+    """
+    d = x.shape[0]
+    k1, k2, k3, k4, tmp = work[0], work[1], work[2], work[3], work[4]
+    q1, q2, q3, q4, ytmp = ywork[0], ywork[1], ywork[2], ywork[3], ywork[4]
+    system_rhs(kind, x, p, k1)
+    system_jac(kind, x, p, jwork)
+    matmul_into(jwork, y, q1)
+    for i in range(d):
+        tmp[i] = x[i] + 0.5 * h * k1[i]
+    _axpy_into(y, 0.5 * h, q1, ytmp)
+    system_rhs(kind, tmp, p, k2)
+    system_jac(kind, tmp, p, jwork)
+    matmul_into(jwork, ytmp, q2)
+    for i in range(d):
+        tmp[i] = x[i] + 0.5 * h * k2[i]
+    _axpy_into(y, 0.5 * h, q2, ytmp)
+    system_rhs(kind, tmp, p, k3)
+    system_jac(kind, tmp, p, jwork)
+    matmul_into(jwork, ytmp, q3)
+    for i in range(d):
+        tmp[i] = x[i] + h * k3[i]
+    _axpy_into(y, h, q3, ytmp)
+    system_rhs(kind, tmp, p, k4)
+    system_jac(kind, tmp, p, jwork)
+    matmul_into(jwork, ytmp, q4)
+    for i in range(d):
+        x[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+    for i in range(d):
+        for j in range(y.shape[1]):
+            y[i, j] += h / 6.0 * (q1[i, j] + 2.0 * q2[i, j] + 2.0 * q3[i, j] + q4[i, j])
+
+
+@jit
+def rk4_trajectory(kind, x0, p, h, n_sub, n_skip, out):
+    """Sample the flow from ``x0`` every ``n_sub`` RK4 steps of size ``h``.
+
+    ``out[i]`` (shape ``(n_out, D)``) receives the state at time ``(n_skip + i) * n_sub * h``;
+    the first ``n_skip`` samples are discarded. Returns -1, or the index of the first sample
+    (counting the discarded ones) whose state is not finite, at which point it stops.
+    """
+    x = x0.copy()
+    work = np.empty((5, x.shape[0]))
+    n_total = n_skip + out.shape[0]
+    for s in range(n_total):
+        if not np.all(np.isfinite(x)):
+            return s
+        if s >= n_skip:
+            out[s - n_skip] = x
+        if s < n_total - 1:
+            for _ in range(n_sub):
+                rk4_step(kind, x, p, h, work)
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Records.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class System:
+    """A ground-truth dynamical system ``dx/dt = rhs(x, p)``.
+
+    Attributes
+    ----------
+    name : str
+        Registry key in :data:`SYSTEMS`.
+    dim : int
+        State dimension D for the default parameters.
+    params : Mapping[str, float]
+        Default parameters. Their order (without ``dim_param``) is the order of the parameter
+        vector ``p`` passed to ``rhs`` and ``jac``.
+    x0 : tuple of float, length dim
+        Default initial condition (on or near the attractor). For systems whose dimension is a
+        parameter, it is tiled to the requested dimension.
+    dt : float
+        Recommended sampling step (time units per observation).
+    max_step : float
+        Largest internal RK4 step; each sample uses ``ceil(dt / max_step)`` steps.
+    transient_time : float
+        Default transient (time units) discarded by :func:`generate`.
+    x0_spread : float
+        Standard deviation of the seeded Gaussian perturbation of ``x0`` that makes different
+        seeds start from different initial conditions.
+    lyapunov : float or None
+        Largest Lyapunov exponent per unit time for the default parameters, from the cited
+        literature; None where no reference value exists.
+    citation : str
+    description : str
+        What the variables are, the regime, and the time scales (in time units and in steps of
+        the recommended ``dt``).
+    kind : int
+        Kernel id selecting the right-hand side and Jacobian in :func:`system_rhs` and
+        :func:`system_jac` (e.g. :data:`LORENZ63`).
+    dim_param : str or None
+        Name of the integer parameter that sets the dimension (Lorenz-96: ``"N"``).
+    """
+
+    name: str
+    dim: int
+    params: Mapping[str, float]
+    x0: tuple[float, ...]
+    dt: float
+    max_step: float
+    transient_time: float
+    x0_spread: float
+    lyapunov: float | None
+    citation: str
+    description: str
+    kind: int
+    dim_param: str | None = None
+
+    def resolve(self, params: Mapping | None = None, where: str = "System.resolve"):
+        """Merge ``params`` into the defaults and validate them.
+
+        Returns
+        -------
+        dim : int
+            The state dimension D.
+        p : ndarray, shape (n_params,), float64
+            Parameter vector for ``rhs`` and ``jac``.
+        """
+        merged = dict(self.params)
+        if params is not None:
+            if not isinstance(params, Mapping):
+                raise TypeError(
+                    f"{where}: params must be a dict; got {type(params).__name__}. "
+                    f"Known parameters of {self.name}: {', '.join(self.params)}."
+                )
+            unknown = sorted(set(params) - set(self.params))
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown parameter(s) {unknown} for system {self.name!r}; "
+                    f"known: {', '.join(self.params)}."
+                )
+            merged.update(params)
+        bad = [
+            f"{k}={v!r}"
+            for k, v in merged.items()
+            if isinstance(v, bool)
+            or not isinstance(v, int | float | np.integer | np.floating)
+            or not math.isfinite(v)
+        ]
+        if bad:
+            raise TypeError(
+                f"{where}: parameters of {self.name!r} must be finite real numbers; "
+                f"got {', '.join(bad)}."
+            )
+        dim = self.dim
+        if self.dim_param is not None:
+            n = merged[self.dim_param]
+            if not isinstance(n, int | np.integer) or n < 4:
+                raise ValueError(
+                    f"{where}: {self.name} parameter {self.dim_param} must be an int >= 4; "
+                    f"got {n!r}."
+                )
+            dim = int(n)
+        p = np.array([float(v) for k, v in merged.items() if k != self.dim_param])
+        return dim, p
+
+    def rhs(self, x, params: Mapping | None = None) -> np.ndarray:
+        """``dx/dt`` at ``x`` (shape ``(D,)``, float64) for ``params`` (default parameters)."""
+        x, p = self._point(x, params, "System.rhs")
+        out = np.empty_like(x)
+        system_rhs(self.kind, x, p, out)
+        return out
+
+    def jacobian(self, x, params: Mapping | None = None) -> np.ndarray:
+        """``d rhs / dx`` at ``x``, shape ``(D, D)`` (row = output), float64."""
+        x, p = self._point(x, params, "System.jacobian")
+        out = np.empty((x.shape[0], x.shape[0]))
+        system_jac(self.kind, x, p, out)
+        return out
+
+    def _point(self, x, params, where):
+        dim, p = self.resolve(params, where)
+        x = np.asarray(x)
+        if x.dtype != np.float64 or x.shape != (dim,):
+            raise TypeError(
+                f"{where}: x must be a float64 array of shape ({dim},); got {x.dtype} {x.shape}."
+            )
+        return x, p
+
+    def substeps(self, dt: float) -> int:
+        """Internal RK4 steps per sample of size ``dt``."""
+        return max(1, math.ceil(dt / self.max_step - 1e-9))
+
+    def prepare(self, *, params=None, x0=None, seed=0, where="System.prepare"):
+        """Parameters and initial condition for a run.
+
+        Without ``x0`` the initial condition is ``x0_default + x0_spread * N(0, I)`` drawn from
+        ``numpy.random.default_rng(seed)``; the generator is returned so that later draws
+        (observation noise) continue the same stream.
+
+        Returns
+        -------
+        p : ndarray, shape (n_params,)
+        x0 : ndarray, shape (D,), float64
+        rng : numpy.random.Generator
+        """
+        dim, p = self.resolve(params, where)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"{where}: seed must be an int; got {type(seed).__name__}.")
+        if seed < 0:
+            raise ValueError(f"{where}: seed must be >= 0; got {seed}.")
+        rng = np.random.default_rng(int(seed))
+        if x0 is None:
+            start = np.resize(np.asarray(self.x0, dtype=np.float64), dim)
+            start = start + self.x0_spread * rng.standard_normal(dim)
+        else:
+            arr = np.asarray(x0)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(f"{where}: x0 must be a real numeric array; got dtype {arr.dtype}.")
+            if arr.shape != (dim,):
+                raise ValueError(
+                    f"{where}: x0 must have shape ({dim},) for {self.name}; got {arr.shape}."
+                )
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{where}: x0 contains NaN or inf: {arr}.")
+            start = arr.astype(np.float64)
+        return p, start, rng
+
+
+_TAU = "time units"
+
+SYSTEMS: dict[str, System] = {
+    "lorenz63": System(
+        name="lorenz63",
+        dim=3,
+        params=MappingProxyType({"sigma": 10.0, "rho": 28.0, "beta": 8.0 / 3.0}),
+        x0=(-8.0, 7.0, 27.0),
+        dt=0.01,
+        max_step=0.001,
+        transient_time=20.0,
+        x0_spread=1.0,
+        lyapunov=0.9056,
+        citation=(
+            "E. N. Lorenz, Deterministic nonperiodic flow, J. Atmos. Sci. 20, 130-141 (1963); "
+            "Lyapunov exponent from J. C. Sprott, Chaos and Time-Series Analysis, Oxford "
+            "University Press (2003)."
+        ),
+        description=(
+            "Convection model, chaotic butterfly attractor. Oscillation around a wing ~0.7 "
+            f"{_TAU} (~70 steps at dt=0.01), Lyapunov time 1.1 {_TAU} (~110 steps), "
+            "wing switches every ~1-10 time units."
+        ),
+        kind=LORENZ63,
+    ),
+    "rossler": System(
+        name="rossler",
+        dim=3,
+        params=MappingProxyType({"a": 0.2, "b": 0.2, "c": 5.7}),
+        x0=(-9.0, 0.0, 0.0),
+        dt=0.05,
+        max_step=0.005,
+        transient_time=200.0,
+        x0_spread=1.0,
+        lyapunov=0.0714,
+        citation=(
+            "O. E. Rössler, An equation for continuous chaos, Phys. Lett. A 57, 397-398 (1976); "
+            "Lyapunov exponent from J. C. Sprott, Chaos and Time-Series Analysis (2003)."
+        ),
+        description=(
+            "Spiral chaos with rare excursions in z. Rotation period ~6 "
+            f"{_TAU} (~120 steps at dt=0.05), Lyapunov time ~14 {_TAU} (~280 steps)."
+        ),
+        kind=ROSSLER,
+    ),
+    "lorenz96": System(
+        name="lorenz96",
+        dim=10,
+        params=MappingProxyType({"N": 10, "F": 8.0}),
+        x0=(8.01, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0),
+        dt=0.01,
+        max_step=0.002,
+        transient_time=20.0,
+        x0_spread=1.0,
+        lyapunov=None,
+        citation=(
+            "E. N. Lorenz, Predictability: a problem partly solved, Proc. Seminar on "
+            "Predictability, ECMWF (1996); E. N. Lorenz & K. A. Emanuel, J. Atmos. Sci. 55, "
+            "399-414 (1998)."
+        ),
+        description=(
+            "Cyclic chain dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F, any N >= 4 "
+            "(params={'N': N, 'F': F}); chaotic for F = 8. Damping time 1 time unit (100 steps "
+            "at dt=0.01). lambda_max from max_lyapunov: 1.10 for N=10 (Lyapunov time ~90 "
+            "steps), 1.71 for N=40 (literature ~1.7). x0 is x_i = F with a small kick, tiled "
+            "to N."
+        ),
+        kind=LORENZ96,
+        dim_param="N",
+    ),
+    "hindmarsh_rose": System(
+        name="hindmarsh_rose",
+        dim=3,
+        params=MappingProxyType(
+            {
+                "a": 1.0,
+                "b": 3.0,
+                "c": 1.0,
+                "d": 5.0,
+                "r": 0.006,
+                "s": 4.0,
+                "x_rest": -1.6,
+                "I": 3.25,
+            }
+        ),
+        x0=(-1.3, -7.3, 3.1),
+        dt=0.05,
+        max_step=0.01,
+        transient_time=2000.0,
+        x0_spread=0.1,
+        lyapunov=None,
+        citation=(
+            "J. L. Hindmarsh & R. M. Rose, A model of neuronal bursting using three coupled "
+            "first order differential equations, Proc. R. Soc. Lond. B 221, 87-102 (1984)."
+        ),
+        description=(
+            "Bursting neuron: membrane potential x, fast recovery y, slow adaptation current z "
+            "(rate r = 0.006, time scale 1/r ~170 time units = 3,300 steps at dt=0.05). "
+            "I = 3.25 is the chaotic bursting regime: bursts of 2-5 spikes, a spike lasts ~1 "
+            "time unit (20 steps), interspike intervals 12-30 time units (250-600 steps), "
+            "quiet phases 50-70 time units, burst cycle ~110-140 time units (~2,500 steps). "
+            "max_lyapunov gives ~0.011 per time unit."
+        ),
+        kind=HINDMARSH_ROSE,
+    ),
+    "slow_lorenz": System(
+        name="slow_lorenz",
+        dim=5,
+        params=MappingProxyType(
+            {"sigma": 10.0, "rho0": 28.0, "beta": 8.0 / 3.0, "rho_amp": 8.0, "period": 100.0}
+        ),
+        x0=(-8.0, 7.0, 27.0, 1.0, 0.0),
+        dt=0.01,
+        max_step=0.001,
+        transient_time=200.0,
+        x0_spread=1.0,
+        lyapunov=None,
+        citation=(
+            "Lorenz (1963) with its parameter rho modulated by a Stuart-Landau (Hopf normal "
+            "form) oscillator, constructed for this benchmark."
+        ),
+        description=(
+            "Slow-fast system (x, y, z, u, v): Lorenz-63 with rho = rho0 + rho_amp * u, where "
+            "(u, v) is a limit cycle of period T = 100 time units = 10,000 steps at dt=0.01, "
+            "i.e. 50 training windows of 200 steps per slow cycle. rho sweeps 20..36, across "
+            "the Lorenz bifurcations at rho = 24.06 / 24.74: chaotic epochs alternate with "
+            "epochs spiralling into a fixed point. Fast scale as Lorenz-63 (~70 steps). Drop u, "
+            "v from the observations to make the slow variable hidden."
+        ),
+        kind=SLOW_LORENZ,
+    ),
+}
+
+
+def get_system(system, where: str) -> System:
+    """Return the :class:`System` for a registry name or a record."""
+    if isinstance(system, System):
+        return system
+    if isinstance(system, str):
+        if system not in SYSTEMS:
+            raise ValueError(f"{where}: unknown system {system!r}; known: {', '.join(SYSTEMS)}.")
+        return SYSTEMS[system]
+    raise TypeError(
+        f"{where}: expected a system name ({', '.join(SYSTEMS)}) or a System record; "
+        f"got {type(system).__name__}."
+    )
+
+
+def _check_int(value, name: str, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def _check_real(value, name: str, where: str, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{where}: {name} must be a real number; got {type(value).__name__}.")
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{where}: {name} must be finite and {bound}; got {value}.")
+    return value
+
+
+def generate(
+    system,
+    n_steps,
+    *,
+    dt=None,
+    seed=0,
+    noise=0.0,
+    transient=None,
+    params=None,
+    x0=None,
+):
+    """Sample a trajectory of a benchmark system.
+
+    Parameters
+    ----------
+    system : str or System
+        A key of :data:`SYSTEMS` or a record.
+    n_steps : int
+        Number of samples returned (T).
+    dt : float, optional
+        Sampling step; default ``system.dt``. Integration uses RK4 with
+        ``ceil(dt / system.max_step)`` internal steps per sample, so accuracy does not depend
+        on ``dt``.
+    seed : int
+        Seeds ``numpy.random.default_rng``: the initial condition (when ``x0`` is None) and the
+        noise. Different seeds give different initial conditions -- use one seed for the
+        training set and another for the test set.
+    noise : float
+        Gaussian observation noise, as a fraction of each dimension's standard deviation over
+        the returned trajectory (the lab's "5 % noise" is ``noise=0.05``).
+    transient : int, optional
+        Samples discarded before the first returned one; default
+        ``round(system.transient_time / dt)``.
+    params : dict, optional
+        Parameters overriding ``system.params`` (Lorenz-96: ``{"N": 20, "F": 8.0}``).
+    x0 : array_like, shape (D,), optional
+        Initial condition (converted to float64); default ``system.x0`` plus a seeded
+        Gaussian perturbation of standard deviation ``system.x0_spread``.
+
+    Returns
+    -------
+    ndarray, shape (n_steps, D), float64
+        Row ``i`` is the (noisy) state at time ``(transient + i) * dt``; with ``transient=0``
+        and no noise, row 0 is ``x0``.
+
+    Raises
+    ------
+    ValueError
+        Unknown system or parameter, invalid sizes, or a trajectory that becomes non-finite.
+    TypeError
+        Arguments of the wrong kind.
+    """
+    where = "generate"
+    sys_ = get_system(system, where)
+    noise = _check_real(noise, "noise", where, positive=False)
+    n_steps = _check_int(n_steps, "n_steps", where, 1)
+    dt = sys_.dt if dt is None else _check_real(dt, "dt", where, positive=True)
+    if transient is None:
+        transient = round(sys_.transient_time / dt)
+    transient = _check_int(transient, "transient", where, 0)
+    p, start, rng = sys_.prepare(params=params, x0=x0, seed=seed, where=where)
+    n_sub = sys_.substeps(dt)
+    out = np.empty((n_steps, start.shape[0]))
+    bad = rk4_trajectory(sys_.kind, start, p, dt / n_sub, n_sub, transient, out)
+    if bad >= 0:
+        raise ValueError(
+            f"{where}: the {sys_.name} trajectory became non-finite at t = {bad * dt:g} "
+            f"(sample {bad}, counting the transient). Check params and x0, or use a smaller dt."
+        )
+    if noise > 0:
+        out += noise * out.std(axis=0) * rng.standard_normal(out.shape)
+    return out

@@ -1,0 +1,584 @@
+"""CUDA backend of :func:`parscan.linear_scan` (all ``numba.cuda`` code of the scan lives here).
+
+Imported lazily, only when ``backend="cuda"`` is requested or device arrays are passed.
+
+Algorithm: a single-pass scan with decoupled look-back (Merrill & Garland, "Single-pass
+Parallel Prefix Scan with Decoupled Look-back", NVIDIA 2016), the shape CUB uses:
+
+1. each block takes the next *tile* from a global counter (so every tile it may wait on is
+   already running); each thread reduces a short run of ``items`` consecutive steps to a pair
+   ``(A, b)`` in registers;
+2. the block runs a Blelloch up-sweep over the per-thread pairs in shared memory, publishing
+   the tile aggregate (flag 1), or its inclusive end state when it is the first tile (flag 2);
+3. the threads holding the aggregate look back over the preceding tiles' flags, combining
+   aggregates until they meet an inclusive state: that is the tile's carry-in, and the tile
+   publishes its own inclusive state (flag 2);
+4. the Blelloch down-sweep gives each thread the exclusive prefix of its run; it applies it to
+   the carry-in and re-walks its steps, writing ``h``.
+
+The pair operator is ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` (A1 earlier). Every
+diagonal ``(B, T, D)`` problem is ``B*D`` independent scalar scans: a block holds ``cw``
+adjacent channels (coalesced along D) times ``block // cw`` runs of time. A dense problem
+(``D <= DMAX``) holds one ``D x D`` pair per thread; its block scans ``lanes`` pairs packed in
+shared memory (``lanes`` shrinks as ``D`` grows). Flags live in ``status`` (read with atomics,
+values after a fence); published records are padded to 32 elements so that no L1 line mixes
+records of different tiles.
+
+Launch shapes are compile-time constants of :func:`make_kernels`; :data:`LAUNCH` holds the
+production values and tests shrink them (``monkeypatch.setattr(_cuda, "LAUNCH", ...)``) so that
+tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``) cross tile boundaries.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+
+import numba
+import numpy as np
+from numba import cuda
+
+#: Largest dense state dimension of the CUDA backend.
+DMAX = 16
+#: Shared memory for the dense block's pairs, bytes (static shared memory is limited to 48 KiB).
+DENSE_SHARED_BYTES = 32 * 1024
+#: Record stride (elements) of published tile values: 32 elements = at least one 128-byte line.
+RECORD = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Compile-time launch shape: threads per block and steps per thread (diag / dense).
+
+    ``publish_prefix=False`` is for tests only: tiles after the first then publish just their
+    aggregates, so every look-back walks back to the first tile. The simulator runs blocks one
+    after the other (a predecessor is always complete), so this is the only way to exercise the
+    aggregate path of the look-back without a GPU.
+    """
+
+    block: int = 256
+    items: int = 8
+    dense_block: int = 32
+    dense_items: int = 4
+    publish_prefix: bool = True
+
+
+LAUNCH = Launch()
+
+
+def is_available() -> bool:
+    """True when numba.cuda sees a GPU or runs in the simulator."""
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- device functions
+# Dense pairs are flat records ``[A (D*D, row-major), v (D)]`` at an offset into any array
+# (local, shared or global), so one set of helpers serves registers, shared memory and scratch.
+
+
+@cuda.jit(device=True)
+def _pair_identity(z, zo, D):
+    for i in range(D * D):
+        z[zo + i] = 0
+    for i in range(D):
+        z[zo + i * D + i] = 1
+        z[zo + D * D + i] = 0
+
+
+@cuda.jit(device=True)
+def _pair_copy(x, xo, z, zo, D):
+    for i in range(D * D + D):
+        z[zo + i] = x[xo + i]
+
+
+@cuda.jit(device=True)
+def _pair_mul(x, xo, y, yo, D, z, zo):
+    """``z = x • y = (Ax Ay, Ax vy + vx)``; ``z`` must not alias ``x`` or ``y``."""
+    for i in range(D):
+        for j in range(D):
+            acc = x[xo + i * D] * y[yo + j]
+            for k in range(1, D):
+                acc += x[xo + i * D + k] * y[yo + k * D + j]
+            z[zo + i * D + j] = acc
+        acc = x[xo + D * D + i]
+        for k in range(D):
+            acc += x[xo + i * D + k] * y[yo + D * D + k]
+        z[zo + D * D + i] = acc
+
+
+@cuda.jit(device=True)
+def _pair_apply(x, xo, h, ho, D, z, zo):
+    """``z = A h + v`` for the pair ``x``."""
+    for i in range(D):
+        acc = x[xo + D * D + i]
+        for k in range(D):
+            acc += x[xo + i * D + k] * h[ho + k]
+        z[zo + i] = acc
+
+
+@cuda.jit(device=True)
+def _load_step(a, b, g, t, transpose, D, z):
+    """``z = (a[g, t] (or its transpose), b[g, t])``."""
+    for i in range(D):
+        for j in range(D):
+            z[i * D + j] = a[g, t, j, i] if transpose else a[g, t, i, j]
+        z[D * D + i] = b[g, t, i]
+
+
+@cuda.jit(device=True)
+def _read_flag(status, i):
+    return cuda.atomic.add(status, i, 0)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@cuda.jit
+def _zero_status(status):
+    i = cuda.grid(1)
+    if i < status.shape[0]:
+        status[i] = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """Compiled-on-first-use kernels of one dtype and launch shape, with their signatures."""
+
+    diag: object
+    dense: object
+    launch: Launch
+    diag_signature: tuple
+    dense_signature: tuple
+
+
+@functools.cache
+def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
+    """Kernels for ``dtype`` with the launch shape baked in as compile-time constants."""
+    dt = numba.from_dtype(np.dtype(dtype))
+    NT, ITEMS = launch.block, launch.items
+    PUBLISH = launch.publish_prefix
+    SH = DENSE_SHARED_BYTES // np.dtype(dtype).itemsize
+    REC = DMAX * DMAX + DMAX
+
+    @cuda.jit
+    def diag(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl, cw):
+        """Diagonal scan, ``a, b, out`` (B, T, D); ``cw`` channels per block (power of 2)."""
+        B, T, D = b.shape
+        n_ch = B * D
+        n_groups = (n_ch + cw - 1) // cw
+        ntl = NT // cw
+        one, zero = dt(1), dt(0)
+        sh_a = cuda.shared.array(NT, dt)
+        sh_b = cuda.shared.array(NT, dt)
+        sh_carry = cuda.shared.array(NT, dt)
+        sh_id = cuda.shared.array(1, numba.int32)
+        tid = cuda.threadIdx.x
+        if tid == 0:
+            sh_id[0] = cuda.atomic.add(status, status.shape[0] - 1, 1)
+        cuda.syncthreads()
+        tile_id = numba.int64(sh_id[0])
+        j = tile_id // n_groups
+        g = tile_id - j * n_groups
+        c = tid % cw
+        lane = tid // cw
+        ch = g * cw + c
+        valid = ch < n_ch
+        bi = ch // D if valid else 0
+        d = ch - bi * D if valid else 0
+        s0 = j * ntl * ITEMS + lane * ITEMS
+
+        # 1. per-thread run reduced in registers
+        ra = cuda.local.array(ITEMS, dt)
+        rb = cuda.local.array(ITEMS, dt)
+        run_a, run_b = one, zero
+        for k in range(ITEMS):
+            s = s0 + k
+            if valid and s < T:
+                t = T - 1 - s if reverse else s
+                ra[k] = a[bi, t, d]
+                rb[k] = b[bi, t, d]
+            else:
+                ra[k] = one
+                rb[k] = zero
+            run_b = ra[k] * run_b + rb[k]
+            run_a = ra[k] * run_a
+        sh_a[tid] = run_a
+        sh_b[tid] = run_b
+        cuda.syncthreads()
+
+        # 2. Blelloch up-sweep over the runs of each channel
+        off = 1
+        while off < ntl:
+            if (lane + 1) % (2 * off) == 0:
+                left = tid - off * cw
+                x = sh_a[tid]
+                sh_b[tid] = x * sh_b[left] + sh_b[tid]
+                sh_a[tid] = x * sh_a[left]
+            off *= 2
+            cuda.syncthreads()
+
+        last = lane == ntl - 1
+        rec = tile_id * RECORD + c
+        tot_a, tot_b, carry = one, zero, zero
+        if last:
+            tot_a = sh_a[tid]
+            tot_b = sh_b[tid]
+            if valid:
+                if j == 0:
+                    if has_h0:
+                        carry = h0[bi, d]
+                    incl[rec] = tot_a * carry + tot_b
+                else:
+                    agg_a[rec] = tot_a
+                    agg_b[rec] = tot_b
+                cuda.threadfence()
+        cuda.syncthreads()
+        if tid == 0:
+            cuda.atomic.exch(status, tile_id, 2 if j == 0 else 1)
+
+        # 3. decoupled look-back for the carry entering the tile
+        if last and valid and j > 0:
+            acc_a, acc_b = one, zero
+            k = j - 1
+            while True:
+                pred = k * n_groups + g
+                flag = _read_flag(status, pred)
+                if flag == 0:
+                    continue
+                cuda.threadfence()
+                r = pred * RECORD + c
+                if flag == 2:
+                    carry = acc_a * incl[r] + acc_b
+                    break
+                acc_b = acc_a * agg_b[r] + acc_b
+                acc_a = acc_a * agg_a[r]
+                k -= 1
+            if PUBLISH:
+                incl[rec] = tot_a * carry + tot_b
+                cuda.threadfence()
+        if last:
+            sh_carry[c] = carry
+            sh_a[tid] = one
+            sh_b[tid] = zero
+        cuda.syncthreads()
+        if PUBLISH and tid == 0 and j > 0:
+            cuda.atomic.exch(status, tile_id, 2)
+
+        # 4. Blelloch down-sweep: exclusive prefix of every run within the tile
+        off = ntl // 2
+        while off >= 1:
+            if (lane + 1) % (2 * off) == 0:
+                left = tid - off * cw
+                la, lb = sh_a[left], sh_b[left]
+                pa, pb = sh_a[tid], sh_b[tid]
+                sh_a[left] = pa
+                sh_b[left] = pb
+                sh_a[tid] = la * pa
+                sh_b[tid] = la * pb + lb
+            off //= 2
+            cuda.syncthreads()
+
+        h = sh_a[tid] * sh_carry[c] + sh_b[tid]
+        for k in range(ITEMS):
+            h = ra[k] * h + rb[k]
+            s = s0 + k
+            if valid and s < T:
+                t = T - 1 - s if reverse else s
+                out[bi, t, d] = h
+
+    @cuda.jit
+    def dense(a, b, h0, has_h0, reverse, transpose, out, status, agg, incl, lanes, items):
+        """Dense scan, ``a`` (B, T, D, D); ``lanes`` (power of 2) runs of ``items`` steps."""
+        B, T, D = b.shape
+        R = D * D + D
+        RA = (R + RECORD - 1) // RECORD * RECORD
+        RI = (D + RECORD - 1) // RECORD * RECORD
+        sh = cuda.shared.array(SH, dt)
+        sh_carry = cuda.shared.array(DMAX, dt)
+        sh_id = cuda.shared.array(1, numba.int32)
+        step = cuda.local.array(REC, dt)
+        acc = cuda.local.array(REC, dt)
+        t1 = cuda.local.array(REC, dt)
+        t2 = cuda.local.array(REC, dt)
+        h = cuda.local.array(DMAX, dt)
+        hn = cuda.local.array(DMAX, dt)
+        tid = cuda.threadIdx.x
+        if tid == 0:
+            sh_id[0] = cuda.atomic.add(status, status.shape[0] - 1, 1)
+        cuda.syncthreads()
+        tile_id = numba.int64(sh_id[0])
+        j = tile_id // B
+        g = tile_id - j * B
+        active = tid < lanes
+        s0 = j * lanes * items + tid * items
+
+        # 1. per-thread run reduced to one pair
+        if active:
+            _pair_identity(acc, 0, D)
+            for k in range(items):
+                s = s0 + k
+                if s < T:
+                    t = T - 1 - s if reverse else s
+                    _load_step(a, b, g, t, transpose, D, step)
+                    _pair_mul(step, 0, acc, 0, D, t1, 0)
+                    _pair_copy(t1, 0, acc, 0, D)
+            _pair_copy(acc, 0, sh, tid * R, D)
+        cuda.syncthreads()
+
+        # 2. Blelloch up-sweep
+        off = 1
+        while off < lanes:
+            if active and (tid + 1) % (2 * off) == 0:
+                _pair_mul(sh, tid * R, sh, (tid - off) * R, D, t1, 0)
+                _pair_copy(t1, 0, sh, tid * R, D)
+            off *= 2
+            cuda.syncthreads()
+
+        last = tid == lanes - 1
+        if last:
+            for i in range(D):
+                h[i] = h0[g, i] if has_h0 and j == 0 else 0
+            if j == 0:
+                _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
+            else:
+                _pair_copy(sh, tid * R, agg, tile_id * RA, D)
+            cuda.threadfence()
+        cuda.syncthreads()
+        if tid == 0:
+            cuda.atomic.exch(status, tile_id, 2 if j == 0 else 1)
+
+        # 3. decoupled look-back
+        if last and j > 0:
+            _pair_identity(acc, 0, D)
+            k = j - 1
+            while True:
+                pred = k * B + g
+                flag = _read_flag(status, pred)
+                if flag == 0:
+                    continue
+                cuda.threadfence()
+                if flag == 2:
+                    _pair_apply(acc, 0, incl, pred * RI, D, h, 0)
+                    break
+                _pair_mul(acc, 0, agg, pred * RA, D, t1, 0)
+                _pair_copy(t1, 0, acc, 0, D)
+                k -= 1
+            if PUBLISH:
+                _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
+                cuda.threadfence()
+        if last:
+            for i in range(D):
+                sh_carry[i] = h[i]
+            _pair_identity(sh, tid * R, D)
+        cuda.syncthreads()
+        if PUBLISH and tid == 0 and j > 0:
+            cuda.atomic.exch(status, tile_id, 2)
+
+        # 4. Blelloch down-sweep, then re-walk the run from the carry
+        off = lanes // 2
+        while off >= 1:
+            if active and (tid + 1) % (2 * off) == 0:
+                left = (tid - off) * R
+                _pair_copy(sh, left, t1, 0, D)
+                _pair_copy(sh, tid * R, sh, left, D)
+                _pair_mul(t1, 0, sh, tid * R, D, t2, 0)
+                _pair_copy(t2, 0, sh, tid * R, D)
+            off //= 2
+            cuda.syncthreads()
+
+        if active:
+            _pair_apply(sh, tid * R, sh_carry, 0, D, h, 0)
+            for k in range(items):
+                s = s0 + k
+                if s < T:
+                    t = T - 1 - s if reverse else s
+                    for i in range(D):
+                        x = b[g, t, i]
+                        for m in range(D):
+                            x += (a[g, t, m, i] if transpose else a[g, t, i, m]) * h[m]
+                        hn[i] = x
+                    for i in range(D):
+                        h[i] = hn[i]
+                        out[g, t, i] = hn[i]
+
+    arr3, arr2, arr1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
+    flags = numba.int32[::1]
+    diag_signature = (
+        arr3,
+        arr3,
+        arr2,
+        numba.boolean,
+        numba.boolean,
+        arr3,
+        flags,
+        arr1,
+        arr1,
+        arr1,
+        numba.int64,
+    )
+    dense_signature = (
+        dt[:, :, :, ::1],
+        arr3,
+        arr2,
+        numba.boolean,
+        numba.boolean,
+        numba.boolean,
+        arr3,
+        flags,
+        arr1,
+        arr1,
+        numba.int64,
+        numba.int64,
+    )
+    return Kernels(diag, dense, launch, diag_signature, dense_signature)
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def as_device_array(x):
+    """A numba device array viewing ``x`` (a device array or ``__cuda_array_interface__``)."""
+    return x if getattr(x, "__cuda_ndarray__", False) else cuda.as_cuda_array(x)
+
+
+def to_device(x):
+    """Copy a host array to the GPU (made C-contiguous and native-endian on the host first)."""
+    return cuda.to_device(np.require(x, x.dtype.newbyteorder("="), ("C", "A")))
+
+
+def synchronize(result=None):
+    """Wait for the GPU; returns ``result`` (for timing)."""
+    cuda.synchronize()
+    return result
+
+
+def device_name() -> str:
+    return str(cuda.get_current_device().name)
+
+
+def copy_bandwidth_gbps(nbytes: int, repeat: int = 5) -> float:
+    """Best device-to-device copy bandwidth (read + write bytes / s) for ``nbytes`` arrays."""
+    src = cuda.device_array(nbytes // 8, np.float64)
+    dst = cuda.device_array_like(src)
+    dst.copy_to_device(src)
+    cuda.synchronize()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst.copy_to_device(src)
+        cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def _status(n_tiles: int):
+    status = cuda.device_array(n_tiles + 1, np.int32)
+    _zero_status[(n_tiles + 1 + 255) // 256, 256](status)
+    return status
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def dense_lanes(D: int, dtype, launch: Launch) -> int:
+    """Runs per dense block: as many pairs as the shared budget holds, a power of 2."""
+    fit = DENSE_SHARED_BYTES // np.dtype(dtype).itemsize // (D * D + D)
+    return min(launch.dense_block, _pow2_floor(fit))
+
+
+def _check_device_layout(arrays) -> None:
+    if not all(x is None or x.is_c_contiguous() for x in arrays):
+        raise ValueError(
+            "linear_scan: device arrays must be C-contiguous for the cuda backend; copy them "
+            "first (e.g. numba.cuda.device_array + a copy kernel, or cupy.ascontiguousarray)."
+        )
+
+
+def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None = None):
+    """Scan device arrays ``a, b, h0`` (validated, C-contiguous) into the device array ``out``.
+
+    ``launch`` defaults to the module's :data:`LAUNCH`, read at call time.
+    """
+    launch = LAUNCH if launch is None else launch
+    T, D = tuple(b.shape)[-2:]
+    B = math.prod(tuple(b.shape)[:-2])
+    if out.size == 0:
+        return out
+    kernels = make_kernels(np.dtype(b.dtype), launch)
+    b3 = b.reshape(B, T, D)
+    out3 = out.reshape(B, T, D)
+    h03 = out3[0] if h0 is None else h0.reshape(B, D)
+    if dense:
+        lanes = dense_lanes(D, b.dtype, launch)
+        n_tiles = B * -(-T // (lanes * launch.dense_items))
+        status = _status(n_tiles)
+        ra = (D * D + D + RECORD - 1) // RECORD * RECORD
+        ri = (D + RECORD - 1) // RECORD * RECORD
+        agg = cuda.device_array(n_tiles * ra, b.dtype)
+        incl = cuda.device_array(n_tiles * ri, b.dtype)
+        kernels.dense[n_tiles, launch.dense_block](
+            a.reshape(B, T, D, D),
+            b3,
+            h03,
+            h0 is not None,
+            reverse,
+            transpose,
+            out3,
+            status,
+            agg,
+            incl,
+            lanes,
+            launch.dense_items,
+        )
+    else:
+        cw = min(32, _pow2_ceil(B * D), max(launch.block // 4, 1))
+        n_tiles = -(-(B * D) // cw) * -(-T // (launch.block // cw * launch.items))
+        status = _status(n_tiles)
+        agg_a, agg_b, incl = (cuda.device_array(n_tiles * RECORD, b.dtype) for _ in range(3))
+        kernels.diag[n_tiles, launch.block](
+            a.reshape(B, T, D),
+            b3,
+            h03,
+            h0 is not None,
+            reverse,
+            out3,
+            status,
+            agg_a,
+            agg_b,
+            incl,
+            cw,
+        )
+    return out
+
+
+def linear_scan_cuda(a, b, h0, reverse, transpose, dense, out):
+    """``backend="cuda"`` of :func:`parscan.linear_scan` (inputs already validated).
+
+    Device inputs give a device result without host round trips; host inputs are copied to the
+    GPU and the result back into a host array (``out`` when given).
+    """
+    D = tuple(b.shape)[-1]
+    if dense and D > DMAX:
+        raise ValueError(
+            f"linear_scan: the cuda backend supports dense `a` with D <= {DMAX}; got D={D}. "
+            "Use backend='cpu' or 'sequential' for larger D."
+        )
+    if isinstance(b, np.ndarray):
+        dev = [None if x is None else to_device(x) for x in (a, b, h0)]
+        d_out = scan_device(*dev, reverse, transpose, dense, cuda.device_array(b.shape, b.dtype))
+        host = np.empty(b.shape, b.dtype.newbyteorder("=")) if out is None else out
+        if host.size:
+            d_out.copy_to_host(host)
+        return host
+    _check_device_layout((a, b, h0, out))
+    if out is None:
+        out = cuda.device_array(b.shape, b.dtype)
+    return scan_device(a, b, h0, reverse, transpose, dense, out)

@@ -1,0 +1,222 @@
+"""Jitted kernels of the (GTF-)DEER solver: Newton-system assembly, per-sequence update norms
+and spectral norms of many small Jacobians.
+
+All kernels are pure functions over explicit C-contiguous arrays that write into caller
+arrays; the ``prange`` bodies are thin calls into per-position helpers. Index conventions
+(see :mod:`parscan.deer`): ``B`` sequences, ``T`` steps, ``M`` latents, ``N`` data columns,
+``n_forced <= N`` of them forced.
+"""
+
+import numpy as np
+from numba import prange
+
+from parscan._jit import jit, jit_parallel
+
+# ---------------------------------------------------------------------------------------------
+# Newton-system assembly: A_t = (I - alpha P) J_F(z_{t-1}),  b_t = G_t(z_{t-1}) - A_t z_{t-1},
+# G_t(z) = (I - alpha P) F(z) + alpha P d_t,  P = diag(1_{n_forced}, 0).
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _assemble_full_one(f, j, z, x, a, n_forced):
+    """One step: ``f`` (M,) F(z) -> b_t, ``j`` (M, M) J_F(z) -> A_t, in place."""
+    M = f.shape[0]
+    c = 1.0 - a
+    for r in range(M):
+        if r < n_forced:
+            g = c * f[r] + a * x[r]
+            for k in range(M):
+                j[r, k] = c * j[r, k]
+        else:
+            g = f[r]
+        acc = 0.0
+        for k in range(M):
+            acc += j[r, k] * z[k]
+        f[r] = g - acc
+
+
+@jit
+def _assemble_diag_one(f, j, z, x, a, n_forced):
+    """One step, diagonal Jacobian: ``j`` (M,) diag J_F(z) -> diag A_t, ``f`` -> b_t."""
+    M = f.shape[0]
+    c = 1.0 - a
+    for r in range(M):
+        if r < n_forced:
+            g = c * f[r] + a * x[r]
+            j[r] = c * j[r]
+        else:
+            g = f[r]
+        f[r] = g - j[r] * z[r]
+
+
+@jit_parallel
+def assemble_full(f, j, zprev, forcing, alpha, n_forced):
+    """Turn ``(F, J_F)`` at the linearisation points into the scan inputs ``(b, A)``, in place.
+
+    Parameters
+    ----------
+    f : ndarray, shape (B, T, M)
+        ``F(z_{t-1})`` on entry, ``b_t`` on exit.
+    j : ndarray, shape (B, T, M, M)
+        ``J_F(z_{t-1})`` on entry, ``A_t`` on exit.
+    zprev : ndarray, shape (B, T, M)
+        Linearisation points ``z_{t-1}`` (``zprev[:, 0]`` is ``z0``).
+    forcing : ndarray, shape (B, T, N)
+        Data ``x_t`` (only the first ``n_forced`` columns are read; ``N`` may be 0).
+    alpha : ndarray, shape (B,)
+        GTF parameter per sequence.
+    n_forced : int
+        Number of forced latents.
+    """
+    B, T = f.shape[0], f.shape[1]
+    for idx in prange(B * T):
+        i = idx // T
+        t = idx - i * T
+        _assemble_full_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
+
+
+@jit_parallel
+def assemble_diag(f, j, zprev, forcing, alpha, n_forced):
+    """Quasi-DEER variant of :func:`assemble_full`: ``j`` has shape (B, T, M) (the diagonal)."""
+    B, T = f.shape[0], f.shape[1]
+    for idx in prange(B * T):
+        i = idx // T
+        t = idx - i * T
+        _assemble_diag_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
+
+
+@jit
+def _blend_one(f, x, a, n_forced, out):
+    """``out = (I - alpha P) f + alpha P x`` for one step."""
+    c = 1.0 - a
+    for r in range(f.shape[0]):
+        out[r] = c * f[r] + a * x[r] if r < n_forced else f[r]
+
+
+@jit(cache=False)
+def forced_sequential(step, args, z0, forcing, alpha, n_forced, states, predictions):
+    """The forced recurrence, one step after the other, with a model's jitted step function.
+
+    ``step(*args, z, out)`` writes ``F(z)`` into ``out``. ``z0`` (B, M), ``forcing`` (B, T, N),
+    ``alpha`` (B,); writes ``predictions[:, t] = F(states[:, t-1])`` and ``states[:, t]``
+    (B, T, M). Not cached: Numba cannot cache a kernel taking a function argument.
+    """
+    B, T = states.shape[0], states.shape[1]
+    for i in range(B):
+        for t in range(T):
+            prev = z0[i] if t == 0 else states[i, t - 1]
+            step(*args, prev, predictions[i, t])
+            _blend_one(predictions[i, t], forcing[i, t], alpha[i], n_forced, states[i, t])
+
+
+# ---------------------------------------------------------------------------------------------
+# Convergence test.
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _update_norms_one(new, old, rtol, atol):
+    """``(max |new - old|, all |new - old| <= atol + rtol |new|, all new finite)``."""
+    flat_new = new.reshape(-1)
+    flat_old = old.reshape(-1)
+    biggest = 0.0
+    ok = True
+    finite = True
+    for k in range(flat_new.size):
+        v = np.float64(flat_new[k])
+        if not np.isfinite(v):
+            finite = False
+        d = abs(v - np.float64(flat_old[k]))
+        if d > biggest or d != d:
+            biggest = d
+        if not d <= atol + rtol * abs(v):
+            ok = False
+    return biggest, ok, finite
+
+
+@jit_parallel
+def update_norms(new, old, rtol, atol, max_update, within_tol, finite):
+    """Per sequence ``i`` of ``new, old`` (B, T, M): the max update ``max_t |new - old|``
+    (float64, NaN/inf when the update is), whether every element meets
+    ``|new - old| <= atol + rtol |new|``, and whether ``new`` is finite."""
+    for i in prange(new.shape[0]):
+        max_update[i], within_tol[i], finite[i] = _update_norms_one(new[i], old[i], rtol, atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectral norms ||J||_2 of many small matrices (exact: cyclic Jacobi on J^T J in float64).
+# ---------------------------------------------------------------------------------------------
+
+_JACOBI_SWEEPS = 60
+_EPS = np.finfo(np.float64).eps
+
+
+@jit
+def _spectral_norm_one(j, s):
+    """``sigma_max(j)`` for one ``(M, M)`` matrix; ``s`` is (M, M) float64 scratch.
+
+    Forms ``S = J^T J`` and diagonalises it with cyclic Jacobi rotations (Golub & Van Loan,
+    Matrix Computations, 4th ed., Alg. 8.5.3) until the off-diagonal mass is below
+    ``eps^2`` times the total; ``sigma_max = sqrt(max diag S)``. Quadratically convergent;
+    relative accuracy of the largest eigenvalue about ``M * eps``. Non-finite input gives NaN.
+    """
+    M = j.shape[0]
+    total = 0.0
+    for p in range(M):
+        for q in range(M):
+            acc = 0.0
+            for k in range(M):
+                acc += np.float64(j[k, p]) * np.float64(j[k, q])
+            s[p, q] = acc
+            total += acc * acc
+    if not np.isfinite(total):
+        return np.nan
+    for _ in range(_JACOBI_SWEEPS):
+        off = 0.0
+        for p in range(M - 1):
+            for q in range(p + 1, M):
+                off += s[p, q] * s[p, q]
+        if off <= _EPS * _EPS * total:
+            break
+        for p in range(M - 1):
+            for q in range(p + 1, M):
+                spq = s[p, q]
+                if spq == 0.0:
+                    continue
+                theta = (s[q, q] - s[p, p]) / (2.0 * spq)
+                t = 1.0 / (abs(theta) + np.sqrt(theta * theta + 1.0))
+                if theta < 0.0:
+                    t = -t
+                c = 1.0 / np.sqrt(t * t + 1.0)
+                sn = t * c
+                for k in range(M):
+                    skp = s[k, p]
+                    skq = s[k, q]
+                    s[k, p] = c * skp - sn * skq
+                    s[k, q] = sn * skp + c * skq
+                for k in range(M):
+                    spk = s[p, k]
+                    sqk = s[q, k]
+                    s[p, k] = c * spk - sn * sqk
+                    s[q, k] = sn * spk + c * sqk
+    biggest = 0.0
+    for p in range(M):
+        biggest = max(biggest, s[p, p])
+    return np.sqrt(biggest)
+
+
+@jit
+def _spectral_norm_range(j, lo, hi, out):
+    s = np.empty((j.shape[1], j.shape[1]), dtype=np.float64)
+    for k in range(lo, hi):
+        out[k] = _spectral_norm_one(j[k], s)
+
+
+@jit_parallel
+def spectral_norms(j, n_chunks, out):
+    """``out[k] = ||j[k]||_2`` (float64) for ``j`` of shape (P, M, M), in ``n_chunks`` parallel
+    chunks (one scratch matrix per chunk)."""
+    P = j.shape[0]
+    for c in prange(n_chunks):
+        _spectral_norm_range(j, c * P // n_chunks, (c + 1) * P // n_chunks, out)

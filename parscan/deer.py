@@ -1,0 +1,592 @@
+"""DEER / GTF-DEER: a (teacher-forced) nonlinear recurrence solved by Newton's method over the
+whole sequence, one linear scan per iteration.
+
+The recurrence (DESIGN.md §4), for a batch of sequences, ``t = 0 .. T-1``::
+
+    z_{t+1}  = F(z~_t)                                   prediction
+    z~_{t+1} = (I - alpha P) z_{t+1} + alpha P d_{t+1}   generalized teacher forcing
+    z~_0 = z0,   P = diag(1_{n_forced}, 0_{M - n_forced}),   d_{t+1} = [x_{t+1}; 0]
+
+i.e. ``z~_{t+1} = G_{t+1}(z~_t)``. Newton (DEER; Lim et al., ICLR 2024) linearises every step
+at the current iterate ``z^k`` at once,
+
+    z^{k+1}_t = A_t z^{k+1}_{t-1} + b_t,   A_t = (I - alpha P) J_F(z^k_{t-1}),
+    b_t = G_t(z^k_{t-1}) - A_t z^k_{t-1},
+
+and solves the linear recurrence with one :func:`parscan.scan.linear_scan`. ``"diag"`` keeps
+only the diagonal of ``A_t`` (quasi-DEER; Gonzalez et al., NeurIPS 2024): O(T M) per
+iteration instead of O(T M^2) memory and O(T M^3) scan work, more iterations. GTF (Hess et al.,
+ICML 2023) with ``alpha`` above ``1 - 1/sup ||J_F||`` makes the fully forced map a
+contraction, so the iteration count no longer grows with ``T`` (GTF-DEER; Hess, Goetz &
+Durstewitz, arXiv:2605.12683).
+"""
+
+import enum
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from parscan._deer_kernels import assemble_diag, assemble_full, forced_sequential, update_norms
+from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
+from parscan.scan import linear_scan
+
+#: default ``(rtol, atol)`` per dtype for ``max_t |dz| <= atol + rtol |z|``. About 4.5e6 eps
+#: (float64) and 80 eps (float32): far above the rounding noise of a converged iterate, far
+#: below model accuracy; with the full Jacobian the accepted iterate is exact to rounding
+#: (quadratic convergence squares the last update).
+DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 1e-5)}
+
+#: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality.
+MAX_ITER_CAP = {"full": 100, "diag": 500}
+
+#: a sequence is "diverging" when its max update grew by more than ``DIVERGE_FACTOR`` in each
+#: of ``DIVERGE_STREAK`` consecutive iterations, or exceeds ``sqrt(finfo(dtype).max)``.
+DIVERGE_FACTOR = 10.0
+DIVERGE_STREAK = 3
+
+_REMEDY = (
+    "Raise alpha (alpha='auto' picks one that makes the forced map a contraction), use "
+    "jacobian='full' instead of 'diag', or allow more iterations (max_iter; T iterations are "
+    "always enough)."
+)
+
+
+class DeerStatus(enum.Enum):
+    """Outcome of :func:`deer_solve`; each value is the user-facing message, remedy included."""
+
+    CONVERGED = (
+        "converged: every sequence met max_t |dz| <= atol + rtol |z| or is exact by causality."
+    )
+    MAX_ITER = "max_iter: not converged within max_iter Newton iterations. " + _REMEDY
+    DIVERGING = (
+        "diverging: the Newton updates grew without bound (typical of chaotic dynamics with "
+        "too little forcing). " + _REMEDY
+    )
+    NON_FINITE = (
+        "non_finite: the iterate contains NaN or inf. Check z0, forcing and the model "
+        "parameters for NaN/inf; if they are finite the iterates overflowed: " + _REMEDY
+    )
+
+    @property
+    def severity(self) -> int:
+        """Ordering for the batch status: the worst member decides."""
+        return _SEVERITY[self]
+
+
+_CODES = (DeerStatus.CONVERGED, DeerStatus.MAX_ITER, DeerStatus.DIVERGING, DeerStatus.NON_FINITE)
+_SEVERITY = {status: code for code, status in enumerate(_CODES)}
+_CONVERGED, _MAX_ITER, _DIVERGING, _NON_FINITE = range(4)
+
+
+@dataclass(frozen=True)
+class DeerResult:
+    """Result of :func:`deer_solve`.
+
+    Attributes
+    ----------
+    states : ndarray, shape (..., T, M)
+        ``states[..., t, :]`` is the forced state ``z~_{t+1}`` (``z0`` not included): the last
+        Newton iterate of each sequence.
+    predictions : ndarray, shape (..., T, M)
+        ``predictions[..., t, :]`` is ``z_{t+1} = F(z~_t)``, recomputed from ``states`` (the
+        loss is taken on these).
+    n_iter : ndarray of int64, shape (...)
+        Newton iterations (linear scans) per sequence.
+    residuals : ndarray of float64, shape (n_iterations,)
+        Per iteration, the largest ``max_t |dz|`` over the sequences still iterating.
+    status : DeerStatus
+        Worst status over the batch (``str(status.value)`` explains it and gives the remedy).
+    converged : ndarray of bool, shape (...)
+        Per sequence.
+    alpha : float or ndarray of shape (...)
+        The alpha used (the estimate when ``alpha="auto"``).
+    rtol, atol : float
+        The tolerances used.
+    """
+
+    states: np.ndarray
+    predictions: np.ndarray
+    n_iter: np.ndarray
+    residuals: np.ndarray
+    status: DeerStatus
+    converged: np.ndarray
+    alpha: float | np.ndarray
+    rtol: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every sequence converged."""
+        return self.status is DeerStatus.CONVERGED
+
+
+class DeerConvergenceError(RuntimeError):
+    """Raised by ``deer_solve(..., throw=True)`` when a sequence did not converge.
+
+    Attributes
+    ----------
+    result : DeerResult
+        The full result, for inspection.
+    """
+
+    def __init__(self, message: str, result: DeerResult):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A validated problem, batch flattened to ``B`` sequences (C-contiguous arrays)."""
+
+    batch: tuple
+    z0: np.ndarray  # (B, M)
+    forcing: np.ndarray  # (B, T, N), N = 0 for a free run
+    alpha: np.ndarray | str  # (B,) model dtype, or "auto"
+    alpha_report: float | np.ndarray | str
+    n_forced: int
+    T: int
+    init: np.ndarray | None  # (B, T, M)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
+    """Append problems to ``errors`` (a dict kind -> list); return alpha as (B,) or a str."""
+    if isinstance(alpha, str):
+        if alpha != "auto" or not allow_auto:
+            hint = "a float in [0, 1], an array of shape z0.shape[:-1]" + (
+                " or 'auto'" if allow_auto else "; compute one with parscan.gtf_alpha"
+            )
+            errors["value"].append(f"`alpha` must be {hint}; got {alpha!r}.")
+        elif not has_forcing:
+            errors["value"].append(
+                "alpha='auto' needs `forcing` (alpha only acts on forced runs); pass forcing "
+                "or alpha=0."
+            )
+        return alpha
+    arr = np.asarray(alpha)
+    if arr.dtype.kind not in "fiu":
+        errors["type"].append(
+            f"`alpha` must be a real number or array; got dtype {arr.dtype} "
+            f"({type(alpha).__name__})."
+        )
+        return None
+    if arr.shape not in ((), batch):
+        errors["value"].append(
+            f"`alpha` must be a scalar or have shape z0.shape[:-1] = {batch}; got {arr.shape}."
+        )
+        return None
+    if not np.all((arr >= 0) & (arr <= 1)):
+        errors["value"].append(
+            f"`alpha` must lie in [0, 1] (and be finite); got values in "
+            f"[{np.min(arr)}, {np.max(arr)}]."
+        )
+        return None
+    if not has_forcing and np.any(arr != 0):
+        errors["value"].append(
+            "`alpha` acts only on forced runs; got alpha != 0 with forcing=None. Pass forcing "
+            "or alpha=0."
+        )
+    return arr
+
+
+def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
+    """Check every argument, collecting all mismatches; return a :class:`_Problem`."""
+    M = getattr(model, "M", None)
+    dtype = getattr(model, "dtype", None)
+    needed = ("step", "step_and_jacobian")
+    if not (_is_int(M) and isinstance(dtype, np.dtype) and all(hasattr(model, a) for a in needed)):
+        raise TypeError(
+            f"{where}: `model` must follow the LatentRNN contract (attributes M, dtype and "
+            f"methods {', '.join(needed)}); got {type(model).__name__}."
+        )
+    errors = {"type": [], "value": []}
+
+    def array(x, name, tail, min_ndim):
+        x = np.asarray(x)
+        if x.dtype != dtype:
+            errors["type"].append(
+                f"`{name}` must have the model dtype {dtype}; got {x.dtype}. "
+                f"Use {name}.astype(np.{dtype}) (or model.astype(...))."
+            )
+        if x.ndim < min_ndim:
+            errors["value"].append(f"`{name}` must have shape {tail}; got {x.shape}.")
+        return x
+
+    z0 = array(z0, "z0", "(..., M)", 1)
+    batch = z0.shape[:-1] if z0.ndim >= 1 else ()
+    if z0.ndim >= 1 and z0.shape[-1] != M:
+        errors["value"].append(f"`z0` must have shape (..., M) with M={M}; got {z0.shape}.")
+    if T is not None and (not _is_int(T) or T < 0):
+        errors["value" if _is_int(T) else "type"].append(
+            f"`T` must be a non-negative int or None; got {T!r}."
+        )
+        T = None
+    N = 0
+    if forcing is not None:
+        forcing = array(forcing, "forcing", "(..., T, N)", 2)
+        if forcing.ndim >= 2:
+            N = forcing.shape[-1]
+            if T is not None and forcing.shape[-2] != T:
+                errors["value"].append(
+                    f"`T`={T} disagrees with forcing.shape[-2]={forcing.shape[-2]}; pass T=None "
+                    "(T is taken from forcing)."
+                )
+            T = forcing.shape[-2]
+            if forcing.shape[:-2] != batch or not 1 <= N <= M:
+                errors["value"].append(
+                    f"`forcing` must have shape z0.shape[:-1] + (T, N) = {(*batch, T, 'N')} with "
+                    f"1 <= N <= M={M}; got forcing.shape={forcing.shape}."
+                )
+    elif T is None:
+        errors["value"].append("`T` is required for a free run (forcing=None).")
+    if n_forced is not None:
+        if not _is_int(n_forced):
+            errors["type"].append(f"`n_forced` must be an int; got {type(n_forced).__name__}.")
+        elif forcing is None:
+            errors["value"].append("`n_forced` needs `forcing`; got forcing=None.")
+        elif not 0 <= n_forced <= N:
+            errors["value"].append(
+                f"`n_forced` must be in [0, N] with N=forcing.shape[-1]={N}; got {n_forced}."
+            )
+    alpha_arr = _check_alpha(alpha, batch, forcing is not None, allow_auto, errors)
+    if init is not None:
+        init = array(init, "init", "(..., T, M)", 2)
+        if T is not None and init.shape != (*batch, T, M):
+            errors["value"].append(
+                f"`init` must have shape z0.shape[:-1] + (T, M) = {(*batch, T, M)}; "
+                f"got {init.shape}."
+            )
+    if errors["type"]:
+        raise TypeError(f"{where}: " + " ".join(errors["type"] + errors["value"]))
+    if errors["value"]:
+        raise ValueError(f"{where}: " + " ".join(errors["value"]))
+
+    B = int(np.prod(batch, dtype=np.int64))
+    if isinstance(alpha_arr, str):
+        alpha_flat, report = alpha_arr, alpha_arr
+    else:
+        alpha_flat = np.ascontiguousarray(np.broadcast_to(alpha_arr, batch), dtype=dtype)
+        alpha_flat = alpha_flat.reshape(B)
+        report = float(alpha_arr) if alpha_arr.ndim == 0 else alpha_arr.astype(dtype)
+    if forcing is None:
+        forcing_flat = np.empty((B, T, 0), dtype=dtype)
+    else:
+        forcing_flat = np.ascontiguousarray(forcing).reshape(B, T, N)
+    return _Problem(
+        batch=batch,
+        z0=np.ascontiguousarray(z0).reshape(B, M),
+        forcing=forcing_flat,
+        alpha=alpha_flat,
+        alpha_report=report,
+        n_forced=N if n_forced is None else int(n_forced),
+        T=T,
+        init=None if init is None else np.ascontiguousarray(init).reshape(B, T, M),
+    )
+
+
+def _tolerances(tol, dtype):
+    if tol is None:
+        return DEFAULT_TOL[np.dtype(dtype)]
+    pair = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
+    ok = len(pair) == 2 and all(
+        isinstance(x, int | float | np.floating) and not isinstance(x, bool) for x in pair
+    )
+    if not ok or not all(np.isfinite(x) and x >= 0 for x in pair) or max(pair) <= 0:
+        raise ValueError(
+            "deer_solve: `tol` must be None (dtype defaults), a positive float (rtol = atol = "
+            f"tol) or a pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
+        )
+    return float(pair[0]), float(pair[1])
+
+
+def _shift(states, z0, out):
+    """``out[:, 0] = z0``, ``out[:, t] = states[:, t-1]``: the linearisation points."""
+    out[:, 0] = z0
+    out[:, 1:] = states[:, :-1]
+
+
+def _initial_guess(p: _Problem, M: int) -> np.ndarray:
+    """``init``, else the data in the observed part and ``z0``'s other latents, broadcast."""
+    if p.init is not None:
+        return p.init.copy()
+    guess = np.empty((*p.forcing.shape[:2], M), dtype=p.z0.dtype)
+    guess[...] = p.z0[:, None, :]
+    N = p.forcing.shape[-1]
+    guess[..., :N] = p.forcing
+    return guess
+
+
+def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
+    """Newton iterations with per-sequence stopping; returns states, n_iter, codes, history.
+
+    Sequences that stop (converged, non-finite, diverging) are written to the output and
+    dropped from the working set, whose buffers are the leading rows of arrays allocated once.
+    """
+    B, T, M = guess.shape
+    dtype = guess.dtype
+    assemble = assemble_diag if diag else assemble_full
+    f_buf = np.empty((B, T, M), dtype=dtype)
+    j_buf = np.empty((B, T, M) if diag else (B, T, M, M), dtype=dtype)
+    zprev = np.empty((B, T, M), dtype=dtype)
+    update = np.empty(B, dtype=np.float64)
+    within = np.empty(B, dtype=np.bool_)
+    finite = np.empty(B, dtype=np.bool_)
+    states = np.empty((B, T, M), dtype=dtype)
+    n_iter = np.zeros(B, dtype=np.int64)
+    codes = np.full(B, _MAX_ITER, dtype=np.int64)
+    huge = float(np.sqrt(np.finfo(dtype).max))
+    history = []
+
+    active = np.arange(B)
+    cur, z0, forcing, alpha = guess, p.z0, p.forcing, p.alpha
+    last = np.full(B, np.inf)
+    streak = np.zeros(B, dtype=np.int64)
+    for k in range(1, max_iter + 1):
+        n = active.size
+        _shift(cur, z0, zprev[:n])
+        model.step_and_jacobian(zprev[:n], diag=diag, out=(f_buf[:n], j_buf[:n]))
+        assemble(f_buf[:n], j_buf[:n], zprev[:n], forcing, alpha, p.n_forced)
+        new = linear_scan(j_buf[:n], f_buf[:n], z0, backend=backend)
+        update_norms(new, cur, rtol, atol, update[:n], within[:n], finite[:n])
+        cur = new
+        n_iter[active] = k
+        upd = update[:n]
+        history.append(np.max(upd))
+        streak = np.where(upd > DIVERGE_FACTOR * last, streak + 1, 0)
+        last = upd.copy()
+        code = np.full(n, -1, dtype=np.int64)
+        done = finite[:n] & (within[:n] | (k >= T))
+        code[done] = _CONVERGED
+        code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
+        code[~finite[:n]] = _NON_FINITE
+        stop = code >= 0
+        if stop.any():
+            states[active[stop]] = cur[stop]
+            codes[active[stop]] = code[stop]
+            keep = ~stop
+            active, cur, z0, forcing = active[keep], cur[keep], z0[keep], forcing[keep]
+            alpha, last, streak = alpha[keep], last[keep], streak[keep]
+            if active.size == 0:
+                break
+    states[active] = cur
+    return states, n_iter, codes, np.asarray(history, dtype=np.float64)
+
+
+def _predictions(model, z0, states):
+    """``F(z~_t)`` for ``t = 0 .. T-1``: shape (B, T, M)."""
+    zprev = np.empty_like(states)
+    _shift(states, z0, zprev)
+    return model.step(zprev)
+
+
+def _failure_message(result: DeerResult, codes, max_iter, jacobian, history):
+    counts = ", ".join(
+        f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}"
+        for c in (_MAX_ITER, _DIVERGING, _NON_FINITE)
+        if np.any(codes == c)
+    )
+    last = f"{history[-1]:.3g}" if history.size else "n/a"
+    return (
+        f"deer_solve: {result.status.value} Failed: {counts} of {codes.size} sequence(s), "
+        f"after {int(result.n_iter.max())} iteration(s) (max_iter={max_iter}, "
+        f"jacobian={jacobian!r}, alpha={_describe_alpha(result.alpha)}); last max update "
+        f"{last} (tolerance atol={result.atol:g} + rtol={result.rtol:g} |z|). Pass throw=False "
+        "to inspect the result."
+    )
+
+
+def _describe_alpha(alpha):
+    if np.ndim(alpha) == 0:
+        return f"{float(alpha):.4g}"
+    return f"[{np.min(alpha):.4g} .. {np.max(alpha):.4g}]"
+
+
+def deer_solve(
+    model,
+    z0,
+    T=None,
+    *,
+    forcing=None,
+    alpha=0.0,
+    n_forced=None,
+    jacobian="full",
+    tol=None,
+    max_iter=None,
+    init=None,
+    backend="auto",
+    throw=True,
+) -> DeerResult:
+    """Solve the (GTF-forced) recurrence of a batch of sequences by Newton's method (DEER).
+
+    Each iteration evaluates ``F`` and its Jacobian at all ``B*T`` positions in one parallel
+    pass (``model.step_and_jacobian``), assembles the linearised system in one parallel kernel
+    and solves it with one :func:`~parscan.scan.linear_scan` (module docstring).
+
+    Parameters
+    ----------
+    model : LatentRNN
+        Any object with ``M``, ``dtype``, ``step(z)`` and ``step_and_jacobian(z, diag, out)``
+        (see ``models.base.LatentRNN``).
+    z0 : ndarray, shape (..., M)
+        Initial states ``z~_0``, model dtype. Leading dimensions are the batch.
+    T : int, optional
+        Number of steps. Taken from ``forcing`` when given (must agree); required otherwise.
+    forcing : ndarray, shape (..., T, N), optional
+        Data ``forcing[..., t, :] = x_{t+1}``, ``N <= M``, model dtype. None: free run.
+    alpha : float, ndarray of shape (...), or "auto"
+        GTF parameter in [0, 1], one for all or one per sequence. ``"auto"``:
+        :func:`parscan.gtf_alpha` (``method="sup"``) over the data and the initial guess, one
+        alpha for the batch; warns (:class:`parscan.gtf.GTFGuaranteeWarning`) for partial
+        forcing. Must be 0 for a free run.
+    n_forced : int, optional
+        Number of latents forced toward the data (the first ``n_forced`` columns), default
+        ``N``.
+    jacobian : {"full", "diag"}
+        Newton (DEER) or its diagonal approximation (quasi-DEER).
+    tol : float or (float, float), optional
+        ``(rtol, atol)`` (a float sets both) for the per-sequence stopping test
+        ``max_t |z^{k+1}_t - z^k_t| <= atol + rtol |z^{k+1}_t|`` (elementwise). Default
+        :data:`DEFAULT_TOL`: 1e-9 for float64, 1e-5 for float32.
+    max_iter : int, optional
+        Default ``min(T, 100)`` (full) or ``min(T, 500)`` (diag). By causality the first ``k``
+        states are exact after ``k`` iterations, so ``T`` iterations always suffice: a
+        sequence that reaches ``T`` iterations is reported converged.
+    init : ndarray, shape (..., T, M), optional
+        Initial guess. Default: ``forcing`` in the first ``N`` latents and ``z0``'s other
+        latents at every step (free run: ``z0`` at every step).
+    backend : str
+        Passed to :func:`~parscan.scan.linear_scan` (``"auto"``, ``"sequential"``, ``"cpu"``,
+        ``"cuda"``).
+    throw : bool
+        Raise :class:`DeerConvergenceError` when a sequence fails; otherwise return the result
+        for inspection.
+
+    Returns
+    -------
+    DeerResult
+        ``states`` and ``predictions`` of shape (..., T, M), per-sequence ``n_iter`` and
+        ``converged``, the residual history, the worst ``status`` and the ``alpha`` used.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments (all mismatches in one message starting with ``deer_solve:``).
+    DeerConvergenceError
+        ``throw=True`` and some sequence ended ``max_iter``, ``diverging`` or ``non_finite``.
+
+    Notes
+    -----
+    Per sequence the iteration stops when the update meets the tolerance (converged), when it
+    reached ``T`` iterations (exact by causality: converged), when the iterate is not finite
+    (``non_finite``; NaN/inf are never cleaned), or when the update grew by more than 10x in
+    3 consecutive iterations or exceeds ``sqrt(finfo.max)`` (``diverging``). A stopped
+    sequence keeps its last iterate and costs nothing further. For piecewise-linear models
+    Newton is exact once the activation pattern stops changing, so a converged result equals
+    :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs
+    about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
+    """
+    p = _validate("deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True)
+    if jacobian not in ("full", "diag"):
+        raise ValueError(f"deer_solve: `jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
+    rtol, atol = _tolerances(tol, model.dtype)
+    if max_iter is None:
+        max_iter = max(1, min(p.T, MAX_ITER_CAP[jacobian]))
+    elif not _is_int(max_iter) or max_iter < 1:
+        raise ValueError(f"deer_solve: `max_iter` must be a positive int; got {max_iter!r}.")
+    if not isinstance(throw, bool):
+        raise TypeError(f"deer_solve: `throw` must be a bool; got {type(throw).__name__}.")
+
+    B, T, M = p.z0.shape[0], p.T, model.M
+    guess = _initial_guess(p, M)
+    alpha_arr, alpha_report = p.alpha, p.alpha_report
+    if isinstance(alpha_arr, str):
+        alpha_report = (
+            estimate_alpha(
+                model, p.forcing, guess, "sup", DEFAULT_MARGIN, p.n_forced, per_sequence=False
+            )
+            if B * T
+            else 0.0
+        )
+        alpha_arr = np.full(B, alpha_report, dtype=model.dtype)
+    p = replace(p, alpha=alpha_arr)
+
+    if B * T == 0:
+        states, n_iter = guess, np.zeros(B, dtype=np.int64)
+        codes, history = np.full(B, _CONVERGED), np.empty(0)
+    else:
+        states, n_iter, codes, history = _newton(
+            model, p, guess, jacobian == "diag", rtol, atol, int(max_iter), backend
+        )
+    predictions = _predictions(model, p.z0, states) if B * T else np.empty_like(states)
+    shape = (*p.batch, T, M)
+    result = DeerResult(
+        states=states.reshape(shape),
+        predictions=predictions.reshape(shape),
+        n_iter=n_iter.reshape(p.batch),
+        residuals=history,
+        status=_CODES[int(codes.max())] if B else DeerStatus.CONVERGED,
+        converged=(codes == _CONVERGED).reshape(p.batch),
+        alpha=alpha_report,
+        rtol=rtol,
+        atol=atol,
+    )
+    if throw and not result.ok:
+        raise DeerConvergenceError(
+            _failure_message(result, codes, max_iter, jacobian, history), result
+        )
+    return result
+
+
+def sequential_solve(model, z0, T=None, *, forcing=None, alpha=0.0, n_forced=None) -> np.ndarray:
+    """The recurrence of :func:`deer_solve`, one step after the other (the reference).
+
+    Parameters are those of :func:`deer_solve` (``alpha="auto"`` is not accepted: estimate it
+    with :func:`parscan.gtf_alpha` first).
+
+    Returns
+    -------
+    states : ndarray, shape (..., T, M)
+        ``states[..., t, :] = z~_{t+1}``.
+
+    Notes
+    -----
+    Free runs use ``model.simulate``. Forced runs use one compiled loop when the model
+    exposes its jitted step function (``model.step_functions_jit.step(*model.kernel_args(),
+    z, out)``, as the models in ``models/`` do; compiled once per model class and dtype per
+    process, not cached on disk), else a Python loop over ``model.step`` on the batch.
+    """
+    p = _validate(
+        "sequential_solve", model, z0, T, forcing, alpha, n_forced, None, allow_auto=False
+    )
+    B, T, M = p.z0.shape[0], p.T, model.M
+    shape = (*p.batch, T, M)
+    if B * T == 0:
+        return np.empty(shape, dtype=model.dtype)
+    if (p.n_forced == 0 or not np.any(p.alpha)) and hasattr(model, "simulate"):
+        return model.simulate(p.z0, T).reshape(shape)
+    states = np.empty((B, T, M), dtype=model.dtype)
+    functions = getattr(model, "step_functions_jit", None)
+    if functions is not None and hasattr(model, "kernel_args"):
+        predictions = np.empty_like(states)
+        forced_sequential(
+            functions.step,
+            model.kernel_args(),
+            p.z0,
+            p.forcing,
+            p.alpha,
+            p.n_forced,
+            states,
+            predictions,
+        )
+        return states.reshape(shape)
+    nf = p.n_forced
+    a = p.alpha[:, None]
+    z = p.z0
+    for t in range(T):
+        z = model.step(z)
+        z[:, :nf] = (1 - a) * z[:, :nf] + a * p.forcing[:, t, :nf]
+        states[:, t] = z
+    return states.reshape(shape)

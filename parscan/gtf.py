@@ -1,0 +1,234 @@
+"""Choosing the generalized-teacher-forcing parameter alpha (GTF; Hess et al., ICML 2023).
+
+With full forcing (every latent observed and forced, ``n_forced = M``) the forced map
+``G_t(z) = (1 - alpha) F(z) + alpha d_t`` has Jacobian ``(1 - alpha) J_F(z)``; if
+``(1 - alpha) sup ||J_F||_2 < 1`` along the trajectory it is a contraction, the Jacobian
+products in the DEER scan stay bounded and Newton converges in a number of iterations that
+does not grow with ``T`` (GTF-DEER: Hess, Goetz & Durstewitz, arXiv:2605.12683; DESIGN.md §4).
+:func:`gtf_alpha` turns a bound ``s`` on ``||J_F||_2`` into ``alpha = max(0, 1 - 1/s) + margin``.
+"""
+
+import warnings
+
+import numpy as np
+
+from parscan._deer_kernels import spectral_norms
+from parscan._jit import n_threads
+
+METHODS = ("sup", "geomean", "param_bound")
+
+#: default safety margin added to ``1 - 1/s``: with ``s = max ||J||`` the forced map then
+#: contracts by ``(1 - alpha) s = 1 - margin * s`` at the points the bound was taken over.
+DEFAULT_MARGIN = 0.02
+
+#: positions per call of ``model.step_and_jacobian`` (bounds the Jacobian buffer to
+#: ``CHUNK * M * M`` numbers).
+CHUNK = 1 << 15
+
+
+class GTFGuaranteeWarning(UserWarning):
+    """alpha was estimated for partial forcing (``n_forced < M``): the unforced latents are not
+    damped by alpha, so no contraction (and no T-independent DEER convergence) is guaranteed."""
+
+
+def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
+    """Exact spectral norms ``||J_F(z)||_2`` at many states.
+
+    Parameters
+    ----------
+    model : LatentRNN
+        Provides ``step_and_jacobian(z, out=(f, j))``.
+    points : ndarray, shape (P, M)
+        C-contiguous states of the model dtype.
+
+    Returns
+    -------
+    ndarray, shape (P,), float64
+        Largest singular values, from cyclic Jacobi on ``J^T J`` in float64 (exact to about
+        ``M * eps``, not a power-iteration estimate). NaN where ``J`` is not finite.
+    """
+    P, M = points.shape
+    out = np.empty(P, dtype=np.float64)
+    size = min(P, CHUNK)
+    f_buf = np.empty((size, M), dtype=points.dtype)
+    j_buf = np.empty((size, M, M), dtype=points.dtype)
+    for lo in range(0, P, size):
+        hi = min(P, lo + size)
+        m = hi - lo
+        model.step_and_jacobian(points[lo:hi], out=(f_buf[:m], j_buf[:m]))
+        spectral_norms(j_buf[:m], max(1, min(m, 4 * n_threads())), out[lo:hi])
+    return out
+
+
+def _check(model, forcing, states, method, margin, n_forced, per_sequence):
+    """Validate the arguments of :func:`gtf_alpha`; return ``(forcing, states, n_forced)``."""
+    type_errors, value_errors = [], []
+    M = getattr(model, "M", None)
+    dtype = getattr(model, "dtype", None)
+    if not (isinstance(M, int | np.integer) and hasattr(model, "step_and_jacobian")):
+        raise TypeError(
+            "gtf_alpha: `model` must follow the LatentRNN contract (attributes M, dtype and "
+            f"step_and_jacobian); got {type(model).__name__}."
+        )
+    if not isinstance(method, str) or method not in METHODS:
+        value_errors.append(f"`method` must be one of {METHODS}; got {method!r}.")
+    if isinstance(margin, bool) or not isinstance(margin, int | float | np.floating):
+        type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
+    elif not (0.0 <= margin < 1.0):
+        value_errors.append(f"`margin` must be in [0, 1); got {margin}.")
+    if not isinstance(per_sequence, bool):
+        type_errors.append(f"`per_sequence` must be a bool; got {type(per_sequence).__name__}.")
+    forcing = np.asarray(forcing)
+    N = forcing.shape[-1] if forcing.ndim >= 2 else None
+    if forcing.ndim < 2:
+        value_errors.append(f"`forcing` must have shape (..., T, N); got {forcing.shape}.")
+    elif not 1 <= N <= M:
+        value_errors.append(
+            f"`forcing` must have 1 <= N <= M={M} columns (the observed latents); "
+            f"got forcing.shape={forcing.shape}."
+        )
+    if forcing.dtype != dtype:
+        type_errors.append(
+            f"`forcing` must have the model dtype {dtype}; got {forcing.dtype}. "
+            f"Use forcing.astype(np.{dtype})."
+        )
+    if states is not None:
+        states = np.asarray(states)
+        if forcing.ndim >= 2 and states.shape != (*forcing.shape[:-1], M):
+            value_errors.append(
+                f"`states` must have shape forcing.shape[:-1] + (M,) = "
+                f"{(*forcing.shape[:-1], M)}; got {states.shape}."
+            )
+        if states.dtype != dtype:
+            type_errors.append(
+                f"`states` must have the model dtype {dtype}; got {states.dtype}. "
+                f"Use states.astype(np.{dtype})."
+            )
+    if n_forced is None:
+        n_forced = N
+    elif isinstance(n_forced, bool) or not isinstance(n_forced, int | np.integer):
+        type_errors.append(f"`n_forced` must be an int; got {type(n_forced).__name__}.")
+    elif N is not None and not 0 <= n_forced <= N:
+        value_errors.append(f"`n_forced` must be in [0, N={N}]; got {n_forced}.")
+    if type_errors:
+        raise TypeError("gtf_alpha: " + " ".join(type_errors + value_errors))
+    if value_errors:
+        raise ValueError("gtf_alpha: " + " ".join(value_errors))
+    return forcing, states, int(n_forced)
+
+
+def gtf_alpha(
+    model,
+    forcing,
+    *,
+    states=None,
+    method="sup",
+    margin=DEFAULT_MARGIN,
+    n_forced=None,
+    per_sequence=False,
+):
+    """GTF parameter alpha from a bound ``s`` on ``||J_F||_2``: ``max(0, 1 - 1/s) + margin``.
+
+    Parameters
+    ----------
+    model : LatentRNN
+        The map ``F`` (``M``, ``dtype``, ``step_and_jacobian``; ``norm_bound`` for
+        ``"param_bound"``).
+    forcing : ndarray, shape (..., T, N)
+        Teacher signal (observed part of the latents, ``N <= M``), model dtype.
+    states : ndarray, shape (..., T, M), optional
+        Current latent trajectory (e.g. a DEER iterate). It supplies the unobserved latents of
+        the evaluation points and is itself evaluated. Without it the unobserved latents are 0.
+    method : {"sup", "geomean", "param_bound"}
+        How ``s`` is obtained:
+
+        * ``"sup"`` (default): ``max ||J_F(z)||_2`` over the data points ``z = [x_t; u_t]``
+          (``x_t`` from ``forcing``, ``u_t`` the unobserved part of ``states`` or 0) and over
+          ``states``. Makes the fully forced map a contraction at those points, which is what
+          GTF-DEER needs for ``T``-independent Newton iteration counts (DESIGN.md §4).
+        * ``"geomean"``: geometric mean ``exp(mean log ||J_F(z)||_2)`` over the same points --
+          the Durstewitz lab's "product upper bound" estimator, which bounds the growth of
+          Jacobian products (gradients) on average but not at every step; it can leave DEER
+          slow on chaotic data.
+        * ``"param_bound"``: ``model.norm_bound()``, a bound over all states from the
+          parameters alone (cheap, pessimistic: larger alpha than needed).
+    margin : float in [0, 1)
+        Added to ``max(0, 1 - 1/s)``; the result is clipped to ``[0, 1]``. With ``"sup"`` the
+        forced map then contracts by ``1 - margin * s`` at the evaluated points; the margin
+        also covers iterates that stray from the data. ``margin=0`` reproduces the plain
+        estimators.
+    n_forced : int, optional
+        Number of forced latents (default ``N``). When ``n_forced < M`` a
+        :class:`GTFGuaranteeWarning` is emitted: the unforced latents are not damped.
+    per_sequence : bool
+        Return one alpha per sequence (shape ``forcing.shape[:-2]``, the bound taken over each
+        sequence's own points) instead of one for the whole batch.
+
+    Returns
+    -------
+    float, or ndarray of shape forcing.shape[:-2] (``per_sequence=True``)
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arguments (messages start with ``gtf_alpha:``); NaN/inf Jacobian norms (non-finite
+        ``forcing``, ``states`` or parameters) -- they are never ignored.
+
+    Notes
+    -----
+    Spectral norms are exact (:func:`jacobian_norms`), computed for all points in parallel.
+    """
+    forcing, states, n_forced = _check(
+        model, forcing, states, method, margin, n_forced, per_sequence
+    )
+    return estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequence)
+
+
+def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequence):
+    """:func:`gtf_alpha` after validation (also called by ``deer_solve(alpha="auto")``; the
+    warning points at the caller of the public function)."""
+    M, N = model.M, forcing.shape[-1]
+    batch = forcing.shape[:-2]
+    if method == "param_bound":
+        bound = np.full(batch if per_sequence else (), float(model.norm_bound()))
+    else:
+        if forcing.shape[-2] == 0:
+            raise ValueError(
+                f"gtf_alpha: method {method!r} needs T >= 1; got forcing.shape "
+                f"{forcing.shape}. Use method='param_bound'."
+            )
+        points = np.zeros((*forcing.shape[:-1], M), dtype=model.dtype)
+        points[..., :N] = forcing
+        if states is not None:
+            points[..., N:] = states[..., N:]
+        sets = [points]
+        if states is not None and not np.array_equal(points, states):
+            sets.append(states)
+        norms = np.concatenate(
+            [jacobian_norms(model, p.reshape(-1, M)).reshape(*batch, -1) for p in sets], axis=-1
+        )
+        bad = ~np.isfinite(norms)
+        if bad.any():
+            raise ValueError(
+                f"gtf_alpha: ||J_F|| is NaN/inf at {int(bad.sum())} of {norms.size} points; "
+                "`forcing`, `states` or the model parameters contain NaN/inf (or values where F "
+                "overflows). Fix the data or pass alpha explicitly."
+            )
+        axis = -1 if per_sequence else None
+        if method == "sup":
+            bound = np.max(norms, axis=axis)
+        else:
+            with np.errstate(divide="ignore"):
+                bound = np.exp(np.mean(np.log(norms), axis=axis))
+    with np.errstate(divide="ignore"):
+        base = np.where(bound > 1.0, 1.0 - 1.0 / np.maximum(bound, 1.0), 0.0)
+    alpha = np.clip(base + margin, 0.0, 1.0)
+    if n_forced < M:
+        warnings.warn(
+            f"gtf_alpha: partial forcing (n_forced={n_forced} < M={M}): alpha damps only the "
+            "forced latents, so no contraction guarantee holds and DEER may still need many "
+            "iterations. Observe/force more latents or check the iteration counts.",
+            GTFGuaranteeWarning,
+            stacklevel=3,
+        )
+    return alpha if per_sequence else float(alpha)

@@ -1,0 +1,348 @@
+"""The linear scan primitive ``h_t = a_t ∘ h_{t-1} + b_t``: validation and backend dispatch.
+
+This is the one dispatch point: validate → allocate → pick a backend → call its kernel. Backend
+modules (:mod:`parscan._scan_sequential`, :mod:`parscan._scan_cpu`, :mod:`parscan._cuda`) export
+the same kernel signatures over C-contiguous ``(B, T, D)`` / ``(B, T, D, D)`` arrays; the
+dispatcher flattens the batch dimensions and copies an input only when it is not C-contiguous,
+aligned and in native byte order (once).
+
+How ``backend="auto"`` chooses (thresholds measured with ``bench/scan.py`` on the 2-core CI
+machine; see ``_choose_host_backend``):
+
+* device input (numba device arrays, ``__cuda_array_interface__`` objects) → ``"cuda"``;
+* host input is never moved to a GPU implicitly (the PCIe round trip of a memory-bound scan
+  costs more than the scan); it runs on ``"sequential"`` or ``"cpu"``;
+* diagonal: ``"cpu"`` when the batch fills the threads (``B >= threads``) or when ``T`` is long
+  enough for a reduce-then-scan over time chunks to beat one core; ``"sequential"`` otherwise;
+* dense: ``"cpu"`` (parallel over the batch only) when ``B >= threads`` and the problem is large
+  enough to amortise the thread start; ``"sequential"`` otherwise. A time-parallel dense scan is
+  never chosen on a CPU: its ``D³`` combines make it 2.5-5x slower than the sequential loop.
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from parscan import _scan_cpu, _scan_sequential
+from parscan._jit import n_threads
+
+_DTYPES = (
+    np.dtype(np.float32),
+    np.dtype(np.float64),
+    np.dtype(np.complex64),
+    np.dtype(np.complex128),
+)
+_DTYPE_NAMES = "float32/float64/complex64/complex128"
+_HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
+
+# Crossovers of ``backend="auto"`` (elements B*T*D, resp. B*T*D*D for dense), measured with
+# ``python bench/scan.py --crossover`` on the 2-core CI machine (numba 0.68, float64, D=16):
+# below these sizes the fork/join of a ``prange`` region (~10-30 µs) costs more than it saves.
+AUTO_MIN_BATCH_ELEMENTS = 1 << 15
+AUTO_MIN_CHUNKED_ELEMENTS = 1 << 17
+AUTO_MIN_DENSE_ELEMENTS = 1 << 15
+
+
+@functools.cache
+def _cuda_available() -> bool:
+    try:
+        from parscan import _cuda
+    except ImportError:
+        return False
+    return _cuda.is_available()
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names accepted by ``linear_scan(..., backend=...)`` on this machine, besides ``"auto"``.
+
+    ``("sequential", "cpu")``, plus ``"cuda"`` when numba.cuda finds a GPU or runs in the CUDA
+    simulator (``NUMBA_ENABLE_CUDASIM=1``).
+    """
+    return ("sequential", "cpu", "cuda") if _cuda_available() else ("sequential", "cpu")
+
+
+def _is_device(x) -> bool:
+    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object."""
+    if x is None or isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+
+
+def _check_backend(backend, on_device: bool) -> str:
+    if not isinstance(backend, str) or backend not in ("auto", "sequential", "cpu", "cuda"):
+        raise ValueError(
+            f"linear_scan: unknown backend {backend!r}; available: "
+            f"{', '.join(repr(x) for x in ('auto', *available_backends()))}."
+        )
+    if backend == "cuda" or on_device:
+        if not _cuda_available():
+            raise ValueError(
+                "linear_scan: backend 'cuda' is not available (numba.cuda finds no GPU; set "
+                "NUMBA_ENABLE_CUDASIM=1 for the simulator); available: "
+                f"{', '.join(repr(x) for x in ('auto', *available_backends()))}."
+            )
+        if backend in ("sequential", "cpu"):
+            raise ValueError(
+                "linear_scan: device arrays need backend 'cuda' or 'auto'; "
+                f"got backend={backend!r}. "
+                "Copy the inputs to the host first (e.g. x.copy_to_host()) to use a CPU backend."
+            )
+        return "cuda"
+    return backend
+
+
+def _validate(a, b, h0) -> bool:
+    """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``).
+
+    Returns True for a dense ``a``. Raises one ``TypeError`` (dtype problems) or ``ValueError``
+    (shape problems only) listing every mismatch found.
+    """
+    dtype_problems = []
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        if x is not None and np.dtype(x.dtype).newbyteorder("=") not in _DTYPES:
+            dtype_problems.append(
+                f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={np.dtype(x.dtype)}. "
+                f"Use {name}.astype(np.float64)."
+            )
+    dtypes = {np.dtype(x.dtype).newbyteorder("=") for x in (a, b, h0) if x is not None}
+    if len(dtypes) > 1:
+        got = ", ".join(
+            f"{name}.dtype={np.dtype(x.dtype)}"
+            for name, x in (("a", a), ("b", b), ("h0", h0))
+            if x is not None
+        )
+        dtype_problems.append(
+            f"`a`, `b` and `h0` must share one dtype; got {got}. Cast them, e.g. a.astype(b.dtype)."
+        )
+
+    shape_problems = []
+    dense = False
+    if b.ndim < 2:
+        shape_problems.append(f"`b` must have shape (..., T, D); got b.shape={tuple(b.shape)}.")
+    else:
+        batch, D = tuple(b.shape)[:-2], tuple(b.shape)[-1]
+        diag_shape = tuple(b.shape)
+        dense_shape = (*b.shape, D)
+        dense = a.ndim == b.ndim + 1
+        if tuple(a.shape) not in (diag_shape, dense_shape):
+            shape_problems.append(
+                "`a` must have shape (..., T, D) (diagonal) or (..., T, D, D) (dense) to match "
+                f"b.shape={tuple(b.shape)}, i.e. {diag_shape} or {dense_shape}; "
+                f"got a.shape={tuple(a.shape)}. Leading batch dimensions must agree exactly "
+                "(no broadcasting)."
+            )
+        if h0 is not None and tuple(h0.shape) != (*batch, D):
+            shape_problems.append(
+                f"`h0` must have shape b.shape[:-2] + (D,) = {(*batch, D)}; "
+                f"got h0.shape={tuple(h0.shape)}."
+            )
+    if dtype_problems:
+        raise TypeError("linear_scan: " + " ".join(dtype_problems + shape_problems))
+    if shape_problems:
+        raise ValueError("linear_scan: " + " ".join(shape_problems))
+    return dense
+
+
+def _extent(x) -> tuple[int, int]:
+    """Byte range ``[lo, hi)`` spanned by a host or device array (for overlap checks)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        lo = hi = x.__cuda_array_interface__["data"][0]
+    else:  # NumPy, or the CUDA simulator's arrays, which wrap NumPy
+        lo = hi = x.ctypes.data
+    for n, stride in zip(x.shape, x.strides, strict=True):
+        if n == 0:
+            return lo, lo
+        if stride < 0:
+            lo += (n - 1) * stride
+        else:
+            hi += (n - 1) * stride
+    return lo, hi + np.dtype(x.dtype).itemsize
+
+
+def _overlap(x, y) -> bool:
+    (lo1, hi1), (lo2, hi2) = _extent(x), _extent(y)
+    return lo1 < hi2 and lo2 < hi1
+
+
+def _check_out(out, a, b, h0) -> None:
+    """``out`` must be a C-contiguous, writeable array like ``b``; it may be ``b`` itself."""
+    problems = []
+    if tuple(out.shape) != tuple(b.shape):
+        problems.append(
+            f"`out` must have b's shape {tuple(b.shape)}; got out.shape={tuple(out.shape)}."
+        )
+    if np.dtype(out.dtype).newbyteorder("=") != np.dtype(b.dtype).newbyteorder("="):
+        raise TypeError(
+            f"linear_scan: `out` must have b's dtype {np.dtype(b.dtype)}; got "
+            f"out.dtype={np.dtype(out.dtype)}. " + " ".join(problems)
+        )
+    if isinstance(out, np.ndarray):
+        ready = out.flags.c_contiguous and out.flags.aligned and out.flags.writeable
+        ready = ready and out.dtype.isnative
+    else:
+        ready = out.is_c_contiguous()
+    if not ready:
+        problems.append("`out` must be C-contiguous, aligned, writeable and native-endian.")
+    same_as_b = _extent(out) == _extent(b) and tuple(out.strides) == tuple(b.strides)
+    if any(x is not None and _overlap(out, x) for x in (a, h0)) or (
+        _overlap(out, b) and not same_as_b
+    ):
+        problems.append("`out` may be `b` itself but must not overlap `a`, `h0` or part of `b`.")
+    if problems:
+        raise ValueError("linear_scan: " + " ".join(problems))
+
+
+def _host_ready(x: np.ndarray) -> np.ndarray:
+    """``x`` itself when C-contiguous, aligned and native-endian, else one copy that is."""
+    return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
+
+
+def _choose_host_backend(dense: bool, B: int, T: int, D: int) -> str:
+    threads = n_threads()
+    if threads < 2:
+        return "sequential"
+    if dense:
+        return "cpu" if B >= threads and B * T * D * D >= AUTO_MIN_DENSE_ELEMENTS else "sequential"
+    if B >= threads:
+        return "cpu" if B * T * D >= AUTO_MIN_BATCH_ELEMENTS else "sequential"
+    return "cpu" if B * T * D >= AUTO_MIN_CHUNKED_ELEMENTS else "sequential"
+
+
+def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto", out=None):
+    """Solve the linear recurrence ``h_t = a_t ∘ h_{t-1} + b_t`` for all t at once.
+
+    Equivalent to this loop (forward; ``h[-1] = h0``, zeros when ``h0`` is None)::
+
+        h = h0
+        for t in range(T):                       # reverse=True: range(T - 1, -1, -1)
+            h = a[..., t] ∘ h + b[..., t, :]     # ∘: a[..., t, :] * h   (diagonal)
+            out[..., t, :] = h                   #    a[..., t, :, :] @ h (dense)
+
+    With ``reverse=True`` the loop runs backwards, ``h[..., t, :] = a[..., t] ∘ h[..., t+1, :]
+    + b[..., t, :]`` with ``h[..., T, :] = h0``.
+
+    The scan is the prefix product under the associative combine of :func:`combine`,
+    ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)``: ``(a_t, b_t) • ... • (a_0, b_0)`` applied to
+    ``h0`` gives ``h_t``, which is what the parallel backends exploit.
+
+    Parameters
+    ----------
+    a : ndarray, shape (..., T, D) or (..., T, D, D)
+        Diagonal (elementwise) or dense (matrix-vector) transition per step.
+    b : ndarray, shape (..., T, D)
+        Input per step. Leading batch dimensions (any number, including none) must equal
+        those of ``a`` and ``h0`` exactly; there is no broadcasting.
+    h0 : ndarray, shape (..., D), optional
+        State before the first step (``h[-1]``, or ``h[T]`` in reverse). Zeros when None.
+    reverse : bool
+        Run the recurrence from ``t = T-1`` down to 0.
+    transpose : bool
+        Dense ``a`` only: use ``a[..., t, :, :].T`` (the adjoint of a forward scan is a reverse
+        scan with transposed matrices, without a copy). Ignored for diagonal ``a``.
+    backend : {"auto", "sequential", "cpu", "cuda"}
+        ``"sequential"``: one compiled loop. ``"cpu"``: Numba threads, parallel over the batch
+        when ``B >= threads``, else a reduce-then-scan over time chunks (diagonal; dense is
+        only ever parallel over the batch). ``"cuda"``: Blelloch scan on the GPU (diagonal, and
+        dense for ``D <= 16``). ``"auto"``: see the module docstring. :func:`available_backends`
+        lists what this machine has.
+    out : ndarray, shape (..., T, D), optional
+        Where to write ``h`` (saves the allocation and page faults of a new array in loops):
+        C-contiguous, writeable, ``b``'s dtype, on the same device as the inputs. It may be
+        ``b`` itself (in-place scan) but must not overlap ``a``, ``h0`` or part of ``b``.
+
+    Returns
+    -------
+    h : ndarray, shape (..., T, D)
+        Same shape and dtype as ``b`` (C-contiguous; ``out`` when given). A numba device array
+        when the inputs are device arrays (``__cuda_array_interface__``), with no host round
+        trip.
+
+    Raises
+    ------
+    TypeError
+        Integer, non-float, or mixed dtypes (all of ``a, b, h0`` must be one of float32,
+        float64, complex64, complex128); host and device arrays mixed.
+    ValueError
+        Wrong ndim or shapes, ``h0`` of the wrong shape, unknown or unavailable backend, an
+        unsuitable ``out``.
+
+    Notes
+    -----
+    NaN and inf propagate as values. ``T = 0`` returns an empty array of ``b``'s shape.
+    Backends agree to rounding; on dyadic data (``a`` in {0, 1/2, 1}, integer ``b``) bit for bit.
+    """
+    on_device = any(_is_device(x) for x in (a, b, h0, out))
+    backend = _check_backend(backend, on_device)
+    if on_device:
+        if not all(_is_device(x) for x in (a, b, h0, out) if x is not None):
+            raise TypeError(
+                "linear_scan: `a`, `b`, `h0` and `out` must all be device arrays or all host "
+                "arrays; got a mix. Copy the host arrays to the device (numba.cuda.to_device)."
+            )
+        from parscan import _cuda
+
+        a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
+    else:
+        a, b = np.asarray(a), np.asarray(b)
+        h0 = None if h0 is None else np.asarray(h0)
+    dense = _validate(a, b, h0)
+    if out is not None:
+        _check_out(out, a, b, h0)
+    if backend == "cuda":
+        from parscan import _cuda
+
+        return _cuda.linear_scan_cuda(a, b, h0, bool(reverse), bool(transpose), dense, out)
+
+    if out is None:
+        out = np.empty(b.shape, dtype=b.dtype.newbyteorder("="))
+    if out.size == 0:
+        return out
+    T, D = b.shape[-2:]
+    B = math.prod(b.shape[:-2])
+    if backend == "auto":
+        backend = _choose_host_backend(dense, B, T, D)
+    kernels = _HOST_KERNELS[backend]
+    b3 = _host_ready(b).reshape(B, T, D)
+    h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)
+    out3 = out.reshape(B, T, D)
+    if dense:
+        kernels.scan_dense(
+            _host_ready(a).reshape(B, T, D, D), b3, h03, bool(reverse), bool(transpose), out3
+        )
+    else:
+        kernels.scan_diag(_host_ready(a).reshape(B, T, D), b3, h03, bool(reverse), out3)
+    return out
+
+
+def combine(pair2, pair1):
+    """Associative operator of the scan: ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)``.
+
+    ``pair1 = (A1, b1)`` is the *earlier* step. Applying the result to a state ``h`` equals
+    applying ``pair1`` then ``pair2``: ``A2 (A1 h + b1) + b2``. Diagonal pairs (``A`` of shape
+    ``(..., D)``) multiply elementwise; dense pairs (``A`` of shape ``(..., D, D)``) use matrix
+    products. Leading dimensions broadcast as in NumPy.
+
+    Parameters
+    ----------
+    pair2 : tuple of ndarray, shapes ((..., D) or (..., D, D), (..., D))
+        The later step ``(A2, b2)``.
+    pair1 : tuple of ndarray, same kind as ``pair2``
+        The earlier step ``(A1, b1)``.
+
+    Returns
+    -------
+    (A, b) : tuple of ndarray
+        ``(A2 A1, A2 b1 + b2)``.
+    """
+    (A2, b2), (A1, b1) = (tuple(np.asarray(x) for x in pair) for pair in (pair2, pair1))
+    dense2, dense1 = A2.ndim == b2.ndim + 1, A1.ndim == b1.ndim + 1
+    if dense2 != dense1 or A2.ndim not in (b2.ndim, b2.ndim + 1):
+        raise ValueError(
+            "combine: both pairs must be diagonal (A of shape (..., D)) or both dense "
+            f"(A of shape (..., D, D)); got A2.shape={A2.shape}, b2.shape={b2.shape}, "
+            f"A1.shape={A1.shape}, b1.shape={b1.shape}."
+        )
+    if dense2:
+        return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
+    return A2 * A1, A2 * b1 + b2

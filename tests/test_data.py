@@ -1,0 +1,174 @@
+"""Data loading, validation and standardisation."""
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from models.data import check_trajectory, destandardize, load_data, standardize
+
+X = np.array([[0.0, 1.0], [1.5, -2.0], [3.0, 4.25], [-1.0, 0.5]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_npy_roundtrip_gives_float64(tmp_path, dtype):
+    path = tmp_path / "x.npy"
+    np.save(path, X.astype(dtype))
+    out = load_data(path)
+    assert out.dtype == np.float64 and out.shape == X.shape
+    np.testing.assert_array_equal(out, X.astype(dtype).astype(np.float64))
+
+
+def test_one_dimensional_series_is_one_column(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(5.0))
+    assert load_data(str(path)).shape == (5, 1)
+
+
+def test_npz_single_named_and_ambiguous(tmp_path):
+    single = tmp_path / "single.npz"
+    np.savez(single, data=X)
+    np.testing.assert_array_equal(load_data(single), X)
+    several = tmp_path / "several.npz"
+    np.savez(several, train=X, test=2 * X)
+    np.testing.assert_array_equal(load_data(several, key="test"), 2 * X)
+    with pytest.raises(ValueError, match=r"holds 2 arrays \(train, test\); pass key="):
+        load_data(several)
+    with pytest.raises(ValueError, match=r"has no array 'val'; available: train, test"):
+        load_data(several, key="val")
+    with pytest.raises(ValueError, match=r"key='train' applies to .npz files only"):
+        np.save(tmp_path / "x.npy", X)
+        load_data(tmp_path / "x.npy", key="train")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0,1\n1.5,-2\n3,4.25\n-1,0.5\n",
+        "x,y\n0,1\n1.5,-2\n3,4.25\n-1,0.5\n",
+        "# a comment\nx y\n0 1\n1.5   -2\n\n3\t4.25\n-1 0.5\n",
+        "0.0e0 1\n1.5 -2\n3 4.25\n-1 5e-1\n",
+    ],
+)
+def test_csv_header_optional_comma_or_whitespace(tmp_path, text):
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    np.testing.assert_array_equal(load_data(path), X)
+    txt = tmp_path / "x.txt"
+    txt.write_text(text)
+    np.testing.assert_array_equal(load_data(txt), X)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("ragged.csv", "1,2\n3\n4,5\n", r"rows have different numbers of columns"),
+        ("words.csv", "a,b\n1,2\nc,3\n", r"non-numeric entry"),
+        ("empty.csv", "# nothing\n\n", r"no data rows"),
+        ("broken.npy", b"not a numpy file", r"cannot read .*broken.npy"),
+        ("broken.npz", b"PK\x03\x04garbage", r"cannot read .*broken.npz"),
+    ],
+)
+def test_malformed_files_give_value_errors_with_the_path(tmp_path, name, content, match):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_data(path)
+    assert str(path.name) in str(info.value)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"load_data: cannot read .*obj.npy.*allow_pickle"):
+        load_data(path)
+    raw = tmp_path / "raw.npy"
+    raw.write_bytes(pickle.dumps(X))
+    with pytest.raises(ValueError, match=r"load_data: cannot read"):
+        load_data(raw)
+
+
+def test_missing_file_and_unsupported_suffix(tmp_path):
+    with pytest.raises(ValueError, match=r"load_data: no such file .*nope.npy"):
+        load_data(tmp_path / "nope.npy")
+    with pytest.raises(ValueError, match=r"unsupported file type '.mat'.*supported: .npy"):
+        load_data(tmp_path / "x.mat")
+    with pytest.raises(TypeError, match=r"load_data: path must be a str or Path"):
+        load_data(3)
+
+
+def test_validation_reports_first_bad_value(tmp_path):
+    bad = X.copy()
+    bad[2, 1] = np.nan
+    bad[3, 0] = np.inf
+    path = tmp_path / "bad.npy"
+    np.save(path, bad)
+    with pytest.raises(ValueError, match=r"2 NaN/inf value\(s\); the first is nan at row 2, col"):
+        load_data(path)
+
+
+def test_validation_shape_steps_constant_and_kind(tmp_path):
+    cases = [
+        (np.zeros((2, 2, 2)), ValueError, r"must be 2-D of shape \(T, N\); got shape \(2, 2, 2\)"),
+        (np.column_stack([X[:, 0], np.ones(4)]), ValueError, r"constant in column\(s\) \[1\]"),
+        (X > 0, TypeError, r"must be a real numeric array; got dtype bool"),
+        (X + 1j, TypeError, r"got dtype complex128"),
+    ]
+    for i, (arr, exc, match) in enumerate(cases):
+        path = tmp_path / f"c{i}.npy"
+        np.save(path, arr)
+        with pytest.raises(exc, match=match):
+            load_data(path)
+    path = tmp_path / "short.npy"
+    np.save(path, X)
+    with pytest.raises(ValueError, match=r"short.npy has 4 time steps; at least 201 are needed"):
+        load_data(path, min_steps=201)
+    with pytest.raises(ValueError, match=r"min_steps must be an int >= 1"):
+        load_data(path, min_steps=0)
+
+
+def test_check_trajectory_allows_constant_when_asked():
+    flat = np.ones((3, 2))
+    assert check_trajectory(flat, "f", constant=True) is not None
+    with pytest.raises(ValueError, match=r"f: y is constant"):
+        check_trajectory(flat, "f", name="y")
+    with pytest.raises(ValueError, match=r"f: x has no dimensions"):
+        check_trajectory(np.zeros((3, 0)), "f")
+
+
+finite_data = hnp.arrays(
+    np.float64,
+    st.tuples(st.integers(2, 30), st.integers(1, 4)),
+    elements=st.floats(-1e3, 1e3, allow_nan=False),
+)
+
+
+@given(finite_data)
+def test_standardize_roundtrip(x):
+    assume(np.all(x.std(axis=0) > 1e-3 * (1 + np.abs(x).max())))
+    z, mean, sd = standardize(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(z.std(axis=0), 1, rtol=1e-9)
+    np.testing.assert_allclose(destandardize(z, mean, sd), x, rtol=1e-9, atol=1e-9)
+
+
+def test_standardize_rejects_constant_dimension():
+    with pytest.raises(ValueError, match=r"standardize: x is constant in column\(s\) \[0\]"):
+        standardize(np.column_stack([np.ones(5), np.arange(5.0)]))
+
+
+def test_destandardize_validation():
+    with pytest.raises(ValueError, match=r"destandardize: expected x_std of shape \(\.\.\., N\)"):
+        destandardize(np.zeros((3, 2)), np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match=r"sd must be finite and > 0"):
+        destandardize(np.zeros((3, 2)), np.zeros(2), np.array([1.0, 0.0]))
+    np.testing.assert_array_equal(
+        destandardize(np.ones((2, 3, 2)), np.array([1.0, 2.0]), np.array([2.0, 3.0]))[1, 2],
+        [3.0, 5.0],
+    )

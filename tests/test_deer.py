@@ -1,0 +1,384 @@
+"""DEER / GTF-DEER (``parscan.deer``) against the sequential solve and a NumPy loop.
+
+Models: an Euler-discretised Lorenz-63 map written here in NumPy (chaotic, no compile) and
+every piecewise-linear model of ``models/``. Sizes are small: JIT compilation dominates.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from reference import forced_recursion_reference
+
+from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
+from models.base import LatentRNN
+from parscan import (
+    DeerConvergenceError,
+    DeerResult,
+    DeerStatus,
+    deer_solve,
+    gtf_alpha,
+    sequential_solve,
+)
+from parscan.gtf import GTFGuaranteeWarning
+
+# Agreement of DEER with the sequential solves (default stopping tolerances), per dtype.
+TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 2e-4}
+
+
+class EulerLorenz(LatentRNN):
+    """``z' = z + dt f(z)`` with the Lorenz-63 vector field (sigma, rho, beta = 10, 28, 8/3);
+    chaotic for ``dt = 0.01``. NumPy only (the solver is duck-typed on the contract)."""
+
+    def __init__(self, dt=0.01, dtype="float64", seed=0):
+        self.M = self.n_obs = 3
+        self.dt = dt
+        self._setup(dtype)
+        self.init(seed)
+
+    def param_spec(self):
+        return [("p", (3,))]
+
+    def hyperparameters(self):
+        return {"dt": self.dt, "dtype": self.dtype.name}
+
+    def init(self, seed=0):
+        self.params[:] = (10.0, 28.0, 8.0 / 3.0)
+        return self
+
+    @np.errstate(over="ignore", invalid="ignore")  # NaN/inf must propagate, not warn
+    def _evaluate(self, z, diag):
+        s, r, b = self.params
+        dt = self.dtype.type(self.dt)
+        x, y, w = z[..., 0], z[..., 1], z[..., 2]
+        f = np.stack(
+            [x + dt * s * (y - x), y + dt * (x * (r - w) - y), w + dt * (x * y - b * w)], -1
+        )
+        one, zero = np.ones_like(x), np.zeros_like(x)
+        if diag:
+            return f, np.stack([one - dt * s, one - dt, one - dt * b], -1)
+        rows = [
+            [one - dt * s, dt * s * one, zero],
+            [dt * (r - w), one - dt, -dt * x],
+            [dt * y, dt * x, one - dt * b],
+        ]
+        return f, np.stack([np.stack(row, -1) for row in rows], -2)
+
+    def step(self, z):
+        return self._evaluate(z, True)[0]
+
+    def jacobian(self, z):
+        return self._evaluate(z, False)[1]
+
+    def jacobian_diag(self, z):
+        return self._evaluate(z, True)[1]
+
+    def step_and_jacobian(self, z, diag=False, out=None):
+        f, j = self._evaluate(z, diag)
+        if out is None:
+            return f, j
+        out[0][...] = f
+        out[1][...] = j
+        return out
+
+    def param_vjp(self, z_prev, cotangent):
+        raise NotImplementedError
+
+    def norm_bound(self):
+        return np.inf
+
+    def simulate(self, z0, n_steps):
+        out = np.empty((*z0.shape[:-1], n_steps, 3), dtype=self.dtype)
+        z = z0
+        for t in range(n_steps):
+            z = out[..., t, :] = self.step(z)
+        return out
+
+
+def lorenz_data(T, seed=0, noise=0.5):
+    """A point on the attractor and ``T`` noisy observations of the orbit after it."""
+    m = EulerLorenz()
+    z0 = m.simulate(np.array([1.0, 1.0, 20.0]), 3000)[-1]
+    orbit = m.simulate(z0, T)
+    return z0, orbit + noise * np.random.default_rng(seed).standard_normal(orbit.shape)
+
+
+def make_model(name, dtype="float64", seed=0):
+    """A model of ``models/`` (M=4, N=3) with lab-initialised weights and random biases, so
+    both relu regimes are visited; orbits stay bounded."""
+    if name == "Lorenz":
+        return EulerLorenz(dtype=dtype)
+    cls = {"ShPLRNN": ShPLRNN, "ClippedShPLRNN": ClippedShPLRNN, "ALRNN": ALRNN, "PLRNN": PLRNN}
+    kwargs = {"L": 6} if "Sh" in name else {"P": 2} if name == "ALRNN" else {}
+    m = cls[name](M=4, n_obs=3, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed + 100)
+    for block in ("h1", "h2", "h"):
+        if block in m.unflatten():
+            m[block][...] = rng.uniform(-0.5, 0.5, m[block].shape)
+    return m.astype(dtype)
+
+
+MODEL_NAMES = ["Lorenz", "ShPLRNN", "ClippedShPLRNN", "ALRNN", "PLRNN"]
+
+
+def problem(model, batch, T, mode, seed=0):
+    """``(z0, forcing, alpha, n_forced)`` for a free run, full or partial forcing."""
+    rng = np.random.default_rng(seed)
+    dt = model.dtype
+    if isinstance(model, EulerLorenz):
+        z0_one, data = lorenz_data(T, seed)
+        z0 = (z0_one + rng.standard_normal((*batch, 3))).astype(dt)
+        forcing = (data + rng.standard_normal((*batch, T, 3))).astype(dt)
+    else:
+        z0 = rng.standard_normal((*batch, model.M)).astype(dt)
+        forcing = rng.standard_normal((*batch, T, model.n_obs)).astype(dt)
+    if mode == "free":
+        return z0, None, 0.0, None
+    if mode == "full":
+        return z0, forcing, 0.3, None
+    alpha = rng.uniform(0.1, 0.9, batch).astype(dt) if batch else 0.5
+    return z0, forcing[..., :2], alpha, 1  # partial: N = 2 observed, 1 forced
+
+
+CASES = [
+    (batch, T, mode)
+    for (batch, T), mode in zip(
+        itertools.product([(), (3,), (2, 3)], [1, 2, 7, 50]),
+        itertools.cycle(["free", "full", "partial"]),
+        strict=False,
+    )
+]
+
+
+@pytest.fixture(scope="module", params=MODEL_NAMES)
+def model_name(request):
+    return request.param
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diag"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_deer_matches_sequential_and_reference(model_name, dtype, jacobian):
+    model = make_model(model_name, dtype)
+    tol = TOL[model.dtype]
+    for batch, T, mode in CASES:
+        z0, forcing, alpha, n_forced = problem(model, batch, T, mode)
+        kw = {"forcing": forcing, "alpha": alpha, "n_forced": n_forced}
+        res = deer_solve(model, z0, T, jacobian=jacobian, **kw)
+        seq = sequential_solve(model, z0, T, **kw)
+        ref_states, ref_pred = forced_recursion_reference(model.step, z0, T, **kw)
+        where = f"{model_name} {dtype} {jacobian} batch={batch} T={T} {mode}"
+        assert isinstance(res, DeerResult)
+        assert res.states.shape == res.predictions.shape == (*batch, T, model.M), where
+        assert res.states.dtype == res.predictions.dtype == model.dtype, where
+        assert res.status is DeerStatus.CONVERGED and res.converged.all(), where
+        assert res.n_iter.shape == res.converged.shape == batch, where
+        assert np.all((res.n_iter >= 1) & (res.n_iter <= T)), where
+        assert res.residuals.ndim == 1 and res.residuals.size == res.n_iter.max(), where
+        scale = 1.0 + np.max(np.abs(ref_states))
+        for got, want in [(res.states, seq), (res.states, ref_states), (seq, ref_states)]:
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=where)
+        np.testing.assert_allclose(
+            res.predictions, ref_pred, rtol=tol, atol=tol * scale, err_msg=where
+        )
+
+
+def test_full_newton_on_piecewise_linear_model_is_exact_to_rounding():
+    """Newton stops once the relu pattern is fixed: the result is the sequential one to
+    rounding, not just to the stopping tolerance."""
+    model = make_model("ShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (4,), 200, "full")
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha)
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
+    np.testing.assert_allclose(res.states, seq, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES[1:])
+def test_free_run_equals_simulate(model_name):
+    model = make_model(model_name)
+    z0 = np.random.default_rng(3).standard_normal((2, model.M))
+    res = deer_solve(model, z0, 40)
+    np.testing.assert_allclose(res.states, model.simulate(z0, 40), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(res.predictions, res.states, rtol=1e-12, atol=1e-12)
+    assert res.alpha == 0.0
+
+
+def test_free_run_of_chaotic_lorenz_equals_simulate():
+    model = EulerLorenz()
+    z0, _ = lorenz_data(1)
+    res = deer_solve(model, z0, 50)
+    np.testing.assert_allclose(res.states, model.simulate(z0, 50), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "jacobian", "mode"),
+    [("Lorenz", "full", "free"), ("Lorenz", "diag", "full"), ("ALRNN", "full", "partial")],
+)
+def test_causality_first_k_states_exact_after_k_iterations(model_name, jacobian, mode):
+    model = make_model(model_name)
+    T = 40
+    z0, forcing, alpha, n_forced = problem(model, (2,), T, mode)
+    kw = {"forcing": forcing, "alpha": 0.0 if forcing is None else alpha, "n_forced": n_forced}
+    ref, _ = forced_recursion_reference(model.step, z0, T, **kw)
+    scale = np.max(np.abs(ref))
+    for k in (1, 2, 3, 5):
+        res = deer_solve(model, z0, T, jacobian=jacobian, max_iter=k, throw=False, **kw)
+        assert np.all(res.n_iter <= k)
+        np.testing.assert_allclose(
+            res.states[:, :k], ref[:, :k], rtol=0, atol=1e-12 * scale, err_msg=f"k={k}"
+        )
+    # T iterations are always enough (exact by causality): reported as converged even when
+    # the last update does not meet the tolerance.
+    kw3 = {**kw, "forcing": None if forcing is None else forcing[:, :3]}
+    res = deer_solve(model, z0, 3, jacobian=jacobian, max_iter=3, tol=1e-300, **kw3)
+    assert res.ok and np.all(res.n_iter == 3) and res.residuals[-1] > 1e-300
+
+
+@pytest.mark.parametrize("T", [100, 1000, 10000])
+def test_auto_alpha_keeps_newton_iterations_small_on_chaotic_lorenz(T):
+    model = EulerLorenz()
+    z0, data = lorenz_data(T, seed=1)
+    res = deer_solve(model, z0, forcing=data, alpha="auto")
+    assert res.ok
+    assert int(res.n_iter) <= 10
+    assert res.alpha == pytest.approx(gtf_alpha(model, data))
+    assert 0.09 < res.alpha < 0.2  # 1 - 1/max||J|| is about 0.1 for dt = 0.01
+    seq = sequential_solve(model, z0, forcing=data, alpha=res.alpha)
+    np.testing.assert_allclose(res.states, seq, rtol=1e-9, atol=1e-9)
+
+
+def test_plain_deer_on_chaotic_lorenz_needs_many_iterations():
+    """The contrast that makes the auto-alpha test meaningful: alpha = 0 is slow."""
+    model = EulerLorenz()
+    z0, data = lorenz_data(1000, seed=1)
+    res = deer_solve(model, z0, forcing=data, alpha=0.0, max_iter=10, throw=False)
+    assert not res.ok  # max_iter, or the iterates blew up (diverging / overflow to inf)
+
+
+def test_per_sequence_alpha_and_stopping():
+    """Each sequence uses its own alpha and stops on its own; a stopped one does not change."""
+    model = make_model("ShPLRNN")
+    z0, forcing, _, _ = problem(model, (3,), 60, "full")
+    alpha = np.array([0.0, 0.5, 1.0])
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha)
+    for i in range(3):
+        one = deer_solve(model, z0[i], forcing=forcing[i], alpha=float(alpha[i]))
+        np.testing.assert_array_equal(res.states[i], one.states)
+        assert res.n_iter[i] == one.n_iter
+    np.testing.assert_array_equal(res.alpha, alpha)
+    # alpha = 1 copies the data into the forced part
+    np.testing.assert_array_equal(res.states[2, :, :3], forcing[2])
+
+
+def test_user_init_is_used():
+    model = make_model("PLRNN")
+    z0, forcing, alpha, _ = problem(model, (2,), 30, "full")
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, init=seq)
+    assert np.all(res.n_iter == 1)
+    np.testing.assert_allclose(res.states, seq, rtol=1e-13, atol=1e-13)
+
+
+def test_empty_time_and_batch():
+    model = make_model("ShPLRNN")
+    res = deer_solve(model, np.zeros(4), 0)
+    assert res.states.shape == (0, 4) and res.ok and res.n_iter == 0
+    res = deer_solve(model, np.zeros((0, 4)), 5)
+    assert res.states.shape == (0, 5, 4) and res.ok
+    assert sequential_solve(model, np.zeros(4), 0).shape == (0, 4)
+
+
+def test_max_iter_too_small_raises_documented_error():
+    model = EulerLorenz()
+    z0, data = lorenz_data(500, seed=2)
+    with pytest.raises(DeerConvergenceError, match=r"max_iter.*alpha='auto'") as info:
+        deer_solve(model, z0, forcing=data, alpha=0.2, max_iter=2)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert "2 iteration(s)" in str(err) and "last max update" in str(err)
+    assert err.result.status is DeerStatus.MAX_ITER
+    assert not err.result.converged and err.result.n_iter == 2
+    res = deer_solve(model, z0, forcing=data, alpha=0.2, max_iter=2, throw=False)
+    assert res.status is DeerStatus.MAX_ITER and not res.ok
+    assert str(res.status.value).startswith("max_iter:")
+
+
+def test_nan_in_forcing_or_z0_is_non_finite_and_kept():
+    model = make_model("ClippedShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (3,), 20, "full")
+    forcing[1, 7, 0] = np.nan
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, throw=False)
+    assert res.status is DeerStatus.NON_FINITE
+    np.testing.assert_array_equal(res.converged, [True, False, True])
+    assert np.isfinite(res.states[1, :7]).all() and np.isnan(res.states[1, 7, 0])
+    assert np.isnan(res.states[1, 8:]).all()
+    assert np.isfinite(res.states[[0, 2]]).all()
+    with pytest.raises(DeerConvergenceError, match="non_finite"):
+        deer_solve(model, z0, forcing=forcing, alpha=alpha)
+    z0[0, 1] = np.inf
+    res = deer_solve(model, z0, 20, throw=False)
+    assert res.status is DeerStatus.NON_FINITE and not res.converged[0]
+    assert not np.isfinite(res.states[0]).any()
+
+
+def test_diverging_plain_deer_on_chaotic_free_run():
+    model = EulerLorenz()
+    z0, _ = lorenz_data(1)
+    res = deer_solve(model, z0, 100, throw=False)
+    assert res.status is DeerStatus.DIVERGING
+    assert res.n_iter < 100
+    with pytest.raises(DeerConvergenceError, match="diverging"):
+        deer_solve(model, z0, 100)
+
+
+def test_auto_alpha_with_partial_forcing_warns():
+    model = make_model("ShPLRNN")
+    z0, forcing, _, _ = problem(model, (2,), 30, "full")
+    with pytest.warns(GTFGuaranteeWarning, match="partial forcing"):
+        res = deer_solve(model, z0, forcing=forcing, alpha="auto")
+    assert res.ok and 0.0 <= res.alpha <= 1.0
+
+
+def test_validation_errors():
+    model = make_model("ShPLRNN")
+    z0 = np.zeros((2, 4))
+    x = np.zeros((2, 10, 3))
+    cases = [
+        (ValueError, r"`z0` must have shape \(\.\.\., M\) with M=4", dict(z0=np.zeros(3), T=5)),
+        (TypeError, r"model dtype float64; got float32", dict(z0=z0.astype(np.float32), T=5)),
+        (TypeError, r"`forcing` must have the model dtype", dict(forcing=x.astype(np.float32))),
+        (ValueError, r"`T` is required", dict()),
+        (ValueError, r"`T`=7 disagrees with forcing.shape\[-2\]=10", dict(T=7, forcing=x)),
+        (ValueError, r"1 <= N <= M=4", dict(forcing=np.zeros((2, 10, 5)))),
+        (ValueError, r"z0.shape\[:-1\] \+ \(T, N\)", dict(forcing=np.zeros((3, 10, 3)))),
+        (ValueError, r"`alpha` must lie in \[0, 1\]", dict(forcing=x, alpha=1.5)),
+        (ValueError, r"`alpha` must lie in \[0, 1\]", dict(forcing=x, alpha=-0.1)),
+        (ValueError, r"`alpha` must lie in \[0, 1\]", dict(forcing=x, alpha=np.nan)),
+        (ValueError, r"shape z0.shape\[:-1\] = \(2,\)", dict(forcing=x, alpha=np.zeros(3))),
+        (ValueError, r"acts only on forced runs", dict(T=5, alpha=0.5)),
+        (ValueError, r"alpha='auto' needs `forcing`", dict(T=5, alpha="auto")),
+        (ValueError, r"or 'auto'; got 'sup'", dict(forcing=x, alpha="sup")),
+        (ValueError, r"`n_forced` must be in \[0, N\]", dict(forcing=x, n_forced=4)),
+        (ValueError, r"`n_forced` needs `forcing`", dict(T=5, n_forced=1)),
+        (ValueError, r"`init` must have shape", dict(forcing=x, init=np.zeros((2, 9, 4)))),
+        (ValueError, r"`jacobian` must be 'full' or 'diag'", dict(T=5, jacobian="dense")),
+        (ValueError, r"`tol` must be", dict(T=5, tol=-1.0)),
+        (ValueError, r"`max_iter` must be a positive int", dict(T=5, max_iter=0)),
+        (TypeError, r"`throw` must be a bool", dict(T=5, throw="yes")),
+    ]
+    for exc, match, kwargs in cases:
+        kwargs = {"z0": z0, **kwargs}
+        with pytest.raises(exc, match="^deer_solve: .*" + match):
+            deer_solve(model, **kwargs)
+    with pytest.raises(TypeError, match="^deer_solve: `model` must follow the LatentRNN"):
+        deer_solve(object(), z0, 5)
+    with pytest.raises(ValueError, match="^sequential_solve: .*compute one with parscan.gtf"):
+        sequential_solve(model, z0, forcing=x, alpha="auto")
+
+
+def test_all_mismatches_reported_at_once():
+    model = make_model("ShPLRNN")
+    with pytest.raises(ValueError) as info:
+        deer_solve(model, np.zeros(5), forcing=np.zeros((10, 3)), alpha=2.0, n_forced=7)
+    message = str(info.value)
+    for part in ("`z0` must have shape", "`n_forced` must be in", "`alpha` must lie"):
+        assert part in message

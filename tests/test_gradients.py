@@ -1,0 +1,170 @@
+"""gtf_loss_and_grad: finite differences, DEER vs sequential BPTT, the NumPy BPTT oracle, errors.
+
+Sizes are tiny and float64 almost everywhere: one compile per model family and method (the
+sequential BPTT kernel is compiled once per process and family; see autodiff/_bptt_kernels).
+"""
+
+import numpy as np
+import pytest
+from reference import gtf_bptt_reference
+
+from autodiff.gradients import GradInfo, gtf_loss_and_grad
+from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
+from parscan import DeerConvergenceError, DeerStatus, gtf_alpha
+
+B, T, N = 3, 12, 2
+ALPHAS = np.array([0.15, 0.4, 0.0])
+FD_STEP = 1e-6
+FD_RTOL = 1e-6
+
+MODELS = {
+    "shplrnn": lambda: ShPLRNN(3, 6, n_obs=N, seed=1),
+    "clipped": lambda: ClippedShPLRNN(3, 6, n_obs=N, seed=2),
+    "alrnn": lambda: ALRNN(4, 2, n_obs=N, seed=3),
+    "plrnn": lambda: PLRNN(3, n_obs=N, seed=4),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return 0.7 * rng.standard_normal((B, T + 1, N))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model(request):
+    m = MODELS[request.param]()
+    # Move the parameters off the lab's initialisation so every block matters.
+    rng = np.random.default_rng(5)
+    mask = _tangent_mask(m)
+    m.params[...] += 0.1 * rng.standard_normal(m.n_params) * mask
+    return m
+
+
+def _tangent_mask(model):
+    """1 for free parameters, 0 for structurally fixed ones (the PLRNN's zero diag(W))."""
+    mask = np.ones(model.n_params)
+    if isinstance(model, PLRNN):
+        np.fill_diagonal(model.unflatten(mask)["W"], 0.0)
+    return mask
+
+
+def _loss(model, data, params, **kw):
+    saved = model.params.copy()
+    model.params[...] = params
+    try:
+        return gtf_loss_and_grad(model, data, **kw)[0]
+    finally:
+        model.params[...] = saved
+
+
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+@pytest.mark.parametrize("n_forced", [None, 1])
+def test_gradient_matches_finite_differences(model, data, method, n_forced):
+    kw = {"alpha": ALPHAS, "method": method, "n_forced": n_forced}
+    loss, grad, info = gtf_loss_and_grad(model, data, **kw)
+    assert isinstance(info, GradInfo) and info.converged and info.method == method
+    assert grad.shape == model.params.shape and grad.dtype == model.dtype
+    assert np.isfinite(loss)
+    rng = np.random.default_rng(11)
+    p0 = model.params.copy()
+    mask = _tangent_mask(model)
+    for _ in range(3):
+        v = rng.standard_normal(model.n_params) * mask
+        fd = (
+            _loss(model, data, p0 + FD_STEP * v, **kw) - _loss(model, data, p0 - FD_STEP * v, **kw)
+        ) / (2 * FD_STEP)
+        assert abs(grad @ v - fd) <= FD_RTOL * abs(fd), (grad @ v, fd)
+    # The initial-state map gets its gradient through initial_state_vjp.
+    if "L0" in model.unflatten():
+        assert np.any(model.unflatten(grad)["L0"] != 0)
+
+
+def test_deer_and_sequential_agree(model, data):
+    l_d, g_d, info_d = gtf_loss_and_grad(model, data, alpha=ALPHAS, method="deer")
+    l_s, g_s, info_s = gtf_loss_and_grad(model, data, alpha=ALPHAS, method="sequential")
+    assert info_d.newton_iters_max >= 1 and info_s.newton_iters_max == 0
+    np.testing.assert_allclose(l_d, l_s, rtol=1e-10)
+    np.testing.assert_allclose(g_d, g_s, rtol=1e-8, atol=1e-10 * np.abs(g_s).max())
+
+
+@pytest.mark.parametrize("cls, clipped", [(ShPLRNN, 0), (ClippedShPLRNN, 1)])
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+def test_matches_numpy_bptt_reference(data, cls, clipped, method):
+    model = cls(3, 6, n_obs=N, seed=7)
+    model.params[...] += 0.1 * np.random.default_rng(1).standard_normal(model.n_params)
+    blocks = {k: v.copy() for k, v in model.unflatten().items()}
+    ref_loss, ref_grads = gtf_bptt_reference(blocks, clipped, data, ALPHAS, n_forced=1)
+    loss, grad, _ = gtf_loss_and_grad(model, data, alpha=ALPHAS, method=method, n_forced=1)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    for name, g in model.unflatten(grad).items():
+        np.testing.assert_allclose(g, ref_grads[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_quasi_deer_forward_gives_the_same_gradient(data):
+    model = MODELS["shplrnn"]()
+    _, g_full, _ = gtf_loss_and_grad(model, data, alpha=0.3, jacobian="full")
+    _, g_diag, info = gtf_loss_and_grad(model, data, alpha=0.3, jacobian="diag")
+    assert info.converged
+    np.testing.assert_allclose(g_diag, g_full, rtol=1e-7, atol=1e-12)
+
+
+def test_float32_agrees_with_float64(data):
+    m64 = MODELS["shplrnn"]()
+    m32 = m64.astype("float32")
+    l64, g64, _ = gtf_loss_and_grad(m64, data, alpha=0.3)
+    for method in ("deer", "sequential"):
+        l32, g32, _ = gtf_loss_and_grad(m32, data.astype(np.float32), alpha=0.3, method=method)
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(l32, l64, rtol=1e-5)
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
+
+
+def test_single_step_window():
+    model = MODELS["shplrnn"]()
+    x = np.random.default_rng(2).standard_normal((2, 2, N))
+    l_d, g_d, _ = gtf_loss_and_grad(model, x, alpha=0.5)
+    l_s, g_s, _ = gtf_loss_and_grad(model, x, alpha=0.5, method="sequential")
+    np.testing.assert_allclose(l_d, l_s, rtol=1e-12)
+    np.testing.assert_allclose(g_d, g_s, rtol=1e-10, atol=1e-14)
+
+
+def test_auto_alpha_is_the_sup_estimate(data):
+    model = ShPLRNN(2, 6, seed=3)
+    _, _, info = gtf_loss_and_grad(model, data, alpha="auto")
+    assert info.alpha == gtf_alpha(model, data[:, 1:])
+    _, _, info_s = gtf_loss_and_grad(model, data, alpha="auto", method="sequential")
+    assert info_s.alpha == info.alpha
+
+
+def test_unconverged_forward_never_returns_a_gradient(data):
+    model = MODELS["shplrnn"]()
+    with pytest.raises(DeerConvergenceError, match="max_iter"):
+        gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1)
+    loss, grad, info = gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1, throw=False)
+    assert grad is None and np.isnan(loss)
+    assert not info.converged and info.status is DeerStatus.MAX_ITER
+
+
+def test_errors(data):
+    model = MODELS["shplrnn"]()
+    with pytest.raises(TypeError, match=r"gtf_loss_and_grad: .*ssm_loss_and_grad"):
+        gtf_loss_and_grad(LinearSSM(N, 4, 8), data, alpha=0.1)
+    with pytest.raises(TypeError, match=r"gtf_loss_and_grad: .*dtype float64; got float32"):
+        gtf_loss_and_grad(model, data.astype(np.float32), alpha=0.1)
+    with pytest.raises(ValueError, match=r"gtf_loss_and_grad: .*\(B, T\+1, N\)"):
+        gtf_loss_and_grad(model, data[:, :1], alpha=0.1)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
+        gtf_loss_and_grad(model, data, alpha=1.5)
+    with pytest.raises(ValueError, match=r"shape \(B,\) = \(3,\)"):
+        gtf_loss_and_grad(model, data, alpha=np.zeros(2))
+    with pytest.raises(ValueError, match="method must be one of"):
+        gtf_loss_and_grad(model, data, alpha=0.1, method="bptt")
+    with pytest.raises(ValueError, match="jacobian must be one of"):
+        gtf_loss_and_grad(model, data, alpha=0.1, jacobian="dense")
+    with pytest.raises(ValueError, match=r"n_forced must be in \[0, N=2\]"):
+        gtf_loss_and_grad(model, data, alpha=0.1, n_forced=3)
+    bad = data.copy()
+    bad[1, 4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf \(first at data\[1, 4, 0\]\)"):
+        gtf_loss_and_grad(model, bad, alpha=0.1)

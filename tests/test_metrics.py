@@ -1,0 +1,527 @@
+"""DSR measures: golden values from independent NumPy computations, properties, evaluate()."""
+
+import collections
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from models import metrics
+from models.base import LatentRNN
+from models.metrics import (
+    evaluate,
+    lyapunov_spectrum,
+    max_lyapunov,
+    power_spectrum_distance,
+    prediction_error,
+    state_space_divergence,
+)
+from models.systems import SYSTEMS, generate
+
+EPS = 1e-5
+
+
+class MapRNN(LatentRNN):
+    """Test model: ``z_t = A z_{t-1} + c`` or ``tanh(A z_{t-1} + c)``; M = N (no L0)."""
+
+    def __init__(self, A, c=None, nonlinear=False, dtype="float64"):
+        A = np.asarray(A, dtype=np.float64)
+        self.M = self.n_obs = A.shape[0]
+        self.nonlinear = nonlinear
+        self._setup(dtype)
+        self["A"][...] = A
+        self["c"][...] = 0.0 if c is None else c
+
+    def param_spec(self):
+        return [("A", (self.M, self.M)), ("c", (self.M,)), *self._init_map_spec()]
+
+    def hyperparameters(self):
+        return {
+            "A": self["A"].tolist(),
+            "c": self["c"].tolist(),
+            "nonlinear": self.nonlinear,
+            "dtype": self.dtype.name,
+        }
+
+    def init(self, seed=0):
+        return self
+
+    def _pre(self, z):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return z @ self["A"].T + self["c"]
+
+    def step(self, z):
+        pre = self._pre(z)
+        return np.tanh(pre) if self.nonlinear else pre
+
+    def jacobian(self, z):
+        a = self["A"]
+        if not self.nonlinear:
+            return np.broadcast_to(a, (*z.shape[:-1], self.M, self.M)).copy()
+        return (1.0 - np.tanh(self._pre(z)) ** 2)[..., :, None] * a
+
+    def jacobian_diag(self, z):
+        return np.diagonal(self.jacobian(z), axis1=-2, axis2=-1).copy()
+
+    def step_and_jacobian(self, z, diag=False, out=None):
+        return self.step(z), (self.jacobian_diag(z) if diag else self.jacobian(z))
+
+    def param_vjp(self, z_prev, cotangent):
+        raise NotImplementedError
+
+    def norm_bound(self):
+        return float(np.linalg.norm(self["A"], 2))
+
+    def simulate(self, z0, n_steps):
+        out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
+        z = z0
+        for t in range(n_steps):
+            z = self.step(z)
+            out[..., t, :] = z
+        return out
+
+
+def rotation(angle, radius=1.0):
+    c, s = math.cos(angle), math.sin(angle)
+    return radius * np.array([[c, -s], [s, c]])
+
+
+@pytest.fixture(scope="module")
+def lorenz_pair():
+    return generate("lorenz63", 50_000, seed=1), generate("lorenz63", 50_000, seed=2)
+
+
+# --------------------------------------------------------------------------------------------
+# D_stsp, binned
+# --------------------------------------------------------------------------------------------
+
+
+def dense_dstsp(x_true, x_gen, n_bins, box="minmax"):
+    """Reference: dense histograms over all n_bins**N bins, KL summed bin by bin."""
+    sd = x_true.std(axis=0)
+    if box == "minmax":
+        lo, hi = x_true.min(axis=0) - 0.1 * sd, x_true.max(axis=0) + 0.1 * sd
+    else:
+        lo, hi = x_true.mean(axis=0) - 2 * sd, x_true.mean(axis=0) + 2 * sd
+    edges = [np.linspace(lo[j], hi[j], n_bins + 1) for j in range(x_true.shape[1])]
+
+    def hist(x):
+        inside = np.all((x >= lo) & (x < hi), axis=1)
+        return np.histogramdd(x[inside], bins=edges)[0]
+
+    c, d = hist(x_true), hist(x_gen)
+    p = (c + EPS) / (c.sum() + EPS * c.size)
+    q = (d + EPS) / (d.sum() + EPS * d.size)
+    return float(np.sum(p * np.log(p / q)))
+
+
+def test_dstsp_hand_computed_one_dimensional_example():
+    # x_true = [0, 1]: sd = 0.5, box [-0.05, 1.05), two bins split at 0.5 -> counts (1, 1).
+    # x_gen = [0, 0.1, 2.0]: 2.0 is outside the box and dropped -> counts (2, 0).
+    a = (2 + 2 * EPS) / (1 + EPS)  # sum(count) + eps * n_bins, over (count + eps), true
+    p = 0.5
+    q0 = (2 + EPS) / (2 + 2 * EPS)
+    q1 = EPS / (2 + 2 * EPS)
+    expected = p * math.log(p / q0) + p * math.log(p / q1)
+    assert a == pytest.approx(2.0)
+    got = state_space_divergence(np.array([[0.0], [1.0]]), np.array([[0.0], [0.1], [2.0]]), 2)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("seed", "n_dims", "n_bins", "box"),
+    [(0, 1, 7, "minmax"), (1, 2, 5, "minmax"), (2, 3, 4, "sd2"), (3, 2, 6, "sd2")],
+)
+def test_dstsp_matches_dense_reference(seed, n_dims, n_bins, box):
+    rng = np.random.default_rng(seed)
+    x_true = rng.standard_normal((300, n_dims))
+    # another distribution, another length, some points outside the box
+    x_gen = 1.5 * rng.standard_normal((211, n_dims)) + 0.3
+    got = state_space_divergence(x_true, x_gen, n_bins, box=box)
+    assert got == pytest.approx(dense_dstsp(x_true, x_gen, n_bins, box), rel=1e-10, abs=1e-13)
+
+
+def test_sparse_counts_match_a_dictionary_for_code_and_row_paths():
+    rng = np.random.default_rng(4)
+    for n_dims in (3, 14):  # 30**3 fits an int64 code, 30**14 does not (unique rows)
+        idx_t = rng.integers(0, 3, (400, n_dims)) * 10
+        idx_g = rng.integers(0, 3, (300, n_dims)) * 10
+        c, d = metrics._joint_counts(idx_t, idx_g, 30)
+        ref_t = collections.Counter(map(tuple, idx_t))
+        ref_g = collections.Counter(map(tuple, idx_g))
+        assert sorted(c[c > 0]) == sorted(ref_t.values())
+        assert sorted(d[d > 0]) == sorted(ref_g.values())
+        assert len(c) == len(set(ref_t) | set(ref_g))
+
+
+def test_dstsp_works_in_ten_dimensions_without_dense_histograms():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, 10))
+    value = state_space_divergence(x, rng.standard_normal((2000, 10)), 30)
+    # 30**10 bins: the eps mass dwarfs 2000 counts, so the divergence is tiny but positive
+    assert 0 < value < 1e-3
+    assert state_space_divergence(x, x, 30) == 0.0
+
+
+small_traj = hnp.arrays(
+    np.float64,
+    st.tuples(st.integers(3, 40), st.integers(1, 3)),
+    elements=st.integers(-800, 800).map(lambda i: i / 8),
+)
+
+
+@given(small_traj, st.integers(1, 12), st.randoms(use_true_random=False))
+def test_dstsp_properties(x, n_bins, rnd):
+    if np.any(np.all(x == x[0], axis=0)):
+        return
+    assert state_space_divergence(x, x, n_bins) == 0.0
+    perm = list(range(len(x)))
+    rnd.shuffle(perm)
+    y = x[::-1] * 0.5 + 1.0
+    d = state_space_divergence(x, y, n_bins)
+    assert np.isnan(d) or d >= -1e-12
+    if not np.isnan(d):
+        assert state_space_divergence(x[perm], y, n_bins) == pytest.approx(d, abs=1e-12)
+        assert state_space_divergence(x, y[perm[: len(y)]], n_bins) == pytest.approx(d, abs=1e-12)
+
+
+def test_dstsp_same_attractor_small_noise_large(lorenz_pair):
+    a, b = lorenz_pair
+    noise = np.random.default_rng(0).standard_normal(a.shape) * a.std(axis=0) + a.mean(axis=0)
+    same = state_space_divergence(a, b)
+    assert 0 < same < 0.25
+    assert state_space_divergence(a, noise) > 10 * same
+    same_gmm = state_space_divergence(a, b, method="gmm")
+    assert abs(same_gmm) < 0.2
+    assert state_space_divergence(a, noise, method="gmm") > 1.0
+
+
+def test_dstsp_no_generated_point_in_box_is_nan():
+    x = np.random.default_rng(6).standard_normal((100, 2))
+    assert np.isnan(state_space_divergence(x, x + 100.0))
+
+
+# --------------------------------------------------------------------------------------------
+# D_stsp, Gaussian mixtures
+# --------------------------------------------------------------------------------------------
+
+
+def test_gmm_matches_numpy_reference():
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(7)
+    x_true, x_gen = rng.standard_normal((60, 3)), 0.7 * rng.standard_normal((45, 3)) + 0.2
+    sigma2, n_samples, seed = 0.5, 200, 11
+    draw = np.random.default_rng(seed)
+    pick = draw.integers(0, 60, n_samples)
+    s = x_true[pick] + math.sqrt(sigma2) * draw.standard_normal((n_samples, 3))
+
+    def log_mixture(centers):
+        d2 = ((s[:, None, :] - centers[None]) ** 2).sum(-1)
+        return logsumexp(-d2 / (2 * sigma2), axis=1) - math.log(len(centers))
+
+    expected = float(np.mean(log_mixture(x_true) - log_mixture(x_gen)))
+    got = state_space_divergence(
+        x_true, x_gen, method="gmm", sigma2=sigma2, n_samples=n_samples, seed=seed
+    )
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_gmm_of_single_points_is_the_gaussian_kl():
+    a, b = np.array([[0.0, 0.0]]), np.array([[1.0, 2.0]])
+    # KL(N(a, s I) || N(b, s I)) = |a - b|^2 / (2 s); Monte Carlo error ~ |a-b| / sqrt(s n)
+    got = state_space_divergence(
+        np.vstack([a, a]), b, method="gmm", sigma2=2.0, n_samples=4000, seed=0
+    )
+    assert got == pytest.approx(5.0 / 4.0, abs=0.1)
+
+
+def test_gmm_subsamples_evenly_and_is_zero_for_identical_inputs():
+    x = np.random.default_rng(8).standard_normal((500, 6))
+    assert state_space_divergence(x, x.copy(), method="gmm", n_points=100) == 0.0
+    got = state_space_divergence(x, x[::-1], method="gmm", n_points=50, n_samples=50)
+    assert np.isfinite(got)
+
+
+# --------------------------------------------------------------------------------------------
+# D_H
+# --------------------------------------------------------------------------------------------
+
+
+def reference_spectrum(x, sigma):
+    """Normalised smoothed power spectrum of one series, with an explicit reflect convolution."""
+    z = (x - x.mean()) / x.std()
+    ps = np.abs(np.fft.rfft(z)) ** 2
+    if sigma > 0:
+        radius = int(4 * sigma + 0.5)
+        k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        k /= k.sum()
+        padded = np.pad(ps, radius, mode="symmetric")
+        ps = np.convolve(padded, k, mode="valid")
+    return ps / ps.sum()
+
+
+def test_dh_golden_against_explicit_convolution():
+    rng = np.random.default_rng(9)
+    t = np.arange(400)
+    x_true = np.column_stack([np.sin(0.3 * t) + 0.1 * rng.standard_normal(400), rng.random(400)])
+    x_gen = np.column_stack([np.sin(0.35 * t), rng.standard_normal(400).cumsum()])
+    for sigma in (0.0, 3.0):
+        h = [
+            math.sqrt(
+                max(
+                    0.0,
+                    1.0
+                    - np.sum(
+                        np.sqrt(
+                            reference_spectrum(x_true[:, j], sigma)
+                            * reference_spectrum(x_gen[:, j], sigma)
+                        )
+                    ),
+                )
+            )
+            for j in range(2)
+        ]
+        got, per_dim = power_spectrum_distance(x_true, x_gen, sigma, per_dimension=True)
+        np.testing.assert_allclose(per_dim, h, rtol=1e-7, atol=1e-7)
+        assert got == pytest.approx(np.mean(h), rel=1e-7)
+
+
+def test_dh_pure_tones():
+    t = np.arange(256)
+    tone = lambda k, phase=0.0: np.cos(2 * np.pi * k * t / 256 + phase)[:, None]  # noqa: E731
+    assert power_spectrum_distance(tone(5), tone(5, 1.0), 0) == pytest.approx(0.0, abs=1e-7)
+    assert power_spectrum_distance(tone(5), tone(40), 0) == pytest.approx(1.0, abs=1e-7)
+
+
+@given(small_traj, small_traj, st.floats(0, 5))
+def test_dh_properties(x, y, sigma):
+    n = min(len(x), len(y))
+    x, y = x[:n], y[:n, :1].repeat(x.shape[1], axis=1)
+    if np.any(np.all(x == x[0], axis=0)) or np.any(np.all(y == y[0], axis=0)):
+        return
+    d = power_spectrum_distance(x, y, sigma)
+    assert 0.0 <= d <= 1.0
+    assert power_spectrum_distance(y, x, sigma) == pytest.approx(d, abs=1e-12)
+    assert power_spectrum_distance(x, x, sigma) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_dh_constant_generated_dimension_is_maximal():
+    x = np.random.default_rng(10).standard_normal((100, 2))
+    gen = x.copy()
+    gen[:, 1] = 3.0
+    total, per_dim = power_spectrum_distance(x, gen, 2.0, per_dimension=True)
+    np.testing.assert_allclose(per_dim, [0.0, 1.0], atol=1e-7)
+    assert total == pytest.approx(0.5)
+
+
+def test_dh_same_attractor_small(lorenz_pair):
+    a, b = lorenz_pair
+    assert power_spectrum_distance(a, b) < 0.15
+    noise = np.random.default_rng(0).standard_normal(a.shape)
+    assert power_spectrum_distance(a, noise) > 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of the divergence inputs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda x: state_space_divergence(x, x[:, :1]), ValueError, r"same number of dimensions"),
+        (lambda x: state_space_divergence(x, x, method="kde"), ValueError, r"method must be one"),
+        (lambda x: state_space_divergence(x, x, box="3sd"), ValueError, r"box must be one of"),
+        (lambda x: state_space_divergence(x, x, 0), ValueError, r"n_bins must be >= 1"),
+        (lambda x: state_space_divergence(x, x, 30.0), TypeError, r"n_bins must be an int"),
+        (
+            lambda x: state_space_divergence(x, x, method="gmm", sigma2=0),
+            ValueError,
+            r"sigma2 must be finite and > 0",
+        ),
+        (
+            lambda x: state_space_divergence(x, np.full_like(x, np.nan)),
+            ValueError,
+            r"state_space_divergence: x_gen contains NaN or inf",
+        ),
+        (
+            lambda x: state_space_divergence(np.ones_like(x), x),
+            ValueError,
+            r"x_true is constant in column",
+        ),
+        (lambda x: power_spectrum_distance(x, x[:-1]), ValueError, r"same length"),
+        (lambda x: power_spectrum_distance(x, x, -1.0), ValueError, r"smoothing must be"),
+        (lambda x: power_spectrum_distance(x[:, 0], x), ValueError, r"x_true must be 2-D"),
+    ],
+)
+def test_divergence_validation(call, exc, match):
+    x = np.random.default_rng(11).standard_normal((20, 2))
+    with pytest.raises(exc, match=match):
+        call(x)
+
+
+# --------------------------------------------------------------------------------------------
+# PE(n)
+# --------------------------------------------------------------------------------------------
+
+
+def test_prediction_error_golden_and_chunking(monkeypatch):
+    a = np.array([[0.9, -0.2], [0.3, 0.7]])
+    model = MapRNN(a)
+    x = np.random.default_rng(12).standard_normal((50, 2))
+    for n in (1, 3):
+        pred = x[:-n] @ np.linalg.matrix_power(a, n).T
+        expected = np.mean((pred - x[n:]) ** 2)
+        assert prediction_error(model, x, n) == pytest.approx(expected, rel=1e-12)
+        monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7)  # chunks of 1-3 starts
+        assert prediction_error(model, x, n) == pytest.approx(expected, rel=1e-12)
+        monkeypatch.undo()
+
+
+def test_prediction_error_of_the_data_generating_model_is_zero():
+    model = MapRNN(rotation(0.1))
+    x0 = np.array([1.0, 0.0])
+    x = np.vstack([x0, model.generate(x0, 99)])
+    assert prediction_error(model, x, 20) == pytest.approx(0.0, abs=1e-28)
+    model32 = model.astype(np.float32)
+    assert prediction_error(model32, x, 20) < 1e-10
+
+
+def test_prediction_error_validation():
+    model = MapRNN(np.eye(2))
+    x = np.random.default_rng(13).standard_normal((10, 2))
+    with pytest.raises(ValueError, match=r"prediction_error: x has 10 time steps; at least 11"):
+        prediction_error(model, x, 10)
+    with pytest.raises(ValueError, match=r"x has N=3 dimensions but the model observes n_obs=2"):
+        prediction_error(model, np.random.default_rng(0).standard_normal((10, 3)), 2)
+    with pytest.raises(TypeError, match=r"prediction_error: expected a models.Model"):
+        prediction_error("model", x, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Lyapunov exponents
+# --------------------------------------------------------------------------------------------
+
+
+def reference_map_lyapunov(model, z0, n_steps, transient, k):
+    q = np.eye(model.M)[:, :k]
+    z = z0
+    logs = np.zeros(k)
+    for t in range(transient + n_steps):
+        q, r = np.linalg.qr(model.jacobian(z) @ q)
+        if t >= transient:
+            logs += np.log(np.abs(np.diag(r)))
+        z = model.step(z)
+    return logs / n_steps
+
+
+def test_map_lyapunov_matches_numpy_qr_reference(monkeypatch):
+    rng = np.random.default_rng(14)
+    model = MapRNN(1.8 * rng.standard_normal((4, 4)) / 2, nonlinear=True)
+    x0 = rng.standard_normal(4)
+    expected = reference_map_lyapunov(model, x0, 300, 50, 3)
+    got = lyapunov_spectrum(model, 3, x0=x0, n_steps=300, transient=50)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 16 * 7)  # blocks of 7 Jacobians
+    np.testing.assert_allclose(
+        lyapunov_spectrum(model, 3, x0=x0, n_steps=300, transient=50), expected, rtol=1e-9
+    )
+    assert max_lyapunov(model, x0=x0, n_steps=300, transient=50) == pytest.approx(expected[0])
+
+
+def test_linear_map_exponents_are_log_eigenvalue_moduli():
+    model = MapRNN(np.array([[2.0, 1.0], [0.0, 0.5]]))
+    got = lyapunov_spectrum(model, x0=np.array([0.1, 0.2]), n_steps=500, transient=50)
+    np.testing.assert_allclose(got, [math.log(2.0), math.log(0.5)], atol=1e-3)
+
+
+def test_lorenz63_largest_exponent_and_spectrum_sum():
+    lam = max_lyapunov("lorenz63")
+    assert lam == pytest.approx(SYSTEMS["lorenz63"].lyapunov, rel=0.1)
+    spectrum = lyapunov_spectrum("lorenz63", n_steps=2000)
+    p = SYSTEMS["lorenz63"].params
+    # volume contraction: the sum is the (constant) trace of the Jacobian
+    assert spectrum.sum() == pytest.approx(-(p["sigma"] + 1 + p["beta"]), rel=1e-3)
+    assert spectrum[0] > spectrum[1] > spectrum[2]
+
+
+def test_lyapunov_validation():
+    model = MapRNN(np.eye(2))
+    with pytest.raises(ValueError, match=r"lyapunov_spectrum: a model needs x0"):
+        max_lyapunov(model)
+    with pytest.raises(ValueError, match=r"n_exponents \(3\) exceeds the state dimension \(2\)"):
+        lyapunov_spectrum(model, 3, x0=np.zeros(2))
+    with pytest.raises(ValueError, match=r"x0 must be a finite real array of shape \(2,\)"):
+        max_lyapunov(model, x0=np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"dt and params apply to systems"):
+        max_lyapunov(model, x0=np.zeros(2), dt=0.1)
+    with pytest.raises(TypeError, match=r"expected a system name, a System or a LatentRNN"):
+        max_lyapunov(np.eye(2))
+    with pytest.raises(ValueError, match=r"unknown system 'lorentz'"):
+        max_lyapunov("lorentz")
+    blow_up = MapRNN(3.0 * np.eye(2))
+    with pytest.raises(ValueError, match=r"free run became non-finite at step"):
+        max_lyapunov(blow_up, x0=np.ones(2), n_steps=1000)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rotation_data():
+    model = MapRNN(rotation(2 * math.pi / 37.3))
+    x0 = np.array([1.0, 0.0])
+    return model, np.vstack([x0, model.generate(x0, 999)])
+
+
+def test_evaluate_perfect_model(rotation_data):
+    model, x = rotation_data
+    res = evaluate(model, x, measures=("dstsp", "dh", "pe", "lyapunov"))
+    assert res["status"] == "ok" and res["dstsp_method"] == "bins"
+    assert res["dstsp"] == 0.0
+    assert res["dh"] == pytest.approx(0.0, abs=1e-7)
+    assert res["pe"] == pytest.approx(0.0, abs=1e-28)
+    assert res["lyapunov"] == pytest.approx(0.0, abs=1e-6)
+    longer = evaluate(model, x, n_steps=1500, transient=100, measures=("dstsp", "dh"))
+    assert longer["status"] == "ok" and longer["dstsp"] < 0.1 and longer["dh"] < 0.05
+
+
+def test_evaluate_reports_failed_runs(rotation_data):
+    _, x = rotation_data
+    expanding = MapRNN(rotation(0.3, radius=2.0))
+    res = evaluate(expanding, x, n_steps=100)
+    assert res["status"] == "diverged" and res["dstsp"] is None and res["pe"] is None
+    res = evaluate(expanding, x, n_steps=1200)
+    assert res["status"] == "non_finite" and "step" in res["message"]
+    assert res["dh"] is None
+    offset = MapRNN(0.5 * np.eye(2), c=np.array([5.0, 5.0]))  # fixed point (10, 10)
+    res = evaluate(offset, x, transient=50)
+    assert res["status"] == "out_of_box" and res["dstsp"] is None
+
+
+def test_evaluate_uses_gmm_from_six_dimensions():
+    rng = np.random.default_rng(15)
+    model = MapRNN(np.linalg.qr(rng.standard_normal((6, 6)))[0])
+    x0 = rng.standard_normal(6)
+    x = np.vstack([x0, model.generate(x0, 299)])
+    res = evaluate(model, x, measures=("dstsp",))
+    assert res["dstsp_method"] == "gmm" and res["dstsp"] == 0.0
+    assert "dh" not in res
+
+
+def test_evaluate_validation(rotation_data):
+    model, x = rotation_data
+    with pytest.raises(ValueError, match=r"evaluate: measures must be a non-empty subset"):
+        evaluate(model, x, measures=("mse",))
+    with pytest.raises(ValueError, match=r"transient \(10\) must be smaller than n_steps \(10\)"):
+        evaluate(model, x, n_steps=10, transient=10)
+    with pytest.raises(ValueError, match=r"evaluate: x has N=3 dimensions"):
+        evaluate(model, np.random.default_rng(0).standard_normal((50, 3)))
+    with pytest.raises(ValueError, match=r"dstsp_method must be one of"):
+        evaluate(model, x, dstsp_method="kde")

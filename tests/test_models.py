@@ -1,0 +1,373 @@
+"""Piecewise-linear DSR models: maps, Jacobians, parameter VJPs, free runs, init, save/load.
+
+References here are written independently of the library: NumPy formulas of the maps,
+central finite differences for every derivative, and a Python loop for the free run.
+"""
+
+import numpy as np
+import pytest
+
+import models
+from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
+
+M, L, P, N = 4, 6, 2, 3
+CLASSES = {
+    "ShPLRNN": lambda **kw: ShPLRNN(M, L, N, **kw),
+    "ClippedShPLRNN": lambda **kw: ClippedShPLRNN(M, L, N, **kw),
+    "ALRNN": lambda **kw: ALRNN(M, P, N, **kw),
+    "PLRNN": lambda **kw: PLRNN(M, N, **kw),
+}
+NAMES = list(CLASSES)
+SHAPES = [(), (3,), (2, 5)]
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+SIM_TOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+def random_model(name, dtype="float64", seed=1):
+    """A model with random parameters (nonzero biases, both relu regimes visited)."""
+    m = CLASSES[name](dtype="float64")
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(0.0, 0.6, m.n_params)
+    m.unflatten(theta)["A"][...] = rng.uniform(-0.9, 0.9, M)
+    if name == "PLRNN":
+        np.fill_diagonal(m.unflatten(theta)["W"], 0.0)
+    m.set_params(theta)
+    return m.astype(dtype)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def model(request):
+    return random_model(request.param)
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def reference_step(m, z):
+    """F(z) from the formulas of the issue, in NumPy (float64)."""
+    p = {k: v.astype(np.float64) for k, v in m.unflatten().items()}
+    z = z.astype(np.float64)
+    if isinstance(m, ShPLRNN | ClippedShPLRNN):
+        s = z @ p["W2"].T
+        hidden = relu(s + p["h2"])
+        if isinstance(m, ClippedShPLRNN):
+            hidden = hidden - relu(s)
+        return p["A"] * z + hidden @ p["W1"].T + p["h1"]
+    n_relu = m.M if isinstance(m, PLRNN) else m.P
+    phi = z.copy()
+    phi[..., m.M - n_relu :] = relu(z[..., m.M - n_relu :])
+    return p["A"] * z + phi @ p["W"].T + p["h"]
+
+
+def fd_jacobian(m, z, eps=1e-6):
+    """Central finite differences of m.step at z (..., M) -> (..., M, M)."""
+    cols = []
+    for j in range(m.M):
+        dz = np.zeros(m.M)
+        dz[j] = eps
+        cols.append((m.step(z + dz) - m.step(z - dz)) / (2 * eps))
+    return np.stack(cols, axis=-1)
+
+
+def states(shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed).normal(0.0, 1.5, (*shape, M)).astype(dtype)
+
+
+# ---- maps -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_step_matches_formula(model, shape, dtype):
+    m = model.astype(dtype)
+    z = states(shape, dtype)
+    F = m.step(z)
+    assert F.shape == z.shape and F.dtype == dtype
+    np.testing.assert_allclose(F, reference_step(m, z), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_step_propagates_nan(model):
+    z = states((2,))
+    z[0, -1] = np.nan  # a relu unit for every family
+    F = model.step(z)
+    assert np.isnan(F[0]).any() and np.isfinite(F[1]).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_jacobians_match_finite_differences(model, shape):
+    z = states(shape, seed=3)
+    J = model.jacobian(z)
+    D = model.jacobian_diag(z)
+    assert J.shape == (*shape, M, M) and D.shape == (*shape, M)
+    np.testing.assert_allclose(J, fd_jacobian(model, z), atol=1e-7)
+    np.testing.assert_array_equal(D, np.diagonal(J, axis1=-2, axis2=-1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_step_and_jacobian_fused_and_out(model, dtype):
+    m = model.astype(dtype)
+    z = states((2, 3), dtype, seed=4)
+    F, J = m.step_and_jacobian(z)
+    np.testing.assert_allclose(F, m.step(z), rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_array_equal(J, m.jacobian(z))
+    out = (np.empty_like(z), np.empty((2, 3, M), dtype))
+    F2, D2 = m.step_and_jacobian(z, diag=True, out=out)
+    assert F2 is out[0] and D2 is out[1]
+    np.testing.assert_array_equal(D2, m.jacobian_diag(z))
+    np.testing.assert_array_equal(F2, F)
+
+
+def test_relu_derivative_at_zero_is_zero():
+    # shPLRNN family with h2 = 0 at z = 0: every pre-activation is exactly 0.
+    for cls in (ShPLRNN, ClippedShPLRNN):
+        m = cls(M, L)
+        m["h2"][...] = 0.0
+        z = np.zeros(M)
+        np.testing.assert_array_equal(m.jacobian(z), np.diag(m["A"]))
+        _, D = m.step_and_jacobian(z, diag=True)
+        np.testing.assert_array_equal(D, m["A"])
+        assert np.all(m.unflatten(m.param_vjp(z, np.ones(M)))["h2"] == 0)
+    # ALRNN at z = 0: the relu columns vanish, the linear ones stay.
+    m = ALRNN(M, P)
+    J = m.jacobian(np.zeros(M))
+    np.testing.assert_array_equal(J[:, M - P :], np.diag(m["A"])[:, M - P :])
+    np.testing.assert_array_equal(J[:, : M - P], (m["W"] + np.diag(m["A"]))[:, : M - P])
+
+
+def test_norm_bound_dominates_jacobian_norms(model):
+    J = model.jacobian(states((200,), seed=5) * 3)
+    assert np.linalg.norm(J, 2, axis=(-2, -1)).max() <= model.norm_bound() * (1 + 1e-12)
+
+
+# ---- parameter VJP --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (30, 100)])
+def test_param_vjp_matches_finite_differences(model, shape):
+    z = states(shape, seed=6)
+    c = states(shape, seed=7)
+    g = model.param_vjp(z, c)
+    assert g.shape == (model.n_params,) and g.dtype == model.dtype
+    fd = np.empty(model.n_params)
+    probe = model.copy()
+    eps = 1e-6
+    for k in range(model.n_params):
+        probe.params[...] = model.params
+        probe.params[k] += eps
+        up = np.sum(probe.step(z) * c)
+        probe.params[k] -= 2 * eps
+        fd[k] = (up - np.sum(probe.step(z) * c)) / (2 * eps)
+    blocks = model.unflatten(g)
+    if isinstance(model, PLRNN):  # masked: the diagonal of W is not a parameter
+        np.testing.assert_array_equal(np.diagonal(blocks["W"]), 0.0)
+        np.fill_diagonal(model.unflatten(fd)["W"], 0.0)
+    np.testing.assert_array_equal(blocks["L0"], 0.0)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * max(1, z.size // M))
+
+
+def test_param_vjp_independent_of_thread_count(model):
+    import numba
+
+    z, c = states((8, 700), seed=14), states((8, 700), seed=15)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = model.param_vjp(z, c)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(model.param_vjp(z, c), one)
+
+
+def test_param_vjp_float32_matches_float64(model):
+    z, c = states((20, 50), seed=8), states((20, 50), seed=9)
+    m32 = model.astype("float32")
+    g32 = m32.param_vjp(z.astype(np.float32), c.astype(np.float32))
+    g64 = m32.astype("float64").param_vjp(
+        z.astype(np.float32).astype(np.float64), c.astype(np.float32).astype(np.float64)
+    )
+    assert g32.dtype == np.float32
+    np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-3)
+
+
+# ---- per-step functions ---------------------------------------------------------------
+
+
+def test_step_functions_agree_with_batched_methods(model):
+    z, c = states((), seed=10), states((), seed=11)
+    args = model.kernel_args()
+    for fns in (model.step_functions_jit, model.step_functions):  # compiled and plain Python
+        out, jac, diag, zc = np.empty(M), np.empty((M, M)), np.empty(M), np.empty(M)
+        fns.step(*args, z, out)
+        np.testing.assert_allclose(out, model.step(z), rtol=1e-14)
+        fns.step_jacobian(*args, z, out, jac)
+        np.testing.assert_allclose(jac, model.jacobian(z), rtol=1e-14)
+        fns.step_jacobian_diag(*args, z, out, diag)
+        np.testing.assert_allclose(diag, model.jacobian_diag(z), rtol=1e-14)
+        fns.vjp_state(*args, z, c, zc)
+        np.testing.assert_allclose(zc, model.jacobian(z).T @ c, rtol=1e-12, atol=1e-14)
+        grad = np.zeros(model.n_map_params)
+        fns.vjp_params(*args, z, c, grad)
+        np.testing.assert_allclose(grad, model.param_vjp(z, c)[: model.n_map_params], 1e-12)
+
+
+@pytest.mark.parametrize("family", ["ShPLRNN", "ALRNN"])
+def test_step_functions_compile_for_cuda_in_float32(family):
+    """The plain per-step functions are valid CUDA device functions, and in float32 they
+    stay in float32 (``vjp_params`` accumulates into a float64 gradient by design)."""
+    cuda = pytest.importorskip("numba.cuda")
+    from numba import float32, float64, int64
+
+    f = float32[::1]
+    m = float32[:, ::1]
+    args = (f, m, m, f, f, int64) if family == "ShPLRNN" else (f, m, f, int64, int64)
+    tails = {
+        "step": (f, f),
+        "step_jacobian": (f, f, m),
+        "step_jacobian_diag": (f, f, f),
+        "vjp_state": (f, f, f),
+        "vjp_params": (f, f, float64[::1]),
+    }
+    try:  # needs NVVM (numba-cuda[cu13]), not a GPU
+        cuda.compile_ptx(lambda x: None, (f,), device=True, cc=(8, 0))
+    except Exception as exc:
+        pytest.skip(f"numba.cuda cannot compile PTX here: {exc}")
+    for name, fn in CLASSES[family]().step_functions._asdict().items():
+        ptx, _ = cuda.compile_ptx(fn, args + tails[name], device=True, cc=(8, 0))
+        assert name == "vjp_params" or ".f64" not in ptx, name
+
+
+# ---- free run -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_simulate_matches_loop(model, shape, dtype):
+    m = model.astype(dtype)
+    z0 = states(shape, dtype, seed=12) * 0.3
+    traj = m.simulate(z0, 7)
+    assert traj.shape == (*shape, 7, M) and traj.dtype == dtype
+    z, ref = z0.astype(np.float64), []
+    for _ in range(7):
+        z = reference_step(m, z)
+        ref.append(z)
+    np.testing.assert_allclose(
+        traj, np.stack(ref, axis=-2), rtol=SIM_TOL[dtype], atol=SIM_TOL[dtype]
+    )
+    assert m.simulate(z0, 0).shape == (*shape, 0, M)
+
+
+def test_generate_uses_initial_state_map(model):
+    x0 = states((2,), seed=13)[:, :N]
+    z0 = model.initial_state(x0)
+    np.testing.assert_array_equal(z0[:, N:], x0 @ model["L0"].T)
+    np.testing.assert_array_equal(model.generate(x0, 3), model.simulate(z0, 3)[..., :N])
+
+
+# ---- construction, init, save/load ----------------------------------------------------
+
+
+def test_init_follows_lab_scheme_and_is_deterministic():
+    for name in NAMES:
+        a, b = CLASSES[name](seed=3), CLASSES[name](seed=3)
+        np.testing.assert_array_equal(a.params, b.params)
+        assert not np.array_equal(a.params, CLASSES[name](seed=4).params)
+        assert np.all(a["A"] > 0) and np.all(a["A"] <= 1)
+        assert np.all(np.abs(a["L0"]) <= 1 / np.sqrt(N))
+        c = type(a)(**a.hyperparameters())
+        np.testing.assert_array_equal(c.params, a.params)
+        assert a.init(9).hyperparameters()["seed"] == 9
+    sh, cl = ShPLRNN(M, L), ClippedShPLRNN(M, L)
+    assert np.all(np.abs(sh["W1"]) <= 1 / np.sqrt(L)) and np.all(np.abs(sh["W2"]) <= 0.5)
+    assert np.all(sh["h1"] == 0) and np.all(sh["h2"] == 0)
+    assert np.all(cl["h2"] != 0) and np.all(np.abs(cl["h2"]) <= 1 / np.sqrt(L))
+    al, pl = ALRNN(M, P), PLRNN(M)
+    assert np.all(np.abs(al["W"]) <= 0.5) and np.all(al["h"] == 0)
+    assert np.all(np.diagonal(pl["W"]) == 0) and np.all(pl["W"][~np.eye(M, dtype=bool)] != 0)
+
+
+def test_hyperparameters_and_param_spec():
+    assert ShPLRNN(3, 5).hyperparameters() == {
+        "M": 3,
+        "L": 5,
+        "n_obs": 3,
+        "dtype": "float64",
+        "seed": 0,
+    }
+    assert ALRNN(3, 1, dtype="float32").hyperparameters()["P"] == 1
+    assert PLRNN(3, 2).hyperparameters() == {"M": 3, "n_obs": 2, "dtype": "float64", "seed": 0}
+    assert [n for n, _ in ClippedShPLRNN(4, 6, 3).param_spec()] == [
+        "A",
+        "W1",
+        "W2",
+        "h1",
+        "h2",
+        "L0",
+    ]
+    assert [n for n, _ in ALRNN(3, 1).param_spec()] == ["A", "W", "h"]
+    assert ShPLRNN(3, 5, 2).n_params == 3 + 15 + 15 + 3 + 5 + 2
+
+
+def test_save_load_round_trip(tmp_path):
+    for name in NAMES:
+        m = random_model(name, "float32")
+        m.standardization = (np.arange(N, dtype=float), np.ones(N))
+        path = m.save(tmp_path / f"{name}.npz", metadata={"epoch": 3})
+        back = models.load(path)
+        assert type(back) is type(m) and back.hyperparameters() == m.hyperparameters()
+        np.testing.assert_array_equal(back.params, m.params)
+        np.testing.assert_array_equal(back.standardization[0], m.standardization[0])
+        assert type(m).load(path).dtype == np.float32
+    with pytest.raises(ValueError, match="holds a ClippedShPLRNN, not a ShPLRNN"):
+        ShPLRNN.load(tmp_path / "ClippedShPLRNN.npz")
+    with pytest.raises(ValueError, match="holds a ALRNN, not a PLRNN"):
+        PLRNN.load(tmp_path / "ALRNN.npz")
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match=r"ShPLRNN: n_obs must be <= M.*n_obs=4, M=3"):
+        ShPLRNN(3, 5, 4)
+    with pytest.raises(ValueError, match="ALRNN: the number of relu units P must be <= M"):
+        ALRNN(3, 4)
+    with pytest.raises(TypeError, match="ClippedShPLRNN: L must be an int"):
+        ClippedShPLRNN(3, 5.0)
+    with pytest.raises(ValueError, match="PLRNN: M must be >= 1"):
+        PLRNN(0)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        ShPLRNN(3, 5, dtype="float16")
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        ALRNN(3, 1, seed=-1)
+
+
+def test_plrnn_set_params_requires_zero_diagonal():
+    m = PLRNN(3)
+    theta = m.params.copy()
+    m.unflatten(theta)["W"][1, 1] = 0.5
+    with pytest.raises(ValueError, match=r"PLRNN\.set_params: the diagonal of W must be zero"):
+        m.set_params(theta)
+
+
+def test_input_errors():
+    m = ShPLRNN(M, L)
+    with pytest.raises(TypeError, match=r"ShPLRNN.step: `z` must have the model dtype float64"):
+        m.step(np.zeros(M, np.float32))
+    with pytest.raises(ValueError, match=r"ShPLRNN.jacobian: `z` must have shape \(\.\.\., 4\)"):
+        m.jacobian(np.zeros((2, M + 1)))
+    with pytest.raises(TypeError, match=r"ShPLRNN\.step: `z` must be a numpy array"):
+        m.step([0.0] * M)
+    with pytest.raises(ValueError, match="param_vjp: `cotangent` must have the shape"):
+        m.param_vjp(np.zeros((2, M)), np.zeros((3, M)))
+    with pytest.raises(TypeError, match="simulate: n_steps must be an int"):
+        m.simulate(np.zeros(M), 2.0)
+    z = np.zeros((2, M))
+    with pytest.raises(ValueError, match=r"step_and_jacobian: `out\[1\]` must be .*\(2, 4, 4\)"):
+        m.step_and_jacobian(z, out=(np.empty((2, M)), np.empty((2, M))))
+    with pytest.raises(ValueError, match=r"`out\[0\]` must be .*dtype float64"):
+        m.step_and_jacobian(z, diag=True, out=(np.empty((2, M), np.float32), np.empty((2, M))))
+    with pytest.raises(ValueError, match="must not overlap `z`"):
+        m.step_and_jacobian(z, diag=True, out=(z, np.empty((2, M))))
+    with pytest.raises(TypeError, match=r"`out` must be a pair"):
+        m.step_and_jacobian(z, out=np.empty((2, M)))

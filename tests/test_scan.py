@@ -1,0 +1,402 @@
+"""linear_scan on the host backends ("sequential", "cpu", "auto") against the NumPy reference.
+
+The input builders (:func:`make_inputs`, :func:`make_dyadic_inputs`) and the tolerance table are
+reused by ``test_scan_cuda.py``.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import scan_reference
+
+import parscan
+from parscan import _scan_cpu, scan
+
+HOST_BACKENDS = ("sequential", "cpu", "auto")
+DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
+
+#: |out - ref| <= RTOL * |ref| + ATOL * (1 + max |ref|), per dtype (contractive ``a``, b ~ N(0, 1)).
+TOLERANCES = {
+    np.dtype(np.float32): (2e-5, 2e-6),
+    np.dtype(np.complex64): (2e-5, 2e-6),
+    np.dtype(np.float64): (1e-12, 1e-14),
+    np.dtype(np.complex128): (1e-12, 1e-14),
+}
+
+#: Lengths around chunk and block boundaries (CUDA tests shrink blocks to 4-16 steps).
+T_VALUES = (0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 257)
+
+
+def assert_close(out, ref):
+    rtol, atol = TOLERANCES[np.dtype(ref.dtype)]
+    scale = 1.0 + (np.abs(ref).max() if ref.size else 0.0)
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol * scale)
+
+
+def _random(rng, shape, dtype):
+    x = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
+
+
+def make_inputs(seed, dtype, dense, batch, T, D, with_h0=True):
+    """Contractive random ``a`` (|a| <= 0.95, dense: spectral norm <= 0.9), b, h0 ~ N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    complex_ = np.dtype(dtype).kind == "c"
+    if dense:
+        a = rng.standard_normal((*batch, T, D, D))
+        if complex_:
+            a = a + 1j * rng.standard_normal((*batch, T, D, D))
+        if a.size:
+            a *= 0.9 / np.maximum(np.linalg.norm(a, ord=2, axis=(-2, -1)), 1e-3)[..., None, None]
+    else:
+        a = rng.uniform(0.0, 0.95, (*batch, T, D))
+        if complex_:
+            a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, a.shape))
+        a *= rng.choice((-1.0, 1.0), a.shape)
+    b = _random(rng, (*batch, T, D), dtype)
+    h0 = _random(rng, (*batch, D), dtype) if with_h0 else None
+    return a.astype(dtype), b, h0
+
+
+def make_dyadic_inputs(seed, dtype, dense, batch, T, D, reset=7):
+    """``a`` in {0, 1/2, 1} (zero every ``reset`` steps), small integer ``b`` and ``h0``.
+
+    Every partial product and sum of any association order then fits the mantissa, so all
+    backends must agree with the reference bit for bit. ``reset`` is odd so that the zeros do
+    not line up with power-of-two chunks or tiles (a zero at every tile start would hide the
+    carry between tiles).
+    """
+    rng = np.random.default_rng(seed)
+    shape = (*batch, T, D, D) if dense else (*batch, T, D)
+    a = rng.choice((0.0, 0.5, 1.0), shape)
+    if dense:
+        a *= rng.random(shape) < 1.0 / D  # about one nonzero per row keeps the products small
+        a[..., ::reset, :, :] = 0.0
+    else:
+        a[..., ::reset, :] = 0.0
+    b = rng.integers(-4, 5, (*batch, T, D)).astype(float)
+    h0 = rng.integers(-4, 5, (*batch, D)).astype(float)
+    if np.dtype(dtype).kind == "c":
+        b = b + 1j * rng.integers(-4, 5, b.shape)
+        a = a * rng.choice((1, 1j, -1j), a.shape)
+    return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
+
+
+@st.composite
+def scan_cases(draw, t_values=T_VALUES, max_d=5, dtypes=DTYPES):
+    """(seed, dtype, dense, batch, T, D, reverse, transpose, with_h0)."""
+    return dict(
+        seed=draw(st.integers(0, 2**32 - 1)),
+        dtype=draw(st.sampled_from(dtypes)),
+        dense=draw(st.booleans()),
+        batch=draw(st.sampled_from(((), (1,), (3,), (2, 3), (4, 1)))),
+        T=draw(st.sampled_from(t_values)),
+        D=draw(st.integers(1, max_d)),
+        reverse=draw(st.booleans()),
+        transpose=draw(st.booleans()),
+        with_h0=draw(st.booleans()),
+    )
+
+
+def run_case(case, backend, make=make_inputs, convert=None):
+    """Scan one drawn case on ``backend``; returns (out, reference)."""
+    a, b, h0 = make(case["seed"], case["dtype"], case["dense"], case["batch"], case["T"], case["D"])
+    if make is make_inputs and not case["with_h0"]:
+        h0 = None
+    ref = scan_reference(a, b, h0, case["reverse"], case["transpose"])
+    args = (
+        (a, b, h0)
+        if convert is None
+        else tuple(None if x is None else convert(x) for x in (a, b, h0))
+    )
+    out = parscan.linear_scan(
+        *args, reverse=case["reverse"], transpose=case["transpose"], backend=backend
+    )
+    return out, ref
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(case=scan_cases())
+def test_matches_reference(backend, case):
+    out, ref = run_case(case, backend)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert out.flags.c_contiguous
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(case=scan_cases(dtypes=(np.float64, np.complex128, np.float32)))
+def test_dyadic_bit_exact(backend, case):
+    if case["dtype"] == np.float32 and case["dense"]:
+        case["dtype"] = np.float64
+    out, ref = run_case(case, backend, make=make_dyadic_inputs)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("n_chunks", [2, 3, 4, 7])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("B", [1, 3])
+def test_reduce_then_scan_any_chunk_count(n_chunks, reverse, B):
+    """The time-chunked kernel is exact for any chunk count, not only threads + 1."""
+    for T in (n_chunks, n_chunks + 1, 50):
+        a, b, h0 = make_dyadic_inputs(T, np.float64, False, (B,), T, 3)
+        out = np.empty_like(b)
+        agg = np.empty((B, n_chunks - 1, 3))
+        _scan_cpu._diag_chunked(a, b, h0, reverse, n_chunks, agg, agg.copy(), out)
+        np.testing.assert_array_equal(out, scan_reference(a, b, h0, reverse))
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(case=scan_cases(dtypes=(np.float64,)))
+def test_reverse_is_flipped_forward(backend, case):
+    a, b, h0 = make_inputs(
+        case["seed"], np.float64, case["dense"], case["batch"], case["T"], case["D"]
+    )
+    kw = dict(transpose=case["transpose"], backend=backend)
+    rev = parscan.linear_scan(a, b, h0, reverse=True, **kw)
+    fwd = parscan.linear_scan(np.flip(a, b.ndim - 2), np.flip(b, -2), h0, **kw)
+    np.testing.assert_array_equal(rev, np.flip(fwd, -2))
+
+
+def adjoint_shift(a, dense):
+    """Transition of the adjoint scan: ``a_adj[t] = a[t+1]`` (t < T-1), ``a_adj[T-1] = 0``.
+
+    The forward map ``L: (u, h0) -> h``, ``h_t = a_t h_{t-1} + u_t``, is ``h = (I - S)^{-1}(u +
+    e_0 a_0 h0)`` with the shift ``(S h)_t = a_t h_{t-1}``. Its adjoint under the bilinear pairing
+    ``<x, y> = sum x * y`` is ``g = (I - S^T)^{-1} v`` with ``(S^T g)_t = a_{t+1}^T g_{t+1}``: a
+    *reverse* scan of ``v`` with ``transpose=True`` whose step-t matrix is ``a[t+1]`` (the last
+    one multiplies ``g_T = 0``, so any value works; we use 0), plus ``a_0^T g_0`` for ``h0``.
+    For the reverse scan the roles swap: a forward scan with ``a_adj[t] = a[t-1]``.
+    """
+    taxis = a.ndim - 3 if dense else a.ndim - 2
+    shifted = np.zeros_like(a)
+    src = [slice(None)] * a.ndim
+    dst = [slice(None)] * a.ndim
+    src[taxis], dst[taxis] = slice(1, None), slice(None, -1)
+    shifted[tuple(dst)] = a[tuple(src)]
+    return shifted
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(case=scan_cases(t_values=(1, 2, 5, 33), dtypes=(np.float64, np.complex128)))
+def test_adjoint_identity(backend, case):
+    """<L(u, h0), v> = <u, g> + <h0, a_0^T g_0>, with g the transposed, shifted reverse scan."""
+    dense, reverse = case["dense"], case["reverse"]
+    a, u, h0 = make_inputs(case["seed"], case["dtype"], dense, case["batch"], case["T"], case["D"])
+    v = make_inputs(case["seed"] + 1, case["dtype"], dense, case["batch"], case["T"], case["D"])[1]
+    h = parscan.linear_scan(a, u, h0, reverse=reverse, backend=backend)
+    if reverse:  # adjoint of a reverse scan: forward scan with a_adj[t] = a[t-1]
+        a_adj = np.flip(
+            adjoint_shift(np.flip(a, a.ndim - 3 if dense else a.ndim - 2), dense),
+            a.ndim - 3 if dense else a.ndim - 2,
+        )
+    else:
+        a_adj = adjoint_shift(a, dense)
+    g = parscan.linear_scan(a_adj, v, reverse=not reverse, transpose=True, backend=backend)
+    first = -1 if reverse else 0  # the step that sees h0
+    g_first = g[..., first, :]
+    a_first = a[..., first, :, :] if dense else a[..., first, :]
+    h0_term = np.einsum("...ji,...j->...i", a_first, g_first) if dense else a_first * g_first
+    lhs = np.sum(h * v)
+    rhs = np.sum(u * g) + np.sum(h0 * h0_term)
+    assert abs(lhs - rhs) <= 1e-10 * (1 + np.sum(np.abs(h * v)))
+
+
+@given(case=scan_cases(t_values=(1, 2, 3, 8), dtypes=(np.float64, np.complex128)))
+def test_combine_associative_and_folds_to_scan(case):
+    a, b, h0 = make_dyadic_inputs(
+        case["seed"], case["dtype"], case["dense"], (), case["T"] + 2, case["D"]
+    )
+    p = [(a[t], b[t]) for t in range(a.shape[0])]
+    left = parscan.combine(parscan.combine(p[2], p[1]), p[0])
+    right = parscan.combine(p[2], parscan.combine(p[1], p[0]))
+    for x, y in zip(left, right, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # Folding the pairs (later • earlier) and applying them to h0 gives every h_t.
+    ref = scan_reference(a, b, h0)
+    acc = p[0]
+    for t in range(a.shape[0]):
+        if t:
+            acc = parscan.combine(p[t], acc)
+        A, c = acc
+        h_t = (A @ h0 if case["dense"] else A * h0) + c
+        np.testing.assert_array_equal(h_t, ref[t])
+
+
+def test_combine_batched_dense():
+    rng = np.random.default_rng(0)
+    A2, A1 = rng.standard_normal((2, 5, 3, 3))
+    b2, b1 = rng.standard_normal((2, 5, 3))
+    A, c = parscan.combine((A2, b2), (A1, b1))
+    np.testing.assert_allclose(A, np.einsum("nij,njk->nik", A2, A1))
+    np.testing.assert_allclose(c, np.einsum("nij,nj->ni", A2, b1) + b2)
+
+
+# --------------------------------------------------------------------------- edge inputs
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dense", [False, True])
+def test_empty_shapes(backend, dense):
+    for batch, T in (((2,), 0), ((0,), 5), ((), 0)):
+        a, b, h0 = make_inputs(0, np.float64, dense, batch, T, 3)
+        out = parscan.linear_scan(a, b, h0, backend=backend)
+        assert out.shape == b.shape and out.dtype == b.dtype
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_strided_unaligned_big_endian_inputs_untouched(backend):
+    a, b, h0 = make_inputs(1, np.float64, True, (3,), 40, 4)
+    ref = scan_reference(a, b, h0, False, True)
+    a_strided = np.repeat(a, 2, axis=1)[:, ::2]  # non-contiguous view
+    raw = np.zeros(b.nbytes + 1, np.uint8)
+    b_unaligned = raw[1:].view(np.float64).reshape(b.shape)  # misaligned buffer
+    b_unaligned[...] = b
+    assert not b_unaligned.flags.aligned
+    h0_be = h0.astype(">f8")
+    before = [x.copy() for x in (a_strided, b_unaligned, h0_be)]
+    out = parscan.linear_scan(a_strided, b_unaligned, h0_be, transpose=True, backend=backend)
+    assert_close(out, ref)
+    for x, y in zip(before, (a_strided, b_unaligned, h0_be), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_nan_and_inf_propagate(backend):
+    a, b, h0 = make_inputs(2, np.float64, False, (3,), 64, 2)
+    a = np.abs(a) + 0.01  # never zero, so a NaN reaches every later step
+    b[0, 10, 0] = np.nan
+    b[1, 20, 1] = np.inf
+    out = parscan.linear_scan(a, b, h0, backend=backend)
+    assert np.isnan(out[0, 10:, 0]).all() and np.isfinite(out[0, :10, 0]).all()
+    assert np.isposinf(out[1, 20:, 1]).all() and np.isfinite(out[1, :20, 1]).all()
+    assert np.isfinite(out[2]).all()
+    assert np.isfinite(out[0, :, 1]).all() and np.isfinite(out[1, :, 0]).all()
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dense", [False, True])
+def test_out_and_in_place(backend, dense):
+    a, b, h0 = make_inputs(3, np.float64, dense, (3,), 50, 3)
+    expected = parscan.linear_scan(a, b, h0, backend=backend)
+    out = np.empty_like(b)
+    assert parscan.linear_scan(a, b, h0, backend=backend, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    assert parscan.linear_scan(a, b, h0, backend=backend, out=b) is b
+    np.testing.assert_array_equal(b, expected)
+
+
+def test_out_errors():
+    a, b, h0 = make_inputs(3, np.float64, False, (2,), 10, 3)
+    with pytest.raises(ValueError, match=r"^linear_scan: `out` must have b's shape \(2, 10, 3\)"):
+        parscan.linear_scan(a, b, out=np.empty((2, 10, 4)))
+    with pytest.raises(TypeError, match=r"^linear_scan: `out` must have b's dtype float64"):
+        parscan.linear_scan(a, b, out=np.empty(b.shape, np.float32))
+    with pytest.raises(ValueError, match=r"`out` must be C-contiguous"):
+        parscan.linear_scan(a, b, out=np.empty((2, 10, 6))[..., ::2])
+    with pytest.raises(ValueError, match=r"must not overlap `a`, `h0` or part of `b`"):
+        parscan.linear_scan(a, b, h0, out=a)
+    with pytest.raises(ValueError, match=r"must not overlap"):
+        parscan.linear_scan(a[:, 1:], b[:, :-1], out=b[:, 1:])
+
+
+def test_lists_and_transpose_ignored_for_diagonal():
+    out = parscan.linear_scan([[0.5], [0.5]], [[1.0], [1.0]], transpose=True)
+    np.testing.assert_array_equal(out, [[1.0], [1.5]])
+
+
+def test_auto_never_picks_threads_for_short_or_unbatched_dense(monkeypatch):
+    monkeypatch.setattr(scan, "n_threads", lambda: 2)
+    assert scan._choose_host_backend(True, 1, 10**6, 16) == "sequential"
+    assert scan._choose_host_backend(True, 8, 10**4, 16) == "cpu"
+    assert scan._choose_host_backend(False, 1, 10, 16) == "sequential"
+    assert scan._choose_host_backend(False, 1, 10**6, 16) == "cpu"
+    assert scan._choose_host_backend(False, 8, 10**5, 16) == "cpu"
+    monkeypatch.setattr(scan, "n_threads", lambda: 1)
+    assert scan._choose_host_backend(False, 8, 10**6, 16) == "sequential"
+
+
+def test_available_backends():
+    backends = parscan.available_backends()
+    assert backends[:2] == ("sequential", "cpu")
+    assert set(backends) <= {"sequential", "cpu", "cuda"}
+
+
+# --------------------------------------------------------------------------- errors
+
+GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (
+            (GOOD_A.astype(np.int64), GOOD_B),
+            {},
+            TypeError,
+            r"^linear_scan: expected .*got a\.dtype=int64",
+        ),
+        (
+            (GOOD_A, GOOD_B.astype(np.float32)),
+            {},
+            TypeError,
+            r"^linear_scan: .*share one dtype; got a\.dtype=float64, b\.dtype=float32",
+        ),
+        ((GOOD_A, GOOD_B, np.ones((2, 3), np.complex128)), {}, TypeError, r"h0\.dtype=complex128"),
+        (
+            (np.ones((2, 5, 4)), GOOD_B),
+            {},
+            ValueError,
+            r"^linear_scan: `a` must have shape .*\(2, 5, 3\) or \(2, 5, 3, 3\); "
+            r"got a\.shape=\(2, 5, 4\)",
+        ),
+        ((np.ones((3, 5, 3)), GOOD_B), {}, ValueError, r"no broadcasting"),
+        ((np.ones((2, 5, 3, 2)), GOOD_B), {}, ValueError, r"got a\.shape=\(2, 5, 3, 2\)"),
+        (
+            (GOOD_A, GOOD_B, np.ones((2, 4))),
+            {},
+            ValueError,
+            r"^linear_scan: `h0` must have shape .*\(2, 3\); got h0\.shape=\(2, 4\)",
+        ),
+        (
+            (np.ones(5), np.ones(5)),
+            {},
+            ValueError,
+            r"^linear_scan: `b` must have shape \(\.\.\., T, D\)",
+        ),
+        (
+            (GOOD_A, GOOD_B),
+            {"backend": "gpu"},
+            ValueError,
+            r"^linear_scan: unknown backend 'gpu'; available: 'auto', 'sequential', 'cpu'",
+        ),
+    ],
+)
+def test_errors(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        parscan.linear_scan(*args, **kwargs)
+
+
+def test_errors_are_reported_together():
+    with pytest.raises(TypeError, match=r"int64.*`a` must have shape.*`h0` must have shape"):
+        parscan.linear_scan(np.ones((2, 5, 4), np.int64), GOOD_B, np.ones(7))
+    with pytest.raises(ValueError, match=r"`a` must have shape.*`h0` must have shape"):
+        parscan.linear_scan(np.ones((2, 5, 4)), GOOD_B, np.ones(7))
+
+
+def test_cuda_unavailable_error_lists_backends():
+    if "cuda" in parscan.available_backends():
+        pytest.skip("a GPU or the simulator is present")
+    with pytest.raises(ValueError, match=r"^linear_scan: backend 'cuda' is not available.*'cpu'"):
+        parscan.linear_scan(GOOD_A, GOOD_B, backend="cuda")
+
+
+def test_combine_rejects_mixed_kinds():
+    with pytest.raises(ValueError, match=r"^combine: both pairs must be diagonal"):
+        parscan.combine((np.ones((3, 3)), np.ones(3)), (np.ones(3), np.ones(3)))

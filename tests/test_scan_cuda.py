@@ -1,0 +1,219 @@
+"""CUDA backend of linear_scan.
+
+* PTX: every kernel x dtype compiles with ``cuda.compile_ptx`` for cc 9.0 (no GPU needed;
+  skipped under the simulator, where there is no compiler);
+* ``cudasim``: the kernels run in the simulator (``NUMBA_ENABLE_CUDASIM=1``) with blocks of 8
+  threads x 2 steps, so tiny inputs cross many tiles and exercise the look-back;
+* ``gpu``: the same properties with the production launch shape on a real GPU.
+
+This module imports cleanly with and without the simulator.
+"""
+
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from numba import cuda
+from reference import scan_reference
+from test_scan import (
+    DTYPES,
+    adjoint_shift,
+    assert_close,
+    make_dyadic_inputs,
+    make_inputs,
+    run_case,
+    scan_cases,
+)
+
+import parscan
+from parscan import _cuda
+
+CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+SIM_LAUNCH = _cuda.Launch(block=8, items=2, dense_block=4, dense_items=2)
+#: Tiles publish only aggregates: every look-back combines them back to the first tile.
+SIM_LAUNCH_AGGREGATES = _cuda.Launch(
+    block=8, items=2, dense_block=4, dense_items=2, publish_prefix=False
+)
+#: Lengths around the simulator tiles (8 or 16 diagonal steps, 8 dense steps per block).
+SIM_T = (0, 1, 2, 7, 8, 9, 15, 16, 17, 33)
+_TILE = _cuda.LAUNCH.block * _cuda.LAUNCH.items
+GPU_T = (0, 1, 2, 31, _TILE // 32 - 1, _TILE // 32, _TILE // 32 + 1, _TILE - 1, _TILE + 1, 20_000)
+
+
+def _to_device(x):
+    return cuda.to_device(x)
+
+
+# --------------------------------------------------------------------------- PTX (no GPU)
+
+
+class _FakeDevice:
+    compute_capability = (9, 0)
+
+
+@pytest.fixture
+def no_device_context(monkeypatch):
+    """compile_ptx of a kernel calling device functions asks for the current device."""
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: _FakeDevice())
+
+
+@pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["diag", "dense"])
+def test_ptx_compiles(no_device_context, dtype, kernel):
+    kernels = _cuda.make_kernels(np.dtype(dtype))
+    signature = getattr(kernels, f"{kernel}_signature")
+    ptx, _ = cuda.compile_ptx(getattr(kernels, kernel).py_func, signature, cc=(9, 0))
+    assert ".entry" in ptx and "atom.global" in ptx and "bar.sync" in ptx
+    if kernel == "diag":  # the per-thread runs stay in registers
+        assert ".local" not in ptx
+
+
+@pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
+def test_ptx_zero_status():
+    ptx, _ = cuda.compile_ptx(_cuda._zero_status.py_func, (numba.int32[::1],), cc=(9, 0))
+    assert ".entry" in ptx
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+@pytest.fixture(scope="module")
+def sim_launch():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_cuda, "LAUNCH", SIM_LAUNCH)
+        yield
+
+
+@pytest.mark.cudasim
+@given(case=scan_cases(t_values=SIM_T, max_d=3))
+def test_sim_matches_reference(sim_launch, case):
+    out, ref = run_case(case, "cuda")
+    assert isinstance(out, np.ndarray) and out.dtype == ref.dtype
+    assert_close(out, ref)
+
+
+@pytest.mark.cudasim
+@settings(max_examples=20)
+@given(case=scan_cases(t_values=SIM_T, max_d=3, dtypes=(np.float64, np.complex128)))
+def test_sim_dyadic_bit_exact_on_device(sim_launch, case):
+    out, ref = run_case(case, "auto", make=make_dyadic_inputs, convert=_to_device)
+    assert not isinstance(out, np.ndarray)  # device in, device out
+    np.testing.assert_array_equal(out.copy_to_host(), ref)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_sim_lookback_through_aggregates(dense, dtype):
+    """The sequential simulator never shows a tile in progress; force the aggregate path."""
+    for make, (batch, T, D) in zip(
+        (make_inputs, make_dyadic_inputs), (((3,), 33, 2), ((), 40, 1)), strict=True
+    ):
+        a, b, h0 = make(T, dtype, dense, batch, T, D)
+        for reverse in (False, True):
+            out = cuda.device_array(b.shape, b.dtype)
+            args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, dense, dense)
+            _cuda.scan_device(*args, out, SIM_LAUNCH_AGGREGATES)
+            ref = scan_reference(a, b, h0, reverse, dense)
+            if make is make_inputs:
+                assert_close(out.copy_to_host(), ref)
+            else:
+                np.testing.assert_array_equal(out.copy_to_host(), ref)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dense", [False, True])
+def test_sim_reverse_is_flipped_forward_and_adjoint(sim_launch, dense):
+    a, b, h0 = make_inputs(3, np.float64, dense, (2,), 19, 2)
+    rev = parscan.linear_scan(a, b, h0, reverse=True, backend="cuda")
+    fwd = parscan.linear_scan(np.flip(a, 1), np.flip(b, 1), h0, backend="cuda")
+    np.testing.assert_array_equal(rev, np.flip(fwd, 1))
+    v = make_inputs(4, np.float64, dense, (2,), 19, 2)[1]
+    h = parscan.linear_scan(a, b, backend="cuda")
+    g = parscan.linear_scan(
+        adjoint_shift(a, dense), v, reverse=True, transpose=True, backend="cuda"
+    )
+    assert abs(np.sum(h * v) - np.sum(b * g)) <= 1e-12 * (1 + np.sum(np.abs(h * v)))
+
+
+@pytest.mark.cudasim
+def test_sim_out_and_in_place_on_device(sim_launch):
+    a, b, h0 = make_dyadic_inputs(5, np.float64, False, (3,), 20, 2)
+    ref = scan_reference(a, b, h0)
+    da, db, dh0 = (cuda.to_device(x) for x in (a, b, h0))
+    out = cuda.device_array(b.shape, b.dtype)
+    assert parscan.linear_scan(da, db, dh0, out=out) is out
+    np.testing.assert_array_equal(out.copy_to_host(), ref)
+    parscan.linear_scan(da, db, dh0, out=db)  # in place
+    np.testing.assert_array_equal(db.copy_to_host(), ref)
+    host_out = np.empty_like(b)
+    assert parscan.linear_scan(a, b, h0, backend="cuda", out=host_out) is host_out
+    np.testing.assert_array_equal(host_out, ref)
+
+
+@pytest.mark.cudasim
+def test_sim_empty_and_errors(sim_launch):
+    a, b, _ = make_inputs(0, np.float64, False, (2,), 0, 3)
+    assert parscan.linear_scan(cuda.to_device(a), cuda.to_device(b)).shape == (2, 0, 3)
+    a, b, _ = make_inputs(0, np.float64, True, (), 4, 17)
+    with pytest.raises(ValueError, match=r"^linear_scan: the cuda backend supports dense .*D=17"):
+        parscan.linear_scan(a, b, backend="cuda")
+    with pytest.raises(TypeError, match=r"^linear_scan: .*must all be device arrays"):
+        parscan.linear_scan(cuda.to_device(a), b)
+    with pytest.raises(ValueError, match=r"^linear_scan: device arrays need backend 'cuda'"):
+        parscan.linear_scan(cuda.to_device(a), cuda.to_device(b), backend="cpu")
+    a2 = cuda.to_device(np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"^linear_scan: device arrays must be C-contiguous"):
+        parscan.linear_scan(a2[:, ::2], cuda.to_device(np.ones((4, 3))))
+
+
+# --------------------------------------------------------------------------- real GPU
+
+
+class _Interface:
+    """A foreign device array: only ``__cuda_array_interface__``."""
+
+    def __init__(self, array):
+        self._array = array
+        self.__cuda_array_interface__ = array.__cuda_array_interface__
+
+
+@pytest.mark.gpu
+@given(case=scan_cases(t_values=GPU_T, max_d=16))
+def test_gpu_matches_reference(case):
+    out, ref = run_case(case, "cuda")
+    assert_close(out, ref)
+
+
+@pytest.mark.gpu
+@given(case=scan_cases(t_values=GPU_T, max_d=16, dtypes=(np.float64, np.complex128, np.float32)))
+def test_gpu_dyadic_bit_exact(case):
+    if case["dtype"] == np.float32 and case["dense"]:
+        case["dtype"] = np.float64
+    out, ref = run_case(case, "cuda", make=make_dyadic_inputs)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dense", "B", "T", "D"),
+    [
+        (False, 1, 3_000_001, 1),
+        (False, 3, 400_001, 16),
+        (True, 2, 50_001, 16),
+        (True, 1, 100_003, 3),
+    ],
+)
+def test_gpu_long_sequences_match_sequential(dense, B, T, D):
+    """Many tiles: exercises the look-back under real concurrency."""
+    a, b, h0 = make_dyadic_inputs(7, np.float64, dense, (B,), T, D)
+    for reverse in (False, True):
+        ref = parscan.linear_scan(a, b, h0, reverse=reverse, transpose=dense, backend="sequential")
+        out = parscan.linear_scan(
+            *(_Interface(cuda.to_device(x)) for x in (a, b, h0)), reverse=reverse, transpose=dense
+        )
+        assert not isinstance(out, np.ndarray)
+        np.testing.assert_array_equal(out.copy_to_host(), ref)

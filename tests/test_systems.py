@@ -1,0 +1,234 @@
+"""Benchmark systems: right-hand sides, Jacobians, integrator accuracy, generate()."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from models.systems import SYSTEMS, System, generate, get_system
+
+# --- Plain NumPy references of the right-hand sides (written from the papers' equations) -----
+
+
+def ref_lorenz63(x, q):
+    s, r, b = q["sigma"], q["rho"], q["beta"]
+    return np.array([s * (x[1] - x[0]), x[0] * (r - x[2]) - x[1], x[0] * x[1] - b * x[2]])
+
+
+def ref_rossler(x, q):
+    return np.array([-x[1] - x[2], x[0] + q["a"] * x[1], q["b"] + x[2] * (x[0] - q["c"])])
+
+
+def ref_lorenz96(x, q):
+    return (np.roll(x, -1) - np.roll(x, 2)) * np.roll(x, 1) - x + q["F"]
+
+
+def ref_hindmarsh_rose(x, q):
+    return np.array(
+        [
+            x[1] - q["a"] * x[0] ** 3 + q["b"] * x[0] ** 2 - x[2] + q["I"],
+            q["c"] - q["d"] * x[0] ** 2 - x[1],
+            q["r"] * (q["s"] * (x[0] - q["x_rest"]) - x[2]),
+        ]
+    )
+
+
+def ref_slow_lorenz(x, q):
+    w = 2 * np.pi / q["period"]
+    g = 1 - x[3] ** 2 - x[4] ** 2
+    rho = q["rho0"] + q["rho_amp"] * x[3]
+    lor = ref_lorenz63(x[:3], {"sigma": q["sigma"], "rho": rho, "beta": q["beta"]})
+    return np.concatenate([lor, [w * (g * x[3] - x[4]), w * (g * x[4] + x[3])]])
+
+
+REFERENCES = {
+    "lorenz63": ref_lorenz63,
+    "rossler": ref_rossler,
+    "lorenz96": ref_lorenz96,
+    "hindmarsh_rose": ref_hindmarsh_rose,
+    "slow_lorenz": ref_slow_lorenz,
+}
+
+# A state near each attractor's scale, for pointwise checks.
+SCALES = {"lorenz63": 10.0, "rossler": 5.0, "lorenz96": 4.0, "hindmarsh_rose": 1.0}
+
+
+def random_state(name, rng, dim):
+    x = np.asarray(SYSTEMS[name].x0, dtype=np.float64)
+    x = np.resize(x, dim) + SCALES.get(name, 1.0) * rng.standard_normal(dim)
+    if name == "slow_lorenz":
+        x[3:] = rng.uniform(-1, 1, 2)
+    return x
+
+
+def test_registry_has_the_required_systems():
+    assert {"lorenz63", "rossler", "lorenz96", "hindmarsh_rose", "slow_lorenz"} <= set(SYSTEMS)
+    for name, rec in SYSTEMS.items():
+        assert isinstance(rec, System) and rec.name == name
+        assert len(rec.x0) == rec.dim
+        assert rec.dt > 0 and rec.max_step <= rec.dt
+        assert rec.citation and rec.description
+    assert SYSTEMS["lorenz63"].params["rho"] == 28.0
+    assert SYSTEMS["rossler"].params["c"] == 5.7
+    assert SYSTEMS["lorenz63"].lyapunov == pytest.approx(0.9056)
+    with pytest.raises(TypeError):
+        SYSTEMS["lorenz63"].params["rho"] = 1.0  # read-only
+
+
+def test_slow_scale_of_the_slow_fast_system_is_much_longer_than_a_training_window():
+    rec = SYSTEMS["slow_lorenz"]
+    slow_period_steps = rec.params["period"] / rec.dt
+    assert slow_period_steps >= 10 * 200
+    assert f"{slow_period_steps:,.0f} steps" in rec.description
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_rhs_matches_numpy_reference(name):
+    rng = np.random.default_rng(1)
+    rec = SYSTEMS[name]
+    for _ in range(5):
+        x = random_state(name, rng, rec.dim)
+        np.testing.assert_allclose(
+            rec.rhs(x), REFERENCES[name](x, rec.params), rtol=1e-13, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_jacobian_matches_central_differences(name):
+    rng = np.random.default_rng(2)
+    rec = SYSTEMS[name]
+    for _ in range(3):
+        x = random_state(name, rng, rec.dim)
+        jac = rec.jacobian(x)
+        h = 1e-6 * max(1.0, np.abs(x).max())
+        fd = np.empty_like(jac)
+        for j in range(rec.dim):
+            e = np.zeros(rec.dim)
+            e[j] = h
+            fd[:, j] = (rec.rhs(x + e) - rec.rhs(x - e)) / (2 * h)
+        np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6 * np.abs(jac).max())
+
+
+def test_lorenz96_any_dimension_and_its_jacobian():
+    rec = SYSTEMS["lorenz96"]
+    rng = np.random.default_rng(3)
+    for n in (4, 7):
+        params = {"N": n, "F": 5.0}
+        x = rng.standard_normal(n)
+        np.testing.assert_allclose(rec.rhs(x, params), ref_lorenz96(x, {"F": 5.0}), rtol=1e-14)
+        jac = rec.jacobian(x, params)
+        fd = np.stack(
+            [
+                (rec.rhs(x + 1e-6 * e, params) - rec.rhs(x - 1e-6 * e, params)) / 2e-6
+                for e in np.eye(n)
+            ],
+            axis=1,
+        )
+        np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-8)
+    assert generate("lorenz96", 3, params={"N": 6}).shape == (3, 6)
+    with pytest.raises(ValueError, match=r"generate: lorenz96 parameter N must be an int >= 4"):
+        generate("lorenz96", 3, params={"N": 3})
+
+
+# Horizons of a few Lyapunov times (the error grows like exp(lambda t)).
+HORIZONS = {
+    "lorenz63": 300,
+    "rossler": 300,
+    "lorenz96": 200,
+    "hindmarsh_rose": 600,
+    "slow_lorenz": 300,
+}
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_generate_agrees_with_solve_ivp(name):
+    rec = SYSTEMS[name]
+    x0 = generate(name, 1, seed=5)[0]  # a point on the attractor
+    n = HORIZONS[name]
+    x = generate(name, n, x0=x0, transient=0)
+    t_eval = rec.dt * np.arange(n)
+    sol = solve_ivp(
+        lambda t, y: REFERENCES[name](y, rec.params),
+        (0.0, t_eval[-1]),
+        x0,
+        method="DOP853",
+        t_eval=t_eval,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    assert sol.success
+    scale = x.std(axis=0).max()
+    np.testing.assert_array_equal(x[0], x0)
+    np.testing.assert_allclose(x, sol.y.T, rtol=0, atol=1e-7 * scale)
+
+
+def test_generate_is_reproducible_and_seeds_give_different_initial_conditions():
+    a = generate("lorenz63", 500, seed=1)
+    np.testing.assert_array_equal(a, generate("lorenz63", 500, seed=1))
+    b = generate("lorenz63", 500, seed=2)
+    assert np.abs(a - b).max() > 1.0
+
+
+def test_transient_drops_leading_samples_exactly():
+    x0 = np.array([1.0, 2.0, 20.0])
+    full = generate("lorenz63", 50, x0=x0, transient=0)
+    np.testing.assert_array_equal(generate("lorenz63", 40, x0=x0, transient=10), full[10:])
+    # the default transient is the record's transient_time in samples
+    rec = SYSTEMS["rossler"]
+    long = generate("rossler", round(rec.transient_time / rec.dt) + 5, seed=4, transient=0)
+    np.testing.assert_array_equal(generate("rossler", 5, seed=4), long[-5:])
+
+
+def test_sampling_step_does_not_change_the_trajectory_beyond_rk4_error():
+    x0 = np.array([1.0, 2.0, 20.0])
+    fine = generate("lorenz63", 101, x0=x0, transient=0, dt=0.005)
+    coarse = generate("lorenz63", 51, x0=x0, transient=0, dt=0.01)
+    np.testing.assert_allclose(fine[::2], coarse, atol=1e-8)
+
+
+def test_observation_noise_is_relative_to_each_dimension_sd():
+    clean = generate("lorenz63", 20_000, seed=3)
+    noisy = generate("lorenz63", 20_000, seed=3, noise=0.05)
+    ratio = (noisy - clean).std(axis=0) / clean.std(axis=0)
+    np.testing.assert_allclose(ratio, 0.05, rtol=0.03)
+    np.testing.assert_allclose((noisy - clean).mean(axis=0) / clean.std(axis=0), 0, atol=2e-3)
+
+
+def test_record_variants_via_dataclasses_replace():
+    rec = dataclasses.replace(SYSTEMS["lorenz63"], params={"sigma": 10.0, "rho": 15.0, "beta": 2.0})
+    x = generate(rec, 2000, seed=0)
+    # rho = 15 < 24.06: the trajectory settles on a fixed point C+ or C-
+    c = np.sqrt(2.0 * 14.0)
+    np.testing.assert_allclose(np.abs(x[-1, :2]), [c, c], rtol=1e-3)
+    assert get_system(rec, "generate") is rec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"system": "lorenz"}, ValueError, r"generate: unknown system 'lorenz'; known: lorenz63"),
+        ({"system": 3}, TypeError, r"generate: expected a system name"),
+        ({"n_steps": 0}, ValueError, r"generate: n_steps must be >= 1; got 0"),
+        ({"n_steps": 2.0}, TypeError, r"generate: n_steps must be an int"),
+        ({"dt": -0.1}, ValueError, r"generate: dt must be finite and > 0"),
+        ({"noise": -1.0}, ValueError, r"generate: noise must be finite and >= 0"),
+        ({"seed": -1}, ValueError, r"generate: seed must be >= 0"),
+        ({"transient": -1}, ValueError, r"generate: transient must be >= 0"),
+        ({"params": {"gamma": 1.0}}, ValueError, r"unknown parameter\(s\) \['gamma'\].*sigma"),
+        ({"params": {"rho": np.nan}}, TypeError, r"must be finite real numbers; got rho=nan"),
+        ({"params": [1.0]}, TypeError, r"generate: params must be a dict"),
+        ({"x0": [1.0, 2.0]}, ValueError, r"generate: x0 must have shape \(3,\)"),
+        ({"x0": [1.0, np.inf, 0.0]}, ValueError, r"generate: x0 contains NaN or inf"),
+        ({"x0": ["a", "b", "c"]}, TypeError, r"generate: x0 must be a real numeric array"),
+    ],
+)
+def test_generate_validation(kwargs, exc, match):
+    args = {"system": "lorenz63", "n_steps": 5, **kwargs}
+    with pytest.raises(exc, match=match):
+        generate(args.pop("system"), args.pop("n_steps"), **args)
+
+
+def test_blow_up_is_reported():
+    with pytest.raises(ValueError, match=r"generate: the lorenz63 trajectory became non-finite"):
+        generate("lorenz63", 10, params={"beta": -50.0})

@@ -1,0 +1,276 @@
+"""fit / TrainConfig / checkpoints: learning, bit-identical resumption, interrupts, rejected steps,
+validation-based selection and argument errors. Tiny float64 runs (one compile per kernel)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import autodiff.gradients
+import models
+from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from autodiff.gradients import gtf_loss_and_grad
+from autodiff.train import (
+    EpochInfo,
+    StepInfo,
+    TrainConfig,
+    TrainingDivergedError,
+    TrainResult,
+    fit,
+)
+from models import LinearSSM, ShPLRNN
+from models.data import standardize
+
+#: small, fast and still learning: Adam at 1e-2 on 8 windows of 50 steps, 10 batches per epoch
+BASE = {
+    "sequence_length": 50,
+    "batch_size": 8,
+    "batches_per_epoch": 10,
+    "epochs": 3,
+    "optimizer": "adam",
+    "lr_start": 1e-2,
+    "lr_end": 1e-3,
+    "alpha_mode": "auto",
+    "alpha_interval": 3,
+    "noise_level": 0.01,
+    "dtype": "float64",
+    "checkpoint_interval": 1,
+    "validation_interval": 1,
+    "validation_steps": 400,
+}
+
+
+def config(**kw):
+    return TrainConfig(**{**BASE, **kw})
+
+
+@pytest.fixture(scope="module")
+def lorenz():
+    return models.generate("lorenz63", 3000, seed=1), models.generate("lorenz63", 1000, seed=2)
+
+
+def small_model():
+    return ShPLRNN(3, 16, dtype="float64", seed=0)
+
+
+class Interrupt:
+    """Callback raising KeyboardInterrupt after global step ``at`` (0-based)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, info):
+        if isinstance(info, StepInfo) and info.step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_fit_reduces_the_loss(lorenz):
+    x, _ = lorenz
+    model = small_model()
+    xs, _, _ = standardize(x)
+    batch = xs[np.arange(0, 2900, 100)[:, None] + np.arange(51)]
+    before = gtf_loss_and_grad(model, batch, alpha=0.2)[0]
+    infos = []
+    result = fit(
+        model, x, config(epochs=5, batches_per_epoch=20, alpha_mode="constant", alpha=0.2),
+        callback=infos.append,
+    )  # fmt: skip
+    after = gtf_loss_and_grad(result.model, batch, alpha=0.2)[0]
+    assert after < before / 3
+    assert isinstance(result, TrainResult) and result.n_bad_steps == 0
+    assert result.model is not model and np.array_equal(result.model.params, result.last_params)
+    assert result.best_epoch is None and len(result.history) == 5
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    steps = [i for i in infos if isinstance(i, StepInfo)]
+    epochs = [i for i in infos if isinstance(i, EpochInfo)]
+    assert [s.step for s in steps] == list(range(100)) and len(epochs) == 5
+    assert all(s.accepted and s.newton_iters_max >= 1 and s.alpha == 0.2 for s in steps)
+    np.testing.assert_allclose(result.model.standardization[0], x.mean(axis=0))
+
+
+def test_resume_is_bit_identical(lorenz, tmp_path):
+    x, xv = lorenz
+    cfg = config()
+    full = fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "full", validation_data=xv)
+
+    # Interrupted mid-epoch 2 (step 14 of 30): the checkpoint holds the last completed step.
+    cut = tmp_path / "cut"
+
+    def keep_epoch_one(info):
+        if isinstance(info, EpochInfo) and info.record["epoch"] == 1:
+            shutil.copytree(cut, tmp_path / "epoch1")
+        Interrupt(14)(info)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=cut, validation_data=xv, callback=keep_epoch_one)
+    ckpt = load_checkpoint(cut)
+    assert ckpt["state"]["train_state"]["step"] == 15
+    assert isinstance(models.load(cut / CHECKPOINT_NAME), ShPLRNN)
+
+    for directory in (cut, tmp_path / "epoch1"):
+        resumed = fit(small_model(), x, cfg, checkpoint_dir=directory, resume=True,
+                      validation_data=xv)  # fmt: skip
+        assert np.array_equal(resumed.last_params, full.last_params)
+        assert np.array_equal(resumed.model.params, full.model.params)
+        assert resumed.best_epoch == full.best_epoch
+        assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+        assert resumed.alpha == full.alpha
+
+
+def test_interrupt_during_first_steps_leaves_a_loadable_checkpoint(lorenz, tmp_path):
+    x, _ = lorenz
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, config(), checkpoint_dir=tmp_path, callback=Interrupt(0))
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["state"]["train_state"]["step"] == 1
+    model, meta = models.load_with_metadata(tmp_path / CHECKPOINT_NAME)
+    assert np.all(np.isfinite(model.params))
+    assert meta["train_state"]["config"] == config().to_dict()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_validation_selects_the_best_epoch(lorenz):
+    x, xv = lorenz
+    result = fit(small_model(), x, config(), validation_data=xv)
+    scores = [h["val_score"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(scores)) + 1
+    assert result.best_scores["score"] == min(scores)
+    if result.best_epoch != len(scores):
+        assert not np.array_equal(result.model.params, result.last_params)
+
+
+def _poisoned(bad_steps):
+    """A gtf_loss_and_grad that returns a NaN gradient on the given call numbers."""
+    real = autodiff.gradients.gtf_loss_and_grad
+    calls = {"n": 0}
+
+    def fake(*args, **kw):
+        loss, grad, info = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] - 1 in bad_steps:
+            grad = grad.copy()
+            grad[3] = np.nan
+        return loss, grad, info
+
+    return fake
+
+
+def test_non_finite_steps_are_rejected(lorenz, monkeypatch):
+    x, _ = lorenz
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({4, 5, 17}))
+    infos = []
+    result = fit(small_model(), x, config(epochs=2), callback=infos.append)
+    steps = [i for i in infos if isinstance(i, StepInfo)]
+    assert [s.step for s in steps if not s.accepted] == [4, 5, 17]
+    assert steps[5].bad_steps == 2 and steps[6].bad_steps == 0
+    assert "non-finite" in steps[4].reason
+    assert result.n_bad_steps == 3
+    assert [h["bad_steps"] for h in result.history] == [2, 1]
+    assert np.all(np.isfinite(result.model.params))
+
+
+def test_rejected_step_leaves_parameters_unchanged(lorenz, monkeypatch):
+    x, _ = lorenz
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({0}))
+    result = fit(small_model(), x, config(epochs=1, batches_per_epoch=1))
+    assert result.n_bad_steps == 1
+    np.testing.assert_array_equal(result.last_params, small_model().params)
+
+
+def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp_path, monkeypatch):
+    x, _ = lorenz
+    cfg = config(epochs=3, max_bad_steps=4)
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned(set(range(10, 100))))
+    with pytest.raises(TrainingDivergedError, match="4 consecutive steps were rejected") as err:
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["state"]["train_state"]["step"] == 10  # the epoch-1 checkpoint, not overwritten
+    np.testing.assert_array_equal(ckpt["params"], err.value.params)
+    assert err.value.checkpoint == tmp_path / CHECKPOINT_NAME
+
+
+def test_single_window_spanning_the_data_and_sequential_method(lorenz):
+    x, _ = lorenz
+    short = x[:301]
+    for method in ("deer", "sequential"):
+        cfg = config(method=method, sequence_length=300, batch_size=2, epochs=1,
+                     batches_per_epoch=2)  # fmt: skip
+        result = fit(small_model(), short, cfg)
+        assert result.n_bad_steps == 0 and np.isfinite(result.history[0]["loss"])
+
+
+def test_state_space_model_trains(lorenz):
+    x, xv = lorenz
+    model = LinearSSM(3, 4, 8, dtype="float64")
+    result = fit(model, x, config(epochs=1, batches_per_epoch=3), validation_data=xv)
+    assert result.n_bad_steps == 0 and result.history[0]["newton_iters_max"] == 0
+    assert isinstance(result.model, LinearSSM)
+
+
+def test_config_round_trips_through_json():
+    cfg = config(grad_clip=1.0, l2={"A": 1e-3, "W": 1e-4}, validation_steps=None)
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert TrainConfig().batch_size == 16 and TrainConfig().batches_per_epoch == 50
+    assert TrainConfig().alpha_gamma == 0.999 and TrainConfig().optimizer == "radam"
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"method": "bptt"}, ValueError, "method must be one of"),
+        ({"sequence_length": 0}, ValueError, "sequence_length must be >= 1"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"epochs": True}, TypeError, "epochs must be an int"),
+        ({"optimizer": "sgd"}, ValueError, "optimizer must be one of"),
+        ({"lr_start": -1e-3}, ValueError, "lr_start must be finite"),
+        ({"lr_end": float("nan")}, ValueError, "lr_end must be finite"),
+        ({"alpha": 1.5}, ValueError, r"alpha must be finite and in \[0.0, 1.0\]"),
+        ({"alpha_mode": "fixed"}, ValueError, "alpha_mode must be one of"),
+        ({"alpha_method": "max"}, ValueError, "alpha_method must be one of"),
+        ({"alpha_gamma": 1.0}, ValueError, "alpha_gamma must be finite"),
+        ({"jacobian": "dense"}, ValueError, "jacobian must be one of"),
+        ({"noise_level": -0.1}, ValueError, "noise_level must be finite"),
+        ({"dtype": "float16"}, ValueError, "dtype must be one of"),
+        ({"grad_clip": 0.0}, ValueError, "grad_clip must be finite"),
+        ({"l2": {"V": 1.0}}, ValueError, "l2 has unknown groups"),
+        ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
+        ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
+        ({"validation_steps": 0}, ValueError, "validation_steps must be >= 1"),
+    ],
+)
+def test_bad_config_values(kw, exc, match):
+    with pytest.raises(exc, match="TrainConfig: .*" + match):
+        TrainConfig(**kw)
+
+
+def test_bad_config_reports_all_problems_and_unknown_keys():
+    with pytest.raises(ValueError, match=r"batch_size.*epochs"):
+        TrainConfig(batch_size=0, epochs=0)
+    with pytest.raises(ValueError, match=r"unknown keys \['lr'\]"):
+        TrainConfig.from_dict({"lr": 1e-3})
+
+
+def test_fit_argument_errors(lorenz, tmp_path):
+    x, _ = lorenz
+    model = small_model()
+    with pytest.raises(ValueError, match="fit: data has 2 columns"):
+        fit(model, x[:, :2], config())
+    with pytest.raises(ValueError, match="Lower sequence_length to at most 40"):
+        fit(model, x[:41], config())
+    with pytest.raises(ValueError, match="fit: resume=True needs checkpoint_dir"):
+        fit(model, x, config(), resume=True)
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        fit(model, x, config(), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(TypeError, match="fit: config must be a TrainConfig"):
+        fit(model, x, {"epochs": 1})
+    fit(model, x, config(epochs=1, batches_per_epoch=1), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="already exists; pass resume=True"):
+        fit(model, x, config(epochs=1, batches_per_epoch=1), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"cannot resume .*lr_start: 0.01 -> 0.02"):
+        fit(model, x, config(lr_start=2e-2, batches_per_epoch=1), checkpoint_dir=tmp_path,
+            resume=True)  # fmt: skip
+    with pytest.raises(ValueError, match="holds a ShPLRNN"):
+        fit(ShPLRNN(3, 8, dtype="float64"), x, config(epochs=1, batches_per_epoch=1),
+            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
