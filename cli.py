@@ -383,7 +383,10 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
     fig.savefig(out / "attractor.png", dpi=120)
     plt.close(fig)
     length = min(len(test), len(generated))
-    spectra = normalized_spectra(test[:length]), normalized_spectra(generated[:length])
+    spectra = (
+        normalized_spectra(test[:length], 20.0),
+        normalized_spectra(generated[:length], 20.0),
+    )
     fig, axes = plt.subplots(n_obs, 1, figsize=(8, 2.2 * n_obs), squeeze=False)
     for d in range(n_obs):
         for spectrum, label in zip(spectra, ("test data", "generated"), strict=True):

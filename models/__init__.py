@@ -21,10 +21,13 @@ _EXPORTS = {
     "generate": "models.systems",
     "load_data": "models.data",
     "standardize": "models.data",
+    "destandardize": "models.data",
+    "System": "models.systems",
     "state_space_divergence": "models.metrics",
     "power_spectrum_distance": "models.metrics",
     "prediction_error": "models.metrics",
     "max_lyapunov": "models.metrics",
+    "lyapunov_spectrum": "models.metrics",
     "evaluate": "models.metrics",
 }
 

@@ -85,10 +85,10 @@ def alrnn_vjp_state(A, W, h, P, zero_diag, z, cot, out):
     """``out = (dF/dz)^T cot`` (M,)."""
     M = z.shape[0]
     for j in range(M):
-        out[j] = A[j] * cot[j]
-        if j < M - P or z[j] > 0:
-            for i in range(M):
-                out[j] += W[i, j] * cot[i]
+        acc = W[0, j] * cot[0]
+        for i in range(1, M):
+            acc += W[i, j] * cot[i]
+        out[j] = A[j] * cot[j] + acc * (j < M - P or z[j] > 0)
 
 
 def alrnn_vjp_params(A, W, h, P, zero_diag, z, cot, grad):
@@ -101,8 +101,7 @@ def alrnn_vjp_params(A, W, h, P, zero_diag, z, cot, grad):
     for j in range(M):
         phi = z[j] if j < M - P else z[j] * (z[j] > 0)
         for i in range(M):
-            if i != j or zero_diag == 0:
-                grad[M + i * M + j] += cot[i] * phi
+            grad[M + i * M + j] += cot[i] * phi * ((i != j) | (zero_diag == 0))
 
 
 ALRNN_STEP_FUNCTIONS = StepFunctions(

@@ -17,7 +17,7 @@ All measures are computed in float64 (float32 inputs are widened).
 import math
 
 import numpy as np
-from numba import prange
+from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
 from models.base import LatentRNN, Model
@@ -290,7 +290,7 @@ def state_space_divergence(
 # ---------------------------------------------------------------------------------------------
 
 
-def _normalized_spectra(x, smoothing):
+def normalized_spectra(x, smoothing):
     """Per column: standardise, ``|rfft|^2``, Gaussian smoothing, normalise to sum 1.
 
     Constant columns give NaN columns (their spectrum is undefined)."""
@@ -343,8 +343,8 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
             f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
         )
     smoothing = _real(smoothing, "smoothing", where, positive=False)
-    p = _normalized_spectra(x_true, smoothing)
-    q = _normalized_spectra(x_gen, smoothing)
+    p = normalized_spectra(x_true, smoothing)
+    q = normalized_spectra(x_gen, smoothing)
     h = np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=0))
     h = np.where(np.isnan(h), 1.0, np.minimum(h, 1.0))
     mean = float(h.mean())
@@ -449,6 +449,7 @@ def _flow_lyapunov(kind, x, p, h, n_sub, n_transient, n_steps, y, logs):
     re-orthonormalising the tangent vectors ``y`` (D, k) after every sample; ``logs`` (k,)
     accumulates ``log |R_ii|`` after the transient. Returns -1 or the first non-finite sample.
     """
+    literally(kind)  # one specialisation per system (see models.systems.rk4_trajectory)
     d = x.shape[0]
     k = y.shape[1]
     work = np.empty((5, d))

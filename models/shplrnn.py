@@ -43,6 +43,9 @@ from models.base import check_positive_int
 from parscan._jit import jit, jit_parallel
 
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
+# Branch-free in the activation pattern: relu' enters as a bool factor (``x * (u > 0)``
+# keeps the dtype, propagates NaN, and costs less than a mispredicted branch on the CPU or
+# a divergent one on a GPU).
 
 
 def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
@@ -55,9 +58,7 @@ def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
         for j in range(1, M):
             s += W2[l, j] * z[j]
         u = s + h2[l]
-        phi = u * (u > 0)
-        if clipped != 0 and s > 0:
-            phi -= s
+        phi = u * (u > 0) - s * ((s > 0) & (clipped != 0))
         for i in range(M):
             out[i] += W1[i, l] * phi
 
@@ -76,17 +77,14 @@ def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
             s += W2[l, j] * z[j]
         u = s + h2[l]
         up = u > 0
-        sp = clipped != 0 and s > 0
-        phi = u * up
-        if sp:
-            phi -= s
+        sp = (s > 0) & (clipped != 0)
+        phi = u * up - s * sp
         for i in range(M):
-            out[i] += W1[i, l] * phi
-        if up != sp:  # derivative +1 (only the biased relu on) or -1 (only the plain one)
-            for i in range(M):
-                w = W1[i, l] if up else -W1[i, l]
-                for j in range(M):
-                    jac[i, j] += w * W2[l, j]
+            w1 = W1[i, l]
+            out[i] += w1 * phi
+            w = w1 * up - w1 * sp  # relu' of the hidden unit, in {-1, 0, 1}, times W1
+            for j in range(M):
+                jac[i, j] += w * W2[l, j]
 
 
 def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
@@ -101,16 +99,12 @@ def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
             s += W2[l, j] * z[j]
         u = s + h2[l]
         up = u > 0
-        sp = clipped != 0 and s > 0
-        phi = u * up
-        if sp:
-            phi -= s
+        sp = (s > 0) & (clipped != 0)
+        phi = u * up - s * sp
         for i in range(M):
             out[i] += W1[i, l] * phi
-        if up != sp:
-            for i in range(M):
-                w = W1[i, l] * W2[l, i]
-                diag[i] += w if up else -w
+            w = W1[i, l] * W2[l, i]
+            diag[i] += w * up - w * sp
 
 
 def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
@@ -123,15 +117,13 @@ def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
         for j in range(1, M):
             s += W2[l, j] * z[j]
         up = s + h2[l] > 0
-        sp = clipped != 0 and s > 0
-        if up != sp:
-            a = W1[0, l] * cot[0]
-            for i in range(1, M):
-                a += W1[i, l] * cot[i]
-            if not up:
-                a = -a
-            for j in range(M):
-                out[j] += a * W2[l, j]
+        sp = (s > 0) & (clipped != 0)
+        a = W1[0, l] * cot[0]
+        for i in range(1, M):
+            a += W1[i, l] * cot[i]
+        g = a * up - a * sp
+        for j in range(M):
+            out[j] += g * W2[l, j]
 
 
 def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):
@@ -151,21 +143,18 @@ def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):
             s += W2[l, j] * z[j]
         u = s + h2[l]
         up = u > 0
-        sp = clipped != 0 and s > 0
-        phi = u * up
-        if sp:
-            phi -= s
+        sp = (s > 0) & (clipped != 0)
+        phi = u * up - s * sp
         a = W1[0, l] * cot[0]
         for i in range(1, M):
             a += W1[i, l] * cot[i]
         for i in range(M):
             grad[o_w1 + i * L + l] += cot[i] * phi
-        if up:
-            grad[o_h2 + l] += a
-        if up != sp:
-            g = a if up else -a
-            for j in range(M):
-                grad[o_w2 + l * M + j] += g * z[j]
+        ap = a * up
+        grad[o_h2 + l] += ap
+        g = ap - a * sp
+        for j in range(M):
+            grad[o_w2 + l * M + j] += g * z[j]
 
 
 SHPLRNN_STEP_FUNCTIONS = StepFunctions(

@@ -19,47 +19,41 @@ from parscan._jit import jit, jit_parallel
 
 
 @jit
-def _assemble_full_one(f, j, z, x, a, n_forced):
-    """One step: ``f`` (M,) F(z) -> b_t, ``j`` (M, M) J_F(z) -> A_t, in place."""
+def _assemble_one(f, j, z, x, a, n_forced):
+    """One step, in place: ``f`` (M,) F(z) -> b_t; ``j`` J_F(z) -> A_t, either the full
+    Jacobian flattened row-major (``M*M``,) or its diagonal (``M``,)."""
     M = f.shape[0]
+    diag = j.shape[0] == M  # for M = 1 both layouts coincide
     c = 1.0 - a
     for r in range(M):
         if r < n_forced:
             g = c * f[r] + a * x[r]
-            for k in range(M):
-                j[r, k] = c * j[r, k]
+            if diag:
+                j[r] = c * j[r]
+            else:
+                for k in range(M):
+                    j[r * M + k] = c * j[r * M + k]
         else:
             g = f[r]
-        acc = 0.0
-        for k in range(M):
-            acc += j[r, k] * z[k]
+        if diag:
+            acc = j[r] * z[r]
+        else:
+            acc = 0.0
+            for k in range(M):
+                acc += j[r * M + k] * z[k]
         f[r] = g - acc
 
 
-@jit
-def _assemble_diag_one(f, j, z, x, a, n_forced):
-    """One step, diagonal Jacobian: ``j`` (M,) diag J_F(z) -> diag A_t, ``f`` -> b_t."""
-    M = f.shape[0]
-    c = 1.0 - a
-    for r in range(M):
-        if r < n_forced:
-            g = c * f[r] + a * x[r]
-            j[r] = c * j[r]
-        else:
-            g = f[r]
-        f[r] = g - j[r] * z[r]
-
-
 @jit_parallel
-def assemble_full(f, j, zprev, forcing, alpha, n_forced):
+def assemble(f, j, zprev, forcing, alpha, n_forced):
     """Turn ``(F, J_F)`` at the linearisation points into the scan inputs ``(b, A)``, in place.
 
     Parameters
     ----------
     f : ndarray, shape (B, T, M)
         ``F(z_{t-1})`` on entry, ``b_t`` on exit.
-    j : ndarray, shape (B, T, M, M)
-        ``J_F(z_{t-1})`` on entry, ``A_t`` on exit.
+    j : ndarray, shape (B, T, M*M) or (B, T, M)
+        ``J_F(z_{t-1})`` (row-major) or its diagonal (quasi-DEER) on entry, ``A_t`` on exit.
     zprev : ndarray, shape (B, T, M)
         Linearisation points ``z_{t-1}`` (``zprev[:, 0]`` is ``z0``).
     forcing : ndarray, shape (B, T, N)
@@ -73,17 +67,7 @@ def assemble_full(f, j, zprev, forcing, alpha, n_forced):
     for idx in prange(B * T):
         i = idx // T
         t = idx - i * T
-        _assemble_full_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
-
-
-@jit_parallel
-def assemble_diag(f, j, zprev, forcing, alpha, n_forced):
-    """Quasi-DEER variant of :func:`assemble_full`: ``j`` has shape (B, T, M) (the diagonal)."""
-    B, T = f.shape[0], f.shape[1]
-    for idx in prange(B * T):
-        i = idx // T
-        t = idx - i * T
-        _assemble_diag_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
+        _assemble_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
 
 
 @jit

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from parscan._deer_kernels import assemble_diag, assemble_full, forced_sequential, update_norms
+from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import linear_scan
 
@@ -39,8 +39,9 @@ DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 
 #: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality.
 MAX_ITER_CAP = {"full": 100, "diag": 500}
 
-#: a sequence is "diverging" when its max update grew by more than ``DIVERGE_FACTOR`` in each
-#: of ``DIVERGE_STREAK`` consecutive iterations, or exceeds ``sqrt(finfo(dtype).max)``.
+#: a sequence is "diverging" when its iterate turns NaN/inf after a finite first iteration
+#: (it overflowed), its max update exceeds ``sqrt(finfo(dtype).max)``, or the update grew by
+#: more than ``DIVERGE_FACTOR`` in each of ``DIVERGE_STREAK`` consecutive iterations.
 DIVERGE_FACTOR = 10.0
 DIVERGE_STREAK = 3
 
@@ -52,19 +53,25 @@ _REMEDY = (
 
 
 class DeerStatus(enum.Enum):
-    """Outcome of :func:`deer_solve`; each value is the user-facing message, remedy included."""
+    """Outcome of :func:`deer_solve`; each value is the user-facing message, remedy included.
+
+    The batch status is the worst over the sequences, in the order CONVERGED < MAX_ITER <
+    DIVERGING < NON_FINITE.
+    """
 
     CONVERGED = (
         "converged: every sequence met max_t |dz| <= atol + rtol |z| or is exact by causality."
     )
     MAX_ITER = "max_iter: not converged within max_iter Newton iterations. " + _REMEDY
     DIVERGING = (
-        "diverging: the Newton updates grew without bound (typical of chaotic dynamics with "
-        "too little forcing). " + _REMEDY
+        "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
+        "to inf/NaN), as plain DEER does on chaotic or unstable dynamics. " + _REMEDY + " For "
+        "a free run (no forcing) of such dynamics use sequential_solve or model.simulate."
     )
     NON_FINITE = (
-        "non_finite: the iterate contains NaN or inf. Check z0, forcing and the model "
-        "parameters for NaN/inf; if they are finite the iterates overflowed: " + _REMEDY
+        "non_finite: the first Newton iterate contains NaN or inf: z0, forcing, init or the "
+        "model parameters contain NaN/inf (or F overflows at the initial guess). Fix the "
+        "inputs; NaN/inf are reported, never cleaned."
     )
 
     @property
@@ -192,6 +199,12 @@ def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
     return arr
 
 
+def _kernel_ready(x: np.ndarray) -> np.ndarray:
+    """``x`` if C-contiguous, aligned and writeable, else a copy that is (one kernel
+    specialisation per dtype: read-only or strided inputs would each compile another)."""
+    return np.require(x, requirements=("C", "A", "W"))
+
+
 def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
     """Check every argument, collecting all mismatches; return a :class:`_Problem`."""
     M = getattr(model, "M", None)
@@ -268,22 +281,21 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
     if isinstance(alpha_arr, str):
         alpha_flat, report = alpha_arr, alpha_arr
     else:
-        alpha_flat = np.ascontiguousarray(np.broadcast_to(alpha_arr, batch), dtype=dtype)
-        alpha_flat = alpha_flat.reshape(B)
+        alpha_flat = np.broadcast_to(alpha_arr, batch).astype(dtype).reshape(B)
         report = float(alpha_arr) if alpha_arr.ndim == 0 else alpha_arr.astype(dtype)
     if forcing is None:
         forcing_flat = np.empty((B, T, 0), dtype=dtype)
     else:
-        forcing_flat = np.ascontiguousarray(forcing).reshape(B, T, N)
+        forcing_flat = _kernel_ready(forcing).reshape(B, T, N)
     return _Problem(
         batch=batch,
-        z0=np.ascontiguousarray(z0).reshape(B, M),
+        z0=_kernel_ready(z0).reshape(B, M),
         forcing=forcing_flat,
         alpha=alpha_flat,
         alpha_report=report,
         n_forced=N if n_forced is None else int(n_forced),
         T=T,
-        init=None if init is None else np.ascontiguousarray(init).reshape(B, T, M),
+        init=None if init is None else _kernel_ready(init).reshape(B, T, M),
     )
 
 
@@ -327,9 +339,9 @@ def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
     """
     B, T, M = guess.shape
     dtype = guess.dtype
-    assemble = assemble_diag if diag else assemble_full
     f_buf = np.empty((B, T, M), dtype=dtype)
     j_buf = np.empty((B, T, M) if diag else (B, T, M, M), dtype=dtype)
+    j_flat = j_buf.reshape(B, T, -1)  # one assembly kernel for both layouts
     zprev = np.empty((B, T, M), dtype=dtype)
     update = np.empty(B, dtype=np.float64)
     within = np.empty(B, dtype=np.bool_)
@@ -348,7 +360,7 @@ def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
         n = active.size
         _shift(cur, z0, zprev[:n])
         model.step_and_jacobian(zprev[:n], diag=diag, out=(f_buf[:n], j_buf[:n]))
-        assemble(f_buf[:n], j_buf[:n], zprev[:n], forcing, alpha, p.n_forced)
+        assemble(f_buf[:n], j_flat[:n], zprev[:n], forcing, alpha, p.n_forced)
         new = linear_scan(j_buf[:n], f_buf[:n], z0, backend=backend)
         update_norms(new, cur, rtol, atol, update[:n], within[:n], finite[:n])
         cur = new
@@ -361,7 +373,7 @@ def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
         done = finite[:n] & (within[:n] | (k >= T))
         code[done] = _CONVERGED
         code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
-        code[~finite[:n]] = _NON_FINITE
+        code[~finite[:n]] = _NON_FINITE if k == 1 else _DIVERGING
         stop = code >= 0
         if stop.any():
             states[active[stop]] = cur[stop]
@@ -480,9 +492,11 @@ def deer_solve(
     Notes
     -----
     Per sequence the iteration stops when the update meets the tolerance (converged), when it
-    reached ``T`` iterations (exact by causality: converged), when the iterate is not finite
-    (``non_finite``; NaN/inf are never cleaned), or when the update grew by more than 10x in
-    3 consecutive iterations or exceeds ``sqrt(finfo.max)`` (``diverging``). A stopped
+    reached ``T`` iterations (exact by causality: converged), when the first iterate is not
+    finite (``non_finite``: NaN/inf in the inputs; they are never cleaned), or when the
+    iterates blow up (``diverging``: NaN/inf after a finite first iteration, an update above
+    ``sqrt(finfo.max)``, or updates growing by more than 10x in 3 consecutive iterations).
+    A stopped
     sequence keeps its last iterate and costs nothing further. For piecewise-linear models
     Newton is exact once the activation pattern stops changing, so a converged result equals
     :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs

@@ -52,11 +52,15 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
     size = min(P, CHUNK)
     f_buf = np.empty((size, M), dtype=points.dtype)
     j_buf = np.empty((size, M, M), dtype=points.dtype)
+    # the kernel runs in float64 only (one compiled specialisation)
+    j64 = j_buf if j_buf.dtype == np.float64 else np.empty(j_buf.shape, dtype=np.float64)
     for lo in range(0, P, size):
         hi = min(P, lo + size)
         m = hi - lo
         model.step_and_jacobian(points[lo:hi], out=(f_buf[:m], j_buf[:m]))
-        spectral_norms(j_buf[:m], max(1, min(m, 4 * n_threads())), out[lo:hi])
+        if j64 is not j_buf:
+            j64[:m] = j_buf[:m]
+        spectral_norms(j64[:m], max(1, min(m, 4 * n_threads())), out[lo:hi])
     return out
 
 
