@@ -6,7 +6,8 @@ Every case reports backend (and what ``auto`` chose), B, T, D, dtype, diag/dense
 overhead (compile or cache load) separately, min and median seconds over ``--repeat`` (>= 5)
 runs, GB/s of essential traffic (read ``a`` and ``b``, write ``h``), and the ratio to a STREAM
 triad ``x = y + s z`` (Numba ``prange``, arrays of B*T*D elements, same dtype) measured in the
-same process with 1 thread and with all threads.
+same process with 1 thread and with all threads. Like the triad, the scan writes into a
+preallocated ``out`` (a fresh output array would add the page faults of its first touch).
 
     python bench/scan.py              # full CPU table (issue #2 cases)
     python bench/scan.py --quick      # smoke run, small sizes
@@ -98,7 +99,8 @@ def run_case(backend, B, T, D, dtype, dense, repeat, rng, all_threads):
     chosen = backend
     if backend == "auto":
         chosen = scan._choose_host_backend(dense, B, T, D)
-    first, tmin, tmed = _timeit(lambda: parscan.linear_scan(a, b, backend=backend), repeat)
+    out = np.zeros_like(b)
+    first, tmin, tmed = _timeit(lambda: parscan.linear_scan(a, b, backend=backend, out=out), repeat)
     gbps = _essential_bytes(B, T, D, dtype, dense) / tmin / 1e9
     n = B * T * D
     t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
@@ -162,10 +164,13 @@ def bench_crossover(args):
     for dense, B, D, Ts in grid:
         for T in Ts:
             a, b = _inputs(B, T, D, np.float64, dense, rng)
+            out = np.zeros_like(b)
             res = {}
             for backend in ("sequential", "cpu"):
                 _, tmin, _ = _timeit(
-                    lambda a=a, b=b, backend=backend: parscan.linear_scan(a, b, backend=backend),
+                    lambda a=a, b=b, out=out, backend=backend: parscan.linear_scan(
+                        a, b, backend=backend, out=out
+                    ),
                     max(args.repeat, 20),
                 )
                 res[backend] = tmin
@@ -190,6 +195,19 @@ def bench_crossover(args):
             )
 
 
+def cuda_cases(quick):
+    """Diagonal D=16 up to T*D = 4e8 (the copy-bandwidth target is at T*D >= 1e8), dense."""
+    Ts = (10_000, 1_000_000) if quick else (10_000, 1_000_000, 6_250_000, 25_000_000)
+    for dtype in (np.float32, np.float64):
+        for T in Ts:
+            yield 1, T, DIAG_D, dtype, False
+    for T in Ts[:3]:
+        yield 8, T, DIAG_D, np.float64, False
+    for D in DENSE_D:
+        for B in (1, 8):
+            yield B, 10_000 if quick else 100_000, D, np.float64, True
+
+
 def bench_cuda(args):
     """CUDA cases on device arrays (no transfers), against a device-to-device copy."""
     if "cuda" not in parscan.available_backends():
@@ -198,16 +216,14 @@ def bench_cuda(args):
     from parscan import _cuda
 
     rng = np.random.default_rng(0)
-    Ts = (10_000, 1_000_000) if args.quick else (10_000, 1_000_000, 6_250_000, 25_000_000)
-    cases = [(1, T, DIAG_D, dt, False) for dt in (np.float32, np.float64) for T in Ts]
-    cases += [(8, T, DIAG_D, np.float64, False) for T in Ts[:3]]
-    cases += [(B, 100_000, D, np.float64, True) for D in DENSE_D for B in (1, 8)]
-    for B, T, D, dtype, dense in cases:
+    for B, T, D, dtype, dense in cuda_cases(args.quick):
         if _essential_bytes(B, T, D, dtype, dense) > 8 * MAX_CASE_BYTES:
             continue
         a, b = _inputs(B, T, D, dtype, dense, rng)
-        da, db = _cuda.to_device(a), _cuda.to_device(b)
-        fn = lambda da=da, db=db: _cuda.synchronize(parscan.linear_scan(da, db))  # noqa: E731
+        da, db, dout = _cuda.to_device(a), _cuda.to_device(b), _cuda.to_device(b)
+        fn = lambda da=da, db=db, dout=dout: _cuda.synchronize(  # noqa: E731
+            parscan.linear_scan(da, db, out=dout)
+        )
         first, tmin, tmed = _timeit(fn, args.repeat)
         gbps = _essential_bytes(B, T, D, dtype, dense) / tmin / 1e9
         copy = _cuda.copy_bandwidth_gbps(b.nbytes, args.repeat)

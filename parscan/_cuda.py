@@ -456,7 +456,8 @@ def synchronize(result=None):
 
 
 def device_name() -> str:
-    return str(cuda.get_current_device().name)
+    device = cuda.get_current_device()
+    return str(getattr(device, "name", "CUDA simulator"))
 
 
 def copy_bandwidth_gbps(nbytes: int, repeat: int = 5) -> float:

@@ -138,24 +138,32 @@ _EPS = np.finfo(np.float64).eps
 
 @jit
 def _spectral_norm_one(j, s):
-    """``sigma_max(j)`` for one ``(M, M)`` matrix; ``s`` is (M, M) float64 scratch.
+    """``sigma_max(j)`` for one ``(M, M)`` float64 matrix; ``s`` is (M, M) float64 scratch.
 
-    Forms ``S = J^T J`` and diagonalises it with cyclic Jacobi rotations (Golub & Van Loan,
-    Matrix Computations, 4th ed., Alg. 8.5.3) until the off-diagonal mass is below
-    ``eps^2`` times the total; ``sigma_max = sqrt(max diag S)``. Quadratically convergent;
-    relative accuracy of the largest eigenvalue about ``M * eps``. Non-finite input gives NaN.
+    Scales ``j`` by its largest entry (no overflow in ``J^T J``), forms ``S = J^T J`` and
+    diagonalises it with cyclic Jacobi rotations (Golub & Van Loan, Matrix Computations, 4th
+    ed., Alg. 8.5.3) until the off-diagonal mass is below ``eps^2`` times the total;
+    ``sigma_max = sqrt(max diag S)``. Quadratically convergent; relative accuracy of the
+    largest eigenvalue about ``M * eps``. Non-finite input gives NaN.
     """
     M = j.shape[0]
+    scale = 0.0
+    for p in range(M):
+        for q in range(M):
+            v = abs(j[p, q])
+            if not np.isfinite(v):
+                return np.nan
+            scale = max(scale, v)
+    if scale == 0.0:
+        return 0.0
     total = 0.0
     for p in range(M):
         for q in range(M):
             acc = 0.0
             for k in range(M):
-                acc += np.float64(j[k, p]) * np.float64(j[k, q])
+                acc += (j[k, p] / scale) * (j[k, q] / scale)
             s[p, q] = acc
             total += acc * acc
-    if not np.isfinite(total):
-        return np.nan
     for _ in range(_JACOBI_SWEEPS):
         off = 0.0
         for p in range(M - 1):
@@ -187,7 +195,7 @@ def _spectral_norm_one(j, s):
     biggest = 0.0
     for p in range(M):
         biggest = max(biggest, s[p, p])
-    return np.sqrt(biggest)
+    return scale * np.sqrt(biggest)
 
 
 @jit
@@ -199,8 +207,8 @@ def _spectral_norm_range(j, lo, hi, out):
 
 @jit_parallel
 def spectral_norms(j, n_chunks, out):
-    """``out[k] = ||j[k]||_2`` (float64) for ``j`` of shape (P, M, M), in ``n_chunks`` parallel
-    chunks (one scratch matrix per chunk)."""
+    """``out[k] = ||j[k]||_2`` for ``j`` of shape (P, M, M), float64 (one specialisation), in
+    ``n_chunks`` parallel chunks (one scratch matrix per chunk)."""
     P = j.shape[0]
     for c in prange(n_chunks):
         _spectral_norm_range(j, c * P // n_chunks, (c + 1) * P // n_chunks, out)

@@ -201,6 +201,12 @@ def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequenc
                 f"gtf_alpha: method {method!r} needs T >= 1; got forcing.shape "
                 f"{forcing.shape}. Use method='param_bound'."
             )
+        for name, arr in (("forcing", forcing), ("states", states)):
+            if arr is not None and not np.isfinite(arr).all():
+                raise ValueError(
+                    f"gtf_alpha: `{name}` contains NaN/inf ({int(np.sum(~np.isfinite(arr)))} "
+                    "values); they are never ignored. Fix the data or pass alpha explicitly."
+                )
         points = np.zeros((*forcing.shape[:-1], M), dtype=model.dtype)
         points[..., :N] = forcing
         if states is not None:

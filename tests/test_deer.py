@@ -369,9 +369,9 @@ def test_validation_errors():
         kwargs = {"z0": z0, **kwargs}
         with pytest.raises(exc, match="^deer_solve: .*" + match):
             deer_solve(model, **kwargs)
-    with pytest.raises(TypeError, match="^deer_solve: `model` must follow the LatentRNN"):
+    with pytest.raises(TypeError, match=r"^deer_solve: `model` must follow the LatentRNN"):
         deer_solve(object(), z0, 5)
-    with pytest.raises(ValueError, match="^sequential_solve: .*compute one with parscan.gtf"):
+    with pytest.raises(ValueError, match=r"^sequential_solve: .*compute one with parscan\.gtf"):
         sequential_solve(model, z0, forcing=x, alpha="auto")
 
 

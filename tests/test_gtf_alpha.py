@@ -1,0 +1,136 @@
+"""``parscan.gtf_alpha``: the GTF alpha estimators and their exact spectral norms."""
+
+import numpy as np
+import pytest
+
+from models import ShPLRNN
+from parscan import gtf_alpha
+from parscan._deer_kernels import spectral_norms
+from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning, jacobian_norms
+
+
+def numpy_norms(j):
+    return np.linalg.norm(j.astype(np.float64), ord=2, axis=(-2, -1))
+
+
+def test_spectral_norms_are_exact():
+    rng = np.random.default_rng(0)
+    mats = [rng.standard_normal((50, M, M)) for M in (1, 2, 3, 5, 8, 16)]
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    special = np.stack(
+        [
+            np.zeros((4, 4)),
+            3.0 * np.eye(4),
+            -2.0 * q,  # all singular values equal
+            np.outer(rng.standard_normal(4), rng.standard_normal(4)),  # rank one
+            np.diag([1.0, -5.0, 5.0, 0.5]),  # tie in |eigenvalues|
+            1e200 * rng.standard_normal((4, 4)),  # J^T J would overflow unscaled
+            1e-200 * rng.standard_normal((4, 4)),
+        ]
+    )
+    for j in [*mats, special]:
+        out = np.empty(j.shape[0])
+        spectral_norms(np.ascontiguousarray(j), 3, out)
+        np.testing.assert_allclose(out, numpy_norms(j), rtol=1e-13, atol=0)
+    bad = np.ones((3, 2, 2))
+    bad[1, 0, 1] = np.nan
+    bad[2, 1, 1] = np.inf
+    out = np.empty(3)
+    spectral_norms(bad, 2, out)
+    assert out[0] == pytest.approx(2.0) and np.isnan(out[1:]).all()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A full-forcing model (M = N = 3) whose Jacobian norms exceed 1 at some points."""
+    m = ShPLRNN(3, 8, seed=2)
+    m["W1"][...] *= 4.0
+    m["h2"][...] = np.linspace(-0.5, 0.5, 8)
+    return m
+
+
+@pytest.fixture(scope="module")
+def forcing():
+    return np.random.default_rng(1).standard_normal((2, 40, 3))
+
+
+def test_sup_geomean_and_param_bound_follow_their_formulas(model, forcing):
+    norms = numpy_norms(model.jacobian(forcing))
+    assert norms.max() > 1.0  # the test is not trivial
+    sup = norms.max()
+    geo = np.exp(np.mean(np.log(norms)))
+    assert gtf_alpha(model, forcing) == pytest.approx(1 - 1 / sup + DEFAULT_MARGIN, rel=1e-12)
+    got = gtf_alpha(model, forcing, method="sup", margin=0.0)
+    assert got == pytest.approx(1 - 1 / sup, rel=1e-12)
+    got = gtf_alpha(model, forcing, method="geomean", margin=0.0)
+    assert got == pytest.approx(max(0.0, 1 - 1 / geo), rel=1e-12, abs=1e-15)
+    bound = model.norm_bound()
+    got = gtf_alpha(model, forcing, method="param_bound", margin=0.01)
+    assert got == pytest.approx(1 - 1 / bound + 0.01, rel=1e-12)
+    assert gtf_alpha(model, forcing, method="param_bound") >= gtf_alpha(model, forcing)
+
+
+def test_per_sequence_alpha(model, forcing):
+    per = gtf_alpha(model, forcing, per_sequence=True)
+    assert per.shape == (2,)
+    for i in range(2):
+        assert per[i] == pytest.approx(gtf_alpha(model, forcing[i]), rel=1e-14)
+    assert gtf_alpha(model, forcing) == pytest.approx(per.max(), rel=1e-14)
+    assert gtf_alpha(model, forcing[None], per_sequence=True).shape == (1, 2)
+
+
+def test_contracting_model_gets_the_margin_and_alpha_is_clipped(forcing):
+    small = ShPLRNN(3, 8, seed=0)
+    small.params[...] *= 0.01
+    assert gtf_alpha(small, forcing, margin=0.05) == pytest.approx(0.05)
+    assert gtf_alpha(small, forcing, margin=0.0) == 0.0
+    big = ShPLRNN(3, 8, seed=0)
+    big["W1"][...] *= 1e3
+    assert gtf_alpha(big, forcing, margin=0.5) == 1.0
+
+
+def test_partial_forcing_uses_states_and_warns():
+    m = ShPLRNN(4, 8, n_obs=3, seed=3)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 3))
+    states = rng.standard_normal((30, 4))
+    points = np.concatenate([x, states[:, 3:]], axis=-1)
+    sup = max(numpy_norms(m.jacobian(points)).max(), numpy_norms(m.jacobian(states)).max())
+    with pytest.warns(GTFGuaranteeWarning, match=r"partial forcing \(n_forced=3 < M=4\)"):
+        got = gtf_alpha(m, x, states=states, margin=0.0)
+    assert got == pytest.approx(max(0.0, 1 - 1 / sup), rel=1e-12, abs=1e-15)
+    with pytest.warns(GTFGuaranteeWarning, match="n_forced=1"):
+        gtf_alpha(ShPLRNN(3, 4), x, n_forced=1)
+
+
+def test_float32_model(model, forcing):
+    m32 = model.astype("float32")
+    got = gtf_alpha(m32, forcing.astype(np.float32))
+    assert got == pytest.approx(gtf_alpha(model, forcing), rel=1e-5)
+    norms = jacobian_norms(m32, forcing.reshape(-1, 3).astype(np.float32))
+    assert norms.dtype == np.float64 and norms.shape == (80,)
+
+
+def test_errors(model, forcing):
+    x = forcing
+    cases = [
+        (ValueError, r"`method` must be one of", dict(method="max")),
+        (ValueError, r"`margin` must be in \[0, 1\)", dict(margin=1.0)),
+        (TypeError, r"`margin` must be a float", dict(margin="0.1")),
+        (TypeError, r"`forcing` must have the model dtype", dict(forcing=x.astype(np.float32))),
+        (ValueError, r"`forcing` must have shape \(\.\.\., T, N\)", dict(forcing=x[0, 0])),
+        (ValueError, r"1 <= N <= M=3", dict(forcing=np.zeros((5, 4)))),
+        (ValueError, r"`states` must have shape", dict(states=np.zeros((2, 40, 2)))),
+        (ValueError, r"`n_forced` must be in \[0, N=3\]", dict(n_forced=5)),
+        (ValueError, r"needs T >= 1", dict(forcing=np.zeros((0, 3)))),
+    ]
+    for exc, match, kwargs in cases:
+        kwargs = {"forcing": x, **kwargs}
+        with pytest.raises(exc, match="^gtf_alpha: .*" + match):
+            gtf_alpha(model, **kwargs)
+    bad = x.copy()
+    bad[1, 3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"`forcing` contains NaN/inf \(1 values\)"):
+        gtf_alpha(model, bad)
+    with pytest.raises(TypeError, match=r"^gtf_alpha: `model` must follow"):
+        gtf_alpha(object(), x)
