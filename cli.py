@@ -16,6 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import csv
 import datetime
+import importlib.metadata
 import json
 import platform
 import sys
@@ -119,7 +120,7 @@ def _read_config(path: str) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"--config {path} must hold a table/object of settings.")
     config = {str(key).replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(config) - set(SETTING_NAMES) - {"config"})
+    unknown = sorted(set(config) - set(SETTING_NAMES))
     if unknown:
         raise UserError(
             f"--config {path}: unknown setting(s) {', '.join(unknown)}; "
@@ -130,10 +131,24 @@ def _read_config(path: str) -> dict:
     return config
 
 
+def _saved_settings(out: str) -> dict:
+    """The settings recorded in ``OUT/args.json`` by the run that ``--resume`` continues."""
+    path = Path(out) / "args.json"
+    try:
+        return json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"--resume: {path} is missing or unreadable; is {out} a run?") from None
+
+
 def resolve_settings(flags: dict, config_path: str | None) -> Settings:
-    """Built-in defaults, overridden by the config file, overridden by the flags given."""
+    """Built-in defaults < the resumed run's ``args.json`` < the config file < the flags."""
+    given = {key: value for key, value in flags.items() if value is not None}
     merged = _read_config(config_path) if config_path else {}
-    merged.update({key: value for key, value in flags.items() if value is not None})
+    merged.update(given)
+    if merged.get("resume"):
+        if merged.get("out") is None:
+            raise UserError("--resume needs --out, the folder of the run to continue.")
+        merged = {**_saved_settings(merged["out"]), **merged}
     settings = Settings(**merged)
     _check_settings(settings)
     return settings
@@ -328,7 +343,7 @@ def _versions() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "scipy": scipy.__version__,
-        "click": click.__version__,
+        "click": importlib.metadata.version("click"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
 
