@@ -22,6 +22,7 @@ _EXPORTS = {
     "DeerStatus": "parscan.deer",
     "DeerConvergenceError": "parscan.deer",
     "gtf_alpha": "parscan.gtf",
+    "GTFGuaranteeWarning": "parscan.gtf",
 }
 
 __all__ = ["__version__", *_EXPORTS]

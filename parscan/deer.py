@@ -14,16 +14,19 @@ at the current iterate ``z^k`` at once,
     b_t = G_t(z^k_{t-1}) - A_t z^k_{t-1},
 
 and solves the linear recurrence with one :func:`parscan.scan.linear_scan`. ``"diag"`` keeps
-only the diagonal of ``A_t`` (quasi-DEER; Gonzalez et al., NeurIPS 2024): O(T M) per
-iteration instead of O(T M^2) memory and O(T M^3) scan work, more iterations. GTF (Hess et al.,
+only the diagonal of ``A_t`` (quasi-DEER; Gonzalez et al., NeurIPS 2024): O(T M) memory and
+work per iteration instead of O(T M^2) (O(T M^3) for a parallel dense scan), but linear instead
+of quadratic convergence, so more iterations. GTF (Hess et al.,
 ICML 2023) with ``alpha`` above ``1 - 1/sup ||J_F||`` makes the fully forced map a
 contraction, so the iteration count no longer grows with ``T`` (GTF-DEER; Hess, Goetz &
 Durstewitz, arXiv:2605.12683).
 """
 
+import contextlib
 import enum
 from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
@@ -36,19 +39,27 @@ from parscan.scan import linear_scan
 #: (quadratic convergence squares the last update).
 DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 1e-5)}
 
-#: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality.
+#: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality; beyond the
+#: cap DEER is slower than the sequential loop anyway. Measured with ``alpha="auto"`` on
+#: chaotic maps (bench/deer.py, tests): "full" 4-6 iterations, "diag" 20-40.
 MAX_ITER_CAP = {"full": 100, "diag": 500}
 
-#: a sequence is "diverging" when its iterate turns NaN/inf after a finite first iteration
-#: (it overflowed), its max update exceeds ``sqrt(finfo(dtype).max)``, or the update grew by
-#: more than ``DIVERGE_FACTOR`` in each of ``DIVERGE_STREAK`` consecutive iterations.
+#: a sequence is "diverging" when its iterate turns NaN/inf although its inputs and the model
+#: parameters are finite (the iteration overflowed), its max update exceeds
+#: ``sqrt(finfo(dtype).max)``, or the update grew by more than ``DIVERGE_FACTOR`` in each of
+#: ``DIVERGE_STREAK`` consecutive iterations. NaN/inf from the inputs is "non_finite".
 DIVERGE_FACTOR = 10.0
 DIVERGE_STREAK = 3
 
+#: below this many positions (B*T) per iteration the kernels run on one thread: starting a
+#: prange region costs 10-30 us (DESIGN.md §2) and, when the cores are shared with other
+#: processes, milliseconds (a barrier waits for a descheduled thread).
+SERIAL_BELOW = 2048
+
 _REMEDY = (
-    "Raise alpha (alpha='auto' picks one that makes the forced map a contraction), use "
-    "jacobian='full' instead of 'diag', or allow more iterations (max_iter; T iterations are "
-    "always enough)."
+    "Raise alpha (alpha='auto' picks one that makes the forced map a contraction), switch "
+    "from jacobian='diag' to 'full', or allow more iterations (max_iter; T iterations always "
+    "suffice)."
 )
 
 
@@ -65,23 +76,17 @@ class DeerStatus(enum.Enum):
     MAX_ITER = "max_iter: not converged within max_iter Newton iterations. " + _REMEDY
     DIVERGING = (
         "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
-        "to inf/NaN), as plain DEER does on chaotic or unstable dynamics. " + _REMEDY + " For "
-        "a free run (no forcing) of such dynamics use sequential_solve or model.simulate."
+        "to inf/NaN from finite inputs), as plain DEER does on chaotic or unstable dynamics. "
+        + _REMEDY
+        + " For a free run (no forcing) of such dynamics use sequential_solve or model.simulate."
     )
     NON_FINITE = (
-        "non_finite: the first Newton iterate contains NaN or inf: z0, forcing, init or the "
-        "model parameters contain NaN/inf (or F overflows at the initial guess). Fix the "
-        "inputs; NaN/inf are reported, never cleaned."
+        "non_finite: NaN or inf in the inputs (z0, forcing, init or the model parameters) "
+        "reached the iterate. Fix the inputs; NaN/inf are reported, never cleaned."
     )
-
-    @property
-    def severity(self) -> int:
-        """Ordering for the batch status: the worst member decides."""
-        return _SEVERITY[self]
 
 
 _CODES = (DeerStatus.CONVERGED, DeerStatus.MAX_ITER, DeerStatus.DIVERGING, DeerStatus.NON_FINITE)
-_SEVERITY = {status: code for code, status in enumerate(_CODES)}
 _CONVERGED, _MAX_ITER, _DIVERGING, _NON_FINITE = range(4)
 
 
@@ -205,8 +210,9 @@ def _kernel_ready(x: np.ndarray) -> np.ndarray:
     return np.require(x, requirements=("C", "A", "W"))
 
 
-def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
-    """Check every argument, collecting all mismatches; return a :class:`_Problem`."""
+def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, errors=None):
+    """Check every argument, collecting all mismatches (appended to ``errors``, a dict of
+    ``"type"`` and ``"value"`` message lists, when given); return a :class:`_Problem`."""
     M = getattr(model, "M", None)
     dtype = getattr(model, "dtype", None)
     needed = ("step", "step_and_jacobian")
@@ -215,7 +221,7 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
             f"{where}: `model` must follow the LatentRNN contract (attributes M, dtype and "
             f"methods {', '.join(needed)}); got {type(model).__name__}."
         )
-    errors = {"type": [], "value": []}
+    errors = errors or {"type": [], "value": []}
 
     def array(x, name, tail, min_ndim):
         x = np.asarray(x)
@@ -299,19 +305,49 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto):
     )
 
 
-def _tolerances(tol, dtype):
+def _check_options(jacobian, tol, max_iter, throw) -> dict:
+    """Problems with the solver options of :func:`deer_solve`, as ``{"type": [...], "value":
+    [...]}`` (merged into the argument check so that every mismatch is reported at once)."""
+    errors = {"type": [], "value": []}
+    if jacobian not in ("full", "diag"):
+        errors["value"].append(f"`jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
+    if tol is not None:
+        pair = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
+        ok = len(pair) == 2 and all(
+            isinstance(x, int | float | np.floating) and not isinstance(x, bool) for x in pair
+        )
+        if not ok or not all(np.isfinite(x) and x >= 0 for x in pair) or max(pair) <= 0:
+            errors["value"].append(
+                "`tol` must be None (dtype defaults), a positive float (rtol = atol = tol) or a "
+                f"pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
+            )
+    if max_iter is not None and (not _is_int(max_iter) or max_iter < 1):
+        errors["value"].append(f"`max_iter` must be a positive int or None; got {max_iter!r}.")
+    if not isinstance(throw, bool):
+        errors["type"].append(f"`throw` must be a bool; got {type(throw).__name__}.")
+    return errors
+
+
+def _tolerances(tol, dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` from a validated ``tol``."""
     if tol is None:
         return DEFAULT_TOL[np.dtype(dtype)]
-    pair = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
-    ok = len(pair) == 2 and all(
-        isinstance(x, int | float | np.floating) and not isinstance(x, bool) for x in pair
-    )
-    if not ok or not all(np.isfinite(x) and x >= 0 for x in pair) or max(pair) <= 0:
-        raise ValueError(
-            "deer_solve: `tol` must be None (dtype defaults), a positive float (rtol = atol = "
-            f"tol) or a pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
-        )
-    return float(pair[0]), float(pair[1])
+    rtol, atol = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
+    return float(rtol), float(atol)
+
+
+@contextlib.contextmanager
+def _threads_for(positions: int):
+    """One thread for small problems (:data:`SERIAL_BELOW`), else the current setting."""
+    previous = numba.get_num_threads()
+    if positions >= SERIAL_BELOW or previous == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _shift(states, z0, out):
@@ -334,36 +370,38 @@ def _initial_guess(p: _Problem, M: int) -> np.ndarray:
 def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
     """Newton iterations with per-sequence stopping; returns states, n_iter, codes, history.
 
-    Sequences that stop (converged, non-finite, diverging) are written to the output and
-    dropped from the working set, whose buffers are the leading rows of arrays allocated once.
+    Buffers are allocated once: the iterate ``cur`` (the guess, owned), ``nxt`` (``F`` ->
+    ``b`` -> the next iterate, the scan runs in place), the linearisation points and the
+    Jacobians. Sequences that stop (converged, non-finite, diverging) are copied out and the
+    others compacted into the leading rows, so stopped sequences cost nothing further.
     """
     B, T, M = guess.shape
     dtype = guess.dtype
-    f_buf = np.empty((B, T, M), dtype=dtype)
+    cur, nxt, zprev = guess, np.empty_like(guess), np.empty_like(guess)
     j_buf = np.empty((B, T, M) if diag else (B, T, M, M), dtype=dtype)
     j_flat = j_buf.reshape(B, T, -1)  # one assembly kernel for both layouts
-    zprev = np.empty((B, T, M), dtype=dtype)
     update = np.empty(B, dtype=np.float64)
     within = np.empty(B, dtype=np.bool_)
     finite = np.empty(B, dtype=np.bool_)
-    states = np.empty((B, T, M), dtype=dtype)
     n_iter = np.zeros(B, dtype=np.int64)
     codes = np.full(B, _MAX_ITER, dtype=np.int64)
     huge = float(np.sqrt(np.finfo(dtype).max))
     history = []
+    states = None  # allocated when some, not all, sequences stop
 
     active = np.arange(B)
-    cur, z0, forcing, alpha = guess, p.z0, p.forcing, p.alpha
+    z0, forcing, alpha = p.z0, p.forcing, p.alpha
     last = np.full(B, np.inf)
     streak = np.zeros(B, dtype=np.int64)
     for k in range(1, max_iter + 1):
         n = active.size
-        _shift(cur, z0, zprev[:n])
-        model.step_and_jacobian(zprev[:n], diag=diag, out=(f_buf[:n], j_buf[:n]))
-        assemble(f_buf[:n], j_flat[:n], zprev[:n], forcing, alpha, p.n_forced)
-        new = linear_scan(j_buf[:n], f_buf[:n], z0, backend=backend)
-        update_norms(new, cur, rtol, atol, update[:n], within[:n], finite[:n])
-        cur = new
+        _shift(cur[:n], z0, zprev[:n])
+        b = nxt[:n]
+        model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]))
+        assemble(b, j_flat[:n], zprev[:n], forcing, alpha, p.n_forced)
+        linear_scan(j_buf[:n], b, z0, backend=backend, out=b)
+        update_norms(b, cur[:n], rtol, atol, update[:n], within[:n], finite[:n])
+        cur, nxt = nxt, cur
         n_iter[active] = k
         upd = update[:n]
         history.append(np.max(upd))
@@ -373,18 +411,40 @@ def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
         done = finite[:n] & (within[:n] | (k >= T))
         code[done] = _CONVERGED
         code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
-        code[~finite[:n]] = _NON_FINITE if k == 1 else _DIVERGING
+        if not finite[:n].all():
+            bad = ~finite[:n]
+            code[bad] = np.where(_bad_inputs(model, p, active[bad]), _NON_FINITE, _DIVERGING)
         stop = code >= 0
-        if stop.any():
-            states[active[stop]] = cur[stop]
-            codes[active[stop]] = code[stop]
-            keep = ~stop
-            active, cur, z0, forcing = active[keep], cur[keep], z0[keep], forcing[keep]
-            alpha, last, streak = alpha[keep], last[keep], streak[keep]
-            if active.size == 0:
-                break
-    states[active] = cur
+        if not stop.any():
+            continue
+        codes[active[stop]] = code[stop]
+        if states is None and stop.all():
+            break  # rows still in their original order: cur is the result
+        if states is None:
+            states = np.empty_like(guess)
+        states[active[stop]] = cur[:n][stop]
+        keep = ~stop
+        cur[: int(keep.sum())] = cur[:n][keep]
+        active, z0, forcing = active[keep], z0[keep], forcing[keep]
+        alpha, last, streak = alpha[keep], last[keep], streak[keep]
+        if active.size == 0:
+            break
+    if states is None:
+        return cur, n_iter, codes, np.asarray(history, dtype=np.float64)
+    states[active] = cur[: active.size]
     return states, n_iter, codes, np.asarray(history, dtype=np.float64)
+
+
+def _bad_inputs(model, p: _Problem, idx) -> np.ndarray:
+    """Per sequence ``idx``: do ``z0``, ``forcing``, ``init`` or the parameters hold NaN/inf?"""
+    params = getattr(model, "params", None)
+    if isinstance(params, np.ndarray) and not np.isfinite(params).all():
+        return np.ones(idx.size, dtype=bool)
+    bad = ~np.isfinite(p.z0[idx]).all(axis=-1)
+    bad |= ~np.isfinite(p.forcing[idx]).all(axis=(-2, -1))
+    if p.init is not None:
+        bad |= ~np.isfinite(p.init[idx]).all(axis=(-2, -1))
+    return bad
 
 
 def _predictions(model, z0, states):
@@ -452,7 +512,7 @@ def deer_solve(
         GTF parameter in [0, 1], one for all or one per sequence. ``"auto"``:
         :func:`parscan.gtf_alpha` (``method="sup"``) over the data and the initial guess, one
         alpha for the batch; warns (:class:`parscan.gtf.GTFGuaranteeWarning`) for partial
-        forcing. Must be 0 for a free run.
+        forcing and raises ``ValueError`` for NaN/inf data. Must be 0 for a free run.
     n_forced : int, optional
         Number of latents forced toward the data (the first ``n_forced`` columns), default
         ``N``.
@@ -492,49 +552,44 @@ def deer_solve(
     Notes
     -----
     Per sequence the iteration stops when the update meets the tolerance (converged), when it
-    reached ``T`` iterations (exact by causality: converged), when the first iterate is not
-    finite (``non_finite``: NaN/inf in the inputs; they are never cleaned), or when the
-    iterates blow up (``diverging``: NaN/inf after a finite first iteration, an update above
-    ``sqrt(finfo.max)``, or updates growing by more than 10x in 3 consecutive iterations).
+    reached ``T`` iterations (exact by causality: converged), when the iterate is not finite
+    because the inputs are not (``non_finite``: NaN/inf in ``z0``, ``forcing``, ``init`` or the
+    parameters; never cleaned), or when the iterates blow up (``diverging``: NaN/inf from
+    finite inputs, an update above ``sqrt(finfo.max)``, or updates growing by more than 10x
+    in 3 consecutive iterations).
     A stopped
     sequence keeps its last iterate and costs nothing further. For piecewise-linear models
     Newton is exact once the activation pattern stops changing, so a converged result equals
     :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
-    p = _validate("deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True)
-    if jacobian not in ("full", "diag"):
-        raise ValueError(f"deer_solve: `jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
+    errors = _check_options(jacobian, tol, max_iter, throw)
+    p = _validate(
+        "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
+    )
     rtol, atol = _tolerances(tol, model.dtype)
     if max_iter is None:
         max_iter = max(1, min(p.T, MAX_ITER_CAP[jacobian]))
-    elif not _is_int(max_iter) or max_iter < 1:
-        raise ValueError(f"deer_solve: `max_iter` must be a positive int; got {max_iter!r}.")
-    if not isinstance(throw, bool):
-        raise TypeError(f"deer_solve: `throw` must be a bool; got {type(throw).__name__}.")
 
     B, T, M = p.z0.shape[0], p.T, model.M
     guess = _initial_guess(p, M)
-    alpha_arr, alpha_report = p.alpha, p.alpha_report
-    if isinstance(alpha_arr, str):
-        alpha_report = (
-            estimate_alpha(
-                model, p.forcing, guess, "sup", DEFAULT_MARGIN, p.n_forced, per_sequence=False
-            )
-            if B * T
-            else 0.0
-        )
-        alpha_arr = np.full(B, alpha_report, dtype=model.dtype)
-    p = replace(p, alpha=alpha_arr)
-
+    auto = isinstance(p.alpha, str)
     if B * T == 0:
-        states, n_iter = guess, np.zeros(B, dtype=np.int64)
-        codes, history = np.full(B, _CONVERGED), np.empty(0)
+        alpha_report = 0.0 if auto else p.alpha_report
+        states, predictions = guess, np.empty_like(guess)
+        n_iter, codes, history = np.zeros(B, np.int64), np.full(B, _CONVERGED), np.empty(0)
     else:
-        states, n_iter, codes, history = _newton(
-            model, p, guess, jacobian == "diag", rtol, atol, int(max_iter), backend
-        )
-    predictions = _predictions(model, p.z0, states) if B * T else np.empty_like(states)
+        with _threads_for(B * T):
+            alpha_report = p.alpha_report
+            if auto:
+                alpha_report = estimate_alpha(
+                    model, p.forcing, guess, "sup", DEFAULT_MARGIN, p.n_forced, False
+                )
+                p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
+            states, n_iter, codes, history = _newton(
+                model, p, guess, jacobian == "diag", rtol, atol, int(max_iter), backend
+            )
+            predictions = _predictions(model, p.z0, states)
     shape = (*p.batch, T, M)
     result = DeerResult(
         states=states.reshape(shape),

@@ -230,8 +230,7 @@ def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequenc
         else:
             with np.errstate(divide="ignore"):
                 bound = np.exp(np.mean(np.log(norms), axis=axis))
-    with np.errstate(divide="ignore"):
-        base = np.where(bound > 1.0, 1.0 - 1.0 / np.maximum(bound, 1.0), 0.0)
+    base = np.where(bound > 1.0, 1.0 - 1.0 / np.maximum(bound, 1.0), 0.0)
     alpha = np.clip(base + margin, 0.0, 1.0)
     if n_forced < M:
         warnings.warn(

@@ -318,6 +318,10 @@ def test_nan_in_forcing_or_z0_is_non_finite_and_kept():
     res = deer_solve(model, z0, 20, throw=False)
     assert res.status is DeerStatus.NON_FINITE and not res.converged[0]
     assert not np.isfinite(res.states[0]).any()
+    broken = model.copy()
+    broken.params[0] = np.nan
+    res = deer_solve(broken, z0[1:], 20, throw=False)
+    assert res.status is DeerStatus.NON_FINITE and not res.converged.any()
 
 
 def test_diverging_plain_deer_on_chaotic_free_run():
@@ -378,7 +382,28 @@ def test_validation_errors():
 def test_all_mismatches_reported_at_once():
     model = make_model("ShPLRNN")
     with pytest.raises(ValueError) as info:
-        deer_solve(model, np.zeros(5), forcing=np.zeros((10, 3)), alpha=2.0, n_forced=7)
+        deer_solve(
+            model, np.zeros(5), forcing=np.zeros((10, 3)), alpha=2.0, n_forced=7, jacobian="x"
+        )
     message = str(info.value)
-    for part in ("`z0` must have shape", "`n_forced` must be in", "`alpha` must lie"):
+    for part in ("`z0` must", "`n_forced` must", "`alpha` must", "`jacobian` must"):
         assert part in message
+
+
+def _check_cuda_backend():
+    model = make_model("ShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (2,), 40, "full")
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
+    for jacobian in ("full", "diag"):
+        res = deer_solve(model, z0, forcing=forcing, alpha=alpha, jacobian=jacobian, backend="cuda")
+        np.testing.assert_allclose(res.states, seq, rtol=1e-8, atol=1e-8, err_msg=jacobian)
+
+
+@pytest.mark.cudasim
+def test_cuda_backend_in_simulator():
+    _check_cuda_backend()
+
+
+@pytest.mark.gpu
+def test_cuda_backend_on_gpu():
+    _check_cuda_backend()
