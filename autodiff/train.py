@@ -118,7 +118,8 @@ class TrainConfig:
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
-        Length of the validation free run (None: ``len(validation_data) - 1``).
+        Length of the validation free run (None: ``len(validation_data) - 1``). It may exceed
+        that: a longer free run makes D_stsp against a short validation set less noisy.
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None).
     standardize : bool
@@ -335,8 +336,8 @@ class TrainResult:
         ``val_dh``, ``val_score``, ``val_status``.
     n_bad_steps : int
         Rejected steps over the whole run.
-    alpha : float
-        Final GTF alpha.
+    alpha : float or None
+        Final GTF alpha (None for state-space models).
     config : TrainConfig
     wall_time : float
         Seconds of training (summed over resumed sessions).
@@ -350,7 +351,7 @@ class TrainResult:
     best_scores: dict | None
     history: list
     n_bad_steps: int
-    alpha: float
+    alpha: float | None
     config: TrainConfig
     wall_time: float
     checkpoint: Path | None = None
@@ -425,12 +426,6 @@ def _check_data(model, data, validation_data, config):
             raise ValueError(
                 f"{where}: validation_data has {validation_data.shape[1]} columns; expected "
                 f"{model.n_obs} like data."
-            )
-        steps = config.validation_steps
-        if steps is not None and steps > validation_data.shape[0] - 1:
-            raise ValueError(
-                f"{where}: validation_steps = {steps} exceeds len(validation_data) - 1 = "
-                f"{validation_data.shape[0] - 1}."
             )
     return data, validation_data
 
@@ -638,7 +633,7 @@ def fit(
             "epoch": epoch,
             "step": state.step,
             "loss": acc["loss_sum"] / n_ok if n_ok else math.nan,
-            "alpha": state.alpha,
+            "alpha": state.alpha if is_rnn else None,
             "lr": schedule(state.step - 1),
             "newton_iters_mean": acc["newton_sum"] / n_ok if n_ok else math.nan,
             "newton_iters_max": acc["newton_max"],
@@ -773,7 +768,7 @@ def fit(
         best_scores=state.best_scores,
         history=state.history,
         n_bad_steps=state.n_bad_total,
-        alpha=state.alpha,
+        alpha=state.alpha if is_rnn else None,
         config=config,
         wall_time=state.wall_time,
         checkpoint=final,

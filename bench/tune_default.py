@@ -51,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--test-steps", type=int, default=100_000)
     ap.add_argument("--noise", type=float, default=0.0, help="observation noise of the data")
     ap.add_argument("--verbose", action="store_true", help="print every epoch record")
+    ap.add_argument("--save", help="write each selected model to SAVE_seed<k>.npz")
     args = ap.parse_args(argv)
 
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -75,6 +76,8 @@ def main(argv=None):
         t0, c0 = time.perf_counter(), time.process_time()
         result = fit(model, fit_part, cfg, validation_data=val_part, callback=show)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if args.save:
+            result.model.save(f"{args.save}_seed{seed}.npz")
         mean, sd = result.model.standardization
         scores = evaluate(result.model, (test - mean) / sd, measures=("dstsp", "dh"))
         hist = result.history

@@ -265,6 +265,12 @@ class LatentRNN(Model):
       the states ``z_1 .. z_n`` (``z0`` not included).
     Inputs must have the model's dtype; shapes and dtypes are validated with errors naming
     the method.
+
+    Optional fused-kernel interface (the piecewise-linear models provide it; see
+    ``models._plrnn_kernels``): ``kernel_args()`` (tuple of parameter arrays), ``n_map_params``
+    and ``step_functions_jit`` (jitted per-step ``step``, ``vjp_state``, ``vjp_params``).
+    ``parscan.sequential_solve`` uses it when present (else a Python loop over ``step``), and
+    ``autodiff.gtf_loss_and_grad(method="sequential")`` requires it.
     """
 
     M: int

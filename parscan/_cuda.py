@@ -24,6 +24,9 @@ shared memory (``lanes`` shrinks as ``D`` grows). Flags live in ``status`` (read
 values after a fence); published records are padded to 32 elements so that no L1 line mixes
 records of different tiles.
 
+How far a look-back walks depends on timing, so results may differ from run to run in the last
+bits (never on dyadic data, where every association is exact).
+
 Launch shapes are compile-time constants of :func:`make_kernels`; :data:`LAUNCH` holds the
 production values and tests shrink them (``monkeypatch.setattr(_cuda, "LAUNCH", ...)``) so that
 tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``) cross tile boundaries.
@@ -498,8 +501,8 @@ def dense_lanes(D: int, dtype, launch: Launch) -> int:
 def _check_device_layout(arrays) -> None:
     if not all(x is None or x.is_c_contiguous() for x in arrays):
         raise ValueError(
-            "linear_scan: device arrays must be C-contiguous for the cuda backend; copy them "
-            "first (e.g. numba.cuda.device_array + a copy kernel, or cupy.ascontiguousarray)."
+            "linear_scan: device arrays must be C-contiguous for the cuda backend; make a "
+            "contiguous copy first (e.g. cupy.ascontiguousarray(x)) or pass host arrays."
         )
 
 
@@ -573,9 +576,10 @@ def linear_scan_cuda(a, b, h0, reverse, transpose, dense, out):
             "Use backend='cpu' or 'sequential' for larger D."
         )
     if isinstance(b, np.ndarray):
+        dtype = b.dtype.newbyteorder("=")
         dev = [None if x is None else to_device(x) for x in (a, b, h0)]
-        d_out = scan_device(*dev, reverse, transpose, dense, cuda.device_array(b.shape, b.dtype))
-        host = np.empty(b.shape, b.dtype.newbyteorder("=")) if out is None else out
+        d_out = scan_device(*dev, reverse, transpose, dense, cuda.device_array(b.shape, dtype))
+        host = np.empty(b.shape, dtype) if out is None else out
         if host.size:
             d_out.copy_to_host(host)
         return host

@@ -8,8 +8,10 @@ Two strategies (DESIGN.md §2, measured on 2 cores):
   into ``P = ceil(threads / B) + 1`` chunks. Pass 1 scans chunk 0 with the true ``h0`` while the
   other threads reduce chunks ``1..P-2`` to aggregate pairs ``(A, b)``; a short serial loop turns
   the aggregates into the carry entering every chunk; pass 2 scans chunks ``1..P-1`` from their
-  carries. Each pass has ``B (P - 1)`` equal tasks, and ``a, b`` are read ``2 (P-1) / P`` times
-  instead of ``2 P / P`` for scan-then-fix, which always lost on 2 cores.
+  carries. ``a, b`` are read about ``2 (P-1) / P`` times instead of twice for scan-then-fix,
+  which always lost on 2 cores. Chunk 0 is 2/3 as long as the others: scanning an element
+  (read ``a, b``, write ``h``) costs 3 units and reducing one (read ``a, b``) 2, so the
+  ``B (P - 1)`` tasks of each pass then take equally long.
 
 Dense scans are only ever parallel over the batch: a time-parallel dense scan does ``D³`` work
 per combine and was 2.5-5x slower than the sequential loop on 2 cores (D = 3..32).
@@ -26,10 +28,17 @@ from parscan._scan_sequential import dense_one, diag_range, diag_reduce_range
 
 
 @jit
+def _chunk_start(T, n_chunks, k):
+    """First step of chunk ``k`` (forward order): chunk 0 has weight 2, the others 3."""
+    weight = 0 if k == 0 else 2 + 3 * (k - 1)
+    return T * weight // (2 + 3 * (n_chunks - 1))
+
+
+@jit
 def _chunk_bounds(T, n_chunks, k, reverse):
     """Steps ``[lo, hi)`` of the ``k``-th chunk in processing order (reverse: from the end)."""
-    lo = k * T // n_chunks
-    hi = (k + 1) * T // n_chunks
+    lo = _chunk_start(T, n_chunks, k)
+    hi = _chunk_start(T, n_chunks, k + 1)
     if reverse:
         return T - hi, T - lo
     return lo, hi
@@ -46,11 +55,13 @@ def _reduce_task(a, b, h0, reverse, n_chunks, k, a_agg, b_agg, out):
 
 
 @jit
-def _carry_task(b, reverse, n_chunks, a_agg, b_agg, out):
+def _carry_task(b, h0, reverse, n_chunks, a_agg, b_agg, out):
     """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``)."""
     lo, hi = _chunk_bounds(b.shape[0], n_chunks, 0, reverse)
-    last = lo if reverse else hi - 1
-    b_agg[0, :] = out[last]
+    if hi > lo:
+        b_agg[0, :] = out[lo if reverse else hi - 1]
+    else:
+        b_agg[0, :] = h0
     for k in range(1, n_chunks - 1):
         for d in range(b.shape[1]):
             b_agg[k, d] = a_agg[k, d] * b_agg[k - 1, d] + b_agg[k, d]
@@ -72,7 +83,7 @@ def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
         s = i // n_tasks
         _reduce_task(a[s], b[s], h0[s], reverse, n_chunks, i % n_tasks, a_agg[s], b_agg[s], out[s])
     for s in range(b.shape[0]):
-        _carry_task(b[s], reverse, n_chunks, a_agg[s], b_agg[s], out[s])
+        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], b_agg[s], out[s])
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
         _scan_task(a[s], b[s], reverse, n_chunks, i % n_tasks + 1, b_agg[s], out[s])

@@ -33,15 +33,25 @@ _DTYPES = (
     np.dtype(np.complex64),
     np.dtype(np.complex128),
 )
+_NATIVE_DTYPES = frozenset(_DTYPES)
 _DTYPE_NAMES = "float32/float64/complex64/complex128"
 _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 
-# Crossovers of ``backend="auto"`` (elements B*T*D, resp. B*T*D*D for dense), measured with
-# ``python bench/scan.py --crossover`` on the 2-core CI machine (numba 0.68, float64, D=16):
-# below these sizes the fork/join of a ``prange`` region (~10-30 µs) costs more than it saves.
+# Crossovers of ``backend="auto"`` in elements (B*T*D; dense B*T*D*D), from
+# ``python bench/scan.py --crossover`` on the 2-core CI machine (numba 0.68, float64, idle
+# machine). Speed-up of "cpu" over "sequential" around each threshold (two runs):
+#   diag  B=1, D=16 (time chunks):  65536 -> 0.80-0.89x   131072 -> 1.06-1.45x
+#   diag  B=8, D=16 (batch):         8192 -> 0.92-0.98x    32768 -> 1.18-1.21x
+#   diag  B=8, D=1  (batch):         2048 -> 0.95x          8192 -> 1.28x (missed: 2x slower
+#                                                                per element than D=16)
+#   dense B=8, D=3  (batch):         4608 -> 0.97x         18432 -> 1.17-1.28x
+#   dense B=8, D=16 (batch):        32768 -> 0.74-1.23x   131072 -> 1.23-1.66x
+# Below them the fork/join of a ``prange`` region costs more than it saves. On a machine whose
+# cores are busy with other processes every parallel region also waits for a scheduler tick
+# (~4 ms); there, use backend="sequential" or PARSCAN_THREADS=1.
 AUTO_MIN_BATCH_ELEMENTS = 1 << 15
 AUTO_MIN_CHUNKED_ELEMENTS = 1 << 17
-AUTO_MIN_DENSE_ELEMENTS = 1 << 15
+AUTO_MIN_DENSE_ELEMENTS = 1 << 14
 
 
 @functools.cache
@@ -92,30 +102,32 @@ def _check_backend(backend, on_device: bool) -> str:
     return backend
 
 
+def _dtype_problems(a, b, h0) -> list[str]:
+    dt = b.dtype
+    if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
+        return []
+    named = [(name, x) for name, x in (("a", a), ("b", b), ("h0", h0)) if x is not None]
+    problems = [
+        f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={np.dtype(x.dtype)}. "
+        f"Use {name}.astype(np.float64)."
+        for name, x in named
+        if np.dtype(x.dtype).newbyteorder("=") not in _NATIVE_DTYPES
+    ]
+    if len({np.dtype(x.dtype).newbyteorder("=") for _, x in named}) > 1:
+        got = ", ".join(f"{name}.dtype={np.dtype(x.dtype)}" for name, x in named)
+        problems.append(
+            f"`a`, `b` and `h0` must share one dtype; got {got}. Cast them, e.g. a.astype(b.dtype)."
+        )
+    return problems
+
+
 def _validate(a, b, h0) -> bool:
     """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``).
 
     Returns True for a dense ``a``. Raises one ``TypeError`` (dtype problems) or ``ValueError``
     (shape problems only) listing every mismatch found.
     """
-    dtype_problems = []
-    for name, x in (("a", a), ("b", b), ("h0", h0)):
-        if x is not None and np.dtype(x.dtype).newbyteorder("=") not in _DTYPES:
-            dtype_problems.append(
-                f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={np.dtype(x.dtype)}. "
-                f"Use {name}.astype(np.float64)."
-            )
-    dtypes = {np.dtype(x.dtype).newbyteorder("=") for x in (a, b, h0) if x is not None}
-    if len(dtypes) > 1:
-        got = ", ".join(
-            f"{name}.dtype={np.dtype(x.dtype)}"
-            for name, x in (("a", a), ("b", b), ("h0", h0))
-            if x is not None
-        )
-        dtype_problems.append(
-            f"`a`, `b` and `h0` must share one dtype; got {got}. Cast them, e.g. a.astype(b.dtype)."
-        )
-
+    dtype_problems = _dtype_problems(a, b, h0)
     shape_problems = []
     dense = False
     if b.ndim < 2:
@@ -149,7 +161,7 @@ def _extent(x) -> tuple[int, int]:
     if hasattr(x, "__cuda_array_interface__"):
         lo = hi = x.__cuda_array_interface__["data"][0]
     else:  # NumPy, or the CUDA simulator's arrays, which wrap NumPy
-        lo = hi = x.ctypes.data
+        lo = hi = x.__array_interface__["data"][0]
     for n, stride in zip(x.shape, x.strides, strict=True):
         if n == 0:
             return lo, lo
@@ -184,9 +196,9 @@ def _check_out(out, a, b, h0) -> None:
         ready = out.is_c_contiguous()
     if not ready:
         problems.append("`out` must be C-contiguous, aligned, writeable and native-endian.")
-    same_as_b = _extent(out) == _extent(b) and tuple(out.strides) == tuple(b.strides)
-    if any(x is not None and _overlap(out, x) for x in (a, h0)) or (
-        _overlap(out, b) and not same_as_b
+    overlap = np.may_share_memory if isinstance(out, np.ndarray) else _overlap
+    if any(x is not None and overlap(out, x) for x in (a, h0)) or (
+        overlap(out, b) and (_extent(out) != _extent(b) or tuple(out.strides) != tuple(b.strides))
     ):
         problems.append("`out` may be `b` itself but must not overlap `a`, `h0` or part of `b`.")
     if problems:
@@ -195,6 +207,9 @@ def _check_out(out, a, b, h0) -> None:
 
 def _host_ready(x: np.ndarray) -> np.ndarray:
     """``x`` itself when C-contiguous, aligned and native-endian, else one copy that is."""
+    flags = x.flags
+    if flags.c_contiguous and flags.aligned and x.dtype.isnative:
+        return x
     return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
@@ -269,8 +284,12 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
 
     Notes
     -----
-    NaN and inf propagate as values. ``T = 0`` returns an empty array of ``b``'s shape.
-    Backends agree to rounding; on dyadic data (``a`` in {0, 1/2, 1}, integer ``b``) bit for bit.
+    NaN and inf propagate as values (no error). ``T = 0`` returns an empty array of ``b``'s
+    shape. The parallel backends combine steps in another order, so backends agree to rounding,
+    and bit for bit on dyadic data (``a`` in {0, 1/2, 1}, small integer ``b``). Two consequences:
+    with ``±inf`` in ``a``, a combined product ``0 * inf`` can give NaN where the sequential loop
+    gives ``±inf``; and the ``"cuda"`` look-back combines a timing-dependent number of tile
+    aggregates, so its last bits may differ from run to run (as in CUB's floating-point scans).
     """
     on_device = any(_is_device(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)

@@ -144,7 +144,7 @@ def test_dyadic_bit_exact(backend, case):
 @pytest.mark.parametrize("B", [1, 3])
 def test_reduce_then_scan_any_chunk_count(n_chunks, reverse, B):
     """The time-chunked kernel is exact for any chunk count, not only threads + 1."""
-    for T in (n_chunks, n_chunks + 1, 50):
+    for T in (1, n_chunks, n_chunks + 1, 50):
         a, b, h0 = make_dyadic_inputs(T, np.float64, False, (B,), T, 3)
         out = np.empty_like(b)
         agg = np.empty((B, n_chunks - 1, 3))
