@@ -132,6 +132,10 @@ def main(argv=None):
     ap.add_argument("--pretrain-epochs", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="T in 1e2, 1e3; float64; 3 repeats")
     ap.add_argument("--no-frameworks", action="store_true", help="skip JAX / PyTorch rows")
+    ap.add_argument(
+        "--frameworks-max-T", type=int, default=10_000,
+        help="largest T for the JAX / PyTorch rows (eager PyTorch loops over T in Python)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.T, args.dtype, args.repeat = [100, 1000], ["float64"], 3
@@ -174,7 +178,7 @@ def main(argv=None):
                 elif seq_median is not None:
                     row["speedup_vs_sequential"] = seq_median / median
                 print(json.dumps(row), flush=True)
-            if args.no_frameworks:
+            if args.no_frameworks or T > args.frameworks_max_T:
                 continue
             for name, build in (("jax_lax_scan", _jax_bptt), ("torch_eager", _torch_bptt)):
                 comparable = type(model) is models.ShPLRNN and model.M == model.n_obs
