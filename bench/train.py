@@ -116,7 +116,7 @@ def _torch_bptt(model, windows, alpha):
         for v in p.values():
             v.grad = None
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return run
 

@@ -81,6 +81,14 @@ def uniform_fan_in(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return rng.uniform(-r, r, size=shape)
 
 
+def _is_device_array(x) -> bool:
+    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object
+    (checked without importing ``numba.cuda``)."""
+    if x is None or isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+
+
 class PiecewiseLinearRNN(LatentRNN):
     """Common implementation of the :class:`~models.base.LatentRNN` contract.
 
@@ -98,6 +106,9 @@ class PiecewiseLinearRNN(LatentRNN):
 
     step_functions: ClassVar[StepFunctions]
     step_functions_jit: ClassVar[StepFunctions]
+    #: Optional capability read by ``parscan.deer_solve``: ``step_and_jacobian`` accepts
+    #: ``backend="cuda"`` (evaluation on the GPU, :mod:`models._cuda_eval`).
+    supports_cuda_eval: ClassVar[bool] = True
     # Family drivers (jitted, see the family module), called as
     #   _eval_kernel(*args, Z (n, M), F (n, M), J (n, K), mode)   K = 0, M or M*M
     #   _vjp_kernel(*args, Z (n, M), C (n, M), G (n_chunks, n_map_params) float64)
@@ -241,25 +252,46 @@ class PiecewiseLinearRNN(LatentRNN):
         """Diagonal of ``dF/dz`` at ``z``: ``(..., M) -> (..., M)``."""
         return self._evaluate(z, EVAL_F_DIAG, None, "jacobian_diag")[1]
 
-    def step_and_jacobian(self, z: np.ndarray, diag: bool = False, out=None):
+    def step_and_jacobian(self, z: np.ndarray, diag: bool = False, out=None, backend="auto"):
         """``F(z)`` and its Jacobian in one parallel pass over all leading positions.
 
         Parameters
         ----------
-        z : ndarray, shape (..., M)
-            States, of the model dtype.
+        z : ndarray or device array, shape (..., M)
+            States, of the model dtype. Device arrays (numba device arrays or any
+            ``__cuda_array_interface__`` object, C-contiguous) are evaluated on the GPU.
         diag : bool
             Return only the Jacobian diagonal (quasi-DEER).
         out : (ndarray, ndarray) or None
             Caller arrays ``(f_out, j_out)`` of shapes ``(..., M)`` and ``(..., M, M)``
             (``(..., M)`` with ``diag=True``), C-contiguous, model dtype, not overlapping
-            ``z``; they are filled and returned.
+            ``z``, on the same side (host / device) as ``z``; they are filled and returned.
+        backend : {"auto", "cpu", "cuda"}
+            ``"auto"``: the ``prange`` kernel for host arrays, the CUDA kernel
+            (:mod:`models._cuda_eval`) for device arrays. ``"cpu"``: host arrays only.
+            ``"cuda"``: the CUDA kernel also for host arrays (copied to the GPU and back).
 
         Returns
         -------
-        F : ndarray, shape (..., M)
-        J : ndarray, shape (..., M, M), or (..., M) with ``diag=True``
+        F : ndarray or device array, shape (..., M)
+        J : ndarray or device array, shape (..., M, M), or (..., M) with ``diag=True``
+            Device arrays exactly when ``z`` is one.
         """
+        if backend not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"{type(self).__name__}.step_and_jacobian: backend must be 'auto', 'cpu' or "
+                f"'cuda'; got {backend!r}."
+            )
+        on_device = _is_device_array(z)
+        if on_device and backend == "cpu":
+            raise ValueError(
+                f"{type(self).__name__}.step_and_jacobian: device arrays need backend 'cuda' or "
+                "'auto'; got backend='cpu'. Copy `z` to the host first (z.copy_to_host())."
+            )
+        if on_device or backend == "cuda":
+            from models import _cuda_eval  # lazy: numba.cuda only when asked for
+
+            return _cuda_eval.step_and_jacobian_cuda(self, z, diag, out)
         return self._evaluate(z, EVAL_F_DIAG if diag else EVAL_F_FULL, out, "step_and_jacobian")
 
     def param_vjp(self, z_prev: np.ndarray, cotangent: np.ndarray) -> np.ndarray:

@@ -393,11 +393,15 @@ def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
     z0, forcing, alpha = p.z0, p.forcing, p.alpha
     last = np.full(B, np.inf)
     streak = np.zeros(B, dtype=np.int64)
+    eval_on_gpu = backend == "cuda" and bool(getattr(model, "supports_cuda_eval", False))
     for k in range(1, max_iter + 1):
         n = active.size
         _shift(cur[:n], z0, zprev[:n])
         b = nxt[:n]
-        model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]))
+        if eval_on_gpu:
+            model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]), backend="cuda")
+        else:
+            model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]))
         assemble(b, j_flat[:n], zprev[:n], forcing, alpha, p.n_forced)
         linear_scan(j_buf[:n], b, z0, backend=backend, out=b)
         update_norms(b, cur[:n], rtol, atol, update[:n], within[:n], finite[:n])
@@ -531,7 +535,10 @@ def deer_solve(
         latents at every step (free run: ``z0`` at every step).
     backend : str
         Passed to :func:`~parscan.scan.linear_scan` (``"auto"``, ``"sequential"``, ``"cpu"``,
-        ``"cuda"``).
+        ``"cuda"``). With ``"cuda"``, ``F`` and ``J`` are also evaluated on the GPU when the
+        model declares the optional capability ``supports_cuda_eval = True`` (its
+        ``step_and_jacobian`` then accepts ``backend="cuda"``, as the models in ``models/``
+        do); otherwise they are evaluated by ``model.step_and_jacobian`` on the host.
     throw : bool
         Raise :class:`DeerConvergenceError` when a sequence fails; otherwise return the result
         for inspection.
