@@ -49,6 +49,7 @@ TRAIN_FIELDS = (
     "backend",
     "seed",
     "validation_interval",
+    "validation_steps",
 )
 
 
@@ -62,8 +63,9 @@ class UserError(click.ClickException):
 class Settings:
     """Every resolved setting of a run (written to ``args.json``).
 
-    The defaults are the embedded example: a shPLRNN reconstructing Lorenz-63 with GTF-DEER
-    and automatic alpha, tuned to finish in a few minutes on two cores (README, "Default run").
+    The defaults are the embedded example: a clipped shPLRNN reconstructing Lorenz-63 with
+    GTF-DEER and automatic alpha (the recipe of ``bench/tune_default.py``; README, "Default
+    run").
     """
 
     data: str | None = None
@@ -71,29 +73,30 @@ class Settings:
     n_steps: int = 100_000
     noise: float = 0.05
     test_data: str | None = None
-    model: str = "shplrnn"
+    model: str = "clipped-shplrnn"
     latent_dim: int | None = None
-    hidden_dim: int = 50
+    hidden_dim: int = 100
     n_relu: int | None = None
     method: str = "deer"
     jacobian: str = "full"
     alpha: str = "auto"
-    alpha_method: str = "sup"
+    alpha_method: str = "geomean"
     sequence_length: int = 200
     batch_size: int = 16
     batches_per_epoch: int = 50
-    epochs: int = 60
-    lr_start: float = 1e-3
-    lr_end: float = 1e-5
+    epochs: int = 150
+    lr_start: float = 6e-3
+    lr_end: float = 1e-4
     optimizer: str = "radam"
-    dtype: str = "float64"
+    dtype: str = "float32"
     backend: str = "auto"
     threads: int | None = None
     seed: int = 0
     out: str | None = None
     resume: bool = False
-    validation_interval: int = 5
-    validation_fraction: float = 0.1
+    validation_interval: int = 2
+    validation_steps: int = 100_000
+    validation_fraction: float = 0.2
     test_fraction: float = 0.2
     quiet: bool = False
     verbose: bool = False
@@ -523,7 +526,7 @@ def _choice(*options):
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
 @click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")
 @click.option("--test-data", type=str, help="Test trajectory; default: generated / held out.")
-@click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default shplrnn).")
+@click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default clipped-shplrnn).")
 @click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
 @click.option("--hidden-dim", "-L", type=int, help="Hidden width L (shPLRNN units / SSM MLP).")
 @click.option("--n-relu", "-P", type=int, help="ALRNN: number of ReLU units P (default M).")
@@ -556,8 +559,8 @@ def _choice(*options):
 def main(ctx, config_path, **flags):
     """Train a recurrent model that reconstructs a dynamical system (GTF-DEER).
 
-    Without arguments: generate Lorenz-63 data, train a shPLRNN with GTF-DEER and automatic
-    alpha, evaluate it on a test trajectory and write the results folder. Use
+    Without arguments: generate Lorenz-63 data, train a clipped shPLRNN with GTF-DEER and
+    automatic alpha, evaluate it on a test trajectory and write the results folder. Use
     `parscan-train evaluate RUN` to score a trained model again.
     """
     if ctx.invoked_subcommand is not None:

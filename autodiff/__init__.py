@@ -7,6 +7,7 @@ import importlib
 
 _EXPORTS = {
     "gtf_loss_and_grad": "autodiff.gradients",
+    "GradInfo": "autodiff.gradients",
     "ssm_loss_and_grad": "autodiff.ssm_gradients",
     "Adam": "autodiff.optim",
     "RAdam": "autodiff.optim",
@@ -14,6 +15,9 @@ _EXPORTS = {
     "TrainConfig": "autodiff.train",
     "TrainResult": "autodiff.train",
     "fit": "autodiff.train",
+    "StepInfo": "autodiff.train",
+    "EpochInfo": "autodiff.train",
+    "TrainingDivergedError": "autodiff.train",
 }
 
 __all__ = list(_EXPORTS)

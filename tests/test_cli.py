@@ -56,7 +56,7 @@ def test_tiny_run_writes_the_layout(finished_run):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "checkpoint.npz").is_file()
     model = models.load(out / "model.npz")
-    assert isinstance(model, models.ShPLRNN) and model.standardization is not None
+    assert isinstance(model, models.ClippedShPLRNN) and model.standardization is not None
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["status"] in ("ok", "diverged", "non_finite", "out_of_box")
     assert metrics["best_epoch"] in (1, 2)
