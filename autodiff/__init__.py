@@ -3,7 +3,7 @@
 Public names are imported lazily from their modules.
 """
 
-import importlib
+from parscan._lazy import lazy_exports
 
 _EXPORTS = {
     "gtf_loss_and_grad": "autodiff.gradients",
@@ -22,12 +22,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'autodiff' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("autodiff", _EXPORTS)

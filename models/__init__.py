@@ -4,7 +4,7 @@ Public names are imported lazily from their modules (``models.ShPLRNN`` imports
 ``models.shplrnn`` on first use).
 """
 
-import importlib
+from parscan._lazy import lazy_exports
 
 _EXPORTS = {
     "Model": "models.base",
@@ -33,12 +33,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("models", _EXPORTS)

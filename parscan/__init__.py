@@ -8,7 +8,7 @@ Public API (imported lazily, so ``import parscan`` stays cheap):
   (Lim et al., ICLR 2024; Hess, Goetz & Durstewitz, arXiv:2605.12683).
 """
 
-import importlib
+from parscan._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -27,12 +27,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'parscan' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("parscan", _EXPORTS)

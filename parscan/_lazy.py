@@ -1,0 +1,25 @@
+"""Lazy package exports (PEP 562): a public name imports its module on first use."""
+
+import importlib
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """Return ``(__getattr__, __dir__)`` for a package whose public names live in submodules.
+
+    Parameters
+    ----------
+    package : str
+        The package's name, for error messages.
+    exports : dict of str to str
+        Public name -> module path that defines it.
+    """
+
+    def __getattr__(name):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(exports)
+
+    return __getattr__, __dir__
