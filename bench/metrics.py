@@ -14,28 +14,16 @@ trajectory along time (an O(T log T) pass over the same data).
 import argparse
 import json
 import platform
-import time
 
 import numba
 import numpy as np
 import scipy
+from _timing import timeit
 
 from models.data import standardize
 from models.metrics import max_lyapunov, power_spectrum_distance, state_space_divergence
 from models.systems import generate
 from parscan._jit import n_threads
-
-
-def _timeit(fn, repeat):
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return first, min(times), float(np.median(times))
 
 
 def main(argv=None):
@@ -48,7 +36,7 @@ def main(argv=None):
     T = 10_000 if args.quick else 100_000
     a, mean, sd = standardize(generate("lorenz63", T, seed=1))
     b = (generate("lorenz63", T, seed=2) - mean) / sd
-    _, base, _ = _timeit(lambda: np.sort(a, axis=0), args.repeat)
+    _, base, _ = timeit(lambda: np.sort(a, axis=0), args.repeat)
     cases = {
         "generate lorenz63": lambda: generate("lorenz63", T, seed=3),
         "dstsp bins 30": lambda: state_space_divergence(a, b, 30),
@@ -69,7 +57,7 @@ def main(argv=None):
         "baseline_s": base,
     }
     for what, fn in cases.items():
-        first, best, median = _timeit(fn, args.repeat)
+        first, best, median = timeit(fn, args.repeat)
         row = {"what": what, **meta, "first_s": first, "min_s": best, "median_s": median}
         row["ratio_to_baseline"] = best / base
         print(json.dumps(row), flush=True)

@@ -24,6 +24,7 @@ import time
 
 import numba
 import numpy as np
+from _timing import timeit
 from numba import prange
 
 import parscan
@@ -42,18 +43,6 @@ def _triad(x, y, z, s):
         x[i] = y[i] + s * z[i]
 
 
-def _timeit(fn, repeat):
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return first, min(times), float(np.median(times))
-
-
 _TRIAD_CACHE = {}
 
 
@@ -67,7 +56,7 @@ def triad_gbps(n, dtype, threads, repeat):
         saved = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            _, best, _ = _timeit(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
+            _, best, _ = timeit(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
         finally:
             numba.set_num_threads(saved)
         _TRIAD_CACHE[key] = 3 * n * np.dtype(dtype).itemsize / best / 1e9
@@ -190,7 +179,7 @@ def bench_crossover(args):
             out = np.zeros_like(b)
             res = {}
             for backend in ("sequential", "cpu"):
-                _, tmin, _ = _timeit(
+                _, tmin, _ = timeit(
                     lambda a=a, b=b, out=out, backend=backend: parscan.linear_scan(
                         a, b, backend=backend, out=out
                     ),
@@ -247,7 +236,7 @@ def bench_cuda(args):
         fn = lambda da=da, db=db, dout=dout: _cuda.synchronize(  # noqa: E731
             parscan.linear_scan(da, db, out=dout)
         )
-        first, tmin, tmed = _timeit(fn, args.repeat)
+        first, tmin, tmed = timeit(fn, args.repeat)
         gbps = _essential_bytes(B, T, D, dtype, dense) / tmin / 1e9
         copy = _cuda.copy_bandwidth_gbps(b.nbytes, args.repeat)
         print(
