@@ -9,11 +9,11 @@ killed at any moment leaves either the previous or the new checkpoint, never a p
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from models.base import atomic_save_npz
 
 #: file name of the latest checkpoint inside a checkpoint directory
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -24,24 +24,6 @@ FORMAT_VERSION = 1
 def checkpoint_path(directory) -> Path:
     """The path of the latest checkpoint inside ``directory``."""
     return Path(directory) / CHECKPOINT_NAME
-
-
-def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
-    flushed and fsynced, then :func:`os.replace`. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(
@@ -77,15 +59,9 @@ def save_checkpoint(
     pathlib.Path
         The checkpoint file written.
     """
-    payload = {
-        "model_class": np.array(type(model).__name__),
-        "hyperparameters": np.array(json.dumps(model.hyperparameters())),
-        "params": params,
-        "metadata": np.array(json.dumps({"format_version": FORMAT_VERSION, "train_state": state})),
-    }
-    if model.standardization is not None:
-        payload["data_mean"] = np.asarray(model.standardization[0], dtype=np.float64)
-        payload["data_std"] = np.asarray(model.standardization[1], dtype=np.float64)
+    payload = model.npz_payload(
+        {"format_version": FORMAT_VERSION, "train_state": state}, params=params
+    )
     for name, value in arrays.items():
         payload[f"array.{name}"] = value
     for name, value in (optimizer_state or {}).items():

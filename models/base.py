@@ -15,6 +15,8 @@ any vector of that length (a gradient, an Adam moment) in a fixed, documented or
 
 import importlib
 import json
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -177,22 +179,24 @@ class Model(ABC):
         other.standardization = self.standardization
         return other
 
-    def save(self, path, metadata: dict | None = None) -> Path:
-        """Write the model to ``path`` (``.npz``): class name, hyperparameters, parameters,
-        standardisation and a free JSON ``metadata`` dict. Returns the path written."""
-        path = Path(path)
+    def npz_payload(self, metadata: dict | None = None, params=None) -> dict[str, np.ndarray]:
+        """The arrays of a model file: class name, hyperparameters, ``params`` (default
+        ``self.params``), standardisation and a free JSON ``metadata`` dict."""
         payload = {
             "model_class": np.array(type(self).__name__),
             "hyperparameters": np.array(json.dumps(self.hyperparameters())),
-            "params": self.params,
+            "params": self.params if params is None else params,
             "metadata": np.array(json.dumps(metadata or {})),
         }
         if self.standardization is not None:
             payload["data_mean"] = np.asarray(self.standardization[0], dtype=np.float64)
             payload["data_std"] = np.asarray(self.standardization[1], dtype=np.float64)
-        with open(path, "wb") as fh:
-            np.savez(fh, **payload)
-        return path
+        return payload
+
+    def save(self, path, metadata: dict | None = None) -> Path:
+        """Write the model to ``path`` (``.npz``, atomically): see :meth:`npz_payload`.
+        Returns the path written."""
+        return atomic_save_npz(path, self.npz_payload(metadata))
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -204,6 +208,24 @@ class Model(ABC):
                 f"{cls.__name__}. Use models.load(path) to load any model."
             )
         return model
+
+
+def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
+    flushed and fsynced, then :func:`os.replace`. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def load_with_metadata(path) -> tuple[Model, dict]:
