@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 from numba import prange
 
+from models import _shplrnn_lanes
 from models._plrnn_kernels import (
     EVAL_F_DIAG,
     EVAL_F_FULL,
@@ -168,9 +169,8 @@ SHPLRNN_STEP_FUNCTIONS_JIT = StepFunctions(*(jit(fn) for fn in SHPLRNN_STEP_FUNC
 _step = SHPLRNN_STEP_FUNCTIONS_JIT.step
 _step_jacobian = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian
 _step_jacobian_diag = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
-_vjp_params = SHPLRNN_STEP_FUNCTIONS_JIT.vjp_params
 
-# ---- CPU drivers (prange over items; bodies call one jitted per-item helper) -----------
+# ---- CPU drivers: one state (below), many states (models._shplrnn_lanes), free run -----
 
 
 @jit
@@ -181,28 +181,6 @@ def _eval_item(A, W1, W2, h1, h2, clipped, z, f, j, mode):
         _step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, f, j)
     else:
         _step(A, W1, W2, h1, h2, clipped, z, f)
-
-
-@jit_parallel
-def _eval_kernel(A, W1, W2, h1, h2, clipped, Z, F, J, mode):
-    for p in prange(Z.shape[0]):
-        _eval_item(A, W1, W2, h1, h2, clipped, Z[p], F[p], J[p], mode)
-
-
-@jit
-def _vjp_chunk(A, W1, W2, h1, h2, clipped, Z, C, start, stop, g):
-    for p in range(start, stop):
-        _vjp_params(A, W1, W2, h1, h2, clipped, Z[p], C[p], g)
-
-
-@jit_parallel
-def _vjp_kernel(A, W1, W2, h1, h2, clipped, Z, C, G):
-    n = Z.shape[0]
-    n_chunks = G.shape[0]
-    for c in prange(n_chunks):
-        start = c * n // n_chunks
-        stop = (c + 1) * n // n_chunks
-        _vjp_chunk(A, W1, W2, h1, h2, clipped, Z, C, start, stop, G[c])
 
 
 @jit
@@ -228,11 +206,11 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     _CLIPPED: ClassVar[int]
     step_functions = SHPLRNN_STEP_FUNCTIONS
     step_functions_jit = SHPLRNN_STEP_FUNCTIONS_JIT
-    _eval_kernel = staticmethod(_eval_kernel)
-    _vjp_kernel = staticmethod(_vjp_kernel)
+    _eval_kernel = staticmethod(_shplrnn_lanes.eval_kernel)
+    _vjp_kernel = staticmethod(_shplrnn_lanes.vjp_kernel)
     _simulate_kernel = staticmethod(_simulate_kernel)
     _eval_item = staticmethod(_eval_item)
-    _vjp_chunk = staticmethod(_vjp_chunk)
+    _vjp_chunk = staticmethod(_shplrnn_lanes.vjp_chunk)
     _simulate_item = staticmethod(_simulate_item)
 
     def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):

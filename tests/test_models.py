@@ -211,6 +211,31 @@ def test_step_functions_agree_with_batched_methods(model):
         np.testing.assert_allclose(grad, model.param_vjp(z, c)[: model.n_map_params], 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [2, 63, 64, 133])
+def test_many_state_drivers_match_per_step_functions(model, dtype, n):
+    """The drivers over many states (lane-blocked SIMD for the shPLRNN family) give F and J
+    bitwise equal to the per-step functions, and the parameter VJP up to summation order."""
+    m = model.astype(dtype)
+    z, c = states((n,), dtype, seed=16), states((n,), dtype, seed=17)
+    fns, args = m.step_functions_jit, m.kernel_args()
+    F, J = m.step_and_jacobian(z)
+    _, Jd = m.step_and_jacobian(z, diag=True)
+    Fs = m.step(z)
+    out, jac, diag = np.empty(M, dtype), np.empty((M, M), dtype), np.empty(M, dtype)
+    grad = np.zeros(m.n_map_params)
+    for p in range(n):
+        fns.step_jacobian(*args, z[p], out, jac)
+        np.testing.assert_array_equal(F[p], out)
+        np.testing.assert_array_equal(Fs[p], out)
+        np.testing.assert_array_equal(J[p], jac)
+        fns.step_jacobian_diag(*args, z[p], out, diag)
+        np.testing.assert_array_equal(Jd[p], diag)
+        fns.vjp_params(*args, z[p], c[p], grad)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(m.param_vjp(z, c)[: m.n_map_params], grad, rtol=rtol, atol=rtol)
+
+
 @pytest.mark.parametrize("family", ["ShPLRNN", "ALRNN"])
 def test_step_functions_compile_for_cuda_in_float32(family):
     """The plain per-step functions are valid CUDA device functions, and in float32 they
