@@ -50,6 +50,7 @@ TRAIN_FIELDS = (
     "seed",
     "validation_interval",
     "validation_steps",
+    "validation_starts",
 )
 
 
@@ -96,6 +97,7 @@ class Settings:
     resume: bool = False
     validation_interval: int = 2
     validation_steps: int = 100_000
+    validation_starts: int = 4
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     quiet: bool = False

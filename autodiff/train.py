@@ -126,8 +126,13 @@ class TrainConfig:
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
-        Length of the validation free run (None: ``len(validation_data) - 1``). It may exceed
-        that: a longer free run makes D_stsp against a short validation set less noisy.
+        Length of each validation free run (None: ``len(validation_data) - 1``). It may
+        exceed that: a longer free run makes D_stsp against a short validation set less noisy.
+    validation_starts : int
+        Number of validation free runs, from evenly spaced validation points, run as one
+        batch; the score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with
+        ``n_starts``). Several starts catch a model that found a second, spurious attractor
+        (it can score well from one initial condition and fail from another).
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None).
     standardize : bool
@@ -159,6 +164,7 @@ class TrainConfig:
     max_bad_steps: int = 20
     validation_interval: int = 2
     validation_steps: int | None = None
+    validation_starts: int = 4
     newton_tol: float | None = None
     newton_max_iter: int | None = None
     standardize: bool = True
@@ -199,6 +205,7 @@ class TrainConfig:
             integer(name, 1)
         integer("validation_interval", 1)
         integer("validation_steps", 1, optional=True)
+        integer("validation_starts", 1)
         integer("newton_max_iter", 1, optional=True)
         integer("seed", 0)
         real("lr_start", 0.0, None, lo_open=True)
@@ -460,11 +467,13 @@ def _check_resume(ckpt, model, config):
         )
 
 
-def _validate(model, validation_data, steps):
-    """Free-run score on the validation trajectory: D_stsp + D_H (inf when not measurable)."""
+def _validate(model, validation_data, steps, starts):
+    """Free-run score on the validation trajectory: mean D_stsp + D_H over ``starts`` runs
+    (inf when not measurable)."""
     from models.metrics import evaluate
 
-    out = evaluate(model, validation_data, n_steps=steps, measures=("dstsp", "dh"))
+    starts = min(starts, validation_data.shape[0])
+    out = evaluate(model, validation_data, n_steps=steps, n_starts=starts, measures=("dstsp", "dh"))
     if out["status"] != "ok":
         return {"dstsp": None, "dh": None, "score": math.inf, "status": out["status"]}
     return {
@@ -651,7 +660,9 @@ def fit(
         }
         last = state.step >= config.n_steps
         if validation_data is not None and (epoch % config.validation_interval == 0 or last):
-            scores = _validate(model, validation_data, config.validation_steps)
+            scores = _validate(
+                model, validation_data, config.validation_steps, config.validation_starts
+            )
             record.update(
                 val_dstsp=scores["dstsp"],
                 val_dh=scores["dh"],

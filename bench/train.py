@@ -12,7 +12,10 @@ so both solve the same problem. Every case reports the first-call time (compile 
 separately, min and median over ``--repeat`` (>= 5) runs, the Newton iterations, threads and
 versions, and the DEER rows the speed-up over the sequential method measured in the same
 process. JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
-packages are importable, skipped otherwise (they are not dependencies).
+packages are importable, skipped otherwise (they are not dependencies). Each framework row
+runs in its own subprocess on the same windows, model and alpha (written to a temporary
+folder), so that a framework's thread pool cannot slow the Numba kernels down or the other
+way round; its row reports ``framework / fastest parscan`` (median over median).
 
     python bench/train.py                 # T in 1e2..1e5, float32 and float64
     python bench/train.py --quick         # T in 1e2, 1e3; float64; 3 repeats
@@ -23,8 +26,11 @@ import argparse
 import functools
 import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -121,6 +127,39 @@ def _torch_bptt(model, windows, alpha):
     return run
 
 
+FRAMEWORKS = {"jax_lax_scan": _jax_bptt, "torch_eager": _torch_bptt}
+
+
+def _framework_row(name, model, windows, alpha, repeat):
+    """Time framework ``name`` on the case in a fresh subprocess; its JSON row (or a skip)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model.npz")
+        np.savez(Path(tmp) / "case.npz", windows=windows, alpha=alpha)
+        cmd = [sys.executable, __file__, "--framework-worker", name, tmp, "--repeat", str(repeat)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"what": name, "skipped": f"worker failed: {done.stderr.strip()[-300:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _framework_worker(name, folder, repeat):
+    """Body of ``--framework-worker``: time one framework on a saved case, print its row."""
+    model = models.load(Path(folder) / "model.npz")
+    case = np.load(Path(folder) / "case.npz")
+    windows, alpha = case["windows"], float(case["alpha"])
+    run = FRAMEWORKS[name](model, windows, alpha)
+    if run is None:
+        print(json.dumps({"what": name, "skipped": "not installed"}))
+        return 0
+    run()  # warm-up (JAX compiles in ``_jax_bptt``; PyTorch allocates its pools)
+    best, median, loss = _timeit(run, repeat)
+    B, T = windows.shape[0], windows.shape[1] - 1
+    row = {"what": name, "dtype": windows.dtype.name, "B": B, "T": T, "loss": loss,
+           "min_s": best, "median_s": median, "repeat": repeat}  # fmt: skip
+    print(json.dumps(row))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10_000, 100_000])
@@ -136,7 +175,10 @@ def main(argv=None):
         "--frameworks-max-T", type=int, default=10_000,
         help="largest T for the JAX / PyTorch rows (eager PyTorch loops over T in Python)",
     )  # fmt: skip
+    ap.add_argument("--framework-worker", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.framework_worker:
+        return _framework_worker(*args.framework_worker, args.repeat)
     if args.quick:
         args.T, args.dtype, args.repeat = [100, 1000], ["float64"], 3
 
@@ -160,7 +202,7 @@ def main(argv=None):
             starts = rng.integers(0, x.shape[0] - T, size=args.B)
             windows = x[starts[:, None] + np.arange(T + 1)].astype(dtype)
             alpha = gtf_alpha(model, windows[:, 1:])
-            seq_median = None
+            medians = {}
             for method in sorted(args.method, reverse=True):  # sequential first: the baseline
                 call = functools.partial(
                     gtf_loss_and_grad, model, windows, alpha=alpha, method=method
@@ -173,25 +215,20 @@ def main(argv=None):
                     "newton_iters_mean": info.newton_iters_mean,
                     "min_s": best, "median_s": median, "repeat": args.repeat, **common,
                 }  # fmt: skip
-                if method == "sequential":
-                    seq_median = median
-                elif seq_median is not None:
-                    row["speedup_vs_sequential"] = seq_median / median
+                medians[method] = median
+                if method != "sequential" and "sequential" in medians:
+                    row["speedup_vs_sequential"] = medians["sequential"] / median
                 print(json.dumps(row), flush=True)
             if args.no_frameworks or T > args.frameworks_max_T:
                 continue
-            for name, build in (("jax_lax_scan", _jax_bptt), ("torch_eager", _torch_bptt)):
-                comparable = type(model) is models.ShPLRNN and model.M == model.n_obs
-                run = build(model, windows, alpha) if comparable else None
-                if run is None:
-                    why = "not installed" if comparable else "only for a ShPLRNN with M == N"
-                    print(json.dumps({"what": name, "skipped": why}), flush=True)
-                    continue
-                best, median, loss = _timeit(run, args.repeat)
-                row = {"what": name, "dtype": dtype, "B": args.B, "T": T, "loss": loss,
-                       "min_s": best, "median_s": median}  # fmt: skip
-                if seq_median is not None:
-                    row["sequential_speedup"] = median / seq_median
+            comparable = type(model) is models.ShPLRNN and model.M == model.n_obs
+            for name in FRAMEWORKS:
+                if not comparable:
+                    row = {"what": name, "skipped": "only for a ShPLRNN with M == N"}
+                else:
+                    row = _framework_row(name, model, windows, alpha, args.repeat)
+                    if "median_s" in row:
+                        row["vs_fastest_parscan"] = row["median_s"] / min(medians.values())
                 print(json.dumps(row), flush=True)
     return 0
 

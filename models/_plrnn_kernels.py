@@ -5,8 +5,10 @@ Each family module (``models.shplrnn``, ``models.alrnn``) defines
 * plain per-step functions over explicit arrays (no allocation, no calls to other
   functions, scalar loops only) -- compiled for the CPU with :func:`parscan._jit.jit` and
   usable from CUDA through ``numba.cuda.jit(device=True)(fn)``;
-* three ``prange`` drivers over those functions: evaluation of ``F`` and ``J`` at many
-  states, the parameter VJP summed over positions, and the sequential free run.
+* three ``prange`` drivers: evaluation of ``F`` and ``J`` at many states, the parameter VJP
+  summed over positions, and the sequential free run. They call the per-step functions
+  state by state (ALRNN / PLRNN), or, for the shallow PLRNNs, whose hidden layer is wide,
+  SIMD kernels over blocks of states (:mod:`models._shplrnn_lanes`) with the same results.
 
 The drivers are written per family rather than once with the per-step functions passed
 as arguments: Numba cannot cache a kernel that takes (or closes over) a jitted function

@@ -621,12 +621,26 @@ def max_lyapunov(target, **kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
+def _free_run_problem(gen, mean, limit, diverge_factor):
+    """``(status, message)`` when a free run ``(n_steps, N)`` is NaN/inf or leaves ``limit``
+    around ``mean``; None when it can be measured."""
+    finite = np.all(np.isfinite(gen), axis=1)
+    if not finite.all():
+        return "non_finite", f"the free run is NaN/inf from step {int(np.argmin(finite)) + 1}"
+    far = np.any(np.abs(gen - mean) > limit, axis=1)
+    if far.any():
+        step = int(np.argmax(far)) + 1
+        return "diverged", f"the free run leaves {diverge_factor:g} data ranges at step {step}"
+    return None
+
+
 def evaluate(
     model,
     x_test,
     *,
     n_steps=None,
     transient=0,
+    n_starts=1,
     measures=("dstsp", "dh", "pe"),
     n_bins=30,
     dstsp_method=None,
@@ -637,17 +651,23 @@ def evaluate(
     diverge_factor=1e3,
     seed=0,
 ):
-    """Free run from the first test point, then the DSR measures (DESIGN.md section 7).
+    """Free run(s) from test points, then the DSR measures (DESIGN.md section 7).
 
     The model generates ``n_steps`` steps from ``x_test[0]`` (closed loop, in
     ``model.dtype``); the first ``transient`` generated steps are dropped. D_stsp compares the
     rest with ``x_test[1:]``; D_H compares equal lengths (both cut to the shorter). PE uses the
     test data only (n-step predictions from every test point).
 
+    With ``n_starts = k > 1`` the model runs ``k`` free runs in one batched call, from the
+    evenly spaced test points ``x_test[i T // k]``, ``i = 0 .. k-1``; D_stsp and D_H are the
+    means over the runs (each against the whole test trajectory). A model with a second,
+    spurious attractor is then caught from the starts in that attractor's basin, which a
+    single run from ``x_test[0]`` may never visit.
+
     A run is not measured if it is ``"non_finite"`` (NaN/inf), ``"diverged"`` (some value
     farther than ``diverge_factor`` data ranges from the test data's mean, per dimension) or
     ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
-    measures are then None.
+    measures are then None. With several starts, one such run decides the status.
 
     Parameters
     ----------
@@ -657,7 +677,9 @@ def evaluate(
     n_steps : int, optional
         Length of the free run (default ``T - 1``); may exceed ``T - 1``.
     transient : int
-        Generated steps dropped before measuring.
+        Generated steps dropped before measuring (from each run).
+    n_starts : int
+        Number of free runs (>= 1, at most ``T``), each ``n_steps`` long.
     measures : sequence of {"dstsp", "dh", "pe", "lyapunov"}
         ``"lyapunov"`` (LatentRNN only): largest exponent per step from ``x_test[0]``.
     n_bins, box, sigma2, seed
@@ -675,8 +697,8 @@ def evaluate(
     -------
     dict
         ``status`` ("ok", "non_finite", "diverged", "out_of_box"), ``message``, ``n_steps``,
-        ``transient``, ``dstsp_method``, and one entry per requested measure (float, or None
-        when the status is not "ok").
+        ``transient``, ``n_starts``, ``dstsp_method``, and one entry per requested measure
+        (float, or None when the status is not "ok").
     """
     where = "evaluate"
     model = _check_model(model, where)
@@ -686,6 +708,12 @@ def evaluate(
     if transient >= n_steps:
         raise ValueError(
             f"{where}: transient ({transient}) must be smaller than n_steps ({n_steps})."
+        )
+    n_starts = _int(n_starts, "n_starts", where, 1)
+    if n_starts > x_test.shape[0]:
+        raise ValueError(
+            f"{where}: n_starts ({n_starts}) must not exceed the number of test points "
+            f"({x_test.shape[0]})."
         )
     measures = (measures,) if isinstance(measures, str) else tuple(measures)
     unknown = [m for m in measures if m not in MEASURES]
@@ -703,37 +731,40 @@ def evaluate(
     dstsp_method = _choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
     diverge_factor = _real(diverge_factor, "diverge_factor", where, positive=True)
 
-    gen = model.generate(x_test[0].astype(model.dtype), n_steps).astype(np.float64)
-    gen = gen.reshape(n_steps, x_test.shape[1])
+    starts = np.arange(n_starts) * x_test.shape[0] // n_starts
+    gen = model.generate(x_test[starts].astype(model.dtype), n_steps).astype(np.float64)
+    gen = gen.reshape(n_starts, n_steps, x_test.shape[1])
     result = {
         "status": "ok",
         "message": "",
         "n_steps": n_steps,
         "transient": transient,
+        "n_starts": n_starts,
         "dstsp_method": dstsp_method,
     }
     result.update(dict.fromkeys(measures))
-    finite = np.all(np.isfinite(gen), axis=1)
     mean = x_test.mean(axis=0)
     limit = diverge_factor * (x_test.max(axis=0) - x_test.min(axis=0))
-    with np.errstate(invalid="ignore"):
-        far = np.any(np.abs(gen - mean) > limit, axis=1)
-    if not finite.all():
-        step = int(np.argmin(finite)) + 1
-        result.update(status="non_finite", message=f"the free run is NaN/inf from step {step}")
-        return result
-    if far.any():
-        step = int(np.argmax(far)) + 1
-        result.update(
-            status="diverged",
-            message=f"the free run leaves {diverge_factor:g} data ranges at step {step}",
-        )
-        return result
-    gen = gen[transient:]
+    for run in range(n_starts):
+        problem = _free_run_problem(gen[run], mean, limit, diverge_factor)
+        if problem is not None:
+            status, message = problem
+            if n_starts > 1:
+                message += f" (run {run + 1} of {n_starts}, from test point {starts[run]})"
+            result.update(status=status, message=message)
+            return result
+    gen = gen[:, transient:]
     values = {}
     if "dstsp" in measures:
-        values["dstsp"] = state_space_divergence(
-            x_test[1:], gen, n_bins, dstsp_method, box=box, sigma2=sigma2, seed=seed
+        values["dstsp"] = float(
+            np.mean(
+                [
+                    state_space_divergence(
+                        x_test[1:], run, n_bins, dstsp_method, box=box, sigma2=sigma2, seed=seed
+                    )
+                    for run in gen
+                ]
+            )
         )
         if math.isnan(values["dstsp"]):
             result.update(
@@ -742,8 +773,15 @@ def evaluate(
             )
             return result
     if "dh" in measures:
-        length = min(gen.shape[0], x_test.shape[0] - 1)
-        values["dh"] = power_spectrum_distance(x_test[1 : 1 + length], gen[:length], smoothing)
+        length = min(gen.shape[1], x_test.shape[0] - 1)
+        values["dh"] = float(
+            np.mean(
+                [
+                    power_spectrum_distance(x_test[1 : 1 + length], run[:length], smoothing)
+                    for run in gen
+                ]
+            )
+        )
     if "pe" in measures:
         values["pe"] = prediction_error(model, x_test, pe_steps)
     if "lyapunov" in measures:

@@ -18,30 +18,36 @@ from parscan._jit import jit, jit_parallel
 # ---------------------------------------------------------------------------------------------
 
 
+#: Steps of one sequence assembled by one ``prange`` work item.
+_ASSEMBLE_CHUNK = 1024
+
+
 @jit
-def _assemble_one(f, j, z, x, a, n_forced):
-    """One step, in place: ``f`` (M,) F(z) -> b_t; ``j`` J_F(z) -> A_t, either the full
-    Jacobian flattened row-major (``M*M``,) or its diagonal (``M``,)."""
-    M = f.shape[0]
-    diag = j.shape[0] == M  # for M = 1 both layouts coincide
+def _assemble_range(f, j, zprev, forcing, a, n_forced, i, t0, t1):
+    """Steps ``t0 .. t1-1`` of sequence ``i``, in place: ``f[i, t]`` F(z) -> b_t and
+    ``j[i, t]`` J_F(z) -> A_t, either the full Jacobian flattened row-major (``M*M``) or its
+    diagonal (``M``). Plain index loops: no array views are created per step."""
+    M = f.shape[2]
+    diag = j.shape[2] == M  # for M = 1 both layouts coincide
     c = 1.0 - a
-    for r in range(M):
-        if r < n_forced:
-            g = c * f[r] + a * x[r]
-            if diag:
-                j[r] = c * j[r]
+    for t in range(t0, t1):
+        for r in range(M):
+            if r < n_forced:
+                g = c * f[i, t, r] + a * forcing[i, t, r]
+                if diag:
+                    j[i, t, r] = c * j[i, t, r]
+                else:
+                    for k in range(M):
+                        j[i, t, r * M + k] = c * j[i, t, r * M + k]
             else:
+                g = f[i, t, r]
+            if diag:
+                acc = j[i, t, r] * zprev[i, t, r]
+            else:
+                acc = 0.0
                 for k in range(M):
-                    j[r * M + k] = c * j[r * M + k]
-        else:
-            g = f[r]
-        if diag:
-            acc = j[r] * z[r]
-        else:
-            acc = 0.0
-            for k in range(M):
-                acc += j[r * M + k] * z[k]
-        f[r] = g - acc
+                    acc += j[i, t, r * M + k] * zprev[i, t, k]
+            f[i, t, r] = g - acc
 
 
 @jit_parallel
@@ -64,10 +70,13 @@ def assemble(f, j, zprev, forcing, alpha, n_forced):
         Number of forced latents.
     """
     B, T = f.shape[0], f.shape[1]
-    for idx in prange(B * T):
-        i = idx // T
-        t = idx - i * T
-        _assemble_one(f[i, t], j[i, t], zprev[i, t], forcing[i, t], alpha[i], n_forced)
+    per_seq = (T + _ASSEMBLE_CHUNK - 1) // _ASSEMBLE_CHUNK
+    for idx in prange(B * per_seq):
+        i = idx // per_seq
+        k = idx - i * per_seq
+        t0 = k * T // per_seq
+        t1 = (k + 1) * T // per_seq
+        _assemble_range(f, j, zprev, forcing, alpha[i], n_forced, i, t0, t1)
 
 
 @jit

@@ -505,6 +505,23 @@ def test_evaluate_reports_failed_runs(rotation_data):
     assert res["status"] == "out_of_box" and res["dstsp"] is None
 
 
+def test_evaluate_several_starts_average_runs_from_spaced_points(rotation_data):
+    _, x = rotation_data
+    decaying = MapRNN(rotation(2 * math.pi / 37.3, radius=0.999))  # an imperfect model
+    res = evaluate(decaying, x, n_starts=3, measures=("dstsp", "dh"))
+    runs = [decaying.generate(x[i], 999) for i in (0, 333, 666)]  # starts i * 1000 // 3
+    assert res["status"] == "ok" and res["n_starts"] == 3
+    dstsp = [state_space_divergence(x[1:], run) for run in runs]
+    assert res["dstsp"] == pytest.approx(np.mean(dstsp), rel=1e-12)
+    dh = [power_spectrum_distance(x[1:], run) for run in runs]
+    assert res["dh"] == pytest.approx(np.mean(dh), rel=1e-12)
+    one = evaluate(decaying, x, measures=("dstsp",))
+    assert one["n_starts"] == 1 and one["dstsp"] == dstsp[0]
+    expanding = MapRNN(rotation(0.3, radius=2.0))
+    res = evaluate(expanding, x, n_steps=100, n_starts=3)
+    assert res["status"] == "diverged" and "(run 1 of 3, from test point 0)" in res["message"]
+
+
 def test_evaluate_uses_gmm_from_six_dimensions():
     rng = np.random.default_rng(15)
     model = MapRNN(np.linalg.qr(rng.standard_normal((6, 6)))[0])
@@ -525,3 +542,5 @@ def test_evaluate_validation(rotation_data):
         evaluate(model, np.random.default_rng(0).standard_normal((50, 3)))
     with pytest.raises(ValueError, match=r"dstsp_method must be one of"):
         evaluate(model, x, dstsp_method="kde")
+    with pytest.raises(ValueError, match=r"evaluate: n_starts \(1001\) must not exceed"):
+        evaluate(model, x, n_starts=1001)

@@ -132,7 +132,7 @@ def test_interrupt_during_first_steps_leaves_a_loadable_checkpoint(lorenz, tmp_p
 
 def test_validation_selects_the_best_epoch(lorenz):
     x, xv = lorenz
-    result = fit(small_model(), x, config(), validation_data=xv)
+    result = fit(small_model(), x, config(validation_starts=3), validation_data=xv)
     scores = [h["val_score"] for h in result.history]
     assert result.best_epoch == int(np.argmin(scores)) + 1
     assert result.best_scores["score"] == min(scores)
@@ -238,6 +238,7 @@ def test_config_round_trips_through_json():
         ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 0}, ValueError, "validation_steps must be >= 1"),
+        ({"validation_starts": 0}, ValueError, "validation_starts must be >= 1"),
     ],
 )
 def test_bad_config_values(kw, exc, match):
