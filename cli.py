@@ -33,6 +33,14 @@ from parscan._jit import set_threads
 
 MODEL_NAMES = ("shplrnn", "clipped-shplrnn", "alrnn", "plrnn", "linear-ssm", "selective-ssm")
 SSM_NAMES = ("linear-ssm", "selective-ssm")
+#: ``--hidden-dim`` when not given: the shPLRNN width of the tuned default recipe
+#: (``bench/tune_default.py``), the SSM readout MLP's width.
+DEFAULT_HIDDEN_DIM = {
+    "shplrnn": 200,
+    "clipped-shplrnn": 200,
+    "linear-ssm": 100,
+    "selective-ssm": 100,
+}
 #: settings passed unchanged to autodiff.TrainConfig (same names)
 TRAIN_FIELDS = (
     "method",
@@ -76,7 +84,7 @@ class Settings:
     test_data: str | None = None
     model: str = "clipped-shplrnn"
     latent_dim: int | None = None
-    hidden_dim: int = 100
+    hidden_dim: int | None = None
     n_relu: int | None = None
     method: str = "deer"
     jacobian: str = "full"
@@ -85,7 +93,7 @@ class Settings:
     sequence_length: int = 200
     batch_size: int = 16
     batches_per_epoch: int = 50
-    epochs: int = 150
+    epochs: int = 200
     lr_start: float = 6e-3
     lr_end: float = 1e-4
     optimizer: str = "radam"
@@ -96,7 +104,7 @@ class Settings:
     out: str | None = None
     resume: bool = False
     validation_interval: int = 2
-    validation_steps: int = 100_000
+    validation_steps: int = 25_000
     validation_starts: int = 4
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -155,6 +163,8 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
             raise UserError("--resume needs --out, the folder of the run to continue.")
         merged = {**_saved_settings(merged["out"]), **merged}
     settings = Settings(**merged)
+    if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
+        settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
     _check_settings(settings)
     return settings
 
@@ -530,7 +540,12 @@ def _choice(*options):
 @click.option("--test-data", type=str, help="Test trajectory; default: generated / held out.")
 @click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default clipped-shplrnn).")
 @click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
-@click.option("--hidden-dim", "-L", type=int, help="Hidden width L (shPLRNN units / SSM MLP).")
+@click.option(
+    "--hidden-dim",
+    "-L",
+    type=int,
+    help="Hidden width L: shPLRNN ReLU units (default 200) / SSM readout MLP (default 100).",
+)
 @click.option("--n-relu", "-P", type=int, help="ALRNN: number of ReLU units P (default M).")
 @click.option("--method", type=_choice("deer", "sequential"), help="GTF-DEER or sequential BPTT.")
 @click.option("--jacobian", type=_choice("full", "diag"), help="DEER (full) or quasi-DEER (diag).")

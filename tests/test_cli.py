@@ -170,3 +170,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("parscan-train: error:")
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_hidden_dim_default_depends_on_the_model():
+    assert cli.resolve_settings({}, None).hidden_dim == cli.DEFAULT_HIDDEN_DIM["clipped-shplrnn"]
+    assert cli.resolve_settings({"model": "linear-ssm"}, None).hidden_dim == 100
+    assert cli.resolve_settings({"model": "alrnn"}, None).hidden_dim is None
+    assert cli.resolve_settings({"model": "shplrnn", "hidden_dim": 7}, None).hidden_dim == 7
