@@ -85,8 +85,8 @@ def _versions():
 
 
 def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
-    """Rows for sequential, cpu and auto on one case; their runs are interleaved so that noise
-    from other processes hits all backends alike."""
+    """Rows for sequential, cpu and auto on one case; their runs are interleaved (in a rotating
+    order) so that noise from other processes hits all backends alike."""
     if _essential_bytes(B, T, D, dtype, dense) > MAX_CASE_BYTES:
         return []
     a, b = _inputs(B, T, D, dtype, dense, rng)
@@ -101,10 +101,12 @@ def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
         call()
         first[backend] = time.perf_counter() - t0
     times = {backend: [] for backend in BACKENDS}
-    for _ in range(repeat):
-        for backend, call in calls.items():
+    for i in range(repeat):
+        # Rotate the order: a run right after a threaded one finds the data in the other
+        # core's cache; every backend gets runs in every position, and the min picks them.
+        for backend in BACKENDS[i % len(BACKENDS) :] + BACKENDS[: i % len(BACKENDS)]:
             t0 = time.perf_counter()
-            call()
+            calls[backend]()
             times[backend].append(time.perf_counter() - t0)
     n = B * T * D
     t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
