@@ -11,6 +11,8 @@ helpers (``*_one``, ``*_range``) are also the bodies of the threaded kernels in
 :mod:`parscan._scan_cpu`.
 """
 
+from numba import uint64
+
 from parscan._jit import jit
 
 
@@ -18,24 +20,30 @@ from parscan._jit import jit
 def diag_range(a, b, h_in, lo, hi, reverse, out):
     """Scan steps ``lo..hi-1`` of one diagonal sequence, entering with state ``h_in``.
 
-    ``a, b, out`` have shape ``(T, D)``, ``h_in`` shape ``(D,)``. Forward starts at ``lo``
-    (``h_in`` plays ``h[lo-1]``); reverse starts at ``hi-1`` (``h_in`` plays ``h[hi]``).
+    ``a, b, out`` have shape ``(T, D)`` (C-contiguous), ``h_in`` shape ``(D,)``. Forward starts
+    at ``lo`` (``h_in`` plays ``h[lo-1]``); reverse starts at ``hi-1`` (``h_in`` plays
+    ``h[hi]``).
+
+    The loop indexes flat views with unsigned offsets: Numba then emits no negative-index
+    wraparound, and LLVM vectorises the loop over ``D`` (``bench/scan.py``, T = 1e6, D = 16:
+    float32 0.61-0.76 -> 1.05-1.08 of a 1-thread STREAM triad, float64 0.89-0.94 ->
+    1.04-1.09).
     """
     if hi <= lo:
         return
-    D = b.shape[1]
-    first = hi - 1 if reverse else lo
+    D = uint64(b.shape[1])
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    first = uint64(hi - 1 if reverse else lo) * D
     for d in range(D):
-        out[first, d] = a[first, d] * h_in[d] + b[first, d]
-    for s in range(1, hi - lo):
-        if reverse:
-            t = hi - 1 - s
-            p = t + 1
-        else:
-            t = lo + s
-            p = t - 1
+        of[first + d] = af[first + d] * h_in[d] + bf[first + d]
+    step = -1 if reverse else 1
+    t = hi - 1 if reverse else lo
+    for _ in range(1, hi - lo):
+        prev = uint64(t) * D
+        t += step
+        base = uint64(t) * D
         for d in range(D):
-            out[t, d] = a[t, d] * out[p, d] + b[t, d]
+            of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
 
 
 @jit
@@ -44,16 +52,18 @@ def diag_reduce_range(a, b, lo, hi, reverse, a_agg, b_agg):
 
     Applies the combine ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` step by step in time
     order (forward: increasing t; reverse: decreasing t). ``a_agg, b_agg`` have shape ``(D,)``.
+    Flat unsigned indexing as in :func:`diag_range`.
     """
-    D = b.shape[1]
+    D = uint64(b.shape[1])
+    af, bf = a.reshape(a.size), b.reshape(b.size)
     for d in range(D):
         a_agg[d] = 1.0
         b_agg[d] = 0.0
     for s in range(hi - lo):
-        t = hi - 1 - s if reverse else lo + s
+        base = uint64(hi - 1 - s if reverse else lo + s) * D
         for d in range(D):
-            b_agg[d] = a[t, d] * b_agg[d] + b[t, d]
-            a_agg[d] = a[t, d] * a_agg[d]
+            b_agg[d] = af[base + d] * b_agg[d] + bf[base + d]
+            a_agg[d] = af[base + d] * a_agg[d]
 
 
 @jit
