@@ -1,4 +1,5 @@
-"""Shared pytest configuration: hypothesis profile, GPU and simulator markers."""
+"""Shared pytest configuration: hypothesis profile, GPU and simulator markers, and a fake CUDA
+device for compiling to PTX without a GPU."""
 
 import os
 
@@ -37,3 +38,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "cudasim" in item.keywords and not CUDASIM:
             item.add_marker(skip_sim)
+
+
+class _FakeDevice:
+    compute_capability = (9, 0)
+
+
+@pytest.fixture
+def no_device_context(monkeypatch):
+    """compile_ptx of a kernel calling device functions asks for the current device; answer
+    with a compute-capability 9.0 one (numba is imported here, after the simulator switch)."""
+    import numba.cuda
+
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: _FakeDevice())

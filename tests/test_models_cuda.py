@@ -13,7 +13,6 @@ This module imports cleanly with and without the simulator.
 import os
 import re
 
-import numba
 import numpy as np
 import pytest
 from numba import cuda
@@ -39,16 +38,6 @@ def assert_close(got, want, dtype):
 
 
 # --------------------------------------------------------------------------- no GPU
-
-
-class _FakeDevice:
-    compute_capability = (9, 0)
-
-
-@pytest.fixture
-def no_device_context(monkeypatch):
-    """compile_ptx of a kernel calling device functions asks for the current device."""
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: _FakeDevice())
 
 
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")

@@ -49,16 +49,6 @@ def _to_device(x):
 # --------------------------------------------------------------------------- PTX (no GPU)
 
 
-class _FakeDevice:
-    compute_capability = (9, 0)
-
-
-@pytest.fixture
-def no_device_context(monkeypatch):
-    """compile_ptx of a kernel calling device functions asks for the current device."""
-    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: _FakeDevice())
-
-
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["diag", "dense"])
