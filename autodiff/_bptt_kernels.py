@@ -7,9 +7,11 @@ sequence happens in one compiled loop; nothing allocates per step.
 
 The kernels take the model family's jitted per-step functions
 (:class:`models._plrnn_kernels.StepFunctions`) as arguments, so one kernel serves every
-family. Numba cannot cache such a kernel on disk (nor would a cache notice edits to the
-family's module), so it is compiled once per process and per (family, dtype): about 6-10 s
-on the 2-core CI machine, separate from the timed runs in ``bench/train.py``.
+family (the ALRNN / PLRNN; the shallow PLRNNs have a SIMD kernel of their own,
+:mod:`autodiff._bptt_shplrnn`, 5-7x faster at L = 50). Numba cannot cache such a kernel
+on disk (nor would a cache notice edits to the family's module), so it is compiled once per
+process and per (family, dtype): about 6-10 s on the 2-core CI machine, separate from the
+timed runs in ``bench/train.py``.
 
 Index conventions as in :mod:`autodiff.gradients`: ``zt[t]`` is the forced state
 ``z~_t`` (the input of step ``t``), ``zp[t]`` the prediction ``z_{t+1} = F(z~_t)`` compared

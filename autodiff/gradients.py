@@ -23,7 +23,9 @@ Two ways to evaluate it:
   done in place on the freshly computed Jacobians, nothing is copied), followed by
   ``model.param_vjp`` over all ``(B, T)`` positions in parallel.
 * ``method="sequential"``: fused sequential forward + BPTT in Numba, parallel over the batch
-  (:mod:`autodiff._bptt_kernels`) -- the baseline.
+  -- the baseline: SIMD over the hidden units for the shallow PLRNN family
+  (:mod:`autodiff._bptt_shplrnn`), the model's per-step functions otherwise
+  (:mod:`autodiff._bptt_kernels`).
 
 Both give the same loss and gradient up to the Newton tolerance. The adjoint always uses the
 full Jacobian: ``jacobian="diag"`` (quasi-DEER) only changes how the forward is solved.
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.base import LatentRNN
+from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
 from parscan.deer import DeerStatus, deer_solve
 from parscan.gtf import gtf_alpha
 from parscan.scan import linear_scan
@@ -254,8 +257,11 @@ def _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend):
 
 
 def _sequential(model, z0, forcing, alpha, n_forced):
-    """Loss, gradient of the map and ``d loss / d z~_0`` with the fused BPTT kernel."""
+    """Loss, gradient of the map and ``d loss / d z~_0`` with a fused BPTT kernel: the SIMD
+    kernel of :mod:`autodiff._bptt_shplrnn` for the shallow PLRNN family, the generic one of
+    :mod:`autodiff._bptt_kernels` (the model's per-step functions) otherwise."""
     from autodiff._bptt_kernels import gtf_bptt
+    from autodiff._bptt_shplrnn import gtf_bptt_shplrnn
 
     fns = getattr(model, "step_functions_jit", None)
     if fns is None:
@@ -273,11 +279,16 @@ def _sequential(model, z0, forcing, alpha, n_forced):
     g0 = np.empty((B, M), dtype=model.dtype)
     G = np.zeros((B, model.n_map_params), dtype=np.float64)
     sse = np.empty(B, dtype=np.float64)
-    gtf_bptt(
-        fns.step, fns.vjp_state, fns.vjp_params, model.kernel_args(),
+    args = model.kernel_args()
+    common = (
         np.ascontiguousarray(z0), np.ascontiguousarray(forcing), alpha_b, n_forced,
         2.0 / (B * T * N), zt, zp, mu, g0, G, sse,
     )  # fmt: skip
+    if fns is SHPLRNN_STEP_FUNCTIONS_JIT:
+        A, W1, W2, h1, h2, clipped = args
+        gtf_bptt_shplrnn(A, W1, np.ascontiguousarray(W2.T), h1, h2, clipped, *common)
+    else:
+        gtf_bptt(fns.step, fns.vjp_state, fns.vjp_params, args, *common)
     grad = np.zeros(model.n_params, dtype=model.dtype)
     grad[: model.n_map_params] = G.sum(axis=0)
     return float(sse.sum() / (B * T * N)), grad, g0

@@ -101,6 +101,26 @@ def test_matches_numpy_bptt_reference(data, cls, clipped, method):
         np.testing.assert_allclose(g, ref_grads[name], rtol=1e-8, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("cls, clipped", [(ShPLRNN, 0), (ClippedShPLRNN, 1)])
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_simd_sequential_kernel_on_a_wide_hidden_layer(cls, clipped, dtype, rtol):
+    # L = 37 fills SIMD vectors and leaves a remainder; the reductions over hidden units are
+    # reassociated (fastmath), so float32 agrees to rounding only.
+    model = cls(4, 37, n_obs=N, seed=8, dtype=dtype)
+    rng = np.random.default_rng(3)
+    model.params[...] += (0.05 * rng.standard_normal(model.n_params)).astype(dtype)
+    x = 0.7 * rng.standard_normal((3, 41, N))
+    blocks = {k: v.astype(np.float64) for k, v in model.unflatten().items()}
+    ref_loss, ref_grads = gtf_bptt_reference(blocks, clipped, x, ALPHAS, n_forced=1)
+    loss, grad, _ = gtf_loss_and_grad(
+        model, x.astype(dtype), alpha=ALPHAS, method="sequential", n_forced=1
+    )
+    np.testing.assert_allclose(loss, ref_loss, rtol=rtol)
+    scale = max(np.abs(g).max() for g in ref_grads.values())
+    for name, g in model.unflatten(grad).items():
+        np.testing.assert_allclose(g, ref_grads[name], rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
 def test_quasi_deer_forward_gives_the_same_gradient(data):
     model = MODELS["shplrnn"]()
     _, g_full, _ = gtf_loss_and_grad(model, data, alpha=0.3, jacobian="full")
