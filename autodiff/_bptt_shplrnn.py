@@ -13,6 +13,9 @@ contraction, which is what lets them vectorise: results agree with the per-step 
 rounding (not bit for bit) and are deterministic (fixed compiled order, one thread per
 sequence).
 
+Measured (``bench/train.py``, B = 16, M = 3, L = 50, 2 threads): T = 1e4 in 0.024-0.028 s
+against 0.25 s for the generic kernel, 4-8x faster than a jitted JAX ``lax.scan`` BPTT.
+
 Same maths, conventions and outputs as :func:`autodiff._bptt_kernels.gtf_bptt`; see there
 and :mod:`autodiff.gradients` (GTF: Hess et al., ICML 2023; shPLRNN: Hess, Mikhaeil, Koppe &
 Durstewitz, ICML 2023). Cached on disk like every other kernel (no function arguments).

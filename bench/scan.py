@@ -7,7 +7,10 @@ overhead (compile or cache load) separately, min and median seconds over ``--rep
 runs, GB/s of essential traffic (read ``a`` and ``b``, write ``h``), and the ratio to a STREAM
 triad ``x = y + s z`` (Numba ``prange``, arrays of B*T*D elements, same dtype) measured in the
 same process with 1 thread and with all threads. Like the triad, the scan writes into a
-preallocated ``out`` (a fresh output array would add the page faults of its first touch).
+preallocated ``out`` (a fresh output array would add the page faults of its first touch). A
+timed run is a batch of back-to-back calls lasting at least 2 ms (``calls_per_run``, one call
+for the large cases), divided by its length: single calls of a few microseconds are below the
+timer's and the scheduler's jitter on a shared VM.
 
     python bench/scan.py              # full CPU table (issue #2 cases)
     python bench/scan.py --quick      # smoke run, small sizes
@@ -24,7 +27,7 @@ import time
 
 import numba
 import numpy as np
-from _timing import timeit
+from _timing import calls_per_run, timeit
 from numba import prange
 
 import parscan
@@ -56,7 +59,11 @@ def triad_gbps(n, dtype, threads, repeat):
         saved = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            _, best, _ = timeit(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
+            number = calls_per_run(lambda: _triad(x, y, z, 0.5))
+            _, best, _ = timeit(
+                lambda: [_triad(x, y, z, 0.5) for _ in range(number)], max(repeat, 5)
+            )
+            best /= number
         finally:
             numba.set_num_threads(saved)
         _TRIAD_CACHE[key] = 3 * n * np.dtype(dtype).itemsize / best / 1e9
@@ -100,14 +107,17 @@ def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
         t0 = time.perf_counter()
         call()
         first[backend] = time.perf_counter() - t0
+    number = calls_per_run(calls["sequential"])
     times = {backend: [] for backend in BACKENDS}
     for i in range(repeat):
         # Rotate the order: a run right after a threaded one finds the data in the other
         # core's cache; every backend gets runs in every position, and the min picks them.
         for backend in BACKENDS[i % len(BACKENDS) :] + BACKENDS[: i % len(BACKENDS)]:
+            call = calls[backend]
             t0 = time.perf_counter()
-            calls[backend]()
-            times[backend].append(time.perf_counter() - t0)
+            for _ in range(number):
+                call()
+            times[backend].append((time.perf_counter() - t0) / number)
     n = B * T * D
     t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
     best = min(min(times["sequential"]), min(times["cpu"]))
@@ -136,6 +146,7 @@ def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
                 "ratio_triad1": round(gbps / t1, 3),
                 "ratio_triad_all": round(gbps / tn, 3),
                 "ratio_best_backend": round(best / tmin, 3),
+                "calls_per_run": number,
                 "threads": all_threads,
                 **_versions(),
             }

@@ -3,8 +3,12 @@
 Every CPU kernel in ``parscan``, ``models`` and ``autodiff`` is compiled through :func:`jit`
 or :func:`jit_parallel`: on-disk caching (``PARSCAN_CACHE``), ``error_model="numpy"`` so that
 division by zero gives inf/NaN as on CUDA instead of raising, and no ``fastmath`` reassociation
-so that the sequential, threaded and CUDA backends agree.
+so that the sequential, threaded and CUDA backends agree. The one exception is the shPLRNN
+BPTT baseline (:mod:`autodiff._bptt_shplrnn`), whose sums over hidden units are reassociated
+so that they vectorise.
 """
+
+import functools
 
 import numba
 
@@ -26,9 +30,24 @@ def jit_parallel(fn=None, **overrides):
     return jit(fn, parallel=True, **overrides)
 
 
+@functools.cache
+def _thread_count_getter():
+    """The threading layer's C getter of this thread's thread count, once the layer runs.
+
+    ``numba.get_num_threads()`` takes a lock in ``_launch_threads`` on every call (1.6 us
+    from Python, most of ``linear_scan(backend="auto")``'s dispatch on small scans); the
+    getter behind it costs 0.14 us. It is a private name of Numba, so fall back to the
+    public function if it ever moves.
+    """
+    numba.get_num_threads()  # launches the threading layer
+    getter = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
+    return getter if callable(getter) else numba.get_num_threads
+
+
 def n_threads() -> int:
-    """Number of threads ``prange`` kernels will use now."""
-    return numba.get_num_threads()
+    """Number of threads ``prange`` kernels will use now (this Python thread's setting)."""
+    n = _thread_count_getter()()
+    return n if n > 0 else numba.get_num_threads()
 
 
 def set_threads(n: int) -> int:

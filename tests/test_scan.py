@@ -4,6 +4,9 @@ The input builders (:func:`make_inputs`, :func:`make_dyadic_inputs`) and the tol
 reused by ``test_scan_cuda.py``.
 """
 
+import threading
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,6 +15,8 @@ from reference import scan_reference
 
 import parscan
 from parscan import _scan_cpu, scan
+from parscan._jit import n_threads, set_threads
+from parscan._scan_sequential import diag_reduce_range
 
 HOST_BACKENDS = ("sequential", "cpu", "auto")
 DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
@@ -320,6 +325,43 @@ def test_auto_never_picks_threads_for_short_or_unbatched_dense(monkeypatch):
     assert scan._choose_host_backend(False, 8, 10**5, 16) == "cpu"
     monkeypatch.setattr(scan, "n_threads", lambda: 1)
     assert scan._choose_host_backend(False, 8, 10**6, 16) == "sequential"
+
+
+def test_thread_count_follows_numba_in_every_python_thread():
+    saved = numba.get_num_threads()
+    try:
+        set_threads(1)
+        assert n_threads() == numba.get_num_threads() == 1
+        set_threads(saved)
+        assert n_threads() == saved
+        seen = []
+        worker = threading.Thread(
+            target=lambda: (numba.set_num_threads(1), seen.append(n_threads()))
+        )
+        worker.start()
+        worker.join()
+        assert seen == [1] and n_threads() == saved  # the setting is per Python thread
+    finally:
+        numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_chunk_aggregates_flush_subnormal_products(dtype):
+    # A product of thousands of contractive factors underflows; round-to-nearest would hold
+    # it at the smallest subnormal (slow arithmetic for the rest of the chunk). It is flushed
+    # to zero instead, NaN is kept, and the threaded scan still equals the sequential one.
+    rng = np.random.default_rng(4)
+    T, D = 4000, 3
+    a = rng.uniform(0.5, 0.9, (T, D)).astype(dtype)
+    b = rng.standard_normal((T, D)).astype(dtype)
+    a[:, 2] = np.nan
+    a_agg, b_agg = np.empty(D, dtype), np.empty(D, dtype)
+    diag_reduce_range(a, b, 0, T, False, a_agg, b_agg)
+    assert np.all(a_agg[:2] == 0) and np.isnan(a_agg[2])
+    a[:, 2] = 0.7
+    expected = parscan.linear_scan(a[None], b[None], backend="sequential")
+    got = parscan.linear_scan(a[None], b[None], backend="cpu")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_available_backends():
