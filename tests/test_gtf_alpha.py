@@ -15,7 +15,27 @@ def numpy_norms(j):
 
 def test_spectral_norms_are_exact():
     rng = np.random.default_rng(0)
-    mats = [rng.standard_normal((50, M, M)) for M in (1, 2, 3, 5, 8, 16)]
+    mats = [rng.standard_normal((50, M, M)) for M in (1, 2, 3, 5, 8, 16, 20, 33)]
+    # graded scales and a near-tie of the two largest singular values
+    u, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    w, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    sv = np.geomspace(1.0, 1e-12, 20)
+    sv[1] = 1.0 - 1e-9
+    mats.append(np.stack([u @ np.diag(sv) @ w.T, np.diag(sv[::-1]) @ u]))
+    # the special cases again above the Jacobi size (tridiagonalisation + bisection)
+    q8, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    mats.append(
+        np.stack(
+            [
+                np.zeros((8, 8)),
+                3.0 * np.eye(8),
+                -2.0 * q8,
+                np.outer(rng.standard_normal(8), rng.standard_normal(8)),
+                np.diag([1.0, -5.0, 5.0, 0.5, 0.0, 2.0, -1.0, 3.0]),
+                1e200 * rng.standard_normal((8, 8)),
+            ]
+        )
+    )
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
     special = np.stack(
         [
