@@ -143,9 +143,9 @@ def update_norms(new, old, rtol, atol, max_update, within_tol, finite):
 
 _EPS = np.finfo(np.float64).eps
 #: Largest M for which the cyclic Jacobi diagonalisation is used; above it, tridiagonalisation
-#: and bisection (measured per matrix, 2 threads: M = 3 Jacobi 0.40 us vs 1.03 us, M = 5 level,
-#: M = 8 6.3 vs 3.5 us, M = 16 38 vs 12 us, M = 20 81 vs 19 us).
-_JACOBI_MAX_M = 4
+#: and bisection (microseconds per matrix, 2 threads, Jacobi vs bisection: M = 3 0.35 vs 0.92,
+#: M = 5 1.4 vs 1.5-2.1, M = 6 level, M = 8 5.0 vs 3.0, M = 16 30 vs 9.8).
+_JACOBI_MAX_M = 5
 _JACOBI_SWEEPS = 60
 #: Bisection steps: halving the Gershgorin bracket [0, ||S||_inf <= M ||S||_2] down to
 #: 2 eps relative takes at most log2(M / eps) + 1 < 70 steps for M < 2^16.
@@ -281,12 +281,12 @@ def _bisection_max_eigenvalue(s, work):
 
 
 @jit
-def _spectral_norm_one(j, s, work):
-    """``sigma_max(j)`` for one ``(M, M)`` float64 matrix; ``s`` (M, M) and ``work`` (4, M)
-    are float64 scratch.
+def _spectral_norm_one(j, s, js, work):
+    """``sigma_max(j)`` for one ``(M, M)`` float64 matrix; ``s``, ``js`` (M, M) and ``work``
+    (4, M) are float64 scratch.
 
     Scales ``j`` by its largest entry (no overflow in ``J^T J``), forms ``S = J^T J`` and
-    takes ``sigma_max = sqrt(lambda_max(S))``: by cyclic Jacobi for ``M <= 4`` and by
+    takes ``sigma_max = sqrt(lambda_max(S))``: by cyclic Jacobi for ``M <= 5`` and by
     Householder tridiagonalisation and Sturm bisection above (the faster of the two at each
     size; see :data:`_JACOBI_MAX_M`). Relative accuracy about ``M * eps`` either way.
     Non-finite input gives NaN.
@@ -302,10 +302,13 @@ def _spectral_norm_one(j, s, work):
     if scale == 0.0:
         return 0.0
     for p in range(M):
+        for q in range(M):
+            js[p, q] = j[p, q] / scale  # divided once: M^2 divisions, not 2 per product
+    for p in range(M):
         for q in range(p, M):
             acc = 0.0
             for k in range(M):
-                acc += (j[k, p] / scale) * (j[k, q] / scale)
+                acc += js[k, p] * js[k, q]
             s[p, q] = acc
             s[q, p] = acc
     if M <= _JACOBI_MAX_M:
@@ -317,9 +320,10 @@ def _spectral_norm_one(j, s, work):
 def _spectral_norm_range(j, lo, hi, out):
     M = j.shape[1]
     s = np.empty((M, M), dtype=np.float64)
+    js = np.empty((M, M), dtype=np.float64)
     work = np.empty((4, M), dtype=np.float64)
     for k in range(lo, hi):
-        out[k] = _spectral_norm_one(j[k], s, work)
+        out[k] = _spectral_norm_one(j[k], s, js, work)
 
 
 @jit_parallel
