@@ -24,6 +24,37 @@ from numba import prange
 from parscan._jit import jit, jit_parallel
 
 
+@jit
+def forward_tail(zt, zp, x, t, alpha, n_forced, sse):
+    """After step ``t`` of the forward: add the squared errors of the prediction ``zp[t]``
+    against ``x[t]`` to ``sse`` (float64) and write the forced state
+    ``zt[t+1] = (I - alpha P) zp[t] + alpha P x[t]`` (when ``t + 1 < T``); returns ``sse``."""
+    T, N = x.shape
+    for i in range(N):
+        d = np.float64(zp[t, i]) - np.float64(x[t, i])
+        sse += d * d
+    if t + 1 < T:
+        c = 1.0 - alpha
+        for i in range(zt.shape[1]):
+            zt[t + 1, i] = c * zp[t, i] + alpha * x[t, i] if i < n_forced else zp[t, i]
+    return sse
+
+
+@jit
+def prediction_cotangent(zp, x, t, alpha, n_forced, scale, g, mu):
+    """``mu = e_t + (I - alpha P) g``: the cotangent of the prediction ``zp[t]``, from its
+    error ``e_t = scale * [zp[t, :N] - x[t]; 0]`` and ``g``, the cotangent of ``zt[t+1]``
+    (ignored at ``t = T-1``)."""
+    T, N = x.shape
+    c = 1.0 - alpha
+    for i in range(mu.shape[0]):
+        e = scale * (zp[t, i] - x[t, i]) if i < N else 0.0
+        if t == T - 1:
+            mu[i] = e
+        else:
+            mu[i] = e + (c * g[i] if i < n_forced else g[i])
+
+
 @jit(cache=False)
 def _bptt_one(
     step, vjp_state, vjp_params, args, z0, x, alpha, n_forced, scale, zt, zp, mu, g, grad
@@ -38,27 +69,15 @@ def _bptt_one(
 
     On return ``g`` holds ``d loss / d z~_0``.
     """
-    T, N = x.shape
-    M = z0.shape[0]
-    c = 1.0 - alpha
+    T = x.shape[0]
     sse = 0.0
-    for i in range(M):
+    for i in range(z0.shape[0]):
         zt[0, i] = z0[i]
     for t in range(T):
         step(*args, zt[t], zp[t])
-        for i in range(N):
-            d = np.float64(zp[t, i]) - np.float64(x[t, i])
-            sse += d * d
-        if t + 1 < T:
-            for i in range(M):
-                zt[t + 1, i] = c * zp[t, i] + alpha * x[t, i] if i < n_forced else zp[t, i]
+        sse = forward_tail(zt, zp, x, t, alpha, n_forced, sse)
     for t in range(T - 1, -1, -1):
-        for i in range(M):
-            e = scale * (zp[t, i] - x[t, i]) if i < N else 0.0
-            if t == T - 1:
-                mu[i] = e
-            else:
-                mu[i] = e + (c * g[i] if i < n_forced else g[i])
+        prediction_cotangent(zp, x, t, alpha, n_forced, scale, g, mu)
         vjp_params(*args, zt[t], mu, grad)
         vjp_state(*args, zt[t], mu, g)
     return sse

@@ -24,6 +24,7 @@ Durstewitz, ICML 2023). Cached on disk like every other kernel (no function argu
 import numpy as np
 from numba import prange
 
+from autodiff._bptt_kernels import forward_tail, prediction_cotangent
 from parscan._jit import jit, jit_parallel
 
 #: fastmath flags of the kernels here: reassociate the hidden-unit sums and fuse multiply-adds.
@@ -62,9 +63,8 @@ def _sequence(
     ``s, up, sp, phi, a`` are (L,) scratch of the model dtype; the gradient blocks are
     float64 accumulators (``gW2T`` transposed). On return ``g`` holds ``d loss / d z~_0``.
     """
-    T, N = x.shape
+    T = x.shape[0]
     M, L = W1.shape
-    c = 1.0 - alpha
     sse = 0.0
     for i in range(M):
         zt[0, i] = z0[i]
@@ -75,19 +75,9 @@ def _sequence(
             for l in range(1, L):
                 acc += W1[i, l] * phi[l]
             zp[t, i] = A[i] * zt[t, i] + h1[i] + acc
-        for i in range(N):
-            d = np.float64(zp[t, i]) - np.float64(x[t, i])
-            sse += d * d
-        if t + 1 < T:
-            for i in range(M):
-                zt[t + 1, i] = c * zp[t, i] + alpha * x[t, i] if i < n_forced else zp[t, i]
+        sse = forward_tail(zt, zp, x, t, alpha, n_forced, sse)
     for t in range(T - 1, -1, -1):
-        for i in range(M):
-            e = scale * (zp[t, i] - x[t, i]) if i < N else 0.0
-            if t == T - 1:
-                mu[i] = e
-            else:
-                mu[i] = e + (c * g[i] if i < n_forced else g[i])
+        prediction_cotangent(zp, x, t, alpha, n_forced, scale, g, mu)
         _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi)
         m0 = mu[0]
         for l in range(L):
