@@ -44,9 +44,10 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray, shape (P,), float64
-        Largest singular values: the largest eigenvalue of ``J^T J`` in float64 by
-        Householder tridiagonalisation and Sturm bisection (exact to about ``M * eps``, not a
-        power-iteration estimate). NaN where ``J`` is not finite.
+        Largest singular values: the largest eigenvalue of ``J^T J`` in float64, by cyclic
+        Jacobi for ``M <= 5`` and by Householder tridiagonalisation and Sturm bisection above
+        (exact to about ``M * eps``, not a power-iteration estimate). NaN where ``J`` is not
+        finite.
     """
     P, M = points.shape
     out = np.empty(P, dtype=np.float64)
