@@ -70,9 +70,16 @@ def triad_gbps(n, dtype, threads, repeat):
     return _TRIAD_CACHE[key]
 
 
-def _inputs(B, T, D, dtype, dense, rng):
+#: Distributions of a diagonal ``a``: "signed" uniform in (-0.95, 0.95) (chunk products reach
+#: exact zero quickly), "decay" uniform in (0.5, 1) like the decay rates of an SSM or the
+#: Jacobian diagonals of a contractive RNN (chunk products sink through the subnormals).
+A_KINDS = {"signed": (-0.95, 0.95), "decay": (0.5, 1.0)}
+
+
+def _inputs(B, T, D, dtype, dense, rng, a_kind="signed"):
     shape_a = (B, T, D, D) if dense else (B, T, D)
-    a = rng.uniform(-0.9 / D if dense else -0.95, 0.9 / D if dense else 0.95, shape_a)
+    low, high = (-0.9 / D, 0.9 / D) if dense else A_KINDS[a_kind]
+    a = rng.uniform(low, high, shape_a)
     b = rng.standard_normal((B, T, D))
     return a.astype(dtype), b.astype(dtype)
 
@@ -91,12 +98,12 @@ def _versions():
     }
 
 
-def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
+def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
     """Rows for sequential, cpu and auto on one case; their runs are interleaved (in a rotating
     order) so that noise from other processes hits all backends alike."""
     if _essential_bytes(B, T, D, dtype, dense) > MAX_CASE_BYTES:
         return []
-    a, b = _inputs(B, T, D, dtype, dense, rng)
+    a, b = _inputs(B, T, D, dtype, dense, rng, a_kind)
     out = np.zeros_like(b)
     calls = {
         backend: (lambda backend=backend: parscan.linear_scan(a, b, backend=backend, out=out))
@@ -137,6 +144,7 @@ def run_case(B, T, D, dtype, dense, repeat, rng, all_threads):
                 "D": D,
                 "dtype": np.dtype(dtype).name,
                 "kind": "dense" if dense else "diag",
+                "a": "dense" if dense else a_kind,
                 "first_call_s": round(max(first[backend] - tmin, 0.0), 4),
                 "min_s": tmin,
                 "median_s": float(np.median(times[backend])),
@@ -160,11 +168,14 @@ def cpu_cases(quick):
     for dtype in dtypes:
         for B in (1, 8):
             for T in Ts:
-                yield B, T, DIAG_D, dtype, False
+                yield B, T, DIAG_D, dtype, False, "signed"
+    for dtype in dtypes:
+        for B in (1, 8):
+            yield B, Ts[-1], DIAG_D, dtype, False, "decay"
     for D in (3,) if quick else DENSE_D:
         for B in (1, 8):
             for T in Ts:
-                yield B, T, D, np.float64, True
+                yield B, T, D, np.float64, True, "signed"
 
 
 def bench_cpu(args):
