@@ -7,11 +7,14 @@ sequence happens in one compiled loop; nothing allocates per step.
 
 The kernels take the model family's jitted per-step functions
 (:class:`models._plrnn_kernels.StepFunctions`) as arguments, so one kernel serves every
-family (the ALRNN / PLRNN; the shallow PLRNNs have a SIMD kernel of their own,
-:mod:`autodiff._bptt_shplrnn`, 5-7x faster at L = 50). Numba cannot cache such a kernel
-on disk (nor would a cache notice edits to the family's module), so it is compiled once per
-process and per (family, dtype): about 6-10 s on the 2-core CI machine, separate from the
-timed runs in ``bench/train.py``.
+model that provides them -- the path of a model from outside ``models/``; the families of
+``models/`` have SIMD kernels of their own (:mod:`autodiff._bptt_shplrnn`, 9-10x faster at
+L = 50; :mod:`autodiff._bptt_alrnn`, 1.6-4x at M = 20). Numba cannot cache such a kernel on
+disk (nor would a cache notice edits to the family's module), so it is compiled once per
+process and per (family, dtype): about 6-10 s on the 2-core CI machine.
+
+:func:`forward_tail` and :func:`prediction_cotangent` are the GTF bookkeeping all BPTT
+kernels share.
 
 Index conventions as in :mod:`autodiff.gradients`: ``zt[t]`` is the forced state
 ``z~_t`` (the input of step ``t``), ``zp[t]`` the prediction ``z_{t+1} = F(z~_t)`` compared
@@ -22,6 +25,23 @@ import numpy as np
 from numba import prange
 
 from parscan._jit import jit, jit_parallel
+
+#: fastmath flags of the SIMD BPTT kernels: reassociate sums so that they vectorise and fuse
+#: multiply-adds. No ``nnan``/``ninf``: NaN and inf propagate as in the rest of the project.
+SIMD_FASTMATH = {"reassoc", "contract"}
+
+
+@jit(fastmath=SIMD_FASTMATH)
+def diagonal_plus_matvec(A, Wm, h, v, zt, zp, t):
+    """``zp[t] = A * zt[t] + h + Wm v``: the prediction of a step whose nonlinear part is a
+    matrix ``Wm`` (M, K), rows contiguous, times the activations ``v`` (K,). The sums over
+    ``K`` are reassociated so that they vectorise."""
+    K = v.shape[0]
+    for i in range(Wm.shape[0]):
+        acc = Wm[i, 0] * v[0]
+        for k in range(1, K):
+            acc += Wm[i, k] * v[k]
+        zp[t, i] = A[i] * zt[t, i] + h[i] + acc
 
 
 @jit

@@ -24,15 +24,16 @@ Durstewitz, ICML 2023). Cached on disk like every other kernel (no function argu
 import numpy as np
 from numba import prange
 
-from autodiff._bptt_kernels import forward_tail, prediction_cotangent
+from autodiff._bptt_kernels import (
+    SIMD_FASTMATH,
+    diagonal_plus_matvec,
+    forward_tail,
+    prediction_cotangent,
+)
 from parscan._jit import jit, jit_parallel
 
-#: fastmath flags of the kernels here: reassociate the hidden-unit sums and fuse multiply-adds.
-#: No ``nnan``/``ninf``: NaN and inf propagate as in the rest of the project.
-_FASTMATH = {"reassoc", "contract"}
 
-
-@jit(fastmath=_FASTMATH, inline="always")
+@jit(fastmath=SIMD_FASTMATH, inline="always")
 def _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi):
     """Hidden layer at ``z = zt[t]``: ``s = W2 z``, relu indicators of ``s + h2`` and
     (clipped) ``s``, and the activation ``phi`` -- all of shape (L,). (Takes ``zt`` and
@@ -53,7 +54,7 @@ def _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi):
         phi[l] = u * up[l] - sl * sp[l]
 
 
-@jit(fastmath=_FASTMATH)
+@jit(fastmath=SIMD_FASTMATH)
 def _sequence(
     A, W1, W2T, h1, h2, clipped, z0, x, alpha, n_forced, scale, zt, zp, mu, g,
     gA, gW1, gW2T, gh1, gh2, s, up, sp, phi, a,
@@ -70,11 +71,7 @@ def _sequence(
         zt[0, i] = z0[i]
     for t in range(T):
         _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi)
-        for i in range(M):
-            acc = W1[i, 0] * phi[0]
-            for l in range(1, L):
-                acc += W1[i, l] * phi[l]
-            zp[t, i] = A[i] * zt[t, i] + h1[i] + acc
+        diagonal_plus_matvec(A, W1, h1, phi, zt, zp, t)
         sse = forward_tail(zt, zp, x, t, alpha, n_forced, sse)
     for t in range(T - 1, -1, -1):
         prediction_cotangent(zp, x, t, alpha, n_forced, scale, g, mu)
@@ -104,7 +101,7 @@ def _sequence(
     return sse
 
 
-@jit_parallel(fastmath=_FASTMATH)
+@jit_parallel(fastmath=SIMD_FASTMATH)
 def gtf_bptt_shplrnn(
     A, W1, W2T, h1, h2, clipped, Z0, X, alpha, n_forced, scale, Zt, Zp, Mu, G0, G, sse
 ):

@@ -23,9 +23,9 @@ Two ways to evaluate it:
   done in place on the freshly computed Jacobians, nothing is copied), followed by
   ``model.param_vjp`` over all ``(B, T)`` positions in parallel.
 * ``method="sequential"``: fused sequential forward + BPTT in Numba, parallel over the batch
-  -- the baseline: SIMD over the hidden units for the shallow PLRNN family
-  (:mod:`autodiff._bptt_shplrnn`), the model's per-step functions otherwise
-  (:mod:`autodiff._bptt_kernels`).
+  -- the baseline: SIMD kernels for the shallow PLRNN family (:mod:`autodiff._bptt_shplrnn`)
+  and the ALRNN / PLRNN (:mod:`autodiff._bptt_alrnn`), the model's per-step functions for
+  any other model (:mod:`autodiff._bptt_kernels`).
 
 Both give the same loss and gradient up to the Newton tolerance. The adjoint always uses the
 full Jacobian: ``jacobian="diag"`` (quasi-DEER) only changes how the forward is solved.
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
 from parscan.deer import DeerStatus, deer_solve
@@ -258,8 +259,10 @@ def _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend):
 
 def _sequential(model, z0, forcing, alpha, n_forced):
     """Loss, gradient of the map and ``d loss / d z~_0`` with a fused BPTT kernel: the SIMD
-    kernel of :mod:`autodiff._bptt_shplrnn` for the shallow PLRNN family, the generic one of
-    :mod:`autodiff._bptt_kernels` (the model's per-step functions) otherwise."""
+    kernels of :mod:`autodiff._bptt_shplrnn` and :mod:`autodiff._bptt_alrnn` for the model
+    families of ``models/``, the generic one of :mod:`autodiff._bptt_kernels` (the model's
+    per-step functions) for any other model."""
+    from autodiff._bptt_alrnn import gtf_bptt_alrnn
     from autodiff._bptt_kernels import gtf_bptt
     from autodiff._bptt_shplrnn import gtf_bptt_shplrnn
 
@@ -287,6 +290,8 @@ def _sequential(model, z0, forcing, alpha, n_forced):
     if fns is SHPLRNN_STEP_FUNCTIONS_JIT:
         A, W1, W2, h1, h2, clipped = args
         gtf_bptt_shplrnn(A, W1, np.ascontiguousarray(W2.T), h1, h2, clipped, *common)
+    elif fns is ALRNN_STEP_FUNCTIONS_JIT:
+        gtf_bptt_alrnn(*args, *common)
     else:
         gtf_bptt(fns.step, fns.vjp_state, fns.vjp_params, args, *common)
     grad = np.zeros(model.n_params, dtype=model.dtype)

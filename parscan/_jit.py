@@ -3,9 +3,9 @@
 Every CPU kernel in ``parscan``, ``models`` and ``autodiff`` is compiled through :func:`jit`
 or :func:`jit_parallel`: on-disk caching (``PARSCAN_CACHE``), ``error_model="numpy"`` so that
 division by zero gives inf/NaN as on CUDA instead of raising, and no ``fastmath`` reassociation
-so that the sequential, threaded and CUDA backends agree. The one exception is the shPLRNN
-BPTT baseline (:mod:`autodiff._bptt_shplrnn`), whose sums over hidden units are reassociated
-so that they vectorise.
+so that the sequential, threaded and CUDA backends agree. The exceptions are the SIMD BPTT
+baselines (:mod:`autodiff._bptt_shplrnn`, :mod:`autodiff._bptt_alrnn`), whose sums are
+reassociated so that they vectorise.
 """
 
 import functools

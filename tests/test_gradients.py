@@ -1,7 +1,8 @@
 """gtf_loss_and_grad: finite differences, DEER vs sequential BPTT, the NumPy BPTT oracle, errors.
 
 Sizes are tiny and float64 almost everywhere: one compile per model family and method (the
-sequential BPTT kernel is compiled once per process and family; see autodiff/_bptt_kernels).
+generic per-step BPTT kernel, exercised through re-bundled step functions, is compiled once
+per process and family; see autodiff/_bptt_kernels).
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ from reference import gtf_bptt_reference
 
 from autodiff.gradients import GradInfo, gtf_loss_and_grad
 from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
+from models._plrnn_kernels import StepFunctions
 from parscan import DeerConvergenceError, DeerStatus, gtf_alpha
 
 B, T, N = 3, 12, 2
@@ -119,6 +121,48 @@ def test_simd_sequential_kernel_on_a_wide_hidden_layer(cls, clipped, dtype, rtol
     scale = max(np.abs(g).max() for g in ref_grads.values())
     for name, g in model.unflatten(grad).items():
         np.testing.assert_allclose(g, ref_grads[name], rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def _per_step_variant(model):
+    """The same model, its step functions re-bundled: ``method="sequential"`` then runs the
+    generic per-step BPTT kernel (the path of a model from outside ``models/``) instead of
+    the family's SIMD kernel."""
+    per_step = type(
+        f"PerStep{type(model).__name__}",
+        (type(model),),
+        {"step_functions_jit": StepFunctions(*model.step_functions_jit)},
+    )
+    clone = per_step(**model.hyperparameters())
+    clone.params[...] = model.params
+    return clone
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ShPLRNN(4, 37, n_obs=N, seed=8),
+        lambda: ClippedShPLRNN(3, 19, n_obs=N, seed=9),
+        lambda: ALRNN(20, 4, n_obs=N, seed=10),
+        lambda: PLRNN(9, n_obs=N, seed=11),
+    ],
+    ids=["shplrnn", "clipped", "alrnn", "plrnn"],
+)
+def test_simd_sequential_kernels_match_the_generic_kernel(make):
+    model = make()
+    rng = np.random.default_rng(6)
+    model.params[...] += 0.05 * rng.standard_normal(model.n_params) * _tangent_mask(model)
+    x = 0.7 * rng.standard_normal((3, 30, N))
+    kw = {"alpha": ALPHAS, "method": "sequential", "n_forced": 1}
+    loss, grad, _ = gtf_loss_and_grad(model, x, **kw)
+    loss_g, grad_g, _ = gtf_loss_and_grad(_per_step_variant(model), x, **kw)
+    np.testing.assert_allclose(loss, loss_g, rtol=1e-12)
+    np.testing.assert_allclose(grad, grad_g, rtol=1e-9, atol=1e-12 * np.abs(grad_g).max())
+    if isinstance(model, PLRNN):
+        assert np.all(np.diag(model.unflatten(grad)["W"]) == 0)
+    # float32 through the same SIMD kernel agrees to float32 rounding
+    loss32, grad32, _ = gtf_loss_and_grad(model.astype("float32"), x.astype(np.float32), **kw)
+    np.testing.assert_allclose(loss32, loss, rtol=1e-4)
+    np.testing.assert_allclose(grad32, grad, rtol=1e-3, atol=1e-4 * np.abs(grad).max())
 
 
 def test_quasi_deer_forward_gives_the_same_gradient(data):
