@@ -19,6 +19,7 @@ timer's and the scheduler's jitter on a shared VM.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -136,7 +137,7 @@ def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
             {
                 "what": "linear_scan",
                 "backend": backend,
-                "chosen": scan._choose_host_backend(dense, B, T, D)
+                "chosen": scan._choose_host_backend(dense, B, T, D, np.dtype(dtype).itemsize)
                 if backend == "auto"
                 else backend,
                 "B": B,
@@ -187,43 +188,48 @@ def bench_cpu(args):
 
 
 def bench_crossover(args):
-    """Sequential vs cpu near the ``auto`` thresholds (float64)."""
+    """Sequential vs cpu near the ``auto`` thresholds (float64; the time-chunked case also in
+    float32 and complex64, which show that the crossover is a number of bytes)."""
     rng = np.random.default_rng(0)
     threads = numba.get_num_threads()
+    chunked_Ts = (256, 1024, 4096, 8192, 16384, 65536)
     grid = [
-        (False, 1, DIAG_D, (256, 1024, 4096, 8192, 16384, 65536)),
-        (False, 8, DIAG_D, (16, 64, 256, 1024, 4096)),
-        (False, 8, 1, (64, 256, 1024, 4096, 16384)),
-        (True, 8, 3, (64, 256, 1024, 4096, 16384)),
-        (True, 8, 16, (16, 64, 256, 1024)),
+        (False, 1, DIAG_D, chunked_Ts, np.float64),
+        (False, 1, DIAG_D, chunked_Ts, np.float32),
+        (False, 1, DIAG_D, chunked_Ts, np.complex64),
+        (False, 8, DIAG_D, (16, 64, 256, 1024, 4096), np.float64),
+        (False, 8, 1, (64, 256, 1024, 4096, 16384), np.float64),
+        (True, 8, 3, (64, 256, 1024, 4096, 16384), np.float64),
+        (True, 8, 16, (16, 64, 256, 1024), np.float64),
     ]
-    for dense, B, D, Ts in grid:
+    for dense, B, D, Ts, dtype in grid:
         for T in Ts:
-            a, b = _inputs(B, T, D, np.float64, dense, rng)
+            a, b = _inputs(B, T, D, dtype, dense, rng)
             out = np.zeros_like(b)
             res = {}
             for backend in ("sequential", "cpu"):
+                call = functools.partial(parscan.linear_scan, a, b, backend=backend, out=out)
+                number = calls_per_run(call)
                 _, tmin, _ = timeit(
-                    lambda a=a, b=b, out=out, backend=backend: parscan.linear_scan(
-                        a, b, backend=backend, out=out
-                    ),
+                    lambda call=call, number=number: [call() for _ in range(number)],
                     max(args.repeat, 20),
                 )
-                res[backend] = tmin
-            elements = B * T * D * (D if dense else 1)
+                res[backend] = tmin / number
+            itemsize = np.dtype(dtype).itemsize
             print(
                 json.dumps(
                     {
                         "what": "crossover",
                         "kind": "dense" if dense else "diag",
+                        "dtype": np.dtype(dtype).name,
                         "B": B,
                         "T": T,
                         "D": D,
-                        "elements": elements,
+                        "bytes": B * T * D * (D if dense else 1) * itemsize,
                         "sequential_s": res["sequential"],
                         "cpu_s": res["cpu"],
                         "cpu_speedup": round(res["sequential"] / res["cpu"], 3),
-                        "auto": scan._choose_host_backend(dense, B, T, D),
+                        "auto": scan._choose_host_backend(dense, B, T, D, itemsize),
                         "threads": threads,
                     }
                 ),

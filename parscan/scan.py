@@ -37,21 +37,26 @@ _NATIVE_DTYPES = frozenset(_DTYPES)
 _DTYPE_NAMES = "float32/float64/complex64/complex128"
 _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 
-# Crossovers of ``backend="auto"`` in elements (B*T*D; dense B*T*D*D), from
-# ``python bench/scan.py --crossover`` on the 2-core CI machine (numba 0.68, float64, idle
-# machine). Speed-up of "cpu" over "sequential" around each threshold (two runs):
-#   diag  B=1, D=16 (time chunks):  65536 -> 0.80-0.89x   131072 -> 1.06-1.45x
-#   diag  B=8, D=16 (batch):         8192 -> 0.92-0.98x    32768 -> 1.18-1.21x
-#   diag  B=8, D=1  (batch):         2048 -> 0.95x          8192 -> 1.28x (missed: 2x slower
-#                                                                per element than D=16)
-#   dense B=8, D=3  (batch):         4608 -> 0.97x         18432 -> 1.17-1.28x
-#   dense B=8, D=16 (batch):        32768 -> 0.74-1.23x   131072 -> 1.23-1.66x
-# Below them the fork/join of a ``prange`` region costs more than it saves. On a machine whose
-# cores are busy with other processes every parallel region also waits for a scheduler tick
-# (~4 ms); there, use backend="sequential" or PARSCAN_THREADS=1.
-AUTO_MIN_BATCH_ELEMENTS = 1 << 15
-AUTO_MIN_CHUNKED_ELEMENTS = 1 << 17
-AUTO_MIN_DENSE_ELEMENTS = 1 << 14
+# Crossovers of ``backend="auto"`` in bytes of one array (B*T*D*itemsize; dense a:
+# B*T*D*D*itemsize), from ``python bench/scan.py --crossover`` on the 2-core CI machine
+# (numba 0.68, idle machine). Speed-up of "cpu" over "sequential" around each threshold
+# (two to three runs each):
+#   diag  B=1, D=16 (time chunks):  float64 512 KiB -> 0.80-0.94x   1 MiB -> 1.06-1.46x
+#                                   float32 512 KiB -> 0.87-1.06x   1 MiB -> 1.16-1.30x
+#                                 complex64 512 KiB -> 0.66-1.14x   1 MiB -> 1.10-1.38x
+#   diag  B=8, D=16 (batch):        float64  64 KiB -> 0.92-0.98x 256 KiB -> 1.18-1.21x
+#   diag  B=8, D=1  (batch):        float64  16 KiB -> 0.95x       64 KiB -> 1.28x (missed:
+#                                                          2x slower per element than D=16)
+#   dense B=8, D=3  (batch):        float64  36 KiB -> 0.97x      144 KiB -> 1.17-1.28x
+#   dense B=8, D=16 (batch):        float64 256 KiB -> 0.74-1.23x   1 MiB -> 1.23-1.66x
+# The crossover sits at the same number of bytes, not elements, across dtypes (a float32
+# scan with as many elements as a float64 one at its crossover still lost: 0.77-0.86x at
+# 256 KiB). Below them the fork/join of a ``prange`` region costs more than it saves. On a
+# machine whose cores are busy with other processes every parallel region also waits for a
+# scheduler tick (~4 ms); there, use backend="sequential" or PARSCAN_THREADS=1.
+AUTO_MIN_BATCH_BYTES = 1 << 18
+AUTO_MIN_CHUNKED_BYTES = 1 << 20
+AUTO_MIN_DENSE_BYTES = 1 << 17
 
 
 @functools.cache
@@ -226,15 +231,16 @@ def _host_ready(x: np.ndarray) -> np.ndarray:
     return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
-def _choose_host_backend(dense: bool, B: int, T: int, D: int) -> str:
+def _choose_host_backend(dense: bool, B: int, T: int, D: int, itemsize: int) -> str:
     threads = n_threads()
     if threads < 2:
         return "sequential"
+    nbytes = B * T * D * itemsize
     if dense:
-        return "cpu" if B >= threads and B * T * D * D >= AUTO_MIN_DENSE_ELEMENTS else "sequential"
+        return "cpu" if B >= threads and nbytes * D >= AUTO_MIN_DENSE_BYTES else "sequential"
     if B >= threads:
-        return "cpu" if B * T * D >= AUTO_MIN_BATCH_ELEMENTS else "sequential"
-    return "cpu" if B * T * D >= AUTO_MIN_CHUNKED_ELEMENTS else "sequential"
+        return "cpu" if nbytes >= AUTO_MIN_BATCH_BYTES else "sequential"
+    return "cpu" if nbytes >= AUTO_MIN_CHUNKED_BYTES else "sequential"
 
 
 def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto", out=None):
@@ -333,7 +339,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     T, D = b.shape[-2:]
     B = math.prod(b.shape[:-2])
     if backend == "auto":
-        backend = _choose_host_backend(dense, B, T, D)
+        backend = _choose_host_backend(dense, B, T, D, b.dtype.itemsize)
     kernels = _HOST_KERNELS[backend]
     b3 = _host_ready(b).reshape(B, T, D)
     h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)

@@ -318,13 +318,16 @@ def test_lists_and_transpose_ignored_for_diagonal():
 
 def test_auto_never_picks_threads_for_short_or_unbatched_dense(monkeypatch):
     monkeypatch.setattr(scan, "n_threads", lambda: 2)
-    assert scan._choose_host_backend(True, 1, 10**6, 16) == "sequential"
-    assert scan._choose_host_backend(True, 8, 10**4, 16) == "cpu"
-    assert scan._choose_host_backend(False, 1, 10, 16) == "sequential"
-    assert scan._choose_host_backend(False, 1, 10**6, 16) == "cpu"
-    assert scan._choose_host_backend(False, 8, 10**5, 16) == "cpu"
+    assert scan._choose_host_backend(True, 1, 10**6, 16, 8) == "sequential"
+    assert scan._choose_host_backend(True, 8, 10**4, 16, 8) == "cpu"
+    assert scan._choose_host_backend(False, 1, 10, 16, 8) == "sequential"
+    assert scan._choose_host_backend(False, 1, 10**6, 16, 8) == "cpu"
+    assert scan._choose_host_backend(False, 8, 10**5, 16, 8) == "cpu"
+    # the thresholds are in bytes: the same elements in float32 stay sequential
+    assert scan._choose_host_backend(False, 1, 10**4, 16, 8) == "cpu"
+    assert scan._choose_host_backend(False, 1, 10**4, 16, 4) == "sequential"
     monkeypatch.setattr(scan, "n_threads", lambda: 1)
-    assert scan._choose_host_backend(False, 8, 10**6, 16) == "sequential"
+    assert scan._choose_host_backend(False, 8, 10**6, 16, 8) == "sequential"
 
 
 def test_thread_count_follows_numba_in_every_python_thread():
