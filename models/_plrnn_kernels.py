@@ -7,8 +7,10 @@ Each family module (``models.shplrnn``, ``models.alrnn``) defines
   usable from CUDA through ``numba.cuda.jit(device=True)(fn)``;
 * three ``prange`` drivers: evaluation of ``F`` and ``J`` at many states, the parameter VJP
   summed over positions, and the sequential free run. They call the per-step functions
-  state by state (ALRNN / PLRNN), or, for the shallow PLRNNs, whose hidden layer is wide,
-  SIMD kernels over blocks of states (:mod:`models._shplrnn_lanes`) with the same results.
+  state by state (ALRNN / PLRNN; their full Jacobian is evaluated by a row-wise variant of
+  the per-step function with bitwise the same results), or, for the shallow PLRNNs, whose
+  hidden layer is wide, SIMD kernels over blocks of states (:mod:`models._shplrnn_lanes`)
+  with the same results.
 
 The drivers are written per family rather than once with the per-step functions passed
 as arguments: Numba cannot cache a kernel that takes (or closes over) a jitted function

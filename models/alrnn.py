@@ -117,7 +117,11 @@ _step_jacobian = ALRNN_STEP_FUNCTIONS_JIT.step_jacobian
 _step_jacobian_diag = ALRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
 _vjp_params = ALRNN_STEP_FUNCTIONS_JIT.vjp_params
 
-# ---- CPU drivers (prange over items; bodies call one jitted per-item helper) -----------
+# ---- CPU drivers (prange over chunks of items; bodies call jitted per-item helpers) -----
+
+#: Evaluation launches are split into at most this many chunks of at least this many states
+#: (one scratch allocation per chunk).
+_MAX_EVAL_CHUNKS, _MIN_EVAL_CHUNK = 64, 32
 
 
 @jit
@@ -130,10 +134,50 @@ def _eval_item(A, W, h, P, zero_diag, z, f, j, mode):
         _step(A, W, h, P, zero_diag, z, f)
 
 
+@jit
+def _step_jacobian_rows(A, W, h, P, Z, F, J, p, phi, on):
+    """``F[p] = F(Z[p])`` and ``J[p]`` = its Jacobian flattened row-major, walking ``W`` and
+    ``J[p]`` along rows (the per-step function walks columns; this is 2-3x faster at M = 20
+    and performs the same operations in the same order, so the results are bitwise equal).
+    ``phi, on`` are (M,) scratch. Indexes the 2-D arrays directly: a row view per state
+    would cost a reference-count pair."""
+    M = Z.shape[1]
+    n_linear = M - P
+    for k in range(M):
+        zk = Z[p, k]
+        linear = k < n_linear
+        on[k] = linear | (zk > 0)
+        phi[k] = zk if linear else zk * (zk > 0)
+    for i in range(M):
+        acc = A[i] * Z[p, i] + h[i]
+        for k in range(M):
+            acc += W[i, k] * phi[k]
+        F[p, i] = acc
+        for k in range(M):
+            J[p, i * M + k] = W[i, k] * on[k]
+        J[p, i * M + i] += A[i]
+
+
+@jit
+def _eval_range(A, W, h, P, zero_diag, Z, F, J, mode, lo, hi):
+    M = Z.shape[1]
+    phi = np.empty(M, Z.dtype)
+    on = np.empty(M, Z.dtype)
+    for p in range(lo, hi):
+        if mode == EVAL_F_FULL:
+            _step_jacobian_rows(A, W, h, P, Z, F, J, p, phi, on)
+        else:
+            _eval_item(A, W, h, P, zero_diag, Z[p], F[p], J[p], mode)
+
+
 @jit_parallel
 def _eval_kernel(A, W, h, P, zero_diag, Z, F, J, mode):
-    for p in prange(Z.shape[0]):
-        _eval_item(A, W, h, P, zero_diag, Z[p], F[p], J[p], mode)
+    n = Z.shape[0]
+    n_chunks = min(_MAX_EVAL_CHUNKS, max(1, n // _MIN_EVAL_CHUNK))
+    for c in prange(n_chunks):
+        _eval_range(
+            A, W, h, P, zero_diag, Z, F, J, mode, c * n // n_chunks, (c + 1) * n // n_chunks
+        )
 
 
 @jit

@@ -236,6 +236,21 @@ def test_many_state_drivers_match_per_step_functions(model, dtype, n):
     np.testing.assert_allclose(m.param_vjp(z, c)[: m.n_map_params], grad, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("cls", [ALRNN, PLRNN])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_jacobian_driver_is_bitwise_the_per_step_function_at_ecg_size(cls, dtype):
+    """The ALRNN / PLRNN many-state driver walks W by rows (M = 20: 2-3x faster); F and J
+    stay bitwise equal to the per-step function, which walks it by columns."""
+    m = (ALRNN(20, 4, 5, seed=3) if cls is ALRNN else PLRNN(20, 5, seed=3)).astype(dtype)
+    z = np.random.default_rng(18).normal(0.0, 1.5, (100, 20)).astype(dtype)
+    F, J = m.step_and_jacobian(z)
+    out, jac = np.empty(20, dtype), np.empty((20, 20), dtype)
+    for p in range(z.shape[0]):
+        m.step_functions_jit.step_jacobian(*m.kernel_args(), z[p], out, jac)
+        np.testing.assert_array_equal(F[p], out)
+        np.testing.assert_array_equal(J[p], jac)
+
+
 @pytest.mark.parametrize("family", ["ShPLRNN", "ALRNN"])
 def test_step_functions_compile_for_cuda_in_float32(family):
     """The plain per-step functions are valid CUDA device functions, and in float32 they
