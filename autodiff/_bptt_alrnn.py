@@ -26,19 +26,8 @@ from autodiff._bptt_kernels import (
     forward_tail,
     prediction_cotangent,
 )
+from models.alrnn import activation_row
 from parscan._jit import jit, jit_parallel
-
-
-@jit(fastmath=SIMD_FASTMATH)
-def _activation(zt, t, n_linear, phi, on):
-    """``phi = Phi(zt[t])`` and the derivative pattern ``on`` (1 for linear units and active
-    relus), both (M,)."""
-    M = phi.shape[0]
-    for j in range(M):
-        zj = zt[t, j]
-        linear = j < n_linear
-        on[j] = linear | (zj > 0)
-        phi[j] = zj if linear else zj * (zj > 0)
 
 
 @jit(fastmath=SIMD_FASTMATH)
@@ -56,12 +45,12 @@ def _sequence(
     for i in range(M):
         zt[0, i] = z0[i]
     for t in range(T):
-        _activation(zt, t, n_linear, phi, on)
+        activation_row(zt, t, n_linear, phi, on)
         diagonal_plus_matvec(A, W, h, phi, zt, zp, t)
         sse = forward_tail(zt, zp, x, t, alpha, n_forced, sse)
     for t in range(T - 1, -1, -1):
         prediction_cotangent(zp, x, t, alpha, n_forced, scale, g, mu)
-        _activation(zt, t, n_linear, phi, on)
+        activation_row(zt, t, n_linear, phi, on)
         for j in range(M):
             acc[j] = 0.0
         for i in range(M):

@@ -35,3 +35,16 @@ def calls_per_run(fn, min_seconds=2e-3):
     fn()
     once = max(time.perf_counter() - t0, 1e-7)
     return max(1, int(np.ceil(min_seconds / once)))
+
+
+def timeit_batched(fn, repeat, min_seconds=2e-3):
+    """:func:`timeit` over runs of :func:`calls_per_run` back-to-back calls, per call.
+
+    Returns
+    -------
+    number, best, median : int, float, float
+        Calls per run, and min and median seconds per call.
+    """
+    number = calls_per_run(fn, min_seconds)
+    _, best, median = timeit(lambda: [fn() for _ in range(number)], repeat)
+    return number, best / number, median / number

@@ -28,7 +28,7 @@ import time
 
 import numba
 import numpy as np
-from _timing import calls_per_run, timeit
+from _timing import calls_per_run, timeit, timeit_batched
 from numba import prange
 
 import parscan
@@ -60,11 +60,7 @@ def triad_gbps(n, dtype, threads, repeat):
         saved = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            number = calls_per_run(lambda: _triad(x, y, z, 0.5))
-            _, best, _ = timeit(
-                lambda: [_triad(x, y, z, 0.5) for _ in range(number)], max(repeat, 5)
-            )
-            best /= number
+            _, best, _ = timeit_batched(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
         finally:
             numba.set_num_threads(saved)
         _TRIAD_CACHE[key] = 3 * n * np.dtype(dtype).itemsize / best / 1e9
@@ -209,12 +205,7 @@ def bench_crossover(args):
             res = {}
             for backend in ("sequential", "cpu"):
                 call = functools.partial(parscan.linear_scan, a, b, backend=backend, out=out)
-                number = calls_per_run(call)
-                _, tmin, _ = timeit(
-                    lambda call=call, number=number: [call() for _ in range(number)],
-                    max(args.repeat, 20),
-                )
-                res[backend] = tmin / number
+                _, res[backend], _ = timeit_batched(call, max(args.repeat, 20))
             itemsize = np.dtype(dtype).itemsize
             print(
                 json.dumps(

@@ -135,19 +135,25 @@ def _eval_item(A, W, h, P, zero_diag, z, f, j, mode):
 
 
 @jit
-def _step_jacobian_rows(A, W, h, P, Z, F, J, p, phi, on):
-    """``F[p] = F(Z[p])`` and ``J[p]`` = its Jacobian flattened row-major, walking ``W`` and
-    ``J[p]`` along rows (the per-step function walks columns; this is 2-3x faster at M = 20
-    and performs the same operations in the same order, so the results are bitwise equal).
-    ``phi, on`` are (M,) scratch. Indexes the 2-D arrays directly: a row view per state
-    would cost a reference-count pair."""
-    M = Z.shape[1]
-    n_linear = M - P
-    for k in range(M):
+def activation_row(Z, p, n_linear, phi, on):
+    """``phi = Phi(Z[p])`` and its derivative pattern ``on`` (1 for the ``n_linear`` linear
+    units and for active relus), both (M,). Indexes ``Z`` (n, M) directly: a row view per
+    state would cost a reference-count pair."""
+    for k in range(phi.shape[0]):
         zk = Z[p, k]
         linear = k < n_linear
         on[k] = linear | (zk > 0)
         phi[k] = zk if linear else zk * (zk > 0)
+
+
+@jit
+def _step_jacobian_rows(A, W, h, P, Z, F, J, p, phi, on):
+    """``F[p] = F(Z[p])`` and ``J[p]`` = its Jacobian flattened row-major, walking ``W`` and
+    ``J[p]`` along rows (the per-step function walks columns; this is 2-3x faster at M = 20
+    and performs the same operations in the same order, so the results are bitwise equal).
+    ``phi, on`` are (M,) scratch."""
+    M = Z.shape[1]
+    activation_row(Z, p, M - P, phi, on)
     for i in range(M):
         acc = A[i] * Z[p, i] + h[i]
         for k in range(M):
