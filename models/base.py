@@ -88,7 +88,7 @@ class Model(ABC):
         offset = 0
         for name, shape in spec:
             size = int(np.prod(shape, dtype=np.int64))
-            self._offsets[name] = (offset, tuple(shape))
+            self._offsets[name] = (offset, offset + size, tuple(shape))
             offset += size
         self.params = np.zeros(offset, dtype=self.dtype)
 
@@ -137,8 +137,8 @@ class Model(ABC):
                 f"({self.n_params},); got shape {vec.shape}."
             )
         return {
-            name: vec[offset : offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
-            for name, (offset, shape) in self._offsets.items()
+            name: vec[start:stop].reshape(shape)
+            for name, (start, stop, shape) in self._offsets.items()
         }
 
     def __getitem__(self, name: str) -> np.ndarray:
