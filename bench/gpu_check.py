@@ -17,6 +17,10 @@ Everything is written to ``$OUT/gpu_check.json`` (``$OUT`` unset: the current fo
 summarised on stdout. Without a GPU it says so and exits 0 after step 1 reports the skips.
 
     python bench/gpu_check.py            # about 3-5 minutes on a GPU machine
+
+The package need not be installed there: the steps run with the repository root on
+``PYTHONPATH``, and the JSON is rewritten after every step, so a step that hangs past its
+limit loses nothing measured before it.
 """
 
 import json
@@ -30,10 +34,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(cmd, timeout):
-    """Run ``cmd`` in the repository root; return (exit code, stdout, stderr tail, seconds)."""
+    """Run ``cmd`` in the repository root with the root on ``PYTHONPATH`` (the device machine
+    has the dependencies but not this package installed); return (exit code, stdout, stderr
+    tail, seconds)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
         code, out, err = done.returncode, done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
         code, out, err = 124, exc.stdout or "", f"timed out after {timeout} s"
@@ -79,10 +89,17 @@ def main(argv=None):
     if argv == ["--gradients"]:
         return _gradient_timing()
     report = {"python": sys.version.split()[0]}
+    target = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every step: a later step that hangs loses nothing
+        target.write_text(json.dumps(report, indent=1, default=str))
+
     code, out, err, secs = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q"], 600)
     report["pytest_gpu"] = {"exit": code, "summary": out.strip().splitlines()[-1:], "s": secs}
     if code not in (0, 5):
         report["pytest_gpu"]["stderr"] = err
+    save()
     sys.path.insert(0, str(ROOT))
     import parscan
 
@@ -92,11 +109,11 @@ def main(argv=None):
         code, out, err, secs = _run([sys.executable, "bench/scan.py", "--backend", "cuda"], 600)
         report["scan_cuda"] = {"exit": code, "s": secs, "stderr": err if code else ""}
         report["scan_cuda"]["rows"] = [json.loads(x) for x in out.splitlines() if x[:1] == "{"]
+        save()
         code, out, err, secs = _run([sys.executable, __file__, "--gradients"], 600)
         report["gradients"] = {"exit": code, "s": secs, "stderr": err if code else ""}
         report["gradients"]["rows"] = [json.loads(x) for x in out.splitlines() if x[:1] == "{"]
-    target = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
-    target.write_text(json.dumps(report, indent=1, default=str))
+    save()
     print(json.dumps({k: v for k, v in report.items() if k != "scan_cuda"}, default=str)[:4000])
     for row in report.get("scan_cuda", {}).get("rows", []):
         print({k: row.get(k) for k in ("B", "T", "D", "dtype", "kind", "gbps", "ratio_copy")})
