@@ -1,20 +1,35 @@
 """Threaded (Numba ``prange``) scan kernels, same signatures as :mod:`parscan._scan_sequential`.
 
-Two strategies (DESIGN.md §2, measured on 2 cores):
+Three strategies (DESIGN.md §2, measured on 2 cores):
 
 * **parallel over the batch** when there are at least as many independent sequences as
   threads: each thread runs the sequential loop on its own sequences;
-* **reduce-then-scan over time** (diagonal only) when ``B < threads``: each sequence is cut
-  into ``P = ceil(threads / B) + 1`` chunks. Pass 1 scans chunk 0 with the true ``h0`` while the
-  other threads reduce chunks ``1..P-2`` to aggregate pairs ``(A, b)``; a short serial loop turns
-  the aggregates into the carry entering every chunk; pass 2 scans chunks ``1..P-1`` from their
-  carries. ``a, b`` are read about ``2 (P-1) / P`` times instead of twice for scan-then-fix,
-  which always lost on 2 cores. The chunks are equally long: a traffic model (scanning an
-  element reads ``a, b`` and writes ``h``, 3 units; reducing one reads ``a, b``, 2 units)
-  suggests a chunk 0 2/3 as long as the others, but equal chunks measured 5-15 % faster on
-  2 cores (T = 1e5 and 1e6, D = 16, float32 and float64): the reduction runs at the same
-  speed as the scan, both being bound by the dependency through ``h`` and by bandwidth
-  shared between the threads.
+* **scan-then-fix with a decaying carry** (diagonal only) when ``B < threads`` and the carry
+  between chunks dies out quickly (probed, see below): each sequence is cut into ``P = ceil(threads / B)`` chunks. Pass
+  1 scans chunk 0 with the true ``h0`` and every other chunk from a zero state (and its
+  product ``∏ a``); a short serial loop gives the state entering every chunk; pass 2 adds the
+  carried part ``q_t = a_t ∘ q_{t-1}`` to the start of each chunk and stops as soon as ``q``
+  is exactly 0 in every channel (products below the smallest normal number are flushed).
+  With a contractive ``a`` that happens after a few hundred to a few thousand steps, so
+  ``a, b`` are read once and ``h`` written once, as in a STREAM triad. Whether it will
+  happen is probed before: a unit carry is decayed through the first steps of chunk 1 of
+  every sequence (at most a quarter of the chunk, at most :data:`FIX_PROBE_STEPS`); the
+  plan is taken only if it dies there. A wrong guess (the carry dies later in the real run)
+  costs time, never accuracy;
+* **reduce-then-scan over time** (diagonal only) otherwise (``|a|`` near 1: cumulative sums,
+  slow SSM decay rates): ``P = ceil(threads / B) + 1`` chunks. Pass 1 scans chunk 0 with the
+  true ``h0`` while the other threads reduce chunks ``1..P-2`` to aggregate pairs ``(A, b)``;
+  a short serial loop turns the aggregates into the carry entering every chunk; pass 2 scans
+  chunks ``1..P-1`` from their carries. ``a, b`` are read about ``2 (P-1) / P`` times (a
+  full scan-then-fix, ``h`` read and written twice, always lost on 2 cores). The chunks are
+  equally long: a traffic model (scanning an element reads ``a, b`` and writes ``h``, 3
+  units; reducing one reads ``a, b``, 2 units) suggests a chunk 0 2/3 as long as the
+  others, but equal chunks measured 5-15 % faster on 2 cores (T = 1e5 and 1e6, D = 16,
+  float32 and float64): the reduction runs at the same speed as the scan, both being bound
+  by the dependency through ``h`` and by bandwidth shared between the threads.
+
+Both time-parallel plans round differently from the sequential loop (in the last bits; never
+on dyadic data, where every association is exact).
 
 Dense scans are only ever parallel over the batch: a time-parallel dense scan does ``D³`` work
 per combine and was 2.5-5x slower than the sequential loop on 2 cores (D = 3..32).
@@ -27,7 +42,18 @@ import numpy as np
 from numba import prange
 
 from parscan._jit import jit, jit_parallel, n_threads
-from parscan._scan_sequential import dense_one, diag_range, diag_reduce_range
+from parscan._scan_sequential import (
+    dense_one,
+    diag_decay_steps,
+    diag_fix_range,
+    diag_range,
+    diag_range_local,
+    diag_reduce_range,
+)
+
+#: Longest probe of the scan-then-fix plan, in steps (a carry through ``a`` uniform in
+#: (0.5, 1) dies after about 2,400 steps, through ``a`` uniform in (-0.95, 0.95) after 700).
+FIX_PROBE_STEPS = 16384
 
 
 @jit
@@ -79,7 +105,7 @@ def _scan_task(a, b, reverse, n_chunks, k, b_agg, out):
 @jit_parallel
 def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
     """Reduce-then-scan over ``n_chunks`` time chunks per sequence; ``a_agg, b_agg``:
-    workspace of shape ``(B, n_chunks - 1, D)``."""
+    workspace of shape ``(B, n, D)``, ``n >= n_chunks - 1``."""
     n_tasks = n_chunks - 1
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
@@ -106,21 +132,81 @@ def scan_dense(a, b, h0, reverse, transpose, out):
         dense_one(a[i], b[i], h0[i], reverse, transpose, out[i])
 
 
-def n_time_chunks(B: int, T: int, threads: int) -> int:
-    """Chunks per sequence of the reduce-then-scan; 1 means parallel over the batch instead."""
+@jit
+def _local_task(a, b, h0, reverse, n_chunks, k, a_agg, b_agg, out):
+    """Pass 1 of scan-then-fix for one sequence: chunk 0 with the true ``h0``; chunk
+    ``k >= 1`` from a zero state, its end state into ``b_agg[k]`` and, unless it is the last
+    chunk, its product into ``a_agg[k]``."""
+    lo, hi = _chunk_bounds(b.shape[0], n_chunks, k, reverse)
+    if k == 0:
+        diag_range(a, b, h0, lo, hi, reverse, out)
+    elif hi <= lo:  # an empty chunk (T < n_chunks) passes the state on unchanged
+        a_agg[k, :] = 1.0
+        b_agg[k, :] = 0.0
+    else:
+        diag_range_local(a, b, lo, hi, reverse, out, a_agg[k], k < n_chunks - 1)
+        b_agg[k, :] = out[lo if reverse else hi - 1]
+
+
+@jit
+def _fix_task(a, reverse, n_chunks, k, b_agg, out):
+    """Pass 2 of scan-then-fix for one sequence: add the carry ``b_agg[k-1]`` to chunk ``k``."""
+    lo, hi = _chunk_bounds(a.shape[0], n_chunks, k, reverse)
+    diag_fix_range(a, lo, hi, reverse, b_agg[k - 1], np.empty(a.shape[1], a.dtype), out)
+
+
+@jit_parallel
+def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
+    """Scan-then-fix over ``n_chunks >= 2`` time chunks per sequence; ``a_agg, b_agg``:
+    workspace of shape ``(B, n_chunks, D)`` (slot 0 unused in ``a_agg``)."""
+    B = b.shape[0]
+    for i in prange(B * n_chunks):
+        s = i // n_chunks
+        _local_task(a[s], b[s], h0[s], reverse, n_chunks, i % n_chunks, a_agg[s], b_agg[s], out[s])
+    for s in range(B):
+        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], b_agg[s], out[s])
+    n_fixes = n_chunks - 1
+    for i in prange(B * n_fixes):
+        s = i // n_fixes
+        _fix_task(a[s], reverse, n_chunks, i % n_fixes + 1, b_agg[s], out[s])
+
+
+@jit
+def carries_die_out(a, reverse, n_chunks, limit):
+    """Does a unit carry entering chunk 1 decay to exactly 0 within its first ``limit`` steps
+    (scan order) in every sequence of ``a`` ``(B, T, D)``? The probe of scan-then-fix."""
+    q = np.empty(a.shape[2], a.dtype)
+    for s in range(a.shape[0]):
+        lo, hi = _chunk_bounds(a.shape[1], n_chunks, 1, reverse)
+        lo, hi = (max(lo, hi - limit), hi) if reverse else (lo, min(hi, lo + limit))
+        if diag_decay_steps(a[s], lo, hi, reverse, q) > hi - lo:
+            return False
+    return True
+
+
+def time_plan(a, reverse: bool, threads: int) -> tuple[str, int]:
+    """Strategy for a diagonal ``a`` ``(B, T, D)`` on ``threads`` threads: ``("batch", 1)``,
+    ``("fix", P)`` (scan-then-fix) or ``("reduce", P)`` (reduce-then-scan), ``P`` chunks per
+    sequence."""
+    B, T = a.shape[0], a.shape[1]
     if B >= threads:
-        return 1
-    n_chunks = -(-threads // B) + 1
-    return n_chunks if T >= 2 * n_chunks else 1
+        return "batch", 1
+    n_fix = -(-threads // B)
+    limit = min(T // n_fix // 4, FIX_PROBE_STEPS)
+    if limit >= 1 and carries_die_out(a, reverse, n_fix, limit):
+        return "fix", n_fix
+    n_reduce = n_fix + 1
+    return ("reduce", n_reduce) if T >= 2 * n_reduce else ("batch", 1)
 
 
 def scan_diag(a, b, h0, reverse, out):
     """Diagonal scan ``(B, T, D)``: over the batch when ``B >= threads``, else over time."""
-    B, T, D = b.shape
-    n_chunks = n_time_chunks(B, T, n_threads())
-    if n_chunks == 1:
+    plan, n_chunks = time_plan(a, reverse, n_threads())
+    if plan == "batch":
         _diag_batch(a, b, h0, reverse, out)
         return
-    a_agg = np.empty((B, n_chunks - 1, D), b.dtype)
-    b_agg = np.empty((B, n_chunks - 1, D), b.dtype)
-    _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, b_agg, out)
+    B, _, D = b.shape
+    a_agg = np.empty((B, n_chunks, D), b.dtype)
+    b_agg = np.empty((B, n_chunks, D), b.dtype)
+    kernel = _diag_scan_then_fix if plan == "fix" else _diag_chunked
+    kernel(a, b, h0, reverse, n_chunks, a_agg, b_agg, out)

@@ -48,6 +48,12 @@ def diag_range(a, b, h_in, lo, hi, reverse, out):
 
 
 @jit
+def flush_tiny(p, tiny):
+    """``p``, or 0 where ``|p|`` is below ``tiny`` (complex: both parts); NaN is kept."""
+    return p * ((abs(p.real) >= tiny) | (abs(p.imag) >= tiny))
+
+
+@jit
 def diag_reduce_range(a, b, lo, hi, reverse, a_agg, b_agg):
     """Aggregate pair of steps ``lo..hi-1``: ``h[last] = a_agg ∘ h_in + b_agg``.
 
@@ -72,8 +78,98 @@ def diag_reduce_range(a, b, lo, hi, reverse, a_agg, b_agg):
         base = uint64(hi - 1 - s if reverse else lo + s) * D
         for d in range(D):
             b_agg[d] = af[base + d] * b_agg[d] + bf[base + d]
-            p = af[base + d] * a_agg[d]
-            a_agg[d] = p * ((abs(p.real) >= tiny) | (abs(p.imag) >= tiny))
+            a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
+
+
+@jit
+def diag_range_local(a, b, lo, hi, reverse, out, a_agg, with_product):
+    """Scan steps ``lo..hi-1`` from a zero state; with ``with_product``, also ``a_agg = ∏ a_t``
+    over them (shape ``(D,)``, flushed as in :func:`diag_reduce_range`).
+
+    The first step writes ``b`` itself (the zero state is structural: ``inf * 0`` never makes
+    a NaN that the true state would not have). Then ``h[t] = out[t] + (∏ a up to t) ∘ h_in``:
+    pass 1 of the scan-then-fix strategy of :mod:`parscan._scan_cpu`. The product runs in the
+    scan loop only until it is 0 in every channel (it stays 0), after which the loop is
+    :func:`diag_range`'s: carrying the product's flush in every step measured 25-35 % slower.
+    """
+    if hi <= lo:
+        return
+    D = uint64(b.shape[1])
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    first = uint64(hi - 1 if reverse else lo) * D
+    for d in range(D):
+        of[first + d] = bf[first + d]
+    done = 1
+    if with_product:
+        tiny = np.finfo(a_agg.dtype).tiny
+        alive = False
+        for d in range(D):
+            a_agg[d] = af[first + d]
+            alive |= a_agg[d] != 0
+        while alive and done < hi - lo:
+            prev = uint64(hi - done if reverse else lo + done - 1) * D
+            base = uint64(hi - 1 - done if reverse else lo + done) * D
+            alive = False
+            for d in range(D):
+                of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
+                a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
+                alive |= a_agg[d] != 0
+            done += 1
+    if reverse:
+        diag_range(a, b, out[hi - done], lo, hi - done, reverse, out)
+    else:
+        diag_range(a, b, out[lo + done - 1], lo + done, hi, reverse, out)
+
+
+@jit
+def _decay_step(af, base, q, tiny):
+    """``q = a_t ∘ q`` (flushed below ``tiny``) at the flat row ``base``; is any of it nonzero?"""
+    alive = False
+    for d in range(q.shape[0]):
+        q[d] = flush_tiny(af[base + d] * q[d], tiny)
+        alive |= q[d] != 0
+    return alive
+
+
+@jit
+def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
+    """Add the part of the state carried in from ``h_in``: ``out[t] += q_t`` for the steps
+    ``lo..hi-1`` in scan order, ``q_t = a_t ∘ q_{t-1}`` with ``q`` entering as ``h_in``.
+
+    Pass 2 of scan-then-fix. Stops as soon as every channel of ``q`` is exactly 0 (flushed
+    below the smallest normal number: an absolute change under ``tiny`` per step): from there
+    on the carried part is 0 and ``out`` is final. ``q`` is scratch of shape ``(D,)``.
+    Returns the number of steps fixed.
+    """
+    D = uint64(out.shape[1])
+    af, of = a.reshape(a.size), out.reshape(out.size)
+    tiny = np.finfo(q.dtype).tiny
+    for d in range(D):
+        q[d] = h_in[d]
+    for s in range(hi - lo):
+        base = uint64(hi - 1 - s if reverse else lo + s) * D
+        alive = _decay_step(af, base, q, tiny)
+        for d in range(D):
+            of[base + d] += q[d]
+        if not alive:
+            return s + 1
+    return hi - lo
+
+
+@jit
+def diag_decay_steps(a, lo, hi, reverse, q):
+    """Steps (in scan order from the start of ``lo..hi-1``) after which a unit state carried
+    in has decayed to exactly 0 in every channel (see :func:`diag_fix_range`); ``hi - lo + 1``
+    if it has not by the end. ``q`` is scratch of shape ``(D,)``."""
+    af = a.reshape(a.size)
+    D = uint64(a.shape[1])
+    tiny = np.finfo(q.dtype).tiny
+    for d in range(D):
+        q[d] = 1.0
+    for s in range(hi - lo):
+        if not _decay_step(af, uint64(hi - 1 - s if reverse else lo + s) * D, q, tiny):
+            return s + 1
+    return hi - lo + 1
 
 
 @jit
