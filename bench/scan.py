@@ -220,7 +220,9 @@ def bench_crossover(args):
                         "sequential_s": res["sequential"],
                         "cpu_s": res["cpu"],
                         "cpu_speedup": round(res["sequential"] / res["cpu"], 3),
-                        "auto": scan._choose_host_backend(dense, B, T, D, itemsize),
+                        "auto": scan._choose_host_backend(
+                            dense, B, T, D, itemsize, None if dense else a
+                        ),
                         "threads": threads,
                     }
                 ),

@@ -5,17 +5,17 @@ Three strategies (DESIGN.md §2, measured on 2 cores):
 * **parallel over the batch** when there are at least as many independent sequences as
   threads: each thread runs the sequential loop on its own sequences;
 * **scan-then-fix with a decaying carry** (diagonal only) when ``B < threads`` and the carry
-  between chunks dies out quickly (probed, see below): each sequence is cut into ``P = ceil(threads / B)`` chunks. Pass
-  1 scans chunk 0 with the true ``h0`` and every other chunk from a zero state (and its
-  product ``∏ a``); a short serial loop gives the state entering every chunk; pass 2 adds the
-  carried part ``q_t = a_t ∘ q_{t-1}`` to the start of each chunk and stops as soon as ``q``
-  is exactly 0 in every channel (products below the smallest normal number are flushed).
-  With a contractive ``a`` that happens after a few hundred to a few thousand steps, so
-  ``a, b`` are read once and ``h`` written once, as in a STREAM triad. Whether it will
-  happen is probed before: a unit carry is decayed through the first steps of chunk 1 of
-  every sequence (at most a quarter of the chunk, at most :data:`FIX_PROBE_STEPS`); the
-  plan is taken only if it dies there. A wrong guess (the carry dies later in the real run)
-  costs time, never accuracy;
+  between chunks dies out quickly (probed, see below): each sequence is cut into
+  ``P = ceil(threads / B)`` chunks. Pass 1 scans chunk 0 with the true ``h0`` and every other chunk
+  from a zero state (and its product ``∏ a``); a short serial loop gives the state entering
+  every chunk; pass 2 adds the carried part ``q_t = a_t ∘ q_{t-1}`` to the start of each chunk
+  and stops as soon as ``q`` is exactly 0 in every channel (products below the smallest normal
+  number are flushed). With a contractive ``a`` that happens after a few hundred to a few
+  thousand steps, so ``a, b`` are read once and ``h`` written once, as in a STREAM triad.
+  Whether it will happen is probed before: a unit carry is decayed through the first steps of
+  chunk 1 of every sequence (at most a quarter of the chunk, at most :data:`FIX_PROBE_STEPS`);
+  the plan is taken only if it dies there. A wrong guess (the carry dies later in the real
+  run) costs time, never accuracy;
 * **reduce-then-scan over time** (diagonal only) otherwise (``|a|`` near 1: cumulative sums,
   slow SSM decay rates): ``P = ceil(threads / B) + 1`` chunks. Pass 1 scans chunk 0 with the
   true ``h0`` while the other threads reduce chunks ``1..P-2`` to aggregate pairs ``(A, b)``;

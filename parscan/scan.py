@@ -51,11 +51,17 @@ _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 #   dense B=8, D=16 (batch):        float64 256 KiB -> 0.74-1.23x   1 MiB -> 1.23-1.66x
 # The crossover sits at the same number of bytes, not elements, across dtypes (a float32
 # scan with as many elements as a float64 one at its crossover still lost: 0.77-0.86x at
-# 256 KiB). Below them the fork/join of a ``prange`` region costs more than it saves. On a
-# machine whose cores are busy with other processes every parallel region also waits for a
-# scheduler tick (~4 ms); there, use backend="sequential" or PARSCAN_THREADS=1.
+# 256 KiB). The time-chunked numbers are reduce-then-scan's; when the probe of
+# :func:`parscan._scan_cpu.time_plan` picks scan-then-fix (a decaying carry), the threads
+# pay from 512 KiB: B=1, D=16, signed ``a``, 5 runs each: float32 625 KiB -> 1.10-1.67x,
+# complex64 625 KiB -> 0.71-1.28x, float64 750 KiB -> 0.80-1.03x (float32 375 KiB:
+# 0.74-0.94x; the same sizes under reduce-then-scan: 0.47-0.81x). Below the thresholds the
+# fork/join of a ``prange`` region costs more than it saves. On a machine whose cores are
+# busy with other processes every parallel region also waits for a scheduler tick (~4 ms);
+# there, use backend="sequential" or PARSCAN_THREADS=1.
 AUTO_MIN_BATCH_BYTES = 1 << 18
 AUTO_MIN_CHUNKED_BYTES = 1 << 20
+AUTO_MIN_FIX_BYTES = 1 << 19
 AUTO_MIN_DENSE_BYTES = 1 << 17
 
 
@@ -231,7 +237,13 @@ def _host_ready(x: np.ndarray) -> np.ndarray:
     return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
-def _choose_host_backend(dense: bool, B: int, T: int, D: int, itemsize: int) -> str:
+def _choose_host_backend(
+    dense: bool, B: int, T: int, D: int, itemsize: int, a=None, reverse=False
+) -> str:
+    """``"cpu"`` or ``"sequential"`` for ``backend="auto"`` (thresholds above). ``a`` (the
+    diagonal ``(B, T, D)`` kernel input), when given, lets a time-chunked scan between
+    :data:`AUTO_MIN_FIX_BYTES` and :data:`AUTO_MIN_CHUNKED_BYTES` go threaded when its
+    carry dies out (the scan-then-fix plan)."""
     threads = n_threads()
     if threads < 2:
         return "sequential"
@@ -240,7 +252,11 @@ def _choose_host_backend(dense: bool, B: int, T: int, D: int, itemsize: int) -> 
         return "cpu" if B >= threads and nbytes * D >= AUTO_MIN_DENSE_BYTES else "sequential"
     if B >= threads:
         return "cpu" if nbytes >= AUTO_MIN_BATCH_BYTES else "sequential"
-    return "cpu" if nbytes >= AUTO_MIN_CHUNKED_BYTES else "sequential"
+    if nbytes >= AUTO_MIN_CHUNKED_BYTES:
+        return "cpu"
+    if nbytes >= AUTO_MIN_FIX_BYTES and a is not None:
+        return "cpu" if _scan_cpu.time_plan(a, reverse, threads)[0] == "fix" else "sequential"
+    return "sequential"
 
 
 def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto", out=None):
@@ -338,18 +354,17 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         return out
     T, D = b.shape[-2:]
     B = math.prod(b.shape[:-2])
+    a3 = _host_ready(a).reshape((B, T, D, D) if dense else (B, T, D))
     if backend == "auto":
-        backend = _choose_host_backend(dense, B, T, D, b.dtype.itemsize)
+        backend = _choose_host_backend(dense, B, T, D, b.dtype.itemsize, a3, bool(reverse))
     kernels = _HOST_KERNELS[backend]
     b3 = _host_ready(b).reshape(B, T, D)
     h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)
     out3 = out.reshape(B, T, D)
     if dense:
-        kernels.scan_dense(
-            _host_ready(a).reshape(B, T, D, D), b3, h03, bool(reverse), bool(transpose), out3
-        )
+        kernels.scan_dense(a3, b3, h03, bool(reverse), bool(transpose), out3)
     else:
-        kernels.scan_diag(_host_ready(a).reshape(B, T, D), b3, h03, bool(reverse), out3)
+        kernels.scan_diag(a3, b3, h03, bool(reverse), out3)
     return out
 
 

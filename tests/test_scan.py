@@ -406,6 +406,11 @@ def test_auto_never_picks_threads_for_short_or_unbatched_dense(monkeypatch):
     # the thresholds are in bytes: the same elements in float32 stay sequential
     assert scan._choose_host_backend(False, 1, 10**4, 16, 8) == "cpu"
     assert scan._choose_host_backend(False, 1, 10**4, 16, 4) == "sequential"
+    # from 512 KiB when the carry dies out (scan-then-fix), from 1 MiB otherwise
+    a = np.random.default_rng(0).uniform(-0.95, 0.95, (1, 10**4, 16)).astype(np.float32)
+    assert scan._choose_host_backend(False, 1, 10**4, 16, 4, a) == "cpu"
+    assert scan._choose_host_backend(False, 1, 10**4, 16, 4, np.ones_like(a)) == "sequential"
+    assert scan._choose_host_backend(False, 1, 6000, 16, 4, a[:, :6000]) == "sequential"
     monkeypatch.setattr(scan, "n_threads", lambda: 1)
     assert scan._choose_host_backend(False, 8, 10**6, 16, 8) == "sequential"
 
