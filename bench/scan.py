@@ -125,6 +125,8 @@ def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
     n = B * T * D
     t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
     best = min(min(times["sequential"]), min(times["cpu"]))
+    itemsize = np.dtype(dtype).itemsize
+    chosen = scan._choose_host_backend(dense, B, T, D, itemsize, None if dense else a)
     rows = []
     for backend in BACKENDS:
         tmin = min(times[backend])
@@ -133,9 +135,7 @@ def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
             {
                 "what": "linear_scan",
                 "backend": backend,
-                "chosen": scan._choose_host_backend(dense, B, T, D, np.dtype(dtype).itemsize)
-                if backend == "auto"
-                else backend,
+                "chosen": chosen if backend == "auto" else backend,
                 "B": B,
                 "T": T,
                 "D": D,
