@@ -199,9 +199,10 @@ def time_plan(a, reverse: bool, threads: int) -> tuple[str, int]:
     return ("reduce", n_reduce) if T >= 2 * n_reduce else ("batch", 1)
 
 
-def scan_diag(a, b, h0, reverse, out):
-    """Diagonal scan ``(B, T, D)``: over the batch when ``B >= threads``, else over time."""
-    plan, n_chunks = time_plan(a, reverse, n_threads())
+def scan_diag(a, b, h0, reverse, out, plan=None):
+    """Diagonal scan ``(B, T, D)``: over the batch when ``B >= threads``, else over time
+    (``plan``: :func:`time_plan`'s answer when the caller already has it)."""
+    plan, n_chunks = time_plan(a, reverse, n_threads()) if plan is None else plan
     if plan == "batch":
         _diag_batch(a, b, h0, reverse, out)
         return

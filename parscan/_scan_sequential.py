@@ -121,14 +121,17 @@ def diag_range_local(a, b, lo, hi, reverse, out, a_agg, with_product):
         diag_range(a, b, out[lo + done - 1], lo + done, hi, reverse, out)
 
 
+#: Steps between the checks whether a decaying carry is 0 in every channel (checking every
+#: step kept the loop from vectorising: 45-60 ns per step at D = 16 instead of 5-7).
+DECAY_CHECK_STEPS = 32
+
+
 @jit
-def _decay_step(af, base, q, tiny):
-    """``q = a_t ∘ q`` (flushed below ``tiny``) at the flat row ``base``; is any of it nonzero?"""
-    alive = False
+def _is_zero(q):
     for d in range(q.shape[0]):
-        q[d] = flush_tiny(af[base + d] * q[d], tiny)
-        alive |= q[d] != 0
-    return alive
+        if q[d] != 0:
+            return False
+    return True
 
 
 @jit
@@ -136,39 +139,51 @@ def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
     """Add the part of the state carried in from ``h_in``: ``out[t] += q_t`` for the steps
     ``lo..hi-1`` in scan order, ``q_t = a_t ∘ q_{t-1}`` with ``q`` entering as ``h_in``.
 
-    Pass 2 of scan-then-fix. Stops as soon as every channel of ``q`` is exactly 0 (flushed
-    below the smallest normal number: an absolute change under ``tiny`` per step): from there
-    on the carried part is 0 and ``out`` is final. ``q`` is scratch of shape ``(D,)``.
-    Returns the number of steps fixed.
+    Pass 2 of scan-then-fix. Stops once every channel of ``q`` is exactly 0 (flushed below the
+    smallest normal number: an absolute change under ``tiny`` per step), checked every
+    :data:`DECAY_CHECK_STEPS` steps: from there on the carried part is 0 and ``out`` is final.
+    ``q`` is scratch of shape ``(D,)``. Returns the number of steps fixed.
     """
     D = uint64(out.shape[1])
     af, of = a.reshape(a.size), out.reshape(out.size)
     tiny = np.finfo(q.dtype).tiny
     for d in range(D):
         q[d] = h_in[d]
-    for s in range(hi - lo):
-        base = uint64(hi - 1 - s if reverse else lo + s) * D
-        alive = _decay_step(af, base, q, tiny)
-        for d in range(D):
-            of[base + d] += q[d]
-        if not alive:
-            return s + 1
-    return hi - lo
+    done = 0
+    while done < hi - lo:
+        stop = min(done + DECAY_CHECK_STEPS, hi - lo)
+        for s in range(done, stop):
+            base = uint64(hi - 1 - s if reverse else lo + s) * D
+            for d in range(D):
+                q[d] = flush_tiny(af[base + d] * q[d], tiny)
+                of[base + d] += q[d]
+        done = stop
+        if _is_zero(q):
+            break
+    return done
 
 
 @jit
 def diag_decay_steps(a, lo, hi, reverse, q):
-    """Steps (in scan order from the start of ``lo..hi-1``) after which a unit state carried
-    in has decayed to exactly 0 in every channel (see :func:`diag_fix_range`); ``hi - lo + 1``
-    if it has not by the end. ``q`` is scratch of shape ``(D,)``."""
+    """Steps (in scan order from the start of ``lo..hi-1``, rounded up to a multiple of
+    :data:`DECAY_CHECK_STEPS`) after which a unit state carried in has decayed to exactly 0 in
+    every channel (see :func:`diag_fix_range`); ``hi - lo + 1`` if it has not by the end.
+    ``q`` is scratch of shape ``(D,)``."""
     af = a.reshape(a.size)
     D = uint64(a.shape[1])
     tiny = np.finfo(q.dtype).tiny
     for d in range(D):
         q[d] = 1.0
-    for s in range(hi - lo):
-        if not _decay_step(af, uint64(hi - 1 - s if reverse else lo + s) * D, q, tiny):
-            return s + 1
+    done = 0
+    while done < hi - lo:
+        stop = min(done + DECAY_CHECK_STEPS, hi - lo)
+        for s in range(done, stop):
+            base = uint64(hi - 1 - s if reverse else lo + s) * D
+            for d in range(D):
+                q[d] = flush_tiny(af[base + d] * q[d], tiny)
+        done = stop
+        if _is_zero(q):
+            return done
     return hi - lo + 1
 
 

@@ -237,26 +237,37 @@ def _host_ready(x: np.ndarray) -> np.ndarray:
     return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
+def _auto_host(dense: bool, B: int, T: int, D: int, itemsize: int, a=None, reverse=False):
+    """``backend="auto"`` on the host: ``("cpu" or "sequential", time plan or None)``.
+
+    Thresholds above. ``a`` (the diagonal ``(B, T, D)`` kernel input), when given, lets a
+    time-chunked scan between :data:`AUTO_MIN_FIX_BYTES` and :data:`AUTO_MIN_CHUNKED_BYTES`
+    go threaded when its carry dies out (the scan-then-fix plan, which is then returned so
+    that the kernel does not probe again).
+    """
+    threads = n_threads()
+    if threads < 2:
+        return "sequential", None
+    nbytes = B * T * D * itemsize
+    if dense:
+        cpu = B >= threads and nbytes * D >= AUTO_MIN_DENSE_BYTES
+        return ("cpu" if cpu else "sequential"), None
+    if B >= threads:
+        return ("cpu" if nbytes >= AUTO_MIN_BATCH_BYTES else "sequential"), None
+    if nbytes >= AUTO_MIN_CHUNKED_BYTES:
+        return "cpu", None
+    if nbytes >= AUTO_MIN_FIX_BYTES and a is not None:
+        plan = _scan_cpu.time_plan(a, reverse, threads)
+        if plan[0] == "fix":
+            return "cpu", plan
+    return "sequential", None
+
+
 def _choose_host_backend(
     dense: bool, B: int, T: int, D: int, itemsize: int, a=None, reverse=False
 ) -> str:
-    """``"cpu"`` or ``"sequential"`` for ``backend="auto"`` (thresholds above). ``a`` (the
-    diagonal ``(B, T, D)`` kernel input), when given, lets a time-chunked scan between
-    :data:`AUTO_MIN_FIX_BYTES` and :data:`AUTO_MIN_CHUNKED_BYTES` go threaded when its
-    carry dies out (the scan-then-fix plan)."""
-    threads = n_threads()
-    if threads < 2:
-        return "sequential"
-    nbytes = B * T * D * itemsize
-    if dense:
-        return "cpu" if B >= threads and nbytes * D >= AUTO_MIN_DENSE_BYTES else "sequential"
-    if B >= threads:
-        return "cpu" if nbytes >= AUTO_MIN_BATCH_BYTES else "sequential"
-    if nbytes >= AUTO_MIN_CHUNKED_BYTES:
-        return "cpu"
-    if nbytes >= AUTO_MIN_FIX_BYTES and a is not None:
-        return "cpu" if _scan_cpu.time_plan(a, reverse, threads)[0] == "fix" else "sequential"
-    return "sequential"
+    """The backend :func:`_auto_host` picks."""
+    return _auto_host(dense, B, T, D, itemsize, a, reverse)[0]
 
 
 def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto", out=None):
@@ -355,16 +366,18 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     T, D = b.shape[-2:]
     B = math.prod(b.shape[:-2])
     a3 = _host_ready(a).reshape((B, T, D, D) if dense else (B, T, D))
+    plan = None
     if backend == "auto":
-        backend = _choose_host_backend(dense, B, T, D, b.dtype.itemsize, a3, bool(reverse))
-    kernels = _HOST_KERNELS[backend]
+        backend, plan = _auto_host(dense, B, T, D, b.dtype.itemsize, a3, bool(reverse))
     b3 = _host_ready(b).reshape(B, T, D)
     h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)
     out3 = out.reshape(B, T, D)
     if dense:
-        kernels.scan_dense(a3, b3, h03, bool(reverse), bool(transpose), out3)
+        _HOST_KERNELS[backend].scan_dense(a3, b3, h03, bool(reverse), bool(transpose), out3)
+    elif backend == "cpu":
+        _scan_cpu.scan_diag(a3, b3, h03, bool(reverse), out3, plan)
     else:
-        kernels.scan_diag(a3, b3, h03, bool(reverse), out3)
+        _scan_sequential.scan_diag(a3, b3, h03, bool(reverse), out3)
     return out
 
 
