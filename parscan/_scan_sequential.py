@@ -54,6 +54,15 @@ def flush_tiny(p, tiny):
 
 
 @jit
+def _is_zero(q):
+    """Is every element of ``q`` (shape ``(D,)``) exactly 0?"""
+    for d in range(q.shape[0]):
+        if q[d] != 0:
+            return False
+    return True
+
+
+@jit
 def diag_reduce_range(a, b, lo, hi, reverse, a_agg, b_agg):
     """Aggregate pair of steps ``lo..hi-1``: ``h[last] = a_agg ∘ h_in + b_agg``.
 
@@ -94,31 +103,35 @@ def diag_range_local(a, b, lo, hi, reverse, out, a_agg, with_product):
     """
     if hi <= lo:
         return
-    D = uint64(b.shape[1])
-    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
-    first = uint64(hi - 1 if reverse else lo) * D
-    for d in range(D):
-        of[first + d] = bf[first + d]
-    done = 1
-    if with_product:
-        tiny = np.finfo(a_agg.dtype).tiny
-        alive = False
-        for d in range(D):
-            a_agg[d] = af[first + d]
-            alive |= a_agg[d] != 0
-        while alive and done < hi - lo:
-            prev = uint64(hi - done if reverse else lo + done - 1) * D
-            base = uint64(hi - 1 - done if reverse else lo + done) * D
-            alive = False
-            for d in range(D):
-                of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
-                a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
-                alive |= a_agg[d] != 0
-            done += 1
+    first = hi - 1 if reverse else lo
+    out[first, :] = b[first, :]
+    done = _scan_with_product(a, b, lo, hi, reverse, out, a_agg) if with_product else 1
     if reverse:
         diag_range(a, b, out[hi - done], lo, hi - done, reverse, out)
     else:
         diag_range(a, b, out[lo + done - 1], lo + done, hi, reverse, out)
+
+
+@jit
+def _scan_with_product(a, b, lo, hi, reverse, out, a_agg):
+    """Continue :func:`diag_range_local` after its first step with ``a_agg = ∏ a_t`` alongside,
+    until the product is 0 in every channel or the range ends; returns the steps done."""
+    D = uint64(b.shape[1])
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    tiny = np.finfo(a_agg.dtype).tiny
+    a_agg[:] = a[hi - 1 if reverse else lo]
+    alive = not _is_zero(a_agg)
+    done = 1
+    while alive and done < hi - lo:
+        prev = uint64(hi - done if reverse else lo + done - 1) * D
+        base = uint64(hi - 1 - done if reverse else lo + done) * D
+        alive = False
+        for d in range(D):
+            of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
+            a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
+            alive |= a_agg[d] != 0
+        done += 1
+    return done
 
 
 #: Steps between the checks whether a decaying carry is 0 in every channel (checking every
@@ -127,11 +140,28 @@ DECAY_CHECK_STEPS = 32
 
 
 @jit
-def _is_zero(q):
-    for d in range(q.shape[0]):
-        if q[d] != 0:
-            return False
-    return True
+def _decay_carry(a, lo, hi, reverse, q, out, add):
+    """``q = a_t ∘ q`` for the steps ``lo..hi-1`` in scan order (flushed below the smallest
+    normal number), adding each ``q`` to ``out[t]`` when ``add``; stops once every channel of
+    ``q`` is exactly 0, checked every :data:`DECAY_CHECK_STEPS` steps. Returns the steps
+    done, ``hi - lo + 1`` if ``q`` is still alive at the end."""
+    D = uint64(a.shape[1])
+    af, of = a.reshape(a.size), out.reshape(out.size)
+    tiny = np.finfo(q.dtype).tiny
+    done = 0
+    while done < hi - lo:
+        stop = min(done + DECAY_CHECK_STEPS, hi - lo)
+        for s in range(done, stop):
+            base = uint64(hi - 1 - s if reverse else lo + s) * D
+            for d in range(D):
+                q[d] = flush_tiny(af[base + d] * q[d], tiny)
+            if add:
+                for d in range(D):
+                    of[base + d] += q[d]
+        done = stop
+        if _is_zero(q):
+            return done
+    return hi - lo + 1
 
 
 @jit
@@ -144,23 +174,8 @@ def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
     :data:`DECAY_CHECK_STEPS` steps: from there on the carried part is 0 and ``out`` is final.
     ``q`` is scratch of shape ``(D,)``. Returns the number of steps fixed.
     """
-    D = uint64(out.shape[1])
-    af, of = a.reshape(a.size), out.reshape(out.size)
-    tiny = np.finfo(q.dtype).tiny
-    for d in range(D):
-        q[d] = h_in[d]
-    done = 0
-    while done < hi - lo:
-        stop = min(done + DECAY_CHECK_STEPS, hi - lo)
-        for s in range(done, stop):
-            base = uint64(hi - 1 - s if reverse else lo + s) * D
-            for d in range(D):
-                q[d] = flush_tiny(af[base + d] * q[d], tiny)
-                of[base + d] += q[d]
-        done = stop
-        if _is_zero(q):
-            break
-    return done
+    q[:] = h_in
+    return min(_decay_carry(a, lo, hi, reverse, q, out, True), hi - lo)
 
 
 @jit
@@ -169,22 +184,8 @@ def diag_decay_steps(a, lo, hi, reverse, q):
     :data:`DECAY_CHECK_STEPS`) after which a unit state carried in has decayed to exactly 0 in
     every channel (see :func:`diag_fix_range`); ``hi - lo + 1`` if it has not by the end.
     ``q`` is scratch of shape ``(D,)``."""
-    af = a.reshape(a.size)
-    D = uint64(a.shape[1])
-    tiny = np.finfo(q.dtype).tiny
-    for d in range(D):
-        q[d] = 1.0
-    done = 0
-    while done < hi - lo:
-        stop = min(done + DECAY_CHECK_STEPS, hi - lo)
-        for s in range(done, stop):
-            base = uint64(hi - 1 - s if reverse else lo + s) * D
-            for d in range(D):
-                q[d] = flush_tiny(af[base + d] * q[d], tiny)
-        done = stop
-        if _is_zero(q):
-            return done
-    return hi - lo + 1
+    q[:] = 1.0
+    return _decay_carry(a, lo, hi, reverse, q, a, False)  # a stands in for the unused out
 
 
 @jit
