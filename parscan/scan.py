@@ -13,7 +13,9 @@ machine; see ``_choose_host_backend``):
 * host input is never moved to a GPU implicitly (the PCIe round trip of a memory-bound scan
   costs more than the scan); it runs on ``"sequential"`` or ``"cpu"``;
 * diagonal: ``"cpu"`` when the batch fills the threads (``B >= threads``) or when ``T`` is long
-  enough for a reduce-then-scan over time chunks to beat one core; ``"sequential"`` otherwise;
+  enough for a scan over time chunks (scan-then-fix when the carry between chunks dies out,
+  reduce-then-scan otherwise: :mod:`parscan._scan_cpu`) to beat one core; ``"sequential"``
+  otherwise;
 * dense: ``"cpu"`` (parallel over the batch only) when ``B >= threads`` and the problem is large
   enough to amortise the thread start; ``"sequential"`` otherwise. A time-parallel dense scan is
   never chosen on a CPU: its ``D³`` combines make it 2.5-5x slower than the sequential loop.
@@ -303,8 +305,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         scan with transposed matrices, without a copy). Ignored for diagonal ``a``.
     backend : {"auto", "sequential", "cpu", "cuda"}
         ``"sequential"``: one compiled loop. ``"cpu"``: Numba threads, parallel over the batch
-        when ``B >= threads``, else a reduce-then-scan over time chunks (diagonal; dense is
-        only ever parallel over the batch). ``"cuda"``: Blelloch scan on the GPU (diagonal, and
+        when ``B >= threads``, else over time chunks (diagonal: scan-then-fix when the carry
+        between chunks dies out, else reduce-then-scan; dense is only ever parallel over the
+        batch). ``"cuda"``: Blelloch scan on the GPU (diagonal, and
         dense for ``D <= 16``). ``"auto"``: see the module docstring. :func:`available_backends`
         lists what this machine has.
     out : ndarray, shape (..., T, D), optional
