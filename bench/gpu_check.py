@@ -5,7 +5,9 @@ CUDA scan get to the device's copy bandwidth (issue target: >= 70 % at T*D >= 1e
 much faster is GTF-DEER on the GPU than the sequential BPTT method at T = 1e4 and 1e5 (the
 paper's claim: >= 100x at T = 1e5)?
 
-Steps, each in a subprocess with its own time limit so that one hang cannot eat the budget:
+Steps, each in a subprocess with its own time limit (:data:`STEP_LIMITS`, 570 s in all, so
+that the whole check fits one 10-minute command on a borrowed device machine and one hang
+cannot eat the budget):
 
 1. ``pytest -m gpu -q`` (the CUDA property tests on the device);
 2. ``python bench/scan.py --backend cuda`` (JSON lines: GB/s and ratio to a device copy);
@@ -16,7 +18,7 @@ Steps, each in a subprocess with its own time limit so that one hang cannot eat 
 Everything is written to ``$OUT/gpu_check.json`` (``$OUT`` unset: the current folder) and
 summarised on stdout. Without a GPU it says so and exits 0 after step 1 reports the skips.
 
-    python bench/gpu_check.py            # about 3-5 minutes on a GPU machine
+    python bench/gpu_check.py            # 3-10 minutes on a GPU machine (python3 on the device)
 
 The package need not be installed there: the steps run with the repository root on
 ``PYTHONPATH``, and the JSON is rewritten after every step, so a step that hangs past its
@@ -31,6 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds each step may run: GPU tests, CUDA scan benchmark, gradient timing.
+STEP_LIMITS = {"pytest_gpu": 220, "scan_cuda": 200, "gradients": 150}
 
 
 def _run(cmd, timeout):
@@ -95,7 +99,9 @@ def main(argv=None):
     def save():  # after every step: a later step that hangs loses nothing
         target.write_text(json.dumps(report, indent=1, default=str))
 
-    code, out, err, secs = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q"], 600)
+    code, out, err, secs = _run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q"], STEP_LIMITS["pytest_gpu"]
+    )
     report["pytest_gpu"] = {"exit": code, "summary": out.strip().splitlines()[-1:], "s": secs}
     if code not in (0, 5):
         report["pytest_gpu"]["stderr"] = err
@@ -106,11 +112,15 @@ def main(argv=None):
     if "cuda" not in parscan.available_backends():
         report["skipped"] = "no CUDA GPU: only the gpu-marked tests were collected (skipped)"
     else:
-        code, out, err, secs = _run([sys.executable, "bench/scan.py", "--backend", "cuda"], 600)
+        code, out, err, secs = _run(
+            [sys.executable, "bench/scan.py", "--backend", "cuda"], STEP_LIMITS["scan_cuda"]
+        )
         report["scan_cuda"] = {"exit": code, "s": secs, "stderr": err if code else ""}
         report["scan_cuda"]["rows"] = [json.loads(x) for x in out.splitlines() if x[:1] == "{"]
         save()
-        code, out, err, secs = _run([sys.executable, __file__, "--gradients"], 600)
+        code, out, err, secs = _run(
+            [sys.executable, __file__, "--gradients"], STEP_LIMITS["gradients"]
+        )
         report["gradients"] = {"exit": code, "s": secs, "stderr": err if code else ""}
         report["gradients"]["rows"] = [json.loads(x) for x in out.splitlines() if x[:1] == "{"]
     save()
