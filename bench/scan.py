@@ -5,8 +5,9 @@ Question: how close does each backend get to the memory bandwidth of this machin
 Every case reports backend (and what ``auto`` chose), B, T, D, dtype, diag/dense, the first-call
 overhead (compile or cache load) separately, min and median seconds over ``--repeat`` (>= 5)
 runs, GB/s of essential traffic (read ``a`` and ``b``, write ``h``), and the ratio to a STREAM
-triad ``x = y + s z`` (Numba ``prange``, arrays of B*T*D elements, same dtype) measured in the
-same process with 1 thread and with all threads. Like the triad, the scan writes into a
+triad ``x = y + s z`` (Numba ``prange``, arrays of B*T*D elements, same dtype) with 1 thread and
+with all threads, whose runs are interleaved with the scans' (so a noisy moment of a shared VM
+hits a scan and its baseline alike). Like the triad, the scan writes into a
 preallocated ``out`` (a fresh output array would add the page faults of its first touch). A
 timed run is a batch of back-to-back calls lasting at least 2 ms (``calls_per_run``, one call
 for the large cases), divided by its length: single calls of a few microseconds are below the
@@ -47,24 +48,23 @@ def _triad(x, y, z, s):
         x[i] = y[i] + s * z[i]
 
 
-_TRIAD_CACHE = {}
+def _triad_call(n, dtype):
+    """A triad on fresh arrays of ``n`` elements of ``dtype``, as a call without arguments."""
+    y, z, x = np.ones(n, dtype), np.ones(n, dtype), np.empty(n, dtype)
+    return lambda: _triad(x, y, z, 0.5)
 
 
 def triad_gbps(n, dtype, threads, repeat):
-    """Best GB/s (3 n itemsize bytes per run) of the triad with ``threads`` threads."""
-    key = (n, np.dtype(dtype).str, threads)
-    if key not in _TRIAD_CACHE:
-        y = np.ones(n, dtype)
-        z = np.ones(n, dtype)
-        x = np.empty(n, dtype)
-        saved = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            _, best, _ = timeit_batched(lambda: _triad(x, y, z, 0.5), max(repeat, 5))
-        finally:
-            numba.set_num_threads(saved)
-        _TRIAD_CACHE[key] = 3 * n * np.dtype(dtype).itemsize / best / 1e9
-    return _TRIAD_CACHE[key]
+    """Best GB/s (3 n itemsize bytes per run) of the triad with ``threads`` threads, timed
+    alone (:func:`run_case` interleaves it with the scans instead)."""
+    call = _triad_call(n, dtype)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        _, best, _ = timeit_batched(call, max(repeat, 5))
+    finally:
+        numba.set_num_threads(saved)
+    return 3 * n * np.dtype(dtype).itemsize / best / 1e9
 
 
 #: Distributions of a diagonal ``a``: "signed" uniform in (-0.95, 0.95) (chunk products reach
@@ -96,8 +96,9 @@ def _versions():
 
 
 def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
-    """Rows for sequential, cpu and auto on one case; their runs are interleaved (in a rotating
-    order) so that noise from other processes hits all backends alike."""
+    """Rows for sequential, cpu and auto on one case; their runs and those of the triad with 1
+    and with all threads are interleaved (in a rotating order) so that noise from other
+    processes hits the scans and their baselines alike."""
     if _essential_bytes(B, T, D, dtype, dense) > MAX_CASE_BYTES:
         return []
     a, b = _inputs(B, T, D, dtype, dense, rng, a_kind)
@@ -111,19 +112,27 @@ def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
         t0 = time.perf_counter()
         call()
         first[backend] = time.perf_counter() - t0
-    number = calls_per_run(calls["sequential"])
-    times = {backend: [] for backend in BACKENDS}
+    n = B * T * D
+    triad = _triad_call(n, dtype)
+    calls["triad1"] = calls["triad_all"] = triad
+    threads = {"triad1": 1, "triad_all": all_threads}
+    number = {name: calls_per_run(call) for name, call in calls.items()}
+    names = list(calls)
+    times = {name: [] for name in names}
+    saved = numba.get_num_threads()
     for i in range(repeat):
         # Rotate the order: a run right after a threaded one finds the data in the other
-        # core's cache; every backend gets runs in every position, and the min picks them.
-        for backend in BACKENDS[i % len(BACKENDS) :] + BACKENDS[: i % len(BACKENDS)]:
-            call = calls[backend]
+        # core's cache; every call gets runs in every position, and the min picks them.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            call, k = calls[name], number[name]
+            numba.set_num_threads(threads.get(name, saved))
             t0 = time.perf_counter()
-            for _ in range(number):
+            for _ in range(k):
                 call()
-            times[backend].append((time.perf_counter() - t0) / number)
-    n = B * T * D
-    t1, tn = triad_gbps(n, dtype, 1, repeat), triad_gbps(n, dtype, all_threads, repeat)
+            times[name].append((time.perf_counter() - t0) / k)
+            numba.set_num_threads(saved)
+    triad_bytes = 3 * n * np.dtype(dtype).itemsize
+    t1, tn = (triad_bytes / min(times[name]) / 1e9 for name in ("triad1", "triad_all"))
     best = min(min(times["sequential"]), min(times["cpu"]))
     itemsize = np.dtype(dtype).itemsize
     chosen = scan._choose_host_backend(dense, B, T, D, itemsize, None if dense else a)
@@ -151,7 +160,7 @@ def run_case(B, T, D, dtype, dense, a_kind, repeat, rng, all_threads):
                 "ratio_triad1": round(gbps / t1, 3),
                 "ratio_triad_all": round(gbps / tn, 3),
                 "ratio_best_backend": round(best / tmin, 3),
-                "calls_per_run": number,
+                "calls_per_run": number[backend],
                 "threads": all_threads,
                 **_versions(),
             }
