@@ -54,19 +54,6 @@ def _triad_call(n, dtype):
     return lambda: _triad(x, y, z, 0.5)
 
 
-def triad_gbps(n, dtype, threads, repeat):
-    """Best GB/s (3 n itemsize bytes per run) of the triad with ``threads`` threads, timed
-    alone (:func:`run_case` interleaves it with the scans instead)."""
-    call = _triad_call(n, dtype)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        _, best, _ = timeit_batched(call, max(repeat, 5))
-    finally:
-        numba.set_num_threads(saved)
-    return 3 * n * np.dtype(dtype).itemsize / best / 1e9
-
-
 #: Distributions of a diagonal ``a``: "signed" uniform in (-0.95, 0.95) (chunk products reach
 #: exact zero quickly), "decay" uniform in (0.5, 1) like the decay rates of an SSM or the
 #: Jacobian diagonals of a contractive RNN (chunk products sink through the subnormals).
