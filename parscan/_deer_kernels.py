@@ -7,8 +7,10 @@ arrays; the ``prange`` bodies are thin calls into per-position helpers. Index co
 ``n_forced <= N`` of them forced.
 """
 
+import math
+
 import numpy as np
-from numba import prange
+from numba import float64, prange
 
 from parscan._jit import jit, jit_parallel
 
@@ -22,32 +24,36 @@ from parscan._jit import jit, jit_parallel
 _ASSEMBLE_CHUNK = 1024
 
 
-@jit
-def _assemble_range(f, j, zprev, forcing, a, n_forced, i, t0, t1):
-    """Steps ``t0 .. t1-1`` of sequence ``i``, in place: ``f[i, t]`` F(z) -> b_t and
-    ``j[i, t]`` J_F(z) -> A_t, either the full Jacobian flattened row-major (``M*M``) or its
-    diagonal (``M``). Plain index loops: no array views are created per step."""
-    M = f.shape[2]
-    diag = j.shape[2] == M  # for M = 1 both layouts coincide
+def assemble_steps(f, j, zprev, forcing, a, n_forced, t0, t1):
+    """Steps ``t0 .. t1-1`` of one sequence, in place: ``f[t]`` F(z) -> b_t and ``j[t]``
+    J_F(z) -> A_t, either the full Jacobian flattened row-major (``M*M``) or its diagonal
+    (``M``). ``f, zprev`` (T, M), ``j`` (T, M*M) or (T, M), ``forcing`` (T, N), ``a`` the
+    sequence's alpha. Plain index loops, no allocation: compiled for the CPU (below) and with
+    ``numba.cuda.jit(device=True)`` for the GPU (:mod:`parscan._deer_cuda`)."""
+    M = f.shape[1]
+    diag = j.shape[1] == M  # for M = 1 both layouts coincide
     c = 1.0 - a
     for t in range(t0, t1):
         for r in range(M):
             if r < n_forced:
-                g = c * f[i, t, r] + a * forcing[i, t, r]
+                g = c * f[t, r] + a * forcing[t, r]
                 if diag:
-                    j[i, t, r] = c * j[i, t, r]
+                    j[t, r] = c * j[t, r]
                 else:
                     for k in range(M):
-                        j[i, t, r * M + k] = c * j[i, t, r * M + k]
+                        j[t, r * M + k] = c * j[t, r * M + k]
             else:
-                g = f[i, t, r]
+                g = f[t, r]
             if diag:
-                acc = j[i, t, r] * zprev[i, t, r]
+                acc = j[t, r] * zprev[t, r]
             else:
                 acc = 0.0
                 for k in range(M):
-                    acc += j[i, t, r * M + k] * zprev[i, t, k]
-            f[i, t, r] = g - acc
+                    acc += j[t, r * M + k] * zprev[t, k]
+            f[t, r] = g - acc
+
+
+_assemble_steps = jit(assemble_steps)
 
 
 @jit_parallel
@@ -76,7 +82,7 @@ def assemble(f, j, zprev, forcing, alpha, n_forced):
         k = idx - i * per_seq
         t0 = k * T // per_seq
         t1 = (k + 1) * T // per_seq
-        _assemble_range(f, j, zprev, forcing, alpha[i], n_forced, i, t0, t1)
+        _assemble_steps(f[i], j[i], zprev[i], forcing[i], alpha[i], n_forced, t0, t1)
 
 
 @jit
@@ -108,6 +114,23 @@ def forced_sequential(step, args, z0, forcing, alpha, n_forced, states, predicti
 # ---------------------------------------------------------------------------------------------
 
 
+def update_element(new, old, rtol, atol):
+    """``(|new - old|, |new - old| <= atol + rtol |new|, new is finite)`` in float64, for one
+    element (shared by the CPU kernel below and the CUDA one of :mod:`parscan._deer_cuda`)."""
+    v = float64(new)
+    d = abs(v - float64(old))
+    return d, d <= atol + rtol * abs(v), math.isfinite(v)
+
+
+def max_keep_nan(biggest, d):
+    """``max(biggest, d)`` where a NaN, once met, stays the result."""
+    return d if d > biggest or d != d else biggest
+
+
+_update_element = jit(update_element)
+_max_keep_nan = jit(max_keep_nan)
+
+
 @jit
 def _update_norms_one(new, old, rtol, atol):
     """``(max |new - old|, all |new - old| <= atol + rtol |new|, all new finite)``."""
@@ -117,14 +140,10 @@ def _update_norms_one(new, old, rtol, atol):
     ok = True
     finite = True
     for k in range(flat_new.size):
-        v = np.float64(flat_new[k])
-        if not np.isfinite(v):
-            finite = False
-        d = abs(v - np.float64(flat_old[k]))
-        if d > biggest or d != d:
-            biggest = d
-        if not d <= atol + rtol * abs(v):
-            ok = False
+        d, within, fin = _update_element(flat_new[k], flat_old[k], rtol, atol)
+        biggest = _max_keep_nan(biggest, d)
+        ok = ok and within
+        finite = finite and fin
     return biggest, ok, finite
 
 

@@ -31,13 +31,16 @@ import numpy as np
 
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import linear_scan
+from parscan.scan import available_backends, linear_scan
 
 #: default ``(rtol, atol)`` per dtype for ``max_t |dz| <= atol + rtol |z|``. About 4.5e6 eps
 #: (float64) and 80 eps (float32): far above the rounding noise of a converged iterate, far
 #: below model accuracy; with the full Jacobian the accepted iterate is exact to rounding
 #: (quadratic convergence squares the last update).
 DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 1e-5)}
+
+#: ``backend`` values of :func:`deer_solve` (those of :func:`parscan.scan.linear_scan`).
+BACKENDS = ("auto", "sequential", "cpu", "cuda")
 
 #: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality; beyond the
 #: cap DEER is slower than the sequential loop anyway. Measured with ``alpha="auto"`` on
@@ -305,7 +308,7 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     )
 
 
-def _check_options(jacobian, tol, max_iter, throw) -> dict:
+def _check_options(jacobian, tol, max_iter, throw, backend) -> dict:
     """Problems with the solver options of :func:`deer_solve`, as ``{"type": [...], "value":
     [...]}`` (merged into the argument check so that every mismatch is reported at once)."""
     errors = {"type": [], "value": []}
@@ -325,6 +328,8 @@ def _check_options(jacobian, tol, max_iter, throw) -> dict:
         errors["value"].append(f"`max_iter` must be a positive int or None; got {max_iter!r}.")
     if not isinstance(throw, bool):
         errors["type"].append(f"`throw` must be a bool; got {type(throw).__name__}.")
+    if not (isinstance(backend, str) and backend in BACKENDS):
+        errors["value"].append(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
     return errors
 
 
@@ -367,76 +372,112 @@ def _initial_guess(p: _Problem, M: int) -> np.ndarray:
     return guess
 
 
-def _newton(model, p: _Problem, guess, diag, rtol, atol, max_iter, backend):
-    """Newton iterations with per-sequence stopping; returns states, n_iter, codes, history.
+class _HostNewton:
+    """The Newton buffers and per-iteration work of :func:`_newton` on the host (``F``/``J``
+    by ``model.step_and_jacobian``, the scan by ``backend``: with ``"cuda"`` it runs on the GPU
+    with a round trip per call, for models without GPU evaluation).
+    :class:`parscan._deer_cuda.DeviceNewton` is the device-resident twin.
 
-    Buffers are allocated once: the iterate ``cur`` (the guess, owned), ``nxt`` (``F`` ->
-    ``b`` -> the next iterate, the scan runs in place), the linearisation points and the
-    Jacobians. Sequences that stop (converged, non-finite, diverging) are copied out and the
-    others compacted into the leading rows, so stopped sequences cost nothing further.
+    Buffers are allocated once: the iterate ``cur`` (the guess, owned), ``nxt`` (``F`` -> ``b``
+    -> the next iterate, the scan runs in place), the linearisation points and the Jacobians.
+    ``rows`` maps the leading (active) rows to the original sequences: stopped sequences are
+    copied out and the others compacted, so they cost nothing further.
     """
-    B, T, M = guess.shape
-    dtype = guess.dtype
-    cur, nxt, zprev = guess, np.empty_like(guess), np.empty_like(guess)
-    j_buf = np.empty((B, T, M) if diag else (B, T, M, M), dtype=dtype)
-    j_flat = j_buf.reshape(B, T, -1)  # one assembly kernel for both layouts
-    update = np.empty(B, dtype=np.float64)
-    within = np.empty(B, dtype=np.bool_)
-    finite = np.empty(B, dtype=np.bool_)
+
+    def __init__(self, model, p: _Problem, guess, diag: bool, backend: str):
+        B, T, M = guess.shape
+        self.model, self.diag, self.backend = model, diag, backend
+        self.cur, self.nxt, self.zprev = guess, np.empty_like(guess), np.empty_like(guess)
+        self.j = np.empty((B, T, M) if diag else (B, T, M, M), dtype=guess.dtype)
+        self.z0, self.forcing, self.alpha, self.n_forced = p.z0, p.forcing, p.alpha, p.n_forced
+        self.rows = np.arange(B)
+        self.states = None  # allocated when some, not all, sequences stop
+        self.update = np.empty(B, dtype=np.float64)
+        self.within = np.empty(B, dtype=np.bool_)
+        self.finite = np.empty(B, dtype=np.bool_)
+
+    def iterate(self, rtol: float, atol: float):
+        """One Newton step of the active rows; returns their ``(max update, within tolerance,
+        finite)``, each of shape (n_active,)."""
+        n = self.rows.size
+        zprev, b, j = self.zprev[:n], self.nxt[:n], self.j[:n]
+        _shift(self.cur[:n], self.z0, zprev)
+        self.model.step_and_jacobian(zprev, diag=self.diag, out=(b, j))
+        assemble(b, j.reshape(n, b.shape[1], -1), zprev, self.forcing, self.alpha, self.n_forced)
+        linear_scan(j, b, self.z0, backend=self.backend, out=b)
+        update_norms(b, self.cur[:n], rtol, atol, self.update, self.within, self.finite)
+        self.cur, self.nxt = self.nxt, self.cur
+        return self.update[:n].copy(), self.within[:n].copy(), self.finite[:n].copy()
+
+    def retire(self, stop) -> None:
+        """Rows ``stop`` (bool, (n_active,)) keep their current iterate; the others stay."""
+        n = self.rows.size
+        if self.states is None:
+            self.states = np.empty_like(self.cur)
+        self.states[self.rows[stop]] = self.cur[:n][stop]
+        keep = ~stop
+        self.cur[: int(keep.sum())] = self.cur[:n][keep]
+        self.rows, self.z0 = self.rows[keep], self.z0[keep]
+        self.forcing, self.alpha = self.forcing[keep], self.alpha[keep]
+
+    def result(self) -> np.ndarray:
+        """The states of every sequence, (B, T, M), in the original order."""
+        if self.states is None:
+            return self.cur  # nothing retired: rows still in their original order
+        self.states[self.rows] = self.cur[: self.rows.size]
+        return self.states
+
+
+def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str):
+    """Device-resident buffers (:class:`parscan._deer_cuda.DeviceNewton`) for
+    ``backend="cuda"`` when the model evaluates ``F`` and ``J`` on the GPU
+    (``supports_cuda_eval``) and a GPU (or the simulator) is there; host buffers otherwise."""
+    if (
+        backend == "cuda"
+        and getattr(model, "supports_cuda_eval", False)
+        and "cuda" in available_backends()
+    ):
+        from parscan import _deer_cuda  # lazy: numba.cuda only when asked for
+
+        return _deer_cuda.DeviceNewton(model, p, guess, diag)
+    return _HostNewton(model, p, guess, diag, backend)
+
+
+def _newton(model, p: _Problem, work, max_iter, rtol, atol):
+    """Newton iterations with per-sequence stopping on the buffers ``work``
+    (:class:`_HostNewton` or :class:`parscan._deer_cuda.DeviceNewton`); returns states,
+    n_iter, codes and the history of the largest update."""
+    B, T = p.forcing.shape[:2]
     n_iter = np.zeros(B, dtype=np.int64)
     codes = np.full(B, _MAX_ITER, dtype=np.int64)
-    huge = float(np.sqrt(np.finfo(dtype).max))
+    huge = float(np.sqrt(np.finfo(model.dtype).max))
     history = []
-    states = None  # allocated when some, not all, sequences stop
-
-    active = np.arange(B)
-    z0, forcing, alpha = p.z0, p.forcing, p.alpha
     last = np.full(B, np.inf)
     streak = np.zeros(B, dtype=np.int64)
-    eval_on_gpu = backend == "cuda" and bool(getattr(model, "supports_cuda_eval", False))
     for k in range(1, max_iter + 1):
-        n = active.size
-        _shift(cur[:n], z0, zprev[:n])
-        b = nxt[:n]
-        if eval_on_gpu:
-            model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]), backend="cuda")
-        else:
-            model.step_and_jacobian(zprev[:n], diag=diag, out=(b, j_buf[:n]))
-        assemble(b, j_flat[:n], zprev[:n], forcing, alpha, p.n_forced)
-        linear_scan(j_buf[:n], b, z0, backend=backend, out=b)
-        update_norms(b, cur[:n], rtol, atol, update[:n], within[:n], finite[:n])
-        cur, nxt = nxt, cur
+        upd, within, finite = work.iterate(rtol, atol)
+        active = work.rows
         n_iter[active] = k
-        upd = update[:n]
         history.append(np.max(upd))
         streak = np.where(upd > DIVERGE_FACTOR * last, streak + 1, 0)
-        last = upd.copy()
-        code = np.full(n, -1, dtype=np.int64)
-        done = finite[:n] & (within[:n] | (k >= T))
+        last = upd
+        code = np.full(active.size, -1, dtype=np.int64)
+        done = finite & (within | (k >= T))
         code[done] = _CONVERGED
         code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
-        if not finite[:n].all():
-            bad = ~finite[:n]
+        if not finite.all():
+            bad = ~finite
             code[bad] = np.where(_bad_inputs(model, p, active[bad]), _NON_FINITE, _DIVERGING)
         stop = code >= 0
         if not stop.any():
             continue
         codes[active[stop]] = code[stop]
-        if states is None and stop.all():
-            break  # rows still in their original order: cur is the result
-        if states is None:
-            states = np.empty_like(guess)
-        states[active[stop]] = cur[:n][stop]
-        keep = ~stop
-        cur[: int(keep.sum())] = cur[:n][keep]
-        active, z0, forcing = active[keep], z0[keep], forcing[keep]
-        alpha, last, streak = alpha[keep], last[keep], streak[keep]
-        if active.size == 0:
+        if stop.all():
             break
-    if states is None:
-        return cur, n_iter, codes, np.asarray(history, dtype=np.float64)
-    states[active] = cur[: active.size]
-    return states, n_iter, codes, np.asarray(history, dtype=np.float64)
+        work.retire(stop)
+        keep = ~stop
+        last, streak = last[keep], streak[keep]
+    return work.result(), n_iter, codes, np.asarray(history, dtype=np.float64)
 
 
 def _bad_inputs(model, p: _Problem, idx) -> np.ndarray:
@@ -535,10 +576,13 @@ def deer_solve(
         latents at every step (free run: ``z0`` at every step).
     backend : str
         Passed to :func:`~parscan.scan.linear_scan` (``"auto"``, ``"sequential"``, ``"cpu"``,
-        ``"cuda"``). With ``"cuda"``, ``F`` and ``J`` are also evaluated on the GPU when the
-        model declares the optional capability ``supports_cuda_eval = True`` (its
-        ``step_and_jacobian`` then accepts ``backend="cuda"``, as the models in ``models/``
-        do); otherwise they are evaluated by ``model.step_and_jacobian`` on the host.
+        ``"cuda"``). With ``"cuda"`` and a model that declares the optional capability
+        ``supports_cuda_eval = True`` (its ``step_and_jacobian`` then takes device arrays, as
+        the models in ``models/`` do), the whole Newton iteration stays on the GPU
+        (:mod:`parscan._deer_cuda`): per iteration only ``O(B)`` numbers (the update norms)
+        cross to the host, and the states once at the end. For other models ``F`` and ``J``
+        are evaluated by ``model.step_and_jacobian`` on the host and only the scan runs on
+        the GPU.
     throw : bool
         Raise :class:`DeerConvergenceError` when a sequence fails; otherwise return the result
         for inspection.
@@ -570,7 +614,7 @@ def deer_solve(
     :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
-    errors = _check_options(jacobian, tol, max_iter, throw)
+    errors = _check_options(jacobian, tol, max_iter, throw, backend)
     p = _validate(
         "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
     )
@@ -593,9 +637,8 @@ def deer_solve(
                     model, p.forcing, guess, "sup", DEFAULT_MARGIN, p.n_forced, False
                 )
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
-            states, n_iter, codes, history = _newton(
-                model, p, guess, jacobian == "diag", rtol, atol, int(max_iter), backend
-            )
+            work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
+            states, n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
             predictions = _predictions(model, p.z0, states)
     shape = (*p.batch, T, M)
     result = DeerResult(

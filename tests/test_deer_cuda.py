@@ -1,0 +1,149 @@
+"""Device-resident Newton iterations of ``deer_solve(backend="cuda")`` (``parscan._deer_cuda``).
+
+* PTX: every kernel x float32/float64 compiles with ``cuda.compile_ptx`` for cc 9.0 (no GPU
+  needed; skipped under the simulator);
+* ``cudasim``: the kernels run in the simulator (``NUMBA_ENABLE_CUDASIM=1``) with tiny launch
+  shapes, so grid-stride loops wrap and every sequence's norm spans several blocks, against
+  the CPU kernels and the host Newton loop (per-sequence stopping, compaction, NaN inputs,
+  free runs);
+* ``gpu``: the same solve at realistic sizes on a real GPU.
+
+This module imports cleanly with and without the simulator.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from numba import cuda
+from test_models import random_model
+
+from models import _cuda_eval
+from parscan import _cuda, _deer_cuda, deer, deer_solve
+from parscan._deer_kernels import update_norms
+
+CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+SIM_LAUNCH = _deer_cuda.Launch(threads=4, max_blocks=2, norm_items=2)
+
+
+@pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ptx_compiles(no_device_context, dtype):
+    for py_func, signature in _deer_cuda.kernel_signatures(dtype):
+        ptx, _ = cuda.compile_ptx(py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx and "malloc" not in ptx, py_func.__name__
+
+
+@pytest.fixture
+def sim_launch(monkeypatch):
+    monkeypatch.setattr(_deer_cuda, "LAUNCH", SIM_LAUNCH)
+    monkeypatch.setattr(_cuda_eval, "LAUNCH", _cuda_eval.EvalLaunch(threads=4, max_blocks=2))
+    monkeypatch.setattr(_cuda, "LAUNCH", _cuda.Launch(block=8, items=2, dense_block=4))
+
+
+@pytest.fixture
+def device_only(monkeypatch):
+    """Every ``backend="cuda"`` solve of the test must use the device buffers and scan device
+    arrays only (host solves for comparison are left alone)."""
+    made, scans = [], []
+    buffers, linear_scan = deer._newton_buffers, _deer_cuda.linear_scan
+
+    def recording_buffers(model, p, guess, diag, backend):
+        work = buffers(model, p, guess, diag, backend)
+        made.append((backend, type(work) is _deer_cuda.DeviceNewton))
+        return work
+
+    def recording_scan(a, b, *args, **kw):
+        scans.append(isinstance(b, np.ndarray))
+        return linear_scan(a, b, *args, **kw)
+
+    monkeypatch.setattr(deer, "_newton_buffers", recording_buffers)
+    monkeypatch.setattr(_deer_cuda, "linear_scan", recording_scan)
+    yield
+    assert any(backend == "cuda" for backend, _ in made)
+    assert all(on_device == (backend == "cuda") for backend, on_device in made)
+    assert scans and not any(scans)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sim_norm_partials_match_cpu(sim_launch, dtype):
+    rng = np.random.default_rng(0)
+    new = rng.normal(size=(4, 7, 3)).astype(dtype)
+    old = (new + rng.normal(scale=1e-6, size=new.shape)).astype(dtype)
+    old[0] = new[0]  # within tolerance
+    new[2, 5, 1] = np.nan
+    old[3, 0, 2] = np.inf
+    new[3, 6, 0] = -np.inf
+    want = np.empty(4), np.empty(4, bool), np.empty(4, bool)
+    update_norms(new, old, 1e-7, 1e-8, *want)
+    chunk = SIM_LAUNCH.threads * SIM_LAUNCH.norm_items  # 8 elements: 3 blocks per row
+    n_chunks = -(-21 // chunk)
+    parts = [cuda.device_array((4, n_chunks), t) for t in (np.float64, np.int32, np.int32)]
+    kernel = _deer_cuda._norm_kernel(SIM_LAUNCH.threads)
+    d_new, d_old = cuda.to_device(new.reshape(4, 21)), cuda.to_device(old.reshape(4, 21))
+    kernel[4 * n_chunks, SIM_LAUNCH.threads](d_new, d_old, 1e-7, 1e-8, chunk, *parts)
+    biggest, ok, fin = (p.copy_to_host() for p in parts)
+    np.testing.assert_array_equal(biggest.max(axis=1), want[0])  # NaN in row 2, inf in row 3
+    np.testing.assert_array_equal(ok.all(axis=1), want[1])
+    np.testing.assert_array_equal(fin.all(axis=1), want[2])
+    assert list(want[1]) == [True, False, False, False] and list(want[2]) == [1, 1, 0, 0]
+
+
+def _problem(model, B, T, seed=3):
+    rng = np.random.default_rng(seed)
+    z0 = rng.standard_normal((B, model.M)).astype(model.dtype)
+    forcing = rng.standard_normal((B, T, model.n_obs)).astype(model.dtype)
+    return z0, forcing
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("jacobian", ["full", "diag"])
+def test_sim_sequences_stop_at_different_iterations(sim_launch, device_only, jacobian):
+    """Per-sequence alphas: sequences converge at different iterations, are copied out and
+    the rest compacted on the device; states and counts equal the host loop's."""
+    model = random_model("ALRNN")
+    model["A"][...] *= 0.5
+    z0, forcing = _problem(model, 3, 6)
+    kw = {"forcing": forcing, "alpha": np.array([1.0, 0.0, 0.5]), "jacobian": jacobian}
+    got = deer_solve(model, z0, backend="cuda", **kw)
+    want = _host_solve(model, z0, **kw)
+    assert len(set(want.n_iter.tolist())) > 1  # the compaction path ran
+    np.testing.assert_array_equal(got.n_iter, want.n_iter)
+    np.testing.assert_allclose(got.states, want.states, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.predictions, want.predictions, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.residuals, want.residuals, rtol=1e-6, atol=1e-14)
+
+
+def _host_solve(model, z0, **kw):
+    """The same solve on the host buffers (the CPU backend)."""
+    return deer_solve(model, z0, backend="cpu", **kw)
+
+
+@pytest.mark.cudasim
+def test_sim_non_finite_input_and_free_run(sim_launch, device_only):
+    model = random_model("ShPLRNN")
+    model["A"][...] *= 0.5
+    z0, forcing = _problem(model, 3, 5)
+    forcing[1, 2, 0] = np.nan
+    got = deer_solve(model, z0, forcing=forcing, alpha=0.5, backend="cuda", throw=False)
+    want = _host_solve(model, z0, forcing=forcing, alpha=0.5, throw=False)
+    assert got.status is want.status is deer.DeerStatus.NON_FINITE
+    np.testing.assert_array_equal(got.converged, [True, False, True])
+    np.testing.assert_array_equal(got.n_iter, want.n_iter)
+    np.testing.assert_allclose(got.states, want.states, rtol=1e-12, atol=1e-12)  # NaN placed alike
+    free = deer_solve(model, z0, 4, backend="cuda")  # no forcing: N = 0 on the device
+    np.testing.assert_allclose(free.states, _host_solve(model, z0, T=4).states, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("jacobian", ["full", "diag"])
+def test_gpu_device_newton_at_scale(device_only, jacobian):
+    model = random_model("ShPLRNN")
+    model["A"][...] *= 0.5
+    z0, forcing = _problem(model, 5, 30_001)
+    kw = {"forcing": forcing, "alpha": np.array([0.9, 0.0, 0.5, 0.2, 0.7]), "jacobian": jacobian}
+    got = deer_solve(model, z0, backend="cuda", **kw)
+    want = _host_solve(model, z0, **kw)
+    np.testing.assert_array_equal(got.converged, want.converged)
+    np.testing.assert_allclose(got.states, want.states, rtol=1e-9, atol=1e-9)
