@@ -21,7 +21,9 @@ Two ways to evaluate it:
   adjoint is **one** reverse :func:`parscan.linear_scan` with transposed Jacobians
   ``a_t = J_F(z~_t)(I - alpha P)`` evaluated at the converged states (the column scaling is
   done in place on the freshly computed Jacobians, nothing is copied), followed by
-  ``model.param_vjp`` over all ``(B, T)`` positions in parallel.
+  ``model.param_vjp`` over all ``(B, T)`` positions in parallel. With ``backend="cuda"`` and a
+  model that evaluates on the GPU, the forward Newton iterations and these three steps run
+  on the device (:mod:`parscan._deer_cuda`, :mod:`autodiff._deer_adjoint_cuda`).
 * ``method="sequential"``: fused sequential forward + BPTT in Numba, parallel over the batch
   -- the baseline: SIMD kernels for the shallow PLRNN family (:mod:`autodiff._bptt_shplrnn`)
   and the ALRNN / PLRNN (:mod:`autodiff._bptt_alrnn`), the model's per-step functions for
@@ -38,7 +40,7 @@ import numpy as np
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
-from parscan.deer import DeerStatus, deer_solve
+from parscan.deer import DeerStatus, deer_solve, device_resident
 from parscan.gtf import gtf_alpha
 from parscan.scan import linear_scan
 
@@ -188,6 +190,8 @@ def gtf_loss_and_grad(
         ``method="sequential"``.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the DEER solver and the reverse scan; ignored by ``method="sequential"``.
+        ``"cuda"`` with the models of ``models/`` keeps the Newton iterations and the
+        adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
     throw : bool
         If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
         (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A
@@ -238,22 +242,32 @@ def gtf_loss_and_grad(
 
 
 def _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend):
-    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states."""
+    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states.
+
+    On the GPU (:mod:`autodiff._deer_adjoint_cuda`) when :func:`parscan.deer.device_resident`,
+    else on the host; the loss and its seed ``e`` are computed here either way.
+    """
     B, N = forcing.shape[0], forcing.shape[2]
     states, predictions = result.states, result.predictions
     resid = predictions[..., :N] - forcing
     loss = float(np.mean(np.square(resid, dtype=np.float64)))
     e = np.zeros_like(predictions)
     e[..., :N] = resid * (2.0 / resid.size)
-    # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
-    # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
-    a = model.jacobian(states)
-    keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
-    a[..., :n_forced] *= keep.astype(a.dtype)[:, None, None, None]
-    mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
-    zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
-    grad = model.param_vjp(zprev, mu)
-    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu[:, 0])
+    keep = (1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))).astype(e.dtype)
+    if device_resident(model, backend):
+        from autodiff._deer_adjoint_cuda import deer_adjoint_cuda  # lazy: numba.cuda
+
+        grad, mu1 = deer_adjoint_cuda(model, z0, states, e, keep, n_forced)
+    else:
+        # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
+        # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
+        a = model.jacobian(states)
+        a[..., :n_forced] *= keep[:, None, None, None]
+        mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
+        zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
+        grad = model.param_vjp(zprev, mu)
+        mu1 = mu[:, 0]
+    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu1)
     return loss, grad, g0
 
 

@@ -12,7 +12,8 @@ cannot eat the budget):
 1. ``pytest -m gpu -q`` (the CUDA property tests on the device);
 2. ``python bench/scan.py --backend cuda`` (JSON lines: GB/s and ratio to a device copy);
 3. ``gtf_loss_and_grad`` of a shPLRNN (M=3, L=50, float32, B=16): ``method="deer",
-   backend="cuda"`` against ``method="sequential"`` (the CPU baseline), first call and
+   backend="cuda"`` (Newton iterations and adjoint on the device) against
+   ``method="sequential"`` (the CPU baseline), first call (CUDA compilation included) and
    min/median of 3 runs each.
 
 Everything is written to ``$OUT/gpu_check.json`` (``$OUT`` unset: the current folder) and
@@ -102,9 +103,10 @@ def main(argv=None):
     code, out, err, secs = _run(
         [sys.executable, "-m", "pytest", "-m", "gpu", "-q"], STEP_LIMITS["pytest_gpu"]
     )
-    report["pytest_gpu"] = {"exit": code, "summary": out.strip().splitlines()[-1:], "s": secs}
-    if code not in (0, 5):
-        report["pytest_gpu"]["stderr"] = err
+    lines = out.strip().splitlines()
+    report["pytest_gpu"] = {"exit": code, "summary": lines[-1:], "s": secs}
+    if code not in (0, 5):  # the failures' short summaries and tracebacks' ends
+        report["pytest_gpu"].update(stdout_tail=lines[-80:], stderr=err)
     save()
     sys.path.insert(0, str(ROOT))
     import parscan

@@ -15,6 +15,15 @@ one thread per position, grid-stride loop, no allocation. The model parameters t
 GPU on every call (one transfer of the flat parameter vector; they are small and may change
 between calls, e.g. in training).
 
+The parameter VJP (``step_functions.vjp_params``, the adjoint of the DEER gradient) runs the
+same way::
+
+    vjp_kernel(*args, Z (P, M), C (P, M), G (n_map_params, n_threads) float64)
+
+each thread accumulating its positions into its own column of ``G`` (adjacent threads write
+adjacent addresses; no atomics), then :func:`_row_sum_kernel` sums every row in a fixed order:
+the result does not depend on timing, like the CPU kernel's per-chunk rows.
+
 Launch shapes are read from :data:`LAUNCH` at call time; tests shrink it so that tiny inputs in
 the simulator (``NUMBA_ENABLE_CUDASIM=1``) exercise the grid-stride loop.
 """
@@ -34,17 +43,25 @@ MODES = ("full", "diag")
 
 @dataclasses.dataclass(frozen=True)
 class EvalLaunch:
-    """Threads per block and the largest grid; positions beyond ``threads * max_blocks`` are
-    handled by the grid-stride loop."""
+    """Threads per block (a power of 2) and the largest grid; positions beyond
+    ``threads * max_blocks`` are handled by the grid-stride loop. The parameter VJP uses at
+    most ``vjp_blocks`` blocks: its float64 partial sums take ``n_map_params * threads *
+    vjp_blocks * 8`` bytes (47 MB for a shPLRNN with M = 3, L = 50 at the defaults, about the
+    size of an H100/H200 L2 cache)."""
 
     threads: int = 128
     max_blocks: int = 4096
+    vjp_blocks: int = 128
 
 
 #: The launch shape used by :func:`launch_eval` (read at call time). Under the simulator
 #: (``NUMBA_ENABLE_CUDASIM=1``) every thread is a Python thread and large blocks cost ~10x
 #: more than small ones for the same work, so the default there is a small grid.
-LAUNCH = EvalLaunch(threads=32, max_blocks=4) if numba.config.ENABLE_CUDASIM else EvalLaunch()
+LAUNCH = (
+    EvalLaunch(threads=32, max_blocks=4, vjp_blocks=2)
+    if numba.config.ENABLE_CUDASIM
+    else EvalLaunch()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +89,21 @@ def _device_function(fn):
     return cuda.jit(device=True)(fn)
 
 
-_KERNEL_SOURCE = """
+_EVAL_SOURCE = """
 def eval_kernel({args}Z, F, J):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for p in range(start, Z.shape[0], stride):
         step_fn({args}Z[p], F[p], J[p])
+"""
+
+_VJP_SOURCE = """
+def vjp_kernel({args}Z, C, G):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    grad = G[:, start]
+    for p in range(start, Z.shape[0], stride):
+        step_fn({args}Z[p], C[p], grad)
 """
 
 
@@ -106,20 +132,76 @@ def make_eval_kernel(step_functions, types: tuple, mode: str) -> EvalKernel:
     if mode not in MODES:
         raise ValueError(f"make_eval_kernel: mode must be one of {MODES}; got {mode!r}.")
     fn = step_functions.step_jacobian if mode == "full" else step_functions.step_jacobian_diag
-    dtypes = {t.dtype for t in types if isinstance(t, numba.types.Array)}
-    if len(dtypes) != 1:
-        raise TypeError(
-            "make_eval_kernel: the parameter arrays must share one dtype; got "
-            f"{sorted(map(str, dtypes))}."
-        )
-    dt = dtypes.pop()
-    names = "".join(f"a{i}, " for i in range(len(types)))
-    namespace = {"cuda": cuda, "step_fn": _device_function(fn)}
-    exec(_KERNEL_SOURCE.format(args=names), namespace)  # a fixed template, one per arity
-    py_func = namespace["eval_kernel"]
+    dt = _dtype_of(types, "make_eval_kernel")
+    py_func = _from_template(_EVAL_SOURCE, "eval_kernel", fn, len(types))
     j_type = dt[:, :, ::1] if mode == "full" else dt[:, ::1]
     signature = (*types, dt[:, ::1], dt[:, ::1], j_type)
     return EvalKernel(cuda.jit(py_func), py_func, signature)
+
+
+@functools.cache
+def make_vjp_kernel(step_functions, types: tuple) -> EvalKernel:
+    """The parameter-VJP kernel of one family for the leading argument types ``types``:
+    ``kernel[blocks, threads](*args, Z, C, G)`` with ``G`` (n_map_params, blocks * threads)
+    float64, zeroed by the caller."""
+    dt = _dtype_of(types, "make_vjp_kernel")
+    py_func = _from_template(_VJP_SOURCE, "vjp_kernel", step_functions.vjp_params, len(types))
+    signature = (*types, dt[:, ::1], dt[:, ::1], numba.float64[:, ::1])
+    return EvalKernel(cuda.jit(py_func), py_func, signature)
+
+
+def _dtype_of(types: tuple, where: str):
+    """The one dtype of the parameter arrays among ``types``."""
+    dtypes = {t.dtype for t in types if isinstance(t, numba.types.Array)}
+    if len(dtypes) != 1:
+        raise TypeError(
+            f"{where}: the parameter arrays must share one dtype; got {sorted(map(str, dtypes))}."
+        )
+    return dtypes.pop()
+
+
+def _from_template(source: str, name: str, fn, n_args: int):
+    """The Python function ``name`` of the kernel template ``source`` for ``n_args`` leading
+    arguments, calling ``fn`` compiled as a device function."""
+    names = "".join(f"a{i}, " for i in range(n_args))
+    namespace = {"cuda": cuda, "step_fn": _device_function(fn)}
+    exec(source.format(args=names), namespace)  # a fixed template, one per arity
+    return namespace[name]
+
+
+@cuda.jit
+def _zero(G):
+    """``G[...] = 0`` for a 2-D array."""
+    n, m = G.shape
+    for e in range(cuda.grid(1), n * m, cuda.gridsize(1)):
+        G[e // m, e % m] = 0.0
+
+
+@functools.cache
+def _row_sum_kernel(threads: int):
+    """``out[k] = sum(G[k, :])``, one block of ``threads`` (a power of 2) per row; every
+    thread sums a strided share, then a tree in shared memory: a fixed order."""
+
+    @cuda.jit
+    def row_sums(G, out):
+        partial = cuda.shared.array(threads, numba.float64)
+        k = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        acc = 0.0
+        for c in range(tid, G.shape[1], threads):
+            acc += G[k, c]
+        partial[tid] = acc
+        cuda.syncthreads()
+        off = threads // 2
+        while off > 0:
+            if tid < off:
+                partial[tid] += partial[tid + off]
+            cuda.syncthreads()
+            off //= 2
+        if tid == 0:
+            out[k] = partial[0]
+
+    return row_sums
 
 
 # --------------------------------------------------------------------------- host side
@@ -258,17 +340,8 @@ def step_and_jacobian_cuda(model, z, diag: bool = False, out=None):
         d_J.copy_to_host(J.reshape(d_J.shape))
         return F, J
 
-    d_z = _cuda.as_device_array(z)
+    d_z = _device_states(model, z, where, "z")
     shape = tuple(d_z.shape)
-    if len(shape) < 1 or shape[-1] != M:
-        raise ValueError(f"{where}: `z` must have shape (..., {M}) (M={M}); got z.shape={shape}.")
-    if np.dtype(d_z.dtype) != dtype:
-        raise TypeError(f"{where}: `z` must have the model dtype {dtype}; got {d_z.dtype}.")
-    if not d_z.is_c_contiguous():
-        raise ValueError(
-            f"{where}: device `z` must be C-contiguous; make a contiguous copy first "
-            "(e.g. cupy.ascontiguousarray(z))."
-        )
     lead = shape[:-1]
     j_shape = (*lead, M) if diag else (*lead, M, M)
     if out is None:
@@ -287,6 +360,77 @@ def step_and_jacobian_cuda(model, z, diag: bool = False, out=None):
         jf = (P, M) if diag else (P, M, M)
         launch_eval(model, d_z.reshape(P, M), d_F.reshape(P, M), d_J.reshape(*jf), diag)
     return F, J
+
+
+def _device_states(model, z, where: str, name: str):
+    """The device array ``z`` of states (..., M) of the model dtype, C-contiguous, else an
+    error naming ``where`` and ``name``."""
+    M, dtype = model.M, model.dtype
+    d_z = _cuda.as_device_array(z)
+    shape = tuple(d_z.shape)
+    if len(shape) < 1 or shape[-1] != M:
+        raise ValueError(
+            f"{where}: `{name}` must have shape (..., {M}) (M={M}); got {name}.shape={shape}."
+        )
+    if np.dtype(d_z.dtype) != dtype:
+        raise TypeError(f"{where}: `{name}` must have the model dtype {dtype}; got {d_z.dtype}.")
+    if not d_z.is_c_contiguous():
+        raise ValueError(
+            f"{where}: device `{name}` must be C-contiguous; make a contiguous copy first "
+            f"(e.g. cupy.ascontiguousarray({name}))."
+        )
+    return d_z
+
+
+def param_vjp_cuda(model, z_prev, cotangent, launch: EvalLaunch | None = None) -> np.ndarray:
+    """``sum over ... of (dF/dtheta at z_prev)^T cotangent`` on the GPU.
+
+    Parameters
+    ----------
+    model : PiecewiseLinearRNN
+        Provides ``M``, ``dtype``, ``kernel_args()``, ``step_functions``, ``n_map_params``
+        and ``n_params``.
+    z_prev, cotangent : device arrays, shape (..., M)
+        States and cotangents of ``F(z_prev)`` (numba device arrays or any
+        ``__cuda_array_interface__`` objects), model dtype, C-contiguous, same shape.
+    launch : EvalLaunch, optional
+        Default :data:`LAUNCH`, read at call time.
+
+    Returns
+    -------
+    ndarray, shape (n_params,)
+        On the host (the flat parameter vector lives there), model dtype, accumulated in
+        float64; zero in the ``L0`` block.
+    """
+    where = f"{type(model).__name__}.param_vjp"
+    launch = LAUNCH if launch is None else launch
+    d_z = _device_states(model, z_prev, where, "z_prev")
+    if not is_device_array(cotangent):
+        raise TypeError(
+            f"{where}: `cotangent` must be a device array like `z_prev`; got "
+            f"{type(cotangent).__name__}."
+        )
+    d_c = _device_states(model, cotangent, where, "cotangent")
+    if tuple(d_c.shape) != tuple(d_z.shape):
+        raise ValueError(
+            f"{where}: `cotangent` must have the shape of `z_prev` {tuple(d_z.shape)}; got "
+            f"{tuple(d_c.shape)}."
+        )
+    grad = np.zeros(model.n_params, dtype=model.dtype)
+    P = int(np.prod(d_z.shape[:-1], dtype=np.int64))
+    if P == 0:
+        return grad
+    args = model.kernel_args()
+    vk = make_vjp_kernel(type(model).step_functions, arg_types(args))
+    blocks = min(-(-P // launch.threads), launch.vjp_blocks)
+    G = cuda.device_array((model.n_map_params, blocks * launch.threads), np.float64)
+    _zero[min(-(-G.size // launch.threads), launch.max_blocks), launch.threads](G)
+    M = model.M
+    vk.kernel[blocks, launch.threads](*device_args(model), d_z.reshape(P, M), d_c.reshape(P, M), G)
+    sums = cuda.device_array(model.n_map_params, np.float64)
+    _row_sum_kernel(launch.threads)[model.n_map_params, launch.threads](G, sums)
+    grad[: model.n_map_params] = sums.copy_to_host()
+    return grad
 
 
 def _check_pair(out, where):

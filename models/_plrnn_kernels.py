@@ -303,20 +303,25 @@ class PiecewiseLinearRNN(LatentRNN):
 
         Parallel over chunks of positions; each chunk accumulates in float64 into its own
         row and the rows are summed at the end: no races, and the result does not depend on
-        the number of threads.
+        the number of threads. Device arrays run the same per-step function on the GPU
+        (:func:`models._cuda_eval.param_vjp_cuda`, one float64 column per thread).
 
         Parameters
         ----------
-        z_prev : ndarray, shape (..., M)
+        z_prev : ndarray or device array, shape (..., M)
             States at which ``F`` is evaluated.
-        cotangent : ndarray, shape (..., M)
-            Cotangents of ``F(z_prev)``, same shape.
+        cotangent : ndarray or device array, shape (..., M)
+            Cotangents of ``F(z_prev)``, same shape, on the same side as ``z_prev``.
 
         Returns
         -------
         ndarray, shape (n_params,)
-            Model dtype; zero in the ``L0`` block.
+            Model dtype, on the host also for device input; zero in the ``L0`` block.
         """
+        if _is_device_array(z_prev):
+            from models import _cuda_eval  # lazy: numba.cuda only when asked for
+
+            return _cuda_eval.param_vjp_cuda(self, z_prev, cotangent)
         Z = self._states(z_prev, "param_vjp", "z_prev")
         C = self._states(cotangent, "param_vjp", "cotangent")
         if cotangent.shape != z_prev.shape:

@@ -158,13 +158,23 @@ def kernel_signatures(dtype, launch: Launch | None = None) -> list:
     ]
 
 
-def _grid(work: int, launch: Launch) -> tuple[int, int]:
+def launch_grid(work: int, launch: Launch | None = None) -> tuple[int, int]:
+    """``(blocks, threads)`` of a grid-stride kernel over ``work`` items (default
+    :data:`LAUNCH`, read at call time)."""
+    launch = LAUNCH if launch is None else launch
     return min(-(-work // launch.threads), launch.max_blocks), launch.threads
+
+
+def shift_device(states, z0, out) -> None:
+    """``out[:, 0] = z0``, ``out[:, t] = states[:, t-1]`` on the GPU: the linearisation points
+    of ``states`` (B, T, M), ``z0`` (B, M), ``out`` (B, T, M), C-contiguous device arrays."""
+    _shift[launch_grid(out.size)](states, z0, out)
 
 
 class DeviceNewton:
     """The Newton buffers of :func:`parscan.deer._newton` on the GPU (same interface as
-    :class:`parscan.deer._HostNewton`: ``rows``, ``iterate``, ``retire``, ``result``).
+    :class:`parscan.deer._HostNewton`: ``rows``, ``iterate``, ``retire``, ``result``,
+    ``predictions``).
 
     Parameters
     ----------
@@ -213,10 +223,10 @@ class DeviceNewton:
         _, T, M = self.cur.shape
         cur, nxt, zprev, j = self.cur[:n], self.nxt[:n], self.zprev[:n], self.j[:n]
         launch = self.launch
-        _shift[_grid(n * T * M, launch)](cur, self.z0, zprev)
+        shift_device(cur, self.z0, zprev)
         self.model.step_and_jacobian(zprev, diag=self.diag, out=(nxt, j))
         j_flat = j.reshape(n, T, M if self.diag else M * M)
-        _assemble[_grid(n * T, launch)](
+        _assemble[launch_grid(n * T, launch)](
             nxt, j_flat, zprev, self.forcing, self.alpha, self.d_rows, self.n_forced
         )
         linear_scan(j, nxt, self.z0, backend="cuda", out=nxt)
@@ -247,7 +257,7 @@ class DeviceNewton:
             self.cur[r].copy_to_host(self.states[self.rows[r]])
         keep = np.flatnonzero(~stop)
         k = keep.size
-        _gather_rows[_grid(k * T * M, self.launch)](
+        _gather_rows[launch_grid(k * T * M, self.launch)](
             self.cur[:n].reshape(n, T * M), cuda.to_device(keep), self.nxt[:k].reshape(k, T * M)
         )
         self.cur, self.nxt = self.nxt, self.cur
@@ -260,3 +270,13 @@ class DeviceNewton:
             return host
         self.states[self.rows] = host
         return self.states
+
+    def predictions(self, states) -> np.ndarray:
+        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final ``states`` (B, T, M, host), evaluated
+        on the GPU in the solver's buffers; returned on the host."""
+        B, T, M = states.shape
+        self.cur.copy_to_device(states)
+        shift_device(self.cur, _cuda.to_device(self.z0_host), self.zprev)
+        scratch = self.j.reshape(self.j.size)[: B * T * M].reshape(B, T, M)  # unused diag J
+        self.model.step_and_jacobian(self.zprev, diag=True, out=(self.nxt, scratch))
+        return self.nxt.copy_to_host()

@@ -390,6 +390,7 @@ class _HostNewton:
         self.cur, self.nxt, self.zprev = guess, np.empty_like(guess), np.empty_like(guess)
         self.j = np.empty((B, T, M) if diag else (B, T, M, M), dtype=guess.dtype)
         self.z0, self.forcing, self.alpha, self.n_forced = p.z0, p.forcing, p.alpha, p.n_forced
+        self.z0_all = p.z0
         self.rows = np.arange(B)
         self.states = None  # allocated when some, not all, sequences stop
         self.update = np.empty(B, dtype=np.float64)
@@ -427,16 +428,26 @@ class _HostNewton:
         self.states[self.rows] = self.cur[: self.rows.size]
         return self.states
 
+    def predictions(self, states) -> np.ndarray:
+        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final ``states`` (B, T, M)."""
+        return _predictions(self.model, self.z0_all, states)
+
+
+def device_resident(model, backend: str) -> bool:
+    """Does ``backend`` keep the DEER iteration (and the DEER gradient's adjoint) on the GPU
+    for ``model``? True for ``backend="cuda"`` with a model that evaluates ``F`` and ``J`` on
+    the GPU (``supports_cuda_eval``) when a GPU (or the simulator) is there."""
+    return (
+        backend == "cuda"
+        and bool(getattr(model, "supports_cuda_eval", False))
+        and "cuda" in available_backends()
+    )
+
 
 def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str):
-    """Device-resident buffers (:class:`parscan._deer_cuda.DeviceNewton`) for
-    ``backend="cuda"`` when the model evaluates ``F`` and ``J`` on the GPU
-    (``supports_cuda_eval``) and a GPU (or the simulator) is there; host buffers otherwise."""
-    if (
-        backend == "cuda"
-        and getattr(model, "supports_cuda_eval", False)
-        and "cuda" in available_backends()
-    ):
+    """Device-resident buffers (:class:`parscan._deer_cuda.DeviceNewton`) when
+    :func:`device_resident`, host buffers (:class:`_HostNewton`) otherwise."""
+    if device_resident(model, backend):
         from parscan import _deer_cuda  # lazy: numba.cuda only when asked for
 
         return _deer_cuda.DeviceNewton(model, p, guess, diag)
@@ -639,7 +650,7 @@ def deer_solve(
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
             states, n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
-            predictions = _predictions(model, p.z0, states)
+            predictions = work.predictions(states)
     shape = (*p.batch, T, M)
     result = DeerResult(
         states=states.reshape(shape),

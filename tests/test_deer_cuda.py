@@ -13,11 +13,14 @@ This module imports cleanly with and without the simulator.
 
 import os
 
+import numba
 import numpy as np
 import pytest
 from numba import cuda
 from test_models import random_model
 
+from autodiff import _deer_adjoint_cuda
+from autodiff.gradients import gtf_loss_and_grad
 from models import _cuda_eval
 from parscan import _cuda, _deer_cuda, deer, deer_solve
 from parscan._deer_kernels import update_norms
@@ -29,7 +32,12 @@ SIM_LAUNCH = _deer_cuda.Launch(threads=4, max_blocks=2, norm_items=2)
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_ptx_compiles(no_device_context, dtype):
-    for py_func, signature in _deer_cuda.kernel_signatures(dtype):
+    dt = numba.from_dtype(np.dtype(dtype))
+    scale = (
+        _deer_adjoint_cuda._scale_forced_columns.py_func,
+        (dt[:, :, :, ::1], dt[::1], numba.int64),
+    )
+    for py_func, signature in [*_deer_cuda.kernel_signatures(dtype), scale]:
         ptx, _ = cuda.compile_ptx(py_func, signature, cc=(9, 0))
         assert ".entry" in ptx and "malloc" not in ptx, py_func.__name__
 
@@ -59,6 +67,7 @@ def device_only(monkeypatch):
 
     monkeypatch.setattr(deer, "_newton_buffers", recording_buffers)
     monkeypatch.setattr(_deer_cuda, "linear_scan", recording_scan)
+    monkeypatch.setattr(_deer_adjoint_cuda, "linear_scan", recording_scan)
     yield
     assert any(backend == "cuda" for backend, _ in made)
     assert all(on_device == (backend == "cuda") for backend, on_device in made)
@@ -136,6 +145,23 @@ def test_sim_non_finite_input_and_free_run(sim_launch, device_only):
     np.testing.assert_allclose(free.states, _host_solve(model, z0, T=4).states, rtol=1e-12)
 
 
+@pytest.mark.cudasim
+@pytest.mark.parametrize("n_forced", [None, 1])
+@pytest.mark.parametrize("name", ["ShPLRNN", "ALRNN"])
+def test_sim_gradient_on_device_equals_host(sim_launch, device_only, name, n_forced):
+    """gtf_loss_and_grad(method="deer", backend="cuda"): forward, Jacobians, reverse scan and
+    parameter VJP on the device; the same loss and gradient as the host adjoint."""
+    model = random_model(name)
+    model["A"][...] *= 0.5
+    data = np.random.default_rng(5).standard_normal((2, 7, model.n_obs))
+    kw = {"alpha": np.array([0.3, 0.6]), "n_forced": n_forced}
+    loss, grad, info = gtf_loss_and_grad(model, data, backend="cuda", **kw)
+    want_loss, want_grad, want_info = gtf_loss_and_grad(model, data, backend="cpu", **kw)
+    np.testing.assert_array_equal(info.newton_iters, want_info.newton_iters)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("jacobian", ["full", "diag"])
 def test_gpu_device_newton_at_scale(device_only, jacobian):
@@ -147,3 +173,16 @@ def test_gpu_device_newton_at_scale(device_only, jacobian):
     want = _host_solve(model, z0, **kw)
     np.testing.assert_array_equal(got.converged, want.converged)
     np.testing.assert_allclose(got.states, want.states, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_gpu_gradient_at_scale(device_only):
+    dtype = "float32"  # the training default (float64 is covered by the simulator tests)
+    model = random_model("ShPLRNN", dtype)
+    model["A"][...] *= 0.5
+    data = np.random.default_rng(6).standard_normal((4, 20_001, model.n_obs)).astype(dtype)
+    loss, grad, _ = gtf_loss_and_grad(model, data, alpha="auto", backend="cuda")
+    want_loss, want_grad, _ = gtf_loss_and_grad(model, data, alpha="auto", backend="cpu")
+    tol = 2e-3
+    assert loss == pytest.approx(want_loss, rel=tol)
+    np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol * np.abs(want_grad).max())

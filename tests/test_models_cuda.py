@@ -13,6 +13,7 @@ This module imports cleanly with and without the simulator.
 import os
 import re
 
+import numba
 import numpy as np
 import pytest
 from numba import cuda
@@ -22,7 +23,7 @@ from models import ALRNN, ShPLRNN, _cuda_eval
 from parscan import _cuda, deer_solve, sequential_solve
 
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
-SIM_LAUNCH = _cuda_eval.EvalLaunch(threads=4, max_blocks=2)
+SIM_LAUNCH = _cuda_eval.EvalLaunch(threads=4, max_blocks=2, vjp_blocks=2)
 SIM_SCAN_LAUNCH = _cuda.Launch(block=8, items=2, dense_block=4, dense_items=2)
 #: CPU vs CUDA: the same operations in the same order, but the GPU may contract a*b+c to FMA.
 TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
@@ -54,6 +55,25 @@ def test_ptx_compiles(no_device_context, family, dtype, mode):
     # float32 models stay in float32 (".f64" instructions would be slow on most GPUs)
     assert (re.search(r"\.f64\b", ptx) is not None) == (dtype == "float64")
     assert "malloc" not in ptx  # no allocation in the kernel
+
+
+@pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("family", [ShPLRNN(3, 5), ALRNN(4, 2)], ids=["shplrnn", "alrnn"])
+def test_vjp_ptx_compiles(no_device_context, family, dtype):
+    model = family.astype(dtype)
+    vk = _cuda_eval.make_vjp_kernel(
+        type(model).step_functions, _cuda_eval.arg_types(model.kernel_args())
+    )
+    sums = _cuda_eval._row_sum_kernel(128)
+    f64 = numba.float64
+    for py_func, signature in (
+        (vk.py_func, vk.signature),
+        (_cuda_eval._zero.py_func, (f64[:, ::1],)),
+        (sums.py_func, (f64[:, ::1], f64[::1])),
+    ):
+        ptx, _ = cuda.compile_ptx(py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx and "malloc" not in ptx
 
 
 def test_backend_argument_is_validated():
@@ -129,6 +149,32 @@ def test_sim_out_arrays_and_empty(sim_launch):
 
 
 @pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_sim_param_vjp_matches_cpu(sim_launch, name, dtype):
+    """35 positions over 8 threads: every thread sums several positions into its column."""
+    model = random_model(name, dtype)
+    z = states(model, (5, 7), seed=2)
+    cot = states(model, (5, 7), seed=3)
+    want = model.param_vjp(z, cot)
+    got = model.param_vjp(cuda.to_device(z), cuda.to_device(cot))
+    assert isinstance(got, np.ndarray) and got.dtype == model.dtype and got.shape == want.shape
+    assert_close(got, want, dtype)
+    np.testing.assert_array_equal(got[model.n_map_params :], 0)
+    empty = model.param_vjp(
+        cuda.device_array((0, model.M), model.dtype), cuda.device_array((0, model.M), model.dtype)
+    )
+    np.testing.assert_array_equal(empty, 0)
+    where = rf"^{name}.param_vjp: "
+    with pytest.raises(TypeError, match=where + "`cotangent` must be a device array"):
+        model.param_vjp(cuda.to_device(z), cot)
+    with pytest.raises(ValueError, match=where + "`cotangent` must have the shape of `z_prev`"):
+        model.param_vjp(cuda.to_device(z), cuda.to_device(cot[:4]))
+    with pytest.raises(TypeError, match=where + "`z_prev` must have the model dtype"):
+        model.param_vjp(cuda.to_device(z.astype(np.float16)), cuda.to_device(cot))
+
+
+@pytest.mark.cudasim
 def test_sim_params_follow_model_updates(sim_launch):
     """Parameters travel with every call: an in-place update is seen by the next one."""
     model = random_model("ALRNN")
@@ -178,7 +224,8 @@ def test_sim_deer_backend_cuda_equals_cpu(sim_launch, monkeypatch, name, jacobia
     monkeypatch.setattr(_cuda_eval, "launch_eval", lambda *a: calls.append(1) or launch(*a))
     kw = {"forcing": forcing, "alpha": 0.4, "jacobian": jacobian}
     res = deer_solve(model, z0, backend="cuda", **kw)
-    assert len(calls) == int(res.n_iter.max()) >= 1  # every Newton iteration on the "GPU"
+    # every Newton iteration on the "GPU", and the predictions at the solution
+    assert len(calls) == int(res.n_iter.max()) + 1 >= 2
     cpu = deer_solve(model, z0, backend="cpu", **kw)
     np.testing.assert_array_equal(res.n_iter, cpu.n_iter)
     np.testing.assert_allclose(res.states, cpu.states, rtol=1e-12, atol=1e-12)
