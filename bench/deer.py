@@ -31,6 +31,7 @@ Usage::
     python bench/deer.py                # T = 1e2 .. 1e6 (several minutes on 2 cores)
     python bench/deer.py --quick        # T = 1e2 .. 1e4, 3 repeats
     python bench/deer.py --T 1000 --repeats 7 --json out.jsonl
+    python bench/deer.py --backend cuda --T 100000 1000000   # DEER on a GPU vs the CPU loop
 
 Prints one JSON line per case, then a Markdown table.
 """
@@ -121,7 +122,7 @@ def versions():
     }
 
 
-def run_one_T(T, repeats, budget_s):
+def run_one_T(T, repeats, budget_s, backend="auto"):
     """All cases for one T, in this process; one dict per case."""
     import numba
 
@@ -137,7 +138,7 @@ def run_one_T(T, repeats, budget_s):
         for jacobian in ("full", "diag"):
             res, first, times = timed(
                 lambda a=alpha, j=jacobian: deer_solve(
-                    model, z0, forcing=forcing, alpha=a, jacobian=j, throw=False
+                    model, z0, forcing=forcing, alpha=a, jacobian=j, throw=False, backend=backend
                 ),
                 repeats,
                 budget_s,
@@ -165,7 +166,7 @@ def run_one_T(T, repeats, budget_s):
                     "alpha": alpha,
                     "alpha_value": round(float(res.alpha), 5),
                     "jacobian": jacobian,
-                    "backend": "auto",
+                    "backend": backend,
                     "status": res.status.name.lower(),
                     "n_iter": int(res.n_iter),
                     "max_abs_err_vs_sequential": float(np.max(np.abs(res.states - seq)))
@@ -215,17 +216,23 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (5)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per case (30)")
     parser.add_argument("--json", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "sequential", "cpu", "cuda"),
+        default="auto",
+        help="deer_solve backend (cuda: Newton iterations on the GPU)",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     if args.child is not None:
-        for row in run_one_T(args.child, repeats, args.budget):
+        for row in run_one_T(args.child, repeats, args.budget, args.backend):
             print(json.dumps(row), flush=True)
         return
     rows = []
     for T in args.T or (QUICK_T if args.quick else FULL_T):
         cmd = [sys.executable, __file__, "--child", str(T), "--repeats", str(repeats)]
-        cmd += ["--budget", str(args.budget)]
+        cmd += ["--budget", str(args.budget), "--backend", args.backend]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
