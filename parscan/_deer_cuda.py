@@ -11,7 +11,7 @@ arXiv:2605.12683) is five launches and one small copy::
     _assemble       (F, J) -> (b, A) of the linearised system     one thread per step
     linear_scan     the next iterate, in place                   parscan._cuda
     norm partials   per (sequence, chunk): max |dz|, tolerance    one block per chunk
-                    met, finite -> host (B x chunks numbers)
+                    met, finite -> host (B x 3 x chunks numbers)
 
 The per-element arithmetic is shared with the CPU kernels: :func:`parscan._deer_kernels.
 assemble_steps`, :func:`~parscan._deer_kernels.update_element` and
@@ -96,14 +96,15 @@ def _norm_kernel(threads: int):
     """The norm-partials kernel for blocks of ``threads`` (a compile-time constant)."""
 
     @cuda.jit
-    def norm_partials(new, old, rtol, atol, chunk, biggest, within, finite):
+    def norm_partials(new, old, rtol, atol, chunk, parts):
         """Block ``(i, c)`` reduces elements ``c*chunk ..`` of row ``i`` of ``new, old``
-        (n, S): ``biggest[i, c]`` the max ``|new - old|`` (NaN kept), ``within[i, c]`` and
-        ``finite[i, c]`` 1 when every element meets the tolerance / is finite, else 0."""
+        (n, S) into ``parts[i, :, c]`` (n, 3, n_chunks): the max ``|new - old|`` (NaN kept),
+        and 1.0 / 0.0 for "every element meets the tolerance" and "every element is finite"
+        (one array, so the host fetches all three with one copy)."""
         sh_max = cuda.shared.array(threads, numba.float64)
         sh_ok = cuda.shared.array(threads, numba.int32)
         sh_fin = cuda.shared.array(threads, numba.int32)
-        n_chunks = biggest.shape[1]
+        n_chunks = parts.shape[2]
         i = cuda.blockIdx.x // n_chunks
         c = cuda.blockIdx.x - i * n_chunks
         tid = cuda.threadIdx.x
@@ -131,9 +132,9 @@ def _norm_kernel(threads: int):
             cuda.syncthreads()
             off //= 2
         if tid == 0:
-            biggest[i, c] = sh_max[0]
-            within[i, c] = sh_ok[0]
-            finite[i, c] = sh_fin[0]
+            parts[i, 0, c] = sh_max[0]
+            parts[i, 1, c] = sh_ok[0]
+            parts[i, 2, c] = sh_fin[0]
 
     return norm_partials
 
@@ -145,7 +146,6 @@ def kernel_signatures(dtype, launch: Launch | None = None) -> list:
     dt = numba.from_dtype(np.dtype(dtype))
     a3, a2, a1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
     rows = numba.int64[::1]
-    flags = numba.int32[:, ::1]
     scalar = numba.float64
     return [
         (_shift.py_func, (a3, a2, a3)),
@@ -153,7 +153,7 @@ def kernel_signatures(dtype, launch: Launch | None = None) -> list:
         (_gather_rows.py_func, (a2, rows, a2)),
         (
             _norm_kernel(launch.threads).py_func,
-            (a2, a2, scalar, scalar, numba.int64, scalar[:, ::1], flags, flags),
+            (a2, a2, scalar, scalar, numba.int64, scalar[:, :, ::1]),
         ),
     ]
 
@@ -165,10 +165,10 @@ def launch_grid(work: int, launch: Launch | None = None) -> tuple[int, int]:
     return min(-(-work // launch.threads), launch.max_blocks), launch.threads
 
 
-def shift_device(states, z0, out) -> None:
+def shift_device(states, z0, out, launch: Launch | None = None) -> None:
     """``out[:, 0] = z0``, ``out[:, t] = states[:, t-1]`` on the GPU: the linearisation points
     of ``states`` (B, T, M), ``z0`` (B, M), ``out`` (B, T, M), C-contiguous device arrays."""
-    _shift[launch_grid(out.size)](states, z0, out)
+    _shift[launch_grid(out.size, launch)](states, z0, out)
 
 
 class DeviceNewton:
@@ -204,10 +204,7 @@ class DeviceNewton:
         self.states = None  # host, allocated when some, not all, sequences stop
         self.launch = LAUNCH
         self.chunk = self.launch.threads * self.launch.norm_items
-        n_chunks = -(-(T * M) // self.chunk)
-        self.part_max = cuda.device_array((B, n_chunks), np.float64)
-        self.part_ok = cuda.device_array((B, n_chunks), np.int32)
-        self.part_fin = cuda.device_array((B, n_chunks), np.int32)
+        self.parts = cuda.device_array((B, 3, -(-(T * M) // self.chunk)), np.float64)
         self._set_rows(np.arange(B))
 
     def _set_rows(self, rows) -> None:
@@ -223,28 +220,26 @@ class DeviceNewton:
         _, T, M = self.cur.shape
         cur, nxt, zprev, j = self.cur[:n], self.nxt[:n], self.zprev[:n], self.j[:n]
         launch = self.launch
-        shift_device(cur, self.z0, zprev)
+        shift_device(cur, self.z0, zprev, launch)
         self.model.step_and_jacobian(zprev, diag=self.diag, out=(nxt, j))
         j_flat = j.reshape(n, T, M if self.diag else M * M)
         _assemble[launch_grid(n * T, launch)](
             nxt, j_flat, zprev, self.forcing, self.alpha, self.d_rows, self.n_forced
         )
         linear_scan(j, nxt, self.z0, backend="cuda", out=nxt)
-        part_max, part_ok, part_fin = self.part_max[:n], self.part_ok[:n], self.part_fin[:n]
-        n_chunks = part_max.shape[1]
-        _norm_kernel(launch.threads)[n * n_chunks, launch.threads](
+        parts = self.parts[:n]
+        _norm_kernel(launch.threads)[n * parts.shape[2], launch.threads](
             nxt.reshape(n, T * M),
             cur.reshape(n, T * M),
             float(rtol),
             float(atol),
             self.chunk,
-            part_max,
-            part_ok,
-            part_fin,
+            parts,
         )
         self.cur, self.nxt = self.nxt, self.cur
-        upd = part_max.copy_to_host().max(axis=1)  # NaN propagates, as on the host
-        return upd, part_ok.copy_to_host().all(axis=1), part_fin.copy_to_host().all(axis=1)
+        host = parts.copy_to_host()  # the one synchronising copy of an iteration
+        upd = host[:, 0].max(axis=1)  # NaN propagates, as on the host
+        return upd, host[:, 1].min(axis=1) == 1.0, host[:, 2].min(axis=1) == 1.0
 
     def retire(self, stop) -> None:
         """Rows ``stop`` (bool, (n_active,)) keep their current iterate (copied to the host);
@@ -276,7 +271,7 @@ class DeviceNewton:
         on the GPU in the solver's buffers; returned on the host."""
         B, T, M = states.shape
         self.cur.copy_to_device(states)
-        shift_device(self.cur, _cuda.to_device(self.z0_host), self.zprev)
+        shift_device(self.cur, _cuda.to_device(self.z0_host), self.zprev, self.launch)
         scratch = self.j.reshape(self.j.size)[: B * T * M].reshape(B, T, M)  # unused diag J
         self.model.step_and_jacobian(self.zprev, diag=True, out=(self.nxt, scratch))
         return self.nxt.copy_to_host()
