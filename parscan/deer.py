@@ -590,10 +590,10 @@ def deer_solve(
         ``"cuda"``). With ``"cuda"`` and a model that declares the optional capability
         ``supports_cuda_eval = True`` (its ``step_and_jacobian`` then takes device arrays, as
         the models in ``models/`` do), the whole Newton iteration stays on the GPU
-        (:mod:`parscan._deer_cuda`): per iteration only ``O(B)`` numbers (the update norms)
-        cross to the host, and the states once at the end. For other models ``F`` and ``J``
-        are evaluated by ``model.step_and_jacobian`` on the host and only the scan runs on
-        the GPU.
+        (:mod:`parscan._deer_cuda`): per iteration only the update-norm partials (3 numbers
+        per 4,096 elements of the iterate) cross to the host, and the states once at the end.
+        For other models ``F`` and ``J`` are evaluated by ``model.step_and_jacobian`` on the
+        host and only the scan runs on the GPU.
     throw : bool
         Raise :class:`DeerConvergenceError` when a sequence fails; otherwise return the result
         for inspection.
