@@ -24,6 +24,10 @@ shared memory (``lanes`` shrinks as ``D`` grows). Flags live in ``status`` (read
 values after a fence); published records are padded to 32 elements so that no L1 line mixes
 records of different tiles.
 
+The flags and published records are scratch reused across calls (:func:`_scratch`: per Python
+thread and CUDA context, grown to the largest scan so far), so a scan allocates nothing but
+its output.
+
 How far a look-back walks depends on timing, so results may differ from run to run in the last
 bits (never on dyadic data, where every association is exact).
 
@@ -35,6 +39,7 @@ tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``) cross tile boundaries.
 import dataclasses
 import functools
 import math
+import threading
 import time
 
 import numba
@@ -478,10 +483,36 @@ def copy_bandwidth_gbps(nbytes: int, repeat: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def _status(n_tiles: int):
-    status = cuda.device_array(n_tiles + 1, np.int32)
-    _zero_status[(n_tiles + 1 + 255) // 256, 256](status)
-    return status
+#: Per Python thread: ``(context, {name: device array})``, the scratch of the last scans.
+_SCRATCH = threading.local()
+
+
+def _scratch(n_tiles: int, n_values: int, dtype):
+    """Zeroed tile flags (int32, ``n_tiles + 1``: the last one is the tile counter) and an
+    uninitialised buffer of ``n_values`` elements of ``dtype`` for the published records.
+
+    Reused across the scans of this Python thread in this CUDA context instead of allocated
+    per call (a ``cuMemAlloc`` / free per array per scan, e.g. 37 MB of records at
+    T*D = 1e8 in float64); they grow to the largest scan so far and stay allocated. Only the
+    flags need zeroing: a record is read only after its flag says it was written. (The
+    simulator makes a new context object per call: there the one fake context is assumed.)
+    """
+    context = cuda.current_context()
+    held = getattr(_SCRATCH, "held", None)
+    if held is None or not (held[0] is context or numba.config.ENABLE_CUDASIM):
+        held = _SCRATCH.held = (context, {})
+    arrays = held[1]
+    need = {"flags": (n_tiles + 1, np.dtype(np.int32)), "values": (n_values, np.dtype(dtype))}
+    views = []
+    for name, (size, dt) in need.items():
+        key = (name, dt.str)
+        if key not in arrays or arrays[key].shape[0] < size:
+            arrays.pop(key, None)  # free the smaller one first
+            arrays[key] = cuda.device_array(max(size, 1), dt)
+        views.append(arrays[key][:size])
+    flags, values = views
+    _zero_status[(n_tiles + 1 + 255) // 256, 256](flags)
+    return flags, values
 
 
 def _pow2_floor(n: int) -> int:
@@ -523,11 +554,10 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
     if dense:
         lanes = dense_lanes(D, b.dtype, launch)
         n_tiles = B * -(-T // (lanes * launch.dense_items))
-        status = _status(n_tiles)
         ra = (D * D + D + RECORD - 1) // RECORD * RECORD
         ri = (D + RECORD - 1) // RECORD * RECORD
-        agg = cuda.device_array(n_tiles * ra, b.dtype)
-        incl = cuda.device_array(n_tiles * ri, b.dtype)
+        status, records = _scratch(n_tiles, n_tiles * (ra + ri), b.dtype)
+        agg, incl = records[: n_tiles * ra], records[n_tiles * ra :]
         kernels.dense[n_tiles, launch.dense_block](
             a.reshape(B, T, D, D),
             b3,
@@ -545,8 +575,10 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
     else:
         cw = min(32, _pow2_ceil(B * D), max(launch.block // 4, 1))
         n_tiles = -(-(B * D) // cw) * -(-T // (launch.block // cw * launch.items))
-        status = _status(n_tiles)
-        agg_a, agg_b, incl = (cuda.device_array(n_tiles * RECORD, b.dtype) for _ in range(3))
+        status, records = _scratch(n_tiles, 3 * n_tiles * RECORD, b.dtype)
+        agg_a, agg_b, incl = (
+            records[k * n_tiles * RECORD : (k + 1) * n_tiles * RECORD] for k in range(3)
+        )
         kernels.diag[n_tiles, launch.block](
             a.reshape(B, T, D),
             b3,

@@ -9,7 +9,9 @@
 This module imports cleanly with and without the simulator.
 """
 
+import itertools
 import os
+import threading
 
 import numba
 import numpy as np
@@ -112,6 +114,23 @@ def test_sim_lookback_through_aggregates(dense, dtype):
                 assert_close(out.copy_to_host(), ref)
             else:
                 np.testing.assert_array_equal(out.copy_to_host(), ref)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dense", [False, True])
+def test_sim_scratch_reused_and_grown(sim_launch, monkeypatch, dense):
+    """The flags and records are reused between scans and grow for a larger one; stale flags
+    or records of an earlier scan never leak into a later one (the tile counter included)."""
+    monkeypatch.setattr(_cuda, "_SCRATCH", threading.local())  # start empty
+    held = []
+    for seed, T in enumerate((24, 24, 64, 5)):
+        a, b, h0 = make_inputs(seed, np.float64, dense, (2,), T, 2)
+        d_args = (cuda.to_device(x) for x in (a, b, h0))
+        out = parscan.linear_scan(*d_args, backend="cuda")
+        assert_close(out.copy_to_host(), scan_reference(a, b, h0))
+        held.append(dict(_cuda._SCRATCH.held[1]))
+    same = [all(x[k] is y[k] for k in x) for x, y in itertools.pairwise(held)]
+    assert same == [True, False, True]  # reused, grown for T = 64, reused for T = 5
 
 
 @pytest.mark.cudasim
