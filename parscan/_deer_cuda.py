@@ -267,10 +267,12 @@ class DeviceNewton:
         return self.states
 
     def predictions(self, states) -> np.ndarray:
-        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final ``states`` (B, T, M, host), evaluated
-        on the GPU in the solver's buffers; returned on the host."""
+        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final ``states`` (B, T, M, host, from
+        :meth:`result`), evaluated on the GPU in the solver's buffers (the states are uploaded
+        only when some rows were retired early); returned on the host."""
         B, T, M = states.shape
-        self.cur.copy_to_device(states)
+        if self.states is not None:  # else no row was retired: cur holds them, in order
+            self.cur.copy_to_device(states)
         shift_device(self.cur, _cuda.to_device(self.z0_host), self.zprev, self.launch)
         scratch = self.j.reshape(self.j.size)[: B * T * M].reshape(B, T, M)  # unused diag J
         self.model.step_and_jacobian(self.zprev, diag=True, out=(self.nxt, scratch))
