@@ -379,6 +379,12 @@ def test_validation_errors():
         sequential_solve(model, z0, forcing=x, alpha="auto")
 
 
+def test_unknown_backend_is_an_argument_error():
+    model = make_model("ShPLRNN")
+    with pytest.raises(ValueError, match=r"^deer_solve: .*`backend` must be one of .*'gpu'"):
+        deer_solve(model, np.zeros(model.M), 5, backend="gpu")
+
+
 def test_all_mismatches_reported_at_once():
     model = make_model("ShPLRNN")
     with pytest.raises(ValueError) as info:
