@@ -59,8 +59,9 @@ _max_device = cuda.jit(device=True)(max_keep_nan)
 
 @cuda.jit
 def _shift(cur, z0, zprev):
-    """``zprev[i, 0] = z0[i]``, ``zprev[i, t] = cur[i, t-1]``: the linearisation points."""
-    n, T, M = cur.shape
+    """``zprev[i, 0] = z0[i]``, ``zprev[i, t] = cur[i, t-1]``: the linearisation points
+    (``zprev`` may be one step longer than ``cur``: then it is ``[z0; cur]``)."""
+    n, T, M = zprev.shape
     for e in range(cuda.grid(1), n * T * M, cuda.gridsize(1)):
         i = e // (T * M)
         r = e - i * (T * M)
@@ -167,14 +168,15 @@ def launch_grid(work: int, launch: Launch | None = None) -> tuple[int, int]:
 
 def shift_device(states, z0, out, launch: Launch | None = None) -> None:
     """``out[:, 0] = z0``, ``out[:, t] = states[:, t-1]`` on the GPU: the linearisation points
-    of ``states`` (B, T, M), ``z0`` (B, M), ``out`` (B, T, M), C-contiguous device arrays."""
+    of ``states`` (B, T, M), ``z0`` (B, M), ``out`` (B, T, M), C-contiguous device arrays.
+    With ``out`` of shape (B, T+1, M) it is ``[z0; states]``."""
     _shift[launch_grid(out.size, launch)](states, z0, out)
 
 
 class DeviceNewton:
     """The Newton buffers of :func:`parscan.deer._newton` on the GPU (same interface as
     :class:`parscan.deer._HostNewton`: ``rows``, ``iterate``, ``retire``, ``result``,
-    ``predictions``).
+    ``predictions``; plus :meth:`device_states` for the gradient).
 
     Parameters
     ----------
@@ -201,7 +203,7 @@ class DeviceNewton:
         self.forcing = _cuda.to_device(p.forcing if has_data else np.zeros((B, 1, 1), dtype))
         self.alpha = _cuda.to_device(p.alpha)
         self.z0_host = p.z0
-        self.states = None  # host, allocated when some, not all, sequences stop
+        self.done = None  # device (B, T, M) for rows that stop early (first retire allocates)
         self.launch = LAUNCH
         self.chunk = self.launch.threads * self.launch.norm_items
         self.parts = cuda.device_array((B, 3, -(-(T * M) // self.chunk)), np.float64)
@@ -242,14 +244,14 @@ class DeviceNewton:
         return upd, host[:, 1].min(axis=1) == 1.0, host[:, 2].min(axis=1) == 1.0
 
     def retire(self, stop) -> None:
-        """Rows ``stop`` (bool, (n_active,)) keep their current iterate (copied to the host);
-        the others are compacted into the leading rows on the GPU."""
+        """Rows ``stop`` (bool, (n_active,)) keep their current iterate (copied into ``done``
+        on the GPU); the others are compacted into the leading rows."""
         n = self.rows.size
         _, T, M = self.cur.shape
-        if self.states is None:
-            self.states = np.empty(self.cur.shape, self.cur.dtype)
+        if self.done is None:
+            self.done = cuda.device_array(self.cur.shape, self.cur.dtype)
         for r in np.flatnonzero(stop):
-            self.cur[r].copy_to_host(self.states[self.rows[r]])
+            self.done[self.rows[r]].copy_to_device(self.cur[r])
         keep = np.flatnonzero(~stop)
         k = keep.size
         _gather_rows[launch_grid(k * T * M, self.launch)](
@@ -258,22 +260,26 @@ class DeviceNewton:
         self.cur, self.nxt = self.nxt, self.cur
         self._set_rows(self.rows[keep])
 
+    def device_states(self):
+        """The states of every sequence, (B, T, M) on the GPU, in the original order (the
+        iterate buffer itself when no row stopped early, else ``done`` completed with the
+        rows still active)."""
+        if self.done is None:
+            return self.cur
+        for r, orig in enumerate(self.rows):
+            self.done[orig].copy_to_device(self.cur[r])
+        return self.done
+
     def result(self) -> np.ndarray:
         """The states of every sequence, (B, T, M) on the host, in the original order."""
-        host = self.cur[: self.rows.size].copy_to_host()
-        if self.states is None:
-            return host
-        self.states[self.rows] = host
-        return self.states
+        return self.device_states().copy_to_host()
 
     def predictions(self, states) -> np.ndarray:
-        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final ``states`` (B, T, M, host, from
-        :meth:`result`), evaluated on the GPU in the solver's buffers (the states are uploaded
-        only when some rows were retired early); returned on the host."""
+        """``F(z~_t)`` for ``t = 0 .. T-1`` of the final states, evaluated on the GPU from
+        :meth:`device_states` in the solver's buffers; returned on the host (``states``, the
+        host copy, only gives the shape)."""
         B, T, M = states.shape
-        if self.states is not None:  # else no row was retired: cur holds them, in order
-            self.cur.copy_to_device(states)
-        shift_device(self.cur, _cuda.to_device(self.z0_host), self.zprev, self.launch)
+        shift_device(self.device_states(), _cuda.to_device(self.z0_host), self.zprev, self.launch)
         scratch = self.j.reshape(self.j.size)[: B * T * M].reshape(B, T, M)  # unused diag J
         self.model.step_and_jacobian(self.zprev, diag=True, out=(self.nxt, scratch))
         return self.nxt.copy_to_host()
