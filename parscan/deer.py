@@ -456,8 +456,8 @@ def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str):
 
 def _newton(model, p: _Problem, work, max_iter, rtol, atol):
     """Newton iterations with per-sequence stopping on the buffers ``work``
-    (:class:`_HostNewton` or :class:`parscan._deer_cuda.DeviceNewton`); returns states,
-    n_iter, codes and the history of the largest update."""
+    (:class:`_HostNewton` or :class:`parscan._deer_cuda.DeviceNewton`, which then hold the
+    states); returns n_iter, codes and the history of the largest update."""
     B, T = p.forcing.shape[:2]
     n_iter = np.zeros(B, dtype=np.int64)
     codes = np.full(B, _MAX_ITER, dtype=np.int64)
@@ -488,7 +488,7 @@ def _newton(model, p: _Problem, work, max_iter, rtol, atol):
         work.retire(stop)
         keep = ~stop
         last, streak = last[keep], streak[keep]
-    return work.result(), n_iter, codes, np.asarray(history, dtype=np.float64)
+    return n_iter, codes, np.asarray(history, dtype=np.float64)
 
 
 def _bad_inputs(model, p: _Problem, idx) -> np.ndarray:
@@ -626,6 +626,93 @@ def deer_solve(
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
     errors = _check_options(jacobian, tol, max_iter, throw, backend)
+    run = newton_run(
+        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, errors
+    )
+    return run.result(throw)
+
+
+@dataclass
+class NewtonRun:
+    """A finished Newton solve whose states are still in its buffers (host or GPU).
+
+    :func:`deer_solve` turns it into a :class:`DeerResult` (:meth:`result`); the GTF-DEER
+    gradient on the GPU (:mod:`autodiff._deer_adjoint_cuda`) takes the states from the
+    device buffers instead, with no round trip through the host.
+
+    Attributes
+    ----------
+    model, p
+        The model and the validated problem (``p.alpha`` the alpha used, per sequence).
+    work : _HostNewton, parscan._deer_cuda.DeviceNewton or None
+        The buffers holding the states; None for an empty problem (``B*T == 0``).
+    guess : ndarray, shape (B, T, M)
+        The initial iterate (the states of an empty problem).
+    n_iter, codes : ndarray of int64, shape (B,)
+        Iterations and outcome code per sequence.
+    history : ndarray of float64
+        Largest update per iteration.
+    alpha_report : float or ndarray
+        The alpha as :class:`DeerResult` reports it.
+    rtol, atol, max_iter, jacobian
+        The solver settings used.
+    """
+
+    model: object
+    p: _Problem
+    work: object
+    guess: np.ndarray
+    n_iter: np.ndarray
+    codes: np.ndarray
+    history: np.ndarray
+    alpha_report: object
+    rtol: float
+    atol: float
+    max_iter: int
+    jacobian: str
+
+    @property
+    def status(self) -> DeerStatus:
+        """Worst outcome over the batch."""
+        return _CODES[int(self.codes.max())] if self.codes.size else DeerStatus.CONVERGED
+
+    def result(self, throw: bool) -> DeerResult:
+        """The :class:`DeerResult` (states and predictions on the host); raises
+        :class:`DeerConvergenceError` when ``throw`` and some sequence failed."""
+        p, M = self.p, self.model.M
+        if self.work is None:
+            states, predictions = self.guess, np.empty_like(self.guess)
+        else:
+            with _threads_for(self.guess.shape[0] * p.T):
+                states = self.work.result()
+                predictions = self.work.predictions(states)
+        shape = (*p.batch, p.T, M)
+        result = DeerResult(
+            states=states.reshape(shape),
+            predictions=predictions.reshape(shape),
+            n_iter=self.n_iter.reshape(p.batch),
+            residuals=self.history,
+            status=self.status,
+            converged=(self.codes == _CONVERGED).reshape(p.batch),
+            alpha=self.alpha_report,
+            rtol=self.rtol,
+            atol=self.atol,
+        )
+        if throw and not result.ok:
+            message = _failure_message(
+                result, self.codes, self.max_iter, self.jacobian, self.history
+            )
+            raise DeerConvergenceError(message, result)
+        return result
+
+
+def newton_run(
+    model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, errors=None
+) -> NewtonRun:
+    """Validate the arguments of :func:`deer_solve` (same meaning; ``errors`` collects option
+    problems found by the caller) and run the Newton iterations; see :class:`NewtonRun`."""
+    if errors is None:
+        errors = _check_options(jacobian, tol, max_iter, True, backend)
     p = _validate(
         "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
     )
@@ -636,9 +723,9 @@ def deer_solve(
     B, T, M = p.z0.shape[0], p.T, model.M
     guess = _initial_guess(p, M)
     auto = isinstance(p.alpha, str)
+    work = None
     if B * T == 0:
         alpha_report = 0.0 if auto else p.alpha_report
-        states, predictions = guess, np.empty_like(guess)
         n_iter, codes, history = np.zeros(B, np.int64), np.full(B, _CONVERGED), np.empty(0)
     else:
         with _threads_for(B * T):
@@ -649,25 +736,10 @@ def deer_solve(
                 )
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
-            states, n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
-            predictions = work.predictions(states)
-    shape = (*p.batch, T, M)
-    result = DeerResult(
-        states=states.reshape(shape),
-        predictions=predictions.reshape(shape),
-        n_iter=n_iter.reshape(p.batch),
-        residuals=history,
-        status=_CODES[int(codes.max())] if B else DeerStatus.CONVERGED,
-        converged=(codes == _CONVERGED).reshape(p.batch),
-        alpha=alpha_report,
-        rtol=rtol,
-        atol=atol,
+            n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
+    return NewtonRun(
+        model, p, work, guess, n_iter, codes, history, alpha_report, rtol, atol, max_iter, jacobian
     )
-    if throw and not result.ok:
-        raise DeerConvergenceError(
-            _failure_message(result, codes, max_iter, jacobian, history), result
-        )
-    return result
 
 
 def sequential_solve(model, z0, T=None, *, forcing=None, alpha=0.0, n_forced=None) -> np.ndarray:
