@@ -22,8 +22,9 @@ Two ways to evaluate it:
   ``a_t = J_F(z~_t)(I - alpha P)`` evaluated at the converged states (the column scaling is
   done in place on the freshly computed Jacobians, nothing is copied), followed by
   ``model.param_vjp`` over all ``(B, T)`` positions in parallel. With ``backend="cuda"`` and a
-  model that evaluates on the GPU, the forward Newton iterations and these three steps run
-  on the device (:mod:`parscan._deer_cuda`, :mod:`autodiff._deer_adjoint_cuda`).
+  model that evaluates on the GPU, the forward Newton iterations, the loss and these three
+  steps run on the device from the solver's buffers, the states never crossing to the host
+  (:mod:`parscan._deer_cuda`, :mod:`autodiff._deer_adjoint_cuda`).
 * ``method="sequential"``: fused sequential forward + BPTT in Numba, parallel over the batch
   -- the baseline: SIMD kernels for the shallow PLRNN family (:mod:`autodiff._bptt_shplrnn`)
   and the ALRNN / PLRNN (:mod:`autodiff._bptt_alrnn`), the model's per-step functions for
@@ -40,7 +41,7 @@ import numpy as np
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
-from parscan.deer import DeerStatus, deer_solve, device_resident
+from parscan.deer import DeerStatus, device_resident, newton_run
 from parscan.gtf import gtf_alpha
 from parscan.scan import linear_scan
 
@@ -228,46 +229,47 @@ def gtf_loss_and_grad(
         iters = np.zeros(data.shape[0], dtype=np.int64)
         status = DeerStatus.CONVERGED
     else:
-        result = deer_solve(
-            model, z0, forcing=forcing, alpha=alpha, n_forced=n_forced, jacobian=jacobian,
-            tol=tol, max_iter=max_iter, backend=backend, throw=throw,
+        run = newton_run(
+            model, z0, None, forcing, alpha, n_forced, jacobian, tol, max_iter, None, backend,
+            throw,
         )  # fmt: skip
-        iters = np.asarray(result.n_iter, dtype=np.int64).reshape(-1)
-        status = result.status
+        iters = run.n_iter.copy()
+        status = run.status
         if status != DeerStatus.CONVERGED:
+            run.result(throw)  # raises DeerConvergenceError (with the remedy) when throw
             return float("nan"), None, GradInfo(method, alpha, status, iters)
-        loss, grad, g0 = _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend)
+        B = data.shape[0]
+        keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
+        keep = keep.astype(model.dtype)
+        if device_resident(model, backend):
+            from autodiff._deer_adjoint_cuda import deer_loss_and_grad_cuda  # lazy: numba.cuda
+
+            loss, grad, g0 = deer_loss_and_grad_cuda(model, run.work, z0, keep, n_forced)
+        else:
+            loss, grad, g0 = _deer_adjoint(
+                model, z0, forcing, run.result(throw), keep, n_forced, backend
+            )
     grad += model.initial_state_vjp(x0, g0)
     return loss, grad, GradInfo(method, alpha, status, iters)
 
 
-def _deer_adjoint(model, z0, forcing, result, alpha, n_forced, backend):
-    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states.
-
-    On the GPU (:mod:`autodiff._deer_adjoint_cuda`) when :func:`parscan.deer.device_resident`,
-    else on the host; the loss and its seed ``e`` are computed here either way.
-    """
-    B, N = forcing.shape[0], forcing.shape[2]
+def _deer_adjoint(model, z0, forcing, result, keep, n_forced, backend):
+    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states (on
+    the host; ``keep`` is ``1 - alpha`` per sequence in the model dtype)."""
+    N = forcing.shape[2]
     states, predictions = result.states, result.predictions
     resid = predictions[..., :N] - forcing
     loss = float(np.mean(np.square(resid, dtype=np.float64)))
     e = np.zeros_like(predictions)
     e[..., :N] = resid * (2.0 / resid.size)
-    keep = (1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))).astype(e.dtype)
-    if device_resident(model, backend):
-        from autodiff._deer_adjoint_cuda import deer_adjoint_cuda  # lazy: numba.cuda
-
-        grad, mu1 = deer_adjoint_cuda(model, z0, states, e, keep, n_forced)
-    else:
-        # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
-        # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
-        a = model.jacobian(states)
-        a[..., :n_forced] *= keep[:, None, None, None]
-        mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
-        zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
-        grad = model.param_vjp(zprev, mu)
-        mu1 = mu[:, 0]
-    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu1)
+    # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
+    # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
+    a = model.jacobian(states)
+    a[..., :n_forced] *= keep[:, None, None, None]
+    mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
+    zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
+    grad = model.param_vjp(zprev, mu)
+    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu[:, 0])
     return loss, grad, g0
 
 

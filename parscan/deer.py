@@ -625,9 +625,8 @@ def deer_solve(
     :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
-    errors = _check_options(jacobian, tol, max_iter, throw, backend)
     run = newton_run(
-        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, errors
+        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw
     )
     return run.result(throw)
 
@@ -707,12 +706,12 @@ class NewtonRun:
 
 
 def newton_run(
-    model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, errors=None
+    model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw
 ) -> NewtonRun:
-    """Validate the arguments of :func:`deer_solve` (same meaning; ``errors`` collects option
-    problems found by the caller) and run the Newton iterations; see :class:`NewtonRun`."""
-    if errors is None:
-        errors = _check_options(jacobian, tol, max_iter, True, backend)
+    """Validate the arguments of :func:`deer_solve` (same meaning, all positional; ``throw``
+    is only checked here, :meth:`NewtonRun.result` applies it) and run the Newton iterations;
+    see :class:`NewtonRun`."""
+    errors = _check_options(jacobian, tol, max_iter, throw, backend)
     p = _validate(
         "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
     )

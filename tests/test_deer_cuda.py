@@ -13,7 +13,6 @@ This module imports cleanly with and without the simulator.
 
 import os
 
-import numba
 import numpy as np
 import pytest
 from numba import cuda
@@ -32,12 +31,8 @@ SIM_LAUNCH = _deer_cuda.Launch(threads=4, max_blocks=2, norm_items=2)
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_ptx_compiles(no_device_context, dtype):
-    dt = numba.from_dtype(np.dtype(dtype))
-    scale = (
-        _deer_adjoint_cuda._scale_forced_columns.py_func,
-        (dt[:, :, :, ::1], dt[::1], numba.int64),
-    )
-    for py_func, signature in [*_deer_cuda.kernel_signatures(dtype), scale]:
+    kernels = [*_deer_cuda.kernel_signatures(dtype), *_deer_adjoint_cuda.kernel_signatures(dtype)]
+    for py_func, signature in kernels:
         ptx, _ = cuda.compile_ptx(py_func, signature, cc=(9, 0))
         assert ".entry" in ptx and "malloc" not in ptx, py_func.__name__
 
@@ -149,9 +144,17 @@ def test_sim_non_finite_input_and_free_run(sim_launch, device_only):
 @pytest.mark.cudasim
 @pytest.mark.parametrize("n_forced", [None, 1])
 @pytest.mark.parametrize(("name", "dtype"), [("ShPLRNN", "float64"), ("ALRNN", "float32")])
-def test_sim_gradient_on_device_equals_host(sim_launch, device_only, name, dtype, n_forced):
-    """gtf_loss_and_grad(method="deer", backend="cuda"): forward, Jacobians, reverse scan and
-    parameter VJP on the device; the same loss and gradient as the host adjoint."""
+def test_sim_gradient_on_device_equals_host(
+    sim_launch, device_only, monkeypatch, name, dtype, n_forced
+):
+    """gtf_loss_and_grad(method="deer", backend="cuda"): forward, loss, Jacobians, reverse scan
+    and parameter VJP on the device, the states never downloaded; the same loss and gradient
+    as the host adjoint."""
+
+    def no_download(self):
+        raise AssertionError("the device gradient downloaded the states")
+
+    monkeypatch.setattr(_deer_cuda.DeviceNewton, "result", no_download)
     model = random_model(name, dtype)
     model["A"][...] *= 0.5
     data = np.random.default_rng(5).standard_normal((2, 7, model.n_obs)).astype(dtype)
@@ -162,6 +165,18 @@ def test_sim_gradient_on_device_equals_host(sim_launch, device_only, name, dtype
     tol = 1e-10 if dtype == "float64" else 1e-4
     assert grad.dtype == model.dtype and loss == pytest.approx(want_loss, rel=tol)
     np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol * np.abs(want_grad).max())
+
+
+@pytest.mark.cudasim
+def test_sim_gradient_of_unconverged_solve_is_refused(sim_launch, device_only):
+    model = random_model("ALRNN")
+    data = np.random.default_rng(7).standard_normal((2, 9, model.n_obs))
+    loss, grad, info = gtf_loss_and_grad(
+        model, data, alpha=0.1, backend="cuda", max_iter=1, throw=False
+    )
+    assert np.isnan(loss) and grad is None and info.status is deer.DeerStatus.MAX_ITER
+    with pytest.raises(deer.DeerConvergenceError, match="max_iter"):
+        gtf_loss_and_grad(model, data, alpha=0.1, backend="cuda", max_iter=1)
 
 
 @pytest.mark.gpu
