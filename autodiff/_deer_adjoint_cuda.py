@@ -23,9 +23,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-from models._cuda_eval import _row_sum_kernel
+from models._cuda_eval import sum_rows
 from parscan import _cuda
-from parscan._deer_cuda import LAUNCH, launch_grid, shift_device
+from parscan._deer_cuda import launch_grid, shift_device
 from parscan.scan import linear_scan
 
 
@@ -137,8 +137,7 @@ def deer_loss_and_grad_cuda(model, work, z0, keep, n_forced):
     partial = cuda.device_array((1, blocks * threads), np.float64)
     scale = dtype.type(2.0 / (B * T * N))
     _loss_and_seed[blocks, threads](F, work.forcing, scale, seed, partial)
-    total = cuda.device_array(1, np.float64)
-    _row_sum_kernel(LAUNCH.threads)[1, LAUNCH.threads](partial, total)
+    total = sum_rows(partial)
     if n_forced:
         grid = launch_grid(B * T * M * n_forced)
         _scale_forced_columns[grid](J, _cuda.to_device(keep), n_forced)

@@ -191,8 +191,8 @@ def gtf_loss_and_grad(
         ``method="sequential"``.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the DEER solver and the reverse scan; ignored by ``method="sequential"``.
-        ``"cuda"`` with the models of ``models/`` keeps the Newton iterations and the
-        adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
+        ``"cuda"`` with the models of ``models/`` keeps the Newton iterations, the loss and
+        the adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
     throw : bool
         If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
         (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A

@@ -21,7 +21,7 @@ same way::
     vjp_kernel(*args, Z (P, M), C (P, M), G (n_map_params, n_threads) float64)
 
 each thread accumulating its positions into its own column of ``G`` (adjacent threads write
-adjacent addresses; no atomics), then :func:`_row_sum_kernel` sums every row in a fixed order:
+adjacent addresses; no atomics), then :func:`sum_rows` sums every row in a fixed order:
 the result does not depend on timing, like the CPU kernel's per-chunk rows.
 
 Launch shapes are read from :data:`LAUNCH` at call time; tests shrink it so that tiny inputs in
@@ -169,14 +169,6 @@ def _from_template(source: str, name: str, fn, n_args: int):
     return namespace[name]
 
 
-@cuda.jit
-def _zero(G):
-    """``G[...] = 0`` for a 2-D array."""
-    n, m = G.shape
-    for e in range(cuda.grid(1), n * m, cuda.gridsize(1)):
-        G[e // m, e % m] = 0.0
-
-
 @functools.cache
 def _row_sum_kernel(threads: int):
     """``out[k] = sum(G[k, :])``, one block of ``threads`` (a power of 2) per row; every
@@ -202,6 +194,16 @@ def _row_sum_kernel(threads: int):
             out[k] = partial[0]
 
     return row_sums
+
+
+def sum_rows(G, threads: int | None = None):
+    """``G.sum(axis=1)`` of a float64 device array ``G`` (n, m) on the GPU, each row in a
+    fixed order (deterministic); a device array (n,). ``threads`` (a power of 2) per row,
+    default :data:`LAUNCH`'s."""
+    threads = LAUNCH.threads if threads is None else threads
+    out = cuda.device_array(G.shape[0], np.float64)
+    _row_sum_kernel(threads)[G.shape[0], threads](G, out)
+    return out
 
 
 # --------------------------------------------------------------------------- host side
@@ -424,12 +426,10 @@ def param_vjp_cuda(model, z_prev, cotangent, launch: EvalLaunch | None = None) -
     vk = make_vjp_kernel(type(model).step_functions, arg_types(args))
     blocks = min(-(-P // launch.threads), launch.vjp_blocks)
     G = cuda.device_array((model.n_map_params, blocks * launch.threads), np.float64)
-    _zero[min(-(-G.size // launch.threads), launch.max_blocks), launch.threads](G)
+    _cuda.zero_fill(G)
     M = model.M
     vk.kernel[blocks, launch.threads](*device_args(model), d_z.reshape(P, M), d_c.reshape(P, M), G)
-    sums = cuda.device_array(model.n_map_params, np.float64)
-    _row_sum_kernel(launch.threads)[model.n_map_params, launch.threads](G, sums)
-    grad[: model.n_map_params] = sums.copy_to_host()
+    grad[: model.n_map_params] = sum_rows(G, launch.threads).copy_to_host()
     return grad
 
 

@@ -145,10 +145,17 @@ def _read_flag(status, i):
 
 
 @cuda.jit
-def _zero_status(status):
+def _zero_fill(x):
+    """``x[:] = 0`` for a 1-D array, one thread per element."""
     i = cuda.grid(1)
-    if i < status.shape[0]:
-        status[i] = 0
+    if i < x.shape[0]:
+        x[i] = 0
+
+
+def zero_fill(x) -> None:
+    """Zero the C-contiguous device array ``x`` (any shape) on the GPU."""
+    flat = x.reshape(x.size)
+    _zero_fill[(x.size + 255) // 256, 256](flat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -511,7 +518,7 @@ def _scratch(n_tiles: int, n_values: int, dtype):
             arrays[key] = cuda.device_array(max(size, 1), dt)
         views.append(arrays[key][:size])
     flags, values = views
-    _zero_status[(n_tiles + 1 + 255) // 256, 256](flags)
+    zero_fill(flags)
     return flags, values
 
 

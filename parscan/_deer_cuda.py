@@ -19,11 +19,14 @@ assemble_steps`, :func:`~parscan._deer_kernels.update_element` and
 ``numba.cuda.jit(device=True)``, so both sides assemble bitwise the same system from the same
 ``F, J`` (the GPU may still contract ``a*b + c`` to an FMA).
 
-Stopped sequences are copied to the host once and the active rows compacted on the device
+Stopped sequences are set aside in a device buffer and the active rows compacted
 (:func:`_gather_rows`); the forcing and ``alpha`` stay where they are and are read through the
-row map ``rows``. Launch shapes come from :data:`LAUNCH` at call time; tests shrink it so that
-tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``) wrap the grid-stride loops and split
-a sequence's norm into several chunks.
+row map ``rows``. :meth:`DeviceNewton.device_states` hands the final states to the GPU
+gradient (:mod:`autodiff._deer_adjoint_cuda`) without a trip through the host.
+
+Launch shapes come from :data:`LAUNCH` at call time; tests shrink it so that tiny inputs in the
+simulator (``NUMBA_ENABLE_CUDASIM=1``) wrap the grid-stride loops and split a sequence's norm
+into several chunks.
 """
 
 import dataclasses

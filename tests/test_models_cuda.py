@@ -69,7 +69,6 @@ def test_vjp_ptx_compiles(no_device_context, family, dtype):
     f64 = numba.float64
     for py_func, signature in (
         (vk.py_func, vk.signature),
-        (_cuda_eval._zero.py_func, (f64[:, ::1],)),
         (sums.py_func, (f64[:, ::1], f64[::1])),
     ):
         ptx, _ = cuda.compile_ptx(py_func, signature, cc=(9, 0))

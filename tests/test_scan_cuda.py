@@ -64,8 +64,9 @@ def test_ptx_compiles(no_device_context, dtype, kernel):
 
 
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
-def test_ptx_zero_status():
-    ptx, _ = cuda.compile_ptx(_cuda._zero_status.py_func, (numba.int32[::1],), cc=(9, 0))
+def test_ptx_zero_fill():
+    for dt in (numba.int32, numba.float64):
+        ptx, _ = cuda.compile_ptx(_cuda._zero_fill.py_func, (dt[::1],), cc=(9, 0))
     assert ".entry" in ptx
 
 
