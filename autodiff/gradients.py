@@ -19,8 +19,9 @@ Two ways to evaluate it:
 * ``method="deer"`` (GTF-DEER; Hess, Goetz & Durstewitz, arXiv:2605.12683): the forward is
   :func:`parscan.deer_solve` (Newton over the whole sequence; DEER: Lim et al., ICLR 2024); the
   adjoint is **one** reverse :func:`parscan.linear_scan` with transposed Jacobians
-  ``a_t = J_F(z~_t)(I - alpha P)`` evaluated at the converged states (the column scaling is
-  done in place on the freshly computed Jacobians, nothing is copied), followed by
+  ``a_t = J_F(z~_t)(I - alpha P)`` evaluated at the converged states (one ``F`` + ``J`` pass
+  at ``[z~_0; z~_1 .. z~_T]`` gives the predictions, these Jacobians and ``J_F(z~_0)``; the
+  column scaling is done in place), followed by
   ``model.param_vjp`` over all ``(B, T)`` positions in parallel. With ``backend="cuda"`` and a
   model that evaluates on the GPU, the forward Newton iterations, the loss and these three
   steps run on the device from the solver's buffers, the states never crossing to the host
@@ -247,29 +248,38 @@ def gtf_loss_and_grad(
             loss, grad, g0 = deer_loss_and_grad_cuda(model, run.work, z0, keep, n_forced)
         else:
             loss, grad, g0 = _deer_adjoint(
-                model, z0, forcing, run.result(throw), keep, n_forced, backend
+                model, z0, forcing, run.states(), keep, n_forced, backend
             )
     grad += model.initial_state_vjp(x0, g0)
     return loss, grad, GradInfo(method, alpha, status, iters)
 
 
-def _deer_adjoint(model, z0, forcing, result, keep, n_forced, backend):
-    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from converged states (on
-    the host; ``keep`` is ``1 - alpha`` per sequence in the model dtype)."""
+def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):
+    """Loss, parameter gradient of the map and ``d loss / d z~_0`` from the converged
+    ``states`` (B, T, M) on the host; ``keep`` is ``1 - alpha`` per sequence in the model dtype.
+
+    One ``F`` + ``J`` evaluation at ``[z~_0; z~_1 .. z~_T]`` (as on the GPU,
+    :mod:`autodiff._deer_adjoint_cuda`) gives the predictions ``F(z~_0 .. z~_{T-1})``, the
+    Jacobians ``J(z~_1 .. z~_T)`` of the adjoint and ``J(z~_0)`` of the initial-state
+    cotangent; ``F(z~_T)`` is the one value not used.
+    """
+    B, T, M = states.shape
     N = forcing.shape[2]
-    states, predictions = result.states, result.predictions
-    resid = predictions[..., :N] - forcing
+    zs = np.empty((B, T + 1, M), dtype=states.dtype)
+    zs[:, 0] = z0
+    zs[:, 1:] = states
+    f, jac = model.step_and_jacobian(zs)
+    resid = f[:, :-1, :N] - forcing
     loss = float(np.mean(np.square(resid, dtype=np.float64)))
-    e = np.zeros_like(predictions)
+    e = np.zeros_like(states)
     e[..., :N] = resid * (2.0 / resid.size)
     # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
     # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
-    a = model.jacobian(states)
+    a = jac[:, 1:]
     a[..., :n_forced] *= keep[:, None, None, None]
     mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
-    zprev = np.concatenate([z0[:, None], states[:, :-1]], axis=1)
-    grad = model.param_vjp(zprev, mu)
-    g0 = np.einsum("bij,bi->bj", model.jacobian(z0), mu[:, 0])
+    grad = model.param_vjp(zs[:, :-1], mu)
+    g0 = np.einsum("bij,bi->bj", jac[:, 0], mu[:, 0])
     return loss, grad, g0
 
 

@@ -675,6 +675,12 @@ class NewtonRun:
         """Worst outcome over the batch."""
         return _CODES[int(self.codes.max())] if self.codes.size else DeerStatus.CONVERGED
 
+    def states(self) -> np.ndarray:
+        """The final states ``z~_1 .. z~_T``, (B, T, M) on the host in the original order,
+        without evaluating the predictions (the GTF-DEER gradient on the host evaluates
+        ``F`` and ``J`` there in one pass)."""
+        return self.guess if self.work is None else self.work.result()
+
     def result(self, throw: bool) -> DeerResult:
         """The :class:`DeerResult` (states and predictions on the host); raises
         :class:`DeerConvergenceError` when ``throw`` and some sequence failed."""
@@ -683,7 +689,7 @@ class NewtonRun:
             states, predictions = self.guess, np.empty_like(self.guess)
         else:
             with _threads_for(self.guess.shape[0] * p.T):
-                states = self.work.result()
+                states = self.states()
                 predictions = self.work.predictions(states)
         shape = (*p.batch, p.T, M)
         result = DeerResult(
