@@ -9,13 +9,15 @@ Three strategies (DESIGN.md §2, measured on 2 cores):
   ``P = ceil(threads / B)`` chunks. Pass 1 scans chunk 0 with the true ``h0`` and every other chunk
   from a zero state (and its product ``∏ a``); a short serial loop gives the state entering
   every chunk; pass 2 adds the carried part ``q_t = a_t ∘ q_{t-1}`` to the start of each chunk
-  and stops as soon as ``q`` is exactly 0 in every channel (products below the smallest normal
-  number are flushed). With a contractive ``a`` that happens after a few hundred to a few
-  thousand steps, so ``a, b`` are read once and ``h`` written once, as in a STREAM triad.
-  Whether it will happen is probed before: a unit carry is decayed through the first steps of
-  chunk 1 of every sequence (at most a quarter of the chunk, at most :data:`FIX_PROBE_STEPS`);
-  the plan is taken only if it dies there. A wrong guess (the carry dies later in the real
-  run) costs time, never accuracy;
+  and stops as soon as ``q`` is negligible in every channel: exactly 0, or below a quarter of
+  an ulp of the state it is added to (the rounding error the sequential loop itself makes
+  there, see :func:`~parscan._scan_sequential.diag_fix_range`). With a contractive ``a``
+  that happens after a few dozen to a few hundred steps, so ``a, b`` are read once and ``h``
+  written once, as in a STREAM triad. Whether it will happen is probed before: a unit carry
+  is decayed through the first steps of chunk 1 of every sequence (at most a quarter of the
+  chunk, at most :data:`FIX_PROBE_STEPS`) until it is below a quarter of the machine
+  epsilon; the plan is taken only if it gets there. A wrong guess (the real carry, relative
+  to the state, dies later) costs time, never accuracy;
 * **reduce-then-scan over time** (diagonal only) otherwise (``|a|`` near 1: cumulative sums,
   slow SSM decay rates): ``P = ceil(threads / B) + 1`` chunks. Pass 1 scans chunk 0 with the
   true ``h0`` while the other threads reduce chunks ``1..P-2`` to aggregate pairs ``(A, b)``;
@@ -49,6 +51,8 @@ from parscan._scan_sequential import (
     diag_range,
     diag_range_local,
     diag_reduce_range,
+    product_scale,
+    scaled_times,
 )
 
 #: Longest probe of the scan-then-fix plan, in steps (in float64 a carry through ``a``
@@ -74,26 +78,29 @@ def _chunk_bounds(T, n_chunks, k, reverse):
 
 
 @jit
-def _reduce_task(a, b, h0, reverse, n_chunks, k, a_agg, b_agg, out):
+def _reduce_task(a, b, h0, reverse, n_chunks, k, a_agg, a_exp, b_agg, out):
     """Pass 1 for one sequence: scan chunk 0 for real, reduce chunk ``k >= 1`` to a pair."""
     lo, hi = _chunk_bounds(b.shape[0], n_chunks, k, reverse)
     if k == 0:
         diag_range(a, b, h0, lo, hi, reverse, out)
     else:
-        diag_reduce_range(a, b, lo, hi, reverse, a_agg[k], b_agg[k])
+        diag_reduce_range(a, b, lo, hi, reverse, a_agg[k], a_exp[k], b_agg[k])
 
 
 @jit
-def _carry_task(b, h0, reverse, n_chunks, a_agg, b_agg, out):
-    """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``)."""
+def _carry_task(b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
+    """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``),
+    the scaled products ``a_agg * 2**(-k*a_exp)`` applied without overflow or underflow."""
     lo, hi = _chunk_bounds(b.shape[0], n_chunks, 0, reverse)
     if hi > lo:
         b_agg[0, :] = out[lo if reverse else hi - 1]
     else:
         b_agg[0, :] = h0
+    scale = product_scale(a_agg)[0]
     for k in range(1, n_chunks - 1):
         for d in range(b.shape[1]):
-            b_agg[k, d] = a_agg[k, d] * b_agg[k - 1, d] + b_agg[k, d]
+            carried = scaled_times(a_agg[k, d], a_exp[k, d], scale, b_agg[k - 1, d])
+            b_agg[k, d] = carried + b_agg[k, d]
 
 
 @jit
@@ -104,15 +111,16 @@ def _scan_task(a, b, reverse, n_chunks, k, b_agg, out):
 
 
 @jit_parallel
-def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
-    """Reduce-then-scan over ``n_chunks`` time chunks per sequence; ``a_agg, b_agg``:
-    workspace of shape ``(B, n, D)``, ``n >= n_chunks - 1``."""
+def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
+    """Reduce-then-scan over ``n_chunks`` time chunks per sequence; ``a_agg, a_exp, b_agg``:
+    workspace of shape ``(B, n, D)``, ``n >= n_chunks - 1`` (``a_exp`` int64)."""
     n_tasks = n_chunks - 1
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
-        _reduce_task(a[s], b[s], h0[s], reverse, n_chunks, i % n_tasks, a_agg[s], b_agg[s], out[s])
+        k = i % n_tasks
+        _reduce_task(a[s], b[s], h0[s], reverse, n_chunks, k, a_agg[s], a_exp[s], b_agg[s], out[s])
     for s in range(b.shape[0]):
-        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], b_agg[s], out[s])
+        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
         _scan_task(a[s], b[s], reverse, n_chunks, i % n_tasks + 1, b_agg[s], out[s])
@@ -134,18 +142,19 @@ def scan_dense(a, b, h0, reverse, transpose, out):
 
 
 @jit
-def _local_task(a, b, h0, reverse, n_chunks, k, a_agg, b_agg, out):
+def _local_task(a, b, h0, reverse, n_chunks, k, a_agg, a_exp, b_agg, out):
     """Pass 1 of scan-then-fix for one sequence: chunk 0 with the true ``h0``; chunk
     ``k >= 1`` from a zero state, its end state into ``b_agg[k]`` and, unless it is the last
-    chunk, its product into ``a_agg[k]``."""
+    chunk, its scaled product into ``a_agg[k], a_exp[k]``."""
     lo, hi = _chunk_bounds(b.shape[0], n_chunks, k, reverse)
     if k == 0:
         diag_range(a, b, h0, lo, hi, reverse, out)
     elif hi <= lo:  # an empty chunk (T < n_chunks) passes the state on unchanged
         a_agg[k, :] = 1.0
+        a_exp[k, :] = 0
         b_agg[k, :] = 0.0
     else:
-        diag_range_local(a, b, lo, hi, reverse, out, a_agg[k], k < n_chunks - 1)
+        diag_range_local(a, b, lo, hi, reverse, out, a_agg[k], a_exp[k], k < n_chunks - 1)
         b_agg[k, :] = out[lo if reverse else hi - 1]
 
 
@@ -157,15 +166,16 @@ def _fix_task(a, reverse, n_chunks, k, b_agg, out):
 
 
 @jit_parallel
-def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
-    """Scan-then-fix over ``n_chunks >= 2`` time chunks per sequence; ``a_agg, b_agg``:
-    workspace of shape ``(B, n_chunks, D)`` (slot 0 unused in ``a_agg``)."""
+def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
+    """Scan-then-fix over ``n_chunks >= 2`` time chunks per sequence; ``a_agg, a_exp, b_agg``:
+    workspace of shape ``(B, n_chunks, D)`` (``a_exp`` int64; slot 0 unused in ``a_agg``)."""
     B = b.shape[0]
     for i in prange(B * n_chunks):
         s = i // n_chunks
-        _local_task(a[s], b[s], h0[s], reverse, n_chunks, i % n_chunks, a_agg[s], b_agg[s], out[s])
+        k = i % n_chunks
+        _local_task(a[s], b[s], h0[s], reverse, n_chunks, k, a_agg[s], a_exp[s], b_agg[s], out[s])
     for s in range(B):
-        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], b_agg[s], out[s])
+        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
     n_fixes = n_chunks - 1
     for i in prange(B * n_fixes):
         s = i // n_fixes
@@ -174,8 +184,9 @@ def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, b_agg, out):
 
 @jit
 def carries_die_out(a, reverse, n_chunks, limit):
-    """Does a unit carry entering chunk 1 decay to exactly 0 within its first ``limit`` steps
-    (scan order) in every sequence of ``a`` ``(B, T, D)``? The probe of scan-then-fix."""
+    """Does a unit carry entering chunk 1 decay below a quarter of the machine epsilon within
+    its first ``limit`` steps (scan order) in every sequence of ``a`` ``(B, T, D)``? The probe
+    of scan-then-fix."""
     q = np.empty(a.shape[2], a.dtype)
     for s in range(a.shape[0]):
         lo, hi = _chunk_bounds(a.shape[1], n_chunks, 1, reverse)
@@ -209,6 +220,7 @@ def scan_diag(a, b, h0, reverse, out, plan=None):
         return
     B, _, D = b.shape
     a_agg = np.empty((B, n_chunks, D), b.dtype)
+    a_exp = np.empty((B, n_chunks, D), np.finfo(b.dtype).dtype)
     b_agg = np.empty((B, n_chunks, D), b.dtype)
     kernel = _diag_scan_then_fix if plan == "fix" else _diag_chunked
-    kernel(a, b, h0, reverse, n_chunks, a_agg, b_agg, out)
+    kernel(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out)

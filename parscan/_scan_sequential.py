@@ -11,6 +11,8 @@ helpers (``*_one``, ``*_range``) are also the bodies of the threaded kernels in
 :mod:`parscan._scan_cpu`.
 """
 
+import math
+
 import numpy as np
 from numba import uint64
 
@@ -47,10 +49,156 @@ def diag_range(a, b, h_in, lo, hi, reverse, out):
             of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
 
 
+# --------------------------------------------------------------------------- scaled products
+# A chunk's product ``∏ a_t`` is kept as ``p * 2**(-k*e)``: whenever both parts of ``p`` fall
+# below ``2**-k`` it is multiplied by ``2**k`` and its rescale count ``e`` grows. The product
+# of a contractive ``a`` otherwise sinks into the subnormals, where round-to-nearest can hold
+# it at the smallest subnormal for ever (``5e-324 * 0.75`` rounds back to ``5e-324``) and
+# every later multiply runs at subnormal speed (10x slower at T = 1e6, ``a`` uniform in
+# (0.5, 1)); flushing it to 0 instead loses ``∏ a * h_in`` where ``h_in`` is huge (a carry of
+# 1e30 through a product of 1e-61 is 1e-31, not 0). Only once the product is below
+# ``2**-(k*(e_max+1))`` -- smaller than the smallest subnormal divided by the largest finite
+# number, so that its product with any finite carry rounds to 0 -- is it set to 0 (and stays
+# 0, which ends the product loops early).
+
+
 @jit
-def flush_tiny(p, tiny):
-    """``p``, or 0 where ``|p|`` is below ``tiny`` (complex: both parts); NaN is kept."""
-    return p * ((abs(p.real) >= tiny) | (abs(p.imag) >= tiny))
+def product_scale(x):
+    """``(k, e_max)`` of the scaled products of ``x``'s dtype: rescale by ``2**k`` when both
+    parts are below ``2**-k``, at most ``e_max`` times (float32 / complex64: 32, 8;
+    float64 / complex128: 64, 32)."""
+    if np.finfo(x.dtype).eps > 1e-10:  # 24-bit mantissa, exponents -149 .. 127
+        return 32, 8  # 32 * 9 >= 149 + 128 + 1
+    return 64, 32  # 64 * 33 >= 1074 + 1024 + 1
+
+
+@jit
+def product_up(x, k):
+    """``2**k`` as a scalar of the real type of ``x``'s dtype (float32 for complex64)."""
+    up = np.empty(1, x.dtype)
+    up[0] = 2.0**k
+    return up[0].real
+
+
+@jit
+def rescale(p, e, up, e_max):
+    """One renormalisation step of a scaled product: ``(p, e)`` with ``p`` multiplied by
+    ``up = 2**k`` (and ``e + 1``) when both parts are below ``1 / up``, or set to 0 when that
+    would exceed ``e_max`` rescales; NaN and inf are kept."""
+    one, zero = up / up, up - up  # in up's precision: no float64 promotion of float32 lanes
+    small = (abs(p.real) * up < one) & (abs(p.imag) * up < one)
+    grow = small & (e < e_max)
+    factor = up if grow else (zero if small else one)
+    return p * factor, e + (one if grow else zero)
+
+
+@jit
+def times_pow2(z, n):
+    """``z * 2**n`` for any int ``n`` in the widest precision (float64 / complex128), in
+    steps of normal powers of two (exact except for a final rounding into the subnormals)."""
+    z = z * 1.0
+    while n > 960:
+        z = z * 2.0**960
+        n -= 960
+    while n < -960:
+        z = z * 2.0**-960
+        n += 960
+    return z * 2.0**n
+
+
+@jit
+def _exponent(z):
+    """Binary exponent of the larger part of ``z``; 0 for 0, NaN and inf."""
+    m = max(abs(z.real), abs(z.imag))
+    if m == 0 or not m < np.inf:
+        return 0
+    return math.frexp(m)[1]
+
+
+@jit
+def scaled_times(p, e, k, h):
+    """``(p * 2**(-k*e)) * h`` without intermediate overflow or underflow: both factors are
+    brought to unit scale, multiplied, and the exponents applied once at the end."""
+    sp, sh = _exponent(p), _exponent(h)
+    unit = times_pow2(p, -sp) * times_pow2(h, -sh)
+    return times_pow2(unit, sp + sh - k * int(e))
+
+
+# --------------------------------------------------------------------------- time chunks
+
+
+@jit
+def diag_reduce_range(a, b, lo, hi, reverse, a_agg, a_exp, b_agg):
+    """Aggregate pair of steps ``lo..hi-1``: ``h[last] = (a_agg * 2**(-k*a_exp)) ∘ h_in +
+    b_agg`` (``k`` of :func:`product_scale`).
+
+    Applies the combine ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` step by step in time
+    order (forward: increasing t; reverse: decreasing t). ``a_agg, b_agg`` have shape ``(D,)``,
+    ``a_exp`` (int64) too: the product is kept scaled (see :func:`rescale`), so that it
+    neither sinks into the subnormals nor loses a huge carry. Flat unsigned indexing as in
+    :func:`diag_range`.
+    """
+    D = uint64(b.shape[1])
+    af, bf = a.reshape(a.size), b.reshape(b.size)
+    k, e_max = product_scale(a_agg)
+    up = product_up(a_agg, k)
+    for d in range(D):
+        a_agg[d] = 1.0
+        a_exp[d] = 0
+        b_agg[d] = 0.0
+    for s in range(hi - lo):
+        base = uint64(hi - 1 - s if reverse else lo + s) * D
+        for d in range(D):
+            b_agg[d] = af[base + d] * b_agg[d] + bf[base + d]
+            a_agg[d], a_exp[d] = rescale(af[base + d] * a_agg[d], a_exp[d], up, e_max)
+
+
+@jit
+def diag_range_local(a, b, lo, hi, reverse, out, a_agg, a_exp, with_product):
+    """Scan steps ``lo..hi-1`` from a zero state; with ``with_product``, also the scaled
+    product ``a_agg * 2**(-k*a_exp) = ∏ a_t`` over them (shape ``(D,)``, see
+    :func:`diag_reduce_range`).
+
+    The first step writes ``b`` itself (the zero state is structural: ``inf * 0`` never makes
+    a NaN that the true state would not have). Then ``h[t] = out[t] + (∏ a up to t) ∘ h_in``:
+    pass 1 of the scan-then-fix strategy of :mod:`parscan._scan_cpu`. The product runs in the
+    scan loop only until it is 0 in every channel (below any finite carry's reach; it stays
+    0), after which the loop is :func:`diag_range`'s: carrying the product in every step
+    measured 25-35 % slower.
+    """
+    if hi <= lo:
+        return
+    first = hi - 1 if reverse else lo
+    out[first, :] = b[first, :]
+    done = _scan_with_product(a, b, lo, hi, reverse, out, a_agg, a_exp) if with_product else 1
+    if reverse:
+        diag_range(a, b, out[hi - done], lo, hi - done, reverse, out)
+    else:
+        diag_range(a, b, out[lo + done - 1], lo + done, hi, reverse, out)
+
+
+@jit
+def _scan_with_product(a, b, lo, hi, reverse, out, a_agg, a_exp):
+    """Continue :func:`diag_range_local` after its first step with the scaled product
+    alongside, until it is 0 in every channel or the range ends; returns the steps done."""
+    D = uint64(b.shape[1])
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    k, e_max = product_scale(a_agg)
+    up = product_up(a_agg, k)
+    a_agg[:] = a[hi - 1 if reverse else lo]
+    a_exp[:] = 0
+    alive = not _is_zero(a_agg)
+    done = 1
+    while alive and done < hi - lo:
+        prev = uint64(hi - done if reverse else lo + done - 1) * D
+        base = uint64(hi - 1 - done if reverse else lo + done) * D
+        alive = False
+        for d in range(D):
+            of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
+            a_agg[d], a_exp[d] = rescale(af[base + d] * a_agg[d], a_exp[d], up, e_max)
+            alive |= a_agg[d] != 0
+        done += 1
+    return done
 
 
 @jit
@@ -63,103 +211,49 @@ def _is_zero(q):
 
 
 @jit
-def diag_reduce_range(a, b, lo, hi, reverse, a_agg, b_agg):
-    """Aggregate pair of steps ``lo..hi-1``: ``h[last] = a_agg ∘ h_in + b_agg``.
-
-    Applies the combine ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` step by step in time
-    order (forward: increasing t; reverse: decreasing t). ``a_agg, b_agg`` have shape ``(D,)``.
-    Flat unsigned indexing as in :func:`diag_range`.
-
-    A product ``a_agg`` that falls below the dtype's smallest normal number is flushed to
-    zero (NaN is kept). The running product of a contractive ``a`` otherwise sinks into
-    the subnormals, where round-to-nearest can hold it at the smallest subnormal for ever
-    (``5e-324 * 0.75`` rounds back to ``5e-324``), and every later multiply runs at
-    subnormal speed: 10x slower at T = 1e6 with ``a`` uniform in (0.5, 1). The flushed term
-    ``a_agg * h_in`` is below ``tiny * |h_in|``, far under the rounding of ``b_agg``.
-    """
-    D = uint64(b.shape[1])
-    af, bf = a.reshape(a.size), b.reshape(b.size)
-    tiny = np.finfo(a_agg.dtype).tiny
-    for d in range(D):
-        a_agg[d] = 1.0
-        b_agg[d] = 0.0
-    for s in range(hi - lo):
-        base = uint64(hi - 1 - s if reverse else lo + s) * D
-        for d in range(D):
-            b_agg[d] = af[base + d] * b_agg[d] + bf[base + d]
-            a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
+def _negligible(q, h, unit, c):
+    """Is every channel of the carried part ``q`` (shape ``(D,)``) exactly 0, or finite and
+    at most ``c |h|`` with ``h`` finite (``h = 1`` when ``unit``)?"""
+    big = np.finfo(q.dtype).max
+    for d in range(q.shape[0]):
+        if q[d] == 0:
+            continue
+        hd = 1.0 if unit else h[d]
+        finite = abs(hd.real) <= big and abs(hd.imag) <= big
+        if not (finite and abs(q[d]) <= c * abs(hd)):
+            return False
+    return True
 
 
-@jit
-def diag_range_local(a, b, lo, hi, reverse, out, a_agg, with_product):
-    """Scan steps ``lo..hi-1`` from a zero state; with ``with_product``, also ``a_agg = ∏ a_t``
-    over them (shape ``(D,)``, flushed as in :func:`diag_reduce_range`).
-
-    The first step writes ``b`` itself (the zero state is structural: ``inf * 0`` never makes
-    a NaN that the true state would not have). Then ``h[t] = out[t] + (∏ a up to t) ∘ h_in``:
-    pass 1 of the scan-then-fix strategy of :mod:`parscan._scan_cpu`. The product runs in the
-    scan loop only until it is 0 in every channel (it stays 0), after which the loop is
-    :func:`diag_range`'s: carrying the product's flush in every step measured 25-35 % slower.
-    """
-    if hi <= lo:
-        return
-    first = hi - 1 if reverse else lo
-    out[first, :] = b[first, :]
-    done = _scan_with_product(a, b, lo, hi, reverse, out, a_agg) if with_product else 1
-    if reverse:
-        diag_range(a, b, out[hi - done], lo, hi - done, reverse, out)
-    else:
-        diag_range(a, b, out[lo + done - 1], lo + done, hi, reverse, out)
-
-
-@jit
-def _scan_with_product(a, b, lo, hi, reverse, out, a_agg):
-    """Continue :func:`diag_range_local` after its first step with ``a_agg = ∏ a_t`` alongside,
-    until the product is 0 in every channel or the range ends; returns the steps done."""
-    D = uint64(b.shape[1])
-    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
-    tiny = np.finfo(a_agg.dtype).tiny
-    a_agg[:] = a[hi - 1 if reverse else lo]
-    alive = not _is_zero(a_agg)
-    done = 1
-    while alive and done < hi - lo:
-        prev = uint64(hi - done if reverse else lo + done - 1) * D
-        base = uint64(hi - 1 - done if reverse else lo + done) * D
-        alive = False
-        for d in range(D):
-            of[base + d] = af[base + d] * of[prev + d] + bf[base + d]
-            a_agg[d] = flush_tiny(af[base + d] * a_agg[d], tiny)
-            alive |= a_agg[d] != 0
-        done += 1
-    return done
-
-
-#: Steps between the checks whether a decaying carry is 0 in every channel (checking every
-#: step kept the loop from vectorising: 45-60 ns per step at D = 16 instead of 5-7).
+#: Steps between the checks whether a decaying carry is negligible in every channel
+#: (checking every step kept the loop from vectorising: 45-60 ns per step at D = 16
+#: instead of 5-7).
 DECAY_CHECK_STEPS = 32
 
 
 @jit
 def _decay_carry(a, lo, hi, reverse, q, out, add):
-    """``q = a_t ∘ q`` for the steps ``lo..hi-1`` in scan order (flushed below the smallest
-    normal number), adding each ``q`` to ``out[t]`` when ``add``; stops once every channel of
-    ``q`` is exactly 0, checked every :data:`DECAY_CHECK_STEPS` steps. Returns the steps
-    done, ``hi - lo + 1`` if ``q`` is still alive at the end."""
+    """``q = a_t ∘ q`` for the steps ``lo..hi-1`` in scan order, adding each ``q`` to
+    ``out[t]`` when ``add``. Every :data:`DECAY_CHECK_STEPS` steps it stops if every channel of
+    ``q`` is exactly 0 or below a quarter of the machine epsilon relative to ``out[t]``
+    (``add``) or to 1 (a unit carry, not ``add``). Returns the steps done, ``hi - lo + 1``
+    if ``q`` is still not negligible at the end."""
     D = uint64(a.shape[1])
     af, of = a.reshape(a.size), out.reshape(out.size)
-    tiny = np.finfo(q.dtype).tiny
+    c = np.finfo(q.dtype).eps / 4
     done = 0
     while done < hi - lo:
         stop = min(done + DECAY_CHECK_STEPS, hi - lo)
         for s in range(done, stop):
             base = uint64(hi - 1 - s if reverse else lo + s) * D
             for d in range(D):
-                q[d] = flush_tiny(af[base + d] * q[d], tiny)
+                q[d] = af[base + d] * q[d]
             if add:
                 for d in range(D):
                     of[base + d] += q[d]
         done = stop
-        if _is_zero(q):
+        t = hi - done if reverse else lo + done - 1
+        if _negligible(q, out[t], not add, c):
             return done
     return hi - lo + 1
 
@@ -169,10 +263,15 @@ def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
     """Add the part of the state carried in from ``h_in``: ``out[t] += q_t`` for the steps
     ``lo..hi-1`` in scan order, ``q_t = a_t ∘ q_{t-1}`` with ``q`` entering as ``h_in``.
 
-    Pass 2 of scan-then-fix. Stops once every channel of ``q`` is exactly 0 (flushed below the
-    smallest normal number: an absolute change under ``tiny`` per step), checked every
-    :data:`DECAY_CHECK_STEPS` steps: from there on the carried part is 0 and ``out`` is final.
-    ``q`` is scratch of shape ``(D,)``. Returns the number of steps fixed.
+    Pass 2 of scan-then-fix. Stops once every channel of ``q`` is exactly 0 or finite and
+    below ``eps/4 |out[t]|`` (``out[t]`` finite), checked every :data:`DECAY_CHECK_STEPS`
+    steps: adding it no longer changes ``out[t]``. What is left out after that is
+    ``(∏ a) q_t``, at most ``eps/4`` of ``(∏ a) out[t]``: the same size as the rounding error
+    the sequential loop itself makes at step ``t`` and carries on through the same ``∏ a``,
+    so the result agrees with the sequential loop to rounding even where later steps cancel
+    ``out``. A ``q`` that stays large against ``out`` (``out`` near 0, NaN, inf) is added to
+    the end of the chunk. ``q`` is scratch of shape ``(D,)``. Returns the number of steps
+    fixed.
     """
     q[:] = h_in
     return min(_decay_carry(a, lo, hi, reverse, q, out, True), hi - lo)
@@ -181,9 +280,9 @@ def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
 @jit
 def diag_decay_steps(a, lo, hi, reverse, q):
     """Steps (in scan order from the start of ``lo..hi-1``, rounded up to a multiple of
-    :data:`DECAY_CHECK_STEPS`) after which a unit state carried in has decayed to exactly 0 in
-    every channel (see :func:`diag_fix_range`); ``hi - lo + 1`` if it has not by the end.
-    ``q`` is scratch of shape ``(D,)``."""
+    :data:`DECAY_CHECK_STEPS`) after which a unit state carried in has decayed below a
+    quarter of the machine epsilon in every channel (see :func:`diag_fix_range`);
+    ``hi - lo + 1`` if it has not by the end. ``q`` is scratch of shape ``(D,)``."""
     q[:] = 1.0
     return _decay_carry(a, lo, hi, reverse, q, a, False)  # a stands in for the unused out
 

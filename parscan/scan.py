@@ -302,7 +302,8 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         Run the recurrence from ``t = T-1`` down to 0.
     transpose : bool
         Dense ``a`` only: use ``a[..., t, :, :].T`` (the adjoint of a forward scan is a reverse
-        scan with transposed matrices, without a copy). Ignored for diagonal ``a``.
+        scan with transposed matrices, without a copy). This is the plain transpose, also for
+        complex ``a``: for the Hermitian adjoint pass ``a.conj()``. Ignored for diagonal ``a``.
     backend : {"auto", "sequential", "cpu", "cuda"}
         ``"sequential"``: one compiled loop. ``"cpu"``: Numba threads, parallel over the batch
         when ``B >= threads``, else over time chunks (diagonal: scan-then-fix when the carry
@@ -334,8 +335,11 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     Notes
     -----
     NaN and inf propagate as values (no error). ``T = 0`` returns an empty array of ``b``'s
-    shape. The parallel backends combine steps in another order, so backends agree to rounding,
-    and bit for bit on dyadic data (``a`` in {0, 1/2, 1}, small integer ``b``). Two consequences:
+    shape. The parallel backends combine steps in another order, so backends agree to rounding
+    (the threaded plans leave out a carried part only once it is below a quarter of an ulp of
+    the state: an error of the size the sequential loop itself makes), and bit for bit on
+    dyadic data whose every partial result is exact (``a`` in {0, 1/2, 1} with zeros
+    recurring, small integer ``b``; long runs of ``a = 1/2`` eventually round). Two consequences:
     with ``±inf`` in ``a``, a combined product ``0 * inf`` can give NaN where the sequential loop
     gives ``±inf``; and the ``"cuda"`` look-back combines a timing-dependent number of tile
     aggregates, so its last bits may differ from run to run (as in CUB's floating-point scans).
@@ -356,6 +360,11 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         h0 = None if h0 is None else np.asarray(h0)
     dense = _validate(a, b, h0)
     if out is not None:
+        if not (isinstance(out, np.ndarray) or _is_device(out)):
+            raise TypeError(
+                f"linear_scan: `out` must be an array like `b` (shape {tuple(b.shape)}, dtype "
+                f"{b.dtype}) or None; got {type(out).__name__}."
+            )
         _check_out(out, a, b, h0)
     if backend == "cuda":
         from parscan import _cuda
@@ -390,7 +399,9 @@ def combine(pair2, pair1):
     ``pair1 = (A1, b1)`` is the *earlier* step. Applying the result to a state ``h`` equals
     applying ``pair1`` then ``pair2``: ``A2 (A1 h + b1) + b2``. Diagonal pairs (``A`` of shape
     ``(..., D)``) multiply elementwise; dense pairs (``A`` of shape ``(..., D, D)``) use matrix
-    products. Leading dimensions broadcast as in NumPy.
+    products. A pair is dense exactly when ``A`` has one dimension more than ``b``, diagonal
+    when it has as many; within a pair ``A`` and ``b`` must have the same leading dimensions,
+    and the leading dimensions of the two pairs broadcast as in NumPy.
 
     Parameters
     ----------
@@ -404,14 +415,40 @@ def combine(pair2, pair1):
     (A, b) : tuple of ndarray
         ``(A2 A1, A2 b1 + b2)``.
     """
-    (A2, b2), (A1, b1) = (tuple(np.asarray(x) for x in pair) for pair in (pair2, pair1))
-    dense2, dense1 = A2.ndim == b2.ndim + 1, A1.ndim == b1.ndim + 1
-    if dense2 != dense1 or A2.ndim not in (b2.ndim, b2.ndim + 1):
+    pairs = []
+    for name, pair in (("pair2", pair2), ("pair1", pair1)):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise TypeError(f"combine: {name} must be a pair (A, b); got {pair!r:.80}.")
+        pairs.append(tuple(np.asarray(x) for x in pair))
+    (A2, b2), (A1, b1) = pairs
+    shapes = f"A2.shape={A2.shape}, b2.shape={b2.shape}, A1.shape={A1.shape}, b1.shape={b1.shape}"
+    kinds = [_pair_kind(A, b) for A, b in pairs]
+    if None in kinds or kinds[0] != kinds[1]:
         raise ValueError(
-            "combine: both pairs must be diagonal (A of shape (..., D)) or both dense "
-            f"(A of shape (..., D, D)); got A2.shape={A2.shape}, b2.shape={b2.shape}, "
-            f"A1.shape={A1.shape}, b1.shape={b1.shape}."
+            "combine: both pairs must be diagonal (A and b of shape (..., D)) or both dense "
+            f"(A of shape (..., D, D), b of shape (..., D)), with the same leading dimensions "
+            f"within a pair; got {shapes}."
         )
-    if dense2:
-        return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
-    return A2 * A1, A2 * b1 + b2
+    if b2.shape[-1:] != b1.shape[-1:]:
+        raise ValueError(f"combine: the two pairs must share D; got {shapes}.")
+    dense2 = kinds[0] == "dense"
+    try:
+        if dense2:
+            return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
+        return A2 * A1, A2 * b1 + b2
+    except ValueError:
+        raise ValueError(
+            f"combine: the leading dimensions of the two pairs do not broadcast; got {shapes}."
+        ) from None
+
+
+def _pair_kind(A, b) -> str | None:
+    """``"diag"`` or ``"dense"`` for a well-formed pair ``(A, b)``, else None."""
+    if b.ndim < 1:
+        return None
+    D = b.shape[-1]
+    if A.shape == b.shape:
+        return "diag"
+    if A.shape == (*b.shape, D):
+        return "dense"
+    return None

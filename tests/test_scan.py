@@ -16,7 +16,7 @@ from reference import scan_reference
 import parscan
 from parscan import _scan_cpu, scan
 from parscan._jit import n_threads, set_threads
-from parscan._scan_sequential import diag_reduce_range
+from parscan._scan_sequential import diag_reduce_range, product_scale
 
 HOST_BACKENDS = ("sequential", "cpu", "auto")
 DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
@@ -153,14 +153,16 @@ def test_reduce_then_scan_any_chunk_count(n_chunks, reverse, B):
         a, b, h0 = make_dyadic_inputs(T, np.float64, False, (B,), T, 3)
         out = np.empty_like(b)
         agg = np.empty((B, n_chunks - 1, 3))
-        _scan_cpu._diag_chunked(a, b, h0, reverse, n_chunks, agg, agg.copy(), out)
+        exp = np.empty_like(agg)
+        _scan_cpu._diag_chunked(a, b, h0, reverse, n_chunks, agg, exp, agg.copy(), out)
         np.testing.assert_array_equal(out, scan_reference(a, b, h0, reverse))
 
 
 def _scan_then_fix(a, b, h0, reverse, n_chunks):
     out = np.empty_like(b)
     work = np.empty((b.shape[0], n_chunks, b.shape[2]), b.dtype)
-    _scan_cpu._diag_scan_then_fix(a, b, h0, reverse, n_chunks, work, work.copy(), out)
+    exp = np.empty(work.shape, np.finfo(b.dtype).dtype)
+    _scan_cpu._diag_scan_then_fix(a, b, h0, reverse, n_chunks, work, exp, work.copy(), out)
     return out
 
 
@@ -219,7 +221,7 @@ def test_time_plan_takes_scan_then_fix_only_when_the_carry_dies_out():
     assert _scan_cpu.time_plan(contractive, False, 2) == ("fix", 2)
     assert _scan_cpu.time_plan(contractive, True, 2) == ("fix", 2)
     assert _scan_cpu.time_plan(contractive[:, :20_000], False, 2) == ("fix", 2)
-    assert _scan_cpu.time_plan(contractive[:, :2000], False, 2) == ("reduce", 3)  # probe: 250
+    assert _scan_cpu.time_plan(contractive[:, :200], False, 2) == ("reduce", 3)  # probe: 25
     assert _scan_cpu.time_plan(np.repeat(contractive, 3, axis=0), False, 4) == ("fix", 2)
     assert _scan_cpu.time_plan(contractive, False, 16) == ("fix", 16)
     slow = contractive.copy()
@@ -434,22 +436,65 @@ def test_thread_count_follows_numba_in_every_python_thread():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
-def test_chunk_aggregates_flush_subnormal_products(dtype):
-    # A product of thousands of contractive factors underflows; round-to-nearest would hold
-    # it at the smallest subnormal (slow arithmetic for the rest of the chunk). It is flushed
-    # to zero instead, NaN is kept, and the threaded scan still equals the sequential one.
+def test_chunk_aggregates_keep_scaled_products(dtype):
+    # A product of thousands of contractive factors is far below the smallest normal
+    # number: it is kept as p * 2**(-k*e) (never subnormal, never flushed while a finite
+    # carry could still feel it), NaN is kept, and only a product below every finite
+    # carry's reach becomes 0.
     rng = np.random.default_rng(4)
     T, D = 4000, 3
     a = rng.uniform(0.5, 0.9, (T, D)).astype(dtype)
     b = rng.standard_normal((T, D)).astype(dtype)
     a[:, 2] = np.nan
     a_agg, b_agg = np.empty(D, dtype), np.empty(D, dtype)
-    diag_reduce_range(a, b, 0, T, False, a_agg, b_agg)
-    assert np.all(a_agg[:2] == 0) and np.isnan(a_agg[2])
-    a[:, 2] = 0.7
-    expected = parscan.linear_scan(a[None], b[None], backend="sequential")
-    got = parscan.linear_scan(a[None], b[None], backend="cpu")
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    a_exp = np.empty(D, np.finfo(dtype).dtype)
+    k, e_max = product_scale(a_agg)
+    diag_reduce_range(a, b, 0, 300, False, a_agg, a_exp, b_agg)
+    log2_true = np.sum(np.log2(np.abs(a[:300, :2])), axis=0)
+    log2_kept = np.log2(np.abs(a_agg[:2])) - k * a_exp[:2]
+    assert np.all(a_exp[:2] > 0) and np.all(np.abs(a_agg[:2]) * 2.0**k >= 1)
+    np.testing.assert_allclose(log2_kept, log2_true, rtol=1e-4)
+    assert np.isnan(a_agg[2])
+    diag_reduce_range(a, b, 0, T, False, a_agg, a_exp, b_agg)
+    assert np.all(a_agg[:2] == 0) and np.all(a_exp[:2] == e_max)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plan", ["reduce", "fix"])
+def test_time_chunks_keep_a_huge_carry_through_a_tiny_product(dtype, plan):
+    # A carry of 1e30 (float32) / 1e300 (float64) through a chunk whose product is below the
+    # smallest normal number still contributes a normal number at the end of the chunk.
+    T, n_chunks = 3000, 3
+    huge = 1e30 if dtype == np.float32 else 1e300
+    steps = 200 if dtype == np.float32 else 1100
+    a = np.ones((1, T, 2), dtype)
+    a[0, 1100 : 1100 + steps] = 0.5
+    b = np.zeros((1, T, 2), dtype)
+    b[0, 2500:, 1] = 1e-33 if dtype == np.float32 else 1e-303
+    h0 = np.full((1, 2), huge, dtype)
+    out = np.empty_like(b)
+    exp = np.empty((1, n_chunks, 2), dtype)
+    work = np.empty((1, n_chunks, 2), dtype)
+    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
+    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    expected = scan_reference(a, b, h0, False)
+    assert np.all(expected[0, -1] > 0)
+    # (the reference rounds at every one of the 500 additions of b; the chunks sum b first)
+    np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+def test_scan_then_fix_keeps_carries_of_values_near_the_smallest_normal(dtype):
+    # The carried part is dropped only once it is negligible against the state itself, not
+    # below an absolute threshold: a signal living near the smallest normal number keeps it.
+    tiny = float(np.finfo(dtype).tiny)
+    T = 4000
+    a = np.full((1, T, 2), 0.9, dtype)
+    b = np.full((1, T, 2), 0.1 * tiny, dtype)
+    b[0, :, 1] = 100 * tiny
+    got = _scan_then_fix(a, b, np.zeros((1, 2), dtype), False, 2)
+    expected = scan_reference(a, b, np.zeros((1, 2), dtype), False)
+    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
 def test_available_backends():
@@ -530,3 +575,18 @@ def test_cuda_unavailable_error_lists_backends():
 def test_combine_rejects_mixed_kinds():
     with pytest.raises(ValueError, match=r"^combine: both pairs must be diagonal"):
         parscan.combine((np.ones((3, 3)), np.ones(3)), (np.ones(3), np.ones(3)))
+    with pytest.raises(ValueError, match=r"^combine: both pairs .* within a pair"):
+        parscan.combine((np.ones((4, 3, 3)), np.ones(3)), (np.ones((3, 3)), np.ones(3)))
+    with pytest.raises(ValueError, match=r"^combine: the two pairs must share D"):
+        parscan.combine((np.ones(3), np.ones(3)), (np.ones(4), np.ones(4)))
+    with pytest.raises(ValueError, match=r"^combine: the leading dimensions .* do not broadcast"):
+        parscan.combine((np.ones((2, 3)), np.ones((2, 3))), (np.ones((3, 3)), np.ones((3, 3))))
+    with pytest.raises(TypeError, match=r"^combine: pair2 must be a pair \(A, b\)"):
+        parscan.combine((np.ones(3),) * 3, (np.ones(3), np.ones(3)))
+    A, c = parscan.combine((np.ones((4, 3, 3)), np.ones((4, 3))), (np.eye(3), np.ones(3)))
+    assert A.shape == (4, 3, 3) and np.array_equal(c, np.full((4, 3), 4.0))
+
+
+def test_out_that_is_not_an_array_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^linear_scan: `out` must be an array like `b`"):
+        parscan.linear_scan(GOOD_A, GOOD_B, out=[0.0] * GOOD_B.size)
