@@ -362,13 +362,19 @@ def _shift(states, z0, out):
 
 
 def _initial_guess(p: _Problem, M: int) -> np.ndarray:
-    """``init``, else the data in the observed part and ``z0``'s other latents, broadcast."""
+    """``init``, else the data in the observed part and ``z0``'s other latents, broadcast.
+    Non-finite data in the columns that are not forced (``n_forced..N-1``, which the
+    recurrence never reads) are replaced by ``z0``'s values: they must not poison the guess."""
     if p.init is not None:
         return p.init.copy()
     guess = np.empty((*p.forcing.shape[:2], M), dtype=p.z0.dtype)
     guess[...] = p.z0[:, None, :]
     N = p.forcing.shape[-1]
     guess[..., :N] = p.forcing
+    free = guess[..., p.n_forced : N]
+    bad = ~np.isfinite(free)
+    if bad.any():
+        free[bad] = np.broadcast_to(p.z0[:, None, p.n_forced : N], free.shape)[bad]
     return guess
 
 

@@ -324,6 +324,17 @@ def test_nan_in_forcing_or_z0_is_non_finite_and_kept():
     assert res.status is DeerStatus.NON_FINITE and not res.converged.any()
 
 
+def test_nan_in_a_column_that_is_not_forced_is_ignored_as_by_the_recursion():
+    model = make_model("ClippedShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (2,), 20, "full")
+    forcing[1, 7, -1] = np.nan  # the last observed column, not forced with n_forced = N - 1
+    n_forced = forcing.shape[-1] - 1
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, n_forced=n_forced)
+    ref = sequential_solve(model, z0, forcing=forcing, alpha=alpha, n_forced=n_forced)
+    assert res.ok and np.isfinite(res.states).all()
+    np.testing.assert_allclose(res.states, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_diverging_plain_deer_on_chaotic_free_run():
     model = EulerLorenz()
     z0, _ = lorenz_data(1)
