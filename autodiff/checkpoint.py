@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import atomic_save_npz
+from models.base import atomic_save_npz, read_npz_fields, read_standardization
 
 #: file name of the latest checkpoint inside a checkpoint directory
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -87,7 +87,8 @@ def load_checkpoint(path) -> dict:
     Raises
     ------
     ValueError
-        No such file, not a readable ``.npz``, or not a parscan training checkpoint.
+        No such file, not a readable ``.npz`` (truncated, corrupt), not a parscan training
+        checkpoint, or an incomplete or invalid standardisation.
     """
     path = Path(path)
     if path.is_dir():
@@ -97,11 +98,7 @@ def load_checkpoint(path) -> dict:
             f"load_checkpoint: no checkpoint at {path}. Start without resume, or point to the "
             "checkpoint directory of an earlier run."
         )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            fields = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"load_checkpoint: {path} is not a readable .npz file ({exc}).") from None
+    fields = read_npz_fields(path, "load_checkpoint")
     try:
         meta = json.loads(str(fields["metadata"]))
         state = meta["train_state"]
@@ -109,7 +106,7 @@ def load_checkpoint(path) -> dict:
         hyper = json.loads(str(fields["hyperparameters"]))
         model_class = str(fields["model_class"])
         params = fields["params"]
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError):
         raise ValueError(
             f"load_checkpoint: {path} is not a parscan training checkpoint (a model file "
             "written by model.save has no training state; load it with models.load)."
@@ -119,9 +116,7 @@ def load_checkpoint(path) -> dict:
             f"load_checkpoint: {path} has checkpoint format {version}; this parscan reads "
             f"format {FORMAT_VERSION}."
         )
-    standardization = None
-    if "data_mean" in fields:
-        standardization = (fields["data_mean"], fields["data_std"])
+    standardization = read_standardization(fields, None, path, "load_checkpoint")
     return {
         "path": path,
         "model_class": model_class,

@@ -61,7 +61,9 @@ class GradInfo:
     alpha : float or ndarray of shape (B,)
         The GTF parameter used (the estimate when ``alpha="auto"`` was passed).
     status : DeerStatus
-        Solver status of the forward; ``DeerStatus.CONVERGED`` for the sequential method.
+        Solver status of the forward. The sequential method reports ``DeerStatus.CONVERGED``,
+        or ``DeerStatus.NON_FINITE`` when its forward, loss or gradient is NaN/inf (the states
+        overflowed).
     newton_iters : ndarray of shape (B,), int
         Newton iterations per sequence (zeros for the sequential method).
     """
@@ -197,7 +199,10 @@ def gtf_loss_and_grad(
     throw : bool
         If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
         (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A
-        gradient of an unconverged (wrong) trajectory is never returned.
+        gradient of an unconverged (wrong) trajectory is never returned. The sequential
+        method has no Newton result to raise with: when its forward, loss or gradient is not
+        finite it returns ``(nan, None, info)`` with ``info.status == DeerStatus.NON_FINITE``
+        whatever ``throw`` is.
     tol, max_iter : optional
         Passed to :func:`parscan.deer_solve` (its defaults when None).
 
@@ -208,7 +213,8 @@ def gtf_loss_and_grad(
         dimensions, of the predictions ``z_t`` (before forcing), accumulated in float64.
     grad : ndarray, shape (n_params,), or None
         ``d loss / d model.params`` (model dtype), including the ``L0`` block of the initial
-        state map; None when the forward did not converge and ``throw=False``.
+        state map; None when the DEER forward did not converge and ``throw=False``, or the
+        sequential method's loss or gradient is not finite (``loss`` is then NaN).
     info : GradInfo
         Method, alpha used, solver status and Newton iterations.
 
@@ -217,7 +223,8 @@ def gtf_loss_and_grad(
     TypeError, ValueError
         Wrong model kind, dtype, shapes, alpha, method or jacobian; non-finite data.
     parscan.DeerConvergenceError
-        The DEER forward did not converge and ``throw=True`` (its message gives the remedy).
+        The DEER forward did not converge and ``throw=True`` (its message gives the remedy;
+        never raised by ``method="sequential"``).
     """
     data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian)
     x0 = data[:, 0]
@@ -251,6 +258,9 @@ def gtf_loss_and_grad(
                 model, z0, forcing, run.states(), keep, n_forced, backend
             )
     grad += model.initial_state_vjp(x0, g0)
+    if method == "sequential" and not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+        # No Newton run, so no DeerResult for a DeerConvergenceError: reported, never raised.
+        return float("nan"), None, GradInfo(method, alpha, DeerStatus.NON_FINITE, iters)
     return loss, grad, GradInfo(method, alpha, status, iters)
 
 

@@ -19,6 +19,13 @@ import numpy as np
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+class NonFiniteStepError(ValueError):
+    """Raised by :meth:`Adam.step` / :meth:`RAdam.step` for a step that cannot be taken: the
+    gradient is not finite, or the new moments or parameters would not be finite in the
+    optimiser's dtype (e.g. ``grad**2`` overflowing float32). Optimiser state and ``params`` are
+    left untouched, so the caller can reject the step and continue."""
+
+
 def _check_hyperparameters(where: str, beta1, beta2, eps) -> tuple[float, float, float]:
     problems = []
     values = []
@@ -116,36 +123,71 @@ class Adam:
         if not (math.isfinite(lr) and lr > 0.0):
             raise ValueError(f"{where}: lr must be finite and > 0; got {lr!r}.")
         if not np.all(np.isfinite(grad)):
-            raise ValueError(
+            raise NonFiniteStepError(
                 f"{where}: grad contains NaN or inf; the optimiser state would be corrupted. "
                 "Reject the step before calling step()."
             )
         return lr
 
-    def _update_moments(self, grad: np.ndarray) -> None:
-        self.t += 1
+    def _new_moments(self, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(m_t, v_t)`` after ``grad``, as new arrays (the state is not touched)."""
         # Python-float coefficients keep float32 moments in float32 (NEP 50 weak scalars).
-        self.m *= self.beta1
-        self.m += (1.0 - self.beta1) * grad
-        self.v *= self.beta2
-        self.v += (1.0 - self.beta2) * (grad * grad)
+        m = self.m * self.beta1
+        m += (1.0 - self.beta1) * grad
+        v = self.v * self.beta2
+        v += (1.0 - self.beta2) * (grad * grad)
+        return m, v
+
+    def _update(self, m: np.ndarray, v: np.ndarray, t: int, lr: float) -> np.ndarray:
+        """The vector subtracted from ``params`` at step ``t`` (a new array)."""
+        bias1 = 1.0 - self.beta1**t
+        bias2 = 1.0 - self.beta2**t
+        m_hat = m / bias1
+        denom = np.sqrt(v / bias2)
+        denom += self.eps
+        m_hat /= denom
+        m_hat *= lr
+        return m_hat
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
         """Update ``params`` (shape ``(n_params,)``) in place with gradient ``grad``.
 
-        Raises ``TypeError``/``ValueError`` on a dtype or shape mismatch, a non-positive
-        ``lr`` or a non-finite ``grad`` (the state is left untouched).
+        The new moments and parameters are computed aside and committed only when all of them
+        are finite in the optimiser's dtype; an accepted step is bitwise the in-place update.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A dtype or shape mismatch, read-only ``params`` or a non-positive ``lr``.
+        NonFiniteStepError
+            ``grad`` is not finite, or the step would make ``m``, ``v`` or ``params``
+            non-finite (overflow). State and ``params`` are left untouched.
         """
         lr = self._check_step_args(params, grad, lr)
-        self._update_moments(grad)
-        bias1 = 1.0 - self.beta1**self.t
-        bias2 = 1.0 - self.beta2**self.t
-        m_hat = self.m / bias1
-        denom = np.sqrt(self.v / bias2)
-        denom += self.eps
-        m_hat /= denom
-        m_hat *= lr
-        params -= m_hat
+        with np.errstate(over="ignore", invalid="ignore"):
+            m, v = self._new_moments(grad)
+            new_params = params - self._update(m, v, self.t + 1, lr)
+        self._commit(params, grad, m, v, new_params)
+
+    def _commit(self, params, grad, m, v, new_params) -> None:
+        """Store the step's moments and parameters, or raise :class:`NonFiniteStepError`."""
+        bad = [
+            name
+            for name, x in (("m", m), ("v", v), ("params", new_params))
+            if not np.all(np.isfinite(x))
+        ]
+        if bad:
+            raise NonFiniteStepError(
+                f"{type(self).__name__}.step: expected a step that keeps the state finite, but "
+                f"it would make {', '.join(bad)} overflow in {self.dtype} (max |grad| = "
+                f"{float(np.max(np.abs(grad))):.3g}, lr and grad finite). The optimiser state "
+                "and params are left unchanged: reject the step, and clip the gradient "
+                "(grad_clip), lower the learning rate, standardise the data or use float64."
+            )
+        self.m[...] = m
+        self.v[...] = v
+        self.t += 1
+        params[...] = new_params
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The complete state as NumPy arrays (``np.savez``-able, no pickling).
@@ -220,14 +262,11 @@ class RAdam(Adam):
 
     _NAME = "RAdam"
 
-    def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        """Update ``params`` in place; see the class docstring for the formulas."""
-        lr = self._check_step_args(params, grad, lr)
-        self._update_moments(grad)
-        t = self.t
+    def _update(self, m: np.ndarray, v: np.ndarray, t: int, lr: float) -> np.ndarray:
+        """The vector subtracted from ``params`` at step ``t``; see the class docstring."""
         bias1 = 1.0 - self.beta1**t
         bias2 = 1.0 - self.beta2**t
-        m_hat = self.m / bias1
+        m_hat = m / bias1
         rho_inf = 2.0 / (1.0 - self.beta2) - 1.0
         rho_t = rho_inf - 2.0 * t * self.beta2**t / bias2
         if rho_t > 5.0:
@@ -237,14 +276,14 @@ class RAdam(Adam):
                 * rho_inf
                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
             )
-            denom = np.sqrt(self.v)
+            denom = np.sqrt(v)
             denom += self.eps
             m_hat *= lr
             m_hat *= rect * math.sqrt(bias2)
             m_hat /= denom
         else:
             m_hat *= lr
-        params -= m_hat
+        return m_hat
 
 
 class ExponentialDecay:

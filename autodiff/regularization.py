@@ -2,27 +2,37 @@
 
 The lab's ``regularize`` adds ``lambda * (||1 - A||^2 + sum_W ||W||^2 + sum_h ||h||^2)`` to the
 loss: the diagonal ``A`` is pulled towards 1 (slow, line-attractor-like dynamics; Schmidt et
-al., ICLR 2021), weights and biases towards 0. Here the blocks are found by name in the model's
-:meth:`~models.base.Model.param_spec`, so the penalty works for any model.
+al., ICLR 2021), weights and biases towards 0. The blocks are found by name in the model's
+:meth:`~models.base.Model.param_spec` (``A...``, ``W...``, ``h...`` / ``b...``), so the penalty
+works for any model; the SSMs, whose recurrence parameters also start with ``W`` / ``b``, list
+their penalised blocks (the readout MLP) in :data:`PENALISED`.
 """
 
 import math
 
 import numpy as np
 
-#: regularisation group -> (block-name prefixes, target value the block is pulled towards)
-GROUPS = {
-    "A": (("A",), 1.0),
-    "W": (("W",), 0.0),
-    "bias": (("h", "b"), 0.0),
-}
+#: regularisation group -> target value its blocks are pulled towards
+GROUPS = {"A": 1.0, "W": 0.0, "bias": 0.0}
+
+#: the lab's naming convention: block-name prefixes of each group
+PREFIXES = {"A": ("A",), "W": ("W",), "bias": ("h", "b")}
+
+_SSM_READOUT = {"A": (), "W": ("W1", "W2"), "bias": ("b1", "b2")}
+#: model class name -> {group: penalised block names}, for models whose block names do not
+#: follow the convention: the SSMs, whose recurrence parameters (``W_delta``, ``W_B``,
+#: ``b_delta`` ...) are never regularised, only their readout MLP
+PENALISED = {"LinearSSM": _SSM_READOUT, "SelectiveSSM": _SSM_READOUT}
 
 
-def _group_of(name: str) -> str | None:
-    for group, (prefixes, _) in GROUPS.items():
-        if name.startswith(prefixes):
-            return group
-    return None
+def _penalised_blocks(model) -> dict[str, tuple[str, ...]]:
+    """``{group: block names}`` of ``model``: its class's (or nearest base class's) entry in
+    :data:`PENALISED`, else its ``param_spec`` names classified by :data:`PREFIXES`."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in PENALISED:
+            return PENALISED[cls.__name__]
+    names = [name for name, _ in model.param_spec()]
+    return {g: tuple(n for n in names if n.startswith(PREFIXES[g])) for g in GROUPS}
 
 
 def _check_weights(weights) -> dict[str, float]:
@@ -58,10 +68,13 @@ def l2_penalty(model, weights: dict | float) -> tuple[float, np.ndarray]:
 
     ``penalty = lambda_A sum (1 - A)^2 + lambda_W sum W^2 + lambda_bias sum bias^2``
 
-    over the model's named parameter blocks, classified by the first character of the name
+    over the model's named parameter blocks, classified by the start of the name
     (case-sensitive): ``"A..."`` -> group ``"A"`` (pulled towards 1), ``"W..."`` -> group
-    ``"W"``, ``"h..."`` / ``"b..."`` -> group ``"bias"``. All other blocks -- the initial-state
-    map ``L0``, the SSMs' ``nu``, ``theta``, ``B_re`` ... -- are not regularised.
+    ``"W"``, ``"h..."`` / ``"b..."`` -> group ``"bias"``; for ``LinearSSM`` and
+    ``SelectiveSSM`` (and subclasses) only the readout MLP (``W1``, ``W2``; ``b1``, ``b2``),
+    as :data:`PENALISED` lists. The initial-state map ``L0`` and the SSM recurrence
+    parameters (``nu``, ``theta``, ``B_*``, ``C_*``; ``W_delta``, ``b_delta``, ``log_A``,
+    ``W_B``, ``W_C``) are never regularised.
 
     Parameters
     ----------
@@ -79,14 +92,16 @@ def l2_penalty(model, weights: dict | float) -> tuple[float, np.ndarray]:
         Its gradient with respect to ``model.params``, dtype ``model.dtype``.
     """
     lam = _check_weights(weights)
+    penalised = _penalised_blocks(model)
     grad = np.zeros(model.n_params, dtype=model.dtype)
     grad_blocks = model.unflatten(grad)
+    blocks = model.unflatten()
     penalty = 0.0
-    for name, block in model.unflatten().items():
-        group = _group_of(name)
-        if group is None or lam[group] == 0.0:
+    for group, names in penalised.items():
+        if lam[group] == 0.0:
             continue
-        diff = block.astype(np.float64) - GROUPS[group][1]
-        penalty += lam[group] * float(np.sum(diff * diff))
-        grad_blocks[name][...] = 2.0 * lam[group] * diff
+        for name in names:
+            diff = blocks[name].astype(np.float64) - GROUPS[group]
+            penalty += lam[group] * float(np.sum(diff * diff))
+            grad_blocks[name][...] = 2.0 * lam[group] * diff
     return penalty, grad

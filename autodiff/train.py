@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from autodiff.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from autodiff.optim import OPTIMIZERS, ExponentialDecay, clip_grad_norm, make_optimizer
+from autodiff.optim import (
+    OPTIMIZERS,
+    ExponentialDecay,
+    NonFiniteStepError,
+    clip_grad_norm,
+    make_optimizer,
+)
 from autodiff.regularization import GROUPS, l2_penalty
 from models.base import LatentRNN, Model
 from models.data import check_trajectory, standardize
@@ -271,7 +277,12 @@ class StepInfo:
     n_steps : int
         Total steps of the run.
     loss : float
-        Training loss of the batch (NaN for a rejected step whose forward failed).
+        Data loss of the batch (the GTF or teacher-forced MSE, without the L2 penalty; NaN
+        for a rejected step whose forward or alpha estimate failed).
+    penalty : float
+        L2 penalty of the step's parameters (:func:`autodiff.regularization.l2_penalty`; 0
+        when ``config.l2`` is 0 or no gradient was computed). The minimised objective is
+        ``loss + penalty``.
     alpha : float
         GTF alpha used (0 for state-space models).
     lr : float
@@ -296,6 +307,7 @@ class StepInfo:
     step: int
     n_steps: int
     loss: float
+    penalty: float
     alpha: float
     lr: float
     newton_iters_max: int
@@ -345,8 +357,9 @@ class TrainResult:
     best_scores : dict or None
         ``{"dstsp", "dh", "score", "status"}`` of the selected model.
     history : list of dict
-        One record per epoch: ``epoch`` (1-based), ``step``, ``loss`` (mean over accepted
-        steps), ``alpha``, ``lr``, ``newton_iters_mean``, ``newton_iters_max``,
+        One record per epoch: ``epoch`` (1-based), ``step``, ``loss`` (mean data loss over
+        accepted steps, as :attr:`StepInfo.loss`), ``penalty`` (mean L2 penalty over them, as
+        :attr:`StepInfo.penalty`), ``alpha``, ``lr``, ``newton_iters_mean``, ``newton_iters_max``,
         ``grad_norm_mean``, ``bad_steps``, ``time`` (s), and when validated ``val_dstsp``,
         ``val_dh``, ``val_score``, ``val_status``.
     n_bad_steps : int
@@ -398,6 +411,7 @@ class _State:
 def _new_epoch_acc() -> dict:
     return {
         "loss_sum": 0.0,
+        "penalty_sum": 0.0,
         "n_ok": 0,
         "newton_sum": 0.0,
         "newton_max": 0,
@@ -442,7 +456,41 @@ def _check_data(model, data, validation_data, config):
                 f"{where}: validation_data has {validation_data.shape[1]} columns; expected "
                 f"{model.n_obs} like data."
             )
+        _check_validation_length(validation_data, config.validation_steps)
     return data, validation_data
+
+
+#: points D_stsp and D_H need in each trajectory they compare (models.metrics)
+_MIN_SCORED_STEPS = 2
+
+
+def _check_validation_length(validation_data, validation_steps):
+    """Raise unless :func:`_validate` can score runs on ``validation_data``: the free runs start
+    at validation points and are compared with ``validation_data[1:]`` (D_stsp) and with its
+    first ``min(validation_steps, T_val - 1)`` points (D_H), each needing
+    ``_MIN_SCORED_STEPS`` points without a constant dimension."""
+    where = "fit"
+    n_val = validation_data.shape[0]
+    if n_val - 1 < _MIN_SCORED_STEPS:
+        raise ValueError(
+            f"{where}: validation_data needs at least {_MIN_SCORED_STEPS + 1} time steps (the "
+            f"free runs are scored against validation_data[1:], and D_stsp and D_H need "
+            f"{_MIN_SCORED_STEPS} points); got {n_val}. Pass a longer validation trajectory or "
+            "validation_data=None."
+        )
+    if validation_steps is not None and validation_steps < _MIN_SCORED_STEPS:
+        raise ValueError(
+            f"{where}: validation_steps must be >= {_MIN_SCORED_STEPS} (D_H compares spectra "
+            f"of at least {_MIN_SCORED_STEPS} points); got {validation_steps}. Raise "
+            "validation_steps or leave it None (len(validation_data) - 1)."
+        )
+    length = n_val - 1 if validation_steps is None else min(validation_steps, n_val - 1)
+    check_trajectory(
+        validation_data[1 : 1 + length],
+        where,
+        name=f"validation_data[1:{1 + length}] (the part the validation runs are scored on)",
+        min_steps=_MIN_SCORED_STEPS,
+    )
 
 
 def _check_resume(ckpt, model, config):
@@ -506,7 +554,8 @@ def _loss_and_grad(model, windows, alpha, config):
     )
     newton = (info.newton_iters_max, info.newton_iters_mean)
     if not info.converged:
-        return loss, None, newton, f"DEER forward failed: {info.status.value}"
+        forward = "DEER" if config.method == "deer" else "sequential"
+        return loss, None, newton, f"{forward} forward failed: {info.status.value}"
     return loss, grad, newton, ""
 
 
@@ -613,6 +662,7 @@ def fit(
         saved = ckpt["state"]
         rng.bit_generator.state = saved["rng_state"]
         state = _State(**saved["train_state"])
+        state.epoch_acc = {**_new_epoch_acc(), **state.epoch_acc}
         best_params = ckpt["arrays"].get("best_params")
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, config.n_steps)
@@ -650,6 +700,7 @@ def fit(
             "epoch": epoch,
             "step": state.step,
             "loss": acc["loss_sum"] / n_ok if n_ok else math.nan,
+            "penalty": acc["penalty_sum"] / n_ok if n_ok else math.nan,
             "alpha": state.alpha if is_rnn else None,
             "lr": schedule(state.step - 1),
             "newton_iters_mean": acc["newton_sum"] / n_ok if n_ok else math.nan,
@@ -700,24 +751,9 @@ def fit(
             windows = data[starts[:, None] + offsets]
             if config.noise_level > 0:
                 windows += config.noise_level * rng.standard_normal(windows.shape, dtype=dtype)
-            if (
-                is_rnn
-                and config.alpha_mode == "auto"
-                and (step % config.alpha_interval == 0 or state.force_alpha_estimate)
-            ):
-                state.alpha = _anneal_alpha(model, windows, state.alpha, config)
-                state.force_alpha_estimate = False
-
-            loss, grad, newton, reason = _loss_and_grad(model, windows, state.alpha, config)
-            penalty = 0.0
-            if grad is not None and config.l2:
-                penalty, g_l2 = l2_penalty(model, config.l2)
-                grad = grad + g_l2
-            grad_norm = math.nan
-            if grad is not None:
-                grad, grad_norm = clip_grad_norm(grad, config.grad_clip)
-            if not reason and not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                reason = "non-finite loss or gradient"
+            loss, penalty, grad_norm, newton, reason = _train_step(
+                model, optimizer, windows, state, lr, config
+            )
             acc = state.epoch_acc
             if reason:
                 state.bad_streak += 1
@@ -725,9 +761,9 @@ def fit(
                 acc["bad"] += 1
                 state.force_alpha_estimate = is_rnn and config.alpha_mode == "auto"
             else:
-                optimizer.step(model.params, grad, lr)
                 state.bad_streak = 0
                 acc["loss_sum"] += loss
+                acc["penalty_sum"] += penalty
                 acc["n_ok"] += 1
                 acc["newton_sum"] += newton[1]
                 acc["newton_max"] = max(acc["newton_max"], newton[0])
@@ -759,7 +795,8 @@ def fit(
                         batch=step % bpe,
                         step=step,
                         n_steps=config.n_steps,
-                        loss=loss + penalty,
+                        loss=loss,
+                        penalty=penalty,
                         alpha=state.alpha if is_rnn else 0.0,
                         lr=lr,
                         newton_iters_max=newton[0],
@@ -794,11 +831,57 @@ def fit(
     )
 
 
+def _train_step(model, optimizer, windows, state, lr, config):
+    """One batch: alpha re-estimation (auto mode), loss, L2 penalty, clipping, optimiser step.
+
+    Updates ``state.alpha`` / ``state.force_alpha_estimate`` after a successful estimate and
+    ``model.params`` after an accepted step. Returns ``(loss, penalty, grad_norm, newton
+    (max, mean), reason)``: the data loss (NaN when it was not computed), the L2 penalty, the
+    gradient norm before clipping (NaN when there is none) and, for a rejected step (params
+    unchanged), why.
+    """
+    if (
+        isinstance(model, LatentRNN)
+        and config.alpha_mode == "auto"
+        and (state.step % config.alpha_interval == 0 or state.force_alpha_estimate)
+    ):
+        alpha, reason = _anneal_alpha(model, windows, state.alpha, config)
+        if reason:
+            return math.nan, 0.0, math.nan, (0, 0.0), reason
+        state.alpha = alpha
+        state.force_alpha_estimate = False
+
+    loss, grad, newton, reason = _loss_and_grad(model, windows, state.alpha, config)
+    penalty = 0.0
+    if grad is not None and config.l2:
+        penalty, g_l2 = l2_penalty(model, config.l2)
+        grad = grad + g_l2
+    grad_norm = math.nan
+    if grad is not None:
+        grad, grad_norm = clip_grad_norm(grad, config.grad_clip)
+    if not reason and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        reason = "non-finite loss or gradient"
+    if not reason:
+        try:
+            optimizer.step(model.params, grad, lr)
+        except NonFiniteStepError as exc:
+            reason = f"optimiser step refused: {exc}"
+    return loss, penalty, grad_norm, newton, reason
+
+
 def _anneal_alpha(model, windows, alpha, config):
-    """The lab's annealing: raise to the estimate at once, else decay toward it."""
+    """The lab's annealing: raise to the estimate at once, else decay toward it.
+
+    Returns ``(alpha, "")``, or ``(alpha unchanged, reason)`` when the estimate failed: the
+    windows were validated by :func:`fit`, so :func:`parscan.gtf_alpha` fails only on a
+    Jacobian norm that is NaN/inf, i.e. a model that overflows on the data (a bad step).
+    """
     from parscan.gtf import gtf_alpha
 
-    estimate = gtf_alpha(model, windows[:, 1:], method=config.alpha_method)
+    try:
+        estimate = gtf_alpha(model, windows[:, 1:], method=config.alpha_method)
+    except ValueError as exc:
+        return alpha, f"alpha estimation failed: {exc}"
     if estimate > alpha:
-        return float(estimate)
-    return float(config.alpha_gamma * alpha + (1.0 - config.alpha_gamma) * estimate)
+        return float(estimate), ""
+    return float(config.alpha_gamma * alpha + (1.0 - config.alpha_gamma) * estimate), ""

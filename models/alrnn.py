@@ -349,13 +349,14 @@ class PLRNN(_ALRNNFamily):
 
     def set_params(self, params: np.ndarray):
         """Copy ``params`` into the model; ``diag(W)`` must be zero. Returns ``self``."""
-        arr = np.asarray(params)
-        if arr.shape == (self.n_params,):
-            W = self.unflatten(arr)["W"]
-            if np.any(np.diagonal(W) != 0):
-                raise ValueError(
-                    "PLRNN.set_params: the diagonal of W must be zero (self-coupling is A's "
-                    f"role); got diag(W)={np.diagonal(W)}. Zero it, or use an ALRNN with "
-                    "P = M for a full W."
-                )
-        return super().set_params(params)
+        saved = self.params.copy()
+        super().set_params(params)  # shape, dtype and finiteness checks first
+        W = self.unflatten()["W"]
+        if np.any(np.diagonal(W) != 0):
+            diag = np.diagonal(W).copy()
+            self.params[...] = saved
+            raise ValueError(
+                "PLRNN.set_params: the diagonal of W must be zero (self-coupling is A's "
+                f"role); got diag(W)={diag}. Zero it, or use an ALRNN with P = M for a full W."
+            )
+        return self

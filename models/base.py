@@ -17,6 +17,8 @@ import importlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -151,16 +153,43 @@ class Model(ABC):
         return self.unflatten()[name]
 
     def set_params(self, params: np.ndarray) -> "Model":
-        """Copy ``params`` (shape ``(n_params,)``, finite) into the model; return ``self``."""
+        """Copy ``params`` into the model, cast to ``self.dtype``; return ``self``.
+
+        Parameters
+        ----------
+        params : array_like, shape (n_params,)
+            Real numbers (integer or floating) that are finite in ``self.dtype``.
+
+        Raises
+        ------
+        TypeError
+            Not a real numeric array (bool, complex, strings, objects).
+        ValueError
+            Wrong shape, NaN/inf, or values too large for ``self.dtype`` (inf after the cast).
+        """
+        where = f"{type(self).__name__}.set_params"
         arr = np.asarray(params)
-        if arr.shape != (self.n_params,):
-            raise ValueError(
-                f"{type(self).__name__}.set_params: expected shape ({self.n_params},); "
-                f"got {arr.shape}."
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(
+                f"{where}: expected a real numeric (integer or float) array; got dtype "
+                f"{arr.dtype}. Pass real values as a float array, e.g. "
+                f"np.asarray(params, dtype=np.float64)."
             )
+        if arr.shape != (self.n_params,):
+            raise ValueError(f"{where}: expected shape ({self.n_params},); got {arr.shape}.")
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{type(self).__name__}.set_params: parameters contain NaN or inf.")
-        self.params[...] = arr
+            first = int(np.argmin(np.isfinite(arr)))
+            raise ValueError(f"{where}: parameters contain NaN or inf (first at index {first}).")
+        with np.errstate(over="ignore"):
+            cast = arr.astype(self.dtype)
+        if not np.all(np.isfinite(cast)):
+            first = int(np.argmin(np.isfinite(cast)))
+            raise ValueError(
+                f"{where}: parameter {first} = {arr[first]:.6g} overflows {self.dtype} (largest "
+                f"finite value {np.finfo(self.dtype).max:.6g}). Rescale the parameters or use "
+                f"model.astype('float64')."
+            )
+        self.params[...] = cast
         return self
 
     def copy(self) -> "Model":
@@ -228,33 +257,126 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def load_with_metadata(path) -> tuple[Model, dict]:
-    """Load any registered model and the ``metadata`` dict saved with it."""
-    path = Path(path)
+def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
+    """All arrays of the ``.npz`` at ``path``; ValueError if it is missing or unreadable."""
     if not path.is_file():
-        raise ValueError(f"models.load: no such file {path}.")
+        raise ValueError(f"{where}: no such file {path}.")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            fields = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"models.load: {path} is not a readable .npz file ({exc}).") from None
-    missing = {"model_class", "hyperparameters", "params"} - set(fields)
-    if missing:
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one .npy array, not the named arrays of a model")
+            with npz:
+                return {key: npz[key] for key in npz.files}
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:
         raise ValueError(
-            f"models.load: {path} is not a parscan model file (missing {sorted(missing)})."
+            f"{where}: {path} is not a readable .npz file ({type(exc).__name__}: {exc}). It "
+            f"may be truncated or corrupt; restore it or save the model again."
+        ) from None
+
+
+def _json_dict(fields: dict, key: str, path: Path, where: str) -> dict:
+    """The JSON object stored as the string array ``fields[key]``."""
+    try:
+        value = json.loads(str(fields[key]))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{where}: {path}: the {key!r} entry is not valid JSON ({exc}); the file is corrupt "
+            f"or was not written by model.save."
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where}: {path}: the {key!r} entry must be a JSON object (a dict); got "
+            f"{type(value).__name__}."
         )
+    return value
+
+
+def _build_model(fields: dict, path: Path, where: str) -> Model:
+    """The model of class ``fields["model_class"]`` with the file's hyperparameters and
+    parameters."""
     name = str(fields["model_class"])
     if name not in MODEL_MODULES:
         raise ValueError(
-            f"models.load: {path} holds an unknown model class {name!r}; "
+            f"{where}: {path} holds an unknown model class {name!r}; "
             f"known: {', '.join(sorted(MODEL_MODULES))}."
         )
     model_cls = getattr(importlib.import_module(MODEL_MODULES[name]), name)
-    model = model_cls(**json.loads(str(fields["hyperparameters"])))
-    model.set_params(fields["params"].astype(model.dtype))
-    if "data_mean" in fields:
-        model.standardization = (fields["data_mean"], fields["data_std"])
-    metadata = json.loads(str(fields["metadata"])) if "metadata" in fields else {}
+    hyper = _json_dict(fields, "hyperparameters", path, where)
+    try:
+        model = model_cls(**hyper)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{where}: {path}: the hyperparameters {hyper} do not build a {name} ({exc}). The "
+            f"file is corrupt or was written by an incompatible version."
+        ) from None
+    try:
+        model.set_params(fields["params"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {path}: invalid params ({exc})") from None
+    return model
+
+
+def read_standardization(fields: dict, n_obs: int | None, path: Path, where: str):
+    """``(data_mean, data_std)`` of the file as float64, or None if it stores none; each of
+    shape ``(n_obs,)`` (``n_obs=None``: the length of ``data_mean``), finite, ``sd > 0``."""
+    present = [key for key in ("data_mean", "data_std") if key in fields]
+    if not present:
+        return None
+    if len(present) == 1:
+        raise ValueError(
+            f"{where}: {path} has {present[0]} but not "
+            f"{({'data_mean', 'data_std'} - set(present)).pop()}; a standardisation needs both. "
+            f"The file is corrupt or was edited; set model.standardization and save it again."
+        )
+    if n_obs is None:
+        n_obs = fields["data_mean"].size
+    for key in present:
+        arr = fields[key]
+        if arr.dtype.kind not in "iuf" or arr.shape != (n_obs,):
+            raise ValueError(
+                f"{where}: {path}: {key} must be a real array of shape ({n_obs},), one entry "
+                f"per observed dimension; got dtype {arr.dtype}, shape {arr.shape}."
+            )
+    mean, sd = (fields[key].astype(np.float64) for key in present)
+    if not np.all(np.isfinite(mean)) or not np.all(np.isfinite(sd) & (sd > 0)):
+        raise ValueError(
+            f"{where}: {path}: the standardisation must have a finite data_mean and a finite "
+            f"data_std > 0; got data_mean={mean}, data_std={sd}."
+        )
+    return mean, sd
+
+
+def load_with_metadata(path) -> tuple[Model, dict]:
+    """Load any registered model and the ``metadata`` dict saved with it.
+
+    Raises
+    ------
+    ValueError
+        Naming ``models.load`` and the path: a missing, truncated or corrupt file, a file that
+        is not a parscan model (missing entries, unknown class), malformed hyperparameters or
+        metadata JSON, hyperparameters the class does not accept, invalid ``params`` (see
+        :meth:`Model.set_params`), or an incomplete or invalid standardisation (``data_mean``
+        and ``data_std`` of shape ``(n_obs,)``, finite, ``data_std > 0``).
+    """
+    where = "models.load"
+    path = Path(path)
+    fields = read_npz_fields(path, where)
+    missing = {"model_class", "hyperparameters", "params"} - set(fields)
+    if missing:
+        raise ValueError(
+            f"{where}: {path} is not a parscan model file (missing {sorted(missing)})."
+        )
+    model = _build_model(fields, path, where)
+    model.standardization = read_standardization(fields, model.n_obs, path, where)
+    metadata = _json_dict(fields, "metadata", path, where) if "metadata" in fields else {}
     return model, metadata
 
 

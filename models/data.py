@@ -73,34 +73,71 @@ def check_trajectory(x, where: str, *, name: str = "x", min_steps: int = 2, cons
     return arr
 
 
-def _read_text(path: Path) -> np.ndarray:
-    lines = [
-        ln.strip()
-        for ln in path.read_text().splitlines()
-        if ln.strip() and not ln.lstrip().startswith("#")
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the lines holding data or a header: blank lines and
+    ``#`` comments are dropped, and so is a UTF-8 byte-order mark (Excel's "CSV UTF-8")."""
+    text = path.read_text(encoding="utf-8-sig")
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
     ]
+
+
+def _delimiter(lines: list[tuple[int, str]]) -> str | None:
+    """``","`` if the first data lines (up to ten after a possible header line) contain a
+    comma, else None (whitespace); a truncated or odd last line does not decide it."""
+    sample = lines[1:11] or lines[:1]
+    return "," if any("," in text for _, text in sample) else None
+
+
+def _parses(token: str, kind: type) -> bool:
+    try:
+        kind(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_header(first: list[str], rest: list[list[str]]) -> bool:
+    """Whether the first line is a header: it has a non-numeric entry, or it is exactly the
+    integers ``0 .. N-1`` (pandas' names of unnamed columns, ``DataFrame.to_csv(index=False)``)
+    and no later entry is written as an integer (pandas writes float columns with a decimal
+    point or exponent)."""
+    if not all(_parses(v, float) for v in first):
+        return True
+    pandas_names = first == [str(i) for i in range(len(first))]
+    return pandas_names and not any(_parses(v, int) for row in rest for v in row)
+
+
+def _to_array(rows: list[tuple[int, list[str]]]) -> np.ndarray:
+    """Rows of equal width as a float64 array; a ragged row or a non-numeric entry raises
+    ValueError naming its line."""
+    first_line, first = rows[0]
+    for line, row in rows:
+        if len(row) != len(first):
+            raise ValueError(
+                f"rows have different numbers of columns: line {line} has {len(row)} "
+                f"column{'s' * (len(row) != 1)}, expected {len(first)} (as in line {first_line})"
+            )
+    try:
+        return np.array([[float(v) for v in row] for _, row in rows], dtype=np.float64)
+    except ValueError:
+        line, bad = next((line, v) for line, row in rows for v in row if not _parses(v, float))
+        raise ValueError(f"non-numeric entry {bad!r} in line {line}") from None
+
+
+def _read_text(path: Path) -> np.ndarray:
+    lines = _numbered_lines(path)
     if not lines:
         raise ValueError("the file has no data rows")
-    delimiter = "," if "," in lines[-1] else None
-    first = lines[0].split(delimiter)
-    try:
-        [float(v) for v in first]
-        skip = 0
-    except ValueError:
-        skip = 1
-    rows = [ln.split(delimiter) for ln in lines[skip:]]
-    widths = {len(r) for r in rows}
-    if len(widths) > 1:
-        counts = [len(r) for r in rows]
-        bad = next(i for i, c in enumerate(counts) if c != counts[0])
-        raise ValueError(
-            f"rows have different numbers of columns ({counts[0]} in the first data row, "
-            f"{counts[bad]} in data row {bad})"
-        )
-    try:
-        return np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
-    except ValueError as exc:
-        raise ValueError(f"non-numeric entry ({exc})") from None
+    delimiter = _delimiter(lines)
+    rows = [(line, [v.strip() for v in text.split(delimiter)]) for line, text in lines]
+    if _is_header(rows[0][1], [row for _, row in rows[1:]]):
+        rows = rows[1:]
+    if not rows:
+        raise ValueError("the file has a header but no data rows")
+    return _to_array(rows)
 
 
 def _read_npz(fh, key):
@@ -125,8 +162,14 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     ----------
     path : str or os.PathLike
         ``.npy``: one array. ``.npz``: the array named ``key``, or the only array in the file.
-        ``.csv`` / ``.txt``: one row per time step, comma- or whitespace-separated, with an
-        optional header line; lines starting with ``#`` are skipped.
+        ``.csv`` / ``.txt``: one row per time step, comma- or whitespace-separated (decided
+        from the first data lines), with an optional header line; blank lines and lines
+        starting with ``#`` are skipped, a UTF-8 byte-order mark is ignored. The first line
+        is a header if it has a non-numeric entry, or if it is exactly the integers
+        ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed
+        columns) and no later entry is written as an integer (pandas writes floats with a
+        decimal point or exponent). A first *data* row ``0,1,...,N-1`` above such float-only
+        rows is therefore read as a header: write ``0.0,1.0,...`` or a named header.
     key : str, optional
         Array name inside an ``.npz`` (required when it holds several arrays).
     min_steps : int
@@ -142,8 +185,10 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     ------
     ValueError
         Missing or unreadable file (including pickled ``.npy`` files, which are refused),
-        unsupported suffix, missing ``key``, not 1-D/2-D, fewer than ``min_steps`` steps,
-        NaN/inf (first bad row and column reported), or a constant dimension.
+        unsupported suffix, missing ``key``, a text row with another number of columns than
+        the first or a non-numeric entry (its line reported), not 1-D/2-D, fewer than
+        ``min_steps`` steps, NaN/inf (first bad row and column reported), or a constant
+        dimension.
     TypeError
         Non-numeric data (bool, complex, strings, objects).
     """

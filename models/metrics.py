@@ -396,6 +396,13 @@ def prediction_error(model, x, n=20):
     model = _check_model(model, where)
     n = _int(n, "n", where, 1)
     x = _check_obs(model, x, where, min_steps=n + 1)
+    return _prediction_error(model, x, n)[0]
+
+
+def _prediction_error(model, x, n, check=None):
+    """PE(n) of validated arguments; ``(pe, None)``, or ``(None, problem)`` when
+    ``check(first, runs)`` returns a problem for a chunk of the ``n``-step runs
+    ``(n_starts, n, N)`` (float64) from ``x[first], x[first + 1], ...``."""
     x_in = x.astype(model.dtype)
     starts = x.shape[0] - n
     width = getattr(model, "M", model.n_obs)
@@ -403,10 +410,13 @@ def prediction_error(model, x, n=20):
     total = 0.0
     for lo in range(0, starts, chunk):
         hi = min(lo + chunk, starts)
-        pred = model.generate(x_in[lo:hi], n)[:, -1, :].astype(np.float64)
+        runs = model.generate(x_in[lo:hi], n).astype(np.float64)
+        problem = None if check is None else check(lo, runs)
+        if problem is not None:
+            return None, problem
         with np.errstate(over="ignore", invalid="ignore"):
-            total += float(np.sum((pred - x[lo + n : hi + n]) ** 2))
-    return total / (starts * x.shape[1])
+            total += float(np.sum((runs[:, -1, :] - x[lo + n : hi + n]) ** 2))
+    return total / (starts * x.shape[1]), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,17 +631,81 @@ def max_lyapunov(target, **kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_run_problem(gen, mean, limit, diverge_factor):
-    """``(status, message)`` when a free run ``(n_steps, N)`` is NaN/inf or leaves ``limit``
-    around ``mean``; None when it can be measured."""
-    finite = np.all(np.isfinite(gen), axis=1)
-    if not finite.all():
-        return "non_finite", f"the free run is NaN/inf from step {int(np.argmin(finite)) + 1}"
-    far = np.any(np.abs(gen - mean) > limit, axis=1)
-    if far.any():
-        step = int(np.argmax(far)) + 1
-        return "diverged", f"the free run leaves {diverge_factor:g} data ranges at step {step}"
-    return None
+def _run_problem(runs, mean, limit, diverge_factor, label):
+    """Why some generated runs cannot be measured, or None when all can.
+
+    Parameters
+    ----------
+    runs : ndarray, shape (n_runs, n_steps, N)
+        Generated observations, float64.
+    mean, limit : ndarray, shape (N,)
+        A value farther than ``limit`` from ``mean`` (per dimension) has diverged.
+    diverge_factor : float
+        ``limit`` in data ranges (for the message).
+    label : callable
+        ``label(i)`` names run ``i`` in the message, e.g. ``"the free run"``.
+
+    Returns
+    -------
+    (str, str) or None
+        ``(status, message)`` of the first failed run: ``"non_finite"`` if it is NaN/inf
+        anywhere, else ``"diverged"``; steps are counted from 1.
+    """
+    finite = np.all(np.isfinite(runs), axis=2)
+    with np.errstate(invalid="ignore"):
+        far = np.any(np.abs(runs - mean) > limit, axis=2)
+    failed = np.any(~finite | far, axis=1)
+    if not failed.any():
+        return None
+    run = int(np.argmax(failed))
+    if not finite[run].all():
+        return "non_finite", f"{label(run)} is NaN/inf from step {int(np.argmin(finite[run])) + 1}"
+    step = int(np.argmax(far[run])) + 1
+    return "diverged", f"{label(run)} leaves {diverge_factor:g} data ranges at step {step}"
+
+
+def _pe_check(pe_steps, mean, limit, diverge_factor):
+    """The ``check`` of :func:`_prediction_error` in :func:`evaluate`: each n-step PE run is
+    judged by :func:`_run_problem` like the free run."""
+
+    def check(first, runs):
+        return _run_problem(
+            runs,
+            mean,
+            limit,
+            diverge_factor,
+            lambda run: f"the {pe_steps}-step prediction (PE) from test point {first + run}",
+        )
+
+    return check
+
+
+def _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where):
+    """Raise ValueError if ``x_test`` or the measured part of the free run is too short (or
+    degenerate) for the requested measures; checked up front so the error names ``where``."""
+    n_test = x_test.shape[0]
+    if "pe" in measures and n_test < pe_steps + 1:
+        raise ValueError(
+            f"{where}: x_test has {n_test} time steps; PE needs at least pe_steps + 1 = "
+            f"{pe_steps + 1} (it predicts x_test[t + {pe_steps}] from x_test[t]). Pass a longer "
+            f"test trajectory or a smaller pe_steps."
+        )
+    if "dh" not in measures and not ("dstsp" in measures and dstsp_method == "bins"):
+        return
+    if n_test < 3:
+        raise ValueError(
+            f"{where}: x_test has {n_test} time steps; D_stsp (bins) and D_H need at least 3 "
+            f"(they compare the free run with x_test[1:], 2 points or more). Pass a longer "
+            f"test trajectory."
+        )
+    if "dh" in measures and n_steps - transient < 2:
+        raise ValueError(
+            f"{where}: D_H needs at least 2 measured steps of the free run; got n_steps - "
+            f"transient = {n_steps} - {transient} = {n_steps - transient}. Raise n_steps or "
+            f"lower transient."
+        )
+    stop = 1 + min(n_steps - transient, n_test - 1) if "dh" in measures else n_test
+    check_trajectory(x_test[1:stop], where, name=f"x_test[1:{stop}] (compared with the run)")
 
 
 def evaluate(
@@ -667,7 +741,9 @@ def evaluate(
     A run is not measured if it is ``"non_finite"`` (NaN/inf), ``"diverged"`` (some value
     farther than ``diverge_factor`` data ranges from the test data's mean, per dimension) or
     ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
-    measures are then None. With several starts, one such run decides the status.
+    measures are then None. With several starts, one such run decides the status. The
+    ``pe_steps``-step runs behind PE are judged in the same way (``"non_finite"`` or
+    ``"diverged"``, the message naming the test point the failed prediction starts from).
 
     Parameters
     ----------
@@ -689,7 +765,7 @@ def evaluate(
     smoothing : float
         Passed to :func:`power_spectrum_distance`.
     pe_steps : int
-        Horizon of :func:`prediction_error`.
+        Horizon of :func:`prediction_error` (``x_test`` needs ``pe_steps + 1`` steps).
     diverge_factor : float
         Divergence threshold in data ranges.
 
@@ -730,6 +806,8 @@ def evaluate(
         dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
     dstsp_method = _choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
     diverge_factor = _real(diverge_factor, "diverge_factor", where, positive=True)
+    pe_steps = _int(pe_steps, "pe_steps", where, 1)
+    _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
 
     starts = np.arange(n_starts) * x_test.shape[0] // n_starts
     gen = model.generate(x_test[starts].astype(model.dtype), n_steps).astype(np.float64)
@@ -745,14 +823,16 @@ def evaluate(
     result.update(dict.fromkeys(measures))
     mean = x_test.mean(axis=0)
     limit = diverge_factor * (x_test.max(axis=0) - x_test.min(axis=0))
-    for run in range(n_starts):
-        problem = _free_run_problem(gen[run], mean, limit, diverge_factor)
-        if problem is not None:
-            status, message = problem
-            if n_starts > 1:
-                message += f" (run {run + 1} of {n_starts}, from test point {starts[run]})"
-            result.update(status=status, message=message)
-            return result
+
+    def free_run(run):
+        if n_starts == 1:
+            return "the free run"
+        return f"the free run (run {run + 1} of {n_starts}, from test point {starts[run]})"
+
+    problem = _run_problem(gen, mean, limit, diverge_factor, free_run)
+    if problem is not None:
+        result.update(status=problem[0], message=problem[1])
+        return result
     gen = gen[:, transient:]
     values = {}
     if "dstsp" in measures:
@@ -783,7 +863,11 @@ def evaluate(
             )
         )
     if "pe" in measures:
-        values["pe"] = prediction_error(model, x_test, pe_steps)
+        check = _pe_check(pe_steps, mean, limit, diverge_factor)
+        values["pe"], problem = _prediction_error(model, x_test, pe_steps, check)
+        if problem is not None:
+            result.update(status=problem[0], message=problem[1])
+            return result
     if "lyapunov" in measures:
         values["lyapunov"] = max_lyapunov(model, x0=x_test[0])
     result.update(values)

@@ -172,3 +172,48 @@ def test_destandardize_validation():
         destandardize(np.ones((2, 3, 2)), np.array([1.0, 2.0]), np.array([2.0, 3.0]))[1, 2],
         [3.0, 5.0],
     )
+
+
+def test_csv_with_utf8_byte_order_mark_keeps_the_first_row(tmp_path):
+    for text in ("0,1\n1.5,-2\n3,4.25\n-1,0.5\n", "x,y\n0,1\n1.5,-2\n3,4.25\n-1,0.5\n"):
+        path = tmp_path / "excel.csv"
+        path.write_text(text, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+        np.testing.assert_array_equal(load_data(path), X)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("1.0,2.0\n3.0,4.0\n5.0,6.5\n7.0\n", r"line 4 has 1 column, expected 2 \(as in line 1\)"),
+        ("x,y\n\n# note\n1,2\n3,4,5\n", r"line 5 has 3 columns, expected 2 \(as in line 4\)"),
+        ("1 2\n3 4\n5\n", r"line 3 has 1 column, expected 2"),
+        ("a,b\n1,2\n3,x\n", r"non-numeric entry 'x' in line 3"),
+        ("a,b\n", r"has a header but no data rows"),
+    ],
+)
+def test_csv_errors_name_the_line(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"load_data: cannot read .*bad\.csv: .*{match}"):
+        load_data(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # pandas DataFrame.to_csv(index=False) of unnamed float columns: a header
+        ("0,1\n0.0,1.0\n1.5,-2.0\n3.0,4.25\n-1.0,0.5\n", X),
+        ("0,1\n0.0,1.0\n1.5,-2.0\n3.0,4.25\n-1.0,5e-01\n", X),
+        ("0\n0.0\n1.5\n3.0\n", X[:3, :1]),
+        # a first row 0..N-1 above rows with integer entries is data
+        ("0,1\n1.5,-2\n3,4.25\n-1,0.5\n", X),
+        ("0,1\n1,2\n", np.array([[0.0, 1.0], [1.0, 2.0]])),
+        # other integer rows are data
+        ("1,2\n0.5,1.5\n", np.array([[1.0, 2.0], [0.5, 1.5]])),
+        ("1,0\n0.5,1.5\n", np.array([[1.0, 0.0], [0.5, 1.5]])),
+    ],
+)
+def test_csv_integer_column_names_of_pandas_are_a_header(tmp_path, text, expected):
+    path = tmp_path / "pandas.csv"
+    path.write_text(text)
+    np.testing.assert_array_equal(load_data(path), expected)

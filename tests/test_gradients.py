@@ -210,6 +210,20 @@ def test_unconverged_forward_never_returns_a_gradient(data):
     assert not info.converged and info.status is DeerStatus.MAX_ITER
 
 
+@pytest.mark.parametrize("throw", [True, False])
+def test_sequential_non_finite_forward_is_reported_not_converged(throw):
+    """Overflowing states give (nan, None, NON_FINITE) like a failed DEER forward, never a
+    CONVERGED NaN gradient; the sequential method reports it whatever ``throw`` is."""
+    model = ShPLRNN(3, 4, seed=0)
+    model["A"][...] = 3.0  # |z| grows like 3**t: overflow within a few hundred steps
+    x = np.random.default_rng(0).standard_normal((2, 801, 3))
+    loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential", throw=throw)
+    assert np.isnan(loss) and grad is None
+    assert info.status is DeerStatus.NON_FINITE and not info.converged
+    _, _, info_deer = gtf_loss_and_grad(model, x, alpha=0.0, throw=False)
+    assert not info_deer.converged
+
+
 def test_errors(data):
     model = MODELS["shplrnn"]()
     with pytest.raises(TypeError, match=r"gtf_loss_and_grad: .*ssm_loss_and_grad"):

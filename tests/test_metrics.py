@@ -2,6 +2,7 @@
 
 import collections
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from models import metrics
 from models.base import LatentRNN
+from models.data import standardize
 from models.metrics import (
     evaluate,
     lyapunov_spectrum,
@@ -19,6 +21,7 @@ from models.metrics import (
     prediction_error,
     state_space_divergence,
 )
+from models.shplrnn import ShPLRNN
 from models.systems import SYSTEMS, generate
 
 EPS = 1e-5
@@ -544,3 +547,72 @@ def test_evaluate_validation(rotation_data):
         evaluate(model, x, dstsp_method="kde")
     with pytest.raises(ValueError, match=r"evaluate: n_starts \(1001\) must not exceed"):
         evaluate(model, x, n_starts=1001)
+
+
+def threshold_model(w1):
+    """ShPLRNN(3, 1) that is linear and contracting until x_0 > 1.5 switches on a relu unit
+    of output weight ``w1``: the free run from x_test[0] stays tame, some PE starts blow up."""
+    model = ShPLRNN(3, 1)
+    model["A"][...] = 0.9
+    model["W2"][...] = [[1.0, 0.0, 0.0]]
+    model["h2"][...] = -1.5
+    model["h1"][...] = 0.0
+    model["W1"][...] = [[w1], [0.0], [0.0]]
+    return model
+
+
+@pytest.mark.parametrize(("w1", "status"), [(1e200, "non_finite"), (50.0, "diverged")])
+def test_evaluate_checks_the_prediction_runs_like_the_free_run(w1, status):
+    x, _, _ = standardize(generate("lorenz63", 1500, seed=2))
+    model = threshold_model(w1)
+    assert evaluate(model, x, measures=("dstsp", "dh"))["status"] == "ok"
+    res = evaluate(model, x)
+    assert res["status"] == status
+    assert res["pe"] is None and res["dstsp"] is None and res["dh"] is None
+    assert re.search(
+        r"the 20-step prediction \(PE\) from test point \d+ (is|leaves)", res["message"]
+    )
+
+
+def test_evaluate_reports_the_first_failed_prediction_run(rotation_data):
+    _, x = rotation_data
+    expanding = MapRNN(rotation(0.3, radius=2.0))  # 2**11 > 1000 data ranges (2)
+    res = evaluate(expanding, x, n_steps=1, measures=("pe",))
+    assert res == {
+        "status": "diverged",
+        "message": "the 20-step prediction (PE) from test point 0 leaves 1000 data ranges at "
+        "step 11",
+        "n_steps": 1,
+        "transient": 0,
+        "n_starts": 1,
+        "dstsp_method": "bins",
+        "pe": None,
+    }
+    assert prediction_error(expanding, x) > 1e10  # the measure itself still gives a number
+
+
+@pytest.mark.parametrize(
+    ("length", "kwargs", "match"),
+    [
+        (2, {}, r"evaluate: x_test has 2 time steps; PE needs at least pe_steps \+ 1 = 21"),
+        (2, {"measures": ("dstsp",)}, r"evaluate: x_test has 2 .*D_stsp \(bins\) and D_H need"),
+        (2, {"measures": ("dh",)}, r"at least 3 .* Pass a longer test trajectory\.$"),
+        (None, {"n_steps": 50, "transient": 49}, r"evaluate: D_H needs at least 2 measured"),
+        (10, {"measures": ("pe",)}, r"evaluate: x_test has 10 .* or a smaller pe_steps\.$"),
+        (10, {"measures": ("pe",), "pe_steps": 0}, r"evaluate: pe_steps must be >= 1"),
+    ],
+)
+def test_evaluate_rejects_too_short_data_up_front(rotation_data, length, kwargs, match):
+    model, x = rotation_data
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, x[:length], **kwargs)
+
+
+def test_evaluate_short_data_fits_the_requested_measures(rotation_data):
+    model, x = rotation_data
+    assert evaluate(model, x[:2], measures=("dstsp",), dstsp_method="gmm")["status"] == "ok"
+    assert evaluate(model, x[:3], measures=("dstsp", "dh"))["status"] == "ok"
+    assert evaluate(model, x[:6], measures=("pe",), pe_steps=5)["pe"] == pytest.approx(0.0)
+    steps = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 2.0], [1.0, 3.0]])
+    with pytest.raises(ValueError, match=r"evaluate: x_test\[1:4\] .* is constant in column"):
+        evaluate(MapRNN(np.eye(2)), steps, measures=("dh",))

@@ -4,6 +4,8 @@ References here are written independently of the library: NumPy formulas of the 
 central finite differences for every derivative, and a Python loop for the free run.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -386,8 +388,12 @@ def test_plrnn_set_params_requires_zero_diagonal():
     m = PLRNN(3)
     theta = m.params.copy()
     m.unflatten(theta)["W"][1, 1] = 0.5
+    before = m.params.copy()
     with pytest.raises(ValueError, match=r"PLRNN\.set_params: the diagonal of W must be zero"):
         m.set_params(theta)
+    assert np.array_equal(m.params, before)  # nothing half-written
+    with pytest.raises(TypeError):  # the dtype check comes first
+        m.set_params(np.array(["x"] * m.n_params))
 
 
 def test_input_errors():
@@ -411,3 +417,85 @@ def test_input_errors():
         m.step_and_jacobian(z, diag=True, out=(z, np.empty((2, M))))
     with pytest.raises(TypeError, match=r"`out` must be a pair"):
         m.step_and_jacobian(z, out=np.empty((2, M)))
+
+
+def test_set_params_checks_the_dtype_and_finiteness_after_the_cast():
+    m = ShPLRNN(3, 2, dtype="float32")
+    with pytest.raises(ValueError, match=r"ShPLRNN\.set_params: parameter 0 = 1e\+300 overflows"):
+        m.set_params(np.full(m.n_params, 1e300))
+    for bad in (np.ones(m.n_params, complex), np.ones(m.n_params, bool), ["a"] * m.n_params):
+        with pytest.raises(TypeError, match=r"ShPLRNN\.set_params: expected a real numeric"):
+            m.set_params(bad)
+    with pytest.raises(ValueError, match=r"parameters contain NaN or inf \(first at index 1\)"):
+        m.set_params(np.array([0.0, np.inf] + [0.0] * (m.n_params - 2)))
+    np.testing.assert_array_equal(m.params, ShPLRNN(3, 2, dtype="float32").params)  # unchanged
+    m.set_params(np.arange(m.n_params))
+    assert m.params.dtype == np.float32 and m.params[-1] == m.n_params - 1
+
+
+def corrupt_variant(tmp_path, path, name, **changes):
+    """A copy of the model file ``path`` with entries replaced (None: removed)."""
+    with np.load(path) as npz:
+        fields = dict(npz)
+    for key, value in changes.items():
+        if value is None:
+            del fields[key]
+        else:
+            fields[key] = value
+    out = tmp_path / f"{name}.npz"
+    np.savez(out, **fields)
+    return out
+
+
+def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
+    m = ShPLRNN(M, L, N)
+    m.standardization = (np.zeros(N), np.ones(N))
+    path = m.save(tmp_path / "good.npz")
+    hyper = json.dumps({**m.hyperparameters(), "foo": 1})
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:300])
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as fh:  # an .npy saved under an .npz name
+        np.save(fh, np.zeros(3))
+    cases = [
+        (truncated, r"truncated\.npz is not a readable \.npz file \(BadZipFile"),
+        (single, r"single\.npz is not a readable \.npz file .*one \.npy array"),
+        (
+            corrupt_variant(tmp_path, path, "unknown", hyperparameters=np.array(hyper)),
+            r"unknown\.npz: the hyperparameters .* do not build a ShPLRNN .*'foo'",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "hjson", hyperparameters=np.array('{"M": 4,')),
+            r"hjson\.npz: the 'hyperparameters' entry is not valid JSON",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "mjson", metadata=np.array("{oops")),
+            r"mjson\.npz: the 'metadata' entry is not valid JSON",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "mlist", metadata=np.array("[1]")),
+            r"mlist\.npz: the 'metadata' entry must be a JSON object .*got list",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "nostd", data_std=None),
+            r"nostd\.npz has data_mean but not data_std",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "nomean", data_mean=None),
+            r"nomean\.npz has data_std but not data_mean",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "length", data_mean=np.zeros(2)),
+            r"length\.npz: data_mean must be a real array of shape \(3,\).*shape \(2,\)",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "params", params=np.zeros(2)),
+            r"params\.npz: invalid params \(ShPLRNN\.set_params: expected shape",
+        ),
+    ]
+    for i, sd in enumerate(([1.0, 0.0, 1.0], [1.0, -1.0, 1.0], [1.0, np.nan, 1.0])):
+        file = corrupt_variant(tmp_path, path, f"sd{i}", data_std=np.array(sd))
+        cases.append((file, rf"sd{i}\.npz: the standardisation must have .* data_std > 0"))
+    for file, match in cases:
+        with pytest.raises(ValueError, match=r"models\.load: .*" + match):
+            models.load(file)

@@ -6,10 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from autodiff.optim import Adam, ExponentialDecay, RAdam, clip_grad_norm, make_optimizer
+from autodiff.optim import (
+    Adam,
+    ExponentialDecay,
+    NonFiniteStepError,
+    RAdam,
+    clip_grad_norm,
+    make_optimizer,
+)
 from autodiff.regularization import l2_penalty
 from models.base import Model
-from models.ssm import LinearSSM
+from models.ssm import LinearSSM, SelectiveSSM
 
 N_PARAMS = 7
 
@@ -172,6 +179,45 @@ def test_step_validation_leaves_state_untouched():
     assert opt.t == 0 and not opt.m.any() and not p.any()
 
 
+@pytest.mark.parametrize("cls", [Adam, RAdam])
+@pytest.mark.parametrize(
+    ("big", "lr", "overflows"),
+    [(1e20, 1e-3, "v"), (1.0, 1e39, "params")],
+)
+def test_float32_overflowing_step_is_refused_and_state_kept(cls, big, lr, overflows):
+    """A finite gradient whose moments (or update) overflow float32 is refused like a NaN one;
+    training then continues bitwise as if the step had never been offered."""
+    good = _grads(12, seed=5).astype(np.float32)
+    p_ref = np.linspace(-1, 1, N_PARAMS, dtype=np.float32)
+    ref = cls(N_PARAMS, dtype=np.float32)
+    for g in good:
+        ref.step(p_ref, g, 1e-3)
+
+    p = np.linspace(-1, 1, N_PARAMS, dtype=np.float32)
+    opt = cls(N_PARAMS, dtype=np.float32)
+    for k, g in enumerate(good):
+        if k == 6:
+            before = (p.copy(), {key: v.copy() for key, v in opt.state_dict().items()})
+            bad = g.copy()
+            bad[2] = big
+            with pytest.raises(NonFiniteStepError, match=rf"{cls.__name__}.step: .*make "
+                               rf"{overflows} overflow in float32"):  # fmt: skip
+                opt.step(p, bad, lr)
+            np.testing.assert_array_equal(p, before[0])
+            for key, value in opt.state_dict().items():
+                np.testing.assert_array_equal(value, before[1][key])
+        opt.step(p, g, 1e-3)
+    assert np.all(np.isfinite(opt.v)) and opt.t == ref.t == 12
+    np.testing.assert_array_equal(p, p_ref)
+    np.testing.assert_array_equal(opt.v, ref.v)
+
+
+def test_non_finite_step_error_is_a_value_error():
+    with pytest.raises(NonFiniteStepError, match="grad contains NaN or inf"):
+        Adam(2).step(np.zeros(2), np.array([np.nan, 0.0]), 0.1)
+    assert issubclass(NonFiniteStepError, ValueError)
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match=r"Adam: beta1 must be finite and in \[0, 1\)"):
         Adam(3, beta1=1.0)
@@ -299,3 +345,18 @@ def test_l2_penalty_errors():
         l2_penalty(m, {"W": -1.0})
     with pytest.raises(TypeError, match="weight for 'A' must be a real number"):
         l2_penalty(m, "big")
+
+
+@pytest.mark.parametrize(
+    ("make", "recurrence"),
+    [
+        (lambda: LinearSSM(3, 4, 5), ("nu", "theta", "B_re", "B_im", "C_re", "C_im")),
+        (lambda: SelectiveSSM(3, 4, 5), ("W_delta", "b_delta", "log_A", "W_B", "W_C")),
+    ],
+)
+def test_l2_penalty_leaves_every_ssm_recurrence_unregularised(make, recurrence):
+    model = make()
+    _, grad = l2_penalty(model, 1.0)
+    blocks = model.unflatten(grad)
+    assert not any(blocks[name].any() for name in recurrence)
+    assert all(blocks[name].any() for name in ("W1", "W2", "b1", "b2"))

@@ -130,6 +130,24 @@ def test_interrupt_during_first_steps_leaves_a_loadable_checkpoint(lorenz, tmp_p
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_corrupt_checkpoints_are_refused_clearly(lorenz, tmp_path):
+    x, _ = lorenz
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, config(), checkpoint_dir=tmp_path, callback=Interrupt(0))
+    raw = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"load_checkpoint: .*cut\.npz is not a readable \.npz"):
+        load_checkpoint(cut)
+    fields = dict(np.load(tmp_path / CHECKPOINT_NAME))
+    fields.pop("data_std", None)
+    fields["data_mean"] = np.zeros(3)
+    half = tmp_path / "half.npz"
+    np.savez(half, **fields)
+    with pytest.raises(ValueError, match=r"load_checkpoint: .*has data_mean but not data_std"):
+        load_checkpoint(half)
+
+
 def test_validation_selects_the_best_epoch(lorenz):
     x, xv = lorenz
     result = fit(small_model(), x, config(validation_starts=3), validation_data=xv)
@@ -275,3 +293,75 @@ def test_fit_argument_errors(lorenz, tmp_path):
     with pytest.raises(ValueError, match="holds a ShPLRNN"):
         fit(ShPLRNN(3, 8, dtype="float64"), x, config(epochs=1, batches_per_epoch=1),
             checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_overflowing_optimiser_step_is_a_rejected_step(tmp_path):
+    """Raw (unstandardised) Lorenz data in float32 (the default dtype): a finite gradient whose
+    square overflows is refused by the optimiser and rejected; its moments stay finite."""
+    cfg = TrainConfig(standardize=False, sequence_length=20, batch_size=4, batches_per_epoch=5,
+                      epochs=2)  # fmt: skip
+    infos = []
+    result = fit(ShPLRNN(3, 8, seed=0), models.generate("lorenz63", 600, seed=1), cfg,
+                 callback=infos.append, checkpoint_dir=tmp_path)  # fmt: skip
+    refused = [i for i in infos if isinstance(i, StepInfo) and "optimiser step refused" in i.reason]
+    assert refused and not any(i.accepted for i in refused)
+    assert result.n_bad_steps >= len(refused)
+    optimizer = load_checkpoint(tmp_path)["optimizer"]
+    assert np.all(np.isfinite(optimizer["m"])) and np.all(np.isfinite(optimizer["v"]))
+    assert np.all(np.isfinite(result.last_params))
+
+
+def test_non_finite_sequential_forward_is_a_rejected_step(lorenz):
+    x, _ = lorenz
+    model = ShPLRNN(3, 8, dtype="float32", seed=0)
+    model["A"][...] = 3.0  # float32 states overflow after ~80 unforced steps
+    cfg = config(method="sequential", dtype="float32", alpha_mode="constant", alpha=0.0,
+                 sequence_length=200, max_bad_steps=2)  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="sequential forward failed: non_finite"):
+        fit(model, x, cfg)
+
+
+def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
+    x, xv = lorenz
+    with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
+        fit(small_model(), x, config(), validation_data=xv[:2], checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="fit: validation_steps must be >= 2"):
+        fit(small_model(), x, config(validation_steps=1), validation_data=xv)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    result = fit(small_model(), x, config(epochs=1, batches_per_epoch=2), validation_data=xv[:3])
+    assert result.best_scores is not None
+
+
+def test_failed_alpha_estimate_is_a_bad_step(lorenz, tmp_path, monkeypatch):
+    """A model that overflows on the data (NaN/inf Jacobian norms in gtf_alpha) rejects the
+    step; repeated, it ends in TrainingDivergedError keeping the last good checkpoint."""
+    x, _ = lorenz
+    real = autodiff.gradients.gtf_loss_and_grad
+    calls = {"n": 0}
+
+    def blow_up_after_epoch_one(model, *args, **kw):
+        out = real(model, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 11:  # an accepted step lands where F overflows (|params| ~ 1e200)
+            model.params[...] *= 1e200
+        return out
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", blow_up_after_epoch_one)
+    infos = []
+    cfg = config(alpha_interval=1, max_bad_steps=3)
+    with pytest.raises(TrainingDivergedError, match="last: alpha estimation failed: gtf_alpha"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=infos.append)
+    reasons = [i.reason for i in infos if isinstance(i, StepInfo)]
+    assert reasons[:11] == [""] * 11 and all("alpha estimation failed" in r for r in reasons[11:])
+    assert load_checkpoint(tmp_path)["state"]["train_state"]["step"] == 10
+
+
+def test_history_and_step_info_report_loss_and_penalty_alike(lorenz):
+    x, _ = lorenz
+    infos = []
+    result = fit(small_model(), x, config(epochs=1, l2=1e-2), callback=infos.append)
+    steps = [i for i in infos if isinstance(i, StepInfo) and i.accepted]
+    record = result.history[0]
+    assert record["penalty"] > 0
+    np.testing.assert_allclose(record["loss"], np.mean([s.loss for s in steps]), rtol=1e-12)
+    np.testing.assert_allclose(record["penalty"], np.mean([s.penalty for s in steps]), rtol=1e-12)
