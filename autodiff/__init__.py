@@ -12,6 +12,7 @@ _EXPORTS = {
     "Adam": "autodiff.optim",
     "RAdam": "autodiff.optim",
     "ExponentialDecay": "autodiff.optim",
+    "NonFiniteStepError": "autodiff.optim",
     "TrainConfig": "autodiff.train",
     "TrainResult": "autodiff.train",
     "fit": "autodiff.train",

@@ -500,6 +500,10 @@ def _n_exponents(k, dim, where):
     return k
 
 
+class NonFiniteRunError(ValueError):
+    """A model's free run became NaN/inf, so a measure of it is undefined."""
+
+
 def _model_spectrum(model, k, x0, n_steps, transient, where):
     if x0 is None:
         raise ValueError(
@@ -522,7 +526,7 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
         states = np.concatenate([z[None], model.simulate(z, length - 1)]) if length > 1 else z[None]
         if not np.all(np.isfinite(states)):
             bad = done + int(np.argmax(~np.all(np.isfinite(states), axis=1)))
-            raise ValueError(
+            raise NonFiniteRunError(
                 f"{where}: the model's free run became non-finite at step {bad}; its "
                 f"Lyapunov exponents are undefined (the run diverges)."
             )
@@ -869,6 +873,10 @@ def evaluate(
             result.update(status=problem[0], message=problem[1])
             return result
     if "lyapunov" in measures:
-        values["lyapunov"] = max_lyapunov(model, x0=x_test[0])
+        try:
+            values["lyapunov"] = max_lyapunov(model, x0=x_test[0])
+        except NonFiniteRunError as exc:
+            result.update(status="non_finite", message=f"the Lyapunov run: {exc}")
+            return result
     result.update(values)
     return result

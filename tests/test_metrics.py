@@ -616,3 +616,16 @@ def test_evaluate_short_data_fits_the_requested_measures(rotation_data):
     steps = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 2.0], [1.0, 3.0]])
     with pytest.raises(ValueError, match=r"evaluate: x_test\[1:4\] .* is constant in column"):
         evaluate(MapRNN(np.eye(2)), steps, measures=("dh",))
+
+
+def test_evaluate_reports_a_lyapunov_run_that_overflows():
+    # Slow growth: the 299-step free run and the PE runs stay in range, the 11,000-step
+    # Lyapunov run overflows float32 (1.01**8946 > 3.4e38).
+    xs = standardize(generate("lorenz63", 300, seed=2))[0].astype(np.float32)
+    m = ShPLRNN(3, 2, dtype="float32")
+    m["A"][...] = 1.01
+    for name in ("W1", "W2", "h1", "h2"):
+        m[name][...] = 0
+    r = evaluate(m, xs, measures=("dstsp", "dh", "pe", "lyapunov"))
+    assert r["status"] == "non_finite" and "Lyapunov run" in r["message"]
+    assert all(r[k] is None for k in ("dstsp", "dh", "pe", "lyapunov"))
