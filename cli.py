@@ -19,9 +19,11 @@ import datetime
 import importlib.metadata
 import json
 import platform
+import shlex
 import sys
 import time
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -113,6 +115,8 @@ class Settings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+#: horizon of the prediction error in the final test evaluation (``models.evaluate``)
+TEST_PE_STEPS = 20
 
 
 # ------------------------------------------------------------------------------------------
@@ -120,37 +124,100 @@ SETTING_NAMES = tuple(f.name for f in fields(Settings))
 # ------------------------------------------------------------------------------------------
 
 
+#: settings whose values are names (lower-cased when read, like the case-insensitive flags)
+CHOICE_SETTINGS = (
+    "model",
+    "method",
+    "jacobian",
+    "alpha",
+    "alpha_method",
+    "optimizer",
+    "dtype",
+    "backend",
+)
+#: settings that generate data, meaningless with ``--data``
+GENERATOR_SETTINGS = ("system", "n_steps", "noise")
+
+
+def _setting_type(name: str) -> tuple[type, bool]:
+    """The value type of a :class:`Settings` field and whether it may be None."""
+    annotation = next(f.type for f in fields(Settings) if f.name == name)
+    options = typing.get_args(annotation) or (annotation,)
+    return next(t for t in options if t is not type(None)), type(None) in options
+
+
+def _typed_settings(raw: dict, source: str) -> dict:
+    """``raw`` (a config file's or an args.json's table) checked against :class:`Settings`:
+    known names (``-`` or ``_``), each given once, values of the right type."""
+    config, spelled = {}, {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name in config:
+            raise UserError(f"{source}: {spelled[name]} and {key} are the same setting; keep one.")
+        config[name], spelled[name] = value, key
+    unknown = sorted(set(config) - set(SETTING_NAMES))
+    if unknown:
+        raise UserError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}."
+        )
+    problems = []
+    for name, value in config.items():
+        kind, optional = _setting_type(name)
+        if name == "alpha" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if value is None and optional:
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(
+                kind, "a string"
+            )
+            problems.append(f"{name} must be {wanted}, got {value!r}")
+            continue
+        config[name] = value.lower() if name in CHOICE_SETTINGS else value
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems) + ".")
+    return config
+
+
 def _read_config(path: str) -> dict:
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read --config {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path} is not a UTF-8 text file (TOML/JSON).") from None
     try:
         raw = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"--config {path} is not valid TOML/JSON: {exc}.") from None
     if not isinstance(raw, dict):
         raise UserError(f"--config {path} must hold a table/object of settings.")
-    config = {str(key).replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(config) - set(SETTING_NAMES))
-    if unknown:
-        raise UserError(
-            f"--config {path}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(SETTING_NAMES)}."
-        )
-    if "alpha" in config:
-        config["alpha"] = str(config["alpha"])
-    return config
+    return _typed_settings(raw, f"--config {path}")
 
 
-def _saved_settings(out: str) -> dict:
-    """The settings recorded in ``OUT/args.json`` by the run that ``--resume`` continues."""
-    path = Path(out) / "args.json"
+def saved_settings(run: Path, what: str) -> dict:
+    """The settings recorded in ``RUN/args.json`` (checked like a config file).
+
+    Parameters
+    ----------
+    run : Path
+        A run folder written by ``parscan-train``.
+    what : str
+        The option or command reading it, for error messages.
+    """
+    path = run / "args.json"
     try:
-        return json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"--resume: {path} is missing or unreadable; is {out} a run?") from None
+        settings = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"{what}: {path} is missing or unreadable; is {run} a run?") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{what}: {path} has no table of settings; is {run} a run?")
+    return _typed_settings(settings, f"{what}: {path}")
 
 
 def resolve_settings(flags: dict, config_path: str | None) -> Settings:
@@ -158,10 +225,18 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     given = {key: value for key, value in flags.items() if value is not None}
     merged = _read_config(config_path) if config_path else {}
     merged.update(given)
+    if merged.get("data") is not None:
+        generator = [name for name in GENERATOR_SETTINGS if name in merged]
+        if generator:
+            names = ", ".join("--" + name.replace("_", "-") for name in generator)
+            raise UserError(
+                f"{names}: these settings generate data and do not apply with --data; drop "
+                f"{'it' if len(generator) == 1 else 'them'}."
+            )
     if merged.get("resume"):
         if merged.get("out") is None:
             raise UserError("--resume needs --out, the folder of the run to continue.")
-        merged = {**_saved_settings(merged["out"]), **merged}
+        merged = {**saved_settings(Path(merged["out"]), "--resume"), **merged}
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
@@ -173,6 +248,10 @@ def _check_settings(s: Settings) -> None:
     problems = []
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
+        problems.append(
+            f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
+        )
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
     if s.model in SSM_NAMES and s.method == "sequential":
@@ -249,15 +328,42 @@ def _load(path: str, what: str) -> np.ndarray:
         raise UserError(f"{what}: {exc}") from None
 
 
+def _split(x: np.ndarray, fraction: float, what: str, min_steps: int):
+    """``x`` without its last ``round(fraction T)`` steps, and those steps (at least
+    ``min_steps``)."""
+    n_tail = round(fraction * x.shape[0])
+    if n_tail < min_steps or x.shape[0] - n_tail < 2:
+        raise UserError(
+            f"too few steps: {what} needs at least {min_steps} of the {x.shape[0]} steps "
+            f"({fraction:g} of them is {n_tail}); provide more data or raise the fraction."
+        )
+    return x[:-n_tail], x[-n_tail:]
+
+
+def _check_test(test: np.ndarray, what: str) -> None:
+    """Refuse test data the final evaluation could not score (before training, not after)."""
+    from models.data import check_trajectory
+
+    if test.shape[0] < TEST_PE_STEPS + 1:
+        raise UserError(
+            f"{what} has {test.shape[0]} steps; the evaluation's PE({TEST_PE_STEPS}) needs at "
+            f"least {TEST_PE_STEPS + 1}; provide more test data."
+        )
+    try:
+        check_trajectory(test[1:], what, name="the test data after its first step")
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
 def prepare_data(s: Settings) -> Dataset:
     """Load or generate the data; split off validation (and test, without ``--test-data``)."""
     if s.data is not None:
         x = _load(s.data, "--data")
         source = f"file {s.data}"
         if s.test_data is None:
-            n_test = round(s.test_fraction * x.shape[0])
-            x, test = x[:-n_test], x[-n_test:]
-            source += f" (last {n_test} steps held out as test data)"
+            test_what = "the test data held out from --data (--test-fraction)"
+            x, test = _split(x, s.test_fraction, test_what, TEST_PE_STEPS + 1)
+            source += f" (last {test.shape[0]} steps held out as test data)"
     else:
         from models import generate
 
@@ -267,23 +373,23 @@ def prepare_data(s: Settings) -> Dataset:
         except (TypeError, ValueError) as exc:
             raise UserError(str(exc)) from None
         source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
+        test_what = f"the generated test data (--n-steps {s.n_steps})"
     if s.test_data is not None:
         test = _load(s.test_data, "--test-data")
+        test_what = "--test-data"
         if test.shape[1] != x.shape[1]:
             raise UserError(
                 f"--test-data has {test.shape[1]} dimensions but the training data has "
                 f"{x.shape[1]}."
             )
-    n_val = round(s.validation_fraction * x.shape[0])
-    train, validation = x[:-n_val], x[-n_val:]
+    _check_test(test, test_what)
+    train, validation = _split(x, s.validation_fraction, "validation (--validation-fraction)", 3)
     if train.shape[0] < s.sequence_length + 1:
         raise UserError(
             f"too few steps: the training part has {train.shape[0]} steps (after holding out "
             f"validation/test data) but --sequence-length {s.sequence_length} needs "
             f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
         )
-    if validation.shape[0] < 2 or test.shape[0] < 2:
-        raise UserError("too few steps to hold out validation and test data; provide more data.")
     return Dataset(train, validation, test, source)
 
 
@@ -320,8 +426,8 @@ def build_model(s: Settings, n_obs: int):
 # ------------------------------------------------------------------------------------------
 
 
-def prepare_out_dir(s: Settings) -> Path:
-    """Create (or, with ``--resume``, reopen) the run folder; refuse to overwrite a run."""
+def out_dir(s: Settings) -> Path:
+    """The run folder of these settings; refuse to overwrite a run or resume a non-run."""
     if s.out is None:
         stem = Path(s.data).stem if s.data else s.system
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -338,6 +444,11 @@ def prepare_out_dir(s: Settings) -> Path:
             f"--out {out} already holds a run; pass --resume to continue it or choose "
             f"another --out."
         )
+    return out
+
+
+def create_out_dir(out: Path) -> None:
+    """Create ``out/checkpoints`` and check that files can be written there."""
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -345,7 +456,6 @@ def prepare_out_dir(s: Settings) -> Path:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
-    return out
 
 
 def _versions() -> dict:
@@ -436,12 +546,17 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
 
 
 class Progress:
-    """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback)."""
+    """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback).
 
-    def __init__(self, epochs: int, quiet: bool, verbose: bool, stream=None):
+    ``gtf``: the model is a latent RNN trained with GTF, so alpha and the Newton iterations
+    are shown (a state-space model has neither).
+    """
+
+    def __init__(self, epochs: int, quiet: bool, verbose: bool, gtf: bool = True, stream=None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.epochs = epochs
+        self.gtf = gtf
         self.quiet = quiet
         self.verbose = verbose
         self._last_draw = 0.0
@@ -458,11 +573,10 @@ class Progress:
         record = info.record
         if self.tty and not self.verbose:
             return
-        text = (
-            f"epoch {record['epoch']}/{self.epochs}  loss {record['loss']:.4g}  "
-            f"alpha {record['alpha']:.3f}  newton {record['newton_iters_mean']:.1f}  "
-            f"{record['time']:.1f}s"
-        )
+        text = f"epoch {record['epoch']}/{self.epochs}  loss {record['loss']:.4g}  "
+        if self.gtf:
+            text += f"alpha {record['alpha']:.3f}  newton {record['newton_iters_mean']:.1f}  "
+        text += f"{record['time']:.1f}s"
         if record.get("val_score") is not None:
             text += f"  val D_stsp {_fmt(record.get('val_dstsp'))} D_H {_fmt(record.get('val_dh'))}"
         self._line(text)
@@ -472,11 +586,11 @@ class Progress:
         done = (info.step + 1) / info.n_steps
         eta = (info.n_steps - info.step - 1) / info.steps_per_s if info.steps_per_s > 0 else 0
         bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
-        text = (
-            f"\r[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
-            f"loss {info.loss:.4g} alpha {info.alpha:.3f} newton {info.newton_iters_max} "
-            f"{info.steps_per_s:.1f} steps/s ETA {int(eta) // 60}:{int(eta) % 60:02d} "
-        )
+        text = f"\r[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
+        text += f"loss {info.loss:.4g} "
+        if self.gtf:
+            text += f"alpha {info.alpha:.3f} newton {info.newton_iters_max} "
+        text += f"{info.steps_per_s:.1f} steps/s ETA {int(eta) // 60}:{int(eta) % 60:02d} "
         self.stream.write(text)
         self.stream.flush()
 
@@ -587,18 +701,31 @@ def main(ctx, config_path, **flags):
 
 
 def train(s: Settings) -> None:
-    """Run one training job end to end (the default command)."""
+    """Run one training job end to end (the default command).
+
+    Everything that can be refused (settings, data, a checkpoint that ``--resume`` cannot
+    continue) is checked before the run folder is touched.
+    """
     import models
-    from autodiff import fit
+    from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError
-    from parscan import DeerConvergenceError
 
     if s.threads is not None:
         set_threads(s.threads)
     data = prepare_data(s)
     model = build_model(s, data.train.shape[1])
     config = train_config(s, data.train.shape[1])
-    out = prepare_out_dir(s)
+    out = out_dir(s)
+    fit_args = {
+        "checkpoint_dir": out / "checkpoints",
+        "resume": s.resume,
+        "validation_data": data.validation,
+    }
+    try:
+        check_fit(model, data.train, config, **fit_args)
+    except (TypeError, ValueError) as exc:
+        raise UserError(("--resume: " if s.resume else "") + str(exc)) from None
+    create_out_dir(out)
     _write_json(
         out / "args.json",
         {
@@ -611,34 +738,21 @@ def train(s: Settings) -> None:
     )
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
-    progress = Progress(s.epochs, s.quiet, s.verbose)
+    progress = Progress(s.epochs, s.quiet, s.verbose, gtf=s.model not in SSM_NAMES)
     started = time.perf_counter()
     try:
-        result = fit(
-            model,
-            data.train,
-            config,
-            callback=progress,
-            checkpoint_dir=out / "checkpoints",
-            resume=s.resume,
-            validation_data=data.validation,
-        )
+        result = fit(model, data.train, config, callback=progress, **fit_args)
     except KeyboardInterrupt:
         progress.close()
         click.echo(
             f"parscan-train: interrupted; checkpoint saved in {out / 'checkpoints'}. "
-            f"Continue with: parscan-train --out {out} --resume",
+            f"Continue with: parscan-train --out {shlex.quote(str(out))} --resume",
             err=True,
         )
         sys.exit(130)
-    except (DeerConvergenceError, TrainingDivergedError) as exc:
+    except TrainingDivergedError as exc:
         progress.close()
-        click.echo(
-            f"parscan-train: training failed: {exc} Tried: method={config.method}, "
-            f"jacobian={config.jacobian}, alpha={s.alpha} ({config.alpha_method}). "
-            f"The last good checkpoint is in {out / 'checkpoints'}.",
-            err=True,
-        )
+        click.echo(f"parscan-train: {_diverged_message(s, config, exc)}", err=True)
         sys.exit(1)
     progress.close()
     wall = time.perf_counter() - started
@@ -652,7 +766,7 @@ def train(s: Settings) -> None:
     write_history(out / "history.csv", result.history)
     mean, sd = trained.standardization
     test = ((data.test - mean) / sd).astype(np.float64)
-    scores = models.evaluate(trained, test)
+    scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS)
     last = result.history[-1] if result.history else {}
     summary = {
         "test": scores,
@@ -672,19 +786,75 @@ def train(s: Settings) -> None:
         generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
         note = write_plots(out, test[1:], np.asarray(generated, dtype=np.float64))
     _print_summary(out, summary, note)
+    if scores["status"] != "ok":
+        click.echo(
+            f"parscan-train: the trained model does not reconstruct the system: its free run "
+            f"on the test data is {scores['status']} ({scores['message']}). " + _suggestions(s),
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _suggestions(s: Settings) -> str:
+    """Settings worth trying after a failed run, none of them the ones just used."""
+    tries = []
+    if s.model in SSM_NAMES:
+        tries.append(f"--lr-start {s.lr_start / 3:.3g}")
+    else:
+        stronger = {"geomean": "sup", "sup": "param_bound"}.get(s.alpha_method)
+        if s.alpha != "auto":
+            tries.append("--alpha auto")
+        elif stronger:
+            tries.append(f"--alpha-method {stronger} (a larger alpha)")
+        tries.append(f"--lr-start {s.lr_start / 3:.3g}")
+        if s.jacobian == "diag":
+            tries.append("--jacobian full")
+    if s.dtype == "float32":
+        tries.append("--dtype float64")
+    return "Try " + ", ".join(tries) + "."
+
+
+def _diverged_message(s: Settings, config, exc) -> str:
+    """One line for a run that kept producing rejected steps (TrainingDivergedError)."""
+    if exc.checkpoint is not None:
+        kept = f"The last good checkpoint is {exc.checkpoint}."
+    else:
+        kept = (
+            "No checkpoint was written yet (the first is written after epoch "
+            f"{config.checkpoint_interval})."
+        )
+    return (
+        f"training failed: {exc.streak} consecutive steps were rejected (last: {exc.reason}) "
+        f"in epoch {exc.epoch} with alpha {exc.alpha:.4g} and learning rate {exc.lr:.3g}. "
+        f"{kept} {_suggestions(s)}"
+    )
 
 
 def _print_summary(out: Path, summary: dict, note: str) -> None:
     test = summary["test"]
     if test["status"] == "ok":
-        measures = f"D_stsp {test['dstsp']:.3f}   D_H {test['dh']:.3f}   PE(20) {test['pe']:.3g}"
+        measures = (
+            f"D_stsp {test['dstsp']:.3f}   D_H {test['dh']:.3f}   "
+            f"PE({TEST_PE_STEPS}) {test['pe']:.3g}"
+        )
     else:
         measures = f"free run {test['status']}: {test['message']}"
+    validation = summary["validation"]
+    selected = f"selected epoch {summary['best_epoch']}"
+    if validation is not None and validation["status"] != "ok":
+        selected = (
+            f"no validation free run was measurable (last: {validation['status']}); kept "
+            f"epoch {summary['best_epoch']}"
+        )
+    training = f"{selected}   final loss {_fmt(summary['final_loss'])}"
+    if summary["alpha"] is not None:
+        training += (
+            f"   Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)   "
+            f"alpha {summary['alpha']:.3f}"
+        )
     lines = [
         f"test ({test['n_steps']} steps): {measures}",
-        f"selected epoch {summary['best_epoch']}   final loss {_fmt(summary['final_loss'])}   "
-        f"Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)   "
-        f"alpha {summary['alpha']:.3f}",
+        training,
         f"wall time {summary['wall_seconds']:.0f} s   results: {out}",
         note,
     ]
@@ -696,7 +866,9 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 @click.option("--test-data", type=str, help="Test trajectory (default: the run's own test set).")
 @click.option("--n-bins", type=int, default=30, show_default=True, help="D_stsp bins per axis.")
 @click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
-@click.option("--pe-steps", type=int, default=20, show_default=True, help="PE horizon n.")
+@click.option(
+    "--pe-steps", type=int, default=TEST_PE_STEPS, show_default=True, help="PE horizon n."
+)
 @click.option("--transient", type=int, default=0, show_default=True, help="Dropped steps.")
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
 def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, out_file):
@@ -709,6 +881,13 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
     import models
 
     path = Path(target)
+    destination = (
+        Path(out_file) if out_file else (path / "evaluation.json" if path.is_dir() else None)
+    )
+    if destination is not None and destination.is_dir():
+        raise UserError(f"--out {destination} is a folder; name the JSON file to write.")
+    if destination is not None and not destination.parent.is_dir():
+        raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
     model_file = path / "model.npz" if path.is_dir() else path
     try:
         model = models.load(model_file)
@@ -717,7 +896,7 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
     if test_data is not None:
         raw = _load(test_data, "--test-data")
     elif path.is_dir() and (path / "args.json").is_file():
-        saved = json.loads((path / "args.json").read_text())["settings"]
+        saved = saved_settings(path, "evaluate")
         raw = prepare_data(Settings(**{**saved, "out": None, "resume": False})).test
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
@@ -734,11 +913,13 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
         )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    destination = (
-        Path(out_file) if out_file else (path / "evaluation.json" if path.is_dir() else None)
-    )
     if destination is not None:
-        _write_json(destination, scores)
+        try:
+            _write_json(destination, scores)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the scores to {destination}: {exc.strerror or exc}."
+            ) from None
     if scores["status"] == "ok":
         click.echo(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "

@@ -16,6 +16,7 @@ _EXPORTS = {
     "TrainConfig": "autodiff.train",
     "TrainResult": "autodiff.train",
     "fit": "autodiff.train",
+    "check_fit": "autodiff.train",
     "StepInfo": "autodiff.train",
     "EpochInfo": "autodiff.train",
     "TrainingDivergedError": "autodiff.train",

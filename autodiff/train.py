@@ -56,14 +56,35 @@ class TrainingDivergedError(RuntimeError):
 
     Attributes
     ----------
+    streak : int
+        The number of consecutive rejected steps.
+    reason : str
+        Why the last step was rejected.
+    epoch, batch : int
+        Where (1-based) the last rejected step was.
+    alpha, lr : float
+        The GTF alpha and learning rate of that step.
     params : ndarray
         The last good (finite) parameters.
     checkpoint : pathlib.Path or None
-        The last checkpoint written (never overwritten by a bad state).
+        The last checkpoint written (never overwritten by a bad state); None when none was
+        written yet.
     """
 
-    def __init__(self, message, params, checkpoint):
-        super().__init__(message)
+    def __init__(self, *, streak, reason, epoch, batch, alpha, lr, params, checkpoint):
+        kept = (
+            f"; the last checkpoint {checkpoint} is kept"
+            if checkpoint is not None
+            else "; no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"fit: {streak} consecutive steps were rejected (last: {reason}) at epoch {epoch}, "
+            f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
+            f"good step{kept}. Try alpha_mode='auto' or a larger alpha, a smaller lr_start, "
+            "grad_clip, or jacobian='full'."
+        )
+        self.streak, self.reason, self.epoch, self.batch = streak, reason, epoch, batch
+        self.alpha, self.lr = alpha, lr
         self.params = params
         self.checkpoint = checkpoint
 
@@ -559,6 +580,124 @@ def _loss_and_grad(model, windows, alpha, config):
     return loss, grad, newton, ""
 
 
+@dataclass
+class _Start:
+    """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
+    standardisation), the data in its units, and the resumed optimiser and training state."""
+
+    model: Model
+    data: np.ndarray
+    validation_data: np.ndarray | None
+    checkpoint_file: Path | None
+    optimizer: object
+    state: _State
+    best_params: np.ndarray | None = None
+    rng_state: dict | None = None
+
+
+def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data) -> _Start:
+    """Check fit's arguments (and the checkpoint it resumes) and build its starting point;
+    writes nothing."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
+    if not isinstance(model, Model):
+        raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
+    data, validation_data = _check_data(model, data, validation_data, config)
+    ckpt_file = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir)
+    if ckpt_file is not None and ckpt_file.exists() and not resume:
+        raise ValueError(
+            f"fit: {ckpt_file} already exists; pass resume=True to continue that run or choose "
+            "an empty checkpoint_dir."
+        )
+
+    model = model.astype(config.dtype)
+    dtype = model.dtype
+    if config.standardize:
+        data, mean, sd = standardize(data)
+        if validation_data is not None:
+            validation_data = (validation_data - mean) / sd
+        model.standardization = (mean, sd)
+    start = _Start(
+        model=model,
+        data=np.ascontiguousarray(data, dtype=dtype),
+        validation_data=(
+            None if validation_data is None else np.ascontiguousarray(validation_data, dtype=dtype)
+        ),
+        checkpoint_file=ckpt_file,
+        optimizer=make_optimizer(config.optimizer, model.n_params, dtype=dtype),
+        state=_State(alpha=float(config.alpha), epoch_acc=_new_epoch_acc()),
+    )
+    if resume:
+        _resume_from(start, load_checkpoint(ckpt_file), config)
+    return start
+
+
+def _resume_from(start: _Start, ckpt: dict, config) -> None:
+    """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``."""
+    model = start.model
+    _check_resume(ckpt, model, config)
+    if config.standardize:
+        if ckpt["standardization"] is None:
+            raise ValueError(
+                f"fit: the checkpoint at {ckpt['path']} was trained without standardisation; "
+                "resume with standardize=False."
+            )
+        saved_mean, saved_sd = ckpt["standardization"]
+        mean, sd = model.standardization
+        if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
+            raise ValueError(
+                "fit: the data's mean/sd differ from the checkpoint's; resume with the "
+                "training data of the interrupted run."
+            )
+        model.standardization = (saved_mean, saved_sd)
+    try:
+        model.set_params(ckpt["params"])
+        start.optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
+        saved = ckpt["state"]
+        np.random.Generator(np.random.PCG64()).bit_generator.state = saved["rng_state"]
+        start.rng_state = saved["rng_state"]
+        start.state = _State(**saved["train_state"])
+        start.state.epoch_acc = {**_new_epoch_acc(), **start.state.epoch_acc}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"fit: the checkpoint at {ckpt['path']} is damaged or from another version "
+            f"({type(exc).__name__}: {exc}); start a new run."
+        ) from None
+    if start.state.step > config.n_steps:
+        done = -(-start.state.step // config.batches_per_epoch)
+        raise ValueError(
+            f"fit: the checkpoint at {ckpt['path']} has trained {done} epochs, more than "
+            f"epochs={config.epochs}; resume with epochs >= {done}."
+        )
+    start.best_params = ckpt["arrays"].get("best_params")
+
+
+def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, validation_data=None):
+    """Raise what :func:`fit` would raise for these arguments before training; train nothing,
+    write nothing.
+
+    A caller that creates files around a run (the CLI writes ``args.json``) checks first, so a
+    refused run (bad data, a changed configuration on resume, a damaged checkpoint) leaves the
+    run folder as it was.
+
+    Parameters
+    ----------
+    model, data, config, checkpoint_dir, resume, validation_data
+        As for :func:`fit`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Exactly those :func:`fit` raises before its first step (messages start with ``fit:``).
+    """
+    config = TrainConfig() if config is None else config
+    _prepare(model, data, config, None, checkpoint_dir, resume, validation_data)
+
+
 def fit(
     model,
     data,
@@ -615,55 +754,13 @@ def fit(
         Re-raised after writing a checkpoint of the last completed step.
     """
     config = TrainConfig() if config is None else config
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
-    if not isinstance(model, Model):
-        raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
-    if resume and checkpoint_dir is None:
-        raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
-    data, validation_data = _check_data(model, data, validation_data, config)
-    ckpt_file = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir)
-    if ckpt_file is not None and ckpt_file.exists() and not resume:
-        raise ValueError(
-            f"fit: {ckpt_file} already exists; pass resume=True to continue that run or choose "
-            "an empty checkpoint_dir."
-        )
-
-    model = model.astype(config.dtype)
-    dtype = model.dtype
-    if config.standardize:
-        data, mean, sd = standardize(data)
-        if validation_data is not None:
-            validation_data = (validation_data - mean) / sd
-        model.standardization = (mean, sd)
-    data = np.ascontiguousarray(data, dtype=dtype)
-    if validation_data is not None:
-        validation_data = np.ascontiguousarray(validation_data, dtype=dtype)
-
+    start = _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data)
+    model, data, validation_data = start.model, start.data, start.validation_data
+    ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
+    best_params = start.best_params
     rng = np.random.Generator(np.random.PCG64(config.seed))
-    optimizer = make_optimizer(config.optimizer, model.n_params, dtype=dtype)
-    state = _State(alpha=float(config.alpha), epoch_acc=_new_epoch_acc())
-    best_params = None
-    if resume:
-        ckpt = load_checkpoint(ckpt_file)
-        _check_resume(ckpt, model, config)
-        if config.standardize:
-            saved_mean, saved_sd = ckpt["standardization"]
-            if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
-                raise ValueError(
-                    "fit: the data's mean/sd differ from the checkpoint's; resume with the "
-                    "training data of the interrupted run."
-                )
-            model.standardization = (saved_mean, saved_sd)
-        model.set_params(ckpt["params"])
-        optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
-        saved = ckpt["state"]
-        rng.bit_generator.state = saved["rng_state"]
-        state = _State(**saved["train_state"])
-        state.epoch_acc = {**_new_epoch_acc(), **state.epoch_acc}
-        best_params = ckpt["arrays"].get("best_params")
+    if start.rng_state is not None:
+        rng.bit_generator.state = start.rng_state
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, config.n_steps)
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
@@ -750,7 +847,7 @@ def fit(
             starts = rng.integers(0, n_windows, size=B)
             windows = data[starts[:, None] + offsets]
             if config.noise_level > 0:
-                windows += config.noise_level * rng.standard_normal(windows.shape, dtype=dtype)
+                windows += config.noise_level * rng.standard_normal(windows.shape, dtype=data.dtype)
             loss, penalty, grad_norm, newton, reason = _train_step(
                 model, optimizer, windows, state, lr, config
             )
@@ -777,15 +874,14 @@ def fit(
             snap = snapshot()
             if state.bad_streak >= config.max_bad_steps:
                 raise TrainingDivergedError(
-                    f"fit: {state.bad_streak} consecutive steps were rejected (last: {reason}) "
-                    f"at epoch {step // bpe + 1}, batch {step % bpe + 1}, alpha="
-                    f"{state.alpha:.4g}, lr={lr:.3g}. Parameters were left at the last good "
-                    "step"
-                    + (f"; the last checkpoint {ckpt_file} is kept" if ckpt_file else "")
-                    + ". Try alpha_mode='auto' or a larger alpha, a smaller lr_start, "
-                    "grad_clip, or jacobian='full'.",
-                    model.params.copy(),
-                    ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
+                    streak=state.bad_streak,
+                    reason=reason,
+                    epoch=step // bpe + 1,
+                    batch=step % bpe + 1,
+                    alpha=state.alpha,
+                    lr=lr,
+                    params=model.params.copy(),
+                    checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
                 )
             if callback is not None:
                 elapsed = time.perf_counter() - t_session

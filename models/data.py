@@ -198,6 +198,8 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 1:
         raise ValueError(f"{where}: min_steps must be an int >= 1; got {min_steps!r}.")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{where}: {path} is a folder; pass a trajectory file in it.")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(

@@ -1,6 +1,8 @@
 """``parscan-train`` through click's CliRunner: layout, resume, evaluate, user mistakes."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +137,9 @@ def _bad_files(tmp_path):
     np.save(tmp_path / "short.npy", np.random.default_rng(0).standard_normal((30, 3)))
     (tmp_path / "bad.toml").write_text("epochs = [")
     (tmp_path / "unknown.json").write_text('{"colour": "blue"}')
+    (tmp_path / "types.toml").write_text('noise = "x"\nout = 5\nresume = "no"\nepochs = 2.5\n')
+    (tmp_path / "twice.toml").write_text("hidden_dim = 5\nhidden-dim = 6\n")
+    (tmp_path / "latin1.toml").write_bytes(b"seed = 1 # \xe9\n")
 
 
 @pytest.mark.parametrize(
@@ -160,6 +165,16 @@ def _bad_files(tmp_path):
         (["--config", "{tmp}/unknown.json"], "colour"),
         (["--out", "/proc/parscan-cannot-write"], "cannot write"),
         (["--resume", "--out", "{tmp}/nothing"], "--resume"),
+        (["--config", "{tmp}/types.toml"], "noise must be a number, got 'x'; out must be a"),
+        (["--config", "{tmp}/types.toml"], "resume must be true or false, got 'no'"),
+        (["--config", "{tmp}/types.toml"], "epochs must be an integer, got 2.5"),
+        (["--config", "{tmp}/twice.toml"], "hidden_dim and hidden-dim are the same setting"),
+        (["--config", "{tmp}/latin1.toml"], "not a UTF-8 text file"),
+        (["--data", "{tmp}"], "is a folder"),
+        (["--data", "{tmp}/short.npy", "--system", "rossler"], "do not apply with --data"),
+        (["--data", "{tmp}/short.npy", "-T", "5"], "held out from --data"),
+        (["--n-steps", "15", "-T", "5"], "PE(20) needs at least 21"),
+        (["--model", "plrnn", "-L", "5"], "--hidden-dim/-L applies to"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
@@ -177,3 +192,106 @@ def test_hidden_dim_default_depends_on_the_model():
     assert cli.resolve_settings({"model": "linear-ssm"}, None).hidden_dim == 100
     assert cli.resolve_settings({"model": "alrnn"}, None).hidden_dim is None
     assert cli.resolve_settings({"model": "shplrnn", "hidden_dim": 7}, None).hidden_dim == 7
+
+
+def test_config_choices_are_case_insensitive_like_the_flags(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text('{"alpha": "AUTO", "model": "ALRNN", "lr-start": 1}')
+    settings = cli.resolve_settings({}, str(config))
+    assert (settings.alpha, settings.model, settings.lr_start) == ("auto", "alrnn", 1.0)
+
+
+def _copy_run(finished_run, tmp_path):
+    out = tmp_path / "run copy"
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+def _one_error_line(result, message):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("parscan-train: error:"), result.output
+    assert message in lines[0]
+
+
+def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    args = (out / "args.json").read_bytes()
+    checkpoint = out / "checkpoints" / "checkpoint.npz"
+    for flags, message in [
+        (["-B", "8"], "batch_size: 16 -> 8"),
+        (["--model", "shplrnn"], "not the ShPLRNN"),
+        (["-e", "1"], "resume with epochs >= 2"),
+    ]:
+        _one_error_line(run("--out", out, "--resume", "-q", *flags), message)
+        assert (out / "args.json").read_bytes() == args
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(good[:2000])
+    _one_error_line(run("--out", out, "--resume", "-q"), "not a readable .npz")
+    checkpoint.write_bytes(good)
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code == 0, result.output
+    assert len((out / "history.csv").read_text().splitlines()) == 4
+
+
+def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    _one_error_line(run("evaluate", out, "--out", tmp_path / "no" / "x.json"), "no folder")
+    _one_error_line(run("evaluate", out, "--out", tmp_path), "is a folder")
+    (out / "args.json").write_text('{"settings": {"colour": 1}}')
+    _one_error_line(run("evaluate", out), "unknown setting(s) colour")
+    (out / "args.json").write_text("{")
+    _one_error_line(run("evaluate", out), "is missing or unreadable")
+
+
+def test_state_space_model_logs_without_alpha(tmp_path):
+    tiny = [a for a in TINY if a != "-q"]
+    result = run(*tiny, "--model", "linear-ssm", "-v", "--out", tmp_path / "ssm")
+    assert result.exit_code in (0, 1), result.output
+    epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and not any("alpha" in line for line in epochs)
+
+
+def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypatch):
+    def diverged(model, x_test, **kwargs):
+        keys = ("dstsp", "dh", "pe")
+        return {"status": "diverged", "message": "left the data range at step 7",
+                "n_steps": len(x_test) - 1, **dict.fromkeys(keys)}  # fmt: skip
+
+    monkeypatch.setattr(models, "evaluate", diverged)
+    result = run(*TINY, "--out", tmp_path / "run", "--alpha", "0.3", "--dtype", "float64")
+    assert result.exit_code == 1, result.output
+    assert "free run diverged: left the data range at step 7" in result.output
+    assert "does not reconstruct the system" in result.output
+    assert "--alpha auto" in result.output and "--dtype float64" not in result.output
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_summary_says_when_no_validation_run_was_measurable(capsys):
+    test = {"status": "ok", "message": "", "n_steps": 99, "dstsp": 1.0, "dh": 0.5, "pe": 0.1}
+    summary = {
+        "test": test,
+        "best_epoch": 4,
+        "validation": {"dstsp": None, "dh": None, "score": float("inf"), "status": "diverged"},
+        "final_loss": 0.2,
+        "newton_iters_mean": 3.0,
+        "alpha": None,
+        "wall_seconds": 1.0,
+    }
+    cli._print_summary(Path("runs/x"), summary, "plots skipped")
+    text = capsys.readouterr().out
+    assert "no validation free run was measurable (last: diverged); kept epoch 4" in text
+    assert "alpha" not in text
+
+
+def test_diverged_message_names_the_checkpoint_state_and_new_settings():
+    from autodiff import TrainingDivergedError
+
+    exc = TrainingDivergedError(streak=20, reason="deer not converged", epoch=3, batch=7,
+                                alpha=0.25, lr=3e-3, params=None, checkpoint=None)  # fmt: skip
+    s = cli.Settings(alpha_method="param_bound", jacobian="diag", dtype="float64")
+    text = cli._diverged_message(s, cli.train_config(s, 3), exc)
+    assert "20 consecutive steps were rejected (last: deer not converged) in epoch 3" in text
+    assert "No checkpoint was written yet (the first is written after epoch 10)" in text
+    assert "--jacobian full" in text and "--lr-start 0.002" in text
+    assert "--alpha-method" not in text and "--dtype" not in text

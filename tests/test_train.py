@@ -9,7 +9,7 @@ import pytest
 
 import autodiff.gradients
 import models
-from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.train import (
     EpochInfo,
@@ -17,6 +17,7 @@ from autodiff.train import (
     TrainConfig,
     TrainingDivergedError,
     TrainResult,
+    check_fit,
     fit,
 )
 from models import LinearSSM, ShPLRNN
@@ -206,6 +207,8 @@ def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp
     assert ckpt["state"]["train_state"]["step"] == 10  # the epoch-1 checkpoint, not overwritten
     np.testing.assert_array_equal(ckpt["params"], err.value.params)
     assert err.value.checkpoint == tmp_path / CHECKPOINT_NAME
+    assert (err.value.streak, err.value.epoch, err.value.batch) == (4, 2, 4)
+    assert "non-finite" in err.value.reason or "nan" in err.value.reason.lower(), err.value.reason
 
 
 def test_single_window_spanning_the_data_and_sequential_method(lorenz):
@@ -295,6 +298,45 @@ def test_fit_argument_errors(lorenz, tmp_path):
             checkpoint_dir=tmp_path, resume=True)  # fmt: skip
 
 
+def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path):
+    x, _ = lorenz
+    one = config(epochs=1, batches_per_epoch=1)
+    check_fit(small_model(), x, one, checkpoint_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match="fit: data has 2 columns"):
+        check_fit(small_model(), x[:, :2], one)
+    fit(small_model(), x, config(epochs=2, batches_per_epoch=1), checkpoint_dir=tmp_path)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    check_fit(small_model(), x, config(epochs=3, batches_per_epoch=1), checkpoint_dir=tmp_path,
+              resume=True)  # fmt: skip
+    for cfg, message in [
+        (config(epochs=1, batches_per_epoch=1), r"has trained 2 epochs, more than epochs=1"),
+        (config(epochs=2, batch_size=4, batches_per_epoch=1), "batch_size: 8 -> 4"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+        with pytest.raises(ValueError, match=message):
+            fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="mean/sd differ"):
+        check_fit(small_model(), x + 1.0, config(epochs=2, batches_per_epoch=1),
+                  checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_damaged_checkpoint_state_is_refused_clearly(lorenz, tmp_path):
+    x, _ = lorenz
+    cfg = config(epochs=1, batches_per_epoch=1)
+    model = small_model()
+    fit(model, x, cfg, checkpoint_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path)
+    state = dict(ckpt["state"], train_state={"step": 1, "colour": "blue"})
+    saved = model.astype("float64")
+    saved.standardization = ckpt["standardization"]
+    save_checkpoint(tmp_path, saved, ckpt["params"], state, {}, ckpt["optimizer"])
+    with pytest.raises(ValueError, match="is damaged or from another version"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+
+
 def test_overflowing_optimiser_step_is_a_rejected_step(tmp_path):
     """Raw (unstandardised) Lorenz data in float32 (the default dtype): a finite gradient whose
     square overflows is refused by the optimiser and rejected; its moments stay finite."""
@@ -317,8 +359,9 @@ def test_non_finite_sequential_forward_is_a_rejected_step(lorenz):
     model["A"][...] = 3.0  # float32 states overflow after ~80 unforced steps
     cfg = config(method="sequential", dtype="float32", alpha_mode="constant", alpha=0.0,
                  sequence_length=200, max_bad_steps=2)  # fmt: skip
-    with pytest.raises(TrainingDivergedError, match="sequential forward failed: non_finite"):
+    with pytest.raises(TrainingDivergedError, match="sequential forward failed: non_finite") as err:
         fit(model, x, cfg)
+    assert err.value.checkpoint is None and "no checkpoint had been written yet" in str(err.value)
 
 
 def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
