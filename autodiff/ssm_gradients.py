@@ -45,14 +45,30 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
         Gradient with respect to ``model.params`` (dtype ``model.dtype``). NaN/inf in the data or
         parameters propagate into ``loss`` and ``grad``; nothing is zeroed.
     info : dict
-        ``{"method": "scan", "backend": backend, "batch": B, "T": T}``.
+        ``{"method": "scan", "backend": backend, "batch": B, "T": T}`` (``backend`` as
+        requested; ``"auto"`` picks per scan).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an SSM, data of the wrong shape or dtype, no windows, an unknown or unavailable
+        backend (messages start with ``ssm_loss_and_grad:``).
     """
     if not isinstance(model, DiagonalSSM):
         raise TypeError(
             "ssm_loss_and_grad: model must be a LinearSSM or SelectiveSSM; got "
             f"{type(model).__name__}. Use autodiff.gtf_loss_and_grad for latent RNNs."
         )
-    trace = model.forward(data, backend=backend)
+    try:
+        trace = model.forward(data, backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"ssm_loss_and_grad: {exc}") from None
+    if trace.pred.size == 0:
+        raise ValueError(
+            f"ssm_loss_and_grad: data of shape {np.shape(data)} holds no windows; pass at "
+            "least one window (B >= 1)."
+        )
+    data = np.asarray(data)
     target = data.reshape(-1, *data.shape[-2:])[:, 1:, :]
     err = trace.pred - target
     loss = float(np.mean(np.square(err, dtype=np.float64)))

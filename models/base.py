@@ -199,6 +199,23 @@ class Model(ABC):
         other.standardization = self.standardization
         return other
 
+    def _check_obs(self, x, method: str, what: str = "x", min_ndim: int = 1) -> np.ndarray:
+        """``x`` as an array of observations ``(..., N)`` (``(..., T+1, N)`` when
+        ``min_ndim = 2``) in the model's dtype; ValueError/TypeError naming ``method``."""
+        x = np.asarray(x)
+        if x.ndim < min_ndim or x.shape[-1] != self.n_obs:
+            shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
+            raise ValueError(
+                f"{type(self).__name__}.{method}: {what} must have shape {shape} with "
+                f"N={self.n_obs}; got {x.shape}."
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{type(self).__name__}.{method}: {what} must have dtype {self.dtype}; got "
+                f"{x.dtype}. Use {what}.astype(np.{self.dtype}) or model.astype(...)."
+            )
+        return x
+
     def astype(self, dtype) -> "Model":
         """A copy whose parameters (and computations) use ``dtype`` (float32 or float64)."""
         hp = dict(self.hyperparameters())
@@ -447,7 +464,7 @@ class LatentRNN(Model):
 
     def initial_state(self, x0: np.ndarray) -> np.ndarray:
         """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``."""
-        x0 = self._check_obs(x0, "initial_state")
+        x0 = self._check_obs(x0, "initial_state", "x0")
         z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
         z0[..., : self.n_obs] = x0
         if self.M > self.n_obs:
@@ -469,17 +486,3 @@ class LatentRNN(Model):
     def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
         """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``."""
         return self.simulate(self.initial_state(x0), n_steps)[..., : self.n_obs]
-
-    def _check_obs(self, x: np.ndarray, method: str) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim < 1 or x.shape[-1] != self.n_obs:
-            raise ValueError(
-                f"{type(self).__name__}.{method}: expected observations of shape (..., "
-                f"{self.n_obs}); got {x.shape}."
-            )
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{type(self).__name__}.{method}: expected dtype {self.dtype}; got {x.dtype}. "
-                f"Use x.astype(np.{self.dtype}) or model.astype(...)."
-            )
-        return x

@@ -257,32 +257,13 @@ class DiagonalSSM(Model):
 
     # -- shared machinery -----------------------------------------------------------------------
 
-    def _check_array(self, x, method: str, min_ndim: int, what: str) -> np.ndarray:
-        name = type(self).__name__
-        if not isinstance(x, np.ndarray):
-            raise TypeError(
-                f"{name}.{method}: {what} must be a NumPy array; got {type(x).__name__}."
-            )
-        if x.ndim < min_ndim or x.shape[-1] != self.n_obs:
-            shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
-            raise ValueError(
-                f"{name}.{method}: {what} must have shape {shape} with N={self.n_obs}; "
-                f"got {x.shape}."
-            )
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{name}.{method}: {what} must have dtype {self.dtype}; got {x.dtype}. "
-                f"Use x.astype(np.{self.dtype}) or model.astype(...)."
-            )
-        return x
-
     def forward(self, x: np.ndarray, *, backend: str = "auto") -> SSMTrace:
         """Teacher-forced pass over windows ``x (B, T+1, N)`` keeping every intermediate.
 
         ``x`` may have any number of leading batch dimensions (flattened to ``B``); ``T >= 1``.
         The recurrence is one :func:`parscan.linear_scan` over time (``backend`` is passed on).
         """
-        x = self._check_array(x, "forward", 2, "x")
+        x = self._check_obs(x, "forward", "x", min_ndim=2)
         if x.shape[-2] < 2:
             raise ValueError(
                 f"{type(self).__name__}.forward: need at least 2 time points (T+1 >= 2) per "
@@ -330,8 +311,9 @@ class DiagonalSSM(Model):
             Predictions of ``x_1 .. x_T`` from inputs ``x_0 .. x_{T-1}`` (state ``h_0 = 0`` at
             the start of every window).
         """
+        shape = np.shape(x)
         pred = self.forward(x, backend=backend).pred
-        return pred.reshape(*x.shape[:-2], x.shape[-2] - 1, self.n_obs)
+        return pred.reshape(*shape[:-2], shape[-2] - 1, self.n_obs)
 
     def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
         """Closed-loop free run from ``x0`` with ``h_0 = 0``, feeding each prediction back.
@@ -349,7 +331,7 @@ class DiagonalSSM(Model):
             ``x̂_1 .. x̂_n`` (``x0`` excluded). ``x̂_1`` equals the first teacher-forced
             prediction of a window starting at ``x0``.
         """
-        x0 = self._check_array(x0, "generate", 1, "x0")
+        x0 = self._check_obs(x0, "generate", "x0")
         n_steps = check_positive_int(n_steps, "n_steps", f"{type(self).__name__}.generate", 0)
         flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
         out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
@@ -525,7 +507,10 @@ class LinearSSM(DiagonalSSM):
         # λ = exp(s), s = -exp(ν) + i exp(θ): dL = Re(conj(g_λ) λ ds).
         w = np.conj(g_lam) * lam
         rate = np.exp(p["nu"])
-        dgamma_dnu = rate * np.exp(-2.0 * rate) / gamma
+        # dγ/dν -> 0 as exp(ν) underflows (γ -> 0): the limit, not 0/0.
+        dgamma_dnu = np.divide(
+            rate * np.exp(-2.0 * rate), gamma, out=np.zeros_like(gamma), where=gamma > 0
+        )
         g["nu"][...] += -rate * w.real + g_gamma * dgamma_dnu
         g["theta"][...] += -np.exp(p["theta"]) * w.imag
 
@@ -660,7 +645,7 @@ class SelectiveSSM(DiagonalSSM):
         p = self.unflatten()
         pre = _apply(u, p["W_delta"].T)
         pre += p["b_delta"]
-        delta = np.logaddexp(0.0, pre).astype(self.dtype, copy=False)
+        delta = np.logaddexp(0.0, pre)
         A = -np.exp(p["log_A"])
         a = np.exp(delta[..., None] * A)  # (B, T, N, H)
         Bt = _apply(u, p["W_B"].T)
@@ -689,6 +674,9 @@ class SelectiveSSM(DiagonalSSM):
         # a = exp(Δ A): cotangent of the exponent Δ[d] A[d, n].
         g_exp = g_a.reshape(shape4) * trace.a.reshape(shape4)
         g_b4 = g_b.reshape(shape4)
+        # An A that overflowed to -inf makes a = 0 for every Δ > 0: its exact terms are 0
+        # (g_exp is 0 there), not 0 * inf.
+        A = np.where(np.isinf(A), 0.0, A).astype(A.dtype, copy=False)
         g_delta = np.einsum("btdn,dn->btd", g_exp, A)
         g_delta += u * np.einsum("btdn,btn->btd", g_b4, Bt)
         g["log_A"][...] += np.einsum("btdn,btd->dn", g_exp, delta) * A

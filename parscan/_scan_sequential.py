@@ -236,8 +236,9 @@ def _decay_carry(a, lo, hi, reverse, q, out, add):
     """``q = a_t ∘ q`` for the steps ``lo..hi-1`` in scan order, adding each ``q`` to
     ``out[t]`` when ``add``. Every :data:`DECAY_CHECK_STEPS` steps it stops if every channel of
     ``q`` is exactly 0 or below a quarter of the machine epsilon relative to ``out[t]``
-    (``add``) or to 1 (a unit carry, not ``add``). Returns the steps done, ``hi - lo + 1``
-    if ``q`` is still not negligible at the end."""
+    (``add``) or to 1 (a unit carry, not ``add``; ``out`` is then not touched and may be any
+    writeable 2-D array of ``q``'s dtype, so ``a`` may be read-only). Returns the steps done,
+    ``hi - lo + 1`` if ``q`` is still not negligible at the end."""
     D = uint64(a.shape[1])
     af, of = a.reshape(a.size), out.reshape(out.size)
     c = np.finfo(q.dtype).eps / 4
@@ -253,7 +254,7 @@ def _decay_carry(a, lo, hi, reverse, q, out, add):
                     of[base + d] += q[d]
         done = stop
         t = hi - done if reverse else lo + done - 1
-        if _negligible(q, out[t], not add, c):
+        if _negligible(q, out[t] if add else q, not add, c):
             return done
     return hi - lo + 1
 
@@ -284,7 +285,7 @@ def diag_decay_steps(a, lo, hi, reverse, q):
     quarter of the machine epsilon in every channel (see :func:`diag_fix_range`);
     ``hi - lo + 1`` if it has not by the end. ``q`` is scratch of shape ``(D,)``."""
     q[:] = 1.0
-    return _decay_carry(a, lo, hi, reverse, q, a, False)  # a stands in for the unused out
+    return _decay_carry(a, lo, hi, reverse, q, q.reshape((1, q.size)), False)  # out unused
 
 
 @jit

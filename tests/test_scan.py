@@ -354,6 +354,28 @@ def test_strided_unaligned_big_endian_inputs_untouched(backend):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("plan", [None, ("batch", 1), ("reduce", 3), ("fix", 2)])
+def test_read_only_inputs_on_every_plan(plan):
+    """Read-only views (e.g. ``np.broadcast_to``) are valid input to every kernel."""
+    a, b, h0 = make_inputs(3, np.float64, False, (1,), 5000, 4)
+    a = 0.5 + 0.4 * np.tanh(a)  # contractive, so the scan-then-fix probe succeeds
+    ref = scan_reference(a, b, h0, False)
+    for x in (a, b, h0):
+        x.setflags(write=False)
+    if plan is None:
+        for backend in HOST_BACKENDS:
+            assert_close(parscan.linear_scan(a, b, h0, backend=backend), ref)
+        dense, _, _ = make_inputs(3, np.float64, True, (1,), 50, 4)
+        dense.setflags(write=False)
+        ref_dense = scan_reference(dense, b[:, :50], h0, False)
+        for backend in HOST_BACKENDS:
+            assert_close(parscan.linear_scan(dense, b[:, :50], h0, backend=backend), ref_dense)
+        return
+    out = np.empty_like(b)
+    _scan_cpu.scan_diag(a, b, h0, False, out, plan)
+    assert_close(out, ref)
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_nan_and_inf_propagate(backend):
     a, b, h0 = make_inputs(2, np.float64, False, (3,), 64, 2)

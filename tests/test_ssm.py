@@ -230,8 +230,9 @@ def test_input_errors(model, data):
         model.teacher_forced(data.astype(np.float32))
     with pytest.raises(ValueError, match="at least 2 time points"):
         model.teacher_forced(data[:, :1])
-    with pytest.raises(TypeError, match="must be a NumPy array"):
-        model.teacher_forced(data.tolist())
+    np.testing.assert_array_equal(model.teacher_forced(data.tolist()), model.teacher_forced(data))
+    with pytest.raises(TypeError, match=rf"{name}.forward: x must have dtype float64; got <U1"):
+        model.teacher_forced([["a"] * 3] * 2)
     with pytest.raises(ValueError, match=rf"{name}.generate: n_steps must be >= 0"):
         model.generate(data[:, 0], -1)
     with pytest.raises(ValueError, match=rf"{name}.generate: x0 must have shape"):
@@ -251,3 +252,35 @@ def test_constructor_and_gradient_errors():
         LinearSSM(N, H, L, dtype="int64")
     with pytest.raises(TypeError, match="ssm_loss_and_grad: model must be a LinearSSM"):
         ssm_loss_and_grad(object(), np.zeros((1, 3, N)))
+    with pytest.raises(ValueError, match=r"ssm_loss_and_grad: data of shape \(0, 5, 3\) holds no"):
+        ssm_loss_and_grad(_make("linear"), np.zeros((0, 5, N)))
+    with pytest.raises(ValueError, match=r"ssm_loss_and_grad: SelectiveSSM\.forward: x must have"):
+        ssm_loss_and_grad(_make("selective"), np.zeros((1, 5, 2)))
+    with pytest.raises(ValueError, match="ssm_loss_and_grad: linear_scan: unknown backend 'gpu'"):
+        ssm_loss_and_grad(_make("linear"), np.zeros((1, 5, N)), backend="gpu")
+
+
+def test_long_single_window_on_the_threaded_backend():
+    """One long window (the GTF-DEER use case) takes the time-chunked CPU scan under "cpu";
+    the selective model's coefficients are read-only broadcasts there."""
+    x = np.random.default_rng(4).normal(size=(1, 3001, N))
+    for kind in ("linear", "selective"):
+        model = _make(kind)
+        loss, grad, _ = ssm_loss_and_grad(model, x, backend="sequential")
+        for backend in ("cpu", "auto"):
+            loss_b, grad_b, _ = ssm_loss_and_grad(model, x, backend=backend)
+            assert loss_b == pytest.approx(loss, rel=1e-12)
+            np.testing.assert_allclose(grad_b, grad, rtol=1e-9, atol=1e-12 * np.abs(grad).max())
+
+
+def test_gradient_limits_where_a_parameter_saturates(data):
+    """exp(nu) underflowing (|lambda| -> 1, gamma -> 0) and A = -exp(log_A) overflowing (a -> 0)
+    give the gradient's limit (0 for that entry), not 0/0 or 0 * inf."""
+    linear, selective = _make("linear"), _make("selective")
+    linear["nu"][0] = -800.0
+    selective["log_A"][0, 0] = 800.0
+    for model, name in ((linear, "nu"), (selective, "log_A")):
+        with np.errstate(over="ignore"):  # exp(800) = inf is the point
+            loss, grad, _ = ssm_loss_and_grad(model, data)
+        assert math.isfinite(loss) and np.all(np.isfinite(grad)), name
+        assert model.unflatten(grad)[name].flat[0] == 0.0
