@@ -24,6 +24,7 @@ import sys
 import time
 import tomllib
 import typing
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -361,7 +362,7 @@ def prepare_data(s: Settings) -> Dataset:
         x = _load(s.data, "--data")
         source = f"file {s.data}"
         if s.test_data is None:
-            test_what = "the test data held out from --data (--test-fraction)"
+            test_what = "the test data held out from --data (test_fraction in --config)"
             x, test = _split(x, s.test_fraction, test_what, TEST_PE_STEPS + 1)
             source += f" (last {test.shape[0]} steps held out as test data)"
     else:
@@ -383,7 +384,9 @@ def prepare_data(s: Settings) -> Dataset:
                 f"{x.shape[1]}."
             )
     _check_test(test, test_what)
-    train, validation = _split(x, s.validation_fraction, "validation (--validation-fraction)", 3)
+    train, validation = _split(
+        x, s.validation_fraction, "validation (validation_fraction in --config)", 3
+    )
     if train.shape[0] < s.sequence_length + 1:
         raise UserError(
             f"too few steps: the training part has {train.shape[0]} steps (after holding out "
@@ -557,6 +560,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self.epochs = epochs
         self.gtf = gtf
+        self._warned = set()
         self.quiet = quiet
         self.verbose = verbose
         self._last_draw = 0.0
@@ -598,6 +602,13 @@ class Progress:
         prefix = "\r\033[K" if self.tty else ""
         self.stream.write(prefix + text + "\n")
         self.stream.flush()
+
+    def show_warning(self, message, category, filename, lineno, file=None, line=None):
+        """``warnings.showwarning`` during training: one line per warning category."""
+        if self.quiet or category in self._warned:
+            return
+        self._warned.add(category)
+        self._line(f"parscan-train: warning: {message} (shown once)")
 
     def close(self) -> None:
         if self.tty and not self.quiet:
@@ -710,6 +721,7 @@ def train(s: Settings) -> None:
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError
 
+    started = time.perf_counter()
     if s.threads is not None:
         set_threads(s.threads)
     data = prepare_data(s)
@@ -739,9 +751,10 @@ def train(s: Settings) -> None:
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
     progress = Progress(s.epochs, s.quiet, s.verbose, gtf=s.model not in SSM_NAMES)
-    started = time.perf_counter()
     try:
-        result = fit(model, data.train, config, callback=progress, **fit_args)
+        with warnings.catch_warnings():
+            warnings.showwarning = progress.show_warning
+            result = fit(model, data.train, config, callback=progress, **fit_args)
     except KeyboardInterrupt:
         progress.close()
         click.echo(
@@ -755,7 +768,6 @@ def train(s: Settings) -> None:
         click.echo(f"parscan-train: {_diverged_message(s, config, exc)}", err=True)
         sys.exit(1)
     progress.close()
-    wall = time.perf_counter() - started
     trained = result.model
     metadata = {
         "best_epoch": result.best_epoch,
@@ -778,37 +790,38 @@ def train(s: Settings) -> None:
         "alpha": result.alpha,
         "bad_steps": result.n_bad_steps,
         "train_seconds": result.wall_time,
-        "wall_seconds": wall,
     }
-    _write_json(out / "metrics.json", summary)
     note = "plots skipped: the free run did not produce finite values"
     if scores["status"] == "ok":
         generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
         note = write_plots(out, test[1:], np.asarray(generated, dtype=np.float64))
+    summary["wall_seconds"] = time.perf_counter() - started
+    _write_json(out / "metrics.json", summary)
     _print_summary(out, summary, note)
     if scores["status"] != "ok":
         click.echo(
             f"parscan-train: the trained model does not reconstruct the system: its free run "
-            f"on the test data is {scores['status']} ({scores['message']}). " + _suggestions(s),
+            f"on the test data is {scores['status']} ({scores['message']}). "
+            + _suggestions(s, result.alpha),
             err=True,
         )
         sys.exit(1)
 
 
-def _suggestions(s: Settings) -> str:
-    """Settings worth trying after a failed run, none of them the ones just used."""
+def _suggestions(s: Settings, alpha: float | None) -> str:
+    """Settings worth trying after a failed run (that ended with GTF ``alpha``), none of them
+    the ones just used."""
     tries = []
-    if s.model in SSM_NAMES:
-        tries.append(f"--lr-start {s.lr_start / 3:.3g}")
-    else:
+    gtf = s.model not in SSM_NAMES
+    if gtf and (alpha is None or alpha < 1.0):  # fully forced already: more alpha is no remedy
         stronger = {"geomean": "sup", "sup": "param_bound"}.get(s.alpha_method)
         if s.alpha != "auto":
             tries.append("--alpha auto")
         elif stronger:
             tries.append(f"--alpha-method {stronger} (a larger alpha)")
-        tries.append(f"--lr-start {s.lr_start / 3:.3g}")
-        if s.jacobian == "diag":
-            tries.append("--jacobian full")
+    tries.append(f"--lr-start {s.lr_start / 3:.3g}")
+    if gtf and s.jacobian == "diag":
+        tries.append("--jacobian full")
     if s.dtype == "float32":
         tries.append("--dtype float64")
     return "Try " + ", ".join(tries) + "."
@@ -826,7 +839,7 @@ def _diverged_message(s: Settings, config, exc) -> str:
     return (
         f"training failed: {exc.streak} consecutive steps were rejected (last: {exc.reason}) "
         f"in epoch {exc.epoch} with alpha {exc.alpha:.4g} and learning rate {exc.lr:.3g}. "
-        f"{kept} {_suggestions(s)}"
+        f"{kept} {_suggestions(s, exc.alpha)}"
     )
 
 
@@ -855,7 +868,8 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     lines = [
         f"test ({test['n_steps']} steps): {measures}",
         training,
-        f"wall time {summary['wall_seconds']:.0f} s   results: {out}",
+        f"training {summary['train_seconds']:.0f} s, wall time {summary['wall_seconds']:.0f} s "
+        f"(data, training, evaluation, plots)   results: {out}",
         note,
     ]
     click.echo("\n".join(lines))

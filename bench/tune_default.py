@@ -4,7 +4,7 @@ Question: with which settings does the embedded default run (no arguments) reach
 (30 bins) and D_H <= 0.15 (sigma = 20) on its 100,000-step test trajectory within the time
 budget on 2 cores, and how much does that depend on the seed?
 
-Protocol: exactly the CLI's (``cli.Settings`` with overrides, ``cli.prepare_data``,
+Protocol: exactly the CLI's (``cli.resolve_settings`` with overrides, ``cli.prepare_data``,
 ``cli.build_model``, ``cli.train_config``, :func:`autodiff.fit` with the validation part,
 :func:`models.evaluate` of the selected model on the test trajectory). The seed changes the
 generated data (training trajectory with 5 % noise; test trajectory from another initial
@@ -67,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args(argv)
     overrides = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    base = replace(cli.Settings(), quiet=True, **overrides)
+    base = cli.resolve_settings({**overrides, "quiet": True}, None)
     warm = replace(base, epochs=1, batches_per_epoch=1, n_steps=5_000, validation_steps=100)
     run(warm)  # kernel compilation / cache loading, not timed
     for seed in args.seeds:

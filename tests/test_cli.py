@@ -1,5 +1,6 @@
 """``parscan-train`` through click's CliRunner: layout, resume, evaluate, user mistakes."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -276,6 +277,7 @@ def test_summary_says_when_no_validation_run_was_measurable(capsys):
         "final_loss": 0.2,
         "newton_iters_mean": 3.0,
         "alpha": None,
+        "train_seconds": 0.5,
         "wall_seconds": 1.0,
     }
     cli._print_summary(Path("runs/x"), summary, "plots skipped")
@@ -295,3 +297,27 @@ def test_diverged_message_names_the_checkpoint_state_and_new_settings():
     assert "No checkpoint was written yet (the first is written after epoch 10)" in text
     assert "--jacobian full" in text and "--lr-start 0.002" in text
     assert "--alpha-method" not in text and "--dtype" not in text
+
+
+def test_warnings_during_training_are_one_line_once_per_kind():
+    from parscan import GTFGuaranteeWarning
+
+    stream = io.StringIO()
+    progress = cli.Progress(2, quiet=False, verbose=False, stream=stream)
+    for n in (3, 4):
+        progress.show_warning(f"partial forcing (n_forced={n})", GTFGuaranteeWarning, "f.py", 1)
+    progress.show_warning("other", RuntimeWarning, "f.py", 2)
+    assert stream.getvalue().splitlines() == [
+        "parscan-train: warning: partial forcing (n_forced=3) (shown once)",
+        "parscan-train: warning: other (shown once)",
+    ]
+
+
+def test_suggestions_skip_more_alpha_when_fully_forced():
+    s = cli.Settings()
+    assert "--alpha-method sup (a larger alpha)" in cli._suggestions(s, 0.3)
+    assert "--alpha" not in cli._suggestions(s, 1.0)
+    assert "--alpha auto" in cli._suggestions(cli.Settings(alpha="0.2"), 0.2)
+    assert cli._suggestions(cli.Settings(model="linear-ssm"), None) == (
+        "Try --lr-start 0.002, --dtype float64."
+    )
