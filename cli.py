@@ -868,8 +868,8 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     lines = [
         f"test ({test['n_steps']} steps): {measures}",
         training,
-        f"training {summary['train_seconds']:.0f} s, wall time {summary['wall_seconds']:.0f} s "
-        f"(data, training, evaluation, plots)   results: {out}",
+        f"training steps {summary['train_seconds']:.0f} s, wall time "
+        f"{summary['wall_seconds']:.0f} s (data, training, evaluation, plots)   results: {out}",
         note,
     ]
     click.echo("\n".join(lines))

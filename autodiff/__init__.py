@@ -13,6 +13,8 @@ _EXPORTS = {
     "RAdam": "autodiff.optim",
     "ExponentialDecay": "autodiff.optim",
     "NonFiniteStepError": "autodiff.optim",
+    "clip_grad_norm": "autodiff.optim",
+    "l2_penalty": "autodiff.regularization",
     "TrainConfig": "autodiff.train",
     "TrainResult": "autodiff.train",
     "fit": "autodiff.train",

@@ -26,6 +26,7 @@ The package need not be installed there: the steps run with the repository root 
 limit loses nothing measured before it.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -90,8 +91,13 @@ def _gradient_timing():
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--gradients"]:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Writes $OUT/gpu_check.json ($OUT unset: the current folder).",
+    )
+    ap.add_argument("--gradients", action="store_true", help="only step 3 (internal)")
+    args = ap.parse_args(argv)
+    if args.gradients:
         return _gradient_timing()
     report = {"python": sys.version.split()[0]}
     target = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
