@@ -42,7 +42,7 @@ import numpy as np
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
-from parscan.deer import DeerStatus, device_resident, newton_run
+from parscan.deer import BACKENDS, DeerStatus, device_resident, newton_run
 from parscan.gtf import gtf_alpha
 from parscan.scan import linear_scan
 
@@ -61,9 +61,9 @@ class GradInfo:
     alpha : float or ndarray of shape (B,)
         The GTF parameter used (the estimate when ``alpha="auto"`` was passed).
     status : DeerStatus
-        Solver status of the forward. The sequential method reports ``DeerStatus.CONVERGED``,
-        or ``DeerStatus.NON_FINITE`` when its forward, loss or gradient is NaN/inf (the states
-        overflowed).
+        Solver status of the forward (the sequential method: ``DeerStatus.CONVERGED``), or
+        ``DeerStatus.NON_FINITE`` when the loss or gradient is NaN/inf (the states or the
+        adjoint overflowed).
     newton_iters : ndarray of shape (B,), int
         Newton iterations per sequence (zeros for the sequential method).
     """
@@ -87,7 +87,7 @@ class GradInfo:
         return float(self.newton_iters.mean()) if self.newton_iters.size else 0.0
 
 
-def _check_args(model, data, alpha, method, n_forced, jacobian):
+def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
     """Validate; return ``(data, alpha, n_forced)`` with alpha a float, ndarray (B,) or "auto"."""
     where = "gtf_loss_and_grad"
     if not isinstance(model, LatentRNN):
@@ -103,9 +103,14 @@ def _check_args(model, data, alpha, method, n_forced, jacobian):
         )
     type_errors, value_errors = [], []
     if data.dtype != model.dtype:
+        other = (
+            f" or model.astype({data.dtype.name!r})"
+            if data.dtype in (np.float32, np.float64)
+            else ""
+        )
         type_errors.append(
             f"data must have the model dtype {model.dtype}; got {data.dtype}. Use "
-            f"data.astype(np.{model.dtype}) or model.astype({data.dtype.name!r})."
+            f"data.astype(np.{model.dtype}){other}."
         )
     if data.ndim != 3 or data.shape[1] < 2 or data.shape[2] != model.n_obs or data.shape[0] < 1:
         value_errors.append(
@@ -114,6 +119,8 @@ def _check_args(model, data, alpha, method, n_forced, jacobian):
         )
     if method not in METHODS:
         value_errors.append(f"method must be one of {METHODS}; got {method!r}.")
+    if not (isinstance(backend, str) and backend in BACKENDS):
+        value_errors.append(f"backend must be one of {BACKENDS}; got {backend!r}.")
     if jacobian not in JACOBIANS:
         value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
     N = model.n_obs
@@ -128,9 +135,14 @@ def _check_args(model, data, alpha, method, n_forced, jacobian):
             value_errors.append(
                 f"alpha must be a float in [0, 1], an array or 'auto'; got {alpha!r}."
             )
-    elif isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating | np.ndarray):
+    elif (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, int | float | np.integer | np.floating | np.ndarray)
+        or (isinstance(alpha, np.ndarray) and alpha.dtype.kind not in "iuf")
+    ):
+        kind = f"array of {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
         type_errors.append(
-            f"alpha must be a float, an array of shape (B,) or 'auto'; got {type(alpha).__name__}."
+            f"alpha must be a real number, a real array of shape (B,) or 'auto'; got {kind}."
         )
     else:
         arr = np.asarray(alpha, dtype=np.float64)
@@ -199,12 +211,15 @@ def gtf_loss_and_grad(
     throw : bool
         If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
         (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A
-        gradient of an unconverged (wrong) trajectory is never returned. The sequential
-        method has no Newton result to raise with: when its forward, loss or gradient is not
-        finite it returns ``(nan, None, info)`` with ``info.status == DeerStatus.NON_FINITE``
-        whatever ``throw`` is.
+        gradient of an unconverged (wrong) trajectory is never returned. A loss or gradient
+        that is not finite although the forward ran (the sequential forward overflowed, or
+        the adjoint of a converged DEER forward did: ``|dF/dz| > 1`` along an unforced
+        direction grows the adjoint geometrically) has no Newton failure to raise with: it
+        returns ``(nan, None, info)`` with ``info.status == DeerStatus.NON_FINITE`` whatever
+        ``throw`` is.
     tol, max_iter : optional
-        Passed to :func:`parscan.deer_solve` (its defaults when None).
+        Passed to :func:`parscan.deer_solve` (its defaults when None); not used (and not
+        checked) by ``method="sequential"``.
 
     Returns
     -------
@@ -214,19 +229,19 @@ def gtf_loss_and_grad(
     grad : ndarray, shape (n_params,), or None
         ``d loss / d model.params`` (model dtype), including the ``L0`` block of the initial
         state map; None when the DEER forward did not converge and ``throw=False``, or the
-        sequential method's loss or gradient is not finite (``loss`` is then NaN).
+        loss or gradient is not finite (``loss`` is then NaN).
     info : GradInfo
         Method, alpha used, solver status and Newton iterations.
 
     Raises
     ------
     TypeError, ValueError
-        Wrong model kind, dtype, shapes, alpha, method or jacobian; non-finite data.
+        Wrong model kind, dtype, shapes, alpha, method, jacobian or backend; non-finite data.
     parscan.DeerConvergenceError
         The DEER forward did not converge and ``throw=True`` (its message gives the remedy;
         never raised by ``method="sequential"``).
     """
-    data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian)
+    data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian, backend)
     x0 = data[:, 0]
     forcing = data[:, 1:]
     if isinstance(alpha, str):
@@ -258,8 +273,9 @@ def gtf_loss_and_grad(
                 model, z0, forcing, run.states(), keep, n_forced, backend
             )
     grad += model.initial_state_vjp(x0, g0)
-    if method == "sequential" and not (np.isfinite(loss) and np.all(np.isfinite(grad))):
-        # No Newton run, so no DeerResult for a DeerConvergenceError: reported, never raised.
+    if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
+        # The sequential forward, or the adjoint of a converged DEER forward, overflowed: no
+        # solver failure to raise with a DeerResult, so reported, never raised.
         return float("nan"), None, GradInfo(method, alpha, DeerStatus.NON_FINITE, iters)
     return loss, grad, GradInfo(method, alpha, status, iters)
 

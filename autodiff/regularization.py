@@ -9,8 +9,11 @@ their penalised blocks (the readout MLP) in :data:`PENALISED`.
 """
 
 import math
+import numbers
 
 import numpy as np
+
+from models.base import Model
 
 #: regularisation group -> target value its blocks are pulled towards
 GROUPS = {"A": 1.0, "W": 0.0, "bias": 0.0}
@@ -48,15 +51,12 @@ def _check_weights(weights) -> dict[str, float]:
         raw = dict.fromkeys(GROUPS, weights)
     out = {}
     for group, value in raw.items():
-        if isinstance(value, bool):
-            raise TypeError(f"l2_penalty: weight for {group!r} must be a real number; got bool.")
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
             raise TypeError(
                 f"l2_penalty: weight for {group!r} must be a real number; "
                 f"got {type(value).__name__}."
-            ) from None
+            )
+        x = float(value)
         if not (math.isfinite(x) and x >= 0.0):
             raise ValueError(f"l2_penalty: weight for {group!r} must be finite and >= 0; got {x}.")
         out[group] = x
@@ -91,6 +91,8 @@ def l2_penalty(model, weights: dict | float) -> tuple[float, np.ndarray]:
     grad : ndarray, shape (n_params,)
         Its gradient with respect to ``model.params``, dtype ``model.dtype``.
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"l2_penalty: model must be a parscan model; got {type(model).__name__}.")
     lam = _check_weights(weights)
     penalised = _penalised_blocks(model)
     grad = np.zeros(model.n_params, dtype=model.dtype)

@@ -224,6 +224,23 @@ def test_sequential_non_finite_forward_is_reported_not_converged(throw):
     assert not info_deer.converged
 
 
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+def test_overflowing_adjoint_is_reported_not_converged(method):
+    """States that converge while the adjoint grows like 2^T (a latent with dF/dz = 2 that
+    stays at 0) give (nan, None, NON_FINITE), never a CONVERGED NaN gradient."""
+    model = ALRNN(2, 0, n_obs=1, dtype="float32")
+    p = model.unflatten()
+    p["A"][:] = [0.5, 2.0]
+    p["W"][:] = [[0.0, 1.0], [0.0, 0.0]]
+    p["h"][:] = 0.0
+    p["L0"][:] = 0.0
+    x = np.full((1, 141, 1), 0.3, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method=method)
+    assert np.isnan(loss) and grad is None
+    assert info.status is DeerStatus.NON_FINITE and not info.converged
+
+
 def test_errors(data):
     model = MODELS["shplrnn"]()
     with pytest.raises(TypeError, match=r"gtf_loss_and_grad: .*ssm_loss_and_grad"):
@@ -242,6 +259,21 @@ def test_errors(data):
         gtf_loss_and_grad(model, data, alpha=0.1, jacobian="dense")
     with pytest.raises(ValueError, match=r"n_forced must be in \[0, N=2\]"):
         gtf_loss_and_grad(model, data, alpha=0.1, n_forced=3)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gtf_loss_and_grad(model, data, alpha=0.1, method="sequential", backend="gpu")
+    with pytest.raises(TypeError, match=r"got int64\. Use data\.astype\(np\.float64\)\.$"):
+        gtf_loss_and_grad(model, data.astype(np.int64), alpha=0.1)
+    for alpha, kind in ((np.array([0.1j, 0, 0]), "complex128"), (np.array(["a"] * 3), "<U1")):
+        with pytest.raises(
+            TypeError, match=f"a real array of shape \\(B,\\) or 'auto'; got array of {kind}"
+        ):
+            gtf_loss_and_grad(model, data, alpha=alpha)
+    with pytest.raises(TypeError, match="got array of bool"):
+        gtf_loss_and_grad(model, data, alpha=np.array([True, False, True]))
+    assert (
+        gtf_loss_and_grad(model, data, alpha=np.int64(0))[0]
+        == (gtf_loss_and_grad(model, data, alpha=0.0)[0])
+    )
     bad = data.copy()
     bad[1, 4, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or inf \(first at data\[1, 4, 0\]\)"):

@@ -345,6 +345,11 @@ def test_l2_penalty_errors():
         l2_penalty(m, {"W": -1.0})
     with pytest.raises(TypeError, match="weight for 'A' must be a real number"):
         l2_penalty(m, "big")
+    with pytest.raises(TypeError, match="weight for 'W' must be a real number; got str"):
+        l2_penalty(m, {"W": "1e-3"})
+    with pytest.raises(TypeError, match="l2_penalty: model must be a parscan model; got object"):
+        l2_penalty(object(), 0.1)
+    assert l2_penalty(m, np.float32(0.5))[0] == l2_penalty(m, 0.5)[0]
 
 
 @pytest.mark.parametrize(
