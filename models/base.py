@@ -415,10 +415,11 @@ class LatentRNN(Model):
     * ``step(z)``: ``(..., M) -> (..., M)``, ``F(z)``.
     * ``jacobian(z)``: ``(..., M) -> (..., M, M)``, ``dF/dz`` (row = output).
     * ``jacobian_diag(z)``: ``(..., M) -> (..., M)``, its diagonal.
-    * ``step_and_jacobian(z, diag=False, out=None)``: ``(F(z), J(z))`` in one parallel pass
-      (prange over all leading positions), ``J`` of shape ``(..., M, M)`` or, with
-      ``diag=True``, ``(..., M)``; ``out=(f_out, j_out)`` reuses caller arrays. This is what
-      the DEER solver calls once per Newton iteration.
+    * ``step_and_jacobian(z, diag=False, out=None, backend="auto")``: ``(F(z), J(z))`` in one
+      parallel pass (prange over all leading positions), ``J`` of shape ``(..., M, M)`` or,
+      with ``diag=True``, ``(..., M)``; ``out=(f_out, j_out)`` reuses caller arrays;
+      ``backend="cuda"`` (or device-array input) evaluates on the GPU where the model can.
+      This is what the DEER solver calls once per Newton iteration.
     * ``param_vjp(z_prev, cotangent)``: ``sum over ... of (dF/dtheta at z_prev)^T cotangent``,
       a flat vector of shape ``(n_params,)`` (zero in the ``L0`` block).
     * ``norm_bound()``: cheap upper bound on ``sup_z ||dF/dz||_2``.
@@ -450,7 +451,7 @@ class LatentRNN(Model):
 
     @abstractmethod
     def step_and_jacobian(
-        self, z: np.ndarray, diag: bool = False, out=None
+        self, z: np.ndarray, diag: bool = False, out=None, backend: str = "auto"
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     @abstractmethod
