@@ -738,6 +738,13 @@ def train(s: Settings) -> None:
     except (TypeError, ValueError) as exc:
         raise UserError(("--resume: " if s.resume else "") + str(exc)) from None
     create_out_dir(out)
+    commands = {"command": sys.argv}
+    if s.resume:  # keep the command that started the run; list those that continued it
+        started_by = json.loads((out / "args.json").read_text(encoding="utf-8"))
+        commands = {
+            "command": started_by.get("command"),
+            "resumed_by": [*started_by.get("resumed_by", []), sys.argv],
+        }
     _write_json(
         out / "args.json",
         {
@@ -745,7 +752,7 @@ def train(s: Settings) -> None:
             "train_config": config.to_dict(),
             "data_source": data.source,
             "versions": _versions(),
-            "command": sys.argv,
+            **commands,
         },
     )
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))

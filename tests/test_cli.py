@@ -233,6 +233,8 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     result = run("--out", out, "--resume", "-q", "-e", "3")
     assert result.exit_code == 0, result.output
     assert len((out / "history.csv").read_text().splitlines()) == 4
+    saved = json.loads((out / "args.json").read_text())
+    assert saved["command"] == json.loads(args)["command"] and len(saved["resumed_by"]) == 1
 
 
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
