@@ -43,7 +43,7 @@ from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
 from parscan.deer import BACKENDS, DeerStatus, device_resident, newton_run
-from parscan.gtf import gtf_alpha
+from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import linear_scan
 
 METHODS = ("deer", "sequential")
@@ -245,7 +245,9 @@ def gtf_loss_and_grad(
     x0 = data[:, 0]
     forcing = data[:, 1:]
     if isinstance(alpha, str):
-        alpha = gtf_alpha(model, forcing, n_forced=n_forced)
+        alpha = estimate_alpha(
+            model, forcing, None, "sup", DEFAULT_MARGIN, n_forced, False, "gtf_loss_and_grad", 3
+        )
     z0 = model.initial_state(x0)
     if method == "sequential":
         loss, grad, g0 = _sequential(model, z0, forcing, alpha, n_forced)

@@ -29,13 +29,15 @@ def assemble_steps(f, j, zprev, forcing, a, n_forced, t0, t1):
     J_F(z) -> A_t, either the full Jacobian flattened row-major (``M*M``) or its diagonal
     (``M``). ``f, zprev`` (T, M), ``j`` (T, M*M) or (T, M), ``forcing`` (T, N), ``a`` the
     sequence's alpha. Plain index loops, no allocation: compiled for the CPU (below) and with
-    ``numba.cuda.jit(device=True)`` for the GPU (:mod:`parscan._deer_cuda`)."""
+    ``numba.cuda.jit(device=True)`` for the GPU (:mod:`parscan._deer_cuda`). With ``a = 0``
+    the data are not read (``0 * NaN`` would be NaN): the sequence is a free run."""
     M = f.shape[1]
     diag = j.shape[1] == M  # for M = 1 both layouts coincide
     c = 1.0 - a
+    nf = n_forced if a != 0.0 else 0
     for t in range(t0, t1):
         for r in range(M):
-            if r < n_forced:
+            if r < nf:
                 g = c * f[t, r] + a * forcing[t, r]
                 if diag:
                     j[t, r] = c * j[t, r]
@@ -69,7 +71,8 @@ def assemble(f, j, zprev, forcing, alpha, n_forced):
     zprev : ndarray, shape (B, T, M)
         Linearisation points ``z_{t-1}`` (``zprev[:, 0]`` is ``z0``).
     forcing : ndarray, shape (B, T, N)
-        Data ``x_t`` (only the first ``n_forced`` columns are read; ``N`` may be 0).
+        Data ``x_t`` (only the first ``n_forced`` columns of sequences with alpha > 0 are read;
+        ``N`` may be 0).
     alpha : ndarray, shape (B,)
         GTF parameter per sequence.
     n_forced : int
@@ -87,10 +90,11 @@ def assemble(f, j, zprev, forcing, alpha, n_forced):
 
 @jit
 def _blend_one(f, x, a, n_forced, out):
-    """``out = (I - alpha P) f + alpha P x`` for one step."""
+    """``out = (I - alpha P) f + alpha P x`` for one step; ``x`` is not read when ``a = 0``."""
     c = 1.0 - a
+    nf = n_forced if a != 0.0 else 0
     for r in range(f.shape[0]):
-        out[r] = c * f[r] + a * x[r] if r < n_forced else f[r]
+        out[r] = c * f[r] + a * x[r] if r < nf else f[r]
 
 
 @jit(cache=False)

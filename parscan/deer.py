@@ -31,7 +31,7 @@ import numpy as np
 
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import available_backends, linear_scan
+from parscan.scan import BACKENDS, available_backends, linear_scan
 
 #: default ``(rtol, atol)`` per dtype for ``max_t |dz| <= atol + rtol |z|``. About 4.5e6 eps
 #: (float64) and 80 eps (float32): far above the rounding noise of a converged iterate, far
@@ -39,8 +39,6 @@ from parscan.scan import available_backends, linear_scan
 #: (quadratic convergence squares the last update).
 DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 1e-5)}
 
-#: ``backend`` values of :func:`deer_solve` (those of :func:`parscan.scan.linear_scan`).
-BACKENDS = ("auto", "sequential", "cpu", "cuda")
 
 #: default ``max_iter`` is ``min(T, cap)``: ``T`` iterations are exact by causality; beyond the
 #: cap DEER is slower than the sequential loop anyway. Measured with ``alpha="auto"`` on
@@ -224,6 +222,11 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
             f"{where}: `model` must follow the LatentRNN contract (attributes M, dtype and "
             f"methods {', '.join(needed)}); got {type(model).__name__}."
         )
+    if dtype not in DEFAULT_TOL:
+        raise TypeError(
+            f"{where}: `model.dtype` must be float32 or float64; got {dtype}. "
+            "Use model.astype(np.float64) (or np.float32)."
+        )
     errors = errors or {"type": [], "value": []}
 
     def array(x, name, tail, min_ndim):
@@ -241,7 +244,8 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     batch = z0.shape[:-1] if z0.ndim >= 1 else ()
     if z0.ndim >= 1 and z0.shape[-1] != M:
         errors["value"].append(f"`z0` must have shape (..., M) with M={M}; got {z0.shape}.")
-    if T is not None and (not _is_int(T) or T < 0):
+    T_given = T is not None
+    if T_given and (not _is_int(T) or T < 0):
         errors["value" if _is_int(T) else "type"].append(
             f"`T` must be a non-negative int or None; got {T!r}."
         )
@@ -262,7 +266,7 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
                     f"`forcing` must have shape z0.shape[:-1] + (T, N) = {(*batch, T, 'N')} with "
                     f"1 <= N <= M={M}; got forcing.shape={forcing.shape}."
                 )
-    elif T is None:
+    elif not T_given:
         errors["value"].append("`T` is required for a free run (forcing=None).")
     if n_forced is not None:
         if not _is_int(n_forced):
@@ -308,18 +312,33 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     )
 
 
-def _check_options(jacobian, tol, max_iter, throw, backend) -> dict:
-    """Problems with the solver options of :func:`deer_solve`, as ``{"type": [...], "value":
-    [...]}`` (merged into the argument check so that every mismatch is reported at once)."""
+def _tol_items(tol) -> tuple:
+    """The entries of a ``tol`` that is not None: ``(tol, tol)`` for a scalar (a 0-d array
+    too), else ``tuple(tol)`` (its kinds and length still unchecked)."""
+    if isinstance(tol, np.ndarray):
+        tol = tol[()] if tol.ndim == 0 else tuple(tol)
+    return tuple(tol) if isinstance(tol, tuple | list) else (tol, tol)
+
+
+def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
+    """Problems with the solver options of :func:`deer_solve` (``M`` the model's, when it is
+    an int), as ``{"type": [...], "value": [...]}`` (merged into the argument check so that
+    every mismatch is reported at once)."""
     errors = {"type": [], "value": []}
     if jacobian not in ("full", "diag"):
         errors["value"].append(f"`jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
     if tol is not None:
-        pair = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
-        ok = len(pair) == 2 and all(
-            isinstance(x, int | float | np.floating) and not isinstance(x, bool) for x in pair
-        )
-        if not ok or not all(np.isfinite(x) and x >= 0 for x in pair) or max(pair) <= 0:
+        items = _tol_items(tol)
+        if not all(
+            isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+            for x in items
+        ):
+            errors["type"].append(
+                f"`tol` must be None, a float or a pair (rtol, atol) of floats; got {tol!r}."
+            )
+        elif (
+            len(items) != 2 or not all(np.isfinite(x) and x >= 0 for x in items) or max(items) <= 0
+        ):
             errors["value"].append(
                 "`tol` must be None (dtype defaults), a positive float (rtol = atol = tol) or a "
                 f"pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
@@ -330,14 +349,34 @@ def _check_options(jacobian, tol, max_iter, throw, backend) -> dict:
         errors["type"].append(f"`throw` must be a bool; got {type(throw).__name__}.")
     if not (isinstance(backend, str) and backend in BACKENDS):
         errors["value"].append(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
+    elif backend == "cuda":
+        errors["value"] += _cuda_problems(jacobian, M)
     return errors
+
+
+def _cuda_problems(jacobian, M) -> list[str]:
+    """Why ``backend="cuda"`` cannot run (no GPU; a dense scan above the CUDA backend's
+    ``D <= DMAX``), found before the first iteration rather than inside it."""
+    if "cuda" not in available_backends():
+        return [
+            "backend='cuda' is not available (numba.cuda finds no GPU; NUMBA_ENABLE_CUDASIM=1 "
+            "runs the simulator). Use backend='cpu' (or 'auto')."
+        ]
+    from parscan._cuda import DMAX  # lazy: numba.cuda only when asked for
+
+    if jacobian == "full" and _is_int(M) and M > DMAX:
+        return [
+            f"backend='cuda' with jacobian='full' scans dense M x M Jacobians, supported up to "
+            f"M = {DMAX}; got M={M}. Use jacobian='diag' or backend='cpu'."
+        ]
+    return []
 
 
 def _tolerances(tol, dtype) -> tuple[float, float]:
     """``(rtol, atol)`` from a validated ``tol``."""
     if tol is None:
         return DEFAULT_TOL[np.dtype(dtype)]
-    rtol, atol = (tol, tol) if np.ndim(tol) == 0 else tuple(tol)
+    rtol, atol = _tol_items(tol)
     return float(rtol), float(atol)
 
 
@@ -363,18 +402,19 @@ def _shift(states, z0, out):
 
 def _initial_guess(p: _Problem, M: int) -> np.ndarray:
     """``init``, else the data in the observed part and ``z0``'s other latents, broadcast.
-    Non-finite data in the columns that are not forced (``n_forced..N-1``, which the
-    recurrence never reads) are replaced by ``z0``'s values: they must not poison the guess."""
+    Non-finite data are replaced by ``z0``'s values: where the recurrence does not read them
+    (columns ``n_forced..N-1``, sequences with alpha 0) they must not poison the guess, and
+    where it does they reach the iterate through ``b_t`` anyway (never cleaned)."""
     if p.init is not None:
         return p.init.copy()
     guess = np.empty((*p.forcing.shape[:2], M), dtype=p.z0.dtype)
     guess[...] = p.z0[:, None, :]
     N = p.forcing.shape[-1]
-    guess[..., :N] = p.forcing
-    free = guess[..., p.n_forced : N]
-    bad = ~np.isfinite(free)
+    observed = guess[..., :N]
+    observed[...] = p.forcing
+    bad = ~np.isfinite(observed)
     if bad.any():
-        free[bad] = np.broadcast_to(p.z0[:, None, p.n_forced : N], free.shape)[bad]
+        observed[bad] = np.broadcast_to(p.z0[:, None, :N], observed.shape)[bad]
     return guess
 
 
@@ -484,7 +524,10 @@ def _newton(model, p: _Problem, work, max_iter, rtol, atol):
         code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
         if not finite.all():
             bad = ~finite
-            code[bad] = np.where(_bad_inputs(model, p, active[bad]), _NON_FINITE, _DIVERGING)
+            rows = active[bad]
+            code[bad] = np.where(
+                _bad_inputs(model, p, rows, p.alpha[rows] != 0), _NON_FINITE, _DIVERGING
+            )
         stop = code >= 0
         if not stop.any():
             continue
@@ -497,13 +540,15 @@ def _newton(model, p: _Problem, work, max_iter, rtol, atol):
     return n_iter, codes, np.asarray(history, dtype=np.float64)
 
 
-def _bad_inputs(model, p: _Problem, idx) -> np.ndarray:
-    """Per sequence ``idx``: do ``z0``, ``forcing``, ``init`` or the parameters hold NaN/inf?"""
+def _bad_inputs(model, p: _Problem, idx, reads_data) -> np.ndarray:
+    """Per sequence ``idx``: does an input the recurrence reads hold NaN/inf? ``z0``,
+    ``init``, the parameters, and the forced data ``forcing[..., :n_forced]`` where
+    ``reads_data`` (bool, like ``idx``: alpha != 0)."""
     params = getattr(model, "params", None)
     if isinstance(params, np.ndarray) and not np.isfinite(params).all():
         return np.ones(idx.size, dtype=bool)
     bad = ~np.isfinite(p.z0[idx]).all(axis=-1)
-    bad |= ~np.isfinite(p.forcing[idx]).all(axis=(-2, -1))
+    bad |= reads_data & ~np.isfinite(p.forcing[idx, :, : p.n_forced]).all(axis=(-2, -1))
     if p.init is not None:
         bad |= ~np.isfinite(p.init[idx]).all(axis=(-2, -1))
     return bad
@@ -571,10 +616,13 @@ def deer_solve(
     forcing : ndarray, shape (..., T, N), optional
         Data ``forcing[..., t, :] = x_{t+1}``, ``N <= M``, model dtype. None: free run.
     alpha : float, ndarray of shape (...), or "auto"
-        GTF parameter in [0, 1], one for all or one per sequence. ``"auto"``:
-        :func:`parscan.gtf_alpha` (``method="sup"``) over the data and the initial guess, one
-        alpha for the batch; warns (:class:`parscan.gtf.GTFGuaranteeWarning`) for partial
-        forcing and raises ``ValueError`` for NaN/inf data. Must be 0 for a free run.
+        GTF parameter in [0, 1], one for all or one per sequence; a sequence with alpha 0 does
+        not read its data (a free run). ``"auto"``: :func:`parscan.gtf_alpha`
+        (``method="sup"``) over the forced data ``forcing[..., :n_forced]`` and the initial
+        guess, one alpha for the batch, taken over the sequences whose inputs are finite (the
+        others end ``non_finite`` as with a numeric alpha; with none left, the margin 0.02);
+        warns (:class:`parscan.gtf.GTFGuaranteeWarning`) for partial forcing. Must be 0 for a
+        free run.
     n_forced : int, optional
         Number of latents forced toward the data (the first ``n_forced`` columns), default
         ``N``.
@@ -593,7 +641,8 @@ def deer_solve(
         latents at every step (free run: ``z0`` at every step).
     backend : str
         Passed to :func:`~parscan.scan.linear_scan` (``"auto"``, ``"sequential"``, ``"cpu"``,
-        ``"cuda"``). With ``"cuda"`` and a model that declares the optional capability
+        ``"cuda"``; ``"cuda"`` needs a GPU or the simulator, and ``M <= 16`` with
+        ``jacobian="full"``). With ``"cuda"`` and a model that declares the optional capability
         ``supports_cuda_eval = True`` (its ``step_and_jacobian`` then takes device arrays, as
         the models in ``models/`` do), the whole Newton iteration stays on the GPU
         (:mod:`parscan._deer_cuda`): per iteration only the update-norm partials (3 numbers
@@ -621,8 +670,9 @@ def deer_solve(
     -----
     Per sequence the iteration stops when the update meets the tolerance (converged), when it
     reached ``T`` iterations (exact by causality: converged), when the iterate is not finite
-    because the inputs are not (``non_finite``: NaN/inf in ``z0``, ``forcing``, ``init`` or the
-    parameters; never cleaned), or when the iterates blow up (``diverging``: NaN/inf from
+    because the inputs it reads are not (``non_finite``: NaN/inf in ``z0``, ``init``, the
+    parameters, or the forced columns ``forcing[..., :n_forced]`` of a sequence with alpha >
+    0; never cleaned), or when the iterates blow up (``diverging``: NaN/inf from
     finite inputs, an update above ``sqrt(finfo.max)``, or updates growing by more than 10x
     in 3 consecutive iterations).
     A stopped
@@ -632,7 +682,7 @@ def deer_solve(
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
     run = newton_run(
-        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw
+        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw, 3
     )
     return run.result(throw)
 
@@ -652,7 +702,9 @@ class NewtonRun:
     work : _HostNewton, parscan._deer_cuda.DeviceNewton or None
         The buffers holding the states; None for an empty problem (``B*T == 0``).
     guess : ndarray, shape (B, T, M)
-        The initial iterate (the states of an empty problem).
+        Built as the initial iterate, but not kept as a record of it: host buffers
+        (:class:`_HostNewton`) iterate in it (overwritten), device buffers copy it. For an
+        empty problem (``work`` None) it is the states.
     n_iter, codes : ndarray of int64, shape (B,)
         Iterations and outcome code per sequence.
     history : ndarray of float64
@@ -718,12 +770,26 @@ class NewtonRun:
 
 
 def newton_run(
-    model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw
+    model,
+    z0,
+    T,
+    forcing,
+    alpha,
+    n_forced,
+    jacobian,
+    tol,
+    max_iter,
+    init,
+    backend,
+    throw,
+    stacklevel=2,
 ) -> NewtonRun:
     """Validate the arguments of :func:`deer_solve` (same meaning, all positional; ``throw``
     is only checked here, :meth:`NewtonRun.result` applies it) and run the Newton iterations;
-    see :class:`NewtonRun`."""
-    errors = _check_options(jacobian, tol, max_iter, throw, backend)
+    see :class:`NewtonRun`. ``stacklevel`` places the :class:`~parscan.gtf.GTFGuaranteeWarning`
+    of ``alpha="auto"`` as :func:`warnings.warn` called here would (2: the caller;
+    :func:`deer_solve` passes 3, its own caller)."""
+    errors = _check_options(jacobian, tol, max_iter, throw, backend, getattr(model, "M", None))
     p = _validate(
         "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
     )
@@ -742,15 +808,27 @@ def newton_run(
         with _threads_for(B * T):
             alpha_report = p.alpha_report
             if auto:
-                alpha_report = estimate_alpha(
-                    model, p.forcing, guess, "sup", DEFAULT_MARGIN, p.n_forced, False
-                )
+                alpha_report = _auto_alpha(model, p, guess, stacklevel + 1)
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
             n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
     return NewtonRun(
         model, p, work, guess, n_iter, codes, history, alpha_report, rtol, atol, max_iter, jacobian
     )
+
+
+def _auto_alpha(model, p: _Problem, guess, stacklevel) -> float:
+    """``alpha="auto"``: :func:`parscan.gtf_alpha` (``"sup"``) over the forced data
+    ``forcing[..., :n_forced]`` and the initial ``guess`` of the sequences whose inputs are
+    finite (the others end ``non_finite``, as with a numeric alpha; with none left, the
+    margin). ``stacklevel`` as for :func:`warnings.warn` called here."""
+    B = p.z0.shape[0]
+    ok = ~_bad_inputs(model, p, np.arange(B), np.ones(B, dtype=bool))
+    forced = p.forcing[ok, :, : p.n_forced]
+    return estimate_alpha(
+        model, forced, guess[ok], "sup", DEFAULT_MARGIN, p.n_forced, False, "deer_solve",
+        stacklevel + 1,
+    )  # fmt: skip
 
 
 def sequential_solve(model, z0, T=None, *, forcing=None, alpha=0.0, n_forced=None) -> np.ndarray:
@@ -796,10 +874,11 @@ def sequential_solve(model, z0, T=None, *, forcing=None, alpha=0.0, n_forced=Non
         )
         return states.reshape(shape)
     nf = p.n_forced
-    a = p.alpha[:, None]
+    forced = p.alpha != 0  # alpha 0: the data are not read (a free run)
+    a = p.alpha[forced, None]
     z = p.z0
     for t in range(T):
         z = model.step(z)
-        z[:, :nf] = (1 - a) * z[:, :nf] + a * p.forcing[:, t, :nf]
+        z[forced, :nf] = (1 - a) * z[forced, :nf] + a * p.forcing[forced, t, :nf]
         states[:, t] = z
     return states.reshape(shape)

@@ -51,7 +51,7 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
     """
     P, M = points.shape
     out = np.empty(P, dtype=np.float64)
-    size = min(P, CHUNK)
+    size = max(1, min(P, CHUNK))  # P = 0: no chunk, but a valid range step
     f_buf = np.empty((size, M), dtype=points.dtype)
     j_buf = np.empty((size, M, M), dtype=points.dtype)
     # the kernel runs in float64 only (one compiled specialisation)
@@ -71,13 +71,22 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
     type_errors, value_errors = [], []
     M = getattr(model, "M", None)
     dtype = getattr(model, "dtype", None)
-    if not (isinstance(M, int | np.integer) and hasattr(model, "step_and_jacobian")):
+    if not (
+        isinstance(M, int | np.integer)
+        and isinstance(dtype, np.dtype)
+        and hasattr(model, "step_and_jacobian")
+    ):
         raise TypeError(
             "gtf_alpha: `model` must follow the LatentRNN contract (attributes M, dtype and "
             f"step_and_jacobian); got {type(model).__name__}."
         )
     if not isinstance(method, str) or method not in METHODS:
         value_errors.append(f"`method` must be one of {METHODS}; got {method!r}.")
+    elif method == "param_bound" and not hasattr(model, "norm_bound"):
+        type_errors.append(
+            f"method='param_bound' needs model.norm_bound(); {type(model).__name__} has none. "
+            "Use method='sup'."
+        )
     if isinstance(margin, bool) or not isinstance(margin, int | float | np.floating):
         type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
     elif not (0.0 <= margin < 1.0):
@@ -172,13 +181,18 @@ def gtf_alpha(
 
     Returns
     -------
-    float, or ndarray of shape forcing.shape[:-2] (``per_sequence=True``)
+    float, or ndarray of float64 with shape forcing.shape[:-2] (``per_sequence=True``; shape
+    ``()`` for 2-D ``forcing``)
+        An empty batch (``0`` in ``forcing.shape[:-2]``, ``T >= 1``) has no points to bound:
+        ``"sup"`` and ``"geomean"`` then give ``margin`` (an empty array with
+        ``per_sequence=True``).
 
     Raises
     ------
     TypeError, ValueError
         Bad arguments (messages start with ``gtf_alpha:``); NaN/inf Jacobian norms (non-finite
-        ``forcing``, ``states`` or parameters) -- they are never ignored.
+        ``forcing``, ``states`` or parameters) or a NaN ``model.norm_bound()`` (NaN
+        parameters, ``"param_bound"``) -- they are never ignored.
 
     Notes
     -----
@@ -187,26 +201,39 @@ def gtf_alpha(
     forcing, states, n_forced = _check(
         model, forcing, states, method, margin, n_forced, per_sequence
     )
-    return estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequence)
+    return estimate_alpha(
+        model, forcing, states, method, margin, n_forced, per_sequence, "gtf_alpha", 3
+    )
 
 
-def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequence):
-    """:func:`gtf_alpha` after validation (also called by ``deer_solve(alpha="auto")``; the
-    warning points at the caller of the public function)."""
+def estimate_alpha(
+    model, forcing, states, method, margin, n_forced, per_sequence, where, stacklevel
+):
+    """:func:`gtf_alpha` after validation, also called by ``deer_solve(alpha="auto")``.
+    Errors start with ``where`` (the public function called); ``stacklevel`` is that of
+    :func:`warnings.warn` called here (3: the caller of :func:`gtf_alpha`)."""
     M, N = model.M, forcing.shape[-1]
     batch = forcing.shape[:-2]
     if method == "param_bound":
-        bound = np.full(batch if per_sequence else (), float(model.norm_bound()))
-    else:
-        if forcing.shape[-2] == 0:
+        s = float(model.norm_bound())
+        if np.isnan(s):
             raise ValueError(
-                f"gtf_alpha: method {method!r} needs T >= 1; got forcing.shape "
-                f"{forcing.shape}. Use method='param_bound'."
+                f"{where}: model.norm_bound() is NaN: the model parameters contain NaN/inf. "
+                "Fix the parameters."
             )
+        bound = np.full(batch if per_sequence else (), s)
+    elif forcing.shape[-2] == 0:
+        raise ValueError(
+            f"{where}: method {method!r} needs T >= 1; got forcing.shape "
+            f"{forcing.shape}. Use method='param_bound'."
+        )
+    elif 0 in batch:
+        bound = np.zeros(batch if per_sequence else ())  # no points: the margin alone
+    else:
         for name, arr in (("forcing", forcing), ("states", states)):
             if arr is not None and not np.isfinite(arr).all():
                 raise ValueError(
-                    f"gtf_alpha: `{name}` contains NaN/inf ({int(np.sum(~np.isfinite(arr)))} "
+                    f"{where}: `{name}` contains NaN/inf ({int(np.sum(~np.isfinite(arr)))} "
                     "values); they are never ignored. Fix the data or pass alpha explicitly."
                 )
         points = np.zeros((*forcing.shape[:-1], M), dtype=model.dtype)
@@ -222,9 +249,9 @@ def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequenc
         bad = ~np.isfinite(norms)
         if bad.any():
             raise ValueError(
-                f"gtf_alpha: ||J_F|| is NaN/inf at {int(bad.sum())} of {norms.size} points; "
-                "`forcing`, `states` or the model parameters contain NaN/inf (or values where F "
-                "overflows). Fix the data or pass alpha explicitly."
+                f"{where}: ||J_F|| is NaN/inf at {int(bad.sum())} of {norms.size} points; "
+                "the points (data, states) or the model parameters contain NaN/inf, or F "
+                "overflows there. Fix the data or pass alpha explicitly."
             )
         axis = -1 if per_sequence else None
         if method == "sup":
@@ -236,10 +263,10 @@ def estimate_alpha(model, forcing, states, method, margin, n_forced, per_sequenc
     alpha = np.clip(base + margin, 0.0, 1.0)
     if n_forced < M:
         warnings.warn(
-            f"gtf_alpha: partial forcing (n_forced={n_forced} < M={M}): alpha damps only the "
+            f"{where}: partial forcing (n_forced={n_forced} < M={M}): alpha damps only the "
             "forced latents, so no contraction guarantee holds and DEER may still need many "
             "iterations. Observe/force more latents or check the iteration counts.",
             GTFGuaranteeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return alpha if per_sequence else float(alpha)
+    return np.asarray(alpha, dtype=np.float64) if per_sequence else float(alpha)

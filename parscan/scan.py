@@ -92,8 +92,12 @@ def _is_device(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
 
 
+#: the ``backend`` values of :func:`linear_scan` (and of the solvers built on it)
+BACKENDS = ("auto", "sequential", "cpu", "cuda")
+
+
 def _check_backend(backend, on_device: bool) -> str:
-    if not isinstance(backend, str) or backend not in ("auto", "sequential", "cpu", "cuda"):
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(
             f"linear_scan: unknown backend {backend!r}; available: "
             f"{', '.join(repr(x) for x in ('auto', *available_backends()))}."

@@ -20,7 +20,8 @@ from parscan import (
     gtf_alpha,
     sequential_solve,
 )
-from parscan.gtf import GTFGuaranteeWarning
+from parscan import deer as deer_module
+from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
 
 # Agreement of DEER with the sequential solves (default stopping tolerances), per dtype.
 TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 2e-4}
@@ -92,6 +93,30 @@ class EulerLorenz(LatentRNN):
         z = z0
         for t in range(n_steps):
             z = out[..., t, :] = self.step(z)
+        return out
+
+
+class DiagLinear:
+    """``z' = a * z`` elementwise: the smallest model of the solver contract (NumPy, no
+    ``simulate``, so forced and free sequential solves take the Python loop)."""
+
+    def __init__(self, a, dtype="float64"):
+        self.dtype = np.dtype(dtype)
+        self.a = np.asarray(a, dtype=self.dtype)
+        self.M = self.a.size
+
+    @np.errstate(over="ignore", invalid="ignore")  # overflow is the point of some tests
+    def step(self, z):
+        return self.a * z
+
+    def step_and_jacobian(self, z, diag=False, out=None):
+        f = self.step(z)
+        shape = z.shape if diag else (*z.shape, self.M)
+        j = np.broadcast_to(self.a if diag else np.diag(self.a), shape)
+        if out is None:
+            return f, j
+        out[0][...] = f
+        out[1][...] = j
         return out
 
 
@@ -335,6 +360,79 @@ def test_nan_in_a_column_that_is_not_forced_is_ignored_as_by_the_recursion():
     np.testing.assert_allclose(res.states, ref, rtol=1e-10, atol=1e-12)
 
 
+def test_non_finite_is_judged_on_the_data_the_recursion_reads():
+    """An unstable unforced latent overflows (diverging) whatever the data in the column
+    that is not forced holds; NaN in the forced column is non_finite."""
+    model = DiagLinear([0.5, 2.0])
+    forcing = np.random.default_rng(0).standard_normal((1100, 2))
+    kw = {"alpha": 0.5, "n_forced": 1, "throw": False}
+    clean = deer_solve(model, np.ones(2), forcing=forcing, **kw)
+    assert clean.status is DeerStatus.DIVERGING and not np.isfinite(clean.states[-1, 1])
+    unforced = forcing.copy()
+    unforced[3, 1] = np.nan
+    res = deer_solve(model, np.ones(2), forcing=unforced, **kw)
+    assert res.status is DeerStatus.DIVERGING
+    np.testing.assert_array_equal(res.states, clean.states)
+    forced = forcing.copy()
+    forced[3, 0] = np.nan
+    assert deer_solve(model, np.ones(2), forcing=forced, **kw).status is DeerStatus.NON_FINITE
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diag"])
+@pytest.mark.parametrize("model_name", ["ShPLRNN", "Linear"])
+def test_alpha_zero_does_not_read_the_data(model_name, jacobian):
+    """A sequence with alpha 0 is a free run: NaN data are not read, by DEER, by the
+    sequential solves (jitted kernel for ShPLRNN, Python loop for the linear model) and by
+    the non-finite check."""
+    model = DiagLinear([0.5, -0.9, 0.8]) if model_name == "Linear" else make_model(model_name)
+    rng = np.random.default_rng(4)
+    z0 = rng.standard_normal((2, model.M))
+    forcing = rng.standard_normal((2, 30, 3))
+    forcing[:, 5] = np.nan
+    free = sequential_solve(model, z0, 30)
+    tol = {"rtol": 1e-8, "atol": 1e-8}  # DEER: to its stopping tolerance
+    alpha = np.array([0.0, 0.3])
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, jacobian=jacobian, throw=False)
+    np.testing.assert_array_equal(res.converged, [True, False])
+    assert res.status is DeerStatus.NON_FINITE
+    np.testing.assert_allclose(res.states[0], free[0], **tol)
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
+    np.testing.assert_allclose(seq[0], free[0], rtol=1e-12, atol=1e-12)
+    assert np.isnan(seq[1, 5:]).any()
+    res = deer_solve(model, z0, forcing=forcing, alpha=0.0, jacobian=jacobian)
+    np.testing.assert_allclose(res.states, free, **tol)
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=0.0)
+    np.testing.assert_allclose(seq, free, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_alpha_is_estimated_over_the_sequences_with_finite_inputs():
+    """alpha='auto' gives the statuses of a numeric alpha: sequences with NaN/inf inputs end
+    non_finite (z0, forced data), NaN in a column that is not forced is not read."""
+    model = make_model("ShPLRNN")  # M = 4 > N = 3: z0's last latent is in the guess only
+    z0, forcing, _, _ = problem(model, (4,), 20, "full")
+    z0[0, 3] = np.nan
+    forcing[1, 5, 2] = np.nan  # not forced with n_forced = 2
+    forcing[2, 5, 0] = np.inf
+    kw = {"forcing": forcing, "n_forced": 2, "throw": False}
+    with pytest.warns(GTFGuaranteeWarning):
+        res = deer_solve(model, z0, alpha="auto", **kw)
+    np.testing.assert_array_equal(res.converged, [False, True, False, True])
+    assert res.status is DeerStatus.NON_FINITE
+    numeric = deer_solve(model, z0, alpha=res.alpha, **kw)
+    np.testing.assert_array_equal(numeric.converged, res.converged)
+    np.testing.assert_array_equal(numeric.states, res.states)
+    with pytest.warns(GTFGuaranteeWarning):
+        finite_only = deer_solve(
+            model, z0[[1, 3]], alpha="auto", **{**kw, "forcing": forcing[[1, 3]]}
+        )
+    assert res.alpha == finite_only.alpha
+    broken = model.copy()
+    broken.params[0] = np.nan
+    with pytest.warns(GTFGuaranteeWarning):
+        res = deer_solve(broken, z0, alpha="auto", **kw)
+    assert res.status is DeerStatus.NON_FINITE and res.alpha == DEFAULT_MARGIN
+
+
 def test_diverging_plain_deer_on_chaotic_free_run():
     model = EulerLorenz()
     z0, _ = lorenz_data(1)
@@ -345,12 +443,13 @@ def test_diverging_plain_deer_on_chaotic_free_run():
         deer_solve(model, z0, 100)
 
 
-def test_auto_alpha_with_partial_forcing_warns():
+def test_auto_alpha_with_partial_forcing_warns_at_the_call():
     model = make_model("ShPLRNN")
     z0, forcing, _, _ = problem(model, (2,), 30, "full")
-    with pytest.warns(GTFGuaranteeWarning, match="partial forcing"):
+    with pytest.warns(GTFGuaranteeWarning, match="^deer_solve: partial forcing") as record:
         res = deer_solve(model, z0, forcing=forcing, alpha="auto")
     assert res.ok and 0.0 <= res.alpha <= 1.0
+    assert [w.filename for w in record] == [__file__]
 
 
 def test_validation_errors():
@@ -377,6 +476,11 @@ def test_validation_errors():
         (ValueError, r"`init` must have shape", dict(forcing=x, init=np.zeros((2, 9, 4)))),
         (ValueError, r"`jacobian` must be 'full' or 'diag'", dict(T=5, jacobian="dense")),
         (ValueError, r"`tol` must be", dict(T=5, tol=-1.0)),
+        (ValueError, r"`tol` must be", dict(T=5, tol=(0.0, 0.0))),
+        (ValueError, r"`tol` must be", dict(T=5, tol=(1e-9,))),
+        (TypeError, r"`tol` must be None, a float or a pair", dict(T=5, tol="abc")),
+        (TypeError, r"`tol` must be None, a float or a pair", dict(T=5, tol=(None, 1e-9))),
+        (TypeError, r"`T` must be a non-negative int or None; got 5\.0\.$", dict(T=5.0)),
         (ValueError, r"`max_iter` must be a positive int", dict(T=5, max_iter=0)),
         (TypeError, r"`throw` must be a bool", dict(T=5, throw="yes")),
     ]
@@ -386,6 +490,10 @@ def test_validation_errors():
             deer_solve(model, **kwargs)
     with pytest.raises(TypeError, match=r"^deer_solve: `model` must follow the LatentRNN"):
         deer_solve(object(), z0, 5)
+    half = DiagLinear([0.5], dtype="float16")
+    for solve in (deer_solve, sequential_solve):
+        with pytest.raises(TypeError, match=r": `model.dtype` must be float32 or float64; got f"):
+            solve(half, np.zeros(1, np.float16), 5)
     with pytest.raises(ValueError, match=r"^sequential_solve: .*compute one with parscan\.gtf"):
         sequential_solve(model, z0, forcing=x, alpha="auto")
 
@@ -394,6 +502,26 @@ def test_unknown_backend_is_an_argument_error():
     model = make_model("ShPLRNN")
     with pytest.raises(ValueError, match=r"^deer_solve: .*`backend` must be one of .*'gpu'"):
         deer_solve(model, np.zeros(model.M), 5, backend="gpu")
+
+
+def test_tol_as_0d_array():
+    model = make_model("ShPLRNN")
+    res = deer_solve(model, np.zeros(model.M), 5, tol=np.array(1e-7))
+    assert res.ok and res.rtol == res.atol == 1e-7
+
+
+def test_cuda_backend_problems_are_argument_errors(monkeypatch):
+    """Found before the first iteration, not as linear_scan errors inside it."""
+    model = DiagLinear(np.full(17, 0.5))
+    z0 = np.zeros(17)
+    monkeypatch.setattr(deer_module, "available_backends", lambda: ("sequential", "cpu"))
+    with pytest.raises(ValueError, match=r"^deer_solve: backend='cuda' is not available.*'cpu'"):
+        deer_solve(model, z0, 5, jacobian="diag", backend="cuda")
+    monkeypatch.setattr(deer_module, "available_backends", lambda: ("sequential", "cpu", "cuda"))
+    with pytest.raises(
+        ValueError, match=r"^deer_solve: .*up to M = 16; got M=17\. Use jacobian='diag' or backend"
+    ):
+        deer_solve(model, z0, 5, backend="cuda")
 
 
 def test_all_mismatches_reported_at_once():

@@ -97,6 +97,21 @@ def test_per_sequence_alpha(model, forcing):
         assert per[i] == pytest.approx(gtf_alpha(model, forcing[i]), rel=1e-14)
     assert gtf_alpha(model, forcing) == pytest.approx(per.max(), rel=1e-14)
     assert gtf_alpha(model, forcing[None], per_sequence=True).shape == (1, 2)
+    one = gtf_alpha(model, forcing[0], per_sequence=True)
+    assert isinstance(one, np.ndarray) and one.shape == () and one.dtype == np.float64
+    assert one == per[0]
+
+
+@pytest.mark.parametrize("method", ["sup", "geomean"])
+def test_empty_batch_gives_the_margin(model, method):
+    """No points to bound: the bound is taken as 0, alpha is the margin."""
+    empty = np.zeros((0, 10, 3))
+    assert gtf_alpha(model, empty, method=method) == DEFAULT_MARGIN
+    assert gtf_alpha(model, empty, method=method, margin=0.0) == 0.0
+    per = gtf_alpha(model, empty, method=method, per_sequence=True)
+    assert isinstance(per, np.ndarray) and per.shape == (0,)
+    assert gtf_alpha(model, np.zeros((2, 0, 10, 3)), per_sequence=True).shape == (2, 0)
+    assert jacobian_norms(model, np.zeros((0, 3))).shape == (0,)
 
 
 def test_contracting_model_gets_the_margin_and_alpha_is_clipped(forcing):
@@ -116,8 +131,11 @@ def test_partial_forcing_uses_states_and_warns():
     states = rng.standard_normal((30, 4))
     points = np.concatenate([x, states[:, 3:]], axis=-1)
     sup = max(numpy_norms(m.jacobian(points)).max(), numpy_norms(m.jacobian(states)).max())
-    with pytest.warns(GTFGuaranteeWarning, match=r"partial forcing \(n_forced=3 < M=4\)"):
+    with pytest.warns(
+        GTFGuaranteeWarning, match=r"^gtf_alpha: partial forcing \(n_forced=3 < M=4\)"
+    ) as record:
         got = gtf_alpha(m, x, states=states, margin=0.0)
+    assert [w.filename for w in record] == [__file__]  # the warning points at the call
     assert got == pytest.approx(max(0.0, 1 - 1 / sup), rel=1e-12, abs=1e-15)
     with pytest.warns(GTFGuaranteeWarning, match="n_forced=1"):
         gtf_alpha(ShPLRNN(3, 4), x, n_forced=1)
@@ -154,3 +172,20 @@ def test_errors(model, forcing):
         gtf_alpha(model, bad)
     with pytest.raises(TypeError, match=r"^gtf_alpha: `model` must follow"):
         gtf_alpha(object(), x)
+
+    class NoDtype:
+        M = 3
+
+        def step_and_jacobian(self, z, diag=False, out=None):
+            raise AssertionError("not reached")
+
+    with pytest.raises(TypeError, match=r"^gtf_alpha: `model` must follow .*got NoDtype"):
+        gtf_alpha(NoDtype(), x)
+    NoDtype.dtype = np.dtype(np.float64)
+    with pytest.raises(TypeError, match=r"^gtf_alpha: method='param_bound' needs model.norm_b"):
+        gtf_alpha(NoDtype(), x, method="param_bound")
+    broken = model.copy()
+    broken.params[0] = np.nan
+    for method in ("param_bound", "sup"):
+        with pytest.raises(ValueError, match=r"^gtf_alpha: .*NaN.*parameters"):
+            gtf_alpha(broken, x, method=method)
