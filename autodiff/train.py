@@ -583,7 +583,8 @@ def _loss_and_grad(model, windows, alpha, config):
 @dataclass
 class _Start:
     """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
-    standardisation), the data in its units, and the resumed optimiser and training state."""
+    standardisation), the data in its units, and the (resumed) optimiser, training state and
+    window-sampling RNG."""
 
     model: Model
     data: np.ndarray
@@ -591,8 +592,8 @@ class _Start:
     checkpoint_file: Path | None
     optimizer: object
     state: _State
+    rng: np.random.Generator
     best_params: np.ndarray | None = None
-    rng_state: dict | None = None
 
 
 def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data) -> _Start:
@@ -630,6 +631,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         checkpoint_file=ckpt_file,
         optimizer=make_optimizer(config.optimizer, model.n_params, dtype=dtype),
         state=_State(alpha=float(config.alpha), epoch_acc=_new_epoch_acc()),
+        rng=np.random.Generator(np.random.PCG64(config.seed)),
     )
     if resume:
         _resume_from(start, load_checkpoint(ckpt_file), config)
@@ -658,8 +660,7 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
         model.set_params(ckpt["params"])
         start.optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
         saved = ckpt["state"]
-        np.random.Generator(np.random.PCG64()).bit_generator.state = saved["rng_state"]
-        start.rng_state = saved["rng_state"]
+        start.rng.bit_generator.state = saved["rng_state"]
         start.state = _State(**saved["train_state"])
         start.state.epoch_acc = {**_new_epoch_acc(), **start.state.epoch_acc}
     except (KeyError, TypeError, ValueError) as exc:
@@ -758,9 +759,7 @@ def fit(
     model, data, validation_data = start.model, start.data, start.validation_data
     ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
     best_params = start.best_params
-    rng = np.random.Generator(np.random.PCG64(config.seed))
-    if start.rng_state is not None:
-        rng.bit_generator.state = start.rng_state
+    rng = start.rng
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, config.n_steps)
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
