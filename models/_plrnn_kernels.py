@@ -26,7 +26,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from models.base import LatentRNN, check_positive_int
+from models._checks import check_int
+from models.base import LatentRNN
 
 #: ``mode`` argument of the evaluation drivers.
 EVAL_F, EVAL_F_DIAG, EVAL_F_FULL = 0, 1, 2
@@ -130,8 +131,8 @@ class PiecewiseLinearRNN(LatentRNN):
 
     def _setup_latent(self, M: int, n_obs, dtype, seed) -> None:
         where = type(self).__name__
-        self.M = check_positive_int(M, "M", where)
-        n_obs = self.M if n_obs is None else check_positive_int(n_obs, "n_obs", where)
+        self.M = check_int(M, "M", where)
+        n_obs = self.M if n_obs is None else check_int(n_obs, "n_obs", where)
         if n_obs > self.M:
             raise ValueError(
                 f"{where}: n_obs must be <= M (the observations are the first n_obs "
@@ -152,7 +153,7 @@ class PiecewiseLinearRNN(LatentRNN):
         return self._offsets["L0"][0] if "L0" in self._offsets else self.n_params
 
     def _rng(self, seed) -> np.random.Generator:
-        self.seed = check_positive_int(seed, "seed", f"{type(self).__name__}.init", minimum=0)
+        self.seed = check_int(seed, "seed", f"{type(self).__name__}.init", minimum=0)
         return np.random.default_rng(self.seed)
 
     def _init_L0(self, rng: np.random.Generator) -> None:
@@ -355,9 +356,7 @@ class PiecewiseLinearRNN(LatentRNN):
         ndarray, shape (..., n_steps, M)
             ``z_1 .. z_n`` (``z0`` not included).
         """
-        n_steps = check_positive_int(
-            n_steps, "n_steps", f"{type(self).__name__}.simulate", minimum=0
-        )
+        n_steps = check_int(n_steps, "n_steps", f"{type(self).__name__}.simulate", minimum=0)
         Z0 = self._states(z0, "simulate", "z0")
         out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
         out3 = out.reshape(Z0.shape[0], n_steps, self.M)

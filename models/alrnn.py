@@ -29,6 +29,7 @@ They are bundled (plain and CPU-compiled) as ``ALRNN.step_functions`` and
 import numpy as np
 from numba import prange
 
+from models._checks import check_int
 from models._plrnn_kernels import (
     EVAL_F_DIAG,
     EVAL_F_FULL,
@@ -37,7 +38,6 @@ from models._plrnn_kernels import (
     normalized_positive_definite,
     uniform_fan_in,
 )
-from models.base import check_positive_int
 from parscan._jit import jit, jit_parallel
 
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
@@ -296,8 +296,8 @@ class ALRNN(_ALRNNFamily):
 
     def __init__(self, M: int, P: int, n_obs: int | None = None, *, dtype="float64", seed=0):
         where = type(self).__name__
-        M = check_positive_int(M, "M", where)
-        P = check_positive_int(P, "P", where, minimum=0)
+        M = check_int(M, "M", where)
+        P = check_int(P, "P", where, minimum=0)
         if P > M:
             raise ValueError(f"{where}: the number of relu units P must be <= M; got P={P}, M={M}.")
         self.P = P
@@ -341,7 +341,7 @@ class PLRNN(_ALRNNFamily):
     _ZERO_DIAG = 1
 
     def __init__(self, M: int, n_obs: int | None = None, *, dtype="float64", seed=0):
-        self.P = check_positive_int(M, "M", type(self).__name__)
+        self.P = check_int(M, "M", type(self).__name__)
         self._setup_latent(M, n_obs, dtype, seed)
 
     def hyperparameters(self) -> dict:

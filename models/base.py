@@ -45,15 +45,6 @@ def check_float_dtype(dtype, where: str) -> np.dtype:
     return dt
 
 
-def check_positive_int(value, name: str, where: str, minimum: int = 1) -> int:
-    """Validate an integer hyperparameter (``bool`` is rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
-    return int(value)
-
-
 class Model(ABC):
     """A learnable model with one flat parameter vector.
 

@@ -20,6 +20,7 @@ import numpy as np
 from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
+from models._checks import check_choice, check_int, check_real
 from models.base import LatentRNN, Model
 from models.data import check_trajectory
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
@@ -37,31 +38,6 @@ _CHUNK_ELEMENTS = 1 << 22
 # ---------------------------------------------------------------------------------------------
 # Argument checks shared by the public functions.
 # ---------------------------------------------------------------------------------------------
-
-
-def _int(value, name, where, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
-    return int(value)
-
-
-def _real(value, name, where, *, positive):
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{where}: {name} must be a real number; got {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        raise ValueError(
-            f"{where}: {name} must be finite and {'> 0' if positive else '>= 0'}; got {value}."
-        )
-    return value
-
-
-def _choice(value, name, where, options):
-    if value not in options:
-        raise ValueError(f"{where}: {name} must be one of {options}; got {value!r}.")
-    return value
 
 
 def _pair(x_true, x_gen, where, *, strict=True):
@@ -260,16 +236,16 @@ def state_space_divergence(
         in the box.
     """
     where = "state_space_divergence"
-    method = _choice(method, "method", where, ("bins", "gmm"))
+    method = check_choice(method, "method", where, ("bins", "gmm"))
     x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
     if method == "gmm":
-        sigma2 = _real(sigma2, "sigma2", where, positive=True)
-        n_points = _int(n_points, "n_points", where, 1)
-        n_samples = _int(n_samples, "n_samples", where, 1)
-        seed = _int(seed, "seed", where, 0)
+        sigma2 = check_real(sigma2, "sigma2", where, positive=True)
+        n_points = check_int(n_points, "n_points", where, 1)
+        n_samples = check_int(n_samples, "n_samples", where, 1)
+        seed = check_int(seed, "seed", where, 0)
         return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
-    n_bins = _int(n_bins, "n_bins", where, 1)
-    box = _choice(box, "box", where, ("minmax", "sd2"))
+    n_bins = check_int(n_bins, "n_bins", where, 1)
+    box = check_choice(box, "box", where, ("minmax", "sd2"))
     n_total_bins = n_bins ** x_true.shape[1]
     if n_total_bins > 10**300:
         raise ValueError(
@@ -342,7 +318,7 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
             f"frequency grid; got {x_true.shape[0]} and {x_gen.shape[0]} steps. Slice the "
             f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
         )
-    smoothing = _real(smoothing, "smoothing", where, positive=False)
+    smoothing = check_real(smoothing, "smoothing", where, positive=False)
     p = normalized_spectra(x_true, smoothing)
     q = normalized_spectra(x_gen, smoothing)
     h = np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=0))
@@ -394,7 +370,7 @@ def prediction_error(model, x, n=20):
     """
     where = "prediction_error"
     model = _check_model(model, where)
-    n = _int(n, "n", where, 1)
+    n = check_int(n, "n", where, 1)
     x = _check_obs(model, x, where, min_steps=n + 1)
     return _prediction_error(model, x, n)[0]
 
@@ -538,10 +514,10 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
 
 
 def _system_spectrum(system, k, x0, n_steps, transient, dt, params, seed, where):
-    dt = system.dt if dt is None else _real(dt, "dt", where, positive=True)
+    dt = system.dt if dt is None else check_real(dt, "dt", where, positive=True)
     if transient is None:
         transient = round(system.transient_time / dt)
-    transient = _int(transient, "transient", where, 0)
+    transient = check_int(transient, "transient", where, 0)
     p, x, _ = system.prepare(params=params, x0=x0, seed=seed, where=where)
     k = _n_exponents(k, x.shape[0], where)
     n_sub = system.substeps(dt)
@@ -601,10 +577,10 @@ def lyapunov_spectrum(
     """
     where = "lyapunov_spectrum"
     if n_exponents is not None:
-        n_exponents = _int(n_exponents, "n_exponents", where, 1)
+        n_exponents = check_int(n_exponents, "n_exponents", where, 1)
     if isinstance(target, str | System):
         system = get_system(target, where)
-        n_steps = 20_000 if n_steps is None else _int(n_steps, "n_steps", where, 1)
+        n_steps = 20_000 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
         return _system_spectrum(
             system, n_exponents, x0, n_steps, transient, dt, params, seed, where
         )
@@ -615,8 +591,8 @@ def lyapunov_spectrum(
         )
     if dt is not None or params is not None:
         raise ValueError(f"{where}: dt and params apply to systems, not to models.")
-    n_steps = 10_000 if n_steps is None else _int(n_steps, "n_steps", where, 1)
-    transient = 1_000 if transient is None else _int(transient, "transient", where, 0)
+    n_steps = 10_000 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
+    transient = 1_000 if transient is None else check_int(transient, "transient", where, 0)
     k = _n_exponents(n_exponents, target.M, where)
     return _model_spectrum(target, k, x0, n_steps, transient, where)
 
@@ -783,13 +759,13 @@ def evaluate(
     where = "evaluate"
     model = _check_model(model, where)
     x_test = _check_obs(model, x_test, where, min_steps=2).astype(np.float64)
-    n_steps = x_test.shape[0] - 1 if n_steps is None else _int(n_steps, "n_steps", where, 1)
-    transient = _int(transient, "transient", where, 0)
+    n_steps = x_test.shape[0] - 1 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
+    transient = check_int(transient, "transient", where, 0)
     if transient >= n_steps:
         raise ValueError(
             f"{where}: transient ({transient}) must be smaller than n_steps ({n_steps})."
         )
-    n_starts = _int(n_starts, "n_starts", where, 1)
+    n_starts = check_int(n_starts, "n_starts", where, 1)
     if n_starts > x_test.shape[0]:
         raise ValueError(
             f"{where}: n_starts ({n_starts}) must not exceed the number of test points "
@@ -808,9 +784,9 @@ def evaluate(
         )
     if dstsp_method is None:
         dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
-    dstsp_method = _choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
-    diverge_factor = _real(diverge_factor, "diverge_factor", where, positive=True)
-    pe_steps = _int(pe_steps, "pe_steps", where, 1)
+    dstsp_method = check_choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
+    diverge_factor = check_real(diverge_factor, "diverge_factor", where, positive=True)
+    pe_steps = check_int(pe_steps, "pe_steps", where, 1)
     _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
 
     starts = np.arange(n_starts) * x_test.shape[0] // n_starts

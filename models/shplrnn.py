@@ -32,6 +32,7 @@ import numpy as np
 from numba import prange
 
 from models import _shplrnn_lanes
+from models._checks import check_int
 from models._plrnn_kernels import (
     EVAL_F_DIAG,
     EVAL_F_FULL,
@@ -40,7 +41,6 @@ from models._plrnn_kernels import (
     normalized_positive_definite,
     uniform_fan_in,
 )
-from models.base import check_positive_int
 from parscan._jit import jit, jit_parallel
 
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
@@ -214,7 +214,7 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     _simulate_item = staticmethod(_simulate_item)
 
     def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
-        self.L = check_positive_int(L, "L", type(self).__name__)
+        self.L = check_int(L, "L", type(self).__name__)
         self._setup_latent(M, n_obs, dtype, seed)
 
     def param_spec(self):

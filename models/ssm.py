@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from models.base import Model, check_positive_int
+from models._checks import check_int
+from models.base import Model
 from parscan._jit import jit, jit_parallel
 from parscan.scan import linear_scan
 
@@ -332,7 +333,7 @@ class DiagonalSSM(Model):
             prediction of a window starting at ``x0``.
         """
         x0 = self._check_obs(x0, "generate", "x0")
-        n_steps = check_positive_int(n_steps, "n_steps", f"{type(self).__name__}.generate", 0)
+        n_steps = check_int(n_steps, "n_steps", f"{type(self).__name__}.generate", 0)
         flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
         out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
         if out.size:
@@ -402,10 +403,10 @@ class LinearSSM(DiagonalSSM):
         seed: int = 0,
     ):
         where = "LinearSSM"
-        self.n_obs = check_positive_int(N, "N", where)
-        self.H = check_positive_int(H, "H", where)
-        self.L = check_positive_int(L, "L", where)
-        self.K = self.H if K is None else check_positive_int(K, "K", where)
+        self.n_obs = check_int(N, "N", where)
+        self.H = check_int(H, "H", where)
+        self.L = check_int(L, "L", where)
+        self.K = self.H if K is None else check_int(K, "K", where)
         self.D = self.H
         try:
             self.r_min, self.r_max, self.max_phase = (float(r_min), float(r_max), float(max_phase))
@@ -450,7 +451,7 @@ class LinearSSM(DiagonalSSM):
         """LRU initialisation: ``|λ|²`` uniform on ``[r_min², r_max²]``, phases uniform on
         ``[0, max_phase]``; ``B ~ N(0, 1/(2N))`` and ``C ~ N(0, 1/(2H))`` per real part; the MLP
         as PyTorch's ``nn.Linear`` (uniform ``±1/sqrt(fan_in)``)."""
-        self.seed = check_positive_int(seed, "seed", "LinearSSM.init", 0)
+        self.seed = check_int(seed, "seed", "LinearSSM.init", 0)
         rng = np.random.default_rng(self.seed)
         H, N, K = self.H, self.n_obs, self.K
         p = self.unflatten()
@@ -585,9 +586,9 @@ class SelectiveSSM(DiagonalSSM):
         seed: int = 0,
     ):
         where = "SelectiveSSM"
-        self.n_obs = check_positive_int(N, "N", where)
-        self.H = check_positive_int(H, "H", where)
-        self.L = check_positive_int(L, "L", where)
+        self.n_obs = check_int(N, "N", where)
+        self.H = check_int(H, "H", where)
+        self.L = check_int(L, "L", where)
         self.K = self.n_obs
         self.D = self.n_obs * self.H
         try:
@@ -628,7 +629,7 @@ class SelectiveSSM(DiagonalSSM):
         """Mamba initialisation: S4D-real ``A[d, n] = -(n+1)``; ``b_Δ = softplus⁻¹(dt)`` with
         ``dt`` log-uniform on ``[dt_min, dt_max]``; ``W_Δ`` uniform ``±1/sqrt(N)``;
         ``W_B, W_C ~ N(0, 1/N)``; the MLP as PyTorch's ``nn.Linear``."""
-        self.seed = check_positive_int(seed, "seed", "SelectiveSSM.init", 0)
+        self.seed = check_int(seed, "seed", "SelectiveSSM.init", 0)
         rng = np.random.default_rng(self.seed)
         N, H = self.n_obs, self.H
         p = self.unflatten()

@@ -27,6 +27,7 @@ from types import MappingProxyType
 import numpy as np
 from numba import literally
 
+from models._checks import check_int, check_real
 from parscan._jit import jit
 
 # ---------------------------------------------------------------------------------------------
@@ -613,24 +614,6 @@ def get_system(system, where: str) -> System:
     )
 
 
-def _check_int(value, name: str, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
-    return int(value)
-
-
-def _check_real(value, name: str, where: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{where}: {name} must be a real number; got {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{where}: {name} must be finite and {bound}; got {value}.")
-    return value
-
-
 def generate(
     system,
     n_steps,
@@ -685,12 +668,12 @@ def generate(
     """
     where = "generate"
     sys_ = get_system(system, where)
-    noise = _check_real(noise, "noise", where, positive=False)
-    n_steps = _check_int(n_steps, "n_steps", where, 1)
-    dt = sys_.dt if dt is None else _check_real(dt, "dt", where, positive=True)
+    noise = check_real(noise, "noise", where, positive=False)
+    n_steps = check_int(n_steps, "n_steps", where, 1)
+    dt = sys_.dt if dt is None else check_real(dt, "dt", where, positive=True)
     if transient is None:
         transient = round(sys_.transient_time / dt)
-    transient = _check_int(transient, "transient", where, 0)
+    transient = check_int(transient, "transient", where, 0)
     p, start, rng = sys_.prepare(params=params, x0=x0, seed=seed, where=where)
     n_sub = sys_.substeps(dt)
     out = np.empty((n_steps, start.shape[0]))
