@@ -251,9 +251,33 @@ def standardize(x):
         (``model.standardization``) to map predictions back with :func:`destandardize`.
     """
     arr = check_trajectory(x, "standardize").astype(np.float64)
-    mean = arr.mean(axis=0)
-    sd = arr.std(axis=0)
+    mean, sd = column_mean_sd(arr)
     return (arr - mean) / sd, mean, sd
+
+
+def column_mean_sd(x):
+    """Per-column mean and population sd of a finite trajectory, without over- or underflow.
+
+    A column whose largest magnitude is beyond ``1e150`` (where ``x**2`` can overflow) or
+    below ``1e-150`` (where it can underflow) is divided by that magnitude before the moments
+    are taken and the results are scaled back; other columns are computed directly (the same
+    bits as ``x.mean(axis=0)``, ``x.std(axis=0)``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N)
+        Finite real values, ``T >= 1``.
+
+    Returns
+    -------
+    mean, sd : ndarray, shape (N,), float64
+        ``sd`` is 0 exactly for a constant column.
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    scale = np.max(np.abs(arr), axis=0) if arr.size else np.ones(arr.shape[1:])
+    scale = np.where((scale > 0) & ((scale > 1e150) | (scale < 1e-150)), scale, 1.0)
+    unit = arr / scale
+    return unit.mean(axis=0) * scale, unit.std(axis=0) * scale
 
 
 def destandardize(x_std, mean, sd):
