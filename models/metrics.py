@@ -15,6 +15,7 @@ All measures are computed in float64 (float32 inputs are widened).
 """
 
 import math
+import warnings
 
 import numpy as np
 from numba import literally, prange
@@ -22,7 +23,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from models._checks import check_choice, check_int, check_real
 from models.base import LatentRNN, Model
-from models.data import check_trajectory
+from models.data import check_trajectory, column_mean_sd
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
 from parscan._jit import jit, jit_parallel
 
@@ -30,6 +31,8 @@ from parscan._jit import jit, jit_parallel
 EPSILON = 1e-5
 #: Measures :func:`evaluate` knows.
 MEASURES = ("dstsp", "dh", "pe", "lyapunov")
+#: D_H warns when a spectrum has fewer than this many frequency bins per unit of ``smoothing``.
+MIN_BINS_PER_SMOOTHING = 10
 #: Elements per model.generate call in prediction_error and per block of Jacobians in
 #: lyapunov_spectrum (bounds the memory of a batch).
 _CHUNK_ELEMENTS = 1 << 22
@@ -69,10 +72,9 @@ def _pair(x_true, x_gen, where, *, strict=True):
 
 
 def _box(x_true, box):
-    sd = x_true.std(axis=0)
+    mean, sd = column_mean_sd(x_true)
     if box == "minmax":
         return x_true.min(axis=0) - 0.1 * sd, x_true.max(axis=0) + 0.1 * sd
-    mean = x_true.mean(axis=0)
     return mean - 2.0 * sd, mean + 2.0 * sd
 
 
@@ -121,7 +123,8 @@ def _kl_binned(counts_true, counts_gen, n_total_bins):
     b = counts_gen.sum() + EPSILON * n_total_bins
     c = counts_true + EPSILON
     terms = c * (np.log(c) - np.log(counts_gen + EPSILON))
-    return float(terms.sum() / a + np.log1p((b - a) / a))
+    # KL >= 0 exactly; rounding can leave -1e-16 for (near-)equal histograms
+    return max(0.0, float(terms.sum() / a + np.log1p((b - a) / a)))
 
 
 @jit
@@ -140,6 +143,8 @@ def _logsumexp_sq_dist(s, centers, scale):
             m = e
         else:
             acc += np.exp(e - m)
+    if m == -np.inf:  # every centre infinitely far (or none): the density is 0
+        return -np.inf
     return m + np.log(acc)
 
 
@@ -212,7 +217,8 @@ def state_space_divergence(
     points; KL is estimated from ``n_samples`` draws of the true mixture (seeded by ``seed``)
     with exact log-sum-exp densities (the lab's code instead takes the first 10,000 points and
     drops samples whose float32 density underflows). The estimate can be slightly negative
-    for near-identical trajectories.
+    for near-identical trajectories, and is inf when some true sample has no generated point
+    within float64 range of its density.
 
     Parameters
     ----------
@@ -232,8 +238,10 @@ def state_space_divergence(
     Returns
     -------
     float
-        ``>= 0`` for bins (0 iff the two histograms are equal); NaN if no generated point lies
-        in the box.
+        ``>= 0`` for bins: 0 when both trajectories put the same counts into every bin (the
+        pseudo-count ``e`` makes equal *proportions* from different numbers of points give a
+        small positive value, e.g. 2e-5 for 3,000 against 6,000 Lorenz points); NaN if no
+        generated point lies in the box.
     """
     where = "state_space_divergence"
     method = check_choice(method, "method", where, ("bins", "gmm"))
@@ -266,13 +274,39 @@ def state_space_divergence(
 # ---------------------------------------------------------------------------------------------
 
 
+class SpectrumResolutionWarning(UserWarning):
+    """D_H of series too short for its smoothing width: both spectra are smoothed nearly flat
+    and the distance cannot tell different signals apart."""
+
+
+def _check_resolution(n_steps, smoothing, where, stacklevel):
+    """Warn (:class:`SpectrumResolutionWarning`) when ``n_steps`` points give fewer than
+    ``MIN_BINS_PER_SMOOTHING * smoothing`` frequency bins.
+
+    Below that the Gaussian kernel (support ``+-4 smoothing`` bins) spans a large part of the
+    spectrum: on 40 points with the lab's ``smoothing=20`` a sine scores D_H 0.005 against
+    white noise (0.82 on 2,000 points)."""
+    n_freq = n_steps // 2 + 1
+    if smoothing > 0 and n_freq < MIN_BINS_PER_SMOOTHING * smoothing:
+        needed = 2 * math.ceil(MIN_BINS_PER_SMOOTHING * smoothing) - 2
+        warnings.warn(
+            SpectrumResolutionWarning(
+                f"{where}: D_H of {n_steps} points has {n_freq} frequency bins, fewer than "
+                f"{MIN_BINS_PER_SMOOTHING} x smoothing ({smoothing:g}); smoothing flattens both "
+                f"spectra and D_H cannot tell signals apart. Compare at least {needed} points "
+                f"or lower smoothing."
+            ),
+            stacklevel=stacklevel + 1,
+        )
+
+
 def normalized_spectra(x, smoothing):
     """Per column: standardise, ``|rfft|^2``, Gaussian smoothing, normalise to sum 1.
 
     Constant columns give NaN columns (their spectrum is undefined)."""
-    sd = x.std(axis=0)
+    mean, sd = column_mean_sd(x)
     constant = sd == 0
-    z = (x - x.mean(axis=0)) / np.where(constant, 1.0, sd)
+    z = (x - mean) / np.where(constant, 1.0, sd)
     spectra = np.abs(np.fft.rfft(z, axis=0)) ** 2
     if int(4 * smoothing + 0.5) > 0:  # else scipy's kernel is [1], the identity
         spectra = gaussian_filter1d(spectra, smoothing, axis=0, mode="reflect")
@@ -301,7 +335,9 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
         longer one (``x[:T]``) otherwise.
     smoothing : float
         Gaussian smoothing width in frequency bins (lab default 20; 0 = none; as in scipy,
-        widths below 0.125 give a one-point kernel, i.e. no smoothing).
+        widths below 0.125 give a one-point kernel, i.e. no smoothing). The series needs
+        ``T // 2 + 1 >= 10 * smoothing`` frequency bins (``T >= 398`` points for the default)
+        for D_H to discriminate; shorter series give a :class:`SpectrumResolutionWarning`.
     per_dimension : bool
         Also return the per-dimension distances.
 
@@ -319,12 +355,18 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
             f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
         )
     smoothing = check_real(smoothing, "smoothing", where, positive=False)
+    _check_resolution(x_true.shape[0], smoothing, where, stacklevel=2)
+    h = _hellinger_per_dimension(x_true, x_gen, smoothing)
+    mean = float(h.mean())
+    return (mean, h) if per_dimension else mean
+
+
+def _hellinger_per_dimension(x_true, x_gen, smoothing):
+    """D_H per dimension, shape (N,), of validated float64 trajectories of equal length."""
     p = normalized_spectra(x_true, smoothing)
     q = normalized_spectra(x_gen, smoothing)
     h = np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=0))
-    h = np.where(np.isnan(h), 1.0, np.minimum(h, 1.0))
-    mean = float(h.mean())
-    return (mean, h) if per_dimension else mean
+    return np.where(np.isnan(h), 1.0, np.minimum(h, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +380,8 @@ def _check_model(model, where):
     return model
 
 
-def _check_obs(model, x, where, min_steps):
-    x = check_trajectory(x, where, min_steps=min_steps)
+def _check_obs(model, x, where, min_steps, constant=False):
+    x = check_trajectory(x, where, min_steps=min_steps, constant=constant)
     if x.shape[1] != model.n_obs:
         raise ValueError(
             f"{where}: x has N={x.shape[1]} dimensions but the model observes n_obs={model.n_obs}."
@@ -359,7 +401,8 @@ def prediction_error(model, x, n=20):
     ----------
     model : models.Model
     x : array_like, shape (T, N)
-        Data, ``T > n``; passed to the model in ``model.dtype``.
+        Finite data, ``T > n`` (constant dimensions allowed); passed to the model in
+        ``model.dtype``.
     n : int
         Prediction horizon in steps (lab default 20).
 
@@ -371,7 +414,7 @@ def prediction_error(model, x, n=20):
     where = "prediction_error"
     model = _check_model(model, where)
     n = check_int(n, "n", where, 1)
-    x = _check_obs(model, x, where, min_steps=n + 1)
+    x = _check_obs(model, x, where, min_steps=n + 1, constant=True)
     return _prediction_error(model, x, n)[0]
 
 
@@ -460,8 +503,10 @@ def _map_lyapunov(jacobians, y, n_skip, logs):
     ``logs`` (k,) accumulates ``log |R_ii|`` for ``t >= n_skip``."""
     k = y.shape[1]
     r_diag = np.empty(k)
+    previous = np.empty_like(y)
     for t in range(jacobians.shape[0]):
-        matmul_into(jacobians[t], y.copy(), y)
+        previous[:] = y
+        matmul_into(jacobians[t], previous, y)
         _orthonormalize(y, r_diag)
         if t >= n_skip:
             for i in range(k):
@@ -486,10 +531,12 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
             f"{where}: a model needs x0, the observation to start from (e.g. x_test[0])."
         )
     x0 = np.asarray(x0)
-    if x0.shape != (model.n_obs,) or x0.dtype.kind not in "iuf" or not np.all(np.isfinite(x0)):
+    if x0.dtype.kind not in "iuf":
+        raise TypeError(f"{where}: x0 must be a real array; got dtype {x0.dtype}.")
+    if x0.shape != (model.n_obs,) or not np.all(np.isfinite(x0)):
         raise ValueError(
-            f"{where}: x0 must be a finite real array of shape ({model.n_obs},); got "
-            f"{x0.dtype} {x0.shape}."
+            f"{where}: x0 must be a finite array of shape ({model.n_obs},); got shape "
+            f"{x0.shape}{'' if np.all(np.isfinite(x0)) else ' with NaN/inf'}."
         )
     z = model.initial_state(x0.astype(model.dtype))
     y = np.ascontiguousarray(np.eye(model.M)[:, :k])
@@ -739,11 +786,13 @@ def evaluate(
     measures : sequence of {"dstsp", "dh", "pe", "lyapunov"}
         ``"lyapunov"`` (LatentRNN only): largest exponent per step from ``x_test[0]``.
     n_bins, box, sigma2, seed
-        Passed to :func:`state_space_divergence`.
+        Passed to :func:`state_space_divergence` (all settings are checked before the free
+        run, also those of measures not requested).
     dstsp_method : {"bins", "gmm"}, optional
         Default: bins for N < 6, GMM for N >= 6 (the lab's rule).
     smoothing : float
-        Passed to :func:`power_spectrum_distance`.
+        Passed to :func:`power_spectrum_distance` (a
+        :class:`SpectrumResolutionWarning` when the compared length is too short for it).
     pe_steps : int
         Horizon of :func:`prediction_error` (``x_test`` needs ``pe_steps + 1`` steps).
     diverge_factor : float
@@ -771,7 +820,13 @@ def evaluate(
             f"{where}: n_starts ({n_starts}) must not exceed the number of test points "
             f"({x_test.shape[0]})."
         )
-    measures = (measures,) if isinstance(measures, str) else tuple(measures)
+    try:
+        measures = (measures,) if isinstance(measures, str) else tuple(measures)
+    except TypeError:
+        raise TypeError(
+            f"{where}: measures must be a name or a sequence of names from {MEASURES}; got "
+            f"{type(measures).__name__}."
+        ) from None
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ValueError(
@@ -787,7 +842,15 @@ def evaluate(
     dstsp_method = check_choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
     diverge_factor = check_real(diverge_factor, "diverge_factor", where, positive=True)
     pe_steps = check_int(pe_steps, "pe_steps", where, 1)
+    n_bins = check_int(n_bins, "n_bins", where, 1)
+    box = check_choice(box, "box", where, ("minmax", "sd2"))
+    sigma2 = check_real(sigma2, "sigma2", where, positive=True)
+    smoothing = check_real(smoothing, "smoothing", where, positive=False)
+    seed = check_int(seed, "seed", where, 0)
     _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
+    dh_length = min(n_steps - transient, x_test.shape[0] - 1)
+    if "dh" in measures:
+        _check_resolution(dh_length, smoothing, where, stacklevel=2)
 
     starts = np.arange(n_starts) * x_test.shape[0] // n_starts
     gen = model.generate(x_test[starts].astype(model.dtype), n_steps).astype(np.float64)
@@ -833,11 +896,11 @@ def evaluate(
             )
             return result
     if "dh" in measures:
-        length = min(gen.shape[1], x_test.shape[0] - 1)
+        reference = x_test[1 : 1 + dh_length]
         values["dh"] = float(
             np.mean(
                 [
-                    power_spectrum_distance(x_test[1 : 1 + length], run[:length], smoothing)
+                    _hellinger_per_dimension(reference, run[:dh_length], smoothing).mean()
                     for run in gen
                 ]
             )

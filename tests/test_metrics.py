@@ -3,6 +3,7 @@
 import collections
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from models import metrics
 from models.base import LatentRNN
 from models.data import standardize
 from models.metrics import (
+    SpectrumResolutionWarning,
     evaluate,
     lyapunov_spectrum,
     max_lyapunov,
@@ -185,7 +187,7 @@ def test_dstsp_properties(x, n_bins, rnd):
     rnd.shuffle(perm)
     y = x[::-1] * 0.5 + 1.0
     d = state_space_divergence(x, y, n_bins)
-    assert np.isnan(d) or d >= -1e-12
+    assert np.isnan(d) or d >= 0.0
     if not np.isnan(d):
         assert state_space_divergence(x[perm], y, n_bins) == pytest.approx(d, abs=1e-12)
         assert state_space_divergence(x, y[perm[: len(y)]], n_bins) == pytest.approx(d, abs=1e-12)
@@ -312,6 +314,53 @@ def test_dh_properties(x, y, sigma):
     assert power_spectrum_distance(x, x, sigma) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_dh_warns_when_the_series_is_too_short_for_the_smoothing():
+    rng = np.random.default_rng(21)
+    t = np.arange(2000)
+    sine, noise = np.sin(2 * np.pi * t / 25)[:, None], rng.standard_normal((2000, 1))
+    with pytest.warns(SpectrumResolutionWarning, match=r"power_spectrum_distance: D_H of 40 po"):
+        flat = power_spectrum_distance(sine[:40], noise[:40])
+    assert flat < 0.05  # why it warns: smoothing over 21 bins erases the difference
+    with pytest.warns(SpectrumResolutionWarning, match=r"at least 38 points or lower smoothing"):
+        power_spectrum_distance(sine[:37], noise[:37], smoothing=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpectrumResolutionWarning)
+        power_spectrum_distance(sine[:38], noise[:38], smoothing=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpectrumResolutionWarning)
+        assert power_spectrum_distance(sine[:400], noise[:400]) > 0.5
+        assert power_spectrum_distance(sine[:40], noise[:40], smoothing=0.0) > 0.5
+        assert power_spectrum_distance(sine, noise) > 0.8
+
+
+def test_measures_are_exact_at_the_float64_limits():
+    rng = np.random.default_rng(22)
+    x, y = rng.standard_normal((300, 2)), rng.standard_normal((300, 2)) * 1.3
+    for scale in (1e-170, 1e160):
+        assert power_spectrum_distance(x * scale, x * scale) == 0.0
+        assert power_spectrum_distance(x * scale, y * scale) == pytest.approx(
+            power_spectrum_distance(x, y), rel=1e-9
+        )
+        assert state_space_divergence(x * scale, x * scale) == 0.0
+        assert state_space_divergence(x * scale, y * scale) == pytest.approx(
+            state_space_divergence(x, y), rel=1e-9
+        )
+
+
+def test_gmm_of_an_infinitely_distant_run_is_inf():
+    x = np.random.default_rng(23).standard_normal((200, 2))
+    assert state_space_divergence(x, x + 1e155, method="gmm") == math.inf
+
+
+def test_binned_dstsp_of_equal_proportions_is_small_and_never_negative():
+    x = np.random.default_rng(24).standard_normal((300, 2))
+    for n_bins in (1, 5, 30):
+        for copies in (1, 2, 3):
+            d = state_space_divergence(x, np.vstack([x] * copies), n_bins)
+            assert 0.0 <= d < 1e-3
+            assert (d == 0.0) == (copies == 1 or n_bins == 1)
+
+
 def test_dh_constant_generated_dimension_is_maximal():
     x = np.random.default_rng(10).standard_normal((100, 2))
     gen = x.copy()
@@ -403,6 +452,10 @@ def test_prediction_error_validation():
         prediction_error(model, np.random.default_rng(0).standard_normal((10, 3)), 2)
     with pytest.raises(TypeError, match=r"prediction_error: expected a models.Model"):
         prediction_error("model", x, 2)
+    flat = x.copy()
+    flat[:, 1] = 0.5  # a constant observable has a prediction error like any other
+    expected = np.mean((flat[:-2] - flat[2:]) ** 2)
+    assert prediction_error(model, flat, 2) == pytest.approx(expected, rel=1e-14)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +511,13 @@ def test_lyapunov_validation():
         max_lyapunov(model)
     with pytest.raises(ValueError, match=r"n_exponents \(3\) exceeds the state dimension \(2\)"):
         lyapunov_spectrum(model, 3, x0=np.zeros(2))
-    with pytest.raises(ValueError, match=r"x0 must be a finite real array of shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"x0 must be a finite array of shape \(2,\).*NaN/inf"):
         max_lyapunov(model, x0=np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"x0 must be a finite array of shape \(2,\); got shape"):
+        max_lyapunov(model, x0=np.zeros(3))
+    for x0 in (np.array([True, False]), np.zeros(2, complex)):
+        with pytest.raises(TypeError, match=r"lyapunov_spectrum: x0 must be a real array"):
+            max_lyapunov(model, x0=x0)
     with pytest.raises(ValueError, match=r"dt and params apply to systems"):
         max_lyapunov(model, x0=np.zeros(2), dt=0.1)
     with pytest.raises(TypeError, match=r"expected a system name, a System or a LatentRNN"):
@@ -547,6 +605,37 @@ def test_evaluate_validation(rotation_data):
         evaluate(model, x, dstsp_method="kde")
     with pytest.raises(ValueError, match=r"evaluate: n_starts \(1001\) must not exceed"):
         evaluate(model, x, n_starts=1001)
+    with pytest.raises(TypeError, match=r"evaluate: measures must be a name or a sequence"):
+        evaluate(model, x, measures=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_bins": 0}, ValueError, r"evaluate: n_bins must be >= 1"),
+        ({"box": "bad"}, ValueError, r"evaluate: box must be one of"),
+        ({"sigma2": 0.0}, ValueError, r"evaluate: sigma2 must be finite and > 0"),
+        ({"smoothing": -1.0}, ValueError, r"evaluate: smoothing must be finite and >= 0"),
+        ({"seed": -1}, ValueError, r"evaluate: seed must be >= 0"),
+        ({"n_bins": 2.0}, TypeError, r"evaluate: n_bins must be an int"),
+    ],
+)
+def test_evaluate_checks_every_setting_before_the_free_run(rotation_data, kwargs, exc, match):
+    _, x = rotation_data
+    expanding = MapRNN(rotation(0.3, radius=2.0))  # would be reported as diverged
+    with pytest.raises(exc, match=match):
+        evaluate(expanding, x, n_steps=100, **kwargs)
+
+
+def test_evaluate_warns_once_when_the_measured_run_is_too_short_for_dh(rotation_data):
+    model, x = rotation_data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate(model, x, n_steps=100, n_starts=3, measures=("dh",))
+    assert res["status"] == "ok"
+    messages = [str(w.message) for w in caught if w.category is SpectrumResolutionWarning]
+    assert len(messages) == 1 and messages[0].startswith("evaluate: D_H of 100 points")
+    assert caught[0].filename == __file__  # points at the caller
 
 
 def threshold_model(w1):
