@@ -17,8 +17,9 @@ from models.base import atomic_save_npz, read_npz_fields, read_standardization
 
 #: file name of the latest checkpoint inside a checkpoint directory
 CHECKPOINT_NAME = "checkpoint.npz"
-#: bumped when the layout changes incompatibly
-FORMAT_VERSION = 1
+#: bumped when the layout changes incompatibly (2: the learning-rate schedule length and the
+#: fingerprints of the training and validation data)
+FORMAT_VERSION = 2
 
 
 def checkpoint_path(directory) -> Path:
@@ -88,7 +89,8 @@ def load_checkpoint(path) -> dict:
     ------
     ValueError
         No such file, not a readable ``.npz`` (truncated, corrupt), not a parscan training
-        checkpoint, or an incomplete or invalid standardisation.
+        checkpoint, a checkpoint of another format version, or an incomplete or invalid
+        standardisation. The training state itself is checked by :func:`autodiff.fit`.
     """
     path = Path(path)
     if path.is_dir():
@@ -113,8 +115,9 @@ def load_checkpoint(path) -> dict:
         ) from None
     if version != FORMAT_VERSION:
         raise ValueError(
-            f"load_checkpoint: {path} has checkpoint format {version}; this parscan reads "
-            f"format {FORMAT_VERSION}."
+            f"load_checkpoint: {path} has checkpoint format {version!r}, from another version "
+            f"of parscan; this one reads format {FORMAT_VERSION}. Resume it with the version "
+            "that wrote it, or start a new run (models.load still reads its model)."
         )
     standardization = read_standardization(fields, None, path, "load_checkpoint")
     return {

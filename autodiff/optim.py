@@ -226,9 +226,17 @@ class Adam:
                 f"{where}: m and v must be 1-D arrays of one shape and dtype {dtype}; got "
                 f"m {m.shape} {m.dtype}, v {v.shape} {v.dtype}."
             )
-        t = int(np.asarray(state["t"]))
-        if t < 0:
-            raise ValueError(f"{where}: step counter t must be >= 0; got {t}.")
+        if not (np.all(np.isfinite(m)) and np.all(np.isfinite(v)) and np.all(v >= 0)):
+            raise ValueError(
+                f"{where}: m must be finite and v finite and >= 0 (a step never stores "
+                "anything else); the state is damaged."
+            )
+        t = np.asarray(state["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or t < 0:
+            raise ValueError(
+                f"{where}: step counter t must be an integer scalar >= 0; got {t.dtype} {t!r}."
+            )
+        t = int(t)
         opt = cls(
             m.size,
             beta1=float(np.asarray(state["beta1"])),
@@ -342,13 +350,18 @@ class ExponentialDecay:
         )
 
 
+#: largest magnitudes beyond which :func:`clip_grad_norm` scales before squaring (``x**2``
+#: would overflow or underflow in float64); in between the norm is the plain one, bit for bit
+_UNSCALED_RANGE = (1e-150, 1e150)
+
+
 def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray, float]:
     """Rescale ``grad`` to Euclidean norm ``max_norm`` when it is longer.
 
     Parameters
     ----------
     grad : ndarray, shape (n_params,)
-        The gradient; never modified.
+        The gradient (float32 or float64, 1-D); never modified.
     max_norm : float or None
         Positive threshold; ``None`` disables clipping.
 
@@ -358,13 +371,29 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         ``grad`` itself when no clipping happens (``max_norm`` None, norm <= ``max_norm``, or a
         non-finite norm), otherwise a new array ``grad * (max_norm / norm)`` of the same dtype.
     norm : float
-        The norm of the original ``grad`` (computed in float64); NaN or inf when ``grad`` is
-        not finite, which the caller must treat as a failed step.
+        The norm of the original ``grad``, computed in float64: ``np.linalg.norm(grad)``, or
+        ``s * np.linalg.norm(grad / s)`` with ``s = max |grad|`` when ``s`` is beyond
+        ``1e150`` or below ``1e-150`` (where the squares would overflow or underflow). NaN or
+        inf when ``grad`` is not finite, which the caller must treat as a failed step.
     """
     if not isinstance(grad, np.ndarray) or grad.dtype not in _DTYPES:
         got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
         raise TypeError(f"clip_grad_norm: grad must be a float32/float64 array; got {got}.")
-    norm = float(np.linalg.norm(grad.astype(np.float64, copy=False).ravel()))
+    if grad.ndim != 1:
+        raise ValueError(
+            f"clip_grad_norm: grad must be 1-D, shape (n_params,); got shape {grad.shape}. "
+            "Pass grad.ravel() for the norm over all entries."
+        )
+    g = grad.astype(np.float64, copy=False)
+    scale = float(np.max(np.abs(g))) if g.size else 0.0
+    if (
+        math.isfinite(scale)
+        and 0.0 < scale
+        and not (_UNSCALED_RANGE[0] <= scale <= _UNSCALED_RANGE[1])
+    ):
+        norm = scale * float(np.linalg.norm(g / scale))
+    else:
+        norm = float(np.linalg.norm(g))
     if max_norm is None:
         return grad, norm
     try:

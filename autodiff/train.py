@@ -10,13 +10,16 @@ selection, atomic checkpoints and bit-identical resumption.
 
 Determinism: everything random (window starts, noise) comes from one
 ``np.random.Generator(PCG64(seed))`` whose state is checkpointed; the learning rate and the
-alpha re-estimation schedule are functions of the global step. Resuming from any checkpoint
--- periodic, final, or written on ``KeyboardInterrupt`` -- gives bitwise the parameters of an
-uninterrupted run (same machine, thread count and backend).
+alpha re-estimation schedule are functions of the global step (the learning-rate schedule is
+fixed by the run that started training). Resuming from any checkpoint -- periodic, final, or
+written when an exception (``KeyboardInterrupt`` included) stopped training -- gives bitwise
+the parameters of an uninterrupted run (same machine, thread count and backend).
 """
 
 import dataclasses
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +54,14 @@ RESUMABLE_CHANGES = frozenset(
 
 
 class TrainingDivergedError(RuntimeError):
-    """``max_bad_steps`` consecutive steps had a non-finite loss or gradient, or a DEER
-    forward that did not converge.
+    """``max_bad_steps`` consecutive steps were rejected.
+
+    A step is rejected (parameters and optimiser state unchanged) when its alpha
+    re-estimation failed (a NaN/inf Jacobian norm: the model overflows on the data), its
+    DEER or sequential forward did not converge or was not finite, its loss or gradient is
+    not finite, or the optimiser refused it (:class:`autodiff.optim.NonFiniteStepError`: the
+    moments or parameters would overflow). The settings of a run cannot change on resume, so
+    the remedies the message lists are for a new run.
 
     Attributes
     ----------
@@ -80,13 +89,22 @@ class TrainingDivergedError(RuntimeError):
         super().__init__(
             f"fit: {streak} consecutive steps were rejected (last: {reason}) at epoch {epoch}, "
             f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
-            f"good step{kept}. Try alpha_mode='auto' or a larger alpha, a smaller lr_start, "
-            "grad_clip, or jacobian='full'."
+            f"good step{kept}. Start a new run with alpha_mode='auto' or a larger alpha, a "
+            "smaller lr_start, grad_clip or jacobian='full' (a resume keeps the settings)."
         )
         self.streak, self.reason, self.epoch, self.batch = streak, reason, epoch, batch
         self.alpha, self.lr = alpha, lr
         self.params = params
         self.checkpoint = checkpoint
+
+
+def _python_number(value):
+    """``value`` as a Python int/float when it is a NumPy integer/floating scalar, else as is."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,8 @@ class TrainConfig:
     Attributes
     ----------
     method : {"deer", "sequential"}
-        GTF-DEER (parallel in time) or the sequential BPTT baseline (latent RNNs only).
+        GTF-DEER (parallel in time) or the sequential BPTT baseline (latent RNNs only;
+        :func:`fit` refuses it for a state-space model, which is trained with linear scans).
     sequence_length : int
         Window length ``T`` (steps after the initial one); up to ``len(data) - 1``.
     batch_size : int
@@ -112,11 +131,15 @@ class TrainConfig:
     batches_per_epoch : int
         Optimiser steps per epoch (lab default 50).
     epochs : int
-        Number of epochs.
+        Number of epochs. A resume may change it: to fewer (but at least as many as already
+        trained), which stops early on the original learning-rate schedule, or to more, whose
+        extra steps run at ``lr_end``.
     optimizer : {"radam", "adam"}
         The lab's default is RAdam.
     lr_start, lr_end : float
-        Exponential learning-rate decay over all ``epochs * batches_per_epoch`` steps.
+        Exponential learning-rate decay (:class:`autodiff.optim.ExponentialDecay`) over the
+        ``epochs * batches_per_epoch`` steps of the run that started training; a resume
+        keeps that schedule whatever its ``epochs``, and steps beyond it run at ``lr_end``.
     alpha_mode : {"auto", "constant"}
         ``"constant"``: GTF alpha fixed at ``alpha``. ``"auto"``: start at ``alpha`` and every
         ``alpha_interval`` steps estimate ``a`` on the current batch with
@@ -263,6 +286,11 @@ class TrainConfig:
             raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
         if value_errors:
             raise ValueError("TrainConfig: " + " ".join(value_errors))
+        # NumPy scalars (accepted above) become Python numbers, so to_dict() is JSON-able.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _python_number(getattr(self, f.name)))
+        if isinstance(l2, dict):
+            object.__setattr__(self, "l2", {k: _python_number(v) for k, v in l2.items()})
 
     @property
     def n_steps(self) -> int:
@@ -374,22 +402,28 @@ class TrainResult:
     last_params : ndarray
         Parameters after the last step.
     best_epoch : int or None
-        1-based epoch of the selected model (None without validation).
+        1-based epoch of the selected model (None without validation): the validated epoch
+        with the lowest score, the earliest one among equal finite scores; while every
+        validation so far scored inf (diverged free runs), the latest.
     best_scores : dict or None
         ``{"dstsp", "dh", "score", "status"}`` of the selected model.
     history : list of dict
         One record per epoch: ``epoch`` (1-based), ``step``, ``loss`` (mean data loss over
         accepted steps, as :attr:`StepInfo.loss`), ``penalty`` (mean L2 penalty over them, as
-        :attr:`StepInfo.penalty`), ``alpha``, ``lr``, ``newton_iters_mean``, ``newton_iters_max``,
-        ``grad_norm_mean``, ``bad_steps``, ``time`` (s), and when validated ``val_dstsp``,
-        ``val_dh``, ``val_score``, ``val_status``.
+        :attr:`StepInfo.penalty`), ``alpha``, ``lr`` (of the epoch's last step),
+        ``newton_iters_mean``, ``newton_iters_max``, ``grad_norm_mean``, ``bad_steps``,
+        ``time`` (seconds in the epoch's optimiser steps, as :attr:`StepInfo.step_time`), and
+        when validated ``val_dstsp``, ``val_dh``, ``val_score``, ``val_status`` and
+        ``val_time`` (seconds of the validation).
     n_bad_steps : int
         Rejected steps over the whole run.
     alpha : float or None
         Final GTF alpha (None for state-space models).
     config : TrainConfig
     wall_time : float
-        Seconds of training (summed over resumed sessions).
+        Seconds spent in optimiser steps (window sampling, forward, gradient, update), summed
+        over resumed sessions: the sum of the history's ``time``, without validation,
+        checkpoint writing and callbacks.
     checkpoint : pathlib.Path or None
         The final checkpoint, when a directory was given.
     """
@@ -408,8 +442,12 @@ class TrainResult:
 
 @dataclass
 class _State:
-    """Everything that evolves during training besides params, optimiser and RNG (JSON-able)."""
+    """Everything that evolves during training besides params, optimiser and RNG (JSON-able).
 
+    ``schedule_steps`` is the length of the learning-rate schedule, ``n_steps`` of the
+    configuration that started the run (a resume with other ``epochs`` keeps it)."""
+
+    schedule_steps: int
     step: int = 0
     alpha: float = 0.0
     bad_streak: int = 0
@@ -514,28 +552,6 @@ def _check_validation_length(validation_data, validation_steps):
     )
 
 
-def _check_resume(ckpt, model, config):
-    where = "fit"
-    if ckpt["model_class"] != type(model).__name__ or ckpt["hyperparameters"] != (
-        model.hyperparameters()
-    ):
-        raise ValueError(
-            f"{where}: the checkpoint at {ckpt['path']} holds a {ckpt['model_class']} "
-            f"{ckpt['hyperparameters']}, not the {type(model).__name__} "
-            f"{model.hyperparameters()} given. Resume with the same architecture and dtype."
-        )
-    saved = ckpt["state"]["config"]
-    diff = sorted(
-        k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
-    )
-    if diff:
-        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in diff)
-        raise ValueError(
-            f"{where}: cannot resume with a different configuration ({changes}); only "
-            f"{sorted(RESUMABLE_CHANGES)} may change. Start a new run instead."
-        )
-
-
 def _validate(model, validation_data, steps, starts):
     """Free-run score on the validation trajectory: mean D_stsp + D_H over ``starts`` runs
     (inf when not measurable)."""
@@ -583,12 +599,13 @@ def _loss_and_grad(model, windows, alpha, config):
 @dataclass
 class _Start:
     """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
-    standardisation), the data in its units, and the (resumed) optimiser, training state and
-    window-sampling RNG."""
+    standardisation), the data in its units and their fingerprints (:func:`_fingerprint`),
+    and the (resumed) optimiser, training state and window-sampling RNG."""
 
     model: Model
     data: np.ndarray
     validation_data: np.ndarray | None
+    fingerprints: dict
     checkpoint_file: Path | None
     optimizer: object
     state: _State
@@ -603,18 +620,30 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
     if not isinstance(model, Model):
         raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
+    if config.method == "sequential" and not isinstance(model, LatentRNN):
+        raise ValueError(
+            f"fit: method='sequential' (BPTT) applies to latent RNNs; a {type(model).__name__} "
+            "is trained teacher-forced with linear scans, which method does not change. Use "
+            "method='deer' (backend='sequential' runs those scans sequentially)."
+        )
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
     data, validation_data = _check_data(model, data, validation_data, config)
-    ckpt_file = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir)
+    ckpt_file = None
+    if checkpoint_dir is not None:
+        ckpt_file = checkpoint_path(_check_checkpoint_dir(checkpoint_dir))
     if ckpt_file is not None and ckpt_file.exists() and not resume:
         raise ValueError(
             f"fit: {ckpt_file} already exists; pass resume=True to continue that run or choose "
             "an empty checkpoint_dir."
         )
 
+    given = {"data": data, "validation_data": validation_data}
+    fingerprints = {
+        name: None if given[name] is None else _fingerprint(given[name]) for name in _FINGERPRINTED
+    }
     model = model.astype(config.dtype)
     dtype = model.dtype
     if config.standardize:
@@ -628,9 +657,12 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         validation_data=(
             None if validation_data is None else np.ascontiguousarray(validation_data, dtype=dtype)
         ),
+        fingerprints=fingerprints,
         checkpoint_file=ckpt_file,
         optimizer=make_optimizer(config.optimizer, model.n_params, dtype=dtype),
-        state=_State(alpha=float(config.alpha), epoch_acc=_new_epoch_acc()),
+        state=_State(
+            schedule_steps=config.n_steps, alpha=float(config.alpha), epoch_acc=_new_epoch_acc()
+        ),
         rng=np.random.Generator(np.random.PCG64(config.seed)),
     )
     if resume:
@@ -638,43 +670,272 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     return start
 
 
+def _check_checkpoint_dir(checkpoint_dir) -> Path:
+    """``checkpoint_dir`` as a Path; refused unless it is a writable directory or can be
+    created as one (its nearest existing ancestor is a writable directory). Creates nothing."""
+    try:
+        directory = Path(checkpoint_dir)
+    except TypeError:
+        raise TypeError(
+            f"fit: checkpoint_dir must be a path (str or os.PathLike); got "
+            f"{type(checkpoint_dir).__name__}."
+        ) from None
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = (
+            "is not a directory"
+            if existing == directory
+            else f"cannot be created: {existing} is not a directory"
+        )
+        raise ValueError(
+            f"fit: checkpoint_dir {directory} {problem}. Pass a directory (it is created if "
+            "missing)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"fit: checkpoint_dir {directory} is not writable (no write permission on "
+            f"{existing}). Choose a writable directory."
+        )
+    return directory
+
+
+#: the trajectories whose fingerprints (:func:`_fingerprint`) a checkpoint stores:
+#: ``<name>_shape`` in its training state (None when not given), ``array.<name>_rows``
+_FINGERPRINTED = ("data", "validation_data")
+#: rows of the training and validation data a checkpoint keeps to recognise them on resume
+_FINGERPRINT_ROWS = 1024
+#: tolerance of the comparison of those rows, relative to each column's largest magnitude
+#: (np.allclose's rtol, as for the mean/sd): last-bit differences of regenerated data pass
+_FINGERPRINT_RTOL = 1e-5
+
+
+def _fingerprint(x: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """``(shape, rows)``: the shape of a trajectory and at most ``_FINGERPRINT_ROWS`` evenly
+    spaced rows of it (first and last included), in float64.
+
+    Compared with a tolerance rather than hashed, so data regenerated with last-bit
+    differences (another machine) still resume, while other data, another length, a
+    reordered or a time-reversed copy -- which keep the mean and sd -- are refused."""
+    n_rows = min(x.shape[0], _FINGERPRINT_ROWS)
+    rows = np.linspace(0, x.shape[0] - 1, n_rows).round().astype(np.intp)
+    return list(x.shape), x[rows].astype(np.float64)
+
+
 def _resume_from(start: _Start, ckpt: dict, config) -> None:
-    """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``."""
-    model = start.model
-    _check_resume(ckpt, model, config)
+    """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``,
+    refusing a checkpoint of another model, configuration or data, and a damaged one."""
+    path = ckpt["path"]
+    _check_architecture(ckpt, start.model)
+    try:
+        saved_config, saved_fingerprints = _load_run(start, ckpt)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"fit: the checkpoint at {path} is damaged or from another version "
+            f"({type(exc).__name__}: {exc}); start a new run."
+        ) from None
+    _check_config(saved_config, config, path)
     if config.standardize:
-        if ckpt["standardization"] is None:
-            raise ValueError(
-                f"fit: the checkpoint at {ckpt['path']} was trained without standardisation; "
-                "resume with standardize=False."
-            )
         saved_mean, saved_sd = ckpt["standardization"]
-        mean, sd = model.standardization
+        mean, sd = start.model.standardization
         if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
             raise ValueError(
                 "fit: the data's mean/sd differ from the checkpoint's; resume with the "
                 "training data of the interrupted run."
             )
-        model.standardization = (saved_mean, saved_sd)
-    try:
-        model.set_params(ckpt["params"])
-        start.optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
-        saved = ckpt["state"]
-        start.rng.bit_generator.state = saved["rng_state"]
-        start.state = _State(**saved["train_state"])
-        start.state.epoch_acc = {**_new_epoch_acc(), **start.state.epoch_acc}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"fit: the checkpoint at {ckpt['path']} is damaged or from another version "
-            f"({type(exc).__name__}: {exc}); start a new run."
-        ) from None
+        start.model.standardization = (saved_mean, saved_sd)
+    _check_same_data(saved_fingerprints, start.fingerprints, path)
     if start.state.step > config.n_steps:
         done = -(-start.state.step // config.batches_per_epoch)
         raise ValueError(
-            f"fit: the checkpoint at {ckpt['path']} has trained {done} epochs, more than "
+            f"fit: the checkpoint at {path} has trained {done} epochs, more than "
             f"epochs={config.epochs}; resume with epochs >= {done}."
         )
-    start.best_params = ckpt["arrays"].get("best_params")
+
+
+def _check_architecture(ckpt, model):
+    """Refuse a checkpoint of another model class, hyperparameters or dtype."""
+    if ckpt["model_class"] != type(model).__name__ or ckpt["hyperparameters"] != (
+        model.hyperparameters()
+    ):
+        raise ValueError(
+            f"fit: the checkpoint at {ckpt['path']} holds a {ckpt['model_class']} "
+            f"{ckpt['hyperparameters']}, not the {type(model).__name__} "
+            f"{model.hyperparameters()} given. Resume with the same architecture and dtype."
+        )
+
+
+def _check_config(saved: "TrainConfig", config: "TrainConfig", path):
+    """Refuse a resume that changes a setting outside :data:`RESUMABLE_CHANGES`."""
+    diff = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)
+    ]
+    if diff:
+        changes = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(config, k)!r}" for k in diff)
+        raise ValueError(
+            f"fit: cannot resume the run in {path} with a different configuration ({changes}); "
+            f"only {sorted(RESUMABLE_CHANGES)} may change. Start a new run instead."
+        )
+
+
+def _check_same_data(saved: dict, now: dict, path):
+    """Refuse a resume whose training or validation data are not those of the saved run
+    (fingerprints of :func:`_fingerprint`; None: no validation data)."""
+    for name in _FINGERPRINTED:
+        before, after = saved[name], now[name]
+        if before is None and after is None:
+            continue
+        if before is None:
+            raise ValueError(
+                f"fit: the run in {path} was trained without validation_data; resume without "
+                "it, or start a new run to validate."
+            )
+        if after is None:
+            raise ValueError(
+                f"fit: the run in {path} was validated on validation_data of shape "
+                f"{tuple(before[0])} and selects its best model on it; resume with that "
+                "validation_data."
+            )
+        (shape0, rows0), (shape1, rows1) = before, after
+        if shape0 != shape1:
+            what = f"shape {tuple(shape0)} -> {tuple(shape1)}"
+        elif np.any(np.abs(rows1 - rows0) > _FINGERPRINT_RTOL * np.max(np.abs(rows0), axis=0)):
+            what = "same shape, different values at evenly spaced rows"
+        else:
+            continue
+        raise ValueError(
+            f"fit: {name} differs from the {name} of the run in {path} ({what}); resume with "
+            f"the {name} of that run, or start a new run."
+        )
+
+
+def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
+    """Put a checkpoint's parameters, optimiser, RNG state, training state and best
+    parameters into ``start`` (and its model), each checked alone and against the others;
+    return the checkpoint's configuration and data fingerprints. Raises KeyError, TypeError
+    or ValueError for a damaged checkpoint (:func:`_resume_from` reports them as one)."""
+    model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
+    if not isinstance(meta, dict):
+        raise TypeError(f"the training state must be a JSON object; got {type(meta).__name__}")
+    config = _saved_config(meta["config"])
+    stored = ckpt["standardization"] is not None
+    if stored != config.standardize:
+        raise ValueError(
+            f"its config has standardize={config.standardize} but it stores "
+            f"{'a' if stored else 'no'} standardisation"
+        )
+    state = _saved_state(meta["train_state"], config.batches_per_epoch)
+    start.rng.bit_generator.state = meta["rng_state"]
+    optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
+    accepted = state.step - state.n_bad_total
+    found = (optimizer.n_params, optimizer.dtype, optimizer.t)
+    if found != (model.n_params, model.dtype, accepted):
+        raise ValueError(
+            f"the optimiser state has {optimizer.n_params} {optimizer.dtype} parameters and "
+            f"t={optimizer.t}; expected {model.n_params} {model.dtype} and t={accepted} (the "
+            "accepted steps)"
+        )
+    model.set_params(_saved_params(ckpt["params"], "params", model))
+    best = arrays.get("best_params")
+    if (best is None) != (state.best_epoch is None):
+        raise ValueError("best_params must be stored exactly when a best epoch is")
+    fingerprints = {name: _saved_fingerprint(meta, arrays, name) for name in _FINGERPRINTED}
+    if fingerprints["data"] is None:
+        raise ValueError("the data fingerprint is missing")
+    if state.best_epoch is not None and fingerprints["validation_data"] is None:
+        raise ValueError("a best epoch is stored for a run without validation_data")
+    start.state, start.optimizer = state, optimizer
+    start.best_params = None if best is None else _saved_params(best, "best_params", model)
+    return config, fingerprints
+
+
+def _saved_config(d) -> "TrainConfig":
+    """The checkpoint's configuration: every field of :class:`TrainConfig`, valid."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(d, dict) or set(d) != names:
+        raise ValueError("the stored config must have exactly the fields of TrainConfig")
+    return TrainConfig.from_dict(d)
+
+
+def _saved_params(x, name, model) -> np.ndarray:
+    """A stored parameter vector: ``model``'s dtype and length, finite."""
+    if not (isinstance(x, np.ndarray) and x.dtype == model.dtype and x.shape == (model.n_params,)):
+        raise ValueError(f"{name} must be a {model.dtype} array of shape ({model.n_params},)")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} are not finite")
+    return x
+
+
+def _saved_fingerprint(meta, arrays, name):
+    """The stored fingerprint of trajectory ``name`` (see :data:`_FINGERPRINTED`), or None."""
+    shape, rows = meta[f"{name}_shape"], arrays.get(f"{name}_rows")
+    if shape is None and rows is None:
+        return None
+    ok = isinstance(shape, list) and len(shape) == 2 and all(_is_count(n, 1) for n in shape)
+    if not (ok and isinstance(rows, np.ndarray) and rows.dtype == np.float64):
+        raise ValueError(f"the fingerprint of {name} is damaged")
+    if rows.shape != (min(shape[0], _FINGERPRINT_ROWS), shape[1]):
+        raise ValueError(f"the fingerprint of {name} does not match its shape {shape}")
+    return shape, rows
+
+
+def _is_count(x, minimum=0) -> bool:
+    """A Python int (not bool) >= ``minimum``."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+#: bound of the stored reals that must be finite (JSON numbers may be inf or NaN)
+_FLOAT_MAX = sys.float_info.max
+
+
+def _is_real(x, lo=0.0, hi=math.inf) -> bool:
+    """A Python int/float (JSON number) in ``[lo, hi]`` (NaN never is)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and lo <= x <= hi
+
+
+def _saved_state(d, batches_per_epoch: int) -> _State:
+    """The checkpoint's training state, each field checked and the counters consistent."""
+    names = {f.name for f in dataclasses.fields(_State)}
+    if not isinstance(d, dict) or set(d) != names:
+        raise ValueError(f"train_state must have exactly the keys {sorted(names)}")
+    s = _State(**d)
+    scores = s.best_scores
+    checks = {
+        "schedule_steps": _is_count(s.schedule_steps, 1),
+        "step": _is_count(s.step),
+        "bad_streak": _is_count(s.bad_streak),
+        "n_bad_total": _is_count(s.n_bad_total),
+        "alpha": _is_real(s.alpha, 0.0, 1.0),
+        "wall_time": _is_real(s.wall_time, 0.0, _FLOAT_MAX),
+        "force_alpha_estimate": isinstance(s.force_alpha_estimate, bool),
+        "epoch_pending": isinstance(s.epoch_pending, bool),
+        "best_epoch": s.best_epoch is None or _is_count(s.best_epoch, 1),
+        "best_scores": (scores is None) == (s.best_epoch is None)
+        and (scores is None or (isinstance(scores, dict) and _is_real(scores.get("score")))),
+        "epoch_acc": isinstance(s.epoch_acc, dict)
+        and set(s.epoch_acc) == set(_new_epoch_acc())
+        and all(_is_real(v, 0.0, _FLOAT_MAX) for v in s.epoch_acc.values()),
+        "history": isinstance(s.history, list) and all(isinstance(r, dict) for r in s.history),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"train_state has invalid {', '.join(bad)}")
+    epochs_done = s.step // batches_per_epoch - s.epoch_pending
+    if (
+        len(s.history) != epochs_done
+        or (s.epoch_pending and s.step % batches_per_epoch != 0)
+        or not s.bad_streak <= s.n_bad_total <= s.step
+        or (s.best_epoch is not None and s.best_epoch > epochs_done)
+    ):
+        raise ValueError(
+            f"train_state is inconsistent: step {s.step}, {len(s.history)} epochs recorded, "
+            f"epoch_pending={s.epoch_pending}, bad steps {s.bad_streak} in a row of "
+            f"{s.n_bad_total}, best epoch {s.best_epoch}"
+        )
+    return s
 
 
 def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, validation_data=None):
@@ -682,8 +943,11 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     write nothing.
 
     A caller that creates files around a run (the CLI writes ``args.json``) checks first, so a
-    refused run (bad data, a changed configuration on resume, a damaged checkpoint) leaves the
-    run folder as it was.
+    refused run (bad data, an unusable ``checkpoint_dir``, a resume with another
+    configuration or other data, a damaged checkpoint) leaves the run folder as it was.
+    Every check :func:`fit` makes before its first step is made, except that of its
+    ``callback``; an error only a training step meets (e.g. a ``backend`` that cannot run
+    this model) is not found.
 
     Parameters
     ----------
@@ -693,7 +957,7 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     Raises
     ------
     TypeError, ValueError
-        Exactly those :func:`fit` raises before its first step (messages start with ``fit:``).
+        Those :func:`fit` raises before its first step (messages start with ``fit:``).
     """
     config = TrainConfig() if config is None else config
     _prepare(model, data, config, None, checkpoint_dir, resume, validation_data)
@@ -715,8 +979,9 @@ def fit(
     ----------
     model : models.base.Model
         A latent RNN (trained with the GTF loss, :func:`autodiff.gtf_loss_and_grad`) or a
-        state-space model (teacher-forced loss; the alpha settings are ignored). Not modified:
-        training works on ``model.astype(config.dtype)``, returned in the result.
+        state-space model (teacher-forced loss; the alpha and Jacobian settings are ignored,
+        ``method="sequential"`` is refused). Not modified: training works on
+        ``model.astype(config.dtype)``, returned in the result.
     data : array_like, shape (T_total, N)
         The training trajectory, ``N = model.n_obs``, finite, ``T_total >= sequence_length +
         1``. Standardised per dimension when ``config.standardize`` (mean and sd are stored
@@ -724,21 +989,30 @@ def fit(
     config : TrainConfig, optional
         Default ``TrainConfig()``.
     callback : callable, optional
-        ``callback(info)`` after every step (:class:`StepInfo`) and every epoch
-        (:class:`EpochInfo`). An exception in it stops training; ``KeyboardInterrupt``
-        first writes a checkpoint.
+        ``callback(info)`` after every step, accepted or rejected (:class:`StepInfo`, also
+        for the rejected step after which :class:`TrainingDivergedError` is raised), and at
+        the end of every epoch (:class:`EpochInfo`). An exception it raises stops training
+        (see Raises).
     checkpoint_dir : path-like, optional
-        Where ``checkpoint.npz`` is written (atomically) every ``checkpoint_interval`` epochs,
-        at the end, and when interrupted. Must not hold a checkpoint unless ``resume``.
+        A writable directory (created if missing) where ``checkpoint.npz`` is written
+        (atomically) every ``checkpoint_interval`` epochs, at the end, and when an exception
+        stops training. Must not hold a checkpoint unless ``resume``.
     resume : bool
-        Continue from the checkpoint in ``checkpoint_dir``; the final parameters are bitwise
-        those of an uninterrupted run with the same seed and configuration.
+        Continue from the checkpoint in ``checkpoint_dir``, with the same model, ``data``,
+        ``validation_data`` (or none, as before) and configuration (only the fields in
+        ``autodiff.train.RESUMABLE_CHANGES`` may differ: ``epochs``, ``checkpoint_interval``,
+        ``max_bad_steps``, ``backend``, ``validation_interval``); the final parameters are
+        bitwise those of an uninterrupted run with the same settings. The learning-rate
+        schedule stays that of the run that started training: with more ``epochs`` the extra
+        steps run at ``lr_end``, with fewer (at least as many as trained) training stops early
+        on it.
     validation_data : array_like, shape (T_val, N), optional
         Held-out trajectory in the units of ``data`` (standardised like it). Every
-        ``validation_interval`` epochs the model free-runs from its first point and is scored
-        by ``D_stsp + D_H`` (:func:`models.metrics.evaluate`; a diverged run scores inf); the
-        best-scoring parameters become ``result.model`` (DSR training is not monotone,
-        DESIGN.md section 7).
+        ``validation_interval`` epochs and after the last one, the model free-runs from
+        ``validation_starts`` evenly spaced validation points and is scored by the mean
+        ``D_stsp + D_H`` of the runs (:func:`models.metrics.evaluate`; a diverged run scores
+        inf); the best-scoring parameters become ``result.model`` (ties: see
+        :attr:`TrainResult.best_epoch`; DSR training is not monotone, DESIGN.md section 7).
 
     Returns
     -------
@@ -747,12 +1021,16 @@ def fit(
     Raises
     ------
     TypeError, ValueError
-        Bad model, data, config or checkpoint (messages start with ``fit:``).
+        Bad model, data, config, ``checkpoint_dir`` or checkpoint (messages start with
+        ``fit:``), found before training as :func:`check_fit` finds them.
     TrainingDivergedError
-        ``max_bad_steps`` consecutive rejected steps (non-finite loss or gradient, or DEER not
-        converged); the last checkpoint is kept, the last good parameters are attached.
-    KeyboardInterrupt
-        Re-raised after writing a checkpoint of the last completed step.
+        ``max_bad_steps`` consecutive rejected steps (the class lists the causes); the last
+        checkpoint is kept, not overwritten, and the last good parameters are attached.
+    Exception, KeyboardInterrupt
+        Anything else raised during training -- by ``callback``, the validation or a step,
+        ``KeyboardInterrupt`` included -- is re-raised after writing a checkpoint of the last
+        completed step (of the starting point if none completed) when ``checkpoint_dir`` is
+        given; ``resume=True`` continues it.
     """
     config = TrainConfig() if config is None else config
     start = _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data)
@@ -761,7 +1039,7 @@ def fit(
     best_params = start.best_params
     rng = start.rng
 
-    schedule = ExponentialDecay(config.lr_start, config.lr_end, config.n_steps)
+    schedule = ExponentialDecay(config.lr_start, config.lr_end, state.schedule_steps)
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
     n_windows = data.shape[0] - T
     offsets = np.arange(T + 1)
@@ -785,6 +1063,11 @@ def fit(
             "train_state": dataclasses.asdict(snap.state),
         }
         arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
+        for name in _FINGERPRINTED:
+            fingerprint = start.fingerprints[name]
+            meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
+            if fingerprint is not None:
+                arrays[f"{name}_rows"] = fingerprint[1]
         return save_checkpoint(checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer)
 
     def finish_epoch():
@@ -807,6 +1090,7 @@ def fit(
         }
         last = state.step >= config.n_steps
         if validation_data is not None and (epoch % config.validation_interval == 0 or last):
+            t0 = time.perf_counter()
             scores = _validate(
                 model, validation_data, config.validation_steps, config.validation_starts
             )
@@ -815,9 +1099,12 @@ def fit(
                 val_dh=scores["dh"],
                 val_score=scores["score"],
                 val_status=scores["status"],
+                val_time=time.perf_counter() - t0,
             )
             best = state.best_scores
-            # A later model wins ties (e.g. every run so far diverged: keep the newest).
+            # A strictly lower score wins, so among equal finite scores the earliest epoch
+            # stays; while the best so far is inf (its free runs diverged), the newest
+            # model replaces it.
             if best is None or scores["score"] < best["score"] or best["score"] == math.inf:
                 state.best_epoch, state.best_scores = epoch, scores
                 best_params = model.params.copy()
@@ -871,17 +1158,6 @@ def fit(
             state.epoch_pending = state.step % bpe == 0
             steps_session += 1
             snap = snapshot()
-            if state.bad_streak >= config.max_bad_steps:
-                raise TrainingDivergedError(
-                    streak=state.bad_streak,
-                    reason=reason,
-                    epoch=step // bpe + 1,
-                    batch=step % bpe + 1,
-                    alpha=state.alpha,
-                    lr=lr,
-                    params=model.params.copy(),
-                    checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
-                )
             if callback is not None:
                 elapsed = time.perf_counter() - t_session
                 callback(
@@ -904,8 +1180,21 @@ def fit(
                         steps_per_s=steps_session / elapsed if elapsed > 0 else math.inf,
                     )
                 )
-    except KeyboardInterrupt:
-        write(snap)
+            if state.bad_streak >= config.max_bad_steps:
+                raise TrainingDivergedError(
+                    streak=state.bad_streak,
+                    reason=reason,
+                    epoch=step // bpe + 1,
+                    batch=step % bpe + 1,
+                    alpha=state.alpha,
+                    lr=lr,
+                    params=model.params.copy(),
+                    checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
+                )
+    except TrainingDivergedError:
+        raise  # keep the last checkpoint: the steps since it were rejected
+    except BaseException:
+        write(snap)  # the last completed step: finite parameters, consistent state
         raise
 
     final = write(snap)

@@ -154,6 +154,15 @@ def test_state_dict_is_a_copy_and_checked():
         RAdam.from_state_dict(state)
     with pytest.raises(ValueError, match=r"Adam.from_state_dict: state is missing \['v'\]"):
         Adam.from_state_dict({k: v for k, v in state.items() if k != "v"})
+    for key, value, message in [
+        ("m", np.array([0.0, np.nan, 0.0]), "m must be finite"),
+        ("v", np.array([0.0, -1.0, 0.0]), "v finite and >= 0"),
+        ("t", np.array(2.7), "t must be an integer scalar >= 0; got float64"),
+        ("t", np.array([1, 2]), "t must be an integer scalar"),
+        ("t", np.array(-1), "t must be an integer scalar >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=f"Adam.from_state_dict: .*{message}"):
+            Adam.from_state_dict({**state, key: value})
 
 
 def test_step_validation_leaves_state_untouched():
@@ -267,6 +276,25 @@ def test_clip_grad_norm():
     assert math.isnan(norm) and math.isnan(out[0])
     with pytest.raises(ValueError, match="clip_grad_norm: max_norm must be finite and > 0"):
         clip_grad_norm(g, 0.0)
+    with pytest.raises(ValueError, match=r"clip_grad_norm: grad must be 1-D.*got shape \(2, 2\)"):
+        clip_grad_norm(np.ones((2, 2)), 1.0)
+
+
+def test_clip_grad_norm_at_the_float64_limits():
+    """Entries beyond 1e150 or below 1e-150 are scaled before squaring (no overflow to inf,
+    no underflow to 0); every other gradient gets bitwise the plain np.linalg.norm."""
+    for scale in (1e200, 1e-200):
+        out, norm = clip_grad_norm(np.array([3.0, 4.0]) * scale, scale)
+        assert norm == pytest.approx(5.0 * scale, rel=1e-15)
+        np.testing.assert_allclose(out / scale, [0.6, 0.8], rtol=1e-15)
+    assert clip_grad_norm(np.array([3e-320, 4e-320]), None)[1] == pytest.approx(5e-320, rel=1e-3)
+    out, norm = clip_grad_norm(np.array([np.inf, 1.0]), 1.0)
+    assert norm == math.inf and out[0] == math.inf
+    rng = np.random.default_rng(0)
+    for g in (rng.normal(size=1000) * 1e100, rng.normal(size=1000) * 1e-100, np.zeros(3)):
+        assert clip_grad_norm(g, None)[1] == float(np.linalg.norm(g))
+    g32 = np.array([3e38, 3e38], dtype=np.float32)
+    assert clip_grad_norm(g32, None)[1] == float(np.linalg.norm(g32.astype(np.float64)))
 
 
 # --- L2 regularisation -------------------------------------------------------------------------

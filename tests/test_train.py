@@ -1,16 +1,21 @@
 """fit / TrainConfig / checkpoints: learning, bit-identical resumption, interrupts, rejected steps,
 validation-based selection and argument errors. Tiny float64 runs (one compile per kernel)."""
 
+import itertools
 import json
+import math
+import os
 import shutil
 
 import numpy as np
 import pytest
 
 import autodiff.gradients
+import autodiff.train
 import models
 from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from autodiff.gradients import gtf_loss_and_grad
+from autodiff.optim import ExponentialDecay
 from autodiff.train import (
     EpochInfo,
     StepInfo,
@@ -90,10 +95,25 @@ def test_fit_reduces_the_loss(lorenz):
     np.testing.assert_allclose(result.model.standardization[0], x.mean(axis=0))
 
 
-def test_resume_is_bit_identical(lorenz, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(lorenz, tmp_path_factory):
+    """The uninterrupted validated run every resumed one must reproduce bit for bit."""
+    x, xv = lorenz
+    directory = tmp_path_factory.mktemp("full")
+    return fit(small_model(), x, config(), checkpoint_dir=directory, validation_data=xv)
+
+
+def assert_same_run(resumed, full):
+    assert np.array_equal(resumed.last_params, full.last_params)
+    assert np.array_equal(resumed.model.params, full.model.params)
+    assert resumed.best_epoch == full.best_epoch and resumed.alpha == full.alpha
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert [h["val_score"] for h in resumed.history] == [h["val_score"] for h in full.history]
+
+
+def test_resume_is_bit_identical(lorenz, full_run, tmp_path):
     x, xv = lorenz
     cfg = config()
-    full = fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "full", validation_data=xv)
 
     # Interrupted mid-epoch 2 (step 14 of 30): the checkpoint holds the last completed step.
     cut = tmp_path / "cut"
@@ -112,11 +132,66 @@ def test_resume_is_bit_identical(lorenz, tmp_path):
     for directory in (cut, tmp_path / "epoch1"):
         resumed = fit(small_model(), x, cfg, checkpoint_dir=directory, resume=True,
                       validation_data=xv)  # fmt: skip
-        assert np.array_equal(resumed.last_params, full.last_params)
-        assert np.array_equal(resumed.model.params, full.model.params)
-        assert resumed.best_epoch == full.best_epoch
-        assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-        assert resumed.alpha == full.alpha
+        assert_same_run(resumed, full_run)
+
+
+def test_any_exception_writes_a_resumable_checkpoint(lorenz, full_run, tmp_path, monkeypatch):
+    """An error in a callback or in the validation stops training like Ctrl-C: the last
+    completed step is checkpointed and a resume reproduces the uninterrupted run."""
+    x, xv = lorenz
+    cfg = config()
+
+    def fail_at_step_17(info):
+        if isinstance(info, StepInfo) and info.step == 17:
+            raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "a", validation_data=xv,
+            callback=fail_at_step_17)  # fmt: skip
+    assert load_checkpoint(tmp_path / "a")["state"]["train_state"]["step"] == 18
+
+    real, calls = autodiff.train._validate, []
+
+    def fail_second_validation(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("validation bug")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(autodiff.train, "_validate", fail_second_validation)
+    with pytest.raises(ValueError, match="validation bug"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "b", validation_data=xv)
+    monkeypatch.undo()
+    saved = load_checkpoint(tmp_path / "b")["state"]["train_state"]
+    assert saved["step"] == 20 and saved["epoch_pending"] and len(saved["history"]) == 1
+    for directory in ("a", "b"):
+        resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path / directory, resume=True,
+                      validation_data=xv)  # fmt: skip
+        assert_same_run(resumed, full_run)
+
+
+def test_resume_keeps_the_learning_rate_schedule_of_the_first_run(lorenz, tmp_path):
+    """The schedule spans the epochs of the run that started training: resuming 2 epochs as
+    4 runs the extra steps at lr_end (a monotone sequence); resuming 4 as 2 stops early."""
+    x, _ = lorenz
+
+    def lrs(cfg, directory, **kw):
+        infos = []
+        fit(small_model(), x, cfg, checkpoint_dir=directory, callback=infos.append, **kw)
+        return [i.lr for i in infos if isinstance(i, StepInfo)]
+
+    first = lrs(config(epochs=2), tmp_path / "a")
+    more = lrs(config(epochs=4), tmp_path / "a", resume=True)
+    assert first == [ExponentialDecay(1e-2, 1e-3, 20)(k) for k in range(20)]
+    assert more == [1e-3] * 20
+    steps = first + more
+    assert all(a >= b for a, b in itertools.pairwise(steps))
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, config(epochs=4), checkpoint_dir=tmp_path / "b",
+            callback=Interrupt(13))  # fmt: skip
+    fewer = lrs(config(epochs=2), tmp_path / "b", resume=True)
+    assert fewer == [ExponentialDecay(1e-2, 1e-3, 40)(k) for k in range(14, 20)]
 
 
 def test_interrupt_during_first_steps_leaves_a_loadable_checkpoint(lorenz, tmp_path):
@@ -157,6 +232,19 @@ def test_validation_selects_the_best_epoch(lorenz):
     assert result.best_scores["score"] == min(scores)
     if result.best_epoch != len(scores):
         assert not np.array_equal(result.model.params, result.last_params)
+    assert all(h["val_time"] > 0 for h in result.history)
+    assert result.wall_time == pytest.approx(sum(h["time"] for h in result.history))
+
+
+@pytest.mark.parametrize("score, best", [(0.6, 1), (math.inf, 3)])
+def test_best_epoch_ties(lorenz, monkeypatch, score, best):
+    """Equal finite scores keep the earliest epoch; while all are inf, the newest wins."""
+    x, xv = lorenz
+    status = "ok" if math.isfinite(score) else "diverged"
+    scores = {"dstsp": None, "dh": None, "score": score, "status": status}
+    monkeypatch.setattr(autodiff.train, "_validate", lambda *args: dict(scores))
+    result = fit(small_model(), x, config(batches_per_epoch=2), validation_data=xv)
+    assert result.best_epoch == best
 
 
 def _poisoned(bad_steps):
@@ -201,8 +289,11 @@ def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp
     x, _ = lorenz
     cfg = config(epochs=3, max_bad_steps=4)
     monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned(set(range(10, 100))))
+    infos = []
     with pytest.raises(TrainingDivergedError, match="4 consecutive steps were rejected") as err:
-        fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=infos.append)
+    assert "Start a new run with" in str(err.value)
+    assert (infos[-1].step, infos[-1].accepted, infos[-1].bad_steps) == (13, False, 4)
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["state"]["train_state"]["step"] == 10  # the epoch-1 checkpoint, not overwritten
     np.testing.assert_array_equal(ckpt["params"], err.value.params)
@@ -227,6 +318,17 @@ def test_state_space_model_trains(lorenz):
     result = fit(model, x, config(epochs=1, batches_per_epoch=3), validation_data=xv)
     assert result.n_bad_steps == 0 and result.history[0]["newton_iters_max"] == 0
     assert isinstance(result.model, LinearSSM)
+
+
+def test_numpy_scalars_in_the_config_become_python_numbers(lorenz, tmp_path):
+    x, _ = lorenz
+    cfg = config(epochs=np.int64(2), batches_per_epoch=np.int32(2), alpha=np.float32(0.25),
+                 lr_start=np.float32(0.5), l2={"W": np.float32(1e-3)}, seed=np.int8(3))  # fmt: skip
+    assert type(cfg.epochs) is int and type(cfg.alpha) is float and cfg.alpha == 0.25
+    assert type(cfg.l2["W"]) is float and type(cfg.lr_start) is float
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_config_round_trips_through_json():
@@ -296,6 +398,126 @@ def test_fit_argument_errors(lorenz, tmp_path):
     with pytest.raises(ValueError, match="holds a ShPLRNN"):
         fit(ShPLRNN(3, 8, dtype="float64"), x, config(epochs=1, batches_per_epoch=1),
             checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
+    x, _ = lorenz
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    steps = []
+    for directory, message in [
+        (a_file, r"checkpoint_dir .*file is not a directory"),
+        (a_file / "sub", r"checkpoint_dir .*sub cannot be created: .*file is not a directory"),
+    ]:
+        with pytest.raises(ValueError, match="fit: " + message):
+            check_fit(small_model(), x, config(), checkpoint_dir=directory)
+        with pytest.raises(ValueError, match="fit: " + message):
+            fit(small_model(), x, config(), checkpoint_dir=directory, callback=steps.append)
+    assert not steps
+    with pytest.raises(TypeError, match="fit: checkpoint_dir must be a path"):
+        check_fit(small_model(), x, config(), checkpoint_dir=3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path):
+    x, _ = lorenz
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for directory in (locked, locked / "sub"):
+        with pytest.raises(ValueError, match=r"fit: checkpoint_dir .* is not writable"):
+            check_fit(small_model(), x, config(), checkpoint_dir=directory)
+
+
+def test_sequential_method_is_refused_for_state_space_models(lorenz):
+    x, _ = lorenz
+    for call in (check_fit, fit):
+        with pytest.raises(ValueError, match=r"fit: method='sequential' .* latent RNNs"):
+            call(LinearSSM(3, 4, 8, dtype="float64"), x, config(method="sequential"))
+
+
+def test_resume_refuses_other_data_and_validation(lorenz, tmp_path):
+    """Validation used or not, and the data (shape, values at evenly spaced rows: a reversed
+    copy has the same mean and sd), must be those of the interrupted run."""
+    x, xv = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "val", validation_data=xv)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "noval")
+    before = (tmp_path / "val" / CHECKPOINT_NAME).read_bytes()
+    for directory, kw, message in [
+        ("val", {}, r"was validated on validation_data of shape \(1000, 3\)"),
+        ("noval", {"validation_data": xv}, "was trained without validation_data"),
+        ("val", {"validation_data": xv[::-1]}, "validation_data differs .*different values"),
+        ("val", {"validation_data": xv[:-1]}, r"shape \(1000, 3\) -> \(999, 3\)"),
+        ("noval", {"data": x[::-1]}, "fit: data differs .*different values"),
+    ]:
+        kw = {"data": x, **kw}
+        with pytest.raises(ValueError, match=message):
+            check_fit(small_model(), config=cfg, checkpoint_dir=tmp_path / directory,
+                      resume=True, **kw)  # fmt: skip
+    assert (tmp_path / "val" / CHECKPOINT_NAME).read_bytes() == before
+    check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "val", resume=True,
+              validation_data=xv.astype(np.float32))  # fmt: skip
+
+
+def _rewrite(path, edit_meta=None, edit_fields=None):
+    """Rewrite the checkpoint at ``path`` with its training metadata or fields edited."""
+    fields = dict(np.load(path))
+    if edit_meta is not None:
+        meta = json.loads(str(fields["metadata"]))
+        edit_meta(meta)
+        fields["metadata"] = np.array(json.dumps(meta))
+    if edit_fields is not None:
+        edit_fields(fields)
+    np.savez(path, **fields)
+
+
+def _train_state(edit):
+    return lambda meta: edit(meta["train_state"]["train_state"])
+
+
+@pytest.mark.parametrize(
+    "edit_meta, edit_fields",
+    [
+        (lambda m: m["train_state"].pop("config"), None),
+        (lambda m: m.update(train_state=[1, 2]), None),
+        (lambda m: m["train_state"]["config"].update(epochs="2"), None),
+        (lambda m: m["train_state"].update(rng_state={"x": 1}), None),
+        (lambda m: m["train_state"].update(data_shape=[3000]), None),
+        (lambda m: m["train_state"].update(validation_data_shape=None), None),
+        (_train_state(lambda s: s.update(step="3")), None),
+        (_train_state(lambda s: s.update(step=-5)), None),
+        (_train_state(lambda s: s.update(step=1)), None),
+        (_train_state(lambda s: s.update(history="x")), None),
+        (_train_state(lambda s: s.update(schedule_steps=0)), None),
+        (_train_state(lambda s: s.update(alpha=float("nan"))), None),
+        (_train_state(lambda s: s.update(best_epoch=None)), None),
+        (_train_state(lambda s: s["epoch_acc"].pop("time")), None),
+        (None, lambda f: f.update({"optimizer.m": f["optimizer.m"][:5]})),
+        (None, lambda f: f.update({"optimizer.v": np.full_like(f["optimizer.v"], np.nan)})),
+        (None, lambda f: f.update({"optimizer.t": np.array(2.7)})),
+        (None, lambda f: f.update({"optimizer.t": np.array(1)})),
+        (None, lambda f: f.update({"array.best_params": f["array.best_params"][:3]})),
+        (None, lambda f: f.update(params=f["params"].astype(np.float32))),
+        (None, lambda f: f.pop("array.data_rows")),
+    ],
+)
+def test_inconsistent_checkpoint_contents_are_refused(lorenz, tmp_path, edit_meta, edit_fields):
+    x, xv = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path, validation_data=xv)
+    _rewrite(tmp_path / CHECKPOINT_NAME, edit_meta, edit_fields)
+    for call in (check_fit, fit):
+        with pytest.raises(ValueError, match="is damaged or from another version"):
+            call(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
+
+
+def test_checkpoint_of_another_format_version_is_refused(lorenz, tmp_path):
+    x, _ = lorenz
+    cfg = config(epochs=1, batches_per_epoch=1)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    _rewrite(tmp_path / CHECKPOINT_NAME, lambda meta: meta.update(format_version=1))
+    with pytest.raises(ValueError, match="has checkpoint format 1, from another version"):
+        check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path):
