@@ -81,6 +81,7 @@ class Settings:
     """
 
     data: str | None = None
+    data_key: str | None = None
     system: str = "lorenz63"
     n_steps: int = 100_000
     noise: float = 0.05
@@ -214,7 +215,7 @@ def saved_settings(run: Path, what: str) -> dict:
     path = run / "args.json"
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))["settings"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError: bad UTF-8 or JSON
         raise UserError(f"{what}: {path} is missing or unreadable; is {run} a run?") from None
     if not isinstance(settings, dict):
         raise UserError(f"{what}: {path} has no table of settings; is {run} a run?")
@@ -252,6 +253,13 @@ def _check_settings(s: Settings) -> None:
     if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
         problems.append(
             f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
+        )
+    if s.data_key is not None and s.data is None:
+        problems.append("--data-key names an array in the --data .npz file; add --data or drop it")
+    elif s.data_key is not None and Path(s.data).suffix.lower() != ".npz":
+        problems.append(
+            f"--data-key names an array in an .npz file; --data {s.data} is not one, drop "
+            f"--data-key"
         )
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
@@ -320,11 +328,25 @@ class Dataset:
     source: str
 
 
-def _load(path: str, what: str) -> np.ndarray:
-    from models import load_data
+def _load(path: str, what: str, key: str | None = None) -> np.ndarray:
+    """``load_data`` for option ``what`` (``--data`` reads the array ``key`` of an .npz)."""
+    from models.data import ArrayChoiceError, load_data
 
     try:
-        return load_data(path)
+        return load_data(path, key=key)
+    except ArrayChoiceError as exc:
+        n = len(exc.names)
+        arrays = f"{n} array{'s' * (n != 1)} ({', '.join(exc.names)})"
+        if key is not None:
+            message = f"--data-key {key}: {path} has no such array; it holds {arrays}."
+        elif what == "--data":
+            message = f"--data: {path} holds {arrays}; choose one with --data-key KEY."
+        else:
+            message = (
+                f"{what}: {path} holds {arrays}; save the test array alone in a .npy file "
+                f"(--data-key applies to --data only)."
+            )
+        raise UserError(message) from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{what}: {exc}") from None
 
@@ -359,8 +381,8 @@ def _check_test(test: np.ndarray, what: str) -> None:
 def prepare_data(s: Settings) -> Dataset:
     """Load or generate the data; split off validation (and test, without ``--test-data``)."""
     if s.data is not None:
-        x = _load(s.data, "--data")
-        source = f"file {s.data}"
+        x = _load(s.data, "--data", s.data_key)
+        source = f"file {s.data}" + ("" if s.data_key is None else f", array {s.data_key}")
         if s.test_data is None:
             test_what = "the test data held out from --data (test_fraction in --config)"
             x, test = _split(x, s.test_fraction, test_what, TEST_PE_STEPS + 1)
@@ -659,6 +681,7 @@ def _choice(*options):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--data", type=str, help="Training trajectory (.npy/.npz/.csv), T x N.")
+@click.option("--data-key", type=str, metavar="KEY", help="Array of a --data .npz with several.")
 @click.option("--system", type=str, help="Generate data from this system (default lorenz63).")
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
 @click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")

@@ -3,17 +3,44 @@
 A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dimensions.
 """
 
+import itertools
 import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from models._checks import check_int
+
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 
 
-def check_trajectory(x, where: str, *, name: str = "x", min_steps: int = 2, constant: bool = False):
+class ArrayChoiceError(ValueError):
+    """:func:`load_data`: an ``.npz`` archive holds several arrays and no ``key`` chose one, or
+    it has no array ``key``.
+
+    Attributes
+    ----------
+    names : list of str
+        The arrays in the archive.
+    """
+
+    def __init__(self, message: str, names: list[str]):
+        super().__init__(message)
+        self.names = names
+
+
+def check_trajectory(
+    x,
+    where: str,
+    *,
+    name: str = "x",
+    min_steps: int = 2,
+    constant: bool = False,
+    row_label=None,
+):
     """Validate an in-memory trajectory and return it as an ndarray (dtype unchanged).
 
     Parameters
@@ -23,48 +50,72 @@ def check_trajectory(x, where: str, *, name: str = "x", min_steps: int = 2, cons
     where : str
         Public function name used in error messages.
     name : str
-        The argument's name in error messages.
+        The argument's name in error messages. Fixes are written as code (``x[:, None]``) only
+        when it is a Python identifier; a description (``"the data in x.npy"``) gets them in
+        words.
     min_steps : int
         Smallest admissible T.
     constant : bool
-        Whether a dimension that is constant over time is allowed.
+        Whether a dimension that is constant over time is allowed. A column counts as
+        constant when its standard deviation is at most ``1e-12`` times its largest magnitude
+        (rounding noise that standardising would blow up to unit scale).
+    row_label : callable, optional
+        Maps a row index to the words that locate it in messages (default ``"row i"``;
+        :func:`load_data` passes the line of a text file).
 
     Raises
     ------
     TypeError
-        Not a real numeric array (bool, complex, object, str).
+        Not a real numeric array (bool, complex, structured, object, str).
     ValueError
-        Not 2-D, fewer than ``min_steps`` steps or no dimension, NaN/inf (the first bad
-        row and column are reported), or a constant dimension when ``constant=False``.
+        Not 2-D, fewer than ``min_steps`` steps (with a hint when the array looks transposed)
+        or no dimension, NaN/inf (the first bad row and column are reported), or a constant
+        dimension when ``constant=False``.
     """
     arr = np.asarray(x)
+    code = name.isidentifier()  # a fix written as code must be valid code
     if arr.dtype.kind not in "iuf":
+        fixes = {"b": f"{name}.astype(np.float64)", "c": f"{name}.real or np.abs({name})"}
+        if arr.dtype.names is not None:
+            fixes["V"] = f"numpy.lib.recfunctions.structured_to_unstructured({name})"
+        fix = fixes.get(arr.dtype.kind)
+        hint = f"Convert it, e.g. with {fix}." if code and fix else "Convert it to real numbers."
         raise TypeError(
-            f"{where}: {name} must be a real numeric array; got dtype {arr.dtype}. "
-            f"Convert it with np.asarray({name}, dtype=np.float64)."
+            f"{where}: {name} must be a real numeric array; got dtype {arr.dtype}. {hint}"
         )
     if arr.ndim != 2:
+        if arr.ndim == 1:
+            fix = f"Use {name}[:, None]" if code else "Reshape it to (T, 1)"
+            hint = f" {fix} for a single series."
+        else:
+            hint = " Pass one trajectory, one row per time step."
         raise ValueError(
-            f"{where}: {name} must be 2-D of shape (T, N); got shape {arr.shape}. "
-            f"Use {name}[:, None] for a single series."
+            f"{where}: {name} must be 2-D of shape (T, N); got shape {arr.shape}.{hint}"
         )
     n_steps, n_dims = arr.shape
     if n_dims == 0:
         raise ValueError(f"{where}: {name} has no dimensions (shape {arr.shape}).")
     if n_steps < min_steps:
+        hint = ""
+        if 0 < n_steps < n_dims:
+            fix = f"pass {name}.T" if code else "transpose it"
+            hint = f" Shape {arr.shape} looks transposed: {fix} (one row per time step)."
         raise ValueError(
-            f"{where}: {name} has {n_steps} time steps; at least {min_steps} are needed here."
+            f"{where}: {name} has {n_steps} time step{'s' * (n_steps != 1)}; at least "
+            f"{min_steps} {'are' if min_steps != 1 else 'is'} needed here.{hint}"
         )
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
             row, col = np.argwhere(bad)[0]
+            where_row = f"row {row}" if row_label is None else row_label(int(row))
             raise ValueError(
                 f"{where}: {name} contains {int(bad.sum())} NaN/inf value(s); the first is "
-                f"{arr[row, col]} at row {row}, column {col}. Clean or interpolate the data."
+                f"{arr[row, col]} at {where_row}, column {col}. Clean or interpolate the data."
             )
     if not constant:
-        flat = np.flatnonzero(np.all(arr == arr[:1], axis=0))
+        _, sd = column_mean_sd(arr)
+        flat = np.flatnonzero(sd <= 1e-12 * np.max(np.abs(arr), axis=0))
         if flat.size:
             raise ValueError(
                 f"{where}: {name} is constant in column(s) {flat.tolist()}; a constant "
@@ -73,25 +124,41 @@ def check_trajectory(x, where: str, *, name: str = "x", min_steps: int = 2, cons
     return arr
 
 
-def _numbered_lines(path: Path) -> list[tuple[int, str]]:
-    """``(line number, text)`` of the lines holding data or a header: blank lines and
-    ``#`` comments are dropped, and so is a UTF-8 byte-order mark (Excel's "CSV UTF-8")."""
-    text = path.read_text(encoding="utf-8-sig")
-    return [
-        (number, line.strip())
-        for number, line in enumerate(text.splitlines(), start=1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+# ---------------------------------------------------------------------------------------------
+# Text files. The first lines decide the delimiter and the header; NumPy's parser reads the
+# body. Only when it fails are the lines streamed in Python, to name the bad one.
+# ---------------------------------------------------------------------------------------------
+
+#: Data lines after the first that decide the delimiter and the pandas-names header.
+_SAMPLE = 10
 
 
-def _delimiter(lines: list[tuple[int, str]]) -> str | None:
-    """``","`` if the first data lines (up to ten after a possible header line) contain a
-    comma, else None (whitespace); a truncated or odd last line does not decide it."""
-    sample = lines[1:11] or lines[:1]
-    return "," if any("," in text for _, text in sample) else None
+def _data_lines(fh, skip: int = 0):
+    """``(line number, text)`` of the lines after line ``skip`` that hold data (or a header):
+    the text before a ``#``, stripped of whitespace; lines left empty are dropped."""
+    for number, line in enumerate(fh, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text and number > skip:
+            yield number, text
+
+
+#: Text encoding: UTF-8, a byte-order mark (Excel's "CSV UTF-8") dropped.
+_ENCODING = "utf-8-sig"
+
+
+def _open_text(path: Path):
+    return open(path, encoding=_ENCODING)
+
+
+def _split(text: str, delimiter: str | None) -> list[str]:
+    return [v.strip() for v in text.split(delimiter)]
 
 
 def _parses(token: str, kind: type) -> bool:
+    """Whether ``kind(token)`` reads the token, for tokens NumPy's parser reads too (ASCII,
+    no ``_`` digit separators)."""
+    if not token.isascii() or "_" in token:
+        return False
     try:
         kind(token)
     except ValueError:
@@ -99,60 +166,186 @@ def _parses(token: str, kind: type) -> bool:
     return True
 
 
+def _pandas_names(tokens: list[str]) -> bool:
+    return tokens == [str(i) for i in range(len(tokens))]
+
+
 def _is_header(first: list[str], rest: list[list[str]]) -> bool:
-    """Whether the first line is a header: it has a non-numeric entry, or it is exactly the
-    integers ``0 .. N-1`` (pandas' names of unnamed columns, ``DataFrame.to_csv(index=False)``)
-    and no later entry is written as an integer (pandas writes float columns with a decimal
-    point or exponent)."""
-    if not all(_parses(v, float) for v in first):
+    """Whether the first line is a header: none of its entries is a number, or it is exactly
+    the integers ``0 .. N-1`` (pandas' names of unnamed columns,
+    ``DataFrame.to_csv(index=False)``) and no entry of the sampled lines after it is written
+    as an integer (pandas writes float columns with a decimal point or exponent)."""
+    if not any(_parses(v, float) for v in first):
         return True
-    pandas_names = first == [str(i) for i in range(len(first))]
-    return pandas_names and not any(_parses(v, int) for row in rest for v in row)
+    return _pandas_names(first) and not any(_parses(v, int) for row in rest for v in row)
 
 
-def _to_array(rows: list[tuple[int, list[str]]]) -> np.ndarray:
-    """Rows of equal width as a float64 array; a ragged row or a non-numeric entry raises
-    ValueError naming its line."""
-    first_line, first = rows[0]
-    for line, row in rows:
-        if len(row) != len(first):
-            raise ValueError(
-                f"rows have different numbers of columns: line {line} has {len(row)} "
-                f"column{'s' * (len(row) != 1)}, expected {len(first)} (as in line {first_line})"
-            )
-    try:
-        return np.array([[float(v) for v in row] for _, row in rows], dtype=np.float64)
-    except ValueError:
-        line, bad = next((line, v) for line, row in rows for v in row if not _parses(v, float))
-        raise ValueError(f"non-numeric entry {bad!r} in line {line}") from None
-
-
-def _read_text(path: Path) -> np.ndarray:
-    lines = _numbered_lines(path)
-    if not lines:
+def _layout(path: Path) -> tuple[str | None, int]:
+    """Delimiter (``","``, or None for whitespace) and the line number of the header (0: no
+    header), from the first data lines; refuses a pandas index column."""
+    with _open_text(path) as fh:
+        head = list(itertools.islice(_data_lines(fh), _SAMPLE + 1))
+    if not head:
         raise ValueError("the file has no data rows")
-    delimiter = _delimiter(lines)
-    rows = [(line, [v.strip() for v in text.split(delimiter)]) for line, text in lines]
-    if _is_header(rows[0][1], [row for _, row in rows[1:]]):
-        rows = rows[1:]
-    if not rows:
+    sample = head[1:] or head
+    delimiter = "," if any("," in text for _, text in sample) else None
+    first, *rest = (_split(text, delimiter) for _, text in head)
+    names = first[1:]
+    if (
+        first[0] == ""
+        and names
+        and (_pandas_names(names) or not any(_parses(v, float) for v in names))
+    ):
+        raise ValueError(
+            f"the first column looks like a pandas index (line {head[0][0]} starts with an "
+            f"empty name); save with DataFrame.to_csv(index=False) or drop that column"
+        )
+    if not _is_header(first, rest):
+        return delimiter, 0
+    if len(head) == 1:
         raise ValueError("the file has a header but no data rows")
-    return _to_array(rows)
+    return delimiter, head[0][0]
 
 
-def _read_npz(fh, key):
-    with np.load(fh, allow_pickle=False) as npz:
-        keys = list(npz.files)
-        if key is None:
-            if len(keys) != 1:
-                raise KeyError(
-                    f"it holds {len(keys)} arrays ({', '.join(keys) or 'none'}); "
-                    f"pass key= to choose one"
+def _read_lines(path: Path, delimiter: str | None, header: int, exc: Exception) -> np.ndarray:
+    """After NumPy's parser failed with ``exc``: raise ValueError naming the first ragged row
+    or non-numeric entry; with none, NumPy tripped over a line this reader skips (one of
+    whitespace only), so parse the data lines alone."""
+    width = None
+    with _open_text(path) as fh:
+        for line, text in _data_lines(fh, header):
+            row = _split(text, delimiter)
+            if width is None:
+                width, first_line = len(row), line
+            elif len(row) != width:
+                raise ValueError(
+                    f"rows have different numbers of columns: line {line} has {len(row)} "
+                    f"column{'s' * (len(row) != 1)}, expected {width} (as in line {first_line})"
                 )
-            key = keys[0]
-        if key not in keys:
-            raise KeyError(f"it has no array {key!r}; available: {', '.join(keys)}")
-        return npz[key]
+            bad = next((v for v in row if not _parses(v, float)), None)
+            if bad is not None:
+                hint = ""
+                if ";" in bad:
+                    hint = (
+                        "; the values look separated by ';': use ',' or whitespace between "
+                        "values and '.' as decimal point"
+                    )
+                elif bad == "" and delimiter == ",":
+                    hint = "; an empty entry: a missing value, or a trailing or doubled comma"
+                raise ValueError(f"non-numeric entry {bad!r} in line {line}{hint}")
+    with _open_text(path) as fh:
+        lines = (text for _, text in _data_lines(fh, header))
+        try:
+            return np.loadtxt(lines, delimiter=delimiter, ndmin=2, dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"cannot parse the numbers: {exc}") from None
+
+
+def _locate_decode_error(path: Path):
+    """Raise ValueError naming the first line that is not UTF-8 text."""
+    with open(path, "rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the "
+                    f'file as UTF-8 (e.g. Excel: "CSV UTF-8")'
+                ) from None
+    raise ValueError('the file is not UTF-8 text; save it as UTF-8 (e.g. Excel: "CSV UTF-8")')
+
+
+def _read_text(path: Path):
+    """The numbers of a text file, shape (T, N), and a function naming the line of a row."""
+    try:
+        delimiter, header = _layout(path)
+        try:
+            arr = np.loadtxt(
+                path,
+                delimiter=delimiter,
+                comments="#",
+                skiprows=header,
+                encoding=_ENCODING,
+                ndmin=2,
+                dtype=np.float64,
+            )
+        except ValueError as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                raise
+            arr = _read_lines(path, delimiter, header, exc)
+    except UnicodeDecodeError:
+        _locate_decode_error(path)
+
+    def row_label(row: int) -> str:
+        with _open_text(path) as fh:
+            line, _ = next(itertools.islice(_data_lines(fh, header), row, None))
+        return f"line {line}"
+
+    return arr, row_label
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
+    """The array of an ``.npy`` file, or the one chosen by ``key`` in an ``.npz`` archive;
+    refuses a file whose content does not match its suffix."""
+    with open(path, "rb") as fh:  # numpy leaks the handle of a corrupt zip otherwise
+        loaded = np.load(fh, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            if suffix == ".npz":
+                raise ValueError(
+                    "it is an .npy file (one array), not an .npz archive; rename it to .npy"
+                )
+            return loaded
+        with loaded:
+            if suffix == ".npy":
+                raise ValueError(
+                    "it is an .npz archive (zipped arrays), not an .npy file; rename it to .npz"
+                )
+            names = list(loaded.files)
+            if key is None and len(names) == 1:
+                key = names[0]
+            if key is None:
+                raise ArrayChoiceError(
+                    f"it holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+                    f"pass key= to choose one",
+                    names,
+                )
+            if key not in names:
+                raise ArrayChoiceError(
+                    f"it has no array {key!r}; available: {', '.join(names) or 'none'}", names
+                )
+            return loaded[key]
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_path(path: Path, where: str) -> str:
+    """The lower-case suffix of an existing regular file with a supported suffix."""
+    if path.is_dir():
+        raise ValueError(f"{where}: {path} is a folder; pass a trajectory file in it.")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(
+            f"{where}: unsupported file type {path.suffix!r} ({path}); "
+            f"supported: {', '.join(SUFFIXES)}."
+        )
+    if not path.exists():
+        raise ValueError(f"{where}: no such file {path}.")
+    if not path.is_file():
+        mode = path.stat().st_mode
+        what = next((text for test, text in _SPECIAL_FILES if test(mode)), "a special file")
+        raise ValueError(f"{where}: {path} is {what}, not a regular file; pass a trajectory file.")
+    return suffix
 
 
 def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray:
@@ -162,14 +355,15 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     ----------
     path : str or os.PathLike
         ``.npy``: one array. ``.npz``: the array named ``key``, or the only array in the file.
-        ``.csv`` / ``.txt``: one row per time step, comma- or whitespace-separated (decided
-        from the first data lines), with an optional header line; blank lines and lines
-        starting with ``#`` are skipped, a UTF-8 byte-order mark is ignored. The first line
-        is a header if it has a non-numeric entry, or if it is exactly the integers
+        ``.csv`` / ``.txt``: UTF-8 text, one row per time step, comma- or whitespace-separated
+        (decided from the first data lines), with an optional header line; ``#`` starts a
+        comment, blank lines are skipped, a UTF-8 byte-order mark is ignored. The first line
+        is a header if none of its entries is a number, or if it is exactly the integers
         ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed
-        columns) and no later entry is written as an integer (pandas writes floats with a
-        decimal point or exponent). A first *data* row ``0,1,...,N-1`` above such float-only
-        rows is therefore read as a header: write ``0.0,1.0,...`` or a named header.
+        columns) and no entry of the next ten lines is written as an integer (pandas writes
+        floats with a decimal point or exponent). A first *data* row ``0,1,...,N-1`` above
+        such float-only rows is therefore read as a header: write ``0.0,1.0,...`` or a named
+        header. A first line with numbers and other entries (``1.5,NA``) is a bad data line.
     key : str, optional
         Array name inside an ``.npz`` (required when it holds several arrays).
     min_steps : int
@@ -179,58 +373,76 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     Returns
     -------
     ndarray, shape (T, N), float64
-        A 1-D series is returned as ``(T, 1)``. Integer data are converted to float64.
+        A 1-D series is returned as ``(T, 1)``. Other real dtypes are converted to float64.
 
     Raises
     ------
+    ArrayChoiceError
+        A ``ValueError``: an ``.npz`` with several arrays and no ``key``, or with no array
+        named ``key`` (``names`` lists its arrays).
     ValueError
-        Missing or unreadable file (including pickled ``.npy`` files, which are refused),
-        unsupported suffix, missing ``key``, a text row with another number of columns than
-        the first or a non-numeric entry (its line reported), not 1-D/2-D, fewer than
-        ``min_steps`` steps, NaN/inf (first bad row and column reported), or a constant
-        dimension.
+        Missing, special (FIFO, device) or unreadable file (including pickled ``.npy`` files,
+        which are refused, and an ``.npz`` archive named ``.npy`` or the reverse), unsupported
+        suffix, text that is not UTF-8, a text row with another number of columns than the
+        first or a non-numeric entry (its line reported), a pandas index column (an empty
+        first header name), not 1-D/2-D, fewer time steps than dimensions (a transposed
+        array), fewer than ``min_steps`` steps, NaN/inf (the first reported by row and column,
+        by line for text files; long double values beyond the float64 range count as inf), a
+        constant dimension, or a first column that counts the rows (``0..T-1`` or ``1..T``,
+        ``T >= 3``, beside other columns: an index or time column).
     TypeError
-        Non-numeric data (bool, complex, strings, objects).
+        ``path``, ``key`` or ``min_steps`` of the wrong kind; non-numeric data (bool,
+        complex, strings, objects).
     """
     where = "load_data"
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"{where}: path must be a str or Path; got {type(path).__name__}.")
-    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 1:
-        raise ValueError(f"{where}: min_steps must be an int >= 1; got {min_steps!r}.")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"{where}: key must be a str (an array name); got {type(key).__name__}.")
+    min_steps = check_int(min_steps, "min_steps", where, 1)
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{where}: {path} is a folder; pass a trajectory file in it.")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(
-            f"{where}: unsupported file type {path.suffix!r} ({path}); "
-            f"supported: {', '.join(SUFFIXES)}."
-        )
-    if not path.is_file():
-        raise ValueError(f"{where}: no such file {path}.")
+    suffix = _check_path(path, where)
     if key is not None and suffix != ".npz":
         raise ValueError(f"{where}: key={key!r} applies to .npz files only; {path} is {suffix}.")
+    row_label = None
     try:
         if suffix in (".npy", ".npz"):
-            with open(path, "rb") as fh:  # numpy leaks the handle of a corrupt zip otherwise
-                arr = np.load(fh, allow_pickle=False) if suffix == ".npy" else _read_npz(fh, key)
+            arr = _read_numpy(path, suffix, key)
         else:
-            arr = _read_text(path)
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        EOFError,
-        UnicodeDecodeError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as exc:
-        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise ValueError(f"{where}: cannot read {path}: {reason}.") from None
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    arr = check_trajectory(arr, where, name=f"the data in {path.name}", min_steps=min_steps)
-    return arr.astype(np.float64)
+            arr, row_label = _read_text(path)
+    except ArrayChoiceError as exc:
+        raise ArrayChoiceError(f"{where}: cannot read {path}: {exc}.", exc.names) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{where}: cannot read {path}: {exc}.") from None
+    name = f"the data in {path.name}"
+    arr = _float64(arr[:, None] if arr.ndim == 1 else arr)
+    if arr.ndim == 2 and 0 < arr.shape[0] < arr.shape[1]:
+        raise ValueError(
+            f"{where}: {name} have shape {arr.shape}: fewer time steps (rows) than dimensions "
+            f"(columns), which looks transposed; save x.T (one row per time step)."
+        )
+    arr = check_trajectory(arr, where, name=name, min_steps=min_steps, row_label=row_label)
+    n_steps, n_dims = arr.shape
+    if n_steps >= 3 and n_dims >= 2:
+        for start in (0, 1):
+            if np.array_equal(arr[:, 0], np.arange(start, start + n_steps)):
+                raise ValueError(
+                    f"{where}: the first column of {name} counts the rows "
+                    f"({start}..{start + n_steps - 1}): a row index or time column, not a "
+                    f"measured variable; drop it (pandas: to_csv(index=False))."
+                )
+    return arr
+
+
+def _float64(x) -> np.ndarray:
+    """A real array as float64 (no copy when it is one already); other kinds unchanged, for
+    :func:`check_trajectory` to refuse. Cast first, checked after: a long double beyond the
+    float64 range becomes inf, which the finiteness check then reports."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        return arr
+    with np.errstate(over="ignore"):
+        return arr.astype(np.float64, copy=False)
 
 
 def standardize(x):
@@ -250,7 +462,7 @@ def standardize(x):
         Population standard deviation (``ddof=0``). Store ``(mean, sd)`` with the model
         (``model.standardization``) to map predictions back with :func:`destandardize`.
     """
-    arr = check_trajectory(x, "standardize").astype(np.float64)
+    arr = check_trajectory(_float64(x), "standardize")
     mean, sd = column_mean_sd(arr)
     return (arr - mean) / sd, mean, sd
 

@@ -14,9 +14,11 @@ Each system is defined once, by
 
 :data:`SYSTEMS` maps names to records; :func:`generate` samples a trajectory. Integration is the
 classical fixed-step fourth-order Runge--Kutta method in float64 with ``ceil(dt / max_step)``
-internal steps per sample (``max_step`` is part of each record and chosen so that the result
-agrees with ``scipy.integrate.solve_ivp`` (DOP853, ``rtol=1e-10``) to within 1e-7 of the
-attractor's scale over a few Lyapunov times; see ``tests/test_systems.py``).
+internal steps per sample. ``max_step`` is part of each record, chosen so that a trajectory
+from a point on the attractor, sampled at the recommended ``dt``, agrees with
+``scipy.integrate.solve_ivp`` (DOP853, ``rtol=1e-12``) to within 1e-7 of the attractor's scale
+(the largest per-dimension sd) over 3 Lyapunov times (``tests/test_systems.py``, with the
+exponents of the README's table).
 """
 
 import math
@@ -31,7 +33,7 @@ from models._checks import check_int, check_real
 from parscan._jit import jit
 
 # ---------------------------------------------------------------------------------------------
-# Right-hand sides and Jacobians. p is the parameter vector in the order of System.params
+# Right-hand sides and Jacobians. p is the parameter vector in the order of KERNELS[kind][0]
 # (without the dimension parameter of Lorenz-96).
 # ---------------------------------------------------------------------------------------------
 
@@ -152,6 +154,17 @@ def slow_lorenz_jac(x, p, out):
 
 #: Kernel ids of the built-in systems, the ``kind`` argument of the kernels below.
 LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ = range(5)
+
+#: Per kernel id: the names of the entries of the parameter vector ``p``, in the order its
+#: right-hand side and Jacobian read them, and the state dimension they assume (None: any,
+#: set by the record's integer ``dim_param``, which is not part of ``p``).
+KERNELS = {
+    LORENZ63: (("sigma", "rho", "beta"), 3),
+    ROSSLER: (("a", "b", "c"), 3),
+    LORENZ96: (("F",), None),
+    HINDMARSH_ROSE: (("a", "b", "c", "d", "r", "s", "x_rest", "I"), 3),
+    SLOW_LORENZ: (("sigma", "rho0", "beta", "rho_amp", "period"), 5),
+}
 
 
 @jit
@@ -313,8 +326,9 @@ class System:
     dim : int
         State dimension D for the default parameters.
     params : Mapping[str, float]
-        Default parameters (read-only). Their order (without ``dim_param``) is the order of
-        the parameter vector ``p`` passed to the right-hand side and Jacobian kernels.
+        Default parameters (read-only): exactly the names the kernels read
+        (``KERNELS[kind][0]``) plus ``dim_param``, in any order. The parameter vector ``p``
+        passed to the kernels is built in the kernels' order.
     x0 : tuple of float, length dim
         Default initial condition (on or near the attractor). For systems whose dimension is a
         parameter, it is tiled to the requested dimension.
@@ -355,6 +369,42 @@ class System:
     kind: int
     dim_param: str | None = None
 
+    def __post_init__(self):
+        """Refuse a record (e.g. made with ``dataclasses.replace``) whose kernel would read
+        parameters or state entries it does not have."""
+        where = "System"
+        if self.kind not in KERNELS:
+            raise ValueError(
+                f"{where}: unknown kernel id kind={self.kind!r}; known: {sorted(KERNELS)} "
+                f"(LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ)."
+            )
+        if not isinstance(self.params, Mapping):
+            raise TypeError(
+                f"{where}: params of {self.name!r} must be a dict; got "
+                f"{type(self.params).__name__}."
+            )
+        names, dim = KERNELS[self.kind]
+        expected = set(names) | ({self.dim_param} if self.dim_param else set())
+        missing = [k for k in (*names, self.dim_param) if k and k not in self.params]
+        extra = sorted(set(self.params) - expected)
+        if missing or extra:
+            raise ValueError(
+                f"{where}: params of {self.name!r} must name exactly the parameters its "
+                f"kernel reads ({', '.join(sorted(expected))}); missing {missing}, unknown "
+                f"{extra}."
+            )
+        if (dim is None) != (self.dim_param is not None) or dim not in (None, self.dim):
+            needs = f"dim={dim} and no dim_param" if dim else "a dim_param (e.g. 'N')"
+            raise ValueError(
+                f"{where}: the kernel of {self.name!r} needs {needs}; got dim={self.dim}, "
+                f"dim_param={self.dim_param!r}."
+            )
+        if len(self.x0) != self.dim:
+            raise ValueError(
+                f"{where}: x0 of {self.name!r} must have dim={self.dim} entries; got "
+                f"{len(self.x0)}."
+            )
+
     def resolve(self, params: Mapping | None = None, where: str = "System.resolve"):
         """Merge ``params`` into the defaults and validate them.
 
@@ -379,28 +429,28 @@ class System:
                     f"known: {', '.join(self.params)}."
                 )
             merged.update(params)
-        bad = [
+        real = int | float | np.integer | np.floating
+        kinds = [
             f"{k}={v!r}"
             for k, v in merged.items()
-            if isinstance(v, bool)
-            or not isinstance(v, int | float | np.integer | np.floating)
-            or not math.isfinite(v)
+            if isinstance(v, bool) or not isinstance(v, real)
         ]
-        if bad:
+        if kinds:
             raise TypeError(
-                f"{where}: parameters of {self.name!r} must be finite real numbers; "
-                f"got {', '.join(bad)}."
+                f"{where}: parameters of {self.name!r} must be real numbers; got "
+                f"{', '.join(kinds)}."
+            )
+        infinite = [f"{k}={v!r}" for k, v in merged.items() if not math.isfinite(v)]
+        if infinite:
+            raise ValueError(
+                f"{where}: parameters of {self.name!r} must be finite; got {', '.join(infinite)}."
             )
         dim = self.dim
         if self.dim_param is not None:
-            n = merged[self.dim_param]
-            if not isinstance(n, int | np.integer) or n < 4:
-                raise ValueError(
-                    f"{where}: {self.name} parameter {self.dim_param} must be an int >= 4; "
-                    f"got {n!r}."
-                )
-            dim = int(n)
-        p = np.array([float(v) for k, v in merged.items() if k != self.dim_param])
+            dim = check_int(
+                merged[self.dim_param], f"{self.name} parameter {self.dim_param}", where, 4
+            )
+        p = np.array([float(merged[k]) for k in KERNELS[self.kind][0]])
         return dim, p
 
     def rhs(self, x, params: Mapping | None = None) -> np.ndarray:
@@ -420,10 +470,13 @@ class System:
     def _point(self, x, params, where):
         dim, p = self.resolve(params, where)
         x = np.asarray(x)
-        if x.dtype != np.float64 or x.shape != (dim,):
+        if x.dtype != np.float64:
             raise TypeError(
-                f"{where}: x must be a float64 array of shape ({dim},); got {x.dtype} {x.shape}."
+                f"{where}: x must be a float64 array; got dtype {x.dtype}. Use "
+                f"np.asarray(x, dtype=np.float64)."
             )
+        if x.shape != (dim,):
+            raise ValueError(f"{where}: x must have shape ({dim},) for {self.name}; got {x.shape}.")
         return x, p
 
     def substeps(self, dt: float) -> int:
@@ -444,11 +497,7 @@ class System:
         rng : numpy.random.Generator
         """
         dim, p = self.resolve(params, where)
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise TypeError(f"{where}: seed must be an int; got {type(seed).__name__}.")
-        if seed < 0:
-            raise ValueError(f"{where}: seed must be >= 0; got {seed}.")
-        rng = np.random.default_rng(int(seed))
+        rng = np.random.default_rng(check_int(seed, "seed", where, 0))
         if x0 is None:
             start = np.resize(np.asarray(self.x0, dtype=np.float64), dim)
             start = start + self.x0_spread * rng.standard_normal(dim)
@@ -497,7 +546,7 @@ SYSTEMS: dict[str, System] = {
         params=MappingProxyType({"a": 0.2, "b": 0.2, "c": 5.7}),
         x0=(-9.0, 0.0, 0.0),
         dt=0.05,
-        max_step=0.005,
+        max_step=0.002,
         transient_time=200.0,
         x0_spread=1.0,
         lyapunov=0.0714,
@@ -530,8 +579,8 @@ SYSTEMS: dict[str, System] = {
             "Cyclic chain dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F, any N >= 4 "
             "(params={'N': N, 'F': F}); chaotic for F = 8. Damping time 1 time unit (100 steps "
             "at dt=0.01). lambda_max from max_lyapunov: 1.10 for N=10 (Lyapunov time ~90 "
-            "steps), 1.71 for N=40 (literature ~1.7). x0 is x_i = F with a small kick, tiled "
-            "to N."
+            "steps), 1.71 for N=40 (literature ~1.7). x0 is x_i = 8 (the fixed point for "
+            "F = 8) with x_0 kicked by 0.01, these 10 values tiled to N."
         ),
         kind=LORENZ96,
         dim_param="N",
@@ -553,7 +602,7 @@ SYSTEMS: dict[str, System] = {
         ),
         x0=(-1.3, -7.3, 3.1),
         dt=0.05,
-        max_step=0.01,
+        max_step=0.0005,
         transient_time=2000.0,
         x0_spread=0.1,
         lyapunov=None,
@@ -643,10 +692,11 @@ def generate(
         training set and another for the test set.
     noise : float
         Gaussian observation noise, as a fraction of each dimension's standard deviation over
-        the returned trajectory (the lab's "5 % noise" is ``noise=0.05``).
+        the returned trajectory (the lab's "5 % noise" is ``noise=0.05``); needs
+        ``n_steps >= 2``.
     transient : int, optional
         Samples discarded before the first returned one; default
-        ``round(system.transient_time / dt)``.
+        ``ceil(system.transient_time / dt)``, so at least ``transient_time`` is discarded.
     params : dict, optional
         Parameters overriding ``system.params`` (Lorenz-96: ``{"N": 20, "F": 8.0}``).
     x0 : array_like, shape (D,), optional
@@ -662,7 +712,8 @@ def generate(
     Raises
     ------
     ValueError
-        Unknown system or parameter, invalid sizes, or a trajectory that becomes non-finite.
+        Unknown system or parameter, a non-finite parameter, invalid sizes, noise with
+        ``n_steps < 2``, or a trajectory that becomes non-finite.
     TypeError
         Arguments of the wrong kind.
     """
@@ -671,8 +722,13 @@ def generate(
     noise = check_real(noise, "noise", where, positive=False)
     n_steps = check_int(n_steps, "n_steps", where, 1)
     dt = sys_.dt if dt is None else check_real(dt, "dt", where, positive=True)
-    if transient is None:
-        transient = round(sys_.transient_time / dt)
+    if noise > 0 and n_steps < 2:
+        raise ValueError(
+            f"{where}: noise is a fraction of each dimension's sd over the returned trajectory "
+            f"and needs n_steps >= 2; got n_steps={n_steps}."
+        )
+    if transient is None:  # ceil, less a rounding margin: 20 / 0.01 is 2000 steps, not 2001
+        transient = math.ceil(sys_.transient_time / dt - 1e-9)
     transient = check_int(transient, "transient", where, 0)
     p, start, rng = sys_.prepare(params=params, x0=x0, seed=seed, where=where)
     n_sub = sys_.substeps(dt)

@@ -33,6 +33,7 @@ def test_help_lists_every_option():
     assert result.exit_code == 0
     for option in (
         "--data",
+        "--data-key",
         "--system",
         "--model",
         "--alpha",
@@ -141,6 +142,7 @@ def _bad_files(tmp_path):
     (tmp_path / "types.toml").write_text('noise = "x"\nout = 5\nresume = "no"\nepochs = 2.5\n')
     (tmp_path / "twice.toml").write_text("hidden_dim = 5\nhidden-dim = 6\n")
     (tmp_path / "latin1.toml").write_bytes(b"seed = 1 # \xe9\n")
+    np.savez(tmp_path / "several.npz", train=nan[11:], test=nan[11:])
 
 
 @pytest.mark.parametrize(
@@ -176,6 +178,17 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/short.npy", "-T", "5"], "held out from --data"),
         (["--n-steps", "15", "-T", "5"], "PE(20) needs at least 21"),
         (["--model", "plrnn", "-L", "5"], "--hidden-dim/-L applies to"),
+        (
+            ["--data", "{tmp}/several.npz"],
+            "holds 2 arrays (train, test); choose one with --data-key",
+        ),
+        (["--data", "{tmp}/several.npz", "--data-key", "val"], "--data-key val: {tmp}/several.npz"),
+        (["--data-key", "train"], "--data-key names an array in the --data .npz file; add --data"),
+        (["--data", "{tmp}/short.npy", "--data-key", "x"], "--data {tmp}/short.npy is not one"),
+        (
+            ["--data", "{tmp}/short.npy", "--test-data", "{tmp}/several.npz"],
+            "--test-data: {tmp}/several.npz holds 2 arrays (train, test); save the test array",
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
@@ -184,8 +197,25 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("parscan-train: error:")
-    assert message in lines[0]
+    assert message.format(tmp=tmp_path) in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
+    x = models.generate("lorenz63", 1500, seed=3)
+    np.savez(tmp_path / "both.npz", train=x, other=x[::-1] + 1)
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--n-steps", "1500")]
+    result = run(*tiny, "--data", tmp_path / "both.npz", "--data-key", "train", "--out", out)
+    assert result.exit_code == 0, result.output
+    args = json.loads((out / "args.json").read_text())
+    assert (
+        args["settings"]["data_key"] == "train"
+        and "both.npz, array train (last" in args["data_source"]
+    )
+    result = run("evaluate", out)  # rebuilds the held-out test data from args.json
+    assert result.exit_code == 0, result.output
+    _one_error_line(run("--out", out, "--resume", "-q", "--data-key", "other"), "mean/sd")
 
 
 def test_hidden_dim_default_depends_on_the_model():

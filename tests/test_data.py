@@ -1,5 +1,6 @@
 """Data loading, validation and standardisation."""
 
+import os
 import pickle
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from models.data import check_trajectory, destandardize, load_data, standardize
+from models.data import ArrayChoiceError, check_trajectory, destandardize, load_data, standardize
 
 X = np.array([[0.0, 1.0], [1.5, -2.0], [3.0, 4.25], [-1.0, 0.5]])
 
@@ -129,8 +130,10 @@ def test_validation_shape_steps_constant_and_kind(tmp_path):
     np.save(path, X)
     with pytest.raises(ValueError, match=r"short.npy has 4 time steps; at least 201 are needed"):
         load_data(path, min_steps=201)
-    with pytest.raises(ValueError, match=r"min_steps must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"load_data: min_steps must be >= 1; got 0"):
         load_data(path, min_steps=0)
+    with pytest.raises(TypeError, match=r"load_data: min_steps must be an int; got float"):
+        load_data(path, min_steps=2.0)
 
 
 def test_check_trajectory_allows_constant_when_asked():
@@ -217,3 +220,152 @@ def test_csv_integer_column_names_of_pandas_are_a_header(tmp_path, text, expecte
     path = tmp_path / "pandas.csv"
     path.write_text(text)
     np.testing.assert_array_equal(load_data(path), expected)
+
+
+def test_npz_content_must_match_the_suffix_and_archives_are_closed(tmp_path, monkeypatch):
+    opened = []  # held here, so only load_data can have closed them (not garbage collection)
+    enter = np.lib.npyio.NpzFile.__enter__
+    monkeypatch.setattr(
+        np.lib.npyio.NpzFile, "__enter__", lambda self: opened.append(self) or enter(self)
+    )
+    zipped = tmp_path / "zipped.npy"
+    with open(zipped, "wb") as fh:
+        np.savez(fh, x=X)
+    with pytest.raises(ValueError, match=r"zipped.npy: it is an .npz archive .*rename it to .npz"):
+        load_data(zipped)
+    plain = tmp_path / "plain.npz"
+    with open(plain, "wb") as fh:
+        np.save(fh, X)
+    with pytest.raises(ValueError, match=r"plain.npz: it is an .npy file .*rename it to .npy"):
+        load_data(plain)
+    several = tmp_path / "several.npz"
+    np.savez(several, train=X, test=2 * X)
+    with pytest.raises(ArrayChoiceError) as info:
+        load_data(several)
+    assert info.value.names == ["train", "test"]
+    np.testing.assert_array_equal(load_data(several, key="train"), X)
+    assert len(opened) == 3 and all(npz.zip is None for npz in opened)
+    with pytest.raises(TypeError, match=r"load_data: key must be a str \(an array name\); got int"):
+        load_data(several, key=1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ",0,1\n0,0.5,1.0\n1,1.5,-2.0\n2,3.0,4.25\n",  # DataFrame.to_csv() of unnamed columns
+        ",x,y\n0,0.5,1.0\n1,1.5,-2.0\n2,3.0,4.25\n",  # ... of named columns
+    ],
+)
+def test_pandas_index_column_is_refused(tmp_path, text):
+    path = tmp_path / "pandas.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"pandas index .*to_csv\(index=False\) or drop"):
+        load_data(path)
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_a_first_column_counting_the_rows_is_refused(tmp_path, start):
+    ramp = np.column_stack([np.arange(start, start + 4.0), X])
+    path = tmp_path / "indexed.csv"
+    np.savetxt(path, ramp, delimiter=",", header="t,x,y", comments="")
+    with pytest.raises(ValueError, match=rf"first column of .* counts the rows \({start}\.\."):
+        load_data(path)
+    np.save(tmp_path / "indexed.npy", ramp)
+    with pytest.raises(ValueError, match=r"row index or time column, not a measured variable"):
+        load_data(tmp_path / "indexed.npy")
+    np.save(tmp_path / "short.npy", ramp[:2, :2])  # two steps are too few to tell
+    assert load_data(tmp_path / "short.npy").shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        # a first line with numbers is data even when an entry is missing: not a header
+        ("1.5,NA\n0,1\n1.5,-2\n", r"non-numeric entry 'NA' in line 1"),
+        ("x,y\n1.5;2.0\n2.5;3.0\n", r"'1.5;2.0' in line 2; the values look separated by ';'"),
+        ("1,5;2,0\n2,5;3,0\n", r"'5;2' in line 1; the values look separated by ';'"),
+        ("1.5,2.0,\n2.5,3.0,\n", r"'' in line 1; an empty entry: .* trailing or doubled comma"),
+        ("1_0,2\n3,4\n", r"non-numeric entry '1_0' in line 1"),
+        ("x,y\n# c\n1,2\n3,4\n5,6,7\n", r"line 5 has 3 columns, expected 2 \(as in line 3\)"),
+    ],
+)
+def test_csv_bad_lines_are_named_with_a_hint(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_data(path)
+
+
+def test_csv_comments_and_whitespace_only_lines_are_skipped(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("# run 3\nx,y # units\n0,1\n   \n1.5,-2 # note\n\t\n3,4.25\n-1,0.5\n")
+    np.testing.assert_array_equal(load_data(path), X)
+
+
+def test_csv_that_is_not_utf8_names_the_line_and_the_fix(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("x,y\n1.5,2\n2.5,3 # 20 \u00b0C\n3,1\n".encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"line 3 is not UTF-8 text \(byte 0xb0\); save the file as UTF-8"
+    ):
+        load_data(path)
+
+
+def test_nan_in_a_text_file_is_reported_by_line(tmp_path):
+    path = tmp_path / "gap.csv"
+    path.write_text("# sensor\nx,y\n0,1\n\n1.5,nan\n3,4.25\n")
+    with pytest.raises(ValueError, match=r"the first is nan at line 5, column 1"):
+        load_data(path)
+
+
+def test_transposed_data_are_refused(tmp_path):
+    path = tmp_path / "wide.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((3, 50)))
+    with pytest.raises(ValueError, match=r"shape \(3, 50\): .*looks transposed; save x.T"):
+        load_data(path)
+    with pytest.raises(ValueError, match=r"f: x has 1 time step; at least 2 are needed here\.$"):
+        check_trajectory(np.zeros((1, 1)), "f")
+    with pytest.raises(ValueError, match=r"Shape \(1, 5\) looks transposed: pass y.T"):
+        check_trajectory(np.arange(5.0)[None], "f", name="y")
+
+
+def test_hints_are_code_only_where_the_code_is_valid(tmp_path):
+    with pytest.raises(ValueError, match=r"Use y\[:, None\] for a single series"):
+        check_trajectory(np.arange(3.0), "f", name="y")
+    with pytest.raises(TypeError, match=r"e.g. with y.astype\(np.float64\)"):
+        check_trajectory(X > 0, "f", name="y")
+    np.save(tmp_path / "cube.npy", np.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match=r"got shape \(4, 3, 2\)\. Pass one trajectory") as info:
+        load_data(tmp_path / "cube.npy")
+    assert "[:, None]" not in str(info.value)
+    np.save(tmp_path / "st.npy", np.zeros(5, dtype=[("a", "f8"), ("b", "f8")]))
+    with pytest.raises(TypeError, match=r"st.npy must be a real numeric .* Convert it to real"):
+        load_data(tmp_path / "st.npy")
+
+
+def test_nearly_constant_column_is_constant():
+    y = np.column_stack([X[:, 0], np.full(4, 0.3)])
+    y[1, 1] = 0.1 + 0.2  # one ulp away: rounding noise, not a signal
+    with pytest.raises(ValueError, match=r"standardize: x is constant in column\(s\) \[1\]"):
+        standardize(y)
+    z, _, sd = standardize(X * 1e200)  # huge values: moments without overflow
+    np.testing.assert_allclose(z, standardize(X)[0], rtol=1e-12)
+    np.testing.assert_allclose(sd, X.std(axis=0) * 1e200, rtol=1e-12)
+
+
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="long double is float64 here"
+)
+def test_long_double_beyond_float64_is_refused(tmp_path):
+    big = X.astype(np.longdouble)
+    big[2, 1] = np.longdouble("1e400")
+    np.save(tmp_path / "ld.npy", big)
+    with pytest.raises(ValueError, match=r"the first is inf at row 2, column 1"):
+        load_data(tmp_path / "ld.npy")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_special_file_is_named(tmp_path):
+    os.mkfifo(tmp_path / "pipe.npy")
+    with pytest.raises(ValueError, match=r"pipe.npy is a named pipe \(FIFO\), not a regular file"):
+        load_data(tmp_path / "pipe.npy")

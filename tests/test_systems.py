@@ -1,12 +1,13 @@
 """Benchmark systems: right-hand sides, Jacobians, integrator accuracy, generate()."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from models.systems import SYSTEMS, System, generate, get_system
+from models.systems import KERNELS, SYSTEMS, System, generate, get_system
 
 # --- Plain NumPy references of the right-hand sides (written from the papers' equations) -----
 
@@ -127,25 +128,29 @@ def test_lorenz96_any_dimension_and_its_jacobian():
         )
         np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-8)
     assert generate("lorenz96", 3, params={"N": 6}).shape == (3, 6)
-    with pytest.raises(ValueError, match=r"generate: lorenz96 parameter N must be an int >= 4"):
+    with pytest.raises(ValueError, match=r"generate: lorenz96 parameter N must be >= 4; got 3"):
         generate("lorenz96", 3, params={"N": 3})
+    with pytest.raises(TypeError, match=r"generate: lorenz96 parameter N must be an int; got fl"):
+        generate("lorenz96", 3, params={"N": 20.0})
 
 
-# Horizons of a few Lyapunov times (the error grows like exp(lambda t)).
-HORIZONS = {
-    "lorenz63": 300,
-    "rossler": 300,
-    "lorenz96": 200,
-    "hindmarsh_rose": 600,
-    "slow_lorenz": 300,
+# Largest Lyapunov exponents per time unit (the README's table; max_lyapunov for those without
+# a literature value). The module docstring promises 1e-7 of the attractor's scale over 3
+# Lyapunov times: the error grows like exp(lambda t).
+LYAPUNOV = {
+    "lorenz63": 0.906,
+    "rossler": 0.0714,
+    "lorenz96": 1.10,
+    "hindmarsh_rose": 0.011,
+    "slow_lorenz": 0.64,
 }
 
 
 @pytest.mark.parametrize("name", list(SYSTEMS))
-def test_generate_agrees_with_solve_ivp(name):
+def test_generate_agrees_with_solve_ivp_over_three_lyapunov_times(name):
     rec = SYSTEMS[name]
     x0 = generate(name, 1, seed=5)[0]  # a point on the attractor
-    n = HORIZONS[name]
+    n = math.ceil(3 / LYAPUNOV[name] / rec.dt) + 1
     x = generate(name, n, x0=x0, transient=0)
     t_eval = rec.dt * np.arange(n)
     sol = solve_ivp(
@@ -154,7 +159,7 @@ def test_generate_agrees_with_solve_ivp(name):
         x0,
         method="DOP853",
         t_eval=t_eval,
-        rtol=1e-10,
+        rtol=1e-12,
         atol=1e-12,
     )
     assert sol.success
@@ -178,6 +183,10 @@ def test_transient_drops_leading_samples_exactly():
     rec = SYSTEMS["rossler"]
     long = generate("rossler", round(rec.transient_time / rec.dt) + 5, seed=4, transient=0)
     np.testing.assert_array_equal(generate("rossler", 5, seed=4), long[-5:])
+    # ... rounded up: a transient_time shorter than half a sample still discards one
+    short = dataclasses.replace(SYSTEMS["lorenz63"], transient_time=0.004)
+    long = generate(short, 6, seed=4, transient=0)
+    np.testing.assert_array_equal(generate(short, 5, seed=4), long[1:])
 
 
 def test_sampling_step_does_not_change_the_trajectory_beyond_rk4_error():
@@ -195,6 +204,12 @@ def test_observation_noise_is_relative_to_each_dimension_sd():
     np.testing.assert_allclose((noisy - clean).mean(axis=0) / clean.std(axis=0), 0, atol=2e-3)
 
 
+def test_noise_needs_two_steps():
+    with pytest.raises(ValueError, match=r"generate: noise is a fraction .* needs n_steps >= 2"):
+        generate("lorenz63", 1, noise=0.05)
+    assert generate("lorenz63", 1).shape == (1, 3)
+
+
 def test_record_variants_via_dataclasses_replace():
     rec = dataclasses.replace(SYSTEMS["lorenz63"], params={"sigma": 10.0, "rho": 15.0, "beta": 2.0})
     x = generate(rec, 2000, seed=0)
@@ -202,6 +217,43 @@ def test_record_variants_via_dataclasses_replace():
     c = np.sqrt(2.0 * 14.0)
     np.testing.assert_allclose(np.abs(x[-1, :2]), [c, c], rtol=1e-3)
     assert get_system(rec, "generate") is rec
+
+
+def test_record_params_are_read_by_name_not_position():
+    base = SYSTEMS["hindmarsh_rose"]
+    shuffled = dataclasses.replace(base, params=dict(reversed(base.params.items())))
+    np.testing.assert_array_equal(generate(shuffled, 50, seed=1), generate(base, 50, seed=1))
+    x = np.array([-1.0, -5.0, 3.0])
+    np.testing.assert_array_equal(shuffled.rhs(x), base.rhs(x))
+    l96 = SYSTEMS["lorenz96"]
+    swapped = dataclasses.replace(l96, params={"F": 5.0, "N": 10})
+    np.testing.assert_array_equal(
+        swapped.rhs(np.arange(10.0)), l96.rhs(np.arange(10.0), {"F": 5.0})
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"params": {"sigma": 10.0, "rho": 28.0}}, r"missing \['beta'\], unknown \[\]"),
+        ({"params": {"sigma": 1.0, "rho": 2.0, "beta": 3.0, "gamma": 4.0}}, r"unknown \['gamma'\]"),
+        ({"kind": 9}, r"System: unknown kernel id kind=9"),
+        ({"dim": 4, "x0": (1.0, 2.0, 3.0, 4.0)}, r"needs dim=3 and no dim_param; got dim=4"),
+        ({"x0": (1.0, 2.0)}, r"x0 of 'lorenz63' must have dim=3 entries; got 2"),
+    ],
+)
+def test_records_the_kernels_cannot_run_are_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SYSTEMS["lorenz63"], **changes)
+    assert set(KERNELS) == {rec.kind for rec in SYSTEMS.values()}
+
+
+def test_point_checks_name_the_method():
+    rec = SYSTEMS["lorenz63"]
+    with pytest.raises(ValueError, match=r"System.rhs: x must have shape \(3,\) for lorenz63"):
+        rec.rhs(np.zeros(4))
+    with pytest.raises(TypeError, match=r"System.jacobian: x must be a float64 array; got"):
+        rec.jacobian(np.zeros(3, dtype=np.float32))
 
 
 @pytest.mark.parametrize(
@@ -216,7 +268,9 @@ def test_record_variants_via_dataclasses_replace():
         ({"seed": -1}, ValueError, r"generate: seed must be >= 0"),
         ({"transient": -1}, ValueError, r"generate: transient must be >= 0"),
         ({"params": {"gamma": 1.0}}, ValueError, r"unknown parameter\(s\) \['gamma'\].*sigma"),
-        ({"params": {"rho": np.nan}}, TypeError, r"must be finite real numbers; got rho=nan"),
+        ({"params": {"rho": np.nan}}, ValueError, r"of 'lorenz63' must be finite; got rho=nan"),
+        ({"params": {"rho": "28"}}, TypeError, r"must be real numbers; got rho='28'"),
+        ({"seed": 1.0}, TypeError, r"generate: seed must be an int; got float"),
         ({"params": [1.0]}, TypeError, r"generate: params must be a dict"),
         ({"x0": [1.0, 2.0]}, ValueError, r"generate: x0 must have shape \(3,\)"),
         ({"x0": [1.0, np.inf, 0.0]}, ValueError, r"generate: x0 contains NaN or inf"),
