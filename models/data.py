@@ -72,7 +72,12 @@ def check_trajectory(
         or no dimension, NaN/inf (the first bad row and column are reported), or a constant
         dimension when ``constant=False``.
     """
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError:  # NumPy's message for nested lists of unequal lengths
+        raise ValueError(
+            f"{where}: {name} is ragged (rows of different lengths); pass a (T, N) array."
+        ) from None
     code = name.isidentifier()  # a fix written as code must be valid code
     if arr.dtype.kind not in "iuf":
         fixes = {"b": f"{name}.astype(np.float64)", "c": f"{name}.real or np.abs({name})"}
