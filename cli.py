@@ -570,6 +570,11 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+def echo_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` outside training: the warning as one line on stderr."""
+    click.echo(f"parscan-train: warning: {message}", err=True)
+
+
 class Progress:
     """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback).
 
@@ -808,7 +813,9 @@ def train(s: Settings) -> None:
     write_history(out / "history.csv", result.history)
     mean, sd = trained.standardization
     test = ((data.test - mean) / sd).astype(np.float64)
-    scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS)
+    with warnings.catch_warnings():
+        warnings.showwarning = echo_warning
+        scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS)
     last = result.history[-1] if result.history else {}
     summary = {
         "test": scores,
@@ -908,7 +915,13 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 @main.command("evaluate")
 @click.argument("target", type=str)
 @click.option("--test-data", type=str, help="Test trajectory (default: the run's own test set).")
-@click.option("--n-bins", type=int, default=30, show_default=True, help="D_stsp bins per axis.")
+@click.option(
+    "--n-bins",
+    type=int,
+    default=30,
+    show_default=True,
+    help="D_stsp bins per axis (data with N >= 6 dimensions use the Gaussian mixture instead).",
+)
 @click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
 @click.option(
     "--pe-steps", type=int, default=TEST_PE_STEPS, show_default=True, help="PE horizon n."
@@ -952,9 +965,16 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
         mean, sd = model.standardization
         raw = (raw - mean) / sd
     try:
-        scores = models.evaluate(
-            model, raw, n_bins=n_bins, smoothing=smoothing, pe_steps=pe_steps, transient=transient
-        )
+        with warnings.catch_warnings():
+            warnings.showwarning = echo_warning
+            scores = models.evaluate(
+                model,
+                raw,
+                n_bins=n_bins,
+                smoothing=smoothing,
+                pe_steps=pe_steps,
+                transient=transient,
+            )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     if destination is not None:

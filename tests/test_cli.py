@@ -95,6 +95,17 @@ def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
     assert run("evaluate", out / "model.npz").exit_code == 2
 
 
+@pytest.mark.filterwarnings("always::models.metrics.SpectrumResolutionWarning")
+def test_evaluate_warns_in_one_line_when_the_test_data_are_short_for_dh(finished_run, tmp_path):
+    out, _ = finished_run
+    np.save(tmp_path / "short.npy", models.generate("lorenz63", 300, seed=7))
+    result = run("evaluate", out / "model.npz", "--test-data", tmp_path / "short.npy")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "warning" in line]
+    assert len(warned) == 1, result.output
+    assert warned[0].startswith("parscan-train: warning: evaluate: D_H of 299 points")
+
+
 def test_interrupted_run_saves_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
