@@ -1,50 +1,166 @@
-"""Shared timing helper of the benchmark scripts (run as ``python bench/<script>.py``)."""
+"""Shared helpers of the benchmark scripts (run as ``python bench/<script>.py``).
 
+One convention for every script: a case's first call (compilation or cache load included) is
+reported raw as ``first_call_s`` and, with ``compile_s``, minus the case's min; then min and
+median of at least :data:`MIN_RUNS` timed runs, and ``noisy`` when the median is more than
+:data:`NOISY_SPREAD` times the min (a stall of the shared machine hit several runs: compare
+such a row's min, not its median). Rows carry :func:`versions` (with the 1-minute load).
+"""
+
+import dataclasses
+import math
+import os
+import platform
 import time
 
+import numba
 import numpy as np
 
+#: Fewest timed runs behind a min and a median.
+MIN_RUNS = 5
+#: A row whose median exceeds its min by this factor is flagged ``noisy``.
+NOISY_SPREAD = 1.5
 
-def timeit(fn, repeat):
-    """Time ``fn()``: the first call separately (compile or cache load), then ``repeat`` calls.
 
-    Returns
-    -------
-    first, best, median : float
-        Seconds of the first call, and min and median of the following ones.
-    """
+def check_runs(parser, value, flag="--repeat", smoke=False):
+    """``parser.error`` (one line, exit 2) unless ``value >= MIN_RUNS`` (a smoke run, which
+    measures nothing: ``value >= 1``)."""
+    least = 1 if smoke else MIN_RUNS
+    if value < least:
+        why = "a smoke run" if smoke else "min and median of several runs"
+        parser.error(f"{flag} must be >= {least} ({why}); got {value}")
+
+
+def versions():
+    """Software versions, machine and the 1-minute load average, for every JSON row."""
+    import parscan
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "parscan": parscan.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds of one case: its first call, then the timed runs (per call)."""
+
+    first_s: float
+    times: tuple
+    calls_per_run: int = 1
+    result: object = None  # what the last call returned
+
+    @property
+    def min_s(self):
+        return min(self.times)
+
+    @property
+    def median_s(self):
+        return float(np.median(self.times))
+
+    def fields(self):
+        """The JSON fields of the module's convention."""
+        return {
+            "first_call_s": self.first_s,
+            "compile_s": max(self.first_s - self.min_s, 0.0),
+            "min_s": self.min_s,
+            "median_s": self.median_s,
+            "runs": len(self.times),
+            "calls_per_run": self.calls_per_run,
+            "noisy": self.median_s > NOISY_SPREAD * self.min_s,
+        }
+
+
+def _seconds(fn):
     t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def timeit(fn, repeat, budget_s=math.inf):
+    """Time ``fn()``: its first call, then ``repeat`` calls, fewer (never below
+    :data:`MIN_RUNS`) when the next one would take the runs past ``budget_s`` seconds."""
+    first, out = _seconds(fn)
     times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return first, min(times), float(np.median(times))
+    while len(times) < repeat and (len(times) < MIN_RUNS or sum(times) + max(times) <= budget_s):
+        seconds, out = _seconds(fn)
+        times.append(seconds)
+    return Timing(first, tuple(times), 1, out)
 
 
-def calls_per_run(fn, min_seconds=2e-3):
-    """How many back-to-back calls of ``fn`` make one timed run of at least ``min_seconds``.
-
-    A single call of a few microseconds is below the timer's and the scheduler's jitter on a
-    shared VM; timing batches of calls and dividing (as ``timeit`` does) keeps the min honest.
-    """
-    fn()  # warm: compile, cache load, first touch
+def wall_run(call, k):
+    """Wall-clock seconds of ``k`` back-to-back calls of ``call``."""
     t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    return max(1, int(np.ceil(min_seconds / once)))
+    for _ in range(k):
+        call()
+    return time.perf_counter() - t0
 
 
-def timeit_batched(fn, repeat, min_seconds=2e-3):
-    """:func:`timeit` over runs of :func:`calls_per_run` back-to-back calls, per call.
+def cuda_run(call, k):
+    """GPU seconds of ``k`` back-to-back calls of ``call`` (which only enqueues work on the
+    default stream), between two CUDA events: Python dispatch and launch latency overlap the
+    queued kernels instead of being added to them. The simulator's events measure nothing
+    (it runs kernels synchronously): there, wall-clock seconds."""
+    from numba import cuda
 
-    Returns
-    -------
-    number, best, median : int, float, float
-        Calls per run, and min and median seconds per call.
+    if numba.config.ENABLE_CUDASIM:
+        return wall_run(call, k)
+    start, end = cuda.event(), cuda.event()
+    start.record()
+    for _ in range(k):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def calls_per_run(call, run=wall_run, min_seconds=2e-3, probes=5):
+    """How many back-to-back calls of ``call`` make one timed run of at least ``min_seconds``,
+    from the fastest of ``probes`` single calls (after a warm-up call): a single call of a few
+    microseconds is below the timer's and the scheduler's jitter on a shared VM, and a single
+    probe that hits a stall would make every run one call long."""
+    run(call, 1)
+    once = min(run(call, 1) for _ in range(probes))
+    return max(1, math.ceil(min_seconds / max(once, 1e-7)))
+
+
+def interleaved(calls, repeat, run=wall_run, threads=None, min_seconds=2e-3):
+    """Time several calls against each other: a :class:`Timing` per name of ``calls``.
+
+    Each call's first call is timed alone; then ``repeat`` rounds run every call once as a
+    batch of :func:`calls_per_run` calls, in an order rotating from round to round, so that
+    a noisy moment of a shared machine hits every call and its baseline alike, and every call
+    gets runs in every position (a run right after a threaded one finds its data in the other
+    core's cache). ``threads`` maps names to the numba thread count of their runs.
     """
-    number = calls_per_run(fn, min_seconds)
-    _, best, median = timeit(lambda: [fn() for _ in range(number)], repeat)
-    return number, best / number, median / number
+    threads = threads or {}
+    saved = numba.get_num_threads()
+    first = {name: run(call, 1) for name, call in calls.items()}
+    number = {name: calls_per_run(call, run, min_seconds) for name, call in calls.items()}
+    names = list(calls)
+    times = {name: [] for name in names}
+    for i in range(repeat):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            numba.set_num_threads(threads.get(name, saved))
+            try:
+                times[name].append(run(calls[name], number[name]) / number[name])
+            finally:
+                numba.set_num_threads(saved)
+    return {name: Timing(first[name], tuple(times[name]), number[name]) for name in names}
+
+
+def no_gpu_reason():
+    """Why there is no real CUDA GPU to measure on, or None when there is one. The CUDA
+    simulator (``NUMBA_ENABLE_CUDASIM=1``) is not one: its timings mean nothing."""
+    if numba.config.ENABLE_CUDASIM:
+        return "NUMBA_ENABLE_CUDASIM=1: numba.cuda is the simulator, not a GPU"
+    try:
+        from numba import cuda
+
+        return None if cuda.is_available() else "numba.cuda finds no CUDA GPU"
+    except Exception as exc:  # a broken driver or toolkit reads as no GPU, with its reason
+        return f"numba.cuda failed: {exc}"

@@ -9,8 +9,9 @@ alpha = 0), so the benchmark model is made chaotic by fitting it to the Lorenz-6
 (standard normal) and ``h2`` (uniform +-2) are drawn once, then ``A``, ``W1`` and ``h1`` are
 least-squares fits (ridge 1e-4) of the one-step map ``x_t -> x_{t+1}`` (random-feature
 regression; deterministic, < 1 s). Its free run stays on a Lorenz-like attractor and its
-largest Lyapunov exponent (printed, ``models.metrics.max_lyapunov``) is about 0.009 per
-step, i.e. Lorenz-63's 0.9 per unit time at dt = 0.01.
+largest Lyapunov exponent (in every row, ``models.metrics.max_lyapunov``) is about 0.010 per
+step (0.01035 in ``bench/results/deer_2core.jsonl``), close to Lorenz-63's 0.9 per unit time
+at dt = 0.01 (0.009 per step).
 
 Data. ``../shared/data/lorenz63_on0.05_train.npy`` (standardised, 5 % noise, 1e5 points) for
 the fit and for windows that fit in it; longer windows (and everything when the file is
@@ -21,15 +22,16 @@ Cases per T: alpha in {0, "auto"} x jacobian in {"full", "diag"}, default tolera
 ``max_iter``, ``throw=False`` (alpha = 0 fails on chaotic data: its status is reported).
 Each T runs in a fresh subprocess so that its peak RSS (``resource.getrusage``, the whole
 process: data, model, every case) is its own; ``solver_peak_mb`` is the peak of what one
-``deer_solve`` call allocates (``tracemalloc``, a separate untimed call).
-Times: the first call (compilation included) separately, then min and median of up to
-``--repeats`` runs within a time budget per case; the sequential baseline is
-``parscan.sequential_solve`` on the same problem in the same process (one compiled loop).
+``deer_solve`` call allocates (``tracemalloc``, a separate untimed call on the same backend).
+Times (``bench/_timing.py``): the first call (compilation included) reported raw, then min and
+median of ``--repeats`` (>= 5) runs, fewer (never below 5) where the next run would take a
+case past ``--budget`` seconds; the sequential baseline is ``parscan.sequential_solve`` on the
+same problem in the same process (one compiled loop).
 
 Usage::
 
     python bench/deer.py                # T = 1e2 .. 1e6 (several minutes on 2 cores)
-    python bench/deer.py --quick        # T = 1e2 .. 1e4, 3 repeats
+    python bench/deer.py --quick        # T = 1e2 .. 1e4
     python bench/deer.py --T 1000 --repeats 7 --json out.jsonl
     python bench/deer.py --backend cuda --T 100000 1000000   # DEER on a GPU vs the CPU loop
 
@@ -37,16 +39,16 @@ Prints one JSON line per case, then a Markdown table.
 """
 
 import argparse
+import functools
 import json
-import platform
 import resource
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _timing import check_runs, no_gpu_reason, timeit, versions
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lorenz63_on0.05_train.npy"
 FULL_T = [100, 1_000, 10_000, 100_000, 1_000_000]
@@ -86,40 +88,15 @@ def fit_chaotic_shplrnn(x, L=50, seed=3, ridge=1e-4):
     return model
 
 
-def timed(fn, repeats, budget_s):
-    """First call (compilation included), then up to ``repeats`` timed calls within budget."""
-    t = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t
-    times = []
-    while len(times) < repeats and (not times or sum(times) + times[-1] <= budget_s):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, first, times
-
-
 def traced_peak_mb(fn):
-    """Peak of the memory NumPy allocates during ``fn()`` (tracemalloc), in MiB."""
+    """Peak of the host memory NumPy allocates during ``fn()`` (tracemalloc), in MiB (device
+    memory of ``backend="cuda"`` is not traced)."""
     tracemalloc.start()
     try:
         fn()
         return tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
-
-
-def versions():
-    import numba
-
-    import parscan
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "parscan": parscan.__version__,
-    }
 
 
 def run_one_T(T, repeats, budget_s, backend="auto"):
@@ -136,23 +113,18 @@ def run_one_T(T, repeats, budget_s, backend="auto"):
     rows = []
     for alpha in (0.0, "auto"):
         for jacobian in ("full", "diag"):
-            res, first, times = timed(
-                lambda a=alpha, j=jacobian: deer_solve(
-                    model, z0, forcing=forcing, alpha=a, jacobian=j, throw=False, backend=backend
-                ),
+            solve = functools.partial(
+                deer_solve, model, z0, forcing=forcing, alpha=alpha, jacobian=jacobian,
+                throw=False, backend=backend,
+            )  # fmt: skip
+            deer = timeit(solve, repeats, budget_s)
+            res = deer.result
+            seq = timeit(
+                functools.partial(sequential_solve, model, z0, forcing=forcing, alpha=res.alpha),
                 repeats,
                 budget_s,
             )
-            seq, seq_first, seq_times = timed(
-                lambda a=res.alpha: sequential_solve(model, z0, forcing=forcing, alpha=a),
-                repeats,
-                budget_s,
-            )
-            solver_mb = traced_peak_mb(
-                lambda a=alpha, j=jacobian: deer_solve(
-                    model, z0, forcing=forcing, alpha=a, jacobian=j, throw=False
-                )
-            )
+            solver_mb = traced_peak_mb(solve)
             ok = res.status.name == "CONVERGED"
             rows.append(
                 {
@@ -169,21 +141,17 @@ def run_one_T(T, repeats, budget_s, backend="auto"):
                     "backend": backend,
                     "status": res.status.name.lower(),
                     "n_iter": int(res.n_iter),
-                    "max_abs_err_vs_sequential": float(np.max(np.abs(res.states - seq)))
+                    "max_abs_err_vs_sequential": float(np.max(np.abs(res.states - seq.result)))
                     if ok
                     else None,
-                    "first_call_s": round(first, 4),
-                    "runs": len(times),
-                    "min_s": round(min(times), 5),
-                    "median_s": round(float(np.median(times)), 5),
-                    "seq_first_call_s": round(seq_first, 4),
-                    "seq_min_s": round(min(seq_times), 5),
-                    "seq_median_s": round(float(np.median(seq_times)), 5),
-                    "deer_over_seq": round(float(np.median(times) / np.median(seq_times)), 2),
+                    **deer.fields(),
+                    **{f"seq_{key}": value for key, value in seq.fields().items()},
+                    "deer_over_seq": round(deer.median_s / seq.median_s, 2),
                     "solver_peak_mb": round(solver_mb, 1),
                     "solver_bytes_per_step": round(solver_mb * 2**20 / T, 1),
+                    "repeat": repeats,
+                    "budget_s": budget_s,
                     "threads": numba.get_num_threads(),
-                    "machine": platform.machine(),
                     "versions": versions(),
                 }
             )
@@ -211,9 +179,9 @@ def table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="T = 1e2..1e4, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="T = 1e2..1e4 (unless --T)")
     parser.add_argument("--T", type=int, nargs="+", help="sequence lengths (default 1e2..1e6)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per case (30)")
     parser.add_argument("--json", type=Path, help="also append the JSON lines to this file")
     parser.add_argument(
@@ -224,14 +192,20 @@ def main(argv=None):
     )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 5)
+    check_runs(parser, args.repeats, "--repeats")
+    if args.T and min(args.T) < 1:
+        parser.error(f"--T must be >= 1; got {min(args.T)}")
+    if not args.budget > 0:
+        parser.error(f"--budget must be > 0 seconds; got {args.budget}")
+    if args.backend == "cuda" and (reason := no_gpu_reason()):
+        parser.error(f"--backend cuda needs a real GPU: {reason}")
     if args.child is not None:
-        for row in run_one_T(args.child, repeats, args.budget, args.backend):
+        for row in run_one_T(args.child, args.repeats, args.budget, args.backend):
             print(json.dumps(row), flush=True)
         return
     rows = []
     for T in args.T or (QUICK_T if args.quick else FULL_T):
-        cmd = [sys.executable, __file__, "--child", str(T), "--repeats", str(repeats)]
+        cmd = [sys.executable, __file__, "--child", str(T), "--repeats", str(args.repeats)]
         cmd += ["--budget", str(args.budget), "--backend", args.backend]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:

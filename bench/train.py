@@ -8,24 +8,32 @@ Model: shPLRNN (M=3, L=50) fitted for a few epochs to generated Lorenz-63 data (
 forced dynamics are chaotic-like and the Newton iteration counts are representative), or one
 loaded with ``--model``. Batch: B=16 random windows of the standardised trajectory. alpha is
 estimated once per T with ``parscan.gtf_alpha`` (the "auto" rule) and passed to both methods,
-so both solve the same problem. Every case reports the first-call time (compile or cache load)
-separately, min and median over ``--repeat`` (>= 5) runs, the Newton iterations, threads and
-versions, and the DEER rows the speed-up over the sequential method measured in the same
-process. JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
+so both solve the same problem. Every case (dtype, method, T) reports the fields of
+``bench/_timing.py``: its first call (compile or cache load included) raw as
+``first_call_s``, then min and median over ``--repeat`` (>= 5) runs; the Newton iterations,
+threads and versions, and the DEER rows the speed-up (median over median) over the sequential
+method measured in the same process. ``--backend`` is the DEER backend (``cuda``: Newton
+iterations and adjoint on a GPU, against the sequential method on the CPU; it needs a real
+GPU). JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
 packages are importable, skipped otherwise (they are not dependencies). Each framework row
 runs in its own subprocess on the same windows, model and alpha (written to a temporary
 folder), so that a framework's thread pool cannot slow the Numba kernels down or the other
 way round; its row reports ``framework / fastest parscan`` (median over median).
 
+``--quick`` and ``--smoke`` set defaults; explicit flags win. ``--smoke`` (T = 8, B = 1,
+float32, 1 pre-fit epoch, no frameworks, any ``--repeat``) checks that the code runs: with
+``--backend cuda`` it accepts the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) and measures
+nothing.
+
     python bench/train.py                 # T in 1e2..1e5, float32 and float64
-    python bench/train.py --quick         # T in 1e2, 1e3; float64; 3 repeats
+    python bench/train.py --quick         # T in 1e2, 1e3; float64
     python bench/train.py --model run/model.npz --T 1000 10000
+    python bench/train.py --backend cuda --T 10000 100000 --dtype float32   # on a GPU
 """
 
 import argparse
 import functools
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,22 +42,13 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from _timing import check_runs, no_gpu_reason, timeit, versions
 
 import models
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.train import TrainConfig, fit
 from parscan import gtf_alpha
 from parscan._jit import n_threads
-
-
-def _timeit(fn, repeat):
-    times = []
-    out = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times)), out
 
 
 def _model(args, x):
@@ -62,14 +61,6 @@ def _model(args, x):
     )  # fmt: skip
     model = fit(models.ShPLRNN(3, 50, dtype="float64", seed=0), x, cfg).model
     return model, time.perf_counter() - t0
-
-
-def _versions():
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-    }
 
 
 def _jax_bptt(model, windows, alpha):
@@ -151,25 +142,48 @@ def _framework_worker(name, folder, repeat):
     if run is None:
         print(json.dumps({"what": name, "skipped": "not installed"}))
         return 0
-    run()  # warm-up (JAX compiles in ``_jax_bptt``; PyTorch allocates its pools)
-    best, median, loss = _timeit(run, repeat)
+    timing = timeit(run, repeat)  # JAX compiles in ``_jax_bptt``: its first call is warm
     B, T = windows.shape[0], windows.shape[1] - 1
-    row = {"what": name, "dtype": windows.dtype.name, "B": B, "T": T, "loss": loss,
-           "min_s": best, "median_s": median, "repeat": repeat}  # fmt: skip
+    row = {"what": name, "dtype": windows.dtype.name, "B": B, "T": T, "loss": timing.result,
+           **timing.fields(), "repeat": repeat}  # fmt: skip
     print(json.dumps(row))
     return 0
 
 
-def main(argv=None):
+#: Defaults of ``--quick`` and ``--smoke`` (explicit flags win) and without either.
+PRESETS = {
+    "full": {"T": [100, 1000, 10_000, 100_000], "dtype": ["float32", "float64"], "B": 16,
+             "pretrain_epochs": 20},
+    "quick": {"T": [100, 1000], "dtype": ["float64"], "B": 16, "pretrain_epochs": 20},
+    "smoke": {"T": [8], "dtype": ["float32"], "B": 1, "pretrain_epochs": 1,
+              "no_frameworks": True},
+}  # fmt: skip
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=int, nargs="+", default=[100, 1000, 10_000, 100_000])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "float64"])
-    ap.add_argument("--method", nargs="+", default=["deer", "sequential"])
-    ap.add_argument("--B", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--T", type=_positive, nargs="+", help="window lengths (1e2..1e5)")
+    ap.add_argument("--dtype", nargs="+", choices=("float32", "float64"))
+    ap.add_argument("--method", nargs="+", choices=("deer", "sequential"),
+                    default=["deer", "sequential"])  # fmt: skip
+    ap.add_argument("--backend", choices=("auto", "sequential", "cpu", "cuda"), default="auto",
+                    help="backend of the deer method (sequential: CPU)")  # fmt: skip
+    ap.add_argument("--B", type=_positive, help="windows per batch (16)")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per case (>= 5; --smoke: any)"
+    )
     ap.add_argument("--model", help="a trained LatentRNN .npz (default: a quick pre-fit)")
-    ap.add_argument("--pretrain-epochs", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="T in 1e2, 1e3; float64; 3 repeats")
+    ap.add_argument("--pretrain-epochs", type=_positive, help="epochs of the pre-fit (20)")
+    preset = ap.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="T in 1e2, 1e3; float64")
+    preset.add_argument("--smoke", action="store_true", help="tiny sizes; a code check")
     ap.add_argument("--no-frameworks", action="store_true", help="skip JAX / PyTorch rows")
     ap.add_argument(
         "--frameworks-max-T", type=int, default=10_000,
@@ -177,27 +191,30 @@ def main(argv=None):
     )  # fmt: skip
     ap.add_argument("--framework-worker", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    check_runs(ap, args.repeat, smoke=args.smoke)
+    preset = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    for key, value in preset.items():
+        if getattr(args, key) in (None, False):
+            setattr(args, key, value)
+    if args.backend == "cuda" and (reason := no_gpu_reason()):
+        if not (args.smoke and numba.config.ENABLE_CUDASIM):
+            ap.error(f"--backend cuda needs a real GPU: {reason}")
+    return args
+
+
+def main(argv=None):
+    args = _parse_args(argv)
     if args.framework_worker:
         return _framework_worker(*args.framework_worker, args.repeat)
-    if args.quick:
-        args.T, args.dtype, args.repeat = [100, 1000], ["float64"], 3
-
     x = models.generate("lorenz63", max(args.T) + 20_000, seed=1)
     x, _, _ = models.standardize(x)
     model64, pretrain_s = _model(args, x)
     rng = np.random.default_rng(0)
-    common = {"threads": n_threads(), "versions": _versions(), "model": repr(model64)}
+    common = {"threads": n_threads(), "versions": versions(), "model": repr(model64)}
     print(json.dumps({"what": "setup", "pretrain_s": round(pretrain_s, 2), **common}), flush=True)
 
     for dtype in args.dtype:
         model = model64.astype(dtype)
-        for method in args.method:  # first call on a tiny problem: compile / cache load
-            w = x[None, :11].astype(dtype).repeat(args.B, axis=0)
-            t0 = time.perf_counter()
-            gtf_loss_and_grad(model, w, alpha=0.5, method=method)
-            first = round(time.perf_counter() - t0, 3)
-            row = {"what": "first_call", "method": method, "dtype": dtype, "seconds": first}
-            print(json.dumps(row), flush=True)
         for T in args.T:
             starts = rng.integers(0, x.shape[0] - T, size=args.B)
             windows = x[starts[:, None] + np.arange(T + 1)].astype(dtype)
@@ -205,19 +222,22 @@ def main(argv=None):
             medians = {}
             for method in sorted(args.method, reverse=True):  # sequential first: the baseline
                 call = functools.partial(
-                    gtf_loss_and_grad, model, windows, alpha=alpha, method=method
-                )
-                best, median, (loss, _, info) = _timeit(call, args.repeat)
+                    gtf_loss_and_grad, model, windows, alpha=alpha, method=method,
+                    backend=args.backend,
+                )  # fmt: skip
+                timing = timeit(call, args.repeat)
+                loss, _, info = timing.result
                 row = {
                     "what": "gtf_loss_and_grad", "method": method, "dtype": dtype, "B": args.B,
                     "T": T, "M": model.M, "alpha": round(alpha, 4), "loss": loss,
+                    "backend": args.backend if method == "deer" else None,
                     "newton_iters_max": info.newton_iters_max,
                     "newton_iters_mean": info.newton_iters_mean,
-                    "min_s": best, "median_s": median, "repeat": args.repeat, **common,
+                    **timing.fields(), "repeat": args.repeat, **common,
                 }  # fmt: skip
-                medians[method] = median
+                medians[method] = timing.median_s
                 if method != "sequential" and "sequential" in medians:
-                    row["speedup_vs_sequential"] = medians["sequential"] / median
+                    row["speedup_vs_sequential"] = medians["sequential"] / timing.median_s
                 print(json.dumps(row), flush=True)
             if args.no_frameworks or T > args.frameworks_max_T:
                 continue

@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import replace
 
+from _timing import versions
+
 import cli
 import models
 from autodiff import fit
@@ -61,17 +63,30 @@ def run(settings):
     }
 
 
+def _override(item):
+    """``key=value`` of ``--set``: ``(key, value)`` with ints, floats, none/true/false parsed."""
+    key, sep, value = item.partition("=")
+    if not (sep and key):
+        raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+    return key, _parse_value(value)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", nargs="*", default=[], help="cli.Settings overrides key=value")
+    ap.add_argument(
+        "--set", nargs="*", type=_override, default=[], help="cli.Settings overrides key=value"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args(argv)
-    overrides = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    base = cli.resolve_settings({**overrides, "quiet": True}, None)
+    try:  # names and types checked as a config file's (cli._typed_settings), then resolved
+        overrides = cli._typed_settings(dict(args.set), "--set")
+        base = cli.resolve_settings({**overrides, "quiet": True}, None)
+    except (cli.UserError, TypeError, ValueError) as exc:
+        ap.error(getattr(exc, "message", str(exc)))
     warm = replace(base, epochs=1, batches_per_epoch=1, n_steps=5_000, validation_steps=100)
     run(warm)  # kernel compilation / cache loading, not timed
     for seed in args.seeds:
-        row = {"overrides": overrides, **run(replace(base, seed=seed))}
+        row = {"overrides": overrides, **run(replace(base, seed=seed)), "versions": versions()}
         print(json.dumps(row), flush=True)
     return 0
 
