@@ -1,8 +1,9 @@
 """CUDA evaluation of ``F`` and its Jacobian for the piecewise-linear RNN families.
 
-The only module of ``models`` that imports ``numba.cuda``; :class:`~models._plrnn_kernels.
-PiecewiseLinearRNN` imports it lazily, when ``step_and_jacobian(..., backend="cuda")`` is
-called or device arrays are passed.
+The only module of ``models`` that uses ``numba.cuda`` (taken from :mod:`parscan._cuda`, the
+module that imports it); :class:`~models._plrnn_kernels.PiecewiseLinearRNN` imports this
+one lazily, when ``step_and_jacobian(..., backend="cuda")`` is called or device arrays are
+passed.
 
 Each family's plain per-step functions (``model.step_functions``: ``step_jacobian`` and
 ``step_jacobian_diag``) are compiled with ``numba.cuda.jit(device=True)`` and called from one
@@ -33,9 +34,10 @@ import functools
 
 import numba
 import numpy as np
-from numba import cuda
 
+from models._plrnn_kernels import EVAL_F_DIAG, EVAL_F_FULL, check_out_pair, is_device_array
 from parscan import _cuda
+from parscan._cuda import cuda
 
 #: ``mode`` of :func:`make_eval_kernel`.
 MODES = ("full", "diag")
@@ -209,13 +211,6 @@ def sum_rows(G, threads: int | None = None):
 # --------------------------------------------------------------------------- host side
 
 
-def is_device_array(x) -> bool:
-    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object."""
-    if x is None or isinstance(x, np.ndarray):
-        return False
-    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
-
-
 def device_args(model) -> tuple:
     """``model.kernel_args()`` on the GPU: the arrays that are views of ``model.params`` come
     from one transfer of the flat vector, others are copied one by one; ints pass as they are."""
@@ -309,8 +304,9 @@ def step_and_jacobian_cuda(model, z, diag: bool = False, out=None):
         Return only the Jacobian diagonal.
     out : (f_out, j_out) or None
         Arrays of shapes ``(..., M)`` and ``(..., M, M)`` (``(..., M)`` with ``diag=True``),
-        on the same side (host / device) as ``z``, C-contiguous, model dtype, not overlapping
-        ``z``; filled and returned.
+        on the same side (host / device) as ``z``, C-contiguous, model dtype, overlapping
+        neither ``z`` nor each other; filled and returned. Host arrays are checked as by
+        the CPU path (``model._eval_arrays``).
 
     Returns
     -------
@@ -320,17 +316,8 @@ def step_and_jacobian_cuda(model, z, diag: bool = False, out=None):
     where = f"{type(model).__name__}.step_and_jacobian"
     M, dtype = model.M, model.dtype
     if not is_device_array(z):
-        Z = model._states(z, "step_and_jacobian")
-        lead = z.shape[:-1]
-        j_shape = (*lead, M) if diag else (*lead, M, M)
-        if out is None:
-            F, J = np.empty(z.shape, dtype=dtype), np.empty(j_shape, dtype=dtype)
-        else:
-            _check_pair(out, where)
-            F = model._check_out(out[0], z.shape, where, "out[0]")
-            J = model._check_out(out[1], j_shape, where, "out[1]")
-            if np.may_share_memory(F, z) or np.may_share_memory(J, z):
-                raise ValueError(f"{where}: `out` arrays must not overlap `z`.")
+        mode = EVAL_F_DIAG if diag else EVAL_F_FULL
+        Z, F, J = model._eval_arrays(z, mode, out, "step_and_jacobian")
         P = Z.shape[0]
         if P == 0:
             return F, J
@@ -351,12 +338,16 @@ def step_and_jacobian_cuda(model, z, diag: bool = False, out=None):
         J = cuda.device_array(j_shape, dtype)
         d_F, d_J = F, J
     else:
-        _check_pair(out, where)
-        F, J = out
+        F, J = check_out_pair(out, where)
         d_F = _device_checked(F, shape, dtype, where, "out[0]")
         d_J = _device_checked(J, j_shape, dtype, where, "out[1]")
         if _overlap(d_F, d_z) or _overlap(d_J, d_z):
             raise ValueError(f"{where}: `out` arrays must not overlap `z`.")
+        if _overlap(d_F, d_J):
+            raise ValueError(
+                f"{where}: `out[0]` and `out[1]` must not overlap each other; pass two "
+                f"separate arrays."
+            )
     P = int(np.prod(lead, dtype=np.int64))
     if P:
         jf = (P, M) if diag else (P, M, M)
@@ -431,10 +422,3 @@ def param_vjp_cuda(model, z_prev, cotangent, launch: EvalLaunch | None = None) -
     vk.kernel[blocks, launch.threads](*device_args(model), d_z.reshape(P, M), d_c.reshape(P, M), G)
     grad[: model.n_map_params] = sum_rows(G, launch.threads).copy_to_host()
     return grad
-
-
-def _check_pair(out, where):
-    if not (isinstance(out, tuple | list) and len(out) == 2):
-        raise TypeError(
-            f"{where}: `out` must be a pair (f_out, j_out) or None; got {type(out).__name__}."
-        )

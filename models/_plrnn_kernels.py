@@ -19,15 +19,22 @@ argument, and cold parfor compiles cost seconds each.
 This module holds what the families share: the :class:`StepFunctions` bundle, the lab's
 initialisers and :class:`PiecewiseLinearRNN`, which validates inputs, flattens leading
 dimensions and calls the family's drivers.
+
+A relu whose pre-activation is ``-inf`` gives 0 (``x * (x > 0)`` alone would give
+``-inf * 0 = NaN``): the per-step functions and drivers clamp relu inputs from below at the
+dtype's lowest finite value (``lo = np.finfo(dtype).min``, ``lo if x < lo else x``), a no-op
+for finite inputs, whose results stay bitwise those of ``x * (x > 0)``. A NaN
+pre-activation stays NaN.
 """
 
+import math
 from abc import abstractmethod
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from models._checks import check_int
-from models.base import LatentRNN
+from models.base import LatentRNN, astype_hint
 
 #: ``mode`` argument of the evaluation drivers.
 EVAL_F, EVAL_F_DIAG, EVAL_F_FULL = 0, 1, 2
@@ -71,8 +78,11 @@ def normalized_positive_definite(rng: np.random.Generator, M: int) -> np.ndarray
     """``K / lambda_max(K)`` with ``K = R^T R / M + I``, ``R`` standard normal ``(M, M)``.
 
     The recurrent initialisation of Talathi & Vartak (2016), arXiv:1511.03771, which the
-    Durstewitz lab uses for the diagonal ``A`` of its PLRNNs: a symmetric positive-definite
-    matrix with largest eigenvalue 1, so ``diag`` lies in ``(0, 1]``.
+    Durstewitz lab uses for its PLRNNs (``normalized_positive_definite`` and
+    ``initialize_A_W_h`` in DurstewitzLab/GTF-shPLRNN, ``src/models/initialization.jl``): a
+    symmetric positive-definite matrix with largest eigenvalue 1, so ``diag`` lies in
+    ``(0, 1]``. Its diagonal initialises ``A`` of every family, its off-diagonal ``W`` of the
+    vanilla PLRNN.
     """
     R = rng.standard_normal((M, M))
     K = R.T @ R / M + np.eye(M)
@@ -86,12 +96,26 @@ def uniform_fan_in(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return rng.uniform(-r, r, size=shape)
 
 
-def _is_device_array(x) -> bool:
+def _jacobian_tail(mode: int, M: int) -> tuple[int, ...]:
+    """Shape of the Jacobian part of one position in evaluation ``mode``."""
+    return {EVAL_F: (0,), EVAL_F_DIAG: (M,), EVAL_F_FULL: (M, M)}[mode]
+
+
+def is_device_array(x) -> bool:
     """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object
     (checked without importing ``numba.cuda``)."""
     if x is None or isinstance(x, np.ndarray):
         return False
     return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+
+
+def check_out_pair(out, where: str) -> tuple:
+    """``out`` as the pair ``(f_out, j_out)``, else ``TypeError`` naming ``where``."""
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise TypeError(
+            f"{where}: `out` must be a pair (f_out, j_out) or None; got {type(out).__name__}."
+        )
+    return out[0], out[1]
 
 
 class PiecewiseLinearRNN(LatentRNN):
@@ -162,14 +186,18 @@ class PiecewiseLinearRNN(LatentRNN):
 
     # ---- input validation -------------------------------------------------------------
 
-    def _states(self, z, method: str, name: str = "z") -> np.ndarray:
-        """``z`` as a C-contiguous ``(n, M)`` array of the model dtype (a view if possible)."""
+    def _states(self, z, method: str, name: str = "z") -> tuple[np.ndarray, np.ndarray]:
+        """``z`` (array_like on the host) validated, and as a C-contiguous ``(n, M)`` array
+        (a view if possible): ``(z, Z)``. Errors name ``method``."""
         where = f"{type(self).__name__}.{method}"
-        if not isinstance(z, np.ndarray):
+        if is_device_array(z):
             raise TypeError(
-                f"{where}: `{name}` must be a numpy array of shape (..., {self.M}); got "
-                f"{type(z).__name__}. Use np.asarray({name}, dtype=np.{self.dtype})."
+                f"{where}: `{name}` is a device array, but this call computes on the host "
+                f"(only step_and_jacobian and param_vjp take device arrays, and param_vjp "
+                f"needs both arguments on the device). Pass a host array "
+                f"({name}.copy_to_host()) or keep every array argument on the device."
             )
+        z = np.asarray(z)
         if z.ndim < 1 or z.shape[-1] != self.M:
             raise ValueError(
                 f"{where}: `{name}` must have shape (..., {self.M}) (M={self.M}); got "
@@ -178,54 +206,61 @@ class PiecewiseLinearRNN(LatentRNN):
         if z.dtype != self.dtype:
             raise TypeError(
                 f"{where}: `{name}` must have the model dtype {self.dtype}; got {z.dtype}. "
-                f"Use {name}.astype(np.{self.dtype}) or model.astype({str(z.dtype)!r})."
+                f"Use {name}.astype(np.{self.dtype}){astype_hint(z.dtype)}."
             )
-        return np.ascontiguousarray(z).reshape(-1, self.M)
+        return z, np.ascontiguousarray(z).reshape(-1, self.M)
 
     def _check_out(self, arr, shape: tuple, where: str, name: str) -> np.ndarray:
-        ok = (
-            isinstance(arr, np.ndarray)
-            and arr.shape == shape
-            and arr.dtype == self.dtype
-            and arr.flags.c_contiguous
-            and arr.flags.writeable
-        )
-        if not ok:
-            got = (
-                f"shape {arr.shape}, dtype {arr.dtype}, C-contiguous {arr.flags.c_contiguous}"
-                if isinstance(arr, np.ndarray)
-                else type(arr).__name__
+        """``arr`` if it is a writeable C-contiguous host array of ``shape`` and the model
+        dtype: ``TypeError`` for another kind or dtype, ``ValueError`` for the rest."""
+        fix = f"Allocate it with np.empty({shape}, dtype=np.{self.dtype}) or pass out=None."
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(
+                f"{where}: `{name}` must be a numpy array like `z` (host in, host out); got "
+                f"{type(arr).__name__}. {fix}"
             )
+        if arr.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: `{name}` must have the model dtype {self.dtype}; got {arr.dtype}. {fix}"
+            )
+        problems = [f"has shape {arr.shape}"] if arr.shape != shape else []
+        problems += [] if arr.flags.c_contiguous else ["is not C-contiguous"]
+        problems += [] if arr.flags.writeable else ["is not writeable"]
+        if problems:
             raise ValueError(
-                f"{where}: `{name}` must be a writeable C-contiguous array of shape {shape} "
-                f"and dtype {self.dtype}; got {got}. Allocate it with "
-                f"np.empty({shape}, dtype=np.{self.dtype}) or pass out=None."
+                f"{where}: `{name}` must be a writeable C-contiguous array of shape {shape}, "
+                f"but it {' and '.join(problems)}. {fix}"
             )
         return arr
+
+    def _eval_arrays(self, z, mode: int, out, method: str):
+        """Validated host input and outputs of an evaluation in ``mode``: ``(Z, F, J)`` with
+        ``Z`` the states as ``(n, M)``, ``F`` of ``z``'s shape and ``J`` of shape
+        ``(*lead, *tail)`` (tail ``(0,)``, ``(M,)`` or ``(M, M)``): ``out``'s arrays after
+        the checks of :meth:`step_and_jacobian`, or new ones."""
+        where = f"{type(self).__name__}.{method}"
+        z, Z = self._states(z, method)
+        j_shape = (*z.shape[:-1], *_jacobian_tail(mode, self.M))
+        if out is None:
+            return Z, np.empty(z.shape, dtype=self.dtype), np.empty(j_shape, dtype=self.dtype)
+        f_out, j_out = check_out_pair(out, where)
+        F = self._check_out(f_out, z.shape, where, "out[0]")
+        J = self._check_out(j_out, j_shape, where, "out[1]")
+        if np.may_share_memory(F, z) or np.may_share_memory(J, z):
+            raise ValueError(f"{where}: `out` arrays must not overlap `z`.")
+        if np.may_share_memory(F, J):
+            raise ValueError(
+                f"{where}: `out[0]` and `out[1]` must not overlap each other; pass two "
+                f"separate arrays."
+            )
+        return Z, F, J
 
     # ---- the contract -----------------------------------------------------------------
 
     def _evaluate(self, z, mode: int, out, method: str):
-        Z = self._states(z, method)
-        lead = z.shape[:-1]
-        M = self.M
-        j_tail = {EVAL_F: (0,), EVAL_F_DIAG: (M,), EVAL_F_FULL: (M, M)}[mode]
-        where = f"{type(self).__name__}.{method}"
-        if out is None:
-            F = np.empty(z.shape, dtype=self.dtype)
-            J = np.empty((*lead, *j_tail), dtype=self.dtype)
-        else:
-            if not (isinstance(out, tuple | list) and len(out) == 2):
-                raise TypeError(
-                    f"{where}: `out` must be a pair (f_out, j_out) or None; got "
-                    f"{type(out).__name__}."
-                )
-            F = self._check_out(out[0], z.shape, where, "out[0]")
-            J = self._check_out(out[1], (*lead, *j_tail), where, "out[1]")
-            if np.may_share_memory(F, z) or np.may_share_memory(J, z):
-                raise ValueError(f"{where}: `out` arrays must not overlap `z`.")
-        n = Z.shape[0]
-        F2, J2 = F.reshape(n, M), J.reshape(n, int(np.prod(j_tail)))
+        Z, F, J = self._eval_arrays(z, mode, out, method)
+        n, M = Z.shape
+        F2, J2 = F.reshape(n, M), J.reshape(n, math.prod(_jacobian_tail(mode, M)))
         if n == 1:
             self._eval_item(*self.kernel_args(), Z[0], F2[0], J2[0], mode)
         else:
@@ -237,7 +272,7 @@ class PiecewiseLinearRNN(LatentRNN):
 
         Parameters
         ----------
-        z : ndarray, shape (..., M)
+        z : array_like, shape (..., M)
             States, of the model dtype.
 
         Returns
@@ -262,19 +297,21 @@ class PiecewiseLinearRNN(LatentRNN):
 
         Parameters
         ----------
-        z : ndarray or device array, shape (..., M)
+        z : array_like or device array, shape (..., M)
             States, of the model dtype. Device arrays (numba device arrays or any
             ``__cuda_array_interface__`` object, C-contiguous) are evaluated on the GPU.
         diag : bool
-            Return only the Jacobian diagonal (quasi-DEER).
+            Return only the Jacobian diagonal (quasi-DEER). A ``bool`` (NumPy bools too).
         out : (ndarray, ndarray) or None
             Caller arrays ``(f_out, j_out)`` of shapes ``(..., M)`` and ``(..., M, M)``
-            (``(..., M)`` with ``diag=True``), C-contiguous, model dtype, not overlapping
-            ``z``, on the same side (host / device) as ``z``; they are filled and returned.
+            (``(..., M)`` with ``diag=True``), C-contiguous, writeable, model dtype, on the
+            same side (host / device) as ``z``, overlapping neither ``z`` nor each other;
+            they are filled and returned.
         backend : {"auto", "cpu", "cuda"}
             ``"auto"``: the ``prange`` kernel for host arrays, the CUDA kernel
             (:mod:`models._cuda_eval`) for device arrays. ``"cpu"``: host arrays only.
-            ``"cuda"``: the CUDA kernel also for host arrays (copied to the GPU and back).
+            ``"cuda"``: the CUDA kernel also for host arrays (copied to the GPU and back);
+            refused with ``ValueError`` where numba.cuda finds no GPU (and no simulator).
 
         Returns
         -------
@@ -282,18 +319,26 @@ class PiecewiseLinearRNN(LatentRNN):
         J : ndarray or device array, shape (..., M, M), or (..., M) with ``diag=True``
             Device arrays exactly when ``z`` is one.
         """
+        where = f"{type(self).__name__}.step_and_jacobian"
         if backend not in ("auto", "cpu", "cuda"):
-            raise ValueError(
-                f"{type(self).__name__}.step_and_jacobian: backend must be 'auto', 'cpu' or "
-                f"'cuda'; got {backend!r}."
-            )
-        on_device = _is_device_array(z)
+            raise ValueError(f"{where}: backend must be 'auto', 'cpu' or 'cuda'; got {backend!r}.")
+        if not isinstance(diag, bool | np.bool_):
+            raise TypeError(f"{where}: `diag` must be a bool; got {type(diag).__name__}.")
+        diag = bool(diag)
+        on_device = is_device_array(z)
         if on_device and backend == "cpu":
             raise ValueError(
-                f"{type(self).__name__}.step_and_jacobian: device arrays need backend 'cuda' or "
-                "'auto'; got backend='cpu'. Copy `z` to the host first (z.copy_to_host())."
+                f"{where}: device arrays need backend 'cuda' or 'auto'; got backend='cpu'. Copy "
+                "`z` to the host first (z.copy_to_host())."
             )
         if on_device or backend == "cuda":
+            from parscan.scan import available_backends  # lazy: may import numba.cuda
+
+            if "cuda" not in available_backends():
+                raise ValueError(
+                    f"{where}: backend='cuda' is not available (numba.cuda finds no GPU; "
+                    "NUMBA_ENABLE_CUDASIM=1 runs the simulator). Use backend='cpu' (or 'auto')."
+                )
             from models import _cuda_eval  # lazy: numba.cuda only when asked for
 
             return _cuda_eval.step_and_jacobian_cuda(self, z, diag, out)
@@ -309,9 +354,9 @@ class PiecewiseLinearRNN(LatentRNN):
 
         Parameters
         ----------
-        z_prev : ndarray or device array, shape (..., M)
+        z_prev : array_like or device array, shape (..., M)
             States at which ``F`` is evaluated.
-        cotangent : ndarray or device array, shape (..., M)
+        cotangent : array_like or device array, shape (..., M)
             Cotangents of ``F(z_prev)``, same shape, on the same side as ``z_prev``.
 
         Returns
@@ -319,12 +364,12 @@ class PiecewiseLinearRNN(LatentRNN):
         ndarray, shape (n_params,)
             Model dtype, on the host also for device input; zero in the ``L0`` block.
         """
-        if _is_device_array(z_prev):
+        if is_device_array(z_prev):
             from models import _cuda_eval  # lazy: numba.cuda only when asked for
 
             return _cuda_eval.param_vjp_cuda(self, z_prev, cotangent)
-        Z = self._states(z_prev, "param_vjp", "z_prev")
-        C = self._states(cotangent, "param_vjp", "cotangent")
+        z_prev, Z = self._states(z_prev, "param_vjp", "z_prev")
+        cotangent, C = self._states(cotangent, "param_vjp", "cotangent")
         if cotangent.shape != z_prev.shape:
             raise ValueError(
                 f"{type(self).__name__}.param_vjp: `cotangent` must have the shape of "
@@ -346,18 +391,20 @@ class PiecewiseLinearRNN(LatentRNN):
 
         Parameters
         ----------
-        z0 : ndarray, shape (..., M)
-            Initial states.
+        z0 : array_like, shape (..., M)
+            Initial states, of the model dtype.
         n_steps : int
             Number of steps (>= 0).
 
         Returns
         -------
         ndarray, shape (..., n_steps, M)
-            ``z_1 .. z_n`` (``z0`` not included).
+            ``z_1 .. z_n`` (``z0`` not included). A run that diverges or becomes non-finite
+            is returned as computed (huge, inf or NaN entries), not flagged;
+            :func:`models.evaluate` reports such runs.
         """
         n_steps = check_int(n_steps, "n_steps", f"{type(self).__name__}.simulate", minimum=0)
-        Z0 = self._states(z0, "simulate", "z0")
+        z0, Z0 = self._states(z0, "simulate", "z0")
         out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
         out3 = out.reshape(Z0.shape[0], n_steps, self.M)
         if n_steps and Z0.shape[0] == 1:

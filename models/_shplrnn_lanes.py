@@ -44,8 +44,10 @@ def _load(X, start, n, xt):
 @jit
 def _hidden_unit(W2, h2, clipped, l, zt, s, up, sp, phi):
     """Pre-activation ``s = W2[l] z``, the relu indicators and ``phi`` of hidden unit ``l``
-    for every lane (the per-step functions' expressions, lane by lane)."""
+    for every lane (the per-step functions' expressions, lane by lane, ``-inf`` clamped to
+    the lowest finite value as there)."""
     M = zt.shape[0]
+    lo = np.finfo(zt.dtype).min
     w = W2[l, 0]
     for k in range(LANES):
         s[k] = w * zt[0, k]
@@ -56,7 +58,9 @@ def _hidden_unit(W2, h2, clipped, l, zt, s, up, sp, phi):
     hl = h2[l]
     for k in range(LANES):
         sk = s[k]
+        sk = lo if sk < lo else sk
         u = sk + hl
+        u = lo if u < lo else u
         up[k] = u > 0
         sp[k] = (sk > 0) & (clipped != 0)
         phi[k] = u * up[k] - sk * sp[k]

@@ -8,7 +8,7 @@ with ``A`` of shape (M,) (a diagonal), ``W`` (M, M), ``h`` (M,): only the last `
 pass through the relu. The PLRNN is the ALRNN with ``P = M`` and a zero diagonal in ``W``
 (self-coupling lives in ``A`` alone); the zero diagonal is set by ``init``, required by
 ``set_params`` and kept by training because the gradient there is masked to zero. The relu
-derivative at exactly 0 is 0 everywhere; ``relu(NaN)`` is NaN.
+derivative at exactly 0 is 0 everywhere; ``relu(NaN)`` is NaN and ``relu(-inf)`` is 0.
 
 Per-step functions (plain Python over explicit arrays; see
 :class:`models._plrnn_kernels.StepFunctions`), all taking
@@ -26,6 +26,8 @@ They are bundled (plain and CPU-compiled) as ``ALRNN.step_functions`` and
 ``ALRNN.step_functions_jit``.
 """
 
+from abc import abstractmethod
+
 import numpy as np
 from numba import prange
 
@@ -36,20 +38,25 @@ from models._plrnn_kernels import (
     PiecewiseLinearRNN,
     StepFunctions,
     normalized_positive_definite,
-    uniform_fan_in,
 )
 from parscan._jit import jit, jit_parallel
 
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
+# A pre-activation of ``-inf`` would give ``relu = -inf * 0 = NaN``: relu inputs are first
+# clamped from below at ``lo``, the dtype's lowest finite value (``lo if x < lo else x``: a
+# no-op for every finite x, NaN stays NaN, and it costs no measurable time), so a ``-inf``
+# pre-activation contributes 0 and finite ones give bitwise the results of ``x * (x > 0)``.
 
 
 def alrnn_step(A, W, h, P, zero_diag, z, out):
     """``out = F(z)``; ``z``, ``out`` of shape (M,), not aliased."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h[i]
     for j in range(M):
-        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        zj = z[j]
+        phi = zj if j < M - P else (lo if zj < lo else zj) * (zj > 0)
         for i in range(M):
             out[i] += W[i, j] * phi
 
@@ -57,11 +64,13 @@ def alrnn_step(A, W, h, P, zero_diag, z, out):
 def alrnn_step_jacobian(A, W, h, P, zero_diag, z, out, jac):
     """``out = F(z)`` (M,), ``jac = dF/dz`` (M, M) (row = output)."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h[i]
     for j in range(M):
         on = j < M - P or z[j] > 0
-        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        zj = z[j]
+        phi = zj if j < M - P else (lo if zj < lo else zj) * (zj > 0)
         for i in range(M):
             out[i] += W[i, j] * phi
             jac[i, j] = W[i, j] * on
@@ -71,11 +80,13 @@ def alrnn_step_jacobian(A, W, h, P, zero_diag, z, out, jac):
 def alrnn_step_jacobian_diag(A, W, h, P, zero_diag, z, out, diag):
     """``out = F(z)`` (M,), ``diag = diag(dF/dz)`` (M,)."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h[i]
     for j in range(M):
         on = j < M - P or z[j] > 0
-        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        zj = z[j]
+        phi = zj if j < M - P else (lo if zj < lo else zj) * (zj > 0)
         for i in range(M):
             out[i] += W[i, j] * phi
         diag[j] = A[j] + W[j, j] * on
@@ -94,12 +105,14 @@ def alrnn_vjp_state(A, W, h, P, zero_diag, z, cot, out):
 def alrnn_vjp_params(A, W, h, P, zero_diag, z, cot, grad):
     """``grad[:n_map_params] += (dF/dtheta)^T cot``, blocks A, W, h."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     o_h = M + M * M
     for i in range(M):
         grad[i] += cot[i] * z[i]
         grad[o_h + i] += cot[i]
     for j in range(M):
-        phi = z[j] if j < M - P else z[j] * (z[j] > 0)
+        zj = z[j]
+        phi = zj if j < M - P else (lo if zj < lo else zj) * (zj > 0)
         for i in range(M):
             grad[M + i * M + j] += cot[i] * phi * ((i != j) | (zero_diag == 0))
 
@@ -139,11 +152,12 @@ def activation_row(Z, p, n_linear, phi, on):
     """``phi = Phi(Z[p])`` and its derivative pattern ``on`` (1 for the ``n_linear`` linear
     units and for active relus), both (M,). Indexes ``Z`` (n, M) directly: a row view per
     state would cost a reference-count pair."""
+    lo = np.finfo(Z.dtype).min
     for k in range(phi.shape[0]):
         zk = Z[p, k]
         linear = k < n_linear
         on[k] = linear | (zk > 0)
-        phi[k] = zk if linear else zk * (zk > 0)
+        phi[k] = zk if linear else (lo if zk < lo else zk) * (zk > 0)
 
 
 @jit
@@ -239,22 +253,19 @@ class _ALRNNFamily(PiecewiseLinearRNN):
         return [("A", (M,)), ("W", (M, M)), ("h", (M,)), *self._init_map_spec()]
 
     def init(self, seed: int = 0):
-        """Re-initialise in place with the lab's scheme; returns ``self``.
-
-        ``A = diag(normalized_positive_definite(M))`` (entries in (0, 1]); ``W`` uniform
-        ``+-1/sqrt(M)`` (fan-in), its diagonal zeroed for the PLRNN; ``h = 0``; ``L0``
-        uniform ``+-1/sqrt(N)``. Deterministic in ``seed``.
-        """
+        """Re-initialise in place with the lab's scheme (see the class docstring); returns
+        ``self``. Deterministic in ``seed``."""
         rng = self._rng(seed)
-        M = self.M
         self.params[...] = 0
-        self["A"][...] = np.diag(normalized_positive_definite(rng, M))
-        W = uniform_fan_in(rng, (M, M))
-        if self._ZERO_DIAG:
-            np.fill_diagonal(W, 0.0)
-        self["W"][...] = W
+        K = normalized_positive_definite(rng, self.M)
+        self["A"][...] = np.diag(K)
+        self["W"][...] = self._init_W(rng, K)
         self._init_L0(rng)
         return self
+
+    @abstractmethod
+    def _init_W(self, rng: np.random.Generator, K: np.ndarray) -> np.ndarray:
+        """The initial ``W`` (M, M), given the matrix ``K`` whose diagonal became ``A``."""
 
     def kernel_args(self) -> tuple:
         """``(A, W, h, P, zero_diag)``: views into ``params`` and two int flags."""
@@ -272,6 +283,13 @@ class ALRNN(_ALRNNFamily):
     """Almost-linear RNN, ``F(z) = A * z + W Phi(z) + h`` (Brenner et al., NeurIPS 2024).
 
     ``Phi`` is the identity on the first ``M - P`` units and relu on the last ``P``.
+
+    :meth:`init` follows the lab's AL-RNN code (DurstewitzLab/ALRNN-DSR,
+    ``alrnn_python/AL-RNN_tutorial.ipynb``): ``A`` is the diagonal of
+    :func:`~models._plrnn_kernels.normalized_positive_definite` (entries in (0, 1]), ``W`` is
+    Gaussian with standard deviation 0.01, ``h = 0``; ``L0`` is uniform ``+-1/sqrt(N)``. The
+    map starts close to the diagonal ``A``, so free runs of fresh models stay bounded for
+    almost every seed (an ``A`` entry within about 0.01 of 1 can still grow slowly).
 
     Parameters
     ----------
@@ -293,6 +311,9 @@ class ALRNN(_ALRNNFamily):
     """
 
     _ZERO_DIAG = 0
+
+    def _init_W(self, rng, K):
+        return 0.01 * rng.standard_normal((self.M, self.M))
 
     def __init__(self, M: int, P: int, n_obs: int | None = None, *, dtype="float64", seed=0):
         where = type(self).__name__
@@ -318,8 +339,15 @@ class PLRNN(_ALRNNFamily):
     2019; Durstewitz, 2017).
 
     The zero diagonal of ``W`` is an invariant: :meth:`init` sets it, :meth:`set_params`
-    rejects a vector that breaks it, and :meth:`param_vjp` returns zero there, so gradient
-    steps keep it. Writing into ``params`` directly bypasses the check.
+    (and :meth:`astype`, :meth:`save`, :func:`models.load`) rejects a vector that breaks it,
+    and :meth:`param_vjp` returns zero there, so gradient steps keep it. Writing into
+    ``params`` directly bypasses the check.
+
+    :meth:`init` follows the lab's ``initialize_A_W_h`` (DurstewitzLab/GTF-shPLRNN,
+    ``src/models/initialization.jl``): with ``K`` from
+    :func:`~models._plrnn_kernels.normalized_positive_definite` (symmetric positive definite,
+    largest eigenvalue 1), ``A = diag(K)`` and ``W`` = the off-diagonal part of ``K``, so
+    ``A + W = K`` has spectral radius 1; ``h = 0``; ``L0`` is uniform ``+-1/sqrt(N)``.
 
     Parameters
     ----------
@@ -340,6 +368,9 @@ class PLRNN(_ALRNNFamily):
 
     _ZERO_DIAG = 1
 
+    def _init_W(self, rng, K):
+        return K - np.diag(np.diag(K))
+
     def __init__(self, M: int, n_obs: int | None = None, *, dtype="float64", seed=0):
         self.P = check_int(M, "M", type(self).__name__)
         self._setup_latent(M, n_obs, dtype, seed)
@@ -347,16 +378,11 @@ class PLRNN(_ALRNNFamily):
     def hyperparameters(self) -> dict:
         return {"M": self.M, "n_obs": self.n_obs, "dtype": self.dtype.name, "seed": self.seed}
 
-    def set_params(self, params: np.ndarray):
-        """Copy ``params`` into the model; ``diag(W)`` must be zero. Returns ``self``."""
-        saved = self.params.copy()
-        super().set_params(params)  # shape, dtype and finiteness checks first
-        W = self.unflatten()["W"]
-        if np.any(np.diagonal(W) != 0):
-            diag = np.diagonal(W).copy()
-            self.params[...] = saved
+    def _check_param_values(self, params: np.ndarray, where: str) -> None:
+        """``diag(W)`` must be zero."""
+        diag = np.diagonal(self.unflatten(params)["W"])
+        if np.any(diag != 0):
             raise ValueError(
-                "PLRNN.set_params: the diagonal of W must be zero (self-coupling is A's "
-                f"role); got diag(W)={diag}. Zero it, or use an ALRNN with P = M for a full W."
+                f"{where}: the diagonal of W must be zero (self-coupling is A's role); got "
+                f"diag(W)={diag}. Zero it, or use an ALRNN with P = M for a full W."
             )
-        return self

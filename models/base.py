@@ -14,9 +14,11 @@ any vector of that length (a gradient, an Adam moment) in a fixed, documented or
 """
 
 import importlib
+import importlib.metadata
 import json
+import math
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -25,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Layout version of model files (``format_version`` entry). Files written before the entry
+#: existed are format 1; :func:`load` refuses files of a later format.
+FORMAT_VERSION = 1
 
 #: model class name -> defining module; :func:`load` imports only the module it needs.
 MODEL_MODULES = {
@@ -38,11 +44,43 @@ MODEL_MODULES = {
 
 
 def check_float_dtype(dtype, where: str) -> np.dtype:
-    """Return ``dtype`` as a NumPy dtype if it is float32/float64, else raise ``TypeError``."""
-    dt = np.dtype(dtype)
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{where}: dtype must be float32 or float64; got {dt}.")
+    """Return ``dtype`` as a NumPy dtype if it is (native) float32/float64, else raise
+    ``TypeError`` naming ``where``. ``None`` is refused (NumPy would read it as float64)."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or dt not in FLOAT_DTYPES:  # (``None in FLOAT_DTYPES`` is True in NumPy)
+        got = dt if dt is not None else repr(dtype)
+        raise TypeError(
+            f"{where}: dtype must be float32 or float64 (e.g. dtype='float32'); got {got}."
+        )
     return dt
+
+
+def astype_hint(dtype) -> str:
+    """``" or model.astype('<dtype>')"`` when a model can take ``dtype`` (float32/float64),
+    else ``""``: the tail of a dtype-mismatch message."""
+    dt = np.dtype(dtype)
+    return f" or model.astype({dt.name!r})" if dt in FLOAT_DTYPES else ""
+
+
+def _json_default(value):
+    """``json.dumps`` hook: NumPy scalars become Python numbers; anything else is refused."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(
+        f"metadata values must be JSON types (dict, list, str, int, float, bool, None) or NumPy "
+        f"scalars; got {type(value).__name__}. Convert it first (e.g. array.tolist())."
+    )
+
+
+def _library_version() -> str | None:
+    """The installed parscan distribution's version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version("parscan")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Model(ABC):
@@ -75,15 +113,23 @@ class Model(ABC):
     standardization: tuple[np.ndarray, np.ndarray] | None = None
 
     def _setup(self, dtype) -> None:
-        self.dtype = check_float_dtype(dtype, type(self).__name__)
-        spec = self.param_spec()
+        where = type(self).__name__
+        self.dtype = check_float_dtype(dtype, where)
         self._offsets = {}
         offset = 0
-        for name, shape in spec:
-            size = int(np.prod(shape, dtype=np.int64))
+        for name, shape in self.param_spec():
+            size = math.prod(int(d) for d in shape)  # Python ints: no overflow
             self._offsets[name] = (offset, offset + size, tuple(shape))
             offset += size
-        self.params = np.zeros(offset, dtype=self.dtype)
+        try:
+            self.params = np.zeros(offset, dtype=self.dtype)
+        except (MemoryError, ValueError):
+            gib = offset * self.dtype.itemsize / 2**30
+            raise ValueError(
+                f"{where}: these dimensions need {offset} parameters ({gib:.3g} GiB of "
+                f"{self.dtype}), more than this machine can allocate; reduce the dimensions "
+                f"({', '.join(f'{n} {s}' for n, (_, _, s) in self._offsets.items())})."
+            ) from None
 
     @abstractmethod
     def param_spec(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -103,7 +149,7 @@ class Model(ABC):
 
         Parameters
         ----------
-        x0 : ndarray, shape (..., N)
+        x0 : array_like, shape (..., N)
             Initial observation(s).
         n_steps : int
             Number of steps to generate.
@@ -112,6 +158,8 @@ class Model(ABC):
         -------
         ndarray, shape (..., n_steps, N)
             The observations ``x_1 .. x_n`` following ``x0`` (``x0`` itself is not included).
+            A run that diverges or becomes non-finite is returned as computed (huge, inf or
+            NaN entries), not flagged; :func:`models.evaluate` reports such runs.
         """
 
     @property
@@ -121,9 +169,16 @@ class Model(ABC):
     def unflatten(self, vector: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Named views into ``vector`` (default: ``self.params``), in :meth:`param_spec` order.
 
-        Writing into a view writes into ``vector``.
+        Writing into a view writes into ``vector``, which must therefore be a NumPy array
+        (a list is refused with ``TypeError``).
         """
         vec = self.params if vector is None else vector
+        if not isinstance(vec, np.ndarray):
+            raise TypeError(
+                f"{type(self).__name__}.unflatten: expected a numpy array of shape "
+                f"({self.n_params},) (the views write into it); got {type(vec).__name__}. Use "
+                f"np.asarray(vector)."
+            )
         if vec.ndim != 1 or vec.size != self.n_params:
             raise ValueError(
                 f"{type(self).__name__}.unflatten: expected a vector of shape "
@@ -156,9 +211,16 @@ class Model(ABC):
         TypeError
             Not a real numeric array (bool, complex, strings, objects).
         ValueError
-            Wrong shape, NaN/inf, or values too large for ``self.dtype`` (inf after the cast).
+            Wrong shape, NaN/inf, values too large for ``self.dtype`` (inf after the cast),
+            or values the model class forbids (the PLRNN's nonzero ``diag(W)``). Nothing is
+            written then.
         """
-        where = f"{type(self).__name__}.set_params"
+        self.params[...] = self._checked_params(params, f"{type(self).__name__}.set_params")
+        return self
+
+    def _checked_params(self, params, where: str) -> np.ndarray:
+        """``params`` cast to ``self.dtype`` after the checks of :meth:`set_params` (errors
+        name ``where``)."""
         arr = np.asarray(params)
         if arr.dtype.kind not in "iuf":
             raise TypeError(
@@ -180,60 +242,132 @@ class Model(ABC):
                 f"finite value {np.finfo(self.dtype).max:.6g}). Rescale the parameters or use "
                 f"model.astype('float64')."
             )
-        self.params[...] = cast
-        return self
+        self._check_param_values(cast, where)
+        return cast
 
-    def copy(self) -> "Model":
-        """An independent model with the same architecture, parameters and metadata."""
-        other = type(self)(**self.hyperparameters())
-        other.params[...] = self.params
-        other.standardization = self.standardization
+    def _check_param_values(self, params: np.ndarray, where: str) -> None:
+        """Class-specific constraints on a finite parameter vector of the model dtype;
+        raise ``ValueError`` naming ``where``. None here (the PLRNN overrides it)."""
+        return None
+
+    def _copy_standardization_to(self, other: "Model") -> "Model":
+        """Give ``other`` its own copy of this model's standardisation arrays; return it."""
+        s = self.standardization
+        other.standardization = None if s is None else tuple(np.array(a) for a in s)
         return other
 
+    def copy(self) -> "Model":
+        """An independent model with the same architecture, parameters and standardisation
+        (copies: nothing is shared with ``self``)."""
+        other = type(self)(**self.hyperparameters())
+        other.params[...] = self.params
+        return self._copy_standardization_to(other)
+
     def _check_obs(self, x, method: str, what: str = "x", min_ndim: int = 1) -> np.ndarray:
-        """``x`` as an array of observations ``(..., N)`` (``(..., T+1, N)`` when
+        """``x`` (array_like) as an array of observations ``(..., N)`` (``(..., T+1, N)`` when
         ``min_ndim = 2``) in the model's dtype; ValueError/TypeError naming ``method``."""
+        shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
+        return self._check_last_axis(
+            x, method, what, self.n_obs, shape, f"N={self.n_obs}", min_ndim
+        )
+
+    def _check_last_axis(self, x, method, what, size, shape, dims, min_ndim=1) -> np.ndarray:
+        """``x`` (array_like) as an array of at least ``min_ndim`` dimensions whose last one
+        has ``size`` entries (``shape``, ``dims``: how the message writes it), of the model's
+        dtype; ValueError/TypeError naming ``method``."""
+        where = f"{type(self).__name__}.{method}"
         x = np.asarray(x)
-        if x.ndim < min_ndim or x.shape[-1] != self.n_obs:
-            shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
-            raise ValueError(
-                f"{type(self).__name__}.{method}: {what} must have shape {shape} with "
-                f"N={self.n_obs}; got {x.shape}."
-            )
+        if x.ndim < min_ndim or x.shape[-1] != size:
+            raise ValueError(f"{where}: {what} must have shape {shape} with {dims}; got {x.shape}.")
         if x.dtype != self.dtype:
             raise TypeError(
-                f"{type(self).__name__}.{method}: {what} must have dtype {self.dtype}; got "
-                f"{x.dtype}. Use {what}.astype(np.{self.dtype}) or model.astype(...)."
+                f"{where}: {what} must have dtype {self.dtype}; got {x.dtype}. Use "
+                f"{what}.astype(np.{self.dtype}){astype_hint(x.dtype)}."
             )
         return x
 
     def astype(self, dtype) -> "Model":
-        """A copy whose parameters (and computations) use ``dtype`` (float32 or float64)."""
-        hp = dict(self.hyperparameters())
-        hp["dtype"] = np.dtype(dtype).name
-        other = type(self)(**hp)
-        other.params[...] = self.params.astype(other.dtype)
-        other.standardization = self.standardization
-        return other
+        """A copy whose parameters (and computations) use ``dtype`` (float32 or float64).
 
-    def npz_payload(self, metadata: dict | None = None, params=None) -> dict[str, np.ndarray]:
+        The parameters go through the checks of :meth:`set_params`: a value too large for
+        ``dtype`` raises ``ValueError`` (it would become inf). The standardisation is copied.
+        """
+        where = f"{type(self).__name__}.astype"
+        hp = dict(self.hyperparameters())
+        hp["dtype"] = check_float_dtype(dtype, where).name
+        other = type(self)(**hp)
+        other.params[...] = other._checked_params(self.params, where)
+        return self._copy_standardization_to(other)
+
+    def npz_payload(
+        self, metadata: dict | None = None, params=None, *, where: str | None = None
+    ) -> dict[str, np.ndarray]:
         """The arrays of a model file: class name, hyperparameters, ``params`` (default
-        ``self.params``), standardisation and a free JSON ``metadata`` dict."""
+        ``self.params``), standardisation, a free JSON ``metadata`` dict (NumPy scalars in it
+        become Python numbers), ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan
+        is installed, ``parscan_version``. Errors (metadata that JSON cannot hold, a
+        standardisation that is not a pair of real arrays) name ``where`` (default
+        ``"<class>.npz_payload"``)."""
+        where = where or f"{type(self).__name__}.npz_payload"
+        try:
+            meta = json.dumps({} if metadata is None else metadata, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{where}: metadata cannot be stored as JSON ({exc})") from None
         payload = {
             "model_class": np.array(type(self).__name__),
             "hyperparameters": np.array(json.dumps(self.hyperparameters())),
             "params": self.params if params is None else params,
-            "metadata": np.array(json.dumps(metadata or {})),
+            "metadata": np.array(meta),
+            "format_version": np.array(FORMAT_VERSION),
         }
+        version = _library_version()
+        if version is not None:
+            payload["parscan_version"] = np.array(version)
         if self.standardization is not None:
-            payload["data_mean"] = np.asarray(self.standardization[0], dtype=np.float64)
-            payload["data_std"] = np.asarray(self.standardization[1], dtype=np.float64)
+            try:
+                mean, sd = self.standardization
+                payload["data_mean"] = np.asarray(mean, dtype=np.float64)
+                payload["data_std"] = np.asarray(sd, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{where}: model.standardization must be None or a pair (mean, sd) of real "
+                    f"arrays of shape ({self.n_obs},); got {type(self.standardization).__name__}"
+                    f" {self.standardization!r:.80}."
+                ) from None
         return payload
 
     def save(self, path, metadata: dict | None = None) -> Path:
         """Write the model to ``path`` (``.npz``, atomically): see :meth:`npz_payload`.
-        Returns the path written."""
-        return atomic_save_npz(path, self.npz_payload(metadata))
+
+        The file is checked as :func:`load` would check it before anything is written, so
+        ``save`` never writes a file that ``load`` refuses.
+
+        Parameters
+        ----------
+        path : path-like
+            Target file; its directory is created if missing. The file gets the usual
+            permissions (``0o666`` less the umask).
+        metadata : dict, optional
+            JSON-able values (NumPy scalars are converted to Python numbers).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        Raises
+        ------
+        TypeError
+            ``metadata`` that JSON cannot hold (arrays, objects).
+        ValueError
+            ``metadata`` not a dict; parameters that :meth:`set_params` refuses (NaN/inf, a
+            PLRNN's nonzero ``diag(W)``); a standardisation that is not ``(mean, sd)`` of
+            shape ``(N,)`` each, finite, ``sd > 0``.
+        """
+        where = f"{type(self).__name__}.save"
+        payload = self.npz_payload(metadata, where=where)
+        model_from_fields(payload, Path(path), where)
+        return atomic_save_npz(path, payload)
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -249,10 +383,21 @@ class Model(ABC):
 
 def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
-    flushed and fsynced, then :func:`os.replace`. Returns ``path``."""
+    flushed and fsynced, then :func:`os.replace`. Returns ``path``.
+
+    The file gets the mode of any newly created file (``0o666`` less the process umask), not
+    the private ``0o600`` of :func:`tempfile.mkstemp`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:  # a fresh name; O_EXCL makes the create fail rather than reuse a file
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
@@ -266,7 +411,13 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
-    """All arrays of the ``.npz`` at ``path``; ValueError if it is missing or unreadable."""
+    """All arrays of the ``.npz`` at ``path``; ValueError if it is missing, a directory or
+    unreadable."""
+    if path.is_dir():
+        raise ValueError(
+            f"{where}: {path} is a directory, not a model file; pass the .npz file inside it "
+            f"(e.g. {path / 'model.npz'})."
+        )
     if not path.is_file():
         raise ValueError(f"{where}: no such file {path}.")
     try:
@@ -307,6 +458,26 @@ def _json_dict(fields: dict, key: str, path: Path, where: str) -> dict:
     return value
 
 
+def _check_format(fields: dict, path: Path, where: str) -> None:
+    """The file's ``format_version`` (absent: 1) must be an integer this version reads."""
+    if "format_version" not in fields:
+        return
+    value = fields["format_version"]
+    if value.shape != () or value.dtype.kind not in "iu" or value < 1:
+        raise ValueError(
+            f"{where}: {path}: format_version must be a positive integer; got {value!r}. The "
+            f"file is corrupt or was not written by model.save."
+        )
+    if value > FORMAT_VERSION:
+        written = fields.get("parscan_version")
+        by = f"parscan {written}" if written is not None else "a later parscan"
+        raise ValueError(
+            f"{where}: {path} has model-file format {int(value)} (written by {by}); this "
+            f"parscan ({_library_version() or 'not installed'}) reads format {FORMAT_VERSION}"
+            f". Upgrade parscan to load it."
+        )
+
+
 def _build_model(fields: dict, path: Path, where: str) -> Model:
     """The model of class ``fields["model_class"]`` with the file's hyperparameters and
     parameters."""
@@ -321,9 +492,11 @@ def _build_model(fields: dict, path: Path, where: str) -> Model:
     try:
         model = model_cls(**hyper)
     except (TypeError, ValueError) as exc:
+        written = fields.get("parscan_version")
+        by = f" (this one by parscan {written})" if written is not None else ""
         raise ValueError(
             f"{where}: {path}: the hyperparameters {hyper} do not build a {name} ({exc}). The "
-            f"file is corrupt or was written by an incompatible version."
+            f"file is corrupt or was written by an incompatible version{by}."
         ) from None
     try:
         model.set_params(fields["params"])
@@ -362,30 +535,38 @@ def read_standardization(fields: dict, n_obs: int | None, path: Path, where: str
     return mean, sd
 
 
+def model_from_fields(fields: dict, path: Path, where: str) -> tuple[Model, dict]:
+    """The model and metadata dict described by the arrays of a model file (read by
+    :func:`load_with_metadata`, or about to be written by :meth:`Model.save`), after every
+    check :func:`load_with_metadata` documents; errors name ``where`` and ``path``."""
+    missing = {"model_class", "hyperparameters", "params"} - set(fields)
+    if missing:
+        raise ValueError(
+            f"{where}: {path} is not a parscan model file (missing {sorted(missing)})."
+        )
+    _check_format(fields, path, where)
+    model = _build_model(fields, path, where)
+    model.standardization = read_standardization(fields, model.n_obs, path, where)
+    metadata = _json_dict(fields, "metadata", path, where) if "metadata" in fields else {}
+    return model, metadata
+
+
 def load_with_metadata(path) -> tuple[Model, dict]:
     """Load any registered model and the ``metadata`` dict saved with it.
 
     Raises
     ------
     ValueError
-        Naming ``models.load`` and the path: a missing, truncated or corrupt file, a file that
-        is not a parscan model (missing entries, unknown class), malformed hyperparameters or
-        metadata JSON, hyperparameters the class does not accept, invalid ``params`` (see
-        :meth:`Model.set_params`), or an incomplete or invalid standardisation (``data_mean``
-        and ``data_std`` of shape ``(n_obs,)``, finite, ``data_std > 0``).
+        Naming ``models.load`` and the path: a missing, truncated or corrupt file, a
+        directory, a file that is not a parscan model (missing entries, unknown class), a
+        ``format_version`` later than :data:`FORMAT_VERSION` (files without one are format
+        1), malformed hyperparameters or metadata JSON, hyperparameters the class does not
+        accept, invalid ``params`` (see :meth:`Model.set_params`), or an incomplete or
+        invalid standardisation (``data_mean`` and ``data_std`` of shape ``(n_obs,)``,
+        finite, ``data_std > 0``).
     """
-    where = "models.load"
     path = Path(path)
-    fields = read_npz_fields(path, where)
-    missing = {"model_class", "hyperparameters", "params"} - set(fields)
-    if missing:
-        raise ValueError(
-            f"{where}: {path} is not a parscan model file (missing {sorted(missing)})."
-        )
-    model = _build_model(fields, path, where)
-    model.standardization = read_standardization(fields, model.n_obs, path, where)
-    metadata = _json_dict(fields, "metadata", path, where) if "metadata" in fields else {}
-    return model, metadata
+    return model_from_fields(read_npz_fields(path, "models.load"), path, "models.load")
 
 
 def load(path) -> Model:
@@ -416,8 +597,8 @@ class LatentRNN(Model):
     * ``norm_bound()``: cheap upper bound on ``sup_z ||dF/dz||_2``.
     * ``simulate(z0, n_steps)``: sequential free run, ``(..., M) -> (..., n_steps, M)``,
       the states ``z_1 .. z_n`` (``z0`` not included).
-    Inputs must have the model's dtype; shapes and dtypes are validated with errors naming
-    the method.
+    Host inputs are array_like (lists too) of the model's dtype; shapes and dtypes are
+    validated with errors naming the method.
 
     Optional fused-kernel interface (the piecewise-linear models provide it; see
     ``models._plrnn_kernels``): ``kernel_args()`` (tuple of parameter arrays), ``n_map_params``
@@ -466,15 +647,41 @@ class LatentRNN(Model):
     def initial_state_vjp(self, x0: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
         """Gradient of ``<initial_state(x0), cotangent>`` w.r.t. ``params`` (the ``L0`` block).
 
-        ``x0`` is ``(..., N)``, ``cotangent`` ``(..., M)``; summed over ``...``.
+        Parameters
+        ----------
+        x0 : array_like, shape (..., N)
+            Initial observations, of the model dtype.
+        cotangent : array_like, shape (..., M)
+            Cotangents of ``initial_state(x0)``, same leading shape ``...`` as ``x0``, of the
+            model dtype.
+
+        Returns
+        -------
+        ndarray, shape (n_params,)
+            Summed over ``...``; zero outside the ``L0`` block.
         """
+        method = "initial_state_vjp"
+        x0 = self._check_obs(x0, method, "x0")
+        cot = self._check_last_axis(
+            cotangent, method, "cotangent", self.M, "(..., M)", f"M={self.M}"
+        )
+        if cot.shape[:-1] != x0.shape[:-1]:
+            raise ValueError(
+                f"{type(self).__name__}.{method}: x0 and cotangent must have the same leading "
+                f"shape (one cotangent per initial state); got x0.shape={x0.shape}, "
+                f"cotangent.shape={cot.shape}."
+            )
         grad = np.zeros(self.n_params, dtype=self.dtype)
         if self.M > self.n_obs:
-            x = np.asarray(x0).reshape(-1, self.n_obs)
-            c = np.asarray(cotangent).reshape(-1, self.M)[:, self.n_obs :]
+            x = x0.reshape(-1, self.n_obs)
+            c = cot.reshape(-1, self.M)[:, self.n_obs :]
             self.unflatten(grad)["L0"][...] = c.T @ x
         return grad
 
     def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
-        """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``."""
+        """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``.
+
+        A run that diverges or becomes non-finite is returned as computed (huge, inf or NaN
+        entries), not flagged; :func:`models.evaluate` reports such runs.
+        """
         return self.simulate(self.initial_state(x0), n_steps)[..., : self.n_obs]

@@ -6,7 +6,8 @@
 with ``A`` of shape (M,) (a diagonal), ``W1`` (M, L), ``W2`` (L, M), ``h1`` (M,), ``h2``
 (L,). The clipped nonlinearity is bounded, so orbits stay bounded when ``max|A| < 1``.
 The relu derivative at exactly 0 is 0 everywhere (Jacobians and VJPs), as in the lab's
-code; ``relu(NaN)`` is NaN (NaNs are never zeroed).
+code; ``relu(NaN)`` is NaN (NaNs are never zeroed) and a hidden unit whose pre-activation
+``W2 z + h2`` is ``-inf`` contributes 0.
 
 Per-step functions (plain Python over explicit arrays; see
 :class:`models._plrnn_kernels.StepFunctions`), all taking
@@ -47,18 +48,25 @@ from parscan._jit import jit, jit_parallel
 # Branch-free in the activation pattern: relu' enters as a bool factor (``x * (u > 0)``
 # keeps the dtype, propagates NaN, and costs less than a mispredicted branch on the CPU or
 # a divergent one on a GPU).
+# A pre-activation of ``-inf`` would give ``relu = -inf * 0 = NaN``: relu inputs are first
+# clamped from below at ``lo``, the dtype's lowest finite value (``lo if x < lo else x``: a
+# no-op for every finite x, NaN stays NaN, and it costs no measurable time), so a ``-inf``
+# pre-activation contributes 0 and finite ones give bitwise the results of ``x * (x > 0)``.
 
 
 def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
     """``out = F(z)``; ``z``, ``out`` of shape (M,), not aliased."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h1[i]
     for l in range(h2.shape[0]):
         s = W2[l, 0] * z[0]
         for j in range(1, M):
             s += W2[l, j] * z[j]
+        s = lo if s < lo else s
         u = s + h2[l]
+        u = lo if u < lo else u
         phi = u * (u > 0) - s * ((s > 0) & (clipped != 0))
         for i in range(M):
             out[i] += W1[i, l] * phi
@@ -67,6 +75,7 @@ def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
 def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
     """``out = F(z)`` (M,), ``jac = dF/dz`` (M, M) (row = output)."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h1[i]
         for j in range(M):
@@ -76,7 +85,9 @@ def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
         s = W2[l, 0] * z[0]
         for j in range(1, M):
             s += W2[l, j] * z[j]
+        s = lo if s < lo else s
         u = s + h2[l]
+        u = lo if u < lo else u
         up = u > 0
         sp = (s > 0) & (clipped != 0)
         phi = u * up - s * sp
@@ -91,6 +102,7 @@ def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
 def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
     """``out = F(z)`` (M,), ``diag = diag(dF/dz)`` (M,)."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     for i in range(M):
         out[i] = A[i] * z[i] + h1[i]
         diag[i] = A[i]
@@ -98,7 +110,9 @@ def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
         s = W2[l, 0] * z[0]
         for j in range(1, M):
             s += W2[l, j] * z[j]
+        s = lo if s < lo else s
         u = s + h2[l]
+        u = lo if u < lo else u
         up = u > 0
         sp = (s > 0) & (clipped != 0)
         phi = u * up - s * sp
@@ -130,6 +144,7 @@ def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
 def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):
     """``grad[:n_map_params] += (dF/dtheta)^T cot``, blocks A, W1, W2, h1, h2."""
     M = z.shape[0]
+    lo = np.finfo(z.dtype).min
     L = h2.shape[0]
     o_w1 = M
     o_w2 = M + M * L
@@ -142,7 +157,9 @@ def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):
         s = W2[l, 0] * z[0]
         for j in range(1, M):
             s += W2[l, j] * z[j]
+        s = lo if s < lo else s
         u = s + h2[l]
+        u = lo if u < lo else u
         up = u > 0
         sp = (s > 0) & (clipped != 0)
         phi = u * up - s * sp

@@ -5,12 +5,15 @@ central finite differences for every derivative, and a Python loop for the free 
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 import models
+import parscan
 from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
+from models.base import FORMAT_VERSION
 
 M, L, P, N = 4, 6, 2, 3
 CLASSES = {
@@ -94,6 +97,43 @@ def test_step_propagates_nan(model):
     z[0, -1] = np.nan  # a relu unit for every family
     F = model.step(z)
     assert np.isnan(F[0]).any() and np.isfinite(F[1]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 70])  # one state (per-step function), many (drivers)
+@pytest.mark.parametrize("name", NAMES)
+def test_relu_of_minus_inf_is_zero(name, n, dtype):
+    """A relu input of -inf contributes 0 (not -inf * 0 = NaN): the other outputs stay the
+    finite affine part, and the Jacobian has no NaN."""
+    m = random_model(name, dtype)
+    p = m.unflatten()
+    z = np.tile(states((), dtype, seed=19), (n, 1))
+    if "W2" in p:  # every hidden unit reads z_0 with a positive weight: all at -inf
+        p["W2"][:, 0] = np.abs(p["W2"][:, 0]) + 0.5
+        z[:, 0] = -np.inf
+        want = p["A"][1:] * z[:, 1:] + p["h1"][1:]
+        F, J = m.step_and_jacobian(z)
+        np.testing.assert_array_equal(J, np.broadcast_to(np.diag(p["A"]), J.shape))
+    else:  # the last unit is a relu unit in both families
+        z[:, -1] = -np.inf
+        want = reference_step(m, np.where(np.isinf(z), 0, z))[:, :-1]  # relu(0) = 0
+        F, J = m.step_and_jacobian(z)
+        assert np.all(np.isfinite(J))
+    assert np.all(np.isinf(F[:, 0 if "W2" in p else -1]))  # A * z there
+    got = F[:, 1:] if "W2" in p else F[:, :-1]
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_array_equal(m.step(z), F)
+    g = m.unflatten(m.param_vjp(z, np.ones_like(z)))
+    assert np.all(np.isfinite(g["W1" if "W2" in p else "h"]))
+
+
+def test_relu_of_an_overflowing_pre_activation_is_zero():
+    """Finite float32 states whose pre-activation W2 z + h2 overflows to -inf."""
+    m = ShPLRNN(2, 3, dtype="float32")
+    m["W2"][...] = 1.0
+    z = np.full((1, 2), -3e38, np.float32)  # W2 z = -6e38: -inf in float32
+    F = m.step(z)
+    np.testing.assert_array_equal(F, m["A"] * z + m["h1"])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -254,7 +294,7 @@ def test_row_jacobian_driver_is_bitwise_the_per_step_function_at_ecg_size(cls, d
 
 
 @pytest.mark.parametrize("family", ["ShPLRNN", "ALRNN"])
-def test_step_functions_compile_for_cuda_in_float32(family):
+def test_step_functions_compile_for_cuda_in_float32(no_device_context, family):
     """The plain per-step functions are valid CUDA device functions, and in float32 they
     stay in float32 (``vjp_params`` accumulates into a float64 gradient by design)."""
     cuda = pytest.importorskip("numba.cuda")
@@ -323,9 +363,38 @@ def test_init_follows_lab_scheme_and_is_deterministic():
     assert np.all(np.abs(sh["W1"]) <= 1 / np.sqrt(L)) and np.all(np.abs(sh["W2"]) <= 0.5)
     assert np.all(sh["h1"] == 0) and np.all(sh["h2"] == 0)
     assert np.all(cl["h2"] != 0) and np.all(np.abs(cl["h2"]) <= 1 / np.sqrt(L))
-    al, pl = ALRNN(M, P), PLRNN(M)
-    assert np.all(np.abs(al["W"]) <= 0.5) and np.all(al["h"] == 0)
-    assert np.all(np.diagonal(pl["W"]) == 0) and np.all(pl["W"][~np.eye(M, dtype=bool)] != 0)
+    # ALRNN (DurstewitzLab/ALRNN-DSR): W Gaussian with standard deviation 0.01
+    al = ALRNN(20, 4, seed=1)
+    assert 0.008 < al["W"].std() < 0.012 and abs(al["W"].mean()) < 0.002
+    assert np.all(al["h"] == 0)
+    # PLRNN (GTF-shPLRNN initialize_A_W_h): A + W is one symmetric positive-definite matrix
+    # with largest eigenvalue 1, W its off-diagonal part
+    pl = PLRNN(M)
+    K = np.diag(pl["A"]) + pl["W"]
+    np.testing.assert_array_equal(np.diagonal(pl["W"]), 0.0)
+    np.testing.assert_array_equal(K, K.T)
+    eig = np.linalg.eigvalsh(K)
+    assert eig.min() > 0 and abs(eig.max() - 1) < 1e-12 and np.all(pl["h"] == 0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: ALRNN(3, 1, seed=s),
+        lambda s: ALRNN(20, 4, 5, seed=s),
+        lambda s: PLRNN(3, seed=s),
+        lambda s: PLRNN(20, 5, seed=s),
+    ],
+    ids=["alrnn-3-1", "alrnn-20-4", "plrnn-3", "plrnn-20"],
+)
+def test_fresh_models_stay_bounded_in_free_runs(make):
+    """With the lab's initialisation a fresh ALRNN / PLRNN starts near a stable linear map:
+    2000 free steps from a standard-normal state stay bounded (the uniform +-1/sqrt(M) W
+    used before diverged in 15 of 20 seeds for ALRNN(3, 1))."""
+    for seed in range(10):
+        m = make(seed)
+        z0 = np.random.default_rng(seed).standard_normal(m.M)
+        assert np.abs(m.simulate(z0, 2000)).max() < 100, seed
 
 
 def test_hyperparameters_and_param_spec():
@@ -366,6 +435,63 @@ def test_save_load_round_trip(tmp_path):
         PLRNN.load(tmp_path / "ALRNN.npz")
 
 
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    """save runs load's checks first: no file is written that models.load rejects."""
+    target = tmp_path / "m.npz"
+    good = ShPLRNN(M, L, N)
+    good.standardization = (np.zeros(N), np.ones(N))
+    nan_params = ShPLRNN(M, L, N)
+    nan_params.params[3] = np.nan  # written directly, bypassing set_params
+    plrnn = PLRNN(M, N)
+    plrnn["W"][1, 1] = 0.5
+    bad = [
+        (good, {"metadata": [1, 2]}, ValueError, r"'metadata' entry must be a JSON object"),
+        (good, {"metadata": {"a": np.zeros(2)}}, TypeError, r"cannot be stored as JSON.*ndarray"),
+        (nan_params, {}, ValueError, r"invalid params \(ShPLRNN\.set_params: parameters contain"),
+        (plrnn, {}, ValueError, r"invalid params \(PLRNN\.set_params: the diagonal of W"),
+    ]
+    for std in ((np.zeros(2), np.ones(2)), (np.zeros(N), np.array([1.0, 0.0, 1.0])), (1, 2, 3)):
+        other = good.copy()
+        other.standardization = std
+        bad.append((other, {}, ValueError, r"standardi[sz]ation|data_mean must be"))
+    for model, kw, exc, match in bad:
+        name = type(model).__name__
+        with pytest.raises(exc, match=rf"^{name}\.save: .*{match}"):
+            model.save(target, **kw)
+        assert not target.exists()
+    meta = {"epoch": np.int64(3), "loss": np.float32(0.5), "ok": np.bool_(True)}
+    _, back = models.load_with_metadata(good.save(target, metadata=meta))
+    assert back == {"epoch": 3, "loss": 0.5, "ok": True}
+    assert type(back["epoch"]) is int and type(back["loss"]) is float
+
+
+def test_model_files_carry_a_format_version(tmp_path):
+    path = ALRNN(M, P).save(tmp_path / "m.npz")
+    with np.load(path) as npz:
+        assert int(npz["format_version"]) == FORMAT_VERSION == 1
+        version = str(npz["parscan_version"]) if "parscan_version" in npz.files else None
+    assert version in (None, parscan.__version__)
+    old = corrupt_variant(tmp_path, path, "old", format_version=None, parscan_version=None)
+    np.testing.assert_array_equal(models.load(old).params, ALRNN(M, P).params)  # format 1
+    newer = corrupt_variant(tmp_path, path, "newer", format_version=np.array(2))
+    with pytest.raises(ValueError, match=r"newer\.npz has model-file format 2 .*Upgrade parscan"):
+        models.load(newer)
+    odd = corrupt_variant(tmp_path, path, "odd", format_version=np.array("1"))
+    with pytest.raises(ValueError, match=r"odd\.npz: format_version must be a positive integer"):
+        models.load(odd)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = ShPLRNN(M, L).save(tmp_path / "sub" / "m.npz")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [f.name for f in path.parent.iterdir()] == ["m.npz"]  # no temporary file left
+
+
 # ---- errors ---------------------------------------------------------------------------
 
 
@@ -380,8 +506,58 @@ def test_constructor_errors():
         PLRNN(0)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         ShPLRNN(3, 5, dtype="float16")
+    for dtype in (None, "bogus", ">f8"):
+        with pytest.raises(TypeError, match=r"^ALRNN: dtype must be float32 or float64"):
+            ALRNN(3, 1, dtype=dtype)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         ALRNN(3, 1, seed=-1)
+    with pytest.raises(ValueError, match=r"^ShPLRNN: these dimensions need 2\d{20} parameters"):
+        ShPLRNN(10**10, 10**10)  # more elements than an array can have: no int64 wrap-around
+
+
+def test_astype_checks_the_values_and_copies_everything():
+    m = ShPLRNN(3, 4)
+    m.set_params(np.full(m.n_params, 1e39))
+    with pytest.raises(
+        ValueError, match=r"^ShPLRNN\.astype: parameter 0 = 1e\+39 overflows float32"
+    ):
+        m.astype("float32")
+    for dtype in ("float16", "bogus", None):
+        with pytest.raises(TypeError, match=r"^ShPLRNN\.astype: dtype must be float32 or float64"):
+            m.astype(dtype)
+    pl = PLRNN(3)
+    pl["W"][0, 0] = 0.5  # written directly, bypassing set_params
+    with pytest.raises(ValueError, match=r"^PLRNN\.astype: the diagonal of W must be zero"):
+        pl.astype("float32")
+    m = ALRNN(M, P, N)
+    m.standardization = (np.zeros(N), np.ones(N))
+    for other in (m.copy(), m.astype("float32"), m.astype("float64")):
+        assert not np.shares_memory(other.params, m.params)
+        for a, b in zip(other.standardization, m.standardization, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(m.astype("float32").params, m.params.astype(np.float32))
+
+
+def test_initial_state_vjp_checks_its_inputs_and_pairs_positions():
+    m = ShPLRNN(M, L, N)
+    x0, cot = states((2, 3), seed=20)[..., :N], states((2, 3), seed=21)
+    g = m.unflatten(m.initial_state_vjp(x0, cot))
+    want = np.einsum("bti,btj->ij", cot[..., N:], x0)
+    np.testing.assert_allclose(g["L0"], want, rtol=1e-12)
+    assert np.count_nonzero(m.initial_state_vjp(x0, cot)) == (M - N) * N
+    np.testing.assert_array_equal(
+        m.initial_state_vjp(x0.tolist(), cot.tolist()), m.initial_state_vjp(x0, cot)
+    )
+    where = r"^ShPLRNN\.initial_state_vjp: "
+    with pytest.raises(ValueError, match=where + r"x0 and cotangent must have the same leading"):
+        m.initial_state_vjp(x0.reshape(3, 2, N), cot)  # same size, positions paired wrongly
+    with pytest.raises(ValueError, match=where + r"cotangent must have shape \(\.\.\., M\)"):
+        m.initial_state_vjp(x0, cot[..., :N])
+    with pytest.raises(ValueError, match=where + r"x0 must have shape \(\.\.\., N\)"):
+        m.initial_state_vjp(cot, cot)
+    with pytest.raises(TypeError, match=where + r"cotangent must have dtype float64"):
+        m.initial_state_vjp(x0, cot.astype(np.float32))
 
 
 def test_plrnn_set_params_requires_zero_diagonal():
@@ -402,8 +578,6 @@ def test_input_errors():
         m.step(np.zeros(M, np.float32))
     with pytest.raises(ValueError, match=r"ShPLRNN.jacobian: `z` must have shape \(\.\.\., 4\)"):
         m.jacobian(np.zeros((2, M + 1)))
-    with pytest.raises(TypeError, match=r"ShPLRNN\.step: `z` must be a numpy array"):
-        m.step([0.0] * M)
     with pytest.raises(ValueError, match="param_vjp: `cotangent` must have the shape"):
         m.param_vjp(np.zeros((2, M)), np.zeros((3, M)))
     with pytest.raises(TypeError, match="simulate: n_steps must be an int"):
@@ -411,12 +585,89 @@ def test_input_errors():
     z = np.zeros((2, M))
     with pytest.raises(ValueError, match=r"step_and_jacobian: `out\[1\]` must be .*\(2, 4, 4\)"):
         m.step_and_jacobian(z, out=(np.empty((2, M)), np.empty((2, M))))
-    with pytest.raises(ValueError, match=r"`out\[0\]` must be .*dtype float64"):
+    with pytest.raises(TypeError, match=r"`out\[0\]` must have the model dtype float64"):
         m.step_and_jacobian(z, diag=True, out=(np.empty((2, M), np.float32), np.empty((2, M))))
+    with pytest.raises(TypeError, match=r"`out\[0\]` must be a numpy array"):
+        m.step_and_jacobian(z, diag=True, out=(None, np.empty((2, M))))
+    read_only = np.empty((2, M))
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"`out\[1\]` must be a writeable .* not writeable"):
+        m.step_and_jacobian(z, diag=True, out=(np.empty((2, M)), read_only))
     with pytest.raises(ValueError, match="must not overlap `z`"):
         m.step_and_jacobian(z, diag=True, out=(z, np.empty((2, M))))
     with pytest.raises(TypeError, match=r"`out` must be a pair"):
         m.step_and_jacobian(z, out=np.empty((2, M)))
+    for diag in ("yes", None, 1):
+        with pytest.raises(TypeError, match=r"step_and_jacobian: `diag` must be a bool"):
+            m.step_and_jacobian(z, diag=diag)
+    np.testing.assert_array_equal(m.step_and_jacobian(z, diag=np.True_)[1], m.jacobian_diag(z))
+
+
+def test_dtype_hint_offers_astype_only_for_model_dtypes():
+    m = ShPLRNN(M, L)
+    with pytest.raises(
+        TypeError, match=r"z\.astype\(np\.float64\) or model\.astype\('float32'\)\."
+    ):
+        m.step(np.zeros(M, np.float32))
+    for dtype in (np.int64, np.complex128, np.dtype(">f8"), np.float16):
+        with pytest.raises(TypeError) as info:
+            m.step(np.zeros(M, dtype))
+        assert "model.astype" not in str(info.value) and "z.astype(np.float64)." in str(info.value)
+    with pytest.raises(TypeError, match=r"x0\.astype\(np\.float64\)\.$"):
+        m.generate(np.zeros(M, np.int64), 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_out_arrays_must_not_overlap_each_other(name):
+    m = CLASSES[name]()
+    z = states((3,))
+    buf = np.empty((3, M))
+    with pytest.raises(ValueError, match=rf"^{name}\.step_and_jacobian: `out\[0\]` and `out\[1\]`"):
+        m.step_and_jacobian(z, diag=True, out=(buf, buf))
+    big = np.empty(3 * M + 3 * M * M)  # overlapping views of one buffer
+    f_out, j_out = big[: 3 * M].reshape(3, M), big[M : M + 3 * M * M].reshape(3, M, M)
+    with pytest.raises(ValueError, match="must not overlap each other"):
+        m.step_and_jacobian(z, out=(f_out, j_out))
+    f_out, j_out = big[: 3 * M].reshape(3, M), big[3 * M :].reshape(3, M, M)  # adjacent: fine
+    m.step_and_jacobian(z, out=(f_out, j_out))
+    np.testing.assert_array_equal(j_out, m.jacobian(z))
+
+
+def test_array_likes_are_accepted_like_arrays():
+    """Host inputs are array_like throughout (lists included), as in initial_state and
+    generate; the views of unflatten write into their vector, so it must be an array."""
+    m = ALRNN(M, P, N)
+    z, c = states((2,)), states((2,), seed=1)
+    np.testing.assert_array_equal(m.step(z.tolist()), m.step(z))
+    np.testing.assert_array_equal(m.step_and_jacobian(z.tolist())[1], m.jacobian(z))
+    np.testing.assert_array_equal(m.simulate(z.tolist(), 3), m.simulate(z, 3))
+    np.testing.assert_array_equal(m.param_vjp(z.tolist(), c.tolist()), m.param_vjp(z, c))
+    np.testing.assert_array_equal(m.generate(z[:, :N].tolist(), 3), m.generate(z[:, :N], 3))
+    with pytest.raises(TypeError, match=r"ALRNN\.unflatten: expected a numpy array"):
+        m.unflatten(m.params.tolist())
+
+
+class _DeviceLike:
+    """Looks like a device array (``__cuda_array_interface__``) without a GPU."""
+
+    def __init__(self):
+        self.__cuda_array_interface__ = {"shape": (2, M), "typestr": "<f8", "data": (0, False)}
+
+
+def test_host_methods_refuse_device_arrays_with_a_host_hint():
+    m = ShPLRNN(M, L)
+    with pytest.raises(TypeError, match=r"param_vjp: `cotangent` is a device array.*copy_to_host"):
+        m.param_vjp(states((2,)), _DeviceLike())
+    with pytest.raises(TypeError, match=r"ShPLRNN\.step: `z` is a device array"):
+        m.step(_DeviceLike())
+
+
+@pytest.mark.skipif("cuda" in parscan.available_backends(), reason="numba.cuda can run here")
+def test_backend_cuda_is_refused_up_front_without_a_gpu():
+    m = ShPLRNN(M, L)
+    for z in (states((3,)), np.empty((0, M))):  # also with nothing to evaluate
+        with pytest.raises(ValueError, match=r"^ShPLRNN\.step_and_jacobian: backend='cuda' is not"):
+            m.step_and_jacobian(z, backend="cuda")
 
 
 def test_set_params_checks_the_dtype_and_finiteness_after_the_cast():
@@ -499,3 +750,7 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
     for file, match in cases:
         with pytest.raises(ValueError, match=r"models\.load: .*" + match):
             models.load(file)
+    with pytest.raises(ValueError, match=r"models\.load: .* is a directory, not a model file"):
+        models.load(tmp_path)
+    with pytest.raises(ValueError, match=r"models\.load: no such file"):
+        models.load(tmp_path / "missing.npz")

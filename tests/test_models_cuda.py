@@ -171,6 +171,28 @@ def test_sim_param_vjp_matches_cpu(sim_launch, name, dtype):
         model.param_vjp(cuda.to_device(z), cuda.to_device(cot[:4]))
     with pytest.raises(TypeError, match=where + "`z_prev` must have the model dtype"):
         model.param_vjp(cuda.to_device(z.astype(np.float16)), cuda.to_device(cot))
+    with pytest.raises(TypeError, match=where + "`cotangent` is a device array.*copy_to_host"):
+        model.param_vjp(z, cuda.to_device(cot))  # host z_prev: the host path
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:.*invalid value:RuntimeWarning")  # the simulator's NumPy
+@pytest.mark.parametrize("name", ["ClippedShPLRNN", "ALRNN"])
+def test_sim_non_finite_states_match_cpu(sim_launch, name):
+    """relu(-inf) = 0 and NaN propagation are the same on the device as on the CPU."""
+    model = random_model(name, "float32")
+    if "W2" in model.unflatten():  # every hidden unit reads z[-1] with a positive weight
+        model["W2"][:, -1] = np.abs(model["W2"][:, -1]) + 0.5
+    z = states(model, (3,))
+    z[0, -1], z[1, 0], z[2, 1] = -np.inf, np.nan, np.inf
+    f_cpu, j_cpu = model.step_and_jacobian(z)
+    f, j = model.step_and_jacobian(z, backend="cuda")
+    for got, want in ((f, f_cpu), (j, j_cpu)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        ok = np.isfinite(want)
+        assert ok[0].any()  # relu(-inf) = 0 leaves finite outputs in row 0
+        assert_close(got[ok], want[ok], model.dtype)
 
 
 @pytest.mark.cudasim
@@ -197,6 +219,14 @@ def test_sim_errors(sim_launch):
         model.step_and_jacobian(d_z, out=(cuda.device_array((3, M)), cuda.device_array((3, M))))
     with pytest.raises(ValueError, match=where + "`out` arrays must not overlap"):
         model.step_and_jacobian(d_z, diag=True, out=(d_z, cuda.device_array((3, M))))
+    d_buf = cuda.device_array((3, M))
+    with pytest.raises(ValueError, match=where + r"`out\[0\]` and `out\[1\]` must not overlap"):
+        model.step_and_jacobian(d_z, diag=True, out=(d_buf, d_buf))
+    buf = np.empty((3, M))  # host arrays with backend="cuda": the CPU path's checks
+    with pytest.raises(ValueError, match=where + r"`out\[0\]` and `out\[1\]` must not overlap"):
+        model.step_and_jacobian(z, diag=True, out=(buf, buf), backend="cuda")
+    with pytest.raises(TypeError, match=where + "`diag` must be a bool"):
+        model.step_and_jacobian(d_z, diag="yes")
     with pytest.raises(TypeError, match=where + "`z` must have the model dtype"):
         model.step_and_jacobian(cuda.to_device(z.astype(np.float32)))
     with pytest.raises(ValueError, match=where + rf"`z` must have shape \(\.\.\., {M}\)"):
