@@ -41,23 +41,24 @@ _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 
 # Crossovers of ``backend="auto"`` in bytes of one array (B*T*D*itemsize; dense a:
 # B*T*D*D*itemsize), from ``python bench/scan.py --crossover`` on the 2-core CI machine
-# (numba 0.68, idle machine). Speed-up of "cpu" over "sequential" around each threshold
-# (two to three runs each):
-#   diag  B=1, D=16 (time chunks):  float64 512 KiB -> 0.80-0.94x   1 MiB -> 1.06-1.46x
-#                                   float32 512 KiB -> 0.87-1.06x   1 MiB -> 1.16-1.30x
-#                                 complex64 512 KiB -> 0.66-1.14x   1 MiB -> 1.10-1.38x
-#   diag  B=8, D=16 (batch):        float64  64 KiB -> 0.92-0.98x 256 KiB -> 1.18-1.21x
-#   diag  B=8, D=1  (batch):        float64  16 KiB -> 0.95x       64 KiB -> 1.28x (missed:
+# (numba 0.68, idle machine; two runs: bench/results/crossover_2core.jsonl). Speed-up of "cpu"
+# over "sequential" (min of interleaved runs) around each threshold:
+#   diag  B=1, D=16, a uniform in (0.999, 1) -- the carry never dies out, reduce-then-scan:
+#                                   float64 512 KiB -> 0.72-0.77x   1 MiB -> 1.24-1.30x
+#                                   float32 512 KiB -> 0.81-0.83x   1 MiB -> 1.02-1.03x
+#                                 complex64 512 KiB -> 1.10-1.16x   1-8 MiB -> 0.78-1.24x
+#   diag  B=1, D=16, signed a -- the carry dies out, scan-then-fix (``time_plan`` probe):
+#                                   float64 128 KiB -> 0.58-0.59x 512 KiB -> 1.13-1.22x
+#                                   float32 256 KiB -> 0.94-1.01x 512 KiB -> 1.21-1.31x
+#                                 complex64 128 KiB -> 0.76-0.89x 512 KiB -> 1.10-1.27x
+#   diag  B=8, D=16 (batch):        float64  64 KiB -> 0.83-0.86x 256 KiB -> 1.08-1.23x
+#   diag  B=8, D=1  (batch):        float64  16 KiB -> 0.96-1.15x  64 KiB -> 1.18-1.51x (missed:
 #                                                          2x slower per element than D=16)
-#   dense B=8, D=3  (batch):        float64  36 KiB -> 0.97x      144 KiB -> 1.17-1.28x
-#   dense B=8, D=16 (batch):        float64 256 KiB -> 0.74-1.23x   1 MiB -> 1.23-1.66x
-# The crossover sits at the same number of bytes, not elements, across dtypes (a float32
-# scan with as many elements as a float64 one at its crossover still lost: 0.77-0.86x at
-# 256 KiB). The time-chunked numbers are reduce-then-scan's; when the probe of
-# :func:`parscan._scan_cpu.time_plan` picks scan-then-fix (a decaying carry), the threads
-# pay from 512 KiB: B=1, D=16, signed ``a``, 5 runs each: float32 625 KiB -> 1.10-1.67x,
-# complex64 625 KiB -> 0.71-1.28x, float64 750 KiB -> 0.80-1.03x (float32 375 KiB:
-# 0.74-0.94x; the same sizes under reduce-then-scan: 0.47-0.81x). Below the thresholds the
+#   dense B=8, D=3  (batch):        float64  36 KiB -> 0.84-0.96x 144 KiB -> 0.94-1.28x
+#   dense B=8, D=16 (batch):        float64 256 KiB -> 0.93-1.18x   1 MiB -> 1.12-1.65x
+# The crossover sits at about the same number of bytes, not elements, across dtypes; complex64
+# under reduce-then-scan gains little at any size (its reduction's complex products cost about
+# as much as the scan), so "cpu" there is within noise of "sequential". Below the thresholds the
 # fork/join of a ``prange`` region costs more than it saves. On a machine whose cores are
 # busy with other processes every parallel region also waits for a scheduler tick (~4 ms);
 # there, use backend="sequential" or PARSCAN_THREADS=1.
