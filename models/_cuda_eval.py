@@ -35,9 +35,10 @@ import functools
 import numba
 import numpy as np
 
-from models._plrnn_kernels import EVAL_F_DIAG, EVAL_F_FULL, check_out_pair, is_device_array
+from models._plrnn_kernels import EVAL_F_DIAG, EVAL_F_FULL, check_out_pair
 from parscan import _cuda
 from parscan._cuda import cuda
+from parscan.scan import is_device_array
 
 #: ``mode`` of :func:`make_eval_kernel`.
 MODES = ("full", "diag")

@@ -35,6 +35,7 @@ import numpy as np
 
 from models._checks import check_int
 from models.base import LatentRNN, astype_hint
+from parscan.scan import is_device_array
 
 #: ``mode`` argument of the evaluation drivers.
 EVAL_F, EVAL_F_DIAG, EVAL_F_FULL = 0, 1, 2
@@ -99,14 +100,6 @@ def uniform_fan_in(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
 def _jacobian_tail(mode: int, M: int) -> tuple[int, ...]:
     """Shape of the Jacobian part of one position in evaluation ``mode``."""
     return {EVAL_F: (0,), EVAL_F_DIAG: (M,), EVAL_F_FULL: (M, M)}[mode]
-
-
-def is_device_array(x) -> bool:
-    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object
-    (checked without importing ``numba.cuda``)."""
-    if x is None or isinstance(x, np.ndarray):
-        return False
-    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
 
 
 def check_out_pair(out, where: str) -> tuple:

@@ -86,8 +86,9 @@ def available_backends() -> tuple[str, ...]:
     return ("sequential", "cpu", "cuda") if _cuda_available() else ("sequential", "cpu")
 
 
-def _is_device(x) -> bool:
-    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object."""
+def is_device_array(x) -> bool:
+    """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object
+    (checked without importing ``numba.cuda``)."""
     if x is None or isinstance(x, np.ndarray):
         return False
     return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
@@ -349,10 +350,10 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     gives ``±inf``; and the ``"cuda"`` look-back combines a timing-dependent number of tile
     aggregates, so its last bits may differ from run to run (as in CUB's floating-point scans).
     """
-    on_device = any(_is_device(x) for x in (a, b, h0, out))
+    on_device = any(is_device_array(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)
     if on_device:
-        if not all(_is_device(x) for x in (a, b, h0, out) if x is not None):
+        if not all(is_device_array(x) for x in (a, b, h0, out) if x is not None):
             raise TypeError(
                 "linear_scan: `a`, `b`, `h0` and `out` must all be device arrays or all host "
                 "arrays; got a mix. Copy the host arrays to the device (numba.cuda.to_device)."
@@ -365,7 +366,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         h0 = None if h0 is None else np.asarray(h0)
     dense = _validate(a, b, h0)
     if out is not None:
-        if not (isinstance(out, np.ndarray) or _is_device(out)):
+        if not (isinstance(out, np.ndarray) or is_device_array(out)):
             raise TypeError(
                 f"linear_scan: `out` must be an array like `b` (shape {tuple(b.shape)}, dtype "
                 f"{b.dtype}) or None; got {type(out).__name__}."
