@@ -39,6 +39,7 @@ def _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi):
     (clipped) ``s``, and the activation ``phi`` -- all of shape (L,). (Takes ``zt`` and
     ``t`` rather than a row view: a view is reference counted, an atomic pair per step.)"""
     M, L = W2T.shape
+    lo = np.finfo(zt.dtype).min  # -inf pre-activations clamped as in models.shplrnn
     z0 = zt[t, 0]
     for l in range(L):
         s[l] = W2T[0, l] * z0
@@ -48,7 +49,10 @@ def _hidden(W2T, h2, clipped, zt, t, s, up, sp, phi):
             s[l] += W2T[j, l] * zj
     for l in range(L):
         sl = s[l]
+        sl = lo if sl < lo else sl
+        s[l] = sl
         u = sl + h2[l]
+        u = lo if u < lo else u
         up[l] = u > 0
         sp[l] = (sl > 0) & (clipped != 0)
         phi[l] = u * up[l] - sl * sp[l]

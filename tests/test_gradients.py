@@ -184,6 +184,23 @@ def test_float32_agrees_with_float64(data):
         np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
 
 
+@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])
+def test_overflowing_pre_activation_gives_the_same_finite_loss_in_both_methods(cls):
+    """Finite float32 states whose ``W2 z`` overflows to -inf: relu gives 0, not NaN, in the
+    sequential kernel as in the model's step (used by DEER)."""
+    model = cls(2, 1, dtype="float32")
+    model["W2"][...] = [[1e30, 0.0]]
+    model["h2"][...] = 0.0
+    x = np.zeros((1, 6, 2), np.float32)
+    x[0, :, 0] = -1e10
+    results = [gtf_loss_and_grad(model, x, alpha=1.0, method=m) for m in ("sequential", "deer")]
+    for loss, grad, info in results:
+        assert info.status is DeerStatus.CONVERGED and np.isfinite(loss)
+        assert np.all(np.isfinite(grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+
+
 def test_single_step_window():
     model = MODELS["shplrnn"]()
     x = np.random.default_rng(2).standard_normal((2, 2, N))
