@@ -21,10 +21,10 @@ window copies, VJP (+ its sum). Downloads: the loss partial sums' total, the gra
 
 import numba
 import numpy as np
-from numba import cuda
 
 from models._cuda_eval import sum_rows
 from parscan import _cuda
+from parscan._cuda import cuda
 from parscan._deer_cuda import launch_grid, shift_device
 from parscan.scan import linear_scan
 

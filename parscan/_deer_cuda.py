@@ -34,9 +34,9 @@ import functools
 
 import numba
 import numpy as np
-from numba import cuda
 
 from parscan import _cuda
+from parscan._cuda import cuda
 from parscan._deer_kernels import assemble_steps, max_keep_nan, update_element
 from parscan.scan import linear_scan
 
