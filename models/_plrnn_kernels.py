@@ -199,7 +199,7 @@ class PiecewiseLinearRNN(LatentRNN):
         if z.dtype != self.dtype:
             raise TypeError(
                 f"{where}: `{name}` must have the model dtype {self.dtype}; got {z.dtype}. "
-                f"Use {name}.astype(np.{self.dtype}){astype_hint(z.dtype)}."
+                f"Use np.asarray({name}, dtype=np.{self.dtype}){astype_hint(z.dtype)}."
             )
         return z, np.ascontiguousarray(z).reshape(-1, self.M)
 

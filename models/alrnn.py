@@ -44,8 +44,9 @@ from parscan._jit import jit, jit_parallel
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
 # A pre-activation of ``-inf`` would give ``relu = -inf * 0 = NaN``: relu inputs are first
 # clamped from below at ``lo``, the dtype's lowest finite value (``lo if x < lo else x``: a
-# no-op for every finite x, NaN stays NaN, and it costs no measurable time), so a ``-inf``
-# pre-activation contributes 0 and finite ones give bitwise the results of ``x * (x > 0)``.
+# no-op for every finite x, NaN stays NaN; a 1e5-step float32 free run of ClippedShPLRNN(3, 200)
+# measured 0-7 % slower), so a ``-inf`` pre-activation contributes 0 and finite ones give
+# bitwise the results of ``x * (x > 0)``.
 
 
 def alrnn_step(A, W, h, P, zero_diag, z, out):

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -282,7 +283,7 @@ class Model(ABC):
         if x.dtype != self.dtype:
             raise TypeError(
                 f"{where}: {what} must have dtype {self.dtype}; got {x.dtype}. Use "
-                f"{what}.astype(np.{self.dtype}){astype_hint(x.dtype)}."
+                f"np.asarray({what}, dtype=np.{self.dtype}){astype_hint(x.dtype)}."
             )
         return x
 
@@ -358,15 +359,18 @@ class Model(ABC):
         Raises
         ------
         TypeError
-            ``metadata`` that JSON cannot hold (arrays, objects).
+            ``metadata`` that JSON cannot hold (arrays, objects). Non-finite floats are
+            written as the ``NaN`` / ``Infinity`` extension of Python's ``json`` (read back by
+            :func:`load_with_metadata`; strict JSON parsers refuse them).
         ValueError
             ``metadata`` not a dict; parameters that :meth:`set_params` refuses (NaN/inf, a
             PLRNN's nonzero ``diag(W)``); a standardisation that is not ``(mean, sd)`` of
-            shape ``(N,)`` each, finite, ``sd > 0``.
+            shape ``(N,)`` each, finite, ``sd > 0``; a class that :func:`models.load` cannot
+            rebuild (a subclass defined outside the library).
         """
         where = f"{type(self).__name__}.save"
         payload = self.npz_payload(metadata, where=where)
-        model_from_fields(payload, Path(path), where)
+        model_from_fields(payload, f"the model to write to {path}", where)
         return atomic_save_npz(path, payload)
 
     @classmethod
@@ -385,14 +389,14 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
     flushed and fsynced, then :func:`os.replace`. Returns ``path``.
 
-    The file gets the mode of any newly created file (``0o666`` less the process umask), not
-    the private ``0o600`` of :func:`tempfile.mkstemp`.
+    A new file gets the mode of any newly created file (``0o666`` less the process umask),
+    not the private ``0o600`` of :func:`tempfile.mkstemp`; a file replaced keeps its mode.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:  # a fresh name; O_EXCL makes the create fail rather than reuse a file
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(8)}.tmp"  # NAME_MAX 255
         try:
             fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask
             break
@@ -403,6 +407,10 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:  # a new file keeps the umask mode
+            pass
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -485,7 +493,7 @@ def _build_model(fields: dict, path: Path, where: str) -> Model:
     if name not in MODEL_MODULES:
         raise ValueError(
             f"{where}: {path} holds an unknown model class {name!r}; "
-            f"known: {', '.join(sorted(MODEL_MODULES))}."
+            f"known: {', '.join(sorted(MODEL_MODULES))} (only these can be saved and loaded)."
         )
     model_cls = getattr(importlib.import_module(MODEL_MODULES[name]), name)
     hyper = _json_dict(fields, "hyperparameters", path, where)

@@ -124,7 +124,7 @@ def _kl_binned(counts_true, counts_gen, n_total_bins):
     c = counts_true + EPSILON
     terms = c * (np.log(c) - np.log(counts_gen + EPSILON))
     # KL >= 0 exactly; rounding can leave -1e-16 for (near-)equal histograms
-    return max(0.0, float(terms.sum() / a + np.log1p((b - a) / a)))
+    return max(float(terms.sum() / a + np.log1p((b - a) / a)), 0.0)  # (NaN would stay NaN)
 
 
 @jit

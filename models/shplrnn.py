@@ -7,7 +7,8 @@ with ``A`` of shape (M,) (a diagonal), ``W1`` (M, L), ``W2`` (L, M), ``h1`` (M,)
 (L,). The clipped nonlinearity is bounded, so orbits stay bounded when ``max|A| < 1``.
 The relu derivative at exactly 0 is 0 everywhere (Jacobians and VJPs), as in the lab's
 code; ``relu(NaN)`` is NaN (NaNs are never zeroed) and a hidden unit whose pre-activation
-``W2 z + h2`` is ``-inf`` contributes 0.
+``W2 z + h2`` is ``-inf`` contributes 0. A ``+inf`` pre-activation gives NaN in the clipped
+variant (``inf - inf``): the state has already overflowed.
 
 Per-step functions (plain Python over explicit arrays; see
 :class:`models._plrnn_kernels.StepFunctions`), all taking
@@ -50,8 +51,9 @@ from parscan._jit import jit, jit_parallel
 # a divergent one on a GPU).
 # A pre-activation of ``-inf`` would give ``relu = -inf * 0 = NaN``: relu inputs are first
 # clamped from below at ``lo``, the dtype's lowest finite value (``lo if x < lo else x``: a
-# no-op for every finite x, NaN stays NaN, and it costs no measurable time), so a ``-inf``
-# pre-activation contributes 0 and finite ones give bitwise the results of ``x * (x > 0)``.
+# no-op for every finite x, NaN stays NaN; a 1e5-step float32 free run of ClippedShPLRNN(3, 200)
+# measured 0-7 % slower), so a ``-inf`` pre-activation contributes 0 and finite ones give
+# bitwise the results of ``x * (x > 0)``.
 
 
 def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):

@@ -492,6 +492,24 @@ def test_saved_files_get_the_umask_mode(tmp_path, umask):
     assert [f.name for f in path.parent.iterdir()] == ["m.npz"]  # no temporary file left
 
 
+def test_a_replaced_file_keeps_its_mode_and_long_names_save(tmp_path):
+    path = ShPLRNN(M, L).save(tmp_path / "m.npz")
+    path.chmod(0o600)
+    ShPLRNN(M, L).save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    long_name = tmp_path / ("x" * 240 + ".npz")  # 244 characters: the temporary name is cut
+    assert models.load(ShPLRNN(M, L).save(long_name)).M == M
+
+
+def test_a_subclass_outside_the_library_is_refused_before_writing(tmp_path):
+    class MyShPLRNN(ShPLRNN):
+        pass
+
+    with pytest.raises(ValueError, match=r"^MyShPLRNN\.save: the model to write to .*unknown"):
+        MyShPLRNN(M, L).save(tmp_path / "m.npz")
+    assert not list(tmp_path.iterdir())
+
+
 # ---- errors ---------------------------------------------------------------------------
 
 
@@ -606,15 +624,18 @@ def test_input_errors():
 def test_dtype_hint_offers_astype_only_for_model_dtypes():
     m = ShPLRNN(M, L)
     with pytest.raises(
-        TypeError, match=r"z\.astype\(np\.float64\) or model\.astype\('float32'\)\."
+        TypeError, match=r"np\.asarray\(z, dtype=np\.float64\) or model\.astype\('float32'\)\."
     ):
         m.step(np.zeros(M, np.float32))
     for dtype in (np.int64, np.complex128, np.dtype(">f8"), np.float16):
         with pytest.raises(TypeError) as info:
             m.step(np.zeros(M, dtype))
-        assert "model.astype" not in str(info.value) and "z.astype(np.float64)." in str(info.value)
-    with pytest.raises(TypeError, match=r"x0\.astype\(np\.float64\)\.$"):
+        message = str(info.value)
+        assert "model.astype" not in message and "np.asarray(z, dtype=np.float64)." in message
+    with pytest.raises(TypeError, match=r"np\.asarray\(x0, dtype=np\.float64\)\.$"):
         m.generate(np.zeros(M, np.int64), 2)
+    with pytest.raises(TypeError, match=r"np\.asarray\(z, dtype=np\.float32\)"):
+        m.astype("float32").step([0.0] * M)  # the hint works for a list too
 
 
 @pytest.mark.parametrize("name", NAMES)
