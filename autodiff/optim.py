@@ -350,8 +350,9 @@ class ExponentialDecay:
         )
 
 
-#: largest magnitudes beyond which :func:`clip_grad_norm` scales before squaring (``x**2``
-#: would overflow or underflow in float64); in between the norm is the plain one, bit for bit
+#: the range of largest magnitudes outside which :func:`clip_grad_norm` scales before
+#: squaring (``x**2`` would underflow below it or overflow above it in float64); inside it the
+#: norm is the plain one, bit for bit
 _UNSCALED_RANGE = (1e-150, 1e150)
 
 

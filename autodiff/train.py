@@ -682,6 +682,11 @@ def _check_checkpoint_dir(checkpoint_dir) -> Path:
         ) from None
     existing = directory
     while not existing.exists() and existing.parent != existing:
+        if existing.is_symlink():
+            raise ValueError(
+                f"fit: checkpoint_dir {directory} cannot be created: {existing} is a symbolic "
+                "link to a missing target. Create the target or pass another directory."
+            )
         existing = existing.parent
     if not existing.is_dir():
         problem = (
@@ -704,10 +709,12 @@ def _check_checkpoint_dir(checkpoint_dir) -> Path:
 #: the trajectories whose fingerprints (:func:`_fingerprint`) a checkpoint stores:
 #: ``<name>_shape`` in its training state (None when not given), ``array.<name>_rows``
 _FINGERPRINTED = ("data", "validation_data")
-#: rows of the training and validation data a checkpoint keeps to recognise them on resume
+#: rows of the training and validation data a checkpoint keeps to recognise them on resume,
+#: and the most values it keeps of each (wide data keep fewer rows, at least 16)
 _FINGERPRINT_ROWS = 1024
-#: tolerance of the comparison of those rows, relative to each column's largest magnitude
-#: (np.allclose's rtol, as for the mean/sd): last-bit differences of regenerated data pass
+_FINGERPRINT_VALUES = 1 << 16
+#: tolerance of the comparison of those rows: a difference counts beyond this fraction of
+#: the column's largest magnitude among them (last-bit differences of regenerated data pass)
 _FINGERPRINT_RTOL = 1e-5
 
 
@@ -716,11 +723,18 @@ def _fingerprint(x: np.ndarray) -> tuple[list[int], np.ndarray]:
     spaced rows of it (first and last included), in float64.
 
     Compared with a tolerance rather than hashed, so data regenerated with last-bit
-    differences (another machine) still resume, while other data, another length, a
-    reordered or a time-reversed copy -- which keep the mean and sd -- are refused."""
-    n_rows = min(x.shape[0], _FINGERPRINT_ROWS)
-    rows = np.linspace(0, x.shape[0] - 1, n_rows).round().astype(np.intp)
-    return list(x.shape), x[rows].astype(np.float64)
+    differences (another machine) still resume, while other data at those rows, another
+    length or a time-reversed copy -- which keep the mean and sd -- are refused (a change
+    between the sampled rows is not seen)."""
+    return list(x.shape), x[_sampled_rows(*x.shape)].astype(np.float64)
+
+
+def _sampled_rows(n_steps: int, n_dims: int) -> np.ndarray:
+    """Indices of the evenly spaced rows :func:`_fingerprint` keeps of a ``(n_steps, n_dims)``
+    trajectory: at most ``_FINGERPRINT_ROWS``, and at most ``_FINGERPRINT_VALUES // n_dims``
+    (but 16) for wide data."""
+    n_rows = min(n_steps, _FINGERPRINT_ROWS, max(16, _FINGERPRINT_VALUES // n_dims))
+    return np.linspace(0, n_steps - 1, n_rows).round().astype(np.intp)
 
 
 def _resume_from(start: _Start, ckpt: dict, config) -> None:
@@ -877,7 +891,7 @@ def _saved_fingerprint(meta, arrays, name):
     ok = isinstance(shape, list) and len(shape) == 2 and all(_is_count(n, 1) for n in shape)
     if not (ok and isinstance(rows, np.ndarray) and rows.dtype == np.float64):
         raise ValueError(f"the fingerprint of {name} is damaged")
-    if rows.shape != (min(shape[0], _FINGERPRINT_ROWS), shape[1]):
+    if rows.shape != (len(_sampled_rows(*shape)), shape[1]):
         raise ValueError(f"the fingerprint of {name} does not match its shape {shape}")
     return shape, rows
 
@@ -1193,8 +1207,15 @@ def fit(
                 )
     except TrainingDivergedError:
         raise  # keep the last checkpoint: the steps since it were rejected
-    except BaseException:
-        write(snap)  # the last completed step: finite parameters, consistent state
+    except BaseException as exc:
+        # The last completed step: finite parameters, consistent state -- unless it ended a
+        # streak of max_bad_steps rejections (a callback raised at the step fit would have
+        # stopped at): the last checkpoint then stays, and a resume diverges there again.
+        if snap.state.bad_streak < config.max_bad_steps:
+            try:
+                write(snap)
+            except Exception as failed:  # the original exception matters more
+                exc.add_note(f"fit: the checkpoint could not be written ({failed}).")
         raise
 
     final = write(snap)

@@ -303,6 +303,46 @@ def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp
     assert "non-finite" in err.value.reason or "nan" in err.value.reason.lower(), err.value.reason
 
 
+def test_interrupt_at_the_diverging_step_keeps_the_good_checkpoint(lorenz, tmp_path, monkeypatch):
+    """A callback raising at the step where fit would raise TrainingDivergedError must not
+    checkpoint that state: the resumed run diverges there again, as the uninterrupted one."""
+    x, _ = lorenz
+    cfg = config(epochs=3, max_bad_steps=4)
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned(set(range(10, 100))))
+
+    def interrupt_at_fourth_rejection(info):
+        if isinstance(info, StepInfo) and info.bad_steps == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            small_model(),
+            x,
+            cfg,
+            checkpoint_dir=tmp_path,
+            callback=interrupt_at_fourth_rejection,
+        )
+    assert load_checkpoint(tmp_path)["state"]["train_state"]["step"] == 10
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned(set(range(100))))
+    with pytest.raises(TrainingDivergedError, match="4 consecutive steps were rejected"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_failed_checkpoint_write_does_not_hide_the_exception(lorenz, tmp_path, monkeypatch):
+    x, _ = lorenz
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def interrupt(info):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autodiff.train, "save_checkpoint", no_space)
+    with pytest.raises(KeyboardInterrupt) as err:
+        fit(small_model(), x, config(), checkpoint_dir=tmp_path, callback=interrupt)
+    assert any("checkpoint could not be written" in note for note in err.value.__notes__)
+
+
 def test_single_window_spanning_the_data_and_sequential_method(lorenz):
     x, _ = lorenz
     short = x[:301]
@@ -417,6 +457,18 @@ def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
     assert not steps
     with pytest.raises(TypeError, match="fit: checkpoint_dir must be a path"):
         check_fit(small_model(), x, config(), checkpoint_dir=3)
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "missing" / "target")
+    for directory in (dangling, dangling / "sub"):
+        with pytest.raises(ValueError, match=r"link is a symbolic link to a missing target"):
+            check_fit(small_model(), x, config(), checkpoint_dir=directory)
+
+
+def test_fingerprints_of_wide_data_keep_fewer_rows():
+    assert len(autodiff.train._sampled_rows(100_000, 3)) == 1024
+    assert len(autodiff.train._sampled_rows(500, 3)) == 500
+    assert len(autodiff.train._sampled_rows(100_000, 1000)) == 65
+    assert len(autodiff.train._sampled_rows(100_000, 10**6)) == 16
 
 
 def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
