@@ -226,6 +226,8 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     """Built-in defaults < the resumed run's ``args.json`` < the config file < the flags."""
     given = {key: value for key, value in flags.items() if value is not None}
     merged = _read_config(config_path) if config_path else {}
+    # where a data key that the flags did not give comes from, for the messages about it
+    key_origin = ("config", f"data-key in --config {config_path}") if "data_key" in merged else None
     merged.update(given)
     if merged.get("data") is not None:
         generator = [name for name in GENERATOR_SETTINGS if name in merged]
@@ -238,15 +240,45 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     if merged.get("resume"):
         if merged.get("out") is None:
             raise UserError("--resume needs --out, the folder of the run to continue.")
-        merged = {**saved_settings(Path(merged["out"]), "--resume"), **merged}
+        saved = saved_settings(Path(merged["out"]), "--resume")
+        if "data_key" not in merged and saved.get("data_key") and saved.get("data"):
+            args = Path(merged["out"]) / "args.json"
+            key_origin = ("resume", f"{saved['data']}, as {args} records")
+        merged = {**saved, **merged}
+    if "data_key" in given:
+        key_origin = None
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
-    _check_settings(settings)
+    _check_settings(settings, key_origin)
     return settings
 
 
-def _check_settings(s: Settings) -> None:
+def _data_key_problem(s: Settings, key_origin: tuple[str, str] | None) -> str | None:
+    """What is wrong with ``s.data_key`` (an array name that needs an ``.npz`` ``--data``),
+    with the fix where it was set: the flag (``key_origin`` None), a config file
+    (``("config", where)``) or the resumed run's args.json (``("resume", where)``)."""
+    if s.data_key is None:
+        return None
+    if s.data is not None and Path(s.data).suffix.lower() == ".npz":
+        return None
+    if key_origin is None:
+        option, fix = "--data-key", "drop --data-key"
+    elif key_origin[0] == "config":
+        option, fix = f"--data-key {s.data_key} ({key_origin[1]})", "remove it from that file"
+    else:  # the run had data and a key; --data (a flag, or data in --config) replaced them
+        return (
+            f"--resume: the run trained on array {s.data_key} of {key_origin[1]}; "
+            f"--data {s.data} is not an .npz: drop --data to continue on the run's own data"
+        )
+    if s.data is None:
+        return f"{option} names an array in the --data .npz file; add --data or {fix}"
+    return f"{option} names an array in an .npz file; --data {s.data} is not one, {fix}"
+
+
+def _check_settings(s: Settings, key_origin: tuple[str, str] | None = None) -> None:
+    """Refuse settings that cannot run, all problems in one message; ``key_origin``: where a
+    ``data_key`` that the flags did not give comes from (see :func:`resolve_settings`)."""
     problems = []
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -254,13 +286,9 @@ def _check_settings(s: Settings) -> None:
         problems.append(
             f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
         )
-    if s.data_key is not None and s.data is None:
-        problems.append("--data-key names an array in the --data .npz file; add --data or drop it")
-    elif s.data_key is not None and Path(s.data).suffix.lower() != ".npz":
-        problems.append(
-            f"--data-key names an array in an .npz file; --data {s.data} is not one, drop "
-            f"--data-key"
-        )
+    key_problem = _data_key_problem(s, key_origin)
+    if key_problem:
+        problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
     if s.model in SSM_NAMES and s.method == "sequential":
@@ -685,7 +713,7 @@ def _choice(*options):
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.option("--data", type=str, help="Training trajectory (.npy/.npz/.csv), T x N.")
+@click.option("--data", type=str, help="Training trajectory (.npy/.npz/.csv/.txt), T x N.")
 @click.option("--data-key", type=str, metavar="KEY", help="Array of a --data .npz with several.")
 @click.option("--system", type=str, help="Generate data from this system (default lorenz63).")
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")

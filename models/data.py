@@ -3,6 +3,7 @@
 A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dimensions.
 """
 
+import csv
 import itertools
 import os
 import stat
@@ -54,7 +55,7 @@ def check_trajectory(
         when it is a Python identifier; a description (``"the data in x.npy"``) gets them in
         words.
     min_steps : int
-        Smallest admissible T.
+        Smallest admissible T (>= 1).
     constant : bool
         Whether a dimension that is constant over time is allowed. A column counts as
         constant when its standard deviation is at most ``1e-12`` times its largest magnitude
@@ -68,9 +69,9 @@ def check_trajectory(
     TypeError
         Not a real numeric array (bool, complex, structured, object, str).
     ValueError
-        Not 2-D, fewer than ``min_steps`` steps (with a hint when the array looks transposed)
-        or no dimension, NaN/inf (the first bad row and column are reported), or a constant
-        dimension when ``constant=False``.
+        Not 2-D, fewer than ``min_steps`` steps (with a hint to transpose when
+        ``1 <= T < N``) or no dimension, NaN/inf (the first bad row and column are
+        reported), or a constant dimension when ``constant=False``.
     """
     try:
         arr = np.asarray(x)
@@ -102,8 +103,10 @@ def check_trajectory(
         raise ValueError(f"{where}: {name} has no dimensions (shape {arr.shape}).")
     if n_steps < min_steps:
         hint = ""
-        if 0 < n_steps < n_dims:
-            fix = f"pass {name}.T" if code else "transpose it"
+        fix = f"pass {name}.T" if code else "transpose it"
+        if n_steps == 1 < n_dims:
+            hint = f" If its {n_dims} values are one series, {fix} (one row per time step)."
+        elif 1 < n_steps < n_dims:
             hint = f" Shape {arr.shape} looks transposed: {fix} (one row per time step)."
         raise ValueError(
             f"{where}: {name} has {n_steps} time step{'s' * (n_steps != 1)}; at least "
@@ -119,14 +122,22 @@ def check_trajectory(
                 f"{arr[row, col]} at {where_row}, column {col}. Clean or interpolate the data."
             )
     if not constant:
-        _, sd = column_mean_sd(arr)
-        flat = np.flatnonzero(sd <= 1e-12 * np.max(np.abs(arr), axis=0))
-        if flat.size:
-            raise ValueError(
-                f"{where}: {name} is constant in column(s) {flat.tolist()}; a constant "
-                f"dimension cannot be standardised or modelled. Drop it."
-            )
+        _check_not_constant(arr, column_mean_sd(arr)[1], where, name)
     return arr
+
+
+def _check_not_constant(arr: np.ndarray, sd: np.ndarray, where: str, name: str) -> None:
+    """Refuse a column of ``arr`` (finite, ``T >= 1``) whose population sd ``sd`` is at most
+    ``1e-12`` times its largest magnitude (constant, or rounding noise around a constant)."""
+    top = np.max(np.abs(arr), axis=0)
+    flat = np.flatnonzero(sd <= 1e-12 * top)
+    if flat.size:
+        ratios = ", ".join(f"{sd[i] / top[i]:.1e}" if top[i] else "0" for i in flat)
+        raise ValueError(
+            f"{where}: {name} is constant in column(s) {flat.tolist()} (sd / max|x| = "
+            f"{ratios}, at most 1e-12); a constant dimension cannot be standardised or "
+            f"modelled. Drop it."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +167,12 @@ def _open_text(path: Path):
 
 
 def _split(text: str, delimiter: str | None) -> list[str]:
-    return [v.strip() for v in text.split(delimiter)]
+    """The entries of a data line as NumPy's parser (``quotechar='"'``) reads them: stripped
+    of whitespace and of a pair of double quotes around the whole entry (R's ``write.csv``
+    quotes names and row names). A quote after leading whitespace is part of the entry."""
+    if delimiter is None:
+        return [v[1:-1] if len(v) > 1 and v[0] == v[-1] == '"' else v for v in text.split()]
+    return [v.strip() for v in next(csv.reader([text], delimiter=delimiter))]
 
 
 def _parses(token: str, kind: type) -> bool:
@@ -185,9 +201,19 @@ def _is_header(first: list[str], rest: list[list[str]]) -> bool:
     return _pandas_names(first) and not any(_parses(v, int) for row in rest for v in row)
 
 
+#: The fix for a file with ``;`` separators (and, usually, decimal commas).
+_SEMICOLON = (
+    "the values look separated by ';': use ',' or whitespace between values and '.' as "
+    "decimal point"
+)
+#: How to save a table without its row index, for the messages that find one.
+_NO_INDEX = "pandas: to_csv(index=False); R: write.csv(x, row.names=FALSE)"
+
+
 def _layout(path: Path) -> tuple[str | None, int]:
     """Delimiter (``","``, or None for whitespace) and the line number of the header (0: no
-    header), from the first data lines; refuses a pandas index column."""
+    header), from the first data lines; refuses a row-index column and a header with another
+    number of names than the data have columns."""
     with _open_text(path) as fh:
         head = list(itertools.islice(_data_lines(fh), _SAMPLE + 1))
     if not head:
@@ -195,6 +221,8 @@ def _layout(path: Path) -> tuple[str | None, int]:
     sample = head[1:] or head
     delimiter = "," if any("," in text for _, text in sample) else None
     first, *rest = (_split(text, delimiter) for _, text in head)
+    if delimiter and delimiter not in head[0][1]:  # names separated by whitespace
+        first = _split(head[0][1], None)
     names = first[1:]
     if (
         first[0] == ""
@@ -202,20 +230,52 @@ def _layout(path: Path) -> tuple[str | None, int]:
         and (_pandas_names(names) or not any(_parses(v, float) for v in names))
     ):
         raise ValueError(
-            f"the first column looks like a pandas index (line {head[0][0]} starts with an "
-            f"empty name); save with DataFrame.to_csv(index=False) or drop that column"
+            f"the first column looks like a row index (line {head[0][0]} starts with an "
+            f"empty name, as pandas to_csv() and R write.csv() write one); save without it "
+            f"({_NO_INDEX}) or drop that column"
         )
     if not _is_header(first, rest):
         return delimiter, 0
     if len(head) == 1:
         raise ValueError("the file has a header but no data rows")
-    return delimiter, head[0][0]
+    (line, text), (data_line, data_text) = head[:2]
+    if len(first) != len(rest[0]):
+        fix = "give one name per column or remove the header line"
+        if ";" in text + data_text:
+            fix = _SEMICOLON
+        elif len(first) == len(rest[0]) - 1:
+            fix = (
+                "the first column is likely a row index without a name (pandas "
+                f"to_csv(sep='\\t'), R write.table()): save without it ({_NO_INDEX})"
+            )
+        raise ValueError(
+            f"the header (line {line}, read as {text!r}) has {len(first)} "
+            f"name{'s' * (len(first) != 1)} but the data have {len(rest[0])} "
+            f"column{'s' * (len(rest[0]) != 1)} (line {data_line}); {fix}"
+        )
+    return delimiter, line
 
 
-def _read_lines(path: Path, delimiter: str | None, header: int, exc: Exception) -> np.ndarray:
-    """After NumPy's parser failed with ``exc``: raise ValueError naming the first ragged row
-    or non-numeric entry; with none, NumPy tripped over a line this reader skips (one of
-    whitespace only), so parse the data lines alone."""
+#: Options of NumPy's parser for the body of a text file.
+_LOADTXT = {"ndmin": 2, "dtype": np.float64, "quotechar": '"'}
+
+
+def _read_lines(path: Path, delimiter: str | None, header: int) -> np.ndarray:
+    """After NumPy's parser failed on the file: parse the data lines alone (NumPy trips over
+    lines this reader skips, e.g. whitespace only or an indented comment), and if that fails
+    too, raise ValueError naming the first ragged row or non-numeric entry."""
+    with _open_text(path) as fh:
+        lines = (text for _, text in _data_lines(fh, header))
+        try:
+            return np.loadtxt(lines, delimiter=delimiter, **_LOADTXT)
+        except ValueError as exc:
+            error = exc
+    _locate_bad_line(path, delimiter, header)
+    raise ValueError(f"cannot parse the numbers: {error}")
+
+
+def _locate_bad_line(path: Path, delimiter: str | None, header: int) -> None:
+    """Raise ValueError naming the first ragged row or non-numeric entry, if there is one."""
     width = None
     with _open_text(path) as fh:
         for line, text in _data_lines(fh, header):
@@ -231,19 +291,17 @@ def _read_lines(path: Path, delimiter: str | None, header: int, exc: Exception) 
             if bad is not None:
                 hint = ""
                 if ";" in bad:
-                    hint = (
-                        "; the values look separated by ';': use ',' or whitespace between "
-                        "values and '.' as decimal point"
-                    )
+                    hint = f"; {_SEMICOLON}"
                 elif bad == "" and delimiter == ",":
                     hint = "; an empty entry: a missing value, or a trailing or doubled comma"
+                elif '"' in bad:
+                    hint = (
+                        "; quotes count only around a whole entry, right after the separator: "
+                        "remove them"
+                    )
+                elif "," in bad:
+                    hint = "; a decimal comma: use '.' as decimal point"
                 raise ValueError(f"non-numeric entry {bad!r} in line {line}{hint}")
-    with _open_text(path) as fh:
-        lines = (text for _, text in _data_lines(fh, header))
-        try:
-            return np.loadtxt(lines, delimiter=delimiter, ndmin=2, dtype=np.float64)
-        except ValueError:
-            raise ValueError(f"cannot parse the numbers: {exc}") from None
 
 
 def _locate_decode_error(path: Path):
@@ -271,13 +329,12 @@ def _read_text(path: Path):
                 comments="#",
                 skiprows=header,
                 encoding=_ENCODING,
-                ndmin=2,
-                dtype=np.float64,
+                **_LOADTXT,
             )
         except ValueError as exc:
             if isinstance(exc, UnicodeDecodeError):
                 raise
-            arr = _read_lines(path, delimiter, header, exc)
+            arr = _read_lines(path, delimiter, header)
     except UnicodeDecodeError:
         _locate_decode_error(path)
 
@@ -294,34 +351,54 @@ def _read_text(path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+#: How NumPy's files start: ``np.save``'s magic string and the zip signatures of
+#: ``np.savez`` (a local file header; an empty archive is only its end record).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _not_numpy(head: bytes, suffix: str) -> str:
+    """Why a file whose first bytes are ``head`` is not a NumPy file, and the fix."""
+    if not head:
+        return f"it is empty (0 bytes), not a NumPy {suffix} file"
+    if all(b >= 32 or b in b"\t\n\r\f\v" for b in head):
+        return "it is not a NumPy file (it looks like text: rename it to .csv)"
+    writer = "np.save" if suffix == ".npy" else "np.savez"
+    return f"it is not a NumPy {suffix} file (it does not start as {writer} writes one)"
+
+
 def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
     """The array of an ``.npy`` file, or the one chosen by ``key`` in an ``.npz`` archive;
-    refuses a file whose content does not match its suffix."""
+    refuses a file whose content does not match its suffix (told by its first bytes)."""
     with open(path, "rb") as fh:  # numpy leaks the handle of a corrupt zip otherwise
-        loaded = np.load(fh, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
+        head = fh.read(512)
+        fh.seek(0)
+        if head.startswith(_NPY_MAGIC):
             if suffix == ".npz":
                 raise ValueError(
                     "it is an .npy file (one array), not an .npz archive; rename it to .npy"
                 )
-            return loaded
-        with loaded:
-            if suffix == ".npy":
-                raise ValueError(
-                    "it is an .npz archive (zipped arrays), not an .npy file; rename it to .npz"
-                )
+            return np.load(fh, allow_pickle=False)
+        if not head.startswith(_ZIP_MAGIC):
+            raise ValueError(_not_numpy(head, suffix))
+        if suffix == ".npy":
+            raise ValueError(
+                "it is an .npz archive (zipped arrays), not an .npy file; rename it to .npz"
+            )
+        with np.load(fh, allow_pickle=False) as loaded:
             names = list(loaded.files)
+            if not names:
+                raise ValueError("it holds no arrays; save the trajectory in it (np.savez)")
             if key is None and len(names) == 1:
                 key = names[0]
             if key is None:
                 raise ArrayChoiceError(
-                    f"it holds {len(names)} arrays ({', '.join(names) or 'none'}); "
-                    f"pass key= to choose one",
+                    f"it holds {len(names)} arrays ({', '.join(names)}); pass key= to choose one",
                     names,
                 )
             if key not in names:
                 raise ArrayChoiceError(
-                    f"it has no array {key!r}; available: {', '.join(names) or 'none'}", names
+                    f"it has no array {key!r}; available: {', '.join(names)}", names
                 )
             return loaded[key]
 
@@ -362,13 +439,19 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         ``.npy``: one array. ``.npz``: the array named ``key``, or the only array in the file.
         ``.csv`` / ``.txt``: UTF-8 text, one row per time step, comma- or whitespace-separated
         (decided from the first data lines), with an optional header line; ``#`` starts a
-        comment, blank lines are skipped, a UTF-8 byte-order mark is ignored. The first line
-        is a header if none of its entries is a number, or if it is exactly the integers
+        comment, blank lines are skipped, a UTF-8 byte-order mark is ignored, and an entry
+        may be quoted as a whole (``"1.5"``, as R and ``csv.QUOTE_ALL`` write). The first
+        line is a header if none of its entries is a number, or if it is exactly the integers
         ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed
-        columns) and no entry of the next ten lines is written as an integer (pandas writes
-        floats with a decimal point or exponent). A first *data* row ``0,1,...,N-1`` above
-        such float-only rows is therefore read as a header: write ``0.0,1.0,...`` or a named
-        header. A first line with numbers and other entries (``1.5,NA``) is a bad data line.
+        columns) and no entry of the next ten data lines is written as an integer (pandas
+        writes floats with a decimal point or exponent); a header needs one name per column.
+        The trade-offs of this rule: a first *data* row ``0,1,...,N-1`` whose next ten lines
+        have no integer entry is read as a header and dropped, whatever the lines after those
+        ten hold -- also the first value of a one-column series written ``0`` (as ``%g``
+        formats write 0.0: ``np.savetxt(fmt="%g")``, MATLAB's ``csvwrite``); write
+        ``0.0,1.0,...`` or a named header. A header of other numbers (``1,2,...,N``) is read
+        as a data row. A first line with numbers and other entries (``1.5,NA``) is a bad
+        data line.
     key : str, optional
         Array name inside an ``.npz`` (required when it holds several arrays).
     min_steps : int
@@ -387,14 +470,19 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         named ``key`` (``names`` lists its arrays).
     ValueError
         Missing, special (FIFO, device) or unreadable file (including pickled ``.npy`` files,
-        which are refused, and an ``.npz`` archive named ``.npy`` or the reverse), unsupported
-        suffix, text that is not UTF-8, a text row with another number of columns than the
-        first or a non-numeric entry (its line reported), a pandas index column (an empty
-        first header name), not 1-D/2-D, fewer time steps than dimensions (a transposed
-        array), fewer than ``min_steps`` steps, NaN/inf (the first reported by row and column,
-        by line for text files; long double values beyond the float64 range count as inf), a
-        constant dimension, or a first column that counts the rows (``0..T-1`` or ``1..T``,
-        ``T >= 3``, beside other columns: an index or time column).
+        which are refused), an ``.npy``/``.npz`` that is not a NumPy file by its first bytes
+        (text gets the advice to rename it ``.csv``), an ``.npz`` archive named ``.npy`` or
+        the reverse, an ``.npz`` holding no arrays, unsupported suffix, text that is not
+        UTF-8, a text row with another number of columns than the first or a non-numeric
+        entry (its line reported), a row-index column (an empty first header name, as pandas
+        ``to_csv()`` and R ``write.csv()`` write), a header with another number of names than
+        the data have columns, not 1-D/2-D, one time step of several values or fewer time
+        steps than dimensions (a transposed array), fewer than ``min_steps`` steps, NaN/inf
+        (the first reported by row and column, by line for text files; long double values
+        beyond the float64 range count as inf), a constant dimension, or a first column that
+        is an arithmetic progression (``T >= 3``, beside other columns: a row index such as
+        ``0..T-1`` or ``100..``, or a time column such as ``0, 0.01, ...``; equal steps up to
+        ``1e-9`` of the step plus the rounding of the stored values).
     TypeError
         ``path``, ``key`` or ``min_steps`` of the wrong kind; non-numeric data (bool,
         complex, strings, objects).
@@ -420,23 +508,43 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{where}: cannot read {path}: {exc}.") from None
     name = f"the data in {path.name}"
+    stored = arr.dtype
     arr = _float64(arr[:, None] if arr.ndim == 1 else arr)
-    if arr.ndim == 2 and 0 < arr.shape[0] < arr.shape[1]:
+    if arr.ndim == 2 and arr.shape[0] == 1 < arr.shape[1]:
+        raise ValueError(
+            f"{where}: {name} have 1 time step (one row of {arr.shape[1]} values); a "
+            f"trajectory has one row per time step. If the row is one series, save x.T."
+        )
+    if arr.ndim == 2 and 1 < arr.shape[0] < arr.shape[1]:
         raise ValueError(
             f"{where}: {name} have shape {arr.shape}: fewer time steps (rows) than dimensions "
             f"(columns), which looks transposed; save x.T (one row per time step)."
         )
     arr = check_trajectory(arr, where, name=name, min_steps=min_steps, row_label=row_label)
     n_steps, n_dims = arr.shape
-    if n_steps >= 3 and n_dims >= 2:
-        for start in (0, 1):
-            if np.array_equal(arr[:, 0], np.arange(start, start + n_steps)):
-                raise ValueError(
-                    f"{where}: the first column of {name} counts the rows "
-                    f"({start}..{start + n_steps - 1}): a row index or time column, not a "
-                    f"measured variable; drop it (pandas: to_csv(index=False))."
-                )
+    eps = np.finfo(stored if stored.itemsize < 8 and stored.kind == "f" else np.float64).eps
+    step = _progression_step(arr[:, 0], eps) if n_steps >= 3 and n_dims >= 2 else None
+    if step is not None:
+        c = arr[:, 0]
+        raise ValueError(
+            f"{where}: the first column of {name} runs {c[0]:.10g}, {c[1]:.10g}, ..., "
+            f"{c[-1]:.10g} in equal steps of {step:.10g}: a row index or time column, not a "
+            f"measured variable; drop it ({_NO_INDEX})."
+        )
     return arr
+
+
+def _progression_step(column: np.ndarray, eps: float):
+    """The step of a finite column that is an arithmetic progression, or None: each
+    difference equals the mean step within ``1e-9`` of it plus the rounding of the values
+    (4 ``eps`` of the largest, ``eps`` that of the dtype the values were stored in). A zero
+    step (a constant) is not one."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = (column[-1] - column[0]) / (column.size - 1)
+        tol = 1e-9 * abs(step) + 4 * eps * np.max(np.abs(column))
+        if step != 0 and np.isfinite(step) and np.all(np.abs(np.diff(column) - step) <= tol):
+            return float(step)
+    return None
 
 
 def _float64(x) -> np.ndarray:
@@ -467,8 +575,10 @@ def standardize(x):
         Population standard deviation (``ddof=0``). Store ``(mean, sd)`` with the model
         (``model.standardization``) to map predictions back with :func:`destandardize`.
     """
-    arr = check_trajectory(_float64(x), "standardize")
+    where = "standardize"
+    arr = check_trajectory(_float64(x), where, constant=True)
     mean, sd = column_mean_sd(arr)
+    _check_not_constant(arr, sd, where, "x")
     return (arr - mean) / sd, mean, sd
 
 
@@ -491,7 +601,7 @@ def column_mean_sd(x):
         ``sd`` is 0 exactly for a constant column.
     """
     arr = np.asarray(x, dtype=np.float64)
-    scale = np.max(np.abs(arr), axis=0) if arr.size else np.ones(arr.shape[1:])
+    scale = np.max(np.abs(arr), axis=0)
     scale = np.where((scale > 0) & ((scale > 1e150) | (scale < 1e-150)), scale, 1.0)
     unit = arr / scale
     return unit.mean(axis=0) * scale, unit.std(axis=0) * scale

@@ -22,7 +22,7 @@ exponents of the README's table).
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -324,14 +324,17 @@ class System:
     name : str
         Registry key in :data:`SYSTEMS`.
     dim : int
-        State dimension D for the default parameters.
+        State dimension D for the default parameters; for a system whose dimension is a
+        parameter it must equal ``params[dim_param]`` (set both in ``dataclasses.replace``).
     params : Mapping[str, float]
         Default parameters (read-only): exactly the names the kernels read
         (``KERNELS[kind][0]``) plus ``dim_param``, in any order. The parameter vector ``p``
         passed to the kernels is built in the kernels' order.
-    x0 : tuple of float, length dim
-        Default initial condition (on or near the attractor). For systems whose dimension is a
-        parameter, it is tiled to the requested dimension.
+    x0 : tuple of float
+        Default initial condition (on or near the attractor), finite real numbers: ``dim``
+        of them, or for a system whose dimension is a parameter any number >= 1, repeated
+        cyclically and cut to the dimension D of the run (``np.resize``: entry ``i`` is
+        ``x0[i % len(x0)]``, also when D is not a multiple of ``len(x0)``).
     dt : float
         Recommended sampling step (time units per observation).
     max_step : float
@@ -350,7 +353,8 @@ class System:
         the recommended ``dt``).
     kind : int
         Kernel id selecting the right-hand side and Jacobian in :func:`system_rhs` and
-        :func:`system_jac` (e.g. :data:`LORENZ63`).
+        :func:`system_jac` (e.g. :data:`LORENZ63`); a Python ``int``, which Numba can make a
+        compile-time literal (a NumPy integer cannot be one).
     dim_param : str or None
         Name of the integer parameter that sets the dimension (Lorenz-96: ``"N"``).
     """
@@ -371,8 +375,13 @@ class System:
 
     def __post_init__(self):
         """Refuse a record (e.g. made with ``dataclasses.replace``) whose kernel would read
-        parameters or state entries it does not have."""
+        parameters or state entries it does not have, or whose fields contradict each other."""
         where = "System"
+        if isinstance(self.kind, bool) or type(self.kind) is not int:
+            raise TypeError(
+                f"{where}: kind of {self.name!r} must be a Python int (a kernel id such as "
+                f"LORENZ63); got {type(self.kind).__name__}. Use int(kind)."
+            )
         if self.kind not in KERNELS:
             raise ValueError(
                 f"{where}: unknown kernel id kind={self.kind!r}; known: {sorted(KERNELS)} "
@@ -383,6 +392,7 @@ class System:
                 f"{where}: params of {self.name!r} must be a dict; got "
                 f"{type(self.params).__name__}."
             )
+        check_int(self.dim, f"dim of {self.name!r}", where, 1)
         names, dim = KERNELS[self.kind]
         expected = set(names) | ({self.dim_param} if self.dim_param else set())
         missing = [k for k in (*names, self.dim_param) if k and k not in self.params]
@@ -399,7 +409,35 @@ class System:
                 f"{where}: the kernel of {self.name!r} needs {needs}; got dim={self.dim}, "
                 f"dim_param={self.dim_param!r}."
             )
-        if len(self.x0) != self.dim:
+        if self.dim_param is not None and self.params[self.dim_param] != self.dim:
+            raise ValueError(
+                f"{where}: dim={self.dim!r} of {self.name!r} contradicts params"
+                f"[{self.dim_param!r}]={self.params[self.dim_param]!r}; set both to the same D: "
+                f"dataclasses.replace(record, dim=D, params={{**record.params, "
+                f"{self.dim_param!r}: D}})."
+            )
+        self._check_x0(where)
+
+    def _check_x0(self, where: str) -> None:
+        """Refuse an ``x0`` that is not a sequence of finite reals of an admissible length."""
+        real = int | float | np.integer | np.floating
+        if isinstance(self.x0, str) or not isinstance(self.x0, Sequence | np.ndarray):
+            raise TypeError(
+                f"{where}: x0 of {self.name!r} must be a tuple of floats (the default initial "
+                f"condition); got {type(self.x0).__name__}."
+            )
+        if not all(isinstance(v, real) and not isinstance(v, bool) for v in self.x0):
+            raise TypeError(
+                f"{where}: x0 of {self.name!r} must hold real numbers; got {self.x0!r}."
+            )
+        if not all(math.isfinite(v) for v in self.x0):
+            raise ValueError(f"{where}: x0 of {self.name!r} must be finite; got {self.x0!r}.")
+        if self.dim_param is not None and len(self.x0) == 0:
+            raise ValueError(
+                f"{where}: x0 of {self.name!r} must have at least one entry (it is repeated "
+                f"to the dimension {self.dim_param}); got none."
+            )
+        if self.dim_param is None and len(self.x0) != self.dim:
             raise ValueError(
                 f"{where}: x0 of {self.name!r} must have dim={self.dim} entries; got "
                 f"{len(self.x0)}."
@@ -580,7 +618,7 @@ SYSTEMS: dict[str, System] = {
             "(params={'N': N, 'F': F}); chaotic for F = 8. Damping time 1 time unit (100 steps "
             "at dt=0.01). lambda_max from max_lyapunov: 1.10 for N=10 (Lyapunov time ~90 "
             "steps), 1.71 for N=40 (literature ~1.7). x0 is x_i = 8 (the fixed point for "
-            "F = 8) with x_0 kicked by 0.01, these 10 values tiled to N."
+            "F = 8) with x_0 kicked by 0.01, these 10 values repeated cyclically and cut to N."
         ),
         kind=LORENZ96,
         dim_param="N",
@@ -602,7 +640,7 @@ SYSTEMS: dict[str, System] = {
         ),
         x0=(-1.3, -7.3, 3.1),
         dt=0.05,
-        max_step=0.0005,
+        max_step=0.001,
         transient_time=2000.0,
         x0_spread=0.1,
         lyapunov=None,

@@ -47,6 +47,7 @@ def test_help_lists_every_option():
         "evaluate",
     ):
         assert option in result.output
+    assert ".npy/.npz/.csv/.txt" in result.output  # the suffixes load_data reads
 
 
 def test_version():
@@ -154,6 +155,8 @@ def _bad_files(tmp_path):
     (tmp_path / "twice.toml").write_text("hidden_dim = 5\nhidden-dim = 6\n")
     (tmp_path / "latin1.toml").write_bytes(b"seed = 1 # \xe9\n")
     np.savez(tmp_path / "several.npz", train=nan[11:], test=nan[11:])
+    np.savez(tmp_path / "empty.npz")
+    (tmp_path / "key.toml").write_text('data-key = "train"\n')
 
 
 @pytest.mark.parametrize(
@@ -196,6 +199,14 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/several.npz", "--data-key", "val"], "--data-key val: {tmp}/several.npz"),
         (["--data-key", "train"], "--data-key names an array in the --data .npz file; add --data"),
         (["--data", "{tmp}/short.npy", "--data-key", "x"], "--data {tmp}/short.npy is not one"),
+        # a key from a config file: the message says where it was set and how to change that
+        (
+            ["--config", "{tmp}/key.toml", "--data", "{tmp}/short.npy"],
+            "--data-key train (data-key in --config {tmp}/key.toml) names an array in an .npz "
+            "file; --data {tmp}/short.npy is not one, remove it from that file.",
+        ),
+        (["--config", "{tmp}/key.toml"], "; add --data or remove it from that file."),
+        (["--data", "{tmp}/empty.npz"], "empty.npz: it holds no arrays; save the trajectory"),
         (
             ["--data", "{tmp}/short.npy", "--test-data", "{tmp}/several.npz"],
             "--test-data: {tmp}/several.npz holds 2 arrays (train, test); save the test array",
@@ -227,6 +238,14 @@ def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
     result = run("evaluate", out)  # rebuilds the held-out test data from args.json
     assert result.exit_code == 0, result.output
     _one_error_line(run("--out", out, "--resume", "-q", "--data-key", "other"), "mean/sd")
+    # other data without a key: the key came from the run's args.json, not from a flag
+    np.save(tmp_path / "x.npy", x)
+    result = run("--out", out, "--resume", "-q", "--data", tmp_path / "x.npy")
+    _one_error_line(
+        result,
+        f"--resume: the run trained on array train of {tmp_path / 'both.npz'}, as "
+        f"{out / 'args.json'} records; --data {tmp_path / 'x.npy'} is not an .npz: drop --data",
+    )
 
 
 def test_hidden_dim_default_depends_on_the_model():

@@ -9,6 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from models import data
 from models.data import ArrayChoiceError, check_trajectory, destandardize, load_data, standardize
 
 X = np.array([[0.0, 1.0], [1.5, -2.0], [3.0, 4.25], [-1.0, 0.5]])
@@ -95,6 +96,45 @@ def test_pickled_object_arrays_are_refused(tmp_path):
         load_data(raw)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (
+            "text.npy",
+            b"1,2\n3,4\n",
+            r"text.npy: it is not a NumPy file \(it looks like text: rename",
+        ),
+        (
+            "text.npz",
+            b"x y\n1 2\n",
+            r"text.npz: it is not a NumPy file \(it looks like text: rename",
+        ),
+        ("empty.npy", b"", r"empty.npy: it is empty \(0 bytes\), not a NumPy .npy file\.$"),
+        (
+            "binary.npy",
+            b"\x00\x01garbage",
+            r"it is not a NumPy .npy file \(it does not start as np",
+        ),
+        ("binary.npz", b"\x00\x01garbage", r"it is not a NumPy .npz file \(.* as np.savez writes"),
+    ],
+)
+def test_numpy_suffix_with_other_content_is_named_by_its_first_bytes(
+    tmp_path, name, content, match
+):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_data(tmp_path / name)
+    assert "pickle" not in str(info.value)  # NumPy's advice, which load_data cannot follow
+
+
+def test_npz_without_arrays_is_refused_without_key_advice(tmp_path):
+    np.savez(tmp_path / "empty.npz")
+    for key in (None, "x"):
+        with pytest.raises(ValueError, match=r"empty.npz: it holds no arrays; save the") as info:
+            load_data(tmp_path / "empty.npz", key=key)
+        assert not isinstance(info.value, ArrayChoiceError) and "key=" not in str(info.value)
+
+
 def test_missing_file_and_unsupported_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"load_data: no such file .*nope.npy"):
         load_data(tmp_path / "nope.npy")
@@ -163,6 +203,14 @@ def test_standardize_roundtrip(x):
     np.testing.assert_allclose(destandardize(z, mean, sd), x, rtol=1e-9, atol=1e-9)
 
 
+def test_standardize_takes_the_moments_once(monkeypatch):
+    calls = []
+    moments = data.column_mean_sd
+    monkeypatch.setattr(data, "column_mean_sd", lambda x: calls.append(1) or moments(x))
+    standardize(X)
+    assert len(calls) == 1
+
+
 def test_standardize_rejects_constant_dimension():
     with pytest.raises(ValueError, match=r"standardize: x is constant in column\(s\) \[0\]"):
         standardize(np.column_stack([np.ones(5), np.arange(5.0)]))
@@ -216,6 +264,8 @@ def test_csv_errors_name_the_line(tmp_path, text, match):
         # other integer rows are data
         ("1,2\n0.5,1.5\n", np.array([[1.0, 2.0], [0.5, 1.5]])),
         ("1,0\n0.5,1.5\n", np.array([[1.0, 0.0], [0.5, 1.5]])),
+        # only the ten lines after the first decide: integers further down do not
+        ("0,1\n" + "0.5,1.5\n" * 10 + "2,3\n", np.array([[0.5, 1.5]] * 10 + [[2.0, 3.0]])),
     ],
 )
 def test_csv_integer_column_names_of_pandas_are_a_header(tmp_path, text, expected):
@@ -246,7 +296,8 @@ def test_npz_content_must_match_the_suffix_and_archives_are_closed(tmp_path, mon
         load_data(several)
     assert info.value.names == ["train", "test"]
     np.testing.assert_array_equal(load_data(several, key="train"), X)
-    assert len(opened) == 3 and all(npz.zip is None for npz in opened)
+    # the archive named .npy is refused by its first bytes, before NumPy opens it
+    assert len(opened) == 2 and all(npz.zip is None for npz in opened)
     with pytest.raises(TypeError, match=r"load_data: key must be a str \(an array name\); got int"):
         load_data(several, key=1)
 
@@ -256,27 +307,106 @@ def test_npz_content_must_match_the_suffix_and_archives_are_closed(tmp_path, mon
     [
         ",0,1\n0,0.5,1.0\n1,1.5,-2.0\n2,3.0,4.25\n",  # DataFrame.to_csv() of unnamed columns
         ",x,y\n0,0.5,1.0\n1,1.5,-2.0\n2,3.0,4.25\n",  # ... of named columns
+        '"","x","y"\n"1",0.5,1.0\n"2",1.5,-2.0\n"3",3.0,4.25\n',  # R's write.csv()
     ],
 )
-def test_pandas_index_column_is_refused(tmp_path, text):
-    path = tmp_path / "pandas.csv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=r"pandas index .*to_csv\(index=False\) or drop"):
-        load_data(path)
-
-
-@pytest.mark.parametrize("start", [0, 1])
-def test_a_first_column_counting_the_rows_is_refused(tmp_path, start):
-    ramp = np.column_stack([np.arange(start, start + 4.0), X])
+def test_row_index_column_is_refused(tmp_path, text):
     path = tmp_path / "indexed.csv"
-    np.savetxt(path, ramp, delimiter=",", header="t,x,y", comments="")
-    with pytest.raises(ValueError, match=rf"first column of .* counts the rows \({start}\.\."):
+    path.write_text(text)
+    with pytest.raises(
+        ValueError, match=r"row index .*pandas: to_csv\(index=False\); R: write.csv\(x, row"
+    ):
         load_data(path)
-    np.save(tmp_path / "indexed.npy", ramp)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        (
+            "three.csv",
+            "x,y,z\n0,1\n1.5,-2\n",
+            r"header \(line 1, read as 'x,y,z'\) has 3 names "
+            r"but the data have 2 columns \(line 2\); give one name per column",
+        ),
+        # pandas to_csv(sep="\t") with its index: the empty first name is lost between tabs
+        (
+            "pandas.txt",
+            "\tx\ty\n0\t0.5\t1.0\n1\t1.5\t-2.0\n",
+            r"has 2 names but the data "
+            r"have 3 columns .*likely a row index without a name",
+        ),
+        # R's write.table(): quoted names, no name for the row names
+        ("r.txt", '"x" "y"\n"1" 0.5 1.0\n"2" 1.5 -2.0\n', r"has 2 names .* 3 columns"),
+        ("semicolon.csv", "a;b\n1,5;2,5\n3,1;4,2\n", r"1 name .* separated by ';'"),
+        ("comment.csv", "x # m,y\n0,1\n1.5,-2\n", r"read as 'x'\) has 1 name"),
+    ],
+)
+def test_header_needs_one_name_per_column(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_data(path)
+
+
+def test_header_names_separated_by_whitespace_over_comma_data(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("x y\n0,1\n1.5,-2\n3,4.25\n-1,0.5\n")
+    np.testing.assert_array_equal(load_data(path), X)
+
+
+def test_quoted_entries_are_read_like_pandas_does(tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text('"x","y"\n"0","1"\n"1.5","-2"\n3,"4.25"\n"-1",0.5\n')  # QUOTE_ALL
+    np.testing.assert_array_equal(load_data(path), X)
+    path.write_text('"0" "1"\n"1.5" "-2"\n3 "4.25"\n"-1" 0.5\n')
+    np.testing.assert_array_equal(load_data(path), X)
+    path.write_text('x,y\n0, "1"\n1.5,-2\n3,4.25\n')  # a quote after a space is text
+    with pytest.raises(ValueError, match=r"""'"1"' in line 2; quotes count only around a whole"""):
+        load_data(path)
+    path.write_text('x,y\n0,"1,5"\n1.5,-2\n3,4.25\n')
+    with pytest.raises(ValueError, match=r"'1,5' in line 2; a decimal comma: use '.'"):
+        load_data(path)
+
+
+@pytest.mark.parametrize(
+    ("column", "shown"),
+    [
+        (np.arange(30.0), r"0, 1, \.\.\., 29 in equal steps of 1"),
+        (np.arange(1.0, 31.0), r"1, 2, \.\.\., 30 in equal steps of 1"),
+        (100.0 + np.arange(30), r"100, 101, \.\.\., 129"),  # a sliced index
+        (np.round(0.01 * np.arange(30), 2), r"0, 0.01, \.\.\., 0.29 in equal steps of 0.01"),
+        (1e4 + 1e-3 * np.arange(30), r"10000, 10000.001, \.\.\., 10000.029"),  # time offset
+        (5.0 - 0.5 * np.arange(30), r"5, 4.5, \.\.\., -9.5 in equal steps of -0.5"),
+    ],
+)
+def test_a_first_column_in_equal_steps_is_refused(tmp_path, column, shown):
+    data = np.column_stack([column, np.random.default_rng(0).standard_normal((30, 2))])
+    path = tmp_path / "indexed.csv"
+    np.savetxt(path, data, delimiter=",", header="t,x,y", comments="", fmt="%.10g")
+    match = rf"first column of the data in indexed.csv runs {shown}.*: a row index or time column"
+    with pytest.raises(ValueError, match=match):
+        load_data(path)
+    np.save(tmp_path / "indexed.npy", data.astype(np.float32))  # rounded to float32
     with pytest.raises(ValueError, match=r"row index or time column, not a measured variable"):
         load_data(tmp_path / "indexed.npy")
-    np.save(tmp_path / "short.npy", ramp[:2, :2])  # two steps are too few to tell
+    np.save(tmp_path / "short.npy", data[:2, :2])  # two steps are too few to tell
     assert load_data(tmp_path / "short.npy").shape == (2, 2)
+
+
+def test_series_that_are_not_in_equal_steps_are_data(tmp_path):
+    rng = np.random.default_rng(1)
+    t = np.arange(1000)
+    for first in (
+        0.01 * t + 1e-6 * rng.standard_normal(1000),  # a linear trend with noise
+        rng.poisson(5.0, 1000).astype(float),  # integer counts
+        np.where(t == 500, 501.0, t),  # an index with one entry off
+    ):
+        data = np.column_stack([first, rng.standard_normal(1000)])
+        np.save(tmp_path / "x.npy", data)
+        np.testing.assert_array_equal(load_data(tmp_path / "x.npy"), data)
+    np.save(tmp_path / "flat.npy", np.column_stack([np.full(1000, 2.0), t]))
+    with pytest.raises(ValueError, match=r"constant in column\(s\) \[0\] \(sd / max\|x\| = 0"):
+        load_data(tmp_path / "flat.npy")
 
 
 @pytest.mark.parametrize(
@@ -298,9 +428,12 @@ def test_csv_bad_lines_are_named_with_a_hint(tmp_path, text, match):
         load_data(path)
 
 
-def test_csv_comments_and_whitespace_only_lines_are_skipped(tmp_path):
+def test_csv_comments_and_whitespace_only_lines_are_skipped(tmp_path, monkeypatch):
     path = tmp_path / "x.csv"
-    path.write_text("# run 3\nx,y # units\n0,1\n   \n1.5,-2 # note\n\t\n3,4.25\n-1,0.5\n")
+    path.write_text("# run 3\nx,y # units\n0,1\n   \n1.5,-2 # note\n\t\n3,4.25\n  # c\n-1,0.5\n")
+    np.testing.assert_array_equal(load_data(path), X)
+    # NumPy's parser reads the data lines; the slow line-by-line scan is for real errors only
+    monkeypatch.setattr(data, "_locate_bad_line", lambda *args: pytest.fail("scanned"))
     np.testing.assert_array_equal(load_data(path), X)
 
 
@@ -327,8 +460,14 @@ def test_transposed_data_are_refused(tmp_path):
         load_data(path)
     with pytest.raises(ValueError, match=r"f: x has 1 time step; at least 2 are needed here\.$"):
         check_trajectory(np.zeros((1, 1)), "f")
-    with pytest.raises(ValueError, match=r"Shape \(1, 5\) looks transposed: pass y.T"):
+    with pytest.raises(ValueError, match=r"Shape \(2, 5\) looks transposed: pass y.T"):
+        check_trajectory(np.zeros((2, 5)), "f", name="y", min_steps=3)
+    # one time step: said first; transposing is a possibility, not a diagnosis
+    with pytest.raises(ValueError, match=r"y has 1 time step; .* If its 5 values are one series"):
         check_trajectory(np.arange(5.0)[None], "f", name="y")
+    (tmp_path / "row.csv").write_text("1.5,2.5\n")
+    with pytest.raises(ValueError, match=r"row.csv have 1 time step \(one row of 2 values\);"):
+        load_data(tmp_path / "row.csv")
 
 
 def test_hints_are_code_only_where_the_code_is_valid(tmp_path):
@@ -348,7 +487,10 @@ def test_hints_are_code_only_where_the_code_is_valid(tmp_path):
 def test_nearly_constant_column_is_constant():
     y = np.column_stack([X[:, 0], np.full(4, 0.3)])
     y[1, 1] = 0.1 + 0.2  # one ulp away: rounding noise, not a signal
-    with pytest.raises(ValueError, match=r"standardize: x is constant in column\(s\) \[1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"x is constant in column\(s\) \[1\] \(sd / max\|x\| = 1\.6e-16, at most 1e-12\)",
+    ):
         standardize(y)
     z, _, sd = standardize(X * 1e200)  # huge values: moments without overflow
     np.testing.assert_allclose(z, standardize(X)[0], rtol=1e-12)

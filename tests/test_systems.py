@@ -240,12 +240,48 @@ def test_record_params_are_read_by_name_not_position():
         ({"kind": 9}, r"System: unknown kernel id kind=9"),
         ({"dim": 4, "x0": (1.0, 2.0, 3.0, 4.0)}, r"needs dim=3 and no dim_param; got dim=4"),
         ({"x0": (1.0, 2.0)}, r"x0 of 'lorenz63' must have dim=3 entries; got 2"),
+        ({"x0": (1.0, np.nan, 2.0)}, r"x0 of 'lorenz63' must be finite; got \(1.0, nan"),
     ],
 )
 def test_records_the_kernels_cannot_run_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(SYSTEMS["lorenz63"], **changes)
     assert set(KERNELS) == {rec.kind for rec in SYSTEMS.values()}
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        # a NumPy integer cannot be the compile-time literal the integrator specialises on
+        ({"kind": np.int64(0)}, r"System: kind of 'lorenz63' must be a Python int .*int\(kind\)"),
+        ({"kind": True}, r"kind of 'lorenz63' must be a Python int .*; got bool"),
+        ({"x0": None}, r"System: x0 of 'lorenz63' must be a tuple of floats .*; got NoneType"),
+        ({"x0": "abc"}, r"x0 of 'lorenz63' must be a tuple of floats .*; got str"),
+        ({"x0": (1.0, "2", 3.0)}, r"x0 of 'lorenz63' must hold real numbers"),
+        ({"dim": 3.0}, r"System: dim of 'lorenz63' must be an int; got float"),
+    ],
+)
+def test_record_fields_of_the_wrong_kind_are_refused(changes, match):
+    with pytest.raises(TypeError, match=match):
+        dataclasses.replace(SYSTEMS["lorenz63"], **changes)
+
+
+def test_dimension_parameter_and_dim_must_agree_and_x0_is_repeated():
+    l96 = SYSTEMS["lorenz96"]
+    for changes in ({"dim": 20, "x0": (8.0,) * 20}, {"params": {"N": 20, "F": 8.0}}):
+        with pytest.raises(
+            ValueError, match=r"dim=(20|10) of 'lorenz96' contradicts params\['N'\]"
+        ):
+            dataclasses.replace(l96, **changes)
+    # the default 10-value x0 is repeated to dim=20; any length >= 1 is, cyclically and cut
+    wide = dataclasses.replace(l96, dim=20, params={"N": 20, "F": 8.0})
+    assert generate(wide, 3).shape == (3, 20)
+    short = dataclasses.replace(l96, dim=7, params={"N": 7, "F": 8.0}, x0=(1.0, 2.0, 3.0))
+    start = generate(short, 1, transient=0, seed=0)[0]
+    kick = short.x0_spread * np.random.default_rng(0).standard_normal(7)
+    np.testing.assert_array_equal(start, np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]) + kick)
+    with pytest.raises(ValueError, match=r"x0 of 'lorenz96' must have at least one entry"):
+        dataclasses.replace(l96, x0=())
 
 
 def test_point_checks_name_the_method():
