@@ -126,11 +126,24 @@ def check_trajectory(
     return arr
 
 
+#: a column is constant when its sd is at most this fraction of its largest magnitude
+CONSTANT_RTOL = 1e-12
+
+
+def constant_columns(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Which columns of ``x`` (finite, shape (T, N), ``T >= 1``) are constant: population sd
+    ``sd`` (shape (N,), e.g. from :func:`column_mean_sd`) at most :data:`CONSTANT_RTOL` times
+    the column's largest magnitude -- a constant (whose computed sd is 0 or rounding noise:
+    ``np.full(1000, 90.09273926518705).std()`` is 1.4e-14) or rounding noise around one.
+    Returns a bool array of shape (N,)."""
+    return sd <= CONSTANT_RTOL * np.max(np.abs(x), axis=0)
+
+
 def _check_not_constant(arr: np.ndarray, sd: np.ndarray, where: str, name: str) -> None:
-    """Refuse a column of ``arr`` (finite, ``T >= 1``) whose population sd ``sd`` is at most
-    ``1e-12`` times its largest magnitude (constant, or rounding noise around a constant)."""
+    """Refuse a column of ``arr`` (finite, ``T >= 1``) that :func:`constant_columns` calls
+    constant."""
     top = np.max(np.abs(arr), axis=0)
-    flat = np.flatnonzero(sd <= 1e-12 * top)
+    flat = np.flatnonzero(constant_columns(arr, sd))
     if flat.size:
         ratios = ", ".join(f"{sd[i] / top[i]:.1e}" if top[i] else "0" for i in flat)
         raise ValueError(
@@ -598,7 +611,8 @@ def column_mean_sd(x):
     Returns
     -------
     mean, sd : ndarray, shape (N,), float64
-        ``sd`` is 0 exactly for a constant column.
+        ``sd`` of a constant column is 0 or rounding noise (:func:`constant_columns` tells
+        them apart).
     """
     arr = np.asarray(x, dtype=np.float64)
     scale = np.max(np.abs(arr), axis=0)

@@ -23,7 +23,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from models._checks import check_choice, check_int, check_real
 from models.base import LatentRNN, Model
-from models.data import check_trajectory, column_mean_sd
+from models.data import check_trajectory, column_mean_sd, constant_columns
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
 from parscan._jit import jit, jit_parallel
 
@@ -303,9 +303,10 @@ def _check_resolution(n_steps, smoothing, where, stacklevel):
 def normalized_spectra(x, smoothing):
     """Per column: standardise, ``|rfft|^2``, Gaussian smoothing, normalise to sum 1.
 
-    Constant columns give NaN columns (their spectrum is undefined)."""
+    Constant columns (:func:`models.data.constant_columns`) give NaN columns (their spectrum
+    is undefined)."""
     mean, sd = column_mean_sd(x)
-    constant = sd == 0
+    constant = constant_columns(x, sd)
     z = (x - mean) / np.where(constant, 1.0, sd)
     spectra = np.abs(np.fft.rfft(z, axis=0)) ** 2
     if int(4 * smoothing + 0.5) > 0:  # else scipy's kernel is [1], the identity

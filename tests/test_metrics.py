@@ -368,6 +368,10 @@ def test_dh_constant_generated_dimension_is_maximal():
     total, per_dim = power_spectrum_distance(x, gen, 2.0, per_dimension=True)
     np.testing.assert_allclose(per_dim, [0.0, 1.0], atol=1e-7)
     assert total == pytest.approx(0.5)
+    gen[:, 1] = 90.09273926518705  # its computed sd is 1.4e-14, not 0: still constant
+    assert np.std(gen[:, 1]) > 0
+    _, per_dim = power_spectrum_distance(x, gen, 2.0, per_dimension=True)
+    assert per_dim[1] == 1.0
 
 
 def test_dh_same_attractor_small(lorenz_pair):
