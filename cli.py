@@ -139,6 +139,11 @@ CHOICE_SETTINGS = (
 )
 #: settings that generate data, meaningless with ``--data``
 GENERATOR_SETTINGS = ("system", "n_steps", "noise")
+#: settings a ``--resume`` may change (the rest are the run's: its data, model and training)
+RESUME_MAY_CHANGE = ("epochs", "backend", "threads", "validation_interval", "out", "resume")
+RESUME_MAY_CHANGE += ("quiet", "verbose")
+#: settings that are file paths (stored absolute, so a run can be resumed from anywhere)
+PATH_SETTINGS = ("data", "test_data")
 
 
 def _setting_type(name: str) -> tuple[type, bool]:
@@ -241,12 +246,13 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
         if merged.get("out") is None:
             raise UserError("--resume needs --out, the folder of the run to continue.")
         saved = saved_settings(Path(merged["out"]), "--resume")
-        if "data_key" not in merged and saved.get("data_key") and saved.get("data"):
-            args = Path(merged["out"]) / "args.json"
-            key_origin = ("resume", f"{saved['data']}, as {args} records")
+        _check_resume_changes(merged, saved, Path(merged["out"]))
         merged = {**saved, **merged}
     if "data_key" in given:
         key_origin = None
+    for name in PATH_SETTINGS:
+        if merged.get(name):
+            merged[name] = _absolute(merged[name])
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
@@ -254,23 +260,47 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     return settings
 
 
+def _absolute(path: str) -> str:
+    """``path`` as an absolute path (relative to the working directory, ``~`` expanded)."""
+    return str(Path(path).expanduser().absolute())
+
+
+def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
+    """Refuse settings given to ``--resume`` (flags or config) that differ from the run's
+    ``args.json`` and may not change (:data:`RESUME_MAY_CHANGE`)."""
+
+    def same(name):
+        old, new = saved.get(name), given[name]
+        if name in PATH_SETTINGS and old and new:
+            return _absolute(old) == _absolute(new)
+        return old == new
+
+    changed = [n for n in given if n not in RESUME_MAY_CHANGE and n in saved and not same(n)]
+    if changed:
+        shown = ", ".join(
+            f"--{n.replace('_', '-')} {given[n]} (the run's: {saved[n]})" for n in changed
+        )
+        raise UserError(
+            f"--resume continues the run in {run} with its own data, model and training "
+            f"settings; {shown} would change them. Drop "
+            f"{'it' if len(changed) == 1 else 'them'}, or start a new run in another --out "
+            "(only --epochs, --backend, --threads, validation_interval and the output flags "
+            "may change)."
+        )
+
+
 def _data_key_problem(s: Settings, key_origin: tuple[str, str] | None) -> str | None:
     """What is wrong with ``s.data_key`` (an array name that needs an ``.npz`` ``--data``),
-    with the fix where it was set: the flag (``key_origin`` None), a config file
-    (``("config", where)``) or the resumed run's args.json (``("resume", where)``)."""
+    with the fix where it was set: the flag (``key_origin`` None) or a config file
+    (``("config", where)``)."""
     if s.data_key is None:
         return None
     if s.data is not None and Path(s.data).suffix.lower() == ".npz":
         return None
     if key_origin is None:
         option, fix = "--data-key", "drop --data-key"
-    elif key_origin[0] == "config":
+    else:
         option, fix = f"--data-key {s.data_key} ({key_origin[1]})", "remove it from that file"
-    else:  # the run had data and a key; --data (a flag, or data in --config) replaced them
-        return (
-            f"--resume: the run trained on array {s.data_key} of {key_origin[1]}; "
-            f"--data {s.data} is not an .npz: drop --data to continue on the run's own data"
-        )
     if s.data is None:
         return f"{option} names an array in the --data .npz file; add --data or {fix}"
     return f"{option} names an array in an .npz file; --data {s.data} is not one, {fix}"
@@ -1017,5 +1047,6 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
             f"PE({pe_steps}) {scores['pe']:.3g}   ({scores['n_steps']} steps)"
         )
-    else:
+    else:  # as after training: the model does not reconstruct the system (exit 1)
         click.echo(f"free run {scores['status']}: {scores['message']}")
+        sys.exit(1)

@@ -237,14 +237,14 @@ def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
     )
     result = run("evaluate", out)  # rebuilds the held-out test data from args.json
     assert result.exit_code == 0, result.output
-    _one_error_line(run("--out", out, "--resume", "-q", "--data-key", "other"), "mean/sd")
+    result = run("--out", out, "--resume", "-q", "--data-key", "other")
+    _one_error_line(result, "--data-key other (the run's: train) would change them")
     # other data without a key: the key came from the run's args.json, not from a flag
     np.save(tmp_path / "x.npy", x)
     result = run("--out", out, "--resume", "-q", "--data", tmp_path / "x.npy")
     _one_error_line(
         result,
-        f"--resume: the run trained on array train of {tmp_path / 'both.npz'}, as "
-        f"{out / 'args.json'} records; --data {tmp_path / 'x.npy'} is not an .npz: drop --data",
+        f"--data {tmp_path / 'x.npy'} (the run's: {tmp_path / 'both.npz'}) would change them",
     )
 
 
@@ -280,8 +280,11 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     args = (out / "args.json").read_bytes()
     checkpoint = out / "checkpoints" / "checkpoint.npz"
     for flags, message in [
-        (["-B", "8"], "batch_size: 16 -> 8"),
-        (["--model", "shplrnn"], "not the ShPLRNN"),
+        (["-B", "8"], "--batch-size 8 (the run's: 16) would change them"),
+        (["--model", "shplrnn"], "--model shplrnn (the run's: clipped-shplrnn)"),
+        (["--system", "rossler", "--noise", "0.3"], "--system rossler (the run's: lorenz63)"),
+        (["--test-data", tmp_path / "other.npy"], "--test-data"),
+        (["--seed", "5"], "--seed 5 (the run's: 0)"),
         (["-e", "1"], "resume with epochs >= 2"),
     ]:
         _one_error_line(run("--out", out, "--resume", "-q", *flags), message)
@@ -328,6 +331,34 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
     assert "does not reconstruct the system" in result.output
     assert "--alpha auto" in result.output and "--dtype float64" not in result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", models.generate("lorenz63", 1500, seed=3))
+    monkeypatch.chdir(tmp_path)
+    result = run(*TINY[2:], "--data", "x.npy", "--out", "run")
+    assert result.exit_code == 0, result.output
+    args = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert args["settings"]["data"] == str(tmp_path / "x.npy")
+    monkeypatch.chdir("/")  # the run is found, and its data too, from anywhere
+    assert run("evaluate", tmp_path / "run").exit_code == 0
+    result = run("--out", tmp_path / "run", "--resume", "-q", "-e", "3")
+    assert result.exit_code == 0, result.output
+
+
+def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkeypatch):
+    out = _copy_run(finished_run, tmp_path)
+
+    def out_of_box(model, x_test, **kwargs):
+        keys = ("dstsp", "dh", "pe")
+        return {"status": "out_of_box", "message": "no generated point lies inside the box",
+                "n_steps": len(x_test) - 1, **dict.fromkeys(keys)}  # fmt: skip
+
+    monkeypatch.setattr(models, "evaluate", out_of_box)
+    result = run("evaluate", out)
+    assert result.exit_code == 1, result.output
+    assert "free run out_of_box: no generated point lies inside the box" in result.output
+    assert json.loads((out / "evaluation.json").read_text())["status"] == "out_of_box"
 
 
 def test_summary_says_when_no_validation_run_was_measurable(capsys):
