@@ -140,8 +140,16 @@ CHOICE_SETTINGS = (
 #: settings that generate data, meaningless with ``--data``
 GENERATOR_SETTINGS = ("system", "n_steps", "noise")
 #: settings a ``--resume`` may change (the rest are the run's: its data, model and training)
-RESUME_MAY_CHANGE = ("epochs", "backend", "threads", "validation_interval", "out", "resume")
-RESUME_MAY_CHANGE += ("quiet", "verbose")
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "backend",
+    "threads",
+    "validation_interval",
+    "out",
+    "resume",
+    "quiet",
+    "verbose",
+)
 #: settings that are file paths (stored absolute, so a run can be resumed from anywhere)
 PATH_SETTINGS = ("data", "test_data")
 
