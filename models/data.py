@@ -344,9 +344,9 @@ def _read_text(path: Path):
                 encoding=_ENCODING,
                 **_LOADTXT,
             )
-        except ValueError as exc:
-            if isinstance(exc, UnicodeDecodeError):
-                raise
+        except UnicodeDecodeError:
+            raise
+        except ValueError:
             arr = _read_lines(path, delimiter, header)
     except UnicodeDecodeError:
         _locate_decode_error(path)
