@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
@@ -418,6 +420,10 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+class _NotNpz(Exception):
+    """A file that is not a NumPy file at all (not a damaged one)."""
+
+
 def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
     """All arrays of the ``.npz`` at ``path``; ValueError if it is missing, a directory or
     unreadable."""
@@ -430,10 +436,13 @@ def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{where}: no such file {path}.")
     try:
         with open(path, "rb") as fh:
-            npz = np.load(fh, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("it holds one .npy array, not the named arrays of a model")
-            with npz:
+            head = fh.read(512)
+            fh.seek(0)
+            if head.startswith(NPY_MAGIC):
+                raise _NotNpz("it is an .npy file (one array), not an .npz archive of named arrays")
+            if not head.startswith(ZIP_MAGIC):
+                raise _NotNpz(not_numpy_reason(head, ".npz"))
+            with np.load(fh, allow_pickle=False) as npz:
                 return {key: npz[key] for key in npz.files}
     except (
         OSError,
@@ -446,6 +455,11 @@ def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
         raise ValueError(
             f"{where}: {path} is not a readable .npz file ({type(exc).__name__}: {exc}). It "
             f"may be truncated or corrupt; restore it or save the model again."
+        ) from None
+    except _NotNpz as exc:
+        raise ValueError(
+            f"{where}: {path}: {exc}; check the path (parscan saves models and checkpoints as "
+            ".npz archives)."
         ) from None
 
 

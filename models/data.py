@@ -366,16 +366,19 @@ def _read_text(path: Path):
 
 #: How NumPy's files start: ``np.save``'s magic string and the zip signatures of
 #: ``np.savez`` (a local file header; an empty archive is only its end record).
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _not_numpy(head: bytes, suffix: str) -> str:
-    """Why a file whose first bytes are ``head`` is not a NumPy file, and the fix."""
+def not_numpy_reason(head: bytes, suffix: str, text_fix: str | None = None) -> str:
+    """Why a file whose first bytes are ``head`` is not a NumPy ``suffix`` file (with
+    ``text_fix`` as the fix when it looks like text)."""
     if not head:
         return f"it is empty (0 bytes), not a NumPy {suffix} file"
     if all(b >= 32 or b in b"\t\n\r\f\v" for b in head):
-        return "it is not a NumPy file (it looks like text: rename it to .csv)"
+        return "it is not a NumPy file (it looks like text" + (
+            f": {text_fix})" if text_fix else ")"
+        )
     writer = "np.save" if suffix == ".npy" else "np.savez"
     return f"it is not a NumPy {suffix} file (it does not start as {writer} writes one)"
 
@@ -386,14 +389,14 @@ def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
     with open(path, "rb") as fh:  # numpy leaks the handle of a corrupt zip otherwise
         head = fh.read(512)
         fh.seek(0)
-        if head.startswith(_NPY_MAGIC):
+        if head.startswith(NPY_MAGIC):
             if suffix == ".npz":
                 raise ValueError(
                     "it is an .npy file (one array), not an .npz archive; rename it to .npy"
                 )
             return np.load(fh, allow_pickle=False)
-        if not head.startswith(_ZIP_MAGIC):
-            raise ValueError(_not_numpy(head, suffix))
+        if not head.startswith(ZIP_MAGIC):
+            raise ValueError(not_numpy_reason(head, suffix, "rename it to .csv"))
         if suffix == ".npy":
             raise ValueError(
                 "it is an .npz archive (zipped arrays), not an .npy file; rename it to .npz"

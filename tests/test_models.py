@@ -729,9 +729,15 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
     single = tmp_path / "single.npz"
     with open(single, "wb") as fh:  # an .npy saved under an .npz name
         np.save(fh, np.zeros(3))
+    text = tmp_path / "text.npz"
+    text.write_text("M = 4\n")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
     cases = [
         (truncated, r"truncated\.npz is not a readable \.npz file \(BadZipFile"),
-        (single, r"single\.npz is not a readable \.npz file .*one \.npy array"),
+        (single, r"single\.npz: it is an \.npy file \(one array\), not an \.npz archive"),
+        (text, r"text\.npz: it is not a NumPy file \(it looks like text\); check the path"),
+        (empty, r"empty\.npz: it is empty \(0 bytes\)"),
         (
             corrupt_variant(tmp_path, path, "unknown", hyperparameters=np.array(hyper)),
             r"unknown\.npz: the hyperparameters .* do not build a ShPLRNN .*'foo'",
