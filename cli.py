@@ -86,6 +86,7 @@ class Settings:
     n_steps: int = 100_000
     noise: float = 0.05
     test_data: str | None = None
+    test_data_key: str | None = None
     model: str = "clipped-shplrnn"
     latent_dim: int | None = None
     hidden_dim: int | None = None
@@ -152,6 +153,13 @@ RESUME_MAY_CHANGE = (
 )
 #: settings that are file paths (stored absolute, so a run can be resumed from anywhere)
 PATH_SETTINGS = ("data", "test_data")
+#: settings that name one array of an ``.npz`` file -> the setting of that file
+KEY_SETTINGS = {"data_key": "data", "test_data_key": "test_data"}
+
+
+def _flag(name: str) -> str:
+    """The command-line option of setting ``name`` (``test_data`` -> ``--test-data``)."""
+    return "--" + name.replace("_", "-")
 
 
 def _setting_type(name: str) -> tuple[type, bool]:
@@ -198,18 +206,38 @@ def _typed_settings(raw: dict, source: str) -> dict:
     return config
 
 
+#: config file parsers by suffix; a file with another suffix may be either
+CONFIG_FORMATS = {".toml": ("TOML", tomllib.loads), ".json": ("JSON", json.loads)}
+
+
 def _read_config(path: str) -> dict:
+    """The settings table of a TOML or JSON ``--config`` file (format told by the suffix;
+    another suffix is tried as TOML, then JSON)."""
     file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        raise UserError(
+            f"--config {path}: YAML is not supported; write the settings as TOML "
+            "(name = value lines, in a .toml file) or JSON (.json)."
+        )
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is dropped
     except OSError as exc:
         raise UserError(f"cannot read --config {path}: {exc.strerror or exc}.") from None
     except UnicodeDecodeError:
         raise UserError(f"--config {path} is not a UTF-8 text file (TOML/JSON).") from None
-    try:
-        raw = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"--config {path} is not valid TOML/JSON: {exc}.") from None
+    formats = [CONFIG_FORMATS[suffix]] if suffix in CONFIG_FORMATS else CONFIG_FORMATS.values()
+    errors = []
+    for name, parse in formats:
+        try:
+            raw = parse(text)
+            break
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            errors.append((name, str(exc)))
+    else:
+        reasons = errors[0][1] if len(errors) == 1 else "; ".join(map(": ".join, errors))
+        kinds = " or ".join(name for name, _ in errors)
+        raise UserError(f"--config {path} is not valid {kinds} ({reasons}).")
     if not isinstance(raw, dict):
         raise UserError(f"--config {path} must hold a table/object of settings.")
     return _typed_settings(raw, f"--config {path}")
@@ -239,13 +267,17 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     """Built-in defaults < the resumed run's ``args.json`` < the config file < the flags."""
     given = {key: value for key, value in flags.items() if value is not None}
     merged = _read_config(config_path) if config_path else {}
-    # where a data key that the flags did not give comes from, for the messages about it
-    key_origin = ("config", f"data-key in --config {config_path}") if "data_key" in merged else None
+    # where array keys that the flags did not give come from, for the messages about them
+    key_origins = {
+        name: f"{name.replace('_', '-')} in --config {config_path}"
+        for name in KEY_SETTINGS
+        if name in merged and name not in given
+    }
     merged.update(given)
     if merged.get("data") is not None:
         generator = [name for name in GENERATOR_SETTINGS if name in merged]
         if generator:
-            names = ", ".join("--" + name.replace("_", "-") for name in generator)
+            names = ", ".join(map(_flag, generator))
             raise UserError(
                 f"{names}: these settings generate data and do not apply with --data; drop "
                 f"{'it' if len(generator) == 1 else 'them'}."
@@ -256,15 +288,13 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
         saved = saved_settings(Path(merged["out"]), "--resume")
         _check_resume_changes(merged, saved, Path(merged["out"]))
         merged = {**saved, **merged}
-    if "data_key" in given:
-        key_origin = None
     for name in PATH_SETTINGS:
         if merged.get(name):
             merged[name] = _absolute(merged[name])
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
-    _check_settings(settings, key_origin)
+    _check_settings(settings, key_origins)
     return settings
 
 
@@ -285,9 +315,7 @@ def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
 
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and n in saved and not same(n)]
     if changed:
-        shown = ", ".join(
-            f"--{n.replace('_', '-')} {given[n]} (the run's: {saved[n]})" for n in changed
-        )
+        shown = ", ".join(f"{_flag(n)} {given[n]} (the run's: {saved[n]})" for n in changed)
         raise UserError(
             f"--resume continues the run in {run} with its own data, model and training "
             f"settings; {shown} would change them. Drop "
@@ -297,26 +325,26 @@ def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
         )
 
 
-def _data_key_problem(s: Settings, key_origin: tuple[str, str] | None) -> str | None:
-    """What is wrong with ``s.data_key`` (an array name that needs an ``.npz`` ``--data``),
-    with the fix where it was set: the flag (``key_origin`` None) or a config file
-    (``("config", where)``)."""
-    if s.data_key is None:
+def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None:
+    """What is wrong with the array key setting ``name`` (``data_key``/``test_data_key``,
+    which needs an ``.npz`` file), with the fix where it was set: the flag (``origin`` None)
+    or a config file (``origin`` says where)."""
+    key, path = getattr(s, name), getattr(s, KEY_SETTINGS[name])
+    if key is None or (path is not None and Path(path).suffix.lower() == ".npz"):
         return None
-    if s.data is not None and Path(s.data).suffix.lower() == ".npz":
-        return None
-    if key_origin is None:
-        option, fix = "--data-key", "drop --data-key"
+    file_option = _flag(KEY_SETTINGS[name])
+    if origin is None:
+        option, fix = _flag(name), f"drop {_flag(name)}"
     else:
-        option, fix = f"--data-key {s.data_key} ({key_origin[1]})", "remove it from that file"
-    if s.data is None:
-        return f"{option} names an array in the --data .npz file; add --data or {fix}"
-    return f"{option} names an array in an .npz file; --data {s.data} is not one, {fix}"
+        option, fix = f"{_flag(name)} {key} ({origin})", "remove it from that file"
+    if path is None:
+        return f"{option} names an array in the {file_option} .npz file; add {file_option} or {fix}"
+    return f"{option} names an array in an .npz file; {file_option} {path} is not one, {fix}"
 
 
-def _check_settings(s: Settings, key_origin: tuple[str, str] | None = None) -> None:
-    """Refuse settings that cannot run, all problems in one message; ``key_origin``: where a
-    ``data_key`` that the flags did not give comes from (see :func:`resolve_settings`)."""
+def _check_settings(s: Settings, key_origins: dict[str, str] | None = None) -> None:
+    """Refuse settings that cannot run, all problems in one message; ``key_origins``: where
+    the array keys that the flags did not give come from (see :func:`resolve_settings`)."""
     problems = []
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -324,9 +352,10 @@ def _check_settings(s: Settings, key_origin: tuple[str, str] | None = None) -> N
         problems.append(
             f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
         )
-    key_problem = _data_key_problem(s, key_origin)
-    if key_problem:
-        problems.append(key_problem)
+    for name in KEY_SETTINGS:
+        key_problem = _array_key_problem(s, name, (key_origins or {}).get(name))
+        if key_problem:
+            problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
     if s.model in SSM_NAMES and s.method == "sequential":
@@ -395,7 +424,8 @@ class Dataset:
 
 
 def _load(path: str, what: str, key: str | None = None) -> np.ndarray:
-    """``load_data`` for option ``what`` (``--data`` reads the array ``key`` of an .npz)."""
+    """``load_data`` for option ``what`` (``--data`` or ``--test-data``), reading the array
+    ``key`` (option ``what``-key) of an .npz."""
     from models.data import ArrayChoiceError, load_data
 
     try:
@@ -404,17 +434,12 @@ def _load(path: str, what: str, key: str | None = None) -> np.ndarray:
         n = len(exc.names)
         arrays = f"{n} array{'s' * (n != 1)} ({', '.join(exc.names)})"
         if key is not None:
-            message = f"--data-key {key}: {path} has no such array; it holds {arrays}."
-        elif what == "--data":
-            message = f"--data: {path} holds {arrays}; choose one with --data-key KEY."
+            message = f"{what}-key {key}: {path} has no such array; it holds {arrays}."
         else:
-            message = (
-                f"{what}: {path} holds {arrays}; save the test array alone in a .npy file "
-                f"(--data-key applies to --data only)."
-            )
+            message = f"{what}: {path} holds {arrays}; choose one with {what}-key KEY."
         raise UserError(message) from None
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{what}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # "load_data: ..." becomes "--data: ..."
+        raise UserError(f"{what}: {str(exc).removeprefix('load_data: ')}") from None
 
 
 def _split(x: np.ndarray, fraction: float, what: str, min_steps: int):
@@ -464,7 +489,7 @@ def prepare_data(s: Settings) -> Dataset:
         source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
         test_what = f"the generated test data (--n-steps {s.n_steps})"
     if s.test_data is not None:
-        test = _load(s.test_data, "--test-data")
+        test = _load(s.test_data, "--test-data", s.test_data_key)
         test_what = "--test-data"
         if test.shape[1] != x.shape[1]:
             raise UserError(
@@ -757,6 +782,7 @@ def _choice(*options):
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
 @click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")
 @click.option("--test-data", type=str, help="Test trajectory; default: generated / held out.")
+@click.option("--test-data-key", type=str, metavar="KEY", help="Array of a --test-data .npz.")
 @click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default clipped-shplrnn).")
 @click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
 @click.option(
@@ -800,6 +826,17 @@ def main(ctx, config_path, **flags):
     `parscan-train evaluate RUN` to score a trained model again.
     """
     if ctx.invoked_subcommand is not None:
+        given = [
+            param.opts[0]
+            for param in ctx.command.params
+            if param.name in flags and flags[param.name] is not None
+        ] + (["--config"] if config_path is not None else [])
+        if given:
+            raise UserError(
+                f"{', '.join(given)}: training options do not apply to "
+                f"{ctx.invoked_subcommand}; put {ctx.invoked_subcommand}'s own options after it "
+                f"(parscan-train {ctx.invoked_subcommand} --help)."
+            )
         return
     settings = resolve_settings(flags, config_path)
     train(settings)
@@ -981,6 +1018,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 @main.command("evaluate")
 @click.argument("target", type=str)
 @click.option("--test-data", type=str, help="Test trajectory (default: the run's own test set).")
+@click.option("--test-data-key", type=str, metavar="KEY", help="Array of a --test-data .npz.")
 @click.option(
     "--n-bins",
     type=int,
@@ -994,7 +1032,9 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 )
 @click.option("--transient", type=int, default=0, show_default=True, help="Dropped steps.")
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
-def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, out_file):
+def evaluate_command(
+    target, test_data, test_data_key, n_bins, smoothing, pe_steps, transient, out_file
+):
     """Score a trained model (a run folder or a model .npz) on test data.
 
     For a run folder without --test-data the run's own test data are rebuilt from its
@@ -1003,6 +1043,11 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
     """
     import models
 
+    key_problem = _array_key_problem(
+        Settings(test_data=test_data, test_data_key=test_data_key), "test_data_key", None
+    )
+    if key_problem:
+        raise UserError(key_problem + ".")
     path = Path(target)
     destination = (
         Path(out_file) if out_file else (path / "evaluation.json" if path.is_dir() else None)
@@ -1017,7 +1062,7 @@ def evaluate_command(target, test_data, n_bins, smoothing, pe_steps, transient, 
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     if test_data is not None:
-        raw = _load(test_data, "--test-data")
+        raw = _load(test_data, "--test-data", test_data_key)
     elif path.is_dir() and (path / "args.json").is_file():
         saved = saved_settings(path, "evaluate")
         raw = prepare_data(Settings(**{**saved, "out": None, "resume": False})).test

@@ -93,6 +93,10 @@ def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
     np.save(tmp_path / "test.npy", x)
     result = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy")
     assert result.exit_code == 0, result.output
+    np.savez(tmp_path / "two.npz", other=x[:5], test=x)
+    keyed = run("evaluate", out / "model.npz", "--test-data", tmp_path / "two.npz",
+                "--test-data-key", "test")  # fmt: skip
+    assert keyed.exit_code == 0 and keyed.output == result.output, keyed.output
     assert run("evaluate", out / "model.npz").exit_code == 2
 
 
@@ -130,6 +134,20 @@ def test_interrupted_run_saves_and_resumes(tmp_path, monkeypatch):
     assert len((out / "history.csv").read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "encoding"),
+    [
+        ("run.toml", "epochs = 7\n", "utf-8"),
+        ("run.json", '{"epochs": 7}', "utf-8-sig"),  # a byte-order mark is allowed
+        ("run.cfg", "epochs = 7\n", "utf-8"),  # another suffix: TOML or JSON
+        ("run.conf", '{"epochs": 7}', "utf-8"),
+    ],
+)
+def test_config_formats(tmp_path, name, text, encoding):
+    (tmp_path / name).write_text(text, encoding=encoding)
+    assert cli.resolve_settings({}, str(tmp_path / name)).epochs == 7
+
+
 def test_config_file_and_flag_precedence(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(
@@ -157,6 +175,8 @@ def _bad_files(tmp_path):
     np.savez(tmp_path / "several.npz", train=nan[11:], test=nan[11:])
     np.savez(tmp_path / "empty.npz")
     (tmp_path / "key.toml").write_text('data-key = "train"\n')
+    (tmp_path / "settings.yaml").write_text("epochs: 2\n")
+    (tmp_path / "bad.cfg").write_text("epochs: 2\n")
 
 
 @pytest.mark.parametrize(
@@ -209,8 +229,25 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/empty.npz"], "empty.npz: it holds no arrays; save the trajectory"),
         (
             ["--data", "{tmp}/short.npy", "--test-data", "{tmp}/several.npz"],
-            "--test-data: {tmp}/several.npz holds 2 arrays (train, test); save the test array",
+            "--test-data: {tmp}/several.npz holds 2 arrays (train, test); choose one with "
+            "--test-data-key KEY.",
         ),
+        (
+            [
+                "--data",
+                "{tmp}/short.npy",
+                "--test-data",
+                "{tmp}/several.npz",
+                "--test-data-key",
+                "x",
+            ],
+            "--test-data-key x: {tmp}/several.npz has no such array",
+        ),
+        (["--test-data-key", "test"], "add --test-data or drop --test-data-key."),
+        (["--data", "{tmp}/broken.csv"], "error: --data: cannot read {tmp}/broken.csv"),
+        (["--config", "{tmp}/settings.yaml"], "YAML is not supported; write the settings as TOML"),
+        (["--config", "{tmp}/bad.cfg"], "is not valid TOML or JSON (TOML: "),
+        (["-q", "--data", "{tmp}/short.npy", "evaluate", "{tmp}"], "--data, --quiet: training"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
@@ -304,6 +341,7 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     _one_error_line(run("evaluate", out, "--out", tmp_path / "no" / "x.json"), "no folder")
     _one_error_line(run("evaluate", out, "--out", tmp_path), "is a folder")
+    _one_error_line(run("evaluate", out, "--test-data-key", "x"), "add --test-data or drop")
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
     (out / "args.json").write_text("{")
