@@ -1008,7 +1008,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     lines = [
         f"test ({test['n_steps']} steps): {measures}",
         training,
-        f"training steps {summary['train_seconds']:.0f} s, wall time "
+        f"training steps {summary['train_seconds']:.0f} s (whole run), this command "
         f"{summary['wall_seconds']:.0f} s (data, training, evaluation, plots)   results: {out}",
         note,
     ]
@@ -1057,6 +1057,16 @@ def evaluate_command(
     if destination is not None and not destination.parent.is_dir():
         raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
     model_file = path / "model.npz" if path.is_dir() else path
+    if path.is_dir() and not model_file.is_file():
+        if (path / "checkpoints" / "checkpoint.npz").is_file():
+            raise UserError(
+                f"{target} has no model.npz: the run did not finish. Continue it with: "
+                f"parscan-train --out {shlex.quote(target)} --resume"
+            )
+        raise UserError(
+            f"{target} is a folder without model.npz; pass a run folder written by "
+            "parscan-train or a model .npz file."
+        )
     try:
         model = models.load(model_file)
     except (TypeError, ValueError) as exc:

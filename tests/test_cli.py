@@ -339,13 +339,17 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
 
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
+    (tmp_path / "no-run").mkdir()
     _one_error_line(run("evaluate", out, "--out", tmp_path / "no" / "x.json"), "no folder")
     _one_error_line(run("evaluate", out, "--out", tmp_path), "is a folder")
     _one_error_line(run("evaluate", out, "--test-data-key", "x"), "add --test-data or drop")
+    _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
     (out / "args.json").write_text("{")
     _one_error_line(run("evaluate", out), "is missing or unreadable")
+    (out / "model.npz").unlink()  # an interrupted run: a checkpoint but no model yet
+    _one_error_line(run("evaluate", out), "has no model.npz: the run did not finish. Continue")
 
 
 def test_state_space_model_logs_without_alpha(tmp_path):
