@@ -29,6 +29,9 @@ from parscan._jit import jit, jit_parallel
 
 #: Laplace smoothing pseudo-count of the binned D_stsp (DESIGN.md section 7).
 EPSILON = 1e-5
+#: GMM D_stsp: points per mixture and Monte-Carlo samples (the lab's defaults).
+GMM_POINTS = 10_000
+GMM_SAMPLES = 1000
 #: Measures :func:`evaluate` knows.
 MEASURES = ("dstsp", "dh", "pe", "lyapunov")
 #: D_H warns when a spectrum has fewer than this many frequency bins per unit of ``smoothing``.
@@ -85,6 +88,33 @@ def _bin_index(x, lo, hi, n_bins):
     inside = np.all((u >= 0) & (u < 1), axis=1)
     # u < 1 can still round to u * n_bins == n_bins: that point belongs to the last bin
     return np.minimum(np.floor(u[inside] * n_bins), n_bins - 1).astype(np.int64)
+
+
+def _check_total_bins(n_bins, n_dims, where):
+    """``n_bins**n_dims`` as a float; ValueError when too large for binning."""
+    if n_bins**n_dims > 10**300:
+        raise ValueError(
+            f"{where}: n_bins**N = {n_bins}**{n_dims} is too large for binning; use method='gmm'."
+        )
+    return float(n_bins**n_dims)
+
+
+def _binned_reference(x_true, n_bins, box):
+    """``(lo, hi, idx_true)``: the box fixed by the validated float64 reference ``x_true``
+    and its bin indices, computed once for every run scored against it."""
+    lo, hi = _box(x_true, box)
+    return lo, hi, _bin_index(x_true, lo, hi, n_bins)
+
+
+def _binned_kl(reference, x_gen, n_bins):
+    """Binned D_stsp of the validated float64 run ``x_gen`` against a
+    :func:`_binned_reference`; NaN when no point of ``x_gen`` lies in the box."""
+    lo, hi, idx_true = reference
+    idx_gen = _bin_index(x_gen, lo, hi, n_bins)
+    if idx_gen.shape[0] == 0:
+        return math.nan
+    counts_true, counts_gen = _joint_counts(idx_true, idx_gen, n_bins)
+    return _kl_binned(counts_true, counts_gen, float(n_bins ** idx_true.shape[1]))
 
 
 def _joint_counts(idx_true, idx_gen, n_bins):
@@ -188,8 +218,8 @@ def state_space_divergence(
     *,
     box="minmax",
     sigma2=1.0,
-    n_points=10_000,
-    n_samples=1000,
+    n_points=GMM_POINTS,
+    n_samples=GMM_SAMPLES,
     seed=0,
 ):
     """D_stsp: KL divergence ``KL(p_true || p_gen)`` of the trajectories' state-space densities.
@@ -254,19 +284,8 @@ def state_space_divergence(
         return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
     n_bins = check_int(n_bins, "n_bins", where, 1)
     box = check_choice(box, "box", where, ("minmax", "sd2"))
-    n_total_bins = n_bins ** x_true.shape[1]
-    if n_total_bins > 10**300:
-        raise ValueError(
-            f"{where}: n_bins**N = {n_bins}**{x_true.shape[1]} is too large for binning; "
-            f"use method='gmm'."
-        )
-    lo, hi = _box(x_true, box)
-    idx_true = _bin_index(x_true, lo, hi, n_bins)
-    idx_gen = _bin_index(x_gen, lo, hi, n_bins)
-    if idx_gen.shape[0] == 0:
-        return math.nan
-    counts_true, counts_gen = _joint_counts(idx_true, idx_gen, n_bins)
-    return _kl_binned(counts_true, counts_gen, float(n_total_bins))
+    _check_total_bins(n_bins, x_true.shape[1], where)
+    return _binned_kl(_binned_reference(x_true, n_bins, box), x_gen, n_bins)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,14 +376,14 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
         )
     smoothing = check_real(smoothing, "smoothing", where, positive=False)
     _check_resolution(x_true.shape[0], smoothing, where, stacklevel=2)
-    h = _hellinger_per_dimension(x_true, x_gen, smoothing)
+    h = _hellinger_per_dimension(normalized_spectra(x_true, smoothing), x_gen, smoothing)
     mean = float(h.mean())
     return (mean, h) if per_dimension else mean
 
 
-def _hellinger_per_dimension(x_true, x_gen, smoothing):
-    """D_H per dimension, shape (N,), of validated float64 trajectories of equal length."""
-    p = normalized_spectra(x_true, smoothing)
+def _hellinger_per_dimension(p, x_gen, smoothing):
+    """D_H per dimension, shape (N,), of the validated float64 run ``x_gen`` against the
+    :func:`normalized_spectra` ``p`` of a reference of equal length."""
     q = normalized_spectra(x_gen, smoothing)
     h = np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=0))
     return np.where(np.isnan(h), 1.0, np.minimum(h, 1.0))
@@ -848,6 +867,8 @@ def evaluate(
     sigma2 = check_real(sigma2, "sigma2", where, positive=True)
     smoothing = check_real(smoothing, "smoothing", where, positive=False)
     seed = check_int(seed, "seed", where, 0)
+    if dstsp_method == "bins":
+        _check_total_bins(n_bins, x_test.shape[1], where)
     _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
     dh_length = min(n_steps - transient, x_test.shape[0] - 1)
     if "dh" in measures:
@@ -879,17 +900,13 @@ def evaluate(
         return result
     gen = gen[:, transient:]
     values = {}
-    if "dstsp" in measures:
-        values["dstsp"] = float(
-            np.mean(
-                [
-                    state_space_divergence(
-                        x_test[1:], run, n_bins, dstsp_method, box=box, sigma2=sigma2, seed=seed
-                    )
-                    for run in gen
-                ]
-            )
-        )
+    if "dstsp" in measures:  # the test data's box, bins and spectra are computed once
+        if dstsp_method == "bins":
+            reference = _binned_reference(x_test[1:], n_bins, box)
+            runs = [_binned_kl(reference, run, n_bins) for run in gen]
+        else:
+            runs = [_kl_gmm(x_test[1:], run, sigma2, GMM_POINTS, GMM_SAMPLES, seed) for run in gen]
+        values["dstsp"] = float(np.mean(runs))
         if math.isnan(values["dstsp"]):
             result.update(
                 status="out_of_box",
@@ -897,14 +914,9 @@ def evaluate(
             )
             return result
     if "dh" in measures:
-        reference = x_test[1 : 1 + dh_length]
+        p = normalized_spectra(x_test[1 : 1 + dh_length], smoothing)
         values["dh"] = float(
-            np.mean(
-                [
-                    _hellinger_per_dimension(reference, run[:dh_length], smoothing).mean()
-                    for run in gen
-                ]
-            )
+            np.mean([_hellinger_per_dimension(p, run[:dh_length], smoothing).mean() for run in gen])
         )
     if "pe" in measures:
         check = _pe_check(pe_steps, mean, limit, diverge_factor)
