@@ -42,7 +42,13 @@ import numpy as np
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
-from parscan.deer import BACKENDS, DeerStatus, device_resident, newton_run
+from parscan.deer import (
+    BACKENDS,
+    DeerConvergenceError,
+    DeerStatus,
+    device_resident,
+    newton_run,
+)
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import linear_scan
 
@@ -66,12 +72,17 @@ class GradInfo:
         adjoint overflowed).
     newton_iters : ndarray of shape (B,), int
         Newton iterations per sequence (zeros for the sequential method).
+    message : str
+        What happened and the remedy: ``status.value``, except for a NaN/inf loss or gradient
+        from finite inputs (data and model parameters), where it says that the forward or the
+        adjoint overflowed and how to avoid that (``status.value`` blames the inputs).
     """
 
     method: str
     alpha: float | np.ndarray
     status: DeerStatus
     newton_iters: np.ndarray
+    message: str
 
     @property
     def converged(self) -> bool:
@@ -216,7 +227,8 @@ def gtf_loss_and_grad(
         the adjoint of a converged DEER forward did: ``|dF/dz| > 1`` along an unforced
         direction grows the adjoint geometrically) has no Newton failure to raise with: it
         returns ``(nan, None, info)`` with ``info.status == DeerStatus.NON_FINITE`` whatever
-        ``throw`` is.
+        ``throw`` is (``info.message`` then tells an overflow from finite inputs from NaN/inf
+        in the model parameters).
     tol, max_iter : optional
         Passed to :func:`parscan.deer_solve` (its defaults when None); not used (and not
         checked) by ``method="sequential"``.
@@ -236,10 +248,12 @@ def gtf_loss_and_grad(
     Raises
     ------
     TypeError, ValueError
-        Wrong model kind, dtype, shapes, alpha, method, jacobian or backend; non-finite data.
+        Wrong model kind, dtype, shapes, alpha, method, jacobian, backend, ``throw``, ``tol``
+        or ``max_iter``; non-finite data.
     parscan.DeerConvergenceError
         The DEER forward did not converge and ``throw=True`` (its message gives the remedy;
-        never raised by ``method="sequential"``).
+        never raised by ``method="sequential"``). Every message starts with
+        ``gtf_loss_and_grad:``.
     """
     data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian, backend)
     x0 = data[:, 0]
@@ -254,15 +268,19 @@ def gtf_loss_and_grad(
         iters = np.zeros(data.shape[0], dtype=np.int64)
         status = DeerStatus.CONVERGED
     else:
-        run = newton_run(
-            model, z0, None, forcing, alpha, n_forced, jacobian, tol, max_iter, None, backend,
-            throw,
-        )  # fmt: skip
+        try:
+            run = newton_run(
+                model, z0, None, forcing, alpha, n_forced, jacobian, tol, max_iter, None,
+                backend, throw,
+            )  # fmt: skip
+            if run.status != DeerStatus.CONVERGED:
+                run.result(throw)  # raises DeerConvergenceError (with the remedy) when throw
+        except (TypeError, ValueError, DeerConvergenceError) as exc:
+            raise _renamed(exc) from None
         iters = run.n_iter.copy()
         status = run.status
         if status != DeerStatus.CONVERGED:
-            run.result(throw)  # raises DeerConvergenceError (with the remedy) when throw
-            return float("nan"), None, GradInfo(method, alpha, status, iters)
+            return float("nan"), None, GradInfo(method, alpha, status, iters, status.value)
         B = data.shape[0]
         keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
         keep = keep.astype(model.dtype)
@@ -278,8 +296,36 @@ def gtf_loss_and_grad(
     if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
         # The sequential forward, or the adjoint of a converged DEER forward, overflowed: no
         # solver failure to raise with a DeerResult, so reported, never raised.
-        return float("nan"), None, GradInfo(method, alpha, DeerStatus.NON_FINITE, iters)
-    return loss, grad, GradInfo(method, alpha, status, iters)
+        status = DeerStatus.NON_FINITE
+        message = _non_finite_message(model, loss)
+        return float("nan"), None, GradInfo(method, alpha, status, iters, message)
+    return loss, grad, GradInfo(method, alpha, status, iters, status.value)
+
+
+def _renamed(exc):
+    """``exc`` (an argument error or :class:`parscan.DeerConvergenceError` of
+    :func:`parscan.deer.newton_run`) as raised by :func:`gtf_loss_and_grad`: the same type
+    and text, with its ``deer_solve:`` prefix replaced by ``gtf_loss_and_grad:``."""
+    message = "gtf_loss_and_grad: " + str(exc).removeprefix("deer_solve: ")
+    if isinstance(exc, DeerConvergenceError):
+        return DeerConvergenceError(message, exc.result)
+    return type(exc)(message)
+
+
+def _non_finite_message(model, loss):
+    """:attr:`GradInfo.message` for a NaN/inf ``loss`` or gradient: ``DeerStatus.NON_FINITE``
+    (NaN/inf in the inputs) when the model parameters are (the data was checked finite), else
+    which pass overflowed from finite inputs, and the remedies."""
+    if not np.all(np.isfinite(model.params)):
+        return DeerStatus.NON_FINITE.value
+    where = "adjoint (the gradient)" if np.isfinite(loss) else "forward (the states)"
+    dtype = ", or train in float64" if model.dtype == np.float32 else ""
+    return (
+        f"non_finite: the {where} overflowed to NaN/inf from finite inputs (the data and the "
+        "model parameters are finite): the model's dynamics grow too fast along the directions "
+        "the forcing does not hold. Use a larger GTF alpha (or alpha='auto'), a smaller "
+        f"initialisation or a lower learning rate{dtype}."
+    )
 
 
 def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):

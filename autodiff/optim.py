@@ -12,40 +12,37 @@ Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
 Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (RAdam), ICLR 2020.
 """
 
+import inspect
 import math
 
 import numpy as np
+
+from models._checks import check_int, check_real
+from models.base import check_float_dtype
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class NonFiniteStepError(ValueError):
     """Raised by :meth:`Adam.step` / :meth:`RAdam.step` for a step that cannot be taken: the
-    gradient is not finite, or the new moments or parameters would not be finite in the
-    optimiser's dtype (e.g. ``grad**2`` overflowing float32). Optimiser state and ``params`` are
-    left untouched, so the caller can reject the step and continue."""
+    parameters or the gradient are not finite, or the new moments or parameters would not be
+    finite in the optimiser's dtype (e.g. ``grad**2`` overflowing float32). Optimiser state and
+    ``params`` are left untouched, so the caller can reject the step and continue."""
 
 
 def _check_hyperparameters(where: str, beta1, beta2, eps) -> tuple[float, float, float]:
-    problems = []
-    values = []
-    for name, value, ok, want in (
-        ("beta1", beta1, lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
-        ("beta2", beta2, lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
-        ("eps", eps, lambda x: x > 0.0, "> 0"),
-    ):
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{where}: {name} must be a real number; got {type(value).__name__}."
-            ) from None
-        if not (math.isfinite(x) and ok(x)):
-            problems.append(f"{name} must be finite and {want}; got {value!r}.")
-        values.append(x)
+    """``(beta1, beta2, eps)`` as floats, betas in ``[0, 1)`` and ``eps > 0`` (bools refused)."""
+    beta1 = check_real(beta1, "beta1", where, positive=False)
+    beta2 = check_real(beta2, "beta2", where, positive=False)
+    eps = check_real(eps, "eps", where, positive=True)
+    problems = [
+        f"{name} must be in [0, 1); got {value}."
+        for name, value in (("beta1", beta1), ("beta2", beta2))
+        if value >= 1.0
+    ]
     if problems:
         raise ValueError(f"{where}: " + " ".join(problems))
-    return tuple(values)
+    return beta1, beta2, eps
 
 
 class Adam:
@@ -85,9 +82,7 @@ class Adam:
             raise TypeError(f"{where}: n_params must be an int; got {type(n_params).__name__}.")
         if n_params < 1:
             raise ValueError(f"{where}: n_params must be >= 1; got {n_params}.")
-        dt = np.dtype(dtype)
-        if dt not in _DTYPES:
-            raise TypeError(f"{where}: dtype must be float32 or float64; got {dt}.")
+        dt = check_float_dtype(dtype, where)
         self.beta1, self.beta2, self.eps = _check_hyperparameters(where, beta1, beta2, eps)
         self.dtype = dt
         self.m = np.zeros(int(n_params), dtype=dt)
@@ -114,14 +109,14 @@ class Adam:
                 )
         if not params.flags.writeable:
             raise ValueError(f"{where}: params must be writeable (it is updated in place).")
-        try:
-            lr = float(lr)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{where}: lr must be a real number; got {type(lr).__name__}."
-            ) from None
-        if not (math.isfinite(lr) and lr > 0.0):
-            raise ValueError(f"{where}: lr must be finite and > 0; got {lr!r}.")
+        lr = check_real(lr, "lr", where, positive=True)
+        if not np.all(np.isfinite(params)):
+            raise NonFiniteStepError(
+                f"{where}: params contains NaN or inf (first at params"
+                f"[{int(np.argmin(np.isfinite(params)))}]), so no step can make it finite: the "
+                "model has diverged. Restore the parameters from a checkpoint (or the last good "
+                "copy) before calling step()."
+            )
         if not np.all(np.isfinite(grad)):
             raise NonFiniteStepError(
                 f"{where}: grad contains NaN or inf; the optimiser state would be corrupted. "
@@ -158,10 +153,11 @@ class Adam:
         Raises
         ------
         TypeError, ValueError
-            A dtype or shape mismatch, read-only ``params`` or a non-positive ``lr``.
+            A dtype or shape mismatch, read-only ``params`` or an ``lr`` that is not a
+            finite real number > 0.
         NonFiniteStepError
-            ``grad`` is not finite, or the step would make ``m``, ``v`` or ``params``
-            non-finite (overflow). State and ``params`` are left untouched.
+            ``params`` or ``grad`` is not finite, or the step would make ``m``, ``v`` or
+            ``params`` non-finite (overflow). State and ``params`` are left untouched.
         """
         lr = self._check_step_args(params, grad, lr)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -177,12 +173,17 @@ class Adam:
             if not np.all(np.isfinite(x))
         ]
         if bad:
+            remedies = "clip the gradient (grad_clip), lower the learning rate"
+            remedies += (
+                ", standardise the data or use float64"
+                if self.dtype == np.float32
+                else " or standardise the data"
+            )
             raise NonFiniteStepError(
                 f"{type(self).__name__}.step: expected a step that keeps the state finite, but "
                 f"it would make {', '.join(bad)} overflow in {self.dtype} (max |grad| = "
-                f"{float(np.max(np.abs(grad))):.3g}, lr and grad finite). The optimiser state "
-                "and params are left unchanged: reject the step, and clip the gradient "
-                "(grad_clip), lower the learning rate, standardise the data or use float64."
+                f"{float(np.max(np.abs(grad))):.3g}; params, lr and grad finite). The optimiser "
+                f"state and params are left unchanged: reject the step, and {remedies}."
             )
         self.m[...] = m
         self.v[...] = v
@@ -265,6 +266,11 @@ class RAdam(Adam):
         else:                                    # variance not yet tractable: SGD + momentum
             params -= lr * m_hat
 
+    The rectification threshold is ``rho_t > 5``, as in ``torch.optim.RAdam`` and the authors'
+    code (github.com/LiyuanLucasLiu/RAdam: ``rho_t >= 5``, "more conservative since it's an
+    approximated value"), not the ``rho_t > 4`` of Algorithm 2 of Liu et al. (ICLR 2020): with
+    ``beta2 = 0.999`` the first rectified step is ``t = 6``, not 5.
+
     Same constructor, state and validation as :class:`Adam`. The lab's default optimiser.
     """
 
@@ -312,36 +318,17 @@ class ExponentialDecay:
 
     def __init__(self, lr_start: float, lr_end: float, n_steps: int):
         where = "ExponentialDecay"
-        problems = []
-        for name, value in (("lr_start", lr_start), ("lr_end", lr_end)):
-            try:
-                x = float(value)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{where}: {name} must be a real number; got {type(value).__name__}."
-                ) from None
-            if not (math.isfinite(x) and x > 0.0):
-                problems.append(f"{name} must be finite and > 0; got {value!r}.")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer):
-            raise TypeError(f"{where}: n_steps must be an int; got {type(n_steps).__name__}.")
-        if n_steps < 1:
-            problems.append(f"n_steps must be >= 1; got {n_steps}.")
-        if problems:
-            raise ValueError(f"{where}: " + " ".join(problems))
-        self.lr_start = float(lr_start)
-        self.lr_end = float(lr_end)
-        self.n_steps = int(n_steps)
+        self.lr_start = check_real(lr_start, "lr_start", where, positive=True)
+        self.lr_end = check_real(lr_end, "lr_end", where, positive=True)
+        self.n_steps = check_int(n_steps, "n_steps", where)
 
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""
-        if isinstance(step, bool) or not isinstance(step, int | np.integer):
-            raise TypeError(f"ExponentialDecay: step must be an int; got {type(step).__name__}.")
-        if step < 0:
-            raise ValueError(f"ExponentialDecay: step must be >= 0; got {step}.")
+        step = check_int(step, "step", "ExponentialDecay", 0)
         if step >= self.n_steps - 1:
             return self.lr_end
         ratio = self.lr_end / self.lr_start
-        return self.lr_start * ratio ** (int(step) / (self.n_steps - 1))
+        return self.lr_start * ratio ** (step / (self.n_steps - 1))
 
     def __repr__(self) -> str:
         return (
@@ -397,15 +384,7 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         norm = float(np.linalg.norm(g))
     if max_norm is None:
         return grad, norm
-    try:
-        max_norm = float(max_norm)
-    except (TypeError, ValueError):
-        raise TypeError(
-            "clip_grad_norm: max_norm must be a real number or None; got "
-            f"{type(max_norm).__name__}."
-        ) from None
-    if not (math.isfinite(max_norm) and max_norm > 0.0):
-        raise ValueError(f"clip_grad_norm: max_norm must be finite and > 0; got {max_norm!r}.")
+    max_norm = check_real(max_norm, "max_norm", "clip_grad_norm", positive=True)
     if not math.isfinite(norm) or norm <= max_norm:
         return grad, norm
     return grad * (max_norm / norm), norm
@@ -413,14 +392,41 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
 
 OPTIMIZERS = {"adam": Adam, "radam": RAdam}
 
+#: the keyword arguments of the optimiser constructors, which :func:`make_optimizer` passes on
+_OPTIONS = tuple(
+    name
+    for name, p in inspect.signature(Adam.__init__).parameters.items()
+    if p.kind is p.KEYWORD_ONLY
+)
+
 
 def make_optimizer(name: str, n_params: int, **kw) -> Adam:
     """Build an optimiser by name: ``"adam"`` (:class:`Adam`) or ``"radam"`` (:class:`RAdam`).
 
-    ``kw`` are passed on (``beta1``, ``beta2``, ``eps``, ``dtype``). The name is
-    case-insensitive.
+    ``kw`` are passed on (``beta1``, ``beta2``, ``eps``, ``dtype``; the learning rate is an
+    argument of :meth:`Adam.step`). The name is case-insensitive.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str, or an unknown keyword argument.
+    ValueError
+        An unknown optimiser name.
     """
-    key = name.lower() if isinstance(name, str) else name
+    if not isinstance(name, str):
+        raise TypeError(
+            f"make_optimizer: name must be a str ({', '.join(repr(k) for k in OPTIMIZERS)}); "
+            f"got {type(name).__name__}."
+        )
+    unknown = sorted(set(kw) - set(_OPTIONS))
+    if unknown:
+        hint = " The learning rate is not an optimiser setting: pass lr to step()."
+        hint = hint if "lr" in unknown else ""
+        raise TypeError(
+            f"make_optimizer: unexpected keyword argument(s) {unknown}; allowed: "
+            f"{', '.join(_OPTIONS)}.{hint}"
+        )
+    key = name.lower()
     if key not in OPTIMIZERS:
         raise ValueError(
             f"make_optimizer: unknown optimiser {name!r}; available: "

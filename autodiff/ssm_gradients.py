@@ -59,16 +59,16 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
             "ssm_loss_and_grad: model must be a LinearSSM or SelectiveSSM; got "
             f"{type(model).__name__}. Use autodiff.gtf_loss_and_grad for latent RNNs."
         )
+    data = model._check_windows(data, "ssm_loss_and_grad", "data")
     try:
         trace = model.forward(data, backend=backend)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"ssm_loss_and_grad: {exc}") from None
     if trace.pred.size == 0:
         raise ValueError(
-            f"ssm_loss_and_grad: data of shape {np.shape(data)} holds no windows; pass at "
-            "least one window (B >= 1)."
+            f"ssm_loss_and_grad: data of shape {data.shape} holds no windows; pass at least one "
+            "window (B >= 1)."
         )
-    data = np.asarray(data)
     target = data.reshape(-1, *data.shape[-2:])[:, 1:, :]
     err = trace.pred - target
     loss = float(np.mean(np.square(err, dtype=np.float64)))

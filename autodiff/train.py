@@ -590,9 +590,9 @@ def _loss_and_grad(model, windows, alpha, config):
         max_iter=config.newton_max_iter,
     )
     newton = (info.newton_iters_max, info.newton_iters_mean)
-    if not info.converged:
-        forward = "DEER" if config.method == "deer" else "sequential"
-        return loss, None, newton, f"{forward} forward failed: {info.status.value}"
+    if not info.converged:  # a forward that failed, or an adjoint that overflowed
+        method = "GTF-DEER" if config.method == "deer" else "sequential BPTT"
+        return loss, None, newton, f"{method} failed: {info.message}"
     return loss, grad, newton, ""
 
 

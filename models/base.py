@@ -266,19 +266,17 @@ class Model(ABC):
         other.params[...] = self.params
         return self._copy_standardization_to(other)
 
-    def _check_obs(self, x, method: str, what: str = "x", min_ndim: int = 1) -> np.ndarray:
+    def _check_obs(self, x, where: str, what: str = "x", min_ndim: int = 1) -> np.ndarray:
         """``x`` (array_like) as an array of observations ``(..., N)`` (``(..., T+1, N)`` when
-        ``min_ndim = 2``) in the model's dtype; ValueError/TypeError naming ``method``."""
+        ``min_ndim = 2``) in the model's dtype; ValueError/TypeError naming ``where`` (the
+        function checking it, e.g. ``"ShPLRNN.initial_state"``) and ``what``."""
         shape = "(..., T+1, N)" if min_ndim == 2 else "(..., N)"
-        return self._check_last_axis(
-            x, method, what, self.n_obs, shape, f"N={self.n_obs}", min_ndim
-        )
+        return self._check_last_axis(x, where, what, self.n_obs, shape, f"N={self.n_obs}", min_ndim)
 
-    def _check_last_axis(self, x, method, what, size, shape, dims, min_ndim=1) -> np.ndarray:
+    def _check_last_axis(self, x, where, what, size, shape, dims, min_ndim=1) -> np.ndarray:
         """``x`` (array_like) as an array of at least ``min_ndim`` dimensions whose last one
         has ``size`` entries (``shape``, ``dims``: how the message writes it), of the model's
-        dtype; ValueError/TypeError naming ``method``."""
-        where = f"{type(self).__name__}.{method}"
+        dtype; ValueError/TypeError naming ``where``."""
         x = np.asarray(x)
         if x.ndim < min_ndim or x.shape[-1] != size:
             raise ValueError(f"{where}: {what} must have shape {shape} with {dims}; got {x.shape}.")
@@ -659,7 +657,7 @@ class LatentRNN(Model):
 
     def initial_state(self, x0: np.ndarray) -> np.ndarray:
         """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``."""
-        x0 = self._check_obs(x0, "initial_state", "x0")
+        x0 = self._check_obs(x0, f"{type(self).__name__}.initial_state", "x0")
         z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
         z0[..., : self.n_obs] = x0
         if self.M > self.n_obs:
@@ -682,14 +680,14 @@ class LatentRNN(Model):
         ndarray, shape (n_params,)
             Summed over ``...``; zero outside the ``L0`` block.
         """
-        method = "initial_state_vjp"
-        x0 = self._check_obs(x0, method, "x0")
+        where = f"{type(self).__name__}.initial_state_vjp"
+        x0 = self._check_obs(x0, where, "x0")
         cot = self._check_last_axis(
-            cotangent, method, "cotangent", self.M, "(..., M)", f"M={self.M}"
+            cotangent, where, "cotangent", self.M, "(..., M)", f"M={self.M}"
         )
         if cot.shape[:-1] != x0.shape[:-1]:
             raise ValueError(
-                f"{type(self).__name__}.{method}: x0 and cotangent must have the same leading "
+                f"{where}: x0 and cotangent must have the same leading "
                 f"shape (one cotangent per initial state); got x0.shape={x0.shape}, "
                 f"cotangent.shape={cot.shape}."
             )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from models._checks import check_int
+from models._checks import check_int, check_real
 from models.base import Model
 from parscan._jit import jit, jit_parallel
 from parscan.scan import linear_scan
@@ -264,12 +264,7 @@ class DiagonalSSM(Model):
         ``x`` may have any number of leading batch dimensions (flattened to ``B``); ``T >= 1``.
         The recurrence is one :func:`parscan.linear_scan` over time (``backend`` is passed on).
         """
-        x = self._check_obs(x, "forward", "x", min_ndim=2)
-        if x.shape[-2] < 2:
-            raise ValueError(
-                f"{type(self).__name__}.forward: need at least 2 time points (T+1 >= 2) per "
-                f"window; got x.shape={x.shape}."
-            )
+        x = self._check_windows(x, f"{type(self).__name__}.forward", "x")
         u = np.ascontiguousarray(x.reshape(-1, *x.shape[-2:])[:, :-1, :])
         a, b, aux = self.recurrence(u)
         h = linear_scan(np.ascontiguousarray(np.broadcast_to(a, b.shape)), b, backend=backend)
@@ -281,6 +276,17 @@ class DiagonalSSM(Model):
         pred = _apply(np.maximum(hidden, 0.0), p["W2"].T)
         pred += p["b2"]
         return SSMTrace(u=u, a=a, h=h, aux=aux, y=y, hidden=hidden, pred=pred)
+
+    def _check_windows(self, x, where: str, what: str) -> np.ndarray:
+        """``x`` (array_like) as windows ``(..., T+1, N)`` with ``T >= 1`` in the model's dtype;
+        ValueError/TypeError naming ``where`` and ``what``."""
+        x = self._check_obs(x, where, what, min_ndim=2)
+        if x.shape[-2] < 2:
+            raise ValueError(
+                f"{where}: need at least 2 time points (T+1 >= 2) per "
+                f"window; got {what}.shape={x.shape}."
+            )
+        return x
 
     def readout_vjp(self, trace: SSMTrace, g_pred: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Add the MLP-readout parameter gradients for ``g_pred (B, T, N)`` into ``grad``;
@@ -332,8 +338,9 @@ class DiagonalSSM(Model):
             ``x̂_1 .. x̂_n`` (``x0`` excluded). ``x̂_1`` equals the first teacher-forced
             prediction of a window starting at ``x0``.
         """
-        x0 = self._check_obs(x0, "generate", "x0")
-        n_steps = check_int(n_steps, "n_steps", f"{type(self).__name__}.generate", 0)
+        where = f"{type(self).__name__}.generate"
+        x0 = self._check_obs(x0, where, "x0")
+        n_steps = check_int(n_steps, "n_steps", where, 0)
         flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
         out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
         if out.size:
@@ -408,17 +415,13 @@ class LinearSSM(DiagonalSSM):
         self.L = check_int(L, "L", where)
         self.K = self.H if K is None else check_int(K, "K", where)
         self.D = self.H
-        try:
-            self.r_min, self.r_max, self.max_phase = (float(r_min), float(r_max), float(max_phase))
-        except (TypeError, ValueError):
-            raise TypeError(f"{where}: r_min, r_max and max_phase must be real numbers.") from None
-        if not (0.0 <= self.r_min <= self.r_max < 1.0 and self.r_max > 0.0):
+        self.r_min = check_real(r_min, "r_min", where, positive=False)
+        self.r_max = check_real(r_max, "r_max", where, positive=True)
+        self.max_phase = check_real(max_phase, "max_phase", where, positive=True)
+        if not self.r_min <= self.r_max < 1.0:
             raise ValueError(
-                f"{where}: need 0 <= r_min <= r_max < 1 and r_max > 0; got r_min={r_min}, "
-                f"r_max={r_max}."
+                f"{where}: need 0 <= r_min <= r_max < 1; got r_min={r_min}, r_max={r_max}."
             )
-        if not (math.isfinite(self.max_phase) and self.max_phase > 0.0):
-            raise ValueError(f"{where}: max_phase must be finite and > 0; got {max_phase}.")
         self._setup(dtype)
         self.init(seed)
 
@@ -591,14 +594,11 @@ class SelectiveSSM(DiagonalSSM):
         self.L = check_int(L, "L", where)
         self.K = self.n_obs
         self.D = self.n_obs * self.H
-        try:
-            self.dt_min, self.dt_max = float(dt_min), float(dt_max)
-        except (TypeError, ValueError):
-            raise TypeError(f"{where}: dt_min and dt_max must be real numbers.") from None
-        if not (0.0 < self.dt_min <= self.dt_max < math.inf):
+        self.dt_min = check_real(dt_min, "dt_min", where, positive=True)
+        self.dt_max = check_real(dt_max, "dt_max", where, positive=True)
+        if not self.dt_min <= self.dt_max:
             raise ValueError(
-                f"{where}: need 0 < dt_min <= dt_max (finite); got dt_min={dt_min}, "
-                f"dt_max={dt_max}."
+                f"{where}: need dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}."
             )
         self._setup(dtype)
         self.init(seed)

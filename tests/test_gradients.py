@@ -66,6 +66,7 @@ def test_gradient_matches_finite_differences(model, data, method, n_forced):
     kw = {"alpha": ALPHAS, "method": method, "n_forced": n_forced}
     loss, grad, info = gtf_loss_and_grad(model, data, **kw)
     assert isinstance(info, GradInfo) and info.converged and info.method == method
+    assert info.message == DeerStatus.CONVERGED.value
     assert grad.shape == model.params.shape and grad.dtype == model.dtype
     assert np.isfinite(loss)
     rng = np.random.default_rng(11)
@@ -220,11 +221,13 @@ def test_auto_alpha_is_the_sup_estimate(data):
 
 def test_unconverged_forward_never_returns_a_gradient(data):
     model = MODELS["shplrnn"]()
-    with pytest.raises(DeerConvergenceError, match="max_iter"):
+    with pytest.raises(DeerConvergenceError, match=r"^gtf_loss_and_grad: max_iter: ") as err:
         gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1)
+    assert err.value.result.status is DeerStatus.MAX_ITER
     loss, grad, info = gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1, throw=False)
     assert grad is None and np.isnan(loss)
     assert not info.converged and info.status is DeerStatus.MAX_ITER
+    assert info.message == DeerStatus.MAX_ITER.value
 
 
 @pytest.mark.parametrize("throw", [True, False])
@@ -237,8 +240,32 @@ def test_sequential_non_finite_forward_is_reported_not_converged(throw):
     loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential", throw=throw)
     assert np.isnan(loss) and grad is None
     assert info.status is DeerStatus.NON_FINITE and not info.converged
+    assert info.message.startswith("non_finite: the forward (the states) overflowed")
     _, _, info_deer = gtf_loss_and_grad(model, x, alpha=0.0, throw=False)
     assert not info_deer.converged
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
+    """Finite data and parameters that overflow the forward get a message saying so, with the
+    remedies (float64 only for a float32 model); NaN in the parameters keeps the status text
+    that blames the inputs. The status code is NON_FINITE either way."""
+    model = ShPLRNN(2, 5, seed=1, dtype=dtype)
+    model.params[...] *= 1e3
+    x = np.random.default_rng(0).standard_normal((2, 400, 2)).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential")
+    assert np.isnan(loss) and grad is None and info.status is DeerStatus.NON_FINITE
+    assert info.message.startswith(
+        "non_finite: the forward (the states) overflowed to NaN/inf from finite inputs (the "
+        "data and the model parameters are finite)"
+    )
+    assert "larger GTF alpha" in info.message and "lower learning rate" in info.message
+    assert ("float64" in info.message) == (dtype == "float32")
+    model.params[0] = np.nan
+    _, _, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential")
+    assert info.status is DeerStatus.NON_FINITE
+    assert info.message == DeerStatus.NON_FINITE.value
 
 
 @pytest.mark.parametrize("method", ["deer", "sequential"])
@@ -256,6 +283,8 @@ def test_overflowing_adjoint_is_reported_not_converged(method):
         loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method=method)
     assert np.isnan(loss) and grad is None
     assert info.status is DeerStatus.NON_FINITE and not info.converged
+    assert info.message.startswith("non_finite: the adjoint (the gradient) overflowed")
+    assert info.message.endswith("or a lower learning rate, or train in float64.")
 
 
 def test_errors(data):
@@ -287,6 +316,12 @@ def test_errors(data):
             gtf_loss_and_grad(model, data, alpha=alpha)
     with pytest.raises(TypeError, match="got array of bool"):
         gtf_loss_and_grad(model, data, alpha=np.array([True, False, True]))
+    with pytest.raises(ValueError, match=r"^gtf_loss_and_grad: `tol` must be None .*got -1\.0"):
+        gtf_loss_and_grad(model, data, alpha=0.1, tol=-1.0)
+    with pytest.raises(ValueError, match=r"^gtf_loss_and_grad: `max_iter` must be a positive int"):
+        gtf_loss_and_grad(model, data, alpha=0.1, max_iter=0)
+    with pytest.raises(TypeError, match=r"^gtf_loss_and_grad: `throw` must be a bool; got str"):
+        gtf_loss_and_grad(model, data, alpha=0.1, throw="yes")
     assert (
         gtf_loss_and_grad(model, data, alpha=np.int64(0))[0]
         == (gtf_loss_and_grad(model, data, alpha=0.0)[0])

@@ -227,15 +227,58 @@ def test_non_finite_step_error_is_a_value_error():
     assert issubclass(NonFiniteStepError, ValueError)
 
 
+@pytest.mark.parametrize("cls", [Adam, RAdam])
+def test_non_finite_params_are_refused_up_front(cls):
+    """NaN/inf already in params is reported as such (not as an overflow of the step), and the
+    state is left untouched."""
+    opt = cls(3)
+    p = np.array([0.0, np.inf, 1.0])
+    with pytest.raises(
+        NonFiniteStepError,
+        match=rf"^{cls.__name__}\.step: params contains NaN or inf \(first at params\[1\]\).*"
+        "Restore the parameters from a checkpoint",
+    ):
+        opt.step(p, np.ones(3), 1e-3)
+    assert opt.t == 0 and not opt.m.any() and not opt.v.any() and p[0] == 0.0
+
+
+@pytest.mark.parametrize(("dtype", "float64_hint"), [(np.float32, True), (np.float64, False)])
+def test_overflow_message_suggests_float64_only_for_float32(dtype, float64_hint):
+    big = np.finfo(dtype).max
+    with pytest.raises(NonFiniteStepError, match="params, lr and grad finite") as err:
+        Adam(2, dtype=dtype).step(np.zeros(2, dtype), np.array([big, 0.0], dtype), 1e-3)
+    assert ("use float64" in str(err.value)) == float64_hint
+
+
 def test_constructor_validation():
-    with pytest.raises(ValueError, match=r"Adam: beta1 must be finite and in \[0, 1\)"):
-        Adam(3, beta1=1.0)
-    with pytest.raises(ValueError, match=r"RAdam: beta2 .* eps must be finite and > 0"):
-        RAdam(3, beta2=-0.1, eps=0.0)
+    with pytest.raises(ValueError, match=r"Adam: beta1 must be in \[0, 1\); got 1\.0\. beta2"):
+        Adam(3, beta1=1.0, beta2=2.0)
+    with pytest.raises(ValueError, match=r"RAdam: beta2 must be finite and >= 0; got -0\.1"):
+        RAdam(3, beta2=-0.1)
+    with pytest.raises(ValueError, match=r"RAdam: eps must be finite and > 0; got 0\.0"):
+        RAdam(3, eps=0.0)
     with pytest.raises(ValueError, match="Adam: n_params must be >= 1"):
         Adam(0)
-    with pytest.raises(TypeError, match="Adam: dtype must be float32 or float64"):
-        Adam(3, dtype=np.int32)
+    for dtype, got in ((np.int32, "int32"), ("foo", "'foo'"), (None, "None")):
+        with pytest.raises(TypeError, match=f"^Adam: dtype must be float32 or float64 .*got {got}"):
+            Adam(3, dtype=dtype)
+
+
+def test_bools_are_not_numbers():
+    """True/False are refused wherever a real number is expected, naming the argument."""
+    for name in ("beta1", "beta2", "eps"):
+        with pytest.raises(TypeError, match=f"^Adam: {name} must be a real number; got bool"):
+            Adam(3, **{name: False})
+    p = np.zeros(3)
+    with pytest.raises(TypeError, match=r"^Adam\.step: lr must be a real number; got bool"):
+        Adam(3).step(p, np.ones(3), True)
+    assert not p.any()
+    with pytest.raises(
+        TypeError, match=r"^clip_grad_norm: max_norm must be a real number; got bool"
+    ):
+        clip_grad_norm(np.ones(3), True)
+    with pytest.raises(TypeError, match=r"^ExponentialDecay: lr_start must be a real number"):
+        ExponentialDecay(True, 1e-3, 10)
 
 
 def test_make_optimizer():
@@ -244,6 +287,16 @@ def test_make_optimizer():
     assert type(opt) is RAdam and opt.beta1 == 0.5 and opt.dtype == np.float32
     with pytest.raises(ValueError, match="unknown optimiser 'sgd'; available: 'adam', 'radam'"):
         make_optimizer("sgd", 3)
+    with pytest.raises(
+        TypeError,
+        match=r"^make_optimizer: unexpected keyword argument\(s\) \['lr'\]; allowed: beta1, "
+        r"beta2, eps, dtype\. .*pass lr to step\(\)",
+    ):
+        make_optimizer("adam", 3, lr=1e-3)
+    with pytest.raises(TypeError, match=r"\['beta3'\]; allowed: beta1, beta2, eps, dtype\.$"):
+        make_optimizer("adam", 3, beta3=0.9)
+    with pytest.raises(TypeError, match=r"^make_optimizer: name must be a str .*; got list"):
+        make_optimizer(["adam"], 3)
 
 
 def test_exponential_decay():

@@ -244,8 +244,20 @@ def test_constructor_and_gradient_errors():
         LinearSSM(N, H, L, r_min=0.99, r_max=0.9)
     with pytest.raises(ValueError, match="LinearSSM: need 0 <= r_min <= r_max < 1"):
         LinearSSM(N, H, L, r_max=1.0)
-    with pytest.raises(ValueError, match="SelectiveSSM: need 0 < dt_min <= dt_max"):
+    with pytest.raises(ValueError, match=r"SelectiveSSM: dt_min must be finite and > 0; got 0\.0"):
         SelectiveSSM(N, H, L, dt_min=0.0)
+    with pytest.raises(ValueError, match=r"SelectiveSSM: need dt_min <= dt_max; got dt_min=0\.2"):
+        SelectiveSSM(N, H, L, dt_min=0.2, dt_max=0.1)
+    for name in ("dt_min", "dt_max"):
+        with pytest.raises(
+            TypeError, match=f"^SelectiveSSM: {name} must be a real number; got bool"
+        ):
+            SelectiveSSM(N, H, L, **{name: True})
+    for name, value in (("r_min", True), ("r_max", "0.9"), ("max_phase", None)):
+        with pytest.raises(TypeError, match=f"^LinearSSM: {name} must be a real number; got "):
+            LinearSSM(N, H, L, **{name: value})
+    with pytest.raises(ValueError, match=r"^LinearSSM: max_phase must be finite and > 0; got inf"):
+        LinearSSM(N, H, L, max_phase=math.inf)
     with pytest.raises(ValueError, match="LinearSSM: H must be >= 1"):
         LinearSSM(N, 0, L)
     with pytest.raises(TypeError, match="LinearSSM: dtype must be float32 or float64"):
@@ -254,8 +266,18 @@ def test_constructor_and_gradient_errors():
         ssm_loss_and_grad(object(), np.zeros((1, 3, N)))
     with pytest.raises(ValueError, match=r"ssm_loss_and_grad: data of shape \(0, 5, 3\) holds no"):
         ssm_loss_and_grad(_make("linear"), np.zeros((0, 5, N)))
-    with pytest.raises(ValueError, match=r"ssm_loss_and_grad: SelectiveSSM\.forward: x must have"):
+    with pytest.raises(
+        ValueError, match=r"^ssm_loss_and_grad: data must have shape \(\.\.\., T\+1, N\)"
+    ):
         ssm_loss_and_grad(_make("selective"), np.zeros((1, 5, 2)))
+    with pytest.raises(
+        TypeError,
+        match=r"^ssm_loss_and_grad: data must have dtype float64; got float32\. Use "
+        r"np\.asarray\(data, dtype=np\.float64\)",
+    ):
+        ssm_loss_and_grad(_make("linear"), np.zeros((1, 5, N), np.float32))
+    with pytest.raises(ValueError, match=r"^ssm_loss_and_grad: need at least 2 time .*data\.shape"):
+        ssm_loss_and_grad(_make("linear"), np.zeros((1, 1, N)))
     with pytest.raises(ValueError, match="ssm_loss_and_grad: linear_scan: unknown backend 'gpu'"):
         ssm_loss_and_grad(_make("linear"), np.zeros((1, 5, N)), backend="gpu")
 

@@ -635,7 +635,9 @@ def test_non_finite_sequential_forward_is_a_rejected_step(lorenz):
     model["A"][...] = 3.0  # float32 states overflow after ~80 unforced steps
     cfg = config(method="sequential", dtype="float32", alpha_mode="constant", alpha=0.0,
                  sequence_length=200, max_bad_steps=2)  # fmt: skip
-    with pytest.raises(TrainingDivergedError, match="sequential forward failed: non_finite") as err:
+    with pytest.raises(
+        TrainingDivergedError, match="sequential BPTT failed: non_finite: the forward"
+    ) as err:
         fit(model, x, cfg)
     assert err.value.checkpoint is None and "no checkpoint had been written yet" in str(err.value)
 
