@@ -57,16 +57,19 @@ DIVERGE_STREAK = 3
 #: processes, milliseconds (a barrier waits for a descheduled thread).
 SERIAL_BELOW = 2048
 
-_REMEDY = (
-    "Raise alpha (alpha='auto' picks one that makes the forced map a contraction), switch "
-    "from jacobian='diag' to 'full', or allow more iterations (max_iter; T iterations always "
-    "suffice)."
+_MAX_ITER_TEXT = "max_iter: not converged within max_iter Newton iterations."
+_DIVERGING_TEXT = (
+    "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
+    "to inf/NaN from finite inputs), as plain DEER does on chaotic or unstable dynamics."
 )
+_AUTO_ALPHA = "alpha='auto' picks one that makes the forced map a contraction"
 
 
 class DeerStatus(enum.Enum):
     """Outcome of :func:`deer_solve`; each value is the user-facing message, remedy included.
 
+    The remedies here cover every run; the :class:`DeerConvergenceError` message of
+    :func:`deer_solve` gives only those that fit the run (its jacobian, forcing and dtype).
     The batch status is the worst over the sequences, in the order CONVERGED < MAX_ITER <
     DIVERGING < NON_FINITE.
     """
@@ -74,12 +77,19 @@ class DeerStatus(enum.Enum):
     CONVERGED = (
         "converged: every sequence met max_t |dz| <= atol + rtol |z| or is exact by causality."
     )
-    MAX_ITER = "max_iter: not converged within max_iter Newton iterations. " + _REMEDY
+    MAX_ITER = (
+        _MAX_ITER_TEXT
+        + " Allow more iterations (max_iter; T iterations always suffice), switch to "
+        "jacobian='full' if 'diag' was used, or, on a forced run, raise alpha ("
+        + _AUTO_ALPHA
+        + ")."
+    )
     DIVERGING = (
-        "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
-        "to inf/NaN from finite inputs), as plain DEER does on chaotic or unstable dynamics. "
-        + _REMEDY
-        + " For a free run (no forcing) of such dynamics use sequential_solve or model.simulate."
+        _DIVERGING_TEXT
+        + " More iterations do not help. On a forced run raise alpha ("
+        + _AUTO_ALPHA
+        + "); run a float32 model in float64 (model.astype(np.float64)); for a free run (no "
+        "forcing) of such dynamics use sequential_solve or model.simulate."
     )
     NON_FINITE = (
         "non_finite: NaN or inf in the inputs (z0, forcing, init or the model parameters) "
@@ -169,10 +179,17 @@ def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
     """Append problems to ``errors`` (a dict kind -> list); return alpha as (B,) or a str."""
     if isinstance(alpha, str):
         if alpha != "auto" or not allow_auto:
-            hint = "a float in [0, 1], an array of shape z0.shape[:-1]" + (
-                " or 'auto'" if allow_auto else "; compute one with parscan.gtf_alpha"
-            )
-            errors["value"].append(f"`alpha` must be {hint}; got {alpha!r}.")
+            if allow_auto:
+                errors["value"].append(
+                    "`alpha` must be a float in [0, 1], an array of shape z0.shape[:-1] or "
+                    f"'auto'; got {alpha!r}."
+                )
+            else:
+                errors["value"].append(
+                    "`alpha` must be a float in [0, 1] or an array of shape z0.shape[:-1]; got "
+                    f"{alpha!r}. sequential_solve does not estimate alpha: compute one with "
+                    "parscan.gtf_alpha(model, forcing) and pass it."
+                )
         elif not has_forcing:
             errors["value"].append(
                 "alpha='auto' needs `forcing` (alpha only acts on forced runs); pass forcing "
@@ -344,7 +361,9 @@ def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
                 f"pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
             )
     if max_iter is not None and (not _is_int(max_iter) or max_iter < 1):
-        errors["value"].append(f"`max_iter` must be a positive int or None; got {max_iter!r}.")
+        errors["value" if _is_int(max_iter) else "type"].append(
+            f"`max_iter` must be a positive int or None; got {max_iter!r}."
+        )
     if not isinstance(throw, bool):
         errors["type"].append(f"`throw` must be a bool; got {type(throw).__name__}.")
     if not (isinstance(backend, str) and backend in BACKENDS):
@@ -561,20 +580,81 @@ def _predictions(model, z0, states):
     return model.step(zprev)
 
 
-def _failure_message(result: DeerResult, codes, max_iter, jacobian, history):
-    counts = ", ".join(
-        f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}"
-        for c in (_MAX_ITER, _DIVERGING, _NON_FINITE)
-        if np.any(codes == c)
-    )
+def _failure_message(run: "NewtonRun", result: DeerResult) -> str:
+    """The :class:`DeerConvergenceError` message: the worst status, the counts, the iterations
+    and the last update, then the remedies that fit this run (:func:`_remedies`)."""
+    codes, history = run.codes, run.history
+    failed = [c for c in (_NON_FINITE, _DIVERGING, _MAX_ITER) if np.any(codes == c)]
+    counts = ", ".join(f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}" for c in failed[::-1])
     last = f"{history[-1]:.3g}" if history.size else "n/a"
+    worst = failed[0]
+    head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(worst, result.status.value)
+    fixes = [c for c in failed if c != _NON_FINITE]  # its remedy (fix the inputs) is in head
+    lead = {_MAX_ITER: "To converge", _DIVERGING: "More iterations do not help a diverging run"}
+    if len(failed) > 1:
+        lead = {
+            _MAX_ITER: "For the max_iter sequences",
+            _DIVERGING: "For the diverging sequences (more iterations do not help)",
+        }
+    fixes = [f"{lead[c]}: {_remedies(run, c)}." for c in fixes]
     return (
-        f"deer_solve: {result.status.value} Failed: {counts} of {codes.size} sequence(s), "
-        f"after {int(result.n_iter.max())} iteration(s) (max_iter={max_iter}, "
-        f"jacobian={jacobian!r}, alpha={_describe_alpha(result.alpha)}); last max update "
-        f"{last} (tolerance atol={result.atol:g} + rtol={result.rtol:g} |z|). Pass throw=False "
-        "to inspect the result."
+        f"deer_solve: {head} Failed: {counts} of {codes.size} sequence(s), "
+        f"after {int(result.n_iter.max())} iteration(s) (max_iter={run.max_iter}, "
+        f"jacobian={run.jacobian!r}, alpha={_describe_alpha(result.alpha)}); last max update "
+        f"{last} (tolerance atol={result.atol:g} + rtol={result.rtol:g} |z|). "
+        + "".join(f + " " for f in fixes)
+        + "Pass throw=False to inspect the result."
     )
+
+
+def _remedies(run: "NewtonRun", code: int) -> str:
+    """What helps sequences that ended ``code`` (``_MAX_ITER`` or ``_DIVERGING``) in this run,
+    as a clause (``"a; b; or c"``):
+    more iterations only for max_iter, ``jacobian="full"`` only after ``"diag"``, alpha only
+    when latents are forced (``n_forced >= 1``; more of them when ``n_forced < M``), float64
+    only for a float32 model."""
+    p, M = run.p, run.model.M
+    if p.n_forced > 0:
+        forcing = [
+            "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
+            "parscan.gtf_alpha(model, forcing, margin=0.1))"
+            if run.auto_alpha
+            else f"raise alpha ({_AUTO_ALPHA})"
+        ]
+        if p.n_forced < M:
+            forcing.append(
+                f"force more latents (n_forced={p.n_forced} < M={M}: alpha damps only the "
+                "forced ones)"
+            )
+    else:
+        if code == _MAX_ITER:
+            free = "plain DEER needs about T iterations on a chaotic free run"
+        else:
+            free = "plain DEER diverges on chaotic or unstable free runs"
+        forcing = [
+            f"use sequential_solve or model.simulate ({free})",
+            "force some latents (n_forced >= 1) with alpha='auto' (GTF-DEER)"
+            if p.forcing.shape[-1] > 0
+            else "force the run with data (forcing=data, alpha='auto': GTF-DEER)",
+        ]
+    if code == _MAX_ITER:
+        steps = [
+            f"allow more iterations (max_iter={run.max_iter} < T={p.T}; T iterations always "
+            "suffice)"
+        ]
+        if run.jacobian == "diag":
+            steps.append("switch to jacobian='full' (quadratic convergence, fewer iterations)")
+        return _either(steps + forcing)
+    if run.model.dtype == np.float32:
+        forcing.append("run in float64 (model.astype(np.float64), float64 inputs)")
+    return _either(forcing)
+
+
+def _either(steps: list) -> str:
+    """``"a"``, ``"a, or b"``, ``"a; b; or c"``."""
+    if len(steps) <= 2:
+        return ", or ".join(steps)
+    return "; ".join(steps[:-1]) + "; or " + steps[-1]
 
 
 def _describe_alpha(alpha):
@@ -620,7 +700,8 @@ def deer_solve(
         not read its data (a free run). ``"auto"``: :func:`parscan.gtf_alpha`
         (``method="sup"``) over the forced data ``forcing[..., :n_forced]`` and the initial
         guess, one alpha for the batch, taken over the sequences whose inputs are finite (the
-        others end ``non_finite`` as with a numeric alpha; with none left, the margin 0.02);
+        others end ``non_finite`` as with a numeric alpha; with none left, and for an empty
+        problem (no sequences or ``T=0``), the margin 0.02, ``parscan.gtf.DEFAULT_MARGIN``);
         warns (:class:`parscan.gtf.GTFGuaranteeWarning`) for partial forcing. Must be 0 for a
         free run.
     n_forced : int, optional
@@ -677,8 +758,12 @@ def deer_solve(
     in 3 consecutive iterations).
     A stopped
     sequence keeps its last iterate and costs nothing further. For piecewise-linear models
-    Newton is exact once the activation pattern stops changing, so a converged result equals
-    :func:`sequential_solve` to rounding. On chaotic dynamics plain DEER (``alpha=0``) needs
+    Newton is exact once the activation pattern stops changing, so with ``jacobian="full"`` a
+    converged result equals :func:`sequential_solve` to rounding. Quasi-DEER
+    (``jacobian="diag"``) converges only linearly: a converged result guarantees the stopping
+    test (the last update within ``atol + rtol |z|``), so it differs from
+    :func:`sequential_solve` by about the tolerance, not by rounding (exact by causality only
+    after ``T`` iterations). On chaotic dynamics plain DEER (``alpha=0``) needs
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
     run = newton_run(
@@ -713,6 +798,8 @@ class NewtonRun:
         The alpha as :class:`DeerResult` reports it.
     rtol, atol, max_iter, jacobian
         The solver settings used.
+    auto_alpha : bool
+        Whether alpha was estimated (``alpha="auto"``).
     """
 
     model: object
@@ -727,6 +814,7 @@ class NewtonRun:
     atol: float
     max_iter: int
     jacobian: str
+    auto_alpha: bool = False
 
     @property
     def status(self) -> DeerStatus:
@@ -762,10 +850,7 @@ class NewtonRun:
             atol=self.atol,
         )
         if throw and not result.ok:
-            message = _failure_message(
-                result, self.codes, self.max_iter, self.jacobian, self.history
-            )
-            raise DeerConvergenceError(message, result)
+            raise DeerConvergenceError(_failure_message(self, result), result)
         return result
 
 
@@ -802,7 +887,8 @@ def newton_run(
     auto = isinstance(p.alpha, str)
     work = None
     if B * T == 0:
-        alpha_report = 0.0 if auto else p.alpha_report
+        # no points to bound: the margin alone, as parscan.gtf_alpha gives for an empty batch
+        alpha_report = float(DEFAULT_MARGIN) if auto else p.alpha_report
         n_iter, codes, history = np.zeros(B, np.int64), np.full(B, _CONVERGED), np.empty(0)
     else:
         with _threads_for(B * T):
@@ -813,7 +899,19 @@ def newton_run(
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
             n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
     return NewtonRun(
-        model, p, work, guess, n_iter, codes, history, alpha_report, rtol, atol, max_iter, jacobian
+        model,
+        p,
+        work,
+        guess,
+        n_iter,
+        codes,
+        history,
+        alpha_report,
+        rtol,
+        atol,
+        max_iter,
+        jacobian,
+        auto_alpha=auto,
     )
 
 

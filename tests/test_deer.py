@@ -312,6 +312,18 @@ def test_empty_time_and_batch():
     assert sequential_solve(model, np.zeros(4), 0).shape == (0, 4)
 
 
+def test_auto_alpha_of_an_empty_problem_is_the_margin_as_gtf_alpha_gives():
+    """No points to bound: the margin alone, as gtf_alpha for an empty batch."""
+    model = make_model("ShPLRNN")
+    forcing = np.zeros((0, 5, 3))
+    with pytest.warns(GTFGuaranteeWarning):
+        assert gtf_alpha(model, forcing) == DEFAULT_MARGIN
+    res = deer_solve(model, np.zeros((0, 4)), forcing=forcing, alpha="auto")
+    assert res.ok and res.alpha == DEFAULT_MARGIN and res.states.shape == (0, 5, 4)
+    res = deer_solve(model, np.zeros((2, 4)), forcing=np.zeros((2, 0, 3)), alpha="auto")
+    assert res.ok and res.alpha == DEFAULT_MARGIN and res.states.shape == (2, 0, 4)
+
+
 def test_max_iter_too_small_raises_documented_error():
     model = EulerLorenz()
     z0, data = lorenz_data(500, seed=2)
@@ -320,6 +332,9 @@ def test_max_iter_too_small_raises_documented_error():
     err = info.value
     assert isinstance(err, RuntimeError)
     assert "2 iteration(s)" in str(err) and "last max update" in str(err)
+    message = str(err)
+    assert "allow more iterations (max_iter=2 < T=500" in message and "raise alpha" in message
+    assert "switch to jacobian='full'" not in message  # 'full' was used
     assert err.result.status is DeerStatus.MAX_ITER
     assert not err.result.converged and err.result.n_iter == 2
     res = deer_solve(model, z0, forcing=data, alpha=0.2, max_iter=2, throw=False)
@@ -439,8 +454,54 @@ def test_diverging_plain_deer_on_chaotic_free_run():
     res = deer_solve(model, z0, 100, throw=False)
     assert res.status is DeerStatus.DIVERGING
     assert res.n_iter < 100
-    with pytest.raises(DeerConvergenceError, match="diverging"):
+    with pytest.raises(DeerConvergenceError, match=r"^deer_solve: diverging") as info:
         deer_solve(model, z0, 100)
+    message = str(info.value)
+    assert f"after {int(res.n_iter)} iteration(s)" in message and "last max update" in message
+    assert "use sequential_solve or model.simulate" in message and "forcing=data" in message
+    # the remedies that cannot help this run are not offered: it overflowed (more iterations),
+    # it used 'full', it is a free run (alpha) in float64
+    for useless in ("allow more iterations", "switch to jacobian", "raise alpha", "float64"):
+        assert useless not in message
+
+
+def _failure(*args, **kwargs) -> str:
+    with pytest.raises(DeerConvergenceError) as info:
+        deer_solve(*args, **kwargs)
+    return str(info.value)
+
+
+def test_failure_message_offers_the_remedies_that_fit_the_run():
+    lorenz = EulerLorenz()
+    z0, data = lorenz_data(500, seed=2)
+    message = _failure(lorenz, z0, forcing=data, alpha=0.2, max_iter=2, jacobian="diag")
+    assert message.startswith("deer_solve: max_iter:") and "switch to jacobian='full'" in message
+    assert "allow more iterations" in message and "raise alpha" in message
+    with pytest.warns(GTFGuaranteeWarning):  # partial forcing
+        message = _failure(lorenz, z0, forcing=data[:, :1], alpha="auto", max_iter=2)
+    assert "alpha='auto' gave its estimate; pass a larger one" in message
+    assert "force more latents (n_forced=1 < M=3" in message
+    # a free max_iter run: the sequential solve, or forcing, instead of alpha
+    model = make_model("ShPLRNN")
+    message = _failure(model, np.full(4, 0.3), 30, max_iter=1)
+    assert "allow more iterations (max_iter=1 < T=30" in message
+    assert "use sequential_solve or model.simulate" in message and "raise alpha" not in message
+    # float32 overflow: float64 is offered
+    unstable = DiagLinear([2.0], dtype="float32")
+    message = _failure(unstable, np.ones(1, np.float32), 200)
+    assert message.startswith("deer_solve: diverging:") and "run in float64" in message
+    assert "allow more iterations" not in message and "switch to jacobian" not in message
+    # a forced run whose unforced latent overflows, next to a sequence with NaN data: the
+    # worst status leads, each failure gets its remedies
+    forcing = np.random.default_rng(0).standard_normal((2, 1100, 2))
+    forcing[1, 3, 0] = np.nan
+    kw = {"forcing": forcing, "alpha": 0.5, "n_forced": 1}
+    message = _failure(DiagLinear([0.5, 2.0]), np.ones((2, 2)), **kw)
+    assert message.startswith("deer_solve: non_finite:") and "Fix the inputs" in message
+    assert "1 diverging, 1 non_finite of 2 sequence(s)" in message
+    assert "For the diverging sequences (more iterations do not help): raise alpha" in message
+    assert "force more latents (n_forced=1 < M=2" in message
+    assert "float64" not in message and "allow more iterations" not in message
 
 
 def test_auto_alpha_with_partial_forcing_warns_at_the_call():
@@ -482,6 +543,16 @@ def test_validation_errors():
         (TypeError, r"`tol` must be None, a float or a pair", dict(T=5, tol=(None, 1e-9))),
         (TypeError, r"`T` must be a non-negative int or None; got 5\.0\.$", dict(T=5.0)),
         (ValueError, r"`max_iter` must be a positive int", dict(T=5, max_iter=0)),
+        (
+            TypeError,
+            r"`max_iter` must be a positive int or None; got 2\.0\.$",
+            dict(T=5, max_iter=2.0),
+        ),
+        (TypeError, r"`max_iter` must be a positive int", dict(T=5, max_iter=True)),
+        (TypeError, r"`n_forced` must be an int; got float", dict(forcing=x, n_forced=1.0)),
+        (TypeError, r"`n_forced` must be an int; got bool", dict(forcing=x, n_forced=True)),
+        (TypeError, r"`T` must be a non-negative int", dict(T=True)),
+        (ValueError, r"`T` must be a non-negative int", dict(T=-1)),
         (TypeError, r"`throw` must be a bool", dict(T=5, throw="yes")),
     ]
     for exc, match, kwargs in cases:
@@ -495,6 +566,12 @@ def test_validation_errors():
         with pytest.raises(TypeError, match=r": `model.dtype` must be float32 or float64; got f"):
             solve(half, np.zeros(1, np.float16), 5)
     with pytest.raises(ValueError, match=r"^sequential_solve: .*compute one with parscan\.gtf"):
+        sequential_solve(model, z0, forcing=x, alpha="auto")
+    with pytest.raises(
+        ValueError,
+        match=r"^sequential_solve: `alpha` must be a float in \[0, 1\] or an array of shape "
+        r"z0\.shape\[:-1\]; got 'auto'\. sequential_solve does not estimate alpha",
+    ):
         sequential_solve(model, z0, forcing=x, alpha="auto")
 
 
