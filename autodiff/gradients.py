@@ -50,7 +50,7 @@ from parscan.deer import (
     newton_run,
 )
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import linear_scan
+from parscan.scan import available_backends, linear_scan
 
 METHODS = ("deer", "sequential")
 JACOBIANS = ("full", "diag")
@@ -165,6 +165,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
         elif not np.all((arr >= 0.0) & (arr <= 1.0)):
             value_errors.append(f"alpha must lie in [0, 1]; got {alpha!r}.")
         alpha = float(arr) if arr.ndim == 0 else arr
+    value_errors += _cuda_adjoint_problems(model, method, backend)
     if type_errors:
         raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
     if value_errors:
@@ -176,6 +177,22 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
             "trajectory before windowing it."
         )
     return data, alpha, int(n_forced)
+
+
+def _cuda_adjoint_problems(model, method, backend) -> list[str]:
+    """Why the DEER adjoint cannot run on ``backend="cuda"``: it scans dense ``M x M``
+    Jacobians whatever ``jacobian`` the forward uses, and the CUDA backend's dense scans stop
+    at ``D = DMAX`` (found before the forward solve, not after it)."""
+    if method != "deer" or backend != "cuda" or "cuda" not in available_backends():
+        return []  # no GPU: deer_solve's own check says so
+    from parscan._cuda import DMAX  # lazy: numba.cuda only when asked for
+
+    if model.M <= DMAX:
+        return []
+    return [
+        f"backend='cuda': the gradient's adjoint scans dense M x M Jacobians (with either "
+        f"jacobian), supported up to M = {DMAX}; got M={model.M}. Use backend='cpu' or 'auto'."
+    ]
 
 
 def gtf_loss_and_grad(

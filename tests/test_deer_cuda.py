@@ -203,3 +203,15 @@ def test_gpu_gradient_at_scale(device_only):
     tol = 2e-3
     assert loss == pytest.approx(want_loss, rel=tol)
     np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol * np.abs(want_grad).max())
+
+
+@pytest.mark.cudasim
+def test_sim_gradient_refuses_a_latent_dimension_the_cuda_adjoint_cannot_scan():
+    """The adjoint scans dense M x M Jacobians even after a quasi-DEER forward: M > DMAX is
+    refused before the forward solve, not by the scan after it."""
+    from models import ALRNN
+
+    model = ALRNN(_cuda.DMAX + 1, 2, 2, seed=0)
+    data = np.zeros((1, 3, 2))
+    with pytest.raises(ValueError, match=r"gtf_loss_and_grad: backend='cuda': the gradient's"):
+        gtf_loss_and_grad(model, data, alpha=0.5, backend="cuda", jacobian="diag")
