@@ -48,13 +48,15 @@ MODES = ("full", "diag")
 class EvalLaunch:
     """Threads per block (a power of 2) and the largest grid; positions beyond
     ``threads * max_blocks`` are handled by the grid-stride loop. The parameter VJP uses at
-    most ``vjp_blocks`` blocks: its float64 partial sums take ``n_map_params * threads *
-    vjp_blocks * 8`` bytes (47 MB for a shPLRNN with M = 3, L = 50 at the defaults, about the
-    size of an H100/H200 L2 cache)."""
+    most ``vjp_blocks`` blocks, and fewer where its float64 partial sums, ``n_map_params *
+    threads * blocks * 8`` bytes, would exceed ``vjp_scratch_bytes`` (at least one block):
+    47 MB for a shPLRNN with M = 3, L = 50 at the defaults (about the size of an H100/H200 L2
+    cache); a shPLRNN with M = 20, L = 1000 gets 6 blocks (252 MB) instead of 5.4 GB."""
 
     threads: int = 128
     max_blocks: int = 4096
     vjp_blocks: int = 128
+    vjp_scratch_bytes: int = 256 << 20
 
 
 #: The launch shape used by :func:`launch_eval` (read at call time). Under the simulator
@@ -416,7 +418,9 @@ def param_vjp_cuda(model, z_prev, cotangent, launch: EvalLaunch | None = None) -
         return grad
     args = model.kernel_args()
     vk = make_vjp_kernel(type(model).step_functions, arg_types(args))
-    blocks = min(-(-P // launch.threads), launch.vjp_blocks)
+    bytes_per_block = model.n_map_params * launch.threads * 8
+    fit = max(1, launch.vjp_scratch_bytes // bytes_per_block)
+    blocks = min(-(-P // launch.threads), launch.vjp_blocks, fit)
     G = cuda.device_array((model.n_map_params, blocks * launch.threads), np.float64)
     _cuda.zero_fill(G)
     M = model.M

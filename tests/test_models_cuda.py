@@ -160,6 +160,9 @@ def test_sim_param_vjp_matches_cpu(sim_launch, name, dtype):
     assert isinstance(got, np.ndarray) and got.dtype == model.dtype and got.shape == want.shape
     assert_close(got, want, dtype)
     np.testing.assert_array_equal(got[model.n_map_params :], 0)
+    one_block = _cuda_eval.EvalLaunch(threads=4, max_blocks=2, vjp_blocks=2, vjp_scratch_bytes=1)
+    capped = _cuda_eval.param_vjp_cuda(model, cuda.to_device(z), cuda.to_device(cot), one_block)
+    assert_close(capped, want, dtype)  # scratch too small for 2 blocks: one block sums all
     empty = model.param_vjp(
         cuda.device_array((0, model.M), model.dtype), cuda.device_array((0, model.M), model.dtype)
     )
