@@ -31,6 +31,13 @@ its output.
 How far a look-back walks depends on timing, so results may differ from run to run in the last
 bits (never on dyadic data, where every association is exact).
 
+A combined pair cannot always carry a non-finite state the way the sequential loop does: a
+product that underflowed to 0 times inf is NaN, where the loop keeps ``±inf`` through the tiny
+steps (and a dense product, the identity included, mixes ``0 * inf`` into every row). Wherever
+a pair is applied to such a state (diagonal: when its product is 0; dense: always), the state
+is walked through the pair's steps one by one instead (:func:`_walk`, :func:`_rewalk`), which
+costs a sequential pass over them and happens only for non-finite data.
+
 Launch shapes are compile-time constants of :func:`make_kernels`; :data:`LAUNCH` holds the
 production values and tests shrink them (``monkeypatch.setattr(_cuda, "LAUNCH", ...)``) so that
 tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``) cross tile boundaries.
@@ -40,7 +47,6 @@ import dataclasses
 import functools
 import math
 import threading
-import time
 
 import numba
 import numpy as np
@@ -128,6 +134,37 @@ def _pair_apply(x, xo, h, ho, D, z, zo):
 
 
 @cuda.jit(device=True)
+def _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, hi, cur, nxt):
+    """When ``x[xo : xo+D]`` is not finite, ``z[zo : zo+D]`` becomes the state after the steps
+    ``lo..hi-1`` (scan order; those from ``T`` on are padding) entering as ``x``: the
+    sequential loop (sums in the order of :func:`parscan._scan_sequential.dense_one`).
+
+    Called after a pair ``(A, v)`` of those steps was applied to ``x`` (``z = A x + v``): a
+    matrix product cannot carry a non-finite state as the loop does (``0 * inf`` is NaN
+    where the loop keeps ``±inf`` through an underflowed product or an identity pair). ``cur,
+    nxt``: scratch of ``D``, aliasing neither ``x`` nor ``z``.
+    """
+    finite = True
+    for i in range(D):
+        finite = finite and abs(x[xo + i].real) < math.inf and abs(x[xo + i].imag) < math.inf
+    if finite:
+        return
+    for i in range(D):
+        cur[i] = x[xo + i]
+    for s in range(lo, min(hi, T)):
+        t = T - 1 - s if reverse else s
+        for i in range(D):
+            acc = b[g, t, i]
+            for m in range(D):
+                acc += (a[g, t, m, i] if transpose else a[g, t, i, m]) * cur[m]
+            nxt[i] = acc
+        for i in range(D):
+            cur[i] = nxt[i]
+    for i in range(D):
+        z[zo + i] = cur[i]
+
+
+@cuda.jit(device=True)
 def _load_step(a, b, g, t, transpose, D, z):
     """``z = (a[g, t] (or its transpose), b[g, t])``."""
     for i in range(D):
@@ -139,6 +176,29 @@ def _load_step(a, b, g, t, transpose, D, z):
 @cuda.jit(device=True)
 def _read_flag(status, i):
     return cuda.atomic.add(status, i, 0)
+
+
+@cuda.jit(device=True)
+def _walk(a, b, bi, d, T, reverse, lo, hi, h):
+    """State of channel ``(bi, d)`` after the steps ``lo..hi-1`` (scan order; those from ``T``
+    on are padding) entering as ``h``: the sequential loop."""
+    for s in range(lo, min(hi, T)):
+        t = T - 1 - s if reverse else s
+        h = a[bi, t, d] * h + b[bi, t, d]
+    return h
+
+
+@cuda.jit(device=True)
+def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
+    """``pa * h + pb``: the pair ``(pa, pb)`` of the steps ``lo..hi-1`` applied to ``h``.
+
+    A product ``pa`` of 0 (underflowed, or a step with ``a = 0``) cannot carry a non-finite
+    ``h``: ``0 * inf`` is NaN where the sequential loop keeps ``±inf`` through tiny steps. The
+    steps are then walked from ``h`` (:func:`_walk`), which gives what the loop gives.
+    """
+    if pa == 0 and not (abs(h.real) < math.inf and abs(h.imag) < math.inf):
+        return _walk(a, b, bi, d, T, reverse, lo, hi, h)
+    return pa * h + pb
 
 
 # --------------------------------------------------------------------------- kernels
@@ -203,7 +263,9 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         valid = ch < n_ch
         bi = ch // D if valid else 0
         d = ch - bi * D if valid else 0
-        s0 = j * ntl * ITEMS + lane * ITEMS
+        tile = ntl * ITEMS  # steps per tile
+        first = j * tile  # the tile's first step
+        s0 = first + lane * ITEMS
 
         # 1. per-thread run reduced in registers
         ra = cuda.local.array(ITEMS, dt)
@@ -229,8 +291,9 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         while off < ntl:
             if (lane + 1) % (2 * off) == 0:
                 left = tid - off * cw
-                x = sh_a[tid]
-                sh_b[tid] = x * sh_b[left] + sh_b[tid]
+                x = sh_a[tid]  # the runs of lanes lane-off+1 .. lane
+                lo, hi = s0 - (off - 1) * ITEMS, s0 + ITEMS
+                sh_b[tid] = _apply(x, sh_b[tid], sh_b[left], a, b, bi, d, T, reverse, lo, hi)
                 sh_a[tid] = x * sh_a[left]
             off *= 2
             cuda.syncthreads()
@@ -245,7 +308,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 if j == 0:
                     if has_h0:
                         carry = h0[bi, d]
-                    incl[rec] = tot_a * carry + tot_b
+                    incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, 0, tile)
                 else:
                     agg_a[rec] = tot_a
                     agg_b[rec] = tot_b
@@ -265,14 +328,18 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     continue
                 cuda.threadfence()
                 r = pred * RECORD + c
+                lo = (k + 1) * tile  # acc: the tiles k+1 .. j-1
+                x = incl[r] if flag == 2 else agg_b[r]
+                x = _apply(acc_a, acc_b, x, a, b, bi, d, T, reverse, lo, first)
                 if flag == 2:
-                    carry = acc_a * incl[r] + acc_b
+                    carry = x
                     break
-                acc_b = acc_a * agg_b[r] + acc_b
+                acc_b = x
                 acc_a = acc_a * agg_a[r]
                 k -= 1
             if PUBLISH:
-                incl[rec] = tot_a * carry + tot_b
+                hi = first + tile
+                incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, first, hi)
                 cuda.threadfence()
         if last:
             sh_carry[c] = carry
@@ -292,11 +359,12 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 sh_a[left] = pa
                 sh_b[left] = pb
                 sh_a[tid] = la * pa
-                sh_b[tid] = la * pb + lb
+                lo, hi = s0 - (2 * off - 1) * ITEMS, s0 - (off - 1) * ITEMS  # la: the left runs
+                sh_b[tid] = _apply(la, lb, pb, a, b, bi, d, T, reverse, lo, hi)
             off //= 2
             cuda.syncthreads()
 
-        h = sh_a[tid] * sh_carry[c] + sh_b[tid]
+        h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, bi, d, T, reverse, first, s0)
         for k in range(ITEMS):
             h = ra[k] * h + rb[k]
             s = s0 + k
@@ -328,7 +396,10 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         j = tile_id // B
         g = tile_id - j * B
         active = tid < lanes
-        s0 = j * lanes * items + tid * items
+        tile = lanes * items  # steps per tile
+        first = j * tile  # the tile's first step
+        s0 = first + tid * items
+        DD = D * D  # offset of v in a pair
 
         # 1. per-thread run reduced to one pair
         if active:
@@ -347,7 +418,10 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         off = 1
         while off < lanes:
             if active and (tid + 1) % (2 * off) == 0:
-                _pair_mul(sh, tid * R, sh, (tid - off) * R, D, t1, 0)
+                left = (tid - off) * R
+                _pair_mul(sh, tid * R, sh, left, D, t1, 0)
+                lo, hi = s0 - (off - 1) * items, s0 + items  # sh[tid]: runs tid-off+1 .. tid
+                _rewalk(sh, left + DD, t1, DD, D, a, b, g, T, reverse, transpose, lo, hi, h, hn)
                 _pair_copy(t1, 0, sh, tid * R, D)
             off *= 2
             cuda.syncthreads()
@@ -358,6 +432,8 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 h[i] = h0[g, i] if has_h0 and j == 0 else 0
             if j == 0:
                 _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
+                hi = first + tile
+                _rewalk(h, 0, incl, tile_id * RI, D, a, b, g, T, reverse, transpose, 0, hi, t1, t2)
             else:
                 _pair_copy(sh, tid * R, agg, tile_id * RA, D)
             cuda.threadfence()
@@ -375,14 +451,23 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 if flag == 0:
                     continue
                 cuda.threadfence()
-                if flag == 2:
+                lo = (k + 1) * tile  # acc: the tiles k+1 .. j-1
+                if flag == 2:  # h = acc applied to the inclusive state
                     _pair_apply(acc, 0, incl, pred * RI, D, h, 0)
+                else:  # t1 = acc • aggregate
+                    _pair_mul(acc, 0, agg, pred * RA, D, t1, 0)
+                x, xo = (incl, pred * RI) if flag == 2 else (agg, pred * RA + DD)
+                z, zo = (h, 0) if flag == 2 else (t1, DD)
+                _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, first, t2, hn)
+                if flag == 2:
                     break
-                _pair_mul(acc, 0, agg, pred * RA, D, t1, 0)
                 _pair_copy(t1, 0, acc, 0, D)
                 k -= 1
             if PUBLISH:
                 _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
+                hi = first + tile
+                r = tile_id * RI
+                _rewalk(h, 0, incl, r, D, a, b, g, T, reverse, transpose, first, hi, t1, t2)
                 cuda.threadfence()
         if last:
             for i in range(D):
@@ -400,12 +485,16 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 _pair_copy(sh, left, t1, 0, D)
                 _pair_copy(sh, tid * R, sh, left, D)
                 _pair_mul(t1, 0, sh, tid * R, D, t2, 0)
+                lo, hi = s0 - (2 * off - 1) * items, s0 - (off - 1) * items  # t1: the left runs
+                r = tid * R + DD
+                _rewalk(sh, r, t2, DD, D, a, b, g, T, reverse, transpose, lo, hi, h, hn)
                 _pair_copy(t2, 0, sh, tid * R, D)
             off //= 2
             cuda.syncthreads()
 
         if active:
             _pair_apply(sh, tid * R, sh_carry, 0, D, h, 0)
+            _rewalk(sh_carry, 0, h, 0, D, a, b, g, T, reverse, transpose, first, s0, t1, t2)
             for k in range(items):
                 s = s0 + k
                 if s < T:
@@ -473,21 +562,6 @@ def synchronize(result=None):
 def device_name() -> str:
     device = cuda.get_current_device()
     return str(getattr(device, "name", "CUDA simulator"))
-
-
-def copy_bandwidth_gbps(nbytes: int, repeat: int = 5) -> float:
-    """Best device-to-device copy bandwidth (read + write bytes / s) for ``nbytes`` arrays."""
-    src = cuda.device_array(nbytes // 8, np.float64)
-    dst = cuda.device_array_like(src)
-    dst.copy_to_device(src)
-    cuda.synchronize()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        dst.copy_to_device(src)
-        cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best / 1e9
 
 
 #: Per Python thread: ``(context, {name: device array})``, the scratch of the last scans.

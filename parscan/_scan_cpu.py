@@ -51,6 +51,8 @@ from parscan._scan_sequential import (
     diag_range,
     diag_range_local,
     diag_reduce_range,
+    diag_walk,
+    not_finite,
     product_scale,
     scaled_times,
 )
@@ -88,19 +90,37 @@ def _reduce_task(a, b, h0, reverse, n_chunks, k, a_agg, a_exp, b_agg, out):
 
 
 @jit
-def _carry_task(b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
+def _carry_task(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``),
-    the scaled products ``a_agg * 2**(-k*a_exp)`` applied without overflow or underflow."""
-    lo, hi = _chunk_bounds(b.shape[0], n_chunks, 0, reverse)
+    the scaled products ``a_agg * 2**(-k*a_exp)`` applied without overflow or underflow.
+
+    A channel whose carry is not finite and whose product is 0 (flushed, or a step with
+    ``a = 0``) takes the state the sequential loop reaches instead (``0 * inf`` would be NaN
+    where a flushed product of nonzero steps keeps ``±inf``): the chunk is walked step by
+    step (:func:`~parscan._scan_sequential.diag_walk`), one more serial pass over it, taken
+    only then."""
+    T, D = b.shape
+    lo, hi = _chunk_bounds(T, n_chunks, 0, reverse)
     if hi > lo:
         b_agg[0, :] = out[lo if reverse else hi - 1]
     else:
         b_agg[0, :] = h0
     scale = product_scale(a_agg)[0]
+    walked = np.empty(D, b.dtype)
     for k in range(1, n_chunks - 1):
-        for d in range(b.shape[1]):
-            carried = scaled_times(a_agg[k, d], a_exp[k, d], scale, b_agg[k - 1, d])
-            b_agg[k, d] = carried + b_agg[k, d]
+        walk = False
+        for d in range(D):
+            walk |= a_agg[k, d] == 0 and not_finite(b_agg[k - 1, d])
+        if walk:
+            lo, hi = _chunk_bounds(T, n_chunks, k, reverse)
+            walked[:] = b_agg[k - 1]
+            diag_walk(a, b, lo, hi, reverse, walked)
+        for d in range(D):
+            if walk and a_agg[k, d] == 0 and not_finite(b_agg[k - 1, d]):
+                b_agg[k, d] = walked[d]
+            else:
+                carried = scaled_times(a_agg[k, d], a_exp[k, d], scale, b_agg[k - 1, d])
+                b_agg[k, d] = carried + b_agg[k, d]
 
 
 @jit
@@ -113,14 +133,15 @@ def _scan_task(a, b, reverse, n_chunks, k, b_agg, out):
 @jit_parallel
 def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     """Reduce-then-scan over ``n_chunks`` time chunks per sequence; ``a_agg, a_exp, b_agg``:
-    workspace of shape ``(B, n, D)``, ``n >= n_chunks - 1`` (``a_exp`` int64)."""
+    workspace of shape ``(B, n, D)``, ``n >= n_chunks - 1`` (``a_exp`` of ``a_agg``'s real
+    dtype, see :func:`~parscan._scan_sequential.diag_reduce_range`)."""
     n_tasks = n_chunks - 1
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
         k = i % n_tasks
         _reduce_task(a[s], b[s], h0[s], reverse, n_chunks, k, a_agg[s], a_exp[s], b_agg[s], out[s])
     for s in range(b.shape[0]):
-        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
+        _carry_task(a[s], b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
         _scan_task(a[s], b[s], reverse, n_chunks, i % n_tasks + 1, b_agg[s], out[s])
@@ -168,14 +189,15 @@ def _fix_task(a, reverse, n_chunks, k, b_agg, out):
 @jit_parallel
 def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     """Scan-then-fix over ``n_chunks >= 2`` time chunks per sequence; ``a_agg, a_exp, b_agg``:
-    workspace of shape ``(B, n_chunks, D)`` (``a_exp`` int64; slot 0 unused in ``a_agg``)."""
+    workspace of shape ``(B, n_chunks, D)`` (``a_exp`` of ``a_agg``'s real dtype; slot 0
+    unused in ``a_agg``)."""
     B = b.shape[0]
     for i in prange(B * n_chunks):
         s = i // n_chunks
         k = i % n_chunks
         _local_task(a[s], b[s], h0[s], reverse, n_chunks, k, a_agg[s], a_exp[s], b_agg[s], out[s])
     for s in range(B):
-        _carry_task(b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
+        _carry_task(a[s], b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
     n_fixes = n_chunks - 1
     for i in prange(B * n_fixes):
         s = i // n_fixes

@@ -59,7 +59,9 @@ def diag_range(a, b, h_in, lo, hi, reverse, out):
 # 1e30 through a product of 1e-61 is 1e-31, not 0). Only once the product is below
 # ``2**-(k*(e_max+1))`` -- smaller than the smallest subnormal divided by the largest finite
 # number, so that its product with any finite carry rounds to 0 -- is it set to 0 (and stays
-# 0, which ends the product loops early).
+# 0, which ends the product loops early). A 0 product (so flushed, or with a step of ``a``
+# exactly 0) cannot carry an infinite state: 0 * inf is NaN, where the sequential loop gives
+# ±inf through tiny steps; such a carry is walked through the chunk (:func:`diag_walk`).
 
 
 @jit
@@ -124,6 +126,28 @@ def scaled_times(p, e, k, h):
     return times_pow2(unit, sp + sh - k * int(e))
 
 
+@jit
+def not_finite(z):
+    """Is a part of the scalar ``z`` inf or NaN?"""
+    return not (abs(z.real) < np.inf and abs(z.imag) < np.inf)
+
+
+@jit
+def diag_walk(a, b, lo, hi, reverse, h):
+    """``h`` (shape ``(D,)``) becomes the state after the steps ``lo..hi-1`` in scan order,
+    entering as ``h``: the loop of :func:`diag_range` without the writes to ``out``.
+
+    How a non-finite carry crosses a chunk whose scaled product is 0: the product cannot tell
+    an underflow (the sequential loop keeps ``±inf``: a tiny ``a`` times inf is inf) from a
+    step with ``a`` exactly 0 (NaN from there on), the loop itself can.
+    """
+    D = b.shape[1]
+    for s in range(hi - lo):
+        t = hi - 1 - s if reverse else lo + s
+        for d in range(D):
+            h[d] = a[t, d] * h[d] + b[t, d]
+
+
 # --------------------------------------------------------------------------- time chunks
 
 
@@ -134,7 +158,8 @@ def diag_reduce_range(a, b, lo, hi, reverse, a_agg, a_exp, b_agg):
 
     Applies the combine ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` step by step in time
     order (forward: increasing t; reverse: decreasing t). ``a_agg, b_agg`` have shape ``(D,)``,
-    ``a_exp`` (int64) too: the product is kept scaled (see :func:`rescale`), so that it
+    ``a_exp`` too (whole numbers in a float array of ``a_agg``'s real dtype, the precision
+    :func:`rescale` counts in): the product is kept scaled (see :func:`rescale`), so that it
     neither sinks into the subnormals nor loses a huge carry. Flat unsigned indexing as in
     :func:`diag_range`.
     """

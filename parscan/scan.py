@@ -12,13 +12,19 @@ machine; see ``_choose_host_backend``):
 * device input (numba device arrays, ``__cuda_array_interface__`` objects) → ``"cuda"``;
 * host input is never moved to a GPU implicitly (the PCIe round trip of a memory-bound scan
   costs more than the scan); it runs on ``"sequential"`` or ``"cpu"``;
-* diagonal: ``"cpu"`` when the batch fills the threads (``B >= threads``) or when ``T`` is long
-  enough for a scan over time chunks (scan-then-fix when the carry between chunks dies out,
-  reduce-then-scan otherwise: :mod:`parscan._scan_cpu`) to beat one core; ``"sequential"``
+* diagonal: ``"cpu"`` when the batch fills the threads (``B >= threads``) and the problem is
+  large enough to amortise the thread start (:data:`AUTO_MIN_BATCH_BYTES`), or when ``B <
+  threads`` and ``T`` is long enough for a scan over time chunks (scan-then-fix when the carry
+  between chunks dies out, from :data:`AUTO_MIN_FIX_BYTES`; reduce-then-scan otherwise, from
+  :data:`AUTO_MIN_CHUNKED_BYTES`: :mod:`parscan._scan_cpu`) to beat one core; ``"sequential"``
   otherwise;
 * dense: ``"cpu"`` (parallel over the batch only) when ``B >= threads`` and the problem is large
-  enough to amortise the thread start; ``"sequential"`` otherwise. A time-parallel dense scan is
-  never chosen on a CPU: its ``D³`` combines make it 2.5-5x slower than the sequential loop.
+  enough to amortise the thread start (:data:`AUTO_MIN_DENSE_BYTES`); ``"sequential"`` otherwise.
+  A time-parallel dense scan is never chosen on a CPU: its ``D³`` combines make it 2.5-5x
+  slower than the sequential loop.
+
+With one thread (e.g. ``PARSCAN_THREADS=1``) host input always runs on ``"sequential"``. The sizes
+are bytes of one ``(B, T, D)`` array (dense: of ``a``).
 """
 
 import functools
@@ -217,9 +223,15 @@ def _check_out(out, a, b, h0) -> None:
             f"`out` must have b's shape {tuple(b.shape)}; got out.shape={tuple(out.shape)}."
         )
     if np.dtype(out.dtype).newbyteorder("=") != np.dtype(b.dtype).newbyteorder("="):
+        like = "np.empty_like(b)"
+        if not isinstance(b, np.ndarray):
+            like = "numba.cuda.device_array_like(b)"
+        problems.insert(
+            0,
+            f"`out` must have b's dtype {np.dtype(b.dtype)}; got out.dtype={np.dtype(out.dtype)}.",
+        )
         raise TypeError(
-            f"linear_scan: `out` must have b's dtype {np.dtype(b.dtype)}; got "
-            f"out.dtype={np.dtype(out.dtype)}. " + " ".join(problems)
+            "linear_scan: " + " ".join(problems) + f" Allocate it like `b`, e.g. with {like}."
         )
     if isinstance(out, np.ndarray):
         ready = out.flags.c_contiguous and out.flags.aligned and out.flags.writeable
@@ -345,10 +357,17 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     (the threaded plans leave out a carried part only once it is below a quarter of an ulp of
     the state: an error of the size the sequential loop itself makes), and bit for bit on
     dyadic data whose every partial result is exact (``a`` in {0, 1/2, 1} with zeros
-    recurring, small integer ``b``; long runs of ``a = 1/2`` eventually round). Two consequences:
-    with ``±inf`` in ``a``, a combined product ``0 * inf`` can give NaN where the sequential loop
-    gives ``±inf``; and the ``"cuda"`` look-back combines a timing-dependent number of tile
-    aggregates, so its last bits may differ from run to run (as in CUB's floating-point scans).
+    recurring, small integer ``b``; long runs of ``a = 1/2`` eventually round). ``±inf`` and
+    NaN in ``h0`` or ``b`` (real dtypes) come out where, and with the sign, the sequential loop
+    gives them, also across a chunk or tile whose product of ``a`` underflowed to 0 (a tiny
+    ``a`` times inf is inf, an ``a`` of exactly 0 times inf is NaN): where a combined product
+    cannot carry such a state (one that is 0; on ``"cuda"`` any dense one), the parallel
+    backends walk it through the steps one by one, as slowly as the sequential loop. Two
+    consequences of the other order: with ``±inf`` in ``a``, or an ``a`` so large that its
+    product over a chunk or tile overflows, a combined product ``inf * 0`` can give NaN where
+    the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a
+    timing-dependent number of tile aggregates, so its last bits may differ from run to run
+    (as in CUB's floating-point scans).
     """
     on_device = any(is_device_array(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)

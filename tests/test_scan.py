@@ -90,6 +90,40 @@ def make_dyadic_inputs(seed, dtype, dense, batch, T, D, reset=7):
     return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
 
 
+def make_non_finite_inputs(dtype, T):
+    """``(1, T, 4)`` diagonal inputs whose infinities cross two runs of tiny ``a`` (factors of
+    ``sqrt(tiny)``, at least 3 steps: the run's product underflows to 0, also in every
+    chunk's scaled product), ``a`` of random sign elsewhere. Channels: 0: ``h0 = inf``;
+    1: ``h0 = -inf`` and an ``a`` of exactly 0 in the second run (NaN from there, 0 * inf);
+    2: ``b = inf`` near the start and ``-inf`` near the end; 3: a huge finite ``h0``."""
+    rng = np.random.default_rng(T)
+    a = rng.uniform(0.3, 0.95, (1, T, 4)) * rng.choice((-1.0, 1.0), (1, T, 4))
+    run = max(3, T // 15)
+    lo1, lo2 = int(0.3 * T), int(0.63 * T)
+    a[0, lo1 : lo1 + run] *= np.sqrt(np.finfo(dtype).tiny)
+    a[0, lo2 : lo2 + run] *= np.sqrt(np.finfo(dtype).tiny)
+    a[0, lo2 + 1, 1] = 0.0
+    b = rng.standard_normal((1, T, 4))
+    b[0, int(0.1 * T), 2] = np.inf
+    b[0, int(0.9 * T), 2] = -np.inf
+    h0 = np.array([[np.inf, -np.inf, 1.0, float(np.finfo(dtype).max) / 4]])
+    return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
+
+
+def assert_same_non_finite(got, expected, rtol):
+    """NaN, +inf and -inf in the same places; the finite values close."""
+    for pick in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(pick(got), pick(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=rtol, atol=rtol)
+
+
+def reference_non_finite(a, b, h0, reverse=False, transpose=False):
+    """:func:`scan_reference` without NumPy's warnings about ``0 * inf``."""
+    with np.errstate(invalid="ignore"):
+        return scan_reference(a, b, h0, reverse, transpose)
+
+
 @st.composite
 def scan_cases(draw, t_values=T_VALUES, max_d=5, dtypes=DTYPES):
     """(seed, dtype, dense, batch, T, D, reverse, transpose, with_h0)."""
@@ -208,11 +242,34 @@ def test_scan_then_fix_huge_carry_and_non_finite_values():
     for reverse in (False, True):
         got = _scan_then_fix(a, b, h0, reverse, 2)
         expected = parscan.linear_scan(a, b, h0, reverse=reverse, backend="sequential")
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
-        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
-        finite = np.isfinite(expected)
-        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
+        assert_same_non_finite(got, expected, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plan", [("reduce", 4), ("fix", 3), ("fix", 4)])
+def test_time_chunks_carry_inf_through_an_underflowed_product(dtype, plan):
+    """A chunk's scaled product that underflowed is 0 (as is one with a step of ``a = 0``):
+    an infinite carry crossing it must still come out as the sequential loop gives it (±inf
+    through tiny steps, NaN after a zero), not as 0 * inf = NaN. The runs of tiny ``a`` lie
+    in middle chunks in both scan orders."""
+    a, b, h0 = make_non_finite_inputs(dtype, 3000)
+    for reverse in (False, True):
+        expected = reference_non_finite(a, b, h0, reverse)
+        assert np.isinf(expected[0, :, 0]).all() and np.isnan(expected[0, :, 1]).any()
+        got = np.empty_like(b)
+        _scan_cpu.scan_diag(a, b, h0, reverse, got, plan)
+        assert_same_non_finite(got, expected, 1e-4 if dtype == np.float32 else 1e-12)
+
+
+def test_auto_carries_inf_through_an_underflowed_chunk():
+    T, D = 9000, 16
+    a = np.full((T, D), 0.5)
+    a[4500:5700] = 0.99999
+    a[3000:3400] = 1e-10
+    b, h0 = np.ones((T, D)), np.full(D, np.inf)
+    for reverse in (False, True):
+        got = parscan.linear_scan(a, b, h0, reverse=reverse)
+        np.testing.assert_array_equal(got, reference_non_finite(a, b, h0, reverse))
 
 
 def test_time_plan_takes_scan_then_fix_only_when_the_carry_dies_out():
@@ -405,7 +462,11 @@ def test_out_errors():
     a, b, h0 = make_inputs(3, np.float64, False, (2,), 10, 3)
     with pytest.raises(ValueError, match=r"^linear_scan: `out` must have b's shape \(2, 10, 3\)"):
         parscan.linear_scan(a, b, out=np.empty((2, 10, 4)))
-    with pytest.raises(TypeError, match=r"^linear_scan: `out` must have b's dtype float64"):
+    with pytest.raises(
+        TypeError,
+        match=r"^linear_scan: `out` must have b's dtype float64; got out\.dtype=float32\. "
+        r"Allocate it like `b`, e\.g\. with np\.empty_like\(b\)\.$",
+    ):
         parscan.linear_scan(a, b, out=np.empty(b.shape, np.float32))
     with pytest.raises(ValueError, match=r"`out` must be C-contiguous"):
         parscan.linear_scan(a, b, out=np.empty((2, 10, 6))[..., ::2])

@@ -23,8 +23,11 @@ from test_scan import (
     DTYPES,
     adjoint_shift,
     assert_close,
+    assert_same_non_finite,
     make_dyadic_inputs,
     make_inputs,
+    make_non_finite_inputs,
+    reference_non_finite,
     run_case,
     scan_cases,
 )
@@ -115,6 +118,28 @@ def test_sim_lookback_through_aggregates(dense, dtype):
                 assert_close(out.copy_to_host(), ref)
             else:
                 np.testing.assert_array_equal(out.copy_to_host(), ref)
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("launch", [SIM_LAUNCH, SIM_LAUNCH_AGGREGATES], ids=["prefix", "aggr"])
+def test_sim_inf_crosses_underflowed_tiles(dense, launch):
+    """Products of tiny ``a`` underflow to 0 within runs, in the sweeps and across tiles:
+    infinities in ``h0`` and ``b`` must still come out as the sequential loop gives them
+    (±inf through tiny steps, NaN after a zero), not as 0 * inf = NaN. Dense: the same four
+    channels as a batch of 1 x 1 matrices."""
+    a, b, h0 = make_non_finite_inputs(np.float64, 24)
+    if dense:  # a (1, T, 4) -> (4, T, 1, 1), b (1, T, 4) -> (4, T, 1), h0 (1, 4) -> (4, 1)
+        a, b = (np.ascontiguousarray(x[0].T[..., None]) for x in (a, b))
+        a, h0 = a[..., None], np.ascontiguousarray(h0.T)
+    for reverse in (False, True):
+        expected = reference_non_finite(a, b, h0, reverse)
+        assert np.isinf(expected[0, :, 0]).all()  # h0 = inf through every tiny run
+        out = cuda.device_array(b.shape, b.dtype)
+        args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, dense)
+        _cuda.scan_device(*args, out, launch)
+        assert_same_non_finite(out.copy_to_host(), expected, 1e-12)
 
 
 @pytest.mark.cudasim
