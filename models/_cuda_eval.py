@@ -58,6 +58,9 @@ class EvalLaunch:
     vjp_blocks: int = 128
     vjp_scratch_bytes: int = 256 << 20
 
+    def __post_init__(self):
+        _cuda.check_launch(self, ("threads",))
+
 
 #: The launch shape used by :func:`launch_eval` (read at call time). Under the simulator
 #: (``NUMBA_ENABLE_CUDASIM=1``) every thread is a Python thread and large blocks cost ~10x

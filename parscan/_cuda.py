@@ -60,6 +60,20 @@ DENSE_SHARED_BYTES = 32 * 1024
 RECORD = 32
 
 
+def check_launch(launch, powers_of_two: tuple[str, ...]) -> None:
+    """Refuse a launch shape whose integer fields are not >= 1, or whose ``powers_of_two``
+    fields (thread counts of the tree sweeps and reductions) are not powers of 2: such shapes
+    would give wrong results silently, not errors."""
+    where = type(launch).__name__
+    for field in dataclasses.fields(launch):
+        value = getattr(launch, field.name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if value < 1 or (field.name in powers_of_two and value & (value - 1)):
+            kind = "a power of 2" if field.name in powers_of_two else "an integer >= 1"
+            raise ValueError(f"{where}: {field.name} must be {kind}; got {value}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """Compile-time launch shape: threads per block and steps per thread (diag / dense).
@@ -75,6 +89,9 @@ class Launch:
     dense_block: int = 32
     dense_items: int = 4
     publish_prefix: bool = True
+
+    def __post_init__(self):
+        check_launch(self, ("block", "dense_block"))
 
 
 LAUNCH = Launch()

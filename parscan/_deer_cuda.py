@@ -50,6 +50,9 @@ class Launch:
     max_blocks: int = 8192
     norm_items: int = 16
 
+    def __post_init__(self):
+        _cuda.check_launch(self, ("threads",))
+
 
 #: The launch shape used by :class:`DeviceNewton` (read at call time). The simulator runs one
 #: Python thread per GPU thread, so its default is tiny.

@@ -54,6 +54,23 @@ def _to_device(x):
 # --------------------------------------------------------------------------- PTX (no GPU)
 
 
+def test_launch_shapes_that_would_give_wrong_results_are_refused():
+    from models._cuda_eval import EvalLaunch
+    from parscan._deer_cuda import Launch as DeerLaunch
+
+    for make, field, bad, kind in [
+        (_cuda.Launch, "block", 24, "a power of 2"),
+        (_cuda.Launch, "dense_block", 6, "a power of 2"),
+        (_cuda.Launch, "items", 0, "an integer >= 1"),
+        (DeerLaunch, "threads", 12, "a power of 2"),
+        (EvalLaunch, "threads", 48, "a power of 2"),
+        (EvalLaunch, "vjp_blocks", 0, "an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{make.__name__}: {field} must be {kind}; got"):
+            make(**{field: bad})
+    assert _cuda.Launch(block=8, items=3).block == 8  # items need not be powers of 2
+
+
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["diag", "dense"])
