@@ -337,9 +337,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     Returns
     -------
     h : ndarray, shape (..., T, D)
-        Same shape and dtype as ``b`` (C-contiguous; ``out`` when given). A numba device array
-        when the inputs are device arrays (``__cuda_array_interface__``), with no host round
-        trip.
+        Same shape and dtype as ``b`` (C-contiguous; the ``out`` object itself when given, a
+        CuPy array included). A numba device array when the inputs are device arrays
+        (``__cuda_array_interface__``) and ``out`` is None, with no host round trip.
 
     Raises
     ------
@@ -369,6 +369,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     timing-dependent number of tile aggregates, so its last bits may differ from run to run
     (as in CUB's floating-point scans).
     """
+    given_out = out
     on_device = any(is_device_array(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)
     if on_device:
@@ -394,7 +395,8 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     if backend == "cuda":
         from parscan import _cuda
 
-        return _cuda.linear_scan_cuda(a, b, h0, bool(reverse), bool(transpose), dense, out)
+        h = _cuda.linear_scan_cuda(a, b, h0, bool(reverse), bool(transpose), dense, out)
+        return h if given_out is None else given_out  # a foreign out, not numba's view of it
 
     if out is None:
         out = np.empty(b.shape, dtype=b.dtype.newbyteorder("="))

@@ -234,6 +234,49 @@ class _Interface:
 
 
 @pytest.mark.gpu
+def test_gpu_foreign_out_is_returned_as_given():  # the simulator's arrays have no interface
+    a, b, h0 = make_dyadic_inputs(3, np.float64, False, (2,), 9, 3)
+    out = _Interface(cuda.device_array(b.shape, b.dtype))
+    h = parscan.linear_scan(*(_Interface(cuda.to_device(x)) for x in (a, b, h0)), out=out)
+    assert h is out
+    ref = parscan.linear_scan(a, b, h0, backend="sequential")
+    np.testing.assert_array_equal(out._array.copy_to_host(), ref)
+
+
+@cuda.jit
+def _fill_alternating(a, b):
+    """``a_t = 1/2`` for odd ``t``, 0 for even; ``b_t = t mod 7`` (64-bit ``t``)."""
+    for t in range(cuda.grid(1), a.shape[1], cuda.gridsize(1)):
+        a[0, t, 0] = 0.5 if t % 2 else 0.0
+        b[0, t, 0] = t % 7
+
+
+@pytest.mark.gpu
+def test_gpu_indices_beyond_2_to_the_31():
+    """A float32 scan of 2**31 + 2**20 steps (8.6 GB per array, made on the device): every
+    index past int32 range must be right. ``a_t = 0`` restarts the state at even ``t``, so
+    ``h_t = b_t`` there and ``b_t + b_{t-1}/2`` (reverse: ``b_{t+1}/2``) at odd ``t``, exact."""
+    T = 2**31 + 2**20
+    if cuda.current_context().get_memory_info()[0] < 4 * 4 * T:
+        pytest.skip("needs 35 GB of free device memory")
+    a, b = (cuda.device_array((1, T, 1), np.float32) for _ in range(2))
+    _fill_alternating[1024, 256](a, b)
+    out = cuda.device_array_like(b)
+    t = np.concatenate([np.arange(10), 2**31 + np.arange(-6, 6), T - 10 + np.arange(10)])
+    for reverse in (False, True):
+        parscan.linear_scan(a, b, reverse=reverse, out=out)
+        got = np.array([out[0, i, 0] for i in t])  # element reads: no 8.6 GB copy
+        np.testing.assert_array_equal(got, _alternating_states(t, T, reverse))
+
+
+def _alternating_states(t, T, reverse):
+    """``h_t`` of the scan of :func:`_fill_alternating`'s inputs (``h0 = 0``)."""
+    neighbour = t + (1 if reverse else -1)  # the state an odd step carries: b of its neighbour
+    carried = np.where((neighbour >= 0) & (neighbour < T), neighbour % 7, 0)
+    return np.where(t % 2 == 1, t % 7 + 0.5 * carried, t % 7).astype(np.float32)
+
+
+@pytest.mark.gpu
 @given(case=scan_cases(t_values=GPU_T, max_d=16))
 def test_gpu_matches_reference(case):
     out, ref = run_case(case, "cuda")
