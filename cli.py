@@ -622,7 +622,7 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "plots skipped: matplotlib is not installed (pip install 'parscan[plot]')"
+        return "plots skipped: matplotlib is not installed (pip install matplotlib)"
     from models.metrics import normalized_spectra
 
     n_obs = test.shape[1]

@@ -1,6 +1,13 @@
 """autodiff: explicit adjoint gradients, optimisers, the training loop and checkpoints.
 
-Public names are imported lazily from their modules.
+Public names are imported lazily from their modules:
+
+* gradients: :func:`gtf_loss_and_grad` (:class:`GradInfo`), :func:`ssm_loss_and_grad`,
+  :func:`l2_penalty`;
+* optimisers: :class:`Adam`, :class:`RAdam`, :class:`ExponentialDecay`,
+  :func:`clip_grad_norm`, :class:`NonFiniteStepError`;
+* training: :func:`fit`, :func:`check_fit`, :class:`TrainConfig`, :class:`TrainResult`,
+  :class:`StepInfo`, :class:`EpochInfo`, :class:`TrainingDivergedError`.
 """
 
 from parscan._lazy import lazy_exports

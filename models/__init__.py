@@ -1,7 +1,16 @@
 """models: learnable DSR models, ground-truth systems, data loading and DSR measures.
 
 Public names are imported lazily from their modules (``models.ShPLRNN`` imports
-``models.shplrnn`` on first use).
+``models.shplrnn`` on first use):
+
+* models: :class:`ShPLRNN`, :class:`ClippedShPLRNN`, :class:`ALRNN`, :class:`PLRNN` (latent
+  RNNs), :class:`LinearSSM`, :class:`SelectiveSSM`; their bases :class:`Model`,
+  :class:`LatentRNN`; :func:`load`, :func:`load_with_metadata`;
+* ground truth: :data:`SYSTEMS`, :class:`System`, :func:`generate`;
+* data: :func:`load_data`, :func:`standardize`, :func:`destandardize`;
+* DSR measures: :func:`evaluate`, :func:`state_space_divergence`,
+  :func:`power_spectrum_distance`, :func:`prediction_error`, :func:`max_lyapunov`,
+  :func:`lyapunov_spectrum`.
 """
 
 from parscan._lazy import lazy_exports

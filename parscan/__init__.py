@@ -4,7 +4,8 @@ Public API (imported lazily, so ``import parscan`` stays cheap):
 
 * :func:`linear_scan`, :func:`combine`, :func:`available_backends` -- the scan primitive.
 * :func:`deer_solve`, :func:`sequential_solve`, :class:`DeerResult`, :class:`DeerStatus`,
-  :class:`DeerConvergenceError`, :func:`gtf_alpha` -- the (GTF-)DEER solver
+  :class:`DeerConvergenceError`, :func:`gtf_alpha`, :class:`GTFGuaranteeWarning` -- the
+  (GTF-)DEER solver
   (Lim et al., ICLR 2024; Hess, Goetz & Durstewitz, arXiv:2605.12683).
 """
 
