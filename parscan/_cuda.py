@@ -52,6 +52,8 @@ import numba
 import numpy as np
 from numba import cuda
 
+from parscan._scan_sequential import not_finite
+
 #: Largest dense state dimension of the CUDA backend.
 DMAX = 16
 #: Shared memory for the dense block's pairs, bytes (static shared memory is limited to 48 KiB).
@@ -150,6 +152,20 @@ def _pair_apply(x, xo, h, ho, D, z, zo):
         z[zo + i] = acc
 
 
+_not_finite = cuda.jit(device=True)(not_finite.py_func)
+
+
+@cuda.jit(device=True)
+def _dense_step(a, b, g, t, transpose, D, h, z):
+    """``z = a[g, t] h + b[g, t]`` (``a[g, t]`` transposed with ``transpose``), sums in the
+    order of :func:`parscan._scan_sequential.dense_one`; ``z`` must not alias ``h``."""
+    for i in range(D):
+        acc = b[g, t, i]
+        for m in range(D):
+            acc += (a[g, t, m, i] if transpose else a[g, t, i, m]) * h[m]
+        z[i] = acc
+
+
 @cuda.jit(device=True)
 def _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, hi, cur, nxt):
     """When ``x[xo : xo+D]`` is not finite, ``z[zo : zo+D]`` becomes the state after the steps
@@ -163,18 +179,13 @@ def _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, hi, cur, nxt):
     """
     finite = True
     for i in range(D):
-        finite = finite and abs(x[xo + i].real) < math.inf and abs(x[xo + i].imag) < math.inf
+        finite = finite and not _not_finite(x[xo + i])
     if finite:
         return
     for i in range(D):
         cur[i] = x[xo + i]
     for s in range(lo, min(hi, T)):
-        t = T - 1 - s if reverse else s
-        for i in range(D):
-            acc = b[g, t, i]
-            for m in range(D):
-                acc += (a[g, t, m, i] if transpose else a[g, t, i, m]) * cur[m]
-            nxt[i] = acc
+        _dense_step(a, b, g, T - 1 - s if reverse else s, transpose, D, cur, nxt)
         for i in range(D):
             cur[i] = nxt[i]
     for i in range(D):
@@ -213,7 +224,7 @@ def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
     ``h``: ``0 * inf`` is NaN where the sequential loop keeps ``±inf`` through tiny steps. The
     steps are then walked from ``h`` (:func:`_walk`), which gives what the loop gives.
     """
-    if pa == 0 and not (abs(h.real) < math.inf and abs(h.imag) < math.inf):
+    if pa == 0 and _not_finite(h):
         return _walk(a, b, bi, d, T, reverse, lo, hi, h)
     return pa * h + pb
 
@@ -516,11 +527,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 s = s0 + k
                 if s < T:
                     t = T - 1 - s if reverse else s
-                    for i in range(D):
-                        x = b[g, t, i]
-                        for m in range(D):
-                            x += (a[g, t, m, i] if transpose else a[g, t, i, m]) * h[m]
-                        hn[i] = x
+                    _dense_step(a, b, g, t, transpose, D, h, hn)
                     for i in range(D):
                         h[i] = hn[i]
                         out[g, t, i] = hn[i]
