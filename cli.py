@@ -265,6 +265,12 @@ def saved_settings(run: Path, what: str) -> dict:
 
 def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     """Built-in defaults < the resumed run's ``args.json`` < the config file < the flags."""
+    return _resolve(flags, config_path)[0]
+
+
+def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, str]]:
+    """:func:`resolve_settings`, and where the array keys that the flags did not give come
+    from (``{"data_key": "data-key in --config FILE"}``), for the messages about them."""
     given = {key: value for key, value in flags.items() if value is not None}
     merged = _read_config(config_path) if config_path else {}
     # where array keys that the flags did not give come from, for the messages about them
@@ -295,7 +301,7 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
     _check_settings(settings, key_origins)
-    return settings
+    return settings, key_origins
 
 
 def _absolute(path: str) -> str:
@@ -342,9 +348,9 @@ def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None
     return f"{option} names an array in an .npz file; {file_option} {path} is not one, {fix}"
 
 
-def _check_settings(s: Settings, key_origins: dict[str, str] | None = None) -> None:
+def _check_settings(s: Settings, key_origins: dict[str, str]) -> None:
     """Refuse settings that cannot run, all problems in one message; ``key_origins``: where
-    the array keys that the flags did not give come from (see :func:`resolve_settings`)."""
+    the array keys that the flags did not give come from (see :func:`_resolve`)."""
     problems = []
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -353,7 +359,7 @@ def _check_settings(s: Settings, key_origins: dict[str, str] | None = None) -> N
             f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
         )
     for name in KEY_SETTINGS:
-        key_problem = _array_key_problem(s, name, (key_origins or {}).get(name))
+        key_problem = _array_key_problem(s, name, key_origins.get(name))
         if key_problem:
             problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
@@ -423,9 +429,10 @@ class Dataset:
     source: str
 
 
-def _load(path: str, what: str, key: str | None = None) -> np.ndarray:
+def _load(path: str, what: str, key: str | None = None, origin: str | None = None) -> np.ndarray:
     """``load_data`` for option ``what`` (``--data`` or ``--test-data``), reading the array
-    ``key`` (option ``what``-key) of an .npz."""
+    ``key`` of an .npz, given by option ``what``-key (``origin`` None) or a config file
+    (``origin`` says where, as :func:`_resolve` does)."""
     from models.data import ArrayChoiceError, load_data
 
     try:
@@ -433,7 +440,12 @@ def _load(path: str, what: str, key: str | None = None) -> np.ndarray:
     except ArrayChoiceError as exc:
         n = len(exc.names)
         arrays = f"{n} array{'s' * (n != 1)} ({', '.join(exc.names)})"
-        if key is not None:
+        if origin is not None:
+            message = (
+                f"{what}-key {key} ({origin}): {path} has no such array; it holds {arrays}. "
+                f"Change it in that file or override it with {what}-key KEY."
+            )
+        elif key is not None:
             message = f"{what}-key {key}: {path} has no such array; it holds {arrays}."
         else:
             message = f"{what}: {path} holds {arrays}; choose one with {what}-key KEY."
@@ -469,10 +481,12 @@ def _check_test(test: np.ndarray, what: str) -> None:
         raise UserError(str(exc)) from None
 
 
-def prepare_data(s: Settings) -> Dataset:
-    """Load or generate the data; split off validation (and test, without ``--test-data``)."""
+def prepare_data(s: Settings, key_origins: dict[str, str] | None = None) -> Dataset:
+    """Load or generate the data; split off validation (and test, without ``--test-data``).
+    ``key_origins``: where array keys that no flag gave were set (see :func:`_resolve`)."""
+    origins = key_origins or {}
     if s.data is not None:
-        x = _load(s.data, "--data", s.data_key)
+        x = _load(s.data, "--data", s.data_key, origins.get("data_key"))
         source = f"file {s.data}" + ("" if s.data_key is None else f", array {s.data_key}")
         if s.test_data is None:
             test_what = "the test data held out from --data (test_fraction in --config)"
@@ -489,7 +503,7 @@ def prepare_data(s: Settings) -> Dataset:
         source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
         test_what = f"the generated test data (--n-steps {s.n_steps})"
     if s.test_data is not None:
-        test = _load(s.test_data, "--test-data", s.test_data_key)
+        test = _load(s.test_data, "--test-data", s.test_data_key, origins.get("test_data_key"))
         test_what = "--test-data"
         if test.shape[1] != x.shape[1]:
             raise UserError(
@@ -722,8 +736,9 @@ class Progress:
         self.stream.flush()
 
     def show_warning(self, message, category, filename, lineno, file=None, line=None):
-        """``warnings.showwarning`` during training: one line per warning category."""
-        if self.quiet or category in self._warned:
+        """``warnings.showwarning`` during training: one line per warning category (also
+        with ``--quiet``: a warning is about the result, as the evaluation's are)."""
+        if category in self._warned:
             return
         self._warned.add(category)
         self._line(f"parscan-train: warning: {message} (shown once)")
@@ -814,7 +829,7 @@ def _choice(*options):
 @click.option("--out", type=str, help="Results folder (default runs/<data>-<model>-<time>).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out.")
 @click.option("--config", "config_path", type=str, help="TOML/JSON file with these settings.")
-@click.option("--quiet", "-q", is_flag=True, default=None, help="Print only the summary.")
+@click.option("--quiet", "-q", is_flag=True, default=None, help="Only warnings and the summary.")
 @click.option("--verbose", "-v", is_flag=True, default=None, help="Log every epoch.")
 @click.version_option(parscan.__version__, "--version", prog_name="parscan-train")
 @click.pass_context
@@ -838,15 +853,15 @@ def main(ctx, config_path, **flags):
                 f"(parscan-train {ctx.invoked_subcommand} --help)."
             )
         return
-    settings = resolve_settings(flags, config_path)
-    train(settings)
+    train(*_resolve(flags, config_path))
 
 
-def train(s: Settings) -> None:
+def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
     """Run one training job end to end (the default command).
 
     Everything that can be refused (settings, data, a checkpoint that ``--resume`` cannot
-    continue) is checked before the run folder is touched.
+    continue) is checked before the run folder is touched. ``key_origins``: see
+    :func:`prepare_data`.
     """
     import models
     from autodiff import check_fit, fit
@@ -855,7 +870,7 @@ def train(s: Settings) -> None:
     started = time.perf_counter()
     if s.threads is not None:
         set_threads(s.threads)
-    data = prepare_data(s)
+    data = prepare_data(s, key_origins)
     model = build_model(s, data.train.shape[1])
     config = train_config(s, data.train.shape[1])
     out = out_dir(s)

@@ -175,6 +175,7 @@ def _bad_files(tmp_path):
     np.savez(tmp_path / "several.npz", train=nan[11:], test=nan[11:])
     np.savez(tmp_path / "empty.npz")
     (tmp_path / "key.toml").write_text('data-key = "train"\n')
+    (tmp_path / "val.toml").write_text('data-key = "val"\n')
     (tmp_path / "settings.yaml").write_text("epochs: 2\n")
     (tmp_path / "bad.cfg").write_text("epochs: 2\n")
 
@@ -226,6 +227,12 @@ def _bad_files(tmp_path):
             "file; --data {tmp}/short.npy is not one, remove it from that file.",
         ),
         (["--config", "{tmp}/key.toml"], "; add --data or remove it from that file."),
+        (
+            ["--config", "{tmp}/val.toml", "--data", "{tmp}/several.npz"],
+            "--data-key val (data-key in --config {tmp}/val.toml): {tmp}/several.npz has no "
+            "such array; it holds 2 arrays (train, test). Change it in that file or override "
+            "it with --data-key KEY.",
+        ),
         (["--data", "{tmp}/empty.npz"], "empty.npz: it holds no arrays; save the trajectory"),
         (
             ["--data", "{tmp}/short.npy", "--test-data", "{tmp}/several.npz"],
@@ -434,11 +441,12 @@ def test_diverged_message_names_the_checkpoint_state_and_new_settings():
     assert "--alpha-method" not in text and "--dtype" not in text
 
 
-def test_warnings_during_training_are_one_line_once_per_kind():
+@pytest.mark.parametrize("quiet", [False, True])
+def test_warnings_during_training_are_one_line_once_per_kind(quiet):
     from parscan import GTFGuaranteeWarning
 
     stream = io.StringIO()
-    progress = cli.Progress(2, quiet=False, verbose=False, stream=stream)
+    progress = cli.Progress(2, quiet=quiet, verbose=False, stream=stream)
     for n in (3, 4):
         progress.show_warning(f"partial forcing (n_forced={n})", GTFGuaranteeWarning, "f.py", 1)
     progress.show_warning("other", RuntimeWarning, "f.py", 2)
