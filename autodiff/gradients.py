@@ -44,9 +44,11 @@ from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
 from parscan.deer import (
     BACKENDS,
-    DeerConvergenceError,
+    Caller,
     DeerStatus,
     device_resident,
+    either,
+    gtf_remedies,
     newton_run,
 )
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
@@ -54,6 +56,20 @@ from parscan.scan import available_backends, linear_scan
 
 METHODS = ("deer", "sequential")
 JACOBIANS = ("full", "diag")
+
+#: :func:`gtf_loss_and_grad` as the caller of :func:`parscan.deer.newton_run`: its errors
+#: start with its name and the remedies speak its API.
+_CALLER = Caller(
+    name="gtf_loss_and_grad",
+    forcing="data[:, 1:]",
+    sequential="method='sequential'",
+    sequential_free="method='sequential'",
+    forced_limit="N",
+    throw_false=(
+        "Pass throw=False to get (nan, None, info) back instead, info.status and info.message "
+        "saying why."
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +89,12 @@ class GradInfo:
     newton_iters : ndarray of shape (B,), int
         Newton iterations per sequence (zeros for the sequential method).
     message : str
-        What happened and the remedy: ``status.value``, except for a NaN/inf loss or gradient
-        from finite inputs (data and model parameters), where it says that the forward or the
-        adjoint overflowed and how to avoid that (``status.value`` blames the inputs).
+        What happened and the remedies: for a DEER forward that failed, the text of the
+        :class:`parscan.DeerConvergenceError` that ``throw=True`` raises (counts, iterations,
+        last update and the remedies that fit the run) without its ``gtf_loss_and_grad:``
+        prefix and its ``throw=False`` sentence; for a NaN/inf loss or gradient from finite
+        inputs (data and model parameters), that the forward or the adjoint overflowed and
+        how to avoid that (``status.value`` would blame the inputs); else ``status.value``.
     """
 
     method: str
@@ -238,7 +257,8 @@ def gtf_loss_and_grad(
         the adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
     throw : bool
         If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
-        (True) or return ``(nan, None, info)`` with ``info.status`` saying why (False). A
+        (True) or return ``(nan, None, info)`` with ``info.status`` and ``info.message`` (the
+        error's text: counts, iterations and remedies) saying why (False). A
         gradient of an unconverged (wrong) trajectory is never returned. A loss or gradient
         that is not finite although the forward ran (the sequential forward overflowed, or
         the adjoint of a converged DEER forward did: ``|dF/dz| > 1`` along an unforced
@@ -268,14 +288,15 @@ def gtf_loss_and_grad(
         Wrong model kind, dtype, shapes, alpha, method, jacobian, backend, ``throw``, ``tol``
         or ``max_iter``; non-finite data.
     parscan.DeerConvergenceError
-        The DEER forward did not converge and ``throw=True`` (its message gives the remedy;
-        never raised by ``method="sequential"``). Every message starts with
-        ``gtf_loss_and_grad:``.
+        The DEER forward did not converge and ``throw=True`` (its message gives the remedies
+        that fit the run, in this function's terms; never raised by ``method="sequential"``).
+        Every message starts with ``gtf_loss_and_grad:``.
     """
     data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian, backend)
     x0 = data[:, 0]
     forcing = data[:, 1:]
-    if isinstance(alpha, str):
+    auto = isinstance(alpha, str)
+    if auto:
         alpha = estimate_alpha(
             model, forcing, None, "sup", DEFAULT_MARGIN, n_forced, False, "gtf_loss_and_grad", 3
         )
@@ -285,19 +306,17 @@ def gtf_loss_and_grad(
         iters = np.zeros(data.shape[0], dtype=np.int64)
         status = DeerStatus.CONVERGED
     else:
-        try:
-            run = newton_run(
-                model, z0, None, forcing, alpha, n_forced, jacobian, tol, max_iter, None,
-                backend, throw,
-            )  # fmt: skip
-            if run.status != DeerStatus.CONVERGED:
-                run.result(throw)  # raises DeerConvergenceError (with the remedy) when throw
-        except (TypeError, ValueError, DeerConvergenceError) as exc:
-            raise _renamed(exc) from None
+        run = newton_run(
+            model, z0, None, forcing, alpha, n_forced, jacobian, tol, max_iter, None, backend,
+            throw, caller=_CALLER, estimated_alpha=auto,
+        )  # fmt: skip
         iters = run.n_iter.copy()
         status = run.status
         if status != DeerStatus.CONVERGED:
-            return float("nan"), None, GradInfo(method, alpha, status, iters, status.value)
+            if throw:
+                run.result(throw)  # raises DeerConvergenceError, remedies included
+            info = GradInfo(method, alpha, status, iters, run.failure_message())
+            return float("nan"), None, info
         B = data.shape[0]
         keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
         keep = keep.astype(model.dtype)
@@ -314,34 +333,29 @@ def gtf_loss_and_grad(
         # The sequential forward, or the adjoint of a converged DEER forward, overflowed: no
         # solver failure to raise with a DeerResult, so reported, never raised.
         status = DeerStatus.NON_FINITE
-        message = _non_finite_message(model, loss)
+        message = _non_finite_message(model, loss, alpha, n_forced, auto)
         return float("nan"), None, GradInfo(method, alpha, status, iters, message)
     return loss, grad, GradInfo(method, alpha, status, iters, status.value)
 
 
-def _renamed(exc):
-    """``exc`` (an argument error or :class:`parscan.DeerConvergenceError` of
-    :func:`parscan.deer.newton_run`) as raised by :func:`gtf_loss_and_grad`: the same type
-    and text, with its ``deer_solve:`` prefix replaced by ``gtf_loss_and_grad:``."""
-    message = "gtf_loss_and_grad: " + str(exc).removeprefix("deer_solve: ")
-    if isinstance(exc, DeerConvergenceError):
-        return DeerConvergenceError(message, exc.result)
-    return type(exc)(message)
-
-
-def _non_finite_message(model, loss):
+def _non_finite_message(model, loss, alpha, n_forced, auto):
     """:attr:`GradInfo.message` for a NaN/inf ``loss`` or gradient: ``DeerStatus.NON_FINITE``
     (NaN/inf in the inputs) when the model parameters are (the data was checked finite), else
-    which pass overflowed from finite inputs, and the remedies."""
+    which pass overflowed from finite inputs, and the remedies: the GTF levers left
+    (:func:`parscan.deer.gtf_remedies`: a larger ``alpha``, the one used, only where it is
+    below 1; ``auto``: it was ``"auto"``'s estimate), a smaller initialisation or learning
+    rate, float64 for a float32 model."""
     if not np.all(np.isfinite(model.params)):
         return DeerStatus.NON_FINITE.value
     where = "adjoint (the gradient)" if np.isfinite(loss) else "forward (the states)"
-    dtype = ", or train in float64" if model.dtype == np.float32 else ""
+    steps = gtf_remedies(_CALLER, alpha, n_forced, model.n_obs, model.M, auto)
+    steps.append("use a smaller initialisation or a lower learning rate")
+    if model.dtype == np.float32:
+        steps.append("train in float64")
     return (
         f"non_finite: the {where} overflowed to NaN/inf from finite inputs (the data and the "
         "model parameters are finite): the model's dynamics grow too fast along the directions "
-        "the forcing does not hold. Use a larger GTF alpha (or alpha='auto'), a smaller "
-        f"initialisation or a lower learning rate{dtype}."
+        f"the forcing does not hold. To avoid it: {either(steps)}."
     )
 
 

@@ -343,6 +343,13 @@ class StepInfo:
     accepted : bool
         False when the step was rejected (parameters unchanged); ``reason`` says why.
     reason : str
+        Empty for an accepted step, else why it was rejected, in one paragraph:
+        ``"alpha estimation failed: ..."``, ``"optimiser step refused: ..."``,
+        ``"non-finite loss or gradient"``, or, for a forward or adjoint that failed,
+        ``"GTF-DEER failed: "`` (``"sequential BPTT failed: "``) followed by
+        :attr:`autodiff.gradients.GradInfo.message` (what failed, the counts and Newton
+        iterations, and the remedies, named as the arguments of
+        :func:`autodiff.gradients.gtf_loss_and_grad`).
     bad_steps : int
         Consecutive rejected steps so far.
     step_time : float

@@ -69,7 +69,8 @@ class DeerStatus(enum.Enum):
     """Outcome of :func:`deer_solve`; each value is the user-facing message, remedy included.
 
     The remedies here cover every run; the :class:`DeerConvergenceError` message of
-    :func:`deer_solve` gives only those that fit the run (its jacobian, forcing and dtype).
+    :func:`deer_solve` gives only those that fit the run (its jacobian, forcing, alpha and
+    dtype).
     The batch status is the worst over the sequences, in the order CONVERGED < MAX_ITER <
     DIVERGING < NON_FINITE.
     """
@@ -155,6 +156,48 @@ class DeerConvergenceError(RuntimeError):
     def __init__(self, message: str, result: DeerResult):
         super().__init__(message)
         self.result = result
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The public function that runs :func:`newton_run`, in the words of its messages.
+
+    The argument errors and the :class:`DeerConvergenceError` of the run start with ``name``,
+    and the remedies (:func:`gtf_remedies`) name its API, not :func:`deer_solve`'s.
+
+    Attributes
+    ----------
+    name : str
+        The function; every message starts with ``name + ": "``.
+    forcing : str
+        Its forcing as an expression, for the suggested :func:`parscan.gtf_alpha` call.
+    sequential, sequential_free : str
+        Its sequential alternative to DEER for a forced run and for a free run.
+    forced_limit : {"M", "N"}
+        What bounds the forced latents for its user: the latents (``"M"``: more forcing
+        columns can be passed) or the forcing columns (``"N"``: fixed by the model).
+    throw_false : str
+        The sentence that ends the :class:`DeerConvergenceError` message: what ``throw=False``
+        does instead.
+    """
+
+    name: str
+    forcing: str
+    sequential: str
+    sequential_free: str
+    forced_limit: str
+    throw_false: str
+
+
+#: :func:`deer_solve` as the caller of :func:`newton_run`.
+DEER_SOLVE = Caller(
+    name="deer_solve",
+    forcing="forcing",
+    sequential="sequential_solve",
+    sequential_free="sequential_solve or model.simulate",
+    forced_limit="M",
+    throw_false="Pass throw=False to inspect the result.",
+)
 
 
 @dataclass(frozen=True)
@@ -580,77 +623,74 @@ def _predictions(model, z0, states):
     return model.step(zprev)
 
 
-def _failure_message(run: "NewtonRun", result: DeerResult) -> str:
-    """The :class:`DeerConvergenceError` message: the worst status, the counts, the iterations
-    and the last update, then the remedies that fit this run (:func:`_remedies`)."""
-    codes, history = run.codes, run.history
-    failed = [c for c in (_NON_FINITE, _DIVERGING, _MAX_ITER) if np.any(codes == c)]
-    counts = ", ".join(f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}" for c in failed[::-1])
-    last = f"{history[-1]:.3g}" if history.size else "n/a"
-    worst = failed[0]
-    head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(worst, result.status.value)
-    fixes = [c for c in failed if c != _NON_FINITE]  # its remedy (fix the inputs) is in head
-    lead = {_MAX_ITER: "To converge", _DIVERGING: "More iterations do not help a diverging run"}
-    if len(failed) > 1:
-        lead = {
-            _MAX_ITER: "For the max_iter sequences",
-            _DIVERGING: "For the diverging sequences (more iterations do not help)",
-        }
-    fixes = [f"{lead[c]}: {_remedies(run, c)}." for c in fixes]
-    return (
-        f"deer_solve: {head} Failed: {counts} of {codes.size} sequence(s), "
-        f"after {int(result.n_iter.max())} iteration(s) (max_iter={run.max_iter}, "
-        f"jacobian={run.jacobian!r}, alpha={_describe_alpha(result.alpha)}); last max update "
-        f"{last} (tolerance atol={result.atol:g} + rtol={result.rtol:g} |z|). "
-        + "".join(f + " " for f in fixes)
-        + "Pass throw=False to inspect the result."
-    )
-
-
 def _remedies(run: "NewtonRun", code: int) -> str:
-    """What helps sequences that ended ``code`` (``_MAX_ITER`` or ``_DIVERGING``) in this run,
-    as a clause (``"a; b; or c"``):
-    more iterations only for max_iter, ``jacobian="full"`` only after ``"diag"``, alpha only
-    when latents are forced (``n_forced >= 1``; more of them when ``n_forced < M``), float64
-    only for a float32 model."""
-    p, M = run.p, run.model.M
-    if p.n_forced > 0:
-        forcing = [
-            "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
-            "parscan.gtf_alpha(model, forcing, margin=0.1))"
-            if run.auto_alpha
-            else f"raise alpha ({_AUTO_ALPHA})"
-        ]
-        if p.n_forced < M:
-            forcing.append(
-                f"force more latents (n_forced={p.n_forced} < M={M}: alpha damps only the "
-                "forced ones)"
-            )
-    else:
+    """What helps the sequences that ended ``code`` (``_MAX_ITER`` or ``_DIVERGING``) in this
+    run, in the words of ``run.caller``, as a clause (``"a; b; or c"``, never empty): more
+    iterations only for max_iter, ``jacobian="full"`` only after ``"diag"``, the GTF levers
+    left (:func:`gtf_remedies`: a larger alpha only where these sequences ran below 1), the
+    sequential solve for a free run or once their alpha is 1, float64 only for a float32
+    model."""
+    p, caller = run.p, run.caller
+    alpha = p.alpha[run.codes == code]
+    steps = gtf_remedies(
+        caller, alpha, p.n_forced, p.forcing.shape[-1], run.model.M, run.auto_alpha
+    )
+    if p.n_forced == 0:
         if code == _MAX_ITER:
             free = "plain DEER needs about T iterations on a chaotic free run"
         else:
             free = "plain DEER diverges on chaotic or unstable free runs"
-        forcing = [
-            f"use sequential_solve or model.simulate ({free})",
-            "force some latents (n_forced >= 1) with alpha='auto' (GTF-DEER)"
-            if p.forcing.shape[-1] > 0
-            else "force the run with data (forcing=data, alpha='auto': GTF-DEER)",
-        ]
+        steps.insert(0, f"use {caller.sequential_free} ({free})")
+    elif not np.any(alpha < 1):
+        steps.append(f"use {caller.sequential} (alpha is already 1, its maximum)")
     if code == _MAX_ITER:
-        steps = [
+        more = [
             f"allow more iterations (max_iter={run.max_iter} < T={p.T}; T iterations always "
             "suffice)"
         ]
         if run.jacobian == "diag":
-            steps.append("switch to jacobian='full' (quadratic convergence, fewer iterations)")
-        return _either(steps + forcing)
+            more.append("switch to jacobian='full' (quadratic convergence, fewer iterations)")
+        return either(more + steps)
     if run.model.dtype == np.float32:
-        forcing.append("run in float64 (model.astype(np.float64), float64 inputs)")
-    return _either(forcing)
+        steps.append("run in float64 (model.astype(np.float64), float64 inputs)")
+    return either(steps)
 
 
-def _either(steps: list) -> str:
+def gtf_remedies(caller: Caller, alpha, n_forced: int, N: int, M: int, estimated: bool) -> list:
+    """The generalized-teacher-forcing levers left to sequences run with ``alpha`` (a float or
+    an array: theirs), in the words of ``caller``, as clauses for :func:`either`.
+
+    With forced latents (``n_forced >= 1``): raise alpha where some is below 1 (with
+    ``estimated``, alpha was ``"auto"``'s estimate: a :func:`parscan.gtf_alpha` call with a
+    larger margin, ``n_forced`` included when below ``M``), and force more latents where
+    ``n_forced`` is below ``caller.forced_limit``. Without (``n_forced == 0``): force some,
+    with the ``N`` forcing columns there are, or with data (``N == 0``). May be empty (alpha
+    1 with every latent the caller can force forced).
+    """
+    if n_forced == 0:
+        if N > 0:
+            return ["force some latents (n_forced >= 1) with alpha='auto'"]
+        return ["force the run with data (forcing=data, alpha='auto': GTF-DEER)"]
+    steps = []
+    if np.any(np.asarray(alpha) < 1):
+        if estimated:
+            partial = f", n_forced={n_forced}" if n_forced < M else ""
+            steps.append(
+                "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
+                f"parscan.gtf_alpha(model, {caller.forcing}, margin=0.1{partial}))"
+            )
+        else:
+            steps.append(f"raise alpha ({_AUTO_ALPHA})")
+    limit = M if caller.forced_limit == "M" else N
+    if n_forced < limit:
+        steps.append(
+            f"force more latents (n_forced={n_forced} < {caller.forced_limit}={limit}: alpha "
+            "damps only the forced ones)"
+        )
+    return steps
+
+
+def either(steps: list) -> str:
     """``"a"``, ``"a, or b"``, ``"a; b; or c"``."""
     if len(steps) <= 2:
         return ", or ".join(steps)
@@ -767,8 +807,9 @@ def deer_solve(
     about ``T`` iterations; ``alpha="auto"`` keeps the count small and flat in ``T``.
     """
     run = newton_run(
-        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw, 3
-    )
+        model, z0, T, forcing, alpha, n_forced, jacobian, tol, max_iter, init, backend, throw, 3,
+        caller=DEER_SOLVE,
+    )  # fmt: skip
     return run.result(throw)
 
 
@@ -798,8 +839,11 @@ class NewtonRun:
         The alpha as :class:`DeerResult` reports it.
     rtol, atol, max_iter, jacobian
         The solver settings used.
+    caller : Caller
+        Who ran it: the name and the API its failure messages use.
     auto_alpha : bool
-        Whether alpha was estimated (``alpha="auto"``).
+        Whether alpha was estimated (``alpha="auto"``, by :func:`newton_run` or by the
+        caller before it).
     """
 
     model: object
@@ -814,7 +858,8 @@ class NewtonRun:
     atol: float
     max_iter: int
     jacobian: str
-    auto_alpha: bool = False
+    caller: Caller
+    auto_alpha: bool
 
     @property
     def status(self) -> DeerStatus:
@@ -850,8 +895,44 @@ class NewtonRun:
             atol=self.atol,
         )
         if throw and not result.ok:
-            raise DeerConvergenceError(_failure_message(self, result), result)
+            message = f"{self.caller.name}: {self.failure_message()} {self.caller.throw_false}"
+            raise DeerConvergenceError(message, result)
         return result
+
+    def failure_message(self) -> str:
+        """Why some sequence failed and what helps, in the words of ``caller``: the worst
+        status, the counts, the iterations and the last update, then the remedies that fit
+        the failed sequences (:func:`_remedies`). The :class:`DeerConvergenceError` message
+        is this text between the caller's name and its ``throw_false`` sentence. Only for a
+        run that failed (``status`` is not ``CONVERGED``)."""
+        codes, history = self.codes, self.history
+        failed = [c for c in (_NON_FINITE, _DIVERGING, _MAX_ITER) if np.any(codes == c)]
+        counts = ", ".join(
+            f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}" for c in failed[::-1]
+        )
+        last = f"{history[-1]:.3g}" if history.size else "n/a"
+        worst = failed[0]
+        head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(
+            worst, self.status.value
+        )
+        fixes = [c for c in failed if c != _NON_FINITE]  # its remedy (fix the inputs) is in head
+        lead = {
+            _MAX_ITER: "To converge",
+            _DIVERGING: "More iterations do not help a diverging run",
+        }
+        if len(failed) > 1:
+            lead = {
+                _MAX_ITER: "For the max_iter sequences",
+                _DIVERGING: "For the diverging sequences (more iterations do not help)",
+            }
+        fixes = [f" {lead[c]}: {_remedies(self, c)}." for c in fixes]
+        return (
+            f"{head} Failed: {counts} of {codes.size} sequence(s), after "
+            f"{int(self.n_iter.max())} iteration(s) (max_iter={self.max_iter}, "
+            f"jacobian={self.jacobian!r}, alpha={_describe_alpha(self.alpha_report)}); last max "
+            f"update {last} (tolerance atol={self.atol:g} + rtol={self.rtol:g} |z|)."
+            + "".join(fixes)
+        )
 
 
 def newton_run(
@@ -868,15 +949,21 @@ def newton_run(
     backend,
     throw,
     stacklevel=2,
+    *,
+    caller,
+    estimated_alpha=False,
 ) -> NewtonRun:
     """Validate the arguments of :func:`deer_solve` (same meaning, all positional; ``throw``
     is only checked here, :meth:`NewtonRun.result` applies it) and run the Newton iterations;
     see :class:`NewtonRun`. ``stacklevel`` places the :class:`~parscan.gtf.GTFGuaranteeWarning`
     of ``alpha="auto"`` as :func:`warnings.warn` called here would (2: the caller;
-    :func:`deer_solve` passes 3, its own caller)."""
+    :func:`deer_solve` passes 3, its own caller). ``caller`` (a :class:`Caller`, e.g.
+    :data:`DEER_SOLVE`) names the function in the argument errors and words the failure
+    messages; ``estimated_alpha``: the numeric ``alpha`` is the caller's own estimate for an
+    ``alpha="auto"`` it was given (its messages then do not suggest ``alpha='auto'``)."""
     errors = _check_options(jacobian, tol, max_iter, throw, backend, getattr(model, "M", None))
     p = _validate(
-        "deer_solve", model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
+        caller.name, model, z0, T, forcing, alpha, n_forced, init, allow_auto=True, errors=errors
     )
     rtol, atol = _tolerances(tol, model.dtype)
     if max_iter is None:
@@ -894,7 +981,7 @@ def newton_run(
         with _threads_for(B * T):
             alpha_report = p.alpha_report
             if auto:
-                alpha_report = _auto_alpha(model, p, guess, stacklevel + 1)
+                alpha_report = _auto_alpha(model, p, guess, caller.name, stacklevel + 1)
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
             n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
@@ -911,20 +998,22 @@ def newton_run(
         atol,
         max_iter,
         jacobian,
-        auto_alpha=auto,
+        caller,
+        auto or estimated_alpha,
     )
 
 
-def _auto_alpha(model, p: _Problem, guess, stacklevel) -> float:
+def _auto_alpha(model, p: _Problem, guess, where, stacklevel) -> float:
     """``alpha="auto"``: :func:`parscan.gtf_alpha` (``"sup"``) over the forced data
     ``forcing[..., :n_forced]`` and the initial ``guess`` of the sequences whose inputs are
     finite (the others end ``non_finite``, as with a numeric alpha; with none left, the
-    margin). ``stacklevel`` as for :func:`warnings.warn` called here."""
+    margin). Errors and the warning start with ``where``; ``stacklevel`` as for
+    :func:`warnings.warn` called here."""
     B = p.z0.shape[0]
     ok = ~_bad_inputs(model, p, np.arange(B), np.ones(B, dtype=bool))
     forced = p.forcing[ok, :, : p.n_forced]
     return estimate_alpha(
-        model, forced, guess[ok], "sup", DEFAULT_MARGIN, p.n_forced, False, "deer_solve",
+        model, forced, guess[ok], "sup", DEFAULT_MARGIN, p.n_forced, False, where,
         stacklevel + 1,
     )  # fmt: skip
 

@@ -480,7 +480,11 @@ def test_failure_message_offers_the_remedies_that_fit_the_run():
     with pytest.warns(GTFGuaranteeWarning):  # partial forcing
         message = _failure(lorenz, z0, forcing=data[:, :1], alpha="auto", max_iter=2)
     assert "alpha='auto' gave its estimate; pass a larger one" in message
+    assert "parscan.gtf_alpha(model, forcing, margin=0.1, n_forced=1))" in message
     assert "force more latents (n_forced=1 < M=3" in message
+    # full forcing: gtf_alpha's default n_forced is the one used
+    message = _failure(lorenz, z0, forcing=data, alpha="auto", max_iter=1)
+    assert "e.g. parscan.gtf_alpha(model, forcing, margin=0.1))" in message
     # a free max_iter run: the sequential solve, or forcing, instead of alpha
     model = make_model("ShPLRNN")
     message = _failure(model, np.full(4, 0.3), 30, max_iter=1)
@@ -502,6 +506,39 @@ def test_failure_message_offers_the_remedies_that_fit_the_run():
     assert "For the diverging sequences (more iterations do not help): raise alpha" in message
     assert "force more latents (n_forced=1 < M=2" in message
     assert "float64" not in message and "allow more iterations" not in message
+
+
+def test_failure_message_never_offers_to_raise_an_alpha_of_1():
+    """A failing sequence forced with alpha = 1 gets the levers left (more iterations, more
+    forced latents, the sequential solve), judged on the failing sequences only."""
+    lorenz = EulerLorenz()
+    z0, data = lorenz_data(500, seed=2)
+    message = _failure(lorenz, z0, forcing=data[:, :1], alpha=1.0, max_iter=1)
+    assert message.startswith("deer_solve: max_iter:") and "raise alpha" not in message
+    assert "allow more iterations (max_iter=1 < T=500" in message
+    assert "force more latents (n_forced=1 < M=3" in message
+    assert "use sequential_solve (alpha is already 1, its maximum)" in message
+    # the unforced latent of sequence 0 (alpha 1) overflows; sequence 1 (alpha 0.3) converges
+    forcing = np.random.default_rng(0).standard_normal((2, 1100, 2))
+    z0 = np.array([[1.0, 1.0], [1.0, 0.0]])
+    kw = {"forcing": forcing, "alpha": np.array([1.0, 0.3]), "n_forced": 1}
+    message = _failure(DiagLinear([0.5, 2.0]), z0, **kw)
+    assert message.startswith("deer_solve: diverging:") and "1 diverging of 2" in message
+    assert "raise alpha" not in message and "alpha='auto'" not in message
+    assert (
+        "More iterations do not help a diverging run: force more latents (n_forced=1 < M=2: "
+        "alpha damps only the forced ones), or use sequential_solve (alpha is already 1, its "
+        "maximum). Pass throw=False to inspect the result."
+    ) in message
+    # every latent forced with alpha 1: exact after one iteration, which max_iter=1 cannot
+    # confirm from a zero guess; only the levers that exist are offered
+    z0, data = lorenz_data(20)
+    message = _failure(lorenz, z0, forcing=data, alpha=1.0, max_iter=1, init=np.zeros((20, 3)))
+    assert message.endswith(
+        "To converge: allow more iterations (max_iter=1 < T=20; T iterations always suffice), "
+        "or use sequential_solve (alpha is already 1, its maximum). Pass throw=False to inspect "
+        "the result."
+    )
 
 
 def test_auto_alpha_with_partial_forcing_warns_at_the_call():

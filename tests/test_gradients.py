@@ -5,6 +5,8 @@ generic per-step BPTT kernel, exercised through re-bundled step functions, is co
 per process and family; see autodiff/_bptt_kernels).
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from reference import gtf_bptt_reference
@@ -13,6 +15,7 @@ from autodiff.gradients import GradInfo, gtf_loss_and_grad
 from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
 from models._plrnn_kernels import StepFunctions
 from parscan import DeerConvergenceError, DeerStatus, gtf_alpha
+from parscan.gtf import GTFGuaranteeWarning
 
 B, T, N = 3, 12, 2
 ALPHAS = np.array([0.15, 0.4, 0.0])
@@ -219,7 +222,21 @@ def test_auto_alpha_is_the_sup_estimate(data):
     assert info_s.alpha == info.alpha
 
 
+THROW_FALSE = (
+    " Pass throw=False to get (nan, None, info) back instead, info.status and info.message "
+    "saying why."
+)
+
+
+def _failure(*args, **kwargs) -> str:
+    with pytest.raises(DeerConvergenceError) as info:
+        gtf_loss_and_grad(*args, **kwargs)
+    return str(info.value)
+
+
 def test_unconverged_forward_never_returns_a_gradient(data):
+    """throw=False returns no gradient, and info.message is the error's text (counts,
+    iterations, remedies) without its prefix and its throw=False sentence."""
     model = MODELS["shplrnn"]()
     with pytest.raises(DeerConvergenceError, match=r"^gtf_loss_and_grad: max_iter: ") as err:
         gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1)
@@ -227,7 +244,62 @@ def test_unconverged_forward_never_returns_a_gradient(data):
     loss, grad, info = gtf_loss_and_grad(model, data, alpha=0.0, max_iter=1, throw=False)
     assert grad is None and np.isnan(loss)
     assert not info.converged and info.status is DeerStatus.MAX_ITER
-    assert info.message == DeerStatus.MAX_ITER.value
+    assert str(err.value) == f"gtf_loss_and_grad: {info.message}{THROW_FALSE}"
+    assert info.message.startswith(
+        "max_iter: not converged within max_iter Newton iterations. Failed: 3 max_iter of 3 "
+        "sequence(s), after 1 iteration(s) (max_iter=1, jacobian='full', alpha=0); last max "
+        "update "
+    )
+    assert info.message.endswith(
+        "To converge: allow more iterations (max_iter=1 < T=12; T iterations always suffice), "
+        "or raise alpha (alpha='auto' picks one that makes the forced map a contraction)."
+    )
+    assert "throw=False" not in info.message and "\n" not in info.message
+
+
+def test_failure_messages_speak_the_api_of_gtf_loss_and_grad(data):
+    """The remedies name gtf_loss_and_grad's arguments: method='sequential' (not
+    sequential_solve), the forcing as data[:, 1:], no alpha='auto' once it was passed, no
+    larger alpha than 1, and only the latents the data can force."""
+    model = MODELS["shplrnn"]()  # M = 3 latents, N = 2 observed
+    free = _failure(model, data, alpha=0.3, n_forced=0, max_iter=1)
+    assert free.startswith("gtf_loss_and_grad: max_iter:") and free.endswith(THROW_FALSE)
+    assert "use method='sequential' (plain DEER needs about T iterations" in free
+    assert "force some latents (n_forced >= 1) with alpha='auto'" in free
+    assert "sequential_solve" not in free and "model.simulate" not in free
+    assert "raise alpha" not in free and "inspect the result" not in free
+    with pytest.warns(GTFGuaranteeWarning):  # n_forced=1 < M
+        auto = _failure(model, data, alpha="auto", n_forced=1, max_iter=1)
+    assert (
+        "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
+        "parscan.gtf_alpha(model, data[:, 1:], margin=0.1, n_forced=1))"
+    ) in auto
+    assert "alpha='auto' picks" not in auto
+    assert "force more latents (n_forced=1 < N=2: alpha damps only the forced ones)" in auto
+    full = _failure(model, data, alpha=1.0, max_iter=1)  # every observed latent forced
+    assert "raise alpha" not in full and "force more latents" not in full
+    assert full.endswith(
+        "To converge: allow more iterations (max_iter=1 < T=12; T iterations always suffice), "
+        "or use method='sequential' (alpha is already 1, its maximum)." + THROW_FALSE
+    )
+
+
+def test_diverging_forward_at_alpha_1_gets_the_remedies_left():
+    """An unforced latent that doubles every step overflows the float32 forward whatever
+    alpha is: at alpha 1 only the sequential method and float64 are left to suggest."""
+    model = ALRNN(2, 0, n_obs=1, dtype="float32")
+    p = model.unflatten()
+    p["A"][:] = [0.5, 2.0]
+    p["W"][:] = 0.0
+    p["h"][:] = 0.0
+    p["L0"][:] = 1.0
+    x = np.full((1, 141, 1), 0.3, np.float32)
+    loss, grad, info = gtf_loss_and_grad(model, x, alpha=1.0, throw=False)
+    assert np.isnan(loss) and grad is None and info.status is DeerStatus.DIVERGING
+    assert info.message.startswith("diverging:") and info.message.endswith(
+        "More iterations do not help a diverging run: use method='sequential' (alpha is "
+        "already 1, its maximum), or run in float64 (model.astype(np.float64), float64 inputs)."
+    )
 
 
 @pytest.mark.parametrize("throw", [True, False])
@@ -260,7 +332,8 @@ def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
         "non_finite: the forward (the states) overflowed to NaN/inf from finite inputs (the "
         "data and the model parameters are finite)"
     )
-    assert "larger GTF alpha" in info.message and "lower learning rate" in info.message
+    assert "raise alpha (alpha='auto' picks one" in info.message
+    assert "use a smaller initialisation or a lower learning rate" in info.message
     assert ("float64" in info.message) == (dtype == "float32")
     model.params[0] = np.nan
     _, _, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential")
@@ -268,10 +341,23 @@ def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
     assert info.message == DeerStatus.NON_FINITE.value
 
 
+#: the remedies of an overflowing adjoint, after "To avoid it: ", per alpha passed
+ADJOINT_REMEDIES = {
+    0.0: "raise alpha (alpha='auto' picks one that makes the forced map a contraction); use a "
+    "smaller initialisation or a lower learning rate; or train in float64.",
+    1.0: "use a smaller initialisation or a lower learning rate, or train in float64.",
+    "auto": "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
+    "parscan.gtf_alpha(model, data[:, 1:], margin=0.1, n_forced=1)); use a smaller "
+    "initialisation or a lower learning rate; or train in float64.",
+}
+
+
+@pytest.mark.parametrize("alpha", list(ADJOINT_REMEDIES))
 @pytest.mark.parametrize("method", ["deer", "sequential"])
-def test_overflowing_adjoint_is_reported_not_converged(method):
+def test_overflowing_adjoint_is_reported_not_converged(method, alpha):
     """States that converge while the adjoint grows like 2^T (a latent with dF/dz = 2 that
-    stays at 0) give (nan, None, NON_FINITE), never a CONVERGED NaN gradient."""
+    stays at 0) give (nan, None, NON_FINITE), never a CONVERGED NaN gradient; the message
+    offers a larger alpha only below 1, and no alpha='auto' once it was passed."""
     model = ALRNN(2, 0, n_obs=1, dtype="float32")
     p = model.unflatten()
     p["A"][:] = [0.5, 2.0]
@@ -279,12 +365,13 @@ def test_overflowing_adjoint_is_reported_not_converged(method):
     p["h"][:] = 0.0
     p["L0"][:] = 0.0
     x = np.full((1, 141, 1), 0.3, np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        loss, grad, info = gtf_loss_and_grad(model, x, alpha=0.0, method=method)
+    partial = pytest.warns(GTFGuaranteeWarning) if alpha == "auto" else contextlib.nullcontext()
+    with np.errstate(over="ignore", invalid="ignore"), partial:
+        loss, grad, info = gtf_loss_and_grad(model, x, alpha=alpha, method=method)
     assert np.isnan(loss) and grad is None
     assert info.status is DeerStatus.NON_FINITE and not info.converged
     assert info.message.startswith("non_finite: the adjoint (the gradient) overflowed")
-    assert info.message.endswith("or a lower learning rate, or train in float64.")
+    assert info.message.endswith(" To avoid it: " + ADJOINT_REMEDIES[alpha])
 
 
 def test_errors(data):

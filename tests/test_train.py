@@ -642,6 +642,23 @@ def test_non_finite_sequential_forward_is_a_rejected_step(lorenz):
     assert err.value.checkpoint is None and "no checkpoint had been written yet" in str(err.value)
 
 
+def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
+    """The reason of a step whose Newton forward failed is one paragraph: what failed, the
+    counts and iterations, and the remedies, never the throw=False advice."""
+    x, _ = lorenz
+    cfg = config(alpha_mode="constant", alpha=0.0, newton_max_iter=1, max_bad_steps=1)
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(small_model(), x, cfg)
+    reason = err.value.reason
+    assert reason.startswith(
+        "GTF-DEER failed: max_iter: not converged within max_iter Newton iterations. Failed: "
+        "8 max_iter of 8 sequence(s), after 1 iteration(s)"
+    )
+    assert "allow more iterations (max_iter=1 < T=50" in reason and "raise alpha" in reason
+    assert "throw=False" not in reason and "\n" not in reason
+    assert f"(last: {reason}) at epoch 1, batch 1" in str(err.value)
+
+
 def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
     x, xv = lorenz
     with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
