@@ -865,7 +865,7 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
     """
     import models
     from autodiff import check_fit, fit
-    from autodiff.train import TrainingDivergedError
+    from autodiff.train import TrainingDivergedError, new_run_remedies
 
     started = time.perf_counter()
     if s.threads is not None:
@@ -918,7 +918,7 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
         sys.exit(130)
     except TrainingDivergedError as exc:
         progress.close()
-        click.echo(f"parscan-train: {_diverged_message(s, config, exc)}", err=True)
+        click.echo(f"parscan-train: {_diverged_message(config, exc)}", err=True)
         sys.exit(1)
     progress.close()
     trained = result.model
@@ -957,32 +957,27 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
         click.echo(
             f"parscan-train: the trained model does not reconstruct the system: its free run "
             f"on the test data is {scores['status']} ({scores['message']}). "
-            + _suggestions(s, result.alpha),
+            + _suggestions(new_run_remedies(config, result.alpha, s.model not in SSM_NAMES)),
             err=True,
         )
         sys.exit(1)
 
 
-def _suggestions(s: Settings, alpha: float | None) -> str:
-    """Settings worth trying after a failed run (that ended with GTF ``alpha``), none of them
-    the ones just used."""
+def _suggestions(remedies: dict) -> str:
+    """The settings worth trying after a failed run (:func:`autodiff.train.new_run_remedies`,
+    none of them the ones just used) as flags."""
     tries = []
-    gtf = s.model not in SSM_NAMES
-    if gtf and (alpha is None or alpha < 1.0):  # fully forced already: more alpha is no remedy
-        stronger = {"geomean": "sup", "sup": "param_bound"}.get(s.alpha_method)
-        if s.alpha != "auto":
+    for name, value in remedies.items():
+        if name == "alpha_mode":
             tries.append("--alpha auto")
-        elif stronger:
-            tries.append(f"--alpha-method {stronger} (a larger alpha)")
-    tries.append(f"--lr-start {s.lr_start / 3:.3g}")
-    if gtf and s.jacobian == "diag":
-        tries.append("--jacobian full")
-    if s.dtype == "float32":
-        tries.append("--dtype float64")
+        elif name == "alpha_method":
+            tries.append(f"--alpha-method {value} (a larger alpha)")
+        else:
+            tries.append(f"{_flag(name)} {value}")
     return "Try " + ", ".join(tries) + "."
 
 
-def _diverged_message(s: Settings, config, exc) -> str:
+def _diverged_message(config, exc) -> str:
     """One line for a run that kept producing rejected steps (TrainingDivergedError)."""
     if exc.checkpoint is not None:
         kept = f"The last good checkpoint is {exc.checkpoint}."
@@ -994,7 +989,7 @@ def _diverged_message(s: Settings, config, exc) -> str:
     return (
         f"training failed: {exc.streak} consecutive steps were rejected (last: {exc.reason}) "
         f"in epoch {exc.epoch} with alpha {exc.alpha:.4g} and learning rate {exc.lr:.3g}. "
-        f"{kept} {_suggestions(s, exc.alpha)}"
+        f"{kept} {_suggestions(exc.remedies)}"
     )
 
 

@@ -95,6 +95,9 @@ class GradInfo:
         prefix and its ``throw=False`` sentence; for a NaN/inf loss or gradient from finite
         inputs (data and model parameters), that the forward or the adjoint overflowed and
         how to avoid that (``status.value`` would blame the inputs); else ``status.value``.
+    cause : str
+        ``message`` without the remedies: what failed (for :func:`autodiff.fit`, which
+        words the remedies in its own terms).
     """
 
     method: str
@@ -102,6 +105,7 @@ class GradInfo:
     status: DeerStatus
     newton_iters: np.ndarray
     message: str
+    cause: str
 
     @property
     def converged(self) -> bool:
@@ -315,7 +319,8 @@ def gtf_loss_and_grad(
         if status != DeerStatus.CONVERGED:
             if throw:
                 run.result(throw)  # raises DeerConvergenceError, remedies included
-            info = GradInfo(method, alpha, status, iters, run.failure_message())
+            message, cause = run.failure_message(), run.failure_message(remedies=False)
+            info = GradInfo(method, alpha, status, iters, message, cause)
             return float("nan"), None, info
         B = data.shape[0]
         keep = 1.0 - np.broadcast_to(np.asarray(alpha, dtype=np.float64), (B,))
@@ -333,30 +338,31 @@ def gtf_loss_and_grad(
         # The sequential forward, or the adjoint of a converged DEER forward, overflowed: no
         # solver failure to raise with a DeerResult, so reported, never raised.
         status = DeerStatus.NON_FINITE
-        message = _non_finite_message(model, loss, alpha, n_forced, auto)
-        return float("nan"), None, GradInfo(method, alpha, status, iters, message)
-    return loss, grad, GradInfo(method, alpha, status, iters, status.value)
+        message, cause = _non_finite_message(model, loss, alpha, n_forced, auto)
+        return float("nan"), None, GradInfo(method, alpha, status, iters, message, cause)
+    return loss, grad, GradInfo(method, alpha, status, iters, status.value, status.value)
 
 
-def _non_finite_message(model, loss, alpha, n_forced, auto):
-    """:attr:`GradInfo.message` for a NaN/inf ``loss`` or gradient: ``DeerStatus.NON_FINITE``
-    (NaN/inf in the inputs) when the model parameters are (the data was checked finite), else
-    which pass overflowed from finite inputs, and the remedies: the GTF levers left
-    (:func:`parscan.deer.gtf_remedies`: a larger ``alpha``, the one used, only where it is
-    below 1; ``auto``: it was ``"auto"``'s estimate), a smaller initialisation or learning
-    rate, float64 for a float32 model."""
+def _non_finite_message(model, loss, alpha, n_forced, auto) -> tuple[str, str]:
+    """``(message, cause)`` of :class:`GradInfo` for a NaN/inf ``loss`` or gradient:
+    ``DeerStatus.NON_FINITE`` (NaN/inf in the inputs) when the model parameters are (the data
+    was checked finite), else which pass overflowed from finite inputs, then (``message``
+    only) the remedies: the GTF levers left (:func:`parscan.deer.gtf_remedies`: a larger
+    ``alpha``, the one used, only where it is below 1; ``auto``: it was ``"auto"``'s
+    estimate), a smaller initialisation or learning rate, float64 for a float32 model."""
     if not np.all(np.isfinite(model.params)):
-        return DeerStatus.NON_FINITE.value
+        return DeerStatus.NON_FINITE.value, DeerStatus.NON_FINITE.value
     where = "adjoint (the gradient)" if np.isfinite(loss) else "forward (the states)"
     steps = gtf_remedies(_CALLER, alpha, n_forced, model.n_obs, model.M, auto)
     steps.append("use a smaller initialisation or a lower learning rate")
     if model.dtype == np.float32:
         steps.append("train in float64")
-    return (
+    cause = (
         f"non_finite: the {where} overflowed to NaN/inf from finite inputs (the data and the "
         "model parameters are finite): the model's dynamics grow too fast along the directions "
-        f"the forcing does not hold. To avoid it: {either(steps)}."
+        "the forcing does not hold."
     )
+    return cause + f" To avoid it: {either(steps)}.", cause
 
 
 def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):

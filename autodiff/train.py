@@ -68,7 +68,7 @@ class TrainingDivergedError(RuntimeError):
     streak : int
         The number of consecutive rejected steps.
     reason : str
-        Why the last step was rejected.
+        Why the last step was rejected (what failed, without remedies).
     epoch, batch : int
         Where (1-based) the last rejected step was.
     alpha, lr : float
@@ -78,24 +78,75 @@ class TrainingDivergedError(RuntimeError):
     checkpoint : pathlib.Path or None
         The last checkpoint written (never overwritten by a bad state); None when none was
         written yet.
+    remedies : dict
+        :class:`TrainConfig` fields worth changing for a new run, with suggested values
+        (:func:`new_run_remedies`); the message lists them, and ``grad_clip`` when the run
+        had none.
     """
 
-    def __init__(self, *, streak, reason, epoch, batch, alpha, lr, params, checkpoint):
+    def __init__(
+        self, *, streak, reason, epoch, batch, alpha, lr, params, checkpoint, remedies, clipped
+    ):
         kept = (
             f"; the last checkpoint {checkpoint} is kept"
             if checkpoint is not None
             else "; no checkpoint had been written yet"
         )
+        tries = [f"{name}={value!r}" for name, value in remedies.items()]
+        if not clipped:
+            tries.append("a grad_clip")
         super().__init__(
             f"fit: {streak} consecutive steps were rejected (last: {reason}) at epoch {epoch}, "
             f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
-            f"good step{kept}. Start a new run with alpha_mode='auto' or a larger alpha, a "
-            "smaller lr_start, grad_clip or jacobian='full' (a resume keeps the settings)."
+            f"good step{kept}. Start a new run with {', '.join(tries)} (a resume keeps the "
+            "settings)."
         )
         self.streak, self.reason, self.epoch, self.batch = streak, reason, epoch, batch
         self.alpha, self.lr = alpha, lr
         self.params = params
         self.checkpoint = checkpoint
+        self.remedies = remedies
+
+
+#: ``alpha_method`` -> the one that estimates a larger alpha (DESIGN.md section 4)
+_LARGER_ALPHA_METHOD = {"geomean": "sup", "sup": "param_bound"}
+
+
+def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> dict:
+    """Settings worth changing after a run with ``config`` failed (its steps kept being
+    rejected, or the trained model does not reconstruct the system), none of them the ones
+    it used.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The failed run's configuration.
+    alpha : float or None
+        The GTF alpha the run ended with (None: no GTF).
+    gtf : bool
+        The model is a latent RNN trained with generalized teacher forcing (a state-space
+        model has no alpha or Newton solve).
+
+    Returns
+    -------
+    dict
+        :class:`TrainConfig` field -> suggested value, in the order worth trying: a larger
+        GTF alpha while it is below 1 (``alpha_mode="auto"``, else the next larger
+        ``alpha_method``), a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
+        float64 after float32.
+    """
+    remedies = {}
+    if gtf and (alpha is None or alpha < 1.0):  # fully forced already: more alpha is no remedy
+        if config.alpha_mode != "auto":
+            remedies["alpha_mode"] = "auto"
+        elif config.alpha_method in _LARGER_ALPHA_METHOD:
+            remedies["alpha_method"] = _LARGER_ALPHA_METHOD[config.alpha_method]
+    remedies["lr_start"] = float(f"{config.lr_start / 3:.3g}")
+    if gtf and config.jacobian == "diag":
+        remedies["jacobian"] = "full"
+    if config.dtype == "float32":
+        remedies["dtype"] = "float64"
+    return remedies
 
 
 def _python_number(value):
@@ -347,9 +398,8 @@ class StepInfo:
         ``"alpha estimation failed: ..."``, ``"optimiser step refused: ..."``,
         ``"non-finite loss or gradient"``, or, for a forward or adjoint that failed,
         ``"GTF-DEER failed: "`` (``"sequential BPTT failed: "``) followed by
-        :attr:`autodiff.gradients.GradInfo.message` (what failed, the counts and Newton
-        iterations, and the remedies, named as the arguments of
-        :func:`autodiff.gradients.gtf_loss_and_grad`).
+        :attr:`autodiff.gradients.GradInfo.cause` (what failed, the counts and Newton
+        iterations; the remedies of :class:`TrainingDivergedError` are in ``fit``'s terms).
     bad_steps : int
         Consecutive rejected steps so far.
     step_time : float
@@ -599,7 +649,7 @@ def _loss_and_grad(model, windows, alpha, config):
     newton = (info.newton_iters_max, info.newton_iters_mean)
     if not info.converged:  # a forward that failed, or an adjoint that overflowed
         method = "GTF-DEER" if config.method == "deer" else "sequential BPTT"
-        return loss, None, newton, f"{method} failed: {info.message}"
+        return loss, None, newton, f"{method} failed: {info.cause}"
     return loss, grad, newton, ""
 
 
@@ -1211,6 +1261,8 @@ def fit(
                     lr=lr,
                     params=model.params.copy(),
                     checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
+                    remedies=new_run_remedies(config, state.alpha if is_rnn else None, is_rnn),
+                    clipped=config.grad_clip is not None,
                 )
     except TrainingDivergedError:
         raise  # keep the last checkpoint: the steps since it were rejected

@@ -899,12 +899,13 @@ class NewtonRun:
             raise DeerConvergenceError(message, result)
         return result
 
-    def failure_message(self) -> str:
+    def failure_message(self, remedies: bool = True) -> str:
         """Why some sequence failed and what helps, in the words of ``caller``: the worst
-        status, the counts, the iterations and the last update, then the remedies that fit
-        the failed sequences (:func:`_remedies`). The :class:`DeerConvergenceError` message
-        is this text between the caller's name and its ``throw_false`` sentence. Only for a
-        run that failed (``status`` is not ``CONVERGED``)."""
+        status, the counts, the iterations and the last update, then (``remedies``) the
+        remedies that fit the failed sequences (:func:`_remedies`). The
+        :class:`DeerConvergenceError` message is this text between the caller's name and its
+        ``throw_false`` sentence. Only for a run that failed (``status`` is not
+        ``CONVERGED``)."""
         codes, history = self.codes, self.history
         failed = [c for c in (_NON_FINITE, _DIVERGING, _MAX_ITER) if np.any(codes == c)]
         counts = ", ".join(
@@ -915,7 +916,8 @@ class NewtonRun:
         head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(
             worst, self.status.value
         )
-        fixes = [c for c in failed if c != _NON_FINITE]  # its remedy (fix the inputs) is in head
+        # the remedy of _NON_FINITE (fix the inputs) is in head
+        fixes = [c for c in failed if c != _NON_FINITE and remedies]
         lead = {
             _MAX_ITER: "To converge",
             _DIVERGING: "More iterations do not help a diverging run",

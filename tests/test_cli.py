@@ -430,11 +430,15 @@ def test_summary_says_when_no_validation_run_was_measurable(capsys):
 
 def test_diverged_message_names_the_checkpoint_state_and_new_settings():
     from autodiff import TrainingDivergedError
+    from autodiff.train import new_run_remedies
 
-    exc = TrainingDivergedError(streak=20, reason="deer not converged", epoch=3, batch=7,
-                                alpha=0.25, lr=3e-3, params=None, checkpoint=None)  # fmt: skip
     s = cli.Settings(alpha_method="param_bound", jacobian="diag", dtype="float64")
-    text = cli._diverged_message(s, cli.train_config(s, 3), exc)
+    config = cli.train_config(s, 3)
+    remedies = new_run_remedies(config, 0.25, True)
+    exc = TrainingDivergedError(streak=20, reason="deer not converged", epoch=3, batch=7,
+                                alpha=0.25, lr=3e-3, params=None, checkpoint=None,
+                                remedies=remedies, clipped=False)  # fmt: skip
+    text = cli._diverged_message(config, exc)
     assert "20 consecutive steps were rejected (last: deer not converged) in epoch 3" in text
     assert "No checkpoint was written yet (the first is written after epoch 10)" in text
     assert "--jacobian full" in text and "--lr-start 0.002" in text
@@ -457,10 +461,16 @@ def test_warnings_during_training_are_one_line_once_per_kind(quiet):
 
 
 def test_suggestions_skip_more_alpha_when_fully_forced():
+    from autodiff.train import new_run_remedies
+
+    def suggestions(s, alpha):
+        gtf = s.model not in cli.SSM_NAMES
+        return cli._suggestions(new_run_remedies(cli.train_config(s, 3), alpha, gtf))
+
     s = cli.Settings()
-    assert "--alpha-method sup (a larger alpha)" in cli._suggestions(s, 0.3)
-    assert "--alpha" not in cli._suggestions(s, 1.0)
-    assert "--alpha auto" in cli._suggestions(cli.Settings(alpha="0.2"), 0.2)
-    assert cli._suggestions(cli.Settings(model="linear-ssm"), None) == (
+    assert "--alpha-method sup (a larger alpha)" in suggestions(s, 0.3)
+    assert "--alpha" not in suggestions(s, 1.0)
+    assert "--alpha auto" in suggestions(cli.Settings(alpha="0.2"), 0.2)
+    assert suggestions(cli.Settings(model="linear-ssm"), None) == (
         "Try --lr-start 0.002, --dtype float64."
     )

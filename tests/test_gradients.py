@@ -255,6 +255,7 @@ def test_unconverged_forward_never_returns_a_gradient(data):
         "or raise alpha (alpha='auto' picks one that makes the forced map a contraction)."
     )
     assert "throw=False" not in info.message and "\n" not in info.message
+    assert info.cause == info.message[: info.message.index(" To converge: ")]
 
 
 def test_failure_messages_speak_the_api_of_gtf_loss_and_grad(data):
@@ -372,6 +373,7 @@ def test_overflowing_adjoint_is_reported_not_converged(method, alpha):
     assert info.status is DeerStatus.NON_FINITE and not info.converged
     assert info.message.startswith("non_finite: the adjoint (the gradient) overflowed")
     assert info.message.endswith(" To avoid it: " + ADJOINT_REMEDIES[alpha])
+    assert info.message.startswith(info.cause) and "To avoid it" not in info.cause
 
 
 def test_errors(data):

@@ -644,7 +644,8 @@ def test_non_finite_sequential_forward_is_a_rejected_step(lorenz):
 
 def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
     """The reason of a step whose Newton forward failed is one paragraph: what failed, the
-    counts and iterations, and the remedies, never the throw=False advice."""
+    counts and iterations; the remedies are fit's (its config's names), never
+    gtf_loss_and_grad's or the throw=False advice."""
     x, _ = lorenz
     cfg = config(alpha_mode="constant", alpha=0.0, newton_max_iter=1, max_bad_steps=1)
     with pytest.raises(TrainingDivergedError) as err:
@@ -654,9 +655,15 @@ def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
         "GTF-DEER failed: max_iter: not converged within max_iter Newton iterations. Failed: "
         "8 max_iter of 8 sequence(s), after 1 iteration(s)"
     )
-    assert "allow more iterations (max_iter=1 < T=50" in reason and "raise alpha" in reason
+    assert reason.endswith("(tolerance atol=1e-09 + rtol=1e-09 |z|).")
+    assert "allow more iterations" not in reason and "alpha='auto'" not in reason
     assert "throw=False" not in reason and "\n" not in reason
     assert f"(last: {reason}) at epoch 1, batch 1" in str(err.value)
+    assert err.value.remedies == {"alpha_mode": "auto", "lr_start": 0.00333}
+    assert str(err.value).endswith(
+        "Start a new run with alpha_mode='auto', lr_start=0.00333, a grad_clip (a resume keeps "
+        "the settings)."
+    )
 
 
 def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
