@@ -17,8 +17,7 @@ import math
 
 import numpy as np
 
-from models._checks import check_int, check_real
-from models.base import check_float_dtype
+from models._checks import Checks, check_int
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -28,21 +27,6 @@ class NonFiniteStepError(ValueError):
     parameters or the gradient are not finite, or the new moments or parameters would not be
     finite in the optimiser's dtype (e.g. ``grad**2`` overflowing float32). Optimiser state and
     ``params`` are left untouched, so the caller can reject the step and continue."""
-
-
-def _check_hyperparameters(where: str, beta1, beta2, eps) -> tuple[float, float, float]:
-    """``(beta1, beta2, eps)`` as floats, betas in ``[0, 1)`` and ``eps > 0`` (bools refused)."""
-    beta1 = check_real(beta1, "beta1", where, positive=False)
-    beta2 = check_real(beta2, "beta2", where, positive=False)
-    eps = check_real(eps, "eps", where, positive=True)
-    problems = [
-        f"{name} must be in [0, 1); got {value}."
-        for name, value in (("beta1", beta1), ("beta2", beta2))
-        if value >= 1.0
-    ]
-    if problems:
-        raise ValueError(f"{where}: " + " ".join(problems))
-    return beta1, beta2, eps
 
 
 class Adam:
@@ -77,16 +61,17 @@ class Adam:
     _NAME = "Adam"
 
     def __init__(self, n_params: int, *, beta1=0.9, beta2=0.999, eps=1e-8, dtype=np.float64):
-        where = type(self).__name__
-        if isinstance(n_params, bool) or not isinstance(n_params, int | np.integer):
-            raise TypeError(f"{where}: n_params must be an int; got {type(n_params).__name__}.")
-        if n_params < 1:
-            raise ValueError(f"{where}: n_params must be >= 1; got {n_params}.")
-        dt = check_float_dtype(dtype, where)
-        self.beta1, self.beta2, self.eps = _check_hyperparameters(where, beta1, beta2, eps)
-        self.dtype = dt
-        self.m = np.zeros(int(n_params), dtype=dt)
-        self.v = np.zeros(int(n_params), dtype=dt)
+        with Checks(type(self).__name__) as checks:
+            n_params = checks.integer(n_params, "n_params")
+            for name, beta in (("beta1", beta1), ("beta2", beta2)):
+                beta = checks.real(beta, name, positive=False)
+                if checks.ok(name) and beta >= 1.0:
+                    checks.add(f"{name} must be in [0, 1); got {beta}.", name)
+                setattr(self, name, beta)
+            self.eps = checks.real(eps, "eps", positive=True)
+            self.dtype = checks.float_dtype(dtype)
+        self.m = np.zeros(n_params, dtype=self.dtype)
+        self.v = np.zeros(n_params, dtype=self.dtype)
         self.t = 0
 
     @property
@@ -95,21 +80,26 @@ class Adam:
 
     def _check_step_args(self, params, grad, lr) -> float:
         where = f"{type(self).__name__}.step"
-        for name, x in (("params", params), ("grad", grad)):
-            if not isinstance(x, np.ndarray):
-                raise TypeError(f"{where}: {name} must be a NumPy array; got {type(x).__name__}.")
-            if x.dtype != self.dtype:
-                raise TypeError(
-                    f"{where}: {name} must have dtype {self.dtype} (the optimiser's dtype); got "
-                    f"{x.dtype}. Build the optimiser with dtype=model.dtype."
-                )
-            if x.shape != (self.n_params,):
-                raise ValueError(
-                    f"{where}: {name} must have shape ({self.n_params},); got {x.shape}."
-                )
-        if not params.flags.writeable:
-            raise ValueError(f"{where}: params must be writeable (it is updated in place).")
-        lr = check_real(lr, "lr", where, positive=True)
+        with Checks(where) as checks:
+            for name, x in (("params", params), ("grad", grad)):
+                if not isinstance(x, np.ndarray):
+                    checks.add(
+                        f"{name} must be a NumPy array; got {type(x).__name__}.",
+                        name,
+                        wrong_kind=True,
+                    )
+                    continue
+                if x.dtype != self.dtype:
+                    checks.add(
+                        f"{name} must have dtype {self.dtype} (the optimiser's dtype); got "
+                        f"{x.dtype}. Build the optimiser with dtype=model.dtype.",
+                        wrong_kind=True,
+                    )
+                if x.shape != (self.n_params,):
+                    checks.add(f"{name} must have shape ({self.n_params},); got {x.shape}.")
+            if checks.ok("params") and not params.flags.writeable:
+                checks.add("params must be writeable (it is updated in place).")
+            lr = checks.real(lr, "lr", positive=True)
         if not np.all(np.isfinite(params)):
             raise NonFiniteStepError(
                 f"{where}: params contains NaN or inf (first at params"
@@ -154,7 +144,8 @@ class Adam:
         ------
         TypeError, ValueError
             A dtype or shape mismatch, read-only ``params`` or an ``lr`` that is not a
-            finite real number > 0.
+            finite real number > 0, all of them in one message (``TypeError`` when one is a
+            wrong type or dtype).
         NonFiniteStepError
             ``params`` or ``grad`` is not finite, or the step would make ``m``, ``v`` or
             ``params`` non-finite (overflow). State and ``params`` are left untouched.
@@ -317,10 +308,10 @@ class ExponentialDecay:
     """
 
     def __init__(self, lr_start: float, lr_end: float, n_steps: int):
-        where = "ExponentialDecay"
-        self.lr_start = check_real(lr_start, "lr_start", where, positive=True)
-        self.lr_end = check_real(lr_end, "lr_end", where, positive=True)
-        self.n_steps = check_int(n_steps, "n_steps", where)
+        with Checks("ExponentialDecay") as checks:
+            self.lr_start = checks.real(lr_start, "lr_start", positive=True)
+            self.lr_end = checks.real(lr_end, "lr_end", positive=True)
+            self.n_steps = checks.integer(n_steps, "n_steps")
 
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""
@@ -364,14 +355,17 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         ``1e150`` or below ``1e-150`` (where the squares would overflow or underflow). NaN or
         inf when ``grad`` is not finite, which the caller must treat as a failed step.
     """
-    if not isinstance(grad, np.ndarray) or grad.dtype not in _DTYPES:
-        got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
-        raise TypeError(f"clip_grad_norm: grad must be a float32/float64 array; got {got}.")
-    if grad.ndim != 1:
-        raise ValueError(
-            f"clip_grad_norm: grad must be 1-D, shape (n_params,); got shape {grad.shape}. "
-            "Pass grad.ravel() for the norm over all entries."
-        )
+    with Checks("clip_grad_norm") as checks:
+        if not isinstance(grad, np.ndarray) or grad.dtype not in _DTYPES:
+            got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
+            checks.add(f"grad must be a float32/float64 array; got {got}.", wrong_kind=True)
+        elif grad.ndim != 1:
+            checks.add(
+                f"grad must be 1-D, shape (n_params,); got shape {grad.shape}. Pass "
+                "grad.ravel() for the norm over all entries."
+            )
+        if max_norm is not None:
+            max_norm = checks.real(max_norm, "max_norm", positive=True)
     g = grad.astype(np.float64, copy=False)
     scale = float(np.max(np.abs(g))) if g.size else 0.0
     if (
@@ -382,10 +376,7 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         norm = scale * float(np.linalg.norm(g / scale))
     else:
         norm = float(np.linalg.norm(g))
-    if max_norm is None:
-        return grad, norm
-    max_norm = check_real(max_norm, "max_norm", "clip_grad_norm", positive=True)
-    if not math.isfinite(norm) or norm <= max_norm:
+    if max_norm is None or not math.isfinite(norm) or norm <= max_norm:
         return grad, norm
     return grad * (max_norm / norm), norm
 
@@ -409,27 +400,25 @@ def make_optimizer(name: str, n_params: int, **kw) -> Adam:
     Raises
     ------
     TypeError
-        ``name`` is not a str, or an unknown keyword argument.
+        ``name`` is not a str, or an unknown keyword argument (the message also lists an
+        unknown name, when there is one).
     ValueError
-        An unknown optimiser name.
+        An unknown optimiser name, and nothing else wrong.
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"make_optimizer: name must be a str ({', '.join(repr(k) for k in OPTIMIZERS)}); "
-            f"got {type(name).__name__}."
-        )
-    unknown = sorted(set(kw) - set(_OPTIONS))
-    if unknown:
-        hint = " The learning rate is not an optimiser setting: pass lr to step()."
-        hint = hint if "lr" in unknown else ""
-        raise TypeError(
-            f"make_optimizer: unexpected keyword argument(s) {unknown}; allowed: "
-            f"{', '.join(_OPTIONS)}.{hint}"
-        )
-    key = name.lower()
-    if key not in OPTIMIZERS:
-        raise ValueError(
-            f"make_optimizer: unknown optimiser {name!r}; available: "
-            f"{', '.join(repr(k) for k in OPTIMIZERS)}."
-        )
-    return OPTIMIZERS[key](n_params, **kw)
+    available = ", ".join(repr(k) for k in OPTIMIZERS)
+    with Checks("make_optimizer") as checks:
+        if not isinstance(name, str):
+            checks.add(
+                f"name must be a str ({available}); got {type(name).__name__}.", wrong_kind=True
+            )
+        elif name.lower() not in OPTIMIZERS:
+            checks.add(f"unknown optimiser {name!r}; available: {available}.")
+        unknown = sorted(set(kw) - set(_OPTIONS))
+        if unknown:
+            hint = " The learning rate is not an optimiser setting: pass lr to step()."
+            hint = hint if "lr" in unknown else ""
+            checks.add(
+                f"unexpected keyword argument(s) {unknown}; allowed: {', '.join(_OPTIONS)}.{hint}",
+                wrong_kind=True,
+            )
+    return OPTIMIZERS[name.lower()](n_params, **kw)

@@ -1,36 +1,165 @@
-"""Argument checks shared by the public functions of :mod:`models` (one definition each).
+"""Argument checks shared by the public functions of :mod:`models` and :mod:`autodiff`.
 
-Each raises ``TypeError`` for a value of the wrong kind and ``ValueError`` for one out of
-range, naming the public function (``where``) and the argument (``name``).
+A function that checks several arguments gathers their problems in one :class:`Checks` and
+raises them together, so that one call shows every mistake::
+
+    with Checks("ExponentialDecay") as checks:
+        lr_start = checks.real(lr_start, "lr_start", positive=True)
+        n_steps = checks.integer(n_steps, "n_steps")
+    # leaving the block raises the problems found, if any
+
+Each problem is one sentence naming the argument, what was expected and what was received;
+the message is ``f"{where}: " + " ".join(problems)``, ``where`` naming the public function.
+The exception is a ``TypeError`` when any problem is one of kind (a wrong type or dtype),
+otherwise a ``ValueError`` (a value out of range, an unknown option, values that contradict
+each other). A check that depends on other arguments runs only when they passed
+(:meth:`Checks.ok`); checks that raise on their own join in through :meth:`Checks.caught`.
+:func:`check_int` and :func:`check_float_dtype` check a single value in the same way.
 """
 
+import contextlib
 import math
 
 import numpy as np
 
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Checks:
+    """The problems with the arguments of one public function, raised together.
+
+    The checking methods return the value converted when it passes, and the value as given
+    when it does not: then they record the problem and mark the argument bad (see :meth:`ok`),
+    so the caller goes on checking the other arguments. As a context manager, leaving the
+    block calls :meth:`raise_problems` (unless an exception is already on its way out).
+
+    Parameters
+    ----------
+    where : str
+        The public function or constructor the messages name, e.g. ``"Adam"``.
+
+    Attributes
+    ----------
+    problems : list of str
+        The problems found so far, one sentence each, in the order of the checks.
+    """
+
+    def __init__(self, where: str):
+        self.where = where
+        self.problems: list[str] = []
+        self._bad: set[str] = set()
+        self._wrong_kind = False
+
+    def __enter__(self) -> "Checks":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.raise_problems()
+
+    def add(self, problem: str, *names: str, wrong_kind: bool = False) -> None:
+        """Record ``problem`` and mark the arguments ``names`` bad.
+
+        Parameters
+        ----------
+        problem : str
+            One sentence: the argument, what was expected, what was received (and the fix).
+        *names : str
+            The arguments at fault; checks that depend on them are skipped (:meth:`ok`).
+        wrong_kind : bool
+            A problem of type or dtype, which makes the exception a ``TypeError``.
+        """
+        self.problems.append(problem)
+        self._bad.update(names)
+        self._wrong_kind |= wrong_kind
+
+    @contextlib.contextmanager
+    def caught(self, *names: str):
+        """Record instead of raising the ``TypeError`` or ``ValueError`` of a check inside the
+        block that raises on its own (a helper shared with callers of one argument, such as
+        an array check), marking the arguments ``names`` bad. The message loses its
+        ``f"{where}: "`` prefix; subclasses of the two (errors with a meaning of their own)
+        pass through."""
+        try:
+            yield
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise
+            problem = str(exc).removeprefix(f"{self.where}: ")
+            self.add(problem, *names, wrong_kind=type(exc) is TypeError)
+
+    def ok(self, *names: str) -> bool:
+        """Whether none of the arguments ``names`` has a problem; a check that uses them
+        (e.g. compares one with another) runs only then, so that a bad value gives no
+        confusing follow-up message."""
+        return self._bad.isdisjoint(names)
+
+    def raise_problems(self) -> None:
+        """Raise the problems found, if any: ``TypeError`` when one of them is of kind,
+        else ``ValueError``, with the message ``f"{where}: " + " ".join(problems)``."""
+        if self.problems:
+            error = TypeError if self._wrong_kind else ValueError
+            raise error(f"{self.where}: " + " ".join(self.problems))
+
+    def integer(self, value, name: str, minimum: int = 1):
+        """``value`` as an ``int`` >= ``minimum`` (NumPy integers accepted, ``bool`` refused)."""
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            self.add(f"{name} must be an int; got {type(value).__name__}.", name, wrong_kind=True)
+        elif value < minimum:
+            self.add(f"{name} must be >= {minimum}; got {value}.", name)
+        else:
+            return int(value)
+        return value
+
+    def real(self, value, name: str, *, positive: bool):
+        """``value`` as a finite ``float``, ``> 0`` if ``positive`` else ``>= 0`` (``bool``
+        refused)."""
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            self.add(
+                f"{name} must be a real number; got {type(value).__name__}.", name, wrong_kind=True
+            )
+            return value
+        number = float(value)
+        if not math.isfinite(number) or (number <= 0 if positive else number < 0):
+            bound = "> 0" if positive else ">= 0"
+            self.add(f"{name} must be finite and {bound}; got {number}.", name)
+            return value
+        return number
+
+    def choice(self, value, name: str, options: tuple):
+        """``value`` if it is one of ``options``."""
+        if value not in options:
+            self.add(f"{name} must be one of {options}; got {value!r}.", name)
+        return value
+
+    def float_dtype(self, value):
+        """The argument ``dtype`` as a NumPy dtype if it is (native) float32/float64. ``None``
+        is refused (NumPy would read it as float64)."""
+        try:
+            dtype = None if value is None else np.dtype(value)
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype not in FLOAT_DTYPES:  # (``None in FLOAT_DTYPES`` is True)
+            got = dtype if dtype is not None else repr(value)
+            self.add(
+                f"dtype must be float32 or float64 (e.g. dtype='float32'); got {got}.",
+                "dtype",
+                wrong_kind=True,
+            )
+            return value
+        return dtype
+
 
 def check_int(value, name: str, where: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` >= ``minimum`` (NumPy integers accepted, ``bool`` refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}; got {value}.")
-    return int(value)
-
-
-def check_real(value, name: str, where: str, *, positive: bool) -> float:
-    """``value`` as a finite ``float``, ``> 0`` if ``positive`` else ``>= 0``."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{where}: {name} must be a real number; got {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{where}: {name} must be finite and {bound}; got {value}.")
+    """``value`` as an ``int`` >= ``minimum``, else raise (see :meth:`Checks.integer`)."""
+    with Checks(where) as checks:
+        value = checks.integer(value, name, minimum)
     return value
 
 
-def check_choice(value, name: str, where: str, options: tuple):
-    """``value`` if it is one of ``options``."""
-    if value not in options:
-        raise ValueError(f"{where}: {name} must be one of {options}; got {value!r}.")
-    return value
+def check_float_dtype(dtype, where: str) -> np.dtype:
+    """``dtype`` as a float32/float64 NumPy dtype, else raise ``TypeError`` naming ``where``
+    (see :meth:`Checks.float_dtype`)."""
+    with Checks(where) as checks:
+        dtype = checks.float_dtype(dtype)
+    return dtype

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from models._checks import check_int
+from models._checks import Checks, check_int
 from models.base import LatentRNN, astype_hint
 from parscan.scan import is_device_array
 
@@ -146,18 +146,18 @@ class PiecewiseLinearRNN(LatentRNN):
     _vjp_chunk: ClassVar[Any]
     _simulate_item: ClassVar[Any]
 
-    def _setup_latent(self, M: int, n_obs, dtype, seed) -> None:
-        where = type(self).__name__
-        self.M = check_int(M, "M", where)
-        n_obs = self.M if n_obs is None else check_int(n_obs, "n_obs", where)
-        if n_obs > self.M:
-            raise ValueError(
-                f"{where}: n_obs must be <= M (the observations are the first n_obs "
-                f"latents); got n_obs={n_obs}, M={self.M}. Increase M or reduce n_obs."
+    def _setup_latent(self, checks: Checks, M, n_obs, dtype, seed) -> None:
+        """The end of a latent model's constructor: ``M`` was checked into ``checks`` by the
+        caller; add the problems of ``n_obs``, ``dtype`` and ``seed``, then
+        :meth:`_setup_checked`."""
+        self.M = M
+        self.n_obs = M if n_obs is None else checks.integer(n_obs, "n_obs")
+        if checks.ok("M", "n_obs") and self.n_obs > M:
+            checks.add(
+                f"n_obs must be <= M (the observations are the first n_obs latents); got "
+                f"n_obs={self.n_obs}, M={M}. Increase M or reduce n_obs."
             )
-        self.n_obs = n_obs
-        self._setup(dtype)
-        self.init(seed)
+        self._setup_checked(checks, dtype, seed)
 
     @abstractmethod
     def kernel_args(self) -> tuple:
@@ -313,10 +313,11 @@ class PiecewiseLinearRNN(LatentRNN):
             Device arrays exactly when ``z`` is one.
         """
         where = f"{type(self).__name__}.step_and_jacobian"
-        if backend not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"{where}: backend must be 'auto', 'cpu' or 'cuda'; got {backend!r}.")
-        if not isinstance(diag, bool | np.bool_):
-            raise TypeError(f"{where}: `diag` must be a bool; got {type(diag).__name__}.")
+        with Checks(where) as checks:
+            if backend not in ("auto", "cpu", "cuda"):
+                checks.add(f"backend must be 'auto', 'cpu' or 'cuda'; got {backend!r}.")
+            if not isinstance(diag, bool | np.bool_):
+                checks.add(f"`diag` must be a bool; got {type(diag).__name__}.", wrong_kind=True)
         diag = bool(diag)
         on_device = is_device_array(z)
         if on_device and backend == "cpu":
@@ -361,13 +362,16 @@ class PiecewiseLinearRNN(LatentRNN):
             from models import _cuda_eval  # lazy: numba.cuda only when asked for
 
             return _cuda_eval.param_vjp_cuda(self, z_prev, cotangent)
-        z_prev, Z = self._states(z_prev, "param_vjp", "z_prev")
-        cotangent, C = self._states(cotangent, "param_vjp", "cotangent")
-        if cotangent.shape != z_prev.shape:
-            raise ValueError(
-                f"{type(self).__name__}.param_vjp: `cotangent` must have the shape of "
-                f"`z_prev` {z_prev.shape}; got {cotangent.shape}."
-            )
+        with Checks(f"{type(self).__name__}.param_vjp") as checks:
+            with checks.caught("z_prev"):
+                z_prev, Z = self._states(z_prev, "param_vjp", "z_prev")
+            with checks.caught("cotangent"):
+                cotangent, C = self._states(cotangent, "param_vjp", "cotangent")
+            if checks.ok("z_prev", "cotangent") and cotangent.shape != z_prev.shape:
+                checks.add(
+                    f"`cotangent` must have the shape of `z_prev` {z_prev.shape}; got "
+                    f"{cotangent.shape}."
+                )
         n = Z.shape[0]
         n_chunks = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK))
         G = np.zeros((n_chunks, self.n_map_params), dtype=np.float64)
@@ -396,8 +400,10 @@ class PiecewiseLinearRNN(LatentRNN):
             is returned as computed (huge, inf or NaN entries), not flagged;
             :func:`models.evaluate` reports such runs.
         """
-        n_steps = check_int(n_steps, "n_steps", f"{type(self).__name__}.simulate", minimum=0)
-        z0, Z0 = self._states(z0, "simulate", "z0")
+        with Checks(f"{type(self).__name__}.simulate") as checks:
+            with checks.caught():
+                z0, Z0 = self._states(z0, "simulate", "z0")
+            n_steps = checks.integer(n_steps, "n_steps", minimum=0)
         out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
         out3 = out.reshape(Z0.shape[0], n_steps, self.M)
         if n_steps and Z0.shape[0] == 1:

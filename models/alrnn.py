@@ -31,7 +31,7 @@ from abc import abstractmethod
 import numpy as np
 from numba import prange
 
-from models._checks import check_int
+from models._checks import Checks
 from models._plrnn_kernels import (
     EVAL_F_DIAG,
     EVAL_F_FULL,
@@ -317,13 +317,12 @@ class ALRNN(_ALRNNFamily):
         return 0.01 * rng.standard_normal((self.M, self.M))
 
     def __init__(self, M: int, P: int, n_obs: int | None = None, *, dtype="float64", seed=0):
-        where = type(self).__name__
-        M = check_int(M, "M", where)
-        P = check_int(P, "P", where, minimum=0)
-        if P > M:
-            raise ValueError(f"{where}: the number of relu units P must be <= M; got P={P}, M={M}.")
-        self.P = P
-        self._setup_latent(M, n_obs, dtype, seed)
+        checks = Checks(type(self).__name__)
+        M = checks.integer(M, "M")
+        self.P = checks.integer(P, "P", minimum=0)
+        if checks.ok("M", "P") and self.P > M:
+            checks.add(f"the number of relu units P must be <= M; got P={self.P}, M={M}.")
+        self._setup_latent(checks, M, n_obs, dtype, seed)
 
     def hyperparameters(self) -> dict:
         return {
@@ -373,8 +372,9 @@ class PLRNN(_ALRNNFamily):
         return K - np.diag(np.diag(K))
 
     def __init__(self, M: int, n_obs: int | None = None, *, dtype="float64", seed=0):
-        self.P = check_int(M, "M", type(self).__name__)
-        self._setup_latent(M, n_obs, dtype, seed)
+        checks = Checks(type(self).__name__)
+        self.P = checks.integer(M, "M")
+        self._setup_latent(checks, self.P, n_obs, dtype, seed)
 
     def hyperparameters(self) -> dict:
         return {"M": self.M, "n_obs": self.n_obs, "dtype": self.dtype.name, "seed": self.seed}

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models._checks import FLOAT_DTYPES, Checks, check_float_dtype
 from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
 #: existed are format 1; :func:`load` refuses files of a later format.
@@ -44,21 +43,6 @@ MODEL_MODULES = {
     "LinearSSM": "models.ssm",
     "SelectiveSSM": "models.ssm",
 }
-
-
-def check_float_dtype(dtype, where: str) -> np.dtype:
-    """Return ``dtype`` as a NumPy dtype if it is (native) float32/float64, else raise
-    ``TypeError`` naming ``where``. ``None`` is refused (NumPy would read it as float64)."""
-    try:
-        dt = None if dtype is None else np.dtype(dtype)
-    except (TypeError, ValueError):
-        dt = None
-    if dt is None or dt not in FLOAT_DTYPES:  # (``None in FLOAT_DTYPES`` is True in NumPy)
-        got = dt if dt is not None else repr(dtype)
-        raise TypeError(
-            f"{where}: dtype must be float32 or float64 (e.g. dtype='float32'); got {got}."
-        )
-    return dt
 
 
 def astype_hint(dtype) -> str:
@@ -133,6 +117,16 @@ class Model(ABC):
                 f"{self.dtype}), more than this machine can allocate; reduce the dimensions "
                 f"({', '.join(f'{n} {s}' for n, (_, _, s) in self._offsets.items())})."
             ) from None
+
+    def _setup_checked(self, checks: Checks, dtype, seed) -> None:
+        """The end of a constructor that gathers its problems in ``checks`` (named after the
+        class): add those of ``dtype`` and ``seed``, raise them all, then lay out ``params``
+        (:meth:`_setup`) and :meth:`init` them."""
+        dtype = checks.float_dtype(dtype)
+        seed = checks.integer(seed, "seed", 0)
+        checks.raise_problems()
+        self._setup(dtype)
+        self.init(seed)
 
     @abstractmethod
     def param_spec(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -681,16 +675,18 @@ class LatentRNN(Model):
             Summed over ``...``; zero outside the ``L0`` block.
         """
         where = f"{type(self).__name__}.initial_state_vjp"
-        x0 = self._check_obs(x0, where, "x0")
-        cot = self._check_last_axis(
-            cotangent, where, "cotangent", self.M, "(..., M)", f"M={self.M}"
-        )
-        if cot.shape[:-1] != x0.shape[:-1]:
-            raise ValueError(
-                f"{where}: x0 and cotangent must have the same leading "
-                f"shape (one cotangent per initial state); got x0.shape={x0.shape}, "
-                f"cotangent.shape={cot.shape}."
-            )
+        with Checks(where) as checks:
+            with checks.caught("x0"):
+                x0 = self._check_obs(x0, where, "x0")
+            with checks.caught("cotangent"):
+                cot = self._check_last_axis(
+                    cotangent, where, "cotangent", self.M, "(..., M)", f"M={self.M}"
+                )
+            if checks.ok("x0", "cotangent") and cot.shape[:-1] != x0.shape[:-1]:
+                checks.add(
+                    f"x0 and cotangent must have the same leading shape (one cotangent per "
+                    f"initial state); got x0.shape={x0.shape}, cotangent.shape={cot.shape}."
+                )
         grad = np.zeros(self.n_params, dtype=self.dtype)
         if self.M > self.n_obs:
             x = x0.reshape(-1, self.n_obs)

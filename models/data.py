@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models._checks import check_int
+from models._checks import Checks
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 
@@ -504,11 +504,14 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         complex, strings, objects).
     """
     where = "load_data"
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"{where}: path must be a str or Path; got {type(path).__name__}.")
-    if key is not None and not isinstance(key, str):
-        raise TypeError(f"{where}: key must be a str (an array name); got {type(key).__name__}.")
-    min_steps = check_int(min_steps, "min_steps", where, 1)
+    with Checks(where) as checks:
+        if not isinstance(path, str | os.PathLike):
+            checks.add(f"path must be a str or Path; got {type(path).__name__}.", wrong_kind=True)
+        if key is not None and not isinstance(key, str):
+            checks.add(
+                f"key must be a str (an array name); got {type(key).__name__}.", wrong_kind=True
+            )
+        min_steps = checks.integer(min_steps, "min_steps")
     path = Path(path)
     suffix = _check_path(path, where)
     if key is not None and suffix != ".npz":
@@ -636,18 +639,19 @@ def destandardize(x_std, mean, sd):
     -------
     ndarray, shape (..., N), float64
     """
-    where = "destandardize"
-    arrs = [np.asarray(a) for a in (x_std, mean, sd)]
-    for label, a in zip(("x_std", "mean", "sd"), arrs, strict=True):
-        if a.dtype.kind not in "iuf":
-            raise TypeError(f"{where}: {label} must be real numeric; got dtype {a.dtype}.")
-    x_std, mean, sd = (a.astype(np.float64) for a in arrs)
-    n = x_std.shape[-1] if x_std.ndim else 0
-    if x_std.ndim < 1 or mean.shape != (n,) or sd.shape != (n,):
-        raise ValueError(
-            f"{where}: expected x_std of shape (..., N) with mean and sd of shape (N,); got "
-            f"{x_std.shape}, {mean.shape}, {sd.shape}."
-        )
-    if np.any(sd <= 0) or not np.all(np.isfinite(sd)):
-        raise ValueError(f"{where}: sd must be finite and > 0; got {sd}.")
+    with Checks("destandardize") as checks:
+        arrs = [np.asarray(a) for a in (x_std, mean, sd)]
+        for label, a in zip(("x_std", "mean", "sd"), arrs, strict=True):
+            if a.dtype.kind not in "iuf":
+                checks.add(f"{label} must be real numeric; got dtype {a.dtype}.", wrong_kind=True)
+        checks.raise_problems()  # the checks below compare the values
+        x_std, mean, sd = (a.astype(np.float64) for a in arrs)
+        n = x_std.shape[-1] if x_std.ndim else 0
+        if x_std.ndim < 1 or mean.shape != (n,) or sd.shape != (n,):
+            checks.add(
+                f"expected x_std of shape (..., N) with mean and sd of shape (N,); got "
+                f"{x_std.shape}, {mean.shape}, {sd.shape}."
+            )
+        if np.any(sd <= 0) or not np.all(np.isfinite(sd)):
+            checks.add(f"sd must be finite and > 0; got {sd}.")
     return x_std * sd + mean

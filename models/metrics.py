@@ -21,7 +21,7 @@ import numpy as np
 from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
-from models._checks import check_choice, check_int, check_real
+from models._checks import Checks
 from models.base import LatentRNN, Model
 from models.data import check_trajectory, column_mean_sd, constant_columns
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
@@ -274,17 +274,23 @@ def state_space_divergence(
         generated point lies in the box.
     """
     where = "state_space_divergence"
-    method = check_choice(method, "method", where, ("bins", "gmm"))
-    x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
+    with Checks(where) as checks:
+        method = checks.choice(method, "method", ("bins", "gmm"))
+        with checks.caught("x"):
+            x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
+        if method == "gmm":
+            sigma2 = checks.real(sigma2, "sigma2", positive=True)
+            n_points = checks.integer(n_points, "n_points")
+            n_samples = checks.integer(n_samples, "n_samples")
+            seed = checks.integer(seed, "seed", 0)
+        elif method == "bins":
+            n_bins = checks.integer(n_bins, "n_bins")
+            box = checks.choice(box, "box", ("minmax", "sd2"))
+            if checks.ok("x", "n_bins"):
+                with checks.caught():
+                    _check_total_bins(n_bins, x_true.shape[1], where)
     if method == "gmm":
-        sigma2 = check_real(sigma2, "sigma2", where, positive=True)
-        n_points = check_int(n_points, "n_points", where, 1)
-        n_samples = check_int(n_samples, "n_samples", where, 1)
-        seed = check_int(seed, "seed", where, 0)
         return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
-    n_bins = check_int(n_bins, "n_bins", where, 1)
-    box = check_choice(box, "box", where, ("minmax", "sd2"))
-    _check_total_bins(n_bins, x_true.shape[1], where)
     return _binned_kl(_binned_reference(x_true, n_bins, box), x_gen, n_bins)
 
 
@@ -367,14 +373,16 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
         Symmetric, 0 for identical series.
     """
     where = "power_spectrum_distance"
-    x_true, x_gen = _pair(x_true, x_gen, where)
-    if x_gen.shape[0] != x_true.shape[0]:
-        raise ValueError(
-            f"{where}: x_true and x_gen must have the same length for their spectra to share a "
-            f"frequency grid; got {x_true.shape[0]} and {x_gen.shape[0]} steps. Slice the "
-            f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
-        )
-    smoothing = check_real(smoothing, "smoothing", where, positive=False)
+    with Checks(where) as checks:
+        with checks.caught("x"):
+            x_true, x_gen = _pair(x_true, x_gen, where)
+        if checks.ok("x") and x_gen.shape[0] != x_true.shape[0]:
+            checks.add(
+                f"x_true and x_gen must have the same length for their spectra to share a "
+                f"frequency grid; got {x_true.shape[0]} and {x_gen.shape[0]} steps. Slice the "
+                f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
+            )
+        smoothing = checks.real(smoothing, "smoothing", positive=False)
     _check_resolution(x_true.shape[0], smoothing, where, stacklevel=2)
     h = _hellinger_per_dimension(normalized_spectra(x_true, smoothing), x_gen, smoothing)
     mean = float(h.mean())
@@ -394,10 +402,9 @@ def _hellinger_per_dimension(p, x_gen, smoothing):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_model(model, where):
+def _check_model(checks, model):
     if not isinstance(model, Model):
-        raise TypeError(f"{where}: expected a models.Model; got {type(model).__name__}.")
-    return model
+        checks.add(f"expected a models.Model; got {type(model).__name__}.", wrong_kind=True)
 
 
 def _check_obs(model, x, where, min_steps, constant=False):
@@ -432,8 +439,9 @@ def prediction_error(model, x, n=20):
         The MSE; inf or NaN if the model's predictions overflow from some start.
     """
     where = "prediction_error"
-    model = _check_model(model, where)
-    n = check_int(n, "n", where, 1)
+    with Checks(where) as checks:
+        _check_model(checks, model)
+        n = checks.integer(n, "n")
     x = _check_obs(model, x, where, min_steps=n + 1, constant=True)
     return _prediction_error(model, x, n)[0]
 
@@ -580,12 +588,11 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
     return logs / n_steps
 
 
-def _system_spectrum(system, k, x0, n_steps, transient, dt, params, seed, where):
-    dt = system.dt if dt is None else check_real(dt, "dt", where, positive=True)
+def _system_spectrum(system, k, run, n_steps, transient, dt, where):
+    dt = system.dt if dt is None else dt
     if transient is None:
         transient = round(system.transient_time / dt)
-    transient = check_int(transient, "transient", where, 0)
-    p, x, _ = system.prepare(params=params, x0=x0, seed=seed, where=where)
+    p, x, _ = run
     k = _n_exponents(k, x.shape[0], where)
     n_sub = system.substeps(dt)
     y = np.ascontiguousarray(np.eye(x.shape[0])[:, :k])
@@ -643,23 +650,30 @@ def lyapunov_spectrum(
     ndarray, shape (n_exponents,)
     """
     where = "lyapunov_spectrum"
-    if n_exponents is not None:
-        n_exponents = check_int(n_exponents, "n_exponents", where, 1)
-    if isinstance(target, str | System):
-        system = get_system(target, where)
-        n_steps = 20_000 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
-        return _system_spectrum(
-            system, n_exponents, x0, n_steps, transient, dt, params, seed, where
-        )
-    if not isinstance(target, LatentRNN):
-        raise TypeError(
-            f"{where}: expected a system name, a System or a LatentRNN (a model with step and "
-            f"jacobian); got {type(target).__name__}."
-        )
-    if dt is not None or params is not None:
-        raise ValueError(f"{where}: dt and params apply to systems, not to models.")
-    n_steps = 10_000 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
-    transient = 1_000 if transient is None else check_int(transient, "transient", where, 0)
+    system = get_system(target, where) if isinstance(target, str | System) else None
+    with Checks(where) as checks:
+        if system is None and not isinstance(target, LatentRNN):
+            checks.add(
+                f"expected a system name, a System or a LatentRNN (a model with step and "
+                f"jacobian); got {type(target).__name__}.",
+                wrong_kind=True,
+            )
+        elif system is None and (dt is not None or params is not None):
+            checks.add("dt and params apply to systems, not to models.")
+        if n_exponents is not None:
+            n_exponents = checks.integer(n_exponents, "n_exponents")
+        if n_steps is not None:
+            n_steps = checks.integer(n_steps, "n_steps")
+        if transient is not None:
+            transient = checks.integer(transient, "transient", 0)
+        if system is not None:
+            dt = dt if dt is None else checks.real(dt, "dt", positive=True)
+            run = system.prepare_with(checks, params=params, x0=x0, seed=seed)
+    if system is not None:
+        n_steps = 20_000 if n_steps is None else n_steps
+        return _system_spectrum(system, n_exponents, run, n_steps, transient, dt, where)
+    n_steps = 10_000 if n_steps is None else n_steps
+    transient = 1_000 if transient is None else transient
     k = _n_exponents(n_exponents, target.M, where)
     return _model_spectrum(target, k, x0, n_steps, transient, where)
 
@@ -826,50 +840,59 @@ def evaluate(
         (float, or None when the status is not "ok").
     """
     where = "evaluate"
-    model = _check_model(model, where)
-    x_test = _check_obs(model, x_test, where, min_steps=2).astype(np.float64)
-    n_steps = x_test.shape[0] - 1 if n_steps is None else check_int(n_steps, "n_steps", where, 1)
-    transient = check_int(transient, "transient", where, 0)
-    if transient >= n_steps:
-        raise ValueError(
-            f"{where}: transient ({transient}) must be smaller than n_steps ({n_steps})."
-        )
-    n_starts = check_int(n_starts, "n_starts", where, 1)
-    if n_starts > x_test.shape[0]:
-        raise ValueError(
-            f"{where}: n_starts ({n_starts}) must not exceed the number of test points "
-            f"({x_test.shape[0]})."
-        )
-    try:
-        measures = (measures,) if isinstance(measures, str) else tuple(measures)
-    except TypeError:
-        raise TypeError(
-            f"{where}: measures must be a name or a sequence of names from {MEASURES}; got "
-            f"{type(measures).__name__}."
-        ) from None
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown or not measures:
-        raise ValueError(
-            f"{where}: measures must be a non-empty subset of {MEASURES}; got {measures}."
-        )
-    if "lyapunov" in measures and not isinstance(model, LatentRNN):
-        raise TypeError(
-            f"{where}: the 'lyapunov' measure needs a LatentRNN (step and jacobian); got "
-            f"{type(model).__name__}."
-        )
-    if dstsp_method is None:
-        dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
-    dstsp_method = check_choice(dstsp_method, "dstsp_method", where, ("bins", "gmm"))
-    diverge_factor = check_real(diverge_factor, "diverge_factor", where, positive=True)
-    pe_steps = check_int(pe_steps, "pe_steps", where, 1)
-    n_bins = check_int(n_bins, "n_bins", where, 1)
-    box = check_choice(box, "box", where, ("minmax", "sd2"))
-    sigma2 = check_real(sigma2, "sigma2", where, positive=True)
-    smoothing = check_real(smoothing, "smoothing", where, positive=False)
-    seed = check_int(seed, "seed", where, 0)
-    if dstsp_method == "bins":
-        _check_total_bins(n_bins, x_test.shape[1], where)
-    _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
+    with Checks(where) as checks:
+        _check_model(checks, model)
+        checks.raise_problems()  # the test data and the settings below depend on the model
+        x_test = _check_obs(model, x_test, where, min_steps=2).astype(np.float64)
+        n_steps = x_test.shape[0] - 1 if n_steps is None else checks.integer(n_steps, "n_steps")
+        transient = checks.integer(transient, "transient", 0)
+        if checks.ok("n_steps", "transient") and transient >= n_steps:
+            checks.add(
+                f"transient ({transient}) must be smaller than n_steps ({n_steps}).", "transient"
+            )
+        n_starts = checks.integer(n_starts, "n_starts")
+        if checks.ok("n_starts") and n_starts > x_test.shape[0]:
+            checks.add(
+                f"n_starts ({n_starts}) must not exceed the number of test points "
+                f"({x_test.shape[0]})."
+            )
+        try:
+            measures = (measures,) if isinstance(measures, str) else tuple(measures)
+        except TypeError:
+            checks.add(
+                f"measures must be a name or a sequence of names from {MEASURES}; got "
+                f"{type(measures).__name__}.",
+                "measures",
+                wrong_kind=True,
+            )
+        else:
+            if not measures or any(m not in MEASURES for m in measures):
+                checks.add(
+                    f"measures must be a non-empty subset of {MEASURES}; got {measures}.",
+                    "measures",
+                )
+            elif "lyapunov" in measures and not isinstance(model, LatentRNN):
+                checks.add(
+                    f"the 'lyapunov' measure needs a LatentRNN (step and jacobian); got "
+                    f"{type(model).__name__}.",
+                    wrong_kind=True,
+                )
+        if dstsp_method is None:
+            dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
+        dstsp_method = checks.choice(dstsp_method, "dstsp_method", ("bins", "gmm"))
+        diverge_factor = checks.real(diverge_factor, "diverge_factor", positive=True)
+        pe_steps = checks.integer(pe_steps, "pe_steps")
+        n_bins = checks.integer(n_bins, "n_bins")
+        box = checks.choice(box, "box", ("minmax", "sd2"))
+        sigma2 = checks.real(sigma2, "sigma2", positive=True)
+        smoothing = checks.real(smoothing, "smoothing", positive=False)
+        seed = checks.integer(seed, "seed", 0)
+        if dstsp_method == "bins" and checks.ok("n_bins"):
+            with checks.caught():
+                _check_total_bins(n_bins, x_test.shape[1], where)
+        if checks.ok("n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
+            with checks.caught():
+                _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
     dh_length = min(n_steps - transient, x_test.shape[0] - 1)
     if "dh" in measures:
         _check_resolution(dh_length, smoothing, where, stacklevel=2)

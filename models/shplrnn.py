@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from models import _shplrnn_lanes
-from models._checks import check_int
+from models._checks import Checks
 from models._plrnn_kernels import (
     EVAL_F_DIAG,
     EVAL_F_FULL,
@@ -233,8 +233,10 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     _simulate_item = staticmethod(_simulate_item)
 
     def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
-        self.L = check_int(L, "L", type(self).__name__)
-        self._setup_latent(M, n_obs, dtype, seed)
+        checks = Checks(type(self).__name__)
+        M = checks.integer(M, "M")
+        self.L = checks.integer(L, "L")
+        self._setup_latent(checks, M, n_obs, dtype, seed)
 
     def param_spec(self):
         M, L = self.M, self.L

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from models._checks import check_int, check_real
+from models._checks import Checks, check_int
 from models.base import Model
 from parscan._jit import jit, jit_parallel
 from parscan.scan import linear_scan
@@ -222,6 +222,16 @@ class DiagonalSSM(Model):
     K: int
     D: int
 
+    def _check_sizes(self, N, H, L) -> Checks:
+        """Set the sizes ``n_obs``, ``H``, ``L`` every diagonal SSM takes; return the
+        constructor's :class:`~models._checks.Checks` holding their problems (the
+        constructor adds its own and ends with :meth:`_setup_checked`)."""
+        checks = Checks(type(self).__name__)
+        self.n_obs = checks.integer(N, "N")
+        self.H = checks.integer(H, "H")
+        self.L = checks.integer(L, "L")
+        return checks
+
     def _readout_spec(self) -> list[tuple[str, tuple[int, ...]]]:
         N, L = self.n_obs, self.L
         return [("W1", (L, self.K + N)), ("b1", (L,)), ("W2", (N, L)), ("b2", (N,))]
@@ -339,8 +349,10 @@ class DiagonalSSM(Model):
             prediction of a window starting at ``x0``.
         """
         where = f"{type(self).__name__}.generate"
-        x0 = self._check_obs(x0, where, "x0")
-        n_steps = check_int(n_steps, "n_steps", where, 0)
+        with Checks(where) as checks:
+            with checks.caught():
+                x0 = self._check_obs(x0, where, "x0")
+            n_steps = checks.integer(n_steps, "n_steps", 0)
         flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
         out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
         if out.size:
@@ -409,21 +421,15 @@ class LinearSSM(DiagonalSSM):
         dtype="float64",
         seed: int = 0,
     ):
-        where = "LinearSSM"
-        self.n_obs = check_int(N, "N", where)
-        self.H = check_int(H, "H", where)
-        self.L = check_int(L, "L", where)
-        self.K = self.H if K is None else check_int(K, "K", where)
+        checks = self._check_sizes(N, H, L)
+        self.K = self.H if K is None else checks.integer(K, "K")
         self.D = self.H
-        self.r_min = check_real(r_min, "r_min", where, positive=False)
-        self.r_max = check_real(r_max, "r_max", where, positive=True)
-        self.max_phase = check_real(max_phase, "max_phase", where, positive=True)
-        if not self.r_min <= self.r_max < 1.0:
-            raise ValueError(
-                f"{where}: need 0 <= r_min <= r_max < 1; got r_min={r_min}, r_max={r_max}."
-            )
-        self._setup(dtype)
-        self.init(seed)
+        self.r_min = checks.real(r_min, "r_min", positive=False)
+        self.r_max = checks.real(r_max, "r_max", positive=True)
+        self.max_phase = checks.real(max_phase, "max_phase", positive=True)
+        if checks.ok("r_min", "r_max") and not self.r_min <= self.r_max < 1.0:
+            checks.add(f"need 0 <= r_min <= r_max < 1; got r_min={r_min}, r_max={r_max}.")
+        self._setup_checked(checks, dtype, seed)
 
     def param_spec(self):
         H, N, K = self.H, self.n_obs, self.K
@@ -588,20 +594,19 @@ class SelectiveSSM(DiagonalSSM):
         dtype="float64",
         seed: int = 0,
     ):
-        where = "SelectiveSSM"
-        self.n_obs = check_int(N, "N", where)
-        self.H = check_int(H, "H", where)
-        self.L = check_int(L, "L", where)
+        checks = self._check_sizes(N, H, L)
         self.K = self.n_obs
-        self.D = self.n_obs * self.H
-        self.dt_min = check_real(dt_min, "dt_min", where, positive=True)
-        self.dt_max = check_real(dt_max, "dt_max", where, positive=True)
-        if not self.dt_min <= self.dt_max:
-            raise ValueError(
-                f"{where}: need dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}."
-            )
-        self._setup(dtype)
-        self.init(seed)
+        self.dt_min = checks.real(dt_min, "dt_min", positive=True)
+        self.dt_max = checks.real(dt_max, "dt_max", positive=True)
+        if checks.ok("dt_min", "dt_max") and not self.dt_min <= self.dt_max:
+            checks.add(f"need dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}.")
+        self._setup_checked(checks, dtype, seed)
+
+    @property
+    def D(self) -> int:
+        """The scan width ``N·H`` (a property: ``N`` and ``H`` may be invalid while the
+        constructor gathers their problems)."""
+        return self.n_obs * self.H
 
     def param_spec(self):
         N, H = self.n_obs, self.H

@@ -29,7 +29,7 @@ from types import MappingProxyType
 import numpy as np
 from numba import literally
 
-from models._checks import check_int, check_real
+from models._checks import Checks
 from parscan._jit import jit
 
 # ---------------------------------------------------------------------------------------------
@@ -376,75 +376,96 @@ class System:
     def __post_init__(self):
         """Refuse a record (e.g. made with ``dataclasses.replace``) whose kernel would read
         parameters or state entries it does not have, or whose fields contradict each other."""
-        where = "System"
-        if isinstance(self.kind, bool) or type(self.kind) is not int:
-            raise TypeError(
-                f"{where}: kind of {self.name!r} must be a Python int (a kernel id such as "
-                f"LORENZ63); got {type(self.kind).__name__}. Use int(kind)."
-            )
-        if self.kind not in KERNELS:
-            raise ValueError(
-                f"{where}: unknown kernel id kind={self.kind!r}; known: {sorted(KERNELS)} "
-                f"(LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ)."
-            )
-        if not isinstance(self.params, Mapping):
-            raise TypeError(
-                f"{where}: params of {self.name!r} must be a dict; got "
-                f"{type(self.params).__name__}."
-            )
-        check_int(self.dim, f"dim of {self.name!r}", where, 1)
-        names, dim = KERNELS[self.kind]
-        expected = set(names) | ({self.dim_param} if self.dim_param else set())
-        missing = [k for k in (*names, self.dim_param) if k and k not in self.params]
-        extra = sorted(set(self.params) - expected)
-        if missing or extra:
-            raise ValueError(
-                f"{where}: params of {self.name!r} must name exactly the parameters its "
-                f"kernel reads ({', '.join(sorted(expected))}); missing {missing}, unknown "
-                f"{extra}."
-            )
-        if (dim is None) != (self.dim_param is not None) or dim not in (None, self.dim):
-            needs = f"dim={dim} and no dim_param" if dim else "a dim_param (e.g. 'N')"
-            raise ValueError(
-                f"{where}: the kernel of {self.name!r} needs {needs}; got dim={self.dim}, "
-                f"dim_param={self.dim_param!r}."
-            )
-        if self.dim_param is not None and self.params[self.dim_param] != self.dim:
-            raise ValueError(
-                f"{where}: dim={self.dim!r} of {self.name!r} contradicts params"
-                f"[{self.dim_param!r}]={self.params[self.dim_param]!r}; set both to the same D: "
-                f"dataclasses.replace(record, dim=D, params={{**record.params, "
-                f"{self.dim_param!r}: D}})."
-            )
-        self._check_x0(where)
+        dim = f"dim of {self.name!r}"
+        with Checks("System") as checks:
+            if isinstance(self.kind, bool) or type(self.kind) is not int:
+                checks.add(
+                    f"kind of {self.name!r} must be a Python int (a kernel id such as LORENZ63); "
+                    f"got {type(self.kind).__name__}. Use int(kind).",
+                    "kind",
+                    wrong_kind=True,
+                )
+            elif self.kind not in KERNELS:
+                checks.add(
+                    f"unknown kernel id kind={self.kind!r}; known: {sorted(KERNELS)} (LORENZ63, "
+                    f"ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ).",
+                    "kind",
+                )
+            if not isinstance(self.params, Mapping):
+                checks.add(
+                    f"params of {self.name!r} must be a dict; got {type(self.params).__name__}.",
+                    "params",
+                    wrong_kind=True,
+                )
+            checks.integer(self.dim, dim)
+            if checks.ok("kind"):
+                self._check_kernel_fit(checks, dim)
+            self._check_x0(checks, dim)
 
-    def _check_x0(self, where: str) -> None:
-        """Refuse an ``x0`` that is not a sequence of finite reals of an admissible length."""
+    def _check_kernel_fit(self, checks: Checks, dim: str) -> None:
+        """Record in ``checks`` the parameters and dimension (argument ``dim``) the kernel of
+        a valid ``kind`` cannot run with."""
+        names, kernel_dim = KERNELS[self.kind]
+        if checks.ok("params"):
+            expected = set(names) | ({self.dim_param} if self.dim_param else set())
+            missing = [k for k in (*names, self.dim_param) if k and k not in self.params]
+            extra = sorted(set(self.params) - expected)
+            if missing or extra:
+                checks.add(
+                    f"params of {self.name!r} must name exactly the parameters its kernel reads "
+                    f"({', '.join(sorted(expected))}); missing {missing}, unknown {extra}.",
+                    "params",
+                )
+        if not checks.ok(dim):
+            return
+        misfit = (kernel_dim is None) != (self.dim_param is not None)
+        if misfit or kernel_dim not in (None, self.dim):
+            needs = f"dim={kernel_dim} and no dim_param" if kernel_dim else "a dim_param (e.g. 'N')"
+            checks.add(
+                f"the kernel of {self.name!r} needs {needs}; got dim={self.dim}, "
+                f"dim_param={self.dim_param!r}.",
+                dim,
+            )
+        elif (
+            checks.ok("params")
+            and self.dim_param is not None
+            and self.params[self.dim_param] != self.dim
+        ):
+            checks.add(
+                f"dim={self.dim!r} of {self.name!r} contradicts params[{self.dim_param!r}]="
+                f"{self.params[self.dim_param]!r}; set both to the same D: dataclasses.replace("
+                f"record, dim=D, params={{**record.params, {self.dim_param!r}: D}}).",
+                dim,
+            )
+
+    def _check_x0(self, checks: Checks, dim: str) -> None:
+        """Record in ``checks`` an ``x0`` that is not a sequence of finite reals of an
+        admissible length (the length only against a valid ``dim``, the argument so named)."""
         real = int | float | np.integer | np.floating
         if isinstance(self.x0, str) or not isinstance(self.x0, Sequence | np.ndarray):
-            raise TypeError(
-                f"{where}: x0 of {self.name!r} must be a tuple of floats (the default initial "
-                f"condition); got {type(self.x0).__name__}."
+            checks.add(
+                f"x0 of {self.name!r} must be a tuple of floats (the default initial "
+                f"condition); got {type(self.x0).__name__}.",
+                wrong_kind=True,
             )
+            return
         if not all(isinstance(v, real) and not isinstance(v, bool) for v in self.x0):
-            raise TypeError(
-                f"{where}: x0 of {self.name!r} must hold real numbers; got {self.x0!r}."
+            checks.add(
+                f"x0 of {self.name!r} must hold real numbers; got {self.x0!r}.", wrong_kind=True
             )
+            return
         if not all(math.isfinite(v) for v in self.x0):
-            raise ValueError(f"{where}: x0 of {self.name!r} must be finite; got {self.x0!r}.")
+            checks.add(f"x0 of {self.name!r} must be finite; got {self.x0!r}.")
         if self.dim_param is not None and len(self.x0) == 0:
-            raise ValueError(
-                f"{where}: x0 of {self.name!r} must have at least one entry (it is repeated "
-                f"to the dimension {self.dim_param}); got none."
+            checks.add(
+                f"x0 of {self.name!r} must have at least one entry (it is repeated to the "
+                f"dimension {self.dim_param}); got none."
             )
-        if self.dim_param is None and len(self.x0) != self.dim:
-            raise ValueError(
-                f"{where}: x0 of {self.name!r} must have dim={self.dim} entries; got "
-                f"{len(self.x0)}."
-            )
+        if self.dim_param is None and checks.ok(dim) and len(self.x0) != self.dim:
+            checks.add(f"x0 of {self.name!r} must have dim={self.dim} entries; got {len(self.x0)}.")
 
     def resolve(self, params: Mapping | None = None, where: str = "System.resolve"):
-        """Merge ``params`` into the defaults and validate them.
+        """Merge ``params`` into the defaults and validate them (all problems in one error).
 
         Returns
         -------
@@ -453,43 +474,57 @@ class System:
         p : ndarray, shape (n_params,), float64
             Parameter vector for ``rhs`` and ``jac``.
         """
+        with Checks(where) as checks:
+            dim, p = self._resolve(checks, params)
+        return dim, p
+
+    def _resolve(self, checks: Checks, params):
+        """:meth:`resolve`, recording the problems in ``checks`` (the argument ``params``
+        marked bad): ``p`` is None when there are any, ``dim`` when the dimension parameter
+        is bad (a fixed dimension is returned all the same, for the checks that need it)."""
         merged = dict(self.params)
-        if params is not None:
-            if not isinstance(params, Mapping):
-                raise TypeError(
-                    f"{where}: params must be a dict; got {type(params).__name__}. "
-                    f"Known parameters of {self.name}: {', '.join(self.params)}."
-                )
+        if params is not None and not isinstance(params, Mapping):
+            checks.add(
+                f"params must be a dict; got {type(params).__name__}. Known parameters of "
+                f"{self.name}: {', '.join(self.params)}.",
+                "params",
+                wrong_kind=True,
+            )
+        elif params is not None:
             unknown = sorted(set(params) - set(self.params))
             if unknown:
-                raise ValueError(
-                    f"{where}: unknown parameter(s) {unknown} for system {self.name!r}; "
-                    f"known: {', '.join(self.params)}."
+                checks.add(
+                    f"unknown parameter(s) {unknown} for system {self.name!r}; known: "
+                    f"{', '.join(self.params)}.",
+                    "params",
                 )
-            merged.update(params)
+            merged.update((k, v) for k, v in params.items() if k in self.params)
         real = int | float | np.integer | np.floating
-        kinds = [
-            f"{k}={v!r}"
-            for k, v in merged.items()
-            if isinstance(v, bool) or not isinstance(v, real)
-        ]
+        kinds = [k for k, v in merged.items() if isinstance(v, bool) or not isinstance(v, real)]
         if kinds:
-            raise TypeError(
-                f"{where}: parameters of {self.name!r} must be real numbers; got "
-                f"{', '.join(kinds)}."
+            checks.add(
+                f"parameters of {self.name!r} must be real numbers; got "
+                f"{', '.join(f'{k}={merged[k]!r}' for k in kinds)}.",
+                "params",
+                wrong_kind=True,
             )
-        infinite = [f"{k}={v!r}" for k, v in merged.items() if not math.isfinite(v)]
+        infinite = [k for k, v in merged.items() if k not in kinds and not math.isfinite(v)]
         if infinite:
-            raise ValueError(
-                f"{where}: parameters of {self.name!r} must be finite; got {', '.join(infinite)}."
+            checks.add(
+                f"parameters of {self.name!r} must be finite; got "
+                f"{', '.join(f'{k}={merged[k]!r}' for k in infinite)}.",
+                "params",
             )
         dim = self.dim
-        if self.dim_param is not None:
-            dim = check_int(
-                merged[self.dim_param], f"{self.name} parameter {self.dim_param}", where, 4
-            )
-        p = np.array([float(merged[k]) for k in KERNELS[self.kind][0]])
-        return dim, p
+        if self.dim_param is not None and self.dim_param in kinds + infinite:
+            dim = None
+        elif self.dim_param is not None:
+            name = f"{self.name} parameter {self.dim_param}"
+            dim = checks.integer(merged[self.dim_param], name, 4)
+            dim = dim if checks.ok(name) else None
+        if dim is None or not checks.ok("params"):
+            return dim, None
+        return dim, np.array([float(merged[k]) for k in KERNELS[self.kind][0]])
 
     def rhs(self, x, params: Mapping | None = None) -> np.ndarray:
         """``dx/dt`` at ``x`` (shape ``(D,)``, float64) for ``params`` (default parameters)."""
@@ -506,15 +541,17 @@ class System:
         return out
 
     def _point(self, x, params, where):
-        dim, p = self.resolve(params, where)
-        x = np.asarray(x)
-        if x.dtype != np.float64:
-            raise TypeError(
-                f"{where}: x must be a float64 array; got dtype {x.dtype}. Use "
-                f"np.asarray(x, dtype=np.float64)."
-            )
-        if x.shape != (dim,):
-            raise ValueError(f"{where}: x must have shape ({dim},) for {self.name}; got {x.shape}.")
+        with Checks(where) as checks:
+            dim, p = self._resolve(checks, params)
+            x = np.asarray(x)
+            if x.dtype != np.float64:
+                checks.add(
+                    f"x must be a float64 array; got dtype {x.dtype}. Use "
+                    f"np.asarray(x, dtype=np.float64).",
+                    wrong_kind=True,
+                )
+            elif dim is not None and x.shape != (dim,):
+                checks.add(f"x must have shape ({dim},) for {self.name}; got {x.shape}.")
         return x, p
 
     def substeps(self, dt: float) -> int:
@@ -526,7 +563,8 @@ class System:
 
         Without ``x0`` the initial condition is ``x0_default + x0_spread * N(0, I)`` drawn from
         ``numpy.random.default_rng(seed)``; the generator is returned so that later draws
-        (observation noise) continue the same stream.
+        (observation noise) continue the same stream. The problems of ``params``, ``x0`` and
+        ``seed`` are raised together, naming ``where``.
 
         Returns
         -------
@@ -534,21 +572,35 @@ class System:
         x0 : ndarray, shape (D,), float64
         rng : numpy.random.Generator
         """
-        dim, p = self.resolve(params, where)
-        rng = np.random.default_rng(check_int(seed, "seed", where, 0))
+        with Checks(where) as checks:
+            run = self.prepare_with(checks, params=params, x0=x0, seed=seed)
+        return run
+
+    def prepare_with(self, checks: Checks, *, params=None, x0=None, seed=0):
+        """:meth:`prepare` for a function that gathers the problems of its own arguments in
+        ``checks``: the problems of ``params``, ``x0`` and ``seed`` are recorded there, and
+        the result is None when there are any (``checks`` then raises them)."""
+        dim, p = self._resolve(checks, params)
+        seed = checks.integer(seed, "seed", 0)
+        if x0 is not None:
+            arr = np.asarray(x0)
+            if arr.dtype.kind not in "iuf":
+                checks.add(
+                    f"x0 must be a real numeric array; got dtype {arr.dtype}.",
+                    "x0",
+                    wrong_kind=True,
+                )
+            elif dim is not None and arr.shape != (dim,):
+                checks.add(f"x0 must have shape ({dim},) for {self.name}; got {arr.shape}.", "x0")
+            elif not np.all(np.isfinite(arr)):
+                checks.add(f"x0 contains NaN or inf: {arr}.", "x0")
+        if p is None or not checks.ok("seed", "x0"):
+            return None
+        rng = np.random.default_rng(seed)
         if x0 is None:
             start = np.resize(np.asarray(self.x0, dtype=np.float64), dim)
             start = start + self.x0_spread * rng.standard_normal(dim)
         else:
-            arr = np.asarray(x0)
-            if arr.dtype.kind not in "iuf":
-                raise TypeError(f"{where}: x0 must be a real numeric array; got dtype {arr.dtype}.")
-            if arr.shape != (dim,):
-                raise ValueError(
-                    f"{where}: x0 must have shape ({dim},) for {self.name}; got {arr.shape}."
-                )
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"{where}: x0 contains NaN or inf: {arr}.")
             start = arr.astype(np.float64)
         return p, start, rng
 
@@ -757,18 +809,21 @@ def generate(
     """
     where = "generate"
     sys_ = get_system(system, where)
-    noise = check_real(noise, "noise", where, positive=False)
-    n_steps = check_int(n_steps, "n_steps", where, 1)
-    dt = sys_.dt if dt is None else check_real(dt, "dt", where, positive=True)
-    if noise > 0 and n_steps < 2:
-        raise ValueError(
-            f"{where}: noise is a fraction of each dimension's sd over the returned trajectory "
-            f"and needs n_steps >= 2; got n_steps={n_steps}."
-        )
+    with Checks(where) as checks:
+        noise = checks.real(noise, "noise", positive=False)
+        n_steps = checks.integer(n_steps, "n_steps")
+        if checks.ok("noise", "n_steps") and noise > 0 and n_steps < 2:
+            checks.add(
+                f"noise is a fraction of each dimension's sd over the returned trajectory and "
+                f"needs n_steps >= 2; got n_steps={n_steps}."
+            )
+        dt = sys_.dt if dt is None else checks.real(dt, "dt", positive=True)
+        if transient is not None:
+            transient = checks.integer(transient, "transient", 0)
+        run = sys_.prepare_with(checks, params=params, x0=x0, seed=seed)
     if transient is None:  # ceil, less a rounding margin: 20 / 0.01 is 2000 steps, not 2001
         transient = math.ceil(sys_.transient_time / dt - 1e-9)
-    transient = check_int(transient, "transient", where, 0)
-    p, start, rng = sys_.prepare(params=params, x0=x0, seed=seed, where=where)
+    p, start, rng = run
     n_sub = sys_.substeps(dt)
     out = np.empty((n_steps, start.shape[0]))
     bad = rk4_trajectory(sys_.kind, start, p, dt / n_sub, n_sub, transient, out)

@@ -227,6 +227,19 @@ def test_destandardize_validation():
     )
 
 
+def test_several_bad_arguments_are_reported_together():
+    with pytest.raises(TypeError) as err:
+        load_data(3, key=4, min_steps=0)
+    assert str(err.value) == (
+        "load_data: path must be a str or Path; got int. key must be a str (an array name); got "
+        "int. min_steps must be >= 1; got 0."
+    )
+    with pytest.raises(ValueError, match=r"^destandardize: expected x_std .* sd must be finite"):
+        destandardize(np.zeros((3, 2)), np.zeros(3), -np.ones(2))
+    with pytest.raises(TypeError, match=r"^destandardize: x_std must be real .* sd must be real"):
+        destandardize(np.array(["a"]), np.zeros(1), np.array(["x"]))
+
+
 def test_csv_with_utf8_byte_order_mark_keeps_the_first_row(tmp_path):
     for text in ("0,1\n1.5,-2\n3,4.25\n-1,0.5\n", "x,y\n0,1\n1.5,-2\n3,4.25\n-1,0.5\n"):
         path = tmp_path / "excel.csv"

@@ -631,6 +631,32 @@ def test_evaluate_checks_every_setting_before_the_free_run(rotation_data, kwargs
         evaluate(expanding, x, n_steps=100, **kwargs)
 
 
+def test_measures_report_every_bad_argument_at_once(rotation_data):
+    model, x = rotation_data
+    with pytest.raises(ValueError) as err:
+        state_space_divergence(x, x, n_bins=0, box="bad")
+    assert str(err.value) == (
+        "state_space_divergence: n_bins must be >= 1; got 0. box must be one of ('minmax', "
+        "'sd2'); got 'bad'."
+    )
+    match = r"^power_spectrum_distance: x_true and x_gen must .* smoothing must be finite"
+    with pytest.raises(ValueError, match=match):
+        power_spectrum_distance(x, x[:500], smoothing=-1.0)
+    with pytest.raises(ValueError) as err:
+        lyapunov_spectrum("lorenz63", 0, n_steps=0, dt=-1.0, seed=-1)
+    assert str(err.value) == (
+        "lyapunov_spectrum: n_exponents must be >= 1; got 0. n_steps must be >= 1; got 0. dt must "
+        "be finite and > 0; got -1.0. seed must be >= 0; got -1."
+    )
+    with pytest.raises(TypeError) as err:  # a kind problem: TypeError, the value problems too
+        evaluate(model, x, n_steps=5, transient=9, n_starts=0, measures="mse", seed=1.5)
+    assert str(err.value) == (
+        "evaluate: transient (9) must be smaller than n_steps (5). n_starts must be >= 1; got 0. "
+        "measures must be a non-empty subset of ('dstsp', 'dh', 'pe', 'lyapunov'); got "
+        "('mse',). seed must be an int; got float."
+    )
+
+
 def test_evaluate_warns_once_when_the_measured_run_is_too_short_for_dh(rotation_data):
     model, x = rotation_data
     with warnings.catch_warnings(record=True) as caught:

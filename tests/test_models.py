@@ -13,6 +13,7 @@ import pytest
 import models
 import parscan
 from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
+from models._checks import Checks
 from models.base import FORMAT_VERSION
 
 M, L, P, N = 4, 6, 2, 3
@@ -511,6 +512,54 @@ def test_a_subclass_outside_the_library_is_refused_before_writing(tmp_path):
 
 
 # ---- errors ---------------------------------------------------------------------------
+
+
+def test_checks_gathers_the_problems_and_picks_the_exception_type():
+    with pytest.raises(ValueError) as err, Checks("f") as checks:
+        assert checks.integer(np.int64(2), "a") == 2 and type(checks.integer(2, "a")) is int
+        assert checks.integer(0, "b") == 0 and checks.choice("y", "c", ("x",)) == "y"
+        assert checks.ok("a") and not checks.ok("a", "b") and not checks.ok("c")
+    assert str(err.value) == "f: b must be >= 1; got 0. c must be one of ('x',); got 'y'."
+    checks = Checks("g")
+    assert (
+        checks.real(2, "d", positive=True) == 2.0 and checks.real("2", "e", positive=False) == "2"
+    )
+    with checks.caught("h"):
+        raise ValueError("g: h must be 1-D; got shape (2, 2).")
+    with pytest.raises(TypeError, match=r"^g: e must be a real number; got str\. h must be 1-D"):
+        checks.raise_problems()  # one problem of kind: TypeError, with the value problem too
+
+    class SpecialError(ValueError):
+        pass
+
+    with pytest.raises(SpecialError), checks.caught():  # subclasses keep their meaning
+        raise SpecialError("kept")
+    with pytest.raises(KeyError), Checks("k") as checks:  # an error in the block is not masked
+        checks.integer(0, "n")
+        raise KeyError("x")
+
+
+def test_constructors_report_every_bad_argument_and_skip_comparisons_with_bad_ones():
+    with pytest.raises(TypeError) as err:
+        ALRNN(2.0, 3, n_obs=5, seed=-1)  # P > M and n_obs > M are not compared with M=2.0
+    assert str(err.value) == "ALRNN: M must be an int; got float. seed must be >= 0; got -1."
+    with pytest.raises(ValueError) as err:
+        ALRNN(2, 3, n_obs=5)
+    assert str(err.value) == (
+        "ALRNN: the number of relu units P must be <= M; got P=3, M=2. n_obs must be <= M (the "
+        "observations are the first n_obs latents); got n_obs=5, M=2. Increase M or reduce n_obs."
+    )
+    with pytest.raises(TypeError, match=r"^ShPLRNN: L must be >= 1; got 0\. n_obs .* got None\.$"):
+        ShPLRNN(3, 0, 4, dtype=None)
+    with pytest.raises(ValueError, match=r"^PLRNN: M must be >= 1; got 0\. n_obs must be >= 1"):
+        PLRNN(0, n_obs=0)
+    model = ShPLRNN(3, 4)
+    with pytest.raises(ValueError, match=r"^ShPLRNN.simulate: `z0` must have shape .* n_steps"):
+        model.simulate(np.zeros(2), -1)
+    with pytest.raises(TypeError, match=r"^ShPLRNN.param_vjp: `z_prev` must .* `cotangent` must"):
+        model.param_vjp(np.zeros(2), np.zeros(3, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"step_and_jacobian: backend must .* `diag` must be a"):
+        model.step_and_jacobian(np.zeros(3), diag=1, backend="gpu")
 
 
 def test_constructor_errors():

@@ -264,6 +264,45 @@ def test_constructor_validation():
             Adam(3, dtype=dtype)
 
 
+def test_constructors_report_every_bad_hyperparameter_at_once():
+    for cls in (Adam, RAdam):
+        with pytest.raises(ValueError) as err:
+            cls(3, beta1=-0.1, beta2=1.5, eps=0.0)
+        assert str(err.value) == (
+            f"{cls.__name__}: beta1 must be finite and >= 0; got -0.1. beta2 must be in [0, 1); "
+            "got 1.5. eps must be finite and > 0; got 0.0."
+        )
+    with pytest.raises(ValueError) as err:
+        ExponentialDecay(-1, 0, 0)
+    assert str(err.value) == (
+        "ExponentialDecay: lr_start must be finite and > 0; got -1.0. lr_end must be finite and "
+        "> 0; got 0.0. n_steps must be >= 1; got 0."
+    )
+
+
+def test_a_wrong_kind_makes_a_type_error_that_still_lists_the_bad_values():
+    with pytest.raises(TypeError) as err:
+        RAdam("3", beta1=2.0, eps=-1.0, dtype="int8")
+    assert str(err.value) == (
+        "RAdam: n_params must be an int; got str. beta1 must be in [0, 1); got 2.0. eps must be "
+        "finite and > 0; got -1.0. dtype must be float32 or float64 (e.g. dtype='float32'); "
+        "got int8."
+    )
+    with pytest.raises(TypeError, match=r"^make_optimizer: unknown optimiser 'sgd'.*\['lr'\]"):
+        make_optimizer("sgd", 3, lr=1e-3)
+    with pytest.raises(TypeError, match=r"^clip_grad_norm: grad must be 1-D.* max_norm .* bool"):
+        clip_grad_norm(np.ones((2, 2)), True)
+    opt, p = Adam(3), np.zeros(3)
+    with pytest.raises(TypeError) as err:
+        opt.step(p, np.zeros(2, dtype=np.float32), 0.0)
+    assert str(err.value) == (
+        "Adam.step: grad must have dtype float64 (the optimiser's dtype); got float32. Build the "
+        "optimiser with dtype=model.dtype. grad must have shape (3,); got (2,). lr must be "
+        "finite and > 0; got 0.0."
+    )
+    assert opt.t == 0 and not p.any()
+
+
 def test_bools_are_not_numbers():
     """True/False are refused wherever a real number is expected, naming the argument."""
     for name in ("beta1", "beta2", "eps"):

@@ -282,6 +282,25 @@ def test_constructor_and_gradient_errors():
         ssm_loss_and_grad(_make("linear"), np.zeros((1, 5, N)), backend="gpu")
 
 
+def test_constructors_report_every_bad_argument_at_once():
+    with pytest.raises(TypeError) as err:
+        LinearSSM(0, 2.0, 3, r_min=-0.5, r_max=0.5, seed=-1)  # no r_min <= r_max comparison
+    assert str(err.value) == (
+        "LinearSSM: N must be >= 1; got 0. H must be an int; got float. r_min must be finite and "
+        ">= 0; got -0.5. seed must be >= 0; got -1."
+    )
+    with pytest.raises(ValueError) as err:
+        SelectiveSSM(3, 2, 4, dt_min=0.5, dt_max=0.1, seed=-1)
+    assert str(err.value) == (
+        "SelectiveSSM: need dt_min <= dt_max; got dt_min=0.5, dt_max=0.1. seed must be >= 0; "
+        "got -1."
+    )
+    with pytest.raises(TypeError, match=r"^SelectiveSSM: N must be an int.*H must be an int"):
+        SelectiveSSM(2.5, "a", 3)  # N * H (the scan width) is not formed from bad sizes
+    with pytest.raises(ValueError, match=r"^LinearSSM.generate: x0 must have shape .* n_steps"):
+        LinearSSM(3, 2, 2).generate(np.zeros(2), -1)
+
+
 def test_long_single_window_on_the_threaded_backend():
     """One long window (the GTF-DEER use case) takes the time-chunked CPU scan under "cpu";
     the selective model's coefficients are read-only broadcasts there."""

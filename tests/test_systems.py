@@ -319,6 +319,43 @@ def test_generate_validation(kwargs, exc, match):
         generate(args.pop("system"), args.pop("n_steps"), **args)
 
 
+def test_generate_reports_every_bad_argument_at_once():
+    with pytest.raises(ValueError) as err:
+        generate("lorenz63", 1, dt=-0.1, noise=0.1, seed=-1, transient=-2)
+    assert str(err.value) == (
+        "generate: noise is a fraction of each dimension's sd over the returned trajectory and "
+        "needs n_steps >= 2; got n_steps=1. dt must be finite and > 0; got -0.1. transient must "
+        "be >= 0; got -2. seed must be >= 0; got -1."
+    )
+    with pytest.raises(TypeError) as err:  # noise is not compared with a bad n_steps
+        generate("lorenz63", 1.0, noise=0.1, params={"rho": "x", "gamma": 1.0}, x0=[1.0, 2.0])
+    assert str(err.value) == (
+        "generate: n_steps must be an int; got float. unknown parameter(s) ['gamma'] for system "
+        "'lorenz63'; known: sigma, rho, beta. parameters of 'lorenz63' must be real numbers; got "
+        "rho='x'. x0 must have shape (3,) for lorenz63; got (2,)."
+    )
+    with pytest.raises(TypeError) as err:
+        generate("lorenz96", 5, params={"N": 3.0, "F": np.nan}, x0=[1.0, 2.0])
+    assert str(err.value) == (  # nor is x0 compared with the dimension of a bad N
+        "generate: parameters of 'lorenz96' must be finite; got F=nan. lorenz96 parameter N must "
+        "be an int; got float."
+    )
+
+
+def test_records_report_every_bad_field_at_once():
+    with pytest.raises(TypeError) as err:  # the x0 length is not compared with a bad dim
+        dataclasses.replace(SYSTEMS["lorenz63"], dim=3.0, params={"sigma": 1.0}, x0=(1.0, np.nan))
+    assert str(err.value) == (
+        "System: dim of 'lorenz63' must be an int; got float. params of 'lorenz63' must name "
+        "exactly the parameters its kernel reads (beta, rho, sigma); missing ['rho', 'beta'], "
+        "unknown []. x0 of 'lorenz63' must be finite; got (1.0, nan)."
+    )
+    with pytest.raises(
+        TypeError, match=r"^System.rhs: parameters .* rho=inf\. x must be a float64"
+    ):
+        SYSTEMS["lorenz63"].rhs(np.zeros(3, dtype=np.float32), {"rho": np.inf})
+
+
 def test_blow_up_is_reported():
     with pytest.raises(ValueError, match=r"generate: the lorenz63 trajectory became non-finite"):
         generate("lorenz63", 10, params={"beta": -50.0})
