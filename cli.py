@@ -16,6 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import csv
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -29,9 +30,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import click
+import numba
 import numpy as np
 
 import parscan
+from parscan import _env
 from parscan._jit import set_threads
 
 MODEL_NAMES = ("shplrnn", "clipped-shplrnn", "alrnn", "plrnn", "linear-ssm", "selective-ssm")
@@ -140,6 +143,8 @@ CHOICE_SETTINGS = (
 )
 #: settings that generate data, meaningless with ``--data``
 GENERATOR_SETTINGS = ("system", "n_steps", "noise")
+#: output flags: those of the command, never taken from a resumed run
+OUTPUT_SETTINGS = ("quiet", "verbose")
 #: settings a ``--resume`` may change (the rest are the run's: its data, model and training)
 RESUME_MAY_CHANGE = (
     "epochs",
@@ -148,8 +153,7 @@ RESUME_MAY_CHANGE = (
     "validation_interval",
     "out",
     "resume",
-    "quiet",
-    "verbose",
+    *OUTPUT_SETTINGS,
 )
 #: settings that are file paths (stored absolute, so a run can be resumed from anywhere)
 PATH_SETTINGS = ("data", "test_data")
@@ -169,12 +173,17 @@ def _setting_type(name: str) -> tuple[type, bool]:
     return next(t for t in options if t is not type(None)), type(None) in options
 
 
+def _setting_name(key) -> str:
+    """The setting a config key names (``test-data`` and ``test_data`` -> ``test_data``)."""
+    return str(key).replace("-", "_")
+
+
 def _typed_settings(raw: dict, source: str) -> dict:
     """``raw`` (a config file's or an args.json's table) checked against :class:`Settings`:
     known names (``-`` or ``_``), each given once, values of the right type."""
     config, spelled = {}, {}
     for key, value in raw.items():
-        name = str(key).replace("-", "_")
+        name = _setting_name(key)
         if name in config:
             raise UserError(f"{source}: {spelled[name]} and {key} are the same setting; keep one.")
         config[name], spelled[name] = value, key
@@ -210,9 +219,10 @@ def _typed_settings(raw: dict, source: str) -> dict:
 CONFIG_FORMATS = {".toml": ("TOML", tomllib.loads), ".json": ("JSON", json.loads)}
 
 
-def _read_config(path: str) -> dict:
+def _read_config(path: str) -> tuple[dict, dict[str, str]]:
     """The settings table of a TOML or JSON ``--config`` file (format told by the suffix;
-    another suffix is tried as TOML, then JSON)."""
+    another suffix is tried as TOML, then JSON), and each setting's name as written there
+    (``{"test_data": "test-data"}``, for messages)."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix in (".yaml", ".yml"):
@@ -240,11 +250,14 @@ def _read_config(path: str) -> dict:
         raise UserError(f"--config {path} is not valid {kinds} ({reasons}).")
     if not isinstance(raw, dict):
         raise UserError(f"--config {path} must hold a table/object of settings.")
-    return _typed_settings(raw, f"--config {path}")
+    spelled = {_setting_name(key): str(key) for key in raw}
+    return _typed_settings(raw, f"--config {path}"), spelled
 
 
 def saved_settings(run: Path, what: str) -> dict:
-    """The settings recorded in ``RUN/args.json`` (checked like a config file).
+    """The settings recorded in ``RUN/args.json`` (checked like a config file), without the
+    data-generating settings that a ``--data`` run records as null (see
+    :func:`_recorded_settings`).
 
     Parameters
     ----------
@@ -260,7 +273,12 @@ def saved_settings(run: Path, what: str) -> dict:
         raise UserError(f"{what}: {path} is missing or unreadable; is {run} a run?") from None
     if not isinstance(settings, dict):
         raise UserError(f"{what}: {path} has no table of settings; is {run} a run?")
-    return _typed_settings(settings, f"{what}: {path}")
+    applied = {
+        name: value
+        for name, value in settings.items()
+        if not (name in GENERATOR_SETTINGS and value is None)
+    }
+    return _typed_settings(applied, f"{what}: {path}")
 
 
 def resolve_settings(flags: dict, config_path: str | None) -> Settings:
@@ -269,39 +287,51 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
 
 
 def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, str]]:
-    """:func:`resolve_settings`, and where the array keys that the flags did not give come
-    from (``{"data_key": "data-key in --config FILE"}``), for the messages about them."""
+    """:func:`resolve_settings`, and where the settings that the flags did not give were set
+    (``{"data_key": "data-key in --config FILE"}``, named as written in that file), for the
+    messages about them."""
     given = {key: value for key, value in flags.items() if value is not None}
-    merged = _read_config(config_path) if config_path else {}
-    # where array keys that the flags did not give come from, for the messages about them
-    key_origins = {
-        name: f"{name.replace('_', '-')} in --config {config_path}"
-        for name in KEY_SETTINGS
-        if name in merged and name not in given
+    merged, spelled = _read_config(config_path) if config_path else ({}, {})
+    origins = {
+        name: f"{spelled[name]} in --config {config_path}" for name in merged if name not in given
     }
     merged.update(given)
-    if merged.get("data") is not None:
+    saved = None
+    if merged.get("resume"):
+        if merged.get("out") is None:
+            raise UserError("--resume needs --out, the folder of the run to continue.")
+        if merged["out"].strip():  # an empty --out is refused with the other problems
+            saved = saved_settings(Path(merged["out"]), "--resume")
+    if {**(saved or {}), **merged}.get("data") is not None:
         generator = [name for name in GENERATOR_SETTINGS if name in merged]
         if generator:
-            names = ", ".join(map(_flag, generator))
+            names = ", ".join(_named(name, origins) for name in generator)
             raise UserError(
                 f"{names}: these settings generate data and do not apply with --data; drop "
                 f"{'it' if len(generator) == 1 else 'them'}."
             )
-    if merged.get("resume"):
-        if merged.get("out") is None:
-            raise UserError("--resume needs --out, the folder of the run to continue.")
-        saved = saved_settings(Path(merged["out"]), "--resume")
+    if saved is not None:
         _check_resume_changes(merged, saved, Path(merged["out"]))
-        merged = {**saved, **merged}
+        # the output flags are this command's own, not the resumed run's
+        kept = {name: value for name, value in saved.items() if name not in OUTPUT_SETTINGS}
+        merged = {**kept, **merged}
     for name in PATH_SETTINGS:
         if merged.get(name):
             merged[name] = _absolute(merged[name])
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
-    _check_settings(settings, key_origins)
-    return settings, key_origins
+    _check_settings(settings, origins)
+    return settings, origins
+
+
+def _named(name: str, origins: dict[str, str]) -> str:
+    """How messages name setting ``name``: as written in the config file that set it
+    (``origins``, see :func:`_resolve`), else as its flag (a config-only setting by its
+    name)."""
+    if name in origins:
+        return origins[name]
+    return _flag(name) if any(param.name == name for param in main.params) else name
 
 
 def _absolute(path: str) -> str:
@@ -348,10 +378,14 @@ def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None
     return f"{option} names an array in an .npz file; {file_option} {path} is not one, {fix}"
 
 
-def _check_settings(s: Settings, key_origins: dict[str, str]) -> None:
-    """Refuse settings that cannot run, all problems in one message; ``key_origins``: where
-    the array keys that the flags did not give come from (see :func:`_resolve`)."""
-    problems = []
+def _check_settings(s: Settings, origins: dict[str, str]) -> None:
+    """Refuse settings that cannot run, all problems in one message; ``origins``: where the
+    settings that the flags did not give were set (see :func:`_resolve`)."""
+    problems = [
+        f"{_named(name, origins)}: no such file {getattr(s, name)}"
+        for name in PATH_SETTINGS
+        if getattr(s, name) is not None and not Path(getattr(s, name)).exists()
+    ]
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
     if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
@@ -359,30 +393,47 @@ def _check_settings(s: Settings, key_origins: dict[str, str]) -> None:
             f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
         )
     for name in KEY_SETTINGS:
-        key_problem = _array_key_problem(s, name, key_origins.get(name))
+        key_problem = _array_key_problem(s, name, origins.get(name))
         if key_problem:
             problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
     if s.model in SSM_NAMES and s.method == "sequential":
         problems.append(f"--method sequential is for the latent RNNs, not {s.model}")
-    for name in ("n_steps", "sequence_length", "batch_size", "batches_per_epoch", "epochs"):
+    for name in (
+        "n_steps",
+        "sequence_length",
+        "batch_size",
+        "batches_per_epoch",
+        "epochs",
+        "validation_interval",
+        "validation_steps",
+        "validation_starts",
+    ):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            problems.append(f"{_named(name, origins)} must be a positive integer, got {value!r}")
     for name in ("latent_dim", "hidden_dim", "n_relu", "threads"):
         value = getattr(s, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{name.replace('_', '-')} must be an integer, got {value!r}")
+            problems.append(f"{_named(name, origins)} must be an integer, got {value!r}")
         elif value is not None and value < 1:
-            problems.append(f"{name.replace('_', '-')} must be >= 1, got {value}")
+            problems.append(f"{_named(name, origins)} must be >= 1, got {value}")
     if s.alpha != "auto" and not 0.0 <= _float_or_nan(s.alpha) <= 1.0:
-        problems.append(f"alpha must be 'auto' or a number in [0, 1], got {s.alpha!r}")
+        problems.append(
+            f"{_named('alpha', origins)} must be 'auto' or a number in [0, 1], got {s.alpha!r}"
+        )
     for name in ("validation_fraction", "test_fraction"):
         if not 0.0 < getattr(s, name) < 0.9:
-            problems.append(f"{name.replace('_', '-')} must be in (0, 0.9)")
+            problems.append(f"{_named(name, origins)} must be in (0, 0.9), got {getattr(s, name)}")
     if not 0.0 <= s.noise < 10:
-        problems.append(f"noise must be in [0, 10), got {s.noise}")
+        problems.append(f"{_named('noise', origins)} must be in [0, 10), got {s.noise}")
+    if s.out is not None and not s.out.strip():
+        problems.append(
+            "--out must not be empty (without --out the run goes to runs/<data>-<model>-<time>)"
+        )
+    if s.quiet and s.verbose:
+        problems.append("-q/--quiet and -v/--verbose contradict each other; pick one")
     if s.backend == "cuda" and "cuda" not in parscan.available_backends():
         problems.append(
             "--backend cuda needs a CUDA GPU and none is available here; available: "
@@ -481,10 +532,10 @@ def _check_test(test: np.ndarray, what: str) -> None:
         raise UserError(str(exc)) from None
 
 
-def prepare_data(s: Settings, key_origins: dict[str, str] | None = None) -> Dataset:
+def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
     """Load or generate the data; split off validation (and test, without ``--test-data``).
-    ``key_origins``: where array keys that no flag gave were set (see :func:`_resolve`)."""
-    origins = key_origins or {}
+    ``origins``: where the settings that no flag gave were set (see :func:`_resolve`)."""
+    origins = origins or {}
     if s.data is not None:
         x = _load(s.data, "--data", s.data_key, origins.get("data_key"))
         source = f"file {s.data}" + ("" if s.data_key is None else f", array {s.data_key}")
@@ -503,7 +554,7 @@ def prepare_data(s: Settings, key_origins: dict[str, str] | None = None) -> Data
         source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
         test_what = f"the generated test data (--n-steps {s.n_steps})"
     if s.test_data is not None:
-        test = _load(s.test_data, "--test-data", s.test_data_key, origins.get("test_data_key"))
+        test = _load_test_data(s, origins)
         test_what = "--test-data"
         if test.shape[1] != x.shape[1]:
             raise UserError(
@@ -521,6 +572,85 @@ def prepare_data(s: Settings, key_origins: dict[str, str] | None = None) -> Data
             f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
         )
     return Dataset(train, validation, test, source)
+
+
+def _load_test_data(s: Settings, origins: dict[str, str] | None = None) -> np.ndarray:
+    """The ``--test-data`` array of these settings (``origins``: see :func:`prepare_data`)."""
+    key_origin = (origins or {}).get("test_data_key")
+    return _load(s.test_data, "--test-data", s.test_data_key, key_origin)
+
+
+def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -> None:
+    """Warn (one line) when test data look like another scale than the training data's.
+
+    The test data are standardised with the training data's mean and sd, so test data in
+    other units (e.g. a file standardised already, for raw training data) leave every free run
+    outside their box. A dimension is far when its test mean lies more than 3 training sds
+    from the training mean or its sd ratio is outside [1/5, 5]; a genuine change of regime can
+    do that too, hence a warning, not an error.
+
+    Parameters
+    ----------
+    test : ndarray, shape (T, N)
+        The test data in data units.
+    mean, sd : ndarray, shape (N,)
+        The training data's mean and sd (the model's standardisation).
+    what : str
+        The test data, for the message (``--test-data FILE``).
+    """
+    from models.data import column_mean_sd
+
+    test_mean, test_sd = column_mean_sd(test)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.abs(test_mean - mean) / sd
+        ratio = test_sd / sd
+    far = np.flatnonzero(~((shift <= 3) & (ratio >= 1 / 5) & (ratio <= 5)))
+    if far.size == 0:
+        return
+    d = far[0]
+    others = f" and {far.size - 1} other dimension{'s' * (far.size > 2)}" if far.size > 1 else ""
+    _warn(
+        f"{what} lies far from the training data in dimension {d} (mean {test_mean[d]:.3g}, "
+        f"sd {test_sd[d]:.3g}; training data: mean {mean[d]:.3g}, sd {sd[d]:.3g}){others}; are "
+        "both in the same units (one of them standardised)?"
+    )
+
+
+def fingerprint(x: np.ndarray) -> dict:
+    """Shape, dtype and SHA-256 of the bytes (C order) of array ``x``: what ``args.json``
+    records of test data read from a file, so ``evaluate RUN`` can tell if they changed."""
+    x = np.ascontiguousarray(x)
+    return {
+        "shape": list(x.shape),
+        "dtype": str(x.dtype),
+        "sha256": hashlib.sha256(x.data).hexdigest(),
+    }
+
+
+def run_test_data(run: Path) -> np.ndarray:
+    """The test data of the run in folder ``run``, rebuilt from its ``args.json`` as training
+    built them, in data units.
+
+    Test data read from a file (``--test-data``, or held out from ``--data``) must match the
+    fingerprint recorded at training time; runs written before fingerprints were recorded are
+    not checked. Generated test data are defined by the run's settings and not fingerprinted.
+    """
+    s = Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
+    args = run / "args.json"
+    file = s.test_data if s.test_data is not None else s.data
+    if file is not None and not Path(file).exists():
+        raise UserError(
+            f"the run's data file {file} (recorded in {args}) is missing; pass --test-data FILE."
+        )
+    test = _load_test_data(s) if s.test_data is not None else prepare_data(s).test
+    recorded = json.loads(args.read_text(encoding="utf-8")).get("test_data_fingerprint")
+    if file is not None and recorded is not None and fingerprint(test) != recorded:
+        raise UserError(
+            f"the run's data file {file} changed since training: the test data it gives now "
+            f"differ from those recorded in {args} (shape, SHA-256); pass --test-data FILE to "
+            "score other data."
+        )
+    return test
 
 
 def build_model(s: Settings, n_obs: int):
@@ -570,10 +700,12 @@ def out_dir(s: Settings) -> Path:
     if s.resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from.")
     if has_content and not s.resume:
-        raise UserError(
-            f"--out {out} already holds a run; pass --resume to continue it or choose "
-            f"another --out."
-        )
+        if (out / "args.json").is_file():
+            raise UserError(
+                f"--out {out} already holds a run; pass --resume to continue it or choose "
+                f"another --out."
+            )
+        raise UserError(f"--out {out} is not empty and holds no parscan run; choose another --out.")
     return out
 
 
@@ -589,7 +721,6 @@ def create_out_dir(out: Path) -> None:
 
 
 def _versions() -> dict:
-    import numba
     import scipy
 
     return {
@@ -629,7 +760,20 @@ def write_history(path: Path, history: list) -> None:
 
 
 def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
-    """``attractor.png`` and ``spectrum.png`` with matplotlib, or a note why not."""
+    """``attractor.png`` and ``spectrum.png`` with matplotlib, or a note why not.
+
+    Both attractor panels share the axis limits (the test data's range, widened to the
+    generated run's), so a model collapsed to a point looks like one; the spectra are shown up
+    to the frequency bin below which the test spectrum holds 99.9 % of its power (see
+    :func:`spectrum_extent`).
+
+    Parameters
+    ----------
+    out : Path
+        The run folder.
+    test, generated : ndarray, shape (T, N)
+        The test data (standardised) and the free run from its first point, finite.
+    """
     try:
         import matplotlib
 
@@ -640,14 +784,20 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
     from models.metrics import normalized_spectra
 
     n_obs = test.shape[1]
+    lo = np.minimum(test.min(axis=0), generated.min(axis=0))
+    hi = np.maximum(test.max(axis=0), generated.max(axis=0))
+    y = 1 if n_obs >= 3 else n_obs - 1  # the dimension on the vertical (2-d) / second axis
     fig = plt.figure(figsize=(10, 4.5))
     for k, (x, title) in enumerate(((test, "test data"), (generated, "generated"))):
         if n_obs >= 3:
             ax = fig.add_subplot(1, 2, k + 1, projection="3d")
             ax.plot(x[:, 0], x[:, 1], x[:, 2], lw=0.3)
+            ax.set_zlim(lo[2], hi[2])
         else:
             ax = fig.add_subplot(1, 2, k + 1)
-            ax.plot(x[:, 0], x[:, -1], lw=0.3)
+            ax.plot(x[:, 0], x[:, y], lw=0.3)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[y], hi[y])
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out / "attractor.png", dpi=120)
@@ -658,9 +808,11 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
         normalized_spectra(generated[:length], 20.0),
     )
     fig, axes = plt.subplots(n_obs, 1, figsize=(8, 2.2 * n_obs), squeeze=False)
+    extent = spectrum_extent(spectra[0])
     for d in range(n_obs):
         for spectrum, label in zip(spectra, ("test data", "generated"), strict=True):
-            axes[d, 0].semilogy(spectrum[:, d], label=label, lw=0.8)
+            axes[d, 0].semilogy(spectrum[:extent, d], label=label, lw=0.8)
+        axes[d, 0].set_xlim(0, extent - 1)
         axes[d, 0].set_ylabel(f"dim {d}")
     axes[0, 0].legend()
     axes[-1, 0].set_xlabel("frequency bin")
@@ -670,6 +822,28 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
     return "plots: attractor.png, spectrum.png"
 
 
+def spectrum_extent(spectrum: np.ndarray, power: float = 0.999, min_bins: int = 50) -> int:
+    """The number of frequency bins a spectrum plot shows: the fewest below which every
+    dimension of ``spectrum`` holds ``power`` of its total, at least ``min_bins`` (at most
+    all).
+
+    Parameters
+    ----------
+    spectrum : ndarray, shape (F, N)
+        Power per frequency bin and dimension (:func:`models.metrics.normalized_spectra`; a
+        NaN column, a constant dimension, is ignored).
+    power : float
+        The fraction of the power to show.
+    min_bins : int
+        The fewest bins shown.
+    """
+    total = np.nansum(spectrum, axis=0)
+    cumulative = np.cumsum(np.nan_to_num(spectrum), axis=0)
+    reached = cumulative >= power * total  # per column: False up to its bin, then True
+    needed = int(np.max(np.argmax(reached, axis=0))) + 1
+    return min(max(needed, min_bins), spectrum.shape[0])
+
+
 # ------------------------------------------------------------------------------------------
 # progress
 # ------------------------------------------------------------------------------------------
@@ -677,21 +851,36 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
 
 def echo_warning(message, category, filename, lineno, file=None, line=None):
     """``warnings.showwarning`` outside training: the warning as one line on stderr."""
-    click.echo(f"parscan-train: warning: {message}", err=True)
+    _warn(str(message))
+
+
+def _warn(text: str) -> None:
+    """One warning line on stderr (also with ``--quiet``: warnings are about the result)."""
+    click.echo(f"parscan-train: warning: {text}", err=True)
 
 
 class Progress:
     """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback).
 
-    ``gtf``: the model is a latent RNN trained with GTF, so alpha and the Newton iterations
-    are shown (a state-space model has neither).
+    ``gtf``: the model is a latent RNN trained with GTF, so alpha is shown (a state-space
+    model has none); ``newton``: it is trained with GTF-DEER, so the Newton iterations are
+    shown (a state-space model and sequential BPTT have none).
     """
 
-    def __init__(self, epochs: int, quiet: bool, verbose: bool, gtf: bool = True, stream=None):
+    def __init__(
+        self,
+        epochs: int,
+        quiet: bool,
+        verbose: bool,
+        gtf: bool = True,
+        stream=None,
+        newton: bool = True,
+    ):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.epochs = epochs
         self.gtf = gtf
+        self.newton = newton
         self._warned = set()
         self.quiet = quiet
         self.verbose = verbose
@@ -711,7 +900,9 @@ class Progress:
             return
         text = f"epoch {record['epoch']}/{self.epochs}  loss {record['loss']:.4g}  "
         if self.gtf:
-            text += f"alpha {record['alpha']:.3f}  newton {record['newton_iters_mean']:.1f}  "
+            text += f"alpha {record['alpha']:.3f}  "
+        if self.newton:
+            text += f"newton {record['newton_iters_mean']:.1f}  "
         text += f"{record['time']:.1f}s"
         if record.get("val_score") is not None:
             text += f"  val D_stsp {_fmt(record.get('val_dstsp'))} D_H {_fmt(record.get('val_dh'))}"
@@ -725,7 +916,9 @@ class Progress:
         text = f"\r[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
         text += f"loss {info.loss:.4g} "
         if self.gtf:
-            text += f"alpha {info.alpha:.3f} newton {info.newton_iters_max} "
+            text += f"alpha {info.alpha:.3f} "
+        if self.newton:
+            text += f"newton {info.newton_iters_max} "
         text += f"{info.steps_per_s:.1f} steps/s ETA {int(eta) // 60}:{int(eta) % 60:02d} "
         self.stream.write(text)
         self.stream.flush()
@@ -856,21 +1049,33 @@ def main(ctx, config_path, **flags):
     train(*_resolve(flags, config_path))
 
 
-def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
+def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     """Run one training job end to end (the default command).
 
     Everything that can be refused (settings, data, a checkpoint that ``--resume`` cannot
-    continue) is checked before the run folder is touched. ``key_origins``: see
+    continue) is checked before the run folder is touched. ``origins``: see
     :func:`prepare_data`.
     """
+    load = machine_load()  # first: before our own work adds to it
     import models
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
+    from models.data import column_mean_sd
 
     started = time.perf_counter()
     if s.threads is not None:
-        set_threads(s.threads)
-    data = prepare_data(s, key_origins)
+        used = set_threads(s.threads)
+        if used < s.threads:
+            _warn(
+                f"--threads {s.threads}: only {used} threads are available here "
+                f"(NUMBA_NUM_THREADS), so {used} are used (and recorded in args.json)."
+            )
+            s = replace(s, threads=used)
+    elif _env.THREADS is None and load is not None:
+        _warn_if_busy(*load, numba.get_num_threads())
+    data = prepare_data(s, origins)
+    if s.test_data is not None:
+        warn_if_far(data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}")
     model = build_model(s, data.train.shape[1])
     config = train_config(s, data.train.shape[1])
     out = out_dir(s)
@@ -891,19 +1096,24 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
             "command": started_by.get("command"),
             "resumed_by": [*started_by.get("resumed_by", []), sys.argv],
         }
+    settings = _recorded_settings(s, out)
+    read_from_file = s.data is not None or s.test_data is not None
     _write_json(
         out / "args.json",
         {
-            "settings": asdict(replace(s, out=str(out))),
+            "settings": settings,
             "train_config": config.to_dict(),
             "data_source": data.source,
+            "test_data_fingerprint": fingerprint(data.test) if read_from_file else None,
             "versions": _versions(),
             **commands,
         },
     )
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
-    progress = Progress(s.epochs, s.quiet, s.verbose, gtf=s.model not in SSM_NAMES)
+    gtf = s.model not in SSM_NAMES
+    newton = gtf and s.method == "deer"  # sequential BPTT runs no Newton iterations
+    progress = Progress(s.epochs, s.quiet, s.verbose, gtf=gtf, newton=newton)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = progress.show_warning
@@ -925,7 +1135,7 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
     metadata = {
         "best_epoch": result.best_epoch,
         "best_scores": result.best_scores,
-        "settings": asdict(replace(s, out=str(out))),
+        "settings": settings,
     }
     trained.save(out / "model.npz", metadata=metadata)
     write_history(out / "history.csv", result.history)
@@ -940,27 +1150,70 @@ def train(s: Settings, key_origins: dict[str, str] | None = None) -> None:
         "best_epoch": result.best_epoch,
         "validation": result.best_scores,
         "final_loss": last.get("loss"),
-        "newton_iters_mean": last.get("newton_iters_mean"),
-        "newton_iters_max": last.get("newton_iters_max"),
+        "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
+        "newton_iters_max": last.get("newton_iters_max") if newton else None,
         "alpha": result.alpha,
         "bad_steps": result.n_bad_steps,
         "train_seconds": result.wall_time,
     }
-    note = "plots skipped: the free run did not produce finite values"
-    if scores["status"] == "ok":
-        generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
-        note = write_plots(out, test[1:], np.asarray(generated, dtype=np.float64))
+    # the plots show the free run whenever it is finite, also when the evaluation failed
+    # elsewhere (a PE prediction, or a run outside the D_stsp box)
+    generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
+    generated = np.asarray(generated, dtype=np.float64)
+    if np.all(np.isfinite(generated)):
+        note = write_plots(out, test[1:], generated)
+    else:
+        note = "plots skipped: the free run did not produce finite values"
     summary["wall_seconds"] = time.perf_counter() - started
     _write_json(out / "metrics.json", summary)
     _print_summary(out, summary, note)
     if scores["status"] != "ok":
         click.echo(
-            f"parscan-train: the trained model does not reconstruct the system: its free run "
-            f"on the test data is {scores['status']} ({scores['message']}). "
-            + _suggestions(new_run_remedies(config, result.alpha, s.model not in SSM_NAMES)),
+            f"parscan-train: the trained model does not reconstruct the system; its test "
+            f"evaluation is {_not_measured(scores)}. "
+            + _suggestions(new_run_remedies(config, result.alpha, gtf)),
             err=True,
         )
         sys.exit(1)
+
+
+def _recorded_settings(s: Settings, out: Path) -> dict:
+    """The settings as ``args.json`` and ``model.npz`` record them: with the run folder used,
+    and the data-generating settings null for a ``--data`` run (they did not apply)."""
+    unused = dict.fromkeys(GENERATOR_SETTINGS) if s.data is not None else {}
+    return asdict(replace(s, out=str(out), **unused))
+
+
+def machine_load() -> tuple[float, int] | None:
+    """The 1-minute load average and the number of cores this process may run on, or None
+    where the system reports no load average."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return load, cores
+
+
+def _warn_if_busy(load: float, cores: int, threads: int) -> None:
+    """Warn when other processes keep the cores busy and the kernels would use several
+    threads: each threaded (``prange``) region then waits for scheduler ticks, measured 4-11x
+    slower with 2 threads than with ``--threads 1`` on a loaded 2-core machine."""
+    if threads > 1 and load >= cores - 0.5:
+        _warn(
+            f"the machine is busy (load {load:.1f} on {cores} cores): threaded steps wait for "
+            "the scheduler and can run several times slower; if training is slow, try "
+            "--threads 1."
+        )
+
+
+def _not_measured(scores: dict) -> str:
+    """Why :func:`models.evaluate` gave no scores, in its words: its message names the run
+    that failed (the free run, an n-step prediction behind PE, or the Lyapunov run)."""
+    return f"not measurable ({scores['status']}): {scores['message']}"
 
 
 def _suggestions(remedies: dict) -> str:
@@ -994,6 +1247,8 @@ def _diverged_message(config, exc) -> str:
 
 
 def _print_summary(out: Path, summary: dict, note: str) -> None:
+    """The summary lines of a finished run on stdout (``summary``: as in metrics.json; its
+    Newton iterations are None for a run without them, e.g. ``--method sequential``)."""
     test = summary["test"]
     if test["status"] == "ok":
         measures = (
@@ -1001,7 +1256,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
             f"PE({TEST_PE_STEPS}) {test['pe']:.3g}"
         )
     else:
-        measures = f"free run {test['status']}: {test['message']}"
+        measures = _not_measured(test)
     validation = summary["validation"]
     selected = f"selected epoch {summary['best_epoch']}"
     if validation is not None and validation["status"] != "ok":
@@ -1010,11 +1265,10 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
             f"epoch {summary['best_epoch']}"
         )
     training = f"{selected}   final loss {_fmt(summary['final_loss'])}"
+    if summary["newton_iters_mean"] is not None:
+        training += f"   Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)"
     if summary["alpha"] is not None:
-        training += (
-            f"   Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)   "
-            f"alpha {summary['alpha']:.3f}"
-        )
+        training += f"   alpha {summary['alpha']:.3f}"
     lines = [
         f"test ({test['n_steps']} steps): {measures}",
         training,
@@ -1058,9 +1312,13 @@ def evaluate_command(
     )
     if key_problem:
         raise UserError(key_problem + ".")
+    if out_file is not None and not out_file.strip():
+        raise UserError("--out must not be empty; name the JSON file to write.")
     path = Path(target)
     destination = (
-        Path(out_file) if out_file else (path / "evaluation.json" if path.is_dir() else None)
+        Path(out_file)
+        if out_file is not None
+        else (path / "evaluation.json" if path.is_dir() else None)
     )
     if destination is not None and destination.is_dir():
         raise UserError(f"--out {destination} is a folder; name the JSON file to write.")
@@ -1084,8 +1342,7 @@ def evaluate_command(
     if test_data is not None:
         raw = _load(test_data, "--test-data", test_data_key)
     elif path.is_dir() and (path / "args.json").is_file():
-        saved = saved_settings(path, "evaluate")
-        raw = prepare_data(Settings(**{**saved, "out": None, "resume": False})).test
+        raw = run_test_data(path)
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
     if raw.shape[1] != model.n_obs:
@@ -1094,6 +1351,8 @@ def evaluate_command(
         )
     if model.standardization is not None:
         mean, sd = model.standardization
+        if test_data is not None:  # the run's own test data were checked in training
+            warn_if_far(raw, mean, sd, f"--test-data {test_data}")
         raw = (raw - mean) / sd
     try:
         with warnings.catch_warnings():
@@ -1121,5 +1380,5 @@ def evaluate_command(
             f"PE({pe_steps}) {scores['pe']:.3g}   ({scores['n_steps']} steps)"
         )
     else:  # as after training: the model does not reconstruct the system (exit 1)
-        click.echo(f"free run {scores['status']}: {scores['message']}")
+        click.echo(_not_measured(scores))
         sys.exit(1)

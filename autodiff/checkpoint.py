@@ -34,6 +34,8 @@ def save_checkpoint(
     state: dict,
     arrays: dict[str, np.ndarray],
     optimizer_state: dict[str, np.ndarray] | None,
+    *,
+    where: str = "save_checkpoint",
 ) -> Path:
     """Atomically write the training state to ``directory/checkpoint.npz``.
 
@@ -54,11 +56,20 @@ def save_checkpoint(
         Extra arrays (e.g. the best parameters so far), stored under ``"array.<name>"``.
     optimizer_state : dict of str to ndarray or None
         The optimiser's ``state_dict()``, stored under ``"optimizer.<name>"``.
+    where : str
+        The public function named in error messages (:func:`autodiff.fit` passes ``"fit"``).
 
     Returns
     -------
     pathlib.Path
         The checkpoint file written.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written: the class and ``errno`` of the failed operation, the
+        message naming ``where``, the checkpoint file and the reason
+        (:func:`models.base.atomic_save_npz`); the previous checkpoint is unchanged.
     """
     payload = model.npz_payload(
         {"format_version": FORMAT_VERSION, "train_state": state}, params=params
@@ -67,7 +78,7 @@ def save_checkpoint(
         payload[f"array.{name}"] = value
     for name, value in (optimizer_state or {}).items():
         payload[f"optimizer.{name}"] = value
-    return atomic_save_npz(checkpoint_path(directory), payload)
+    return atomic_save_npz(checkpoint_path(directory), payload, where)
 
 
 def load_checkpoint(path) -> dict:

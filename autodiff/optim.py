@@ -267,6 +267,10 @@ class RAdam(Adam):
 
     _NAME = "RAdam"
 
+    def __init__(self, n_params: int, *, beta1=0.9, beta2=0.999, eps=1e-8, dtype=np.float64):
+        # Adam's, restated so that Python's own argument errors name RAdam, not Adam
+        super().__init__(n_params, beta1=beta1, beta2=beta2, eps=eps, dtype=dtype)
+
     def _update(self, m: np.ndarray, v: np.ndarray, t: int, lr: float) -> np.ndarray:
         """The vector subtracted from ``params`` at step ``t``; see the class docstring."""
         bias1 = 1.0 - self.beta1**t

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from autodiff.optim import (
     make_optimizer,
 )
 from autodiff.regularization import GROUPS, l2_penalty
-from models.base import LatentRNN, Model
+from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
 
 _CHOICES = {
@@ -50,6 +51,19 @@ _CHOICES = {
 #: config fields that may differ between a checkpoint and the run resuming it
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "checkpoint_interval", "max_bad_steps", "backend", "validation_interval"}
+)
+#: config fields of the DEER (Newton) forward, which ``method="sequential"`` does not run
+DEER_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
+#: config fields of generalized teacher forcing and its forward, which a state-space model
+#: (trained teacher-forced with linear scans) does not use
+GTF_SETTINGS = (
+    "method",
+    "alpha_mode",
+    "alpha",
+    "alpha_method",
+    "alpha_gamma",
+    "alpha_interval",
+    *DEER_SETTINGS,
 )
 
 
@@ -149,6 +163,50 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
     return remedies
 
 
+def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
+    """The fields of ``config`` set to a value other than their default that a run with it
+    would not use -- the one rule behind the refusals of :class:`TrainConfig`, :func:`fit`
+    and the command line.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's configuration.
+    latent_rnn : bool
+        The model is a :class:`models.base.LatentRNN` (trained with GTF); else a state-space
+        model (trained teacher-forced with linear scans).
+
+    Returns
+    -------
+    list of str
+        Field names, in the order of :class:`TrainConfig`'s fields: for a latent RNN with
+        ``method="sequential"`` those of :data:`DEER_SETTINGS` (``jacobian``, ``newton_tol``,
+        ``newton_max_iter``: the sequential forward has no Newton solve); for a state-space
+        model those of :data:`GTF_SETTINGS` (``method`` and the alpha, Jacobian and Newton
+        settings); none otherwise. A field at its default is never listed.
+    """
+    if latent_rnn:
+        names = DEER_SETTINGS if config.method == "sequential" else ()
+    else:
+        names = GTF_SETTINGS
+    return [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name in names and getattr(config, f.name) != f.default
+    ]
+
+
+def _refusal(config: "TrainConfig", names: list[str], scope: str, reason: str) -> str:
+    """``"<name>=<value>, ... apply to <scope> only; <reason>; drop them"`` for the fields
+    ``names`` of ``config`` (:func:`inapplicable_settings`)."""
+    one = len(names) == 1
+    settings = ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
+    return (
+        f"{settings} {'applies' if one else 'apply'} to {scope} only; {reason}; drop "
+        f"{'it' if one else 'them'}"
+    )
+
+
 def _python_number(value):
     """``value`` as a Python int/float when it is a NumPy integer/floating scalar, else as is."""
     if isinstance(value, np.integer):
@@ -169,6 +227,13 @@ class TrainConfig:
     steps of Lorenz-63 with 5 % noise, selected on the other 20,000 (``validation_steps =
     25_000``, 4 starts), reconstructs the attractor: D_stsp 0.10-0.26 and D_H 0.07-0.09 on a
     100,000-step test trajectory for seeds 0-3 (README).
+
+    Settings a run would not use are refused, not ignored (one rule,
+    :func:`inapplicable_settings`): ``TrainConfig`` refuses ``jacobian``, ``newton_tol`` and
+    ``newton_max_iter`` other than their defaults with ``method="sequential"`` (no Newton
+    solve), and :func:`fit` refuses for a state-space model every field of
+    :data:`GTF_SETTINGS` (``method``, the alpha, Jacobian and Newton settings) other than its
+    default.
 
     Attributes
     ----------
@@ -205,14 +270,16 @@ class TrainConfig:
     alpha_interval : int
         Re-estimate alpha every this many steps.
     jacobian : {"full", "diag"}
-        DEER (Newton) or quasi-DEER forward.
+        DEER (Newton) or quasi-DEER forward (``method="deer"`` and latent RNNs only).
     noise_level : float >= 0
         Gaussian noise of this standard deviation (relative to each dimension's sd, i.e.
         absolute on standardised data) added to every training window.
     seed : int
         Seed of the window sampler and the noise.
     dtype : {"float32", "float64"}
-        Dtype of the trained model and the data.
+        Dtype of the training, its data and the returned model (``result.model``), whatever
+        the given model's: a float64 model comes back float32 with the default; pass
+        ``dtype="float64"`` (``dtype=model.dtype.name``) to keep it.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the scans.
     checkpoint_interval : int
@@ -235,7 +302,8 @@ class TrainConfig:
         ``n_starts``). Several starts catch a model that found a second, spurious attractor
         (it can score well from one initial condition and fail from another).
     newton_tol, newton_max_iter : optional
-        ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None).
+        ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None;
+        ``method="deer"`` and latent RNNs only).
     standardize : bool
         Standardise the data per dimension (mean and sd stored with the model); when False the
         data are used as given.
@@ -333,6 +401,13 @@ class TrainConfig:
                 type_errors.append(f"l2 weights must be floats; got {type(v).__name__} {v!r}.")
             elif not (math.isfinite(v) and v >= 0):
                 value_errors.append(f"l2 weights must be finite and >= 0; got {v!r}.")
+        unused = inapplicable_settings(self, latent_rnn=True)
+        if unused:
+            reason = "method='sequential' (BPTT) runs the forward without Newton iterations"
+            value_errors.append(
+                _refusal(self, unused, "method='deer' (the DEER forward)", reason)
+                + " or use method='deer'."
+            )
         if type_errors:
             raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
         if value_errors:
@@ -550,13 +625,7 @@ class _Snapshot:
 
 def _check_data(model, data, validation_data, config):
     where = "fit"
-    data = check_trajectory(data, where, name="data", min_steps=2)
-    if data.shape[1] != model.n_obs:
-        raise ValueError(
-            f"{where}: data has {data.shape[1]} columns but the model observes N = "
-            f"{model.n_obs}; pass a (T, {model.n_obs}) trajectory or build the model with "
-            f"n_obs={data.shape[1]}."
-        )
+    data = check_trajectory(data, where, name="data", min_steps=2, n_obs=model.n_obs)
     if data.shape[0] < config.sequence_length + 1:
         raise ValueError(
             f"{where}: windows of sequence_length + 1 = {config.sequence_length + 1} steps need "
@@ -565,13 +634,8 @@ def _check_data(model, data, validation_data, config):
         )
     if validation_data is not None:
         validation_data = check_trajectory(
-            validation_data, where, name="validation_data", min_steps=2
+            validation_data, where, name="validation_data", min_steps=2, n_obs=model.n_obs
         )
-        if validation_data.shape[1] != model.n_obs:
-            raise ValueError(
-                f"{where}: validation_data has {validation_data.shape[1]} columns; expected "
-                f"{model.n_obs} like data."
-            )
         _check_validation_length(validation_data, config.validation_steps)
     return data, validation_data
 
@@ -677,11 +741,15 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
     if not isinstance(model, Model):
         raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
-    if config.method == "sequential" and not isinstance(model, LatentRNN):
+    unused = [] if isinstance(model, LatentRNN) else inapplicable_settings(config, latent_rnn=False)
+    if unused:
+        reason = (
+            f"a {type(model).__name__} is trained by teacher-forced linear scans, without GTF "
+            "or Newton iterations"
+        )
+        scans = " (backend='sequential' runs the scans sequentially)" * ("method" in unused)
         raise ValueError(
-            f"fit: method='sequential' (BPTT) applies to latent RNNs; a {type(model).__name__} "
-            "is trained teacher-forced with linear scans, which method does not change. Use "
-            "method='deer' (backend='sequential' runs those scans sequentially)."
+            "fit: " + _refusal(config, unused, "the latent RNNs (GTF-DEER)", reason) + f"{scans}."
         )
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
@@ -761,6 +829,26 @@ def _check_checkpoint_dir(checkpoint_dir) -> Path:
             f"{existing}). Choose a writable directory."
         )
     return directory
+
+
+def _try_checkpoint_dir(directory: Path) -> None:
+    """Create ``directory`` and write and remove a file in it, so that a place where no
+    checkpoint can be written although the permissions checked by
+    :func:`_check_checkpoint_dir` allow it (a read-only or virtual file system such as
+    ``/proc``, whose permissions do not stop root) fails before the first step, not at the
+    first checkpoint. Raises :func:`models.base.reworded_os_error` of the failed operation."""
+    action = "create"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        action = "write a file in"
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".fit-probe-"):
+            pass
+    except OSError as exc:
+        raise reworded_os_error(
+            exc,
+            f"fit: cannot {action} checkpoint_dir {directory} ({exc.strerror or exc}). "
+            "Choose a writable directory.",
+        ) from None
 
 
 #: the trajectories whose fingerprints (:func:`_fingerprint`) a checkpoint stores:
@@ -1017,8 +1105,10 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     refused run (bad data, an unusable ``checkpoint_dir``, a resume with another
     configuration or other data, a damaged checkpoint) leaves the run folder as it was.
     Every check :func:`fit` makes before its first step is made, except that of its
-    ``callback``; an error only a training step meets (e.g. a ``backend`` that cannot run
-    this model) is not found.
+    ``callback`` and its trial write in ``checkpoint_dir`` (this function writes nothing, so
+    it checks the permissions only: a read-only or virtual file system that they allow
+    passes here and fails in :func:`fit`, with an ``OSError``); an error only a training step
+    meets (e.g. a ``backend`` that cannot run this model) is not found.
 
     Parameters
     ----------
@@ -1050,9 +1140,12 @@ def fit(
     ----------
     model : models.base.Model
         A latent RNN (trained with the GTF loss, :func:`autodiff.gtf_loss_and_grad`) or a
-        state-space model (teacher-forced loss; the alpha and Jacobian settings are ignored,
-        ``method="sequential"`` is refused). Not modified: training works on
-        ``model.astype(config.dtype)``, returned in the result.
+        state-space model (teacher-forced loss, :func:`autodiff.ssm_loss_and_grad`; a config
+        whose ``method``, alpha, Jacobian or Newton settings differ from their defaults is
+        refused, :func:`inapplicable_settings`). Not modified: training works on
+        ``model.astype(config.dtype)``, returned in the result -- so the result has
+        ``config.dtype`` (float32 by default) whatever ``model.dtype`` is; pass
+        ``TrainConfig(dtype="float64")`` to train and keep a float64 model.
     data : array_like, shape (T_total, N)
         The training trajectory, ``N = model.n_obs``, finite, ``T_total >= sequence_length +
         1``. Standardised per dimension when ``config.standardize`` (mean and sd are stored
@@ -1067,7 +1160,9 @@ def fit(
     checkpoint_dir : path-like, optional
         A writable directory (created if missing) where ``checkpoint.npz`` is written
         (atomically) every ``checkpoint_interval`` epochs, at the end, and when an exception
-        stops training. Must not hold a checkpoint unless ``resume``.
+        stops training. Must not hold a checkpoint unless ``resume``. Checked before the
+        first step: as :func:`check_fit` checks it (a directory, or creatable as one, with
+        write permission), then by creating it and writing (and removing) a file in it.
     resume : bool
         Continue from the checkpoint in ``checkpoint_dir``, with the same model, ``data``,
         ``validation_data`` (or none, as before) and configuration (only the fields in
@@ -1088,12 +1183,19 @@ def fit(
     Returns
     -------
     TrainResult
+        ``result.model`` has dtype ``config.dtype``, not necessarily ``model.dtype``.
 
     Raises
     ------
     TypeError, ValueError
         Bad model, data, config, ``checkpoint_dir`` or checkpoint (messages start with
         ``fit:``), found before training as :func:`check_fit` finds them.
+    OSError
+        ``checkpoint_dir`` cannot be created or holds no new file (e.g. a read-only or
+        virtual file system such as ``/proc``), found before the first step; or a checkpoint
+        cannot be written later (e.g. a full disk). The class and ``errno`` are those of
+        the failed operation (``FileNotFoundError``, ``PermissionError``, ...); the message
+        starts with ``fit:`` and names the directory or file and the reason.
     TrainingDivergedError
         ``max_bad_steps`` consecutive rejected steps (the class lists the causes); the last
         checkpoint is kept, not overwritten, and the last good parameters are attached.
@@ -1105,6 +1207,8 @@ def fit(
     """
     config = TrainConfig() if config is None else config
     start = _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data)
+    if start.checkpoint_file is not None:
+        _try_checkpoint_dir(start.checkpoint_file.parent)
     model, data, validation_data = start.model, start.data, start.validation_data
     ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
     best_params = start.best_params
@@ -1139,7 +1243,9 @@ def fit(
             meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
             if fingerprint is not None:
                 arrays[f"{name}_rows"] = fingerprint[1]
-        return save_checkpoint(checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer)
+        return save_checkpoint(
+            checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
+        )
 
     def finish_epoch():
         nonlocal best_params

@@ -361,11 +361,14 @@ class Model(ABC):
             PLRNN's nonzero ``diag(W)``); a standardisation that is not ``(mean, sd)`` of
             shape ``(N,)`` each, finite, ``sd > 0``; a class that :func:`models.load` cannot
             rebuild (a subclass defined outside the library).
+        OSError
+            The file cannot be written (see :func:`atomic_save_npz`); the message names this
+            method, ``path`` and the reason.
         """
         where = f"{type(self).__name__}.save"
         payload = self.npz_payload(metadata, where=where)
         model_from_fields(payload, f"the model to write to {path}", where)
-        return atomic_save_npz(path, payload)
+        return atomic_save_npz(path, payload, where)
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -379,14 +382,41 @@ class Model(ABC):
         return model
 
 
-def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
+def reworded_os_error(exc: OSError, message: str) -> OSError:
+    """An exception of ``exc``'s class (``FileNotFoundError``, ``PermissionError``, ...) and
+    ``errno`` whose text is ``message``, so that callers catching ``OSError`` or testing
+    ``errno`` still work while the message names the public function, the user's path (not a
+    temporary file) and the reason. ``strerror`` and ``filename`` stay None: with them set,
+    ``str()`` would be ``"[Errno ...] <strerror>: <filename>"`` instead of ``message``."""
+    reworded = type(exc)(message)
+    reworded.errno = exc.errno
+    return reworded
+
+
+def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
     flushed and fsynced, then :func:`os.replace`. Returns ``path``.
 
     A new file gets the mode of any newly created file (``0o666`` less the process umask),
     not the private ``0o600`` of :func:`tempfile.mkstemp`; a file replaced keeps its mode.
+    An ``OSError`` (a directory that cannot be created, a read-only or full file system) is
+    re-raised as :func:`reworded_os_error` with a message naming ``where`` (the public
+    function), ``path`` and the reason; a file already at ``path`` is then unchanged.
     """
     path = Path(path)
+    try:
+        _write_atomically(path, arrays)
+    except OSError as exc:
+        raise reworded_os_error(
+            exc,
+            f"{where}: cannot write {path} ({exc.strerror or exc}); a file already there is "
+            "unchanged. Fix that or choose another path.",
+        ) from None
+    return path
+
+
+def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The writing of :func:`atomic_save_npz`; raises the ``OSError`` of the failed step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:  # a fresh name; O_EXCL makes the create fail rather than reuse a file
@@ -409,7 +439,6 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 class _NotNpz(Exception):

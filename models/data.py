@@ -41,6 +41,7 @@ def check_trajectory(
     min_steps: int = 2,
     constant: bool = False,
     row_label=None,
+    n_obs: int | None = None,
 ):
     """Validate an in-memory trajectory and return it as an ndarray (dtype unchanged).
 
@@ -63,6 +64,10 @@ def check_trajectory(
     row_label : callable, optional
         Maps a row index to the words that locate it in messages (default ``"row i"``;
         :func:`load_data` passes the line of a text file).
+    n_obs : int, optional
+        The number of columns the caller's model observes (its ``N``); a trajectory with
+        another number is refused, with the hint to transpose it when it looks transposed
+        (``1 < T < N``) and its ``T`` rows match ``n_obs``.
 
     Raises
     ------
@@ -70,8 +75,9 @@ def check_trajectory(
         Not a real numeric array (bool, complex, structured, object, str).
     ValueError
         Not 2-D, fewer than ``min_steps`` steps (with a hint to transpose when
-        ``1 <= T < N``) or no dimension, NaN/inf (the first bad row and column are
-        reported), or a constant dimension when ``constant=False``.
+        ``1 <= T < N``) or no dimension, another number of columns than ``n_obs``, NaN/inf
+        (the first bad row and column are reported), or a constant dimension when
+        ``constant=False``.
     """
     try:
         arr = np.asarray(x)
@@ -101,16 +107,25 @@ def check_trajectory(
     n_steps, n_dims = arr.shape
     if n_dims == 0:
         raise ValueError(f"{where}: {name} has no dimensions (shape {arr.shape}).")
+    fix = f"{f'pass {name}.T' if code else 'transpose it'} (one row per time step)"
+    transposed = f"Shape {arr.shape} looks transposed: {fix}."
     if n_steps < min_steps:
         hint = ""
-        fix = f"pass {name}.T" if code else "transpose it"
         if n_steps == 1 < n_dims:
-            hint = f" If its {n_dims} values are one series, {fix} (one row per time step)."
-        elif 1 < n_steps < n_dims:
-            hint = f" Shape {arr.shape} looks transposed: {fix} (one row per time step)."
+            hint = f" If its {n_dims} values are one series, {fix}."
+        elif _looks_transposed(arr.shape):
+            hint = f" {transposed}"
         raise ValueError(
             f"{where}: {name} has {n_steps} time step{'s' * (n_steps != 1)}; at least "
             f"{min_steps} {'are' if min_steps != 1 else 'is'} needed here.{hint}"
+        )
+    if n_obs is not None and n_dims != n_obs:
+        if _looks_transposed(arr.shape) and n_steps == n_obs:
+            hint = transposed
+        else:
+            hint = f"Pass a (T, {n_obs}) trajectory or use a model with n_obs={n_dims}."
+        raise ValueError(
+            f"{where}: {name} has {n_dims} columns but the model observes N = {n_obs}. {hint}"
         )
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
@@ -124,6 +139,13 @@ def check_trajectory(
     if not constant:
         _check_not_constant(arr, column_mean_sd(arr)[1], where, name)
     return arr
+
+
+def _looks_transposed(shape: tuple[int, int]) -> bool:
+    """Whether a ``(T, N)`` trajectory of ``shape`` looks transposed: several time steps, but
+    fewer than its dimensions (an ``(N, T)`` array passed for a ``(T, N)`` one)."""
+    n_steps, n_dims = shape
+    return 1 < n_steps < n_dims
 
 
 #: a column is constant when its sd is at most this fraction of its largest magnitude
@@ -534,7 +556,7 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
             f"{where}: {name} have 1 time step (one row of {arr.shape[1]} values); a "
             f"trajectory has one row per time step. If the row is one series, save x.T."
         )
-    if arr.ndim == 2 and 1 < arr.shape[0] < arr.shape[1]:
+    if arr.ndim == 2 and _looks_transposed(arr.shape):
         raise ValueError(
             f"{where}: {name} have shape {arr.shape}: fewer time steps (rows) than dimensions "
             f"(columns), which looks transposed; save x.T (one row per time step)."

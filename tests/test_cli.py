@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import cli
 import models
 import parscan
+from models.metrics import normalized_spectra
 
 TINY = ["--n-steps", "1500", "-T", "40", "-e", "2", "--batches-per-epoch", "3", "-L", "8", "-q"]
 
@@ -20,10 +21,18 @@ def run(*args):
     return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """The busy-machine warning off: the suite's own work loads the machine."""
+    monkeypatch.setattr(cli, "machine_load", lambda: None)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = run(*TINY, "--out", out)
+    with pytest.MonkeyPatch.context() as patch:  # set up before idle_machine
+        patch.setattr(cli, "machine_load", lambda: None)
+        result = run(*TINY, "--out", out)
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -178,6 +187,10 @@ def _bad_files(tmp_path):
     (tmp_path / "val.toml").write_text('data-key = "val"\n')
     (tmp_path / "settings.yaml").write_text("epochs: 2\n")
     (tmp_path / "bad.cfg").write_text("epochs: 2\n")
+    (tmp_path / "ranges.toml").write_text(
+        "validation_fraction = 0.9\ntest_fraction = 0.95\nvalidation-steps = 0\nnoise = -1\n"
+    )
+    (tmp_path / "generator.toml").write_text('system = "rossler"\n')
 
 
 @pytest.mark.parametrize(
@@ -255,6 +268,27 @@ def _bad_files(tmp_path):
         (["--config", "{tmp}/settings.yaml"], "YAML is not supported; write the settings as TOML"),
         (["--config", "{tmp}/bad.cfg"], "is not valid TOML or JSON (TOML: "),
         (["-q", "--data", "{tmp}/short.npy", "evaluate", "{tmp}"], "--data, --quiet: training"),
+        # a missing file is named first, with the other problems of the settings
+        (
+            ["--data", "{tmp}/missing.npy", "--data-key", "train"],
+            "--data: no such file {tmp}/missing.npy; --data-key names an array in an .npz file",
+        ),
+        (["--out", ""], "--out must not be empty"),
+        (["--out", "", "--resume"], "--out must not be empty"),
+        (["-q", "-v"], "-q/--quiet and -v/--verbose contradict each other; pick one"),
+        (
+            ["--n-steps", "1500", "-T", "40", "--out", "{tmp}"],
+            "--out {tmp} is not empty and holds no parscan run; choose another --out.",
+        ),
+        # config-only settings are named as written there, every problem at once
+        (
+            ["--config", "{tmp}/ranges.toml"],
+            "validation-steps in --config {tmp}/ranges.toml must be a positive integer, got 0; "
+            "validation_fraction in --config {tmp}/ranges.toml must be in (0, 0.9), got 0.9; "
+            "test_fraction in --config {tmp}/ranges.toml must be in (0, 0.9), got 0.95; "
+            "noise in --config {tmp}/ranges.toml must be in [0, 10), got -1.0.",
+        ),
+        (["--data", "{tmp}/short.npy", "--config", "{tmp}/generator.toml"], "system in --config"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
@@ -337,8 +371,10 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     checkpoint.write_bytes(good[:2000])
     _one_error_line(run("--out", out, "--resume", "-q"), "not a readable .npz")
     checkpoint.write_bytes(good)
-    result = run("--out", out, "--resume", "-q", "-e", "3")
+    # the output flags are the command's: -v on a run started with -q
+    result = run("--out", out, "--resume", "-v", "-e", "3")
     assert result.exit_code == 0, result.output
+    assert "epoch 3/3" in result.output
     assert len((out / "history.csv").read_text().splitlines()) == 4
     saved = json.loads((out / "args.json").read_text())
     assert saved["command"] == json.loads(args)["command"] and len(saved["resumed_by"]) == 1
@@ -350,6 +386,7 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", out, "--out", tmp_path / "no" / "x.json"), "no folder")
     _one_error_line(run("evaluate", out, "--out", tmp_path), "is a folder")
     _one_error_line(run("evaluate", out, "--test-data-key", "x"), "add --test-data or drop")
+    _one_error_line(run("evaluate", out, "--out", ""), "--out must not be empty")
     _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
@@ -368,31 +405,77 @@ def test_state_space_model_logs_without_alpha(tmp_path):
 
 
 def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypatch):
-    def diverged(model, x_test, **kwargs):
+    failure = "the 20-step prediction (PE) from test point 3 leaves 1000 data ranges at step 9"
+
+    def pe_diverged(model, x_test, **kwargs):
         keys = ("dstsp", "dh", "pe")
-        return {"status": "diverged", "message": "left the data range at step 7",
+        return {"status": "diverged", "message": failure,
                 "n_steps": len(x_test) - 1, **dict.fromkeys(keys)}  # fmt: skip
 
-    monkeypatch.setattr(models, "evaluate", diverged)
+    plotted = []
+    monkeypatch.setattr(models, "evaluate", pe_diverged)
+    monkeypatch.setattr(cli, "write_plots", lambda *a: plotted.append(a) or "plots: stub")
     result = run(*TINY, "--out", tmp_path / "run", "--alpha", "0.3", "--dtype", "float64")
     assert result.exit_code == 1, result.output
-    assert "free run diverged: left the data range at step 7" in result.output
-    assert "does not reconstruct the system" in result.output
+    assert f"test (1499 steps): not measurable (diverged): {failure}\n" in result.output
+    assert "does not reconstruct the system; its test evaluation is not measurable" in (
+        result.output
+    )
+    assert "free run" not in result.output  # the PE predictions failed, not the free run
     assert "--alpha auto" in result.output and "--dtype float64" not in result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # the free run itself is finite: it is plotted all the same
+    assert len(plotted) == 1 and np.isfinite(plotted[0][2]).all(), result.output
+    assert "plots: stub" in result.output
 
 
 def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
-    np.save(tmp_path / "x.npy", models.generate("lorenz63", 1500, seed=3))
+    x = models.generate("lorenz63", 1500, seed=3)
+    np.save(tmp_path / "x.npy", x)
     monkeypatch.chdir(tmp_path)
     result = run(*TINY[2:], "--data", "x.npy", "--out", "run")
     assert result.exit_code == 0, result.output
-    args = json.loads((tmp_path / "run" / "args.json").read_text())
+    args_file = tmp_path / "run" / "args.json"
+    args = json.loads(args_file.read_text())
     assert args["settings"]["data"] == str(tmp_path / "x.npy")
+    # the generator settings did not apply; the held-out test data are fingerprinted
+    assert [args["settings"][name] for name in ("system", "n_steps", "noise")] == [None] * 3
+    assert args["test_data_fingerprint"] == cli.fingerprint(x[-300:])
     monkeypatch.chdir("/")  # the run is found, and its data too, from anywhere
     assert run("evaluate", tmp_path / "run").exit_code == 0
     result = run("--out", tmp_path / "run", "--resume", "-q", "-e", "3")
     assert result.exit_code == 0, result.output
+    _one_error_line(
+        run("--out", tmp_path / "run", "--resume", "-q", "--noise", "0.1"),
+        "--noise: these settings generate data and do not apply with --data",
+    )
+    # a run written before: generator settings recorded, no fingerprint; it still resumes
+    args = json.loads(args_file.read_text())
+    args["settings"].update(system="lorenz63", n_steps=100_000, noise=0.05)
+    del args["test_data_fingerprint"]
+    args_file.write_text(json.dumps(args))
+    result = run("--out", tmp_path / "run", "--resume", "-q", "-e", "4")
+    assert result.exit_code == 0, result.output
+    assert json.loads(args_file.read_text())["settings"]["system"] is None
+    # other data in the run's file: refused; without a fingerprint (an old run): scored
+    x[-5, 0] += 1e-3
+    np.save(tmp_path / "x.npy", x)
+    _one_error_line(
+        run("evaluate", tmp_path / "run"),
+        f"the run's data file {tmp_path / 'x.npy'} changed since training: the test data it "
+        f"gives now differ from those recorded in {args_file} (shape, SHA-256); pass "
+        "--test-data FILE to score other data.",
+    )
+    args = json.loads(args_file.read_text())
+    del args["test_data_fingerprint"]
+    args_file.write_text(json.dumps(args))
+    assert run("evaluate", tmp_path / "run").exit_code == 0
+    (tmp_path / "x.npy").unlink()
+    _one_error_line(
+        run("evaluate", tmp_path / "run"),
+        f"the run's data file {tmp_path / 'x.npy'} (recorded in {args_file}) is missing; pass "
+        "--test-data FILE.",
+    )
 
 
 def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkeypatch):
@@ -406,7 +489,7 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
     monkeypatch.setattr(models, "evaluate", out_of_box)
     result = run("evaluate", out)
     assert result.exit_code == 1, result.output
-    assert "free run out_of_box: no generated point lies inside the box" in result.output
+    assert "not measurable (out_of_box): no generated point lies inside the box" in result.output
     assert json.loads((out / "evaluation.json").read_text())["status"] == "out_of_box"
 
 
@@ -474,3 +557,120 @@ def test_suggestions_skip_more_alpha_when_fully_forced():
     assert suggestions(cli.Settings(model="linear-ssm"), None) == (
         "Try --lr-start 0.002, --dtype float64."
     )
+
+
+def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(tmp_path):
+    import numba
+
+    tiny = [a for a in TINY if a != "-q"]
+    out = tmp_path / "run"
+    result = run(*tiny, "--method", "sequential", "--threads", "999", "-v", "--out", out)
+    assert result.exit_code in (0, 1), result.output
+    used = numba.config.NUMBA_NUM_THREADS
+    assert (
+        f"parscan-train: warning: --threads 999: only {used} threads are available here "
+        f"(NUMBA_NUM_THREADS), so {used} are used (and recorded in args.json)."
+    ) in result.output.splitlines()
+    assert json.loads((out / "args.json").read_text())["settings"]["threads"] == used
+    epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("alpha" in line for line in epochs)
+    assert "newton" not in result.output.lower(), result.output
+    assert json.loads((out / "metrics.json").read_text())["newton_iters_mean"] is None
+
+
+BUSY = (
+    "parscan-train: warning: the machine is busy (load 1.5 on 2 cores): threaded steps wait "
+    "for the scheduler and can run several times slower; if training is slow, try --threads 1."
+)
+
+
+def test_warn_if_busy(capsys):
+    for load, cores, threads in ((1.4, 2, 2), (8.0, 2, 1), (3.4, 4, 4)):
+        cli._warn_if_busy(load, cores, threads)
+    assert capsys.readouterr().err == ""
+    cli._warn_if_busy(1.5, 2, 2)
+    assert capsys.readouterr().err == BUSY + "\n"
+
+
+def test_warn_if_far(capsys):
+    x = models.generate("lorenz63", 2000, seed=1)
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    cli.warn_if_far(models.generate("lorenz63", 2000, seed=2), mean, sd, "--test-data a.npy")
+    assert capsys.readouterr().err == ""
+    for shifted in ((x - mean) / sd, x * [1, 1, 6]):  # standardised; dimension 2 scaled by 6
+        cli.warn_if_far(shifted, mean, sd, "--test-data a.npy")
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.startswith(
+        "parscan-train: warning: --test-data a.npy lies far from the training data in "
+        "dimension 0 (mean "
+    ), first
+    training = f"training data: mean {mean[0]:.3g}, sd {sd[0]:.3g}"
+    assert f"sd 1; {training}) and 2 other dimensions; are" in first
+    assert first.endswith("; are both in the same units (one of them standardised)?")
+    assert f"in dimension 2 (mean {6 * mean[2]:.3g}, sd {6 * sd[2]:.3g};" in second
+    assert "other dimension" not in second
+    cli.warn_if_far(x + np.array([100, 100, 0]), mean, sd, "--test-data a.npy")
+    assert "in dimension 0 (" in capsys.readouterr().err
+
+
+def test_warnings_before_training_also_with_quiet(finished_run, tmp_path, monkeypatch):
+    import numba
+
+    if parscan._env.THREADS is not None or numba.get_num_threads() < 2:
+        pytest.skip("the kernels run one thread or PARSCAN_THREADS chose them")
+    monkeypatch.setattr(cli, "machine_load", lambda: (1.5, 2))
+    x = models.generate("lorenz63", 1500, seed=3)
+    raw, standardised = tmp_path / "raw.npy", tmp_path / "standardised.npy"
+    np.save(raw, x)
+    np.save(standardised, (x - x.mean(axis=0)) / x.std(axis=0))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("not a run")
+    result = run(*TINY[2:], "--data", raw, "--test-data", standardised, "--out", tmp_path / "full")
+    assert result.exit_code == 2, result.output
+    busy, far, error = result.output.splitlines()
+    assert busy == BUSY
+    assert far.startswith(
+        f"parscan-train: warning: --test-data {standardised} lies far from the training data "
+        "in dimension 0 (mean"
+    ), far
+    assert error == (
+        f"parscan-train: error: --out {tmp_path / 'full'} is not empty and holds no parscan "
+        "run; choose another --out."
+    )
+    # evaluate compares with the model's standardisation
+    result = run("evaluate", finished_run[0] / "model.npz", "--test-data", standardised)
+    assert f"warning: --test-data {standardised} lies far" in result.output, result.output
+
+
+def test_spectrum_extent_holds_the_test_power():
+    rng = np.random.default_rng(0)
+    t = np.arange(4000)
+    slow = np.sin(2 * np.pi * 5 * t / 4000)[:, None] + 1e-3 * rng.standard_normal((4000, 1))
+    spectrum = normalized_spectra(slow, 0.0)
+    assert cli.spectrum_extent(spectrum) == 50  # the power lies in the first bins
+    noise = normalized_spectra(rng.standard_normal((4000, 2)), 0.0)
+    extent = cli.spectrum_extent(noise)
+    assert 0.99 * noise.shape[0] < extent <= noise.shape[0]
+    both = np.concatenate([spectrum, np.full_like(spectrum, np.nan), noise[:, :1]], axis=1)
+    assert cli.spectrum_extent(both) == cli.spectrum_extent(noise[:, :1])
+    assert cli.spectrum_extent(spectrum[:20]) == 20
+
+
+def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
+    x = models.generate("lorenz63", 3000, seed=1)
+    test = (x - x.mean(axis=0)) / x.std(axis=0)
+    collapsed = np.full_like(test, 0.1)
+    assert cli.write_plots(tmp_path, test, collapsed) == "plots: attractor.png, spectrum.png"
+    attractor, spectrum = figures
+    left, right = attractor.axes
+    for get in ("get_xlim", "get_ylim", "get_zlim"):
+        assert getattr(left, get)() == getattr(right, get)()
+    assert left.get_xlim() == (test[:, 0].min(), test[:, 0].max())
+    extent = cli.spectrum_extent(normalized_spectra(test, 20.0))
+    assert 50 <= extent < 1501
+    assert all(ax.get_xlim() == (0, extent - 1) for ax in spectrum.axes)

@@ -471,6 +471,23 @@ def test_transposed_data_are_refused(tmp_path):
         load_data(tmp_path / "row.csv")
 
 
+def test_a_trajectory_the_model_does_not_observe_is_refused_with_the_likely_fix():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    assert check_trajectory(x, "f", n_obs=3) is not None
+    with pytest.raises(ValueError) as err:
+        check_trajectory(x.T, "f", name="y", n_obs=3)
+    assert str(err.value) == (
+        "f: y has 50 columns but the model observes N = 3. Shape (3, 50) looks transposed: "
+        "pass y.T (one row per time step)."
+    )
+    # transposed or not, the rows must match n_obs for the hint: otherwise both fixes
+    for y, n_obs in ((x.T, 4), (x[:, :2], 3)):
+        with pytest.raises(ValueError, match=rf"Pass a \(T, {n_obs}\) trajectory or use a model "):
+            check_trajectory(y, "f", name="y", n_obs=n_obs)
+    with pytest.raises(ValueError, match=r"looks transposed: transpose it \(one row per time"):
+        check_trajectory(x.T, "f", name="the data in x.npy", n_obs=3)
+
+
 def test_hints_are_code_only_where_the_code_is_valid(tmp_path):
     with pytest.raises(ValueError, match=r"Use y\[:, None\] for a single series"):
         check_trajectory(np.arange(3.0), "f", name="y")

@@ -16,6 +16,7 @@ from models.base import LatentRNN
 from models.data import standardize
 from models.metrics import (
     SpectrumResolutionWarning,
+    StateSpaceResolutionWarning,
     evaluate,
     lyapunov_spectrum,
     max_lyapunov,
@@ -452,8 +453,10 @@ def test_prediction_error_validation():
     x = np.random.default_rng(13).standard_normal((10, 2))
     with pytest.raises(ValueError, match=r"prediction_error: x has 10 time steps; at least 11"):
         prediction_error(model, x, 10)
-    with pytest.raises(ValueError, match=r"x has N=3 dimensions but the model observes n_obs=2"):
+    with pytest.raises(ValueError, match=r"x has 3 columns but the model observes N = 2\. Pass"):
         prediction_error(model, np.random.default_rng(0).standard_normal((10, 3)), 2)
+    with pytest.raises(ValueError, match=r"evaluate: x_test .* looks transposed: pass x_test\.T"):
+        evaluate(model, x.T[:, :3])
     with pytest.raises(TypeError, match=r"prediction_error: expected a models.Model"):
         prediction_error("model", x, 2)
     flat = x.copy()
@@ -557,6 +560,38 @@ def test_evaluate_perfect_model(rotation_data):
     assert longer["status"] == "ok" and longer["dstsp"] < 0.1 and longer["dh"] < 0.05
 
 
+def test_dstsp_of_too_few_points_per_occupied_bin_warns():
+    """The threshold is MIN_POINTS_PER_BIN points per bin the reference occupies (2 here)."""
+    x_true = np.array([[0.0, 0.0], [1.0, 1.0]] * 5)
+    needed = metrics.MIN_POINTS_PER_BIN * 2
+    with pytest.warns(StateSpaceResolutionWarning) as record:
+        state_space_divergence(x_true, np.resize(x_true, (needed - 1, 2)), n_bins=2)
+    assert str(record[0].message) == (
+        f"state_space_divergence: binned D_stsp of {needed - 1} generated points, fewer than 10 "
+        "per bin the reference occupies (2 bins): most of them stay empty in the run, and even "
+        f"the true system scores far above 0. Score at least {needed} points (a longer x_gen) "
+        "or lower n_bins."
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StateSpaceResolutionWarning)
+        assert state_space_divergence(x_true, np.resize(x_true, (needed, 2)), n_bins=2) < 1e-4
+        state_space_divergence(x_true, x_true[:3], method="gmm")  # histograms only
+
+
+def test_evaluate_warns_when_dstsp_scores_too_few_points_and_reports_how_many(rotation_data):
+    model, x = rotation_data  # x[1:] occupies 116 of the 30 x 30 bins: 1160 points needed
+    with pytest.warns(StateSpaceResolutionWarning, match=r"^evaluate: binned D_stsp of 9 gen.*"
+                      r"\(116 bins\).* at least 1160 points \(n_steps - transient are scored: "
+                      r"raise n_steps or lower transient\)"):  # fmt: skip
+        res = evaluate(model, x, transient=990, measures=("dstsp",))
+    assert (res["n_steps"], res["transient"], res["n_measured"]) == (999, 990, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StateSpaceResolutionWarning)
+        res = evaluate(model, x, n_steps=1200, transient=40, measures=("dstsp",))
+        assert res["n_measured"] == 1160 and res["dstsp"] < 0.05
+        evaluate(model, x, transient=990, measures=("dstsp",), dstsp_method="gmm")
+
+
 def test_evaluate_reports_failed_runs(rotation_data):
     _, x = rotation_data
     expanding = MapRNN(rotation(0.3, radius=2.0))
@@ -603,7 +638,7 @@ def test_evaluate_validation(rotation_data):
         evaluate(model, x, measures=("mse",))
     with pytest.raises(ValueError, match=r"transient \(10\) must be smaller than n_steps \(10\)"):
         evaluate(model, x, n_steps=10, transient=10)
-    with pytest.raises(ValueError, match=r"evaluate: x has N=3 dimensions"):
+    with pytest.raises(ValueError, match=r"evaluate: x_test has 3 columns but the model obse"):
         evaluate(model, np.random.default_rng(0).standard_normal((50, 3)))
     with pytest.raises(ValueError, match=r"dstsp_method must be one of"):
         evaluate(model, x, dstsp_method="kde")
@@ -703,6 +738,7 @@ def test_evaluate_reports_the_first_failed_prediction_run(rotation_data):
         "step 11",
         "n_steps": 1,
         "transient": 0,
+        "n_measured": 1,
         "n_starts": 1,
         "dstsp_method": "bins",
         "pe": None,

@@ -4,8 +4,10 @@ References here are written independently of the library: NumPy formulas of the 
 central finite differences for every derivative, and a Python loop for the free run.
 """
 
+import errno
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -500,6 +502,37 @@ def test_a_replaced_file_keeps_its_mode_and_long_names_save(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     long_name = tmp_path / ("x" * 240 + ".npz")  # 244 characters: the temporary name is cut
     assert models.load(ShPLRNN(M, L).save(long_name)).M == M
+
+
+def test_a_failed_write_names_save_and_the_path_and_keeps_the_file(tmp_path, monkeypatch):
+    path = ShPLRNN(M, L).save(tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError) as err:
+        ShPLRNN(M, L).save(path)
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value) == (
+        f"ShPLRNN.save: cannot write {path} (No space left on device); a file already there is "
+        "unchanged. Fix that or choose another path."
+    )
+    assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["m.npz"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the /proc file system")
+def test_a_save_refused_by_the_os_keeps_its_class_and_hides_the_temporary_file():
+    with pytest.raises(OSError) as err:
+        ShPLRNN(M, L).save("/proc/x.npz")
+    with pytest.raises(OSError) as direct:
+        open("/proc/x.npz", "x")
+    assert type(err.value) is type(direct.value) and err.value.errno == direct.value.errno
+    assert str(err.value).startswith(
+        f"ShPLRNN.save: cannot write /proc/x.npz ({direct.value.strerror}); "
+    )
+    assert ".tmp" not in str(err.value)
 
 
 def test_a_subclass_outside_the_library_is_refused_before_writing(tmp_path):

@@ -1,6 +1,7 @@
 """Optimisers against the published update formulas (written out independently here), state
 round trips, the learning-rate schedule, gradient clipping and the L2 penalty."""
 
+import inspect
 import math
 
 import numpy as np
@@ -262,6 +263,15 @@ def test_constructor_validation():
     for dtype, got in ((np.int32, "int32"), ("foo", "'foo'"), (None, "None")):
         with pytest.raises(TypeError, match=f"^Adam: dtype must be float32 or float64 .*got {got}"):
             Adam(3, dtype=dtype)
+
+
+def test_python_argument_errors_name_the_class_called():
+    """RAdam restates Adam's signature (so Python's messages name RAdam); it must not drift."""
+    assert inspect.signature(RAdam.__init__) == inspect.signature(Adam.__init__)
+    with pytest.raises(TypeError, match=r"^RAdam\.__init__\(\) missing .* 'n_params'"):
+        RAdam()
+    with pytest.raises(TypeError, match=r"^RAdam\.__init__\(\) got an unexpected .* 'lr'"):
+        RAdam(3, lr=1e-3)
 
 
 def test_constructors_report_every_bad_hyperparameter_at_once():

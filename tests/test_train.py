@@ -1,6 +1,7 @@
 """fit / TrainConfig / checkpoints: learning, bit-identical resumption, interrupts, rejected steps,
 validation-based selection and argument errors. Tiny float64 runs (one compile per kernel)."""
 
+import errno
 import itertools
 import json
 import math
@@ -18,6 +19,8 @@ from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoin
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.optim import ExponentialDecay
 from autodiff.train import (
+    DEER_SETTINGS,
+    GTF_SETTINGS,
     EpochInfo,
     StepInfo,
     TrainConfig,
@@ -25,6 +28,7 @@ from autodiff.train import (
     TrainResult,
     check_fit,
     fit,
+    inapplicable_settings,
 )
 from models import LinearSSM, ShPLRNN
 from models.data import standardize
@@ -353,10 +357,15 @@ def test_single_window_spanning_the_data_and_sequential_method(lorenz):
         assert result.n_bad_steps == 0 and np.isfinite(result.history[0]["loss"])
 
 
+def ssm_config(**kw):
+    """:func:`config` without its GTF settings, which fit refuses for a state-space model."""
+    return config(alpha_interval=TrainConfig.alpha_interval, **kw)
+
+
 def test_state_space_model_trains(lorenz):
     x, xv = lorenz
     model = LinearSSM(3, 4, 8, dtype="float64")
-    result = fit(model, x, config(epochs=1, batches_per_epoch=3), validation_data=xv)
+    result = fit(model, x, ssm_config(epochs=1, batches_per_epoch=3), validation_data=xv)
     assert result.n_bad_steps == 0 and result.history[0]["newton_iters_max"] == 0
     assert isinstance(result.model, LinearSSM)
 
@@ -403,6 +412,17 @@ def test_config_round_trips_through_json():
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 0}, ValueError, "validation_steps must be >= 1"),
         ({"validation_starts": 0}, ValueError, "validation_starts must be >= 1"),
+        (
+            {"method": "sequential", "jacobian": "diag"},
+            ValueError,
+            r"jacobian='diag' applies to method='deer' \(the DEER forward\) only; "
+            r"method='sequential' \(BPTT\) .*; drop it or use method='deer'\.$",
+        ),
+        (
+            {"method": "sequential", "newton_tol": 1e-6, "newton_max_iter": 3},
+            ValueError,
+            r"newton_tol=1e-06, newton_max_iter=3 apply to .*; drop them or use method='deer'",
+        ),
     ],
 )
 def test_bad_config_values(kw, exc, match):
@@ -482,11 +502,93 @@ def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
             check_fit(small_model(), x, config(), checkpoint_dir=directory)
 
 
-def test_sequential_method_is_refused_for_state_space_models(lorenz):
+def test_gtf_settings_are_refused_for_state_space_models(lorenz):
+    """Every GTF/DEER setting off its default is listed at once, never silently ignored."""
     x, _ = lorenz
+    ssm = LinearSSM(3, 4, 8, dtype="float64")
+    cfg = ssm_config(alpha_mode="constant", jacobian="diag", newton_max_iter=5, seed=3)
+    message = (
+        "fit: alpha_mode='constant', jacobian='diag', newton_max_iter=5 apply to the latent "
+        "RNNs (GTF-DEER) only; a LinearSSM is trained by teacher-forced linear scans, without "
+        "GTF or Newton iterations; drop them."
+    )
     for call in (check_fit, fit):
-        with pytest.raises(ValueError, match=r"fit: method='sequential' .* latent RNNs"):
-            call(LinearSSM(3, 4, 8, dtype="float64"), x, config(method="sequential"))
+        with pytest.raises(ValueError) as err:
+            call(ssm, x, cfg)
+        assert str(err.value) == message
+        with pytest.raises(ValueError, match=r"^fit: method='sequential' applies to the latent "):
+            call(ssm, x, ssm_config(method="sequential"))
+    with pytest.raises(ValueError, match=r"^fit: alpha_interval=3 applies .*; drop it\.$"):
+        check_fit(ssm, x, config())
+    check_fit(small_model(), x, cfg)  # all of them apply to a latent RNN
+
+
+def test_inapplicable_settings_is_the_one_rule():
+    defaults = TrainConfig()
+    gtf = TrainConfig(alpha=0.5, alpha_method="sup", alpha_gamma=0.9, newton_tol=1e-6, seed=1)
+    assert inapplicable_settings(defaults, latent_rnn=False) == []
+    assert inapplicable_settings(gtf, latent_rnn=False) == [
+        "alpha", "alpha_method", "alpha_gamma", "newton_tol"]  # fmt: skip
+    assert inapplicable_settings(gtf, latent_rnn=True) == []
+    sequential = TrainConfig(method="sequential", alpha_mode="constant")
+    assert inapplicable_settings(sequential, latent_rnn=True) == []
+    assert inapplicable_settings(sequential, latent_rnn=False) == ["method", "alpha_mode"]
+    assert set(DEER_SETTINGS) < set(GTF_SETTINGS)
+
+
+def test_transposed_data_are_recognised(lorenz):
+    x, xv = lorenz
+    wide = x[:, :2].T  # (2, 3000): as many rows as a 2-d model observes, but transposed
+    with pytest.raises(ValueError, match=r"^fit: data has 3000 columns but the model observes "
+                       r"N = 2\. Shape \(2, 3000\) looks transposed: pass data\.T "):  # fmt: skip
+        check_fit(ShPLRNN(2, 8, dtype="float64"), wide, config())
+    with pytest.raises(ValueError, match=r"validation_data has 1000 columns .* pass validation"):
+        check_fit(small_model(), x, config(), validation_data=xv.T)
+    with pytest.raises(ValueError, match=r"N = 3\. Pass a \(T, 3\) trajectory or use a model "
+                       r"with n_obs=2\.$"):  # fmt: skip
+        check_fit(small_model(), x[:, :2], config())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the /proc file system")
+def test_a_checkpoint_dir_where_nothing_can_be_written_fails_before_the_first_step(
+    lorenz, monkeypatch
+):
+    """/proc passes the permission check for root (simulated for everyone): fit's trial
+    write finds it, naming fit, the directory and the OS's reason, with the OS's class."""
+    x, _ = lorenz
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    steps = []
+    for directory, action, attempt in [
+        ("/proc/nope", "create", lambda: os.mkdir("/proc/nope")),
+        ("/proc", "write a file in", lambda: open("/proc/parscan-probe", "x")),
+    ]:
+        check_fit(small_model(), x, config(), checkpoint_dir=directory)  # writes nothing
+        with pytest.raises(OSError) as err:
+            fit(small_model(), x, config(), checkpoint_dir=directory, callback=steps.append)
+        with pytest.raises(OSError) as direct:
+            attempt()
+        assert type(err.value) is type(direct.value) and err.value.errno == direct.value.errno
+        assert str(err.value) == (
+            f"fit: cannot {action} checkpoint_dir {directory} ({direct.value.strerror}). "
+            "Choose a writable directory."
+        )
+    assert not steps
+
+
+def test_a_checkpoint_that_cannot_be_written_names_fit_and_the_file(lorenz, tmp_path, monkeypatch):
+    x, _ = lorenz
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError) as err:
+        fit(small_model(), x, config(epochs=1, batches_per_epoch=1), checkpoint_dir=tmp_path)
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value).startswith(
+        f"fit: cannot write {tmp_path / CHECKPOINT_NAME} (No space left on device); "
+    )
+    assert not list(tmp_path.iterdir())  # neither a checkpoint nor a temporary file
 
 
 def test_resume_refuses_other_data_and_validation(lorenz, tmp_path):
