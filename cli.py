@@ -28,6 +28,7 @@ import typing
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import numba
@@ -398,8 +399,9 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
             problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
-    if s.model in SSM_NAMES and s.method == "sequential":
-        problems.append(f"--method sequential is for the latent RNNs, not {s.model}")
+    inapplicable = _inapplicable_training_settings(s, origins)
+    if inapplicable:
+        problems.append(inapplicable)
     for name in (
         "n_steps",
         "sequence_length",
@@ -450,19 +452,47 @@ def _float_or_nan(text) -> float:
         return float("nan")
 
 
-def train_config(s: Settings, n_obs: int):
-    """The :class:`autodiff.TrainConfig` of these settings."""
-    from autodiff import TrainConfig
-
+def _train_fields(s: Settings) -> dict:
+    """The :class:`autodiff.TrainConfig` fields these settings give (``--alpha`` sets
+    ``alpha_mode``, and ``alpha`` unless it is ``auto``)."""
     kwargs = {name: getattr(s, name) for name in TRAIN_FIELDS}
     if s.alpha == "auto":
         kwargs["alpha_mode"] = "auto"
     else:
-        kwargs.update(alpha_mode="constant", alpha=float(s.alpha))
+        kwargs.update(alpha_mode="constant", alpha=_float_or_nan(s.alpha))
+    return kwargs
+
+
+def train_config(s: Settings, n_obs: int):
+    """The :class:`autodiff.TrainConfig` of these settings."""
+    from autodiff import TrainConfig
+
     try:
-        return TrainConfig(**kwargs)
+        return TrainConfig(**_train_fields(s))
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+def _inapplicable_training_settings(s: Settings, origins: dict[str, str]) -> str | None:
+    """The settings this run would not use (:func:`autodiff.train.inapplicable_settings`,
+    the rule :func:`autodiff.fit` applies: the GTF-DEER ones for a state-space model, the
+    Newton ones for ``--method sequential``) as a problem named by flag or config key, or
+    None."""
+    from autodiff.train import TrainConfig, inapplicable_settings
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    config = SimpleNamespace(**{**defaults, **_train_fields(s)})
+    names = inapplicable_settings(config, s.model not in SSM_NAMES)
+    shown = dict.fromkeys("alpha" if name == "alpha_mode" else name for name in names)
+    if not shown:
+        return None
+    given = ", ".join(f"{_named(name, origins)} {getattr(s, name)}" for name in shown)
+    if s.model in SSM_NAMES:
+        scope = f"the latent RNNs (GTF-DEER), not {s.model}"
+    else:
+        scope = "--method deer (the sequential method runs no Newton iterations)"
+    verb, pronoun = ("it applies", "it") if len(shown) == 1 else ("they apply", "them")
+    return f"{given}: {verb} to {scope}; drop {pronoun}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -1210,6 +1240,13 @@ def _warn_if_busy(load: float, cores: int, threads: int) -> None:
         )
 
 
+def _scored_steps(scores: dict) -> str:
+    """The points of each free run that :func:`models.evaluate` scored (``"99999 steps"``),
+    with the transient it dropped before them."""
+    dropped = scores["n_steps"] - scores["n_measured"]
+    return f"{scores['n_measured']} steps" + (f" after a transient of {dropped}" if dropped else "")
+
+
 def _not_measured(scores: dict) -> str:
     """Why :func:`models.evaluate` gave no scores, in its words: its message names the run
     that failed (the free run, an n-step prediction behind PE, or the Lyapunov run)."""
@@ -1270,7 +1307,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     if summary["alpha"] is not None:
         training += f"   alpha {summary['alpha']:.3f}"
     lines = [
-        f"test ({test['n_steps']} steps): {measures}",
+        f"test ({_scored_steps(test)}): {measures}",
         training,
         f"training steps {summary['train_seconds']:.0f} s (whole run), this command "
         f"{summary['wall_seconds']:.0f} s (data, training, evaluation, plots)   results: {out}",
@@ -1377,7 +1414,7 @@ def evaluate_command(
     if scores["status"] == "ok":
         click.echo(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
-            f"PE({pe_steps}) {scores['pe']:.3g}   ({scores['n_steps']} steps)"
+            f"PE({pe_steps}) {scores['pe']:.3g}   ({_scored_steps(scores)})"
         )
     else:  # as after training: the model does not reconstruct the system (exit 1)
         click.echo(_not_measured(scores))

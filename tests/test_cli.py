@@ -203,6 +203,16 @@ def _bad_files(tmp_path):
         (["-M", "2"], "latent dimension must be >= N"),
         (["--model", "lstm"], "lstm"),
         (["--n-relu", "2"], "--n-relu"),
+        (
+            ["--model", "linear-ssm", "--alpha", "0.3", "--jacobian", "diag"],
+            "--alpha 0.3, --jacobian diag: they apply to the latent RNNs (GTF-DEER), not "
+            "linear-ssm; drop them.",
+        ),
+        (["--model", "selective-ssm", "--method", "sequential"], "--method sequential: it"),
+        (
+            ["--method", "sequential", "--jacobian", "diag"],
+            "--jacobian diag: it applies to --method deer (the sequential method runs no Newton",
+        ),
         pytest.param(
             ["--backend", "cuda"],
             "cuda",
@@ -410,7 +420,8 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
     def pe_diverged(model, x_test, **kwargs):
         keys = ("dstsp", "dh", "pe")
         return {"status": "diverged", "message": failure,
-                "n_steps": len(x_test) - 1, **dict.fromkeys(keys)}  # fmt: skip
+                "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
+                **dict.fromkeys(keys)}  # fmt: skip
 
     plotted = []
     monkeypatch.setattr(models, "evaluate", pe_diverged)
@@ -484,7 +495,8 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
     def out_of_box(model, x_test, **kwargs):
         keys = ("dstsp", "dh", "pe")
         return {"status": "out_of_box", "message": "no generated point lies inside the box",
-                "n_steps": len(x_test) - 1, **dict.fromkeys(keys)}  # fmt: skip
+                "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
+                **dict.fromkeys(keys)}  # fmt: skip
 
     monkeypatch.setattr(models, "evaluate", out_of_box)
     result = run("evaluate", out)
@@ -494,7 +506,15 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
 
 
 def test_summary_says_when_no_validation_run_was_measurable(capsys):
-    test = {"status": "ok", "message": "", "n_steps": 99, "dstsp": 1.0, "dh": 0.5, "pe": 0.1}
+    test = {
+        "status": "ok",
+        "message": "",
+        "n_steps": 99,
+        "n_measured": 99,
+        "dstsp": 1.0,
+        "dh": 0.5,
+        "pe": 0.1,
+    }
     summary = {
         "test": test,
         "best_epoch": 4,
