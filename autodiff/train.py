@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -673,13 +674,32 @@ def _check_validation_length(validation_data, validation_steps):
     )
 
 
+def _check_validation_resolution(validation_data, validation_steps):
+    """Warn once, in ``fit``'s terms, when the validation runs are too short for a binned
+    D_stsp against ``validation_data[1:]`` (:func:`models.metrics.check_dstsp_resolution`;
+    :func:`_validate` then scores without repeating it)."""
+    from models.metrics import check_dstsp_resolution
+
+    n_points = validation_data.shape[0] - 1 if validation_steps is None else validation_steps
+    fix = (
+        "each validation run scores validation_steps points (None: len(validation_data) - 1); "
+        "pass a longer validation_data or raise validation_steps"
+    )
+    check_dstsp_resolution(n_points, validation_data[1:], where="fit", fix=fix)
+
+
 def _validate(model, validation_data, steps, starts):
     """Free-run score on the validation trajectory: mean D_stsp + D_H over ``starts`` runs
-    (inf when not measurable)."""
-    from models.metrics import evaluate
+    (inf when not measurable). Their D_stsp resolution was checked once, at the start
+    (:func:`_check_validation_resolution`)."""
+    from models.metrics import StateSpaceResolutionWarning, evaluate
 
     starts = min(starts, validation_data.shape[0])
-    out = evaluate(model, validation_data, n_steps=steps, n_starts=starts, measures=("dstsp", "dh"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StateSpaceResolutionWarning)
+        out = evaluate(
+            model, validation_data, n_steps=steps, n_starts=starts, measures=("dstsp", "dh")
+        )
     if out["status"] != "ok":
         return {"dstsp": None, "dh": None, "score": math.inf, "status": out["status"]}
     return {
@@ -1210,6 +1230,8 @@ def fit(
     if start.checkpoint_file is not None:
         _try_checkpoint_dir(start.checkpoint_file.parent)
     model, data, validation_data = start.model, start.data, start.validation_data
+    if validation_data is not None:
+        _check_validation_resolution(validation_data, config.validation_steps)
     ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
     best_params = start.best_params
     rng = start.rng

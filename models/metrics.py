@@ -171,7 +171,7 @@ class StateSpaceResolutionWarning(UserWarning):
 def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel):
     """Warn (:class:`StateSpaceResolutionWarning`) when a run of ``n_points`` points has fewer
     than ``MIN_POINTS_PER_BIN`` points per bin that the :func:`_binned_reference` occupies;
-    ``fix`` says how the caller's user scores more points (a phrase, put in parentheses).
+    ``fix`` says how the caller's user scores more points or coarser bins (a clause).
 
     A bin the reference occupies (count ``c``) and the run leaves empty adds about
     ``p log(c / e)`` to the KL (``e = 1e-5``, the pseudo-count), so short runs score high
@@ -191,10 +191,33 @@ def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel):
                 f"{where}: binned D_stsp of {n_points} generated points, fewer than "
                 f"{MIN_POINTS_PER_BIN} per bin the reference occupies ({n_occupied} bins): "
                 f"most of them stay empty in the run, and even the true system scores far "
-                f"above 0. Score at least {needed} points ({fix}) or lower n_bins."
+                f"above 0. Score at least {needed} points: {fix}."
             ),
             stacklevel=stacklevel + 1,
         )
+
+
+def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minmax"):
+    """Warn (:class:`StateSpaceResolutionWarning`, naming ``where``) when binned D_stsp of runs
+    of ``n_points`` points against ``x_true`` would be dominated by empty bins -- the check
+    :func:`evaluate` makes, for a caller that scores many such runs (``fit``'s validation)
+    and words the remedy ``fix`` (a clause) in its own terms. Nothing for ``N >= 6``
+    dimensions, scored with the Gaussian mixture.
+
+    Parameters
+    ----------
+    n_points : int
+        Points each scored run has.
+    x_true : ndarray, shape (T, N)
+        The reference trajectory (finite, float64).
+    where, fix : str
+        The function the warning names, and how its user scores more points.
+    n_bins, box
+        As for :func:`state_space_divergence`.
+    """
+    if x_true.shape[1] < 6:
+        reference = _binned_reference(x_true, n_bins, box)
+        _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=2)
 
 
 @jit
@@ -335,7 +358,8 @@ def state_space_divergence(
     if method == "gmm":
         return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
     reference = _binned_reference(x_true, n_bins, box)
-    _check_occupancy(x_gen.shape[0], reference, n_bins, where, "a longer x_gen", stacklevel=2)
+    fix = "pass a longer x_gen or lower n_bins"
+    _check_occupancy(x_gen.shape[0], reference, n_bins, where, fix, stacklevel=2)
     return _binned_kl(reference, x_gen, n_bins)
 
 
@@ -956,7 +980,7 @@ def evaluate(
     binned = "dstsp" in measures and dstsp_method == "bins"
     if binned:  # the test data's box and bins are computed once, for every run
         reference = _binned_reference(x_test[1:], n_bins, box)
-        fix = "n_steps - transient are scored: raise n_steps or lower transient"
+        fix = "n_steps - transient are scored; raise n_steps, lower transient or lower n_bins"
         _check_occupancy(n_measured, reference, n_bins, where, fix, stacklevel=2)
 
     starts = np.arange(n_starts) * x_test.shape[0] // n_starts

@@ -569,8 +569,8 @@ def test_dstsp_of_too_few_points_per_occupied_bin_warns():
     assert str(record[0].message) == (
         f"state_space_divergence: binned D_stsp of {needed - 1} generated points, fewer than 10 "
         "per bin the reference occupies (2 bins): most of them stay empty in the run, and even "
-        f"the true system scores far above 0. Score at least {needed} points (a longer x_gen) "
-        "or lower n_bins."
+        f"the true system scores far above 0. Score at least {needed} points: pass a longer "
+        "x_gen or lower n_bins."
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", StateSpaceResolutionWarning)
@@ -581,8 +581,8 @@ def test_dstsp_of_too_few_points_per_occupied_bin_warns():
 def test_evaluate_warns_when_dstsp_scores_too_few_points_and_reports_how_many(rotation_data):
     model, x = rotation_data  # x[1:] occupies 116 of the 30 x 30 bins: 1160 points needed
     with pytest.warns(StateSpaceResolutionWarning, match=r"^evaluate: binned D_stsp of 9 gen.*"
-                      r"\(116 bins\).* at least 1160 points \(n_steps - transient are scored: "
-                      r"raise n_steps or lower transient\)"):  # fmt: skip
+                      r"\(116 bins\).* at least 1160 points: n_steps - transient are scored; "
+                      r"raise n_steps, lower transient or lower n_bins\.$"):  # fmt: skip
         res = evaluate(model, x, transient=990, measures=("dstsp",))
     assert (res["n_steps"], res["transient"], res["n_measured"]) == (999, 990, 9)
     with warnings.catch_warnings():

@@ -812,3 +812,23 @@ def test_history_and_step_info_report_loss_and_penalty_alike(lorenz):
     assert record["penalty"] > 0
     np.testing.assert_allclose(record["loss"], np.mean([s.loss for s in steps]), rtol=1e-12)
     np.testing.assert_allclose(record["penalty"], np.mean([s.penalty for s in steps]), rtol=1e-12)
+
+
+def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
+    """Validation runs too short for binned D_stsp warn once, at the start, naming fit's
+    settings (not evaluate's n_steps), however many validations follow."""
+    import warnings
+
+    from models.metrics import StateSpaceResolutionWarning
+
+    x, val = lorenz
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(small_model(), x, config(epochs=2, batches_per_epoch=2), validation_data=val)
+    messages = [str(w.message) for w in caught if w.category is StateSpaceResolutionWarning]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("fit: binned D_stsp of 400 generated points")
+    assert messages[0].endswith(
+        "each validation run scores validation_steps points (None: len(validation_data) - 1); "
+        "pass a longer validation_data or raise validation_steps."
+    )
