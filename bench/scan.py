@@ -203,6 +203,10 @@ CROSSOVER_GRID = [
 ] + [
     (False, 8, DIAG_D, (16, 64, 256, 1024, 4096), np.float64, "signed"),
     (False, 8, 1, (64, 256, 1024, 4096, 16384), np.float64, "signed"),
+    # small D: the batch crossover is a number of time steps (B*T ~ 2048), not of bytes
+    (False, 2, 1, (512, 1024, 2048), np.float64, "signed"),
+    (False, 8, 4, (128, 256, 512), np.float64, "signed"),
+    (False, 8, DIAG_D, (128, 256, 512), np.float32, "signed"),
     (True, 8, 3, (64, 256, 1024, 4096, 16384), np.float64, "signed"),
     (True, 8, 16, (16, 64, 256, 1024), np.float64, "signed"),
 ]

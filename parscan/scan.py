@@ -13,7 +13,8 @@ machine; see ``_choose_host_backend``):
 * host input is never moved to a GPU implicitly (the PCIe round trip of a memory-bound scan
   costs more than the scan); it runs on ``"sequential"`` or ``"cpu"``;
 * diagonal: ``"cpu"`` when the batch fills the threads (``B >= threads``) and the problem is
-  large enough to amortise the thread start (:data:`AUTO_MIN_BATCH_BYTES`), or when ``B <
+  large enough to amortise the thread start (:data:`AUTO_MIN_BATCH_BYTES`, or
+  :data:`AUTO_MIN_BATCH_STEPS` time steps in all for small ``D``), or when ``B <
   threads`` and ``T`` is long enough for a scan over time chunks (scan-then-fix when the carry
   between chunks dies out, from :data:`AUTO_MIN_FIX_BYTES`; reduce-then-scan otherwise, from
   :data:`AUTO_MIN_CHUNKED_BYTES`: :mod:`parscan._scan_cpu`) to beat one core; ``"sequential"``
@@ -58,8 +59,15 @@ _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 #                                   float32 256 KiB -> 0.94-1.01x 512 KiB -> 1.21-1.31x
 #                                 complex64 128 KiB -> 0.76-0.89x 512 KiB -> 1.10-1.27x
 #   diag  B=8, D=16 (batch):        float64  64 KiB -> 0.83-0.86x 256 KiB -> 1.08-1.23x
-#   diag  B=8, D=1  (batch):        float64  16 KiB -> 0.96-1.15x  64 KiB -> 1.18-1.51x (missed:
-#                                                          2x slower per element than D=16)
+#   diag  B=8, D=1  (batch):        float64  16 KiB -> 0.96-1.15x  64 KiB -> 1.18-1.51x
+# For small D the per-step loop overhead, not the bytes, sets the batch crossover: it sits at
+# about 2048 time steps in all (B*T) from D=1 to D=16 (the batch rows of ``bench/scan.py
+# --crossover``, 20 interleaved runs, idle machine, 2026-12-01; speed-ups (min) at
+# B*T = 1024 -> 2048 -> 4096):
+#   B=8 D=1 float64 0.92 -> 1.13 -> 1.21   B=2 D=1 float64 0.94 -> 1.11 -> 1.28
+#   B=8 D=4 float64 0.90 -> 0.98 -> 1.07   B=2 D=4 float64 0.93 -> 1.01 -> 1.18
+#   B=8 D=2 float32 0.98 -> 0.97 -> 1.00   B=8 D=16 float32 0.95 -> 1.09 -> 1.16
+#   B=2 D=16 float64 0.95 -> 1.18 -> 1.57  (B=8 D=64 float64: 1.01 at 128 KiB, 1.10 at 256 KiB)
 #   dense B=8, D=3  (batch):        float64  36 KiB -> 0.84-0.96x 144 KiB -> 0.94-1.28x
 #   dense B=8, D=16 (batch):        float64 256 KiB -> 0.93-1.18x   1 MiB -> 1.12-1.65x
 # The crossover sits at about the same number of bytes, not elements, across dtypes; complex64
@@ -69,6 +77,7 @@ _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 # busy with other processes every parallel region also waits for a scheduler tick (~4 ms);
 # there, use backend="sequential" or PARSCAN_THREADS=1.
 AUTO_MIN_BATCH_BYTES = 1 << 18
+AUTO_MIN_BATCH_STEPS = 1 << 11
 AUTO_MIN_CHUNKED_BYTES = 1 << 20
 AUTO_MIN_FIX_BYTES = 1 << 19
 AUTO_MIN_DENSE_BYTES = 1 << 17
@@ -273,7 +282,8 @@ def _auto_host(dense: bool, B: int, T: int, D: int, itemsize: int, a=None, rever
         cpu = B >= threads and nbytes * D >= AUTO_MIN_DENSE_BYTES
         return ("cpu" if cpu else "sequential"), None
     if B >= threads:
-        return ("cpu" if nbytes >= AUTO_MIN_BATCH_BYTES else "sequential"), None
+        cpu = nbytes >= AUTO_MIN_BATCH_BYTES or B * T >= AUTO_MIN_BATCH_STEPS
+        return ("cpu" if cpu else "sequential"), None
     if nbytes >= AUTO_MIN_CHUNKED_BYTES:
         return "cpu", None
     if nbytes >= AUTO_MIN_FIX_BYTES and a is not None:

@@ -488,6 +488,10 @@ def test_auto_never_picks_threads_for_short_or_unbatched_dense(monkeypatch):
     assert scan._choose_host_backend(False, 1, 10, 16, 8) == "sequential"
     assert scan._choose_host_backend(False, 1, 10**6, 16, 8) == "cpu"
     assert scan._choose_host_backend(False, 8, 10**5, 16, 8) == "cpu"
+    # a batch of small D: from 2048 time steps in all, whatever the bytes
+    assert scan._choose_host_backend(False, 8, 256, 1, 8) == "cpu"
+    assert scan._choose_host_backend(False, 8, 255, 1, 8) == "sequential"
+    assert scan._choose_host_backend(False, 2, 1024, 4, 4) == "cpu"
     # the thresholds are in bytes: the same elements in float32 stay sequential
     assert scan._choose_host_backend(False, 1, 10**4, 16, 8) == "cpu"
     assert scan._choose_host_backend(False, 1, 10**4, 16, 4) == "sequential"
