@@ -167,6 +167,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: the built-in default of every setting
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
 def _setting_type(name: str) -> tuple[type, bool]:
     """The value type of a :class:`Settings` field and whether it may be None."""
     annotation = next(f.type for f in fields(Settings) if f.name == name)
@@ -293,6 +297,8 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
     messages about them."""
     given = {key: value for key, value in flags.items() if value is not None}
     merged, spelled = _read_config(config_path) if config_path else ({}, {})
+    if any(name in given for name in OUTPUT_SETTINGS):  # -q or -v replaces the config's choice
+        merged = {name: value for name, value in merged.items() if name not in OUTPUT_SETTINGS}
     origins = {
         name: f"{spelled[name]} in --config {config_path}" for name in merged if name not in given
     }
@@ -315,7 +321,16 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
         _check_resume_changes(merged, saved, Path(merged["out"]))
         # the output flags are this command's own, not the resumed run's
         kept = {name: value for name, value in saved.items() if name not in OUTPUT_SETTINGS}
-        merged = {**kept, **merged}
+        record = Path(merged["out"]) / "args.json"
+        origins.update(
+            (name, f"{name.replace('_', '-')} recorded in {record}")
+            for name in PATH_SETTINGS
+            if name in kept and name not in merged
+        )
+        # settings the run recorded but did not use (refused since): their defaults, as the
+        # checkpoint's configuration reads them (autodiff.train)
+        unused = [name for name in _unused_settings(Settings(**kept)) if name not in merged]
+        merged = {**kept, **{name: _DEFAULTS[name] for name in unused}, **merged}
     for name in PATH_SETTINGS:
         if merged.get(name):
             merged[name] = _absolute(merged[name])
@@ -473,20 +488,29 @@ def train_config(s: Settings, n_obs: int):
         raise UserError(str(exc)) from None
 
 
-def _inapplicable_training_settings(s: Settings, origins: dict[str, str]) -> str | None:
-    """The settings this run would not use (:func:`autodiff.train.inapplicable_settings`,
-    the rule :func:`autodiff.fit` applies: the GTF-DEER ones for a state-space model, the
-    Newton ones for ``--method sequential``) as a problem named by flag or config key, or
-    None."""
+def _unused_settings(s: Settings) -> list[str]:
+    """The settings a run with ``s`` would not use, not at their defaults
+    (:func:`autodiff.train.inapplicable_settings`, the rule :func:`autodiff.fit` applies:
+    the GTF-DEER ones for a state-space model, the Newton ones for ``--method sequential``),
+    by their :class:`Settings` names."""
     from autodiff.train import TrainConfig, inapplicable_settings
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
     names = inapplicable_settings(config, s.model not in SSM_NAMES)
-    shown = dict.fromkeys("alpha" if name == "alpha_mode" else name for name in names)
+    return list(dict.fromkeys("alpha" if name == "alpha_mode" else name for name in names))
+
+
+def _inapplicable_training_settings(s: Settings, origins: dict[str, str]) -> str | None:
+    """:func:`_unused_settings` as a problem, each named by its flag and where it was set when
+    not by the flag (``origins``), or None."""
+    shown = _unused_settings(s)
     if not shown:
         return None
-    given = ", ".join(f"{_named(name, origins)} {getattr(s, name)}" for name in shown)
+    given = ", ".join(
+        f"{_flag(name)} {getattr(s, name)}" + (f" ({origins[name]})" if name in origins else "")
+        for name in shown
+    )
     if s.model in SSM_NAMES:
         scope = f"the latent RNNs (GTF-DEER), not {s.model}"
     else:
@@ -1086,7 +1110,6 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     continue) is checked before the run folder is touched. ``origins``: see
     :func:`prepare_data`.
     """
-    load = machine_load()  # first: before our own work adds to it
     import models
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
@@ -1101,8 +1124,10 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
                 f"(NUMBA_NUM_THREADS), so {used} are used (and recorded in args.json)."
             )
             s = replace(s, threads=used)
-    elif _env.THREADS is None and load is not None:
-        _warn_if_busy(*load, numba.get_num_threads())
+    elif _env.THREADS is None and numba.get_num_threads() > 1:
+        load = machine_load()
+        if load is not None:
+            _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
     if s.test_data is not None:
         warn_if_far(data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}")
@@ -1214,29 +1239,53 @@ def _recorded_settings(s: Settings, out: Path) -> dict:
     return asdict(replace(s, out=str(out), **unused))
 
 
+#: how long :func:`machine_load` watches the cores (seconds)
+LOAD_SAMPLE_SECONDS = 0.25
+
+
 def machine_load() -> tuple[float, int] | None:
-    """The 1-minute load average and the number of cores this process may run on, or None
-    where the system reports no load average."""
+    """How many of the cores this process may run on other processes keep busy now, and
+    how many there are: the busy share of each core's time (``/proc/stat``) over
+    :data:`LOAD_SAMPLE_SECONDS` while this process sleeps, summed. None where the counters
+    cannot be read (not Linux). Unlike the load average it neither remembers the previous
+    command nor counts the host's cores outside this process's set."""
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
+        cores = sorted(os.sched_getaffinity(0))
+        before = _cpu_times()
+        time.sleep(LOAD_SAMPLE_SECONDS)
+        after = _cpu_times()
+    except (AttributeError, OSError, ValueError, IndexError):
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return load, cores
+    busy = 0.0
+    for core in cores:
+        if core in before and core in after:
+            (busy0, total0), (busy1, total1) = before[core], after[core]
+            busy += (busy1 - busy0) / max(total1 - total0, 1)
+    return busy, len(cores)
 
 
-def _warn_if_busy(load: float, cores: int, threads: int) -> None:
-    """Warn when other processes keep the cores busy and the kernels would use several
-    threads: each threaded (``prange``) region then waits for scheduler ticks, measured 4-11x
-    slower with 2 threads than with ``--threads 1`` on a loaded 2-core machine."""
-    if threads > 1 and load >= cores - 0.5:
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """``{core: (busy, total)}`` clock ticks since boot, from the ``cpuN`` lines of
+    ``/proc/stat`` (idle and iowait are the 4th and 5th counters)."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *counters = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(c) for c in counters[:8]]
+            times[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return times
+
+
+def _warn_if_busy(busy: float, cores: int, threads: int) -> None:
+    """Warn when other processes keep so many cores busy that fewer than ``threads`` stay
+    free (by half a core): each threaded (``prange``) region then waits for scheduler ticks,
+    measured 4-11x slower with 2 threads than with ``--threads 1`` on a 2-core machine with
+    one core busy."""
+    if threads > 1 and cores - busy < threads - 0.5:
         _warn(
-            f"the machine is busy (load {load:.1f} on {cores} cores): threaded steps wait for "
-            "the scheduler and can run several times slower; if training is slow, try "
-            "--threads 1."
+            f"the machine is busy (other processes keep {busy:.1f} of its {cores} cores busy): "
+            "threaded steps wait for the scheduler and can run several times slower; if "
+            "training is slow, try --threads 1."
         )
 
 

@@ -17,9 +17,7 @@ import math
 
 import numpy as np
 
-from models._checks import Checks, check_int
-
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from models._checks import FLOAT_DTYPES, Checks, check_int
 
 
 class NonFiniteStepError(ValueError):
@@ -360,7 +358,7 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         inf when ``grad`` is not finite, which the caller must treat as a failed step.
     """
     with Checks("clip_grad_norm") as checks:
-        if not isinstance(grad, np.ndarray) or grad.dtype not in _DTYPES:
+        if not isinstance(grad, np.ndarray) or grad.dtype not in FLOAT_DTYPES:
             got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
             checks.add(f"grad must be a float32/float64 array; got {got}.", wrong_kind=True)
         elif grad.ndim != 1:

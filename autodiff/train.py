@@ -25,6 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -109,12 +110,12 @@ class TrainingDivergedError(RuntimeError):
         )
         tries = [f"{name}={value!r}" for name, value in remedies.items()]
         if not clipped:
-            tries.append("a grad_clip")
+            tries.append("a grad_clip (a bound on the gradient norm)")
         super().__init__(
             f"fit: {streak} consecutive steps were rejected (last: {reason}) at epoch {epoch}, "
             f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
-            f"good step{kept}. Start a new run with {', '.join(tries)} (a resume keeps the "
-            "settings)."
+            f"good step{kept}. A resume keeps the settings; start a new run with one or more of: "
+            f"{', '.join(tries)}."
         )
         self.streak, self.reason, self.epoch, self.batch = streak, reason, epoch, batch
         self.alpha, self.lr = alpha, lr
@@ -999,7 +1000,7 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
     model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
     if not isinstance(meta, dict):
         raise TypeError(f"the training state must be a JSON object; got {type(meta).__name__}")
-    config = _saved_config(meta["config"])
+    config = _saved_config(meta["config"], isinstance(model, LatentRNN))
     stored = ckpt["standardization"] is not None
     if stored != config.standardize:
         raise ValueError(
@@ -1031,12 +1032,16 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
     return config, fingerprints
 
 
-def _saved_config(d) -> "TrainConfig":
-    """The checkpoint's configuration: every field of :class:`TrainConfig`, valid."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not isinstance(d, dict) or set(d) != names:
+def _saved_config(d, latent_rnn: bool) -> "TrainConfig":
+    """The checkpoint's configuration: every field of :class:`TrainConfig`, valid. Fields the
+    run did not use (:func:`inapplicable_settings`: a checkpoint written before they were
+    refused) are read as their defaults, which a resume must then pass."""
+    fields = dataclasses.fields(TrainConfig)
+    if not isinstance(d, dict) or set(d) != {f.name for f in fields}:
         raise ValueError("the stored config must have exactly the fields of TrainConfig")
-    return TrainConfig.from_dict(d)
+    method = d["method"] if d["method"] in _CHOICES["method"] else "deer"
+    unused = inapplicable_settings(SimpleNamespace(**{**d, "method": method}), latent_rnn)
+    return TrainConfig.from_dict({**d, **{f.name: f.default for f in fields if f.name in unused}})
 
 
 def _saved_params(x, name, model) -> np.ndarray:
@@ -1128,7 +1133,8 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     ``callback`` and its trial write in ``checkpoint_dir`` (this function writes nothing, so
     it checks the permissions only: a read-only or virtual file system that they allow
     passes here and fails in :func:`fit`, with an ``OSError``); an error only a training step
-    meets (e.g. a ``backend`` that cannot run this model) is not found.
+    meets (e.g. a ``backend`` that cannot run this model) is not found. It warns of nothing
+    (:func:`fit` warns of validation runs too short for D_stsp).
 
     Parameters
     ----------

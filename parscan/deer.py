@@ -916,8 +916,9 @@ class NewtonRun:
         head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(
             worst, self.status.value
         )
-        # the remedy of _NON_FINITE (fix the inputs) is in head
-        fixes = [c for c in failed if c != _NON_FINITE and remedies]
+        fixes = []
+        if remedies:  # the remedy of _NON_FINITE (fix the inputs) is in head
+            fixes = [c for c in failed if c != _NON_FINITE]
         lead = {
             _MAX_ITER: "To converge",
             _DIVERGING: "More iterations do not help a diverging run",

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -599,17 +600,26 @@ def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(
 
 
 BUSY = (
-    "parscan-train: warning: the machine is busy (load 1.5 on 2 cores): threaded steps wait "
-    "for the scheduler and can run several times slower; if training is slow, try --threads 1."
+    "parscan-train: warning: the machine is busy (other processes keep 1.0 of its 2 cores "
+    "busy): threaded steps wait for the scheduler and can run several times slower; if "
+    "training is slow, try --threads 1."
 )
 
 
 def test_warn_if_busy(capsys):
-    for load, cores, threads in ((1.4, 2, 2), (8.0, 2, 1), (3.4, 4, 4)):
-        cli._warn_if_busy(load, cores, threads)
+    for busy, cores, threads in ((0.4, 2, 2), (2.0, 2, 1), (0.4, 4, 4), (1.0, 4, 2)):
+        cli._warn_if_busy(busy, cores, threads)
     assert capsys.readouterr().err == ""
-    cli._warn_if_busy(1.5, 2, 2)
+    cli._warn_if_busy(1.0, 2, 2)
     assert capsys.readouterr().err == BUSY + "\n"
+
+
+def test_machine_load_reads_the_cores_of_this_process():
+    load = cli.machine_load()
+    if load is None:
+        pytest.skip("no /proc/stat here")
+    busy, cores = load
+    assert cores == len(os.sched_getaffinity(0)) and 0.0 <= busy <= cores
 
 
 def test_warn_if_far(capsys):
@@ -638,7 +648,7 @@ def test_warnings_before_training_also_with_quiet(finished_run, tmp_path, monkey
 
     if parscan._env.THREADS is not None or numba.get_num_threads() < 2:
         pytest.skip("the kernels run one thread or PARSCAN_THREADS chose them")
-    monkeypatch.setattr(cli, "machine_load", lambda: (1.5, 2))
+    monkeypatch.setattr(cli, "machine_load", lambda: (1.0, 2))
     x = models.generate("lorenz63", 1500, seed=3)
     raw, standardised = tmp_path / "raw.npy", tmp_path / "standardised.npy"
     np.save(raw, x)
@@ -694,3 +704,33 @@ def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypat
     extent = cli.spectrum_extent(normalized_spectra(test, 20.0))
     assert 50 <= extent < 1501
     assert all(ax.get_xlim() == (0, extent - 1) for ax in spectrum.axes)
+
+
+def test_a_run_recorded_with_settings_refused_since_still_resumes(tmp_path):
+    """An SSM run whose args.json and checkpoint recorded GTF settings it did not use (written
+    before they were refused) resumes; the settings go back to their defaults."""
+    out = tmp_path / "run"
+    result = run(*TINY[:-3], "-q", "--model", "linear-ssm", "--out", out)
+    assert result.exit_code == 0, result.output
+    args_file = out / "args.json"
+    args = json.loads(args_file.read_text())
+    args["settings"].update(jacobian="diag", alpha="0.3")
+    args_file.write_text(json.dumps(args))
+    path = out / "checkpoints" / "checkpoint.npz"
+    fields = dict(np.load(path))
+    meta = json.loads(str(fields["metadata"]))
+    meta["train_state"]["config"].update(jacobian="diag", alpha_mode="constant", alpha=0.3)
+    fields["metadata"] = np.array(json.dumps(meta))
+    np.savez(path, **fields)
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code == 0, result.output
+    settings = json.loads(args_file.read_text())["settings"]
+    assert (settings["jacobian"], settings["alpha"]) == ("full", "auto")
+
+
+def test_an_output_flag_replaces_the_configs(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("quiet = true\n")
+    assert cli.resolve_settings({"verbose": True}, str(config)).quiet is False
+    assert cli.resolve_settings({}, str(config)).quiet is True
+    _one_error_line(run("-q", "-v"), "-q/--quiet and -v/--verbose contradict each other")

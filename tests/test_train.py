@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,12 @@ import pytest
 import autodiff.gradients
 import autodiff.train
 import models
-from autodiff.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from autodiff.checkpoint import (
+    CHECKPOINT_NAME,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.optim import ExponentialDecay
 from autodiff.train import (
@@ -297,7 +303,7 @@ def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp
     infos = []
     with pytest.raises(TrainingDivergedError, match="4 consecutive steps were rejected") as err:
         fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=infos.append)
-    assert "Start a new run with" in str(err.value)
+    assert "start a new run with" in str(err.value)
     assert (infos[-1].step, infos[-1].accepted, infos[-1].bad_steps) == (13, False, 4)
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["state"]["train_state"]["step"] == 10  # the epoch-1 checkpoint, not overwritten
@@ -763,8 +769,8 @@ def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
     assert f"(last: {reason}) at epoch 1, batch 1" in str(err.value)
     assert err.value.remedies == {"alpha_mode": "auto", "lr_start": 0.00333}
     assert str(err.value).endswith(
-        "Start a new run with alpha_mode='auto', lr_start=0.00333, a grad_clip (a resume keeps "
-        "the settings)."
+        "A resume keeps the settings; start a new run with one or more of: alpha_mode='auto', "
+        "lr_start=0.00333, a grad_clip (a bound on the gradient norm)."
     )
 
 
@@ -832,3 +838,26 @@ def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
         "pass a longer validation_data or raise validation_steps."
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "stale"),
+    [
+        (
+            lambda: LinearSSM(3, 4, 8, dtype="float64"),
+            {"alpha_mode": "constant", "jacobian": "diag"},
+        ),
+        (small_model, {"method": "sequential", "jacobian": "diag", "newton_max_iter": 5}),
+    ],
+)
+def test_checkpoints_with_settings_refused_since_still_resume(lorenz, tmp_path, model, stale):
+    """A checkpoint written before settings the run did not use were refused (an SSM's GTF
+    settings, a sequential run's Newton settings) resumes with a config without them."""
+    x, _ = lorenz
+    ssm = "method" not in stale
+    cfg = (ssm_config if ssm else config)(epochs=2, **({} if ssm else {"method": "sequential"}))
+    first = fit(model(), x, replace(cfg, epochs=1), checkpoint_dir=tmp_path)
+    path = checkpoint_path(tmp_path)
+    _rewrite(path, edit_meta=lambda m: m["train_state"]["config"].update(stale))
+    resumed = fit(model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+    assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
