@@ -115,6 +115,7 @@ class Settings:
     validation_interval: int = 2
     validation_steps: int = 25_000
     validation_starts: int = 4
+    n_bins: int = 30
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     quiet: bool = False
@@ -357,17 +358,21 @@ def _absolute(path: str) -> str:
 
 def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
     """Refuse settings given to ``--resume`` (flags or config) that differ from the run's
-    ``args.json`` and may not change (:data:`RESUME_MAY_CHANGE`)."""
+    ``args.json`` and may not change (:data:`RESUME_MAY_CHANGE`); a setting the run does not
+    record (added since, e.g. ``n_bins``) had its default."""
+
+    def recorded(name):
+        return saved.get(name, _DEFAULTS[name])
 
     def same(name):
-        old, new = saved.get(name), given[name]
+        old, new = recorded(name), given[name]
         if name in PATH_SETTINGS and old and new:
             return _absolute(old) == _absolute(new)
         return old == new
 
-    changed = [n for n in given if n not in RESUME_MAY_CHANGE and n in saved and not same(n)]
+    changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
     if changed:
-        shown = ", ".join(f"{_flag(n)} {given[n]} (the run's: {saved[n]})" for n in changed)
+        shown = ", ".join(f"{_flag(n)} {given[n]} (the run's: {recorded(n)})" for n in changed)
         raise UserError(
             f"--resume continues the run in {run} with its own data, model and training "
             f"settings; {shown} would change them. Drop "
@@ -426,6 +431,7 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
         "validation_interval",
         "validation_steps",
         "validation_starts",
+        "n_bins",
     ):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -468,9 +474,11 @@ def _float_or_nan(text) -> float:
 
 
 def _train_fields(s: Settings) -> dict:
-    """The :class:`autodiff.TrainConfig` fields these settings give (``--alpha`` sets
-    ``alpha_mode``, and ``alpha`` unless it is ``auto``)."""
+    """The :class:`autodiff.TrainConfig` fields these settings give (``--n-bins`` sets
+    ``validation_n_bins``; ``--alpha`` sets ``alpha_mode``, and ``alpha`` unless it is
+    ``auto``)."""
     kwargs = {name: getattr(s, name) for name in TRAIN_FIELDS}
+    kwargs["validation_n_bins"] = s.n_bins
     if s.alpha == "auto":
         kwargs["alpha_mode"] = "auto"
     else:
@@ -479,13 +487,18 @@ def _train_fields(s: Settings) -> dict:
 
 
 def train_config(s: Settings, n_obs: int):
-    """The :class:`autodiff.TrainConfig` of these settings."""
+    """The :class:`autodiff.TrainConfig` of these settings for data of ``n_obs`` dimensions
+    (refused when ``--n-bins`` is too large for them: validation and the test score could
+    not bin D_stsp)."""
     from autodiff import TrainConfig
+    from models.metrics import check_n_bins
 
     try:
-        return TrainConfig(**_train_fields(s))
+        config = TrainConfig(**_train_fields(s))
+        check_n_bins(s.n_bins, n_obs, where="--n-bins", fix="lower --n-bins")
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    return config
 
 
 def _unused_settings(s: Settings) -> list[str]:
@@ -681,6 +694,13 @@ def fingerprint(x: np.ndarray) -> dict:
     }
 
 
+def run_settings(run: Path) -> Settings:
+    """The settings of the run in folder ``run`` (its ``args.json``, read for ``evaluate``),
+    those it does not record (added since) at their defaults, as a new run's (no ``--out``,
+    no ``--resume``)."""
+    return Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
+
+
 def run_test_data(run: Path) -> np.ndarray:
     """The test data of the run in folder ``run``, rebuilt from its ``args.json`` as training
     built them, in data units.
@@ -689,7 +709,7 @@ def run_test_data(run: Path) -> np.ndarray:
     fingerprint recorded at training time; runs written before fingerprints were recorded are
     not checked. Generated test data are defined by the run's settings and not fingerprinted.
     """
-    s = Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
+    s = run_settings(run)
     args = run / "args.json"
     file = s.test_data if s.test_data is not None else s.data
     if file is not None and not Path(file).exists():
@@ -1073,6 +1093,11 @@ def _choice(*options):
 @click.option("--backend", type=_choice("auto", "sequential", "cpu", "cuda"), help="Scan backend.")
 @click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 @click.option("--seed", type=int, help="Seed of data generation, initialisation and sampling.")
+@click.option(
+    "--n-bins",
+    type=int,
+    help="D_stsp bins per axis of validation and the test score (default 30; fewer as N grows).",
+)
 @click.option("--out", type=str, help="Results folder (default runs/<data>-<model>-<time>).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out.")
 @click.option("--config", "config_path", type=str, help="TOML/JSON file with these settings.")
@@ -1198,10 +1223,11 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     test = ((data.test - mean) / sd).astype(np.float64)
     with warnings.catch_warnings():
         warnings.showwarning = echo_warning
-        scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS)
+        scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
     last = result.history[-1] if result.history else {}
     summary = {
         "test": scores,
+        "n_bins": s.n_bins,
         "best_epoch": result.best_epoch,
         "validation": result.best_scores,
         "final_loss": last.get("loss"),
@@ -1372,9 +1398,8 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 @click.option(
     "--n-bins",
     type=int,
-    default=30,
-    show_default=True,
-    help="D_stsp bins per axis (data with N >= 6 dimensions use the Gaussian mixture instead).",
+    help="D_stsp bins per axis (default: the run's --n-bins; 30 for a model file). Data with "
+    "N >= 6 dimensions use the Gaussian mixture instead.",
 )
 @click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
 @click.option(
@@ -1388,8 +1413,9 @@ def evaluate_command(
     """Score a trained model (a run folder or a model .npz) on test data.
 
     For a run folder without --test-data the run's own test data are rebuilt from its
-    args.json (the generated test trajectory, or the held-out tail of --data). Scores are
-    printed and written to --out (default: RUN/evaluation.json for a run folder).
+    args.json (the generated test trajectory, or the held-out tail of --data); without
+    --n-bins a run folder is scored with the run's D_stsp bins, as its training summary was.
+    Scores are printed and written to --out (default: RUN/evaluation.json for a run folder).
     """
     import models
 
@@ -1425,9 +1451,12 @@ def evaluate_command(
         model = models.load(model_file)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    recorded = path.is_dir() and (path / "args.json").is_file()
+    if n_bins is None:
+        n_bins = run_settings(path).n_bins if recorded else _DEFAULTS["n_bins"]
     if test_data is not None:
         raw = _load(test_data, "--test-data", test_data_key)
-    elif path.is_dir() and (path / "args.json").is_file():
+    elif recorded:
         raw = run_test_data(path)
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
@@ -1453,6 +1482,7 @@ def evaluate_command(
             )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    scores["n_bins"] = n_bins
     if destination is not None:
         try:
             _write_json(destination, scores)

@@ -54,6 +54,9 @@ _CHOICES = {
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "checkpoint_interval", "max_bad_steps", "backend", "validation_interval"}
 )
+#: config fields added since checkpoints were first written: a stored config without them was
+#: written before they existed, by a run that used their defaults, and reads them as such
+_LATER_FIELDS = ("validation_n_bins",)
 #: config fields of the DEER (Newton) forward, which ``method="sequential"`` does not run
 DEER_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
 #: config fields of generalized teacher forcing and its forward, which a state-space model
@@ -303,6 +306,12 @@ class TrainConfig:
         batch; the score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with
         ``n_starts``). Several starts catch a model that found a second, spurious attractor
         (it can score well from one initial condition and fail from another).
+    validation_n_bins : int
+        D_stsp bins per axis of the validation score (``n_bins`` of
+        :func:`models.metrics.evaluate`; data with ``N >= 6`` dimensions are scored with the
+        Gaussian mixture instead). 30 suits N = 3; use fewer as N grows (8 for the lab's
+        5-d ECG), or the validation runs leave most bins empty and even the true system
+        scores far above 0. It selects the best model, so a resume cannot change it.
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None;
         ``method="deer"`` and latent RNNs only).
@@ -336,6 +345,7 @@ class TrainConfig:
     validation_interval: int = 2
     validation_steps: int | None = None
     validation_starts: int = 4
+    validation_n_bins: int = 30
     newton_tol: float | None = None
     newton_max_iter: int | None = None
     standardize: bool = True
@@ -377,6 +387,7 @@ class TrainConfig:
         integer("validation_interval", 1)
         integer("validation_steps", 1, optional=True)
         integer("validation_starts", 1)
+        integer("validation_n_bins", 1)
         integer("newton_max_iter", 1, optional=True)
         integer("seed", 0)
         real("lr_start", 0.0, None, lo_open=True)
@@ -626,6 +637,8 @@ class _Snapshot:
 
 
 def _check_data(model, data, validation_data, config):
+    from models.metrics import check_n_bins
+
     where = "fit"
     data = check_trajectory(data, where, name="data", min_steps=2, n_obs=model.n_obs)
     if data.shape[0] < config.sequence_length + 1:
@@ -639,6 +652,12 @@ def _check_data(model, data, validation_data, config):
             validation_data, where, name="validation_data", min_steps=2, n_obs=model.n_obs
         )
         _check_validation_length(validation_data, config.validation_steps)
+        check_n_bins(
+            config.validation_n_bins,
+            validation_data.shape[1],
+            where=where,
+            fix="lower validation_n_bins",
+        )
     return data, validation_data
 
 
@@ -675,31 +694,37 @@ def _check_validation_length(validation_data, validation_steps):
     )
 
 
-def _check_validation_resolution(validation_data, validation_steps):
+def _check_validation_resolution(validation_data, validation_steps, n_bins):
     """Warn once, in ``fit``'s terms, when the validation runs are too short for a binned
-    D_stsp against ``validation_data[1:]`` (:func:`models.metrics.check_dstsp_resolution`;
-    :func:`_validate` then scores without repeating it)."""
+    D_stsp with ``n_bins`` bins per axis against ``validation_data[1:]``
+    (:func:`models.metrics.check_dstsp_resolution`; :func:`_validate` then scores without
+    repeating it)."""
     from models.metrics import check_dstsp_resolution
 
     n_points = validation_data.shape[0] - 1 if validation_steps is None else validation_steps
     fix = (
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
-        "pass a longer validation_data or raise validation_steps"
+        "pass a longer validation_data or raise validation_steps, or lower validation_n_bins"
     )
-    check_dstsp_resolution(n_points, validation_data[1:], where="fit", fix=fix)
+    check_dstsp_resolution(n_points, validation_data[1:], where="fit", fix=fix, n_bins=n_bins)
 
 
-def _validate(model, validation_data, steps, starts):
-    """Free-run score on the validation trajectory: mean D_stsp + D_H over ``starts`` runs
-    (inf when not measurable). Their D_stsp resolution was checked once, at the start
-    (:func:`_check_validation_resolution`)."""
+def _validate(model, validation_data, steps, starts, n_bins):
+    """Free-run score on the validation trajectory: mean D_stsp (``n_bins`` bins per axis) +
+    D_H over ``starts`` runs (inf when not measurable). Their D_stsp resolution was checked
+    once, at the start (:func:`_check_validation_resolution`)."""
     from models.metrics import StateSpaceResolutionWarning, evaluate
 
     starts = min(starts, validation_data.shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StateSpaceResolutionWarning)
         out = evaluate(
-            model, validation_data, n_steps=steps, n_starts=starts, measures=("dstsp", "dh")
+            model,
+            validation_data,
+            n_steps=steps,
+            n_starts=starts,
+            measures=("dstsp", "dh"),
+            n_bins=n_bins,
         )
     if out["status"] != "ok":
         return {"dstsp": None, "dh": None, "score": math.inf, "status": out["status"]}
@@ -1033,12 +1058,17 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
 
 
 def _saved_config(d, latent_rnn: bool) -> "TrainConfig":
-    """The checkpoint's configuration: every field of :class:`TrainConfig`, valid. Fields the
-    run did not use (:func:`inapplicable_settings`: a checkpoint written before they were
-    refused) are read as their defaults, which a resume must then pass."""
+    """The checkpoint's configuration: every field of :class:`TrainConfig`, valid. Fields added
+    since (:data:`_LATER_FIELDS`: a checkpoint written before them) and fields the run did
+    not use (:func:`inapplicable_settings`: a checkpoint written before they were refused)
+    are read as their defaults, which a resume must then pass."""
     fields = dataclasses.fields(TrainConfig)
-    if not isinstance(d, dict) or set(d) != {f.name for f in fields}:
-        raise ValueError("the stored config must have exactly the fields of TrainConfig")
+    names = {f.name for f in fields}
+    if not isinstance(d, dict) or not names - set(_LATER_FIELDS) <= set(d) <= names:
+        raise ValueError(
+            "the stored config must have the fields of TrainConfig (those added since, "
+            f"{', '.join(_LATER_FIELDS)}, may be missing) and no others"
+        )
     method = d["method"] if d["method"] in _CHOICES["method"] else "deer"
     unused = inapplicable_settings(SimpleNamespace(**{**d, "method": method}), latent_rnn)
     return TrainConfig.from_dict({**d, **{f.name: f.default for f in fields if f.name in unused}})
@@ -1202,9 +1232,11 @@ def fit(
         Held-out trajectory in the units of ``data`` (standardised like it). Every
         ``validation_interval`` epochs and after the last one, the model free-runs from
         ``validation_starts`` evenly spaced validation points and is scored by the mean
-        ``D_stsp + D_H`` of the runs (:func:`models.metrics.evaluate`; a diverged run scores
-        inf); the best-scoring parameters become ``result.model`` (ties: see
-        :attr:`TrainResult.best_epoch`; DSR training is not monotone, DESIGN.md section 7).
+        ``D_stsp + D_H`` of the runs (:func:`models.metrics.evaluate`, D_stsp with
+        ``validation_n_bins`` bins per axis; a diverged run scores inf); the best-scoring
+        parameters become ``result.model`` (ties: see :attr:`TrainResult.best_epoch`; DSR
+        training is not monotone, DESIGN.md section 7). A ``validation_n_bins`` too large
+        for the data's dimension is refused before training.
 
     Returns
     -------
@@ -1237,7 +1269,9 @@ def fit(
         _try_checkpoint_dir(start.checkpoint_file.parent)
     model, data, validation_data = start.model, start.data, start.validation_data
     if validation_data is not None:
-        _check_validation_resolution(validation_data, config.validation_steps)
+        _check_validation_resolution(
+            validation_data, config.validation_steps, config.validation_n_bins
+        )
     ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
     best_params = start.best_params
     rng = start.rng
@@ -1297,7 +1331,11 @@ def fit(
         if validation_data is not None and (epoch % config.validation_interval == 0 or last):
             t0 = time.perf_counter()
             scores = _validate(
-                model, validation_data, config.validation_steps, config.validation_starts
+                model,
+                validation_data,
+                config.validation_steps,
+                config.validation_starts,
+                config.validation_n_bins,
             )
             record.update(
                 val_dstsp=scores["dstsp"],

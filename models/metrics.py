@@ -34,6 +34,9 @@ GMM_POINTS = 10_000
 GMM_SAMPLES = 1000
 #: Measures :func:`evaluate` knows.
 MEASURES = ("dstsp", "dh", "pe", "lyapunov")
+#: :func:`evaluate` scores D_stsp with bins below this many dimensions and with the Gaussian
+#: mixture from it on (the lab's rule).
+GMM_MIN_DIMS = 6
 #: D_H warns when a spectrum has fewer than this many frequency bins per unit of ``smoothing``.
 MIN_BINS_PER_SMOOTHING = 10
 #: Binned D_stsp warns when a generated run has fewer than this many points per bin that the
@@ -93,13 +96,34 @@ def _bin_index(x, lo, hi, n_bins):
     return np.minimum(np.floor(u[inside] * n_bins), n_bins - 1).astype(np.int64)
 
 
-def _check_total_bins(n_bins, n_dims, where):
-    """``n_bins**n_dims`` as a float; ValueError when too large for binning."""
+def _check_total_bins(n_bins, n_dims, where, fix="use method='gmm'"):
+    """``n_bins**n_dims`` as a float; ValueError (ending in the remedy ``fix``, a clause) when
+    too large for binning."""
     if n_bins**n_dims > 10**300:
         raise ValueError(
-            f"{where}: n_bins**N = {n_bins}**{n_dims} is too large for binning; use method='gmm'."
+            f"{where}: n_bins**N = {n_bins}**{n_dims} is too large for binning; {fix}."
         )
     return float(n_bins**n_dims)
+
+
+def check_n_bins(n_bins, n_dims, *, where, fix):
+    """Raise the ValueError :func:`evaluate` raises before its free run when ``n_bins`` bins per
+    axis are too many for the binned D_stsp of ``n_dims``-dimensional data (``n_bins**N``
+    beyond ``10**300``), naming ``where`` and with the remedy ``fix`` (a clause) -- for a
+    caller that checks its setting before it scores (``fit``'s validation, the command
+    line). Nothing for ``N >= GMM_MIN_DIMS`` dimensions, scored with the Gaussian mixture.
+
+    Parameters
+    ----------
+    n_bins : int
+        Bins per axis (checked by the caller: an int >= 1).
+    n_dims : int
+        Dimensions ``N`` of the scored data.
+    where, fix : str
+        The function or option the error names, and how its user lowers ``n_bins``.
+    """
+    if n_dims < GMM_MIN_DIMS:
+        _check_total_bins(n_bins, n_dims, where, fix)
 
 
 def _binned_reference(x_true, n_bins, box):
@@ -215,7 +239,7 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
     n_bins, box
         As for :func:`state_space_divergence`.
     """
-    if x_true.shape[1] < 6:
+    if x_true.shape[1] < GMM_MIN_DIMS:
         reference = _binned_reference(x_true, n_bins, box)
         _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=2)
 
@@ -958,7 +982,7 @@ def evaluate(
                     wrong_kind=True,
                 )
         if dstsp_method is None:
-            dstsp_method = "bins" if x_test.shape[1] < 6 else "gmm"
+            dstsp_method = "bins" if x_test.shape[1] < GMM_MIN_DIMS else "gmm"
         dstsp_method = checks.choice(dstsp_method, "dstsp_method", ("bins", "gmm"))
         diverge_factor = checks.real(diverge_factor, "diverge_factor", positive=True)
         pe_steps = checks.integer(pe_steps, "pe_steps")

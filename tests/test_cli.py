@@ -54,6 +54,7 @@ def test_help_lists_every_option():
         "--backend",
         "--optimizer",
         "--n-relu",
+        "--n-bins",
         "evaluate",
     ):
         assert option in result.output
@@ -77,6 +78,8 @@ def test_tiny_run_writes_the_layout(finished_run):
     assert metrics["best_epoch"] in (1, 2)
     args = json.loads((out / "args.json").read_text())
     assert args["settings"]["epochs"] == 2 and "numba" in args["versions"]
+    assert args["settings"]["n_bins"] == args["train_config"]["validation_n_bins"] == 30
+    assert metrics["n_bins"] == 30
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 3
     try:
@@ -223,6 +226,11 @@ def _bad_files(tmp_path):
         ),
         (["--alpha", "1.5"], "alpha"),
         (["--epochs", "0"], "epochs"),
+        (["--n-bins", "0"], "--n-bins must be a positive integer, got 0."),
+        (
+            ["--n-steps", "1500", "-T", "40", "--n-bins", str(10**101)],
+            f"error: --n-bins: n_bins**N = {10**101}**3 is too large for binning; lower --n-bins.",
+        ),
         (["--config", "{tmp}/bad.toml"], "not valid TOML"),
         (["--config", "{tmp}/unknown.json"], "colour"),
         (["--out", "/proc/parscan-cannot-write"], "cannot write"),
@@ -374,6 +382,7 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
         (["--system", "rossler", "--noise", "0.3"], "--system rossler (the run's: lorenz63)"),
         (["--test-data", tmp_path / "other.npy"], "--test-data"),
         (["--seed", "5"], "--seed 5 (the run's: 0)"),
+        (["--n-bins", "8"], "--n-bins 8 (the run's: 30)"),
         (["-e", "1"], "resume with epochs >= 2"),
     ]:
         _one_error_line(run("--out", out, "--resume", "-q", *flags), message)
@@ -706,6 +715,21 @@ def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypat
     assert all(ax.get_xlim() == (0, extent - 1) for ax in spectrum.axes)
 
 
+def _rewrite_run(out, edit_settings, edit_config):
+    """Rewrite the run in ``out`` as an older version wrote it: ``edit_settings`` edits the
+    settings of its args.json, ``edit_config`` the configuration of its checkpoint."""
+    args_file = out / "args.json"
+    args = json.loads(args_file.read_text())
+    edit_settings(args["settings"])
+    args_file.write_text(json.dumps(args))
+    path = out / "checkpoints" / "checkpoint.npz"
+    fields = dict(np.load(path))
+    meta = json.loads(str(fields["metadata"]))
+    edit_config(meta["train_state"]["config"])
+    fields["metadata"] = np.array(json.dumps(meta))
+    np.savez(path, **fields)
+
+
 def test_a_run_recorded_with_settings_refused_since_still_resumes(tmp_path):
     """An SSM run whose args.json and checkpoint recorded GTF settings it did not use (written
     before they were refused) resumes; the settings go back to their defaults."""
@@ -713,15 +737,11 @@ def test_a_run_recorded_with_settings_refused_since_still_resumes(tmp_path):
     result = run(*TINY[:-3], "-q", "--model", "linear-ssm", "--out", out)
     assert result.exit_code == 0, result.output
     args_file = out / "args.json"
-    args = json.loads(args_file.read_text())
-    args["settings"].update(jacobian="diag", alpha="0.3")
-    args_file.write_text(json.dumps(args))
-    path = out / "checkpoints" / "checkpoint.npz"
-    fields = dict(np.load(path))
-    meta = json.loads(str(fields["metadata"]))
-    meta["train_state"]["config"].update(jacobian="diag", alpha_mode="constant", alpha=0.3)
-    fields["metadata"] = np.array(json.dumps(meta))
-    np.savez(path, **fields)
+    _rewrite_run(
+        out,
+        lambda settings: settings.update(jacobian="diag", alpha="0.3"),
+        lambda config: config.update(jacobian="diag", alpha_mode="constant", alpha=0.3),
+    )
     result = run("--out", out, "--resume", "-q", "-e", "3")
     assert result.exit_code == 0, result.output
     settings = json.loads(args_file.read_text())["settings"]
@@ -734,3 +754,57 @@ def test_an_output_flag_replaces_the_configs(tmp_path):
     assert cli.resolve_settings({"verbose": True}, str(config)).quiet is False
     assert cli.resolve_settings({}, str(config)).quiet is True
     _one_error_line(run("-q", "-v"), "-q/--quiet and -v/--verbose contradict each other")
+
+
+def test_n_bins_scores_validation_and_test_and_evaluate_keeps_the_runs(tmp_path):
+    out = tmp_path / "run"
+    result = run(*TINY, "--n-bins", "8", "--out", out)
+    assert result.exit_code == 0, result.output
+    args = json.loads((out / "args.json").read_text())
+    assert args["settings"]["n_bins"] == args["train_config"]["validation_n_bins"] == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_bins"] == 8
+    # the re-score of a run uses its bins, so it matches the training summary
+    assert run("evaluate", out).exit_code == 0
+    scores = json.loads((out / "evaluation.json").read_text())
+    assert scores["n_bins"] == 8 and scores["dstsp"] == metrics["test"]["dstsp"]
+    finer = tmp_path / "finer.json"
+    assert run("evaluate", out, "--n-bins", "30", "--out", finer).exit_code == 0
+    scores = json.loads(finer.read_text())
+    assert scores["n_bins"] == 30 and scores["dstsp"] != metrics["test"]["dstsp"]
+    np.save(tmp_path / "test.npy", models.generate("lorenz63", 800, seed=7))
+    model_file = tmp_path / "model.json"
+    result = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy",
+                 "--out", model_file)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(model_file.read_text())["n_bins"] == 30  # a model file: 30
+    _one_error_line(
+        run("--out", out, "--resume", "-q", "-e", "3", "--n-bins", "30"),
+        "--n-bins 30 (the run's: 8) would change them",
+    )
+
+
+def test_a_run_recorded_before_n_bins_evaluates_and_resumes_with_30(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    _rewrite_run(
+        out,
+        lambda settings: settings.pop("n_bins"),
+        lambda config: config.pop("validation_n_bins"),
+    )
+    assert run("evaluate", out).exit_code == 0
+    assert json.loads((out / "evaluation.json").read_text())["n_bins"] == 30
+    _one_error_line(
+        run("--out", out, "--resume", "-q", "--n-bins", "8"),
+        "--n-bins 8 (the run's: 30) would change them",
+    )
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "args.json").read_text())["settings"]["n_bins"] == 30
+
+
+def test_n_bins_in_a_config_file(tmp_path):
+    (tmp_path / "eight.toml").write_text("n-bins = 8\n")
+    (tmp_path / "zero.json").write_text('{"n_bins": 0}')
+    assert cli.resolve_settings({}, str(tmp_path / "eight.toml")).n_bins == 8
+    with pytest.raises(cli.UserError, match=r"n_bins in --config .*zero.json must be a positive"):
+        cli.resolve_settings({}, str(tmp_path / "zero.json"))

@@ -16,6 +16,7 @@ import pytest
 import autodiff.gradients
 import autodiff.train
 import models
+import models.metrics
 from autodiff.checkpoint import (
     CHECKPOINT_NAME,
     checkpoint_path,
@@ -418,6 +419,7 @@ def test_config_round_trips_through_json():
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 0}, ValueError, "validation_steps must be >= 1"),
         ({"validation_starts": 0}, ValueError, "validation_starts must be >= 1"),
+        ({"validation_n_bins": 0}, ValueError, "validation_n_bins must be >= 1"),
         (
             {"method": "sequential", "jacobian": "diag"},
             ValueError,
@@ -643,6 +645,8 @@ def _train_state(edit):
         (lambda m: m["train_state"].pop("config"), None),
         (lambda m: m.update(train_state=[1, 2]), None),
         (lambda m: m["train_state"]["config"].update(epochs="2"), None),
+        (lambda m: m["train_state"]["config"].pop("seed"), None),  # not a field added since
+        (lambda m: m["train_state"]["config"].update(colour="blue"), None),
         (lambda m: m["train_state"].update(rng_state={"x": 1}), None),
         (lambda m: m["train_state"].update(data_shape=[3000]), None),
         (lambda m: m["train_state"].update(validation_data_shape=None), None),
@@ -836,8 +840,69 @@ def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
     assert messages[0].startswith("fit: binned D_stsp of 400 generated points")
     assert messages[0].endswith(
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
-        "pass a longer validation_data or raise validation_steps."
+        "pass a longer validation_data or raise validation_steps, or lower validation_n_bins."
     )
+
+
+def test_validation_n_bins_sets_the_bins_of_every_validation_and_of_its_warning(
+    lorenz, monkeypatch
+):
+    """The 400-point validation runs, too short for 30 bins per axis (553 occupied), are
+    long enough for 4 (29 occupied): no warning, and every validation bins with 4."""
+    import warnings
+
+    from models.metrics import StateSpaceResolutionWarning
+
+    x, val = lorenz
+    real, bins = models.metrics.evaluate, []
+
+    def recording(*args, **kwargs):
+        bins.append(kwargs["n_bins"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models.metrics, "evaluate", recording)
+    cfg = config(epochs=2, batches_per_epoch=2, validation_n_bins=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StateSpaceResolutionWarning)
+        result = fit(small_model(), x, cfg, validation_data=val)
+    assert bins == [4, 4] and result.best_scores["status"] == "ok"
+
+
+def test_validation_bins_too_many_for_the_data_are_refused_before_training(lorenz, tmp_path):
+    x, val = lorenz
+    cfg = config(validation_n_bins=10**101)
+    message = (
+        r"^fit: n_bins\*\*N = 10{101}\*\*3 is too large for binning; lower validation_n_bins\.$"
+    )
+    for call in (check_fit, fit):
+        with pytest.raises(ValueError, match=message):
+            call(small_model(), x, cfg, checkpoint_dir=tmp_path / "run", validation_data=val)
+    assert not (tmp_path / "run").exists()
+    check_fit(small_model(), x, cfg)  # no validation, no bins
+    # N >= 6 dimensions are scored with the Gaussian mixture, without bins
+    wide = np.random.default_rng(0).standard_normal((400, 6))
+    check_fit(ShPLRNN(6, 8, dtype="float64"), wide[:300], cfg, validation_data=wide[300:])
+
+
+def test_checkpoints_without_validation_n_bins_resume_with_30_and_keep_it(lorenz, tmp_path):
+    """A checkpoint written before validation_n_bins existed (its config lacks the field)
+    resumes with the default the run used; no resume may change it (it selects the model)."""
+    x, val = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    kw = {"checkpoint_dir": tmp_path, "validation_data": val}
+    first = fit(small_model(), x, replace(cfg, epochs=1), **kw)
+    refused = r"cannot resume .*\(validation_n_bins: 30 -> 8\); only \["
+    with pytest.raises(ValueError, match=refused):
+        check_fit(small_model(), x, replace(cfg, validation_n_bins=8), resume=True, **kw)
+    _rewrite(
+        checkpoint_path(tmp_path),
+        edit_meta=lambda m: m["train_state"]["config"].pop("validation_n_bins"),
+    )
+    with pytest.raises(ValueError, match=refused):
+        check_fit(small_model(), x, replace(cfg, validation_n_bins=8), resume=True, **kw)
+    resumed = fit(small_model(), x, cfg, resume=True, **kw)
+    assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
+    assert load_checkpoint(tmp_path)["state"]["config"]["validation_n_bins"] == 30
 
 
 @pytest.mark.parametrize(
