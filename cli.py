@@ -1315,6 +1315,15 @@ def _warn_if_busy(busy: float, cores: int, threads: int) -> None:
         )
 
 
+def _recorded_n_bins(metadata: dict) -> int:
+    """The ``--n-bins`` a model file's training run used (its metadata's settings), or the
+    default for a file without one (written before the option, or not by parscan-train)."""
+    settings = metadata.get("settings")
+    n_bins = settings.get("n_bins") if isinstance(settings, dict) else None
+    valid = isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1
+    return n_bins if valid else _DEFAULTS["n_bins"]
+
+
 def _scored_steps(scores: dict) -> str:
     """The points of each free run that :func:`models.evaluate` scored (``"99999 steps"``),
     with the transient it dropped before them."""
@@ -1365,7 +1374,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     if test["status"] == "ok":
         measures = (
             f"D_stsp {test['dstsp']:.3f}   D_H {test['dh']:.3f}   "
-            f"PE({TEST_PE_STEPS}) {test['pe']:.3g}"
+            f"PE({TEST_PE_STEPS}) {test['pe']:#.3g}"
         )
     else:
         measures = _not_measured(test)
@@ -1448,12 +1457,12 @@ def evaluate_command(
             "parscan-train or a model .npz file."
         )
     try:
-        model = models.load(model_file)
+        model, metadata = models.load_with_metadata(model_file)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     recorded = path.is_dir() and (path / "args.json").is_file()
     if n_bins is None:
-        n_bins = run_settings(path).n_bins if recorded else _DEFAULTS["n_bins"]
+        n_bins = _recorded_n_bins(metadata)
     if test_data is not None:
         raw = _load(test_data, "--test-data", test_data_key)
     elif recorded:
@@ -1493,7 +1502,7 @@ def evaluate_command(
     if scores["status"] == "ok":
         click.echo(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
-            f"PE({pe_steps}) {scores['pe']:.3g}   ({_scored_steps(scores)})"
+            f"PE({pe_steps}) {scores['pe']:#.3g}   ({_scored_steps(scores)})"
         )
     else:  # as after training: the model does not reconstruct the system (exit 1)
         click.echo(_not_measured(scores))
