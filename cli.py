@@ -1407,8 +1407,8 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 @click.option(
     "--n-bins",
     type=int,
-    help="D_stsp bins per axis (default: the run's --n-bins; 30 for a model file). Data with "
-    "N >= 6 dimensions use the Gaussian mixture instead.",
+    help="D_stsp bins per axis (default: those the model's training run used, else 30). Data "
+    "with N >= 6 dimensions use the Gaussian mixture instead.",
 )
 @click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
 @click.option(
@@ -1423,7 +1423,7 @@ def evaluate_command(
 
     For a run folder without --test-data the run's own test data are rebuilt from its
     args.json (the generated test trajectory, or the held-out tail of --data); without
-    --n-bins a run folder is scored with the run's D_stsp bins, as its training summary was.
+    --n-bins a model is scored with its run's D_stsp bins, as its training summary was.
     Scores are printed and written to --out (default: RUN/evaluation.json for a run folder).
     """
     import models
