@@ -48,7 +48,8 @@ def run(settings):
     result = fit(model, data.train, config, validation_data=data.validation)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     mean, sd = result.model.standardization
-    scores = models.evaluate(result.model, (data.test - mean) / sd, measures=("dstsp", "dh"))
+    test = (data.test - mean) / sd
+    scores = models.evaluate(result.model, test, measures=("dstsp", "dh"), n_bins=settings.n_bins)
     return {
         "seed": settings.seed,
         "fit_wall_s": round(wall, 1),
