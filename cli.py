@@ -319,7 +319,7 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
                 f"{'it' if len(generator) == 1 else 'them'}."
             )
     if saved is not None:
-        _check_resume_changes(merged, saved, Path(merged["out"]))
+        _check_resume_changes(merged, saved, Path(merged["out"]), origins)
         # the output flags are this command's own, not the resumed run's
         kept = {name: value for name, value in saved.items() if name not in OUTPUT_SETTINGS}
         record = Path(merged["out"]) / "args.json"
@@ -351,15 +351,23 @@ def _named(name: str, origins: dict[str, str]) -> str:
     return _flag(name) if any(param.name == name for param in main.params) else name
 
 
+def _with_origin(name: str, value, origins: dict[str, str]) -> str:
+    """Setting ``name`` and its ``value`` for a message: ``--alpha 0.3``, with where it was
+    set when not by the flag (``--alpha 0.3 (alpha in --config run.toml)``)."""
+    text = f"{_named(name, {})} {value}"
+    return text + (f" ({origins[name]})" if name in origins else "")
+
+
 def _absolute(path: str) -> str:
     """``path`` as an absolute path (relative to the working directory, ``~`` expanded)."""
     return str(Path(path).expanduser().absolute())
 
 
-def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
-    """Refuse settings given to ``--resume`` (flags or config) that differ from the run's
-    ``args.json`` and may not change (:data:`RESUME_MAY_CHANGE`); a setting the run does not
-    record (added since, e.g. ``n_bins``) had its default."""
+def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str, str]) -> None:
+    """Refuse settings given to ``--resume`` (flags or config: ``origins``, see
+    :func:`_resolve`) that differ from the run's ``args.json`` and may not change
+    (:data:`RESUME_MAY_CHANGE`); a setting the run does not record (added since, e.g.
+    ``n_bins``) had its default."""
 
     def recorded(name):
         return saved.get(name, _DEFAULTS[name])
@@ -372,7 +380,9 @@ def _check_resume_changes(given: dict, saved: dict, run: Path) -> None:
 
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
     if changed:
-        shown = ", ".join(f"{_flag(n)} {given[n]} (the run's: {recorded(n)})" for n in changed)
+        shown = ", ".join(
+            f"{_with_origin(n, given[n], origins)} (the run's: {recorded(n)})" for n in changed
+        )
         raise UserError(
             f"--resume continues the run in {run} with its own data, model and training "
             f"settings; {shown} would change them. Drop "
@@ -520,10 +530,7 @@ def _inapplicable_training_settings(s: Settings, origins: dict[str, str]) -> str
     shown = _unused_settings(s)
     if not shown:
         return None
-    given = ", ".join(
-        f"{_flag(name)} {getattr(s, name)}" + (f" ({origins[name]})" if name in origins else "")
-        for name in shown
-    )
+    given = ", ".join(_with_origin(name, getattr(s, name), origins) for name in shown)
     if s.model in SSM_NAMES:
         scope = f"the latent RNNs (GTF-DEER), not {s.model}"
     else:
