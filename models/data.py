@@ -6,6 +6,7 @@ A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dime
 import csv
 import itertools
 import os
+import re
 import stat
 import zipfile
 import zlib
@@ -245,6 +246,33 @@ _SEMICOLON = (
 _NO_INDEX = "pandas: to_csv(index=False); R: write.csv(x, row.names=FALSE)"
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``repr`` of a line for a message, cut to about ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _decimal_commas(text: str) -> bool:
+    """Whether a line reads as numbers separated by ``;`` with ``,`` as decimal mark
+    (``0,05;-0,12;1,5``, as spreadsheets write in locales whose decimal mark is a comma): two
+    entries or more, each a number once its ``,`` is read as ``.``, and a ``,`` between two
+    digits. Such a file is refused, not read: ``1,500;2,000`` may also be thousands."""
+    entries = _split(text, ";")
+    return (
+        len(entries) > 1
+        and all(_parses(v.replace(",", "."), float) for v in entries)
+        and re.search(r"\d,\d", text) is not None
+    )
+
+
+def _counts_up(tokens: list[str]) -> bool:
+    """Whether two or more tokens are integers that count up by one (``0, 1, 2, ...``,
+    ``1, 2, 3, ...``): the first entries of data lines that hold a row index."""
+    if len(tokens) < 2 or not all(_parses(v, int) for v in tokens):
+        return False
+    start = int(tokens[0])
+    return [int(v) for v in tokens] == list(range(start, start + len(tokens)))
+
+
 def _layout(path: Path) -> tuple[str | None, int]:
     """Delimiter (``","``, or None for whitespace) and the line number of the header (0: no
     header), from the first data lines; refuses a row-index column and a header with another
@@ -253,6 +281,17 @@ def _layout(path: Path) -> tuple[str | None, int]:
         head = list(itertools.islice(_data_lines(fh), _SAMPLE + 1))
     if not head:
         raise ValueError("the file has no data rows")
+    comma = next(((line, text) for line, text in head if _decimal_commas(text)), None)
+    if comma is not None:
+        line, text = comma
+        header = ", header=None" if line == head[0][0] else ""  # data from the first line on
+        raise ValueError(
+            f"the file looks like a semicolon-separated CSV with decimal commas (line {line}: "
+            f"{_shown(text)}); load_data reads '.' as the decimal mark and ',' or whitespace "
+            f"between values, and does not guess (',' may also group thousands). Convert it, "
+            f"e.g. np.save('x.npy', pandas.read_csv(path, sep=';', decimal=',', "
+            f"comment='#'{header}).to_numpy()), or replace ',' by '.' and then ';' by ','"
+        )
     sample = head[1:] or head
     delimiter = "," if any("," in text for _, text in sample) else None
     first, *rest = (_split(text, delimiter) for _, text in head)
@@ -276,17 +315,20 @@ def _layout(path: Path) -> tuple[str | None, int]:
     (line, text), (data_line, data_text) = head[:2]
     if len(first) != len(rest[0]):
         fix = "give one name per column or remove the header line"
+        index = [row[0] for row in rest]  # the first column, when it is a row index
         if ";" in text + data_text:
             fix = _SEMICOLON
-        elif len(first) == len(rest[0]) - 1:
+        elif len(first) == len(rest[0]) - 1 and _counts_up(index):
             fix = (
-                "the first column is likely a row index without a name (pandas "
-                f"to_csv(sep='\\t'), R write.table()): save without it ({_NO_INDEX})"
+                f"the first column ({', '.join(index[:3])}, ...) looks like a row index "
+                f"without a name (pandas to_csv(sep='\\t'), R write.table()): save without it "
+                f"({_NO_INDEX})"
             )
         raise ValueError(
-            f"the header (line {line}, read as {text!r}) has {len(first)} "
+            f"the header (line {line}, read as {_shown(text)}) has {len(first)} "
             f"name{'s' * (len(first) != 1)} but the data have {len(rest[0])} "
-            f"column{'s' * (len(rest[0]) != 1)} (line {data_line}); {fix}"
+            f"column{'s' * (len(rest[0]) != 1)} (line {data_line}, read as "
+            f"{_shown(data_text)}); {fix}"
         )
     return delimiter, line
 
@@ -405,6 +447,39 @@ def not_numpy_reason(head: bytes, suffix: str, text_fix: str | None = None) -> s
     return f"it is not a NumPy {suffix} file (it does not start as {writer} writes one)"
 
 
+def _object_array_reason(fh, what: str, save: str) -> str | None:
+    """Why the array of the ``.npy`` stream ``fh`` (seekable, at its start) cannot be read,
+    when its dtype holds Python objects (``np.save`` of a list of arrays of different lengths,
+    or of values with None); None otherwise, for a stream that is not ``.npy`` and for header
+    versions NumPy reads only internally (``np.load`` explains those). ``what`` names the
+    array, ``save`` is the code that saves a float one instead."""
+    if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+        return None
+    fh.seek(0)
+    version = np.lib.format.read_magic(fh)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        return None
+    shape, _, dtype = read_header(fh)
+    if not dtype.hasobject:
+        return None
+    ragged = ""
+    if len(shape) == 1:  # a list of arrays, if of different lengths, is several trajectories
+        ragged = (
+            "; arrays of different lengths are separate trajectories: "
+            "np.savez(path, run0=x[0], run1=x[1], ...), then load_data(path, key='run0')"
+        )
+    return (
+        f"{what} is an object array (dtype {dtype}, shape {shape}), as NumPy stores a list of "
+        f"arrays of different lengths or values with None; reading it needs pickle, which "
+        f"load_data does not do (unpickling a file can run any code). Save a float array "
+        f"instead: {save}{ragged}"
+    )
+
+
 def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
     """The array of an ``.npy`` file, or the one chosen by ``key`` in an ``.npz`` archive;
     refuses a file whose content does not match its suffix (told by its first bytes)."""
@@ -416,6 +491,11 @@ def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
                 raise ValueError(
                     "it is an .npy file (one array), not an .npz archive; rename it to .npy"
                 )
+            save = "np.save(path, np.asarray(x, dtype=float))"
+            reason = _object_array_reason(fh, "it", save)
+            if reason:
+                raise ValueError(reason)
+            fh.seek(0)
             return np.load(fh, allow_pickle=False)
         if not head.startswith(ZIP_MAGIC):
             raise ValueError(not_numpy_reason(head, suffix, "rename it to .csv"))
@@ -438,6 +518,14 @@ def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
                 raise ArrayChoiceError(
                     f"it has no array {key!r}; available: {', '.join(names)}", names
                 )
+            member = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
+            value = "np.asarray(x, dtype=float)"
+            arg = f"{key}={value}" if key.isidentifier() else f"**{{{key!r}: {value}}}"
+            save = f"np.savez(path, {arg})"
+            with loaded.zip.open(member) as stream:
+                reason = _object_array_reason(stream, f"its array {key!r}", save)
+            if reason:
+                raise ValueError(reason)
             return loaded[key]
 
 
@@ -507,20 +595,23 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         A ``ValueError``: an ``.npz`` with several arrays and no ``key``, or with no array
         named ``key`` (``names`` lists its arrays).
     ValueError
-        Missing, special (FIFO, device) or unreadable file (including pickled ``.npy`` files,
-        which are refused), an ``.npy``/``.npz`` that is not a NumPy file by its first bytes
-        (text gets the advice to rename it ``.csv``), an ``.npz`` archive named ``.npy`` or
-        the reverse, an ``.npz`` holding no arrays, unsupported suffix, text that is not
-        UTF-8, a text row with another number of columns than the first or a non-numeric
-        entry (its line reported), a row-index column (an empty first header name, as pandas
-        ``to_csv()`` and R ``write.csv()`` write), a header with another number of names than
-        the data have columns, not 1-D/2-D, one time step of several values or fewer time
-        steps than dimensions (a transposed array), fewer than ``min_steps`` steps, NaN/inf
-        (the first reported by row and column, by line for text files; long double values
-        beyond the float64 range count as inf), a constant dimension, or a first column that
-        is an arithmetic progression (``T >= 3``, beside other columns: a row index such as
-        ``0..T-1`` or ``100..``, or a time column such as ``0, 0.01, ...``; equal steps up to
-        ``1e-9`` of the step plus the rounding of the stored values).
+        Missing, special (FIFO, device) or unreadable file, an object array in an ``.npy`` or
+        ``.npz`` (it needs pickle, which is refused), an ``.npy``/``.npz`` that is not a NumPy
+        file by its first bytes (text gets the advice to rename it ``.csv``), an ``.npz``
+        archive named ``.npy`` or the reverse, an ``.npz`` holding no arrays, unsupported
+        suffix, text that is not UTF-8, a semicolon-separated text with decimal commas
+        (``0,5;1,2``: refused with how to convert it, as ``,`` may also group thousands), a text
+        row with another number of columns than the first or a non-numeric entry (its line
+        reported), a row-index column (an empty first header name, as pandas ``to_csv()`` and R
+        ``write.csv()`` write), a header with another number of names than the data have columns
+        (both lines quoted; one name short above a first column that counts up by one is called
+        a row index), not 1-D/2-D, one time step of several values or fewer time steps than
+        dimensions (a transposed array), fewer than ``min_steps`` steps, NaN/inf (the first
+        reported by row and column, by line for text files; long double values beyond the
+        float64 range count as inf), a constant dimension, or a first column that is an
+        arithmetic progression (``T >= 3``, beside other columns: a row index such as ``0..T-1``
+        or ``100..``, or a time column such as ``0, 0.01, ...``; equal steps up to ``1e-9`` of
+        the step plus the rounding of the stored values).
     TypeError
         ``path``, ``key`` or ``min_steps`` of the wrong kind; non-numeric data (bool,
         complex, strings, objects).

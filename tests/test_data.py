@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_malformed_files_give_value_errors_with_the_path(tmp_path, name, content
 def test_pickled_object_arrays_are_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match=r"load_data: cannot read .*obj.npy.*allow_pickle"):
+    with pytest.raises(ValueError, match=r"load_data: cannot read .*obj.npy: it is an object"):
         load_data(path)
     raw = tmp_path / "raw.npy"
     raw.write_bytes(pickle.dumps(X))
@@ -258,7 +259,6 @@ def test_csv_with_utf8_byte_order_mark_keeps_the_first_row(tmp_path):
         # a first line with numbers is data even when an entry is missing: not a header
         ("1.5,NA\n0,1\n1.5,-2\n", r"non-numeric entry 'NA' in line 1"),
         ("x,y\n1.5;2.0\n2.5;3.0\n", r"'1.5;2.0' in line 2; the values look separated by ';'"),
-        ("1,5;2,0\n2,5;3,0\n", r"'5;2' in line 1; the values look separated by ';'"),
         ("1.5,2.0,\n2.5,3.0,\n", r"'' in line 1; an empty entry: .* trailing or doubled comma"),
         ("1_0,2\n3,4\n", r"non-numeric entry '1_0' in line 1"),
         ("x,y\n# c\n1,2\n3,4\n5,6,7\n", r"line 5 has 3 columns, expected 2 \(as in line 3\)"),
@@ -346,18 +346,18 @@ def test_row_index_column_is_refused(tmp_path, text):
             "three.csv",
             "x,y,z\n0,1\n1.5,-2\n",
             r"header \(line 1, read as 'x,y,z'\) has 3 names "
-            r"but the data have 2 columns \(line 2\); give one name per column",
+            r"but the data have 2 columns \(line 2, read as '0,1'\); give one name per column",
         ),
         # pandas to_csv(sep="\t") with its index: the empty first name is lost between tabs
         (
             "pandas.txt",
             "\tx\ty\n0\t0.5\t1.0\n1\t1.5\t-2.0\n",
             r"has 2 names but the data "
-            r"have 3 columns .*likely a row index without a name",
+            r"have 3 columns .*; the first column \(0, 1, \.\.\.\) looks like a row index",
         ),
         # R's write.table(): quoted names, no name for the row names
         ("r.txt", '"x" "y"\n"1" 0.5 1.0\n"2" 1.5 -2.0\n', r"has 2 names .* 3 columns"),
-        ("semicolon.csv", "a;b\n1,5;2,5\n3,1;4,2\n", r"1 name .* separated by ';'"),
+        ("semicolon.csv", "a;b\n1.5,2.5\n3.1,4.2\n", r"1 name .* separated by ';'"),
         ("comment.csv", "x # m,y\n0,1\n1.5,-2\n", r"read as 'x'\) has 1 name"),
     ],
 )
@@ -366,6 +366,53 @@ def test_header_needs_one_name_per_column(tmp_path, name, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_data(path)
+
+
+def _error(path, **kwargs) -> str:
+    """The message of the ValueError that ``load_data(path, **kwargs)`` raises."""
+    with pytest.raises(ValueError) as info:
+        load_data(path, **kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x\ty\n0.3\t0.5\t1.0\n7\t1.5\t-2.0\n",  # a first column of measurements
+        "x y\n5 0.5 1.0\n3 1.5 -2.0\n4 3.0 4.25\n",  # integers, not counting up by one
+        "x y\n0 0.5 1.0\n",  # one data line: too few to tell
+    ],
+)
+def test_header_one_name_short_is_a_row_index_only_above_one(tmp_path, text):
+    path = tmp_path / "short.txt"
+    path.write_text(text)
+    data_line = text.splitlines()[1]
+    assert _error(path).endswith(
+        f"the header (line 1, read as {text.splitlines()[0]!r}) has 2 names but the data have "
+        f"3 columns (line 2, read as {data_line!r}); give one name per column or remove the "
+        f"header line."
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('"x" "y"\n"1" 0.5 1.0\n"2" 1.5 -2.0\n"3" 3.0 4.25\n', "1, 2, 3"),  # R write.table()
+        ("x y\n100 0.5 1.0\n101 1.5 -2.0\n", "100, 101"),  # a sliced pandas index
+    ],
+)
+def test_header_one_name_short_above_a_counting_column_is_a_row_index(tmp_path, text, shown):
+    path = tmp_path / "indexed.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"the first column \({shown}, \.\.\.\) looks like a row"):
+        load_data(path)
+
+
+def test_header_and_data_lines_are_shown_shortened(tmp_path):
+    names = ",".join(f"name{i}" for i in range(30))
+    path = tmp_path / "wide.csv"
+    path.write_text(f"{names}\n0.5,1.0\n1.5,-2.0\n")
+    assert f"read as {names[:57] + '...'!r}) has 30 names" in _error(path)
 
 
 def test_header_names_separated_by_whitespace_over_comma_data(tmp_path):
@@ -386,6 +433,80 @@ def test_quoted_entries_are_read_like_pandas_does(tmp_path):
     path.write_text('x,y\n0,"1,5"\n1.5,-2\n3,4.25\n')
     with pytest.raises(ValueError, match=r"'1,5' in line 2; a decimal comma: use '.'"):
         load_data(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "header"),
+    [
+        ("0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", 1, ", header=None"),
+        ("a;b;c\n0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", 2, ""),
+        ('"a";"b";"c"\n"0,05439";"-0,12";"1,5"\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n', 2, ""),
+        (
+            "# exported\n\n0,05439 ; -0,12 ; 1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n",
+            3,
+            ", header=None",
+        ),
+    ],
+)
+def test_semicolons_with_decimal_commas_are_named_with_the_conversion(tmp_path, text, line, header):
+    path = tmp_path / "excel.csv"
+    path.write_text(text)
+    message = _error(path)
+    assert message.startswith(
+        f"load_data: cannot read {path}: the file looks like a semicolon-separated CSV with "
+        f"decimal commas (line {line}: "
+    )
+    assert f"pandas.read_csv(path, sep=';', decimal=',', comment='#'{header}).to_numpy()" in message
+    assert "05439;-0'" not in message  # not a fragment of the line
+    # the other fix the message gives reads the file
+    path.write_text(text.replace(",", ".").replace(";", ","))
+    expected = [[0.05439, -0.12, 1.5], [0.1, 0.2, 0.3], [1.2, 3.4, 5.6], [-1.0, 2.0, 3.25]]
+    np.testing.assert_array_equal(load_data(path), expected)
+
+
+def test_semicolons_without_decimal_commas_keep_the_separator_hint(tmp_path):
+    path = tmp_path / "semi.csv"
+    for text in ("1.5;2.0\n2.5;3.0\n", "1,5;NA\n2,5;NA\n"):  # '.' decimals; not all numbers
+        path.write_text(text)
+        with pytest.raises(
+            ValueError, match=r"in line \d; the values look separated by ';'"
+        ) as info:
+            load_data(path)
+        assert "decimal commas" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "shape"),
+    [
+        ("ragged.npy", [np.arange(3.0), np.arange(2.0)], r"\(2,\)"),
+        ("gaps.npy", [[1.0, None], [2.0, 3.0]], r"\(2, 2\)"),
+    ],
+)
+def test_object_arrays_are_named_with_the_fix(tmp_path, name, array, shape):
+    path = tmp_path / name
+    np.save(path, np.array(array, dtype=object), allow_pickle=True)
+    message = _error(path)
+    assert re.match(
+        rf"load_data: cannot read .*{name}: it is an object array \(dtype object, shape {shape}\)"
+        r", .*needs pickle, which load_data does not do .*Save a float array instead: "
+        r"np.save\(path, np.asarray\(x, dtype=float\)\)",
+        message,
+    )
+    assert "allow_pickle" not in message  # NumPy's advice, which load_data cannot follow
+    assert ("separate trajectories" in message) == (name == "ragged.npy")
+
+
+def test_object_arrays_in_npz_are_named_with_the_fix(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, train=X.astype(object), **{"test set": X}, allow_pickle=True)
+    with pytest.raises(ValueError, match=r"its array 'train' is an object array \(dtype object, "):
+        load_data(path, key="train")
+    np.testing.assert_array_equal(load_data(path, key="test set"), X)
+    np.savez(path, **{"test set": X.astype(object)}, allow_pickle=True)
+    with pytest.raises(ValueError, match=r"np.savez\(path, \*\*\{'test set': np.asarray\(x, dt"):
+        load_data(path)
+    np.save(tmp_path / "fixed.npy", np.asarray(X.astype(object), dtype=float))  # the fix
+    np.testing.assert_array_equal(load_data(tmp_path / "fixed.npy"), X)
 
 
 @pytest.mark.parametrize(
