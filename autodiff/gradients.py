@@ -281,8 +281,9 @@ def gtf_loss_and_grad(
         dimensions, of the predictions ``z_t`` (before forcing), accumulated in float64.
     grad : ndarray, shape (n_params,), or None
         ``d loss / d model.params`` (model dtype), including the ``L0`` block of the initial
-        state map (a PLRNN's ``diag(W)`` entries are 0: the model holds them at zero); None when the DEER forward did not converge and ``throw=False``, or the
-        loss or gradient is not finite (``loss`` is then NaN).
+        state map (a PLRNN's ``diag(W)`` entries are 0: the model holds them at zero); None
+        when the DEER forward did not converge and ``throw=False``, or the loss or gradient
+        is not finite (``loss`` is then NaN).
     info : GradInfo
         Method, alpha used, solver status and Newton iterations.
 

@@ -297,8 +297,10 @@ class ExponentialDecay:
     """Learning rate decaying exponentially from ``lr_start`` to ``lr_end`` over a run.
 
     ``lr(k) = lr_start * (lr_end / lr_start) ** (k / (n_steps - 1))`` for ``k = 0 .. n_steps-1``
-    (so ``lr(0) = lr_start`` and ``lr(n_steps - 1) = lr_end`` exactly), clamped to ``lr_end``
-    for ``k >= n_steps - 1``. With ``n_steps = 1`` the rate is ``lr_end`` throughout.
+    (so ``lr(0) = lr_start`` and ``lr(n_steps - 1) = lr_end`` exactly), and ``lr_end`` for
+    steps beyond the run (``k >= n_steps``, e.g. a resumed run given more epochs). With
+    ``n_steps = 1`` the one step of the run uses ``lr_start`` (the run starts at
+    ``lr_start``, with no step left to reach ``lr_end``), and steps beyond it ``lr_end``.
     ``lr_end > lr_start`` (exponential growth) is allowed. ``k`` counts optimiser steps.
 
     Parameters
@@ -318,6 +320,8 @@ class ExponentialDecay:
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""
         step = check_int(step, "step", "ExponentialDecay", 0)
+        if step == 0:
+            return self.lr_start
         if step >= self.n_steps - 1:
             return self.lr_end
         ratio = self.lr_end / self.lr_start

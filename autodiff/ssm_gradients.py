@@ -31,9 +31,10 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
     ----------
     model : models.LinearSSM or models.SelectiveSSM
         Any :class:`models.ssm.DiagonalSSM`.
-    data : ndarray, shape (B, T+1, N)
-        Windows ``x_0 .. x_T`` in the model's dtype (any number of leading batch dimensions,
-        flattened), ``T >= 1``.
+    data : array_like, shape (B, T+1, N)
+        Windows ``x_0 .. x_T`` in the model's dtype, finite, ``B >= 1``, ``T >= 1``. More
+        leading batch dimensions ``(..., B, T+1, N)`` are flattened into ``B``; a single
+        window ``(T+1, N)`` is refused (pass ``data[None]``).
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the forward and the reverse :func:`parscan.linear_scan`.
 
@@ -42,33 +43,50 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
     loss : float
         Mean of the squared errors over the batch, time steps ``1..T`` and the ``N`` dims.
     grad : ndarray, shape (n_params,)
-        Gradient with respect to ``model.params`` (dtype ``model.dtype``). NaN/inf in the data or
+        Gradient with respect to ``model.params`` (dtype ``model.dtype``). NaN/inf in the
         parameters propagate into ``loss`` and ``grad``; nothing is zeroed.
     info : dict
-        ``{"method": "scan", "backend": backend, "batch": B, "T": T}`` (``backend`` as
-        requested; ``"auto"`` picks per scan).
+        Exactly four entries: ``"method"``, always the str ``"scan"``; ``"backend"``, the str
+        ``backend`` as passed (``"auto"`` stays ``"auto"``: it picks per scan); ``"batch"``,
+        the int number of windows B (after flattening); ``"T"``, the int number of predicted
+        steps per window.
 
     Raises
     ------
-    TypeError, ValueError
-        Not an SSM, data of the wrong shape or dtype, no windows, an unknown or unavailable
-        backend (messages start with ``ssm_loss_and_grad:``).
+    TypeError
+        Not an SSM; data of another dtype than the model's.
+    ValueError
+        Data of another shape (fewer than 3 dimensions, ``N != model.n_obs``, ``T < 1``), no
+        windows (``B = 0``), NaN/inf in the data (the first one is located), an unknown or
+        unavailable backend. Messages start with ``ssm_loss_and_grad:``.
     """
+    where = "ssm_loss_and_grad"
     if not isinstance(model, DiagonalSSM):
         raise TypeError(
-            "ssm_loss_and_grad: model must be a LinearSSM or SelectiveSSM; got "
+            f"{where}: model must be a LinearSSM or SelectiveSSM; got "
             f"{type(model).__name__}. Use autodiff.gtf_loss_and_grad for latent RNNs."
         )
-    data = model._check_windows(data, "ssm_loss_and_grad", "data")
+    data = model._check_windows(data, where, "data")
+    if data.ndim < 3:
+        raise ValueError(
+            f"{where}: data must have shape (B, T+1, N) with B >= 1, T >= 1 and N = "
+            f"model.n_obs = {model.n_obs}; got {data.shape}. Use data[None] for one window."
+        )
+    if data.size == 0:
+        raise ValueError(
+            f"{where}: data of shape {data.shape} holds no windows; pass at least one window "
+            "(B >= 1)."
+        )
+    if not np.all(np.isfinite(data)):
+        first = ", ".join(str(i) for i in np.argwhere(~np.isfinite(data))[0])
+        raise ValueError(
+            f"{where}: data contains NaN or inf (first at data[{first}]). Clean the trajectory "
+            "before windowing it."
+        )
     try:
         trace = model.forward(data, backend=backend)
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"ssm_loss_and_grad: {exc}") from None
-    if trace.pred.size == 0:
-        raise ValueError(
-            f"ssm_loss_and_grad: data of shape {data.shape} holds no windows; pass at least one "
-            "window (B >= 1)."
-        )
+        raise type(exc)(f"{where}: {exc}") from None
     target = data.reshape(-1, *data.shape[-2:])[:, 1:, :]
     err = trace.pred - target
     loss = float(np.mean(np.square(err, dtype=np.float64)))

@@ -38,6 +38,7 @@ from autodiff.optim import (
     make_optimizer,
 )
 from autodiff.regularization import GROUPS, l2_penalty
+from models._checks import FLOAT_DTYPES
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
 
@@ -221,6 +222,16 @@ def _python_number(value):
     return value
 
 
+def _dtype_name(value):
+    """``value``'s name (``"float32"``/``"float64"``) when it is a NumPy float32/float64 type
+    or dtype (``np.float64``, ``np.dtype("float32")``), else ``value`` as is (a string, or a
+    value that :class:`TrainConfig` refuses)."""
+    numpy_type = isinstance(value, type) and issubclass(value, np.generic)
+    if (numpy_type or isinstance(value, np.dtype)) and np.dtype(value) in FLOAT_DTYPES:
+        return np.dtype(value).name
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run (JSON round trip with :meth:`to_dict` / :meth:`from_dict`).
@@ -284,7 +295,9 @@ class TrainConfig:
     dtype : {"float32", "float64"}
         Dtype of the training, its data and the returned model (``result.model``), whatever
         the given model's: a float64 model comes back float32 with the default; pass
-        ``dtype="float64"`` (``dtype=model.dtype.name``) to keep it.
+        ``dtype="float64"`` (or ``dtype=model.dtype``) to keep it. A NumPy float32/float64
+        type or dtype (``np.float64``, ``np.dtype("float32")``) is accepted and stored as
+        its name, so ``to_dict``, checkpoints and comparisons see the string.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the scans.
     checkpoint_interval : int
@@ -351,6 +364,7 @@ class TrainConfig:
     standardize: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype))
         type_errors, value_errors = [], []
 
         def integer(name, minimum, optional=False):
@@ -706,7 +720,10 @@ def _check_validation_resolution(validation_data, validation_steps, n_bins):
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
         "pass a longer validation_data or raise validation_steps, or lower validation_n_bins"
     )
-    check_dstsp_resolution(n_points, validation_data[1:], where="fit", fix=fix, n_bins=n_bins)
+    # stacklevel 3: the warning points at the user's call of fit (this helper, fit, its caller)
+    check_dstsp_resolution(
+        n_points, validation_data[1:], where="fit", fix=fix, n_bins=n_bins, stacklevel=3
+    )
 
 
 def _validate(model, validation_data, steps, starts, n_bins):

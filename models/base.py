@@ -86,18 +86,57 @@ class Model(ABC):
     Attributes
     ----------
     params : ndarray, shape (n_params,)
-        The parameters, of dtype ``self.dtype`` (float32 or float64).
+        The parameters, of dtype ``self.dtype`` (float32 or float64); see :attr:`params`.
     n_obs : int
         N, the number of observed dimensions the model reads and predicts.
     standardization : tuple of ndarray (mean, sd), each shape (N,), or None
         Per-dimension mean and standard deviation of the raw training data; stored with the
-        model so predictions can be mapped back to data units.
+        model so predictions can be mapped back to data units. See :attr:`standardization`.
     """
 
-    params: np.ndarray
     n_obs: int
     dtype: np.dtype
-    standardization: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def params(self) -> np.ndarray:
+        """The parameters, shape ``(n_params,)``, dtype ``self.dtype``.
+
+        The model's own array, the same object for the model's life: writes into it
+        (``model.params[...] = x``, an optimiser's in-place step) change the model and are
+        not checked. Assigning ``model.params = x`` copies ``x`` into that array after the
+        checks of :meth:`set_params` (errors name ``<class>.params``); nothing is written
+        when they fail (but ``model.params += x`` adds in place before its assignment checks).
+        """
+        return self._params
+
+    @params.setter
+    def params(self, value) -> None:
+        self._params[...] = self._checked_params(value, f"{type(self).__name__}.params")
+
+    @property
+    def standardization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, sd)`` of the raw training data, float64 arrays of shape ``(N,)``, or None.
+
+        Assigning it checks the value as :func:`load` checks a file's (None, or a pair of
+        real arrays of shape ``(N,)``, finite, ``sd > 0``; :func:`check_standardization`)
+        and stores float64 copies; errors name ``<class>.standardization``.
+        """
+        return self._standardization
+
+    @standardization.setter
+    def standardization(self, value) -> None:
+        where = f"{type(self).__name__}.standardization"
+        if value is None:
+            self._standardization = None
+            return
+        try:
+            mean, sd = value
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where}: expected None or a pair (mean, sd) of real arrays of shape "
+                f"({self.n_obs},); got {type(value).__name__} {value!r:.80}."
+            ) from None
+        self._standardization = check_standardization(mean, sd, self.n_obs, where)
 
     def _setup(self, dtype) -> None:
         where = type(self).__name__
@@ -108,8 +147,9 @@ class Model(ABC):
             size = math.prod(int(d) for d in shape)  # Python ints: no overflow
             self._offsets[name] = (offset, offset + size, tuple(shape))
             offset += size
+        self._standardization = None
         try:
-            self.params = np.zeros(offset, dtype=self.dtype)
+            self._params = np.zeros(offset, dtype=self.dtype)
         except (MemoryError, ValueError):
             gib = offset * self.dtype.itemsize / 2**30
             raise ValueError(
@@ -249,8 +289,7 @@ class Model(ABC):
 
     def _copy_standardization_to(self, other: "Model") -> "Model":
         """Give ``other`` its own copy of this model's standardisation arrays; return it."""
-        s = self.standardization
-        other.standardization = None if s is None else tuple(np.array(a) for a in s)
+        other.standardization = self.standardization  # the setter copies
         return other
 
     def copy(self) -> "Model":
@@ -300,9 +339,8 @@ class Model(ABC):
         """The arrays of a model file: class name, hyperparameters, ``params`` (default
         ``self.params``), standardisation, a free JSON ``metadata`` dict (NumPy scalars in it
         become Python numbers), ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan
-        is installed, ``parscan_version``. Errors (metadata that JSON cannot hold, a
-        standardisation that is not a pair of real arrays) name ``where`` (default
-        ``"<class>.npz_payload"``)."""
+        is installed, ``parscan_version``. Errors (metadata that JSON cannot hold) name
+        ``where`` (default ``"<class>.npz_payload"``)."""
         where = where or f"{type(self).__name__}.npz_payload"
         try:
             meta = json.dumps({} if metadata is None else metadata, default=_json_default)
@@ -319,16 +357,7 @@ class Model(ABC):
         if version is not None:
             payload["parscan_version"] = np.array(version)
         if self.standardization is not None:
-            try:
-                mean, sd = self.standardization
-                payload["data_mean"] = np.asarray(mean, dtype=np.float64)
-                payload["data_std"] = np.asarray(sd, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{where}: model.standardization must be None or a pair (mean, sd) of real "
-                    f"arrays of shape ({self.n_obs},); got {type(self.standardization).__name__}"
-                    f" {self.standardization!r:.80}."
-                ) from None
+            payload["data_mean"], payload["data_std"] = self.standardization
         return payload
 
     def save(self, path, metadata: dict | None = None) -> Path:
@@ -358,9 +387,9 @@ class Model(ABC):
             :func:`load_with_metadata`; strict JSON parsers refuse them).
         ValueError
             ``metadata`` not a dict; parameters that :meth:`set_params` refuses (NaN/inf, a
-            PLRNN's nonzero ``diag(W)``); a standardisation that is not ``(mean, sd)`` of
-            shape ``(N,)`` each, finite, ``sd > 0``; a class that :func:`models.load` cannot
-            rebuild (a subclass defined outside the library).
+            PLRNN's nonzero ``diag(W)``) or a standardisation that :func:`load` refuses (not
+            finite, ``sd <= 0``), written into the arrays in place; a class that
+            :func:`models.load` cannot rebuild (a subclass defined outside the library).
         OSError
             The file cannot be written (see :func:`atomic_save_npz`); the message names this
             method, ``path`` and the reason.
@@ -562,19 +591,60 @@ def read_standardization(fields: dict, n_obs: int | None, path: Path, where: str
         )
     if n_obs is None:
         n_obs = fields["data_mean"].size
-    for key in present:
-        arr = fields[key]
-        if arr.dtype.kind not in "iuf" or arr.shape != (n_obs,):
-            raise ValueError(
-                f"{where}: {path}: {key} must be a real array of shape ({n_obs},), one entry "
-                f"per observed dimension; got dtype {arr.dtype}, shape {arr.shape}."
-            )
-    mean, sd = (fields[key].astype(np.float64) for key in present)
-    if not np.all(np.isfinite(mean)) or not np.all(np.isfinite(sd) & (sd > 0)):
-        raise ValueError(
-            f"{where}: {path}: the standardisation must have a finite data_mean and a finite "
-            f"data_std > 0; got data_mean={mean}, data_std={sd}."
+    try:
+        return check_standardization(
+            fields["data_mean"],
+            fields["data_std"],
+            n_obs,
+            f"{where}: {path}",
+            ("data_mean", "data_std"),
         )
+    except TypeError as exc:  # in a file, a wrong dtype is damage: a value problem
+        raise ValueError(str(exc)) from None
+
+
+def check_standardization(mean, sd, n_obs: int, where: str, names=("mean", "sd")):
+    """``(mean, sd)`` as float64 copies after the checks of a standardisation.
+
+    Parameters
+    ----------
+    mean, sd : array_like, shape (n_obs,)
+        Real (integer or float) arrays; ``mean`` finite, ``sd`` finite and > 0.
+    n_obs : int
+        N, the number of observed dimensions.
+    where : str
+        What the messages name first (the public function or attribute).
+    names : pair of str
+        The names of ``mean`` and ``sd`` in the messages.
+
+    Returns
+    -------
+    tuple of ndarray, each shape (n_obs,), float64
+        New arrays (nothing is shared with the arguments).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A dtype that is not real (``TypeError``), another shape, NaN/inf or ``sd <= 0``
+        (``ValueError``); every problem in one message.
+    """
+    with Checks(where) as checks:
+        arrays = [np.asarray(x) for x in (mean, sd)]
+        for name, arr in zip(names, arrays, strict=True):
+            if arr.dtype.kind not in "iuf" or arr.shape != (n_obs,):
+                checks.add(
+                    f"{name} must be a real array of shape ({n_obs},), one entry per observed "
+                    f"dimension; got dtype {arr.dtype}, shape {arr.shape}.",
+                    name,
+                    wrong_kind=arr.dtype.kind not in "iuf",
+                )
+        if checks.ok(*names):
+            mean, sd = (np.array(arr, dtype=np.float64) for arr in arrays)
+            if not np.all(np.isfinite(mean)) or not np.all(np.isfinite(sd) & (sd > 0)):
+                checks.add(
+                    f"the standardisation must have a finite {names[0]} and a finite "
+                    f"{names[1]} > 0; got {names[0]}={mean}, {names[1]}={sd}."
+                )
     return mean, sd
 
 

@@ -221,7 +221,7 @@ def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel):
         )
 
 
-def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minmax"):
+def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minmax", stacklevel=1):
     """Warn (:class:`StateSpaceResolutionWarning`, naming ``where``) when binned D_stsp of runs
     of ``n_points`` points against ``x_true`` would be dominated by empty bins -- the check
     :func:`evaluate` makes, for a caller that scores many such runs (``fit``'s validation)
@@ -238,10 +238,14 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
         The function the warning names, and how its user scores more points.
     n_bins, box
         As for :func:`state_space_divergence`.
+    stacklevel : int
+        The code line the warning points at, as for :func:`warnings.warn` but counted from
+        the caller: 1 (default) the line calling this function, 2 the line calling that
+        caller (the public function ``where`` names, when a helper of it calls this), ...
     """
     if x_true.shape[1] < GMM_MIN_DIMS:
         reference = _binned_reference(x_true, n_bins, box)
-        _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=2)
+        _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=stacklevel + 1)
 
 
 @jit
@@ -739,7 +743,13 @@ def lyapunov_spectrum(
     -------
     ndarray, shape (n_exponents,)
     """
-    where = "lyapunov_spectrum"
+    return _lyapunov_spectrum(
+        target, n_exponents, x0, n_steps, transient, dt, params, seed, "lyapunov_spectrum"
+    )
+
+
+def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, seed, where):
+    """:func:`lyapunov_spectrum`, with errors naming ``where`` (the public function)."""
     system = get_system(target, where) if isinstance(target, str | System) else None
     with Checks(where) as checks:
         if system is None and not isinstance(target, LatentRNN):
@@ -768,13 +778,18 @@ def lyapunov_spectrum(
     return _model_spectrum(target, k, x0, n_steps, transient, where)
 
 
-def max_lyapunov(target, **kwargs):
-    """Largest Lyapunov exponent: ``lyapunov_spectrum(target, 1, **kwargs)[0]``.
+def max_lyapunov(
+    target, *, x0=None, n_steps=None, transient=None, dt=None, params=None, seed=0
+) -> float:
+    """Largest Lyapunov exponent: ``lyapunov_spectrum(target, 1, ...)[0]``.
 
     Per unit time for a system (a flow), per step for a :class:`~models.base.LatentRNN` (a map).
-    Lorenz-63 gives about 0.906 (Sprott 2003). See :func:`lyapunov_spectrum` for the arguments.
+    Lorenz-63 gives about 0.906 (Sprott 2003). See :func:`lyapunov_spectrum` for the arguments;
+    errors name ``max_lyapunov``.
     """
-    return float(lyapunov_spectrum(target, 1, **kwargs)[0])
+    return float(
+        _lyapunov_spectrum(target, 1, x0, n_steps, transient, dt, params, seed, "max_lyapunov")[0]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -453,10 +453,9 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         (nan_params, {}, ValueError, r"invalid params \(ShPLRNN\.set_params: parameters contain"),
         (plrnn, {}, ValueError, r"invalid params \(PLRNN\.set_params: the diagonal of W"),
     ]
-    for std in ((np.zeros(2), np.ones(2)), (np.zeros(N), np.array([1.0, 0.0, 1.0])), (1, 2, 3)):
-        other = good.copy()
-        other.standardization = std
-        bad.append((other, {}, ValueError, r"standardi[sz]ation|data_mean must be"))
+    edited = good.copy()
+    edited.standardization[1][1] = 0.0  # written in place, bypassing the setter's checks
+    bad.append((edited, {}, ValueError, r"the standardisation must have .* data_std > 0"))
     for model, kw, exc, match in bad:
         name = type(model).__name__
         with pytest.raises(exc, match=rf"^{name}\.save: .*{match}"):
@@ -670,6 +669,79 @@ def test_plrnn_set_params_requires_zero_diagonal():
     assert np.array_equal(m.params, before)  # nothing half-written
     with pytest.raises(TypeError):  # the dtype check comes first
         m.set_params(np.array(["x"] * m.n_params))
+
+
+def test_assigning_params_checks_like_set_params_and_keeps_the_array():
+    m = ShPLRNN(M, L, N)
+    own = m.params
+    theta = np.random.default_rng(3).normal(size=m.n_params)
+    m.params = theta.astype(np.float32)  # cast into the model's float64 array
+    assert m.params is own and m.params.dtype == np.float64
+    np.testing.assert_array_equal(m.params, theta.astype(np.float32))
+    m.params[...] = theta  # in place, as the optimisers write: the same array, unchecked
+    assert m.params is own and np.array_equal(m.params, theta)
+    m.params += 1.0
+    assert m.params is own and np.array_equal(m.params, theta + 1.0)
+    nan = theta.copy()
+    nan[5] = np.nan
+    bad = [
+        (
+            theta[:-1],
+            ValueError,
+            rf"expected shape \({m.n_params},\); got \({m.n_params - 1},\)\.$",
+        ),
+        (np.append(theta, 0.0), ValueError, rf"expected shape \({m.n_params},\); got"),
+        (nan, ValueError, r"parameters contain NaN or inf \(first at index 5\)\.$"),
+        (theta.astype(complex), TypeError, r"expected a real numeric \(integer or float\) array"),
+    ]
+    for value, error, match in bad:
+        with pytest.raises(error, match=r"^ShPLRNN\.params: " + match):
+            m.params = value
+        assert m.params is own and np.array_equal(m.params, theta + 1.0)  # nothing written
+    pl = PLRNN(3)
+    theta = pl.params.copy()
+    pl.unflatten(theta)["W"][1, 1] = 0.5
+    with pytest.raises(ValueError, match=r"^PLRNN\.params: the diagonal of W must be zero"):
+        pl.params = theta
+
+
+def test_assigning_standardization_checks_like_load():
+    m = ALRNN(M, P, N)
+    assert m.standardization is None
+    mean, sd = np.arange(N), np.array([1.0, 2.0, 3.0], np.float32)
+    m.standardization = (mean, sd)
+    got = m.standardization
+    assert all(a.dtype == np.float64 and a.shape == (N,) for a in got)
+    assert not np.shares_memory(got[1], sd)  # copies
+    np.testing.assert_array_equal(got[0], mean)
+    where = r"^ALRNN\.standardization: "
+    bad = [
+        (3, TypeError, r"expected None or a pair \(mean, sd\) of real arrays of shape \(3,\); "),
+        ((1, 2, 3), TypeError, r"expected None or a pair .*; got tuple \(1, 2, 3\)\.$"),
+        (
+            (np.zeros(2), np.ones(4)),
+            ValueError,
+            r"mean must be a real array of shape \(3,\), one entry per observed dimension; got "
+            r"dtype float64, shape \(2,\)\. sd must be .*shape \(4,\)\.$",
+        ),
+        ((np.zeros(N, bool), np.ones(N)), TypeError, r"mean must be a real array .* dtype bool"),
+        (
+            (np.zeros(N), np.array([1.0, 0.0, 1.0])),
+            ValueError,
+            r"the standardisation must have a finite mean and a finite sd > 0; got mean=",
+        ),
+        (
+            (np.array([0.0, np.nan, 0.0]), np.ones(N)),
+            ValueError,
+            r"the standardisation must have .*; got mean=\[.*nan.*\], sd=",
+        ),
+    ]
+    for value, error, match in bad:
+        with pytest.raises(error, match=where + match):
+            m.standardization = value
+        assert m.standardization is got  # unchanged
+    m.standardization = None
+    assert m.standardization is None
 
 
 def test_input_errors():

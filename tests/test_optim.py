@@ -354,7 +354,10 @@ def test_exponential_decay():
     assert sched(50) == pytest.approx(1e-4, rel=1e-12)  # geometric mean halfway
     ratios = [sched(k + 1) / sched(k) for k in range(99)]
     np.testing.assert_allclose(ratios, 0.01 ** (1 / 100), rtol=1e-12)
-    assert ExponentialDecay(1e-3, 1e-5, 1)(0) == 1e-5
+    one = ExponentialDecay(1e-2, 1e-4, 1)  # the run's only step starts at lr_start
+    assert one(0) == 1e-2 and one(1) == one(7) == 1e-4
+    two = ExponentialDecay(1e-2, 1e-4, 2)
+    assert (two(0), two(1), two(2)) == (1e-2, 1e-4, 1e-4)
     with pytest.raises(ValueError, match="ExponentialDecay: lr_end must be finite and > 0"):
         ExponentialDecay(1e-3, 0.0, 10)
     with pytest.raises(ValueError, match="ExponentialDecay: n_steps must be >= 1"):

@@ -161,11 +161,35 @@ def test_gradient_float32_close_to_float64(data):
         np.testing.assert_allclose(out32, m64.generate(data[:, 0], 6), rtol=1e-4, atol=1e-5)
 
 
-def test_nonfinite_data_propagates(data):
-    bad = data.copy()
-    bad[0, 3, 1] = np.nan
-    loss, grad, _ = ssm_loss_and_grad(_make("linear"), bad)
-    assert math.isnan(loss) and np.isnan(grad).any()
+def test_nonfinite_data_and_single_windows_are_refused(data):
+    """As gtf_loss_and_grad refuses them: NaN/inf located, a (T+1, N) window not read as B=1."""
+    model = _make("linear")
+    for value in (np.nan, -np.inf):
+        bad = data.copy()
+        bad[0, 3, 1] = value
+        bad[1, 5, 2] = np.nan
+        with pytest.raises(
+            ValueError,
+            match=r"^ssm_loss_and_grad: data contains NaN or inf \(first at data\[0, 3, 1\]\)\. "
+            r"Clean the trajectory before windowing it\.$",
+        ):
+            ssm_loss_and_grad(model, bad)
+    stacked = np.stack([data, data])  # (2, B, T+1, N): leading dimensions are flattened
+    bad = stacked.copy()
+    bad[1, 0, 2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"first at data\[1, 0, 2, 0\]"):
+        ssm_loss_and_grad(model, bad)
+    assert ssm_loss_and_grad(model, stacked)[2]["batch"] == 2 * data.shape[0]
+    with pytest.raises(
+        ValueError,
+        match=rf"^ssm_loss_and_grad: data must have shape \(B, T\+1, N\) with B >= 1, T >= 1 "
+        rf"and N = model\.n_obs = {N}; got \({data.shape[1]}, {N}\)\. Use data\[None\] for "
+        r"one window\.$",
+    ):
+        ssm_loss_and_grad(model, data[0])
+    loss, grad, info = ssm_loss_and_grad(model, data[:1])
+    assert info == {"method": "scan", "backend": "auto", "batch": 1, "T": data.shape[1] - 1}
+    assert math.isfinite(loss) and np.all(np.isfinite(grad))
 
 
 def test_adam_reduces_teacher_forced_loss():

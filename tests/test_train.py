@@ -396,6 +396,24 @@ def test_config_round_trips_through_json():
     assert TrainConfig().alpha_gamma == 0.999 and TrainConfig().optimizer == "radam"
 
 
+def test_config_dtype_accepts_numpy_float_types_and_dtypes_as_their_names():
+    for given, name in (
+        (np.float64, "float64"),
+        (np.float32, "float32"),
+        (np.dtype("float64"), "float64"),
+        (np.dtype("float32"), "float32"),
+        ("float64", "float64"),
+    ):
+        cfg = TrainConfig(dtype=given)
+        assert cfg.dtype == name and type(cfg.dtype) is str
+        assert cfg == TrainConfig(dtype=name) and cfg.to_dict()["dtype"] == name
+        assert replace(cfg, epochs=3).dtype == name
+    assert TrainConfig(dtype=ShPLRNN(3, 4, dtype="float32").dtype).dtype == "float32"
+    for bad in (np.float16, np.dtype("float16"), np.dtype(">f8"), np.int64, None):
+        with pytest.raises(ValueError, match=r"^TrainConfig: dtype must be one of \('float32'"):
+            TrainConfig(dtype=bad)
+
+
 @pytest.mark.parametrize(
     "kw, exc, match",
     [
@@ -835,8 +853,10 @@ def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(small_model(), x, config(epochs=2, batches_per_epoch=2), validation_data=val)
-    messages = [str(w.message) for w in caught if w.category is StateSpaceResolutionWarning]
+    found = [w for w in caught if w.category is StateSpaceResolutionWarning]
+    messages = [str(w.message) for w in found]
     assert len(messages) == 1, messages
+    assert found[0].filename == __file__  # points at the call of fit, not into autodiff
     assert messages[0].startswith("fit: binned D_stsp of 400 generated points")
     assert messages[0].endswith(
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
