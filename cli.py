@@ -1234,7 +1234,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     last = result.history[-1] if result.history else {}
     summary = {
         "test": scores,
-        "n_bins": s.n_bins,
+        "n_bins": _bins_used(scores, s.n_bins),
         "best_epoch": result.best_epoch,
         "validation": result.best_scores,
         "final_loss": last.get("loss"),
@@ -1320,6 +1320,12 @@ def _warn_if_busy(busy: float, cores: int, threads: int) -> None:
             "threaded steps wait for the scheduler and can run several times slower; if "
             "training is slow, try --threads 1."
         )
+
+
+def _bins_used(scores: dict, n_bins: int) -> int | None:
+    """The D_stsp bins per axis :func:`models.evaluate` used for ``scores``: ``n_bins``, or
+    None where it used the Gaussian mixture (N >= 6)."""
+    return None if scores.get("dstsp_method") == "gmm" else n_bins
 
 
 def _recorded_n_bins(metadata: dict) -> int:
@@ -1498,7 +1504,7 @@ def evaluate_command(
             )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    scores["n_bins"] = n_bins
+    scores["n_bins"] = _bins_used(scores, n_bins)
     if destination is not None:
         try:
             _write_json(destination, scores)

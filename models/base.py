@@ -123,6 +123,14 @@ class Model(ABC):
         """
         return self._standardization
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a model pickled before ``params`` and ``standardization`` became
+        checked properties (its ``__dict__`` holds them under those names)."""
+        for name in ("params", "standardization"):
+            if name in state:
+                state[f"_{name}"] = state.pop(name)
+        self.__dict__.update(state)
+
     @standardization.setter
     def standardization(self, value) -> None:
         where = f"{type(self).__name__}.standardization"
@@ -629,8 +637,21 @@ def check_standardization(mean, sd, n_obs: int, where: str, names=("mean", "sd")
         (``ValueError``); every problem in one message.
     """
     with Checks(where) as checks:
-        arrays = [np.asarray(x) for x in (mean, sd)]
-        for name, arr in zip(names, arrays, strict=True):
+        arrays = []
+        for name, x in zip(names, (mean, sd), strict=True):
+            try:
+                arr = np.asarray(x)
+            except (TypeError, ValueError):  # ragged nested sequences
+                arr = None
+                checks.add(
+                    f"{name} must be a real array of shape ({n_obs},); got a ragged "
+                    f"{type(x).__name__} that is no array.",
+                    name,
+                    wrong_kind=True,
+                )
+            arrays.append(arr)
+            if arr is None:
+                continue
             if arr.dtype.kind not in "iuf" or arr.shape != (n_obs,):
                 checks.add(
                     f"{name} must be a real array of shape ({n_obs},), one entry per observed "

@@ -5,6 +5,7 @@ A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dime
 
 import csv
 import itertools
+import keyword
 import os
 import re
 import stat
@@ -86,7 +87,7 @@ def check_trajectory(
         raise ValueError(
             f"{where}: {name} is ragged (rows of different lengths); pass a (T, N) array."
         ) from None
-    code = name.isidentifier()  # a fix written as code must be valid code
+    code = name.isidentifier() and not keyword.iskeyword(name)  # the fix must be valid code
     if arr.dtype.kind not in "iuf":
         fixes = {"b": f"{name}.astype(np.float64)", "c": f"{name}.real or np.abs({name})"}
         if arr.dtype.names is not None:
@@ -257,6 +258,8 @@ def _decimal_commas(text: str) -> bool:
     entries or more, each a number once its ``,`` is read as ``.``, and a ``,`` between two
     digits. Such a file is refused, not read: ``1,500;2,000`` may also be thousands."""
     entries = _split(text, ";")
+    if entries and not entries[-1].strip():  # a trailing ';', as some exporters write
+        entries = entries[:-1]
     return (
         len(entries) > 1
         and all(_parses(v.replace(",", "."), float) for v in entries)
@@ -265,12 +268,15 @@ def _decimal_commas(text: str) -> bool:
 
 
 def _counts_up(tokens: list[str]) -> bool:
-    """Whether two or more tokens are integers that count up by one (``0, 1, 2, ...``,
-    ``1, 2, 3, ...``): the first entries of data lines that hold a row index."""
+    """Whether two or more tokens are integers that count up in equal steps (``0, 1, 2,
+    ...``, ``1, 2, 3, ...``, ``0, 10, 20, ...`` after subsampling): the first entries of data
+    lines that hold a row index."""
     if len(tokens) < 2 or not all(_parses(v, int) for v in tokens):
         return False
-    start = int(tokens[0])
-    return [int(v) for v in tokens] == list(range(start, start + len(tokens)))
+    start, step = int(tokens[0]), int(tokens[1]) - int(tokens[0])
+    return step > 0 and [int(v) for v in tokens] == list(
+        range(start, start + step * len(tokens), step)
+    )
 
 
 def _layout(path: Path) -> tuple[str | None, int]:
@@ -520,7 +526,8 @@ def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
                 )
             member = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
             value = "np.asarray(x, dtype=float)"
-            arg = f"{key}={value}" if key.isidentifier() else f"**{{{key!r}: {value}}}"
+            plain = key.isidentifier() and not keyword.iskeyword(key)
+            arg = f"{key}={value}" if plain else f"**{{{key!r}: {value}}}"
             save = f"np.savez(path, {arg})"
             with loaded.zip.open(member) as stream:
                 reason = _object_array_reason(stream, f"its array {key!r}", save)

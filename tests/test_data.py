@@ -399,6 +399,7 @@ def test_header_one_name_short_is_a_row_index_only_above_one(tmp_path, text):
     [
         ('"x" "y"\n"1" 0.5 1.0\n"2" 1.5 -2.0\n"3" 3.0 4.25\n', "1, 2, 3"),  # R write.table()
         ("x y\n100 0.5 1.0\n101 1.5 -2.0\n", "100, 101"),  # a sliced pandas index
+        ("x y\n0 0.5 1.0\n10 1.5 -2.0\n20 3.0 4.25\n", "0, 10, 20"),  # a subsampled one
     ],
 )
 def test_header_one_name_short_above_a_counting_column_is_a_row_index(tmp_path, text, shown):
@@ -464,6 +465,12 @@ def test_semicolons_with_decimal_commas_are_named_with_the_conversion(tmp_path, 
     np.testing.assert_array_equal(load_data(path), expected)
 
 
+def test_semicolons_with_decimal_commas_and_a_trailing_semicolon_are_named(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("0,05439;-0,12;1,5;\n0,1;0,2;0,3;\n")
+    assert "looks like a semicolon-separated CSV with decimal commas (line 1: " in _error(path)
+
+
 def test_semicolons_without_decimal_commas_keep_the_separator_hint(tmp_path):
     path = tmp_path / "semi.csv"
     for text in ("1.5;2.0\n2.5;3.0\n", "1,5;NA\n2,5;NA\n"):  # '.' decimals; not all numbers
@@ -504,6 +511,9 @@ def test_object_arrays_in_npz_are_named_with_the_fix(tmp_path):
     np.testing.assert_array_equal(load_data(path, key="test set"), X)
     np.savez(path, **{"test set": X.astype(object)}, allow_pickle=True)
     with pytest.raises(ValueError, match=r"np.savez\(path, \*\*\{'test set': np.asarray\(x, dt"):
+        load_data(path)
+    np.savez(path, **{"class": X.astype(object)}, allow_pickle=True)  # a keyword: no class=...
+    with pytest.raises(ValueError, match=r"np.savez\(path, \*\*\{'class': np.asarray"):
         load_data(path)
     np.save(tmp_path / "fixed.npy", np.asarray(X.astype(object), dtype=float))  # the fix
     np.testing.assert_array_equal(load_data(tmp_path / "fixed.npy"), X)

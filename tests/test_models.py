@@ -935,3 +935,24 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
         models.load(tmp_path)
     with pytest.raises(ValueError, match=r"models\.load: no such file"):
         models.load(tmp_path / "missing.npz")
+
+
+def test_a_ragged_standardization_is_refused_by_name():
+    model = ALRNN(5, 2, 3)
+    with pytest.raises(TypeError, match=r"^ALRNN.standardization: mean must be a real array of "
+                       r"shape \(3,\); got a ragged list that is no array\.$"):  # fmt: skip
+        model.standardization = ([[1, 2], [3]], [1, 1, 1])
+
+
+def test_a_model_pickled_before_params_became_a_property_unpickles():
+    import pickle
+
+    model = ALRNN(5, 2, 3, seed=1)
+    model.standardization = (np.zeros(3), np.ones(3))
+    old = model.__dict__.copy()  # as pickled before: plain attributes
+    old["params"], old["standardization"] = old.pop("_params"), old.pop("_standardization")
+    restored = ALRNN.__new__(ALRNN)
+    restored.__setstate__(old)
+    np.testing.assert_array_equal(restored.params, model.params)
+    assert restored.standardization[1].tolist() == [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).params, model.params)
