@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models._checks import check_finite_windows
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
@@ -193,12 +194,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
         raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
     if value_errors:
         raise ValueError(f"{where}: " + " ".join(value_errors))
-    if not np.all(np.isfinite(data)):
-        b, t, n = np.argwhere(~np.isfinite(data))[0]
-        raise ValueError(
-            f"{where}: data contains NaN or inf (first at data[{b}, {t}, {n}]). Clean the "
-            "trajectory before windowing it."
-        )
+    check_finite_windows(data, where)
     return data, alpha, int(n_forced)
 
 

@@ -20,6 +20,7 @@ al., ICML 2023). Selective (Mamba/S6; Gu & Dao, 2023) models are real, where ``c
 
 import numpy as np
 
+from models._checks import check_finite_windows
 from models.ssm import DiagonalSSM
 from parscan.scan import linear_scan
 
@@ -77,12 +78,7 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
             f"{where}: data of shape {data.shape} holds no windows; pass at least one window "
             "(B >= 1)."
         )
-    if not np.all(np.isfinite(data)):
-        first = ", ".join(str(i) for i in np.argwhere(~np.isfinite(data))[0])
-        raise ValueError(
-            f"{where}: data contains NaN or inf (first at data[{first}]). Clean the trajectory "
-            "before windowing it."
-        )
+    check_finite_windows(data, where)
     try:
         trace = model.forward(data, backend=backend)
     except (TypeError, ValueError) as exc:

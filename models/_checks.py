@@ -150,6 +150,17 @@ class Checks:
         return dtype
 
 
+def check_finite_windows(data: np.ndarray, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` and the first NaN/inf entry of the training
+    windows ``data`` (B, T+1, N)."""
+    if not np.all(np.isfinite(data)):
+        first = ", ".join(str(i) for i in np.argwhere(~np.isfinite(data))[0])
+        raise ValueError(
+            f"{where}: data contains NaN or inf (first at data[{first}]). Clean the trajectory "
+            "before windowing it."
+        )
+
+
 def check_int(value, name: str, where: str, minimum: int = 1) -> int:
     """``value`` as an ``int`` >= ``minimum``, else raise (see :meth:`Checks.integer`)."""
     with Checks(where) as checks:
