@@ -935,6 +935,39 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
     _warn(str(message))
 
 
+def score_test(model, test: np.ndarray, fix: str, **options) -> dict:
+    """``models.evaluate(model, test, **options)`` with its warnings as one line each; the
+    warning that too few points were scored for binned D_stsp names the command line's
+    remedies (``fix``, a clause) instead of ``evaluate``'s arguments."""
+    from models.metrics import StateSpaceResolutionWarning, check_dstsp_resolution, evaluate
+
+    with warnings.catch_warnings():
+        warnings.showwarning = echo_warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StateSpaceResolutionWarning)
+            scores = evaluate(model, test, **options)
+        if scores["dstsp_method"] == "bins":
+            check_dstsp_resolution(
+                scores["n_measured"],
+                test[1:],
+                where="test score",
+                fix=fix,
+                n_bins=options.get("n_bins", 30),
+            )
+    return scores
+
+
+def _test_points_fix(s: "Settings") -> str:
+    """How a training run scores more test points (the clause of :func:`score_test`)."""
+    if s.test_data is not None:
+        more = "every step of --test-data after the first is scored; pass a longer --test-data"
+    elif s.data is not None:
+        more = "the held-out tail of --data is scored; pass a longer --data or --test-data"
+    else:
+        more = "the generated test trajectory is scored; raise --n-steps"
+    return f"{more}, or lower --n-bins"
+
+
 def _warn(text: str) -> None:
     """One warning line on stderr (also with ``--quiet``: warnings are about the result)."""
     click.echo(f"parscan-train: warning: {text}", err=True)
@@ -1142,7 +1175,6 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     continue) is checked before the run folder is touched. ``origins``: see
     :func:`prepare_data`.
     """
-    import models
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
     from models.data import column_mean_sd
@@ -1228,9 +1260,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     write_history(out / "history.csv", result.history)
     mean, sd = trained.standardization
     test = ((data.test - mean) / sd).astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.showwarning = echo_warning
-        scores = models.evaluate(trained, test, pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
+    scores = score_test(trained, test, _test_points_fix(s), pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
     last = result.history[-1] if result.history else {}
     summary = {
         "test": scores,
@@ -1492,16 +1522,16 @@ def evaluate_command(
             warn_if_far(raw, mean, sd, f"--test-data {test_data}")
         raw = (raw - mean) / sd
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = echo_warning
-            scores = models.evaluate(
-                model,
-                raw,
-                n_bins=n_bins,
-                smoothing=smoothing,
-                pe_steps=pe_steps,
-                transient=transient,
-            )
+        scores = score_test(
+            model,
+            raw,
+            "the test data's steps after --transient are scored; pass a longer --test-data, "
+            "lower --transient or lower --n-bins",
+            n_bins=n_bins,
+            smoothing=smoothing,
+            pe_steps=pe_steps,
+            transient=transient,
+        )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     scores["n_bins"] = _bins_used(scores, n_bins)

@@ -128,6 +128,25 @@ def test_evaluate_warns_in_one_line_when_the_test_data_are_short_for_dh(finished
     assert warned[0].startswith("parscan-train: warning: evaluate: D_H of 299 points")
 
 
+@pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
+def test_too_few_test_points_for_dstsp_warn_with_the_command_line_remedies(finished_run, tmp_path):
+    out, _ = finished_run
+    np.save(tmp_path / "short.npy", models.generate("lorenz63", 300, seed=7))
+    evaluated = run("evaluate", out / "model.npz", "--test-data", tmp_path / "short.npy",
+                    "--transient", 50)  # fmt: skip
+    trained = run(*TINY, "-e", 1, "--out", tmp_path / "run")
+    for result, fix in [
+        (evaluated, "the test data's steps after --transient are scored; pass a longer "
+                    "--test-data, lower --transient or lower --n-bins."),
+        (trained, "the generated test trajectory is scored; raise --n-steps, or lower --n-bins."),
+    ]:  # fmt: skip
+        assert result.exit_code == 0, result.output
+        warned = [line for line in result.output.splitlines() if "binned D_stsp" in line]
+        assert len(warned) == 1, result.output
+        assert warned[0].startswith("parscan-train: warning: test score: binned D_stsp of ")
+        assert warned[0].endswith(fix) and "n_steps" not in warned[0]
+
+
 def test_interrupted_run_saves_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
