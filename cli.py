@@ -938,15 +938,17 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
 def score_test(model, test: np.ndarray, fix: str, **options) -> dict:
     """``models.evaluate(model, test, **options)`` with its warnings as one line each; the
     warning that too few points were scored for binned D_stsp names the command line's
-    remedies (``fix``, a clause) instead of ``evaluate``'s arguments."""
-    from models.metrics import StateSpaceResolutionWarning, check_dstsp_resolution, evaluate
+    remedies (``fix``, a clause) instead of ``evaluate``'s arguments, and only when the
+    scores were measured."""
+    import models
+    from models.metrics import StateSpaceResolutionWarning, check_dstsp_resolution
 
     with warnings.catch_warnings():
         warnings.showwarning = echo_warning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)
-            scores = evaluate(model, test, **options)
-        if scores["dstsp_method"] == "bins":
+            scores = models.evaluate(model, test, **options)
+        if scores["status"] == "ok" and scores["dstsp_method"] == "bins":
             check_dstsp_resolution(
                 scores["n_measured"],
                 test[1:],
@@ -955,6 +957,24 @@ def score_test(model, test: np.ndarray, fix: str, **options) -> dict:
                 n_bins=options.get("n_bins", 30),
             )
     return scores
+
+
+def warn_validation_resolution(validation: np.ndarray, config) -> None:
+    """The warning ``fit`` gives once when its validation runs score too few points for
+    binned D_stsp, worded for the command line (``fit``'s names ``validation_data`` and
+    ``validation_n_bins`` are no options here)."""
+    from models.metrics import check_dstsp_resolution
+
+    with warnings.catch_warnings():
+        warnings.showwarning = echo_warning
+        check_dstsp_resolution(
+            config.validation_steps,
+            np.asarray(validation[1:], dtype=np.float64),
+            where="validation",
+            fix="each validation run scores validation_steps points; raise validation_steps "
+            "(--config), or lower --n-bins",
+            n_bins=config.validation_n_bins,
+        )
 
 
 def _test_points_fix(s: "Settings") -> str:
@@ -1178,6 +1198,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
     from models.data import column_mean_sd
+    from models.metrics import StateSpaceResolutionWarning
 
     started = time.perf_counter()
     if s.threads is not None:
@@ -1233,9 +1254,11 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     gtf = s.model not in SSM_NAMES
     newton = gtf and s.method == "deer"  # sequential BPTT runs no Newton iterations
     progress = Progress(s.epochs, s.quiet, s.verbose, gtf=gtf, newton=newton)
+    warn_validation_resolution(data.validation, config)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = progress.show_warning
+            warnings.simplefilter("ignore", StateSpaceResolutionWarning)  # worded above
             result = fit(model, data.train, config, callback=progress, **fit_args)
     except KeyboardInterrupt:
         progress.close()

@@ -147,6 +147,21 @@ def test_too_few_test_points_for_dstsp_warn_with_the_command_line_remedies(finis
         assert warned[0].endswith(fix) and "n_steps" not in warned[0]
 
 
+@pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
+def test_too_short_validation_runs_warn_once_with_the_command_line_remedies(tmp_path):
+    config = tmp_path / "short_validation.toml"
+    config.write_text("validation_steps = 500\nvalidation_interval = 1\n")
+    result = run(*TINY, "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "binned D_stsp" in line]
+    assert len(warned) == 2, result.output  # validation, once; the test score
+    assert warned[0].startswith("parscan-train: warning: validation: binned D_stsp of 500 ")
+    assert warned[0].endswith(
+        "each validation run scores validation_steps points; raise validation_steps "
+        "(--config), or lower --n-bins."
+    )
+
+
 def test_interrupted_run_saves_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = {"n": 0}
