@@ -1204,9 +1204,10 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     if s.threads is not None:
         used = set_threads(s.threads)
         if used < s.threads:
+            limit = "NUMBA_NUM_THREADS" if _env.THREADS is None else "PARSCAN_THREADS"
             _warn(
                 f"--threads {s.threads}: only {used} threads are available here "
-                f"(NUMBA_NUM_THREADS), so {used} are used (and recorded in args.json)."
+                f"({limit}), so {used} are used (and recorded in args.json)."
             )
             s = replace(s, threads=used)
     elif _env.THREADS is None and numba.get_num_threads() > 1:

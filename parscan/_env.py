@@ -2,8 +2,9 @@
 
 ``PARSCAN_CACHE``   ``1`` (default) caches compiled kernels on disk (``cache=True``); ``0``
                     disables it.
-``PARSCAN_THREADS`` number of CPU threads for ``prange`` kernels (default: Numba's choice,
-                    i.e. ``NUMBA_NUM_THREADS``).
+``PARSCAN_THREADS`` number of CPU threads for ``prange`` kernels in every Python thread
+                    (default: Numba's choice, i.e. ``NUMBA_NUM_THREADS``; see
+                    :func:`parscan._jit._limit_every_thread`).
 """
 
 import os

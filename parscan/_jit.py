@@ -9,6 +9,8 @@ reassociated so that they vectorise.
 """
 
 import functools
+import os
+import warnings
 
 import numba
 
@@ -51,7 +53,9 @@ def n_threads() -> int:
 
 
 def set_threads(n: int) -> int:
-    """Use ``n`` threads in ``prange`` kernels (capped at ``NUMBA_NUM_THREADS``); return it."""
+    """Use ``n`` threads in ``prange`` kernels called from this Python thread (capped at
+    ``NUMBA_NUM_THREADS``; other Python threads keep theirs, as with
+    ``numba.set_num_threads``); return it."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_threads: n must be a positive int; got {n!r}.")
     n = min(n, numba.config.NUMBA_NUM_THREADS)
@@ -59,5 +63,34 @@ def set_threads(n: int) -> int:
     return n
 
 
+def _limit_every_thread(n: int) -> None:
+    """``PARSCAN_THREADS=n``: at most ``n`` threads in ``prange`` kernels, in every Python
+    thread of the process.
+
+    ``numba.set_num_threads`` holds for the calling Python thread only (others start with all
+    ``NUMBA_NUM_THREADS``), so before Numba launches its threads the pool itself is made
+    ``n`` threads (``NUMBA_NUM_THREADS``, also for child processes; the pool size Numba read
+    at import is private, hence the check that it took). If the pool runs already, only
+    this Python thread can be limited: say so.
+    """
+    from numba.np.ufunc import parallel
+
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    if not parallel._is_initialized and hasattr(parallel, "NUM_THREADS"):
+        os.environ["NUMBA_NUM_THREADS"] = str(n)
+        numba.config.reload_config()
+        parallel.NUM_THREADS = n
+        if numba.get_num_threads() == n:  # launches the pool
+            return
+    set_threads(n)
+    warnings.warn(
+        f"PARSCAN_THREADS={n} limits this Python thread only: Numba's "
+        f"{numba.config.NUMBA_NUM_THREADS} threads were launched before parscan was imported "
+        f"and other Python threads use them all. Set NUMBA_NUM_THREADS={n} instead.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
 if _env.THREADS is not None:
-    set_threads(_env.THREADS)
+    _limit_every_thread(_env.THREADS)

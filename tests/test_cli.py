@@ -635,9 +635,10 @@ def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(
     result = run(*tiny, "--method", "sequential", "--threads", "999", "-v", "--out", out)
     assert result.exit_code in (0, 1), result.output
     used = numba.config.NUMBA_NUM_THREADS
+    limit = "NUMBA_NUM_THREADS" if parscan._env.THREADS is None else "PARSCAN_THREADS"
     assert (
         f"parscan-train: warning: --threads 999: only {used} threads are available here "
-        f"(NUMBA_NUM_THREADS), so {used} are used (and recorded in args.json)."
+        f"({limit}), so {used} are used (and recorded in args.json)."
     ) in result.output.splitlines()
     assert json.loads((out / "args.json").read_text())["settings"]["threads"] == used
     epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]

@@ -4,6 +4,9 @@ The input builders (:func:`make_inputs`, :func:`make_dyadic_inputs`) and the tol
 reused by ``test_scan_cuda.py``.
 """
 
+import os
+import subprocess
+import sys
 import threading
 
 import numba
@@ -520,6 +523,36 @@ def test_thread_count_follows_numba_in_every_python_thread():
         assert seen == [1] and n_threads() == saved  # the setting is per Python thread
     finally:
         numba.set_num_threads(saved)
+
+
+_THREADS_IN_A_WORKER = """
+import threading, warnings
+import numba
+{before}
+from parscan._jit import n_threads
+seen = []
+worker = threading.Thread(target=lambda: seen.append(n_threads()))
+worker.start()
+worker.join()
+print(n_threads(), seen[0])
+"""
+
+
+@pytest.mark.parametrize(
+    "before, expected, warned",
+    [("", "1 1", False), ("numba.get_num_threads()  # Numba's threads run already", "1 2", True)],
+)
+def test_parscan_threads_limits_every_python_thread_or_says_it_cannot(before, expected, warned):
+    env = {**os.environ, "PARSCAN_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    code = _THREADS_IN_A_WORKER.format(before=before)
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()
+    assert ("RuntimeWarning: PARSCAN_THREADS=1 limits this Python thread only" in done.stderr) == (
+        warned
+    ), done.stderr
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
