@@ -1,6 +1,7 @@
 """Lazy package exports (PEP 562): a public name imports its module on first use."""
 
 import importlib
+import sys
 
 
 def lazy_exports(package: str, exports: dict[str, str]):
@@ -19,7 +20,7 @@ def lazy_exports(package: str, exports: dict[str, str]):
             return getattr(importlib.import_module(exports[name]), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    def __dir__():
-        return sorted(exports)
+    def __dir__():  # what dir() lists for a module (its attributes), plus the lazy names
+        return sorted({*vars(sys.modules[package]), *exports})
 
     return __getattr__, __dir__

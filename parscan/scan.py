@@ -140,19 +140,43 @@ def _dtype_problems(a, b, h0) -> list[str]:
     dt = b.dtype
     if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
         return []
-    named = [(name, x) for name, x in (("a", a), ("b", b), ("h0", h0)) if x is not None]
-    problems = [
-        f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={np.dtype(x.dtype)}. "
-        f"Use {name}.astype(np.float64)."
-        for name, x in named
-        if np.dtype(x.dtype).newbyteorder("=") not in _NATIVE_DTYPES
+    named = [
+        (name, np.dtype(x.dtype)) for name, x in (("a", a), ("b", b), ("h0", h0)) if x is not None
     ]
-    if len({np.dtype(x.dtype).newbyteorder("=") for _, x in named}) > 1:
-        got = ", ".join(f"{name}.dtype={np.dtype(x.dtype)}" for name, x in named)
-        problems.append(
-            f"`a`, `b` and `h0` must share one dtype; got {got}. Cast them, e.g. a.astype(b.dtype)."
+    native = {name: dtype.newbyteorder("=") for name, dtype in named}
+    usable = {name: d for name, d in native.items() if d in _NATIVE_DTYPES}
+    # one dtype to cast to, so that the suggested fixes agree: b's if usable, else a's
+    target = usable.get("b", usable.get("a", np.dtype(np.float64)))
+    problems = [
+        f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={dtype}. "
+        f"Use {name}.astype(np.{target})."
+        for name, dtype in named
+        if name not in usable
+    ]
+    if len(set(usable.values())) > 1:
+        got = ", ".join(f"{name}.dtype={dtype}" for name, dtype in named)
+        casts = ", ".join(
+            f"{name}.astype(np.{target})" for name, d in usable.items() if d != target
         )
+        problems.append(f"`a`, `b` and `h0` must share one dtype; got {got}. Cast {casts}.")
     return problems
+
+
+def _host_arrays(a, b, h0):
+    """``np.asarray`` of the host inputs, refusing what it would silently change: masked
+    arrays (the mask would be dropped) and ragged nested lists (no array at all)."""
+    arrays = []
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                f"linear_scan: `{name}` is a masked array, and a scan cannot skip masked "
+                f"entries; pass {name}.filled(value) with the value they should have."
+            )
+        try:
+            arrays.append(None if x is None else np.asarray(x))
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(f"linear_scan: `{name}` is not an array: {exc}") from None
+    return arrays
 
 
 def _validate(a, b, h0) -> bool:
@@ -327,7 +351,8 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     h0 : ndarray, shape (..., D), optional
         State before the first step (``h[-1]``, or ``h[T]`` in reverse). Zeros when None.
     reverse : bool
-        Run the recurrence from ``t = T-1`` down to 0.
+        Run the recurrence from ``t = T-1`` down to 0. ``reverse`` and ``transpose`` must be
+        ``True`` or ``False`` (a NumPy bool too; the string ``"False"`` is refused).
     transpose : bool
         Dense ``a`` only: use ``a[..., t, :, :].T`` (the adjoint of a forward scan is a reverse
         scan with transposed matrices, without a copy). This is the plain transpose, also for
@@ -347,18 +372,19 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     Returns
     -------
     h : ndarray, shape (..., T, D)
-        Same shape and dtype as ``b`` (C-contiguous; the ``out`` object itself when given, a
-        CuPy array included). A numba device array when the inputs are device arrays
+        Same shape and dtype as ``b``, in native byte order (C-contiguous; the ``out`` object
+        itself when given, a CuPy array included). A numba device array when the inputs are device arrays
         (``__cuda_array_interface__``) and ``out`` is None, with no host round trip.
 
     Raises
     ------
     TypeError
         Integer, non-float, or mixed dtypes (all of ``a, b, h0`` must be one of float32,
-        float64, complex64, complex128); host and device arrays mixed.
+        float64, complex64, complex128); host and device arrays mixed; a masked array (a scan
+        cannot skip entries: pass ``x.filled(value)``); ``reverse``/``transpose`` not a bool.
     ValueError
-        Wrong ndim or shapes, ``h0`` of the wrong shape, unknown or unavailable backend, an
-        unsuitable ``out``.
+        Wrong ndim or shapes, ``h0`` of the wrong shape, ragged nested lists, unknown or
+        unavailable backend, an unsuitable ``out``.
 
     Notes
     -----
@@ -367,7 +393,12 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     (the threaded plans leave out a carried part only once it is below a quarter of an ulp of
     the state: an error of the size the sequential loop itself makes), and bit for bit on
     dyadic data whose every partial result is exact (``a`` in {0, 1/2, 1} with zeros
-    recurring, small integer ``b``; long runs of ``a = 1/2`` eventually round). ``±inf`` and
+    recurring, small integer ``b``; long runs of ``a = 1/2`` eventually round) up to the sign
+    of zero: a threaded chunk starts from a zero state and cannot know the sign of the zero
+    the true carry contributes, so an exact zero may come out as ``-0.0`` where the
+    sequential loop gives ``+0.0`` (they compare equal). The time-chunked ``"cpu"`` plans (a
+    batch smaller than the thread count) place chunk boundaries by the number of threads, so
+    their last bits can change with it (``PARSCAN_THREADS``). ``±inf`` and
     NaN in ``h0`` or ``b`` (real dtypes) come out where, and with the sign, the sequential loop
     gives them, also across a chunk or tile whose product of ``a`` underflowed to 0 (a tiny
     ``a`` times inf is inf, an ``a`` of exactly 0 times inf is NaN): where a combined product
@@ -380,6 +411,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     (as in CUB's floating-point scans).
     """
     given_out = out
+    for name, flag in (("reverse", reverse), ("transpose", transpose)):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"linear_scan: `{name}` must be True or False; got {flag!r}.")
     on_device = any(is_device_array(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)
     if on_device:
@@ -392,8 +426,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
 
         a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
     else:
-        a, b = np.asarray(a), np.asarray(b)
-        h0 = None if h0 is None else np.asarray(h0)
+        a, b, h0 = _host_arrays(a, b, h0)
     dense = _validate(a, b, h0)
     if out is not None:
         if not (isinstance(out, np.ndarray) or is_device_array(out)):
@@ -455,7 +488,12 @@ def combine(pair2, pair1):
     pairs = []
     for name, pair in (("pair2", pair2), ("pair1", pair1)):
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
-            raise TypeError(f"combine: {name} must be a pair (A, b); got {pair!r:.80}.")
+            got = type(pair).__name__ + (
+                f" of length {len(pair)}" if hasattr(pair, "__len__") else ""
+            )
+            raise TypeError(
+                f"combine: {name} must be a pair (A, b), a tuple of two arrays; got a {got}."
+            )
         pairs.append(tuple(np.asarray(x) for x in pair))
     (A2, b2), (A1, b1) = pairs
     shapes = f"A2.shape={A2.shape}, b2.shape={b2.shape}, A1.shape={A1.shape}, b1.shape={b1.shape}"
@@ -477,6 +515,12 @@ def combine(pair2, pair1):
         raise ValueError(
             f"combine: the leading dimensions of the two pairs do not broadcast; got {shapes}."
         ) from None
+    except TypeError as exc:  # e.g. arrays of strings
+        dtypes = ", ".join(
+            f"{n}.dtype={x.dtype}"
+            for n, x in zip(("A2", "b2", "A1", "b1"), (A2, b2, A1, b1), strict=True)
+        )
+        raise TypeError(f"combine: the pairs must hold numbers; got {dtypes} ({exc}).") from None
 
 
 def _pair_kind(A, b) -> str | None:

@@ -671,6 +671,33 @@ GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
             ValueError,
             r"^linear_scan: unknown backend 'gpu'; available: 'auto', 'sequential', 'cpu'",
         ),
+        # the cast suggested for a bad dtype is the one that also matches the others
+        (
+            (GOOD_A.astype(np.int64), GOOD_B.astype(np.float32)),
+            {},
+            TypeError,
+            r"^linear_scan: expected .*got a\.dtype=int64\. Use a\.astype\(np\.float32\)\.$",
+        ),
+        (
+            (GOOD_A, GOOD_B.astype(np.float32), np.ones((2, 3), ">f8")),
+            {},
+            TypeError,
+            r"share one dtype; .*Cast a\.astype\(np\.float32\), h0\.astype\(np\.float32\)\.$",
+        ),
+        (
+            (GOOD_A, GOOD_B),
+            {"reverse": "False"},
+            TypeError,
+            r"^linear_scan: `reverse` must be True",
+        ),
+        ((GOOD_A, GOOD_B), {"transpose": 1}, TypeError, r"^linear_scan: `transpose` must be True"),
+        (
+            (np.ma.masked_array(GOOD_A, GOOD_A > 0), GOOD_B),
+            {},
+            TypeError,
+            r"^linear_scan: `a` is a masked array.*a\.filled\(value\)",
+        ),
+        (([[1.0, 2.0], [3.0]], GOOD_B), {}, ValueError, r"^linear_scan: `a` is not an array: "),
     ],
 )
 def test_errors(args, kwargs, error, match):
@@ -701,8 +728,15 @@ def test_combine_rejects_mixed_kinds():
         parscan.combine((np.ones(3), np.ones(3)), (np.ones(4), np.ones(4)))
     with pytest.raises(ValueError, match=r"^combine: the leading dimensions .* do not broadcast"):
         parscan.combine((np.ones((2, 3)), np.ones((2, 3))), (np.ones((3, 3)), np.ones((3, 3))))
-    with pytest.raises(TypeError, match=r"^combine: pair2 must be a pair \(A, b\)"):
+    with pytest.raises(
+        TypeError, match=r"^combine: pair2 must be a pair \(A, b\).* tuple of length 3"
+    ):
         parscan.combine((np.ones(3),) * 3, (np.ones(3), np.ones(3)))
+    words = (np.array(["a"]), np.array(["b"]))
+    with pytest.raises(
+        TypeError, match=r"^combine: the pairs must hold numbers; got A2\.dtype=<U1"
+    ):
+        parscan.combine(words, words)
     A, c = parscan.combine((np.ones((4, 3, 3)), np.ones((4, 3))), (np.eye(3), np.ones(3)))
     assert A.shape == (4, 3, 3) and np.array_equal(c, np.full((4, 3), 4.0))
 
@@ -710,3 +744,13 @@ def test_combine_rejects_mixed_kinds():
 def test_out_that_is_not_an_array_is_a_type_error():
     with pytest.raises(TypeError, match=r"^linear_scan: `out` must be an array like `b`"):
         parscan.linear_scan(GOOD_A, GOOD_B, out=[0.0] * GOOD_B.size)
+
+
+@pytest.mark.parametrize("package", ["parscan", "models", "autodiff"])
+def test_dir_lists_the_public_names_and_the_module_attributes(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    listed = dir(module)
+    assert set(module.__all__) <= set(listed) and "__name__" in listed
+    assert all(hasattr(module, name) for name in module.__all__)
