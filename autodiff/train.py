@@ -74,7 +74,8 @@ GTF_SETTINGS = (
 
 
 class TrainingDivergedError(RuntimeError):
-    """``max_bad_steps`` consecutive steps were rejected.
+    """``max_bad_steps`` consecutive steps were rejected, or every step of a run with fewer
+    steps than that (``epochs * batches_per_epoch``).
 
     A step is rejected (parameters and optimiser state unchanged) when its alpha
     re-estimation failed (a NaN/inf Jacobian norm: the model overflows on the data), its
@@ -152,7 +153,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
     dict
         :class:`TrainConfig` field -> suggested value, in the order worth trying: a larger
         GTF alpha while it is below 1 (``alpha_mode="auto"``, else the next larger
-        ``alpha_method``), a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
+        ``alpha_method``), ``newton_max_iter=None`` (the solver's default) after a set
+        one, a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
         float64 after float32.
     """
     remedies = {}
@@ -161,6 +163,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
             remedies["alpha_mode"] = "auto"
         elif config.alpha_method in _LARGER_ALPHA_METHOD:
             remedies["alpha_method"] = _LARGER_ALPHA_METHOD[config.alpha_method]
+    if gtf and config.method == "deer" and config.newton_max_iter is not None:
+        remedies["newton_max_iter"] = None  # deer_solve's default
     remedies["lr_start"] = float(f"{config.lr_start / 3:.3g}")
     if gtf and config.jacobian == "diag":
         remedies["jacobian"] = "full"
@@ -308,7 +312,8 @@ class TrainConfig:
         The lab's L2 regularisation weights (:func:`autodiff.regularization.l2_penalty`): one
         lambda, or ``{"A": .., "W": .., "bias": ..}``. 0 disables it.
     max_bad_steps : int
-        Stop with :class:`TrainingDivergedError` after this many consecutive rejected steps.
+        Stop with :class:`TrainingDivergedError` after this many consecutive rejected steps
+        (or at the end of a shorter run none of whose steps was accepted).
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
@@ -1373,6 +1378,9 @@ def fit(
         state.epoch_pending = False
         return record, last
 
+    # max_bad_steps rejections in a row stop the run -- and so does a run (shorter than that)
+    # none of whose steps was accepted: its "trained" model would be the initial one
+    stop_streak = min(config.max_bad_steps, config.n_steps)
     snap = snapshot()
     t_session = time.perf_counter()
     steps_session = 0
@@ -1440,7 +1448,7 @@ def fit(
                         steps_per_s=steps_session / elapsed if elapsed > 0 else math.inf,
                     )
                 )
-            if state.bad_streak >= config.max_bad_steps:
+            if state.bad_streak >= stop_streak:
                 raise TrainingDivergedError(
                     streak=state.bad_streak,
                     reason=reason,
@@ -1459,7 +1467,7 @@ def fit(
         # The last completed step: finite parameters, consistent state -- unless it ended a
         # streak of max_bad_steps rejections (a callback raised at the step fit would have
         # stopped at): the last checkpoint then stays, and a resume diverges there again.
-        if snap.state.bad_streak < config.max_bad_steps:
+        if snap.state.bad_streak < stop_streak:
             try:
                 write(snap)
             except Exception as failed:  # the original exception matters more

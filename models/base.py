@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from models._checks import FLOAT_DTYPES, Checks, check_float_dtype
+from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
@@ -432,7 +433,8 @@ def reworded_os_error(exc: OSError, message: str) -> OSError:
 
 def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
-    flushed and fsynced, then :func:`os.replace`. Returns ``path``.
+    flushed and fsynced, then :func:`os.replace`. Returns ``path``. SIGINT and SIGTERM that
+    arrive meanwhile act once the file is complete (:func:`models._signals.signals_deferred`).
 
     A new file gets the mode of any newly created file (``0o666`` less the process umask),
     not the private ``0o600`` of :func:`tempfile.mkstemp`; a file replaced keeps its mode.
@@ -442,7 +444,8 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
     """
     path = Path(path)
     try:
-        _write_atomically(path, arrays)
+        with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
+            _write_atomically(path, arrays)
     except OSError as exc:
         raise reworded_os_error(
             exc,

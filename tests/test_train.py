@@ -291,10 +291,31 @@ def test_non_finite_steps_are_rejected(lorenz, monkeypatch):
 
 def test_rejected_step_leaves_parameters_unchanged(lorenz, monkeypatch):
     x, _ = lorenz
-    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({0}))
-    result = fit(small_model(), x, config(epochs=1, batches_per_epoch=1))
-    assert result.n_bad_steps == 1
-    np.testing.assert_array_equal(result.last_params, small_model().params)
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({1}))
+    infos = []
+    fit(small_model(), x, config(epochs=1, batches_per_epoch=2), callback=infos.append)
+    steps = [i for i in infos if isinstance(i, StepInfo)]
+    assert [s.accepted for s in steps] == [True, False]
+    monkeypatch.undo()
+    after_first = fit(small_model(), x, config(epochs=1, batches_per_epoch=1)).last_params
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({1}))
+    result = fit(small_model(), x, config(epochs=1, batches_per_epoch=2))
+    np.testing.assert_array_equal(result.last_params, after_first)
+
+
+def test_a_short_run_with_every_step_rejected_is_an_error_not_a_result(lorenz, monkeypatch):
+    """Fewer steps than max_bad_steps, all rejected: the "trained" model would be the initial
+    one, so fit stops as after max_bad_steps rejections in a row."""
+    x, _ = lorenz
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned(set(range(100))))
+    short = config(epochs=1, batches_per_epoch=3, max_bad_steps=20)
+    with pytest.raises(TrainingDivergedError, match=r"^fit: 3 consecutive steps were rej") as err:
+        fit(small_model(), x, short)
+    np.testing.assert_array_equal(err.value.params, small_model().params)
+    monkeypatch.undo()
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({0, 1}))
+    result = fit(small_model(), x, short)
+    assert result.n_bad_steps == 2  # one accepted step: a result
 
 
 def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp_path, monkeypatch):
@@ -789,10 +810,14 @@ def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
     assert "allow more iterations" not in reason and "alpha='auto'" not in reason
     assert "throw=False" not in reason and "\n" not in reason
     assert f"(last: {reason}) at epoch 1, batch 1" in str(err.value)
-    assert err.value.remedies == {"alpha_mode": "auto", "lr_start": 0.00333}
+    assert err.value.remedies == {
+        "alpha_mode": "auto",
+        "newton_max_iter": None,  # the cap that was set caused it
+        "lr_start": 0.00333,
+    }
     assert str(err.value).endswith(
         "A resume keeps the settings; start a new run with one or more of: alpha_mode='auto', "
-        "lr_start=0.00333, a grad_clip (a bound on the gradient norm)."
+        "newton_max_iter=None, lr_start=0.00333, a grad_clip (a bound on the gradient norm)."
     )
 
 
