@@ -971,3 +971,39 @@ def test_checkpoints_with_settings_refused_since_still_resume(lorenz, tmp_path, 
     _rewrite(path, edit_meta=lambda m: m["train_state"]["config"].update(stale))
     resumed = fit(model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
+
+
+class _Stopped(Exception):
+    """What the test's SIGTERM handler raises."""
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_an_atomic_save_acts_once_it_is_done(tmp_path, monkeypatch, signum):
+    """A second Ctrl-C (or a SIGTERM) while fit writes its checkpoint must not abort the
+    write: it is delivered, to the handler installed before, once the file is in place."""
+    import signal
+
+    import models.base
+
+    signum = getattr(signal, signum)
+    write = models.base._write_atomically
+
+    def signalled_mid_write(path, arrays):
+        signal.raise_signal(signum)  # held back: the write goes on
+        write(path, arrays)
+
+    def stop(*args):
+        raise _Stopped
+
+    monkeypatch.setattr(models.base, "_write_atomically", signalled_mid_write)
+    before = signal.signal(signal.SIGTERM, stop) if signum == signal.SIGTERM else None
+    try:
+        expected = KeyboardInterrupt if signum == signal.SIGINT else _Stopped
+        with pytest.raises(expected):
+            models.base.atomic_save_npz(tmp_path / "file.npz", {"x": np.arange(3.0)}, "test")
+        np.testing.assert_array_equal(np.load(tmp_path / "file.npz")["x"], np.arange(3.0))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is (stop if before is not None else signal.SIG_DFL)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
