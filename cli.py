@@ -14,6 +14,7 @@ import os
 # machines (measured 10x slower SSM gradients on 2 cores). Must precede the NumPy import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -21,7 +22,9 @@ import importlib.metadata
 import json
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
 import tomllib
 import typing
@@ -66,6 +69,7 @@ TRAIN_FIELDS = (
     "validation_interval",
     "validation_steps",
     "validation_starts",
+    "checkpoint_interval",
 )
 
 
@@ -115,6 +119,7 @@ class Settings:
     validation_interval: int = 2
     validation_steps: int = 25_000
     validation_starts: int = 4
+    checkpoint_interval: int = 10
     n_bins: int = 30
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -153,6 +158,7 @@ RESUME_MAY_CHANGE = (
     "backend",
     "threads",
     "validation_interval",
+    "checkpoint_interval",
     "out",
     "resume",
     *OUTPUT_SETTINGS,
@@ -381,14 +387,16 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
     if changed:
         shown = ", ".join(
-            f"{_with_origin(n, given[n], origins)} (the run's: {recorded(n)})" for n in changed
+            f"{_with_origin(n, given[n], origins)} (the run's: "
+            f"{'none' if recorded(n) is None else recorded(n)})"
+            for n in changed
         )
         raise UserError(
             f"--resume continues the run in {run} with its own data, model and training "
             f"settings; {shown} would change them. Drop "
             f"{'it' if len(changed) == 1 else 'them'}, or start a new run in another --out "
-            "(only --epochs, --backend, --threads, validation_interval and the output flags "
-            "may change)."
+            "(only --epochs, --backend, --threads, validation_interval, checkpoint_interval "
+            "and the output flags may change)."
         )
 
 
@@ -441,6 +449,7 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
         "validation_interval",
         "validation_steps",
         "validation_starts",
+        "checkpoint_interval",
         "n_bins",
     ):
         value = getattr(s, name)
@@ -452,6 +461,12 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
             problems.append(f"{_named(name, origins)} must be an integer, got {value!r}")
         elif value is not None and value < 1:
             problems.append(f"{_named(name, origins)} must be >= 1, got {value}")
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
+        problems.append(f"{_named('seed', origins)} must be an integer >= 0, got {s.seed!r}")
+    for name in ("lr_start", "lr_end"):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not 0.0 < _float_or_nan(value) < float("inf"):
+            problems.append(f"{_named(name, origins)} must be a positive number, got {value!r}")
     if s.alpha != "auto" and not 0.0 <= _float_or_nan(s.alpha) <= 1.0:
         problems.append(
             f"{_named('alpha', origins)} must be 'auto' or a number in [0, 1], got {s.alpha!r}"
@@ -614,7 +629,8 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
         x = _load(s.data, "--data", s.data_key, origins.get("data_key"))
         source = f"file {s.data}" + ("" if s.data_key is None else f", array {s.data_key}")
         if s.test_data is None:
-            test_what = "the test data held out from --data (test_fraction in --config)"
+            held_out = _fraction("test_fraction", s, origins)
+            test_what = f"the test data held out from --data ({held_out})"
             x, test = _split(x, s.test_fraction, test_what, TEST_PE_STEPS + 1)
             source += f" (last {test.shape[0]} steps held out as test data)"
     else:
@@ -637,7 +653,7 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
             )
     _check_test(test, test_what)
     train, validation = _split(
-        x, s.validation_fraction, "validation (validation_fraction in --config)", 3
+        x, s.validation_fraction, f"validation ({_fraction('validation_fraction', s, origins)})", 3
     )
     if train.shape[0] < s.sequence_length + 1:
         raise UserError(
@@ -646,6 +662,12 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
             f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
         )
     return Dataset(train, validation, test, source)
+
+
+def _fraction(name: str, s: Settings, origins: dict[str, str]) -> str:
+    """A fraction setting for a message: where a config file set it, else its value and
+    that a config file sets it (no flag does)."""
+    return origins.get(name, f"{name} {getattr(s, name):g}, a --config setting")
 
 
 def _load_test_data(s: Settings, origins: dict[str, str] | None = None) -> np.ndarray:
@@ -777,8 +799,13 @@ def out_dir(s: Settings) -> Path:
         out = Path(s.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
-    has_content = out.is_dir() and any(out.iterdir())
+    has_content = out.is_dir() and any(out.iterdir()) and not _saved_nothing(out)
     if s.resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
+        if _saved_nothing(out):
+            raise UserError(
+                f"--resume: the run in {out} stopped before its first checkpoint, so there is "
+                "nothing to continue; start it again without --resume (--out can be reused)."
+            )
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from.")
     if has_content and not s.resume:
         if (out / "args.json").is_file():
@@ -788,6 +815,18 @@ def out_dir(s: Settings) -> Path:
             )
         raise UserError(f"--out {out} is not empty and holds no parscan run; choose another --out.")
     return out
+
+
+def _saved_nothing(out: Path) -> bool:
+    """``out`` holds a run that stopped before its first checkpoint (killed, or a write that
+    failed): its ``args.json`` and a ``checkpoints`` folder without a checkpoint, nothing
+    else. Such a folder may take a new run: nothing in it would be lost."""
+    return (
+        out.is_dir()
+        and (out / "args.json").is_file()
+        and {p.name for p in out.iterdir()} <= {"args.json", "checkpoints"}
+        and not (out / "checkpoints" / "checkpoint.npz").exists()
+    )
 
 
 def create_out_dir(out: Path) -> None:
@@ -1185,7 +1224,60 @@ def main(ctx, config_path, **flags):
                 f"(parscan-train {ctx.invoked_subcommand} --help)."
             )
         return
-    train(*_resolve(flags, config_path))
+    with _sigterm_as_interrupt():
+        train(*_resolve(flags, config_path))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch system's time limit) during a training run,
+    raised where a Ctrl-C would be, so that ``fit`` checkpoints as it does for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only: elsewhere
+    Python cannot install signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
+    """Report a training run stopped by Ctrl-C or SIGTERM -- what was kept and the command
+    that continues it -- and exit with 130 (143 for SIGTERM). Further Ctrl-Cs are ignored
+    while the report is written, so it is not cut short by a traceback."""
+    what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    checkpoints = out / "checkpoints"
+    resume = f"parscan-train --out {shlex.quote(str(out))} --resume"
+    if trained:
+        told = (
+            f"{what} after training, before all results were written; the checkpoint in "
+            f"{checkpoints} holds the trained run. Write them with: {resume}"
+        )
+    elif (checkpoints / "checkpoint.npz").is_file():
+        told = f"{what}; checkpoint saved in {checkpoints}. Continue with: {resume}"
+    else:
+        told = (
+            f"{what} before a checkpoint was written, so there is nothing to continue; "
+            f"start the run again with the same command (--out {out} can be reused)."
+        )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        click.echo(f"parscan-train: {told}", err=True)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def train(s: Settings, origins: dict[str, str] | None = None) -> None:
@@ -1261,62 +1353,61 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
             warnings.showwarning = progress.show_warning
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)  # worded above
             result = fit(model, data.train, config, callback=progress, **fit_args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): fit checkpointed
         progress.close()
-        click.echo(
-            f"parscan-train: interrupted; checkpoint saved in {out / 'checkpoints'}. "
-            f"Continue with: parscan-train --out {shlex.quote(str(out))} --resume",
-            err=True,
-        )
-        sys.exit(130)
+        _stopped(exc, out, trained=False)
     except TrainingDivergedError as exc:
         progress.close()
         click.echo(f"parscan-train: {_diverged_message(config, exc)}", err=True)
         sys.exit(1)
     progress.close()
-    trained = result.model
-    metadata = {
-        "best_epoch": result.best_epoch,
-        "best_scores": result.best_scores,
-        "settings": settings,
-    }
-    trained.save(out / "model.npz", metadata=metadata)
-    write_history(out / "history.csv", result.history)
-    mean, sd = trained.standardization
-    test = ((data.test - mean) / sd).astype(np.float64)
-    scores = score_test(trained, test, _test_points_fix(s), pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
-    last = result.history[-1] if result.history else {}
-    summary = {
-        "test": scores,
-        "n_bins": _bins_used(scores, s.n_bins),
-        "best_epoch": result.best_epoch,
-        "validation": result.best_scores,
-        "final_loss": last.get("loss"),
-        "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
-        "newton_iters_max": last.get("newton_iters_max") if newton else None,
-        "alpha": result.alpha,
-        "bad_steps": result.n_bad_steps,
-        "train_seconds": result.wall_time,
-    }
-    # the plots show the free run whenever it is finite, also when the evaluation failed
-    # elsewhere (a PE prediction, or a run outside the D_stsp box)
-    generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
-    generated = np.asarray(generated, dtype=np.float64)
-    if np.all(np.isfinite(generated)):
-        note = write_plots(out, test[1:], generated)
-    else:
-        note = "plots skipped: the free run did not produce finite values"
-    summary["wall_seconds"] = time.perf_counter() - started
-    _write_json(out / "metrics.json", summary)
-    _print_summary(out, summary, note)
-    if scores["status"] != "ok":
-        click.echo(
-            f"parscan-train: the trained model does not reconstruct the system; its test "
-            f"evaluation is {_not_measured(scores)}. "
-            + _suggestions(new_run_remedies(config, result.alpha, gtf)),
-            err=True,
-        )
-        sys.exit(1)
+    try:  # a stop now leaves a finished checkpoint: a resume writes the results
+        trained = result.model
+        metadata = {
+            "best_epoch": result.best_epoch,
+            "best_scores": result.best_scores,
+            "settings": settings,
+        }
+        trained.save(out / "model.npz", metadata=metadata)
+        write_history(out / "history.csv", result.history)
+        mean, sd = trained.standardization
+        test = ((data.test - mean) / sd).astype(np.float64)
+        fix = _test_points_fix(s)
+        scores = score_test(trained, test, fix, pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
+        last = result.history[-1] if result.history else {}
+        summary = {
+            "test": scores,
+            "n_bins": _bins_used(scores, s.n_bins),
+            "best_epoch": result.best_epoch,
+            "validation": result.best_scores,
+            "final_loss": last.get("loss"),
+            "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
+            "newton_iters_max": last.get("newton_iters_max") if newton else None,
+            "alpha": result.alpha,
+            "bad_steps": result.n_bad_steps,
+            "train_seconds": result.wall_time,
+        }
+        # the plots show the free run whenever it is finite, also when the evaluation failed
+        # elsewhere (a PE prediction, or a run outside the D_stsp box)
+        generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
+        generated = np.asarray(generated, dtype=np.float64)
+        if np.all(np.isfinite(generated)):
+            note = write_plots(out, test[1:], generated)
+        else:
+            note = "plots skipped: the free run did not produce finite values"
+        summary["wall_seconds"] = time.perf_counter() - started
+        _write_json(out / "metrics.json", summary)
+        _print_summary(out, summary, note)
+        if scores["status"] != "ok":
+            click.echo(
+                f"parscan-train: the trained model does not reconstruct the system; its test "
+                f"evaluation is {_not_measured(scores)}. "
+                + _suggestions(new_run_remedies(config, result.alpha, gtf)),
+                err=True,
+            )
+            sys.exit(1)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, out, trained=True)
 
 
 def _recorded_settings(s: Settings, out: Path) -> dict:

@@ -4,15 +4,20 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import autodiff
 import cli
 import models
 import parscan
+from autodiff.checkpoint import load_checkpoint
 from models.metrics import normalized_spectra
 
 TINY = ["--n-steps", "1500", "-T", "40", "-e", "2", "--batches-per-epoch", "3", "-L", "8", "-q"]
@@ -183,6 +188,68 @@ def test_interrupted_run_saves_and_resumes(tmp_path, monkeypatch):
     result = run("--out", out, "--resume", "-q")
     assert result.exit_code == 0, result.output
     assert len((out / "history.csv").read_text().splitlines()) == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def killed_at_once(*args, **kwargs):
+        raise KeyboardInterrupt  # as if no checkpoint could be written (SIGKILL, a full disk)
+
+    monkeypatch.setattr(autodiff, "fit", killed_at_once)
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 130
+    assert result.output.strip().endswith(
+        "interrupted before a checkpoint was written, so there is nothing to continue; start "
+        f"the run again with the same command (--out {out} can be reused)."
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "checkpoints"]
+    monkeypatch.undo()
+    resumed = run("--out", out, "--resume")
+    assert resumed.exit_code == 2 and "stopped before its first checkpoint" in resumed.output
+    again = run(*TINY, "--out", out)
+    assert again.exit_code == 0, again.output
+    assert (out / "model.npz").is_file()
+
+
+def test_a_stop_after_training_is_finished_by_a_resume(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "score_test", stopped)
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 130
+    assert "interrupted after training, before all results were written" in result.output
+    assert f"Write them with: parscan-train --out {out} --resume" in result.output
+    monkeypatch.undo()
+    finished = run("--out", out, "--resume")
+    assert finished.exit_code == 0, finished.output
+    assert (out / "metrics.json").is_file()
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    """``timeout``, ``kill`` and batch systems stop a run with SIGTERM: it is handled as
+    Ctrl-C is (a checkpoint of the last step), in a real process."""
+    out = tmp_path / "run"
+    config = tmp_path / "long.toml"
+    config.write_text("checkpoint_interval = 1000\n")  # only the stop writes one
+    tiny = [a for a in TINY if a not in ("-q",)]
+    command = [sys.executable, "-c", "import cli; cli.main()", *tiny, "-e", "1000", "-v"]
+    command += ["--config", str(config), "--out", str(out), "--threads", "1"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stderr:
+            if line.startswith("epoch 2/"):
+                process.send_signal(signal.SIGTERM)
+                break
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 143, rest
+    assert f"stopped by SIGTERM; checkpoint saved in {out / 'checkpoints'}" in rest
+    assert "Traceback" not in rest
+    assert load_checkpoint(out / "checkpoints")["state"]["train_state"]["step"] >= 3
+    recorded = json.loads((out / "args.json").read_text())
+    assert recorded["train_config"]["checkpoint_interval"] == 1000
 
 
 @pytest.mark.parametrize(
