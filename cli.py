@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import math
 import platform
 import shlex
 import signal
@@ -855,7 +856,23 @@ def _versions() -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """``obj`` as standard JSON: NaN and inf (a score that was not measurable) become null,
+    which every JSON reader accepts (``json.dumps`` would write ``Infinity``)."""
+    text = json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False)
+    path.write_text(text + "\n")
+
+
+def _finite_or_null(obj):
+    """``obj`` with every non-finite float (NumPy scalars and arrays included) as None."""
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite_or_null(obj.tolist())
+    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj):

@@ -587,7 +587,8 @@ class TrainResult:
     wall_time : float
         Seconds spent in optimiser steps (window sampling, forward, gradient, update), summed
         over resumed sessions: the sum of the history's ``time``, without validation,
-        checkpoint writing and callbacks.
+        checkpoint writing and callbacks (with the compilation of kernels not yet in the
+        on-disk cache, which the first steps of a process trigger).
     checkpoint : pathlib.Path or None
         The final checkpoint, when a directory was given.
     """

@@ -914,3 +914,16 @@ def test_n_bins_in_a_config_file(tmp_path):
     assert cli.resolve_settings({}, str(tmp_path / "eight.toml")).n_bins == 8
     with pytest.raises(cli.UserError, match=r"n_bins in --config .*zero.json must be a positive"):
         cli.resolve_settings({}, str(tmp_path / "zero.json"))
+
+
+def test_result_files_are_standard_json_with_null_for_what_was_not_measured(tmp_path):
+    def refuse(name):
+        raise AssertionError(f"not standard JSON: {name}")
+
+    path = tmp_path / "metrics.json"
+    cli._write_json(path, {"score": np.inf, "runs": [np.float32("nan"), 1.5], "n": np.int64(3)})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "score": None,
+        "runs": [None, 1.5],
+        "n": 3,
+    }
