@@ -1268,6 +1268,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def use_threads(n: int, note: str = "") -> int:
+    """``--threads n``: use ``n`` threads, or as many as there are, with a warning (and
+    ``note``) then; return the number used."""
+    used = set_threads(n)
+    if used < n:
+        limit = "NUMBA_NUM_THREADS" if _env.THREADS is None else "PARSCAN_THREADS"
+        _warn(
+            f"--threads {n}: only {used} threads are available here ({limit}), so {used} are "
+            f"used{note}."
+        )
+    return used
+
+
 def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
     """Report a training run stopped by Ctrl-C or SIGTERM -- what was kept and the command
     that continues it -- and exit with 130 (143 for SIGTERM). Further Ctrl-Cs are ignored
@@ -1311,14 +1324,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
 
     started = time.perf_counter()
     if s.threads is not None:
-        used = set_threads(s.threads)
-        if used < s.threads:
-            limit = "NUMBA_NUM_THREADS" if _env.THREADS is None else "PARSCAN_THREADS"
-            _warn(
-                f"--threads {s.threads}: only {used} threads are available here "
-                f"({limit}), so {used} are used (and recorded in args.json)."
-            )
-            s = replace(s, threads=used)
+        s = replace(s, threads=use_threads(s.threads, " (and recorded in args.json)"))
     elif _env.THREADS is None and numba.get_num_threads() > 1:
         load = machine_load()
         if load is not None:
@@ -1591,8 +1597,9 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 )
 @click.option("--transient", type=int, default=0, show_default=True, help="Dropped steps.")
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
+@click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 def evaluate_command(
-    target, test_data, test_data_key, n_bins, smoothing, pe_steps, transient, out_file
+    target, test_data, test_data_key, n_bins, smoothing, pe_steps, transient, out_file, threads
 ):
     """Score a trained model (a run folder or a model .npz) on test data.
 
@@ -1611,6 +1618,15 @@ def evaluate_command(
     if out_file is not None and not out_file.strip():
         raise UserError("--out must not be empty; name the JSON file to write.")
     path = Path(target)
+    if not path.exists():
+        raise UserError(
+            f"{target}: no such run folder or model file; pass a folder written by "
+            "parscan-train or a model .npz."
+        )
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}.")
+        use_threads(threads)
     destination = (
         Path(out_file)
         if out_file is not None

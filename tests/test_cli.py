@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -513,6 +514,14 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", out, "--test-data-key", "x"), "add --test-data or drop")
     _one_error_line(run("evaluate", out, "--out", ""), "--out must not be empty")
     _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
+    _one_error_line(run("evaluate", tmp_path / "gone"), "gone: no such run folder or model file")
+    _one_error_line(run("evaluate", out, "--threads", 0), "--threads must be >= 1, got 0")
+    saved = numba.get_num_threads()
+    try:
+        threaded = run("evaluate", out, "--threads", 1)
+    finally:
+        numba.set_num_threads(saved)  # --threads holds for the rest of the process
+    assert threaded.exit_code == 0 and threaded.output == run("evaluate", out).output
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
     (out / "args.json").write_text("{")
