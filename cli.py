@@ -1421,10 +1421,10 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         summary["wall_seconds"] = time.perf_counter() - started
         _write_json(out / "metrics.json", summary)
         _print_summary(out, summary, note)
-        if scores["status"] != "ok":
+        failure = _reconstruction_failure(scores, result.best_scores)
+        if failure:
             click.echo(
-                f"parscan-train: the trained model does not reconstruct the system; its test "
-                f"evaluation is {_not_measured(scores)}. "
+                f"parscan-train: the trained model does not reconstruct the system; {failure}. "
                 + _suggestions(new_run_remedies(config, result.alpha, gtf)),
                 err=True,
             )
@@ -1510,6 +1510,22 @@ def _scored_steps(scores: dict) -> str:
     with the transient it dropped before them."""
     dropped = scores["n_steps"] - scores["n_measured"]
     return f"{scores['n_measured']} steps" + (f" after a transient of {dropped}" if dropped else "")
+
+
+def _reconstruction_failure(test: dict, validation: dict | None) -> str | None:
+    """Why a trained model does not reconstruct the system, or None: its test evaluation
+    failed, or no validation of any epoch was measurable -- some of the validation runs
+    from spread-out starting points diverged every time, even if the one test run (from
+    the first test point) did not."""
+    if test["status"] != "ok":
+        return f"its test evaluation is {_not_measured(test)}"
+    if validation is not None and validation["status"] != "ok":
+        return (
+            f"no validation of any epoch was measurable (last: {validation['status']}: a free "
+            "run from one of the spread-out validation points failed), although the test run "
+            "from the first test point was"
+        )
+    return None
 
 
 def _not_measured(scores: dict) -> str:

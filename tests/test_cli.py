@@ -936,3 +936,21 @@ def test_result_files_are_standard_json_with_null_for_what_was_not_measured(tmp_
         "runs": [None, 1.5],
         "n": 3,
     }
+
+
+def test_a_model_no_validation_could_measure_is_a_failed_run(tmp_path, monkeypatch):
+    """Every validation had a free run that diverged: the model fails from some starting
+    points even where the single test run (from the first test point) succeeds."""
+    import autodiff.train
+
+    diverged = {"dstsp": None, "dh": None, "score": np.inf, "status": "diverged"}
+    monkeypatch.setattr(autodiff.train, "_validate", lambda *args: dict(diverged))
+    result = run(*TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert (
+        "the trained model does not reconstruct the system; no validation of any epoch was "
+        "measurable (last: diverged: a free run from one of the spread-out validation points "
+        "failed), although the test run from the first test point was. Try "
+    ) in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["validation"]["score"] is None  # standard JSON
