@@ -327,9 +327,9 @@ def gtf_loss_and_grad(
 
             loss, grad, g0 = deer_loss_and_grad_cuda(model, run.work, z0, keep, n_forced)
         else:
-            loss, grad, g0 = _deer_adjoint(
-                model, z0, forcing, run.states(), keep, n_forced, backend
-            )
+            states = run.states()
+            del run  # its Newton buffers (Jacobians included) go before the adjoint's arrive
+            loss, grad, g0 = _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend)
     grad += model.initial_state_vjp(x0, g0)
     if not (np.isfinite(loss) and np.all(np.isfinite(grad))):
         # The sequential forward, or the adjoint of a converged DEER forward, overflowed: no
@@ -366,28 +366,33 @@ def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):
     """Loss, parameter gradient of the map and ``d loss / d z~_0`` from the converged
     ``states`` (B, T, M) on the host; ``keep`` is ``1 - alpha`` per sequence in the model dtype.
 
-    One ``F`` + ``J`` evaluation at ``[z~_0; z~_1 .. z~_T]`` (as on the GPU,
-    :mod:`autodiff._deer_adjoint_cuda`) gives the predictions ``F(z~_0 .. z~_{T-1})``, the
+    ``F`` + ``J`` at ``z~_1 .. z~_T`` and, apart, at ``z~_0`` (as on the GPU,
+    :mod:`autodiff._deer_adjoint_cuda`) give the predictions ``F(z~_0 .. z~_{T-1})``, the
     Jacobians ``J(z~_1 .. z~_T)`` of the adjoint and ``J(z~_0)`` of the initial-state
-    cotangent; ``F(z~_T)`` is the one value not used.
+    cotangent; ``F(z~_T)`` is the one value not used. Evaluating ``z~_0`` apart keeps the
+    adjoint's Jacobians one contiguous ``(B, T, M, M)`` block that the reverse scan reads in
+    place (a slice of a ``(B, T+1, M, M)`` one it would copy for ``B > 1``).
     """
-    B, T, M = states.shape
     N = forcing.shape[2]
-    zs = np.empty((B, T + 1, M), dtype=states.dtype)
-    zs[:, 0] = z0
-    zs[:, 1:] = states
-    f, jac = model.step_and_jacobian(zs)
-    resid = f[:, :-1, :N] - forcing
+    f0, j0 = model.step_and_jacobian(z0[:, None])
+    f, jac = model.step_and_jacobian(states)
+    resid = np.empty_like(forcing)
+    resid[:, 0] = f0[:, 0, :N] - forcing[:, 0]
+    resid[:, 1:] = f[:, :-1, :N] - forcing[:, 1:]
     loss = float(np.mean(np.square(resid, dtype=np.float64)))
     e = np.zeros_like(states)
     e[..., :N] = resid * (2.0 / resid.size)
+    del f, resid
     # a[t] = J_F(z~_{t+1}) (I - alpha P): Jacobians at the states, forced columns scaled.
     # a[T-1] (at z~_T) multiplies mu_{T+1} = 0 and is never used otherwise.
-    a = jac[:, 1:]
-    a[..., :n_forced] *= keep[:, None, None, None]
-    mu = linear_scan(a, e, reverse=True, transpose=True, backend=backend)
-    grad = model.param_vjp(zs[:, :-1], mu)
-    g0 = np.einsum("bij,bi->bj", jac[:, 0], mu[:, 0])
+    jac[..., :n_forced] *= keep[:, None, None, None]
+    mu = linear_scan(jac, e, reverse=True, transpose=True, backend=backend)
+    del jac, e
+    z_prev = np.empty_like(states)  # z~_0 .. z~_{T-1}, where the parameter VJP is taken
+    z_prev[:, 0] = z0
+    z_prev[:, 1:] = states[:, :-1]
+    grad = model.param_vjp(z_prev, mu)
+    g0 = np.einsum("bij,bi->bj", j0[:, 0], mu[:, 0])
     return loss, grad, g0
 
 
