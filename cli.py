@@ -14,6 +14,9 @@ import os
 # machines (measured 10x slower SSM gradients on 2 cores). Must precede the NumPy import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# Before numba: PARSCAN_THREADS sizes Numba's thread pool only if Numba is not imported yet.
+import parscan  # isort: skip
+
 import contextlib
 import csv
 import datetime
@@ -38,7 +41,6 @@ import click
 import numba
 import numpy as np
 
-import parscan
 from parscan import _env
 from parscan._jit import set_threads
 
@@ -1273,7 +1275,8 @@ def use_threads(n: int, note: str = "") -> int:
     ``note``) then; return the number used."""
     used = set_threads(n)
     if used < n:
-        limit = "NUMBA_NUM_THREADS" if _env.THREADS is None else "PARSCAN_THREADS"
+        sized = _env.POOL_SIZED and used == _env.THREADS
+        limit = "PARSCAN_THREADS" if sized else "NUMBA_NUM_THREADS"
         _warn(
             f"--threads {n}: only {used} threads are available here ({limit}), so {used} are "
             f"used{note}."

@@ -9,6 +9,7 @@ Public API (imported lazily, so ``import parscan`` stays cheap):
   (Lim et al., ICLR 2024; Hess, Goetz & Durstewitz, arXiv:2605.12683).
 """
 
+from parscan import _env  # noqa: F401  (first: PARSCAN_THREADS before Numba's configuration)
 from parscan._lazy import lazy_exports
 
 __version__ = "0.1.0"

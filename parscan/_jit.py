@@ -9,7 +9,6 @@ reassociated so that they vectorise.
 """
 
 import functools
-import os
 import warnings
 
 import numba
@@ -63,34 +62,12 @@ def set_threads(n: int) -> int:
     return n
 
 
-def _limit_every_thread(n: int) -> None:
-    """``PARSCAN_THREADS=n``: at most ``n`` threads in ``prange`` kernels, in every Python
-    thread of the process.
-
-    ``numba.set_num_threads`` holds for the calling Python thread only (others start with all
-    ``NUMBA_NUM_THREADS``), so before Numba launches its threads the pool itself is made
-    ``n`` threads (``NUMBA_NUM_THREADS``, also for child processes; the pool size Numba read
-    at import is private, hence the check that it took). If the pool runs already, only
-    this Python thread can be limited: say so.
-    """
-    from numba.np.ufunc import parallel
-
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    if not parallel._is_initialized and hasattr(parallel, "NUM_THREADS"):
-        os.environ["NUMBA_NUM_THREADS"] = str(n)
-        numba.config.reload_config()
-        parallel.NUM_THREADS = n
-        if numba.get_num_threads() == n:  # launches the pool
-            return
-    set_threads(n)
+if _env.THREADS is not None and not _env.POOL_SIZED:
     warnings.warn(
-        f"PARSCAN_THREADS={n} limits this Python thread only: Numba's "
-        f"{numba.config.NUMBA_NUM_THREADS} threads were launched before parscan was imported "
-        f"and other Python threads use them all. Set NUMBA_NUM_THREADS={n} instead.",
+        f"PARSCAN_THREADS={_env.THREADS} limits only the Python thread that imported parscan "
+        f"(to {set_threads(_env.THREADS)} threads): Numba was imported first, so its thread "
+        f"pool keeps {numba.config.NUMBA_NUM_THREADS} threads for every other Python thread. "
+        "Import parscan before numba, or set NUMBA_NUM_THREADS instead.",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=1,  # at import: no caller line of the user's to point at
     )
-
-
-if _env.THREADS is not None:
-    _limit_every_thread(_env.THREADS)

@@ -373,8 +373,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     -------
     h : ndarray, shape (..., T, D)
         Same shape and dtype as ``b``, in native byte order (C-contiguous; the ``out`` object
-        itself when given, a CuPy array included). A numba device array when the inputs are device arrays
-        (``__cuda_array_interface__``) and ``out`` is None, with no host round trip.
+        itself when given, a CuPy array included). A numba device array when the inputs are
+        device arrays (``__cuda_array_interface__``) and ``out`` is None, with no host round
+        trip.
 
     Raises
     ------

@@ -711,7 +711,8 @@ def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(
     result = run(*tiny, "--method", "sequential", "--threads", "999", "-v", "--out", out)
     assert result.exit_code in (0, 1), result.output
     used = numba.config.NUMBA_NUM_THREADS
-    limit = "NUMBA_NUM_THREADS" if parscan._env.THREADS is None else "PARSCAN_THREADS"
+    sized = parscan._env.POOL_SIZED and used == parscan._env.THREADS
+    limit = "PARSCAN_THREADS" if sized else "NUMBA_NUM_THREADS"
     assert (
         f"parscan-train: warning: --threads 999: only {used} threads are available here "
         f"({limit}), so {used} are used (and recorded in args.json)."

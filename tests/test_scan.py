@@ -526,31 +526,34 @@ def test_thread_count_follows_numba_in_every_python_thread():
 
 
 _THREADS_IN_A_WORKER = """
-import threading, warnings
-import numba
-{before}
+import threading
+{first}
 from parscan._jit import n_threads
+import numba
 seen = []
 worker = threading.Thread(target=lambda: seen.append(n_threads()))
 worker.start()
 worker.join()
-print(n_threads(), seen[0])
+print(n_threads(), seen[0], numba.config.NUMBA_NUM_THREADS)
 """
 
 
 @pytest.mark.parametrize(
-    "before, expected, warned",
-    [("", "1 1", False), ("numba.get_num_threads()  # Numba's threads run already", "1 2", True)],
+    "first, expected, warned",
+    [
+        ("import parscan", "1 1 1", False),  # the pool is sized before Numba reads its config
+        ("import numba", "1 2 2", True),  # too late: only the importing thread is limited
+    ],
 )
-def test_parscan_threads_limits_every_python_thread_or_says_it_cannot(before, expected, warned):
+def test_parscan_threads_limits_every_python_thread_or_says_it_cannot(first, expected, warned):
     env = {**os.environ, "PARSCAN_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    code = _THREADS_IN_A_WORKER.format(before=before)
+    code = _THREADS_IN_A_WORKER.format(first=first)
     done = subprocess.run(
         [sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == expected.split()
-    assert ("RuntimeWarning: PARSCAN_THREADS=1 limits this Python thread only" in done.stderr) == (
+    assert ("RuntimeWarning: PARSCAN_THREADS=1 limits only the Python thread" in done.stderr) == (
         warned
     ), done.stderr
 
