@@ -1152,9 +1152,12 @@ class _OneLineErrors(click.Group):
         except click.ClickException as exc:
             click.echo(f"parscan-train: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("parscan-train: interrupted.", err=True)
-            sys.exit(130)
+        except click.exceptions.Abort as exc:  # Ctrl-C (or SIGTERM) outside training
+            terminated = isinstance(exc.__context__, Terminated)
+            click.echo(
+                f"parscan-train: {'stopped by SIGTERM' if terminated else 'interrupted'}.", err=True
+            )
+            sys.exit(143 if terminated else 130)
 
 
 class _AlphaType(click.ParamType):
@@ -1243,7 +1246,7 @@ def main(ctx, config_path, **flags):
                 f"(parscan-train {ctx.invoked_subcommand} --help)."
             )
         return
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), _threads_restored():
         train(*_resolve(flags, config_path))
 
 
@@ -1255,8 +1258,9 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Within the block, SIGTERM raises :class:`Terminated` (main thread only: elsewhere
-    Python cannot install signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
+    Python cannot install signal handlers; nor where the handler was not installed from
+    Python, which could not be restored)."""
+    if not _python_handles(signal.SIGTERM):
         yield
         return
 
@@ -1268,6 +1272,24 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _python_handles(signum) -> bool:
+    """This thread may replace the handler of ``signum`` and restore it afterwards: the main
+    thread, with a handler installed from Python (``getsignal`` is None otherwise)."""
+    is_main = threading.current_thread() is threading.main_thread()
+    return is_main and signal.getsignal(signum) is not None
+
+
+@contextlib.contextmanager
+def _threads_restored():
+    """A command's ``--threads`` holds until it ends (the count is per Python thread and
+    would outlive the command in a process that runs several, e.g. tests)."""
+    before = numba.get_num_threads()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def use_threads(n: int, note: str = "") -> int:
@@ -1303,12 +1325,12 @@ def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
             f"{what} before a checkpoint was written, so there is nothing to continue; "
             f"start the run again with the same command (--out {out} can be reused)."
         )
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    quiet = _python_handles(signal.SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
     try:
         click.echo(f"parscan-train: {told}", err=True)
     finally:
-        if main_thread:
+        if quiet:
             signal.signal(signal.SIGINT, previous)
     sys.exit(143 if isinstance(exc, Terminated) else 130)
 
@@ -1645,6 +1667,8 @@ def evaluate_command(
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}.")
+        before = numba.get_num_threads()  # restored when the command ends (_threads_restored)
+        click.get_current_context().call_on_close(lambda: numba.set_num_threads(before))
         use_threads(threads)
     destination = (
         Path(out_file)

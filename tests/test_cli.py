@@ -516,12 +516,12 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
     _one_error_line(run("evaluate", tmp_path / "gone"), "gone: no such run folder or model file")
     _one_error_line(run("evaluate", out, "--threads", 0), "--threads must be >= 1, got 0")
-    saved = numba.get_num_threads()
-    try:
+    used = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "set_threads", lambda n: used.append(n) or n)
         threaded = run("evaluate", out, "--threads", 1)
-    finally:
-        numba.set_num_threads(saved)  # --threads holds for the rest of the process
     assert threaded.exit_code == 0 and threaded.output == run("evaluate", out).output
+    assert used == [1]
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
     (out / "args.json").write_text("{")
@@ -955,3 +955,21 @@ def test_a_model_no_validation_could_measure_is_a_failed_run(tmp_path, monkeypat
     ) in result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["validation"]["score"] is None  # standard JSON
+
+
+def test_threads_of_a_command_end_with_it(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    before = numba.get_num_threads()
+    assert run("evaluate", out, "--threads", 1).exit_code == 0
+    assert run(*TINY, "--threads", 1, "--out", tmp_path / "run").exit_code == 0
+    assert numba.get_num_threads() == before
+
+
+def test_sigterm_before_training_exits_143(monkeypatch):
+    def terminated(*args):
+        raise cli.Terminated
+
+    monkeypatch.setattr(cli, "prepare_data", terminated)
+    result = run(*TINY)
+    assert result.exit_code == 143
+    assert result.output.strip() == "parscan-train: stopped by SIGTERM."  # click adds a newline
