@@ -14,12 +14,15 @@ DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold back SIGINT and SIGTERM until the block ends, then deliver each one received
-    (once, in the order they came) to the handler installed before.
+    """Hold back SIGINT and SIGTERM until the block ends; then the first one received is
+    delivered to the handler installed before (a later one would only stop the same
+    process again).
 
-    Only the main thread runs Python signal handlers and may install them: elsewhere the
-    block runs unprotected. A signal whose handler was not installed from Python (Python
-    cannot restore it) is not held back either.
+    If the block raises, its exception propagates and a held signal is dropped: the caller
+    is stopping on that exception already (e.g. an ``OSError`` of the write, which must
+    not be hidden behind a ``KeyboardInterrupt``). Only the main thread runs Python signal
+    handlers and may install them: elsewhere the block runs unprotected; so does a signal
+    whose handler was not installed from Python (Python could not restore it).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -27,17 +30,16 @@ def signals_deferred():
     received = []
 
     def hold(signum, frame):
-        if signum not in received:
-            received.append(signum)
+        received.append(signum)
 
     previous = {}
-    for signum in DEFERRED_SIGNALS:
-        if signal.getsignal(signum) is not None:
-            previous[signum] = signal.signal(signum, hold)
     try:
+        for signum in DEFERRED_SIGNALS:
+            if signal.getsignal(signum) is not None:
+                previous[signum] = signal.signal(signum, hold)
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in received:
-            signal.raise_signal(signum)
+    if received:
+        signal.raise_signal(received[0])

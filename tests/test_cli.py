@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numba
@@ -240,12 +241,18 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     command = [sys.executable, "-c", "import cli; cli.main()", *tiny, "-e", "1000", "-v"]
     command += ["--config", str(config), "--out", str(out), "--threads", "1"]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
-        for line in process.stderr:
-            if line.startswith("epoch 2/"):
-                process.send_signal(signal.SIGTERM)
-                break
-        rest = process.stderr.read()
-        assert process.wait(timeout=60) == 143, rest
+        watchdog = threading.Timer(120, process.kill)  # a regression must not hang the suite
+        watchdog.start()
+        try:
+            for line in process.stderr:
+                if line.startswith("epoch 2/"):
+                    process.send_signal(signal.SIGTERM)
+                    break
+            rest = process.stderr.read()
+        finally:
+            watchdog.cancel()
+            process.kill()  # a no-op once it has exited
+        assert process.wait() == 143, rest
     assert f"stopped by SIGTERM; checkpoint saved in {out / 'checkpoints'}" in rest
     assert "Traceback" not in rest
     assert load_checkpoint(out / "checkpoints")["state"]["train_state"]["step"] >= 3

@@ -995,15 +995,26 @@ def test_a_signal_during_an_atomic_save_acts_once_it_is_done(tmp_path, monkeypat
     def stop(*args):
         raise _Stopped
 
-    monkeypatch.setattr(models.base, "_write_atomically", signalled_mid_write)
-    before = signal.signal(signal.SIGTERM, stop) if signum == signal.SIGTERM else None
+    def failing_write(path, arrays):
+        signal.raise_signal(signum)
+        raise OSError(28, "No space left on device")
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    original_sigterm = handlers[signal.SIGTERM]
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, stop)
+        handlers[signal.SIGTERM] = stop
     try:
+        monkeypatch.setattr(models.base, "_write_atomically", signalled_mid_write)
         expected = KeyboardInterrupt if signum == signal.SIGINT else _Stopped
         with pytest.raises(expected):
             models.base.atomic_save_npz(tmp_path / "file.npz", {"x": np.arange(3.0)}, "test")
         np.testing.assert_array_equal(np.load(tmp_path / "file.npz")["x"], np.arange(3.0))
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert signal.getsignal(signal.SIGTERM) is (stop if before is not None else signal.SIG_DFL)
+        assert all(signal.getsignal(s) is handler for s, handler in handlers.items())
+        # a write that fails says why; the held signal does not hide the error
+        monkeypatch.setattr(models.base, "_write_atomically", failing_write)
+        with pytest.raises(OSError, match="No space left on device"):
+            models.base.atomic_save_npz(tmp_path / "file.npz", {"x": np.arange(3.0)}, "test")
+        assert all(signal.getsignal(s) is handler for s, handler in handlers.items())
     finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGTERM, original_sigterm)
