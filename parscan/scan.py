@@ -145,8 +145,9 @@ def _dtype_problems(a, b, h0) -> list[str]:
     ]
     native = {name: dtype.newbyteorder("=") for name, dtype in named}
     usable = {name: d for name, d in native.items() if d in _NATIVE_DTYPES}
-    # one dtype to cast to, so that the suggested fixes agree: b's if usable, else a's
-    target = usable.get("b", usable.get("a", np.dtype(np.float64)))
+    # one dtype to cast to, so that the suggested fixes agree, and that loses nothing (not
+    # the imaginary part, not precision): the usable dtypes' common type
+    target = np.result_type(*usable.values()) if usable else np.dtype(np.float64)
     problems = [
         f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={dtype}. "
         f"Use {name}.astype(np.{target})."

@@ -685,7 +685,13 @@ GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
             (GOOD_A, GOOD_B.astype(np.float32), np.ones((2, 3), ">f8")),
             {},
             TypeError,
-            r"share one dtype; .*Cast a\.astype\(np\.float32\), h0\.astype\(np\.float32\)\.$",
+            r"share one dtype; .*Cast b\.astype\(np\.float64\)\.$",  # the common type
+        ),
+        (
+            (GOOD_A.astype(np.complex128), GOOD_B.astype(np.float32)),
+            {},
+            TypeError,
+            r"share one dtype; .*Cast b\.astype\(np\.complex128\)\.$",  # a's imaginary part kept
         ),
         (
             (GOOD_A, GOOD_B),
