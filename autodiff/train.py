@@ -41,6 +41,7 @@ from autodiff.regularization import GROUPS, l2_penalty
 from models._checks import FLOAT_DTYPES
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
+from parscan.deer import MAX_ITER_CAP
 
 _CHOICES = {
     "method": ("deer", "sequential"),
@@ -153,8 +154,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
     dict
         :class:`TrainConfig` field -> suggested value, in the order worth trying: a larger
         GTF alpha while it is below 1 (``alpha_mode="auto"``, else the next larger
-        ``alpha_method``), ``newton_max_iter=None`` (the solver's default) after a set
-        one, a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
+        ``alpha_method``), ``newton_max_iter=None`` (the solver's default) after a cap
+        below it, a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
         float64 after float32.
     """
     remedies = {}
@@ -164,7 +165,9 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
         elif config.alpha_method in _LARGER_ALPHA_METHOD:
             remedies["alpha_method"] = _LARGER_ALPHA_METHOD[config.alpha_method]
     if gtf and config.method == "deer" and config.newton_max_iter is not None:
-        remedies["newton_max_iter"] = None  # deer_solve's default
+        solver_default = min(config.sequence_length, MAX_ITER_CAP[config.jacobian])
+        if config.newton_max_iter < solver_default:  # a cap below deer_solve's own
+            remedies["newton_max_iter"] = None
     remedies["lr_start"] = float(f"{config.lr_start / 3:.3g}")
     if gtf and config.jacobian == "diag":
         remedies["jacobian"] = "full"

@@ -1018,3 +1018,15 @@ def test_a_signal_during_an_atomic_save_acts_once_it_is_done(tmp_path, monkeypat
         assert all(signal.getsignal(s) is handler for s, handler in handlers.items())
     finally:
         signal.signal(signal.SIGTERM, original_sigterm)
+
+
+def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
+    from autodiff.train import new_run_remedies
+
+    def remedies(**fields):
+        return new_run_remedies(TrainConfig(sequence_length=200, **fields), 0.1, True)
+
+    assert remedies(newton_max_iter=5)["newton_max_iter"] is None  # back to min(T, 100)
+    assert "newton_max_iter" not in remedies(newton_max_iter=150)  # the default is lower
+    assert "newton_max_iter" not in remedies(jacobian="diag", newton_max_iter=200)
+    assert remedies(jacobian="diag", newton_max_iter=150)["newton_max_iter"] is None
