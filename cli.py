@@ -880,8 +880,6 @@ def _finite_or_null(obj):
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
@@ -1323,7 +1321,7 @@ def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
     else:
         told = (
             f"{what} before a checkpoint was written, so there is nothing to continue; "
-            f"start the run again with the same command (--out {out} can be reused)."
+            f"start the run again (--out {shlex.quote(str(out))} can be reused)."
         )
     quiet = _python_handles(signal.SIGINT)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
@@ -1580,7 +1578,7 @@ def _diverged_message(config, exc) -> str:
     else:
         kept = (
             "No checkpoint was written yet (the first is written after epoch "
-            f"{config.checkpoint_interval})."
+            f"{min(config.checkpoint_interval, config.epochs)})."
         )
     return (
         f"training failed: {exc.streak} consecutive steps were rejected (last: {exc.reason}) "

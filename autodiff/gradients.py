@@ -366,12 +366,13 @@ def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):
     """Loss, parameter gradient of the map and ``d loss / d z~_0`` from the converged
     ``states`` (B, T, M) on the host; ``keep`` is ``1 - alpha`` per sequence in the model dtype.
 
-    ``F`` + ``J`` at ``z~_1 .. z~_T`` and, apart, at ``z~_0`` (as on the GPU,
-    :mod:`autodiff._deer_adjoint_cuda`) give the predictions ``F(z~_0 .. z~_{T-1})``, the
-    Jacobians ``J(z~_1 .. z~_T)`` of the adjoint and ``J(z~_0)`` of the initial-state
-    cotangent; ``F(z~_T)`` is the one value not used. Evaluating ``z~_0`` apart keeps the
-    adjoint's Jacobians one contiguous ``(B, T, M, M)`` block that the reverse scan reads in
-    place (a slice of a ``(B, T+1, M, M)`` one it would copy for ``B > 1``).
+    ``F`` + ``J`` at ``z~_1 .. z~_T`` and, apart, at ``z~_0`` (the GPU,
+    :mod:`autodiff._deer_adjoint_cuda`, evaluates all ``T + 1`` in one pass) give the
+    predictions ``F(z~_0 .. z~_{T-1})``, the Jacobians ``J(z~_1 .. z~_T)`` of the adjoint and
+    ``J(z~_0)`` of the initial-state cotangent; ``F(z~_T)`` is the one value not used.
+    Evaluating ``z~_0`` apart keeps the adjoint's Jacobians one contiguous ``(B, T, M, M)``
+    block that the reverse scan reads in place (a slice of a ``(B, T+1, M, M)`` one it would
+    copy for ``B > 1``).
     """
     N = forcing.shape[2]
     f0, j0 = model.step_and_jacobian(z0[:, None])

@@ -26,6 +26,8 @@ import os
 import subprocess
 import sys
 
+from _timing import versions
+
 #: (model class, M, hidden width or ReLU units, dtype, jacobian, B)
 CASES = [
     ("ClippedShPLRNN", 3, 200, "float64", "full", 1),
@@ -103,12 +105,12 @@ def main() -> None:
         )  # fmt: skip
         function = "deer_solve" if args.solve else "gtf_loss_and_grad"
         row = {"function": function, "model": name, "M": M, "width": width, "dtype": dtype,
-               "jacobian": jacobian, "B": B, "T": args.T}  # fmt: skip
+               "jacobian": jacobian, "B": B, "T": args.T, "threads": 1}  # fmt: skip
         if done.returncode == 0:
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         else:
             row["error"] = done.stderr.strip().splitlines()[-1]
-        print(json.dumps(row), flush=True)
+        print(json.dumps({**row, **versions()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -869,7 +869,7 @@ class NewtonRun:
     def states(self) -> np.ndarray:
         """The final states ``z~_1 .. z~_T``, (B, T, M) on the host in the original order,
         without evaluating the predictions (the GTF-DEER gradient on the host evaluates
-        ``F`` and ``J`` there in one pass)."""
+        ``F`` and ``J`` there itself)."""
         return self.guess if self.work is None else self.work.result()
 
     def result(self, throw: bool) -> DeerResult:

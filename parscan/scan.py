@@ -163,20 +163,21 @@ def _dtype_problems(a, b, h0) -> list[str]:
     return problems
 
 
-def _host_arrays(a, b, h0):
-    """``np.asarray`` of the host inputs, refusing what it would silently change: masked
-    arrays (the mask would be dropped) and ragged nested lists (no array at all)."""
+def _host_arrays(where: str, **inputs):
+    """``np.asarray`` of the host ``inputs`` (name -> array-like or None), in order, refusing
+    what it would silently change: masked arrays (the mask would be dropped) and ragged
+    nested lists (no array at all). Messages start with ``where``."""
     arrays = []
-    for name, x in (("a", a), ("b", b), ("h0", h0)):
+    for name, x in inputs.items():
         if isinstance(x, np.ma.MaskedArray):
             raise TypeError(
-                f"linear_scan: `{name}` is a masked array, and a scan cannot skip masked "
+                f"{where}: `{name}` is a masked array, and a scan cannot skip masked "
                 f"entries; pass {name}.filled(value) with the value they should have."
             )
         try:
             arrays.append(None if x is None else np.asarray(x))
         except ValueError as exc:  # ragged nesting
-            raise ValueError(f"linear_scan: `{name}` is not an array: {exc}") from None
+            raise ValueError(f"{where}: `{name}` is not an array: {exc}") from None
     return arrays
 
 
@@ -428,7 +429,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
 
         a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
     else:
-        a, b, h0 = _host_arrays(a, b, h0)
+        a, b, h0 = _host_arrays("linear_scan", a=a, b=b, h0=h0)
     dense = _validate(a, b, h0)
     if out is not None:
         if not (isinstance(out, np.ndarray) or is_device_array(out)):
@@ -488,15 +489,18 @@ def combine(pair2, pair1):
         ``(A2 A1, A2 b1 + b2)``.
     """
     pairs = []
-    for name, pair in (("pair2", pair2), ("pair1", pair1)):
+    for name, pair, (a_name, b_name) in (
+        ("pair2", pair2, ("A2", "b2")),
+        ("pair1", pair1, ("A1", "b1")),
+    ):
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
             got = type(pair).__name__ + (
                 f" of length {len(pair)}" if hasattr(pair, "__len__") else ""
             )
             raise TypeError(
-                f"combine: {name} must be a pair (A, b), a tuple of two arrays; got a {got}."
+                f"combine: {name} must be a pair (A, b) of arrays (tuple or list); got a {got}."
             )
-        pairs.append(tuple(np.asarray(x) for x in pair))
+        pairs.append(tuple(_host_arrays("combine", **{a_name: pair[0], b_name: pair[1]})))
     (A2, b2), (A1, b1) = pairs
     shapes = f"A2.shape={A2.shape}, b2.shape={b2.shape}, A1.shape={A1.shape}, b1.shape={b1.shape}"
     kinds = [_pair_kind(A, b) for A, b in pairs]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numba
@@ -203,7 +204,7 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path
     assert result.exit_code == 130
     assert result.output.strip().endswith(
         "interrupted before a checkpoint was written, so there is nothing to continue; start "
-        f"the run again with the same command (--out {out} can be reused)."
+        f"the run again (--out {out} can be reused)."
     )
     assert sorted(p.name for p in out.iterdir()) == ["args.json", "checkpoints"]
     monkeypatch.undo()
@@ -675,6 +676,8 @@ def test_diverged_message_names_the_checkpoint_state_and_new_settings():
     text = cli._diverged_message(config, exc)
     assert "20 consecutive steps were rejected (last: deer not converged) in epoch 3" in text
     assert "No checkpoint was written yet (the first is written after epoch 10)" in text
+    short = cli.train_config(replace(s, epochs=4), 3)
+    assert "(the first is written after epoch 4)" in cli._diverged_message(short, exc)
     assert "--jacobian full" in text and "--lr-start 0.002" in text
     assert "--alpha-method" not in text and "--dtype" not in text
 

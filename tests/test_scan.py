@@ -741,6 +741,11 @@ def test_combine_rejects_mixed_kinds():
         TypeError, match=r"^combine: pair2 must be a pair \(A, b\).* tuple of length 3"
     ):
         parscan.combine((np.ones(3),) * 3, (np.ones(3), np.ones(3)))
+    masked = (np.ma.masked_array(np.ones(3), [0, 1, 0]), np.ones(3))
+    with pytest.raises(TypeError, match=r"^combine: `A1` is a masked array"):
+        parscan.combine((np.ones(3), np.ones(3)), masked)
+    with pytest.raises(ValueError, match=r"^combine: `b2` is not an array"):
+        parscan.combine((np.ones(2), [[1.0, 2.0], [3.0]]), (np.ones(2), np.ones(2)))
     words = (np.array(["a"]), np.array(["b"]))
     with pytest.raises(
         TypeError, match=r"^combine: the pairs must hold numbers; got A2\.dtype=<U1"
