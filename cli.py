@@ -991,11 +991,11 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
     _warn(str(message))
 
 
-def score_test(model, test: np.ndarray, fix: str, **options) -> dict:
-    """``models.evaluate(model, test, **options)`` with its warnings as one line each; the
-    warning that too few points were scored for binned D_stsp names the command line's
-    remedies (``fix``, a clause) instead of ``evaluate``'s arguments, and only when the
-    scores were measured."""
+def score_test(model, test: np.ndarray, fix: str, *, n_bins: int, **options) -> dict:
+    """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box) with its
+    warnings as one line each; the warning that too few points were scored for binned D_stsp
+    names the command line's remedies (``fix``, a clause) instead of ``evaluate``'s
+    arguments, and only when the scores were measured."""
     import models
     from models.metrics import StateSpaceResolutionWarning, check_dstsp_resolution
 
@@ -1003,14 +1003,14 @@ def score_test(model, test: np.ndarray, fix: str, **options) -> dict:
         warnings.showwarning = echo_warning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)
-            scores = models.evaluate(model, test, **options)
+            scores = models.evaluate(model, test, n_bins=n_bins, **options)
         if scores["status"] == "ok" and scores["dstsp_method"] == "bins":
             check_dstsp_resolution(
                 scores["n_measured"],
                 test[1:],
                 where="test score",
                 fix=fix,
-                n_bins=options.get("n_bins", 30),
+                n_bins=n_bins,
             )
     return scores
 
