@@ -1573,6 +1573,8 @@ def _suggestions(remedies: dict) -> str:
 
 def _diverged_message(config, exc) -> str:
     """One line for a run that kept producing rejected steps (TrainingDivergedError)."""
+    from autodiff.train import rejections
+
     if exc.checkpoint is not None:
         kept = f"The last good checkpoint is {exc.checkpoint}."
     else:
@@ -1581,7 +1583,7 @@ def _diverged_message(config, exc) -> str:
             f"{min(config.checkpoint_interval, config.epochs)})."
         )
     return (
-        f"training failed: {exc.streak} consecutive steps were rejected (last: {exc.reason}) "
+        f"training failed: {rejections(exc.streak)} (last: {exc.reason}) "
         f"in epoch {exc.epoch} with alpha {exc.alpha:.4g} and learning rate {exc.lr:.3g}. "
         f"{kept} {_suggestions(exc.remedies)}"
     )

@@ -39,6 +39,7 @@ from autodiff.optim import (
 )
 from autodiff.regularization import GROUPS, l2_penalty
 from models._checks import FLOAT_DTYPES
+from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
 from parscan.deer import MAX_ITER_CAP
@@ -118,7 +119,7 @@ class TrainingDivergedError(RuntimeError):
         if not clipped:
             tries.append("a grad_clip (a bound on the gradient norm)")
         super().__init__(
-            f"fit: {streak} consecutive steps were rejected (last: {reason}) at epoch {epoch}, "
+            f"fit: {rejections(streak)} (last: {reason}) at epoch {epoch}, "
             f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
             f"good step{kept}. A resume keeps the settings; start a new run with one or more of: "
             f"{', '.join(tries)}."
@@ -128,6 +129,11 @@ class TrainingDivergedError(RuntimeError):
         self.params = params
         self.checkpoint = checkpoint
         self.remedies = remedies
+
+
+def rejections(streak: int) -> str:
+    """``"4 consecutive steps were rejected"``, in the singular for one."""
+    return "1 step was rejected" if streak == 1 else f"{streak} consecutive steps were rejected"
 
 
 #: ``alpha_method`` -> the one that estimates a larger alpha (DESIGN.md section 4)
@@ -1318,22 +1324,25 @@ def fit(
         )
 
     def write(snap: _Snapshot):
+        """Checkpoint ``snap``; a Ctrl-C or SIGTERM meanwhile (a second one, after the one
+        being handled) acts once it is written, not halfway through building it."""
         if ckpt_file is None:
             return None
-        meta = {
-            "config": config.to_dict(),
-            "rng_state": snap.rng_state,
-            "train_state": dataclasses.asdict(snap.state),
-        }
-        arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
-        for name in _FINGERPRINTED:
-            fingerprint = start.fingerprints[name]
-            meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
-            if fingerprint is not None:
-                arrays[f"{name}_rows"] = fingerprint[1]
-        return save_checkpoint(
-            checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
-        )
+        with signals_deferred():
+            meta = {
+                "config": config.to_dict(),
+                "rng_state": snap.rng_state,
+                "train_state": dataclasses.asdict(snap.state),
+            }
+            arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
+            for name in _FINGERPRINTED:
+                fingerprint = start.fingerprints[name]
+                meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
+                if fingerprint is not None:
+                    arrays[f"{name}_rows"] = fingerprint[1]
+            return save_checkpoint(
+                checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
+            )
 
     def finish_epoch():
         nonlocal best_params

@@ -62,12 +62,22 @@ def set_threads(n: int) -> int:
     return n
 
 
+def _limit_this_thread(n: int) -> None:
+    """``PARSCAN_THREADS=n`` when Numba was imported before parscan (its pool is sized
+    already): limit the importing Python thread, and say that the others keep the whole pool
+    (when it is larger)."""
+    used = set_threads(n)
+    pool = numba.config.NUMBA_NUM_THREADS
+    if pool > used:
+        warnings.warn(
+            f"PARSCAN_THREADS={n} limits only the Python thread that imported parscan (to "
+            f"{used} of {pool} threads): Numba was imported first, so its thread pool keeps "
+            f"all {pool} threads for every other Python thread. Import parscan before numba, "
+            f"or set NUMBA_NUM_THREADS={used} instead.",
+            RuntimeWarning,
+            stacklevel=3,  # at import: the line importing parscan (or the module that did)
+        )
+
+
 if _env.THREADS is not None and not _env.POOL_SIZED:
-    warnings.warn(
-        f"PARSCAN_THREADS={_env.THREADS} limits only the Python thread that imported parscan "
-        f"(to {set_threads(_env.THREADS)} threads): Numba was imported first, so its thread "
-        f"pool keeps {numba.config.NUMBA_NUM_THREADS} threads for every other Python thread. "
-        "Import parscan before numba, or set NUMBA_NUM_THREADS instead.",
-        RuntimeWarning,
-        stacklevel=1,  # at import: no caller line of the user's to point at
-    )
+    _limit_this_thread(_env.THREADS)
