@@ -1030,3 +1030,21 @@ def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
     assert "newton_max_iter" not in remedies(newton_max_iter=150)  # the default is lower
     assert "newton_max_iter" not in remedies(jacobian="diag", newton_max_iter=200)
     assert remedies(jacobian="diag", newton_max_iter=150)["newton_max_iter"] is None
+
+
+def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(lorenz, tmp_path, monkeypatch):
+    import signal
+
+    x, _ = lorenz
+    real = autodiff.train.save_checkpoint
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # before the file write's own protection starts
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autodiff.train, "save_checkpoint", interrupted)
+    cfg = config(epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path)["state"]["train_state"]["step"] == cfg.n_steps
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
