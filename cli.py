@@ -28,7 +28,6 @@ import platform
 import shlex
 import signal
 import sys
-import threading
 import time
 import tomllib
 import typing
@@ -41,6 +40,7 @@ import click
 import numba
 import numpy as np
 
+from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
 
@@ -1258,7 +1258,7 @@ def _sigterm_as_interrupt():
     """Within the block, SIGTERM raises :class:`Terminated` (main thread only: elsewhere
     Python cannot install signal handlers; nor where the handler was not installed from
     Python, which could not be restored)."""
-    if not _python_handles(signal.SIGTERM):
+    if not python_handles(signal.SIGTERM):
         yield
         return
 
@@ -1270,13 +1270,6 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _python_handles(signum) -> bool:
-    """This thread may replace the handler of ``signum`` and restore it afterwards: the main
-    thread, with a handler installed from Python (``getsignal`` is None otherwise)."""
-    is_main = threading.current_thread() is threading.main_thread()
-    return is_main and signal.getsignal(signum) is not None
 
 
 @contextlib.contextmanager
@@ -1323,7 +1316,7 @@ def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
             f"{what} before a checkpoint was written, so there is nothing to continue; "
             f"start the run again (--out {shlex.quote(str(out))} can be reused)."
         )
-    quiet = _python_handles(signal.SIGINT)
+    quiet = python_handles(signal.SIGINT)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
     try:
         click.echo(f"parscan-train: {told}", err=True)
@@ -1667,8 +1660,7 @@ def evaluate_command(
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be >= 1, got {threads}.")
-        before = numba.get_num_threads()  # restored when the command ends (_threads_restored)
-        click.get_current_context().call_on_close(lambda: numba.set_num_threads(before))
+        click.get_current_context().with_resource(_threads_restored())
         use_threads(threads)
     destination = (
         Path(out_file)

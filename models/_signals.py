@@ -12,6 +12,14 @@ import threading
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def python_handles(signum) -> bool:
+    """This thread may replace the handler of ``signum`` and restore it afterwards: the main
+    thread (only it runs Python signal handlers and may install them), with a handler
+    installed from Python (``getsignal`` is None otherwise, and could not be restored)."""
+    is_main = threading.current_thread() is threading.main_thread()
+    return is_main and signal.getsignal(signum) is not None
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Hold back SIGINT and SIGTERM until the block ends; then the first one received is
@@ -24,9 +32,6 @@ def signals_deferred():
     handlers and may install them: elsewhere the block runs unprotected; so does a signal
     whose handler was not installed from Python (Python could not restore it).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received = []
 
     def hold(signum, frame):
@@ -35,7 +40,7 @@ def signals_deferred():
     previous = {}
     try:
         for signum in DEFERRED_SIGNALS:
-            if signal.getsignal(signum) is not None:
+            if python_handles(signum):
                 previous[signum] = signal.signal(signum, hold)
         yield
     finally:
