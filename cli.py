@@ -313,6 +313,7 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
         name: f"{spelled[name]} in --config {config_path}" for name in merged if name not in given
     }
     merged.update(given)
+    this_command = set(merged)
     saved = None
     if merged.get("resume"):
         if merged.get("out") is None:
@@ -347,7 +348,7 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
-    _check_settings(settings, origins)
+    _check_settings(settings, origins, this_command)
     return settings, origins
 
 
@@ -420,9 +421,13 @@ def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None
     return f"{option} names an array in an .npz file; {file_option} {path} is not one, {fix}"
 
 
-def _check_settings(s: Settings, origins: dict[str, str]) -> None:
+def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collection[str]) -> None:
     """Refuse settings that cannot run, all problems in one message; ``origins``: where the
-    settings that the flags did not give were set (see :func:`_resolve`)."""
+    settings that the flags did not give were set (see :func:`_resolve`); ``given``: the
+    settings this command sets (flags and config file), refused where the run would not use
+    them even at their defaults."""
+    from autodiff.train import MIN_SCORED_STEPS
+
     problems = [
         f"{_named(name, origins)}: no such file {getattr(s, name)}"
         for name in PATH_SETTINGS
@@ -440,7 +445,7 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
             problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
         problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
-    inapplicable = _inapplicable_training_settings(s, origins)
+    inapplicable = _inapplicable_training_settings(s, origins, given)
     if inapplicable:
         problems.append(inapplicable)
     for name in (
@@ -458,6 +463,11 @@ def _check_settings(s: Settings, origins: dict[str, str]) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{_named(name, origins)} must be a positive integer, got {value!r}")
+        elif name == "validation_steps" and value < MIN_SCORED_STEPS:
+            problems.append(
+                f"{_named(name, origins)} must be >= {MIN_SCORED_STEPS} (D_H compares spectra "
+                f"of at least {MIN_SCORED_STEPS} points), got {value}"
+            )
     for name in ("latent_dim", "hidden_dim", "n_relu", "threads"):
         value = getattr(s, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -529,23 +539,32 @@ def train_config(s: Settings, n_obs: int):
     return config
 
 
-def _unused_settings(s: Settings) -> list[str]:
-    """The settings a run with ``s`` would not use, not at their defaults
-    (:func:`autodiff.train.inapplicable_settings`, the rule :func:`autodiff.fit` applies:
-    the GTF-DEER ones for a state-space model, the Newton ones for ``--method sequential``),
-    by their :class:`Settings` names."""
-    from autodiff.train import TrainConfig, inapplicable_settings
+def _unused_settings(s: Settings, given: typing.Collection[str] = ()) -> list[str]:
+    """The settings a run with ``s`` would not use (:func:`autodiff.train.unused_fields`, the
+    rule :func:`autodiff.fit` applies: the GTF-DEER ones for a state-space model, the Newton
+    ones for ``--method sequential``), by their :class:`Settings` names: those not at their
+    defaults (:func:`autodiff.train.inapplicable_settings`), and those in ``given`` (set by
+    this command's flags or config file) whatever their values."""
+    from autodiff.train import TrainConfig, inapplicable_settings, unused_fields
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
-    names = inapplicable_settings(config, s.model not in SSM_NAMES)
-    return list(dict.fromkeys("alpha" if name == "alpha_mode" else name for name in names))
+    latent_rnn = s.model not in SSM_NAMES
+    off_default = inapplicable_settings(config, latent_rnn)
+    names = ("alpha" if name == "alpha_mode" else name for name in off_default)
+    given_unused = (
+        "alpha" if name == "alpha_mode" else name
+        for name in unused_fields(config.method, latent_rnn)
+    )
+    return list(dict.fromkeys([*names, *(name for name in given_unused if name in given)]))
 
 
-def _inapplicable_training_settings(s: Settings, origins: dict[str, str]) -> str | None:
-    """:func:`_unused_settings` as a problem, each named by its flag and where it was set when
-    not by the flag (``origins``), or None."""
-    shown = _unused_settings(s)
+def _inapplicable_training_settings(
+    s: Settings, origins: dict[str, str], given: typing.Collection[str]
+) -> str | None:
+    """:func:`_unused_settings` (``given``: the settings this command sets) as a problem, each
+    named by its flag and where it was set when not by the flag (``origins``), or None."""
+    shown = _unused_settings(s, given)
     if not shown:
         return None
     given = ", ".join(_with_origin(name, getattr(s, name), origins) for name in shown)
@@ -991,35 +1010,44 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
     _warn(str(message))
 
 
-def score_test(model, test: np.ndarray, fix: str, *, n_bins: int, **options) -> dict:
+def score_test(
+    model, test: np.ndarray, *, dstsp_fix: str, dh_fix: str, n_bins: int, **options
+) -> dict:
     """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box) with its
-    warnings as one line each; the warning that too few points were scored for binned D_stsp
-    names the command line's remedies (``fix``, a clause) instead of ``evaluate``'s
-    arguments, and only when the scores were measured."""
+    warnings as one line each; the warnings that too few points were scored for binned D_stsp
+    or for D_H's smoothing name the command line's remedies (``dstsp_fix``, ``dh_fix``:
+    clauses) instead of ``evaluate``'s arguments, and only when the scores were measured."""
     import models
-    from models.metrics import StateSpaceResolutionWarning, check_dstsp_resolution
+    from models.metrics import (
+        DH_SMOOTHING,
+        SpectrumResolutionWarning,
+        StateSpaceResolutionWarning,
+        check_dh_resolution,
+        check_dstsp_resolution,
+    )
 
     with warnings.catch_warnings():
         warnings.showwarning = echo_warning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)
+            warnings.simplefilter("ignore", SpectrumResolutionWarning)
             scores = models.evaluate(model, test, n_bins=n_bins, **options)
         if scores["status"] == "ok" and scores["dstsp_method"] == "bins":
             check_dstsp_resolution(
-                scores["n_measured"],
-                test[1:],
-                where="test score",
-                fix=fix,
-                n_bins=n_bins,
+                scores["n_measured"], test[1:], where="test score", fix=dstsp_fix, n_bins=n_bins
             )
+        if scores["status"] == "ok":
+            compared = min(scores["n_measured"], test.shape[0] - 1)
+            smoothing = options.get("smoothing", DH_SMOOTHING)
+            check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
 
 
 def warn_validation_resolution(validation: np.ndarray, config) -> None:
-    """The warning ``fit`` gives once when its validation runs score too few points for
-    binned D_stsp, worded for the command line (``fit``'s names ``validation_data`` and
-    ``validation_n_bins`` are no options here)."""
-    from models.metrics import check_dstsp_resolution
+    """The warnings ``fit`` gives once when its validation runs score too few points for
+    binned D_stsp or for D_H's smoothing, worded for the command line (``fit``'s names
+    ``validation_data`` and ``validation_n_bins`` are no options here)."""
+    from models.metrics import DH_SMOOTHING, check_dh_resolution, check_dstsp_resolution
 
     with warnings.catch_warnings():
         warnings.showwarning = echo_warning
@@ -1031,17 +1059,24 @@ def warn_validation_resolution(validation: np.ndarray, config) -> None:
             "(--config), or lower --n-bins",
             n_bins=config.validation_n_bins,
         )
+        check_dh_resolution(
+            min(config.validation_steps, validation.shape[0] - 1),
+            DH_SMOOTHING,
+            where="validation",
+            fix="each validation run compares at most validation_steps points and no more "
+            "than the validation part holds; raise validation_steps or validation_fraction "
+            "(--config)",
+        )
 
 
-def _test_points_fix(s: "Settings") -> str:
-    """How a training run scores more test points (the clause of :func:`score_test`)."""
+def _test_points(s: "Settings") -> str:
+    """Which test points a training run scores and how it scores more (a clause of the
+    warnings of :func:`score_test`)."""
     if s.test_data is not None:
-        more = "every step of --test-data after the first is scored; pass a longer --test-data"
-    elif s.data is not None:
-        more = "the held-out tail of --data is scored; pass a longer --data or --test-data"
-    else:
-        more = "the generated test trajectory is scored; raise --n-steps"
-    return f"{more}, or lower --n-bins"
+        return "every step of --test-data after the first is scored; pass a longer --test-data"
+    if s.data is not None:
+        return "the held-out tail of --data is scored; pass a longer --data or --test-data"
+    return "the generated test trajectory is scored; raise --n-steps"
 
 
 def _warn(text: str) -> None:
@@ -1159,13 +1194,13 @@ class _OneLineErrors(click.Group):
 
 
 class _AlphaType(click.ParamType):
+    """``--alpha``, as written (lower-cased); its range is checked with the other settings,
+    so that every problem of a command line is reported at once."""
+
     name = "FLOAT|auto"
 
     def convert(self, value, param, ctx):
-        text = str(value).strip().lower()
-        if text == "auto" or 0.0 <= _float_or_nan(text) <= 1.0:
-            return text
-        self.fail(f"{value!r} is neither 'auto' nor a number in [0, 1]", param, ctx)
+        return str(value).strip().lower()
 
 
 def _choice(*options):
@@ -1336,7 +1371,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
     from models.data import column_mean_sd
-    from models.metrics import StateSpaceResolutionWarning
+    from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
 
     started = time.perf_counter()
     if s.threads is not None:
@@ -1391,6 +1426,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.showwarning = progress.show_warning
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)  # worded above
+            warnings.simplefilter("ignore", SpectrumResolutionWarning)
             result = fit(model, data.train, config, callback=progress, **fit_args)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): fit checkpointed
         progress.close()
@@ -1411,8 +1447,14 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         write_history(out / "history.csv", result.history)
         mean, sd = trained.standardization
         test = ((data.test - mean) / sd).astype(np.float64)
-        fix = _test_points_fix(s)
-        scores = score_test(trained, test, fix, pe_steps=TEST_PE_STEPS, n_bins=s.n_bins)
+        scores = score_test(
+            trained,
+            test,
+            dstsp_fix=f"{_test_points(s)}, or lower --n-bins",
+            dh_fix=_test_points(s),
+            pe_steps=TEST_PE_STEPS,
+            n_bins=s.n_bins,
+        )
         last = result.history[-1] if result.history else {}
         summary = {
             "test": scores,
@@ -1705,11 +1747,12 @@ def evaluate_command(
             warn_if_far(raw, mean, sd, f"--test-data {test_data}")
         raw = (raw - mean) / sd
     try:
+        scored = "the test data's steps after --transient are scored; pass a longer --test-data"
         scores = score_test(
             model,
             raw,
-            "the test data's steps after --transient are scored; pass a longer --test-data, "
-            "lower --transient or lower --n-bins",
+            dstsp_fix=f"{scored}, lower --transient or lower --n-bins",
+            dh_fix=f"{scored}, lower --transient or lower --smoothing",
             n_bins=n_bins,
             smoothing=smoothing,
             pe_steps=pe_steps,

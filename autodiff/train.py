@@ -60,6 +60,9 @@ RESUMABLE_CHANGES = frozenset(
 #: config fields added since checkpoints were first written: a stored config without them was
 #: written before they existed, by a run that used their defaults, and reads them as such
 _LATER_FIELDS = ("validation_n_bins",)
+#: points D_stsp and D_H need in each trajectory they compare (models.metrics): the least
+#: ``validation_steps`` and the least validation data after its first point
+MIN_SCORED_STEPS = 2
 #: config fields of the DEER (Newton) forward, which ``method="sequential"`` does not run
 DEER_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
 #: config fields of generalized teacher forcing and its forward, which a state-space model
@@ -204,15 +207,21 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
         model those of :data:`GTF_SETTINGS` (``method`` and the alpha, Jacobian and Newton
         settings); none otherwise. A field at its default is never listed.
     """
-    if latent_rnn:
-        names = DEER_SETTINGS if config.method == "sequential" else ()
-    else:
-        names = GTF_SETTINGS
+    names = unused_fields(config.method, latent_rnn)
     return [
         f.name
         for f in dataclasses.fields(TrainConfig)
         if f.name in names and getattr(config, f.name) != f.default
     ]
+
+
+def unused_fields(method: str, latent_rnn: bool) -> tuple[str, ...]:
+    """The :class:`TrainConfig` fields a run does not use, whatever their values: those of
+    :data:`DEER_SETTINGS` for a latent RNN trained with ``method="sequential"``, those of
+    :data:`GTF_SETTINGS` for a state-space model, none otherwise (``method="deer"``)."""
+    if latent_rnn:
+        return DEER_SETTINGS if method == "sequential" else ()
+    return GTF_SETTINGS
 
 
 def _refusal(config: "TrainConfig", names: list[str], scope: str, reason: str) -> str:
@@ -326,8 +335,9 @@ class TrainConfig:
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
-        Length of each validation free run (None: ``len(validation_data) - 1``). It may
-        exceed that: a longer free run makes D_stsp against a short validation set less noisy.
+        Length of each validation free run, at least 2 (None: ``len(validation_data) - 1``).
+        It may exceed that: a longer free run makes D_stsp against a short validation set
+        less noisy.
     validation_starts : int
         Number of validation free runs, from evenly spaced validation points, run as one
         batch; the score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with
@@ -413,7 +423,7 @@ class TrainConfig:
         for name in ("alpha_interval", "checkpoint_interval", "max_bad_steps"):
             integer(name, 1)
         integer("validation_interval", 1)
-        integer("validation_steps", 1, optional=True)
+        integer("validation_steps", MIN_SCORED_STEPS, optional=True)
         integer("validation_starts", 1)
         integer("validation_n_bins", 1)
         integer("newton_max_iter", 1, optional=True)
@@ -690,66 +700,65 @@ def _check_data(model, data, validation_data, config):
     return data, validation_data
 
 
-#: points D_stsp and D_H need in each trajectory they compare (models.metrics)
-_MIN_SCORED_STEPS = 2
-
-
 def _check_validation_length(validation_data, validation_steps):
     """Raise unless :func:`_validate` can score runs on ``validation_data``: the free runs start
     at validation points and are compared with ``validation_data[1:]`` (D_stsp) and with its
     first ``min(validation_steps, T_val - 1)`` points (D_H), each needing
-    ``_MIN_SCORED_STEPS`` points without a constant dimension."""
+    ``MIN_SCORED_STEPS`` points without a constant dimension."""
     where = "fit"
     n_val = validation_data.shape[0]
-    if n_val - 1 < _MIN_SCORED_STEPS:
+    if n_val - 1 < MIN_SCORED_STEPS:
         raise ValueError(
-            f"{where}: validation_data needs at least {_MIN_SCORED_STEPS + 1} time steps (the "
+            f"{where}: validation_data needs at least {MIN_SCORED_STEPS + 1} time steps (the "
             f"free runs are scored against validation_data[1:], and D_stsp and D_H need "
-            f"{_MIN_SCORED_STEPS} points); got {n_val}. Pass a longer validation trajectory or "
+            f"{MIN_SCORED_STEPS} points); got {n_val}. Pass a longer validation trajectory or "
             "validation_data=None."
-        )
-    if validation_steps is not None and validation_steps < _MIN_SCORED_STEPS:
-        raise ValueError(
-            f"{where}: validation_steps must be >= {_MIN_SCORED_STEPS} (D_H compares spectra "
-            f"of at least {_MIN_SCORED_STEPS} points); got {validation_steps}. Raise "
-            "validation_steps or leave it None (len(validation_data) - 1)."
         )
     length = n_val - 1 if validation_steps is None else min(validation_steps, n_val - 1)
     check_trajectory(
         validation_data[1 : 1 + length],
         where,
         name=f"validation_data[1:{1 + length}] (the part the validation runs are scored on)",
-        min_steps=_MIN_SCORED_STEPS,
+        min_steps=MIN_SCORED_STEPS,
     )
 
 
 def _check_validation_resolution(validation_data, validation_steps, n_bins):
     """Warn once, in ``fit``'s terms, when the validation runs are too short for a binned
     D_stsp with ``n_bins`` bins per axis against ``validation_data[1:]``
-    (:func:`models.metrics.check_dstsp_resolution`; :func:`_validate` then scores without
-    repeating it)."""
-    from models.metrics import check_dstsp_resolution
+    (:func:`models.metrics.check_dstsp_resolution`) or for D_H's smoothing
+    (:func:`models.metrics.check_dh_resolution`); :func:`_validate` then scores without
+    repeating them."""
+    from models.metrics import DH_SMOOTHING, check_dh_resolution, check_dstsp_resolution
 
-    n_points = validation_data.shape[0] - 1 if validation_steps is None else validation_steps
+    n_val = validation_data.shape[0] - 1
+    n_points = n_val if validation_steps is None else validation_steps
     fix = (
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
         "pass a longer validation_data or raise validation_steps, or lower validation_n_bins"
     )
-    # stacklevel 3: the warning points at the user's call of fit (this helper, fit, its caller)
+    # stacklevel 3: the warnings point at the user's call of fit (this helper, fit, its caller)
     check_dstsp_resolution(
         n_points, validation_data[1:], where="fit", fix=fix, n_bins=n_bins, stacklevel=3
     )
+    fix = (
+        "each validation run compares min(validation_steps, len(validation_data) - 1) "
+        "points; pass a longer validation_data or raise validation_steps"
+    )
+    compared = min(n_points, n_val)
+    check_dh_resolution(compared, DH_SMOOTHING, where="fit", fix=fix, stacklevel=3)
 
 
 def _validate(model, validation_data, steps, starts, n_bins):
     """Free-run score on the validation trajectory: mean D_stsp (``n_bins`` bins per axis) +
-    D_H over ``starts`` runs (inf when not measurable). Their D_stsp resolution was checked
-    once, at the start (:func:`_check_validation_resolution`)."""
-    from models.metrics import StateSpaceResolutionWarning, evaluate
+    D_H over ``starts`` runs (inf when not measurable). Their resolution was checked once, at
+    the start (:func:`_check_validation_resolution`)."""
+    from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning, evaluate
 
     starts = min(starts, validation_data.shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StateSpaceResolutionWarning)
+        warnings.simplefilter("ignore", SpectrumResolutionWarning)
         out = evaluate(
             model,
             validation_data,

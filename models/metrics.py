@@ -37,6 +37,8 @@ MEASURES = ("dstsp", "dh", "pe", "lyapunov")
 #: :func:`evaluate` scores D_stsp with bins below this many dimensions and with the Gaussian
 #: mixture from it on (the lab's rule).
 GMM_MIN_DIMS = 6
+#: D_H's default Gaussian smoothing width in frequency bins (the lab's sigma).
+DH_SMOOTHING = 20.0
 #: D_H warns when a spectrum has fewer than this many frequency bins per unit of ``smoothing``.
 MIN_BINS_PER_SMOOTHING = 10
 #: Binned D_stsp warns when a generated run has fewer than this many points per bin that the
@@ -401,22 +403,37 @@ class SpectrumResolutionWarning(UserWarning):
     and the distance cannot tell different signals apart."""
 
 
-def _check_resolution(n_steps, smoothing, where, stacklevel):
-    """Warn (:class:`SpectrumResolutionWarning`) when ``n_steps`` points give fewer than
-    ``MIN_BINS_PER_SMOOTHING * smoothing`` frequency bins.
+def check_dh_resolution(n_points, smoothing, *, where, fix, stacklevel=1):
+    """Warn (:class:`SpectrumResolutionWarning`, naming ``where``) when D_H of ``n_points``
+    points gives fewer than ``MIN_BINS_PER_SMOOTHING * smoothing`` frequency bins -- the
+    check :func:`power_spectrum_distance` and :func:`evaluate` make, for a caller that scores
+    many such runs (``fit``'s validation) or words the remedy ``fix`` (a clause: how its user
+    compares more points or smooths less) in its own terms.
 
     Below that the Gaussian kernel (support ``+-4 smoothing`` bins) spans a large part of the
     spectrum: on 40 points with the lab's ``smoothing=20`` a sine scores D_H 0.005 against
-    white noise (0.82 on 2,000 points)."""
-    n_freq = n_steps // 2 + 1
+    white noise (0.82 on 2,000 points).
+
+    Parameters
+    ----------
+    n_points : int
+        Points of each compared series.
+    smoothing : float
+        As for :func:`power_spectrum_distance` (0: no smoothing, no warning).
+    where, fix : str
+        The function the warning names, and how its user compares more points.
+    stacklevel : int
+        As for :func:`check_dstsp_resolution`.
+    """
+    n_freq = n_points // 2 + 1
     if smoothing > 0 and n_freq < MIN_BINS_PER_SMOOTHING * smoothing:
         needed = 2 * math.ceil(MIN_BINS_PER_SMOOTHING * smoothing) - 2
         warnings.warn(
             SpectrumResolutionWarning(
-                f"{where}: D_H of {n_steps} points has {n_freq} frequency bins, fewer than "
+                f"{where}: D_H of {n_points} points has {n_freq} frequency bins, fewer than "
                 f"{MIN_BINS_PER_SMOOTHING} x smoothing ({smoothing:g}); smoothing flattens both "
-                f"spectra and D_H cannot tell signals apart. Compare at least {needed} points "
-                f"or lower smoothing."
+                f"spectra and D_H cannot tell signals apart. Compare at least {needed} points: "
+                f"{fix}."
             ),
             stacklevel=stacklevel + 1,
         )
@@ -439,7 +456,7 @@ def normalized_spectra(x, smoothing):
     return spectra
 
 
-def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=False):
+def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimension=False):
     """D_H: mean over dimensions of the Hellinger distance between power spectra.
 
     Per dimension and trajectory: standardise, power spectrum ``|rfft|^2``, smooth with a
@@ -480,7 +497,8 @@ def power_spectrum_distance(x_true, x_gen, smoothing=20.0, *, per_dimension=Fals
                 f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
             )
         smoothing = checks.real(smoothing, "smoothing", positive=False)
-    _check_resolution(x_true.shape[0], smoothing, where, stacklevel=2)
+    fix = "pass longer series or lower smoothing"
+    check_dh_resolution(x_true.shape[0], smoothing, where=where, fix=fix, stacklevel=2)
     h = _hellinger_per_dimension(normalized_spectra(x_true, smoothing), x_gen, smoothing)
     mean = float(h.mean())
     return (mean, h) if per_dimension else mean
@@ -886,7 +904,7 @@ def evaluate(
     dstsp_method=None,
     box="minmax",
     sigma2=1.0,
-    smoothing=20.0,
+    smoothing=DH_SMOOTHING,
     pe_steps=20,
     diverge_factor=1e3,
     seed=0,
@@ -1015,7 +1033,11 @@ def evaluate(
     n_measured = n_steps - transient
     dh_length = min(n_measured, x_test.shape[0] - 1)
     if "dh" in measures:
-        _check_resolution(dh_length, smoothing, where, stacklevel=2)
+        fix = (
+            "min(n_steps - transient, len(x_test) - 1) points are compared; pass a longer "
+            "x_test, lower transient or lower smoothing"
+        )
+        check_dh_resolution(dh_length, smoothing, where=where, fix=fix, stacklevel=2)
     binned = "dstsp" in measures and dstsp_method == "bins"
     if binned:  # the test data's box and bins are computed once, for every run
         reference = _binned_reference(x_test[1:], n_bins, box)

@@ -133,7 +133,14 @@ def test_evaluate_warns_in_one_line_when_the_test_data_are_short_for_dh(finished
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if "warning" in line]
     assert len(warned) == 1, result.output
-    assert warned[0].startswith("parscan-train: warning: evaluate: D_H of 299 points")
+    assert warned[0].startswith("parscan-train: warning: test score: D_H of 299 points")
+    assert warned[0].endswith(
+        "Compare at least 398 points: the test data's steps after --transient are scored; "
+        "pass a longer --test-data, lower --transient or lower --smoothing."
+    )
+    quiet = run("evaluate", out / "model.npz", "--test-data", tmp_path / "short.npy",
+                "--smoothing", "5")  # fmt: skip
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
 
 
 @pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
@@ -153,6 +160,32 @@ def test_too_few_test_points_for_dstsp_warn_with_the_command_line_remedies(finis
         assert len(warned) == 1, result.output
         assert warned[0].startswith("parscan-train: warning: test score: binned D_stsp of ")
         assert warned[0].endswith(fix) and "n_steps" not in warned[0]
+
+
+@pytest.mark.filterwarnings("always::models.metrics.SpectrumResolutionWarning")
+def test_short_training_test_data_warn_for_dh_with_the_command_line_remedies(tmp_path):
+    """No ``smoothing`` in training's remedies: it has no such option."""
+    x = models.generate("lorenz63", 2000, seed=3)
+    np.save(tmp_path / "train.npy", x)
+    np.save(tmp_path / "test.npy", x[:300])
+    config = tmp_path / "short_validation.toml"
+    config.write_text("validation_steps = 300\n")
+    result = run("--data", tmp_path / "train.npy", "--test-data", tmp_path / "test.npy",
+                 "-T", 20, "-L", 8, "-e", 1, "--batches-per-epoch", 2, "--n-bins", 4,
+                 "--config", config, "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "D_H of" in line]
+    assert warned == [
+        "parscan-train: warning: validation: D_H of 300 points has 151 frequency bins, fewer "
+        "than 10 x smoothing (20); smoothing flattens both spectra and D_H cannot tell signals "
+        "apart. Compare at least 398 points: each validation run compares at most "
+        "validation_steps points and no more than the validation part holds; raise "
+        "validation_steps or validation_fraction (--config).",
+        "parscan-train: warning: test score: D_H of 299 points has 150 frequency bins, fewer "
+        "than 10 x smoothing (20); smoothing flattens both spectra and D_H cannot tell signals "
+        "apart. Compare at least 398 points: every step of --test-data after the first is "
+        "scored; pass a longer --test-data.",
+    ], result.output
 
 
 @pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
@@ -309,6 +342,8 @@ def _bad_files(tmp_path):
         "validation_fraction = 0.9\ntest_fraction = 0.95\nvalidation-steps = 0\nnoise = -1\n"
     )
     (tmp_path / "generator.toml").write_text('system = "rossler"\n')
+    (tmp_path / "gtf.toml").write_text('alpha_method = "geomean"\n')
+    (tmp_path / "steps.toml").write_text("validation_steps = 1\nepochs = 0\n")
 
 
 @pytest.mark.parametrize(
@@ -327,6 +362,18 @@ def _bad_files(tmp_path):
             "linear-ssm; drop them.",
         ),
         (["--model", "selective-ssm", "--method", "sequential"], "--method sequential: it"),
+        # given, they are refused at their defaults too: the run would ignore them
+        (
+            ["--model", "linear-ssm", "--method", "deer", "--alpha", "auto"],
+            "--method deer, --alpha auto: they apply to the latent RNNs (GTF-DEER), not "
+            "linear-ssm; drop them.",
+        ),
+        (
+            ["--model", "selective-ssm", "--config", "{tmp}/gtf.toml"],
+            "--alpha-method geomean (alpha_method in --config {tmp}/gtf.toml): it applies to the "
+            "latent RNNs",
+        ),
+        (["--method", "sequential", "--jacobian", "full"], "--jacobian full: it applies to"),
         (
             ["--method", "sequential", "--jacobian", "diag"],
             "--jacobian diag: it applies to --method deer (the sequential method runs no Newton",
@@ -338,7 +385,13 @@ def _bad_files(tmp_path):
                 "cuda" in parscan.available_backends(), reason="a CUDA GPU is present"
             ),
         ),
-        (["--alpha", "1.5"], "alpha"),
+        (["--alpha", "1.5"], "--alpha must be 'auto' or a number in [0, 1], got '1.5'"),
+        # checked with the other settings: every problem at once
+        (
+            ["--alpha", "x", "--lr-start", "-1"],
+            "--lr-start must be a positive number, got -1.0; "
+            "--alpha must be 'auto' or a number in [0, 1]",
+        ),
         (["--epochs", "0"], "epochs"),
         (["--n-bins", "0"], "--n-bins must be a positive integer, got 0."),
         (
@@ -422,6 +475,12 @@ def _bad_files(tmp_path):
             "noise in --config {tmp}/ranges.toml must be in [0, 10), got -1.0.",
         ),
         (["--data", "{tmp}/short.npy", "--config", "{tmp}/generator.toml"], "system in --config"),
+        (
+            ["--config", "{tmp}/steps.toml"],
+            "epochs in --config {tmp}/steps.toml must be a positive integer, got 0; "
+            "validation_steps in --config {tmp}/steps.toml must be >= 2 (D_H compares spectra "
+            "of at least 2 points), got 1.",
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):

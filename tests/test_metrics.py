@@ -322,7 +322,10 @@ def test_dh_warns_when_the_series_is_too_short_for_the_smoothing():
     with pytest.warns(SpectrumResolutionWarning, match=r"power_spectrum_distance: D_H of 40 po"):
         flat = power_spectrum_distance(sine[:40], noise[:40])
     assert flat < 0.05  # why it warns: smoothing over 21 bins erases the difference
-    with pytest.warns(SpectrumResolutionWarning, match=r"at least 38 points or lower smoothing"):
+    with pytest.warns(
+        SpectrumResolutionWarning,
+        match=r"at least 38 points: pass longer series or lower smoothing\.$",
+    ):
         power_spectrum_distance(sine[:37], noise[:37], smoothing=2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpectrumResolutionWarning)

@@ -456,7 +456,7 @@ def test_config_dtype_accepts_numpy_float_types_and_dtypes_as_their_names():
         ({"l2": {"V": 1.0}}, ValueError, "l2 has unknown groups"),
         ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
-        ({"validation_steps": 0}, ValueError, "validation_steps must be >= 1"),
+        ({"validation_steps": 1}, ValueError, "validation_steps must be >= 2"),
         ({"validation_starts": 0}, ValueError, "validation_starts must be >= 1"),
         ({"validation_n_bins": 0}, ValueError, "validation_n_bins must be >= 1"),
         (
@@ -825,8 +825,6 @@ def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
     x, xv = lorenz
     with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
         fit(small_model(), x, config(), validation_data=xv[:2], checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="fit: validation_steps must be >= 2"):
-        fit(small_model(), x, config(validation_steps=1), validation_data=xv)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
     result = fit(small_model(), x, config(epochs=1, batches_per_epoch=2), validation_data=xv[:3])
     assert result.best_scores is not None
@@ -886,6 +884,27 @@ def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
     assert messages[0].endswith(
         "each validation run scores validation_steps points (None: len(validation_data) - 1); "
         "pass a longer validation_data or raise validation_steps, or lower validation_n_bins."
+    )
+
+
+def test_validation_runs_short_for_dh_warn_once_in_fits_terms(lorenz):
+    import warnings
+
+    from models.metrics import SpectrumResolutionWarning
+
+    x, val = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2, validation_interval=1, validation_steps=300)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(small_model(), x, cfg, validation_data=val)
+    found = [w for w in caught if w.category is SpectrumResolutionWarning]
+    assert len(found) == 1, [str(w.message) for w in found]
+    assert found[0].filename == __file__
+    assert str(found[0].message).startswith("fit: D_H of 300 points has 151 frequency bins")
+    assert str(found[0].message).endswith(
+        "Compare at least 398 points: each validation run compares min(validation_steps, "
+        "len(validation_data) - 1) points; pass a longer validation_data or raise "
+        "validation_steps."
     )
 
 
