@@ -14,6 +14,8 @@ Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (RAdam), 
 
 import inspect
 import math
+import sys
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -199,6 +201,11 @@ class Adam:
     def from_state_dict(cls, state: dict) -> "Adam":
         """Rebuild an optimiser from :meth:`state_dict` output; continues bit-identically."""
         where = f"{cls.__name__}.from_state_dict"
+        if not isinstance(state, Mapping):  # a dict, or the NpzFile of a saved one
+            raise TypeError(
+                f"{where}: state must be the dict of {cls.__name__}.state_dict(); got "
+                f"{type(state).__name__}."
+            )
         keys = ("kind", "m", "v", "t", "beta1", "beta2", "eps", "dtype")
         missing = [k for k in keys if k not in state]
         if missing:
@@ -227,13 +234,17 @@ class Adam:
                 f"{where}: step counter t must be an integer scalar >= 0; got {t.dtype} {t!r}."
             )
         t = int(t)
-        opt = cls(
-            m.size,
-            beta1=float(np.asarray(state["beta1"])),
-            beta2=float(np.asarray(state["beta2"])),
-            eps=float(np.asarray(state["eps"])),
-            dtype=dtype,
-        )
+        try:
+            opt = cls(
+                m.size,
+                beta1=float(np.asarray(state["beta1"])),
+                beta2=float(np.asarray(state["beta2"])),
+                eps=float(np.asarray(state["eps"])),
+                dtype=dtype,
+            )
+        except (TypeError, ValueError) as exc:
+            problem = str(exc).removeprefix(f"{cls.__name__}: ")
+            raise ValueError(f"{where}: the state is damaged: {problem}") from None
         opt.m[...] = m
         opt.v[...] = v
         opt.t = t
@@ -306,7 +317,8 @@ class ExponentialDecay:
     Parameters
     ----------
     lr_start, lr_end : float
-        Positive, finite learning rates.
+        Positive, finite learning rates whose ratio is a normal float (between about 1e-308
+        and 1e308).
     n_steps : int
         Number of optimiser steps of the run, >= 1.
     """
@@ -316,6 +328,14 @@ class ExponentialDecay:
             self.lr_start = checks.real(lr_start, "lr_start", positive=True)
             self.lr_end = checks.real(lr_end, "lr_end", positive=True)
             self.n_steps = checks.integer(n_steps, "n_steps")
+            if checks.ok("lr_start", "lr_end"):
+                ratio = self.lr_end / self.lr_start
+                if not sys.float_info.min <= ratio <= sys.float_info.max:
+                    checks.add(
+                        f"lr_end / lr_start = {self.lr_end!r} / {self.lr_start!r} is beyond the "
+                        "range of a float (about 1e-308 to 1e308), so the decay cannot be "
+                        "computed; choose learning rates closer to each other."
+                    )
 
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""

@@ -382,9 +382,10 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     Raises
     ------
     TypeError
-        Integer, non-float, or mixed dtypes (all of ``a, b, h0`` must be one of float32,
-        float64, complex64, complex128); host and device arrays mixed; a masked array (a scan
-        cannot skip entries: pass ``x.filled(value)``); ``reverse``/``transpose`` not a bool.
+        ``a`` or ``b`` None; integer, non-float, or mixed dtypes (all of ``a, b, h0`` must be
+        one of float32, float64, complex64, complex128); host and device arrays mixed; a
+        masked array (a scan cannot skip entries: pass ``x.filled(value)``);
+        ``reverse``/``transpose`` not a bool.
     ValueError
         Wrong ndim or shapes, ``h0`` of the wrong shape, ragged nested lists, unknown or
         unavailable backend, an unsuitable ``out``.
@@ -417,6 +418,10 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     for name, flag in (("reverse", reverse), ("transpose", transpose)):
         if not isinstance(flag, bool | np.bool_):
             raise TypeError(f"linear_scan: `{name}` must be True or False; got {flag!r}.")
+    missing = [f"`{name}`" for name, x in (("a", a), ("b", b)) if x is None]
+    if missing:
+        what = "must be arrays" if len(missing) == 2 else "must be an array"
+        raise TypeError(f"linear_scan: {' and '.join(missing)} {what}; got None.")
     on_device = any(is_device_array(x) for x in (a, b, h0, out))
     backend = _check_backend(backend, on_device)
     if on_device:
@@ -487,6 +492,15 @@ def combine(pair2, pair1):
     -------
     (A, b) : tuple of ndarray
         ``(A2 A1, A2 b1 + b2)``.
+
+    Raises
+    ------
+    TypeError
+        A pair that is not a 2-tuple/list, a masked array, a non-number dtype (bool, object,
+        strings: integer, float and complex are combined as NumPy does).
+    ValueError
+        Ragged nested lists, pairs of different kinds (diagonal/dense) or ``D``, leading
+        dimensions that do not broadcast.
     """
     pairs = []
     for name, pair, (a_name, b_name) in (
@@ -512,21 +526,25 @@ def combine(pair2, pair1):
         )
     if b2.shape[-1:] != b1.shape[-1:]:
         raise ValueError(f"combine: the two pairs must share D; got {shapes}.")
-    dense2 = kinds[0] == "dense"
+    named = dict(zip(("A2", "b2", "A1", "b1"), (A2, b2, A1, b1), strict=True))
+    if any(x.dtype.kind not in _NUMBER_KINDS for x in named.values()):
+        dtypes = ", ".join(f"{n}.dtype={x.dtype}" for n, x in named.items())
+        raise TypeError(
+            f"combine: the pairs must hold numbers (integer, float or complex; bools would "
+            f"combine by logical and/or); got {dtypes}. Cast them, e.g. .astype(np.float64)."
+        )
     try:
-        if dense2:
+        if kinds[0] == "dense":
             return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
         return A2 * A1, A2 * b1 + b2
     except ValueError:
         raise ValueError(
             f"combine: the leading dimensions of the two pairs do not broadcast; got {shapes}."
         ) from None
-    except TypeError as exc:  # e.g. arrays of strings
-        dtypes = ", ".join(
-            f"{n}.dtype={x.dtype}"
-            for n, x in zip(("A2", "b2", "A1", "b1"), (A2, b2, A1, b1), strict=True)
-        )
-        raise TypeError(f"combine: the pairs must hold numbers; got {dtypes} ({exc}).") from None
+
+
+#: dtype kinds :func:`combine` computes with: signed and unsigned integers, floats, complex
+_NUMBER_KINDS = "iufc"
 
 
 def _pair_kind(A, b) -> str | None:

@@ -161,9 +161,13 @@ def test_state_dict_is_a_copy_and_checked():
         ("t", np.array(2.7), "t must be an integer scalar >= 0; got float64"),
         ("t", np.array([1, 2]), "t must be an integer scalar"),
         ("t", np.array(-1), "t must be an integer scalar >= 0"),
+        ("beta1", np.array(1.5), "the state is damaged: beta1 must be in"),
+        ("eps", np.array("x"), "the state is damaged: could not convert"),
     ]:
-        with pytest.raises(ValueError, match=f"Adam.from_state_dict: .*{message}"):
+        with pytest.raises(ValueError, match=f"^Adam.from_state_dict: .*{message}"):
             Adam.from_state_dict({**state, key: value})
+    with pytest.raises(TypeError, match=r"^Adam.from_state_dict: state must be the dict of"):
+        Adam.from_state_dict(None)
 
 
 def test_step_validation_leaves_state_untouched():
@@ -288,6 +292,11 @@ def test_constructors_report_every_bad_hyperparameter_at_once():
         "ExponentialDecay: lr_start must be finite and > 0; got -1.0. lr_end must be finite and "
         "> 0; got 0.0. n_steps must be >= 1; got 0."
     )
+    for lr_start, lr_end in [(1e-200, 1e200), (1e200, 1e-200)]:  # the ratio is inf / 0
+        with pytest.raises(ValueError, match=r"^ExponentialDecay: lr_end / lr_start = .* beyond"):
+            ExponentialDecay(lr_start, lr_end, 10)
+    wide = ExponentialDecay(1e-150, 1e150, 3)
+    assert wide(1) == pytest.approx(1.0) and wide(2) == 1e150
 
 
 def test_a_wrong_kind_makes_a_type_error_that_still_lists_the_bad_values():

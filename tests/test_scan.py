@@ -747,12 +747,25 @@ def test_combine_rejects_mixed_kinds():
     with pytest.raises(ValueError, match=r"^combine: `b2` is not an array"):
         parscan.combine((np.ones(2), [[1.0, 2.0], [3.0]]), (np.ones(2), np.ones(2)))
     words = (np.array(["a"]), np.array(["b"]))
-    with pytest.raises(
-        TypeError, match=r"^combine: the pairs must hold numbers; got A2\.dtype=<U1"
-    ):
+    with pytest.raises(TypeError, match=r"^combine: the pairs must hold numbers .*A2\.dtype=<U1"):
         parscan.combine(words, words)
+    flags = (np.array([True]), np.array([True]))  # would give b = True, not 2
+    with pytest.raises(TypeError, match=r"A2\.dtype=bool.*Cast them, e\.g\. \.astype"):
+        parscan.combine(flags, flags)
+    objects = (np.array([1.0], dtype=object), np.array([1.0]))
+    with pytest.raises(TypeError, match=r"must hold numbers .*A1\.dtype=object"):
+        parscan.combine((np.ones(1), np.ones(1)), objects)
+    A, c = parscan.combine((np.full(2, 2), np.ones(2, np.int64)), (np.ones(2), np.ones(2)))
+    assert np.array_equal(A, [2.0, 2.0]) and np.array_equal(c, [3.0, 3.0])
     A, c = parscan.combine((np.ones((4, 3, 3)), np.ones((4, 3))), (np.eye(3), np.ones(3)))
     assert A.shape == (4, 3, 3) and np.array_equal(c, np.full((4, 3), 4.0))
+
+
+def test_missing_a_or_b_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^linear_scan: `a` must be an array; got None\.$"):
+        parscan.linear_scan(None, GOOD_B)
+    with pytest.raises(TypeError, match=r"^linear_scan: `a` and `b` must be arrays; got None"):
+        parscan.linear_scan(None, None)
 
 
 def test_out_that_is_not_an_array_is_a_type_error():
