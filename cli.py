@@ -550,13 +550,10 @@ def _unused_settings(s: Settings, given: typing.Collection[str] = ()) -> list[st
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
     latent_rnn = s.model not in SSM_NAMES
-    off_default = inapplicable_settings(config, latent_rnn)
-    names = ("alpha" if name == "alpha_mode" else name for name in off_default)
-    given_unused = (
-        "alpha" if name == "alpha_mode" else name
-        for name in unused_fields(config.method, latent_rnn)
-    )
-    return list(dict.fromkeys([*names, *(name for name in given_unused if name in given)]))
+    off_default = set(inapplicable_settings(config, latent_rnn))
+    unused = unused_fields(config.method, latent_rnn)
+    named = {field: "alpha" if field == "alpha_mode" else field for field in unused}
+    return list(dict.fromkeys(named[f] for f in unused if f in off_default or named[f] in given))
 
 
 def _inapplicable_training_settings(
@@ -567,13 +564,13 @@ def _inapplicable_training_settings(
     shown = _unused_settings(s, given)
     if not shown:
         return None
-    given = ", ".join(_with_origin(name, getattr(s, name), origins) for name in shown)
+    named = ", ".join(_with_origin(name, getattr(s, name), origins) for name in shown)
     if s.model in SSM_NAMES:
         scope = f"the latent RNNs (GTF-DEER), not {s.model}"
     else:
         scope = "--method deer (the sequential method runs no Newton iterations)"
     verb, pronoun = ("it applies", "it") if len(shown) == 1 else ("they apply", "them")
-    return f"{given}: {verb} to {scope}; drop {pronoun}"
+    return f"{named}: {verb} to {scope}; drop {pronoun}"
 
 
 # ------------------------------------------------------------------------------------------
