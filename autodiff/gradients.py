@@ -39,14 +39,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models._checks import check_finite_windows
+from models._checks import as_array, check_finite_windows, refusal
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
+from parscan._arguments import bool_problem, masked_problem
 from parscan.deer import (
     BACKENDS,
     Caller,
     DeerStatus,
+    check_newton_limits,
     device_resident,
     either,
     gtf_remedies,
@@ -122,8 +124,10 @@ class GradInfo:
         return float(self.newton_iters.mean()) if self.newton_iters.size else 0.0
 
 
-def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
-    """Validate; return ``(data, alpha, n_forced)`` with alpha a float, ndarray (B,) or "auto"."""
+def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, tol, max_iter):
+    """Validate every argument of :func:`gtf_loss_and_grad` (for either method); return
+    ``(data, alpha, n_forced, throw)`` with data an ndarray, alpha a float, ndarray (B,) or
+    "auto" and throw a bool."""
     where = "gtf_loss_and_grad"
     if not isinstance(model, LatentRNN):
         raise TypeError(
@@ -131,11 +135,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
             f"ClippedShPLRNN, ALRNN, PLRNN); got {type(model).__name__}. State-space models "
             "are trained teacher-forced: use autodiff.ssm_gradients.ssm_loss_and_grad."
         )
-    if not isinstance(data, np.ndarray):
-        raise TypeError(
-            f"{where}: data must be a numpy array of shape (B, T+1, N); got "
-            f"{type(data).__name__}. Use np.asarray(data, dtype=np.{model.dtype})."
-        )
+    given, data = data, as_array(data, "data", where)
     type_errors, value_errors = [], []
     if data.dtype != model.dtype:
         other = (
@@ -143,9 +143,13 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
             if data.dtype in (np.float32, np.float64)
             else ""
         )
+        cast = (
+            f"data.astype(np.{model.dtype})"
+            if isinstance(given, np.ndarray)
+            else f"np.asarray(data, dtype=np.{model.dtype})"
+        )
         type_errors.append(
-            f"data must have the model dtype {model.dtype}; got {data.dtype}. Use "
-            f"data.astype(np.{model.dtype}){other}."
+            f"data must have the model dtype {model.dtype}; got {data.dtype}. Use {cast}{other}."
         )
     if data.ndim != 3 or data.shape[1] < 2 or data.shape[2] != model.n_obs or data.shape[0] < 1:
         value_errors.append(
@@ -158,6 +162,14 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
         value_errors.append(f"backend must be one of {BACKENDS}; got {backend!r}.")
     if jacobian not in JACOBIANS:
         value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
+    check_newton_limits(tol, max_iter, {"type": type_errors, "value": value_errors})
+    given = {"jacobian": jacobian} if jacobian != "full" else {}
+    given.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
+    if method == "sequential" and given:
+        value_errors.append(sequential_refusal(given))
+    problem = bool_problem(throw, "`throw`")
+    if problem is not None:
+        type_errors.append(problem)
     N = model.n_obs
     if n_forced is None:
         n_forced = N
@@ -165,7 +177,10 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
         type_errors.append(f"n_forced must be an int or None; got {type(n_forced).__name__}.")
     elif not 0 <= n_forced <= N:
         value_errors.append(f"n_forced must be in [0, N={N}]; got {n_forced}.")
-    if isinstance(alpha, str):
+    masked = masked_problem(alpha, "alpha")
+    if masked is not None:
+        type_errors.append(masked)
+    elif isinstance(alpha, str):
         if alpha != "auto":
             value_errors.append(
                 f"alpha must be a float in [0, 1], an array or 'auto'; got {alpha!r}."
@@ -195,7 +210,16 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend):
     if value_errors:
         raise ValueError(f"{where}: " + " ".join(value_errors))
     check_finite_windows(data, where)
-    return data, alpha, int(n_forced)
+    return data, alpha, int(n_forced), bool(throw)
+
+
+def sequential_refusal(given: dict) -> str:
+    """The refusal of the DEER forward's settings ``given`` (name -> value) with
+    ``method="sequential"``, which runs the forward without Newton iterations (for this
+    module's ``jacobian``/``tol``/``max_iter`` and :class:`autodiff.TrainConfig`'s
+    ``jacobian``/``newton_tol``/``newton_max_iter``)."""
+    reason = "method='sequential' (BPTT) runs the forward without Newton iterations"
+    return refusal(given, "method='deer' (the DEER forward)", reason) + " or use method='deer'."
 
 
 def _cuda_adjoint_problems(model, method, backend) -> list[str]:
@@ -234,8 +258,9 @@ def gtf_loss_and_grad(
     model : models.base.LatentRNN
         ShPLRNN, ClippedShPLRNN, ALRNN or PLRNN (state-space models are trained with
         :func:`autodiff.ssm_gradients.ssm_loss_and_grad` instead).
-    data : ndarray, shape (B, T+1, N)
-        Windows ``x_0 .. x_T`` of the model dtype, finite, ``T >= 1``, ``N = model.n_obs``.
+    data : array_like, shape (B, T+1, N)
+        Windows ``x_0 .. x_T`` of the model dtype (a list of Python floats is float64),
+        finite, ``T >= 1``, ``N = model.n_obs``; converted once (a masked array is refused).
         ``x_0`` initialises ``z~_0 = model.initial_state(x_0)``; ``x_1 .. x_T`` are the targets
         and the forcing signal.
     alpha : float in [0, 1], ndarray of shape (B,), or "auto"
@@ -249,16 +274,17 @@ def gtf_loss_and_grad(
         Number of forced latents (the first ones), ``0 <= n_forced <= N``; default ``N``.
     jacobian : {"full", "diag"}
         Newton (DEER) or quasi-Newton (quasi-DEER, diagonal Jacobian) forward solve. The
-        adjoint always uses the full Jacobian, so the gradient is exact either way. Ignored by
-        ``method="sequential"``.
+        adjoint always uses the full Jacobian, so the gradient is exact either way. With
+        ``method="sequential"`` (no Newton solve) only ``"full"``, the default, is accepted.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the DEER solver and the reverse scan; ignored by ``method="sequential"``.
         ``"cuda"`` with the models of ``models/`` keeps the Newton iterations, the loss and
         the adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
     throw : bool
-        If the DEER forward does not converge: raise :class:`parscan.DeerConvergenceError`
-        (True) or return ``(nan, None, info)`` with ``info.status`` and ``info.message`` (the
-        error's text: counts, iterations and remedies) saying why (False). A
+        ``True`` or ``False`` (a NumPy bool too). If the DEER forward does not converge:
+        raise :class:`parscan.DeerConvergenceError` (True) or return ``(nan, None, info)``
+        with ``info.status`` and ``info.message`` (the error's text: counts, iterations and
+        remedies) saying why (False). A
         gradient of an unconverged (wrong) trajectory is never returned. A loss or gradient
         that is not finite although the forward ran (the sequential forward overflowed, or
         the adjoint of a converged DEER forward did: ``|dF/dz| > 1`` along an unforced
@@ -267,8 +293,8 @@ def gtf_loss_and_grad(
         ``throw`` is (``info.message`` then tells an overflow from finite inputs from NaN/inf
         in the model parameters).
     tol, max_iter : optional
-        Passed to :func:`parscan.deer_solve` (its defaults when None); not used (and not
-        checked) by ``method="sequential"``.
+        Passed to :func:`parscan.deer_solve` (its defaults when None). ``method="sequential"``
+        has no Newton iterations: it refuses them unless None.
 
     Returns
     -------
@@ -287,13 +313,17 @@ def gtf_loss_and_grad(
     ------
     TypeError, ValueError
         Wrong model kind, dtype, shapes, alpha, method, jacobian, backend, ``throw``, ``tol``
-        or ``max_iter``; non-finite data.
+        or ``max_iter`` (checked for either method; ``method="sequential"`` refuses
+        ``jacobian``, ``tol`` and ``max_iter`` off their defaults); a masked array; non-finite
+        data.
     parscan.DeerConvergenceError
         The DEER forward did not converge and ``throw=True`` (its message gives the remedies
         that fit the run, in this function's terms; never raised by ``method="sequential"``).
         Every message starts with ``gtf_loss_and_grad:``.
     """
-    data, alpha, n_forced = _check_args(model, data, alpha, method, n_forced, jacobian, backend)
+    data, alpha, n_forced, throw = _check_args(
+        model, data, alpha, method, n_forced, jacobian, backend, throw, tol, max_iter
+    )
     x0 = data[:, 0]
     forcing = data[:, 1:]
     auto = isinstance(alpha, str)

@@ -38,10 +38,11 @@ from autodiff.optim import (
     make_optimizer,
 )
 from autodiff.regularization import GROUPS, l2_penalty
-from models._checks import FLOAT_DTYPES
+from models._checks import FLOAT_DTYPES, check_bool, refusal
 from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
+from parscan._arguments import bool_problem
 from parscan.deer import MAX_ITER_CAP
 
 _CHOICES = {
@@ -224,15 +225,10 @@ def unused_fields(method: str, latent_rnn: bool) -> tuple[str, ...]:
     return GTF_SETTINGS
 
 
-def _refusal(config: "TrainConfig", names: list[str], scope: str, reason: str) -> str:
-    """``"<name>=<value>, ... apply to <scope> only; <reason>; drop them"`` for the fields
-    ``names`` of ``config`` (:func:`inapplicable_settings`)."""
-    one = len(names) == 1
-    settings = ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
-    return (
-        f"{settings} {'applies' if one else 'apply'} to {scope} only; {reason}; drop "
-        f"{'it' if one else 'them'}"
-    )
+def _values(config: "TrainConfig", names: list[str]) -> dict:
+    """The fields ``names`` of ``config`` and their values (for :func:`models._checks.refusal`
+    of :func:`inapplicable_settings`)."""
+    return {name: getattr(config, name) for name in names}
 
 
 def _python_number(value):
@@ -435,10 +431,11 @@ class TrainConfig:
         real("noise_level", 0.0, None)
         real("grad_clip", 0.0, None, lo_open=True, optional=True)
         real("newton_tol", 0.0, None, lo_open=True, optional=True)
-        if not isinstance(self.standardize, bool):
-            type_errors.append(
-                f"standardize must be a bool; got {type(self.standardize).__name__}."
-            )
+        problem = bool_problem(self.standardize, "standardize")
+        if problem is not None:
+            type_errors.append(problem)
+        else:  # a NumPy bool becomes a Python bool, so to_dict() is JSON-able
+            object.__setattr__(self, "standardize", bool(self.standardize))
         l2 = self.l2
         if isinstance(l2, dict):
             unknown = sorted(set(l2) - set(GROUPS))
@@ -454,11 +451,9 @@ class TrainConfig:
                 value_errors.append(f"l2 weights must be finite and >= 0; got {v!r}.")
         unused = inapplicable_settings(self, latent_rnn=True)
         if unused:
-            reason = "method='sequential' (BPTT) runs the forward without Newton iterations"
-            value_errors.append(
-                _refusal(self, unused, "method='deer' (the DEER forward)", reason)
-                + " or use method='deer'."
-            )
+            from autodiff.gradients import sequential_refusal
+
+            value_errors.append(sequential_refusal(_values(self, unused)))
         if type_errors:
             raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
         if value_errors:
@@ -836,8 +831,11 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         )
         scans = " (backend='sequential' runs the scans sequentially)" * ("method" in unused)
         raise ValueError(
-            "fit: " + _refusal(config, unused, "the latent RNNs (GTF-DEER)", reason) + f"{scans}."
+            "fit: "
+            + refusal(_values(config, unused), "the latent RNNs (GTF-DEER)", reason)
+            + f"{scans}."
         )
+    resume = check_bool(resume, "resume", "fit")
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
     if callback is not None and not callable(callback):

@@ -14,7 +14,12 @@ The exception is a ``TypeError`` when any problem is one of kind (a wrong type o
 otherwise a ``ValueError`` (a value out of range, an unknown option, values that contradict
 each other). A check that depends on other arguments runs only when they passed
 (:meth:`Checks.ok`); checks that raise on their own join in through :meth:`Checks.caught`.
-:func:`check_int` and :func:`check_float_dtype` check a single value in the same way.
+:func:`check_int`, :func:`check_float_dtype`, :func:`check_bool` and :func:`as_array` check a
+single value in the same way. Functions that gather their problems in lists of their own take
+the sentence of a convention from :mod:`parscan._arguments` (``bool_problem``: a flag is
+``True`` or ``False``, a NumPy bool too, never a truthy value; ``masked_problem``: a masked
+array is refused where its mask would be dropped), as :class:`Checks` does; :func:`refusal`
+words a setting given where it does not apply.
 """
 
 import contextlib
@@ -22,7 +27,20 @@ import math
 
 import numpy as np
 
+from parscan._arguments import as_host_array, bool_problem
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def refusal(given: dict, scope: str, reason: str) -> str:
+    """``"<name>=<value>, ... apply to <scope> only; <reason>; drop them"``: the refusal of
+    the settings ``given`` (name -> value) where they do not apply."""
+    one = len(given) == 1
+    settings = ", ".join(f"{name}={value!r}" for name, value in given.items())
+    return (
+        f"{settings} {'applies' if one else 'apply'} to {scope} only; {reason}; drop "
+        f"{'it' if one else 'them'}"
+    )
 
 
 class Checks:
@@ -126,6 +144,22 @@ class Checks:
             return value
         return number
 
+    def boolean(self, value, name: str):
+        """``value`` as a Python ``bool`` if it is ``True``/``False`` or a NumPy bool
+        (:func:`bool_problem`)."""
+        problem = bool_problem(value, name)
+        if problem is not None:
+            self.add(problem, name, wrong_kind=True)
+            return value
+        return bool(value)
+
+    def array(self, x, name: str):
+        """``np.asarray(x)`` unless ``x`` is a masked array or ragged nested sequences that
+        form no array (:func:`parscan._arguments.as_host_array`)."""
+        with self.caught(name):
+            return as_host_array(x, name)
+        return x
+
     def choice(self, value, name: str, options: tuple):
         """``value`` if it is one of ``options``."""
         if value not in options:
@@ -174,3 +208,19 @@ def check_float_dtype(dtype, where: str) -> np.dtype:
     with Checks(where) as checks:
         dtype = checks.float_dtype(dtype)
     return dtype
+
+
+def check_bool(value, name: str, where: str) -> bool:
+    """``value`` as a Python ``bool``, else raise ``TypeError`` naming ``where`` (see
+    :meth:`Checks.boolean`)."""
+    with Checks(where) as checks:
+        value = checks.boolean(value, name)
+    return value
+
+
+def as_array(x, name: str, where: str) -> np.ndarray:
+    """``np.asarray(x)``, refusing a masked array (``TypeError``) and ragged nesting
+    (``ValueError``) with messages naming ``where`` (see :meth:`Checks.array`)."""
+    with Checks(where) as checks:
+        x = checks.array(x, name)
+    return x

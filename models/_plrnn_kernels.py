@@ -33,7 +33,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from models._checks import Checks, check_int
+from models._checks import Checks, as_array, check_int
 from models.base import LatentRNN, astype_hint
 from parscan.scan import is_device_array
 
@@ -190,7 +190,7 @@ class PiecewiseLinearRNN(LatentRNN):
                 f"needs both arguments on the device). Pass a host array "
                 f"({name}.copy_to_host()) or keep every array argument on the device."
             )
-        z = np.asarray(z)
+        z = as_array(z, f"`{name}`", where)
         if z.ndim < 1 or z.shape[-1] != self.M:
             raise ValueError(
                 f"{where}: `{name}` must have shape (..., {self.M}) (M={self.M}); got "
@@ -316,9 +316,7 @@ class PiecewiseLinearRNN(LatentRNN):
         with Checks(where) as checks:
             if backend not in ("auto", "cpu", "cuda"):
                 checks.add(f"backend must be 'auto', 'cpu' or 'cuda'; got {backend!r}.")
-            if not isinstance(diag, bool | np.bool_):
-                checks.add(f"`diag` must be a bool; got {type(diag).__name__}.", wrong_kind=True)
-        diag = bool(diag)
+            diag = checks.boolean(diag, "`diag`")
         on_device = is_device_array(z)
         if on_device and backend == "cpu":
             raise ValueError(

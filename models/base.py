@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models._checks import FLOAT_DTYPES, Checks, check_float_dtype
+from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype
 from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
+from parscan._arguments import masked_problem
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
 #: existed are format 1; :func:`load` refuses files of a later format.
@@ -255,7 +256,8 @@ class Model(ABC):
         Raises
         ------
         TypeError
-            Not a real numeric array (bool, complex, strings, objects).
+            Not a real numeric array (bool, complex, strings, objects), or a masked array
+            (its masked entries would be read as parameters).
         ValueError
             Wrong shape, NaN/inf, values too large for ``self.dtype`` (inf after the cast),
             or values the model class forbids (the PLRNN's nonzero ``diag(W)``). Nothing is
@@ -267,7 +269,7 @@ class Model(ABC):
     def _checked_params(self, params, where: str) -> np.ndarray:
         """``params`` cast to ``self.dtype`` after the checks of :meth:`set_params` (errors
         name ``where``)."""
-        arr = np.asarray(params)
+        arr = as_array(params, "params", where)
         if arr.dtype.kind not in "iuf":
             raise TypeError(
                 f"{where}: expected a real numeric (integer or float) array; got dtype "
@@ -319,7 +321,7 @@ class Model(ABC):
         """``x`` (array_like) as an array of at least ``min_ndim`` dimensions whose last one
         has ``size`` entries (``shape``, ``dims``: how the message writes it), of the model's
         dtype; ValueError/TypeError naming ``where``."""
-        x = np.asarray(x)
+        x = as_array(x, what, where)
         if x.ndim < min_ndim or x.shape[-1] != size:
             raise ValueError(f"{where}: {what} must have shape {shape} with {dims}; got {x.shape}.")
         if x.dtype != self.dtype:
@@ -642,6 +644,11 @@ def check_standardization(mean, sd, n_obs: int, where: str, names=("mean", "sd")
     with Checks(where) as checks:
         arrays = []
         for name, x in zip(names, (mean, sd), strict=True):
+            masked = masked_problem(x, name)
+            if masked is not None:
+                checks.add(masked, name, wrong_kind=True)
+                arrays.append(None)
+                continue
             try:
                 arr = np.asarray(x)
             except (TypeError, ValueError):  # ragged nested sequences

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
+from parscan._arguments import bool_problem, masked_problem
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import BACKENDS, available_backends, linear_scan
@@ -239,6 +240,10 @@ def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
                 "or alpha=0."
             )
         return alpha
+    masked = masked_problem(alpha, "`alpha`")
+    if masked is not None:
+        errors["type"].append(masked)
+        return None
     arr = np.asarray(alpha)
     if arr.dtype.kind not in "fiu":
         errors["type"].append(
@@ -290,6 +295,9 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     errors = errors or {"type": [], "value": []}
 
     def array(x, name, tail, min_ndim):
+        masked = masked_problem(x, f"`{name}`")
+        if masked is not None:
+            errors["type"].append(masked)
         x = np.asarray(x)
         if x.dtype != dtype:
             errors["type"].append(
@@ -387,6 +395,21 @@ def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
     errors = {"type": [], "value": []}
     if jacobian not in ("full", "diag"):
         errors["value"].append(f"`jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
+    check_newton_limits(tol, max_iter, errors)
+    problem = bool_problem(throw, "`throw`")
+    if problem is not None:
+        errors["type"].append(problem)
+    if not (isinstance(backend, str) and backend in BACKENDS):
+        errors["value"].append(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
+    elif backend == "cuda":
+        errors["value"] += _cuda_problems(jacobian, M)
+    return errors
+
+
+def check_newton_limits(tol, max_iter, errors: dict) -> None:
+    """Append the problems with the Newton stopping settings ``tol`` and ``max_iter`` of
+    :func:`deer_solve` to ``errors`` (``{"type": [...], "value": [...]}``); shared with
+    :func:`autodiff.gtf_loss_and_grad`, which validates them for either method."""
     if tol is not None:
         items = _tol_items(tol)
         if not all(
@@ -407,13 +430,6 @@ def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
         errors["value" if _is_int(max_iter) else "type"].append(
             f"`max_iter` must be a positive int or None; got {max_iter!r}."
         )
-    if not isinstance(throw, bool):
-        errors["type"].append(f"`throw` must be a bool; got {type(throw).__name__}.")
-    if not (isinstance(backend, str) and backend in BACKENDS):
-        errors["value"].append(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
-    elif backend == "cuda":
-        errors["value"] += _cuda_problems(jacobian, M)
-    return errors
 
 
 def _cuda_problems(jacobian, M) -> list[str]:
@@ -772,7 +788,7 @@ def deer_solve(
         host and only the scan runs on the GPU.
     throw : bool
         Raise :class:`DeerConvergenceError` when a sequence fails; otherwise return the result
-        for inspection.
+        for inspection. ``True`` or ``False`` (a NumPy bool too; ``1`` or ``"no"`` is refused).
 
     Returns
     -------
@@ -783,7 +799,9 @@ def deer_solve(
     Raises
     ------
     TypeError, ValueError
-        Invalid arguments (all mismatches in one message starting with ``deer_solve:``).
+        Invalid arguments (all mismatches in one message starting with ``deer_solve:``); a
+        masked array (``z0``, ``forcing``, ``alpha``, ``init``) is refused, its masked entries
+        would be read as data: pass ``x.filled(value)``.
     DeerConvergenceError
         ``throw=True`` and some sequence ended ``max_iter``, ``diverging`` or ``non_finite``.
 

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from parscan._arguments import bool_problem, masked_problem
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
 
@@ -67,7 +68,8 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
 
 
 def _check(model, forcing, states, method, margin, n_forced, per_sequence):
-    """Validate the arguments of :func:`gtf_alpha`; return ``(forcing, states, n_forced)``."""
+    """Validate the arguments of :func:`gtf_alpha`; return ``(forcing, states, n_forced,
+    per_sequence)``."""
     type_errors, value_errors = [], []
     M = getattr(model, "M", None)
     dtype = getattr(model, "dtype", None)
@@ -91,8 +93,12 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
     elif not (0.0 <= margin < 1.0):
         value_errors.append(f"`margin` must be in [0, 1); got {margin}.")
-    if not isinstance(per_sequence, bool):
-        type_errors.append(f"`per_sequence` must be a bool; got {type(per_sequence).__name__}.")
+    problems = (
+        bool_problem(per_sequence, "`per_sequence`"),
+        masked_problem(forcing, "`forcing`"),
+        masked_problem(states, "`states`"),
+    )
+    type_errors += [problem for problem in problems if problem is not None]
     forcing = np.asarray(forcing)
     N = forcing.shape[-1] if forcing.ndim >= 2 else None
     if forcing.ndim < 2:
@@ -129,7 +135,7 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         raise TypeError("gtf_alpha: " + " ".join(type_errors + value_errors))
     if value_errors:
         raise ValueError("gtf_alpha: " + " ".join(value_errors))
-    return forcing, states, int(n_forced)
+    return forcing, states, int(n_forced), bool(per_sequence)
 
 
 def gtf_alpha(
@@ -177,7 +183,8 @@ def gtf_alpha(
         :class:`GTFGuaranteeWarning` is emitted: the unforced latents are not damped.
     per_sequence : bool
         Return one alpha per sequence (shape ``forcing.shape[:-2]``, the bound taken over each
-        sequence's own points) instead of one for the whole batch.
+        sequence's own points) instead of one for the whole batch. ``True`` or ``False`` (a
+        NumPy bool too).
 
     Returns
     -------
@@ -190,7 +197,8 @@ def gtf_alpha(
     Raises
     ------
     TypeError, ValueError
-        Bad arguments (messages start with ``gtf_alpha:``); NaN/inf Jacobian norms (non-finite
+        Bad arguments (messages start with ``gtf_alpha:``; a masked ``forcing`` or ``states``
+        is refused: fill it first); NaN/inf Jacobian norms (non-finite
         ``forcing``, ``states`` or parameters) or a NaN ``model.norm_bound()`` (NaN
         parameters, ``"param_bound"``) -- they are never ignored.
 
@@ -198,7 +206,7 @@ def gtf_alpha(
     -----
     Spectral norms are exact (:func:`jacobian_norms`), computed for all points in parallel.
     """
-    forcing, states, n_forced = _check(
+    forcing, states, n_forced, per_sequence = _check(
         model, forcing, states, method, margin, n_forced, per_sequence
     )
     return estimate_alpha(

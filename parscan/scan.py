@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from parscan import _scan_cpu, _scan_sequential
+from parscan._arguments import as_host_array, bool_problem
 from parscan._jit import n_threads
 
 _DTYPES = (
@@ -165,20 +166,12 @@ def _dtype_problems(a, b, h0) -> list[str]:
 
 def _host_arrays(where: str, **inputs):
     """``np.asarray`` of the host ``inputs`` (name -> array-like or None), in order, refusing
-    what it would silently change: masked arrays (the mask would be dropped) and ragged
-    nested lists (no array at all). Messages start with ``where``."""
-    arrays = []
-    for name, x in inputs.items():
-        if isinstance(x, np.ma.MaskedArray):
-            raise TypeError(
-                f"{where}: `{name}` is a masked array, and a scan cannot skip masked "
-                f"entries; pass {name}.filled(value) with the value they should have."
-            )
-        try:
-            arrays.append(None if x is None else np.asarray(x))
-        except ValueError as exc:  # ragged nesting
-            raise ValueError(f"{where}: `{name}` is not an array: {exc}") from None
-    return arrays
+    masked arrays and ragged nested lists (:func:`parscan._arguments.as_host_array`).
+    Messages start with ``where``."""
+    try:
+        return [None if x is None else as_host_array(x, f"`{name}`") for name, x in inputs.items()]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def _validate(a, b, h0) -> bool:
@@ -415,9 +408,12 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     (as in CUB's floating-point scans).
     """
     given_out = out
-    for name, flag in (("reverse", reverse), ("transpose", transpose)):
-        if not isinstance(flag, bool | np.bool_):
-            raise TypeError(f"linear_scan: `{name}` must be True or False; got {flag!r}.")
+    flags = [
+        bool_problem(flag, f"`{name}`")
+        for name, flag in (("reverse", reverse), ("transpose", transpose))
+    ]
+    if any(flags):
+        raise TypeError("linear_scan: " + " ".join(problem for problem in flags if problem))
     missing = [f"`{name}`" for name, x in (("a", a), ("b", b)) if x is None]
     if missing:
         what = "must be arrays" if len(missing) == 2 else "must be an array"

@@ -697,16 +697,26 @@ GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
             (GOOD_A, GOOD_B),
             {"reverse": "False"},
             TypeError,
-            r"^linear_scan: `reverse` must be True",
+            r"^linear_scan: `reverse` must be a bool; got str 'False'\. Pass True or False\.$",
         ),
-        ((GOOD_A, GOOD_B), {"transpose": 1}, TypeError, r"^linear_scan: `transpose` must be True"),
+        (
+            (GOOD_A, GOOD_B),
+            {"transpose": 1},
+            TypeError,
+            r"^linear_scan: `transpose` must be a bool; got int 1",
+        ),
         (
             (np.ma.masked_array(GOOD_A, GOOD_A > 0), GOOD_B),
             {},
             TypeError,
             r"^linear_scan: `a` is a masked array.*a\.filled\(value\)",
         ),
-        (([[1.0, 2.0], [3.0]], GOOD_B), {}, ValueError, r"^linear_scan: `a` is not an array: "),
+        (
+            ([[1.0, 2.0], [3.0]], GOOD_B),
+            {},
+            ValueError,
+            r"^linear_scan: `a` is not an array \(nested sequences of unequal lengths",
+        ),
     ],
 )
 def test_errors(args, kwargs, error, match):

@@ -1,0 +1,325 @@
+"""Input conventions shared by the public functions (models/_checks.py): a flag is True or
+False (a NumPy bool too, never a truthy value), a masked array is refused where its mask would
+be dropped, gtf_loss_and_grad takes array_like data and refuses the DEER forward's settings
+with method="sequential". Valid input gives bitwise the same results as before."""
+
+import numpy as np
+import pytest
+
+import autodiff
+import models
+import parscan
+from autodiff.gradients import gtf_loss_and_grad
+from autodiff.train import TrainConfig, _loss_and_grad
+from models._checks import Checks, as_array, check_bool
+from parscan._arguments import bool_problem, masked_problem
+
+M, L, N, T = 3, 8, 3, 20
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.ShPLRNN(M, L)
+
+
+@pytest.fixture(scope="module")
+def x():
+    traj = models.generate("lorenz63", 300, seed=1)
+    return (traj - traj.mean(0)) / traj.std(0)
+
+
+@pytest.fixture(scope="module")
+def windows(x):
+    return np.stack([x[: T + 1], x[100 : 101 + T]])
+
+
+def _masked(a, entry, value=1e6):
+    """``a`` as a masked array whose ``entry`` holds ``value`` and is masked."""
+    out = np.ma.masked_array(np.array(a, copy=True), mask=False)
+    out.data[entry] = value
+    out.mask[entry] = True
+    return out
+
+
+# ---- the shared helpers ------------------------------------------------------------------
+
+
+def test_boolean_accepts_python_and_numpy_bools_only():
+    for value, want in ((True, True), (False, False), (np.True_, True), (np.False_, False)):
+        got = check_bool(value, "flag", "f")
+        assert got is want  # a Python bool
+        assert bool_problem(value, "flag") is None
+    for value, shown in (
+        (0, "int 0"),
+        (1, "int 1"),
+        ("False", "str 'False'"),
+        (None, "NoneType None"),
+    ):
+        with pytest.raises(
+            TypeError, match=rf"^f: flag must be a bool; got {shown}\. Pass True or False\.$"
+        ):
+            check_bool(value, "flag", "f")
+    with Checks("f") as checks:  # one call gathers every problem
+        checks.boolean("yes", "a")
+        checks.boolean(np.int64(1), "b")
+        assert not checks.ok("a") and not checks.ok("b")
+        checks.problems.clear()
+
+
+def test_array_refuses_masked_and_ragged_and_converts_the_rest():
+    a = np.arange(6.0).reshape(2, 3)
+    assert as_array(a, "x", "f") is a
+    assert as_array(a.tolist(), "x", "f").dtype == np.float64
+    assert masked_problem(a, "x") is None
+    with pytest.raises(
+        TypeError, match=r"^f: `x` is a masked array, .*x\.filled\(value\).*np\.asarray\(x\)"
+    ):
+        as_array(np.ma.masked_array(a), "`x`", "f")
+    with pytest.raises(
+        ValueError,
+        match=r"^f: x is not an array \(nested sequences of unequal .*one shape\.$",
+    ):
+        as_array([[1.0, 2.0], [3.0]], "x", "f")
+
+
+# ---- 1. NumPy bools accepted, truthy values refused, everywhere a flag is checked ------------
+
+
+def test_deer_solve_throw(model, x):
+    kw = dict(forcing=x[1 : T + 1], alpha=0.3)
+    want = parscan.deer_solve(model, x[0], throw=True, **kw)
+    for flag in (np.True_, np.False_):
+        got = parscan.deer_solve(model, x[0], throw=flag, **kw)
+        np.testing.assert_array_equal(got.states, want.states)
+    for bad, shown in (("False", "str 'False'"), (1, "int 1")):
+        with pytest.raises(TypeError, match=rf"^deer_solve: `throw` must be a bool; got {shown}\."):
+            parscan.deer_solve(model, x[0], throw=bad, **kw)
+
+
+def test_gtf_alpha_per_sequence(model, windows):
+    forcing = windows[:, 1:]
+    np.testing.assert_array_equal(
+        parscan.gtf_alpha(model, forcing, per_sequence=np.True_),
+        parscan.gtf_alpha(model, forcing, per_sequence=True),
+    )
+    assert parscan.gtf_alpha(model, forcing, per_sequence=np.False_) == parscan.gtf_alpha(
+        model, forcing
+    )
+    with pytest.raises(
+        TypeError, match=r"^gtf_alpha: `per_sequence` must be a bool; got str 'False'"
+    ):
+        parscan.gtf_alpha(model, forcing, per_sequence="False")
+
+
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+def test_gtf_loss_and_grad_throw(model, windows, method):
+    loss, grad, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method=method)
+    for flag in (np.True_, np.False_):
+        loss_b, grad_b, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method=method, throw=flag)
+        assert loss_b == loss
+        np.testing.assert_array_equal(grad_b, grad)
+    with pytest.raises(
+        TypeError, match=r"^gtf_loss_and_grad: `throw` must be a bool; got str 'no'"
+    ):
+        gtf_loss_and_grad(model, windows, alpha=0.3, method=method, throw="no")
+
+
+def test_train_config_standardize():
+    config = TrainConfig(standardize=np.False_)
+    assert (
+        config.standardize is False and config.to_dict() == TrainConfig(standardize=False).to_dict()
+    )
+    assert TrainConfig(standardize=np.True_).standardize is True
+    for bad, shown in (("False", "str 'False'"), (0, "int 0")):
+        with pytest.raises(
+            TypeError, match=rf"^TrainConfig: standardize must be a bool; got {shown}\."
+        ):
+            TrainConfig(standardize=bad)
+
+
+def test_step_and_jacobian_diag(model, x):
+    z = np.ascontiguousarray(x[:4])
+    np.testing.assert_array_equal(
+        model.step_and_jacobian(z, diag=np.True_)[1], model.jacobian_diag(z)
+    )
+    with pytest.raises(
+        TypeError, match=r"step_and_jacobian: `diag` must be a bool; got str 'False'"
+    ):
+        model.step_and_jacobian(z, diag="False")
+
+
+# ---- 2. resume: a bool, not a truthy value ---------------------------------------------------
+
+
+def test_check_fit_resume_refuses_non_bools(model, x, tmp_path):
+    config = TrainConfig(sequence_length=T, batch_size=2, batches_per_epoch=2, epochs=1)
+    for bad, shown in (("no", "str 'no'"), (1, "int 1"), (None, "NoneType None")):
+        with pytest.raises(TypeError, match=rf"^fit: resume must be a bool; got {shown}\. Pass"):
+            autodiff.check_fit(model, x, config, checkpoint_dir=tmp_path, resume=bad)
+        with pytest.raises(TypeError, match=rf"^fit: resume must be a bool; got {shown}\."):
+            autodiff.fit(model, x, config, checkpoint_dir=tmp_path, resume=bad)
+    autodiff.check_fit(model, x, config, checkpoint_dir=tmp_path, resume=np.False_)
+    with pytest.raises(ValueError, match=r"^fit: resume=True needs checkpoint_dir"):
+        autodiff.check_fit(model, x, config, resume=np.True_)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ---- 3. masked arrays refused by name ----------------------------------------------------
+
+
+MASKED = r"is a masked array, whose masked entries would be read as data; fill or drop"
+
+
+def test_solvers_refuse_masked_arrays(model, x):
+    forcing = x[1 : T + 1]
+    F = _masked(forcing, (5, 0))
+    for solve in (parscan.deer_solve, parscan.sequential_solve):
+        name = solve.__name__
+        with pytest.raises(TypeError, match=rf"^{name}: `forcing` {MASKED}.*forcing\.filled"):
+            solve(model, x[0], forcing=F, alpha=0.5)
+        with pytest.raises(TypeError, match=rf"^{name}: `z0` {MASKED}"):
+            solve(model, np.ma.masked_array(x[0]), forcing=forcing, alpha=0.5)
+        with pytest.raises(TypeError, match=rf"^{name}: `alpha` {MASKED}"):
+            solve(
+                model, x[:2], forcing=np.stack([forcing] * 2), alpha=np.ma.masked_array([0.5, 0.5])
+            )
+        # every problem at once: the mask and a wrong dtype
+        with pytest.raises(TypeError, match=rf"`forcing` {MASKED}.*must have the model dtype"):
+            solve(model, x[0], forcing=F.astype(np.float32), alpha=0.5)
+    with pytest.raises(TypeError, match=rf"^deer_solve: `init` {MASKED}"):
+        parscan.deer_solve(model, x[0], forcing=forcing, alpha=0.5, init=np.ma.zeros((T, M)))
+
+
+def test_gtf_alpha_refuses_masked_arrays(model, windows):
+    forcing = windows[:, 1:]
+    with pytest.raises(TypeError, match=rf"^gtf_alpha: `forcing` {MASKED}"):
+        parscan.gtf_alpha(model, _masked(forcing, (0, 3, 1)))
+    with pytest.raises(TypeError, match=rf"^gtf_alpha: `states` {MASKED}"):
+        parscan.gtf_alpha(model, forcing, states=np.ma.masked_array(forcing))
+
+
+def test_model_methods_refuse_masked_arrays(model, x):
+    z = _masked(x[:4], (1, 2))
+    cls = type(model).__name__
+    for method in ("step", "jacobian", "jacobian_diag", "step_and_jacobian"):
+        with pytest.raises(TypeError, match=rf"^{cls}\.{method}: `z` {MASKED}.*z\.filled"):
+            getattr(model, method)(z)
+    with pytest.raises(TypeError, match=rf"^{cls}\.simulate: `z0` {MASKED}"):
+        model.simulate(z, 3)
+    with pytest.raises(
+        TypeError, match=rf"^{cls}\.param_vjp: `z_prev` {MASKED}.*`cotangent` {MASKED}"
+    ):
+        model.param_vjp(z, z)
+    with pytest.raises(TypeError, match=rf"^{cls}\.initial_state: x0 {MASKED}"):
+        model.initial_state(z)
+    with pytest.raises(TypeError, match=rf"^{cls}\.initial_state: x0 {MASKED}"):
+        model.generate(z, 3)
+    with pytest.raises(
+        TypeError, match=rf"^{cls}\.initial_state_vjp: x0 {MASKED}.*cotangent {MASKED}"
+    ):
+        model.initial_state_vjp(z, z)
+    m = model.copy()
+    before = m.params.copy()
+    with pytest.raises(TypeError, match=rf"^{cls}\.set_params: params {MASKED}"):
+        m.set_params(_masked(before, 0))
+    with pytest.raises(TypeError, match=rf"^{cls}\.params: params {MASKED}"):
+        m.params = _masked(before, 0)
+    np.testing.assert_array_equal(m.params, before)  # nothing written
+    with pytest.raises(TypeError, match=rf"^{cls}\.standardization: mean {MASKED}"):
+        m.standardization = (np.ma.masked_array(np.zeros(N)), np.ones(N))
+    assert m.standardization is None
+
+
+def test_gtf_loss_and_grad_refuses_masked_arrays(model, windows):
+    with pytest.raises(TypeError, match=rf"^gtf_loss_and_grad: data {MASKED}.*data\.filled"):
+        gtf_loss_and_grad(model, _masked(windows, (1, 5, 0)), alpha=0.3)
+    with pytest.raises(TypeError, match=rf"^gtf_loss_and_grad: alpha {MASKED}"):
+        gtf_loss_and_grad(model, windows, alpha=np.ma.masked_array([0.3, 0.3]))
+
+
+def test_ssm_windows_refuse_masked_arrays(windows):
+    """State-space models check windows through the same model-side conversion."""
+    ssm = models.LinearSSM(N, 4, 8)
+    with pytest.raises(TypeError, match=rf"^ssm_loss_and_grad: data {MASKED}"):
+        autodiff.ssm_loss_and_grad(ssm, _masked(windows, (0, 1, 2)))
+
+
+# ---- 4. gtf_loss_and_grad takes array_like data ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+def test_gtf_loss_and_grad_accepts_lists(model, windows, method):
+    loss, grad, info = gtf_loss_and_grad(model, windows, alpha=0.3, method=method)
+    loss_l, grad_l, info_l = gtf_loss_and_grad(model, windows.tolist(), alpha=0.3, method=method)
+    assert loss_l == loss
+    np.testing.assert_array_equal(grad_l, grad)
+    np.testing.assert_array_equal(info_l.newton_iters, info.newton_iters)
+
+
+def test_gtf_loss_and_grad_list_dtype_and_shape_errors(model, windows):
+    m32 = model.astype("float32")
+    fix = r"Use np\.asarray\(data, dtype=np\.float32\) or model\.astype\('float64'\)\.$"
+    with pytest.raises(
+        TypeError,
+        match=rf"^gtf_loss_and_grad: data must have the model dtype float32; got float64\. {fix}",
+    ):
+        gtf_loss_and_grad(m32, windows.tolist(), alpha=0.3)
+    with pytest.raises(TypeError, match=r"got float64\. Use data\.astype\(np\.float32\) or model"):
+        gtf_loss_and_grad(m32, windows, alpha=0.3)  # an ndarray keeps its astype fix
+    with pytest.raises(
+        ValueError, match=r"^gtf_loss_and_grad: data is not an array \(nested sequences"
+    ):
+        gtf_loss_and_grad(model, [windows[0].tolist(), windows[1, :5].tolist()], alpha=0.3)
+    with pytest.raises(
+        ValueError, match=r"^gtf_loss_and_grad: data must have shape \(B, T\+1, N\)"
+    ):
+        gtf_loss_and_grad(model, windows[0].tolist(), alpha=0.3)
+
+
+# ---- 5. every argument validated; the DEER settings refused with method="sequential" --------
+
+
+def test_sequential_validates_and_refuses_deer_settings(model, windows):
+    with pytest.raises(TypeError) as err:
+        gtf_loss_and_grad(
+            model, windows, alpha=0.3, method="sequential", tol=-1.0, max_iter="x", throw="no"
+        )
+    message = str(err.value)
+    assert message.startswith("gtf_loss_and_grad: ")
+    for part in (
+        "`max_iter` must be a positive int or None; got 'x'.",
+        "`throw` must be a bool; got str 'no'.",
+        "`tol` must be None (dtype defaults)",
+        "tol=-1.0, max_iter='x' apply to method='deer' (the DEER forward) only; "
+        "method='sequential' (BPTT) runs the forward without Newton iterations; drop them or "
+        "use method='deer'.",
+    ):
+        assert part in message
+    for kw, given in (
+        (dict(tol=1e-9), "tol=1e-09 applies"),
+        (dict(max_iter=5), "max_iter=5 applies"),
+        (dict(jacobian="diag"), "jacobian='diag' applies"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"^gtf_loss_and_grad: {given} to method='deer' .* drop it or use method='deer'",
+        ):
+            gtf_loss_and_grad(model, windows, alpha=0.3, method="sequential", **kw)
+    # the DEER forward takes them; the defaults pass with either method
+    gtf_loss_and_grad(
+        model, windows, alpha=0.3, method="deer", tol=1e-9, max_iter=T, jacobian="diag"
+    )
+    with pytest.raises(ValueError, match=r"^gtf_loss_and_grad: `tol` must be None .*got -1\.0\.$"):
+        gtf_loss_and_grad(model, windows, alpha=0.3, tol=-1.0)
+    with pytest.raises(TypeError, match=r"^gtf_loss_and_grad: n_forced must be an int"):
+        gtf_loss_and_grad(model, windows, alpha=0.3, method="sequential", n_forced=1.0)
+
+
+def test_training_passes_default_deer_settings_to_the_sequential_method(model, windows):
+    """fit's step passes config.jacobian/newton_tol/newton_max_iter for both methods;
+    TrainConfig keeps them at their defaults for method="sequential", so the step runs."""
+    config = TrainConfig(method="sequential")
+    loss, grad, newton, reason = _loss_and_grad(model, windows, 0.3, config)
+    want_loss, want_grad, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method="sequential")
+    assert reason == "" and newton == (0, 0.0) and loss == want_loss
+    np.testing.assert_array_equal(grad, want_grad)
