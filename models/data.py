@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models._checks import Checks
+from parscan._arguments import as_host_array
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 
@@ -82,11 +83,9 @@ def check_trajectory(
         ``constant=False``.
     """
     try:
-        arr = np.asarray(x)
-    except ValueError:  # NumPy's message for nested lists of unequal lengths
-        raise ValueError(
-            f"{where}: {name} is ragged (rows of different lengths); pass a (T, N) array."
-        ) from None
+        arr = as_host_array(x, name)
+    except (TypeError, ValueError) as exc:  # a masked array, ragged nested lists
+        raise type(exc)(f"{where}: {exc}") from None
     code = name.isidentifier() and not keyword.iskeyword(name)  # the fix must be valid code
     if arr.dtype.kind not in "iuf":
         fixes = {"b": f"{name}.astype(np.float64)", "c": f"{name}.real or np.abs({name})"}
@@ -689,7 +688,10 @@ def _progression_step(column: np.ndarray, eps: float):
 def _float64(x) -> np.ndarray:
     """A real array as float64 (no copy when it is one already); other kinds unchanged, for
     :func:`check_trajectory` to refuse. Cast first, checked after: a long double beyond the
-    float64 range becomes inf, which the finiteness check then reports."""
+    float64 range becomes inf, which the finiteness check then reports. A masked array is
+    returned as it is, for :func:`check_trajectory` to refuse (its mask would be lost)."""
+    if isinstance(x, np.ma.MaskedArray):
+        return x
     arr = np.asarray(x)
     if arr.dtype.kind not in "iuf":
         return arr
@@ -760,9 +762,10 @@ def destandardize(x_std, mean, sd):
     ndarray, shape (..., N), float64
     """
     with Checks("destandardize") as checks:
-        arrs = [np.asarray(a) for a in (x_std, mean, sd)]
-        for label, a in zip(("x_std", "mean", "sd"), arrs, strict=True):
-            if a.dtype.kind not in "iuf":
+        labels = ("x_std", "mean", "sd")
+        arrs = [checks.array(a, label) for label, a in zip(labels, (x_std, mean, sd), strict=True)]
+        for label, a in zip(labels, arrs, strict=True):
+            if checks.ok(label) and a.dtype.kind not in "iuf":
                 checks.add(f"{label} must be real numeric; got dtype {a.dtype}.", wrong_kind=True)
         checks.raise_problems()  # the checks below compare the values
         x_std, mean, sd = (a.astype(np.float64) for a in arrs)

@@ -25,6 +25,7 @@ from models._checks import Checks
 from models.base import LatentRNN, Model
 from models.data import check_trajectory, column_mean_sd, constant_columns
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
+from parscan._arguments import as_host_array
 from parscan._jit import jit, jit_parallel
 
 #: Laplace smoothing pseudo-count of the binned D_stsp (DESIGN.md section 7).
@@ -62,7 +63,10 @@ def _pair(x_true, x_gen, where, *, strict=True):
     x_true = check_trajectory(
         x_true, where, name="x_true", min_steps=2 if strict else 1, constant=not strict
     ).astype(np.float64)
-    x_gen = np.asarray(x_gen)
+    try:
+        x_gen = as_host_array(x_gen, "x_gen")
+    except (TypeError, ValueError) as exc:  # a masked array, ragged nested lists
+        raise type(exc)(f"{where}: {exc}") from None
     if x_gen.ndim == 2 and x_gen.dtype.kind == "f" and not np.all(np.isfinite(x_gen)):
         raise ValueError(
             f"{where}: x_gen contains NaN or inf (the generated run diverged); a measure of it "
@@ -497,6 +501,7 @@ def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimens
                 f"longer one, e.g. x_gen[:{min(x_true.shape[0], x_gen.shape[0])}]."
             )
         smoothing = checks.real(smoothing, "smoothing", positive=False)
+        per_dimension = checks.boolean(per_dimension, "per_dimension")
     fix = "pass longer series or lower smoothing"
     check_dh_resolution(x_true.shape[0], smoothing, where=where, fix=fix, stacklevel=2)
     h = _hellinger_per_dimension(normalized_spectra(x_true, smoothing), x_gen, smoothing)
@@ -670,7 +675,10 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
         raise ValueError(
             f"{where}: a model needs x0, the observation to start from (e.g. x_test[0])."
         )
-    x0 = np.asarray(x0)
+    try:
+        x0 = as_host_array(x0, "x0")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
     if x0.dtype.kind not in "iuf":
         raise TypeError(f"{where}: x0 must be a real array; got dtype {x0.dtype}.")
     if x0.shape != (model.n_obs,) or not np.all(np.isfinite(x0)):

@@ -184,7 +184,7 @@ def test_check_trajectory_allows_constant_when_asked():
         check_trajectory(flat, "f", name="y")
     with pytest.raises(ValueError, match=r"f: x has no dimensions"):
         check_trajectory(np.zeros((3, 0)), "f")
-    with pytest.raises(ValueError, match=r"f: x is ragged \(rows of different lengths\)"):
+    with pytest.raises(ValueError, match=r"^f: x is not an array \(nested sequences"):
         check_trajectory([[1.0, 2.0], [3.0]], "f")
 
 

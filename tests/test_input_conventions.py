@@ -1,4 +1,5 @@
-"""Input conventions shared by the public functions (models/_checks.py): a flag is True or
+"""Input conventions shared by the public functions (parscan/_arguments.py, used through
+models/_checks.py): a flag is True or
 False (a NumPy bool too, never a truthy value), a masked array is refused where its mask would
 be dropped, gtf_loss_and_grad takes array_like data and refuses the DEER forward's settings
 with method="sequential". Valid input gives bitwise the same results as before."""
@@ -228,6 +229,46 @@ def test_model_methods_refuse_masked_arrays(model, x):
     with pytest.raises(TypeError, match=rf"^{cls}\.standardization: mean {MASKED}"):
         m.standardization = (np.ma.masked_array(np.zeros(N)), np.ones(N))
     assert m.standardization is None
+
+
+def test_data_and_measures_refuse_masked_arrays(model, x, tmp_path):
+    """Trajectories (check_trajectory: fit, check_fit, evaluate, the measures, standardize),
+    a generated run, a start point and destandardize's arrays."""
+    masked = _masked(x, (5, 0))
+    cases = [
+        (lambda: models.standardize(masked), r"^standardize: x is a masked array"),
+        (lambda: models.evaluate(model, masked), r"^evaluate: x_test is a masked array"),
+        (
+            lambda: models.power_spectrum_distance(x, masked),
+            r"^power_spectrum_distance: x_gen is a masked array",
+        ),
+        (
+            lambda: models.state_space_divergence(masked, x),
+            r"^state_space_divergence: x_true is a masked array",
+        ),
+        (
+            lambda: models.max_lyapunov(model, x0=_masked(x[0], 0), n_steps=10),
+            r"^max_lyapunov: x0 is a masked array",
+        ),
+        (
+            lambda: models.destandardize(masked, np.zeros(N), np.ones(N)),
+            r"^destandardize: x_std is a masked array",
+        ),
+        (
+            lambda: autodiff.fit(model, masked, TrainConfig(epochs=1)),
+            r"^fit: data is a masked array",
+        ),
+    ]
+    for call, match in cases:
+        with pytest.raises(TypeError, match=match + r".*filled\(value\)"):
+            call()
+
+
+def test_power_spectrum_distance_per_dimension(x):
+    mean, per_dim = models.power_spectrum_distance(x, x[::-1], per_dimension=np.True_)
+    assert per_dim.shape == (N,) and mean == per_dim.mean()
+    with pytest.raises(TypeError, match=r"per_dimension must be a bool; got str 'False'"):
+        models.power_spectrum_distance(x, x[::-1], per_dimension="False")
 
 
 def test_gtf_loss_and_grad_refuses_masked_arrays(model, windows):
