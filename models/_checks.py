@@ -14,16 +14,18 @@ The exception is a ``TypeError`` when any problem is one of kind (a wrong type o
 otherwise a ``ValueError`` (a value out of range, an unknown option, values that contradict
 each other). A check that depends on other arguments runs only when they passed
 (:meth:`Checks.ok`); checks that raise on their own join in through :meth:`Checks.caught`.
-:func:`check_int`, :func:`check_float_dtype`, :func:`check_bool` and :func:`as_array` check a
-single value in the same way. Functions that gather their problems in lists of their own take
-the sentence of a convention from :mod:`parscan._arguments` (``bool_problem``: a flag is
-``True`` or ``False``, a NumPy bool too, never a truthy value; ``masked_problem``: a masked
-array is refused where its mask would be dropped), as :class:`Checks` does; :func:`refusal`
-words a setting given where it does not apply.
+:func:`check_int`, :func:`check_float_dtype`, :func:`check_bool`, :func:`check_path` and
+:func:`as_array` check a single value in the same way. Functions that gather their problems in
+lists of their own take the sentence of a convention from :mod:`parscan._arguments`
+(``bool_problem``: a flag is ``True`` or ``False``, a NumPy bool too, never a truthy value;
+``masked_problem``: a masked array is refused where its mask would be dropped), as
+:class:`Checks` does; :func:`refusal` words a setting given where it does not apply.
 """
 
 import contextlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -160,6 +162,19 @@ class Checks:
             return as_host_array(x, name)
         return x
 
+    def path(self, value, name: str = "path"):
+        """``value`` as a :class:`pathlib.Path` if it is a non-empty str or path-like object
+        (``Path("")`` would silently name the working directory)."""
+        if not isinstance(value, str | os.PathLike):
+            self.add(
+                f"{name} must be a str or Path; got {type(value).__name__}.", name, wrong_kind=True
+            )
+            return value
+        if not os.fspath(value):
+            self.add(f"{name} must not be empty; pass a file name.", name)
+            return value
+        return Path(value)
+
     def choice(self, value, name: str, options: tuple):
         """``value`` if it is one of ``options``."""
         if value not in options:
@@ -224,3 +239,11 @@ def as_array(x, name: str, where: str) -> np.ndarray:
     with Checks(where) as checks:
         x = checks.array(x, name)
     return x
+
+
+def check_path(value, where: str) -> Path:
+    """``value`` as a :class:`pathlib.Path`, else raise naming ``where`` (see
+    :meth:`Checks.path`)."""
+    with Checks(where) as checks:
+        value = checks.path(value)
+    return value

@@ -13,6 +13,7 @@ array of length ``n_params``; ``model.unflatten(vector)`` gives named, shaped *v
 any vector of that length (a gradient, an Adam moment) in a fixed, documented order.
 """
 
+import errno
 import importlib
 import importlib.metadata
 import json
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype
+from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype, check_path
 from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
 from parscan._arguments import masked_problem
@@ -406,14 +407,16 @@ class Model(ABC):
             method, ``path`` and the reason.
         """
         where = f"{type(self).__name__}.save"
+        path = check_path(path, where)
         payload = self.npz_payload(metadata, where=where)
         model_from_fields(payload, f"the model to write to {path}", where)
         return atomic_save_npz(path, payload, where)
 
     @classmethod
     def load(cls, path) -> "Model":
-        """Read a model written by :meth:`save`; a file of another model class is rejected."""
-        model, _ = load_with_metadata(path)
+        """Read a model written by :meth:`save`; a file of another model class is rejected
+        (errors as :func:`models.load`'s, naming this method)."""
+        model, _ = _load_with_metadata(path, f"{cls.__name__}.load")
         if cls is not Model and not isinstance(model, cls):
             raise ValueError(
                 f"{cls.__name__}.load: {path} holds a {type(model).__name__}, not a "
@@ -446,6 +449,8 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
     """
     path = Path(path)
     try:
+        if path.is_dir():  # os.replace would fail with a reason that does not say this
+            raise IsADirectoryError(errno.EISDIR, "it is a directory; name a file inside it")
         with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
             _write_atomically(path, arrays)
     except OSError as exc:
@@ -700,8 +705,11 @@ def load_with_metadata(path) -> tuple[Model, dict]:
 
     Raises
     ------
+    TypeError
+        ``path`` not a str or path-like object.
     ValueError
-        Naming ``models.load`` and the path: a missing, truncated or corrupt file, a
+        Naming this function (or ``models.load``, ``<Model>.load``: the one called) and the
+        path: an empty path, a missing, truncated or corrupt file, a
         directory, a file that is not a parscan model (missing entries, unknown class), a
         ``format_version`` later than :data:`FORMAT_VERSION` (files without one are format
         1), malformed hyperparameters or metadata JSON, hyperparameters the class does not
@@ -709,13 +717,19 @@ def load_with_metadata(path) -> tuple[Model, dict]:
         invalid standardisation (``data_mean`` and ``data_std`` of shape ``(n_obs,)``,
         finite, ``data_std > 0``).
     """
-    path = Path(path)
-    return model_from_fields(read_npz_fields(path, "models.load"), path, "models.load")
+    return _load_with_metadata(path, "models.load_with_metadata")
 
 
 def load(path) -> Model:
-    """Load any parscan model from an ``.npz`` written by ``model.save``."""
-    return load_with_metadata(path)[0]
+    """Load any parscan model from an ``.npz`` written by ``model.save`` (errors as
+    :func:`load_with_metadata`'s, naming ``models.load``)."""
+    return _load_with_metadata(path, "models.load")[0]
+
+
+def _load_with_metadata(path, where: str) -> tuple[Model, dict]:
+    """:func:`load_with_metadata`, its errors naming ``where`` (the function called)."""
+    path = check_path(path, where)
+    return model_from_fields(read_npz_fields(path, where), path, where)
 
 
 class LatentRNN(Model):
@@ -828,6 +842,12 @@ class LatentRNN(Model):
         """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``.
 
         A run that diverges or becomes non-finite is returned as computed (huge, inf or NaN
-        entries), not flagged; :func:`models.evaluate` reports such runs.
+        entries), not flagged; :func:`models.evaluate` reports such runs. Bad arguments are
+        refused as by :meth:`initial_state` and :meth:`simulate`, naming this method.
         """
+        where = f"{type(self).__name__}.generate"
+        with Checks(where) as checks:
+            with checks.caught("x0"):
+                x0 = self._check_obs(x0, where, "x0")
+            n_steps = checks.integer(n_steps, "n_steps", 0)
         return self.simulate(self.initial_state(x0), n_steps)[..., : self.n_obs]

@@ -6,7 +6,6 @@ A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dime
 import csv
 import itertools
 import keyword
-import os
 import re
 import stat
 import zipfile
@@ -624,14 +623,12 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     """
     where = "load_data"
     with Checks(where) as checks:
-        if not isinstance(path, str | os.PathLike):
-            checks.add(f"path must be a str or Path; got {type(path).__name__}.", wrong_kind=True)
+        path = checks.path(path)
         if key is not None and not isinstance(key, str):
             checks.add(
                 f"key must be a str (an array name); got {type(key).__name__}.", wrong_kind=True
             )
         min_steps = checks.integer(min_steps, "min_steps")
-    path = Path(path)
     suffix = _check_path(path, where)
     if key is not None and suffix != ".npz":
         raise ValueError(f"{where}: key={key!r} applies to .npz files only; {path} is {suffix}.")

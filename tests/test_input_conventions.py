@@ -213,7 +213,7 @@ def test_model_methods_refuse_masked_arrays(model, x):
         model.param_vjp(z, z)
     with pytest.raises(TypeError, match=rf"^{cls}\.initial_state: x0 {MASKED}"):
         model.initial_state(z)
-    with pytest.raises(TypeError, match=rf"^{cls}\.initial_state: x0 {MASKED}"):
+    with pytest.raises(TypeError, match=rf"^{cls}\.generate: x0 {MASKED}"):
         model.generate(z, 3)
     with pytest.raises(
         TypeError, match=rf"^{cls}\.initial_state_vjp: x0 {MASKED}.*cotangent {MASKED}"
@@ -364,3 +364,40 @@ def test_training_passes_default_deer_settings_to_the_sequential_method(model, w
     want_loss, want_grad, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method="sequential")
     assert reason == "" and newton == (0, 0.0) and loss == want_loss
     np.testing.assert_array_equal(grad, want_grad)
+
+
+def test_paths_must_be_non_empty_str_or_path(model, tmp_path):
+    """save/load/load_data name themselves; an empty path is not the working directory."""
+    cases = [
+        (lambda p: model.save(p), "ShPLRNN.save"),
+        (lambda p: models.load(p), "models.load"),
+        (lambda p: models.load_with_metadata(p), "models.load_with_metadata"),
+        (lambda p: models.ShPLRNN.load(p), "ShPLRNN.load"),
+        (lambda p: models.load_data(p), "load_data"),
+    ]
+    for call, where in cases:
+        with pytest.raises(TypeError, match=rf"^{where}: path must be a str or Path; got NoneT"):
+            call(None)
+        with pytest.raises(ValueError, match=rf"^{where}: path must not be empty"):
+            call("")
+    with pytest.raises(ValueError, match=r"^ShPLRNN.load: no such file "):
+        models.ShPLRNN.load(tmp_path / "missing.npz")
+    with pytest.raises(IsADirectoryError, match=r"^ShPLRNN.save: cannot write .*it is a direc"):
+        model.save(tmp_path)
+    assert models.load(model.save(tmp_path / "m.npz")).hyperparameters() == (
+        model.hyperparameters()
+    )
+
+
+def test_generate_names_itself(model, x):
+    with pytest.raises(TypeError) as info:
+        model.generate(x[0, :2], 2.5)
+    assert str(info.value) == (
+        "ShPLRNN.generate: x0 must have shape (..., N) with N=3; got (2,). n_steps must be an "
+        "int; got float."
+    )
+    with pytest.raises(ValueError, match=r"^ShPLRNN.generate: n_steps must be >= 0; got -1"):
+        model.generate(x[0], -1)
+    np.testing.assert_array_equal(
+        model.generate(x[0], 5), model.simulate(model.initial_state(x[0]), 5)[..., :N]
+    )
