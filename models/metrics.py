@@ -708,13 +708,12 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
     return logs / n_steps
 
 
-def _system_spectrum(system, k, run, n_steps, transient, dt, where):
-    dt = system.dt if dt is None else dt
-    if transient is None:
-        transient = round(system.transient_time / dt)
+def _system_spectrum(system, k, run, n_steps, plan, dt, where):
+    """Exponents of ``system`` along the run prepared as ``run`` with the RK4 ``plan``
+    (``(n_sub, transient)`` of :meth:`~models.systems.System.plan_with`)."""
+    n_sub, transient = plan
     p, x, _ = run
     k = _n_exponents(k, x.shape[0], where)
-    n_sub = system.substeps(dt)
     y = np.ascontiguousarray(np.eye(x.shape[0])[:, :k])
     logs = np.zeros(k)
     bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs)
@@ -793,11 +792,13 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
         if transient is not None:
             transient = checks.integer(transient, "transient", 0)
         if system is not None:
-            dt = dt if dt is None else checks.real(dt, "dt", positive=True)
+            dt = system.dt if dt is None else checks.real(dt, "dt", positive=True)
+            n_steps = 20_000 if n_steps is None else n_steps
             run = system.prepare_with(checks, params=params, x0=x0, seed=seed)
+            if checks.ok("dt", "n_steps", "transient"):
+                plan = system.plan_with(checks, dt, transient, n_steps)
     if system is not None:
-        n_steps = 20_000 if n_steps is None else n_steps
-        return _system_spectrum(system, n_exponents, run, n_steps, transient, dt, where)
+        return _system_spectrum(system, n_exponents, run, n_steps, plan, dt, where)
     n_steps = 10_000 if n_steps is None else n_steps
     transient = 1_000 if transient is None else transient
     k = _n_exponents(n_exponents, target.M, where)

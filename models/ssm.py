@@ -48,7 +48,7 @@ def _mlp_one(f, W1, b1, W2, b2, hid, out):
         acc = b1[i]
         for j in range(f.shape[0]):
             acc += W1[i, j] * f[j]
-        hid[i] = acc if acc > 0.0 else 0.0
+        hid[i] = 0.0 if acc <= 0.0 else acc  # relu, NaN propagated (as np.maximum)
     for i in range(W2.shape[0]):
         acc = b2[i]
         for j in range(W1.shape[0]):
@@ -248,23 +248,30 @@ class DiagonalSSM(Model):
 
     @abstractmethod
     def recurrence(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Scan coefficients ``(a, b, aux)`` for inputs ``u (B, T, N)``: ``a`` of shape ``(D,)``
-        or ``(B, T, D)``, ``b (B, T, D)``, ``aux`` intermediates for :meth:`recurrence_vjp`."""
+        """Scan coefficients ``(a, b, aux)`` for inputs ``u (..., T, N)`` (array_like, model
+        dtype): ``a`` of shape ``(D,)`` or ``(..., T, D)``, ``b (..., T, D)``, ``aux``
+        intermediates for :meth:`recurrence_vjp`. Implementations start with
+        :meth:`_check_inputs`."""
 
     @abstractmethod
     def features(self, h: np.ndarray, u: np.ndarray, aux: dict) -> np.ndarray:
-        """Readout features ``y (B, T, K)`` from states ``h (B, T, D)``."""
+        """Readout features ``y (B, T, K)`` from states ``h (B, T, D)``, inputs ``u (B, T, N)``
+        and the ``aux`` of :meth:`recurrence`. Implementations start with
+        :meth:`_check_features_args`."""
 
     @abstractmethod
     def features_vjp(self, trace: SSMTrace, g_y: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """Add ``(∂y/∂θ)^T g_y`` into ``grad``; return ``g_h (B, T, D)``."""
+        """Add ``(∂y/∂θ)^T g_y`` into ``grad (n_params,)`` for the :class:`SSMTrace` of
+        :meth:`forward` and ``g_y`` of the shape of ``trace.y``; return ``g_h (B, T, D)``.
+        Implementations start with :meth:`_check_vjp_args`."""
 
     @abstractmethod
     def recurrence_vjp(
         self, trace: SSMTrace, g_a: np.ndarray, g_b: np.ndarray, grad: np.ndarray
     ) -> None:
         """Add the parameter gradient of ``<a, g_a> + <b, g_b>`` (real inner products of
-        ``(B, T, D)`` arrays; complex ones as ``Re(conj(g) dz)``) into ``grad``."""
+        ``(B, T, D)`` arrays, the shape of ``trace.h``; complex ones as ``Re(conj(g) dz)``)
+        into ``grad (n_params,)``. Implementations start with :meth:`_check_vjp_args`."""
 
     # -- shared machinery -----------------------------------------------------------------------
 
@@ -272,9 +279,13 @@ class DiagonalSSM(Model):
         """Teacher-forced pass over windows ``x (B, T+1, N)`` keeping every intermediate.
 
         ``x`` may have any number of leading batch dimensions (flattened to ``B``); ``T >= 1``.
-        The recurrence is one :func:`parscan.linear_scan` over time (``backend`` is passed on).
+        The recurrence is one :func:`parscan.linear_scan` over time (``backend`` is passed on,
+        and a bad one raises linear_scan's error).
         """
-        x = self._check_windows(x, f"{type(self).__name__}.forward", "x")
+        return self._forward(self._check_windows(x, f"{type(self).__name__}.forward", "x"), backend)
+
+    def _forward(self, x: np.ndarray, backend: str) -> SSMTrace:
+        """:meth:`forward` of windows that passed :meth:`_check_windows`."""
         u = np.ascontiguousarray(x.reshape(-1, *x.shape[-2:])[:, :-1, :])
         a, b, aux = self.recurrence(u)
         h = linear_scan(np.ascontiguousarray(np.broadcast_to(a, b.shape)), b, backend=backend)
@@ -298,9 +309,80 @@ class DiagonalSSM(Model):
             )
         return x
 
+    def _check_inputs(self, u, where: str) -> np.ndarray:
+        """``u`` (array_like) as inputs ``(..., T, N)`` in the model's dtype; ValueError/TypeError
+        naming ``where``."""
+        shape, dims = "(..., T, N)", f"N={self.n_obs}"
+        return self._check_last_axis(u, where, "u", self.n_obs, shape, dims, min_ndim=2)
+
+    def _check_features_args(self, h, u, aux, where: str) -> None:
+        """Refuse (naming ``where``) arguments of :meth:`features` that are not what
+        :meth:`forward` passes: states ``h (B, T, D)``, inputs ``u (B, T, N)`` and the dict
+        ``aux`` of :meth:`recurrence`. O(1): kinds and shapes, not values."""
+        with Checks(where) as checks:
+            for name, value, width in (("h", h, "D"), ("u", u, "N")):
+                if not isinstance(value, np.ndarray):
+                    checks.add(
+                        f"{name} must be a numpy array of shape (B, T, {width}); got "
+                        f"{type(value).__name__}.",
+                        name,
+                        wrong_kind=True,
+                    )
+            if not isinstance(aux, dict):
+                checks.add(
+                    f"aux must be the dict returned by recurrence(u); got {type(aux).__name__}.",
+                    wrong_kind=True,
+                )
+            if checks.ok("h", "u") and (
+                u.ndim != 3 or u.shape[-1] != self.n_obs or h.shape != (*u.shape[:-1], self.D)
+            ):
+                checks.add(
+                    f"need u of shape (B, T, N) and h of shape (B, T, D) with N={self.n_obs}, "
+                    f"D={self.D}; got u.shape={u.shape}, h.shape={h.shape}."
+                )
+
+    def _check_vjp_args(self, where: str, trace, grad, **cotangents) -> None:
+        """Refuse (naming ``where``) arguments of a VJP hook that are not what
+        :func:`autodiff.ssm_gradients.ssm_loss_and_grad` passes: the :class:`SSMTrace` of
+        :meth:`forward`, cotangents given as ``name=(array, field)`` of the shape of
+        ``trace.<field>``, and a vector ``grad (n_params,)``. O(1): kinds and shapes, not
+        values (these run every training step)."""
+        with Checks(where) as checks:
+            if not isinstance(trace, SSMTrace):
+                checks.add(
+                    f"trace must be the SSMTrace returned by forward(x); got "
+                    f"{type(trace).__name__}.",
+                    "trace",
+                    wrong_kind=True,
+                )
+            for name, (value, field) in cotangents.items():
+                if not isinstance(value, np.ndarray):
+                    checks.add(
+                        f"{name} must be a numpy array of the shape of trace.{field}; got "
+                        f"{type(value).__name__}.",
+                        wrong_kind=True,
+                    )
+                elif checks.ok("trace") and value.shape != getattr(trace, field).shape:
+                    checks.add(
+                        f"{name} must have the shape of trace.{field}, "
+                        f"{getattr(trace, field).shape}; got {value.shape}."
+                    )
+            if not isinstance(grad, np.ndarray):
+                checks.add(
+                    f"grad must be a numpy array of shape ({self.n_params},), the gradient "
+                    f"added into; got {type(grad).__name__}. Use np.zeros(model.n_params, "
+                    f"dtype=model.dtype).",
+                    wrong_kind=True,
+                )
+            elif grad.shape != (self.n_params,):
+                checks.add(f"grad must have shape ({self.n_params},); got {grad.shape}.")
+
     def readout_vjp(self, trace: SSMTrace, g_pred: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """Add the MLP-readout parameter gradients for ``g_pred (B, T, N)`` into ``grad``;
+        """Add the MLP-readout parameter gradients for ``g_pred`` (the shape of ``trace.pred``,
+        ``(B, T, N)``) into ``grad (n_params,)`` for the :class:`SSMTrace` of :meth:`forward`;
         return the cotangent of the features ``g_y (B, T, K)``."""
+        where = f"{type(self).__name__}.readout_vjp"
+        self._check_vjp_args(where, trace, grad, g_pred=(g_pred, "pred"))
         p, g = self.unflatten(), self.unflatten(grad)
         act = np.maximum(trace.hidden, 0.0)
         g["W2"][...] += _sum_outer(g_pred, act)
@@ -328,9 +410,13 @@ class DiagonalSSM(Model):
             Predictions of ``x_1 .. x_T`` from inputs ``x_0 .. x_{T-1}`` (state ``h_0 = 0`` at
             the start of every window).
         """
-        shape = np.shape(x)
-        pred = self.forward(x, backend=backend).pred
-        return pred.reshape(*shape[:-2], shape[-2] - 1, self.n_obs)
+        where = f"{type(self).__name__}.teacher_forced"
+        x = self._check_windows(x, where, "x")
+        try:
+            pred = self._forward(x, backend).pred
+        except (TypeError, ValueError) as exc:  # a bad backend, refused by linear_scan
+            raise type(exc)(f"{where}: {exc}") from None
+        return pred.reshape(*x.shape[:-2], x.shape[-2] - 1, self.n_obs)
 
     def generate(self, x0: np.ndarray, n_steps: int) -> np.ndarray:
         """Closed-loop free run from ``x0`` with ``h_0 = 0``, feeding each prediction back.
@@ -346,7 +432,9 @@ class DiagonalSSM(Model):
         -------
         ndarray, shape (..., n_steps, N)
             ``x̂_1 .. x̂_n`` (``x0`` excluded). ``x̂_1`` equals the first teacher-forced
-            prediction of a window starting at ``x0``.
+            prediction of a window starting at ``x0``. As for the latent RNNs, NaN/inf in
+            ``x0`` and a run that diverges give huge, inf or NaN entries, not flagged;
+            :func:`models.evaluate` reports such runs.
         """
         where = f"{type(self).__name__}.generate"
         with Checks(where) as checks:
@@ -484,6 +572,7 @@ class LinearSSM(DiagonalSSM):
         return lam, gamma
 
     def recurrence(self, u):
+        u = self._check_inputs(u, "LinearSSM.recurrence")
         p = self.unflatten()
         lam, gamma = self.eigenvalues()
         b = np.empty((*u.shape[:-1], self.H), dtype=lam.dtype)
@@ -492,10 +581,12 @@ class LinearSSM(DiagonalSSM):
         return lam, b, {"gamma": gamma}
 
     def features(self, h, u, aux):
+        self._check_features_args(h, u, aux, "LinearSSM.features")
         p = self.unflatten()
         return _apply(h.real, p["C_re"].T) - _apply(h.imag, p["C_im"].T)
 
     def features_vjp(self, trace, g_y, grad):
+        self._check_vjp_args("LinearSSM.features_vjp", trace, grad, g_y=(g_y, "y"))
         p, g = self.unflatten(), self.unflatten(grad)
         g["C_re"][...] += _sum_outer(g_y, trace.h.real)
         g["C_im"][...] -= _sum_outer(g_y, trace.h.imag)
@@ -505,6 +596,8 @@ class LinearSSM(DiagonalSSM):
         return g_h
 
     def recurrence_vjp(self, trace, g_a, g_b, grad):
+        where = "LinearSSM.recurrence_vjp"
+        self._check_vjp_args(where, trace, grad, g_a=(g_a, "h"), g_b=(g_b, "h"))
         p, g = self.unflatten(), self.unflatten(grad)
         lam, gamma = trace.a, trace.aux["gamma"]
         g_lam = g_a.sum(axis=(0, 1))
@@ -648,6 +741,7 @@ class SelectiveSSM(DiagonalSSM):
         return self
 
     def recurrence(self, u):
+        u = self._check_inputs(u, "SelectiveSSM.recurrence")
         p = self.unflatten()
         pre = _apply(u, p["W_delta"].T)
         pre += p["b_delta"]
@@ -661,10 +755,12 @@ class SelectiveSSM(DiagonalSSM):
         return a.reshape(shape), b.reshape(shape), aux
 
     def features(self, h, u, aux):
+        self._check_features_args(h, u, aux, "SelectiveSSM.features")
         h4 = h.reshape(*h.shape[:-1], self.n_obs, self.H)
         return np.einsum("btdn,btn->btd", h4, aux["Ct"])
 
     def features_vjp(self, trace, g_y, grad):
+        self._check_vjp_args("SelectiveSSM.features_vjp", trace, grad, g_y=(g_y, "y"))
         g = self.unflatten(grad)
         h4 = trace.h.reshape(*trace.h.shape[:-1], self.n_obs, self.H)
         g_Ct = np.einsum("btd,btdn->btn", g_y, h4)
@@ -673,6 +769,8 @@ class SelectiveSSM(DiagonalSSM):
         return g_h.reshape(trace.h.shape)
 
     def recurrence_vjp(self, trace, g_a, g_b, grad):
+        where = "SelectiveSSM.recurrence_vjp"
+        self._check_vjp_args(where, trace, grad, g_a=(g_a, "h"), g_b=(g_b, "h"))
         g = self.unflatten(grad)
         aux, u = trace.aux, trace.u
         shape4 = (*u.shape[:-1], self.n_obs, self.H)

@@ -152,6 +152,15 @@ def slow_lorenz_jac(x, p, out):
     out[4, 4] = w * (1.0 - x[3] ** 2 - 3.0 * x[4] ** 2)
 
 
+#: Most RK4 steps one run (:func:`generate`) may take, transient included. The integrator is a
+#: compiled loop that Ctrl-C cannot interrupt; at the ~10^7 steps/s of a 3-D system on one core
+#: (Lorenz-96 with N = 10: ~2 x 10^6) this is 15 minutes to an hour or more, while the defaults
+#: need at most ~10^7 (``hindmarsh_rose``: 50 steps per sample, 40,000 transient samples) and
+#: 10^6 samples of any system at its ``dt`` at most 5 x 10^7. Longer runs are split into calls
+#: that continue from the last sample (``x0=out[-1], transient=0``). The bound also keeps
+#: every step count within the int64 arguments of the kernels.
+MAX_RK4_STEPS = 10**10
+
 #: Kernel ids of the built-in systems, the ``kind`` argument of the kernels below.
 LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ = range(5)
 
@@ -398,6 +407,9 @@ class System:
                     wrong_kind=True,
                 )
             checks.integer(self.dim, dim)
+            checks.real(self.dt, f"dt of {self.name!r}", positive=True)
+            checks.real(self.max_step, f"max_step of {self.name!r}", positive=True)
+            checks.real(self.transient_time, f"transient_time of {self.name!r}", positive=False)
             if checks.ok("kind"):
                 self._check_kernel_fit(checks, dim)
             self._check_x0(checks, dim)
@@ -554,9 +566,70 @@ class System:
                 checks.add(f"x must have shape ({dim},) for {self.name}; got {x.shape}.")
         return x, p
 
-    def substeps(self, dt: float) -> int:
-        """Internal RK4 steps per sample of size ``dt``."""
+    def substeps(self, dt: float, where: str = "System.substeps") -> int:
+        """Internal RK4 steps per sample of size ``dt``: ``ceil(dt / max_step)``, at least 1.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``where``: ``dt`` is not a finite real number > 0, or it needs more than
+            :data:`MAX_RK4_STEPS` steps per sample.
+        """
+        with Checks(where) as checks:
+            dt = checks.real(dt, "dt", positive=True)
+            if checks.ok("dt") and dt / self.max_step > MAX_RK4_STEPS:
+                checks.add(
+                    f"dt={dt:g} needs {dt / self.max_step:.3g} RK4 steps (of at most max_step="
+                    f"{self.max_step:g}) per sample, more than MAX_RK4_STEPS = "
+                    f"{MAX_RK4_STEPS:.0e} in all. Use dt <= {MAX_RK4_STEPS * self.max_step:g}.",
+                    "dt",
+                )
         return max(1, math.ceil(dt / self.max_step - 1e-9))
+
+    def plan_with(self, checks: Checks, dt: float, transient: int | None, n_steps: int):
+        """Internal RK4 steps per sample and samples of transient of a run of ``n_steps``
+        samples at the sampling step ``dt``, for a function that gathers the problems of its
+        arguments (so named) in ``checks``; call it when they passed their own checks.
+
+        ``transient`` None means ``ceil(transient_time / dt)``. A run of more than
+        :data:`MAX_RK4_STEPS` RK4 steps in all (``n_sub * (transient + n_steps - 1)``, the
+        steps of :func:`rk4_trajectory`) is recorded in ``checks`` instead of started.
+
+        Returns
+        -------
+        tuple of (int, int), or None
+            ``(n_sub, transient)``: :meth:`substeps` of ``dt`` and the samples of transient;
+            None when a problem was recorded.
+        """
+        with checks.caught("dt"):
+            n_sub = self.substeps(dt, checks.where)
+        for name, value in (("n_steps", n_steps), ("transient", transient)):
+            if value is not None and value > MAX_RK4_STEPS:
+                checks.add(
+                    f"{name} must be <= MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (each sample takes "
+                    f"at least one RK4 step); got {value}. Split the run into calls that "
+                    f"continue from x0=out[-1] with transient=0.",
+                    name,
+                )
+        if not checks.ok("dt", "n_steps", "transient"):
+            return None
+        skip = transient
+        if skip is None:  # ceil, less a rounding margin: 20 / 0.01 is 2000 samples, not 2001
+            skip = self.transient_time / dt  # a float of any size, inf for a tiny dt
+            skip = float(math.ceil(skip - 1e-9)) if math.isfinite(skip) else skip
+        total = n_sub * (skip + n_steps - 1)
+        if total > MAX_RK4_STEPS:
+            default = " (the default, ceil(transient_time / dt))" if transient is None else ""
+            checks.add(
+                f"the run would take {total:.3g} RK4 steps ({n_sub} per sample of dt={dt:g} over "
+                f"transient={skip:.6g}{default} + n_steps={n_steps} samples), more than "
+                f"MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (too long for one call of a compiled "
+                f"loop that Ctrl-C cannot stop). Use a smaller n_steps or transient, or split "
+                f"the run into calls that continue from x0=out[-1] with transient=0.",
+                "dt",
+            )
+            return None
+        return n_sub, int(skip)
 
     def prepare(self, *, params=None, x0=None, seed=0, where="System.prepare"):
         """Parameters and initial condition for a run.
@@ -803,7 +876,9 @@ def generate(
     ------
     ValueError
         Unknown system or parameter, a non-finite parameter, invalid sizes, noise with
-        ``n_steps < 2``, or a trajectory that becomes non-finite.
+        ``n_steps < 2``, a run of more than :data:`MAX_RK4_STEPS` RK4 steps
+        (``ceil(dt / max_step) * (transient + n_steps - 1)``; 10^10, an hour or more), or a
+        trajectory that becomes non-finite.
     TypeError
         Arguments of the wrong kind.
     """
@@ -821,10 +896,10 @@ def generate(
         if transient is not None:
             transient = checks.integer(transient, "transient", 0)
         run = sys_.prepare_with(checks, params=params, x0=x0, seed=seed)
-    if transient is None:  # ceil, less a rounding margin: 20 / 0.01 is 2000 steps, not 2001
-        transient = math.ceil(sys_.transient_time / dt - 1e-9)
+        if checks.ok("dt", "transient", "n_steps"):
+            plan = sys_.plan_with(checks, dt, transient, n_steps)
     p, start, rng = run
-    n_sub = sys_.substeps(dt)
+    n_sub, transient = plan
     out = np.empty((n_steps, start.shape[0]))
     bad = rk4_trajectory(sys_.kind, start, p, dt / n_sub, n_sub, transient, out)
     if bad >= 0:

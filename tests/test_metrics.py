@@ -538,6 +538,14 @@ def test_lyapunov_validation():
     blow_up = MapRNN(3.0 * np.eye(2))
     with pytest.raises(ValueError, match=r"free run became non-finite at step"):
         max_lyapunov(blow_up, x0=np.ones(2), n_steps=1000)
+    # runs a compiled loop could not finish (or whose step count leaves int64) are refused
+    for kwargs, match in [
+        ({"dt": 1e20}, r"dt=1e\+20 needs 1e\+23 RK4 steps"),
+        ({"transient": 10**12}, r"transient must be <= MAX_RK4_STEPS"),
+        ({"dt": 1e-300}, r"the run would take .* RK4 steps"),
+    ]:
+        with pytest.raises(ValueError, match=r"^lyapunov_spectrum: " + match):
+            lyapunov_spectrum("lorenz63", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

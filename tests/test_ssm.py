@@ -105,6 +105,32 @@ def test_generate_matches_closed_loop(model, data):
     assert model.generate(data[:, 0], 0).shape == (2, 0, N)
 
 
+def test_free_runs_propagate_nan_and_inf(model, data):
+    """NaN/inf in x0 reach the output as in the latent RNNs' generate: the readout's ReLU
+    keeps NaN (it once mapped it to 0, giving rows equal to the bias b2)."""
+    assert np.isnan(models.ShPLRNN(N, 8).generate(np.array([np.nan, 0.0, 0.0]), 3)).all()
+    for bad in (np.nan, np.inf, -np.inf):
+        x0 = data[:, 0].copy()
+        x0[1, 0] = bad
+        out = model.generate(x0, 4)
+        assert not np.isfinite(out[1]).any(), bad
+        np.testing.assert_array_equal(out[0], model.generate(data[0, 0], 4))
+
+
+def test_a_diverging_free_run_ends_non_finite_and_evaluate_says_so():
+    """A run past the float range becomes inf - inf = NaN in the readout, which stays NaN
+    (it once settled on the finite bias b2) and evaluate reports it."""
+    model = _make("selective")
+    model["W1"][...] *= 40.0
+    model["W2"][...] *= 40.0
+    x = models.generate("lorenz63", 300, seed=1)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    out = model.generate(x[0], 200)
+    assert np.abs(out[0]).max() > 10.0 and np.isnan(out[-1]).all()
+    res = models.evaluate(model, x, measures=("dstsp", "dh"))
+    assert res["status"] == "non_finite" and res["dstsp"] is None
+
+
 # --- gradients ---------------------------------------------------------------------------------
 
 
@@ -248,19 +274,60 @@ def test_save_load_round_trip(tmp_path, kind, data):
 
 def test_input_errors(model, data):
     name = type(model).__name__
-    with pytest.raises(ValueError, match=rf"{name}.forward: x must have shape .*N=3"):
-        model.teacher_forced(data[..., :2])
-    with pytest.raises(TypeError, match=rf"{name}.forward: x must have dtype float64"):
-        model.teacher_forced(data.astype(np.float32))
-    with pytest.raises(ValueError, match="at least 2 time points"):
-        model.teacher_forced(data[:, :1])
+    for method in ("teacher_forced", "forward"):
+        call = getattr(model, method)
+        with pytest.raises(ValueError, match=rf"^{name}.{method}: x must have shape .*N=3"):
+            call(data[..., :2])
+        with pytest.raises(TypeError, match=rf"^{name}.{method}: x must have dtype float64"):
+            call(data.astype(np.float32))
+        with pytest.raises(ValueError, match=rf"^{name}.{method}: need at least 2 time points"):
+            call(data[:, :1])
+        with pytest.raises(TypeError, match=rf"^{name}.{method}: x must have dtype .*; got <U1"):
+            call([["a"] * 3] * 2)
     np.testing.assert_array_equal(model.teacher_forced(data.tolist()), model.teacher_forced(data))
-    with pytest.raises(TypeError, match=rf"{name}.forward: x must have dtype float64; got <U1"):
-        model.teacher_forced([["a"] * 3] * 2)
+    with pytest.raises(ValueError, match=rf"^{name}.teacher_forced: linear_scan: unknown backend"):
+        model.teacher_forced(data, backend="gpu")
     with pytest.raises(ValueError, match=rf"{name}.generate: n_steps must be >= 0"):
         model.generate(data[:, 0], -1)
     with pytest.raises(ValueError, match=rf"{name}.generate: x0 must have shape"):
         model.generate(data[:, 0, :2], 3)
+
+
+def test_recurrence_checks_its_inputs(model, data):
+    name = type(model).__name__
+    u = data[:, :-1]
+    a, b, _ = model.recurrence(u)
+    a_list, b_list, _ = model.recurrence(u.tolist())  # array_like, same result
+    np.testing.assert_array_equal(a_list, a)
+    np.testing.assert_array_equal(b_list, b)
+    assert model.recurrence(u[0])[1].shape == (8, model.D)  # (..., T, N)
+    for bad in (np.array(1.0), np.ones(N), np.ones((2, 5))):
+        with pytest.raises(
+            ValueError, match=rf"^{name}.recurrence: u must have shape \(\.\.\., T, N\)"
+        ):
+            model.recurrence(bad)
+    with pytest.raises(TypeError, match=rf"^{name}.recurrence: u must have dtype float64"):
+        model.recurrence(u.astype(np.float32))
+
+
+def test_adjoint_hooks_refuse_what_forward_does_not_produce(model, data):
+    name = type(model).__name__
+    trace = model.forward(data)
+    grad = np.zeros(model.n_params)
+    with pytest.raises(TypeError, match=rf"^{name}.features: h must be a numpy array .* aux must"):
+        model.features(None, None, None)
+    with pytest.raises(ValueError, match=rf"^{name}.features: need u of shape \(B, T, N\)"):
+        model.features(trace.h[..., :1], trace.u, trace.aux)
+    with pytest.raises(
+        TypeError, match=rf"^{name}.readout_vjp: trace must be the SSMTrace returned by forward"
+    ):
+        model.readout_vjp(None, None, None)
+    with pytest.raises(ValueError, match=rf"^{name}.features_vjp: g_y must have the shape of "):
+        model.features_vjp(trace, np.ones((2, 8, model.K + 1)), grad)
+    with pytest.raises(TypeError, match=rf"^{name}.recurrence_vjp: .*grad must be a numpy array"):
+        model.recurrence_vjp(trace, trace.h, trace.h, [0.0] * model.n_params)
+    with pytest.raises(ValueError, match=rf"^{name}.readout_vjp: grad must have shape"):
+        model.readout_vjp(trace, trace.pred, grad[:-1])
 
 
 def test_constructor_and_gradient_errors():

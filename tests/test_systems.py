@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from models.systems import KERNELS, SYSTEMS, System, generate, get_system
+from models.systems import KERNELS, MAX_RK4_STEPS, SYSTEMS, System, generate, get_system
 
 # --- Plain NumPy references of the right-hand sides (written from the papers' equations) -----
 
@@ -311,6 +311,7 @@ def test_point_checks_name_the_method():
         ({"x0": [1.0, 2.0]}, ValueError, r"generate: x0 must have shape \(3,\)"),
         ({"x0": [1.0, np.inf, 0.0]}, ValueError, r"generate: x0 contains NaN or inf"),
         ({"x0": ["a", "b", "c"]}, TypeError, r"generate: x0 must be a real numeric array"),
+        ({"dt": np.inf}, ValueError, r"^generate: dt must be finite and > 0; got inf\.$"),
     ],
 )
 def test_generate_validation(kwargs, exc, match):
@@ -354,6 +355,60 @@ def test_records_report_every_bad_field_at_once():
         TypeError, match=r"^System.rhs: parameters .* rho=inf\. x must be a float64"
     ):
         SYSTEMS["lorenz63"].rhs(np.zeros(3, dtype=np.float32), {"rho": np.inf})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # ceil(dt / max_step) steps per sample once overflowed int64 (a Numba TypingError)
+        ({"dt": 1e20}, r"dt=1e\+20 needs 1e\+23 RK4 steps .* per sample.* Use dt <= 1e\+07\.$"),
+        ({"dt": 1e300}, r"dt=1e\+300 needs 1e\+303 RK4 steps"),
+        ({"dt": 1e10}, r"dt=1e\+10 needs 1e\+13 RK4 steps"),
+        # or ran for days in a compiled loop that Ctrl-C cannot stop
+        ({"transient": 10**12}, r"transient must be <= MAX_RK4_STEPS = 1e\+10 .*; got 10{12}\."),
+        ({"n_steps": 10**11}, r"n_steps must be <= MAX_RK4_STEPS = 1e\+10 .*; got 10{11}\."),
+        ({"dt": 1e6, "n_steps": 20}, r"the run would take 2e\+10 RK4 steps \(1000000000 per "),
+        (
+            {"dt": 1e-300},
+            r"the run would take 2e\+301 RK4 steps .*=2e\+301 \(the default, ceil\(transient_",
+        ),
+        ({"dt": 5e-324}, r"the run would take inf RK4 steps .*transient=inf \(the default"),
+        ({"transient": 2 * 10**9}, r"the run would take 2e\+10 RK4 steps .*transient=2e\+09 \+ n_"),
+    ],
+)
+def test_runs_longer_than_the_step_budget_are_refused_up_front(kwargs, match):
+    args = {"n_steps": 3, **kwargs}
+    with pytest.raises(ValueError, match="^generate: " + match):
+        generate("lorenz63", args.pop("n_steps"), **args)
+
+
+def test_the_step_budget_is_the_kernels_step_count():
+    """``ceil(dt / max_step) * (transient + n_steps - 1)`` RK4 steps: exactly MAX_RK4_STEPS
+    passes the checks (here at no cost: one sample, no transient)."""
+    rec = dataclasses.replace(SYSTEMS["lorenz63"], max_step=1.0)
+    dt = float(MAX_RK4_STEPS)
+    start = generate(rec, 1, dt=dt, transient=0, x0=[1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(start, [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"^System.substeps: dt=1e\+10 needs 1e\+10 RK4"):
+        rec.substeps(np.nextafter(dt, np.inf))
+    assert rec.substeps(dt) == MAX_RK4_STEPS
+    with pytest.raises(ValueError, match=r"^System.substeps: dt must be finite and > 0; got nan"):
+        rec.substeps(np.nan)
+    with pytest.raises(TypeError, match=r"^System.substeps: dt must be a real number; got str"):
+        rec.substeps("0.01")
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"max_step": 0.0}, r"^System: max_step of 'lorenz63' must be finite and > 0; got 0\.0"),
+        ({"dt": np.nan}, r"^System: dt of 'lorenz63' must be finite and > 0; got nan"),
+        ({"transient_time": -1.0}, r"transient_time of 'lorenz63' must be finite and >= 0"),
+    ],
+)
+def test_records_with_step_sizes_the_integrator_cannot_use_are_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SYSTEMS["lorenz63"], **changes)
 
 
 def test_blow_up_is_reported():
