@@ -81,13 +81,15 @@ def save_checkpoint(
     return atomic_save_npz(checkpoint_path(directory), payload, where)
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Parameters
     ----------
     path : path-like
         A checkpoint file, or a directory holding ``checkpoint.npz``.
+    where : str
+        The function the messages name (``"fit"`` when it resumes a run).
 
     Returns
     -------
@@ -108,10 +110,10 @@ def load_checkpoint(path) -> dict:
         path = checkpoint_path(path)
     if not path.is_file():
         raise ValueError(
-            f"load_checkpoint: no checkpoint at {path}. Start without resume, or point to the "
+            f"{where}: no checkpoint at {path}. Start without resume, or point to the "
             "checkpoint directory of an earlier run."
         )
-    fields = read_npz_fields(path, "load_checkpoint")
+    fields = read_npz_fields(path, where, "restore it or start a new run")
     try:
         meta = json.loads(str(fields["metadata"]))
         state = meta["train_state"]
@@ -121,16 +123,16 @@ def load_checkpoint(path) -> dict:
         params = fields["params"]
     except (KeyError, TypeError, json.JSONDecodeError):
         raise ValueError(
-            f"load_checkpoint: {path} is not a parscan training checkpoint (a model file "
+            f"{where}: {path} is not a parscan training checkpoint (a model file "
             "written by model.save has no training state; load it with models.load)."
         ) from None
     if version != FORMAT_VERSION:
         raise ValueError(
-            f"load_checkpoint: {path} has checkpoint format {version!r}, from another version "
+            f"{where}: {path} has checkpoint format {version!r}, from another version "
             f"of parscan; this one reads format {FORMAT_VERSION}. Resume it with the version "
             "that wrote it, or start a new run (models.load still reads its model)."
         )
-    standardization = read_standardization(fields, None, path, "load_checkpoint")
+    standardization = read_standardization(fields, None, path, where)
     return {
         "path": path,
         "model_class": model_class,

@@ -876,7 +876,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         rng=np.random.Generator(np.random.PCG64(config.seed)),
     )
     if resume:
-        _resume_from(start, load_checkpoint(ckpt_file), config)
+        _resume_from(start, load_checkpoint(ckpt_file, "fit"), config)
     return start
 
 

@@ -492,9 +492,11 @@ class _NotNpz(Exception):
     """A file that is not a NumPy file at all (not a damaged one)."""
 
 
-def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
+def read_npz_fields(
+    path: Path, where: str, remedy: str = "restore it or save the model again"
+) -> dict[str, np.ndarray]:
     """All arrays of the ``.npz`` at ``path``; ValueError if it is missing, a directory or
-    unreadable."""
+    unreadable (then naming ``where`` and, for a damaged file, the ``remedy``)."""
     if path.is_dir():
         raise ValueError(
             f"{where}: {path} is a directory, not a model file; pass the .npz file inside it "
@@ -522,7 +524,7 @@ def read_npz_fields(path: Path, where: str) -> dict[str, np.ndarray]:
     ) as exc:
         raise ValueError(
             f"{where}: {path} is not a readable .npz file ({type(exc).__name__}: {exc}). It "
-            f"may be truncated or corrupt; restore it or save the model again."
+            f"may be truncated or corrupt; {remedy}."
         ) from None
     except _NotNpz as exc:
         raise ValueError(

@@ -493,8 +493,12 @@ def test_fit_argument_errors(lorenz, tmp_path):
         fit(model, x[:41], config())
     with pytest.raises(ValueError, match="fit: resume=True needs checkpoint_dir"):
         fit(model, x, config(), resume=True)
-    with pytest.raises(ValueError, match="no checkpoint at"):
+    with pytest.raises(ValueError, match=r"^fit: no checkpoint at"):
         fit(model, x, config(), checkpoint_dir=tmp_path, resume=True)
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match=r"^fit: .* is not a readable .*start a new run\.$"):
+        fit(model, x, config(), checkpoint_dir=tmp_path, resume=True)
+    (tmp_path / CHECKPOINT_NAME).unlink()
     with pytest.raises(TypeError, match="fit: config must be a TrainConfig"):
         fit(model, x, {"epochs": 1})
     fit(model, x, config(epochs=1, batches_per_epoch=1), checkpoint_dir=tmp_path)
