@@ -426,6 +426,7 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
     settings that the flags did not give were set (see :func:`_resolve`); ``given``: the
     settings this command sets (flags and config file), refused where the run would not use
     them even at their defaults."""
+    from autodiff.optim import lr_ratio_problem
     from autodiff.train import MIN_SCORED_STEPS
 
     problems = [
@@ -476,10 +477,18 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
             problems.append(f"{_named(name, origins)} must be >= 1, got {value}")
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
         problems.append(f"{_named('seed', origins)} must be an integer >= 0, got {s.seed!r}")
+    rates = []
     for name in ("lr_start", "lr_end"):
         value = getattr(s, name)
         if isinstance(value, bool) or not 0.0 < _float_or_nan(value) < float("inf"):
             problems.append(f"{_named(name, origins)} must be a positive number, got {value!r}")
+        else:
+            rates.append(float(value))
+    if len(rates) == 2:
+        names = (_named("lr_start", origins), _named("lr_end", origins))
+        ratio = lr_ratio_problem(*rates, names)
+        if ratio:
+            problems.append(ratio.removesuffix("."))
     if s.alpha != "auto" and not 0.0 <= _float_or_nan(s.alpha) <= 1.0:
         problems.append(
             f"{_named('alpha', origins)} must be 'auto' or a number in [0, 1], got {s.alpha!r}"

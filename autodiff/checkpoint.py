@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models._checks import check_path
 from models.base import atomic_save_npz, read_npz_fields, read_standardization
 
 #: file name of the latest checkpoint inside a checkpoint directory
@@ -105,7 +106,7 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
         checkpoint, a checkpoint of another format version, or an incomplete or invalid
         standardisation. The training state itself is checked by :func:`autodiff.fit`.
     """
-    path = Path(path)
+    path = check_path(path, where)
     if path.is_dir():
         path = checkpoint_path(path)
     if not path.is_file():

@@ -135,7 +135,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
             f"ClippedShPLRNN, ALRNN, PLRNN); got {type(model).__name__}. State-space models "
             "are trained teacher-forced: use autodiff.ssm_gradients.ssm_loss_and_grad."
         )
-    given, data = data, as_array(data, "data", where)
+    was_ndarray, data = isinstance(data, np.ndarray), as_array(data, "data", where)
     type_errors, value_errors = [], []
     if data.dtype != model.dtype:
         other = (
@@ -145,7 +145,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
         )
         cast = (
             f"data.astype(np.{model.dtype})"
-            if isinstance(given, np.ndarray)
+            if was_ndarray
             else f"np.asarray(data, dtype=np.{model.dtype})"
         )
         type_errors.append(
@@ -163,10 +163,11 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
     if jacobian not in JACOBIANS:
         value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
     check_newton_limits(tol, max_iter, {"type": type_errors, "value": value_errors})
-    given = {"jacobian": jacobian} if jacobian != "full" else {}
-    given.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
-    if method == "sequential" and given:
-        value_errors.append(sequential_refusal(given))
+    # a jacobian not in JACOBIANS is refused above, as for either method
+    newton = {"jacobian": jacobian} if jacobian in JACOBIANS and jacobian != "full" else {}
+    newton.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
+    if method == "sequential" and newton:
+        value_errors.append(sequential_refusal(newton))
     problem = bool_problem(throw, "`throw`")
     if problem is not None:
         type_errors.append(problem)

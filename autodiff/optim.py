@@ -14,7 +14,6 @@ Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (RAdam), 
 
 import inspect
 import math
-import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -304,6 +303,22 @@ class RAdam(Adam):
         return m_hat
 
 
+def lr_ratio_problem(
+    lr_start: float, lr_end: float, names: tuple[str, str] = ("lr_start", "lr_end")
+) -> str | None:
+    """Why :class:`ExponentialDecay` cannot decay from ``lr_start`` to ``lr_end`` (positive,
+    finite floats, called ``names`` in the message): their ratio overflows to inf or
+    underflows to 0 (its subnormal range is fine); None when it can. Shared with
+    :class:`autodiff.TrainConfig` and ``parscan-train``, which check it before a run starts."""
+    if 0.0 < lr_end / lr_start < math.inf:
+        return None
+    return (
+        f"{names[1]} / {names[0]} = {lr_end!r} / {lr_start!r} is beyond the range of a float "
+        "(about 1e-323 to 1e308), so the decay cannot be computed; choose learning rates "
+        "closer to each other."
+    )
+
+
 class ExponentialDecay:
     """Learning rate decaying exponentially from ``lr_start`` to ``lr_end`` over a run.
 
@@ -317,8 +332,8 @@ class ExponentialDecay:
     Parameters
     ----------
     lr_start, lr_end : float
-        Positive, finite learning rates whose ratio is a normal float (between about 1e-308
-        and 1e308).
+        Positive, finite learning rates whose ratio is representable (between about 1e-323
+        and 1e308: :func:`lr_ratio_problem`).
     n_steps : int
         Number of optimiser steps of the run, >= 1.
     """
@@ -328,14 +343,9 @@ class ExponentialDecay:
             self.lr_start = checks.real(lr_start, "lr_start", positive=True)
             self.lr_end = checks.real(lr_end, "lr_end", positive=True)
             self.n_steps = checks.integer(n_steps, "n_steps")
-            if checks.ok("lr_start", "lr_end"):
-                ratio = self.lr_end / self.lr_start
-                if not sys.float_info.min <= ratio <= sys.float_info.max:
-                    checks.add(
-                        f"lr_end / lr_start = {self.lr_end!r} / {self.lr_start!r} is beyond the "
-                        "range of a float (about 1e-308 to 1e308), so the decay cannot be "
-                        "computed; choose learning rates closer to each other."
-                    )
+            problem = lr_ratio_problem(self.lr_start, self.lr_end)
+            if checks.ok("lr_start", "lr_end") and problem:
+                checks.add(problem)
 
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""

@@ -35,10 +35,11 @@ from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
     clip_grad_norm,
+    lr_ratio_problem,
     make_optimizer,
 )
 from autodiff.regularization import GROUPS, l2_penalty
-from models._checks import FLOAT_DTYPES, check_bool, refusal
+from models._checks import FLOAT_DTYPES, check_bool, check_path, refusal
 from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import check_trajectory, standardize
@@ -424,8 +425,13 @@ class TrainConfig:
         integer("validation_n_bins", 1)
         integer("newton_max_iter", 1, optional=True)
         integer("seed", 0)
+        found = len(type_errors) + len(value_errors)
         real("lr_start", 0.0, None, lo_open=True)
         real("lr_end", 0.0, None, lo_open=True)
+        if len(type_errors) + len(value_errors) == found:  # both fine: their ratio may not be
+            ratio = lr_ratio_problem(self.lr_start, self.lr_end)
+            if ratio:
+                value_errors.append(ratio)
         real("alpha", 0.0, 1.0)
         real("alpha_gamma", 0.0, 1.0, hi_open=True)
         real("noise_level", 0.0, None)
@@ -883,13 +889,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
 def _check_checkpoint_dir(checkpoint_dir) -> Path:
     """``checkpoint_dir`` as a Path; refused unless it is a writable directory or can be
     created as one (its nearest existing ancestor is a writable directory). Creates nothing."""
-    try:
-        directory = Path(checkpoint_dir)
-    except TypeError:
-        raise TypeError(
-            f"fit: checkpoint_dir must be a path (str or os.PathLike); got "
-            f"{type(checkpoint_dir).__name__}."
-        ) from None
+    directory = check_path(checkpoint_dir, "fit", "checkpoint_dir")
     existing = directory
     while not existing.exists() and existing.parent != existing:
         if existing.is_symlink():
@@ -1203,7 +1203,7 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     it checks the permissions only: a read-only or virtual file system that they allow
     passes here and fails in :func:`fit`, with an ``OSError``); an error only a training step
     meets (e.g. a ``backend`` that cannot run this model) is not found. It warns of nothing
-    (:func:`fit` warns of validation runs too short for D_stsp).
+    (:func:`fit` warns of validation runs too short for D_stsp's bins or D_H's smoothing).
 
     Parameters
     ----------

@@ -171,7 +171,7 @@ class Checks:
             )
             return value
         if not os.fspath(value):
-            self.add(f"{name} must not be empty; pass a file name.", name)
+            self.add(f"{name} must not be empty (it would name the working directory).", name)
             return value
         return Path(value)
 
@@ -241,9 +241,9 @@ def as_array(x, name: str, where: str) -> np.ndarray:
     return x
 
 
-def check_path(value, where: str) -> Path:
-    """``value`` as a :class:`pathlib.Path`, else raise naming ``where`` (see
-    :meth:`Checks.path`)."""
+def check_path(value, where: str, name: str = "path") -> Path:
+    """``value`` (the argument ``name``) as a :class:`pathlib.Path`, else raise naming
+    ``where`` (see :meth:`Checks.path`)."""
     with Checks(where) as checks:
-        value = checks.path(value)
+        value = checks.path(value, name)
     return value

@@ -1043,8 +1043,8 @@ def evaluate(
     dh_length = min(n_measured, x_test.shape[0] - 1)
     if "dh" in measures:
         fix = (
-            "min(n_steps - transient, len(x_test) - 1) points are compared; pass a longer "
-            "x_test, lower transient or lower smoothing"
+            "min(n_steps - transient, len(x_test) - 1) points are compared; raise n_steps, "
+            "lower transient, pass a longer x_test or lower smoothing"
         )
         check_dh_resolution(dh_length, smoothing, where=where, fix=fix, stacklevel=2)
     binned = "dstsp" in measures and dstsp_method == "bins"

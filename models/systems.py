@@ -555,8 +555,10 @@ class System:
     def _point(self, x, params, where):
         with Checks(where) as checks:
             dim, p = self._resolve(checks, params)
-            x = np.asarray(x)
-            if x.dtype != np.float64:
+            x = checks.array(x, "x")
+            if not checks.ok("x"):
+                pass  # a masked array or ragged lists: recorded
+            elif x.dtype != np.float64:
                 checks.add(
                     f"x must be a float64 array; got dtype {x.dtype}. Use "
                     f"np.asarray(x, dtype=np.float64).",
@@ -586,14 +588,23 @@ class System:
                 )
         return max(1, math.ceil(dt / self.max_step - 1e-9))
 
-    def plan_with(self, checks: Checks, dt: float, transient: int | None, n_steps: int):
+    def plan_with(
+        self,
+        checks: Checks,
+        dt: float,
+        transient: int | None,
+        n_steps: int,
+        split: str | None = None,
+    ):
         """Internal RK4 steps per sample and samples of transient of a run of ``n_steps``
         samples at the sampling step ``dt``, for a function that gathers the problems of its
         arguments (so named) in ``checks``; call it when they passed their own checks.
 
         ``transient`` None means ``ceil(transient_time / dt)``. A run of more than
         :data:`MAX_RK4_STEPS` RK4 steps in all (``n_sub * (transient + n_steps - 1)``, the
-        steps of :func:`rk4_trajectory`) is recorded in ``checks`` instead of started.
+        steps of :func:`rk4_trajectory`) is recorded in ``checks`` instead of started; the
+        message offers ``split`` (a clause: how the caller's user splits a run into calls)
+        when given, besides smaller ``n_steps`` or ``transient``.
 
         Returns
         -------
@@ -603,12 +614,12 @@ class System:
         """
         with checks.caught("dt"):
             n_sub = self.substeps(dt, checks.where)
+        or_split = f", or {split}" if split else ""
         for name, value in (("n_steps", n_steps), ("transient", transient)):
             if value is not None and value > MAX_RK4_STEPS:
                 checks.add(
                     f"{name} must be <= MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (each sample takes "
-                    f"at least one RK4 step); got {value}. Split the run into calls that "
-                    f"continue from x0=out[-1] with transient=0.",
+                    f"at least one RK4 step); got {value}. Use a smaller {name}{or_split}.",
                     name,
                 )
         if not checks.ok("dt", "n_steps", "transient"):
@@ -624,8 +635,7 @@ class System:
                 f"the run would take {total:.3g} RK4 steps ({n_sub} per sample of dt={dt:g} over "
                 f"transient={skip:.6g}{default} + n_steps={n_steps} samples), more than "
                 f"MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (too long for one call of a compiled "
-                f"loop that Ctrl-C cannot stop). Use a smaller n_steps or transient, or split "
-                f"the run into calls that continue from x0=out[-1] with transient=0.",
+                f"loop that Ctrl-C cannot stop). Use a smaller n_steps or transient{or_split}.",
                 "dt",
             )
             return None
@@ -656,8 +666,10 @@ class System:
         dim, p = self._resolve(checks, params)
         seed = checks.integer(seed, "seed", 0)
         if x0 is not None:
-            arr = np.asarray(x0)
-            if arr.dtype.kind not in "iuf":
+            arr = checks.array(x0, "x0")
+            if not checks.ok("x0"):
+                pass  # a masked array or ragged lists: recorded
+            elif arr.dtype.kind not in "iuf":
                 checks.add(
                     f"x0 must be a real numeric array; got dtype {arr.dtype}.",
                     "x0",
@@ -897,7 +909,8 @@ def generate(
             transient = checks.integer(transient, "transient", 0)
         run = sys_.prepare_with(checks, params=params, x0=x0, seed=seed)
         if checks.ok("dt", "transient", "n_steps"):
-            plan = sys_.plan_with(checks, dt, transient, n_steps)
+            split = "split the run into calls that continue from x0=out[-1] with transient=0"
+            plan = sys_.plan_with(checks, dt, transient, n_steps, split)
     p, start, rng = run
     n_sub, transient = plan
     out = np.empty((n_steps, start.shape[0]))

@@ -7,7 +7,7 @@ them together.
   (:func:`bool_problem`);
 * a masked array is refused where converting it would drop its mask and read the masked
   entries as data (:func:`masked_problem`), and so are ragged nested sequences, which form
-  no array (:func:`as_host_array`).
+  no array (:func:`array_and_problem`, :func:`as_host_array`).
 """
 
 import reprlib
@@ -41,17 +41,26 @@ def masked_problem(x, name: str) -> str | None:
     )
 
 
-def as_host_array(x, name: str) -> np.ndarray:
-    """``np.asarray(x)``, refusing what it would silently change or cannot convert: a masked
-    array (``TypeError``, :func:`masked_problem`) and ragged nested sequences (``ValueError``).
-    The message is one sentence naming ``name``; the caller prefixes its function's name."""
+def array_and_problem(x, name: str) -> tuple[np.ndarray, str | None]:
+    """``np.asarray(x)`` and the problem of a masked ``x`` (:func:`masked_problem`; its data
+    are returned, so that a function gathering the problems of a call can run its other
+    checks), or None. Ragged nested sequences, which form no array, raise ``ValueError`` (one
+    sentence naming ``name``; the caller prefixes its function's name)."""
     masked = masked_problem(x, name)
-    if masked is not None:
-        raise TypeError(masked)
     try:
-        return np.asarray(x)
+        return np.asarray(x), masked
     except ValueError as exc:  # ragged nesting
         raise ValueError(
             f"{name} is not an array (nested sequences of unequal lengths: {exc}); pass an "
             "array_like of one shape."
         ) from None
+
+
+def as_host_array(x, name: str) -> np.ndarray:
+    """``np.asarray(x)``, refusing what it would silently change or cannot convert: a masked
+    array (``TypeError``, :func:`masked_problem`) and ragged nested sequences (``ValueError``).
+    The message is one sentence naming ``name``; the caller prefixes its function's name."""
+    arr, masked = array_and_problem(x, name)
+    if masked is not None:
+        raise TypeError(masked)
+    return arr

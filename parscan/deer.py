@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from parscan._arguments import bool_problem, masked_problem
+from parscan._arguments import array_and_problem, bool_problem, masked_problem
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import BACKENDS, available_backends, linear_scan
@@ -295,10 +295,12 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     errors = errors or {"type": [], "value": []}
 
     def array(x, name, tail, min_ndim):
-        masked = masked_problem(x, f"`{name}`")
+        try:
+            x, masked = array_and_problem(x, f"`{name}`")
+        except ValueError as exc:  # ragged: no array to check further
+            raise ValueError(f"{where}: {exc}") from None
         if masked is not None:
             errors["type"].append(masked)
-        x = np.asarray(x)
         if x.dtype != dtype:
             errors["type"].append(
                 f"`{name}` must have the model dtype {dtype}; got {x.dtype}. "

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from parscan._arguments import bool_problem, masked_problem
+from parscan._arguments import array_and_problem, bool_problem
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
 
@@ -93,13 +93,15 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
     elif not (0.0 <= margin < 1.0):
         value_errors.append(f"`margin` must be in [0, 1); got {margin}.")
-    problems = (
-        bool_problem(per_sequence, "`per_sequence`"),
-        masked_problem(forcing, "`forcing`"),
-        masked_problem(states, "`states`"),
-    )
+    try:
+        forcing, masked_forcing = array_and_problem(forcing, "`forcing`")
+        states, masked_states = (
+            (None, None) if states is None else array_and_problem(states, "`states`")
+        )
+    except ValueError as exc:  # ragged: no array to check further
+        raise ValueError(f"gtf_alpha: {exc}") from None
+    problems = (bool_problem(per_sequence, "`per_sequence`"), masked_forcing, masked_states)
     type_errors += [problem for problem in problems if problem is not None]
-    forcing = np.asarray(forcing)
     N = forcing.shape[-1] if forcing.ndim >= 2 else None
     if forcing.ndim < 2:
         value_errors.append(f"`forcing` must have shape (..., T, N); got {forcing.shape}.")
@@ -114,7 +116,6 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
             f"Use forcing.astype(np.{dtype})."
         )
     if states is not None:
-        states = np.asarray(states)
         if forcing.ndim >= 2 and states.shape != (*forcing.shape[:-1], M):
             value_errors.append(
                 f"`states` must have shape forcing.shape[:-1] + (M,) = "

@@ -386,6 +386,10 @@ def _bad_files(tmp_path):
             ),
         ),
         (["--alpha", "1.5"], "--alpha must be 'auto' or a number in [0, 1], got '1.5'"),
+        (
+            ["--lr-start", "1e300", "--lr-end", "1e-300"],
+            "--lr-end / --lr-start = 1e-300 / 1e+300 is beyond the range of a float",
+        ),
         # checked with the other settings: every problem at once
         (
             ["--alpha", "x", "--lr-start", "-1"],

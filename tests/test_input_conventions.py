@@ -378,7 +378,7 @@ def test_paths_must_be_non_empty_str_or_path(model, tmp_path):
     for call, where in cases:
         with pytest.raises(TypeError, match=rf"^{where}: path must be a str or Path; got NoneT"):
             call(None)
-        with pytest.raises(ValueError, match=rf"^{where}: path must not be empty"):
+        with pytest.raises(ValueError, match=rf"^{where}: path must not be empty \(it would"):
             call("")
     with pytest.raises(ValueError, match=r"^ShPLRNN.load: no such file "):
         models.ShPLRNN.load(tmp_path / "missing.npz")
@@ -401,3 +401,17 @@ def test_generate_names_itself(model, x):
     np.testing.assert_array_equal(
         model.generate(x[0], 5), model.simulate(model.initial_state(x[0]), 5)[..., :N]
     )
+
+
+def test_ragged_and_masked_inputs_of_the_solvers_and_systems(model, x):
+    with pytest.raises(ValueError, match=r"^deer_solve: `z0` is not an array \(nested"):
+        parscan.deer_solve(model, [[1.0, 2.0, 3.0], [1.0]], 5)
+    with pytest.raises(ValueError, match=r"^gtf_alpha: `forcing` is not an array \(nested"):
+        parscan.gtf_alpha(model, [[[1.0, 2.0, 3.0], [1.0]]])
+    masked = _masked(np.array([1.0, 2.0, 3.0]), 1)
+    with pytest.raises(TypeError, match=r"^generate: x0 is a masked array"):
+        models.generate("lorenz63", 5, x0=masked)
+    with pytest.raises(TypeError, match=r"^lyapunov_spectrum: x0 is a masked array"):
+        models.lyapunov_spectrum("lorenz63", x0=masked, n_steps=5)
+    with pytest.raises(TypeError, match=r"^System.rhs: x is a masked array"):
+        models.SYSTEMS["lorenz63"].rhs(masked)

@@ -297,6 +297,7 @@ def test_constructors_report_every_bad_hyperparameter_at_once():
             ExponentialDecay(lr_start, lr_end, 10)
     wide = ExponentialDecay(1e-150, 1e150, 3)
     assert wide(1) == pytest.approx(1.0) and wide(2) == 1e150
+    assert ExponentialDecay(1.0, 1e-310, 3)(2) == 1e-310  # a subnormal ratio is computable
 
 
 def test_a_wrong_kind_makes_a_type_error_that_still_lists_the_bad_values():

@@ -457,6 +457,11 @@ def test_config_dtype_accepts_numpy_float_types_and_dtypes_as_their_names():
         ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 1}, ValueError, "validation_steps must be >= 2"),
+        (
+            {"lr_start": 1e300, "lr_end": 1e-300},
+            ValueError,
+            r"lr_end / lr_start = 1e-300 / 1e\+300",
+        ),
         ({"validation_starts": 0}, ValueError, "validation_starts must be >= 1"),
         ({"validation_n_bins": 0}, ValueError, "validation_n_bins must be >= 1"),
         (
@@ -526,8 +531,10 @@ def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
         with pytest.raises(ValueError, match="fit: " + message):
             fit(small_model(), x, config(), checkpoint_dir=directory, callback=steps.append)
     assert not steps
-    with pytest.raises(TypeError, match="fit: checkpoint_dir must be a path"):
+    with pytest.raises(TypeError, match=r"^fit: checkpoint_dir must be a str or Path; got int"):
         check_fit(small_model(), x, config(), checkpoint_dir=3)
+    with pytest.raises(ValueError, match=r"^fit: checkpoint_dir must not be empty"):
+        check_fit(small_model(), x, config(), checkpoint_dir="")
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "missing" / "target")
     for directory in (dangling, dangling / "sub"):
