@@ -1038,14 +1038,15 @@ def score_test(
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)
             warnings.simplefilter("ignore", SpectrumResolutionWarning)
             scores = models.evaluate(model, test, n_bins=n_bins, **options)
-        if scores["status"] == "ok" and scores["dstsp_method"] == "bins":
+        if scores["status"] != "ok":
+            return scores
+        if scores["dstsp_method"] == "bins":
             check_dstsp_resolution(
                 scores["n_measured"], test[1:], where="test score", fix=dstsp_fix, n_bins=n_bins
             )
-        if scores["status"] == "ok":
-            compared = min(scores["n_measured"], test.shape[0] - 1)
-            smoothing = options.get("smoothing", DH_SMOOTHING)
-            check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
+        compared = min(scores["n_measured"], test.shape[0] - 1)
+        smoothing = options.get("smoothing", DH_SMOOTHING)
+        check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
 
 

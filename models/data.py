@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models._checks import Checks
-from parscan._arguments import as_host_array
+from models._checks import Checks, as_array
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 
@@ -81,10 +80,7 @@ def check_trajectory(
         (the first bad row and column are reported), or a constant dimension when
         ``constant=False``.
     """
-    try:
-        arr = as_host_array(x, name)
-    except (TypeError, ValueError) as exc:  # a masked array, ragged nested lists
-        raise type(exc)(f"{where}: {exc}") from None
+    arr = as_array(x, name, where)  # refuses a masked array, ragged nested lists
     code = name.isidentifier() and not keyword.iskeyword(name)  # the fix must be valid code
     if arr.dtype.kind not in "iuf":
         fixes = {"b": f"{name}.astype(np.float64)", "c": f"{name}.real or np.abs({name})"}

@@ -21,11 +21,10 @@ import numpy as np
 from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
-from models._checks import Checks
+from models._checks import Checks, as_array
 from models.base import LatentRNN, Model
 from models.data import check_trajectory, column_mean_sd, constant_columns
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
-from parscan._arguments import as_host_array
 from parscan._jit import jit, jit_parallel
 
 #: Laplace smoothing pseudo-count of the binned D_stsp (DESIGN.md section 7).
@@ -63,10 +62,7 @@ def _pair(x_true, x_gen, where, *, strict=True):
     x_true = check_trajectory(
         x_true, where, name="x_true", min_steps=2 if strict else 1, constant=not strict
     ).astype(np.float64)
-    try:
-        x_gen = as_host_array(x_gen, "x_gen")
-    except (TypeError, ValueError) as exc:  # a masked array, ragged nested lists
-        raise type(exc)(f"{where}: {exc}") from None
+    x_gen = as_array(x_gen, "x_gen", where)
     if x_gen.ndim == 2 and x_gen.dtype.kind == "f" and not np.all(np.isfinite(x_gen)):
         raise ValueError(
             f"{where}: x_gen contains NaN or inf (the generated run diverged); a measure of it "
@@ -675,10 +671,7 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
         raise ValueError(
             f"{where}: a model needs x0, the observation to start from (e.g. x_test[0])."
         )
-    try:
-        x0 = as_host_array(x0, "x0")
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+    x0 = as_array(x0, "x0", where)
     if x0.dtype.kind not in "iuf":
         raise TypeError(f"{where}: x0 must be a real array; got dtype {x0.dtype}.")
     if x0.shape != (model.n_obs,) or not np.all(np.isfinite(x0)):
