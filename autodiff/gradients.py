@@ -446,7 +446,9 @@ def _sequential(model, z0, forcing, alpha, n_forced):
         )
     B, T, N = forcing.shape
     M = model.M
-    alpha_b = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float64), (B,)))
+    # a writeable copy also for B = 1, where a broadcast view would stay read-only and compile
+    # a kernel specialisation of its own
+    alpha_b = np.broadcast_to(np.asarray(alpha, np.float64), (B,)).copy()
     zt = np.empty((B, T, M), dtype=model.dtype)
     zp = np.empty((B, T, M), dtype=model.dtype)
     mu = np.empty((B, M), dtype=model.dtype)

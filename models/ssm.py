@@ -288,7 +288,10 @@ class DiagonalSSM(Model):
         """:meth:`forward` of windows that passed :meth:`_check_windows`."""
         u = np.ascontiguousarray(x.reshape(-1, *x.shape[-2:])[:, :-1, :])
         a, b, aux = self.recurrence(u)
-        h = linear_scan(np.ascontiguousarray(np.broadcast_to(a, b.shape)), b, backend=backend)
+        # a (D,) spread over the steps is a writeable copy: a read-only broadcast view would
+        # compile scan kernels of its own (numba types read-only arrays separately).
+        a_steps = a if a.shape == b.shape else np.broadcast_to(a, b.shape).copy()
+        h = linear_scan(a_steps, b, backend=backend)
         y = self.features(h, u, aux)
         p = self.unflatten()
         f = np.concatenate([y, u], axis=-1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from reference import gtf_bptt_reference
 
+from autodiff import _bptt_alrnn, _bptt_shplrnn
 from autodiff.gradients import GradInfo, gtf_loss_and_grad
 from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
 from models._plrnn_kernels import StepFunctions
@@ -212,6 +213,29 @@ def test_single_step_window():
     l_s, g_s, _ = gtf_loss_and_grad(model, x, alpha=0.5, method="sequential")
     np.testing.assert_allclose(l_d, l_s, rtol=1e-12)
     np.testing.assert_allclose(g_d, g_s, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["shplrnn", "alrnn"])
+@pytest.mark.parametrize("alpha", [0.3, np.array([0.3])])
+def test_sequential_kernels_get_writeable_arrays(name, alpha, monkeypatch):
+    """One window, or α given per window: no read-only broadcast view reaches the SIMD BPTT
+    kernels (Numba would compile each again, seconds, for read-only arrays)."""
+    module, kernel = {
+        "shplrnn": (_bptt_shplrnn, "gtf_bptt_shplrnn"),
+        "alrnn": (_bptt_alrnn, "gtf_bptt_alrnn"),
+    }[name]
+    compiled = getattr(module, kernel)
+    calls = []
+
+    def spy(*args):
+        arrays = [(i, x) for i, x in enumerate(args) if isinstance(x, np.ndarray)]
+        calls.append([i for i, x in arrays if not x.flags.writeable])
+        return compiled(*args)
+
+    monkeypatch.setattr(module, kernel, spy)
+    x = np.random.default_rng(3).standard_normal((1, 4, N))
+    gtf_loss_and_grad(MODELS[name](), x, alpha=alpha, method="sequential")
+    assert calls == [[]]  # called once, no read-only argument
 
 
 def test_auto_alpha_is_the_sup_estimate(data):

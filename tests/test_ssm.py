@@ -10,6 +10,7 @@ import models
 from autodiff.optim import Adam
 from autodiff.ssm_gradients import ssm_loss_and_grad
 from models.ssm import LinearSSM, SelectiveSSM
+from parscan import linear_scan
 
 N, H, L = 3, 4, 5
 FD_EPS = 1e-6
@@ -87,6 +88,24 @@ def test_teacher_forced_matches_step_loop(model, data):
     pred = model.teacher_forced(data)
     assert pred.shape == (2, 8, N)
     np.testing.assert_allclose(pred, _reference(model, data), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "selective"])
+def test_forward_scans_writeable_arrays(kind, monkeypatch):
+    """The scan gets writeable arrays, also for one single-step window (where a broadcast of
+    the linear SSM's eigenvalues is contiguous): Numba compiles every kernel again, seconds
+    each, for read-only arrays."""
+    seen = []
+
+    def spy(a, b, *args, **kwargs):
+        seen.append((a.flags.writeable, b.flags.writeable))
+        return linear_scan(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(models.ssm, "linear_scan", spy)
+    model = _make(kind)
+    x = np.random.default_rng(1).normal(size=(1, 2, N))
+    np.testing.assert_allclose(model.teacher_forced(x), _reference(model, x), rtol=1e-12)
+    assert seen == [(True, True)]
 
 
 def test_teacher_forced_leading_dims(model, data):
