@@ -41,6 +41,10 @@ GMM_MIN_DIMS = 6
 DH_SMOOTHING = 20.0
 #: D_H warns when a spectrum has fewer than this many frequency bins per unit of ``smoothing``.
 MIN_BINS_PER_SMOOTHING = 10
+#: D_H refuses a ``smoothing`` wider than this many bins when it is also wider than the whole
+#: spectrum: it flattens both spectra (D_H near 0 for any two series) and SciPy's kernel of
+#: ``8 smoothing + 1`` taps costs seconds at 1e6 bins, minutes at 1e8 and all memory beyond.
+MAX_SMOOTHING_BEYOND_SPECTRUM = 1e6
 #: Binned D_stsp warns when a generated run has fewer than this many points per bin that the
 #: reference trajectory occupies (:class:`StateSpaceResolutionWarning`).
 MIN_POINTS_PER_BIN = 10
@@ -439,6 +443,23 @@ def check_dh_resolution(n_points, smoothing, *, where, fix, stacklevel=1):
         )
 
 
+def smoothing_problem(n_points, smoothing):
+    """Why D_H of ``n_points`` points cannot use ``smoothing`` (a sentence), or ``None``: a
+    width above :data:`MAX_SMOOTHING_BEYOND_SPECTRUM` and above the spectrum's
+    ``n_points // 2 + 1`` bins."""
+    n_freq = n_points // 2 + 1
+    if smoothing <= max(n_freq, MAX_SMOOTHING_BEYOND_SPECTRUM):
+        return None
+    return (
+        f"smoothing={smoothing:g} frequency bins is wider than the whole spectrum of {n_points} "
+        f"points ({n_freq} bins): it would flatten both spectra, so that D_H is near 0 for any "
+        f"two series, and applying its kernel of 8 x smoothing taps takes seconds to hours, or "
+        f"all memory. "
+        f"Use smoothing <= {n_freq / MIN_BINS_PER_SMOOTHING:g} (at least "
+        f"{MIN_BINS_PER_SMOOTHING} bins per unit of smoothing)."
+    )
+
+
 def normalized_spectra(x, smoothing):
     """Per column: standardise, ``|rfft|^2``, Gaussian smoothing, normalise to sum 1.
 
@@ -477,7 +498,9 @@ def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimens
         Gaussian smoothing width in frequency bins (lab default 20; 0 = none; as in scipy,
         widths below 0.125 give a one-point kernel, i.e. no smoothing). The series needs
         ``T // 2 + 1 >= 10 * smoothing`` frequency bins (``T >= 398`` points for the default)
-        for D_H to discriminate; shorter series give a :class:`SpectrumResolutionWarning`.
+        for D_H to discriminate; shorter series give a :class:`SpectrumResolutionWarning`. A
+        width above both the spectrum's bins and :data:`MAX_SMOOTHING_BEYOND_SPECTRUM` is
+        refused (ValueError).
     per_dimension : bool
         Also return the per-dimension distances.
 
@@ -498,6 +521,8 @@ def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimens
             )
         smoothing = checks.real(smoothing, "smoothing", positive=False)
         per_dimension = checks.boolean(per_dimension, "per_dimension")
+        if checks.ok("x", "smoothing") and (problem := smoothing_problem(len(x_true), smoothing)):
+            checks.add(problem, "smoothing")
     fix = "pass longer series or lower smoothing"
     check_dh_resolution(x_true.shape[0], smoothing, where=where, fix=fix, stacklevel=2)
     h = _hellinger_per_dimension(normalized_spectra(x_true, smoothing), x_gen, smoothing)
@@ -952,7 +977,8 @@ def evaluate(
         Default: bins for N < 6, GMM for N >= 6 (the lab's rule).
     smoothing : float
         Passed to :func:`power_spectrum_distance` (a
-        :class:`SpectrumResolutionWarning` when the compared length is too short for it).
+        :class:`SpectrumResolutionWarning` when the compared length is too short for it; a
+        width beyond the spectrum and :data:`MAX_SMOOTHING_BEYOND_SPECTRUM` is refused).
     pe_steps : int
         Horizon of :func:`prediction_error` (``x_test`` needs ``pe_steps + 1`` steps).
     diverge_factor : float
@@ -1032,6 +1058,10 @@ def evaluate(
         if checks.ok("n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
             with checks.caught():
                 _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
+        if checks.ok("n_steps", "transient", "measures", "smoothing") and "dh" in measures:
+            compared = min(n_steps - transient, x_test.shape[0] - 1)
+            if problem := smoothing_problem(compared, smoothing):
+                checks.add(problem, "smoothing")
     n_measured = n_steps - transient
     dh_length = min(n_measured, x_test.shape[0] - 1)
     if "dh" in measures:

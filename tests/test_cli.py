@@ -587,6 +587,7 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
     _one_error_line(run("evaluate", tmp_path / "gone"), "gone: no such run folder or model file")
     _one_error_line(run("evaluate", out, "--threads", 0), "--threads must be >= 1, got 0")
+    _one_error_line(run("evaluate", out, "--smoothing", "1e9"), "smoothing=1e+09 frequency bins")
     used = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "set_threads", lambda n: used.append(n) or n)

@@ -337,6 +337,34 @@ def test_dh_warns_when_the_series_is_too_short_for_the_smoothing():
         assert power_spectrum_distance(sine, noise) > 0.8
 
 
+def test_dh_refuses_a_smoothing_wider_than_the_spectrum_and_the_bound(monkeypatch):
+    """Absurd widths (SciPy's kernel of 8 sigma taps: minutes, MemoryError or SciPy's own
+    "Maximum allowed size exceeded") are refused up front, by both entry points, when they
+    are also wider than the spectrum; a width within either bound is computed as before."""
+    x = np.random.default_rng(23).standard_normal((40, 2))  # 21 frequency bins
+    for smoothing in (1e9, 1e300):
+        with pytest.raises(ValueError) as info:
+            power_spectrum_distance(x, x[::-1], smoothing)
+        assert str(info.value) == (
+            f"power_spectrum_distance: smoothing={smoothing:g} frequency bins is wider than the "
+            "whole spectrum of 40 points (21 bins): it would flatten both spectra, so that D_H "
+            "is near 0 for any two series, and applying its kernel of 8 x smoothing taps takes "
+            "seconds to hours, or all memory. Use smoothing <= 2.1 (at least 10 bins per unit "
+            "of smoothing)."
+        )
+    model = ShPLRNN(2, 4, seed=1)
+    with pytest.raises(ValueError, match=r"evaluate: n_bins must be .*smoothing=1e\+09 freq"):
+        evaluate(model, x, n_bins=0, smoothing=1e9)
+    assert evaluate(model, x, measures=("pe",), pe_steps=2, smoothing=1e9)["status"] == "ok"
+    # the bound itself (lowered: computing at 1e6 bins takes seconds)
+    monkeypatch.setattr(metrics, "MAX_SMOOTHING_BEYOND_SPECTRUM", 30.0)
+    with pytest.warns(SpectrumResolutionWarning):
+        assert power_spectrum_distance(x, x[::-1], 30.0) == pytest.approx(0.0, abs=1e-7)
+        power_spectrum_distance(np.tile(x, (2, 1)), x[::-1].repeat(2, 0), 40.0)  # 41 bins
+    with pytest.raises(ValueError, match=r"Use smoothing <= 2\.1 "):
+        power_spectrum_distance(x, x[::-1], 30.5)
+
+
 def test_measures_are_exact_at_the_float64_limits():
     rng = np.random.default_rng(22)
     x, y = rng.standard_normal((300, 2)), rng.standard_normal((300, 2)) * 1.3
