@@ -454,8 +454,7 @@ def smoothing_problem(n_points, smoothing):
         f"smoothing={smoothing:g} frequency bins is wider than the whole spectrum of {n_points} "
         f"points ({n_freq} bins): it would flatten both spectra, so that D_H is near 0 for any "
         f"two series, and applying its kernel of 8 x smoothing taps takes seconds to hours, or "
-        f"all memory. "
-        f"Use smoothing <= {n_freq / MIN_BINS_PER_SMOOTHING:g} (at least "
+        f"all memory. Use smoothing <= {n_freq / MIN_BINS_PER_SMOOTHING:g} (at least "
         f"{MIN_BINS_PER_SMOOTHING} bins per unit of smoothing)."
     )
 
