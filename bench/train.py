@@ -234,6 +234,7 @@ def main(argv=None):
                     "newton_iters_max": info.newton_iters_max,
                     "newton_iters_mean": info.newton_iters_mean,
                     **timing.fields(), "repeat": args.repeat, **common,
+                    "model": repr(model),  # this dtype's copy of the pretrained model
                 }  # fmt: skip
                 medians[method] = timing.median_s
                 if method != "sequential" and "sequential" in medians:
