@@ -406,6 +406,11 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a
     timing-dependent number of tile aggregates, so its last bits may differ from run to run
     (as in CUB's floating-point scans).
+
+    Host inputs that are C-contiguous, aligned and native-endian are read where they are, also
+    read-only ones (a ``np.broadcast_to`` view of matching shape, a read-only memmap); others
+    are copied once. Numba compiles separate kernels for read-only arrays: the first call with
+    one compiles them (seconds per kernel; cached on disk like the others).
     """
     given_out = out
     flags = [
