@@ -751,6 +751,22 @@ def fingerprint(x: np.ndarray) -> dict:
     }
 
 
+def _check_resumed_test_data(s: "Settings", run: Path, now: dict | None) -> None:
+    """Refuse a ``--resume`` whose test data read from a file differ from those recorded in
+    the run's ``args.json`` (:func:`fingerprint`; the training and validation data are
+    ``fit``'s to check): the run's test score and ``evaluate RUN`` use them. Runs recorded
+    before fingerprints are not checked."""
+    args = run / "args.json"
+    recorded = json.loads(args.read_text(encoding="utf-8")).get("test_data_fingerprint")
+    if now is not None and recorded is not None and now != recorded:
+        file = s.test_data if s.test_data is not None else s.data
+        raise UserError(
+            f"--resume: the test data from {file} differ from those the run was started with "
+            f"(shape, SHA-256 recorded in {args}); resume with the run's test data, or start "
+            "a new run."
+        )
+
+
 def run_settings(run: Path) -> Settings:
     """The settings of the run in folder ``run`` (its ``args.json``, read for ``evaluate``),
     those it does not record (added since) at their defaults, as a new run's (no ``--out``,
@@ -1402,6 +1418,10 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         check_fit(model, data.train, config, **fit_args)
     except (TypeError, ValueError) as exc:
         raise UserError(("--resume: " if s.resume else "") + str(exc)) from None
+    read_from_file = s.data is not None or s.test_data is not None
+    test_fingerprint = fingerprint(data.test) if read_from_file else None
+    if s.resume:
+        _check_resumed_test_data(s, out, test_fingerprint)
     create_out_dir(out)
     commands = {"command": sys.argv}
     if s.resume:  # keep the command that started the run; list those that continued it
@@ -1411,14 +1431,13 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
             "resumed_by": [*started_by.get("resumed_by", []), sys.argv],
         }
     settings = _recorded_settings(s, out)
-    read_from_file = s.data is not None or s.test_data is not None
     _write_json(
         out / "args.json",
         {
             "settings": settings,
             "train_config": config.to_dict(),
             "data_source": data.source,
-            "test_data_fingerprint": fingerprint(data.test) if read_from_file else None,
+            "test_data_fingerprint": test_fingerprint,
             "versions": _versions(),
             **commands,
         },

@@ -577,6 +577,34 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     assert saved["command"] == json.loads(args)["command"] and len(saved["resumed_by"]) == 1
 
 
+def test_resume_refuses_changed_test_data_and_keeps_the_record(tmp_path):
+    """The test data of a file-based run are part of the run: a resume with a test file (or
+    the held-out tail of --data) that changed since is refused, and args.json keeps the
+    fingerprint that ``evaluate RUN`` checks against."""
+    x = models.generate("lorenz63", 1600, seed=3)
+    np.save(tmp_path / "train.npy", x[:1000])
+    np.save(tmp_path / "test.npy", x[1000:])
+    np.save(tmp_path / "all.npy", x)
+    for data, changed in [
+        (["--data", tmp_path / "train.npy", "--test-data", tmp_path / "test.npy"], "test.npy"),
+        (["--data", tmp_path / "all.npy"], "all.npy"),
+    ]:
+        out = tmp_path / f"run-{changed}"
+        first = run(*TINY[2:], *data, "--out", out)
+        assert first.exit_code == 0, first.output
+        args = (out / "args.json").read_bytes()
+        edited = np.load(tmp_path / changed)
+        edited[-3] += 1.0  # inside the test data (also the held-out tail of all.npy)
+        np.save(tmp_path / changed, edited)
+        _one_error_line(
+            run("--out", out, "--resume", "-e", "3"),
+            f"--resume: the test data from {tmp_path / changed} differ from those the run was "
+            "started with",
+        )
+        assert (out / "args.json").read_bytes() == args
+        _one_error_line(run("evaluate", out), "changed since training")
+
+
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     (tmp_path / "no-run").mkdir()
