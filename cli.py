@@ -560,7 +560,7 @@ def _unused_settings(s: Settings, given: typing.Collection[str] = ()) -> list[st
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
     latent_rnn = s.model not in SSM_NAMES
     off_default = set(inapplicable_settings(config, latent_rnn))
-    unused = unused_fields(config.method, latent_rnn)
+    unused = unused_fields(config.method, latent_rnn, config.alpha_mode)
     named = {field: "alpha" if field == "alpha_mode" else field for field in unused}
     return list(dict.fromkeys(named[f] for f in unused if f in off_default or named[f] in given))
 
@@ -570,16 +570,29 @@ def _inapplicable_training_settings(
 ) -> str | None:
     """:func:`_unused_settings` (``given``: the settings this command sets) as a problem, each
     named by its flag and where it was set when not by the flag (``origins``), or None."""
+    from autodiff.train import AUTO_ALPHA_SETTINGS
+
     shown = _unused_settings(s, given)
-    if not shown:
-        return None
-    named = ", ".join(_with_origin(name, getattr(s, name), origins) for name in shown)
     if s.model in SSM_NAMES:
-        scope = f"the latent RNNs (GTF-DEER), not {s.model}"
+        groups = [(shown, f"the latent RNNs (GTF-DEER), not {s.model}")]
     else:
-        scope = "--method deer (the sequential method runs no Newton iterations)"
-    verb, pronoun = ("it applies", "it") if len(shown) == 1 else ("they apply", "them")
-    return f"{named}: {verb} to {scope}; drop {pronoun}"
+        groups = [
+            (
+                [name for name in shown if name not in AUTO_ALPHA_SETTINGS],
+                "--method deer (the sequential method runs no Newton iterations)",
+            ),
+            (
+                [name for name in shown if name in AUTO_ALPHA_SETTINGS],
+                "--alpha auto (a fixed --alpha is never re-estimated)",
+            ),
+        ]
+    clauses = []
+    for names, scope in groups:
+        if names:
+            named = ", ".join(_with_origin(name, getattr(s, name), origins) for name in names)
+            verb, pronoun = ("it applies", "it") if len(names) == 1 else ("they apply", "them")
+            clauses.append(f"{named}: {verb} to {scope}; drop {pronoun}")
+    return "; ".join(clauses) or None
 
 
 # ------------------------------------------------------------------------------------------

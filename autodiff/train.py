@@ -67,6 +67,8 @@ _LATER_FIELDS = ("validation_n_bins",)
 MIN_SCORED_STEPS = 2
 #: config fields of the DEER (Newton) forward, which ``method="sequential"`` does not run
 DEER_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
+#: config fields of alpha's re-estimation, which ``alpha_mode="constant"`` does not run
+AUTO_ALPHA_SETTINGS = ("alpha_method", "alpha_gamma", "alpha_interval")
 #: config fields of generalized teacher forcing and its forward, which a state-space model
 #: (trained teacher-forced with linear scans) does not use
 GTF_SETTINGS = (
@@ -205,11 +207,13 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
     list of str
         Field names, in the order of :class:`TrainConfig`'s fields: for a latent RNN with
         ``method="sequential"`` those of :data:`DEER_SETTINGS` (``jacobian``, ``newton_tol``,
-        ``newton_max_iter``: the sequential forward has no Newton solve); for a state-space
+        ``newton_max_iter``: the sequential forward has no Newton solve) and with
+        ``alpha_mode="constant"`` those of :data:`AUTO_ALPHA_SETTINGS` (``alpha_method``,
+        ``alpha_gamma``, ``alpha_interval``: alpha is never re-estimated); for a state-space
         model those of :data:`GTF_SETTINGS` (``method`` and the alpha, Jacobian and Newton
         settings); none otherwise. A field at its default is never listed.
     """
-    names = unused_fields(config.method, latent_rnn)
+    names = unused_fields(config.method, latent_rnn, config.alpha_mode)
     return [
         f.name
         for f in dataclasses.fields(TrainConfig)
@@ -217,13 +221,22 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
     ]
 
 
-def unused_fields(method: str, latent_rnn: bool) -> tuple[str, ...]:
-    """The :class:`TrainConfig` fields a run does not use, whatever their values: those of
-    :data:`DEER_SETTINGS` for a latent RNN trained with ``method="sequential"``, those of
-    :data:`GTF_SETTINGS` for a state-space model, none otherwise (``method="deer"``)."""
-    if latent_rnn:
-        return DEER_SETTINGS if method == "sequential" else ()
-    return GTF_SETTINGS
+def unused_fields(method: str, latent_rnn: bool, alpha_mode: str = "auto") -> tuple[str, ...]:
+    """The :class:`TrainConfig` fields a run does not use, whatever their values: for a
+    latent RNN those of :data:`DEER_SETTINGS` with ``method="sequential"`` and those of
+    :data:`AUTO_ALPHA_SETTINGS` with ``alpha_mode="constant"``; for a state-space model those
+    of :data:`GTF_SETTINGS`."""
+    if not latent_rnn:
+        return GTF_SETTINGS
+    newton = DEER_SETTINGS if method == "sequential" else ()
+    return newton + (AUTO_ALPHA_SETTINGS if alpha_mode == "constant" else ())
+
+
+def constant_alpha_refusal(given: dict) -> str:
+    """The refusal of alpha's re-estimation settings ``given`` (name -> value) with
+    ``alpha_mode="constant"``."""
+    reason = "alpha_mode='constant' keeps alpha fixed and never re-estimates it"
+    return refusal(given, "alpha_mode='auto'", reason) + " or use alpha_mode='auto'."
 
 
 def _values(config: "TrainConfig", names: list[str]) -> dict:
@@ -266,7 +279,9 @@ class TrainConfig:
     Settings a run would not use are refused, not ignored (one rule,
     :func:`inapplicable_settings`): ``TrainConfig`` refuses ``jacobian``, ``newton_tol`` and
     ``newton_max_iter`` other than their defaults with ``method="sequential"`` (no Newton
-    solve), and :func:`fit` refuses for a state-space model every field of
+    solve) and ``alpha_method``, ``alpha_gamma`` and ``alpha_interval`` other than their
+    defaults with ``alpha_mode="constant"`` (alpha is never re-estimated), and :func:`fit`
+    refuses for a state-space model every field of
     :data:`GTF_SETTINGS` (``method``, the alpha, Jacobian and Newton settings) other than its
     default.
 
@@ -301,9 +316,9 @@ class TrainConfig:
     alpha_method : {"sup", "geomean", "param_bound"}
         Estimator for auto mode (see :func:`parscan.gtf_alpha`).
     alpha_gamma : float in [0, 1)
-        Annealing factor ``gamma``.
+        Annealing factor ``gamma`` (auto mode).
     alpha_interval : int
-        Re-estimate alpha every this many steps.
+        Re-estimate alpha every this many steps (auto mode).
     jacobian : {"full", "diag"}
         DEER (Newton) or quasi-DEER forward (``method="deer"`` and latent RNNs only).
     noise_level : float >= 0
@@ -456,10 +471,14 @@ class TrainConfig:
             elif not (math.isfinite(v) and v >= 0):
                 value_errors.append(f"l2 weights must be finite and >= 0; got {v!r}.")
         unused = inapplicable_settings(self, latent_rnn=True)
-        if unused:
+        newton = [name for name in unused if name in DEER_SETTINGS]
+        if newton:
             from autodiff.gradients import sequential_refusal
 
-            value_errors.append(sequential_refusal(_values(self, unused)))
+            value_errors.append(sequential_refusal(_values(self, newton)))
+        re_estimation = [name for name in unused if name in AUTO_ALPHA_SETTINGS]
+        if re_estimation:
+            value_errors.append(constant_alpha_refusal(_values(self, re_estimation)))
         if type_errors:
             raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
         if value_errors:

@@ -375,6 +375,16 @@ def _bad_files(tmp_path):
         ),
         (["--method", "sequential", "--jacobian", "full"], "--jacobian full: it applies to"),
         (
+            ["--alpha", "0.2", "--config", "{tmp}/gtf.toml"],
+            "--alpha-method geomean (alpha_method in --config {tmp}/gtf.toml): it applies to "
+            "--alpha auto (a fixed --alpha is never re-estimated); drop it.",
+        ),
+        (
+            "--method sequential --jacobian diag --alpha 0 --alpha-method sup".split(),
+            "--jacobian diag: it applies to --method deer (the sequential method runs no Newton "
+            "iterations); drop it; --alpha-method sup: it applies to --alpha auto",
+        ),
+        (
             ["--method", "sequential", "--jacobian", "diag"],
             "--jacobian diag: it applies to --method deer (the sequential method runs no Newton",
         ),
@@ -964,6 +974,20 @@ def test_a_run_recorded_with_settings_refused_since_still_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     settings = json.loads(args_file.read_text())["settings"]
     assert (settings["jacobian"], settings["alpha"]) == ("full", "auto")
+    # a latent RNN with a fixed alpha and an estimator recorded for it
+    out = tmp_path / "fixed"
+    result = run(*TINY[:-3], "-q", "--alpha", "0.3", "--out", out)
+    assert result.exit_code == 0, result.output
+    _rewrite_run(
+        out,
+        lambda settings: settings.update(alpha_method="sup"),
+        lambda config: config.update(alpha_method="sup", alpha_interval=2),
+    )
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "args.json").read_text())
+    assert recorded["settings"]["alpha_method"] == "geomean"
+    assert recorded["train_config"]["alpha_interval"] == 5
 
 
 def test_an_output_flag_replaces_the_configs(tmp_path):

@@ -7,8 +7,9 @@ import json
 import math
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from autodiff.checkpoint import (
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.optim import ExponentialDecay
 from autodiff.train import (
+    AUTO_ALPHA_SETTINGS,
     DEER_SETTINGS,
     GTF_SETTINGS,
     EpochInfo,
@@ -60,7 +62,10 @@ BASE = {
 
 
 def config(**kw):
-    return TrainConfig(**{**BASE, **kw})
+    base = dict(BASE)
+    if kw.get("alpha_mode") == "constant":  # never re-estimated: alpha_interval is refused
+        del base["alpha_interval"]
+    return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -592,6 +597,18 @@ def test_inapplicable_settings_is_the_one_rule():
     assert inapplicable_settings(sequential, latent_rnn=True) == []
     assert inapplicable_settings(sequential, latent_rnn=False) == ["method", "alpha_mode"]
     assert set(DEER_SETTINGS) < set(GTF_SETTINGS)
+    assert set(AUTO_ALPHA_SETTINGS) < set(GTF_SETTINGS)
+    # a constant alpha is never re-estimated
+    fixed = SimpleNamespace(**{**asdict(gtf), "alpha_mode": "constant", "alpha_interval": 2})
+    assert inapplicable_settings(fixed, latent_rnn=True) == [
+        "alpha_method", "alpha_gamma", "alpha_interval"]  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        TrainConfig(alpha_mode="constant", alpha=0.2, alpha_method="sup", alpha_gamma=0.9)
+    assert str(info.value) == (
+        "TrainConfig: alpha_method='sup', alpha_gamma=0.9 apply to alpha_mode='auto' only; "
+        "alpha_mode='constant' keeps alpha fixed and never re-estimates it; drop them or use "
+        "alpha_mode='auto'."
+    )
 
 
 def test_transposed_data_are_recognised(lorenz):
