@@ -1165,7 +1165,10 @@ class Progress:
         if self.newton:
             text += f"newton {record['newton_iters_mean']:.1f}  "
         text += f"{record['time']:.1f}s"
-        if record.get("val_score") is not None:
+        status = record.get("val_status", "ok")
+        if record.get("val_score") is not None and status != "ok":
+            text += f"  val not measured (free run {status.replace('_', '-')})"
+        elif record.get("val_score") is not None:
             text += f"  val D_stsp {_fmt(record.get('val_dstsp'))} D_H {_fmt(record.get('val_dh'))}"
         self._line(text)
 
@@ -1362,8 +1365,8 @@ def use_threads(n: int, note: str = "") -> int:
         sized = _env.POOL_SIZED and used == _env.THREADS
         limit = "PARSCAN_THREADS" if sized else "NUMBA_NUM_THREADS"
         _warn(
-            f"--threads {n}: only {used} threads are available here ({limit}), so {used} are "
-            f"used{note}."
+            f"--threads {n}: only {used} {'thread is' if used == 1 else 'threads are'} "
+            f"available here ({limit}); using {used}{note}."
         )
     return used
 
@@ -1411,7 +1414,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
 
     started = time.perf_counter()
     if s.threads is not None:
-        s = replace(s, threads=use_threads(s.threads, " (and recorded in args.json)"))
+        s = replace(s, threads=use_threads(s.threads, ", as args.json records"))
     elif _env.THREADS is None and numba.get_num_threads() > 1:
         load = machine_load()
         if load is not None:

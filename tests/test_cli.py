@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -799,6 +800,21 @@ def test_warnings_during_training_are_one_line_once_per_kind(quiet):
     ]
 
 
+def test_epoch_lines_say_why_validation_was_not_measured():
+    from autodiff.train import EpochInfo
+
+    stream = io.StringIO()
+    progress = cli.Progress(2, quiet=False, verbose=True, gtf=False, newton=False, stream=stream)
+    record = {"epoch": 1, "loss": 0.5, "time": 1.0, "val_dstsp": None, "val_dh": None}
+    progress(EpochInfo({**record, "val_score": math.inf, "val_status": "non_finite"}, 1, None))
+    progress(EpochInfo({**record, "epoch": 2, "val_score": 0.5, "val_status": "ok",
+                        "val_dstsp": 0.25, "val_dh": 0.125}, 2, None))  # fmt: skip
+    assert stream.getvalue().splitlines() == [
+        "epoch 1/2  loss 0.5  1.0s  val not measured (free run non-finite)",
+        "epoch 2/2  loss 0.5  1.0s  val D_stsp 0.250 D_H 0.125",
+    ]
+
+
 def test_suggestions_skip_more_alpha_when_fully_forced():
     from autodiff.train import new_run_remedies
 
@@ -826,8 +842,9 @@ def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(
     sized = parscan._env.POOL_SIZED and used == parscan._env.THREADS
     limit = "PARSCAN_THREADS" if sized else "NUMBA_NUM_THREADS"
     assert (
-        f"parscan-train: warning: --threads 999: only {used} threads are available here "
-        f"({limit}), so {used} are used (and recorded in args.json)."
+        f"parscan-train: warning: --threads 999: only {used} "
+        f"{'thread is' if used == 1 else 'threads are'} available here ({limit}); using {used}, "
+        "as args.json records."
     ) in result.output.splitlines()
     assert json.loads((out / "args.json").read_text())["settings"]["threads"] == used
     epochs = [line for line in result.output.splitlines() if line.startswith("epoch ")]
