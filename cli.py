@@ -1433,7 +1433,8 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
     try:
         check_fit(model, data.train, config, **fit_args)
     except (TypeError, ValueError) as exc:
-        raise UserError(("--resume: " if s.resume else "") + str(exc)) from None
+        message = str(exc).removeprefix("fit: ")  # fit is no name on the command line
+        raise UserError(("--resume: " if s.resume else "") + message) from None
     read_from_file = s.data is not None or s.test_data is not None
     test_fingerprint = fingerprint(data.test) if read_from_file else None
     if s.resume:

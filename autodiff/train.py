@@ -1012,8 +1012,8 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
     if start.state.step > config.n_steps:
         done = -(-start.state.step // config.batches_per_epoch)
         raise ValueError(
-            f"fit: the checkpoint at {path} has trained {done} epochs, more than "
-            f"epochs={config.epochs}; resume with epochs >= {done}."
+            f"fit: the checkpoint at {path} has trained {done} epochs, more than the "
+            f"{config.epochs} asked for; resume with {done} epochs or more."
         )
 
 

@@ -571,7 +571,8 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
         (["--test-data", tmp_path / "other.npy"], "--test-data"),
         (["--seed", "5"], "--seed 5 (the run's: 0)"),
         (["--n-bins", "8"], "--n-bins 8 (the run's: 30)"),
-        (["-e", "1"], "resume with epochs >= 2"),
+        (["-e", "1"], "--resume: the checkpoint at "),
+        (["-e", "1"], "has trained 2 epochs, more than the 1 asked for; resume with 2 epochs or"),
     ]:
         _one_error_line(run("--out", out, "--resume", "-q", *flags), message)
         assert (out / "args.json").read_bytes() == args

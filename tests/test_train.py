@@ -765,7 +765,10 @@ def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path)
     check_fit(small_model(), x, config(epochs=3, batches_per_epoch=1), checkpoint_dir=tmp_path,
               resume=True)  # fmt: skip
     for cfg, message in [
-        (config(epochs=1, batches_per_epoch=1), r"has trained 2 epochs, more than epochs=1"),
+        (
+            config(epochs=1, batches_per_epoch=1),
+            r"has trained 2 epochs, more than the 1 asked for; resume with 2 epochs or more\.$",
+        ),
         (config(epochs=2, batch_size=4, batches_per_epoch=1), "batch_size: 8 -> 4"),
     ]:
         with pytest.raises(ValueError, match=message):
