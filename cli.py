@@ -717,8 +717,9 @@ def _load_test_data(s: Settings, origins: dict[str, str] | None = None) -> np.nd
     return _load(s.test_data, "--test-data", s.test_data_key, key_origin)
 
 
-def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -> None:
-    """Warn (one line) when test data look like another scale than the training data's.
+def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -> bool:
+    """Warn (one line) when test data look like another scale than the training data's, and
+    say whether it warned.
 
     The test data are standardised with the training data's mean and sd, so test data in
     other units (e.g. a file standardised already, for raw training data) leave every free run
@@ -743,7 +744,7 @@ def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -
         ratio = test_sd / sd
     far = np.flatnonzero(~((shift <= 3) & (ratio >= 1 / 5) & (ratio <= 5)))
     if far.size == 0:
-        return
+        return False
     d = far[0]
     others = f" and {far.size - 1} other dimension{'s' * (far.size > 2)}" if far.size > 1 else ""
     _warn(
@@ -751,6 +752,15 @@ def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -
         f"sd {test_sd[d]:.3g}; training data: mean {mean[d]:.3g}, sd {sd[d]:.3g}){others}; are "
         "both in the same units (one of them standardised)?"
     )
+    return True
+
+
+#: the start of a failure's explanation when the test data were found far from the training
+#: data (:func:`warn_if_far`): a failed score may measure the units, not the model
+FAR_TEST_DATA = (
+    "--test-data lies far from the training data (warned above); if the two are in different "
+    "units, the score measures that, not the model: "
+)
 
 
 def fingerprint(x: np.ndarray) -> dict:
@@ -1420,8 +1430,9 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         if load is not None:
             _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
-    if s.test_data is not None:
-        warn_if_far(data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}")
+    far = s.test_data is not None and warn_if_far(
+        data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}"
+    )
     model = build_model(s, data.train.shape[1])
     config = train_config(s, data.train.shape[1])
     out = out_dir(s)
@@ -1526,7 +1537,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         if failure:
             click.echo(
                 f"parscan-train: the trained model does not reconstruct the system; {failure}. "
-                + _suggestions(new_run_remedies(config, result.alpha, gtf)),
+                + _far_first(far, out, _suggestions(new_run_remedies(config, result.alpha, gtf))),
                 err=True,
             )
             sys.exit(1)
@@ -1633,6 +1644,17 @@ def _not_measured(scores: dict) -> str:
     """Why :func:`models.evaluate` gave no scores, in its words: its message names the run
     that failed (the free run, an n-step prediction behind PE, or the Lyapunov run)."""
     return f"not measurable ({scores['status']}): {scores['message']}"
+
+
+def _far_first(far: bool, out: Path, suggestions: str) -> str:
+    """``suggestions`` (:func:`_suggestions`) for the run in ``out``, after the units remedy
+    when the test data were found far from the training data (``far``)."""
+    if not far:
+        return suggestions
+    return (
+        f"{FAR_TEST_DATA}score it on test data in the training data's units (parscan-train "
+        f"evaluate {shlex.quote(str(out))} --test-data FILE). Otherwise, t{suggestions[1:]}"
+    )
 
 
 def _suggestions(remedies: dict) -> str:
@@ -1784,10 +1806,11 @@ def evaluate_command(
         raise UserError(
             f"the test data have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
         )
+    far = False
     if model.standardization is not None:
         mean, sd = model.standardization
         if test_data is not None:  # the run's own test data were checked in training
-            warn_if_far(raw, mean, sd, f"--test-data {test_data}")
+            far = warn_if_far(raw, mean, sd, f"--test-data {test_data}")
         raw = (raw - mean) / sd
     try:
         scored = "the test data's steps after --transient are scored; pass a longer --test-data"
@@ -1817,5 +1840,6 @@ def evaluate_command(
             f"PE({pe_steps}) {scores['pe']:#.3g}   ({_scored_steps(scores)})"
         )
     else:  # as after training: the model does not reconstruct the system (exit 1)
-        click.echo(_not_measured(scores))
+        units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
+        click.echo(_not_measured(scores) + units)
         sys.exit(1)

@@ -617,6 +617,32 @@ def test_resume_refuses_changed_test_data_and_keeps_the_record(tmp_path):
         _one_error_line(run("evaluate", out), "changed since training")
 
 
+def test_failure_on_test_data_in_other_units_names_the_units_first(tmp_path):
+    """Test data found far from the training data (another scale): the failed score is
+    explained by that first, before the training settings worth trying."""
+    x = models.generate("lorenz63", 1600, seed=4)
+    np.save(tmp_path / "train.npy", x[:1000])
+    np.save(tmp_path / "shifted.npy", x[1000:] + 500)  # another origin: other units
+    out = tmp_path / "run"
+    result = run(*TINY[2:], "--data", tmp_path / "train.npy", "--test-data",
+                 tmp_path / "shifted.npy", "--out", out)  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert (
+        "not measurable (out_of_box): no generated point lies inside the test data's D_stsp "
+        "box. --test-data lies far from the training data (warned above); if the two are in "
+        "different units, the score measures that, not the model: score it on test data in "
+        f"the training data's units (parscan-train evaluate {out} --test-data FILE). "
+        "Otherwise, try --"
+    ) in result.output
+    again = run("evaluate", out, "--test-data", tmp_path / "shifted.npy")
+    assert again.exit_code == 1, again.output
+    assert again.output.splitlines()[-1].endswith(
+        "box. --test-data lies far from the training data (warned above); if the two are in "
+        "different units, the score measures that, not the model: pass test data in the "
+        "training data's units."
+    )
+
+
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     (tmp_path / "no-run").mkdir()
