@@ -618,6 +618,23 @@ def test_dstsp_of_too_few_points_per_occupied_bin_warns():
         state_space_divergence(x_true, x_true[:3], method="gmm")  # histograms only
 
 
+def test_dstsp_with_far_more_bins_than_points_says_every_score_tends_to_0():
+    """n_bins**N pseudo-counts outweighing the points shrink any score towards 0 (noise
+    against a trajectory scores near 0): the warning says that, not that scores are high."""
+    rng = np.random.default_rng(24)
+    x_true, noise = rng.standard_normal((2000, 3)), rng.uniform(-3.0, 3.0, (2000, 3))
+    with pytest.warns(StateSpaceResolutionWarning) as record:
+        score = state_space_divergence(x_true, noise, n_bins=10_000)
+    assert score < 0.05 < state_space_divergence(x_true, noise, n_bins=5)
+    assert str(record[0].message) == (
+        "state_space_divergence: binned D_stsp of 2000 generated points, fewer than 10 per bin "
+        "the reference occupies (2000 bins): the pseudo-count 1e-05 of each of the 1e+12 bins "
+        "adds up to 1e+07 points, more than the 2000 scored, and pulls every score towards 0 "
+        "(by a factor of about 0.0002), the true system's and a useless model's alike. Score "
+        "at least 20000 points: pass a longer x_gen or lower n_bins."
+    )
+
+
 def test_evaluate_warns_when_dstsp_scores_too_few_points_and_reports_how_many(rotation_data):
     model, x = rotation_data  # x[1:] occupies 116 of the 30 x 30 bins: 1160 points needed
     with pytest.warns(StateSpaceResolutionWarning, match=r"^evaluate: binned D_stsp of 9 gen.*"
