@@ -437,15 +437,15 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
     if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
-        problems.append(
-            f"--hidden-dim/-L applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}"
-        )
+        named = _with_origin("hidden_dim", s.hidden_dim, origins)
+        problems.append(f"{named}: it applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}")
     for name in KEY_SETTINGS:
         key_problem = _array_key_problem(s, name, origins.get(name))
         if key_problem:
             problems.append(key_problem)
     if s.n_relu is not None and s.model != "alrnn":
-        problems.append(f"--n-relu/-P applies to --model alrnn only, not {s.model}")
+        named = _with_origin("n_relu", s.n_relu, origins)
+        problems.append(f"{named}: it applies to --model alrnn only, not {s.model}")
     inapplicable = _inapplicable_training_settings(s, origins, given)
     if inapplicable:
         problems.append(inapplicable)

@@ -344,6 +344,7 @@ def _bad_files(tmp_path):
     )
     (tmp_path / "generator.toml").write_text('system = "rossler"\n')
     (tmp_path / "gtf.toml").write_text('alpha_method = "geomean"\n')
+    (tmp_path / "hidden.toml").write_text('model = "alrnn"\nhidden_dim = 30\n')
     (tmp_path / "steps.toml").write_text("validation_steps = 1\nepochs = 0\n")
 
 
@@ -356,7 +357,11 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/short.npy", "-T", "200"], "too few steps"),
         (["-M", "2"], "latent dimension must be >= N"),
         (["--model", "lstm"], "lstm"),
-        (["--n-relu", "2"], "--n-relu"),
+        (["--n-relu", "2"], "--n-relu 2: it applies to --model alrnn only, not clipped-shplrnn"),
+        (
+            ["--config", "{tmp}/hidden.toml"],
+            "--hidden-dim 30 (hidden_dim in --config {tmp}/hidden.toml): it applies to shplrnn",
+        ),
         (
             ["--model", "linear-ssm", "--alpha", "0.3", "--jacobian", "diag"],
             "--alpha 0.3, --jacobian diag: they apply to the latent RNNs (GTF-DEER), not "
@@ -426,7 +431,7 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/short.npy", "--system", "rossler"], "do not apply with --data"),
         (["--data", "{tmp}/short.npy", "-T", "5"], "held out from --data"),
         (["--n-steps", "15", "-T", "5"], "PE(20) needs at least 21"),
-        (["--model", "plrnn", "-L", "5"], "--hidden-dim/-L applies to"),
+        (["--model", "plrnn", "-L", "5"], "--hidden-dim 5: it applies to shplrnn"),
         (
             ["--data", "{tmp}/several.npz"],
             "holds 2 arrays (train, test); choose one with --data-key",
