@@ -1537,7 +1537,7 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         if failure:
             click.echo(
                 f"parscan-train: the trained model does not reconstruct the system; {failure}. "
-                + _far_first(far, out, _suggestions(new_run_remedies(config, result.alpha, gtf))),
+                + _failure_advice(far, out, new_run_remedies(config, result.alpha, gtf)),
                 err=True,
             )
             sys.exit(1)
@@ -1646,20 +1646,22 @@ def _not_measured(scores: dict) -> str:
     return f"not measurable ({scores['status']}): {scores['message']}"
 
 
-def _far_first(far: bool, out: Path, suggestions: str) -> str:
-    """``suggestions`` (:func:`_suggestions`) for the run in ``out``, after the units remedy
-    when the test data were found far from the training data (``far``)."""
+def _failure_advice(far: bool, out: Path, remedies: dict) -> str:
+    """What to try after the run in ``out`` failed its test score: the ``remedies``
+    (:func:`_suggestions`), after the units remedy when the test data were found far from the
+    training data (``far``)."""
     if not far:
-        return suggestions
+        return _suggestions(remedies)
     return (
         f"{FAR_TEST_DATA}score it on test data in the training data's units (parscan-train "
-        f"evaluate {shlex.quote(str(out))} --test-data FILE). Otherwise, t{suggestions[1:]}"
+        f"evaluate {shlex.quote(str(out))} --test-data FILE). "
+        + _suggestions(remedies, lead="Otherwise, try")
     )
 
 
-def _suggestions(remedies: dict) -> str:
+def _suggestions(remedies: dict, lead: str = "Try") -> str:
     """The settings worth trying after a failed run (:func:`autodiff.train.new_run_remedies`,
-    none of them the ones just used) as flags."""
+    none of them the ones just used) as flags, after ``lead``."""
     tries = []
     for name, value in remedies.items():
         if name == "alpha_mode":
@@ -1668,7 +1670,7 @@ def _suggestions(remedies: dict) -> str:
             tries.append(f"--alpha-method {value} (a larger alpha)")
         else:
             tries.append(f"{_flag(name)} {value}")
-    return "Try " + ", ".join(tries) + "."
+    return f"{lead} " + ", ".join(tries) + "."
 
 
 def _diverged_message(config, exc) -> str:
