@@ -221,7 +221,7 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
     ]
 
 
-def unused_fields(method: str, latent_rnn: bool, alpha_mode: str = "auto") -> tuple[str, ...]:
+def unused_fields(method: str, latent_rnn: bool, alpha_mode: str) -> tuple[str, ...]:
     """The :class:`TrainConfig` fields a run does not use, whatever their values: for a
     latent RNN those of :data:`DEER_SETTINGS` with ``method="sequential"`` and those of
     :data:`AUTO_ALPHA_SETTINGS` with ``alpha_mode="constant"``; for a state-space model those
