@@ -301,10 +301,12 @@ def resolve_settings(flags: dict, config_path: str | None) -> Settings:
     return _resolve(flags, config_path)[0]
 
 
-def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, str]]:
-    """:func:`resolve_settings`, and where the settings that the flags did not give were set
+def _resolve(
+    flags: dict, config_path: str | None
+) -> tuple[Settings, dict[str, str], frozenset[str]]:
+    """:func:`resolve_settings`; where the settings that the flags did not give were set
     (``{"data_key": "data-key in --config FILE"}``, named as written in that file), for the
-    messages about them."""
+    messages about them; and the settings this command gives (flags and config file)."""
     given = {key: value for key, value in flags.items() if value is not None}
     merged, spelled = _read_config(config_path) if config_path else ({}, {})
     if any(name in given for name in OUTPUT_SETTINGS):  # -q or -v replaces the config's choice
@@ -349,7 +351,7 @@ def _resolve(flags: dict, config_path: str | None) -> tuple[Settings, dict[str, 
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
     _check_settings(settings, origins, this_command)
-    return settings, origins
+    return settings, origins, frozenset(this_command)
 
 
 def _named(name: str, origins: dict[str, str]) -> str:
@@ -1299,7 +1301,8 @@ def _choice(*options):
 @click.option(
     "--n-bins",
     type=int,
-    help="D_stsp bins per axis of validation and the test score (default 30; fewer as N grows).",
+    help="D_stsp bins per axis of validation and the test score (default 30; fewer as N "
+    "grows; data with N >= 6 use a Gaussian mixture and refuse it).",
 )
 @click.option("--out", type=str, help="Results folder (default runs/<data>-<model>-<time>).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out.")
@@ -1410,12 +1413,15 @@ def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
     sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
-def train(s: Settings, origins: dict[str, str] | None = None) -> None:
+def train(
+    s: Settings, origins: dict[str, str] | None = None, given: typing.Collection[str] = ()
+) -> None:
     """Run one training job end to end (the default command).
 
     Everything that can be refused (settings, data, a checkpoint that ``--resume`` cannot
     continue) is checked before the run folder is touched. ``origins``: see
-    :func:`prepare_data`.
+    :func:`prepare_data`; ``given``: the settings this command gives (see :func:`_resolve`),
+    refused where the data make them unused.
     """
     from autodiff import check_fit, fit
     from autodiff.train import TrainingDivergedError, new_run_remedies
@@ -1430,6 +1436,8 @@ def train(s: Settings, origins: dict[str, str] | None = None) -> None:
         if load is not None:
             _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
+    if "n_bins" in given:
+        _check_bins_apply(data.train.shape[1], _named("n_bins", origins or {}))
     far = s.test_data is not None and warn_if_far(
         data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}"
     )
@@ -1602,6 +1610,18 @@ def _warn_if_busy(busy: float, cores: int, threads: int) -> None:
         )
 
 
+def _check_bins_apply(n_dims: int, named: str) -> None:
+    """Refuse ``--n-bins`` (``named`` as the messages name it) for ``n_dims``-dimensional data
+    that D_stsp scores with the Gaussian mixture, which has no bins."""
+    from models.metrics import GMM_MIN_DIMS
+
+    if n_dims >= GMM_MIN_DIMS:
+        raise UserError(
+            f"{named}: the data have {n_dims} dimensions, and D_stsp scores data with "
+            f"{GMM_MIN_DIMS} or more with a Gaussian mixture, which uses no bins; drop it."
+        )
+
+
 def _bins_used(scores: dict, n_bins: int) -> int | None:
     """The D_stsp bins per axis :func:`models.evaluate` used for ``scores``: ``n_bins``, or
     None where it used the Gaussian mixture (N >= 6)."""
@@ -1732,7 +1752,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     "--n-bins",
     type=int,
     help="D_stsp bins per axis (default: those the model's training run used, else 30). Data "
-    "with N >= 6 dimensions use the Gaussian mixture instead.",
+    "with N >= 6 dimensions use a Gaussian mixture and refuse it.",
 )
 @click.option("--smoothing", type=float, default=20.0, show_default=True, help="D_H sigma.")
 @click.option(
@@ -1796,7 +1816,9 @@ def evaluate_command(
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     recorded = path.is_dir() and (path / "args.json").is_file()
-    if n_bins is None:
+    if n_bins is not None:
+        _check_bins_apply(model.n_obs, "--n-bins")
+    else:
         n_bins = _recorded_n_bins(metadata)
     if test_data is not None:
         raw = _load(test_data, "--test-data", test_data_key)

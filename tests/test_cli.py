@@ -1093,6 +1093,26 @@ def test_a_run_recorded_before_n_bins_evaluates_and_resumes_with_30(finished_run
     assert json.loads((out / "args.json").read_text())["settings"]["n_bins"] == 30
 
 
+def test_n_bins_is_refused_for_data_scored_with_the_gaussian_mixture(tmp_path):
+    six = models.generate("lorenz96", 600, seed=3, params={"N": 6})
+    np.save(tmp_path / "six.npy", six)
+    out = tmp_path / "run"
+    message = "the data have 6 dimensions, and D_stsp scores data with 6 or more with a Gaussian"
+    _one_error_line(run("--data", tmp_path / "six.npy", "--n-bins", "8", "--out", out), message)
+    (tmp_path / "bins.toml").write_text("n-bins = 30\n")  # even at the default
+    _one_error_line(
+        run("--data", tmp_path / "six.npy", "--config", tmp_path / "bins.toml", "--out", out),
+        f"n-bins in --config {tmp_path / 'bins.toml'}: the data have 6 dimensions",
+    )
+    assert not out.exists()
+    model_file = tmp_path / "model.npz"
+    models.ShPLRNN(6, 4).save(model_file)
+    _one_error_line(
+        run("evaluate", model_file, "--test-data", tmp_path / "six.npy", "--n-bins", "8"),
+        message,
+    )
+
+
 def test_n_bins_in_a_config_file(tmp_path):
     (tmp_path / "eight.toml").write_text("n-bins = 8\n")
     (tmp_path / "zero.json").write_text('{"n_bins": 0}')
