@@ -232,7 +232,8 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     _vjp_chunk = staticmethod(_shplrnn_lanes.vjp_chunk)
     _simulate_item = staticmethod(_simulate_item)
 
-    def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+    def _setup_shallow(self, M, L, n_obs, dtype, seed) -> None:
+        """The leaf classes' ``__init__`` (theirs, so that argument errors name them)."""
         checks = Checks(type(self).__name__)
         M = checks.integer(M, "M")
         self.L = checks.integer(L, "L")
@@ -317,6 +318,9 @@ class ShPLRNN(_ShallowPLRNNFamily):
 
     _CLIPPED = 0
 
+    def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+        self._setup_shallow(M, L, n_obs, dtype, seed)
+
 
 class ClippedShPLRNN(_ShallowPLRNNFamily):
     """Clipped shallow PLRNN, ``F(z) = A * z + W1 [relu(W2 z + h2) - relu(W2 z)] + h1``.
@@ -326,3 +330,6 @@ class ClippedShPLRNN(_ShallowPLRNNFamily):
     """
 
     _CLIPPED = 1
+
+    def __init__(self, M: int, L: int, n_obs: int | None = None, *, dtype="float64", seed=0):
+        self._setup_shallow(M, L, n_obs, dtype, seed)

@@ -594,6 +594,12 @@ def test_constructors_report_every_bad_argument_and_skip_comparisons_with_bad_on
         model.step_and_jacobian(np.zeros(3), diag=1, backend="gpu")
 
 
+@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN, ALRNN, PLRNN])
+def test_python_argument_errors_name_the_class_called(cls):
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) got an unexpected"):
+        cls(3, 2, foo=1)
+
+
 def test_constructor_errors():
     with pytest.raises(ValueError, match=r"ShPLRNN: n_obs must be <= M.*n_obs=4, M=3"):
         ShPLRNN(3, 5, 4)
