@@ -1132,6 +1132,10 @@ def _warn(text: str) -> None:
     click.echo(f"parscan-train: warning: {text}", err=True)
 
 
+#: what the progress bar says before the first step has run
+FIRST_RUN_NOTE = "a first run on this machine compiles the kernels: up to a minute"
+
+
 class Progress:
     """Progress bar on a terminal, plain log lines per epoch otherwise (``fit`` callback).
 
@@ -1158,6 +1162,13 @@ class Progress:
         self.quiet = quiet
         self.verbose = verbose
         self._last_draw = 0.0
+
+    def start(self) -> None:
+        """On a terminal, say that training is starting: the first steps load the compiled
+        kernels from Numba's cache, or compile them on a machine's first run."""
+        if self.tty and not self.quiet:
+            self.stream.write(f"\r[{'.' * 24}] starting ({FIRST_RUN_NOTE})")
+            self.stream.flush()
 
     def __call__(self, info) -> None:
         if self.quiet:
@@ -1189,7 +1200,7 @@ class Progress:
         done = (info.step + 1) / info.n_steps
         eta = (info.n_steps - info.step - 1) / info.steps_per_s if info.steps_per_s > 0 else 0
         bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
-        text = f"\r[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
+        text = f"\r\033[K[{bar}] {100 * done:5.1f}% epoch {info.epoch + 1}/{self.epochs} "
         text += f"loss {info.loss:.4g} "
         if self.gtf:
             text += f"alpha {info.alpha:.3f} "
@@ -1484,6 +1495,7 @@ def train(
     newton = gtf and s.method == "deer"  # sequential BPTT runs no Newton iterations
     progress = Progress(s.epochs, s.quiet, s.verbose, gtf=gtf, newton=newton)
     warn_validation_resolution(data.validation, config)
+    progress.start()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = progress.show_warning

@@ -832,6 +832,27 @@ def test_warnings_during_training_are_one_line_once_per_kind(quiet):
     ]
 
 
+def test_the_bar_says_it_is_starting_until_the_first_step_replaces_it():
+    from autodiff.train import StepInfo
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = cli.Progress(2, quiet=False, verbose=False, stream=stream)
+    progress.start()
+    assert stream.getvalue() == f"\r[{'.' * 24}] starting ({cli.FIRST_RUN_NOTE})"
+    step = StepInfo(0, 0, 0, 4, 0.5, 0.0, 0.1, 1e-3, 5, 5.0, 1.0, True, "", 0, 0.1, 10.0)
+    progress(step)
+    drawn = stream.getvalue().split("\r")[-1]  # the line cleared before the bar is drawn
+    assert drawn.startswith("\033[K[######") and "epoch 1/2 loss 0.5 alpha 0.100" in drawn
+    quiet, piped = Terminal(), io.StringIO()
+    cli.Progress(2, quiet=True, verbose=False, stream=quiet).start()
+    cli.Progress(2, quiet=False, verbose=False, stream=piped).start()
+    assert quiet.getvalue() == piped.getvalue() == ""
+
+
 def test_epoch_lines_say_why_validation_was_not_measured():
     from autodiff.train import EpochInfo
 
