@@ -280,6 +280,8 @@ def _logsumexp_sq_dist(s, centers, scale):
             diff = s[k] - centers[j, k]
             d2 += diff * diff
         e = -scale * d2
+        if e == -np.inf:  # d2 overflowed: no mass here (and exp(-inf - -inf) would be NaN)
+            continue
         if e > m:
             acc = acc * np.exp(m - e) + 1.0
             m = e

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from models import data
-from models.data import ArrayChoiceError, check_trajectory, destandardize, load_data, standardize
+from models.data import (
+    ArrayChoiceError,
+    check_trajectory,
+    column_mean_sd,
+    destandardize,
+    load_data,
+    standardize,
+)
 
 X = np.array([[0.0, 1.0], [1.5, -2.0], [3.0, 4.25], [-1.0, 0.5]])
 
@@ -644,6 +651,18 @@ def test_nearly_constant_column_is_constant():
     z, _, sd = standardize(X * 1e200)  # huge values: moments without overflow
     np.testing.assert_allclose(z, standardize(X)[0], rtol=1e-12)
     np.testing.assert_allclose(sd, X.std(axis=0) * 1e200, rtol=1e-12)
+
+
+def test_moments_of_deviations_whose_squares_underflow():
+    """2e-150 + 1e-161 z: the values are normal but the squared deviations are subnormal."""
+    z = np.random.default_rng(5).standard_normal((1000, 2))
+    for base, spread in ((2e-150, 1e-161), (1e-140, 1e-151), (1e-149, 1e-160)):
+        x = base + spread * z
+        mean, sd = column_mean_sd(x)
+        exact = ((x - base) / spread).std(axis=0) * spread  # x - base: exact (Sterbenz)
+        np.testing.assert_allclose(sd, exact, rtol=1e-7)  # was 8e-3 off: squares underflowed
+        np.testing.assert_allclose(mean, base, rtol=1e-12)
+    np.testing.assert_array_equal(column_mean_sd(X)[1], X.std(axis=0))  # ordinary: numpy's bits
 
 
 @pytest.mark.skipif(

@@ -384,6 +384,20 @@ def test_gmm_of_an_infinitely_distant_run_is_inf():
     assert state_space_divergence(x, x + 1e155, method="gmm") == math.inf
 
 
+def test_gmm_ignores_an_overflowing_distance_wherever_it_comes():
+    """A centre whose squared distance overflows adds no mass, first or last in the sum (it
+    was NaN when the running maximum started from it)."""
+    x = np.random.default_rng(23).standard_normal((200, 2))
+    for row in (0, 100, -1):
+        y = x.copy()
+        y[row] += 1e155
+        without = state_space_divergence(x, np.delete(x, row, axis=0), method="gmm")
+        # the far centre only dilutes the other 199: weights 1/200 instead of 1/199
+        assert state_space_divergence(x, y, method="gmm") == pytest.approx(
+            without + math.log(200 / 199), rel=1e-12
+        )
+
+
 def test_binned_dstsp_of_equal_proportions_is_small_and_never_negative():
     x = np.random.default_rng(24).standard_normal((300, 2))
     for n_bins in (1, 5, 30):

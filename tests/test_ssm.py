@@ -206,6 +206,18 @@ def test_gradient_float32_close_to_float64(data):
         np.testing.assert_allclose(out32, m64.generate(data[:, 0], 6), rtol=1e-4, atol=1e-5)
 
 
+def test_float32_step_size_gradient_where_softplus_is_tiny(data):
+    """softplus' at very negative pre-activations (Δ ~ 1e-9): float32 keeps its relative
+    accuracy there (1 + tanh(pre / 2) cancelled to 0 or to a few bits)."""
+    m64 = _make("selective")
+    m64["b_delta"][...] = [-12.0, -15.0, -20.0][:N]
+    m64["W_delta"][...] *= 0.1
+    m32 = m64.astype("float32")
+    g64 = m64.unflatten(ssm_loss_and_grad(m64, data)[1])["b_delta"]
+    g32 = m32.unflatten(ssm_loss_and_grad(m32, data.astype(np.float32))[1])["b_delta"]
+    np.testing.assert_allclose(g32, g64, rtol=2e-3)
+
+
 def test_nonfinite_data_and_single_windows_are_refused(data):
     """As gtf_loss_and_grad refuses them: NaN/inf located, a (T+1, N) window not read as B=1."""
     model = _make("linear")
