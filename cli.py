@@ -581,7 +581,7 @@ def _inapplicable_training_settings(
         groups = [
             (
                 [name for name in shown if name not in AUTO_ALPHA_SETTINGS],
-                "--method deer (the sequential method runs no Newton iterations)",
+                "--method deer (the sequential method runs no Newton iterations or scans)",
             ),
             (
                 [name for name in shown if name in AUTO_ALPHA_SETTINGS],

@@ -55,7 +55,7 @@ from parscan.deer import (
     newton_run,
 )
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import available_backends, linear_scan
+from parscan.scan import cuda_unavailable, linear_scan
 
 METHODS = ("deer", "sequential")
 JACOBIANS = ("full", "diag")
@@ -165,6 +165,8 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
     check_newton_limits(tol, max_iter, {"type": type_errors, "value": value_errors})
     # a jacobian not in JACOBIANS is refused above, as for either method
     newton = {"jacobian": jacobian} if jacobian in JACOBIANS and jacobian != "full" else {}
+    if isinstance(backend, str) and backend in BACKENDS and backend != "auto":
+        newton["backend"] = backend
     newton.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
     if method == "sequential" and newton:
         value_errors.append(sequential_refusal(newton))
@@ -205,7 +207,7 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
         elif not np.all((arr >= 0.0) & (arr <= 1.0)):
             value_errors.append(f"alpha must lie in [0, 1]; got {alpha!r}.")
         alpha = float(arr) if arr.ndim == 0 else arr
-    value_errors += _cuda_adjoint_problems(model, method, backend)
+    value_errors += cuda_problems(model, method, backend)
     if type_errors:
         raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
     if value_errors:
@@ -216,22 +218,29 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
 
 def sequential_refusal(given: dict) -> str:
     """The refusal of the DEER forward's settings ``given`` (name -> value) with
-    ``method="sequential"``, which runs the forward without Newton iterations (for this
-    module's ``jacobian``/``tol``/``max_iter`` and :class:`autodiff.TrainConfig`'s
-    ``jacobian``/``newton_tol``/``newton_max_iter``)."""
-    reason = "method='sequential' (BPTT) runs the forward without Newton iterations"
+    ``method="sequential"``, which runs the forward without Newton iterations or scans (for
+    this module's ``jacobian``/``tol``/``max_iter``/``backend`` and
+    :class:`autodiff.TrainConfig`'s ``jacobian``/``newton_tol``/``newton_max_iter``/
+    ``backend``)."""
+    reason = "method='sequential' (BPTT, a fused CPU kernel) runs no Newton iterations or scans"
     return refusal(given, "method='deer' (the DEER forward)", reason) + " or use method='deer'."
 
 
-def _cuda_adjoint_problems(model, method, backend) -> list[str]:
-    """Why the DEER adjoint cannot run on ``backend="cuda"``: it scans dense ``M x M``
-    Jacobians whatever ``jacobian`` the forward uses, and the CUDA backend's dense scans stop
-    at ``D = DMAX`` (found before the forward solve, not after it)."""
-    if method != "deer" or backend != "cuda" or "cuda" not in available_backends():
-        return []  # no GPU: deer_solve's own check says so
+def cuda_problems(model, method, backend) -> list[str]:
+    """Why ``model``'s loss and gradient cannot run on ``backend="cuda"``, found before the
+    forward solve (shared with :func:`autodiff.fit`, which finds them before its first step):
+    no GPU; for a latent RNN with ``method="deer"``, an ``M`` beyond the CUDA backend's dense
+    scans (``D <= DMAX``: the adjoint scans dense ``M x M`` Jacobians whatever ``jacobian``
+    the forward uses). None with ``method="sequential"``, which refuses any ``backend``."""
+    latent_rnn = isinstance(model, LatentRNN)
+    if backend != "cuda" or (latent_rnn and method != "deer"):
+        return []
+    unavailable = cuda_unavailable()
+    if unavailable:
+        return [unavailable]
     from parscan._cuda import DMAX  # lazy: numba.cuda only when asked for
 
-    if model.M <= DMAX:
+    if not latent_rnn or model.M <= DMAX:
         return []
     return [
         f"backend='cuda': the gradient's adjoint scans dense M x M Jacobians (with either "
@@ -278,7 +287,8 @@ def gtf_loss_and_grad(
         adjoint always uses the full Jacobian, so the gradient is exact either way. With
         ``method="sequential"`` (no Newton solve) only ``"full"``, the default, is accepted.
     backend : {"auto", "sequential", "cpu", "cuda"}
-        Backend of the DEER solver and the reverse scan; ignored by ``method="sequential"``.
+        Backend of the DEER solver and the reverse scan; ``method="sequential"`` (a fused
+        CPU kernel without scans) accepts only ``"auto"``.
         ``"cuda"`` with the models of ``models/`` keeps the Newton iterations, the loss and
         the adjoint (Jacobians, reverse scan, parameter VJP) on the GPU.
     throw : bool

@@ -343,9 +343,10 @@ class ExponentialDecay:
             self.lr_start = checks.real(lr_start, "lr_start", positive=True)
             self.lr_end = checks.real(lr_end, "lr_end", positive=True)
             self.n_steps = checks.integer(n_steps, "n_steps")
-            problem = lr_ratio_problem(self.lr_start, self.lr_end)
-            if checks.ok("lr_start", "lr_end") and problem:
-                checks.add(problem)
+            if checks.ok("lr_start", "lr_end"):
+                problem = lr_ratio_problem(self.lr_start, self.lr_end)
+                if problem:
+                    checks.add(problem)
 
     def __call__(self, step: int) -> float:
         """The learning rate at optimiser step ``step`` (0-based, >= 0)."""

@@ -65,8 +65,11 @@ _LATER_FIELDS = ("validation_n_bins",)
 #: points D_stsp and D_H need in each trajectory they compare (models.metrics): the least
 #: ``validation_steps`` and the least validation data after its first point
 MIN_SCORED_STEPS = 2
-#: config fields of the DEER (Newton) forward, which ``method="sequential"`` does not run
-DEER_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
+#: config fields of the DEER (Newton) forward
+NEWTON_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
+#: config fields of the DEER forward and its scans, which ``method="sequential"`` (a fused CPU
+#: kernel) does not run
+DEER_SETTINGS = (*NEWTON_SETTINGS, "backend")
 #: config fields of alpha's re-estimation, which ``alpha_mode="constant"`` does not run
 AUTO_ALPHA_SETTINGS = ("alpha_method", "alpha_gamma", "alpha_interval")
 #: config fields of generalized teacher forcing and its forward, which a state-space model
@@ -78,7 +81,7 @@ GTF_SETTINGS = (
     "alpha_method",
     "alpha_gamma",
     "alpha_interval",
-    *DEER_SETTINGS,
+    *NEWTON_SETTINGS,
 )
 
 
@@ -207,7 +210,8 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
     list of str
         Field names, in the order of :class:`TrainConfig`'s fields: for a latent RNN with
         ``method="sequential"`` those of :data:`DEER_SETTINGS` (``jacobian``, ``newton_tol``,
-        ``newton_max_iter``: the sequential forward has no Newton solve) and with
+        ``newton_max_iter``, ``backend``: the sequential forward has no Newton solve and no
+        scans) and with
         ``alpha_mode="constant"`` those of :data:`AUTO_ALPHA_SETTINGS` (``alpha_method``,
         ``alpha_gamma``, ``alpha_interval``: alpha is never re-estimated); for a state-space
         model those of :data:`GTF_SETTINGS` (``method`` and the alpha, Jacobian and Newton
@@ -860,6 +864,11 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
             + refusal(_values(config, unused), "the latent RNNs (GTF-DEER)", reason)
             + f"{scans}."
         )
+    from autodiff.gradients import cuda_problems
+
+    cuda = cuda_problems(model, config.method, config.backend)
+    if cuda:
+        raise ValueError("fit: " + " ".join(cuda))
     resume = check_bool(resume, "resume", "fit")
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
@@ -1221,7 +1230,8 @@ def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, va
     ``callback`` and its trial write in ``checkpoint_dir`` (this function writes nothing, so
     it checks the permissions only: a read-only or virtual file system that they allow
     passes here and fails in :func:`fit`, with an ``OSError``); an error only a training step
-    meets (e.g. a ``backend`` that cannot run this model) is not found. It warns of nothing
+    meets is not found (``backend="cuda"`` without a GPU, or beyond the dense scans' ``M``, is
+    found). It warns of nothing
     (:func:`fit` warns of validation runs too short for D_stsp's bins or D_H's smoothing).
 
     Parameters

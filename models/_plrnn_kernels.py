@@ -35,7 +35,7 @@ import numpy as np
 
 from models._checks import Checks, as_array, check_int
 from models.base import LatentRNN, astype_hint
-from parscan.scan import is_device_array
+from parscan.scan import cuda_unavailable, is_device_array
 
 #: ``mode`` argument of the evaluation drivers.
 EVAL_F, EVAL_F_DIAG, EVAL_F_FULL = 0, 1, 2
@@ -324,13 +324,9 @@ class PiecewiseLinearRNN(LatentRNN):
                 "`z` to the host first (z.copy_to_host())."
             )
         if on_device or backend == "cuda":
-            from parscan.scan import available_backends  # lazy: may import numba.cuda
-
-            if "cuda" not in available_backends():
-                raise ValueError(
-                    f"{where}: backend='cuda' is not available (numba.cuda finds no GPU; "
-                    "NUMBA_ENABLE_CUDASIM=1 runs the simulator). Use backend='cpu' (or 'auto')."
-                )
+            unavailable = cuda_unavailable()  # may import numba.cuda
+            if unavailable:
+                raise ValueError(f"{where}: {unavailable}")
             from models import _cuda_eval  # lazy: numba.cuda only when asked for
 
             return _cuda_eval.step_and_jacobian_cuda(self, z, diag, out)

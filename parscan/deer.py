@@ -32,7 +32,7 @@ import numpy as np
 from parscan._arguments import array_and_problem, bool_problem, masked_problem
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import BACKENDS, available_backends, linear_scan
+from parscan.scan import BACKENDS, available_backends, cuda_unavailable, linear_scan
 
 #: default ``(rtol, atol)`` per dtype for ``max_t |dz| <= atol + rtol |z|``. About 4.5e6 eps
 #: (float64) and 80 eps (float32): far above the rounding noise of a converged iterate, far
@@ -437,11 +437,9 @@ def check_newton_limits(tol, max_iter, errors: dict) -> None:
 def _cuda_problems(jacobian, M) -> list[str]:
     """Why ``backend="cuda"`` cannot run (no GPU; a dense scan above the CUDA backend's
     ``D <= DMAX``), found before the first iteration rather than inside it."""
-    if "cuda" not in available_backends():
-        return [
-            "backend='cuda' is not available (numba.cuda finds no GPU; NUMBA_ENABLE_CUDASIM=1 "
-            "runs the simulator). Use backend='cpu' (or 'auto')."
-        ]
+    unavailable = cuda_unavailable()
+    if unavailable:
+        return [unavailable]
     from parscan._cuda import DMAX  # lazy: numba.cuda only when asked for
 
     if jacobian == "full" and _is_int(M) and M > DMAX:

@@ -102,6 +102,18 @@ def available_backends() -> tuple[str, ...]:
     return ("sequential", "cpu", "cuda") if _cuda_available() else ("sequential", "cpu")
 
 
+def cuda_unavailable() -> str | None:
+    """Why ``backend="cuda"`` cannot run on this machine (numba.cuda finds no GPU), as one
+    sentence with the remedy, for the messages of the functions that take a ``backend``; None
+    when it can (a GPU, or the CUDA simulator)."""
+    if _cuda_available():
+        return None
+    return (
+        "backend='cuda' is not available (numba.cuda finds no GPU; NUMBA_ENABLE_CUDASIM=1 "
+        "runs the simulator). Use backend='cpu' (or 'auto')."
+    )
+
+
 def is_device_array(x) -> bool:
     """A numba device array (also the simulator's) or any ``__cuda_array_interface__`` object
     (checked without importing ``numba.cuda``)."""

@@ -388,7 +388,11 @@ def _bad_files(tmp_path):
         (
             "--method sequential --jacobian diag --alpha 0 --alpha-method sup".split(),
             "--jacobian diag: it applies to --method deer (the sequential method runs no Newton "
-            "iterations); drop it; --alpha-method sup: it applies to --alpha auto",
+            "iterations or scans); drop it; --alpha-method sup: it applies to --alpha auto",
+        ),
+        (  # the sequential BPTT is a fused CPU kernel: a --backend cuda there ran on the CPU
+            ["--method", "sequential", "--backend", "auto"],
+            "--backend auto: it applies to --method deer",
         ),
         (
             ["--method", "sequential", "--jacobian", "diag"],

@@ -20,7 +20,7 @@ from parscan import (
     gtf_alpha,
     sequential_solve,
 )
-from parscan import deer as deer_module
+from parscan import scan as scan_module
 from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
 
 # Agreement of DEER with the sequential solves (default stopping tolerances), per dtype.
@@ -628,10 +628,10 @@ def test_cuda_backend_problems_are_argument_errors(monkeypatch):
     """Found before the first iteration, not as linear_scan errors inside it."""
     model = DiagLinear(np.full(17, 0.5))
     z0 = np.zeros(17)
-    monkeypatch.setattr(deer_module, "available_backends", lambda: ("sequential", "cpu"))
+    monkeypatch.setattr(scan_module, "_cuda_available", lambda: False)
     with pytest.raises(ValueError, match=r"^deer_solve: backend='cuda' is not available.*'cpu'"):
         deer_solve(model, z0, 5, jacobian="diag", backend="cuda")
-    monkeypatch.setattr(deer_module, "available_backends", lambda: ("sequential", "cpu", "cuda"))
+    monkeypatch.setattr(scan_module, "_cuda_available", lambda: True)
     with pytest.raises(
         ValueError, match=r"^deer_solve: .*up to M = 16; got M=17\. Use jacobian='diag' or backend"
     ):

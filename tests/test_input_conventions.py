@@ -332,14 +332,15 @@ def test_sequential_validates_and_refuses_deer_settings(model, windows):
         "`throw` must be a bool; got str 'no'.",
         "`tol` must be None (dtype defaults)",
         "tol=-1.0, max_iter='x' apply to method='deer' (the DEER forward) only; "
-        "method='sequential' (BPTT) runs the forward without Newton iterations; drop them or "
-        "use method='deer'.",
+        "method='sequential' (BPTT, a fused CPU kernel) runs no Newton iterations or scans; drop "
+        "them or use method='deer'.",
     ):
         assert part in message
     for kw, given in (
         (dict(tol=1e-9), "tol=1e-09 applies"),
         (dict(max_iter=5), "max_iter=5 applies"),
         (dict(jacobian="diag"), "jacobian='diag' applies"),
+        (dict(backend="cuda"), "backend='cuda' applies"),  # it ran on the CPU without a word
     ):
         with pytest.raises(
             ValueError,

@@ -338,6 +338,10 @@ def test_bools_are_not_numbers():
         clip_grad_norm(np.ones(3), True)
     with pytest.raises(TypeError, match=r"^ExponentialDecay: lr_start must be a real number"):
         ExponentialDecay(True, 1e-3, 10)
+    with pytest.raises(TypeError, match=r"^ExponentialDecay: lr_start must be a real number"):
+        ExponentialDecay("1e-3", 1e-4, 3)  # not compared with lr_end (was a bare TypeError)
+    with pytest.raises(ValueError, match=r"^ExponentialDecay: lr_start must be finite and > 0"):
+        ExponentialDecay(0, 1e-4, 3)  # was ZeroDivisionError
 
 
 def test_make_optimizer():

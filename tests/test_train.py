@@ -18,6 +18,7 @@ import autodiff.gradients
 import autodiff.train
 import models
 import models.metrics
+import parscan
 from autodiff.checkpoint import (
     CHECKPOINT_NAME,
     checkpoint_path,
@@ -596,7 +597,10 @@ def test_inapplicable_settings_is_the_one_rule():
     sequential = TrainConfig(method="sequential", alpha_mode="constant")
     assert inapplicable_settings(sequential, latent_rnn=True) == []
     assert inapplicable_settings(sequential, latent_rnn=False) == ["method", "alpha_mode"]
-    assert set(DEER_SETTINGS) < set(GTF_SETTINGS)
+    assert set(DEER_SETTINGS) - set(GTF_SETTINGS) == {"backend"}  # an SSM's scans use it
+    fused = SimpleNamespace(**{**asdict(sequential), "backend": "cpu"})
+    assert inapplicable_settings(fused, latent_rnn=True) == ["backend"]
+    assert inapplicable_settings(fused, latent_rnn=False) == ["method", "alpha_mode"]
     assert set(AUTO_ALPHA_SETTINGS) < set(GTF_SETTINGS)
     # a constant alpha is never re-estimated
     fixed = SimpleNamespace(**{**asdict(gtf), "alpha_mode": "constant", "alpha_interval": 2})
@@ -609,6 +613,25 @@ def test_inapplicable_settings_is_the_one_rule():
         "alpha_mode='constant' keeps alpha fixed and never re-estimates it; drop them or use "
         "alpha_mode='auto'."
     )
+
+
+def test_backend_is_refused_with_the_sequential_method():
+    with pytest.raises(ValueError, match=r"^TrainConfig: backend='cuda' applies to method='deer'"):
+        TrainConfig(method="sequential", backend="cuda")  # it ran on the CPU without a word
+
+
+@pytest.mark.skipif("cuda" in parscan.available_backends(), reason="needs a machine without GPU")
+def test_backend_cuda_without_a_gpu_is_refused_before_the_first_step(lorenz, tmp_path):
+    x, _ = lorenz
+    for model, cfg in [
+        (small_model(), config(backend="cuda")),
+        (LinearSSM(3, 4, 5), ssm_config(backend="cuda")),
+    ]:
+        with pytest.raises(ValueError, match=r"^fit: backend='cuda' is not available \(numba"):
+            check_fit(model, x, cfg)
+        with pytest.raises(ValueError, match=r"^fit: backend='cuda' is not available"):
+            fit(model, x, cfg, checkpoint_dir=tmp_path)
+        assert not any(tmp_path.iterdir())  # no checkpoint that a rerun would have to resume
 
 
 def test_transposed_data_are_recognised(lorenz):
