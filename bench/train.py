@@ -221,9 +221,10 @@ def main(argv=None):
             alpha = gtf_alpha(model, windows[:, 1:])
             medians = {}
             for method in sorted(args.method, reverse=True):  # sequential first: the baseline
+                backend = args.backend if method == "deer" else "auto"  # sequential: CPU only
                 call = functools.partial(
                     gtf_loss_and_grad, model, windows, alpha=alpha, method=method,
-                    backend=args.backend,
+                    backend=backend,
                 )  # fmt: skip
                 timing = timeit(call, args.repeat)
                 loss, _, info = timing.result
