@@ -6,13 +6,18 @@ much faster is GTF-DEER on the GPU than the sequential BPTT method at T = 1e4 an
 paper's claim: >= 100x at T = 1e5)?
 
 Steps, most important first, each in a subprocess with its own time limit
-(:data:`STEP_LIMITS`, 570 s in all, so that the whole check fits one 10-minute command on a
+(:data:`STEP_LIMITS`, 540 s in all, so that the whole check fits one 10-minute command on a
 borrowed device machine and one hang cannot eat the budget):
 
+0. preflight: the device, its compute capability, the driver's and the runtime's CUDA
+   versions and one trivial kernel launched and checked (a driver too old for the toolkit
+   that compiles the kernels fails here, in seconds, with the versions that say why);
 1. ``python bench/scan.py --backend cuda``: JSON lines with GB/s against a device-to-device
    copy of as many bytes, both timed with CUDA events, and the ``cuda_copy_target`` line
    (``target_met``: true, false, or null when no case at T*D >= 1e8 was measured);
-2. ``pytest -m gpu -q`` (the CUDA property tests on the device);
+2. ``pytest -m gpu -q -rfE`` (the CUDA property tests on the device; ``$OUT/pytest_gpu.xml``
+   names each test's outcome, and a test still running after 60 s dumps every thread's stack
+   to stderr, which the report keeps: a hang is traced to its test);
 3. ``python bench/train.py --backend cuda --T 10000 100000 --dtype float32 --no-frameworks``:
    ``gtf_loss_and_grad`` with the model and protocol of the README's CPU table (the shPLRNN,
    M=3, L=50, briefly pre-fitted to Lorenz-63; B=16 windows; alpha from ``gtf_alpha``),
@@ -25,8 +30,8 @@ summarised on stdout. Exit status 0 only when every step passed (pytest: 0 or 5)
 target was measured (met or not); 1 when a step failed or timed out, a benchmark case failed,
 no case at T*D >= 1e8 was measured, or there is no real GPU (the CUDA simulator,
 ``NUMBA_ENABLE_CUDASIM=1``, is not one). ``--smoke`` runs every step on tiny sizes, and also
-in the simulator: a check that this script and its steps run (a few minutes on a CPU), which
-measures nothing.
+in the simulator (every step limit tripled: the simulator is slow): a check that this script and
+its steps run (a few minutes on a CPU), which measures nothing.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_check.py       # on the GPU machine: 2-9 minutes
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --smoke
@@ -48,20 +53,54 @@ from _timing import no_gpu_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds each step may run.
-STEP_LIMITS = {"scan_cuda": 170, "pytest_gpu": 200, "gradients": 200}
-#: The steps' commands (after ``python``) and the exit codes that pass.
+STEP_LIMITS = {"preflight": 45, "scan_cuda": 165, "pytest_gpu": 170, "gradients": 160}
+#: The preflight step's program: one JSON line.
+PREFLIGHT = """
+import json
+import numpy as np
+from numba import cuda
+
+def version(get):
+    try:
+        return get()
+    except Exception as exc:  # the simulator has no driver
+        return repr(exc)
+
+@cuda.jit
+def increment(x):
+    i = cuda.grid(1)
+    if i < x.size:
+        x[i] += 1.0
+
+device = cuda.get_current_device()
+name = getattr(device, "name", device)
+x = cuda.to_device(np.zeros(256))
+increment[2, 128](x)
+ok = bool((x.copy_to_host() == 1.0).all())
+print(json.dumps({
+    "what": "preflight",
+    "device": name.decode() if isinstance(name, bytes) else str(name),
+    "compute_capability": list(getattr(device, "compute_capability", ())),
+    "driver_cuda": version(lambda: cuda.cudadrv.driver.driver.get_version()),
+    "runtime_cuda": version(lambda: cuda.runtime.get_version()),
+    "kernel_ok": ok,
+}, default=str))
+raise SystemExit(0 if ok else 1)
+"""
+#: The steps' arguments (after ``python``) and the exit codes that pass.
 STEPS = {
-    "scan_cuda": ("bench/scan.py --backend cuda", (0,)),
-    "pytest_gpu": ("-m pytest -m gpu -q", (0, 5)),  # 5: none collected
+    "preflight": (["-c", PREFLIGHT], (0,)),
+    "scan_cuda": ("bench/scan.py --backend cuda".split(), (0,)),
+    "pytest_gpu": ("-m pytest -m gpu -q -rfE -o faulthandler_timeout=60".split(), (0, 5)),
     "gradients": (
-        "bench/train.py --backend cuda --T 10000 100000 --dtype float32 --no-frameworks",
+        "bench/train.py --backend cuda --T 10000 100000 --dtype float32 --no-frameworks".split(),
         (0,),
     ),
 }
-#: The commands of ``--smoke`` where they differ.
-SMOKE_COMMANDS = {
-    "scan_cuda": "bench/scan.py --backend cuda --smoke --repeat 1",
-    "gradients": "bench/train.py --backend cuda --smoke --repeat 1",
+#: The arguments of ``--smoke`` where they differ.
+SMOKE_ARGS = {
+    "scan_cuda": "bench/scan.py --backend cuda --smoke --repeat 1".split(),
+    "gradients": "bench/train.py --backend cuda --smoke --repeat 1".split(),
 }
 
 
@@ -69,18 +108,31 @@ def _run(cmd, timeout):
     """Run ``cmd`` in the repository root with the root on ``PYTHONPATH`` (the device machine
     has the dependencies but not this package installed); return (exit code, stdout, stderr
     tail, seconds). Exit code 124: timed out."""
-    env = dict(os.environ)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a killed step keeps what it printed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     try:
         done = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace",
+            timeout=timeout,
+        )  # fmt: skip
         code, out, err = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = 124, exc.stdout or "", f"timed out after {timeout} s"
-        out = out.decode() if isinstance(out, bytes) else out
-    return code, out, err[-2000:], round(time.perf_counter() - t0, 1)
+    except subprocess.TimeoutExpired as exc:  # its partial output may be bytes, cut anywhere
+        code, out, err = 124, _text(exc.stdout), _text(exc.stderr)
+        err += f"\n[timed out after {timeout} s]"
+    return code, out, err[-4000:], round(time.perf_counter() - t0, 1)
+
+
+def _text(output) -> str:
+    """Captured output as text (None: empty; bytes decoded, a cut character replaced)."""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+def out_dir() -> Path:
+    """Where the results go: ``$OUT``, else the current folder."""
+    return Path(os.environ.get("OUT", "."))
 
 
 def _json_rows(lines):
@@ -104,14 +156,18 @@ def _step_line(name, step):
 def run_step(name, smoke):
     """One step's record: exit code, whether it passed, seconds, JSON rows (or pytest's
     summary), and the output's tail when it failed."""
-    command, ok_codes = STEPS[name]
-    command = SMOKE_COMMANDS.get(name, command) if smoke else command
-    limit = STEP_LIMITS[name]
-    code, out, err, secs = _run([sys.executable, *command.split()], limit)
+    args, ok_codes = STEPS[name]
+    args = SMOKE_ARGS.get(name, args) if smoke else args
+    if name == "pytest_gpu":
+        args = [*args, f"--junitxml={out_dir() / 'pytest_gpu.xml'}"]
+    limit = STEP_LIMITS[name] * (3 if smoke else 1)  # the simulator: slow, and no device time
+    code, out, err, secs = _run([sys.executable, *args], limit)
     record = {"exit": code, "passed": code in ok_codes, "s": secs, "limit_s": limit}
     lines = out.strip().splitlines()
     if name == "pytest_gpu":
         record["summary"] = lines[-1:]
+        if err.strip():  # a stack dump of a test past faulthandler_timeout, warnings
+            record["stderr"] = err
     else:
         record["rows"], record["unparsed"] = _json_rows(lines)
     if not record["passed"]:
@@ -125,6 +181,12 @@ def summary_lines(report):
     if report["no_gpu"]:
         lines.append(f"NO REAL CUDA GPU: {report['no_gpu']}")
     lines += [_step_line(name, report[name]) for name in STEPS if name in report]
+    for row in report.get("preflight", {}).get("rows", []):
+        lines.append(
+            f"  preflight: {row['device']} (compute capability {row['compute_capability']}), "
+            f"driver CUDA {row['driver_cuda']}, runtime CUDA {row['runtime_cuda']}, "
+            f"trivial kernel {'ok' if row['kernel_ok'] else 'WRONG RESULT'}"
+        )
     for row in report.get("scan_cuda", {}).get("rows", []):
         if row["what"] == "linear_scan":
             result = (
@@ -165,7 +227,7 @@ def main(argv=None):
         help="tiny sizes, the CUDA simulator accepted: checks the code runs, measures nothing",
     )
     args = ap.parse_args(argv)
-    target = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
+    target = out_dir() / "gpu_check.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     report = {"python": sys.version.split()[0], "smoke": args.smoke, "target_met": None}
 
@@ -183,11 +245,15 @@ def main(argv=None):
             report[name] = run_step(name, args.smoke)
             save()
             print(_step_line(name, report[name]), flush=True)
-        rows = report["scan_cuda"]["rows"]
+            if name == "preflight" and not report[name]["passed"]:
+                break  # no kernel runs: the other steps would only burn the device time
+        rows = report.get("scan_cuda", {}).get("rows", [])
         report["device"] = next((r["device"] for r in rows if "device" in r), None)
         target_line = next((r for r in rows if r["what"] == "cuda_copy_target"), {})
         report["target_met"] = target_line.get("target_met")
-        report["failed"] = [name for name in STEPS if not report[name]["passed"]]
+        report["failed"] = [
+            name for name in STEPS if not report.get(name, {"passed": False})["passed"]
+        ]
         if report["target_met"] is None and not args.smoke:
             report["failed"].append("no diagonal CUDA case at T*D >= 1e8 was measured")
         report["ok"] = not report["failed"]
