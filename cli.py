@@ -1435,7 +1435,7 @@ def train(
     refused where the data make them unused.
     """
     from autodiff import check_fit, fit
-    from autodiff.train import TrainingDivergedError, new_run_remedies
+    from autodiff.train import NoValidationScoreWarning, TrainingDivergedError, new_run_remedies
     from models.data import column_mean_sd
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
 
@@ -1501,6 +1501,8 @@ def train(
             warnings.showwarning = progress.show_warning
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)  # worded above
             warnings.simplefilter("ignore", SpectrumResolutionWarning)
+            # worded after training, in the command line's terms (_reconstruction_failure)
+            warnings.simplefilter("ignore", NoValidationScoreWarning)
             result = fit(model, data.train, config, callback=progress, **fit_args)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): fit checkpointed
         progress.close()

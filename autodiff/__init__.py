@@ -7,7 +7,8 @@ Public names are imported lazily from their modules:
 * optimisers: :class:`Adam`, :class:`RAdam`, :class:`ExponentialDecay`,
   :func:`clip_grad_norm`, :class:`NonFiniteStepError`;
 * training: :func:`fit`, :func:`check_fit`, :class:`TrainConfig`, :class:`TrainResult`,
-  :class:`StepInfo`, :class:`EpochInfo`, :class:`TrainingDivergedError`.
+  :class:`StepInfo`, :class:`EpochInfo`, :class:`TrainingDivergedError`,
+  :class:`NoValidationScoreWarning`.
 """
 
 from parscan._lazy import lazy_exports
@@ -29,6 +30,7 @@ _EXPORTS = {
     "StepInfo": "autodiff.train",
     "EpochInfo": "autodiff.train",
     "TrainingDivergedError": "autodiff.train",
+    "NoValidationScoreWarning": "autodiff.train",
 }
 
 __all__ = list(_EXPORTS)

@@ -85,6 +85,12 @@ GTF_SETTINGS = (
 )
 
 
+class NoValidationScoreWarning(UserWarning):
+    """:func:`fit` validated the model, but no validation measured a finite score (every
+    free run diverged, became non-finite or left the data's box): ``result.model`` is the
+    final model, not a selected one, and it does not reconstruct the validation data."""
+
+
 class TrainingDivergedError(RuntimeError):
     """``max_bad_steps`` consecutive steps were rejected, or every step of a run with fewer
     steps than that (``epochs * batches_per_epoch``).
@@ -1306,6 +1312,12 @@ def fit(
         training is not monotone, DESIGN.md section 7). A ``validation_n_bins`` too large
         for the data's dimension is refused before training.
 
+    Warns
+    -----
+    NoValidationScoreWarning
+        No validation measured a finite score: ``result.model`` is the final model, not a
+        selected one (``result.best_scores["status"]`` says how the last validation failed).
+
     Returns
     -------
     TrainResult
@@ -1527,6 +1539,8 @@ def fit(
     last_params = model.params.copy()
     if best_params is not None:
         model.params[...] = best_params
+    if state.best_scores is not None and state.best_scores["score"] == math.inf:
+        _warn_no_validation_score(state, config, is_rnn)
     return TrainResult(
         model=model,
         last_params=last_params,
@@ -1538,6 +1552,22 @@ def fit(
         config=config,
         wall_time=state.wall_time,
         checkpoint=final,
+    )
+
+
+def _warn_no_validation_score(state, config, is_rnn: bool) -> None:
+    """:class:`NoValidationScoreWarning`, with why the best validation failed and the settings
+    worth trying (:func:`new_run_remedies`)."""
+    status = state.best_scores["status"].replace("_", "-")
+    remedies = new_run_remedies(config, state.alpha if is_rnn else None, is_rnn)
+    warnings.warn(
+        f"fit: no validation measured a finite score (the last one, epoch {state.best_epoch}: "
+        f"free run {status}); result.model is the final model, not a selected one, and it does not "
+        "reconstruct the validation data. Try "
+        + ", ".join(f"{name}={value!r}" for name, value in remedies.items())
+        + ".",
+        NoValidationScoreWarning,
+        stacklevel=3,
     )
 
 

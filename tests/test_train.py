@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,7 @@ from autodiff.train import (
     DEER_SETTINGS,
     GTF_SETTINGS,
     EpochInfo,
+    NoValidationScoreWarning,
     StepInfo,
     TrainConfig,
     TrainingDivergedError,
@@ -256,13 +258,26 @@ def test_validation_selects_the_best_epoch(lorenz):
 
 @pytest.mark.parametrize("score, best", [(0.6, 1), (math.inf, 3)])
 def test_best_epoch_ties(lorenz, monkeypatch, score, best):
-    """Equal finite scores keep the earliest epoch; while all are inf, the newest wins."""
+    """Equal finite scores keep the earliest epoch; while all are inf, the newest wins -- and
+    when every one is inf, fit says that it selected nothing."""
     x, xv = lorenz
     status = "ok" if math.isfinite(score) else "diverged"
     scores = {"dstsp": None, "dh": None, "score": score, "status": status}
     monkeypatch.setattr(autodiff.train, "_validate", lambda *args: dict(scores))
-    result = fit(small_model(), x, config(batches_per_epoch=2), validation_data=xv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(small_model(), x, config(batches_per_epoch=2), validation_data=xv)
     assert result.best_epoch == best
+    said = [str(w.message) for w in caught if w.category is NoValidationScoreWarning]
+    if math.isfinite(score):
+        assert said == []
+    else:
+        assert said == [
+            "fit: no validation measured a finite score (the last one, epoch 3: free run "
+            "diverged); result.model is the final model, not a selected one, and it does not "
+            "reconstruct the validation data. Try alpha_method='sup', lr_start=0.00333."
+        ]
+        assert caught[-1].filename == __file__  # points at the caller's line
 
 
 def _poisoned(bad_steps):
@@ -474,7 +489,7 @@ def test_config_dtype_accepts_numpy_float_types_and_dtypes_as_their_names():
             {"method": "sequential", "jacobian": "diag"},
             ValueError,
             r"jacobian='diag' applies to method='deer' \(the DEER forward\) only; "
-            r"method='sequential' \(BPTT\) .*; drop it or use method='deer'\.$",
+            r"method='sequential' \(BPTT, a fused CPU kernel\) .*; drop it or use method='deer'\.$",
         ),
         (
             {"method": "sequential", "newton_tol": 1e-6, "newton_max_iter": 3},
@@ -880,7 +895,10 @@ def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
     with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
         fit(small_model(), x, config(), validation_data=xv[:2], checkpoint_dir=tmp_path)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
-    result = fit(small_model(), x, config(epochs=1, batches_per_epoch=2), validation_data=xv[:3])
+    short = config(epochs=1, batches_per_epoch=2)
+    # the box of 3 points holds no free run: validated, though never measured
+    with pytest.warns(NoValidationScoreWarning, match=r"epoch 1: free run out-of-box"):
+        result = fit(small_model(), x, short, validation_data=xv[:3])
     assert result.best_scores is not None
 
 
