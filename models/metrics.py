@@ -395,17 +395,16 @@ def state_space_divergence(
         method = checks.choice(method, "method", ("bins", "gmm"))
         with checks.caught("x"):
             x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
-        if method == "gmm":
-            sigma2 = checks.real(sigma2, "sigma2", positive=True)
-            n_points = checks.integer(n_points, "n_points")
-            n_samples = checks.integer(n_samples, "n_samples")
-            seed = checks.integer(seed, "seed", 0)
-        elif method == "bins":
-            n_bins = checks.integer(n_bins, "n_bins")
-            box = checks.choice(box, "box", ("minmax", "sd2"))
-            if checks.ok("x", "n_bins"):
-                with checks.caught():
-                    _check_total_bins(n_bins, x_true.shape[1], where)
+        # every setting is checked, also those the method does not use (as evaluate does)
+        n_bins = checks.integer(n_bins, "n_bins")
+        box = checks.choice(box, "box", ("minmax", "sd2"))
+        sigma2 = checks.real(sigma2, "sigma2", positive=True)
+        n_points = checks.integer(n_points, "n_points")
+        n_samples = checks.integer(n_samples, "n_samples")
+        seed = checks.integer(seed, "seed", 0)
+        if method == "bins" and checks.ok("x", "n_bins"):
+            with checks.caught():
+                _check_total_bins(n_bins, x_true.shape[1], where)
     if method == "gmm":
         return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
     reference = _binned_reference(x_true, n_bins, box)
@@ -767,7 +766,7 @@ def lyapunov_spectrum(
     transient=None,
     dt=None,
     params=None,
-    seed=0,
+    seed=None,
 ):
     """The ``n_exponents`` largest Lyapunov exponents (decreasing, for long enough runs).
 
@@ -796,7 +795,8 @@ def lyapunov_spectrum(
         Steps run first to settle on the attractor and align the tangent vectors (default: the
         system's transient; 1,000 for a model).
     dt, params, seed
-        System only: sampling step, parameter overrides and the seed of the initial condition.
+        System only (refused with a model): sampling step, parameter overrides and the seed of
+        the initial condition (default 0).
 
     Returns
     -------
@@ -817,8 +817,15 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
                 f"jacobian); got {type(target).__name__}.",
                 wrong_kind=True,
             )
-        elif system is None and (dt is not None or params is not None):
-            checks.add("dt and params apply to systems, not to models.")
+        elif system is None:
+            given = [
+                name
+                for name, value in (("dt", dt), ("params", params), ("seed", seed))
+                if value is not None
+            ]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                checks.add(f"{', '.join(given)} {verb} to systems, not to models.")
         if n_exponents is not None:
             n_exponents = checks.integer(n_exponents, "n_exponents")
         if n_steps is not None:
@@ -828,6 +835,7 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
         if system is not None:
             dt = system.dt if dt is None else checks.real(dt, "dt", positive=True)
             n_steps = 20_000 if n_steps is None else n_steps
+            seed = 0 if seed is None else seed
             run = system.prepare_with(checks, params=params, x0=x0, seed=seed)
             if checks.ok("dt", "n_steps", "transient"):
                 plan = system.plan_with(checks, dt, transient, n_steps)
@@ -840,7 +848,7 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
 
 
 def max_lyapunov(
-    target, *, x0=None, n_steps=None, transient=None, dt=None, params=None, seed=0
+    target, *, x0=None, n_steps=None, transient=None, dt=None, params=None, seed=None
 ) -> float:
     """Largest Lyapunov exponent: ``lyapunov_spectrum(target, 1, ...)[0]``.
 

@@ -571,8 +571,10 @@ def test_lyapunov_validation():
     for x0 in (np.array([True, False]), np.zeros(2, complex)):
         with pytest.raises(TypeError, match=r"^max_lyapunov: x0 must be a real array"):
             max_lyapunov(model, x0=x0)
-    with pytest.raises(ValueError, match=r"dt and params apply to systems"):
+    with pytest.raises(ValueError, match=r": dt applies to systems, not to models\.$"):
         max_lyapunov(model, x0=np.zeros(2), dt=0.1)
+    with pytest.raises(ValueError, match=r": params, seed apply to systems, not to models\.$"):
+        lyapunov_spectrum(model, x0=np.zeros(2), params={}, seed=123)  # seed was ignored
     with pytest.raises(TypeError, match=r"expected a system name, a System or a LatentRNN"):
         max_lyapunov(np.eye(2))
     with pytest.raises(ValueError, match=r"unknown system 'lorentz'"):
