@@ -212,11 +212,19 @@ class Adam:
         kind = str(np.asarray(state["kind"]))
         if kind != cls._NAME:
             raise ValueError(
-                f"{where}: state belongs to a {kind} optimiser, not {cls._NAME}. "
-                f"Use make_optimizer / {kind}.from_state_dict."
+                f"{where}: state belongs to an {kind} optimiser, not {cls._NAME}. "
+                f"Use {kind}.from_state_dict (or autodiff.optim.make_optimizer)."
             )
         m, v = np.asarray(state["m"]), np.asarray(state["v"])
-        dtype = np.dtype(str(np.asarray(state["dtype"])))
+        try:
+            dtype = np.dtype(str(np.asarray(state["dtype"])))
+        except TypeError:  # not a dtype name at all
+            dtype = None
+        if dtype is None or dtype not in FLOAT_DTYPES:  # (np.dtype(None) is float64)
+            raise ValueError(
+                f"{where}: dtype must be 'float32' or 'float64'; got {state['dtype']!r}. The "
+                "state is damaged."
+            )
         if m.ndim != 1 or m.shape != v.shape or m.dtype != dtype or v.dtype != dtype:
             raise ValueError(
                 f"{where}: m and v must be 1-D arrays of one shape and dtype {dtype}; got "

@@ -1033,15 +1033,25 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
 
 
 def _check_architecture(ckpt, model):
-    """Refuse a checkpoint of another model class, hyperparameters or dtype."""
-    if ckpt["model_class"] != type(model).__name__ or ckpt["hyperparameters"] != (
-        model.hyperparameters()
-    ):
-        raise ValueError(
-            f"fit: the checkpoint at {ckpt['path']} holds a {ckpt['model_class']} "
-            f"{ckpt['hyperparameters']}, not the {type(model).__name__} "
-            f"{model.hyperparameters()} given. Resume with the same architecture and dtype."
+    """Refuse a checkpoint of another model class, hyperparameters, dtype or seed, naming
+    what differs."""
+    saved, given = ckpt["hyperparameters"], model.hyperparameters()
+    if ckpt["model_class"] != type(model).__name__:
+        found = (
+            f"a model of class {ckpt['model_class']} {saved}, not the {type(model).__name__} "
+            f"{given} given"
         )
+    elif saved != given:
+        differ = [key for key in {**saved, **given} if saved.get(key) != given.get(key)]
+        found = f"a {ckpt['model_class']} with " + ", ".join(
+            f"{key}={saved.get(key)!r} (the model given: {given.get(key)!r})" for key in differ
+        )
+    else:
+        return
+    raise ValueError(
+        f"fit: the checkpoint at {ckpt['path']} holds {found}. Resume with a model like the "
+        "one the run started with (class, hyperparameters, dtype and seed)."
+    )
 
 
 def _check_config(saved: "TrainConfig", config: "TrainConfig", path):

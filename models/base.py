@@ -141,6 +141,8 @@ class Model(ABC):
             self._standardization = None
             return
         try:
+            if isinstance(value, dict | str):  # unpacking would read the keys or characters
+                raise TypeError
             mean, sd = value
         except (TypeError, ValueError):
             raise TypeError(
@@ -419,8 +421,8 @@ class Model(ABC):
         model, _ = _load_with_metadata(path, f"{cls.__name__}.load")
         if cls is not Model and not isinstance(model, cls):
             raise ValueError(
-                f"{cls.__name__}.load: {path} holds a {type(model).__name__}, not a "
-                f"{cls.__name__}. Use models.load(path) to load any model."
+                f"{cls.__name__}.load: {path} holds a model of class {type(model).__name__}, "
+                f"not {cls.__name__}. Use models.load(path) to load any model."
             )
         return model
 

@@ -748,7 +748,8 @@ class SelectiveSSM(DiagonalSSM):
         p = self.unflatten()
         pre = _apply(u, p["W_delta"].T)
         pre += p["b_delta"]
-        delta = np.logaddexp(0.0, pre)
+        with np.errstate(invalid="ignore"):  # NaN inputs propagate, as in the linear SSM
+            delta = np.logaddexp(0.0, pre)
         A = -np.exp(p["log_A"])
         a = np.exp(delta[..., None] * A)  # (B, T, N, H)
         Bt = _apply(u, p["W_B"].T)

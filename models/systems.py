@@ -889,7 +889,8 @@ def generate(
     ValueError
         Unknown system or parameter, a non-finite parameter, invalid sizes, noise with
         ``n_steps < 2``, a run of more than :data:`MAX_RK4_STEPS` RK4 steps
-        (``ceil(dt / max_step) * (transient + n_steps - 1)``; 10^10, an hour or more), or a
+        (``ceil(dt / max_step) * (transient + n_steps - 1)``; 10^10, 15 minutes to an hour
+        or more), or a
         trajectory that becomes non-finite.
     TypeError
         Arguments of the wrong kind.

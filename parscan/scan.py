@@ -149,7 +149,15 @@ def _check_backend(backend, on_device: bool) -> str:
     return backend
 
 
-def _dtype_problems(a, b, h0) -> list[str]:
+def _cast(name: str, target: np.dtype, converted: frozenset) -> str:
+    """How a caller casts input ``name`` to ``target``: ``.astype`` for an array, ``np.asarray``
+    for what ``linear_scan`` converted (``converted``: the names given as lists, scalars...)."""
+    if name in converted:
+        return f"np.asarray({name}, dtype=np.{target})"
+    return f"{name}.astype(np.{target})"
+
+
+def _dtype_problems(a, b, h0, converted: frozenset = frozenset()) -> list[str]:
     dt = b.dtype
     if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
         return []
@@ -163,14 +171,14 @@ def _dtype_problems(a, b, h0) -> list[str]:
     target = np.result_type(*usable.values()) if usable else np.dtype(np.float64)
     problems = [
         f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={dtype}. "
-        f"Use {name}.astype(np.{target})."
+        f"Use {_cast(name, target, converted)}."
         for name, dtype in named
         if name not in usable
     ]
     if len(set(usable.values())) > 1:
         got = ", ".join(f"{name}.dtype={dtype}" for name, dtype in named)
         casts = ", ".join(
-            f"{name}.astype(np.{target})" for name, d in usable.items() if d != target
+            _cast(name, target, converted) for name, d in usable.items() if d != target
         )
         problems.append(f"`a`, `b` and `h0` must share one dtype; got {got}. Cast {casts}.")
     return problems
@@ -186,13 +194,14 @@ def _host_arrays(where: str, **inputs):
         raise type(exc)(f"{where}: {exc}") from None
 
 
-def _validate(a, b, h0) -> bool:
-    """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``).
+def _validate(a, b, h0, converted: frozenset = frozenset()) -> bool:
+    """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``;
+    ``converted``: the names of those the caller gave as other than arrays, for the fixes).
 
     Returns True for a dense ``a``. Raises one ``TypeError`` (dtype problems) or ``ValueError``
     (shape problems only) listing every mismatch found.
     """
-    dtype_problems = _dtype_problems(a, b, h0)
+    dtype_problems = _dtype_problems(a, b, h0, converted)
     shape_problems = []
     dense = False
     if b.ndim < 2:
@@ -446,9 +455,14 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         from parscan import _cuda
 
         a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
+        converted = frozenset()
     else:
-        a, b, h0 = _host_arrays("linear_scan", a=a, b=b, h0=h0)
-    dense = _validate(a, b, h0)
+        given = {"a": a, "b": b, "h0": h0}
+        converted = frozenset(
+            name for name, x in given.items() if x is not None and not isinstance(x, np.ndarray)
+        )
+        a, b, h0 = _host_arrays("linear_scan", **given)
+    dense = _validate(a, b, h0, converted)
     if out is not None:
         if not (isinstance(out, np.ndarray) or is_device_array(out)):
             raise TypeError(

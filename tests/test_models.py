@@ -432,9 +432,9 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(back.params, m.params)
         np.testing.assert_array_equal(back.standardization[0], m.standardization[0])
         assert type(m).load(path).dtype == np.float32
-    with pytest.raises(ValueError, match="holds a ClippedShPLRNN, not a ShPLRNN"):
+    with pytest.raises(ValueError, match="holds a model of class ClippedShPLRNN, not ShPLRNN"):
         ShPLRNN.load(tmp_path / "ClippedShPLRNN.npz")
-    with pytest.raises(ValueError, match="holds a ALRNN, not a PLRNN"):
+    with pytest.raises(ValueError, match="holds a model of class ALRNN, not PLRNN"):
         PLRNN.load(tmp_path / "ALRNN.npz")
 
 

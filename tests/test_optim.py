@@ -151,7 +151,7 @@ def test_state_dict_is_a_copy_and_checked():
     state = opt.state_dict()
     opt.step(np.zeros(3), np.ones(3), 0.1)
     assert state["t"] == 0 and not state["m"].any()
-    with pytest.raises(ValueError, match="belongs to a Adam optimiser, not RAdam"):
+    with pytest.raises(ValueError, match=r"an Adam optimiser, not RAdam\. Use Adam\.from_state_"):
         RAdam.from_state_dict(state)
     with pytest.raises(ValueError, match=r"Adam.from_state_dict: state is missing \['v'\]"):
         Adam.from_state_dict({k: v for k, v in state.items() if k != "v"})
@@ -161,6 +161,8 @@ def test_state_dict_is_a_copy_and_checked():
         ("t", np.array(2.7), "t must be an integer scalar >= 0; got float64"),
         ("t", np.array([1, 2]), "t must be an integer scalar"),
         ("t", np.array(-1), "t must be an integer scalar >= 0"),
+        ("dtype", np.array("float16"), r"dtype must be 'float32' or 'float64'; got array\('float1"),
+        ("dtype", "no dtype", "dtype must be 'float32' or 'float64'; got 'no dtype'. The state"),
         ("beta1", np.array(1.5), "the state is damaged: beta1 must be in"),
         ("eps", np.array("x"), "the state is damaged: could not convert"),
     ]:

@@ -693,6 +693,12 @@ GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
             TypeError,
             r"share one dtype; .*Cast b\.astype\(np\.complex128\)\.$",  # a's imaginary part kept
         ),
+        (  # a list has no astype: the cast suggested converts it
+            (GOOD_A, GOOD_B, [[0, 0, 0], [0, 0, 0]]),
+            {},
+            TypeError,
+            r"h0\.dtype=int64\. Use np\.asarray\(h0, dtype=np\.float64\)\.$",
+        ),
         (
             (GOOD_A, GOOD_B),
             {"reverse": "False"},

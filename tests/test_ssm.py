@@ -136,6 +136,16 @@ def test_free_runs_propagate_nan_and_inf(model, data):
         np.testing.assert_array_equal(out[0], model.generate(data[0, 0], 4))
 
 
+def test_teacher_forced_propagates_nan_without_a_numpy_warning(model, data):
+    """Runs under the suite's warnings-as-errors: the selective SSM's softplus of a NaN
+    pre-activation once raised NumPy's RuntimeWarning."""
+    x = data.copy()
+    x[0, 3, 1] = np.nan
+    out = model.teacher_forced(x)
+    assert np.isnan(out[0]).any()
+    np.testing.assert_array_equal(out[1], model.teacher_forced(data)[1])
+
+
 def test_a_diverging_free_run_ends_non_finite_and_evaluate_says_so():
     """A run past the float range becomes inf - inf = NaN in the readout, which stays NaN
     (it once settled on the finite bias b2) and evaluate reports it."""

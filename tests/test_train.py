@@ -533,9 +533,15 @@ def test_fit_argument_errors(lorenz, tmp_path):
     with pytest.raises(ValueError, match=r"cannot resume .*lr_start: 0.01 -> 0.02"):
         fit(model, x, config(lr_start=2e-2, batches_per_epoch=1), checkpoint_dir=tmp_path,
             resume=True)  # fmt: skip
-    with pytest.raises(ValueError, match="holds a ShPLRNN"):
-        fit(ShPLRNN(3, 8, dtype="float64"), x, config(epochs=1, batches_per_epoch=1),
-            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    one_step = config(epochs=1, batches_per_epoch=1)
+    with pytest.raises(ValueError, match=r"holds a ShPLRNN with L=16 \(the model given: 8\)\. "):
+        fit(ShPLRNN(3, 8, dtype="float64"), x, one_step, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"with seed=0 \(the model given: 5\)\. Resume with a "):
+        fit(ShPLRNN(3, 16, dtype="float64", seed=5), x, one_step, checkpoint_dir=tmp_path,
+            resume=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds a model of class ShPLRNN \{.*\}, not the "):
+        fit(models.ClippedShPLRNN(3, 16, dtype="float64"), x, one_step, checkpoint_dir=tmp_path,
+            resume=True)  # fmt: skip
 
 
 def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
