@@ -270,16 +270,18 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
 
 
 @jit
-def _logsumexp_sq_dist(s, centers, scale):
-    """``log sum_j exp(-scale * ||s - centers_j||^2)`` with a running maximum (stable)."""
+def _logsumexp_sq_dist(s, centers, root):
+    """``log sum_j exp(-||root * (s - centers_j)||^2)`` with a running maximum (stable); the
+    differences are scaled by ``root = sqrt(scale)`` before squaring, so that wide data and a
+    wide mixture (``1e160`` apart, ``sigma2 = 1e300``) do not overflow."""
     m = -np.inf
     acc = 0.0
     for j in range(centers.shape[0]):
         d2 = 0.0
         for k in range(s.shape[0]):
-            diff = s[k] - centers[j, k]
+            diff = (s[k] - centers[j, k]) * root
             d2 += diff * diff
-        e = -scale * d2
+        e = -d2
         if e == -np.inf:  # d2 overflowed: no mass here (and exp(-inf - -inf) would be NaN)
             continue
         if e > m:
@@ -293,10 +295,10 @@ def _logsumexp_sq_dist(s, centers, scale):
 
 
 @jit_parallel
-def _gmm_log_sum(samples, centers, scale, out):
-    """``out[i] = log sum_j exp(-scale ||samples_i - centers_j||^2)``; prange over samples."""
+def _gmm_log_sum(samples, centers, root, out):
+    """``out[i] = log sum_j exp(-||root (samples_i - centers_j)||^2)``; prange over samples."""
     for i in prange(samples.shape[0]):
-        out[i] = _logsumexp_sq_dist(samples[i], centers, scale)
+        out[i] = _logsumexp_sq_dist(samples[i], centers, root)
 
 
 def _subsample(x, n_points):
@@ -317,9 +319,9 @@ def _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed):
     )
     log_p = np.empty(n_samples)
     log_q = np.empty(n_samples)
-    scale = 0.5 / sigma2
-    _gmm_log_sum(samples, centers_p, scale, log_p)
-    _gmm_log_sum(samples, centers_q, scale, log_q)
+    root = math.sqrt(0.5 / sigma2)
+    _gmm_log_sum(samples, centers_p, root, log_p)
+    _gmm_log_sum(samples, centers_q, root, log_q)
     log_ratio = log_p - log_q + math.log(centers_q.shape[0] / centers_p.shape[0])
     return float(log_ratio.mean())
 

@@ -384,6 +384,17 @@ def test_gmm_of_an_infinitely_distant_run_is_inf():
     assert state_space_divergence(x, x + 1e155, method="gmm") == math.inf
 
 
+def test_gmm_is_invariant_to_scaling_data_and_mixture_width_together():
+    """Differences are scaled before squaring: 1e150-wide data with sigma2 = 1e300 is unit data
+    with sigma2 = 1 (the squared distances alone would overflow)."""
+    rng = np.random.default_rng(31)
+    x, y = rng.standard_normal((400, 3)), rng.standard_normal((300, 3))
+    unit = state_space_divergence(x, y, method="gmm")
+    for scale in (1e150, 1e-150):
+        scaled = state_space_divergence(x * scale, y * scale, method="gmm", sigma2=scale**2)
+        assert scaled == pytest.approx(unit, rel=1e-9)
+
+
 def test_gmm_ignores_an_overflowing_distance_wherever_it_comes():
     """A centre whose squared distance overflows adds no mass, first or last in the sum (it
     was NaN when the running maximum started from it)."""
