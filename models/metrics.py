@@ -272,8 +272,8 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
 @jit
 def _logsumexp_sq_dist(s, centers, root):
     """``log sum_j exp(-||root * (s - centers_j)||^2)`` with a running maximum (stable); the
-    differences are scaled by ``root = sqrt(scale)`` before squaring, so that wide data and a
-    wide mixture (``1e160`` apart, ``sigma2 = 1e300``) do not overflow."""
+    differences are scaled by ``root = sqrt(1 / (2 sigma2))`` before squaring, so that wide
+    data and a wide mixture (``1e160`` apart, ``sigma2 = 1e300``) do not overflow."""
     m = -np.inf
     acc = 0.0
     for j in range(centers.shape[0]):
