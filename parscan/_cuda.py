@@ -10,9 +10,16 @@ Parallel Prefix Scan with Decoupled Look-back", NVIDIA 2016), the shape CUB uses
    ``(A, b)`` in registers;
 2. the block runs a Blelloch up-sweep over the per-thread pairs in shared memory, publishing
    the tile aggregate (flag 1), or its inclusive end state when it is the first tile (flag 2);
-3. the threads holding the aggregate look back over the preceding tiles' flags, combining
-   aggregates until they meet an inclusive state: that is the tile's carry-in, and the tile
-   publishes its own inclusive state (flag 2);
+3. the block looks back over a *window* of ``lookback`` preceding tiles per round trip (each
+   thread reads one flag; each lane of each channel loads the records of
+   ``lookback // lanes`` of them at once, unrolled, as CUB's warp-wide look-back does): the
+   nearest inclusive state in the window and the aggregates after it are combined by a tree
+   in shared memory; without an inclusive state in the window, its combined aggregate is
+   carried into the next window. The result is the tile's carry-in, and the tile publishes
+   its own inclusive state (flag 2). (A look-back that inspects one predecessor per round
+   trip lets the published inclusive states advance by one tile per memory latency, ~1 us,
+   which caps the scan at about a tile per microsecond; a window of W raises that cap
+   W-fold. The dense kernel, not bandwidth-bound, keeps the one-at-a-time walk.)
 4. the Blelloch down-sweep gives each thread the exclusive prefix of its run; it applies it to
    the carry-in and re-walks its steps, writing ``h``.
 
@@ -90,10 +97,13 @@ class Launch:
     items: int = 8
     dense_block: int = 32
     dense_items: int = 4
+    #: predecessor tiles the diagonal look-back inspects per round trip (a thread reads one
+    #: flag: ``block`` at most; a tile's lanes at least)
+    lookback: int = 128
     publish_prefix: bool = True
 
     def __post_init__(self):
-        check_launch(self, ("block", "dense_block"))
+        check_launch(self, ("block", "dense_block", "lookback"))
 
 
 LAUNCH = Launch()
@@ -229,6 +239,18 @@ def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
     return pa * h + pb
 
 
+@cuda.jit(device=True)
+def _slot(agg_a, agg_b, incl, r, w, near, one, zero):
+    """The pair of look-back window slot ``w`` (record offset ``r``): a predecessor's
+    aggregate before the window's nearest inclusive state (slot ``near``), that state as the
+    pair ``(0, incl)``, the identity after it (earlier tiles, or before the first tile)."""
+    if w < near:
+        return agg_a[r], agg_b[r]
+    if w == near:
+        return zero, incl[r]
+    return one, zero
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -248,7 +270,8 @@ def zero_fill(x) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-    """Compiled-on-first-use kernels of one dtype and launch shape, with their signatures."""
+    """Compiled-on-first-use kernels of one dtype and launch shape, with their signatures
+    (``diag(cw)``: the diagonal kernel for ``cw`` channels per block)."""
 
     diag: object
     dense: object
@@ -261,144 +284,214 @@ class Kernels:
 def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
     """Kernels for ``dtype`` with the launch shape baked in as compile-time constants."""
     dt = numba.from_dtype(np.dtype(dtype))
-    NT, ITEMS = launch.block, launch.items
+    NT, ITEMS, LOOKBACK = launch.block, launch.items, min(launch.lookback, launch.block)
+    # two blocks per SM (at most 128 registers per thread for 256): a block spends much of
+    # its time waiting (look-back, barriers), so a second one keeps loads in flight; not for
+    # complex128, which would spill a kilobyte per thread (the simulator has no such option)
+    two_blocks = np.dtype(dtype).itemsize <= 8 and not numba.config.ENABLE_CUDASIM
+    DIAG_OPTIONS = {"launch_bounds": (NT, 2)} if two_blocks else {}
     PUBLISH = launch.publish_prefix
     SH = DENSE_SHARED_BYTES // np.dtype(dtype).itemsize
     REC = DMAX * DMAX + DMAX
 
-    @cuda.jit
-    def diag(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl, cw):
-        """Diagonal scan, ``a, b, out`` (B, T, D); ``cw`` channels per block (power of 2)."""
-        B, T, D = b.shape
-        n_ch = B * D
-        n_groups = (n_ch + cw - 1) // cw
-        ntl = NT // cw
-        one, zero = dt(1), dt(0)
-        sh_a = cuda.shared.array(NT, dt)
-        sh_b = cuda.shared.array(NT, dt)
-        sh_carry = cuda.shared.array(NT, dt)
-        sh_id = cuda.shared.array(1, numba.int32)
-        tid = cuda.threadIdx.x
-        if tid == 0:
-            sh_id[0] = cuda.atomic.add(status, status.shape[0] - 1, 1)
-        cuda.syncthreads()
-        tile_id = numba.int64(sh_id[0])
-        j = tile_id // n_groups
-        g = tile_id - j * n_groups
-        c = tid % cw
-        lane = tid // cw
-        ch = g * cw + c
-        valid = ch < n_ch
-        bi = ch // D if valid else 0
-        d = ch - bi * D if valid else 0
-        tile = ntl * ITEMS  # steps per tile
-        first = j * tile  # the tile's first step
-        s0 = first + lane * ITEMS
+    @functools.cache
+    def diag(cw: int):
+        """The diagonal kernel for ``cw`` channels per block (a power of 2, at most ``NT // 4``):
+        ``cw`` fixes the lanes per channel and the look-back's predecessors per lane, so that
+        each thread's window loads unroll and go out together."""
+        NTL = NT // cw  # lanes (runs of time) per channel
+        PER = max(1, LOOKBACK // NTL)  # look-back predecessors per lane
+        WINDOW = NTL * PER  # predecessors per look-back round, <= NT: one flag per thread
 
-        # 1. per-thread run reduced in registers
-        ra = cuda.local.array(ITEMS, dt)
-        rb = cuda.local.array(ITEMS, dt)
-        run_a, run_b = one, zero
-        for k in range(ITEMS):
-            s = s0 + k
-            if valid and s < T:
-                t = T - 1 - s if reverse else s
-                ra[k] = a[bi, t, d]
-                rb[k] = b[bi, t, d]
-            else:
-                ra[k] = one
-                rb[k] = zero
-            run_b = ra[k] * run_b + rb[k]
-            run_a = ra[k] * run_a
-        sh_a[tid] = run_a
-        sh_b[tid] = run_b
-        cuda.syncthreads()
+        @cuda.jit(**DIAG_OPTIONS)
+        def kernel(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl):
+            """Diagonal scan, ``a, b, out`` (B, T, D)."""
+            B, T, D = b.shape
+            n_ch = B * D
+            n_groups = (n_ch + cw - 1) // cw
+            one, zero = dt(1), dt(0)
+            sh_a = cuda.shared.array(NT, dt)
+            sh_b = cuda.shared.array(NT, dt)
+            sh_carry = cuda.shared.array(NT, dt)
+            lb_a = cuda.shared.array(NT, dt)  # look-back: each thread's part of the window
+            lb_b = cuda.shared.array(NT, dt)
+            sh_id = cuda.shared.array(1, numba.int32)
+            sh_near = cuda.shared.array(1, numba.int32)  # the window's nearest inclusive state
+            tid = cuda.threadIdx.x
+            if tid == 0:
+                sh_id[0] = cuda.atomic.add(status, status.shape[0] - 1, 1)
+                sh_near[0] = WINDOW
+            cuda.syncthreads()
+            tile_id = numba.int64(sh_id[0])
+            j = tile_id // n_groups
+            g = tile_id - j * n_groups
+            c = tid % cw
+            lane = tid // cw
+            ch = g * cw + c
+            valid = ch < n_ch
+            bi = ch // D if valid else 0
+            d = ch - bi * D if valid else 0
+            tile = NTL * ITEMS  # steps per tile
+            first = j * tile  # the tile's first step
+            s0 = first + lane * ITEMS
 
-        # 2. Blelloch up-sweep over the runs of each channel
-        off = 1
-        while off < ntl:
-            if (lane + 1) % (2 * off) == 0:
-                left = tid - off * cw
-                x = sh_a[tid]  # the runs of lanes lane-off+1 .. lane
-                lo, hi = s0 - (off - 1) * ITEMS, s0 + ITEMS
-                sh_b[tid] = _apply(x, sh_b[tid], sh_b[left], a, b, bi, d, T, reverse, lo, hi)
-                sh_a[tid] = x * sh_a[left]
-            off *= 2
+            # 1. per-thread run reduced in registers
+            ra = cuda.local.array(ITEMS, dt)
+            rb = cuda.local.array(ITEMS, dt)
+            run_a, run_b = one, zero
+            for k in range(ITEMS):
+                s = s0 + k
+                if valid and s < T:
+                    t = T - 1 - s if reverse else s
+                    ra[k] = a[bi, t, d]
+                    rb[k] = b[bi, t, d]
+                else:
+                    ra[k] = one
+                    rb[k] = zero
+                run_b = ra[k] * run_b + rb[k]
+                run_a = ra[k] * run_a
+            sh_a[tid] = run_a
+            sh_b[tid] = run_b
             cuda.syncthreads()
 
-        last = lane == ntl - 1
-        rec = tile_id * RECORD + c
-        tot_a, tot_b, carry = one, zero, zero
-        if last:
-            tot_a = sh_a[tid]
-            tot_b = sh_b[tid]
-            if valid:
+            # 2. Blelloch up-sweep over the runs of each channel
+            off = 1
+            while off < NTL:
+                if (lane + 1) % (2 * off) == 0:
+                    left = tid - off * cw
+                    x = sh_a[tid]  # the runs of lanes lane-off+1 .. lane
+                    lo, hi = s0 - (off - 1) * ITEMS, s0 + ITEMS
+                    sh_b[tid] = _apply(x, sh_b[tid], sh_b[left], a, b, bi, d, T, reverse, lo, hi)
+                    sh_a[tid] = x * sh_a[left]
+                off *= 2
+                cuda.syncthreads()
+
+            last = lane == NTL - 1
+            rec = tile_id * RECORD + c
+            tot_a, tot_b = sh_a[tid], sh_b[tid]  # the tile's aggregate, in the last lane
+            if last:
                 if j == 0:
-                    if has_h0:
-                        carry = h0[bi, d]
-                    incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, 0, tile)
-                else:
+                    carry = h0[bi, d] if has_h0 and valid else zero
+                    sh_carry[c] = carry
+                    if valid:
+                        incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, 0, tile)
+                elif valid:
                     agg_a[rec] = tot_a
                     agg_b[rec] = tot_b
                 cuda.threadfence()
-        cuda.syncthreads()
-        if tid == 0:
-            cuda.atomic.exch(status, tile_id, 2 if j == 0 else 1)
-
-        # 3. decoupled look-back for the carry entering the tile
-        if last and valid and j > 0:
-            acc_a, acc_b = one, zero
-            k = j - 1
-            while True:
-                pred = k * n_groups + g
-                flag = _read_flag(status, pred)
-                if flag == 0:
-                    continue
-                cuda.threadfence()
-                r = pred * RECORD + c
-                lo = (k + 1) * tile  # acc: the tiles k+1 .. j-1
-                x = incl[r] if flag == 2 else agg_b[r]
-                x = _apply(acc_a, acc_b, x, a, b, bi, d, T, reverse, lo, first)
-                if flag == 2:
-                    carry = x
-                    break
-                acc_b = x
-                acc_a = acc_a * agg_a[r]
-                k -= 1
-            if PUBLISH:
-                hi = first + tile
-                incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, first, hi)
-                cuda.threadfence()
-        if last:
-            sh_carry[c] = carry
-            sh_a[tid] = one
-            sh_b[tid] = zero
-        cuda.syncthreads()
-        if PUBLISH and tid == 0 and j > 0:
-            cuda.atomic.exch(status, tile_id, 2)
-
-        # 4. Blelloch down-sweep: exclusive prefix of every run within the tile
-        off = ntl // 2
-        while off >= 1:
-            if (lane + 1) % (2 * off) == 0:
-                left = tid - off * cw
-                la, lb = sh_a[left], sh_b[left]
-                pa, pb = sh_a[tid], sh_b[tid]
-                sh_a[left] = pa
-                sh_b[left] = pb
-                sh_a[tid] = la * pa
-                lo, hi = s0 - (2 * off - 1) * ITEMS, s0 - (off - 1) * ITEMS  # la: the left runs
-                sh_b[tid] = _apply(la, lb, pb, a, b, bi, d, T, reverse, lo, hi)
-            off //= 2
             cuda.syncthreads()
+            if tid == 0:
+                cuda.atomic.exch(status, tile_id, 2 if j == 0 else 1)
 
-        h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, bi, d, T, reverse, first, s0)
-        for k in range(ITEMS):
-            h = ra[k] * h + rb[k]
-            s = s0 + k
-            if valid and s < T:
-                t = T - 1 - s if reverse else s
-                out[bi, t, d] = h
+            # 3. decoupled look-back for the carry entering the tile, WINDOW predecessors per
+            # round trip: window slot w = lane * PER + q is tile k0 - w (w = 0 the nearest)
+            if j > 0:  # the same for the whole block: every barrier below is reached by all
+                acc_a, acc_b = one, zero  # lane 0: the tiles k0 + 1 .. j - 1 (aggregates)
+                k0 = j - 1
+                buf_a = cuda.local.array(PER, dt)
+                buf_b = cuda.local.array(PER, dt)
+                searching = True
+                while searching:
+                    if tid < WINDOW and k0 - tid >= 0:  # one flag per thread, read at once
+                        flag = 0
+                        while flag == 0:
+                            flag = _read_flag(status, (k0 - tid) * n_groups + g)
+                        if flag == 2:
+                            cuda.atomic.min(sh_near, 0, tid)
+                        cuda.threadfence()  # records are read after the flags publishing them
+                    cuda.syncthreads()
+                    near = sh_near[0]
+                    # this thread's slots, loaded together: aggregates before the nearest
+                    # inclusive state, the state itself as the pair (0, incl), identities after
+                    # it (earlier tiles, or before the first tile)
+                    base = (k0 - lane * PER) * n_groups + g  # slot q: record base - q*n_groups
+                    for q in range(PER):  # unrolled: the loads go out together, into registers
+                        r = (base - q * n_groups) * RECORD + c
+                        w = lane * PER + q
+                        buf_a[q], buf_b[q] = _slot(agg_a, agg_b, incl, r, w, near, one, zero)
+                        if not valid:
+                            buf_a[q], buf_b[q] = one, zero
+                    part_a, part_b = one, zero  # the slots' pair, combined earliest first
+                    exact = True
+                    for q in range(PER - 1, -1, -1):
+                        exact = exact and not (buf_a[q] == 0 and _not_finite(part_b))
+                        part_b = buf_a[q] * part_b + buf_b[q]
+                        part_a = buf_a[q] * part_a
+                    if not exact:  # a non-finite state met a product of 0: walk (_apply)
+                        part_a, part_b = one, zero
+                        for q in range(PER - 1, -1, -1):
+                            r = (base - q * n_groups) * RECORD + c
+                            w = lane * PER + q
+                            pa, pb = _slot(agg_a, agg_b, incl, r, w, near, one, zero)
+                            k = k0 - lane * PER - q
+                            lo, hi = max(k * tile, 0), (k + 1) * tile
+                            part_b = _apply(pa, pb, part_b, a, b, bi, d, T, reverse, lo, hi)
+                            part_a = pa * part_a
+                    lb_a[tid] = part_a
+                    lb_b[tid] = part_b
+                    cuda.syncthreads()
+                    if tid == 0:
+                        sh_near[0] = WINDOW  # for the next round (all have read it)
+                    # tree over the lanes: lane 0 ends with the whole window's pair
+                    off = 1
+                    while off < NTL:
+                        if lane % (2 * off) == 0:
+                            x = lb_a[tid]  # slots lane*PER .. (lane+off)*PER-1: the later tiles
+                            earlier = tid + off * cw
+                            lo = max((k0 - (lane + off) * PER + 1) * tile, 0)
+                            hi = (k0 - lane * PER + 1) * tile
+                            lb_b[tid] = _apply(
+                                x, lb_b[tid], lb_b[earlier], a, b, bi, d, T, reverse, lo, hi
+                            )
+                            lb_a[tid] = x * lb_a[earlier]
+                        off *= 2
+                        cuda.syncthreads()
+                    if lane == 0:
+                        lo = (k0 + 1) * tile
+                        acc_b = _apply(acc_a, acc_b, lb_b[tid], a, b, bi, d, T, reverse, lo, first)
+                        acc_a = acc_a * lb_a[tid]
+                    searching = near == WINDOW
+                    k0 -= WINDOW
+                    cuda.syncthreads()
+                if lane == 0:
+                    sh_carry[c] = acc_b  # the inclusive state was met: acc_a is 0, acc_b the carry
+                cuda.syncthreads()
+                if PUBLISH and last and valid:
+                    hi = first + tile
+                    carry = sh_carry[c]
+                    incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, first, hi)
+                    cuda.threadfence()
+            if last:
+                sh_a[tid] = one
+                sh_b[tid] = zero
+            cuda.syncthreads()
+            if PUBLISH and tid == 0 and j > 0:
+                cuda.atomic.exch(status, tile_id, 2)
+
+            # 4. Blelloch down-sweep: exclusive prefix of every run within the tile
+            off = NTL // 2
+            while off >= 1:
+                if (lane + 1) % (2 * off) == 0:
+                    left = tid - off * cw
+                    la, lb = sh_a[left], sh_b[left]
+                    pa, pb = sh_a[tid], sh_b[tid]
+                    sh_a[left] = pa
+                    sh_b[left] = pb
+                    sh_a[tid] = la * pa
+                    lo, hi = s0 - (2 * off - 1) * ITEMS, s0 - (off - 1) * ITEMS  # la: left runs
+                    sh_b[tid] = _apply(la, lb, pb, a, b, bi, d, T, reverse, lo, hi)
+                off //= 2
+                cuda.syncthreads()
+
+            h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, bi, d, T, reverse, first, s0)
+            for k in range(ITEMS):
+                h = ra[k] * h + rb[k]
+                s = s0 + k
+                if valid and s < T:
+                    t = T - 1 - s if reverse else s
+                    out[bi, t, d] = h
+
+        return kernel
 
     @cuda.jit
     def dense(a, b, h0, has_h0, reverse, transpose, out, status, agg, incl, lanes, items):
@@ -545,7 +638,6 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         arr1,
         arr1,
         arr1,
-        numba.int64,
     )
     dense_signature = (
         dt[:, :, :, ::1],
@@ -684,7 +776,7 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
         agg_a, agg_b, incl = (
             records[k * n_tiles * RECORD : (k + 1) * n_tiles * RECORD] for k in range(3)
         )
-        kernels.diag[n_tiles, launch.block](
+        kernels.diag(cw)[n_tiles, launch.block](
             a.reshape(B, T, D),
             b3,
             h03,
@@ -695,7 +787,6 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
             agg_a,
             agg_b,
             incl,
-            cw,
         )
     return out
 

@@ -36,10 +36,11 @@ import parscan
 from parscan import _cuda
 
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
-SIM_LAUNCH = _cuda.Launch(block=8, items=2, dense_block=4, dense_items=2)
-#: Tiles publish only aggregates: every look-back combines them back to the first tile.
+SIM_LAUNCH = _cuda.Launch(block=8, items=2, dense_block=4, dense_items=2, lookback=8)
+#: Tiles publish only aggregates: every look-back combines them back to the first tile, in
+#: windows of 4 (2 channels per block: 4 lanes of one predecessor each) or 8 tiles (1 channel).
 SIM_LAUNCH_AGGREGATES = _cuda.Launch(
-    block=8, items=2, dense_block=4, dense_items=2, publish_prefix=False
+    block=8, items=2, dense_block=4, dense_items=2, lookback=4, publish_prefix=False
 )
 #: Lengths around the simulator tiles (8 or 16 diagonal steps, 8 dense steps per block).
 SIM_T = (0, 1, 2, 7, 8, 9, 15, 16, 17, 33)
@@ -77,9 +78,10 @@ def test_launch_shapes_that_would_give_wrong_results_are_refused():
 def test_ptx_compiles(no_device_context, dtype, kernel):
     kernels = _cuda.make_kernels(np.dtype(dtype))
     signature = getattr(kernels, f"{kernel}_signature")
-    ptx, _ = cuda.compile_ptx(getattr(kernels, kernel).py_func, signature, cc=(9, 0))
+    compiled = kernels.diag(16) if kernel == "diag" else kernels.dense  # 16: the D = 16 cases
+    ptx, _ = cuda.compile_ptx(compiled.py_func, signature, cc=(9, 0))
     assert ".entry" in ptx and "atom.global" in ptx and "bar.sync" in ptx
-    if kernel == "diag":  # the per-thread runs stay in registers
+    if kernel == "diag":  # the per-thread runs and the look-back's window loads: registers
         assert ".local" not in ptx
 
 
@@ -122,9 +124,13 @@ def test_sim_dyadic_bit_exact_on_device(sim_launch, case):
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_sim_lookback_through_aggregates(dense, dtype):
     """The sequential simulator never shows a tile in progress; force the aggregate path."""
-    for make, (batch, T, D) in zip(
-        (make_inputs, make_dyadic_inputs), (((3,), 33, 2), ((), 40, 1)), strict=True
-    ):
+    cases = [  # 5 tiles in 3 channel groups; 3 tiles; 13 and 11 tiles: several windows
+        (make_inputs, ((3,), 33, 2)),
+        (make_dyadic_inputs, ((), 40, 1)),
+        (make_inputs, ((2,), 100, 1)),
+        (make_dyadic_inputs, ((), 170, 1)),
+    ]
+    for make, (batch, T, D) in cases:
         a, b, h0 = make(T, dtype, dense, batch, T, D)
         for reverse in (False, True):
             out = cuda.device_array(b.shape, b.dtype)
