@@ -201,6 +201,9 @@ def summary_lines(report):
                 f"  scan {row['kind']} {row['dtype']} B={row['B']} T={row['T']} D={row['D']}: "
                 f"{result}"
             )
+        elif row["what"] == "lookback_variant":
+            result = row.get("error") or f"ratio to copy {row['ratio_copy']}"
+            lines.append(f"  look-back window {row['lookback']} (float32 T={row['T']}): {result}")
     for row in report.get("gradients", {}).get("rows", []):
         if row["what"] == "gtf_loss_and_grad":
             extra = (

@@ -22,7 +22,9 @@ jitter on a shared VM. A case too large for :data:`MAX_CASE_BYTES` prints a "ski
 bytes, both with CUDA events around batches of back-to-back launches (no host synchronisation
 or Python dispatch between the launches inside a batch), and ends with a
 ``cuda_copy_target`` line: issue #2's target, the diagonal scan at >= 70 % of the copy's
-bandwidth (min over min) at T*D >= 1e8, met or not. It needs a real GPU; ``--smoke`` runs
+bandwidth (min over min) at T*D >= 1e8, met or not, then ``lookback_variant`` lines: the
+float32 target case with look-back windows of 32, 128 (the default) and 256 tiles, so that one
+GPU session shows whether the window limits the scan. It needs a real GPU; ``--smoke`` runs
 tiny cases that also run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a check that the
 code runs, which measures nothing.
 
@@ -34,6 +36,7 @@ code runs, which measures nothing.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
@@ -264,9 +267,15 @@ def cuda_cases(args):
             yield B, 10_000 if args.quick else 100_000, D, np.float64, True
 
 
-def _cuda_case(B, T, D, dtype, dense, repeat, rng):
+#: Look-back windows timed on the float32 target case (after the target line).
+LOOKBACK_VARIANTS = (32, 128, 256)
+
+
+def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
     """Fields of one CUDA case: the scan and a device-to-device copy of as many bytes,
-    interleaved batches of back-to-back launches timed with CUDA events."""
+    interleaved batches of back-to-back launches timed with CUDA events. ``launch``: a
+    :class:`parscan._cuda.Launch` other than the production one (called through
+    ``scan_device``, without ``linear_scan``'s checks)."""
     from numba import cuda
 
     from parscan import _cuda
@@ -278,7 +287,11 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng):
     src = cuda.device_array(max(nbytes // 16, 1), np.float64)  # src + dst = nbytes
     dst = cuda.device_array_like(src)
     calls = {
-        "scan": lambda: parscan.linear_scan(da, db, out=dout),
+        "scan": (
+            (lambda: parscan.linear_scan(da, db, out=dout))
+            if launch is None
+            else (lambda: _cuda.scan_device(da, db, None, False, False, dense, dout, launch))
+        ),
         "copy": lambda: dst.copy_to_device(src),
     }
     times = interleaved(calls, repeat, run=cuda_run)
@@ -337,6 +350,16 @@ def bench_cuda(args):
             target_rows.append(row)
         print(json.dumps({**row, **meta, "versions": versions()}), flush=True)
     print(json.dumps(target_summary(target_rows, simulator)), flush=True)
+    T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D
+    for lookback in LOOKBACK_VARIANTS:
+        row = {"what": "lookback_variant", "lookback": lookback, "T": T, "D": DIAG_D}
+        try:
+            launch = dataclasses.replace(_cuda.LAUNCH, lookback=lookback)
+            row.update(_cuda_case(1, T, DIAG_D, np.float32, False, args.repeat, rng, launch))
+        except Exception as exc:
+            row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
+            failed = True
+        print(json.dumps({**row, **meta}), flush=True)
     return 1 if failed else 0
 
 
