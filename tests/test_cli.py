@@ -87,7 +87,7 @@ def test_tiny_run_writes_the_layout(finished_run):
     model = models.load(out / "model.npz")
     assert isinstance(model, models.ClippedShPLRNN) and model.standardization is not None
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"]["status"] in ("ok", "diverged", "non_finite", "out_of_box")
+    assert metrics["test"]["status"] == "ok"  # else the run exits 1 (finished_run: 0)
     assert metrics["best_epoch"] in (1, 2)
     args = json.loads((out / "args.json").read_text())
     assert args["settings"]["epochs"] == 2 and "numba" in args["versions"]
@@ -328,6 +328,7 @@ def _bad_files(tmp_path):
     np.save(tmp_path / "nan.npy", nan)
     (tmp_path / "broken.csv").write_text("1,2\n3,x\n")
     np.save(tmp_path / "short.npy", np.random.default_rng(0).standard_normal((30, 3)))
+    np.save(tmp_path / "narrow.npy", np.random.default_rng(0).standard_normal((30, 2)))
     (tmp_path / "bad.toml").write_text("epochs = [")
     (tmp_path / "unknown.json").write_text('{"colour": "blue"}')
     (tmp_path / "types.toml").write_text('noise = "x"\nout = 5\nresume = "no"\nepochs = 2.5\n')
@@ -356,6 +357,14 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/nan.npy"], "NaN"),
         (["--data", "{tmp}/short.npy", "-T", "200"], "too few steps"),
         (["-M", "2"], "latent dimension must be >= N"),
+        (
+            ["--model", "alrnn", "-M", "3", "-P", "5"],
+            "error: ALRNN: the number of relu units P must be <= M; got P=5, M=3.",
+        ),
+        (
+            ["--n-steps", "1500", "-T", "40", "--test-data", "{tmp}/narrow.npy"],
+            "error: --test-data has 2 dimensions but the training data has 3.",
+        ),
         (["--model", "lstm"], "lstm"),
         (["--n-relu", "2"], "--n-relu 2: it applies to --model alrnn only, not clipped-shplrnn"),
         (
@@ -1193,3 +1202,54 @@ def test_sigterm_before_training_exits_143(monkeypatch):
     result = run(*TINY)
     assert result.exit_code == 143
     assert result.output.strip() == "parscan-train: stopped by SIGTERM."  # click adds a newline
+
+
+@pytest.mark.parametrize(
+    ("flags", "cls", "hyperparameters"),
+    [
+        (["--model", "alrnn", "-M", "5", "-P", "2"], models.ALRNN, {"M": 5, "P": 2, "n_obs": 3}),
+        (["--model", "plrnn", "-M", "4"], models.PLRNN, {"M": 4, "n_obs": 3}),
+        (["--model", "shplrnn", "-L", "8"], models.ShPLRNN, {"M": 3, "L": 8, "n_obs": 3}),
+        (["--model", "selective-ssm", "-L", "8"], models.SelectiveSSM, {"N": 3, "L": 8}),
+        (
+            ["--optimizer", "adam", "--jacobian", "diag", "-L", "8"],
+            models.ClippedShPLRNN,
+            {"M": 3, "L": 8, "n_obs": 3},
+        ),
+    ],
+    ids=["alrnn", "plrnn", "shplrnn", "selective-ssm", "adam-diag"],
+)
+@pytest.mark.filterwarnings("always::parscan.gtf.GTFGuaranteeWarning")  # M > N: a warning line
+def test_tiny_runs_of_the_other_models_and_settings(tmp_path, flags, cls, hyperparameters):
+    out = tmp_path / "run"
+    result = run(*TINY[:-3], "-q", *flags, "--out", out)  # TINY without its -L 8
+    assert result.exit_code == 0, result.output
+    model = models.load(out / "model.npz")
+    assert type(model) is cls and model.standardization is not None
+    got = model.hyperparameters()
+    assert {name: got[name] for name in hyperparameters} == hyperparameters
+    assert got["dtype"] == "float32" and got["seed"] == 0  # the command line's defaults
+    config = json.loads((out / "args.json").read_text())["train_config"]
+    assert (config["optimizer"], config["jacobian"]) == (
+        ("adam", "diag") if "adam" in flags else ("radam", "full")
+    )
+
+
+def test_a_run_whose_steps_are_all_rejected_exits_1_with_one_line(tmp_path, monkeypatch):
+    """TrainingDivergedError (every one of the 6 steps has a NaN gradient): exit 1, one line
+    on stderr, no model.npz."""
+    real = autodiff.gradients.gtf_loss_and_grad
+
+    def nan_gradient(*args, **kwargs):
+        loss, grad, info = real(*args, **kwargs)
+        return loss, np.full_like(grad, np.nan), info
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", nan_gradient)
+    out = tmp_path / "run"
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parscan-train: "), result.stderr
+    assert "6 consecutive steps were rejected (last: non-finite loss or gradient)" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (out / "model.npz").exists()

@@ -6,6 +6,7 @@ every piecewise-linear model of ``models/``. Sizes are small: JIT compilation do
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from reference import forced_recursion_reference
@@ -21,6 +22,7 @@ from parscan import (
     sequential_solve,
 )
 from parscan import scan as scan_module
+from parscan.deer import SERIAL_BELOW
 from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
 
 # Agreement of DEER with the sequential solves (default stopping tolerances), per dtype.
@@ -207,12 +209,17 @@ def test_deer_matches_sequential_and_reference(model_name, dtype, jacobian):
         )
 
 
-def test_full_newton_on_piecewise_linear_model_is_exact_to_rounding():
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_full_newton_on_piecewise_linear_model_is_exact_to_rounding(backend):
     """Newton stops once the relu pattern is fixed: the result is the sequential one to
-    rounding, not just to the stopping tolerance."""
+    rounding, not just to the stopping tolerance. ``backend="cpu"``: the threaded scans,
+    parallel over a batch that fills the threads, with enough positions (B T >= 2048) for
+    the kernels to run threaded."""
     model = make_model("ShPLRNN")
-    z0, forcing, alpha, _ = problem(model, (4,), 200, "full")
-    res = deer_solve(model, z0, forcing=forcing, alpha=alpha)
+    B = max(4, numba.get_num_threads())
+    T = max(200, -(-SERIAL_BELOW // B))
+    z0, forcing, alpha, _ = problem(model, (B,), T, "full")
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, backend=backend)
     seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
     np.testing.assert_allclose(res.states, seq, rtol=0, atol=1e-13)
 
@@ -666,3 +673,80 @@ def test_cuda_backend_in_simulator():
 @pytest.mark.gpu
 def test_cuda_backend_on_gpu():
     _check_cuda_backend()
+
+
+def expanding_plrnn(w):
+    """``z' = W relu(z)`` with ``W = [[0, w], [w, 0]]``: from ``z0 = (1, 1)`` the orbit is
+    ``w^t (1, 1)``; quasi-DEER's diagonal Jacobian is 0 (a PLRNN's diag(W) is 0), so each
+    iteration is a Picard sweep whose update grows like ``w``."""
+    model = PLRNN(2, seed=0)
+    model["A"][...] = 0.0
+    model["W"][...] = [[0.0, w], [w, 0.0]]
+    model["h"][...] = 0.0
+    return model
+
+
+def test_updates_growing_tenfold_three_times_in_a_row_are_diverging():
+    """Updates 19, 380, 7600, 152000 (x20 each): the third tenfold growth in a row, at
+    iteration 4, stops the sequence; fivefold growth does not."""
+    res = deer_solve(expanding_plrnn(20.0), np.ones(2), 50, jacobian="diag", throw=False)
+    assert res.status is DeerStatus.DIVERGING and not res.converged and res.n_iter == 4
+    np.testing.assert_allclose(res.residuals, [19.0, 380.0, 7600.0, 152000.0], rtol=1e-12)
+    # 5x per iteration never diverges: T = 20 iterations, exact by causality
+    res = deer_solve(expanding_plrnn(5.0), np.ones(2), 20, jacobian="diag", throw=False)
+    assert res.status is DeerStatus.CONVERGED and res.n_iter == 20
+    assert np.all(res.residuals[1:] > 4 * res.residuals[:-1])
+
+
+def test_an_update_above_sqrt_of_the_largest_float_is_diverging():
+    """Updates 1e80, then 1e160 > sqrt(finfo.max) ~ 1.3e154: diverging at iteration 2, long
+    before three tenfold growths or an overflow to inf."""
+    for dtype, w, n_iter in [("float64", 1e80, 2), ("float32", 1e10, 2)]:
+        model = expanding_plrnn(w).astype(dtype)
+        res = deer_solve(model, np.ones(2, dtype), 5, jacobian="diag", throw=False)
+        assert res.status is DeerStatus.DIVERGING and res.n_iter == n_iter, dtype
+        huge = np.sqrt(np.finfo(dtype).max)
+        assert res.residuals[-2] < huge < res.residuals[-1] < np.inf, dtype
+
+
+def test_nan_in_the_initial_guess_is_non_finite():
+    """README: NaN/inf in ``init`` reaching the iterate is the input's fault (non_finite),
+    for a forced and a free run; the other sequence converges."""
+    model = make_model("ShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (2,), 30, "full")
+    init = sequential_solve(model, z0, forcing=forcing, alpha=alpha) + 0.1
+    init[1, 7, 2] = np.nan
+    res = deer_solve(model, z0, forcing=forcing, alpha=alpha, init=init, throw=False)
+    assert res.status is DeerStatus.NON_FINITE
+    np.testing.assert_array_equal(res.converged, [True, False])
+    with pytest.raises(DeerConvergenceError, match=r"^deer_solve: non_finite: "):
+        deer_solve(model, z0, forcing=forcing, alpha=alpha, init=init)
+    init[0, 0, 0] = np.inf
+    res = deer_solve(model, z0, 30, init=init, throw=False)
+    assert res.status is DeerStatus.NON_FINITE and not res.converged.any()
+
+
+def tent_map(slope):
+    """A chaotic clipped shPLRNN (M = 1, L = 2): the tent map ``u' = slope (1/2 - |u|) - 1/2``
+    on ``[-1/2, 1/2]`` (Lyapunov exponent ``log(slope)`` per step), bounded everywhere
+    (``|u| = 1 - r1 - r2`` with the clipped ramps ``r1 = relu(u + 1/2) - relu(u)`` and
+    ``r2 = relu(1/2 - u) - relu(-u)``): Newton's iterates stay finite but need about ``T``
+    iterations."""
+    model = ClippedShPLRNN(1, 2, seed=0)
+    model["A"][...] = 0.0
+    model["W1"][...] = slope
+    model["W2"][...] = [[1.0], [-1.0]]
+    model["h1"][...] = -slope / 2 - 0.5
+    model["h2"][...] = 0.5
+    return model
+
+
+def test_default_max_iter_is_t_capped_at_100_for_full_and_500_for_diag():
+    model = tent_map(1.8)
+    z0 = np.array([[0.1234], [-0.3], [0.41]])
+    for T, jacobian, cap in [(150, "full", 100), (600, "diag", 500)]:
+        res = deer_solve(model, z0, T, jacobian=jacobian, throw=False)
+        assert res.status is DeerStatus.MAX_ITER and np.all(res.n_iter == cap), jacobian
+    # below its cap, diag gets T iterations (and is exact by causality there)
+    res = deer_solve(model, z0, 300, jacobian="diag")
+    assert res.ok and res.n_iter.max() == 300

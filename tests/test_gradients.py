@@ -7,6 +7,7 @@ per process and family; see autodiff/_bptt_kernels).
 
 import contextlib
 
+import numba
 import numpy as np
 import pytest
 from reference import gtf_bptt_reference
@@ -16,6 +17,7 @@ from autodiff.gradients import GradInfo, gtf_loss_and_grad
 from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
 from models._plrnn_kernels import StepFunctions
 from parscan import DeerConvergenceError, DeerStatus, gtf_alpha
+from parscan.deer import SERIAL_BELOW
 from parscan.gtf import GTFGuaranteeWarning
 
 B, T, N = 3, 12, 2
@@ -65,10 +67,13 @@ def _loss(model, data, params, **kw):
 
 
 @pytest.mark.parametrize("method", ["deer", "sequential"])
-@pytest.mark.parametrize("n_forced", [None, 1])
+@pytest.mark.parametrize("n_forced", [None, 1, 0])
 def test_gradient_matches_finite_differences(model, data, method, n_forced):
     kw = {"alpha": ALPHAS, "method": method, "n_forced": n_forced}
     loss, grad, info = gtf_loss_and_grad(model, data, **kw)
+    if n_forced == 0:  # nothing forced: the free run's loss, whatever alpha is
+        free = gtf_loss_and_grad(model, data, alpha=0.0, method=method)[0]
+        np.testing.assert_allclose(loss, free, rtol=1e-12)
     assert isinstance(info, GradInfo) and info.converged and info.method == method
     assert info.message == DeerStatus.CONVERGED.value
     assert grad.shape == model.params.shape and grad.dtype == model.dtype
@@ -87,9 +92,18 @@ def test_gradient_matches_finite_differences(model, data, method, n_forced):
         assert np.any(model.unflatten(grad)["L0"] != 0)
 
 
-def test_deer_and_sequential_agree(model, data):
-    l_d, g_d, info_d = gtf_loss_and_grad(model, data, alpha=ALPHAS, method="deer")
-    l_s, g_s, info_s = gtf_loss_and_grad(model, data, alpha=ALPHAS, method="sequential")
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_deer_and_sequential_agree(model, data, backend):
+    """``backend="cpu"``: the forward's and the adjoint's threaded scans, parallel over a
+    batch that fills the threads, on enough positions (B T >= 2048) to run threaded."""
+    if backend == "cpu":
+        B = max(4, numba.get_num_threads())
+        rng = np.random.default_rng(12)
+        data = 0.7 * rng.standard_normal((B, -(-SERIAL_BELOW // B) + 1, N))
+    alpha = np.resize(ALPHAS, data.shape[0])
+    kw = {"alpha": alpha, "backend": backend}
+    l_d, g_d, info_d = gtf_loss_and_grad(model, data, method="deer", **kw)
+    l_s, g_s, info_s = gtf_loss_and_grad(model, data, alpha=alpha, method="sequential")
     assert info_d.newton_iters_max >= 1 and info_s.newton_iters_max == 0
     np.testing.assert_allclose(l_d, l_s, rtol=1e-10)
     np.testing.assert_allclose(g_d, g_s, rtol=1e-8, atol=1e-10 * np.abs(g_s).max())
@@ -410,6 +424,12 @@ def test_errors(data):
         gtf_loss_and_grad(model, data[:, :1], alpha=0.1)
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
         gtf_loss_and_grad(model, data, alpha=1.5)
+    with pytest.raises(
+        ValueError,
+        match=r"^gtf_loss_and_grad: alpha must be a float in \[0, 1\], an array or 'auto'; "
+        r"got 'sup'\.$",
+    ):
+        gtf_loss_and_grad(model, data, alpha="sup")  # a gtf_alpha method is not an alpha
     with pytest.raises(ValueError, match=r"shape \(B,\) = \(3,\)"):
         gtf_loss_and_grad(model, data, alpha=np.zeros(2))
     with pytest.raises(ValueError, match="method must be one of"):

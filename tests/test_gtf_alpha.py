@@ -189,3 +189,24 @@ def test_errors(model, forcing):
     for method in ("param_bound", "sup"):
         with pytest.raises(ValueError, match=r"^gtf_alpha: .*NaN.*parameters"):
             gtf_alpha(broken, x, method=method)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_jacobian_norms_over_several_chunks(model, forcing, monkeypatch, dtype):
+    """Points in chunks of 7 (the last one partial: 80 = 11 * 7 + 3) give every norm, at its
+    own position, as one chunk does; so do the alpha estimates built on them."""
+    import parscan.gtf
+
+    m = model.astype(dtype)
+    x = forcing.astype(dtype)
+    points = x.reshape(-1, 3)
+    want = numpy_norms(m.jacobian(points))
+    one_chunk = jacobian_norms(m, points)
+    alphas = [gtf_alpha(m, x, method=method) for method in ("sup", "geomean")]
+    per_sequence = gtf_alpha(m, x, per_sequence=True)
+    monkeypatch.setattr(parscan.gtf, "CHUNK", 7)
+    chunked = jacobian_norms(m, points[::-1].copy())[::-1]  # reversed: no stale buffer fits
+    np.testing.assert_array_equal(chunked, one_chunk)
+    np.testing.assert_allclose(chunked, want, rtol=1e-13 if dtype == "float64" else 1e-6)
+    assert [gtf_alpha(m, x, method=method) for method in ("sup", "geomean")] == alphas
+    np.testing.assert_array_equal(gtf_alpha(m, x, per_sequence=True), per_sequence)

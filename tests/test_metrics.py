@@ -568,6 +568,12 @@ def test_lorenz63_largest_exponent_and_spectrum_sum():
     assert spectrum[0] > spectrum[1] > spectrum[2]
 
 
+def test_rossler_largest_exponent_is_the_tabulated_one():
+    """README/SYSTEMS: 0.0714 per time unit (Sprott 2003); the default run (its Lyapunov time
+    is ~280 samples) measures 0.072: within 5 %."""
+    assert max_lyapunov("rossler") == pytest.approx(SYSTEMS["rossler"].lyapunov, rel=0.05)
+
+
 def test_lyapunov_validation():
     model = MapRNN(np.eye(2))
     for function in (max_lyapunov, lyapunov_spectrum):  # each names itself
@@ -687,6 +693,27 @@ def test_evaluate_reports_failed_runs(rotation_data):
     offset = MapRNN(0.5 * np.eye(2), c=np.array([5.0, 5.0]))  # fixed point (10, 10)
     res = evaluate(offset, x, transient=50)
     assert res["status"] == "out_of_box" and res["dstsp"] is None
+
+
+def test_evaluate_drops_the_first_transient_steps_of_the_free_run(rotation_data):
+    """A run that starts far from the data (inside the divergence limit, outside the box) and
+    then follows them exactly scores 0 once those first steps are the transient dropped."""
+    model, x = rotation_data
+    k = 200
+    far = np.full((k, 2), x.max() + 5.0)
+    runs = np.concatenate([far, x[1:]])
+
+    class FarThenExact(MapRNN):
+        def generate(self, x0, n_steps):
+            assert n_steps == len(runs)
+            return np.broadcast_to(runs, (*x0.shape[:-1], *runs.shape)).copy()
+
+    fake = FarThenExact(model["A"])
+    res = evaluate(fake, x, n_steps=len(runs), transient=k, measures=("dstsp", "dh"))
+    assert res["status"] == "ok" and res["n_measured"] == len(x) - 1
+    assert res["dstsp"] == 0.0 and res["dh"] == pytest.approx(0.0, abs=1e-12)
+    kept = evaluate(fake, x, n_steps=len(runs), transient=k // 2, measures=("dh",))
+    assert kept["dh"] > 0.1  # the far steps left count (D_stsp skips points out of its box)
 
 
 def test_evaluate_several_starts_average_runs_from_spaced_points(rotation_data):

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from models.systems import KERNELS, MAX_RK4_STEPS, SYSTEMS, System, generate, get_system
+from models.systems import (
+    KERNELS,
+    MAX_RK4_STEPS,
+    SYSTEMS,
+    System,
+    generate,
+    get_system,
+    rk4_step,
+    rk4_tangent_step,
+)
 
 # --- Plain NumPy references of the right-hand sides (written from the papers' equations) -----
 
@@ -109,6 +118,36 @@ def test_jacobian_matches_central_differences(name):
             e[j] = h
             fd[:, j] = (rec.rhs(x + e) - rec.rhs(x - e)) / (2 * h)
         np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6 * np.abs(jac).max())
+
+
+@pytest.mark.parametrize("name", ["lorenz63", "rossler", "hindmarsh_rose"])
+def test_tangent_step_is_the_derivative_of_the_rk4_step(name):
+    """The integrator behind lyapunov_spectrum: one RK4 step of the variational equation maps
+    tangent vectors by the Jacobian of the discrete RK4 step (central differences, whose
+    error, ~1e-9 of the scale here, the tolerance allows), and moves x as rk4_step does."""
+    rng = np.random.default_rng(3)
+    rec = SYSTEMS[name]
+    _, p = rec._point(np.zeros(rec.dim), None, "test")
+    D, h = rec.dim, rec.dt  # a whole sample in one step: larger than max_step, more nonlinear
+    for x0 in (generate(name, 1, seed=5)[0], random_state(name, rng, D)):
+        y0 = rng.standard_normal((D, 2))  # k = 2 < D tangent vectors
+        x, y = x0.copy(), y0.copy()
+        rk4_tangent_step(rec.kind, x, y, p, h, np.empty((5, D)), np.empty((D, D)),
+                         np.empty((5, D, 2)))  # fmt: skip
+        stepped = x0.copy()
+        rk4_step(rec.kind, stepped, p, h, np.empty((5, D)))
+        np.testing.assert_array_equal(x, stepped)
+        eps = 1e-6 * max(1.0, np.abs(x0).max())
+        fd = np.empty((D, D))
+        for j in range(D):
+            plus, minus = x0.copy(), x0.copy()
+            plus[j] += eps
+            minus[j] -= eps
+            rk4_step(rec.kind, plus, p, h, np.empty((5, D)))
+            rk4_step(rec.kind, minus, p, h, np.empty((5, D)))
+            fd[:, j] = (plus - minus) / (2 * eps)
+        want = fd @ y0
+        np.testing.assert_allclose(y, want, rtol=0, atol=1e-7 * np.abs(want).max(), err_msg=name)
 
 
 def test_lorenz96_any_dimension_and_its_jacobian():

@@ -1145,3 +1145,143 @@ def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(lorenz, tmp_path, 
         fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
     assert load_checkpoint(tmp_path)["state"]["train_state"]["step"] == cfg.n_steps
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _scripted_alpha(monkeypatch, estimates):
+    """Replace the alpha estimator fit calls by one returning ``estimates`` in turn; returns
+    the list of its calls' ``(forcing shape, method)``."""
+    import parscan.gtf
+
+    script, calls = iter(estimates), []
+
+    def scripted(model, forcing, method="geomean", **kw):
+        calls.append((forcing.shape, method))
+        return next(script)
+
+    monkeypatch.setattr(parscan.gtf, "gtf_alpha", scripted)
+    return calls
+
+
+def test_alpha_annealing_raises_at_once_and_decays_towards_lower_estimates(lorenz, monkeypatch):
+    """README: every alpha_interval steps, alpha becomes a higher estimate at once, else
+    gamma * alpha + (1 - gamma) * estimate; in between it stays."""
+    x, _ = lorenz
+    calls = _scripted_alpha(monkeypatch, [0.5, 0.2, 0.2, 0.8])
+    infos = []
+    cfg = config(epochs=1, alpha=0.1, alpha_gamma=0.9, alpha_interval=3, alpha_method="sup")
+    result = fit(small_model(), x, cfg, callback=infos.append)
+    gamma = 0.9
+    a0 = 0.5  # above the initial 0.1: raised at once
+    a1 = gamma * a0 + (1 - gamma) * 0.2
+    a2 = gamma * a1 + (1 - gamma) * 0.2
+    a3 = 0.8  # above a2: raised at once
+    want = [a0] * 3 + [a1] * 3 + [a2] * 3 + [a3]
+    got = [i.alpha for i in infos if isinstance(i, StepInfo)]
+    np.testing.assert_allclose(got, want, rtol=1e-15)  # the same arithmetic, to rounding
+    assert calls == [((8, 50, 3), "sup")] * 4  # steps 0, 3, 6, 9, on the windows' x_1..x_T
+    assert result.alpha == got[-1] == result.history[0]["alpha"]
+
+
+def test_a_rejected_step_makes_the_next_step_re_estimate_alpha(lorenz, monkeypatch):
+    """A rejected step (step 4) forces an estimate at step 5, off the every-3-steps schedule;
+    the schedule (steps 0, 3, 6, 9) goes on."""
+    x, _ = lorenz
+    calls = _scripted_alpha(monkeypatch, [0.3, 0.25, 0.6, 0.2, 0.1])
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({4}))
+    estimated_by = []
+
+    def count(info):
+        if isinstance(info, StepInfo):
+            estimated_by.append(len(calls))
+
+    fit(small_model(), x, config(epochs=1, alpha_gamma=0.5), callback=count)
+    assert estimated_by == [1, 1, 1, 2, 2, 3, 4, 4, 4, 5]
+
+
+def _spy_on_the_optimiser(monkeypatch):
+    """Record ``(grad, params before the step)`` of every optimiser step fit takes, and
+    ``(grad, params)`` of every loss gradient it computes."""
+    real_make, real_loss = autodiff.train.make_optimizer, autodiff.gradients.gtf_loss_and_grad
+    steps, losses = [], []
+
+    def make(*args, **kw):
+        optimizer = real_make(*args, **kw)
+        real_step = optimizer.step
+
+        def step(params, grad, lr):
+            steps.append((grad.copy(), params.copy()))
+            return real_step(params, grad, lr)
+
+        optimizer.step = step
+        return optimizer
+
+    def loss_and_grad(model, *args, **kw):
+        out = real_loss(model, *args, **kw)
+        losses.append((out[1].copy(), model.params.copy()))
+        return out
+
+    monkeypatch.setattr(autodiff.train, "make_optimizer", make)
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", loss_and_grad)
+    return steps, losses
+
+
+def _l2_gradient(model, params, lam):
+    """The gradient of ``lam * (sum (A - 1)^2 + sum W^2 + sum h^2)`` of a shPLRNN."""
+    grad = np.zeros_like(params)
+    for name, block in model.unflatten(params).items():
+        model.unflatten(grad)[name][...] = 2 * lam * (block - 1.0 if name == "A" else block)
+    return grad
+
+
+@pytest.mark.parametrize("clip", [1e-3, None])
+def test_the_optimiser_gets_the_clipped_sum_of_loss_and_l2_gradients(lorenz, monkeypatch, clip):
+    x, _ = lorenz
+    steps, losses = _spy_on_the_optimiser(monkeypatch)
+    infos = []
+    lam = 0.5
+    cfg = config(epochs=1, batches_per_epoch=3, l2=lam, grad_clip=clip, alpha_mode="constant")
+    fit(small_model(), x, cfg, callback=infos.append)
+    norms = [i.grad_norm for i in infos if isinstance(i, StepInfo)]
+    assert len(steps) == len(losses) == len(norms) == 3
+    model = small_model()
+    for (got, params), (g_loss, at), norm in zip(steps, losses, norms, strict=True):
+        np.testing.assert_array_equal(params, at)
+        g_l2 = _l2_gradient(model, params, lam)
+        assert np.linalg.norm(g_l2) > 0.3 * np.linalg.norm(g_loss)  # the L2 term matters
+        total = g_loss + g_l2
+        assert norm == pytest.approx(np.linalg.norm(total), rel=1e-12)  # before clipping
+        if clip is None:
+            np.testing.assert_allclose(got, total, rtol=1e-15, atol=0)
+        else:
+            assert norm > 10 * clip  # every step is clipped
+            np.testing.assert_allclose(got, total * (clip / norm), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.0])
+def test_noise_level_adds_gaussian_noise_of_that_sd_to_the_windows(lorenz, monkeypatch, noise):
+    """Each training window is a slice of the standardised data plus N(0, noise_level^2)
+    noise in every entry (absolute on standardised data); none at noise_level 0."""
+    x, _ = lorenz
+    real, windows = autodiff.gradients.gtf_loss_and_grad, []
+
+    def recording(model, data, **kw):
+        windows.append(data.copy())
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", recording)
+    cfg = config(epochs=1, noise_level=noise, alpha_mode="constant")
+    fit(small_model(), x, cfg)
+    xs, _, _ = standardize(x)
+    T = cfg.sequence_length
+    slices = np.lib.stride_tricks.sliding_window_view(xs, (T + 1, 3))[:, 0]  # (starts, T+1, 3)
+    residuals = []
+    for w in np.concatenate(windows):
+        start = np.argmin(np.sum((slices - w) ** 2, axis=(1, 2)))
+        residuals.append(w - slices[start])
+    residuals = np.array(residuals).reshape(-1, 3)  # 10 steps x 8 windows x 51 points
+    if noise == 0:
+        assert np.all(residuals == 0)
+        return
+    # per dimension, 4080 draws: the sd within 5 % (4 standard errors), the mean near 0
+    np.testing.assert_allclose(residuals.std(axis=0), noise, rtol=0.05)
+    assert np.all(np.abs(residuals.mean(axis=0)) < 4 * noise / np.sqrt(len(residuals)))
