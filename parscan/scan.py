@@ -383,7 +383,10 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     out : ndarray, shape (..., T, D), optional
         Where to write ``h`` (saves the allocation and page faults of a new array in loops):
         C-contiguous, writeable, ``b``'s dtype, on the same device as the inputs. It may be
-        ``b`` itself (in-place scan) but must not overlap ``a``, ``h0`` or part of ``b``.
+        ``b`` itself (in-place scan) but must not overlap ``a``, ``h0`` or part of ``b``. (On
+        the cuda backend an in-place scan of non-finite data may give NaN where the
+        sequential loop keeps ``±inf``: the walks that carry a non-finite state through
+        underflowed products re-read ``b``, which other blocks may have overwritten.)
 
     Returns
     -------
