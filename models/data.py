@@ -721,10 +721,10 @@ def column_mean_sd(x):
 
     A column whose largest magnitude is beyond ``1e150`` (where ``x**2`` can overflow) or
     below ``1e-150`` (where it can underflow) is divided by that magnitude before the moments
-    are taken and the results are scaled back; a column whose deviations from its mean are
-    below ``1e-150`` of that magnitude (``2e-150 + 1e-161 z``) has its sd taken from the
-    deviations divided by their largest magnitude; other columns are computed directly (the
-    same bits as ``x.mean(axis=0)``, ``x.std(axis=0)``).
+    are taken and the results are scaled back; a column whose sd comes out below ``1e-140`` of
+    that magnitude, where squared deviations can underflow (``2e-150 + 1e-161 z``), has it
+    taken again from the deviations divided by their largest magnitude; other columns are
+    computed directly (the same bits as ``x.mean(axis=0)``, ``x.std(axis=0)``).
 
     Parameters
     ----------
@@ -742,11 +742,12 @@ def column_mean_sd(x):
     scale = np.where((scale > 0) & ((scale > 1e150) | (scale < 1e-150)), scale, 1.0)
     unit = arr / scale
     mean, sd = unit.mean(axis=0), unit.std(axis=0)
-    spread = np.max(np.abs(unit - mean), axis=0)
-    tiny = (spread > 0) & (spread < 1e-150)  # their squared deviations underflow
+    tiny = sd < 1e-140  # squared deviations near the subnormals (a pass only for these)
     if tiny.any():
-        deviations = (unit[:, tiny] - mean[tiny]) / spread[tiny]
-        sd[tiny] = np.sqrt(np.mean(deviations**2, axis=0)) * spread[tiny]
+        deviations = unit[:, tiny] - mean[tiny]
+        spread = np.max(np.abs(deviations), axis=0)
+        spread = np.where(spread > 0, spread, 1.0)  # a constant column keeps sd 0
+        sd[tiny] = np.sqrt(np.mean((deviations / spread) ** 2, axis=0)) * spread
     return mean * scale, sd * scale
 
 
