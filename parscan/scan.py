@@ -157,7 +157,7 @@ def _cast(name: str, target: np.dtype, converted: frozenset) -> str:
     return f"{name}.astype(np.{target})"
 
 
-def _dtype_problems(a, b, h0, converted: frozenset = frozenset()) -> list[str]:
+def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
     dt = b.dtype
     if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
         return []
@@ -194,7 +194,7 @@ def _host_arrays(where: str, **inputs):
         raise type(exc)(f"{where}: {exc}") from None
 
 
-def _validate(a, b, h0, converted: frozenset = frozenset()) -> bool:
+def _validate(a, b, h0, converted: frozenset) -> bool:
     """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``;
     ``converted``: the names of those the caller gave as other than arrays, for the fixes).
 
