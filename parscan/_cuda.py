@@ -98,7 +98,7 @@ class Launch:
     dense_block: int = 32
     dense_items: int = 4
     #: predecessor tiles the diagonal look-back inspects per round trip (a thread reads one
-    #: flag: ``block`` at most; a tile's lanes at least)
+    #: flag: ``block`` at most; a tile's lanes at least, e.g. 256 for one channel per block)
     lookback: int = 128
     publish_prefix: bool = True
 

@@ -143,6 +143,60 @@ def test_sim_lookback_through_aggregates(dense, dtype):
                 np.testing.assert_array_equal(out.copy_to_host(), ref)
 
 
+def _seed_predecessors(rng, a, b, h0, cw, tile, n_done):
+    """Flags and records of the first ``n_done`` tile rows as a GPU can leave them while later
+    tiles look back: tile 0 inclusive, the others a random mix of aggregates (flag 1) and
+    inclusive states (flag 2); the tile counter set to the first tile not done."""
+    (B, T, D), RECORD = b.shape, _cuda.RECORD
+    n_groups = -(-(B * D) // cw)
+    n_tiles = n_groups * -(-T // tile)
+    status = np.zeros(n_tiles + 1, np.int32)
+    status[-1] = n_done * n_groups
+    records = np.zeros((3, n_tiles * RECORD))  # agg_a, agg_b, incl
+    ref = reference_non_finite(a, b, h0)
+    for j in range(n_done):
+        lo, hi = j * tile, min((j + 1) * tile, T)
+        for g in range(n_groups):
+            k = j * n_groups + g
+            status[k] = 2 if j == 0 or rng.random() < 0.3 else 1
+            for c in range(min(cw, B * D - g * cw)):
+                bi, d = divmod(g * cw + c, D)
+                pa, pb = 1.0, 0.0
+                for t in range(lo, hi):
+                    pa, pb = a[bi, t, d] * pa, a[bi, t, d] * pb + b[bi, t, d]
+                records[:, k * RECORD + c] = pa, pb, ref[bi, hi - 1, d]
+    return status, records, ref
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("launch", [SIM_LAUNCH, SIM_LAUNCH_AGGREGATES], ids=["prefix", "aggr"])
+def test_sim_lookback_meets_inclusive_states_mid_window(launch):
+    """The simulator runs blocks one after another, so a look-back always meets complete
+    predecessors. Seed them as a GPU can leave them (aggregates and inclusive states mixed,
+    the nearest inclusive state anywhere in a window), launch only the later tiles, and
+    compare with the loop (finite data, and inf/underflow data)."""
+    rng = np.random.default_rng(7)
+    for seed, (D, T) in enumerate([(1, 150), (3, 90), (4, 61)]):
+        a, b, h0 = make_inputs(seed, np.float64, False, (1,), T, D)
+        if seed == 2:  # four channels of inf, NaN and underflowed runs
+            a, b, h0 = make_non_finite_inputs(np.float64, T)
+        cw = min(32, _cuda._pow2_ceil(D), max(launch.block // 4, 1))
+        tile = launch.block // cw * launch.items
+        n_done = int(rng.integers(1, -(-T // tile)))
+        status, records, ref = _seed_predecessors(rng, a, b, h0, cw, tile, n_done)
+        out = cuda.to_device(np.full(b.shape, 12345.0))
+        kernels = _cuda.make_kernels(np.dtype(np.float64), launch)
+        args = [cuda.to_device(x) for x in (a, b, h0)]
+        records = [cuda.to_device(np.ascontiguousarray(r)) for r in records]
+        n_left = status.size - 1 - int(status[-1])  # the tiles not seeded
+        kernels.diag(cw)[n_left, launch.block](
+            *args, True, False, out, cuda.to_device(status), *records
+        )
+        got = out.copy_to_host()[:, n_done * tile :]
+        assert_same_non_finite(got, ref[:, n_done * tile :], 1e-9)
+
+
 @pytest.mark.cudasim
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
 @pytest.mark.parametrize("dense", [False, True])
