@@ -59,6 +59,7 @@ PREFLIGHT = """
 import json
 import numpy as np
 from numba import cuda
+from parscan._cuda import device_name
 
 def version(get):
     try:
@@ -73,13 +74,12 @@ def increment(x):
         x[i] += 1.0
 
 device = cuda.get_current_device()
-name = getattr(device, "name", device)
 x = cuda.to_device(np.zeros(256))
 increment[2, 128](x)
 ok = bool((x.copy_to_host() == 1.0).all())
 print(json.dumps({
     "what": "preflight",
-    "device": name.decode() if isinstance(name, bytes) else str(name),
+    "device": device_name(),
     "compute_capability": list(getattr(device, "compute_capability", ())),
     "driver_cuda": version(lambda: cuda.cudadrv.driver.driver.get_version()),
     "runtime_cuda": version(lambda: cuda.runtime.get_version()),

@@ -676,8 +676,9 @@ def synchronize(result=None):
 
 
 def device_name() -> str:
-    device = cuda.get_current_device()
-    return str(getattr(device, "name", "CUDA simulator"))
+    """The current device's name (some numba-cuda versions give bytes)."""
+    name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 #: Per Python thread: ``(context, {name: device array})``, the scratch of the last scans.
