@@ -195,15 +195,19 @@ def summary_lines(report):
                 or (
                     f"{row['gbps']} GB/s, copy {row['copy_gbps']} GB/s, ratio {row['ratio_copy']}"
                     f" (median {row['ratio_copy_median']}), target_met {row['target_met']}"
+                    + ("" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}")
                 )
             )
             lines.append(
                 f"  scan {row['kind']} {row['dtype']} B={row['B']} T={row['T']} D={row['D']}: "
                 f"{result}"
             )
-        elif row["what"] == "lookback_variant":
-            result = row.get("error") or f"ratio to copy {row['ratio_copy']}"
-            lines.append(f"  look-back window {row['lookback']} (float32 T={row['T']}): {result}")
+        elif row["what"] == "launch_variant":
+            result = row.get("error") or f"ratio to copy {row['ratio_copy']}" + (
+                "" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}"
+            )
+            shape = f"block {row['block']}, items {row['items']}, look-back {row['lookback']}"
+            lines.append(f"  launch {shape} (float32 T={row['T']}): {result}")
     for row in report.get("gradients", {}).get("rows", []):
         if row["what"] == "gtf_loss_and_grad":
             extra = (

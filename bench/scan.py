@@ -22,9 +22,10 @@ jitter on a shared VM. A case too large for :data:`MAX_CASE_BYTES` prints a "ski
 bytes, both with CUDA events around batches of back-to-back launches (no host synchronisation
 or Python dispatch between the launches inside a batch), and ends with a
 ``cuda_copy_target`` line: issue #2's target, the diagonal scan at >= 70 % of the copy's
-bandwidth (min over min) at T*D >= 1e8, met or not, then ``lookback_variant`` lines: the
-float32 target case with look-back windows of 32, 128 (the default) and 256 tiles, so that one
-GPU session shows whether the window limits the scan. It needs a real GPU; ``--smoke`` runs
+bandwidth (min over min) at T*D >= 1e8, met or not, then ``launch_variant`` lines: the
+float32 target case with other launch shapes (:data:`LAUNCH_VARIANTS`: the 8 steps per
+thread of earlier versions, look-back windows of 32 and 256 tiles, blocks of 128 threads), so
+that one GPU session shows which shape the scan wants. It needs a real GPU; ``--smoke`` runs
 tiny cases that also run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a check that the
 code runs, which measures nothing.
 
@@ -267,13 +268,23 @@ def cuda_cases(args):
             yield B, 10_000 if args.quick else 100_000, D, np.float64, True
 
 
-#: Look-back windows timed on the float32 target case (after the target line).
-LOOKBACK_VARIANTS = (32, 128, 256)
+#: Launch shapes timed on the float32 target case after the target line, as changes to
+#: ``parscan._cuda.LAUNCH`` (whose own shape is the target row): the 8 steps per thread used
+#: before the tiles were sized in bytes, look-back windows of 32 and 256 tiles (default 128),
+#: blocks of 128 threads (default 256; twice as many blocks fit an SM).
+LAUNCH_VARIANTS = ({"items": 8}, {"lookback": 32}, {"lookback": 256}, {"block": 128})
+
+
+#: A timed CUDA result must match the ``"cpu"`` backend to this many ulps of its largest state
+#: (the order of the combines differs; the bench data are contractive).
+MATCH_EPS = 1000
 
 
 def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
     """Fields of one CUDA case: the scan and a device-to-device copy of as many bytes,
-    interleaved batches of back-to-back launches timed with CUDA events. ``launch``: a
+    interleaved batches of back-to-back launches timed with CUDA events, and how far the last
+    result is from the ``"cpu"`` backend's (``matches_cpu``: within :data:`MATCH_EPS` ulps of
+    the largest state; a fast wrong kernel meets no target). ``launch``: a
     :class:`parscan._cuda.Launch` other than the production one (called through
     ``scan_device``, without ``linear_scan``'s checks)."""
     from numba import cuda
@@ -296,6 +307,10 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
     }
     times = interleaved(calls, repeat, run=cuda_run)
     scan_t, copy_t = times["scan"], times["copy"]
+    ref = parscan.linear_scan(a, b, backend="cpu")
+    scale = max(float(np.max(np.abs(ref), initial=0.0)), 1.0)
+    diff = float(np.max(np.abs(dout.copy_to_host() - ref), initial=0.0)) / scale
+    matches = diff <= MATCH_EPS * np.finfo(dtype).eps
     gbps, gbps_median = (nbytes / t / 1e9 for t in (scan_t.min_s, scan_t.median_s))
     copy_gbps, copy_median = (2 * src.nbytes / t / 1e9 for t in (copy_t.min_s, copy_t.median_s))
     ratio = gbps / copy_gbps
@@ -309,13 +324,15 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
         "copy_noisy": copy_t.fields()["noisy"],
         "ratio_copy": round(ratio, 3),
         "ratio_copy_median": round(gbps_median / copy_median, 3),
-        "target_met": bool(ratio >= CUDA_TARGET_RATIO) if at_target else None,
+        "max_diff_vs_cpu": diff,
+        "matches_cpu": matches,
+        "target_met": bool(ratio >= CUDA_TARGET_RATIO and matches) if at_target else None,
     }
 
 
 def bench_cuda(args):
     """CUDA cases on device arrays (no transfers), against a device-to-device copy; then the
-    ``cuda_copy_target`` line. Returns 1 when a case failed."""
+    ``cuda_copy_target`` line. Returns 1 when a case failed or did not match the cpu backend."""
     from numba import cuda
 
     from parscan import _cuda
@@ -343,6 +360,7 @@ def bench_cuda(args):
         else:
             try:
                 row.update(_cuda_case(B, T, D, dtype, dense, args.repeat, rng))
+                failed |= not row["matches_cpu"]
             except Exception as exc:  # report it, keep measuring the other cases
                 row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
                 failed = True
@@ -350,12 +368,21 @@ def bench_cuda(args):
             target_rows.append(row)
         print(json.dumps({**row, **meta, "versions": versions()}), flush=True)
     print(json.dumps(target_summary(target_rows, simulator)), flush=True)
-    T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D
-    for lookback in LOOKBACK_VARIANTS:
-        row = {"what": "lookback_variant", "lookback": lookback, "T": T, "D": DIAG_D}
+    T = 600 if args.smoke else CUDA_TARGET_TD // DIAG_D
+    for change in LAUNCH_VARIANTS:
+        launch = dataclasses.replace(_cuda.LAUNCH, **change)
+        row = {
+            "what": "launch_variant",
+            "change": change,
+            "block": launch.block,
+            "items": _cuda.diag_items(np.float32, launch),
+            "lookback": launch.lookback,
+            "T": T,
+            "D": DIAG_D,
+        }
         try:
-            launch = dataclasses.replace(_cuda.LAUNCH, lookback=lookback)
             row.update(_cuda_case(1, T, DIAG_D, np.float32, False, args.repeat, rng, launch))
+            failed |= not row["matches_cpu"]
         except Exception as exc:
             row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
             failed = True

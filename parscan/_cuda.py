@@ -67,6 +67,15 @@ DMAX = 16
 DENSE_SHARED_BYTES = 32 * 1024
 #: Record stride (elements) of published tile values: 32 elements = at least one 128-byte line.
 RECORD = 32
+#: Bytes of ``a`` (and as many of ``b``) one thread of the diagonal kernel loads per tile when
+#: ``Launch.items`` is None: 16 steps of float32, 8 of float64 or complex64, 4 of complex128.
+#: A tile's life is mostly latency (ticket, loads, fences, look-back), so the bytes a block
+#: moves per tile, not the steps, keep the memory busy (CUB sizes its tiles the same way).
+DIAG_ITEM_BYTES = 64
+#: A diagonal block holds at most one 128-byte line of channels per time step (32 float32, 16
+#: float64 or complex64, 8 complex128): wider blocks add no coalescing, only registers
+#: (float64 at 32 channels spills).
+LINE_BYTES = 128
 
 
 def check_launch(launch, powers_of_two: tuple[str, ...]) -> None:
@@ -85,7 +94,8 @@ def check_launch(launch, powers_of_two: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-    """Compile-time launch shape: threads per block and steps per thread (diag / dense).
+    """Compile-time launch shape: threads per block and steps per thread (diag / dense);
+    ``items=None`` sizes the diagonal runs by :data:`DIAG_ITEM_BYTES` (:func:`diag_items`).
 
     ``publish_prefix=False`` is for tests only: tiles after the first then publish just their
     aggregates, so every look-back walks back to the first tile. The simulator runs blocks one
@@ -94,7 +104,7 @@ class Launch:
     """
 
     block: int = 256
-    items: int = 8
+    items: int | None = None
     dense_block: int = 32
     dense_items: int = 4
     #: predecessor tiles the diagonal look-back inspects per round trip (a thread reads one
@@ -107,6 +117,22 @@ class Launch:
 
 
 LAUNCH = Launch()
+
+
+def diag_items(dtype, launch: Launch) -> int:
+    """Steps per thread of the diagonal kernel for ``dtype``: ``launch.items``, or
+    :data:`DIAG_ITEM_BYTES` worth of ``a`` when that is None."""
+    if launch.items is not None:
+        return launch.items
+    return max(DIAG_ITEM_BYTES // np.dtype(dtype).itemsize, 1)
+
+
+def diag_channels(n_channels: int, dtype, launch: Launch) -> int:
+    """Channels per diagonal block (``cw``, a power of 2) for ``n_channels = B*D``: enough to
+    cover them, at most one :data:`LINE_BYTES` line, at most a quarter of the block (each
+    channel keeps at least 4 lanes of time)."""
+    line = max(LINE_BYTES // np.dtype(dtype).itemsize, 1)
+    return min(line, _pow2_ceil(n_channels), max(launch.block // 4, 1))
 
 
 def is_available() -> bool:
@@ -284,7 +310,8 @@ class Kernels:
 def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
     """Kernels for ``dtype`` with the launch shape baked in as compile-time constants."""
     dt = numba.from_dtype(np.dtype(dtype))
-    NT, ITEMS, LOOKBACK = launch.block, launch.items, min(launch.lookback, launch.block)
+    NT, LOOKBACK = launch.block, min(launch.lookback, launch.block)
+    ITEMS = diag_items(dtype, launch)
     # two blocks per SM (at most 128 registers per thread for 256): a block spends much of
     # its time waiting (look-back, barriers), so a second one keeps loads in flight; not for
     # complex128, which would spill a kilobyte per thread (the simulator has no such option)
@@ -296,7 +323,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
 
     @functools.cache
     def diag(cw: int):
-        """The diagonal kernel for ``cw`` channels per block (a power of 2, at most ``NT // 4``):
+        """The diagonal kernel for ``cw`` channels per block (:func:`diag_channels`):
         ``cw`` fixes the lanes per channel and the look-back's predecessors per lane, so that
         each thread's window loads unroll and go out together."""
         NTL = NT // cw  # lanes (runs of time) per channel
@@ -771,8 +798,8 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
             launch.dense_items,
         )
     else:
-        cw = min(32, _pow2_ceil(B * D), max(launch.block // 4, 1))
-        n_tiles = -(-(B * D) // cw) * -(-T // (launch.block // cw * launch.items))
+        cw = diag_channels(B * D, b.dtype, launch)
+        n_tiles = -(-(B * D) // cw) * -(-T // (launch.block // cw * diag_items(b.dtype, launch)))
         status, records = _scratch(n_tiles, 3 * n_tiles * RECORD, b.dtype)
         agg_a, agg_b, incl = (
             records[k * n_tiles * RECORD : (k + 1) * n_tiles * RECORD] for k in range(3)

@@ -44,8 +44,19 @@ SIM_LAUNCH_AGGREGATES = _cuda.Launch(
 )
 #: Lengths around the simulator tiles (8 or 16 diagonal steps, 8 dense steps per block).
 SIM_T = (0, 1, 2, 7, 8, 9, 15, 16, 17, 33)
-_TILE = _cuda.LAUNCH.block * _cuda.LAUNCH.items
-GPU_T = (0, 1, 2, 31, _TILE // 32 - 1, _TILE // 32, _TILE // 32 + 1, _TILE - 1, _TILE + 1, 20_000)
+#: Lengths around the production tiles of every dtype (steps per tile: ``block // cw * items``
+#: for ``cw`` = 1, 8, 16 or 32 channels per block).
+GPU_T = tuple(
+    sorted(
+        {0, 1, 2, 31, 20_000}
+        | {
+            _cuda.LAUNCH.block // cw * _cuda.diag_items(dtype, _cuda.LAUNCH) + delta
+            for dtype in DTYPES
+            for cw in (1, 8, 16, 32)
+            for delta in (-1, 0, 1)
+        }
+    )
+)
 
 
 def _to_device(x):
@@ -70,6 +81,25 @@ def test_launch_shapes_that_would_give_wrong_results_are_refused():
         with pytest.raises(ValueError, match=rf"^{make.__name__}: {field} must be {kind}; got"):
             make(**{field: bad})
     assert _cuda.Launch(block=8, items=3).block == 8  # items need not be powers of 2
+
+
+def test_diagonal_tiles_are_sized_in_bytes():
+    """By default a diagonal thread loads 64 bytes of ``a`` and a block spans at most one
+    128-byte line of channels, whatever the dtype; explicit ``items`` win."""
+    launch = _cuda.LAUNCH
+    got = {
+        np.dtype(dt).name: (_cuda.diag_items(dt, launch), _cuda.diag_channels(1000, dt, launch))
+        for dt in DTYPES
+    }
+    assert got == {
+        "float32": (16, 32),
+        "float64": (8, 16),
+        "complex64": (8, 16),
+        "complex128": (4, 8),
+    }
+    assert _cuda.diag_items(np.float32, _cuda.Launch(items=3)) == 3
+    assert _cuda.diag_channels(3, np.float32, launch) == 4  # enough to cover B*D, a power of 2
+    assert _cuda.diag_channels(1000, np.float32, _cuda.Launch(block=8)) == 2  # >= 4 lanes each
 
 
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
@@ -181,8 +211,8 @@ def test_sim_lookback_meets_inclusive_states_mid_window(launch):
         a, b, h0 = make_inputs(seed, np.float64, False, (1,), T, D)
         if seed == 2:  # four channels of inf, NaN and underflowed runs
             a, b, h0 = make_non_finite_inputs(np.float64, T)
-        cw = min(32, _cuda._pow2_ceil(D), max(launch.block // 4, 1))
-        tile = launch.block // cw * launch.items
+        cw = _cuda.diag_channels(D, np.float64, launch)
+        tile = launch.block // cw * _cuda.diag_items(np.float64, launch)
         n_done = int(rng.integers(1, -(-T // tile)))
         status, records, ref = _seed_predecessors(rng, a, b, h0, cw, tile, n_done)
         out = cuda.to_device(np.full(b.shape, 12345.0))
