@@ -24,13 +24,13 @@ stored.
 import numpy as np
 from numba import prange
 
-from models._plrnn_kernels import EVAL_F_DIAG, EVAL_F_FULL
+from models._plrnn_kernels import EVAL_F, EVAL_F_DIAG, EVAL_F_FULL
 from parscan._jit import jit, jit_parallel
 
 #: States processed together by one thread.
 LANES = 64
 #: Most chunks of blocks an evaluation launch is split into (work items for ``prange``).
-_MAX_EVAL_CHUNKS = 64
+MAX_CHUNKS = 64
 
 
 @jit
@@ -146,12 +146,35 @@ def eval_kernel(A, W1, W2, h1, h2, clipped, Z, F, J, mode):
         0: ``F`` only; 1: ``F`` and the Jacobian diagonal; 2: ``F`` and the full Jacobian.
     """
     n_blocks = (Z.shape[0] + LANES - 1) // LANES
-    n_chunks = min(n_blocks, _MAX_EVAL_CHUNKS)
+    n_chunks = min(n_blocks, MAX_CHUNKS)
     for c in prange(n_chunks):
         _eval_blocks(
             A, W1, W2, h1, h2, clipped, Z, F, J, mode,
             c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks,
         )  # fmt: skip
+
+
+@jit
+def simulate_blocks(A, W1, W2, h1, h2, clipped, Z0, out, first, stop):
+    """Free runs of blocks ``first .. stop-1`` of ``LANES`` starting states:
+    ``out[p, t] = F^(t+1)(Z0[p])``, each step of a block one :func:`_eval_block` (``F`` only,
+    bitwise the per-step function's)."""
+    n, M = Z0.shape
+    dt = Z0.dtype
+    zt = np.empty((M, LANES), dt)
+    ft = np.empty((M, LANES), dt)
+    jt = np.empty((0, LANES), dt)
+    s, up, sp, phi, wk = np.empty((5, LANES), dt)
+    for blk in range(first, stop):
+        start = blk * LANES
+        cnt = min(LANES, n - start)
+        _load(Z0, start, cnt, zt)
+        for t in range(out.shape[1]):
+            _eval_block(A, W1, W2, h1, h2, clipped, zt, ft, jt, EVAL_F, s, up, sp, phi, wk)
+            for k in range(cnt):
+                for i in range(M):
+                    out[start + k, t, i] = ft[i, k]
+            zt, ft = ft, zt
 
 
 @jit

@@ -342,6 +342,18 @@ def test_simulate_matches_loop(model, shape, dtype):
     assert m.simulate(z0, 0).shape == (*shape, 0, M)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [15, 16, 133])
+def test_batched_free_runs_are_bitwise_the_runs_one_by_one(model, dtype, n):
+    """Many free runs (the shPLRNN family steps 16 or more together in SIMD lanes) give
+    bitwise the states of each run alone, non-finite and overflowing ones included."""
+    m = model.astype(dtype)
+    z0 = states((n,), dtype, seed=19)
+    z0[3, 0], z0[7, -1], z0[9] = np.inf, np.nan, 1e30
+    alone = np.stack([m.simulate(z, 9) for z in z0])
+    np.testing.assert_array_equal(m.simulate(z0, 9), alone)
+
+
 def test_generate_uses_initial_state_map(model):
     x0 = states((2,), seed=13)[:, :N]
     z0 = model.initial_state(x0)
