@@ -155,7 +155,7 @@ def eval_kernel(A, W1, W2, h1, h2, clipped, Z, F, J, mode):
 
 
 @jit
-def simulate_blocks(A, W1, W2, h1, h2, clipped, Z0, out, first, stop):
+def _simulate_blocks(A, W1, W2, h1, h2, clipped, Z0, out, first, stop):
     """Free runs of blocks ``first .. stop-1`` of ``LANES`` starting states:
     ``out[p, t] = F^(t+1)(Z0[p])``, each step of a block one :func:`_eval_block` (``F`` only,
     bitwise the per-step function's)."""
@@ -164,17 +164,32 @@ def simulate_blocks(A, W1, W2, h1, h2, clipped, Z0, out, first, stop):
     zt = np.empty((M, LANES), dt)
     ft = np.empty((M, LANES), dt)
     jt = np.empty((0, LANES), dt)
-    s, up, sp, phi, wk = np.empty((5, LANES), dt)
+    v = np.empty((5, LANES), dt)  # s, up, sp, phi, wk (rows: C-contiguous for SIMD)
     for blk in range(first, stop):
         start = blk * LANES
         cnt = min(LANES, n - start)
         _load(Z0, start, cnt, zt)
         for t in range(out.shape[1]):
-            _eval_block(A, W1, W2, h1, h2, clipped, zt, ft, jt, EVAL_F, s, up, sp, phi, wk)
+            _eval_block(
+                A, W1, W2, h1, h2, clipped, zt, ft, jt, EVAL_F, v[0], v[1], v[2], v[3], v[4]
+            )
             for k in range(cnt):
                 for i in range(M):
                     out[start + k, t, i] = ft[i, k]
             zt, ft = ft, zt
+
+
+@jit_parallel
+def simulate_kernel(A, W1, W2, h1, h2, clipped, Z0, out):
+    """Free runs ``out[p, t] = F^(t+1)(Z0[p])`` (``Z0`` (n, M), ``out`` (n, n_steps, M)),
+    ``LANES`` runs stepped together, parallel over chunks of blocks of runs."""
+    n_blocks = (Z0.shape[0] + LANES - 1) // LANES
+    n_chunks = min(n_blocks, MAX_CHUNKS)
+    for c in prange(n_chunks):
+        _simulate_blocks(
+            A, W1, W2, h1, h2, clipped, Z0, out,
+            c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks,
+        )  # fmt: skip
 
 
 @jit

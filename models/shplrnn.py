@@ -216,21 +216,17 @@ def _simulate_item(A, W1, W2, h1, h2, clipped, z0, out):
 
 @jit_parallel
 def _simulate_kernel(A, W1, W2, h1, h2, clipped, Z0, out):
-    """Free runs of the states ``Z0`` (n, M) into ``out`` (n, n_steps, M): a few states one
-    by one, more in blocks of ``LANES`` stepped together (SIMD across the runs, bitwise the
-    same states), parallel over the runs or over chunks of blocks."""
-    n = Z0.shape[0]
-    if n < _MIN_LANE_RUNS:
-        for b in prange(n):
-            _simulate_item(A, W1, W2, h1, h2, clipped, Z0[b], out[b])
-    else:
-        n_blocks = (n + _shplrnn_lanes.LANES - 1) // _shplrnn_lanes.LANES
-        n_chunks = min(n_blocks, _shplrnn_lanes.MAX_CHUNKS)
-        for c in prange(n_chunks):
-            _shplrnn_lanes.simulate_blocks(
-                A, W1, W2, h1, h2, clipped, Z0, out,
-                c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks,
-            )  # fmt: skip
+    for b in prange(Z0.shape[0]):
+        _simulate_item(A, W1, W2, h1, h2, clipped, Z0[b], out[b])
+
+
+def _simulate_runs(A, W1, W2, h1, h2, clipped, Z0, out):
+    """Free runs of the states ``Z0`` (n, M) into ``out`` (n, n_steps, M): a few one by one
+    (parallel over the runs), more in blocks of ``LANES`` stepped together
+    (:func:`models._shplrnn_lanes.simulate_kernel`: SIMD across the runs, bitwise the same
+    states). Two kernels, so that a process compiles only the one it uses."""
+    kernel = _simulate_kernel if Z0.shape[0] < _MIN_LANE_RUNS else _shplrnn_lanes.simulate_kernel
+    kernel(A, W1, W2, h1, h2, clipped, Z0, out)
 
 
 # ---- models ---------------------------------------------------------------------------
@@ -245,7 +241,7 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     step_functions_jit = SHPLRNN_STEP_FUNCTIONS_JIT
     _eval_kernel = staticmethod(_shplrnn_lanes.eval_kernel)
     _vjp_kernel = staticmethod(_shplrnn_lanes.vjp_kernel)
-    _simulate_kernel = staticmethod(_simulate_kernel)
+    _simulate_kernel = staticmethod(_simulate_runs)
     _eval_item = staticmethod(_eval_item)
     _vjp_chunk = staticmethod(_shplrnn_lanes.vjp_chunk)
     _simulate_item = staticmethod(_simulate_item)
