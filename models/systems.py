@@ -312,7 +312,8 @@ def rk4_trajectory(kind, x0, p, h, n_sub, n_skip, out):
         if not np.all(np.isfinite(x)):
             return s
         if s >= n_skip:
-            out[s - n_skip] = x
+            for d in range(x.shape[0]):  # not `out[i] = x`: its shape check's message costs
+                out[s - n_skip, d] = x[d]  # ~4 s of compiling on a first run
         if s < n_total - 1:
             for _ in range(n_sub):
                 rk4_step(kind, x, p, h, work)
