@@ -310,7 +310,7 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
     ref = parscan.linear_scan(a, b, backend="cpu")
     scale = max(float(np.max(np.abs(ref), initial=0.0)), 1.0)
     diff = float(np.max(np.abs(dout.copy_to_host() - ref), initial=0.0)) / scale
-    matches = diff <= MATCH_EPS * np.finfo(dtype).eps
+    matches = bool(diff <= MATCH_EPS * np.finfo(dtype).eps)
     gbps, gbps_median = (nbytes / t / 1e9 for t in (scan_t.min_s, scan_t.median_s))
     copy_gbps, copy_median = (2 * src.nbytes / t / 1e9 for t in (copy_t.min_s, copy_t.median_s))
     ratio = gbps / copy_gbps

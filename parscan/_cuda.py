@@ -314,7 +314,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
     ITEMS = diag_items(dtype, launch)
     # two blocks per SM (at most 128 registers per thread for 256): a block spends much of
     # its time waiting (look-back, barriers), so a second one keeps loads in flight; not for
-    # complex128, which would spill a kilobyte per thread (the simulator has no such option)
+    # complex128, which needs 162 registers and would spill (the simulator has no such option)
     two_blocks = np.dtype(dtype).itemsize <= 8 and not numba.config.ENABLE_CUDASIM
     DIAG_OPTIONS = {"launch_bounds": (NT, 2)} if two_blocks else {}
     PUBLISH = launch.publish_prefix
