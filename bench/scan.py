@@ -368,7 +368,7 @@ def bench_cuda(args):
             target_rows.append(row)
         print(json.dumps({**row, **meta, "versions": versions()}), flush=True)
     print(json.dumps(target_summary(target_rows, simulator)), flush=True)
-    T = 600 if args.smoke else CUDA_TARGET_TD // DIAG_D
+    T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D  # smoke: 2-3 tiles
     for change in LAUNCH_VARIANTS:
         launch = dataclasses.replace(_cuda.LAUNCH, **change)
         row = {
