@@ -131,7 +131,8 @@ class PiecewiseLinearRNN(LatentRNN):
     #: Optional capability read by ``parscan.deer_solve``: ``step_and_jacobian`` accepts
     #: ``backend="cuda"`` (evaluation on the GPU, :mod:`models._cuda_eval`).
     supports_cuda_eval: ClassVar[bool] = True
-    # Family drivers (jitted, see the family module), called as
+    # Family drivers (jitted, or a Python function choosing among jitted kernels; see the
+    # family module), called as
     #   _eval_kernel(*args, Z (n, M), F (n, M), J (n, K), mode)   K = 0, M or M*M
     #   _vjp_kernel(*args, Z (n, M), C (n, M), G (n_chunks, n_map_params) float64)
     #   _simulate_kernel(*args, Z0 (n, M), out (n, n_steps, M))

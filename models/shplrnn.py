@@ -43,7 +43,7 @@ from models._plrnn_kernels import (
     normalized_positive_definite,
     uniform_fan_in,
 )
-from parscan._jit import jit, jit_parallel
+from parscan._jit import jit, jit_parallel, n_threads
 
 # ---- per-step functions (plain Python; no allocation, no calls) ------------------------
 # Branch-free in the activation pattern: relu' enters as a bool factor (``x * (u > 0)``
@@ -191,10 +191,11 @@ _step_jacobian_diag = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
 
 # ---- CPU drivers: one state (below), many states (models._shplrnn_lanes), free run -----
 
-#: Fewest free runs stepped together in lanes: a block of ``LANES`` runs costs as much as 8
-#: runs one by one (measured at L = 100, float32, one thread), and runs one by one spread
-#: over every thread. (PE(20) over a test set steps thousands of runs: 7x faster in lanes.)
-_MIN_LANE_RUNS = 16
+#: Free runs per thread from which they are stepped together in lanes: a block of ``LANES``
+#: runs on one thread costs as much as 8 runs one by one (measured at L = 100, float32), and
+#: runs one by one spread over every thread. (PE(20) over a test set steps thousands of
+#: runs: 7x faster in lanes.)
+_LANE_RUNS_PER_THREAD = 8
 
 
 @jit
@@ -222,10 +223,11 @@ def _simulate_kernel(A, W1, W2, h1, h2, clipped, Z0, out):
 
 def _simulate_runs(A, W1, W2, h1, h2, clipped, Z0, out):
     """Free runs of the states ``Z0`` (n, M) into ``out`` (n, n_steps, M): a few one by one
-    (parallel over the runs), more in blocks of ``LANES`` stepped together
+    (parallel over the runs), ``8 * threads`` or more in blocks of ``LANES`` stepped together
     (:func:`models._shplrnn_lanes.simulate_kernel`: SIMD across the runs, bitwise the same
     states). Two kernels, so that a process compiles only the one it uses."""
-    kernel = _simulate_kernel if Z0.shape[0] < _MIN_LANE_RUNS else _shplrnn_lanes.simulate_kernel
+    lanes = Z0.shape[0] >= _LANE_RUNS_PER_THREAD * n_threads()
+    kernel = _shplrnn_lanes.simulate_kernel if lanes else _simulate_kernel
     kernel(A, W1, W2, h1, h2, clipped, Z0, out)
 
 

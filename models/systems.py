@@ -305,6 +305,8 @@ def rk4_trajectory(kind, x0, p, h, n_sub, n_skip, out):
     (counting the discarded ones) whose state is not finite, at which point it stops.
     """
     literally(kind)  # one specialisation per system: the dispatch in system_rhs folds away
+    if out.shape[1] != x0.shape[0]:  # the samples are stored element by element, unchecked
+        raise ValueError("rk4_trajectory: out must have shape (n_out, len(x0))")
     x = x0.copy()
     work = np.empty((5, x.shape[0]))
     n_total = n_skip + out.shape[0]
@@ -312,8 +314,8 @@ def rk4_trajectory(kind, x0, p, h, n_sub, n_skip, out):
         if not np.all(np.isfinite(x)):
             return s
         if s >= n_skip:
-            for d in range(x.shape[0]):  # not `out[i] = x`: its shape check's message costs
-                out[s - n_skip, d] = x[d]  # ~4 s of compiling on a first run
+            for d in range(x.shape[0]):  # not `out[i] = x`: the message of its shape check
+                out[s - n_skip, d] = x[d]  # costs ~4 s of compiling on a first run
         if s < n_total - 1:
             for _ in range(n_sub):
                 rk4_step(kind, x, p, h, work)

@@ -343,10 +343,11 @@ def test_simulate_matches_loop(model, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n", [15, 16, 133])
+@pytest.mark.parametrize("n", [15, 133])
 def test_batched_free_runs_are_bitwise_the_runs_one_by_one(model, dtype, n):
-    """Many free runs (the shPLRNN family steps 16 or more together in SIMD lanes) give
-    bitwise the states of each run alone, non-finite and overflowing ones included."""
+    """Many free runs (the shPLRNN family steps 8 per thread or more together in SIMD lanes:
+    133 on up to 16 threads) give bitwise the states of each run alone, non-finite and
+    overflowing ones included."""
     m = model.astype(dtype)
     z0 = states((n,), dtype, seed=19)
     z0[3, 0], z0[7, -1], z0[9] = np.inf, np.nan, 1e30

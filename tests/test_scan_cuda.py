@@ -108,7 +108,8 @@ def test_diagonal_tiles_are_sized_in_bytes():
 def test_ptx_compiles(no_device_context, dtype, kernel):
     kernels = _cuda.make_kernels(np.dtype(dtype))
     signature = getattr(kernels, f"{kernel}_signature")
-    compiled = kernels.diag(16) if kernel == "diag" else kernels.dense  # 16: the D = 16 cases
+    widest = _cuda.diag_channels(10**6, dtype, _cuda.LAUNCH)  # the most channels per block
+    compiled = kernels.diag(widest) if kernel == "diag" else kernels.dense
     ptx, _ = cuda.compile_ptx(compiled.py_func, signature, cc=(9, 0))
     assert ".entry" in ptx and "atom.global" in ptx and "bar.sync" in ptx
     if kernel == "diag":  # the per-thread runs and the look-back's window loads: registers
@@ -171,6 +172,28 @@ def test_sim_lookback_through_aggregates(dense, dtype):
                 assert_close(out.copy_to_host(), ref)
             else:
                 np.testing.assert_array_equal(out.copy_to_host(), ref)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sim_byte_sized_tiles(dtype):
+    """The production tile rule (``items=None``: 64 bytes of ``a`` per thread; channels capped
+    at one 128-byte line) on the smallest blocks where the cap applies (float32: 32 channels
+    need 128 threads): 20 channels (a partial group), three tiles and a partial one; forward
+    with inclusive states published, reverse with aggregates only."""
+    itemsize = np.dtype(dtype).itemsize
+    for reverse, publish in ((False, True), (True, False)):
+        block = 4 * _cuda.LINE_BYTES // itemsize
+        launch = _cuda.Launch(block=block, lookback=4, publish_prefix=publish)
+        B, D = 2, 10
+        cw = _cuda.diag_channels(B * D, dtype, launch)
+        assert cw == _cuda.LINE_BYTES // itemsize
+        tile = launch.block // cw * _cuda.diag_items(dtype, launch)
+        a, b, h0 = make_inputs(5, dtype, False, (B,), 3 * tile + 5, D)
+        out = cuda.device_array(b.shape, b.dtype)
+        args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, False)
+        _cuda.scan_device(*args, out, launch)
+        assert_close(out.copy_to_host(), scan_reference(a, b, h0, reverse, False))
 
 
 def _seed_predecessors(rng, a, b, h0, cw, tile, n_done):
