@@ -131,8 +131,9 @@ def _text(output) -> str:
 
 
 def out_dir() -> Path:
-    """Where the results go: ``$OUT``, else the current folder."""
-    return Path(os.environ.get("OUT", "."))
+    """Where the results go: ``$OUT``, else the current folder (absolute: the steps run in the
+    repository root)."""
+    return Path(os.environ.get("OUT", ".")).resolve()
 
 
 def _json_rows(lines):
