@@ -9,6 +9,7 @@
 This module imports cleanly with and without the simulator.
 """
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -182,17 +183,16 @@ def test_sim_byte_sized_tiles(dtype):
     need 128 threads): 20 channels (a partial group), three tiles and a partial one; forward
     with inclusive states published, reverse with aggregates only."""
     itemsize = np.dtype(dtype).itemsize
+    launch = _cuda.Launch(block=4 * _cuda.LINE_BYTES // itemsize, lookback=4)
+    B, D = 2, 10
+    cw = _cuda.diag_channels(B * D, dtype, launch)
+    assert cw == _cuda.LINE_BYTES // itemsize
+    tile = launch.block // cw * _cuda.diag_items(dtype, launch)
+    a, b, h0 = make_inputs(5, dtype, False, (B,), 3 * tile + 5, D)
     for reverse, publish in ((False, True), (True, False)):
-        block = 4 * _cuda.LINE_BYTES // itemsize
-        launch = _cuda.Launch(block=block, lookback=4, publish_prefix=publish)
-        B, D = 2, 10
-        cw = _cuda.diag_channels(B * D, dtype, launch)
-        assert cw == _cuda.LINE_BYTES // itemsize
-        tile = launch.block // cw * _cuda.diag_items(dtype, launch)
-        a, b, h0 = make_inputs(5, dtype, False, (B,), 3 * tile + 5, D)
         out = cuda.device_array(b.shape, b.dtype)
         args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, False)
-        _cuda.scan_device(*args, out, launch)
+        _cuda.scan_device(*args, out, dataclasses.replace(launch, publish_prefix=publish))
         assert_close(out.copy_to_host(), scan_reference(a, b, h0, reverse, False))
 
 
