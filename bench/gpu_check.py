@@ -176,6 +176,11 @@ def run_step(name, smoke):
     return record
 
 
+def _mismatch(row) -> str:
+    """``", WRONG: <difference>"`` for a timed scan row that did not match the cpu backend."""
+    return "" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}"
+
+
 def summary_lines(report):
     """Human-readable summary of the report."""
     lines = [f"device: {report.get('device')}  smoke: {report['smoke']}"]
@@ -196,7 +201,7 @@ def summary_lines(report):
                 or (
                     f"{row['gbps']} GB/s, copy {row['copy_gbps']} GB/s, ratio {row['ratio_copy']}"
                     f" (median {row['ratio_copy_median']}), target_met {row['target_met']}"
-                    + ("" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}")
+                    + _mismatch(row)
                 )
             )
             lines.append(
@@ -204,9 +209,7 @@ def summary_lines(report):
                 f"{result}"
             )
         elif row["what"] == "launch_variant":
-            result = row.get("error") or f"ratio to copy {row['ratio_copy']}" + (
-                "" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}"
-            )
+            result = row.get("error") or f"ratio to copy {row['ratio_copy']}{_mismatch(row)}"
             shape = f"block {row['block']}, items {row['items']}, look-back {row['lookback']}"
             lines.append(f"  launch {shape} (float32 T={row['T']}): {result}")
     for row in report.get("gradients", {}).get("rows", []):

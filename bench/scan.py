@@ -285,8 +285,7 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
     interleaved batches of back-to-back launches timed with CUDA events, and how far one more
     scan (into a zeroed array) is from the ``"cpu"`` backend's (``matches_cpu``: within
     :data:`MATCH_EPS` ulps of the largest state; a fast wrong kernel meets no target).
-    ``launch``: a
-    :class:`parscan._cuda.Launch` other than the production one (called through
+    ``launch``: a :class:`parscan._cuda.Launch` other than the production one (called through
     ``scan_device``, without ``linear_scan``'s checks)."""
     from numba import cuda
 
