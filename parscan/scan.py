@@ -85,33 +85,54 @@ AUTO_MIN_DENSE_BYTES = 1 << 17
 
 
 @functools.cache
-def _cuda_available() -> bool:
+def _cuda_import_failure() -> str | None:
+    """Why ``numba.cuda`` cannot be imported, as ``"ExceptionType: message"``, or None when it
+    can. numba-cuda not installed raises ImportError; a numba-cuda release built for another
+    numba fails inside its own import (e.g. numba-cuda 0.30.0-0.30.3 with numba 0.68:
+    AttributeError), which must make the CUDA backend unavailable, not break every scan."""
     try:
-        from parscan import _cuda
-    except ImportError:
+        from numba import cuda  # noqa: F401
+    except Exception as exc:  # any failure of the optional GPU stack, reported, not raised
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@functools.cache
+def _cuda_available() -> bool:
+    if _cuda_import_failure() is not None:
         return False
+    from parscan import _cuda
+
     return _cuda.is_available()
 
 
 def available_backends() -> tuple[str, ...]:
     """Names accepted by ``linear_scan(..., backend=...)`` on this machine, besides ``"auto"``.
 
-    ``("sequential", "cpu")``, plus ``"cuda"`` when numba.cuda finds a GPU or runs in the CUDA
-    simulator (``NUMBA_ENABLE_CUDASIM=1``).
+    ``("sequential", "cpu")``, plus ``"cuda"`` when numba.cuda imports and finds a GPU or runs
+    in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``); :func:`cuda_unavailable` says why not.
     """
     return ("sequential", "cpu", "cuda") if _cuda_available() else ("sequential", "cpu")
 
 
+def _no_cuda_reason() -> str:
+    """Why the CUDA backend is unavailable, with the remedy (a clause for the messages)."""
+    failure = _cuda_import_failure()
+    if failure is not None:
+        return (
+            f"numba.cuda fails to import: {failure}; install a numba-cuda release that matches "
+            "the installed numba, e.g. pip install -U numba numba-cuda"
+        )
+    return "numba.cuda finds no GPU; NUMBA_ENABLE_CUDASIM=1 runs the simulator"
+
+
 def cuda_unavailable() -> str | None:
-    """Why ``backend="cuda"`` cannot run on this machine (numba.cuda finds no GPU), as one
-    sentence with the remedy, for the messages of the functions that take a ``backend``; None
-    when it can (a GPU, or the CUDA simulator)."""
+    """Why ``backend="cuda"`` cannot run on this machine (numba.cuda finds no GPU, or fails to
+    import), as one sentence with the remedy, for the messages of the functions that take a
+    ``backend``; None when it can (a GPU, or the CUDA simulator)."""
     if _cuda_available():
         return None
-    return (
-        "backend='cuda' is not available (numba.cuda finds no GPU; NUMBA_ENABLE_CUDASIM=1 "
-        "runs the simulator). Use backend='cpu' (or 'auto')."
-    )
+    return f"backend='cuda' is not available ({_no_cuda_reason()}). Use backend='cpu' (or 'auto')."
 
 
 def is_device_array(x) -> bool:
@@ -135,9 +156,8 @@ def _check_backend(backend, on_device: bool) -> str:
     if backend == "cuda" or on_device:
         if not _cuda_available():
             raise ValueError(
-                "linear_scan: backend 'cuda' is not available (numba.cuda finds no GPU; set "
-                "NUMBA_ENABLE_CUDASIM=1 for the simulator); available: "
-                f"{', '.join(repr(x) for x in ('auto', *available_backends()))}."
+                f"linear_scan: backend 'cuda' is not available ({_no_cuda_reason()}); "
+                f"available: {', '.join(repr(x) for x in ('auto', *available_backends()))}."
             )
         if backend in ("sequential", "cpu"):
             raise ValueError(

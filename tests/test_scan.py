@@ -4,7 +4,10 @@ The input builders (:func:`make_inputs`, :func:`make_dyadic_inputs`) and the tol
 reused by ``test_scan_cuda.py``.
 """
 
+import importlib.abc
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -742,6 +745,50 @@ def test_cuda_unavailable_error_lists_backends():
         pytest.skip("a GPU or the simulator is present")
     with pytest.raises(ValueError, match=r"^linear_scan: backend 'cuda' is not available.*'cpu'"):
         parscan.linear_scan(GOOD_A, GOOD_B, backend="cuda")
+
+
+class _BrokenNumbaCuda(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of ``numba.cuda`` fail inside the module, as a numba-cuda built for another
+    numba does (numba-cuda 0.30.3 with numba 0.68: AttributeError)."""
+
+    def find_spec(self, name, path, target=None):
+        if name == "numba.cuda":
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise AttributeError("module 'numba.cuda.types' has no attribute 'NPDatetime'")
+
+
+@pytest.fixture
+def broken_numba_cuda(monkeypatch):
+    """``numba.cuda`` unimportable for this test (and the availability caches cleared)."""
+    for name in [m for m in sys.modules if m == "numba.cuda" or m.startswith("numba.cuda.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(numba, "cuda", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenNumbaCuda(), *sys.meta_path])
+    scan._cuda_import_failure.cache_clear()
+    scan._cuda_available.cache_clear()
+    yield
+    scan._cuda_import_failure.cache_clear()
+    scan._cuda_available.cache_clear()
+
+
+def test_a_broken_numba_cuda_leaves_the_cpu_backends_and_says_why(broken_numba_cuda):
+    assert parscan.available_backends() == ("sequential", "cpu")
+    a, b = np.full((2, 5, 3), 0.5), np.ones((2, 5, 3))
+    np.testing.assert_array_equal(
+        parscan.linear_scan(a, b), scan_reference(a, b, np.zeros((2, 3)), False)
+    )
+    reason = r"numba\.cuda fails to import: AttributeError: .*NPDatetime.*pip install -U numba"
+    with pytest.raises(
+        ValueError, match=rf"^linear_scan: backend 'cuda' is not available \({reason}"
+    ):
+        parscan.linear_scan(a, b, backend="cuda")
+    assert re.match(rf"backend='cuda' is not available \({reason}", scan.cuda_unavailable())
 
 
 def test_combine_rejects_mixed_kinds():
