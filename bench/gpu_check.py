@@ -41,6 +41,7 @@ The package need not be installed there: the steps run with the repository root 
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -102,6 +103,19 @@ SMOKE_ARGS = {
     "scan_cuda": "bench/scan.py --backend cuda --smoke --repeat 1".split(),
     "gradients": "bench/train.py --backend cuda --smoke --repeat 1".split(),
 }
+
+
+def _package_versions() -> dict:
+    """Installed versions of the GPU stack (numba-cuda compiles no kernel with numpy 2.5, see
+    pyproject.toml): a failed preflight says which combination failed."""
+    names = ("numpy", "numba", "llvmlite", "numba-cuda", "cuda-bindings", "scipy")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _run(cmd, timeout):
@@ -240,7 +254,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     target = out_dir() / "gpu_check.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    report = {"python": sys.version.split()[0], "smoke": args.smoke, "target_met": None}
+    report = {
+        "python": sys.version.split()[0],
+        "packages": _package_versions(),
+        "smoke": args.smoke,
+        "target_met": None,
+    }
 
     def save():  # after every step: a later step that hangs loses nothing
         target.write_text(json.dumps(report, indent=1, default=str))

@@ -21,8 +21,8 @@ def _floors() -> dict[str, tuple[int, ...]]:
         requirements += extra
     floors = {}
     for requirement in requirements:
-        match = re.fullmatch(r"([\w-]+)(?:\[[\w,-]+\])?>=([\d.]+)", requirement)
-        assert match, f"pyproject.toml: {requirement!r} is not of the form name>=floor"
+        match = re.fullmatch(r"([\w-]+)(?:\[[\w,-]+\])?>=([\d.]+)(?:,<[\d.]+)?", requirement)
+        assert match, f"pyproject.toml: {requirement!r} is not of the form name>=floor[,<cap]"
         name, floor = match[1].lower(), _version(match[2])
         assert floors.setdefault(name, floor) == floor, f"two floors for {name}"
     return floors
