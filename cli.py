@@ -43,6 +43,7 @@ import numpy as np
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
+from parscan.scan import no_cuda_reason
 
 MODEL_NAMES = ("shplrnn", "clipped-shplrnn", "alrnn", "plrnn", "linear-ssm", "selective-ssm")
 SSM_NAMES = ("linear-ssm", "selective-ssm")
@@ -508,7 +509,7 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
         problems.append("-q/--quiet and -v/--verbose contradict each other; pick one")
     if s.backend == "cuda" and "cuda" not in parscan.available_backends():
         problems.append(
-            "--backend cuda needs a CUDA GPU and none is available here; available: "
+            f"--backend cuda is not available here ({no_cuda_reason()}); available: "
             + ", ".join(parscan.available_backends())
         )
     if problems:

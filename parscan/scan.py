@@ -115,8 +115,9 @@ def available_backends() -> tuple[str, ...]:
     return ("sequential", "cpu", "cuda") if _cuda_available() else ("sequential", "cpu")
 
 
-def _no_cuda_reason() -> str:
-    """Why the CUDA backend is unavailable, with the remedy (a clause for the messages)."""
+def no_cuda_reason() -> str:
+    """Why the CUDA backend is unavailable, with the remedy: a clause for the messages of
+    :func:`linear_scan`, :func:`cuda_unavailable` and ``parscan-train --backend cuda``."""
     failure = _cuda_import_failure()
     if failure is not None:
         return (
@@ -132,7 +133,7 @@ def cuda_unavailable() -> str | None:
     ``backend``; None when it can (a GPU, or the CUDA simulator)."""
     if _cuda_available():
         return None
-    return f"backend='cuda' is not available ({_no_cuda_reason()}). Use backend='cpu' (or 'auto')."
+    return f"backend='cuda' is not available ({no_cuda_reason()}). Use backend='cpu' (or 'auto')."
 
 
 def is_device_array(x) -> bool:
@@ -156,7 +157,7 @@ def _check_backend(backend, on_device: bool) -> str:
     if backend == "cuda" or on_device:
         if not _cuda_available():
             raise ValueError(
-                f"linear_scan: backend 'cuda' is not available ({_no_cuda_reason()}); "
+                f"linear_scan: backend 'cuda' is not available ({no_cuda_reason()}); "
                 f"available: {', '.join(repr(x) for x in ('auto', *available_backends()))}."
             )
         if backend in ("sequential", "cpu"):

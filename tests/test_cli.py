@@ -409,7 +409,8 @@ def _bad_files(tmp_path):
         ),
         pytest.param(
             ["--backend", "cuda"],
-            "cuda",
+            "--backend cuda is not available here (numba.cuda finds no GPU; "
+            "NUMBA_ENABLE_CUDASIM=1 runs the simulator); available: sequential, cpu.",
             marks=pytest.mark.skipif(
                 "cuda" in parscan.available_backends(), reason="a CUDA GPU is present"
             ),
