@@ -65,6 +65,26 @@ def _json_default(value):
     )
 
 
+def _non_string_key(value, where: str = "metadata") -> str | None:
+    """Where in ``value`` (nested dicts, lists and tuples; acyclic: JSON wrote it) a dict key
+    is not a ``str``, e.g. ``"metadata['runs'][1] has the key 2 (int)"``, or None: JSON
+    writes such keys as strings, so they would come back from :func:`load_with_metadata` as
+    other keys."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r} ({type(key).__name__})"
+            found = _non_string_key(item, f"{where}[{key!r}]")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _non_string_key(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def _library_version() -> str | None:
     """The installed parscan distribution's version, or None when it is not installed."""
     try:
@@ -352,7 +372,8 @@ class Model(ABC):
     ) -> dict[str, np.ndarray]:
         """The arrays of a model file: class name, hyperparameters, ``params`` (default
         ``self.params``), standardisation, a free JSON ``metadata`` dict (NumPy scalars in it
-        become Python numbers), ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan
+        become Python numbers; keys must be strings, tuples come back as lists),
+        ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan
         is installed, ``parscan_version``. Errors (metadata that JSON cannot hold) name
         ``where`` (default ``"<class>.npz_payload"``)."""
         where = where or f"{type(self).__name__}.npz_payload"
@@ -360,6 +381,12 @@ class Model(ABC):
             meta = json.dumps({} if metadata is None else metadata, default=_json_default)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{where}: metadata cannot be stored as JSON ({exc})") from None
+        if found := _non_string_key(metadata):  # JSON wrote it as a string: refused
+            raise TypeError(
+                f"{where}: metadata keys must be strings (JSON stores the key 1 as '1', and "
+                f"loading gives back '1'); {found}. Convert the keys, e.g. "
+                "{str(k): v for k, v in d.items()}."
+            )
         payload = {
             "model_class": np.array(type(self).__name__),
             "hyperparameters": np.array(json.dumps(self.hyperparameters())),
@@ -386,7 +413,8 @@ class Model(ABC):
             Target file; its directory is created if missing. The file gets the usual
             permissions (``0o666`` less the umask).
         metadata : dict, optional
-            JSON-able values (NumPy scalars are converted to Python numbers).
+            JSON-able values under ``str`` keys (NumPy scalars are converted to Python
+            numbers; tuples are read back as lists).
 
         Returns
         -------
@@ -396,7 +424,8 @@ class Model(ABC):
         Raises
         ------
         TypeError
-            ``metadata`` that JSON cannot hold (arrays, objects). Non-finite floats are
+            ``metadata`` that JSON cannot hold (arrays, objects) or that it would change: a
+            key that is not a ``str`` (JSON would write it as one). Non-finite floats are
             written as the ``NaN`` / ``Infinity`` extension of Python's ``json`` (read back by
             :func:`load_with_metadata`; strict JSON parsers refuse them).
         ValueError

@@ -467,6 +467,13 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     bad = [
         (good, {"metadata": [1, 2]}, ValueError, r"'metadata' entry must be a JSON object"),
         (good, {"metadata": {"a": np.zeros(2)}}, TypeError, r"cannot be stored as JSON.*ndarray"),
+        (good, {"metadata": {1: "x"}}, TypeError, r"keys must be strings .*has the key 1 \(int\)"),
+        (
+            good,
+            {"metadata": {"runs": [{"a": 1}, {None: 2}]}},
+            TypeError,
+            r"metadata\['runs'\]\[1\] has the key None \(NoneType\)\. Convert the keys",
+        ),
         (nan_params, {}, ValueError, r"invalid params \(ShPLRNN\.set_params: parameters contain"),
         (plrnn, {}, ValueError, r"invalid params \(PLRNN\.set_params: the diagonal of W"),
     ]
