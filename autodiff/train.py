@@ -1,7 +1,8 @@
-"""The training loop: GTF-DEER (or sequential BPTT) on random windows of one trajectory.
+"""The training loop: GTF-DEER (or sequential BPTT) on random windows of the training data.
 
 :func:`fit` trains a copy of a model on windows of length ``T + 1`` sampled with replacement
-from a standardised trajectory (DESIGN.md section 8), with the GTF loss of
+from a standardised trajectory, or from several (each window within one of them; DESIGN.md
+section 8), with the GTF loss of
 :func:`autodiff.gradients.gtf_loss_and_grad` for latent RNNs (Hess et al., ICML 2023; GTF-DEER:
 Hess, Goetz & Durstewitz, arXiv:2605.12683) or the teacher-forced loss of
 :func:`autodiff.ssm_gradients.ssm_loss_and_grad` for state-space models, RAdam/Adam with an
@@ -301,7 +302,8 @@ class TrainConfig:
         GTF-DEER (parallel in time) or the sequential BPTT baseline (latent RNNs only;
         :func:`fit` refuses it for a state-space model, which is trained with linear scans).
     sequence_length : int
-        Window length ``T`` (steps after the initial one); up to ``len(data) - 1``.
+        Window length ``T`` (steps after the initial one); up to ``len(data) - 1`` (several
+        trajectories: up to the shortest one's length - 1).
     batch_size : int
         Windows per batch (lab default 16).
     batches_per_epoch : int
@@ -705,17 +707,73 @@ class _Snapshot:
     best_params: np.ndarray | None
 
 
+def several_trajectories(data) -> bool:
+    """Is ``data`` several trajectories: a non-empty list or tuple of 2-D arrays (anything
+    else is read as one array_like trajectory, a nested list of numbers included)?"""
+    return (
+        isinstance(data, (list, tuple))
+        and len(data) > 0
+        and all(getattr(x, "ndim", None) == 2 for x in data)
+    )
+
+
+def _training_data(model, data, config) -> tuple[np.ndarray, list[int]]:
+    """``data`` checked -- one trajectory, or several (:func:`several_trajectories`), each with
+    at least ``sequence_length + 1`` steps -- as one concatenated ``(T_total, N)`` array, and
+    the trajectories' lengths."""
+    where = "fit"
+    if isinstance(data, np.ndarray) and data.ndim == 3:
+        raise ValueError(
+            f"{where}: data must be one trajectory of shape (T, N) or a list of them; got an "
+            f"array of shape {data.shape}. Pass list(data) for {data.shape[0]} trajectories of "
+            f"{data.shape[1]} steps each."
+        )
+    if not several_trajectories(data):
+        data = check_trajectory(data, where, name="data", n_obs=model.n_obs)
+        _check_window_room([data.shape[0]], config.sequence_length, several=False)
+        return data, [data.shape[0]]
+    # a column may be constant within one trajectory, not in all of them together
+    pieces = [
+        check_trajectory(x, where, name=f"data[{k}]", constant=True, n_obs=model.n_obs)
+        for k, x in enumerate(data)
+    ]
+    lengths = [x.shape[0] for x in pieces]
+    _check_window_room(lengths, config.sequence_length, several=True)
+    joined = np.concatenate(pieces)
+    check_trajectory(joined, where, name="data (the trajectories together)", n_obs=model.n_obs)
+    return joined, lengths
+
+
+def _check_window_room(lengths: list[int], T: int, several: bool) -> None:
+    """Refuse trajectories (of ``lengths``) shorter than a window of ``T + 1`` steps."""
+    short = [k for k, n in enumerate(lengths) if n < T + 1]
+    if not short:
+        return
+    if several:
+        got = ", ".join(f"data[{k}] has {lengths[k]}" for k in short)
+        fix = f"Drop {'it' if len(short) == 1 else 'them'} or lower"
+    else:
+        got, fix = f"got {lengths[0]}", "Lower"
+    raise ValueError(
+        f"fit: windows of sequence_length + 1 = {T + 1} steps need at least that many data "
+        f"points{' in every trajectory' * several}; {got}. {fix} sequence_length to at most "
+        f"{min(lengths) - 1}."
+    )
+
+
+def window_starts(lengths: list[int], T: int) -> np.ndarray:
+    """First rows, in the concatenated data, of every window of ``T + 1`` steps that lies
+    within one trajectory (``lengths``: the trajectories' lengths, each at least ``T + 1``);
+    for one trajectory ``0 .. lengths[0] - T - 1``."""
+    first = np.cumsum([0, *lengths[:-1]])
+    return np.concatenate([f + np.arange(n - T) for f, n in zip(first, lengths, strict=True)])
+
+
 def _check_data(model, data, validation_data, config):
     from models.metrics import check_n_bins
 
     where = "fit"
-    data = check_trajectory(data, where, name="data", min_steps=2, n_obs=model.n_obs)
-    if data.shape[0] < config.sequence_length + 1:
-        raise ValueError(
-            f"{where}: windows of sequence_length + 1 = {config.sequence_length + 1} steps need "
-            f"at least that many data points; got {data.shape[0]}. Lower sequence_length to "
-            f"at most {data.shape[0] - 1}."
-        )
+    data, lengths = _training_data(model, data, config)
     if validation_data is not None:
         validation_data = check_trajectory(
             validation_data, where, name="validation_data", min_steps=2, n_obs=model.n_obs
@@ -727,7 +785,7 @@ def _check_data(model, data, validation_data, config):
             where=where,
             fix="lower validation_n_bins",
         )
-    return data, validation_data
+    return data, lengths, validation_data
 
 
 def _check_validation_length(validation_data, validation_steps):
@@ -837,11 +895,13 @@ def _loss_and_grad(model, windows, alpha, config):
 @dataclass
 class _Start:
     """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
-    standardisation), the data in its units and their fingerprints (:func:`_fingerprint`),
-    and the (resumed) optimiser, training state and window-sampling RNG."""
+    standardisation), the data in its units (the trajectories concatenated, and their
+    lengths) and their fingerprints (:func:`_fingerprint`), and the (resumed) optimiser,
+    training state and window-sampling RNG."""
 
     model: Model
     data: np.ndarray
+    data_lengths: list[int]
     validation_data: np.ndarray | None
     fingerprints: dict
     checkpoint_file: Path | None
@@ -880,7 +940,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
-    data, validation_data = _check_data(model, data, validation_data, config)
+    data, lengths, validation_data = _check_data(model, data, validation_data, config)
     ckpt_file = None
     if checkpoint_dir is not None:
         ckpt_file = checkpoint_path(_check_checkpoint_dir(checkpoint_dir))
@@ -904,6 +964,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     start = _Start(
         model=model,
         data=np.ascontiguousarray(data, dtype=dtype),
+        data_lengths=lengths,
         validation_data=(
             None if validation_data is None else np.ascontiguousarray(validation_data, dtype=dtype)
         ),
@@ -1007,7 +1068,7 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
     path = ckpt["path"]
     _check_architecture(ckpt, start.model)
     try:
-        saved_config, saved_fingerprints = _load_run(start, ckpt)
+        saved_config, saved_fingerprints, saved_lengths = _load_run(start, ckpt)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"fit: the checkpoint at {path} is damaged or from another version "
@@ -1024,6 +1085,12 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
             )
         start.model.standardization = (saved_mean, saved_sd)
     _check_same_data(saved_fingerprints, start.fingerprints, path)
+    if saved_lengths != start.data_lengths:
+        raise ValueError(
+            f"fit: data differs from the data of the run in {path} (trajectories of "
+            f"{saved_lengths} steps -> {start.data_lengths}); resume with the data of that run, "
+            "or start a new run."
+        )
     if start.state.step > config.n_steps:
         done = -(-start.state.step // config.batches_per_epoch)
         raise ValueError(
@@ -1100,10 +1167,12 @@ def _check_same_data(saved: dict, now: dict, path):
         )
 
 
-def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
+def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, list[int]]:
     """Put a checkpoint's parameters, optimiser, RNG state, training state and best
     parameters into ``start`` (and its model), each checked alone and against the others;
-    return the checkpoint's configuration and data fingerprints. Raises KeyError, TypeError
+    return the checkpoint's configuration, data fingerprints and trajectory lengths (one
+    trajectory when a checkpoint written before several were accepted has none). Raises
+    KeyError, TypeError
     or ValueError for a damaged checkpoint (:func:`_resume_from` reports them as one)."""
     model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
     if not isinstance(meta, dict):
@@ -1133,11 +1202,19 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict]:
     fingerprints = {name: _saved_fingerprint(meta, arrays, name) for name in _FINGERPRINTED}
     if fingerprints["data"] is None:
         raise ValueError("the data fingerprint is missing")
+    n_total = fingerprints["data"][0][0]
+    lengths = meta.get("data_lengths", [n_total])
+    if not (
+        isinstance(lengths, list)
+        and all(_is_count(n, 2) for n in lengths)
+        and sum(lengths) == n_total
+    ):
+        raise ValueError(f"the data lengths {lengths!r} do not add up to the data's {n_total} rows")
     if state.best_epoch is not None and fingerprints["validation_data"] is None:
         raise ValueError("a best epoch is stored for a run without validation_data")
     start.state, start.optimizer = state, optimizer
     start.best_params = None if best is None else _saved_params(best, "best_params", model)
-    return config, fingerprints
+    return config, fingerprints, lengths
 
 
 def _saved_config(d, latent_rnn: bool) -> "TrainConfig":
@@ -1274,7 +1351,8 @@ def fit(
     resume=False,
     validation_data=None,
 ):
-    """Train a model on one trajectory; return the selected model and the run's history.
+    """Train a model on a trajectory (or several); return the selected model and the run's
+    history.
 
     Parameters
     ----------
@@ -1286,10 +1364,17 @@ def fit(
         ``model.astype(config.dtype)``, returned in the result -- so the result has
         ``config.dtype`` (float32 by default) whatever ``model.dtype`` is; pass
         ``TrainConfig(dtype="float64")`` to train and keep a float64 model.
-    data : array_like, shape (T_total, N)
+    data : array_like, shape (T_total, N), or list of arrays of shapes (T_k, N)
         The training trajectory, ``N = model.n_obs``, finite, ``T_total >= sequence_length +
-        1``. Standardised per dimension when ``config.standardize`` (mean and sd are stored
-        in ``result.model.standardization``).
+        1``; or several (a list or tuple of 2-D arrays: recordings, trials, runs from other
+        initial conditions), each at least ``sequence_length + 1`` steps long. Every window
+        lies within one trajectory, all windows equally likely (so a trajectory is sampled
+        in proportion to its ``T_k - sequence_length`` windows); a list of one is that
+        trajectory. A 3-D array is refused (``list(data)`` makes it a list). Standardised per
+        dimension when ``config.standardize``, all trajectories with one mean and sd (stored
+        in ``result.model.standardization``); a dimension may be constant within one
+        trajectory, not in all of them. A resume needs the same trajectories in the same
+        order.
     config : TrainConfig, optional
         Default ``TrainConfig()``.
     callback : callable, optional
@@ -1368,7 +1453,7 @@ def fit(
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, state.schedule_steps)
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
-    n_windows = data.shape[0] - T
+    first_rows = window_starts(start.data_lengths, T)
     offsets = np.arange(T + 1)
     is_rnn = isinstance(model, LatentRNN)
 
@@ -1398,6 +1483,7 @@ def fit(
                 meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
                 if fingerprint is not None:
                     arrays[f"{name}_rows"] = fingerprint[1]
+            meta["data_lengths"] = start.data_lengths
             return save_checkpoint(
                 checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
             )
@@ -1469,7 +1555,7 @@ def fit(
             t0 = time.perf_counter()
             step = state.step
             lr = schedule(step)
-            starts = rng.integers(0, n_windows, size=B)
+            starts = first_rows[rng.integers(0, first_rows.size, size=B)]
             windows = data[starts[:, None] + offsets]
             if config.noise_level > 0:
                 windows += config.noise_level * rng.standard_normal(windows.shape, dtype=data.dtype)

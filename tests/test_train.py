@@ -41,6 +41,7 @@ from autodiff.train import (
     check_fit,
     fit,
     inapplicable_settings,
+    window_starts,
 )
 from models import LinearSSM, ShPLRNN
 from models.data import standardize
@@ -761,6 +762,9 @@ def _train_state(edit):
         (lambda m: m["train_state"].update(rng_state={"x": 1}), None),
         (lambda m: m["train_state"].update(data_shape=[3000]), None),
         (lambda m: m["train_state"].update(validation_data_shape=None), None),
+        (lambda m: m["train_state"].update(data_lengths=[1000, 1000]), None),  # sum != 3000
+        (lambda m: m["train_state"].update(data_lengths=[2999, 1]), None),  # a 1-step one
+        (lambda m: m["train_state"].update(data_lengths="3000"), None),
         (_train_state(lambda s: s.update(step="3")), None),
         (_train_state(lambda s: s.update(step=-5)), None),
         (_train_state(lambda s: s.update(step=1)), None),
@@ -1285,3 +1289,116 @@ def test_noise_level_adds_gaussian_noise_of_that_sd_to_the_windows(lorenz, monke
     # per dimension, 4080 draws: the sd within 5 % (4 standard errors), the mean near 0
     np.testing.assert_allclose(residuals.std(axis=0), noise, rtol=0.05)
     assert np.all(np.abs(residuals.mean(axis=0)) < 4 * noise / np.sqrt(len(residuals)))
+
+
+# ---- several trajectories -----------------------------------------------------------
+
+
+def labelled_trajectories(lengths):
+    """Trajectories whose first column is ``1000 k + t`` (trajectory k, step t), so that a
+    window (unstandardised, noise-free) shows where it came from."""
+    rng = np.random.default_rng(0)
+    return [
+        np.column_stack([1000.0 * k + np.arange(n), rng.standard_normal((n, 2))])
+        for k, n in enumerate(lengths)
+    ]
+
+
+def test_windows_of_several_trajectories_never_straddle_two(monkeypatch):
+    """Every window lies within one trajectory, and every trajectory is sampled about in
+    proportion to the windows it holds."""
+    lengths, T = [60, 300, 41, 150], 40
+    windows = []
+
+    def record(model, optimizer, w, state, lr, config):
+        windows.append(w.copy())
+        return 1.0, 0.0, 0.0, (1, 1.0), ""  # accepted, nothing trained
+
+    monkeypatch.setattr(autodiff.train, "_train_step", record)
+    cfg = config(sequence_length=T, batch_size=16, batches_per_epoch=25, epochs=2,
+                 noise_level=0.0, standardize=False)  # fmt: skip
+    fit(small_model(), labelled_trajectories(lengths), cfg)
+    labels = np.concatenate(windows)[:, :, 0]  # (windows, T + 1)
+    assert labels.shape == (16 * 50, T + 1)
+    assert np.all(np.diff(labels, axis=1) == 1)  # consecutive steps of one trajectory
+    k, t = np.divmod(labels[:, 0], 1000)
+    assert np.all(t + T < np.array(lengths)[k.astype(int)])
+    counts = np.bincount(k.astype(int), minlength=len(lengths))
+    expected = 800 * (np.array(lengths) - T) / sum(n - T for n in lengths)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected) + 2), (counts, expected)
+    np.testing.assert_array_equal(window_starts([5, 3], 2), [0, 1, 2, 5])
+
+
+def test_one_trajectory_in_a_list_is_that_trajectory(lorenz):
+    x, _ = lorenz
+    cfg = config(epochs=1)
+    alone, listed = fit(small_model(), x, cfg), fit(small_model(), (x,), cfg)
+    assert np.array_equal(alone.model.params, listed.model.params)
+    assert [h["loss"] for h in alone.history] == [h["loss"] for h in listed.history]
+
+
+def test_several_trajectories_are_standardised_together(lorenz):
+    x, _ = lorenz
+    parts = [x[:1000], 3.0 * x[1000:2500] + 1.0]
+    result = fit(small_model(), parts, config(epochs=1))
+    joined = np.concatenate(parts)
+    np.testing.assert_allclose(result.model.standardization[0], joined.mean(axis=0))
+    np.testing.assert_allclose(result.model.standardization[1], joined.std(axis=0))
+
+
+def test_bad_trajectories_are_refused_by_index(lorenz):
+    x, _ = lorenz
+    cfg = config(sequence_length=50)
+    with pytest.raises(ValueError, match=r"^fit: data must be one trajectory of shape \(T, N\) or "
+                       r"a list of them; got an array of shape \(2, 1000, 3\)\. Pass list\(data\) "
+                       r"for 2 trajectories of 1000 steps each\.$"):  # fmt: skip
+        check_fit(small_model(), np.stack([x[:1000], x[1000:2000]]), cfg)
+    short = (
+        r"^fit: windows of sequence_length \+ 1 = 51 steps need at least that many data points "
+        r"in every trajectory; data\[1\] has 50, data\[2\] has 9\. Drop them or lower "
+        r"sequence_length to at most 8\.$"
+    )
+    with pytest.raises(ValueError, match=short):
+        check_fit(small_model(), [x[:1000], x[1000:1050], x[2000:2009]], cfg)
+    with pytest.raises(ValueError, match=r"^fit: data\[1\] has 2 columns but the model observes"):
+        check_fit(small_model(), [x[:1000], x[1000:2000, :2]], cfg)
+    nan = r"^fit: data\[0\] contains 1 NaN/inf value\(s\); the first is nan at row 3, column 1\."
+    with pytest.raises(ValueError, match=nan):
+        check_fit(small_model(), [np.where(x == x[3, 1], np.nan, x)[:500], x[500:]], cfg)
+    flat = [np.column_stack([x[:500, :2], np.ones(500)]), np.column_stack([x[500:900, :2],
+            np.ones(400)])]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^fit: data \(the trajectories together\) .*constant"):
+        check_fit(small_model(), flat, cfg)
+    flat[1][:, 2] = 2.0  # constant within each trajectory, not across them: accepted
+    check_fit(small_model(), flat, cfg)
+
+
+def test_several_trajectories_resume_bitwise_and_only_with_the_same_split(lorenz, tmp_path):
+    x, _ = lorenz
+    parts = [x[:1200], x[1200:]]
+    cfg = config(epochs=2)
+    full = fit(small_model(), parts, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), parts, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14))
+    for other, before_after in [
+        (x, r"\[1200, 1800\] steps -> \[3000\]"),
+        ([x[:1000], x[1000:]], r"\[1200, 1800\] steps -> \[1000, 2000\]"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^fit: data differs .* \(trajectories of {before_after}\)"
+        ):
+            check_fit(small_model(), other, cfg, checkpoint_dir=tmp_path, resume=True)
+    resumed = fit(small_model(), parts, cfg, checkpoint_dir=tmp_path, resume=True)
+    assert np.array_equal(resumed.model.params, full.model.params)
+
+
+def test_checkpoints_without_data_lengths_resume_as_one_trajectory(lorenz, tmp_path):
+    """Checkpoints written before several trajectories were accepted store no lengths."""
+    x, _ = lorenz
+    cfg = config(epochs=2)
+    full = fit(small_model(), x, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14))
+    _rewrite(checkpoint_path(tmp_path), edit_meta=lambda m: m["train_state"].pop("data_lengths"))
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+    assert np.array_equal(resumed.model.params, full.model.params)
