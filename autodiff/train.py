@@ -1172,8 +1172,8 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, list[int]
     parameters into ``start`` (and its model), each checked alone and against the others;
     return the checkpoint's configuration, data fingerprints and trajectory lengths (one
     trajectory when a checkpoint written before several were accepted has none). Raises
-    KeyError, TypeError
-    or ValueError for a damaged checkpoint (:func:`_resume_from` reports them as one)."""
+    KeyError, TypeError or ValueError for a damaged checkpoint (:func:`_resume_from` reports
+    them as one)."""
     model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
     if not isinstance(meta, dict):
         raise TypeError(f"the training state must be a JSON object; got {type(meta).__name__}")
@@ -1209,7 +1209,10 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, list[int]
         and all(_is_count(n, 2) for n in lengths)
         and sum(lengths) == n_total
     ):
-        raise ValueError(f"the data lengths {lengths!r} do not add up to the data's {n_total} rows")
+        raise ValueError(
+            f"the data lengths {lengths!r} are not trajectory lengths (each >= 2) adding up to "
+            f"the data's {n_total} rows"
+        )
     if state.best_epoch is not None and fingerprints["validation_data"] is None:
         raise ValueError("a best epoch is stored for a run without validation_data")
     start.state, start.optimizer = state, optimizer
