@@ -75,6 +75,25 @@ class Timing:
         }
 
 
+def test_scores(result, test, n_bins=30) -> dict:
+    """The row fields of a :func:`autodiff.fit` result scored on the ``test`` trajectory (data
+    units; standardised with the selected model's mean and sd): selected epoch, validation
+    scores, test status, D_stsp (``n_bins`` per axis) and D_H, and the last epoch's loss."""
+    import models
+
+    mean, sd = result.model.standardization
+    standardised = (test - mean) / sd
+    scores = models.evaluate(result.model, standardised, measures=("dstsp", "dh"), n_bins=n_bins)
+    return {
+        "best_epoch": result.best_epoch,
+        "val": result.best_scores,
+        "test_status": scores["status"],
+        "test_dstsp": scores["dstsp"],
+        "test_dh": scores["dh"],
+        "final_loss": result.history[-1]["loss"],
+    }
+
+
 def _seconds(fn):
     t0 = time.perf_counter()
     out = fn()

@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import replace
 
-from _timing import versions
+from _timing import test_scores, versions
 
 import cli
 import models
@@ -46,8 +46,6 @@ def run(settings, k: int, total: int):
     t0 = time.perf_counter()
     result = fit(model, parts, config, validation_data=validation)
     wall = time.perf_counter() - t0
-    mean, sd = result.model.standardization
-    scores = models.evaluate(result.model, (test - mean) / sd, measures=("dstsp", "dh"))
     return {
         "system": SYSTEM,
         "seed": settings.seed,
@@ -55,12 +53,7 @@ def run(settings, k: int, total: int):
         "steps_each": total // k,
         "epochs": settings.epochs,
         "fit_wall_s": round(wall, 1),
-        "best_epoch": result.best_epoch,
-        "val": result.best_scores,
-        "test_status": scores["status"],
-        "test_dstsp": scores["dstsp"],
-        "test_dh": scores["dh"],
-        "final_loss": result.history[-1]["loss"],
+        **test_scores(result, test),
     }
 
 

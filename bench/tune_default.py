@@ -22,10 +22,9 @@ import sys
 import time
 from dataclasses import replace
 
-from _timing import versions
+from _timing import test_scores, versions
 
 import cli
-import models
 from autodiff import fit
 
 
@@ -47,19 +46,11 @@ def run(settings):
     t0, c0 = time.perf_counter(), time.process_time()
     result = fit(model, data.train, config, validation_data=data.validation)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    mean, sd = result.model.standardization
-    test = (data.test - mean) / sd
-    scores = models.evaluate(result.model, test, measures=("dstsp", "dh"), n_bins=settings.n_bins)
     return {
         "seed": settings.seed,
         "fit_wall_s": round(wall, 1),
         "fit_cpu_s": round(cpu, 1),
-        "best_epoch": result.best_epoch,
-        "val": result.best_scores,
-        "test_status": scores["status"],
-        "test_dstsp": scores["dstsp"],
-        "test_dh": scores["dh"],
-        "final_loss": result.history[-1]["loss"],
+        **test_scores(result, data.test, settings.n_bins),
         "alpha": result.alpha,
     }
 
