@@ -373,8 +373,8 @@ class Model(ABC):
         """The arrays of a model file: class name, hyperparameters, ``params`` (default
         ``self.params``), standardisation, a free JSON ``metadata`` dict (NumPy scalars in it
         become Python numbers; keys must be strings, tuples come back as lists),
-        ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan
-        is installed, ``parscan_version``. Errors (metadata that JSON cannot hold) name
+        ``format_version`` (:data:`FORMAT_VERSION`) and, when parscan is installed,
+        ``parscan_version``. Errors (metadata that JSON cannot hold or would change) name
         ``where`` (default ``"<class>.npz_payload"``)."""
         where = where or f"{type(self).__name__}.npz_payload"
         try:
