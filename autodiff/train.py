@@ -43,7 +43,7 @@ from autodiff.regularization import GROUPS, l2_penalty
 from models._checks import FLOAT_DTYPES, check_bool, check_path, refusal
 from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
-from models.data import check_trajectory, standardize
+from models.data import check_not_stacked, check_trajectory, several_trajectories, standardize
 from parscan._arguments import bool_problem
 from parscan.deer import MAX_ITER_CAP
 
@@ -359,13 +359,15 @@ class TrainConfig:
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
-        Length of each validation free run, at least 2 (None: ``len(validation_data) - 1``).
-        It may exceed that: a longer free run makes D_stsp against a short validation set
-        less noisy.
+        Length of each validation free run, at least 2 (None: ``len(validation_data) - 1``,
+        with several validation trajectories each one's length - 1). It may exceed that: a
+        longer free run makes D_stsp against a short validation set less noisy.
     validation_starts : int
-        Number of validation free runs, from evenly spaced validation points, run as one
-        batch; the score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with
-        ``n_starts``). Several starts catch a model that found a second, spurious attractor
+        Number of validation free runs (from each validation trajectory, at most as many as
+        the shortest has points), from evenly spaced validation points, run as one batch; the
+        score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with ``n_starts``;
+        several trajectories: D_stsp of one run from each together, D_H the mean over the
+        trajectories). Several starts catch a model that found a second, spurious attractor
         (it can score well from one initial condition and fail from another).
     validation_n_bins : int
         D_stsp bins per axis of the validation score (``n_bins`` of
@@ -707,27 +709,12 @@ class _Snapshot:
     best_params: np.ndarray | None
 
 
-def several_trajectories(data) -> bool:
-    """Is ``data`` several trajectories: a non-empty list or tuple of 2-D arrays (anything
-    else is read as one array_like trajectory, a nested list of numbers included)?"""
-    return (
-        isinstance(data, (list, tuple))
-        and len(data) > 0
-        and all(getattr(x, "ndim", None) == 2 for x in data)
-    )
-
-
 def _training_data(model, data, config) -> tuple[np.ndarray, list[int]]:
-    """``data`` checked -- one trajectory, or several (:func:`several_trajectories`), each with
-    at least ``sequence_length + 1`` steps -- as one concatenated ``(T_total, N)`` array, and
-    the trajectories' lengths."""
+    """``data`` checked -- one trajectory, or several
+    (:func:`models.data.several_trajectories`), each with at least ``sequence_length + 1``
+    steps -- as one concatenated ``(T_total, N)`` array, and the trajectories' lengths."""
     where = "fit"
-    if isinstance(data, np.ndarray) and data.ndim == 3:
-        raise ValueError(
-            f"{where}: data must be one trajectory of shape (T, N) or a list of them; got an "
-            f"array of shape {data.shape}. Pass list(data) for {data.shape[0]} trajectories of "
-            f"{data.shape[1]} steps each."
-        )
+    check_not_stacked(data, where, "data")
     if not several_trajectories(data):
         data = check_trajectory(data, where, name="data", n_obs=model.n_obs)
         _check_window_room([data.shape[0]], config.sequence_length, several=False)
@@ -770,80 +757,114 @@ def window_starts(lengths: list[int], T: int) -> np.ndarray:
 
 
 def _check_data(model, data, validation_data, config):
-    from models.metrics import check_n_bins
-
-    where = "fit"
+    """``data`` and ``validation_data`` checked: ``(data, lengths, validation_data)`` with the
+    training data as by :func:`_training_data` and the validation data as by
+    :func:`_validation_data` (None when not given)."""
     data, lengths = _training_data(model, data, config)
     if validation_data is not None:
-        validation_data = check_trajectory(
-            validation_data, where, name="validation_data", min_steps=2, n_obs=model.n_obs
-        )
-        _check_validation_length(validation_data, config.validation_steps)
-        check_n_bins(
-            config.validation_n_bins,
-            validation_data.shape[1],
-            where=where,
-            fix="lower validation_n_bins",
-        )
+        validation_data = _validation_data(model, validation_data, config)
     return data, lengths, validation_data
 
 
-def _check_validation_length(validation_data, validation_steps):
-    """Raise unless :func:`_validate` can score runs on ``validation_data``: the free runs start
-    at validation points and are compared with ``validation_data[1:]`` (D_stsp) and with its
-    first ``min(validation_steps, T_val - 1)`` points (D_H), each needing
+def _validation_data(model, validation_data, config):
+    """``validation_data`` checked -- one trajectory, or several
+    (:func:`models.data.several_trajectories`), each one :func:`_validate` can score
+    (:func:`_check_validation_length`) -- as one array, or a list of arrays (several; a list
+    of one included)."""
+    from models.metrics import check_n_bins
+
+    check_not_stacked(validation_data, "fit", "validation_data")
+    checked = []
+    for name, x in _named_validation(validation_data):
+        x = check_trajectory(x, "fit", name=name, min_steps=2, n_obs=model.n_obs)
+        _check_validation_length(x, name, config.validation_steps)
+        checked.append(x)
+    check_n_bins(config.validation_n_bins, model.n_obs, where="fit", fix="lower validation_n_bins")
+    return checked if several_trajectories(validation_data) else checked[0]
+
+
+def _named_validation(validation_data) -> list[tuple[str, object]]:
+    """``(name, trajectory)`` of each validation trajectory, named as messages name it:
+    ``validation_data``, or ``validation_data[k]`` when several
+    (:func:`models.data.several_trajectories`)."""
+    if several_trajectories(validation_data):
+        return [(f"validation_data[{k}]", x) for k, x in enumerate(validation_data)]
+    return [("validation_data", validation_data)]
+
+
+def _check_validation_length(x, name, validation_steps):
+    """Raise unless :func:`_validate` can score runs on the validation trajectory ``x`` (named
+    ``name``): the free runs start at its points and are compared with ``x[1:]`` (D_stsp) and
+    with its first ``min(validation_steps, T_val - 1)`` points (D_H), each needing
     ``MIN_SCORED_STEPS`` points without a constant dimension."""
     where = "fit"
-    n_val = validation_data.shape[0]
+    n_val = x.shape[0]
     if n_val - 1 < MIN_SCORED_STEPS:
         raise ValueError(
-            f"{where}: validation_data needs at least {MIN_SCORED_STEPS + 1} time steps (the "
-            f"free runs are scored against validation_data[1:], and D_stsp and D_H need "
-            f"{MIN_SCORED_STEPS} points); got {n_val}. Pass a longer validation trajectory or "
+            f"{where}: {name} needs at least {MIN_SCORED_STEPS + 1} time steps (the free runs "
+            f"are scored against {name}[1:], and D_stsp and D_H need {MIN_SCORED_STEPS} "
+            f"points); got {n_val}. Pass a longer validation trajectory or "
             "validation_data=None."
         )
     length = n_val - 1 if validation_steps is None else min(validation_steps, n_val - 1)
     check_trajectory(
-        validation_data[1 : 1 + length],
+        x[1 : 1 + length],
         where,
-        name=f"validation_data[1:{1 + length}] (the part the validation runs are scored on)",
+        name=f"{name}[1:{1 + length}] (the part the validation runs are scored on)",
         min_steps=MIN_SCORED_STEPS,
     )
 
 
 def _check_validation_resolution(validation_data, validation_steps, n_bins):
     """Warn once, in ``fit``'s terms, when the validation runs are too short for a binned
-    D_stsp with ``n_bins`` bins per axis against ``validation_data[1:]``
-    (:func:`models.metrics.check_dstsp_resolution`) or for D_H's smoothing
-    (:func:`models.metrics.check_dh_resolution`); :func:`_validate` then scores without
+    D_stsp with ``n_bins`` bins per axis against the validation points after the first
+    (:func:`models.metrics.check_dstsp_resolution`; several validation trajectories: one run
+    from each scored together against all of them, as :func:`models.metrics.evaluate` scores
+    them), or for D_H's smoothing (:func:`models.metrics.check_dh_resolution`; several: the
+    shortest comparison, naming its trajectory); :func:`_validate` then scores without
     repeating them."""
     from models.metrics import DH_SMOOTHING, check_dh_resolution, check_dstsp_resolution
 
-    n_val = validation_data.shape[0] - 1
-    n_points = n_val if validation_steps is None else validation_steps
-    fix = (
-        "each validation run scores validation_steps points (None: len(validation_data) - 1); "
-        "pass a longer validation_data or raise validation_steps, or lower validation_n_bins"
-    )
+    named = _named_validation(validation_data)
+    points = [x.shape[0] - 1 if validation_steps is None else validation_steps for _, x in named]
+    if several_trajectories(validation_data):
+        fix = (
+            f"D_stsp scores one validation run from each of the {len(named)} validation "
+            "trajectories together, validation_steps points each "
+            "(None: len(validation_data[k]) - 1); pass longer or more validation trajectories "
+            "or raise validation_steps, or lower validation_n_bins"
+        )
+    else:
+        fix = (
+            "each validation run scores validation_steps points "
+            "(None: len(validation_data) - 1); pass a longer validation_data or raise "
+            "validation_steps, or lower validation_n_bins"
+        )
+    reference = np.concatenate([x[1:] for _, x in named]) if len(named) > 1 else named[0][1][1:]
     # stacklevel 3: the warnings point at the user's call of fit (this helper, fit, its caller)
     check_dstsp_resolution(
-        n_points, validation_data[1:], where="fit", fix=fix, n_bins=n_bins, stacklevel=3
+        sum(points), reference, where="fit", fix=fix, n_bins=n_bins, stacklevel=3
     )
+    compared = [min(n, x.shape[0] - 1) for (_, x), n in zip(named, points, strict=True)]
+    shortest = int(np.argmin(compared))
+    name = named[shortest][0]
     fix = (
-        "each validation run compares min(validation_steps, len(validation_data) - 1) "
-        "points; pass a longer validation_data or raise validation_steps"
+        f"each validation run compares min(validation_steps, len({name}) - 1) points; "
+        f"pass a longer {name} or raise validation_steps"
     )
-    compared = min(n_points, n_val)
-    check_dh_resolution(compared, DH_SMOOTHING, where="fit", fix=fix, stacklevel=3)
+    check_dh_resolution(compared[shortest], DH_SMOOTHING, where="fit", fix=fix, stacklevel=3)
 
 
 def _validate(model, validation_data, steps, starts, n_bins):
-    """Free-run score on the validation trajectory: mean D_stsp (``n_bins`` bins per axis) +
-    D_H over ``starts`` runs (inf when not measurable). Their resolution was checked once, at
-    the start (:func:`_check_validation_resolution`)."""
+    """Free-run score on the validation trajectory, or trajectories (a list of them), by
+    :func:`models.metrics.evaluate`: mean D_stsp (``n_bins`` bins per axis) + D_H over
+    ``starts`` runs from each trajectory, at most as many as the shortest one has points
+    (several: D_stsp of one run from each together against all of them, D_H the mean over
+    them); inf when not measurable. Their resolution was checked once, at the start
+    (:func:`_check_validation_resolution`)."""
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning, evaluate
 
-    starts = min(starts, validation_data.shape[0])
+    starts = min(starts, *(x.shape[0] for _, x in _named_validation(validation_data)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StateSpaceResolutionWarning)
         warnings.simplefilter("ignore", SpectrumResolutionWarning)
@@ -895,14 +916,16 @@ def _loss_and_grad(model, windows, alpha, config):
 @dataclass
 class _Start:
     """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
-    standardisation), the data in its units (the trajectories concatenated, and their
-    lengths) and their fingerprints (:func:`_fingerprint`), and the (resumed) optimiser,
-    training state and window-sampling RNG."""
+    standardisation), the training data in its units (the trajectories concatenated) and the
+    validation data (one array, or a list of them), the trajectories' lengths and
+    fingerprints (:func:`_fingerprint`, of each of :data:`_FINGERPRINTED` concatenated), and
+    the (resumed) optimiser, training state and window-sampling RNG."""
 
     model: Model
     data: np.ndarray
-    data_lengths: list[int]
-    validation_data: np.ndarray | None
+    validation_data: np.ndarray | list[np.ndarray] | None
+    #: name (of :data:`_FINGERPRINTED`) -> the lengths of its trajectories, None when not given
+    lengths: dict
     fingerprints: dict
     checkpoint_file: Path | None
     optimizer: object
@@ -950,24 +973,30 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
             "an empty checkpoint_dir."
         )
 
-    given = {"data": data, "validation_data": validation_data}
+    given = {"data": (data, lengths), "validation_data": _joined(validation_data)}
     fingerprints = {
-        name: None if given[name] is None else _fingerprint(given[name]) for name in _FINGERPRINTED
+        name: None if given[name] is None else _fingerprint(given[name][0])
+        for name in _FINGERPRINTED
     }
     model = model.astype(config.dtype)
     dtype = model.dtype
     if config.standardize:
         data, mean, sd = standardize(data)
-        if validation_data is not None:
-            validation_data = (validation_data - mean) / sd
         model.standardization = (mean, sd)
+
+    def in_training_units(x):
+        """A validation trajectory standardised like the data, in the training dtype."""
+        return np.ascontiguousarray((x - mean) / sd if config.standardize else x, dtype=dtype)
+
+    if isinstance(validation_data, list):
+        validation_data = [in_training_units(x) for x in validation_data]
+    elif validation_data is not None:
+        validation_data = in_training_units(validation_data)
     start = _Start(
         model=model,
         data=np.ascontiguousarray(data, dtype=dtype),
-        data_lengths=lengths,
-        validation_data=(
-            None if validation_data is None else np.ascontiguousarray(validation_data, dtype=dtype)
-        ),
+        validation_data=validation_data,
+        lengths={name: None if given[name] is None else given[name][1] for name in _FINGERPRINTED},
         fingerprints=fingerprints,
         checkpoint_file=ckpt_file,
         optimizer=make_optimizer(config.optimizer, model.n_params, dtype=dtype),
@@ -979,6 +1008,16 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     if resume:
         _resume_from(start, load_checkpoint(ckpt_file, "fit"), config)
     return start
+
+
+def _joined(validation_data) -> tuple[np.ndarray, list[int]] | None:
+    """``(joined, lengths)``: the checked ``validation_data`` (one array, or a list of them) as
+    one array, the trajectories concatenated, and their lengths; None when it is None."""
+    if validation_data is None:
+        return None
+    pieces = [x for _, x in _named_validation(validation_data)]
+    joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return joined, [x.shape[0] for x in pieces]
 
 
 def _check_checkpoint_dir(checkpoint_dir) -> Path:
@@ -1031,8 +1070,9 @@ def _try_checkpoint_dir(directory: Path) -> None:
         ) from None
 
 
-#: the trajectories whose fingerprints (:func:`_fingerprint`) a checkpoint stores:
-#: ``<name>_shape`` in its training state (None when not given), ``array.<name>_rows``
+#: the trajectories whose fingerprints (:func:`_fingerprint`, of the trajectories
+#: concatenated when several) a checkpoint stores: ``<name>_shape`` and ``<name>_lengths`` (of
+#: the trajectories) in its training state (None when not given), ``array.<name>_rows``
 _FINGERPRINTED = ("data", "validation_data")
 #: rows of the training and validation data a checkpoint keeps to recognise them on resume,
 #: and the most values it keeps of each (wide data keep fewer rows, at least 16)
@@ -1084,13 +1124,7 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
                 "training data of the interrupted run."
             )
         start.model.standardization = (saved_mean, saved_sd)
-    _check_same_data(saved_fingerprints, start.fingerprints, path)
-    if saved_lengths != start.data_lengths:
-        raise ValueError(
-            f"fit: data differs from the data of the run in {path} (trajectories of "
-            f"{saved_lengths} steps -> {start.data_lengths}); resume with the data of that run, "
-            "or start a new run."
-        )
+    _check_same_data(saved_fingerprints, saved_lengths, start, path)
     if start.state.step > config.n_steps:
         done = -(-start.state.step // config.batches_per_epoch)
         raise ValueError(
@@ -1136,11 +1170,13 @@ def _check_config(saved: "TrainConfig", config: "TrainConfig", path):
         )
 
 
-def _check_same_data(saved: dict, now: dict, path):
-    """Refuse a resume whose training or validation data are not those of the saved run
-    (fingerprints of :func:`_fingerprint`; None: no validation data)."""
+def _check_same_data(saved: dict, saved_lengths: dict, start: _Start, path):
+    """Refuse a resume whose training or validation data are not those of the saved run:
+    ``saved`` and ``saved_lengths`` are its fingerprints (:func:`_fingerprint` of the
+    trajectories concatenated) and trajectory lengths, for each of :data:`_FINGERPRINTED`
+    (None: no validation data), to compare with those of ``start``."""
     for name in _FINGERPRINTED:
-        before, after = saved[name], now[name]
+        before, after = saved[name], start.fingerprints[name]
         if before is None and after is None:
             continue
         if before is None:
@@ -1148,14 +1184,21 @@ def _check_same_data(saved: dict, now: dict, path):
                 f"fit: the run in {path} was trained without validation_data; resume without "
                 "it, or start a new run to validate."
             )
+        lengths0, lengths1 = saved_lengths[name], start.lengths[name]
         if after is None:
+            given = (
+                f"validation_data of shape {tuple(before[0])}"
+                if len(lengths0) == 1
+                else f"{len(lengths0)} validation trajectories of {lengths0} steps"
+            )
             raise ValueError(
-                f"fit: the run in {path} was validated on validation_data of shape "
-                f"{tuple(before[0])} and selects its best model on it; resume with that "
-                "validation_data."
+                f"fit: the run in {path} was validated on {given} and selects its best model "
+                "on it; resume with that validation_data."
             )
         (shape0, rows0), (shape1, rows1) = before, after
-        if shape0 != shape1:
+        if lengths0 != lengths1 and max(len(lengths0), len(lengths1)) > 1:
+            what = f"trajectories of {lengths0} steps -> {lengths1}"
+        elif shape0 != shape1:
             what = f"shape {tuple(shape0)} -> {tuple(shape1)}"
         elif np.any(np.abs(rows1 - rows0) > _FINGERPRINT_RTOL * np.max(np.abs(rows0), axis=0)):
             what = "same shape, different values at evenly spaced rows"
@@ -1167,11 +1210,11 @@ def _check_same_data(saved: dict, now: dict, path):
         )
 
 
-def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, list[int]]:
+def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
     """Put a checkpoint's parameters, optimiser, RNG state, training state and best
     parameters into ``start`` (and its model), each checked alone and against the others;
-    return the checkpoint's configuration, data fingerprints and trajectory lengths (one
-    trajectory when a checkpoint written before several were accepted has none). Raises
+    return the checkpoint's configuration, and the fingerprints and trajectory lengths of its
+    training and validation data (:func:`_saved_fingerprint`, :func:`_saved_lengths`). Raises
     KeyError, TypeError or ValueError for a damaged checkpoint (:func:`_resume_from` reports
     them as one)."""
     model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
@@ -1202,17 +1245,7 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, list[int]
     fingerprints = {name: _saved_fingerprint(meta, arrays, name) for name in _FINGERPRINTED}
     if fingerprints["data"] is None:
         raise ValueError("the data fingerprint is missing")
-    n_total = fingerprints["data"][0][0]
-    lengths = meta.get("data_lengths", [n_total])
-    if not (
-        isinstance(lengths, list)
-        and all(_is_count(n, 2) for n in lengths)
-        and sum(lengths) == n_total
-    ):
-        raise ValueError(
-            f"the data lengths {lengths!r} are not trajectory lengths (each >= 2) adding up to "
-            f"the data's {n_total} rows"
-        )
+    lengths = {name: _saved_lengths(meta, name, fingerprints[name]) for name in _FINGERPRINTED}
     if state.best_epoch is not None and fingerprints["validation_data"] is None:
         raise ValueError("a best epoch is stored for a run without validation_data")
     start.state, start.optimizer = state, optimizer
@@ -1257,6 +1290,29 @@ def _saved_fingerprint(meta, arrays, name):
     if rows.shape != (len(_sampled_rows(*shape)), shape[1]):
         raise ValueError(f"the fingerprint of {name} does not match its shape {shape}")
     return shape, rows
+
+
+def _saved_lengths(meta, name, fingerprint) -> list[int] | None:
+    """The stored lengths of the trajectories ``name`` (see :data:`_FINGERPRINTED`) whose
+    stored fingerprint is ``fingerprint``: None when it is (no such data); one trajectory when
+    a checkpoint written before several were accepted stores none."""
+    key = f"{name}_lengths"
+    if fingerprint is None:
+        if meta.get(key) is not None:
+            raise ValueError(f"{key} are stored for a run without {name}")
+        return None
+    n_total = fingerprint[0][0]
+    lengths = meta.get(key, [n_total])
+    if not (
+        isinstance(lengths, list)
+        and all(_is_count(n, 2) for n in lengths)
+        and sum(lengths) == n_total
+    ):
+        raise ValueError(
+            f"the {name} lengths {lengths!r} are not trajectory lengths (each >= 2) adding up "
+            f"to the {name}'s {n_total} rows"
+        )
+    return lengths
 
 
 def _is_count(x, minimum=0) -> bool:
@@ -1393,22 +1449,28 @@ def fit(
         write permission), then by creating it and writing (and removing) a file in it.
     resume : bool
         Continue from the checkpoint in ``checkpoint_dir``, with the same model, ``data``,
-        ``validation_data`` (or none, as before) and configuration (only the fields in
-        ``autodiff.train.RESUMABLE_CHANGES`` may differ: ``epochs``, ``checkpoint_interval``,
-        ``max_bad_steps``, ``backend``, ``validation_interval``); the final parameters are
-        bitwise those of an uninterrupted run with the same settings. The learning-rate
+        ``validation_data`` (the same trajectories in the same order, or none, as before) and
+        configuration (only the fields in ``autodiff.train.RESUMABLE_CHANGES`` may differ:
+        ``epochs``, ``checkpoint_interval``, ``max_bad_steps``, ``backend``,
+        ``validation_interval``); the final parameters are bitwise those of an uninterrupted
+        run with the same settings. The learning-rate
         schedule stays that of the run that started training: with more ``epochs`` the extra
         steps run at ``lr_end``, with fewer (at least as many as trained) training stops early
         on it.
-    validation_data : array_like, shape (T_val, N), optional
-        Held-out trajectory in the units of ``data`` (standardised like it). Every
+    validation_data : array_like, shape (T_val, N), or list of arrays of shapes (T_k, N), optional
+        Held-out trajectory in the units of ``data`` (standardised like it), or several (a
+        list or tuple of 2-D arrays, each checked as one and named ``validation_data[k]`` in
+        messages; a 3-D array is refused, ``list(validation_data)`` makes it a list). Every
         ``validation_interval`` epochs and after the last one, the model free-runs from
-        ``validation_starts`` evenly spaced validation points and is scored by the mean
-        ``D_stsp + D_H`` of the runs (:func:`models.metrics.evaluate`, D_stsp with
-        ``validation_n_bins`` bins per axis; a diverged run scores inf); the best-scoring
-        parameters become ``result.model`` (ties: see :attr:`TrainResult.best_epoch`; DSR
-        training is not monotone, DESIGN.md section 7). A ``validation_n_bins`` too large
-        for the data's dimension is refused before training.
+        ``validation_starts`` evenly spaced points of each validation trajectory (at most as
+        many as the shortest has points) and is scored by the mean ``D_stsp + D_H`` of the
+        runs (:func:`models.metrics.evaluate`, D_stsp with ``validation_n_bins`` bins per
+        axis; a diverged run scores inf; several trajectories: D_stsp of one run from each
+        together against all their points, D_H the mean over them, with equal weights); the
+        best-scoring parameters become ``result.model`` (ties: see
+        :attr:`TrainResult.best_epoch`; DSR training is not monotone, DESIGN.md section 7).
+        A ``validation_n_bins`` too large for the data's dimension is refused before
+        training.
 
     Warns
     -----
@@ -1456,7 +1518,7 @@ def fit(
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, state.schedule_steps)
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
-    first_rows = window_starts(start.data_lengths, T)
+    first_rows = window_starts(start.lengths["data"], T)
     offsets = np.arange(T + 1)
     is_rnn = isinstance(model, LatentRNN)
 
@@ -1484,9 +1546,9 @@ def fit(
             for name in _FINGERPRINTED:
                 fingerprint = start.fingerprints[name]
                 meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
+                meta[f"{name}_lengths"] = start.lengths[name]
                 if fingerprint is not None:
                     arrays[f"{name}_rows"] = fingerprint[1]
-            meta["data_lengths"] = start.data_lengths
             return save_checkpoint(
                 checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
             )

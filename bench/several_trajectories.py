@@ -15,8 +15,16 @@ bins, sigma 20) after the selected model's standardisation. One JSON line per (s
 wall seconds of ``fit`` (after an untimed warm-up that loads or compiles the kernels), the
 selected epoch, validation and test scores.
 
+With ``--floors`` no model is trained: the floor of ``models.evaluate``'s D_stsp on ``K``
+test trajectories. ``K`` true noise-free trajectories of ``total // K`` steps (seeds ``1000 *
+seed + 10 + k``) are scored against ``K`` others as the "generated" runs (seeds ``1000 * seed +
+510 + k``), standardised together, 30 bins: all of them together (what ``evaluate`` does with
+several test trajectories) and the mean over the ``K`` pairs (scoring each alone); D_H is the
+mean over the pairs.
+
     python bench/several_trajectories.py                        # K = 1, 8, 40; seed 0
     python bench/several_trajectories.py --ks 1 40 --seeds 0 1 --epochs 100
+    python bench/several_trajectories.py --floors --seeds 0 1 2   # seconds
 """
 
 import argparse
@@ -26,11 +34,13 @@ import time
 import warnings
 from dataclasses import replace
 
+import numpy as np
 from _timing import test_scores, versions
 
 import cli
 import models
 from autodiff import fit
+from models.metrics import power_spectrum_distance, state_space_divergence
 
 SYSTEM = "lorenz63"
 
@@ -57,13 +67,48 @@ def run(settings, k: int, total: int):
     }
 
 
+def floors(seed: int, k: int, total: int) -> dict:
+    """D_stsp of ``k`` true trajectories against ``k`` others, together and pair by pair."""
+    base = 1000 * seed
+    steps = total // k
+    test = [models.generate(SYSTEM, steps, seed=base + 10 + i) for i in range(k)]
+    other = [models.generate(SYSTEM, steps, seed=base + 510 + i) for i in range(k)]
+    _, mean, sd = models.standardize(np.concatenate(test))
+    test, other = [(x - mean) / sd for x in test], [(x - mean) / sd for x in other]
+    with warnings.catch_warnings():  # short pairs are the point: they score high
+        warnings.simplefilter("ignore")
+        pairs = [state_space_divergence(x, y) for x, y in zip(test, other, strict=True)]
+    return {
+        "system": SYSTEM,
+        "seed": seed,
+        "trajectories": k,
+        "steps_each": steps,
+        "floor_dstsp_together": round(
+            state_space_divergence(np.concatenate(test), np.concatenate(other)), 4
+        ),
+        "floor_dstsp_mean_of_pairs": round(float(np.mean(pairs)), 4),
+        "floor_dh_mean_of_pairs": round(
+            float(
+                np.mean([power_spectrum_distance(x, y) for x, y in zip(test, other, strict=True)])
+            ),
+            4,
+        ),
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 40], help="trajectory counts")
     ap.add_argument("--total", type=int, default=80_000, help="training steps in all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, help="shorter runs (default: the CLI's 200)")
+    ap.add_argument("--floors", action="store_true", help="D_stsp floors, no training")
     args = ap.parse_args(argv)
+    if args.floors:
+        for seed in args.seeds:
+            for k in args.ks:
+                print(json.dumps({**floors(seed, k, args.total), "versions": versions()}))
+        return 0
     flags = {"quiet": True} if args.epochs is None else {"quiet": True, "epochs": args.epochs}
     base = cli.resolve_settings(flags, None)
     if any(k < 1 or args.total // k < base.sequence_length + 1 for k in args.ks):

@@ -137,6 +137,34 @@ def check_trajectory(
     return arr
 
 
+def several_trajectories(x) -> bool:
+    """Is ``x`` several trajectories: a non-empty list or tuple of 2-D arrays (anything else is
+    read as one array_like trajectory, a nested list of numbers included)?"""
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(getattr(a, "ndim", None) == 2 for a in x)
+    )
+
+
+def check_not_stacked(x, where: str, name: str) -> None:
+    """Refuse a 3-D ndarray for the argument ``name`` of ``where``, which takes one trajectory
+    ``(T, N)`` or a list of them (:func:`several_trajectories`): a stack of trajectories is
+    passed as ``list(x)``.
+
+    Raises
+    ------
+    ValueError
+        ``x`` is an ndarray with 3 dimensions.
+    """
+    if isinstance(x, np.ndarray) and x.ndim == 3:
+        raise ValueError(
+            f"{where}: {name} must be one trajectory of shape (T, N) or a list of them; got an "
+            f"array of shape {x.shape}. Pass list({name}) for {x.shape[0]} trajectories of "
+            f"{x.shape[1]} steps each."
+        )
+
+
 def _looks_transposed(shape: tuple[int, int]) -> bool:
     """Whether a ``(T, N)`` trajectory of ``shape`` looks transposed: several time steps, but
     fewer than its dimensions (an ``(N, T)`` array passed for a ``(T, N)`` one)."""

@@ -9,13 +9,15 @@
 * :func:`prediction_error` -- PE(n), n-step-ahead free-run MSE from every data point.
 * :func:`max_lyapunov` / :func:`lyapunov_spectrum` -- Lyapunov exponents from Jacobian products
   with QR re-orthonormalisation (Benettin et al., Meccanica 15, 1980).
-* :func:`evaluate` -- free run from the first test point, then the measures.
+* :func:`evaluate` -- free runs from test points, then the measures (of one test trajectory
+  or the mean over several).
 
 All measures are computed in float64 (float32 inputs are widened).
 """
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from numba import literally, prange
@@ -23,7 +25,13 @@ from scipy.ndimage import gaussian_filter1d
 
 from models._checks import Checks, as_array
 from models.base import LatentRNN, Model
-from models.data import check_trajectory, column_mean_sd, constant_columns
+from models.data import (
+    check_not_stacked,
+    check_trajectory,
+    column_mean_sd,
+    constant_columns,
+    several_trajectories,
+)
 from models.systems import System, get_system, matmul_into, rk4_tangent_step
 from parscan._jit import jit, jit_parallel
 
@@ -48,6 +56,8 @@ MAX_SMOOTHING_BEYOND_SPECTRUM = 1e6
 #: Binned D_stsp warns when a generated run has fewer than this many points per bin that the
 #: reference trajectory occupies (:class:`StateSpaceResolutionWarning`).
 MIN_POINTS_PER_BIN = 10
+#: :func:`evaluate`'s message for status ``"out_of_box"``.
+_OUT_OF_BOX = "no generated point lies inside the test data's D_stsp box"
 #: Elements per model.generate call in prediction_error and per block of Jacobians in
 #: lyapunov_spectrum (bounds the memory of a batch).
 _CHUNK_ELEMENTS = 1 << 22
@@ -198,10 +208,12 @@ class StateSpaceResolutionWarning(UserWarning):
     cannot tell good models from bad ones."""
 
 
-def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel):
+def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel, runs_of=""):
     """Warn (:class:`StateSpaceResolutionWarning`) when a run of ``n_points`` points has fewer
-    than ``MIN_POINTS_PER_BIN`` points per bin that the :func:`_binned_reference` occupies;
-    ``fix`` says how the caller's user scores more points or coarser bins (a clause).
+    than ``MIN_POINTS_PER_BIN`` points per bin that the :func:`_binned_reference` occupies,
+    and say whether it warned; ``fix`` says how the caller's user scores more points or
+    coarser bins (a clause), ``runs_of`` which runs these are (e.g. ``" (the runs from
+    x_test[1])"``).
 
     A bin the reference occupies (count ``c``) and the run leaves empty adds about
     ``p log(c / e)`` to the KL (``e = 1e-5``, the pseudo-count), so short runs score high
@@ -234,12 +246,13 @@ def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel):
             why = "most of them stay empty in the run, and even the true system scores far above 0"
         warnings.warn(
             StateSpaceResolutionWarning(
-                f"{where}: binned D_stsp of {n_points} generated points, fewer than "
+                f"{where}: binned D_stsp of {n_points} generated points{runs_of}, fewer than "
                 f"{MIN_POINTS_PER_BIN} per bin the reference occupies ({n_occupied} bins): "
                 f"{why}. Score at least {needed} points: {fix}."
             ),
             stacklevel=stacklevel + 1,
         )
+    return n_points < needed
 
 
 def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minmax", stacklevel=1):
@@ -917,32 +930,74 @@ def _pe_check(pe_steps, mean, limit, diverge_factor):
     return check
 
 
-def _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where):
-    """Raise ValueError if ``x_test`` or the measured part of the free run is too short (or
-    degenerate) for the requested measures; checked up front so the error names ``where``."""
-    n_test = x_test.shape[0]
-    if "pe" in measures and n_test < pe_steps + 1:
+def _check_lengths(x, name, s, where):
+    """Raise ValueError if the test trajectory ``x`` (``name`` in messages) or the measured
+    part of its free runs is too short (or degenerate) for the measures of ``s``
+    (:class:`_Settings`); checked up front so the error names ``where``."""
+    n_test, measures = x.shape[0], s.measures
+    if "pe" in measures and n_test < s.pe_steps + 1:
         raise ValueError(
-            f"{where}: x_test has {n_test} time steps; PE needs at least pe_steps + 1 = "
-            f"{pe_steps + 1} (it predicts x_test[t + {pe_steps}] from x_test[t]). Pass a longer "
-            f"test trajectory or a smaller pe_steps."
+            f"{where}: {name} has {n_test} time steps; PE needs at least pe_steps + 1 = "
+            f"{s.pe_steps + 1} (it predicts {name}[t + {s.pe_steps}] from {name}[t]). Pass a "
+            f"longer test trajectory or a smaller pe_steps."
         )
-    if "dh" not in measures and not ("dstsp" in measures and dstsp_method == "bins"):
+    if "dh" not in measures and not ("dstsp" in measures and s.dstsp_method == "bins"):
         return
     if n_test < 3:
         raise ValueError(
-            f"{where}: x_test has {n_test} time steps; D_stsp (bins) and D_H need at least 3 "
-            f"(they compare the free run with x_test[1:], 2 points or more). Pass a longer "
+            f"{where}: {name} has {n_test} time steps; D_stsp (bins) and D_H need at least 3 "
+            f"(they compare the free run with {name}[1:], 2 points or more). Pass a longer "
             f"test trajectory."
         )
-    if "dh" in measures and n_steps - transient < 2:
+    n_steps = s.run_length(x)
+    if "dh" in measures and n_steps - s.transient < 2:
         raise ValueError(
             f"{where}: D_H needs at least 2 measured steps of the free run; got n_steps - "
-            f"transient = {n_steps} - {transient} = {n_steps - transient}. Raise n_steps or "
-            f"lower transient."
+            f"transient = {n_steps} - {s.transient} = {n_steps - s.transient}. Raise n_steps "
+            f"or lower transient."
         )
-    stop = 1 + min(n_steps - transient, n_test - 1) if "dh" in measures else n_test
-    check_trajectory(x_test[1:stop], where, name=f"x_test[1:{stop}] (compared with the run)")
+    stop = 1 + s.dh_length(x) if "dh" in measures else n_test
+    check_trajectory(x[1:stop], where, name=f"{name}[1:{stop}] (compared with the run)")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """:func:`evaluate`'s checked settings, the same for every test trajectory."""
+
+    n_steps: int | None  # None: each test trajectory's own T - 1
+    transient: int
+    n_starts: int
+    measures: tuple
+    dstsp_method: str
+    n_bins: int
+    box: str
+    sigma2: float
+    smoothing: float
+    pe_steps: int
+    diverge_factor: float
+    seed: int
+
+    def run_length(self, x) -> int:
+        """Steps of each free run from the test trajectory ``x``."""
+        return x.shape[0] - 1 if self.n_steps is None else self.n_steps
+
+    def dh_length(self, x) -> int:
+        """Points D_H compares: the measured part of a run and ``x[1:]``, cut to the shorter."""
+        return min(self.run_length(x) - self.transient, x.shape[0] - 1)
+
+
+def _test_trajectories(model, x_test, where) -> tuple[list[np.ndarray], list[str]]:
+    """``x_test`` -- one trajectory, or several (:func:`models.data.several_trajectories`) --
+    checked, as a list of float64 arrays, and their names in messages."""
+    check_not_stacked(x_test, where, "x_test")
+    if not several_trajectories(x_test):
+        return [_check_obs(model, x_test, where, 2, name="x_test").astype(np.float64)], ["x_test"]
+    names = [f"x_test[{k}]" for k in range(len(x_test))]
+    tests = [
+        _check_obs(model, x, where, 2, name=name).astype(np.float64)
+        for x, name in zip(x_test, names, strict=True)
+    ]
+    return tests, names
 
 
 def evaluate(
@@ -975,6 +1030,19 @@ def evaluate(
     spurious attractor is then caught from the starts in that attractor's basin, which a
     single run from ``x_test[0]`` may never visit.
 
+    Several test trajectories (a list or tuple of 2-D arrays: held-out trials, recordings,
+    runs from other initial conditions) each get ``n_starts`` free runs from their own
+    points, ``n_steps`` long (default: their own ``T_k - 1``). D_stsp compares the ``i``-th
+    runs from all trajectories together with all test points together (the mean over ``i``):
+    one trajectory's short stretch of an attractor is a poor sample of its occupation measure
+    (true Lorenz-63 trajectories against true ones, 30 bins: 8 of 10,000 steps score
+    0.06-0.09 together, 0.5-0.8 as the mean of their pairs; 40 of 2,000 0.05-0.08 together,
+    3.6-4.2 as the mean; ``bench/several_trajectories.py --floors``). D_H is the mean over the
+    trajectories (a
+    spectrum needs one contiguous series), PE the mean over all prediction points. Each
+    trajectory's own scores are reported too (``per_trajectory``). A run diverges when it
+    leaves ``diverge_factor`` ranges of all test data together.
+
     A run is not measured if it is ``"non_finite"`` (NaN/inf), ``"diverged"`` (some value
     farther than ``diverge_factor`` data ranges from the test data's mean, per dimension) or
     ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
@@ -985,17 +1053,20 @@ def evaluate(
     Parameters
     ----------
     model : models.Model
-    x_test : array_like, shape (T, N)
-        Test trajectory, typically standardised with the training data's mean and sd.
+    x_test : array_like, shape (T, N), or list of them (shapes (T_k, N))
+        Test trajectory, or several, typically standardised with the training data's mean
+        and sd. A 3-D array is refused: pass ``list(x_test)``.
     n_steps : int, optional
-        Length of the free run (default ``T - 1``); may exceed ``T - 1``.
+        Length of each free run (default ``T - 1``); may exceed ``T - 1``.
     transient : int
         Generated steps dropped before measuring (from each run); ``n_steps - transient``
         points of each run are scored (``n_measured`` in the result).
     n_starts : int
-        Number of free runs (>= 1, at most ``T``), each ``n_steps`` long.
+        Number of free runs from each test trajectory (>= 1, at most its ``T``), each
+        ``n_steps`` long.
     measures : sequence of {"dstsp", "dh", "pe", "lyapunov"}
-        ``"lyapunov"`` (LatentRNN only): largest exponent per step from ``x_test[0]``.
+        ``"lyapunov"`` (LatentRNN only): largest exponent per step from ``x_test[0]`` (from
+        the first point of the first trajectory when there are several).
     n_bins, box, sigma2, seed
         Passed to :func:`state_space_divergence` (all settings are checked before the free
         run, also those of measures not requested).
@@ -1014,11 +1085,13 @@ def evaluate(
     -----
     SpectrumResolutionWarning
         D_H compares fewer points than its ``smoothing`` needs (see
-        :func:`power_spectrum_distance`).
+        :func:`power_spectrum_distance`); with several test trajectories, once, for the
+        shortest comparison.
     StateSpaceResolutionWarning
         Binned D_stsp scores runs of ``n_steps - transient`` points, fewer than
         ``MIN_POINTS_PER_BIN`` (10) per bin that ``x_test[1:]`` occupies (see
-        :func:`state_space_divergence`), e.g. after a large ``transient``.
+        :func:`state_space_divergence`), e.g. after a large ``transient``; with several
+        test trajectories, the points of all their runs together against all test points.
 
     Returns
     -------
@@ -1028,24 +1101,36 @@ def evaluate(
         ``n_measured`` (``n_steps - transient``: the points of each run that D_stsp scores;
         D_H compares the first ``min(n_measured, T - 1)`` of them), ``n_starts``,
         ``dstsp_method``, and one entry per requested measure (float, or None when the
-        status is not "ok").
+        status is not "ok"). With several test trajectories ``n_steps`` and ``n_measured``
+        are lists (one entry per trajectory), ``n_trajectories`` and ``per_trajectory``
+        (each trajectory's result as if it were the only one, without ``lyapunov``) are
+        added, and the status is that of the first trajectory that cannot be measured, its
+        message prefixed by the trajectory's name (``"x_test[2]: the free run ..."``) and
+        counting the trajectories that cannot.
     """
     where = "evaluate"
     with Checks(where) as checks:
         _check_model(checks, model)
         checks.raise_problems()  # the test data and the settings below depend on the model
-        x_test = _check_obs(model, x_test, where, min_steps=2, name="x_test").astype(np.float64)
-        n_steps = x_test.shape[0] - 1 if n_steps is None else checks.integer(n_steps, "n_steps")
+        tests, names = _test_trajectories(model, x_test, where)
+        several = names[0] != "x_test"
+        n_steps = None if n_steps is None else checks.integer(n_steps, "n_steps")
         transient = checks.integer(transient, "transient", 0)
-        if checks.ok("n_steps", "transient") and transient >= n_steps:
-            checks.add(
-                f"transient ({transient}) must be smaller than n_steps ({n_steps}).", "transient"
-            )
+        if checks.ok("n_steps", "transient"):
+            runs = [x.shape[0] - 1 if n_steps is None else n_steps for x in tests]
+            k = int(np.argmin(runs))
+            if transient >= runs[k]:
+                of = f", for {names[k]}" if several and n_steps is None else ""
+                checks.add(
+                    f"transient ({transient}) must be smaller than n_steps ({runs[k]}{of}).",
+                    "transient",
+                )
         n_starts = checks.integer(n_starts, "n_starts")
-        if checks.ok("n_starts") and n_starts > x_test.shape[0]:
+        shortest = int(np.argmin([x.shape[0] for x in tests]))
+        if checks.ok("n_starts") and n_starts > tests[shortest].shape[0]:
+            points = f"{tests[shortest].shape[0]}" + f" in {names[shortest]}" * several
             checks.add(
-                f"n_starts ({n_starts}) must not exceed the number of test points "
-                f"({x_test.shape[0]})."
+                f"n_starts ({n_starts}) must not exceed the number of test points ({points})."
             )
         try:
             measures = (measures,) if isinstance(measures, str) else tuple(measures)
@@ -1069,94 +1154,183 @@ def evaluate(
                     wrong_kind=True,
                 )
         if dstsp_method is None:
-            dstsp_method = "bins" if x_test.shape[1] < GMM_MIN_DIMS else "gmm"
-        dstsp_method = checks.choice(dstsp_method, "dstsp_method", ("bins", "gmm"))
-        diverge_factor = checks.real(diverge_factor, "diverge_factor", positive=True)
-        pe_steps = checks.integer(pe_steps, "pe_steps")
-        n_bins = checks.integer(n_bins, "n_bins")
-        box = checks.choice(box, "box", ("minmax", "sd2"))
-        sigma2 = checks.real(sigma2, "sigma2", positive=True)
-        smoothing = checks.real(smoothing, "smoothing", positive=False)
-        seed = checks.integer(seed, "seed", 0)
-        if dstsp_method == "bins" and checks.ok("n_bins"):
-            with checks.caught():
-                _check_total_bins(n_bins, x_test.shape[1], where)
-        if checks.ok("n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
-            with checks.caught():
-                _check_lengths(x_test, measures, n_steps, transient, pe_steps, dstsp_method, where)
-        if checks.ok("n_steps", "transient", "measures", "smoothing") and "dh" in measures:
-            compared = min(n_steps - transient, x_test.shape[0] - 1)
-            if problem := smoothing_problem(compared, smoothing):
-                checks.add(problem, "smoothing")
-    n_measured = n_steps - transient
-    dh_length = min(n_measured, x_test.shape[0] - 1)
-    if "dh" in measures:
-        fix = (
-            "min(n_steps - transient, len(x_test) - 1) points are compared; raise n_steps, "
-            "lower transient, pass a longer x_test or lower smoothing"
+            dstsp_method = "bins" if model.n_obs < GMM_MIN_DIMS else "gmm"
+        s = _Settings(
+            n_steps=n_steps,
+            transient=transient,
+            n_starts=n_starts,
+            measures=measures,
+            dstsp_method=checks.choice(dstsp_method, "dstsp_method", ("bins", "gmm")),
+            n_bins=checks.integer(n_bins, "n_bins"),
+            box=checks.choice(box, "box", ("minmax", "sd2")),
+            sigma2=checks.real(sigma2, "sigma2", positive=True),
+            smoothing=checks.real(smoothing, "smoothing", positive=False),
+            pe_steps=checks.integer(pe_steps, "pe_steps"),
+            diverge_factor=checks.real(diverge_factor, "diverge_factor", positive=True),
+            seed=checks.integer(seed, "seed", 0),
         )
-        check_dh_resolution(dh_length, smoothing, where=where, fix=fix, stacklevel=2)
-    binned = "dstsp" in measures and dstsp_method == "bins"
-    if binned:  # the test data's box and bins are computed once, for every run
-        reference = _binned_reference(x_test[1:], n_bins, box)
-        fix = "n_steps - transient are scored; raise n_steps, lower transient or lower n_bins"
-        _check_occupancy(n_measured, reference, n_bins, where, fix, stacklevel=2)
+        if s.dstsp_method == "bins" and checks.ok("n_bins"):
+            with checks.caught():
+                _check_total_bins(s.n_bins, model.n_obs, where)
+        if checks.ok("n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
+            with checks.caught():  # the first trajectory too short for the measures
+                for x, name in zip(tests, names, strict=True):
+                    _check_lengths(x, name, s, where)
+        if checks.ok("n_steps", "transient", "measures", "smoothing") and "dh" in measures:
+            compared = [s.dh_length(x) for x in tests]
+            dh_short = int(np.argmin(compared))
+            if problem := smoothing_problem(compared[dh_short], s.smoothing):
+                checks.add(problem, "smoothing")
+    if "dh" in measures:
+        name = names[dh_short]
+        fix = (
+            f"min(n_steps - transient, len({name}) - 1) points are compared; raise n_steps, "
+            f"lower transient, pass a longer {name} or lower smoothing"
+        )
+        check_dh_resolution(compared[dh_short], s.smoothing, where=where, fix=fix, stacklevel=2)
+    binned = "dstsp" in measures and s.dstsp_method == "bins"
+    # each test trajectory's box and bins are computed once, for all its runs
+    references = [_binned_reference(x[1:], s.n_bins, s.box) if binned else None for x in tests]
+    pooled = _pooled_reference(tests, s) if several and binned else references[0]
+    if binned:
+        n_measured = sum(s.run_length(x) - s.transient for x in tests)
+        runs_of = f" (the runs from the {len(tests)} test trajectories together)" * several
+        fix = (
+            f"n_steps - transient are scored{' from each test trajectory' * several}; raise "
+            "n_steps, lower transient or lower n_bins"
+        )
+        _check_occupancy(n_measured, pooled, s.n_bins, where, fix, 2, runs_of)
 
-    starts = np.arange(n_starts) * x_test.shape[0] // n_starts
-    gen = model.generate(x_test[starts].astype(model.dtype), n_steps).astype(np.float64)
-    gen = gen.reshape(n_starts, n_steps, x_test.shape[1])
+    joined = np.concatenate(tests) if several else tests[0]
+    mean = joined.mean(axis=0)
+    limit = s.diverge_factor * (joined.max(axis=0) - joined.min(axis=0))
+    scored = [
+        _score_trajectory(model, x, s, reference, mean, limit)
+        for x, reference in zip(tests, references, strict=True)
+    ]
+    if several:
+        result = _combined(scored, tests, names, pooled, s)
+    else:
+        result = scored[0][0]
+    if "lyapunov" in measures and result["status"] == "ok":
+        try:
+            result["lyapunov"] = max_lyapunov(model, x0=tests[0][0])
+        except NonFiniteRunError as exc:
+            failed = dict.fromkeys(measures)
+            result.update(failed, status="non_finite", message=f"the Lyapunov run: {exc}")
+    return result
+
+
+def _pooled_reference(tests, s):
+    """The binned D_stsp reference of several test trajectories together: every ``x[1:]``."""
+    return _binned_reference(np.concatenate([x[1:] for x in tests]), s.n_bins, s.box)
+
+
+def _mean_dstsp(true, runs, reference, s):
+    """Mean D_stsp (settings ``s``) of the generated ``runs`` (n_runs, n, N) against ``true``
+    (binned: its :func:`_binned_reference` ``reference``); NaN when a run has no point in
+    the box."""
+    if reference is not None:
+        scores = [_binned_kl(reference, run, s.n_bins) for run in runs]
+    else:
+        scores = [_kl_gmm(true, run, s.sigma2, GMM_POINTS, GMM_SAMPLES, s.seed) for run in runs]
+    return float(np.mean(scores))
+
+
+def _score_trajectory(model, x, s, reference, mean, limit):
+    """:func:`evaluate`'s free runs from one checked test trajectory ``x`` (float64) and its
+    measures but ``"lyapunov"`` (left None); ``reference``: the binned D_stsp reference of
+    ``x[1:]`` (None otherwise); ``mean``, ``limit``: the divergence bounds of
+    :func:`_run_problem`. Returns the result and the measured part of the runs,
+    ``(n_starts, n_steps - transient, N)`` (None when they cannot be measured)."""
+    n_steps = s.run_length(x)
+    starts = np.arange(s.n_starts) * x.shape[0] // s.n_starts
+    gen = model.generate(x[starts].astype(model.dtype), n_steps).astype(np.float64)
+    gen = gen.reshape(s.n_starts, n_steps, x.shape[1])
     result = {
         "status": "ok",
         "message": "",
         "n_steps": n_steps,
-        "transient": transient,
-        "n_measured": n_measured,
-        "n_starts": n_starts,
-        "dstsp_method": dstsp_method,
+        "transient": s.transient,
+        "n_measured": n_steps - s.transient,
+        "n_starts": s.n_starts,
+        "dstsp_method": s.dstsp_method,
     }
-    result.update(dict.fromkeys(measures))
-    mean = x_test.mean(axis=0)
-    limit = diverge_factor * (x_test.max(axis=0) - x_test.min(axis=0))
+    result.update(dict.fromkeys(s.measures))
 
     def free_run(run):
-        if n_starts == 1:
+        if s.n_starts == 1:
             return "the free run"
-        return f"the free run (run {run + 1} of {n_starts}, from test point {starts[run]})"
+        return f"the free run (run {run + 1} of {s.n_starts}, from test point {starts[run]})"
 
-    problem = _run_problem(gen, mean, limit, diverge_factor, free_run)
+    problem = _run_problem(gen, mean, limit, s.diverge_factor, free_run)
     if problem is not None:
         result.update(status=problem[0], message=problem[1])
-        return result
-    gen = gen[:, transient:]
+        return result, None
+    gen = gen[:, s.transient :]
     values = {}
-    if "dstsp" in measures:
-        if binned:
-            runs = [_binned_kl(reference, run, n_bins) for run in gen]
-        else:
-            runs = [_kl_gmm(x_test[1:], run, sigma2, GMM_POINTS, GMM_SAMPLES, seed) for run in gen]
-        values["dstsp"] = float(np.mean(runs))
+    if "dstsp" in s.measures:
+        values["dstsp"] = _mean_dstsp(x[1:], gen, reference, s)
         if math.isnan(values["dstsp"]):
-            result.update(
-                status="out_of_box",
-                message="no generated point lies inside the test data's D_stsp box",
-            )
-            return result
-    if "dh" in measures:  # the test data's spectra are computed once
-        p = normalized_spectra(x_test[1 : 1 + dh_length], smoothing)
+            result.update(status="out_of_box", message=_OUT_OF_BOX)
+            return result, None
+    if "dh" in s.measures:  # the test data's spectra are computed once
+        length = s.dh_length(x)
+        p = normalized_spectra(x[1 : 1 + length], s.smoothing)
         values["dh"] = float(
-            np.mean([_hellinger_per_dimension(p, run[:dh_length], smoothing).mean() for run in gen])
+            np.mean([_hellinger_per_dimension(p, run[:length], s.smoothing).mean() for run in gen])
         )
-    if "pe" in measures:
-        check = _pe_check(pe_steps, mean, limit, diverge_factor)
-        values["pe"], problem = _prediction_error(model, x_test, pe_steps, check)
+    if "pe" in s.measures:
+        check = _pe_check(s.pe_steps, mean, limit, s.diverge_factor)
+        values["pe"], problem = _prediction_error(model, x, s.pe_steps, check)
         if problem is not None:
             result.update(status=problem[0], message=problem[1])
-            return result
-    if "lyapunov" in measures:
-        try:
-            values["lyapunov"] = max_lyapunov(model, x0=x_test[0])
-        except NonFiniteRunError as exc:
-            result.update(status="non_finite", message=f"the Lyapunov run: {exc}")
-            return result
+            return result, None
     result.update(values)
-    return result
+    return result, gen
+
+
+def _combined(scored, tests, names, pooled, s):
+    """:func:`evaluate`'s result for several test trajectories (``tests``, called ``names``)
+    from their :func:`_score_trajectory` ``(result, runs)`` pairs ``scored``: D_stsp of all
+    their ``i``-th runs together against all test points together (``pooled``: the binned
+    reference of those), averaged over ``i``; D_H averaged over the trajectories; PE over all
+    prediction points (weighted by each trajectory's ``T_k - pe_steps``)."""
+    results = [r for r, _ in scored]
+    combined = {
+        "status": "ok",
+        "message": "",
+        "n_steps": [r["n_steps"] for r in results],
+        "transient": s.transient,
+        "n_measured": [r["n_measured"] for r in results],
+        "n_starts": s.n_starts,
+        "dstsp_method": s.dstsp_method,
+        "n_trajectories": len(results),
+        **dict.fromkeys(s.measures),
+        "per_trajectory": [{k: v for k, v in r.items() if k != "lyapunov"} for r in results],
+    }
+    failed = [k for k, r in enumerate(results) if r["status"] != "ok"]
+    if failed:
+        first = results[failed[0]]
+        count = f" ({len(failed)} of the {len(results)} test trajectories cannot be measured)"
+        combined.update(
+            status=first["status"], message=f"{names[failed[0]]}: {first['message']}{count}"
+        )
+        return combined
+    values = {}
+    if "dstsp" in s.measures:
+        runs = np.concatenate([gen for _, gen in scored], axis=1)
+        true = np.concatenate([x[1:] for x in tests])
+        values["dstsp"] = _mean_dstsp(true, runs, pooled, s)
+        if math.isnan(values["dstsp"]):  # each run has points in its own trajectory's box
+            combined.update(
+                status="out_of_box", message=f"{_OUT_OF_BOX} (of all test trajectories together)"
+            )
+            return combined
+    if "dh" in s.measures:
+        values["dh"] = float(np.mean([r["dh"] for r in results]))
+    if "pe" in s.measures:
+        weights = [x.shape[0] - s.pe_steps for x in tests]
+        values["pe"] = float(np.average([r["pe"] for r in results], weights=weights))
+    combined.update(values)
+    return combined

@@ -895,3 +895,141 @@ def test_evaluate_reports_a_lyapunov_run_that_overflows():
     r = evaluate(m, xs, measures=("dstsp", "dh", "pe", "lyapunov"))
     assert r["status"] == "non_finite" and "Lyapunov run" in r["message"]
     assert all(r[k] is None for k in ("dstsp", "dh", "pe", "lyapunov"))
+
+
+# ---- several test trajectories --------------------------------------------------------------
+
+
+def test_evaluate_scores_several_test_trajectories_together(rotation_data):
+    """D_stsp: the i-th runs from all trajectories against all test points (mean over i);
+    D_H: the mean of each trajectory's; PE: over all prediction points."""
+    _, x = rotation_data
+    decaying = MapRNN(rotation(2 * math.pi / 37.3, radius=0.999))
+    a, b = x[:400], x[400:]
+    res = evaluate(decaying, [a, b], n_starts=2)
+    each = [evaluate(decaying, t, n_starts=2) for t in (a, b)]
+    assert res["status"] == "ok" and res["n_trajectories"] == 2
+    assert res["per_trajectory"] == each
+    assert (res["n_steps"], res["n_measured"]) == ([399, 599], [399, 599])
+    true = np.concatenate([a[1:], b[1:]])
+    runs = [  # starts i * T_k // 2
+        np.concatenate([decaying.generate(a[i * 200], 399), decaying.generate(b[i * 300], 599)])
+        for i in (0, 1)
+    ]
+    dstsp = np.mean([state_space_divergence(true, run) for run in runs])
+    assert res["dstsp"] == pytest.approx(dstsp, rel=1e-12)
+    assert res["dh"] == pytest.approx((each[0]["dh"] + each[1]["dh"]) / 2, rel=1e-12)
+    pe = (380 * each[0]["pe"] + 580 * each[1]["pe"]) / 960  # 380 and 580 prediction starts
+    assert res["pe"] == pytest.approx(pe, rel=1e-12)
+    given = evaluate(decaying, (a, b), n_steps=300, transient=10, measures=("dh",))
+    assert given["n_steps"] == [300, 300] and given["n_measured"] == [290, 290]
+    one = evaluate(decaying, [x], measures=("dstsp", "dh"))
+    alone = evaluate(decaying, x, measures=("dstsp", "dh"))
+    assert (one["dstsp"], one["dh"]) == (alone["dstsp"], alone["dh"])
+    assert one["per_trajectory"] == [alone] and one["n_steps"] == [999]
+
+
+def test_evaluate_names_the_first_test_trajectory_that_cannot_be_measured(rotation_data):
+    model, x = rotation_data
+
+    class NaNFarOut(MapRNN):  # exact near the unit circle, NaN from starts far out
+        def generate(self, x0, n_steps):
+            runs = super().generate(x0, n_steps)
+            runs[np.linalg.norm(x0, axis=-1) > 5.0] = np.nan
+            return runs
+
+    fake = NaNFarOut(model["A"])
+    res = evaluate(fake, [x, 20.0 * x, 30.0 * x], measures=("dstsp", "dh"))
+    assert res["status"] == "non_finite" and res["dstsp"] is None and res["dh"] is None
+    assert res["message"] == (
+        "x_test[1]: the free run is NaN/inf from step 1 (2 of the 3 test trajectories cannot "
+        "be measured)"
+    )
+    first = res["per_trajectory"][0]
+    assert first["status"] == "ok" and first["dstsp"] == 0.0
+    assert [r["status"] for r in res["per_trajectory"][1:]] == ["non_finite"] * 2
+
+
+def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first(rotation_data):
+    model, x = rotation_data
+    res = evaluate(model, [x[500:], x], measures=("dh", "lyapunov"))
+    assert res["lyapunov"] == max_lyapunov(model, x0=x[500])
+    assert list(res) == [
+        *("status", "message", "n_steps", "transient", "n_measured", "n_starts"),
+        *("dstsp_method", "n_trajectories", "dh", "lyapunov", "per_trajectory"),
+    ]
+    assert all("lyapunov" not in r for r in res["per_trajectory"])
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "exc", "match"),
+    [
+        (lambda x: np.stack([x, x]), {}, ValueError, r"^evaluate: x_test must be one trajector"
+         r"y of shape \(T, N\) or a list of them; got an array of shape \(2, 1000, 2\)\. Pass "
+         r"list\(x_test\) for 2 trajectories of 1000 steps each\.$"),
+        (lambda x: [x, x[:, :1]], {}, ValueError, r"^evaluate: x_test\[1\] has 1 columns but"),
+        (lambda x: [x, np.where(x == x[7], np.nan, x)], {}, ValueError,
+         r"^evaluate: x_test\[1\] contains 2 NaN/inf"),
+        (lambda x: [x, x[:3].astype(complex)], {}, TypeError, r"^evaluate: x_test\[1\] must be"),
+        (lambda x: [x, x[:10]], {}, ValueError, r"^evaluate: x_test\[1\] has 10 time steps; PE "
+         r"needs at least pe_steps \+ 1 = 21 \(it predicts x_test\[1\]\[t \+ 20\] from"),
+        (lambda x: [x, x[:50]], {"n_starts": 60}, ValueError, r"^evaluate: n_starts \(60\) must "
+         r"not exceed the number of test points \(50 in x_test\[1\]\)\.$"),
+        (lambda x: [x, x[:50]], {"transient": 60}, ValueError, r"^evaluate: transient \(60\) "
+         r"must be smaller than n_steps \(49, for x_test\[1\]\)\.$"),
+        (lambda x: [x, x[:50]], {"n_steps": 40, "transient": 40}, ValueError,
+         r"^evaluate: transient \(40\) must be smaller than n_steps \(40\)\.$"),
+    ],
+)  # fmt: skip
+def test_evaluate_refuses_bad_test_trajectories_by_index(rotation_data, make, kwargs, exc, match):
+    model, x = rotation_data
+    with pytest.raises(exc, match=match):
+        evaluate(model, make(x), **kwargs)
+
+
+def test_evaluate_warns_once_for_several_test_trajectories_too_short_to_score(rotation_data):
+    """D_stsp counts the points of all runs (116 occupied bins need 1160); D_H warns for the
+    shortest comparison (its smoothing needs 398 points)."""
+    model, x = rotation_data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate(model, [x[:501], x[:301], x[:201]], measures=("dstsp", "dh"))
+    assert res["status"] == "ok"
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("evaluate: D_H of 200 points")
+    assert "pass a longer x_test[2] or lower smoothing" in messages[0]
+    assert messages[1].startswith(
+        "evaluate: binned D_stsp of 1000 generated points (the runs from the 3 test "
+        "trajectories together), fewer than 10 per bin the reference occupies (116 bins)"
+    )
+    assert messages[1].endswith(
+        "Score at least 1160 points: n_steps - transient are scored from each test trajectory; "
+        "raise n_steps, lower transient or lower n_bins."
+    )
+    assert all(w.filename == __file__ for w in caught)  # they point at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StateSpaceResolutionWarning)
+        evaluate(model, [x[:601], x[:601]], measures=("dstsp",))  # 1200 points together
+
+
+def test_evaluate_reports_runs_outside_the_box_of_all_test_trajectories_together():
+    """Each trajectory's box reaches 0.1 of its own sd beyond its extremes: a run can lie
+    inside its trajectory's box and outside the box of all test points together."""
+    wide, narrow = np.tile([0.0, 10.0], 50), np.full(100, 5.0)
+    narrow[1], narrow[3] = 0.0, 10.0
+    a, b = np.column_stack([wide, narrow]), np.column_stack([narrow, wide])
+    b[0] = 5.0, 0.0  # the fake model tells the trajectories apart by their first point
+
+    class JustOutside(MapRNN):  # a constant run at -0.45 in the wide dimension
+        def generate(self, x0, n_steps):
+            point = [-0.45, 5.0] if x0[0, 0] == 0.0 else [5.0, -0.45]
+            return np.broadcast_to(point, (len(x0), n_steps, 2)).copy()
+
+    res = evaluate(JustOutside(np.eye(2)), [a, b], measures=("dstsp",))
+    assert [r["status"] for r in res["per_trajectory"]] == ["ok", "ok"]
+    assert res["status"] == "out_of_box" and res["dstsp"] is None
+    assert res["message"] == (
+        "no generated point lies inside the test data's D_stsp box (of all test trajectories "
+        "together)"
+    )

@@ -765,6 +765,10 @@ def _train_state(edit):
         (lambda m: m["train_state"].update(data_lengths=[1000, 1000]), None),  # sum != 3000
         (lambda m: m["train_state"].update(data_lengths=[2999, 1]), None),  # a 1-step one
         (lambda m: m["train_state"].update(data_lengths="3000"), None),
+        (lambda m: m["train_state"].update(validation_data_lengths=[500, 400]), None),  # != 1000
+        (lambda m: m["train_state"].update(validation_data_lengths=[999, 1]), None),
+        (lambda m: m["train_state"].update(validation_data_lengths=None), None),
+        (lambda m: m["train_state"].update(validation_data_lengths=[1000.0]), None),
         (_train_state(lambda s: s.update(step="3")), None),
         (_train_state(lambda s: s.update(step=-5)), None),
         (_train_state(lambda s: s.update(step=1)), None),
@@ -1392,13 +1396,164 @@ def test_several_trajectories_resume_bitwise_and_only_with_the_same_split(lorenz
     assert np.array_equal(resumed.model.params, full.model.params)
 
 
-def test_checkpoints_without_data_lengths_resume_as_one_trajectory(lorenz, tmp_path):
-    """Checkpoints written before several trajectories were accepted store no lengths."""
-    x, _ = lorenz
+def test_checkpoints_without_lengths_resume_as_one_trajectory(lorenz, tmp_path):
+    """Checkpoints written before several (training or validation) trajectories were accepted
+    store no lengths."""
+    x, xv = lorenz
     cfg = config(epochs=2)
-    full = fit(small_model(), x, cfg)
+    full = fit(small_model(), x, cfg, validation_data=xv)
     with pytest.raises(KeyboardInterrupt):
-        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14))
-    _rewrite(checkpoint_path(tmp_path), edit_meta=lambda m: m["train_state"].pop("data_lengths"))
-    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
-    assert np.array_equal(resumed.model.params, full.model.params)
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14),
+            validation_data=xv)  # fmt: skip
+
+    def pop_lengths(meta):
+        del meta["train_state"]["data_lengths"], meta["train_state"]["validation_data_lengths"]
+
+    _rewrite(checkpoint_path(tmp_path), edit_meta=pop_lengths)
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
+    assert_same_run(resumed, full)
+
+
+# ---- several validation trajectories ------------------------------------------------
+
+
+def _val_history(result):
+    return [{k: v for k, v in h.items() if k.startswith("val_") and k != "val_time"}
+            for h in result.history]  # fmt: skip
+
+
+def test_one_validation_trajectory_in_a_list_is_that_trajectory(lorenz):
+    x, xv = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    alone = fit(small_model(), x, cfg, validation_data=xv)
+    listed = fit(small_model(), x, cfg, validation_data=[xv])
+    assert _val_history(listed) == _val_history(alone)
+    assert alone.best_scores["status"] == "ok"
+    assert np.array_equal(listed.model.params, alone.model.params)
+    assert np.array_equal(listed.last_params, alone.last_params)
+
+
+def test_several_validation_trajectories_are_scored_as_evaluate_scores_them(lorenz):
+    """The validation scores are evaluate's on the validation trajectories (standardised with
+    the training data's mean and sd), from validation_starts points of each, capped at the
+    shortest trajectory's points: D_H the mean of each one's, D_stsp of the runs together."""
+    x, xv = lorenz
+    parts = [xv[:600], 2.0 * xv[600:]]  # another scale: each standardised with the data's
+    for starts, steps in [(4, 400), (600, None)]:  # 600 starts: capped at 400
+        cfg = config(epochs=1, batches_per_epoch=2, validation_starts=starts,
+                     validation_steps=steps)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", models.metrics.StateSpaceResolutionWarning)
+            result = fit(small_model(), x, cfg, validation_data=parts)
+            mean, sd = result.model.standardization
+            kw = {"n_steps": steps, "n_starts": min(starts, 400), "measures": ("dstsp", "dh")}
+            each = [models.evaluate(result.model, (v - mean) / sd, **kw) for v in parts]
+            together = models.evaluate(result.model, [(v - mean) / sd for v in parts], **kw)
+        record = result.history[-1]
+        assert [e["status"] for e in each] == ["ok", "ok"] and record["val_status"] == "ok"
+        assert record["val_dstsp"] == together["dstsp"] and record["val_dh"] == together["dh"]
+        np.testing.assert_allclose(record["val_dh"], np.mean([e["dh"] for e in each]), rtol=1e-12)
+        assert record["val_score"] == record["val_dstsp"] + record["val_dh"]
+
+
+def test_bad_validation_trajectories_are_refused_by_index(lorenz, tmp_path):
+    x, xv = lorenz
+    cfg = config(epochs=1, batches_per_epoch=1)
+    nan = np.where(xv == xv[3, 1], np.nan, xv)
+    flat = xv[500:].copy()
+    flat[1:, 2] = 1.0  # constant where its runs are scored (validation_data[1][1:401])
+    for validation_data, message in [
+        (np.stack([xv[:500], xv[500:]]), r"^fit: validation_data must be one trajectory of "
+         r"shape \(T, N\) or a list of them; got an array of shape \(2, 500, 3\)\. Pass "
+         r"list\(validation_data\) for 2 trajectories of 500 steps each\.$"),
+        ([xv[:500], xv[500:502]], r"^fit: validation_data\[1\] needs at least 3 time steps "
+         r"\(the free runs are scored against validation_data\[1\]\[1:\], .*; got 2\."),
+        ((xv[:500], xv[500:, :2]), r"^fit: validation_data\[1\] has 2 columns but the model "
+         "observes"),
+        ([nan[:500], xv[500:]], r"^fit: validation_data\[0\] contains 1 NaN/inf value\(s\); "
+         "the first is nan at row 3, column 1"),
+        ([xv[:500], flat], r"^fit: validation_data\[1\]\[1:401\] \(the part the validation "
+         r"runs are scored on\) .*constant"),
+    ]:  # fmt: skip
+        for call in (check_fit, fit):
+            with pytest.raises(ValueError, match=message):
+                call(small_model(), x, cfg, checkpoint_dir=tmp_path / "run",
+                     validation_data=validation_data)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    many_bins = config(validation_n_bins=10**101)
+    with pytest.raises(ValueError, match=r"^fit: n_bins\*\*N = 10{101}\*\*3 is too large"):
+        check_fit(small_model(), x, many_bins, validation_data=[xv[:500], xv[500:]])
+
+
+def test_short_validation_trajectories_warn_once_for_d_stsp_and_for_d_h(lorenz):
+    """Runs too short for binned D_stsp with 30 bins warn once (the i-th runs from all
+    trajectories are scored against all of them together), too short for D_H once, naming
+    the trajectory of the shortest comparison; both point at the call of fit."""
+    x, xv = lorenz
+    cfg = config(epochs=1, batches_per_epoch=1, validation_steps=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(small_model(), x, cfg, validation_data=[xv[:700], xv[700:]])
+    binned = [w for w in caught if w.category is models.metrics.StateSpaceResolutionWarning]
+    spectra = [w for w in caught if w.category is models.metrics.SpectrumResolutionWarning]
+    assert len(binned) == 1 and len(spectra) == 1, [str(w.message) for w in caught]
+    assert all(w.filename == __file__ for w in binned + spectra)
+    message = str(binned[0].message)
+    assert message.startswith("fit: binned D_stsp of 998 generated points")
+    assert message.endswith(
+        "D_stsp scores one validation run from each of the 2 validation trajectories together, "
+        "validation_steps points each (None: len(validation_data[k]) - 1); pass longer or more "
+        "validation trajectories or raise validation_steps, or lower validation_n_bins."
+    )
+    message = str(spectra[0].message)
+    assert message.startswith("fit: D_H of 299 points has 150 frequency bins")
+    assert message.endswith(
+        "min(validation_steps, len(validation_data[1]) - 1) points; pass a longer "
+        "validation_data[1] or raise validation_steps."
+    )
+
+
+def test_several_validation_trajectories_resume_bitwise_and_only_with_the_same_split(
+    lorenz, tmp_path
+):
+    x, xv = lorenz
+    parts = [xv[:600], xv[600:]]
+    cfg = config(epochs=2)
+    full = fit(small_model(), x, cfg, validation_data=parts)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14),
+            validation_data=parts)  # fmt: skip
+    state = load_checkpoint(tmp_path)["state"]
+    assert state["validation_data_lengths"] == [600, 400] and state["data_lengths"] == [3000]
+    for other, what in [
+        (xv, r"trajectories of \[600, 400\] steps -> \[1000\]"),
+        ([xv[:500], xv[500:]], r"trajectories of \[600, 400\] steps -> \[500, 500\]"),
+        ([xv[:600], xv[600:-1]], r"trajectories of \[600, 400\] steps -> \[600, 399\]"),
+        ([xv[:600], xv[:599:-1]], "same shape, different values at evenly spaced rows"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^fit: validation_data differs from the validation_data of the "
+            rf"run in .* \({what}\); resume with the validation_data of that run"
+        ):  # fmt: skip
+            check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True,
+                      validation_data=other)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^fit: the run in .* was validated on 2 validation "
+                       r"trajectories of \[600, 400\] steps and selects its best model on it; "
+                       "resume with that validation_data\\.$"):  # fmt: skip
+        check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True,
+                  validation_data=tuple(parts))  # fmt: skip
+    assert_same_run(resumed, full)
+    assert _val_history(resumed) == _val_history(full)
+
+
+def test_validation_lengths_stored_without_validation_data_are_damage(lorenz, tmp_path):
+    x, _ = lorenz
+    cfg = config(epochs=1, batches_per_epoch=1)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path)["state"]["validation_data_lengths"] is None
+    _rewrite(checkpoint_path(tmp_path),
+             lambda m: m["train_state"].update(validation_data_lengths=[1000]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"is damaged .*validation_data_lengths are stored for "
+                       "a run without validation_data"):  # fmt: skip
+        check_fit(small_model(), x, replace(cfg, epochs=2), checkpoint_dir=tmp_path, resume=True)
