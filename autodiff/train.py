@@ -43,7 +43,12 @@ from autodiff.regularization import GROUPS, l2_penalty
 from models._checks import FLOAT_DTYPES, check_bool, check_path, refusal
 from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
-from models.data import check_not_stacked, check_trajectory, several_trajectories, standardize
+from models.data import (
+    check_trajectory,
+    check_trajectory_or_list,
+    several_trajectories,
+    standardize,
+)
 from parscan._arguments import bool_problem
 from parscan.deer import MAX_ITER_CAP
 
@@ -714,7 +719,7 @@ def _training_data(model, data, config) -> tuple[np.ndarray, list[int]]:
     (:func:`models.data.several_trajectories`), each with at least ``sequence_length + 1``
     steps -- as one concatenated ``(T_total, N)`` array, and the trajectories' lengths."""
     where = "fit"
-    check_not_stacked(data, where, "data")
+    check_trajectory_or_list(data, where, "data")
     if not several_trajectories(data):
         data = check_trajectory(data, where, name="data", n_obs=model.n_obs)
         _check_window_room([data.shape[0]], config.sequence_length, several=False)
@@ -773,7 +778,7 @@ def _validation_data(model, validation_data, config):
     of one included)."""
     from models.metrics import check_n_bins
 
-    check_not_stacked(validation_data, "fit", "validation_data")
+    check_trajectory_or_list(validation_data, "fit", "validation_data")
     checked = []
     for name, x in _named_validation(validation_data):
         x = check_trajectory(x, "fit", name=name, min_steps=2, n_obs=model.n_obs)

@@ -147,21 +147,27 @@ def several_trajectories(x) -> bool:
     )
 
 
-def check_not_stacked(x, where: str, name: str) -> None:
-    """Refuse a 3-D ndarray for the argument ``name`` of ``where``, which takes one trajectory
-    ``(T, N)`` or a list of them (:func:`several_trajectories`): a stack of trajectories is
-    passed as ``list(x)``.
+def check_trajectory_or_list(x, where: str, name: str) -> None:
+    """Refuse, for the argument ``name`` of ``where`` (which takes one trajectory ``(T, N)`` or
+    a list of them, :func:`several_trajectories`), the forms :func:`check_trajectory` would
+    misread as one trajectory: a 3-D ndarray (a stack of trajectories, passed as
+    ``list(x)``) and an empty list or tuple.
 
     Raises
     ------
     ValueError
-        ``x`` is an ndarray with 3 dimensions.
+        ``x`` is an ndarray with 3 dimensions, or an empty list or tuple.
     """
     if isinstance(x, np.ndarray) and x.ndim == 3:
         raise ValueError(
             f"{where}: {name} must be one trajectory of shape (T, N) or a list of them; got an "
             f"array of shape {x.shape}. Pass list({name}) for {x.shape[0]} trajectories of "
             f"{x.shape[1]} steps each."
+        )
+    if isinstance(x, (list, tuple)) and not x:
+        raise ValueError(
+            f"{where}: {name} must be one trajectory of shape (T, N) or a list of them; got an "
+            f"empty {type(x).__name__}."
         )
 
 

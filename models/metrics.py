@@ -26,8 +26,8 @@ from scipy.ndimage import gaussian_filter1d
 from models._checks import Checks, as_array
 from models.base import LatentRNN, Model
 from models.data import (
-    check_not_stacked,
     check_trajectory,
+    check_trajectory_or_list,
     column_mean_sd,
     constant_columns,
     several_trajectories,
@@ -989,7 +989,7 @@ class _Settings:
 def _test_trajectories(model, x_test, where) -> tuple[list[np.ndarray], list[str]]:
     """``x_test`` -- one trajectory, or several (:func:`models.data.several_trajectories`) --
     checked, as a list of float64 arrays, and their names in messages."""
-    check_not_stacked(x_test, where, "x_test")
+    check_trajectory_or_list(x_test, where, "x_test")
     if not several_trajectories(x_test):
         return [_check_obs(model, x_test, where, 2, name="x_test").astype(np.float64)], ["x_test"]
     names = [f"x_test[{k}]" for k in range(len(x_test))]
@@ -1112,8 +1112,8 @@ def evaluate(
     with Checks(where) as checks:
         _check_model(checks, model)
         checks.raise_problems()  # the test data and the settings below depend on the model
+        several = several_trajectories(x_test)
         tests, names = _test_trajectories(model, x_test, where)
-        several = names[0] != "x_test"
         n_steps = None if n_steps is None else checks.integer(n_steps, "n_steps")
         transient = checks.integer(transient, "transient", 0)
         if checks.ok("n_steps", "transient"):

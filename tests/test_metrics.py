@@ -967,6 +967,9 @@ def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first
         (lambda x: np.stack([x, x]), {}, ValueError, r"^evaluate: x_test must be one trajector"
          r"y of shape \(T, N\) or a list of them; got an array of shape \(2, 1000, 2\)\. Pass "
          r"list\(x_test\) for 2 trajectories of 1000 steps each\.$"),
+        (lambda x: [], {}, ValueError, r"^evaluate: x_test must be one trajectory of shape "
+         r"\(T, N\) or a list of them; got an empty list\.$"),
+        (lambda x: (), {}, ValueError, r"got an empty tuple\.$"),
         (lambda x: [x, x[:, :1]], {}, ValueError, r"^evaluate: x_test\[1\] has 1 columns but"),
         (lambda x: [x, np.where(x == x[7], np.nan, x)], {}, ValueError,
          r"^evaluate: x_test\[1\] contains 2 NaN/inf"),

@@ -1357,6 +1357,8 @@ def test_bad_trajectories_are_refused_by_index(lorenz):
                        r"a list of them; got an array of shape \(2, 1000, 3\)\. Pass list\(data\) "
                        r"for 2 trajectories of 1000 steps each\.$"):  # fmt: skip
         check_fit(small_model(), np.stack([x[:1000], x[1000:2000]]), cfg)
+    with pytest.raises(ValueError, match=r"^fit: data must be .* got an empty tuple\.$"):
+        check_fit(small_model(), (), cfg)
     short = (
         r"^fit: windows of sequence_length \+ 1 = 51 steps need at least that many data points "
         r"in every trajectory; data\[1\] has 50, data\[2\] has 9\. Drop them or lower "
@@ -1466,6 +1468,8 @@ def test_bad_validation_trajectories_are_refused_by_index(lorenz, tmp_path):
         (np.stack([xv[:500], xv[500:]]), r"^fit: validation_data must be one trajectory of "
          r"shape \(T, N\) or a list of them; got an array of shape \(2, 500, 3\)\. Pass "
          r"list\(validation_data\) for 2 trajectories of 500 steps each\.$"),
+        ([], r"^fit: validation_data must be one trajectory of shape \(T, N\) or a list of "
+         r"them; got an empty list\.$"),
         ([xv[:500], xv[500:502]], r"^fit: validation_data\[1\] needs at least 3 time steps "
          r"\(the free runs are scored against validation_data\[1\]\[1:\], .*; got 2\."),
         ((xv[:500], xv[500:, :2]), r"^fit: validation_data\[1\] has 2 columns but the model "
