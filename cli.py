@@ -1059,11 +1059,12 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def score_test(
-    model, test: np.ndarray, *, dstsp_fix: str, dh_fix: str, n_bins: int, **options
+    model, test: np.ndarray | list, *, dstsp_fix: str, dh_fix: str, n_bins: int, **options
 ) -> dict:
-    """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box) with its
-    warnings as one line each; the warnings that too few points were scored for binned D_stsp
-    or for D_H's smoothing name the command line's remedies (``dstsp_fix``, ``dh_fix``:
+    """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box; ``test`` one
+    trajectory or a list of them) with its warnings as one line each; the warnings that too
+    few points were scored for binned D_stsp (all runs together) or for D_H's smoothing (the
+    shortest comparison) name the command line's remedies (``dstsp_fix``, ``dh_fix``:
     clauses) instead of ``evaluate``'s arguments, and only when the scores were measured."""
     import models
     from models.metrics import (
@@ -1082,11 +1083,14 @@ def score_test(
             scores = models.evaluate(model, test, n_bins=n_bins, **options)
         if scores["status"] != "ok":
             return scores
+        tests = test if isinstance(test, list) else [test]
+        measured = scores["n_measured"] if isinstance(test, list) else [scores["n_measured"]]
         if scores["dstsp_method"] == "bins":
+            reference = np.concatenate([x[1:] for x in tests])
             check_dstsp_resolution(
-                scores["n_measured"], test[1:], where="test score", fix=dstsp_fix, n_bins=n_bins
+                sum(measured), reference, where="test score", fix=dstsp_fix, n_bins=n_bins
             )
-        compared = min(scores["n_measured"], test.shape[0] - 1)
+        compared = min(min(n, x.shape[0] - 1) for n, x in zip(measured, tests, strict=True))
         smoothing = options.get("smoothing", DH_SMOOTHING)
         check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
@@ -1653,10 +1657,17 @@ def _recorded_n_bins(metadata: dict) -> int:
 
 
 def _scored_steps(scores: dict) -> str:
-    """The points of each free run that :func:`models.evaluate` scored (``"99999 steps"``),
-    with the transient it dropped before them."""
-    dropped = scores["n_steps"] - scores["n_measured"]
-    return f"{scores['n_measured']} steps" + (f" after a transient of {dropped}" if dropped else "")
+    """The points of each free run that :func:`models.evaluate` scored (``"99999 steps"``;
+    several test trajectories: ``"2 test trajectories, 799 + 499 steps"``), with the
+    transient it dropped before them."""
+    several = "n_trajectories" in scores
+    dropped = scores["transient"] if several else scores["n_steps"] - scores["n_measured"]
+    after = f" after a transient of {dropped}" if dropped else ""
+    if not several:
+        return f"{scores['n_measured']} steps{after}"
+    steps = " + ".join(str(n) for n in scores["n_measured"])
+    each = " each" * bool(dropped)
+    return f"{scores['n_trajectories']} test trajectories, {steps} steps{after}{each}"
 
 
 def _reconstruction_failure(test: dict, validation: dict | None) -> str | None:
@@ -1761,8 +1772,14 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 
 @main.command("evaluate")
 @click.argument("target", type=str)
-@click.option("--test-data", type=str, help="Test trajectory (default: the run's own test set).")
-@click.option("--test-data-key", type=str, metavar="KEY", help="Array of a --test-data .npz.")
+@click.option(
+    "--test-data",
+    type=str,
+    multiple=True,
+    help="Test trajectory (default: the run's own test set); repeat it to score several "
+    "together (held-out trials or recordings).",
+)
+@click.option("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
 @click.option(
     "--n-bins",
     type=int,
@@ -1784,15 +1801,18 @@ def evaluate_command(
     For a run folder without --test-data the run's own test data are rebuilt from its
     args.json (the generated test trajectory, or the held-out tail of --data); without
     --n-bins a model is scored with its run's D_stsp bins, as its training summary was.
-    Scores are printed and written to --out (default: RUN/evaluation.json for a run folder).
+    Several --test-data files are scored as models.evaluate scores several test
+    trajectories (D_stsp of all free runs together, D_H and PE averaged). Scores are printed
+    and written to --out (default: RUN/evaluation.json for a run folder).
     """
     import models
 
-    key_problem = _array_key_problem(
-        Settings(test_data=test_data, test_data_key=test_data_key), "test_data_key", None
-    )
-    if key_problem:
-        raise UserError(key_problem + ".")
+    for file in test_data or (None,):
+        key_problem = _array_key_problem(
+            Settings(test_data=file, test_data_key=test_data_key), "test_data_key", None
+        )
+        if key_problem:
+            raise UserError(key_problem + ".")
     if out_file is not None and not out_file.strip():
         raise UserError("--out must not be empty; name the JSON file to write.")
     path = Path(target)
@@ -1835,27 +1855,30 @@ def evaluate_command(
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
         n_bins = _recorded_n_bins(metadata)
-    if test_data is not None:
-        raw = _load(test_data, "--test-data", test_data_key)
+    if test_data:
+        raws = [_load(file, "--test-data", test_data_key) for file in test_data]
     elif recorded:
-        raw = run_test_data(path)
+        raws = [run_test_data(path)]
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
-    if raw.shape[1] != model.n_obs:
-        raise UserError(
-            f"the test data have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
-        )
+    for file, raw in zip(test_data or ("",), raws, strict=True):
+        if raw.shape[1] != model.n_obs:
+            of = f" in --test-data {file}" * (len(raws) > 1)
+            raise UserError(
+                f"the test data{of} have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
+            )
     far = False
     if model.standardization is not None:
         mean, sd = model.standardization
-        if test_data is not None:  # the run's own test data were checked in training
-            far = warn_if_far(raw, mean, sd, f"--test-data {test_data}")
-        raw = (raw - mean) / sd
+        if test_data:  # the run's own test data were checked in training
+            for file, raw in zip(test_data, raws, strict=True):
+                far |= warn_if_far(raw, mean, sd, f"--test-data {file}")
+        raws = [(raw - mean) / sd for raw in raws]
     try:
         scored = "the test data's steps after --transient are scored; pass a longer --test-data"
         scores = score_test(
             model,
-            raw,
+            raws if len(raws) > 1 else raws[0],
             dstsp_fix=f"{scored}, lower --transient or lower --n-bins",
             dh_fix=f"{scored}, lower --transient or lower --smoothing",
             n_bins=n_bins,

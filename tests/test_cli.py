@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,6 +125,42 @@ def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
                 "--test-data-key", "test")  # fmt: skip
     assert keyed.exit_code == 0 and keyed.output == result.output, keyed.output
     assert run("evaluate", out / "model.npz").exit_code == 2
+
+
+def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
+    out, _ = finished_run
+    a, b = models.generate("lorenz63", 800, seed=7), models.generate("lorenz63", 500, seed=8)
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "b.npz", test=b)
+    files = ["--test-data", tmp_path / "a.npy", "--test-data", tmp_path / "b.npz"]
+    result = run("evaluate", out / "model.npz", *files, "--out", tmp_path / "scores.json")
+    assert result.exit_code == 0, result.output
+    model = models.load(out / "model.npz")
+    mean, sd = model.standardization
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = models.evaluate(model, [(a - mean) / sd, (b - mean) / sd])
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["n_trajectories"] == 2 and scores["n_measured"] == [799, 499]
+    assert (scores["dstsp"], scores["dh"], scores["pe"]) == pytest.approx(
+        (expected["dstsp"], expected["dh"], expected["pe"]), rel=1e-12
+    )
+    assert len(scores["per_trajectory"]) == 2
+    assert result.output.splitlines()[-1].endswith("(2 test trajectories, 799 + 499 steps)")
+    dropped = run("evaluate", out / "model.npz", *files, "--transient", 10)
+    assert dropped.output.splitlines()[-1].endswith(
+        "(2 test trajectories, 789 + 489 steps after a transient of 10 each)"
+    ), dropped.output
+    np.save(tmp_path / "flat.npy", b[:, :2])
+    for extra, message in [
+        (["--test-data", tmp_path / "flat.npy"], f"the test data in --test-data {tmp_path}/"
+         "flat.npy have 2 dimensions; the model needs 3."),
+        (["--test-data-key", "test"], "--test-data-key names an array in an .npz file; "
+         f"--test-data {tmp_path}/a.npy is not one, drop --test-data-key."),
+    ]:  # fmt: skip
+        refused = run("evaluate", out / "model.npz", *files, *extra)
+        assert refused.exit_code == 2
+        assert refused.output == f"parscan-train: error: {message}\n", refused.output
 
 
 @pytest.mark.filterwarnings("always::models.metrics.SpectrumResolutionWarning")
