@@ -371,7 +371,7 @@ class TrainConfig:
         Number of validation free runs (from each validation trajectory, at most as many as
         the shortest has points), from evenly spaced validation points, run as one batch; the
         score is their mean D_stsp + D_H (:func:`models.metrics.evaluate` with ``n_starts``;
-        several trajectories: D_stsp of one run from each together, D_H the mean over the
+        several trajectories: D_stsp of the i-th runs from all together, D_H the mean over the
         trajectories). Several starts catch a model that found a second, spurious attractor
         (it can score well from one initial condition and fail from another).
     validation_n_bins : int
@@ -864,7 +864,7 @@ def _validate(model, validation_data, steps, starts, n_bins):
     """Free-run score on the validation trajectory, or trajectories (a list of them), by
     :func:`models.metrics.evaluate`: mean D_stsp (``n_bins`` bins per axis) + D_H over
     ``starts`` runs from each trajectory, at most as many as the shortest one has points
-    (several: D_stsp of one run from each together against all of them, D_H the mean over
+    (several: D_stsp of the i-th runs from all together against all of them, D_H the mean over
     them); inf when not measurable. Their resolution was checked once, at the start
     (:func:`_check_validation_resolution`)."""
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning, evaluate
@@ -1470,7 +1470,7 @@ def fit(
         ``validation_starts`` evenly spaced points of each validation trajectory (at most as
         many as the shortest has points) and is scored by the mean ``D_stsp + D_H`` of the
         runs (:func:`models.metrics.evaluate`, D_stsp with ``validation_n_bins`` bins per
-        axis; a diverged run scores inf; several trajectories: D_stsp of one run from each
+        axis; a diverged run scores inf; several trajectories: D_stsp of the i-th runs from all
         together against all their points, D_H the mean over them, with equal weights); the
         best-scoring parameters become ``result.model`` (ties: see
         :attr:`TrainResult.best_epoch`; DSR training is not monotone, DESIGN.md section 7).
