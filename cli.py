@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import re
 import shlex
 import signal
 import sys
@@ -89,15 +90,16 @@ class Settings:
 
     The defaults are the embedded example: a clipped shPLRNN reconstructing Lorenz-63 with
     GTF-DEER and automatic alpha (the recipe of ``bench/tune_default.py``; README, "Default
-    run").
+    run"). ``data`` and ``test_data`` name one file (a string) or several (a list of two or
+    more: recordings of one system, trained or scored together; see :func:`_files`).
     """
 
-    data: str | None = None
+    data: str | list[str] | None = None
     data_key: str | None = None
     system: str = "lorenz63"
     n_steps: int = 100_000
     noise: float = 0.05
-    test_data: str | None = None
+    test_data: str | list[str] | None = None
     test_data_key: str | None = None
     model: str = "clipped-shplrnn"
     latent_dim: int | None = None
@@ -167,7 +169,8 @@ RESUME_MAY_CHANGE = (
     "resume",
     *OUTPUT_SETTINGS,
 )
-#: settings that are file paths (stored absolute, so a run can be resumed from anywhere)
+#: settings that are file paths, one or several (stored absolute, so a run can be resumed
+#: from anywhere)
 PATH_SETTINGS = ("data", "test_data")
 #: settings that name one array of an ``.npz`` file -> the setting of that file
 KEY_SETTINGS = {"data_key": "data", "test_data_key": "test_data"}
@@ -182,11 +185,39 @@ def _flag(name: str) -> str:
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
-def _setting_type(name: str) -> tuple[type, bool]:
-    """The value type of a :class:`Settings` field and whether it may be None."""
+def _setting_type(name: str) -> tuple[type, bool, bool]:
+    """The value type of a :class:`Settings` field, whether it may be None, and whether it
+    may be a list of such values (several files)."""
     annotation = next(f.type for f in fields(Settings) if f.name == name)
     options = typing.get_args(annotation) or (annotation,)
-    return next(t for t in options if t is not type(None)), type(None) in options
+    kind = next(t for t in options if t is not type(None) and typing.get_origin(t) is not list)
+    return kind, type(None) in options, list[kind] in options
+
+
+def _files(paths: str | list[str] | None) -> list[str]:
+    """The files a path setting (``data``, ``test_data``) names: none (None), one (a string)
+    or several (a list)."""
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def _one_or_list(items: list):
+    """``items[0]`` when there is one, else the list: a path setting of one file is its
+    string, and a single file's trajectories go to ``fit`` and ``models.evaluate`` as one
+    array, so a run on one file is exactly what it was before several were possible."""
+    return items[0] if len(items) == 1 else list(items)
+
+
+def _path_flag(paths: tuple[str, ...]) -> str | list[str] | None:
+    """A repeatable path option's values (click's tuple) as the setting: None when not
+    given, the path when given once, the list when repeated."""
+    return _one_or_list(paths) if paths else None
+
+
+def _shown(value) -> str:
+    """A setting's value in a message (several files joined by commas)."""
+    return ", ".join(value) if isinstance(value, list) else str(value)
 
 
 def _setting_name(key) -> str:
@@ -210,10 +241,13 @@ def _typed_settings(raw: dict, source: str) -> dict:
         )
     problems = []
     for name, value in config.items():
-        kind, optional = _setting_type(name)
+        kind, optional, listed = _setting_type(name)
         if name == "alpha" and isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if value is None and optional:
+            continue
+        if listed and isinstance(value, list) and value and all(isinstance(v, kind) for v in value):
+            config[name] = _one_or_list(value)  # a list of one file is that file
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -223,6 +257,8 @@ def _typed_settings(raw: dict, source: str) -> dict:
             wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(
                 kind, "a string"
             )
+            if listed:
+                wanted += " or a non-empty list of strings"
             problems.append(f"{name} must be {wanted}, got {value!r}")
             continue
         config[name] = value.lower() if name in CHOICE_SETTINGS else value
@@ -347,7 +383,7 @@ def _resolve(
         merged = {**kept, **{name: _DEFAULTS[name] for name in unused}, **merged}
     for name in PATH_SETTINGS:
         if merged.get(name):
-            merged[name] = _absolute(merged[name])
+            merged[name] = _absolute_paths(merged[name])
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
@@ -367,13 +403,18 @@ def _named(name: str, origins: dict[str, str]) -> str:
 def _with_origin(name: str, value, origins: dict[str, str]) -> str:
     """Setting ``name`` and its ``value`` for a message: ``--alpha 0.3``, with where it was
     set when not by the flag (``--alpha 0.3 (alpha in --config run.toml)``)."""
-    text = f"{_named(name, {})} {value}"
+    text = f"{_named(name, {})} {_shown(value)}"
     return text + (f" ({origins[name]})" if name in origins else "")
 
 
 def _absolute(path: str) -> str:
     """``path`` as an absolute path (relative to the working directory, ``~`` expanded)."""
     return str(Path(path).expanduser().absolute())
+
+
+def _absolute_paths(paths: str | list[str]) -> str | list[str]:
+    """A path setting's file, or files, as absolute paths (:func:`_absolute`)."""
+    return _one_or_list([_absolute(path) for path in _files(paths)])
 
 
 def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str, str]) -> None:
@@ -387,15 +428,15 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
 
     def same(name):
         old, new = recorded(name), given[name]
-        if name in PATH_SETTINGS and old and new:
-            return _absolute(old) == _absolute(new)
+        if name in PATH_SETTINGS and old and new:  # the same files in the same order
+            return _absolute_paths(old) == _absolute_paths(new)
         return old == new
 
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
     if changed:
         shown = ", ".join(
             f"{_with_origin(n, given[n], origins)} (the run's: "
-            f"{'none' if recorded(n) is None else recorded(n)})"
+            f"{'none' if recorded(n) is None else _shown(recorded(n))})"
             for n in changed
         )
         raise UserError(
@@ -409,19 +450,22 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
 
 def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None:
     """What is wrong with the array key setting ``name`` (``data_key``/``test_data_key``,
-    which needs an ``.npz`` file), with the fix where it was set: the flag (``origin`` None)
-    or a config file (``origin`` says where)."""
-    key, path = getattr(s, name), getattr(s, KEY_SETTINGS[name])
-    if key is None or (path is not None and Path(path).suffix.lower() == ".npz"):
+    the array of every ``.npz`` among its files, so each of them must be one), with the fix
+    where it was set: the flag (``origin`` None) or a config file (``origin`` says where)."""
+    key, files = getattr(s, name), _files(getattr(s, KEY_SETTINGS[name]))
+    others = [file for file in files if Path(file).suffix.lower() != ".npz"]
+    if key is None or (files and not others):
         return None
     file_option = _flag(KEY_SETTINGS[name])
     if origin is None:
         option, fix = _flag(name), f"drop {_flag(name)}"
     else:
         option, fix = f"{_flag(name)} {key} ({origin})", "remove it from that file"
-    if path is None:
+    if not files:
         return f"{option} names an array in the {file_option} .npz file; add {file_option} or {fix}"
-    return f"{option} names an array in an .npz file; {file_option} {path} is not one, {fix}"
+    named = f"{file_option} {', '.join(others)}"
+    verb = "is not one" if len(others) == 1 else "are not .npz files"
+    return f"{option} names an array in an .npz file; {named} {verb}, {fix}"
 
 
 def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collection[str]) -> None:
@@ -433,9 +477,10 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
     from autodiff.train import MIN_SCORED_STEPS
 
     problems = [
-        f"{_named(name, origins)}: no such file {getattr(s, name)}"
+        f"{_named(name, origins)}: no such file {file}"
         for name in PATH_SETTINGS
-        if getattr(s, name) is not None and not Path(getattr(s, name)).exists()
+        for file in _files(getattr(s, name))
+        if not Path(file).exists()
     ]
     if s.model not in MODEL_NAMES:
         problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -605,12 +650,37 @@ def _inapplicable_training_settings(
 
 @dataclass(frozen=True)
 class Dataset:
-    """Training, validation and test trajectories in data units, and where they came from."""
+    """Training, validation and test trajectories in data units, and where they came from.
 
-    train: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
+    One recording (the generated trajectory, or one ``--data`` file) gives one part of each
+    kind; several ``--data`` files give a training and a validation part per file, and a
+    test trajectory per file (its held-out tail) or per ``--test-data`` file.
+    """
+
+    train_parts: list[np.ndarray]
+    validation_parts: list[np.ndarray]
+    test_parts: list[np.ndarray]
     source: str
+
+    @property
+    def train(self) -> np.ndarray | list[np.ndarray]:
+        """The training data as :func:`autodiff.fit` takes them: one trajectory, or a list."""
+        return _one_or_list(self.train_parts)
+
+    @property
+    def validation(self) -> np.ndarray | list[np.ndarray]:
+        """The validation data as ``fit(validation_data=...)`` takes them."""
+        return _one_or_list(self.validation_parts)
+
+    @property
+    def test(self) -> np.ndarray | list[np.ndarray]:
+        """The test data as :func:`models.evaluate` takes them."""
+        return _one_or_list(self.test_parts)
+
+    @property
+    def n_obs(self) -> int:
+        """The number of observed dimensions N."""
+        return self.train_parts[0].shape[1]
 
 
 def _load(path: str, what: str, key: str | None = None, origin: str | None = None) -> np.ndarray:
@@ -636,6 +706,36 @@ def _load(path: str, what: str, key: str | None = None, origin: str | None = Non
         raise UserError(message) from None
     except (TypeError, ValueError) as exc:  # "load_data: ..." becomes "--data: ..."
         raise UserError(f"{what}: {str(exc).removeprefix('load_data: ')}") from None
+
+
+def _load_files(s: Settings, name: str, origins: dict[str, str] | None = None) -> list:
+    """The arrays of the files of path setting ``name`` (``data`` or ``test_data``), each
+    read by :func:`_load`, the array of an ``.npz`` named by the key setting (``data_key``,
+    ``test_data_key``; ``origins``: see :func:`prepare_data`)."""
+    key_name = f"{name}_key"
+    key, origin = getattr(s, key_name), (origins or {}).get(key_name)
+    return [_load(file, _flag(name), key, origin) for file in _files(getattr(s, name))]
+
+
+def _labels(option: str, files: list[str]) -> list[str]:
+    """How messages name each of the ``files`` given to ``option``: by the option alone when
+    there is one (as before several were possible), else with its file (``--data b.npy``)."""
+    return [option] if len(files) == 1 else [f"{option} {file}" for file in files]
+
+
+def _check_dimensions(
+    arrays: list, labels: list[str], n_dims: int, reference: str, fix: str = ""
+) -> None:
+    """Refuse the ``arrays`` (named by ``labels``) that do not have the ``n_dims`` columns
+    of ``reference`` (the words for the data they must match), all of them at once, with
+    ``fix`` (a clause) when given."""
+    wrong = [
+        f"{label} has {x.shape[1]} dimension{'s' * (x.shape[1] != 1)}"
+        for label, x in zip(labels, arrays, strict=True)
+        if x.shape[1] != n_dims
+    ]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)} but {reference} has {n_dims}{fix}.")
 
 
 def _split(x: np.ndarray, fraction: float, what: str, min_steps: int):
@@ -666,58 +766,103 @@ def _check_test(test: np.ndarray, what: str) -> None:
 
 
 def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
-    """Load or generate the data; split off validation (and test, without ``--test-data``).
-    ``origins``: where the settings that no flag gave were set (see :func:`_resolve`)."""
+    """Load or generate the data; split validation (and test, without ``--test-data``) off
+    each recording: the generated trajectory, or each ``--data`` file, whose problems are
+    named by it when there are several (``--data b.npy: ...``). ``origins``: where the
+    settings that no flag gave were set (see :func:`_resolve`)."""
     origins = origins or {}
-    if s.data is not None:
-        x = _load(s.data, "--data", s.data_key, origins.get("data_key"))
-        source = f"file {s.data}" + ("" if s.data_key is None else f", array {s.data_key}")
-        if s.test_data is None:
-            held_out = _fraction("test_fraction", s, origins)
-            test_what = f"the test data held out from --data ({held_out})"
-            x, test = _split(x, s.test_fraction, test_what, TEST_PE_STEPS + 1)
-            source += f" (last {test.shape[0]} steps held out as test data)"
-    else:
-        from models import generate
-
-        try:
-            x = generate(s.system, s.n_steps, seed=s.seed, noise=s.noise)
-            test = None if s.test_data else generate(s.system, s.n_steps, seed=s.seed + 1)
-        except (TypeError, ValueError) as exc:
-            raise UserError(str(exc)) from None
-        source = f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
-        test_what = f"the generated test data (--n-steps {s.n_steps})"
-    if s.test_data is not None:
-        test = _load_test_data(s, origins)
-        test_what = "--test-data"
-        if test.shape[1] != x.shape[1]:
-            raise UserError(
-                f"--test-data has {test.shape[1]} dimensions but the training data has "
-                f"{x.shape[1]}."
-            )
-    _check_test(test, test_what)
-    train, validation = _split(
-        x, s.validation_fraction, f"validation ({_fraction('validation_fraction', s, origins)})", 3
-    )
-    if train.shape[0] < s.sequence_length + 1:
-        raise UserError(
-            f"too few steps: the training part has {train.shape[0]} steps (after holding out "
-            f"validation/test data) but --sequence-length {s.sequence_length} needs "
-            f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
+    files = _files(s.data)
+    tests = None
+    if files:
+        recordings = _load_files(s, "data", origins)
+        labels = _labels("--data", files)
+        _check_dimensions(
+            recordings[1:],
+            labels[1:],
+            recordings[0].shape[1],
+            labels[0],
+            "; all --data files must record the same variables, in the same columns",
         )
-    return Dataset(train, validation, test, source)
+        source = f"file{'s' * (len(files) > 1)} {', '.join(files)}"
+        source += "" if s.data_key is None else f", array {s.data_key}"
+    else:
+        x, test, source = _generated(s)
+        recordings = [x]
+        if test is not None:
+            _check_test(test, f"the generated test data (--n-steps {s.n_steps})")
+            tests = [test]
+    if s.test_data is not None:
+        tests = _test_files_data(s, recordings[0].shape[1], origins)
+    held_out = tests is None
+    named_by = files if len(files) > 1 else [None]  # one recording: the messages as they were
+    parts = [
+        _split_recording(x, s, origins, held_out, file)
+        for x, file in zip(recordings, named_by, strict=True)
+    ]
+    train, validation, tails = (list(part) for part in zip(*parts, strict=True))
+    if held_out:
+        tests = tails
+        steps = " + ".join(str(test.shape[0]) for test in tests)
+        source += f" (last {steps} steps held out as test data)"
+    return Dataset(train, validation, tests, source)
+
+
+def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The trajectory ``--system`` generates, its test trajectory (from another initial
+    condition; None with ``--test-data``) and the words for their source."""
+    from models import generate
+
+    try:
+        x = generate(s.system, s.n_steps, seed=s.seed, noise=s.noise)
+        test = None if s.test_data else generate(s.system, s.n_steps, seed=s.seed + 1)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return x, test, f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
+
+
+def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[np.ndarray]:
+    """The ``--test-data`` arrays, each refused (named by its file when there are several)
+    unless it has the training data's ``n_dims`` dimensions and can be scored."""
+    tests = _load_files(s, "test_data", origins)
+    labels = _labels("--test-data", _files(s.test_data))
+    _check_dimensions(tests, labels, n_dims, "the training data")
+    for label, test in zip(labels, tests, strict=True):
+        _check_test(test, label)
+    return tests
+
+
+def _split_recording(
+    x: np.ndarray, s: Settings, origins: dict[str, str], hold_out_test: bool, file: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One recording's training and validation parts and, with ``hold_out_test``, its
+    held-out test tail (else None), each refused unless long enough for its use; ``file``:
+    the ``--data`` file it came from when there are several, which a refusal then names."""
+    try:
+        test = None
+        if hold_out_test:
+            held_out = _fraction("test_fraction", s, origins)
+            what = f"the test data held out from --data ({held_out})"
+            x, test = _split(x, s.test_fraction, what, TEST_PE_STEPS + 1)
+            _check_test(test, what)
+        what = f"validation ({_fraction('validation_fraction', s, origins)})"
+        train, validation = _split(x, s.validation_fraction, what, 3)
+        if train.shape[0] < s.sequence_length + 1:
+            raise UserError(
+                f"too few steps: the training part has {train.shape[0]} steps (after holding "
+                f"out validation/test data) but --sequence-length {s.sequence_length} needs "
+                f"{s.sequence_length + 1}; use a shorter --sequence-length or more data."
+            )
+    except UserError as exc:
+        if file is None:
+            raise
+        raise UserError(f"--data {file}: {exc.message}") from None
+    return train, validation, test
 
 
 def _fraction(name: str, s: Settings, origins: dict[str, str]) -> str:
     """A fraction setting for a message: where a config file set it, else its value and
     that a config file sets it (no flag does)."""
     return origins.get(name, f"{name} {getattr(s, name):g}, a --config setting")
-
-
-def _load_test_data(s: Settings, origins: dict[str, str] | None = None) -> np.ndarray:
-    """The ``--test-data`` array of these settings (``origins``: see :func:`prepare_data`)."""
-    key_origin = (origins or {}).get("test_data_key")
-    return _load(s.test_data, "--test-data", s.test_data_key, key_origin)
 
 
 def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -> bool:
@@ -758,6 +903,16 @@ def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -
     return True
 
 
+def _warn_if_far_files(files: list[str], tests: list, mean: np.ndarray, sd: np.ndarray) -> bool:
+    """:func:`warn_if_far` for the data of each ``--test-data`` file (``tests[k]`` from
+    ``files[k]``, in data units); whether any warned."""
+    warned = [
+        warn_if_far(test, mean, sd, f"--test-data {file}")
+        for file, test in zip(files, tests, strict=True)
+    ]
+    return any(warned)
+
+
 #: the start of a failure's explanation when the test data were found far from the training
 #: data (:func:`warn_if_far`): a failed score may measure the units, not the model
 FAR_TEST_DATA = (
@@ -777,19 +932,50 @@ def fingerprint(x: np.ndarray) -> dict:
     }
 
 
-def _check_resumed_test_data(s: "Settings", run: Path, now: dict | None) -> None:
-    """Refuse a ``--resume`` whose test data read from a file differ from those recorded in
-    the run's ``args.json`` (:func:`fingerprint`; the training and validation data are
-    ``fit``'s to check): the run's test score and ``evaluate RUN`` use them. Runs recorded
-    before fingerprints are not checked."""
-    args = run / "args.json"
+def _test_files(s: Settings) -> list[str]:
+    """The files the test data of settings ``s`` are read from, one per test trajectory:
+    the ``--test-data`` files, else the ``--data`` files (their held-out tails); none for
+    generated test data."""
+    return _files(s.test_data) or _files(s.data)
+
+
+def _fingerprints(s: Settings, tests: list[np.ndarray]) -> dict | list[dict] | None:
+    """What ``args.json`` records of the test data ``tests`` (in data units, one per
+    :func:`_test_files`) as ``test_data_fingerprint``: the :func:`fingerprint` of one file's,
+    a list of them for several files', None for generated test data (the settings define
+    them)."""
+    if not _test_files(s):
+        return None
+    return _one_or_list([fingerprint(test) for test in tests])
+
+
+def _changed_test_file(s: Settings, tests: list[np.ndarray], args: Path) -> str | None:
+    """The first of the files of :func:`_test_files` whose test data now (``tests``)
+    differ from the fingerprint that ``args`` (a run's ``args.json``) records for it, or
+    None; runs recorded before fingerprints were (none recorded) are not checked."""
     recorded = json.loads(args.read_text(encoding="utf-8")).get("test_data_fingerprint")
-    if now is not None and recorded is not None and now != recorded:
-        file = s.test_data if s.test_data is not None else s.data
+    if recorded is None:
+        return None
+    recorded = [recorded] if isinstance(recorded, dict) else list(recorded)
+    now = [fingerprint(test) for test in tests]
+    for k, file in enumerate(_test_files(s)):
+        if k >= min(len(recorded), len(now)) or recorded[k] != now[k]:
+            return file
+    return None
+
+
+def _check_resumed_test_data(s: Settings, run: Path, tests: list[np.ndarray]) -> None:
+    """Refuse a ``--resume`` whose test data ``tests`` read from files differ from those
+    recorded in the run's ``args.json`` (:func:`fingerprint`; the training and validation
+    data are ``fit``'s to check), naming the file: the run's test score and ``evaluate RUN``
+    use them. Runs recorded before fingerprints are not checked."""
+    args = run / "args.json"
+    changed = _changed_test_file(s, tests, args)
+    if changed is not None:
         raise UserError(
-            f"--resume: the test data from {file} differ from those the run was started with "
-            f"(shape, SHA-256 recorded in {args}); resume with the run's test data, or start "
-            "a new run."
+            f"--resume: the test data from {changed} differ from those the run was started "
+            f"with (shape, SHA-256 recorded in {args}); resume with the run's test data, or "
+            "start a new run."
         )
 
 
@@ -800,30 +986,33 @@ def run_settings(run: Path) -> Settings:
     return Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
 
 
-def run_test_data(run: Path) -> np.ndarray:
+def run_test_data(run: Path) -> list[np.ndarray]:
     """The test data of the run in folder ``run``, rebuilt from its ``args.json`` as training
-    built them, in data units.
+    built them, in data units: one trajectory per test file (the ``--test-data`` files, or
+    the held-out tails of the ``--data`` files), or the generated one.
 
-    Test data read from a file (``--test-data``, or held out from ``--data``) must match the
-    fingerprint recorded at training time; runs written before fingerprints were recorded are
-    not checked. Generated test data are defined by the run's settings and not fingerprinted.
+    Test data read from files must match the fingerprints recorded at training time (a
+    refusal names the first file that changed or is gone); runs written before fingerprints
+    were recorded are not checked. Generated test data are defined by the run's settings and
+    not fingerprinted.
     """
     s = run_settings(run)
     args = run / "args.json"
-    file = s.test_data if s.test_data is not None else s.data
-    if file is not None and not Path(file).exists():
+    missing = [file for file in _test_files(s) if not Path(file).exists()]
+    if missing:
         raise UserError(
-            f"the run's data file {file} (recorded in {args}) is missing; pass --test-data FILE."
+            f"the run's data file {missing[0]} (recorded in {args}) is missing; pass "
+            "--test-data FILE."
         )
-    test = _load_test_data(s) if s.test_data is not None else prepare_data(s).test
-    recorded = json.loads(args.read_text(encoding="utf-8")).get("test_data_fingerprint")
-    if file is not None and recorded is not None and fingerprint(test) != recorded:
+    tests = _load_files(s, "test_data") if s.test_data is not None else prepare_data(s).test_parts
+    changed = _changed_test_file(s, tests, args)
+    if changed is not None:
         raise UserError(
-            f"the run's data file {file} changed since training: the test data it gives now "
-            f"differ from those recorded in {args} (shape, SHA-256); pass --test-data FILE to "
-            "score other data."
+            f"the run's data file {changed} changed since training: the test data it gives "
+            f"now differ from those recorded in {args} (shape, SHA-256); pass --test-data "
+            "FILE to score other data."
         )
-    return test
+    return tests
 
 
 def build_model(s: Settings, n_obs: int):
@@ -860,9 +1049,10 @@ def build_model(s: Settings, n_obs: int):
 
 
 def out_dir(s: Settings) -> Path:
-    """The run folder of these settings; refuse to overwrite a run or resume a non-run."""
+    """The run folder of these settings (by default named after the first ``--data`` file,
+    or the system); refuse to overwrite a run or resume a non-run."""
     if s.out is None:
-        stem = Path(s.data).stem if s.data else s.system
+        stem = Path(_files(s.data)[0]).stem if s.data else s.system
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{stem}-{s.model}-{stamp}"
     else:
@@ -963,7 +1153,9 @@ def write_history(path: Path, history: list) -> None:
         writer.writerows(history)
 
 
-def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
+def write_plots(
+    out: Path, test: np.ndarray, generated: np.ndarray, title: str = "test data"
+) -> str:
     """``attractor.png`` and ``spectrum.png`` with matplotlib, or a note why not.
 
     Both attractor panels share the axis limits (the test data's range, widened to the
@@ -977,6 +1169,9 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
         The run folder.
     test, generated : ndarray, shape (T, N)
         The test data (standardised) and the free run from its first point, finite.
+    title : str
+        What the test data are, in the panel titles and legends (the first of several test
+        trajectories says so).
     """
     try:
         import matplotlib
@@ -992,7 +1187,7 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
     hi = np.maximum(test.max(axis=0), generated.max(axis=0))
     y = 1 if n_obs >= 3 else n_obs - 1  # the dimension on the vertical (2-d) / second axis
     fig = plt.figure(figsize=(10, 4.5))
-    for k, (x, title) in enumerate(((test, "test data"), (generated, "generated"))):
+    for k, (x, panel) in enumerate(((test, title), (generated, "generated"))):
         if n_obs >= 3:
             ax = fig.add_subplot(1, 2, k + 1, projection="3d")
             ax.plot(x[:, 0], x[:, 1], x[:, 2], lw=0.3)
@@ -1002,7 +1197,7 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
             ax.plot(x[:, 0], x[:, y], lw=0.3)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[y], hi[y])
-        ax.set_title(title)
+        ax.set_title(panel)
     fig.tight_layout()
     fig.savefig(out / "attractor.png", dpi=120)
     plt.close(fig)
@@ -1014,7 +1209,7 @@ def write_plots(out: Path, test: np.ndarray, generated: np.ndarray) -> str:
     fig, axes = plt.subplots(n_obs, 1, figsize=(8, 2.2 * n_obs), squeeze=False)
     extent = spectrum_extent(spectra[0])
     for d in range(n_obs):
-        for spectrum, label in zip(spectra, ("test data", "generated"), strict=True):
+        for spectrum, label in zip(spectra, (title, "generated"), strict=True):
             axes[d, 0].semilogy(spectrum[:extent, d], label=label, lw=0.8)
         axes[d, 0].set_xlim(0, extent - 1)
         axes[d, 0].set_ylabel(f"dim {d}")
@@ -1096,24 +1291,27 @@ def score_test(
     return scores
 
 
-def warn_validation_resolution(validation: np.ndarray, config) -> None:
+def warn_validation_resolution(validation: list[np.ndarray], config) -> None:
     """The warnings ``fit`` gives once when its validation runs score too few points for
     binned D_stsp or for D_H's smoothing, worded for the command line (``fit``'s names
-    ``validation_data`` and ``validation_n_bins`` are no options here)."""
+    ``validation_data`` and ``validation_n_bins`` are no options here). ``validation``: the
+    validation parts, one per ``--data`` file; D_stsp scores one run from each of them
+    together against all of them, D_H compares at most as many points as the shortest
+    holds."""
     from models.metrics import DH_SMOOTHING, check_dh_resolution, check_dstsp_resolution
 
     with warnings.catch_warnings():
         warnings.showwarning = echo_warning
         check_dstsp_resolution(
-            config.validation_steps,
-            np.asarray(validation[1:], dtype=np.float64),
+            config.validation_steps * len(validation),
+            np.concatenate([np.asarray(x[1:], dtype=np.float64) for x in validation]),
             where="validation",
             fix="each validation run scores validation_steps points; raise validation_steps "
             "(--config), or lower --n-bins",
             n_bins=config.validation_n_bins,
         )
         check_dh_resolution(
-            min(config.validation_steps, validation.shape[0] - 1),
+            min(config.validation_steps, *(x.shape[0] - 1 for x in validation)),
             DH_SMOOTHING,
             where="validation",
             fix="each validation run compares at most validation_steps points and no more "
@@ -1125,8 +1323,18 @@ def warn_validation_resolution(validation: np.ndarray, config) -> None:
 def _test_points(s: "Settings") -> str:
     """Which test points a training run scores and how it scores more (a clause of the
     warnings of :func:`score_test`)."""
+    if isinstance(s.test_data, list):
+        return (
+            "every step of each --test-data after the first is scored; pass longer or more "
+            "--test-data files"
+        )
     if s.test_data is not None:
         return "every step of --test-data after the first is scored; pass a longer --test-data"
+    if isinstance(s.data, list):
+        return (
+            "the held-out tail of each --data is scored; pass longer or more --data files, or "
+            "--test-data"
+        )
     if s.data is not None:
         return "the held-out tail of --data is scored; pass a longer --data or --test-data"
     return "the generated test trajectory is scored; raise --n-steps"
@@ -1279,13 +1487,26 @@ def _choice(*options):
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.option("--data", type=str, help="Training trajectory (.npy/.npz/.csv/.txt), T x N.")
-@click.option("--data-key", type=str, metavar="KEY", help="Array of a --data .npz with several.")
+@click.option(
+    "--data",
+    type=str,
+    multiple=True,
+    help="Training trajectory (.npy/.npz/.csv/.txt), T x N; repeat it for several recordings "
+    "of one system (trained together, each split alike).",
+)
+@click.option(
+    "--data-key", type=str, metavar="KEY", help="Array of each --data .npz holding several."
+)
 @click.option("--system", type=str, help="Generate data from this system (default lorenz63).")
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
 @click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")
-@click.option("--test-data", type=str, help="Test trajectory; default: generated / held out.")
-@click.option("--test-data-key", type=str, metavar="KEY", help="Array of a --test-data .npz.")
+@click.option(
+    "--test-data",
+    type=str,
+    multiple=True,
+    help="Test trajectory; default: generated / held out; repeat it to score several together.",
+)
+@click.option("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
 @click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default clipped-shplrnn).")
 @click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
 @click.option(
@@ -1331,9 +1552,12 @@ def main(ctx, config_path, **flags):
     """Train a recurrent model that reconstructs a dynamical system (GTF-DEER).
 
     Without arguments: generate Lorenz-63 data, train a clipped shPLRNN with GTF-DEER and
-    automatic alpha, evaluate it on a test trajectory and write the results folder. Use
+    automatic alpha, evaluate it on a test trajectory and write the results folder. A
+    repeated --data trains on several recordings together (not concatenated). Use
     `parscan-train evaluate RUN` to score a trained model again.
     """
+    for name in PATH_SETTINGS:  # click's tuple of a repeatable option: none, one or several
+        flags[name] = _path_flag(flags[name])
     if ctx.invoked_subcommand is not None:
         given = [
             param.opts[0]
@@ -1453,12 +1677,12 @@ def train(
             _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
     if "n_bins" in given:
-        _check_bins_apply(data.train.shape[1], _named("n_bins", origins or {}))
-    far = s.test_data is not None and warn_if_far(
-        data.test, *column_mean_sd(data.train), f"--test-data {s.test_data}"
+        _check_bins_apply(data.n_obs, _named("n_bins", origins or {}))
+    far = s.test_data is not None and _warn_if_far_files(  # fit standardises the parts together
+        _files(s.test_data), data.test_parts, *column_mean_sd(np.concatenate(data.train_parts))
     )
-    model = build_model(s, data.train.shape[1])
-    config = train_config(s, data.train.shape[1])
+    model = build_model(s, data.n_obs)
+    config = train_config(s, data.n_obs)
     out = out_dir(s)
     fit_args = {
         "checkpoint_dir": out / "checkpoints",
@@ -1469,11 +1693,10 @@ def train(
         check_fit(model, data.train, config, **fit_args)
     except (TypeError, ValueError) as exc:
         message = str(exc).removeprefix("fit: ")  # fit is no name on the command line
+        message = _named_parts(message, _files(s.data))
         raise UserError(("--resume: " if s.resume else "") + message) from None
-    read_from_file = s.data is not None or s.test_data is not None
-    test_fingerprint = fingerprint(data.test) if read_from_file else None
     if s.resume:
-        _check_resumed_test_data(s, out, test_fingerprint)
+        _check_resumed_test_data(s, out, data.test_parts)
     create_out_dir(out)
     commands = {"command": sys.argv}
     if s.resume:  # keep the command that started the run; list those that continued it
@@ -1489,7 +1712,7 @@ def train(
             "settings": settings,
             "train_config": config.to_dict(),
             "data_source": data.source,
-            "test_data_fingerprint": test_fingerprint,
+            "test_data_fingerprint": _fingerprints(s, data.test_parts),
             "versions": _versions(),
             **commands,
         },
@@ -1499,7 +1722,7 @@ def train(
     gtf = s.model not in SSM_NAMES
     newton = gtf and s.method == "deer"  # sequential BPTT runs no Newton iterations
     progress = Progress(s.epochs, s.quiet, s.verbose, gtf=gtf, newton=newton)
-    warn_validation_resolution(data.validation, config)
+    warn_validation_resolution(data.validation_parts, config)
     progress.start()
     try:
         with warnings.catch_warnings():
@@ -1527,10 +1750,10 @@ def train(
         trained.save(out / "model.npz", metadata=metadata)
         write_history(out / "history.csv", result.history)
         mean, sd = trained.standardization
-        test = ((data.test - mean) / sd).astype(np.float64)
+        tests = [((test - mean) / sd).astype(np.float64) for test in data.test_parts]
         scores = score_test(
             trained,
-            test,
+            _one_or_list(tests),
             dstsp_fix=f"{_test_points(s)}, or lower --n-bins",
             dh_fix=_test_points(s),
             pe_steps=TEST_PE_STEPS,
@@ -1550,11 +1773,14 @@ def train(
             "train_seconds": result.wall_time,
         }
         # the plots show the free run whenever it is finite, also when the evaluation failed
-        # elsewhere (a PE prediction, or a run outside the D_stsp box)
+        # elsewhere (a PE prediction, or a run outside the D_stsp box); of several test
+        # trajectories, the first
+        test = tests[0]
         generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
         generated = np.asarray(generated, dtype=np.float64)
         if np.all(np.isfinite(generated)):
-            note = write_plots(out, test[1:], generated)
+            title = "test data" if len(tests) == 1 else f"test data (first of {len(tests)})"
+            note = write_plots(out, test[1:], generated, title)
         else:
             note = "plots skipped: the free run did not produce finite values"
         summary["wall_seconds"] = time.perf_counter() - started
@@ -1570,6 +1796,20 @@ def train(
             sys.exit(1)
     except KeyboardInterrupt as exc:
         _stopped(exc, out, trained=True)
+
+
+def _named_parts(message: str, files: list[str]) -> str:
+    """``fit``'s ``message`` with the trajectories it names by their index (``data[1]``,
+    ``validation_data[1]``) named by the ``--data`` file they come from, when there are
+    several ``files`` (the k-th training and validation parts are those of the k-th)."""
+    if len(files) < 2:
+        return message
+
+    def named(match: re.Match) -> str:
+        part = "validation" if match[1] else "training"
+        return f"the {part} part of --data {files[int(match[2])]}"
+
+    return re.sub(r"\b(validation_)?data\[(\d+)\]", named, message)
 
 
 def _recorded_settings(s: Settings, out: Path) -> dict:
@@ -1799,20 +2039,22 @@ def evaluate_command(
     """Score a trained model (a run folder or a model .npz) on test data.
 
     For a run folder without --test-data the run's own test data are rebuilt from its
-    args.json (the generated test trajectory, or the held-out tail of --data); without
-    --n-bins a model is scored with its run's D_stsp bins, as its training summary was.
-    Several --test-data files are scored as models.evaluate scores several test
-    trajectories (D_stsp of all free runs together, D_H and PE averaged). Scores are printed
-    and written to --out (default: RUN/evaluation.json for a run folder).
+    args.json (the generated test trajectory, its --test-data files, or the held-out tail
+    of each --data file); without --n-bins a model is scored with its run's D_stsp bins, as
+    its training summary was. Several --test-data files (or a run's several test files) are
+    scored as models.evaluate scores several test trajectories (D_stsp of all free runs
+    together, D_H and PE averaged). Scores are printed and written to --out (default:
+    RUN/evaluation.json for a run folder).
     """
     import models
 
-    for file in test_data or (None,):
-        key_problem = _array_key_problem(
-            Settings(test_data=file, test_data_key=test_data_key), "test_data_key", None
-        )
-        if key_problem:
-            raise UserError(key_problem + ".")
+    key_problem = _array_key_problem(
+        Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
+        "test_data_key",
+        None,
+    )
+    if key_problem:
+        raise UserError(key_problem + ".")
     if out_file is not None and not out_file.strip():
         raise UserError("--out must not be empty; name the JSON file to write.")
     path = Path(target)
@@ -1858,12 +2100,12 @@ def evaluate_command(
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
     elif recorded:
-        raws = [run_test_data(path)]
+        raws = run_test_data(path)
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
-    for file, raw in zip(test_data or ("",), raws, strict=True):
+    for file, raw in zip(test_data or [None] * len(raws), raws, strict=True):
         if raw.shape[1] != model.n_obs:
-            of = f" in --test-data {file}" * (len(raws) > 1)
+            of = f" in --test-data {file}" * (len(raws) > 1 and file is not None)
             raise UserError(
                 f"the test data{of} have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
             )
@@ -1871,14 +2113,13 @@ def evaluate_command(
     if model.standardization is not None:
         mean, sd = model.standardization
         if test_data:  # the run's own test data were checked in training
-            for file, raw in zip(test_data, raws, strict=True):
-                far |= warn_if_far(raw, mean, sd, f"--test-data {file}")
+            far = _warn_if_far_files(list(test_data), raws, mean, sd)
         raws = [(raw - mean) / sd for raw in raws]
     try:
         scored = "the test data's steps after --transient are scored; pass a longer --test-data"
         scores = score_test(
             model,
-            raws if len(raws) > 1 else raws[0],
+            _one_or_list(raws),
             dstsp_fix=f"{scored}, lower --transient or lower --n-bins",
             dh_fix=f"{scored}, lower --transient or lower --smoothing",
             n_bins=n_bins,

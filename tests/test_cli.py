@@ -4,6 +4,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -587,6 +588,229 @@ def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
         result,
         f"--data {tmp_path / 'x.npy'} (the run's: {tmp_path / 'both.npz'}) would change them",
     )
+
+
+# ------------------------------------------------------------------------------------------
+# several recordings: a repeated --data (and --test-data)
+# ------------------------------------------------------------------------------------------
+
+
+def _recordings(folder, n=2, steps=1500):
+    """``n`` Lorenz-63 recordings from other initial conditions saved as ``r1.npy``, ...;
+    their paths and arrays."""
+    paths, arrays = [], []
+    for k in range(1, n + 1):
+        x = models.generate("lorenz63", steps, seed=k)
+        np.save(folder / f"r{k}.npy", x)
+        paths.append(folder / f"r{k}.npy")
+        arrays.append(x)
+    return paths, arrays
+
+
+@pytest.fixture(scope="module")
+def several_run(tmp_path_factory):
+    """A tiny run on two --data files: (the files, their arrays, the run folder, result)."""
+    folder = tmp_path_factory.mktemp("several")
+    paths, arrays = _recordings(folder)
+    out = folder / "run"
+    with pytest.MonkeyPatch.context() as patch:  # set up before idle_machine
+        patch.setattr(cli, "machine_load", lambda: None)
+        result = run(*TINY[2:], "--data", paths[0], "--data", paths[1], "--out", out)
+    assert result.exit_code == 0, result.output
+    return paths, arrays, out, result
+
+
+def test_several_data_files_train_together_as_fit_on_their_parts(several_run):
+    """Each file split as one is (1500 steps: 300 held out as test data, then 240 of the
+    rest for validation); the model is fit's on the list of parts."""
+    paths, arrays, out, result = several_run
+    args = json.loads((out / "args.json").read_text())
+    assert args["settings"]["data"] == [str(path) for path in paths]
+    assert args["test_data_fingerprint"] == [cli.fingerprint(x[-300:]) for x in arrays]
+    assert args["data_source"] == (
+        f"files {paths[0]}, {paths[1]} (last 300 + 300 steps held out as test data)"
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n_trajectories"] == 2 and metrics["test"]["n_measured"] == [299, 299]
+    assert "test (2 test trajectories, 299 + 299 steps): D_stsp " in result.output
+    s = cli.run_settings(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = autodiff.fit(
+            cli.build_model(s, 3),
+            [x[:960] for x in arrays],
+            cli.train_config(s, 3),
+            validation_data=[x[960:1200] for x in arrays],
+        )
+    trained = models.load(out / "model.npz")
+    np.testing.assert_array_equal(trained.params, fitted.model.params)
+    np.testing.assert_array_equal(trained.standardization[0], fitted.model.standardization[0])
+
+
+def test_evaluate_rebuilds_the_test_tails_of_every_data_file(several_run, tmp_path):
+    paths, _, run_dir, _ = several_run
+    out = _copy_run((run_dir,), tmp_path)
+    result = run("evaluate", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].endswith("(2 test trajectories, 299 + 299 steps)")
+    scores = json.loads((out / "evaluation.json").read_text())
+    trained = json.loads((out / "metrics.json").read_text())["test"]
+    assert [scores[k] for k in ("dstsp", "dh", "pe")] == [trained[k] for k in ("dstsp", "dh", "pe")]
+    original = paths[1].read_bytes()
+    try:
+        edited = np.load(paths[1])
+        edited[-3] += 1.0  # inside the held-out tail of the second file
+        np.save(paths[1], edited)
+        _one_error_line(
+            run("evaluate", out),
+            f"the run's data file {paths[1]} changed since training: the test data it gives now "
+            f"differ from those recorded in {out / 'args.json'}",
+        )
+        _one_error_line(
+            run("--out", out, "--resume", "-e", "3"),
+            f"--resume: the test data from {paths[1]} differ from those the run was started with",
+        )
+        paths[1].unlink()
+        _one_error_line(run("evaluate", out), f"the run's data file {paths[1]} (recorded in ")
+    finally:
+        paths[1].write_bytes(original)
+
+
+def test_resume_needs_the_same_data_files_in_the_same_order(several_run, tmp_path):
+    paths, _, run_dir, _ = several_run
+    out = _copy_run((run_dir,), tmp_path)
+    args = (out / "args.json").read_bytes()
+    for files in ([paths[1], paths[0]], [paths[0]]):
+        flags = [a for path in files for a in ("--data", path)]
+        _one_error_line(
+            run("--out", out, "--resume", "-q", *flags),
+            f"--data {', '.join(map(str, files))} (the run's: {paths[0]}, {paths[1]}) would "
+            "change them",
+        )
+        assert (out / "args.json").read_bytes() == args
+    same = run("--out", out, "--resume", "-q", "-e", "3", "--data", paths[0], "--data", paths[1])
+    assert same.exit_code == 0, same.output
+    assert len((out / "history.csv").read_text().splitlines()) == 4
+    assert "(2 test trajectories, 299 + 299 steps)" in same.output
+
+
+def test_several_test_files_in_training_are_scored_together(tmp_path, monkeypatch):
+    """A repeated --test-data: standardised with the model's mean and sd, warned about one
+    by one, scored together, fingerprinted each and rebuilt by ``evaluate RUN``; the plots
+    show the first."""
+    (train,), _ = _recordings(tmp_path, n=1)
+    test = models.generate("lorenz63", 800, seed=9)
+    np.save(tmp_path / "t1.npy", test[:400])
+    np.savez(tmp_path / "t2.npz", test=test[400:700])
+    files = ["--test-data", tmp_path / "t1.npy", "--test-data", tmp_path / "t2.npz"]
+    plotted = []
+    monkeypatch.setattr(cli, "write_plots", lambda *a: plotted.append(a) or "plots: stub")
+    out = tmp_path / "run"
+    result = run(*TINY[2:], "--data", train, *files, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "test (2 test trajectories, 399 + 299 steps): D_stsp " in result.output
+    args = json.loads((out / "args.json").read_text())
+    assert args["settings"]["test_data"] == [str(tmp_path / "t1.npy"), str(tmp_path / "t2.npz")]
+    assert args["test_data_fingerprint"] == [
+        cli.fingerprint(test[:400]),
+        cli.fingerprint(test[400:700]),
+    ]
+    (_, first, generated, title), = plotted  # fmt: skip
+    assert first.shape == (399, 3) and generated.shape == (399, 3)
+    assert title == "test data (first of 2)"
+    evaluated = run("evaluate", out)
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = json.loads((out / "evaluation.json").read_text())
+    assert scores["dstsp"] == json.loads((out / "metrics.json").read_text())["test"]["dstsp"]
+    np.savez(tmp_path / "t2.npz", test=test[401:701])
+    _one_error_line(run("evaluate", out), f"the run's data file {tmp_path / 't2.npz'} changed")
+
+
+def test_far_test_files_are_warned_about_one_by_one(capsys):
+    x = models.generate("lorenz63", 1000, seed=3)
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    assert cli._warn_if_far_files(["a.npy", "b.npy"], [x, 10 * x], mean, sd)
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 1 and warned[0].startswith(
+        "parscan-train: warning: --test-data b.npy lies far from the training data"
+    )
+    assert not cli._warn_if_far_files(["a.npy"], [x], mean, sd)
+
+
+@pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
+@pytest.mark.filterwarnings("always::models.metrics.SpectrumResolutionWarning")
+def test_validation_resolution_counts_the_runs_of_every_validation_part(capsys):
+    """D_stsp: one run of validation_steps points from each part, against all of them; D_H:
+    at most the shortest part's points."""
+    x = models.generate("lorenz63", 600, seed=3)
+    config = autodiff.TrainConfig(validation_steps=500)
+    cli.warn_validation_resolution([x[:301], x[301:]], config)
+    dstsp, dh = capsys.readouterr().err.splitlines()
+    assert dstsp.startswith("parscan-train: warning: validation: binned D_stsp of 1000 ")
+    assert dh.startswith("parscan-train: warning: validation: D_H of 298 points")
+
+
+def test_data_files_in_a_config_file(tmp_path):
+    paths = [str(tmp_path / name) for name in ("a.npy", "b.npy")]
+    for path in paths:
+        Path(path).touch()  # they must exist
+    (tmp_path / "two.toml").write_text(f"data = {json.dumps(paths)}\n")
+    (tmp_path / "one.json").write_text(json.dumps({"data": paths[:1], "test-data": paths}))
+    assert cli.resolve_settings({"out": "x"}, str(tmp_path / "two.toml")).data == paths
+    one = cli.resolve_settings({"out": "x"}, str(tmp_path / "one.json"))
+    assert (one.data, one.test_data) == (paths[0], paths)  # a list of one file is that file
+    for text, got in [("data = []", "[]"), ("data = [1]", "[1]"), ("data = 1", "1")]:
+        (tmp_path / "bad.toml").write_text(text + "\n")
+        with pytest.raises(cli.UserError, match=re.escape(
+            f"data must be a string or a non-empty list of strings, got {got}."
+        )):  # fmt: skip
+            cli.resolve_settings({}, str(tmp_path / "bad.toml"))
+
+
+def test_one_data_key_names_the_array_of_every_npz(tmp_path):
+    _, (x, y) = _recordings(tmp_path)
+    np.savez(tmp_path / "a.npz", train=x, other=x[:5])
+    np.savez(tmp_path / "b.npz", train=y, other=y[:5])
+    files = [str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]
+    s = cli.resolve_settings({"data": files, "data_key": "train", "sequence_length": 40}, None)
+    data = cli.prepare_data(s)
+    wanted = [x[:960], y[:960], x[-300:], y[-300:]]
+    for got, want in zip(data.train_parts + data.test_parts, wanted, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert data.source.endswith(", array train (last 300 + 300 steps held out as test data)")
+
+
+def test_several_data_files_are_refused_naming_the_file(tmp_path):
+    (a, b), (x, y) = _recordings(tmp_path)
+    np.save(tmp_path / "short.npy", y[:100])
+    np.save(tmp_path / "flat.npy", y[:, :2])
+    np.savez(tmp_path / "a.npz", train=x)
+    flat_validation = y.copy()
+    flat_validation[960:1200, 0] = 5.0  # the validation part of the second file
+    np.save(tmp_path / "flat_validation.npy", flat_validation)
+    np.save(tmp_path / "t_short.npy", y[:10])
+    out = tmp_path / "run"
+    short, flat = tmp_path / "short.npy", tmp_path / "flat.npy"
+    for flags, message in [
+        (["--data", a, "--data", short], f"--data {short}: too few steps: the test data held out "
+         "from --data (test_fraction 0.2, a --config setting) needs at least 21 of the 100 steps"),
+        (["--data", a, "--data", b, "-T", 1000], f"--data {a}: too few steps: the training part "
+         "has 960 steps (after holding out validation/test data) but --sequence-length 1000"),
+        (["--data", a, "--data", flat], f"--data {flat} has 2 dimensions but --data {a} has 3; "
+         "all --data files must record the same variables, in the same columns."),
+        (["--data", tmp_path / "a.npz", "--data", b, "--data-key", "train"],
+         f"--data-key names an array in an .npz file; --data {b} is not one, drop --data-key."),
+        (["--data", a, "--data", tmp_path / "missing.npy"],
+         f"--data: no such file {tmp_path / 'missing.npy'}."),
+        (["--data", a, "--data", tmp_path / "flat_validation.npy"], "the validation part of "
+         f"--data {tmp_path / 'flat_validation.npy'} is constant in column(s) [0]"),
+        (["--data", a, "--test-data", b, "--test-data", flat],
+         f"--test-data {flat} has 2 dimensions but the training data has 3."),
+        (["--data", a, "--test-data", b, "--test-data", tmp_path / "t_short.npy"],
+         f"--test-data {tmp_path / 't_short.npy'} has 10 steps; the evaluation's PE(20) needs"),
+    ]:  # fmt: skip
+        _one_error_line(run(*TINY[2:], *flags, "--out", out), message)
+        assert not out.exists()
 
 
 def test_hidden_dim_default_depends_on_the_model():
