@@ -1191,7 +1191,7 @@ def evaluate(
     binned = "dstsp" in measures and s.dstsp_method == "bins"
     # each test trajectory's box and bins are computed once, for all its runs
     references = [_binned_reference(x[1:], s.n_bins, s.box) if binned else None for x in tests]
-    pooled = _pooled_reference(tests, s) if several and binned else references[0]
+    pooled = _pooled_reference(tests, s) if binned and len(tests) > 1 else references[0]
     if binned:
         n_measured = sum(s.run_length(x) - s.transient for x in tests)
         runs_of = f" (the runs from the {len(tests)} test trajectories together)" * several
@@ -1227,9 +1227,9 @@ def _pooled_reference(tests, s):
 
 
 def _mean_dstsp(true, runs, reference, s):
-    """Mean D_stsp (settings ``s``) of the generated ``runs`` (n_runs, n, N) against ``true``
-    (binned: its :func:`_binned_reference` ``reference``); NaN when a run has no point in
-    the box."""
+    """Mean D_stsp (settings ``s``) of the generated ``runs`` (n_runs, n, N) against the test
+    points ``true`` (binned: their :func:`_binned_reference` ``reference`` instead, ``true``
+    unused); NaN when a run has no point in the box."""
     if reference is not None:
         scores = [_binned_kl(reference, run, s.n_bins) for run in runs]
     else:
@@ -1320,7 +1320,7 @@ def _combined(scored, tests, names, pooled, s):
     values = {}
     if "dstsp" in s.measures:
         runs = np.concatenate([gen for _, gen in scored], axis=1)
-        true = np.concatenate([x[1:] for x in tests])
+        true = None if pooled is not None else np.concatenate([x[1:] for x in tests])
         values["dstsp"] = _mean_dstsp(true, runs, pooled, s)
         if math.isnan(values["dstsp"]):  # each run has points in its own trajectory's box
             combined.update(
