@@ -1,6 +1,8 @@
 """Loading, validating and standardising trajectories (DESIGN.md section 8).
 
-A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dimensions.
+A dataset is one trajectory, a ``(T, N)`` array: T time steps of N observed dimensions, or
+several recordings of one system, a list of such arrays (:func:`several_trajectories`), which
+``fit`` and ``evaluate`` take as they are, never concatenated.
 """
 
 import csv
