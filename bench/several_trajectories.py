@@ -9,7 +9,10 @@ same total length?
 Protocol: the CLI's model and configuration (``cli.resolve_settings``, ``cli.build_model``,
 ``cli.train_config``; ``--epochs`` may shorten the run). Training trajectories: Lorenz-63
 with 5 % observation noise, each from its own initial condition (``models.generate`` seeds
-``1000 * seed + 10 + k``); validation: 20,000 noisy steps (seed ``1000 * seed + 1``); test:
+``1000 * seed + 10 + k``); validation: 20,000 noisy steps (seed ``1000 * seed + 1``), or with
+``--validation-parts J > 1`` as many steps in ``J`` trajectories from their own initial
+conditions (seeds ``1000 * seed + 600 + j``), each validation run ``validation_steps // J``
+long, so that a validation scores as many points as with one; test:
 100,000 noise-free steps (seed ``1000 * seed + 2``), scored with :func:`models.evaluate` (30
 bins, sigma 20) after the selected model's standardisation. One JSON line per (seed, K):
 wall seconds of ``fit`` (after an untimed warm-up that loads or compiles the kernels), the
@@ -25,6 +28,7 @@ mean over the pairs.
     python bench/several_trajectories.py                        # K = 1, 8, 40; seed 0
     python bench/several_trajectories.py --ks 1 40 --seeds 0 1 --epochs 100
     python bench/several_trajectories.py --floors --seeds 0 1 2   # seconds
+    python bench/several_trajectories.py --ks 8 --validation-parts 8 --seeds 0 1
 """
 
 import argparse
@@ -45,11 +49,19 @@ from models.metrics import power_spectrum_distance, state_space_divergence
 SYSTEM = "lorenz63"
 
 
-def run(settings, k: int, total: int):
-    """Train on ``k`` trajectories of ``total // k`` steps and score on the test data."""
+def run(settings, k: int, total: int, n_validation: int = 1):
+    """Train on ``k`` trajectories of ``total // k`` steps, validate on ``n_validation`` of
+    20,000 steps in all, and score on the test data."""
     base = 1000 * settings.seed
     parts = [models.generate(SYSTEM, total // k, seed=base + 10 + i, noise=0.05) for i in range(k)]
-    validation = models.generate(SYSTEM, 20_000, seed=base + 1, noise=0.05)
+    if n_validation == 1:
+        validation = models.generate(SYSTEM, 20_000, seed=base + 1, noise=0.05)
+    else:
+        steps = 20_000 // n_validation
+        validation = [
+            models.generate(SYSTEM, steps, seed=base + 600 + j, noise=0.05)
+            for j in range(n_validation)
+        ]
     test = models.generate(SYSTEM, 100_000, seed=base + 2)
     model = cli.build_model(settings, 3)
     config = cli.train_config(settings, 3)
@@ -61,6 +73,8 @@ def run(settings, k: int, total: int):
         "seed": settings.seed,
         "trajectories": k,
         "steps_each": total // k,
+        "validation_trajectories": n_validation,
+        "validation_steps": settings.validation_steps,
         "epochs": settings.epochs,
         "fit_wall_s": round(wall, 1),
         **test_scores(result, test),
@@ -103,6 +117,9 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, help="shorter runs (default: the CLI's 200)")
     ap.add_argument("--floors", action="store_true", help="D_stsp floors, no training")
+    ap.add_argument(
+        "--validation-parts", type=int, default=1, help="validation trajectories (20,000 steps)"
+    )
     args = ap.parse_args(argv)
     if args.floors:
         for seed in args.seeds:
@@ -116,9 +133,13 @@ def main(argv=None):
     with warnings.catch_warnings():  # warm-up: its 100-step validation runs are too short
         warnings.simplefilter("ignore")
         run(replace(base, epochs=1, batches_per_epoch=1, validation_steps=100), 2, 1_000)
+    n_val = args.validation_parts
+    if n_val < 1 or base.validation_steps // n_val < 2:
+        ap.error("--validation-parts must be >= 1 and leave validation runs of >= 2 steps")
     for seed in args.seeds:
         for k in args.ks:
-            row = {**run(replace(base, seed=seed), k, args.total), "versions": versions()}
+            settings = replace(base, seed=seed, validation_steps=base.validation_steps // n_val)
+            row = {**run(settings, k, args.total, n_val), "versions": versions()}
             print(json.dumps(row), flush=True)
     return 0
 
