@@ -210,10 +210,10 @@ class StateSpaceResolutionWarning(UserWarning):
 
 def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel, runs_of=""):
     """Warn (:class:`StateSpaceResolutionWarning`) when a run of ``n_points`` points has fewer
-    than ``MIN_POINTS_PER_BIN`` points per bin that the :func:`_binned_reference` occupies,
-    and say whether it warned; ``fix`` says how the caller's user scores more points or
-    coarser bins (a clause), ``runs_of`` which runs these are (e.g. ``" (the runs from
-    x_test[1])"``).
+    than ``MIN_POINTS_PER_BIN`` points per bin that the :func:`_binned_reference` occupies;
+    ``fix`` says how the caller's user scores more points or coarser bins (a clause),
+    ``runs_of`` which runs these are (e.g. ``" (the runs from the 3 test trajectories
+    together)"``).
 
     A bin the reference occupies (count ``c``) and the run leaves empty adds about
     ``p log(c / e)`` to the KL (``e = 1e-5``, the pseudo-count), so short runs score high
@@ -252,7 +252,6 @@ def _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel, runs_o
             ),
             stacklevel=stacklevel + 1,
         )
-    return n_points < needed
 
 
 def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minmax", stacklevel=1):
