@@ -2,6 +2,8 @@
 
 Parse -> resolve settings (built-in defaults < ``--config`` file < flags) -> data -> model ->
 :func:`autodiff.fit` -> :func:`models.evaluate` -> one results folder. No maths lives here.
+``parscan-train evaluate RUN`` scores a trained model again; ``parscan-train generate RUN``
+writes its free-running trajectories in data units.
 
 User mistakes end with one line on stderr and exit code 2; Ctrl-C saves a checkpoint and exits
 with 130; internal failures (a solver that does not converge even with automatic alpha,
@@ -986,31 +988,31 @@ def run_settings(run: Path) -> Settings:
     return Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
 
 
-def run_test_data(run: Path) -> list[np.ndarray]:
+def run_test_data(
+    run: Path, remedy: str = "pass --test-data FILE to score other data"
+) -> list[np.ndarray]:
     """The test data of the run in folder ``run``, rebuilt from its ``args.json`` as training
     built them, in data units: one trajectory per test file (the ``--test-data`` files, or
     the held-out tails of the ``--data`` files), or the generated one.
 
     Test data read from files must match the fingerprints recorded at training time (a
-    refusal names the first file that changed or is gone); runs written before fingerprints
-    were recorded are not checked. Generated test data are defined by the run's settings and
-    not fingerprinted.
+    refusal names the first file that changed or is gone, and ends with ``remedy``); runs
+    written before fingerprints were recorded are not checked. Generated test data are
+    defined by the run's settings and not fingerprinted.
     """
     s = run_settings(run)
     args = run / "args.json"
     missing = [file for file in _test_files(s) if not Path(file).exists()]
     if missing:
         raise UserError(
-            f"the run's data file {missing[0]} (recorded in {args}) is missing; pass "
-            "--test-data FILE."
+            f"the run's data file {missing[0]} (recorded in {args}) is missing; {remedy}."
         )
     tests = _load_files(s, "test_data") if s.test_data is not None else prepare_data(s).test_parts
     changed = _changed_test_file(s, tests, args)
     if changed is not None:
         raise UserError(
             f"the run's data file {changed} changed since training: the test data it gives "
-            f"now differ from those recorded in {args} (shape, SHA-256); pass --test-data "
-            "FILE to score other data."
+            f"now differ from those recorded in {args} (shape, SHA-256); {remedy}."
         )
     return tests
 
@@ -1554,7 +1556,8 @@ def main(ctx, config_path, **flags):
     Without arguments: generate Lorenz-63 data, train a clipped shPLRNN with GTF-DEER and
     automatic alpha, evaluate it on a test trajectory and write the results folder. A
     repeated --data trains on several recordings together (not concatenated). Use
-    `parscan-train evaluate RUN` to score a trained model again.
+    `parscan-train evaluate RUN` to score a trained model again and `parscan-train generate
+    RUN` to write its free-running trajectories.
     """
     for name in PATH_SETTINGS:  # click's tuple of a repeatable option: none, one or several
         flags[name] = _path_flag(flags[name])
@@ -2010,6 +2013,64 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     click.echo("\n".join(lines))
 
 
+def _target_path(target: str) -> Path:
+    """The run folder or model file ``TARGET`` of ``evaluate``/``generate``; it must exist."""
+    path = Path(target)
+    if not path.exists():
+        raise UserError(
+            f"{target}: no such run folder or model file; pass a folder written by "
+            "parscan-train or a model .npz."
+        )
+    return path
+
+
+def _command_threads(threads: int | None) -> None:
+    """A subcommand's ``--threads``, which holds until the command ends."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}.")
+    click.get_current_context().with_resource(_threads_restored())
+    use_threads(threads)
+
+
+def _destination(out_file: str | None, path: Path, default: str, what: str) -> Path | None:
+    """Where a subcommand writes: ``--out``, else ``default`` inside a run folder ``path``
+    (None for a model file); ``what`` is the kind of file, for the messages."""
+    if out_file is not None and not out_file.strip():
+        raise UserError(f"--out must not be empty; name {what} to write.")
+    destination = (
+        Path(out_file) if out_file is not None else (path / default if path.is_dir() else None)
+    )
+    if destination is not None and destination.is_dir():
+        raise UserError(f"--out {destination} is a folder; name {what} to write.")
+    if destination is not None and not destination.parent.is_dir():
+        raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
+    return destination
+
+
+def _target_model(path: Path, target: str):
+    """The model and metadata of the run folder (its ``model.npz``) or model file ``path``;
+    an unfinished run is refused with the ``--resume`` command that finishes it."""
+    import models
+
+    model_file = path / "model.npz" if path.is_dir() else path
+    if path.is_dir() and not model_file.is_file():
+        if (path / "checkpoints" / "checkpoint.npz").is_file():
+            raise UserError(
+                f"{target} has no model.npz: the run did not finish. Continue it with: "
+                f"parscan-train --out {shlex.quote(target)} --resume"
+            )
+        raise UserError(
+            f"{target} is a folder without model.npz; pass a run folder written by "
+            "parscan-train or a model .npz file."
+        )
+    try:
+        return models.load_with_metadata(model_file)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
 @main.command("evaluate")
 @click.argument("target", type=str)
 @click.option(
@@ -2046,8 +2107,6 @@ def evaluate_command(
     together, D_H and PE averaged). Scores are printed and written to --out (default:
     RUN/evaluation.json for a run folder).
     """
-    import models
-
     key_problem = _array_key_problem(
         Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
         "test_data_key",
@@ -2055,43 +2114,10 @@ def evaluate_command(
     )
     if key_problem:
         raise UserError(key_problem + ".")
-    if out_file is not None and not out_file.strip():
-        raise UserError("--out must not be empty; name the JSON file to write.")
-    path = Path(target)
-    if not path.exists():
-        raise UserError(
-            f"{target}: no such run folder or model file; pass a folder written by "
-            "parscan-train or a model .npz."
-        )
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}.")
-        click.get_current_context().with_resource(_threads_restored())
-        use_threads(threads)
-    destination = (
-        Path(out_file)
-        if out_file is not None
-        else (path / "evaluation.json" if path.is_dir() else None)
-    )
-    if destination is not None and destination.is_dir():
-        raise UserError(f"--out {destination} is a folder; name the JSON file to write.")
-    if destination is not None and not destination.parent.is_dir():
-        raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
-    model_file = path / "model.npz" if path.is_dir() else path
-    if path.is_dir() and not model_file.is_file():
-        if (path / "checkpoints" / "checkpoint.npz").is_file():
-            raise UserError(
-                f"{target} has no model.npz: the run did not finish. Continue it with: "
-                f"parscan-train --out {shlex.quote(target)} --resume"
-            )
-        raise UserError(
-            f"{target} is a folder without model.npz; pass a run folder written by "
-            "parscan-train or a model .npz file."
-        )
-    try:
-        model, metadata = models.load_with_metadata(model_file)
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    path = _target_path(target)
+    _command_threads(threads)
+    destination = _destination(out_file, path, "evaluation.json", "the JSON file")
+    model, metadata = _target_model(path, target)
     recorded = path.is_dir() and (path / "args.json").is_file()
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
@@ -2146,3 +2172,219 @@ def evaluate_command(
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
         click.echo(_not_measured(scores) + units)
         sys.exit(1)
+
+
+#: a generated run farther than this many training-data sds from the training mean (in any
+#: dimension) has diverged; an initial observation farther than FAR_X0 sds gets a warning
+GENERATE_LIMIT = 1e3
+FAR_X0 = 10.0
+#: what ``generate`` writes: .npy (any number of runs) and text (one run, comma- or
+#: whitespace-separated, read back by ``load_data``)
+GENERATE_SUFFIXES = {".npy": None, ".csv": ",", ".txt": " "}
+
+
+@main.command("generate")
+@click.argument("target", type=str)
+@click.option(
+    "--n-steps",
+    type=int,
+    help="Steps per run (default for a run folder: its first test trajectory's length - 1).",
+)
+@click.option(
+    "--x0",
+    type=str,
+    multiple=True,
+    metavar="X1,...,XN",
+    help="Initial observation in data units, comma-separated; repeat it for several runs.",
+)
+@click.option(
+    "--starts",
+    type=int,
+    help="Runs from this many evenly spread points of the run's first test trajectory "
+    "(default 1: its first point).",
+)
+@click.option(
+    "--out", "out_file", type=str, help="The .npy, .csv or .txt file (default RUN/generated.npy)."
+)
+@click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
+def generate_command(target, n_steps, x0, starts, out_file, threads):
+    """Free-running trajectories of a trained model (a run folder or a model .npz).
+
+    Each run starts from an initial observation (--x0, in data units; default for a run
+    folder: the first point of its test data, or --starts evenly spread points of it) and
+    holds the --n-steps observations that follow it (the initial one not included), in data
+    units (the model's standardisation undone). One run is written as an n x N array; several
+    as K x n x N (.npy only). A run that becomes NaN/inf or diverges (leaves 1000 training-data
+    sds) is written as computed and named; the command then exits with 1.
+    """
+    if x0 and starts is not None:
+        raise UserError("--x0 and --starts both choose initial observations; pass one of them.")
+    problems = [
+        f"{flag} must be >= 1, got {value}"
+        for flag, value in (("--n-steps", n_steps), ("--starts", starts))
+        if value is not None and value < 1
+    ]
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+    path = _target_path(target)
+    _command_threads(threads)
+    destination = _destination(out_file, path, "generated.npy", "the .npy, .csv or .txt file")
+    if destination is None:
+        raise UserError(f"{target} is a model file: pass --out FILE (.npy, .csv or .txt).")
+    suffix = destination.suffix.lower()
+    if suffix not in GENERATE_SUFFIXES:
+        raise UserError(f"--out {destination}: write .npy, .csv or .txt, not '{suffix}'.")
+    n_runs = len(x0) if x0 else (starts or 1)
+    if n_runs > 1 and suffix != ".npy":
+        raise UserError(
+            f"--out {destination}: {n_runs} runs make a K x n x N array; write .npy for them."
+        )
+    model, _ = _target_model(path, target)
+    points, origin, n_default = _initial_points(path, target, model, x0, n_runs)
+    n_steps = n_steps or n_default
+    if n_steps is None:
+        raise UserError(f"{target} has no test data to size the runs: pass --n-steps N.")
+    _check_not_an_input(destination, path)
+    _check_memory(n_runs * n_steps * model.n_obs * 3 * 8, "--n-steps or the number of runs")
+    runs, units, problem = _free_runs(model, points, n_steps, origin)
+    try:
+        _write_runs(destination, runs[0] if n_runs == 1 else runs, GENERATE_SUFFIXES[suffix])
+    except OSError as exc:
+        raise UserError(str(exc).removeprefix("parscan-train generate: ")) from None
+    shape = " x ".join(str(n) for n in runs.shape[1 if n_runs == 1 else 0 :])
+    plural = "s" * (n_runs > 1)
+    click.echo(f"{n_runs} free run{plural} ({shape}, {units}) from {origin[0]} -> {destination}")
+    if problem is not None:
+        click.echo(f"{problem[1]} (written as computed).")
+        sys.exit(1)
+
+
+def _initial_points(path: Path, target: str, model, x0: tuple[str, ...], n_runs: int):
+    """The initial observations of ``generate`` in data units, ``(n_runs, N)``; what they
+    are, ``(origin, label)`` (for the summary, and ``label(k)`` naming run ``k``); and the
+    default ``--n-steps`` (None without test data).
+
+    ``--x0`` values, else ``n_runs`` evenly spread points of the first test trajectory of
+    the run folder ``path`` (as ``models.evaluate`` spreads its ``n_starts``)."""
+    if x0:
+        points = np.stack([_parse_x0(text, model.n_obs) for text in x0])
+        origin = "--x0" if len(x0) == 1 else f"{len(x0)} --x0 points"
+        return points, (origin, lambda k: f"the free run from --x0 {x0[k]}"), None
+    if not (path.is_dir() and (path / "args.json").is_file()):
+        raise UserError(f"{target} has no test data to start from: pass --x0 X1,...,XN.")
+    test = run_test_data(path, remedy="pass --x0 X1,...,XN to start elsewhere")[0]
+    if test.shape[1] != model.n_obs:
+        raise UserError(
+            f"the run's test data have {test.shape[1]} dimensions; its model has {model.n_obs}."
+        )
+    if n_runs > test.shape[0]:
+        raise UserError(
+            f"--starts {n_runs} exceeds the {test.shape[0]} points of the run's test data."
+        )
+    first = np.arange(n_runs) * test.shape[0] // n_runs
+    if n_runs == 1:
+        origin = "the first test point"
+    else:
+        origin = f"test points {', '.join(str(k) for k in first)}"
+    return (
+        test[first],
+        (origin, lambda k: f"the free run from test point {first[k]}"),
+        (test.shape[0] - 1),
+    )
+
+
+def _parse_x0(text: str, n_obs: int) -> np.ndarray:
+    """One ``--x0`` value: ``n_obs`` finite numbers separated by commas."""
+    try:
+        point = np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    except ValueError:
+        point = None
+    if point is None or point.shape != (n_obs,) or not np.all(np.isfinite(point)):
+        raise UserError(
+            f"--x0 {text}: expected {n_obs} finite numbers separated by commas (the model has "
+            f"{n_obs} dimension{'s' * (n_obs != 1)}), e.g. --x0 {','.join(['0.5'] * n_obs)}."
+        )
+    return point
+
+
+def _check_not_an_input(destination: Path, path: Path) -> None:
+    """Refuse an ``--out`` that is the model file, the run's history or one of its data
+    files: a generated run must not replace what the model came from."""
+    if not destination.exists():
+        return
+    inputs = {path / "model.npz": "the run's model", path / "history.csv": "the run's history"}
+    if path.is_dir() and (path / "args.json").is_file():
+        s = run_settings(path)
+        for file in _files(s.data) + _files(s.test_data):
+            inputs[Path(file)] = f"the run's data file {file}"
+    if not path.is_dir():
+        inputs = {path: "the model file"}
+    for file, what in inputs.items():
+        if file.exists() and destination.samefile(file):
+            raise UserError(f"--out {destination} would replace {what}; choose another file.")
+
+
+def _check_memory(n_bytes: int, fix: str) -> None:
+    """Refuse a job needing more than the memory available now (``MemAvailable``; no check
+    where ``/proc/meminfo`` is missing), naming what to lower."""
+    try:
+        with open("/proc/meminfo") as fh:
+            available = next(
+                int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return
+    if n_bytes > available:
+        raise UserError(
+            f"this needs about {n_bytes / 2**30:.1f} GiB of memory and {available / 2**30:.1f} "
+            f"GiB are available; lower {fix}."
+        )
+
+
+def _free_runs(model, points: np.ndarray, n_steps: int, origin):
+    """``model``'s free runs from ``points`` (data units, ``(K, N)``) as ``(K, n_steps, N)``
+    float64 in data units; the units' name; and :func:`models.metrics.run_problem`'s
+    verdict (non-finite, or beyond :data:`GENERATE_LIMIT` training-data sds), or None."""
+    from models.metrics import run_problem
+
+    if model.standardization is None:
+        mean, sd = np.zeros(model.n_obs), np.ones(model.n_obs)
+        units, bound = "model units: the model has no standardisation", f"|x| <= {GENERATE_LIMIT:g}"
+    else:
+        mean, sd = model.standardization
+        units, bound = "data units", f"{GENERATE_LIMIT:g} training-data sds"
+        _warn_if_far_points(points, mean, sd, origin[1])
+    runs = model.generate_in_data_units(points, n_steps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        problem = run_problem((runs - mean) / sd, 0.0, GENERATE_LIMIT, bound, origin[1])
+    return runs, units, problem
+
+
+def _warn_if_far_points(points: np.ndarray, mean: np.ndarray, sd: np.ndarray, label) -> None:
+    """One warning for the first initial observation farther than :data:`FAR_X0` training
+    sds from the training mean (``label(k)`` names its run): in other units, or off the
+    attractor."""
+    with np.errstate(over="ignore"):
+        shift = np.abs(points - mean) / sd
+    far = np.argwhere(shift > FAR_X0)
+    if far.size:
+        k, d = far[0]
+        _warn(
+            f"{label(k).replace('the free run from ', '')} lies {shift[k, d]:.3g} training-data "
+            f"sds from the training mean in dimension {d} (mean {mean[d]:.3g}, sd {sd[d]:.3g}); "
+            "is it in the training data's units?"
+        )
+
+
+def _write_runs(destination: Path, runs: np.ndarray, delimiter: str | None) -> None:
+    """``runs`` to ``destination`` atomically: ``.npy``, or text (``delimiter``; one run,
+    ``%.17g`` so each float64 reads back exactly)."""
+    from models.base import atomic_write
+
+    def write(fh):
+        if delimiter is None:
+            np.save(fh, runs)
+        else:
+            np.savetxt(fh, runs, fmt="%.17g", delimiter=delimiter)
+
+    atomic_write(destination, write, "parscan-train generate")

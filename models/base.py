@@ -21,9 +21,11 @@ import math
 import os
 import secrets
 import stat
+import typing
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +233,41 @@ class Model(ABC):
             A run that diverges or becomes non-finite is returned as computed (huge, inf or
             NaN entries), not flagged; :func:`models.evaluate` reports such runs.
         """
+
+    def generate_in_data_units(self, x0, n_steps: int) -> np.ndarray:
+        """:meth:`generate` from observation(s) in data units, returned in data units.
+
+        ``x0`` is standardised with :attr:`standardization` (as training standardised the
+        data), cast to the model's dtype and run by :meth:`generate`; the runs are mapped back
+        with ``x * sd + mean`` (:func:`models.destandardize`). A model without a
+        standardisation works in its own units.
+
+        Parameters
+        ----------
+        x0 : array_like, shape (..., N)
+            Initial observation(s) in data units, any real dtype.
+        n_steps : int
+            Number of steps, >= 0.
+
+        Returns
+        -------
+        ndarray, shape (..., n_steps, N), float64
+            The observations following ``x0`` (``x0`` not included), in data units. As for
+            :meth:`generate`, a run that diverges or becomes non-finite (also from a
+            non-finite ``x0``) is returned as computed, not flagged.
+        """
+        where = f"{type(self).__name__}.generate_in_data_units"
+        with Checks(where) as checks:
+            x0 = checks.array(x0, "x0")
+            if checks.ok("x0") and x0.dtype.kind not in "iuf":
+                checks.add(f"x0 must be real numeric; got dtype {x0.dtype}.", wrong_kind=True)
+            elif checks.ok("x0") and (x0.ndim < 1 or x0.shape[-1] != self.n_obs):
+                checks.add(f"x0 must have shape (..., N) with N={self.n_obs}; got {x0.shape}.")
+            n_steps = checks.integer(n_steps, "n_steps", 0)
+        mean, sd = self.standardization or (0.0, 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z0 = ((x0.astype(np.float64) - mean) / sd).astype(self.dtype)
+            return self.generate(z0, n_steps).astype(np.float64) * sd + mean
 
     @property
     def n_params(self) -> int:
@@ -468,9 +505,16 @@ def reworded_os_error(exc: OSError, message: str) -> OSError:
 
 
 def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
-    """Write ``arrays`` to ``path`` (``.npz``) atomically: temp file in the same directory,
-    flushed and fsynced, then :func:`os.replace`. Returns ``path``. SIGINT and SIGTERM that
-    arrive meanwhile act once the file is complete (:func:`models._signals.signals_deferred`).
+    """Write ``arrays`` to ``path`` (``.npz``) atomically (:func:`atomic_write`); returns
+    ``path``."""
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays), where)
+
+
+def atomic_write(path, write: Callable[[typing.BinaryIO], None], where: str) -> Path:
+    """Write a file atomically: ``write(fh)`` fills a temp file (binary) in the same
+    directory, which is flushed, fsynced and moved to ``path`` with :func:`os.replace`.
+    Returns ``path``. SIGINT and SIGTERM that arrive meanwhile act once the file is complete
+    (:func:`models._signals.signals_deferred`).
 
     A new file gets the mode of any newly created file (``0o666`` less the process umask),
     not the private ``0o600`` of :func:`tempfile.mkstemp`; a file replaced keeps its mode.
@@ -483,7 +527,7 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
         if path.is_dir():  # os.replace would fail with a reason that does not say this
             raise IsADirectoryError(errno.EISDIR, "it is a directory; name a file inside it")
         with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
-            _write_atomically(path, arrays)
+            _write_atomically(path, write)
     except OSError as exc:
         raise reworded_os_error(
             exc,
@@ -493,8 +537,8 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray], where: str) -> Path:
     return path
 
 
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The writing of :func:`atomic_save_npz`; raises the ``OSError`` of the failed step."""
+def _write_atomically(path: Path, write: Callable[[typing.BinaryIO], None]) -> None:
+    """The writing of :func:`atomic_write`; raises the ``OSError`` of the failed step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:  # a fresh name; O_EXCL makes the create fail rather than reuse a file
@@ -506,7 +550,7 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
             continue
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         try:

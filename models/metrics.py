@@ -880,7 +880,7 @@ def max_lyapunov(
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_problem(runs, mean, limit, diverge_factor, label):
+def run_problem(runs, mean, limit, bound, label):
     """Why some generated runs cannot be measured, or None when all can.
 
     Parameters
@@ -889,8 +889,8 @@ def _run_problem(runs, mean, limit, diverge_factor, label):
         Generated observations, float64.
     mean, limit : ndarray, shape (N,)
         A value farther than ``limit`` from ``mean`` (per dimension) has diverged.
-    diverge_factor : float
-        ``limit`` in data ranges (for the message).
+    bound : str
+        What ``limit`` is, for the message (``"1000 data ranges"``).
     label : callable
         ``label(i)`` names run ``i`` in the message, e.g. ``"the free run"``.
 
@@ -910,19 +910,19 @@ def _run_problem(runs, mean, limit, diverge_factor, label):
     if not finite[run].all():
         return "non_finite", f"{label(run)} is NaN/inf from step {int(np.argmin(finite[run])) + 1}"
     step = int(np.argmax(far[run])) + 1
-    return "diverged", f"{label(run)} leaves {diverge_factor:g} data ranges at step {step}"
+    return "diverged", f"{label(run)} leaves {bound} at step {step}"
 
 
 def _pe_check(pe_steps, mean, limit, diverge_factor):
     """The ``check`` of :func:`_prediction_error` in :func:`evaluate`: each n-step PE run is
-    judged by :func:`_run_problem` like the free run."""
+    judged by :func:`run_problem` like the free run."""
 
     def check(first, runs):
-        return _run_problem(
+        return run_problem(
             runs,
             mean,
             limit,
-            diverge_factor,
+            f"{diverge_factor:g} data ranges",
             lambda run: f"the {pe_steps}-step prediction (PE) from test point {first + run}",
         )
 
@@ -1240,7 +1240,7 @@ def _score_trajectory(model, x, s, reference, mean, limit):
     """:func:`evaluate`'s free runs from one checked test trajectory ``x`` (float64) and its
     measures but ``"lyapunov"`` (left None); ``reference``: the binned D_stsp reference of
     ``x[1:]`` (None otherwise); ``mean``, ``limit``: the divergence bounds of
-    :func:`_run_problem`. Returns the result and the measured part of the runs,
+    :func:`run_problem`. Returns the result and the measured part of the runs,
     ``(n_starts, n_steps - transient, N)`` (None when they cannot be measured)."""
     n_steps = s.run_length(x)
     starts = np.arange(s.n_starts) * x.shape[0] // s.n_starts
@@ -1262,7 +1262,7 @@ def _score_trajectory(model, x, s, reference, mean, limit):
             return "the free run"
         return f"the free run (run {run + 1} of {s.n_starts}, from test point {starts[run]})"
 
-    problem = _run_problem(gen, mean, limit, s.diverge_factor, free_run)
+    problem = run_problem(gen, mean, limit, f"{s.diverge_factor:g} data ranges", free_run)
     if problem is not None:
         result.update(status=problem[0], message=problem[1])
         return result, None

@@ -71,6 +71,7 @@ def test_help_lists_every_option():
         "--n-relu",
         "--n-bins",
         "evaluate",
+        "generate",
     ):
         assert option in result.output
     assert ".npy/.npz/.csv/.txt" in result.output  # the suffixes load_data reads
@@ -1027,7 +1028,7 @@ def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     _one_error_line(
         run("evaluate", tmp_path / "run"),
         f"the run's data file {tmp_path / 'x.npy'} (recorded in {args_file}) is missing; pass "
-        "--test-data FILE.",
+        "--test-data FILE to score other data.",
     )
 
 
@@ -1515,3 +1516,145 @@ def test_a_run_whose_steps_are_all_rejected_exits_1_with_one_line(tmp_path, monk
     assert "6 consecutive steps were rejected (last: non-finite loss or gradient)" in lines[0]
     assert "Traceback" not in result.output
     assert not (out / "model.npz").exists()
+
+
+def _data_units_run(model, x0, n_steps):
+    """``model``'s free runs from ``x0`` (data units), in data units, as generate makes them."""
+    mean, sd = model.standardization
+    z0 = ((np.asarray(x0) - mean) / sd).astype(model.dtype)
+    return model.generate(z0, n_steps).astype(np.float64) * sd + mean
+
+
+def test_generate_from_the_runs_test_data_in_data_units(finished_run, tmp_path):
+    """Default: one run from the first test point, as long as the test data, written to
+    RUN/generated.npy in data units; --starts spreads runs over the test data as evaluate's
+    n_starts does."""
+    out = _copy_run(finished_run, tmp_path)
+    model = models.load(out / "model.npz")
+    test = cli.run_test_data(out)[0]
+    result = run("generate", out)
+    assert result.exit_code == 0, result.output
+    n = len(test) - 1
+    assert f"1 free run ({n} x 3, data units) from the first test point -> " in result.output
+    generated = np.load(out / "generated.npy")
+    np.testing.assert_allclose(generated, _data_units_run(model, test[0], n), rtol=1e-12)
+    assert run("evaluate", out).exit_code == 0  # the run folder is still a run folder
+
+    result = run("generate", out, "--starts", 3, "--n-steps", 25, "--out", tmp_path / "s.npy")
+    assert result.exit_code == 0, result.output
+    first = np.arange(3) * len(test) // 3
+    assert f"3 free runs (3 x 25 x 3, data units) from test points {first[0]}, " in result.output
+    np.testing.assert_allclose(
+        np.load(tmp_path / "s.npy"), _data_units_run(model, test[first], 25), rtol=1e-12
+    )
+
+
+def test_generate_from_given_points_and_to_text(finished_run, tmp_path):
+    """--x0 in data units (negative values too), repeated for several runs; a model file
+    needs --x0, --n-steps and --out; .csv/.txt hold one run that reads back exactly."""
+    model_file = finished_run[0] / "model.npz"
+    model = models.load(model_file)
+    result = run("generate", model_file, "--x0", "-5,0,25", "--x0", "1,2,20", "--n-steps", 30,
+                 "--out", tmp_path / "two.npy")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 free runs (2 x 30 x 3, data units) from 2 --x0 points" in result.output
+    expected = _data_units_run(model, [[-5, 0, 25], [1, 2, 20]], 30)
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), expected, rtol=1e-12)
+    for suffix in (".csv", ".txt"):
+        target = tmp_path / f"one{suffix}"
+        result = run("generate", model_file, "--x0", "-5,0,25", "--n-steps", 30, "--out", target)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(models.load_data(target), np.load(tmp_path / "two.npy")[0])
+    for missing, message in (
+        (["--x0", "1,2,3", "--n-steps", 5], "is a model file: pass --out FILE"),
+        (["--x0", "1,2,3", "--out", tmp_path / "a.npy"], "has no test data to size the runs"),
+        (["--n-steps", 5, "--out", tmp_path / "a.npy"], "has no test data to start from"),
+    ):
+        _one_error_line(run("generate", model_file, *missing), message)
+
+
+def test_generate_of_a_model_without_standardisation_is_in_model_units(finished_run, tmp_path):
+    model = models.load(finished_run[0] / "model.npz")
+    model.standardization = None
+    model.save(tmp_path / "raw.npz")
+    result = run("generate", tmp_path / "raw.npz", "--x0", "0.1,0.2,0.3", "--n-steps", 10,
+                 "--out", tmp_path / "g.npy")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "model units: the model has no standardisation" in result.output
+    np.testing.assert_allclose(
+        np.load(tmp_path / "g.npy"),
+        model.generate(np.array([0.1, 0.2, 0.3], dtype=model.dtype), 10),
+        rtol=1e-6,
+    )
+
+
+def test_generate_writes_a_failing_run_and_exits_1_naming_it(finished_run, tmp_path, monkeypatch):
+    """A run that becomes NaN (or leaves 1000 training sds) is written as computed and named;
+    an initial point far from the training data is warned about first."""
+    out = _copy_run(finished_run, tmp_path)
+    cls = type(models.load(out / "model.npz"))
+    generate = cls.generate
+
+    def blows_up(self, x0, n_steps):
+        runs = generate(self, x0, n_steps)
+        runs[..., 7:, 1] = np.nan
+        return runs
+
+    monkeypatch.setattr(cls, "generate", blows_up)
+    result = run("generate", out, "--n-steps", 20)
+    assert result.exit_code == 1, result.output
+    assert "the free run from test point 0 is NaN/inf from step 8 (written as computed)." \
+        in result.output  # fmt: skip
+    assert np.isnan(np.load(out / "generated.npy")[7:, 1]).all()
+
+    def diverges(self, x0, n_steps):
+        runs = generate(self, x0, n_steps)
+        runs[..., 4:, 0] = 2e3
+        return runs
+
+    monkeypatch.setattr(cls, "generate", diverges)
+    result = run("generate", out, "--x0", "1,1,20", "--x0", "1e4,1,20", "--n-steps", 9)
+    assert result.exit_code == 1, result.output
+    assert "warning: --x0 1e4,1,20 lies " in result.output
+    assert "training-data sds from the training mean in dimension 0" in result.output
+    assert "the free run from --x0 1,1,20 leaves 1000 training-data sds at step 5" in result.output
+
+
+def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, monkeypatch):
+    """Bad options are refused in one line before anything runs; --out never replaces the
+    model, the run's history or its data; a failed write leaves the old file."""
+    paths, arrays, out, _ = several_run
+    for args, message in (
+        (["--x0", "1,2,3", "--starts", 2], "--x0 and --starts both choose initial observations"),
+        (["--n-steps", 0, "--starts", 0], "--n-steps must be >= 1, got 0; --starts must be >= 1"),
+        (["--x0", "1,a,3"], "--x0 1,a,3: expected 3 finite numbers separated by commas"),
+        (["--x0", "1,2"], "--x0 1,2: expected 3 finite numbers"),
+        (["--x0", "1,inf,2"], "--x0 1,inf,2: expected 3 finite numbers"),
+        (["--out", tmp_path / "g.json"], "write .npy, .csv or .txt, not '.json'"),
+        (["--starts", 2, "--out", tmp_path / "g.csv"], "2 runs make a K x n x N array; write .npy"),
+        (["--starts", 301], "--starts 301 exceeds the 300 points of the run's test data"),
+        (["--out", ""], "--out must not be empty"),
+        (["--out", tmp_path], "is a folder; name the .npy, .csv or .txt file to write"),
+        (["--out", paths[0]], f"would replace the run's data file {paths[0]}"),
+        (["--out", out / "history.csv"], "would replace the run's history"),
+        (["--threads", 0], "--threads must be >= 1, got 0"),
+        (["--n-steps", 10**12], "GiB of memory and"),
+    ):
+        _one_error_line(run("generate", out, *args), message)
+    np.testing.assert_array_equal(np.load(paths[0]), arrays[0])
+    _one_error_line(run("generate", tmp_path / "nothing"), "no such run folder or model file")
+
+    import models.base
+
+    np.save(tmp_path / "old.npy", np.arange(3.0))
+
+    def full_disk(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(models.base, "_write_atomically", full_disk)
+    _one_error_line(
+        run("generate", out, "--out", tmp_path / "old.npy"),
+        f"cannot write {tmp_path / 'old.npy'} (No space left on device); a file already there "
+        "is unchanged.",
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npy"), np.arange(3.0))

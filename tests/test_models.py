@@ -362,6 +362,33 @@ def test_generate_uses_initial_state_map(model):
     np.testing.assert_array_equal(model.generate(x0, 3), model.simulate(z0, 3)[..., :N])
 
 
+@pytest.mark.parametrize("ssm", [False, True])
+def test_generate_in_data_units_standardises_x0_and_maps_the_runs_back(model, ssm):
+    """x0 of any real dtype and batch shape, in data units: the float32 model's generate from
+    (x0 - mean) / sd, mapped back with sd and mean; without a standardisation, generate
+    itself (as float64). Errors name the method."""
+    m = (models.LinearSSM(N, 5, 4, seed=2) if ssm else model).astype("float32")
+    x0 = np.arange(2 * 3 * N).reshape(2, 3, N) - 4  # integers, shape (2, 3, N)
+    mean, sd = np.array([1.0, -2.0, 30.0]), np.array([2.0, 0.5, 8.0])
+    m.standardization = (mean, sd)
+    expected = m.generate(((x0 - mean) / sd).astype(np.float32), 6).astype(np.float64) * sd + mean
+    got = m.generate_in_data_units(x0, 6)
+    assert got.shape == (2, 3, 6, N) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)
+    one = m.generate_in_data_units(x0[0, 0].tolist(), 6)  # one run: L0 x0 by another BLAS path
+    np.testing.assert_allclose(one, expected[0, 0], rtol=1e-5)
+    m.standardization = None
+    np.testing.assert_array_equal(
+        m.generate_in_data_units(x0, 2), m.generate(x0.astype(np.float32), 2)
+    )
+    where = f"{type(m).__name__}.generate_in_data_units"
+    shape = r"x0 must have shape \(..., N\) with N=3; got \(2,\)\."
+    with pytest.raises(ValueError, match=rf"^{where}: {shape} n_steps must be >= 0; got -1\.$"):
+        m.generate_in_data_units(np.zeros(2), -1)
+    with pytest.raises(TypeError, match=rf"^{where}: x0 must be real numeric; got dtype complex"):
+        m.generate_in_data_units(np.zeros(N, complex), 2)
+
+
 # ---- construction, init, save/load ----------------------------------------------------
 
 

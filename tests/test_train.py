@@ -1093,14 +1093,14 @@ def test_a_signal_during_an_atomic_save_acts_once_it_is_done(tmp_path, monkeypat
     signum = getattr(signal, signum)
     write = models.base._write_atomically
 
-    def signalled_mid_write(path, arrays):
+    def signalled_mid_write(path, writer):
         signal.raise_signal(signum)  # held back: the write goes on
-        write(path, arrays)
+        write(path, writer)
 
     def stop(*args):
         raise _Stopped
 
-    def failing_write(path, arrays):
+    def failing_write(path, writer):
         signal.raise_signal(signum)
         raise OSError(28, "No space left on device")
 
