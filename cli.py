@@ -1256,13 +1256,22 @@ def echo_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def score_test(
-    model, test: np.ndarray | list, *, dstsp_fix: str, dh_fix: str, n_bins: int, **options
+    model,
+    test: np.ndarray | list,
+    *,
+    dstsp_fix: str,
+    dh_fix: str,
+    n_bins: int,
+    labels: list[str] = (),
+    **options,
 ) -> dict:
     """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box; ``test`` one
     trajectory or a list of them) with its warnings as one line each; the warnings that too
     few points were scored for binned D_stsp (all runs together) or for D_H's smoothing (the
     shortest comparison) name the command line's remedies (``dstsp_fix``, ``dh_fix``:
-    clauses) instead of ``evaluate``'s arguments, and only when the scores were measured."""
+    clauses) instead of ``evaluate``'s arguments, and only when the scores were measured.
+    Its errors and failure message name the k-th of several test trajectories (``x_test[k]``)
+    by ``labels[k]`` (:func:`_test_labels`)."""
     import models
     from models.metrics import (
         DH_SMOOTHING,
@@ -1277,8 +1286,12 @@ def score_test(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StateSpaceResolutionWarning)
             warnings.simplefilter("ignore", SpectrumResolutionWarning)
-            scores = models.evaluate(model, test, n_bins=n_bins, **options)
+            try:
+                scores = models.evaluate(model, test, n_bins=n_bins, **options)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(_named_tests(str(exc), labels)) from None
         if scores["status"] != "ok":
+            scores["message"] = _named_tests(scores["message"], labels)
             return scores
         tests = test if isinstance(test, list) else [test]
         measured = scores["n_measured"] if isinstance(test, list) else [scores["n_measured"]]
@@ -1291,6 +1304,22 @@ def score_test(
         smoothing = options.get("smoothing", DH_SMOOTHING)
         check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
+
+
+def _test_labels(s: Settings) -> list[str]:
+    """How messages name each test trajectory of a run with settings ``s`` when it has
+    several: by its ``--test-data`` file, or as the test part of its ``--data`` file."""
+    if s.test_data is not None:
+        return [f"--test-data {file}" for file in _files(s.test_data)]
+    return [f"the test part of --data {file}" for file in _files(s.data)]
+
+
+def _named_tests(message: str, labels: list[str]) -> str:
+    """``models.evaluate``'s ``message`` with the test trajectories it names by their index
+    (``x_test[1]``) named by ``labels`` (:func:`_test_labels`), when there are several."""
+    if len(labels) < 2:
+        return message
+    return re.sub(r"\bx_test\[(\d+)\]", lambda match: labels[int(match[1])], message)
 
 
 def warn_validation_resolution(validation: list[np.ndarray], config) -> None:
@@ -1761,6 +1790,7 @@ def train(
             dh_fix=_test_points(s),
             pe_steps=TEST_PE_STEPS,
             n_bins=s.n_bins,
+            labels=_test_labels(s),
         )
         last = result.history[-1] if result.history else {}
         summary = {
@@ -2125,8 +2155,9 @@ def evaluate_command(
         n_bins = _recorded_n_bins(metadata)
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
+        labels = [f"--test-data {file}" for file in test_data]
     elif recorded:
-        raws = run_test_data(path)
+        raws, labels = run_test_data(path), _test_labels(run_settings(path))
     else:
         raise UserError(f"{target} is a model file: pass --test-data.")
     for file, raw in zip(test_data or [None] * len(raws), raws, strict=True):
@@ -2152,6 +2183,7 @@ def evaluate_command(
             smoothing=smoothing,
             pe_steps=pe_steps,
             transient=transient,
+            labels=labels,
         )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None

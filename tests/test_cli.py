@@ -159,10 +159,13 @@ def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
          "flat.npy have 2 dimensions; the model needs 3."),
         (["--test-data-key", "test"], "--test-data-key names an array in an .npz file; "
          f"--test-data {tmp_path}/a.npy is not one, drop --test-data-key."),
+        (["--transient", 600], f"transient (600) must be smaller than n_steps (499, for "
+         f"--test-data {tmp_path}/b.npz)"),  # evaluate's x_test[1], named by its file
     ]:  # fmt: skip
         refused = run("evaluate", out / "model.npz", *files, *extra)
         assert refused.exit_code == 2
-        assert refused.output == f"parscan-train: error: {message}\n", refused.output
+        assert refused.output.startswith("parscan-train: error: "), refused.output
+        assert message in refused.output and len(refused.output.splitlines()) == 1, refused.output
 
 
 @pytest.mark.filterwarnings("always::models.metrics.SpectrumResolutionWarning")
@@ -1658,3 +1661,17 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
         "is unchanged.",
     )
     np.testing.assert_array_equal(np.load(tmp_path / "old.npy"), np.arange(3.0))
+
+
+def test_failures_of_several_test_trajectories_are_named_by_their_file():
+    """evaluate's x_test[k] becomes the k-th test file (or --data file's test part) in the
+    messages of a run with several; one test trajectory keeps evaluate's words."""
+    message = "x_test[1]: the free run is NaN/inf from step 3 (1 of the 2 test trajectories …)"
+    several = cli.Settings(data=["a.npy", "b.npy"])
+    assert cli._named_tests(message, cli._test_labels(several)) == (
+        "the test part of --data b.npy: the free run is NaN/inf from step 3 (1 of the 2 test "
+        "trajectories …)"
+    )
+    tests = cli._test_labels(replace(several, test_data=["t1.npy", "t2.npy"]))
+    assert cli._named_tests(message, tests).startswith("--test-data t2.npy: the free run")
+    assert cli._named_tests(message, cli._test_labels(cli.Settings())) == message
