@@ -1120,7 +1120,8 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
             f"({type(exc).__name__}: {exc}); start a new run."
         ) from None
     _check_config(saved_config, config, path)
-    if config.standardize:
+    _check_same_data(saved_fingerprints, saved_lengths, start, path)  # names what differs
+    if config.standardize:  # a change between the rows the fingerprints keep
         saved_mean, saved_sd = ckpt["standardization"]
         mean, sd = start.model.standardization
         if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
@@ -1129,7 +1130,6 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
                 "training data of the interrupted run."
             )
         start.model.standardization = (saved_mean, saved_sd)
-    _check_same_data(saved_fingerprints, saved_lengths, start, path)
     if start.state.step > config.n_steps:
         done = -(-start.state.step // config.batches_per_epoch)
         raise ValueError(
@@ -1205,14 +1205,24 @@ def _check_same_data(saved: dict, saved_lengths: dict, start: _Start, path):
             what = f"trajectories of {lengths0} steps -> {lengths1}"
         elif shape0 != shape1:
             what = f"shape {tuple(shape0)} -> {tuple(shape1)}"
-        elif np.any(np.abs(rows1 - rows0) > _FINGERPRINT_RTOL * np.max(np.abs(rows0), axis=0)):
+        elif (differs := _differing_rows(rows0, rows1)).any():
             what = "same shape, different values at evenly spaced rows"
+            if len(lengths1) > 1:  # the trajectory of the first differing row
+                row = _sampled_rows(*shape1)[np.argmax(differs)]
+                what += f", first in {name}[{np.searchsorted(np.cumsum(lengths1), row, 'right')}]"
         else:
             continue
         raise ValueError(
             f"fit: {name} differs from the {name} of the run in {path} ({what}); resume with "
             f"the {name} of that run, or start a new run."
         )
+
+
+def _differing_rows(rows0: np.ndarray, rows1: np.ndarray) -> np.ndarray:
+    """Which of two fingerprints' rows (:func:`_fingerprint`, same shape) differ beyond
+    :data:`_FINGERPRINT_RTOL` of each column's largest magnitude in ``rows0``."""
+    tolerance = _FINGERPRINT_RTOL * np.max(np.abs(rows0), axis=0)
+    return np.any(np.abs(rows1 - rows0) > tolerance, axis=1)
 
 
 def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:

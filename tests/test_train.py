@@ -827,8 +827,13 @@ def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path)
             check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
         with pytest.raises(ValueError, match=message):
             fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
-    with pytest.raises(ValueError, match="mean/sd differ"):
+    with pytest.raises(ValueError, match=r"data differs .* \(same shape, different values at "):
         check_fit(small_model(), x + 1.0, config(epochs=2, batches_per_epoch=1),
+                  checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    between = x.copy()  # a change between the rows the fingerprint keeps: the mean/sd see it
+    between[1] += 100.0
+    with pytest.raises(ValueError, match="mean/sd differ"):
+        check_fit(small_model(), between, config(epochs=2, batches_per_epoch=1),
                   checkpoint_dir=tmp_path, resume=True)  # fmt: skip
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
 
@@ -1386,13 +1391,13 @@ def test_several_trajectories_resume_bitwise_and_only_with_the_same_split(lorenz
     full = fit(small_model(), parts, cfg)
     with pytest.raises(KeyboardInterrupt):
         fit(small_model(), parts, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14))
-    for other, before_after in [
-        (x, r"\[1200, 1800\] steps -> \[3000\]"),
-        ([x[:1000], x[1000:]], r"\[1200, 1800\] steps -> \[1000, 2000\]"),
-    ]:
-        with pytest.raises(
-            ValueError, match=rf"^fit: data differs .* \(trajectories of {before_after}\)"
-        ):
+    for other, what in [
+        (x, r"trajectories of \[1200, 1800\] steps -> \[3000\]"),
+        ([x[:1000], x[1000:]], r"trajectories of \[1200, 1800\] steps -> \[1000, 2000\]"),
+        ([x[:1200], x[:1199:-1]], r"same shape, different values at evenly spaced rows, "
+         r"first in data\[1\]"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^fit: data differs .* \({what}\)"):
             check_fit(small_model(), other, cfg, checkpoint_dir=tmp_path, resume=True)
     resumed = fit(small_model(), parts, cfg, checkpoint_dir=tmp_path, resume=True)
     assert np.array_equal(resumed.model.params, full.model.params)
@@ -1533,7 +1538,10 @@ def test_several_validation_trajectories_resume_bitwise_and_only_with_the_same_s
         (xv, r"trajectories of \[600, 400\] steps -> \[1000\]"),
         ([xv[:500], xv[500:]], r"trajectories of \[600, 400\] steps -> \[500, 500\]"),
         ([xv[:600], xv[600:-1]], r"trajectories of \[600, 400\] steps -> \[600, 399\]"),
-        ([xv[:600], xv[:599:-1]], "same shape, different values at evenly spaced rows"),
+        (
+            [xv[:600], xv[:599:-1]],
+            r"same shape, different values at evenly spaced rows, first in validation_data\[1\]",
+        ),
     ]:
         with pytest.raises(
             ValueError, match=rf"^fit: validation_data differs from the validation_data of the "
