@@ -1932,15 +1932,18 @@ def _recorded_n_bins(metadata: dict) -> int:
 def _scored_steps(scores: dict) -> str:
     """The points of each free run that :func:`models.evaluate` scored (``"99999 steps"``;
     several test trajectories: ``"2 test trajectories, 799 + 499 steps"``), with the
-    transient it dropped before them."""
+    transient it dropped before them and the number of runs per trajectory when several."""
     several = "n_trajectories" in scores
     dropped = scores["transient"] if several else scores["n_steps"] - scores["n_measured"]
     after = f" after a transient of {dropped}" if dropped else ""
+    runs = scores.get("n_starts", 1)
     if not several:
-        return f"{scores['n_measured']} steps{after}"
+        spread = f", {runs} free runs from spread-out test points" * (runs > 1)
+        return f"{scores['n_measured']} steps{after}{spread}"
     steps = " + ".join(str(n) for n in scores["n_measured"])
     each = " each" * bool(dropped)
-    return f"{scores['n_trajectories']} test trajectories, {steps} steps{after}{each}"
+    spread = f", {runs} free runs from spread-out points of each" * (runs > 1)
+    return f"{scores['n_trajectories']} test trajectories, {steps} steps{after}{each}{spread}"
 
 
 def _reconstruction_failure(test: dict, validation: dict | None) -> str | None:
@@ -2122,10 +2125,27 @@ def _target_model(path: Path, target: str):
     "--pe-steps", type=int, default=TEST_PE_STEPS, show_default=True, help="PE horizon n."
 )
 @click.option("--transient", type=int, default=0, show_default=True, help="Dropped steps.")
+@click.option(
+    "--n-starts",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Free runs per test trajectory, from evenly spaced test points (scores averaged; "
+    "one failing run fails the score).",
+)
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
 @click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 def evaluate_command(
-    target, test_data, test_data_key, n_bins, smoothing, pe_steps, transient, out_file, threads
+    target,
+    test_data,
+    test_data_key,
+    n_bins,
+    smoothing,
+    pe_steps,
+    transient,
+    n_starts,
+    out_file,
+    threads,
 ):
     """Score a trained model (a run folder or a model .npz) on test data.
 
@@ -2144,6 +2164,8 @@ def evaluate_command(
     )
     if key_problem:
         raise UserError(key_problem + ".")
+    if n_starts < 1:
+        raise UserError(f"--n-starts must be >= 1, got {n_starts}.")
     path = _target_path(target)
     _command_threads(threads)
     destination = _destination(out_file, path, "evaluation.json", "the JSON file")
@@ -2183,6 +2205,7 @@ def evaluate_command(
             smoothing=smoothing,
             pe_steps=pe_steps,
             transient=transient,
+            n_starts=n_starts,
             labels=labels,
         )
     except (TypeError, ValueError) as exc:

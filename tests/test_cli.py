@@ -127,6 +127,20 @@ def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
                 "--test-data-key", "test")  # fmt: skip
     assert keyed.exit_code == 0 and keyed.output == result.output, keyed.output
     assert run("evaluate", out / "model.npz").exit_code == 2
+    spread = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy",
+                 "--n-starts", 3, "--out", tmp_path / "spread.json")  # fmt: skip
+    assert spread.exit_code == 0, spread.output
+    assert spread.output.splitlines()[-1].endswith(
+        "(799 steps, 3 free runs from spread-out test points)"
+    )
+    model = models.load(out / "model.npz")
+    mean, sd = model.standardization
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = models.evaluate(model, (x - mean) / sd, n_starts=3)
+    scores = json.loads((tmp_path / "spread.json").read_text())
+    assert scores["n_starts"] == 3
+    assert (scores["dstsp"], scores["dh"]) == pytest.approx((expected["dstsp"], expected["dh"]))
 
 
 def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
@@ -937,6 +951,9 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", tmp_path / "no-run"), "no-run is a folder without model.npz")
     _one_error_line(run("evaluate", tmp_path / "gone"), "gone: no such run folder or model file")
     _one_error_line(run("evaluate", out, "--threads", 0), "--threads must be >= 1, got 0")
+    _one_error_line(run("evaluate", out, "--n-starts", 0), "--n-starts must be >= 1, got 0")
+    _one_error_line(run("evaluate", out, "--n-starts", 1501), "n_starts (1501) must not exceed the "
+                    "number of test points (1500)")  # fmt: skip
     _one_error_line(run("evaluate", out, "--smoothing", "1e9"), "smoothing=1e+09 frequency bins")
     used = []
     with pytest.MonkeyPatch.context() as patch:
