@@ -2133,6 +2133,16 @@ def _target_model(path: Path, target: str):
     help="Free runs per test trajectory, from evenly spaced test points (scores averaged; "
     "one failing run fails the score).",
 )
+@click.option(
+    "--lyapunov",
+    is_flag=True,
+    help="Also the model's largest Lyapunov exponent (latent RNNs), per step and per time unit.",
+)
+@click.option(
+    "--dt",
+    type=float,
+    help="Time units per data step, for --lyapunov per time unit (default: a generated system's).",
+)
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
 @click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 def evaluate_command(
@@ -2144,6 +2154,8 @@ def evaluate_command(
     pe_steps,
     transient,
     n_starts,
+    lyapunov,
+    dt,
     out_file,
     threads,
 ):
@@ -2166,11 +2178,19 @@ def evaluate_command(
         raise UserError(key_problem + ".")
     if n_starts < 1:
         raise UserError(f"--n-starts must be >= 1, got {n_starts}.")
+    if dt is not None and not (lyapunov and math.isfinite(dt) and dt > 0):
+        raise UserError(
+            f"--dt must be finite and > 0, got {dt}."
+            if lyapunov
+            else "--dt converts the exponent of --lyapunov; add --lyapunov or drop --dt."
+        )
     path = _target_path(target)
     _command_threads(threads)
     destination = _destination(out_file, path, "evaluation.json", "the JSON file")
     model, metadata = _target_model(path, target)
     recorded = path.is_dir() and (path / "args.json").is_file()
+    if lyapunov:
+        dt, system = _lyapunov_time_step(model, metadata, dt)
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
@@ -2206,11 +2226,14 @@ def evaluate_command(
             pe_steps=pe_steps,
             transient=transient,
             n_starts=n_starts,
+            measures=("dstsp", "dh", "pe", "lyapunov")[: 4 if lyapunov else 3],
             labels=labels,
         )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     scores["n_bins"] = _bins_used(scores, n_bins)
+    if lyapunov and scores["status"] == "ok":
+        scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
     if destination is not None:
         try:
             _write_json(destination, scores)
@@ -2223,10 +2246,43 @@ def evaluate_command(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
             f"PE({pe_steps}) {scores['pe']:#.3g}   ({_scored_steps(scores)})"
         )
+        if lyapunov:
+            click.echo(_lyapunov_line(scores, system))
     else:  # as after training: the model does not reconstruct the system (exit 1)
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
         click.echo(_not_measured(scores) + units)
         sys.exit(1)
+
+
+def _lyapunov_time_step(model, metadata: dict, dt: float | None):
+    """For ``evaluate --lyapunov``: the data's time step (``--dt``, else that of the system
+    the model's training run generated its data from, as its metadata records, else None)
+    and that system (None for data read from files). A model without a Jacobian is refused."""
+    from models import SYSTEMS, LatentRNN
+
+    if not isinstance(model, LatentRNN):
+        raise UserError(
+            f"--lyapunov needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn); the model "
+            f"is a {type(model).__name__}."
+        )
+    settings = metadata.get("settings")
+    settings = settings if isinstance(settings, dict) else {}
+    name = settings.get("system") if settings.get("data") is None else None
+    system = SYSTEMS.get(name) if isinstance(name, str) else None
+    return (dt if dt is not None or system is None else system.dt), system
+
+
+def _lyapunov_line(scores: dict, system) -> str:
+    """The line ``evaluate --lyapunov`` prints: the exponent per step, per time unit when the
+    time step is known, and the exponent of the ``system`` the data came from (if any)."""
+    line = f"lambda_max {scores['lyapunov']:.4g} per step"
+    if scores["dt"] is not None:
+        line += f" = {scores['lyapunov_per_time']:.4g} per time unit (dt {scores['dt']:g})"
+    else:
+        line += "; pass --dt (time units per data step) for the exponent per time unit"
+    if system is not None and system.lyapunov is not None:
+        line += f"; {system.name}: {system.lyapunov:g} per time unit"
+    return line
 
 
 #: a generated run farther than this many training-data sds from the training mean (in any

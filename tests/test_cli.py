@@ -1692,3 +1692,48 @@ def test_failures_of_several_test_trajectories_are_named_by_their_file():
     tests = cli._test_labels(replace(several, test_data=["t1.npy", "t2.npy"]))
     assert cli._named_tests(message, tests).startswith("--test-data t2.npy: the free run")
     assert cli._named_tests(message, cli._test_labels(cli.Settings())) == message
+
+
+def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
+    """--lyapunov: evaluate's exponent per step, per time unit with the generated system's dt
+    (or --dt), next to the system's own; refused for a model without a Jacobian, and --dt
+    without --lyapunov or out of range."""
+    out, _ = finished_run
+    result = run("evaluate", out, "--lyapunov", "--out", tmp_path / "l.json")
+    assert result.exit_code == 0, result.output
+    model = models.load(out / "model.npz")
+    mean, sd = model.standardization
+    test = (cli.run_test_data(out)[0] - mean) / sd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = models.evaluate(model, test, measures=("lyapunov",))["lyapunov"]
+    scores = json.loads((tmp_path / "l.json").read_text())
+    assert scores["lyapunov"] == expected and scores["dt"] == 0.01
+    assert scores["lyapunov_per_time"] == pytest.approx(expected / 0.01, rel=1e-12)
+    line = result.output.splitlines()[-1]
+    assert line == (
+        f"lambda_max {expected:.4g} per step = {expected / 0.01:.4g} per time unit (dt 0.01); "
+        f"lorenz63: {models.SYSTEMS['lorenz63'].lyapunov:g} per time unit"
+    )
+    np.save(tmp_path / "test.npy", cli.run_test_data(out)[0])
+    bare = models.load(out / "model.npz")
+    bare.save(tmp_path / "bare.npz")  # no metadata: the time step is unknown
+    result = run("evaluate", tmp_path / "bare.npz", "--test-data", tmp_path / "test.npy",
+                 "--lyapunov")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].endswith(
+        "per step; pass --dt (time units per data step) for the exponent per time unit"
+    )
+    result = run("evaluate", tmp_path / "bare.npz", "--test-data", tmp_path / "test.npy",
+                 "--lyapunov", "--dt", 0.5)  # fmt: skip
+    assert f"per step = {expected / 0.5:.4g} per time unit (dt 0.5)" in result.output
+    models.LinearSSM(3, 4, 5).save(tmp_path / "ssm.npz")
+    for args, message in (
+        ([tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy", "--lyapunov"],
+         "--lyapunov needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn); the model is "
+         "a LinearSSM."),
+        ([out, "--dt", 0.01], "--dt converts the exponent of --lyapunov; add --lyapunov"),
+        ([out, "--dt", 0, "--lyapunov"], "--dt must be finite and > 0, got 0.0."),
+        ([out, "--dt", "nan", "--lyapunov"], "--dt must be finite and > 0, got nan."),
+    ):  # fmt: skip
+        _one_error_line(run("evaluate", *args), message)

@@ -1,0 +1,125 @@
+"""Reproduce the README's runs on the lab's benchmark data, exactly as a user types them.
+
+Question: what does ``parscan-train`` reach on the public DSR benchmark trajectories the
+README uses as examples (Lorenz-63 with 5 % noise, a 5-d ECG embedding, Rössler), how long
+does it take on this machine, and how close are the scores to the floors -- the distances
+between real trajectories of the same system (the data folder's README), which no model can be
+expected to beat by much?
+
+Protocol: each case runs ``parscan-train`` in a subprocess with the README's flags (``--out``
+in a temporary folder), then ``parscan-train evaluate RUN --n-starts 4`` (four free runs from
+spread-out test points: a spurious second attractor shows there). One JSON line per case:
+the command, exit codes, wall seconds of the training command (data, kernels from the warm
+cache, training, evaluation and plots), the test scores of ``metrics.json`` (one free run from
+the first test point), selected epoch, and the four-run scores. A first case may include
+compile time if the Numba cache is cold: run ``parscan-train --epochs 1`` once before.
+
+    python bench/reproduce.py --data-dir ../shared/data                 # every case
+    python bench/reproduce.py --data-dir ../shared/data --cases ecg --seed 1
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _timing import versions
+
+#: the README's commands on the lab's files (shared/data), and the floors of those files:
+#: D_stsp and D_H between two real trajectories of the system, with the bins the case uses
+CASES = {
+    "lorenz63": {
+        "args": "--data lorenz63_on0.05_train.npy --test-data lorenz63_test.npy".split(),
+        "floor": {"what": "noisy train vs test", "dstsp": 0.12, "dh": 0.070},
+    },
+    "ecg": {
+        "args": (
+            "--data ECG_pecuzal_5d_train.npy --test-data ECG_pecuzal_5d_test.npy --model alrnn "
+            "-M 20 -P 4 -T 500 --epochs 100 --n-bins 8"
+        ).split(),
+        "floor": {"what": "train vs test, 8 bins", "dstsp": 0.026, "dh": 0.060},
+    },
+    "rossler": {
+        "args": "--data rossler.npy".split(),
+        "floor": {"what": "first vs second half", "dstsp": 0.10, "dh": 0.052},
+    },
+}
+
+
+def _command(args: list[str]) -> list[str]:
+    """``parscan-train`` with ``args``, from this interpreter's environment."""
+    return [sys.executable, "-c", "import cli; cli.main()", *args]
+
+
+def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
+    """Train and score one case; its JSON row."""
+    case = CASES[name]
+    args = [str(data_dir / a) if a.endswith(".npy") else a for a in case["args"]] + [
+        "--seed",
+        str(seed),
+        "-q",
+    ]
+    out = folder / f"{name}-{seed}"
+    t0 = time.perf_counter()
+    trained = subprocess.run(_command([*args, "--out", str(out)]), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    row = {
+        "case": name,
+        "command": "parscan-train " + " ".join(case["args"] + ["--seed", str(seed)]),
+        "exit_code": trained.returncode,
+        "wall_s": round(wall, 1),
+        "floor": case["floor"],
+    }
+    if not (out / "metrics.json").is_file():
+        return {**row, "error": trained.stderr.strip().splitlines()[-1:]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    row.update(
+        best_epoch=metrics["best_epoch"],
+        train_s=round(metrics["train_seconds"], 1),
+        test={key: metrics["test"][key] for key in ("status", "dstsp", "dh", "pe", "message")},
+        n_bins=metrics["n_bins"],
+    )
+    scored = subprocess.run(
+        _command(["evaluate", str(out), "--n-starts", "4", "--out", str(out / "four.json")]),
+        capture_output=True,
+        text=True,
+    )
+    four = json.loads((out / "four.json").read_text()) if (out / "four.json").is_file() else {}
+    row["four_starts"] = {
+        "exit_code": scored.returncode,
+        **{key: four.get(key) for key in ("status", "dstsp", "dh", "message")},
+    }
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True, help="the lab's files (shared/data)")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, help="keep the run folders here (default: deleted)")
+    args = ap.parse_args(argv)
+    missing = [
+        a for name in args.cases for a in CASES[name]["args"]
+        if a.endswith(".npy") and not (args.data_dir / a).is_file()
+    ]  # fmt: skip
+    if missing:
+        ap.error(f"--data-dir {args.data_dir} lacks {', '.join(missing)}")
+    folder = Path(tempfile.mkdtemp(prefix="parscan-reproduce-"))
+    try:
+        for name in args.cases:
+            print(json.dumps({**run_case(name, args.data_dir, args.seed, folder),
+                              "versions": versions()}), flush=True)  # fmt: skip
+        if args.keep is not None:
+            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
