@@ -2353,8 +2353,8 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     model, _ = _target_model(path, target)
     points, origin, n_default = _initial_points(path, target, model, x0, n_runs)
     n_steps = n_steps or n_default
-    if n_steps is None:
-        raise UserError(f"{target} has no test data to size the runs: pass --n-steps N.")
+    if n_steps is None:  # only --x0 leaves it open
+        raise UserError("--x0 needs --n-steps N, the number of steps each run generates.")
     _check_not_an_input(destination, path)
     _check_memory(n_runs * n_steps * model.n_obs * 3 * 8, "--n-steps or the number of runs")
     runs, units, problem = _free_runs(model, points, n_steps, origin)

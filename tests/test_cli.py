@@ -1587,7 +1587,7 @@ def test_generate_from_given_points_and_to_text(finished_run, tmp_path):
         np.testing.assert_array_equal(models.load_data(target), np.load(tmp_path / "two.npy")[0])
     for missing, message in (
         (["--x0", "1,2,3", "--n-steps", 5], "is a model file: pass --out FILE"),
-        (["--x0", "1,2,3", "--out", tmp_path / "a.npy"], "has no test data to size the runs"),
+        (["--x0", "1,2,3", "--out", tmp_path / "a.npy"], "--x0 needs --n-steps N, the number"),
         (["--n-steps", 5, "--out", tmp_path / "a.npy"], "has no test data to start from"),
     ):
         _one_error_line(run("generate", model_file, *missing), message)
