@@ -19,6 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Before numba: PARSCAN_THREADS sizes Numba's thread pool only if Numba is not imported yet.
 import parscan  # isort: skip
 
+import collections
 import contextlib
 import csv
 import datetime
@@ -1817,8 +1818,11 @@ def train(
         else:
             note = "plots skipped: the free run did not produce finite values"
         summary["wall_seconds"] = time.perf_counter() - started
+        late = _late_validation_failures(result.history, result.best_epoch)
+        summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
         _write_json(out / "metrics.json", summary)
         _print_summary(out, summary, note)
+        _warn_late_failures(late, result.best_epoch, s)
         failure = _reconstruction_failure(scores, result.best_scores)
         if failure:
             click.echo(
@@ -1829,6 +1833,39 @@ def train(
             sys.exit(1)
     except KeyboardInterrupt as exc:
         _stopped(exc, out, trained=True)
+
+
+#: models whose free runs are not bounded by construction (the clipped shPLRNN's are)
+UNBOUNDED_MODELS = ("shplrnn", "alrnn", "plrnn")
+
+
+def _late_validation_failures(history: list, best_epoch: int | None) -> tuple[int, int, dict]:
+    """The validations after the kept epoch in a run's ``history``: how many, how many could
+    not be measured, and those by status (``{"non_finite": 40, "diverged": 4}``)."""
+    late = [
+        record["val_status"]
+        for record in history
+        if record.get("val_status") and best_epoch is not None and record["epoch"] > best_epoch
+    ]
+    failed = collections.Counter(status for status in late if status != "ok")
+    return len(late), sum(failed.values()), dict(failed)
+
+
+def _warn_late_failures(late: tuple[int, int, dict], best_epoch: int | None, s: Settings) -> None:
+    """Warn when most validations after the kept epoch (at least 3) could not be measured:
+    the model's free runs failed as it trained on, so the kept model is an early one."""
+    n_late, n_failed, statuses = late
+    if n_late < 3 or 2 * n_failed < n_late:
+        return
+    kinds = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+    fix = " Try --model clipped-shplrnn, whose free runs stay bounded." * (
+        s.model in UNBOUNDED_MODELS
+    )
+    _warn(
+        f"{n_failed} of the {n_late} validations after the kept epoch {best_epoch} (of "
+        f"{s.epochs}) could not be measured ({kinds}): the model's free runs failed as it "
+        f"trained on, so the kept model is an early one.{fix}"
+    )
 
 
 def _named_parts(message: str, files: list[str]) -> str:

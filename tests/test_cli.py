@@ -96,6 +96,7 @@ def test_tiny_run_writes_the_layout(finished_run):
     assert args["settings"]["epochs"] == 2 and "numba" in args["versions"]
     assert args["settings"]["n_bins"] == args["train_config"]["validation_n_bins"] == 30
     assert metrics["n_bins"] == 30
+    assert metrics["failed_after_kept_epoch"] <= metrics["validations_after_kept_epoch"] <= 1
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 3
     try:
@@ -1737,3 +1738,27 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
         ([out, "--dt", "nan", "--lyapunov"], "--dt must be finite and > 0, got nan."),
     ):  # fmt: skip
         _one_error_line(run("evaluate", *args), message)
+
+
+def test_a_run_whose_later_validations_fail_warns_that_the_kept_model_is_early(capsys):
+    """Most validations after the kept epoch not measurable (free runs that blow up as the
+    model trains on): one warning, with the bounded model as the fix for an unbounded one."""
+    statuses = ["ok", "ok", "non_finite", "diverged", "non_finite", "ok"]
+    history = [{"epoch": e} for e in range(1, 13)]
+    for record, status in zip(history[1::2], statuses, strict=True):
+        record["val_status"] = status
+    late = cli._late_validation_failures(history, 4)
+    assert late == (4, 3, {"non_finite": 2, "diverged": 1})
+    cli._warn_late_failures(late, 4, cli.Settings(model="alrnn", epochs=12))
+    assert capsys.readouterr().err == (
+        "parscan-train: warning: 3 of the 4 validations after the kept epoch 4 (of 12) could not "
+        "be measured (diverged 1, non_finite 2): the model's free runs failed as it trained on, "
+        "so the kept model is an early one. Try --model clipped-shplrnn, whose free runs stay "
+        "bounded.\n"
+    )
+    cli._warn_late_failures(late, 4, cli.Settings(model="clipped-shplrnn", epochs=12))
+    assert capsys.readouterr().err.endswith("so the kept model is an early one.\n")
+    for quiet in (cli._late_validation_failures(history, 8), (2, 2, {"non_finite": 2})):
+        cli._warn_late_failures(quiet, 8, cli.Settings(epochs=12))  # too few, or half are fine
+    assert capsys.readouterr().err == ""
+    assert cli._late_validation_failures(history, None) == (0, 0, {})
