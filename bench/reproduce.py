@@ -38,8 +38,8 @@ CASES = {
     },
     "ecg": {
         "args": (
-            "--data ECG_pecuzal_5d_train.npy --test-data ECG_pecuzal_5d_test.npy --model alrnn "
-            "-M 20 -P 4 -T 500 --epochs 100 --n-bins 8"
+            "--data ECG_pecuzal_5d_train.npy --test-data ECG_pecuzal_5d_test.npy --alpha 0.2 "
+            "-T 500 --epochs 60 --n-bins 8"
         ).split(),
         "floor": {"what": "train vs test, 8 bins", "dstsp": 0.026, "dh": 0.060},
     },
