@@ -2402,7 +2402,11 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     shape = " x ".join(str(n) for n in runs.shape[1 if n_runs == 1 else 0 :])
     plural = "s" * (n_runs > 1)
     click.echo(f"{n_runs} free run{plural} ({shape}, {units}) from {origin[0]} -> {destination}")
-    if problem is not None:
+    if problem is None:
+        note = _fixed_point_note(runs, model, origin[1])
+        if note:
+            click.echo(note)
+    else:
         click.echo(f"{problem[1]} (written as computed).")
         sys.exit(1)
 
@@ -2506,6 +2510,39 @@ def _free_runs(model, points: np.ndarray, n_steps: int, origin):
     with np.errstate(over="ignore", invalid="ignore"):
         problem = run_problem((runs - mean) / sd, 0.0, GENERATE_LIMIT, bound, origin[1])
     return runs, units, problem
+
+
+#: a run whose steps all move less than this (in training sds) from some step on, for at
+#: least the last FIXED_FRACTION of it, has settled on a fixed point
+FIXED_TOLERANCE = 1e-6
+FIXED_FRACTION = 0.1
+
+
+def _fixed_point_note(runs: np.ndarray, model, label) -> str | None:
+    """A note when finite free ``runs`` (data units, ``(K, n, N)``) settle on a fixed point:
+    how many, and where and from which step the first of them (``label(k)`` names run ``k``)
+    rests -- often a spurious attractor (data that never rest there); None when none does."""
+    sd = model.standardization[1] if model.standardization is not None else 1.0
+    n = runs.shape[1]
+    if n < 10:
+        return None
+    moving = np.max(np.abs(np.diff(runs, axis=1)) / sd, axis=2) > FIXED_TOLERANCE  # (K, n-1)
+    last_move = np.where(moving.any(axis=1), n - 2 - np.argmax(moving[:, ::-1], axis=1), -1)
+    settled = np.flatnonzero(last_move + 2 <= (1 - FIXED_FRACTION) * n)
+    if settled.size == 0:
+        return None
+    k = settled[0]
+    where = ", ".join(f"{v:.4g}" for v in runs[k, -1])
+    rest = f"at ({where}) from step {last_move[k] + 2}"
+    if runs.shape[0] == 1:
+        found = f"{label(k)} settles on a fixed point {rest}"
+    else:
+        verb = "settles" if settled.size == 1 else "settle"
+        found = (
+            f"{settled.size} of the {runs.shape[0]} runs {verb} on a fixed point, first "
+            f"{label(k)} {rest}"
+        )
+    return f"note: {found}: a spurious attractor unless the system rests there."
 
 
 def _warn_if_far_points(points: np.ndarray, mean: np.ndarray, sd: np.ndarray, label) -> None:
