@@ -2464,13 +2464,14 @@ def _check_not_an_input(destination: Path, path: Path) -> None:
     files: a generated run must not replace what the model came from."""
     if not destination.exists():
         return
-    inputs = {path / "model.npz": "the run's model", path / "history.csv": "the run's history"}
-    if path.is_dir() and (path / "args.json").is_file():
-        s = run_settings(path)
-        for file in _files(s.data) + _files(s.test_data):
-            inputs[Path(file)] = f"the run's data file {file}"
     if not path.is_dir():
         inputs = {path: "the model file"}
+    else:
+        inputs = {path / "model.npz": "the run's model", path / "history.csv": "the run's history"}
+        if (path / "args.json").is_file():
+            s = run_settings(path)
+            for file in _files(s.data) + _files(s.test_data):
+                inputs[Path(file)] = f"the run's data file {file}"
     for file, what in inputs.items():
         if file.exists() and destination.samefile(file):
             raise UserError(f"--out {destination} would replace {what}; choose another file.")

@@ -887,7 +887,7 @@ def run_problem(runs, mean, limit, bound, label):
     ----------
     runs : ndarray, shape (n_runs, n_steps, N)
         Generated observations, float64.
-    mean, limit : ndarray, shape (N,)
+    mean, limit : ndarray, shape (N,), or float
         A value farther than ``limit`` from ``mean`` (per dimension) has diverged.
     bound : str
         What ``limit`` is, for the message (``"1000 data ranges"``).
