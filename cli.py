@@ -1815,6 +1815,10 @@ def train(
         if np.all(np.isfinite(generated)):
             title = "test data" if len(tests) == 1 else f"test data (first of {len(tests)})"
             note = write_plots(out, test[1:], generated, title)
+            at_rest = _fixed_point_note(
+                generated[None] * sd + mean, sd, lambda k: "the free run from the first test point"
+            )
+            note += f"\n{at_rest}" if at_rest else ""
         else:
             note = "plots skipped: the free run did not produce finite values"
         summary["wall_seconds"] = time.perf_counter() - started
@@ -2403,7 +2407,8 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     plural = "s" * (n_runs > 1)
     click.echo(f"{n_runs} free run{plural} ({shape}, {units}) from {origin[0]} -> {destination}")
     if problem is None:
-        note = _fixed_point_note(runs, model, origin[1])
+        sd = model.standardization[1] if model.standardization is not None else 1.0
+        note = _fixed_point_note(runs, sd, origin[1])
         if note:
             click.echo(note)
     else:
@@ -2519,11 +2524,11 @@ FIXED_TOLERANCE = 1e-6
 FIXED_FRACTION = 0.1
 
 
-def _fixed_point_note(runs: np.ndarray, model, label) -> str | None:
-    """A note when finite free ``runs`` (data units, ``(K, n, N)``) settle on a fixed point:
-    how many, and where and from which step the first of them (``label(k)`` names run ``k``)
-    rests -- often a spurious attractor (data that never rest there); None when none does."""
-    sd = model.standardization[1] if model.standardization is not None else 1.0
+def _fixed_point_note(runs: np.ndarray, sd, label) -> str | None:
+    """A note when finite free ``runs`` (data units, ``(K, n, N)``; ``sd``: the training
+    data's, ``(N,)`` or 1.0) settle on a fixed point: how many, and where and from which step
+    the first of them (``label(k)`` names run ``k``) rests -- often a spurious attractor (data
+    that never rest there); None when none does."""
     n = runs.shape[1]
     if n < 10:
         return None

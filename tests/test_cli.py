@@ -13,7 +13,6 @@ import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -1768,23 +1767,23 @@ def test_a_run_whose_later_validations_fail_warns_that_the_kept_model_is_early(c
 def test_generate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path, monkeypatch):
     """A run whose steps stop moving (below 1e-6 training sds) for at least its last 10 % is
     noted with where and from which step it rests; moving or short runs are not."""
-    model = SimpleNamespace(standardization=(np.zeros(2), np.array([1.0, 1e-3])))
+    sd = np.array([1.0, 1e-3])
     t = np.arange(100.0)
     moving = np.stack([np.sin(t / 5), np.cos(t / 5) * 1e-3], axis=1)
     resting = moving.copy()
     resting[30:] = resting[29] + np.array([1e-8, 1e-12]) * (t[30:, None] % 2)  # jitters < tol
     label = "run {}".format
-    assert cli._fixed_point_note(moving[None], model, label) is None
-    assert cli._fixed_point_note(resting[None, :9], model, label) is None
-    one = cli._fixed_point_note(resting[None], model, label)
+    assert cli._fixed_point_note(moving[None], sd, label) is None
+    assert cli._fixed_point_note(resting[None, :9], sd, label) is None
+    one = cli._fixed_point_note(resting[None], sd, label)
     assert one.startswith("note: run 0 settles on a fixed point at (") and one.endswith(
         ") from step 30: a spurious attractor unless the system rests there."
     )
     late = moving.copy()
     late[95:] = late[94]  # rests only for the last 5 %: not noted
-    three = cli._fixed_point_note(np.stack([moving, resting, late]), model, label)
+    three = cli._fixed_point_note(np.stack([moving, resting, late]), sd, label)
     assert three.startswith("note: 1 of the 3 runs settles on a fixed point, first run 1 at (")
-    both = cli._fixed_point_note(np.stack([resting, moving, resting]), model, label)
+    both = cli._fixed_point_note(np.stack([resting, moving, resting]), sd, label)
     assert both.startswith("note: 2 of the 3 runs settle on a fixed point, first run 0 at (")
 
     out = _copy_run(finished_run, tmp_path)
@@ -1801,3 +1800,22 @@ def test_generate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path
     assert result.exit_code == 0, result.output
     assert "note: the free run from test point 0 settles on a fixed point at (" in result.output
     assert ") from step 20: a spurious attractor" in result.output
+
+
+def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monkeypatch):
+    cls = models.ClippedShPLRNN
+    generate = cls.generate
+
+    def rests(self, x0, n_steps):
+        runs = generate(self, x0, n_steps)
+        runs[..., 20:, :] = runs[..., 19:20, :]
+        return runs
+
+    monkeypatch.setattr(cls, "generate", rests)
+    result = run(*TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[-2].startswith("plots")  # written, or skipped without matplotlib
+    assert lines[-1].startswith("note: the free run from the first test point settles on a "
+                                "fixed point at (")  # fmt: skip
+    assert lines[-1].endswith(") from step 20: a spurious attractor unless the system rests there.")
