@@ -1787,23 +1787,15 @@ def test_generate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path
     assert both.startswith("note: 2 of the 3 runs settle on a fixed point, first run 0 at (")
 
     out = _copy_run(finished_run, tmp_path)
-    cls = type(models.load(out / "model.npz"))
-    generate = cls.generate
-
-    def rests(self, x0, n_steps):
-        runs = generate(self, x0, n_steps)
-        runs[..., 20:, :] = runs[..., 19:20, :]
-        return runs
-
-    monkeypatch.setattr(cls, "generate", rests)
+    _rest_from_step_20(monkeypatch, type(models.load(out / "model.npz")))
     result = run("generate", out, "--n-steps", 50)
     assert result.exit_code == 0, result.output
     assert "note: the free run from test point 0 settles on a fixed point at (" in result.output
     assert ") from step 20: a spurious attractor" in result.output
 
 
-def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monkeypatch):
-    cls = models.ClippedShPLRNN
+def _rest_from_step_20(monkeypatch, cls):
+    """Make the free runs of model class ``cls`` rest at their step 20 (a fixed point)."""
     generate = cls.generate
 
     def rests(self, x0, n_steps):
@@ -1812,6 +1804,10 @@ def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monke
         return runs
 
     monkeypatch.setattr(cls, "generate", rests)
+
+
+def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monkeypatch):
+    _rest_from_step_20(monkeypatch, models.ClippedShPLRNN)  # the model of TINY runs
     result = run(*TINY, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
