@@ -1961,11 +1961,17 @@ def _bins_used(scores: dict, n_bins: int) -> int | None:
     return None if scores.get("dstsp_method") == "gmm" else n_bins
 
 
+def _recorded(metadata: dict, name: str):
+    """Setting ``name`` of the training run a model file's metadata records, or None (not
+    recorded, or a file not written by parscan-train)."""
+    settings = metadata.get("settings")
+    return settings.get(name) if isinstance(settings, dict) else None
+
+
 def _recorded_n_bins(metadata: dict) -> int:
     """The ``--n-bins`` a model file's training run used (its metadata's settings), or the
     default for a file without one (written before the option, or not by parscan-train)."""
-    settings = metadata.get("settings")
-    n_bins = settings.get("n_bins") if isinstance(settings, dict) else None
+    n_bins = _recorded(metadata, "n_bins")
     valid = isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1
     return n_bins if valid else _DEFAULTS["n_bins"]
 
@@ -2306,9 +2312,7 @@ def _lyapunov_time_step(model, metadata: dict, dt: float | None):
             f"--lyapunov needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn); the model "
             f"is a {type(model).__name__}."
         )
-    settings = metadata.get("settings")
-    settings = settings if isinstance(settings, dict) else {}
-    name = settings.get("system") if settings.get("data") is None else None
+    name = _recorded(metadata, "system") if _recorded(metadata, "data") is None else None
     system = SYSTEMS.get(name) if isinstance(name, str) else None
     return (dt if dt is not None or system is None else system.dt), system
 
