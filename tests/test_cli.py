@@ -996,7 +996,9 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
     assert "does not reconstruct the system; its test evaluation is not measurable" in (
         result.output
     )
-    assert "free run" not in result.output  # the PE predictions failed, not the free run
+    verdicts = [line for line in result.output.splitlines() if "not measurable" in line]
+    assert len(verdicts) == 2  # the score line and the failure
+    assert not any("free run" in line for line in verdicts)  # PE failed, not the free run
     assert "--alpha auto" in result.output and "--dtype float64" not in result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
     # the free run itself is finite: it is plotted all the same
