@@ -581,18 +581,21 @@ def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str):
 def _newton(model, p: _Problem, work, max_iter, rtol, atol):
     """Newton iterations with per-sequence stopping on the buffers ``work``
     (:class:`_HostNewton` or :class:`parscan._deer_cuda.DeviceNewton`, which then hold the
-    states); returns n_iter, codes and the history of the largest update."""
+    states); returns n_iter, codes, the history of the largest update and each sequence's
+    last update."""
     B, T = p.forcing.shape[:2]
     n_iter = np.zeros(B, dtype=np.int64)
     codes = np.full(B, _MAX_ITER, dtype=np.int64)
     huge = float(np.sqrt(np.finfo(model.dtype).max))
     history = []
+    final = np.zeros(B)
     last = np.full(B, np.inf)
     streak = np.zeros(B, dtype=np.int64)
     for k in range(1, max_iter + 1):
         upd, within, finite = work.iterate(rtol, atol)
         active = work.rows
         n_iter[active] = k
+        final[active] = upd
         history.append(np.max(upd))
         streak = np.where(upd > DIVERGE_FACTOR * last, streak + 1, 0)
         last = upd
@@ -615,7 +618,7 @@ def _newton(model, p: _Problem, work, max_iter, rtol, atol):
         work.retire(stop)
         keep = ~stop
         last, streak = last[keep], streak[keep]
-    return n_iter, codes, np.asarray(history, dtype=np.float64)
+    return n_iter, codes, np.asarray(history, dtype=np.float64), final
 
 
 def _bad_inputs(model, p: _Problem, idx, reads_data) -> np.ndarray:
@@ -853,6 +856,8 @@ class NewtonRun:
         Iterations and outcome code per sequence.
     history : ndarray of float64
         Largest update per iteration.
+    final_updates : ndarray of float64, shape (B,)
+        Each sequence's last update (the failure message quotes the failed sequences').
     alpha_report : float or ndarray
         The alpha as :class:`DeerResult` reports it.
     rtol, atol, max_iter, jacobian
@@ -871,6 +876,7 @@ class NewtonRun:
     n_iter: np.ndarray
     codes: np.ndarray
     history: np.ndarray
+    final_updates: np.ndarray
     alpha_report: object
     rtol: float
     atol: float
@@ -924,12 +930,13 @@ class NewtonRun:
         :class:`DeerConvergenceError` message is this text between the caller's name and its
         ``throw_false`` sentence. Only for a run that failed (``status`` is not
         ``CONVERGED``)."""
-        codes, history = self.codes, self.history
+        codes = self.codes
         failed = [c for c in (_NON_FINITE, _DIVERGING, _MAX_ITER) if np.any(codes == c)]
         counts = ", ".join(
             f"{int(np.sum(codes == c))} {_CODES[c].name.lower()}" for c in failed[::-1]
         )
-        last = f"{history[-1]:.3g}" if history.size else "n/a"
+        updates = self.final_updates[codes != _CONVERGED]
+        last = f"{np.max(updates):.3g}" if np.all(np.isfinite(updates)) else "inf/NaN"
         worst = failed[0]
         head = {_MAX_ITER: _MAX_ITER_TEXT, _DIVERGING: _DIVERGING_TEXT}.get(
             worst, self.status.value
@@ -951,8 +958,8 @@ class NewtonRun:
             f"{head} Failed: {counts} of {codes.size} sequence(s), after "
             f"{int(self.n_iter.max())} iteration(s) (max_iter={self.max_iter}, "
             f"jacobian={self.jacobian!r}, alpha={_describe_alpha(self.alpha_report)}); last max "
-            f"update {last} (tolerance atol={self.atol:g} + rtol={self.rtol:g} |z|)."
-            + "".join(fixes)
+            f"update {last} of the failed sequence(s) (tolerance atol={self.atol:g} + "
+            f"rtol={self.rtol:g} |z|)." + "".join(fixes)
         )
 
 
@@ -998,6 +1005,7 @@ def newton_run(
         # no points to bound: the margin alone, as parscan.gtf_alpha gives for an empty batch
         alpha_report = float(DEFAULT_MARGIN) if auto else p.alpha_report
         n_iter, codes, history = np.zeros(B, np.int64), np.full(B, _CONVERGED), np.empty(0)
+        final = np.zeros(B)
     else:
         with _threads_for(B * T):
             alpha_report = p.alpha_report
@@ -1005,7 +1013,7 @@ def newton_run(
                 alpha_report = _auto_alpha(model, p, guess, caller.name, stacklevel + 1)
                 p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
             work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
-            n_iter, codes, history = _newton(model, p, work, int(max_iter), rtol, atol)
+            n_iter, codes, history, final = _newton(model, p, work, int(max_iter), rtol, atol)
     return NewtonRun(
         model,
         p,
@@ -1014,6 +1022,7 @@ def newton_run(
         n_iter,
         codes,
         history,
+        final,
         alpha_report,
         rtol,
         atol,

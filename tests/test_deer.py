@@ -455,6 +455,26 @@ def test_auto_alpha_is_estimated_over_the_sequences_with_finite_inputs():
     assert res.status is DeerStatus.NON_FINITE and res.alpha == DEFAULT_MARGIN
 
 
+def test_the_failure_message_quotes_the_failed_sequences_last_update():
+    """A sequence that blows up early beside one that converges later: the message's last
+    update is the failed one's (inf/NaN), not the converged one's last tiny step."""
+    model = EulerLorenz()
+    z0, data = lorenz_data(1000, seed=2)
+    alpha = np.array([0.0, 0.005])  # plain DEER diverges; forced by 0.005 converges
+    res = deer_solve(model, np.stack([z0, z0]), forcing=np.stack([data, data]), alpha=alpha,
+                     throw=False)  # fmt: skip
+    assert list(res.converged) == [False, True] and res.n_iter[0] < res.n_iter[1]
+    assert res.residuals[-1] < 1e-9  # the converged sequence's last update
+    with pytest.raises(DeerConvergenceError) as info:
+        deer_solve(model, np.stack([z0, z0]), forcing=np.stack([data, data]), alpha=alpha)
+    assert "; last max update inf/NaN of the failed sequence(s) (tolerance" in str(info.value)
+    late = deer_solve(model, z0, forcing=data, alpha=0.005, max_iter=3, throw=False)
+    assert late.status is DeerStatus.MAX_ITER
+    with pytest.raises(DeerConvergenceError) as info:
+        deer_solve(model, z0, forcing=data, alpha=0.005, max_iter=3)
+    assert f"last max update {late.residuals[-1]:.3g} of the failed sequence(s)" in str(info.value)
+
+
 def test_diverging_plain_deer_on_chaotic_free_run():
     model = EulerLorenz()
     z0, _ = lorenz_data(1)
