@@ -1272,7 +1272,8 @@ def score_test(
     shortest comparison) name the command line's remedies (``dstsp_fix``, ``dh_fix``:
     clauses) instead of ``evaluate``'s arguments, and only when the scores were measured.
     Its errors and failure message name the k-th of several test trajectories (``x_test[k]``)
-    by ``labels[k]`` (:func:`_test_labels`)."""
+    by ``labels[k]`` (:func:`_test_labels`). ``test`` is in the units of ``model`` (standardised
+    with its ``standardization``); the points of ``fixed_points`` are returned in data units."""
     import models
     from models.metrics import (
         DH_SMOOTHING,
@@ -1291,6 +1292,7 @@ def score_test(
                 scores = models.evaluate(model, test, n_bins=n_bins, **options)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(_named_tests(str(exc), labels)) from None
+        _rest_in_data_units(scores, model.standardization)
         if scores["status"] != "ok":
             scores["message"] = _named_tests(scores["message"], labels)
             return scores
@@ -1305,6 +1307,34 @@ def score_test(
         smoothing = options.get("smoothing", DH_SMOOTHING)
         check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
+
+
+def _rest_in_data_units(scores: dict, standardization) -> None:
+    """The points of ``scores``' ``fixed_points`` (``models.evaluate``'s, of several test
+    trajectories also those of each trajectory's entry) from model units to data units, in
+    place (``standardization``: the model's ``(mean, sd)``, or None: the same units)."""
+    if standardization is None:
+        return
+    mean, sd = standardization
+    trajectories = scores.get("per_trajectory", [])
+    for entries in [scores["fixed_points"], *(r["fixed_points"] for r in trajectories)]:
+        for entry in entries or []:
+            entry["point"] = (np.asarray(entry["point"]) * sd + mean).tolist()
+
+
+def _evaluated_rest_note(scores: dict, labels: list[str]) -> str | None:
+    """:func:`_fixed_point_note` for the free runs ``models.evaluate`` scored (its
+    ``fixed_points``; ``labels`` name several test trajectories, :func:`_test_labels`)."""
+
+    def name(entry: dict) -> str:
+        if "trajectory" in entry:
+            return f"the free run from point {entry['start']} of {labels[entry['trajectory']]}"
+        return f"the free run from test point {entry['start']}"
+
+    if not scores["fixed_points"]:
+        return None
+    resting = [(name(e), e["step"], e["point"]) for e in scores["fixed_points"]]
+    return _fixed_point_note(resting, scores["n_starts"] * scores.get("n_trajectories", 1))
 
 
 def _test_labels(s: Settings) -> list[str]:
@@ -1815,12 +1845,10 @@ def train(
         if np.all(np.isfinite(generated)):
             title = "test data" if len(tests) == 1 else f"test data (first of {len(tests)})"
             note = write_plots(out, test[1:], generated, title)
-            at_rest = _fixed_point_note(
-                generated[None] * sd + mean, sd, lambda k: "the free run from the first test point"
-            )
-            note += f"\n{at_rest}" if at_rest else ""
         else:
             note = "plots skipped: the free run did not produce finite values"
+        at_rest = _evaluated_rest_note(scores, _test_labels(s))
+        note += f"\n{at_rest}" if at_rest else ""
         summary["wall_seconds"] = time.perf_counter() - started
         late = _late_validation_failures(result.history, result.best_epoch)
         summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
@@ -2295,6 +2323,9 @@ def evaluate_command(
         )
         if lyapunov:
             click.echo(_lyapunov_line(scores, system))
+        at_rest = _evaluated_rest_note(scores, labels)
+        if at_rest:
+            click.echo(at_rest)
     else:  # as after training: the model does not reconstruct the system (exit 1)
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
         click.echo(_not_measured(scores) + units)
@@ -2411,8 +2442,12 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     plural = "s" * (n_runs > 1)
     click.echo(f"{n_runs} free run{plural} ({shape}, {units}) from {origin[0]} -> {destination}")
     if problem is None:
+        from models.metrics import fixed_point_onsets
+
         sd = model.standardization[1] if model.standardization is not None else 1.0
-        note = _fixed_point_note(runs, sd, origin[1])
+        onsets = fixed_point_onsets(runs, sd)
+        resting = [(origin[1](k), onsets[k] + 1, runs[k, -1]) for k in np.flatnonzero(onsets >= 0)]
+        note = _fixed_point_note(resting, n_runs)
         if note:
             click.echo(note)
     else:
@@ -2522,36 +2557,21 @@ def _free_runs(model, points: np.ndarray, n_steps: int, origin):
     return runs, units, problem
 
 
-#: a run whose steps all move less than this (in training sds) from some step on, for at
-#: least the last FIXED_FRACTION of it, has settled on a fixed point
-FIXED_TOLERANCE = 1e-6
-FIXED_FRACTION = 0.1
-
-
-def _fixed_point_note(runs: np.ndarray, sd, label) -> str | None:
-    """A note when finite free ``runs`` (data units, ``(K, n, N)``; ``sd``: the training
-    data's, ``(N,)`` or 1.0) settle on a fixed point: how many, and where and from which step
-    the first of them (``label(k)`` names run ``k``) rests -- often a spurious attractor (data
-    that never rest there); None when none does."""
-    n = runs.shape[1]
-    if n < 10:
+def _fixed_point_note(resting: list[tuple], n_runs: int) -> str | None:
+    """A note when some of ``n_runs`` free runs settle on a fixed point
+    (:func:`models.metrics.fixed_point_onsets`; ``resting``: ``(name, first resting step,
+    point in data units)`` of each that does): how many, and where and from which step the
+    first of them rests -- often a spurious attractor (data that never rest there); None
+    when none does."""
+    if not resting:
         return None
-    moving = np.max(np.abs(np.diff(runs, axis=1)) / sd, axis=2) > FIXED_TOLERANCE  # (K, n-1)
-    last_move = np.where(moving.any(axis=1), n - 2 - np.argmax(moving[:, ::-1], axis=1), -1)
-    settled = np.flatnonzero(last_move + 2 <= (1 - FIXED_FRACTION) * n)
-    if settled.size == 0:
-        return None
-    k = settled[0]
-    where = ", ".join(f"{v:.4g}" for v in runs[k, -1])
-    rest = f"at ({where}) from step {last_move[k] + 2}"
-    if runs.shape[0] == 1:
-        found = f"{label(k)} settles on a fixed point {rest}"
+    name, step, point = resting[0]
+    rest = f"at ({', '.join(f'{v:.4g}' for v in point)}) from step {step}"
+    if n_runs == 1:
+        found = f"{name} settles on a fixed point {rest}"
     else:
-        verb = "settles" if settled.size == 1 else "settle"
-        found = (
-            f"{settled.size} of the {runs.shape[0]} runs {verb} on a fixed point, first "
-            f"{label(k)} {rest}"
-        )
+        verb = "settles" if len(resting) == 1 else "settle"
+        found = f"{len(resting)} of the {n_runs} runs {verb} on a fixed point, first {name} {rest}"
     return f"note: {found}: a spurious attractor unless the system rests there."
 
 

@@ -10,7 +10,7 @@ Public names are imported lazily from their modules (``models.ShPLRNN`` imports
 * data: :func:`load_data`, :func:`standardize`, :func:`destandardize`;
 * DSR measures: :func:`evaluate`, :func:`state_space_divergence`,
   :func:`power_spectrum_distance`, :func:`prediction_error`, :func:`max_lyapunov`,
-  :func:`lyapunov_spectrum`.
+  :func:`lyapunov_spectrum`, :func:`fixed_point_onsets`.
 """
 
 from parscan._lazy import lazy_exports
@@ -37,6 +37,7 @@ _EXPORTS = {
     "prediction_error": "models.metrics",
     "max_lyapunov": "models.metrics",
     "lyapunov_spectrum": "models.metrics",
+    "fixed_point_onsets": "models.metrics",
     "evaluate": "models.metrics",
 }
 

@@ -9,6 +9,7 @@
 * :func:`prediction_error` -- PE(n), n-step-ahead free-run MSE from every data point.
 * :func:`max_lyapunov` / :func:`lyapunov_spectrum` -- Lyapunov exponents from Jacobian products
   with QR re-orthonormalisation (Benettin et al., Meccanica 15, 1980).
+* :func:`fixed_point_onsets` -- where free runs come to rest (a spurious fixed point).
 * :func:`evaluate` -- free runs from test points, then the measures (of one test trajectory
   or the mean over several).
 
@@ -913,6 +914,87 @@ def run_problem(runs, mean, limit, bound, label):
     return "diverged", f"{label(run)} leaves {bound} at step {step}"
 
 
+#: :func:`fixed_point_onsets`' default tolerance: the largest move, in ``scale`` units, of a
+#: resting step.
+REST_TOLERANCE = 1e-6
+#: :func:`fixed_point_onsets`' default least fraction of a run that must rest.
+REST_FRACTION = 0.1
+#: The fewest points a resting stretch holds (shorter runs never rest).
+REST_MIN_POINTS = 10
+
+
+def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=REST_FRACTION):
+    """Where free runs come to rest on a fixed point: the index from which each run stays put.
+
+    Run ``k`` rests from index ``r`` when no step after ``runs[k, r]`` moves more than
+    ``tolerance * scale`` in any dimension and the resting stretch ``runs[k, r:]`` holds at
+    least ``fraction`` of the run and :data:`REST_MIN_POINTS` points. A chaotic or periodic
+    system's runs never rest; a model's run that does has fallen onto a fixed point -- a
+    spurious attractor unless the system rests there, which a score from one start may or
+    may not catch (:func:`evaluate` reports it as ``fixed_points``).
+
+    Parameters
+    ----------
+    runs : ndarray, shape (..., n_steps, N)
+        Finite generated observations (any leading shape: one run, or several).
+    scale : ndarray, shape (N,), or float
+        The unit of ``tolerance`` per dimension, e.g. the data's sd for runs in data units.
+    tolerance : float
+        Largest move of a resting step, in ``scale`` units.
+    fraction : float
+        Least fraction of the run that rests, in (0, 1].
+
+    Returns
+    -------
+    ndarray of int64, shape (...)
+        ``r`` for each run that rests (``runs[..., r:, :]`` stay within the tolerance;
+        ``r + 1`` counts steps from 1), ``-1`` for each that does not.
+
+    Raises
+    ------
+    TypeError
+        ``runs`` or ``scale`` do not hold real numbers, or ``runs`` is a masked array.
+    ValueError
+        ``runs`` has fewer than 2 dimensions, ``scale`` or ``tolerance`` is not finite and
+        positive, or ``fraction`` is outside (0, 1].
+    """
+    with Checks("fixed_point_onsets") as checks:
+        runs = checks.array(runs, "runs")
+        scale = checks.array(scale, "scale")
+        tolerance = checks.real(tolerance, "tolerance", positive=True)
+        fraction = checks.real(fraction, "fraction", positive=True)
+        if checks.ok("runs"):
+            if runs.ndim < 2:
+                checks.add(f"runs must have shape (..., n_steps, N); got shape {runs.shape}.")
+            elif runs.dtype.kind not in "iuf":
+                checks.add(f"runs must hold real numbers; got dtype {runs.dtype}.", wrong_kind=True)
+        if checks.ok("scale"):
+            if scale.dtype.kind not in "iuf":
+                checks.add(
+                    f"scale must hold real numbers; got dtype {scale.dtype}.", wrong_kind=True
+                )
+            elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                checks.add(f"scale must be finite and > 0; got {scale}.")
+            elif checks.ok("runs") and scale.shape not in ((), runs.shape[-1:]):
+                checks.add(
+                    f"scale must be a number or have shape (N,) = {runs.shape[-1:]}; got shape "
+                    f"{scale.shape}."
+                )
+        if checks.ok("fraction") and fraction > 1:
+            checks.add(f"fraction must be in (0, 1]; got {fraction}.")
+    n = runs.shape[-2]
+    onsets = np.full(runs.shape[:-2], -1, dtype=np.int64)
+    if n < REST_MIN_POINTS:
+        return onsets
+    with np.errstate(invalid="ignore", over="ignore"):
+        moving = np.max(np.abs(np.diff(runs, axis=-2)) / scale, axis=-1) > tolerance
+    # the index after each run's last move (0 when it never moves)
+    after_last = np.where(moving.any(axis=-1), n - 1 - np.argmax(moving[..., ::-1], axis=-1), 0)
+    rests = n - after_last >= max(fraction * n, REST_MIN_POINTS)
+    onsets[rests] = after_last[rests]
+    return onsets
+
+
 def _pe_check(pe_steps, mean, limit, diverge_factor):
     """The ``check`` of :func:`_prediction_error` in :func:`evaluate`: each n-step PE run is
     judged by :func:`run_problem` like the free run."""
@@ -1099,13 +1181,19 @@ def evaluate(
         (the length of each free run, the transient included), ``transient``,
         ``n_measured`` (``n_steps - transient``: the points of each run that D_stsp scores;
         D_H compares the first ``min(n_measured, T - 1)`` of them), ``n_starts``,
-        ``dstsp_method``, and one entry per requested measure (float, or None when the
-        status is not "ok"). With several test trajectories ``n_steps`` and ``n_measured``
-        are lists (one entry per trajectory), ``n_trajectories`` and ``per_trajectory``
-        (each trajectory's result as if it were the only one, without ``lyapunov``) are
-        added, and the status is that of the first trajectory that cannot be measured, its
-        message prefixed by the trajectory's name (``"x_test[2]: the free run ..."``) and
-        counting the trajectories that cannot.
+        ``dstsp_method``, one entry per requested measure (float, or None when the
+        status is not "ok"), and ``fixed_points``: the free runs that come to rest
+        (:func:`fixed_point_onsets`, tolerance in sds of the test trajectory), a list of
+        ``{"start": test point index, "step": first resting step counted from 1, "point":
+        where it rests (the test data's units)}`` -- empty when none rests, None when the
+        runs are non-finite or diverged (also when a later measure fails, the list stays:
+        a run resting outside the data's box explains ``"out_of_box"``). With several test
+        trajectories ``n_steps`` and ``n_measured`` are lists (one entry per trajectory),
+        ``n_trajectories`` and ``per_trajectory`` (each trajectory's result as if it were the
+        only one, without ``lyapunov``) are added, and the status is that of the first
+        trajectory that cannot be measured, its message prefixed by the trajectory's name
+        (``"x_test[2]: the free run ..."``) and counting the trajectories that cannot; each
+        ``fixed_points`` entry then also names its ``"trajectory"`` (index).
     """
     where = "evaluate"
     with Checks(where) as checks:
@@ -1264,8 +1352,9 @@ def _score_trajectory(model, x, s, reference, mean, limit):
 
     problem = run_problem(gen, mean, limit, f"{s.diverge_factor:g} data ranges", free_run)
     if problem is not None:
-        result.update(status=problem[0], message=problem[1])
+        result.update(status=problem[0], message=problem[1], fixed_points=None)
         return result, None
+    result["fixed_points"] = _fixed_points(gen, starts, x)
     gen = gen[:, s.transient :]
     values = {}
     if "dstsp" in s.measures:
@@ -1289,6 +1378,17 @@ def _score_trajectory(model, x, s, reference, mean, limit):
     return result, gen
 
 
+def _fixed_points(gen, starts, x):
+    """:func:`evaluate`'s ``fixed_points``: the free runs ``gen`` (from the points ``starts``
+    of the test trajectory ``x``) that rest (:func:`fixed_point_onsets`, in sds of ``x``)."""
+    sd = x.std(axis=0)
+    onsets = fixed_point_onsets(gen, np.where(sd > 0, sd, 1.0))
+    return [
+        {"start": int(starts[k]), "step": int(onsets[k]) + 1, "point": gen[k, -1].tolist()}
+        for k in np.flatnonzero(onsets >= 0)
+    ]
+
+
 def _combined(scored, tests, names, pooled, s):
     """:func:`evaluate`'s result for several test trajectories (``tests``, called ``names``)
     from their :func:`_score_trajectory` ``(result, runs)`` pairs ``scored``: D_stsp of all
@@ -1307,6 +1407,7 @@ def _combined(scored, tests, names, pooled, s):
         "n_trajectories": len(results),
         **dict.fromkeys(s.measures),
         "per_trajectory": [{k: v for k, v in r.items() if k != "lyapunov"} for r in results],
+        "fixed_points": _combined_fixed_points(results),
     }
     failed = [k for k, r in enumerate(results) if r["status"] != "ok"]
     if failed:
@@ -1333,3 +1434,11 @@ def _combined(scored, tests, names, pooled, s):
         values["pe"] = float(np.average([r["pe"] for r in results], weights=weights))
     combined.update(values)
     return combined
+
+
+def _combined_fixed_points(results):
+    """The ``fixed_points`` of several test trajectories' results, each tagged with its
+    trajectory's index; None when some trajectory's runs could not be checked."""
+    if any(r["fixed_points"] is None for r in results):
+        return None
+    return [{"trajectory": k, **p} for k, r in enumerate(results) for p in r["fixed_points"]]

@@ -131,9 +131,7 @@ def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
     spread = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy",
                  "--n-starts", 3, "--out", tmp_path / "spread.json")  # fmt: skip
     assert spread.exit_code == 0, spread.output
-    assert spread.output.splitlines()[-1].endswith(
-        "(799 steps, 3 free runs from spread-out test points)"
-    )
+    assert _line(spread.output).endswith("(799 steps, 3 free runs from spread-out test points)")
     model = models.load(out / "model.npz")
     mean, sd = model.standardization
     with warnings.catch_warnings():
@@ -163,11 +161,11 @@ def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
         (expected["dstsp"], expected["dh"], expected["pe"]), rel=1e-12
     )
     assert len(scores["per_trajectory"]) == 2
-    assert result.output.splitlines()[-1].endswith("(2 test trajectories, 799 + 499 steps)")
+    assert _line(result.output).endswith("(2 test trajectories, 799 + 499 steps)")
     dropped = run("evaluate", out / "model.npz", *files, "--transient", 10)
-    assert dropped.output.splitlines()[-1].endswith(
+    assert _line(dropped.output).endswith(
         "(2 test trajectories, 789 + 489 steps after a transient of 10 each)"
-    ), dropped.output
+    )
     np.save(tmp_path / "flat.npy", b[:, :2])
     for extra, message in [
         (["--test-data", tmp_path / "flat.npy"], f"the test data in --test-data {tmp_path}/"
@@ -671,7 +669,7 @@ def test_evaluate_rebuilds_the_test_tails_of_every_data_file(several_run, tmp_pa
     out = _copy_run((run_dir,), tmp_path)
     result = run("evaluate", out)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1].endswith("(2 test trajectories, 299 + 299 steps)")
+    assert _line(result.output).endswith("(2 test trajectories, 299 + 299 steps)")
     scores = json.loads((out / "evaluation.json").read_text())
     trained = json.loads((out / "metrics.json").read_text())["test"]
     assert [scores[k] for k in ("dstsp", "dh", "pe")] == [trained[k] for k in ("dstsp", "dh", "pe")]
@@ -852,6 +850,14 @@ def _copy_run(finished_run, tmp_path):
     return out
 
 
+def _line(output: str, start: str = "D_stsp ") -> str:
+    """The one line of ``output`` that begins with ``start`` (default: evaluate's score
+    line; a note on free runs at rest may follow it)."""
+    lines = [line for line in output.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
 def _one_error_line(result, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -985,7 +991,7 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
         keys = ("dstsp", "dh", "pe")
         return {"status": "diverged", "message": failure,
                 "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
-                **dict.fromkeys(keys)}  # fmt: skip
+                "fixed_points": None, **dict.fromkeys(keys)}  # fmt: skip
 
     plotted = []
     monkeypatch.setattr(models, "evaluate", pe_diverged)
@@ -1062,7 +1068,7 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
         keys = ("dstsp", "dh", "pe")
         return {"status": "out_of_box", "message": "no generated point lies inside the box",
                 "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
-                **dict.fromkeys(keys)}  # fmt: skip
+                "fixed_points": None, **dict.fromkeys(keys)}  # fmt: skip
 
     monkeypatch.setattr(models, "evaluate", out_of_box)
     result = run("evaluate", out)
@@ -1713,8 +1719,7 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
     scores = json.loads((tmp_path / "l.json").read_text())
     assert scores["lyapunov"] == expected and scores["dt"] == 0.01
     assert scores["lyapunov_per_time"] == pytest.approx(expected / 0.01, rel=1e-12)
-    line = result.output.splitlines()[-1]
-    assert line == (
+    assert _line(result.output, "lambda_max") == (
         f"lambda_max {expected:.4g} per step = {expected / 0.01:.4g} per time unit (dt 0.01); "
         f"lorenz63: {models.SYSTEMS['lorenz63'].lyapunov:g} per time unit"
     )
@@ -1724,7 +1729,7 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
     result = run("evaluate", tmp_path / "bare.npz", "--test-data", tmp_path / "test.npy",
                  "--lyapunov")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1].endswith(
+    assert _line(result.output, "lambda_max").endswith(
         "per step; pass --dt (time units per data step) for the exponent per time unit"
     )
     result = run("evaluate", tmp_path / "bare.npz", "--test-data", tmp_path / "test.npy",
@@ -1767,25 +1772,18 @@ def test_a_run_whose_later_validations_fail_warns_that_the_kept_model_is_early(c
 
 
 def test_generate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path, monkeypatch):
-    """A run whose steps stop moving (below 1e-6 training sds) for at least its last 10 % is
-    noted with where and from which step it rests; moving or short runs are not."""
-    sd = np.array([1.0, 1e-3])
-    t = np.arange(100.0)
-    moving = np.stack([np.sin(t / 5), np.cos(t / 5) * 1e-3], axis=1)
-    resting = moving.copy()
-    resting[30:] = resting[29] + np.array([1e-8, 1e-12]) * (t[30:, None] % 2)  # jitters < tol
-    label = "run {}".format
-    assert cli._fixed_point_note(moving[None], sd, label) is None
-    assert cli._fixed_point_note(resting[None, :9], sd, label) is None
-    one = cli._fixed_point_note(resting[None], sd, label)
-    assert one.startswith("note: run 0 settles on a fixed point at (") and one.endswith(
-        ") from step 30: a spurious attractor unless the system rests there."
+    """A run resting on a fixed point (``models.metrics.fixed_point_onsets``) is noted with
+    where and from which step it rests; how many of several do, naming the first."""
+    point = np.array([1.0, -2.5, 0.125])
+    one = cli._fixed_point_note([("run 0", 30, point)], 1)
+    assert one == (
+        "note: run 0 settles on a fixed point at (1, -2.5, 0.125) from step 30: a spurious "
+        "attractor unless the system rests there."
     )
-    late = moving.copy()
-    late[95:] = late[94]  # rests only for the last 5 %: not noted
-    three = cli._fixed_point_note(np.stack([moving, resting, late]), sd, label)
+    assert cli._fixed_point_note([], 3) is None
+    three = cli._fixed_point_note([("run 1", 30, point)], 3)
     assert three.startswith("note: 1 of the 3 runs settles on a fixed point, first run 1 at (")
-    both = cli._fixed_point_note(np.stack([resting, moving, resting]), sd, label)
+    both = cli._fixed_point_note([("run 0", 30, point), ("run 2", 40, point)], 3)
     assert both.startswith("note: 2 of the 3 runs settle on a fixed point, first run 0 at (")
 
     out = _copy_run(finished_run, tmp_path)
@@ -1814,6 +1812,32 @@ def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monke
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[-2].startswith("plots")  # written, or skipped without matplotlib
-    assert lines[-1].startswith("note: the free run from the first test point settles on a "
-                                "fixed point at (")  # fmt: skip
-    assert lines[-1].endswith(") from step 20: a spurious attractor unless the system rests there.")
+    assert lines[-1].startswith("note: the free run from test point 0 settles on a fixed point "
+                                "at (")  # fmt: skip
+    resting = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["fixed_points"]
+    assert [(p["start"], p["step"]) for p in resting] == [(0, 20)]
+    where = ", ".join(f"{v:.4g}" for v in resting[0]["point"])
+    assert lines[-1].endswith(
+        f"at ({where}) from step 20: a spurious attractor unless the system rests there."
+    )
+
+
+def test_evaluate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path, monkeypatch):
+    """``evaluate`` names the free runs that rest, in data units, on screen and in its JSON."""
+    out = _copy_run(finished_run, tmp_path)
+    model = models.load(out / "model.npz")
+    _rest_from_step_20(monkeypatch, type(model))
+    result = run("evaluate", out, "--n-starts", 2)
+    assert result.exit_code == 0, result.output
+    resting = json.loads((out / "evaluation.json").read_text())["fixed_points"]
+    second = resting[1]["start"]
+    assert [(p["start"], p["step"]) for p in resting] == [(0, 20), (second, 20)] and second > 0
+    where = ", ".join(f"{v:.4g}" for v in resting[0]["point"])
+    assert result.output.splitlines()[-1] == (
+        f"note: 2 of the 2 runs settle on a fixed point, first the free run from test point 0 "
+        f"at ({where}) from step 20: a spurious attractor unless the system rests there."
+    )
+    test = cli.run_test_data(out)[0]
+    mean, sd = model.standardization
+    rest = model.generate(((test[second] - mean) / sd).astype(model.dtype), 30)[-1]
+    np.testing.assert_allclose(resting[1]["point"], rest * sd + mean, rtol=1e-5)

@@ -18,6 +18,7 @@ from models.metrics import (
     SpectrumResolutionWarning,
     StateSpaceResolutionWarning,
     evaluate,
+    fixed_point_onsets,
     lyapunov_spectrum,
     max_lyapunov,
     power_spectrum_distance,
@@ -695,6 +696,72 @@ def test_evaluate_reports_failed_runs(rotation_data):
     assert res["status"] == "out_of_box" and res["dstsp"] is None
 
 
+def test_fixed_point_onsets_finds_where_runs_come_to_rest():
+    """A run rests from the index after its last move larger than ``tolerance`` sds when
+    that stretch holds at least 10 % of the run and 10 points; moving or short runs do not."""
+    sd = np.array([1.0, 1e-3])
+    t = np.arange(100.0)
+    moving = np.stack([np.sin(t / 5), np.cos(t / 5) * 1e-3], axis=1)
+    resting = moving.copy()
+    resting[30:] = resting[29] + np.array([1e-8, 1e-12]) * (t[30:, None] % 2)  # jitters < tol
+    late = moving.copy()
+    late[95:] = late[94]  # rests for its last 5 % only
+    runs = np.stack([moving, resting, late])
+    np.testing.assert_array_equal(fixed_point_onsets(runs, sd), [-1, 29, -1])
+    assert fixed_point_onsets(resting, sd) == 29 and fixed_point_onsets(resting[:9], sd) == -1
+    jittery = resting.copy()
+    jittery[30:, 1] += 1e-8 * (t[30:] % 2)  # 1e-5 sds of that dimension: moves
+    assert fixed_point_onsets(jittery, sd) == -1 and fixed_point_onsets(jittery, 1.0) == 29
+    assert fixed_point_onsets(resting, sd, tolerance=1e-9) == -1  # the jitter is a move now
+    assert fixed_point_onsets(late, sd, fraction=0.05) == -1  # 6 points: fewer than 10
+    long = np.sin(np.arange(1000.0) / 5)[:, None]
+    long[940:] = long[939]  # 6 % of the run
+    assert fixed_point_onsets(long) == -1 and fixed_point_onsets(long, fraction=0.05) == 939
+    np.testing.assert_array_equal(fixed_point_onsets(np.zeros((3, 2, 50, 1))), np.zeros((3, 2)))
+    assert fixed_point_onsets(resting.astype(np.float32), sd) == 29
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        (
+            (np.zeros(10),),
+            {},
+            ValueError,
+            r"runs must have shape \(\.\.\., n_steps, N\); got shape",
+        ),
+        ((np.zeros((20, 2)), np.array([1.0, 0.0])), {}, ValueError, "scale must be finite and > 0"),
+        ((np.zeros((20, 2)), np.nan), {}, ValueError, "scale must be finite and > 0"),
+        ((np.zeros((20, 2)),), {"fraction": 1.5}, ValueError, r"fraction must be in \(0, 1\]"),
+        ((np.zeros((20, 2)),), {"tolerance": 0}, ValueError, "tolerance must be finite and > 0"),
+        ((np.zeros((20, 2), complex),), {}, TypeError, "runs must hold real numbers"),
+        ((np.ma.zeros((20, 2)),), {}, TypeError, "runs is a masked array"),
+        ((np.zeros((20, 2)), "1"), {}, TypeError, "scale must hold real numbers"),
+        ((np.zeros((20, 2)), np.ones(3)), {}, ValueError, r"scale must be a number or have shape"),
+    ],
+)
+def test_fixed_point_onsets_refuses_bad_arguments(args, kwargs, error, match):
+    with pytest.raises(error, match="^fixed_point_onsets: " + match):
+        fixed_point_onsets(*args, **kwargs)
+
+
+def test_evaluate_reports_runs_that_come_to_rest(rotation_data):
+    """``fixed_points`` lists each free run that rests (test point, first resting step,
+    where), also when a later measure fails; None when the runs are not finite."""
+    model, x = rotation_data
+    assert evaluate(model, x, n_starts=3)["fixed_points"] == []
+    offset = MapRNN(0.5 * np.eye(2), c=np.array([5.0, 5.0]))  # fixed point (10, 10)
+    res = evaluate(offset, x, n_starts=2)
+    assert res["status"] == "out_of_box"  # the runs rest outside the data's box
+    # each step halves the distance to (10, 10): the moves fall below 1e-6 sds at step 23
+    assert [(p["start"], p["step"]) for p in res["fixed_points"]] == [(0, 23), (500, 23)]
+    np.testing.assert_allclose(res["fixed_points"][1]["point"], [10.0, 10.0], atol=1e-6)
+    several = evaluate(offset, [x, x[:400]], measures=("dh",))
+    assert [(p["trajectory"], p["start"]) for p in several["fixed_points"]] == [(0, 0), (1, 0)]
+    assert several["per_trajectory"][1]["fixed_points"][0]["start"] == 0
+    assert evaluate(MapRNN(rotation(0.3, radius=2.0)), x)["fixed_points"] is None
+
+
 def test_evaluate_drops_the_first_transient_steps_of_the_free_run(rotation_data):
     """A run that starts far from the data (inside the divergence limit, outside the box) and
     then follows them exactly scores 0 once those first steps are the transient dropped."""
@@ -853,6 +920,7 @@ def test_evaluate_reports_the_first_failed_prediction_run(rotation_data):
         "n_starts": 1,
         "dstsp_method": "bins",
         "pe": None,
+        "fixed_points": [],  # a run of 1 step is too short to rest
     }
     assert prediction_error(expanding, x) > 1e10  # the measure itself still gives a number
 
@@ -948,6 +1016,7 @@ def test_evaluate_names_the_first_test_trajectory_that_cannot_be_measured(rotati
     first = res["per_trajectory"][0]
     assert first["status"] == "ok" and first["dstsp"] == 0.0
     assert [r["status"] for r in res["per_trajectory"][1:]] == ["non_finite"] * 2
+    assert res["fixed_points"] is None and first["fixed_points"] == []
 
 
 def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first(rotation_data):
@@ -956,7 +1025,7 @@ def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first
     assert res["lyapunov"] == max_lyapunov(model, x0=x[500])
     assert list(res) == [
         *("status", "message", "n_steps", "transient", "n_measured", "n_starts"),
-        *("dstsp_method", "n_trajectories", "dh", "lyapunov", "per_trajectory"),
+        *("dstsp_method", "n_trajectories", "dh", "lyapunov", "per_trajectory", "fixed_points"),
     ]
     assert all("lyapunov" not in r for r in res["per_trajectory"])
 
