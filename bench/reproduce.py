@@ -11,11 +11,12 @@ in a temporary folder), then ``parscan-train evaluate RUN --n-starts 4`` (four f
 spread-out test points: a spurious second attractor shows there). One JSON line per case:
 the command, exit codes, wall seconds of the training command (data, kernels from the warm
 cache, training, evaluation and plots), the test scores of ``metrics.json`` (one free run from
-the first test point), selected epoch, and the four-run scores. A first case may include
+the first test point), selected epoch, the four-run scores, and how many of those runs came
+to rest on a fixed point (``test_at_rest``, ``four_starts.at_rest``). A first case may include
 compile time if the Numba cache is cold: run ``parscan-train --epochs 1`` once before.
 
     python bench/reproduce.py --data-dir ../shared/data                 # every case
-    python bench/reproduce.py --data-dir ../shared/data --cases ecg --seed 1
+    python bench/reproduce.py --data-dir ../shared/data --cases rossler --seeds 0 1 2
 """
 
 import argparse
@@ -82,6 +83,7 @@ def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
         train_s=round(metrics["train_seconds"], 1),
         test={key: metrics["test"][key] for key in ("status", "dstsp", "dh", "pe", "message")},
         n_bins=metrics["n_bins"],
+        test_at_rest=_at_rest(metrics["test"]),
     )
     scored = subprocess.run(
         _command(["evaluate", str(out), "--n-starts", "4", "--out", str(out / "four.json")]),
@@ -92,15 +94,22 @@ def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
     row["four_starts"] = {
         "exit_code": scored.returncode,
         **{key: four.get(key) for key in ("status", "dstsp", "dh", "message")},
+        "at_rest": _at_rest(four),
     }
     return row
+
+
+def _at_rest(scores: dict) -> int | None:
+    """How many of the scored free runs came to rest on a fixed point (None: not checked)."""
+    resting = scores.get("fixed_points")
+    return None if resting is None else len(resting)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True, help="the lab's files (shared/data)")
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
     ap.add_argument("--keep", type=Path, help="keep the run folders here (default: deleted)")
     args = ap.parse_args(argv)
     missing = [
@@ -112,8 +121,9 @@ def main(argv=None):
     folder = Path(tempfile.mkdtemp(prefix="parscan-reproduce-"))
     try:
         for name in args.cases:
-            print(json.dumps({**run_case(name, args.data_dir, args.seed, folder),
-                              "versions": versions()}), flush=True)  # fmt: skip
+            for seed in args.seeds:
+                print(json.dumps({**run_case(name, args.data_dir, seed, folder),
+                                  "versions": versions()}), flush=True)  # fmt: skip
         if args.keep is not None:
             shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     finally:
