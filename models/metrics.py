@@ -935,8 +935,9 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
 
     Parameters
     ----------
-    runs : ndarray, shape (..., n_steps, N)
-        Finite generated observations (any leading shape: one run, or several).
+    runs : array_like, shape (..., n_steps, N)
+        Generated observations (any leading shape: one run, or several); a NaN/inf step
+        counts as a move.
     scale : ndarray, shape (N,), or float
         The unit of ``tolerance`` per dimension, e.g. the data's sd for runs in data units.
     tolerance : float
@@ -987,7 +988,7 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
     if n < REST_MIN_POINTS:
         return onsets
     with np.errstate(invalid="ignore", over="ignore"):
-        moving = np.max(np.abs(np.diff(runs, axis=-2)) / scale, axis=-1) > tolerance
+        moving = ~(np.max(np.abs(np.diff(runs, axis=-2)) / scale, axis=-1) <= tolerance)
     # the index after each run's last move (0 when it never moves)
     after_last = np.where(moving.any(axis=-1), n - 1 - np.argmax(moving[..., ::-1], axis=-1), 0)
     rests = n - after_last >= max(fraction * n, REST_MIN_POINTS)

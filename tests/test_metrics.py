@@ -719,6 +719,9 @@ def test_fixed_point_onsets_finds_where_runs_come_to_rest():
     assert fixed_point_onsets(long) == -1 and fixed_point_onsets(long, fraction=0.05) == 939
     np.testing.assert_array_equal(fixed_point_onsets(np.zeros((3, 2, 50, 1))), np.zeros((3, 2)))
     assert fixed_point_onsets(resting.astype(np.float32), sd) == 29
+    broken = resting.copy()
+    broken[60:] = np.nan  # NaN steps move: the run rests from 29 to 59 only
+    assert fixed_point_onsets(broken, sd) == -1 and fixed_point_onsets(resting.tolist(), sd) == 29
 
 
 @pytest.mark.parametrize(
