@@ -1848,7 +1848,11 @@ def train(
         else:
             note = "plots skipped: the free run did not produce finite values"
         at_rest = _evaluated_rest_note(scores, _test_labels(s))
-        note += f"\n{at_rest}" if at_rest else ""
+        if at_rest:
+            note += (
+                f"\n{at_rest} Score the model from several test points: parscan-train "
+                f"evaluate {shlex.quote(str(out))} --n-starts 8."
+            )
         summary["wall_seconds"] = time.perf_counter() - started
         late = _late_validation_failures(result.history, result.best_epoch)
         summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]

@@ -1818,7 +1818,9 @@ def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monke
     assert [(p["start"], p["step"]) for p in resting] == [(0, 20)]
     where = ", ".join(f"{v:.4g}" for v in resting[0]["point"])
     assert lines[-1].endswith(
-        f"at ({where}) from step 20: a spurious attractor unless the system rests there."
+        f"at ({where}) from step 20: a spurious attractor unless the system rests there. Score "
+        f"the model from several test points: parscan-train evaluate {tmp_path / 'run'} "
+        "--n-starts 8."
     )
 
 
