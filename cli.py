@@ -1273,7 +1273,7 @@ def score_test(
     clauses) instead of ``evaluate``'s arguments, and only when the scores were measured.
     Its errors and failure message name the k-th of several test trajectories (``x_test[k]``)
     by ``labels[k]`` (:func:`_test_labels`). ``test`` is in the units of ``model`` (standardised
-    with its ``standardization``); the points of ``fixed_points`` are returned in data units."""
+    with its ``standardization``); the points of ``at_rest`` are returned in data units."""
     import models
     from models.metrics import (
         DH_SMOOTHING,
@@ -1310,30 +1310,30 @@ def score_test(
 
 
 def _rest_in_data_units(scores: dict, standardization) -> None:
-    """The points of ``scores``' ``fixed_points`` (``models.evaluate``'s, of several test
+    """The points of ``scores``' ``at_rest`` (``models.evaluate``'s, of several test
     trajectories also those of each trajectory's entry) from model units to data units, in
     place (``standardization``: the model's ``(mean, sd)``, or None: the same units)."""
     if standardization is None:
         return
     mean, sd = standardization
     trajectories = scores.get("per_trajectory", [])
-    for entries in [scores["fixed_points"], *(r["fixed_points"] for r in trajectories)]:
+    for entries in [scores["at_rest"], *(r["at_rest"] for r in trajectories)]:
         for entry in entries or []:
             entry["point"] = (np.asarray(entry["point"]) * sd + mean).tolist()
 
 
 def _evaluated_rest_note(scores: dict, labels: list[str]) -> str | None:
     """:func:`_fixed_point_note` for the free runs ``models.evaluate`` scored (its
-    ``fixed_points``; ``labels`` name several test trajectories, :func:`_test_labels`)."""
+    ``at_rest``; ``labels`` name several test trajectories, :func:`_test_labels`)."""
 
     def name(entry: dict) -> str:
         if "trajectory" in entry:
             return f"the free run from point {entry['start']} of {labels[entry['trajectory']]}"
         return f"the free run from test point {entry['start']}"
 
-    if not scores["fixed_points"]:
+    if not scores["at_rest"]:
         return None
-    resting = [(name(e), e["step"], e["point"]) for e in scores["fixed_points"]]
+    resting = [(name(e), e["step"], e["point"]) for e in scores["at_rest"]]
     return _fixed_point_note(resting, scores["n_starts"] * scores.get("n_trajectories", 1))
 
 

@@ -101,7 +101,7 @@ def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
 
 def _at_rest(scores: dict) -> int | None:
     """How many of the scored free runs came to rest on a fixed point (None: not checked)."""
-    resting = scores.get("fixed_points")
+    resting = scores.get("at_rest")
     return None if resting is None else len(resting)
 
 

@@ -931,7 +931,7 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
     least ``fraction`` of the run and :data:`REST_MIN_POINTS` points. A chaotic or periodic
     system's runs never rest; a model's run that does has fallen onto a fixed point -- a
     spurious attractor unless the system rests there, which a score from one start may or
-    may not catch (:func:`evaluate` reports it as ``fixed_points``).
+    may not catch (:func:`evaluate` reports it as ``at_rest``).
 
     Parameters
     ----------
@@ -1183,7 +1183,7 @@ def evaluate(
         ``n_measured`` (``n_steps - transient``: the points of each run that D_stsp scores;
         D_H compares the first ``min(n_measured, T - 1)`` of them), ``n_starts``,
         ``dstsp_method``, one entry per requested measure (float, or None when the
-        status is not "ok"), and ``fixed_points``: the free runs that come to rest
+        status is not "ok"), and ``at_rest``: the free runs that come to rest
         (:func:`fixed_point_onsets`, tolerance in sds of the test trajectory), a list of
         ``{"start": test point index, "step": first resting step counted from 1, "point":
         where it rests (the test data's units)}`` -- empty when none rests, None when the
@@ -1194,7 +1194,7 @@ def evaluate(
         only one, without ``lyapunov``) are added, and the status is that of the first
         trajectory that cannot be measured, its message prefixed by the trajectory's name
         (``"x_test[2]: the free run ..."``) and counting the trajectories that cannot; each
-        ``fixed_points`` entry then also names its ``"trajectory"`` (index).
+        ``at_rest`` entry then also names its ``"trajectory"`` (index).
     """
     where = "evaluate"
     with Checks(where) as checks:
@@ -1353,9 +1353,9 @@ def _score_trajectory(model, x, s, reference, mean, limit):
 
     problem = run_problem(gen, mean, limit, f"{s.diverge_factor:g} data ranges", free_run)
     if problem is not None:
-        result.update(status=problem[0], message=problem[1], fixed_points=None)
+        result.update(status=problem[0], message=problem[1], at_rest=None)
         return result, None
-    result["fixed_points"] = _fixed_points(gen, starts, x)
+    result["at_rest"] = _at_rest(gen, starts, x)
     gen = gen[:, s.transient :]
     values = {}
     if "dstsp" in s.measures:
@@ -1379,8 +1379,8 @@ def _score_trajectory(model, x, s, reference, mean, limit):
     return result, gen
 
 
-def _fixed_points(gen, starts, x):
-    """:func:`evaluate`'s ``fixed_points``: the free runs ``gen`` (from the points ``starts``
+def _at_rest(gen, starts, x):
+    """:func:`evaluate`'s ``at_rest``: the free runs ``gen`` (from the points ``starts``
     of the test trajectory ``x``) that rest (:func:`fixed_point_onsets`, in sds of ``x``)."""
     sd = x.std(axis=0)
     onsets = fixed_point_onsets(gen, np.where(sd > 0, sd, 1.0))
@@ -1408,7 +1408,7 @@ def _combined(scored, tests, names, pooled, s):
         "n_trajectories": len(results),
         **dict.fromkeys(s.measures),
         "per_trajectory": [{k: v for k, v in r.items() if k != "lyapunov"} for r in results],
-        "fixed_points": _combined_fixed_points(results),
+        "at_rest": _combined_at_rest(results),
     }
     failed = [k for k, r in enumerate(results) if r["status"] != "ok"]
     if failed:
@@ -1437,9 +1437,9 @@ def _combined(scored, tests, names, pooled, s):
     return combined
 
 
-def _combined_fixed_points(results):
-    """The ``fixed_points`` of several test trajectories' results, each tagged with its
+def _combined_at_rest(results):
+    """The ``at_rest`` of several test trajectories' results, each tagged with its
     trajectory's index; None when some trajectory's runs could not be checked."""
-    if any(r["fixed_points"] is None for r in results):
+    if any(r["at_rest"] is None for r in results):
         return None
-    return [{"trajectory": k, **p} for k, r in enumerate(results) for p in r["fixed_points"]]
+    return [{"trajectory": k, **p} for k, r in enumerate(results) for p in r["at_rest"]]

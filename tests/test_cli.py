@@ -991,7 +991,7 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
         keys = ("dstsp", "dh", "pe")
         return {"status": "diverged", "message": failure,
                 "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
-                "fixed_points": None, **dict.fromkeys(keys)}  # fmt: skip
+                "at_rest": None, **dict.fromkeys(keys)}  # fmt: skip
 
     plotted = []
     monkeypatch.setattr(models, "evaluate", pe_diverged)
@@ -1068,7 +1068,7 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
         keys = ("dstsp", "dh", "pe")
         return {"status": "out_of_box", "message": "no generated point lies inside the box",
                 "n_steps": len(x_test) - 1, "n_measured": len(x_test) - 1,
-                "fixed_points": None, **dict.fromkeys(keys)}  # fmt: skip
+                "at_rest": None, **dict.fromkeys(keys)}  # fmt: skip
 
     monkeypatch.setattr(models, "evaluate", out_of_box)
     result = run("evaluate", out)
@@ -1814,7 +1814,7 @@ def test_training_notes_a_test_run_that_settles_on_a_fixed_point(tmp_path, monke
     assert lines[-2].startswith("plots")  # written, or skipped without matplotlib
     assert lines[-1].startswith("note: the free run from test point 0 settles on a fixed point "
                                 "at (")  # fmt: skip
-    resting = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["fixed_points"]
+    resting = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["at_rest"]
     assert [(p["start"], p["step"]) for p in resting] == [(0, 20)]
     where = ", ".join(f"{v:.4g}" for v in resting[0]["point"])
     assert lines[-1].endswith(
@@ -1831,7 +1831,7 @@ def test_evaluate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path
     _rest_from_step_20(monkeypatch, type(model))
     result = run("evaluate", out, "--n-starts", 2)
     assert result.exit_code == 0, result.output
-    resting = json.loads((out / "evaluation.json").read_text())["fixed_points"]
+    resting = json.loads((out / "evaluation.json").read_text())["at_rest"]
     second = resting[1]["start"]
     assert [(p["start"], p["step"]) for p in resting] == [(0, 20), (second, 20)] and second > 0
     where = ", ".join(f"{v:.4g}" for v in resting[0]["point"])

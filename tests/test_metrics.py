@@ -749,20 +749,20 @@ def test_fixed_point_onsets_refuses_bad_arguments(args, kwargs, error, match):
 
 
 def test_evaluate_reports_runs_that_come_to_rest(rotation_data):
-    """``fixed_points`` lists each free run that rests (test point, first resting step,
+    """``at_rest`` lists each free run that rests (test point, first resting step,
     where), also when a later measure fails; None when the runs are not finite."""
     model, x = rotation_data
-    assert evaluate(model, x, n_starts=3)["fixed_points"] == []
+    assert evaluate(model, x, n_starts=3)["at_rest"] == []
     offset = MapRNN(0.5 * np.eye(2), c=np.array([5.0, 5.0]))  # fixed point (10, 10)
     res = evaluate(offset, x, n_starts=2)
     assert res["status"] == "out_of_box"  # the runs rest outside the data's box
     # each step halves the distance to (10, 10): the moves fall below 1e-6 sds at step 23
-    assert [(p["start"], p["step"]) for p in res["fixed_points"]] == [(0, 23), (500, 23)]
-    np.testing.assert_allclose(res["fixed_points"][1]["point"], [10.0, 10.0], atol=1e-6)
+    assert [(p["start"], p["step"]) for p in res["at_rest"]] == [(0, 23), (500, 23)]
+    np.testing.assert_allclose(res["at_rest"][1]["point"], [10.0, 10.0], atol=1e-6)
     several = evaluate(offset, [x, x[:400]], measures=("dh",))
-    assert [(p["trajectory"], p["start"]) for p in several["fixed_points"]] == [(0, 0), (1, 0)]
-    assert several["per_trajectory"][1]["fixed_points"][0]["start"] == 0
-    assert evaluate(MapRNN(rotation(0.3, radius=2.0)), x)["fixed_points"] is None
+    assert [(p["trajectory"], p["start"]) for p in several["at_rest"]] == [(0, 0), (1, 0)]
+    assert several["per_trajectory"][1]["at_rest"][0]["start"] == 0
+    assert evaluate(MapRNN(rotation(0.3, radius=2.0)), x)["at_rest"] is None
 
 
 def test_evaluate_drops_the_first_transient_steps_of_the_free_run(rotation_data):
@@ -923,7 +923,7 @@ def test_evaluate_reports_the_first_failed_prediction_run(rotation_data):
         "n_starts": 1,
         "dstsp_method": "bins",
         "pe": None,
-        "fixed_points": [],  # a run of 1 step is too short to rest
+        "at_rest": [],  # a run of 1 step is too short to rest
     }
     assert prediction_error(expanding, x) > 1e10  # the measure itself still gives a number
 
@@ -1019,7 +1019,7 @@ def test_evaluate_names_the_first_test_trajectory_that_cannot_be_measured(rotati
     first = res["per_trajectory"][0]
     assert first["status"] == "ok" and first["dstsp"] == 0.0
     assert [r["status"] for r in res["per_trajectory"][1:]] == ["non_finite"] * 2
-    assert res["fixed_points"] is None and first["fixed_points"] == []
+    assert res["at_rest"] is None and first["at_rest"] == []
 
 
 def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first(rotation_data):
@@ -1028,7 +1028,7 @@ def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first
     assert res["lyapunov"] == max_lyapunov(model, x0=x[500])
     assert list(res) == [
         *("status", "message", "n_steps", "transient", "n_measured", "n_starts"),
-        *("dstsp_method", "n_trajectories", "dh", "lyapunov", "per_trajectory", "fixed_points"),
+        *("dstsp_method", "n_trajectories", "dh", "lyapunov", "per_trajectory", "at_rest"),
     ]
     assert all("lyapunov" not in r for r in res["per_trajectory"])
 
