@@ -2222,6 +2222,11 @@ def _target_model(path: Path, target: str):
     type=float,
     help="Time units per data step, for --lyapunov per time unit (default: a generated system's).",
 )
+@click.option(
+    "--fixed-points",
+    is_flag=True,
+    help="Also the model's fixed points near the test data and their stability (latent RNNs).",
+)
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
 @click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 def evaluate_command(
@@ -2235,6 +2240,7 @@ def evaluate_command(
     n_starts,
     lyapunov,
     dt,
+    fixed_points,
     out_file,
     threads,
 ):
@@ -2246,7 +2252,8 @@ def evaluate_command(
     its training summary was. Several --test-data files (or a run's several test files) are
     scored as models.evaluate scores several test trajectories (D_stsp of all free runs
     together, D_H and PE averaged). Scores are printed and written to --out (default:
-    RUN/evaluation.json for a run folder).
+    RUN/evaluation.json for a run folder). --fixed-points adds the model's fixed points found
+    by Newton's method from test points, with their stability (models.fixed_points).
     """
     key_problem = _array_key_problem(
         Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
@@ -2270,6 +2277,8 @@ def evaluate_command(
     recorded = path.is_dir() and (path / "args.json").is_file()
     if lyapunov:
         dt, system = _lyapunov_time_step(model, metadata, dt)
+    if fixed_points:
+        _require_latent_rnn(model, "--fixed-points")
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
@@ -2313,6 +2322,8 @@ def evaluate_command(
     scores["n_bins"] = _bins_used(scores, n_bins)
     if lyapunov and scores["status"] == "ok":
         scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
+    if fixed_points:
+        scores["fixed_points"] = _model_fixed_points(model, raws)
     if destination is not None:
         try:
             _write_json(destination, scores)
@@ -2333,23 +2344,85 @@ def evaluate_command(
     else:  # as after training: the model does not reconstruct the system (exit 1)
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
         click.echo(_not_measured(scores) + units)
+    if fixed_points:
+        click.echo("\n".join(_fixed_point_lines(scores["fixed_points"], destination)))
+    if scores["status"] != "ok":
         sys.exit(1)
+
+
+#: ``evaluate --fixed-points`` starts Newton's method from this many evenly spread test points
+FIXED_POINT_STARTS = 256
+#: ``evaluate --fixed-points`` lists at most this many fixed points on screen (all in the JSON)
+FIXED_POINT_LINES = 10
+
+
+def _model_fixed_points(model, tests: list[np.ndarray]) -> dict:
+    """``models.fixed_points`` of ``model`` from :data:`FIXED_POINT_STARTS` evenly spread
+    points of the (standardised) test trajectories ``tests`` together, as JSON values, the
+    points in data units."""
+    import models
+
+    joined = np.concatenate(tests)
+    picked = np.linspace(0, len(joined) - 1, min(FIXED_POINT_STARTS, len(joined))).astype(int)
+    found = models.fixed_points(model, joined[picked])
+    points = found["points"]
+    if model.standardization is not None:
+        points = points * model.standardization[1] + model.standardization[0]
+    return {
+        "points": points.tolist(),
+        "spectral_radius": found["spectral_radius"].tolist(),
+        "stable": found["stable"].tolist(),
+        "n_starts": found["n_starts"],
+        "n_converged": found["n_converged"],
+    }
+
+
+def _fixed_point_lines(found: dict, destination: Path | None) -> list[str]:
+    """What ``evaluate --fixed-points`` prints: a headline, then one line per fixed point
+    (most attracting first; at most :data:`FIXED_POINT_LINES`, the rest counted, all of
+    them in the JSON file ``destination`` when there is one)."""
+    n = len(found["points"])
+    searched = (
+        f"by Newton's method from {found['n_starts']} test points "
+        f"({found['n_converged']} converged)"
+    )
+    if n == 0:
+        return [f"fixed points: none found {searched}."]
+    stable = sum(found["stable"])
+    lines = [f"fixed points: {n} found {searched}, {stable} stable (spectral radius < 1):"]
+    for point, radius, is_stable in list(
+        zip(found["points"], found["spectral_radius"], found["stable"], strict=True)
+    )[:FIXED_POINT_LINES]:
+        where = ", ".join(f"{v:.4g}" for v in point)
+        kind = "stable" if is_stable else "unstable"
+        lines.append(f"  ({where})  {kind}, spectral radius {radius:.4g}")
+    if n > FIXED_POINT_LINES:
+        kept = f" (all in {destination})" if destination is not None else ""
+        lines.append(f"  ... and {n - FIXED_POINT_LINES} more{kept}")
+    return lines
 
 
 def _lyapunov_time_step(model, metadata: dict, dt: float | None):
     """For ``evaluate --lyapunov``: the data's time step (``--dt``, else that of the system
     the model's training run generated its data from, as its metadata records, else None)
     and that system (None for data read from files). A model without a Jacobian is refused."""
-    from models import SYSTEMS, LatentRNN
+    from models import SYSTEMS
 
-    if not isinstance(model, LatentRNN):
-        raise UserError(
-            f"--lyapunov needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn); the model "
-            f"is a {type(model).__name__}."
-        )
+    _require_latent_rnn(model, "--lyapunov")
     name = _recorded(metadata, "system") if _recorded(metadata, "data") is None else None
     system = SYSTEMS.get(name) if isinstance(name, str) else None
     return (dt if dt is not None or system is None else system.dt), system
+
+
+def _require_latent_rnn(model, flag: str) -> None:
+    """Refuse ``flag`` for a model without a state map and its Jacobian (an SSM)."""
+    from models import LatentRNN
+
+    if not isinstance(model, LatentRNN):
+        raise UserError(
+            f"{flag} needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn); the model "
+            f"is a {type(model).__name__}."
+        )
 
 
 def _lyapunov_line(scores: dict, system) -> str:

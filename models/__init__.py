@@ -10,7 +10,8 @@ Public names are imported lazily from their modules (``models.ShPLRNN`` imports
 * data: :func:`load_data`, :func:`standardize`, :func:`destandardize`;
 * DSR measures: :func:`evaluate`, :func:`state_space_divergence`,
   :func:`power_spectrum_distance`, :func:`prediction_error`, :func:`max_lyapunov`,
-  :func:`lyapunov_spectrum`, :func:`fixed_point_onsets`.
+  :func:`lyapunov_spectrum`, :func:`fixed_point_onsets`;
+* model analysis: :func:`fixed_points` (equilibria and their stability).
 """
 
 from parscan._lazy import lazy_exports
@@ -38,6 +39,7 @@ _EXPORTS = {
     "max_lyapunov": "models.metrics",
     "lyapunov_spectrum": "models.metrics",
     "fixed_point_onsets": "models.metrics",
+    "fixed_points": "models.equilibria",
     "evaluate": "models.metrics",
 }
 

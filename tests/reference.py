@@ -145,3 +145,23 @@ def forced_recursion_reference(step_fn, z0, T, forcing=None, alpha=0.0, n_forced
             z[..., :n_forced] = (1 - a) * f[..., :n_forced] + a * x
         states[..., t, :] = z
     return states, predictions
+
+
+def alrnn_fixed_points_reference(A, W, h, P):
+    """Every fixed point of the ALRNN ``F(z) = A * z + W Phi(z) + h`` (``Phi`` the identity on
+    the first ``M - P`` units, relu on the last ``P``), by enumerating the ``2**P`` relu
+    patterns: in pattern ``d`` the map is linear, ``F(z) = (diag(A) + W D) z + h`` with
+    ``D = diag(1 .. 1, d)``, whose fixed point ``(I - diag(A) - W D)^-1 h`` counts when its
+    relu units have that pattern (> 0 where on, <= 0 where off). Returns ``(states, radii)``:
+    ``(K, M)`` and the spectral radius of ``diag(A) + W D`` at each."""
+    M = len(A)
+    states, radii = [], []
+    for pattern in range(2**P):
+        on = np.array([(pattern >> j) & 1 for j in range(P)], dtype=bool)
+        d = np.concatenate([np.ones(M - P, dtype=bool), on])
+        jac = np.diag(A) + W * d[None, :]
+        z = np.linalg.solve(np.eye(M) - jac, h)
+        if np.array_equal(z[M - P :] > 0, on):
+            states.append(z)
+            radii.append(np.max(np.abs(np.linalg.eigvals(jac))))
+    return np.array(states).reshape(-1, M), np.array(radii)

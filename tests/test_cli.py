@@ -1747,6 +1747,48 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
         _one_error_line(run("evaluate", *args), message)
 
 
+def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
+    """--fixed-points: models.fixed_points from 256 spread test points, in data units, on
+    screen (at most 10 lines) and in the JSON; refused for an SSM."""
+    out = _copy_run(finished_run, tmp_path)
+    model = models.load(out / "model.npz")
+    result = run("evaluate", out, "--fixed-points")
+    assert result.exit_code == 0, result.output
+    found = json.loads((out / "evaluation.json").read_text())["fixed_points"]
+    assert found["n_starts"] == 256 and len(found["points"]) == len(found["stable"]) >= 1
+    mean, sd = model.standardization
+    exact = model.astype("float64")  # M = N: the points are the whole states
+    states = exact.initial_state((np.array(found["points"]) - mean) / sd)
+    np.testing.assert_allclose(exact.step(states), states, atol=1e-9)
+    lines = result.output.splitlines()
+    first = lines.index(_line(result.output, "fixed points:"))
+    assert lines[first] == (
+        f"fixed points: {len(found['points'])} found by Newton's method from 256 test points "
+        f"({found['n_converged']} converged), {sum(found['stable'])} stable (spectral radius < 1):"
+    )
+    where = ", ".join(f"{v:.4g}" for v in found["points"][0])
+    kind = "stable" if found["stable"][0] else "unstable"
+    assert lines[first + 1] == (
+        f"  ({where})  {kind}, spectral radius {found['spectral_radius'][0]:.4g}"
+    )
+
+    many = {"points": [[float(k), 0.0, 1.0] for k in range(12)], "spectral_radius": [0.5] * 12,
+            "stable": [True] * 12, "n_starts": 256, "n_converged": 200}  # fmt: skip
+    lines = cli._fixed_point_lines(many, tmp_path / "e.json")
+    assert len(lines) == 12 and lines[-1] == f"  ... and 2 more (all in {tmp_path / 'e.json'})"
+    none = dict(many, points=[], spectral_radius=[], stable=[], n_converged=0)
+    assert cli._fixed_point_lines(none, None) == [
+        "fixed points: none found by Newton's method from 256 test points (0 converged)."
+    ]
+    np.save(tmp_path / "test.npy", cli.run_test_data(out)[0])
+    models.LinearSSM(3, 4, 5).save(tmp_path / "ssm.npz")
+    _one_error_line(
+        run("evaluate", tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy",
+            "--fixed-points"),
+        "--fixed-points needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn)",
+    )  # fmt: skip
+
+
 def test_a_run_whose_later_validations_fail_warns_that_the_kept_model_is_early(capsys):
     """Most validations after the kept epoch not measurable (free runs that blow up as the
     model trains on): one warning, with the bounded model as the fix for an unbounded one."""

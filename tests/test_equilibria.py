@@ -1,0 +1,97 @@
+"""models.fixed_points: Newton's method on F(z) - z from observations, against an exhaustive
+search over the relu patterns of small ALRNNs (tests/reference.py)."""
+
+import numpy as np
+import pytest
+from reference import alrnn_fixed_points_reference
+
+import models
+from models import ALRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
+
+
+def _alrnn(M, P, seed):
+    """An ALRNN with random parameters (several relu regions holding fixed points)."""
+    model = ALRNN(M, P, seed=seed)
+    rng = np.random.default_rng(seed)
+    p = model.unflatten()
+    p["A"][...] = rng.uniform(-0.9, 0.9, M)
+    p["W"][...] = rng.normal(0.0, 0.8, (M, M))
+    p["h"][...] = rng.normal(0.0, 0.5, M)
+    return model
+
+
+def _sorted_rows(a):
+    return a[np.lexsort(a.T[::-1])]
+
+
+@pytest.mark.parametrize("seed, count", [(1, 0), (0, 1), (17, 2), (19, 2), (12, 4), (15, 4)])
+def test_fixed_points_of_an_alrnn_are_those_of_its_relu_regions(seed, count):
+    """From starts spread over the state space, the search finds exactly the fixed points of
+    the exhaustive reference (each region's linear fixed point, kept when it lies in that
+    region; none to four of them here), with the same spectral radii, most attracting
+    first."""
+    model = _alrnn(4, 3, seed)
+    p = model.unflatten()
+    states, radii = alrnn_fixed_points_reference(p["A"], p["W"], p["h"], 3)
+    assert len(states) == count
+    starts = np.random.default_rng(seed).uniform(-20.0, 20.0, (400, 4))
+    found = models.fixed_points(model, starts)
+    np.testing.assert_allclose(_sorted_rows(found["states"]), _sorted_rows(states), atol=1e-9)
+    np.testing.assert_allclose(np.sort(found["spectral_radius"]), np.sort(radii), rtol=1e-9)
+    assert np.all(np.diff(found["spectral_radius"]) >= 0)
+    np.testing.assert_array_equal(found["stable"], found["spectral_radius"] < 1)
+    np.testing.assert_array_equal(found["points"], found["states"])  # M = N: all observed
+    assert found["n_starts"] == 400 and (found["n_converged"] > 0) == (count > 0)
+
+
+@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])
+def test_fixed_points_of_shallow_plrnns_solve_f_of_z_equals_z(cls):
+    """Latent models with hidden units and unobserved latents: a contraction (norm bound < 1)
+    has one fixed point, stable, which a free run approaches; it solves F(z) = z to rounding
+    and its observed part is the first N latents. Float32 models are solved in float64 and
+    give the same point up to the rounding of their parameters."""
+    model = cls(5, 12, n_obs=3, seed=3)
+    rng = np.random.default_rng(3)
+    model.params = rng.normal(0.0, 0.1, model.n_params)
+    model.unflatten()["A"][...] = rng.uniform(0.2, 0.6, 5)
+    assert model.norm_bound() < 1
+    found = models.fixed_points(model, rng.normal(0.0, 2.0, (200, 3)))
+    assert len(found["states"]) == 1 and found["stable"][0]
+    np.testing.assert_allclose(model.step(found["states"]), found["states"], atol=1e-12)
+    np.testing.assert_allclose(model.generate(np.zeros(3), 400)[-1], found["points"][0], atol=1e-9)
+    np.testing.assert_array_equal(found["points"], found["states"][:, :3])
+    starts = rng.normal(0.0, 2.0, (200, 3))
+    double = models.fixed_points(model, starts)
+    single = models.fixed_points(model.astype("float32"), starts)
+    assert len(single["states"]) == len(double["states"])  # parameters rounded to float32
+    np.testing.assert_allclose(single["states"], double["states"], atol=1e-4)
+    one = models.fixed_points(model, starts[3])  # one start, shape (N,)
+    np.testing.assert_array_equal(one["states"], models.fixed_points(model, starts[3:4])["states"])
+
+
+def test_a_map_without_fixed_points_finds_nothing():
+    """A map without a fixed point (the translation ``F(z) = z + 1``, whose ``dF/dz - I`` is
+    singular) leaves every start unconverged: nothing found."""
+    model = ALRNN(1, 0)
+    model.unflatten()["A"][...] = 1.0  # F(z) = z + W z + h with W = 0: F(z) = z + 1
+    model.unflatten()["W"][...] = 0.0
+    model.unflatten()["h"][...] = 1.0
+    found = models.fixed_points(model, np.zeros((5, 1)))
+    assert found["states"].shape == (0, 1) and found["n_converged"] == 0
+    assert found["spectral_radius"].shape == (0,) and found["stable"].dtype == bool
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((LinearSSM(4, 8, 3), np.zeros((2, 3))), {}, TypeError, "model must be a models.LatentRNN"),
+        ((ShPLRNN(3, 8), np.zeros((2, 2))), {}, ValueError, "3"),
+        ((ShPLRNN(3, 8), np.full((2, 3), np.nan)), {}, ValueError, "NaN"),
+        ((ShPLRNN(3, 8), np.zeros((2, 3))), {"max_iter": 0}, ValueError, "max_iter must be >= 1"),
+        ((ShPLRNN(3, 8), np.zeros((2, 3))), {"max_iter": 2.5}, TypeError, "max_iter must be an"),
+        ((ShPLRNN(3, 8), np.ma.zeros((2, 3))), {}, TypeError, "masked"),
+    ],
+)
+def test_fixed_points_refuses_bad_arguments(args, kwargs, error, match):
+    with pytest.raises(error, match="^fixed_points: .*" + match):
+        models.fixed_points(*args, **kwargs)
