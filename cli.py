@@ -77,6 +77,9 @@ TRAIN_FIELDS = (
     "validation_interval",
     "validation_steps",
     "validation_starts",
+    "selection_candidates",
+    "selection_starts",
+    "selection_steps",
     "checkpoint_interval",
 )
 
@@ -128,6 +131,9 @@ class Settings:
     validation_interval: int = 2
     validation_steps: int = 25_000
     validation_starts: int = 4
+    selection_candidates: int = 8
+    selection_starts: int = 16
+    selection_steps: int | None = None
     checkpoint_interval: int = 10
     n_bins: int = 30
     validation_fraction: float = 0.2
@@ -167,6 +173,8 @@ RESUME_MAY_CHANGE = (
     "backend",
     "threads",
     "validation_interval",
+    "selection_starts",
+    "selection_steps",
     "checkpoint_interval",
     "out",
     "resume",
@@ -478,6 +486,7 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
     them even at their defaults."""
     from autodiff.optim import lr_ratio_problem
     from autodiff.train import MIN_SCORED_STEPS
+    from models.metrics import REST_MIN_POINTS
 
     problems = [
         f"{_named(name, origins)}: no such file {file}"
@@ -509,6 +518,8 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
         "validation_interval",
         "validation_steps",
         "validation_starts",
+        "selection_candidates",
+        "selection_starts",
         "checkpoint_interval",
         "n_bins",
     ):
@@ -526,6 +537,14 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
             problems.append(f"{_named(name, origins)} must be an integer, got {value!r}")
         elif value is not None and value < 1:
             problems.append(f"{_named(name, origins)} must be >= 1, got {value}")
+    steps = s.selection_steps
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, int) or steps < REST_MIN_POINTS
+    ):
+        problems.append(
+            f"{_named('selection_steps', origins)} must be an integer >= {REST_MIN_POINTS} (a "
+            f"run rests for at least {REST_MIN_POINTS} points), got {steps!r}"
+        )
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
         problems.append(f"{_named('seed', origins)} must be an integer >= 0, got {s.seed!r}")
     rates = []
@@ -1829,6 +1848,7 @@ def train(
             "n_bins": _bins_used(scores, s.n_bins),
             "best_epoch": result.best_epoch,
             "validation": result.best_scores,
+            "selection": result.selection,
             "final_loss": last.get("loss"),
             "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
             "newton_iters_max": last.get("newton_iters_max") if newton else None,
@@ -2111,6 +2131,7 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
             f"epoch {summary['best_epoch']}"
         )
     training = f"{selected}   final loss {_fmt(summary['final_loss'])}"
+    passed_over = _passed_over(summary["selection"], summary["best_epoch"])
     if summary["newton_iters_mean"] is not None:
         training += f"   Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)"
     if summary["alpha"] is not None:
@@ -2118,11 +2139,27 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
     lines = [
         f"test ({_scored_steps(test)}): {measures}",
         training,
+        *([passed_over] if passed_over else []),
         f"training steps {summary['train_seconds']:.0f} s (whole run), this command "
         f"{summary['wall_seconds']:.0f} s (data, training, evaluation, plots)   results: {out}",
         note,
     ]
     click.echo("\n".join(lines))
+
+
+def _passed_over(selection: dict | None, kept: int | None) -> str | None:
+    """The summary line saying that the best-validated epoch was passed over for ``kept``
+    because its long free runs came to rest (``selection``: ``autodiff.fit``'s), or None."""
+    if selection is None or selection["candidates"][0]["epoch"] == kept:
+        return None
+    best = selection["candidates"][0]
+    chosen = next(c for c in selection["candidates"] if c["epoch"] == kept)
+    runs = f"of {selection['starts']} free runs of {selection['steps']} steps"
+    return (
+        f"the best-validated epoch {best['epoch']} was passed over: {best['at_rest']} {runs} "
+        f"came to rest on a fixed point (a spurious attractor); epoch {kept}'s: "
+        f"{chosen['at_rest']}"
+    )
 
 
 def _target_path(target: str) -> Path:

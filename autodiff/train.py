@@ -7,7 +7,8 @@ section 8), with the GTF loss of
 Hess, Goetz & Durstewitz, arXiv:2605.12683) or the teacher-forced loss of
 :func:`autodiff.ssm_gradients.ssm_loss_and_grad` for state-space models, RAdam/Adam with an
 exponentially decaying learning rate, the lab's alpha annealing, validation-based model
-selection, atomic checkpoints and bit-identical resumption.
+selection (its best candidates re-checked for spurious fixed points by
+:mod:`autodiff.selection`), atomic checkpoints and bit-identical resumption.
 
 Determinism: everything random (window starts, noise) comes from one
 ``np.random.Generator(PCG64(seed))`` whose state is checkpointed; the learning rate and the
@@ -49,6 +50,7 @@ from models.data import (
     several_trajectories,
     standardize,
 )
+from models.metrics import REST_MIN_POINTS
 from parscan._arguments import bool_problem
 from parscan.deer import MAX_ITER_CAP
 
@@ -63,11 +65,24 @@ _CHOICES = {
 }
 #: config fields that may differ between a checkpoint and the run resuming it
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "checkpoint_interval", "max_bad_steps", "backend", "validation_interval"}
+    {
+        "epochs",
+        "checkpoint_interval",
+        "max_bad_steps",
+        "backend",
+        "validation_interval",
+        "selection_starts",
+        "selection_steps",
+    }
 )
 #: config fields added since checkpoints were first written: a stored config without them was
 #: written before they existed, by a run that used their defaults, and reads them as such
-_LATER_FIELDS = ("validation_n_bins",)
+_LATER_FIELDS = (
+    "validation_n_bins",
+    "selection_candidates",
+    "selection_starts",
+    "selection_steps",
+)
 #: points D_stsp and D_H need in each trajectory they compare (models.metrics): the least
 #: ``validation_steps`` and the least validation data after its first point
 MIN_SCORED_STEPS = 2
@@ -380,6 +395,21 @@ class TrainConfig:
         Gaussian mixture instead). 30 suits N = 3; use fewer as N grows (8 for the lab's
         5-d ECG), or the validation runs leave most bins empty and even the true system
         scores far above 0. It selects the best model, so a resume cannot change it.
+    selection_candidates : int
+        How many of the best-validated epochs stay candidates for the returned model (their
+        parameters are kept, and checkpointed). At the end each runs ``selection_starts``
+        free runs of ``selection_steps`` from evenly spread validation points; a candidate
+        more than 1/8 of whose runs come to rest on a fixed point
+        (:func:`models.metrics.fixed_point_onsets`) is passed over for the best-validated
+        one that is not (the one with the fewest resting runs when all are): D_stsp barely
+        registers runs that collapse late, and a model whose chaos is transient has lost the
+        attractor (:mod:`autodiff.selection`). Not done when the validation data rest
+        themselves; 1 keeps the best-validated epoch unchecked.
+    selection_starts : int
+        Free runs per candidate in that check.
+    selection_steps : int or None
+        Their length, at least 10 (None: twice the validation runs', ``2 *
+        validation_steps``, or twice the longest validation trajectory's length - 1).
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None;
         ``method="deer"`` and latent RNNs only).
@@ -414,6 +444,9 @@ class TrainConfig:
     validation_steps: int | None = None
     validation_starts: int = 4
     validation_n_bins: int = 30
+    selection_candidates: int = 8
+    selection_starts: int = 16
+    selection_steps: int | None = None
     newton_tol: float | None = None
     newton_max_iter: int | None = None
     standardize: bool = True
@@ -457,6 +490,9 @@ class TrainConfig:
         integer("validation_steps", MIN_SCORED_STEPS, optional=True)
         integer("validation_starts", 1)
         integer("validation_n_bins", 1)
+        integer("selection_candidates", 1)
+        integer("selection_starts", 1)
+        integer("selection_steps", REST_MIN_POINTS, optional=True)
         integer("newton_max_iter", 1, optional=True)
         integer("seed", 0)
         found = len(type_errors) + len(value_errors)
@@ -620,12 +656,14 @@ class TrainResult:
     ----------
     model : Model
         The selected model: the best-validated parameters when ``validation_data`` was
-        given, else the last ones. Carries the data standardisation.
+        given (of those whose long free runs do not come to rest: ``selection``), else the
+        last ones. Carries the data standardisation.
     last_params : ndarray
         Parameters after the last step.
     best_epoch : int or None
         1-based epoch of the selected model (None without validation): the validated epoch
-        with the lowest score, the earliest one among equal finite scores; while every
+        with the lowest score, the earliest one among equal finite scores (unless
+        ``selection`` passed it over); while every
         validation so far scored inf (diverged free runs), the latest.
     best_scores : dict or None
         ``{"dstsp", "dh", "score", "status"}`` of the selected model.
@@ -649,6 +687,12 @@ class TrainResult:
         on-disk cache, which the first steps of a process trigger).
     checkpoint : pathlib.Path or None
         The final checkpoint, when a directory was given.
+    selection : dict or None
+        The check of the ``selection_candidates`` (:mod:`autodiff.selection`): ``starts``
+        and ``steps`` of its free runs, and ``candidates``, one ``{"epoch", "score",
+        "at_rest"}`` each, best validation score first (``at_rest``: how many of its runs
+        came to rest); None when it was not made (fewer than 2 candidates, or validation
+        data that rest).
     """
 
     model: Model
@@ -661,6 +705,7 @@ class TrainResult:
     config: TrainConfig
     wall_time: float
     checkpoint: Path | None = None
+    selection: dict | None = None
 
 
 @dataclass
@@ -682,11 +727,15 @@ class _State:
     best_scores: dict | None = None
     epoch_acc: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    #: ``{"epoch", "scores"}`` of the best-validated epochs (finite scores), best first, at
+    #: most ``selection_candidates``; their parameters are ``candidate_params``
+    candidates: list = field(default_factory=list)
 
     def copy(self) -> "_State":
         new = dataclasses.replace(self)
         new.epoch_acc = dict(self.epoch_acc)
         new.history = list(self.history)
+        new.candidates = list(self.candidates)
         return new
 
 
@@ -712,6 +761,7 @@ class _Snapshot:
     rng_state: dict
     state: _State
     best_params: np.ndarray | None
+    candidate_params: np.ndarray
 
 
 def _training_data(model, data, config) -> tuple[np.ndarray, list[int]]:
@@ -937,6 +987,7 @@ class _Start:
     state: _State
     rng: np.random.Generator
     best_params: np.ndarray | None = None
+    candidate_params: np.ndarray | None = None
 
 
 def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_data) -> _Start:
@@ -1257,6 +1308,26 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
     best = arrays.get("best_params")
     if (best is None) != (state.best_epoch is None):
         raise ValueError("best_params must be stored exactly when a best epoch is")
+    candidates = arrays.get("candidate_params")
+    if candidates is None and "candidates" not in meta["train_state"] and best is not None:
+        # written before candidates existed: the best epoch is the one candidate
+        if math.isfinite(state.best_scores["score"]):
+            state.candidates = [{"epoch": state.best_epoch, "scores": state.best_scores}]
+            candidates = best[None]
+    n = len(state.candidates)
+    if (candidates is None) != (n == 0) or (
+        candidates is not None
+        and not (
+            isinstance(candidates, np.ndarray)
+            and candidates.shape == (n, model.n_params)
+            and candidates.dtype == model.dtype
+            and np.all(np.isfinite(candidates))
+        )
+    ):
+        raise ValueError(
+            f"candidate_params must be a finite {model.dtype} array of shape ({n}, "
+            f"{model.n_params}), one row per candidate"
+        )
     fingerprints = {name: _saved_fingerprint(meta, arrays, name) for name in _FINGERPRINTED}
     if fingerprints["data"] is None:
         raise ValueError("the data fingerprint is missing")
@@ -1265,6 +1336,7 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
         raise ValueError("a best epoch is stored for a run without validation_data")
     start.state, start.optimizer = state, optimizer
     start.best_params = None if best is None else _saved_params(best, "best_params", model)
+    start.candidate_params = candidates
     return config, fingerprints, lengths
 
 
@@ -1347,8 +1419,11 @@ def _is_real(x, lo=0.0, hi=math.inf) -> bool:
 def _saved_state(d, batches_per_epoch: int) -> _State:
     """The checkpoint's training state, each field checked and the counters consistent."""
     names = {f.name for f in dataclasses.fields(_State)}
-    if not isinstance(d, dict) or set(d) != names:
-        raise ValueError(f"train_state must have exactly the keys {sorted(names)}")
+    if not isinstance(d, dict) or set(d) - {"candidates"} != names - {"candidates"}:
+        raise ValueError(
+            f"train_state must have exactly the keys {sorted(names)} (candidates may be "
+            "missing: a checkpoint written before it existed)"
+        )
     s = _State(**d)
     scores = s.best_scores
     checks = {
@@ -1367,6 +1442,15 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
         and set(s.epoch_acc) == set(_new_epoch_acc())
         and all(_is_real(v, 0.0, _FLOAT_MAX) for v in s.epoch_acc.values()),
         "history": isinstance(s.history, list) and all(isinstance(r, dict) for r in s.history),
+        "candidates": isinstance(s.candidates, list)
+        and all(
+            isinstance(c, dict)
+            and set(c) == {"epoch", "scores"}
+            and _is_count(c["epoch"], 1)
+            and isinstance(c["scores"], dict)
+            and _is_real(c["scores"].get("score"), 0.0, _FLOAT_MAX)
+            for c in s.candidates
+        ),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -1529,6 +1613,9 @@ def fit(
         )
     ckpt_file, optimizer, state = start.checkpoint_file, start.optimizer, start.state
     best_params = start.best_params
+    candidate_params = start.candidate_params
+    if candidate_params is None:
+        candidate_params = np.empty((0, model.n_params), dtype=model.dtype)
     rng = start.rng
 
     schedule = ExponentialDecay(config.lr_start, config.lr_end, state.schedule_steps)
@@ -1544,6 +1631,7 @@ def fit(
             rng_state=rng.bit_generator.state,
             state=state.copy(),
             best_params=best_params,
+            candidate_params=candidate_params,
         )
 
     def write(snap: _Snapshot):
@@ -1558,6 +1646,8 @@ def fit(
                 "train_state": dataclasses.asdict(snap.state),
             }
             arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
+            if len(snap.candidate_params):
+                arrays["candidate_params"] = snap.candidate_params
             for name in _FINGERPRINTED:
                 fingerprint = start.fingerprints[name]
                 meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
@@ -1569,7 +1659,7 @@ def fit(
             )
 
     def finish_epoch():
-        nonlocal best_params
+        nonlocal best_params, candidate_params
         epoch = state.step // bpe  # 1-based number of the epoch just completed
         acc = state.epoch_acc
         n_ok = acc["n_ok"]
@@ -1610,6 +1700,10 @@ def fit(
             if best is None or scores["score"] < best["score"] or best["score"] == math.inf:
                 state.best_epoch, state.best_scores = epoch, scores
                 best_params = model.params.copy()
+            if math.isfinite(scores["score"]):
+                state.candidates, candidate_params = _with_candidate(
+                    state.candidates, candidate_params, epoch, scores, model.params, config
+                )
         state.history.append(record)
         state.epoch_acc = _new_epoch_acc()
         state.epoch_pending = False
@@ -1713,6 +1807,11 @@ def fit(
 
     final = write(snap)
     last_params = model.params.copy()
+    selection = None
+    if len(state.candidates) > 1:
+        selection, kept = _select(model, state, candidate_params, validation_data, config)
+        if selection is not None:
+            best_params = candidate_params[kept]
     if best_params is not None:
         model.params[...] = best_params
     if state.best_scores is not None and state.best_scores["score"] == math.inf:
@@ -1728,7 +1827,49 @@ def fit(
         config=config,
         wall_time=state.wall_time,
         checkpoint=final,
+        selection=selection,
     )
+
+
+def _with_candidate(candidates, params, epoch, scores, current, config):
+    """``candidates`` (``_State.candidates``) and their ``params`` (K, n_params) with the
+    epoch just validated added in its place by score (an earlier epoch first among equal
+    scores), the worst dropped beyond ``config.selection_candidates``."""
+    entries = [*candidates, {"epoch": epoch, "scores": scores}]
+    rows = np.concatenate([params, current[None]])
+    order = sorted(range(len(entries)), key=lambda k: (entries[k]["scores"]["score"], k))
+    order = order[: config.selection_candidates]
+    return [entries[k] for k in order], rows[order]
+
+
+def _select(model, state, params, validation_data, config):
+    """The check of the candidates (:func:`autodiff.selection.select`): its report for
+    :attr:`TrainResult.selection` (None when not made) and the index of the candidate kept,
+    whose epoch and scores become ``state.best_epoch`` and ``state.best_scores``."""
+    from autodiff.selection import select
+
+    steps = config.selection_steps
+    if steps is None:
+        trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
+        longest = max(len(x) for x in trajectories) - 1
+        steps = 2 * (config.validation_steps or longest)
+    checked = select(
+        model, state.candidates, params, validation_data, config.selection_starts, steps
+    )
+    if checked is None:
+        return None, None
+    kept, resting = checked
+    chosen = state.candidates[kept]
+    state.best_epoch, state.best_scores = chosen["epoch"], chosen["scores"]
+    report = {
+        "starts": config.selection_starts,
+        "steps": steps,
+        "candidates": [
+            {"epoch": c["epoch"], "score": c["scores"]["score"], "at_rest": n}
+            for c, n in zip(state.candidates, resting, strict=True)
+        ],
+    }
+    return report, kept
 
 
 def _warn_no_validation_score(state, config, is_rnn: bool) -> None:

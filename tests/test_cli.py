@@ -402,6 +402,7 @@ def _bad_files(tmp_path):
     (tmp_path / "gtf.toml").write_text('alpha_method = "geomean"\n')
     (tmp_path / "hidden.toml").write_text('model = "alrnn"\nhidden_dim = 30\n')
     (tmp_path / "steps.toml").write_text("validation_steps = 1\nepochs = 0\n")
+    (tmp_path / "selection.toml").write_text("selection_candidates = 0\nselection_steps = 5\n")
 
 
 @pytest.mark.parametrize(
@@ -569,6 +570,12 @@ def _bad_files(tmp_path):
             "epochs in --config {tmp}/steps.toml must be a positive integer, got 0; "
             "validation_steps in --config {tmp}/steps.toml must be >= 2 (D_H compares spectra "
             "of at least 2 points), got 1.",
+        ),
+        (
+            ["--config", "{tmp}/selection.toml"],
+            "selection_candidates in --config {tmp}/selection.toml must be a positive integer, "
+            "got 0; selection_steps in --config {tmp}/selection.toml must be an integer >= 10 "
+            "(a run rests for at least 10 points), got 5.",
         ),
     ],
 )
@@ -1096,11 +1103,25 @@ def test_summary_says_when_no_validation_run_was_measurable(capsys):
         "alpha": None,
         "train_seconds": 0.5,
         "wall_seconds": 1.0,
+        "selection": None,
     }
     cli._print_summary(Path("runs/x"), summary, "plots skipped")
     text = capsys.readouterr().out
     assert "no validation free run was measurable (last: diverged); kept epoch 4" in text
     assert "alpha" not in text
+
+
+def test_summary_says_when_the_best_validated_epoch_was_passed_over():
+    candidates = [
+        {"epoch": 144, "score": 1.24, "at_rest": 10},
+        {"epoch": 118, "score": 1.32, "at_rest": 1},
+    ]
+    selection = {"starts": 16, "steps": 50000, "candidates": candidates}
+    assert cli._passed_over(selection, 118) == (
+        "the best-validated epoch 144 was passed over: 10 of 16 free runs of 50000 steps came "
+        "to rest on a fixed point (a spurious attractor); epoch 118's: 1"
+    )
+    assert cli._passed_over(selection, 144) is None and cli._passed_over(None, 3) is None
 
 
 def test_diverged_message_names_the_checkpoint_state_and_new_settings():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import autodiff.gradients
+import autodiff.selection
 import autodiff.train
 import models
 import models.metrics
@@ -279,6 +280,73 @@ def test_best_epoch_ties(lorenz, monkeypatch, score, best):
             "reconstruct the validation data. Try alpha_method='sup', lr_start=0.00333."
         ]
         assert caught[-1].filename == __file__  # points at the caller's line
+
+
+def _linear_alrnn(w, h):
+    """``F(z) = w z + h`` as a 2-d ALRNN without relu units (float64)."""
+    model = models.ALRNN(2, 0)
+    model.unflatten()["A"][...] = 0.0
+    model.unflatten()["W"][...] = w
+    model.unflatten()["h"][...] = h
+    return model
+
+
+def test_selection_passes_over_candidates_whose_long_runs_rest():
+    """The best-validated candidate is passed over when more than 1/8 of its long free runs
+    come to rest (a contraction onto a fixed point) for the next one that does not (a
+    rotation); all resting: the fewest, the best-validated among equals; nothing decided
+    for one candidate or validation data that rest themselves."""
+    turn = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    contraction = _linear_alrnn(0.5 * np.eye(2), np.ones(2)).params.copy()
+    rotation = _linear_alrnn(turn, np.zeros(2)).params.copy()
+    model = _linear_alrnn(turn, np.zeros(2))
+    circle = model.generate(np.array([1.0, 0.0]), 300)
+    candidates = [{"epoch": e, "scores": {"score": s}} for e, s in ((4, 0.1), (2, 0.2), (6, 0.3))]
+    params = np.stack([contraction, rotation, rotation])
+    select = autodiff.selection.select
+    assert select(model, candidates, params, circle, 16, 200) == (1, [16, 0, 0])
+    assert select(model, candidates, params[[0, 0, 0]], [circle, circle], 16, 200) == (
+        0,
+        [16, 16, 16],
+    )
+    assert select(model, candidates[:1], params[:1], circle, 16, 200) is None
+    resting = _linear_alrnn(0.5 * np.eye(2), np.ones(2)).generate(np.zeros(2), 300)
+    assert select(model, candidates, params, resting, 16, 200) is None
+
+
+def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
+    """fit keeps up to selection_candidates best-validated epochs (earliest first among
+    equal scores) and returns the one the check keeps, with its scores and the report."""
+    x, xv = lorenz
+    scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
+    monkeypatch.setattr(
+        autodiff.train,
+        "_validate",
+        lambda *args: {"dstsp": 0.0, "dh": 0.0, "score": next(scripted), "status": "ok"},
+    )
+    seen = []
+
+    def second(model, candidates, params, validation, starts, steps):
+        seen.append(([c["epoch"] for c in candidates], starts, steps))
+        return 1, [9, 0, 3]
+
+    monkeypatch.setattr(autodiff.selection, "select", second)
+    cfg = config(epochs=5, batches_per_epoch=2, selection_candidates=3, selection_starts=5)
+    result = fit(small_model(), x, cfg, validation_data=xv)
+    assert seen == [([2, 3, 5], 5, 800)]  # 2 x validation_steps
+    assert result.best_epoch == 3 and result.best_scores["score"] == 0.3
+    assert result.selection == {
+        "starts": 5,
+        "steps": 800,
+        "candidates": [
+            {"epoch": 2, "score": 0.3, "at_rest": 9},
+            {"epoch": 3, "score": 0.3, "at_rest": 0},
+            {"epoch": 5, "score": 0.4, "at_rest": 3},
+        ],
+    }
+    scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
+    alone = fit(small_model(), x, replace(cfg, selection_candidates=1), validation_data=xv)
+    assert alone.selection is None and alone.best_epoch == 2 and len(seen) == 1
 
 
 def _poisoned(bad_steps):
@@ -782,6 +850,10 @@ def _train_state(edit):
         (None, lambda f: f.update({"optimizer.t": np.array(2.7)})),
         (None, lambda f: f.update({"optimizer.t": np.array(1)})),
         (None, lambda f: f.update({"array.best_params": f["array.best_params"][:3]})),
+        (None, lambda f: f.update({"array.candidate_params": f["array.candidate_params"][:1]})),
+        (None, lambda f: f.pop("array.candidate_params")),
+        (_train_state(lambda s: s["candidates"][0].update(epoch=0)), None),
+        (_train_state(lambda s: s["candidates"][0]["scores"].update(score=math.inf)), None),
         (None, lambda f: f.update(params=f["params"].astype(np.float32))),
         (None, lambda f: f.pop("array.data_rows")),
     ],
@@ -1058,6 +1130,25 @@ def test_checkpoints_without_validation_n_bins_resume_with_30_and_keep_it(lorenz
     resumed = fit(small_model(), x, cfg, resume=True, **kw)
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
     assert load_checkpoint(tmp_path)["state"]["config"]["validation_n_bins"] == 30
+
+
+def test_checkpoints_without_candidates_resume_with_the_best_epoch_as_one(lorenz, tmp_path):
+    """A checkpoint written before the selection candidates existed resumes with its best
+    validated epoch as the one candidate so far."""
+    x, val = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    kw = {"checkpoint_dir": tmp_path, "validation_data": val}
+    fit(small_model(), x, replace(cfg, epochs=1), **kw)
+
+    def drop_candidates(fields):
+        fields.pop("array.candidate_params")
+        meta = json.loads(str(fields["metadata"]))
+        del meta["train_state"]["train_state"]["candidates"]
+        fields["metadata"] = np.array(json.dumps(meta))
+
+    _rewrite(checkpoint_path(tmp_path), edit_fields=drop_candidates)
+    resumed = fit(small_model(), x, cfg, resume=True, **kw)
+    assert sorted(c["epoch"] for c in resumed.selection["candidates"]) == [1, 2]
 
 
 @pytest.mark.parametrize(
