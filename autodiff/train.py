@@ -689,10 +689,10 @@ class TrainResult:
         The final checkpoint, when a directory was given.
     selection : dict or None
         The check of the ``selection_candidates`` (:mod:`autodiff.selection`): ``starts``
-        and ``steps`` of its free runs, and ``candidates``, one ``{"epoch", "score",
-        "at_rest"}`` each, best validation score first (``at_rest``: how many of its runs
-        came to rest); None when it was not made (fewer than 2 candidates, or validation
-        data that rest).
+        and ``steps`` of its free runs, its ``seconds``, and ``candidates``, one
+        ``{"epoch", "score", "at_rest"}`` each, best validation score first (``at_rest``: how
+        many of its runs came to rest); None when it was not made (fewer than 2 candidates,
+        or validation data that rest).
     """
 
     model: Model
@@ -1853,6 +1853,7 @@ def _select(model, state, params, validation_data, config):
         trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
         longest = max(len(x) for x in trajectories) - 1
         steps = 2 * (config.validation_steps or longest)
+    t0 = time.perf_counter()
     checked = select(
         model, state.candidates, params, validation_data, config.selection_starts, steps
     )
@@ -1864,6 +1865,7 @@ def _select(model, state, params, validation_data, config):
     report = {
         "starts": config.selection_starts,
         "steps": steps,
+        "seconds": time.perf_counter() - t0,
         "candidates": [
             {"epoch": c["epoch"], "score": c["scores"]["score"], "at_rest": n}
             for c, n in zip(state.candidates, resting, strict=True)
