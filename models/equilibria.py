@@ -14,7 +14,7 @@ Newton basins the starts reach, not provably all of them.
 
 import numpy as np
 
-from models._checks import Checks
+from models._checks import Checks, as_array
 from models.base import LatentRNN
 from models.data import check_trajectory
 
@@ -76,8 +76,8 @@ def fixed_points(model, x, *, max_iter=100):
                 wrong_kind=True,
             )
         max_iter = checks.integer(max_iter, "max_iter")
-    x = np.asarray(x) if isinstance(x, list | tuple) else x
-    if isinstance(x, np.ndarray) and x.ndim == 1:
+    x = as_array(x, "x", where)
+    if x.ndim == 1:
         x = x[None]
     x = check_trajectory(x, where, min_steps=1, constant=True, n_obs=model.n_obs)
     solver = model if model.dtype == np.float64 else model.astype("float64")

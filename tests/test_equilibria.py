@@ -90,6 +90,7 @@ def test_a_map_without_fixed_points_finds_nothing():
         ((ShPLRNN(3, 8), np.zeros((2, 3))), {"max_iter": 0}, ValueError, "max_iter must be >= 1"),
         ((ShPLRNN(3, 8), np.zeros((2, 3))), {"max_iter": 2.5}, TypeError, "max_iter must be an"),
         ((ShPLRNN(3, 8), np.ma.zeros((2, 3))), {}, TypeError, "masked"),
+        ((ShPLRNN(3, 8), [[0.0, 1.0, 2.0], [1.0]]), {}, ValueError, "unequal lengths"),
     ],
 )
 def test_fixed_points_refuses_bad_arguments(args, kwargs, error, match):
