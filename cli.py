@@ -1435,7 +1435,8 @@ class Progress:
 
     ``gtf``: the model is a latent RNN trained with GTF, so alpha is shown (a state-space
     model has none); ``newton``: it is trained with GTF-DEER, so the Newton iterations are
-    shown (a state-space model and sequential BPTT have none).
+    shown (a state-space model and sequential BPTT have none), and an epoch's steps whose
+    diverging GTF-DEER forward was evaluated sequentially (``sequential N``) when it had any.
     """
 
     def __init__(
@@ -1481,6 +1482,8 @@ class Progress:
             text += f"alpha {record['alpha']:.3f}  "
         if self.newton:
             text += f"newton {record['newton_iters_mean']:.1f}  "
+        if record.get("sequential_steps"):
+            text += f"sequential {record['sequential_steps']}  "
         text += f"{record['time']:.1f}s"
         status = record.get("val_status", "ok")
         if record.get("val_score") is not None and status != "ok":

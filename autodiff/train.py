@@ -52,7 +52,7 @@ from models.data import (
 )
 from models.metrics import REST_MIN_POINTS
 from parscan._arguments import bool_problem
-from parscan.deer import MAX_ITER_CAP
+from parscan.deer import MAX_ITER_CAP, DeerStatus
 
 _CHOICES = {
     "method": ("deer", "sequential"),
@@ -607,6 +607,10 @@ class StepInfo:
         Seconds spent in this step.
     steps_per_s : float
         Average rate since this call of :func:`fit` started.
+    sequential : bool
+        True when the step's GTF-DEER forward diverged and the batch was evaluated by the
+        sequential BPTT kernel instead (same loss and gradient; see ``sequential_steps`` in
+        :attr:`TrainResult.history`).
     """
 
     epoch: int
@@ -625,6 +629,7 @@ class StepInfo:
     bad_steps: int
     step_time: float
     steps_per_s: float
+    sequential: bool = False
     kind: str = "step"
 
 
@@ -672,6 +677,8 @@ class TrainResult:
         accepted steps, as :attr:`StepInfo.loss`), ``penalty`` (mean L2 penalty over them, as
         :attr:`StepInfo.penalty`), ``alpha``, ``lr`` (of the epoch's last step),
         ``newton_iters_mean``, ``newton_iters_max``, ``grad_norm_mean``, ``bad_steps``,
+        ``sequential_steps`` (accepted steps whose diverging GTF-DEER forward was evaluated
+        sequentially instead, :attr:`StepInfo.sequential`),
         ``time`` (seconds in the epoch's optimiser steps, as :attr:`StepInfo.step_time`), and
         when validated ``val_dstsp``, ``val_dh``, ``val_score``, ``val_status`` and
         ``val_time`` (seconds of the validation).
@@ -748,6 +755,7 @@ def _new_epoch_acc() -> dict:
         "newton_max": 0,
         "grad_norm_sum": 0.0,
         "bad": 0,
+        "sequential": 0,
         "time": 0.0,
     }
 
@@ -942,12 +950,19 @@ def _validate(model, validation_data, steps, starts, n_bins):
 
 
 def _loss_and_grad(model, windows, alpha, config):
-    """One batch: ``(loss, grad or None, newton (max, mean), reason-if-failed)``."""
+    """One batch: ``(loss, grad or None, newton (max, mean), reason-if-failed, sequential)``.
+
+    A GTF-DEER forward whose Newton iterates blew up (``DeerStatus.DIVERGING``, plain DEER's
+    failure on unstable dynamics: the forced recursion itself may well be finite) is
+    evaluated by the fused sequential BPTT kernel instead, at the same alpha -- the same
+    loss and gradient, so the step is taken, not rejected (``sequential`` True; models
+    without the fused kernels are rejected as before). A forward out of Newton iterations
+    (``newton_max_iter``) stays a rejected step."""
     if not isinstance(model, LatentRNN):
         from autodiff.ssm_gradients import ssm_loss_and_grad
 
         loss, grad, _ = ssm_loss_and_grad(model, windows, backend=config.backend)
-        return loss, grad, (0, 0.0), ""
+        return loss, grad, (0, 0.0), "", False
     from autodiff.gradients import gtf_loss_and_grad
 
     loss, grad, info = gtf_loss_and_grad(
@@ -962,10 +977,16 @@ def _loss_and_grad(model, windows, alpha, config):
         max_iter=config.newton_max_iter,
     )
     newton = (info.newton_iters_max, info.newton_iters_mean)
+    method = "GTF-DEER" if config.method == "deer" else "sequential BPTT"
+    sequential = info.status is DeerStatus.DIVERGING and hasattr(model, "step_functions_jit")
+    if sequential:
+        loss, grad, info = gtf_loss_and_grad(
+            model, windows, alpha=info.alpha, method="sequential", throw=False
+        )
+        method = "GTF-DEER diverged and its sequential fallback"
     if not info.converged:  # a forward that failed, or an adjoint that overflowed
-        method = "GTF-DEER" if config.method == "deer" else "sequential BPTT"
-        return loss, None, newton, f"{method} failed: {info.cause}"
-    return loss, grad, newton, ""
+        return loss, None, newton, f"{method} failed: {info.cause}", sequential
+    return loss, grad, newton, "", sequential
 
 
 @dataclass
@@ -1424,6 +1445,8 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
             f"train_state must have exactly the keys {sorted(names)} (candidates may be "
             "missing: a checkpoint written before it existed)"
         )
+    if isinstance(d.get("epoch_acc"), dict):  # written before sequential fallbacks were counted
+        d["epoch_acc"].setdefault("sequential", 0)
     s = _State(**d)
     scores = s.best_scores
     checks = {
@@ -1674,6 +1697,7 @@ def fit(
             "newton_iters_max": acc["newton_max"],
             "grad_norm_mean": acc["grad_norm_sum"] / n_ok if n_ok else math.nan,
             "bad_steps": acc["bad"],
+            "sequential_steps": acc["sequential"],
             "time": acc["time"],
         }
         last = state.step >= config.n_steps
@@ -1733,7 +1757,7 @@ def fit(
             windows = data[starts[:, None] + offsets]
             if config.noise_level > 0:
                 windows += config.noise_level * rng.standard_normal(windows.shape, dtype=data.dtype)
-            loss, penalty, grad_norm, newton, reason = _train_step(
+            loss, penalty, grad_norm, newton, reason, sequential = _train_step(
                 model, optimizer, windows, state, lr, config
             )
             acc = state.epoch_acc
@@ -1750,6 +1774,7 @@ def fit(
                 acc["newton_sum"] += newton[1]
                 acc["newton_max"] = max(acc["newton_max"], newton[0])
                 acc["grad_norm_sum"] += grad_norm
+                acc["sequential"] += sequential
             dt = time.perf_counter() - t0
             acc["time"] += dt
             state.wall_time += dt
@@ -1774,6 +1799,7 @@ def fit(
                         grad_norm=grad_norm,
                         accepted=not reason,
                         reason=reason,
+                        sequential=sequential,
                         bad_steps=state.bad_streak,
                         step_time=dt,
                         steps_per_s=steps_session / elapsed if elapsed > 0 else math.inf,
@@ -1895,9 +1921,10 @@ def _train_step(model, optimizer, windows, state, lr, config):
 
     Updates ``state.alpha`` / ``state.force_alpha_estimate`` after a successful estimate and
     ``model.params`` after an accepted step. Returns ``(loss, penalty, grad_norm, newton
-    (max, mean), reason)``: the data loss (NaN when it was not computed), the L2 penalty, the
-    gradient norm before clipping (NaN when there is none) and, for a rejected step (params
-    unchanged), why.
+    (max, mean), reason, sequential)``: the data loss (NaN when it was not computed), the L2
+    penalty, the gradient norm before clipping (NaN when there is none), for a rejected step
+    (params unchanged) why, and whether the batch was evaluated sequentially after its
+    GTF-DEER forward diverged (:func:`_loss_and_grad`).
     """
     if (
         isinstance(model, LatentRNN)
@@ -1906,11 +1933,11 @@ def _train_step(model, optimizer, windows, state, lr, config):
     ):
         alpha, reason = _anneal_alpha(model, windows, state.alpha, config)
         if reason:
-            return math.nan, 0.0, math.nan, (0, 0.0), reason
+            return math.nan, 0.0, math.nan, (0, 0.0), reason, False
         state.alpha = alpha
         state.force_alpha_estimate = False
 
-    loss, grad, newton, reason = _loss_and_grad(model, windows, state.alpha, config)
+    loss, grad, newton, reason, sequential = _loss_and_grad(model, windows, state.alpha, config)
     penalty = 0.0
     if grad is not None and config.l2:
         penalty, g_l2 = l2_penalty(model, config.l2)
@@ -1925,7 +1952,7 @@ def _train_step(model, optimizer, windows, state, lr, config):
             optimizer.step(model.params, grad, lr)
         except NonFiniteStepError as exc:
             reason = f"optimiser step refused: {exc}"
-    return loss, penalty, grad_norm, newton, reason
+    return loss, penalty, grad_norm, newton, reason, sequential
 
 
 def _anneal_alpha(model, windows, alpha, config):

@@ -1188,9 +1188,11 @@ def test_epoch_lines_say_why_validation_was_not_measured():
     progress(EpochInfo({**record, "val_score": math.inf, "val_status": "non_finite"}, 1, None))
     progress(EpochInfo({**record, "epoch": 2, "val_score": 0.5, "val_status": "ok",
                         "val_dstsp": 0.25, "val_dh": 0.125}, 2, None))  # fmt: skip
+    progress(EpochInfo({**record, "epoch": 2, "sequential_steps": 3}, 1, None))
     assert stream.getvalue().splitlines() == [
         "epoch 1/2  loss 0.5  1.0s  val not measured (free run non-finite)",
         "epoch 2/2  loss 0.5  1.0s  val D_stsp 0.250 D_H 0.125",
+        "epoch 2/2  loss 0.5  sequential 3  1.0s",
     ]
 
 

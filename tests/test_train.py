@@ -982,6 +982,49 @@ def test_unconverged_deer_forward_is_a_rejected_step_with_its_diagnosis(lorenz):
     )
 
 
+def _deer_diverges(monkeypatch, sequential_result=None):
+    """Make every GTF-DEER forward report ``DIVERGING``; the sequential method runs for real
+    (or returns ``sequential_result``)."""
+    real = autodiff.gradients.gtf_loss_and_grad
+
+    def diverging(model, data, **kw):
+        if kw.get("method") == "sequential":
+            return real(model, data, **kw) if sequential_result is None else sequential_result
+        _, _, info = real(model, data, **kw)
+        status = parscan.DeerStatus.DIVERGING
+        return math.nan, None, replace(info, status=status, cause="diverging: stub")
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", diverging)
+
+
+def test_a_diverging_deer_forward_is_evaluated_sequentially(lorenz, monkeypatch):
+    """A batch whose Newton iterates blew up is evaluated by the sequential kernel instead:
+    the steps are taken, counted, and the run is the sequential method's, bit for bit."""
+    x, _ = lorenz
+    cfg = config(epochs=2, batches_per_epoch=3)
+    _deer_diverges(monkeypatch)
+    steps = []
+    result = fit(small_model(), x, cfg, callback=steps.append)
+    monkeypatch.undo()
+    sequential = fit(small_model(), x, replace(cfg, method="sequential"))
+    assert np.array_equal(result.model.params, sequential.model.params)
+    assert [h["sequential_steps"] for h in result.history] == [3, 3]
+    assert [h["sequential_steps"] for h in sequential.history] == [0, 0]
+    taken = [s for s in steps if isinstance(s, StepInfo)]
+    assert len(taken) == 6 and all(s.accepted and s.sequential for s in taken)
+
+
+def test_a_failed_sequential_fallback_is_a_rejected_step(lorenz, monkeypatch):
+    x, _ = lorenz
+    info = autodiff.gradients.GradInfo(
+        "sequential", 0.1, parscan.DeerStatus.NON_FINITE, np.zeros(8, int), "stub", "non_finite"
+    )
+    _deer_diverges(monkeypatch, (math.nan, None, info))
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(small_model(), x, config(max_bad_steps=2))
+    assert err.value.reason == "GTF-DEER diverged and its sequential fallback failed: non_finite"
+
+
 def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
     x, xv = lorenz
     with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
@@ -1413,7 +1456,7 @@ def test_windows_of_several_trajectories_never_straddle_two(monkeypatch):
 
     def record(model, optimizer, w, state, lr, config):
         windows.append(w.copy())
-        return 1.0, 0.0, 0.0, (1, 1.0), ""  # accepted, nothing trained
+        return 1.0, 0.0, 0.0, (1, 1.0), "", False  # accepted, nothing trained
 
     monkeypatch.setattr(autodiff.train, "_train_step", record)
     cfg = config(sequence_length=T, batch_size=16, batches_per_epoch=25, epochs=2,
