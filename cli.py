@@ -1341,8 +1341,8 @@ def _rest_in_data_units(scores: dict, standardization) -> None:
             entry["point"] = (np.asarray(entry["point"]) * sd + mean).tolist()
 
 
-def _evaluated_rest_note(scores: dict, labels: list[str]) -> str | None:
-    """:func:`_fixed_point_note` for the free runs ``models.evaluate`` scored (its
+def _scored_rest_note(scores: dict, labels: list[str]) -> str | None:
+    """:func:`_rest_note` for the free runs ``models.evaluate`` scored (its
     ``at_rest``; ``labels`` name several test trajectories, :func:`_test_labels`)."""
 
     def name(entry: dict) -> str:
@@ -1353,7 +1353,7 @@ def _evaluated_rest_note(scores: dict, labels: list[str]) -> str | None:
     if not scores["at_rest"]:
         return None
     resting = [(name(e), e["step"], e["point"]) for e in scores["at_rest"]]
-    return _fixed_point_note(resting, scores["n_starts"] * scores.get("n_trajectories", 1))
+    return _rest_note(resting, scores["n_starts"] * scores.get("n_trajectories", 1))
 
 
 def _test_labels(s: Settings) -> list[str]:
@@ -1870,7 +1870,7 @@ def train(
             note = write_plots(out, test[1:], generated, title)
         else:
             note = "plots skipped: the free run did not produce finite values"
-        at_rest = _evaluated_rest_note(scores, _test_labels(s))
+        at_rest = _scored_rest_note(scores, _test_labels(s))
         if at_rest:
             note += (
                 f"\n{at_rest} Score the model from several test points: parscan-train "
@@ -2378,7 +2378,7 @@ def evaluate_command(
         )
         if lyapunov:
             click.echo(_lyapunov_line(scores, system))
-        at_rest = _evaluated_rest_note(scores, labels)
+        at_rest = _scored_rest_note(scores, labels)
         if at_rest:
             click.echo(at_rest)
     else:  # as after training: the model does not reconstruct the system (exit 1)
@@ -2564,7 +2564,7 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
         sd = model.standardization[1] if model.standardization is not None else 1.0
         onsets = fixed_point_onsets(runs, sd)
         resting = [(origin[1](k), onsets[k] + 1, runs[k, -1]) for k in np.flatnonzero(onsets >= 0)]
-        note = _fixed_point_note(resting, n_runs)
+        note = _rest_note(resting, n_runs)
         if note:
             click.echo(note)
     else:
@@ -2674,7 +2674,7 @@ def _free_runs(model, points: np.ndarray, n_steps: int, origin):
     return runs, units, problem
 
 
-def _fixed_point_note(resting: list[tuple], n_runs: int) -> str | None:
+def _rest_note(resting: list[tuple], n_runs: int) -> str | None:
     """A note when some of ``n_runs`` free runs settle on a fixed point
     (:func:`models.metrics.fixed_point_onsets`; ``resting``: ``(name, first resting step,
     point in data units)`` of each that does): how many, and where and from which step the

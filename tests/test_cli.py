@@ -1840,15 +1840,15 @@ def test_generate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path
     """A run resting on a fixed point (``models.metrics.fixed_point_onsets``) is noted with
     where and from which step it rests; how many of several do, naming the first."""
     point = np.array([1.0, -2.5, 0.125])
-    one = cli._fixed_point_note([("run 0", 30, point)], 1)
+    one = cli._rest_note([("run 0", 30, point)], 1)
     assert one == (
         "note: run 0 settles on a fixed point at (1, -2.5, 0.125) from step 30: a spurious "
         "attractor unless the system rests there."
     )
-    assert cli._fixed_point_note([], 3) is None
-    three = cli._fixed_point_note([("run 1", 30, point)], 3)
+    assert cli._rest_note([], 3) is None
+    three = cli._rest_note([("run 1", 30, point)], 3)
     assert three.startswith("note: 1 of the 3 runs settles on a fixed point, first run 1 at (")
-    both = cli._fixed_point_note([("run 0", 30, point), ("run 2", 40, point)], 3)
+    both = cli._rest_note([("run 0", 30, point), ("run 2", 40, point)], 3)
     assert both.startswith("note: 2 of the 3 runs settle on a fixed point, first run 0 at (")
 
     out = _copy_run(finished_run, tmp_path)
