@@ -361,7 +361,7 @@ def test_training_passes_default_deer_settings_to_the_sequential_method(model, w
     """fit's step passes config.jacobian/newton_tol/newton_max_iter for both methods;
     TrainConfig keeps them at their defaults for method="sequential", so the step runs."""
     config = TrainConfig(method="sequential")
-    loss, grad, newton, reason = _loss_and_grad(model, windows, 0.3, config)
+    loss, grad, newton, reason, _ = _loss_and_grad(model, windows, 0.3, config)
     want_loss, want_grad, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method="sequential")
     assert reason == "" and newton == (0, 0.0) and loss == want_loss
     np.testing.assert_array_equal(grad, want_grad)

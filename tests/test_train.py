@@ -1222,8 +1222,21 @@ class _Stopped(Exception):
     """What the test's SIGTERM handler raises."""
 
 
+@pytest.fixture
+def python_sigint():
+    """Ctrl-C raises KeyboardInterrupt during the test, also when pytest started with SIGINT
+    ignored (as a background job of a non-interactive shell starts)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_a_signal_during_an_atomic_save_acts_once_it_is_done(tmp_path, monkeypatch, signum):
+def test_a_signal_during_an_atomic_save_acts_once_it_is_done(
+    tmp_path, monkeypatch, signum, python_sigint
+):
     """A second Ctrl-C (or a SIGTERM) while fit writes its checkpoint must not abort the
     write: it is delivered, to the handler installed before, once the file is in place."""
     import signal
@@ -1277,7 +1290,9 @@ def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
     assert remedies(jacobian="diag", newton_max_iter=150)["newton_max_iter"] is None
 
 
-def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(lorenz, tmp_path, monkeypatch):
+def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(
+    lorenz, tmp_path, monkeypatch, python_sigint
+):
     import signal
 
     x, _ = lorenz
