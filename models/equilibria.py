@@ -84,9 +84,7 @@ def fixed_points(model, x, *, max_iter=100):
     z = solver.initial_state(x.astype(np.float64))
     converged = _newton(solver, z, max_iter)
     states = _distinct(z[converged])
-    radius = np.array(
-        [np.max(np.abs(np.linalg.eigvals(j))) for j in solver.jacobian(states)], dtype=np.float64
-    )
+    radius = np.max(np.abs(np.linalg.eigvals(solver.jacobian(states))), axis=-1, initial=0.0)
     order = np.argsort(radius, kind="stable")
     states, radius = states[order], radius[order]
     return {
