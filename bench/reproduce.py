@@ -39,8 +39,9 @@ CASES = {
     },
     "ecg": {
         "args": (
-            "--data ECG_pecuzal_5d_train.npy --test-data ECG_pecuzal_5d_test.npy --alpha 0.2 "
-            "-T 500 --epochs 60 --n-bins 8"
+            "--data ECG_pecuzal_5d_train.npy --test-data ECG_pecuzal_5d_test.npy -L 250 "
+            "--alpha 0.3 --method sequential --epochs 1000 --lr-start 1e-3 --lr-end 1e-6 "
+            "--n-bins 8"
         ).split(),
         "floor": {"what": "train vs test, 8 bins", "dstsp": 0.026, "dh": 0.060},
     },
