@@ -296,6 +296,26 @@ def test_row_jacobian_driver_is_bitwise_the_per_step_function_at_ecg_size(cls, d
         np.testing.assert_array_equal(J[p], jac)
 
 
+@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_runs", [1, 3])
+def test_wide_free_run_is_bitwise_the_per_step_function(cls, dtype, n_runs):
+    """A few free runs of the shPLRNN family step with the hidden layer's loops innermost
+    (L = 37: a SIMD body and a remainder; 2x faster at L = 250); every state stays bitwise
+    the per-step function's, non-finite and overflowing ones included."""
+    m = cls(5, 37, 5, seed=4).astype(dtype)
+    z0 = np.random.default_rng(20).normal(0.0, 1.5, (n_runs, 5)).astype(dtype)
+    if n_runs > 1:
+        z0[1, 2], z0[2] = np.nan, 1e30
+    runs = m.simulate(z0, 40)
+    out = np.empty(5, dtype)
+    for run, z in zip(runs, z0, strict=True):
+        for t in range(40):
+            m.step_functions_jit.step(*m.kernel_args(), z, out)
+            np.testing.assert_array_equal(run[t], out)
+            z = out.copy()
+
+
 @pytest.mark.parametrize("family", ["ShPLRNN", "ALRNN"])
 def test_step_functions_compile_for_cuda_in_float32(no_device_context, family):
     """The plain per-step functions are valid CUDA device functions, and in float32 they
@@ -343,10 +363,10 @@ def test_simulate_matches_loop(model, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n", [15, 133])
+@pytest.mark.parametrize("n", [15, 300])
 def test_batched_free_runs_are_bitwise_the_runs_one_by_one(model, dtype, n):
-    """Many free runs (the shPLRNN family steps 8 per thread or more together in SIMD lanes:
-    133 on up to 16 threads) give bitwise the states of each run alone, non-finite and
+    """Many free runs (the shPLRNN family steps 16 per thread or more together in SIMD lanes:
+    300 on up to 18 threads) give bitwise the states of each run alone, non-finite and
     overflowing ones included."""
     m = model.astype(dtype)
     z0 = states((n,), dtype, seed=19)
