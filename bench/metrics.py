@@ -1,9 +1,12 @@
 """Benchmark of the DSR measures and the system generator: one JSON line per case.
 
-Question: what does evaluating a 100k-step trajectory cost, next to generating it and next to
-sorting it? PE(20) is timed with the default model's architecture (a ``ClippedShPLRNN`` with
-M = 3, L = 200, float32, as initialised: its cost does not depend on the fit), which steps its
-~100k runs of 20 steps together in SIMD lanes.
+Question: what does evaluating a 100k-step trajectory cost, next to generating it (the system,
+or a model's free run) and next to sorting it? PE(20) and the free runs are timed with the
+default model's architecture (a ``ClippedShPLRNN`` with M = 3, L = 200, float32, as
+initialised: the cost does not depend on the fit); PE steps its ~100k runs of 20 steps
+together in SIMD lanes, a free run steps with the hidden layer's loops innermost
+(``model.simulate``), timed next to the same run by the per-step function
+(``model.step_functions_jit.step`` in a jitted loop: the same states, bitwise).
 
 Data: two Lorenz-63 trajectories (``models.generate``, seeds 1 and 2), standardised. Every case
 reports the fields of ``bench/_timing.py`` (first call raw and minus the min, min and median
@@ -19,6 +22,7 @@ README quotes the ratios; raw lines of the 2-core machine: ``bench/results/metri
 import argparse
 import json
 
+import numba
 import numpy as np
 import scipy
 from _timing import check_runs, interleaved, versions
@@ -37,6 +41,20 @@ from parscan._jit import n_threads
 BASELINE = "np.sort(x, axis=0)"
 
 
+def _per_step_run(model):
+    """A free run ``(z0, out)`` by the model's per-step function, one state at a time."""
+    step = model.step_functions_jit.step
+    args = model.kernel_args()
+
+    @numba.njit
+    def run(args, z0, out):
+        step(*args, z0, out[0])
+        for t in range(1, out.shape[0]):
+            step(*args, out[t - 1], out[t])
+
+    return lambda z0, out: run(args, z0, out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T = 10,000")
@@ -47,6 +65,11 @@ def main(argv=None):
     a, mean, sd = standardize(generate("lorenz63", T, seed=1))
     b = (generate("lorenz63", T, seed=2) - mean) / sd
     model = ClippedShPLRNN(3, 200, seed=0).astype(np.float32)
+    z0, out = model.initial_state(b[0].astype(np.float32)), np.empty((T, 3), np.float32)
+    per_step = _per_step_run(model)
+    per_step(z0, out)
+    if not np.array_equal(out, model.simulate(z0, T)):
+        raise SystemExit("bench/metrics.py: the free runs differ (they must be bitwise equal)")
     cases = {
         BASELINE: lambda: np.sort(a, axis=0),
         "generate lorenz63": lambda: generate("lorenz63", T, seed=3),
@@ -55,6 +78,8 @@ def main(argv=None):
         "dh sigma 20": lambda: power_spectrum_distance(a, b, 20.0),
         "max_lyapunov lorenz63 (T samples)": lambda: max_lyapunov("lorenz63", n_steps=T),
         "pe 20 clipped-shplrnn L=200 float32": lambda: prediction_error(model, b, 20),
+        "free run clipped-shplrnn L=200 float32": lambda: model.simulate(z0, T),
+        "free run clipped-shplrnn L=200 float32, per-step function": lambda: per_step(z0, out),
     }
     times = interleaved(cases, args.repeat)
     base = times[BASELINE]
