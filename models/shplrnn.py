@@ -192,7 +192,7 @@ _step_jacobian_diag = SHPLRNN_STEP_FUNCTIONS_JIT.step_jacobian_diag
 # ---- CPU drivers: one state (below), many states (models._shplrnn_lanes), free run -----
 
 #: Free runs per thread from which they are stepped together in lanes: a block of ``LANES``
-#: runs on one thread costs as much as 15-20 runs one by one (:func:`_wide_run`; measured at
+#: runs on one thread costs as much as 15-20 runs one by one (:func:`_transposed_run`; measured at
 #: M = 3, L = 100 and 200, M = 5, L = 250, float32 / float64), and runs one by one spread
 #: over every thread. (PE(20) over a test set steps thousands of runs: 7x faster in lanes.)
 _LANE_RUNS_PER_THREAD = 16
@@ -209,7 +209,7 @@ def _eval_item(A, W1, W2, h1, h2, clipped, z, f, j, mode):
 
 
 @jit
-def _wide_step(A, W1T, W2T, h1, h2, clipped, z, out, s, phi):
+def _transposed_step(A, W1T, W2T, h1, h2, clipped, z, out, s, phi):
     """``out = F(z)`` as :func:`shplrnn_step` computes it, operation for operation in the
     same order (bitwise equal), with every loop over the L hidden units innermost and
     contiguous (``W1T = W1.T``, ``W2T = W2.T``, C-contiguous; scratch ``s``, ``phi`` of shape
@@ -240,19 +240,21 @@ def _wide_step(A, W1T, W2T, h1, h2, clipped, z, out, s, phi):
 
 
 @jit
-def _wide_run(A, W1T, W2T, h1, h2, clipped, z0, out):
+def _transposed_run(A, W1T, W2T, h1, h2, clipped, z0, out):
     """The free run ``out[t] = F^(t+1)(z0)`` (``out`` (n_steps >= 1, M)) by
-    :func:`_wide_step`, with its scratch."""
+    :func:`_transposed_step`, with its scratch."""
     s = np.empty(h2.shape[0], dtype=z0.dtype)
     phi = np.empty(h2.shape[0], dtype=z0.dtype)
-    _wide_step(A, W1T, W2T, h1, h2, clipped, z0, out[0], s, phi)
+    _transposed_step(A, W1T, W2T, h1, h2, clipped, z0, out[0], s, phi)
     for t in range(1, out.shape[0]):
-        _wide_step(A, W1T, W2T, h1, h2, clipped, out[t - 1], out[t], s, phi)
+        _transposed_step(A, W1T, W2T, h1, h2, clipped, out[t - 1], out[t], s, phi)
 
 
 @jit
 def _simulate_item(A, W1, W2, h1, h2, clipped, z0, out):
-    _wide_run(A, np.ascontiguousarray(W1.T), np.ascontiguousarray(W2.T), h1, h2, clipped, z0, out)
+    W1T = np.ascontiguousarray(W1.T)
+    W2T = np.ascontiguousarray(W2.T)
+    _transposed_run(A, W1T, W2T, h1, h2, clipped, z0, out)
 
 
 @jit_parallel
@@ -260,7 +262,7 @@ def _simulate_kernel(A, W1, W2, h1, h2, clipped, Z0, out):
     W1T = np.ascontiguousarray(W1.T)
     W2T = np.ascontiguousarray(W2.T)
     for b in prange(Z0.shape[0]):
-        _wide_run(A, W1T, W2T, h1, h2, clipped, Z0[b], out[b])
+        _transposed_run(A, W1T, W2T, h1, h2, clipped, Z0[b], out[b])
 
 
 def _simulate_runs(A, W1, W2, h1, h2, clipped, Z0, out):

@@ -296,19 +296,28 @@ def test_row_jacobian_driver_is_bitwise_the_per_step_function_at_ecg_size(cls, d
         np.testing.assert_array_equal(J[p], jac)
 
 
-@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])
+TRANSPOSED_RUN_MODELS = {  # sizes with a SIMD body and a remainder in the vectorised loops
+    "ShPLRNN": lambda: ShPLRNN(5, 37, 5, seed=4),
+    "ClippedShPLRNN": lambda: ClippedShPLRNN(5, 37, 5, seed=4),
+    "ALRNN": lambda: ALRNN(21, 4, 5, seed=4),
+    "PLRNN": lambda: PLRNN(21, 5, seed=4),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSPOSED_RUN_MODELS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n_runs", [1, 3])
-def test_wide_free_run_is_bitwise_the_per_step_function(cls, dtype, n_runs):
-    """A few free runs of the shPLRNN family step with the hidden layer's loops innermost
-    (L = 37: a SIMD body and a remainder; 2x faster at L = 250); every state stays bitwise
-    the per-step function's, non-finite and overflowing ones included."""
-    m = cls(5, 37, 5, seed=4).astype(dtype)
-    z0 = np.random.default_rng(20).normal(0.0, 1.5, (n_runs, 5)).astype(dtype)
+def test_transposed_free_run_is_bitwise_the_per_step_function(name, dtype, n_runs):
+    """A few free runs step with transposed weights, so that the innermost loops are
+    contiguous and vectorised (shPLRNNs: over the L hidden units, 2x faster at L = 250;
+    (A)LRNNs: over the outputs, 3x at M = 20); every state stays bitwise the per-step
+    function's, non-finite and overflowing ones included."""
+    m = TRANSPOSED_RUN_MODELS[name]().astype(dtype)
+    z0 = np.random.default_rng(20).normal(0.0, 1.5, (n_runs, m.M)).astype(dtype)
     if n_runs > 1:
         z0[1, 2], z0[2] = np.nan, 1e30
     runs = m.simulate(z0, 40)
-    out = np.empty(5, dtype)
+    out = np.empty(m.M, dtype)
     for run, z in zip(runs, z0, strict=True):
         for t in range(40):
             m.step_functions_jit.step(*m.kernel_args(), z, out)
