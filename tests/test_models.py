@@ -310,8 +310,8 @@ TRANSPOSED_RUN_MODELS = {  # sizes with a SIMD body and a remainder in the vecto
 def test_transposed_free_run_is_bitwise_the_per_step_function(name, dtype, n_runs):
     """A few free runs step with transposed weights, so that the innermost loops are
     contiguous and vectorised (shPLRNNs: over the L hidden units, 2x faster at L = 250;
-    (A)LRNNs: over the outputs, 3x at M = 20); every state stays bitwise the per-step
-    function's, non-finite and overflowing ones included."""
+    (A)LRNNs: W in Fortran order, over the outputs, 3x at M = 20); every state stays bitwise
+    the per-step function's, non-finite and overflowing ones included."""
     m = TRANSPOSED_RUN_MODELS[name]().astype(dtype)
     z0 = np.random.default_rng(20).normal(0.0, 1.5, (n_runs, m.M)).astype(dtype)
     if n_runs > 1:
