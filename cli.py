@@ -2267,6 +2267,13 @@ def _target_model(path: Path, target: str):
     is_flag=True,
     help="Also the model's fixed points near the test data and their stability (latent RNNs).",
 )
+@click.option(
+    "--cycles",
+    type=int,
+    metavar="K",
+    help="Also the model's cycles of least period K >= 2 near the test data and their "
+    "stability (latent RNNs).",
+)
 @click.option("--out", "out_file", type=str, help="JSON file for the scores.")
 @click.option("--threads", type=int, help="CPU threads for the parallel kernels.")
 def evaluate_command(
@@ -2281,6 +2288,7 @@ def evaluate_command(
     lyapunov,
     dt,
     fixed_points,
+    cycles,
     out_file,
     threads,
 ):
@@ -2293,7 +2301,8 @@ def evaluate_command(
     scored as models.evaluate scores several test trajectories (D_stsp of all free runs
     together, D_H and PE averaged). Scores are printed and written to --out (default:
     RUN/evaluation.json for a run folder). --fixed-points adds the model's fixed points found
-    by Newton's method from test points, with their stability (models.fixed_points).
+    by Newton's method from test points, with their stability (models.fixed_points), --cycles
+    K its cycles of least period K (models.cycles).
     """
     key_problem = _array_key_problem(
         Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
@@ -2304,6 +2313,8 @@ def evaluate_command(
         raise UserError(key_problem + ".")
     if n_starts < 1:
         raise UserError(f"--n-starts must be >= 1, got {n_starts}.")
+    if cycles is not None and cycles < 2:
+        raise UserError(f"--cycles must be >= 2 (fixed points: --fixed-points), got {cycles}.")
     if dt is not None and not (lyapunov and math.isfinite(dt) and dt > 0):
         raise UserError(
             f"--dt must be finite and > 0, got {dt}."
@@ -2319,6 +2330,8 @@ def evaluate_command(
         dt, system = _lyapunov_time_step(model, metadata, dt)
     if fixed_points:
         _require_latent_rnn(model, "--fixed-points")
+    if cycles is not None:
+        _require_latent_rnn(model, "--cycles")
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
@@ -2363,7 +2376,9 @@ def evaluate_command(
     if lyapunov and scores["status"] == "ok":
         scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
     if fixed_points:
-        scores["fixed_points"] = _model_fixed_points(model, raws)
+        scores["fixed_points"] = _model_orbits(model, raws, 1)
+    if cycles is not None:
+        scores["cycles"] = _model_orbits(model, raws, cycles)
     if destination is not None:
         try:
             _write_json(destination, scores)
@@ -2384,32 +2399,38 @@ def evaluate_command(
     else:  # as after training: the model does not reconstruct the system (exit 1)
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
         click.echo(_not_measured(scores) + units)
-    if fixed_points:
-        click.echo("\n".join(_fixed_point_lines(scores["fixed_points"], destination)))
+    for key in ("fixed_points", "cycles"):
+        if key in scores:
+            click.echo("\n".join(_orbit_lines(scores[key], destination)))
     if scores["status"] != "ok":
         sys.exit(1)
 
 
-#: ``evaluate --fixed-points`` starts Newton's method from this many evenly spread test points
+#: ``evaluate --fixed-points`` and ``--cycles`` start Newton's method from this many evenly
+#: spread test points
 FIXED_POINT_STARTS = 256
-#: ``evaluate --fixed-points`` lists at most this many fixed points on screen (all in the JSON)
+#: ``evaluate --fixed-points`` / ``--cycles`` list at most this many on screen (all in the JSON)
 FIXED_POINT_LINES = 10
+#: ``evaluate --cycles`` shows at most this many points of a cycle on its line
+CYCLE_POINTS_SHOWN = 4
 
 
-def _model_fixed_points(model, tests: list[np.ndarray]) -> dict:
-    """``models.fixed_points`` of ``model`` from :data:`FIXED_POINT_STARTS` evenly spread
-    points of the (standardised) test trajectories ``tests`` together, as JSON values, the
-    points in data units."""
+def _model_orbits(model, tests: list[np.ndarray], period: int) -> dict:
+    """``models.cycles`` of ``model`` of least period ``period`` (1: its fixed points) from
+    :data:`FIXED_POINT_STARTS` evenly spread points of the (standardised) test trajectories
+    ``tests`` together, as JSON values, the points in data units: ``points`` (C, N) for fixed
+    points, (C, period, N) with ``period`` for cycles."""
     import models
 
     joined = np.concatenate(tests)
     picked = np.linspace(0, len(joined) - 1, min(FIXED_POINT_STARTS, len(joined))).astype(int)
-    found = models.fixed_points(model, joined[picked])
+    found = models.cycles(model, joined[picked], period)
     points = found["points"]
     if model.standardization is not None:
         points = points * model.standardization[1] + model.standardization[0]
     return {
-        "points": points.tolist(),
+        **({"period": period} if period > 1 else {}),
+        "points": (points if period > 1 else points[:, 0]).tolist(),
         "spectral_radius": found["spectral_radius"].tolist(),
         "stable": found["stable"].tolist(),
         "n_starts": found["n_starts"],
@@ -2417,25 +2438,32 @@ def _model_fixed_points(model, tests: list[np.ndarray]) -> dict:
     }
 
 
-def _fixed_point_lines(found: dict, destination: Path | None) -> list[str]:
-    """What ``evaluate --fixed-points`` prints: a headline, then one line per fixed point
-    (most attracting first; at most :data:`FIXED_POINT_LINES`, the rest counted, all of
-    them in the JSON file ``destination`` when there is one)."""
+def _orbit_lines(found: dict, destination: Path | None) -> list[str]:
+    """What ``evaluate --fixed-points`` / ``--cycles`` print for :func:`_model_orbits`'s
+    ``found``: a headline, then one line per fixed point or cycle (most attracting first; at
+    most :data:`FIXED_POINT_LINES`, the rest counted, all of them in the JSON file
+    ``destination`` when there is one; a cycle's first :data:`CYCLE_POINTS_SHOWN` points)."""
+    period = found.get("period", 1)
+    what = "fixed points" if period == 1 else f"{period}-cycles"
     n = len(found["points"])
     searched = (
         f"by Newton's method from {found['n_starts']} test points "
-        f"({found['n_converged']} converged)"
+        f"({found['n_converged']} converged"
+        f"{f' to points whose period divides {period}' if period > 1 else ''})"
     )
     if n == 0:
-        return [f"fixed points: none found {searched}."]
+        return [f"{what}: none found {searched}."]
     stable = sum(found["stable"])
-    lines = [f"fixed points: {n} found {searched}, {stable} stable (spectral radius < 1):"]
-    for point, radius, is_stable in list(
+    lines = [f"{what}: {n} found {searched}, {stable} stable (spectral radius < 1):"]
+    for orbit, radius, is_stable in list(
         zip(found["points"], found["spectral_radius"], found["stable"], strict=True)
     )[:FIXED_POINT_LINES]:
-        where = ", ".join(f"{v:.4g}" for v in point)
+        shown = [orbit] if period == 1 else orbit[:CYCLE_POINTS_SHOWN]
+        where = " -> ".join("(" + ", ".join(f"{v:.4g}" for v in point) + ")" for point in shown)
+        if period > CYCLE_POINTS_SHOWN:
+            where += f" -> ... ({period} points)"
         kind = "stable" if is_stable else "unstable"
-        lines.append(f"  ({where})  {kind}, spectral radius {radius:.4g}")
+        lines.append(f"  {where}  {kind}, spectral radius {radius:.4g}")
     if n > FIXED_POINT_LINES:
         kept = f" (all in {destination})" if destination is not None else ""
         lines.append(f"  ... and {n - FIXED_POINT_LINES} more{kept}")

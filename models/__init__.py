@@ -11,7 +11,8 @@ Public names are imported lazily from their modules (``models.ShPLRNN`` imports
 * DSR measures: :func:`evaluate`, :func:`state_space_divergence`,
   :func:`power_spectrum_distance`, :func:`prediction_error`, :func:`max_lyapunov`,
   :func:`lyapunov_spectrum`, :func:`fixed_point_onsets`;
-* model analysis: :func:`fixed_points` (equilibria and their stability).
+* model analysis: :func:`fixed_points` (equilibria and their stability), :func:`cycles`
+  (periodic orbits).
 """
 
 from parscan._lazy import lazy_exports
@@ -40,6 +41,7 @@ _EXPORTS = {
     "lyapunov_spectrum": "models.metrics",
     "fixed_point_onsets": "models.metrics",
     "fixed_points": "models.equilibria",
+    "cycles": "models.equilibria",
     "evaluate": "models.metrics",
 }
 

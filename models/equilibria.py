@@ -1,15 +1,16 @@
-"""Fixed points of a latent RNN and their stability.
+"""Fixed points and cycles of a latent RNN, and their stability.
 
 A trained DSR model can hold equilibria the data never visit: a stable one inside the
 attractor's region captures the free runs that enter its basin (the spurious fixed point of
 ``parscan-train generate``'s note). :func:`fixed_points` finds the fixed points
 ``z* = F(z*)`` of a :class:`models.LatentRNN` by Newton's method on ``F(z) - z`` from the
 latent states of given observations, and judges each by the spectral radius of ``dF/dz``
-there. For the piecewise-linear models (shPLRNN, clipped shPLRNN, ALRNN, PLRNN) a Newton step
-jumps to the fixed point of the current linear region, so the search is exact once the region
-stops changing: the fixed-point half of SCYFI (Eisenmann, Monfared, Göring & Durstewitz,
-NeurIPS 2023), seeded with data instead of random regions. It finds the fixed points whose
-Newton basins the starts reach, not provably all of them.
+there; :func:`cycles` finds its ``k``-cycles (the fixed points of ``F^k`` whose least period
+is ``k``) in the same way. For the piecewise-linear models (shPLRNN, clipped shPLRNN, ALRNN,
+PLRNN) a Newton step jumps to the fixed point of the current linear regions, so the search is
+exact once the regions stop changing: SCYFI (Eisenmann, Monfared, Göring & Durstewitz,
+NeurIPS 2023), seeded with data instead of random regions. It finds the fixed points and
+cycles whose Newton basins the starts reach, not provably all of them.
 """
 
 import numpy as np
@@ -67,7 +68,63 @@ def fixed_points(model, x, *, max_iter=100):
         ``x`` of another shape than (K, N) with the model's N, with NaN/inf, or empty;
         ``max_iter`` < 1.
     """
-    where = "fixed_points"
+    found = _search(model, x, 1, max_iter, "fixed_points")
+    found["states"], found["points"] = found["states"][:, 0], found["points"][:, 0]
+    del found["period"]
+    return found
+
+
+def cycles(model, x, period, *, max_iter=100):
+    """The ``period``-cycles of ``model``'s map reached by Newton's method from ``x``.
+
+    A ``k``-cycle is a periodic orbit ``z_0 -> z_1 -> ... -> z_{k-1} -> z_0`` of ``F``
+    whose least period is ``k``: ``z_0`` is a fixed point of ``F^k`` and no ``z_j`` with
+    ``0 < j < k`` equals it. From each start ``z = model.initial_state(x[k])`` (float64),
+    Newton's method on ``G(z) = F^k(z) - z`` iterates
+    ``z <- z - (J_{k-1} ... J_1 J_0 - I)^-1 G(z)`` (``J_j = dF/dz`` at ``z_j = F^j(z)``)
+    until ``max|G(z)| <= 1e-10 (1 + max|z|)`` (:data:`RESIDUAL_TOLERANCE`), as
+    :func:`fixed_points` does for ``k = 1``; starts that converge to an orbit of a smaller
+    period (a fixed point, for ``k = 2``) are counted in ``n_converged`` but not listed --
+    search that period. Orbits that share a point within :data:`DISTINCT_TOLERANCE` count
+    once; each is listed from its lexicographically smallest state.
+
+    A cycle is stable (attracting) when every eigenvalue of the product ``J_{k-1} ... J_0``
+    around it has modulus below 1; a stable cycle the data never follow is a spurious
+    attractor, as a stable fixed point is.
+
+    Parameters
+    ----------
+    model : models.LatentRNN
+        Any dtype; the search runs on a float64 copy.
+    x : array_like, shape (K, N) or (N,)
+        Finite observations to start from, in the model's units, e.g. test points.
+    period : int
+        The least period ``k`` >= 1 of the cycles sought (1: the fixed points).
+    max_iter : int
+        Newton steps per start, >= 1.
+
+    Returns
+    -------
+    dict
+        ``states`` (C, k, M) float64: the distinct ``k``-cycles, most attracting first;
+        ``points`` (C, k, N): their observed parts; ``spectral_radius`` (C,): the largest
+        eigenvalue modulus of the Jacobian product around each; ``stable`` (C,) bool;
+        ``period`` (k), ``n_starts`` (K) and ``n_converged`` (the starts that reached a
+        fixed point of ``F^k``, of any least period).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a LatentRNN, or ``x``, ``period`` or ``max_iter`` of the wrong type.
+    ValueError
+        ``x`` of another shape than (K, N) with the model's N, with NaN/inf, or empty;
+        ``period`` or ``max_iter`` < 1.
+    """
+    return _search(model, x, period, max_iter, "cycles")
+
+
+def _search(model, x, period, max_iter, where):
+    """:func:`cycles` (``where`` names the public function for errors)."""
     with Checks(where) as checks:
         if not isinstance(model, LatentRNN):
             checks.add(
@@ -75,6 +132,7 @@ def fixed_points(model, x, *, max_iter=100):
                 f"{type(model).__name__}.",
                 wrong_kind=True,
             )
+        period = checks.integer(period, "period")
         max_iter = checks.integer(max_iter, "max_iter")
     x = as_array(x, "x", where)
     if x.ndim == 1:
@@ -82,42 +140,75 @@ def fixed_points(model, x, *, max_iter=100):
     x = check_trajectory(x, where, min_steps=1, constant=True, n_obs=model.n_obs)
     solver = model if model.dtype == np.float64 else model.astype("float64")
     z = solver.initial_state(x.astype(np.float64))
-    converged = _newton(solver, z, max_iter)
-    states = _distinct(z[converged])
-    radius = np.max(np.abs(np.linalg.eigvals(solver.jacobian(states))), axis=-1, initial=0.0)
+    converged = _newton(solver, z, period, max_iter)
+    orbits = _distinct(_orbits(solver, z[converged], period))
+    radius = np.max(np.abs(np.linalg.eigvals(_around(solver, orbits))), axis=-1, initial=0.0)
     order = np.argsort(radius, kind="stable")
-    states, radius = states[order], radius[order]
+    orbits, radius = orbits[order], radius[order]
     return {
-        "states": states,
-        "points": states[:, : model.n_obs].copy(),
+        "states": orbits,
+        "points": orbits[..., : model.n_obs].copy(),
         "spectral_radius": radius,
         "stable": radius < 1.0,
+        "period": period,
         "n_starts": int(x.shape[0]),
         "n_converged": int(converged.sum()),
     }
 
 
-def _newton(model, z, max_iter):
-    """Newton's method on ``F(z) - z`` from every row of ``z`` (K, M), in place; which rows
-    converged (K,) bool."""
+def _newton(model, z, period, max_iter):
+    """Newton's method on ``F^period(z) - z`` from every row of ``z`` (K, M), in place;
+    which rows converged (K,) bool."""
     k, m = z.shape
     converged = np.zeros(k, dtype=bool)
     active = np.arange(k)
     eye = np.eye(m)
     for iteration in range(max_iter + 1):
         with np.errstate(over="ignore", invalid="ignore"):
-            g = model.step(z[active]) - z[active]
+            end, jac = _map_power(model, z[active], period)
+            g = end - z[active]
             scale = 1.0 + np.max(np.abs(z[active]), axis=1)
             done = np.max(np.abs(g), axis=1) <= RESIDUAL_TOLERANCE * scale
         converged[active[done]] = True
         alive = ~done & np.all(np.isfinite(g), axis=1)
-        active, g = active[alive], g[alive]
+        active, g, jac = active[alive], g[alive], jac[alive]
         if active.size == 0 or iteration == max_iter:
             break
-        step, solved = _solve(model.jacobian(z[active]) - eye, g)
+        step, solved = _solve(jac - eye, g)
         z[active[solved]] -= step[solved]
         active = active[solved]
     return converged
+
+
+def _map_power(model, z, period):
+    """``F^period(z)`` (K, M) and its Jacobian ``J_{period-1} ... J_0`` (K, M, M)."""
+    end, jac = model.step_and_jacobian(z)
+    for _ in range(period - 1):
+        end, j = model.step_and_jacobian(end)
+        jac = j @ jac
+    return end, jac
+
+
+def _orbits(model, z, period):
+    """The orbits ``z_0 .. z_{period-1}`` (K, period, M) of the rows of ``z`` (K, M), those
+    whose least period is below ``period`` dropped."""
+    orbits = np.empty((len(z), period, z.shape[1]))
+    if len(z):
+        orbits[:, 0] = z
+        orbits[:, 1:] = model.simulate(z, period - 1)
+    tolerance = DISTINCT_TOLERANCE * (1.0 + np.max(np.abs(z), axis=1, initial=0.0))
+    repeats = np.max(np.abs(orbits[:, 1:] - orbits[:, :1]), axis=2) <= tolerance[:, None]
+    return orbits[~np.any(repeats, axis=1)]
+
+
+def _around(model, orbits):
+    """The Jacobian products ``J_{k-1} ... J_0`` around each orbit (C, k, M) -> (C, M, M)."""
+    c, k, m = orbits.shape
+    jacobians = model.jacobian(orbits.reshape(c * k, m)).reshape(c, k, m, m)
+    product = np.broadcast_to(np.eye(m), (c, m, m)).copy()
+    for j in range(k):
+        product = jacobians[:, j] @ product
+    return product
 
 
 def _solve(a, b):
@@ -136,12 +227,13 @@ def _solve(a, b):
         return out, regular
 
 
-def _distinct(states):
-    """The rows of ``states`` (K, M) with near-duplicates (:data:`DISTINCT_TOLERANCE`)
-    dropped, in order of first appearance."""
+def _distinct(orbits):
+    """The orbits ``orbits`` (K, k, M), one of any two that share a state within
+    :data:`DISTINCT_TOLERANCE` (max norm) dropped, in order of first appearance, each rotated
+    to start at its lexicographically smallest state: (C, k, M)."""
     kept = []
-    for z in states:
-        tolerance = DISTINCT_TOLERANCE * (1.0 + np.max(np.abs(z)))
-        if not any(np.max(np.abs(z - other)) <= tolerance for other in kept):
-            kept.append(z)
-    return np.array(kept, dtype=np.float64).reshape(len(kept), states.shape[1])
+    for orbit in orbits:
+        tolerance = DISTINCT_TOLERANCE * (1.0 + np.max(np.abs(orbit[0])))
+        if not any(np.min(np.max(np.abs(o - orbit[0]), axis=1)) <= tolerance for o in kept):
+            kept.append(np.roll(orbit, -np.lexsort(orbit.T[::-1])[0], axis=0))
+    return np.array(kept, dtype=np.float64).reshape(len(kept), *orbits.shape[1:])

@@ -152,16 +152,45 @@ def alrnn_fixed_points_reference(A, W, h, P):
     the first ``M - P`` units, relu on the last ``P``), by enumerating the ``2**P`` relu
     patterns: in pattern ``d`` the map is linear, ``F(z) = (diag(A) + W D) z + h`` with
     ``D = diag(1 .. 1, d)``, whose fixed point ``(I - diag(A) - W D)^-1 h`` counts when its
-    relu units have that pattern (> 0 where on, <= 0 where off). Returns ``(states, radii)``:
-    ``(K, M)`` and the spectral radius of ``diag(A) + W D`` at each."""
+    relu units have that pattern (> 0 where on, <= 0 where off); the cycles of period 1 of
+    :func:`alrnn_cycles_reference`. Returns ``(states, radii)``: ``(K, M)`` and the spectral
+    radius of ``diag(A) + W D`` at each."""
+    orbits, radii = alrnn_cycles_reference(A, W, h, P, 1)
+    return orbits[:, 0], radii
+
+
+def alrnn_cycles_reference(A, W, h, P, period):
+    """Every cycle of least period ``period`` of the ALRNN ``F(z) = A * z + W Phi(z) + h``, by
+    enumerating the relu patterns ``d_0 .. d_{k-1}`` of its ``k = period`` states: with them
+    fixed, ``F^k`` is affine, ``F^k(z) = J z + c`` (``J = J_{k-1} ... J_0``, ``J_j = diag(A)
+    + W D_j``), and the orbit of its fixed point ``(I - J)^-1 c`` counts when every state has
+    its pattern and no state before the k-th repeats the first. Returns ``(orbits, radii)``:
+    ``(C, k, M)``, each orbit from its lexicographically smallest state, and the spectral
+    radius of ``J`` (the same for every rotation of the orbit)."""
     M = len(A)
-    states, radii = [], []
-    for pattern in range(2**P):
-        on = np.array([(pattern >> j) & 1 for j in range(P)], dtype=bool)
-        d = np.concatenate([np.ones(M - P, dtype=bool), on])
-        jac = np.diag(A) + W * d[None, :]
-        z = np.linalg.solve(np.eye(M) - jac, h)
-        if np.array_equal(z[M - P :] > 0, on):
-            states.append(z)
-            radii.append(np.max(np.abs(np.linalg.eigvals(jac))))
-    return np.array(states).reshape(-1, M), np.array(radii)
+    orbits, radii = [], []
+    for patterns in range(2 ** (P * period)):
+        bits = [(patterns >> b) & 1 for b in range(P * period)]
+        on = np.array(bits, dtype=bool).reshape(period, P)
+        linear = np.ones((period, M - P), dtype=bool)
+        jacs = [np.diag(A) + W * d[None, :] for d in np.concatenate([linear, on], axis=1)]
+        J, c = np.eye(M), np.zeros(M)
+        for jac in jacs:
+            J, c = jac @ J, jac @ c + h
+        try:
+            z = np.linalg.solve(np.eye(M) - J, c)
+        except np.linalg.LinAlgError:
+            continue
+        orbit = [z]
+        for jac in jacs[:-1]:
+            orbit.append(jac @ orbit[-1] + h)
+        orbit = np.array(orbit)
+        if not np.array_equal(orbit[:, M - P :] > 0, on):
+            continue
+        if any(np.max(np.abs(orbit[j] - orbit[0])) <= 1e-9 for j in range(1, period)):
+            continue
+        orbit = np.roll(orbit, -np.lexsort(orbit.T[::-1])[0], axis=0)
+        if not any(np.max(np.abs(orbit - other)) <= 1e-9 for other in orbits):
+            orbits.append(orbit)
+            radii.append(np.max(np.abs(np.linalg.eigvals(J))))
+    return np.array(orbits).reshape(-1, period, M), np.array(radii)

@@ -1797,10 +1797,10 @@ def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
 
     many = {"points": [[float(k), 0.0, 1.0] for k in range(12)], "spectral_radius": [0.5] * 12,
             "stable": [True] * 12, "n_starts": 256, "n_converged": 200}  # fmt: skip
-    lines = cli._fixed_point_lines(many, tmp_path / "e.json")
+    lines = cli._orbit_lines(many, tmp_path / "e.json")
     assert len(lines) == 12 and lines[-1] == f"  ... and 2 more (all in {tmp_path / 'e.json'})"
     none = dict(many, points=[], spectral_radius=[], stable=[], n_converged=0)
-    assert cli._fixed_point_lines(none, None) == [
+    assert cli._orbit_lines(none, None) == [
         "fixed points: none found by Newton's method from 256 test points (0 converged)."
     ]
     np.save(tmp_path / "test.npy", cli.run_test_data(out)[0])
@@ -1810,6 +1810,53 @@ def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
             "--fixed-points"),
         "--fixed-points needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn)",
     )  # fmt: skip
+
+
+def test_evaluate_lists_the_cycles_of_the_model(tmp_path):
+    """--cycles K: models.cycles from 256 spread test points, each cycle's K points in data
+    units in the JSON and (up to four) on its line; K < 2 and SSMs refused. The model: an
+    ALRNN whose unobserved relu unit oscillates on a stable 2-cycle (tests/test_equilibria)."""
+    model = models.ALRNN(2, 1, n_obs=1, seed=0)
+    p = model.unflatten()
+    p["A"][...], p["W"][...], p["h"][...] = [0.3, -0.5], [[0.0, 0.5], [0.0, -1.0]], [0.0, 1.0]
+    model.standardization = (np.array([1.0]), np.array([2.0]))
+    model.save(tmp_path / "m.npz")
+    x = np.random.default_rng(0).normal(0.0, 1.0, (3000, 1))
+    np.save(tmp_path / "test.npy", model.generate_in_data_units(x[0], 3000) + 0.01 * x)
+    result = run("evaluate", tmp_path / "m.npz", "--test-data", tmp_path / "test.npy",
+                 "--cycles", 2, "--out", tmp_path / "e.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "e.json").read_text())["cycles"]
+    assert found["period"] == 2 and found["n_starts"] == 256 and found["stable"] == [True]
+    cycle = np.array(found["points"][0])  # data units: 1 + 2 z_0
+    exact = models.cycles(model, (np.linspace(-3.0, 3.0, 9)[:, None] - 1.0) / 2.0, 2)
+    np.testing.assert_allclose(cycle, 1.0 + 2.0 * exact["points"][0], atol=1e-9)
+    assert _line(result.output, "2-cycles:") == (
+        f"2-cycles: 1 found by Newton's method from 256 test points ({found['n_converged']} "
+        "converged to points whose period divides 2), 1 stable (spectral radius < 1):"
+    )
+    shown = " -> ".join(f"({v:.4g})" for v in cycle[:, 0])
+    assert f"  {shown}  stable, spectral radius 0.75" in result.output.splitlines()
+
+    six = {"period": 6, "points": [[[k, 0.5]] * 6 for k in range(2)], "spectral_radius": [0.5, 2],
+           "stable": [True, False], "n_starts": 256, "n_converged": 30}  # fmt: skip
+    assert cli._orbit_lines(six, None) == [
+        "6-cycles: 2 found by Newton's method from 256 test points (30 converged to points "
+        "whose period divides 6), 1 stable (spectral radius < 1):",
+        "  (0, 0.5) -> (0, 0.5) -> (0, 0.5) -> (0, 0.5) -> ... (6 points)  stable, spectral "
+        "radius 0.5",
+        "  (1, 0.5) -> (1, 0.5) -> (1, 0.5) -> (1, 0.5) -> ... (6 points)  unstable, spectral "
+        "radius 2",
+    ]
+    _one_error_line(
+        run("evaluate", tmp_path / "m.npz", "--test-data", tmp_path / "test.npy", "--cycles", 1),
+        "--cycles must be >= 2 (fixed points: --fixed-points), got 1.",
+    )
+    models.LinearSSM(1, 4, 5).save(tmp_path / "ssm.npz")
+    _one_error_line(
+        run("evaluate", tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy", "--cycles", 3),
+        "--cycles needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn)",
+    )
 
 
 def test_a_run_whose_later_validations_fail_warns_that_the_kept_model_is_early(capsys):

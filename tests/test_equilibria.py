@@ -1,9 +1,9 @@
-"""models.fixed_points: Newton's method on F(z) - z from observations, against an exhaustive
-search over the relu patterns of small ALRNNs (tests/reference.py)."""
+"""models.fixed_points and models.cycles: Newton's method on F^k(z) - z from observations,
+against an exhaustive search over the relu patterns of small ALRNNs (tests/reference.py)."""
 
 import numpy as np
 import pytest
-from reference import alrnn_fixed_points_reference
+from reference import alrnn_cycles_reference, alrnn_fixed_points_reference
 
 import models
 from models import ALRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
@@ -96,3 +96,74 @@ def test_a_map_without_fixed_points_finds_nothing():
 def test_fixed_points_refuses_bad_arguments(args, kwargs, error, match):
     with pytest.raises(error, match="^fixed_points: .*" + match):
         models.fixed_points(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "period, seed, count", [(2, 2, 0), (2, 0, 1), (2, 1, 2), (2, 24, 2), (3, 7, 2), (3, 22, 1)]
+)
+def test_cycles_of_an_alrnn_are_those_of_its_relu_regions(period, seed, count):
+    """The k-cycles found from starts spread over the state space are exactly those of the
+    exhaustive reference (every pattern of relu regions along the orbit), each listed once
+    from its lexicographically smallest state, with the spectral radius of the Jacobian
+    product around it; starts that reach a fixed point (period 1) count as converged but
+    are not listed."""
+    model = _alrnn(4, 3, seed)
+    p = model.unflatten()
+    orbits, radii = alrnn_cycles_reference(p["A"], p["W"], p["h"], 3, period)
+    assert len(orbits) == count
+    found = models.cycles(model, np.random.default_rng(seed).uniform(-20.0, 20.0, (400, 4)), period)
+    assert found["states"].shape == (count, period, 4) and found["period"] == period
+    order = np.argsort(radii, kind="stable")
+    np.testing.assert_allclose(found["states"], orbits[order], atol=1e-9)
+    np.testing.assert_allclose(found["spectral_radius"], radii[order], rtol=1e-9)
+    np.testing.assert_array_equal(found["stable"], found["spectral_radius"] < 1)
+    np.testing.assert_array_equal(found["points"], found["states"])
+    for orbit in found["states"]:
+        np.testing.assert_allclose(model.step(orbit), np.roll(orbit, -1, axis=0), atol=1e-9)
+
+
+def test_cycles_of_period_one_are_the_fixed_points():
+    model = _alrnn(4, 3, 12)
+    starts = np.random.default_rng(12).uniform(-20.0, 20.0, (100, 4))
+    cycles, points = models.cycles(model, starts, 1), models.fixed_points(model, starts)
+    np.testing.assert_array_equal(cycles["states"][:, 0], points["states"])
+    np.testing.assert_array_equal(cycles["spectral_radius"], points["spectral_radius"])
+    assert cycles["n_converged"] == points["n_converged"] == 100
+
+
+def test_a_stable_cycle_is_where_free_runs_end():
+    """An ALRNN with an unobserved relu unit that oscillates: ``z_1 -> 1 - z_1 / 2`` below 0,
+    ``1 - 3 z_1 / 2`` above, a stable 2-cycle (2, -2) around an unstable fixed point (0.4),
+    and an observed unit driven by it. The search from data points finds the cycle, stable
+    (Jacobian product eigenvalues 0.75 and 0.09), and a free run ends on it; its observed
+    parts are the first latent's."""
+    model = ALRNN(2, 1, n_obs=1, seed=0)
+    p = model.unflatten()
+    p["A"][...] = [0.3, -0.5]
+    p["W"][...] = [[0.0, 0.5], [0.0, -1.0]]
+    p["h"][...] = [0.0, 1.0]
+    starts = np.linspace(-2.0, 2.0, 21)[:, None]
+    found = models.cycles(model, starts, 2)
+    assert found["states"].shape == (1, 2, 2) and found["stable"][0]
+    np.testing.assert_allclose(np.sort(found["states"][0, :, 1]), [-2.0, 2.0], atol=1e-12)
+    np.testing.assert_allclose(found["spectral_radius"], [0.75], rtol=1e-12)
+    np.testing.assert_array_equal(found["points"], found["states"][..., :1])
+    run = model.simulate(model.initial_state(starts[3]), 400)
+    cycle = found["states"][0]
+    assert any(np.allclose(run[-2:], np.roll(cycle, r, axis=0), atol=1e-9) for r in (0, 1))
+    points = models.fixed_points(model, starts)
+    assert len(points["states"]) == 1 and not points["stable"][0]
+    np.testing.assert_allclose(points["states"][0, 1], 0.4, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"period": 0}, ValueError, "period must be >= 1"),
+        ({"period": 1.5}, TypeError, "period must be an"),
+        ({"period": 2, "max_iter": 0}, ValueError, "max_iter must be >= 1"),
+    ],
+)
+def test_cycles_refuses_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match="^cycles: .*" + match):
+        models.cycles(ShPLRNN(3, 8), np.zeros((2, 3)), **kwargs)
