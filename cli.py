@@ -2332,6 +2332,7 @@ def evaluate_command(
         _require_latent_rnn(model, "--fixed-points")
     if cycles is not None:
         _require_latent_rnn(model, "--cycles")
+        _check_memory(2 * FIXED_POINT_STARTS * cycles * model.M * 8, "--cycles")  # the orbits
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
     else:

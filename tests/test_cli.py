@@ -1852,6 +1852,11 @@ def test_evaluate_lists_the_cycles_of_the_model(tmp_path):
         run("evaluate", tmp_path / "m.npz", "--test-data", tmp_path / "test.npy", "--cycles", 1),
         "--cycles must be >= 2 (fixed points: --fixed-points), got 1.",
     )
+    _one_error_line(
+        run("evaluate", tmp_path / "m.npz", "--test-data", tmp_path / "test.npy", "--cycles",
+            10**12),
+        "GiB of memory and",
+    )  # fmt: skip
     models.LinearSSM(1, 4, 5).save(tmp_path / "ssm.npz")
     _one_error_line(
         run("evaluate", tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy", "--cycles", 3),
