@@ -6,7 +6,10 @@ default model's architecture (a ``ClippedShPLRNN`` with M = 3, L = 200, float32,
 initialised: the cost does not depend on the fit); PE steps its ~100k runs of 20 steps
 together in SIMD lanes, a free run steps with the hidden layer's loops innermost
 (``model.simulate``), timed next to the same run by the per-step function
-(``model.step_functions_jit.step`` in a jitted loop: the same states, bitwise).
+(``model.step_functions_jit.step`` in a jitted loop: the same states, bitwise). ``fit``'s
+validation is timed as ``evaluate`` with its settings (four free runs of T/4 steps from the
+last T/5 points, D_stsp and D_H), and its D_H part both ways: the four runs' spectra in one
+transform (what ``evaluate`` does) and one ``power_spectrum_distance`` per run.
 
 Data: two Lorenz-63 trajectories (``models.generate``, seeds 1 and 2), standardised. Every case
 reports the fields of ``bench/_timing.py`` (first call raw and minus the min, min and median
@@ -27,9 +30,10 @@ import numpy as np
 import scipy
 from _timing import check_runs, interleaved, versions
 
-from models import ClippedShPLRNN
+from models import ClippedShPLRNN, evaluate
 from models.data import standardize
 from models.metrics import (
+    _hellinger_per_run,
     max_lyapunov,
     power_spectrum_distance,
     prediction_error,
@@ -70,8 +74,19 @@ def main(argv=None):
     per_step(z0, out)
     if not np.array_equal(out, model.simulate(z0, T)):
         raise SystemExit("bench/metrics.py: the free runs differ (they must be bitwise equal)")
+    validation, n_run = b[-T // 5 :], T // 4
+    starts = np.arange(4) * validation.shape[0] // 4
+    runs = model.generate(validation[starts].astype(np.float32), n_run).astype(np.float64)
+    compared = (validation[1:], runs[:, : validation.shape[0] - 1])
     cases = {
         BASELINE: lambda: np.sort(a, axis=0),
+        "validation: evaluate dstsp + dh, 4 runs": lambda: evaluate(
+            model, validation, n_steps=n_run, n_starts=4, measures=("dstsp", "dh")
+        ),
+        "validation dh, 4 runs in one transform": lambda: _hellinger_per_run(*compared, 20.0),
+        "validation dh, 4 runs one by one": lambda: [
+            power_spectrum_distance(compared[0], run, 20.0) for run in compared[1]
+        ],
         "generate lorenz63": lambda: generate("lorenz63", T, seed=3),
         "dstsp bins 30": lambda: state_space_divergence(a, b, 30),
         "dstsp gmm": lambda: state_space_divergence(a, b, method="gmm"),

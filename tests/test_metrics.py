@@ -5,6 +5,7 @@ import math
 import re
 import warnings
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -801,6 +802,27 @@ def test_evaluate_several_starts_average_runs_from_spaced_points(rotation_data):
     expanding = MapRNN(rotation(0.3, radius=2.0))
     res = evaluate(expanding, x, n_steps=100, n_starts=3)
     assert res["status"] == "diverged" and "(run 1 of 3, from test point 0)" in res["message"]
+
+
+def test_evaluate_dh_is_bitwise_that_of_each_run_in_any_batch_on_any_threads(
+    rotation_data, monkeypatch
+):
+    """The runs' spectra are taken together, in batches bounded by _CHUNK_ELEMENTS, on the
+    kernels' threads: the same bits as power_spectrum_distance of each run alone."""
+    _, x = rotation_data
+    decaying = MapRNN(rotation(2 * math.pi / 37.3, radius=0.999))
+    runs = decaying.generate(x[[0, 200, 400, 600, 800]], 999)  # starts i * 1000 // 5
+    dh = [power_spectrum_distance(x[1:], run) for run in runs]
+    saved = numba.get_num_threads()
+    try:
+        for threads in sorted({1, saved}):
+            numba.set_num_threads(threads)
+            for batch in (1, 2, 5):  # runs per transform: 999 steps x 2 dimensions each
+                monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", batch * 999 * 2)
+                res = evaluate(decaying, x, n_starts=5, measures=("dh",))
+                assert res["dh"] == np.mean(dh)
+    finally:
+        numba.set_num_threads(saved)
 
 
 def test_evaluate_uses_gmm_from_six_dimensions():
