@@ -445,6 +445,9 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
 
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
     if changed:
+        may_change = [
+            _named(n, {}) for n in RESUME_MAY_CHANGE if n not in ("out", "resume", *OUTPUT_SETTINGS)
+        ]
         shown = ", ".join(
             f"{_with_origin(n, given[n], origins)} (the run's: "
             f"{'none' if recorded(n) is None else _shown(recorded(n))})"
@@ -454,8 +457,7 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
             f"--resume continues the run in {run} with its own data, model and training "
             f"settings; {shown} would change them. Drop "
             f"{'it' if len(changed) == 1 else 'them'}, or start a new run in another --out "
-            "(only --epochs, --backend, --threads, validation_interval, checkpoint_interval "
-            "and the output flags may change)."
+            f"(only {', '.join(may_change)} and the output flags may change)."
         )
 
 

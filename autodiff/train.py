@@ -409,7 +409,8 @@ class TrainConfig:
         Free runs per candidate in that check.
     selection_steps : int or None
         Their length, at least 10 (None: twice the validation runs', ``2 *
-        validation_steps``, or twice the longest validation trajectory's length - 1).
+        validation_steps``, or twice the longest validation trajectory's length - 1, and at
+        least 10: shorter runs cannot come to rest).
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None;
         ``method="deer"`` and latent RNNs only).
@@ -1878,7 +1879,7 @@ def _select(model, state, params, validation_data, config):
     if steps is None:
         trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
         longest = max(len(x) for x in trajectories) - 1
-        steps = 2 * (config.validation_steps or longest)
+        steps = max(2 * (config.validation_steps or longest), REST_MIN_POINTS)
     t0 = time.perf_counter()
     checked = select(
         model, state.candidates, params, validation_data, config.selection_starts, steps

@@ -878,6 +878,11 @@ def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     checkpoint = out / "checkpoints" / "checkpoint.npz"
     for flags, message in [
         (["-B", "8"], "--batch-size 8 (the run's: 16) would change them"),
+        (
+            ["-B", "8"],
+            "(only --epochs, --backend, --threads, validation_interval, selection_starts, "
+            "selection_steps, checkpoint_interval and the output flags may change)",
+        ),
         (["--model", "shplrnn"], "--model shplrnn (the run's: clipped-shplrnn)"),
         (["--system", "rossler", "--noise", "0.3"], "--system rossler (the run's: lorenz63)"),
         (["--test-data", tmp_path / "other.npy"], "--test-data"),

@@ -46,6 +46,7 @@ from autodiff.train import (
 )
 from models import LinearSSM, ShPLRNN
 from models.data import standardize
+from models.metrics import REST_MIN_POINTS
 
 #: small, fast and still learning: Adam at 1e-2 on 8 windows of 50 steps, 10 batches per epoch
 BASE = {
@@ -348,6 +349,11 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
     scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
     alone = fit(small_model(), x, replace(cfg, selection_candidates=1), validation_data=xv)
     assert alone.selection is None and alone.best_epoch == 2 and len(seen) == 1
+    scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3-step validation runs: too short to resolve D_H
+        fit(small_model(), x, replace(cfg, validation_steps=3), validation_data=xv)
+    assert seen[1][2] == REST_MIN_POINTS  # not 2 x 3: shorter runs cannot come to rest
 
 
 def _poisoned(bad_steps):
