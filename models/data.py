@@ -45,6 +45,7 @@ def check_trajectory(
     constant: bool = False,
     row_label=None,
     n_obs: int | None = None,
+    wide: bool = True,
 ):
     """Validate an in-memory trajectory and return it as an ndarray (dtype unchanged).
 
@@ -71,6 +72,11 @@ def check_trajectory(
         The number of columns the caller's model observes (its ``N``); a trajectory with
         another number is refused, with the hint to transpose it when it looks transposed
         (``1 < T < N``) and its ``T`` rows match ``n_obs``.
+    wide : bool
+        Whether fewer time steps than dimensions (``1 < T < N``) are allowed; False refuses
+        them as a transposed array, with the hint to transpose it (for callers without a
+        model's ``N`` to compare with whose result would be meaningless for so few points,
+        e.g. the DSR measures).
 
     Raises
     ------
@@ -78,7 +84,8 @@ def check_trajectory(
         Not a real numeric array (bool, complex, structured, object, str).
     ValueError
         Not 2-D, fewer than ``min_steps`` steps (with a hint to transpose when
-        ``1 <= T < N``) or no dimension, another number of columns than ``n_obs``, NaN/inf
+        ``1 <= T < N``) or no dimension, fewer steps than dimensions with ``wide=False``,
+        another number of columns than ``n_obs``, NaN/inf
         (the first bad row and column are reported), or a constant dimension when
         ``constant=False``.
     """
@@ -117,6 +124,11 @@ def check_trajectory(
             f"{where}: {name} has {n_steps} time step{'s' * (n_steps != 1)}; at least "
             f"{min_steps} {'are' if min_steps != 1 else 'is'} needed here.{hint}"
         )
+    if not wide and _looks_transposed(arr.shape):
+        raise ValueError(
+            f"{where}: {name} has fewer time steps ({n_steps}) than dimensions ({n_dims}). "
+            f"{transposed}"
+        )
     if n_obs is not None and n_dims != n_obs:
         if _looks_transposed(arr.shape) and n_steps == n_obs:
             hint = transposed
@@ -140,13 +152,21 @@ def check_trajectory(
 
 
 def several_trajectories(x) -> bool:
-    """Is ``x`` several trajectories: a non-empty list or tuple of 2-D arrays (anything else is
-    read as one array_like trajectory, a nested list of numbers included)?"""
-    return (
-        isinstance(x, (list, tuple))
-        and len(x) > 0
-        and all(getattr(a, "ndim", None) == 2 for a in x)
-    )
+    """Is ``x`` several trajectories: a non-empty list or tuple of 2-D array_likes (arrays, or
+    nested lists such as ``[x_1.tolist(), x_2.tolist()]``)? Anything else is read as one
+    array_like trajectory, a list of rows included."""
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_ndim(a) == 2 for a in x)
+
+
+def _ndim(a) -> int | None:
+    """The number of dimensions of the array_like ``a`` (None for a ragged nested list, or
+    an object that is neither an array nor a list or tuple)."""
+    if isinstance(a, (list, tuple)):
+        try:
+            return np.ndim(a)
+        except ValueError:  # ragged: NumPy refuses to make it an array
+            return None
+    return getattr(a, "ndim", None)
 
 
 def check_trajectory_or_list(x, where: str, name: str) -> None:
@@ -815,4 +835,6 @@ def destandardize(x_std, mean, sd):
             )
         if np.any(sd <= 0) or not np.all(np.isfinite(sd)):
             checks.add(f"sd must be finite and > 0; got {sd}.")
+        if not np.all(np.isfinite(mean)):
+            checks.add(f"mean must be finite; got {mean}.")
     return x_std * sd + mean

@@ -77,7 +77,7 @@ def _pair(x_true, x_gen, where, *, strict=True):
     ``strict``: ``x_true`` needs >= 2 steps and no constant dimension (binning and spectra
     scale by its sd)."""
     x_true = check_trajectory(
-        x_true, where, name="x_true", min_steps=2 if strict else 1, constant=not strict
+        x_true, where, name="x_true", min_steps=2 if strict else 1, constant=not strict, wide=False
     ).astype(np.float64)
     x_gen = as_array(x_gen, "x_gen", where)
     if x_gen.ndim == 2 and x_gen.dtype.kind == "f" and not np.all(np.isfinite(x_gen)):
@@ -85,7 +85,7 @@ def _pair(x_true, x_gen, where, *, strict=True):
             f"{where}: x_gen contains NaN or inf (the generated run diverged); a measure of it "
             f"is meaningless. evaluate() reports such runs with status 'non_finite'."
         )
-    x_gen = check_trajectory(x_gen, where, name="x_gen", min_steps=1, constant=True)
+    x_gen = check_trajectory(x_gen, where, name="x_gen", min_steps=1, constant=True, wide=False)
     if x_gen.shape[1] != x_true.shape[1]:
         raise ValueError(
             f"{where}: x_true and x_gen must have the same number of dimensions N; got "
@@ -387,9 +387,11 @@ def state_space_divergence(
     Parameters
     ----------
     x_true : array_like, shape (T, N)
-        Reference trajectory (finite; for bins also T >= 2 and no constant dimension).
+        Reference trajectory (finite; for bins also T >= 2 and no constant dimension). Fewer
+        steps than dimensions, ``1 < T < N``, are refused as a transposed array.
     x_gen : array_like, shape (T', N)
-        Generated trajectory (finite); ``T'`` may differ from ``T``.
+        Generated trajectory (finite; ``1 < T' < N`` refused likewise); ``T'`` may differ
+        from ``T``.
     n_bins : int
         Bins per axis (lab default 30; 8 for the 5-d ECG data).
     method : {"bins", "gmm"}
@@ -523,7 +525,8 @@ def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimens
     Parameters
     ----------
     x_true : array_like, shape (T, N)
-        Reference trajectory (finite, no constant dimension).
+        Reference trajectory (finite, no constant dimension; fewer steps than dimensions,
+        ``1 < T < N``, are refused as a transposed array).
     x_gen : array_like, shape (T, N)
         Generated trajectory of the same length -- the frequency grids must match; slice the
         longer one (``x[:T]``) otherwise.
@@ -540,7 +543,8 @@ def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimens
     Returns
     -------
     float in [0, 1], or (float, ndarray of shape (N,)) with ``per_dimension=True``
-        Symmetric, 0 for identical series.
+        0 for identical series; symmetric in the two series unless one has a constant
+        dimension (refused in ``x_true``, distance 1 in ``x_gen``).
     """
     where = "power_spectrum_distance"
     with Checks(where) as checks:
@@ -725,6 +729,16 @@ def _map_lyapunov(jacobians, y, n_skip, logs):
                 logs[i] += np.log(r_diag[i])
 
 
+def _initial_tangents(dim, k):
+    """``k`` orthonormal tangent vectors, shape (dim, k), in general position: the Q of a
+    Gaussian matrix (a fixed seed, so the exponents are reproducible). The coordinate axes
+    would not do: a Jacobian that keeps an axis invariant (a diagonal one: every ReLU off, a
+    decoupled unit) never turns the first vector off it, whose exponent then stays that
+    axis', not the largest."""
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((dim, k)))
+    return np.ascontiguousarray(q)
+
+
 def _n_exponents(k, dim, where):
     if k is None:
         return dim
@@ -751,7 +765,7 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
             f"{x0.shape}{'' if np.all(np.isfinite(x0)) else ' with NaN/inf'}."
         )
     z = model.initial_state(x0.astype(model.dtype))
-    y = np.ascontiguousarray(np.eye(model.M)[:, :k])
+    y = _initial_tangents(model.M, k)
     logs = np.zeros(k)
     chunk = max(1, _CHUNK_ELEMENTS // (model.M * model.M))
     total = transient + n_steps
@@ -769,7 +783,7 @@ def _model_spectrum(model, k, x0, n_steps, transient, where):
         _map_lyapunov(jacobians, y, max(0, transient - done), logs)
         z = model.step(states[-1])
         done += length
-    return logs / n_steps
+    return np.sort(logs / n_steps)[::-1]
 
 
 def _system_spectrum(system, k, run, n_steps, plan, dt, where):
@@ -778,14 +792,14 @@ def _system_spectrum(system, k, run, n_steps, plan, dt, where):
     n_sub, transient = plan
     p, x, _ = run
     k = _n_exponents(k, x.shape[0], where)
-    y = np.ascontiguousarray(np.eye(x.shape[0])[:, :k])
+    y = _initial_tangents(x.shape[0], k)
     logs = np.zeros(k)
     bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs)
     if bad >= 0:
         raise ValueError(
             f"{where}: the {system.name} trajectory became non-finite at sample {bad}."
         )
-    return logs / (n_steps * dt)
+    return np.sort(logs / (n_steps * dt))[::-1]
 
 
 def lyapunov_spectrum(
@@ -799,11 +813,13 @@ def lyapunov_spectrum(
     params=None,
     seed=None,
 ):
-    """The ``n_exponents`` largest Lyapunov exponents (decreasing, for long enough runs).
+    """The ``n_exponents`` largest Lyapunov exponents, in decreasing order.
 
-    Tangent vectors are propagated with the Jacobians along a trajectory and
-    re-orthonormalised by a QR decomposition after every step; exponent ``i`` is the average of
-    ``log |R_ii|`` (Benettin et al., Meccanica 15, 9-20, 1980).
+    Tangent vectors, orthonormal and in general position at the start (a fixed seed), are
+    propagated with the Jacobians along a trajectory and re-orthonormalised by a QR
+    decomposition after every step; the exponents are the averages of ``log |R_ii|`` (Benettin
+    et al., Meccanica 15, 9-20, 1980), sorted: runs too short for the vectors to align may
+    give them out of order.
 
     * A **system** (name or :class:`~models.systems.System`): the flow and its variational
       equation are integrated with RK4 (as :func:`~models.systems.generate`); exponents are per
@@ -1128,7 +1144,7 @@ def evaluate(
     spurious attractor is then caught from the starts in that attractor's basin, which a
     single run from ``x_test[0]`` may never visit.
 
-    Several test trajectories (a list or tuple of 2-D arrays: held-out trials, recordings,
+    Several test trajectories (a list or tuple of 2-D array_likes: held-out trials, recordings,
     runs from other initial conditions) each get ``n_starts`` free runs from their own
     points, ``n_steps`` long (default: their own ``T_k - 1``). D_stsp compares the ``i``-th
     runs from all trajectories together with all test points together (the mean over ``i``):

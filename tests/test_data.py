@@ -17,6 +17,7 @@ from models.data import (
     column_mean_sd,
     destandardize,
     load_data,
+    several_trajectories,
     standardize,
 )
 
@@ -229,10 +230,30 @@ def test_destandardize_validation():
         destandardize(np.zeros((3, 2)), np.zeros(3), np.ones(3))
     with pytest.raises(ValueError, match=r"sd must be finite and > 0"):
         destandardize(np.zeros((3, 2)), np.zeros(2), np.array([1.0, 0.0]))
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"^destandardize: mean must be finite; got \["):
+            destandardize(np.zeros((3, 2)), np.array([bad, 0.0]), np.ones(2))
     np.testing.assert_array_equal(
         destandardize(np.ones((2, 3, 2)), np.array([1.0, 2.0]), np.array([2.0, 3.0]))[1, 2],
         [3.0, 5.0],
     )
+
+
+@pytest.mark.parametrize(
+    "x, several",
+    [
+        ([X, X[:3]], True),
+        ((X, X[:3].tolist()), True),  # a trajectory as nested lists counts as one
+        ([X.tolist(), X[:3].tolist()], True),
+        (X.tolist(), False),  # one trajectory, a list of rows
+        ([X[0], X[1]], False),  # rows as arrays: one trajectory
+        (X, False),
+        ([], False),
+        ([X, [[1.0], [2.0, 3.0]]], False),  # a ragged item: read as one (refused) trajectory
+    ],
+)
+def test_several_trajectories_are_a_list_of_2d_array_likes(x, several):
+    assert several_trajectories(x) is several
 
 
 def test_several_bad_arguments_are_reported_together():

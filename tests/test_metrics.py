@@ -471,6 +471,22 @@ def test_dh_same_attractor_small(lorenz_pair):
         (lambda x: power_spectrum_distance(x, x[:-1]), ValueError, r"same length"),
         (lambda x: power_spectrum_distance(x, x, -1.0), ValueError, r"smoothing must be"),
         (lambda x: power_spectrum_distance(x[:, 0], x), ValueError, r"x_true must be 2-D"),
+        (
+            lambda x: power_spectrum_distance(x.T, x.T, 0.0),
+            ValueError,
+            r"^power_spectrum_distance: x_true has fewer time steps \(2\) than dimensions "
+            r"\(20\)\. Shape \(2, 20\) looks transposed: pass x_true\.T",
+        ),
+        (
+            lambda x: state_space_divergence(x.T, x.T),
+            ValueError,
+            r"^state_space_divergence: x_true has .* looks transposed: pass x_true\.T",
+        ),
+        (
+            lambda x: state_space_divergence(x, x[:3].T, method="gmm"),
+            ValueError,
+            r"x_gen has fewer time steps \(2\) than dimensions \(3\)\. .* pass x_gen\.T",
+        ),
     ],
 )
 def test_divergence_validation(call, exc, match):
@@ -529,7 +545,7 @@ def test_prediction_error_validation():
 
 
 def reference_map_lyapunov(model, z0, n_steps, transient, k):
-    q = np.eye(model.M)[:, :k]
+    q = metrics._initial_tangents(model.M, k)
     z = z0
     logs = np.zeros(k)
     for t in range(transient + n_steps):
@@ -537,7 +553,7 @@ def reference_map_lyapunov(model, z0, n_steps, transient, k):
         if t >= transient:
             logs += np.log(np.abs(np.diag(r)))
         z = model.step(z)
-    return logs / n_steps
+    return np.sort(logs / n_steps)[::-1]
 
 
 def test_map_lyapunov_matches_numpy_qr_reference(monkeypatch):
@@ -558,6 +574,18 @@ def test_linear_map_exponents_are_log_eigenvalue_moduli():
     model = MapRNN(np.array([[2.0, 1.0], [0.0, 0.5]]))
     got = lyapunov_spectrum(model, x0=np.array([0.1, 0.2]), n_steps=500, transient=50)
     np.testing.assert_allclose(got, [math.log(2.0), math.log(0.5)], atol=1e-3)
+
+
+def test_exponents_of_a_map_that_keeps_the_axes_invariant():
+    """A diagonal Jacobian (every ReLU off, decoupled units) keeps each coordinate axis: tangent
+    vectors started on the axes would report the first axis' exponent as the largest."""
+    model = MapRNN(np.diag([0.5, 0.6, 0.9]))
+    expected = np.log([0.9, 0.6, 0.5])
+    got = lyapunov_spectrum(model, x0=np.ones(3), n_steps=1000)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert max_lyapunov(model, x0=np.ones(3), n_steps=1000) == pytest.approx(expected[0])
+    short = lyapunov_spectrum(model, x0=np.ones(3), n_steps=2, transient=0)
+    assert short[0] >= short[1] >= short[2]  # unaligned vectors, sorted all the same
 
 
 def test_lorenz63_largest_exponent_and_spectrum_sum():
@@ -1003,6 +1031,8 @@ def test_evaluate_scores_several_test_trajectories_together(rotation_data):
     each = [evaluate(decaying, t, n_starts=2) for t in (a, b)]
     assert res["status"] == "ok" and res["n_trajectories"] == 2
     assert res["per_trajectory"] == each
+    assert evaluate(decaying, [a.tolist(), b.tolist()], n_starts=2) == res  # nested lists
+    assert evaluate(decaying, (a, b.tolist()), n_starts=2) == res
     assert (res["n_steps"], res["n_measured"]) == ([399, 599], [399, 599])
     true = np.concatenate([a[1:], b[1:]])
     runs = [  # starts i * T_k // 2
