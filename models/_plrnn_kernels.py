@@ -34,7 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from models._checks import Checks, as_array, check_int
-from models.base import LatentRNN, astype_hint
+from models.base import LatentRNN, astype_hint, new_run
 from parscan.scan import cuda_unavailable, is_device_array
 
 #: ``mode`` argument of the evaluation drivers.
@@ -394,12 +394,25 @@ class PiecewiseLinearRNN(LatentRNN):
             ``z_1 .. z_n`` (``z0`` not included). A run that diverges or becomes non-finite
             is returned as computed (huge, inf or NaN entries), not flagged;
             :func:`models.evaluate` reports such runs.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming this method: ``z0`` of another shape or dtype, ``n_steps`` not an int
+            >= 0, runs too large to allocate (:func:`models.base.new_run`).
         """
-        with Checks(f"{type(self).__name__}.simulate") as checks:
+        where = f"{type(self).__name__}.simulate"
+        with Checks(where) as checks:
             with checks.caught():
-                z0, Z0 = self._states(z0, "simulate", "z0")
+                z0 = self._states(z0, "simulate", "z0")[0]
             n_steps = checks.integer(n_steps, "n_steps", minimum=0)
-        out = np.empty((*z0.shape[:-1], n_steps, self.M), dtype=self.dtype)
+        return self._free_run(z0, n_steps, where)
+
+    def _free_run(self, z0: np.ndarray, n_steps: int, where: str) -> np.ndarray:
+        """:meth:`simulate` of checked ``z0`` and ``n_steps``; a run too large to allocate
+        raises ``ValueError`` naming ``where`` (:func:`models.base.new_run`)."""
+        Z0 = np.ascontiguousarray(z0).reshape(-1, self.M)
+        out = new_run((*z0.shape[:-1], n_steps, self.M), self.dtype, where)
         out3 = out.reshape(Z0.shape[0], n_steps, self.M)
         if n_steps and Z0.shape[0] == 1:
             self._simulate_item(*self.kernel_args(), Z0[0], out3[0])

@@ -26,6 +26,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,69 @@ def astype_hint(dtype) -> str:
     else ``""``: the tail of a dtype-mismatch message."""
     dt = np.dtype(dtype)
     return f" or model.astype({dt.name!r})" if dt in FLOAT_DTYPES else ""
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes (an int >= 0, any size) to three significant digits in binary units, e.g.
+    ``"218 TiB"``."""
+    value, units = Decimal(n), ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"]
+    while value >= 1000 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{value:.3g} {units[0]}"
+
+
+def check_finite_params(
+    params: np.ndarray, where: str, name: str = "parameters", remedy: str = ""
+) -> None:
+    """Raise ``ValueError`` naming ``where`` and the first NaN/inf entry of the parameter
+    vector ``params`` (real, 1-D): ``"<where>: <name> contain NaN or inf (first at index
+    3).<remedy>"`` (``remedy``: sentences with a leading space, or empty)."""
+    finite = np.isfinite(params)
+    if not np.all(finite):
+        first = int(np.argmin(finite))
+        raise ValueError(f"{where}: {name} contain NaN or inf (first at index {first}).{remedy}")
+
+
+def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
+    """``np.empty(shape, dtype)``: the output of free runs, ``shape`` ``(..., n_steps, D)``.
+
+    A size this machine cannot allocate (``MemoryError``) or NumPy cannot hold (a byte count
+    beyond ``intp``) raises ``ValueError`` naming ``where``, the memory needed and the fix.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(*starts, n_steps, D)``: one run of ``n_steps`` steps of ``D`` values per start.
+    dtype : numpy dtype
+        Of the runs.
+    where : str
+        The public method the message names, e.g. ``"ShPLRNN.generate"``.
+
+    Returns
+    -------
+    ndarray
+        Uninitialised, C-contiguous.
+    """
+    try:
+        return np.empty(shape, dtype=dtype)
+    except (MemoryError, ValueError):
+        n_steps, width = shape[-2:]
+        starts = math.prod(shape[:-2])
+        per_run = n_steps * width * np.dtype(dtype).itemsize
+        need = format_bytes(per_run) + (" per start" if starts != 1 else "")
+        if starts > 1:
+            need += f", {format_bytes(starts * per_run)} for the {starts} starts"
+        limit = (
+            "more than NumPy can address"
+            if max(per_run, starts * per_run) > np.iinfo(np.intp).max
+            else "more than this machine can allocate"
+        )
+        raise ValueError(
+            f"{where}: a free run of {n_steps} steps ({width} {np.dtype(dtype)} values a step) "
+            f"needs {need}, {limit}; use fewer steps{' or starts' if starts > 1 else ''} (or "
+            f"several shorter runs)."
+        ) from None
 
 
 def _json_default(value):
@@ -186,10 +250,10 @@ class Model(ABC):
         try:
             self._params = np.zeros(offset, dtype=self.dtype)
         except (MemoryError, ValueError):
-            gib = offset * self.dtype.itemsize / 2**30
             raise ValueError(
-                f"{where}: these dimensions need {offset} parameters ({gib:.3g} GiB of "
-                f"{self.dtype}), more than this machine can allocate; reduce the dimensions "
+                f"{where}: these dimensions need {offset} parameters "
+                f"({format_bytes(offset * self.dtype.itemsize)} of {self.dtype}), more than this "
+                f"machine can allocate; reduce the dimensions "
                 f"({', '.join(f'{n} {s}' for n, (_, _, s) in self._offsets.items())})."
             ) from None
 
@@ -232,6 +296,12 @@ class Model(ABC):
             The observations ``x_1 .. x_n`` following ``x0`` (``x0`` itself is not included).
             A run that diverges or becomes non-finite is returned as computed (huge, inf or
             NaN entries), not flagged; :func:`models.evaluate` reports such runs.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the method: bad arguments; in the library's models also runs too large
+            to allocate (:func:`new_run`).
         """
 
     def generate_in_data_units(self, x0, n_steps: int) -> np.ndarray:
@@ -255,6 +325,13 @@ class Model(ABC):
             The observations following ``x0`` (``x0`` not included), in data units. As for
             :meth:`generate`, a run that diverges or becomes non-finite (also from a
             non-finite ``x0``) is returned as computed, not flagged.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming this method: ``x0`` not real or of another shape than ``(..., N)``,
+            ``n_steps`` not an int >= 0, runs too large to allocate in float64
+            (:func:`new_run`); a run of the model too large, naming :meth:`generate`.
         """
         where = f"{type(self).__name__}.generate_in_data_units"
         with Checks(where) as checks:
@@ -265,9 +342,12 @@ class Model(ABC):
                 checks.add(f"x0 must have shape (..., N) with N={self.n_obs}; got {x0.shape}.")
             n_steps = checks.integer(n_steps, "n_steps", 0)
         mean, sd = self.standardization or (0.0, 1.0)
+        out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         with np.errstate(over="ignore", invalid="ignore"):
             z0 = ((x0.astype(np.float64) - mean) / sd).astype(self.dtype)
-            return self.generate(z0, n_steps).astype(np.float64) * sd + mean
+            np.multiply(self.generate(z0, n_steps), sd, out=out)
+            out += mean
+        return out
 
     @property
     def n_params(self) -> int:
@@ -338,9 +418,7 @@ class Model(ABC):
             )
         if arr.shape != (self.n_params,):
             raise ValueError(f"{where}: expected shape ({self.n_params},); got {arr.shape}.")
-        if not np.all(np.isfinite(arr)):
-            first = int(np.argmin(np.isfinite(arr)))
-            raise ValueError(f"{where}: parameters contain NaN or inf (first at index {first}).")
+        check_finite_params(arr, where)
         with np.errstate(over="ignore"):
             cast = arr.astype(self.dtype)
         if not np.all(np.isfinite(cast)):
@@ -831,7 +909,8 @@ class LatentRNN(Model):
       a flat vector of shape ``(n_params,)`` (zero in the ``L0`` block).
     * ``norm_bound()``: cheap upper bound on ``sup_z ||dF/dz||_2``.
     * ``simulate(z0, n_steps)``: sequential free run, ``(..., M) -> (..., n_steps, M)``,
-      the states ``z_1 .. z_n`` (``z0`` not included).
+      the states ``z_1 .. z_n`` (``z0`` not included). A subclass may also override
+      :meth:`_free_run`, the run of checked states whose errors name the method called.
     Host inputs are array_like (lists too) of the model's dtype; shapes and dtypes are
     validated with errors naming the method.
 
@@ -919,12 +998,20 @@ class LatentRNN(Model):
         """Free run from ``initial_state(x0)``, observed part: ``(..., n_steps, N)``.
 
         A run that diverges or becomes non-finite is returned as computed (huge, inf or NaN
-        entries), not flagged; :func:`models.evaluate` reports such runs. Bad arguments are
-        refused as by :meth:`initial_state` and :meth:`simulate`, naming this method.
+        entries), not flagged; :func:`models.evaluate` reports such runs. Bad arguments and
+        runs too large to allocate are refused as by :meth:`initial_state` and
+        :meth:`simulate`, naming this method.
         """
         where = f"{type(self).__name__}.generate"
         with Checks(where) as checks:
             with checks.caught("x0"):
                 x0 = self._check_obs(x0, where, "x0")
             n_steps = checks.integer(n_steps, "n_steps", 0)
-        return self.simulate(self.initial_state(x0), n_steps)[..., : self.n_obs]
+        return self._free_run(self.initial_state(x0), n_steps, where)[..., : self.n_obs]
+
+    def _free_run(self, z0: np.ndarray, n_steps: int, where: str) -> np.ndarray:
+        """:meth:`simulate` of checked states ``z0`` (..., M) of the model dtype and a checked
+        ``n_steps`` >= 0, for the public method ``where``: here :meth:`simulate` itself (its
+        errors name it); the piecewise-linear models allocate the run with :func:`new_run`,
+        naming ``where``."""
+        return self.simulate(z0, n_steps)

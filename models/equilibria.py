@@ -16,7 +16,7 @@ cycles whose Newton basins the starts reach, not provably all of them.
 import numpy as np
 
 from models._checks import Checks, as_array
-from models.base import LatentRNN
+from models.base import LatentRNN, check_finite_params
 from models.data import check_trajectory
 
 #: A start has converged when ``max|F(z) - z| <= RESIDUAL_TOLERANCE * (1 + max|z|)``.
@@ -65,8 +65,8 @@ def fixed_points(model, x, *, max_iter=100):
         ``model`` is not a LatentRNN (an SSM has no state map to solve), or ``x`` or
         ``max_iter`` of the wrong type.
     ValueError
-        ``x`` of another shape than (K, N) with the model's N, with NaN/inf, or empty;
-        ``max_iter`` < 1.
+        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) with the model's
+        N, with NaN/inf, or empty; ``max_iter`` < 1.
     """
     found = _search(model, x, 1, max_iter, "fixed_points")
     found["states"], found["points"] = found["states"][:, 0], found["points"][:, 0]
@@ -117,8 +117,8 @@ def cycles(model, x, period, *, max_iter=100):
     TypeError
         ``model`` is not a LatentRNN, or ``x``, ``period`` or ``max_iter`` of the wrong type.
     ValueError
-        ``x`` of another shape than (K, N) with the model's N, with NaN/inf, or empty;
-        ``period`` or ``max_iter`` < 1.
+        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) with the model's
+        N, with NaN/inf, or empty; ``period`` or ``max_iter`` < 1.
     """
     return _search(model, x, period, max_iter, "cycles")
 
@@ -132,6 +132,15 @@ def _search(model, x, period, max_iter, where):
                 f"{type(model).__name__}.",
                 wrong_kind=True,
             )
+        else:
+            with checks.caught("model"):
+                check_finite_params(
+                    model.params,
+                    where,
+                    "the model's parameters",
+                    " Its map has no fixed points or cycles to find; search a model with "
+                    "finite parameters (e.g. an earlier checkpoint).",
+                )
         period = checks.integer(period, "period")
         max_iter = checks.integer(max_iter, "max_iter")
     x = as_array(x, "x", where)

@@ -32,7 +32,7 @@ import numpy as np
 from numba import prange
 
 from models._checks import Checks, check_int
-from models.base import Model
+from models.base import Model, new_run
 from parscan._jit import jit, jit_parallel
 from parscan.scan import linear_scan
 
@@ -438,6 +438,12 @@ class DiagonalSSM(Model):
             prediction of a window starting at ``x0``. As for the latent RNNs, NaN/inf in
             ``x0`` and a run that diverges give huge, inf or NaN entries, not flagged;
             :func:`models.evaluate` reports such runs.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming this method: ``x0`` of another shape or dtype, ``n_steps`` not an int
+            >= 0, runs too large to allocate (:func:`models.base.new_run`).
         """
         where = f"{type(self).__name__}.generate"
         with Checks(where) as checks:
@@ -445,10 +451,10 @@ class DiagonalSSM(Model):
                 x0 = self._check_obs(x0, where, "x0")
             n_steps = checks.integer(n_steps, "n_steps", 0)
         flat = np.ascontiguousarray(x0.reshape(-1, self.n_obs))
-        out = np.empty((flat.shape[0], n_steps, self.n_obs), dtype=self.dtype)
+        out = new_run((*x0.shape[:-1], n_steps, self.n_obs), self.dtype, where)
         if out.size:
-            self._generate_kernel(flat, out)
-        return out.reshape(*x0.shape[:-1], n_steps, self.n_obs)
+            self._generate_kernel(flat, out.reshape(flat.shape[0], n_steps, self.n_obs))
+        return out
 
     @abstractmethod
     def _generate_kernel(self, x0: np.ndarray, out: np.ndarray) -> None:

@@ -167,3 +167,19 @@ def test_a_stable_cycle_is_where_free_runs_end():
 def test_cycles_refuses_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match="^cycles: .*" + match):
         models.cycles(ShPLRNN(3, 8), np.zeros((2, 3)), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_model_with_non_finite_parameters_is_refused(value, dtype):
+    """Every start would fail and the result be empty, as for a map without fixed points:
+    the search refuses such a model, naming the function and the first bad parameter."""
+    model = ClippedShPLRNN(3, 10, dtype=dtype)
+    model.params[[4, 7]] = value
+    for search, args in ((models.fixed_points, ()), (models.cycles, (2,))):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{search.__name__}: the model's parameters contain NaN or inf \(first at "
+            r"index 4\)\. .* search a model with finite parameters",
+        ):
+            search(model, np.zeros((10, 3)), *args)

@@ -418,6 +418,37 @@ def test_generate_in_data_units_standardises_x0_and_maps_the_runs_back(model, ss
         m.generate_in_data_units(np.zeros(N, complex), 2)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name):
+    """A run this machine cannot allocate (NumPy's MemoryError) or NumPy cannot address (a
+    byte count beyond int64, a dimension beyond intp) is a ValueError naming the method
+    called, the memory needed and the fix; generate's run of M latents counts."""
+    m = CLASSES[name]()
+    fix = r"; use fewer steps \(or several shorter runs\)\.$"
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.simulate: a free run of {10**16} steps \(4 float64 values a step\) "
+        rf"needs 284 PiB, more than this machine can allocate{fix}",
+    ):
+        m.simulate(np.zeros(M), 10**16)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.generate: a free run of {2**62} steps \(4 float64 values a step\) "
+        r"needs 128 EiB per start, 256 EiB for the 2 starts, more than NumPy can address; use "
+        r"fewer steps or starts \(or several shorter runs\)\.$",
+    ):
+        m.generate(np.zeros((2, N)), 2**62)
+    with pytest.raises(ValueError, match=rf"^{name}\.generate: .* 2\.65e\+7 YiB, .*address{fix}"):
+        m.generate(np.zeros(N), 10**30)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.generate_in_data_units: a free run of {10**16} steps \(3 float64 "
+        rf"values a step\) needs 213 PiB, more than this machine can allocate{fix}",
+    ):
+        m.generate_in_data_units(np.zeros(N), 10**16)
+    assert m.generate(np.zeros((0, N)), 10**16).shape == (0, 10**16, N)  # nothing to allocate
+
+
 # ---- construction, init, save/load ----------------------------------------------------
 
 

@@ -124,6 +124,28 @@ def test_generate_matches_closed_loop(model, data):
     assert model.generate(data[:, 0], 0).shape == (2, 0, N)
 
 
+def test_free_runs_too_large_to_allocate_are_refused_naming_generate(model, data):
+    """A run this machine cannot allocate (NumPy's MemoryError) or NumPy cannot address (a
+    byte count beyond int64, a dimension beyond intp) is a ValueError naming the method, the
+    memory needed and the fix."""
+    name = type(model).__name__
+    fix = r"; use fewer steps \(or several shorter runs\)\.$"
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.generate: a free run of {10**16} steps \(3 float64 values a step\) "
+        rf"needs 213 PiB, more than this machine can allocate{fix}",
+    ):
+        model.generate(data[0, 0], 10**16)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.generate: a free run of {2**62} steps .* needs 96 EiB per start, 192 "
+        r"EiB for the 2 starts, more than NumPy can address; use fewer steps or starts",
+    ):
+        model.generate(data[:, 0], 2**62)
+    with pytest.raises(ValueError, match=rf"^{name}\.generate: .* 1\.99e\+7 YiB, .*address{fix}"):
+        model.generate(data[0, 0], 10**30)
+
+
 def test_free_runs_propagate_nan_and_inf(model, data):
     """NaN/inf in x0 reach the output as in the latent RNNs' generate: the readout's ReLU
     keeps NaN (it once mapped it to 0, giving rows equal to the bias b2)."""
