@@ -43,11 +43,12 @@ from models._checks import as_array, check_finite_windows, refusal
 from models.alrnn import ALRNN_STEP_FUNCTIONS_JIT
 from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
-from parscan._arguments import bool_problem, masked_problem
+from parscan._arguments import bool_problem
 from parscan.deer import (
     BACKENDS,
     Caller,
     DeerStatus,
+    alpha_array,
     check_newton_limits,
     device_resident,
     either,
@@ -180,33 +181,17 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
         type_errors.append(f"n_forced must be an int or None; got {type(n_forced).__name__}.")
     elif not 0 <= n_forced <= N:
         value_errors.append(f"n_forced must be in [0, N={N}]; got {n_forced}.")
-    masked = masked_problem(alpha, "alpha")
-    if masked is not None:
-        type_errors.append(masked)
-    elif isinstance(alpha, str):
+    if isinstance(alpha, str):
         if alpha != "auto":
             value_errors.append(
                 f"alpha must be a float in [0, 1], an array or 'auto'; got {alpha!r}."
             )
-    elif (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, int | float | np.integer | np.floating | np.ndarray)
-        or (isinstance(alpha, np.ndarray) and alpha.dtype.kind not in "iuf")
-    ):
-        kind = f"array of {alpha.dtype}" if isinstance(alpha, np.ndarray) else type(alpha).__name__
-        type_errors.append(
-            f"alpha must be a real number, a real array of shape (B,) or 'auto'; got {kind}."
-        )
-    else:
-        arr = np.asarray(alpha, dtype=np.float64)
-        B = data.shape[0] if data.ndim == 3 else None
-        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape != (B,)):
-            value_errors.append(
-                f"alpha as an array must have shape (B,) = ({B},); got {arr.shape}."
-            )
-        elif not np.all((arr >= 0.0) & (arr <= 1.0)):
-            value_errors.append(f"alpha must lie in [0, 1]; got {alpha!r}.")
-        alpha = float(arr) if arr.ndim == 0 else arr
+    else:  # array_like, checked as parscan.deer_solve checks it
+        batch = data.shape[:1] if data.ndim == 3 else None
+        errors = {"type": type_errors, "value": value_errors}
+        arr = alpha_array(alpha, "alpha", batch, "(B,)", errors)
+        if arr is not None:
+            alpha = float(arr) if arr.ndim == 0 else arr.astype(np.float64)
     value_errors += cuda_problems(model, method, backend)
     if type_errors:
         raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
@@ -273,10 +258,11 @@ def gtf_loss_and_grad(
         finite, ``T >= 1``, ``N = model.n_obs``; converted once (a masked array is refused).
         ``x_0`` initialises ``z~_0 = model.initial_state(x_0)``; ``x_1 .. x_T`` are the targets
         and the forcing signal.
-    alpha : float in [0, 1], ndarray of shape (B,), or "auto"
-        GTF parameter (one per sequence, or shared). ``"auto"`` estimates one for the batch
-        with :func:`parscan.gtf_alpha` (``method="sup"``), which makes the fully forced map a
-        contraction along the data (DESIGN.md section 4).
+    alpha : float in [0, 1], array_like of shape (B,), or "auto"
+        GTF parameter (one per sequence, or shared), taken as :func:`parscan.deer_solve`
+        takes it (a Python or NumPy number, a list, an array). ``"auto"`` estimates one for
+        the batch with :func:`parscan.gtf_alpha` (``method="sup"``), which makes the fully
+        forced map a contraction along the data (DESIGN.md section 4).
     method : {"deer", "sequential"}
         GTF-DEER (Newton forward, one reverse scan, parallel VJPs) or the fused sequential
         forward + BPTT baseline. Same loss and gradient up to the Newton tolerance.
@@ -421,7 +407,8 @@ def _deer_adjoint(model, z0, forcing, states, keep, n_forced, backend):
     resid = np.empty_like(forcing)
     resid[:, 0] = f0[:, 0, :N] - forcing[:, 0]
     resid[:, 1:] = f[:, :-1, :N] - forcing[:, 1:]
-    loss = float(np.mean(np.square(resid, dtype=np.float64)))
+    with np.errstate(over="ignore"):  # an overflowing loss is reported (NON_FINITE), not warned
+        loss = float(np.mean(np.square(resid, dtype=np.float64)))
     e = np.zeros_like(states)
     e[..., :N] = resid * (2.0 / resid.size)
     del f, resid

@@ -41,7 +41,7 @@ from autodiff.optim import (
     make_optimizer,
 )
 from autodiff.regularization import GROUPS, l2_penalty
-from models._checks import FLOAT_DTYPES, check_bool, check_path, refusal
+from models._checks import Checks, check_bool, check_path, refusal
 from models._signals import signals_deferred
 from models.base import LatentRNN, Model, reworded_os_error
 from models.data import (
@@ -286,13 +286,13 @@ def _python_number(value):
 
 
 def _dtype_name(value):
-    """``value``'s name (``"float32"``/``"float64"``) when it is a NumPy float32/float64 type
-    or dtype (``np.float64``, ``np.dtype("float32")``), else ``value`` as is (a string, or a
-    value that :class:`TrainConfig` refuses)."""
-    numpy_type = isinstance(value, type) and issubclass(value, np.generic)
-    if (numpy_type or isinstance(value, np.dtype)) and np.dtype(value) in FLOAT_DTYPES:
-        return np.dtype(value).name
-    return value
+    """``"float32"``/``"float64"`` when ``np.dtype(value)`` is float32/float64 (as the models
+    take ``dtype``, :meth:`models._checks.Checks.float_dtype`: ``"f8"``, ``float``,
+    ``np.float32``, ``np.dtype("float64")``...), else ``value`` as is (a value that
+    :class:`TrainConfig` refuses)."""
+    checks = Checks("TrainConfig")
+    dtype = checks.float_dtype(value)
+    return value if checks.problems else dtype.name
 
 
 @dataclass(frozen=True)
@@ -361,9 +361,10 @@ class TrainConfig:
     dtype : {"float32", "float64"}
         Dtype of the training, its data and the returned model (``result.model``), whatever
         the given model's: a float64 model comes back float32 with the default; pass
-        ``dtype="float64"`` (or ``dtype=model.dtype``) to keep it. A NumPy float32/float64
-        type or dtype (``np.float64``, ``np.dtype("float32")``) is accepted and stored as
-        its name, so ``to_dict``, checkpoints and comparisons see the string.
+        ``dtype="float64"`` (or ``dtype=model.dtype``) to keep it. Whatever ``np.dtype``
+        makes float32/float64 (``"f8"``, ``float``, ``np.float32``, ``np.dtype("float64")``,
+        as the models take it) is accepted and stored as its name, so ``to_dict``,
+        checkpoints and comparisons see the string.
     backend : {"auto", "sequential", "cpu", "cuda"}
         Backend of the scans.
     checkpoint_interval : int
@@ -1019,6 +1020,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise TypeError(f"fit: config must be a TrainConfig; got {type(config).__name__}.")
     if not isinstance(model, Model):
         raise TypeError(f"fit: model must be a parscan model; got {type(model).__name__}.")
+    _check_params(model, config.dtype)
     unused = [] if isinstance(model, LatentRNN) else inapplicable_settings(config, latent_rnn=False)
     if unused:
         reason = (
@@ -1086,6 +1088,30 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     if resume:
         _resume_from(start, load_checkpoint(ckpt_file, "fit"), config)
     return start
+
+
+def _check_params(model, dtype: str) -> None:
+    """Refuse a ``model`` whose parameters are NaN/inf or overflow the training ``dtype``
+    (``config.dtype``) to inf, naming :func:`fit` and the first such index: training could
+    not start from them (``model.astype(dtype)`` would refuse them in its own name)."""
+    params = model.params
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(params.astype(dtype, copy=False))
+    if not bad.any():
+        return
+    first = int(np.argmax(bad))
+    value = params[first]
+    if not np.isfinite(value):
+        raise ValueError(
+            f"fit: model.params contains NaN or inf (first at index {first}: {value}); "
+            "training cannot start from it. Re-initialise the model (model.init(seed)) or set "
+            "finite parameters (model.set_params)."
+        )
+    raise ValueError(
+        f"fit: model.params[{first}] = {value:.6g} is beyond the range of {dtype}, the training "
+        f"dtype (config.dtype; largest finite value {np.finfo(dtype).max:.6g}): it would "
+        "become inf. Pass TrainConfig(dtype='float64') or rescale the parameters."
+    )
 
 
 def _joined(validation_data) -> tuple[np.ndarray, list[int]] | None:
@@ -1545,7 +1571,8 @@ def fit(
         refused, :func:`inapplicable_settings`). Not modified: training works on
         ``model.astype(config.dtype)``, returned in the result -- so the result has
         ``config.dtype`` (float32 by default) whatever ``model.dtype`` is; pass
-        ``TrainConfig(dtype="float64")`` to train and keep a float64 model.
+        ``TrainConfig(dtype="float64")`` to train and keep a float64 model. Its parameters
+        must be finite and within the range of ``config.dtype``.
     data : array_like, shape (T_total, N), or list of arrays of shapes (T_k, N)
         The training trajectory, ``N = model.n_obs``, finite, ``T_total >= sequence_length +
         1``; or several (a list or tuple of 2-D arrays: recordings, trials, runs from other
@@ -1609,8 +1636,9 @@ def fit(
     Raises
     ------
     TypeError, ValueError
-        Bad model, data, config, ``checkpoint_dir`` or checkpoint (messages start with
-        ``fit:``), found before training as :func:`check_fit` finds them.
+        Bad model (parameters NaN/inf or beyond ``config.dtype``'s range included), data,
+        config, ``checkpoint_dir`` or checkpoint (messages start with ``fit:``), found before
+        training as :func:`check_fit` finds them.
     OSError
         ``checkpoint_dir`` cannot be created or holds no new file (e.g. a read-only or
         virtual file system such as ``/proc``), found before the first step; or a checkpoint

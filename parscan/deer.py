@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from parscan._arguments import array_and_problem, bool_problem, masked_problem
+from parscan._arguments import array_and_problem, bool_problem
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import BACKENDS, available_backends, cuda_unavailable, linear_scan
@@ -219,6 +219,59 @@ def _is_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
+def alpha_array(alpha, name: str, batch, shape_name: str, errors: dict) -> np.ndarray | None:
+    """A numeric GTF ``alpha`` checked: array_like (a Python or NumPy scalar, a list, an
+    array) of real numbers in [0, 1], of shape ``()`` or ``batch``.
+
+    Parameters
+    ----------
+    alpha : array_like
+        The value given (not a string: ``"auto"`` is the caller's to handle).
+    name : str
+        ``alpha`` as the messages write it, e.g. ``"`alpha`"``.
+    batch : tuple or None
+        The batch shape; None when it is unknown (another argument has the wrong shape,
+        reported by the caller): the shape of ``alpha`` is then not checked.
+    shape_name : str
+        How the message names ``batch``, e.g. ``"z0.shape[:-1]"``.
+    errors : dict
+        ``{"type": [...], "value": [...]}``, where the problems are appended: a masked array,
+        ragged nesting, a dtype that is not real, another shape, values outside [0, 1] or NaN.
+
+    Returns
+    -------
+    ndarray or None
+        ``np.asarray(alpha)``, or None when it has a problem. Shared with
+        :func:`autodiff.gtf_loss_and_grad`, which takes ``alpha`` as :func:`deer_solve` does.
+    """
+    try:
+        arr, masked = array_and_problem(alpha, name)
+    except ValueError as exc:  # ragged nesting
+        errors["value"].append(str(exc))
+        return None
+    if masked is not None:
+        errors["type"].append(masked)
+        return None
+    if arr.dtype.kind not in "fiu":
+        errors["type"].append(
+            f"{name} must be a real number or array; got dtype {arr.dtype} "
+            f"({type(alpha).__name__})."
+        )
+        return None
+    if batch is not None and arr.shape not in ((), batch):
+        errors["value"].append(
+            f"{name} must be a scalar or have shape {shape_name} = {batch}; got {arr.shape}."
+        )
+        return None
+    if not np.all((arr >= 0) & (arr <= 1)):
+        errors["value"].append(
+            f"{name} must lie in [0, 1] (and be finite); got values in "
+            f"[{np.min(arr)}, {np.max(arr)}]."
+        )
+        return None
+    return arr
+
+
 def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
     """Append problems to ``errors`` (a dict kind -> list); return alpha as (B,) or a str."""
     if isinstance(alpha, str):
@@ -240,27 +293,8 @@ def _check_alpha(alpha, batch, has_forcing, allow_auto, errors):
                 "or alpha=0."
             )
         return alpha
-    masked = masked_problem(alpha, "`alpha`")
-    if masked is not None:
-        errors["type"].append(masked)
-        return None
-    arr = np.asarray(alpha)
-    if arr.dtype.kind not in "fiu":
-        errors["type"].append(
-            f"`alpha` must be a real number or array; got dtype {arr.dtype} "
-            f"({type(alpha).__name__})."
-        )
-        return None
-    if arr.shape not in ((), batch):
-        errors["value"].append(
-            f"`alpha` must be a scalar or have shape z0.shape[:-1] = {batch}; got {arr.shape}."
-        )
-        return None
-    if not np.all((arr >= 0) & (arr <= 1)):
-        errors["value"].append(
-            f"`alpha` must lie in [0, 1] (and be finite); got values in "
-            f"[{np.min(arr)}, {np.max(arr)}]."
-        )
+    arr = alpha_array(alpha, "`alpha`", batch, "z0.shape[:-1]", errors)
+    if arr is None:
         return None
     if not has_forcing and np.any(arr != 0):
         errors["value"].append(
@@ -754,7 +788,7 @@ def deer_solve(
         Number of steps. Taken from ``forcing`` when given (must agree); required otherwise.
     forcing : ndarray, shape (..., T, N), optional
         Data ``forcing[..., t, :] = x_{t+1}``, ``N <= M``, model dtype. None: free run.
-    alpha : float, ndarray of shape (...), or "auto"
+    alpha : float, array_like of shape (...), or "auto"
         GTF parameter in [0, 1], one for all or one per sequence; a sequence with alpha 0 does
         not read its data (a free run). ``"auto"``: :func:`parscan.gtf_alpha`
         (``method="sup"``) over the forced data ``forcing[..., :n_forced]`` and the initial
@@ -804,7 +838,8 @@ def deer_solve(
     TypeError, ValueError
         Invalid arguments (all mismatches in one message starting with ``deer_solve:``); a
         masked array (``z0``, ``forcing``, ``alpha``, ``init``) is refused, its masked entries
-        would be read as data: pass ``x.filled(value)``.
+        would be read as data: pass ``x.filled(value)``. ``ValueError`` also for a ``T`` or
+        batch whose arrays this machine cannot allocate (the message gives their size).
     DeerConvergenceError
         ``throw=True`` and some sequence ended ``max_iter``, ``diverging`` or ``non_finite``.
 
@@ -998,7 +1033,10 @@ def newton_run(
         max_iter = max(1, min(p.T, MAX_ITER_CAP[jacobian]))
 
     B, T, M = p.z0.shape[0], p.T, model.M
-    guess = _initial_guess(p, M)
+    try:
+        guess = _initial_guess(p, M)
+    except (MemoryError, ValueError):  # ValueError: a size beyond NumPy's address space
+        raise _too_large(caller.name, p, M, jacobian) from None
     auto = isinstance(p.alpha, str)
     work = None
     if B * T == 0:
@@ -1009,11 +1047,14 @@ def newton_run(
     else:
         with _threads_for(B * T):
             alpha_report = p.alpha_report
-            if auto:
-                alpha_report = _auto_alpha(model, p, guess, caller.name, stacklevel + 1)
-                p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
-            work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
-            n_iter, codes, history, final = _newton(model, p, work, int(max_iter), rtol, atol)
+            try:
+                if auto:
+                    alpha_report = _auto_alpha(model, p, guess, caller.name, stacklevel + 1)
+                    p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
+                work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
+                n_iter, codes, history, final = _newton(model, p, work, int(max_iter), rtol, atol)
+            except MemoryError:
+                raise _too_large(caller.name, p, M, jacobian) from None
     return NewtonRun(
         model,
         p,
@@ -1030,6 +1071,24 @@ def newton_run(
         jacobian,
         caller,
         auto or estimated_alpha,
+    )
+
+
+def _too_large(where, p: _Problem, M: int, jacobian: str) -> ValueError:
+    """The error of a Newton solve whose arrays this machine cannot allocate (NumPy raised
+    ``MemoryError``, or ``ValueError`` for a size beyond its address space): their size,
+    about ``5 + M`` (``"full"``; ``6`` for ``"diag"``) numbers per position (the iterate, its
+    update, the linearisation points, the Jacobians, the states and predictions returned),
+    and the remedy. Messages start with ``where``."""
+    B, T = p.forcing.shape[:2]
+    numbers = B * T * M * (6 if jacobian == "diag" else 5 + M)  # Python ints: no overflow
+    gib = numbers * p.z0.dtype.itemsize / 2**30
+    diag = ", or use jacobian='diag' (no M x M Jacobian per step)" * (jacobian == "full" and M > 1)
+    return ValueError(
+        f"{where}: {B} sequence(s) of T={T} steps with M={M} latents need about {numbers} "
+        f"numbers ({gib:.3g} GiB of {p.z0.dtype}) for the Newton solve, more than this "
+        f"machine can allocate; solve a shorter T (fewer steps) or fewer sequences at a "
+        f"time{diag}."
     )
 
 

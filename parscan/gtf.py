@@ -89,7 +89,7 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
             f"method='param_bound' needs model.norm_bound(); {type(model).__name__} has none. "
             "Use method='sup'."
         )
-    if isinstance(margin, bool) or not isinstance(margin, int | float | np.floating):
+    if isinstance(margin, bool) or not isinstance(margin, int | float | np.integer | np.floating):
         type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
     elif not (0.0 <= margin < 1.0):
         value_errors.append(f"`margin` must be in [0, 1); got {margin}.")
@@ -178,7 +178,7 @@ def gtf_alpha(
         Added to ``max(0, 1 - 1/s)``; the result is clipped to ``[0, 1]``. With ``"sup"`` the
         forced map then contracts by ``1 - margin * s`` at the evaluated points; the margin
         also covers iterates that stray from the data. ``margin=0`` reproduces the plain
-        estimators.
+        estimators. A Python or NumPy float or int (not a bool).
     n_forced : int, optional
         Number of forced latents (default ``N``). When ``n_forced < M`` a
         :class:`GTFGuaranteeWarning` is emitted: the unforced latents are not damped.
@@ -200,7 +200,7 @@ def gtf_alpha(
     TypeError, ValueError
         Bad arguments (messages start with ``gtf_alpha:``; a masked ``forcing`` or ``states``
         is refused: fill it first); NaN/inf Jacobian norms (non-finite
-        ``forcing``, ``states`` or parameters) or a NaN ``model.norm_bound()`` (NaN
+        ``forcing``, ``states`` or parameters) or a NaN/inf ``model.norm_bound()`` (NaN/inf
         parameters, ``"param_bound"``) -- they are never ignored.
 
     Notes
@@ -225,10 +225,10 @@ def estimate_alpha(
     batch = forcing.shape[:-2]
     if method == "param_bound":
         s = float(model.norm_bound())
-        if np.isnan(s):
+        if not np.isfinite(s):
             raise ValueError(
-                f"{where}: model.norm_bound() is NaN: the model parameters contain NaN/inf. "
-                "Fix the parameters."
+                f"{where}: model.norm_bound() is {s}: the model parameters contain NaN/inf "
+                "(or are so large that the bound overflows). Fix the parameters."
             )
         bound = np.full(batch if per_sequence else (), s)
     elif forcing.shape[-2] == 0:

@@ -188,15 +188,18 @@ def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
     native = {name: dtype.newbyteorder("=") for name, dtype in named}
     usable = {name: d for name, d in native.items() if d in _NATIVE_DTYPES}
     # one dtype to cast to, so that the suggested fixes agree, and that loses nothing (not
-    # the imaginary part, not precision): the usable dtypes' common type
+    # the imaginary part, not precision): the usable dtypes' common type, complex when any
+    # input is (also an unusable one, e.g. complex256)
     target = np.result_type(*usable.values()) if usable else np.dtype(np.float64)
+    if any(dtype.kind == "c" for _, dtype in named):
+        target = np.result_type(target, np.complex64)
     problems = [
         f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={dtype}. "
         f"Use {_cast(name, target, converted)}."
         for name, dtype in named
         if name not in usable
     ]
-    if len(set(usable.values())) > 1:
+    if any(d != target for d in usable.values()):
         got = ", ".join(f"{name}.dtype={dtype}" for name, dtype in named)
         casts = ", ".join(
             _cast(name, target, converted) for name, d in usable.items() if d != target

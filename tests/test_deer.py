@@ -21,6 +21,7 @@ from parscan import (
     gtf_alpha,
     sequential_solve,
 )
+from parscan import deer as deer_module
 from parscan import scan as scan_module
 from parscan.deer import SERIAL_BELOW
 from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
@@ -593,6 +594,7 @@ def test_validation_errors():
         (ValueError, r"`alpha` must lie in \[0, 1\]", dict(forcing=x, alpha=-0.1)),
         (ValueError, r"`alpha` must lie in \[0, 1\]", dict(forcing=x, alpha=np.nan)),
         (ValueError, r"shape z0.shape\[:-1\] = \(2,\)", dict(forcing=x, alpha=np.zeros(3))),
+        (ValueError, r"`alpha` is not an array \(nested", dict(forcing=x, alpha=[0.1, [0.2]])),
         (ValueError, r"acts only on forced runs", dict(T=5, alpha=0.5)),
         (ValueError, r"alpha='auto' needs `forcing`", dict(T=5, alpha="auto")),
         (ValueError, r"or 'auto'; got 'sup'", dict(forcing=x, alpha="sup")),
@@ -637,6 +639,34 @@ def test_validation_errors():
         r"z0\.shape\[:-1\]; got 'auto'\. sequential_solve does not estimate alpha",
     ):
         sequential_solve(model, z0, forcing=x, alpha="auto")
+
+
+def test_arrays_too_large_to_allocate_are_an_argument_error(monkeypatch):
+    """A T or batch whose Newton arrays this machine cannot allocate is refused naming
+    deer_solve, their size and the fix, not with NumPy's bare MemoryError (or, beyond the
+    address space, its ValueError); also when an allocation after the first one fails."""
+    model = make_model("ShPLRNN")  # M = 4: 5 + M numbers per latent and step ("full")
+    T = 10**13
+    with pytest.raises(
+        ValueError,
+        match=rf"^deer_solve: 1 sequence\(s\) of T={T} steps with M=4 latents need about "
+        rf"{T * 4 * 9} numbers \(\S+ GiB of float64\) for the Newton solve, more than this "
+        r"machine can allocate; solve a shorter T \(fewer steps\) or fewer sequences at a "
+        r"time, or use jacobian='diag' \(no M x M Jacobian per step\)\.$",
+    ):
+        deer_solve(model, np.zeros(4), T)
+    T = 10**18  # T * M * 8 bytes: beyond NumPy's address space
+    with pytest.raises(
+        ValueError, match=rf"^deer_solve: .* need about {T * 4 * 6} numbers .* at a time\.$"
+    ):
+        deer_solve(model, np.zeros(4), T, jacobian="diag")
+
+    def out_of_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(deer_module, "_newton_buffers", out_of_memory)
+    with pytest.raises(ValueError, match=r"^deer_solve: 2 sequence\(s\) of T=5 steps .* 360 "):
+        deer_solve(model, np.zeros((2, 4)), 5)
 
 
 def test_unknown_backend_is_an_argument_error():

@@ -444,10 +444,10 @@ def test_errors(data):
         gtf_loss_and_grad(model, data.astype(np.int64), alpha=0.1)
     for alpha, kind in ((np.array([0.1j, 0, 0]), "complex128"), (np.array(["a"] * 3), "<U1")):
         with pytest.raises(
-            TypeError, match=f"a real array of shape \\(B,\\) or 'auto'; got array of {kind}"
+            TypeError, match=f"alpha must be a real number or array; got dtype {kind} \\(ndarray"
         ):
             gtf_loss_and_grad(model, data, alpha=alpha)
-    with pytest.raises(TypeError, match="got array of bool"):
+    with pytest.raises(TypeError, match=r"got dtype bool \(ndarray\)"):
         gtf_loss_and_grad(model, data, alpha=np.array([True, False, True]))
     with pytest.raises(ValueError, match=r"^gtf_loss_and_grad: `tol` must be None .*got -1\.0"):
         gtf_loss_and_grad(model, data, alpha=0.1, tol=-1.0)
@@ -463,3 +463,40 @@ def test_errors(data):
     bad[1, 4, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or inf \(first at data\[1, 4, 0\]\)"):
         gtf_loss_and_grad(model, bad, alpha=0.1)
+
+
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+def test_alpha_is_array_like_as_deer_solve_takes_it(data, method):
+    """A list (or tuple) of alphas is the array of them, as for deer_solve; it is checked as
+    deer_solve checks it (shape, range, ragged nesting), with this function's name."""
+    model = MODELS["shplrnn"]()
+    want = gtf_loss_and_grad(model, data, alpha=ALPHAS, method=method)
+    for alpha in (list(ALPHAS), tuple(ALPHAS)):
+        loss, grad, info = gtf_loss_and_grad(model, data, alpha=alpha, method=method)
+        assert loss == want[0]
+        np.testing.assert_array_equal(grad, want[1])
+        assert info.alpha.dtype == np.float64
+        np.testing.assert_array_equal(info.alpha, ALPHAS)
+    cases = [
+        (ValueError, r"alpha must be a scalar or have shape \(B,\) = \(3,\); got \(2,\)", [0, 0]),
+        (ValueError, r"alpha must lie in \[0, 1\] \(and be finite\)", [0.1, 2.0, 0.0]),
+        (ValueError, r"alpha is not an array \(nested sequences of unequal", [0.1, [0.2]]),
+        (TypeError, r"alpha must be a real number or array; got dtype bool \(list\)", [True]),
+        (TypeError, r"alpha must be a real number or array; got dtype object", None),
+    ]
+    for error, match, alpha in cases:
+        with pytest.raises(error, match="^gtf_loss_and_grad: " + match):
+            gtf_loss_and_grad(model, data, alpha=alpha, method=method)
+
+
+def test_overflowing_loss_is_reported_without_a_warning():
+    """A converged forward whose predictions are finite but whose squared residuals overflow
+    (fully forced states, huge parameters) returns (nan, None, NON_FINITE) and warns of
+    nothing (the test run turns warnings into errors)."""
+    model = ClippedShPLRNN(3, 20)
+    model.params[:] = 1e100  # F ~ 1e200 at the data: its square overflows float64
+    x = np.random.default_rng(0).standard_normal((2, 21, 3))
+    loss, grad, info = gtf_loss_and_grad(model, x, alpha=1.0, throw=False)
+    assert np.isnan(loss) and grad is None
+    assert info.status is DeerStatus.NON_FINITE
+    assert info.message.startswith("non_finite: the forward (the states) overflowed")

@@ -191,6 +191,33 @@ def test_errors(model, forcing):
             gtf_alpha(broken, x, method=method)
 
 
+def test_infinite_norm_bound_is_refused(model, forcing):
+    """An inf ``model.norm_bound()`` (an inf parameter, or finite ones whose bound overflows)
+    is refused as a NaN one is, not turned into alpha = 1."""
+    infinite = model.copy()
+    infinite.params[0] = np.inf
+    huge = model.copy()
+    huge["W1"][...] *= 1e200
+    huge["W2"][...] *= 1e200
+    for m in (infinite, huge):
+        with (
+            np.errstate(over="ignore"),  # the huge model's norm_bound() overflows
+            pytest.raises(ValueError, match=r"^gtf_alpha: model.norm_bound\(\) is inf: .*NaN/inf"),
+        ):
+            gtf_alpha(m, forcing, method="param_bound")
+
+
+def test_numpy_scalar_margin(model, forcing):
+    """A NumPy integer or float margin is the Python number; a bool (NumPy's too) is not."""
+    for margin, same in ((np.int64(0), 0), (np.float32(0.25), 0.25), (np.float64(0.1), 0.1)):
+        assert gtf_alpha(model, forcing, margin=margin) == gtf_alpha(model, forcing, margin=same)
+    with pytest.raises(ValueError, match=r"^gtf_alpha: `margin` must be in \[0, 1\); got 1\.$"):
+        gtf_alpha(model, forcing, margin=np.uint8(1))
+    for margin in (False, np.bool_(False)):
+        with pytest.raises(TypeError, match=r"^gtf_alpha: `margin` must be a float; got bool"):
+            gtf_alpha(model, forcing, margin=margin)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_jacobian_norms_over_several_chunks(model, forcing, monkeypatch, dtype):
     """Points in chunks of 7 (the last one partial: 80 = 11 * 7 + 3) give every norm, at its

@@ -733,6 +733,27 @@ def test_errors(args, kwargs, error, match):
         parscan.linear_scan(*args, **kwargs)
 
 
+@pytest.mark.skipif(
+    np.dtype(np.clongdouble).itemsize <= 16, reason="long double complex is complex128 here"
+)
+def test_cast_suggested_for_long_double_complex_keeps_the_imaginary_part():
+    """complex256 is not scanned: the cast suggested is complex (complex128 alone, complex64
+    next to float32, which is then cast too), never a float that drops the imaginary part."""
+    c = np.ones((2, 5, 3), np.clongdouble)
+    with pytest.raises(
+        TypeError,
+        match=rf"^linear_scan: expected .*got a\.dtype={c.dtype}\. Use a\.astype\(np\.complex128\)"
+        rf"\. expected .*got b\.dtype={c.dtype}\. Use b\.astype\(np\.complex128\)\.$",
+    ):
+        parscan.linear_scan(c, c)
+    with pytest.raises(
+        TypeError,
+        match=r"Use b\.astype\(np\.complex64\)\. `a`, `b` and `h0` must share one dtype; got "
+        rf"a\.dtype=float32, b\.dtype={c.dtype}\. Cast a\.astype\(np\.complex64\)\.$",
+    ):
+        parscan.linear_scan(GOOD_A.astype(np.float32), c)
+
+
 def test_errors_are_reported_together():
     with pytest.raises(TypeError, match=r"int64.*`a` must have shape.*`h0` must have shape"):
         parscan.linear_scan(np.ones((2, 5, 4), np.int64), GOOD_B, np.ones(7))

@@ -515,21 +515,40 @@ def test_config_round_trips_through_json():
 
 
 def test_config_dtype_accepts_numpy_float_types_and_dtypes_as_their_names():
+    """Whatever np.dtype makes float32/float64, as the models take dtype."""
     for given, name in (
         (np.float64, "float64"),
         (np.float32, "float32"),
         (np.dtype("float64"), "float64"),
         (np.dtype("float32"), "float32"),
         ("float64", "float64"),
+        ("f8", "float64"),
+        ("f4", "float32"),
+        ("double", "float64"),
+        (float, "float64"),
     ):
         cfg = TrainConfig(dtype=given)
         assert cfg.dtype == name and type(cfg.dtype) is str
         assert cfg == TrainConfig(dtype=name) and cfg.to_dict()["dtype"] == name
         assert replace(cfg, epochs=3).dtype == name
     assert TrainConfig(dtype=ShPLRNN(3, 4, dtype="float32").dtype).dtype == "float32"
-    for bad in (np.float16, np.dtype("float16"), np.dtype(">f8"), np.int64, None):
+    for bad in (np.float16, np.dtype("float16"), np.dtype(">f8"), ">f8", np.int64, int, "x", None):
         with pytest.raises(ValueError, match=r"^TrainConfig: dtype must be one of \('float32'"):
             TrainConfig(dtype=bad)
+
+
+def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path):
+    """The checkpoint stores the canonical name; a resume giving the dtype another way is the
+    same configuration."""
+    x, _ = lorenz
+    fit(
+        small_model(), x, config(epochs=1, batches_per_epoch=1, dtype="f8"), checkpoint_dir=tmp_path
+    )
+    assert load_checkpoint(tmp_path)["state"]["config"]["dtype"] == "float64"
+    again = config(epochs=2, batches_per_epoch=1, dtype=np.float64)
+    assert (
+        fit(small_model(), x, again, checkpoint_dir=tmp_path, resume=True).model.dtype == np.float64
+    )
 
 
 @pytest.mark.parametrize(
@@ -882,6 +901,33 @@ def test_checkpoint_of_another_format_version_is_refused(lorenz, tmp_path):
     _rewrite(tmp_path / CHECKPOINT_NAME, lambda meta: meta.update(format_version=1))
     with pytest.raises(ValueError, match="has checkpoint format 1, from another version"):
         check_fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_fit_refuses_parameters_it_cannot_train_from(lorenz):
+    """NaN/inf parameters, or parameters beyond the range of config.dtype, are refused by fit
+    (and check_fit) in fit's name with the first index, before the model is cast."""
+    x, _ = lorenz
+    one = config(epochs=1, batches_per_epoch=1)
+    for bad in (np.nan, np.inf):
+        model = small_model()
+        model.params[5] = bad
+        for run in (fit, check_fit):
+            with pytest.raises(
+                ValueError,
+                match=r"^fit: model.params contains NaN or inf \(first at index 5: (nan|inf)\); "
+                r"training cannot start from it\. Re-initialise the model",
+            ):
+                run(model, x, one)
+    model = small_model()
+    model.params[7] = 1e39  # finite in float64, inf in float32
+    for run in (fit, check_fit):
+        with pytest.raises(
+            ValueError,
+            match=r"^fit: model.params\[7\] = 1e\+39 is beyond the range of float32, the training "
+            r"dtype .* Pass TrainConfig\(dtype='float64'\) or rescale the parameters\.$",
+        ):
+            run(model, x, replace(one, dtype="float32"))
+    check_fit(model, x, one)  # float64: in range
 
 
 def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path):
