@@ -395,7 +395,8 @@ class TrainConfig:
         :func:`models.metrics.evaluate`; data with ``N >= 6`` dimensions are scored with the
         Gaussian mixture instead). 30 suits N = 3; use fewer as N grows (8 for the lab's
         5-d ECG), or the validation runs leave most bins empty and even the true system
-        scores far above 0. It selects the best model, so a resume cannot change it.
+        scores far above 0. It selects the best model, so a resume cannot change it. One
+        bin, or too many for N, is refused by :func:`fit` (with validation data).
     selection_candidates : int
         How many of the best-validated epochs stay candidates for the returned model (their
         parameters are kept, and checkpointed). At the end each runs ``selection_starts``

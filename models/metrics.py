@@ -58,6 +58,9 @@ MAX_SMOOTHING_BEYOND_SPECTRUM = 1e6
 #: Binned D_stsp warns when a generated run has fewer than this many points per bin that the
 #: reference trajectory occupies (:class:`StateSpaceResolutionWarning`).
 MIN_POINTS_PER_BIN = 10
+#: Most bins per axis of the binned D_stsp: a point's bin ``floor(u * n_bins)``, ``u`` in [0, 1),
+#: is exact up to 2**53.
+MAX_BINS_PER_AXIS = 2**53
 #: :func:`evaluate`'s message for status ``"out_of_box"``.
 _OUT_OF_BOX = "no generated point lies inside the test data's D_stsp box"
 #: Elements per model.generate call in prediction_error, per block of Jacobians in
@@ -116,21 +119,35 @@ def _bin_index(x, lo, hi, n_bins):
 
 
 def _check_total_bins(n_bins, n_dims, where, fix="use method='gmm'"):
-    """``n_bins**n_dims`` as a float; ValueError (ending in the remedy ``fix``, a clause) when
-    too large for binning."""
+    """``n_bins**n_dims`` as a float; ValueError when binning cannot measure with ``n_bins``
+    bins per axis: one bin (every point in it: D_stsp 0 for any two trajectories),
+    ``n_bins**N`` too large (ending in the remedy ``fix``, a clause) or more than
+    :data:`MAX_BINS_PER_AXIS` (bin indices float64 cannot tell apart)."""
+    if n_bins < 2:
+        raise ValueError(
+            f"{where}: n_bins = {n_bins}: one bin per axis holds every point, so D_stsp is 0 "
+            "for any two trajectories; use at least 2 bins per axis (the lab uses 30, and 8 "
+            "for 5-d data)."
+        )
     if n_bins**n_dims > 10**300:
         raise ValueError(
             f"{where}: n_bins**N = {n_bins}**{n_dims} is too large for binning; {fix}."
+        )
+    if n_bins > MAX_BINS_PER_AXIS:
+        raise ValueError(
+            f"{where}: n_bins = {n_bins} bins per axis are more than float64 positions can tell "
+            "apart (2**53); use fewer (a bin needs about 10 points: MIN_POINTS_PER_BIN)."
         )
     return float(n_bins**n_dims)
 
 
 def check_n_bins(n_bins, n_dims, *, where, fix):
     """Raise the ValueError :func:`evaluate` raises before its free run when ``n_bins`` bins per
-    axis are too many for the binned D_stsp of ``n_dims``-dimensional data (``n_bins**N``
-    beyond ``10**300``), naming ``where`` and with the remedy ``fix`` (a clause) -- for a
-    caller that checks its setting before it scores (``fit``'s validation, the command
-    line). Nothing for ``N >= GMM_MIN_DIMS`` dimensions, scored with the Gaussian mixture.
+    axis cannot measure the binned D_stsp of ``n_dims``-dimensional data (one bin;
+    ``n_bins**N`` beyond ``10**300``; more than :data:`MAX_BINS_PER_AXIS`), naming ``where``
+    and with the remedy ``fix`` (a clause, for ``n_bins**N``) -- for a caller that checks its
+    setting before it scores (``fit``'s validation, the command line). Nothing for ``N >=
+    GMM_MIN_DIMS`` dimensions, scored with the Gaussian mixture.
 
     Parameters
     ----------
@@ -393,7 +410,8 @@ def state_space_divergence(
         Generated trajectory (finite; ``1 < T' < N`` refused likewise); ``T'`` may differ
         from ``T``.
     n_bins : int
-        Bins per axis (lab default 30; 8 for the 5-d ECG data).
+        Bins per axis (lab default 30; 8 for the 5-d ECG data), 2 to
+        :data:`MAX_BINS_PER_AXIS`.
     method : {"bins", "gmm"}
     box : {"minmax", "sd2"}
     sigma2 : float

@@ -181,7 +181,7 @@ small_traj = hnp.arrays(
 )
 
 
-@given(small_traj, st.integers(1, 12), st.randoms(use_true_random=False))
+@given(small_traj, st.integers(2, 12), st.randoms(use_true_random=False))
 def test_dstsp_properties(x, n_bins, rnd):
     if np.any(np.all(x == x[0], axis=0)):
         return
@@ -413,11 +413,11 @@ def test_gmm_ignores_an_overflowing_distance_wherever_it_comes():
 
 def test_binned_dstsp_of_equal_proportions_is_small_and_never_negative():
     x = np.random.default_rng(24).standard_normal((300, 2))
-    for n_bins in (1, 5, 30):
+    for n_bins in (5, 30):
         for copies in (1, 2, 3):
             d = state_space_divergence(x, np.vstack([x] * copies), n_bins)
             assert 0.0 <= d < 1e-3
-            assert (d == 0.0) == (copies == 1 or n_bins == 1)
+            assert (d == 0.0) == (copies == 1)
 
 
 def test_dh_constant_generated_dimension_is_maximal():
@@ -471,6 +471,18 @@ def test_dh_same_attractor_small(lorenz_pair):
         (lambda x: power_spectrum_distance(x, x[:-1]), ValueError, r"same length"),
         (lambda x: power_spectrum_distance(x, x, -1.0), ValueError, r"smoothing must be"),
         (lambda x: power_spectrum_distance(x[:, 0], x), ValueError, r"x_true must be 2-D"),
+        (
+            lambda x: state_space_divergence(x, x[::-1], 1),
+            ValueError,
+            r"^state_space_divergence: n_bins = 1: one bin per axis holds every point, so D_stsp "
+            r"is 0 for any two trajectories; use at least 2",
+        ),
+        (
+            lambda x: evaluate(ShPLRNN(2, 4), x, measures="dstsp", n_bins=10**25),
+            ValueError,
+            r"^evaluate: n_bins = 10{25} bins per axis are more than float64 positions can tell "
+            r"apart \(2\*\*53\); use fewer",
+        ),
         (
             lambda x: power_spectrum_distance(x.T, x.T, 0.0),
             ValueError,

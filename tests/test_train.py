@@ -1200,6 +1200,8 @@ def test_validation_bins_too_many_for_the_data_are_refused_before_training(loren
     for call in (check_fit, fit):
         with pytest.raises(ValueError, match=message):
             call(small_model(), x, cfg, checkpoint_dir=tmp_path / "run", validation_data=val)
+        with pytest.raises(ValueError, match=r"^fit: n_bins = 1: one bin per axis holds every"):
+            call(small_model(), x, config(validation_n_bins=1), validation_data=val)
     assert not (tmp_path / "run").exists()
     check_fit(small_model(), x, cfg)  # no validation, no bins
     # N >= 6 dimensions are scored with the Gaussian mixture, without bins
