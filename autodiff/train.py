@@ -198,7 +198,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
         :class:`TrainConfig` field -> suggested value, in the order worth trying: a larger
         GTF alpha while it is below 1 (``alpha_mode="auto"``, else the next larger
         ``alpha_method``), ``newton_max_iter=None`` (the solver's default) after a cap
-        below it, a third of ``lr_start``, ``jacobian="full"`` after ``"diag"``,
+        below it, a third of ``lr_start`` (at most the default 6e-3: a far larger rate is
+        no place to creep down from), ``jacobian="full"`` after ``"diag"``,
         float64 after float32.
     """
     remedies = {}
@@ -211,7 +212,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
         solver_default = min(config.sequence_length, MAX_ITER_CAP[config.jacobian])
         if config.newton_max_iter < solver_default:  # a cap below deer_solve's own
             remedies["newton_max_iter"] = None
-    remedies["lr_start"] = float(f"{config.lr_start / 3:.3g}")
+    default_lr = TrainConfig.__dataclass_fields__["lr_start"].default
+    remedies["lr_start"] = float(f"{min(config.lr_start / 3, default_lr):.3g}")
     if gtf and config.jacobian == "diag":
         remedies["jacobian"] = "full"
     if config.dtype == "float32":

@@ -1344,6 +1344,16 @@ def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
     assert remedies(jacobian="diag", newton_max_iter=150)["newton_max_iter"] is None
 
 
+def test_the_learning_rate_remedy_is_a_third_of_the_run_s_at_most_the_default():
+    from autodiff.train import new_run_remedies
+
+    def lr(lr_start):
+        return new_run_remedies(TrainConfig(lr_start=lr_start, lr_end=lr_start), 0.1, True)
+
+    assert lr(3e-3)["lr_start"] == 1e-3
+    assert lr(1e300)["lr_start"] == lr(0.1)["lr_start"] == TrainConfig().lr_start
+
+
 def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(
     lorenz, tmp_path, monkeypatch, python_sigint
 ):
