@@ -419,6 +419,7 @@ def _locate_bad_line(path: Path, delimiter: str | None, header: int) -> None:
                 raise ValueError(
                     f"rows have different numbers of columns: line {line} has {len(row)} "
                     f"column{'s' * (len(row) != 1)}, expected {width} (as in line {first_line})"
+                    f"{_separator_hint(text, delimiter, width)}"
                 )
             bad = next((v for v in row if not _parses(v, float)), None)
             if bad is not None:
@@ -434,7 +435,25 @@ def _locate_bad_line(path: Path, delimiter: str | None, header: int) -> None:
                     )
                 elif "," in bad:
                     hint = "; a decimal comma: use '.' as decimal point"
+                elif len(bad.split()) > 1 and all(_parses(v, float) for v in bad.split()):
+                    hint = (
+                        "; numbers separated by spaces or tabs, where other lines use commas: "
+                        "use one separator throughout"
+                    )
                 raise ValueError(f"non-numeric entry {bad!r} in line {line}{hint}")
+
+
+def _separator_hint(text: str, delimiter: str | None, width: int) -> str:
+    """A clause for a row (``text``) of the wrong width that has ``width`` values when split by
+    the other separator (commas against spaces or tabs), else empty."""
+    other = None if delimiter == "," else ","
+    if len(_split(text, other)) != width:
+        return ""
+    words = {",": "commas", None: "spaces or tabs"}
+    return (
+        f"; its values are separated by {words[other]}, the file's by {words[delimiter]}: "
+        "use one separator throughout"
+    )
 
 
 def _locate_decode_error(path: Path):

@@ -76,7 +76,25 @@ def test_csv_header_optional_comma_or_whitespace(tmp_path, text):
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
-        ("ragged.csv", "1,2\n3\n4,5\n", r"rows have different numbers of columns"),
+        ("ragged.csv", "1,2\n3\n4,5\n", r"rows have different numbers of columns: line 2 has 1 co"),
+        (
+            "mixed.csv",
+            "1,2,3\n4,5,6\n7 8 9\n",
+            r"line 3 has 1 column, expected 3 \(as in line 1\); its values are separated by "
+            r"spaces or tabs, the file's by commas: use one separator throughout\.",
+        ),
+        (
+            "mixed.txt",
+            "1 2 3\n" * 12 + "7,8,9\n",  # past the lines that decide the separator
+            r"line 13 has 1 column, expected 3 \(as in line 1\); its values are separated by "
+            r"commas, the file's by spaces or tabs",
+        ),
+        (
+            "spaced.csv",
+            "1 2\n3,4\n",
+            r"non-numeric entry '1 2' in line 1; numbers separated by spaces or tabs, where other "
+            r"lines use commas",
+        ),
         ("words.csv", "a,b\n1,2\nc,3\n", r"non-numeric entry"),
         ("empty.csv", "# nothing\n\n", r"no data rows"),
         ("broken.npy", b"not a numpy file", r"cannot read .*broken.npy"),
