@@ -25,6 +25,7 @@ import csv
 import datetime
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import math
 import platform
@@ -32,6 +33,7 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 import time
 import tomllib
 import typing
@@ -1003,15 +1005,15 @@ def _check_resumed_test_data(s: Settings, run: Path, tests: list[np.ndarray]) ->
         )
 
 
-def run_settings(run: Path) -> Settings:
-    """The settings of the run in folder ``run`` (its ``args.json``, read for ``evaluate``),
-    those it does not record (added since) at their defaults, as a new run's (no ``--out``,
-    no ``--resume``)."""
-    return Settings(**{**saved_settings(run, "evaluate"), "out": None, "resume": False})
+def run_settings(run: Path, command: str) -> Settings:
+    """The settings of the run in folder ``run`` (its ``args.json``, read for subcommand
+    ``command``, which its errors name), those it does not record (added since) at their
+    defaults, as a new run's (no ``--out``, no ``--resume``)."""
+    return Settings(**{**saved_settings(run, command), "out": None, "resume": False})
 
 
 def run_test_data(
-    run: Path, remedy: str = "pass --test-data FILE to score other data"
+    run: Path, command: str, remedy: str = "pass --test-data FILE to score other data"
 ) -> list[np.ndarray]:
     """The test data of the run in folder ``run``, rebuilt from its ``args.json`` as training
     built them, in data units: one trajectory per test file (the ``--test-data`` files, or
@@ -1020,9 +1022,10 @@ def run_test_data(
     Test data read from files must match the fingerprints recorded at training time (a
     refusal names the first file that changed or is gone, and ends with ``remedy``); runs
     written before fingerprints were recorded are not checked. Generated test data are
-    defined by the run's settings and not fingerprinted.
+    defined by the run's settings and not fingerprinted. ``command``: the subcommand reading
+    them, which errors about ``args.json`` name.
     """
-    s = run_settings(run)
+    s = run_settings(run, command)
     args = run / "args.json"
     missing = [file for file in _test_files(s) if not Path(file).exists()]
     if missing:
@@ -1043,7 +1046,7 @@ def build_model(s: Settings, n_obs: int):
     """The untrained model named by ``--model`` for ``n_obs`` observed dimensions."""
     import models
 
-    latent = n_obs if s.latent_dim is None else s.latent_dim
+    latent = _latent_size(s, n_obs)
     if s.model not in SSM_NAMES and latent < n_obs:
         raise UserError(
             f"the data have N = {n_obs} dimensions but --latent-dim/-M is {latent}; "
@@ -1060,11 +1063,84 @@ def build_model(s: Settings, n_obs: int):
             return models.ALRNN(latent, n_relu, n_obs, **common)
         if s.model == "plrnn":
             return models.PLRNN(latent, n_obs, **common)
-        state = 32 if s.latent_dim is None else s.latent_dim
         cls = models.LinearSSM if s.model == "linear-ssm" else models.SelectiveSSM
-        return cls(n_obs, state, s.hidden_dim, **common)
+        return cls(n_obs, latent, s.hidden_dim, **common)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+def _latent_size(s: Settings, n_obs: int) -> int:
+    """The latent dimension M of the model of settings ``s`` for ``n_obs``-dimensional data:
+    ``--latent-dim``, else N for a latent RNN and a state size of 32 for an SSM."""
+    if s.latent_dim is not None:
+        return s.latent_dim
+    return 32 if s.model in SSM_NAMES else n_obs
+
+
+#: float64 M x M temporaries of a latent RNN's initialisation (``R``, ``R^T R``, its scaled
+#: copy, the identity and their sum in ``models._plrnn_kernels.normalized_positive_definite``)
+INIT_TEMPORARIES = 5
+
+
+def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) -> None:
+    """Refuse (:func:`_check_memory`, before anything is written) a run whose largest
+    allocation would not fit in the memory available now, naming the settings to lower.
+
+    A rough lower bound of each of these, in bytes; the largest one is checked (they are not
+    held at once):
+
+    - the initialisation: a latent RNN's :data:`INIT_TEMPORARIES` float64 M x M
+      temporaries, and the M x L and L x M weights of a hidden layer of width L (float64);
+    - a training step: its windows -- B x (T + 1) row indices (int64) and the values
+      (B, T + 1, N) -- and the solver's arrays, about ``B T (M (5 + M) + L)`` numbers for
+      GTF-DEER with full Jacobians (as ``parscan.deer`` sizes its Newton buffers), ``B T
+      (6 M + L)`` otherwise (diagonal Jacobians, sequential BPTT, an SSM), in ``--dtype``;
+    - the validation: ``validation_starts`` free runs of ``validation_steps`` steps from each
+      validation part, each step M latents in ``--dtype`` (an SSM: its N observations) and N
+      observations as float64 for the scores;
+    - the selection (more than one candidate): ``selection_starts`` free runs of
+      ``selection_steps`` (default twice ``validation_steps``), stored alike.
+
+    ``origins``: see :func:`_resolve` (the messages name a setting where it was set). Not
+    checked for a ``--dtype`` that names no NumPy dtype, which :func:`build_model` refuses.
+    """
+    try:
+        itemsize = np.dtype(s.dtype).itemsize
+    except TypeError:  # no dtype at all: refused with the model (build_model)
+        return
+    M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
+    B, T = s.batch_size, s.sequence_length
+    rnn = s.model not in SSM_NAMES
+    full = rnn and s.method == "deer" and s.jacobian == "full"
+    per_position = (M * (5 + M) if full else 6 * M) + L
+    run_step = (M if rnn else n_obs) * itemsize + n_obs * 8
+    sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
+    run_sizes = ["latent_dim"] if rnn else []  # those of a free run
+
+    def lower(*names: str) -> str:
+        return _either([_named(name, origins) for name in names])
+
+    selection_steps = s.selection_steps or 2 * s.validation_steps
+    selection_names = ["selection_steps"]
+    if s.selection_steps is None:  # twice validation_steps
+        selection_names.insert(0, "validation_steps")
+    jobs = [
+        ((INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8, lower(*sizes)),
+        (
+            B * (T + 1) * (8 + n_obs * itemsize) + B * T * per_position * itemsize,
+            lower("batch_size", "sequence_length", *sizes)
+            + ", or use --jacobian diag" * (full and M > 1),
+        ),
+        (
+            len(data.validation_parts) * s.validation_starts * s.validation_steps * run_step,
+            lower("validation_steps", "validation_starts", *run_sizes),
+        ),
+        (
+            s.selection_starts * selection_steps * run_step * (s.selection_candidates > 1),
+            lower(*selection_names, "selection_starts", *run_sizes),
+        ),
+    ]
+    _check_memory(*max(jobs))
 
 
 # ------------------------------------------------------------------------------------------
@@ -1073,14 +1149,15 @@ def build_model(s: Settings, n_obs: int):
 
 
 def out_dir(s: Settings) -> Path:
-    """The run folder of these settings (by default named after the first ``--data`` file,
-    or the system); refuse to overwrite a run or resume a non-run."""
+    """The run folder of these settings: ``--out``, refused when it would overwrite a run or
+    when ``--resume`` finds no run there; without ``--out``,
+    ``runs/<data>-<model>-<time>`` (named after the first ``--data`` file, or the system),
+    which :func:`create_out_dir` creates as a new folder."""
     if s.out is None:
         stem = Path(_files(s.data)[0]).stem if s.data else s.system
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{stem}-{s.model}-{stamp}"
-    else:
-        out = Path(s.out)
+        return Path("runs") / f"{stem}-{s.model}-{stamp}"
+    out = Path(s.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     has_content = out.is_dir() and any(out.iterdir()) and not _saved_nothing(out)
@@ -1113,15 +1190,41 @@ def _saved_nothing(out: Path) -> bool:
     )
 
 
-def create_out_dir(out: Path) -> None:
-    """Create ``out/checkpoints`` and check that files can be written there."""
+def create_out_dir(out: Path, new: bool = False) -> Path:
+    """Create ``out/checkpoints``, check that files can be written there and return the run
+    folder: ``out``, or with ``new`` (the default folder, no ``--out``) a folder that did not
+    exist -- ``out`` created exclusively, else ``out-2``, ``out-3``, ... (runs started in the
+    same second each get their own)."""
     try:
+        if new:
+            out = _new_folder(out)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        _check_writable(out)
     except OSError as exc:
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
+    return out
+
+
+def _new_folder(path: Path) -> Path:
+    """Create ``path``, or when it exists the first of ``path-2``, ``path-3``, ... that does
+    not, exclusively (``mkdir`` fails on a folder another process has just created), and
+    return it; its parent folders are created when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        folder = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a new file in ``folder``: an ``OSError`` where none can be written
+    (no permission, a read-only or virtual file system)."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    os.close(handle)
+    os.unlink(name)
 
 
 def _versions() -> dict:
@@ -1139,10 +1242,14 @@ def _versions() -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    """``obj`` as standard JSON: NaN and inf (a score that was not measurable) become null,
-    which every JSON reader accepts (``json.dumps`` would write ``Infinity``)."""
+    """``obj`` as standard JSON, written atomically (``models.base.atomic_write``: a failed
+    write leaves a file already there unchanged; its ``OSError`` names ``parscan-train``):
+    NaN and inf (a score that was not measurable) become null, which every JSON reader
+    accepts (``json.dumps`` would write ``Infinity``)."""
+    from models.base import atomic_write
+
     text = json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False)
-    path.write_text(text + "\n")
+    atomic_write(path, lambda fh: fh.write(f"{text}\n".encode()), "parscan-train")
 
 
 def _finite_or_null(obj):
@@ -1285,6 +1392,7 @@ def score_test(
     dh_fix: str,
     n_bins: int,
     labels: list[str] = (),
+    renamed: tuple[tuple[str, typing.Any], ...] = (),
     **options,
 ) -> dict:
     """``models.evaluate(model, test, n_bins=n_bins, **options)`` (default box; ``test`` one
@@ -1292,9 +1400,11 @@ def score_test(
     few points were scored for binned D_stsp (all runs together) or for D_H's smoothing (the
     shortest comparison) name the command line's remedies (``dstsp_fix``, ``dh_fix``:
     clauses) instead of ``evaluate``'s arguments, and only when the scores were measured.
-    Its errors and failure message name the k-th of several test trajectories (``x_test[k]``)
-    by ``labels[k]`` (:func:`_test_labels`). ``test`` is in the units of ``model`` (standardised
-    with its ``standardization``); the points of ``at_rest`` are returned in data units."""
+    Its errors name its arguments as ``renamed`` says (``(pattern, replacement)`` pairs for
+    :func:`re.sub`, in order; e.g. :data:`EVALUATE_OPTIONS`), and they and its failure
+    message name the k-th of several test trajectories (``x_test[k]``) by ``labels[k]``
+    (:func:`_test_labels`). ``test`` is in the units of ``model`` (standardised with its
+    ``standardization``); the points of ``at_rest`` are returned in data units."""
     import models
     from models.metrics import (
         DH_SMOOTHING,
@@ -1312,7 +1422,10 @@ def score_test(
             try:
                 scores = models.evaluate(model, test, n_bins=n_bins, **options)
             except (TypeError, ValueError) as exc:
-                raise type(exc)(_named_tests(str(exc), labels)) from None
+                message = str(exc)
+                for pattern, replacement in renamed:
+                    message = re.sub(pattern, replacement, message)
+                raise type(exc)(_named_tests(message, labels)) from None
         _rest_in_data_units(scores, model.standardization)
         if scores["status"] != "ok":
             scores["message"] = _named_tests(scores["message"], labels)
@@ -1328,6 +1441,21 @@ def score_test(
         smoothing = options.get("smoothing", DH_SMOOTHING)
         check_dh_resolution(compared, smoothing, where="test score", fix=dh_fix)
     return scores
+
+
+#: how ``parscan-train evaluate`` names the arguments of ``models.evaluate`` in its errors
+#: (:func:`score_test`'s ``renamed``): by its options, ``n_steps`` as what it is there, the
+#: length of each free run (each test trajectory's after its first point; no option sets
+#: it), and one test trajectory ``x_test`` as the test data
+EVALUATE_OPTIONS = (
+    (r"^evaluate: ", ""),
+    (r"use method='gmm'", "lower --n-bins"),
+    (r"\b(n_bins|n_starts|pe_steps|smoothing|transient)\b", lambda match: _flag(match[1])),
+    (r"Raise n_steps or lower --transient", "Lower --transient or pass longer --test-data"),
+    (r"n_steps - --transient =", "the free run's length less --transient:"),
+    (r"\bn_steps\b", "the free run's length"),
+    (r"^x_test has", "the test data have"),
+)
 
 
 def _rest_in_data_units(scores: dict, standardization) -> None:
@@ -1768,23 +1896,27 @@ def train(
     far = s.test_data is not None and _warn_if_far_files(  # fit standardises the parts together
         _files(s.test_data), data.test_parts, *column_mean_sd(np.concatenate(data.train_parts))
     )
+    _check_training_memory(s, data, origins or {})
     model = build_model(s, data.n_obs)
     config = train_config(s, data.n_obs)
     out = out_dir(s)
-    fit_args = {
-        "checkpoint_dir": out / "checkpoints",
-        "resume": s.resume,
-        "validation_data": data.validation,
-    }
-    try:
-        check_fit(model, data.train, config, **fit_args)
+    fit_args = {"resume": s.resume, "validation_data": data.validation}
+    try:  # the default folder is a new one (create_out_dir): nothing in it to check
+        check_fit(
+            model,
+            data.train,
+            config,
+            checkpoint_dir=None if s.out is None else out / "checkpoints",
+            **fit_args,
+        )
     except (TypeError, ValueError) as exc:
         message = str(exc).removeprefix("fit: ")  # fit is no name on the command line
         message = _named_parts(message, _files(s.data))
         raise UserError(("--resume: " if s.resume else "") + message) from None
     if s.resume:
         _check_resumed_test_data(s, out, data.test_parts)
-    create_out_dir(out)
+    out = create_out_dir(out, new=s.out is None)
+    fit_args["checkpoint_dir"] = out / "checkpoints"
     commands = {"command": sys.argv}
     if s.resume:  # keep the command that started the run; list those that continued it
         started_by = json.loads((out / "args.json").read_text(encoding="utf-8"))
@@ -1793,17 +1925,15 @@ def train(
             "resumed_by": [*started_by.get("resumed_by", []), sys.argv],
         }
     settings = _recorded_settings(s, out)
-    _write_json(
-        out / "args.json",
-        {
-            "settings": settings,
-            "train_config": config.to_dict(),
-            "data_source": data.source,
-            "test_data_fingerprint": _fingerprints(s, data.test_parts),
-            "versions": _versions(),
-            **commands,
-        },
-    )
+    record = {
+        "settings": settings,
+        "train_config": config.to_dict(),
+        "data_source": data.source,
+        "test_data_fingerprint": _fingerprints(s, data.test_parts),
+        "versions": _versions(),
+        **commands,
+    }
+    _write_json(out / "args.json", record)
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
     gtf = s.model not in SSM_NAMES
@@ -1824,7 +1954,10 @@ def train(
         _stopped(exc, out, trained=False)
     except TrainingDivergedError as exc:
         progress.close()
-        click.echo(f"parscan-train: {_diverged_message(config, exc)}", err=True)
+        failure = _diverged_message(config, exc)
+        # recorded for evaluate/generate RUN, which then suggest no --resume: it would fail again
+        _write_json(out / "args.json", {**record, "failure": failure})
+        click.echo(f"parscan-train: {failure}", err=True)
         sys.exit(1)
     progress.close()
     try:  # a stop now leaves a finished checkpoint: a resume writes the results
@@ -1892,8 +2025,22 @@ def train(
                 err=True,
             )
             sys.exit(1)
-    except KeyboardInterrupt as exc:
-        _stopped(exc, out, trained=True)
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        stop = _interruption(exc)
+        if stop is None:
+            raise
+        _stopped(stop, out, trained=True)
+
+
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (:class:`Terminated`) behind ``exc``: ``exc`` itself, or the
+    ``KeyboardInterrupt`` among its causes (``__cause__``, followed to the first) -- Python
+    3.11 wraps one raised in a ``__set_name__`` while a class is created, e.g. during ``import
+    matplotlib.pyplot`` in :func:`write_plots`, in a ``RuntimeError``; None when there is
+    none."""
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__cause__
+    return exc
 
 
 #: models whose free runs are not bounded by construction (the clipped shPLRNN's are)
@@ -2190,7 +2337,8 @@ def _command_threads(threads: int | None) -> None:
 
 def _destination(out_file: str | None, path: Path, default: str, what: str) -> Path | None:
     """Where a subcommand writes: ``--out``, else ``default`` inside a run folder ``path``
-    (None for a model file); ``what`` is the kind of file, for the messages."""
+    (None for a model file), refused unless a file can be written in its folder (checked
+    before the work); ``what`` is the kind of file, for the messages."""
     if out_file is not None and not out_file.strip():
         raise UserError(f"--out must not be empty; name {what} to write.")
     destination = (
@@ -2198,18 +2346,33 @@ def _destination(out_file: str | None, path: Path, default: str, what: str) -> P
     )
     if destination is not None and destination.is_dir():
         raise UserError(f"--out {destination} is a folder; name {what} to write.")
-    if destination is not None and not destination.parent.is_dir():
+    if destination is None:
+        return None
+    if not destination.parent.is_dir():
         raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
+    try:  # before the work: a file is written atomically, so the folder decides
+        _check_writable(destination.parent)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {what} {destination}: {exc.strerror or exc}; choose another --out."
+        ) from None
     return destination
 
 
 def _target_model(path: Path, target: str):
     """The model and metadata of the run folder (its ``model.npz``) or model file ``path``;
-    an unfinished run is refused with the ``--resume`` command that finishes it."""
+    an unfinished run is refused with the ``--resume`` command that finishes it, a run whose
+    training failed with why (:func:`_recorded_failure`)."""
     import models
 
     model_file = path / "model.npz" if path.is_dir() else path
     if path.is_dir() and not model_file.is_file():
+        failure = _recorded_failure(path)
+        if failure is not None:
+            raise UserError(
+                f"{target} has no model.npz, and a --resume would fail again (it keeps the "
+                f"run's settings): {failure}"
+            )
         if (path / "checkpoints" / "checkpoint.npz").is_file():
             raise UserError(
                 f"{target} has no model.npz: the run did not finish. Continue it with: "
@@ -2223,6 +2386,16 @@ def _target_model(path: Path, target: str):
         return models.load_with_metadata(model_file)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+def _recorded_failure(run: Path) -> str | None:
+    """Why the training of the run in folder ``run`` failed, as :func:`train` records it in
+    its ``args.json`` (``failure``), or None (no failure recorded, or no readable record)."""
+    try:
+        failure = json.loads((run / "args.json").read_text(encoding="utf-8")).get("failure")
+    except (OSError, ValueError, AttributeError):  # ValueError: bad UTF-8 or JSON
+        return None
+    return failure if isinstance(failure, str) else None
 
 
 @main.command("evaluate")
@@ -2327,7 +2500,9 @@ def evaluate_command(
     _command_threads(threads)
     destination = _destination(out_file, path, "evaluation.json", "the JSON file")
     model, metadata = _target_model(path, target)
-    recorded = path.is_dir() and (path / "args.json").is_file()
+    if destination is not None:
+        _check_not_an_input(destination, path, metadata, test_data)
+        _check_suffix(destination, (".json",))
     if lyapunov:
         dt, system = _lyapunov_time_step(model, metadata, dt)
     if fixed_points:
@@ -2342,10 +2517,16 @@ def evaluate_command(
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
         labels = [f"--test-data {file}" for file in test_data]
-    elif recorded:
-        raws, labels = run_test_data(path), _test_labels(run_settings(path))
-    else:
+    elif not path.is_dir():
         raise UserError(f"{target} is a model file: pass --test-data.")
+    elif not (path / "args.json").is_file():
+        raise UserError(
+            f"{path / 'args.json'} is missing, so the run's test data cannot be rebuilt: pass "
+            "--test-data."
+        )
+    else:
+        raws = run_test_data(path, "evaluate")
+        labels = _test_labels(run_settings(path, "evaluate"))
     for file, raw in zip(test_data or [None] * len(raws), raws, strict=True):
         if raw.shape[1] != model.n_obs:
             of = f" in --test-data {file}" * (len(raws) > 1 and file is not None)
@@ -2372,6 +2553,7 @@ def evaluate_command(
             n_starts=n_starts,
             measures=("dstsp", "dh", "pe", "lyapunov")[: 4 if lyapunov else 3],
             labels=labels,
+            renamed=EVALUATE_OPTIONS,
         )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -2386,9 +2568,7 @@ def evaluate_command(
         try:
             _write_json(destination, scores)
         except OSError as exc:
-            raise UserError(
-                f"cannot write the scores to {destination}: {exc.strerror or exc}."
-            ) from None
+            raise UserError(str(exc).removeprefix("parscan-train: ")) from None
     if scores["status"] == "ok":
         click.echo(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
@@ -2566,20 +2746,18 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     destination = _destination(out_file, path, "generated.npy", "the .npy, .csv or .txt file")
     if destination is None:
         raise UserError(f"{target} is a model file: pass --out FILE (.npy, .csv or .txt).")
-    suffix = destination.suffix.lower()
-    if suffix not in GENERATE_SUFFIXES:
-        raise UserError(f"--out {destination}: write .npy, .csv or .txt, not '{suffix}'.")
+    model, metadata = _target_model(path, target)
+    _check_not_an_input(destination, path, metadata)
+    suffix = _check_suffix(destination, GENERATE_SUFFIXES)
     n_runs = len(x0) if x0 else (starts or 1)
     if n_runs > 1 and suffix != ".npy":
         raise UserError(
             f"--out {destination}: {n_runs} runs make a K x n x N array; write .npy for them."
         )
-    model, _ = _target_model(path, target)
     points, origin, n_default = _initial_points(path, target, model, x0, n_runs)
     n_steps = n_steps or n_default
     if n_steps is None:  # only --x0 leaves it open
         raise UserError("--x0 needs --n-steps N, the number of steps each run generates.")
-    _check_not_an_input(destination, path)
     _check_memory(n_runs * n_steps * model.n_obs * 3 * 8, "--n-steps or the number of runs")
     runs, units, problem = _free_runs(model, points, n_steps, origin)
     try:
@@ -2616,7 +2794,7 @@ def _initial_points(path: Path, target: str, model, x0: tuple[str, ...], n_runs:
         return points, (origin, lambda k: f"the free run from --x0 {x0[k]}"), None
     if not (path.is_dir() and (path / "args.json").is_file()):
         raise UserError(f"{target} has no test data to start from: pass --x0 X1,...,XN.")
-    test = run_test_data(path, remedy="pass --x0 X1,...,XN to start elsewhere")[0]
+    test = run_test_data(path, "generate", remedy="pass --x0 X1,...,XN to start elsewhere")[0]
     if test.shape[1] != model.n_obs:
         raise UserError(
             f"the run's test data have {test.shape[1]} dimensions; its model has {model.n_obs}."
@@ -2651,22 +2829,57 @@ def _parse_x0(text: str, n_obs: int) -> np.ndarray:
     return point
 
 
-def _check_not_an_input(destination: Path, path: Path) -> None:
-    """Refuse an ``--out`` that is the model file, the run's history or one of its data
-    files: a generated run must not replace what the model came from."""
+#: the files of a run folder (besides its data), which no ``--out`` of ``evaluate`` or
+#: ``generate`` may replace
+RUN_FILES = {
+    "model.npz": "the run's model",
+    "checkpoints/checkpoint.npz": "the run's checkpoint",
+    "args.json": "the run's settings (args.json)",
+    "metrics.json": "the run's metrics",
+    "history.csv": "the run's history",
+    "attractor.png": "the run's plot",
+    "spectrum.png": "the run's plot",
+}
+
+
+def _check_not_an_input(
+    destination: Path, path: Path, metadata: dict, given: tuple[str, ...] = ()
+) -> None:
+    """Refuse an ``--out`` (``destination``) that is a file the target ``path`` consists of
+    or was made from: the model file, a run folder's :data:`RUN_FILES` (also of the run whose
+    ``model.npz`` is the target: a folder holding it and an ``args.json``); the data files the
+    model was trained or tested on (as its ``metadata`` records them); and the files
+    ``given`` (``evaluate``'s ``--test-data``). What a command writes must not replace what
+    it reads."""
     if not destination.exists():
         return
-    if not path.is_dir():
-        inputs = {path: "the model file"}
-    else:
-        inputs = {path / "model.npz": "the run's model", path / "history.csv": "the run's history"}
-        if (path / "args.json").is_file():
-            s = run_settings(path)
-            for file in _files(s.data) + _files(s.test_data):
-                inputs[Path(file)] = f"the run's data file {file}"
+    run = path if path.is_dir() else path.parent
+    inputs = {} if path.is_dir() else {path: "the model file"}
+    if path.is_dir() or (path.name == "model.npz" and (run / "args.json").is_file()):
+        inputs.update((run / name, what) for name, what in RUN_FILES.items())
+    for name in PATH_SETTINGS:
+        recorded = _recorded(metadata, name)
+        for file in recorded if isinstance(recorded, list) else [recorded]:
+            if isinstance(file, str):
+                inputs[Path(file)] = f"a data file the model was trained or tested on ({file})"
+    inputs.update((Path(file), f"the --test-data file {file}") for file in given)
     for file, what in inputs.items():
         if file.exists() and destination.samefile(file):
             raise UserError(f"--out {destination} would replace {what}; choose another file.")
+
+
+def _check_suffix(destination: Path, suffixes: typing.Collection[str]) -> str:
+    """The suffix of ``--out`` (``destination``, lower-cased), refused unless it is one of
+    ``suffixes``."""
+    suffix = destination.suffix.lower()
+    if suffix not in suffixes:
+        raise UserError(f"--out {destination}: write {_either(list(suffixes))}, not '{suffix}'.")
+    return suffix
+
+
+def _either(items: list[str]) -> str:
+    """``items`` joined for a message: ``a``, ``a or b``, ``a, b or c``."""
+    return " or ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
 
 
 def _check_memory(n_bytes: int, fix: str) -> None:

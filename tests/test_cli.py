@@ -1,5 +1,7 @@
 """``parscan-train`` through click's CliRunner: layout, resume, evaluate, user mistakes."""
 
+import datetime
+import errno
 import io
 import json
 import math
@@ -9,10 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -114,6 +118,31 @@ def test_rerun_into_existing_out_is_refused(finished_run):
     assert "already holds a run" in result.output
 
 
+def test_runs_without_out_in_the_same_second_each_get_a_new_folder(tmp_path, monkeypatch):
+    """The default folder runs/<data>-<model>-<time> is created anew: a run started in the
+    same second (or a rerun) gets the next free -2, -3, ..., not the other run's folder."""
+
+    class SameSecond(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 2, 14, 8, 49)
+
+    monkeypatch.setattr(cli, "datetime", SimpleNamespace(datetime=SameSecond))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "lorenz63-clipped-shplrnn-20261202-140849-2").mkdir(parents=True)
+    folders = []
+    for seed in (1, 2):
+        result = run(*TINY, "--seed", seed)
+        assert result.exit_code == 0, result.output
+        folders.append(re.search(r"results: (\S+)", result.output)[1])
+    first = "runs/lorenz63-clipped-shplrnn-20261202-140849"
+    assert folders == [first, f"{first}-3"]
+    for folder, seed in zip(folders, (1, 2), strict=True):
+        settings = json.loads((tmp_path / folder / "args.json").read_text())["settings"]
+        assert (settings["seed"], settings["out"]) == (seed, folder)
+    assert not any((tmp_path / "runs" / f"{first.split('/')[1]}-2").iterdir())
+
+
 def test_evaluate_a_run_and_a_model_file(finished_run, tmp_path):
     out, _ = finished_run
     result = run("evaluate", out)
@@ -172,8 +201,8 @@ def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
          "flat.npy have 2 dimensions; the model needs 3."),
         (["--test-data-key", "test"], "--test-data-key names an array in an .npz file; "
          f"--test-data {tmp_path}/a.npy is not one, drop --test-data-key."),
-        (["--transient", 600], f"transient (600) must be smaller than n_steps (499, for "
-         f"--test-data {tmp_path}/b.npz)"),  # evaluate's x_test[1], named by its file
+        (["--transient", 600], f"--transient (600) must be smaller than the free run's length "
+         f"(499, for --test-data {tmp_path}/b.npz)"),  # evaluate's x_test[1], named by its file
     ]:  # fmt: skip
         refused = run("evaluate", out / "model.npz", *files, *extra)
         assert refused.exit_code == 2
@@ -319,6 +348,37 @@ def test_a_stop_after_training_is_finished_by_a_resume(tmp_path, monkeypatch):
     finished = run("--out", out, "--resume")
     assert finished.exit_code == 0, finished.output
     assert (out / "metrics.json").is_file()
+
+
+def test_a_stop_while_the_plotting_library_is_imported_is_an_interruption(tmp_path, monkeypatch):
+    """Python 3.11 wraps a Ctrl-C that arrives while ``import matplotlib.pyplot`` creates its
+    classes (in a ``__set_name__``) in a RuntimeError: it is still reported as a stop after
+    training (exit 130, the --resume that writes the results), and a RuntimeError without an
+    interruption behind it is not."""
+
+    class InterruptedImport:
+        """Finds the plotting library by raising what Python 3.11 raises for a Ctrl-C."""
+
+        def __init__(self, cause):
+            self.cause = cause
+
+        def find_spec(self, name, path=None, target=None):
+            if name == "matplotlib":
+                raise RuntimeError("Error calling __set_name__") from self.cause
+            return None
+
+    monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(KeyboardInterrupt()), *sys.meta_path])
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 130, result.output
+    assert f"before all results were written; the checkpoint in {out / 'checkpoints'}" in (
+        result.output
+    )
+    assert f"Write them with: parscan-train --out {out} --resume" in result.output
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(ValueError()), *sys.meta_path[1:]])
+    failed = run("--out", out, "--resume")
+    assert failed.exit_code == 1 and isinstance(failed.exception, RuntimeError)
 
 
 def test_sigterm_checkpoints_and_exits_143(tmp_path):
@@ -589,6 +649,54 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "flags, config, lower",
+    [
+        (["-B", 10**8], "", "--batch-size, --sequence-length, --latent-dim or --hidden-dim, or "
+         "use --jacobian diag"),
+        (["-M", 10**5, "--jacobian", "diag"], "", "--latent-dim or --hidden-dim"),
+        ([], "validation_steps = 100000000000\nselection_candidates = 1",
+         "validation_steps in --config {config}, validation_starts or --latent-dim"),
+        ([], "selection_steps = 100000000000\nselection_candidates = 2",
+         "selection_steps in --config {config}, selection_starts or --latent-dim"),
+    ],
+)  # fmt: skip
+def test_a_run_too_large_for_the_memory_is_refused_before_its_folder(
+    tmp_path, flags, config, lower
+):
+    """A run whose largest arrays -- the batch and its solver, the initialisation, the
+    validation or the selection free runs -- exceed the memory available is refused in one
+    line naming what to lower, before the run folder exists (a run could not even be
+    resumed)."""
+    path = tmp_path / "run.toml"
+    path.write_text(config)
+    out = tmp_path / "run"
+    _one_error_line(
+        run(*TINY, *flags, "--config", path, "--out", out),
+        f"GiB are available; lower {lower.format(config=path)}.",
+    )
+    assert not out.exists()
+
+
+def test_the_memory_estimate_of_the_readme_runs_is_small(monkeypatch):
+    """The estimate refuses none of the README's runs anywhere: the default run, the ECG
+    recipe (N = M = 5, L = 250, sequential) and windows of 10^4 steps need < 256 MiB; a
+    --dtype that is no dtype is not estimated (the model refuses it)."""
+    needed = []
+    monkeypatch.setattr(cli, "_check_memory", lambda n_bytes, fix: needed.append(n_bytes))
+    for s, n_obs in (
+        (cli.Settings(hidden_dim=200), 3),
+        (cli.Settings(hidden_dim=250, method="sequential", alpha="0.3", n_bins=8), 5),
+        (cli.Settings(hidden_dim=200, sequence_length=10_000), 3),
+    ):
+        parts = [np.zeros((k, n_obs)) for k in (64_000, 16_000, 20_000)]
+        cli._check_training_memory(s, cli.Dataset(*([x] for x in parts), "test"), {})
+    assert len(needed) == 3 and max(needed) < 2**28
+    # a dtype NumPy does not know is left to build_model, which refuses it in one line
+    cli._check_training_memory(replace(s, dtype="foo"), cli.Dataset(*([x] for x in parts), ""), {})
+    assert len(needed) == 3
+
+
 def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
     x = models.generate("lorenz63", 1500, seed=3)
     np.savez(tmp_path / "both.npz", train=x, other=x[::-1] + 1)
@@ -657,7 +765,7 @@ def test_several_data_files_train_together_as_fit_on_their_parts(several_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n_trajectories"] == 2 and metrics["test"]["n_measured"] == [299, 299]
     assert "test (2 test trajectories, 299 + 299 steps): D_stsp " in result.output
-    s = cli.run_settings(out)
+    s = cli.run_settings(out, "evaluate")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitted = autodiff.fit(
@@ -865,6 +973,15 @@ def _line(output: str, start: str = "D_stsp ") -> str:
     return lines[0]
 
 
+def _read_only(*args, **kwargs):
+    """``tempfile.mkstemp`` in a folder no file can be written in."""
+    raise OSError(errno.EROFS, "Read-only file system")
+
+
+def _not_called(*args, **kwargs):
+    raise AssertionError("the work ran before --out was checked")
+
+
 def _one_error_line(result, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -971,9 +1088,26 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     _one_error_line(run("evaluate", tmp_path / "gone"), "gone: no such run folder or model file")
     _one_error_line(run("evaluate", out, "--threads", 0), "--threads must be >= 1, got 0")
     _one_error_line(run("evaluate", out, "--n-starts", 0), "--n-starts must be >= 1, got 0")
-    _one_error_line(run("evaluate", out, "--n-starts", 1501), "n_starts (1501) must not exceed the "
-                    "number of test points (1500)")  # fmt: skip
-    _one_error_line(run("evaluate", out, "--smoothing", "1e9"), "smoothing=1e+09 frequency bins")
+    # models.evaluate's refusals name the options, not its arguments
+    for option, value, message in (
+        ("--n-starts", 1501, "--n-starts (1501) must not exceed the number of test points (1500)."),
+        ("--smoothing", "1e9", "--smoothing=1e+09 frequency bins is wider than the whole"),
+        ("--smoothing", -1, "--smoothing must be finite and >= 0; got -1.0."),
+        ("--n-bins", 0, "--n-bins must be >= 1; got 0."),
+        ("--n-bins", 10**105, f"--n-bins**N = {10**105}**3 is too large for binning; lower "
+         "--n-bins."),
+        ("--pe-steps", 0, "--pe-steps must be >= 1; got 0."),
+        ("--pe-steps", 1500, "the test data have 1500 time steps; PE needs at least --pe-steps + 1 "
+         "= 1501 (it predicts x_test[t + 1500] from x_test[t]). Pass a longer test trajectory or a "
+         "smaller --pe-steps."),
+        ("--transient", -1, "--transient must be >= 0; got -1."),
+        ("--transient", 1498, "D_H needs at least 2 measured steps of the free run; got the free "
+         "run's length less --transient: 1499 - 1498 = 1. Lower --transient or pass longer "
+         "--test-data."),
+        ("--transient", 1499, "--transient (1499) must be smaller than the free run's length "
+         "(1499)."),
+    ):  # fmt: skip
+        _one_error_line(run("evaluate", out, option, value), f"parscan-train: error: {message}")
     used = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "set_threads", lambda n: used.append(n) or n)
@@ -983,9 +1117,58 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     (out / "args.json").write_text('{"settings": {"colour": 1}}')
     _one_error_line(run("evaluate", out), "unknown setting(s) colour")
     (out / "args.json").write_text("{")
-    _one_error_line(run("evaluate", out), "is missing or unreadable")
+    _one_error_line(run("evaluate", out), f"evaluate: {out / 'args.json'} is missing or unreadable")
+    _one_error_line(run("generate", out), f"generate: {out / 'args.json'} is missing or unreadable")
+    (out / "args.json").unlink()  # a folder with a model but no record of its test data
+    _one_error_line(
+        run("evaluate", out),
+        f"{out / 'args.json'} is missing, so the run's test data cannot be rebuilt: pass "
+        "--test-data.",
+    )
     (out / "model.npz").unlink()  # an interrupted run: a checkpoint but no model yet
     _one_error_line(run("evaluate", out), "has no model.npz: the run did not finish. Continue")
+
+
+def test_evaluate_out_is_a_json_file_that_replaces_nothing_it_reads(
+    finished_run, tmp_path, monkeypatch
+):
+    """``evaluate --out`` is refused, leaving every file as it was, when it is a file of the
+    run (model, checkpoint, settings, metrics, history, plots; also with the run's model.npz
+    as the target) or a --test-data file, when it is not .json, and -- before anything is
+    scored -- when its folder takes no new file."""
+    out = _copy_run(finished_run, tmp_path)
+    np.save(tmp_path / "test.npy", cli.run_test_data(out, "evaluate")[0])
+    files = [path for path in [*out.rglob("*"), tmp_path / "test.npy"] if path.is_file()]
+    before = {path: path.read_bytes() for path in files}
+    for name, what in cli.RUN_FILES.items():
+        if (out / name).is_file():
+            _one_error_line(
+                run("evaluate", out, "--out", out / name),
+                f"--out {out / name} would replace {what}; choose another file.",
+            )
+    test = ["--test-data", tmp_path / "test.npy"]
+    for target, destination, message in (
+        (out / "model.npz", out / "model.npz", "would replace the run's model"),
+        (out / "model.npz", out / "args.json", "would replace the run's settings (args.json)"),
+        (out, tmp_path / "test.npy", f"would replace the --test-data file {tmp_path / 'test.npy'}"),
+        (out, tmp_path / "scores.npy", "write .json, not '.npy'"),
+    ):
+        _one_error_line(run("evaluate", target, *test, "--out", destination), message)
+    with monkeypatch.context() as patch:  # a folder no file can be written in, found first
+        patch.setattr(tempfile, "mkstemp", _read_only)
+        patch.setattr(cli, "score_test", _not_called)
+        for given, destination in (
+            ([], out / "evaluation.json"),
+            (["--out", tmp_path / "s.json"], tmp_path / "s.json"),
+        ):
+            _one_error_line(
+                run("evaluate", out, *given),
+                f"cannot write the JSON file {destination}: Read-only file system; choose "
+                "another --out.",
+            )
+    assert {path: path.read_bytes() for path in files} == before
+    assert run("evaluate", out, "--out", tmp_path / "scores.JSON").exit_code == 0
+    assert json.loads((tmp_path / "scores.JSON").read_text())["status"] == "ok"
 
 
 def test_state_space_model_logs_without_alpha(tmp_path):
@@ -1573,6 +1756,16 @@ def test_a_run_whose_steps_are_all_rejected_exits_1_with_one_line(tmp_path, monk
     assert "6 consecutive steps were rejected (last: non-finite loss or gradient)" in lines[0]
     assert "Traceback" not in result.output
     assert not (out / "model.npz").exists()
+    # the run records why it failed: evaluate and generate say so, and suggest no --resume
+    # (it keeps the settings, so it would fail again) but the settings of a new run
+    failure = lines[0].removeprefix("parscan-train: ")
+    assert json.loads((out / "args.json").read_text())["failure"] == failure
+    for command in ("evaluate", "generate"):
+        _one_error_line(
+            run(command, out),
+            f"{out} has no model.npz, and a --resume would fail again (it keeps the run's "
+            f"settings): {failure}",
+        )
 
 
 def _data_units_run(model, x0, n_steps):
@@ -1588,7 +1781,7 @@ def test_generate_from_the_runs_test_data_in_data_units(finished_run, tmp_path):
     n_starts does."""
     out = _copy_run(finished_run, tmp_path)
     model = models.load(out / "model.npz")
-    test = cli.run_test_data(out)[0]
+    test = cli.run_test_data(out, "evaluate")[0]
     result = run("generate", out)
     assert result.exit_code == 0, result.output
     n = len(test) - 1
@@ -1679,8 +1872,10 @@ def test_generate_writes_a_failing_run_and_exits_1_naming_it(finished_run, tmp_p
 
 def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, monkeypatch):
     """Bad options are refused in one line before anything runs; --out never replaces the
-    model, the run's history or its data; a failed write leaves the old file."""
+    model, the run's files or its data (also with the model file as the target: its metadata
+    records the data); a failed write leaves the old file."""
     paths, arrays, out, _ = several_run
+    data_file = "would replace a data file the model was trained or tested on"
     for args, message in (
         (["--x0", "1,2,3", "--starts", 2], "--x0 and --starts both choose initial observations"),
         (["--n-steps", 0, "--starts", 0], "--n-steps must be >= 1, got 0; --starts must be >= 1"),
@@ -1692,14 +1887,33 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
         (["--starts", 301], "--starts 301 exceeds the 300 points of the run's test data"),
         (["--out", ""], "--out must not be empty"),
         (["--out", tmp_path], "is a folder; name the .npy, .csv or .txt file to write"),
-        (["--out", paths[0]], f"would replace the run's data file {paths[0]}"),
+        (["--out", paths[0]], f"{data_file} ({paths[0]})"),
         (["--out", out / "history.csv"], "would replace the run's history"),
+        (["--out", out / "model.npz"], "would replace the run's model"),
         (["--threads", 0], "--threads must be >= 1, got 0"),
         (["--n-steps", 10**12], "GiB of memory and"),
     ):
         _one_error_line(run("generate", out, *args), message)
+    x0 = ["--x0", "1,2,3", "--n-steps", 5]
+    shutil.copy(out / "model.npz", tmp_path / "model.npz")  # a model file outside its run
+    for target, file, message in (
+        (out / "model.npz", paths[1], f"{data_file} ({paths[1]})"),
+        (out / "model.npz", out / "history.csv", "would replace the run's history"),
+        (tmp_path / "model.npz", paths[1], f"{data_file} ({paths[1]})"),
+        (tmp_path / "model.npz", tmp_path / "model.npz", "would replace the model file"),
+    ):
+        _one_error_line(run("generate", target, *x0, "--out", file), message)
     np.testing.assert_array_equal(np.load(paths[0]), arrays[0])
+    np.testing.assert_array_equal(np.load(paths[1]), arrays[1])
     _one_error_line(run("generate", tmp_path / "nothing"), "no such run folder or model file")
+    with monkeypatch.context() as patch:  # a folder no file can be written in, found first
+        patch.setattr(tempfile, "mkstemp", _read_only)
+        patch.setattr(cli, "_free_runs", _not_called)
+        _one_error_line(
+            run("generate", out, "--out", tmp_path / "g.npy"),
+            f"cannot write the .npy, .csv or .txt file {tmp_path / 'g.npy'}: Read-only file "
+            "system; choose another --out.",
+        )
 
     import models.base
 
@@ -1740,7 +1954,7 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
     assert result.exit_code == 0, result.output
     model = models.load(out / "model.npz")
     mean, sd = model.standardization
-    test = (cli.run_test_data(out)[0] - mean) / sd
+    test = (cli.run_test_data(out, "evaluate")[0] - mean) / sd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = models.evaluate(model, test, measures=("lyapunov",))["lyapunov"]
@@ -1751,7 +1965,7 @@ def test_evaluate_lyapunov_per_step_and_per_time_unit(finished_run, tmp_path):
         f"lambda_max {expected:.4g} per step = {expected / 0.01:.4g} per time unit (dt 0.01); "
         f"lorenz63: {models.SYSTEMS['lorenz63'].lyapunov:g} per time unit"
     )
-    np.save(tmp_path / "test.npy", cli.run_test_data(out)[0])
+    np.save(tmp_path / "test.npy", cli.run_test_data(out, "evaluate")[0])
     bare = models.load(out / "model.npz")
     bare.save(tmp_path / "bare.npz")  # no metadata: the time step is unknown
     result = run("evaluate", tmp_path / "bare.npz", "--test-data", tmp_path / "test.npy",
@@ -1808,7 +2022,7 @@ def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
     assert cli._orbit_lines(none, None) == [
         "fixed points: none found by Newton's method from 256 test points (0 converged)."
     ]
-    np.save(tmp_path / "test.npy", cli.run_test_data(out)[0])
+    np.save(tmp_path / "test.npy", cli.run_test_data(out, "evaluate")[0])
     models.LinearSSM(3, 4, 5).save(tmp_path / "ssm.npz")
     _one_error_line(
         run("evaluate", tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy",
@@ -1961,7 +2175,7 @@ def test_evaluate_notes_runs_that_settle_on_a_fixed_point(finished_run, tmp_path
         f"note: 2 of the 2 runs settle on a fixed point, first the free run from test point 0 "
         f"at ({where}) from step 20: a spurious attractor unless the system rests there."
     )
-    test = cli.run_test_data(out)[0]
+    test = cli.run_test_data(out, "evaluate")[0]
     mean, sd = model.standardization
     rest = model.generate(((test[second] - mean) / sd).astype(model.dtype), 30)[-1]
     np.testing.assert_allclose(resting[1]["point"], rest * sd + mean, rtol=1e-5)
