@@ -11,13 +11,24 @@ training that keeps producing non-finite steps) exit with 1 and say what was tri
 """
 
 import os
+import sys
 
 # One BLAS thread: NumPy's OpenBLAS threads otherwise fight Numba's prange threads on small
 # machines (measured 10x slower SSM gradients on 2 cores). Must precede the NumPy import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# Before numba: PARSCAN_THREADS sizes Numba's thread pool only if Numba is not imported yet.
-import parscan  # isort: skip
+try:
+    # Before numba: PARSCAN_THREADS sizes Numba's thread pool only if Numba is not imported yet.
+    import parscan  # isort: skip
+    import numba  # isort: skip
+except ValueError as exc:  # a bad PARSCAN_THREADS, PARSCAN_CACHE or NUMBA_NUM_THREADS
+    if os.path.basename(sys.argv[0]) != "parscan-train":  # imported: the library's error
+        raise
+    problem = str(exc).removeprefix("parscan: ")
+    if "environment variable" not in problem:  # Numba's, which names no variable
+        problem = f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')!r}: {problem}"
+    sys.stderr.write(f"parscan-train: error: {problem} Fix or unset it.\n")
+    raise SystemExit(2) from None
 
 import collections
 import contextlib
@@ -32,7 +43,6 @@ import platform
 import re
 import shlex
 import signal
-import sys
 import tempfile
 import time
 import tomllib
@@ -43,7 +53,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import click
-import numba
 import numpy as np
 
 from models._signals import python_handles

@@ -1400,6 +1400,33 @@ def test_suggestions_skip_more_alpha_when_fully_forced():
     )
 
 
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("PARSCAN_THREADS=0", "environment variable PARSCAN_THREADS='0' must be a positive"),
+        ("PARSCAN_CACHE=maybe", "environment variable PARSCAN_CACHE='maybe' must be 0 or 1."),
+        ("NUMBA_NUM_THREADS=0", "NUMBA_NUM_THREADS='0': Number of threads specified must be"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_line_for_the_command(variable, message):
+    """The variables are read when the packages are imported, before Click runs: the command
+    (argv[0] parscan-train) says so in one line, exit 2; an import by Python code raises."""
+    name, value = variable.split("=")
+    env = {**os.environ, name: value}
+    env.pop("PARSCAN_THREADS" if name == "NUMBA_NUM_THREADS" else "NUMBA_NUM_THREADS", None)
+    command = "import sys; sys.argv[0] = '/bin/parscan-train'; import cli; cli.main()"
+    result = subprocess.run(
+        [sys.executable, "-c", command, "--version"], env=env, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.startswith(f"parscan-train: error: {message}"), result.stderr
+    assert result.stderr.endswith(" Fix or unset it.\n") and result.stderr.count("\n") == 1
+    imported = subprocess.run(
+        [sys.executable, "-c", "import cli"], env=env, capture_output=True, text=True
+    )
+    assert imported.returncode == 1 and "ValueError" in imported.stderr
+
+
 def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(tmp_path):
     import numba
 
