@@ -845,8 +845,12 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
 def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The trajectory ``--system`` generates, its test trajectory (from another initial
     condition; None with ``--test-data``) and the words for their source."""
-    from models import generate
+    from models import SYSTEMS, generate
 
+    if s.system not in SYSTEMS:
+        raise UserError(f"--system {s.system}: unknown system; known: {', '.join(SYSTEMS)}.")
+    copies = 1 if s.test_data else 2  # the training and the test trajectory
+    _check_memory(copies * s.n_steps * SYSTEMS[s.system].dim * 8, "--n-steps")
     try:
         x = generate(s.system, s.n_steps, seed=s.seed, noise=s.noise)
         test = None if s.test_data else generate(s.system, s.n_steps, seed=s.seed + 1)
@@ -1069,6 +1073,11 @@ def build_model(s: Settings, n_obs: int):
             return models.ClippedShPLRNN(latent, s.hidden_dim, n_obs, **common)
         if s.model == "alrnn":
             n_relu = latent if s.n_relu is None else s.n_relu
+            if n_relu > latent:
+                raise UserError(
+                    f"--n-relu {n_relu} must not exceed the latent dimension --latent-dim/-M "
+                    f"({latent}): the ALRNN's ReLU units are among its latents."
+                )
             return models.ALRNN(latent, n_relu, n_obs, **common)
         if s.model == "plrnn":
             return models.PLRNN(latent, n_obs, **common)
@@ -1169,6 +1178,9 @@ def out_dir(s: Settings) -> Path:
     out = Path(s.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file, not a folder; choose another --out.")
     has_content = out.is_dir() and any(out.iterdir()) and not _saved_nothing(out)
     if s.resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
         if _saved_nothing(out):

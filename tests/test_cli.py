@@ -475,8 +475,12 @@ def _bad_files(tmp_path):
         (["-M", "2"], "latent dimension must be >= N"),
         (
             ["--model", "alrnn", "-M", "3", "-P", "5"],
-            "error: ALRNN: the number of relu units P must be <= M; got P=5, M=3.",
+            "error: --n-relu 5 must not exceed the latent dimension --latent-dim/-M (3): the "
+            "ALRNN's ReLU units are among its latents.",
         ),
+        (["--system", "nope"], "error: --system nope: unknown system; known: lorenz63, rossler"),
+        (["--n-steps", str(10**15)], "GiB are available; lower --n-steps."),
+        (["--out", "{tmp}/short.npy/run"], "short.npy is a file, not a folder; choose another"),
         (
             ["--n-steps", "1500", "-T", "40", "--test-data", "{tmp}/narrow.npy"],
             "error: --test-data has 2 dimensions but the training data has 3.",
