@@ -507,8 +507,12 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
         for file in _files(getattr(s, name))
         if not Path(file).exists()
     ]
-    if s.model not in MODEL_NAMES:
-        problems.append(f"unknown model {s.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    for param in main.params:  # values a config file set (the flags' Click checked)
+        value = getattr(s, param.name, None)
+        if isinstance(param.type, click.Choice) and value is not None:
+            if value not in param.type.choices:
+                named = _with_origin(param.name, value, origins)
+                problems.append(f"{named}: choose one of {', '.join(param.type.choices)}")
     if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
         named = _with_origin("hidden_dim", s.hidden_dim, origins)
         problems.append(f"{named}: it applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}")

@@ -463,6 +463,7 @@ def _bad_files(tmp_path):
     (tmp_path / "hidden.toml").write_text('model = "alrnn"\nhidden_dim = 30\n')
     (tmp_path / "steps.toml").write_text("validation_steps = 1\nepochs = 0\n")
     (tmp_path / "selection.toml").write_text("selection_candidates = 0\nselection_steps = 5\n")
+    (tmp_path / "choices.toml").write_text('dtype = "float16"\nbackend = "gpu"\n')
 
 
 @pytest.mark.parametrize(
@@ -479,6 +480,11 @@ def _bad_files(tmp_path):
             "ALRNN's ReLU units are among its latents.",
         ),
         (["--system", "nope"], "error: --system nope: unknown system; known: lorenz63, rossler"),
+        (
+            ["--config", "{tmp}/choices.toml"],
+            "--dtype float16 (dtype in --config {tmp}/choices.toml): choose one of float32, "
+            "float64; --backend gpu (backend in --config {tmp}/choices.toml): choose one of",
+        ),
         (["--n-steps", str(10**15)], "GiB are available; lower --n-steps."),
         (["--out", "{tmp}/short.npy/run"], "short.npy is a file, not a folder; choose another"),
         (
