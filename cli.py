@@ -2409,8 +2409,8 @@ def _target_model(path: Path, target: str):
         )
     try:
         return models.load_with_metadata(model_file)
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    except (TypeError, ValueError) as exc:  # its message starts with the model file's name
+        raise UserError(str(exc).removeprefix("models.load_with_metadata: ")) from None
 
 
 def _recorded_failure(run: Path) -> str | None:

@@ -1087,6 +1087,17 @@ def test_failure_on_test_data_in_other_units_names_the_units_first(tmp_path):
     )
 
 
+def test_a_damaged_model_file_is_named_by_its_path(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    (out / "model.npz").write_text("garbage")
+    for command in ("evaluate", "generate"):
+        _one_error_line(
+            run(command, out),
+            f"parscan-train: error: {out / 'model.npz'}: it is not a NumPy file (it looks like "
+            "text)",
+        )
+
+
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     (tmp_path / "no-run").mkdir()
