@@ -871,6 +871,13 @@ def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[
     _check_dimensions(tests, labels, n_dims, "the training data")
     for label, test in zip(labels, tests, strict=True):
         _check_test(test, label)
+    for file in _files(s.test_data):
+        if any(os.path.samefile(file, data) for data in _files(s.data)):
+            _warn(
+                f"--test-data {file} is also a --data file: the model trains and is selected "
+                "on it, so its test score measures the fit, not how well the model generalises "
+                "to data it has not seen."
+            )
     return tests
 
 

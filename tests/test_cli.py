@@ -273,6 +273,19 @@ def test_short_training_test_data_warn_for_dh_with_the_command_line_remedies(tmp
     ], result.output
 
 
+def test_test_data_that_is_also_training_data_warn(tmp_path):
+    np.save(tmp_path / "train.npy", models.generate("lorenz63", 2000, seed=3))
+    result = run("--data", tmp_path / "train.npy", "--test-data", tmp_path / "train.npy",
+                 "-T", 20, "-L", 8, "-e", 1, "--batches-per-epoch", 2, "--n-bins", 4,
+                 "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        f"parscan-train: warning: --test-data {tmp_path / 'train.npy'} is also a --data file: "
+        "the model trains and is selected on it, so its test score measures the fit, not how "
+        "well the model generalises to data it has not seen."
+    ) in result.output.splitlines()
+
+
 @pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
 def test_too_short_validation_runs_warn_once_with_the_command_line_remedies(tmp_path):
     config = tmp_path / "short_validation.toml"
