@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--solve", action="store_true", help="deer_solve instead of the gradient")
     args = parser.parse_args()
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "PARSCAN_THREADS": "1"}
+    failed = 0
     for name, M, width, dtype, jacobian, B in CASES:
         spec = [name, M, width, dtype, jacobian, B, args.T, args.solve]
         done = subprocess.run(
@@ -110,7 +111,10 @@ def main() -> None:
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         else:
             row["error"] = done.stderr.strip().splitlines()[-1]
+            failed += 1
         print(json.dumps({**row, **versions()}), flush=True)
+    if failed:  # the rows say which and why
+        sys.exit(f"bench/memory.py: {failed} of {len(CASES)} cases failed (their 'error' fields)")
 
 
 if __name__ == "__main__":
