@@ -592,7 +592,7 @@ def _hellinger_per_run(x_true, runs, smoothing):
     The runs' spectra are taken together, as the columns of one array, in batches of at
     most :data:`_CHUNK_ELEMENTS` values: one threaded transform instead of one per run (the
     same bits; the 4 validation runs of ``fit`` on 19,999 points, a length whose factor 2,857
-    makes each transform slow, 1.6x faster on 2 threads)."""
+    makes each transform slow, 2.7x faster on the 2-core machine: ``bench/metrics.py``)."""
     n_runs, n_steps, n_dims = runs.shape
     root_true = np.sqrt(normalized_spectra(x_true, smoothing))[:, np.newaxis]
     batch = max(1, _CHUNK_ELEMENTS // (n_steps * n_dims))
