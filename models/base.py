@@ -596,14 +596,22 @@ def atomic_write(path, write: Callable[[typing.BinaryIO], None], where: str) -> 
 
     A new file gets the mode of any newly created file (``0o666`` less the process umask),
     not the private ``0o600`` of :func:`tempfile.mkstemp`; a file replaced keeps its mode.
-    An ``OSError`` (a directory that cannot be created, a read-only or full file system) is
-    re-raised as :func:`reworded_os_error` with a message naming ``where`` (the public
-    function), ``path`` and the reason; a file already at ``path`` is then unchanged.
+    An ``OSError`` (a directory that cannot be created, a read-only or full file system; a
+    ``path`` that is a directory, or a device, pipe or socket, which replacing would swap out
+    of the file system) is re-raised as :func:`reworded_os_error` with a message naming
+    ``where`` (the public function), ``path`` and the reason; a file already at ``path`` is
+    then unchanged. A ``path`` with a NUL byte is a ``ValueError``.
     """
     path = Path(path)
+    if "\0" in str(path):  # os calls would raise a ValueError that names no path
+        raise ValueError(f"{where}: the path {str(path)!r} contains a NUL byte; remove it.")
     try:
         if path.is_dir():  # os.replace would fail with a reason that does not say this
             raise IsADirectoryError(errno.EISDIR, "it is a directory; name a file inside it")
+        if path.exists() and not path.is_file():  # os.replace would swap out a device or FIFO
+            raise OSError(
+                errno.EEXIST, "it is not a regular file (a device, pipe or socket); name a file"
+            )
         with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
             _write_atomically(path, write)
     except OSError as exc:
@@ -650,13 +658,23 @@ def read_npz_fields(
 ) -> dict[str, np.ndarray]:
     """All arrays of the ``.npz`` at ``path``; ValueError if it is missing, a directory or
     unreadable (then naming ``where`` and, for a damaged file, the ``remedy``)."""
-    if path.is_dir():
+    if "\0" in str(path):  # the checks below would raise a ValueError naming no path
+        raise ValueError(f"{where}: the path {str(path)!r} contains a NUL byte; remove it.")
+    try:
+        kind = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file {path}.") from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"{where}: cannot read {path} ({exc.strerror or exc}).") from None
+    if stat.S_ISDIR(kind):
         raise ValueError(
             f"{where}: {path} is a directory, not a model file; pass the .npz file inside it "
             f"(e.g. {path / 'model.npz'})."
         )
-    if not path.is_file():
-        raise ValueError(f"{where}: no such file {path}.")
+    if not stat.S_ISREG(kind):
+        raise ValueError(
+            f"{where}: {path} is not a regular file (a device, pipe or socket); pass a .npz file."
+        )
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)

@@ -7,6 +7,7 @@ central finite differences for every derivative, and a Python loop for the free 
 import errno
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -1052,6 +1053,26 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
         models.load(tmp_path)
     with pytest.raises(ValueError, match=r"models\.load: no such file"):
         models.load(tmp_path / "missing.npz")
+
+
+def test_save_and_load_refuse_devices_pipes_and_impossible_names(tmp_path):
+    """Replacing a device or pipe would swap it out of the file system (as root: /dev/null);
+    a NUL byte or an over-long name got Python's errors, naming no function."""
+    model = ShPLRNN(3, 8)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match=r"^ShPLRNN\.save: cannot write .*it is not a regular "):
+        model.save(pipe)  # (not tried on a device: a regression would replace it)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    for path in (pipe, Path(os.devnull)):
+        with pytest.raises(ValueError, match=r"^models\.load: .* is not a regular file \(a dev"):
+            models.load(path)
+    with pytest.raises(ValueError, match=r"^ShPLRNN\.save: the path .* contains a NUL byte"):
+        model.save(f"{tmp_path}/a\0b.npz")
+    with pytest.raises(ValueError, match=r"^models\.load: the path .* contains a NUL byte"):
+        models.load(f"{tmp_path}/a\0b.npz")
+    with pytest.raises(ValueError, match=r"^models\.load: cannot read .*\(File name too long\)"):
+        models.load(tmp_path / ("a" * 300 + ".npz"))
 
 
 def test_a_ragged_standardization_is_refused_by_name():
