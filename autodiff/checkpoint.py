@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models._checks import check_path
-from models.base import atomic_save_npz, read_npz_fields, read_standardization
+from models.base import atomic_save_npz, model_from_fields, read_npz_fields
 
 #: file name of the latest checkpoint inside a checkpoint directory
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -103,8 +103,12 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
     ------
     ValueError
         No such file, not a readable ``.npz`` (truncated, corrupt), not a parscan training
-        checkpoint, a checkpoint of another format version, or an incomplete or invalid
-        standardisation. The training state itself is checked by :func:`autodiff.fit`.
+        checkpoint, a checkpoint of another format version (or a damaged one), or a model
+        part that :func:`models.load` refuses (:func:`models.base.model_from_fields`: a
+        model-file format it does not read, hyperparameters that are no JSON object or do
+        not build the model, invalid parameters, an incomplete or invalid standardisation,
+        e.g. not one entry per observed dimension). The training state itself is checked
+        by :func:`autodiff.fit`.
     """
     path = check_path(path, where)
     if path.is_dir():
@@ -127,20 +131,34 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
             f"{where}: {path} is not a parscan training checkpoint (a model file "
             "written by model.save has no training state; load it with models.load)."
         ) from None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise damaged(path, f"its format_version {version!r} is not an integer", where)
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{where}: {path} has checkpoint format {version!r}, from another version "
             f"of parscan; this one reads format {FORMAT_VERSION}. Resume it with the version "
             "that wrote it, or start a new run (models.load still reads its model)."
         )
-    standardization = read_standardization(fields, None, path, where)
+    try:  # the model part, as models.load checks it
+        model, _ = model_from_fields(fields, path, where)
+    except ValueError as exc:  # its message names where and path: this one does
+        raise damaged(path, str(exc).removeprefix(f"{where}: {path}").lstrip(": "), where) from None
     return {
         "path": path,
         "model_class": model_class,
         "hyperparameters": hyper,
         "params": params,
-        "standardization": standardization,
+        "standardization": model.standardization,
         "state": state,
         "arrays": {k[6:]: v for k, v in fields.items() if k.startswith("array.")},
         "optimizer": {k[10:]: v for k, v in fields.items() if k.startswith("optimizer.")},
     }
+
+
+def damaged(path, problem: str, where: str) -> ValueError:
+    """The error refusing the damaged checkpoint at ``path``: ``problem`` says what is wrong;
+    ``where`` is the function the message names."""
+    return ValueError(
+        f"{where}: the checkpoint at {path} is damaged or from another version ({problem}); "
+        "start a new run."
+    )

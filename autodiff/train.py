@@ -7,7 +7,7 @@ section 8), with the GTF loss of
 Hess, Goetz & Durstewitz, arXiv:2605.12683) or the teacher-forced loss of
 :func:`autodiff.ssm_gradients.ssm_loss_and_grad` for state-space models, RAdam/Adam with an
 exponentially decaying learning rate, the lab's alpha annealing, validation-based model
-selection (its best candidates re-checked for spurious fixed points by
+selection (its best candidates re-checked for spurious fixed points and blow-ups by
 :mod:`autodiff.selection`), atomic checkpoints and bit-identical resumption.
 
 Determinism: everything random (window starts, noise) comes from one
@@ -31,7 +31,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from autodiff.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from autodiff.checkpoint import checkpoint_path, damaged, load_checkpoint, save_checkpoint
 from autodiff.optim import (
     OPTIMIZERS,
     ExponentialDecay,
@@ -114,38 +114,58 @@ class NoValidationScoreWarning(UserWarning):
 
 class TrainingDivergedError(RuntimeError):
     """``max_bad_steps`` consecutive steps were rejected, or every step of a run with fewer
-    steps than that (``epochs * batches_per_epoch``).
+    steps than that (``epochs * batches_per_epoch``); or a run without validation data ended
+    with parameters that fail on the training data (:func:`fit`'s final check; ``final``).
 
     A step is rejected (parameters and optimiser state unchanged) when its alpha
     re-estimation failed (a NaN/inf Jacobian norm: the model overflows on the data), its
     DEER or sequential forward did not converge or was not finite, its loss or gradient is
     not finite, or the optimiser refused it (:class:`autodiff.optim.NonFiniteStepError`: the
-    moments or parameters would overflow). The settings of a run cannot change on resume, so
-    the remedies the message lists are for a new run.
+    moments or parameters would overflow). The final check computes the loss and gradient of
+    a step at the last parameters (on ``batch_size`` evenly spaced windows of the training
+    data, at the final alpha, without noise; a latent RNN's by the sequential BPTT kernel,
+    exactly); it fails as a rejected step would. The settings
+    of a run cannot change on resume, so the remedies the message lists are for a new run.
 
     Attributes
     ----------
     streak : int
-        The number of consecutive rejected steps.
+        The number of consecutive rejected steps (at the end of the run, for ``final``:
+        possibly 0).
     reason : str
-        Why the last step was rejected (what failed, without remedies).
+        Why the last step was rejected, or the final check failed (what failed, without
+        remedies).
     epoch, batch : int
-        Where (1-based) the last rejected step was.
+        Where (1-based) the last rejected step was (for ``final``: the last step).
     alpha, lr : float
         The GTF alpha and learning rate of that step.
     params : ndarray
-        The last good (finite) parameters.
+        The last good (finite) parameters; for ``final``, the last ones, which failed.
     checkpoint : pathlib.Path or None
-        The last checkpoint written (never overwritten by a bad state); None when none was
-        written yet.
+        The last checkpoint written (never overwritten by a bad state: the state that failed
+        the final check is not written either); None when none was written yet.
     remedies : dict
         :class:`TrainConfig` fields worth changing for a new run, with suggested values
         (:func:`new_run_remedies`); the message lists them, and ``grad_clip`` when the run
         had none.
+    final : bool
+        The final check failed (not a streak of ``max_bad_steps`` rejections).
     """
 
     def __init__(
-        self, *, streak, reason, epoch, batch, alpha, lr, params, checkpoint, remedies, clipped
+        self,
+        *,
+        streak,
+        reason,
+        epoch,
+        batch,
+        alpha,
+        lr,
+        params,
+        checkpoint,
+        remedies,
+        clipped,
+        final=False,
     ):
         kept = (
             f"; the last checkpoint {checkpoint} is kept"
@@ -155,10 +175,21 @@ class TrainingDivergedError(RuntimeError):
         tries = [f"{name}={value!r}" for name, value in remedies.items()]
         if not clipped:
             tries.append("a grad_clip (a bound on the gradient norm)")
+        where = f"epoch {epoch}, batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}"
+        if final:
+            last = f"ended {streak} rejected steps in a row" if streak else "was accepted"
+            what = (
+                f"the parameters the run ended with fail on evenly spaced windows of the "
+                f"training data ({reason}); its last step ({where}) {last}. They were not "
+                f"checkpointed{kept}"
+            )
+        else:
+            what = (
+                f"{rejections(streak)} (last: {reason}) at {where}. Parameters were left at "
+                f"the last good step{kept}"
+            )
         super().__init__(
-            f"fit: {rejections(streak)} (last: {reason}) at epoch {epoch}, "
-            f"batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}. Parameters were left at the last "
-            f"good step{kept}. A resume keeps the settings; start a new run with one or more of: "
+            f"fit: {what}. A resume keeps the settings; start a new run with one or more of: "
             f"{', '.join(tries)}."
         )
         self.streak, self.reason, self.epoch, self.batch = streak, reason, epoch, batch
@@ -166,6 +197,7 @@ class TrainingDivergedError(RuntimeError):
         self.params = params
         self.checkpoint = checkpoint
         self.remedies = remedies
+        self.final = final
 
 
 def rejections(streak: int) -> str:
@@ -378,7 +410,9 @@ class TrainConfig:
         lambda, or ``{"A": .., "W": .., "bias": ..}``. 0 disables it.
     max_bad_steps : int
         Stop with :class:`TrainingDivergedError` after this many consecutive rejected steps
-        (or at the end of a shorter run none of whose steps was accepted).
+        (or at the end of a shorter run none of whose steps was accepted). A run without
+        validation data that ends on fewer, or on an accepted step, raises it too when its
+        last parameters fail on the training data (:func:`fit`'s final check).
     validation_interval : int
         Score the model on ``validation_data`` every this many epochs (and at the last one).
     validation_steps : int or None
@@ -403,11 +437,13 @@ class TrainConfig:
         How many of the best-validated epochs stay candidates for the returned model (their
         parameters are kept, and checkpointed). At the end each runs ``selection_starts``
         free runs of ``selection_steps`` from evenly spread validation points; a candidate
-        more than 1/8 of whose runs come to rest on a fixed point
-        (:func:`models.metrics.fixed_point_onsets`) is passed over for the best-validated
-        one that is not (the one with the fewest resting runs when all are): D_stsp barely
-        registers runs that collapse late, and a model whose chaos is transient has lost the
-        attractor (:mod:`autodiff.selection`). Not done when the validation data rest
+        more than 1/8 of whose runs fail -- come to rest on a fixed point
+        (:func:`models.metrics.fixed_point_onsets`) or blow up (become NaN/inf or leave 1000
+        data ranges of the validation data, as a validation run that diverged) -- is passed
+        over for the best-validated one that is not (the one with the fewest failed runs
+        when all are): D_stsp barely registers runs that collapse late, a model whose chaos
+        is transient has lost the attractor, and the validation runs do not see a blow-up
+        after they end (:mod:`autodiff.selection`). Not done when the validation data rest
         themselves; 1 keeps the best-validated epoch unchecked.
     selection_starts : int
         Free runs per candidate in that check.
@@ -666,8 +702,8 @@ class TrainResult:
     ----------
     model : Model
         The selected model: the best-validated parameters when ``validation_data`` was
-        given (of those whose long free runs do not come to rest: ``selection``), else the
-        last ones. Carries the data standardisation.
+        given (of those whose long free runs neither come to rest nor blow up:
+        ``selection``), else the last ones. Carries the data standardisation.
     last_params : ndarray
         Parameters after the last step.
     best_epoch : int or None
@@ -698,13 +734,14 @@ class TrainResult:
         checkpoint writing and callbacks (with the compilation of kernels not yet in the
         on-disk cache, which the first steps of a process trigger).
     checkpoint : pathlib.Path or None
-        The final checkpoint, when a directory was given.
+        The final checkpoint (an absolute path), when a directory was given.
     selection : dict or None
         The check of the ``selection_candidates`` (:mod:`autodiff.selection`): ``starts``
         and ``steps`` of its free runs, its ``seconds``, and ``candidates``, one
-        ``{"epoch", "score", "at_rest"}`` each, best validation score first (``at_rest``: how
-        many of its runs came to rest); None when it was not made (fewer than 2 candidates,
-        or validation data that rest).
+        ``{"epoch", "score", "at_rest", "blown_up"}`` each, best validation score first
+        (``at_rest``: how many of its runs came to rest, ``blown_up``: how many became NaN/inf
+        or left 1000 data ranges; :func:`autodiff.selection.select`); None when it was not
+        made (fewer than 2 candidates, or validation data that rest).
     """
 
     model: Model
@@ -1046,6 +1083,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise ValueError("fit: resume=True needs checkpoint_dir (where the checkpoint is).")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
+    several = several_trajectories(data)
     data, lengths, validation_data = _check_data(model, data, validation_data, config)
     ckpt_file = None
     if checkpoint_dir is not None:
@@ -1063,21 +1101,25 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     }
     model = model.astype(config.dtype)
     dtype = model.dtype
+    units = data
     if config.standardize:
-        data, mean, sd = standardize(data)
+        units, mean, sd = standardize(data)
         model.standardization = (mean, sd)
+    names = [f"data[{k}]" for k in range(len(lengths))] if several else ["data"]
+    data = _in_training_dtype(units, data, names, lengths, config)
 
-    def in_training_units(x):
+    def in_training_units(name, x):
         """A validation trajectory standardised like the data, in the training dtype."""
-        return np.ascontiguousarray((x - mean) / sd if config.standardize else x, dtype=dtype)
+        units = (x - mean) / sd if config.standardize else x
+        return _in_training_dtype(units, x, [name], [x.shape[0]], config)
 
-    if isinstance(validation_data, list):
-        validation_data = [in_training_units(x) for x in validation_data]
-    elif validation_data is not None:
-        validation_data = in_training_units(validation_data)
+    if validation_data is not None:
+        named = _named_validation(validation_data)
+        converted = [in_training_units(name, x) for name, x in named]
+        validation_data = converted if isinstance(validation_data, list) else converted[0]
     start = _Start(
         model=model,
-        data=np.ascontiguousarray(data, dtype=dtype),
+        data=data,
         validation_data=validation_data,
         lengths={name: None if given[name] is None else given[name][1] for name in _FINGERPRINTED},
         fingerprints=fingerprints,
@@ -1111,10 +1153,39 @@ def _check_params(model, dtype: str) -> None:
             "finite parameters (model.set_params)."
         )
     raise ValueError(
-        f"fit: model.params[{first}] = {value:.6g} is beyond the range of {dtype}, the training "
-        f"dtype (config.dtype; largest finite value {np.finfo(dtype).max:.6g}): it would "
-        "become inf. Pass TrainConfig(dtype='float64') or rescale the parameters."
+        f"fit: model.params[{first}] = {value:.6g} {_beyond(dtype)}. Pass "
+        "TrainConfig(dtype='float64') or rescale the parameters."
     )
+
+
+def _beyond(dtype: str) -> str:
+    """Why a value is refused that ``dtype``, the training dtype, would make inf."""
+    return (
+        f"is beyond the range of {dtype}, the training dtype (config.dtype; largest finite "
+        f"value {np.finfo(dtype).max:.6g}): it would become inf"
+    )
+
+
+def _in_training_dtype(units, given, names, lengths, config) -> np.ndarray:
+    """``units`` -- checked trajectories in the training units (standardised when
+    ``config.standardize``), concatenated, of ``lengths``, named ``names``; ``given``: the
+    same as given -- in ``config.dtype``, refused (naming the first value, its trajectory,
+    row and column, and the fixes) when a value would become inf there."""
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(units, dtype=config.dtype)
+    if np.all(np.isfinite(cast)):
+        return cast
+    at, col = divmod(int(np.argmin(np.isfinite(cast))), cast.shape[1])
+    k = int(np.searchsorted(np.cumsum(lengths), at, "right"))
+    what = f"{names[k]}[{at - sum(lengths[:k])}, {col}] = {given[at, col]:.6g}"
+    if config.standardize:  # standardised, only validation data can be that far out
+        what += f" (standardised with the training data's mean and sd: {units[at, col]:.6g})"
+        fixes = ["validation_data in the units of data"]
+    else:
+        fixes = ["TrainConfig(standardize=True)"]
+    if config.dtype == "float32":
+        fixes.append("TrainConfig(dtype='float64')")
+    raise ValueError(f"fit: {what} {_beyond(config.dtype)}. Pass {' or '.join(fixes)}.")
 
 
 def _joined(validation_data) -> tuple[np.ndarray, list[int]] | None:
@@ -1128,18 +1199,31 @@ def _joined(validation_data) -> tuple[np.ndarray, list[int]] | None:
 
 
 def _check_checkpoint_dir(checkpoint_dir) -> Path:
-    """``checkpoint_dir`` as a Path; refused unless it is a writable directory or can be
-    created as one (its nearest existing ancestor is a writable directory). Creates nothing."""
+    """``checkpoint_dir`` as an absolute Path (a relative one resolved against the working
+    directory now, so that a later ``os.chdir`` moves no checkpoint); refused unless it is a
+    writable directory or can be created as one (its nearest existing ancestor is a writable
+    directory), and when it holds a NUL byte or a name the file system refuses (e.g. one too
+    long). Creates nothing."""
     directory = check_path(checkpoint_dir, "fit", "checkpoint_dir")
-    existing = directory
-    while not existing.exists() and existing.parent != existing:
-        if existing.is_symlink():
-            raise ValueError(
-                f"fit: checkpoint_dir {directory} cannot be created: {existing} is a symbolic "
-                "link to a missing target. Create the target or pass another directory."
-            )
-        existing = existing.parent
-    if not existing.is_dir():
+    if "\0" in str(directory):  # os functions would raise a ValueError naming no path
+        raise ValueError(f"fit: checkpoint_dir {str(directory)!r} contains a NUL byte; remove it.")
+    try:
+        existing = directory = directory.absolute()
+        while not existing.exists() and existing.parent != existing:
+            if existing.is_symlink():
+                raise ValueError(
+                    f"fit: checkpoint_dir {directory} cannot be created: {existing} is a "
+                    "symbolic link to a missing target. Create the target or pass another "
+                    "directory."
+                )
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(
+            f"fit: checkpoint_dir {directory} is not a usable path ({exc.strerror or exc}). "
+            "Pass another directory."
+        ) from None
+    if not is_dir:
         problem = (
             "is not a directory"
             if existing == directory
@@ -1217,10 +1301,7 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
     try:
         saved_config, saved_fingerprints, saved_lengths = _load_run(start, ckpt)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"fit: the checkpoint at {path} is damaged or from another version "
-            f"({type(exc).__name__}: {exc}); start a new run."
-        ) from None
+        raise damaged(path, f"{type(exc).__name__}: {exc}", "fit") from None
     _check_config(saved_config, config, path)
     _check_same_data(saved_fingerprints, saved_lengths, start, path)  # names what differs
     if config.standardize:  # a change between the rows the fingerprints keep
@@ -1423,7 +1504,8 @@ def _saved_fingerprint(meta, arrays, name):
     if shape is None and rows is None:
         return None
     ok = isinstance(shape, list) and len(shape) == 2 and all(_is_count(n, 1) for n in shape)
-    if not (ok and isinstance(rows, np.ndarray) and rows.dtype == np.float64):
+    ok = ok and isinstance(rows, np.ndarray) and rows.dtype == np.float64
+    if not (ok and np.all(np.isfinite(rows))):  # a NaN would pass any comparison of the rows
         raise ValueError(f"the fingerprint of {name} is damaged")
     if rows.shape != (len(_sampled_rows(*shape)), shape[1]):
         raise ValueError(f"the fingerprint of {name} does not match its shape {shape}")
@@ -1494,7 +1576,8 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
         "epoch_acc": isinstance(s.epoch_acc, dict)
         and set(s.epoch_acc) == set(_new_epoch_acc())
         and all(_is_real(v, 0.0, _FLOAT_MAX) for v in s.epoch_acc.values()),
-        "history": isinstance(s.history, list) and all(isinstance(r, dict) for r in s.history),
+        "history": isinstance(s.history, list)
+        and all(_is_record(r, k + 1, batches_per_epoch) for k, r in enumerate(s.history)),
         "candidates": isinstance(s.candidates, list)
         and all(
             isinstance(c, dict)
@@ -1514,13 +1597,34 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
         or (s.epoch_pending and s.step % batches_per_epoch != 0)
         or not s.bad_streak <= s.n_bad_total <= s.step
         or (s.best_epoch is not None and s.best_epoch > epochs_done)
+        or any(c["epoch"] > epochs_done for c in s.candidates)
     ):
         raise ValueError(
             f"train_state is inconsistent: step {s.step}, {len(s.history)} epochs recorded, "
             f"epoch_pending={s.epoch_pending}, bad steps {s.bad_streak} in a row of "
-            f"{s.n_bad_total}, best epoch {s.best_epoch}"
+            f"{s.n_bad_total}, best epoch {s.best_epoch}, candidate epochs "
+            f"{[c['epoch'] for c in s.candidates]}"
         )
     return s
+
+
+def _is_record(r, epoch: int, batches_per_epoch: int) -> bool:
+    """A history record of epoch ``epoch`` (1-based; :attr:`TrainResult.history`): its
+    ``epoch`` and ``step``, and numbers (None where there is none) but for ``val_status``, a
+    string."""
+    return (
+        isinstance(r, dict)
+        and _is_count(r.get("epoch"))
+        and r["epoch"] == epoch
+        and _is_count(r.get("step"))
+        and r["step"] == epoch * batches_per_epoch
+        and all(
+            isinstance(v, str)
+            if k == "val_status"
+            else v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            for k, v in r.items()
+        )
+    )
 
 
 def check_fit(model, data, config=None, *, checkpoint_dir=None, resume=False, validation_data=None):
@@ -1585,8 +1689,9 @@ def fit(
         trajectory. A 3-D array is refused (``list(data)`` makes it a list). Standardised per
         dimension when ``config.standardize``, all trajectories with one mean and sd (stored
         in ``result.model.standardization``); a dimension may be constant within one
-        trajectory, not in all of them. A resume needs the same trajectories in the same
-        order.
+        trajectory, not in all of them. In the training units (standardised or not) every
+        value must be within the range of ``config.dtype`` (``validation_data`` too). A
+        resume needs the same trajectories in the same order.
     config : TrainConfig, optional
         Default ``TrainConfig()``.
     callback : callable, optional
@@ -1597,9 +1702,12 @@ def fit(
     checkpoint_dir : path-like, optional
         A writable directory (created if missing) where ``checkpoint.npz`` is written
         (atomically) every ``checkpoint_interval`` epochs, at the end, and when an exception
-        stops training. Must not hold a checkpoint unless ``resume``. Checked before the
-        first step: as :func:`check_fit` checks it (a directory, or creatable as one, with
-        write permission), then by creating it and writing (and removing) a file in it.
+        stops training. Must not hold a checkpoint unless ``resume``. A relative path is
+        resolved against the working directory once, when ``fit`` starts (a callback's
+        ``os.chdir`` moves no checkpoint). Checked before the first step: as
+        :func:`check_fit` checks it (a directory, or creatable as one, with write
+        permission; no NUL byte, no name the file system refuses, such as one too long),
+        then by creating it and writing (and removing) a file in it.
     resume : bool
         Continue from the checkpoint in ``checkpoint_dir``, with the same model, ``data``,
         ``validation_data`` (the same trajectories in the same order, or none, as before) and
@@ -1609,7 +1717,8 @@ def fit(
         run with the same settings. The learning-rate
         schedule stays that of the run that started training: with more ``epochs`` the extra
         steps run at ``lr_end``, with fewer (at least as many as trained) training stops early
-        on it.
+        on it -- with as many as trained, a last epoch the checkpoint did not validate is
+        validated then, as the last epoch of a run is, before the selection.
     validation_data : array_like, shape (T_val, N), or list of arrays of shapes (T_k, N), optional
         Held-out trajectory in the units of ``data`` (standardised like it), or several (a
         list or tuple of 2-D arrays, each checked as one and named ``validation_data[k]`` in
@@ -1639,8 +1748,9 @@ def fit(
     Raises
     ------
     TypeError, ValueError
-        Bad model (parameters NaN/inf or beyond ``config.dtype``'s range included), data,
-        config, ``checkpoint_dir`` or checkpoint (messages start with ``fit:``), found before
+        Bad model (parameters NaN/inf or beyond ``config.dtype``'s range included), data
+        (values beyond ``config.dtype``'s range in the training units included), config,
+        ``checkpoint_dir`` or checkpoint (messages start with ``fit:``), found before
         training as :func:`check_fit` finds them.
     OSError
         ``checkpoint_dir`` cannot be created or holds no new file (e.g. a read-only or
@@ -1650,7 +1760,14 @@ def fit(
         starts with ``fit:`` and names the directory or file and the reason.
     TrainingDivergedError
         ``max_bad_steps`` consecutive rejected steps (the class lists the causes); the last
-        checkpoint is kept, not overwritten, and the last good parameters are attached.
+        checkpoint is kept, not overwritten, and the last good parameters are attached. Also,
+        without ``validation_data`` (whose last parameters are the result), when the
+        parameters the run ends with fail on the training data: the loss and gradient of a
+        step on ``batch_size`` evenly spaced windows, at the final alpha (a latent RNN's by
+        the sequential BPTT kernel), are not finite or their forward fails (``final`` True:
+        an accepted step blew them up, or the steps rejected since, fewer than
+        ``max_bad_steps``, left them so); that state is not checkpointed and the parameters
+        are attached.
     Exception, KeyboardInterrupt
         Anything else raised during training -- by ``callback``, the validation or a step,
         ``KeyboardInterrupt`` included -- is re-raised after writing a checkpoint of the last
@@ -1710,11 +1827,42 @@ def fit(
                 if fingerprint is not None:
                     arrays[f"{name}_rows"] = fingerprint[1]
             return save_checkpoint(
-                checkpoint_dir, model, snap.params, meta, arrays, snap.optimizer, where="fit"
+                ckpt_file.parent, model, snap.params, meta, arrays, snap.optimizer, where="fit"
+            )
+
+    def validate(record):
+        """Score the model of the epoch of ``record`` (its history record) on the validation
+        data into ``record``; it becomes the best model and a candidate as its score says."""
+        nonlocal best_params, candidate_params
+        epoch = record["epoch"]
+        t0 = time.perf_counter()
+        scores = _validate(
+            model,
+            validation_data,
+            config.validation_steps,
+            config.validation_starts,
+            config.validation_n_bins,
+        )
+        record.update(
+            val_dstsp=scores["dstsp"],
+            val_dh=scores["dh"],
+            val_score=scores["score"],
+            val_status=scores["status"],
+            val_time=time.perf_counter() - t0,
+        )
+        best = state.best_scores
+        # A strictly lower score wins, so among equal finite scores the earliest epoch
+        # stays; while the best so far is inf (its free runs diverged), the newest
+        # model replaces it.
+        if best is None or scores["score"] < best["score"] or best["score"] == math.inf:
+            state.best_epoch, state.best_scores = epoch, scores
+            best_params = model.params.copy()
+        if math.isfinite(scores["score"]):
+            state.candidates, candidate_params = _with_candidate(
+                state.candidates, candidate_params, epoch, scores, model.params, config
             )
 
     def finish_epoch():
-        nonlocal best_params, candidate_params
         epoch = state.step // bpe  # 1-based number of the epoch just completed
         acc = state.epoch_acc
         n_ok = acc["n_ok"]
@@ -1734,36 +1882,27 @@ def fit(
         }
         last = state.step >= config.n_steps
         if validation_data is not None and (epoch % config.validation_interval == 0 or last):
-            t0 = time.perf_counter()
-            scores = _validate(
-                model,
-                validation_data,
-                config.validation_steps,
-                config.validation_starts,
-                config.validation_n_bins,
-            )
-            record.update(
-                val_dstsp=scores["dstsp"],
-                val_dh=scores["dh"],
-                val_score=scores["score"],
-                val_status=scores["status"],
-                val_time=time.perf_counter() - t0,
-            )
-            best = state.best_scores
-            # A strictly lower score wins, so among equal finite scores the earliest epoch
-            # stays; while the best so far is inf (its free runs diverged), the newest
-            # model replaces it.
-            if best is None or scores["score"] < best["score"] or best["score"] == math.inf:
-                state.best_epoch, state.best_scores = epoch, scores
-                best_params = model.params.copy()
-            if math.isfinite(scores["score"]):
-                state.candidates, candidate_params = _with_candidate(
-                    state.candidates, candidate_params, epoch, scores, model.params, config
-                )
+            validate(record)
         state.history.append(record)
         state.epoch_acc = _new_epoch_acc()
         state.epoch_pending = False
         return record, last
+
+    def diverged(reason, step, final=False):
+        """The :class:`TrainingDivergedError` of a failure at ``step`` (0-based)."""
+        return TrainingDivergedError(
+            streak=state.bad_streak,
+            reason=reason,
+            epoch=step // bpe + 1,
+            batch=step % bpe + 1,
+            alpha=state.alpha,
+            lr=schedule(step),
+            params=model.params.copy(),
+            checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
+            remedies=new_run_remedies(config, state.alpha if is_rnn else None, is_rnn),
+            clipped=config.grad_clip is not None,
+            final=final,
+        )
 
     # max_bad_steps rejections in a row stop the run -- and so does a run (shorter than that)
     # none of whose steps was accepted: its "trained" model would be the initial one
@@ -1772,6 +1911,18 @@ def fit(
     t_session = time.perf_counter()
     steps_session = 0
     try:
+        if (
+            validation_data is not None
+            and state.step == config.n_steps
+            and not state.epoch_pending
+            and "val_score" not in state.history[-1]
+        ):
+            # resumed with as many epochs as trained, from a checkpoint of a longer run that
+            # did not validate its last epoch: validate it now, as the last epoch of a run
+            # of this length is
+            state.history[-1] = record = dict(state.history[-1])
+            validate(record)
+            snap = snapshot()
         while state.step < config.n_steps or state.epoch_pending:
             if state.epoch_pending:
                 record, last = finish_epoch()
@@ -1838,18 +1989,14 @@ def fit(
                     )
                 )
             if state.bad_streak >= stop_streak:
-                raise TrainingDivergedError(
-                    streak=state.bad_streak,
-                    reason=reason,
-                    epoch=step // bpe + 1,
-                    batch=step % bpe + 1,
-                    alpha=state.alpha,
-                    lr=lr,
-                    params=model.params.copy(),
-                    checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,
-                    remedies=new_run_remedies(config, state.alpha if is_rnn else None, is_rnn),
-                    clipped=config.grad_clip is not None,
-                )
+                raise diverged(reason, step)
+        # Without validation data the last parameters are the result: they must still work
+        # on the training data (an accepted step may have blown them up, and the steps
+        # rejected since, fewer than max_bad_steps, left them so).
+        if validation_data is None:
+            failure = _final_check(model, data, first_rows, offsets, state.alpha, config)
+            if failure:
+                raise diverged(failure, state.step - 1, final=True)
     except TrainingDivergedError:
         raise  # keep the last checkpoint: the steps since it were rejected
     except BaseException as exc:
@@ -1917,7 +2064,7 @@ def _select(model, state, params, validation_data, config):
     )
     if checked is None:
         return None, None
-    kept, resting = checked
+    kept, resting, blown_up = checked
     chosen = state.candidates[kept]
     state.best_epoch, state.best_scores = chosen["epoch"], chosen["scores"]
     report = {
@@ -1925,8 +2072,8 @@ def _select(model, state, params, validation_data, config):
         "steps": steps,
         "seconds": time.perf_counter() - t0,
         "candidates": [
-            {"epoch": c["epoch"], "score": c["scores"]["score"], "at_rest": n}
-            for c, n in zip(state.candidates, resting, strict=True)
+            {"epoch": c["epoch"], "score": c["scores"]["score"], "at_rest": r, "blown_up": b}
+            for c, r, b in zip(state.candidates, resting, blown_up, strict=True)
         ],
     }
     return report, kept
@@ -1977,14 +2124,40 @@ def _train_step(model, optimizer, windows, state, lr, config):
     grad_norm = math.nan
     if grad is not None:
         grad, grad_norm = clip_grad_norm(grad, config.grad_clip)
-    if not reason and not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        reason = "non-finite loss or gradient"
+    reason = _rejection(loss, grad_norm, reason)
     if not reason:
         try:
             optimizer.step(model.params, grad, lr)
         except NonFiniteStepError as exc:
             reason = f"optimiser step refused: {exc}"
     return loss, penalty, grad_norm, newton, reason, sequential
+
+
+def _rejection(loss, grad_norm, reason):
+    """Why a batch with this ``loss``, gradient norm and ``reason`` (of :func:`_loss_and_grad`)
+    fails: ``reason``, else ``"non-finite loss or gradient"`` when one is not finite, else
+    ``""``."""
+    if not reason and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return "non-finite loss or gradient"
+    return reason
+
+
+def _final_check(model, data, first_rows, offsets, alpha, config):
+    """Why the parameters a run ends with fail on the training data (``data``, the windows'
+    first rows ``first_rows`` and ``offsets``), ``""`` when they do not: the loss and gradient
+    of a step (:func:`_loss_and_grad`, :func:`_rejection`) at ``alpha``, without noise, on
+    ``batch_size`` evenly spaced windows (no random numbers drawn: a resume stays bitwise).
+    A latent RNN with the fused sequential kernel is evaluated by it, as a diverging GTF-DEER
+    forward is: exactly, so that a Newton solve out of iterations fails no model."""
+    if isinstance(model, LatentRNN) and hasattr(model, "step_functions_jit"):
+        fields = TrainConfig.__dataclass_fields__
+        exact = {name: fields[name].default for name in DEER_SETTINGS}
+        config = dataclasses.replace(config, method="sequential", **exact)
+    B = config.batch_size
+    rows = first_rows[np.arange(B) * first_rows.size // B]
+    loss, grad, _, reason, _ = _loss_and_grad(model, data[rows[:, None] + offsets], alpha, config)
+    grad_norm = math.nan if grad is None else clip_grad_norm(grad, None)[1]
+    return _rejection(loss, grad_norm, reason)
 
 
 def _anneal_alpha(model, windows, alpha, config):

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from dataclasses import asdict, replace
@@ -131,7 +132,9 @@ def assert_same_run(resumed, full):
     assert np.array_equal(resumed.model.params, full.model.params)
     assert resumed.best_epoch == full.best_epoch and resumed.alpha == full.alpha
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    assert [h["val_score"] for h in resumed.history] == [h["val_score"] for h in full.history]
+    assert [h.get("val_score") for h in resumed.history] == [
+        h.get("val_score") for h in full.history
+    ]
 
 
 def test_resume_is_bit_identical(lorenz, full_run, tmp_path):
@@ -215,6 +218,38 @@ def test_resume_keeps_the_learning_rate_schedule_of_the_first_run(lorenz, tmp_pa
             callback=Interrupt(13))  # fmt: skip
     fewer = lrs(config(epochs=2), tmp_path / "b", resume=True)
     assert fewer == [ExponentialDecay(1e-2, 1e-3, 40)(k) for k in range(14, 20)]
+
+
+def test_resuming_with_as_many_epochs_as_trained_validates_the_last_epoch(lorenz, tmp_path):
+    """A checkpoint of a 5-epoch run after epoch 3, which it did not validate (interval 2),
+    resumed with epochs=3: epoch 3 is the last and is validated, then selected from, as when
+    the resume starts mid-epoch 3 -- bitwise the same run."""
+    x, xv = lorenz
+    cfg = config(epochs=5, validation_interval=2, selection_starts=4, selection_steps=200)
+
+    def stop_after_epoch_3(info):
+        if isinstance(info, EpochInfo) and info.record["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    results = []
+    for name, stop in (("end", stop_after_epoch_3), ("mid", Interrupt(24))):
+        with pytest.raises(KeyboardInterrupt):
+            fit(small_model(), x, cfg, checkpoint_dir=tmp_path / name, validation_data=xv,
+                callback=stop)  # fmt: skip
+        history = load_checkpoint(tmp_path / name)["state"]["train_state"]["history"]
+        assert [("val_score" in h) for h in history] == [False, True, False][: len(history)]
+        results.append(fit(small_model(), x, replace(cfg, epochs=3), resume=True,
+                           checkpoint_dir=tmp_path / name, validation_data=xv))  # fmt: skip
+    at_end, mid = results
+    assert "val_score" in at_end.history[2] and at_end.selection is not None
+    assert_same_run(at_end, mid)
+    assert at_end.best_scores == mid.best_scores
+    for result in results:
+        result.selection.pop("seconds")
+    assert at_end.selection == mid.selection
+    again = fit(small_model(), x, replace(cfg, epochs=3), resume=True,
+                checkpoint_dir=tmp_path / "end", validation_data=xv)  # fmt: skip
+    assert_same_run(again, mid)  # from the final checkpoint, which holds the validation
 
 
 def test_interrupt_during_first_steps_leaves_a_loadable_checkpoint(lorenz, tmp_path):
@@ -305,14 +340,36 @@ def test_selection_passes_over_candidates_whose_long_runs_rest():
     candidates = [{"epoch": e, "scores": {"score": s}} for e, s in ((4, 0.1), (2, 0.2), (6, 0.3))]
     params = np.stack([contraction, rotation, rotation])
     select = autodiff.selection.select
-    assert select(model, candidates, params, circle, 16, 200) == (1, [16, 0, 0])
+    assert select(model, candidates, params, circle, 16, 200) == (1, [16, 0, 0], [0, 0, 0])
     assert select(model, candidates, params[[0, 0, 0]], [circle, circle], 16, 200) == (
         0,
         [16, 16, 16],
+        [0, 0, 0],
     )
     assert select(model, candidates[:1], params[:1], circle, 16, 200) is None
     resting = _linear_alrnn(0.5 * np.eye(2), np.ones(2)).generate(np.zeros(2), 300)
     assert select(model, candidates, params, resting, 16, 200) is None
+
+
+def test_selection_counts_runs_that_blow_up_as_failed_like_resting_ones():
+    """A run that leaves 1000 data ranges (a slow spiral outwards, finite) or becomes inf (a
+    fast one) fails the candidate as a resting run does: such a candidate is passed over, and
+    it is never kept over a best-validated one whose runs rest."""
+    turn = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    model = _linear_alrnn(turn, np.zeros(2))
+    circle = model.generate(np.array([1.0, 0.0]), 300)  # 2 data ranges: 2.0
+    resting = _linear_alrnn(0.5 * np.eye(2), np.ones(2)).params.copy()
+    rotation = model.params.copy()
+    candidates = [{"epoch": e, "scores": {"score": s}} for e, s in ((4, 0.1), (2, 0.2), (6, 0.3))]
+    select = autodiff.selection.select
+    for growth, finite in ((1.05, True), (50.0, False)):  # x 1.7e4 in 200 steps; x 1e340
+        spiral = _linear_alrnn(growth * turn, np.zeros(2))
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert np.all(np.isfinite(spiral.generate(circle[:16], 200))) == finite
+        params = np.stack([spiral.params, rotation, resting])
+        assert select(model, candidates, params, circle, 16, 200) == (1, [0, 0, 16], [16, 0, 0])
+        params = np.stack([resting, spiral.params])
+        assert select(model, candidates[:2], params, circle, 16, 200) == (0, [16, 0], [0, 16])
 
 
 def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
@@ -329,7 +386,7 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
 
     def second(model, candidates, params, validation, starts, steps):
         seen.append(([c["epoch"] for c in candidates], starts, steps))
-        return 1, [9, 0, 3]
+        return 1, [9, 0, 3], [2, 0, 0]
 
     monkeypatch.setattr(autodiff.selection, "select", second)
     cfg = config(epochs=5, batches_per_epoch=2, selection_candidates=3, selection_starts=5)
@@ -341,9 +398,9 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
         "starts": 5,
         "steps": 800,
         "candidates": [
-            {"epoch": 2, "score": 0.3, "at_rest": 9},
-            {"epoch": 3, "score": 0.3, "at_rest": 0},
-            {"epoch": 5, "score": 0.4, "at_rest": 3},
+            {"epoch": 2, "score": 0.3, "at_rest": 9, "blown_up": 2},
+            {"epoch": 3, "score": 0.3, "at_rest": 0, "blown_up": 0},
+            {"epoch": 5, "score": 0.4, "at_rest": 3, "blown_up": 0},
         ],
     }
     scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
@@ -413,6 +470,56 @@ def test_a_short_run_with_every_step_rejected_is_an_error_not_a_result(lorenz, m
     monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({0, 1}))
     result = fit(small_model(), x, short)
     assert result.n_bad_steps == 2  # one accepted step: a result
+
+
+def test_a_run_ending_with_parameters_that_fail_on_the_data_is_an_error(
+    lorenz, tmp_path, monkeypatch
+):
+    """Without validation data the last parameters are the result: a run that ends on fewer
+    rejected steps than max_bad_steps (or none) whose parameters then fail the final check --
+    a step's loss and gradient on evenly spaced windows (gtf_loss_and_grad's 21st call) --
+    raises, without checkpointing that state; one whose parameters pass it returns, and with
+    validation data the validation judges them."""
+    x, xv = lorenz
+    cfg = config(epochs=2)  # 20 steps, max_bad_steps 20
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({17, 18, 19, 20}))
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    assert str(err.value).startswith(
+        "fit: the parameters the run ended with fail on evenly spaced windows of the training "
+        "data (non-finite loss or gradient); its last step (epoch 2, batch 10, alpha="
+    )
+    kept = f"the last checkpoint {tmp_path / CHECKPOINT_NAME} is kept. "
+    assert f"ended 3 rejected steps in a row. They were not checkpointed; {kept}" in str(err.value)
+    assert "start a new run with one or more of: " in str(err.value)
+    assert err.value.final and (err.value.streak, err.value.epoch, err.value.batch) == (3, 2, 10)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["state"]["train_state"]["step"] == 10  # the epoch-1 checkpoint
+    monkeypatch.undo()  # a new count of gtf_loss_and_grad calls
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({7, 8, 9, 10}))
+    with pytest.raises(TrainingDivergedError, match="the run ended with") as again:
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)  # 10 steps, 1 check
+    np.testing.assert_array_equal(again.value.params, err.value.params)
+    monkeypatch.undo()  # a new count of gtf_loss_and_grad calls
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({20}))
+    with pytest.raises(TrainingDivergedError, match=r"its last step \(.*\) was accepted\. "):
+        fit(small_model(), x, cfg)
+    monkeypatch.undo()  # a new count of gtf_loss_and_grad calls
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({17, 18, 19}))
+    assert fit(small_model(), x, cfg).n_bad_steps == 3  # the parameters pass: a result
+    monkeypatch.undo()  # a new count of gtf_loss_and_grad calls
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", _poisoned({17, 18, 19, 20}))
+    assert fit(small_model(), x, cfg, validation_data=xv).n_bad_steps == 3  # no final check
+    monkeypatch.undo()
+    real, methods = autodiff.gradients.gtf_loss_and_grad, []
+
+    def recording(model, data, **kw):
+        methods.append(kw["method"])
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", recording)
+    fit(small_model(), x, config(epochs=1))
+    assert methods == ["deer"] * 10 + ["sequential"]  # exact: no Newton solve out of iterations
 
 
 def test_repeated_failures_stop_training_keeping_the_good_checkpoint(lorenz, tmp_path, monkeypatch):
@@ -662,6 +769,37 @@ def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
     for directory in (dangling, dangling / "sub"):
         with pytest.raises(ValueError, match=r"link is a symbolic link to a missing target"):
             check_fit(small_model(), x, config(), checkpoint_dir=directory)
+    # bare errors from the OS functions before: "embedded null byte", "File name too long"
+    too_long = tmp_path / ("a" * 300)
+    for directory, message in [
+        (
+            f"{tmp_path}/x\0y",
+            r"^fit: checkpoint_dir '.*/x\\x00y' contains a NUL byte; remove it\.$",
+        ),
+        (too_long, r"^fit: checkpoint_dir .*a{300} is not a usable path \(File name too long\)\. "),
+        (too_long / "sub", r"^fit: checkpoint_dir .*a{300}/sub is not a usable path \(File name "),
+    ]:
+        for run, resume in itertools.product((check_fit, fit), (False, True)):
+            with pytest.raises(ValueError, match=message):
+                run(small_model(), x, config(), checkpoint_dir=directory, resume=resume)
+    assert set(tmp_path.iterdir()) == {a_file, dangling}  # nothing created
+
+
+def test_a_relative_checkpoint_dir_is_resolved_once_when_fit_starts(lorenz, tmp_path, monkeypatch):
+    """A callback's os.chdir moves no later checkpoint; result.checkpoint is absolute."""
+    x, _ = lorenz
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+
+    def move_after_epoch_1(info):
+        if isinstance(info, EpochInfo) and info.record["epoch"] == 1:
+            os.chdir(tmp_path / "elsewhere")
+
+    cfg = config(epochs=2, batches_per_epoch=2)
+    result = fit(small_model(), x, cfg, checkpoint_dir="run", callback=move_after_epoch_1)
+    assert result.checkpoint == tmp_path / "run" / CHECKPOINT_NAME
+    assert load_checkpoint(tmp_path / "run")["state"]["train_state"]["step"] == 4
+    assert not (tmp_path / "elsewhere" / "run").exists()
 
 
 def test_fingerprints_of_wide_data_keep_fewer_rows():
@@ -882,6 +1020,18 @@ def _train_state(edit):
         (_train_state(lambda s: s["candidates"][0]["scores"].update(score=math.inf)), None),
         (None, lambda f: f.update(params=f["params"].astype(np.float32))),
         (None, lambda f: f.pop("array.data_rows")),
+        # a NaN fingerprint value would pass any comparison of the data (its column's)
+        (None, lambda f: f["array.data_rows"].__setitem__((5, 1), np.nan)),
+        (None, lambda f: f["array.validation_data_rows"].__setitem__((5, 1), np.inf)),
+        # bare Python errors before: a list is no mapping; (2,) and (3,) do not broadcast
+        (None, lambda f: f.update(hyperparameters=np.array("[3, 16]"))),
+        (None, lambda f: f.update(data_mean=f["data_mean"][:2], data_std=f["data_std"][:2])),
+        (None, lambda f: f.update(format_version=np.array(99))),  # models.load refuses it
+        (lambda m: m.update(format_version="2"), None),
+        (_train_state(lambda s: s["history"].__setitem__(0, {"epoch": "x"})), None),
+        (_train_state(lambda s: s["history"][1].update(loss="x")), None),
+        (_train_state(lambda s: s["history"][1].update(epoch=1)), None),
+        (_train_state(lambda s: s["candidates"][0].update(epoch=99)), None),  # not trained
     ],
 )
 def test_inconsistent_checkpoint_contents_are_refused(lorenz, tmp_path, edit_meta, edit_fields):
@@ -928,6 +1078,35 @@ def test_fit_refuses_parameters_it_cannot_train_from(lorenz):
         ):
             run(model, x, replace(one, dtype="float32"))
     check_fit(model, x, one)  # float64: in range
+
+
+def test_data_beyond_the_range_of_the_training_dtype_are_refused_before_training(lorenz, tmp_path):
+    """Training or validation data that the training dtype would make inf -- in the training
+    units: as given, or standardised with the training data's mean and sd -- are refused by
+    fit and check_fit before the first step, naming the first value and the fixes."""
+    x, xv = lorenz
+    f32 = config(epochs=1, batches_per_epoch=1, dtype="float32")
+    raw = replace(f32, standardize=False)
+    where = r" is beyond the range of float32, the training dtype \(config\.dtype; largest "
+    for data, kw, message in [
+        (
+            x * 1e40,
+            {"config": raw},
+            "^fit: data\\[0, 0\\] = " + re.escape(f"{x[0, 0] * 1e40:.6g}") + where,
+        ),
+        ([x[:1000], x[1000:] * 1e40], {"config": raw}, r"^fit: data\[1\]\[0, 0\] = "),
+        (x, {"config": f32, "validation_data": xv * 1e40}, r"^fit: validation_data\[0, 0\] "),
+        (x, {"config": f32, "validation_data": [xv, xv * 1e40]}, r"validation_data\[1\]\[0, "),
+    ]:
+        fix = "standardize=True" if kw["config"] is raw else "validation_data in the units of"
+        for run in (check_fit, fit):
+            with pytest.raises(ValueError, match=message) as err:
+                run(small_model(), data, checkpoint_dir=tmp_path / "run", **kw)
+            assert fix in str(err.value)
+            assert str(err.value).endswith(" or TrainConfig(dtype='float64').")
+    assert "(standardised with the training data's mean and sd: " in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before the first step
+    check_fit(small_model(), x * 1e40, replace(raw, dtype="float64"))  # in range
 
 
 def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path):
@@ -1469,9 +1648,9 @@ def test_the_optimiser_gets_the_clipped_sum_of_loss_and_l2_gradients(lorenz, mon
     cfg = config(epochs=1, batches_per_epoch=3, l2=lam, grad_clip=clip, alpha_mode="constant")
     fit(small_model(), x, cfg, callback=infos.append)
     norms = [i.grad_norm for i in infos if isinstance(i, StepInfo)]
-    assert len(steps) == len(losses) == len(norms) == 3
+    assert len(steps) == len(losses) - 1 == len(norms) == 3  # the 4th: the final check
     model = small_model()
-    for (got, params), (g_loss, at), norm in zip(steps, losses, norms, strict=True):
+    for (got, params), (g_loss, at), norm in zip(steps, losses[:3], norms, strict=True):
         np.testing.assert_array_equal(params, at)
         g_l2 = _l2_gradient(model, params, lam)
         assert np.linalg.norm(g_l2) > 0.3 * np.linalg.norm(g_loss)  # the L2 term matters
@@ -1501,8 +1680,9 @@ def test_noise_level_adds_gaussian_noise_of_that_sd_to_the_windows(lorenz, monke
     xs, _, _ = standardize(x)
     T = cfg.sequence_length
     slices = np.lib.stride_tricks.sliding_window_view(xs, (T + 1, 3))[:, 0]  # (starts, T+1, 3)
+    assert len(windows) == cfg.n_steps + 1  # the last: fit's final check, without noise
     residuals = []
-    for w in np.concatenate(windows):
+    for w in np.concatenate(windows[:-1]):
         start = np.argmin(np.sum((slices - w) ** 2, axis=(1, 2)))
         residuals.append(w - slices[start])
     residuals = np.array(residuals).reshape(-1, 3)  # 10 steps x 8 windows x 51 points
