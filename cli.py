@@ -2333,16 +2333,19 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
 
 def _passed_over(selection: dict | None, kept: int | None) -> str | None:
     """The summary line saying that the best-validated epoch was passed over for ``kept``
-    because its long free runs came to rest (``selection``: ``autodiff.fit``'s), or None."""
+    because its long free runs came to rest or blew up (``selection``: ``autodiff.fit``'s),
+    or None."""
     if selection is None or selection["candidates"][0]["epoch"] == kept:
         return None
     best = selection["candidates"][0]
     chosen = next(c for c in selection["candidates"] if c["epoch"] == kept)
     runs = f"of {selection['starts']} free runs of {selection['steps']} steps"
+    blown = [c.get("blown_up", 0) for c in (best, chosen)]  # not recorded before 2026-12-02
+    also = f" and {blown[0]} blew up (NaN/inf, or beyond 1000 data ranges)" * any(blown)
     return (
         f"the best-validated epoch {best['epoch']} was passed over: {best['at_rest']} {runs} "
-        f"came to rest on a fixed point (a spurious attractor); epoch {kept}'s: "
-        f"{chosen['at_rest']}"
+        f"came to rest on a fixed point (a spurious attractor){also}; epoch {kept}'s: "
+        f"{chosen['at_rest']}{f' and {blown[1]}' * any(blown)}"
     )
 
 

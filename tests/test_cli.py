@@ -1344,6 +1344,12 @@ def test_summary_says_when_the_best_validated_epoch_was_passed_over():
         "to rest on a fixed point (a spurious attractor); epoch 118's: 1"
     )
     assert cli._passed_over(selection, 144) is None and cli._passed_over(None, 3) is None
+    candidates[0]["blown_up"], candidates[1]["blown_up"] = 4, 0
+    assert cli._passed_over(selection, 118) == (
+        "the best-validated epoch 144 was passed over: 10 of 16 free runs of 50000 steps came "
+        "to rest on a fixed point (a spurious attractor) and 4 blew up (NaN/inf, or beyond 1000 "
+        "data ranges); epoch 118's: 1 and 0"
+    )
 
 
 def test_diverged_message_names_the_checkpoint_state_and_new_settings():
