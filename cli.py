@@ -1676,11 +1676,13 @@ class Progress:
 
     def show_warning(self, message, category, filename, lineno, file=None, line=None):
         """``warnings.showwarning`` during training: one line per warning category (also
-        with ``--quiet``: a warning is about the result, as the evaluation's are)."""
+        with ``--quiet``: a warning is about the result, as the evaluation's are), without
+        ``fit``'s name (no name on the command line)."""
         if category in self._warned:
             return
         self._warned.add(category)
-        self._line(f"parscan-train: warning: {message} (shown once)")
+        text = str(message).removeprefix("fit: ")
+        self._line(f"parscan-train: warning: {text} (shown once)")
 
     def close(self) -> None:
         if self.tty and not self.quiet:

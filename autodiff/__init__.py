@@ -8,7 +8,7 @@ Public names are imported lazily from their modules:
   :func:`clip_grad_norm`, :class:`NonFiniteStepError`;
 * training: :func:`fit`, :func:`check_fit`, :class:`TrainConfig`, :class:`TrainResult`,
   :class:`StepInfo`, :class:`EpochInfo`, :class:`TrainingDivergedError`,
-  :class:`NoValidationScoreWarning`.
+  :class:`NoValidationScoreWarning`, :class:`SelectionWarning`.
 """
 
 from parscan._lazy import lazy_exports
@@ -31,6 +31,7 @@ _EXPORTS = {
     "EpochInfo": "autodiff.train",
     "TrainingDivergedError": "autodiff.train",
     "NoValidationScoreWarning": "autodiff.train",
+    "SelectionWarning": "autodiff.train",
 }
 
 __all__ = list(_EXPORTS)

@@ -112,6 +112,12 @@ class NoValidationScoreWarning(UserWarning):
     final model, not a selected one, and it does not reconstruct the validation data."""
 
 
+class SelectionWarning(UserWarning):
+    """Every candidate of :func:`fit`'s selection check failed it (more than 1/8 of its long
+    free runs came to rest or blew up, :mod:`autodiff.selection`): ``result.model`` is the
+    one with the fewest failed runs, likely with a spurious attractor."""
+
+
 class TrainingDivergedError(RuntimeError):
     """``max_bad_steps`` consecutive steps were rejected, or every step of a run with fewer
     steps than that (``epochs * batches_per_epoch``); or a run without validation data ended
@@ -2051,7 +2057,7 @@ def _select(model, state, params, validation_data, config):
     """The check of the candidates (:func:`autodiff.selection.select`): its report for
     :attr:`TrainResult.selection` (None when not made) and the index of the candidate kept,
     whose epoch and scores become ``state.best_epoch`` and ``state.best_scores``."""
-    from autodiff.selection import select
+    from autodiff.selection import FAILED_FRACTION_ALLOWED, select
 
     steps = config.selection_steps
     if steps is None:
@@ -2067,6 +2073,17 @@ def _select(model, state, params, validation_data, config):
     kept, resting, blown_up = checked
     chosen = state.candidates[kept]
     state.best_epoch, state.best_scores = chosen["epoch"], chosen["scores"]
+    if resting[kept] + blown_up[kept] > FAILED_FRACTION_ALLOWED * config.selection_starts:
+        warnings.warn(
+            f"fit: every one of the {len(state.candidates)} candidate epochs failed the "
+            f"selection check (more than 1/8 of its {config.selection_starts} free runs of "
+            f"{steps} steps came to rest or blew up); kept epoch {chosen['epoch']}, whose "
+            f"runs failed least ({resting[kept]} at rest, {blown_up[kept]} blown up): its "
+            "attractor is likely spurious. Look at its free runs and fixed points, or train "
+            "anew (another seed, more epochs, more selection_candidates).",
+            SelectionWarning,
+            stacklevel=3,
+        )
     report = {
         "starts": config.selection_starts,
         "steps": steps,

@@ -413,6 +413,33 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
     assert seen[1][2] == REST_MIN_POINTS  # not 2 x 3: shorter runs cannot come to rest
 
 
+def test_fit_warns_when_every_candidate_failed_the_selection_check(lorenz, monkeypatch):
+    x, xv = lorenz
+    monkeypatch.setattr(
+        autodiff.train,
+        "_validate",
+        lambda *args: {"dstsp": 0.0, "dh": 0.0, "score": 1.0, "status": "ok"},
+    )
+    counts = ([1, 0], [0, 1])  # 1 failed run of 8 each: within the 1/8 allowed
+    monkeypatch.setattr(autodiff.selection, "select", lambda *args: (0, *counts))
+    cfg = config(epochs=2, batches_per_epoch=2, selection_candidates=2, selection_starts=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", autodiff.SelectionWarning)
+        fit(small_model(), x, cfg, validation_data=xv)
+    counts = ([1, 5], [1, 0])  # 2 and 5 failed runs of 8: none passes, epoch 1 fails least
+    with pytest.warns(autodiff.SelectionWarning) as caught:
+        result = fit(small_model(), x, cfg, validation_data=xv)
+    (warned,) = [w for w in caught if w.category is autodiff.SelectionWarning]
+    assert result.best_epoch == 1 and str(warned.message) == (
+        "fit: every one of the 2 candidate epochs failed the selection check (more than 1/8 of "
+        "its 8 free runs of 800 steps came to rest or blew up); kept epoch 1, whose runs "
+        "failed least (1 at rest, 1 blown up): its attractor is likely spurious. Look at its "
+        "free runs and fixed points, or train anew (another seed, more epochs, more "
+        "selection_candidates)."
+    )
+    assert warned.filename == __file__  # it points at the call of fit
+
+
 def _poisoned(bad_steps):
     """A gtf_loss_and_grad that returns a NaN gradient on the given call numbers."""
     real = autodiff.gradients.gtf_loss_and_grad
