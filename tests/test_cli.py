@@ -286,27 +286,21 @@ def test_test_data_that_is_also_training_data_warn(tmp_path):
     ) in result.output.splitlines()
 
 
+@pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
 @pytest.mark.filterwarnings("always::autodiff.train.SelectionWarning")
-def test_a_model_that_fails_the_selection_check_is_a_warning_without_fit_s_name(tmp_path):
+def test_too_short_validation_runs_warn_once_with_the_command_line_remedies(tmp_path):
+    """Also: the tiny model fails the selection check, a warning without fit's name."""
     config = tmp_path / "short_validation.toml"
     config.write_text("validation_steps = 500\nvalidation_interval = 1\n")
     result = run(*TINY, "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    warned = [line for line in result.output.splitlines() if "selection check" in line]
-    assert len(warned) == 1 and warned[0].startswith(
+    selection = [line for line in result.output.splitlines() if "selection check" in line]
+    assert len(selection) == 1 and selection[0].startswith(
         "parscan-train: warning: every one of the 2 candidate epochs failed the selection "
         "check (more than 1/8 of its 16 free runs of 1000 steps came to rest or blew up); "
         "kept epoch 2"
     ), result.output
-    assert warned[0].endswith("(shown once)")
-
-
-@pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
-def test_too_short_validation_runs_warn_once_with_the_command_line_remedies(tmp_path):
-    config = tmp_path / "short_validation.toml"
-    config.write_text("validation_steps = 500\nvalidation_interval = 1\n")
-    result = run(*TINY, "--config", config, "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
+    assert selection[0].endswith("(shown once)")
     warned = [line for line in result.output.splitlines() if "binned D_stsp" in line]
     assert len(warned) == 2, result.output  # validation, once; the test score
     assert warned[0].startswith("parscan-train: warning: validation: binned D_stsp of 500 ")
