@@ -162,3 +162,8 @@ def damaged(path, problem: str, where: str) -> ValueError:
         f"{where}: the checkpoint at {path} is damaged or from another version ({problem}); "
         "start a new run."
     )
+
+
+def is_count(x, minimum=0) -> bool:
+    """A Python int (not bool) >= ``minimum``."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum

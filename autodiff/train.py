@@ -31,7 +31,20 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from autodiff.checkpoint import checkpoint_path, damaged, load_checkpoint, save_checkpoint
+from autodiff.checkpoint import (
+    checkpoint_path,
+    damaged,
+    is_count,
+    load_checkpoint,
+    save_checkpoint,
+)
+from autodiff.fingerprint import (
+    FINGERPRINTED,
+    fingerprint,
+    first_difference,
+    saved_fingerprint,
+    stored,
+)
 from autodiff.optim import (
     OPTIMIZERS,
     ExponentialDecay,
@@ -1042,13 +1055,14 @@ class _Start:
     """Everything :func:`fit` starts from, checked: the model in the training dtype (with its
     standardisation), the training data in its units (the trajectories concatenated) and the
     validation data (one array, or a list of them), the trajectories' lengths and
-    fingerprints (:func:`_fingerprint`, of each of :data:`_FINGERPRINTED` concatenated), and
-    the (resumed) optimiser, training state and window-sampling RNG."""
+    fingerprints (:func:`autodiff.fingerprint.fingerprint`, of each of
+    :data:`~autodiff.fingerprint.FINGERPRINTED` concatenated), and the (resumed) optimiser,
+    training state and window-sampling RNG."""
 
     model: Model
     data: np.ndarray
     validation_data: np.ndarray | list[np.ndarray] | None
-    #: name (of :data:`_FINGERPRINTED`) -> the lengths of its trajectories, None when not given
+    #: name (of :data:`FINGERPRINTED`) -> the lengths of its trajectories, None when not given
     lengths: dict
     fingerprints: dict
     checkpoint_file: Path | None
@@ -1102,8 +1116,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
 
     given = {"data": (data, lengths), "validation_data": _joined(validation_data)}
     fingerprints = {
-        name: None if given[name] is None else _fingerprint(given[name][0])
-        for name in _FINGERPRINTED
+        name: None if given[name] is None else fingerprint(given[name][0]) for name in FINGERPRINTED
     }
     model = model.astype(config.dtype)
     dtype = model.dtype
@@ -1127,7 +1140,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         model=model,
         data=data,
         validation_data=validation_data,
-        lengths={name: None if given[name] is None else given[name][1] for name in _FINGERPRINTED},
+        lengths={name: None if given[name] is None else given[name][1] for name in FINGERPRINTED},
         fingerprints=fingerprints,
         checkpoint_file=ckpt_file,
         optimizer=make_optimizer(config.optimizer, model.n_params, dtype=dtype),
@@ -1267,38 +1280,6 @@ def _try_checkpoint_dir(directory: Path) -> None:
         ) from None
 
 
-#: the trajectories whose fingerprints (:func:`_fingerprint`, of the trajectories
-#: concatenated when several) a checkpoint stores: ``<name>_shape`` and ``<name>_lengths`` (of
-#: the trajectories) in its training state (None when not given), ``array.<name>_rows``
-_FINGERPRINTED = ("data", "validation_data")
-#: rows of the training and validation data a checkpoint keeps to recognise them on resume,
-#: and the most values it keeps of each (wide data keep fewer rows, at least 16)
-_FINGERPRINT_ROWS = 1024
-_FINGERPRINT_VALUES = 1 << 16
-#: tolerance of the comparison of those rows: a difference counts beyond this fraction of
-#: the column's largest magnitude among them (last-bit differences of regenerated data pass)
-_FINGERPRINT_RTOL = 1e-5
-
-
-def _fingerprint(x: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """``(shape, rows)``: the shape of a trajectory and at most ``_FINGERPRINT_ROWS`` evenly
-    spaced rows of it (first and last included), in float64.
-
-    Compared with a tolerance rather than hashed, so data regenerated with last-bit
-    differences (another machine) still resume, while other data at those rows, another
-    length or a time-reversed copy -- which keep the mean and sd -- are refused (a change
-    between the sampled rows is not seen)."""
-    return list(x.shape), x[_sampled_rows(*x.shape)].astype(np.float64)
-
-
-def _sampled_rows(n_steps: int, n_dims: int) -> np.ndarray:
-    """Indices of the evenly spaced rows :func:`_fingerprint` keeps of a ``(n_steps, n_dims)``
-    trajectory: at most ``_FINGERPRINT_ROWS``, and at most ``_FINGERPRINT_VALUES // n_dims``
-    (but 16) for wide data."""
-    n_rows = min(n_steps, _FINGERPRINT_ROWS, max(16, _FINGERPRINT_VALUES // n_dims))
-    return np.linspace(0, n_steps - 1, n_rows).round().astype(np.intp)
-
-
 def _resume_from(start: _Start, ckpt: dict, config) -> None:
     """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``,
     refusing a checkpoint of another model, configuration or data, and a damaged one."""
@@ -1310,7 +1291,7 @@ def _resume_from(start: _Start, ckpt: dict, config) -> None:
         raise damaged(path, f"{type(exc).__name__}: {exc}", "fit") from None
     _check_config(saved_config, config, path)
     _check_same_data(saved_fingerprints, saved_lengths, start, path)  # names what differs
-    if config.standardize:  # a change between the rows the fingerprints keep
+    if config.standardize:  # (older checkpoints fingerprint sampled rows only)
         saved_mean, saved_sd = ckpt["standardization"]
         mean, sd = start.model.standardization
         if not (np.allclose(saved_mean, mean) and np.allclose(saved_sd, sd)):
@@ -1366,10 +1347,11 @@ def _check_config(saved: "TrainConfig", config: "TrainConfig", path):
 
 def _check_same_data(saved: dict, saved_lengths: dict, start: _Start, path):
     """Refuse a resume whose training or validation data are not those of the saved run:
-    ``saved`` and ``saved_lengths`` are its fingerprints (:func:`_fingerprint` of the
-    trajectories concatenated) and trajectory lengths, for each of :data:`_FINGERPRINTED`
-    (None: no validation data), to compare with those of ``start``."""
-    for name in _FINGERPRINTED:
+    ``saved`` and ``saved_lengths`` are its fingerprints
+    (:func:`autodiff.fingerprint.fingerprint` of the trajectories concatenated) and trajectory
+    lengths, for each of :data:`~autodiff.fingerprint.FINGERPRINTED` (None: no validation
+    data), to compare with those of ``start``."""
+    for name in FINGERPRINTED:
         before, after = saved[name], start.fingerprints[name]
         if before is None and after is None:
             continue
@@ -1389,16 +1371,12 @@ def _check_same_data(saved: dict, saved_lengths: dict, start: _Start, path):
                 f"fit: the run in {path} was validated on {given} and selects its best model "
                 "on it; resume with that validation_data."
             )
-        (shape0, rows0), (shape1, rows1) = before, after
         if lengths0 != lengths1 and max(len(lengths0), len(lengths1)) > 1:
             what = f"trajectories of {lengths0} steps -> {lengths1}"
-        elif shape0 != shape1:
-            what = f"shape {tuple(shape0)} -> {tuple(shape1)}"
-        elif (differs := _differing_rows(rows0, rows1)).any():
-            what = "same shape, different values at evenly spaced rows"
-            if len(lengths1) > 1:  # the trajectory of the first differing row
-                row = _sampled_rows(*shape1)[np.argmax(differs)]
-                what += f", first in {name}[{np.searchsorted(np.cumsum(lengths1), row, 'right')}]"
+        elif before.shape != after.shape:
+            what = f"shape {tuple(before.shape)} -> {tuple(after.shape)}"
+        elif rows := first_difference(before, after):
+            what = "same shape, different values " + _rows_named(rows, name, lengths1)
         else:
             continue
         raise ValueError(
@@ -1407,20 +1385,30 @@ def _check_same_data(saved: dict, saved_lengths: dict, start: _Start, path):
         )
 
 
-def _differing_rows(rows0: np.ndarray, rows1: np.ndarray) -> np.ndarray:
-    """Which of two fingerprints' rows (:func:`_fingerprint`, same shape) differ beyond
-    :data:`_FINGERPRINT_RTOL` of each column's largest magnitude in ``rows0``."""
-    tolerance = _FINGERPRINT_RTOL * np.max(np.abs(rows0), axis=0)
-    return np.any(np.abs(rows1 - rows0) > tolerance, axis=1)
+def _rows_named(rows: tuple[int, int], name: str, lengths: list[int]) -> str:
+    """``"at row 5"``, ``"in rows 1200-1300"`` of the data ``name`` made of trajectories of
+    ``lengths`` concatenated, naming the trajectory when several (``"in rows 3-9 of
+    data[1]"``, ``"in rows 998 of data[0] to 4 of data[1]"``)."""
+    ends = np.cumsum(lengths)
+    where = []
+    for row in rows:
+        k = int(np.searchsorted(ends, row, "right"))
+        where.append((row - (ends[k - 1] if k else 0), f" of {name}[{k}]" * (len(lengths) > 1)))
+    (first, in_first), (last, in_last) = where
+    if rows[0] == rows[1]:
+        return f"at row {first}{in_first}"
+    if in_first == in_last:
+        return f"in rows {first}-{last}{in_first}"
+    return f"in rows {first}{in_first} to {last}{in_last}"
 
 
 def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
     """Put a checkpoint's parameters, optimiser, RNG state, training state and best
     parameters into ``start`` (and its model), each checked alone and against the others;
     return the checkpoint's configuration, and the fingerprints and trajectory lengths of its
-    training and validation data (:func:`_saved_fingerprint`, :func:`_saved_lengths`). Raises
-    KeyError, TypeError or ValueError for a damaged checkpoint (:func:`_resume_from` reports
-    them as one)."""
+    training and validation data (:func:`autodiff.fingerprint.saved_fingerprint`,
+    :func:`_saved_lengths`). Raises KeyError, TypeError or ValueError for a damaged
+    checkpoint (:func:`_resume_from` reports them as one)."""
     model, meta, arrays = start.model, ckpt["state"], ckpt["arrays"]
     if not isinstance(meta, dict):
         raise TypeError(f"the training state must be a JSON object; got {type(meta).__name__}")
@@ -1466,10 +1454,10 @@ def _load_run(start: _Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
             f"candidate_params must be a finite {model.dtype} array of shape ({n}, "
             f"{model.n_params}), one row per candidate"
         )
-    fingerprints = {name: _saved_fingerprint(meta, arrays, name) for name in _FINGERPRINTED}
+    fingerprints = {name: saved_fingerprint(meta, arrays, name) for name in FINGERPRINTED}
     if fingerprints["data"] is None:
         raise ValueError("the data fingerprint is missing")
-    lengths = {name: _saved_lengths(meta, name, fingerprints[name]) for name in _FINGERPRINTED}
+    lengths = {name: _saved_lengths(meta, name, fingerprints[name]) for name in FINGERPRINTED}
     if state.best_epoch is not None and fingerprints["validation_data"] is None:
         raise ValueError("a best epoch is stored for a run without validation_data")
     start.state, start.optimizer = state, optimizer
@@ -1504,22 +1492,8 @@ def _saved_params(x, name, model) -> np.ndarray:
     return x
 
 
-def _saved_fingerprint(meta, arrays, name):
-    """The stored fingerprint of trajectory ``name`` (see :data:`_FINGERPRINTED`), or None."""
-    shape, rows = meta[f"{name}_shape"], arrays.get(f"{name}_rows")
-    if shape is None and rows is None:
-        return None
-    ok = isinstance(shape, list) and len(shape) == 2 and all(_is_count(n, 1) for n in shape)
-    ok = ok and isinstance(rows, np.ndarray) and rows.dtype == np.float64
-    if not (ok and np.all(np.isfinite(rows))):  # a NaN would pass any comparison of the rows
-        raise ValueError(f"the fingerprint of {name} is damaged")
-    if rows.shape != (len(_sampled_rows(*shape)), shape[1]):
-        raise ValueError(f"the fingerprint of {name} does not match its shape {shape}")
-    return shape, rows
-
-
 def _saved_lengths(meta, name, fingerprint) -> list[int] | None:
-    """The stored lengths of the trajectories ``name`` (see :data:`_FINGERPRINTED`) whose
+    """The stored lengths of the trajectories ``name`` (see :data:`FINGERPRINTED`) whose
     stored fingerprint is ``fingerprint``: None when it is (no such data); one trajectory when
     a checkpoint written before several were accepted stores none."""
     key = f"{name}_lengths"
@@ -1527,11 +1501,11 @@ def _saved_lengths(meta, name, fingerprint) -> list[int] | None:
         if meta.get(key) is not None:
             raise ValueError(f"{key} are stored for a run without {name}")
         return None
-    n_total = fingerprint[0][0]
+    n_total = fingerprint.shape[0]
     lengths = meta.get(key, [n_total])
     if not (
         isinstance(lengths, list)
-        and all(_is_count(n, 2) for n in lengths)
+        and all(is_count(n, 2) for n in lengths)
         and sum(lengths) == n_total
     ):
         raise ValueError(
@@ -1539,11 +1513,6 @@ def _saved_lengths(meta, name, fingerprint) -> list[int] | None:
             f"to the {name}'s {n_total} rows"
         )
     return lengths
-
-
-def _is_count(x, minimum=0) -> bool:
-    """A Python int (not bool) >= ``minimum``."""
-    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
 
 
 #: bound of the stored reals that must be finite (JSON numbers may be inf or NaN)
@@ -1568,15 +1537,15 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
     s = _State(**d)
     scores = s.best_scores
     checks = {
-        "schedule_steps": _is_count(s.schedule_steps, 1),
-        "step": _is_count(s.step),
-        "bad_streak": _is_count(s.bad_streak),
-        "n_bad_total": _is_count(s.n_bad_total),
+        "schedule_steps": is_count(s.schedule_steps, 1),
+        "step": is_count(s.step),
+        "bad_streak": is_count(s.bad_streak),
+        "n_bad_total": is_count(s.n_bad_total),
         "alpha": _is_real(s.alpha, 0.0, 1.0),
         "wall_time": _is_real(s.wall_time, 0.0, _FLOAT_MAX),
         "force_alpha_estimate": isinstance(s.force_alpha_estimate, bool),
         "epoch_pending": isinstance(s.epoch_pending, bool),
-        "best_epoch": s.best_epoch is None or _is_count(s.best_epoch, 1),
+        "best_epoch": s.best_epoch is None or is_count(s.best_epoch, 1),
         "best_scores": (scores is None) == (s.best_epoch is None)
         and (scores is None or (isinstance(scores, dict) and _is_real(scores.get("score")))),
         "epoch_acc": isinstance(s.epoch_acc, dict)
@@ -1588,7 +1557,7 @@ def _saved_state(d, batches_per_epoch: int) -> _State:
         and all(
             isinstance(c, dict)
             and set(c) == {"epoch", "scores"}
-            and _is_count(c["epoch"], 1)
+            and is_count(c["epoch"], 1)
             and isinstance(c["scores"], dict)
             and _is_real(c["scores"].get("score"), 0.0, _FLOAT_MAX)
             for c in s.candidates
@@ -1620,9 +1589,9 @@ def _is_record(r, epoch: int, batches_per_epoch: int) -> bool:
     string."""
     return (
         isinstance(r, dict)
-        and _is_count(r.get("epoch"))
+        and is_count(r.get("epoch"))
         and r["epoch"] == epoch
-        and _is_count(r.get("step"))
+        and is_count(r.get("step"))
         and r["step"] == epoch * batches_per_epoch
         and all(
             isinstance(v, str)
@@ -1826,12 +1795,10 @@ def fit(
             arrays = {} if snap.best_params is None else {"best_params": snap.best_params}
             if len(snap.candidate_params):
                 arrays["candidate_params"] = snap.candidate_params
-            for name in _FINGERPRINTED:
-                fingerprint = start.fingerprints[name]
-                meta[f"{name}_shape"] = None if fingerprint is None else fingerprint[0]
-                meta[f"{name}_lengths"] = start.lengths[name]
-                if fingerprint is not None:
-                    arrays[f"{name}_rows"] = fingerprint[1]
+            for name in FINGERPRINTED:
+                entries, fingerprint_arrays = stored(name, start.fingerprints[name])
+                meta.update(entries, **{f"{name}_lengths": start.lengths[name]})
+                arrays.update(fingerprint_arrays)
             return save_checkpoint(
                 ckpt_file.parent, model, snap.params, meta, arrays, snap.optimizer, where="fit"
             )

@@ -28,6 +28,7 @@ from autodiff.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from autodiff.fingerprint import block_moments, fingerprint, sampled_rows
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.optim import ExponentialDecay
 from autodiff.train import (
@@ -830,10 +831,44 @@ def test_a_relative_checkpoint_dir_is_resolved_once_when_fit_starts(lorenz, tmp_
 
 
 def test_fingerprints_of_wide_data_keep_fewer_rows():
-    assert len(autodiff.train._sampled_rows(100_000, 3)) == 1024
-    assert len(autodiff.train._sampled_rows(500, 3)) == 500
-    assert len(autodiff.train._sampled_rows(100_000, 1000)) == 65
-    assert len(autodiff.train._sampled_rows(100_000, 10**6)) == 16
+    assert len(sampled_rows(100_000, 3)) == 1024
+    assert len(sampled_rows(500, 3)) == 500
+    assert len(sampled_rows(100_000, 1000)) == 65
+    assert len(sampled_rows(100_000, 10**6)) == 16
+
+
+def test_fingerprint_block_moments_match_a_plain_loop():
+    x = np.random.default_rng(0).standard_normal((1000, 2)).astype(np.float32)
+    starts = np.array([0, 1, 4, 999])
+    expected = [
+        [
+            x[a:b].astype(np.float64).sum(axis=0),
+            sum(i / (b - a) * x[a + i].astype(np.float64) for i in range(b - a)),
+            np.abs(x[a:b].astype(np.float64)).sum(axis=0),
+        ]
+        for a, b in itertools.pairwise(starts)
+    ]
+    np.testing.assert_allclose(block_moments(x, starts), expected, rtol=1e-12)
+    fp = fingerprint(x)
+    assert fp.shape == [1000, 2] and fp.rows.dtype == fp.blocks.dtype == np.float64
+    assert fp.rows.shape == (1000, 2) and fp.blocks.shape == (999, 3, 2)
+
+
+def test_resume_refuses_data_changed_between_the_sampled_rows(lorenz, tmp_path):
+    """Two rows swapped between sampled rows keep the sampled rows, the mean and the sd; the
+    block moments see them (and the message names the rows). A last-bit change passes."""
+    x, _ = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    starts = sampled_rows(*x.shape)
+    k = int(np.flatnonzero(np.diff(starts) >= 3)[500])
+    a, b = starts[k], starts[k + 1]
+    swapped = x.copy()
+    swapped[[a + 1, a + 2]] = x[[a + 2, a + 1]]
+    message = rf"\(same shape, different values in rows {a}-{b - 1}\); resume with the data"
+    with pytest.raises(ValueError, match=rf"^fit: data differs .* {message}"):
+        check_fit(small_model(), swapped, cfg, checkpoint_dir=tmp_path, resume=True)
+    check_fit(small_model(), np.nextafter(x, np.inf), cfg, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
@@ -1050,6 +1085,9 @@ def _train_state(edit):
         # a NaN fingerprint value would pass any comparison of the data (its column's)
         (None, lambda f: f["array.data_rows"].__setitem__((5, 1), np.nan)),
         (None, lambda f: f["array.validation_data_rows"].__setitem__((5, 1), np.inf)),
+        (None, lambda f: f["array.data_blocks"].__setitem__((5, 0, 1), np.nan)),
+        (None, lambda f: f.update({"array.data_blocks": f["array.data_blocks"][1:]})),
+        (None, lambda f: f.update({"array.data_blocks": f["array.data_blocks"].astype(int)})),
         # bare Python errors before: a list is no mapping; (2,) and (3,) do not broadcast
         (None, lambda f: f.update(hyperparameters=np.array("[3, 16]"))),
         (None, lambda f: f.update(data_mean=f["data_mean"][:2], data_std=f["data_std"][:2])),
@@ -1815,8 +1853,8 @@ def test_several_trajectories_resume_bitwise_and_only_with_the_same_split(lorenz
     for other, what in [
         (x, r"trajectories of \[1200, 1800\] steps -> \[3000\]"),
         ([x[:1000], x[1000:]], r"trajectories of \[1200, 1800\] steps -> \[1000, 2000\]"),
-        ([x[:1200], x[:1199:-1]], r"same shape, different values at evenly spaced rows, "
-         r"first in data\[1\]"),
+        ([x[:1200], x[:1199:-1]], r"same shape, different values in rows 1199 of data\[0\] "
+         r"to 1 of data\[1\]"),  # a block of rows across the two trajectories
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=rf"^fit: data differs .* \({what}\)"):
             check_fit(small_model(), other, cfg, checkpoint_dir=tmp_path, resume=True)
@@ -1838,6 +1876,26 @@ def test_checkpoints_without_lengths_resume_as_one_trajectory(lorenz, tmp_path):
         del meta["train_state"]["data_lengths"], meta["train_state"]["validation_data_lengths"]
 
     _rewrite(checkpoint_path(tmp_path), edit_meta=pop_lengths)
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
+    assert_same_run(resumed, full)
+
+
+def test_checkpoints_without_block_moments_resume_comparing_the_rows(lorenz, tmp_path):
+    """Checkpoints written before the fingerprints kept block moments compare sampled rows."""
+    x, xv = lorenz
+    cfg = config(epochs=2)
+    full = fit(small_model(), x, cfg, validation_data=xv)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14),
+            validation_data=xv)  # fmt: skip
+
+    def pop_blocks(fields):
+        del fields["array.data_blocks"], fields["array.validation_data_blocks"]
+
+    _rewrite(checkpoint_path(tmp_path), edit_fields=pop_blocks)
+    with pytest.raises(ValueError, match=r"\(same shape, different values at row 0\)"):
+        check_fit(small_model(), x[::-1], cfg, checkpoint_dir=tmp_path, resume=True,
+                  validation_data=xv)  # fmt: skip
     resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
     assert_same_run(resumed, full)
 
@@ -1961,7 +2019,7 @@ def test_several_validation_trajectories_resume_bitwise_and_only_with_the_same_s
         ([xv[:600], xv[600:-1]], r"trajectories of \[600, 400\] steps -> \[600, 399\]"),
         (
             [xv[:600], xv[:599:-1]],
-            r"same shape, different values at evenly spaced rows, first in validation_data\[1\]",
+            r"same shape, different values at row 0 of validation_data\[1\]",
         ),
     ]:
         with pytest.raises(
