@@ -51,7 +51,11 @@ def diag_range(a, b, h_in, lo, hi, reverse, out):
 
 # --------------------------------------------------------------------------- scaled products
 # A chunk's product ``∏ a_t`` is kept as ``p * 2**(-k*e)``: whenever both parts of ``p`` fall
-# below ``2**-k`` it is multiplied by ``2**k`` and its rescale count ``e`` grows. The product
+# below ``2**-k`` it is multiplied by ``2**k`` and its rescale count ``e`` grows; whenever a
+# part exceeds ``2**k`` it is divided by ``2**k`` and ``e`` falls (without bound: a product of
+# finite steps never overflows, so a carry of exactly 0 contributes 0, as in the sequential
+# loop, where ``inf * 0`` would be NaN, and a tiny carry through a huge product a number
+# where ``inf`` would be returned). The product
 # of a contractive ``a`` otherwise sinks into the subnormals, where round-to-nearest can hold
 # it at the smallest subnormal for ever (``5e-324 * 0.75`` rounds back to ``5e-324``) and
 # every later multiply runs at subnormal speed (10x slower at T = 1e6, ``a`` uniform in
@@ -86,19 +90,31 @@ def product_up(x, k):
 def rescale(p, e, up, e_max):
     """One renormalisation step of a scaled product: ``(p, e)`` with ``p`` multiplied by
     ``up = 2**k`` (and ``e + 1``) when both parts are below ``1 / up``, or set to 0 when that
-    would exceed ``e_max`` rescales; NaN and inf are kept."""
+    would exceed ``e_max`` rescales; divided by ``up`` (and ``e - 1``) when a part is above
+    ``up``; NaN and inf are kept (inf, from an infinite step of ``a``, with a falling ``e``
+    that :func:`times_pow2` bounds)."""
     one, zero = up / up, up - up  # in up's precision: no float64 promotion of float32 lanes
     small = (abs(p.real) * up < one) & (abs(p.imag) * up < one)
+    large = (abs(p.real) > up) | (abs(p.imag) > up)
     grow = small & (e < e_max)
-    factor = up if grow else (zero if small else one)
-    return p * factor, e + (one if grow else zero)
+    factor = up if grow else (zero if small else (one / up if large else one))
+    return p * factor, e + (one if grow else (-one if large else zero))
+
+
+#: beyond this binary exponent a factor of a unit-scale number (``|z|`` in [1/4, 1]) is 0 or
+#: inf in float64: the largest finite float64 is below ``2**1024``, the smallest subnormal
+#: ``2**-1074``
+_POW2_BEYOND = 1100
 
 
 @jit
 def times_pow2(z, n):
     """``z * 2**n`` for any int ``n`` in the widest precision (float64 / complex128), in
-    steps of normal powers of two (exact except for a final rounding into the subnormals)."""
+    steps of normal powers of two (exact except for a final rounding into the subnormals);
+    ``n`` is first bounded by ``±_POW2_BEYOND``, which changes nothing for ``|z| >= 2**-76``
+    (0 or inf either way) and bounds the steps."""
     z = z * 1.0
+    n = max(min(n, _POW2_BEYOND), -_POW2_BEYOND)
     while n > 960:
         z = z * 2.0**960
         n -= 960

@@ -448,10 +448,12 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     gives them, also across a chunk or tile whose product of ``a`` underflowed to 0 (a tiny
     ``a`` times inf is inf, an ``a`` of exactly 0 times inf is NaN): where a combined product
     cannot carry such a state (one that is 0; on ``"cuda"`` any dense one), the parallel
-    backends walk it through the steps one by one, as slowly as the sequential loop. Two
-    consequences of the other order: with ``±inf`` in ``a``, or an ``a`` so large that its
-    product over a chunk or tile overflows, a combined product ``inf * 0`` can give NaN where
-    the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a
+    backends walk it through the steps one by one, as slowly as the sequential loop. The
+    ``"cpu"`` chunks keep their products of ``a`` scaled by powers of two, so a product far
+    beyond the largest finite number still carries a zero or tiny state as the loop does.
+    Two consequences of the other order: with ``±inf`` in ``a``, or (``"cuda"``) an ``a`` so
+    large that its product over a tile overflows, a combined product ``inf * 0`` can give NaN
+    where the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a
     timing-dependent number of tile aggregates, so its last bits may differ from run to run
     (as in CUB's floating-point scans).
 

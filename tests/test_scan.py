@@ -583,6 +583,12 @@ def test_chunk_aggregates_keep_scaled_products(dtype):
     assert np.isnan(a_agg[2])
     diag_reduce_range(a, b, 0, T, False, a_agg, a_exp, b_agg)
     assert np.all(a_agg[:2] == 0) and np.all(a_exp[:2] == e_max)
+    # growing factors: the product shrinks by 2**k, e falls below 0, never inf
+    growing = rng.uniform(1.1, 2.0, (T, D)).astype(dtype)
+    diag_reduce_range(growing, b, 0, T, False, a_agg, a_exp, b_agg)
+    log2_kept = np.log2(np.abs(a_agg[:2])) - k * a_exp[:2]
+    np.testing.assert_allclose(log2_kept, np.sum(np.log2(growing[:, :2]), axis=0), rtol=1e-4)
+    assert np.all(a_exp[:2] < -e_max) and np.all(np.abs(a_agg[:2]) <= 2.0**k)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -607,6 +613,30 @@ def test_time_chunks_keep_a_huge_carry_through_a_tiny_product(dtype, plan):
     assert np.all(expected[0, -1] > 0)
     # (the reference rounds at every one of the 500 additions of b; the chunks sum b first)
     np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("plan", ["reduce", "fix"])
+def test_time_chunks_keep_a_zero_or_tiny_carry_through_a_huge_product(dtype, plan):
+    # A chunk's product of growing steps far beyond the largest finite number is kept scaled
+    # too: a carry of exactly 0 contributes 0 (not inf * 0 = NaN) and a tiny carry the
+    # normal number the sequential loop reaches (not inf).
+    T, n_chunks = 3000, 3
+    wide = np.finfo(dtype).dtype == np.float64
+    a = np.full((1, T, 2), 1.5, dtype)
+    b = np.zeros((1, T, 2), dtype)
+    b[0, -1, 0] = 1.0
+    h0 = np.array([[0.0, 1e-300 if wide else 1e-37]], dtype)
+    a[0, 1750 if wide else 215 :, 1] = 1.0  # the second channel stops growing: a normal state
+    out = np.empty_like(b)
+    exp = np.empty((1, n_chunks, 2), np.finfo(dtype).dtype)
+    work = np.empty((1, n_chunks, 2), dtype)
+    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
+    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    expected = scan_reference(a, b, h0, False)
+    assert np.all(np.isfinite(expected)) and expected[0, -1, 0] == 1.0
+    assert abs(expected[0, -1, 1]) > 1.0
+    np.testing.assert_allclose(out, expected, rtol=1e-4 if not wide else 1e-11)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
