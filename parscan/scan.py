@@ -188,9 +188,11 @@ def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
     native = {name: dtype.newbyteorder("=") for name, dtype in named}
     usable = {name: d for name, d in native.items() if d in _NATIVE_DTYPES}
     # one dtype to cast to, so that the suggested fixes agree, and that loses nothing (not
-    # the imaginary part, not precision): the usable dtypes' common type, complex when any
-    # input is (also an unusable one, e.g. complex256)
-    target = np.result_type(*usable.values()) if usable else np.dtype(np.float64)
+    # the imaginary part, not precision): the usable arrays' common type (the precision of
+    # inputs given as lists or scalars counts only without arrays: they have no dtype of
+    # their own), complex when any input is (also an unusable one, e.g. complex256)
+    arrays = {name: d for name, d in usable.items() if name not in converted} or usable
+    target = np.result_type(*arrays.values()) if arrays else np.dtype(np.float64)
     if any(dtype.kind == "c" for _, dtype in named):
         target = np.result_type(target, np.complex64)
     problems = [
@@ -204,8 +206,24 @@ def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
         casts = ", ".join(
             _cast(name, target, converted) for name, d in usable.items() if d != target
         )
-        problems.append(f"`a`, `b` and `h0` must share one dtype; got {got}. Cast {casts}.")
+        problems.append(
+            f"`a`, `b` and `h0` must share one dtype; got {got}. Cast {casts}"
+            + _narrower_h0(usable, target, converted)
+            + "."
+        )
     return problems
+
+
+def _narrower_h0(usable: dict, target: np.dtype, converted: frozenset) -> str:
+    """The other fix when only an ``h0`` array is wider than ``a`` and ``b`` (which agree):
+    cast ``h0`` to theirs (not when that would drop its imaginary part)."""
+    ab = {usable.get("a"), usable.get("b")}
+    if "h0" not in usable or "h0" in converted or len(ab) != 1 or usable["h0"] != target:
+        return ""
+    (dtype,) = ab
+    if dtype is None or (target.kind == "c" and dtype.kind != "c"):
+        return ""
+    return f" (or, to scan in {dtype}, {_cast('h0', dtype, converted)})"
 
 
 def _host_arrays(where: str, **inputs):

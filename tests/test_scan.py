@@ -732,6 +732,19 @@ GOOD_A, GOOD_B = np.ones((2, 5, 3)), np.ones((2, 5, 3))
             TypeError,
             r"h0\.dtype=int64\. Use np\.asarray\(h0, dtype=np\.float64\)\.$",
         ),
+        (  # a list has no precision of its own: it is cast, not the arrays
+            (GOOD_A.astype(np.float32), GOOD_B.astype(np.float32), [[0.0] * 3] * 2),
+            {},
+            TypeError,
+            r"h0\.dtype=float64\. Cast np\.asarray\(h0, dtype=np\.float32\)\.$",
+        ),
+        (  # a wider h0 array: casting the others loses nothing, casting h0 is the other fix
+            (GOOD_A.astype(np.float32), GOOD_B.astype(np.float32), np.zeros((2, 3))),
+            {},
+            TypeError,
+            r"Cast a\.astype\(np\.float64\), b\.astype\(np\.float64\) \(or, to scan in "
+            r"float32, h0\.astype\(np\.float32\)\)\.$",
+        ),
         (
             (GOOD_A, GOOD_B),
             {"reverse": "False"},
