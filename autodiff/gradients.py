@@ -45,7 +45,6 @@ from models.base import LatentRNN
 from models.shplrnn import SHPLRNN_STEP_FUNCTIONS_JIT
 from parscan._arguments import bool_problem
 from parscan.deer import (
-    BACKENDS,
     Caller,
     DeerStatus,
     alpha_array,
@@ -56,7 +55,7 @@ from parscan.deer import (
     newton_run,
 )
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import cuda_unavailable, linear_scan
+from parscan.scan import cuda_unavailable, linear_scan, unknown_backend
 
 METHODS = ("deer", "sequential")
 JACOBIANS = ("full", "diag")
@@ -159,14 +158,14 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
         )
     if method not in METHODS:
         value_errors.append(f"method must be one of {METHODS}; got {method!r}.")
-    if not (isinstance(backend, str) and backend in BACKENDS):
-        value_errors.append(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    if (problem := unknown_backend(backend)) is not None:
+        value_errors.append(problem)
     if jacobian not in JACOBIANS:
         value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
     check_newton_limits(tol, max_iter, {"type": type_errors, "value": value_errors})
     # a jacobian not in JACOBIANS is refused above, as for either method
     newton = {"jacobian": jacobian} if jacobian in JACOBIANS and jacobian != "full" else {}
-    if isinstance(backend, str) and backend in BACKENDS and backend != "auto":
+    if unknown_backend(backend) is None and backend != "auto":
         newton["backend"] = backend
     newton.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
     if method == "sequential" and newton:

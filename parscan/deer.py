@@ -31,8 +31,14 @@ import numpy as np
 
 from parscan._arguments import array_and_problem, bool_problem
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
+from parscan._model_calls import step_and_jacobian_into
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
-from parscan.scan import BACKENDS, available_backends, cuda_unavailable, linear_scan
+from parscan.scan import (
+    available_backends,
+    cuda_unavailable,
+    linear_scan,
+    unknown_backend,
+)
 
 #: default ``(rtol, atol)`` per dtype for ``max_t |dz| <= atol + rtol |z|``. About 4.5e6 eps
 #: (float64) and 80 eps (float32): far above the rounding noise of a converged iterate, far
@@ -435,8 +441,8 @@ def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
     problem = bool_problem(throw, "`throw`")
     if problem is not None:
         errors["type"].append(problem)
-    if not (isinstance(backend, str) and backend in BACKENDS):
-        errors["value"].append(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
+    if (problem := unknown_backend(backend)) is not None:
+        errors["value"].append(problem)
     elif backend == "cuda":
         errors["value"] += _cuda_problems(jacobian, M)
     return errors
@@ -542,9 +548,9 @@ class _HostNewton:
     copied out and the others compacted, so they cost nothing further.
     """
 
-    def __init__(self, model, p: _Problem, guess, diag: bool, backend: str):
+    def __init__(self, model, p: _Problem, guess, diag: bool, backend: str, where: str):
         B, T, M = guess.shape
-        self.model, self.diag, self.backend = model, diag, backend
+        self.model, self.diag, self.backend, self.where = model, diag, backend, where
         self.cur, self.nxt, self.zprev = guess, np.empty_like(guess), np.empty_like(guess)
         self.j = np.empty((B, T, M) if diag else (B, T, M, M), dtype=guess.dtype)
         self.z0, self.forcing, self.alpha, self.n_forced = p.z0, p.forcing, p.alpha, p.n_forced
@@ -561,7 +567,7 @@ class _HostNewton:
         n = self.rows.size
         zprev, b, j = self.zprev[:n], self.nxt[:n], self.j[:n]
         _shift(self.cur[:n], self.z0, zprev)
-        self.model.step_and_jacobian(zprev, diag=self.diag, out=(b, j))
+        step_and_jacobian_into(self.model, zprev, self.diag, (b, j), self.where)
         assemble(b, j.reshape(n, b.shape[1], -1), zprev, self.forcing, self.alpha, self.n_forced)
         linear_scan(j, b, self.z0, backend=self.backend, out=b)
         update_norms(b, self.cur[:n], rtol, atol, self.update, self.within, self.finite)
@@ -602,14 +608,15 @@ def device_resident(model, backend: str) -> bool:
     )
 
 
-def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str):
+def _newton_buffers(model, p: _Problem, guess, diag: bool, backend: str, where: str):
     """Device-resident buffers (:class:`parscan._deer_cuda.DeviceNewton`) when
-    :func:`device_resident`, host buffers (:class:`_HostNewton`) otherwise."""
+    :func:`device_resident`, host buffers (:class:`_HostNewton`; refusals start with
+    ``where``) otherwise."""
     if device_resident(model, backend):
         from parscan import _deer_cuda  # lazy: numba.cuda only when asked for
 
         return _deer_cuda.DeviceNewton(model, p, guess, diag)
-    return _HostNewton(model, p, guess, diag, backend)
+    return _HostNewton(model, p, guess, diag, backend, where)
 
 
 def _newton(model, p: _Problem, work, max_iter, rtol, atol):
@@ -781,7 +788,12 @@ def deer_solve(
     ----------
     model : LatentRNN
         Any object with ``M``, ``dtype``, ``step(z)`` and ``step_and_jacobian(z, diag, out)``
-        (see ``models.base.LatentRNN``).
+        (see ``models.base.LatentRNN``), the latter writing ``F(z)`` and its Jacobian (its
+        diagonal, ``(..., M)``, with ``diag=True``) into ``out = (f, j)`` and returning them;
+        a model returning new arrays instead costs a copy, one returning no such pair is
+        refused. NaN/inf parameters end ``non_finite`` when the model exposes them as an
+        ndarray ``params`` (the models in ``models/`` do); otherwise the NaN/inf they cause is
+        reported as ``diverging``.
     z0 : ndarray, shape (..., M)
         Initial states ``z~_0``, model dtype. Leading dimensions are the batch.
     T : int, optional
@@ -1051,7 +1063,7 @@ def newton_run(
                 if auto:
                     alpha_report = _auto_alpha(model, p, guess, caller.name, stacklevel + 1)
                     p = replace(p, alpha=np.full(B, alpha_report, dtype=model.dtype))
-                work = _newton_buffers(model, p, guess, jacobian == "diag", backend)
+                work = _newton_buffers(model, p, guess, jacobian == "diag", backend, caller.name)
                 n_iter, codes, history, final = _newton(model, p, work, int(max_iter), rtol, atol)
             except MemoryError:
                 raise _too_large(caller.name, p, M, jacobian) from None

@@ -15,6 +15,7 @@ import numpy as np
 from parscan._arguments import array_and_problem, bool_problem
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
+from parscan._model_calls import step_and_jacobian_into
 
 METHODS = ("sup", "geomean", "param_bound")
 
@@ -32,7 +33,7 @@ class GTFGuaranteeWarning(UserWarning):
     damped by alpha, so no contraction (and no T-independent DEER convergence) is guaranteed."""
 
 
-def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
+def jacobian_norms(model, points: np.ndarray, where: str = "jacobian_norms") -> np.ndarray:
     """Exact spectral norms ``||J_F(z)||_2`` at many states.
 
     Parameters
@@ -41,6 +42,9 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
         Provides ``step_and_jacobian(z, out=(f, j))``.
     points : ndarray, shape (P, M)
         C-contiguous states of the model dtype.
+    where : str
+        The public function whose message a refusal of the model's result starts with
+        (:func:`parscan._model_calls.step_and_jacobian_into`).
 
     Returns
     -------
@@ -60,7 +64,7 @@ def jacobian_norms(model, points: np.ndarray) -> np.ndarray:
     for lo in range(0, P, size):
         hi = min(P, lo + size)
         m = hi - lo
-        model.step_and_jacobian(points[lo:hi], out=(f_buf[:m], j_buf[:m]))
+        step_and_jacobian_into(model, points[lo:hi], False, (f_buf[:m], j_buf[:m]), where)
         if j64 is not j_buf:
             j64[:m] = j_buf[:m]
         spectral_norms(j64[:m], max(1, min(m, 4 * n_threads())), out[lo:hi])
@@ -253,7 +257,8 @@ def estimate_alpha(
         if states is not None and not np.array_equal(points, states):
             sets.append(states)
         norms = np.concatenate(
-            [jacobian_norms(model, p.reshape(-1, M)).reshape(*batch, -1) for p in sets], axis=-1
+            [jacobian_norms(model, p.reshape(-1, M), where).reshape(*batch, -1) for p in sets],
+            axis=-1,
         )
         bad = ~np.isfinite(norms)
         if bad.any():

@@ -148,12 +148,19 @@ def is_device_array(x) -> bool:
 BACKENDS = ("auto", "sequential", "cpu", "cuda")
 
 
+def unknown_backend(backend) -> str | None:
+    """The problem with a ``backend`` argument that names no backend (one sentence listing
+    those available here), or None."""
+    if isinstance(backend, str) and backend in BACKENDS:
+        return None
+    available = ", ".join(repr(x) for x in ("auto", *available_backends()))
+    return f"unknown backend {backend!r}; available: {available}."
+
+
 def _check_backend(backend, on_device: bool) -> str:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(
-            f"linear_scan: unknown backend {backend!r}; available: "
-            f"{', '.join(repr(x) for x in ('auto', *available_backends()))}."
-        )
+    problem = unknown_backend(backend)
+    if problem is not None:
+        raise ValueError(f"linear_scan: {problem}")
     if backend == "cuda" or on_device:
         if not _cuda_available():
             raise ValueError(
@@ -412,9 +419,12 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         Run the recurrence from ``t = T-1`` down to 0. ``reverse`` and ``transpose`` must be
         ``True`` or ``False`` (a NumPy bool too; the string ``"False"`` is refused).
     transpose : bool
-        Dense ``a`` only: use ``a[..., t, :, :].T`` (the adjoint of a forward scan is a reverse
-        scan with transposed matrices, without a copy). This is the plain transpose, also for
-        complex ``a``: for the Hermitian adjoint pass ``a.conj()``. Ignored for diagonal ``a``.
+        Dense ``a`` only: use ``a[..., t, :, :].T`` without copying ``a``. The adjoint of the
+        forward scan ``b -> h`` is the reverse scan of the cotangent with these transposes
+        of the matrices one step later: ``a_adj[t] = a[t + 1]`` (``a_adj[T - 1]`` multiplies
+        ``h[T] = 0`` and is never felt; for a ``T - 1``-step scan pass ``a[..., 1:, :, :]``).
+        This is the plain transpose, also for complex ``a``: for the Hermitian adjoint pass
+        ``a.conj()``. Ignored for diagonal ``a``.
     backend : {"auto", "sequential", "cpu", "cuda"}
         ``"sequential"``: one compiled loop. ``"cpu"``: Numba threads, parallel over the batch
         when ``B >= threads``, else over time chunks (diagonal: scan-then-fix when the carry

@@ -383,6 +383,54 @@ def test_nan_in_a_column_that_is_not_forced_is_ignored_as_by_the_recursion():
     np.testing.assert_allclose(res.states, ref, rtol=1e-10, atol=1e-12)
 
 
+class ReturnsNewArrays(DiagLinear):
+    """Returns ``(F, J)`` as new arrays instead of writing them into ``out``; or, with
+    ``result``, returns that."""
+
+    def __init__(self, a, result=None):
+        super().__init__(a)
+        self.result = result
+
+    def step_and_jacobian(self, z, diag=False, out=None):
+        pair = super().step_and_jacobian(z, diag)
+        return pair if self.result is None else self.result(pair)
+
+
+def test_a_model_returning_new_arrays_is_solved_with_them():
+    """Its F and J are copied into the solver's buffers, not left as np.empty made them (a
+    'converged' solve of zeros before)."""
+    z0, forcing = np.ones(3), np.random.default_rng(0).standard_normal((5000, 3))
+    a = [0.5, -0.9, 0.8]
+    for kw in ({}, {"jacobian": "diag"}, {"forcing": forcing, "alpha": "auto"}):
+        if "forcing" not in kw:
+            kw = {"T": 5000, **kw}
+        expected = deer_solve(DiagLinear(a), z0, **kw)
+        res = deer_solve(ReturnsNewArrays(a), z0, **kw)
+        np.testing.assert_array_equal(res.states, expected.states)
+        assert res.n_iter == expected.n_iter and res.alpha == expected.alpha
+    assert gtf_alpha(ReturnsNewArrays(a), forcing) == gtf_alpha(DiagLinear(a), forcing)
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "match"),
+    [
+        (lambda pair: None, TypeError, r"must return the pair \(F, J\) it wrote into out; got "
+         r"NoneType\. Write F\(z\) and its Jacobian into out and return them\.$"),
+        (lambda pair: pair[0], TypeError, r"must return the pair .* got ndarray\."),
+        (lambda pair: (pair[0], np.ones((*pair[0].shape, 2))), ValueError,
+         r"returned J of shape \(1, 50, 3, 2\); expected \(1, 50, 3\) \(the diagonal of J "
+         r"only\)\."),
+    ],
+)  # fmt: skip
+def test_a_model_returning_no_pair_of_arrays_is_refused(result, error, match):
+    model = ReturnsNewArrays([0.5, -0.9, 0.8], result)
+    with pytest.raises(error, match=r"^deer_solve: model\.step_and_jacobian\(z, diag=True, "
+                       r"out=\(F, J\)\) " + match):  # fmt: skip
+        deer_solve(model, np.ones(3), 50, jacobian="diag")
+    with pytest.raises(error, match=r"^gtf_alpha: model\.step_and_jacobian\(z, diag=False"):
+        gtf_alpha(model, np.ones((10, 3)))
+
+
 def test_non_finite_is_judged_on_the_data_the_recursion_reads():
     """An unstable unforced latent overflows (diverging) whatever the data in the column
     that is not forced holds; NaN in the forced column is non_finite."""
@@ -671,7 +719,8 @@ def test_arrays_too_large_to_allocate_are_an_argument_error(monkeypatch):
 
 def test_unknown_backend_is_an_argument_error():
     model = make_model("ShPLRNN")
-    with pytest.raises(ValueError, match=r"^deer_solve: .*`backend` must be one of .*'gpu'"):
+    available = r"available: 'auto', 'sequential', 'cpu'"  # and 'cuda' where it is
+    with pytest.raises(ValueError, match=rf"^deer_solve: .*unknown backend 'gpu'; {available}"):
         deer_solve(model, np.zeros(model.M), 5, backend="gpu")
 
 

@@ -51,8 +51,8 @@ def device_only(monkeypatch):
     made, scans = [], []
     buffers, linear_scan = deer._newton_buffers, _deer_cuda.linear_scan
 
-    def recording_buffers(model, p, guess, diag, backend):
-        work = buffers(model, p, guess, diag, backend)
+    def recording_buffers(model, p, guess, diag, backend, where):
+        work = buffers(model, p, guess, diag, backend, where)
         made.append((backend, type(work) is _deer_cuda.DeviceNewton))
         return work
 

@@ -1,0 +1,54 @@
+"""The one call the DEER solver and the alpha estimate make into a user's model, checked.
+
+``model.step_and_jacobian(z, diag=diag, out=(f, j))`` writes ``F(z)`` and its Jacobian into
+the buffers ``out`` and returns them (the contract of ``models.base.LatentRNN``, which every
+model in ``models/`` keeps). A model that returns new arrays instead would leave the buffers
+as ``np.empty`` made them, and the solver would read garbage as ``F`` and ``J`` (a
+"converged" solve of all zeros); its arrays are copied into the buffers, and a result that
+is no such pair is refused.
+"""
+
+import numpy as np
+
+
+def step_and_jacobian_into(model, z: np.ndarray, diag: bool, out: tuple, where: str) -> None:
+    """Evaluate ``F(z)`` and ``J(z)`` of ``model`` into ``out = (f, j)``.
+
+    Parameters
+    ----------
+    model : LatentRNN
+        Provides ``step_and_jacobian(z, diag=diag, out=(f, j))`` returning ``(F, J)``.
+    z : ndarray, shape (..., M)
+        States of the model dtype.
+    diag : bool
+        Only the diagonal of ``J`` (``j`` of shape ``(..., M)``) instead of ``(..., M, M)``.
+    out : tuple of ndarray
+        ``(f, j)``: ``f`` of ``z``'s shape, ``j`` of shape ``(..., M)`` or ``(..., M, M)``.
+    where : str
+        The public function whose message a refusal starts with.
+
+    Raises
+    ------
+    TypeError
+        The model returned no pair of arrays.
+    ValueError
+        A returned array's shape is not its buffer's.
+    """
+    result = model.step_and_jacobian(z, diag=diag, out=out)
+    call = f"model.step_and_jacobian(z, diag={diag}, out=(F, J))"
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        raise TypeError(
+            f"{where}: {call} must return the pair (F, J) it wrote into out; got "
+            f"{type(result).__name__}. Write F(z) and its Jacobian into out and return them."
+        )
+    for name, got, buffer in zip(("F", "J"), result, out, strict=True):
+        if got is buffer:
+            continue
+        got = np.asarray(got)
+        if got.shape != buffer.shape:
+            raise ValueError(
+                f"{where}: {call} returned {name} of shape {got.shape}; expected "
+                f"{buffer.shape}{' (the diagonal of J only)' * (diag and name == 'J')}. "
+                "Write F(z) and its Jacobian into out and return them."
+            )
+        buffer[...] = got
