@@ -1199,12 +1199,17 @@ def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path)
     with pytest.raises(ValueError, match=r"data differs .* \(same shape, different values at "):
         check_fit(small_model(), x + 1.0, config(epochs=2, batches_per_epoch=1),
                   checkpoint_dir=tmp_path, resume=True)  # fmt: skip
-    between = x.copy()  # a change between the rows the fingerprint keeps: the mean/sd see it
+    between = x.copy()  # a change between the rows the fingerprint keeps: its blocks see it
     between[1] += 100.0
-    with pytest.raises(ValueError, match="mean/sd differ"):
+    with pytest.raises(ValueError, match=r"\(same shape, different values in rows 0-2\)"):
         check_fit(small_model(), between, config(epochs=2, batches_per_epoch=1),
                   checkpoint_dir=tmp_path, resume=True)  # fmt: skip
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    # and the mean/sd, in a checkpoint written before the fingerprints kept blocks
+    _rewrite(tmp_path / CHECKPOINT_NAME, edit_fields=lambda f: f.pop("array.data_blocks"))
+    with pytest.raises(ValueError, match="mean/sd differ"):
+        check_fit(small_model(), between, config(epochs=2, batches_per_epoch=1),
+                  checkpoint_dir=tmp_path, resume=True)  # fmt: skip
 
 
 def test_damaged_checkpoint_state_is_refused_clearly(lorenz, tmp_path):
