@@ -23,6 +23,7 @@ from parscan import (
 )
 from parscan import deer as deer_module
 from parscan import scan as scan_module
+from parscan._deer_kernels import update_norms
 from parscan.deer import SERIAL_BELOW
 from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
 
@@ -808,6 +809,32 @@ def test_an_update_above_sqrt_of_the_largest_float_is_diverging():
         assert res.residuals[-2] < huge < res.residuals[-1] < np.inf, dtype
 
 
+def test_update_norms_follow_the_mixed_tolerance_and_keep_nan():
+    """``within``: every ``|new - old| <= atol + rtol |new|`` (relative to the new iterate's
+    own scale); the largest update keeps a NaN; ``finite`` looks at ``new`` only."""
+    new = np.array([[[1e6 + 1.0, 2.0]], [[1e6 + 20.0, 2.0]], [[1.0, 1.0]]])
+    old = np.array([[[1e6, 2.0]], [[1e6, 2.0]], [[np.nan, 1.0]]])
+    got = np.empty(3), np.empty(3, bool), np.empty(3, bool)
+    update_norms(new, old, 1e-5, 0.0, *got)
+    np.testing.assert_array_equal(got[0], [1.0, 20.0, np.nan])
+    np.testing.assert_array_equal(got[1], [True, False, False])
+    np.testing.assert_array_equal(got[2], [True, True, True])
+    update_norms(new[:1] * 1e-6, old[:1] * 1e-6, 0.0, 1e-6, *(g[:1] for g in got))
+    assert got[1][0]  # atol alone: an update of 1e-6
+
+
+def test_the_data_based_initial_guess_saves_newton_iterations():
+    """The default guess of a forced solve starts from the data (DESIGN.md §4), not from
+    ``z0`` repeated, which a solve from that guess needs more iterations to correct."""
+    model = make_model("ShPLRNN")
+    z0, forcing, alpha, _ = problem(model, (), 300, "full")
+    data_based = deer_solve(model, z0, forcing=forcing, alpha=alpha)
+    repeated = np.broadcast_to(z0, (300, model.M)).copy()
+    flat = deer_solve(model, z0, forcing=forcing, alpha=alpha, init=repeated)
+    np.testing.assert_allclose(data_based.states, flat.states, rtol=1e-9, atol=1e-12)
+    assert data_based.n_iter < flat.n_iter
+
+
 def test_nan_in_the_initial_guess_is_non_finite():
     """README: NaN/inf in ``init`` reaching the iterate is the input's fault (non_finite),
     for a forced and a free run; the other sequence converges."""
@@ -818,6 +845,7 @@ def test_nan_in_the_initial_guess_is_non_finite():
     res = deer_solve(model, z0, forcing=forcing, alpha=alpha, init=init, throw=False)
     assert res.status is DeerStatus.NON_FINITE
     np.testing.assert_array_equal(res.converged, [True, False])
+    assert np.isnan(res.residuals[0])  # the first update, from the NaN, is NaN: not dropped
     with pytest.raises(DeerConvergenceError, match=r"^deer_solve: non_finite: "):
         deer_solve(model, z0, forcing=forcing, alpha=alpha, init=init)
     init[0, 0, 0] = np.inf

@@ -141,6 +141,25 @@ def test_partial_forcing_uses_states_and_warns():
         gtf_alpha(ShPLRNN(3, 4), x, n_forced=1)
 
 
+def test_partial_forcing_takes_the_states_own_points_too():
+    """The bound is taken over the data-based points ``[x; states[N:]]`` and over ``states``
+    itself: here only the states' observed coordinate switches on a steep hidden unit."""
+    m = ShPLRNN(4, 8, n_obs=3, seed=3)
+    m["W2"][0] = [1.0, 0.0, 0.0, 0.0]  # unit 0 reads the first (observed) latent ...
+    m["h2"][0] = -5.0  # ... and is on only beyond 5
+    m["W1"][:, 0] = 5.0
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-3, 3, (30, 3))
+    states = rng.standard_normal((30, 4))
+    states[:, 0] = 10.0
+    points = np.concatenate([x, states[:, 3:]], axis=-1)
+    on_states = numpy_norms(m.jacobian(states)).max()
+    assert on_states > numpy_norms(m.jacobian(points)).max() + 1
+    with pytest.warns(GTFGuaranteeWarning):
+        got = gtf_alpha(m, x, states=states, margin=0.0)
+    assert got == pytest.approx(1 - 1 / on_states, rel=1e-12)
+
+
 def test_float32_model(model, forcing):
     m32 = model.astype("float32")
     got = gtf_alpha(m32, forcing.astype(np.float32))
