@@ -373,6 +373,53 @@ def test_selection_counts_runs_that_blow_up_as_failed_like_resting_ones():
         assert select(model, candidates[:2], params, circle, 16, 200) == (0, [16, 0], [0, 16])
 
 
+def _scripted_selection(monkeypatch, counts, starts):
+    """:func:`autodiff.selection.select` of ``len(counts)`` candidates whose long free runs
+    fail as scripted: ``counts[k] = (resting, blown_up)`` of candidate k (the real runs
+    replaced by these counts; the validation data, a circle, do not rest)."""
+    turn = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    model = _linear_alrnn(turn, np.zeros(2))
+    circle = model.generate(np.array([1.0, 0.0]), 300)
+    scripted = iter(counts)
+    monkeypatch.setattr(autodiff.selection, "_failed_runs", lambda *args: next(scripted))
+    candidates = [{"epoch": k + 1, "scores": {"score": 0.1 * k}} for k in range(len(counts))]
+    params = np.stack([model.params] * len(counts))
+    result = autodiff.selection.select(model, candidates, params, circle, starts, 200)
+    assert next(scripted, None) is None  # every candidate was run, once
+    return result
+
+
+@pytest.mark.parametrize(
+    ("counts", "kept"),
+    [
+        ([(16, 0), (5, 0), (9, 0)], 1),
+        ([(9, 0), (16, 0), (3, 2)], 2),
+        ([(6, 0), (16, 0), (2, 5)], 0),  # failed = resting + blown up: 6, 16, 7
+        ([(5, 0), (16, 0), (5, 0)], 0),  # a tie: the best-validated of the fewest
+        ([(16, 0), (2, 3), (5, 0), (0, 5)], 1),
+    ],
+)
+def test_selection_keeps_the_fewest_failures_when_every_candidate_fails(monkeypatch, counts, kept):
+    """With more than FAILED_FRACTION_ALLOWED of every candidate's runs failed, the kept one
+    is the one with the fewest failed (resting + blown-up) runs, the earliest (best-validated)
+    among equals -- not the most, nor simply the first."""
+    resting, blown_up = map(list, zip(*counts, strict=True))
+    assert _scripted_selection(monkeypatch, counts, 16) == (kept, resting, blown_up)
+
+
+def test_selection_allows_exactly_the_allowed_fraction_of_failed_runs(monkeypatch):
+    """FAILED_FRACTION_ALLOWED of a candidate's runs failing still passes it (``<=``); one
+    failed run more passes it over for the next candidate, whose runs all succeed."""
+    fraction = autodiff.selection.FAILED_FRACTION_ALLOWED
+    starts = 2 * round(1 / fraction)
+    allowed = round(fraction * starts)
+    assert allowed == fraction * starts >= 2  # an exact boundary, split between both kinds
+    for first in ((allowed, 0), (0, allowed), (1, allowed - 1)):
+        assert _scripted_selection(monkeypatch, [first, (0, 0)], starts)[0] == 0
+    for first in ((allowed + 1, 0), (0, allowed + 1), (1, allowed)):
+        assert _scripted_selection(monkeypatch, [first, (0, 0)], starts)[0] == 1
+
+
 def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
     """fit keeps up to selection_candidates best-validated epochs (earliest first among
     equal scores) and returns the one the check keeps, with its scores and the report."""
@@ -1371,6 +1418,23 @@ def test_history_and_step_info_report_loss_and_penalty_alike(lorenz):
     assert record["penalty"] > 0
     np.testing.assert_allclose(record["loss"], np.mean([s.loss for s in steps]), rtol=1e-12)
     np.testing.assert_allclose(record["penalty"], np.mean([s.penalty for s in steps]), rtol=1e-12)
+
+
+def test_history_records_the_learning_rate_of_each_epochs_last_step(lorenz):
+    """history[i]["lr"] is the schedule's rate at the epoch's last step (that of its last
+    StepInfo), not at the next epoch's first; the last epoch's is lr_end."""
+    x, _ = lorenz
+    infos = []
+    cfg = config(epochs=3, batches_per_epoch=4, lr_start=1e-2, lr_end=1e-4)
+    result = fit(small_model(), x, cfg, callback=infos.append)
+    schedule = ExponentialDecay(1e-2, 1e-4, 12)
+    lrs = [record["lr"] for record in result.history]
+    assert lrs == [schedule(k) for k in (3, 7, 11)]
+    assert lrs[-1] == 1e-4
+    last_steps = [i for i in infos if isinstance(i, StepInfo) and i.batch == 3]
+    assert [s.step for s in last_steps] == [3, 7, 11]
+    assert lrs == [s.lr for s in last_steps]
+    assert lrs == [i.record["lr"] for i in infos if isinstance(i, EpochInfo)]
 
 
 def test_short_validation_runs_warn_once_in_fits_terms(lorenz):
