@@ -157,7 +157,18 @@ class Checks:
 
     def array(self, x, name: str):
         """``np.asarray(x)`` unless ``x`` is a masked array or ragged nested sequences that
-        form no array (:func:`parscan._arguments.as_host_array`)."""
+        form no array (:func:`parscan._arguments.as_host_array`), or the tuple ``(x_std,
+        mean, sd)`` of :func:`models.standardize` (a slip for its first element, which
+        NumPy would call ragged)."""
+        if _is_standardize_result(x):
+            self.add(
+                f"{name} must be an array; got a tuple of a {x[0].shape} array and two "
+                f"{x[1].shape} arrays, as models.standardize returns; pass its first element "
+                "(x_std, mean, sd = standardize(x)).",
+                name,
+                wrong_kind=True,
+            )
+            return x
         with self.caught(name):
             return as_host_array(x, name)
         return x
@@ -199,6 +210,18 @@ class Checks:
         return dtype
 
 
+def _is_standardize_result(x) -> bool:
+    """Whether ``x`` is shaped like the ``(x_std, mean, sd)`` that :func:`models.standardize`
+    returns: a tuple of a 2-D array and two 1-D arrays of its width."""
+    return (
+        isinstance(x, tuple)
+        and len(x) == 3
+        and all(isinstance(a, np.ndarray) for a in x)
+        and x[0].ndim == 2
+        and x[1].shape == x[2].shape == (x[0].shape[1],)
+    )
+
+
 def check_finite_windows(data: np.ndarray, where: str) -> None:
     """Raise ``ValueError`` naming ``where`` and the first NaN/inf entry of the training
     windows ``data`` (B, T+1, N)."""
@@ -233,12 +256,30 @@ def check_bool(value, name: str, where: str) -> bool:
     return value
 
 
-def as_array(x, name: str, where: str) -> np.ndarray:
+def as_array(x, name: str, where: str, dtype=None) -> np.ndarray:
     """``np.asarray(x)``, refusing a masked array (``TypeError``) and ragged nesting
-    (``ValueError``) with messages naming ``where`` (see :meth:`Checks.array`)."""
+    (``ValueError``) with messages naming ``where`` (see :meth:`Checks.array`).
+
+    With ``dtype`` (a model's float32/float64), input that has no dtype of its own -- a list,
+    a tuple, a Python number -- of real numbers is converted to it: a float32 model could not
+    take a list otherwise (NumPy reads it as float64). Arrays and everything else carrying a
+    dtype (NumPy scalars, pandas objects) keep theirs, for the caller to check, and so do
+    lists of bools or complex numbers. Values that the conversion would turn into inf are
+    refused with ``ValueError``.
+    """
     with Checks(where) as checks:
-        x = checks.array(x, name)
-    return x
+        arr = checks.array(x, name)
+    if dtype is None or hasattr(x, "dtype") or arr.dtype.kind not in "iuf":
+        return arr
+    with np.errstate(over="ignore"):
+        converted = arr.astype(dtype)
+    if np.isinf(converted).sum() != np.isinf(arr).sum():
+        raise ValueError(
+            f"{where}: {name} has values too large for {np.dtype(dtype)} (they would become "
+            f"inf); the largest is {np.nanmax(np.abs(arr)):.3g}. Scale them down, or use a "
+            "float64 model (model.astype('float64'))."
+        )
+    return converted
 
 
 def check_path(value, where: str, name: str = "path") -> Path:

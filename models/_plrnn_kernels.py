@@ -24,7 +24,11 @@ A relu whose pre-activation is ``-inf`` gives 0 (``x * (x > 0)`` alone would giv
 ``-inf * 0 = NaN``): the per-step functions and drivers clamp relu inputs from below at the
 dtype's lowest finite value (``lo = np.finfo(dtype).min``, ``lo if x < lo else x``), a no-op
 for finite inputs, whose results stay bitwise those of ``x * (x > 0)``. A NaN
-pre-activation stays NaN.
+pre-activation stays NaN, and so do the derivatives at a state with a NaN (``u > 0`` alone
+would read it as an inactive unit): the Jacobian, its diagonal and ``vjp_state`` are NaN
+where the NaN reaches them -- everywhere for the shPLRNNs, whose hidden units all read the
+whole state, in the NaN entry's column for the ALRNN / PLRNN. NaN-free states keep bitwise
+their results.
 """
 
 import math
@@ -181,8 +185,10 @@ class PiecewiseLinearRNN(LatentRNN):
     # ---- input validation -------------------------------------------------------------
 
     def _states(self, z, method: str, name: str = "z") -> tuple[np.ndarray, np.ndarray]:
-        """``z`` (array_like on the host) validated, and as a C-contiguous ``(n, M)`` array
-        (a view if possible): ``(z, Z)``. Errors name ``method``."""
+        """``z`` (array_like on the host; a list is converted to the model dtype, an array
+        of another dtype refused: :func:`models._checks.as_array`) validated, and as a
+        C-contiguous ``(n, M)`` array (a view if possible): ``(z, Z)``. Errors name
+        ``method``."""
         where = f"{type(self).__name__}.{method}"
         if is_device_array(z):
             raise TypeError(
@@ -191,7 +197,7 @@ class PiecewiseLinearRNN(LatentRNN):
                 f"needs both arguments on the device). Pass a host array "
                 f"({name}.copy_to_host()) or keep every array argument on the device."
             )
-        z = as_array(z, f"`{name}`", where)
+        z = as_array(z, f"`{name}`", where, self.dtype)
         if z.ndim < 1 or z.shape[-1] != self.M:
             raise ValueError(
                 f"{where}: `{name}` must have shape (..., {self.M}) (M={self.M}); got "
@@ -278,7 +284,9 @@ class PiecewiseLinearRNN(LatentRNN):
     def jacobian(self, z: np.ndarray) -> np.ndarray:
         """``dF/dz`` at ``z``: ``(..., M) -> (..., M, M)``, row index = output component.
 
-        The relu derivative at exactly 0 is taken as 0 (as in the lab's code).
+        The relu derivative at exactly 0 is taken as 0 (as in the lab's code). At a state
+        with a NaN, the entries the NaN reaches are NaN: all of them for the shPLRNNs, the
+        NaN entry's column for the ALRNN / PLRNN.
         """
         return self._evaluate(z, EVAL_F_FULL, None, "jacobian")[1]
 

@@ -458,8 +458,9 @@ class Model(ABC):
     def _check_last_axis(self, x, where, what, size, shape, dims, min_ndim=1) -> np.ndarray:
         """``x`` (array_like) as an array of at least ``min_ndim`` dimensions whose last one
         has ``size`` entries (``shape``, ``dims``: how the message writes it), of the model's
-        dtype; ValueError/TypeError naming ``where``."""
-        x = as_array(x, what, where)
+        dtype (a list is converted to it, an array of another dtype refused:
+        :func:`models._checks.as_array`); ValueError/TypeError naming ``where``."""
+        x = as_array(x, what, where, self.dtype)
         if x.ndim < min_ndim or x.shape[-1] != size:
             raise ValueError(f"{where}: {what} must have shape {shape} with {dims}; got {x.shape}.")
         if x.dtype != self.dtype:
@@ -929,8 +930,9 @@ class LatentRNN(Model):
     * ``simulate(z0, n_steps)``: sequential free run, ``(..., M) -> (..., n_steps, M)``,
       the states ``z_1 .. z_n`` (``z0`` not included). A subclass may also override
       :meth:`_free_run`, the run of checked states whose errors name the method called.
-    Host inputs are array_like (lists too) of the model's dtype; shapes and dtypes are
-    validated with errors naming the method.
+    Host inputs are arrays of the model's dtype, or lists (and Python numbers), which are
+    converted to it; an array of another dtype is refused (no silent casts). Shapes and
+    dtypes are validated with errors naming the method.
 
     Optional fused-kernel interface (the piecewise-linear models provide it; see
     ``models._plrnn_kernels``): ``kernel_args()`` (tuple of parameter arrays), ``n_map_params``

@@ -19,6 +19,8 @@ import numpy as np
 from models._checks import Checks, as_array
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
+#: How :func:`check_trajectory` ends the refusal of a constant dimension by default.
+CONSTANT_REASON = "a constant dimension cannot be standardised or modelled. Drop it."
 
 
 class ArrayChoiceError(ValueError):
@@ -46,6 +48,7 @@ def check_trajectory(
     row_label=None,
     n_obs: int | None = None,
     wide: bool = True,
+    constant_reason: str = CONSTANT_REASON,
 ):
     """Validate an in-memory trajectory and return it as an ndarray (dtype unchanged).
 
@@ -77,6 +80,9 @@ def check_trajectory(
         them as a transposed array, with the hint to transpose it (for callers without a
         model's ``N`` to compare with whose result would be meaningless for so few points,
         e.g. the DSR measures).
+    constant_reason : str
+        How the refusal of a constant dimension (``constant=False``) ends: why the caller
+        needs non-constant dimensions, and the fix.
 
     Raises
     ------
@@ -147,7 +153,7 @@ def check_trajectory(
                 f"{arr[row, col]} at {where_row}, column {col}. Clean or interpolate the data."
             )
     if not constant:
-        _check_not_constant(arr, column_mean_sd(arr)[1], where, name)
+        _check_not_constant(arr, column_mean_sd(arr)[1], where, name, constant_reason)
     return arr
 
 
@@ -213,17 +219,18 @@ def constant_columns(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return sd <= CONSTANT_RTOL * np.max(np.abs(x), axis=0)
 
 
-def _check_not_constant(arr: np.ndarray, sd: np.ndarray, where: str, name: str) -> None:
+def _check_not_constant(
+    arr: np.ndarray, sd: np.ndarray, where: str, name: str, reason: str = CONSTANT_REASON
+) -> None:
     """Refuse a column of ``arr`` (finite, ``T >= 1``) that :func:`constant_columns` calls
-    constant."""
+    constant; the message ends with ``reason``."""
     top = np.max(np.abs(arr), axis=0)
     flat = np.flatnonzero(constant_columns(arr, sd))
     if flat.size:
         ratios = ", ".join(f"{sd[i] / top[i]:.1e}" if top[i] else "0" for i in flat)
         raise ValueError(
             f"{where}: {name} is constant in column(s) {flat.tolist()} (sd / max|x| = "
-            f"{ratios}, at most 1e-12); a constant dimension cannot be standardised or "
-            f"modelled. Drop it."
+            f"{ratios}, at most 1e-12); {reason}"
         )
 
 

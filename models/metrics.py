@@ -836,8 +836,9 @@ def lyapunov_spectrum(
     Tangent vectors, orthonormal and in general position at the start (a fixed seed), are
     propagated with the Jacobians along a trajectory and re-orthonormalised by a QR
     decomposition after every step; the exponents are the averages of ``log |R_ii|`` (Benettin
-    et al., Meccanica 15, 9-20, 1980), sorted: runs too short for the vectors to align may
-    give them out of order.
+    et al., Meccanica 15, 9-20, 1980). They are always returned in decreasing order; after a
+    run too short for the vectors to align, the values are unreliable (two nearly equal
+    exponents mix), not the order.
 
     * A **system** (name or :class:`~models.systems.System`): the flow and its variational
       equation are integrated with RK4 (as :func:`~models.systems.generate`); exponents are per
@@ -1073,7 +1074,7 @@ def _check_lengths(x, name, s, where):
             f"{s.pe_steps + 1} (it predicts {name}[t + {s.pe_steps}] from {name}[t]). Pass a "
             f"longer test trajectory or a smaller pe_steps."
         )
-    if "dh" not in measures and not ("dstsp" in measures and s.dstsp_method == "bins"):
+    if not _needs_variation(measures, s.dstsp_method):
         return
     if n_test < 3:
         raise ValueError(
@@ -1089,7 +1090,12 @@ def _check_lengths(x, name, s, where):
             f"or lower transient."
         )
     stop = 1 + s.dh_length(x) if "dh" in measures else n_test
-    check_trajectory(x[1:stop], where, name=f"{name}[1:{stop}] (compared with the run)")
+    check_trajectory(
+        x[1:stop],
+        where,
+        name=f"{name}[1:{stop}] (compared with the run)",
+        constant_reason=_CONSTANT_FOR_EVALUATE,
+    )
 
 
 @dataclass(frozen=True)
@@ -1118,15 +1124,30 @@ class _Settings:
         return min(self.run_length(x) - self.transient, x.shape[0] - 1)
 
 
+#: :func:`evaluate`'s refusal of a constant test dimension ends with this.
+_CONSTANT_FOR_EVALUATE = (
+    "D_H and binned D_stsp need non-constant dimensions (they standardise each one); PE, "
+    "'lyapunov' and D_stsp with dstsp_method='gmm' accept constant ones. Request only those, "
+    "e.g. measures=('pe',)."
+)
+
+
+def _needs_variation(measures, dstsp_method) -> bool:
+    """Whether the measures refuse a constant test dimension: D_H and binned D_stsp."""
+    return "dh" in measures or ("dstsp" in measures and dstsp_method == "bins")
+
+
 def _test_trajectories(model, x_test, where) -> tuple[list[np.ndarray], list[str]]:
     """``x_test`` -- one trajectory, or several (:func:`models.data.several_trajectories`) --
-    checked, as a list of float64 arrays, and their names in messages."""
+    checked, constant dimensions allowed (only some measures refuse them), as a list of
+    float64 arrays, and their names in messages."""
     check_trajectory_or_list(x_test, where, "x_test")
     if not several_trajectories(x_test):
-        return [_check_obs(model, x_test, where, 2, name="x_test").astype(np.float64)], ["x_test"]
+        x = _check_obs(model, x_test, where, 2, constant=True, name="x_test")
+        return [x.astype(np.float64)], ["x_test"]
     names = [f"x_test[{k}]" for k in range(len(x_test))]
     tests = [
-        _check_obs(model, x, where, 2, name=name).astype(np.float64)
+        _check_obs(model, x, where, 2, constant=True, name=name).astype(np.float64)
         for x, name in zip(x_test, names, strict=True)
     ]
     return tests, names
@@ -1176,7 +1197,8 @@ def evaluate(
     leaves ``diverge_factor`` ranges of all test data together.
 
     A run is not measured if it is ``"non_finite"`` (NaN/inf), ``"diverged"`` (some value
-    farther than ``diverge_factor`` data ranges from the test data's mean, per dimension) or
+    farther than ``diverge_factor`` data ranges from the test data's mean, per dimension; a
+    constant dimension's range counts as 1) or
     ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
     measures are then None. With several starts, one such run decides the status. The
     ``pe_steps``-step runs behind PE are judged in the same way (``"non_finite"`` or
@@ -1187,7 +1209,9 @@ def evaluate(
     model : models.Model
     x_test : array_like, shape (T, N), or list of them (shapes (T_k, N))
         Test trajectory, or several, typically standardised with the training data's mean
-        and sd. A 3-D array is refused: pass ``list(x_test)``.
+        and sd. A 3-D array is refused: pass ``list(x_test)``. A constant dimension is
+        refused when D_H or binned D_stsp is requested (they standardise each dimension);
+        PE, ``"lyapunov"`` and GMM D_stsp accept it, as :func:`prediction_error` does.
     n_steps : int, optional
         Length of each free run (default ``T - 1``); may exceed ``T - 1``.
     transient : int
@@ -1310,7 +1334,11 @@ def evaluate(
         if s.dstsp_method == "bins" and checks.ok("n_bins"):
             with checks.caught():
                 _check_total_bins(s.n_bins, model.n_obs, where)
-        if checks.ok("n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
+        if checks.ok("measures", "dstsp_method") and _needs_variation(measures, s.dstsp_method):
+            with checks.caught("x_test"):  # the first trajectory with a constant dimension
+                for x, name in zip(tests, names, strict=True):
+                    check_trajectory(x, where, name=name, constant_reason=_CONSTANT_FOR_EVALUATE)
+        if checks.ok("x_test", "n_steps", "transient", "measures", "dstsp_method", "pe_steps"):
             with checks.caught():  # the first trajectory too short for the measures
                 for x, name in zip(tests, names, strict=True):
                     _check_lengths(x, name, s, where)
@@ -1341,7 +1369,8 @@ def evaluate(
 
     joined = np.concatenate(tests) if several else tests[0]
     mean = joined.mean(axis=0)
-    limit = s.diverge_factor * (joined.max(axis=0) - joined.min(axis=0))
+    ranges = joined.max(axis=0) - joined.min(axis=0)
+    limit = s.diverge_factor * np.where(ranges > 0, ranges, 1.0)  # 1: as in _at_rest
     scored = [
         _score_trajectory(model, x, s, reference, mean, limit)
         for x, reference in zip(tests, references, strict=True)

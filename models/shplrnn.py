@@ -7,8 +7,11 @@ with ``A`` of shape (M,) (a diagonal), ``W1`` (M, L), ``W2`` (L, M), ``h1`` (M,)
 (L,). The clipped nonlinearity is bounded, so orbits stay bounded when ``max|A| < 1``.
 The relu derivative at exactly 0 is 0 everywhere (Jacobians and VJPs), as in the lab's
 code; ``relu(NaN)`` is NaN (NaNs are never zeroed) and a hidden unit whose pre-activation
-``W2 z + h2`` is ``-inf`` contributes 0. A ``+inf`` pre-activation gives NaN in the clipped
-variant (``inf - inf``): the state has already overflowed.
+``W2 z + h2`` is ``-inf`` contributes 0. A ``+inf`` pre-activation gives NaN (``inf - inf``
+in the clipped variant, ``inf * 0`` in the unclipped one): the state has already overflowed.
+A NaN in ``z`` enters every pre-activation (``NaN * w`` is NaN, also for ``w = 0``), and
+the derivative of relu there is NaN too: the Jacobian, its diagonal and ``vjp_state`` at
+such a state are NaN throughout (the parameter VJP is NaN through ``relu(NaN)``).
 
 Per-step functions (plain Python over explicit arrays; see
 :class:`models._plrnn_kernels.StepFunctions`), all taking
@@ -54,6 +57,10 @@ from parscan._jit import jit, jit_parallel, n_threads
 # no-op for every finite x, NaN stays NaN; a 1e5-step float32 free run of ClippedShPLRNN(3, 200)
 # measured 0-7 % slower), so a ``-inf`` pre-activation contributes 0 and finite ones give
 # bitwise the results of ``x * (x > 0)``.
+# ``u > 0`` is False at a NaN ``u``: a derivative computed with it would read a NaN state as
+# inactive units, so the Jacobian, its diagonal and ``vjp_state`` end by writing the NaN of
+# ``z`` over their output (a check per state entry; NaN-free states keep bitwise their
+# results, and the hot loops stay as they were).
 
 
 def shplrnn_step(A, W1, W2, h1, h2, clipped, z, out):
@@ -99,6 +106,11 @@ def shplrnn_step_jacobian(A, W1, W2, h1, h2, clipped, z, out, jac):
             w = w1 * up - w1 * sp  # relu' of the hidden unit, in {-1, 0, 1}, times W1
             for j in range(M):
                 jac[i, j] += w * W2[l, j]
+    for j in range(M):
+        if z[j] != z[j]:
+            for i in range(M):
+                for k in range(M):
+                    jac[i, k] = z[j]
 
 
 def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
@@ -122,6 +134,10 @@ def shplrnn_step_jacobian_diag(A, W1, W2, h1, h2, clipped, z, out, diag):
             out[i] += W1[i, l] * phi
             w = W1[i, l] * W2[l, i]
             diag[i] += w * up - w * sp
+    for j in range(M):
+        if z[j] != z[j]:
+            for i in range(M):
+                diag[i] = z[j]
 
 
 def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
@@ -141,6 +157,10 @@ def shplrnn_vjp_state(A, W1, W2, h1, h2, clipped, z, cot, out):
         g = a * up - a * sp
         for j in range(M):
             out[j] += g * W2[l, j]
+    for j in range(M):
+        if z[j] != z[j]:
+            for i in range(M):
+                out[i] = z[j]
 
 
 def shplrnn_vjp_params(A, W1, W2, h1, h2, clipped, z, cot, grad):

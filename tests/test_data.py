@@ -212,6 +212,24 @@ def test_check_trajectory_allows_constant_when_asked():
         check_trajectory(np.zeros((3, 0)), "f")
     with pytest.raises(ValueError, match=r"^f: x is not an array \(nested sequences"):
         check_trajectory([[1.0, 2.0], [3.0]], "f")
+    with pytest.raises(
+        ValueError, match=r"^f: y is constant in column\(s\) \[0, 1\] \(.*\); f needs variation\.$"
+    ):
+        check_trajectory(flat, "f", name="y", constant_reason="f needs variation.")
+
+
+def test_a_standardize_result_is_refused_naming_its_first_element():
+    """(x_std, mean, sd) where one trajectory is expected: not 'ragged nested sequences' but
+    the slip, and its fix; a tuple of other shapes is read as an array_like, as before."""
+    with pytest.raises(
+        TypeError,
+        match=r"^f: x must be an array; got a tuple of a \(4, 2\) array and two \(2,\) arrays, "
+        r"as models\.standardize returns; pass its first element \(x_std, mean, sd = "
+        r"standardize\(x\)\)\.$",
+    ):
+        check_trajectory(standardize(X), "f")
+    rows = (X[0], X[1], X[2])
+    np.testing.assert_array_equal(check_trajectory(rows, "f"), X[:3])
 
 
 finite_data = hnp.arrays(

@@ -610,6 +610,23 @@ def test_lorenz63_largest_exponent_and_spectrum_sum():
     assert spectrum[0] > spectrum[1] > spectrum[2]
 
 
+def test_hindmarsh_rose_largest_exponent_is_the_described_one():
+    """SYSTEMS' description and the README: 0.017 from the default 20,000 samples, which hold
+    a few bursts (0.013 over 10^6 samples, 20 s: not run here)."""
+    description = SYSTEMS["hindmarsh_rose"].description
+    assert "0.013 per time unit over 10^6 samples" in description and "give 0.017" in description
+    assert max_lyapunov("hindmarsh_rose") == pytest.approx(0.017, abs=5e-4)
+
+
+def test_spectrum_is_in_decreasing_order_even_after_a_few_steps():
+    """After a short run the values are unreliable (far from Lorenz-63's 0.906, 0, -14.57),
+    never their order: the averages of log |R_ii| come out of order here (the second the
+    largest), the spectrum is returned sorted."""
+    for n_steps in (1, 2, 5):
+        spectrum = lyapunov_spectrum("lorenz63", n_steps=n_steps, transient=0)
+        assert np.all(np.diff(spectrum) <= 0), spectrum
+
+
 def test_rossler_largest_exponent_is_the_tabulated_one():
     """README/SYSTEMS: 0.0714 per time unit (Sprott 2003); the default run (its Lyapunov time
     is ~280 samples) measures 0.072: within 5 %."""
@@ -1015,6 +1032,49 @@ def test_evaluate_short_data_fits_the_requested_measures(rotation_data):
     steps = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 2.0], [1.0, 3.0]])
     with pytest.raises(ValueError, match=r"evaluate: x_test\[1:4\] .* is constant in column"):
         evaluate(MapRNN(np.eye(2)), steps, measures=("dh",))
+
+
+def test_evaluate_refuses_a_constant_test_dimension_only_for_dh_and_binned_dstsp():
+    """The model observes every test column, so one that is constant cannot be dropped: PE
+    (as prediction_error), 'lyapunov' and GMM D_stsp score it; D_H and binned D_stsp, which
+    standardise each dimension, refuse it, saying which measures do take it."""
+    x = standardize(generate("lorenz63", 500, seed=1))[0]
+    x[:, 2] = 0.0
+    model = ShPLRNN(3, 4, seed=2)
+    for several in (False, True):
+        x_test = [x, x[:300]] if several else x
+        res = evaluate(model, x_test, measures=("pe", "lyapunov"))
+        assert res["status"] == "ok" and math.isfinite(res["lyapunov"])
+        if not several:
+            assert res["pe"] == prediction_error(model, x)
+        res = evaluate(model, x_test, measures="dstsp", dstsp_method="gmm")
+        assert res["status"] == "ok" and res["dstsp"] >= 0
+        name = "x_test[0]" if several else "x_test"
+        for kwargs in ({}, {"measures": "dh"}, {"measures": ("pe", "dstsp")}):
+            with pytest.raises(
+                ValueError,
+                match=rf"^evaluate: {re.escape(name)} is constant in column\(s\) \[2\] \(sd / "
+                r"max\|x\| = 0, at most 1e-12\); D_H and binned D_stsp need non-constant "
+                r"dimensions \(they standardise each one\); PE, 'lyapunov' and D_stsp with "
+                r"dstsp_method='gmm' accept constant ones\. Request only those, e\.g\. "
+                r"measures=\('pe',\)\.$",
+            ):
+                evaluate(model, x_test, **kwargs)
+
+
+def test_a_standardize_result_passed_as_a_trajectory_names_the_slip(rotation_data):
+    model, x = rotation_data
+    fix = (
+        r"must be an array; got a tuple of a \(1000, 2\) array and two \(2,\) arrays, as "
+        r"models\.standardize returns; pass its first element \(x_std, mean, sd = "
+        r"standardize\(x\)\)\.$"
+    )
+    with pytest.raises(TypeError, match=rf"^evaluate: x_test {fix}"):
+        evaluate(model, standardize(x))
+    with pytest.raises(TypeError, match=rf"^state_space_divergence: x_true {fix}"):
+        state_space_divergence(standardize(x), x)
+    with pytest.raises(TypeError, match=rf"^state_space_divergence: x_gen {fix}"):
+        state_space_divergence(x, standardize(x))
 
 
 def test_evaluate_reports_a_lyapunov_run_that_overflows():
