@@ -135,7 +135,9 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
             f"ClippedShPLRNN, ALRNN, PLRNN); got {type(model).__name__}. State-space models "
             "are trained teacher-forced: use autodiff.ssm_gradients.ssm_loss_and_grad."
         )
-    was_ndarray, data = isinstance(data, np.ndarray), as_array(data, "data", where)
+    # a list is converted to the model's dtype, an array of another dtype refused (as the
+    # models' own methods do: models._checks.as_array)
+    was_ndarray, data = isinstance(data, np.ndarray), as_array(data, "data", where, model.dtype)
     type_errors, value_errors = [], []
     if data.dtype != model.dtype:
         other = (

@@ -79,6 +79,25 @@ def fd_jacobian(m, z, eps=1e-6):
     return np.stack(cols, axis=-1)
 
 
+def reference_jacobian(m, z):
+    """dF/dz (..., M, M) from the formulas, in NumPy (float64), with the documented
+    derivative at a NaN: relu'(NaN) (and, for the ALRNN / PLRNN, Phi'(NaN)) is NaN."""
+    p = {k: v.astype(np.float64) for k, v in m.unflatten().items()}
+    z = z.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        if isinstance(m, ShPLRNN | ClippedShPLRNN):
+            s = z @ p["W2"].T
+            d = np.where(np.isnan(s), np.nan, s + p["h2"] > 0)
+            if isinstance(m, ClippedShPLRNN):
+                d = d - (s > 0)
+            J = np.einsum("il,...l,lj->...ij", p["W1"], d, p["W2"])
+        else:
+            n_relu = m.M if isinstance(m, PLRNN) else m.P
+            d = np.where(np.arange(m.M) < m.M - n_relu, 1.0, z > 0)
+            J = p["W"] * np.where(np.isnan(z), np.nan, d)[..., None, :]
+    return J + np.diag(p["A"])
+
+
 def states(shape, dtype=np.float64, seed=0):
     return np.random.default_rng(seed).normal(0.0, 1.5, (*shape, M)).astype(dtype)
 
@@ -164,6 +183,50 @@ def test_step_and_jacobian_fused_and_out(model, dtype):
     np.testing.assert_array_equal(F2, F)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", NAMES)
+def test_derivatives_at_a_nan_state_are_nan_where_it_reaches(name, dtype):
+    """A NaN state entry is not read as an inactive relu (NaNs are never zeroed): it enters
+    every hidden unit of the shPLRNNs (``NaN * w`` is NaN), whose Jacobian is then NaN
+    throughout, and makes column j of the ALRNN / PLRNN Jacobian NaN, for a linear unit too.
+    Every path: one state (the per-step function), 70 states (the lane blocks of 64 or the
+    chunked drivers), the plain and compiled per-step functions, ``vjp_state``. NaN-free
+    states in the same call keep the per-step function's results, bitwise."""
+    m = random_model(name, dtype)
+    z = states((70,), dtype, seed=21)
+    z[3, 1] = z[5, -1] = z[66, 0] = z[66, 2] = np.nan  # a linear unit, a relu unit; 2 blocks
+    clean = ~np.isnan(z).any(axis=1)
+    want = reference_jacobian(m, z)
+    assert np.isnan(want).any() and np.isfinite(want[clean]).all()
+    tol = {"rtol": TOL[dtype], "atol": TOL[dtype]}
+    F, J = m.step_and_jacobian(z)
+    F2, D = m.step_and_jacobian(z, diag=True)
+    for got in (J, m.jacobian(z), np.stack([m.jacobian(zp) for zp in z])):
+        np.testing.assert_allclose(got, want, **tol)  # NaN where want has NaN, only there
+    one_by_one = np.stack([m.step_and_jacobian(zp, diag=True)[1] for zp in z])
+    for got in (D, m.jacobian_diag(z), one_by_one):
+        np.testing.assert_allclose(got, np.diagonal(want, axis1=-2, axis2=-1), **tol)
+    args, c = m.kernel_args(), states((), dtype, seed=22)
+    out, jac, diag, vs = (np.empty(shape, dtype) for shape in (M, (M, M), M, M))
+    for fns in (m.step_functions_jit, m.step_functions):  # compiled and plain Python
+        for p in range(8):
+            with np.errstate(invalid="ignore"):
+                fns.step_jacobian(*args, z[p], out, jac)
+                fns.step_jacobian_diag(*args, z[p], out, diag)
+                fns.vjp_state(*args, z[p], c, vs)
+            np.testing.assert_array_equal(jac, J[p])
+            np.testing.assert_array_equal(diag, D[p])
+            np.testing.assert_allclose(vs, want[p].T @ c, rtol=1e-4, atol=1e-4)
+    fns = m.step_functions_jit
+    for p in np.flatnonzero(clean):
+        fns.step_jacobian(*args, z[p], out, jac)
+        np.testing.assert_array_equal(J[p], jac)
+        np.testing.assert_array_equal(F[p], out)
+        fns.step_jacobian_diag(*args, z[p], out, diag)
+        np.testing.assert_array_equal(D[p], diag)
+        np.testing.assert_array_equal(F2[p], out)
+
+
 def test_relu_derivative_at_zero_is_zero():
     # shPLRNN family with h2 = 0 at z = 0: every pre-activation is exactly 0.
     for cls in (ShPLRNN, ClippedShPLRNN):
@@ -179,6 +242,14 @@ def test_relu_derivative_at_zero_is_zero():
     J = m.jacobian(np.zeros(M))
     np.testing.assert_array_equal(J[:, M - P :], np.diag(m["A"])[:, M - P :])
     np.testing.assert_array_equal(J[:, : M - P], (m["W"] + np.diag(m["A"]))[:, : M - P])
+    # the same in a batch, which the batched drivers (not the per-step functions) evaluate
+    for m in (ShPLRNN(M, L), ClippedShPLRNN(M, L), ALRNN(M, P), PLRNN(M)):
+        if "h2" in m.unflatten():
+            m["h2"][...] = 0.0
+        for diag in (False, True):
+            one = m.step_and_jacobian(np.zeros(M), diag=diag)[1]
+            batch = m.step_and_jacobian(np.zeros((70, M)), diag=diag)[1]
+            np.testing.assert_array_equal(batch, np.broadcast_to(one, batch.shape))
 
 
 def test_norm_bound_dominates_jacobian_norms(model):
@@ -906,8 +977,8 @@ def test_dtype_hint_offers_astype_only_for_model_dtypes():
         assert "model.astype" not in message and "np.asarray(z, dtype=np.float64)." in message
     with pytest.raises(TypeError, match=r"np\.asarray\(x0, dtype=np\.float64\)\.$"):
         m.generate(np.zeros(M, np.int64), 2)
-    with pytest.raises(TypeError, match=r"np\.asarray\(z, dtype=np\.float32\)"):
-        m.astype("float32").step([0.0] * M)  # the hint works for a list too
+    with pytest.raises(TypeError, match=r"np\.asarray\(z, dtype=np\.float32\) or model\.astype"):
+        m.astype("float32").step(np.zeros(M))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -938,6 +1009,45 @@ def test_array_likes_are_accepted_like_arrays():
     np.testing.assert_array_equal(m.generate(z[:, :N].tolist(), 3), m.generate(z[:, :N], 3))
     with pytest.raises(TypeError, match=r"ALRNN\.unflatten: expected a numpy array"):
         m.unflatten(m.params.tolist())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lists_take_the_model_dtype_and_arrays_keep_theirs(name):
+    """A list (which NumPy would read as float64) is converted to the model's dtype, so that a
+    float32 model takes one as a float64 model does; an array of another dtype is still
+    refused, and list values that float32 cannot hold are refused rather than made inf."""
+    m = random_model(name, "float32")
+    z = states((2,), np.float32)
+    x0 = np.ascontiguousarray(z[:, :N])  # L0 x0 by BLAS: its rounding may depend on the layout
+    zl, xl = z.tolist(), x0.tolist()  # Python floats holding the float32 values exactly
+    for got, want in [
+        (m.step(zl), m.step(z)),
+        (m.jacobian(zl), m.jacobian(z)),
+        (m.jacobian_diag(zl[0]), m.jacobian_diag(z[0])),
+        (m.step_and_jacobian(zl, diag=True)[1], m.jacobian_diag(z)),
+        (m.simulate(zl, 3), m.simulate(z, 3)),
+        (m.param_vjp(zl, zl), m.param_vjp(z, z)),
+        (m.initial_state(xl), m.initial_state(x0)),
+        (m.generate(xl, 3), m.generate(x0, 3)),
+        (m.generate([[1, 0, -1]], 3), m.generate(np.array([[1, 0, -1]], np.float32), 3)),
+    ]:
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    for bad in (z.astype(np.float64), z.astype(np.int64)):
+        with pytest.raises(
+            TypeError, match=rf"^{name}\.step: `z` must have the model dtype float32"
+        ):
+            m.step(bad)
+    with pytest.raises(TypeError, match=rf"^{name}\.generate: x0 must have dtype float32; got fl"):
+        m.generate(x0.astype(np.float64), 3)
+    with pytest.raises(TypeError, match=r"must have the model dtype float32; got bool"):
+        m.step([True] * M)  # not read as 1.0 / 0.0
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.simulate: `z0` has values too large for float32 \(they would become "
+        r"inf\); the largest is 1e\+39\. Scale them down, or use a float64 model",
+    ):
+        m.simulate([1e39] + [0.0] * (M - 1), 2)
 
 
 class _DeviceLike:
