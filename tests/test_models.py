@@ -310,8 +310,9 @@ def test_param_vjp_float32_matches_float64(model):
 # ---- per-step functions ---------------------------------------------------------------
 
 
-def test_step_functions_agree_with_batched_methods(model):
-    z, c = states((), seed=10), states((), seed=11)
+@pytest.mark.parametrize("seed", range(5))  # several states: every relu and clip regime
+def test_step_functions_agree_with_batched_methods(model, seed):
+    z, c = states((), seed=10 + 2 * seed), states((), seed=11 + 2 * seed)
     args = model.kernel_args()
     for fns in (model.step_functions_jit, model.step_functions):  # compiled and plain Python
         out, jac, diag, zc = np.empty(M), np.empty((M, M)), np.empty(M), np.empty(M)
