@@ -1931,37 +1931,28 @@ def test_several_trajectories_resume_bitwise_and_only_with_the_same_split(lorenz
     assert np.array_equal(resumed.model.params, full.model.params)
 
 
-def test_checkpoints_without_lengths_resume_as_one_trajectory(lorenz, tmp_path):
+def _pop_lengths(meta):
+    del meta["train_state"]["data_lengths"], meta["train_state"]["validation_data_lengths"]
+
+
+def _pop_blocks(fields):
+    del fields["array.data_blocks"], fields["array.validation_data_blocks"]
+
+
+@pytest.mark.parametrize(
+    "edit_meta, edit_fields", [(_pop_lengths, None), (None, _pop_blocks)], ids=["lengths", "blocks"]
+)
+def test_checkpoints_of_earlier_versions_resume(lorenz, tmp_path, edit_meta, edit_fields):
     """Checkpoints written before several (training or validation) trajectories were accepted
-    store no lengths."""
+    store no lengths (one trajectory each); those written before the fingerprints kept block
+    moments compare the sampled rows alone."""
     x, xv = lorenz
     cfg = config(epochs=2)
     full = fit(small_model(), x, cfg, validation_data=xv)
     with pytest.raises(KeyboardInterrupt):
         fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14),
             validation_data=xv)  # fmt: skip
-
-    def pop_lengths(meta):
-        del meta["train_state"]["data_lengths"], meta["train_state"]["validation_data_lengths"]
-
-    _rewrite(checkpoint_path(tmp_path), edit_meta=pop_lengths)
-    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
-    assert_same_run(resumed, full)
-
-
-def test_checkpoints_without_block_moments_resume_comparing_the_rows(lorenz, tmp_path):
-    """Checkpoints written before the fingerprints kept block moments compare sampled rows."""
-    x, xv = lorenz
-    cfg = config(epochs=2)
-    full = fit(small_model(), x, cfg, validation_data=xv)
-    with pytest.raises(KeyboardInterrupt):
-        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, callback=Interrupt(14),
-            validation_data=xv)  # fmt: skip
-
-    def pop_blocks(fields):
-        del fields["array.data_blocks"], fields["array.validation_data_blocks"]
-
-    _rewrite(checkpoint_path(tmp_path), edit_fields=pop_blocks)
+    _rewrite(checkpoint_path(tmp_path), edit_meta, edit_fields)
     with pytest.raises(ValueError, match=r"\(same shape, different values at row 0\)"):
         check_fit(small_model(), x[::-1], cfg, checkpoint_dir=tmp_path, resume=True,
                   validation_data=xv)  # fmt: skip
