@@ -34,6 +34,7 @@ import collections
 import contextlib
 import csv
 import datetime
+import difflib
 import hashlib
 import importlib.metadata
 import itertools
@@ -247,6 +248,15 @@ def _setting_name(key) -> str:
     return str(key).replace("-", "_")
 
 
+def _did_you_mean(name: str, written: str) -> str:
+    """`` (did you mean hidden-dim?)`` for an unknown setting ``name`` (as written:
+    ``written``) close to a known one, spelled the way it was written; else ``""``."""
+    close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+    if not close:
+        return ""
+    return f" (did you mean {close[0].replace('_', '-') if '-' in written else close[0]}?)"
+
+
 def _typed_settings(raw: dict, source: str) -> dict:
     """``raw`` (a config file's or an args.json's table) checked against :class:`Settings`:
     known names (``-`` or ``_``), each given once, values of the right type."""
@@ -258,9 +268,8 @@ def _typed_settings(raw: dict, source: str) -> dict:
         config[name], spelled[name] = value, key
     unknown = sorted(set(config) - set(SETTING_NAMES))
     if unknown:
-        raise UserError(
-            f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}."
-        )
+        named = ", ".join(spelled[name] + _did_you_mean(name, spelled[name]) for name in unknown)
+        raise UserError(f"{source}: unknown setting(s) {named}; known: {', '.join(SETTING_NAMES)}.")
     problems = []
     for name, value in config.items():
         kind, optional, listed = _setting_type(name)
@@ -814,6 +823,7 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
     tests = None
     if files:
         recordings = _load_files(s, "data", origins)
+        _check_distinct(files)
         labels = _labels("--data", files)
         _check_dimensions(
             recordings[1:],
@@ -863,6 +873,20 @@ def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
     return x, test, f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
 
 
+def _check_distinct(files: list[str]) -> None:
+    """Refuse a ``--data`` file given twice (the same file under two names too): its
+    recording would be trained on and scored twice."""
+    for k, file in enumerate(files):
+        for earlier in files[:k]:
+            if os.path.samefile(file, earlier):
+                also = "" if file == earlier else f" (also as --data {earlier})"
+                raise UserError(
+                    f"--data {file} is given twice{also}: its recording would be trained on "
+                    "and scored twice; give each file once (several arrays of one .npz: save "
+                    "each to a file of its own)."
+                )
+
+
 def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[np.ndarray]:
     """The ``--test-data`` arrays, each refused (named by its file when there are several)
     unless it has the training data's ``n_dims`` dimensions and can be scored."""
@@ -872,7 +896,8 @@ def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[
     for label, test in zip(labels, tests, strict=True):
         _check_test(test, label)
     for file in _files(s.test_data):
-        if any(os.path.samefile(file, data) for data in _files(s.data)):
+        same_array = Path(file).suffix.lower() != ".npz" or s.test_data_key == s.data_key
+        if same_array and any(os.path.samefile(file, data) for data in _files(s.data)):
             _warn(
                 f"--test-data {file} is also a --data file: the model trains and is selected "
                 "on it, so its test score measures the fit, not how well the model generalises "
@@ -1730,6 +1755,44 @@ def _choice(*options):
     return click.Choice(options, case_sensitive=False)
 
 
+class _Once(click.Option):
+    """An option that takes one value and refuses to be given twice, where a repetition
+    means a misunderstanding rather than an override: the array keys, next to the
+    repeatable ``--data`` / ``--test-data`` (click would keep the last value silently:
+    ``--data-key a --data-key b`` read only ``b``). Other options keep click's rule, the
+    last value given wins."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def process_value(self, ctx, value):
+        values = super().process_value(ctx, value)
+        if len(values) > 1:
+            given = ", ".join(str(v) for v in values)
+            raise click.BadParameter(
+                f"given {len(values)} times ({given}); it takes one value, give it once"
+                + _ONCE_HINTS.get(self.name, "")
+                + ".",
+                ctx,
+                self,
+            )
+        return values[0] if values else None
+
+
+#: what to do instead of repeating an option given once (:class:`_Once`)
+_ONCE_HINTS = {
+    "data_key": " (it names the array of every --data .npz; to train on several arrays of "
+    "one .npz, save each to a file of its own, e.g. with np.save, and repeat --data)",
+    "test_data_key": " (it names the array of every --test-data .npz; save each array to a "
+    "file of its own to test on several)",
+}
+
+
+def _once(*param_decls, **attrs):
+    """``click.option`` for an option given at most once (:class:`_Once`)."""
+    return click.option(*param_decls, cls=_Once, **attrs)
+
+
 @click.group(
     cls=_OneLineErrors,
     invoke_without_command=True,
@@ -1742,9 +1805,7 @@ def _choice(*options):
     help="Training trajectory (.npy/.npz/.csv/.txt), T x N; repeat it for several recordings "
     "of one system (trained together, each split alike).",
 )
-@click.option(
-    "--data-key", type=str, metavar="KEY", help="Array of each --data .npz holding several."
-)
+@_once("--data-key", type=str, metavar="KEY", help="Array of each --data .npz holding several.")
 @click.option("--system", type=str, help="Generate data from this system (default lorenz63).")
 @click.option("--n-steps", type=int, help="Steps generated for --system (train and test each).")
 @click.option("--noise", type=float, help="Observation noise of --system data (fraction of sd).")
@@ -1754,7 +1815,7 @@ def _choice(*options):
     multiple=True,
     help="Test trajectory; default: generated / held out; repeat it to score several together.",
 )
-@click.option("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
+@_once("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
 @click.option("--model", type=_choice(*MODEL_NAMES), help="Model class (default clipped-shplrnn).")
 @click.option("--latent-dim", "-M", type=int, help="Latent dimension M (SSMs: state size H).")
 @click.option(
@@ -2444,7 +2505,7 @@ def _recorded_failure(run: Path) -> str | None:
     help="Test trajectory (default: the run's own test set); repeat it to score several "
     "together (held-out trials or recordings).",
 )
-@click.option("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
+@_once("--test-data-key", type=str, metavar="KEY", help="Array of each --test-data .npz.")
 @click.option(
     "--n-bins",
     type=int,
@@ -2563,13 +2624,8 @@ def evaluate_command(
         )
     else:
         raws = run_test_data(path, "evaluate")
-        labels = _test_labels(run_settings(path, "evaluate"))
-    for file, raw in zip(test_data or [None] * len(raws), raws, strict=True):
-        if raw.shape[1] != model.n_obs:
-            of = f" in --test-data {file}" * (len(raws) > 1 and file is not None)
-            raise UserError(
-                f"the test data{of} have {raw.shape[1]} dimensions; the model needs {model.n_obs}."
-            )
+        labels = _test_labels(run_settings(path, "evaluate")) or ["the run's generated test data"]
+    _check_dimensions(raws, labels, model.n_obs, "the model")
     far = False
     if model.standardization is not None:
         mean, sd = model.standardization

@@ -69,8 +69,9 @@ def check_trajectory(
         constant when its standard deviation is at most ``1e-12`` times its largest magnitude
         (rounding noise that standardising would blow up to unit scale).
     row_label : callable, optional
-        Maps a row index to the words that locate it in messages (default ``"row i"``;
-        :func:`load_data` passes the line of a text file).
+        Maps a row index to the words that locate it in messages (default ``"row i"``, with
+        the column index; :func:`load_data` passes the line of a text file, whose field is
+        then counted from 1 as the line is).
     n_obs : int, optional
         The number of columns the caller's model observes (its ``N``); a trajectory with
         another number is refused, with the hint to transpose it when it looks transposed
@@ -147,10 +148,13 @@ def check_trajectory(
         bad = ~np.isfinite(arr)
         if bad.any():
             row, col = np.argwhere(bad)[0]
-            where_row = f"row {row}" if row_label is None else row_label(int(row))
+            # array indices from 0; a text file's line and field from 1, as an editor counts
+            at = f"row {row}, column {col}"
+            if row_label is not None:
+                at = f"{row_label(int(row))}, field {col + 1}"
             raise ValueError(
                 f"{where}: {name} contains {int(bad.sum())} NaN/inf value(s); the first is "
-                f"{arr[row, col]} at {where_row}, column {col}. Clean or interpolate the data."
+                f"{arr[row, col]} at {at}. Clean or interpolate the data."
             )
     if not constant:
         _check_not_constant(arr, column_mean_sd(arr)[1], where, name, constant_reason)

@@ -197,8 +197,8 @@ def test_evaluate_scores_several_test_files_together(finished_run, tmp_path):
     )
     np.save(tmp_path / "flat.npy", b[:, :2])
     for extra, message in [
-        (["--test-data", tmp_path / "flat.npy"], f"the test data in --test-data {tmp_path}/"
-         "flat.npy have 2 dimensions; the model needs 3."),
+        (["--test-data", tmp_path / "flat.npy"], f"--test-data {tmp_path}/flat.npy has 2 "
+         "dimensions but the model has 3."),
         (["--test-data-key", "test"], "--test-data-key names an array in an .npz file; "
          f"--test-data {tmp_path}/a.npy is not one, drop --test-data-key."),
         (["--transient", 600], f"--transient (600) must be smaller than the free run's length "
@@ -754,6 +754,35 @@ def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
     )
 
 
+def test_array_keys_and_data_files_are_given_once(tmp_path):
+    """A repeated key would silently keep the last one (click's rule), a repeated --data
+    file train and score one recording twice: both refused before anything is written. A
+    test array of the training .npz under another key is not the training data: no
+    warning."""
+    x = models.generate("lorenz63", 1500, seed=3)
+    both = tmp_path / "both.npz"
+    np.savez(both, a=x, b=x[::-1] + 1)
+    tiny = [a for a in TINY if a not in ("--n-steps", "1500")]
+    out = tmp_path / "run"
+    result = run(*tiny, "--data", both, "--data", both, "--data-key", "a", "--data-key", "b",
+                 "--out", out)  # fmt: skip
+    _one_error_line(result, "Invalid value for '--data-key': given 2 times (a, b); it takes one "
+                    "value, give it once (it names the array of every --data .npz; to train on "
+                    "several arrays of one .npz, save each to a file of its own")  # fmt: skip
+    result = run("evaluate", out, "--test-data-key", "a", "--test-data-key", "b")
+    _one_error_line(result, "Invalid value for '--test-data-key': given 2 times (a, b)")
+    np.save(tmp_path / "x.npy", x)
+    os.symlink(tmp_path / "x.npy", tmp_path / "y.npy")
+    for second, also in [(tmp_path / "x.npy", ""), (tmp_path / "y.npy", " (also as --data ")]:
+        result = run(*tiny, "--data", tmp_path / "x.npy", "--data", second, "--out", out)
+        _one_error_line(result, f"--data {second} is given twice{also}")
+    assert not out.exists()
+    result = run(*tiny, "--data", both, "--data-key", "a", "--test-data", both,
+                 "--test-data-key", "b", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "is also a --data file" not in result.output
+
+
 # ------------------------------------------------------------------------------------------
 # several recordings: a repeated --data (and --test-data)
 # ------------------------------------------------------------------------------------------
@@ -989,6 +1018,15 @@ def test_config_choices_are_case_insensitive_like_the_flags(tmp_path):
     config.write_text('{"alpha": "AUTO", "model": "ALRNN", "lr-start": 1}')
     settings = cli.resolve_settings({}, str(config))
     assert (settings.alpha, settings.model, settings.lr_start) == ("auto", "alrnn", 1.0)
+
+
+def test_unknown_config_settings_are_named_as_written_with_the_setting_meant(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('hiden-dim = 30\nepocs = 3\ncolour = "blue"\n')
+    named = (r"unknown setting\(s\) colour, epocs \(did you mean epochs\?\), hiden-dim \(did "
+             r"you mean hidden-dim\?\); known: data, ")  # fmt: skip
+    with pytest.raises(cli.UserError, match=named):
+        cli.resolve_settings({}, str(config))
 
 
 def _copy_run(finished_run, tmp_path):

@@ -645,7 +645,7 @@ def test_csv_that_is_not_utf8_names_the_line_and_the_fix(tmp_path):
 def test_nan_in_a_text_file_is_reported_by_line(tmp_path):
     path = tmp_path / "gap.csv"
     path.write_text("# sensor\nx,y\n0,1\n\n1.5,nan\n3,4.25\n")
-    with pytest.raises(ValueError, match=r"the first is nan at line 5, column 1"):
+    with pytest.raises(ValueError, match=r"the first is nan at line 5, field 2\. "):
         load_data(path)
 
 
