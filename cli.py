@@ -878,7 +878,7 @@ def _check_distinct(files: list[str]) -> None:
     recording would be trained on and scored twice."""
     for k, file in enumerate(files):
         for earlier in files[:k]:
-            if os.path.samefile(file, earlier):
+            if _same_file(file, earlier):
                 also = "" if file == earlier else f" (also as --data {earlier})"
                 raise UserError(
                     f"--data {file} is given twice{also}: its recording would be trained on "
@@ -895,15 +895,31 @@ def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[
     _check_dimensions(tests, labels, n_dims, "the training data")
     for label, test in zip(labels, tests, strict=True):
         _check_test(test, label)
-    for file in _files(s.test_data):
-        same_array = Path(file).suffix.lower() != ".npz" or s.test_data_key == s.data_key
-        if same_array and any(os.path.samefile(file, data) for data in _files(s.data)):
-            _warn(
-                f"--test-data {file} is also a --data file: the model trains and is selected "
-                "on it, so its test score measures the fit, not how well the model generalises "
-                "to data it has not seen."
-            )
+    _warn_if_training_data(_files(s.test_data), s.test_data_key, s, "also a --data file")
     return tests
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (False when either is gone: a run's
+    training file may have moved since)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _warn_if_training_data(files: list[str], key: str | None, s: Settings, what: str) -> None:
+    """Warn for each test file among ``files`` (with the array key ``key``) that holds the
+    training data of settings ``s`` (the same file, and for an ``.npz`` the same key), ``what``
+    it is called."""
+    for file in files:
+        same_array = Path(file).suffix.lower() != ".npz" or key == s.data_key
+        if same_array and any(_same_file(file, data) for data in _files(s.data)):
+            _warn(
+                f"--test-data {file} is {what}: the model trains and is selected on it, so its "
+                "test score measures the fit, not how well the model generalises to data it "
+                "has not seen."
+            )
 
 
 def _split_recording(
@@ -1341,13 +1357,18 @@ def write_history(path: Path, history: list) -> None:
         writer.writerows(history)
 
 
+#: steps of a one-dimensional series that ``attractor.png`` shows over time
+SERIES_PLOT_STEPS = 2000
+
+
 def write_plots(
     out: Path, test: np.ndarray, generated: np.ndarray, title: str = "test data"
 ) -> str:
     """``attractor.png`` and ``spectrum.png`` with matplotlib, or a note why not.
 
     Both attractor panels share the axis limits (the test data's range, widened to the
-    generated run's), so a model collapsed to a point looks like one; the spectra are shown up
+    generated run's), so a model collapsed to a point looks like one (one-dimensional data:
+    the first :data:`SERIES_PLOT_STEPS` steps of the series over time); the spectra are shown up
     to the frequency bin below which the test spectrum holds 99.9 % of its power (see
     :func:`spectrum_extent`).
 
@@ -1376,14 +1397,17 @@ def write_plots(
     y = 1 if n_obs >= 3 else n_obs - 1  # the dimension on the vertical (2-d) / second axis
     fig = plt.figure(figsize=(10, 4.5))
     for k, (x, panel) in enumerate(((test, title), (generated, "generated"))):
-        if n_obs >= 3:
-            ax = fig.add_subplot(1, 2, k + 1, projection="3d")
+        ax = fig.add_subplot(1, 2, k + 1, projection="3d" if n_obs >= 3 else None)
+        if n_obs == 1:  # x against x would be a line: the series over its first steps
+            ax.plot(x[:SERIES_PLOT_STEPS, 0], lw=0.5)
+            ax.set_xlabel("step")
+        elif n_obs == 2:
+            ax.plot(x[:, 0], x[:, 1], lw=0.3)
+        else:
             ax.plot(x[:, 0], x[:, 1], x[:, 2], lw=0.3)
             ax.set_zlim(lo[2], hi[2])
-        else:
-            ax = fig.add_subplot(1, 2, k + 1)
-            ax.plot(x[:, 0], x[:, y], lw=0.3)
-        ax.set_xlim(lo[0], hi[0])
+        if n_obs > 1:
+            ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[y], hi[y])
         ax.set_title(panel)
     fig.tight_layout()
@@ -1993,6 +2017,13 @@ def train(
     )
     _check_training_memory(s, data, origins or {})
     model = build_model(s, data.n_obs)
+    if data.n_obs == 1 and s.latent_dim is None and s.model not in SSM_NAMES and not s.resume:
+        _warn(
+            "the data have 1 dimension and -M defaults to it: a model with one latent state "
+            "cannot carry an oscillation (its free runs tend to settle). Delay-embed the "
+            "series into a few columns (x(t), x(t + tau), ...; the README's ECG example is a "
+            "5-d embedding), or raise -M."
+        )
     config = train_config(s, data.n_obs)
     out = out_dir(s)
     fit_args = {"resume": s.resume, "validation_data": data.validation}
@@ -2615,6 +2646,9 @@ def evaluate_command(
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
         labels = [f"--test-data {file}" for file in test_data]
+        if (path / "args.json").is_file():
+            trained = run_settings(path, "evaluate")
+            _warn_if_training_data(list(test_data), test_data_key, trained, "the run's --data file")
     elif not path.is_dir():
         raise UserError(f"{target} is a model file: pass --test-data.")
     elif not (path / "args.json").is_file():

@@ -278,8 +278,9 @@ def estimate_alpha(
     if n_forced < M:
         warnings.warn(
             f"{where}: partial forcing (n_forced={n_forced} < M={M}): alpha damps only the "
-            "forced latents, so no contraction guarantee holds and DEER may still need many "
-            "iterations. Observe/force more latents or check the iteration counts.",
+            "forced latents, so no contraction guarantee holds (the Jacobian products of the "
+            "forced map may grow: a DEER solve may need many iterations, BPTT gradients may "
+            "grow). Observe/force more latents, or check the iteration counts and the loss.",
             GTFGuaranteeWarning,
             stacklevel=stacklevel,
         )

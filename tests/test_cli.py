@@ -284,6 +284,16 @@ def test_test_data_that_is_also_training_data_warn(tmp_path):
         "the model trains and is selected on it, so its test score measures the fit, not how "
         "well the model generalises to data it has not seen."
     ) in result.output.splitlines()
+    # and when evaluate is given the run's training file; a training file gone since (moved
+    # here) leaves nothing to compare with, and no error
+    for target, warned in ((tmp_path / "run", True), (tmp_path / "run" / "model.npz", False)):
+        result = run("evaluate", target, "--test-data", tmp_path / "train.npy")
+        assert result.exit_code == 0, result.output
+        message = f"warning: --test-data {tmp_path / 'train.npy'} is the run's --data file: the "
+        assert (message in result.output) == warned, result.output
+    (tmp_path / "train.npy").rename(tmp_path / "moved.npy")
+    result = run("evaluate", tmp_path / "run", "--test-data", tmp_path / "moved.npy")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
 
 
 @pytest.mark.filterwarnings("always::models.metrics.StateSpaceResolutionWarning")
@@ -752,6 +762,16 @@ def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):
         result,
         f"--data {tmp_path / 'x.npy'} (the run's: {tmp_path / 'both.npz'}) would change them",
     )
+
+
+def test_one_dimensional_data_with_the_default_latent_size_get_a_hint(tmp_path):
+    np.save(tmp_path / "x.npy", models.generate("lorenz63", 1500, seed=3)[:, 0])  # 1-D: (T, 1)
+    tiny = [a for a in TINY if a not in ("--n-steps", "1500")]
+    hint = "warning: the data have 1 dimension and -M defaults to it"
+    for extra, warned in (([], True), (["-M", "3"], False)):
+        result = run(*tiny, "--data", tmp_path / "x.npy", *extra, "--out", tmp_path / str(warned))
+        assert result.exit_code in (0, 1), result.output  # a 1-latent model may well fail
+        assert (hint in result.output) == warned, result.output
 
 
 def test_array_keys_and_data_files_are_given_once(tmp_path):
@@ -1641,6 +1661,13 @@ def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypat
     extent = cli.spectrum_extent(normalized_spectra(test, 20.0))
     assert 50 <= extent < 1501
     assert all(ax.get_xlim() == (0, extent - 1) for ax in spectrum.axes)
+    # one dimension: the series over time, not x against x (a diagonal line)
+    figures.clear()
+    cli.write_plots(tmp_path, test[:, :1], collapsed[:, :1])
+    for ax in figures[0].axes:
+        (line,) = ax.get_lines()
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(cli.SERIES_PLOT_STEPS))
+        assert ax.get_xlabel() == "step" and ax.get_ylim() == figures[0].axes[0].get_ylim()
 
 
 def _rewrite_run(out, edit_settings, edit_config):
