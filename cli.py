@@ -824,6 +824,8 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
     if files:
         recordings = _load_files(s, "data", origins)
         _check_distinct(files)
+        columns = _data_columns(s)
+        _warn_if_other_columns("--data", files[1:], columns, f"--data {files[0]}'s")
         labels = _labels("--data", files)
         _check_dimensions(
             recordings[1:],
@@ -896,7 +898,16 @@ def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[
     for label, test in zip(labels, tests, strict=True):
         _check_test(test, label)
     _warn_if_training_data(_files(s.test_data), s.test_data_key, s, "also a --data file")
+    columns = _data_columns(s)
+    _warn_if_other_columns("--test-data", _files(s.test_data), columns, "the training data's")
     return tests
+
+
+def _data_columns(s: Settings) -> list[str] | None:
+    """The header names of the first ``--data`` file of settings ``s`` (None: generated data,
+    or a file without a header)."""
+    files = _files(s.data)
+    return _header_names(files[:1])[0] if files else None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -919,6 +930,33 @@ def _warn_if_training_data(files: list[str], key: str | None, s: Settings, what:
                 f"--test-data {file} is {what}: the model trains and is selected on it, so its "
                 "test score measures the fit, not how well the model generalises to data it "
                 "has not seen."
+            )
+
+
+def _header_names(files: list[str]) -> list[list[str] | None]:
+    """The header names of each of ``files`` (:func:`models.data.column_names`; None for a
+    file without a header and for NumPy files)."""
+    from models.data import column_names
+
+    return [column_names(file) for file in files]
+
+
+def _warn_if_other_columns(
+    option: str, files: list[str], reference: list[str] | None, what: str
+) -> None:
+    """Warn for each of ``files`` (given to ``option``) whose header names differ from
+    ``reference`` (the names of ``what``, e.g. the training data; nothing to compare when
+    either has no header): the same variables in another order would be scored, or trained
+    on, as other variables."""
+    if reference is None:
+        return
+    for file, names in zip(files, _header_names(files), strict=True):
+        if names is not None and names != reference:
+            order = " in another order" * (sorted(names) == sorted(reference))
+            _warn(
+                f"{option} {file} names its columns {', '.join(names)}; {what} are "
+                f"{', '.join(reference)}{order}: columns are matched by position, so these "
+                "are read as the same variables. Reorder the columns if they differ."
             )
 
 
@@ -2056,6 +2094,7 @@ def train(
         "train_config": config.to_dict(),
         "data_source": data.source,
         "test_data_fingerprint": _fingerprints(s, data.test_parts),
+        "data_columns": _data_columns(s),
         "versions": _versions(),
         **commands,
     }
@@ -2649,6 +2688,13 @@ def evaluate_command(
         if (path / "args.json").is_file():
             trained = run_settings(path, "evaluate")
             _warn_if_training_data(list(test_data), test_data_key, trained, "the run's --data file")
+            columns = json.loads((path / "args.json").read_text(encoding="utf-8")).get(
+                "data_columns"
+            )  # a list of names, or null (no header, generated data, an older run)
+            if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+                _warn_if_other_columns(
+                    "--test-data", list(test_data), columns, "the run's training data's"
+                )
     elif not path.is_dir():
         raise UserError(f"{target} is a model file: pass --test-data.")
     elif not (path / "args.json").is_file():

@@ -643,6 +643,32 @@ def _check_path(path: Path, where: str) -> str:
     return suffix
 
 
+def column_names(path) -> list[str] | None:
+    """The column names of the header of a ``.csv``/``.txt`` trajectory, as
+    :func:`load_data` reads them (None: no header, or a NumPy file, which has none).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file :func:`load_data` reads (call it first: this reads only the first lines and
+        assumes a valid file).
+
+    Returns
+    -------
+    list of str or None
+        One name per column, unquoted and stripped.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".txt"):
+        return None
+    delimiter, header = _layout(path)
+    if not header:
+        return None
+    with _open_text(path) as fh:
+        _, text = next(_data_lines(fh, header - 1))
+    return _split(text, delimiter if delimiter and delimiter in text else None)
+
+
 def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray:
     """Load one trajectory from ``.npy``, ``.npz``, ``.csv`` or ``.txt`` and validate it.
 

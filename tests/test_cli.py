@@ -774,6 +774,37 @@ def test_one_dimensional_data_with_the_default_latent_size_get_a_hint(tmp_path):
         assert (hint in result.output) == warned, result.output
 
 
+def test_test_data_whose_header_names_other_columns_warn(tmp_path):
+    """Columns are matched by position: a test file (or a second --data file) whose header
+    lists the training data's names in another order warns, in training and in evaluate (the
+    names are recorded in args.json); files without a header are not compared."""
+    x = models.generate("lorenz63", 1500, seed=3)
+    np.savetxt(tmp_path / "train.csv", x, delimiter=",", header="v,w,z", comments="")
+    np.savetxt(tmp_path / "same.csv", x[::-1], delimiter=",", header="v,w,z", comments="")
+    np.savetxt(tmp_path / "swapped.csv", x[:, [1, 0, 2]], delimiter=",", header="w,v,z",
+               comments="")  # fmt: skip
+    np.save(tmp_path / "bare.npy", x)
+    tiny = [a for a in TINY if a not in ("--n-steps", "1500")]
+    swapped = f"--test-data {tmp_path / 'swapped.csv'} names its columns w, v, z; the "
+    result = run(*tiny, "--data", tmp_path / "train.csv", "--test-data", tmp_path / "swapped.csv",
+                 "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    assert f"{swapped}training data's are v, w, z in another order: columns are matched" in (
+        result.output
+    )
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["data_columns"] == [
+        "v", "w", "z"
+    ]  # fmt: skip
+    for test, warned in (("swapped.csv", True), ("same.csv", False), ("bare.npy", False)):
+        result = run("evaluate", tmp_path / "run", "--test-data", tmp_path / test)
+        assert ("names its columns" in result.output) == warned, result.output
+    result = run(*tiny, "--data", tmp_path / "train.csv", "--data", tmp_path / "swapped.csv",
+                 "--out", tmp_path / "two")  # fmt: skip
+    assert f"--data {tmp_path / 'swapped.csv'} names its columns w, v, z; --data " in (
+        result.output
+    )
+
+
 def test_array_keys_and_data_files_are_given_once(tmp_path):
     """A repeated key would silently keep the last one (click's rule), a repeated --data
     file train and score one recording twice: both refused before anything is written. A

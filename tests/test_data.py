@@ -15,6 +15,7 @@ from models.data import (
     ArrayChoiceError,
     check_trajectory,
     column_mean_sd,
+    column_names,
     destandardize,
     load_data,
     several_trajectories,
@@ -738,3 +739,19 @@ def test_special_file_is_named(tmp_path):
     os.mkfifo(tmp_path / "pipe.npy")
     with pytest.raises(ValueError, match=r"pipe.npy is a named pipe \(FIFO\), not a regular file"):
         load_data(tmp_path / "pipe.npy")
+
+
+def test_column_names_are_those_of_the_header_load_data_reads(tmp_path):
+    rows = "0.5,1,2\n1.25,2,3\n2.5,3,5\n"
+    cases = {
+        "named.csv": ('# sensor\n"v", w ,mix\n' + rows, ["v", "w", "mix"]),
+        "spaced.txt": ("v w mix\n" + rows.replace(",", " "), ["v", "w", "mix"]),
+        "names_spaced.csv": ("v w mix\n" + rows, ["v", "w", "mix"]),
+        "bare.csv": (rows, None),
+    }
+    for name, (text, names) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert load_data(tmp_path / name).shape == (3, 3)  # the header is not data
+        assert column_names(tmp_path / name) == names, name
+    np.save(tmp_path / "x.npy", np.ones((3, 2)))
+    assert column_names(tmp_path / "x.npy") is None
