@@ -709,6 +709,8 @@ class Dataset:
     validation_parts: list[np.ndarray]
     test_parts: list[np.ndarray]
     source: str
+    #: the header names of the (first) ``--data`` file; None: generated data, no header
+    columns: list[str] | None = None
 
     @property
     def train(self) -> np.ndarray | list[np.ndarray]:
@@ -820,11 +822,11 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
     settings that no flag gave were set (see :func:`_resolve`)."""
     origins = origins or {}
     files = _files(s.data)
-    tests = None
+    tests, columns = None, None
     if files:
         recordings = _load_files(s, "data", origins)
         _check_distinct(files)
-        columns = _data_columns(s)
+        columns = _header_names(files[:1])[0]
         _warn_if_other_columns("--data", files[1:], columns, f"--data {files[0]}'s")
         labels = _labels("--data", files)
         _check_dimensions(
@@ -843,7 +845,7 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
             _check_test(test, f"the generated test data (--n-steps {s.n_steps})")
             tests = [test]
     if s.test_data is not None:
-        tests = _test_files_data(s, recordings[0].shape[1], origins)
+        tests = _test_files_data(s, recordings[0].shape[1], columns, origins)
     held_out = tests is None
     named_by = files if len(files) > 1 else [None]  # one recording: the messages as they were
     parts = [
@@ -855,7 +857,7 @@ def prepare_data(s: Settings, origins: dict[str, str] | None = None) -> Dataset:
         tests = tails
         steps = " + ".join(str(test.shape[0]) for test in tests)
         source += f" (last {steps} steps held out as test data)"
-    return Dataset(train, validation, tests, source)
+    return Dataset(train, validation, tests, source, columns)
 
 
 def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -889,25 +891,20 @@ def _check_distinct(files: list[str]) -> None:
                 )
 
 
-def _test_files_data(s: Settings, n_dims: int, origins: dict[str, str]) -> list[np.ndarray]:
+def _test_files_data(
+    s: Settings, n_dims: int, columns: list[str] | None, origins: dict[str, str]
+) -> list[np.ndarray]:
     """The ``--test-data`` arrays, each refused (named by its file when there are several)
-    unless it has the training data's ``n_dims`` dimensions and can be scored."""
+    unless it has the training data's ``n_dims`` dimensions and can be scored; a file whose
+    header names differ from the training data's ``columns`` warns."""
     tests = _load_files(s, "test_data", origins)
     labels = _labels("--test-data", _files(s.test_data))
     _check_dimensions(tests, labels, n_dims, "the training data")
     for label, test in zip(labels, tests, strict=True):
         _check_test(test, label)
     _warn_if_training_data(_files(s.test_data), s.test_data_key, s, "also a --data file")
-    columns = _data_columns(s)
     _warn_if_other_columns("--test-data", _files(s.test_data), columns, "the training data's")
     return tests
-
-
-def _data_columns(s: Settings) -> list[str] | None:
-    """The header names of the first ``--data`` file of settings ``s`` (None: generated data,
-    or a file without a header)."""
-    files = _files(s.data)
-    return _header_names(files[:1])[0] if files else None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -2094,7 +2091,7 @@ def train(
         "train_config": config.to_dict(),
         "data_source": data.source,
         "test_data_fingerprint": _fingerprints(s, data.test_parts),
-        "data_columns": _data_columns(s),
+        "data_columns": data.columns,
         "versions": _versions(),
         **commands,
     }
