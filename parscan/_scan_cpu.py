@@ -94,11 +94,10 @@ def _carry_task(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``),
     the scaled products ``a_agg * 2**(-k*a_exp)`` applied without overflow or underflow.
 
-    A channel whose carry is not finite and whose product is 0 (flushed, or a step with
-    ``a = 0``) takes the state the sequential loop reaches instead (``0 * inf`` would be NaN
-    where a flushed product of nonzero steps keeps ``±inf``): the chunk is walked step by
-    step (:func:`~parscan._scan_sequential.diag_walk`), one more serial pass over it, taken
-    only then."""
+    A channel whose product cannot carry its carry (:func:`_walks`) takes the state the
+    sequential loop reaches instead: the chunk is walked step by step
+    (:func:`~parscan._scan_sequential.diag_walk`), one more serial pass over it, taken only
+    then."""
     T, D = b.shape
     lo, hi = _chunk_bounds(T, n_chunks, 0, reverse)
     if hi > lo:
@@ -110,17 +109,27 @@ def _carry_task(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     for k in range(1, n_chunks - 1):
         walk = False
         for d in range(D):
-            walk |= a_agg[k, d] == 0 and not_finite(b_agg[k - 1, d])
+            walk |= _walks(a_agg[k, d], b_agg[k - 1, d])
         if walk:
             lo, hi = _chunk_bounds(T, n_chunks, k, reverse)
             walked[:] = b_agg[k - 1]
             diag_walk(a, b, lo, hi, reverse, walked)
         for d in range(D):
-            if walk and a_agg[k, d] == 0 and not_finite(b_agg[k - 1, d]):
+            if walk and _walks(a_agg[k, d], b_agg[k - 1, d]):
                 b_agg[k, d] = walked[d]
             else:
                 carried = scaled_times(a_agg[k, d], a_exp[k, d], scale, b_agg[k - 1, d])
                 b_agg[k, d] = carried + b_agg[k, d]
+
+
+@jit
+def _walks(p, h) -> bool:
+    """Must the carry ``h`` be walked through a chunk whose scaled product is ``p``? A
+    product of 0 (flushed, or a step with ``a = 0``) cannot carry a non-finite ``h`` (``0 *
+    inf`` is NaN where a flushed product of nonzero steps keeps ``±inf``), and a non-finite
+    product (inf or NaN in ``a``, or steps beyond ``2**k`` that outgrow the scale kept)
+    cannot carry a finite one (``inf * 0`` is NaN where the loop keeps 0)."""
+    return (p == 0 and not_finite(h)) or (not_finite(p) and not not_finite(h))
 
 
 @jit

@@ -478,7 +478,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     cannot carry such a state (one that is 0; on ``"cuda"`` any dense one), the parallel
     backends walk it through the steps one by one, as slowly as the sequential loop. The
     ``"cpu"`` chunks keep their products of ``a`` scaled by powers of two, so a product far
-    beyond the largest finite number still carries a zero or tiny state as the loop does.
+    beyond the largest finite number still carries a zero or tiny state as the loop does
+    (steps beyond ``2**64``, ``2**32`` in single precision, outgrow the scale: a finite state
+    is then walked through that chunk).
     Two consequences of the other order: with ``±inf`` in ``a``, or (``"cuda"``) an ``a`` so
     large that its product over a tile overflows, a combined product ``inf * 0`` can give NaN
     where the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a

@@ -639,6 +639,30 @@ def test_time_chunks_keep_a_zero_or_tiny_carry_through_a_huge_product(dtype, pla
     np.testing.assert_allclose(out, expected, rtol=1e-4 if not wide else 1e-11)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("plan", ["reduce", "fix"])
+def test_time_chunks_walk_a_finite_carry_through_an_overflowed_product(dtype, plan):
+    # Steps beyond 2**k outgrow the scale kept (one rescale per step): the product becomes
+    # inf, which cannot carry a zero carry (inf * 0) nor a tiny one to its finite end; the
+    # chunk is walked instead, as the sequential loop steps.
+    T, n_chunks = 3000, 3
+    wide = np.finfo(dtype).dtype == np.float64
+    a = np.ones((1, T, 2), dtype)
+    a[0, :, 0] = 1e30 if wide else 1e10  # every step: the zero state stays 0
+    a[0, 1400 : 1420 if wide else 1403, 1] = 1e30 if wide else 1e20
+    b = np.zeros((1, T, 2), dtype)
+    h0 = np.array([[0.0, 1e-300 if wide else 1e-38]], dtype)
+    out = np.empty_like(b)
+    exp = np.empty((1, n_chunks, 2), np.finfo(dtype).dtype)
+    work = np.empty((1, n_chunks, 2), dtype)
+    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
+    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    expected = scan_reference(a, b, h0, False)
+    assert np.all(expected[0, :, 0] == 0) and np.all(np.isfinite(expected))
+    assert abs(expected[0, -1, 1]) > 1.0
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if not wide else 1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
 def test_scan_then_fix_keeps_carries_of_values_near_the_smallest_normal(dtype):
     # The carried part is dropped only once it is negligible against the state itself, not
