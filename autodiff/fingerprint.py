@@ -25,7 +25,7 @@ FINGERPRINTED = ("data", "validation_data")
 ROWS = 1024
 VALUES = 1 << 16
 #: a difference counts beyond this fraction of the column's largest magnitude among the
-#: sampled rows, or of the block's sum of magnitudes (last-bit differences pass)
+#: sampled rows, or of the block's sum of magnitudes when larger (last-bit differences pass)
 RTOL = 1e-5
 #: the moments kept of each block: sum, position-weighted sum, sum of magnitudes
 _MOMENTS = 3
@@ -82,7 +82,9 @@ def first_difference(before: Fingerprint, after: Fingerprint) -> tuple[int, int]
     found = [(int(starts[np.argmax(rows)]),) * 2] if rows.any() else []
     if before.blocks is not None:
         change = np.abs(after.blocks[:, :2] - before.blocks[:, :2])
-        blocks = np.any(change > RTOL * before.blocks[:, 2:], axis=(1, 2))
+        # at least a row's tolerance, so that a stretch of zeros keeps one too
+        scale = np.maximum(before.blocks[:, 2:], np.max(np.abs(before.rows), axis=0))
+        blocks = np.any(change > RTOL * scale, axis=(1, 2))
         if blocks.any():
             k = int(np.argmax(blocks))
             found.append((int(starts[k]), int(starts[k + 1]) - 1))

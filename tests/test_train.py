@@ -918,6 +918,23 @@ def test_resume_refuses_data_changed_between_the_sampled_rows(lorenz, tmp_path):
     check_fit(small_model(), np.nextafter(x, np.inf), cfg, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_passes_a_stretch_of_zeros_regenerated_with_last_bit_noise(lorenz, tmp_path):
+    """A block of zeros has no magnitude of its own: it keeps a row's tolerance, so noise of
+    1e-17 there (regenerated data) resumes, while a real change there is refused."""
+    x, _ = lorenz
+    x = x.copy()
+    x[1000:2000] = 0.0
+    cfg = config(epochs=2, batches_per_epoch=2)
+    fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    noisy = x.copy()
+    noisy[1000:2000] = 1e-17 * np.random.default_rng(0).standard_normal((1000, 3))
+    check_fit(small_model(), noisy, cfg, checkpoint_dir=tmp_path, resume=True)
+    edited = x.copy()
+    edited[1500, 0] = 1.0  # a real change there: refused (by the rows or the blocks)
+    with pytest.raises(ValueError, match=r"^fit: data differs .* \(same shape, different values"):
+        check_fit(small_model(), edited, cfg, checkpoint_dir=tmp_path, resume=True)
+
+
 def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
     x, _ = lorenz
     locked = tmp_path / "locked"
