@@ -957,6 +957,17 @@ def _warn_if_other_columns(
             )
 
 
+def _warn_if_run_data(run: Path, files: list[str], key: str | None) -> None:
+    """``evaluate``'s warnings for test ``files`` (array key ``key``) of the run in folder
+    ``run``: one that is the run's training data, one whose header names other columns than
+    the run's training data (``data_columns`` of its ``args.json``: null without a header,
+    for generated data and runs recorded before)."""
+    _warn_if_training_data(files, key, run_settings(run, "evaluate"), "the run's --data file")
+    columns = json.loads((run / "args.json").read_text(encoding="utf-8")).get("data_columns")
+    if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+        _warn_if_other_columns("--test-data", files, columns, "the run's training data's")
+
+
 def _split_recording(
     x: np.ndarray, s: Settings, origins: dict[str, str], hold_out_test: bool, file: str | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -2682,16 +2693,6 @@ def evaluate_command(
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
         labels = [f"--test-data {file}" for file in test_data]
-        if (path / "args.json").is_file():
-            trained = run_settings(path, "evaluate")
-            _warn_if_training_data(list(test_data), test_data_key, trained, "the run's --data file")
-            columns = json.loads((path / "args.json").read_text(encoding="utf-8")).get(
-                "data_columns"
-            )  # a list of names, or null (no header, generated data, an older run)
-            if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
-                _warn_if_other_columns(
-                    "--test-data", list(test_data), columns, "the run's training data's"
-                )
     elif not path.is_dir():
         raise UserError(f"{target} is a model file: pass --test-data.")
     elif not (path / "args.json").is_file():
@@ -2703,6 +2704,8 @@ def evaluate_command(
         raws = run_test_data(path, "evaluate")
         labels = _test_labels(run_settings(path, "evaluate")) or ["the run's generated test data"]
     _check_dimensions(raws, labels, model.n_obs, "the model")
+    if test_data and (path / "args.json").is_file():
+        _warn_if_run_data(path, list(test_data), test_data_key)
     far = False
     if model.standardization is not None:
         mean, sd = model.standardization

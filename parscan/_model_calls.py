@@ -30,7 +30,8 @@ def step_and_jacobian_into(model, z: np.ndarray, diag: bool, out: tuple, where: 
     Raises
     ------
     TypeError
-        The model returned no pair of arrays.
+        The model returned no pair of arrays, or arrays of another kind (complex for a real
+        model).
     ValueError
         A returned array's shape is not its buffer's.
     """
@@ -45,6 +46,12 @@ def step_and_jacobian_into(model, z: np.ndarray, diag: bool, out: tuple, where: 
         if got is buffer:
             continue
         got = np.asarray(got)
+        if not np.can_cast(got.dtype, buffer.dtype, casting="same_kind"):
+            raise TypeError(
+                f"{where}: {call} returned {name} of dtype {got.dtype}; expected "
+                f"{buffer.dtype}, the model's. Write F(z) and its Jacobian into out and "
+                "return them."
+            )
         if got.shape != buffer.shape:
             raise ValueError(
                 f"{where}: {call} returned {name} of shape {got.shape}; expected "

@@ -798,6 +798,11 @@ def test_test_data_whose_header_names_other_columns_warn(tmp_path):
     for test, warned in (("swapped.csv", True), ("same.csv", False), ("bare.npy", False)):
         result = run("evaluate", tmp_path / "run", "--test-data", tmp_path / test)
         assert ("names its columns" in result.output) == warned, result.output
+    # a file of another width is refused for that alone, not first warned about its names
+    np.savetxt(tmp_path / "narrow.csv", x[:, :2], delimiter=",", header="a,b", comments="")
+    result = run("evaluate", tmp_path / "run", "--test-data", tmp_path / "narrow.csv")
+    _one_error_line(result, f"--test-data {tmp_path / 'narrow.csv'} has 2 dimensions but the "
+                    "model has 3.")  # fmt: skip
     result = run(*tiny, "--data", tmp_path / "train.csv", "--data", tmp_path / "swapped.csv",
                  "--out", tmp_path / "two")  # fmt: skip
     assert f"--data {tmp_path / 'swapped.csv'} names its columns w, v, z; --data " in (

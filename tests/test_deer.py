@@ -418,6 +418,8 @@ def test_a_model_returning_new_arrays_is_solved_with_them():
         (lambda pair: None, TypeError, r"must return the pair \(F, J\) it wrote into out; got "
          r"NoneType\. Write F\(z\) and its Jacobian into out and return them\.$"),
         (lambda pair: pair[0], TypeError, r"must return the pair .* got ndarray\."),
+        (lambda pair: (pair[0] + 0j, pair[1]), TypeError, r"returned F of dtype complex128; "
+         r"expected float64, the model's\."),
         (lambda pair: (pair[0], np.ones((*pair[0].shape, 2))), ValueError,
          r"returned J of shape \(1, 50, 3, 2\); expected \(1, 50, 3\) \(the diagonal of J "
          r"only\)\."),
