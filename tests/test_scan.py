@@ -591,6 +591,17 @@ def test_chunk_aggregates_keep_scaled_products(dtype):
     assert np.all(a_exp[:2] < -e_max) and np.all(np.abs(a_agg[:2]) <= 2.0**k)
 
 
+def _time_chunks(plan, a, b, h0, n_chunks):
+    """The forward scan of ``(1, T, D)`` inputs by a time-chunked plan (``"reduce"``:
+    reduce-then-scan, ``"fix"``: scan-then-fix) over ``n_chunks`` chunks."""
+    shape = (1, n_chunks, b.shape[2])
+    work, exp = np.empty(shape, b.dtype), np.empty(shape, np.finfo(b.dtype).dtype)
+    out = np.empty_like(b)
+    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
+    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    return out
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("plan", ["reduce", "fix"])
 def test_time_chunks_keep_a_huge_carry_through_a_tiny_product(dtype, plan):
@@ -604,11 +615,7 @@ def test_time_chunks_keep_a_huge_carry_through_a_tiny_product(dtype, plan):
     b = np.zeros((1, T, 2), dtype)
     b[0, 2500:, 1] = 1e-33 if dtype == np.float32 else 1e-303
     h0 = np.full((1, 2), huge, dtype)
-    out = np.empty_like(b)
-    exp = np.empty((1, n_chunks, 2), dtype)
-    work = np.empty((1, n_chunks, 2), dtype)
-    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
-    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    out = _time_chunks(plan, a, b, h0, n_chunks)
     expected = scan_reference(a, b, h0, False)
     assert np.all(expected[0, -1] > 0)
     # (the reference rounds at every one of the 500 additions of b; the chunks sum b first)
@@ -628,11 +635,7 @@ def test_time_chunks_keep_a_zero_or_tiny_carry_through_a_huge_product(dtype, pla
     b[0, -1, 0] = 1.0
     h0 = np.array([[0.0, 1e-300 if wide else 1e-37]], dtype)
     a[0, 1750 if wide else 215 :, 1] = 1.0  # the second channel stops growing: a normal state
-    out = np.empty_like(b)
-    exp = np.empty((1, n_chunks, 2), np.finfo(dtype).dtype)
-    work = np.empty((1, n_chunks, 2), dtype)
-    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
-    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    out = _time_chunks(plan, a, b, h0, n_chunks)
     expected = scan_reference(a, b, h0, False)
     assert np.all(np.isfinite(expected)) and expected[0, -1, 0] == 1.0
     assert abs(expected[0, -1, 1]) > 1.0
@@ -652,11 +655,7 @@ def test_time_chunks_walk_a_finite_carry_through_an_overflowed_product(dtype, pl
     a[0, 1400 : 1420 if wide else 1403, 1] = 1e30 if wide else 1e20
     b = np.zeros((1, T, 2), dtype)
     h0 = np.array([[0.0, 1e-300 if wide else 1e-38]], dtype)
-    out = np.empty_like(b)
-    exp = np.empty((1, n_chunks, 2), np.finfo(dtype).dtype)
-    work = np.empty((1, n_chunks, 2), dtype)
-    kernel = _scan_cpu._diag_chunked if plan == "reduce" else _scan_cpu._diag_scan_then_fix
-    kernel(a, b, h0, False, n_chunks, work, exp, work.copy(), out)
+    out = _time_chunks(plan, a, b, h0, n_chunks)
     expected = scan_reference(a, b, h0, False)
     assert np.all(expected[0, :, 0] == 0) and np.all(np.isfinite(expected))
     assert abs(expected[0, -1, 1]) > 1.0
