@@ -77,13 +77,13 @@ def first_difference(before: Fingerprint, after: Fingerprint) -> tuple[int, int]
     fingerprint without blocks, from an older checkpoint, compares the rows only); None when
     they agree."""
     starts = sampled_rows(*before.shape)
-    tolerance = RTOL * np.max(np.abs(before.rows), axis=0)
-    rows = np.any(np.abs(after.rows - before.rows) > tolerance, axis=1)
+    top = np.max(np.abs(before.rows), axis=0)  # each column's largest sampled magnitude
+    rows = np.any(np.abs(after.rows - before.rows) > RTOL * top, axis=1)
     found = [(int(starts[np.argmax(rows)]),) * 2] if rows.any() else []
     if before.blocks is not None:
         change = np.abs(after.blocks[:, :2] - before.blocks[:, :2])
         # at least a row's tolerance, so that a stretch of zeros keeps one too
-        scale = np.maximum(before.blocks[:, 2:], np.max(np.abs(before.rows), axis=0))
+        scale = np.maximum(before.blocks[:, 2:], top)
         blocks = np.any(change > RTOL * scale, axis=(1, 2))
         if blocks.any():
             k = int(np.argmax(blocks))

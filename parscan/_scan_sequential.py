@@ -53,9 +53,10 @@ def diag_range(a, b, h_in, lo, hi, reverse, out):
 # A chunk's product ``∏ a_t`` is kept as ``p * 2**(-k*e)``: whenever both parts of ``p`` fall
 # below ``2**-k`` it is multiplied by ``2**k`` and its rescale count ``e`` grows; whenever a
 # part exceeds ``2**k`` it is divided by ``2**k`` and ``e`` falls (without bound: a product of
-# finite steps never overflows, so a carry of exactly 0 contributes 0, as in the sequential
-# loop, where ``inf * 0`` would be NaN, and a tiny carry through a huge product a number
-# where ``inf`` would be returned). The product
+# steps up to ``2**k`` never overflows, so a carry of exactly 0 contributes 0, as in the
+# sequential loop, where ``inf * 0`` would be NaN, and a tiny carry through a huge product a
+# number where ``inf`` would be returned; larger steps can outgrow one rescale per step, and a
+# finite carry is then walked through the chunk, ``parscan._scan_cpu._walks``). The product
 # of a contractive ``a`` otherwise sinks into the subnormals, where round-to-nearest can hold
 # it at the smallest subnormal for ever (``5e-324 * 0.75`` rounds back to ``5e-324``) and
 # every later multiply runs at subnormal speed (10x slower at T = 1e6, ``a`` uniform in
