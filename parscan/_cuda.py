@@ -38,12 +38,24 @@ its output.
 How far a look-back walks depends on timing, so results may differ from run to run in the last
 bits (never on dyadic data, where every association is exact).
 
-A combined pair cannot always carry a non-finite state the way the sequential loop does: a
-product that underflowed to 0 times inf is NaN, where the loop keeps ``±inf`` through the tiny
-steps (and a dense product, the identity included, mixes ``0 * inf`` into every row). Wherever
-a pair is applied to such a state (diagonal: when its product is 0; dense: always), the state
-is walked through the pair's steps one by one instead (:func:`_walk`, :func:`_rewalk`), which
-costs a sequential pass over them and happens only for non-finite data.
+A combined pair cannot always carry a state the way the sequential loop does. A product that
+underflowed to 0 cannot carry a non-finite state: ``0 * inf`` is NaN where the loop keeps
+``±inf`` through the tiny steps (and a dense product, the identity included, mixes ``0 * inf``
+into every row). A product that is not finite (an ``a`` so large that it overflowed, inf or
+NaN in ``a``, or ``inf * 0``) cannot carry any state: ``inf * 0`` is NaN where the loop keeps
+a zero state 0, ``inf * tiny`` is inf where the loop carries a tiny state to a finite one, and
+``inf * inf`` plus a ``b`` part that overflowed the other way is NaN where the loop keeps
+``±inf``. There the state is walked through the pair's steps one by one instead: the loop
+itself, so exact (diagonal: :func:`_apply` when the product is 0 and the state not finite, or
+the product not finite, :func:`_walks`; dense: :func:`_rewalk` when the result is not finite,
+which both make it). Ordinary data never walks, and the fast path pays a compare or two per
+applied pair; a walk is a sequential pass over the pair's steps: per thread at most a tile per
+sweep (up-sweep, down-sweep, the carry into its run), a window per look-back round trip, and
+once more the tiles looked back over (the aggregates combined across look-back rounds, acc, are
+not walked round by round but once, from the state met). In the diagonal look-back, the part of
+a window from its nearest inclusive state back (the pair ``(0, state)``, identities for the
+tiles before it) is never applied to, or walked from, the 0 those identities leave: its result
+is the state, and only the aggregates after it are walked, from it.
 
 Launch shapes are compile-time constants of :func:`make_kernels`; :data:`LAUNCH` holds the
 production values and tests shrink them (``monkeypatch.setattr(_cuda, "LAUNCH", ...)``) so that
@@ -204,18 +216,22 @@ def _dense_step(a, b, g, t, transpose, D, h, z):
 
 @cuda.jit(device=True)
 def _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, hi, cur, nxt):
-    """When ``x[xo : xo+D]`` is not finite, ``z[zo : zo+D]`` becomes the state after the steps
-    ``lo..hi-1`` (scan order; those from ``T`` on are padding) entering as ``x``: the
+    """When ``z[zo : zo+D]`` is not finite, it becomes the state after the steps ``lo..hi-1``
+    (scan order; those from ``T`` on are padding) entering as ``x[xo : xo+D]``: the
     sequential loop (sums in the order of :func:`parscan._scan_sequential.dense_one`).
 
-    Called after a pair ``(A, v)`` of those steps was applied to ``x`` (``z = A x + v``): a
-    matrix product cannot carry a non-finite state as the loop does (``0 * inf`` is NaN
-    where the loop keeps ``±inf`` through an underflowed product or an identity pair). ``cur,
-    nxt``: scratch of ``D``, aliasing neither ``x`` nor ``z``.
+    Called after a pair ``(A, v)`` of those steps was applied to ``x`` (``z = A x + v``),
+    which cannot always give what the loop gives: a non-finite ``x`` meets ``0 * inf`` = NaN
+    in every row (the loop keeps ``±inf`` through an underflowed product or an identity
+    pair), and a product ``A`` that overflowed (or holds inf * 0 = NaN) turns a finite ``x``
+    into inf or NaN in its rows (the loop keeps a zero or tiny state finite through huge
+    steps). Either makes ``z`` non-finite, which is all that is checked; a ``z`` that the
+    loop also makes non-finite is walked too (exact, and as rare). ``cur, nxt``: scratch of
+    ``D``, aliasing neither ``x`` nor ``z``.
     """
     finite = True
     for i in range(D):
-        finite = finite and not _not_finite(x[xo + i])
+        finite = finite and not _not_finite(z[zo + i])
     if finite:
         return
     for i in range(D):
@@ -253,14 +269,30 @@ def _walk(a, b, bi, d, T, reverse, lo, hi, h):
 
 
 @cuda.jit(device=True)
+def _walks(pa, h):
+    """Must ``h`` be walked through the steps of a pair whose product is ``pa`` instead of
+    taking ``pa * h + pb`` (:func:`_apply`)? When ``pa`` is 0 and ``h`` not finite, and when
+    ``pa`` is not finite, whatever ``h`` (a finite one meets ``inf * 0`` or ``inf * tiny``, a
+    non-finite one a ``pb`` that may have overflowed to the other sign). A finite, nonzero
+    ``pa`` (the fast path) costs two compares."""
+    if _not_finite(pa):
+        return True
+    return pa == 0 and _not_finite(h)
+
+
+@cuda.jit(device=True)
 def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
     """``pa * h + pb``: the pair ``(pa, pb)`` of the steps ``lo..hi-1`` applied to ``h``.
 
-    A product ``pa`` of 0 (underflowed, or a step with ``a = 0``) cannot carry a non-finite
-    ``h``: ``0 * inf`` is NaN where the sequential loop keeps ``±inf`` through tiny steps. The
-    steps are then walked from ``h`` (:func:`_walk`), which gives what the loop gives.
+    Two products cannot carry ``h`` as the sequential loop does (:func:`_walks`): a ``pa`` of
+    0 (underflowed, or a step with ``a = 0``) a non-finite ``h`` (``0 * inf`` is NaN where
+    the loop keeps ``±inf`` through tiny steps), and a non-finite ``pa`` (overflowed, inf or
+    NaN in ``a``, or inf * 0) any ``h``: ``inf * 0`` is NaN where the loop keeps a zero state
+    0, ``inf * tiny`` is inf where it carries a tiny one to a finite state, and ``inf * inf``
+    plus a ``pb`` that overflowed to ``-inf`` is NaN where it keeps inf. The steps are then
+    walked from ``h`` (:func:`_walk`), which gives what the loop gives.
     """
-    if pa == 0 and _not_finite(h):
+    if _walks(pa, h):
         return _walk(a, b, bi, d, T, reverse, lo, hi, h)
     return pa * h + pb
 
@@ -414,6 +446,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             # round trip: window slot w = lane * PER + q is tile k0 - w (w = 0 the nearest)
             if j > 0:  # the same for the whole block: every barrier below is reached by all
                 acc_a, acc_b = one, zero  # lane 0: the tiles k0 + 1 .. j - 1 (aggregates)
+                acc_walk = False  # lane 0: acc cannot carry a state (acc_b then left unfixed)
                 k0 = j - 1
                 buf_a = cuda.local.array(PER, dt)
                 buf_b = cuda.local.array(PER, dt)
@@ -444,7 +477,10 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                         exact = exact and not (buf_a[q] == 0 and _not_finite(part_b))
                         part_b = buf_a[q] * part_b + buf_b[q]
                         part_a = buf_a[q] * part_a
-                    if not exact:  # a non-finite state met a product of 0: walk (_apply)
+                    if not exact or _not_finite(part_a):  # a slot's product cannot carry its
+                        # state (_walks; one not finite makes part_a so): again, walking where
+                        # _apply does. Only an aggregate walks (w < near), from the state met in
+                        # this lane or the b part of its earlier aggregates
                         part_a, part_b = one, zero
                         for q in range(PER - 1, -1, -1):
                             r = (base - q * n_groups) * RECORD + c
@@ -459,10 +495,16 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     cuda.syncthreads()
                     if tid == 0:
                         sh_near[0] = WINDOW  # for the next round (all have read it)
-                    # tree over the lanes: lane 0 ends with the whole window's pair
+                    # tree over the lanes: lane 0 ends with the whole window's pair. A part from
+                    # the inclusive state on (slots w >= near: (0, state), identities) stands as
+                    # it is: it does not depend on the earlier part's state, 0 from identities,
+                    # and must not be walked from it (its product, NaN where aggregates after
+                    # the state overflowed, goes unused). A later part, aggregates only, is
+                    # applied to the earlier part's state (the true state, or the b part of
+                    # earlier aggregates), walked where _apply walks.
                     off = 1
                     while off < NTL:
-                        if lane % (2 * off) == 0:
+                        if lane % (2 * off) == 0 and (lane + off) * PER <= near:
                             x = lb_a[tid]  # slots lane*PER .. (lane+off)*PER-1: the later tiles
                             earlier = tid + off * cw
                             lo = max((k0 - (lane + off) * PER + 1) * tile, 0)
@@ -474,14 +516,21 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                         off *= 2
                         cuda.syncthreads()
                     if lane == 0:
-                        lo = (k0 + 1) * tile
-                        acc_b = _apply(acc_a, acc_b, lb_b[tid], a, b, bi, d, T, reverse, lo, first)
+                        # acc applied to the window's state (an inclusive state met) or b part.
+                        # Where acc cannot carry it (_walks), acc's steps are walked once, from
+                        # the state met, not in every round: acc_b is left unfixed till then
+                        state = lb_b[tid]
+                        acc_walk = acc_walk or _walks(acc_a, state)
+                        if acc_walk and near < WINDOW:
+                            acc_b = _walk(a, b, bi, d, T, reverse, (k0 + 1) * tile, first, state)
+                        else:
+                            acc_b = acc_a * state + acc_b
                         acc_a = acc_a * lb_a[tid]
                     searching = near == WINDOW
                     k0 -= WINDOW
                     cuda.syncthreads()
                 if lane == 0:
-                    sh_carry[c] = acc_b  # the inclusive state was met: acc_a is 0, acc_b the carry
+                    sh_carry[c] = acc_b  # the inclusive state was met: acc_b is the carry
                 cuda.syncthreads()
                 if PUBLISH and last and valid:
                     hi = first + tile
@@ -579,9 +628,10 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             for i in range(D):
                 h[i] = h0[g, i] if has_h0 and j == 0 else 0
             if j == 0:
-                _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
-                hi = first + tile
-                _rewalk(h, 0, incl, tile_id * RI, D, a, b, g, T, reverse, transpose, 0, hi, t1, t2)
+                _pair_apply(sh, tid * R, h, 0, D, step, 0)
+                _rewalk(h, 0, step, 0, D, a, b, g, T, reverse, transpose, 0, tile, t1, t2)
+                for i in range(D):
+                    incl[tile_id * RI + i] = step[i]
             else:
                 _pair_copy(sh, tid * R, agg, tile_id * RA, D)
             cuda.threadfence()
@@ -589,7 +639,11 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         if tid == 0:
             cuda.atomic.exch(status, tile_id, 2 if j == 0 else 1)
 
-        # 3. decoupled look-back
+        # 3. decoupled look-back, one predecessor at a time: acc, the aggregates of the tiles
+        # k+1 .. j-1, is applied to the inclusive state met and walked only then, once, where it
+        # cannot carry it (_rewalk). Its combinations are not walked: where one would be (a
+        # non-finite b part or product of acc), acc's b part stays non-finite in every later
+        # one and makes h non-finite, which _rewalk sees.
         if last and j > 0:
             _pair_identity(acc, 0, D)
             k = j - 1
@@ -599,23 +653,20 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 if flag == 0:
                     continue
                 cuda.threadfence()
-                lo = (k + 1) * tile  # acc: the tiles k+1 .. j-1
                 if flag == 2:  # h = acc applied to the inclusive state
-                    _pair_apply(acc, 0, incl, pred * RI, D, h, 0)
-                else:  # t1 = acc • aggregate
-                    _pair_mul(acc, 0, agg, pred * RA, D, t1, 0)
-                x, xo = (incl, pred * RI) if flag == 2 else (agg, pred * RA + DD)
-                z, zo = (h, 0) if flag == 2 else (t1, DD)
-                _rewalk(x, xo, z, zo, D, a, b, g, T, reverse, transpose, lo, first, t2, hn)
-                if flag == 2:
+                    r, lo = pred * RI, (k + 1) * tile
+                    _pair_apply(acc, 0, incl, r, D, h, 0)
+                    _rewalk(incl, r, h, 0, D, a, b, g, T, reverse, transpose, lo, first, t2, hn)
                     break
+                _pair_mul(acc, 0, agg, pred * RA, D, t1, 0)  # acc • aggregate
                 _pair_copy(t1, 0, acc, 0, D)
                 k -= 1
             if PUBLISH:
-                _pair_apply(sh, tid * R, h, 0, D, incl, tile_id * RI)
+                _pair_apply(sh, tid * R, h, 0, D, step, 0)
                 hi = first + tile
-                r = tile_id * RI
-                _rewalk(h, 0, incl, r, D, a, b, g, T, reverse, transpose, first, hi, t1, t2)
+                _rewalk(h, 0, step, 0, D, a, b, g, T, reverse, transpose, first, hi, t1, t2)
+                for i in range(D):
+                    incl[tile_id * RI + i] = step[i]
                 cuda.threadfence()
         if last:
             for i in range(D):

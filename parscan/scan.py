@@ -480,12 +480,14 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     ``"cpu"`` chunks keep their products of ``a`` scaled by powers of two, so a product far
     beyond the largest finite number still carries a zero or tiny state as the loop does
     (steps beyond ``2**64``, ``2**32`` in single precision, outgrow the scale: a finite state
-    is then walked through that chunk).
-    Two consequences of the other order: with ``±inf`` in ``a``, or (``"cuda"``) an ``a`` so
-    large that its product over a tile overflows, a combined product ``inf * 0`` can give NaN
-    where the sequential loop gives a number or ``±inf``; and the ``"cuda"`` look-back combines a
-    timing-dependent number of tile aggregates, so its last bits may differ from run to run
-    (as in CUB's floating-point scans).
+    is then walked through that chunk). ``"cuda"`` walks a state, finite or not, through the
+    steps of any combined product of ``a`` that is not finite (overflowed, or ``±inf`` / NaN
+    in ``a``), so an ``a`` so large that its product over a tile overflows still carries a
+    zero or tiny state as the loop does.
+    Two consequences of the other order: with ``±inf`` in ``a`` (not on ``"cuda"``), a
+    combined product ``inf * 0`` can give NaN where the sequential loop gives ``±inf``; and
+    the ``"cuda"`` look-back combines a timing-dependent number of tile aggregates, so its last
+    bits may differ from run to run (as in CUB's floating-point scans).
 
     Host inputs that are C-contiguous, aligned and native-endian are read where they are, also
     read-only ones (a ``np.broadcast_to`` view of matching shape, a read-only memmap); others

@@ -196,29 +196,96 @@ def test_sim_byte_sized_tiles(dtype):
         assert_close(out.copy_to_host(), scan_reference(a, b, h0, reverse, False))
 
 
-def _seed_predecessors(rng, a, b, h0, cw, tile, n_done):
+#: Per dtype: ``|a|`` whose product overflows within a simulator tile (8 steps) but not within
+#: a thread's run (2 steps); a tiny state that 9 such steps carry to a finite one; and how
+#: close the scan must come to the loop where that is finite.
+OVERFLOW = {
+    np.dtype(np.float32): (1e5, 1e-37, 2e-6),
+    np.dtype(np.float64): (1e60, 1e-300, 1e-12),
+    np.dtype(np.complex64): (1e5, 1e-37, 2e-6),
+    np.dtype(np.complex128): (1e60, 1e-300, 1e-12),
+}
+
+
+def _loop(a, b, h0, reverse=False):
+    """:func:`scan_reference` without NumPy's warnings about ``0 * inf`` and overflow."""
+    with np.errstate(all="ignore"):
+        return scan_reference(a, b, h0, reverse, False)
+
+
+def make_overflow_inputs(dtype, T):
+    """``(1, T, 6)`` diagonal inputs (scan order) whose products of ``a = ±big`` overflow
+    within a tile (:data:`OVERFLOW`). Channels: 0: ``b = 0``, ``h0 = 0``: the loop stays 0
+    (a pair gives inf * 0 = NaN); 1: ``h0`` tiny and every 10th step ``a = 0``, ``b`` tiny:
+    the loop climbs from tiny to at most ``tiny * big**9``, finite, and restarts (a pair
+    gives inf, and NaN across a restart); 2: contractive ``a``, ``b ~ N(0, 1)``; 3: ``h0 =
+    1``, ``b ~ N(0, 1)``: the loop overflows within a few steps and stays ±inf (a pair's
+    ``b`` part overflows to either sign: inf - inf); 4: ``b = NaN`` at one step, 0
+    elsewhere, ``h0 = 0``; 5: channel 0 of :func:`make_non_finite_inputs` (``h0 = inf``
+    through underflowed runs). Complex dtypes: channels 0-2, ``a`` rotated."""
+    big, tiny, _ = OVERFLOW[np.dtype(dtype)]
+    rng = np.random.default_rng(T)
+    a = big * rng.choice((-1.0, 1.0), (1, T, 5))
+    b = np.zeros((1, T, 5))
+    h0 = np.array([[0.0, tiny, 1.0, 1.0, 0.0]])
+    a[0, 7::10, 1], b[0, 7::10, 1] = 0.0, tiny
+    a[0, :, 2] *= rng.uniform(0.3, 0.95, T) / big
+    b[0, :, 2:4] = rng.standard_normal((T, 2))
+    b[0, T // 3, 4] = np.nan
+    if np.dtype(dtype).kind == "c":
+        a = a[..., :3] * np.exp(1j * rng.uniform(0, 2 * np.pi, (1, T, 3)))
+        return a.astype(dtype), b[..., :3].astype(dtype), h0[:, :3].astype(dtype)
+    pairs = zip((a, b, h0), make_non_finite_inputs(dtype, T), strict=True)
+    return tuple(np.concatenate([x.astype(dtype), y[..., :1]], -1) for x, y in pairs)
+
+
+def _seed_predecessors(rng, a, b, h0, cw, tile, n_done, near=None):
     """Flags and records of the first ``n_done`` tile rows as a GPU can leave them while later
     tiles look back: tile 0 inclusive, the others a random mix of aggregates (flag 1) and
-    inclusive states (flag 2); the tile counter set to the first tile not done."""
+    inclusive states (flag 2), or with ``near``, aggregates but for tile ``n_done - 1 -
+    near`` (slot ``near`` of the first look-back window); the tile counter set to the first
+    tile not done."""
     (B, T, D), RECORD = b.shape, _cuda.RECORD
     n_groups = -(-(B * D) // cw)
     n_tiles = n_groups * -(-T // tile)
     status = np.zeros(n_tiles + 1, np.int32)
     status[-1] = n_done * n_groups
-    records = np.zeros((3, n_tiles * RECORD))  # agg_a, agg_b, incl
-    ref = reference_non_finite(a, b, h0)
+    records = np.zeros((3, n_tiles * RECORD), b.dtype)  # agg_a, agg_b, incl
+    ref = _loop(a, b, h0)
     for j in range(n_done):
         lo, hi = j * tile, min((j + 1) * tile, T)
         for g in range(n_groups):
             k = j * n_groups + g
-            status[k] = 2 if j == 0 or rng.random() < 0.3 else 1
+            incl = rng.random() < 0.3 if near is None else j == n_done - 1 - near
+            status[k] = 2 if j == 0 or incl else 1
             for c in range(min(cw, B * D - g * cw)):
                 bi, d = divmod(g * cw + c, D)
-                pa, pb = 1.0, 0.0
-                for t in range(lo, hi):
-                    pa, pb = a[bi, t, d] * pa, a[bi, t, d] * pb + b[bi, t, d]
+                pa, pb = b.dtype.type(1), b.dtype.type(0)
+                with np.errstate(all="ignore"):  # the products of overflow data
+                    for t in range(lo, hi):
+                        pa, pb = a[bi, t, d] * pa, a[bi, t, d] * pb + b[bi, t, d]
                 records[:, k * RECORD + c] = pa, pb, ref[bi, hi - 1, d]
     return status, records, ref
+
+
+def _scan_seeded(rng, a, b, h0, launch, near=None):
+    """Scan with the tiles of a random number of leading tile rows seeded (``near + 2`` with
+    ``near``: :func:`_seed_predecessors`); returns the states of the other tiles and the
+    loop's."""
+    dtype = b.dtype
+    cw = _cuda.diag_channels(b.shape[0] * b.shape[2], dtype, launch)
+    tile = launch.block // cw * _cuda.diag_items(dtype, launch)
+    n_done = int(rng.integers(1, -(-b.shape[1] // tile))) if near is None else near + 2
+    status, records, ref = _seed_predecessors(rng, a, b, h0, cw, tile, n_done, near)
+    out = cuda.to_device(np.full(b.shape, 12345, dtype))
+    kernels = _cuda.make_kernels(dtype, launch)
+    args = [cuda.to_device(x) for x in (a, b, h0)]
+    records = [cuda.to_device(np.ascontiguousarray(r)) for r in records]
+    n_left = status.size - 1 - int(status[-1])  # the tiles not seeded
+    kernels.diag(cw)[n_left, launch.block](
+        *args, True, False, out, cuda.to_device(status), *records
+    )
+    return out.copy_to_host()[:, n_done * tile :], ref[:, n_done * tile :]
 
 
 @pytest.mark.cudasim
@@ -234,20 +301,8 @@ def test_sim_lookback_meets_inclusive_states_mid_window(launch):
         a, b, h0 = make_inputs(seed, np.float64, False, (1,), T, D)
         if seed == 2:  # four channels of inf, NaN and underflowed runs
             a, b, h0 = make_non_finite_inputs(np.float64, T)
-        cw = _cuda.diag_channels(D, np.float64, launch)
-        tile = launch.block // cw * _cuda.diag_items(np.float64, launch)
-        n_done = int(rng.integers(1, -(-T // tile)))
-        status, records, ref = _seed_predecessors(rng, a, b, h0, cw, tile, n_done)
-        out = cuda.to_device(np.full(b.shape, 12345.0))
-        kernels = _cuda.make_kernels(np.dtype(np.float64), launch)
-        args = [cuda.to_device(x) for x in (a, b, h0)]
-        records = [cuda.to_device(np.ascontiguousarray(r)) for r in records]
-        n_left = status.size - 1 - int(status[-1])  # the tiles not seeded
-        kernels.diag(cw)[n_left, launch.block](
-            *args, True, False, out, cuda.to_device(status), *records
-        )
-        got = out.copy_to_host()[:, n_done * tile :]
-        assert_same_non_finite(got, ref[:, n_done * tile :], 1e-9)
+        got, expected = _scan_seeded(rng, a, b, h0, launch)
+        assert_same_non_finite(got, expected, 1e-9)
 
 
 @pytest.mark.cudasim
@@ -270,6 +325,109 @@ def test_sim_inf_crosses_underflowed_tiles(dense, launch):
         args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, dense)
         _cuda.scan_device(*args, out, launch)
         assert_same_non_finite(out.copy_to_host(), expected, 1e-12)
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("dense", "launch", "dtype", "reverse"),
+    [
+        pytest.param(False, SIM_LAUNCH, np.float32, False, id="diag-prefix-f32"),
+        pytest.param(False, SIM_LAUNCH_AGGREGATES, np.float64, True, id="diag-aggr-f64-reverse"),
+        pytest.param(False, SIM_LAUNCH_AGGREGATES, np.complex128, False, id="diag-aggr-c128"),
+        pytest.param(True, SIM_LAUNCH, np.float64, True, id="dense-prefix-f64-reverse"),
+        pytest.param(True, SIM_LAUNCH_AGGREGATES, np.float32, False, id="dense-aggr-f32"),
+    ],
+)
+def test_sim_states_cross_overflowed_tiles(dense, launch, dtype, reverse):
+    """Products of huge ``a`` overflow within a tile while the loop stays finite (a zero or
+    tiny state) or runs into ±inf and NaN as it goes: a state is walked through the steps of
+    such a product, not multiplied by inf (:func:`make_overflow_inputs`; 4 tiles, or 6 for
+    ``aggr``: the last look-back takes two windows). Dense: channels 1 and 3 as a batch of
+    1 x 1 matrices, and 2 x 2 rotations by ``big`` restarted every 10th step. Complex: no
+    ``h0`` (channel 1 then starts from 0)."""
+    T = 25 if launch.publish_prefix else 41
+    a, b, h0 = make_overflow_inputs(dtype, T)
+    if np.dtype(dtype).kind == "c":
+        h0 = None
+    cases = [(a, b, h0)]
+    if dense:  # a (1, T, C) -> (C, T, 1, 1), b (1, T, C) -> (C, T, 1), h0 (1, C) -> (C, 1)
+        a, b = (np.ascontiguousarray(x[0, :, [1, 3]][..., None]) for x in (a, b))
+        h0 = np.ascontiguousarray(h0[0, [1, 3]][:, None])
+        cases = [(a[..., None], b, h0), _rotations(dtype, T)]
+    for a, b, h0 in cases:
+        if reverse:  # the same data in scan order
+            a, b = (np.ascontiguousarray(np.flip(x, 1)) for x in (a, b))
+        out = cuda.device_array(b.shape, b.dtype)
+        args = (cuda.to_device(a), cuda.to_device(b), h0 if h0 is None else cuda.to_device(h0))
+        _cuda.scan_device(*args, reverse, False, dense, out, launch)
+        expected = _loop(a, b, h0, reverse)
+        rtol = OVERFLOW[np.dtype(dtype)][2]
+        if np.dtype(dtype).kind == "c":  # channels 0-2: the loop is finite
+            np.testing.assert_allclose(out.copy_to_host(), expected, rtol=rtol, atol=rtol)
+        else:
+            assert_same_non_finite(out.copy_to_host(), expected, rtol)
+    if not dense:  # channels 0-2 finite: 0; tiny states carried to big ones; contractive
+        assert (expected[0, :, 0] == 0).all() and np.abs(expected[0, :, 1]).max() > 1e6
+        assert np.isfinite(expected[0, :, :3]).all()
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_sim_lookback_walks_aggregates_once_across_windows():
+    """Aggregates only, windows of 4 tiles of 8 steps: the look-back of tile 9 takes three
+    windows, and a walk that acc (the tiles of the windows before) needs in the second one
+    is taken in the third, once, from the state met there (tile 0). Channel 0: contractive,
+    ``b = inf`` in tile 2 and tiny ``a`` in tiles 5-7 (the loop: ±inf from tile 2 on; acc's
+    product is 0, the second window's ``b`` part inf); channel 1: a tiny state through
+    products that overflow from the first window on (:func:`make_overflow_inputs`)."""
+    a, b, h0 = (np.ascontiguousarray(x[..., [2, 1]]) for x in make_overflow_inputs(np.float64, 75))
+    b[0, 20, 0] = np.inf
+    a[0, 40:64, 0] *= np.sqrt(np.finfo(np.float64).tiny)
+    out = cuda.device_array(b.shape, b.dtype)
+    args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), False, False, False)
+    _cuda.scan_device(*args, out, SIM_LAUNCH_AGGREGATES)
+    expected = _loop(a, b, h0)
+    assert np.isinf(expected[0, 20:, 0]).all() and np.isfinite(expected[0, :, 1]).all()
+    assert_same_non_finite(out.copy_to_host(), expected, 1e-12)
+
+
+def _rotations(dtype, T):
+    """Dense ``(2, T, 2, 2)``: ``a = big`` times a rotation, every 10th step 0; element 0:
+    ``b`` tiny there and 0 elsewhere, ``h0`` tiny (finite states through overflowed
+    products); element 1: ``b = 0``, ``h0 = 0`` (the loop stays 0)."""
+    big, tiny, _ = OVERFLOW[np.dtype(dtype)]
+    theta = np.random.default_rng(T).uniform(0, 2 * np.pi, (2, T))
+    c, s = np.cos(theta), np.sin(theta)
+    a = big * np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+    a[:, 7::10] = 0.0
+    b = np.zeros((2, T, 2))
+    b[0, 7::10] = tiny, -tiny
+    h0 = np.array([[tiny, tiny], [0.0, 0.0]])
+    return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("launch", [SIM_LAUNCH, SIM_LAUNCH_AGGREGATES], ids=["prefix", "aggr"])
+def test_sim_lookback_meets_inclusive_states_mid_window_after_overflowed_tiles(launch):
+    """As :func:`test_sim_lookback_meets_inclusive_states_mid_window`, with the products of
+    the aggregates after the nearest inclusive state overflowed (channels 1 and 3 of
+    :func:`make_overflow_inputs`, one block: tiles of 8 steps; windows of 4 lanes x 2
+    slots, or 4 x 1 for ``aggr``): the part of a window from that state on must not depend
+    on the 0 its earlier slots, identities, leave (inf * 0 is NaN; a walk from that 0 over
+    the state's tile misses the state), and only the aggregates after it are walked, from it.
+    The state is met in slot 1 (the slot after it in its lane overflowed), 2 (the lane after
+    it), 3 or 5 (a second window for ``aggr``), and for ``aggr`` one slot further on too."""
+    rng = np.random.default_rng(11)
+    for dtype, near in [(np.float64, 1), (np.float64, 2), (np.float32, 3), (np.float64, 5)]:
+        a, b, h0 = make_overflow_inputs(dtype, 8 * (near + 3) + 3)
+        a, b, h0 = (np.ascontiguousarray(x[..., [1, 3]]) for x in (a, b, h0))
+        got, expected = _scan_seeded(rng, a, b, h0, launch, near)
+        assert_same_non_finite(got, expected, OVERFLOW[np.dtype(dtype)][2])
 
 
 @pytest.mark.cudasim
