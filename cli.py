@@ -409,7 +409,7 @@ def _resolve(
             if name in kept and name not in merged
         )
         # settings the run recorded but did not use (refused since): their defaults, as the
-        # checkpoint's configuration reads them (autodiff.train)
+        # checkpoint's configuration reads them (autodiff.resume)
         unused = [name for name in _unused_settings(Settings(**kept)) if name not in merged]
         merged = {**kept, **{name: _DEFAULTS[name] for name in unused}, **merged}
     for name in PATH_SETTINGS:
@@ -506,8 +506,8 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
     settings that the flags did not give were set (see :func:`_resolve`); ``given``: the
     settings this command sets (flags and config file), refused where the run would not use
     them even at their defaults."""
+    from autodiff.config import MIN_SCORED_STEPS
     from autodiff.optim import lr_ratio_problem
-    from autodiff.train import MIN_SCORED_STEPS
     from models.metrics import REST_MIN_POINTS
 
     problems = [
@@ -645,12 +645,12 @@ def train_config(s: Settings, n_obs: int):
 
 
 def _unused_settings(s: Settings, given: typing.Collection[str] = ()) -> list[str]:
-    """The settings a run with ``s`` would not use (:func:`autodiff.train.unused_fields`, the
+    """The settings a run with ``s`` would not use (:func:`autodiff.config.unused_fields`, the
     rule :func:`autodiff.fit` applies: the GTF-DEER ones for a state-space model, the Newton
     ones for ``--method sequential``), by their :class:`Settings` names: those not at their
-    defaults (:func:`autodiff.train.inapplicable_settings`), and those in ``given`` (set by
+    defaults (:func:`autodiff.config.inapplicable_settings`), and those in ``given`` (set by
     this command's flags or config file) whatever their values."""
-    from autodiff.train import TrainConfig, inapplicable_settings, unused_fields
+    from autodiff.config import TrainConfig, inapplicable_settings, unused_fields
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
@@ -666,7 +666,7 @@ def _inapplicable_training_settings(
 ) -> str | None:
     """:func:`_unused_settings` (``given``: the settings this command sets) as a problem, each
     named by its flag and where it was set when not by the flag (``origins``), or None."""
-    from autodiff.train import AUTO_ALPHA_SETTINGS
+    from autodiff.config import AUTO_ALPHA_SETTINGS
 
     shown = _unused_settings(s, given)
     if s.model in SSM_NAMES:
@@ -2044,7 +2044,8 @@ def train(
     refused where the data make them unused.
     """
     from autodiff import check_fit, fit
-    from autodiff.train import NoValidationScoreWarning, TrainingDivergedError, new_run_remedies
+    from autodiff.config import new_run_remedies
+    from autodiff.train import NoValidationScoreWarning, TrainingDivergedError
     from models.data import column_mean_sd
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
 
@@ -2406,7 +2407,7 @@ def _failure_advice(far: bool, out: Path, remedies: dict) -> str:
 
 
 def _suggestions(remedies: dict, lead: str = "Try") -> str:
-    """The settings worth trying after a failed run (:func:`autodiff.train.new_run_remedies`,
+    """The settings worth trying after a failed run (:func:`autodiff.config.new_run_remedies`,
     none of them the ones just used) as flags, after ``lead``."""
     tries = []
     for name, value in remedies.items():

@@ -23,7 +23,7 @@ _EXPORTS = {
     "NonFiniteStepError": "autodiff.optim",
     "clip_grad_norm": "autodiff.optim",
     "l2_penalty": "autodiff.regularization",
-    "TrainConfig": "autodiff.train",
+    "TrainConfig": "autodiff.config",
     "TrainResult": "autodiff.train",
     "fit": "autodiff.train",
     "check_fit": "autodiff.train",

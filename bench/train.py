@@ -45,8 +45,9 @@ import numpy as np
 from _timing import check_runs, no_gpu_reason, timeit, versions
 
 import models
+from autodiff.config import TrainConfig
 from autodiff.gradients import gtf_loss_and_grad
-from autodiff.train import TrainConfig, fit
+from autodiff.train import fit
 from parscan import gtf_alpha
 from parscan._jit import n_threads
 

@@ -1457,7 +1457,7 @@ def test_summary_says_when_the_best_validated_epoch_was_passed_over():
 
 def test_diverged_message_names_the_checkpoint_state_and_new_settings():
     from autodiff import TrainingDivergedError
-    from autodiff.train import new_run_remedies
+    from autodiff.config import new_run_remedies
 
     s = cli.Settings(alpha_method="param_bound", jacobian="diag", dtype="float64")
     config = cli.train_config(s, 3)
@@ -1528,7 +1528,7 @@ def test_epoch_lines_say_why_validation_was_not_measured():
 
 
 def test_suggestions_skip_more_alpha_when_fully_forced():
-    from autodiff.train import new_run_remedies
+    from autodiff.config import new_run_remedies
 
     def suggestions(s, alpha):
         gtf = s.model not in cli.SSM_NAMES
@@ -1925,7 +1925,7 @@ def test_a_model_no_validation_could_measure_is_a_failed_run(tmp_path, monkeypat
     import autodiff.train
 
     diverged = {"dstsp": None, "dh": None, "score": np.inf, "status": "diverged"}
-    monkeypatch.setattr(autodiff.train, "_validate", lambda *args: dict(diverged))
+    monkeypatch.setattr(autodiff.train, "validate", lambda *args: dict(diverged))
     result = run(*TINY, "--out", tmp_path / "run")
     assert result.exit_code == 1, result.output
     assert (

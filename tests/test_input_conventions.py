@@ -10,8 +10,9 @@ import pytest
 import autodiff
 import models
 import parscan
+from autodiff.config import TrainConfig
 from autodiff.gradients import gtf_loss_and_grad
-from autodiff.train import TrainConfig, _loss_and_grad
+from autodiff.train import _loss_and_grad
 from models._checks import Checks, as_array, check_bool
 from parscan._arguments import bool_problem, masked_problem
 

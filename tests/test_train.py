@@ -28,22 +28,24 @@ from autodiff.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from autodiff.config import (
+    AUTO_ALPHA_SETTINGS,
+    DEER_SETTINGS,
+    GTF_SETTINGS,
+    TrainConfig,
+    inapplicable_settings,
+)
 from autodiff.fingerprint import block_moments, fingerprint, sampled_rows
 from autodiff.gradients import gtf_loss_and_grad
 from autodiff.optim import ExponentialDecay
 from autodiff.train import (
-    AUTO_ALPHA_SETTINGS,
-    DEER_SETTINGS,
-    GTF_SETTINGS,
     EpochInfo,
     NoValidationScoreWarning,
     StepInfo,
-    TrainConfig,
     TrainingDivergedError,
     TrainResult,
     check_fit,
     fit,
-    inapplicable_settings,
     window_starts,
 )
 from models import LinearSSM, ShPLRNN
@@ -177,7 +179,7 @@ def test_any_exception_writes_a_resumable_checkpoint(lorenz, full_run, tmp_path,
             callback=fail_at_step_17)  # fmt: skip
     assert load_checkpoint(tmp_path / "a")["state"]["train_state"]["step"] == 18
 
-    real, calls = autodiff.train._validate, []
+    real, calls = autodiff.train.validate, []
 
     def fail_second_validation(*args, **kw):
         calls.append(1)
@@ -185,7 +187,7 @@ def test_any_exception_writes_a_resumable_checkpoint(lorenz, full_run, tmp_path,
             raise ValueError("validation bug")
         return real(*args, **kw)
 
-    monkeypatch.setattr(autodiff.train, "_validate", fail_second_validation)
+    monkeypatch.setattr(autodiff.train, "validate", fail_second_validation)
     with pytest.raises(ValueError, match="validation bug"):
         fit(small_model(), x, cfg, checkpoint_dir=tmp_path / "b", validation_data=xv)
     monkeypatch.undo()
@@ -302,7 +304,7 @@ def test_best_epoch_ties(lorenz, monkeypatch, score, best):
     x, xv = lorenz
     status = "ok" if math.isfinite(score) else "diverged"
     scores = {"dstsp": None, "dh": None, "score": score, "status": status}
-    monkeypatch.setattr(autodiff.train, "_validate", lambda *args: dict(scores))
+    monkeypatch.setattr(autodiff.train, "validate", lambda *args: dict(scores))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fit(small_model(), x, config(batches_per_epoch=2), validation_data=xv)
@@ -427,7 +429,7 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
     scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
     monkeypatch.setattr(
         autodiff.train,
-        "_validate",
+        "validate",
         lambda *args: {"dstsp": 0.0, "dh": 0.0, "score": next(scripted), "status": "ok"},
     )
     seen = []
@@ -465,7 +467,7 @@ def test_fit_warns_when_every_candidate_failed_the_selection_check(lorenz, monke
     x, xv = lorenz
     monkeypatch.setattr(
         autodiff.train,
-        "_validate",
+        "validate",
         lambda *args: {"dstsp": 0.0, "dh": 0.0, "score": 1.0, "status": "ok"},
     )
     counts = ([1, 0], [0, 1])  # 1 failed run of 8 each: within the 1/8 allowed
@@ -1663,7 +1665,7 @@ def test_a_signal_during_an_atomic_save_acts_once_it_is_done(
 
 
 def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
-    from autodiff.train import new_run_remedies
+    from autodiff.config import new_run_remedies
 
     def remedies(**fields):
         return new_run_remedies(TrainConfig(sequence_length=200, **fields), 0.1, True)
@@ -1675,7 +1677,7 @@ def test_the_newton_cap_is_a_remedy_only_below_the_solvers_default():
 
 
 def test_the_learning_rate_remedy_is_a_third_of_the_run_s_at_most_the_default():
-    from autodiff.train import new_run_remedies
+    from autodiff.config import new_run_remedies
 
     def lr(lr_start):
         return new_run_remedies(TrainConfig(lr_start=lr_start, lr_end=lr_start), 0.1, True)
