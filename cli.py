@@ -1008,9 +1008,8 @@ def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -
 
     The test data are standardised with the training data's mean and sd, so test data in
     other units (e.g. a file standardised already, for raw training data) leave every free run
-    outside their box. A dimension is far when its test mean lies more than 3 training sds
-    from the training mean or its sd ratio is outside [1/5, 5]; a genuine change of regime can
-    do that too, hence a warning, not an error.
+    outside their box; :func:`models.data.far_dimensions` says which dimensions look so (a
+    genuine change of regime can too, hence a warning, not an error).
 
     Parameters
     ----------
@@ -1021,13 +1020,9 @@ def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -
     what : str
         The test data, for the message (``--test-data FILE``).
     """
-    from models.data import column_mean_sd
+    from models.data import far_dimensions
 
-    test_mean, test_sd = column_mean_sd(test)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.abs(test_mean - mean) / sd
-        ratio = test_sd / sd
-    far = np.flatnonzero(~((shift <= 3) & (ratio >= 1 / 5) & (ratio <= 5)))
+    far, test_mean, test_sd = far_dimensions(test, mean, sd)
     if far.size == 0:
         return False
     d = far[0]
@@ -1416,7 +1411,7 @@ def write_plots(
     generated run's), so a model collapsed to a point looks like one (one-dimensional data:
     the first :data:`SERIES_PLOT_STEPS` steps of the series over time); the spectra are shown up
     to the frequency bin below which the test spectrum holds 99.9 % of its power (see
-    :func:`spectrum_extent`).
+    :func:`models.metrics.spectrum_extent`).
 
     Parameters
     ----------
@@ -1435,7 +1430,7 @@ def write_plots(
         import matplotlib.pyplot as plt
     except ImportError:
         return "plots skipped: matplotlib is not installed (pip install matplotlib)"
-    from models.metrics import normalized_spectra
+    from models.metrics import normalized_spectra, spectrum_extent
 
     n_obs = test.shape[1]
     lo = np.minimum(test.min(axis=0), generated.min(axis=0))
@@ -1477,28 +1472,6 @@ def write_plots(
     fig.savefig(out / "spectrum.png", dpi=120)
     plt.close(fig)
     return "plots: attractor.png, spectrum.png"
-
-
-def spectrum_extent(spectrum: np.ndarray, power: float = 0.999, min_bins: int = 50) -> int:
-    """The number of frequency bins a spectrum plot shows: the fewest below which every
-    dimension of ``spectrum`` holds ``power`` of its total, at least ``min_bins`` (at most
-    all).
-
-    Parameters
-    ----------
-    spectrum : ndarray, shape (F, N)
-        Power per frequency bin and dimension (:func:`models.metrics.normalized_spectra`; a
-        NaN column, a constant dimension, is ignored).
-    power : float
-        The fraction of the power to show.
-    min_bins : int
-        The fewest bins shown.
-    """
-    total = np.nansum(spectrum, axis=0)
-    cumulative = np.cumsum(np.nan_to_num(spectrum), axis=0)
-    reached = cumulative >= power * total  # per column: False up to its bin, then True
-    needed = int(np.max(np.argmax(reached, axis=0))) + 1
-    return min(max(needed, min_bins), spectrum.shape[0])
 
 
 # ------------------------------------------------------------------------------------------

@@ -223,6 +223,44 @@ def constant_columns(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return sd <= CONSTANT_RTOL * np.max(np.abs(x), axis=0)
 
 
+#: :func:`far_dimensions`: a dimension's mean farther than this many reference sds from the
+#: reference mean, or its sd more than this ratio apart from the reference sd, looks like
+#: other units
+FAR_SHIFT, FAR_SD_RATIO = 3.0, 5.0
+
+
+def far_dimensions(x: np.ndarray, mean: np.ndarray, sd: np.ndarray):
+    """The dimensions in which trajectory ``x`` looks like another scale than data of column
+    means ``mean`` and sds ``sd`` (e.g. a file standardised already, against raw data).
+
+    A dimension is far when its mean lies more than :data:`FAR_SHIFT` reference sds from the
+    reference mean or its sd ratio is outside ``[1 / FAR_SD_RATIO, FAR_SD_RATIO]`` (a NaN
+    ratio, e.g. of an infinite sd, counts as far). A genuine change of regime does that too:
+    callers warn, they do not refuse.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N)
+        Finite trajectory, ``T >= 1``.
+    mean, sd : ndarray, shape (N,)
+        The reference data's column means and (positive) population sds
+        (:func:`column_mean_sd`).
+
+    Returns
+    -------
+    far : ndarray of int, shape (K,)
+        The far dimensions, ascending.
+    x_mean, x_sd : ndarray, shape (N,)
+        The column means and sds of ``x`` (:func:`column_mean_sd`), for the message.
+    """
+    x_mean, x_sd = column_mean_sd(x)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        shift = np.abs(x_mean - mean) / sd
+        ratio = x_sd / sd
+    near = (shift <= FAR_SHIFT) & (ratio >= 1 / FAR_SD_RATIO) & (ratio <= FAR_SD_RATIO)
+    return np.flatnonzero(~near), x_mean, x_sd
+
+
 def _check_not_constant(
     arr: np.ndarray, sd: np.ndarray, where: str, name: str, reason: str = CONSTANT_REASON
 ) -> None:

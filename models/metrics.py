@@ -530,6 +530,28 @@ def normalized_spectra(x, smoothing):
     return spectra
 
 
+def spectrum_extent(spectrum: np.ndarray, power: float = 0.999, min_bins: int = 50) -> int:
+    """How many leading frequency bins of ``spectrum`` hold ``power`` of every dimension's
+    total, at least ``min_bins`` (at most all): the extent of a spectrum plot that shows where
+    the power lies (``parscan-train``'s ``spectrum.png``).
+
+    Parameters
+    ----------
+    spectrum : ndarray, shape (F, N)
+        Power per frequency bin and dimension (:func:`normalized_spectra`; a NaN column, a
+        constant dimension, is ignored).
+    power : float
+        The fraction of the power to show.
+    min_bins : int
+        The fewest bins shown.
+    """
+    total = np.nansum(spectrum, axis=0)
+    cumulative = np.cumsum(np.nan_to_num(spectrum), axis=0)
+    reached = cumulative >= power * total  # per column: False up to its bin, then True
+    needed = int(np.max(np.argmax(reached, axis=0))) + 1
+    return min(max(needed, min_bins), spectrum.shape[0])
+
+
 def power_spectrum_distance(x_true, x_gen, smoothing=DH_SMOOTHING, *, per_dimension=False):
     """D_H: mean over dimensions of the Hellinger distance between power spectra.
 

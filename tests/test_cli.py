@@ -28,7 +28,7 @@ import cli
 import models
 import parscan
 from autodiff.checkpoint import load_checkpoint
-from models.metrics import normalized_spectra
+from models.metrics import normalized_spectra, spectrum_extent
 
 TINY = ["--n-steps", "1500", "-T", "40", "-e", "2", "--batches-per-epoch", "3", "-L", "8", "-q"]
 
@@ -1665,20 +1665,6 @@ def test_warnings_before_training_also_with_quiet(finished_run, tmp_path, monkey
     assert f"warning: --test-data {standardised} lies far" in result.output, result.output
 
 
-def test_spectrum_extent_holds_the_test_power():
-    rng = np.random.default_rng(0)
-    t = np.arange(4000)
-    slow = np.sin(2 * np.pi * 5 * t / 4000)[:, None] + 1e-3 * rng.standard_normal((4000, 1))
-    spectrum = normalized_spectra(slow, 0.0)
-    assert cli.spectrum_extent(spectrum) == 50  # the power lies in the first bins
-    noise = normalized_spectra(rng.standard_normal((4000, 2)), 0.0)
-    extent = cli.spectrum_extent(noise)
-    assert 0.99 * noise.shape[0] < extent <= noise.shape[0]
-    both = np.concatenate([spectrum, np.full_like(spectrum, np.nan), noise[:, :1]], axis=1)
-    assert cli.spectrum_extent(both) == cli.spectrum_extent(noise[:, :1])
-    assert cli.spectrum_extent(spectrum[:20]) == 20
-
-
 def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
@@ -1694,7 +1680,7 @@ def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypat
     for get in ("get_xlim", "get_ylim", "get_zlim"):
         assert getattr(left, get)() == getattr(right, get)()
     assert left.get_xlim() == (test[:, 0].min(), test[:, 0].max())
-    extent = cli.spectrum_extent(normalized_spectra(test, 20.0))
+    extent = spectrum_extent(normalized_spectra(test, 20.0))
     assert 50 <= extent < 1501
     assert all(ax.get_xlim() == (0, extent - 1) for ax in spectrum.axes)
     # one dimension: the series over time, not x against x (a diagonal line)

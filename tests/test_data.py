@@ -17,6 +17,7 @@ from models.data import (
     column_mean_sd,
     column_names,
     destandardize,
+    far_dimensions,
     load_data,
     several_trajectories,
     standardize,
@@ -721,6 +722,26 @@ def test_moments_of_deviations_whose_squares_underflow():
         np.testing.assert_allclose(sd, exact, rtol=1e-7)  # was 8e-3 off: squares underflowed
         np.testing.assert_allclose(mean, base, rtol=1e-12)
     np.testing.assert_array_equal(column_mean_sd(X)[1], X.std(axis=0))  # ordinary: numpy's bits
+
+
+def test_far_dimensions_bounds_the_shift_and_the_sd_ratio():
+    base = np.array([[-1.0], [1.0]])  # mean 0, sd 1
+    columns = [
+        base + 3.0,  # the mean 3 sds away: near
+        base + 3.0000001,  # farther: far
+        5.0 * base,  # sd ratio 5: near
+        5.0000001 * base,  # beyond: far
+        0.2 * base,  # sd ratio 1/5: near
+        0.19999999 * base,  # below: far
+        np.array([[-1e308], [1e308]]),  # sd 1e308 (no overflow of the moments): far
+    ]
+    x = np.hstack(columns)
+    mean, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    far, x_mean, x_sd = far_dimensions(x, mean, sd)
+    np.testing.assert_array_equal(far, [1, 3, 5, 6])
+    np.testing.assert_array_equal(x_sd, column_mean_sd(x)[1])
+    assert x_mean[0] == 3.0 and x_sd[6] == 1e308
+    assert far_dimensions(x[:1], mean, sd)[0].tolist() == list(range(7))  # one row: sd 0
 
 
 @pytest.mark.skipif(

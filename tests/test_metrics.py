@@ -22,8 +22,10 @@ from models.metrics import (
     fixed_point_onsets,
     lyapunov_spectrum,
     max_lyapunov,
+    normalized_spectra,
     power_spectrum_distance,
     prediction_error,
+    spectrum_extent,
     state_space_divergence,
 )
 from models.shplrnn import ShPLRNN
@@ -438,6 +440,20 @@ def test_dh_same_attractor_small(lorenz_pair):
     assert power_spectrum_distance(a, b) < 0.15
     noise = np.random.default_rng(0).standard_normal(a.shape)
     assert power_spectrum_distance(a, noise) > 0.5
+
+
+def test_spectrum_extent_holds_the_test_power():
+    rng = np.random.default_rng(0)
+    t = np.arange(4000)
+    slow = np.sin(2 * np.pi * 5 * t / 4000)[:, None] + 1e-3 * rng.standard_normal((4000, 1))
+    spectrum = normalized_spectra(slow, 0.0)
+    assert spectrum_extent(spectrum) == 50  # the power lies in the first bins
+    noise = normalized_spectra(rng.standard_normal((4000, 2)), 0.0)
+    extent = spectrum_extent(noise)
+    assert 0.99 * noise.shape[0] < extent <= noise.shape[0]
+    both = np.concatenate([spectrum, np.full_like(spectrum, np.nan), noise[:, :1]], axis=1)
+    assert spectrum_extent(both) == spectrum_extent(noise[:, :1])
+    assert spectrum_extent(spectrum[:20]) == 20
 
 
 # --------------------------------------------------------------------------------------------
