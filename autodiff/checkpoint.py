@@ -102,7 +102,8 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
     Raises
     ------
     ValueError
-        No such file, not a readable ``.npz`` (truncated, corrupt), not a parscan training
+        No such file (:class:`models.data.MissingFileError`, also a ``FileNotFoundError``),
+        not a readable ``.npz`` (truncated, corrupt), not a parscan training
         checkpoint, a checkpoint of another format version (or a damaged one), or a model
         part that :func:`models.load` refuses (:func:`models.base.model_from_fields`: a
         model-file format it does not read, hyperparameters that are no JSON object or do

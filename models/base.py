@@ -33,7 +33,7 @@ import numpy as np
 
 from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype, check_path
 from models._signals import signals_deferred
-from models.data import NPY_MAGIC, ZIP_MAGIC, not_numpy_reason
+from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason
 from parscan._arguments import masked_problem
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
@@ -657,14 +657,15 @@ class _NotNpz(Exception):
 def read_npz_fields(
     path: Path, where: str, remedy: str = "restore it or save the model again"
 ) -> dict[str, np.ndarray]:
-    """All arrays of the ``.npz`` at ``path``; ValueError if it is missing, a directory or
+    """All arrays of the ``.npz`` at ``path``; ValueError if it is missing
+    (:class:`models.data.MissingFileError`, also a ``FileNotFoundError``), a directory or
     unreadable (then naming ``where`` and, for a damaged file, the ``remedy``)."""
     if "\0" in str(path):  # the checks below would raise a ValueError naming no path
         raise ValueError(f"{where}: the path {str(path)!r} contains a NUL byte; remove it.")
     try:
         kind = path.stat().st_mode
     except FileNotFoundError:
-        raise ValueError(f"{where}: no such file {path}.") from None
+        raise MissingFileError(f"{where}: no such file {path}.") from None
     except OSError as exc:  # e.g. a name too long for the file system
         raise ValueError(f"{where}: cannot read {path} ({exc.strerror or exc}).") from None
     if stat.S_ISDIR(kind):
@@ -883,13 +884,14 @@ def load_with_metadata(path) -> tuple[Model, dict]:
         ``path`` not a str or path-like object.
     ValueError
         Naming this function (or ``models.load``, ``<Model>.load``: the one called) and the
-        path: an empty path, a missing, truncated or corrupt file, a
-        directory, a file that is not a parscan model (missing entries, unknown class), a
-        ``format_version`` later than :data:`FORMAT_VERSION` (files without one are format
-        1), malformed hyperparameters or metadata JSON, hyperparameters the class does not
-        accept, invalid ``params`` (see :meth:`Model.set_params`), or an incomplete or
-        invalid standardisation (``data_mean`` and ``data_std`` of shape ``(n_obs,)``,
-        finite, ``data_std > 0``).
+        path: an empty path, a missing file (:class:`models.data.MissingFileError`, also a
+        ``FileNotFoundError``), a truncated or corrupt file, a directory, a file that is
+        not a parscan model (missing entries, unknown class), a ``format_version`` later
+        than :data:`FORMAT_VERSION` (files without one are format 1), malformed
+        hyperparameters or metadata JSON, hyperparameters the class does not accept,
+        invalid ``params`` (see :meth:`Model.set_params`), or an incomplete or invalid
+        standardisation (``data_mean`` and ``data_std`` of shape ``(n_obs,)``, finite,
+        ``data_std > 0``).
     """
     return _load_with_metadata(path, "models.load_with_metadata")
 

@@ -23,6 +23,13 @@ SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 CONSTANT_REASON = "a constant dimension cannot be standardised or modelled. Drop it."
 
 
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file to read does not exist: a ``FileNotFoundError``, as ``open`` raises, and a
+    ``ValueError``, like every other refusal of the function (``models.load_data``,
+    ``models.load``, a model's ``load``, ``autodiff.checkpoint.load_checkpoint``); the message
+    names the function and the path."""
+
+
 class ArrayChoiceError(ValueError):
     """:func:`load_data`: an ``.npz`` archive holds several arrays and no ``key`` chose one, or
     it has no array ``key``.
@@ -673,7 +680,7 @@ def _check_path(path: Path, where: str) -> str:
             f"supported: {', '.join(SUFFIXES)}."
         )
     if not path.exists():
-        raise ValueError(f"{where}: no such file {path}.")
+        raise MissingFileError(f"{where}: no such file {path}.")
     if not path.is_file():
         mode = path.stat().st_mode
         what = next((text for test, text in _SPECIAL_FILES if test(mode)), "a special file")
@@ -745,8 +752,10 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     ArrayChoiceError
         A ``ValueError``: an ``.npz`` with several arrays and no ``key``, or with no array
         named ``key`` (``names`` lists its arrays).
+    MissingFileError
+        A ``FileNotFoundError`` and a ``ValueError``: no file at ``path``.
     ValueError
-        Missing, special (FIFO, device) or unreadable file, an object array in an ``.npy`` or
+        Special (FIFO, device) or unreadable file, an object array in an ``.npy`` or
         ``.npz`` (it needs pickle, which is refused), an ``.npy``/``.npz`` that is not a NumPy
         file by its first bytes (text gets the advice to rename it ``.csv``), an ``.npz``
         archive named ``.npy`` or the reverse, an ``.npz`` holding no arrays, unsupported

@@ -165,8 +165,9 @@ def test_npz_without_arrays_is_refused_without_key_advice(tmp_path):
 
 
 def test_missing_file_and_unsupported_suffix(tmp_path):
-    with pytest.raises(ValueError, match=r"load_data: no such file .*nope.npy"):
+    with pytest.raises(FileNotFoundError, match=r"load_data: no such file .*nope.npy") as info:
         load_data(tmp_path / "nope.npy")
+    assert isinstance(info.value, ValueError)  # as every other refusal of load_data
     with pytest.raises(ValueError, match=r"unsupported file type '.mat'.*supported: .npy"):
         load_data(tmp_path / "x.mat")
     with pytest.raises(TypeError, match=r"load_data: path must be a str or Path"):
