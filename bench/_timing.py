@@ -4,14 +4,24 @@ One convention for every script: a case's first call (compilation or cache load 
 reported raw as ``first_call_s`` and, with ``compile_s``, minus the case's min; then min and
 median of at least :data:`MIN_RUNS` timed runs, and ``noisy`` when the median is more than
 :data:`NOISY_SPREAD` times the min (a stall of the shared machine hit several runs: compare
-such a row's min, not its median). Rows carry :func:`versions` (with the 1-minute load).
+such a row's min, not its median). Rows carry :func:`versions` (with the 1-minute load)
+under ``"versions"``.
+
+Bad arguments are refused before any expensive work (warm-up, data generation, compilation)
+with ``parser.error``: one line naming the script and the fix, exit status 2. The argparse
+types :func:`positive_int` and :func:`non_negative_int` and :func:`check_output_file` are the
+checks several scripts share.
 """
 
+import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import platform
 import time
+import warnings
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -29,6 +39,56 @@ def check_runs(parser, value, flag="--repeat", smoke=False):
     if value < least:
         why = "a smoke run" if smoke else "min and median of several runs"
         parser.error(f"{flag} must be >= {least} ({why}); got {value}")
+
+
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+
+
+def positive_int(text):
+    """argparse ``type=``: an integer >= 1 (a count, a length)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse ``type=``: an integer >= 0 (a seed, a limit where 0 means none)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {value}")
+    return value
+
+
+def check_output_file(parser, path, flag):
+    """``parser.error`` (one line, exit 2) unless ``path`` can be written (created or appended
+    to): its folder exists and is writable, and ``path`` is not a folder or a read-only file.
+    Call it before the work whose results go there."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        parser.error(f"{flag} {path}: no folder {folder}; create it or name a file in one")
+    if path.is_dir():
+        parser.error(f"{flag} {path}: is a folder; name a file")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        parser.error(f"{flag} {path}: not writable; name a file you can write")
+
+
+@contextlib.contextmanager
+def quiet_resolution_warnings():
+    """Silence ``models.metrics``' StateSpaceResolutionWarning and SpectrumResolutionWarning
+    (too few points for D_stsp's bins or D_H's spectrum) inside the ``with`` block: the short
+    runs of a warm-up or of a timing are meant, and their scores are not the measurement."""
+    from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StateSpaceResolutionWarning)
+        warnings.simplefilter("ignore", SpectrumResolutionWarning)
+        yield
 
 
 def versions():

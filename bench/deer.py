@@ -13,10 +13,12 @@ largest Lyapunov exponent (in every row, ``models.metrics.max_lyapunov``) is abo
 step (0.01035 in ``bench/results/deer_2core.jsonl``), close to Lorenz-63's 0.9 per unit time
 at dt = 0.01 (0.009 per step).
 
-Data. ``../shared/data/lorenz63_on0.05_train.npy`` (standardised, 5 % noise, 1e5 points) for
-the fit and for windows that fit in it; longer windows (and everything when the file is
-absent) use ``models.systems.generate("lorenz63", noise=0.05)`` standardised. The problem is
-the GTF-forced recurrence with full forcing (N = M = 3): ``z0 = x_0``, forcing ``x_1..x_T``.
+Data. ``lorenz63_on0.05_train.npy`` (standardised, 5 % noise, 1e5 points) of ``--data-dir``
+(default ``../shared/data``, next to the repository) for the fit and for windows that fit in
+it; longer windows (and everything when the default folder lacks the file) use
+``models.systems.generate("lorenz63", noise=0.05)`` standardised. A ``--data-dir`` given that
+lacks the file is refused. The problem is the GTF-forced recurrence with full forcing
+(N = M = 3): ``z0 = x_0``, forcing ``x_1..x_T``.
 
 Cases per T: alpha in {0, "auto"} x jacobian in {"full", "diag"}, default tolerances and
 ``max_iter``, ``throw=False`` (alpha = 0 fails on chaotic data: its status is reported).
@@ -33,6 +35,7 @@ Usage::
     python bench/deer.py                # T = 1e2 .. 1e6 (several minutes on 2 cores)
     python bench/deer.py --quick        # T = 1e2 .. 1e4
     python bench/deer.py --T 1000 --repeats 7 --json out.jsonl
+    python bench/deer.py --quick --data-dir ../shared/data
     python bench/deer.py --backend cuda --T 100000 1000000   # DEER on a GPU vs the CPU loop
 
 Prints one JSON line per case, then a Markdown table.
@@ -48,8 +51,9 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from _timing import check_runs, no_gpu_reason, timeit, versions
+from _timing import check_output_file, check_runs, no_gpu_reason, positive_int, timeit, versions
 
+#: The default data file (``--data-dir`` names another folder holding a file of this name).
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lorenz63_on0.05_train.npy"
 FULL_T = [100, 1_000, 10_000, 100_000, 1_000_000]
 QUICK_T = [100, 1_000, 10_000]
@@ -59,11 +63,12 @@ def _standardize(x):
     return (x - x.mean(axis=0)) / x.std(axis=0)
 
 
-def load_data(T):
-    """``(fit_data, window, source)``: data to fit the model on and ``T + 1`` points."""
+def load_data(T, data=DATA):
+    """``(fit_data, window, source)``: data to fit the model on and ``T + 1`` points, from the
+    file ``data`` (generated when it is absent or shorter than ``T + 1`` points)."""
     from models.systems import generate
 
-    shared = np.load(DATA).astype(np.float64) if DATA.is_file() else None
+    shared = np.load(data).astype(np.float64) if data.is_file() else None
     if shared is not None and shared.shape[0] > T:
         return shared, shared[: T + 1], "shared"
     generated = _standardize(generate("lorenz63", max(T + 1, 100_000), noise=0.05, seed=1))
@@ -99,14 +104,15 @@ def traced_peak_mb(fn):
         tracemalloc.stop()
 
 
-def run_one_T(T, repeats, budget_s, backend="auto"):
-    """All cases for one T, in this process; one dict per case."""
+def run_one_T(T, repeats, budget_s, backend="auto", data=DATA):
+    """All cases for one T, in this process (data file ``data``: :func:`load_data`); one dict
+    per case."""
     import numba
 
     from models.metrics import max_lyapunov
     from parscan import deer_solve, sequential_solve
 
-    fit, window, source = load_data(T)
+    fit, window, source = load_data(T, data)
     model = fit_chaotic_shplrnn(fit)
     lyap = float(max_lyapunov(model, x0=fit[0], n_steps=5_000))
     z0, forcing = np.ascontiguousarray(window[0]), np.ascontiguousarray(window[1:])
@@ -180,10 +186,17 @@ def table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="T = 1e2..1e4 (unless --T)")
-    parser.add_argument("--T", type=int, nargs="+", help="sequence lengths (default 1e2..1e6)")
+    parser.add_argument(
+        "--T", type=positive_int, nargs="+", help="sequence lengths (default 1e2..1e6)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per case (30)")
     parser.add_argument("--json", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"folder holding {DATA.name} (default: ../shared/data, generated data if it lacks it)",
+    )
     parser.add_argument(
         "--backend",
         choices=("auto", "sequential", "cpu", "cuda"),
@@ -193,20 +206,25 @@ def main(argv=None):
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     check_runs(parser, args.repeats, "--repeats")
-    if args.T and min(args.T) < 1:
-        parser.error(f"--T must be >= 1; got {min(args.T)}")
     if not args.budget > 0:
         parser.error(f"--budget must be > 0 seconds; got {args.budget}")
     if args.backend == "cuda" and (reason := no_gpu_reason()):
         parser.error(f"--backend cuda needs a real GPU: {reason}")
+    data = DATA if args.data_dir is None else args.data_dir / DATA.name
+    if args.data_dir is not None and not data.is_file():
+        parser.error(f"--data-dir {args.data_dir} lacks {DATA.name}; name the folder holding it")
+    if args.json is not None:
+        check_output_file(parser, args.json, "--json")
     if args.child is not None:
-        for row in run_one_T(args.child, args.repeats, args.budget, args.backend):
+        for row in run_one_T(args.child, args.repeats, args.budget, args.backend, data):
             print(json.dumps(row), flush=True)
         return
     rows = []
     for T in args.T or (QUICK_T if args.quick else FULL_T):
         cmd = [sys.executable, __file__, "--child", str(T), "--repeats", str(args.repeats)]
         cmd += ["--budget", str(args.budget), "--backend", args.backend]
+        if args.data_dir is not None:
+            cmd += ["--data-dir", str(args.data_dir)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stderr)

@@ -31,7 +31,10 @@ target was measured (met or not); 1 when a step failed or timed out, a benchmark
 no case at T*D >= 1e8 was measured, or there is no real GPU (the CUDA simulator,
 ``NUMBA_ENABLE_CUDASIM=1``, is not one). ``--smoke`` runs every step on tiny sizes, and also
 in the simulator (every step limit tripled: the simulator is slow): a check that this script and
-its steps run (a few minutes on a CPU), which measures nothing.
+its steps run (a few minutes on a CPU), which measures nothing. With ``--smoke`` the exit status
+is 0 when every step passed, with no target measured, and so also without a real GPU when
+``NUMBA_ENABLE_CUDASIM=1`` is set; without a real GPU and without the simulator it runs no step
+and exits 1.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_check.py       # on the GPU machine: 2-9 minutes
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --smoke

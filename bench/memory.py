@@ -17,7 +17,9 @@ Usage::
     python bench/memory.py --T 20000       # shorter windows
     python bench/memory.py --solve         # deer_solve alone, for comparison
 
-Prints one JSON line per case.
+Prints one JSON line per case (software versions and load under ``"versions"``, as in the
+other scripts; ``bench/results/memory_2core.jsonl`` predates that and has them at the top
+level).
 """
 
 import argparse
@@ -26,7 +28,7 @@ import os
 import subprocess
 import sys
 
-from _timing import versions
+from _timing import positive_int, versions
 
 #: (model class, M, hidden width or ReLU units, dtype, jacobian, B)
 CASES = [
@@ -49,7 +51,7 @@ from parscan import deer_solve
 warnings.simplefilter("ignore")  # partial-forcing warnings of M > N
 name, M, width, dtype, jacobian, B, T, solve = json.loads(sys.argv[1])
 model = getattr(models, name)(M, width, 3, dtype=dtype, seed=0)
-x = models.generate("lorenz63", T + 1 + 7 * B, seed=1)
+x = models.generate("lorenz63", max(T, 50) + 1 + 7 * B, seed=1)  # and the warm-up's windows
 x = ((x - x.mean(0)) / x.std(0)).astype(dtype)
 
 
@@ -93,7 +95,9 @@ print(json.dumps({"status": status, "tracemalloc_per_step": round(peak / (B * T)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--T", type=int, default=100_000, help="window length (time steps)")
+    parser.add_argument(
+        "--T", type=positive_int, default=100_000, help="window length (time steps, >= 1)"
+    )
     parser.add_argument("--solve", action="store_true", help="deer_solve instead of the gradient")
     args = parser.parse_args()
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "PARSCAN_THREADS": "1"}
@@ -110,9 +114,9 @@ def main() -> None:
         if done.returncode == 0:
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         else:
-            row["error"] = done.stderr.strip().splitlines()[-1]
+            row["error"] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             failed += 1
-        print(json.dumps({**row, **versions()}), flush=True)
+        print(json.dumps({**row, "versions": versions()}), flush=True)
     if failed:  # the rows say which and why
         sys.exit(f"bench/memory.py: {failed} of {len(CASES)} cases failed (their 'error' fields)")
 

@@ -14,6 +14,7 @@ cache, training, evaluation and plots), the test scores of ``metrics.json`` (one
 the first test point), selected epoch, the four-run scores, and how many of those runs came
 to rest on a fixed point (``test_at_rest``, ``four_starts.at_rest``). A first case may include
 compile time if the Numba cache is cold: run ``parscan-train --epochs 1`` once before.
+Exit status 1 (after every row) when a case's training or evaluation exited non-zero.
 
     python bench/reproduce.py --data-dir ../shared/data                 # every case
     python bench/reproduce.py --data-dir ../shared/data --cases rossler --seeds 0 1 2
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _timing import versions
+from _timing import non_negative_int, versions
 
 #: the README's commands on the lab's files (shared/data), and the floors of those files:
 #: D_stsp and D_H between two real trajectories of the system, with the bins the case uses
@@ -110,7 +111,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True, help="the lab's files (shared/data)")
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    ap.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=[0], help="one run per seed"
+    )
     ap.add_argument("--keep", type=Path, help="keep the run folders here (default: deleted)")
     args = ap.parse_args(argv)
     missing = [
@@ -120,16 +123,32 @@ def main(argv=None):
     if missing:
         ap.error(f"--data-dir {args.data_dir} lacks {', '.join(missing)}")
     folder = Path(tempfile.mkdtemp(prefix="parscan-reproduce-"))
+    failed = []
     try:
         for name in args.cases:
             for seed in args.seeds:
-                print(json.dumps({**run_case(name, args.data_dir, seed, folder),
-                                  "versions": versions()}), flush=True)  # fmt: skip
+                row = run_case(name, args.data_dir, seed, folder)
+                print(json.dumps({**row, "versions": versions()}), flush=True)
+                if _failed(row):
+                    failed.append(f"{name} seed {seed}")
         if args.keep is not None:
             shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if failed:  # the rows say why (exit codes, "error")
+        total = len(args.cases) * len(args.seeds)
+        print(
+            f"bench/reproduce.py: {len(failed)} of {total} cases failed: {', '.join(failed)} "
+            f"(their exit_code and error fields)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _failed(row: dict) -> bool:
+    """Whether a case's training or its four-start evaluation exited non-zero."""
+    return row["exit_code"] != 0 or row.get("four_starts", {"exit_code": 1})["exit_code"] != 0
 
 
 if __name__ == "__main__":

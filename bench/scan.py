@@ -16,7 +16,9 @@ its length: single calls of a few microseconds are below the timer's and the sch
 jitter on a shared VM. A case too large for :data:`MAX_CASE_BYTES` prints a "skipped" row.
 
 ``--crossover`` times sequential against cpu (interleaved the same way, >= 20 runs) near the
-``auto`` thresholds; ``a_bytes`` is the size of ``a`` (what the thresholds compare).
+``auto`` thresholds; ``a_bytes`` is the size of ``a`` (what the thresholds compare); each row
+has both backends' ``first_call_s``, ``compile_s``, ``min_s`` and ``median_s`` (prefixed
+``sequential_`` and ``cpu_``).
 
 ``--backend cuda`` times device-resident cases against a device-to-device copy of as many
 bytes, both with CUDA events around batches of back-to-back launches (no host synchronisation
@@ -233,10 +235,11 @@ def bench_crossover(args):
                 **_case(B, T, D, dtype, dense, a_kind),
                 "a_bytes": a.nbytes,
                 "cpu_plan": _cpu_plan(a, dense, threads),
-                "sequential_min_s": seq.min_s,
-                "sequential_median_s": seq.median_s,
-                "cpu_min_s": cpu.min_s,
-                "cpu_median_s": cpu.median_s,
+                **{
+                    f"{name}_{key}": timing.fields()[key]
+                    for name, timing in (("sequential", seq), ("cpu", cpu))
+                    for key in ("first_call_s", "compile_s", "min_s", "median_s")
+                },
                 "cpu_speedup": round(seq.min_s / cpu.min_s, 3),
                 "cpu_speedup_median": round(seq.median_s / cpu.median_s, 3),
                 "noisy": seq.fields()["noisy"] or cpu.fields()["noisy"],
@@ -426,7 +429,7 @@ def main(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument(
-        "--repeat", type=int, default=7, help="timed runs per case (>= 5; --smoke: any)"
+        "--repeat", type=int, default=7, help="timed runs per case (>= 5; --smoke: >= 1)"
     )
     parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--crossover", action="store_true", help="measure auto thresholds (CPU)")

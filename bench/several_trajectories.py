@@ -35,18 +35,29 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from dataclasses import replace
 
 import numpy as np
-from _timing import test_scores, versions
+from _timing import (
+    non_negative_int,
+    positive_int,
+    quiet_resolution_warnings,
+    test_scores,
+    versions,
+)
 
 import cli
 import models
 from autodiff import fit
+from autodiff.config import MIN_SCORED_STEPS
 from models.metrics import power_spectrum_distance, state_space_divergence
 
 SYSTEM = "lorenz63"
+#: Noisy validation steps in all, in one trajectory or ``--validation-parts`` of them.
+VALIDATION_STEPS = 20_000
+#: Fewest steps of a ``--floors`` trajectory: D_stsp refuses fewer time steps than the
+#: system's N = 3 dimensions (and scores NaN that close to it).
+FLOOR_MIN_STEPS = 3
 
 
 def run(settings, k: int, total: int, n_validation: int = 1):
@@ -55,9 +66,9 @@ def run(settings, k: int, total: int, n_validation: int = 1):
     base = 1000 * settings.seed
     parts = [models.generate(SYSTEM, total // k, seed=base + 10 + i, noise=0.05) for i in range(k)]
     if n_validation == 1:
-        validation = models.generate(SYSTEM, 20_000, seed=base + 1, noise=0.05)
+        validation = models.generate(SYSTEM, VALIDATION_STEPS, seed=base + 1, noise=0.05)
     else:
-        steps = 20_000 // n_validation
+        steps = VALIDATION_STEPS // n_validation
         validation = [
             models.generate(SYSTEM, steps, seed=base + 600 + j, noise=0.05)
             for j in range(n_validation)
@@ -89,8 +100,7 @@ def floors(seed: int, k: int, total: int) -> dict:
     other = [models.generate(SYSTEM, steps, seed=base + 510 + i) for i in range(k)]
     _, mean, sd = models.standardize(np.concatenate(test))
     test, other = [(x - mean) / sd for x in test], [(x - mean) / sd for x in other]
-    with warnings.catch_warnings():  # short pairs are the point: they score high
-        warnings.simplefilter("ignore")
+    with quiet_resolution_warnings():  # short pairs are the point: they score high
         pairs = [state_space_divergence(x, y) for x, y in zip(test, other, strict=True)]
     return {
         "system": SYSTEM,
@@ -112,30 +122,56 @@ def floors(seed: int, k: int, total: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 40], help="trajectory counts")
-    ap.add_argument("--total", type=int, default=80_000, help="training steps in all")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, help="shorter runs (default: the CLI's 200)")
+    ap.add_argument(
+        "--ks", type=positive_int, nargs="+", default=[1, 8, 40], help="trajectory counts"
+    )
+    ap.add_argument("--total", type=positive_int, default=80_000, help="training steps in all")
+    ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
+    ap.add_argument("--epochs", type=positive_int, help="shorter runs (default: the CLI's 200)")
     ap.add_argument("--floors", action="store_true", help="D_stsp floors, no training")
     ap.add_argument(
-        "--validation-parts", type=int, default=1, help="validation trajectories (20,000 steps)"
+        "--validation-parts",
+        type=positive_int,
+        default=1,
+        help="validation trajectories (20,000 steps)",
     )
     args = ap.parse_args(argv)
     if args.floors:
+        short = [k for k in args.ks if args.total // k < FLOOR_MIN_STEPS]
+        if short:
+            ap.error(
+                f"--floors needs total // K >= {FLOOR_MIN_STEPS} steps per trajectory; "
+                f"--total {args.total} leaves fewer for K = {', '.join(map(str, short))}: "
+                f"lower --ks or raise --total"
+            )
         for seed in args.seeds:
             for k in args.ks:
                 print(json.dumps({**floors(seed, k, args.total), "versions": versions()}))
         return 0
     flags = {"quiet": True} if args.epochs is None else {"quiet": True, "epochs": args.epochs}
-    base = cli.resolve_settings(flags, None)
-    if any(k < 1 or args.total // k < base.sequence_length + 1 for k in args.ks):
-        ap.error(f"every K needs total // K >= sequence_length + 1 = {base.sequence_length + 1}")
-    with warnings.catch_warnings():  # warm-up: its 100-step validation runs are too short
-        warnings.simplefilter("ignore")
-        run(replace(base, epochs=1, batches_per_epoch=1, validation_steps=100), 2, 1_000)
+    try:
+        base = cli.resolve_settings(flags, None)
+    except cli.UserError as exc:
+        ap.error(exc.message)
+    least = base.sequence_length + 1
+    short = [k for k in args.ks if args.total // k < least]
+    if short:
+        ap.error(
+            f"every K needs total // K >= sequence_length + 1 = {least}; --total {args.total} "
+            f"leaves fewer for K = {', '.join(map(str, short))}: lower --ks or raise --total"
+        )
     n_val = args.validation_parts
-    if n_val < 1 or base.validation_steps // n_val < 2:
-        ap.error("--validation-parts must be >= 1 and leave validation runs of >= 2 steps")
+    # fit scores each part's points after its first, against runs of validation_steps // J
+    most = min(
+        VALIDATION_STEPS // (MIN_SCORED_STEPS + 1), base.validation_steps // MIN_SCORED_STEPS
+    )
+    if n_val > most:
+        ap.error(
+            f"--validation-parts {n_val} leaves validation trajectories too short to score "
+            f"({VALIDATION_STEPS} steps in all, >= {MIN_SCORED_STEPS + 1} each): at most {most}"
+        )
+    with quiet_resolution_warnings():  # warm-up: its 100-step validation runs are too short
+        run(replace(base, epochs=1, batches_per_epoch=1, validation_steps=100), 2, 1_000)
     for seed in args.seeds:
         for k in args.ks:
             settings = replace(base, seed=seed, validation_steps=base.validation_steps // n_val)

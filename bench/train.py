@@ -21,7 +21,7 @@ folder), so that a framework's thread pool cannot slow the Numba kernels down or
 way round; its row reports ``framework / fastest parscan`` (median over median).
 
 ``--quick`` and ``--smoke`` set defaults; explicit flags win. ``--smoke`` (T = 8, B = 1,
-float32, 1 pre-fit epoch, no frameworks, any ``--repeat``) checks that the code runs: with
+float32, 1 pre-fit epoch, no frameworks, ``--repeat`` >= 1) checks that the code runs: with
 ``--backend cuda`` it accepts the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) and measures
 nothing.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from _timing import check_runs, no_gpu_reason, timeit, versions
+from _timing import check_runs, no_gpu_reason, non_negative_int, positive_int, timeit, versions
 
 import models
 from autodiff.config import TrainConfig
@@ -53,8 +53,8 @@ from parscan._jit import n_threads
 
 
 def _model(args, x):
-    if args.model:
-        return models.load(args.model), 0.0
+    if args.model is not None:  # loaded by _parse_args
+        return args.model, 0.0
     t0 = time.perf_counter()
     cfg = TrainConfig(
         sequence_length=200, epochs=args.pretrain_epochs, optimizer="adam", lr_start=3e-3,
@@ -161,33 +161,26 @@ PRESETS = {
 }  # fmt: skip
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
 def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=_positive, nargs="+", help="window lengths (1e2..1e5)")
+    ap.add_argument("--T", type=positive_int, nargs="+", help="window lengths (1e2..1e5)")
     ap.add_argument("--dtype", nargs="+", choices=("float32", "float64"))
     ap.add_argument("--method", nargs="+", choices=("deer", "sequential"),
                     default=["deer", "sequential"])  # fmt: skip
     ap.add_argument("--backend", choices=("auto", "sequential", "cpu", "cuda"), default="auto",
                     help="backend of the deer method (sequential: CPU)")  # fmt: skip
-    ap.add_argument("--B", type=_positive, help="windows per batch (16)")
+    ap.add_argument("--B", type=positive_int, help="windows per batch (16)")
     ap.add_argument(
-        "--repeat", type=int, default=5, help="timed runs per case (>= 5; --smoke: any)"
+        "--repeat", type=int, default=5, help="timed runs per case (>= 5; --smoke: >= 1)"
     )
     ap.add_argument("--model", help="a trained LatentRNN .npz (default: a quick pre-fit)")
-    ap.add_argument("--pretrain-epochs", type=_positive, help="epochs of the pre-fit (20)")
+    ap.add_argument("--pretrain-epochs", type=positive_int, help="epochs of the pre-fit (20)")
     preset = ap.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="T in 1e2, 1e3; float64")
     preset.add_argument("--smoke", action="store_true", help="tiny sizes; a code check")
     ap.add_argument("--no-frameworks", action="store_true", help="skip JAX / PyTorch rows")
     ap.add_argument(
-        "--frameworks-max-T", type=int, default=10_000,
+        "--frameworks-max-T", type=non_negative_int, default=10_000,
         help="largest T for the JAX / PyTorch rows (eager PyTorch loops over T in Python)",
     )  # fmt: skip
     ap.add_argument("--framework-worker", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
@@ -200,7 +193,24 @@ def _parse_args(argv):
     if args.backend == "cuda" and (reason := no_gpu_reason()):
         if not (args.smoke and numba.config.ENABLE_CUDASIM):
             ap.error(f"--backend cuda needs a real GPU: {reason}")
+    if args.model is not None:  # loaded here, before the data are generated
+        args.model = _load_model(ap, args.model)
     return args
+
+
+def _load_model(ap, path):
+    """The ``--model`` file's model; ``ap.error`` (exit 2) when it cannot be read or does not
+    model the benchmark's 3-dimensional Lorenz-63 data."""
+    try:
+        model = models.load(path)
+    except (OSError, ValueError) as exc:  # models.load names the file and the problem
+        ap.error(f"--model: {exc}")
+    if model.n_obs != 3:
+        ap.error(
+            f"--model {path}: the model has N = {model.n_obs} observed dimensions; the "
+            f"benchmark's Lorenz-63 windows have 3: pass a model trained on 3-d data"
+        )
+    return model
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import replace
 
-from _timing import test_scores, versions
+from _timing import non_negative_int, quiet_resolution_warnings, test_scores, versions
 
 import cli
 from autodiff import fit
@@ -68,7 +68,7 @@ def main(argv=None):
     ap.add_argument(
         "--set", nargs="*", type=_override, default=[], help="cli.Settings overrides key=value"
     )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
     args = ap.parse_args(argv)
     try:  # names and types checked as a config file's (cli._typed_settings), then resolved
         overrides = cli._typed_settings(dict(args.set), "--set")
@@ -76,7 +76,11 @@ def main(argv=None):
     except (cli.UserError, TypeError, ValueError) as exc:
         ap.error(getattr(exc, "message", str(exc)))
     warm = replace(base, epochs=1, batches_per_epoch=1, n_steps=5_000, validation_steps=100)
-    run(warm)  # kernel compilation / cache loading, not timed
+    try:  # data, model and config are checked (cli.UserError) before fit compiles anything
+        with quiet_resolution_warnings():  # its 100-step validation runs are too short
+            run(warm)  # kernel compilation / cache loading, not timed
+    except cli.UserError as exc:
+        ap.error(exc.message)
     for seed in args.seeds:
         row = {"overrides": overrides, **run(replace(base, seed=seed)), "versions": versions()}
         print(json.dumps(row), flush=True)
