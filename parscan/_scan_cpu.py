@@ -31,7 +31,12 @@ Three strategies (DESIGN.md §2, measured on 2 cores):
   by the dependency through ``h`` and by bandwidth shared between the threads.
 
 Both time-parallel plans round differently from the sequential loop (in the last bits; never
-on dyadic data, where every association is exact).
+on dyadic data, where every association is exact). Where states overflow or are not finite,
+the combinations can also differ in kind (``inf - inf``, a sum that overflows at one step
+only, a loop that overflows inside a chunk whose product comes back): a carry whose combined
+value is not finite is walked through its chunk (:func:`_walks`), and a last serial pass
+(:func:`_redo_chunks`, ``O(P D)`` comparisons when all is finite) scans again, from the
+loop's state, every chunk whose carry or fixed states may differ from the loop's.
 
 Dense scans are only ever parallel over the batch: a time-parallel dense scan does ``D³`` work
 per combine and was 2.5-5x slower than the sequential loop on 2 cores (D = 3..32).
@@ -94,8 +99,8 @@ def _carry_task(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     """Serial step: ``b_agg[k]`` becomes the state at the end of chunk ``k`` (``k < P-1``),
     the scaled products ``a_agg * 2**(-k*a_exp)`` applied without overflow or underflow.
 
-    A channel whose product cannot carry its carry (:func:`_walks`) takes the state the
-    sequential loop reaches instead: the chunk is walked step by step
+    A channel whose combined state is not finite where the loop's may differ (:func:`_walks`)
+    takes the state the sequential loop reaches instead: the chunk is walked step by step
     (:func:`~parscan._scan_sequential.diag_walk`), one more serial pass over it, taken only
     then."""
     T, D = b.shape
@@ -105,31 +110,105 @@ def _carry_task(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     else:
         b_agg[0, :] = h0
     scale = product_scale(a_agg)[0]
+    real = not np.iscomplexobj(b)
     walked = np.empty(D, b.dtype)
+    carried = np.empty(D, b.dtype)
+    walks = np.empty(D, np.bool_)
     for k in range(1, n_chunks - 1):
         walk = False
         for d in range(D):
-            walk |= _walks(a_agg[k, d], b_agg[k - 1, d])
+            p, h = a_agg[k, d], b_agg[k - 1, d]
+            carried[d] = scaled_times(p, a_exp[k, d], scale, h) + b_agg[k, d]
+            walks[d] = _walks(p, h, b_agg[k, d], carried[d], real)
+            walk |= walks[d]
         if walk:
             lo, hi = _chunk_bounds(T, n_chunks, k, reverse)
             walked[:] = b_agg[k - 1]
             diag_walk(a, b, lo, hi, reverse, walked)
         for d in range(D):
-            if walk and _walks(a_agg[k, d], b_agg[k - 1, d]):
-                b_agg[k, d] = walked[d]
-            else:
-                carried = scaled_times(a_agg[k, d], a_exp[k, d], scale, b_agg[k - 1, d])
-                b_agg[k, d] = carried + b_agg[k, d]
+            b_agg[k, d] = walked[d] if walks[d] else carried[d]
 
 
 @jit
-def _walks(p, h) -> bool:
-    """Must the carry ``h`` be walked through a chunk whose scaled product is ``p``? A
-    product of 0 (flushed, or a step with ``a = 0``) cannot carry a non-finite ``h`` (``0 *
-    inf`` is NaN where a flushed product of nonzero steps keeps ``±inf``), and a non-finite
-    product (inf or NaN in ``a``, or steps beyond ``2**k`` that outgrow the scale kept)
-    cannot carry a finite one (``inf * 0`` is NaN where the loop keeps 0)."""
-    return (p == 0 and not_finite(h)) or (not_finite(p) and not not_finite(h))
+def _walks(p, h, offset, carried, real) -> bool:
+    """Must the state ``h`` be walked through a chunk of scaled product ``p`` and offset
+    ``offset`` (``carried = p h + offset``)? Only when ``carried`` is not finite (a finite one
+    is the loop's state to rounding, or the loop overflowed inside the chunk, which
+    :func:`_redo_chunks` finds), and then unless the loop provably gives it too: ``h`` NaN
+    (NaN from the first step on) or, real dtypes, ``h = ±inf`` through a finite nonzero
+    product and a finite offset (every step finite, nonzero, adding a finite number: ``±inf``
+    with the product's sign). Elsewhere the combination can differ from the loop: a product of
+    0 (flushed, or an ``a`` of exactly 0) times inf is NaN where the loop keeps ``±inf``
+    through tiny steps; a non-finite product (inf or NaN in ``a``, or steps beyond ``2**k``
+    that outgrow the scale kept) times a finite ``h`` is NaN or inf where the loop may keep 0
+    or a finite state; an offset that overflowed to ``∓inf`` plus ``h = ±inf`` is NaN where
+    the loop stays ``±inf``."""
+    if not not_finite(carried) or h != h:
+        return False
+    return not (real and p != 0 and not not_finite(p) and not not_finite(offset))
+
+
+@jit
+def _alike(x, y) -> bool:
+    """Does the loop go on alike from the states ``x`` and ``y``: both finite, or the same
+    non-finite value (NaN parts in the same places)?"""
+    if not (not_finite(x) or not_finite(y)):
+        return True
+    re = x.real == y.real or (x.real != x.real and y.real != y.real)
+    im = x.imag == y.imag or (x.imag != x.imag and y.imag != y.imag)
+    return re and im
+
+
+@jit
+def _fixed_as_loop(h, last, real) -> bool:
+    """Is ``last``, scan-then-fix's state at the end of a chunk entered with the loop's state
+    ``h``, one the loop gives there too? Finite: yes where the fixed states were finite too
+    (``seen``; a state the loop makes non-finite stays non-finite). Not finite: only
+    where ``h`` is NaN (every state NaN) or, real dtypes, ``h`` and ``last`` are both ``±inf``
+    (the carried part ``±inf`` all through the chunk, steps of no 0 or NaN, the local part
+    never the opposite infinity, which would stay so and make ``last`` NaN)."""
+    if not not_finite(last) or h != h:
+        return True
+    return real and last == last and not (abs(h) < np.inf)
+
+
+@jit
+def _redo_chunks(a, b, h0, reverse, n_chunks, b_agg, out, seen):
+    """Serial last pass of both time-chunked plans for one sequence: chunk ``k >= 1`` was
+    scanned from the carry ``b_agg[k-1]``, a combination that can differ from the loop where
+    states overflow or are not finite (the loop overflows inside a chunk whose product and
+    offset stay finite and comes out ``±inf`` or, after an ``a`` of 0, NaN, where the
+    combination is finite; ...). Where that carry and the state at the end of chunk ``k-1``
+    (the loop's, by induction from chunk 0) would not lead the loop alike (:func:`_alike`),
+    chunk ``k`` is scanned again from that state, serially; ``O(P D)`` comparisons when
+    every state is finite.
+
+    Scan-then-fix (``seen`` of shape ``(P, D)``, from :func:`_fix_task`; empty for
+    reduce-then-scan, whose chunks are the loop from their carry) adds the carried part to
+    the chunk's local scan, and that sum is no recursion: it can overflow at a step and be
+    finite again after, where the loop stays ``±inf``, or be NaN (``inf - inf``) where the
+    loop is ``±inf``. A chunk is also scanned again where a channel entered with a finite
+    state has a non-finite fixed state (``seen``), or ends on a non-finite state the loop may
+    not give (:func:`_fixed_as_loop`)."""
+    T, D = b.shape
+    fixed = seen.shape[0] > 0
+    real = not np.iscomplexobj(b)
+    state = h0.copy()  # the loop's state entering chunk k
+    for k in range(n_chunks):
+        lo, hi = _chunk_bounds(T, n_chunks, k, reverse)
+        if hi <= lo:
+            continue
+        last = lo if reverse else hi - 1
+        redo = False
+        if k > 0:
+            for d in range(D):
+                redo |= not _alike(b_agg[k - 1, d], state[d])
+                if fixed:
+                    redo |= seen[k, d] != 0 and not not_finite(state[d])
+                    redo |= not _fixed_as_loop(state[d], out[last, d], real)
+        if redo:
+            diag_range(a, b, state, lo, hi, reverse, out)
+        state[:] = out[last]
 
 
 @jit
@@ -154,6 +233,8 @@ def _diag_chunked(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
     for i in prange(b.shape[0] * n_tasks):
         s = i // n_tasks
         _scan_task(a[s], b[s], reverse, n_chunks, i % n_tasks + 1, b_agg[s], out[s])
+    for s in range(b.shape[0]):
+        _redo_chunks(a[s], b[s], h0[s], reverse, n_chunks, b_agg[s], out[s], b_agg[s, :0])
 
 
 @jit_parallel
@@ -189,10 +270,11 @@ def _local_task(a, b, h0, reverse, n_chunks, k, a_agg, a_exp, b_agg, out):
 
 
 @jit
-def _fix_task(a, reverse, n_chunks, k, b_agg, out):
-    """Pass 2 of scan-then-fix for one sequence: add the carry ``b_agg[k-1]`` to chunk ``k``."""
+def _fix_task(a, reverse, n_chunks, k, b_agg, out, seen):
+    """Pass 2 of scan-then-fix for one sequence: add the carry ``b_agg[k-1]`` to chunk ``k``;
+    ``seen[d]`` (0 on entry) becomes NaN where a fixed state of channel ``d`` is not finite."""
     lo, hi = _chunk_bounds(a.shape[0], n_chunks, k, reverse)
-    diag_fix_range(a, lo, hi, reverse, b_agg[k - 1], np.empty(a.shape[1], a.dtype), out)
+    diag_fix_range(a, lo, hi, reverse, b_agg[k - 1], np.empty(a.shape[1], a.dtype), out, seen)
 
 
 @jit_parallel
@@ -207,10 +289,13 @@ def _diag_scan_then_fix(a, b, h0, reverse, n_chunks, a_agg, a_exp, b_agg, out):
         _local_task(a[s], b[s], h0[s], reverse, n_chunks, k, a_agg[s], a_exp[s], b_agg[s], out[s])
     for s in range(B):
         _carry_task(a[s], b[s], h0[s], reverse, n_chunks, a_agg[s], a_exp[s], b_agg[s], out[s])
+    seen = np.zeros(b_agg.shape, b.dtype)
     n_fixes = n_chunks - 1
     for i in prange(B * n_fixes):
-        s = i // n_fixes
-        _fix_task(a[s], reverse, n_chunks, i % n_fixes + 1, b_agg[s], out[s])
+        s, k = i // n_fixes, i % n_fixes + 1
+        _fix_task(a[s], reverse, n_chunks, k, b_agg[s], out[s], seen[s, k])
+    for s in range(B):
+        _redo_chunks(a[s], b[s], h0[s], reverse, n_chunks, b_agg[s], out[s], seen[s])
 
 
 @jit

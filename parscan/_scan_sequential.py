@@ -274,12 +274,15 @@ DECAY_CHECK_STEPS = 32
 
 
 @jit
-def _decay_carry(a, lo, hi, reverse, q, out, add):
+def _decay_carry(a, lo, hi, reverse, q, out, add, seen):
     """``q = a_t ∘ q`` for the steps ``lo..hi-1`` in scan order, adding each ``q`` to
-    ``out[t]`` when ``add``. Every :data:`DECAY_CHECK_STEPS` steps it stops if every channel of
-    ``q`` is exactly 0 or below a quarter of the machine epsilon relative to ``out[t]``
-    (``add``) or to 1 (a unit carry, not ``add``; ``out`` is then not touched and may be any
-    writeable 2-D array of ``q``'s dtype, so ``a`` may be read-only). Returns the steps done,
+    ``out[t]`` when ``add`` (and ``out[t] - out[t]`` to ``seen``, shape ``(D,)``: NaN in a
+    channel once a sum was not finite, which it can be at one step only; fused into the
+    loop, as a separate pass cost 25-30 % where the fix runs through a whole chunk). Every
+    :data:`DECAY_CHECK_STEPS` steps it stops if every channel of ``q`` is exactly 0 or below
+    a quarter of the machine epsilon relative to ``out[t]`` (``add``) or to 1 (a unit carry,
+    not ``add``; ``out`` is then not touched and may be any writeable 2-D array of ``q``'s
+    dtype, so ``a`` may be read-only). Returns the steps done,
     ``hi - lo + 1`` if ``q`` is still not negligible at the end."""
     D = uint64(a.shape[1])
     af, of = a.reshape(a.size), out.reshape(out.size)
@@ -293,7 +296,9 @@ def _decay_carry(a, lo, hi, reverse, q, out, add):
                 q[d] = af[base + d] * q[d]
             if add:
                 for d in range(D):
-                    of[base + d] += q[d]
+                    v = of[base + d] + q[d]
+                    of[base + d] = v
+                    seen[d] += v - v
         done = stop
         t = hi - done if reverse else lo + done - 1
         if _negligible(q, out[t] if add else q, not add, c):
@@ -302,7 +307,7 @@ def _decay_carry(a, lo, hi, reverse, q, out, add):
 
 
 @jit
-def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
+def diag_fix_range(a, lo, hi, reverse, h_in, q, out, seen):
     """Add the part of the state carried in from ``h_in``: ``out[t] += q_t`` for the steps
     ``lo..hi-1`` in scan order, ``q_t = a_t ∘ q_{t-1}`` with ``q`` entering as ``h_in``.
 
@@ -313,11 +318,12 @@ def diag_fix_range(a, lo, hi, reverse, h_in, q, out):
     the sequential loop itself makes at step ``t`` and carries on through the same ``∏ a``,
     so the result agrees with the sequential loop to rounding even where later steps cancel
     ``out``. A ``q`` that stays large against ``out`` (``out`` near 0, NaN, inf) is added to
-    the end of the chunk. ``q`` is scratch of shape ``(D,)``. Returns the number of steps
-    fixed.
+    the end of the chunk. ``q`` is scratch of shape ``(D,)``; ``seen`` (shape ``(D,)``, 0 on
+    entry) becomes NaN in a channel where a fixed state is not finite. Returns the number of
+    steps fixed.
     """
     q[:] = h_in
-    return min(_decay_carry(a, lo, hi, reverse, q, out, True), hi - lo)
+    return min(_decay_carry(a, lo, hi, reverse, q, out, True, seen), hi - lo)
 
 
 @jit
@@ -327,7 +333,7 @@ def diag_decay_steps(a, lo, hi, reverse, q):
     quarter of the machine epsilon in every channel (see :func:`diag_fix_range`);
     ``hi - lo + 1`` if it has not by the end. ``q`` is scratch of shape ``(D,)``."""
     q[:] = 1.0
-    return _decay_carry(a, lo, hi, reverse, q, q.reshape((1, q.size)), False)  # out unused
+    return _decay_carry(a, lo, hi, reverse, q, q.reshape((1, q.size)), False, q)  # unused
 
 
 @jit

@@ -483,10 +483,17 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     is then walked through that chunk). ``"cuda"`` walks a state, finite or not, through the
     steps of any combined product of ``a`` that is not finite (overflowed, or ``±inf`` / NaN
     in ``a``), so an ``a`` so large that its product over a tile overflows still carries a
-    zero or tiny state as the loop does.
-    Two consequences of the other order: with ``±inf`` in ``a`` (not on ``"cuda"``), a
-    combined product ``inf * 0`` can give NaN where the sequential loop gives ``±inf``; and
-    the ``"cuda"`` look-back combines a timing-dependent number of tile aggregates, so its last
+    zero or tiny state as the loop does. Where states overflow, the time-chunked ``"cpu"``
+    plans give the loop's ``±inf`` and NaN (real dtypes) also where their combinations differ
+    in kind (an infinite state meeting an offset overflowed to the opposite infinity, the
+    loop overflowing inside a chunk whose product comes back or is 0, ``±inf`` in ``a``): a
+    last serial pass scans such a chunk again from the loop's state. What they cannot see:
+    a loop that overflows only in ``a[t] * h[t-1]`` before ``b[t]`` brings it back below
+    the largest finite number (the chunks may keep the finite value), cancellations of
+    values near it (rounding), and an inf decided by a value of rounding size: ``±inf`` in
+    ``a`` times a state (complex: a part) that is 0 in the loop and rounding-size in the
+    chunks, or the other way round (NaN against ``±inf``), or of the other sign. The
+    ``"cuda"`` look-back combines a timing-dependent number of tile aggregates, so its last
     bits may differ from run to run (as in CUB's floating-point scans).
 
     Host inputs that are C-contiguous, aligned and native-endian are read where they are, also

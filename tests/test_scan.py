@@ -676,6 +676,61 @@ def test_scan_then_fix_keeps_carries_of_values_near_the_smallest_normal(dtype):
     np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def _overflow_case(name, dtype):
+    """``(a, b, h0)`` of shape ``(1, 12, 2)``, forward order, where a chunk's combination
+    (product and offset, or local scan plus carried part) over the chunks ``[0, 4), [4, 8),
+    [8, 12)`` overflows differently from the sequential loop."""
+    big = float(np.finfo(dtype).max)
+    a, b, h0 = np.ones((1, 12, 2)), np.zeros((1, 12, 2)), np.zeros((1, 2))
+    if name == "inf-carry-meets-offset-overflowed-to-minus-inf":  # the loop stays +inf
+        b[0, 4:6] = -big
+        h0[:] = np.inf
+    elif name == "loop-overflows-in-a-chunk-whose-product-comes-back":
+        a[0, 4] = 8.0
+        a[0, 5, 0] = 0.125  # the product comes back to 1: the loop stays inf
+        a[0, 6, 1] = 0.0  # the product is 0: the loop is NaN from there
+        h0[:] = big / 4
+    elif name == "fixed-sum-overflows-and-comes-back":
+        b[0, 3:5] = -big  # the loop: -inf from step 4 on
+        a[0, 5] = 0.5  # scan-then-fix: -big/2 + -big/2 at step 5, finite
+    elif name == "a-minus-inf-meets-parts-of-opposite-signs":
+        b[0, 4] = -0.5  # local part -0.5, carried part 1 at step 4
+        a[0, 5] = -np.inf  # scan-then-fix: inf - inf where the loop gives -inf
+        h0[:] = 1.0
+    return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("plan", "case"),
+    [
+        (plan, case)
+        for plan in ("reduce", "fix")
+        for case in (
+            "inf-carry-meets-offset-overflowed-to-minus-inf",
+            "loop-overflows-in-a-chunk-whose-product-comes-back",
+            "fixed-sum-overflows-and-comes-back",
+            "a-minus-inf-meets-parts-of-opposite-signs",
+        )
+        if plan == "fix" or not case.startswith("a-minus-inf")  # reduce: the loop per chunk
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_time_chunks_follow_the_loop_through_overflow(plan, case, dtype):
+    # The chunk combinations overflow differently from the loop; the serial last pass scans
+    # a chunk again from the loop's state where its carry or (scan-then-fix) its states
+    # could differ: inf, -inf and NaN come out where the sequential loop gives them.
+    a, b, h0 = _overflow_case(case, dtype)
+    for reverse in (False, True):
+        if reverse:
+            a, b = np.ascontiguousarray(a[:, ::-1]), np.ascontiguousarray(b[:, ::-1])
+        got = np.empty_like(b)
+        _scan_cpu.scan_diag(a, b, h0, reverse, got, (plan, 3))
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = scan_reference(a, b, h0, reverse)
+        assert not np.isfinite(expected).all()
+        assert_same_non_finite(got, expected, 1e-6)
+
+
 def test_available_backends():
     backends = parscan.available_backends()
     assert backends[:2] == ("sequential", "cpu")
