@@ -15,6 +15,7 @@ import numpy as np
 
 from models._checks import check_path
 from models.base import atomic_save_npz, model_from_fields, read_npz_fields
+from models.data import MissingFileError
 
 #: file name of the latest checkpoint inside a checkpoint directory
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -115,7 +116,7 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
     if path.is_dir():
         path = checkpoint_path(path)
     if not path.is_file():
-        raise ValueError(
+        raise (ValueError if path.exists() else MissingFileError)(
             f"{where}: no checkpoint at {path}. Start without resume, or point to the "
             "checkpoint directory of an earlier run."
         )

@@ -798,7 +798,7 @@ def test_fit_argument_errors(lorenz, tmp_path):
         fit(model, x[:41], config())
     with pytest.raises(ValueError, match="fit: resume=True needs checkpoint_dir"):
         fit(model, x, config(), resume=True)
-    with pytest.raises(ValueError, match=r"^fit: no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match=r"^fit: no checkpoint at"):
         fit(model, x, config(), checkpoint_dir=tmp_path, resume=True)
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError, match=r"^fit: .* is not a readable .*start a new run\.$"):
