@@ -269,15 +269,18 @@ def _walk(a, b, bi, d, T, reverse, lo, hi, h):
 
 
 @cuda.jit(device=True)
-def _walks(pa, h):
-    """Must ``h`` be walked through the steps of a pair whose product is ``pa`` instead of
-    taking ``pa * h + pb`` (:func:`_apply`)? When ``pa`` is 0 and ``h`` not finite, and when
-    ``pa`` is not finite, whatever ``h`` (a finite one meets ``inf * 0`` or ``inf * tiny``, a
-    non-finite one a ``pb`` that may have overflowed to the other sign). A finite, nonzero
-    ``pa`` (the fast path) costs two compares."""
+def _walks(pa, pb, h):
+    """Must ``h`` be walked through the steps of the pair ``(pa, pb)`` instead of taking ``pa
+    * h + pb`` (:func:`_apply`)? When ``pa`` is not finite, whatever ``h`` (a finite one
+    meets ``inf * 0`` or ``inf * tiny``, a non-finite one a ``pb`` that may have overflowed
+    to the other sign), and when ``pa * h`` is not finite (``0 * inf`` is NaN) with ``pa``
+    0 (the loop keeps ``±inf`` through tiny steps) or ``pb`` not finite: an infinite ``h``
+    plus a ``pb`` that overflowed to the opposite infinity is NaN where the loop keeps
+    ``±inf`` (so is a ``pa * h`` that overflowed plus ``inf`` of the other sign from ``b``).
+    A finite ``pa`` (the fast path) costs a multiply and a few compares."""
     if _not_finite(pa):
         return True
-    return pa == 0 and _not_finite(h)
+    return _not_finite(pa * h) and (pa == 0 or _not_finite(pb))
 
 
 @cuda.jit(device=True)
@@ -289,10 +292,12 @@ def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
     the loop keeps ``±inf`` through tiny steps), and a non-finite ``pa`` (overflowed, inf or
     NaN in ``a``, or inf * 0) any ``h``: ``inf * 0`` is NaN where the loop keeps a zero state
     0, ``inf * tiny`` is inf where it carries a tiny one to a finite state, and ``inf * inf``
-    plus a ``pb`` that overflowed to ``-inf`` is NaN where it keeps inf. The steps are then
-    walked from ``h`` (:func:`_walk`), which gives what the loop gives.
+    plus a ``pb`` that overflowed to ``-inf`` is NaN where it keeps inf. Nor can a finite
+    ``pa`` carry an ``h`` to a ``pa * h`` that is not finite when ``pb`` is not finite either
+    (``inf`` plus a ``pb`` that overflowed to ``-inf``: NaN). The steps are then walked from
+    ``h`` (:func:`_walk`), which gives what the loop gives.
     """
-    if _walks(pa, h):
+    if _walks(pa, pb, h):
         return _walk(a, b, bi, d, T, reverse, lo, hi, h)
     return pa * h + pb
 
@@ -474,7 +479,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     part_a, part_b = one, zero  # the slots' pair, combined earliest first
                     exact = True
                     for q in range(PER - 1, -1, -1):
-                        exact = exact and not (buf_a[q] == 0 and _not_finite(part_b))
+                        exact = exact and not _walks(buf_a[q], buf_b[q], part_b)
                         part_b = buf_a[q] * part_b + buf_b[q]
                         part_a = buf_a[q] * part_a
                     if not exact or _not_finite(part_a):  # a slot's product cannot carry its
@@ -520,7 +525,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                         # Where acc cannot carry it (_walks), acc's steps are walked once, from
                         # the state met, not in every round: acc_b is left unfixed till then
                         state = lb_b[tid]
-                        acc_walk = acc_walk or _walks(acc_a, state)
+                        acc_walk = acc_walk or _walks(acc_a, acc_b, state)
                         if acc_walk and near < WINDOW:
                             acc_b = _walk(a, b, bi, d, T, reverse, (k0 + 1) * tile, first, state)
                         else:

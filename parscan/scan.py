@@ -483,7 +483,11 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     is then walked through that chunk). ``"cuda"`` walks a state, finite or not, through the
     steps of any combined product of ``a`` that is not finite (overflowed, or ``±inf`` / NaN
     in ``a``), so an ``a`` so large that its product over a tile overflows still carries a
-    zero or tiny state as the loop does. Where states overflow, the time-chunked ``"cpu"``
+    zero or tiny state as the loop does, and an infinite state through a pair whose offset
+    overflowed to the opposite infinity. On ``"cuda"``, a state that overflows inside a tile
+    whose product of ``a`` stays finite can stay finite where the loop gives ``±inf`` (as the
+    ``"cpu"`` chunks may where the loop overflows only in the product ``a[t] * h[t-1]``).
+    Where states overflow, the time-chunked ``"cpu"``
     plans give the loop's ``±inf`` and NaN (real dtypes) also where their combinations differ
     in kind (an infinite state meeting an offset overflowed to the opposite infinity, the
     loop overflowing inside a chunk whose product comes back or is 0, ``±inf`` in ``a``): a

@@ -431,6 +431,66 @@ def test_sim_lookback_meets_inclusive_states_mid_window_after_overflowed_tiles(l
 
 
 @pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("launch", "dtype", "reverse"),
+    [
+        pytest.param(SIM_LAUNCH, np.float64, False, id="prefix-f64"),
+        pytest.param(SIM_LAUNCH_AGGREGATES, np.float64, True, id="aggr-f64-reverse"),
+        pytest.param(SIM_LAUNCH, np.float32, True, id="prefix-f32-reverse"),
+        pytest.param(SIM_LAUNCH_AGGREGATES, np.float32, False, id="aggr-f32"),
+    ],
+)
+def test_sim_inf_meets_offsets_overflowed_to_the_other_sign(launch, dtype, reverse):
+    """``a = 1`` and ``h0 = ±inf``, with ``b`` of the largest size of the other sign at a few
+    steps of later tiles (5 tiles of 8 steps): the loop keeps ``±inf`` everywhere, but the
+    offsets of runs, tiles and look-back windows over two such steps overflow to ``∓inf``,
+    and ``inf + -inf`` is NaN: the state must be walked through them. Channel 0: ``h0 =
+    inf``, ``b = -big`` in one run (steps 18, 19) and the next; channel 1: ``h0 = -inf``,
+    ``b = big`` at steps 25, 26 and 29 (across runs)."""
+    big = 1e308 if np.dtype(dtype) == np.float64 else np.finfo(dtype).max
+    T = 40
+    a, b = np.ones((1, T, 2), dtype), np.zeros((1, T, 2), dtype)
+    b[0, [18, 19, 21], 0] = -big
+    b[0, [25, 26, 29], 1] = big
+    h0 = np.array([[np.inf, -np.inf]], dtype)
+    if reverse:  # the same data in scan order
+        a, b = (np.ascontiguousarray(np.flip(x, 1)) for x in (a, b))
+    out = cuda.device_array(b.shape, b.dtype)
+    args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, False)
+    _cuda.scan_device(*args, out, launch)
+    expected = _loop(a, b, h0, reverse)
+    assert np.isposinf(expected[..., 0]).all() and np.isneginf(expected[..., 1]).all()
+    assert_same_non_finite(out.copy_to_host(), expected, 0)
+
+
+@pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sim_lookback_applies_inf_offset_to_an_overflowing_state(dtype):
+    """Aggregates only, windows of 4 tiles of 8 steps (a case found by fuzzing, made small):
+    ``b = inf`` at step 12 (tile 1) and ``a = big`` at 6 steps of tiles 2-4 make the first
+    look-back window of tile 5 the pair ``(big**6, inf)``, finite product; applied to the
+    state met in tile 0, ``-1e10``, its product overflows to ``-inf``, and ``-inf + inf``
+    is NaN where the loop gives inf from step 12 on. Channel 1: the same with the signs of
+    ``h0`` and ``b`` swapped."""
+    big = 1e6 if np.dtype(dtype) == np.float32 else 1e50
+    T = 48
+    a, b = np.ones((1, T, 2), dtype), np.zeros((1, T, 2), dtype)
+    a[0, 16:40:4] = big  # products: big**2 per tile, big**6 over tiles 2-4 (1e36, 1e300)
+    b[0, 12] = np.inf, -np.inf
+    h0 = np.array([[-1e10, 1e10]], dtype)
+    out = cuda.device_array(b.shape, b.dtype)
+    args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), False, False, False)
+    _cuda.scan_device(*args, out, SIM_LAUNCH_AGGREGATES)
+    expected = _loop(a, b, h0)
+    assert np.isposinf(expected[0, 12:, 0]).all() and np.isneginf(expected[0, 12:, 1]).all()
+    assert_same_non_finite(out.copy_to_host(), expected, 0)
+
+
+@pytest.mark.cudasim
 @pytest.mark.parametrize("dense", [False, True])
 def test_sim_scratch_reused_and_grown(sim_launch, monkeypatch, dense):
     """The flags and records are reused between scans and grow for a larger one; stale flags
