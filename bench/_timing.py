@@ -8,9 +8,10 @@ such a row's min, not its median). Rows carry :func:`versions` (with the 1-minut
 under ``"versions"``.
 
 Bad arguments are refused before any expensive work (warm-up, data generation, compilation)
-with ``parser.error``: one line naming the script and the fix, exit status 2. The argparse
-types :func:`positive_int` and :func:`non_negative_int` and :func:`check_output_file` are the
-checks several scripts share.
+with ``parser.error``: the usage line and one error line naming the script and the fix, exit
+status 2. The argparse types :func:`positive_int` and :func:`non_negative_int`,
+:func:`check_output_file` and :func:`check_output_folder` are the checks several scripts
+share.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import dataclasses
 import math
 import os
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +35,7 @@ NOISY_SPREAD = 1.5
 
 
 def check_runs(parser, value, flag="--repeat", smoke=False):
-    """``parser.error`` (one line, exit 2) unless ``value >= MIN_RUNS`` (a smoke run, which
+    """``parser.error`` (exit 2) unless ``value >= MIN_RUNS`` (a smoke run, which
     measures nothing: ``value >= 1``)."""
     least = 1 if smoke else MIN_RUNS
     if value < least:
@@ -65,7 +67,7 @@ def non_negative_int(text):
 
 
 def check_output_file(parser, path, flag):
-    """``parser.error`` (one line, exit 2) unless ``path`` can be written (created or appended
+    """``parser.error`` (exit 2) unless ``path`` can be written (created or appended
     to): its folder exists and is writable, and ``path`` is not a folder or a read-only file.
     Call it before the work whose results go there."""
     path = Path(path)
@@ -76,6 +78,23 @@ def check_output_file(parser, path, flag):
         parser.error(f"{flag} {path}: is a folder; name a file")
     if not os.access(path if path.exists() else folder, os.W_OK):
         parser.error(f"{flag} {path}: not writable; name a file you can write")
+
+
+def check_output_folder(parser, path, flag):
+    """``parser.error`` (exit 2) unless files can be written in the folder ``path``: it is
+    created (with its parents) and a probe file written and removed in it, so that a
+    read-only or virtual file system fails here, not after the work. Call it before the work
+    whose results go there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".bench-probe-"):
+            pass
+    except OSError as exc:
+        parser.error(
+            f"{flag} {path}: cannot write files there ({exc.strerror or exc}); "
+            "name a folder you can write"
+        )
 
 
 @contextlib.contextmanager

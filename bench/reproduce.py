@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _timing import non_negative_int, versions
+from _timing import check_output_folder, non_negative_int, versions
 
 #: the README's commands on the lab's files (shared/data), and the floors of those files:
 #: D_stsp and D_H between two real trajectories of the system, with the bins the case uses
@@ -122,6 +122,8 @@ def main(argv=None):
     ]  # fmt: skip
     if missing:
         ap.error(f"--data-dir {args.data_dir} lacks {', '.join(missing)}")
+    if args.keep is not None:
+        check_output_folder(ap, args.keep, "--keep")
     folder = Path(tempfile.mkdtemp(prefix="parscan-reproduce-"))
     failed = []
     try:

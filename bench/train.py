@@ -199,12 +199,18 @@ def _parse_args(argv):
 
 
 def _load_model(ap, path):
-    """The ``--model`` file's model; ``ap.error`` (exit 2) when it cannot be read or does not
-    model the benchmark's 3-dimensional Lorenz-63 data."""
+    """The ``--model`` file's model; ``ap.error`` (exit 2) when it cannot be read, is no
+    :class:`models.base.LatentRNN` or does not model the benchmark's 3-dimensional Lorenz-63
+    data."""
     try:
         model = models.load(path)
     except (OSError, ValueError) as exc:  # models.load names the file and the problem
         ap.error(f"--model: {exc}")
+    if not isinstance(model, models.base.LatentRNN):
+        ap.error(
+            f"--model {path}: a {type(model).__name__}; the benchmark times the GTF-DEER "
+            "training of a LatentRNN: pass a LatentRNN model file"
+        )
     if model.n_obs != 3:
         ap.error(
             f"--model {path}: the model has N = {model.n_obs} observed dimensions; the "
