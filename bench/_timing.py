@@ -67,17 +67,27 @@ def non_negative_int(text):
 
 
 def check_output_file(parser, path, flag):
-    """``parser.error`` (exit 2) unless ``path`` can be written (created or appended
-    to): its folder exists and is writable, and ``path`` is not a folder or a read-only file.
-    Call it before the work whose results go there."""
+    """``parser.error`` (exit 2) unless ``path`` can be written (created or appended to): its
+    folder exists, ``path`` is not a folder, and opening it for appending works (a file this
+    creates is removed again), so that a read-only or virtual file system, whose permissions
+    do not stop root, fails here, not after the work. Call it before the work whose results
+    go there."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         parser.error(f"{flag} {path}: no folder {folder}; create it or name a file in one")
     if path.is_dir():
         parser.error(f"{flag} {path}: is a folder; name a file")
-    if not os.access(path if path.exists() else folder, os.W_OK):
-        parser.error(f"{flag} {path}: not writable; name a file you can write")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        parser.error(
+            f"{flag} {path}: not writable ({exc.strerror or exc}); name a file you can write"
+        )
 
 
 def check_output_folder(parser, path, flag):
