@@ -758,25 +758,6 @@ def test_all_mismatches_reported_at_once():
         assert part in message
 
 
-def _check_cuda_backend():
-    model = make_model("ShPLRNN")
-    z0, forcing, alpha, _ = problem(model, (2,), 40, "full")
-    seq = sequential_solve(model, z0, forcing=forcing, alpha=alpha)
-    for jacobian in ("full", "diag"):
-        res = deer_solve(model, z0, forcing=forcing, alpha=alpha, jacobian=jacobian, backend="cuda")
-        np.testing.assert_allclose(res.states, seq, rtol=1e-8, atol=1e-8, err_msg=jacobian)
-
-
-@pytest.mark.cudasim
-def test_cuda_backend_in_simulator():
-    _check_cuda_backend()
-
-
-@pytest.mark.gpu
-def test_cuda_backend_on_gpu():
-    _check_cuda_backend()
-
-
 def expanding_plrnn(w):
     """``z' = W relu(z)`` with ``W = [[0, w], [w, 0]]``: from ``z0 = (1, 1)`` the orbit is
     ``w^t (1, 1)``; quasi-DEER's diagonal Jacobian is 0 (a PLRNN's diag(W) is 0), so each

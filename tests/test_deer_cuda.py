@@ -21,7 +21,7 @@ from test_models import random_model
 from autodiff import _deer_adjoint_cuda
 from autodiff.gradients import gtf_loss_and_grad
 from models import _cuda_eval
-from parscan import _cuda, _deer_cuda, deer, deer_solve
+from parscan import _cuda, _deer_cuda, deer, deer_solve, sequential_solve
 from parscan._deer_kernels import update_norms
 
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
@@ -139,6 +139,27 @@ def test_sim_non_finite_input_and_free_run(sim_launch, device_only):
     np.testing.assert_allclose(got.states, want.states, rtol=1e-12, atol=1e-12)  # NaN placed alike
     free = deer_solve(model, z0, 4, backend="cuda")  # no forcing: N = 0 on the device
     np.testing.assert_allclose(free.states, _host_solve(model, z0, T=4).states, rtol=1e-12)
+
+
+def _check_against_the_sequential_loop(B, T):
+    """A forced ShPLRNN solved on the device, full and quasi-DEER, equals the sequential loop."""
+    model = random_model("ShPLRNN")
+    model["A"][...] *= 0.5
+    z0, forcing = _problem(model, B, T)
+    seq = sequential_solve(model, z0, forcing=forcing, alpha=0.3)
+    for jacobian in ("full", "diag"):
+        res = deer_solve(model, z0, forcing=forcing, alpha=0.3, jacobian=jacobian, backend="cuda")
+        np.testing.assert_allclose(res.states, seq, rtol=1e-8, atol=1e-8, err_msg=jacobian)
+
+
+@pytest.mark.cudasim
+def test_sim_solve_equals_the_sequential_loop(sim_launch, device_only):
+    _check_against_the_sequential_loop(2, 6)
+
+
+@pytest.mark.gpu
+def test_gpu_solve_equals_the_sequential_loop(device_only):
+    _check_against_the_sequential_loop(2, 40)
 
 
 @pytest.mark.cudasim
