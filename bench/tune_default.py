@@ -70,17 +70,22 @@ def main(argv=None):
     )
     ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
     args = ap.parse_args(argv)
-    try:  # names and types checked as a config file's (cli._typed_settings), then resolved
+    try:  # names and types checked as a config file's (cli._typed_settings), then resolved;
+        # then the data, model and training config of the settings themselves, as a run does
         overrides = cli._typed_settings(dict(args.set), "--set")
         base = cli.resolve_settings({**overrides, "quiet": True}, None)
+        n_obs = cli.prepare_data(base).train.shape[1]
+        cli.build_model(base, n_obs)
+        cli.train_config(base, n_obs)
     except (cli.UserError, TypeError, ValueError) as exc:
         ap.error(getattr(exc, "message", str(exc)))
-    warm = replace(base, epochs=1, batches_per_epoch=1, n_steps=5_000, validation_steps=100)
-    try:  # data, model and config are checked (cli.UserError) before fit compiles anything
+    warm_up = {"epochs": 1, "batches_per_epoch": 1, "validation_steps": 100}
+    try:  # kernel compilation / cache loading, not timed
         with quiet_resolution_warnings():  # its 100-step validation runs are too short
-            run(warm)  # kernel compilation / cache loading, not timed
-    except cli.UserError as exc:
-        ap.error(exc.message)
+            run(replace(base, **warm_up))
+    except cli.UserError as exc:  # the settings passed above: the warm-up's changes are refused
+        shown = ", ".join(f"{key}={value}" for key, value in warm_up.items())
+        ap.error(f"the untimed warm-up run ({shown} over the settings) is refused: {exc.message}")
     for seed in args.seeds:
         row = {"overrides": overrides, **run(replace(base, seed=seed)), "versions": versions()}
         print(json.dumps(row), flush=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parscan._arguments import as_host_array, bool_problem
+from parscan._arguments import as_host_array, bool_problem, in_native_order
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -265,12 +265,15 @@ def as_array(x, name: str, where: str, dtype=None) -> np.ndarray:
     take a list otherwise (NumPy reads it as float64). Arrays and everything else carrying a
     dtype (NumPy scalars, pandas objects) keep theirs, for the caller to check, and so do
     lists of bools or complex numbers. Values that the conversion would turn into inf are
-    refused with ``ValueError``.
+    refused with ``ValueError``. An array of ``dtype`` in the other byte order is converted
+    to it (the same values).
     """
     with Checks(where) as checks:
         arr = checks.array(x, name)
-    if dtype is None or hasattr(x, "dtype") or arr.dtype.kind not in "iuf":
+    if dtype is None:
         return arr
+    if hasattr(x, "dtype") or arr.dtype.kind not in "iuf":
+        return in_native_order(arr, dtype)
     with np.errstate(over="ignore"):
         converted = arr.astype(dtype)
     if np.isinf(converted).sum() != np.isinf(arr).sum():

@@ -56,6 +56,16 @@ def array_and_problem(x, name: str) -> tuple[np.ndarray, str | None]:
         ) from None
 
 
+def in_native_order(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` converted to ``dtype`` when it holds ``dtype`` in the other byte order (e.g. read
+    from a big-endian file: the same values, copied once); else ``x`` itself, for the caller's
+    dtype check."""
+    dtype = np.dtype(dtype)
+    if x.dtype != dtype and x.dtype.newbyteorder("=") == dtype:
+        return x.astype(dtype)
+    return x
+
+
 def as_host_array(x, name: str) -> np.ndarray:
     """``np.asarray(x)``, refusing what it would silently change or cannot convert: a masked
     array (``TypeError``, :func:`masked_problem`) and ragged nested sequences (``ValueError``).

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from parscan._arguments import array_and_problem, bool_problem
+from parscan._arguments import array_and_problem, bool_problem, in_native_order
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan._model_calls import step_and_jacobian_into
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
@@ -341,6 +341,7 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
             raise ValueError(f"{where}: {exc}") from None
         if masked is not None:
             errors["type"].append(masked)
+        x = in_native_order(x, dtype)
         if x.dtype != dtype:
             errors["type"].append(
                 f"`{name}` must have the model dtype {dtype}; got {x.dtype}. "

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from parscan._arguments import array_and_problem, bool_problem
+from parscan._arguments import array_and_problem, bool_problem, in_native_order
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
 from parscan._model_calls import step_and_jacobian_into
@@ -104,6 +104,8 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         )
     except ValueError as exc:  # ragged: no array to check further
         raise ValueError(f"gtf_alpha: {exc}") from None
+    forcing = in_native_order(forcing, dtype)
+    states = None if states is None else in_native_order(states, dtype)
     problems = (bool_problem(per_sequence, "`per_sequence`"), masked_forcing, masked_states)
     type_errors += [problem for problem in problems if problem is not None]
     N = forcing.shape[-1] if forcing.ndim >= 2 else None

@@ -2,7 +2,8 @@
 models/_checks.py): a flag is True or
 False (a NumPy bool too, never a truthy value), a masked array is refused where its mask would
 be dropped, gtf_loss_and_grad takes array_like data and refuses the DEER forward's settings
-with method="sequential". Valid input gives bitwise the same results as before."""
+with method="sequential", an array in the other byte order is read as its values. Valid input
+gives bitwise the same results as before."""
 
 import numpy as np
 import pytest
@@ -419,3 +420,38 @@ def test_ragged_and_masked_inputs_of_the_solvers_and_systems(model, x):
         models.lyapunov_spectrum("lorenz63", x0=masked, n_steps=5)
     with pytest.raises(TypeError, match=r"^System.rhs: x is a masked array"):
         models.SYSTEMS["lorenz63"].rhs(masked)
+
+
+# ---- 4. An array in the other byte order (read from a big-endian file) is its values ---------
+
+
+def _swapped(a):
+    """``a`` in the other byte order: the same values, another dtype object."""
+    a = np.asarray(a)
+    return a.astype(a.dtype.newbyteorder("S"))
+
+
+def test_the_other_byte_order_gives_the_same_results(model, x, windows):
+    z0, forcing = x[0], x[1 : T + 1]
+    assert _swapped(z0).dtype != z0.dtype and _swapped(z0).dtype.newbyteorder("=") == z0.dtype
+    calls = [
+        lambda z0, forcing: model.step(forcing),
+        lambda z0, forcing: model.step_and_jacobian(forcing)[1],
+        lambda z0, forcing: model.simulate(z0, 5),
+        lambda z0, forcing: model.generate(z0, 5),
+        lambda z0, forcing: parscan.deer_solve(model, z0, forcing=forcing, alpha=0.3).states,
+        lambda z0, forcing: parscan.sequential_solve(model, z0, forcing=forcing, alpha=0.3),
+        lambda z0, forcing: parscan.gtf_alpha(model, forcing, states=forcing),
+        lambda z0, forcing: parscan.linear_scan(forcing, forcing, z0),
+        lambda z0, forcing: models.generate("lorenz63", 5, x0=z0),
+    ]
+    for k, call in enumerate(calls):
+        want = call(z0, forcing)
+        np.testing.assert_array_equal(call(_swapped(z0), _swapped(forcing)), want, err_msg=k)
+    for method in ("deer", "sequential"):
+        loss, grad, _ = gtf_loss_and_grad(model, windows, alpha=0.3, method=method)
+        loss_s, grad_s, _ = gtf_loss_and_grad(model, _swapped(windows), alpha=0.3, method=method)
+        assert loss_s == loss and grad_s.dtype == grad.dtype
+        np.testing.assert_array_equal(grad_s, grad)
+    with pytest.raises(TypeError, match=r"^deer_solve: `z0` must have the model dtype float32"):
+        parscan.deer_solve(model.astype("float32"), _swapped(z0), 5)

@@ -971,7 +971,7 @@ def test_dtype_hint_offers_astype_only_for_model_dtypes():
         TypeError, match=r"np\.asarray\(z, dtype=np\.float64\) or model\.astype\('float32'\)\."
     ):
         m.step(np.zeros(M, np.float32))
-    for dtype in (np.int64, np.complex128, np.dtype(">f8"), np.float16):
+    for dtype in (np.int64, np.complex128, np.dtype(">f4"), np.float16):
         with pytest.raises(TypeError) as info:
             m.step(np.zeros(M, dtype))
         message = str(info.value)
