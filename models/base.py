@@ -972,12 +972,20 @@ class LatentRNN(Model):
     def simulate(self, z0: np.ndarray, n_steps: int) -> np.ndarray: ...
 
     def initial_state(self, x0: np.ndarray) -> np.ndarray:
-        """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``."""
+        """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``.
+
+        ``L0 x_0`` is summed over ``j = 0 .. N-1`` in this order, one rounding per product
+        and per sum, for every start alike: a start gives the same bits alone as in any batch
+        (a BLAS product picks its kernel, and so its rounding, by the batch's shape), so a
+        chaotic free run from it does not depend on the starts beside it.
+        """
         x0 = self._check_obs(x0, f"{type(self).__name__}.initial_state", "x0")
         z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
         z0[..., : self.n_obs] = x0
         if self.M > self.n_obs:
-            z0[..., self.n_obs :] = x0 @ self["L0"].T
+            rest, L0 = z0[..., self.n_obs :], self["L0"]
+            for j in range(self.n_obs):
+                rest += x0[..., j, None] * L0[:, j]
         return z0
 
     def initial_state_vjp(self, x0: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
