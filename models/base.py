@@ -35,6 +35,7 @@ from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype, ch
 from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason
 from parscan._arguments import masked_problem
+from parscan._jit import jit
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
 #: existed are format 1; :func:`load` refuses files of a later format.
@@ -908,6 +909,20 @@ def _load_with_metadata(path, where: str) -> tuple[Model, dict]:
     return model_from_fields(read_npz_fields(path, where), path, where)
 
 
+@jit
+def _lift(x, L0, z):
+    """``z[b, N + i] = sum_j L0[i, j] x[b, j]`` for ``x`` (B, N), ``L0`` (M - N, N), ``z`` (B, M):
+    the sum taken over ``j = 0 .. N-1`` in this order, one rounding per product and per sum
+    (no contraction to fused multiply-adds), the same for every row whatever ``B``."""
+    N = x.shape[1]
+    for b in range(x.shape[0]):
+        for i in range(L0.shape[0]):
+            acc = x[b, 0] * L0[i, 0]
+            for j in range(1, N):
+                acc += x[b, j] * L0[i, j]
+            z[b, N + i] = acc
+
+
 class LatentRNN(Model):
     """A latent recurrent map ``z_t = F(z_{t-1})`` with identity observation model.
 
@@ -974,18 +989,17 @@ class LatentRNN(Model):
     def initial_state(self, x0: np.ndarray) -> np.ndarray:
         """``z_0 = [x_0; L0 x_0]``: ``(..., N) -> (..., M)``.
 
-        ``L0 x_0`` is summed over ``j = 0 .. N-1`` in this order, one rounding per product
-        and per sum, for every start alike: a start gives the same bits alone as in any batch
-        (a BLAS product picks its kernel, and so its rounding, by the batch's shape), so a
-        chaotic free run from it does not depend on the starts beside it.
+        ``L0 x_0`` is summed over ``j = 0 .. N-1`` in this order (:func:`_lift`), for every
+        start alike: a start gives the same bits alone as in any batch (a BLAS product picks
+        its kernel, and so its rounding, by the batch's shape), so a chaotic free run from it
+        does not depend on the starts beside it.
         """
         x0 = self._check_obs(x0, f"{type(self).__name__}.initial_state", "x0")
         z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
         z0[..., : self.n_obs] = x0
         if self.M > self.n_obs:
-            rest, L0 = z0[..., self.n_obs :], self["L0"]
-            for j in range(self.n_obs):
-                rest += x0[..., j, None] * L0[:, j]
+            flat = z0.reshape(-1, self.M)  # a view: z0 is new and C-contiguous
+            _lift(np.ascontiguousarray(x0).reshape(-1, self.n_obs), self["L0"], flat)
         return z0
 
     def initial_state_vjp(self, x0: np.ndarray, cotangent: np.ndarray) -> np.ndarray:

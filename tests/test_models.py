@@ -473,6 +473,10 @@ def test_a_start_gives_the_same_bits_alone_and_in_any_batch(dtype):
     m = ALRNN(20, 4, N, seed=3).astype(dtype)
     x0 = np.random.default_rng(4).standard_normal((64, N)).astype(dtype)
     batch, runs = m.initial_state(x0), m.generate(x0, 50)
+    want = np.zeros((64, 20 - N), dtype)  # the sum in order, one rounding per operation
+    for j in range(N):
+        want += x0[:, j, None] * m["L0"][:, j]
+    np.testing.assert_array_equal(batch[:, N:], want)
     for rows in (slice(k, k + 1) for k in range(64)), (slice(0, 7), slice(5, 21), slice(3, 64)):
         for r in rows:
             np.testing.assert_array_equal(m.initial_state(x0[r]), batch[r])
