@@ -665,7 +665,7 @@ def read_npz_fields(
         raise ValueError(f"{where}: the path {str(path)!r} contains a NUL byte; remove it.")
     try:
         kind = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # also a path under a regular file
         raise MissingFileError(f"{where}: no such file {path}.") from None
     except OSError as exc:  # e.g. a name too long for the file system
         raise ValueError(f"{where}: cannot read {path} ({exc.strerror or exc}).") from None

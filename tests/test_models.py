@@ -1183,9 +1183,10 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
             models.load(file)
     with pytest.raises(ValueError, match=r"models\.load: .* is a directory, not a model file"):
         models.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"models\.load: no such file") as info:
-        models.load(tmp_path / "missing.npz")
-    assert isinstance(info.value, ValueError)
+    for missing in (tmp_path / "missing.npz", path / "model.npz"):  # the latter under a file
+        with pytest.raises(FileNotFoundError, match=r"models\.load: no such file") as info:
+            models.load(missing)
+        assert isinstance(info.value, ValueError)
 
 
 def test_save_and_load_refuse_devices_pipes_and_impossible_names(tmp_path):
