@@ -997,9 +997,9 @@ def _split_recording(
 
 
 def _fraction(name: str, s: Settings, origins: dict[str, str]) -> str:
-    """A fraction setting for a message: where a config file set it, else its value and
-    that a config file sets it (no flag does)."""
-    return origins.get(name, f"{name} {getattr(s, name):g}, a --config setting")
+    """A fraction setting for a message: where a config file set it, else its value as the
+    default and that a config file changes it (no flag does)."""
+    return origins.get(name, f"{name} {getattr(s, name):g}, the default; a --config file sets it")
 
 
 def warn_if_far(test: np.ndarray, mean: np.ndarray, sd: np.ndarray, what: str) -> bool:

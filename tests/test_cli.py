@@ -1042,7 +1042,8 @@ def test_several_data_files_are_refused_naming_the_file(tmp_path):
     short, flat = tmp_path / "short.npy", tmp_path / "flat.npy"
     for flags, message in [
         (["--data", a, "--data", short], f"--data {short}: too few steps: the test data held out "
-         "from --data (test_fraction 0.2, a --config setting) needs at least 21 of the 100 steps"),
+         "from --data (test_fraction 0.2, the default; a --config file sets it) needs at least "
+         "21 of the 100 steps"),
         (["--data", a, "--data", b, "-T", 1000], f"--data {a}: too few steps: the training part "
          "has 960 steps (after holding out validation/test data) but --sequence-length 1000"),
         (["--data", a, "--data", flat], f"--data {flat} has 2 dimensions but --data {a} has 3; "
