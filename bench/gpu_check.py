@@ -40,7 +40,19 @@ and exits 1.
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --smoke
 
 The package need not be installed there: the steps run with the repository root on
-``PYTHONPATH``.
+``PYTHONPATH``. Its dependencies must be, in versions that work together: numba-cuda 0.30.4
+compiles no kernel with numpy 2.5 (``pyproject.toml`` caps numpy below 2.5; a failed
+preflight then names the cause and this remedy). On a GPU machine that has numpy 2.5 and no
+internet, bring wheels of numpy 2.4 and numba-cuda 0.30.4 for its Python (here: 3.12)::
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 -d .whl \
+        numpy==2.4.6 numba-cuda==0.30.4                   # where pip reaches PyPI
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+        && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py  # on the GPU
+
+(checked on Python 3.12 with numba 0.67.0 and 0.68.1 over numpy 2.5.2: every CUDA kernel
+compiles to PTX, and ``--smoke`` passes in the simulator).
 """
 
 import argparse
@@ -91,6 +103,11 @@ print(json.dumps({
 }, default=str))
 raise SystemExit(0 if ok else 1)
 """
+#: What a preflight that failed on ``np.row_stack`` prints (see the module docstring).
+NUMPY_REMEDY = (
+    "numba-cuda <= 0.30.4 compiles no kernel with numpy >= 2.5 (np.row_stack is gone): "
+    "install numpy<2.5 first (offline: the wheels in this script's docstring)"
+)
 #: The steps' arguments (after ``python``) and the exit codes that pass.
 STEPS = {
     "preflight": (["-c", PREFLIGHT], (0,)),
@@ -204,7 +221,10 @@ def summary_lines(report):
     if report["no_gpu"]:
         lines.append(f"NO REAL CUDA GPU: {report['no_gpu']}")
     lines += [_step_line(name, report[name]) for name in STEPS if name in report]
-    for row in report.get("preflight", {}).get("rows", []):
+    preflight = report.get("preflight", {})
+    if "row_stack" in preflight.get("stderr", ""):
+        lines.append(f"  remedy: {NUMPY_REMEDY}")
+    for row in preflight.get("rows", []):
         lines.append(
             f"  preflight: {row['device']} (compute capability {row['compute_capability']}), "
             f"driver CUDA {row['driver_cuda']}, runtime CUDA {row['runtime_cuda']}, "
