@@ -101,6 +101,16 @@ def uniform_fan_in(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return rng.uniform(-r, r, size=shape)
 
 
+def spectral_norm(w: np.ndarray) -> float:
+    """``||w||_2``, the largest singular value of matrix ``w``, in float64; NaN when ``w`` holds
+    a NaN and inf when it holds an inf (LAPACK's SVD does not converge on them), so that
+    ``norm_bound`` reports non-finite parameters as its value, as ``gtf_alpha`` expects."""
+    w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        return math.nan if np.isnan(w).any() else math.inf
+    return float(np.linalg.norm(w, 2))
+
+
 def _jacobian_tail(mode: int, M: int) -> tuple[int, ...]:
     """Shape of the Jacobian part of one position in evaluation ``mode``."""
     return {EVAL_F: (0,), EVAL_F_DIAG: (M,), EVAL_F_FULL: (M, M)}[mode]

@@ -40,6 +40,7 @@ from models._plrnn_kernels import (
     PiecewiseLinearRNN,
     StepFunctions,
     normalized_positive_definite,
+    spectral_norm,
 )
 from parscan._jit import jit, jit_parallel
 
@@ -295,8 +296,7 @@ class _ALRNNFamily(PiecewiseLinearRNN):
     def norm_bound(self) -> float:
         """``max|A| + ||W||_2 >= sup_z ||dF/dz||_2`` (the Jacobian is
         ``diag(A) + W diag(Phi')`` with ``Phi'`` in {0, 1})."""
-        A, W = self["A"].astype(np.float64), self["W"].astype(np.float64)
-        return float(np.max(np.abs(A)) + np.linalg.norm(W, 2))
+        return float(np.max(np.abs(self["A"].astype(np.float64))) + spectral_norm(self["W"]))
 
 
 class ALRNN(_ALRNNFamily):

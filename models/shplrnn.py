@@ -44,6 +44,7 @@ from models._plrnn_kernels import (
     PiecewiseLinearRNN,
     StepFunctions,
     normalized_positive_definite,
+    spectral_norm,
     uniform_fan_in,
 )
 from parscan._jit import jit, jit_parallel, n_threads
@@ -367,10 +368,8 @@ class _ShallowPLRNNFamily(PiecewiseLinearRNN):
     def norm_bound(self) -> float:
         """``max|A| + ||W1||_2 ||W2||_2 >= sup_z ||dF/dz||_2`` (the relu derivatives, and
         their clipped differences, lie in [-1, 1])."""
-        p = {k: v.astype(np.float64) for k, v in self.unflatten().items()}
-        return float(
-            np.max(np.abs(p["A"])) + np.linalg.norm(p["W1"], 2) * np.linalg.norm(p["W2"], 2)
-        )
+        A = self["A"].astype(np.float64)
+        return float(np.max(np.abs(A)) + spectral_norm(self["W1"]) * spectral_norm(self["W2"]))
 
 
 class ShPLRNN(_ShallowPLRNNFamily):

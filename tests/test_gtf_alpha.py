@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models import ShPLRNN
+from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
 from parscan import gtf_alpha
 from parscan._deer_kernels import spectral_norms
 from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning, jacobian_norms
@@ -224,6 +224,21 @@ def test_infinite_norm_bound_is_refused(model, forcing):
             pytest.raises(ValueError, match=r"^gtf_alpha: model.norm_bound\(\) is inf: .*NaN/inf"),
         ):
             gtf_alpha(m, forcing, method="param_bound")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    ("family", "block"),
+    [(ShPLRNN, "W1"), (ShPLRNN, "W2"), (ClippedShPLRNN, "W2"), (ALRNN, "W"), (PLRNN, "W")],
+)
+def test_non_finite_weights_give_a_non_finite_norm_bound(family, block, value, forcing):
+    """NaN/inf in a weight matrix: ``norm_bound()`` is that value (LAPACK's SVD raised
+    LinAlgError on it) and ``gtf_alpha`` refuses it with its own message."""
+    model = family(3) if family is PLRNN else family(3, 2)
+    model[block][0, 1] = value
+    assert np.isnan(model.norm_bound()) if np.isnan(value) else model.norm_bound() == np.inf
+    with pytest.raises(ValueError, match=r"^gtf_alpha: model.norm_bound\(\) is (nan|inf): "):
+        gtf_alpha(model, forcing, method="param_bound")
 
 
 def test_numpy_scalar_margin(model, forcing):
