@@ -255,7 +255,7 @@ def gtf_loss_and_grad(
         ShPLRNN, ClippedShPLRNN, ALRNN or PLRNN (state-space models are trained with
         :func:`autodiff.ssm_gradients.ssm_loss_and_grad` instead).
     data : array_like, shape (B, T+1, N)
-        Windows ``x_0 .. x_T`` of the model dtype (a list of Python floats is float64),
+        Windows ``x_0 .. x_T`` of the model dtype (a list is read in it),
         finite, ``T >= 1``, ``N = model.n_obs``; converted once (a masked array is refused).
         ``x_0`` initialises ``z~_0 = model.initial_state(x_0)``; ``x_1 .. x_T`` are the targets
         and the forcing signal.
@@ -263,7 +263,8 @@ def gtf_loss_and_grad(
         GTF parameter (one per sequence, or shared), taken as :func:`parscan.deer_solve`
         takes it (a Python or NumPy number, a list, an array). ``"auto"`` estimates one for
         the batch with :func:`parscan.gtf_alpha` (``method="sup"``), which makes the fully
-        forced map a contraction along the data (DESIGN.md section 4).
+        forced map a contraction along the data (DESIGN.md section 4); with NaN/inf
+        parameters it takes the margin, and the call reports ``non_finite`` as below.
     method : {"deer", "sequential"}
         GTF-DEER (Newton forward, one reverse scan, parallel VJPs) or the fused sequential
         forward + BPTT baseline. Same loss and gradient up to the Newton tolerance.
@@ -325,7 +326,11 @@ def gtf_loss_and_grad(
     x0 = data[:, 0]
     forcing = data[:, 1:]
     auto = isinstance(alpha, str)
-    if auto:
+    if auto and not np.isfinite(model.params).all():
+        # no Jacobian to estimate from: the margin, as deer_solve's "auto" takes when no
+        # sequence is finite; the run below then reports NON_FINITE as with a numeric alpha
+        alpha = DEFAULT_MARGIN
+    elif auto:
         alpha = estimate_alpha(
             model, forcing, None, "sup", DEFAULT_MARGIN, n_forced, False, "gtf_loss_and_grad", 3
         )

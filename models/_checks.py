@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parscan._arguments import as_host_array, bool_problem, in_native_order
+from parscan._arguments import as_host_array, bool_problem, in_model_dtype
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -261,28 +261,17 @@ def as_array(x, name: str, where: str, dtype=None) -> np.ndarray:
     (``ValueError``) with messages naming ``where`` (see :meth:`Checks.array`).
 
     With ``dtype`` (a model's float32/float64), input that has no dtype of its own -- a list,
-    a tuple, a Python number -- of real numbers is converted to it: a float32 model could not
-    take a list otherwise (NumPy reads it as float64). Arrays and everything else carrying a
-    dtype (NumPy scalars, pandas objects) keep theirs, for the caller to check, and so do
-    lists of bools or complex numbers. Values that the conversion would turn into inf are
-    refused with ``ValueError``. An array of ``dtype`` in the other byte order is converted
-    to it (the same values).
+    a tuple, a Python number -- of real numbers is converted to it, and values that would
+    become inf are refused with ``ValueError`` (:func:`parscan._arguments.in_model_dtype`).
     """
     with Checks(where) as checks:
         arr = checks.array(x, name)
     if dtype is None:
         return arr
-    if hasattr(x, "dtype") or arr.dtype.kind not in "iuf":
-        return in_native_order(arr, dtype)
-    with np.errstate(over="ignore"):
-        converted = arr.astype(dtype)
-    if np.isinf(converted).sum() != np.isinf(arr).sum():
-        raise ValueError(
-            f"{where}: {name} has values too large for {np.dtype(dtype)} (they would become "
-            f"inf); the largest is {np.nanmax(np.abs(arr)):.3g}. Scale them down, or use a "
-            "float64 model (model.astype('float64'))."
-        )
-    return converted
+    arr, problem = in_model_dtype(x, arr, name, dtype)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+    return arr
 
 
 def check_path(value, where: str, name: str = "path") -> Path:

@@ -66,6 +66,31 @@ def in_native_order(x: np.ndarray, dtype) -> np.ndarray:
     return x
 
 
+def in_model_dtype(x, arr: np.ndarray, name: str, dtype) -> tuple[np.ndarray, str | None]:
+    """``arr`` (``np.asarray(x)``) for a model of ``dtype`` (float32/float64), and the problem
+    (one sentence naming ``name``) or None.
+
+    Input that has no dtype of its own -- a list, a tuple, a Python number -- of real numbers
+    is converted to ``dtype``: a float32 model could not take a list otherwise (NumPy reads it
+    as float64). Values that the conversion would turn into inf are the problem (``arr`` is
+    then returned as it is). Arrays and everything else carrying a dtype (NumPy scalars,
+    pandas objects) keep theirs, for the caller's dtype check, and so do lists of bools or
+    complex numbers; an array of ``dtype`` in the other byte order is converted to it
+    (:func:`in_native_order`).
+    """
+    if hasattr(x, "dtype") or arr.dtype.kind not in "iuf":
+        return in_native_order(arr, dtype), None
+    with np.errstate(over="ignore"):
+        converted = arr.astype(dtype)
+    if np.isinf(converted).sum() != np.isinf(arr).sum():
+        return arr, (
+            f"{name} has values too large for {np.dtype(dtype)} (they would become inf); the "
+            f"largest is {np.nanmax(np.abs(arr)):.3g}. Scale them down, or use a float64 model "
+            "(model.astype('float64'))."
+        )
+    return converted, None
+
+
 def as_host_array(x, name: str) -> np.ndarray:
     """``np.asarray(x)``, refusing what it would silently change or cannot convert: a masked
     array (``TypeError``, :func:`masked_problem`) and ragged nested sequences (``ValueError``).

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from parscan._arguments import array_and_problem, bool_problem, in_native_order
+from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan._model_calls import step_and_jacobian_into
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
@@ -334,15 +334,17 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
         )
     errors = errors or {"type": [], "value": []}
 
-    def array(x, name, tail, min_ndim):
+    def array(given, name, tail, min_ndim):
         try:
-            x, masked = array_and_problem(x, f"`{name}`")
+            x, masked = array_and_problem(given, f"`{name}`")
         except ValueError as exc:  # ragged: no array to check further
             raise ValueError(f"{where}: {exc}") from None
         if masked is not None:
             errors["type"].append(masked)
-        x = in_native_order(x, dtype)
-        if x.dtype != dtype:
+        x, too_large = in_model_dtype(given, x, f"`{name}`", dtype)
+        if too_large is not None:
+            errors["value"].append(too_large)
+        elif x.dtype != dtype:
             errors["type"].append(
                 f"`{name}` must have the model dtype {dtype}; got {x.dtype}. "
                 f"Use {name}.astype(np.{dtype}) (or model.astype(...))."
@@ -795,12 +797,14 @@ def deer_solve(
         refused. NaN/inf parameters end ``non_finite`` when the model exposes them as an
         ndarray ``params`` (the models in ``models/`` do); otherwise the NaN/inf they cause is
         reported as ``diverging``.
-    z0 : ndarray, shape (..., M)
-        Initial states ``z~_0``, model dtype. Leading dimensions are the batch.
+    z0 : array_like, shape (..., M)
+        Initial states ``z~_0``, model dtype (a list is read in it). Leading dimensions are
+        the batch.
     T : int, optional
         Number of steps. Taken from ``forcing`` when given (must agree); required otherwise.
-    forcing : ndarray, shape (..., T, N), optional
-        Data ``forcing[..., t, :] = x_{t+1}``, ``N <= M``, model dtype. None: free run.
+    forcing : array_like, shape (..., T, N), optional
+        Data ``forcing[..., t, :] = x_{t+1}``, ``N <= M``, model dtype (a list is read in
+        it). None: free run.
     alpha : float, array_like of shape (...), or "auto"
         GTF parameter in [0, 1], one for all or one per sequence; a sequence with alpha 0 does
         not read its data (a free run). ``"auto"``: :func:`parscan.gtf_alpha`

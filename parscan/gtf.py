@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from parscan._arguments import array_and_problem, bool_problem, in_native_order
+from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
 from parscan._model_calls import step_and_jacobian_into
@@ -97,6 +97,7 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         type_errors.append(f"`margin` must be a float; got {type(margin).__name__}.")
     elif not (0.0 <= margin < 1.0):
         value_errors.append(f"`margin` must be in [0, 1); got {margin}.")
+    given_forcing, given_states = forcing, states
     try:
         forcing, masked_forcing = array_and_problem(forcing, "`forcing`")
         states, masked_states = (
@@ -104,10 +105,13 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
         )
     except ValueError as exc:  # ragged: no array to check further
         raise ValueError(f"gtf_alpha: {exc}") from None
-    forcing = in_native_order(forcing, dtype)
-    states = None if states is None else in_native_order(states, dtype)
+    forcing, too_large_forcing = in_model_dtype(given_forcing, forcing, "`forcing`", dtype)
+    states, too_large_states = (
+        (None, None) if states is None else in_model_dtype(given_states, states, "`states`", dtype)
+    )
     problems = (bool_problem(per_sequence, "`per_sequence`"), masked_forcing, masked_states)
     type_errors += [problem for problem in problems if problem is not None]
+    value_errors += [p for p in (too_large_forcing, too_large_states) if p is not None]
     N = forcing.shape[-1] if forcing.ndim >= 2 else None
     if forcing.ndim < 2:
         value_errors.append(f"`forcing` must have shape (..., T, N); got {forcing.shape}.")
@@ -116,7 +120,7 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
             f"`forcing` must have 1 <= N <= M={M} columns (the observed latents); "
             f"got forcing.shape={forcing.shape}."
         )
-    if forcing.dtype != dtype:
+    if forcing.dtype != dtype and too_large_forcing is None:
         type_errors.append(
             f"`forcing` must have the model dtype {dtype}; got {forcing.dtype}. "
             f"Use forcing.astype(np.{dtype})."
@@ -127,7 +131,7 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
                 f"`states` must have shape forcing.shape[:-1] + (M,) = "
                 f"{(*forcing.shape[:-1], M)}; got {states.shape}."
             )
-        if states.dtype != dtype:
+        if states.dtype != dtype and too_large_states is None:
             type_errors.append(
                 f"`states` must have the model dtype {dtype}; got {states.dtype}. "
                 f"Use states.astype(np.{dtype})."
@@ -162,8 +166,9 @@ def gtf_alpha(
     model : LatentRNN
         The map ``F`` (``M``, ``dtype``, ``step_and_jacobian``; ``norm_bound`` for
         ``"param_bound"``).
-    forcing : ndarray, shape (..., T, N)
-        Teacher signal (observed part of the latents, ``N <= M``), model dtype.
+    forcing : array_like, shape (..., T, N)
+        Teacher signal (observed part of the latents, ``N <= M``), model dtype (a list is
+        read in it).
     states : ndarray, shape (..., T, M), optional
         Current latent trajectory (e.g. a DEER iterate). It supplies the unobserved latents of
         the evaluation points and is itself evaluated. Without it the unobserved latents are 0.

@@ -18,7 +18,7 @@ from models import ALRNN, PLRNN, ClippedShPLRNN, LinearSSM, ShPLRNN
 from models._plrnn_kernels import StepFunctions
 from parscan import DeerConvergenceError, DeerStatus, gtf_alpha
 from parscan.deer import SERIAL_BELOW
-from parscan.gtf import GTFGuaranteeWarning
+from parscan.gtf import DEFAULT_MARGIN, GTFGuaranteeWarning
 
 B, T, N = 3, 12, 2
 ALPHAS = np.array([0.15, 0.4, 0.0])
@@ -378,6 +378,25 @@ def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
     _, _, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential")
     assert info.status is DeerStatus.NON_FINITE
     assert info.message == DeerStatus.NON_FINITE.value
+
+
+@pytest.mark.parametrize("method", ["deer", "sequential"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_parameters_with_auto_alpha_are_reported_not_raised(method, value):
+    """alpha="auto" on NaN/inf parameters has no Jacobian to estimate from: it takes the
+    margin, as deer_solve's does, and returns (nan, None, NON_FINITE) as a numeric alpha
+    does (it raised "||J_F|| is NaN/inf", blaming the finite data); throw=True raises the
+    DEER forward's error."""
+    model = ShPLRNN(3, 5, seed=1)
+    model["W1"][0, 0] = value
+    x = np.random.default_rng(0).standard_normal((2, 30, 3))
+    loss, grad, info = gtf_loss_and_grad(model, x, alpha="auto", method=method, throw=False)
+    assert np.isnan(loss) and grad is None and info.status is DeerStatus.NON_FINITE
+    assert info.alpha == DEFAULT_MARGIN
+    assert info.message.startswith(DeerStatus.NON_FINITE.value)
+    if method == "deer":
+        with pytest.raises(DeerConvergenceError, match=r"^gtf_loss_and_grad: non_finite: NaN"):
+            gtf_loss_and_grad(model, x, alpha="auto")
 
 
 #: the remedies of an overflowing adjoint, after "To avoid it: ", per alpha passed

@@ -321,6 +321,30 @@ def test_gtf_loss_and_grad_list_dtype_and_shape_errors(model, windows):
         gtf_loss_and_grad(model, windows[0].tolist(), alpha=0.3)
 
 
+def test_solvers_and_gtf_alpha_take_lists_in_the_model_dtype(model, x):
+    """A list has no dtype of its own: ``deer_solve``, ``sequential_solve`` and ``gtf_alpha``
+    read it in the model's dtype, as the models' methods and ``gtf_loss_and_grad`` do (they
+    refused it for a float32 model, suggesting ``z0.astype``, which a list has not); values
+    that would become inf in float32 are refused, an array of another dtype still is."""
+    m32 = model.astype("float32")
+    z0, forcing = x[0].astype(np.float32), x[1 : T + 1].astype(np.float32)
+    as_lists = {"z0": z0.tolist(), "forcing": forcing.tolist(), "alpha": 0.4}
+    as_arrays = {"z0": z0, "forcing": forcing, "alpha": 0.4}
+    got, want = parscan.deer_solve(m32, **as_lists), parscan.deer_solve(m32, **as_arrays)
+    assert got.states.dtype == np.float32 and np.array_equal(got.states, want.states)
+    np.testing.assert_array_equal(
+        parscan.sequential_solve(m32, **as_lists), parscan.sequential_solve(m32, **as_arrays)
+    )
+    assert parscan.gtf_alpha(m32, forcing.tolist()) == parscan.gtf_alpha(m32, forcing)
+    huge = [[1e300] * N]
+    with pytest.raises(ValueError, match=r"^deer_solve: `z0` has values too large for float32"):
+        parscan.deer_solve(m32, huge[0], 3)
+    with pytest.raises(ValueError, match=r"^gtf_alpha: `forcing` has values too large for flo"):
+        parscan.gtf_alpha(m32, huge)
+    with pytest.raises(TypeError, match=r"^sequential_solve: `z0` must have the model dtype"):
+        parscan.sequential_solve(m32, x[0], 3)
+
+
 # ---- 5. every argument validated; the DEER settings refused with method="sequential" --------
 
 
