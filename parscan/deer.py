@@ -410,7 +410,14 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
         alpha_flat = np.broadcast_to(alpha_arr, batch).astype(dtype).reshape(B)
         report = float(alpha_arr) if alpha_arr.ndim == 0 else alpha_arr.astype(dtype)
     if forcing is None:
-        forcing_flat = np.empty((B, T, 0), dtype=dtype)
+        try:
+            forcing_flat = np.empty((B, T, 0), dtype=dtype)
+        except ValueError:  # NumPy refuses shapes whose bytes exceed its address space
+            raise ValueError(
+                f"{where}: {B} sequence(s) of T={T} steps of {dtype} are beyond NumPy's "
+                "address space, far more than this machine can allocate; solve a shorter T "
+                "(fewer steps) or fewer sequences at a time."
+            ) from None
     else:
         forcing_flat = _kernel_ready(forcing).reshape(B, T, N)
     return _Problem(

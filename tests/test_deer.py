@@ -711,6 +711,14 @@ def test_arrays_too_large_to_allocate_are_an_argument_error(monkeypatch):
         ValueError, match=rf"^deer_solve: .* need about {T * 4 * 6} numbers .* at a time\.$"
     ):
         deer_solve(model, np.zeros(4), T, jacobian="diag")
+    T = 2**60  # not even the free run's empty (B, T, 0) forcing fits NumPy's address space
+    for solve in (deer_solve, sequential_solve):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{solve.__name__}: 1 sequence\(s\) of T={T} steps of float64 are beyond "
+            r"NumPy's address space, .*; solve a shorter T \(fewer steps\) or fewer sequences",
+        ):
+            solve(model, np.zeros(4), T)
 
     def out_of_memory(*args):
         raise MemoryError
