@@ -1,4 +1,5 @@
-"""The one call the DEER solver and the alpha estimate make into a user's model, checked.
+"""The model contract the DEER solver and the alpha estimate rely on, and the one call they
+make into a user's model, both checked.
 
 ``model.step_and_jacobian(z, diag=diag, out=(f, j))`` writes ``F(z)`` and its Jacobian into
 the buffers ``out`` and returns them (the contract of ``models.base.LatentRNN``, which every
@@ -9,6 +10,33 @@ is no such pair is refused.
 """
 
 import numpy as np
+
+
+def check_latent_rnn(model, methods: tuple[str, ...], where: str) -> None:
+    """Raise ``TypeError`` (starting with ``where``, naming each problem) unless ``model``
+    follows the ``models.base.LatentRNN`` contract that ``where`` relies on: an int ``M``,
+    a ``dtype`` that is a ``np.dtype`` instance (``np.float64``, the scalar type, is not: it
+    compares and hashes differently) and the methods ``methods``."""
+    M = getattr(model, "M", None)
+    dtype = getattr(model, "dtype", None)
+    problems = []
+    if not isinstance(M, int | np.integer) or isinstance(M, bool):
+        problems.append(f"M must be an int; got {M!r}")
+    if not isinstance(dtype, np.dtype):
+        hint = ""
+        try:
+            hint = f" (np.dtype({np.dtype(dtype).name!r}))" if dtype is not None else ""
+        except (TypeError, ValueError):  # names no dtype at all: no hint
+            pass
+        problems.append(f"dtype must be a np.dtype instance{hint}; got {dtype!r}")
+    missing = [name for name in methods if not callable(getattr(model, name, None))]
+    if missing:
+        problems.append(f"missing method(s) {', '.join(missing)}")
+    if problems:
+        raise TypeError(
+            f"{where}: `model` must follow the LatentRNN contract (attributes M, dtype and "
+            f"methods {', '.join(methods)}); {type(model).__name__}: {'; '.join(problems)}."
+        )
 
 
 def step_and_jacobian_into(model, z: np.ndarray, diag: bool, out: tuple, where: str) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
-from parscan._model_calls import step_and_jacobian_into
+from parscan._model_calls import check_latent_rnn, step_and_jacobian_into
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 from parscan.scan import (
     available_backends,
@@ -319,14 +319,8 @@ def _kernel_ready(x: np.ndarray) -> np.ndarray:
 def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, errors=None):
     """Check every argument, collecting all mismatches (appended to ``errors``, a dict of
     ``"type"`` and ``"value"`` message lists, when given); return a :class:`_Problem`."""
-    M = getattr(model, "M", None)
-    dtype = getattr(model, "dtype", None)
-    needed = ("step", "step_and_jacobian")
-    if not (_is_int(M) and isinstance(dtype, np.dtype) and all(hasattr(model, a) for a in needed)):
-        raise TypeError(
-            f"{where}: `model` must follow the LatentRNN contract (attributes M, dtype and "
-            f"methods {', '.join(needed)}); got {type(model).__name__}."
-        )
+    check_latent_rnn(model, ("step", "step_and_jacobian"), where)
+    M, dtype = model.M, model.dtype
     if dtype not in DEFAULT_TOL:
         raise TypeError(
             f"{where}: `model.dtype` must be float32 or float64; got {dtype}. "

@@ -15,7 +15,7 @@ import numpy as np
 from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
-from parscan._model_calls import step_and_jacobian_into
+from parscan._model_calls import check_latent_rnn, step_and_jacobian_into
 
 METHODS = ("sup", "geomean", "param_bound")
 
@@ -75,17 +75,8 @@ def _check(model, forcing, states, method, margin, n_forced, per_sequence):
     """Validate the arguments of :func:`gtf_alpha`; return ``(forcing, states, n_forced,
     per_sequence)``."""
     type_errors, value_errors = [], []
-    M = getattr(model, "M", None)
-    dtype = getattr(model, "dtype", None)
-    if not (
-        isinstance(M, int | np.integer)
-        and isinstance(dtype, np.dtype)
-        and hasattr(model, "step_and_jacobian")
-    ):
-        raise TypeError(
-            "gtf_alpha: `model` must follow the LatentRNN contract (attributes M, dtype and "
-            f"step_and_jacobian); got {type(model).__name__}."
-        )
+    check_latent_rnn(model, ("step_and_jacobian",), "gtf_alpha")
+    M, dtype = model.M, model.dtype
     if not isinstance(method, str) or method not in METHODS:
         value_errors.append(f"`method` must be one of {METHODS}; got {method!r}.")
     elif method == "param_bound" and not hasattr(model, "norm_bound"):

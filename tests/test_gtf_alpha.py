@@ -198,7 +198,15 @@ def test_errors(model, forcing):
         def step_and_jacobian(self, z, diag=False, out=None):
             raise AssertionError("not reached")
 
-    with pytest.raises(TypeError, match=r"^gtf_alpha: `model` must follow .*got NoDtype"):
+    with pytest.raises(
+        TypeError, match=r"^gtf_alpha: `model` must follow .*; NoDtype: dtype must be a np.dtype "
+    ):
+        gtf_alpha(NoDtype(), x)
+    NoDtype.dtype = np.float64  # the scalar type, not a dtype: named, with the fix
+    with pytest.raises(
+        TypeError,
+        match=r"NoDtype: dtype must be a np.dtype instance \(np.dtype\('float64'\)\); got <class",
+    ):
         gtf_alpha(NoDtype(), x)
     NoDtype.dtype = np.dtype(np.float64)
     with pytest.raises(TypeError, match=r"^gtf_alpha: method='param_bound' needs model.norm_b"):
