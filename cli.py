@@ -298,8 +298,28 @@ def _typed_settings(raw: dict, source: str) -> dict:
     return config
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object that gives a key twice (TOML refuses that itself)."""
+
+
+def _json_loads(text: str):
+    """``json.loads``, refusing an object that gives a key twice (``json`` keeps the last
+    one silently; TOML refuses it): a setting given twice is a mistake, as on the command
+    line."""
+
+    def unique(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"the key {key!r} is given twice")
+            seen.add(key)
+        return dict(pairs)
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
 #: config file parsers by suffix; a file with another suffix may be either
-CONFIG_FORMATS = {".toml": ("TOML", tomllib.loads), ".json": ("JSON", json.loads)}
+CONFIG_FORMATS = {".toml": ("TOML", tomllib.loads), ".json": ("JSON", _json_loads)}
 
 
 def _read_config(path: str) -> tuple[dict, dict[str, str]]:
@@ -325,7 +345,7 @@ def _read_config(path: str) -> tuple[dict, dict[str, str]]:
         try:
             raw = parse(text)
             break
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
             errors.append((name, str(exc)))
     else:
         reasons = errors[0][1] if len(errors) == 1 else "; ".join(map(": ".join, errors))
@@ -877,17 +897,19 @@ def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
     return x, test, f"system {s.system}, {s.n_steps} steps, noise {s.noise:g}, seed {s.seed}"
 
 
-def _check_distinct(files: list[str]) -> None:
-    """Refuse a ``--data`` file given twice (the same file under two names too): its
-    recording would be trained on and scored twice."""
+def _check_distinct(files: list[str], option: str = "--data") -> None:
+    """Refuse a file of ``option`` (``--data``, ``--test-data``) given twice (the same file
+    under two names too): its recording would be trained on and scored twice, or its test
+    trajectory count twice in the score."""
+    use = "trained on and scored" if option == "--data" else "scored"
     for k, file in enumerate(files):
         for earlier in files[:k]:
             if _same_file(file, earlier):
-                also = "" if file == earlier else f" (also as --data {earlier})"
+                also = "" if file == earlier else f" (also as {option} {earlier})"
                 raise UserError(
-                    f"--data {file} is given twice{also}: its recording would be trained on "
-                    "and scored twice; give each file once (several arrays of one .npz: save "
-                    "each to a file of its own)."
+                    f"{option} {file} is given twice{also}: its recording would be {use} "
+                    "twice; give each file once (several arrays of one .npz: save each to a "
+                    "file of its own)."
                 )
 
 
@@ -898,6 +920,7 @@ def _test_files_data(
     unless it has the training data's ``n_dims`` dimensions and can be scored; a file whose
     header names differ from the training data's ``columns`` warns."""
     tests = _load_files(s, "test_data", origins)
+    _check_distinct(_files(s.test_data), "--test-data")
     labels = _labels("--test-data", _files(s.test_data))
     _check_dimensions(tests, labels, n_dims, "the training data")
     for label, test in zip(labels, tests, strict=True):
@@ -1292,16 +1315,31 @@ def out_dir(s: Settings) -> Path:
     return out
 
 
+def _continue_after_write_failure(out: Path) -> str:
+    """How a training run whose write failed continues, once ``out`` takes files again: from
+    its last checkpoint with ``--resume``, or, before the first one, by running the command
+    again (the folder can be reused: :func:`_saved_nothing`)."""
+    if (out / "checkpoints" / "checkpoint.npz").is_file():
+        return (
+            f"The last checkpoint in {out / 'checkpoints'} is intact; once the folder takes "
+            f"files again, continue with: parscan-train --out {shlex.quote(str(out))} --resume"
+        )
+    return (
+        "No checkpoint was written; once the folder takes files again, run the command again "
+        f"(--out {shlex.quote(str(out))} can be reused)."
+    )
+
+
 def _saved_nothing(out: Path) -> bool:
     """``out`` holds a run that stopped before its first checkpoint (killed, or a write that
-    failed): its ``args.json`` and a ``checkpoints`` folder without a checkpoint, nothing
-    else. Such a folder may take a new run: nothing in it would be lost."""
-    return (
-        out.is_dir()
-        and (out / "args.json").is_file()
-        and {p.name for p in out.iterdir()} <= {"args.json", "checkpoints"}
-        and not (out / "checkpoints" / "checkpoint.npz").exists()
-    )
+    failed): its ``args.json`` (absent when writing it failed) and a ``checkpoints`` folder
+    without a checkpoint, nothing else. Such a folder may take a new run: nothing in it would
+    be lost."""
+    if not out.is_dir() or (out / "checkpoints" / "checkpoint.npz").exists():
+        return False
+    names = {p.name for p in out.iterdir()}
+    started = (out / "args.json").is_file() or (out / "checkpoints").is_dir()
+    return started and names <= {"args.json", "checkpoints"}
 
 
 def create_out_dir(out: Path, new: bool = False) -> Path:
@@ -2080,7 +2118,12 @@ def train(
         "versions": _versions(),
         **commands,
     }
-    _write_json(out / "args.json", record)
+    try:
+        _write_json(out / "args.json", record)
+    except OSError as exc:
+        raise UserError(
+            _write_failure(exc, out) + ". " + _continue_after_write_failure(out)
+        ) from None
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
     gtf = s.model not in SSM_NAMES
@@ -2099,6 +2142,11 @@ def train(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): fit checkpointed
         progress.close()
         _stopped(exc, out, trained=False)
+    except OSError as exc:  # a checkpoint write failed (a full disk): the last one is intact
+        progress.close()
+        raise UserError(
+            _write_failure(exc, out) + ". " + _continue_after_write_failure(out)
+        ) from None
     except TrainingDivergedError as exc:
         progress.close()
         failure = _diverged_message(config, exc)
@@ -2141,6 +2189,10 @@ def train(
             "bad_steps": result.n_bad_steps,
             "train_seconds": result.wall_time,
         }
+        late = _late_validation_failures(result.history, result.best_epoch)
+        summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
+        summary["wall_seconds"] = time.perf_counter() - started
+        _write_json(out / "metrics.json", summary)  # before the plots: a failed plot loses none
         # the plots show the free run whenever it is finite, also when the evaluation failed
         # elsewhere (a PE prediction, or a run outside the D_stsp box); of several test
         # trajectories, the first
@@ -2158,9 +2210,7 @@ def train(
                 f"\n{at_rest} Score the model from several test points: parscan-train "
                 f"evaluate {shlex.quote(str(out))} --n-starts 8."
             )
-        summary["wall_seconds"] = time.perf_counter() - started
-        late = _late_validation_failures(result.history, result.best_epoch)
-        summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
+        summary["wall_seconds"] = time.perf_counter() - started  # the plots included
         _write_json(out / "metrics.json", summary)
         _print_summary(out, summary, note)
         _warn_late_failures(late, result.best_epoch, s)
@@ -2177,6 +2227,24 @@ def train(
         if stop is None:
             raise
         _stopped(stop, out, trained=True)
+    except OSError as exc:  # a full disk, a folder made read-only: the checkpoint is complete
+        raise UserError(
+            f"{_write_failure(exc, out)}; the checkpoint in {out / 'checkpoints'} holds the "
+            "trained run. Once the folder takes files again, write the results with: "
+            f"parscan-train --out {shlex.quote(str(out))} --resume"
+        ) from None
+
+
+def _write_failure(exc: OSError, out: Path) -> str:
+    """What a failed write in run folder ``out`` says, without a function's prefix
+    (``parscan-train: cannot write ...``, ``fit: cannot write ...``); an ``OSError`` of
+    another library (a plot's ``[Errno 28] No space left on device``) names ``out``."""
+    message = str(exc)
+    for prefix in ("parscan-train: ", "fit: "):
+        message = message.removeprefix(prefix)
+    if not message.startswith("cannot write"):
+        message = f"cannot write the results in {out} ({exc.strerror or message})"
+    return message.rstrip(".")
 
 
 def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
@@ -2666,6 +2734,7 @@ def evaluate_command(
         n_bins = _recorded_n_bins(metadata)
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
+        _check_distinct(list(test_data), "--test-data")
         labels = [f"--test-data {file}" for file in test_data]
     elif not path.is_dir():
         raise UserError(f"{target} is a model file: pass --test-data.")

@@ -382,6 +382,62 @@ def test_a_stop_after_training_is_finished_by_a_resume(tmp_path, monkeypatch):
     assert (out / "metrics.json").is_file()
 
 
+def _disk_full_for(monkeypatch, *names):
+    """Files named ``names`` cannot be written, as on a full disk (ENOSPC)."""
+    write = models.base._write_atomically
+
+    def full(path, fill):
+        if path.name in names:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, fill)
+
+    monkeypatch.setattr(models.base, "_write_atomically", full)
+
+
+def test_a_full_disk_is_one_line_and_the_run_goes_on_from_what_was_saved(tmp_path, monkeypatch):
+    """A write that fails in any phase of training (args.json, a checkpoint, the results,
+    a plot) ends in one line (exit 2, no traceback) that says how to go on once the folder
+    takes files again, and the folder allows it: the same command before the first
+    checkpoint, --resume after it; the scores are written before the plots."""
+    no_space = "(No space left on device)"
+    out = tmp_path / "run"
+    _disk_full_for(monkeypatch, "args.json")
+    result = run(*TINY, "--out", out)
+    _one_error_line(result, f"cannot write {out / 'args.json'} {no_space}")
+    assert "No checkpoint was written; once the folder takes files again, run the command " in (
+        result.output
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    monkeypatch.undo()
+    _disk_full_for(monkeypatch, "checkpoint.npz")
+    result = run(*TINY, "--out", out)  # the folder is reused
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {out / 'checkpoints' / 'checkpoint.npz'} {no_space}" in result.output
+    assert f"(--out {out} can be reused)" in result.output
+    monkeypatch.undo()
+    _disk_full_for(monkeypatch, "model.npz")
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"the checkpoint in {out / 'checkpoints'} holds the trained run. Once the folder " in (
+        result.output
+    )
+    assert f"write the results with: parscan-train --out {out} --resume" in result.output
+    monkeypatch.undo()
+
+    def no_plots(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as from the image library
+
+    monkeypatch.setattr(cli, "write_plots", no_plots)
+    result = run("--out", out, "--resume")
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the results in {out} {no_space}; the checkpoint in" in result.output
+    assert "dstsp" in json.loads((out / "metrics.json").read_text())["test"]
+    monkeypatch.undo()
+    finished = run("--out", out, "--resume")
+    assert finished.exit_code == 0, finished.output
+    assert (out / "spectrum.png").is_file()
+
+
 def test_a_stop_while_the_plotting_library_is_imported_is_an_interruption(tmp_path, monkeypatch):
     """Python 3.11 wraps a Ctrl-C that arrives while ``import matplotlib.pyplot`` creates its
     classes (in a ``__set_name__``) in a RuntimeError: it is still reported as a stop after
@@ -487,6 +543,7 @@ def _bad_files(tmp_path):
     (tmp_path / "val.toml").write_text('data-key = "val"\n')
     (tmp_path / "settings.yaml").write_text("epochs: 2\n")
     (tmp_path / "bad.cfg").write_text("epochs: 2\n")
+    (tmp_path / "twice.json").write_text('{"epochs": 2, "lr-start": 1e-3, "epochs": 3}')
     (tmp_path / "ranges.toml").write_text(
         "validation_fraction = 0.9\ntest_fraction = 0.95\nvalidation-steps = 0\nnoise = -1\n"
     )
@@ -645,6 +702,7 @@ def _bad_files(tmp_path):
         (["--data", "{tmp}/broken.csv"], "error: --data: cannot read {tmp}/broken.csv"),
         (["--config", "{tmp}/settings.yaml"], "YAML is not supported; write the settings as TOML"),
         (["--config", "{tmp}/bad.cfg"], "is not valid TOML or JSON (TOML: "),
+        (["--config", "{tmp}/twice.json"], "is not valid JSON (the key 'epochs' is given twice)."),
         (["-q", "--data", "{tmp}/short.npy", "evaluate", "{tmp}"], "--data, --quiet: training"),
         # a missing file is named first, with the other problems of the settings
         (
@@ -832,11 +890,19 @@ def test_array_keys_and_data_files_are_given_once(tmp_path):
     for second, also in [(tmp_path / "x.npy", ""), (tmp_path / "y.npy", " (also as --data ")]:
         result = run(*tiny, "--data", tmp_path / "x.npy", "--data", second, "--out", out)
         _one_error_line(result, f"--data {second} is given twice{also}")
+        result = run(*tiny, "--data", both, "--data-key", "a", "--test-data", tmp_path / "x.npy",
+                     "--test-data", second, "--out", out)  # fmt: skip
+        also = also.replace("--data", "--test-data")
+        _one_error_line(result, f"--test-data {second} is given twice{also}")
+        assert "its recording would be scored twice" in result.output
     assert not out.exists()
     result = run(*tiny, "--data", both, "--data-key", "a", "--test-data", both,
                  "--test-data-key", "b", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "is also a --data file" not in result.output
+    for second in (tmp_path / "x.npy", tmp_path / "y.npy"):
+        result = run("evaluate", out, "--test-data", tmp_path / "x.npy", "--test-data", second)
+        _one_error_line(result, f"--test-data {second} is given twice")
 
 
 # ------------------------------------------------------------------------------------------
