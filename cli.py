@@ -2095,6 +2095,8 @@ def train(
         )
     except (TypeError, ValueError) as exc:
         message = str(exc).removeprefix("fit: ")  # fit is no name on the command line
+        if "checkpoint_dir" in message:  # nor is its checkpoint_dir: --out holds it
+            message = f"--out {out}: " + message.replace("checkpoint_dir", "the checkpoint folder")
         message = _named_parts(message, _files(s.data))
         raise UserError(("--resume: " if s.resume else "") + message) from None
     if s.resume:
@@ -2595,6 +2597,12 @@ def _target_model(path: Path, target: str):
             raise UserError(
                 f"{target} has no model.npz: the run did not finish. Continue it with: "
                 f"parscan-train --out {shlex.quote(target)} --resume"
+            )
+        if _saved_nothing(path):
+            raise UserError(
+                f"{target} has no model.npz: the run stopped (or is still running) before its "
+                "first checkpoint, so there is no model yet; start it again with its command "
+                "(the folder can be reused)."
             )
         raise UserError(
             f"{target} is a folder without model.npz; pass a run folder written by "

@@ -360,6 +360,10 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path
     monkeypatch.undo()
     resumed = run("--out", out, "--resume")
     assert resumed.exit_code == 2 and "stopped before its first checkpoint" in resumed.output
+    for command in ("evaluate", "generate"):
+        _one_error_line(
+            run(command, out), f"{out} has no model.npz: the run stopped (or is still running) "
+        )
     again = run(*TINY, "--out", out)
     assert again.exit_code == 0, again.output
     assert (out / "model.npz").is_file()
@@ -380,6 +384,18 @@ def test_a_stop_after_training_is_finished_by_a_resume(tmp_path, monkeypatch):
     finished = run("--out", out, "--resume")
     assert finished.exit_code == 0, finished.output
     assert (out / "metrics.json").is_file()
+
+
+def test_an_out_folder_that_cannot_be_made_is_named_as_out(tmp_path):
+    """fit's checkpoint_dir is no name on the command line: --out is, with its folder."""
+    os.symlink(tmp_path / "missing", tmp_path / "dangling")
+    out = tmp_path / "dangling" / "run"
+    result = run(*TINY, "--out", out)
+    _one_error_line(
+        result,
+        f"--out {out}: the checkpoint folder {out / 'checkpoints'} cannot be created: "
+        f"{tmp_path / 'dangling'} is a symbolic link to a missing target.",
+    )
 
 
 def _disk_full_for(monkeypatch, *names):
