@@ -2164,6 +2164,7 @@ def train(
             "best_scores": result.best_scores,
             "settings": settings,
         }
+        outdated = _outdated_by(out, trained) if s.resume else []
         trained.save(out / "model.npz", metadata=metadata)
         write_history(out / "history.csv", result.history)
         mean, sd = trained.standardization
@@ -2215,6 +2216,13 @@ def train(
         summary["wall_seconds"] = time.perf_counter() - started  # the plots included
         _write_json(out / "metrics.json", summary)
         _print_summary(out, summary, note)
+        if outdated:
+            run_dir = shlex.quote(str(out))
+            _warn(
+                f"{' and '.join(outdated)} in {out} were made from the model before this "
+                f"resume, which model.npz no longer holds; make them again with parscan-train "
+                f"evaluate {run_dir} / parscan-train generate {run_dir}."
+            )
         _warn_late_failures(late, result.best_epoch, s)
         failure = _reconstruction_failure(scores, result.best_scores)
         if failure:
@@ -2247,6 +2255,32 @@ def _write_failure(exc: OSError, out: Path) -> str:
     if not message.startswith("cannot write"):
         message = f"cannot write the results in {out} ({exc.strerror or message})"
     return message.rstrip(".")
+
+
+#: what ``evaluate RUN`` and ``generate RUN`` write into a run folder by default
+DERIVED_RESULTS = ("evaluation.json", "generated.npy")
+
+
+def _outdated_by(out: Path, trained) -> list[str]:
+    """The files of :data:`DERIVED_RESULTS` in run folder ``out`` that the model about to
+    replace ``out/model.npz`` makes outdated: those there when the saved model's parameters
+    or standardisation differ from ``trained``'s (a resume that trained on)."""
+    import models
+
+    present = [name for name in DERIVED_RESULTS if (out / name).is_file()]
+    if not present:
+        return []
+    try:
+        saved = models.load(out / "model.npz")
+    except (OSError, ValueError, TypeError):  # no readable model: nothing derived from it
+        return []
+    before, after = saved.standardization, trained.standardization
+    same = (
+        np.array_equal(saved.params, trained.params)
+        and (before is None) == (after is None)
+        and all(np.array_equal(a, b) for a, b in zip(before or (), after or (), strict=True))
+    )
+    return [] if same else present
 
 
 def _interruption(exc: BaseException) -> KeyboardInterrupt | None:

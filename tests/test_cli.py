@@ -1297,6 +1297,26 @@ def test_a_damaged_model_file_is_named_by_its_path(finished_run, tmp_path):
         )
 
 
+def test_a_resume_that_trains_on_warns_of_the_results_made_from_the_model_before(
+    finished_run, tmp_path
+):
+    """evaluation.json and generated.npy in the run folder come from its model.npz: a
+    resume that replaces that model with another warns that they are outdated (naming the
+    commands that remake them); one that keeps the model (nothing left to train) does not."""
+    out = _copy_run(finished_run, tmp_path)
+    assert run("evaluate", out).exit_code == 0
+    assert run("generate", out, "--n-steps", "50").exit_code == 0
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code in (0, 1), result.output
+    assert (
+        f"evaluation.json and generated.npy in {out} were made from the model before this "
+        f"resume, which model.npz no longer holds; make them again with parscan-train evaluate "
+    ) in result.output
+    again = run("--out", out, "--resume", "-q", "-e", "3")
+    assert again.exit_code in (0, 1), again.output
+    assert "were made from the model before" not in again.output
+
+
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     (tmp_path / "no-run").mkdir()
