@@ -407,7 +407,7 @@ class TrainConfig:
             object.__setattr__(self, "standardize", bool(self.standardize))
         l2 = self.l2
         if isinstance(l2, dict):
-            unknown = sorted(set(l2) - set(GROUPS))
+            unknown = sorted(set(l2) - set(GROUPS), key=repr)  # keys of any types
             if unknown:
                 value_errors.append(f"l2 has unknown groups {unknown}; valid: {list(GROUPS)}.")
             values = list(l2.values())
@@ -452,7 +452,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TypeError(f"TrainConfig.from_dict: expected a dict; got {type(d).__name__}.")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names, key=repr)  # keys of any types
         if unknown:
             raise ValueError(
                 f"TrainConfig.from_dict: unknown keys {unknown}; valid keys: {sorted(names)}."

@@ -754,6 +754,7 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         ({"dtype": "float16"}, ValueError, "dtype must be one of"),
         ({"grad_clip": 0.0}, ValueError, "grad_clip must be finite"),
         ({"l2": {"V": 1.0}}, ValueError, "l2 has unknown groups"),
+        ({"l2": {1: 0.1, "x": 0.2}}, ValueError, r"l2 has unknown groups \['x', 1\]"),
         ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 1}, ValueError, "validation_steps must be >= 2"),
@@ -787,6 +788,8 @@ def test_bad_config_reports_all_problems_and_unknown_keys():
         TrainConfig(batch_size=0, epochs=0)
     with pytest.raises(ValueError, match=r"unknown keys \['lr'\]"):
         TrainConfig.from_dict({"lr": 1e-3})
+    with pytest.raises(ValueError, match=r"unknown keys \['a', 1\]"):  # keys of two types
+        TrainConfig.from_dict({1: 2, "a": 3})
 
 
 def test_fit_argument_errors(lorenz, tmp_path):
