@@ -578,6 +578,19 @@ def not_numpy_reason(head: bytes, suffix: str, text_fix: str | None = None) -> s
     return f"it is not a NumPy {suffix} file (it does not start as {writer} writes one)"
 
 
+def _npz_arrays(loaded) -> list[str]:
+    """The names of the arrays of an open ``.npz`` archive ``loaded`` (``np.load``'s
+    ``NpzFile``): its members that are ``.npy`` streams. Other members (a ``readme.txt``
+    zipped in beside them) are no arrays: ``NpzFile`` would give their raw bytes."""
+    names = []
+    for name in loaded.files:
+        member = f"{name}.npy" if f"{name}.npy" in loaded.zip.namelist() else name
+        with loaded.zip.open(member) as stream:
+            if stream.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                names.append(name)
+    return names
+
+
 def _object_array_reason(fh, what: str, save: str) -> str | None:
     """Why the array of the ``.npy`` stream ``fh`` (seekable, at its start) cannot be read,
     when its dtype holds Python objects (``np.save`` of a list of arrays of different lengths,
@@ -635,7 +648,7 @@ def _read_numpy(path: Path, suffix: str, key: str | None) -> np.ndarray:
                 "it is an .npz archive (zipped arrays), not an .npy file; rename it to .npz"
             )
         with np.load(fh, allow_pickle=False) as loaded:
-            names = list(loaded.files)
+            names = _npz_arrays(loaded)
             if not names:
                 raise ValueError("it holds no arrays; save the trajectory in it (np.savez)")
             if key is None and len(names) == 1:
@@ -797,6 +810,11 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         raise ArrayChoiceError(f"{where}: cannot read {path}: {exc}.", exc.names) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{where}: cannot read {path}: {exc}.") from None
+    except MemoryError as exc:  # a header claiming more than fits (corrupt, or too large)
+        raise ValueError(
+            f"{where}: cannot read {path}: {exc} (a damaged header, or data larger than the "
+            "memory available)."
+        ) from None
     name = f"the data in {path.name}"
     stored = arr.dtype
     arr = _float64(arr[:, None] if arr.ndim == 1 else arr)

@@ -35,6 +35,7 @@ import numpy as np
 from numba import literally
 
 from models._checks import Checks
+from models.base import new_run
 from parscan._jit import jit
 
 # ---------------------------------------------------------------------------------------------
@@ -925,7 +926,7 @@ def generate(
             plan = sys_.plan_with(checks, dt, transient, n_steps, split)
     p, start, rng = run
     n_sub, transient = plan
-    out = np.empty((n_steps, start.shape[0]))
+    out = new_run((n_steps, start.shape[0]), np.float64, where)
     bad = rk4_trajectory(sys_.kind, start, p, dt / n_sub, n_sub, transient, out)
     if bad >= 0:
         raise ValueError(

@@ -1,8 +1,10 @@
 """Data loading, validation and standardisation."""
 
+import io
 import os
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -162,6 +164,37 @@ def test_npz_without_arrays_is_refused_without_key_advice(tmp_path):
         with pytest.raises(ValueError, match=r"empty.npz: it holds no arrays; save the") as info:
             load_data(tmp_path / "empty.npz", key=key)
         assert not isinstance(info.value, ArrayChoiceError) and "key=" not in str(info.value)
+
+
+def test_npz_members_that_are_no_arrays_are_not_counted(tmp_path):
+    """A file zipped into an .npz beside its arrays (a readme) is no array: not listed, not
+    loadable by key, and alone it leaves an archive without arrays (it raised a bare
+    AttributeError on NumPy's raw bytes)."""
+    with zipfile.ZipFile(tmp_path / "readme.npz", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match=r"readme.npz: it holds no arrays; save the"):
+        load_data(tmp_path / "readme.npz")
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    with zipfile.ZipFile(tmp_path / "both.npz", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+        archive.writestr("x.npy", buffer.getvalue())
+    np.testing.assert_array_equal(load_data(tmp_path / "both.npz"), x)
+    with pytest.raises(ArrayChoiceError, match=r"it has no array 'readme.txt'; available: x\."):
+        load_data(tmp_path / "both.npz", key="readme.txt")
+
+
+def test_an_npy_header_claiming_more_than_memory_is_refused(tmp_path):
+    """A damaged header claiming terabytes: NumPy's MemoryError becomes load_data's refusal
+    naming the file."""
+    with open(tmp_path / "huge.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)}
+        )
+        fh.write(bytes(64))
+    with pytest.raises(ValueError, match=r"^load_data: cannot read .*huge.npy: .*\(a damaged h"):
+        load_data(tmp_path / "huge.npy")
 
 
 def test_missing_file_and_unsupported_suffix(tmp_path):

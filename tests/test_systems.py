@@ -432,6 +432,21 @@ def test_runs_longer_than_the_step_budget_are_refused_up_front(kwargs, match):
         generate("lorenz63", args.pop("n_steps"), **args)
 
 
+def test_a_trajectory_larger_than_memory_is_refused_naming_generate(monkeypatch):
+    """Within the step budget but beyond the memory (here: an allocation made to fail):
+    generate's refusal, not NumPy's bare MemoryError."""
+    empty = np.empty
+
+    def no_memory(shape, *args, **kwargs):
+        if shape == (10**6, 3):
+            raise MemoryError
+        return empty(shape, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", no_memory)
+    with pytest.raises(ValueError, match=r"^generate: a free run of 1000000 steps \(3 float64 "):
+        generate("lorenz63", 10**6)
+
+
 def test_the_step_budget_is_the_kernels_step_count():
     """``ceil(dt / max_step) * (transient + n_steps - 1)`` RK4 steps: exactly MAX_RK4_STEPS
     passes the checks (here at no cost: one sample, no transient)."""
