@@ -308,7 +308,9 @@ class TrainConfig:
         ``method="deer"`` and latent RNNs only).
     standardize : bool
         Standardise the data per dimension (mean and sd stored with the model); when False the
-        data are used as given.
+        data are used as given, and the model keeps the standardisation it has (None for a new
+        model): pass data in its units (e.g. standardised with it, to train a fitted model
+        on).
     """
 
     method: str = "deer"

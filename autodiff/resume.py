@@ -186,7 +186,7 @@ def resume_from(start: Start, ckpt: dict, config) -> None:
     """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``,
     refusing a checkpoint of another model, configuration or data, and a damaged one."""
     path = ckpt["path"]
-    _check_architecture(ckpt, start.model)
+    _check_architecture(ckpt, start.model, config)
     try:
         saved_config, saved_fingerprints, saved_lengths = _load_run(start, ckpt)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -210,9 +210,10 @@ def resume_from(start: Start, ckpt: dict, config) -> None:
         )
 
 
-def _check_architecture(ckpt, model):
+def _check_architecture(ckpt, model, config):
     """Refuse a checkpoint of another model class, hyperparameters, dtype or seed, naming
-    what differs."""
+    what differs (``model`` is trained in ``config.dtype``: a dtype that differs is that
+    setting's)."""
     saved, given = ckpt["hyperparameters"], model.hyperparameters()
     if ckpt["model_class"] != type(model).__name__:
         found = (
@@ -226,9 +227,15 @@ def _check_architecture(ckpt, model):
         )
     else:
         return
+    dtype = ""
+    if saved.get("dtype") != given.get("dtype") == config.dtype:
+        dtype = (
+            f" The model is trained in config.dtype ({config.dtype!r}); the run used "
+            f"{saved.get('dtype')!r}: resume with dtype={saved.get('dtype')!r}."
+        )
     raise ValueError(
         f"fit: the checkpoint at {ckpt['path']} holds {found}. Resume with a model like the "
-        "one the run started with (class, hyperparameters, dtype and seed)."
+        f"one the run started with (class, hyperparameters, dtype and seed).{dtype}"
     )
 
 

@@ -666,8 +666,9 @@ def fit(
         ``validation_data`` (the same trajectories in the same order, or none, as before) and
         configuration (only the fields in ``autodiff.resume.RESUMABLE_CHANGES`` may differ:
         ``epochs``, ``checkpoint_interval``, ``max_bad_steps``, ``backend``,
-        ``validation_interval``); the final parameters are bitwise those of an uninterrupted
-        run with the same settings. The learning-rate
+        ``validation_interval``, ``selection_starts``, ``selection_steps``); the final
+        parameters are bitwise those of an uninterrupted run with the same settings (the
+        selection's with the same selection settings). The learning-rate
         schedule stays that of the run that started training: with more ``epochs`` the extra
         steps run at ``lr_end``, with fewer (at least as many as trained) training stops early
         on it -- with as many as trained, a last epoch the checkpoint did not validate is

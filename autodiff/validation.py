@@ -28,10 +28,27 @@ def check_validation_data(model, validation_data, config):
     check_trajectory_or_list(validation_data, "fit", "validation_data")
     checked = []
     for name, x in named_validation(validation_data):
-        x = check_trajectory(x, "fit", name=name, min_steps=2, n_obs=model.n_obs)
+        x = check_trajectory(
+            x,
+            "fit",
+            name=name,
+            min_steps=MIN_SCORED_STEPS + 1,
+            n_obs=model.n_obs,
+            steps_reason=(
+                f" The free runs are scored against {name}[1:], and D_stsp and D_H need "
+                f"{MIN_SCORED_STEPS} points: pass a longer validation trajectory or "
+                "validation_data=None."
+            ),
+        )
         _check_validation_length(x, name, config.validation_steps)
         checked.append(x)
-    check_n_bins(config.validation_n_bins, model.n_obs, where="fit", fix="lower validation_n_bins")
+    check_n_bins(
+        config.validation_n_bins,
+        model.n_obs,
+        where="fit",
+        fix="lower validation_n_bins",
+        name="validation_n_bins",
+    )
     return checked if several_trajectories(validation_data) else checked[0]
 
 
@@ -50,14 +67,7 @@ def _check_validation_length(x, name, validation_steps):
     with its first ``min(validation_steps, T_val - 1)`` points (D_H), each needing
     ``MIN_SCORED_STEPS`` points without a constant dimension."""
     where = "fit"
-    n_val = x.shape[0]
-    if n_val - 1 < MIN_SCORED_STEPS:
-        raise ValueError(
-            f"{where}: {name} needs at least {MIN_SCORED_STEPS + 1} time steps (the free runs "
-            f"are scored against {name}[1:], and D_stsp and D_H need {MIN_SCORED_STEPS} "
-            f"points); got {n_val}. Pass a longer validation trajectory or "
-            "validation_data=None."
-        )
+    n_val = x.shape[0]  # at least MIN_SCORED_STEPS + 1 (check_trajectory)
     length = n_val - 1 if validation_steps is None else min(validation_steps, n_val - 1)
     check_trajectory(
         x[1 : 1 + length],

@@ -56,6 +56,7 @@ def check_trajectory(
     n_obs: int | None = None,
     wide: bool = True,
     constant_reason: str = CONSTANT_REASON,
+    steps_reason: str = "",
 ):
     """Validate an in-memory trajectory and return it as an ndarray (dtype unchanged).
 
@@ -91,6 +92,9 @@ def check_trajectory(
     constant_reason : str
         How the refusal of a constant dimension (``constant=False``) ends: why the caller
         needs non-constant dimensions, and the fix.
+    steps_reason : str
+        Why the caller needs ``min_steps`` steps, and the fix: sentences (with a leading
+        space) that end the refusal of a shorter trajectory.
 
     Raises
     ------
@@ -130,13 +134,13 @@ def check_trajectory(
     transposed = f"Shape {arr.shape} looks transposed: {fix}."
     if n_steps < min_steps:
         hint = ""
-        if n_steps == 1 < n_dims:
+        if n_steps == 1 < n_dims and n_dims != n_obs:  # n_obs values: one time step
             hint = f" If its {n_dims} values are one series, {fix}."
-        elif _looks_transposed(arr.shape):
+        elif n_dims != n_obs and _looks_transposed(arr.shape):
             hint = f" {transposed}"
         raise ValueError(
             f"{where}: {name} has {n_steps} time step{'s' * (n_steps != 1)}; at least "
-            f"{min_steps} {'are' if min_steps != 1 else 'is'} needed here.{hint}"
+            f"{min_steps} {'are' if min_steps != 1 else 'is'} needed here.{steps_reason}{hint}"
         )
     if not wide and _looks_transposed(arr.shape):
         raise ValueError(

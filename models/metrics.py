@@ -118,30 +118,30 @@ def _bin_index(x, lo, hi, n_bins):
     return np.minimum(np.floor(u[inside] * n_bins), n_bins - 1).astype(np.int64)
 
 
-def _check_total_bins(n_bins, n_dims, where, fix="use method='gmm'"):
+def _check_total_bins(n_bins, n_dims, where, fix="use method='gmm'", name="n_bins"):
     """``n_bins**n_dims`` as a float; ValueError when binning cannot measure with ``n_bins``
-    bins per axis: one bin (every point in it: D_stsp 0 for any two trajectories),
-    ``n_bins**N`` too large (ending in the remedy ``fix``, a clause) or more than
-    :data:`MAX_BINS_PER_AXIS` (bin indices float64 cannot tell apart)."""
+    bins per axis (the setting ``name`` of ``where``): one bin (every point in it: D_stsp 0
+    for any two trajectories), ``n_bins**N`` too large (ending in the remedy ``fix``, a
+    clause) or more than :data:`MAX_BINS_PER_AXIS` (bin indices float64 cannot tell apart)."""
     if n_bins < 2:
         raise ValueError(
-            f"{where}: n_bins = {n_bins}: one bin per axis holds every point, so D_stsp is 0 "
+            f"{where}: {name} = {n_bins}: one bin per axis holds every point, so D_stsp is 0 "
             "for any two trajectories; use at least 2 bins per axis (the lab uses 30, and 8 "
             "for 5-d data)."
         )
     if n_bins**n_dims > 10**300:
         raise ValueError(
-            f"{where}: n_bins**N = {n_bins}**{n_dims} is too large for binning; {fix}."
+            f"{where}: {name}**N = {n_bins}**{n_dims} is too large for binning; {fix}."
         )
     if n_bins > MAX_BINS_PER_AXIS:
         raise ValueError(
-            f"{where}: n_bins = {n_bins} bins per axis are more than float64 positions can tell "
+            f"{where}: {name} = {n_bins} bins per axis are more than float64 positions can tell "
             "apart (2**53); use fewer (a bin needs about 10 points: MIN_POINTS_PER_BIN)."
         )
     return float(n_bins**n_dims)
 
 
-def check_n_bins(n_bins, n_dims, *, where, fix):
+def check_n_bins(n_bins, n_dims, *, where, fix, name="n_bins"):
     """Raise the ValueError :func:`evaluate` raises before its free run when ``n_bins`` bins per
     axis cannot measure the binned D_stsp of ``n_dims``-dimensional data (one bin;
     ``n_bins**N`` beyond ``10**300``; more than :data:`MAX_BINS_PER_AXIS`), naming ``where``
@@ -157,9 +157,11 @@ def check_n_bins(n_bins, n_dims, *, where, fix):
         Dimensions ``N`` of the scored data.
     where, fix : str
         The function or option the error names, and how its user lowers ``n_bins``.
+    name : str
+        The setting the error names (``fit``'s ``validation_n_bins``).
     """
     if n_dims < GMM_MIN_DIMS:
-        _check_total_bins(n_bins, n_dims, where, fix)
+        _check_total_bins(n_bins, n_dims, where, fix, name)
 
 
 def _binned_reference(x_true, n_bins, box):

@@ -824,6 +824,13 @@ def test_fit_argument_errors(lorenz, tmp_path):
     with pytest.raises(ValueError, match=r"holds a model of class ShPLRNN \{.*\}, not the "):
         fit(models.ClippedShPLRNN(3, 16, dtype="float64"), x, one_step, checkpoint_dir=tmp_path,
             resume=True)  # fmt: skip
+    other = "float32" if one_step.dtype == "float64" else "float64"
+    with pytest.raises(  # the same model: config.dtype changed, and is named
+        ValueError,
+        match=rf"The model is trained in config.dtype \('{other}'\); the run used "
+        rf"'{one_step.dtype}': resume with dtype='{one_step.dtype}'\.$",
+    ):
+        fit(model, x, replace(one_step, dtype=other), checkpoint_dir=tmp_path, resume=True)
 
 
 def test_unusable_checkpoint_dir_is_refused_before_training(lorenz, tmp_path):
@@ -1397,7 +1404,7 @@ def test_a_failed_sequential_fallback_is_a_rejected_step(lorenz, monkeypatch):
 
 def test_short_validation_data_is_refused_before_training(lorenz, tmp_path):
     x, xv = lorenz
-    with pytest.raises(ValueError, match=r"fit: validation_data needs at least 3 .*got 2"):
+    with pytest.raises(ValueError, match=r"fit: validation_data has 2 time steps; at least 3 "):
         fit(small_model(), x, config(), validation_data=xv[:2], checkpoint_dir=tmp_path)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
     short = config(epochs=1, batches_per_epoch=2)
@@ -1530,12 +1537,13 @@ def test_validation_bins_too_many_for_the_data_are_refused_before_training(loren
     x, val = lorenz
     cfg = config(validation_n_bins=10**101)
     message = (
-        r"^fit: n_bins\*\*N = 10{101}\*\*3 is too large for binning; lower validation_n_bins\.$"
+        r"^fit: validation_n_bins\*\*N = 10{101}\*\*3 is too large for binning; lower "
+        r"validation_n_bins\.$"
     )
     for call in (check_fit, fit):
         with pytest.raises(ValueError, match=message):
             call(small_model(), x, cfg, checkpoint_dir=tmp_path / "run", validation_data=val)
-        with pytest.raises(ValueError, match=r"^fit: n_bins = 1: one bin per axis holds every"):
+        with pytest.raises(ValueError, match=r"^fit: validation_n_bins = 1: one bin per axis "):
             call(small_model(), x, config(validation_n_bins=1), validation_data=val)
     assert not (tmp_path / "run").exists()
     check_fit(small_model(), x, cfg)  # no validation, no bins
@@ -2036,8 +2044,10 @@ def test_bad_validation_trajectories_are_refused_by_index(lorenz, tmp_path):
          r"list\(validation_data\) for 2 trajectories of 500 steps each\.$"),
         ([], r"^fit: validation_data must be one trajectory of shape \(T, N\) or a list of "
          r"them; got an empty list\.$"),
-        ([xv[:500], xv[500:502]], r"^fit: validation_data\[1\] needs at least 3 time steps "
-         r"\(the free runs are scored against validation_data\[1\]\[1:\], .*; got 2\."),
+        ([xv[:500], xv[500:502]], r"^fit: validation_data\[1\] has 2 time steps; at least 3 are "
+         r"needed here\. The free runs are scored against validation_data\[1\]\[1:\], .*None\.$"),
+        ([xv[:500], xv[500:501]], r"^fit: validation_data\[1\] has 1 time step; at least 3 are "
+         r"needed here\. The free runs .* validation_data=None\.$"),  # no hint to transpose
         ((xv[:500], xv[500:, :2]), r"^fit: validation_data\[1\] has 2 columns but the model "
          "observes"),
         ([nan[:500], xv[500:]], r"^fit: validation_data\[0\] contains 1 NaN/inf value\(s\); "
