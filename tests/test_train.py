@@ -2061,7 +2061,8 @@ def test_bad_validation_trajectories_are_refused_by_index(lorenz, tmp_path):
                      validation_data=validation_data)  # fmt: skip
     assert not (tmp_path / "run").exists()
     many_bins = config(validation_n_bins=10**101)
-    with pytest.raises(ValueError, match=r"^fit: n_bins\*\*N = 10{101}\*\*3 is too large"):
+    too_many = r"^fit: validation_n_bins\*\*N = 10{101}\*\*3 is too large"
+    with pytest.raises(ValueError, match=too_many):
         check_fit(small_model(), x, many_bins, validation_data=[xv[:500], xv[500:]])
 
 
