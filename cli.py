@@ -1315,19 +1315,22 @@ def out_dir(s: Settings) -> Path:
     return out
 
 
-def _continue_after_write_failure(out: Path) -> str:
-    """How a training run whose write failed continues, once ``out`` takes files again: from
-    its last checkpoint with ``--resume``, or, before the first one, by running the command
-    again (the folder can be reused: :func:`_saved_nothing`)."""
+def _training_write_failed(exc: OSError, out: Path) -> UserError:
+    """The error of a write in run folder ``out`` that failed before training ended, with how
+    the run continues once ``out`` takes files again: from its last checkpoint with
+    ``--resume``, or, before the first one, by running the command again (the folder can be
+    reused: :func:`_saved_nothing`)."""
     if (out / "checkpoints" / "checkpoint.npz").is_file():
-        return (
+        how = (
             f"The last checkpoint in {out / 'checkpoints'} is intact; once the folder takes "
             f"files again, continue with: parscan-train --out {shlex.quote(str(out))} --resume"
         )
-    return (
-        "No checkpoint was written; once the folder takes files again, run the command again "
-        f"(--out {shlex.quote(str(out))} can be reused)."
-    )
+    else:
+        how = (
+            "No checkpoint was written; once the folder takes files again, run the command "
+            f"again (--out {shlex.quote(str(out))} can be reused)."
+        )
+    return UserError(f"{_write_failure(exc, out)}. {how}")
 
 
 def _saved_nothing(out: Path) -> bool:
@@ -2123,9 +2126,7 @@ def train(
     try:
         _write_json(out / "args.json", record)
     except OSError as exc:
-        raise UserError(
-            _write_failure(exc, out) + ". " + _continue_after_write_failure(out)
-        ) from None
+        raise _training_write_failed(exc, out) from None
     say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
     say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
     gtf = s.model not in SSM_NAMES
@@ -2146,9 +2147,7 @@ def train(
         _stopped(exc, out, trained=False)
     except OSError as exc:  # a checkpoint write failed (a full disk): the last one is intact
         progress.close()
-        raise UserError(
-            _write_failure(exc, out) + ". " + _continue_after_write_failure(out)
-        ) from None
+        raise _training_write_failed(exc, out) from None
     except TrainingDivergedError as exc:
         progress.close()
         failure = _diverged_message(config, exc)
