@@ -56,6 +56,7 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
+from autodiff.memory import available_bytes, step_bytes
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
@@ -1220,15 +1221,13 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     """Refuse (:func:`_check_memory`, before anything is written) a run whose largest
     allocation would not fit in the memory available now, naming the settings to lower.
 
-    A rough lower bound of each of these, in bytes; the largest one is checked (they are not
+    A rough estimate of each of these, in bytes; the largest one is checked (they are not
     held at once):
 
     - the initialisation: a latent RNN's :data:`INIT_TEMPORARIES` float64 M x M
       temporaries, and the M x L and L x M weights of a hidden layer of width L (float64);
-    - a training step: its windows -- B x (T + 1) row indices (int64) and the values
-      (B, T + 1, N) -- and the solver's arrays, about ``B T (M (5 + M) + L)`` numbers for
-      GTF-DEER with full Jacobians (as ``parscan.deer`` sizes its Newton buffers), ``B T
-      (6 M + L)`` otherwise (diagonal Jacobians, sequential BPTT, an SSM), in ``--dtype``;
+    - a training step: :func:`autodiff.memory.step_bytes` (which :func:`autodiff.fit`
+      checks too);
     - the validation: ``validation_starts`` free runs of ``validation_steps`` steps from each
       validation part, each step M latents in ``--dtype`` (an SSM: its N observations) and N
       observations as float64 for the scores;
@@ -1243,10 +1242,7 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     except TypeError:  # no dtype at all: refused with the model (build_model)
         return
     M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
-    B, T = s.batch_size, s.sequence_length
     rnn = s.model not in SSM_NAMES
-    full = rnn and s.method == "deer" and s.jacobian == "full"
-    per_position = (M * (5 + M) if full else 6 * M) + L
     run_step = (M if rnn else n_obs) * itemsize + n_obs * 8
     sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
     run_sizes = ["latent_dim"] if rnn else []  # those of a free run
@@ -1261,9 +1257,10 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     jobs = [
         ((INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8, lower(*sizes)),
         (
-            B * (T + 1) * (8 + n_obs * itemsize) + B * T * per_position * itemsize,
-            lower("batch_size", "sequence_length", *sizes)
-            + ", or use --jacobian diag" * (full and M > 1),
+            step_bytes(
+                s.batch_size, s.sequence_length, M, n_obs, itemsize, rnn and s.method == "deer"
+            ),
+            lower("batch_size", "sequence_length", "latent_dim"),
         ),
         (
             len(data.validation_parts) * s.validation_starts * s.validation_steps * run_step,
@@ -3142,14 +3139,8 @@ def _either(items: list[str]) -> str:
 def _check_memory(n_bytes: int, fix: str) -> None:
     """Refuse a job needing more than the memory available now (``MemAvailable``; no check
     where ``/proc/meminfo`` is missing), naming what to lower."""
-    try:
-        with open("/proc/meminfo") as fh:
-            available = next(
-                int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")
-            )
-    except (OSError, StopIteration, ValueError, IndexError):
-        return
-    if n_bytes > available:
+    available = available_bytes()
+    if available is not None and n_bytes > available:
         raise UserError(
             f"this needs about {n_bytes / 2**30:.1f} GiB of memory and {available / 2**30:.1f} "
             f"GiB are available; lower {fix}."

@@ -39,6 +39,7 @@ from autodiff.config import (
     new_run_remedies,
 )
 from autodiff.fingerprint import FINGERPRINTED, fingerprint, stored
+from autodiff.memory import available_bytes, step_bytes
 from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
@@ -62,7 +63,7 @@ from autodiff.validation import (
 )
 from models._checks import check_bool, refusal
 from models._signals import signals_deferred
-from models.base import LatentRNN, Model
+from models.base import LatentRNN, Model, format_bytes
 from models.data import (
     check_trajectory,
     check_trajectory_or_list,
@@ -468,6 +469,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
     several = several_trajectories(data)
     data, lengths, validation_data = _check_data(model, data, validation_data, config)
+    _check_step_memory(model, config)
     ckpt_file = None
     if checkpoint_dir is not None:
         ckpt_file = checkpoint_path(check_checkpoint_dir(checkpoint_dir))
@@ -515,6 +517,29 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     if resume:
         resume_from(start, load_checkpoint(ckpt_file, "fit"), config)
     return start
+
+
+def _check_step_memory(model, config) -> None:
+    """Refuse a training step whose arrays (:func:`autodiff.memory.step_bytes`) would not fit
+    in the memory available now (a step would raise ``MemoryError``, or swap, only after the
+    run started)."""
+    rnn = isinstance(model, LatentRNN)
+    need = step_bytes(
+        config.batch_size,
+        config.sequence_length,
+        model.M if rnn else model.H,
+        model.n_obs,
+        np.dtype(config.dtype).itemsize,
+        rnn and config.method == "deer",
+    )
+    available = available_bytes()
+    if available is not None and need > available:
+        raise ValueError(
+            f"fit: a training step of batch_size={config.batch_size} windows of "
+            f"sequence_length={config.sequence_length} steps needs about {format_bytes(need)} "
+            f"of memory and {format_bytes(available)} are available now; lower batch_size or "
+            "sequence_length."
+        )
 
 
 def _check_params(model, dtype: str) -> None:
@@ -705,7 +730,10 @@ def fit(
         Bad model (parameters NaN/inf or beyond ``config.dtype``'s range included), data
         (values beyond ``config.dtype``'s range in the training units included), config,
         ``checkpoint_dir`` or checkpoint (messages start with ``fit:``), found before
-        training as :func:`check_fit` finds them.
+        training as :func:`check_fit` finds them; and a training step larger than the
+        memory available now (``/proc/meminfo``'s ``MemAvailable``; an estimate,
+        :func:`autodiff.memory.step_bytes`), which names ``batch_size`` and
+        ``sequence_length`` to lower.
     OSError
         ``checkpoint_dir`` cannot be created or holds no new file (e.g. a read-only or
         virtual file system such as ``/proc``), found before the first step; or a checkpoint

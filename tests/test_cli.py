@@ -768,9 +768,8 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
 @pytest.mark.parametrize(
     "flags, config, lower",
     [
-        (["-B", 10**8], "", "--batch-size, --sequence-length, --latent-dim or --hidden-dim, or "
-         "use --jacobian diag"),
-        (["-M", 10**5, "--jacobian", "diag"], "", "--latent-dim or --hidden-dim"),
+        (["-B", 10**8], "", "--batch-size, --sequence-length or --latent-dim"),
+        (["-M", 10**5, "-B", 1, "-T", 2], "", "--latent-dim or --hidden-dim"),
         ([], "validation_steps = 100000000000\nselection_candidates = 1",
          "validation_steps in --config {config}, validation_starts or --latent-dim"),
         ([], "selection_steps = 100000000000\nselection_candidates = 2",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import autodiff.gradients
+import autodiff.memory
 import autodiff.selection
 import autodiff.train
 import models
@@ -1286,6 +1287,39 @@ def test_check_fit_refuses_what_fit_refuses_and_writes_nothing(lorenz, tmp_path)
     with pytest.raises(ValueError, match="mean/sd differ"):
         check_fit(small_model(), between, config(epochs=2, batches_per_epoch=1),
                   checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_a_step_too_large_for_the_memory_is_refused_before_training(lorenz, tmp_path, monkeypatch):
+    """fit and check_fit refuse a step whose estimated arrays exceed the memory available,
+    naming the settings to lower, before anything is written; with no /proc/meminfo (None)
+    nothing is checked."""
+    x, _ = lorenz
+    one = config(epochs=1, batches_per_epoch=1)
+    need = autodiff.memory.step_bytes(8, one.sequence_length, 3, 3, 8, deer=True)
+    monkeypatch.setattr(autodiff.train, "available_bytes", lambda: need - 1)
+    message = (
+        rf"^fit: a training step of batch_size=8 windows of sequence_length="
+        rf"{one.sequence_length} steps needs about .* of memory and .* are available now; "
+        r"lower batch_size or sequence_length\.$"
+    )
+    for call in (check_fit, fit):
+        with pytest.raises(ValueError, match=message):
+            call(small_model(), x, replace(one, batch_size=8), checkpoint_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    check_fit(small_model(), x, replace(one, batch_size=7))  # fits
+    monkeypatch.setattr(autodiff.train, "available_bytes", lambda: None)
+    check_fit(small_model(), x, replace(one, batch_size=10**12))
+
+
+def test_the_step_estimate_counts_the_windows_and_the_gradients_arrays():
+    """B (T + 1) int64 rows and N values, and B T M (M + 5) numbers for GTF-DEER (B T 6M
+    otherwise), in the given itemsize; the README's measured peak for M = 3 float64 is 192
+    bytes per step and window, the estimate's solver part."""
+    B, T, M, N = 4, 100, 3, 2
+    windows = B * (T + 1) * (8 + N * 4)
+    assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=True) == windows + B * T * 24 * 4
+    assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=False) == windows + B * T * 18 * 4
+    assert autodiff.memory.step_bytes(1, 1, 3, 0, 8, deer=True) - 2 * 8 == 192
 
 
 def test_damaged_checkpoint_state_is_refused_clearly(lorenz, tmp_path):
