@@ -345,7 +345,7 @@ def _training_data(model, data, config) -> tuple[np.ndarray, list[int]]:
     (:func:`models.data.several_trajectories`), each with at least ``sequence_length + 1``
     steps -- as one concatenated ``(T_total, N)`` array, and the trajectories' lengths."""
     where = "fit"
-    check_trajectory_or_list(data, where, "data")
+    check_trajectory_or_list(data, where, "data", model.n_obs)
     if not several_trajectories(data):
         data = check_trajectory(data, where, name="data", n_obs=model.n_obs)
         _check_window_room([data.shape[0]], config.sequence_length, several=False)

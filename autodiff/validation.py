@@ -25,7 +25,7 @@ def check_validation_data(model, validation_data, config):
     of one included)."""
     from models.metrics import check_n_bins
 
-    check_trajectory_or_list(validation_data, "fit", "validation_data")
+    check_trajectory_or_list(validation_data, "fit", "validation_data", model.n_obs)
     checked = []
     for name, x in named_validation(validation_data):
         x = check_trajectory(

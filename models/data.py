@@ -190,17 +190,34 @@ def _ndim(a) -> int | None:
     return getattr(a, "ndim", None)
 
 
-def check_trajectory_or_list(x, where: str, name: str) -> None:
+def check_trajectory_or_list(x, where: str, name: str, n_obs: int | None = None) -> None:
     """Refuse, for the argument ``name`` of ``where`` (which takes one trajectory ``(T, N)`` or
     a list of them, :func:`several_trajectories`), the forms :func:`check_trajectory` would
     misread as one trajectory: a 3-D ndarray (a stack of trajectories, passed as
-    ``list(x)``) and an empty list or tuple.
+    ``list(x)``), an empty list or tuple, and a list or tuple of one-dimensional series
+    (:func:`_series_list`; ``n_obs``: the caller's model's N, if any).
 
     Raises
     ------
     ValueError
-        ``x`` is an ndarray with 3 dimensions, or an empty list or tuple.
+        ``x`` is an ndarray with 3 dimensions, an empty list or tuple, or a list or tuple of
+        1-D arrays that are series, not rows.
     """
+    if _series_list(x, n_obs):
+        lengths = sorted({len(a) for a in x})
+        shown = ", ".join(map(str, lengths[:3])) + ", ..." * (len(lengths) > 3)
+        fixes = []
+        if n_obs in (None, 1):
+            fixes.append(f"pass [s[:, None] for s in {name}] for series of one variable each")
+        if len(lengths) == 1 and n_obs in (None, len(x)):
+            stacked = f"np.column_stack({name})"
+            fixes.append(f"pass {stacked} for the {len(x)} variables of one trajectory")
+        fix = ", or ".join(fixes) or f"pass each as a (T_k, {n_obs}) array"
+        raise ValueError(
+            f"{where}: {name} is a {type(x).__name__} of {len(x)} one-dimensional arrays (of "
+            f"{shown} values), which would be read as the rows of one trajectory; several "
+            f"trajectories are 2-D, (T_k, N) each: {fix}."
+        )
     if isinstance(x, np.ndarray) and x.ndim == 3:
         raise ValueError(
             f"{where}: {name} must be one trajectory of shape (T, N) or a list of them; got an "
@@ -212,6 +229,24 @@ def check_trajectory_or_list(x, where: str, name: str) -> None:
             f"{where}: {name} must be one trajectory of shape (T, N) or a list of them; got an "
             f"empty {type(x).__name__}."
         )
+
+
+def _series_list(x, n_obs: int | None) -> bool:
+    """Whether ``x`` is a list or tuple of two or more 1-D ndarrays that are series, not the
+    rows of one trajectory: of different lengths, or (with the model's ``n_obs``) fewer
+    than their length, of another length than ``n_obs``, and as many as ``n_obs`` (the
+    variables of one trajectory) or a model of one variable (one trajectory each)."""
+    if not (
+        isinstance(x, (list, tuple))
+        and len(x) > 1
+        and all(isinstance(a, np.ndarray) and a.ndim == 1 for a in x)
+    ):
+        return False
+    lengths = {len(a) for a in x}
+    if len(lengths) > 1:
+        return True
+    (length,) = lengths
+    return n_obs in (1, len(x)) and length != n_obs and len(x) < length
 
 
 def _looks_transposed(shape: tuple[int, int]) -> bool:

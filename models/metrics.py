@@ -1165,7 +1165,7 @@ def _test_trajectories(model, x_test, where) -> tuple[list[np.ndarray], list[str
     """``x_test`` -- one trajectory, or several (:func:`models.data.several_trajectories`) --
     checked, constant dimensions allowed (only some measures refuse them), as a list of
     float64 arrays, and their names in messages."""
-    check_trajectory_or_list(x_test, where, "x_test")
+    check_trajectory_or_list(x_test, where, "x_test", model.n_obs)
     if not several_trajectories(x_test):
         x = _check_obs(model, x_test, where, 2, constant=True, name="x_test")
         return [x.astype(np.float64)], ["x_test"]

@@ -16,6 +16,7 @@ from models import data
 from models.data import (
     ArrayChoiceError,
     check_trajectory,
+    check_trajectory_or_list,
     column_mean_sd,
     column_names,
     destandardize,
@@ -326,6 +327,39 @@ def test_destandardize_validation():
 )
 def test_several_trajectories_are_a_list_of_2d_array_likes(x, several):
     assert several_trajectories(x) is several
+
+
+@pytest.mark.parametrize(
+    "x, n_obs, fix",
+    [
+        ([np.ones(5), np.ones(4)], None, "pass [s[:, None] for s in x] for series of one "
+         "variable each."),  # rows have one length: ragged 1-D arrays are series
+        ([np.ones(5), np.ones(5)], 1, "pass [s[:, None] for s in x] for series of one "
+         "variable each."),
+        ([np.ones(5), np.ones(5)], 2, "pass np.column_stack(x) for the 2 variables of one "
+         "trajectory."),
+        ((np.ones(5), np.ones(4)), 3, "pass each as a (T_k, 3) array."),
+    ],
+)  # fmt: skip
+def test_a_list_of_one_dimensional_series_is_refused_with_the_fix(x, n_obs, fix):
+    with pytest.raises(ValueError) as err:
+        check_trajectory_or_list(x, "f", "x", n_obs)
+    kind = type(x).__name__
+    assert str(err.value).startswith(f"f: x is a {kind} of 2 one-dimensional arrays (of ")
+    assert str(err.value).endswith(f"several trajectories are 2-D, (T_k, N) each: {fix}")
+
+
+@pytest.mark.parametrize(
+    "x, n_obs",
+    [
+        ([X[0], X[1], X[2]], 2),  # the rows of one trajectory, as arrays
+        ([X[0], X[1]], None),  # rows or series: check_trajectory decides (2 steps of 2)
+        ([np.ones(5), np.ones(5), np.ones(5)], 2),  # the wrong width: refused by N, not here
+        ([np.ones(5)], 1),  # one series: check_trajectory hints at x.T
+    ],
+)
+def test_rows_as_arrays_are_left_to_check_trajectory(x, n_obs):
+    check_trajectory_or_list(x, "f", "x", n_obs)
 
 
 def test_several_bad_arguments_are_reported_together():

@@ -1182,6 +1182,10 @@ def test_evaluate_lyapunov_of_several_test_trajectories_runs_once_from_the_first
         (lambda x: [], {}, ValueError, r"^evaluate: x_test must be one trajectory of shape "
          r"\(T, N\) or a list of them; got an empty list\.$"),
         (lambda x: (), {}, ValueError, r"got an empty tuple\.$"),
+        (lambda x: [x[:, 0], x[:, 1]], {}, ValueError, r"^evaluate: x_test is a list of 2 "
+         r"one-dimensional arrays \(of 1000 values\), which would be read as the rows of one "
+         r"trajectory; several trajectories are 2-D, \(T_k, N\) each: pass "
+         r"np\.column_stack\(x_test\) for the 2 variables of one trajectory\.$"),
         (lambda x: [x, x[:, :1]], {}, ValueError, r"^evaluate: x_test\[1\] has 1 columns but"),
         (lambda x: [x, np.where(x == x[7], np.nan, x)], {}, ValueError,
          r"^evaluate: x_test\[1\] contains 2 NaN/inf"),

@@ -2078,6 +2078,10 @@ def test_bad_validation_trajectories_are_refused_by_index(lorenz, tmp_path):
          r"list\(validation_data\) for 2 trajectories of 500 steps each\.$"),
         ([], r"^fit: validation_data must be one trajectory of shape \(T, N\) or a list of "
          r"them; got an empty list\.$"),
+        ([xv[:500, 0], xv[500:, 0], xv[:, 1]], r"^fit: validation_data is a list of 3 "
+         r"one-dimensional arrays \(of 500, 1000 values\), which would be read as the rows of "
+         r"one trajectory; several trajectories are 2-D, \(T_k, N\) each: pass each as a "
+         r"\(T_k, 3\) array\.$"),
         ([xv[:500], xv[500:502]], r"^fit: validation_data\[1\] has 2 time steps; at least 3 are "
          r"needed here\. The free runs are scored against validation_data\[1\]\[1:\], .*None\.$"),
         ([xv[:500], xv[500:501]], r"^fit: validation_data\[1\] has 1 time step; at least 3 are "
