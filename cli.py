@@ -29,6 +29,11 @@ except ValueError as exc:  # a bad PARSCAN_THREADS, PARSCAN_CACHE or NUMBA_NUM_T
         problem = f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')!r}: {problem}"
     sys.stderr.write(f"parscan-train: error: {problem} Fix or unset it.\n")
     raise SystemExit(2) from None
+except KeyboardInterrupt:  # Ctrl-C while Numba loads (about a second): as at any other time
+    if os.path.basename(sys.argv[0]) != "parscan-train":
+        raise
+    sys.stderr.write("parscan-train: interrupted.\n")
+    raise SystemExit(130) from None
 
 import collections
 import contextlib

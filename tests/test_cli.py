@@ -1672,6 +1672,30 @@ def test_a_bad_environment_variable_is_one_line_for_the_command(variable, messag
     assert imported.returncode == 1 and "ValueError" in imported.stderr
 
 
+def test_ctrl_c_while_numba_loads_is_one_line_for_the_command():
+    """A Ctrl-C during the import of Numba (the first second of every command) ends the
+    command as one at any other time does, "interrupted", exit 130, no traceback; an import
+    by Python code gets its KeyboardInterrupt."""
+    interrupt = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'numba':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+    )
+    for argv0, code, stderr in [
+        ("/bin/parscan-train", 130, "parscan-train: interrupted.\n"),
+        ("-c", -signal.SIGINT, "KeyboardInterrupt\n"),  # Python's exit by the signal
+    ]:
+        command = f"{interrupt}sys.argv[0] = {argv0!r}\nimport cli"
+        result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True)
+        assert (result.returncode, result.stdout) == (code, ""), result.stderr
+        assert result.stderr.endswith(stderr), result.stderr
+        assert ("Traceback" in result.stderr) == (code < 0)
+
+
 def test_sequential_run_shows_no_newton_iterations_and_records_the_threads_used(tmp_path):
     import numba
 
