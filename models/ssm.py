@@ -232,6 +232,34 @@ class DiagonalSSM(Model):
         self.L = checks.integer(L, "L")
         return checks
 
+    def _setup_finite(self, checks: Checks, dtype, seed, blocks: dict[str, str]) -> None:
+        """:meth:`_setup_checked`, then refuse initialisation settings whose initial
+        parameters are not finite in ``dtype`` (e.g. a ``float32`` overflow): ``blocks`` maps
+        a parameter block to the settings that set it (``"nu": "r_min, r_max"``), which the
+        message names with their values (also for the labels
+        :meth:`_nonfinite_coefficients` returns); the dtype's warnings are not shown."""
+        with np.errstate(all="ignore"):
+            self._setup_checked(checks, dtype, seed)
+            values = self.unflatten()
+            bad = [
+                name for name in values if name in blocks and not np.isfinite(values[name]).all()
+            ]
+            bad += self._nonfinite_coefficients()
+        if bad:
+            settings = dict.fromkeys(s for name in bad for s in blocks[name].split(", "))
+            given = ", ".join(f"{s}={getattr(self, s)!r}" for s in settings)
+            raise ValueError(
+                f"{type(self).__name__}: {given} give{'s' * (len(settings) == 1)} an "
+                f"initialisation that is not finite in {self.dtype} ({', '.join(bad)}); choose "
+                "values of moderate size (see the defaults)"
+                + (" or dtype='float64'." if self.dtype != np.float64 else ".")
+            )
+
+    def _nonfinite_coefficients(self) -> list[str]:
+        """Labels of the recurrence coefficients that are not finite although the parameters
+        are (none here; :class:`LinearSSM`'s phases)."""
+        return []
+
     def _readout_spec(self) -> list[tuple[str, tuple[int, ...]]]:
         N, L = self.n_obs, self.L
         return [("W1", (L, self.K + N)), ("b1", (L,)), ("W2", (N, L)), ("b2", (N,))]
@@ -252,6 +280,11 @@ class DiagonalSSM(Model):
         dtype): ``a`` of shape ``(D,)`` or ``(..., T, D)``, ``b (..., T, D)``, ``aux``
         intermediates for :meth:`recurrence_vjp`. Implementations start with
         :meth:`_check_inputs`."""
+
+    @abstractmethod
+    def _aux_shapes(self, steps: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The arrays :meth:`recurrence` returns in ``aux`` for inputs of shape ``(*steps,
+        N)``: name -> shape."""
 
     @abstractmethod
     def features(self, h: np.ndarray, u: np.ndarray, aux: dict) -> np.ndarray:
@@ -321,7 +354,8 @@ class DiagonalSSM(Model):
     def _check_features_args(self, h, u, aux, where: str) -> None:
         """Refuse (naming ``where``) arguments of :meth:`features` that are not what
         :meth:`forward` passes: states ``h (B, T, D)``, inputs ``u (B, T, N)`` and the dict
-        ``aux`` of :meth:`recurrence`. O(1): kinds and shapes, not values."""
+        ``aux`` of :meth:`recurrence` for ``u`` (:meth:`_aux_shapes`). O(1): kinds and
+        shapes, not values."""
         with Checks(where) as checks:
             for name, value, width in (("h", h, "D"), ("u", u, "N")):
                 if not isinstance(value, np.ndarray):
@@ -331,11 +365,6 @@ class DiagonalSSM(Model):
                         name,
                         wrong_kind=True,
                     )
-            if not isinstance(aux, dict):
-                checks.add(
-                    f"aux must be the dict returned by recurrence(u); got {type(aux).__name__}.",
-                    wrong_kind=True,
-                )
             if checks.ok("h", "u") and (
                 u.ndim != 3 or u.shape[-1] != self.n_obs or h.shape != (*u.shape[:-1], self.D)
             ):
@@ -343,13 +372,38 @@ class DiagonalSSM(Model):
                     f"need u of shape (B, T, N) and h of shape (B, T, D) with N={self.n_obs}, "
                     f"D={self.D}; got u.shape={u.shape}, h.shape={h.shape}."
                 )
+            self._check_aux(checks, aux, u.shape[:-1] if checks.ok("u") else None, "u")
+
+    def _check_aux(self, checks: Checks, aux, steps, inputs: str, name: str = "aux") -> None:
+        """Add to ``checks`` the problem of an ``aux`` (``name`` in the message) that is not
+        what :meth:`recurrence` returns for inputs of shape ``(*steps, N)`` (``inputs``: their
+        name; ``steps`` None: only the keys and kinds are checked)."""
+        if not isinstance(aux, dict):
+            checks.add(
+                f"aux must be the dict returned by recurrence({inputs}); got {type(aux).__name__}.",
+                wrong_kind=True,
+            )
+            return
+        shapes = self._aux_shapes(steps if steps is not None else ())
+        got = {k: getattr(v, "shape", type(v).__name__) for k, v in aux.items()}
+        fits = set(aux) == set(shapes) and all(
+            isinstance(aux[k], np.ndarray) and (steps is None or aux[k].shape == shapes[k])
+            for k in shapes
+        )
+        if not fits:
+            expected = ", ".join(f"{k} {shape}" for k, shape in shapes.items())
+            checks.add(
+                f"{name} must be the dict returned by recurrence({inputs}), arrays "
+                f"{expected}; got {got}."
+            )
 
     def _check_vjp_args(self, where: str, trace, grad, **cotangents) -> None:
         """Refuse (naming ``where``) arguments of a VJP hook that are not what
         :func:`autodiff.ssm_gradients.ssm_loss_and_grad` passes: the :class:`SSMTrace` of
-        :meth:`forward`, cotangents given as ``name=(array, field)`` of the shape of
-        ``trace.<field>``, and a vector ``grad (n_params,)``. O(1): kinds and shapes, not
-        values (these run every training step)."""
+        :meth:`forward` (its ``aux`` that of its inputs), cotangents given as ``name=(array,
+        field)`` of the shape and kind (real, complex) of ``trace.<field>``, and a vector
+        ``grad (n_params,)`` of the model's dtype. O(1): kinds and shapes, not values (these
+        run every training step)."""
         with Checks(where) as checks:
             if not isinstance(trace, SSMTrace):
                 checks.add(
@@ -358,6 +412,8 @@ class DiagonalSSM(Model):
                     "trace",
                     wrong_kind=True,
                 )
+            elif isinstance(trace.u, np.ndarray):
+                self._check_aux(checks, trace.aux, trace.u.shape[:-1], "trace.u", "trace.aux")
             for name, (value, field) in cotangents.items():
                 if not isinstance(value, np.ndarray):
                     checks.add(
@@ -365,20 +421,36 @@ class DiagonalSSM(Model):
                         f"{type(value).__name__}.",
                         wrong_kind=True,
                     )
-                elif checks.ok("trace") and value.shape != getattr(trace, field).shape:
+                    continue
+                if not checks.ok("trace"):
+                    continue
+                target = getattr(trace, field)
+                if value.shape != target.shape:
                     checks.add(
-                        f"{name} must have the shape of trace.{field}, "
-                        f"{getattr(trace, field).shape}; got {value.shape}."
+                        f"{name} must have the shape of trace.{field}, {target.shape}; got "
+                        f"{value.shape}."
                     )
+                if not np.can_cast(value.dtype, target.dtype, "same_kind"):
+                    checks.add(
+                        f"{name} must be of the kind of trace.{field} ({target.dtype}); got "
+                        f"{value.dtype}.",
+                        wrong_kind=True,
+                    )
+            fix = f"Use np.zeros(model.n_params, dtype=model.dtype) ({self.dtype})."
             if not isinstance(grad, np.ndarray):
                 checks.add(
                     f"grad must be a numpy array of shape ({self.n_params},), the gradient "
-                    f"added into; got {type(grad).__name__}. Use np.zeros(model.n_params, "
-                    f"dtype=model.dtype).",
+                    f"added into; got {type(grad).__name__}. {fix}",
                     wrong_kind=True,
                 )
-            elif grad.shape != (self.n_params,):
-                checks.add(f"grad must have shape ({self.n_params},); got {grad.shape}.")
+            else:
+                if grad.shape != (self.n_params,):
+                    checks.add(f"grad must have shape ({self.n_params},); got {grad.shape}.")
+                if grad.dtype != self.dtype:
+                    checks.add(
+                        f"grad must have the model's dtype; got {grad.dtype}. {fix}",
+                        wrong_kind=True,
+                    )
 
     def readout_vjp(self, trace: SSMTrace, g_pred: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Add the MLP-readout parameter gradients for ``g_pred`` (the shape of ``trace.pred``,
@@ -493,7 +565,9 @@ class LinearSSM(DiagonalSSM):
         full-rank linear image of the state.
     r_min, r_max : float
         Ring initialisation of ``|λ|``, uniform in area on ``r_min <= |λ| <= r_max``,
-        ``0 <= r_min <= r_max < 1`` (LRU; default 0.9-0.999).
+        ``0 <= r_min <= r_max < 1`` and ``r_max > 0`` (LRU; default 0.9-0.999). Settings
+        whose initial parameters are not finite in ``dtype`` (an ``r_max`` whose square
+        underflows, a ``max_phase`` beyond float32's range) are refused.
     max_phase : float
         Phases ``arg λ`` initialised uniformly in ``[0, max_phase]`` (default 2π).
     dtype : {"float64", "float32"}
@@ -526,7 +600,8 @@ class LinearSSM(DiagonalSSM):
         self.max_phase = checks.real(max_phase, "max_phase", positive=True)
         if checks.ok("r_min", "r_max") and not self.r_min <= self.r_max < 1.0:
             checks.add(f"need 0 <= r_min <= r_max < 1; got r_min={r_min}, r_max={r_max}.")
-        self._setup_checked(checks, dtype, seed)
+        blocks = {"nu": "r_min, r_max", "theta": "max_phase", "phases exp(theta)": "max_phase"}
+        self._setup_finite(checks, dtype, seed, blocks)
 
     def param_spec(self):
         H, N, K = self.H, self.n_obs, self.K
@@ -572,10 +647,15 @@ class LinearSSM(DiagonalSSM):
         self._init_readout(rng)
         return self
 
+    def _nonfinite_coefficients(self) -> list[str]:
+        lam, _ = self.eigenvalues()  # exp(theta) may overflow: the phase is not finite
+        return [] if np.all(np.isfinite(lam)) else ["phases exp(theta)"]
+
     def eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:
         """``(λ, γ)``: the complex diagonal ``(H,)`` and the input normalisation ``(H,)``."""
         p = self.unflatten()
-        rate = np.exp(p["nu"])
+        with np.errstate(over="ignore"):  # exp(ν) = inf: λ = 0 and γ = 1, their limits
+            rate = np.exp(p["nu"])
         lam = np.exp(-rate + 1j * np.exp(p["theta"]))
         gamma = np.sqrt(-np.expm1(-2.0 * rate))
         return lam, gamma
@@ -588,6 +668,9 @@ class LinearSSM(DiagonalSSM):
         b.real = _apply(u, (gamma[:, None] * p["B_re"]).T)
         b.imag = _apply(u, (gamma[:, None] * p["B_im"]).T)
         return lam, b, {"gamma": gamma}
+
+    def _aux_shapes(self, steps):
+        return {"gamma": (self.H,)}
 
     def features(self, h, u, aux):
         self._check_features_args(h, u, aux, "LinearSSM.features")
@@ -618,7 +701,11 @@ class LinearSSM(DiagonalSSM):
         g_gamma = np.sum(p["B_re"] * G_re + p["B_im"] * G_im, axis=1)
         # λ = exp(s), s = -exp(ν) + i exp(θ): dL = Re(conj(g_λ) λ ds).
         w = np.conj(g_lam) * lam
-        rate = np.exp(p["nu"])
+        with np.errstate(over="ignore"):
+            rate = np.exp(p["nu"])
+        # exp(ν) beyond the dtype's range: λ = 0 and γ = 1 for every such ν, whose derivatives
+        # are 0 (the limit, not inf * 0)
+        rate[np.isinf(rate)] = 0.0
         # dγ/dν -> 0 as exp(ν) underflows (γ -> 0): the limit, not 0/0.
         dgamma_dnu = np.divide(
             rate * np.exp(-2.0 * rate), gamma, out=np.zeros_like(gamma), where=gamma > 0
@@ -677,7 +764,8 @@ class SelectiveSSM(DiagonalSSM):
         Hidden width of the readout MLP.
     dt_min, dt_max : float
         Initial step sizes ``softplus(b_Δ)`` are log-uniform on ``[dt_min, dt_max]`` (Mamba's
-        default 1e-3..1e-1), ``0 < dt_min <= dt_max``.
+        default 1e-3..1e-1), ``0 < dt_min <= dt_max``; a ``dt_max`` beyond ``dtype``'s range
+        is refused.
     dtype : {"float64", "float32"}
     seed : int
 
@@ -702,7 +790,7 @@ class SelectiveSSM(DiagonalSSM):
         self.dt_max = checks.real(dt_max, "dt_max", positive=True)
         if checks.ok("dt_min", "dt_max") and not self.dt_min <= self.dt_max:
             checks.add(f"need dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}.")
-        self._setup_checked(checks, dtype, seed)
+        self._setup_finite(checks, dtype, seed, {"b_delta": "dt_min, dt_max"})
 
     @property
     def D(self) -> int:
@@ -763,6 +851,10 @@ class SelectiveSSM(DiagonalSSM):
         shape = (*u.shape[:-1], self.D)
         aux = {"delta": delta, "A": A, "Bt": Bt, "Ct": _apply(u, p["W_C"].T)}
         return a.reshape(shape), b.reshape(shape), aux
+
+    def _aux_shapes(self, steps):
+        N, H = self.n_obs, self.H
+        return {"delta": (*steps, N), "A": (N, H), "Bt": (*steps, H), "Ct": (*steps, H)}
 
     def features(self, h, u, aux):
         self._check_features_args(h, u, aux, "SelectiveSSM.features")

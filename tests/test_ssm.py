@@ -2,6 +2,8 @@
 adjoint gradients against central finite differences, save/load, init, and error paths."""
 
 import math
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -391,6 +393,20 @@ def test_adjoint_hooks_refuse_what_forward_does_not_produce(model, data):
         model.recurrence_vjp(trace, trace.h, trace.h, [0.0] * model.n_params)
     with pytest.raises(ValueError, match=rf"^{name}.readout_vjp: grad must have shape"):
         model.readout_vjp(trace, trace.pred, grad[:-1])
+    with pytest.raises(TypeError, match=rf"^{name}.readout_vjp: grad must have the model's dtype"):
+        model.readout_vjp(trace, trace.pred, grad.astype(int))
+    with pytest.raises(TypeError, match=rf"^{name}.features_vjp: g_y must be of the kind of "):
+        model.features_vjp(trace, trace.y + 0j, grad)
+    # aux: the dict of recurrence(u) for these inputs, not another batch's (which broadcast)
+    other = model.forward(data[:1]).aux
+    aux = r"aux must be the dict returned by recurrence\(u\), arrays "
+    with pytest.raises(ValueError, match=rf"^{name}.features: {aux}"):
+        model.features(trace.h, trace.u, {})
+    if isinstance(model, SelectiveSSM):
+        with pytest.raises(ValueError, match=rf"^{name}.features: {aux}.*'Ct': \(1, 8, 4\)"):
+            model.features(trace.h, trace.u, other)
+        with pytest.raises(ValueError, match=rf"^{name}.recurrence_vjp: trace.aux must be the"):
+            model.recurrence_vjp(replace(trace, aux=other), trace.h, trace.h, grad)
 
 
 def test_constructor_and_gradient_errors():
@@ -412,6 +428,22 @@ def test_constructor_and_gradient_errors():
             LinearSSM(N, H, L, **{name: value})
     with pytest.raises(ValueError, match=r"^LinearSSM: max_phase must be finite and > 0; got inf"):
         LinearSSM(N, H, L, max_phase=math.inf)
+    # settings whose initial parameters are not finite in the dtype, without NumPy's warnings
+    not_finite = "give an initialisation that is not finite in"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for make, message in [
+            (lambda: LinearSSM(N, H, L, r_min=0.0, r_max=1e-170),
+             rf"^LinearSSM: r_min=0.0, r_max=1e-170 {not_finite} float64 \(nu\); choose values "
+             r"of moderate size \(see the defaults\)\.$"),
+            (lambda: LinearSSM(N, H, L, max_phase=1e39, dtype="float32"),
+             r"^LinearSSM: max_phase=1e\+39 gives an initialisation that is not finite in "
+             r"float32 \(phases exp\(theta\)\); .* or dtype='float64'\.$"),
+            (lambda: SelectiveSSM(N, H, L, dt_min=1e39, dt_max=1e39, dtype="float32"),
+             rf"^SelectiveSSM: dt_min=1e\+39, dt_max=1e\+39 {not_finite} float32 \(b_delta\)"),
+        ]:  # fmt: skip
+            with pytest.raises(ValueError, match=message):
+                make()
     with pytest.raises(ValueError, match="LinearSSM: H must be >= 1"):
         LinearSSM(N, 0, L)
     with pytest.raises(TypeError, match="LinearSSM: dtype must be float32 or float64"):
@@ -469,13 +501,19 @@ def test_long_single_window_on_the_threaded_backend():
 
 
 def test_gradient_limits_where_a_parameter_saturates(data):
-    """exp(nu) underflowing (|lambda| -> 1, gamma -> 0) and A = -exp(log_A) overflowing (a -> 0)
-    give the gradient's limit (0 for that entry), not 0/0 or 0 * inf."""
+    """exp(nu) underflowing (|lambda| -> 1, gamma -> 0) or overflowing (lambda -> 0, gamma -> 1,
+    in float32 from nu = 89) and A = -exp(log_A) overflowing (a -> 0) give the gradient's limit
+    (0 for that entry), not 0/0 or 0 * inf."""
     linear, selective = _make("linear"), _make("selective")
     linear["nu"][0] = -800.0
     selective["log_A"][0, 0] = 800.0
-    for model, name in ((linear, "nu"), (selective, "log_A")):
+    fast = _make("linear")
+    fast["nu"][0] = 100.0
+    fast32 = fast.astype("float32")
+    fast["nu"][0] = 800.0
+    cases = [(linear, "nu"), (selective, "log_A"), (fast, "nu"), (fast32, "nu")]
+    for model, name in cases:
         with np.errstate(over="ignore"):  # exp(800) = inf is the point
-            loss, grad, _ = ssm_loss_and_grad(model, data)
+            loss, grad, _ = ssm_loss_and_grad(model, data.astype(model.dtype))
         assert math.isfinite(loss) and np.all(np.isfinite(grad)), name
         assert model.unflatten(grad)[name].flat[0] == 0.0
