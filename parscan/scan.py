@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from parscan import _scan_cpu, _scan_sequential
-from parscan._arguments import as_host_array, bool_problem
+from parscan._arguments import array_and_problem, as_host_array, bool_problem
 from parscan._jit import n_threads
 
 _DTYPES = (
@@ -241,6 +241,58 @@ def _host_arrays(where: str, **inputs):
         return [None if x is None else as_host_array(x, f"`{name}`") for name, x in inputs.items()]
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{where}: {exc}") from None
+
+
+def _unprefixed(exc: Exception) -> str:
+    """The message of a ``linear_scan`` error without its ``linear_scan:`` prefix."""
+    return str(exc).removeprefix("linear_scan: ")
+
+
+def _gathered(problems: list[tuple[type, str]]) -> Exception:
+    """One error listing ``problems`` (``(exception class, sentence)``): a ``TypeError`` if
+    any is one, else a ``ValueError``; the message starts with ``linear_scan:``."""
+    kind = TypeError if any(cls is TypeError for cls, _ in problems) else ValueError
+    return kind("linear_scan: " + " ".join(problem for _, problem in problems))
+
+
+def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
+    """``(a, b, h0, out, dense)`` of :func:`linear_scan`'s array arguments: device arrays
+    (``on_device``) as Numba's, host ones as ``np.asarray`` (a masked one's problem added to
+    ``problems`` and its data checked on); dtypes, shapes and ``out`` checked
+    (:func:`_validate`, :func:`_check_out`). Raises the first error that stops the checks."""
+    if on_device:
+        if not all(is_device_array(x) for x in (a, b, h0, out) if x is not None):
+            raise TypeError(
+                "`a`, `b`, `h0` and `out` must all be device arrays or all host arrays; got a "
+                "mix. Copy the host arrays to the device (numba.cuda.to_device)."
+            )
+        from parscan import _cuda
+
+        a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
+        converted = frozenset()
+    else:
+        given = {"a": a, "b": b, "h0": h0}
+        converted = frozenset(
+            name for name, x in given.items() if x is not None and not isinstance(x, np.ndarray)
+        )
+        arrays = {}
+        for name, x in given.items():
+            arrays[name], masked = (None, None) if x is None else array_and_problem(x, f"`{name}`")
+            if masked is not None:
+                problems.append((TypeError, masked))
+        a, b, h0 = arrays.values()
+    dense = _validate(a, b, h0, converted)
+    if out is not None:
+        if isinstance(out, np.ma.MaskedArray) or not (
+            isinstance(out, np.ndarray) or is_device_array(out)
+        ):
+            kind = "a masked array" if isinstance(out, np.ma.MaskedArray) else type(out).__name__
+            raise TypeError(
+                f"`out` must be an array like `b` (shape {tuple(b.shape)}, dtype {b.dtype}) or "
+                f"None; got {kind}."
+            )
+        _check_out(out, a, b, h0)
+    return a, b, h0, out, dense
 
 
 def _validate(a, b, h0, converted: frozenset) -> bool:
@@ -506,42 +558,28 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     one compiles them (seconds per kernel; cached on disk like the others).
     """
     given_out = out
-    flags = [
-        bool_problem(flag, f"`{name}`")
+    problems = [
+        (TypeError, problem)
         for name, flag in (("reverse", reverse), ("transpose", transpose))
+        if (problem := bool_problem(flag, f"`{name}`")) is not None
     ]
-    if any(flags):
-        raise TypeError("linear_scan: " + " ".join(problem for problem in flags if problem))
     missing = [f"`{name}`" for name, x in (("a", a), ("b", b)) if x is None]
     if missing:
         what = "must be arrays" if len(missing) == 2 else "must be an array"
-        raise TypeError(f"linear_scan: {' and '.join(missing)} {what}; got None.")
+        raise _gathered([*problems, (TypeError, f"{' and '.join(missing)} {what}; got None.")])
     on_device = any(is_device_array(x) for x in (a, b, h0, out))
-    backend = _check_backend(backend, on_device)
-    if on_device:
-        if not all(is_device_array(x) for x in (a, b, h0, out) if x is not None):
-            raise TypeError(
-                "linear_scan: `a`, `b`, `h0` and `out` must all be device arrays or all host "
-                "arrays; got a mix. Copy the host arrays to the device (numba.cuda.to_device)."
-            )
-        from parscan import _cuda
-
-        a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
-        converted = frozenset()
-    else:
-        given = {"a": a, "b": b, "h0": h0}
-        converted = frozenset(
-            name for name, x in given.items() if x is not None and not isinstance(x, np.ndarray)
-        )
-        a, b, h0 = _host_arrays("linear_scan", **given)
-    dense = _validate(a, b, h0, converted)
-    if out is not None:
-        if not (isinstance(out, np.ndarray) or is_device_array(out)):
-            raise TypeError(
-                f"linear_scan: `out` must be an array like `b` (shape {tuple(b.shape)}, dtype "
-                f"{b.dtype}) or None; got {type(out).__name__}."
-            )
-        _check_out(out, a, b, h0)
+    try:
+        backend = _check_backend(backend, on_device)
+    except ValueError as exc:
+        if on_device:  # device arrays without a usable CUDA backend: nothing more to check
+            raise _gathered([*problems, (ValueError, _unprefixed(exc))]) from None
+        problems.append((ValueError, _unprefixed(exc)))
+    try:
+        a, b, h0, out, dense = _checked_arrays(a, b, h0, out, on_device, problems)
+    except (TypeError, ValueError) as exc:
+        raise _gathered([*problems, (type(exc), _unprefixed(exc))]) from None
+    if problems:
+        raise _gathered(problems)
     if backend == "cuda":
         from parscan import _cuda
 

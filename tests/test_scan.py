@@ -880,6 +880,30 @@ def test_errors_are_reported_together():
         parscan.linear_scan(np.ones((2, 5, 4), np.int64), GOOD_B, np.ones(7))
     with pytest.raises(ValueError, match=r"`a` must have shape.*`h0` must have shape"):
         parscan.linear_scan(np.ones((2, 5, 4)), GOOD_B, np.ones(7))
+    # the flags, the backend and masked inputs are listed with the shapes, not alone
+    bad_a = np.ones((2, 5, 4))
+    for args, kwargs, error, match in [
+        ((bad_a, GOOD_B), {"reverse": 1}, TypeError, r"^linear_scan: `reverse` must be a bool;"),
+        ((bad_a, GOOD_B), {"backend": "x"}, ValueError, r"^linear_scan: unknown backend 'x';"),
+        ((np.ma.masked_array(bad_a), np.ma.masked_array(GOOD_B)), {"transpose": 0}, TypeError,
+         r"^linear_scan: `transpose` must be a bool.* `a` is a masked array.* `b` is a masked "
+         r"array"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=match + r".*`a` must have shape .*\(2, 5, 4\)"):
+            parscan.linear_scan(*args, **kwargs)
+    with pytest.raises(TypeError, match=r"`reverse` must be a bool.* `a` must be an array; got"):
+        parscan.linear_scan(None, GOOD_B, reverse=None)
+
+
+@pytest.mark.parametrize("backend", ["sequential", "cpu", "auto"])
+def test_a_masked_out_is_refused(backend):
+    out = np.ma.masked_array(np.zeros_like(GOOD_B))
+    with pytest.raises(
+        TypeError,
+        match=r"^linear_scan: `out` must be an array like `b` \(shape \(2, 5, 3\), dtype "
+        r"float64\) or None; got a masked array\.$",
+    ):
+        parscan.linear_scan(GOOD_A, GOOD_B, out=out, backend=backend)
 
 
 def test_cuda_unavailable_error_lists_backends():
