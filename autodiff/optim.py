@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from models._checks import FLOAT_DTYPES, Checks, check_int
+from parscan._arguments import masked_problem
 
 
 class NonFiniteStepError(ValueError):
@@ -81,6 +82,10 @@ class Adam:
         where = f"{type(self).__name__}.step"
         with Checks(where) as checks:
             for name, x in (("params", params), ("grad", grad)):
+                masked = masked_problem(x, name)
+                if masked is not None:
+                    checks.add(masked, name, wrong_kind=True)
+                    continue
                 if not isinstance(x, np.ndarray):
                     checks.add(
                         f"{name} must be a NumPy array; got {type(x).__name__}.",
@@ -214,6 +219,12 @@ class Adam:
             raise ValueError(
                 f"{where}: state belongs to an {kind} optimiser, not {cls._NAME}. "
                 f"Use {kind}.from_state_dict (or autodiff.optim.make_optimizer)."
+            )
+        masked = [k for k in keys if isinstance(state[k], np.ma.MaskedArray)]
+        if masked:
+            raise TypeError(
+                f"{where}: state[{masked[0]!r}] is a masked array; a state_dict() holds plain "
+                "arrays only (its masked entries would be read as data)."
             )
         m, v = np.asarray(state["m"]), np.asarray(state["v"])
         try:
@@ -401,7 +412,10 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         inf when ``grad`` is not finite, which the caller must treat as a failed step.
     """
     with Checks("clip_grad_norm") as checks:
-        if not isinstance(grad, np.ndarray) or grad.dtype not in FLOAT_DTYPES:
+        masked = masked_problem(grad, "grad")
+        if masked is not None:
+            checks.add(masked, wrong_kind=True)
+        elif not isinstance(grad, np.ndarray) or grad.dtype not in FLOAT_DTYPES:
             got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
             checks.add(f"grad must be a float32/float64 array; got {got}.", wrong_kind=True)
         elif grad.ndim != 1:

@@ -195,6 +195,23 @@ def test_step_validation_leaves_state_untouched():
     assert opt.t == 0 and not opt.m.any() and not p.any()
 
 
+def test_masked_arrays_are_refused_not_read_as_data():
+    """A masked entry would be read as data: the step, the clipping norm and a state dict
+    refuse masked arrays (the norm counted a masked 1e10, the step moved its parameter)."""
+    g = np.ma.array([1.0, 1e10], mask=[False, True])
+    masked = r"grad is a masked array, whose masked entries would be read as data; .*filled"
+    with pytest.raises(TypeError, match=rf"^clip_grad_norm: {masked}"):
+        clip_grad_norm(g, 1.0)
+    for cls in (Adam, RAdam):
+        opt, p = cls(2), np.zeros(2)
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}.step: {masked}"):
+            opt.step(p, g, 1e-3)
+        assert opt.t == 0 and not p.any()
+        state = {**opt.state_dict(), "v": np.ma.array(np.zeros(2), mask=[True, False])}
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}.from_state_dict: state\['v'\] "):
+            cls.from_state_dict(state)
+
+
 @pytest.mark.parametrize("cls", [Adam, RAdam])
 @pytest.mark.parametrize(
     ("big", "lr", "overflows"),
