@@ -413,7 +413,8 @@ def state_space_divergence(
         from ``T``.
     n_bins : int
         Bins per axis (lab default 30; 8 for the 5-d ECG data), 2 to
-        :data:`MAX_BINS_PER_AXIS`.
+        :data:`MAX_BINS_PER_AXIS` and ``n_bins**N <= 10**300`` for ``method="bins"``; an int
+        >= 1 for ``"gmm"``, which does not read it.
     method : {"bins", "gmm"}
     box : {"minmax", "sd2"}
     sigma2 : float
@@ -434,7 +435,8 @@ def state_space_divergence(
         method = checks.choice(method, "method", ("bins", "gmm"))
         with checks.caught("x"):
             x_true, x_gen = _pair(x_true, x_gen, where, strict=method == "bins")
-        # every setting is checked, also those the method does not use (as evaluate does)
+        # every setting is checked, also those the method does not use (as evaluate does);
+        # n_bins against the data only where it bins
         n_bins = checks.integer(n_bins, "n_bins")
         box = checks.choice(box, "box", ("minmax", "sd2"))
         sigma2 = checks.real(sigma2, "sigma2", positive=True)
@@ -1249,7 +1251,8 @@ def evaluate(
         the first point of the first trajectory when there are several).
     n_bins, box, sigma2, seed
         Passed to :func:`state_space_divergence` (all settings are checked before the free
-        run, also those of measures not requested).
+        run, also those of measures not requested; ``n_bins`` against the data's ``N`` only
+        for the binned D_stsp, which reads it).
     dstsp_method : {"bins", "gmm"}, optional
         Default: bins for N < 6, GMM for N >= 6 (the lab's rule).
     smoothing : float
