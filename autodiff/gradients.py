@@ -350,6 +350,8 @@ def gtf_loss_and_grad(
             if throw:
                 run.result(throw)  # raises DeerConvergenceError, remedies included
             message, cause = run.failure_message(), run.failure_message(remedies=False)
+            if not np.isfinite(model.params).all():  # named, as the sequential method does
+                message, cause = _non_finite_message(model, np.nan, alpha, n_forced, auto)
             info = GradInfo(method, alpha, status, iters, message, cause)
             return float("nan"), None, info
         B = data.shape[0]
@@ -374,14 +376,19 @@ def gtf_loss_and_grad(
 
 
 def _non_finite_message(model, loss, alpha, n_forced, auto) -> tuple[str, str]:
-    """``(message, cause)`` of :class:`GradInfo` for a NaN/inf ``loss`` or gradient:
-    ``DeerStatus.NON_FINITE`` (NaN/inf in the inputs) when the model parameters are (the data
-    was checked finite), else which pass overflowed from finite inputs, then (``message``
+    """``(message, cause)`` of :class:`GradInfo` for a NaN/inf ``loss`` or gradient: the
+    first NaN/inf model parameter when there is one (the data was checked finite), else which
+    pass overflowed from finite inputs, then (``message``
     only) the remedies: the GTF levers left (:func:`parscan.deer.gtf_remedies`: a larger
     ``alpha``, the one used, only where it is below 1; ``auto``: it was ``"auto"``'s
     estimate), a smaller initialisation or learning rate, float64 for a float32 model."""
-    if not np.all(np.isfinite(model.params)):
-        return DeerStatus.NON_FINITE.value, DeerStatus.NON_FINITE.value
+    finite = np.isfinite(model.params)
+    if not finite.all():
+        cause = (
+            "non_finite: the model parameters contain NaN or inf (first at model.params"
+            f"[{int(np.argmin(finite))}]); the data are finite."
+        )
+        return cause + " Restore finite parameters (a checkpoint, or the last good copy).", cause
     where = "adjoint (the gradient)" if np.isfinite(loss) else "forward (the states)"
     steps = gtf_remedies(_CALLER, alpha, n_forced, model.n_obs, model.M, auto)
     steps.append("use a smaller initialisation or a lower learning rate")

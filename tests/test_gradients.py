@@ -375,9 +375,15 @@ def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
     assert "use a smaller initialisation or a lower learning rate" in info.message
     assert ("float64" in info.message) == (dtype == "float32")
     model.params[0] = np.nan
-    _, _, info = gtf_loss_and_grad(model, x, alpha=0.0, method="sequential")
-    assert info.status is DeerStatus.NON_FINITE
-    assert info.message == DeerStatus.NON_FINITE.value
+    for method in ("sequential", "deer"):
+        _, _, info = gtf_loss_and_grad(model, x, alpha=0.0, method=method, throw=False)
+        assert info.status is DeerStatus.NON_FINITE
+        assert info.cause == (
+            "non_finite: the model parameters contain NaN or inf (first at model.params[0]); "
+            "the data are finite."
+        )
+        restore = " Restore finite parameters (a checkpoint, or the last good copy)."
+        assert info.message == info.cause + restore
 
 
 @pytest.mark.parametrize("method", ["deer", "sequential"])
@@ -393,7 +399,7 @@ def test_non_finite_parameters_with_auto_alpha_are_reported_not_raised(method, v
     loss, grad, info = gtf_loss_and_grad(model, x, alpha="auto", method=method, throw=False)
     assert np.isnan(loss) and grad is None and info.status is DeerStatus.NON_FINITE
     assert info.alpha == DEFAULT_MARGIN
-    assert info.message.startswith(DeerStatus.NON_FINITE.value)
+    assert info.message.startswith("non_finite: the model parameters contain NaN or inf (first")
     if method == "deer":
         with pytest.raises(DeerConvergenceError, match=r"^gtf_loss_and_grad: non_finite: NaN"):
             gtf_loss_and_grad(model, x, alpha="auto")
