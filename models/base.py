@@ -494,6 +494,11 @@ class Model(ABC):
         ``parscan_version``. Errors (metadata that JSON cannot hold or would change) name
         ``where`` (default ``"<class>.npz_payload"``)."""
         where = where or f"{type(self).__name__}.npz_payload"
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(
+                f"{where}: metadata must be a dict (a JSON object) or None; got "
+                f"{type(metadata).__name__}. Wrap it, e.g. {{'values': metadata}}."
+            )
         try:
             meta = json.dumps({} if metadata is None else metadata, default=_json_default)
         except (TypeError, ValueError) as exc:
@@ -541,12 +546,12 @@ class Model(ABC):
         Raises
         ------
         TypeError
-            ``metadata`` that JSON cannot hold (arrays, objects) or that it would change: a
-            key that is not a ``str`` (JSON would write it as one). Non-finite floats are
-            written as the ``NaN`` / ``Infinity`` extension of Python's ``json`` (read back by
-            :func:`load_with_metadata`; strict JSON parsers refuse them).
+            ``metadata`` not a dict, or that JSON cannot hold (arrays, objects) or would
+            change: a key that is not a ``str`` (JSON would write it as one). Non-finite floats
+            are written as the ``NaN`` / ``Infinity`` extension of Python's ``json`` (read
+            back by :func:`load_with_metadata`; strict JSON parsers refuse them).
         ValueError
-            ``metadata`` not a dict; parameters that :meth:`set_params` refuses (NaN/inf, a
+            Parameters that :meth:`set_params` refuses (NaN/inf, a
             PLRNN's nonzero ``diag(W)``) or a standardisation that :func:`load` refuses (not
             finite, ``sd <= 0``), written into the arrays in place; a class that
             :func:`models.load` cannot rebuild (a subclass defined outside the library).

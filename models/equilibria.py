@@ -65,7 +65,7 @@ def fixed_points(model, x, *, max_iter=100):
         ``model`` is not a LatentRNN (an SSM has no state map to solve), or ``x`` or
         ``max_iter`` of the wrong type.
     ValueError
-        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) with the model's
+        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) or (N,) with the model's
         N, with NaN/inf, or empty; ``max_iter`` < 1.
     """
     found = _search(model, x, 1, max_iter, "fixed_points")
@@ -121,7 +121,7 @@ def cycles(model, x, period, *, max_iter=100):
     TypeError
         ``model`` is not a LatentRNN, or ``x``, ``period`` or ``max_iter`` of the wrong type.
     ValueError
-        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) with the model's
+        ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) or (N,) with the model's
         N, with NaN/inf, or empty; ``period`` or ``max_iter`` < 1.
     """
     return _search(model, x, period, max_iter, "cycles")
