@@ -2816,7 +2816,7 @@ def evaluate_command(
         )
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    scores["n_bins"] = _bins_used(scores, n_bins)
+    scores.update(n_bins=_bins_used(scores, n_bins), pe_steps=pe_steps, smoothing=smoothing)
     if lyapunov and scores["status"] == "ok":
         scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
     if fixed_points:
@@ -3017,8 +3017,15 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     n_steps = n_steps or n_default
     if n_steps is None:  # only --x0 leaves it open
         raise UserError("--x0 needs --n-steps N, the number of steps each run generates.")
-    _check_memory(n_runs * n_steps * model.n_obs * 3 * 8, "--n-steps or the number of runs")
-    runs, units, problem = _free_runs(model, points, n_steps, origin)
+    # a latent RNN's runs hold their M latents a step (model dtype), then N observations
+    # in float64 (the model's units, data units, the written copy); an SSM's only the latter
+    latents = getattr(model, "M", 0) * np.dtype(model.dtype).itemsize
+    per_step = latents + model.n_obs * 3 * 8
+    _check_memory(n_runs * n_steps * per_step, "--n-steps or the number of runs")
+    try:
+        runs, units, problem = _free_runs(model, points, n_steps, origin)
+    except ValueError as exc:  # beyond the address space, or memory taken since the check
+        raise UserError(str(exc)) from None
     try:
         _write_runs(destination, runs[0] if n_runs == 1 else runs, GENERATE_SUFFIXES[suffix])
     except OSError as exc:
@@ -3109,13 +3116,19 @@ def _check_not_an_input(
     ``model.npz`` is the target: a folder holding it and an ``args.json``); the data files the
     model was trained or tested on (as its ``metadata`` records them); and the files
     ``given`` (``evaluate``'s ``--test-data``). What a command writes must not replace what
-    it reads."""
+    it reads -- nor the :data:`RUN_FILES` of another run (a folder holding an ``args.json``,
+    the target's checkpoint's run too)."""
     if not destination.exists():
         return
     run = path if path.is_dir() else path.parent
     inputs = {} if path.is_dir() else {path: "the model file"}
     if path.is_dir() or (path.name == "model.npz" and (run / "args.json").is_file()):
         inputs.update((run / name, what) for name, what in RUN_FILES.items())
+    for folder in (destination.parent, destination.parent.parent):  # any run's own files
+        if (folder / "args.json").is_file() and not _same_file(folder, run):
+            inputs.update(
+                (folder / name, f"{what} in {folder}") for name, what in RUN_FILES.items()
+            )
     for name in PATH_SETTINGS:
         recorded = _recorded(metadata, name)
         for file in recorded if isinstance(recorded, list) else [recorded]:

@@ -1885,10 +1885,13 @@ def test_n_bins_scores_validation_and_test_and_evaluate_keeps_the_runs(tmp_path)
     assert run("evaluate", out).exit_code == 0
     scores = json.loads((out / "evaluation.json").read_text())
     assert scores["n_bins"] == 8 and scores["dstsp"] == metrics["test"]["dstsp"]
+    assert (scores["pe_steps"], scores["smoothing"]) == (20, 20.0)  # the defaults, recorded
     finer = tmp_path / "finer.json"
-    assert run("evaluate", out, "--n-bins", "30", "--out", finer).exit_code == 0
+    options = ["--n-bins", "30", "--pe-steps", "5", "--smoothing", "4", "--out", finer]
+    assert run("evaluate", out, *options).exit_code == 0
     scores = json.loads(finer.read_text())
     assert scores["n_bins"] == 30 and scores["dstsp"] != metrics["test"]["dstsp"]
+    assert (scores["pe_steps"], scores["smoothing"]) == (5, 4.0)
     np.save(tmp_path / "test.npy", models.generate("lorenz63", 800, seed=7))
     model_file = tmp_path / "model.json"
     result = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy",
@@ -2230,6 +2233,29 @@ def test_generate_writes_a_failing_run_and_exits_1_naming_it(finished_run, tmp_p
     assert "the free run from --x0 1,1,20 leaves 1000 training-data sds at step 5" in result.output
 
 
+def test_generate_counts_the_latents_of_a_free_run_in_its_memory_check(tmp_path, monkeypatch):
+    """A latent RNN's free runs hold M latents a step before the N observations: the memory
+    check counts them (an ALRNN with M = 100 > N = 3 passed it and then failed in a
+    traceback), and a run beyond NumPy's address space is one line, exit 2."""
+    model = models.ALRNN(100, 10, 3, dtype="float32")
+    model.standardization = (np.zeros(3), np.ones(3))
+    path = model.save(tmp_path / "alrnn.npz")
+    args = ["generate", path, "--x0", "1,1,1", "--out", tmp_path / "g.npy"]
+    monkeypatch.setattr(cli, "available_bytes", lambda: 10**8)  # 95 MiB
+    # 10^6 steps: 400 MB of float32 latents and 72 MB of float64 observations
+    _one_error_line(
+        run(*args, "--n-steps", 10**6),
+        "GiB are available; lower --n-steps or the number of runs.",
+    )
+    monkeypatch.setattr(cli, "available_bytes", lambda: None)  # no check: NumPy refuses
+    _one_error_line(
+        run(*args, "--n-steps", 2**60),
+        "a free run of 1152921504606846976 steps (3 float64 values a step) needs 24 EiB, more "
+        "than NumPy can address",
+    )
+    assert not (tmp_path / "g.npy").exists()
+
+
 def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, monkeypatch):
     """Bad options are refused in one line before anything runs; --out never replaces the
     model, the run's files or its data (also with the model file as the target: its metadata
@@ -2261,8 +2287,15 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
         (out / "model.npz", out / "history.csv", "would replace the run's history"),
         (tmp_path / "model.npz", paths[1], f"{data_file} ({paths[1]})"),
         (tmp_path / "model.npz", tmp_path / "model.npz", "would replace the model file"),
-    ):
+        # the files of another run, and of the run of a checkpoint given as the target
+        (tmp_path / "model.npz", out / "history.csv", f"would replace the run's history in {out}"),
+        (out / "checkpoints" / "checkpoint.npz", out / "args.json",
+         f"would replace the run's settings (args.json) in {out}"),
+        (out / "checkpoints" / "checkpoint.npz", out / "model.npz",
+         f"would replace the run's model in {out}"),
+    ):  # fmt: skip
         _one_error_line(run("generate", target, *x0, "--out", file), message)
+    assert (out / "args.json").is_file() and (out / "history.csv").is_file()
     np.testing.assert_array_equal(np.load(paths[0]), arrays[0])
     np.testing.assert_array_equal(np.load(paths[1]), arrays[1])
     _one_error_line(run("generate", tmp_path / "nothing"), "no such run folder or model file")
