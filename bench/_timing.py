@@ -20,11 +20,13 @@ import dataclasses
 import math
 import os
 import platform
+import signal
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import parscan  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
 
@@ -32,6 +34,18 @@ import numpy as np
 MIN_RUNS = 5
 #: A row whose median exceeds its min by this factor is flagged ``noisy``.
 NOISY_SPREAD = 1.5
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a batch system's limit) end the script as Ctrl-C
+    does: ``SystemExit(143)`` in the main thread, so that a running ``subprocess.run`` kills
+    its child and ``finally`` blocks clean up (by default SIGTERM ends the script at once and
+    its child keeps running, re-parented). For the scripts that run cases in subprocesses."""
+    signal.signal(signal.SIGTERM, _exit_143)
+
+
+def _exit_143(signum, frame):
+    raise SystemExit(143)
 
 
 def check_runs(parser, value, flag="--repeat", smoke=False):
@@ -122,8 +136,6 @@ def quiet_resolution_warnings():
 
 def versions():
     """Software versions, machine and the 1-minute load average, for every JSON row."""
-    import parscan
-
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,

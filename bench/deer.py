@@ -51,7 +51,15 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from _timing import check_output_file, check_runs, no_gpu_reason, positive_int, timeit, versions
+from _timing import (
+    check_output_file,
+    check_runs,
+    exit_on_sigterm,
+    no_gpu_reason,
+    positive_int,
+    timeit,
+    versions,
+)
 
 #: The default data file (``--data-dir`` names another folder holding a file of this name).
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lorenz63_on0.05_train.npy"
@@ -184,6 +192,7 @@ def table(rows):
 
 
 def main(argv=None):
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="T = 1e2..1e4 (unless --T)")
     parser.add_argument(

@@ -64,8 +64,9 @@ import sys
 import time
 from pathlib import Path
 
+import parscan  # noqa: F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
-from _timing import no_gpu_reason
+from _timing import exit_on_sigterm, no_gpu_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds each step may run.
@@ -265,6 +266,7 @@ def summary_lines(report):
 
 
 def main(argv=None):
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Writes $OUT/gpu_check.json ($OUT unset: the current folder).",

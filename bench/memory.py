@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 
-from _timing import positive_int, versions
+from _timing import exit_on_sigterm, positive_int, versions
 
 #: (model class, M, hidden width or ReLU units, dtype, jacobian, B)
 CASES = [
@@ -94,6 +94,7 @@ print(json.dumps({"status": status, "tracemalloc_per_step": round(peak / (B * T)
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--T", type=positive_int, default=100_000, help="window length (time steps, >= 1)"

@@ -25,6 +25,7 @@ README quotes the ratios; raw lines of the 2-core machine: ``bench/results/metri
 import argparse
 import json
 
+import parscan  # noqa: F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
 import scipy

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _timing import check_output_folder, non_negative_int, versions
+from _timing import check_output_folder, exit_on_sigterm, non_negative_int, versions
 
 #: the README's commands on the lab's files (shared/data), and the floors of those files:
 #: D_stsp and D_H between two real trajectories of the system, with the bins the case uses
@@ -108,6 +108,7 @@ def _at_rest(scores: dict) -> int | None:
 
 
 def main(argv=None):
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True, help="the lab's files (shared/data)")
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))

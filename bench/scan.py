@@ -44,12 +44,12 @@ import json
 import sys
 import traceback
 
+import parscan  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
 from _timing import check_runs, cuda_run, interleaved, no_gpu_reason, versions
 from numba import prange
 
-import parscan
 from parscan import _scan_cpu, scan
 from parscan._jit import jit_parallel
 

@@ -40,9 +40,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import parscan  # noqa: F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
-from _timing import check_runs, no_gpu_reason, non_negative_int, positive_int, timeit, versions
+from _timing import (
+    check_runs,
+    exit_on_sigterm,
+    no_gpu_reason,
+    non_negative_int,
+    positive_int,
+    timeit,
+    versions,
+)
 
 import models
 from autodiff.config import TrainConfig
@@ -220,6 +229,7 @@ def _load_model(ap, path):
 
 
 def main(argv=None):
+    exit_on_sigterm()
     args = _parse_args(argv)
     if args.framework_worker:
         return _framework_worker(*args.framework_worker, args.repeat)
