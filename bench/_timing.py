@@ -17,6 +17,7 @@ share.
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -34,6 +35,15 @@ import numpy as np
 MIN_RUNS = 5
 #: A row whose median exceeds its min by this factor is flagged ``noisy``.
 NOISY_SPREAD = 1.5
+
+
+def print_row(row: dict) -> None:
+    """Print ``row`` as one line of strict JSON, flushed: a non-finite number (a measure
+    that could not be computed) becomes null, as in the command line's JSON files (bare
+    ``NaN`` is no JSON: ``jq`` and ``JSON.parse`` refuse the line)."""
+    from cli import _finite_or_null
+
+    print(json.dumps(_finite_or_null(row), allow_nan=False), flush=True)
 
 
 def exit_on_sigterm() -> None:

@@ -57,6 +57,7 @@ from _timing import (
     exit_on_sigterm,
     no_gpu_reason,
     positive_int,
+    print_row,
     timeit,
     versions,
 )
@@ -226,7 +227,7 @@ def main(argv=None):
         check_output_file(parser, args.json, "--json")
     if args.child is not None:
         for row in run_one_T(args.child, args.repeats, args.budget, args.backend, data):
-            print(json.dumps(row), flush=True)
+            print_row(row)
         return
     rows = []
     for T in args.T or (QUICK_T if args.quick else FULL_T):

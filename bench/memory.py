@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 
-from _timing import exit_on_sigterm, positive_int, versions
+from _timing import exit_on_sigterm, positive_int, print_row, versions
 
 #: (model class, M, hidden width or ReLU units, dtype, jacobian, B)
 CASES = [
@@ -117,7 +117,7 @@ def main() -> None:
         else:
             row["error"] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             failed += 1
-        print(json.dumps({**row, "versions": versions()}), flush=True)
+        print_row({**row, "versions": versions()})
     if failed:  # the rows say which and why
         sys.exit(f"bench/memory.py: {failed} of {len(CASES)} cases failed (their 'error' fields)")
 

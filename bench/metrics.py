@@ -23,13 +23,12 @@ README quotes the ratios; raw lines of the 2-core machine: ``bench/results/metri
 """
 
 import argparse
-import json
 
 import parscan  # noqa: F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
 import scipy
-from _timing import check_runs, interleaved, quiet_resolution_warnings, versions
+from _timing import check_runs, interleaved, print_row, quiet_resolution_warnings, versions
 
 from models import ClippedShPLRNN, evaluate
 from models.data import standardize
@@ -107,7 +106,7 @@ def main(argv=None):
         row["ratio_to_baseline"] = round(timing.min_s / base.min_s, 2)
         row["ratio_to_baseline_median"] = round(timing.median_s / base.median_s, 2)
         row.update(repeat=args.repeat, threads=n_threads(), scipy=scipy.__version__)
-        print(json.dumps({**row, "versions": versions()}), flush=True)
+        print_row({**row, "versions": versions()})
 
 
 if __name__ == "__main__":

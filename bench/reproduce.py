@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _timing import check_output_folder, exit_on_sigterm, non_negative_int, versions
+from _timing import check_output_folder, exit_on_sigterm, non_negative_int, print_row, versions
 
 #: the README's commands on the lab's files (shared/data), and the floors of those files:
 #: D_stsp and D_H between two real trajectories of the system, with the bins the case uses
@@ -131,7 +131,7 @@ def main(argv=None):
         for name in args.cases:
             for seed in args.seeds:
                 row = run_case(name, args.data_dir, seed, folder)
-                print(json.dumps({**row, "versions": versions()}), flush=True)
+                print_row({**row, "versions": versions()})
                 if _failed(row):
                     failed.append(f"{name} seed {seed}")
         if args.keep is not None:

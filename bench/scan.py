@@ -40,14 +40,13 @@ code runs, which measures nothing.
 
 import argparse
 import dataclasses
-import json
 import sys
 import traceback
 
 import parscan  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
 import numba
 import numpy as np
-from _timing import check_runs, cuda_run, interleaved, no_gpu_reason, versions
+from _timing import check_runs, cuda_run, interleaved, no_gpu_reason, print_row, versions
 from numba import prange
 
 from parscan import _scan_cpu, scan
@@ -195,7 +194,7 @@ def bench_cpu(args):
     threads = numba.get_num_threads()
     for case in cpu_cases(args.quick):
         for row in run_case(*case, args.repeat, rng, threads):
-            print(json.dumps(row), flush=True)
+            print_row(row)
     return 0
 
 
@@ -249,7 +248,7 @@ def bench_crossover(args):
                 "threads": threads,
                 "versions": versions(),
             }
-            print(json.dumps(row), flush=True)
+            print_row(row)
     return 0
 
 
@@ -374,8 +373,8 @@ def bench_cuda(args):
                 failed = True
         if not dense and T * D >= CUDA_TARGET_TD:
             target_rows.append(row)
-        print(json.dumps({**row, **meta, "versions": versions()}), flush=True)
-    print(json.dumps(target_summary(target_rows, simulator)), flush=True)
+        print_row({**row, **meta, "versions": versions()})
+    print_row(target_summary(target_rows, simulator))
     T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D  # smoke: 2-3 tiles
     for change in LAUNCH_VARIANTS:
         launch = dataclasses.replace(_cuda.LAUNCH, **change)
@@ -394,7 +393,7 @@ def bench_cuda(args):
         except Exception as exc:
             row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
             failed = True
-        print(json.dumps({**row, **meta}), flush=True)
+        print_row({**row, **meta})
     return 1 if failed else 0
 
 

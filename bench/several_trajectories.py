@@ -32,7 +32,6 @@ mean over the pairs.
 """
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -41,6 +40,7 @@ import numpy as np
 from _timing import (
     non_negative_int,
     positive_int,
+    print_row,
     quiet_resolution_warnings,
     test_scores,
     versions,
@@ -146,7 +146,7 @@ def main(argv=None):
             )
         for seed in args.seeds:
             for k in args.ks:
-                print(json.dumps({**floors(seed, k, args.total), "versions": versions()}))
+                print_row({**floors(seed, k, args.total), "versions": versions()})
         return 0
     flags = {"quiet": True} if args.epochs is None else {"quiet": True, "epochs": args.epochs}
     try:
@@ -176,7 +176,7 @@ def main(argv=None):
         for k in args.ks:
             settings = replace(base, seed=seed, validation_steps=base.validation_steps // n_val)
             row = {**run(settings, k, args.total, n_val), "versions": versions()}
-            print(json.dumps(row), flush=True)
+            print_row(row)
     return 0
 
 

@@ -49,6 +49,7 @@ from _timing import (
     no_gpu_reason,
     non_negative_int,
     positive_int,
+    print_row,
     timeit,
     versions,
 )
@@ -150,13 +151,13 @@ def _framework_worker(name, folder, repeat):
     windows, alpha = case["windows"], float(case["alpha"])
     run = FRAMEWORKS[name](model, windows, alpha)
     if run is None:
-        print(json.dumps({"what": name, "skipped": "not installed"}))
+        print_row({"what": name, "skipped": "not installed"})
         return 0
     timing = timeit(run, repeat)  # JAX compiles in ``_jax_bptt``: its first call is warm
     B, T = windows.shape[0], windows.shape[1] - 1
     row = {"what": name, "dtype": windows.dtype.name, "B": B, "T": T, "loss": timing.result,
            **timing.fields(), "repeat": repeat}  # fmt: skip
-    print(json.dumps(row))
+    print_row(row)
     return 0
 
 
@@ -238,7 +239,7 @@ def main(argv=None):
     model64, pretrain_s = _model(args, x)
     rng = np.random.default_rng(0)
     common = {"threads": n_threads(), "versions": versions(), "model": repr(model64)}
-    print(json.dumps({"what": "setup", "pretrain_s": round(pretrain_s, 2), **common}), flush=True)
+    print_row({"what": "setup", "pretrain_s": round(pretrain_s, 2), **common})
 
     for dtype in args.dtype:
         model = model64.astype(dtype)
@@ -267,7 +268,7 @@ def main(argv=None):
                 medians[method] = timing.median_s
                 if method != "sequential" and "sequential" in medians:
                     row["speedup_vs_sequential"] = medians["sequential"] / timing.median_s
-                print(json.dumps(row), flush=True)
+                print_row(row)
             if args.no_frameworks or T > args.frameworks_max_T:
                 continue
             comparable = type(model) is models.ShPLRNN and model.M == model.n_obs
@@ -278,7 +279,7 @@ def main(argv=None):
                     row = _framework_row(name, model, windows, alpha, args.repeat)
                     if "median_s" in row:
                         row["vs_fastest_parscan"] = row["median_s"] / min(medians.values())
-                print(json.dumps(row), flush=True)
+                print_row(row)
     return 0
 
 

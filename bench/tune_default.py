@@ -10,19 +10,21 @@ Protocol: exactly the CLI's (``cli.resolve_settings`` with overrides, ``cli.prep
 generated data (training trajectory with 5 % noise; test trajectory from another initial
 condition), the model initialisation and the window sampling, as ``--seed`` does. One JSON
 line per seed: the overrides, wall and CPU seconds of ``fit`` (after an untimed warm-up that
-loads or compiles the kernels), the selected epoch, validation and test scores.
+loads or compiles the kernels), the selected epoch, validation and test scores. ``--set``
+takes the command line's settings (``threads=1`` as ``--threads 1``); those this protocol
+does not use (``seed``: ``--seeds``; ``out``, ``resume``, ``checkpoint_interval``, ``quiet``,
+``verbose``) are refused.
 
     python bench/tune_default.py --seeds 0 1 2 3                 # the current defaults
     python bench/tune_default.py --set hidden_dim=200 epochs=200 --seeds 0 1
 """
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
 
-from _timing import non_negative_int, quiet_resolution_warnings, test_scores, versions
+from _timing import non_negative_int, print_row, quiet_resolution_warnings, test_scores, versions
 
 import cli
 from autodiff import fit
@@ -63,6 +65,18 @@ def _override(item):
     return key, _parse_value(value)
 
 
+#: ``--set`` keys this protocol does not use (it writes no run folder and prints JSON
+#: lines), refused with why instead of being listed as overrides that changed nothing
+NOT_SETTABLE = {
+    "seed": "each --seeds value is one run's seed",
+    "out": "no run folder is written",
+    "resume": "no run folder is written",
+    "checkpoint_interval": "no checkpoint is written",
+    "quiet": "the rows are printed as JSON lines",
+    "verbose": "the rows are printed as JSON lines",
+}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -70,6 +84,9 @@ def main(argv=None):
     )
     ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
     args = ap.parse_args(argv)
+    unused = [f"{key} ({NOT_SETTABLE[key]})" for key, _ in args.set if key in NOT_SETTABLE]
+    if unused:
+        ap.error(f"--set {', '.join(unused)}: not a setting of this protocol; drop it")
     try:  # names and types checked as a config file's (cli._typed_settings), then resolved;
         # then the data, model and training config of the settings themselves, as a run does
         overrides = cli._typed_settings(dict(args.set), "--set")
@@ -79,6 +96,8 @@ def main(argv=None):
         cli.train_config(base, n_obs)
     except (cli.UserError, TypeError, ValueError) as exc:
         ap.error(getattr(exc, "message", str(exc)))
+    if base.threads is not None:  # as the command line's --threads
+        cli.use_threads(base.threads)
     warm_up = {"epochs": 1, "batches_per_epoch": 1, "validation_steps": 100}
     try:  # kernel compilation / cache loading, not timed
         with quiet_resolution_warnings():  # its 100-step validation runs are too short
@@ -88,7 +107,7 @@ def main(argv=None):
         ap.error(f"the untimed warm-up run ({shown} over the settings) is refused: {exc.message}")
     for seed in args.seeds:
         row = {"overrides": overrides, **run(replace(base, seed=seed)), "versions": versions()}
-        print(json.dumps(row), flush=True)
+        print_row(row)
     return 0
 
 
