@@ -2425,9 +2425,15 @@ def _recorded(metadata: dict, name: str):
 
 
 def _recorded_n_bins(metadata: dict) -> int:
-    """The ``--n-bins`` a model file's training run used (its metadata's settings), or the
-    default for a file without one (written before the option, or not by parscan-train)."""
+    """The ``--n-bins`` a model file's training run used (its metadata's settings; a
+    checkpoint's: the ``validation_n_bins`` of its training configuration, which
+    ``--n-bins`` sets), or the default for a file without one (written before the option,
+    or not by parscan-train)."""
     n_bins = _recorded(metadata, "n_bins")
+    state = metadata.get("train_state")  # a checkpoint of fit
+    config = state.get("config") if isinstance(state, dict) else None
+    if n_bins is None and isinstance(config, dict):
+        n_bins = config.get("validation_n_bins")
     valid = isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1
     return n_bins if valid else _DEFAULTS["n_bins"]
 

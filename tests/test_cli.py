@@ -1898,6 +1898,10 @@ def test_n_bins_scores_validation_and_test_and_evaluate_keeps_the_runs(tmp_path)
                  "--out", model_file)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(model_file.read_text())["n_bins"] == 8  # a model file: its run's bins
+    result = run("evaluate", out / "checkpoints" / "checkpoint.npz", "--test-data",
+                 tmp_path / "test.npy", "--out", model_file)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(model_file.read_text())["n_bins"] == 8  # a checkpoint: its config's
     _one_error_line(
         run("--out", out, "--resume", "-q", "-e", "3", "--n-bins", "30"),
         "--n-bins 30 (the run's: 8) would change them",
