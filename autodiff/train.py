@@ -69,6 +69,7 @@ from models.data import (
     check_trajectory_or_list,
     several_trajectories,
     standardize,
+    to_sd_units,
 )
 from models.metrics import REST_MIN_POINTS
 from parscan.deer import DeerStatus
@@ -494,7 +495,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
 
     def in_training_units(name, x):
         """A validation trajectory standardised like the data, in the training dtype."""
-        units = (x - mean) / sd if config.standardize else x
+        units = to_sd_units(x, mean, sd) if config.standardize else x
         return _in_training_dtype(units, x, [name], [x.shape[0]], config)
 
     if validation_data is not None:

@@ -301,7 +301,7 @@ def far_dimensions(x: np.ndarray, mean: np.ndarray, sd: np.ndarray):
     """
     x_mean, x_sd = column_mean_sd(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        shift = np.abs(x_mean - mean) / sd
+        shift = np.abs(to_sd_units(x_mean, mean, sd))
         ratio = x_sd / sd
     near = (shift <= FAR_SHIFT) & (ratio >= 1 / FAR_SD_RATIO) & (ratio <= FAR_SD_RATIO)
     return np.flatnonzero(~near), x_mean, x_sd
@@ -929,7 +929,42 @@ def standardize(x):
     arr = check_trajectory(_float64(x), where, constant=True)
     mean, sd = column_mean_sd(arr)
     _check_not_constant(arr, sd, where, "x")
-    return (arr - mean) / sd, mean, sd
+    return to_sd_units(arr, mean, sd), mean, sd
+
+
+#: Columns whose ``|mean|`` or sd exceed this are converted in scaled units
+#: (:func:`to_sd_units`): their ``x - mean`` or ``x_std * sd`` can pass the largest float64.
+SCALED_UNITS_ABOVE = 1e150
+
+
+def _unit_scale(mean: np.ndarray, sd: np.ndarray) -> np.ndarray | None:
+    """Per column, ``max(|mean|, sd)`` where it exceeds :data:`SCALED_UNITS_ABOVE`, else 1;
+    None when no column needs scaling."""
+    size = np.maximum(np.abs(mean), sd)
+    big = size > SCALED_UNITS_ABOVE
+    return np.where(big, size, 1.0) if big.any() else None
+
+
+def to_sd_units(x, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``(x - mean) / sd`` (float64 ``mean``, ``sd > 0`` of shape (N,); ``x`` (..., N)),
+    without its overflow for data near the largest float64 (``x - mean`` of 1.7e308 and
+    -1.7e308 is -inf): columns with ``|mean|`` or sd above :data:`SCALED_UNITS_ABOVE` are
+    computed as ``(x/c - mean/c) / (sd/c)`` with ``c = max(|mean|, sd)``; the others are the
+    plain formula, bit for bit. Unchecked (callers check their arguments)."""
+    c = _unit_scale(mean, sd)
+    if c is None:
+        return (x - mean) / sd
+    return (x / c - mean / c) / (sd / c)
+
+
+def from_sd_units(x_std, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``x_std * sd + mean``, the inverse of :func:`to_sd_units`, without its overflow
+    (``(x_std * (sd/c) + mean/c) * c`` in the columns it scales; bit for bit the plain
+    formula elsewhere). Unchecked."""
+    c = _unit_scale(mean, sd)
+    if c is None:
+        return x_std * sd + mean
+    return (x_std * (sd / c) + mean / c) * c
 
 
 def column_mean_sd(x):
@@ -997,4 +1032,4 @@ def destandardize(x_std, mean, sd):
             checks.add(f"sd must be finite and > 0; got {sd}.")
         if not np.all(np.isfinite(mean)):
             checks.add(f"mean must be finite; got {mean}.")
-    return x_std * sd + mean
+    return from_sd_units(x_std, mean, sd)

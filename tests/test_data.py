@@ -4,6 +4,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -283,6 +284,26 @@ def test_standardize_roundtrip(x):
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-9)
     np.testing.assert_allclose(z.std(axis=0), 1, rtol=1e-9)
     np.testing.assert_allclose(destandardize(z, mean, sd), x, rtol=1e-9, atol=1e-9)
+
+
+def test_standardize_near_the_largest_float_does_not_overflow():
+    """Columns of magnitude near 1.8e308 are standardised and mapped back without the
+    overflow of x - mean (which gave -inf); other columns keep the plain formula's bits."""
+    big = np.array([[1.7e308, -1.7e308], [-1.7e308, 1.7e308], [1.7e308, 1.7e308]])
+    x = np.column_stack([big, X[:3, :1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        z, mean, sd = standardize(x)
+        back = destandardize(z, mean, sd)
+    root2 = np.sqrt(2.0)
+    np.testing.assert_allclose(z[:, :2], [[1 / root2, -root2], [-root2, 1 / root2],
+                                          [1 / root2, 1 / root2]], rtol=1e-14)  # fmt: skip
+    np.testing.assert_allclose(back, x, rtol=1e-14)
+    assert np.array_equal(z[:, 2], (x[:, 2] - mean[2]) / sd[2])
+    assert np.array_equal(back[:, 2], z[:, 2] * sd[2] + mean[2])
+    # a shift of 2 reference sds at that scale is near, not far (x_mean - mean overflowed)
+    shifted = 1e308 + 5e307 * np.array([[1.0], [-1.0]])
+    assert far_dimensions(shifted, np.array([-1e308]), np.array([1e308]))[0].size == 0
 
 
 def test_standardize_takes_the_moments_once(monkeypatch):
