@@ -35,7 +35,7 @@ import numpy as np
 from numba import literally
 
 from models._checks import Checks
-from models.base import new_run
+from models.base import format_bytes, new_run
 from parscan._jit import jit
 
 # ---------------------------------------------------------------------------------------------
@@ -419,6 +419,7 @@ class System:
             checks.real(self.dt, f"dt of {self.name!r}", positive=True)
             checks.real(self.max_step, f"max_step of {self.name!r}", positive=True)
             checks.real(self.transient_time, f"transient_time of {self.name!r}", positive=False)
+            checks.real(self.x0_spread, f"x0_spread of {self.name!r}", positive=False)
             if checks.ok("kind"):
                 self._check_kernel_fit(checks, dim)
             self._check_x0(checks, dim)
@@ -692,7 +693,16 @@ class System:
             return None
         rng = np.random.default_rng(seed)
         if x0 is None:
-            start = np.resize(np.asarray(self.x0, dtype=np.float64), dim)
+            try:
+                start = np.resize(np.asarray(self.x0, dtype=np.float64), dim)
+            except (MemoryError, ValueError, OverflowError):  # NumPy: too large, or no index
+                checks.add(
+                    f"{self.name} parameter {self.dim_param} = {dim}: a state of {dim} values "
+                    f"needs {format_bytes(8 * dim)}, more than this machine can allocate; use "
+                    f"a smaller {self.dim_param}.",
+                    "params",
+                )
+                return None
             start = start + self.x0_spread * rng.standard_normal(dim)
         else:
             start = arr.astype(np.float64)
@@ -798,9 +808,10 @@ SYSTEMS: dict[str, System] = {
         description=(
             "Bursting neuron: membrane potential x, fast recovery y, slow adaptation current z "
             "(rate r = 0.006, time scale 1/r ~170 time units = 3,300 steps at dt=0.05). "
-            "I = 3.25 is the chaotic bursting regime: bursts of 2-5 spikes, a spike lasts ~1 "
+            "I = 3.25 is the chaotic bursting regime: bursts of 2-4 spikes, a spike lasts ~1 "
             "time unit (20 steps), interspike intervals 12-30 time units (250-600 steps), "
-            "quiet phases 50-70 time units, burst cycle ~110-140 time units (~2,500 steps). "
+            "quiet phases 45-70 time units, burst cycle 80-140 time units (median ~105, "
+            "~2,100 steps; seeds 0-2 over 10,000-20,000 time units). "
             "lambda_max from max_lyapunov: 0.013 per time unit over 10^6 samples (Lyapunov "
             "time ~77 time units, ~1,500 steps); the default 20,000, which hold a few bursts, "
             "give 0.017."
@@ -934,5 +945,11 @@ def generate(
             f"(sample {bad}, counting the transient). Check params and x0, or use a smaller dt."
         )
     if noise > 0:
-        out += noise * out.std(axis=0) * rng.standard_normal(out.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out += noise * out.std(axis=0) * rng.standard_normal(out.shape)
+        if not np.isfinite(out).all():
+            raise ValueError(
+                f"{where}: noise={noise:g} times the data's sd overflows float64 (the noisy "
+                "trajectory is not finite); use a noise of a few percent, e.g. 0.05."
+            )
     return out

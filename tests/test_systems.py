@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
+from models.metrics import lyapunov_spectrum
 from models.systems import (
     KERNELS,
     MAX_RK4_STEPS,
@@ -254,6 +255,24 @@ def test_observation_noise_is_relative_to_each_dimension_sd():
     np.testing.assert_allclose((noisy - clean).mean(axis=0) / clean.std(axis=0), 0, atol=2e-3)
 
 
+def test_noise_or_a_state_beyond_float64_is_refused_naming_the_setting():
+    """A noise so large that the noisy data overflow, a Lorenz-96 N whose state NumPy cannot
+    allocate or index, a spread that is not finite and a spectrum whose tangent vectors
+    cannot be allocated are refused (they returned inf data, raised a bare MemoryError or
+    OverflowError, or blamed params and dt)."""
+    with pytest.raises(ValueError, match=r"^generate: noise=1e\+308 times the data's sd "):
+        generate("lorenz63", 10, noise=1e308)
+    for n in (10**11, 10**30):
+        with pytest.raises(ValueError, match=rf"^generate: lorenz96 parameter N = {n}: a state "):
+            generate("lorenz96", 10, params={"N": n})
+    with pytest.raises(ValueError, match=r"^System: x0_spread of 'lorenz63' must be finite"):
+        dataclasses.replace(SYSTEMS["lorenz63"], x0_spread=math.nan)
+    with pytest.raises(
+        ValueError, match=r"^lyapunov_spectrum: 1000000 tangent vectors of 1000000 dimensions"
+    ):
+        lyapunov_spectrum("lorenz96", params={"N": 10**6}, n_steps=10)
+
+
 def test_noise_needs_two_steps():
     with pytest.raises(ValueError, match=r"generate: noise is a fraction .* needs n_steps >= 2"):
         generate("lorenz63", 1, noise=0.05)
@@ -309,6 +328,7 @@ def test_records_the_kernels_cannot_run_are_refused(changes, match):
         ({"x0": "abc"}, r"x0 of 'lorenz63' must be a tuple of floats .*; got str"),
         ({"x0": (1.0, "2", 3.0)}, r"x0 of 'lorenz63' must hold real numbers"),
         ({"dim": 3.0}, r"System: dim of 'lorenz63' must be an int; got float"),
+        ({"x0_spread": "a"}, r"System: x0_spread of 'lorenz63' must be a real number; got str"),
     ],
 )
 def test_record_fields_of_the_wrong_kind_are_refused(changes, match):
