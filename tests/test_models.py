@@ -646,8 +646,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     plrnn = PLRNN(M, N)
     plrnn["W"][1, 1] = 0.5
     bad = [
-        (good, {"metadata": [1, 2]}, TypeError, r"metadata must be a dict \(a JSON "
-         r"object\) or None; got list\. Wrap it, e\.g\. \{'values': metadata\}\.$"),
+        (good, {"metadata": [1, 2]}, TypeError, r"metadata must be a dict .*got list\. Wrap it"),
         (good, {"metadata": {"a": np.zeros(2)}}, TypeError, r"cannot be stored as JSON.*ndarray"),
         (good, {"metadata": {1: "x"}}, TypeError, r"keys must be strings .*has the key 1 \(int\)"),
         (
