@@ -61,7 +61,7 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from autodiff.memory import available_bytes, step_bytes
+from autodiff.memory import available_bytes, ssm_width, step_bytes
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
@@ -1263,7 +1263,12 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
         ((INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8, lower(*sizes)),
         (
             step_bytes(
-                s.batch_size, s.sequence_length, M, n_obs, itemsize, rnn and s.method == "deer"
+                s.batch_size,
+                s.sequence_length,
+                M if rnn else ssm_width(s.model.removesuffix("-ssm"), n_obs, M),
+                n_obs,
+                itemsize,
+                rnn and s.method == "deer",
             ),
             lower("batch_size", "sequence_length", "latent_dim"),
         ),

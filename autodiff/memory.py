@@ -20,8 +20,9 @@ def available_bytes() -> int | None:
 
 def step_bytes(B: int, T: int, M: int, n_obs: int, itemsize: int, deer: bool) -> int:
     """An estimate of the bytes one training step allocates at its peak, for ``B`` windows of
-    ``T`` steps (``sequence_length``) of a model with ``M`` latents (a state-space model: its
-    state size) and ``n_obs`` observations, computed in a dtype of ``itemsize`` bytes.
+    ``T`` steps (``sequence_length``) of a model with ``M`` latents (a state-space model: the
+    real numbers of its scan's state a step, :func:`ssm_width`) and ``n_obs`` observations,
+    computed in a dtype of ``itemsize`` bytes.
 
     The windows' row indices, ``(B, T + 1)`` int64, and values, ``(B, T + 1, n_obs)``, and
     the gradient's arrays: ``M (M + 5)`` numbers per window step for GTF-DEER (``deer``),
@@ -31,3 +32,10 @@ def step_bytes(B: int, T: int, M: int, n_obs: int, itemsize: int, deer: bool) ->
     """
     per_step = M * (M + 5) if deer else 6 * M
     return B * (T + 1) * (8 + n_obs * itemsize) + B * T * per_step * itemsize
+
+
+def ssm_width(kind: str, n_obs: int, H: int) -> int:
+    """The real numbers a step of a state-space model's scan holds, for :func:`step_bytes`:
+    ``2 H`` for a ``"linear"`` SSM (complex states), ``N H`` for a ``"selective"`` one (a
+    state of size ``H`` per observed channel)."""
+    return 2 * H if kind == "linear" else n_obs * H

@@ -39,7 +39,7 @@ from autodiff.config import (
     new_run_remedies,
 )
 from autodiff.fingerprint import FINGERPRINTED, fingerprint, stored
-from autodiff.memory import available_bytes, step_bytes
+from autodiff.memory import available_bytes, ssm_width, step_bytes
 from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
@@ -72,6 +72,7 @@ from models.data import (
     to_sd_units,
 )
 from models.metrics import REST_MIN_POINTS
+from models.ssm import LinearSSM
 from parscan.deer import DeerStatus
 
 
@@ -525,10 +526,11 @@ def _check_step_memory(model, config) -> None:
     in the memory available now (a step would raise ``MemoryError``, or swap, only after the
     run started)."""
     rnn = isinstance(model, LatentRNN)
+    kind = "linear" if isinstance(model, LinearSSM) else "selective"
     need = step_bytes(
         config.batch_size,
         config.sequence_length,
-        model.M if rnn else model.H,
+        model.M if rnn else ssm_width(kind, model.n_obs, model.H),
         model.n_obs,
         np.dtype(config.dtype).itemsize,
         rnn and config.method == "deer",

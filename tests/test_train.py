@@ -1320,6 +1320,9 @@ def test_the_step_estimate_counts_the_windows_and_the_gradients_arrays():
     assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=True) == windows + B * T * 24 * 4
     assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=False) == windows + B * T * 18 * 4
     assert autodiff.memory.step_bytes(1, 1, 3, 0, 8, deer=True) - 2 * 8 == 192
+    # a state-space model's scan: complex states (2H reals), or one state per channel (N H)
+    assert autodiff.memory.ssm_width("linear", 3, 32) == 64
+    assert autodiff.memory.ssm_width("selective", 3, 32) == 96
 
 
 def test_damaged_checkpoint_state_is_refused_clearly(lorenz, tmp_path):
