@@ -895,7 +895,15 @@ def linear_scan_cuda(a, b, h0, reverse, transpose, dense, out):
         if host.size:
             d_out.copy_to_host(host)
         return host
+    from parscan.scan import _extent  # the module that checked out's overlap with b
+
     _check_device_layout((a, b, h0, out))
     if out is None:
         out = cuda.device_array(b.shape, b.dtype)
+    elif out.size and _extent(out) == _extent(b):  # in place: the walks below re-read b
+        # (a state carried step by step through a product of ``a`` that overflowed reads
+        # b[t] after other tiles wrote h there), so the scan gets a result of its own
+        fresh = scan_device(a, b, h0, reverse, transpose, dense, cuda.device_array_like(out))
+        out.copy_to_device(fresh)
+        return out
     return scan_device(a, b, h0, reverse, transpose, dense, out)

@@ -9,7 +9,7 @@ arXiv:2605.12683) is five launches and one small copy::
     _shift          z_{t-1} <- iterate (z0 at t = 0)              one thread per element
     F, J            model.step_and_jacobian on device arrays     models._cuda_eval
     _assemble       (F, J) -> (b, A) of the linearised system     one thread per step
-    linear_scan     the next iterate, in place                   parscan._cuda
+    linear_scan     the next iterate (into the points' buffer)   parscan._cuda
     norm partials   per (sequence, chunk): max |dz|, tolerance    one block per chunk
                     met, finite -> host (B x 3 x chunks numbers)
 
@@ -234,17 +234,19 @@ class DeviceNewton:
         _assemble[launch_grid(n * T, launch)](
             nxt, j_flat, zprev, self.forcing, self.alpha, self.d_rows, self.n_forced
         )
-        linear_scan(j, nxt, self.z0, backend="cuda", out=nxt)
+        # into zprev, which _assemble has read: not in place, which would cost linear_scan a
+        # temporary result (its walks over overflowed products re-read b)
+        linear_scan(j, nxt, self.z0, backend="cuda", out=zprev)
         parts = self.parts[:n]
         _norm_kernel(launch.threads)[n * parts.shape[2], launch.threads](
-            nxt.reshape(n, T * M),
+            zprev.reshape(n, T * M),
             cur.reshape(n, T * M),
             float(rtol),
             float(atol),
             self.chunk,
             parts,
         )
-        self.cur, self.nxt = self.nxt, self.cur
+        self.cur, self.zprev = self.zprev, self.cur
         host = parts.copy_to_host()  # the one synchronising copy of an iteration
         upd = host[:, 0].max(axis=1)  # NaN propagates, as on the host
         return upd, host[:, 1].min(axis=1) == 1.0, host[:, 2].min(axis=1) == 1.0

@@ -177,15 +177,18 @@ def _check_backend(backend, on_device: bool) -> str:
     return backend
 
 
-def _cast(name: str, target: np.dtype, converted: frozenset) -> str:
+def _cast(name: str, target: np.dtype, converted: frozenset, device: bool = False) -> str:
     """How a caller casts input ``name`` to ``target``: ``.astype`` for an array, ``np.asarray``
-    for what ``linear_scan`` converted (``converted``: the names given as lists, scalars...)."""
+    for what ``linear_scan`` converted (``converted``: the names given as lists, scalars...),
+    a copy through the host for a device array (``device``: Numba's have no ``astype``)."""
     if name in converted:
         return f"np.asarray({name}, dtype=np.{target})"
+    if device:
+        return f"cuda.to_device({name}.copy_to_host().astype(np.{target}))"
     return f"{name}.astype(np.{target})"
 
 
-def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
+def _dtype_problems(a, b, h0, converted: frozenset, device: bool = False) -> list[str]:
     dt = b.dtype
     if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
         return []
@@ -204,24 +207,24 @@ def _dtype_problems(a, b, h0, converted: frozenset) -> list[str]:
         target = np.result_type(target, np.complex64)
     problems = [
         f"expected {_DTYPE_NAMES} for `{name}`; got {name}.dtype={dtype}. "
-        f"Use {_cast(name, target, converted)}."
+        f"Use {_cast(name, target, converted, device)}."
         for name, dtype in named
         if name not in usable
     ]
     if any(d != target for d in usable.values()):
         got = ", ".join(f"{name}.dtype={dtype}" for name, dtype in named)
         casts = ", ".join(
-            _cast(name, target, converted) for name, d in usable.items() if d != target
+            _cast(name, target, converted, device) for name, d in usable.items() if d != target
         )
         problems.append(
             f"`a`, `b` and `h0` must share one dtype; got {got}. Cast {casts}"
-            + _narrower_h0(usable, target, converted)
+            + _narrower_h0(usable, target, converted, device)
             + "."
         )
     return problems
 
 
-def _narrower_h0(usable: dict, target: np.dtype, converted: frozenset) -> str:
+def _narrower_h0(usable: dict, target: np.dtype, converted: frozenset, device: bool) -> str:
     """The other fix when only an ``h0`` array is wider than ``a`` and ``b`` (which agree):
     cast ``h0`` to theirs (not when that would drop its imaginary part)."""
     ab = {usable.get("a"), usable.get("b")}
@@ -230,7 +233,7 @@ def _narrower_h0(usable: dict, target: np.dtype, converted: frozenset) -> str:
     (dtype,) = ab
     if dtype is None or (target.kind == "c" and dtype.kind != "c"):
         return ""
-    return f" (or, to scan in {dtype}, {_cast('h0', dtype, converted)})"
+    return f" (or, to scan in {dtype}, {_cast('h0', dtype, converted, device)})"
 
 
 def _host_arrays(where: str, **inputs):
@@ -269,6 +272,14 @@ def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
         from parscan import _cuda
 
         a, b, h0, out = (None if x is None else _cuda.as_device_array(x) for x in (a, b, h0, out))
+        given = {"a": a, "b": b, "h0": h0, "out": out}
+        swapped = [f"{name}.dtype={x.dtype}" for name, x in given.items() if _swapped(x)]
+        if swapped:
+            raise TypeError(
+                f"device arrays must be in native byte order; got {', '.join(swapped)}. Copy "
+                "them from native host arrays: cuda.to_device(x.astype(x.dtype.newbyteorder("
+                "'='))) (host inputs in any byte order are converted once)."
+            )
         converted = frozenset()
     else:
         given = {"a": a, "b": b, "h0": h0}
@@ -281,7 +292,7 @@ def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
             if masked is not None:
                 problems.append((TypeError, masked))
         a, b, h0 = arrays.values()
-    dense = _validate(a, b, h0, converted)
+    dense = _validate(a, b, h0, converted, on_device)
     if out is not None:
         if isinstance(out, np.ma.MaskedArray) or not (
             isinstance(out, np.ndarray) or is_device_array(out)
@@ -295,14 +306,20 @@ def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
     return a, b, h0, out, dense
 
 
-def _validate(a, b, h0, converted: frozenset) -> bool:
+def _swapped(x) -> bool:
+    """Whether array ``x`` (or None) holds its dtype in the other byte order."""
+    return x is not None and not np.dtype(x.dtype).isnative
+
+
+def _validate(a, b, h0, converted: frozenset, device: bool = False) -> bool:
     """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``;
-    ``converted``: the names of those the caller gave as other than arrays, for the fixes).
+    ``converted``: the names of those the caller gave as other than arrays, and ``device``:
+    whether they are device arrays, for the fixes).
 
     Returns True for a dense ``a``. Raises one ``TypeError`` (dtype problems) or ``ValueError``
     (shape problems only) listing every mismatch found.
     """
-    dtype_problems = _dtype_problems(a, b, h0, converted)
+    dtype_problems = _dtype_problems(a, b, h0, converted, device)
     shape_problems = []
     dense = False
     if b.ndim < 2:
@@ -488,9 +505,10 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         Where to write ``h`` (saves the allocation and page faults of a new array in loops):
         C-contiguous, writeable, ``b``'s dtype, on the same device as the inputs. It may be
         ``b`` itself (in-place scan) but must not overlap ``a``, ``h0`` or part of ``b``. (On
-        the cuda backend an in-place scan of non-finite data may give NaN where the
-        sequential loop keeps ``±inf``: the walks that carry a non-finite state through
-        underflowed products re-read ``b``, which other blocks may have overwritten.)
+        the cuda backend an in-place scan of device arrays allocates a temporary result and
+        copies it into ``b``: the walks that carry a state step by step through an
+        overflowed product of ``a`` re-read ``b``, which other tiles would have
+        overwritten.)
 
     Returns
     -------

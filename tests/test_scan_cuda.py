@@ -538,6 +538,45 @@ def test_sim_out_and_in_place_on_device(sim_launch):
 
 
 @pytest.mark.cudasim
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dense", [False, True])
+def test_sim_in_place_scan_across_an_overflowed_product_is_the_loops(sim_launch, dense):
+    """In place (``out=b``), the state walked step by step through a product of ``a`` that
+    overflowed reads the b of those steps, not the h other tiles wrote there (it gave 22
+    for 7, and 375 for 31 with the full launch)."""
+    T = 48
+    a, b = np.ones((1, T, 1), np.float32), np.ones((1, T, 1), np.float32)
+    a[0, 0:2, 0], b[0, 0:2, 0] = 1e30, 0.0  # the product overflows; the states stay 0, 1, 2, ...
+    if dense:
+        a = a[..., None]
+    ref = parscan.linear_scan(a, b, backend="sequential")
+    db = cuda.to_device(b)
+    assert parscan.linear_scan(cuda.to_device(a), db, out=db) is db
+    np.testing.assert_array_equal(db.copy_to_host(), ref)
+    assert ref[0, -1, 0] == T - 2
+
+
+@pytest.mark.cudasim
+def test_sim_device_arrays_of_the_other_byte_order_or_dtype_get_fixes_that_work(sim_launch):
+    """A big-endian device array is refused naming the fix (it crashed inside Numba); the
+    cast suggested for a device array goes through the host (Numba's have no astype)."""
+    a, b = np.ones((2, 5, 3)), np.ones((2, 5, 3))
+    with pytest.raises(
+        TypeError,
+        match=r"^linear_scan: device arrays must be in native byte order; got a\.dtype=>f8, "
+        r"b\.dtype=>f8\. Copy them",
+    ):
+        parscan.linear_scan(cuda.to_device(a.astype(">f8")), cuda.to_device(b.astype(">f8")))
+    with pytest.raises(
+        TypeError,
+        match=r"got a\.dtype=int32\. Use cuda\.to_device\(a\.copy_to_host\(\)\.astype\(np\."
+        r"float64\)\)\.$",
+    ):
+        parscan.linear_scan(cuda.to_device(a.astype(np.int32)), cuda.to_device(b))
+
+
+@pytest.mark.cudasim
 def test_sim_empty_and_errors(sim_launch):
     a, b, _ = make_inputs(0, np.float64, False, (2,), 0, 3)
     assert parscan.linear_scan(cuda.to_device(a), cuda.to_device(b)).shape == (2, 0, 3)
