@@ -229,6 +229,9 @@ class TrainConfig:
         ``alpha_interval`` steps estimate ``a`` on the current batch with
         :func:`parscan.gtf_alpha` (``alpha_method``); raise alpha to ``a`` at once when
         ``a > alpha``, else ``alpha <- gamma alpha + (1 - gamma) a`` (the lab's annealing).
+        The step after a rejected one estimates too (a rejection is often an alpha too small
+        for its batch: the next batch gets its own estimate), so many rejections anneal
+        faster.
     alpha : float in [0, 1]
         The constant alpha, or the initial one in auto mode.
     alpha_method : {"sup", "geomean", "param_bound"}
@@ -236,12 +239,12 @@ class TrainConfig:
     alpha_gamma : float in [0, 1)
         Annealing factor ``gamma`` (auto mode).
     alpha_interval : int
-        Re-estimate alpha every this many steps (auto mode).
+        Re-estimate alpha every this many steps, and after a rejected step (auto mode).
     jacobian : {"full", "diag"}
         DEER (Newton) or quasi-DEER forward (``method="deer"`` and latent RNNs only).
     noise_level : float >= 0
-        Gaussian noise of this standard deviation (relative to each dimension's sd, i.e.
-        absolute on standardised data) added to every training window.
+        Gaussian noise of this standard deviation, relative to each dimension's sd of the
+        training data (with ``standardize=False`` too), added to every training window.
     seed : int
         Seed of the window sampler and the noise.
     dtype : {"float32", "float64"}

@@ -38,6 +38,25 @@ def _penalised_blocks(model) -> dict[str, tuple[str, ...]]:
     return {g: tuple(n for n in names if n.startswith(PREFIXES[g])) for g in GROUPS}
 
 
+def unpenalised_problem(model, weights) -> str:
+    """The refusal (a sentence) of a weights dict giving a positive weight to a group that
+    has no parameter block in ``model`` (an SSM's ``"A"``: its recurrence is never
+    regularised), which would add nothing; ``""`` when there is none. One number for all
+    groups applies to those the model has, and is never refused."""
+    if not isinstance(weights, dict):
+        return ""
+    penalised = _penalised_blocks(model)
+    empty = [g for g, w in weights.items() if g in penalised and not penalised[g] and w != 0]
+    if not empty:
+        return ""
+    return (
+        f"a {type(model).__name__} has no parameter in the l2 group(s) "
+        f"{', '.join(map(repr, empty))} (penalised here: "
+        f"{', '.join(f'{g} {list(n)}' for g, n in penalised.items() if n)}); drop "
+        f"{'it or set it' if len(empty) == 1 else 'them or set them'} to 0."
+    )
+
+
 def _check_weights(weights) -> dict[str, float]:
     if isinstance(weights, dict):
         unknown = sorted(set(weights) - set(GROUPS))
@@ -94,6 +113,9 @@ def l2_penalty(model, weights: dict | float) -> tuple[float, np.ndarray]:
     if not isinstance(model, Model):
         raise TypeError(f"l2_penalty: model must be a parscan model; got {type(model).__name__}.")
     lam = _check_weights(weights)
+    problem = unpenalised_problem(model, weights)
+    if problem:
+        raise ValueError(f"l2_penalty: {problem}")
     penalised = _penalised_blocks(model)
     grad = np.zeros(model.n_params, dtype=model.dtype)
     grad_blocks = model.unflatten(grad)

@@ -21,6 +21,7 @@ written when an exception (``KeyboardInterrupt`` included) stopped training -- g
 the parameters of an uninterrupted run (same machine, thread count and backend).
 """
 
+import copy
 import dataclasses
 import math
 import time
@@ -46,7 +47,7 @@ from autodiff.optim import (
     clip_grad_norm,
     make_optimizer,
 )
-from autodiff.regularization import l2_penalty
+from autodiff.regularization import l2_penalty, unpenalised_problem
 from autodiff.resume import (
     Start,
     State,
@@ -67,6 +68,7 @@ from models.base import LatentRNN, Model, format_bytes
 from models.data import (
     check_trajectory,
     check_trajectory_or_list,
+    column_mean_sd,
     several_trajectories,
     standardize,
     to_sd_units,
@@ -254,11 +256,12 @@ class EpochInfo:
     Attributes
     ----------
     record : dict
-        The epoch's entry of :attr:`TrainResult.history`.
+        The epoch's entry of :attr:`TrainResult.history` (a copy: changing it changes
+        neither the history nor a checkpoint).
     best_epoch : int or None
         Best validated epoch so far (1-based), None before the first validation.
     best_scores : dict or None
-        Its validation scores.
+        Its validation scores (a copy).
     """
 
     record: dict
@@ -459,6 +462,9 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
             + refusal(field_values(config, unused), "the latent RNNs (GTF-DEER)", reason)
             + f"{scans}."
         )
+    unpenalised = unpenalised_problem(model, config.l2)
+    if unpenalised:
+        raise ValueError(f"fit: config.l2: {unpenalised}")
     from autodiff.gradients import cuda_problems
 
     cuda = cuda_problems(model, config.method, config.backend)
@@ -779,6 +785,10 @@ def fit(
     T, B, bpe = config.sequence_length, config.batch_size, config.batches_per_epoch
     first_rows = window_starts(start.lengths["data"], T)
     offsets = np.arange(T + 1)
+    # the noise's sd in the training units: noise_level data sds (1 when standardised)
+    noise_sd = config.noise_level
+    if not config.standardize and config.noise_level > 0:
+        noise_sd = (config.noise_level * column_mean_sd(data)[1]).astype(data.dtype)
     is_rnn = isinstance(model, LatentRNN)
 
     def snapshot():
@@ -912,8 +922,11 @@ def fit(
                 snap = snapshot()
                 if not last and record["epoch"] % config.checkpoint_interval == 0:
                     write(snap)
-                if callback is not None:
-                    callback(EpochInfo(record, state.best_epoch, state.best_scores))
+                if callback is not None:  # copies: a callback cannot change the run's state
+                    scores = state.best_scores
+                    callback(
+                        EpochInfo(copy.deepcopy(record), state.best_epoch, copy.deepcopy(scores))
+                    )
                 continue
 
             t0 = time.perf_counter()
@@ -922,7 +935,7 @@ def fit(
             starts = first_rows[rng.integers(0, first_rows.size, size=B)]
             windows = data[starts[:, None] + offsets]
             if config.noise_level > 0:
-                windows += config.noise_level * rng.standard_normal(windows.shape, dtype=data.dtype)
+                windows += noise_sd * rng.standard_normal(windows.shape, dtype=data.dtype)
             loss, penalty, grad_norm, newton, reason, sequential = _train_step(
                 model, optimizer, windows, state, lr, config
             )

@@ -490,6 +490,8 @@ def test_l2_penalty_value_matches_lab_formula():
 def test_l2_penalty_gradient_fd(weights):
     rng = np.random.default_rng(7)
     for m in (_Toy(), LinearSSM(2, 3, 4, seed=1)):
+        if isinstance(m, LinearSSM) and isinstance(weights, dict):
+            weights = {group: w for group, w in weights.items() if group != "A"}  # none there
         _, grad = l2_penalty(m, weights)
         p0 = m.params.copy()
         for _ in range(3):
@@ -531,3 +533,12 @@ def test_l2_penalty_leaves_every_ssm_recurrence_unregularised(make, recurrence):
     blocks = model.unflatten(grad)
     assert not any(blocks[name].any() for name in recurrence)
     assert all(blocks[name].any() for name in ("W1", "W2", "b1", "b2"))
+    # a weight named for the group it has no block in would add nothing: refused
+    name = type(model).__name__
+    with pytest.raises(
+        ValueError,
+        match=rf"^l2_penalty: a {name} has no parameter in the l2 group\(s\) 'A' \(penalised "
+        r"here: W \['W1', 'W2'\], bias \['b1', 'b2'\]\); drop it or set it to 0\.$",
+    ):
+        l2_penalty(model, {"A": 0.5, "W": 1.0})
+    assert l2_penalty(model, {"A": 0.0, "W": 1.0})[0] == l2_penalty(model, {"W": 1.0})[0]

@@ -123,6 +123,52 @@ def test_fit_reduces_the_loss(lorenz):
     np.testing.assert_allclose(result.model.standardization[0], x.mean(axis=0))
 
 
+def test_a_callback_cannot_change_the_history_or_the_checkpoints(lorenz, tmp_path):
+    """EpochInfo hands out copies: a callback that annotates the record or the best scores
+    changes neither the history nor a checkpoint (a resume refused the annotated history
+    as damaged)."""
+    x, xv = lorenz
+
+    def annotate(info):
+        if isinstance(info, EpochInfo):
+            info.record["note"] = "seen"
+            if info.best_scores is not None:
+                info.best_scores["score"] = -1.0
+            if info.record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    cfg = config(epochs=3, batches_per_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, validation_data=xv, callback=annotate)
+    result = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, validation_data=xv, resume=True)
+    assert all("note" not in record for record in result.history)
+    assert result.best_scores["score"] >= 0.0
+
+
+def test_noise_level_is_in_data_sds_also_without_standardisation(lorenz, monkeypatch):
+    """With standardize=False the noise is noise_level times each column's sd of the
+    training data (it was noise_level in the data's units: 10 times the signal of a column
+    with sd 0.01)."""
+    x, _ = lorenz
+    scale = np.array([1.0, 100.0, 0.01])
+    data = standardize(x)[0] * scale
+    batches = []
+    real = autodiff.train._loss_and_grad
+
+    def first_batch(model, windows, alpha, config):
+        batches.append(windows.copy())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autodiff.train, "_loss_and_grad", first_batch)
+    for noise in (0.0, 0.1):
+        cfg = config(noise_level=noise, standardize=False, alpha_mode="constant", batch_size=64)
+        with pytest.raises(KeyboardInterrupt):
+            fit(small_model(), data, cfg)
+    monkeypatch.setattr(autodiff.train, "_loss_and_grad", real)
+    noise_sd = (batches[1] - batches[0]).reshape(-1, 3).std(axis=0)
+    np.testing.assert_allclose(noise_sd / data.std(axis=0), 0.1, rtol=0.1)
+
+
 @pytest.fixture(scope="module")
 def full_run(lorenz, tmp_path_factory):
     """The uninterrupted validated run every resumed one must reproduce bit for bit."""
