@@ -38,7 +38,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from models._checks import Checks, as_array, check_int
-from models.base import LatentRNN, astype_hint, new_run
+from models.base import LatentRNN, allocated, astype_hint, new_run, not_numeric
 from parscan.scan import cuda_unavailable, is_device_array
 
 #: ``mode`` argument of the evaluation drivers.
@@ -207,7 +207,8 @@ class PiecewiseLinearRNN(LatentRNN):
                 f"needs both arguments on the device). Pass a host array "
                 f"({name}.copy_to_host()) or keep every array argument on the device."
             )
-        z = as_array(z, f"`{name}`", where, self.dtype)
+        given, z = z, as_array(z, f"`{name}`", where, self.dtype)
+        not_numeric(given, z, where, f"`{name}`")
         if z.ndim < 1 or z.shape[-1] != self.M:
             raise ValueError(
                 f"{where}: `{name}` must have shape (..., {self.M}) (M={self.M}); got "
@@ -218,7 +219,9 @@ class PiecewiseLinearRNN(LatentRNN):
                 f"{where}: `{name}` must have the model dtype {self.dtype}; got {z.dtype}. "
                 f"Use np.asarray({name}, dtype=np.{self.dtype}){astype_hint(z.dtype)}."
             )
-        return z, np.ascontiguousarray(z).reshape(-1, self.M)
+        n_bytes = z.size * self.dtype.itemsize
+        flat = allocated(lambda: np.ascontiguousarray(z), n_bytes, where, f"`{name}`'s states")
+        return z, flat.reshape(-1, self.M)
 
     def _check_out(self, arr, shape: tuple, where: str, name: str) -> np.ndarray:
         """``arr`` if it is a writeable C-contiguous host array of ``shape`` and the model
@@ -252,7 +255,14 @@ class PiecewiseLinearRNN(LatentRNN):
         z, Z = self._states(z, method)
         j_shape = (*z.shape[:-1], *_jacobian_tail(mode, self.M))
         if out is None:
-            return Z, np.empty(z.shape, dtype=self.dtype), np.empty(j_shape, dtype=self.dtype)
+            n_bytes = (z.size + math.prod(j_shape)) * self.dtype.itemsize
+            F, J = allocated(
+                lambda: (np.empty(z.shape, self.dtype), np.empty(j_shape, self.dtype)),
+                n_bytes,
+                where,
+                "the states' steps and Jacobians",
+            )
+            return Z, F, J
         f_out, j_out = check_out_pair(out, where)
         F = self._check_out(f_out, z.shape, where, "out[0]")
         J = self._check_out(j_out, j_shape, where, "out[1]")

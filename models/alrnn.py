@@ -125,7 +125,8 @@ def alrnn_vjp_params(A, W, h, P, zero_diag, z, cot, grad):
         zj = z[j]
         phi = zj if j < M - P else (lo if zj < lo else zj) * (zj > 0)
         for i in range(M):
-            grad[M + i * M + j] += cot[i] * phi * ((i != j) | (zero_diag == 0))
+            if i != j or zero_diag == 0:  # a held diagonal gets 0, also for a NaN/inf state
+                grad[M + i * M + j] += cot[i] * phi
 
 
 ALRNN_STEP_FUNCTIONS = StepFunctions(

@@ -81,6 +81,30 @@ def check_finite_params(
         raise ValueError(f"{where}: {name} contain NaN or inf (first at index {first}).{remedy}")
 
 
+def not_numeric(x, arr: np.ndarray, where: str, what: str) -> None:
+    """Raise ``TypeError`` naming ``where`` when ``arr`` (``np.asarray(x)``) holds no numbers
+    at all (``None``, a string, a dict: object or text dtype), before a shape check would
+    describe it as an array of shape ``()``."""
+    if arr.dtype.kind in "OUSV":
+        raise TypeError(
+            f"{where}: {what} must be a real numeric array; got {type(x).__name__}"
+            f"{' ' + repr(x) if isinstance(x, str | None) else ''}."
+        )
+
+
+def allocated(make, n_bytes: int, where: str, what: str):
+    """``make()`` (NumPy allocations of ``n_bytes`` in all), with a size this machine cannot
+    allocate (``MemoryError``) or NumPy cannot hold (``ValueError``) refused as a
+    ``ValueError`` naming ``where``, ``what`` is allocated and the fix (fewer at a time)."""
+    try:
+        return make()
+    except (MemoryError, ValueError):
+        raise ValueError(
+            f"{where}: {what} need {format_bytes(n_bytes)}, more than this machine can "
+            "allocate; pass fewer at a time."
+        ) from None
+
+
 def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
     """``np.empty(shape, dtype)``: the output of free runs, ``shape`` ``(..., n_steps, D)``.
 
@@ -345,7 +369,15 @@ class Model(ABC):
         mean, sd = self.standardization or (0.0, 1.0)
         out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         with np.errstate(over="ignore", invalid="ignore"):
-            z0 = ((x0.astype(np.float64) - mean) / sd).astype(self.dtype)
+            units = (x0.astype(np.float64) - mean) / sd
+            z0 = units.astype(self.dtype)
+            if np.isinf(z0).sum() != np.isinf(units).sum():  # finite, but not in the dtype
+                raise ValueError(
+                    f"{where}: x0 in the model's standardised units reaches "
+                    f"{np.abs(units[np.isfinite(units)]).max():.3g}, beyond {self.dtype} (it "
+                    "would start from inf); use model.astype('float64') or starts nearer the "
+                    "training data."
+                )
             np.multiply(self.generate(z0, n_steps), sd, out=out)
             out += mean
         return out
@@ -379,6 +411,11 @@ class Model(ABC):
 
     def __getitem__(self, name: str) -> np.ndarray:
         """View of the named parameter block, e.g. ``model["W1"]``."""
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{type(self).__name__}: a parameter block is named by a str; got "
+                f"{type(name).__name__} {name!r}. Available: {', '.join(self._offsets)}."
+            )
         if name not in self._offsets:
             raise KeyError(
                 f"{type(self).__name__} has no parameter {name!r}; "
@@ -461,7 +498,8 @@ class Model(ABC):
         has ``size`` entries (``shape``, ``dims``: how the message writes it), of the model's
         dtype (a list is converted to it, an array of another dtype refused:
         :func:`models._checks.as_array`); ValueError/TypeError naming ``where``."""
-        x = as_array(x, what, where, self.dtype)
+        given, x = x, as_array(x, what, where, self.dtype)
+        not_numeric(given, x, where, what)
         if x.ndim < min_ndim or x.shape[-1] != size:
             raise ValueError(f"{where}: {what} must have shape {shape} with {dims}; got {x.shape}.")
         if x.dtype != self.dtype:
@@ -999,8 +1037,11 @@ class LatentRNN(Model):
         its kernel, and so its rounding, by the batch's shape), so a chaotic free run from it
         does not depend on the starts beside it.
         """
-        x0 = self._check_obs(x0, f"{type(self).__name__}.initial_state", "x0")
-        z0 = np.zeros((*x0.shape[:-1], self.M), dtype=self.dtype)
+        where = f"{type(self).__name__}.initial_state"
+        x0 = self._check_obs(x0, where, "x0")
+        shape = (*x0.shape[:-1], self.M)
+        n_bytes = math.prod(shape) * self.dtype.itemsize
+        z0 = allocated(lambda: np.zeros(shape, dtype=self.dtype), n_bytes, where, "the states")
         z0[..., : self.n_obs] = x0
         if self.M > self.n_obs:
             flat = z0.reshape(-1, self.M)  # a view: z0 is new and C-contiguous
@@ -1056,7 +1097,9 @@ class LatentRNN(Model):
             with checks.caught("x0"):
                 x0 = self._check_obs(x0, where, "x0")
             n_steps = checks.integer(n_steps, "n_steps", 0)
-        return self._free_run(self.initial_state(x0), n_steps, where)[..., : self.n_obs]
+        run = self._free_run(self.initial_state(x0), n_steps, where)
+        # the observed part alone: a view would keep all M latents of every step alive
+        return run if self.n_obs == self.M else np.ascontiguousarray(run[..., : self.n_obs])
 
     def _free_run(self, z0: np.ndarray, n_steps: int, where: str) -> np.ndarray:
         """:meth:`simulate` of checked states ``z0`` (..., M) of the model dtype and a checked

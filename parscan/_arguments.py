@@ -85,8 +85,8 @@ def in_model_dtype(x, arr: np.ndarray, name: str, dtype) -> tuple[np.ndarray, st
     if np.isinf(converted).sum() != np.isinf(arr).sum():
         return arr, (
             f"{name} has values too large for {np.dtype(dtype)} (they would become inf); the "
-            f"largest is {np.nanmax(np.abs(arr)):.3g}. Scale them down, or use a float64 model "
-            "(model.astype('float64'))."
+            f"largest is {np.abs(arr[np.isfinite(arr)]).max():.3g}. Scale them down, or use a "
+            "float64 model (model.astype('float64'))."
         )
     return converted, None
 

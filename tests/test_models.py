@@ -1228,3 +1228,49 @@ def test_a_model_pickled_before_params_became_a_property_unpickles():
     np.testing.assert_array_equal(restored.params, model.params)
     assert restored.standardization[1].tolist() == [1.0, 1.0, 1.0]
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).params, model.params)
+
+
+def test_inputs_that_are_no_numbers_or_too_large_are_refused_naming_the_method():
+    """None, a str or a dict as a state is a TypeError about its kind (it was "shape ()"); a
+    batch of states too large to allocate is a ValueError naming the method (a raw
+    MemoryError); a block name that is no str says what is available."""
+    model = ShPLRNN(3, 4)
+    for given, shown in ((None, "NoneType None"), ("abc", "str 'abc'"), ({"a": 1}, "dict")):
+        with pytest.raises(TypeError, match=rf"^ShPLRNN.step: `z` must be a real numeric array; "
+                           rf"got {shown}\.$"):  # fmt: skip
+            model.step(given)
+        with pytest.raises(TypeError, match=r"^ShPLRNN.initial_state: x0 must be a real numeric"):
+            model.initial_state(given)
+    huge = np.broadcast_to(np.zeros(3), (10**11, 3))
+    for method, what in (("simulate", "`z0`'s states"), ("step", "`z`'s states"),
+                         ("initial_state", "the states")):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=rf"^ShPLRNN.{method}: {what} need 2.18 TiB, more than this machine "
+        ):
+            getattr(model, method)(huge, 0) if method == "simulate" else getattr(model, method)(
+                huge
+            )
+    with pytest.raises(TypeError, match=r"^ShPLRNN: a parameter block is named by a str; got list"):
+        model[["A"]]
+
+
+def test_float32_messages_and_runs_in_data_units_stay_finite_or_refuse():
+    """A finite x0 beyond float32 in the standardised units is refused (the runs were all NaN);
+    the value a "too large" message reports is the largest finite one, not an inf beside it."""
+    model = ShPLRNN(2, 4, dtype="float32")
+    model.standardization = (np.zeros(2), np.ones(2))
+    with pytest.raises(ValueError, match=r"^ShPLRNN.generate_in_data_units: x0 in the model's "
+                       r"standardised units reaches 1e\+39, beyond float32"):  # fmt: skip
+        model.generate_in_data_units(np.array([1e39, 0.0]), 2)
+    with pytest.raises(ValueError, match=r"the largest is 1e\+300\. Scale them down"):
+        ShPLRNN(3, 4, dtype="float32").step([np.inf, 1e300, 0.0])
+
+
+def test_generate_returns_the_observed_part_alone_and_a_held_diagonal_gets_no_gradient():
+    """generate's result owns only the N observed columns (a view kept all M latents of every
+    step alive); a PLRNN's diag(W) gradient is 0 also at a NaN state (it was NaN)."""
+    runs = ALRNN(20, 4, 3).generate(np.zeros((10, 3)), 100)
+    assert runs.flags.c_contiguous and (runs.base is None or runs.base.nbytes == runs.nbytes)
+    model = PLRNN(3)
+    grad = model.unflatten(model.param_vjp([np.nan, 0.1, 0.2], [1.0, 1.0, 1.0]))
+    assert np.array_equal(np.diag(grad["W"]), np.zeros(3))
