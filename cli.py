@@ -42,6 +42,7 @@ import datetime
 import difflib
 import hashlib
 import importlib.metadata
+import io
 import itertools
 import json
 import math
@@ -416,14 +417,16 @@ def _resolve(
             raise UserError("--resume needs --out, the folder of the run to continue.")
         if merged["out"].strip():  # an empty --out is refused with the other problems
             saved = saved_settings(Path(merged["out"]), "--resume")
+    generator = None
     if {**(saved or {}), **merged}.get("data") is not None:
-        generator = [name for name in GENERATOR_SETTINGS if name in merged]
-        if generator:
-            names = ", ".join(_named(name, origins) for name in generator)
-            raise UserError(
-                f"{names}: these settings generate data and do not apply with --data; drop "
-                f"{'it' if len(generator) == 1 else 'them'}."
+        names = [name for name in GENERATOR_SETTINGS if name in merged]
+        if names:
+            generator = (
+                f"{', '.join(_named(name, origins) for name in names)}: these settings generate "
+                f"data and do not apply with --data; drop {'it' if len(names) == 1 else 'them'}"
             )
+    if generator and saved is not None:  # before the comparison, which would call it a change
+        raise UserError(f"{generator}.")
     if saved is not None:
         _check_resume_changes(merged, saved, Path(merged["out"]), origins)
         # the output flags are this command's own, not the resumed run's
@@ -444,7 +447,7 @@ def _resolve(
     settings = Settings(**merged)
     if settings.hidden_dim is None and settings.model in DEFAULT_HIDDEN_DIM:
         settings = replace(settings, hidden_dim=DEFAULT_HIDDEN_DIM[settings.model])
-    _check_settings(settings, origins, this_command)
+    _check_settings(settings, origins, this_command, generator)
     return settings, origins, frozenset(this_command)
 
 
@@ -465,8 +468,9 @@ def _with_origin(name: str, value, origins: dict[str, str]) -> str:
 
 
 def _absolute(path: str) -> str:
-    """``path`` as an absolute path (relative to the working directory, ``~`` expanded)."""
-    return str(Path(path).expanduser().absolute())
+    """``path`` as an absolute, normalised path (relative to the working directory, ``~``
+    expanded, ``a/../b`` as ``b``): one file's spellings compare equal."""
+    return os.path.normpath(Path(path).expanduser().absolute())
 
 
 def _absolute_paths(paths: str | list[str]) -> str | list[str]:
@@ -527,14 +531,18 @@ def _array_key_problem(s: Settings, name: str, origin: str | None) -> str | None
     return f"{option} names an array in an .npz file; {named} {verb}, {fix}"
 
 
-def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collection[str]) -> None:
-    """Refuse settings that cannot run, all problems in one message; ``origins``: where the
-    settings that the flags did not give were set (see :func:`_resolve`); ``given``: the
-    settings this command sets (flags and config file), refused where the run would not use
-    them even at their defaults."""
+def _check_settings(
+    s: Settings, origins: dict[str, str], given: typing.Collection[str], generator: str | None
+) -> None:
+    """Refuse settings that cannot run, all problems in one message (a missing file first);
+    ``origins``: where the settings that the flags did not give were set (see
+    :func:`_resolve`); ``given``: the settings this command sets (flags and config file),
+    refused where the run would not use them even at their defaults; ``generator``: the
+    problem of data-generating settings given with ``--data``, or None."""
     from autodiff.config import MIN_SCORED_STEPS
     from autodiff.optim import lr_ratio_problem
     from models.metrics import REST_MIN_POINTS
+    from models.systems import SYSTEMS
 
     problems = [
         f"{_named(name, origins)}: no such file {file}"
@@ -542,6 +550,11 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
         for file in _files(getattr(s, name))
         if not Path(file).exists()
     ]
+    if generator:
+        problems.append(generator)
+    if s.data is None and s.system not in SYSTEMS:
+        named = _with_origin("system", s.system, origins)
+        problems.append(f"{named}: unknown system; known: {', '.join(SYSTEMS)}")
     for param in main.params:  # values a config file set (the flags' Click checked)
         value = getattr(s, param.name, None)
         if isinstance(param.type, click.Choice) and value is not None:
@@ -615,9 +628,16 @@ def _check_settings(s: Settings, origins: dict[str, str], given: typing.Collecti
         problems.append(
             f"{_named('alpha', origins)} must be 'auto' or a number in [0, 1], got {s.alpha!r}"
         )
-    for name in ("validation_fraction", "test_fraction"):
+    holds_out = s.data is not None and not s.test_data  # test_fraction applies
+    for name in ("validation_fraction", "test_fraction")[: 2 if holds_out else 1]:
         if not 0.0 < getattr(s, name) < 0.9:
             problems.append(f"{_named(name, origins)} must be in (0, 0.9), got {getattr(s, name)}")
+    if "test_fraction" in given and not holds_out:
+        instead = "--test-data gives the test data" if s.test_data else "--system generates it"
+        problems.append(
+            f"{_with_origin('test_fraction', s.test_fraction, origins)}: it holds test data out "
+            f"of --data, and {instead}; drop it"
+        )
     if not 0.0 <= s.noise < 10:
         problems.append(f"{_named('noise', origins)} must be in [0, 10), got {s.noise}")
     if s.out is not None and not s.out.strip():
@@ -891,8 +911,6 @@ def _generated(s: Settings) -> tuple[np.ndarray, np.ndarray | None, str]:
     condition; None with ``--test-data``) and the words for their source."""
     from models import SYSTEMS, generate
 
-    if s.system not in SYSTEMS:
-        raise UserError(f"--system {s.system}: unknown system; known: {', '.join(SYSTEMS)}.")
     copies = 1 if s.test_data else 2  # the training and the test trajectory
     _check_memory(copies * s.n_steps * SYSTEMS[s.system].dim * 8, "--n-steps")
     try:
@@ -1435,15 +1453,34 @@ def _json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def write_history(path: Path, history: list) -> None:
-    """One CSV row per epoch; the union of the record keys as columns."""
+#: history columns of the Newton iterations, empty in a run that has none (as in
+#: metrics.json: null)
+NEWTON_COLUMNS = ("newton_iters_mean", "newton_iters_max")
+
+
+def write_history(path: Path, history: list, newton: bool = True) -> None:
+    """One CSV row per epoch; the union of the record keys as columns; written atomically
+    (``models.base.atomic_write``). ``newton``: whether the run iterated (GTF-DEER);
+    without, the Newton columns are empty (``fit`` records 0)."""
+    from models.base import atomic_write
+
     columns = []
     for record in history:
         columns.extend(key for key in record if key not in columns)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
+    rows = history if newton else [{**r, **dict.fromkeys(NEWTON_COLUMNS, "")} for r in history]
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(text.getvalue().encode()), "parscan-train")
+
+
+def _save_figure(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically (a failed write leaves the file
+    already there)."""
+    from models.base import atomic_write
+
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120), "parscan-train")
 
 
 #: steps of a one-dimensional series that ``attractor.png`` shows over time
@@ -1500,7 +1537,7 @@ def write_plots(
         ax.set_ylim(lo[y], hi[y])
         ax.set_title(panel)
     fig.tight_layout()
-    fig.savefig(out / "attractor.png", dpi=120)
+    _save_figure(fig, out / "attractor.png")
     plt.close(fig)
     length = min(len(test), len(generated))
     spectra = (
@@ -1517,7 +1554,7 @@ def write_plots(
     axes[0, 0].legend()
     axes[-1, 0].set_xlabel("frequency bin")
     fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=120)
+    _save_figure(fig, out / "spectrum.png")
     plt.close(fig)
     return "plots: attractor.png, spectrum.png"
 
@@ -1850,8 +1887,8 @@ class _Once(click.Option):
     """An option that takes one value and refuses to be given twice, where a repetition
     means a misunderstanding rather than an override: the array keys, next to the
     repeatable ``--data`` / ``--test-data`` (click would keep the last value silently:
-    ``--data-key a --data-key b`` read only ``b``). Other options keep click's rule, the
-    last value given wins."""
+    ``--data-key a --data-key b`` read only ``b``), and ``--config`` (a second file would
+    replace the first). Other options keep click's rule, the last value given wins."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, multiple=True, **kwargs)
@@ -1876,6 +1913,8 @@ _ONCE_HINTS = {
     "one .npz, save each to a file of its own, e.g. with np.save, and repeat --data)",
     "test_data_key": " (it names the array of every --test-data .npz; save each array to a "
     "file of its own to test on several)",
+    "config_path": " (a second file would replace the first's settings silently; merge them "
+    "into one file, and give the others as flags, which override it)",
 }
 
 
@@ -1943,7 +1982,7 @@ def _once(*param_decls, **attrs):
 )
 @click.option("--out", type=str, help="Results folder (default runs/<data>-<model>-<time>).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out.")
-@click.option("--config", "config_path", type=str, help="TOML/JSON file with these settings.")
+@_once("--config", "config_path", type=str, help="TOML/JSON file with these settings.")
 @click.option("--quiet", "-q", is_flag=True, default=None, help="Only warnings and the summary.")
 @click.option("--verbose", "-v", is_flag=True, default=None, help="Log every epoch.")
 @click.version_option(parscan.__version__, "--version", prog_name="parscan-train")
@@ -2172,7 +2211,7 @@ def train(
         }
         outdated = _outdated_by(out, trained) if s.resume else []
         trained.save(out / "model.npz", metadata=metadata)
-        write_history(out / "history.csv", result.history)
+        write_history(out / "history.csv", result.history, newton)
         mean, sd = trained.standardization
         tests = [((test - mean) / sd).astype(np.float64) for test in data.test_parts]
         scores = score_test(
@@ -2334,17 +2373,19 @@ def _warn_late_failures(late: tuple[int, int, dict], best_epoch: int | None, s: 
 
 
 def _named_parts(message: str, files: list[str]) -> str:
-    """``fit``'s ``message`` with the trajectories it names by their index (``data[1]``,
-    ``validation_data[1]``) named by the ``--data`` file they come from, when there are
-    several ``files`` (the k-th training and validation parts are those of the k-th)."""
-    if len(files) < 2:
-        return message
+    """``fit``'s ``message`` with the trajectories it names (``data[1]``,
+    ``validation_data[1]``; ``data``, ``validation_data`` for one file) named by the
+    ``--data`` file they come from (the k-th training and validation parts are those of the
+    k-th of ``files``): "the validation part of --data FILE"."""
 
     def named(match: re.Match) -> str:
         part = "validation" if match[1] else "training"
-        return f"the {part} part of --data {files[int(match[2])]}"
+        return f"the {part} part of --data {files[int(match[2] or 0)]}"
 
-    return re.sub(r"\b(validation_)?data\[(\d+)\]", named, message)
+    if len(files) > 1:
+        return re.sub(r"(?:\bthe )?\b(validation_)?data\[(\d+)\]", named, message)
+    # one file: the bare names (not --data, nor an attribute or a longer word)
+    return re.sub(r"(?:\bthe )?(?<![-\w.])(validation_)?data()(?![\w\[])", named, message)
 
 
 def _recorded_settings(s: Settings, out: Path) -> dict:

@@ -1,5 +1,6 @@
 """``parscan-train`` through click's CliRunner: layout, resume, evaluate, user mistakes."""
 
+import csv
 import datetime
 import errno
 import io
@@ -737,8 +738,9 @@ def _bad_files(tmp_path):
             ["--config", "{tmp}/ranges.toml"],
             "validation-steps in --config {tmp}/ranges.toml must be a positive integer, got 0; "
             "validation_fraction in --config {tmp}/ranges.toml must be in (0, 0.9), got 0.9; "
-            "test_fraction in --config {tmp}/ranges.toml must be in (0, 0.9), got 0.95; "
-            "noise in --config {tmp}/ranges.toml must be in [0, 10), got -1.0.",
+            "test_fraction 0.95 (test_fraction in --config {tmp}/ranges.toml): it holds test "
+            "data out of --data, and --system generates it; drop it; noise in --config "
+            "{tmp}/ranges.toml must be in [0, 10), got -1.0.",
         ),
         (["--data", "{tmp}/short.npy", "--config", "{tmp}/generator.toml"], "system in --config"),
         (
@@ -1444,6 +1446,66 @@ def test_unmeasurable_test_run_exits_1_and_names_the_failure(tmp_path, monkeypat
     # the free run itself is finite: it is plotted all the same
     assert len(plotted) == 1 and np.isfinite(plotted[0][2]).all(), result.output
     assert "plots: stub" in result.output
+
+
+def test_a_resume_names_its_data_by_any_spelling_and_a_changed_file_by_its_part(
+    tmp_path, monkeypatch
+):
+    """The run's --data file under another spelling (../d/x.npy) resumes the run (it was a
+    change); a changed file is named by its part and file, not by fit's validation_data;
+    the Newton columns of a sequential run's history are empty (fit records 0)."""
+    x = models.generate("lorenz63", 1500, seed=3)
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "x.npy", x)
+    monkeypatch.chdir(tmp_path / "d")
+    args = [*TINY[2:], "--method", "sequential", "--alpha", "0.3", "--out", "run"]
+    assert run(*args, "--data", "x.npy").exit_code == 0
+    with open(tmp_path / "d" / "run" / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["newton_iters_mean"] for row in rows] == ["", ""]
+    result = run("--out", "run", "--resume", "-q", "-e", "3", "--data", "../d/x.npy")
+    assert result.exit_code == 0, result.output
+    changed = x.copy()
+    changed[1100] += 1.0  # in the validation part (rows 960-1199; the last 300 are test data)
+    np.save(tmp_path / "d" / "x.npy", changed)
+    _one_error_line(
+        run("--out", "run", "--resume", "-q", "-e", "4"),
+        f"--resume: the validation part of --data {tmp_path / 'd' / 'x.npy'} differs from the "
+        f"validation part of --data {tmp_path / 'd' / 'x.npy'} of the run in ",
+    )
+
+
+def test_settings_mistakes_are_reported_together_and_once(tmp_path):
+    """A missing file comes with the other problems of the line (the generator settings
+    stopped the checks before it), an unknown --system with them too; test_fraction where
+    nothing is held out of --data, and a second --config, are refused (both were ignored)."""
+    missing = tmp_path / "nonexist.npy"
+    _one_error_line(
+        run("--data", missing, "--n-steps", "100", "-T", "0"),
+        f"--data: no such file {missing}; --n-steps: these settings generate data and do not "
+        "apply with --data; drop it;",
+    )
+    result = run("--system", "nope", "-e", "0")
+    _one_error_line(result, "--system nope: unknown system; known: lorenz63")
+    assert "--epochs" in result.output or "-e" in result.output
+    config = tmp_path / "run.toml"
+    config.write_text("test_fraction = 0.5\n")
+    x = models.generate("lorenz63", 1500, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    for extra, instead in (
+        (["--data", tmp_path / "x.npy", "--test-data", tmp_path / "x.npy"], "--test-data gives"),
+        (TINY[:2], "--system generates it"),
+    ):
+        _one_error_line(
+            run(*TINY[2:], *extra, "--config", config, "--out", tmp_path / "out"),
+            f"test_fraction 0.5 (test_fraction in --config {config}): it holds test data out of "
+            f"--data, and {instead}",
+        )
+    _one_error_line(
+        run(*TINY, "--config", config, "--config", config),
+        "Invalid value for '--config': given 2 times",
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
