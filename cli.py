@@ -1458,7 +1458,7 @@ def _json_default(obj):
 NEWTON_COLUMNS = ("newton_iters_mean", "newton_iters_max")
 
 
-def write_history(path: Path, history: list, newton: bool = True) -> None:
+def write_history(path: Path, history: list, newton: bool) -> None:
     """One CSV row per epoch; the union of the record keys as columns; written atomically
     (``models.base.atomic_write``). ``newton``: whether the run iterated (GTF-DEER);
     without, the Newton columns are empty (``fit`` records 0)."""

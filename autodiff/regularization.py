@@ -38,14 +38,15 @@ def _penalised_blocks(model) -> dict[str, tuple[str, ...]]:
     return {g: tuple(n for n in names if n.startswith(PREFIXES[g])) for g in GROUPS}
 
 
-def unpenalised_problem(model, weights) -> str:
+def unpenalised_problem(model, weights, penalised: dict | None = None) -> str:
     """The refusal (a sentence) of a weights dict giving a positive weight to a group that
     has no parameter block in ``model`` (an SSM's ``"A"``: its recurrence is never
     regularised), which would add nothing; ``""`` when there is none. One number for all
-    groups applies to those the model has, and is never refused."""
+    groups applies to those the model has, and is never refused. ``penalised``: the model's
+    :func:`_penalised_blocks`, when the caller has them."""
     if not isinstance(weights, dict):
         return ""
-    penalised = _penalised_blocks(model)
+    penalised = _penalised_blocks(model) if penalised is None else penalised
     empty = [g for g, w in weights.items() if g in penalised and not penalised[g] and w != 0]
     if not empty:
         return ""
@@ -113,10 +114,10 @@ def l2_penalty(model, weights: dict | float) -> tuple[float, np.ndarray]:
     if not isinstance(model, Model):
         raise TypeError(f"l2_penalty: model must be a parscan model; got {type(model).__name__}.")
     lam = _check_weights(weights)
-    problem = unpenalised_problem(model, weights)
+    penalised = _penalised_blocks(model)
+    problem = unpenalised_problem(model, weights, penalised)
     if problem:
         raise ValueError(f"l2_penalty: {problem}")
-    penalised = _penalised_blocks(model)
     grad = np.zeros(model.n_params, dtype=model.dtype)
     grad_blocks = model.unflatten(grad)
     blocks = model.unflatten()

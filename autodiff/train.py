@@ -923,10 +923,8 @@ def fit(
                 if not last and record["epoch"] % config.checkpoint_interval == 0:
                     write(snap)
                 if callback is not None:  # copies: a callback cannot change the run's state
-                    scores = state.best_scores
-                    callback(
-                        EpochInfo(copy.deepcopy(record), state.best_epoch, copy.deepcopy(scores))
-                    )
+                    shown, best = copy.deepcopy((record, state.best_scores))
+                    callback(EpochInfo(shown, state.best_epoch, best))
                 continue
 
             t0 = time.perf_counter()

@@ -280,3 +280,14 @@ def check_path(value, where: str, name: str = "path") -> Path:
     with Checks(where) as checks:
         value = checks.path(value, name)
     return value
+
+
+def not_numeric(x, arr: np.ndarray, where: str, what: str) -> None:
+    """Raise ``TypeError`` naming ``where`` when ``arr`` (``np.asarray(x)``) holds no numbers
+    at all (``None``, a string, a dict: object or text dtype), before a shape check would
+    describe it as an array of shape ``()``."""
+    if arr.dtype.kind in "OUSV":
+        shown = f" {x!r}" if isinstance(x, str | None) else f" (dtype {arr.dtype})" * arr.ndim
+        raise TypeError(
+            f"{where}: {what} must be a real numeric array; got {type(x).__name__}{shown}."
+        )

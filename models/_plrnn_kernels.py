@@ -37,8 +37,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from models._checks import Checks, as_array, check_int
-from models.base import LatentRNN, allocated, astype_hint, new_run, not_numeric
+from models._checks import Checks, as_array, check_int, not_numeric
+from models.base import LatentRNN, allocated, astype_hint, new_run
 from parscan.scan import cuda_unavailable, is_device_array
 
 #: ``mode`` argument of the evaluation drivers.

@@ -31,9 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from models._checks import FLOAT_DTYPES, Checks, as_array, check_float_dtype, check_path
+from models._checks import (
+    FLOAT_DTYPES,
+    Checks,
+    as_array,
+    check_float_dtype,
+    check_path,
+    not_numeric,
+)
 from models._signals import signals_deferred
-from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason
+from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason, to_sd_units
 from parscan._arguments import masked_problem
 from parscan._jit import jit
 
@@ -81,27 +88,16 @@ def check_finite_params(
         raise ValueError(f"{where}: {name} contain NaN or inf (first at index {first}).{remedy}")
 
 
-def not_numeric(x, arr: np.ndarray, where: str, what: str) -> None:
-    """Raise ``TypeError`` naming ``where`` when ``arr`` (``np.asarray(x)``) holds no numbers
-    at all (``None``, a string, a dict: object or text dtype), before a shape check would
-    describe it as an array of shape ``()``."""
-    if arr.dtype.kind in "OUSV":
-        raise TypeError(
-            f"{where}: {what} must be a real numeric array; got {type(x).__name__}"
-            f"{' ' + repr(x) if isinstance(x, str | None) else ''}."
-        )
-
-
-def allocated(make, n_bytes: int, where: str, what: str):
+def allocated(make, n_bytes: int, where: str, what: str, fix: str = "pass fewer at a time"):
     """``make()`` (NumPy allocations of ``n_bytes`` in all), with a size this machine cannot
     allocate (``MemoryError``) or NumPy cannot hold (``ValueError``) refused as a
-    ``ValueError`` naming ``where``, ``what`` is allocated and the fix (fewer at a time)."""
+    ``ValueError`` naming ``where``, ``what`` is allocated and the ``fix``."""
     try:
         return make()
     except (MemoryError, ValueError):
         raise ValueError(
             f"{where}: {what} need {format_bytes(n_bytes)}, more than this machine can "
-            "allocate; pass fewer at a time."
+            f"allocate; {fix}."
         ) from None
 
 
@@ -354,9 +350,10 @@ class Model(ABC):
         Raises
         ------
         TypeError, ValueError
-            Naming this method: ``x0`` not real or of another shape than ``(..., N)``,
-            ``n_steps`` not an int >= 0, runs too large to allocate in float64
-            (:func:`new_run`); a run of the model too large, naming :meth:`generate`.
+            Naming this method: ``x0`` not real or of another shape than ``(..., N)``, a
+            finite ``x0`` beyond the model's dtype once standardised, ``n_steps`` not an int
+            >= 0, runs too large to allocate in float64 (:func:`new_run`); a run of the model
+            too large, naming :meth:`generate`.
         """
         where = f"{type(self).__name__}.generate_in_data_units"
         with Checks(where) as checks:
@@ -369,7 +366,7 @@ class Model(ABC):
         mean, sd = self.standardization or (0.0, 1.0)
         out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         with np.errstate(over="ignore", invalid="ignore"):
-            units = (x0.astype(np.float64) - mean) / sd
+            units = to_sd_units(x0.astype(np.float64), mean, sd)
             z0 = units.astype(self.dtype)
             if np.isinf(z0).sum() != np.isinf(units).sum():  # finite, but not in the dtype
                 raise ValueError(

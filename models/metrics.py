@@ -26,7 +26,7 @@ from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
 from models._checks import Checks, as_array
-from models.base import LatentRNN, Model, format_bytes
+from models.base import LatentRNN, Model, allocated
 from models.data import (
     check_trajectory,
     check_trajectory_or_list,
@@ -836,14 +836,9 @@ def _system_spectrum(system, k, run, n_steps, plan, dt, where):
     n_sub, transient = plan
     p, x, _ = run
     k = _n_exponents(k, x.shape[0], where)
-    try:
-        y = _initial_tangents(x.shape[0], k)
-    except (MemoryError, ValueError):  # NumPy: too large to allocate or to address
-        raise ValueError(
-            f"{where}: {k} tangent vectors of {x.shape[0]} dimensions need "
-            f"{format_bytes(8 * k * x.shape[0])} (several copies of it), more than this "
-            "machine can allocate; ask for fewer n_exponents."
-        ) from None
+    what = f"{k} tangent vectors of {x.shape[0]} dimensions (several copies)"
+    fix = "ask for fewer n_exponents"
+    y = allocated(lambda: _initial_tangents(x.shape[0], k), 8 * k * x.shape[0], where, what, fix)
     logs = np.zeros(k)
     bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs)
     if bad >= 0:

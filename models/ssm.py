@@ -385,12 +385,12 @@ class DiagonalSSM(Model):
             )
             return
         shapes = self._aux_shapes(steps if steps is not None else ())
-        got = {k: getattr(v, "shape", type(v).__name__) for k, v in aux.items()}
         fits = set(aux) == set(shapes) and all(
             isinstance(aux[k], np.ndarray) and (steps is None or aux[k].shape == shapes[k])
             for k in shapes
         )
         if not fits:
+            got = {k: getattr(v, "shape", type(v).__name__) for k, v in aux.items()}
             expected = ", ".join(f"{k} {shape}" for k, shape in shapes.items())
             checks.add(
                 f"{name} must be the dict returned by recurrence({inputs}), arrays "
@@ -436,11 +436,10 @@ class DiagonalSSM(Model):
                         f"{value.dtype}.",
                         wrong_kind=True,
                     )
-            fix = f"Use np.zeros(model.n_params, dtype=model.dtype) ({self.dtype})."
             if not isinstance(grad, np.ndarray):
                 checks.add(
                     f"grad must be a numpy array of shape ({self.n_params},), the gradient "
-                    f"added into; got {type(grad).__name__}. {fix}",
+                    f"added into; got {type(grad).__name__}. {self._grad_fix()}",
                     wrong_kind=True,
                 )
             else:
@@ -448,9 +447,13 @@ class DiagonalSSM(Model):
                     checks.add(f"grad must have shape ({self.n_params},); got {grad.shape}.")
                 if grad.dtype != self.dtype:
                     checks.add(
-                        f"grad must have the model's dtype; got {grad.dtype}. {fix}",
+                        f"grad must have the model's dtype; got {grad.dtype}. {self._grad_fix()}",
                         wrong_kind=True,
                     )
+
+    def _grad_fix(self) -> str:
+        """How to make the ``grad`` the VJP hooks add into."""
+        return f"Use np.zeros(model.n_params, dtype=model.dtype) ({self.dtype})."
 
     def readout_vjp(self, trace: SSMTrace, g_pred: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Add the MLP-readout parameter gradients for ``g_pred`` (the shape of ``trace.pred``,

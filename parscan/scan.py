@@ -177,7 +177,7 @@ def _check_backend(backend, on_device: bool) -> str:
     return backend
 
 
-def _cast(name: str, target: np.dtype, converted: frozenset, device: bool = False) -> str:
+def _cast(name: str, target: np.dtype, converted: frozenset, device: bool) -> str:
     """How a caller casts input ``name`` to ``target``: ``.astype`` for an array, ``np.asarray``
     for what ``linear_scan`` converted (``converted``: the names given as lists, scalars...),
     a copy through the host for a device array (``device``: Numba's have no ``astype``)."""
@@ -188,7 +188,7 @@ def _cast(name: str, target: np.dtype, converted: frozenset, device: bool = Fals
     return f"{name}.astype(np.{target})"
 
 
-def _dtype_problems(a, b, h0, converted: frozenset, device: bool = False) -> list[str]:
+def _dtype_problems(a, b, h0, converted: frozenset, device: bool) -> list[str]:
     dt = b.dtype
     if a.dtype == dt and (h0 is None or h0.dtype == dt) and dt in _NATIVE_DTYPES:
         return []
@@ -311,7 +311,7 @@ def _swapped(x) -> bool:
     return x is not None and not np.dtype(x.dtype).isnative
 
 
-def _validate(a, b, h0, converted: frozenset, device: bool = False) -> bool:
+def _validate(a, b, h0, converted: frozenset, device: bool) -> bool:
     """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``;
     ``converted``: the names of those the caller gave as other than arrays, and ``device``:
     whether they are device arrays, for the fixes).
