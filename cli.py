@@ -693,16 +693,19 @@ def train_config(s: Settings, n_obs: int):
 def _unused_settings(s: Settings, given: typing.Collection[str] = ()) -> list[str]:
     """The settings a run with ``s`` would not use (:func:`autodiff.config.unused_fields`, the
     rule :func:`autodiff.fit` applies: the GTF-DEER ones for a state-space model, the Newton
-    ones for ``--method sequential``), by their :class:`Settings` names: those not at their
-    defaults (:func:`autodiff.config.inapplicable_settings`), and those in ``given`` (set by
-    this command's flags or config file) whatever their values."""
+    ones for ``--method sequential``, the selection check's with one candidate), by their
+    :class:`Settings` names: those not at their defaults
+    (:func:`autodiff.config.inapplicable_settings`), and those in ``given`` (set by this
+    command's flags or config file) whatever their values."""
     from autodiff.config import TrainConfig, inapplicable_settings, unused_fields
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = SimpleNamespace(**{**defaults, **_train_fields(s)})
     latent_rnn = s.model not in SSM_NAMES
     off_default = set(inapplicable_settings(config, latent_rnn))
-    unused = unused_fields(config.method, latent_rnn, config.alpha_mode)
+    unused = unused_fields(
+        config.method, latent_rnn, config.alpha_mode, config.selection_candidates
+    )
     named = {field: "alpha" if field == "alpha_mode" else field for field in unused}
     return list(dict.fromkeys(named[f] for f in unused if f in off_default or named[f] in given))
 
@@ -712,9 +715,11 @@ def _inapplicable_training_settings(
 ) -> str | None:
     """:func:`_unused_settings` (``given``: the settings this command sets) as a problem, each
     named by its flag and where it was set when not by the flag (``origins``), or None."""
-    from autodiff.config import AUTO_ALPHA_SETTINGS
+    from autodiff.config import AUTO_ALPHA_SETTINGS, SELECTION_SETTINGS
 
     shown = _unused_settings(s, given)
+    selection = [name for name in shown if name in SELECTION_SETTINGS]
+    shown = [name for name in shown if name not in SELECTION_SETTINGS]
     if s.model in SSM_NAMES:
         groups = [(shown, f"the latent RNNs (GTF-DEER), not {s.model}")]
     else:
@@ -728,6 +733,9 @@ def _inapplicable_training_settings(
                 "--alpha auto (a fixed --alpha is never re-estimated)",
             ),
         ]
+    groups.append(
+        (selection, "selection_candidates > 1 (one candidate is kept unchecked, without free runs)")
+    )
     clauses = []
     for names, scope in groups:
         if names:

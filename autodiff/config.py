@@ -6,7 +6,8 @@ in parallel over time by (quasi-)DEER Newton iterations (GTF-DEER: Hess, Goetz &
 arXiv:2605.12683), or sequentially (BPTT), and a state-space model teacher-forced with linear
 scans. Settings a run would not use -- the Newton settings of a sequential forward
 (:data:`DEER_SETTINGS`), alpha's re-estimation with a constant alpha
-(:data:`AUTO_ALPHA_SETTINGS`), generalized teacher forcing for a state-space model
+(:data:`AUTO_ALPHA_SETTINGS`), the selection check's runs with one candidate
+(:data:`SELECTION_SETTINGS`), generalized teacher forcing for a state-space model
 (:data:`GTF_SETTINGS`) -- are refused, not ignored, by one rule (:func:`inapplicable_settings`);
 :func:`new_run_remedies` names the settings worth changing after a run failed.
 """
@@ -43,6 +44,9 @@ NEWTON_SETTINGS = ("jacobian", "newton_tol", "newton_max_iter")
 DEER_SETTINGS = (*NEWTON_SETTINGS, "backend")
 #: config fields of alpha's re-estimation, which ``alpha_mode="constant"`` does not run
 AUTO_ALPHA_SETTINGS = ("alpha_method", "alpha_gamma", "alpha_interval")
+#: config fields of the selection check's free runs, which ``selection_candidates=1`` (the
+#: best-validated epoch, unchecked) does not run
+SELECTION_SETTINGS = ("selection_starts", "selection_steps")
 #: config fields of generalized teacher forcing and its forward, which a state-space model
 #: (trained teacher-forced with linear scans) does not use
 GTF_SETTINGS = (
@@ -127,9 +131,12 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
         ``alpha_mode="constant"`` those of :data:`AUTO_ALPHA_SETTINGS` (``alpha_method``,
         ``alpha_gamma``, ``alpha_interval``: alpha is never re-estimated); for a state-space
         model those of :data:`GTF_SETTINGS` (``method`` and the alpha, Jacobian and Newton
-        settings); none otherwise. A field at its default is never listed.
+        settings); for either, with ``selection_candidates=1``, those of
+        :data:`SELECTION_SETTINGS` (``selection_starts``, ``selection_steps``: the
+        best-validated epoch is kept unchecked); none otherwise. A field at its default is
+        never listed.
     """
-    names = unused_fields(config.method, latent_rnn, config.alpha_mode)
+    names = unused_fields(config.method, latent_rnn, config.alpha_mode, config.selection_candidates)
     return [
         f.name
         for f in dataclasses.fields(TrainConfig)
@@ -137,15 +144,19 @@ def inapplicable_settings(config: "TrainConfig", latent_rnn: bool) -> list[str]:
     ]
 
 
-def unused_fields(method: str, latent_rnn: bool, alpha_mode: str) -> tuple[str, ...]:
+def unused_fields(
+    method: str, latent_rnn: bool, alpha_mode: str, selection_candidates: int
+) -> tuple[str, ...]:
     """The :class:`TrainConfig` fields a run does not use, whatever their values: for a
     latent RNN those of :data:`DEER_SETTINGS` with ``method="sequential"`` and those of
     :data:`AUTO_ALPHA_SETTINGS` with ``alpha_mode="constant"``; for a state-space model those
-    of :data:`GTF_SETTINGS`."""
+    of :data:`GTF_SETTINGS`; for either those of :data:`SELECTION_SETTINGS` with
+    ``selection_candidates=1``."""
+    unchecked = SELECTION_SETTINGS if selection_candidates == 1 else ()
     if not latent_rnn:
-        return GTF_SETTINGS
+        return GTF_SETTINGS + unchecked
     newton = DEER_SETTINGS if method == "sequential" else ()
-    return newton + (AUTO_ALPHA_SETTINGS if alpha_mode == "constant" else ())
+    return newton + (AUTO_ALPHA_SETTINGS if alpha_mode == "constant" else ()) + unchecked
 
 
 def constant_alpha_refusal(given: dict) -> str:
@@ -153,6 +164,13 @@ def constant_alpha_refusal(given: dict) -> str:
     ``alpha_mode="constant"``."""
     reason = "alpha_mode='constant' keeps alpha fixed and never re-estimates it"
     return refusal(given, "alpha_mode='auto'", reason) + " or use alpha_mode='auto'."
+
+
+def unchecked_selection_refusal(given: dict) -> str:
+    """The refusal of the selection check's settings ``given`` (name -> value) with
+    ``selection_candidates=1``."""
+    reason = "selection_candidates=1 keeps the best-validated epoch unchecked"
+    return refusal(given, "selection_candidates > 1", reason) + " or raise selection_candidates."
 
 
 def field_values(config: "TrainConfig", names: list[str]) -> dict:
@@ -196,7 +214,9 @@ class TrainConfig:
     :func:`inapplicable_settings`): ``TrainConfig`` refuses ``jacobian``, ``newton_tol`` and
     ``newton_max_iter`` other than their defaults with ``method="sequential"`` (no Newton
     solve) and ``alpha_method``, ``alpha_gamma`` and ``alpha_interval`` other than their
-    defaults with ``alpha_mode="constant"`` (alpha is never re-estimated), and :func:`autodiff.fit`
+    defaults with ``alpha_mode="constant"`` (alpha is never re-estimated) and
+    ``selection_starts`` and ``selection_steps`` other than their defaults with
+    ``selection_candidates=1`` (no selection check), and :func:`autodiff.fit`
     refuses for a state-space model every field of
     :data:`GTF_SETTINGS` (``method``, the alpha, Jacobian and Newton settings) other than its
     default.
@@ -301,11 +321,12 @@ class TrainConfig:
         after they end (:mod:`autodiff.selection`). Not done when the validation data rest
         themselves; 1 keeps the best-validated epoch unchecked.
     selection_starts : int
-        Free runs per candidate in that check.
+        Free runs per candidate in that check (refused off its default with
+        ``selection_candidates=1``).
     selection_steps : int or None
         Their length, at least 10 (None: twice the validation runs', ``2 *
         validation_steps``, or twice the longest validation trajectory's length - 1, and at
-        least 10: shorter runs cannot come to rest).
+        least 10: shorter runs cannot come to rest; refused with ``selection_candidates=1``).
     newton_tol, newton_max_iter : optional
         ``tol`` and ``max_iter`` of :func:`parscan.deer_solve` (its defaults when None;
         ``method="deer"`` and latent RNNs only).
@@ -432,6 +453,9 @@ class TrainConfig:
         re_estimation = [name for name in unused if name in AUTO_ALPHA_SETTINGS]
         if re_estimation:
             value_errors.append(constant_alpha_refusal(field_values(self, re_estimation)))
+        selection = [name for name in unused if name in SELECTION_SETTINGS]
+        if selection:
+            value_errors.append(unchecked_selection_refusal(field_values(self, selection)))
         if type_errors:
             raise TypeError("TrainConfig: " + " ".join(type_errors + value_errors))
         if value_errors:

@@ -569,6 +569,7 @@ def _bad_files(tmp_path):
     (tmp_path / "hidden.toml").write_text('model = "alrnn"\nhidden_dim = 30\n')
     (tmp_path / "steps.toml").write_text("validation_steps = 1\nepochs = 0\n")
     (tmp_path / "selection.toml").write_text("selection_candidates = 0\nselection_steps = 5\n")
+    (tmp_path / "unchecked.toml").write_text("selection_candidates = 1\nselection_starts = 16\n")
     (tmp_path / "choices.toml").write_text('dtype = "float16"\nbackend = "gpu"\n')
 
 
@@ -621,6 +622,13 @@ def _bad_files(tmp_path):
             "latent RNNs",
         ),
         (["--method", "sequential", "--jacobian", "full"], "--jacobian full: it applies to"),
+        (  # one candidate is kept unchecked: the check's free runs were ignored
+            ["--model", "linear-ssm", "--alpha", "0.3", "--config", "{tmp}/unchecked.toml"],
+            "--alpha 0.3: it applies to the latent RNNs (GTF-DEER), not linear-ssm; drop it; "
+            "selection_starts 16 (selection_starts in --config {tmp}/unchecked.toml): it "
+            "applies to selection_candidates > 1 (one candidate is kept unchecked, without free "
+            "runs); drop it.",
+        ),
         (
             ["--alpha", "0.2", "--config", "{tmp}/gtf.toml"],
             "--alpha-method geomean (alpha_method in --config {tmp}/gtf.toml): it applies to "

@@ -501,7 +501,8 @@ def test_fit_keeps_the_candidate_the_selection_chose(lorenz, monkeypatch):
         ],
     }
     scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
-    alone = fit(small_model(), x, replace(cfg, selection_candidates=1), validation_data=xv)
+    unchecked = replace(cfg, selection_candidates=1, selection_starts=16)
+    alone = fit(small_model(), x, unchecked, validation_data=xv)
     assert alone.selection is None and alone.best_epoch == 2 and len(seen) == 1
     scripted = iter([0.5, 0.3, 0.3, 0.9, 0.4])
     with warnings.catch_warnings():
@@ -1051,6 +1052,24 @@ def test_inapplicable_settings_is_the_one_rule():
         "TrainConfig: alpha_method='sup', alpha_gamma=0.9 apply to alpha_mode='auto' only; "
         "alpha_mode='constant' keeps alpha fixed and never re-estimates it; drop them or use "
         "alpha_mode='auto'."
+    )
+
+
+def test_the_selection_runs_are_refused_with_one_candidate():
+    """selection_candidates=1 keeps the best-validated epoch unchecked: the check's free runs
+    were ignored."""
+    one = TrainConfig(selection_candidates=1)
+    assert inapplicable_settings(one, latent_rnn=True) == []
+    runs = SimpleNamespace(**{**asdict(one), "selection_starts": 4, "selection_steps": 50})
+    assert inapplicable_settings(runs, latent_rnn=True) == ["selection_starts", "selection_steps"]
+    assert inapplicable_settings(runs, latent_rnn=False) == ["selection_starts", "selection_steps"]
+    assert TrainConfig(selection_candidates=2, selection_starts=4).selection_starts == 4
+    with pytest.raises(ValueError) as info:
+        TrainConfig(selection_candidates=1, selection_starts=4, selection_steps=50)
+    assert str(info.value) == (
+        "TrainConfig: selection_starts=4, selection_steps=50 apply to selection_candidates > 1 "
+        "only; selection_candidates=1 keeps the best-validated epoch unchecked; drop them or "
+        "raise selection_candidates."
     )
 
 
@@ -1695,6 +1714,22 @@ def test_checkpoints_with_settings_refused_since_still_resume(lorenz, tmp_path, 
     path = checkpoint_path(tmp_path)
     _rewrite(path, edit_meta=lambda m: m["train_state"]["config"].update(stale))
     resumed = fit(model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
+    assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
+
+
+def test_a_checkpoint_with_selection_runs_of_one_candidate_still_resumes(lorenz, tmp_path):
+    """A one-candidate checkpoint written before its selection check's free runs were refused
+    resumes with them at their defaults."""
+    x, xv = lorenz
+    cfg = config(epochs=2, selection_candidates=1)
+    first = fit(
+        small_model(), x, replace(cfg, epochs=1), checkpoint_dir=tmp_path, validation_data=xv
+    )
+    stale = {"selection_starts": 9, "selection_steps": 300}
+    _rewrite(
+        checkpoint_path(tmp_path), edit_meta=lambda m: m["train_state"]["config"].update(stale)
+    )
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
 
 
