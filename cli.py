@@ -1436,18 +1436,19 @@ def _write_json(path: Path, obj) -> None:
     accepts (``json.dumps`` would write ``Infinity``)."""
     from models.base import atomic_write
 
-    text = json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(finite_or_null(obj), indent=2, default=_json_default, allow_nan=False)
     atomic_write(path, lambda fh: fh.write(f"{text}\n".encode()), "parscan-train")
 
 
-def _finite_or_null(obj):
-    """``obj`` with every non-finite float (NumPy scalars and arrays included) as None."""
+def finite_or_null(obj):
+    """``obj`` with every non-finite float (NumPy scalars and arrays included) as None: JSON
+    that every reader parses (the run files here, the JSON lines of ``bench/``)."""
     if isinstance(obj, dict):
-        return {key: _finite_or_null(value) for key, value in obj.items()}
+        return {key: finite_or_null(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_or_null(value) for value in obj]
+        return [finite_or_null(value) for value in obj]
     if isinstance(obj, np.ndarray):
-        return _finite_or_null(obj.tolist())
+        return finite_or_null(obj.tolist())
     if isinstance(obj, float | np.floating) and not math.isfinite(obj):
         return None
     return obj
@@ -1657,11 +1658,13 @@ def _rest_in_data_units(scores: dict, standardization) -> None:
     place (``standardization``: the model's ``(mean, sd)``, or None: the same units)."""
     if standardization is None:
         return
+    from models.data import from_sd_units
+
     mean, sd = standardization
     trajectories = scores.get("per_trajectory", [])
     for entries in [scores["at_rest"], *(r["at_rest"] for r in trajectories)]:
         for entry in entries or []:
-            entry["point"] = (np.asarray(entry["point"]) * sd + mean).tolist()
+            entry["point"] = from_sd_units(np.asarray(entry["point"]), mean, sd).tolist()
 
 
 def _scored_rest_note(scores: dict, labels: list[str]) -> str | None:
@@ -2114,7 +2117,7 @@ def train(
     from autodiff import check_fit, fit
     from autodiff.config import new_run_remedies
     from autodiff.train import NoValidationScoreWarning, TrainingDivergedError
-    from models.data import column_mean_sd
+    from models.data import column_mean_sd, to_sd_units
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
 
     started = time.perf_counter()
@@ -2221,7 +2224,7 @@ def train(
         trained.save(out / "model.npz", metadata=metadata)
         write_history(out / "history.csv", result.history, newton)
         mean, sd = trained.standardization
-        tests = [((test - mean) / sd).astype(np.float64) for test in data.test_parts]
+        tests = [to_sd_units(test, mean, sd).astype(np.float64) for test in data.test_parts]
         scores = score_test(
             trained,
             _one_or_list(tests),
@@ -2854,10 +2857,12 @@ def evaluate_command(
         _warn_if_run_data(path, list(test_data), test_data_key)
     far = False
     if model.standardization is not None:
+        from models.data import to_sd_units
+
         mean, sd = model.standardization
         if test_data:  # the run's own test data were checked in training
             far = _warn_if_far_files(list(test_data), raws, mean, sd)
-        raws = [(raw - mean) / sd for raw in raws]
+        raws = [to_sd_units(raw, mean, sd) for raw in raws]
     try:
         scored = "the test data's steps after --transient are scored; pass a longer --test-data"
         scores = score_test(
@@ -2923,13 +2928,14 @@ def _model_orbits(model, tests: list[np.ndarray], period: int) -> dict:
     ``tests`` together, as JSON values, the points in data units: ``points`` (C, N) for fixed
     points, (C, period, N) with ``period`` for cycles."""
     import models
+    from models.data import from_sd_units
 
     joined = np.concatenate(tests)
     picked = np.linspace(0, len(joined) - 1, min(FIXED_POINT_STARTS, len(joined))).astype(int)
     found = models.cycles(model, joined[picked], period)
     points = found["points"]
     if model.standardization is not None:
-        points = points * model.standardization[1] + model.standardization[0]
+        points = from_sd_units(points, *model.standardization)
     return {
         **({"period": period} if period > 1 else {}),
         "points": (points if period > 1 else points[:, 0]).tolist(),
@@ -3229,6 +3235,7 @@ def _free_runs(model, points: np.ndarray, n_steps: int, origin):
     """``model``'s free runs from ``points`` (data units, ``(K, N)``) as ``(K, n_steps, N)``
     float64 in data units; the units' name; and :func:`models.metrics.run_problem`'s
     verdict (non-finite, or beyond :data:`GENERATE_LIMIT` training-data sds), or None."""
+    from models.data import to_sd_units
     from models.metrics import run_problem
 
     if model.standardization is None:
@@ -3240,7 +3247,7 @@ def _free_runs(model, points: np.ndarray, n_steps: int, origin):
         _warn_if_far_points(points, mean, sd, origin[1])
     runs = model.generate_in_data_units(points, n_steps)
     with np.errstate(over="ignore", invalid="ignore"):
-        problem = run_problem((runs - mean) / sd, 0.0, GENERATE_LIMIT, bound, origin[1])
+        problem = run_problem(to_sd_units(runs, mean, sd), 0.0, GENERATE_LIMIT, bound, origin[1])
     return runs, units, problem
 
 
@@ -3266,8 +3273,10 @@ def _warn_if_far_points(points: np.ndarray, mean: np.ndarray, sd: np.ndarray, la
     """One warning for the first initial observation farther than :data:`FAR_X0` training
     sds from the training mean (``label(k)`` names its run): in other units, or off the
     attractor."""
+    from models.data import to_sd_units
+
     with np.errstate(over="ignore"):
-        shift = np.abs(points - mean) / sd
+        shift = np.abs(to_sd_units(points, mean, sd))
     far = np.argwhere(shift > FAR_X0)
     if far.size:
         k, d = far[0]

@@ -41,9 +41,9 @@ def print_row(row: dict) -> None:
     """Print ``row`` as one line of strict JSON, flushed: a non-finite number (a measure
     that could not be computed) becomes null, as in the command line's JSON files (bare
     ``NaN`` is no JSON: ``jq`` and ``JSON.parse`` refuse the line)."""
-    from cli import _finite_or_null
+    from cli import finite_or_null
 
-    print(json.dumps(_finite_or_null(row), allow_nan=False), flush=True)
+    print(json.dumps(finite_or_null(row), allow_nan=False), flush=True)
 
 
 def exit_on_sigterm() -> None:
