@@ -53,7 +53,8 @@ DEFAULT_TOL = {np.dtype(np.float64): (1e-9, 1e-9), np.dtype(np.float32): (1e-5, 
 MAX_ITER_CAP = {"full": 100, "diag": 500}
 
 #: a sequence is "diverging" when its iterate turns NaN/inf although its inputs and the model
-#: parameters are finite (the iteration overflowed), its max update exceeds
+#: parameters are finite (the iteration overflowed), its max update from the second iteration
+#: on (the first is measured from the initial guess) exceeds
 #: ``sqrt(finfo(dtype).max)``, or the update grew by more than ``DIVERGE_FACTOR`` in each of
 #: ``DIVERGE_STREAK`` consecutive iterations. NaN/inf from the inputs is "non_finite".
 DIVERGE_FACTOR = 10.0
@@ -357,6 +358,8 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
             f"`T` must be a non-negative int or None; got {T!r}."
         )
         T = None
+    elif T_given:  # a NumPy integer of a small type would overflow B * T
+        T = int(T)
     N = 0
     if forcing is not None:
         forcing = array(forcing, "forcing", "(..., T, N)", 2)
@@ -647,7 +650,9 @@ def _newton(model, p: _Problem, work, max_iter, rtol, atol):
         code = np.full(active.size, -1, dtype=np.int64)
         done = finite & (within | (k >= T))
         code[done] = _CONVERGED
-        code[~done & ((upd > huge) | (streak >= DIVERGE_STREAK))] = _DIVERGING
+        # the first update is measured from the initial guess, not from a Newton iterate
+        blown_up = (upd > huge) & (k > 1)
+        code[~done & (blown_up | (streak >= DIVERGE_STREAK))] = _DIVERGING
         if not finite.all():
             bad = ~finite
             rows = active[bad]
@@ -868,8 +873,8 @@ def deer_solve(
     because the inputs it reads are not (``non_finite``: NaN/inf in ``z0``, ``init``, the
     parameters, or the forced columns ``forcing[..., :n_forced]`` of a sequence with alpha >
     0; never cleaned), or when the iterates blow up (``diverging``: NaN/inf from
-    finite inputs, an update above ``sqrt(finfo.max)``, or updates growing by more than 10x
-    in 3 consecutive iterations).
+    finite inputs, an update above ``sqrt(finfo.max)`` after the first, or updates growing
+    by more than 10x in 3 consecutive iterations).
     A stopped
     sequence keeps its last iterate and costs nothing further. For piecewise-linear models
     Newton is exact once the activation pattern stops changing, so with ``jacobian="full"`` a

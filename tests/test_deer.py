@@ -527,6 +527,36 @@ def test_the_failure_message_quotes_the_failed_sequences_last_update():
     assert f"last max update {late.residuals[-1]:.3g} of the failed sequence(s)" in str(info.value)
 
 
+def test_a_large_first_update_from_the_guess_is_no_divergence():
+    """The first update is measured from the initial guess: a float32 orbit that grows past
+    sqrt(finfo.max) (but stays finite) is solved exactly by the first iterate and converges at
+    the second, as does a sequence whose unread data column is huge (it seeds the guess)."""
+    growing = DiagLinear([1.5, 0.5], "float32")
+    z0 = np.ones(2, np.float32)
+    res = deer_solve(growing, z0, 120)
+    assert res.status is DeerStatus.CONVERGED and res.n_iter == 2
+    assert np.array_equal(res.states, sequential_solve(growing, z0, 120))
+    model = make_model("ShPLRNN", "float32")
+    z0, orbit = lorenz_data(60)
+    forcing = np.concatenate([orbit, np.full((60, 1), 1e25)], axis=1).astype(np.float32)
+    z0 = np.concatenate([z0, [0.0]]).astype(np.float32)[: model.M]
+    res = deer_solve(model, z0, forcing=forcing[:, : model.M], alpha=0.3, n_forced=2)
+    assert res.status is DeerStatus.CONVERGED
+    reference = sequential_solve(model, z0, forcing=forcing[:, : model.M], alpha=0.3, n_forced=2)
+    np.testing.assert_allclose(res.states, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_numpy_integer_T_of_a_small_type_is_the_same_T():
+    """B * T of an np.uint8 T wrapped to 0: the empty problem, returned as converged."""
+    model = make_model("ShPLRNN")
+    z0 = np.random.default_rng(0).standard_normal((2, model.M))
+    expected = sequential_solve(model, z0, 128)
+    assert np.array_equal(sequential_solve(model, z0, np.uint8(128)), expected)
+    res = deer_solve(model, z0, np.uint8(128))
+    assert res.states.shape == (2, 128, model.M)
+    np.testing.assert_allclose(res.states, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_diverging_plain_deer_on_chaotic_free_run():
     model = EulerLorenz()
     z0, _ = lorenz_data(1)
