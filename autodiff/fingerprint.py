@@ -24,9 +24,13 @@ FINGERPRINTED = ("data", "validation_data")
 #: the most rows a fingerprint keeps, and the most values (wide data keep fewer rows, >= 16)
 ROWS = 1024
 VALUES = 1 << 16
-#: a difference counts beyond this fraction of the column's largest magnitude among the
-#: sampled rows, or of the block's sum of magnitudes when larger (last-bit differences pass)
+#: a difference counts beyond this fraction of the column's range among the sampled rows (a
+#: block's sums: of the range times the block's length) -- the spread of the data, not their
+#: offset, which would hide any change of a signal far from 0 (last-bit differences pass)
 RTOL = 1e-5
+#: the range counts as at least this fraction of the column's largest magnitude (a block's:
+#: of its sum of magnitudes), above the rounding of a constant column (and of the block sums)
+RANGE_FLOOR = 1e-9
 #: the moments kept of each block: sum, position-weighted sum, sum of magnitudes
 _MOMENTS = 3
 
@@ -73,17 +77,18 @@ def fingerprint(x: np.ndarray) -> Fingerprint:
 
 def first_difference(before: Fingerprint, after: Fingerprint) -> tuple[int, int] | None:
     """The first rows ``(first, last)`` (inclusive) where the data of two fingerprints of the
-    same shape differ beyond :data:`RTOL`: a sampled row, or a block whose moments differ (a
-    fingerprint without blocks, from an older checkpoint, compares the rows only); None when
-    they agree."""
+    same shape differ beyond :data:`RTOL` of the data's range: a sampled row, or a block
+    whose moments differ (a fingerprint without blocks, from an older checkpoint, compares the
+    rows only); None when they agree."""
     starts = sampled_rows(*before.shape)
     top = np.max(np.abs(before.rows), axis=0)  # each column's largest sampled magnitude
-    rows = np.any(np.abs(after.rows - before.rows) > RTOL * top, axis=1)
+    spread = np.maximum(np.ptp(before.rows, axis=0), RANGE_FLOOR * top)
+    rows = np.any(np.abs(after.rows - before.rows) > RTOL * spread, axis=1)
     found = [(int(starts[np.argmax(rows)]),) * 2] if rows.any() else []
     if before.blocks is not None:
         change = np.abs(after.blocks[:, :2] - before.blocks[:, :2])
-        # at least a row's tolerance, so that a stretch of zeros keeps one too
-        scale = np.maximum(before.blocks[:, 2:], top)
+        lengths = np.diff(starts)[:, None, None]
+        scale = np.maximum(lengths * spread, RANGE_FLOOR * before.blocks[:, 2:])
         blocks = np.any(change > RTOL * scale, axis=(1, 2))
         if blocks.any():
             k = int(np.argmax(blocks))

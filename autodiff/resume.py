@@ -329,6 +329,11 @@ def _load_run(start: Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
             f"{'a' if stored else 'no'} standardisation"
         )
     state = _saved_state(meta["train_state"], config.batches_per_epoch)
+    fixed = isinstance(model, LatentRNN) and config.alpha_mode == "constant"
+    if fixed and state.alpha != config.alpha:
+        raise ValueError(
+            f"its alpha is {state.alpha!r} but its config keeps alpha={config.alpha!r} fixed"
+        )
     start.rng.bit_generator.state = meta["rng_state"]
     optimizer = OPTIMIZERS[config.optimizer].from_state_dict(ckpt["optimizer"])
     accepted = state.step - state.n_bad_total
@@ -339,6 +344,12 @@ def _load_run(start: Start, ckpt: dict) -> tuple["TrainConfig", dict, dict]:
             f"t={optimizer.t}; expected {model.n_params} {model.dtype} and t={accepted} (the "
             "accepted steps)"
         )
+    built = OPTIMIZERS[config.optimizer](model.n_params, dtype=model.dtype)  # fit's settings
+    names = ("beta1", "beta2", "eps")
+    if any(getattr(optimizer, name) != getattr(built, name) for name in names):
+        found = ", ".join(f"{name}={getattr(optimizer, name)!r}" for name in names)
+        made = ", ".join(f"{name}={getattr(built, name)!r}" for name in names)
+        raise ValueError(f"the optimiser has {found}; fit builds it with {made}")
     model.set_params(_saved_params(ckpt["params"], "params", model))
     best = arrays.get("best_params")
     if (best is None) != (state.best_epoch is None):

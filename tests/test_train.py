@@ -995,6 +995,18 @@ def test_resume_passes_a_stretch_of_zeros_regenerated_with_last_bit_noise(lorenz
         check_fit(small_model(), edited, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_refuses_other_data_on_a_large_offset(lorenz, tmp_path):
+    """The tolerance is relative to the data's range, not their magnitude: a signal of sd
+    1e-4 on an offset of 1000 is refused time-reversed (which keeps its mean and sd)."""
+    x, _ = lorenz
+    offset = 1000.0 + 1e-5 * x
+    cfg = config(epochs=2, batches_per_epoch=2)
+    fit(small_model(), offset, cfg, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^fit: data differs .* \(same shape, different values"):
+        check_fit(small_model(), offset[::-1].copy(), cfg, checkpoint_dir=tmp_path, resume=True)
+    check_fit(small_model(), np.nextafter(offset, 0), cfg, checkpoint_dir=tmp_path, resume=True)
+
+
 def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
     x, _ = lorenz
     locked = tmp_path / "locked"
@@ -1217,6 +1229,8 @@ def _train_state(edit):
         (None, lambda f: f.update({"optimizer.v": np.full_like(f["optimizer.v"], np.nan)})),
         (None, lambda f: f.update({"optimizer.t": np.array(2.7)})),
         (None, lambda f: f.update({"optimizer.t": np.array(1)})),
+        # fit builds its optimiser with the default betas and eps: others come from an edit
+        (None, lambda f: f.update({"optimizer.beta2": np.array(0.5)})),
         (None, lambda f: f.update({"array.best_params": f["array.best_params"][:3]})),
         (None, lambda f: f.update({"array.candidate_params": f["array.candidate_params"][:1]})),
         (None, lambda f: f.pop("array.candidate_params")),
@@ -1249,6 +1263,17 @@ def test_inconsistent_checkpoint_contents_are_refused(lorenz, tmp_path, edit_met
     for call in (check_fit, fit):
         with pytest.raises(ValueError, match="is damaged or from another version"):
             call(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True, validation_data=xv)
+
+
+def test_a_stored_alpha_other_than_a_constant_one_is_refused(lorenz, tmp_path):
+    """alpha_mode='constant' never changes alpha: another stored alpha is damage (it was
+    trained on with, while the config said 0.2)."""
+    x, _ = lorenz
+    cfg = config(epochs=2, batches_per_epoch=2, alpha_mode="constant", alpha=0.2)
+    fit(small_model(), x, replace(cfg, epochs=1), checkpoint_dir=tmp_path)
+    _rewrite(tmp_path / CHECKPOINT_NAME, _train_state(lambda s: s.update(alpha=0.9)))
+    with pytest.raises(ValueError, match=r"damaged .*its alpha is 0\.9 but its config keeps"):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_checkpoint_of_another_format_version_is_refused(lorenz, tmp_path):
