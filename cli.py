@@ -1325,20 +1325,36 @@ def out_dir(s: Settings) -> Path:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{stem}-{s.model}-{stamp}"
     out = Path(s.out)
+    with _path_errors(f"--out {out}"):
+        return _checked_out(out, s.resume)
+
+
+@contextlib.contextmanager
+def _path_errors(named: str):
+    """An ``OSError`` of a look at a path (``Path.exists`` raises ENAMETOOLONG, EACCES...) as
+    a :class:`UserError` that starts with ``named``."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{named}: {exc.strerror or exc}.") from None
+
+
+def _checked_out(out: Path, resume: bool) -> Path:
+    """:func:`out_dir` for an ``--out`` given."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise UserError(f"--out {out}: {blocking} is a file, not a folder; choose another --out.")
     has_content = out.is_dir() and any(out.iterdir()) and not _saved_nothing(out)
-    if s.resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
+    if resume and not (out / "checkpoints" / "checkpoint.npz").is_file():
         if _saved_nothing(out):
             raise UserError(
                 f"--resume: the run in {out} stopped before its first checkpoint, so there is "
                 "nothing to continue; start it again without --resume (--out can be reused)."
             )
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from.")
-    if has_content and not s.resume:
+    if has_content and not resume:
         if (out / "args.json").is_file():
             raise UserError(
                 f"--out {out} already holds a run; pass --resume to continue it or choose "
@@ -1383,12 +1399,17 @@ def create_out_dir(out: Path, new: bool = False) -> Path:
     folder: ``out``, or with ``new`` (the default folder, no ``--out``) a folder that did not
     exist -- ``out`` created exclusively, else ``out-2``, ``out-3``, ... (runs started in the
     same second each get their own)."""
+    made = (out / "checkpoints", out, *out.parents)
+    created = [folder for folder in made if not folder.exists()]
     try:
         if new:
             out = _new_folder(out)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _check_writable(out)
     except OSError as exc:
+        for folder in created:  # the folders made for a run that cannot start (innermost first)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
     return out
 
@@ -2635,7 +2656,9 @@ def _passed_over(selection: dict | None, kept: int | None) -> str | None:
 def _target_path(target: str) -> Path:
     """The run folder or model file ``TARGET`` of ``evaluate``/``generate``; it must exist."""
     path = Path(target)
-    if not path.exists():
+    with _path_errors(target):
+        exists = path.exists()
+    if not exists:
         raise UserError(
             f"{target}: no such run folder or model file; pass a folder written by "
             "parscan-train or a model .npz."
@@ -2662,12 +2685,13 @@ def _destination(out_file: str | None, path: Path, default: str, what: str) -> P
     destination = (
         Path(out_file) if out_file is not None else (path / default if path.is_dir() else None)
     )
-    if destination is not None and destination.is_dir():
-        raise UserError(f"--out {destination} is a folder; name {what} to write.")
     if destination is None:
         return None
-    if not destination.parent.is_dir():
-        raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
+    with _path_errors(f"--out {destination}"):
+        if destination.is_dir():
+            raise UserError(f"--out {destination} is a folder; name {what} to write.")
+        if not destination.parent.is_dir():
+            raise UserError(f"--out {destination}: there is no folder {destination.parent}.")
     try:  # before the work: a file is written atomically, so the folder decides
         _check_writable(destination.parent)
     except OSError as exc:

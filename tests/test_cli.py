@@ -1207,6 +1207,20 @@ def _one_error_line(result, message):
     assert message in lines[0]
 
 
+def test_a_path_too_long_to_look_at_is_one_error_line(finished_run, tmp_path, monkeypatch):
+    """Path.exists raises ENAMETOOLONG (Python 3.11 ignores only ENOENT and a few others):
+    it was a traceback; and a run that cannot start leaves no folder behind."""
+    monkeypatch.chdir(tmp_path)
+    folder, _ = finished_run
+    long = "x" * 300
+    _one_error_line(run(*TINY, "--out", long), f"--out {long}: File name too long.")
+    _one_error_line(run("evaluate", long), f"{long}: File name too long.")
+    _one_error_line(run("evaluate", folder, "--out", f"{long}.json"), "File name too long")
+    _one_error_line(run("generate", folder, "--out", f"{long}.npy"), "File name too long")
+    _one_error_line(run(*TINY, "--out", f"new/{long}/run"), "cannot write to --out new/")
+    assert not any(tmp_path.iterdir())
+
+
 def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     args = (out / "args.json").read_bytes()
