@@ -16,6 +16,7 @@ validation data's mean, :func:`models.metrics.evaluate`'s rule (:func:`models.me
 
 import numpy as np
 
+from models.data import column_mean_sd
 from models.metrics import fixed_point_onsets, run_problem
 
 #: a candidate more than this fraction of whose selection runs fail (blow up or rest) is
@@ -59,7 +60,7 @@ def select(model, candidates, params, validation, starts, steps):
     """
     trajectories = validation if isinstance(validation, list) else [validation]
     joined = np.concatenate(trajectories).astype(np.float64)
-    sd = joined.std(axis=0)
+    sd = column_mean_sd(joined)[1]  # joined.std overflows near the largest float64
     scale = np.where(sd > 0, sd, 1.0)
     if len(candidates) < 2 or any(fixed_point_onsets(x, scale) >= 0 for x in trajectories):
         return None

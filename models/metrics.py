@@ -103,16 +103,24 @@ def _pair(x_true, x_gen, where, *, strict=True):
 
 
 def _box(x_true, box):
+    """The D_stsp box ``(lo, hi)`` of ``x_true``, within the float64 range (a box around data
+    near the largest float64 would reach inf)."""
     mean, sd = column_mean_sd(x_true)
-    if box == "minmax":
-        return x_true.min(axis=0) - 0.1 * sd, x_true.max(axis=0) + 0.1 * sd
-    return mean - 2.0 * sd, mean + 2.0 * sd
+    with np.errstate(over="ignore"):
+        if box == "minmax":
+            lo, hi = x_true.min(axis=0) - 0.1 * sd, x_true.max(axis=0) + 0.1 * sd
+        else:
+            lo, hi = mean - 2.0 * sd, mean + 2.0 * sd
+    largest = np.finfo(np.float64).max
+    return np.maximum(lo, -largest), np.minimum(hi, largest)
 
 
 def _bin_index(x, lo, hi, n_bins):
-    """Bin indices (T', N) of the rows of ``x`` inside ``[lo, hi)``; rows outside are dropped."""
+    """Bin indices (T', N) of the rows of ``x`` inside ``[lo, hi)``; rows outside are dropped.
+    Computed in halves, exact at ordinary scales: a box wider than the largest float64
+    (``hi - lo`` overflowed to inf and put every point into bin 0) is no wider in halves."""
     with np.errstate(over="ignore", invalid="ignore"):
-        u = (x - lo) / (hi - lo)
+        u = (0.5 * x - 0.5 * lo) / (0.5 * hi - 0.5 * lo)
     inside = np.all((u >= 0) & (u < 1), axis=1)
     # u < 1 can still round to u * n_bins == n_bins: that point belongs to the last bin
     return np.minimum(np.floor(u[inside] * n_bins), n_bins - 1).astype(np.int64)
@@ -164,11 +172,21 @@ def check_n_bins(n_bins, n_dims, *, where, fix, name="n_bins"):
         _check_total_bins(n_bins, n_dims, where, fix, name)
 
 
-def _binned_reference(x_true, n_bins, box):
+def _binned_reference(x_true, n_bins, box, where, name):
     """``(lo, hi, idx_true)``: the box fixed by the validated float64 reference ``x_true``
-    and its bin indices, computed once for every run scored against it."""
+    and its bin indices, computed once for every run scored against it. ValueError (naming
+    the function ``where`` and the reference ``name``) when no point of ``x_true`` lies in the
+    box (``"sd2"``: a point outside the mean +- 2 sd of any dimension is outside): there is
+    no occupation to compare."""
     lo, hi = _box(x_true, box)
-    return lo, hi, _bin_index(x_true, lo, hi, n_bins)
+    idx_true = _bin_index(x_true, lo, hi, n_bins)
+    if idx_true.shape[0] == 0:
+        raise ValueError(
+            f"{where}: no point of {name} lies in the box={box!r} box (within 2 sds of the mean "
+            "in every dimension at once), so D_stsp has no occupation to compare; use "
+            "box='minmax'."
+        )
+    return lo, hi, idx_true
 
 
 def _binned_kl(reference, x_gen, n_bins):
@@ -299,7 +317,7 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
         caller (the public function ``where`` names, when a helper of it calls this), ...
     """
     if x_true.shape[1] < GMM_MIN_DIMS:
-        reference = _binned_reference(x_true, n_bins, box)
+        reference = _binned_reference(x_true, n_bins, box, where, "x_true")
         _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=stacklevel + 1)
 
 
@@ -341,18 +359,24 @@ def _subsample(x, n_points):
     return np.ascontiguousarray(x[np.linspace(0, x.shape[0] - 1, n_points).astype(np.int64)])
 
 
-def _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed):
+def _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed, where):
     """Monte-Carlo KL between isotropic Gaussian mixtures centred on the trajectory points
     (Hershey & Olsen, ICASSP 2007); normalisers common to both mixtures cancel."""
     centers_p = _subsample(x_true, n_points)
     centers_q = _subsample(x_gen, n_points)
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, centers_p.shape[0], n_samples)
-    samples = centers_p[pick] + math.sqrt(sigma2) * rng.standard_normal(
-        (n_samples, centers_p.shape[1])
+    n_dims = centers_p.shape[1]
+
+    def draw():
+        pick = rng.integers(0, centers_p.shape[0], n_samples)
+        noise = math.sqrt(sigma2) * rng.standard_normal((n_samples, n_dims))
+        return centers_p[pick] + noise, np.empty(n_samples), np.empty(n_samples)
+
+    # the samples, their noise, the picked centres and the indices, and the two log sums
+    n_bytes = n_samples * (3 * n_dims + 3) * 8
+    samples, log_p, log_q = allocated(
+        draw, n_bytes, where, "the n_samples Monte-Carlo samples", "lower n_samples"
     )
-    log_p = np.empty(n_samples)
-    log_q = np.empty(n_samples)
     root = math.sqrt(0.5 / sigma2)
     _gmm_log_sum(samples, centers_p, root, log_p)
     _gmm_log_sum(samples, centers_q, root, log_q)
@@ -447,8 +471,8 @@ def state_space_divergence(
             with checks.caught():
                 _check_total_bins(n_bins, x_true.shape[1], where)
     if method == "gmm":
-        return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed)
-    reference = _binned_reference(x_true, n_bins, box)
+        return _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed, where)
+    reference = _binned_reference(x_true, n_bins, box, where, "x_true")
     fix = "pass a longer x_gen or lower n_bins"
     _check_occupancy(x_gen.shape[0], reference, n_bins, where, fix, stacklevel=2)
     return _binned_kl(reference, x_gen, n_bins)
@@ -1385,8 +1409,11 @@ def evaluate(
         check_dh_resolution(compared[dh_short], s.smoothing, where=where, fix=fix, stacklevel=2)
     binned = "dstsp" in measures and s.dstsp_method == "bins"
     # each test trajectory's box and bins are computed once, for all its runs
-    references = [_binned_reference(x[1:], s.n_bins, s.box) if binned else None for x in tests]
-    pooled = _pooled_reference(tests, s) if binned and len(tests) > 1 else references[0]
+    references = [
+        _binned_reference(x[1:], s.n_bins, s.box, where, name) if binned else None
+        for x, name in zip(tests, names, strict=True)
+    ]
+    pooled = _pooled_reference(tests, s, where) if binned and len(tests) > 1 else references[0]
     if binned:
         n_measured = sum(s.run_length(x) - s.transient for x in tests)
         runs_of = f" (the runs from the {len(tests)} test trajectories together)" * several
@@ -1417,9 +1444,10 @@ def evaluate(
     return result
 
 
-def _pooled_reference(tests, s):
+def _pooled_reference(tests, s, where):
     """The binned D_stsp reference of several test trajectories together: every ``x[1:]``."""
-    return _binned_reference(np.concatenate([x[1:] for x in tests]), s.n_bins, s.box)
+    joined = np.concatenate([x[1:] for x in tests])
+    return _binned_reference(joined, s.n_bins, s.box, where, "the test trajectories together")
 
 
 def _mean_dstsp(true, runs, reference, s):
@@ -1429,7 +1457,10 @@ def _mean_dstsp(true, runs, reference, s):
     if reference is not None:
         scores = [_binned_kl(reference, run, s.n_bins) for run in runs]
     else:
-        scores = [_kl_gmm(true, run, s.sigma2, GMM_POINTS, GMM_SAMPLES, s.seed) for run in runs]
+        scores = [
+            _kl_gmm(true, run, s.sigma2, GMM_POINTS, GMM_SAMPLES, s.seed, "evaluate")
+            for run in runs
+        ]
     return float(np.mean(scores))
 
 
@@ -1488,7 +1519,7 @@ def _score_trajectory(model, x, s, reference, mean, limit):
 def _at_rest(gen, starts, x):
     """:func:`evaluate`'s ``at_rest``: the free runs ``gen`` (from the points ``starts``
     of the test trajectory ``x``) that rest (:func:`fixed_point_onsets`, in sds of ``x``)."""
-    sd = x.std(axis=0)
+    sd = column_mean_sd(x)[1]  # x.std overflows near the largest float64, underflows near 0
     onsets = fixed_point_onsets(gen, np.where(sd > 0, sd, 1.0))
     return [
         {"start": int(starts[k]), "step": int(onsets[k]) + 1, "point": gen[k, -1].tolist()}

@@ -383,6 +383,38 @@ def test_measures_are_exact_at_the_float64_limits():
         )
 
 
+def test_binned_dstsp_of_a_box_wider_than_the_largest_float64(lorenz_pair):
+    """hi - lo overflowed to inf and put every point into bin 0 (D_stsp about 0 for any
+    pair); the box is measured in halves."""
+    a = lorenz_pair[0][:5000, :2]
+    rng = np.random.default_rng(0)
+    noise = np.clip(a.mean(0) + a.std(0) * rng.standard_normal(a.shape), a.min(0), a.max(0))
+    for box in ("minmax", "sd2"):
+        expected = state_space_divergence(a, noise, box=box)
+        assert expected > 1.0
+        assert state_space_divergence(a * 6e306, noise * 6e306, box=box) == expected
+
+
+def test_an_sd2_box_without_a_reference_point_is_refused():
+    """Every row outside mean +- 2 sd in its own dimension: no occupation to compare (the
+    score was KL of a uniform p, without a warning)."""
+    rng = np.random.default_rng(1)
+    x = np.zeros((2000, 5))
+    x[np.arange(2000), np.arange(2000) % 5] = np.where(np.arange(2000) % 2, 10.0, -10.0)
+    x += 0.01 * rng.standard_normal(x.shape)
+    message = r"^state_space_divergence: no point of x_true lies in the box='sd2' box"
+    with pytest.raises(ValueError, match=message + r".* use box='minmax'\.$"):
+        state_space_divergence(x, rng.standard_normal(x.shape), n_bins=8, box="sd2")
+    assert state_space_divergence(x, x, n_bins=8) == 0.0
+
+
+def test_gmm_samples_beyond_memory_are_refused():
+    x = np.random.default_rng(2).standard_normal((100, 2))
+    message = r"^state_space_divergence: the n_samples Monte-Carlo samples need .*; lower n_samples"
+    with pytest.raises(ValueError, match=message):
+        state_space_divergence(x, x, method="gmm", n_samples=10**13)
+
+
 def test_gmm_of_an_infinitely_distant_run_is_inf():
     x = np.random.default_rng(23).standard_normal((200, 2))
     assert state_space_divergence(x, x + 1e155, method="gmm") == math.inf
@@ -837,6 +869,16 @@ def test_evaluate_reports_runs_that_come_to_rest(rotation_data):
     assert [(p["trajectory"], p["start"]) for p in several["at_rest"]] == [(0, 0), (1, 0)]
     assert several["per_trajectory"][1]["at_rest"][0]["start"] == 0
     assert evaluate(MapRNN(rotation(0.3, radius=2.0)), x)["at_rest"] is None
+
+
+@pytest.mark.filterwarnings("ignore::models.metrics.StateSpaceResolutionWarning")
+def test_resting_runs_are_sized_in_sds_also_at_the_float64_limits(rotation_data):
+    """x.std underflowed to 0 (1e-170: the rotation read as resting from step 1, in
+    absolute units) or overflowed to inf (1e160: an error about fixed_point_onsets)."""
+    model, x = rotation_data
+    for scale in (1e-170, 1e160):
+        res = evaluate(model, x * scale, n_starts=2, measures=("dstsp", "dh"))
+        assert res["status"] == "ok" and res["at_rest"] == []
 
 
 def test_evaluate_drops_the_first_transient_steps_of_the_free_run(rotation_data):
