@@ -2855,9 +2855,10 @@ def evaluate_command(
         dt, system = _lyapunov_time_step(model, metadata, dt)
     if fixed_points:
         _require_latent_rnn(model, "--fixed-points")
+        _check_memory(_orbit_search_bytes(model, 1), f"the latents (M = {model.M})")
     if cycles is not None:
         _require_latent_rnn(model, "--cycles")
-        _check_memory(2 * FIXED_POINT_STARTS * cycles * model.M * 8, "--cycles")  # the orbits
+        _check_memory(_orbit_search_bytes(model, cycles), "--cycles")
     if n_bins is not None:
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
@@ -2946,6 +2947,12 @@ FIXED_POINT_LINES = 10
 CYCLE_POINTS_SHOWN = 4
 
 
+def _orbit_search_bytes(model, period: int) -> int:
+    """The memory ``models.cycles`` takes from :data:`FIXED_POINT_STARTS` starts: the orbits
+    (twice) and the Newton steps' Jacobians (three times)."""
+    return 8 * FIXED_POINT_STARTS * (2 * period * model.M + 3 * model.M**2)
+
+
 def _model_orbits(model, tests: list[np.ndarray], period: int) -> dict:
     """``models.cycles`` of ``model`` of least period ``period`` (1: its fixed points) from
     :data:`FIXED_POINT_STARTS` evenly spread points of the (standardised) test trajectories
@@ -2956,7 +2963,10 @@ def _model_orbits(model, tests: list[np.ndarray], period: int) -> dict:
 
     joined = np.concatenate(tests)
     picked = np.linspace(0, len(joined) - 1, min(FIXED_POINT_STARTS, len(joined))).astype(int)
-    found = models.cycles(model, joined[picked], period)
+    try:
+        found = models.cycles(model, joined[picked], period)
+    except ValueError as exc:  # more than NumPy can allocate after all (the check above)
+        raise UserError(f"{'--cycles' if period > 1 else '--fixed-points'}: {exc}") from None
     points = found["points"]
     if model.standardization is not None:
         points = from_sd_units(points, *model.standardization)

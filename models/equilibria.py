@@ -16,7 +16,7 @@ cycles whose Newton basins the starts reach, not provably all of them.
 import numpy as np
 
 from models._checks import Checks, as_array
-from models.base import LatentRNN, check_finite_params
+from models.base import LatentRNN, allocated, check_finite_params
 from models.data import check_trajectory
 
 #: A start has converged when ``max|F(z) - z| <= RESIDUAL_TOLERANCE * (1 + max|z|)``.
@@ -33,8 +33,16 @@ def fixed_points(model, x, *, max_iter=100):
     ``G(z) = F(z) - z`` iterates ``z <- z - (dF/dz(z) - I)^-1 G(z)`` until
     ``max|G(z)| <= 1e-10 (1 + max|z|)`` (:data:`RESIDUAL_TOLERANCE`); a start whose iterate
     leaves the finite numbers, meets a singular ``dF/dz - I`` or has not converged after
-    ``max_iter`` steps (a piecewise-linear map can cycle between regions) finds nothing.
-    Converged states within :data:`DISTINCT_TOLERANCE` of each other count once.
+    ``max_iter`` steps (a piecewise-linear map can cycle between regions) finds nothing; so
+    does one that converges where ``dF/dz - I`` is singular to within the tolerance (its
+    smallest singular value at most ``1e-10 (1 + its largest)``): no isolated fixed point, or
+    a point far out where ``G`` is small only relative to the huge ``|z|`` -- a map without
+    fixed points sends Newton there. Converged states within :data:`DISTINCT_TOLERANCE` of
+    each other count once.
+
+    At a point on a boundary of a piecewise-linear map's regions (a ReLU's input exactly 0,
+    as ``z = 0`` of a freshly initialised shPLRNN, whose biases are 0) ``dF/dz`` is that of
+    the side where the ReLU is off (slope 0); the other side's can be less stable.
 
     A fixed point is stable (attracting) when every eigenvalue of ``dF/dz`` there has modulus
     below 1: free runs that come close stay. A stable fixed point where the data never rest
@@ -83,10 +91,12 @@ def cycles(model, x, period, *, max_iter=100):
     Newton's method on ``G(z) = F^k(z) - z`` iterates
     ``z <- z - (J_{k-1} ... J_1 J_0 - I)^-1 G(z)`` (``J_j = dF/dz`` at ``z_j = F^j(z)``)
     until ``max|G(z)| <= 1e-10 (1 + max|z|)`` (:data:`RESIDUAL_TOLERANCE`), as
-    :func:`fixed_points` does for ``k = 1``; starts that converge to an orbit of a smaller
-    period (a fixed point, for ``k = 2``) are counted in ``n_converged`` but not listed --
-    search that period. Orbits that share a point within :data:`DISTINCT_TOLERANCE` count
-    once; each is listed from its lexicographically smallest state.
+    :func:`fixed_points` does for ``k = 1`` (and as there, a point where the Jacobian
+    product minus ``I`` is singular to within the tolerance is no result); starts that
+    converge to an orbit of a smaller period (a fixed point, for ``k = 2``) are counted in
+    ``n_converged`` but not listed -- search that period. Orbits that share a point within
+    :data:`DISTINCT_TOLERANCE` count once; each is listed from its lexicographically
+    smallest state.
 
     A cycle is stable (attracting) when every eigenvalue of the product ``J_{k-1} ... J_0``
     around it has modulus below 1; a stable cycle the data never follow is a spurious
@@ -122,7 +132,9 @@ def cycles(model, x, period, *, max_iter=100):
         ``model`` is not a LatentRNN, or ``x``, ``period`` or ``max_iter`` of the wrong type.
     ValueError
         ``model.params`` with NaN/inf; ``x`` of another shape than (K, N) or (N,) with the model's
-        N, with NaN/inf, or empty; ``period`` or ``max_iter`` < 1.
+        N, with NaN/inf, or empty; ``period`` or ``max_iter`` < 1; the orbits of the ``K``
+        starts (``K * k * M`` float64, twice) or the Newton steps' Jacobians (``K * M * M``,
+        three times) more than this machine can allocate (checked first).
     """
     return _search(model, x, period, max_iter, "cycles")
 
@@ -153,8 +165,16 @@ def _search(model, x, period, max_iter, where):
     x = check_trajectory(x, where, min_steps=1, constant=True, n_obs=model.n_obs)
     solver = model if model.dtype == np.float64 else model.astype("float64")
     z = solver.initial_state(x.astype(np.float64))
+    k, m = z.shape
+    buffer = allocated(  # before the Newton work, which can take long for a long period
+        lambda: _orbit_buffer(k, period, m),
+        8 * (2 * k * period * m + 3 * k * m * m),
+        where,
+        f"the orbits and Newton Jacobians of {k} starts",
+        "lower period or pass fewer starts",
+    )
     converged = _newton(solver, z, period, max_iter)
-    orbits = _distinct(_orbits(solver, z[converged], period))
+    orbits = _distinct(_orbits(solver, z[converged], period, buffer))
     radius = np.max(np.abs(np.linalg.eigvals(_around(solver, orbits))), axis=-1, initial=0.0)
     order = np.argsort(radius, kind="stable")
     orbits, radius = orbits[order], radius[order]
@@ -167,6 +187,14 @@ def _search(model, x, period, max_iter, where):
         "n_starts": int(x.shape[0]),
         "n_converged": int(converged.sum()),
     }
+
+
+def _orbit_buffer(k, period, m):
+    """An empty ``(k, period, m)`` float64 orbit buffer, once the rest of what the search
+    needs could be allocated too: Newton's Jacobians (``k * m * m``, three times) and the
+    simulated orbits (``k * period * m``). MemoryError or ValueError when it cannot."""
+    np.empty(3 * k * m * m + k * period * m)
+    return np.empty((k, period, m))
 
 
 def _newton(model, z, period, max_iter):
@@ -182,7 +210,7 @@ def _newton(model, z, period, max_iter):
             g = end - z[active]
             scale = 1.0 + np.max(np.abs(z[active]), axis=1)
             done = np.max(np.abs(g), axis=1) <= RESIDUAL_TOLERANCE * scale
-        converged[active[done]] = True
+        converged[active[done]] = _regular(jac[done] - eye)
         alive = ~done & np.all(np.isfinite(g), axis=1)
         active, g, jac = active[alive], g[alive], jac[alive]
         if active.size == 0 or iteration == max_iter:
@@ -202,10 +230,10 @@ def _map_power(model, z, period):
     return end, jac
 
 
-def _orbits(model, z, period):
-    """The orbits ``z_0 .. z_{period-1}`` (K, period, M) of the rows of ``z`` (K, M), those
-    whose least period is below ``period`` dropped."""
-    orbits = np.empty((len(z), period, z.shape[1]))
+def _orbits(model, z, period, buffer):
+    """The orbits ``z_0 .. z_{period-1}`` (K, period, M) of the rows of ``z`` (K, M), in
+    ``buffer`` (at least K rows), those whose least period is below ``period`` dropped."""
+    orbits = buffer[: len(z)]
     if len(z):
         orbits[:, 0] = z
         orbits[:, 1:] = model.simulate(z, period - 1)
@@ -217,11 +245,22 @@ def _orbits(model, z, period):
 def _around(model, orbits):
     """The Jacobian products ``J_{k-1} ... J_0`` around each orbit (C, k, M) -> (C, M, M)."""
     c, k, m = orbits.shape
-    jacobians = model.jacobian(orbits.reshape(c * k, m)).reshape(c, k, m, m)
     product = np.broadcast_to(np.eye(m), (c, m, m)).copy()
-    for j in range(k):
-        product = jacobians[:, j] @ product
+    for j in range(k):  # one point of each orbit at a time: (C, M, M), not (C, k, M, M)
+        product = model.jacobian(orbits[:, j]) @ product
     return product
+
+
+def _regular(a):
+    """Which matrices of the batch ``a`` (K, M, M) are regular to within
+    :data:`RESIDUAL_TOLERANCE`: finite, with smallest singular value above ``1e-10 (1 +
+    largest)``."""
+    finite = np.all(np.isfinite(a), axis=(1, 2))
+    regular = np.zeros(len(a), dtype=bool)
+    if finite.any():
+        sigma = np.linalg.svd(a[finite], compute_uv=False)
+        regular[finite] = sigma[:, -1] > RESIDUAL_TOLERANCE * (1.0 + sigma[:, 0])
+    return regular
 
 
 def _solve(a, b):

@@ -2512,7 +2512,7 @@ def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
     )  # fmt: skip
 
 
-def test_evaluate_lists_the_cycles_of_the_model(tmp_path):
+def test_evaluate_lists_the_cycles_of_the_model(tmp_path, monkeypatch):
     """--cycles K: models.cycles from 256 spread test points, each cycle's K points in data
     units in the JSON and (up to four) on its line; K < 2 and SSMs refused. The model: an
     ALRNN whose unobserved relu unit oscillates on a stable 2-cycle (tests/test_equilibria)."""
@@ -2561,6 +2561,12 @@ def test_evaluate_lists_the_cycles_of_the_model(tmp_path):
     _one_error_line(
         run("evaluate", tmp_path / "ssm.npz", "--test-data", tmp_path / "test.npy", "--cycles", 3),
         "--cycles needs a latent RNN (shplrnn, clipped-shplrnn, alrnn, plrnn)",
+    )
+    # the Newton steps' M x M Jacobians count (the orbits alone were 65x too few bytes)
+    monkeypatch.setattr(cli, "available_bytes", lambda: 30_000)  # the search takes 32,768
+    _one_error_line(
+        run("evaluate", tmp_path / "m.npz", "--test-data", tmp_path / "test.npy", "--fixed-points"),
+        "this needs about 0.0 GiB of memory and 0.0 GiB are available; lower the latents (M = 2).",
     )
 
 

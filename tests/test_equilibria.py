@@ -81,6 +81,25 @@ def test_a_map_without_fixed_points_finds_nothing():
     assert found["spectral_radius"].shape == (0,) and found["stable"].dtype == bool
 
 
+def test_a_point_where_newton_converges_only_relative_to_a_huge_state_is_no_fixed_point():
+    """F(z) = a z + w relu(z) + 1 with a = 1 - 1e-13, w = 2e-13 has no fixed point (each
+    region's lies in the other); Newton reached |z| = 1e13, where F(z) - z = 2 is below the
+    tolerance relative to |z|, and reported two "fixed points" (one stable)."""
+    model = ALRNN(1, 1)
+    p = model.unflatten()
+    p["A"][...], p["W"][...], p["h"][...] = 1.0 - 1e-13, 2e-13, 1.0
+    found = models.fixed_points(model, np.array([[-1.0], [0.5], [3.0]]))
+    assert found["states"].shape == (0, 1) and found["n_converged"] == 0
+
+
+def test_a_search_beyond_memory_is_refused_before_the_newton_work():
+    """A period of 10**12 ran forever (and a large one ran the Newton steps, then failed
+    with NumPy's MemoryError)."""
+    message = r"^cycles: the orbits and Newton Jacobians of 2 starts need .*; lower period"
+    with pytest.raises(ValueError, match=message):
+        models.cycles(ShPLRNN(3, 8), np.zeros((2, 3)), 10**12)
+
+
 @pytest.mark.parametrize(
     "args, kwargs, error, match",
     [
