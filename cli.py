@@ -491,6 +491,8 @@ def _check_resume_changes(given: dict, saved: dict, run: Path, origins: dict[str
         old, new = recorded(name), given[name]
         if name in PATH_SETTINGS and old and new:  # the same files in the same order
             return _absolute_paths(old) == _absolute_paths(new)
+        if name == "alpha":  # as written: 0.30 and 3e-1 are the alpha 0.3 of the run
+            return old == new or _float_or_nan(old) == _float_or_nan(new)
         return old == new
 
     changed = [n for n in given if n not in RESUME_MAY_CHANGE and not same(n)]
@@ -1517,6 +1519,10 @@ def _save_figure(fig, path: Path) -> None:
 SERIES_PLOT_STEPS = 2000
 
 
+#: the plots of a run folder (:func:`write_plots`)
+PLOT_FILES = ("attractor.png", "spectrum.png")
+
+
 def write_plots(
     out: Path, test: np.ndarray, generated: np.ndarray, title: str = "test data"
 ) -> str:
@@ -1567,7 +1573,7 @@ def write_plots(
         ax.set_ylim(lo[y], hi[y])
         ax.set_title(panel)
     fig.tight_layout()
-    _save_figure(fig, out / "attractor.png")
+    _save_figure(fig, out / PLOT_FILES[0])
     plt.close(fig)
     length = min(len(test), len(generated))
     spectra = (
@@ -1584,7 +1590,7 @@ def write_plots(
     axes[0, 0].legend()
     axes[-1, 0].set_xlabel("frequency bin")
     fig.tight_layout()
-    _save_figure(fig, out / "spectrum.png")
+    _save_figure(fig, out / PLOT_FILES[1])
     plt.close(fig)
     return "plots: attractor.png, spectrum.png"
 
@@ -2241,8 +2247,10 @@ def train(
             "best_scores": result.best_scores,
             "settings": settings,
         }
-        outdated = _outdated_by(out, trained) if s.resume else []
+        replaced = s.resume and _model_replaced(out, trained)
         trained.save(out / "model.npz", metadata=metadata)
+        if replaced:
+            _forget_results_of_the_replaced_model(out)
         write_history(out / "history.csv", result.history, newton)
         mean, sd = trained.standardization
         tests = [to_sd_units(test, mean, sd).astype(np.float64) for test in data.test_parts]
@@ -2293,13 +2301,6 @@ def train(
         summary["wall_seconds"] = time.perf_counter() - started  # the plots included
         _write_json(out / "metrics.json", summary)
         _print_summary(out, summary, note)
-        if outdated:
-            run_dir = shlex.quote(str(out))
-            _warn(
-                f"{' and '.join(outdated)} in {out} were made from the model before this "
-                f"resume, which model.npz no longer holds; make them again with parscan-train "
-                f"evaluate {run_dir} / parscan-train generate {run_dir}."
-            )
         _warn_late_failures(late, result.best_epoch, s)
         failure = _reconstruction_failure(scores, result.best_scores)
         if failure:
@@ -2338,26 +2339,40 @@ def _write_failure(exc: OSError, out: Path) -> str:
 DERIVED_RESULTS = ("evaluation.json", "generated.npy")
 
 
-def _outdated_by(out: Path, trained) -> list[str]:
-    """The files of :data:`DERIVED_RESULTS` in run folder ``out`` that the model about to
-    replace ``out/model.npz`` makes outdated: those there when the saved model's parameters
-    or standardisation differ from ``trained``'s (a resume that trained on)."""
+def _model_replaced(out: Path, trained) -> bool:
+    """Whether ``trained`` differs from the model ``out/model.npz`` holds (its parameters or
+    standardisation: a resume that trained on); False without a readable one (nothing was
+    made from it)."""
     import models
 
-    present = [name for name in DERIVED_RESULTS if (out / name).is_file()]
-    if not present:
-        return []
     try:
         saved = models.load(out / "model.npz")
-    except (OSError, ValueError, TypeError):  # no readable model: nothing derived from it
-        return []
+    except (OSError, ValueError, TypeError):
+        return False
     before, after = saved.standardization, trained.standardization
     same = (
         np.array_equal(saved.params, trained.params)
         and (before is None) == (after is None)
         and all(np.array_equal(a, b) for a, b in zip(before or (), after or (), strict=True))
     )
-    return [] if same else present
+    return not same
+
+
+def _forget_results_of_the_replaced_model(out: Path) -> None:
+    """After a resume replaced ``out/model.npz``: remove the plots of the model before (this
+    run writes its own, or says why not), and warn that the files of
+    :data:`DERIVED_RESULTS` there were made from it -- at once, so that a run stopped before
+    its summary has said so too."""
+    for name in PLOT_FILES:
+        (out / name).unlink(missing_ok=True)
+    outdated = [name for name in DERIVED_RESULTS if (out / name).is_file()]
+    if outdated:
+        run_dir = shlex.quote(str(out))
+        _warn(
+            f"{' and '.join(outdated)} in {out} were made from the model before this "
+            f"resume, which model.npz no longer holds; make them again with parscan-train "
+            f"evaluate {run_dir} / parscan-train generate {run_dir}."
+        )
 
 
 def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
@@ -3203,8 +3218,7 @@ RUN_FILES = {
     "args.json": "the run's settings (args.json)",
     "metrics.json": "the run's metrics",
     "history.csv": "the run's history",
-    "attractor.png": "the run's plot",
-    "spectrum.png": "the run's plot",
+    **dict.fromkeys(PLOT_FILES, "the run's plot"),
 }
 
 

@@ -1221,6 +1221,16 @@ def test_a_path_too_long_to_look_at_is_one_error_line(finished_run, tmp_path, mo
     assert not any(tmp_path.iterdir())
 
 
+def test_a_resume_reads_alpha_as_a_number():
+    """args.json records --alpha as written: --alpha 0.3 resumes a run started with 0.30."""
+    for same in ("0.3", "3e-1", "0.300"):
+        cli._check_resume_changes({"alpha": same}, {"alpha": "0.30"}, Path("run"), {})
+    cli._check_resume_changes({"alpha": "auto"}, {"alpha": "auto"}, Path("run"), {})
+    for other in ("0.4", "auto"):
+        with pytest.raises(cli.UserError, match=r"--alpha .* \(the run's: 0\.30\) would change"):
+            cli._check_resume_changes({"alpha": other}, {"alpha": "0.30"}, Path("run"), {})
+
+
 def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     args = (out / "args.json").read_bytes()
@@ -1338,6 +1348,29 @@ def test_a_resume_that_trains_on_warns_of_the_results_made_from_the_model_before
     again = run("--out", out, "--resume", "-q", "-e", "3")
     assert again.exit_code in (0, 1), again.output
     assert "were made from the model before" not in again.output
+
+
+def test_a_resume_stopped_after_replacing_the_model_has_warned_and_keeps_no_old_plots(
+    finished_run, tmp_path, monkeypatch
+):
+    """The warning comes as model.npz is replaced (a resume stopped before its summary was
+    silent, and the next one found nothing changed); the plots of the model before are
+    removed, so a run whose plots are skipped (no matplotlib) keeps none that lie."""
+    out = _copy_run(finished_run, tmp_path)
+    assert run("evaluate", out).exit_code == 0
+    for name in cli.PLOT_FILES:  # also without matplotlib, which wrote none
+        (out / name).write_bytes(b"the plot of the model before")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_plots", stopped)
+    result = run("--out", out, "--resume", "-q", "-e", "3")
+    assert result.exit_code == 130, result.output
+    assert f"evaluation.json in {out} were made from the model before this resume" in (
+        result.output
+    )
+    assert not (out / "attractor.png").exists() and not (out / "spectrum.png").exists()
 
 
 def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
