@@ -1412,6 +1412,11 @@ def create_out_dir(out: Path, new: bool = False) -> Path:
         for folder in created:  # the folders made for a run that cannot start (innermost first)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if new:  # the default folder: no --out was given
+            raise UserError(
+                f"cannot create the run folder {out}: {exc.strerror or exc}; pass --out FOLDER "
+                "somewhere writable."
+            ) from None
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
     return out
 

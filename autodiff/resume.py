@@ -155,9 +155,13 @@ def check_checkpoint_dir(checkpoint_dir) -> Path:
             "missing)."
         )
     if not os.access(existing, os.W_OK | os.X_OK):
+        why = (
+            f"{existing} is on a read-only file system"
+            if os.statvfs(existing).f_flag & os.ST_RDONLY
+            else f"no write permission on {existing}"
+        )
         raise ValueError(
-            f"fit: checkpoint_dir {directory} is not writable (no write permission on "
-            f"{existing}). Choose a writable directory."
+            f"fit: checkpoint_dir {directory} is not writable ({why}). Choose a writable directory."
         )
     return directory
 

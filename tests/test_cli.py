@@ -1231,6 +1231,21 @@ def test_a_resume_reads_alpha_as_a_number():
             cli._check_resume_changes({"alpha": other}, {"alpha": "0.30"}, Path("run"), {})
 
 
+def test_an_uncreatable_default_run_folder_does_not_blame_out(tmp_path, monkeypatch):
+    """Without --out the run folder is runs/...: the error named an --out never given."""
+    monkeypatch.chdir(tmp_path)
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cli, "_new_folder", denied)
+    _one_error_line(
+        run(*TINY),
+        "error: cannot create the run folder runs/lorenz63-clipped-shplrnn-",
+    )
+    assert "Permission denied; pass --out FOLDER somewhere writable." in run(*TINY).output
+
+
 def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
     args = (out / "args.json").read_bytes()

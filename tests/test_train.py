@@ -1014,8 +1014,14 @@ def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
     real_access = os.access  # root may write anywhere: deny like the OS would for a user
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     for directory in (locked, locked / "sub"):
-        with pytest.raises(ValueError, match=r"fit: checkpoint_dir .* is not writable"):
+        with pytest.raises(ValueError, match=r"fit: checkpoint_dir .* is not writable \(no write"):
             check_fit(small_model(), x, config(), checkpoint_dir=directory)
+    # a read-only file system is named as such: no permission would help
+    read_only = os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+    monkeypatch.setattr(os, "statvfs", lambda p: read_only)
+    message = rf"is not writable \({re.escape(str(locked))} is on a read-only file system\)"
+    with pytest.raises(ValueError, match=message):
+        check_fit(small_model(), x, config(), checkpoint_dir=locked)
 
 
 def test_gtf_settings_are_refused_for_state_space_models(lorenz):
