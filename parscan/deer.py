@@ -270,11 +270,11 @@ def alpha_array(alpha, name: str, batch, shape_name: str, errors: dict) -> np.nd
             f"{name} must be a scalar or have shape {shape_name} = {batch}; got {arr.shape}."
         )
         return None
-    if not np.all((arr >= 0) & (arr <= 1)):
-        errors["value"].append(
-            f"{name} must lie in [0, 1] (and be finite); got values in "
-            f"[{np.min(arr)}, {np.max(arr)}]."
-        )
+    outside = ~((arr >= 0) & (arr <= 1))
+    if np.any(outside):
+        first = tuple(int(i) for i in np.unravel_index(np.argmax(outside), arr.shape))
+        at = f" at index {first[0] if len(first) == 1 else first}" * (arr.ndim > 0)
+        errors["value"].append(f"{name} must lie in [0, 1] (and be finite); got {arr[first]}{at}.")
         return None
     return arr
 

@@ -504,7 +504,13 @@ def test_alpha_is_array_like_as_deer_solve_takes_it(data, method):
         np.testing.assert_array_equal(info.alpha, ALPHAS)
     cases = [
         (ValueError, r"alpha must be a scalar or have shape \(B,\) = \(3,\); got \(2,\)", [0, 0]),
-        (ValueError, r"alpha must lie in \[0, 1\] \(and be finite\)", [0.1, 2.0, 0.0]),
+        (
+            ValueError,
+            r"alpha must lie in \[0, 1\] \(and be finite\); got 2\.0 at index 1\.$",
+            [0.1, 2.0, 0.0],
+        ),
+        # the first value outside, not min and max (NaN for an array holding one)
+        (ValueError, r"alpha must lie .*; got nan at index 1\.$", [0.1, np.nan, 0.2]),
         (ValueError, r"alpha is not an array \(nested sequences of unequal", [0.1, [0.2]]),
         (TypeError, r"alpha must be a real number or array; got dtype bool \(list\)", [True]),
         (TypeError, r"alpha must be a real number or array; got dtype object", None),
