@@ -88,6 +88,10 @@ def check_finite_params(
         raise ValueError(f"{where}: {name} contain NaN or inf (first at index {first}).{remedy}")
 
 
+class TooLargeForThisMachine(ValueError):
+    """A model whose dimensions need more memory than this machine can allocate."""
+
+
 def allocated(make, n_bytes: int, where: str, what: str, fix: str = "pass fewer at a time"):
     """``make()`` (NumPy allocations of ``n_bytes`` in all), with a size this machine cannot
     allocate (``MemoryError``) or NumPy cannot hold (``ValueError``) refused as a
@@ -271,12 +275,17 @@ class Model(ABC):
         try:
             self._params = np.zeros(offset, dtype=self.dtype)
         except (MemoryError, ValueError):
-            raise ValueError(
-                f"{where}: these dimensions need {offset} parameters "
-                f"({format_bytes(offset * self.dtype.itemsize)} of {self.dtype}), more than this "
-                f"machine can allocate; reduce the dimensions "
-                f"({', '.join(f'{n} {s}' for n, (_, _, s) in self._offsets.items())})."
-            ) from None
+            size = format_bytes(offset * self.dtype.itemsize)
+            raise self._too_large(f"{offset} parameters ({size} of {self.dtype})") from None
+
+    def _too_large(self, needed: str) -> "TooLargeForThisMachine":
+        """The refusal of dimensions whose parameters or initialisation need ``needed`` (a
+        phrase), more than this machine can allocate."""
+        blocks = ", ".join(f"{n} {s}" for n, (_, _, s) in self._offsets.items())
+        return TooLargeForThisMachine(
+            f"{type(self).__name__}: these dimensions need {needed}, more than this machine "
+            f"can allocate; reduce the dimensions ({blocks})."
+        )
 
     def _setup_checked(self, checks: Checks, dtype, seed) -> None:
         """The end of a constructor that gathers its problems in ``checks`` (named after the
@@ -286,7 +295,10 @@ class Model(ABC):
         seed = checks.integer(seed, "seed", 0)
         checks.raise_problems()
         self._setup(dtype)
-        self.init(seed)
+        try:
+            self.init(seed)
+        except MemoryError:  # float64 scratch several times the parameters (M x M draws)
+            raise self._too_large("float64 scratch for their initialisation") from None
 
     @abstractmethod
     def param_spec(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -797,6 +809,10 @@ def _build_model(fields: dict, path: Path, where: str) -> Model:
     hyper = _json_dict(fields, "hyperparameters", path, where)
     try:
         model = model_cls(**hyper)
+    except TooLargeForThisMachine as exc:  # a model another machine saved
+        raise ValueError(
+            f"{where}: {path} holds a model too large for this machine: {exc}"
+        ) from None
     except (TypeError, ValueError) as exc:
         written = fields.get("parscan_version")
         by = f" (this one by parscan {written})" if written is not None else ""

@@ -825,6 +825,23 @@ def test_constructor_errors():
         ShPLRNN(10**10, 10**10)  # more elements than an array can have: no int64 wrap-around
 
 
+def test_an_initialisation_beyond_memory_is_refused_naming_the_dimensions(monkeypatch, tmp_path):
+    """init draws float64 scratch larger than a float32 model's parameters (a PLRNN's M x M
+    matrices): its MemoryError was raw, from a model whose parameters fit; a file holding
+    such a model is too large, not corrupt."""
+    ALRNN(3, 1).save(tmp_path / "m.npz")
+
+    def exhausted(self, seed=0):
+        raise MemoryError("Unable to allocate 1.07 GiB")
+
+    monkeypatch.setattr(ALRNN, "init", exhausted)
+    message = r"^ALRNN: these dimensions need float64 scratch for their initialisation, more "
+    with pytest.raises(ValueError, match=message + r".*; reduce the dimensions \(A \(3,\)"):
+        ALRNN(3, 1, dtype="float32")
+    with pytest.raises(ValueError, match=r"m\.npz holds a model too large for this machine: AL"):
+        models.load(tmp_path / "m.npz")
+
+
 def test_astype_checks_the_values_and_copies_everything():
     m = ShPLRNN(3, 4)
     m.set_params(np.full(m.n_params, 1e39))
