@@ -39,11 +39,12 @@ and exits 1.
     PYTHONUNBUFFERED=1 python3 bench/gpu_check.py       # on the GPU machine: 2-9 minutes
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --smoke
 
-The package need not be installed there: the steps run with the repository root on
-``PYTHONPATH``. Its dependencies must be, in versions that work together: numba-cuda 0.30.4
-compiles no kernel with numpy 2.5 (``pyproject.toml`` caps numpy below 2.5; a failed
-preflight then names the cause and this remedy). On a GPU machine that has numpy 2.5 and no
-internet, bring wheels of numpy 2.4 and numba-cuda 0.30.4 for its Python (here: 3.12)::
+The package need not be installed there: the script puts the repository root first on
+``sys.path`` and runs the steps with it on ``PYTHONPATH``. Its dependencies must be, in
+versions that work together: numba-cuda 0.30.4 compiles no kernel with numpy 2.5
+(``pyproject.toml`` caps numpy below 2.5; a failed preflight then names the cause and this
+remedy). On a GPU machine that has numpy 2.5 and no internet, bring wheels of numpy 2.4 and
+numba-cuda 0.30.4 for its Python (here: 3.12)::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 -d .whl \
@@ -64,13 +65,15 @@ import sys
 import time
 from pathlib import Path
 
-import parscan  # noqa: F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
-import numba
-from _timing import exit_on_sigterm, no_gpu_reason
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the package need not be installed (``python3 bench/...``)
+
+import parscan  # noqa: E402, F401  # isort: skip  (first: PARSCAN_THREADS before Numba loads)
+import numba  # noqa: E402
+from _timing import exit_on_sigterm, no_gpu_reason  # noqa: E402
+
 #: Seconds each step may run.
-STEP_LIMITS = {"preflight": 45, "scan_cuda": 165, "pytest_gpu": 170, "gradients": 160}
+STEP_LIMITS = {"preflight": 30, "scan_cuda": 150, "pytest_gpu": 230, "gradients": 130}
 #: The preflight step's program: one JSON line.
 PREFLIGHT = """
 import json
@@ -213,7 +216,10 @@ def run_step(name, smoke):
 
 def _mismatch(row) -> str:
     """``", WRONG: <difference>"`` for a timed scan row that did not match the cpu backend."""
-    return "" if row["matches_cpu"] else f", WRONG: {row['max_diff_vs_cpu']:.3g}"
+    if row["matches_cpu"]:
+        return ""
+    diff = row["max_diff_vs_cpu"]  # null: NaN or inf in the result
+    return f", WRONG: {diff:.3g}" if diff is not None else ", WRONG: non-finite result"
 
 
 def summary_lines(report):

@@ -280,6 +280,8 @@ LAUNCH_VARIANTS = ({"items": 8}, {"lookback": 32}, {"lookback": 256}, {"block": 
 #: A timed CUDA result must match the ``"cpu"`` backend to this many ulps of its largest state
 #: (the order of the combines differs; the bench data are contractive).
 MATCH_EPS = 1000
+#: The least GPU seconds of one timed batch of CUDA launches (:func:`_timing.interleaved`).
+CUDA_RUN_SECONDS = 0.05
 
 
 def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
@@ -306,7 +308,9 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
         return _cuda.scan_device(da, db, None, False, False, dense, out, launch)
 
     calls = {"scan": lambda: scan_into(dout), "copy": lambda: dst.copy_to_device(src)}
-    times = interleaved(calls, repeat, run=cuda_run)
+    # runs of >= 50 ms: the host's work before a run's first launch (linear_scan's checks,
+    # while the device idles) is then a fraction of a percent of the time, not ~20 %
+    times = interleaved(calls, repeat, run=cuda_run, min_seconds=CUDA_RUN_SECONDS)
     scan_t, copy_t = times["scan"], times["copy"]
     checked = cuda.device_array_like(db)
     _cuda.zero_fill(checked)  # an entry the scan leaves unwritten stays 0 (b is normal)
