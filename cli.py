@@ -1401,17 +1401,17 @@ def create_out_dir(out: Path, new: bool = False) -> Path:
     folder: ``out``, or with ``new`` (the default folder, no ``--out``) a folder that did not
     exist -- ``out`` created exclusively, else ``out-2``, ``out-3``, ... (runs started in the
     same second each get their own)."""
-    made = (out / "checkpoints", out, *out.parents)
-    created = [folder for folder in made if not folder.exists()]
+    existing = {folder for folder in (out / "checkpoints", out, *out.parents) if folder.exists()}
     try:
         if new:
-            out = _new_folder(out)
+            out = _new_folder(out)  # out-2, out-3, ... when out exists
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _check_writable(out)
     except OSError as exc:
-        for folder in created:  # the folders made for a run that cannot start (innermost first)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        for folder in (out / "checkpoints", out, *out.parents):  # innermost first
+            if folder not in existing:  # made for a run that cannot start
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         if new:  # the default folder: no --out was given
             raise UserError(
                 f"cannot create the run folder {out}: {exc.strerror or exc}; pass --out FOLDER "

@@ -26,11 +26,12 @@ ROWS = 1024
 VALUES = 1 << 16
 #: a difference counts beyond this fraction of the column's range among the sampled rows (a
 #: block's sums: of the range times the block's length) -- the spread of the data, not their
-#: offset, which would hide any change of a signal far from 0 (last-bit differences pass)
+#: offset, which would hide any change of a signal far from 0 --
 RTOL = 1e-5
-#: the range counts as at least this fraction of the column's largest magnitude (a block's:
-#: of its sum of magnitudes), above the rounding of a constant column (and of the block sums)
-RANGE_FLOOR = 1e-9
+#: -- and beyond this many units in the last place of the data's dtype, relative to the
+#: column's largest magnitude (a block's: to its sum of magnitudes): last-bit differences of
+#: regenerated data pass, also those of float32 data far from 0 or of a constant column
+ROUNDING_ULPS = 8
 #: the moments kept of each block: sum, position-weighted sum, sum of magnitudes
 _MOMENTS = 3
 
@@ -45,6 +46,9 @@ class Fingerprint(NamedTuple):
     #: ``(n_rows - 1, 3, n_dims)`` float64: the moments of the rows from one sampled row to
     #: the next (exclusive), :func:`block_moments`; None in checkpoints written before them
     blocks: np.ndarray | None
+    #: the machine epsilon of the trajectory's dtype (float64's for a stored fingerprint,
+    #: whose dtype is not kept: the data given now decide)
+    eps: float = float(np.finfo(np.float64).eps)
 
 
 def sampled_rows(n_steps: int, n_dims: int) -> np.ndarray:
@@ -72,24 +76,28 @@ def block_moments(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def fingerprint(x: np.ndarray) -> Fingerprint:
     """The :class:`Fingerprint` of a ``(n_steps, n_dims)`` trajectory (``n_steps >= 2``)."""
     starts = sampled_rows(*x.shape)
-    return Fingerprint(list(x.shape), x[starts].astype(np.float64), block_moments(x, starts))
+    eps = np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps
+    rows, blocks = x[starts].astype(np.float64), block_moments(x, starts)
+    return Fingerprint(list(x.shape), rows, blocks, float(eps))
 
 
 def first_difference(before: Fingerprint, after: Fingerprint) -> tuple[int, int] | None:
     """The first rows ``(first, last)`` (inclusive) where the data of two fingerprints of the
-    same shape differ beyond :data:`RTOL` of the data's range: a sampled row, or a block
-    whose moments differ (a fingerprint without blocks, from an older checkpoint, compares the
-    rows only); None when they agree."""
+    same shape differ beyond :data:`RTOL` of the data's range and :data:`ROUNDING_ULPS` of
+    their rounding: a sampled row, or a block whose moments differ (a fingerprint without
+    blocks, from an older checkpoint, compares the rows only); None when they agree."""
     starts = sampled_rows(*before.shape)
     top = np.max(np.abs(before.rows), axis=0)  # each column's largest sampled magnitude
-    spread = np.maximum(np.ptp(before.rows, axis=0), RANGE_FLOOR * top)
-    rows = np.any(np.abs(after.rows - before.rows) > RTOL * spread, axis=1)
+    spread = np.ptp(before.rows, axis=0)
+    rounding = ROUNDING_ULPS * max(before.eps, after.eps)
+    tolerance = np.maximum(RTOL * spread, rounding * top)
+    rows = np.any(np.abs(after.rows - before.rows) > tolerance, axis=1)
     found = [(int(starts[np.argmax(rows)]),) * 2] if rows.any() else []
     if before.blocks is not None:
         change = np.abs(after.blocks[:, :2] - before.blocks[:, :2])
         lengths = np.diff(starts)[:, None, None]
-        scale = np.maximum(lengths * spread, RANGE_FLOOR * before.blocks[:, 2:])
-        blocks = np.any(change > RTOL * scale, axis=(1, 2))
+        tolerance = np.maximum(RTOL * lengths * spread, rounding * before.blocks[:, 2:])
+        blocks = np.any(change > tolerance, axis=(1, 2))
         if blocks.any():
             k = int(np.argmax(blocks))
             found.append((int(starts[k]), int(starts[k + 1]) - 1))

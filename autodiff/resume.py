@@ -403,6 +403,8 @@ def _saved_config(d, latent_rnn: bool) -> "TrainConfig":
             f"{', '.join(_LATER_FIELDS)}, may be missing) and no others"
         )
     method = d["method"] if d["method"] in CHOICES["method"] else "deer"
+    later = {f.name: f.default for f in fields if f.name in _LATER_FIELDS}
+    d = {**later, **d}  # the fields added since at their defaults
     unused = inapplicable_settings(SimpleNamespace(**{**d, "method": method}), latent_rnn)
     return TrainConfig.from_dict({**d, **{f.name: f.default for f in fields if f.name in unused}})
 

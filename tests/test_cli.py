@@ -1244,6 +1244,18 @@ def test_an_uncreatable_default_run_folder_does_not_blame_out(tmp_path, monkeypa
         "error: cannot create the run folder runs/lorenz63-clipped-shplrnn-",
     )
     assert "Permission denied; pass --out FOLDER somewhere writable." in run(*TINY).output
+    # a folder made under another name (runs/r taken: runs/r-2) is removed too
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "_check_writable", full)
+    with pytest.raises(cli.UserError, match=r"cannot create the run folder runs/r-2: No space"):
+        cli.create_out_dir(Path("runs/r"), new=True)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r"]
 
 
 def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):

@@ -995,16 +995,20 @@ def test_resume_passes_a_stretch_of_zeros_regenerated_with_last_bit_noise(lorenz
         check_fit(small_model(), edited, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
-def test_resume_refuses_other_data_on_a_large_offset(lorenz, tmp_path):
+@pytest.mark.parametrize(("dtype", "scale"), [("float64", 1e-5), ("float32", 0.05)])
+def test_resume_refuses_other_data_on_a_large_offset(lorenz, tmp_path, dtype, scale):
     """The tolerance is relative to the data's range, not their magnitude: a signal of sd
-    1e-4 on an offset of 1000 is refused time-reversed (which keeps its mean and sd)."""
+    1e-4 on an offset of 1000 is refused time-reversed (which keeps its mean and sd); data
+    regenerated with last-bit differences pass, in float32 too (a few of its ulps at the
+    offset are more than 1e-5 of the range)."""
     x, _ = lorenz
-    offset = 1000.0 + 1e-5 * x
+    offset = (1000.0 + scale * x).astype(dtype)
     cfg = config(epochs=2, batches_per_epoch=2)
     fit(small_model(), offset, cfg, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match=r"^fit: data differs .* \(same shape, different values"):
         check_fit(small_model(), offset[::-1].copy(), cfg, checkpoint_dir=tmp_path, resume=True)
-    check_fit(small_model(), np.nextafter(offset, 0), cfg, checkpoint_dir=tmp_path, resume=True)
+    regenerated = np.nextafter(offset, np.zeros(1, dtype))
+    check_fit(small_model(), regenerated, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_unwritable_checkpoint_dir_is_refused(lorenz, tmp_path, monkeypatch):
@@ -1686,8 +1690,9 @@ def test_validation_bins_too_many_for_the_data_are_refused_before_training(loren
 
 
 def test_checkpoints_without_validation_n_bins_resume_with_30_and_keep_it(lorenz, tmp_path):
-    """A checkpoint written before validation_n_bins existed (its config lacks the field)
-    resumes with the default the run used; no resume may change it (it selects the model)."""
+    """A checkpoint written before validation_n_bins existed (its config lacks the field,
+    and those of the selection) resumes with the default the run used; no resume may change
+    it (it selects the model)."""
     x, val = lorenz
     cfg = config(epochs=2, batches_per_epoch=2)
     kw = {"checkpoint_dir": tmp_path, "validation_data": val}
@@ -1695,9 +1700,10 @@ def test_checkpoints_without_validation_n_bins_resume_with_30_and_keep_it(lorenz
     refused = r"cannot resume .*\(validation_n_bins: 30 -> 8\); only \["
     with pytest.raises(ValueError, match=refused):
         check_fit(small_model(), x, replace(cfg, validation_n_bins=8), resume=True, **kw)
-    _rewrite(
+    later = ("validation_n_bins", "selection_candidates", "selection_starts", "selection_steps")
+    _rewrite(  # written before all four fields existed
         checkpoint_path(tmp_path),
-        edit_meta=lambda m: m["train_state"]["config"].pop("validation_n_bins"),
+        edit_meta=lambda m: [m["train_state"]["config"].pop(name) for name in later],
     )
     with pytest.raises(ValueError, match=refused):
         check_fit(small_model(), x, replace(cfg, validation_n_bins=8), resume=True, **kw)
