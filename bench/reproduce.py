@@ -134,8 +134,8 @@ def main(argv=None):
                 print_row({**row, "versions": versions()})
                 if _failed(row):
                     failed.append(f"{name} seed {seed}")
-        if args.keep is not None:
-            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
+                if args.keep is not None:  # at once: a stop later keeps the finished cases
+                    shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if failed:  # the rows say why (exit codes, "error")

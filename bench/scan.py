@@ -11,7 +11,7 @@ dtype, arrays sized to move as many bytes as the scan) with 1 thread and with al
 whose runs are interleaved with the scans' in a rotating order (so a noisy moment of a shared
 VM hits a scan and its baseline alike). Like the triad, the scan writes into a preallocated
 ``out`` (a fresh output array would add the page faults of its first touch). A timed run is a
-batch of back-to-back calls lasting at least 2 ms (one call for the large cases), divided by
+batch of back-to-back calls sized to take 2 ms (one call for the large cases), divided by
 its length: single calls of a few microseconds are below the timer's and the scheduler's
 jitter on a shared VM. A case too large for :data:`MAX_CASE_BYTES` prints a "skipped" row.
 
@@ -378,7 +378,7 @@ def bench_cuda(args):
         if not dense and T * D >= CUDA_TARGET_TD:
             target_rows.append(row)
         print_row({**row, **meta, "versions": versions()})
-    print_row(target_summary(target_rows, simulator))
+    print_row({**target_summary(target_rows, simulator), "versions": versions()})
     T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D  # smoke: 2-3 tiles
     for change in LAUNCH_VARIANTS:
         launch = dataclasses.replace(_cuda.LAUNCH, **change)
@@ -397,7 +397,7 @@ def bench_cuda(args):
         except Exception as exc:
             row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
             failed = True
-        print_row({**row, **meta})
+        print_row({**row, **meta, "versions": versions()})
     return 1 if failed else 0
 
 

@@ -33,6 +33,7 @@ nothing.
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -155,8 +156,10 @@ def _framework_worker(name, folder, repeat):
         return 0
     timing = timeit(run, repeat)  # JAX compiles in ``_jax_bptt``: its first call is warm
     B, T = windows.shape[0], windows.shape[1] - 1
+    package = {"jax_lax_scan": "jax", "torch_eager": "torch"}[name]
     row = {"what": name, "dtype": windows.dtype.name, "B": B, "T": T, "loss": timing.result,
-           **timing.fields(), "repeat": repeat}  # fmt: skip
+           **timing.fields(), "repeat": repeat,
+           "framework_version": importlib.metadata.version(package)}  # fmt: skip
     print_row(row)
     return 0
 
@@ -279,7 +282,7 @@ def main(argv=None):
                     row = _framework_row(name, model, windows, alpha, args.repeat)
                     if "median_s" in row:
                         row["vs_fastest_parscan"] = row["median_s"] / min(medians.values())
-                print_row(row)
+                print_row({**row, "dtype": dtype, "B": args.B, "T": T, **common})
     return 0
 
 

@@ -80,10 +80,19 @@ NOT_SETTABLE = {
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--set", nargs="*", type=_override, default=[], help="cli.Settings overrides key=value"
+        "--set",
+        nargs="+",
+        action="extend",
+        type=_override,
+        default=[],
+        help="cli.Settings overrides key=value (repeatable)",
     )
     ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
     args = ap.parse_args(argv)
+    keys = [key for key, _ in args.set]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # as a config file refuses a repeated key
+        ap.error(f"--set {', '.join(twice)} given twice; keep one")
     unused = [f"{key} ({NOT_SETTABLE[key]})" for key, _ in args.set if key in NOT_SETTABLE]
     if unused:
         ap.error(f"--set {', '.join(unused)}: not a setting of this protocol; drop it")
