@@ -1401,17 +1401,17 @@ def create_out_dir(out: Path, new: bool = False) -> Path:
     folder: ``out``, or with ``new`` (the default folder, no ``--out``) a folder that did not
     exist -- ``out`` created exclusively, else ``out-2``, ``out-3``, ... (runs started in the
     same second each get their own)."""
-    existing = {folder for folder in (out / "checkpoints", out, *out.parents) if folder.exists()}
+    existing = {real for real in _real_folders(out) if os.path.lexists(real)}
     try:
         if new:
             out = _new_folder(out)  # out-2, out-3, ... when out exists
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _check_writable(out)
     except OSError as exc:
-        for folder in (out / "checkpoints", out, *out.parents):  # innermost first
-            if folder not in existing:  # made for a run that cannot start
+        for real in _real_folders(out):  # innermost first
+            if real not in existing:  # made for a run that cannot start
                 with contextlib.suppress(OSError):
-                    folder.rmdir()
+                    os.rmdir(real)
         if new:  # the default folder: no --out was given
             raise UserError(
                 f"cannot create the run folder {out}: {exc.strerror or exc}; pass --out FOLDER "
@@ -1419,6 +1419,12 @@ def create_out_dir(out: Path, new: bool = False) -> Path:
             ) from None
         raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}.") from None
     return out
+
+
+def _real_folders(out: Path) -> list[str]:
+    """``out/checkpoints``, ``out`` and its parents, innermost first, as real paths (``a/..``
+    is the folder it names even while ``a`` is missing)."""
+    return [os.path.realpath(folder) for folder in (out / "checkpoints", out, *out.parents)]
 
 
 def _new_folder(path: Path) -> Path:

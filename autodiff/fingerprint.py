@@ -28,10 +28,11 @@ VALUES = 1 << 16
 #: block's sums: of the range times the block's length) -- the spread of the data, not their
 #: offset, which would hide any change of a signal far from 0 --
 RTOL = 1e-5
-#: -- and beyond this many units in the last place of the data's dtype, relative to the
-#: column's largest magnitude (a block's: to its sum of magnitudes): last-bit differences of
-#: regenerated data pass, also those of float32 data far from 0 or of a constant column
-ROUNDING_ULPS = 8
+#: -- and beyond this fraction of the column's largest magnitude (a block's: of its sum of
+#: magnitudes), 8 float32 ulps: last-bit differences of regenerated data pass, whatever the
+#: dtype of the run and of the data given now (float32 data far from 0, a constant column);
+#: a change smaller than that passes too
+ROUNDING = 8 * float(np.finfo(np.float32).eps)
 #: the moments kept of each block: sum, position-weighted sum, sum of magnitudes
 _MOMENTS = 3
 
@@ -46,9 +47,6 @@ class Fingerprint(NamedTuple):
     #: ``(n_rows - 1, 3, n_dims)`` float64: the moments of the rows from one sampled row to
     #: the next (exclusive), :func:`block_moments`; None in checkpoints written before them
     blocks: np.ndarray | None
-    #: the machine epsilon of the trajectory's dtype (float64's for a stored fingerprint,
-    #: whose dtype is not kept: the data given now decide)
-    eps: float = float(np.finfo(np.float64).eps)
 
 
 def sampled_rows(n_steps: int, n_dims: int) -> np.ndarray:
@@ -76,27 +74,24 @@ def block_moments(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def fingerprint(x: np.ndarray) -> Fingerprint:
     """The :class:`Fingerprint` of a ``(n_steps, n_dims)`` trajectory (``n_steps >= 2``)."""
     starts = sampled_rows(*x.shape)
-    eps = np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps
-    rows, blocks = x[starts].astype(np.float64), block_moments(x, starts)
-    return Fingerprint(list(x.shape), rows, blocks, float(eps))
+    return Fingerprint(list(x.shape), x[starts].astype(np.float64), block_moments(x, starts))
 
 
 def first_difference(before: Fingerprint, after: Fingerprint) -> tuple[int, int] | None:
     """The first rows ``(first, last)`` (inclusive) where the data of two fingerprints of the
-    same shape differ beyond :data:`RTOL` of the data's range and :data:`ROUNDING_ULPS` of
-    their rounding: a sampled row, or a block whose moments differ (a fingerprint without
+    same shape differ beyond :data:`RTOL` of the data's range and :data:`ROUNDING` of their
+    magnitude: a sampled row, or a block whose moments differ (a fingerprint without
     blocks, from an older checkpoint, compares the rows only); None when they agree."""
     starts = sampled_rows(*before.shape)
     top = np.max(np.abs(before.rows), axis=0)  # each column's largest sampled magnitude
     spread = np.ptp(before.rows, axis=0)
-    rounding = ROUNDING_ULPS * max(before.eps, after.eps)
-    tolerance = np.maximum(RTOL * spread, rounding * top)
+    tolerance = np.maximum(RTOL * spread, ROUNDING * top)
     rows = np.any(np.abs(after.rows - before.rows) > tolerance, axis=1)
     found = [(int(starts[np.argmax(rows)]),) * 2] if rows.any() else []
     if before.blocks is not None:
         change = np.abs(after.blocks[:, :2] - before.blocks[:, :2])
         lengths = np.diff(starts)[:, None, None]
-        tolerance = np.maximum(RTOL * lengths * spread, rounding * before.blocks[:, 2:])
+        tolerance = np.maximum(RTOL * lengths * spread, ROUNDING * before.blocks[:, 2:])
         blocks = np.any(change > tolerance, axis=(1, 2))
         if blocks.any():
             k = int(np.argmax(blocks))

@@ -89,6 +89,7 @@ def main(argv=None):
     )
     ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
     args = ap.parse_args(argv)
+    args.set = [(cli._setting_name(key), value) for key, value in args.set]  # - or _
     keys = [key for key, _ in args.set]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:  # as a config file refuses a repeated key

@@ -1256,6 +1256,11 @@ def test_an_uncreatable_default_run_folder_does_not_blame_out(tmp_path, monkeypa
     with pytest.raises(cli.UserError, match=r"cannot create the run folder runs/r-2: No space"):
         cli.create_out_dir(Path("runs/r"), new=True)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r"]
+    # a folder named through a missing one (a/.. is this folder) is no folder made for it
+    (tmp_path / "runs" / "r" / "checkpoints").mkdir()
+    with pytest.raises(cli.UserError, match=r"cannot write to --out runs/r/a/\.\.: No space"):
+        cli.create_out_dir(Path("runs/r/a/.."))
+    assert [p.name for p in (tmp_path / "runs" / "r").iterdir()] == ["checkpoints"]
 
 
 def test_refused_resume_leaves_the_run_resumable(finished_run, tmp_path):

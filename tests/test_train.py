@@ -995,10 +995,10 @@ def test_resume_passes_a_stretch_of_zeros_regenerated_with_last_bit_noise(lorenz
         check_fit(small_model(), edited, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
-@pytest.mark.parametrize(("dtype", "scale"), [("float64", 1e-5), ("float32", 0.05)])
+@pytest.mark.parametrize(("dtype", "scale"), [("float64", 1e-4), ("float32", 0.05)])
 def test_resume_refuses_other_data_on_a_large_offset(lorenz, tmp_path, dtype, scale):
     """The tolerance is relative to the data's range, not their magnitude: a signal of sd
-    1e-4 on an offset of 1000 is refused time-reversed (which keeps its mean and sd); data
+    1e-3 on an offset of 1000 is refused time-reversed (which keeps its mean and sd); data
     regenerated with last-bit differences pass, in float32 too (a few of its ulps at the
     offset are more than 1e-5 of the range)."""
     x, _ = lorenz
