@@ -334,6 +334,8 @@ def scan_diag(a, b, h0, reverse, out, plan=None):
     if plan == "batch":
         _diag_batch(a, b, h0, reverse, out)
         return
+    if np.may_share_memory(b, out):  # in place: a chunk re-walked (non-finite) re-reads b
+        b = b.copy()
     B, _, D = b.shape
     a_agg = np.empty((B, n_chunks, D), b.dtype)
     a_exp = np.empty((B, n_chunks, D), np.finfo(b.dtype).dtype)

@@ -464,6 +464,24 @@ def test_out_and_in_place(backend, dense):
     np.testing.assert_array_equal(b, expected)
 
 
+@pytest.mark.parametrize("plan", [("reduce", 3), ("fix", 2)])
+def test_in_place_time_chunked_scan_of_non_finite_values_is_the_loops(plan):
+    """A chunk whose state is not finite is walked again from b, which an in-place scan has
+    already overwritten: every channel came out wrong (13 instead of 7), finite ones too."""
+    from parscan import _scan_cpu
+
+    T = 9
+    a, b = np.ones((1, T, 2)), np.zeros((1, T, 2))
+    b[0, :, 0] = 1.0
+    b[0, 1, 1] = b[0, 4, 1] = -1e308  # channel 1 overflows to -inf at t = 4
+    b[0, 5, 1] = 1e308
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = scan_reference(a, b)
+    h0 = np.zeros((1, 2))
+    _scan_cpu.scan_diag(a, b, h0, False, b, plan)
+    np.testing.assert_array_equal(b, expected)
+
+
 def test_out_errors():
     a, b, h0 = make_inputs(3, np.float64, False, (2,), 10, 3)
     with pytest.raises(ValueError, match=r"^linear_scan: `out` must have b's shape \(2, 10, 3\)"):
