@@ -1195,7 +1195,15 @@ def run_test_data(
         raise UserError(
             f"the run's data file {missing[0]} (recorded in {args}) is missing; {remedy}."
         )
-    tests = _load_files(s, "test_data") if s.test_data is not None else prepare_data(s).test_parts
+    try:
+        tests = (
+            _load_files(s, "test_data") if s.test_data is not None else prepare_data(s).test_parts
+        )
+    except UserError as exc:  # a file changed since training so that it no longer loads
+        raise UserError(
+            f"the run's data files (recorded in {args}) no longer load as in training: "
+            f"{exc.message.rstrip('.')}; {remedy}."
+        ) from None
     changed = _changed_test_file(s, tests, args)
     if changed is not None:
         raise UserError(
@@ -3209,8 +3217,8 @@ def _initial_points(path: Path, target: str, model, x0: tuple[str, ...], n_runs:
 
 def _parse_x0(text: str, n_obs: int) -> np.ndarray:
     """One ``--x0`` value: ``n_obs`` finite numbers separated by commas."""
-    try:
-        point = np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    try:  # Python's float reads 1_0 as 10: a digit separator is no part of a number here
+        point = None if "_" in text else np.array([float(v) for v in text.split(",")])
     except ValueError:
         point = None
     if point is None or point.shape != (n_obs,) or not np.all(np.isfinite(point)):

@@ -1010,6 +1010,13 @@ def test_evaluate_rebuilds_the_test_tails_of_every_data_file(several_run, tmp_pa
             run("--out", out, "--resume", "-e", "3"),
             f"--resume: the test data from {paths[1]} differ from those the run was started with",
         )
+        edited[-3] = np.nan  # so that it no longer loads: no --test-data to blame
+        np.save(paths[1], edited)
+        _one_error_line(
+            run("generate", out, "--starts", 2),
+            f"the run's data files (recorded in {out / 'args.json'}) no longer load as in "
+            "training: --data",
+        )
         paths[1].unlink()
         _one_error_line(run("evaluate", out), f"the run's data file {paths[1]} (recorded in ")
     finally:
@@ -2421,6 +2428,7 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
         (["--x0", "1,a,3"], "--x0 1,a,3: expected 3 finite numbers separated by commas"),
         (["--x0", "1,2"], "--x0 1,2: expected 3 finite numbers"),
         (["--x0", "1,inf,2"], "--x0 1,inf,2: expected 3 finite numbers"),
+        (["--x0", "1_0,2,3"], "--x0 1_0,2,3: expected 3 finite numbers"),  # not 10
         (["--out", tmp_path / "g.json"], "write .npy, .csv or .txt, not '.json'"),
         (["--starts", 2, "--out", tmp_path / "g.csv"], "2 runs make a K x n x N array; write .npy"),
         (["--starts", 301], "--starts 301 exceeds the 300 points of the run's test data"),
