@@ -401,12 +401,23 @@ def _check_out(out, a, b, h0) -> None:
             "linear_scan: " + " ".join(problems) + f" Allocate it like `b`, e.g. with {like}."
         )
     if isinstance(out, np.ndarray):
-        ready = out.flags.c_contiguous and out.flags.aligned and out.flags.writeable
-        ready = ready and out.dtype.isnative
+        flags = out.flags
+        needs = {
+            "C-contiguous": flags.c_contiguous,
+            "aligned": flags.aligned,
+            "writeable": flags.writeable,
+            "native-endian": out.dtype.isnative,
+        }
+        like = "np.empty_like(b)"
     else:
-        ready = out.is_c_contiguous()
-    if not ready:
-        problems.append("`out` must be C-contiguous, aligned, writeable and native-endian.")
+        needs = {"C-contiguous": out.is_c_contiguous()}
+        like = "numba.cuda.device_array_like(b)"
+    failed = [name for name, ok in needs.items() if not ok]
+    if failed:
+        problems.append(
+            f"`out` must be {', '.join(needs)}; got one that is not {' and not '.join(failed)}."
+            f" Allocate it with {like}."
+        )
     overlap = np.may_share_memory if isinstance(out, np.ndarray) else _overlap
     if any(x is not None and overlap(out, x) for x in (a, h0)) or (
         overlap(out, b) and (_extent(out) != _extent(b) or tuple(out.strides) != tuple(b.strides))

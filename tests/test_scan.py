@@ -492,8 +492,13 @@ def test_out_errors():
         r"Allocate it like `b`, e\.g\. with np\.empty_like\(b\)\.$",
     ):
         parscan.linear_scan(a, b, out=np.empty(b.shape, np.float32))
-    with pytest.raises(ValueError, match=r"`out` must be C-contiguous"):
+    with pytest.raises(ValueError, match=r"`out` must be C-contiguous.*; got one that is not C-c"):
         parscan.linear_scan(a, b, out=np.empty((2, 10, 6))[..., ::2])
+    # which requirement failed, and the fix (the message listed all four, whichever it was)
+    read_only = np.broadcast_to(np.empty(3), b.shape)
+    message = r"got one that is not C-contiguous and not writeable\. Allocate it with np\.empty_l"
+    with pytest.raises(ValueError, match=message):
+        parscan.linear_scan(a, b, out=read_only)
     with pytest.raises(ValueError, match=r"must not overlap `a`, `h0` or part of `b`"):
         parscan.linear_scan(a, b, h0, out=a)
     with pytest.raises(ValueError, match=r"must not overlap"):
