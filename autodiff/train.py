@@ -23,6 +23,7 @@ the parameters of an uninterrupted run (same machine, thread count and backend).
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -126,9 +127,26 @@ class TrainingDivergedError(RuntimeError):
         :class:`autodiff.TrainConfig` fields worth changing for a new run, with suggested values
         (:func:`autodiff.config.new_run_remedies`); the message lists them, and ``grad_clip``
         when the run had none.
+    clipped : bool
+        The run clipped gradient norms (had a ``grad_clip``).
     final : bool
         The final check failed (not a streak of ``max_bad_steps`` rejections).
     """
+
+    #: the keyword arguments, kept as attributes of the same names (and pickled as such)
+    _FIELDS = (
+        "streak",
+        "reason",
+        "epoch",
+        "batch",
+        "alpha",
+        "lr",
+        "params",
+        "checkpoint",
+        "remedies",
+        "clipped",
+        "final",
+    )
 
     def __init__(
         self,
@@ -174,8 +192,11 @@ class TrainingDivergedError(RuntimeError):
         self.alpha, self.lr = alpha, lr
         self.params = params
         self.checkpoint = checkpoint
-        self.remedies = remedies
-        self.final = final
+        self.remedies, self.clipped, self.final = remedies, clipped, final
+
+    def __reduce__(self):
+        """Pickled by its keyword arguments (``multiprocessing`` sends it to the caller)."""
+        return functools.partial(type(self), **{n: getattr(self, n) for n in self._FIELDS}), ()
 
 
 def rejections(streak: int) -> str:

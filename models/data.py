@@ -44,6 +44,10 @@ class ArrayChoiceError(ValueError):
         super().__init__(message)
         self.names = names
 
+    def __reduce__(self):
+        """Pickled with its names (``multiprocessing`` sends it to the caller)."""
+        return type(self), (str(self), self.names)
+
 
 def check_trajectory(
     x,

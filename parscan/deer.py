@@ -165,6 +165,10 @@ class DeerConvergenceError(RuntimeError):
         super().__init__(message)
         self.result = result
 
+    def __reduce__(self):
+        """Pickled with its result (``multiprocessing`` sends it to the caller)."""
+        return type(self), (str(self), self.result)
+
 
 @dataclass(frozen=True)
 class Caller:

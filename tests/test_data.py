@@ -470,6 +470,8 @@ def test_npz_content_must_match_the_suffix_and_archives_are_closed(tmp_path, mon
     with pytest.raises(ArrayChoiceError) as info:
         load_data(several)
     assert info.value.names == ["train", "test"]
+    copy = pickle.loads(pickle.dumps(info.value))  # as multiprocessing sends it to the caller
+    assert str(copy) == str(info.value) and copy.names == ["train", "test"]
     np.testing.assert_array_equal(load_data(several, key="train"), X)
     # the archive named .npy is refused by its first bytes, before NumPy opens it
     assert len(opened) == 2 and all(npz.zip is None for npz in opened)

@@ -5,6 +5,7 @@ every piecewise-linear model of ``models/``. Sizes are small: JIT compilation do
 """
 
 import itertools
+import pickle
 
 import numba
 import numpy as np
@@ -346,6 +347,9 @@ def test_max_iter_too_small_raises_documented_error():
     assert "switch to jacobian='full'" not in message  # 'full' was used
     assert err.result.status is DeerStatus.MAX_ITER
     assert not err.result.converged and err.result.n_iter == 2
+    copy = pickle.loads(pickle.dumps(err))  # as multiprocessing sends it to the caller
+    assert str(copy) == message and copy.result.status is DeerStatus.MAX_ITER
+    np.testing.assert_array_equal(copy.result.states, err.result.states)
     res = deer_solve(model, z0, forcing=data, alpha=0.2, max_iter=2, throw=False)
     assert res.status is DeerStatus.MAX_ITER and not res.ok
     assert str(res.status.value).startswith("max_iter:")

@@ -1852,6 +1852,30 @@ def test_the_learning_rate_remedy_is_a_third_of_the_run_s_at_most_the_default():
     assert lr(1e300)["lr_start"] == lr(0.1)["lr_start"] == TrainConfig().lr_start
 
 
+def test_the_learning_rate_remedy_never_schedules_a_climb_back_to_the_failed_rate():
+    from autodiff.config import new_run_remedies
+
+    def remedies(lr_start, lr_end):
+        return new_run_remedies(TrainConfig(lr_start=lr_start, lr_end=lr_end), 0.1, True)
+
+    assert remedies(3e-3, 3e-3)["lr_end"] == remedies(3e-3, 3e-3)["lr_start"] == 1e-3
+    assert remedies(1e-4, 1e-2)["lr_end"] == 3.33e-5  # a rising schedule
+    assert "lr_end" not in remedies(3e-3, 1e-4)  # still decays to below the new start
+
+
+def test_a_training_diverged_error_survives_pickling_for_multiprocessing(lorenz):
+    import pickle
+
+    x, _ = lorenz
+    cfg = config(alpha_mode="constant", alpha=0.0, newton_max_iter=1, max_bad_steps=1)
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(small_model(), x, cfg)
+    copy = pickle.loads(pickle.dumps(err.value))
+    assert type(copy) is TrainingDivergedError and str(copy) == str(err.value)
+    for name in TrainingDivergedError._FIELDS:
+        np.testing.assert_equal(getattr(copy, name), getattr(err.value, name))
+
+
 def test_a_ctrl_c_while_fit_builds_a_checkpoint_acts_after_it(
     lorenz, tmp_path, monkeypatch, python_sigint
 ):
