@@ -86,8 +86,9 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
         GTF alpha while it is below 1 (``alpha_mode="auto"``, else the next larger
         ``alpha_method``), ``newton_max_iter=None`` (the solver's default) after a cap
         below it, a third of ``lr_start`` (at most the default 6e-3: a far larger rate is
-        no place to creep down from), ``jacobian="full"`` after ``"diag"``,
-        float64 after float32.
+        no place to creep down from) and the same ``lr_end`` when the run's was larger (a
+        schedule rising back to the rate that failed is no remedy), ``jacobian="full"`` after
+        ``"diag"``, float64 after float32.
     """
     remedies = {}
     if gtf and (alpha is None or alpha < 1.0):  # fully forced already: more alpha is no remedy
@@ -101,6 +102,8 @@ def new_run_remedies(config: "TrainConfig", alpha: float | None, gtf: bool) -> d
             remedies["newton_max_iter"] = None
     default_lr = TrainConfig.__dataclass_fields__["lr_start"].default
     remedies["lr_start"] = float(f"{min(config.lr_start / 3, default_lr):.3g}")
+    if config.lr_end > remedies["lr_start"]:  # else the schedule would climb back up
+        remedies["lr_end"] = remedies["lr_start"]
     if gtf and config.jacobian == "diag":
         remedies["jacobian"] = "full"
     if config.dtype == "float32":

@@ -70,6 +70,13 @@ class Adam:
                 setattr(self, name, beta)
             self.eps = checks.real(eps, "eps", positive=True)
             self.dtype = checks.float_dtype(dtype)
+            if checks.ok("eps", "dtype") and self.dtype.type(self.eps) == 0:
+                tiny = np.finfo(self.dtype).smallest_subnormal
+                checks.add(
+                    f"eps={eps!r} is 0 in {self.dtype} (a zero gradient entry would divide 0 "
+                    f"by 0); use eps >= {tiny:.3g}.",
+                    "eps",
+                )
         self.m = np.zeros(n_params, dtype=self.dtype)
         self.v = np.zeros(n_params, dtype=self.dtype)
         self.t = 0
@@ -404,7 +411,9 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
     -------
     clipped : ndarray, shape (n_params,)
         ``grad`` itself when no clipping happens (``max_norm`` None, norm <= ``max_norm``, or a
-        non-finite norm), otherwise a new array ``grad * (max_norm / norm)`` of the same dtype.
+        non-finite norm), otherwise a new array ``grad * (max_norm / norm)`` of the same dtype
+        (the product computed in float64, so that a scale factor below float32's range
+        does not lose the clipped gradient).
     norm : float
         The norm of the original ``grad``, computed in float64: ``np.linalg.norm(grad)``, or
         ``s * np.linalg.norm(grad / s)`` with ``s = max |grad|`` when ``s`` is beyond
@@ -437,7 +446,7 @@ def clip_grad_norm(grad: np.ndarray, max_norm: float | None) -> tuple[np.ndarray
         norm = float(np.linalg.norm(g))
     if max_norm is None or not math.isfinite(norm) or norm <= max_norm:
         return grad, norm
-    return grad * (max_norm / norm), norm
+    return (g * (max_norm / norm)).astype(grad.dtype, copy=False), norm
 
 
 OPTIMIZERS = {"adam": Adam, "radam": RAdam}

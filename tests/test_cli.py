@@ -1799,6 +1799,8 @@ def test_suggestions_skip_more_alpha_when_fully_forced():
     assert suggestions(cli.Settings(model="linear-ssm"), None) == (
         "Try --lr-start 0.002, --dtype float64."
     )
+    constant = cli.Settings(model="linear-ssm", lr_start=3e-3, lr_end=3e-3)
+    assert suggestions(constant, None) == "Try --lr-start 0.001, --lr-end 0.001, --dtype float64."
 
 
 @pytest.mark.parametrize(

@@ -314,6 +314,10 @@ def test_constructors_report_every_bad_hyperparameter_at_once():
     for lr_start, lr_end in [(1e-200, 1e200), (1e200, 1e-200)]:  # the ratio is inf / 0
         with pytest.raises(ValueError, match=r"^ExponentialDecay: lr_end / lr_start = .* beyond"):
             ExponentialDecay(lr_start, lr_end, 10)
+    for cls in (Adam, RAdam):  # an eps that rounds to 0 would make 0/0 of a zero gradient
+        with pytest.raises(ValueError, match=r"eps=1e-46 is 0 in float32 .* use eps >= 1.4e-45"):
+            cls(3, eps=1e-46, dtype=np.float32)
+        assert cls(3, eps=1e-46).eps == 1e-46  # representable in float64
     wide = ExponentialDecay(1e-150, 1e150, 3)
     assert wide(1) == pytest.approx(1.0) and wide(2) == 1e150
     assert ExponentialDecay(1.0, 1e-310, 3)(2) == 1e-310  # a subnormal ratio is computable
@@ -433,6 +437,10 @@ def test_clip_grad_norm_at_the_float64_limits():
         assert clip_grad_norm(g, None)[1] == float(np.linalg.norm(g))
     g32 = np.array([3e38, 3e38], dtype=np.float32)
     assert clip_grad_norm(g32, None)[1] == float(np.linalg.norm(g32.astype(np.float64)))
+    for max_norm in (1e-6, 1e-8):  # max_norm / norm is below float32's (normal) range
+        out, _ = clip_grad_norm(np.full(4, 3e38, dtype=np.float32), max_norm)
+        assert out.dtype == np.float32
+        assert np.linalg.norm(out.astype(np.float64)) == pytest.approx(max_norm, rel=1e-6)
 
 
 # --- L2 regularisation -------------------------------------------------------------------------
