@@ -192,6 +192,16 @@ def _torch_linear_init(rng, shape, fan_in, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+#: the smallest value of ``1 - rng.random()``, a draw uniform on ``(0, 1]`` (NumPy's doubles
+#: are multiples of 2**-53)
+_SMALLEST_DRAW = 2.0**-53
+
+
+def _inverse_softplus(dt):
+    """``b`` with ``softplus(b) = log(1 + exp(b)) = dt`` for ``dt > 0`` (float64)."""
+    return dt + np.log(-np.expm1(-dt))
+
+
 def _apply(x, M):
     """``x (..., P) @ M (P, Q) -> (..., Q)`` as one 2-D BLAS product (a stacked 3-D matmul
     runs one small product per leading index and was ~10x slower)."""
@@ -233,32 +243,29 @@ class DiagonalSSM(Model):
         return checks
 
     def _setup_finite(self, checks: Checks, dtype, seed, blocks: dict[str, str]) -> None:
-        """:meth:`_setup_checked`, then refuse initialisation settings whose initial
-        parameters are not finite in ``dtype`` (e.g. a ``float32`` overflow): ``blocks`` maps
-        a parameter block to the settings that set it (``"nu": "r_min, r_max"``), which the
-        message names with their values (also for the labels
-        :meth:`_nonfinite_coefficients` returns); the dtype's warnings are not shown."""
+        """:meth:`_setup_checked`, then refuse initialisation settings under which some
+        initial parameter :meth:`init` can draw, whatever the seed, is not representable in
+        ``dtype`` (:meth:`_unrepresentable_draws`, e.g. a ``float32`` overflow): ``blocks``
+        maps each of its labels to the settings that set it (``"nu": "r_min, r_max"``),
+        which the message names with their values; the dtype's warnings are not shown."""
         with np.errstate(all="ignore"):
             self._setup_checked(checks, dtype, seed)
-            values = self.unflatten()
-            bad = [
-                name for name in values if name in blocks and not np.isfinite(values[name]).all()
-            ]
-            bad += self._nonfinite_coefficients()
+            bad = self._unrepresentable_draws()
         if bad:
             settings = dict.fromkeys(s for name in bad for s in blocks[name].split(", "))
             given = ", ".join(f"{s}={getattr(self, s)!r}" for s in settings)
             raise ValueError(
                 f"{type(self).__name__}: {given} give{'s' * (len(settings) == 1)} an "
-                f"initialisation that is not finite in {self.dtype} ({', '.join(bad)}); choose "
-                "values of moderate size (see the defaults)"
+                f"initialisation that overflows or underflows in {self.dtype} "
+                f"({', '.join(bad)}); choose values of moderate size (see the defaults)"
                 + (" or dtype='float64'." if self.dtype != np.float64 else ".")
             )
 
-    def _nonfinite_coefficients(self) -> list[str]:
-        """Labels of the recurrence coefficients that are not finite although the parameters
-        are (none here; :class:`LinearSSM`'s phases)."""
-        return []
+    @abstractmethod
+    def _unrepresentable_draws(self) -> list[str]:
+        """Labels of the initial parameters (or of the recurrence coefficients they make)
+        that are not finite, or vanish, in the model's dtype at an end of the range
+        :meth:`init` draws them from; empty when every draw is representable."""
 
     def _readout_spec(self) -> list[tuple[str, tuple[int, ...]]]:
         N, L = self.n_obs, self.L
@@ -569,8 +576,9 @@ class LinearSSM(DiagonalSSM):
     r_min, r_max : float
         Ring initialisation of ``|λ|``, uniform in area on ``r_min <= |λ| <= r_max``,
         ``0 <= r_min <= r_max < 1`` and ``r_max > 0`` (LRU; default 0.9-0.999). Settings
-        whose initial parameters are not finite in ``dtype`` (an ``r_max`` whose square
-        underflows, a ``max_phase`` beyond float32's range) are refused.
+        under which some initial parameter is not finite in ``dtype``, whatever the seed (an
+        ``r_max`` whose square underflows, a ``max_phase`` beyond float32's range), are
+        refused.
     max_phase : float
         Phases ``arg λ`` initialised uniformly in ``[0, max_phase]`` (default 2π).
     dtype : {"float64", "float32"}
@@ -639,10 +647,8 @@ class LinearSSM(DiagonalSSM):
         rng = np.random.default_rng(self.seed)
         H, N, K = self.H, self.n_obs, self.K
         p = self.unflatten()
-        u1 = 1.0 - rng.random(H)  # (0, 1]: keeps |λ| > 0 even for r_min = 0
-        mod2 = u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2
-        p["nu"][...] = np.log(-0.5 * np.log(mod2))
-        p["theta"][...] = np.log(self.max_phase * (1.0 - rng.random(H)))
+        p["nu"][...] = self._initial_nu(1.0 - rng.random(H))
+        p["theta"][...] = self._initial_theta(1.0 - rng.random(H))
         p["B_re"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * N), (H, N))
         p["B_im"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * N), (H, N))
         p["C_re"][...] = rng.normal(0.0, 1.0 / math.sqrt(2 * H), (K, H))
@@ -650,9 +656,24 @@ class LinearSSM(DiagonalSSM):
         self._init_readout(rng)
         return self
 
-    def _nonfinite_coefficients(self) -> list[str]:
-        lam, _ = self.eigenvalues()  # exp(theta) may overflow: the phase is not finite
-        return [] if np.all(np.isfinite(lam)) else ["phases exp(theta)"]
+    def _initial_nu(self, u):
+        """``ν`` of ``|λ|²`` uniform on ``[r_min², r_max²]``, from draws ``u`` uniform on
+        ``(0, 1]`` (not 0: keeps ``|λ| > 0`` even for ``r_min = 0``)."""
+        mod2 = u * (self.r_max**2 - self.r_min**2) + self.r_min**2
+        return np.log(-0.5 * np.log(mod2))
+
+    def _initial_theta(self, u):
+        """``θ`` of phases uniform on ``(0, max_phase]``, from draws ``u`` uniform on ``(0, 1]``."""
+        return np.log(self.max_phase * u)
+
+    def _unrepresentable_draws(self) -> list[str]:
+        ends = np.array([_SMALLEST_DRAW, 1.0])
+        nu = self._initial_nu(ends).astype(self.dtype)
+        theta = self._initial_theta(ends).astype(self.dtype)
+        bad = [name for name, v in (("nu", nu), ("theta", theta)) if not np.isfinite(v).all()]
+        if "theta" not in bad and not np.isfinite(np.exp(theta)).all():
+            bad.append("phases exp(theta)")  # the phase itself overflows
+        return bad
 
     def eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:
         """``(λ, γ)``: the complex diagonal ``(H,)`` and the input normalisation ``(H,)``."""
@@ -768,7 +789,7 @@ class SelectiveSSM(DiagonalSSM):
     dt_min, dt_max : float
         Initial step sizes ``softplus(b_Δ)`` are log-uniform on ``[dt_min, dt_max]`` (Mamba's
         default 1e-3..1e-1), ``0 < dt_min <= dt_max``; a ``dt_max`` beyond ``dtype``'s range
-        is refused.
+        or a ``dt_min`` whose step size is 0 in it (below about 1e-45 in float32) is refused.
     dtype : {"float64", "float32"}
     seed : int
 
@@ -793,7 +814,8 @@ class SelectiveSSM(DiagonalSSM):
         self.dt_max = checks.real(dt_max, "dt_max", positive=True)
         if checks.ok("dt_min", "dt_max") and not self.dt_min <= self.dt_max:
             checks.add(f"need dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}.")
-        self._setup_finite(checks, dtype, seed, {"b_delta": "dt_min, dt_max"})
+        blocks = {"b_delta": "dt_min, dt_max", "step sizes softplus(b_delta)": "dt_min"}
+        self._setup_finite(checks, dtype, seed, blocks)
 
     @property
     def D(self) -> int:
@@ -833,12 +855,19 @@ class SelectiveSSM(DiagonalSSM):
         p = self.unflatten()
         p["W_delta"][...] = _torch_linear_init(rng, (N, N), N, self.dtype)
         dt = np.exp(rng.uniform(math.log(self.dt_min), math.log(self.dt_max), N))
-        p["b_delta"][...] = dt + np.log(-np.expm1(-dt))
+        p["b_delta"][...] = _inverse_softplus(dt)
         p["log_A"][...] = np.log(np.arange(1, H + 1, dtype=np.float64))[None, :]
         p["W_B"][...] = rng.normal(0.0, 1.0 / math.sqrt(N), (H, N))
         p["W_C"][...] = rng.normal(0.0, 1.0 / math.sqrt(N), (H, N))
         self._init_readout(rng)
         return self
+
+    def _unrepresentable_draws(self) -> list[str]:
+        b_delta = _inverse_softplus(np.array([self.dt_min, self.dt_max])).astype(self.dtype)
+        if not np.isfinite(b_delta).all():
+            return ["b_delta"]
+        # the smallest step size vanishing in the dtype: that channel could never train
+        return [] if np.logaddexp(0.0, b_delta[0]) > 0.0 else ["step sizes softplus(b_delta)"]
 
     def recurrence(self, u):
         u = self._check_inputs(u, "SelectiveSSM.recurrence")

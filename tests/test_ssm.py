@@ -432,7 +432,7 @@ def test_constructor_and_gradient_errors():
     with pytest.raises(ValueError, match=r"^LinearSSM: max_phase must be finite and > 0; got inf"):
         LinearSSM(N, H, L, max_phase=math.inf)
     # settings whose initial parameters are not finite in the dtype, without NumPy's warnings
-    not_finite = "give an initialisation that is not finite in"
+    not_finite = "give an initialisation that overflows or underflows in"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for make, message in [
@@ -440,13 +440,25 @@ def test_constructor_and_gradient_errors():
              rf"^LinearSSM: r_min=0.0, r_max=1e-170 {not_finite} float64 \(nu\); choose values "
              r"of moderate size \(see the defaults\)\.$"),
             (lambda: LinearSSM(N, H, L, max_phase=1e39, dtype="float32"),
-             r"^LinearSSM: max_phase=1e\+39 gives an initialisation that is not finite in "
-             r"float32 \(phases exp\(theta\)\); .* or dtype='float64'\.$"),
+             r"^LinearSSM: max_phase=1e\+39 gives an initialisation that overflows or "
+             r"underflows in float32 \(phases exp\(theta\)\); .* or dtype='float64'\.$"),
             (lambda: SelectiveSSM(N, H, L, dt_min=1e39, dt_max=1e39, dtype="float32"),
              rf"^SelectiveSSM: dt_min=1e\+39, dt_max=1e\+39 {not_finite} float32 \(b_delta\)"),
+            (lambda: SelectiveSSM(N, H, L, dt_min=1e-50, dt_max=1e-49, dtype="float32"),
+             r"^SelectiveSSM: dt_min=1e-50 gives an .* \(step sizes softplus\(b_delta\)\)"),
         ]:  # fmt: skip
             with pytest.raises(ValueError, match=message):
                 make()
+        # the ranges decide, not the seed's draws (some seeds drew only finite values)
+        for seed in range(8):
+            with pytest.raises(ValueError, match="phases exp"):
+                LinearSSM(N, 16, L, max_phase=1e39, dtype="float32", seed=seed)
+            with pytest.raises(ValueError, match=r"\(b_delta\)"):
+                SelectiveSSM(N, H, L, dt_max=1e39, dtype="float32", seed=seed)
+            with pytest.raises(ValueError, match=r"\(nu\)"):  # the smallest draw underflows
+                LinearSSM(N, H, L, r_min=0.0, r_max=1e-160, seed=seed)
+    small = SelectiveSSM(N, H, L, dt_min=1e-44, dt_max=1e-43, dtype="float32")
+    assert np.all(np.logaddexp(0.0, small["b_delta"]) > 0)  # subnormal step sizes still train
     with pytest.raises(ValueError, match="LinearSSM: H must be >= 1"):
         LinearSSM(N, 0, L)
     with pytest.raises(TypeError, match="LinearSSM: dtype must be float32 or float64"):
