@@ -18,24 +18,42 @@ def available_bytes() -> int | None:
         return None
 
 
-def step_bytes(B: int, T: int, M: int, n_obs: int, itemsize: int, deer: bool) -> int:
+def step_bytes(B: int, T: int, n_obs: int, itemsize: int, per_step: int) -> int:
     """An estimate of the bytes one training step allocates at its peak, for ``B`` windows of
-    ``T`` steps (``sequence_length``) of a model with ``M`` latents (a state-space model: the
-    real numbers of its scan's state a step, :func:`ssm_width`) and ``n_obs`` observations,
-    computed in a dtype of ``itemsize`` bytes.
+    ``T`` steps (``sequence_length``) with ``n_obs`` observations in a dtype of ``itemsize``
+    bytes: the windows' row indices, ``(B, T + 1)`` int64, and values, ``(B, T + 1, n_obs)``,
+    and ``per_step`` bytes of the gradient's arrays per window step (:func:`rnn_step_bytes`,
+    :func:`ssm_step_bytes`)."""
+    return B * (T + 1) * (8 + n_obs * itemsize) + B * T * per_step
 
-    The windows' row indices, ``(B, T + 1)`` int64, and values, ``(B, T + 1, n_obs)``, and
-    the gradient's arrays: ``M (M + 5)`` numbers per window step for GTF-DEER (``deer``),
-    whatever its ``jacobian`` (the adjoint holds every step's M x M Jacobian; the peak
-    ``bench/memory.py`` measures, README "Memory"), and ``6 M`` otherwise (sequential BPTT,
-    a state-space model's scans). A hidden layer adds no per-step array.
+
+def rnn_step_bytes(M: int, itemsize: int, deer: bool) -> int:
+    """The bytes per window step of a latent RNN's gradient (``M`` latents, a dtype of
+    ``itemsize`` bytes), for :func:`step_bytes`: ``M (M + 5)`` numbers for GTF-DEER
+    (``deer``), whatever its ``jacobian`` (the adjoint holds every step's M x M Jacobian; the
+    peak ``bench/memory.py`` measures, README "Memory"), and ``6 M`` otherwise (sequential
+    BPTT). A hidden layer adds no per-step array."""
+    return (M * (M + 5) if deer else 6 * M) * itemsize
+
+
+def ssm_step_bytes(kind: str, n_obs: int, H: int, L: int, itemsize: int) -> int:
+    """The bytes per window step of a state-space model's loss and gradient
+    (:func:`autodiff.ssm_gradients.ssm_loss_and_grad`), for :func:`step_bytes`: a
+    ``"linear"`` or ``"selective"`` SSM with ``n_obs`` observations, state size ``H`` and a
+    readout of hidden width ``L``, in a dtype of ``itemsize`` bytes.
+
+    The larger of its two peaks, in real numbers a step, with ``D`` the scan's reals a step
+    (``2 H`` complex states, or ``N H``: a state of size ``H`` per channel): the adjoint's
+    scans, ``7 D + 2 L`` (linear) or ``9 D + 4 H + L`` (selective, whose coefficients vary in
+    time), and the readout's gradient, ``2 D + 3 L`` or ``4 D + 4 H + 3 L``, plus a boolean
+    mask (``L`` bytes); then ``8 N + 16`` numbers for the small arrays. An upper envelope of
+    the ``tracemalloc`` peaks of ``N`` 1-8, ``H`` 2-80, ``L`` 10-1000 (at most about 20 %
+    above them; ``tests/test_train.py`` checks it).
     """
-    per_step = M * (M + 5) if deer else 6 * M
-    return B * (T + 1) * (8 + n_obs * itemsize) + B * T * per_step * itemsize
-
-
-def ssm_width(kind: str, n_obs: int, H: int) -> int:
-    """The real numbers a step of a state-space model's scan holds, for :func:`step_bytes`:
-    ``2 H`` for a ``"linear"`` SSM (complex states), ``N H`` for a ``"selective"`` one (a
-    state of size ``H`` per observed channel)."""
-    return 2 * H if kind == "linear" else n_obs * H
+    if kind == "linear":
+        D = 2 * H
+        scan, readout = 7 * D + 2 * L, 2 * D + 3 * L
+    else:
+        D = n_obs * H
+        scan, readout = 9 * D + 4 * H + L, 4 * D + 4 * H + 3 * L
+    return max(scan * itemsize, readout * itemsize + L) + (8 * n_obs + 16) * itemsize

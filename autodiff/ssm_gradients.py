@@ -44,8 +44,11 @@ def ssm_loss_and_grad(model, data, *, backend: str = "auto") -> tuple[float, np.
     loss : float
         Mean of the squared errors over the batch, time steps ``1..T`` and the ``N`` dims.
     grad : ndarray, shape (n_params,)
-        Gradient with respect to ``model.params`` (dtype ``model.dtype``). NaN/inf in the
-        parameters propagate into ``loss`` and ``grad``; nothing is zeroed.
+        Gradient with respect to ``model.params`` (dtype ``model.dtype``). A NaN parameter
+        propagates into ``loss`` and ``grad``; an infinite ``nu``, ``log_A``, or ``theta`` or
+        ``b_delta`` of -inf, acts as its limit (``λ`` or ``a`` 0 or ``|λ|`` 1, a phase or
+        step size 0), with finite results and a zero gradient there (:func:`autodiff.fit`
+        refuses non-finite parameters before it starts).
     info : dict
         Exactly four entries: ``"method"``, always the str ``"scan"``; ``"backend"``, the str
         ``backend`` as passed (``"auto"`` stays ``"auto"``: it picks per scan); ``"batch"``,

@@ -41,7 +41,7 @@ from autodiff.config import (
     new_run_remedies,
 )
 from autodiff.fingerprint import FINGERPRINTED, fingerprint, stored
-from autodiff.memory import available_bytes, ssm_width, step_bytes
+from autodiff.memory import available_bytes, rnn_step_bytes, ssm_step_bytes, step_bytes
 from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
@@ -552,16 +552,13 @@ def _check_step_memory(model, config) -> None:
     """Refuse a training step whose arrays (:func:`autodiff.memory.step_bytes`) would not fit
     in the memory available now (a step would raise ``MemoryError``, or swap, only after the
     run started)."""
-    rnn = isinstance(model, LatentRNN)
-    kind = "linear" if isinstance(model, LinearSSM) else "selective"
-    need = step_bytes(
-        config.batch_size,
-        config.sequence_length,
-        model.M if rnn else ssm_width(kind, model.n_obs, model.H),
-        model.n_obs,
-        np.dtype(config.dtype).itemsize,
-        rnn and config.method == "deer",
-    )
+    itemsize = np.dtype(config.dtype).itemsize
+    if isinstance(model, LatentRNN):
+        per_step = rnn_step_bytes(model.M, itemsize, config.method == "deer")
+    else:
+        kind = "linear" if isinstance(model, LinearSSM) else "selective"
+        per_step = ssm_step_bytes(kind, model.n_obs, model.H, model.L, itemsize)
+    need = step_bytes(config.batch_size, config.sequence_length, model.n_obs, itemsize, per_step)
     available = available_bytes()
     if available is not None and need > available:
         raise ValueError(

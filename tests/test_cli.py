@@ -780,6 +780,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     [
         (["-B", 10**8], "", "--batch-size, --sequence-length or --latent-dim"),
         (["-M", 10**5, "-B", 1, "-T", 2], "", "--latent-dim or --hidden-dim"),
+        # an SSM's step holds its readout's hidden layer a step (left out, it passed 560x low)
+        (["--model", "linear-ssm", "-M", 2, "-L", 10**5, "-B", 10**4], "",
+         "--batch-size, --sequence-length, --latent-dim or --hidden-dim"),
         ([], "validation_steps = 100000000000\nselection_candidates = 1",
          "validation_steps in --config {config}, validation_starts or --latent-dim"),
         ([], "selection_steps = 100000000000\nselection_candidates = 2",

@@ -1395,7 +1395,9 @@ def test_a_step_too_large_for_the_memory_is_refused_before_training(lorenz, tmp_
     nothing is checked."""
     x, _ = lorenz
     one = config(epochs=1, batches_per_epoch=1)
-    need = autodiff.memory.step_bytes(8, one.sequence_length, 3, 3, 8, deer=True)
+    need = autodiff.memory.step_bytes(
+        8, one.sequence_length, 3, 8, autodiff.memory.rnn_step_bytes(3, 8, deer=True)
+    )
     monkeypatch.setattr(autodiff.train, "available_bytes", lambda: need - 1)
     message = (
         rf"^fit: a training step of batch_size=8 windows of sequence_length="
@@ -1415,14 +1417,42 @@ def test_the_step_estimate_counts_the_windows_and_the_gradients_arrays():
     """B (T + 1) int64 rows and N values, and B T M (M + 5) numbers for GTF-DEER (B T 6M
     otherwise), in the given itemsize; the README's measured peak for M = 3 float64 is 192
     bytes per step and window, the estimate's solver part."""
+    from autodiff.memory import rnn_step_bytes, step_bytes
+
     B, T, M, N = 4, 100, 3, 2
     windows = B * (T + 1) * (8 + N * 4)
-    assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=True) == windows + B * T * 24 * 4
-    assert autodiff.memory.step_bytes(B, T, M, N, 4, deer=False) == windows + B * T * 18 * 4
-    assert autodiff.memory.step_bytes(1, 1, 3, 0, 8, deer=True) - 2 * 8 == 192
-    # a state-space model's scan: complex states (2H reals), or one state per channel (N H)
-    assert autodiff.memory.ssm_width("linear", 3, 32) == 64
-    assert autodiff.memory.ssm_width("selective", 3, 32) == 96
+    assert step_bytes(B, T, N, 4, rnn_step_bytes(M, 4, deer=True)) == windows + B * T * 24 * 4
+    assert step_bytes(B, T, N, 4, rnn_step_bytes(M, 4, deer=False)) == windows + B * T * 18 * 4
+    assert rnn_step_bytes(3, 8, deer=True) == 192
+
+
+@pytest.mark.parametrize("kind", ["linear", "selective"])
+@pytest.mark.parametrize(("N", "H", "L"), [(1, 2, 600), (3, 40, 10), (8, 20, 100), (2, 8, 40)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_ssm_step_estimate_bounds_the_measured_peak_closely(kind, N, H, L, dtype):
+    """ssm_step_bytes is at least the tracemalloc peak of ssm_loss_and_grad (NumPy's
+    arrays are traced) less its windows, and at most 1.6 times it (readout- and
+    scan-dominated shapes; the readout's hidden layer used to be left out: 560x too low)."""
+    import tracemalloc
+
+    from autodiff.memory import ssm_step_bytes
+    from autodiff.ssm_gradients import ssm_loss_and_grad
+    from models.ssm import LinearSSM, SelectiveSSM
+
+    B, T = 4, 1000  # enough steps that fixed-size temporaries (~0.2 MB) do not count
+    cls = LinearSSM if kind == "linear" else SelectiveSSM
+    model = cls(N, H, L, dtype=dtype, seed=0)
+    x = np.random.default_rng(0).normal(size=(B, T + 1, N)).astype(dtype)
+    ssm_loss_and_grad(model, x[:, :5], backend="sequential")  # compiled outside the trace
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ssm_loss_and_grad(model, x, backend="sequential")
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    estimate = B * T * ssm_step_bytes(kind, N, H, L, np.dtype(dtype).itemsize)
+    assert peak <= estimate <= 1.6 * peak, (peak, estimate)
 
 
 def test_damaged_checkpoint_state_is_refused_clearly(lorenz, tmp_path):
