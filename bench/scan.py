@@ -22,9 +22,10 @@ has both backends' ``first_call_s``, ``compile_s``, ``min_s`` and ``median_s`` (
 
 ``--backend cuda`` times device-resident cases against a device-to-device copy of as many
 bytes, both with CUDA events around batches of back-to-back launches (no host synchronisation
-or Python dispatch between the launches inside a batch), and ends with a
-``cuda_copy_target`` line: issue #2's target, the diagonal scan at >= 70 % of the copy's
-bandwidth (min over min) at T*D >= 1e8, met or not, then ``launch_variant`` lines: the
+or Python dispatch between the launches inside a batch), the target sizes first and right
+after them a ``cuda_copy_target`` line: issue #2's target, the diagonal scan at >= 70 % of
+the copy's bandwidth (min over min) at T*D >= 1e8, met or not; after the other cases,
+``launch_variant`` lines: the
 float32 target case with other launch shapes (:data:`LAUNCH_VARIANTS`: the 8 steps per
 thread of earlier versions, look-back windows of 32 and 256 tiles, blocks of 128 threads), so
 that one GPU session shows which shape the scan wants. It needs a real GPU; ``--smoke`` runs
@@ -253,17 +254,19 @@ def bench_crossover(args):
 
 
 def cuda_cases(args):
-    """Diagonal D=16 up to T*D = 4e8, the target sizes (T*D >= 1e8) first so that a run cut
-    short has measured them; B = 8; dense D = 3, 8, 16. ``--smoke``: tiny cases."""
+    """Diagonal D=16 up to T*D = 4e8, the target sizes (T*D >= 1e8, both dtypes) first so
+    that a run cut short has measured them; B = 8; dense D = 3, 8, 16. ``--smoke``: tiny
+    cases."""
     if args.smoke:
         yield 1, 300, 2, np.float32, False
         yield 2, 40, 3, np.float64, True
         return
-    Ts = (10_000, 1_000_000) if args.quick else (6_250_000, 25_000_000, 10_000, 1_000_000)
-    for dtype in (np.float32, np.float64):
-        for T in Ts:
-            yield 1, T, DIAG_D, dtype, False
-    for T in Ts[-2:]:
+    small = (10_000, 1_000_000)
+    for Ts in ((), small) if args.quick else ((6_250_000, 25_000_000), small):
+        for dtype in (np.float32, np.float64):
+            for T in Ts:
+                yield 1, T, DIAG_D, dtype, False
+    for T in small:
         yield 8, T, DIAG_D, np.float64, False
     for D in DENSE_D:
         for B in (1, 8):
@@ -341,8 +344,9 @@ def _cuda_case(B, T, D, dtype, dense, repeat, rng, launch=None):
 
 
 def bench_cuda(args):
-    """CUDA cases on device arrays (no transfers), against a device-to-device copy; then the
-    ``cuda_copy_target`` line. Returns 1 when a case failed or did not match the cpu backend."""
+    """CUDA cases on device arrays (no transfers), against a device-to-device copy, with the
+    ``cuda_copy_target`` line after the target cases (:func:`cuda_cases` yields them first).
+    Returns 1 when a case failed or did not match the cpu backend."""
     from numba import cuda
 
     from parscan import _cuda
@@ -357,8 +361,15 @@ def bench_cuda(args):
         "repeat": args.repeat,
     }
     rng = np.random.default_rng(0)
-    target_rows, failed = [], False
+    target_rows, failed, summarised = [], False, False
+
+    def summarise():  # as soon as the target cases are measured: a run cut short keeps it
+        print_row({**target_summary(target_rows, simulator), "versions": versions()})
+
     for B, T, D, dtype, dense in cuda_cases(args):
+        if (dense or T * D < CUDA_TARGET_TD) and not summarised:
+            summarise()
+            summarised = True
         row = {"what": "linear_scan", "backend": "cuda", **_case(B, T, D, dtype, dense, "signed")}
         row["T_times_D"] = T * D
         # scan arrays, copy arrays, the array the check's scan fills
@@ -378,7 +389,8 @@ def bench_cuda(args):
         if not dense and T * D >= CUDA_TARGET_TD:
             target_rows.append(row)
         print_row({**row, **meta, "versions": versions()})
-    print_row({**target_summary(target_rows, simulator), "versions": versions()})
+    if not summarised:
+        summarise()
     T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D  # smoke: 2-3 tiles
     for change in LAUNCH_VARIANTS:
         launch = dataclasses.replace(_cuda.LAUNCH, **change)
