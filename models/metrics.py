@@ -34,7 +34,7 @@ from models.data import (
     constant_columns,
     several_trajectories,
 )
-from models.systems import System, get_system, matmul_into, rk4_tangent_step
+from models.systems import System, get_system, matmul_into, rk4_tangent_step, rk4_work
 from parscan._jit import jit, jit_parallel, n_threads
 
 #: Laplace smoothing pseudo-count of the binned D_stsp (DESIGN.md section 7).
@@ -757,23 +757,22 @@ def _orthonormalize(y, r_diag):
 
 
 @jit
-def _flow_lyapunov(kind, x, p, h, n_sub, n_transient, n_steps, y, logs):
+def _flow_lyapunov(kind, x, p, h, n_sub, n_transient, n_steps, y, logs, scratch):
     """Benettin/QR for a flow: ``n_transient + n_steps`` samples of ``n_sub`` RK4 steps each,
     re-orthonormalising the tangent vectors ``y`` (D, k) after every sample; ``logs`` (k,)
-    accumulates ``log |R_ii|`` after the transient. Returns -1 or the first non-finite sample.
+    accumulates ``log |R_ii|`` after the transient. ``scratch``: work arrays ``(5, D)``,
+    ``(D, D)``, ``(5, D, k)`` and ``(k,)`` (allocated by the caller, which can refuse a size
+    the machine cannot hold). Returns -1, or the first sample that is not finite, counting
+    ``x`` as sample 0 and the transient's samples.
     """
     literally(kind)  # one specialisation per system (see models.systems.rk4_trajectory)
-    d = x.shape[0]
+    work, jwork, ywork, r_diag = scratch
     k = y.shape[1]
-    work = np.empty((5, d))
-    jwork = np.empty((d, d))
-    ywork = np.empty((5, d, k))
-    r_diag = np.empty(k)
     for s in range(n_transient + n_steps):
         for _ in range(n_sub):
             rk4_tangent_step(kind, x, y, p, h, work, jwork, ywork)
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            return s
+            return s + 1
         _orthonormalize(y, r_diag)
         if s >= n_transient:
             for i in range(k):
@@ -860,14 +859,22 @@ def _system_spectrum(system, k, run, n_steps, plan, dt, where):
     n_sub, transient = plan
     p, x, _ = run
     k = _n_exponents(k, x.shape[0], where)
-    what = f"{k} tangent vectors of {x.shape[0]} dimensions (several copies)"
-    fix = "ask for fewer n_exponents"
-    y = allocated(lambda: _initial_tangents(x.shape[0], k), 8 * k * x.shape[0], where, what, fix)
+    d = x.shape[0]
+    vectors = f"{k} tangent vector{'s' * (k != 1)}"
+    what = f"{vectors} of {d} dimensions (several copies) and a {d} x {d} Jacobian"
+    fix = "ask for fewer n_exponents" if k > 1 else f"use a system of fewer than {d} dimensions"
+
+    def make():
+        y = _initial_tangents(d, k)
+        return y, (np.empty((5, d)), np.empty((d, d)), np.empty((5, d, k)), np.empty(k))
+
+    y, scratch = allocated(make, 8 * (d * d + 7 * d * k + 5 * d + k), where, what, fix)
     logs = np.zeros(k)
-    bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs)
+    bad = _flow_lyapunov(system.kind, x, p, dt / n_sub, n_sub, transient, n_steps, y, logs, scratch)
     if bad >= 0:
         raise ValueError(
-            f"{where}: the {system.name} trajectory became non-finite at sample {bad}."
+            f"{where}: the {system.name} trajectory became non-finite at t = {bad * dt:g} "
+            f"(sample {bad}, counting the transient). Check params and x0, or use a smaller dt."
         )
     return np.sort(logs / (n_steps * dt))[::-1]
 
@@ -956,7 +963,11 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
             seed = 0 if seed is None else seed
             run = system.prepare_with(checks, params=params, x0=x0, seed=seed)
             if checks.ok("dt", "n_steps", "transient"):
-                plan = system.plan_with(checks, dt, transient, n_steps)
+                work = 1.0
+                if run is not None and checks.ok("n_exponents"):
+                    dim = run[1].shape[0]
+                    work = rk4_work(dim, min(n_exponents or dim, dim))
+                plan = system.plan_with(checks, dt, transient, n_steps, work=work)
     if system is not None:
         return _system_spectrum(system, n_exponents, run, n_steps, plan, dt, where)
     n_steps = 10_000 if n_steps is None else n_steps

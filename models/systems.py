@@ -158,14 +158,26 @@ def slow_lorenz_jac(x, p, out):
     out[4, 4] = w * (1.0 - x[3] ** 2 - 3.0 * x[4] ** 2)
 
 
-#: Most RK4 steps one run (:func:`generate`) may take, transient included. The integrator is a
-#: compiled loop that Ctrl-C cannot interrupt; at the ~10^7 steps/s of a 3-D system on one core
-#: (Lorenz-96 with N = 10: ~2 x 10^6) this is 15 minutes to an hour or more, while the defaults
-#: need at most ~10^7 (``hindmarsh_rose``: 50 steps per sample, 40,000 transient samples) and
-#: 10^6 samples of any system at its ``dt`` at most 5 x 10^7. Longer runs are split into calls
-#: that continue from the last sample (``x0=out[-1], transient=0``). The bound also keeps
-#: every step count within the int64 arguments of the kernels.
+#: Most RK4 steps one run (:func:`generate`) may take, transient included, counted in steps of
+#: a 3-D system's work (:func:`rk4_work`: a step of Lorenz-96 with N = 3000, or one with
+#: tangent vectors, weighs more). The integrator is a compiled loop that Ctrl-C cannot
+#: interrupt; at the ~10^7 steps/s of a 3-D system on one core this is 15 minutes to an hour
+#: or more, while the defaults need at most ~10^7 (``hindmarsh_rose``: 50 steps per sample,
+#: 40,000 transient samples) and 10^6 samples of any system at its ``dt`` at most 5 x 10^7.
+#: Longer runs are split into calls that continue from the last sample (``x0=out[-1],
+#: transient=0``). The bound also keeps every step count within the int64 arguments of the
+#: kernels.
 MAX_RK4_STEPS = 10**10
+
+
+def rk4_work(dim: int, tangents: int = 0) -> float:
+    """The work of one RK4 step of a ``dim``-dimensional system, in steps of a 3-dimensional
+    one (at least 1), for :data:`MAX_RK4_STEPS`: ``dim / 3`` (the right-hand side), and
+    with ``tangents`` tangent vectors (Lyapunov exponents) ``dim (1 + dim (1 + tangents)) / 3``
+    (the dense Jacobian and its product with them)."""
+    per_step = dim * (1 + dim * (1 + tangents)) if tangents else dim
+    return max(1.0, per_step / 3)
+
 
 #: Kernel ids of the built-in systems, the ``kind`` argument of the kernels below.
 LORENZ63, ROSSLER, LORENZ96, HINDMARSH_ROSE, SLOW_LORENZ = range(5)
@@ -605,6 +617,7 @@ class System:
         transient: int | None,
         n_steps: int,
         split: str | None = None,
+        work: float = 1.0,
     ):
         """Internal RK4 steps per sample and samples of transient of a run of ``n_steps``
         samples at the sampling step ``dt``, for a function that gathers the problems of its
@@ -612,9 +625,10 @@ class System:
 
         ``transient`` None means ``ceil(transient_time / dt)``. A run of more than
         :data:`MAX_RK4_STEPS` RK4 steps in all (``n_sub * (transient + n_steps - 1)``, the
-        steps of :func:`rk4_trajectory`) is recorded in ``checks`` instead of started; the
-        message offers ``split`` (a clause: how the caller's user splits a run into calls)
-        when given, besides smaller ``n_steps`` or ``transient``.
+        steps of :func:`rk4_trajectory`), each weighing ``work`` (:func:`rk4_work`), is
+        recorded in ``checks`` instead of started; the message offers ``split`` (a clause:
+        how the caller's user splits a run into calls) when given, besides smaller
+        ``n_steps`` or ``transient``.
 
         Returns
         -------
@@ -639,13 +653,15 @@ class System:
             skip = self.transient_time / dt  # a float of any size, inf for a tiny dt
             skip = float(math.ceil(skip - 1e-9)) if math.isfinite(skip) else skip
         total = n_sub * (skip + n_steps - 1)
-        if total > MAX_RK4_STEPS:
+        if total * work > MAX_RK4_STEPS:
             default = " (the default, ceil(transient_time / dt))" if transient is None else ""
+            weighed = f", the work of {total * work:.3g} steps of a 3-D system" if work > 1 else ""
             checks.add(
                 f"the run would take {total:.3g} RK4 steps ({n_sub} per sample of dt={dt:g} over "
-                f"transient={skip:.6g}{default} + n_steps={n_steps} samples), more than "
-                f"MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (too long for one call of a compiled "
-                f"loop that Ctrl-C cannot stop). Use a smaller n_steps or transient{or_split}.",
+                f"transient={skip:.6g}{default} + n_steps={n_steps} samples){weighed}, more "
+                f"than MAX_RK4_STEPS = {MAX_RK4_STEPS:.0e} (too long for one call of a "
+                f"compiled loop that Ctrl-C cannot stop). Use a smaller n_steps or "
+                f"transient{or_split}.",
                 "dt",
             )
             return None
@@ -771,7 +787,8 @@ SYSTEMS: dict[str, System] = {
         ),
         description=(
             "Cyclic chain dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F, any N >= 4 "
-            "(params={'N': N, 'F': F}); chaotic for F = 8. Damping time 1 time unit (100 steps "
+            "(params={'N': N, 'F': F}); chaotic for F = 8 from N = 5 (N = 4 is regular: "
+            "lambda_max ~0). Damping time 1 time unit (100 steps "
             "at dt=0.01). lambda_max from max_lyapunov over 10^6 samples: 1.18 for N=10 "
             "(Lyapunov time ~85 steps), 1.70 for N=40 (literature ~1.7); the default 20,000 "
             "give 1.08 and 1.69. x0 is x_i = 8 (the fixed point for "
@@ -934,7 +951,8 @@ def generate(
         run = sys_.prepare_with(checks, params=params, x0=x0, seed=seed)
         if checks.ok("dt", "transient", "n_steps"):
             split = "split the run into calls that continue from x0=out[-1] with transient=0"
-            plan = sys_.plan_with(checks, dt, transient, n_steps, split)
+            work = rk4_work(run[1].shape[0]) if run is not None else 1.0
+            plan = sys_.plan_with(checks, dt, transient, n_steps, split, work)
     p, start, rng = run
     n_sub, transient = plan
     out = new_run((n_steps, start.shape[0]), np.float64, where)

@@ -714,6 +714,28 @@ def test_lyapunov_validation():
     ]:
         with pytest.raises(ValueError, match=r"^lyapunov_spectrum: " + match):
             lyapunov_spectrum("lorenz63", **kwargs)
+    # a step weighs its dimensions and tangent vectors: 1.1e5 steps of a 3000-D tangent run
+    with pytest.raises(ValueError, match=r"1\.1e\+05 RK4 steps .*the work of 6\.6e\+11 steps of"):
+        max_lyapunov("lorenz96", params={"N": 3000})
+    # the sample that is not finite is named from x0 = sample 0 on (it said "sample 0")
+    with pytest.raises(ValueError, match=r"non-finite at t = 0\.01 \(sample 1, counting the"):
+        lyapunov_spectrum("lorenz63", n_steps=200, transient=0, x0=[1e200] * 3)
+
+
+def test_lyapunov_scratch_the_machine_cannot_hold_is_a_clear_error(monkeypatch):
+    """The tangent run's D x D Jacobian and tangent vectors are allocated before the compiled
+    loop (Lorenz-96 with N = 10^5 raised a bare MemoryError from inside it)."""
+
+    def too_large(dim, k):
+        raise MemoryError
+
+    monkeypatch.setattr(metrics, "_initial_tangents", too_large)
+    with pytest.raises(
+        ValueError,
+        match=r"^max_lyapunov: 1 tangent vector of 40 dimensions \(several copies\) and a 40 x "
+        r"40 Jacobian need 16.3 KiB, more than this machine can allocate; use a system of fewer",
+    ):
+        max_lyapunov("lorenz96", params={"N": 40}, n_steps=10)
 
 
 # --------------------------------------------------------------------------------------------

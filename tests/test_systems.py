@@ -17,6 +17,7 @@ from models.systems import (
     get_system,
     rk4_step,
     rk4_tangent_step,
+    rk4_work,
 )
 
 # --- Plain NumPy references of the right-hand sides (written from the papers' equations) -----
@@ -270,7 +271,7 @@ def test_noise_or_a_state_beyond_float64_is_refused_naming_the_setting():
     with pytest.raises(
         ValueError, match=r"^lyapunov_spectrum: 1000000 tangent vectors of 1000000 dimensions"
     ):
-        lyapunov_spectrum("lorenz96", params={"N": 10**6}, n_steps=10)
+        lyapunov_spectrum("lorenz96", params={"N": 10**6}, n_steps=1, transient=0)
 
 
 def test_noise_needs_two_steps():
@@ -499,3 +500,11 @@ def test_records_with_step_sizes_the_integrator_cannot_use_are_refused(changes, 
 def test_blow_up_is_reported():
     with pytest.raises(ValueError, match=r"generate: the lorenz63 trajectory became non-finite"):
         generate("lorenz63", 10, params={"beta": -50.0})
+
+
+def test_the_step_budget_counts_the_work_of_a_step():
+    """A run of few steps of a huge system is refused like a long run of a small one (Lorenz-96
+    with N = 10^7: an hour for 2 samples); a 3-D step counts 1, a D-dimensional D/3."""
+    assert rk4_work(3) == 1.0 and rk4_work(30) == 10.0 and rk4_work(3, 3) == 13.0
+    with pytest.raises(ValueError, match=r"1e\+04 RK4 steps .*the work of 3\.3\de\+10 steps"):
+        generate("lorenz96", 2, params={"N": 10**7})
