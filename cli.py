@@ -62,7 +62,7 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from autodiff.memory import available_bytes, rnn_step_bytes, ssm_step_bytes, step_bytes
+from autodiff.memory import available_bytes, training_step_bytes
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
@@ -1285,10 +1285,6 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
     rnn = s.model not in SSM_NAMES
     run_step = (M if rnn else n_obs) * itemsize + n_obs * 8
-    if rnn:
-        per_step = rnn_step_bytes(M, itemsize, s.method == "deer")
-    else:
-        per_step = ssm_step_bytes(s.model.removesuffix("-ssm"), n_obs, M, L, itemsize)
     sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
     run_sizes = ["latent_dim"] if rnn else []  # those of a free run
 
@@ -1302,7 +1298,17 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     jobs = [
         ((INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8, lower(*sizes)),
         (
-            step_bytes(s.batch_size, s.sequence_length, n_obs, itemsize, per_step),
+            training_step_bytes(
+                "rnn" if rnn else s.model.removesuffix("-ssm"),
+                s.batch_size,
+                s.sequence_length,
+                n_obs,
+                M,
+                L,
+                itemsize,
+                s.method == "deer",
+                rnn and s.alpha == "auto",
+            ),
             lower("batch_size", "sequence_length", *(sizes if not rnn else ["latent_dim"])),
         ),
         (

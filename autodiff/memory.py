@@ -5,6 +5,8 @@ Imports nothing heavier than the standard library, so that the command line can 
 settings before NumPy's and Numba's kernels are loaded.
 """
 
+from parscan._buffers import jacobian_chunk, jacobian_position_bytes
+
 
 def available_bytes() -> int | None:
     """The memory available now for new allocations without swapping (``MemAvailable`` of
@@ -16,6 +18,34 @@ def available_bytes() -> int | None:
             )
     except (OSError, StopIteration, ValueError, IndexError):
         return None
+
+
+def training_step_bytes(
+    kind: str,
+    B: int,
+    T: int,
+    n_obs: int,
+    M: int,
+    L: int,
+    itemsize: int,
+    deer: bool,
+    auto_alpha: bool,
+) -> int:
+    """An estimate of the bytes one training step (:func:`autodiff.fit`) allocates at its
+    peak: :func:`step_bytes` of ``B`` windows of ``T`` steps with ``n_obs`` observations in
+    a dtype of ``itemsize`` bytes, for a latent RNN (``kind`` ``"rnn"``, ``M`` latents,
+    trained with GTF-DEER if ``deer``; :func:`rnn_step_bytes`) or a ``"linear"`` or
+    ``"selective"`` state-space model (state size ``M``, readout width ``L``;
+    :func:`ssm_step_bytes`); plus, for a latent RNN whose alpha is re-estimated
+    (``auto_alpha``), the Jacobian buffers of that estimate over the batch
+    (:func:`parscan._buffers.jacobian_chunk`, at most 64 MiB)."""
+    if kind != "rnn":
+        return step_bytes(B, T, n_obs, itemsize, ssm_step_bytes(kind, n_obs, M, L, itemsize))
+    need = step_bytes(B, T, n_obs, itemsize, rnn_step_bytes(M, itemsize, deer))
+    if auto_alpha:
+        positions = jacobian_chunk(B * T, M, itemsize)
+        need += positions * jacobian_position_bytes(M, itemsize) + B * T * 8  # and the norms
+    return need
 
 
 def step_bytes(B: int, T: int, n_obs: int, itemsize: int, per_step: int) -> int:

@@ -41,7 +41,7 @@ from autodiff.config import (
     new_run_remedies,
 )
 from autodiff.fingerprint import FINGERPRINTED, fingerprint, stored
-from autodiff.memory import available_bytes, rnn_step_bytes, ssm_step_bytes, step_bytes
+from autodiff.memory import available_bytes, training_step_bytes
 from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
@@ -552,13 +552,18 @@ def _check_step_memory(model, config) -> None:
     """Refuse a training step whose arrays (:func:`autodiff.memory.step_bytes`) would not fit
     in the memory available now (a step would raise ``MemoryError``, or swap, only after the
     run started)."""
-    itemsize = np.dtype(config.dtype).itemsize
-    if isinstance(model, LatentRNN):
-        per_step = rnn_step_bytes(model.M, itemsize, config.method == "deer")
-    else:
-        kind = "linear" if isinstance(model, LinearSSM) else "selective"
-        per_step = ssm_step_bytes(kind, model.n_obs, model.H, model.L, itemsize)
-    need = step_bytes(config.batch_size, config.sequence_length, model.n_obs, itemsize, per_step)
+    rnn = isinstance(model, LatentRNN)
+    need = training_step_bytes(
+        "rnn" if rnn else "linear" if isinstance(model, LinearSSM) else "selective",
+        config.batch_size,
+        config.sequence_length,
+        model.n_obs,
+        model.M if rnn else model.H,
+        0 if rnn else model.L,
+        np.dtype(config.dtype).itemsize,
+        config.method == "deer",
+        rnn and config.alpha_mode == "auto",
+    )
     available = available_bytes()
     if available is not None and need > available:
         raise ValueError(

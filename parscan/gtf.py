@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
+from parscan._buffers import jacobian_chunk
 from parscan._deer_kernels import spectral_norms
 from parscan._jit import n_threads
 from parscan._model_calls import check_latent_rnn, step_and_jacobian_into
@@ -22,10 +23,6 @@ METHODS = ("sup", "geomean", "param_bound")
 #: default safety margin added to ``1 - 1/s``: with ``s = max ||J||`` the forced map then
 #: contracts by ``(1 - alpha) s = 1 - margin * s`` at the points the bound was taken over.
 DEFAULT_MARGIN = 0.02
-
-#: positions per call of ``model.step_and_jacobian`` (bounds the Jacobian buffer to
-#: ``CHUNK * M * M`` numbers).
-CHUNK = 1 << 15
 
 
 class GTFGuaranteeWarning(UserWarning):
@@ -41,7 +38,8 @@ def jacobian_norms(model, points: np.ndarray, where: str = "jacobian_norms") -> 
     model : LatentRNN
         Provides ``step_and_jacobian(z, out=(f, j))``.
     points : ndarray, shape (P, M)
-        C-contiguous states of the model dtype.
+        C-contiguous states of the model dtype, taken in chunks whose Jacobians take at most
+        64 MiB (:func:`parscan._buffers.jacobian_chunk`).
     where : str
         The public function whose message a refusal of the model's result starts with
         (:func:`parscan._model_calls.step_and_jacobian_into`).
@@ -56,7 +54,7 @@ def jacobian_norms(model, points: np.ndarray, where: str = "jacobian_norms") -> 
     """
     P, M = points.shape
     out = np.empty(P, dtype=np.float64)
-    size = max(1, min(P, CHUNK))  # P = 0: no chunk, but a valid range step
+    size = jacobian_chunk(P, M, points.dtype.itemsize)  # P = 0: a valid range step
     f_buf = np.empty((size, M), dtype=points.dtype)
     j_buf = np.empty((size, M, M), dtype=points.dtype)
     # the kernel runs in float64 only (one compiled specialisation)

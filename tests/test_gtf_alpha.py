@@ -260,11 +260,36 @@ def test_numpy_scalar_margin(model, forcing):
             gtf_alpha(model, forcing, margin=margin)
 
 
+def test_jacobian_norms_holds_at_most_64_mib_of_jacobians():
+    """The chunk is bounded in bytes too: 6000 positions of M = 48 in float32 held 166 MB of
+    Jacobians (and their float64 copy) at once; autodiff.memory counts the same bound."""
+    import tracemalloc
+
+    from autodiff.memory import training_step_bytes
+    from parscan._buffers import JACOBIAN_BYTES, jacobian_chunk, jacobian_position_bytes
+
+    m = ShPLRNN(48, 8, 3, dtype="float32", seed=0)
+    points = np.random.default_rng(0).normal(size=(6000, 48)).astype(np.float32)
+    jacobian_norms(m, points[:10])  # compiled outside the trace
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        jacobian_norms(m, points)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert JACOBIAN_BYTES / 2 < peak < 1.1 * JACOBIAN_BYTES  # and a few temporaries
+    chunk = jacobian_chunk(6000, 48, 4)
+    assert chunk * jacobian_position_bytes(48, 4) <= JACOBIAN_BYTES < 6000 * 48 * 48 * 12
+    auto, constant = (training_step_bytes("rnn", 6, 1000, 3, 48, 0, 4, False, a) for a in (1, 0))
+    assert auto - constant == chunk * jacobian_position_bytes(48, 4) + 6000 * 8
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_jacobian_norms_over_several_chunks(model, forcing, monkeypatch, dtype):
     """Points in chunks of 7 (the last one partial: 80 = 11 * 7 + 3) give every norm, at its
     own position, as one chunk does; so do the alpha estimates built on them."""
-    import parscan.gtf
+    import parscan._buffers
 
     m = model.astype(dtype)
     x = forcing.astype(dtype)
@@ -273,7 +298,7 @@ def test_jacobian_norms_over_several_chunks(model, forcing, monkeypatch, dtype):
     one_chunk = jacobian_norms(m, points)
     alphas = [gtf_alpha(m, x, method=method) for method in ("sup", "geomean")]
     per_sequence = gtf_alpha(m, x, per_sequence=True)
-    monkeypatch.setattr(parscan.gtf, "CHUNK", 7)
+    monkeypatch.setattr(parscan._buffers, "JACOBIAN_POSITIONS", 7)
     chunked = jacobian_norms(m, points[::-1].copy())[::-1]  # reversed: no stale buffer fits
     np.testing.assert_array_equal(chunked, one_chunk)
     np.testing.assert_allclose(chunked, want, rtol=1e-13 if dtype == "float64" else 1e-6)

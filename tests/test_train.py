@@ -1395,8 +1395,8 @@ def test_a_step_too_large_for_the_memory_is_refused_before_training(lorenz, tmp_
     nothing is checked."""
     x, _ = lorenz
     one = config(epochs=1, batches_per_epoch=1)
-    need = autodiff.memory.step_bytes(
-        8, one.sequence_length, 3, 8, autodiff.memory.rnn_step_bytes(3, 8, deer=True)
+    need = autodiff.memory.training_step_bytes(
+        "rnn", 8, one.sequence_length, 3, 3, 0, 8, True, one.alpha_mode == "auto"
     )
     monkeypatch.setattr(autodiff.train, "available_bytes", lambda: need - 1)
     message = (
