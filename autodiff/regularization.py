@@ -60,7 +60,7 @@ def unpenalised_problem(model, weights, penalised: dict | None = None) -> str:
 
 def _check_weights(weights) -> dict[str, float]:
     if isinstance(weights, dict):
-        unknown = sorted(set(weights) - set(GROUPS))
+        unknown = sorted(set(weights) - set(GROUPS), key=repr)  # keys of any type
         if unknown:
             raise ValueError(
                 f"l2_penalty: unknown weight group(s) {unknown}; valid groups: "

@@ -1192,13 +1192,17 @@ def _anneal_alpha(model, windows, alpha, config):
     """The lab's annealing: raise to the estimate at once, else decay toward it.
 
     Returns ``(alpha, "")``, or ``(alpha unchanged, reason)`` when the estimate failed: the
-    windows were validated by :func:`fit`, so :func:`parscan.gtf_alpha` fails only on a
-    Jacobian norm that is NaN/inf, i.e. a model that overflows on the data (a bad step).
-    """
-    from parscan.gtf import gtf_alpha
+    windows were validated by :func:`fit`, so the estimate (:func:`parscan.gtf_alpha` without
+    its argument checks) fails only on a Jacobian norm that is NaN/inf, i.e. a model that
+    overflows on the data (a bad step)."""
+    from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
 
-    try:
-        estimate = gtf_alpha(model, windows[:, 1:], method=config.alpha_method)
+    forcing = windows[:, 1:]
+    try:  # the arguments are fit's, checked; a partial-forcing warning points at fit's caller
+        estimate = estimate_alpha(
+            model, forcing, None, config.alpha_method, DEFAULT_MARGIN, forcing.shape[-1], False,
+            where="fit", stacklevel=5,
+        )  # fmt: skip
     except ValueError as exc:
         return alpha, f"alpha estimation failed: {exc}"
     if estimate > alpha:

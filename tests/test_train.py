@@ -1882,6 +1882,17 @@ def test_the_learning_rate_remedy_is_a_third_of_the_run_s_at_most_the_default():
     assert lr(1e300)["lr_start"] == lr(0.1)["lr_start"] == TrainConfig().lr_start
 
 
+def test_fit_s_partial_forcing_warning_is_its_own_and_points_at_its_caller(lorenz):
+    """M > N: the alpha estimate's warning names fit (it said gtf_alpha) and the line that
+    called fit (it pointed inside autodiff/train.py)."""
+    from parscan import GTFGuaranteeWarning
+
+    x, _ = lorenz
+    with pytest.warns(GTFGuaranteeWarning, match=r"^fit: partial forcing") as record:
+        fit(ShPLRNN(5, 8, 3, seed=0), x, config(epochs=1, batches_per_epoch=1))
+    assert {w.filename for w in record if w.category is GTFGuaranteeWarning} == {__file__}
+
+
 def test_the_learning_rate_remedy_never_schedules_a_climb_back_to_the_failed_rate():
     from autodiff.config import new_run_remedies
 
