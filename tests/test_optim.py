@@ -517,7 +517,7 @@ def test_l2_penalty_errors():
     m = _Toy()
     with pytest.raises(ValueError, match=r"unknown weight group\(s\) \['C'\]; valid groups"):
         l2_penalty(m, {"C": 1.0})
-    with pytest.raises(ValueError, match=r"^l2_penalty: unknown weight group\(s\) \[1, 'x'\]"):
+    with pytest.raises(ValueError, match=r"^l2_penalty: unknown weight group\(s\) \['x', 1\]"):
         l2_penalty(m, {1: 0.1, "x": 0.2})  # keys that do not sort together
     with pytest.raises(ValueError, match="weight for 'W' must be finite and >= 0"):
         l2_penalty(m, {"W": -1.0})
