@@ -858,7 +858,7 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
             f"{where}: cannot read {path}: {exc} (a damaged header, or data larger than the "
             "memory available)."
         ) from None
-    name = f"the data in {path.name}"
+    name = f"the data in {path}"  # the path as given: two files may share a name
     stored = arr.dtype
     arr = _float64(arr[:, None] if arr.ndim == 1 else arr)
     if arr.ndim == 2 and arr.shape[0] == 1 < arr.shape[1]:

@@ -676,6 +676,18 @@ def test_object_arrays_in_npz_are_named_with_the_fix(tmp_path):
     np.testing.assert_array_equal(load_data(tmp_path / "fixed.npy"), X)
 
 
+def test_a_content_error_names_the_file_by_its_path(tmp_path):
+    """Sessions in folders of their own often share file names (a/run.npy, b/run.npy): the
+    message names the path given, not its last part."""
+    x = np.random.default_rng(0).standard_normal((20, 2))
+    x[5, 1] = np.nan
+    path = tmp_path / "b" / "run.npy"
+    path.parent.mkdir()
+    np.save(path, x)
+    with pytest.raises(ValueError, match=rf"^load_data: the data in {re.escape(str(path))} "):
+        load_data(path)
+
+
 @pytest.mark.parametrize(
     ("column", "shown"),
     [
@@ -691,7 +703,7 @@ def test_a_first_column_in_equal_steps_is_refused(tmp_path, column, shown):
     data = np.column_stack([column, np.random.default_rng(0).standard_normal((30, 2))])
     path = tmp_path / "indexed.csv"
     np.savetxt(path, data, delimiter=",", header="t,x,y", comments="", fmt="%.10g")
-    match = rf"first column of the data in indexed.csv runs {shown}.*: a row index or time column"
+    match = rf"first column of the data in {re.escape(str(path))} runs {shown}.*: a row index or "
     with pytest.raises(ValueError, match=match):
         load_data(path)
     np.save(tmp_path / "indexed.npy", data.astype(np.float32))  # rounded to float32
