@@ -401,19 +401,45 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def _decimal_commas(text: str) -> bool:
-    """Whether a line reads as numbers separated by ``;`` with ``,`` as decimal mark
-    (``0,05;-0,12;1,5``, as spreadsheets write in locales whose decimal mark is a comma): two
-    entries or more, each a number once its ``,`` is read as ``.``, and a ``,`` between two
-    digits. Such a file is refused, not read: ``1,500;2,000`` may also be thousands."""
+#: A number written with a decimal comma (``-0,25``, ``1,5e-3``), as one entry.
+_COMMA_NUMBER = re.compile(r"[-+]?\d+,\d+(?:[eE][-+]?\d+)?")
+#: Two integers separated by a comma that a one-column file with decimal commas has and a
+#: two-column integer file would not: a second one with a leading zero, or a first one -0.
+_COMMA_DECIMALS = re.compile(r"[-+]?\d+,0\d+|-0+,\d+")
+
+
+def _decimal_commas(text: str) -> str | None:
+    """How a line's numbers are separated, ``";"`` or ``"whitespace"``, when it reads as
+    numbers written with ``,`` as decimal mark (``0,05;-0,12;1,5`` or ``0,05\t-0,12``, as
+    spreadsheets write in locales whose decimal mark is a comma): two entries or more, each a
+    number once its ``,`` is read as ``.`` (separated by whitespace: each ``,`` between two
+    digits), and a ``,`` between two digits; None otherwise. Such a file is refused, not
+    read: ``1,500;2,000`` may also be thousands."""
     entries = _split(text, ";")
     if entries and not entries[-1].strip():  # a trailing ';', as some exporters write
         entries = entries[:-1]
-    return (
-        len(entries) > 1
-        and all(_parses(v.replace(",", "."), float) for v in entries)
-        and re.search(r"\d,\d", text) is not None
-    )
+    if re.search(r"\d,\d", text) is None:
+        return None
+    if len(entries) > 1 and all(_parses(v.replace(",", "."), float) for v in entries):
+        return ";"
+    entries = _split(text, None)
+    if len(entries) > 1 and all(
+        _COMMA_NUMBER.fullmatch(v) or ("," not in v and _parses(v, float)) for v in entries
+    ):
+        return "whitespace"
+    return None
+
+
+def _one_column_of_decimal_commas(head: list[tuple[int, str]]) -> tuple[int, str] | None:
+    """The first line that shows a one-column file written with decimal commas (``21,5``,
+    ``22,05``, ``-0,25``, which a comma-separated reader takes for two integer columns): every
+    data line (after a header) is two comma-separated integers and one of them has a second
+    one with a leading zero or a first one of -0, which no integer column has; None
+    otherwise."""
+    lines = head[1:] if head and not _COMMA_NUMBER.fullmatch(head[0][1]) else head
+    if not lines or not all(_COMMA_NUMBER.fullmatch(text) for _, text in lines):
+        return None
+    return next(((n, t) for n, t in lines if _COMMA_DECIMALS.fullmatch(t)), None)
 
 
 def _counts_up(tokens: list[str]) -> bool:
@@ -436,16 +462,24 @@ def _layout(path: Path) -> tuple[str | None, int]:
         head = list(itertools.islice(_data_lines(fh), _SAMPLE + 1))
     if not head:
         raise ValueError("the file has no data rows")
-    comma = next(((line, text) for line, text in head if _decimal_commas(text)), None)
+    comma = next(((n, t, _decimal_commas(t)) for n, t in head if _decimal_commas(t)), None)
+    if comma is None and (column := _one_column_of_decimal_commas(head)) is not None:
+        comma = (*column, "one column")
     if comma is not None:
-        line, text = comma
-        header = ", header=None" if line == head[0][0] else ""  # data from the first line on
+        line, text, layout = comma
+        first = head[0][1]  # data from the first line on, or a header
+        header = ", header=None" if first == text or _COMMA_NUMBER.fullmatch(first) else ""
+        what, sep, replace = {
+            ";": ("a semicolon-separated CSV", "';'", " and then ';' by ','"),
+            "whitespace": ("numbers separated by spaces or tabs", "r'\\s+'", ""),
+            "one column": ("one column of numbers", "';'", ""),
+        }[layout]
         raise ValueError(
-            f"the file looks like a semicolon-separated CSV with decimal commas (line {line}: "
-            f"{_shown(text)}); load_data reads '.' as the decimal mark and ',' or whitespace "
-            f"between values, and does not guess (',' may also group thousands). Convert it, "
-            f"e.g. np.save('x.npy', pandas.read_csv(path, sep=';', decimal=',', "
-            f"comment='#'{header}).to_numpy()), or replace ',' by '.' and then ';' by ','"
+            f"the file looks like {what} with decimal commas (line {line}: {_shown(text)}); "
+            f"load_data reads '.' as the decimal mark and ',' or whitespace between values, "
+            f"and does not guess (',' may also group thousands or separate columns). Convert "
+            f"it, e.g. np.save('x.npy', pandas.read_csv(path, sep={sep}, decimal=',', "
+            f"comment='#'{header}).to_numpy()), or replace ',' by '.'{replace}"
         )
     sample = head[1:] or head
     delimiter = "," if any("," in text for _, text in sample) else None

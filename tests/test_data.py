@@ -622,6 +622,42 @@ def test_semicolons_with_decimal_commas_are_named_with_the_conversion(tmp_path, 
     np.testing.assert_array_equal(load_data(path), expected)
 
 
+@pytest.mark.parametrize(
+    ("text", "what", "line", "sep", "header", "shape"),
+    [  # a German one-column export: read with ',' between columns it was (6, 2) integers
+        ("21,5\n21,75\n22,05\n-0,25\n20,5\n19,95\n", "one column of numbers", 3, "';'",
+         ", header=None", (6, 1)),
+        ("Temperatur\n21,5\n21,75\n-0,25\n", "one column of numbers", 4, "';'", "", (3, 1)),
+        ("1\t0,5\n2,5\t1,5\n3,25\t0,75\n", "numbers separated by spaces or tabs", 1,
+         "r'\\s+'", ", header=None", (3, 2)),
+        ("a\tb\n1\t0,5\n2,5\t1,5\n", "numbers separated by spaces or tabs", 2, "r'\\s+'", "",
+         (2, 2)),
+    ],
+)  # fmt: skip
+def test_decimal_commas_without_semicolons_are_named_too(
+    tmp_path, text, what, line, sep, header, shape
+):
+    """They were read as more columns (one-column files: silently) or refused for another
+    reason (whitespace: "use one separator throughout", "remove the header line")."""
+    path = tmp_path / "export.csv"
+    path.write_text(text)
+    message = _error(path)
+    assert message.startswith(
+        f"load_data: cannot read {path}: the file looks like {what} with decimal commas "
+        f"(line {line}: "
+    ), message
+    assert f"pandas.read_csv(path, sep={sep}, decimal=',', comment='#'{header})" in message
+    path.write_text(text.replace(",", "."))  # the other fix the message gives
+    assert load_data(path).shape == shape
+
+
+def test_comma_separated_integers_are_still_two_columns(tmp_path):
+    path = tmp_path / "counts.csv"
+    for text in ("1,2\n4,4\n5,6\n", "0,5\n2,7\n3,9\n", "2, 2,3\n4,5, 6\n7,1,1\n"):
+        path.write_text(text)
+        assert load_data(path).shape[0] == text.count("\n")
+
+
 def test_semicolons_with_decimal_commas_and_a_trailing_semicolon_are_named(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("0,05439;-0,12;1,5;\n0,1;0,2;0,3;\n")
