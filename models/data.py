@@ -829,8 +829,8 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     key : str, optional
         Array name inside an ``.npz`` (required when it holds several arrays).
     min_steps : int
-        Smallest admissible number of time steps, e.g. ``T_seq + 1`` for training windows of
-        length ``T_seq``.
+        Smallest admissible number of time steps, at least 2 (one step has no dynamics and no
+        standard deviation), e.g. ``T_seq + 1`` for training windows of length ``T_seq``.
 
     Returns
     -------
@@ -873,7 +873,7 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
             checks.add(
                 f"key must be a str (an array name); got {type(key).__name__}.", wrong_kind=True
             )
-        min_steps = checks.integer(min_steps, "min_steps")
+        min_steps = checks.integer(min_steps, "min_steps", 2)  # a trajectory moves
     suffix = _check_path(path, where)
     if key is not None and suffix != ".npz":
         raise ValueError(f"{where}: key={key!r} applies to .npz files only; {path} is {suffix}.")

@@ -235,8 +235,9 @@ def test_validation_shape_steps_constant_and_kind(tmp_path):
     np.save(path, X)
     with pytest.raises(ValueError, match=r"short.npy has 4 time steps; at least 201 are needed"):
         load_data(path, min_steps=201)
-    with pytest.raises(ValueError, match=r"load_data: min_steps must be >= 1; got 0"):
-        load_data(path, min_steps=0)
+    for too_few in (0, 1):  # one step was refused anyway, as constant or as one row
+        with pytest.raises(ValueError, match=rf"load_data: min_steps must be >= 2; got {too_few}"):
+            load_data(path, min_steps=too_few)
     with pytest.raises(TypeError, match=r"load_data: min_steps must be an int; got float"):
         load_data(path, min_steps=2.0)
 
@@ -388,7 +389,7 @@ def test_several_bad_arguments_are_reported_together():
         load_data(3, key=4, min_steps=0)
     assert str(err.value) == (
         "load_data: path must be a str or Path; got int. key must be a str (an array name); got "
-        "int. min_steps must be >= 1; got 0."
+        "int. min_steps must be >= 2; got 0."
     )
     with pytest.raises(ValueError, match=r"^destandardize: expected x_std .* sd must be finite"):
         destandardize(np.zeros((3, 2)), np.zeros(3), -np.ones(2))
