@@ -567,7 +567,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     zero or tiny state as the loop does, and an infinite state through a pair whose offset
     overflowed to the opposite infinity. On ``"cuda"``, a state that overflows inside a tile
     whose product of ``a`` stays finite can stay finite where the loop gives ``±inf`` (as the
-    ``"cpu"`` chunks may where the loop overflows only in the product ``a[t] * h[t-1]``).
+    ``"cpu"`` chunks may where the loop overflows only in the product ``a[t] * h[t-1]``),
+    and finite where the loop gives NaN after an ``a`` of 0 in that stretch (``0 * inf``),
+    also in the tiles after it.
     Where states overflow, the time-chunked ``"cpu"``
     plans give the loop's ``±inf`` and NaN (real dtypes) also where their combinations differ
     in kind (an infinite state meeting an offset overflowed to the opposite infinity, the
