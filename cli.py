@@ -1270,21 +1270,28 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     - a training step: :func:`autodiff.memory.step_bytes` (which :func:`autodiff.fit`
       checks too);
     - the validation: ``validation_starts`` free runs of ``validation_steps`` steps from each
-      validation part, each step M latents in ``--dtype`` (an SSM: its N observations) and N
-      observations as float64 for the scores;
+      validation part, each step M latents (not an SSM) and N observations in ``--dtype``
+      and N observations as float64, or, more, the ~6 float64 numbers an observation of
+      their scores (``tracemalloc`` measured 41-46 bytes for N = 3, 42 for N = 12);
     - the selection (more than one candidate): ``selection_starts`` free runs of
-      ``selection_steps`` (default twice ``validation_steps``), stored alike.
+      ``selection_steps`` (default twice ``validation_steps``), stored alike, in batches of
+      :func:`autodiff.selection.runs_per_batch`.
 
     ``origins``: see :func:`_resolve` (the messages name a setting where it was set). Not
     checked for a ``--dtype`` that names no NumPy dtype, which :func:`build_model` refuses.
     """
+    from autodiff.selection import runs_per_batch
+
     try:
         itemsize = np.dtype(s.dtype).itemsize
     except TypeError:  # no dtype at all: refused with the model (build_model)
         return
     M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
     rnn = s.model not in SSM_NAMES
-    run_step = (M if rnn else n_obs) * itemsize + n_obs * 8
+    # a free run's step: its latents and observations, and the float64 copy scored; the
+    # scores of a validation run hold about 6 float64 numbers an observation (D_stsp, D_H)
+    run_step = (M if rnn else 0) * itemsize + n_obs * (itemsize + 8)
+    scored_step = max(run_step, 48 * n_obs)
     sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
     run_sizes = ["latent_dim"] if rnn else []  # those of a free run
 
@@ -1312,11 +1319,14 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
             lower("batch_size", "sequence_length", *(sizes if not rnn else ["latent_dim"])),
         ),
         (
-            len(data.validation_parts) * s.validation_starts * s.validation_steps * run_step,
+            len(data.validation_parts) * s.validation_starts * s.validation_steps * scored_step,
             lower("validation_steps", "validation_starts", *run_sizes),
         ),
         (
-            s.selection_starts * selection_steps * run_step * (s.selection_candidates > 1),
+            min(s.selection_starts, runs_per_batch(selection_steps, M if rnn else n_obs))
+            * selection_steps
+            * run_step
+            * (s.selection_candidates > 1),
             lower(*selection_names, "selection_starts", *run_sizes),
         ),
     ]

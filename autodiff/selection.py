@@ -30,6 +30,13 @@ DIVERGE_FACTOR = 1e3
 _BATCH_ELEMENTS = 1 << 24
 
 
+def runs_per_batch(steps: int, width: int) -> int:
+    """Selection runs of ``steps`` steps of ``width`` latents (a state-space model: its
+    observations) generated at once: at most :data:`_BATCH_ELEMENTS` elements, at least one
+    run."""
+    return max(1, _BATCH_ELEMENTS // (steps * width))
+
+
 def select(model, candidates, params, validation, starts, steps):
     """The candidate to keep and how many runs of each candidate fail.
 
@@ -84,8 +91,7 @@ def _failed_runs(model, points, steps, scale, mean, limit):
     ``steps`` long, blow up (:func:`models.metrics.run_problem` with ``mean`` and ``limit``)
     and how many of the others rest (:func:`models.metrics.fixed_point_onsets`); run in
     batches of at most :data:`_BATCH_ELEMENTS` elements."""
-    width = getattr(model, "M", model.n_obs)
-    batch = max(1, _BATCH_ELEMENTS // (steps * width))
+    batch = runs_per_batch(steps, getattr(model, "M", model.n_obs))
     resting = blown_up = 0
     for first in range(0, len(points), batch):
         with np.errstate(over="ignore", invalid="ignore"):
