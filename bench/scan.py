@@ -21,14 +21,15 @@ has both backends' ``first_call_s``, ``compile_s``, ``min_s`` and ``median_s`` (
 ``sequential_`` and ``cpu_``).
 
 ``--backend cuda`` times device-resident cases against a device-to-device copy of as many
-bytes, both with CUDA events around batches of back-to-back launches (no host synchronisation
-or Python dispatch between the launches inside a batch), the target sizes first and right
-after them a ``cuda_copy_target`` line: issue #2's target, the diagonal scan at >= 70 % of
-the copy's bandwidth (min over min) at T*D >= 1e8, met or not; after the other cases,
-``launch_variant`` lines: the
-float32 target case with other launch shapes (:data:`LAUNCH_VARIANTS`: the 8 steps per
-thread of earlier versions, look-back windows of 32 and 256 tiles, blocks of 128 threads), so
-that one GPU session shows which shape the scan wants. It needs a real GPU; ``--smoke`` runs
+bytes, both with CUDA events around batches of back-to-back calls (no host synchronisation
+between them: ``linear_scan``'s host work for a call overlaps the kernels of the one before),
+the target sizes first and right after them a ``cuda_copy_target`` line: issue #2's target,
+the diagonal scan at >= 70 % of the copy's bandwidth (min over min) at T*D >= 1e8, met or
+not; after the other cases, ``launch_variant`` lines: the float32 target case's kernels
+alone (:data:`LAUNCH_VARIANTS`: the production launch, whose ratio against the target row's
+shows the host's share, the 8 steps per thread of earlier versions, look-back windows of 32
+and 256 tiles, blocks of 128 threads), so that one GPU session shows which shape the scan
+wants. It needs a real GPU; ``--smoke`` runs
 tiny cases that also run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a check that the
 code runs, which measures nothing.
 
@@ -273,11 +274,13 @@ def cuda_cases(args):
             yield B, 10_000 if args.quick else 100_000, D, np.float64, True
 
 
-#: Launch shapes timed on the float32 target case after the target line, as changes to
-#: ``parscan._cuda.LAUNCH`` (whose own shape is the target row): the 8 steps per thread used
-#: before the tiles were sized in bytes, look-back windows of 32 and 256 tiles (default 128),
-#: blocks of 128 threads (default 256; twice as many blocks fit an SM).
-LAUNCH_VARIANTS = ({"items": 8}, {"lookback": 32}, {"lookback": 256}, {"block": 128})
+#: Launch shapes timed on the float32 target case after the other cases, as changes to
+#: ``parscan._cuda.LAUNCH``, all called through ``scan_device`` (the kernels without
+#: ``linear_scan``'s host checks): none (the production shape: how much of the target row's
+#: time is the host's), the 8 steps per thread used before the tiles were sized in bytes,
+#: look-back windows of 32 and 256 tiles (default 128), blocks of 128 threads (default 256;
+#: twice as many blocks fit an SM).
+LAUNCH_VARIANTS = ({}, {"items": 8}, {"lookback": 32}, {"lookback": 256}, {"block": 128})
 
 
 #: A timed CUDA result must match the ``"cpu"`` backend to this many ulps of its largest state
