@@ -255,7 +255,8 @@ def summary_lines(report):
         elif row["what"] == "launch_variant":
             result = row.get("error") or f"ratio to copy {row['ratio_copy']}{_mismatch(row)}"
             shape = f"block {row['block']}, items {row['items']}, look-back {row['lookback']}"
-            lines.append(f"  launch {shape} (float32 T={row['T']}): {result}")
+            which = "the production launch, " if not row["change"] else ""
+            lines.append(f"  launch {shape} ({which}kernels alone, float32 T={row['T']}): {result}")
     for row in report.get("gradients", {}).get("rows", []):
         if row["what"] == "gtf_loss_and_grad":
             extra = (
