@@ -391,7 +391,10 @@ class TrainConfig:
             if optional and v is None:
                 return
             if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
-                type_errors.append(f"{name} must be a float; got {type(v).__name__} {v!r}.")
+                hint = ""
+                if name == "alpha" and v == "auto":  # deer_solve's and the CLI's spelling
+                    hint = " alpha_mode='auto' (the default) estimates it; alpha is its start."
+                type_errors.append(f"{name} must be a float; got {type(v).__name__} {v!r}.{hint}")
                 return
             ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
             ok = ok and (hi is None or (v < hi if hi_open else v <= hi))

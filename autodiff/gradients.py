@@ -75,6 +75,11 @@ _CALLER = Caller(
 )
 
 
+#: :attr:`GradInfo.message` of a finite sequential step (no Newton solve ran: the
+#: ``status.value`` of ``DeerStatus.CONVERGED`` would speak of one)
+SEQUENTIAL_DONE = "sequential: forward, loss and gradient are finite (no Newton solve)."
+
+
 @dataclass(frozen=True)
 class GradInfo:
     """What :func:`gtf_loss_and_grad` did besides the numbers.
@@ -97,7 +102,8 @@ class GradInfo:
         last update and the remedies that fit the run) without its ``gtf_loss_and_grad:``
         prefix and its ``throw=False`` sentence; for a NaN/inf loss or gradient from finite
         inputs (data and model parameters), that the forward or the adjoint overflowed and
-        how to avoid that (``status.value`` would blame the inputs); else ``status.value``.
+        how to avoid that (``status.value`` would blame the inputs); else ``status.value``
+        (the sequential method, which solves nothing: :data:`SEQUENTIAL_DONE`).
     cause : str
         ``message`` without the remedies: what failed (for :func:`autodiff.fit`, which
         words the remedies in its own terms).
@@ -372,7 +378,8 @@ def gtf_loss_and_grad(
         status = DeerStatus.NON_FINITE
         message, cause = _non_finite_message(model, loss, alpha, n_forced, auto)
         return float("nan"), None, GradInfo(method, alpha, status, iters, message, cause)
-    return loss, grad, GradInfo(method, alpha, status, iters, status.value, status.value)
+    done = SEQUENTIAL_DONE if method == "sequential" else status.value
+    return loss, grad, GradInfo(method, alpha, status, iters, done, done)
 
 
 def _non_finite_message(model, loss, alpha, n_forced, auto) -> tuple[str, str]:

@@ -355,7 +355,10 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
     z0 = array(z0, "z0", "(..., M)", 1)
     batch = z0.shape[:-1] if z0.ndim >= 1 else ()
     if z0.ndim >= 1 and z0.shape[-1] != M:
-        errors["value"].append(f"`z0` must have shape (..., M) with M={M}; got {z0.shape}.")
+        hint = ""
+        if z0.shape[-1] == getattr(model, "n_obs", None):  # an observation, not a state
+            hint = " z0 is a latent state: for an observation x0 pass model.initial_state(x0)."
+        errors["value"].append(f"`z0` must have shape (..., M) with M={M}; got {z0.shape}.{hint}")
     T_given = T is not None
     if T_given and (not _is_int(T) or T < 0):
         errors["value" if _is_int(T) else "type"].append(

@@ -668,7 +668,14 @@ def test_validation_errors():
     z0 = np.zeros((2, 4))
     x = np.zeros((2, 10, 3))
     cases = [
-        (ValueError, r"`z0` must have shape \(\.\.\., M\) with M=4", dict(z0=np.zeros(3), T=5)),
+        (ValueError, r"`z0` must have shape \(\.\.\., M\) with M=4", dict(z0=np.zeros(2), T=5)),
+        # an observation given as z0 (the README's example has M = N): the fix is named
+        (
+            ValueError,
+            r"got \(3,\)\. z0 is a latent state: for an observation x0 pass "
+            r"model\.initial_state\(x0\)\.",
+            dict(z0=np.zeros(3), T=5),
+        ),
         (TypeError, r"model dtype float64; got float32", dict(z0=z0.astype(np.float32), T=5)),
         (TypeError, r"`forcing` must have the model dtype", dict(forcing=x.astype(np.float32))),
         (ValueError, r"`T` is required", dict()),
