@@ -1290,7 +1290,7 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
     rnn = s.model not in SSM_NAMES
     # a free run's step: its latents and observations, and the float64 copy scored; the
     # scores of a validation run hold about 6 float64 numbers an observation (D_stsp, D_H)
-    run_step = (M if rnn else 0) * itemsize + n_obs * (itemsize + 8)
+    run_step = ((M if rnn else n_obs) + n_obs) * itemsize + n_obs * 8  # SSM: and a copy
     scored_step = max(run_step, 48 * n_obs)
     sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
     run_sizes = ["latent_dim"] if rnn else []  # those of a free run

@@ -1201,10 +1201,13 @@ def _anneal_alpha(model, windows, alpha, config):
     try:  # the arguments are fit's, checked; a partial-forcing warning points at fit's caller
         estimate = estimate_alpha(
             model, forcing, None, config.alpha_method, DEFAULT_MARGIN, forcing.shape[-1], False,
-            where="fit", stacklevel=5,
+            where="fit", stacklevel=5, fix="",
         )  # fmt: skip
     except ValueError as exc:
-        return alpha, f"alpha estimation failed: {str(exc).removeprefix('fit: ')}"
+        return (
+            alpha,
+            f"alpha estimation failed: {str(exc).removeprefix('fit: ')}",
+        )  # its remedies: fit's
     if estimate > alpha:
         return float(estimate), ""
     return float(config.alpha_gamma * alpha + (1.0 - config.alpha_gamma) * estimate), ""

@@ -404,8 +404,9 @@ def _shown(text: str, limit: int = 60) -> str:
 #: A number written with a decimal comma (``-0,25``, ``1,5e-3``), as one entry.
 _COMMA_NUMBER = re.compile(r"[-+]?\d+,\d+(?:[eE][-+]?\d+)?")
 #: Two integers separated by a comma that a one-column file with decimal commas has and a
-#: two-column integer file would not: a second one with a leading zero, or a first one -0.
-_COMMA_DECIMALS = re.compile(r"[-+]?\d+,0\d+|-0+,\d+")
+#: two-column integer file would not: a second one with a leading zero (not a first one of
+#: -0: ``np.round`` gives -0.0, which ``%g`` writes as ``-0``).
+_COMMA_DECIMALS = re.compile(r"[-+]?\d+,0\d+")
 
 
 def _decimal_commas(text: str) -> str | None:
@@ -432,10 +433,9 @@ def _decimal_commas(text: str) -> str | None:
 
 def _one_column_of_decimal_commas(head: list[tuple[int, str]]) -> tuple[int, str] | None:
     """The first line that shows a one-column file written with decimal commas (``21,5``,
-    ``22,05``, ``-0,25``, which a comma-separated reader takes for two integer columns): every
-    data line (after a header) is two comma-separated integers and one of them has a second
-    one with a leading zero or a first one of -0, which no integer column has; None
-    otherwise."""
+    ``22,05``, which a comma-separated reader takes for two integer columns): every data line
+    (after a header, or a first ``0``) is two comma-separated integers and one of them has a
+    second one with a leading zero, which an integer column has not; None otherwise."""
     lines = head[1:] if head and not _COMMA_NUMBER.fullmatch(head[0][1]) else head
     if not lines or not all(_COMMA_NUMBER.fullmatch(text) for _, text in lines):
         return None
@@ -467,8 +467,9 @@ def _layout(path: Path) -> tuple[str | None, int]:
         comma = (*column, "one column")
     if comma is not None:
         line, text, layout = comma
-        first = head[0][1]  # data from the first line on, or a header
-        header = ", header=None" if first == text or _COMMA_NUMBER.fullmatch(first) else ""
+        first = _split(head[0][1], ";" if layout == ";" else None)  # data, or a header?
+        numbers = all(_parses(v.replace(",", "."), float) for v in first)
+        header = ", header=None" if numbers else ""  # (a spreadsheet writes 0 as 0)
         what, sep, replace = {
             ";": ("a semicolon-separated CSV", "';'", " and then ';' by ','"),
             "whitespace": ("numbers separated by spaces or tabs", "r'\\s+'", ""),

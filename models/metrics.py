@@ -967,7 +967,7 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
                 if run is not None and checks.ok("n_exponents"):
                     dim = run[1].shape[0]
                     work = rk4_work(dim, min(n_exponents or dim, dim))
-                plan = system.plan_with(checks, dt, transient, n_steps, work=work)
+                plan = system.plan_with(checks, dt, transient, n_steps, work=work, from_x0=False)
     if system is not None:
         return _system_spectrum(system, n_exponents, run, n_steps, plan, dt, where)
     n_steps = 10_000 if n_steps is None else n_steps

@@ -7,7 +7,7 @@ buffers in its estimates without loading NumPy's or Numba's kernels.
 #: Most positions per call of ``model.step_and_jacobian`` in :func:`parscan.gtf.jacobian_norms`.
 JACOBIAN_POSITIONS = 1 << 15
 #: Most bytes of Jacobian buffers a call of :func:`parscan.gtf.jacobian_norms` holds (64 MiB;
-#: fewer positions per call for a large M: 32,768 positions of M = 48 in float32 took 450 MB).
+#: fewer positions per call for a large M: 32,768 positions of M = 48 in float32 took 913 MB).
 JACOBIAN_BYTES = 1 << 26
 
 

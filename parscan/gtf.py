@@ -215,11 +215,25 @@ def gtf_alpha(
     )
 
 
+#: The fix a failed estimate names, unless its caller gives its own.
+PASS_ALPHA = " Fix the data or pass alpha explicitly."
+
+
 def estimate_alpha(
-    model, forcing, states, method, margin, n_forced, per_sequence, where, stacklevel
+    model,
+    forcing,
+    states,
+    method,
+    margin,
+    n_forced,
+    per_sequence,
+    where,
+    stacklevel,
+    fix=PASS_ALPHA,
 ):
     """:func:`gtf_alpha` after validation, also called by ``deer_solve(alpha="auto")``.
-    Errors start with ``where`` (the public function called); ``stacklevel`` is that of
+    Errors start with ``where`` (the public function called) and end with ``fix`` (a caller
+    that names its own remedies passes ``""``); ``stacklevel`` is that of
     :func:`warnings.warn` called here (3: the caller of :func:`gtf_alpha`)."""
     M, N = model.M, forcing.shape[-1]
     batch = forcing.shape[:-2]
@@ -243,7 +257,7 @@ def estimate_alpha(
             if arr is not None and not np.isfinite(arr).all():
                 raise ValueError(
                     f"{where}: `{name}` contains NaN/inf ({int(np.sum(~np.isfinite(arr)))} "
-                    "values); they are never ignored. Fix the data or pass alpha explicitly."
+                    f"values); they are never ignored.{fix}"
                 )
         points = np.zeros((*forcing.shape[:-1], M), dtype=model.dtype)
         points[..., :N] = forcing
@@ -261,7 +275,7 @@ def estimate_alpha(
             raise ValueError(
                 f"{where}: ||J_F|| is NaN/inf at {int(bad.sum())} of {norms.size} points; "
                 "the points (data, states) or the model parameters contain NaN/inf, or F "
-                "overflows there. Fix the data or pass alpha explicitly."
+                f"overflows there.{fix}"
             )
         axis = -1 if per_sequence else None
         if method == "sup":

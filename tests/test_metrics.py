@@ -715,8 +715,8 @@ def test_lyapunov_validation():
         with pytest.raises(ValueError, match=r"^lyapunov_spectrum: " + match):
             lyapunov_spectrum("lorenz63", **kwargs)
     # a step weighs its dimensions and tangent vectors: 1.1e5 steps of a 3000-D tangent run
-    with pytest.raises(ValueError, match=r"1\.1e\+05 RK4 steps .*the work of 6\.6e\+11 steps of"):
-        max_lyapunov("lorenz96", params={"N": 3000})
+    with pytest.raises(ValueError, match=r"1\.1e\+05 RK4 steps .*the work of 8\.25e\+10 steps"):
+        max_lyapunov("lorenz96", params={"N": 3000})  # about 5 hours on one core
     # the sample that is not finite is named from x0 = sample 0 on (it said "sample 0")
     with pytest.raises(ValueError, match=r"non-finite at t = 0\.01 \(sample 1, counting the"):
         lyapunov_spectrum("lorenz63", n_steps=200, transient=0, x0=[1e200] * 3)
