@@ -594,38 +594,21 @@ def test_quoted_entries_are_read_like_pandas_does(tmp_path):
         load_data(path)
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "header"),
-    [
-        ("0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", 1, ", header=None"),
-        ("a;b;c\n0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", 2, ""),
-        ('"a";"b";"c"\n"0,05439";"-0,12";"1,5"\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n', 2, ""),
-        (
-            "# exported\n\n0,05439 ; -0,12 ; 1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n",
-            3,
-            ", header=None",
-        ),
-    ],
-)
-def test_semicolons_with_decimal_commas_are_named_with_the_conversion(tmp_path, text, line, header):
-    path = tmp_path / "excel.csv"
-    path.write_text(text)
-    message = _error(path)
-    assert message.startswith(
-        f"load_data: cannot read {path}: the file looks like a semicolon-separated CSV with "
-        f"decimal commas (line {line}: "
-    )
-    assert f"pandas.read_csv(path, sep=';', decimal=',', comment='#'{header}).to_numpy()" in message
-    assert "05439;-0'" not in message  # not a fragment of the line
-    # the other fix the message gives reads the file
-    path.write_text(text.replace(",", ".").replace(";", ","))
-    expected = [[0.05439, -0.12, 1.5], [0.1, 0.2, 0.3], [1.2, 3.4, 5.6], [-1.0, 2.0, 3.25]]
-    np.testing.assert_array_equal(load_data(path), expected)
+SEMI = "a semicolon-separated CSV"
 
 
 @pytest.mark.parametrize(
     ("text", "what", "line", "sep", "header", "shape"),
-    [  # a German one-column export: read with ',' between columns it was (6, 2) integers
+    [
+        ("0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", SEMI, 1, "';'",
+         ", header=None", (4, 3)),
+        ("a;b;c\n0,05439;-0,12;1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", SEMI, 2, "';'", "",
+         (4, 3)),
+        ('"a";"b";"c"\n"0,05439";"-0,12";"1,5"\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n', SEMI, 2,
+         "';'", "", (4, 3)),
+        ("# exported\n\n0,05439 ; -0,12 ; 1,5\n0,1;0,2;0,3\n1,2;3,4;5,6\n-1;2;3,25\n", SEMI, 3,
+         "';'", ", header=None", (4, 3)),
+        # a German one-column export: read with ',' between columns it was (6, 2) integers
         ("21,5\n21,75\n22,05\n-0,25\n20,5\n19,95\n", "one column of numbers", 3, "';'",
          ", header=None", (6, 1)),
         ("Temperatur\n21,5\n21,75\n22,05\n", "one column of numbers", 4, "';'", "", (3, 1)),
@@ -639,11 +622,12 @@ def test_semicolons_with_decimal_commas_are_named_with_the_conversion(tmp_path, 
          (2, 2)),
     ],
 )  # fmt: skip
-def test_decimal_commas_without_semicolons_are_named_too(
+def test_decimal_commas_are_named_with_the_conversion(
     tmp_path, text, what, line, sep, header, shape
 ):
-    """They were read as more columns (one-column files: silently) or refused for another
-    reason (whitespace: "use one separator throughout", "remove the header line")."""
+    """Separated by ';' or whitespace, or one column of them (which were read as more columns,
+    one-column files silently, or refused for another reason: "use one separator
+    throughout", "remove the header line"); the pandas call reads a first row of data."""
     path = tmp_path / "export.csv"
     path.write_text(text)
     message = _error(path)
@@ -652,8 +636,9 @@ def test_decimal_commas_without_semicolons_are_named_too(
         f"(line {line}: "
     ), message
     assert f"pandas.read_csv(path, sep={sep}, decimal=',', comment='#'{header})" in message
+    assert "05439;-0'" not in message  # the line, not a fragment of it
     if shape is not None:
-        path.write_text(text.replace(",", "."))  # the other fix the message gives
+        path.write_text(text.replace(",", ".").replace(";", ","))  # the message's other fix
         assert load_data(path).shape == shape
 
 
