@@ -164,6 +164,8 @@ class Settings:
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
 #: horizon of the prediction error in the final test evaluation (``models.evaluate``)
 TEST_PE_STEPS = 20
+#: ``validation_fraction`` and ``test_fraction`` must be below this (and above 0)
+MAX_FRACTION = 0.9
 
 
 # ------------------------------------------------------------------------------------------
@@ -632,8 +634,10 @@ def _check_settings(
         )
     holds_out = s.data is not None and not s.test_data  # test_fraction applies
     for name in ("validation_fraction", "test_fraction")[: 2 if holds_out else 1]:
-        if not 0.0 < getattr(s, name) < 0.9:
-            problems.append(f"{_named(name, origins)} must be in (0, 0.9), got {getattr(s, name)}")
+        if not 0.0 < getattr(s, name) < MAX_FRACTION:
+            problems.append(
+                f"{_named(name, origins)} must be in (0, {MAX_FRACTION}), got {getattr(s, name)}"
+            )
     if "test_fraction" in given and not holds_out:
         instead = "--test-data gives the test data" if s.test_data else "--system generates it"
         problems.append(
@@ -847,11 +851,21 @@ def _check_dimensions(
 def _split(x: np.ndarray, fraction: float, what: str, min_steps: int):
     """``x`` without its last ``round(fraction T)`` steps, and those steps (at least
     ``min_steps``)."""
-    n_tail = round(fraction * x.shape[0])
-    if n_tail < min_steps or x.shape[0] - n_tail < 2:
+    T = x.shape[0]
+    n_tail = round(fraction * T)
+    if n_tail < min_steps or T - n_tail < 2:
+        fix = "provide more data"
+        if n_tail < min_steps and round(MAX_FRACTION * T) >= min_steps and T - min_steps >= 2:
+            fix += " or raise the fraction"  # a fraction below MAX_FRACTION holds enough
+        elif n_tail >= min_steps:
+            fix += " or lower the fraction"
+        else:  # no fraction can: more data only
+            fix = (
+                f"provide at least {max(math.ceil(min_steps / MAX_FRACTION), min_steps + 2)} steps"
+            )
         raise UserError(
-            f"too few steps: {what} needs at least {min_steps} of the {x.shape[0]} steps "
-            f"({fraction:g} of them is {n_tail}); provide more data or raise the fraction."
+            f"too few steps: {what} needs at least {min_steps} of the {T} steps "
+            f"({fraction:g} of them is {n_tail}); {fix}."
         )
     return x[:-n_tail], x[-n_tail:]
 
@@ -2367,8 +2381,9 @@ def _write_failure(exc: OSError, out: Path) -> str:
     return message.rstrip(".")
 
 
-#: what ``evaluate RUN`` and ``generate RUN`` write into a run folder by default
-DERIVED_RESULTS = ("evaluation.json", "generated.npy")
+#: what ``evaluate RUN`` and ``generate RUN`` write into a run folder by default, and which
+#: of the two commands writes each
+DERIVED_RESULTS = {"evaluation.json": "evaluate", "generated.npy": "generate"}
 
 
 def _model_replaced(out: Path, trained) -> bool:
@@ -2400,10 +2415,11 @@ def _forget_results_of_the_replaced_model(out: Path) -> None:
     outdated = [name for name in DERIVED_RESULTS if (out / name).is_file()]
     if outdated:
         run_dir = shlex.quote(str(out))
+        commands = [f"parscan-train {DERIVED_RESULTS[name]} {run_dir}" for name in outdated]
         _warn(
-            f"{' and '.join(outdated)} in {out} were made from the model before this "
-            f"resume, which model.npz no longer holds; make them again with parscan-train "
-            f"evaluate {run_dir} / parscan-train generate {run_dir}."
+            f"{' and '.join(outdated)} in {out} {'was' if len(outdated) == 1 else 'were'} "
+            f"made from the model before this resume, which model.npz no longer holds; make "
+            f"{'it' if len(outdated) == 1 else 'them'} again with {' and '.join(commands)}."
         )
 
 
@@ -2665,7 +2681,8 @@ def _print_summary(out: Path, summary: dict, note: str) -> None:
             f"no validation free run was measurable (last: {validation['status']}); kept "
             f"epoch {summary['best_epoch']}"
         )
-    training = f"{selected}   final loss {_fmt(summary['final_loss'])}"
+    loss = summary["final_loss"]  # as the epoch lines show it: a small loss is not 0.000
+    training = f"{selected}   final loss {'n/a' if loss is None else f'{loss:.4g}'}"
     passed_over = _passed_over(summary["selection"], summary["best_epoch"])
     if summary["newton_iters_mean"] is not None:
         training += f"   Newton iterations {_fmt(summary['newton_iters_mean'])} (mean, last epoch)"

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1155,12 +1156,15 @@ def test_several_data_files_are_refused_naming_the_file(tmp_path):
     flat_validation[960:1200, 0] = 5.0  # the validation part of the second file
     np.save(tmp_path / "flat_validation.npy", flat_validation)
     np.save(tmp_path / "t_short.npy", y[:10])
+    np.save(tmp_path / "t20.npy", y[:20])  # no test_fraction below 0.9 holds 21 of its steps
     out = tmp_path / "run"
     short, flat = tmp_path / "short.npy", tmp_path / "flat.npy"
     for flags, message in [
         (["--data", a, "--data", short], f"--data {short}: too few steps: the test data held out "
          "from --data (test_fraction 0.2, the default; a --config file sets it) needs at least "
          "21 of the 100 steps"),
+        (["--data", a, "--data", tmp_path / "t20.npy"], "needs at least 21 of the 20 steps (0.2 "
+         "of them is 4); provide at least 24 steps."),
         (["--data", a, "--data", b, "-T", 1000], f"--data {a}: too few steps: the training part "
          "has 960 steps (after holding out validation/test data) but --sequence-length 1000"),
         (["--data", a, "--data", flat], f"--data {flat} has 2 dimensions but --data {a} has 3; "
@@ -1425,9 +1429,10 @@ def test_a_resume_stopped_after_replacing_the_model_has_warned_and_keeps_no_old_
     monkeypatch.setattr(cli, "write_plots", stopped)
     result = run("--out", out, "--resume", "-q", "-e", "3")
     assert result.exit_code == 130, result.output
-    assert f"evaluation.json in {out} were made from the model before this resume" in (
-        result.output
-    )
+    assert (
+        f"evaluation.json in {out} was made from the model before this resume, which model.npz "
+        f"no longer holds; make it again with parscan-train evaluate {shlex.quote(str(out))}."
+    ) in result.output
     assert not (out / "attractor.png").exists() and not (out / "spectrum.png").exists()
 
 
@@ -1710,7 +1715,9 @@ def test_summary_says_when_no_validation_run_was_measurable(capsys):
     cli._print_summary(Path("runs/x"), summary, "plots skipped")
     text = capsys.readouterr().out
     assert "no validation free run was measurable (last: diverged); kept epoch 4" in text
-    assert "alpha" not in text
+    assert "alpha" not in text and "final loss 0.2 " in text
+    cli._print_summary(Path("runs/x"), {**summary, "final_loss": 0.00015209}, "plots skipped")
+    assert "final loss 0.0001521 " in capsys.readouterr().out  # as the epoch lines (0.000)
 
 
 def test_summary_says_when_the_best_validated_epoch_was_passed_over():
