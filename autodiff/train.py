@@ -1204,10 +1204,7 @@ def _anneal_alpha(model, windows, alpha, config):
             where="fit", stacklevel=5, fix="",
         )  # fmt: skip
     except ValueError as exc:
-        return (
-            alpha,
-            f"alpha estimation failed: {str(exc).removeprefix('fit: ')}",
-        )  # its remedies: fit's
+        return alpha, "alpha estimation failed: " + str(exc).removeprefix("fit: ")
     if estimate > alpha:
         return float(estimate), ""
     return float(config.alpha_gamma * alpha + (1.0 - config.alpha_gamma) * estimate), ""

@@ -462,7 +462,8 @@ def _layout(path: Path) -> tuple[str | None, int]:
         head = list(itertools.islice(_data_lines(fh), _SAMPLE + 1))
     if not head:
         raise ValueError("the file has no data rows")
-    comma = next(((n, t, _decimal_commas(t)) for n, t in head if _decimal_commas(t)), None)
+    layouts = ((n, t, _decimal_commas(t)) for n, t in head)  # each line's, once
+    comma = next((line for line in layouts if line[2] is not None), None)
     if comma is None and (column := _one_column_of_decimal_commas(head)) is not None:
         comma = (*column, "one column")
     if comma is not None:
