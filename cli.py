@@ -2994,7 +2994,7 @@ def evaluate_command(
             click.echo(at_rest)
     else:  # as after training: the model does not reconstruct the system (exit 1)
         units = f". {FAR_TEST_DATA}pass test data in the training data's units." if far else ""
-        click.echo(_not_measured(scores) + units)
+        click.echo(f"parscan-train: {_not_measured(scores)}{units}", err=True)
     for key in ("fixed_points", "cycles"):
         if key in scores:
             click.echo("\n".join(_orbit_lines(scores[key], destination)))
@@ -3207,7 +3207,7 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
         if note:
             click.echo(note)
     else:
-        click.echo(f"{problem[1]} (written as computed).")
+        click.echo(f"parscan-train: {problem[1]} (written as computed).", err=True)
         sys.exit(1)
 
 

@@ -1374,7 +1374,9 @@ def test_failure_on_test_data_in_other_units_names_the_units_first(tmp_path):
     ) in result.output
     again = run("evaluate", out, "--test-data", tmp_path / "shifted.npy")
     assert again.exit_code == 1, again.output
-    assert again.output.splitlines()[-1].endswith(
+    verdict = again.stderr.splitlines()[-1]  # after the warning that the data lie far away
+    assert verdict.startswith("parscan-train: not measurable (out_of_box): ")
+    assert verdict.endswith(
         "box. --test-data lies far from the training data (warned above); if the two are in "
         "different units, the score measures that, not the model: pass test data in the "
         "training data's units."
@@ -1687,7 +1689,9 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
     monkeypatch.setattr(models, "evaluate", out_of_box)
     result = run("evaluate", out)
     assert result.exit_code == 1, result.output
-    assert "not measurable (out_of_box): no generated point lies inside the box" in result.output
+    assert result.stderr == (
+        "parscan-train: not measurable (out_of_box): no generated point lies inside the box\n"
+    )
     assert json.loads((out / "evaluation.json").read_text())["status"] == "out_of_box"
 
 
@@ -2404,8 +2408,10 @@ def test_generate_writes_a_failing_run_and_exits_1_naming_it(finished_run, tmp_p
     monkeypatch.setattr(cls, "generate", blows_up)
     result = run("generate", out, "--n-steps", 20)
     assert result.exit_code == 1, result.output
-    assert "the free run from test point 0 is NaN/inf from step 8 (written as computed)." \
-        in result.output  # fmt: skip
+    assert result.stderr.endswith(
+        "parscan-train: the free run from test point 0 is NaN/inf from step 8 (written as "
+        "computed).\n"
+    )
     assert np.isnan(np.load(out / "generated.npy")[7:, 1]).all()
 
     def diverges(self, x0, n_steps):
