@@ -5,19 +5,15 @@ Imports nothing heavier than the standard library, so that the command line can 
 settings before NumPy's and Numba's kernels are loaded.
 """
 
-from parscan._buffers import jacobian_chunk, jacobian_position_bytes
+from parscan._buffers import available_bytes, jacobian_chunk, jacobian_position_bytes
 
-
-def available_bytes() -> int | None:
-    """The memory available now for new allocations without swapping (``MemAvailable`` of
-    ``/proc/meminfo``), in bytes; None where the system does not say (no ``/proc``)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            return next(
-                int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")
-            )
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
+__all__ = [
+    "available_bytes",
+    "rnn_step_bytes",
+    "ssm_step_bytes",
+    "step_bytes",
+    "training_step_bytes",
+]
 
 
 def training_step_bytes(

@@ -42,6 +42,7 @@ from models._checks import (
 from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason, to_sd_units
 from parscan._arguments import masked_problem
+from parscan._buffers import available_bytes
 from parscan._jit import jit
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
@@ -92,24 +93,43 @@ class TooLargeForThisMachine(ValueError):
     """A model whose dimensions need more memory than this machine can allocate."""
 
 
+#: Allocations from this size on (64 MiB) are checked against the memory available now
+#: first: Linux grants a larger one than it can back, and the work that fills it is then
+#: killed (or swaps) instead of refused.
+CHECKED_BYTES = 1 << 26
+
+
+def beyond_available(n_bytes: int) -> str | None:
+    """``"more than the <size> of memory available now"`` if ``n_bytes`` (at least
+    :data:`CHECKED_BYTES`) exceeds :func:`parscan._buffers.available_bytes`; else None."""
+    if n_bytes < CHECKED_BYTES:
+        return None
+    available = available_bytes()
+    if available is None or n_bytes <= available:
+        return None
+    return f"more than the {format_bytes(available)} of memory available now"
+
+
 def allocated(make, n_bytes: int, where: str, what: str, fix: str = "pass fewer at a time"):
-    """``make()`` (NumPy allocations of ``n_bytes`` in all), with a size this machine cannot
-    allocate (``MemoryError``) or NumPy cannot hold (``ValueError``) refused as a
-    ``ValueError`` naming ``where``, ``what`` is allocated and the ``fix``."""
-    try:
-        return make()
-    except (MemoryError, ValueError):
-        raise ValueError(
-            f"{where}: {what} need {format_bytes(n_bytes)}, more than this machine can "
-            f"allocate; {fix}."
-        ) from None
+    """``make()`` (NumPy allocations of ``n_bytes`` in all), with a size beyond the memory
+    available now (:func:`beyond_available`), one this machine cannot allocate
+    (``MemoryError``) or one NumPy cannot hold (``ValueError``) refused as a ``ValueError``
+    naming ``where``, ``what`` is allocated and the ``fix``."""
+    limit = beyond_available(n_bytes)
+    if limit is None:
+        try:
+            return make()
+        except (MemoryError, ValueError):
+            limit = "more than this machine can allocate"
+    raise ValueError(f"{where}: {what} need {format_bytes(n_bytes)}, {limit}; {fix}.")
 
 
 def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
     """``np.empty(shape, dtype)``: the output of free runs, ``shape`` ``(..., n_steps, D)``.
 
-    A size this machine cannot allocate (``MemoryError``) or NumPy cannot hold (a byte count
-    beyond ``intp``) raises ``ValueError`` naming ``where``, the memory needed and the fix.
+    A size NumPy cannot hold (a byte count beyond ``intp``), one beyond the memory available
+    now (:func:`beyond_available`) or one this machine cannot allocate (``MemoryError``)
+    raises ``ValueError`` naming ``where``, the memory needed and the fix.
 
     Parameters
     ----------
@@ -125,25 +145,26 @@ def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
     ndarray
         Uninitialised, C-contiguous.
     """
-    try:
-        return np.empty(shape, dtype=dtype)
-    except (MemoryError, ValueError):
-        n_steps, width = shape[-2:]
-        starts = math.prod(shape[:-2])
-        per_run = n_steps * width * np.dtype(dtype).itemsize
-        need = format_bytes(per_run) + (" per start" if starts != 1 else "")
-        if starts > 1:
-            need += f", {format_bytes(starts * per_run)} for the {starts} starts"
-        limit = (
-            "more than NumPy can address"
-            if max(per_run, starts * per_run) > np.iinfo(np.intp).max
-            else "more than this machine can allocate"
-        )
-        raise ValueError(
-            f"{where}: a free run of {n_steps} steps ({width} {np.dtype(dtype)} values a step) "
-            f"needs {need}, {limit}; use fewer steps{' or starts' if starts > 1 else ''} (or "
-            f"several shorter runs)."
-        ) from None
+    n_steps, width = shape[-2:]
+    starts = math.prod(shape[:-2])
+    per_run = n_steps * width * np.dtype(dtype).itemsize
+    if max(per_run, starts * per_run) > np.iinfo(np.intp).max:
+        limit = "more than NumPy can address"
+    else:
+        limit = beyond_available(starts * per_run)
+    if limit is None:
+        try:
+            return np.empty(shape, dtype=dtype)
+        except (MemoryError, ValueError):
+            limit = "more than this machine can allocate"
+    need = format_bytes(per_run) + (" per start" if starts != 1 else "")
+    if starts > 1:
+        need += f", {format_bytes(starts * per_run)} for the {starts} starts"
+    raise ValueError(
+        f"{where}: a free run of {n_steps} steps ({width} {np.dtype(dtype)} values a step) "
+        f"needs {need}, {limit}; use fewer steps{' or starts' if starts > 1 else ''} (or "
+        f"several shorter runs)."
+    )
 
 
 def _json_default(value):

@@ -1,4 +1,5 @@
-"""Sizes of the scratch buffers of parscan's chunked kernels.
+"""Sizes of the scratch buffers of parscan's chunked kernels, and the memory this machine
+has available for new buffers.
 
 Imports nothing but the standard library, so that :mod:`autodiff.memory` can count these
 buffers in its estimates without loading NumPy's or Numba's kernels.
@@ -24,3 +25,15 @@ def jacobian_chunk(P: int, M: int, itemsize: int) -> int:
     :data:`JACOBIAN_BYTES` of buffers."""
     most = JACOBIAN_BYTES // jacobian_position_bytes(M, itemsize)
     return max(1, min(P, JACOBIAN_POSITIONS, most))
+
+
+def available_bytes() -> int | None:
+    """The memory available now for new allocations without swapping (``MemAvailable`` of
+    ``/proc/meminfo``), in bytes; None where the system does not say (no ``/proc``)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(
+                int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import models.base
 from models import metrics
 from models.base import LatentRNN
 from models.data import standardize
@@ -736,6 +737,15 @@ def test_lyapunov_scratch_the_machine_cannot_hold_is_a_clear_error(monkeypatch):
         r"40 Jacobian need 16.3 KiB, more than this machine can allocate; use a system of fewer",
     ):
         max_lyapunov("lorenz96", params={"N": 40}, n_steps=10)
+    # one beyond the memory available now is refused before it is allocated (Linux grants
+    # it, and the run that fills it is killed)
+    monkeypatch.setattr(models.base, "available_bytes", lambda: 2**20)
+    with pytest.raises(
+        ValueError,
+        match=r"^max_lyapunov: 1 tangent vector of 3000 dimensions \(several copies\) and a "
+        r"3000 x 3000 Jacobian need 68\.9 MiB, more than the 1 MiB of memory available now; ",
+    ):
+        max_lyapunov("lorenz96", params={"N": 3000}, n_steps=1, transient=0)
 
 
 # --------------------------------------------------------------------------------------------

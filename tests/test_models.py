@@ -513,10 +513,12 @@ def test_generate_in_data_units_standardises_x0_and_maps_the_runs_back(model, ss
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name):
-    """A run this machine cannot allocate (NumPy's MemoryError) or NumPy cannot address (a
-    byte count beyond int64, a dimension beyond intp) is a ValueError naming the method
-    called, the memory needed and the fix; generate's run of M latents counts."""
+def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name, monkeypatch):
+    """A run this machine cannot allocate (NumPy's MemoryError; here without a reading of
+    the memory available) or NumPy cannot address (a byte count beyond int64, a dimension
+    beyond intp) is a ValueError naming the method called, the memory needed and the fix;
+    generate's run of M latents counts."""
+    monkeypatch.setattr(models.base, "available_bytes", lambda: None)
     m = CLASSES[name]()
     fix = r"; use fewer steps \(or several shorter runs\)\.$"
     with pytest.raises(
@@ -541,6 +543,23 @@ def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name):
     ):
         m.generate_in_data_units(np.zeros(N), 10**16)
     assert m.generate(np.zeros((0, N)), 10**16).shape == (0, 10**16, N)  # nothing to allocate
+
+
+@pytest.mark.parametrize("name", ["ShPLRNN", "ALRNN"])
+def test_free_runs_beyond_the_memory_available_now_are_refused(name, monkeypatch):
+    """A run larger than the memory available now (MemAvailable) is refused before it is
+    allocated: Linux grants such an array, and filling it gets the process killed. Runs
+    under 64 MiB are not checked."""
+    monkeypatch.setattr(models.base, "available_bytes", lambda: 2**30)
+    m = CLASSES[name]()
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.generate: a free run of {10**8} steps \(4 float64 values a step\) "
+        r"needs 2\.98 GiB, more than the 1 GiB of memory available now; use fewer steps",
+    ):
+        m.generate(np.zeros(N), 10**8)
+    monkeypatch.setattr(models.base, "available_bytes", lambda: 0)
+    assert m.generate(np.zeros(N), 1000).shape == (1000, N)
 
 
 # ---- construction, init, save/load ----------------------------------------------------
@@ -1247,10 +1266,12 @@ def test_a_model_pickled_before_params_became_a_property_unpickles():
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).params, model.params)
 
 
-def test_inputs_that_are_no_numbers_or_too_large_are_refused_naming_the_method():
+def test_inputs_that_are_no_numbers_or_too_large_are_refused_naming_the_method(monkeypatch):
     """None, a str or a dict as a state is a TypeError about its kind (it was "shape ()"); a
     batch of states too large to allocate is a ValueError naming the method (a raw
-    MemoryError); a block name that is no str says what is available."""
+    MemoryError; here without a reading of the memory available); a block name that is no
+    str says what is available."""
+    monkeypatch.setattr(models.base, "available_bytes", lambda: None)
     model = ShPLRNN(3, 4)
     for given, shown in ((None, "NoneType None"), ("abc", "str 'abc'"), ({"a": 1}, "dict")):
         with pytest.raises(TypeError, match=rf"^ShPLRNN.step: `z` must be a real numeric array; "
