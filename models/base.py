@@ -42,7 +42,7 @@ from models._checks import (
 from models._signals import signals_deferred
 from models.data import NPY_MAGIC, ZIP_MAGIC, MissingFileError, not_numpy_reason, to_sd_units
 from parscan._arguments import masked_problem
-from parscan._buffers import available_bytes
+from parscan._buffers import short_of_memory
 from parscan._jit import jit
 
 #: Layout version of model files (``format_version`` entry). Files written before the entry
@@ -93,19 +93,11 @@ class TooLargeForThisMachine(ValueError):
     """A model whose dimensions need more memory than this machine can allocate."""
 
 
-#: Allocations from this size on (64 MiB) are checked against the memory available now
-#: first: Linux grants a larger one than it can back, and the work that fills it is then
-#: killed (or swaps) instead of refused.
-CHECKED_BYTES = 1 << 26
-
-
 def beyond_available(n_bytes: int) -> str | None:
-    """``"more than the <size> of memory available now"`` if ``n_bytes`` (at least
-    :data:`CHECKED_BYTES`) exceeds :func:`parscan._buffers.available_bytes`; else None."""
-    if n_bytes < CHECKED_BYTES:
-        return None
-    available = available_bytes()
-    if available is None or n_bytes <= available:
+    """``"more than the <size> of memory available now"`` if an allocation of ``n_bytes``
+    needs more (:func:`parscan._buffers.short_of_memory`); else None."""
+    available = short_of_memory(n_bytes)
+    if available is None:
         return None
     return f"more than the {format_bytes(available)} of memory available now"
 

@@ -37,3 +37,19 @@ def available_bytes() -> int | None:
             )
     except (OSError, StopIteration, ValueError, IndexError):
         return None
+
+
+#: Allocations from this size on (64 MiB) are checked against the memory available now
+#: first: Linux grants a larger one than it can back, and the work that fills it is then
+#: killed (or swaps) instead of refused.
+CHECKED_BYTES = 1 << 26
+
+
+def short_of_memory(n_bytes: int) -> int | None:
+    """The memory available now (:func:`available_bytes`) if an allocation of ``n_bytes``
+    (at least :data:`CHECKED_BYTES`) exceeds it; None otherwise, and where the system does
+    not say."""
+    if n_bytes < CHECKED_BYTES:
+        return None
+    available = available_bytes()
+    return available if available is not None and n_bytes > available else None

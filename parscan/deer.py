@@ -24,12 +24,14 @@ Durstewitz, arXiv:2605.12683).
 
 import contextlib
 import enum
+import functools
 from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
 
 from parscan._arguments import array_and_problem, bool_problem, in_model_dtype
+from parscan._buffers import short_of_memory
 from parscan._deer_kernels import assemble, forced_sequential, update_norms
 from parscan._model_calls import check_latent_rnn, step_and_jacobian_into
 from parscan.gtf import DEFAULT_MARGIN, estimate_alpha
@@ -1063,10 +1065,21 @@ def newton_run(
         max_iter = max(1, min(p.T, MAX_ITER_CAP[jacobian]))
 
     B, T, M = p.z0.shape[0], p.T, model.M
+    too_large = functools.partial(
+        _too_large,
+        caller.name,
+        p,
+        _newton_numbers(M, jacobian),
+        "the Newton solve",
+        diag=jacobian == "full" and M > 1,
+    )
+    available = short_of_memory(B * T * _newton_numbers(M, jacobian) * p.z0.dtype.itemsize)
+    if available is not None:  # Linux would grant it, and filling it would get us killed
+        raise too_large(available)
     try:
         guess = _initial_guess(p, M)
     except (MemoryError, ValueError):  # ValueError: a size beyond NumPy's address space
-        raise _too_large(caller.name, p, M, jacobian) from None
+        raise too_large() from None
     auto = isinstance(p.alpha, str)
     work = None
     if B * T == 0:
@@ -1084,7 +1097,7 @@ def newton_run(
                 work = _newton_buffers(model, p, guess, jacobian == "diag", backend, caller.name)
                 n_iter, codes, history, final = _newton(model, p, work, int(max_iter), rtol, atol)
             except MemoryError:
-                raise _too_large(caller.name, p, M, jacobian) from None
+                raise too_large() from None
     return NewtonRun(
         model,
         p,
@@ -1104,21 +1117,35 @@ def newton_run(
     )
 
 
-def _too_large(where, p: _Problem, M: int, jacobian: str) -> ValueError:
-    """The error of a Newton solve whose arrays this machine cannot allocate (NumPy raised
-    ``MemoryError``, or ``ValueError`` for a size beyond its address space): their size,
-    about ``5 + M`` (``"full"``; ``6`` for ``"diag"``) numbers per position (the iterate, its
-    update, the linearisation points, the Jacobians, the states and predictions returned),
-    and the remedy. Messages start with ``where``."""
+def _newton_numbers(M: int, jacobian: str) -> int:
+    """The numbers per position a Newton solve allocates: about ``M (5 + M)`` (``"full"``;
+    ``6 M`` for ``"diag"``; the iterate, its update, the linearisation points, the
+    Jacobians, the states and predictions returned)."""
+    return M * (6 if jacobian == "diag" else 5 + M)
+
+
+def _too_large(
+    where, p: _Problem, per_position: int, what: str, available: int | None = None, diag=False
+) -> ValueError:
+    """The error of a solve whose arrays (``per_position`` numbers for each of the ``B * T``
+    positions, for ``what``) this machine cannot allocate (NumPy raised ``MemoryError``, or
+    ``ValueError`` for a size beyond its address space), or that need more than the
+    ``available`` bytes of memory available now: their size and the remedy (with ``diag``,
+    also ``jacobian='diag'``). Messages start with ``where``."""
     B, T = p.forcing.shape[:2]
-    numbers = B * T * M * (6 if jacobian == "diag" else 5 + M)  # Python ints: no overflow
+    M = p.z0.shape[-1]
+    numbers = B * T * per_position  # Python ints: no overflow
     gib = numbers * p.z0.dtype.itemsize / 2**30
-    diag = ", or use jacobian='diag' (no M x M Jacobian per step)" * (jacobian == "full" and M > 1)
+    limit = (
+        "this machine can allocate"
+        if available is None
+        else f"the {available / 2**30:.3g} GiB of memory available now"
+    )
+    diag = ", or use jacobian='diag' (no M x M Jacobian per step)" * diag
     return ValueError(
         f"{where}: {B} sequence(s) of T={T} steps with M={M} latents need about {numbers} "
-        f"numbers ({gib:.3g} GiB of {p.z0.dtype}) for the Newton solve, more than this "
-        f"machine can allocate; solve a shorter T (fewer steps) or fewer sequences at a "
-        f"time{diag}."
+        f"numbers ({gib:.3g} GiB of {p.z0.dtype}) for {what}, more than {limit}; solve a "
+        f"shorter T (fewer steps) or fewer sequences at a time{diag}."
     )
 
 
@@ -1164,10 +1191,20 @@ def sequential_solve(model, z0, T=None, *, forcing=None, alpha=0.0, n_forced=Non
         return np.empty(shape, dtype=model.dtype)
     if (p.n_forced == 0 or not np.any(p.alpha)) and hasattr(model, "simulate"):
         return model.simulate(p.z0, T).reshape(shape)
-    states = np.empty((B, T, M), dtype=model.dtype)
     functions = getattr(model, "step_functions_jit", None)
-    if functions is not None and hasattr(model, "kernel_args"):
-        predictions = np.empty_like(states)
+    compiled = functions is not None and hasattr(model, "kernel_args")
+    arrays = 2 if compiled else 1  # the states, and the compiled loop's predictions
+    what = "the states and predictions" if compiled else "the states"
+    too_large = functools.partial(_too_large, "sequential_solve", p, arrays * M, what)
+    available = short_of_memory(B * T * arrays * M * p.z0.dtype.itemsize)
+    if available is not None:  # Linux would grant it, and filling it would get us killed
+        raise too_large(available)
+    try:
+        states = np.empty((B, T, M), dtype=model.dtype)
+        predictions = np.empty_like(states) if compiled else None
+    except MemoryError:
+        raise too_large() from None
+    if compiled:
         forced_sequential(
             functions.step,
             model.kernel_args(),

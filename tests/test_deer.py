@@ -18,6 +18,7 @@ from parscan import (
     DeerConvergenceError,
     DeerResult,
     DeerStatus,
+    _buffers,
     deer_solve,
     gtf_alpha,
     sequential_solve,
@@ -736,8 +737,29 @@ def test_validation_errors():
 def test_arrays_too_large_to_allocate_are_an_argument_error(monkeypatch):
     """A T or batch whose Newton arrays this machine cannot allocate is refused naming
     deer_solve, their size and the fix, not with NumPy's bare MemoryError (or, beyond the
-    address space, its ValueError); also when an allocation after the first one fails."""
+    address space, its ValueError); also when an allocation after the first one fails, and
+    before allocating when they need more than the memory available now (Linux would grant
+    them, and the solve that fills them would be killed)."""
     model = make_model("ShPLRNN")  # M = 4: 5 + M numbers per latent and step ("full")
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 2**30)
+    T = 10**7
+    with pytest.raises(
+        ValueError,
+        match=rf"^deer_solve: 1 sequence\(s\) of T={T} steps with M=4 latents need about "
+        rf"{T * 4 * 9} numbers \(2\.68 GiB of float64\) for the Newton solve, more than the 1 "
+        r"GiB of memory available now; solve a shorter T",
+    ):
+        deer_solve(model, np.zeros(4), T)
+    forcing = np.zeros((2 * 10**6, 3))  # 46 MiB; the loop's states and predictions 122 MiB
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 2**26)
+    with pytest.raises(
+        ValueError,
+        match=r"^sequential_solve: 1 sequence\(s\) of T=2000000 steps with M=4 latents need "
+        r"about 16000000 numbers \(0\.119 GiB of float64\) for the states and predictions, "
+        r"more than the 0\.0625 GiB of memory available now; solve a shorter T",
+    ):
+        sequential_solve(model, np.zeros(4), forcing=forcing, alpha=0.5)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: None)  # NumPy's MemoryError
     T = 10**13
     with pytest.raises(
         ValueError,

@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import models.base
 from models import metrics
 from models.base import LatentRNN
 from models.data import standardize
@@ -31,6 +30,7 @@ from models.metrics import (
 )
 from models.shplrnn import ShPLRNN
 from models.systems import SYSTEMS, generate
+from parscan import _buffers
 
 EPS = 1e-5
 
@@ -739,7 +739,7 @@ def test_lyapunov_scratch_the_machine_cannot_hold_is_a_clear_error(monkeypatch):
         max_lyapunov("lorenz96", params={"N": 40}, n_steps=10)
     # one beyond the memory available now is refused before it is allocated (Linux grants
     # it, and the run that fills it is killed)
-    monkeypatch.setattr(models.base, "available_bytes", lambda: 2**20)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 2**20)
     with pytest.raises(
         ValueError,
         match=r"^max_lyapunov: 1 tangent vector of 3000 dimensions \(several copies\) and a "

@@ -18,6 +18,7 @@ import parscan
 from models import ALRNN, PLRNN, ClippedShPLRNN, ShPLRNN
 from models._checks import Checks
 from models.base import FORMAT_VERSION
+from parscan import _buffers
 
 M, L, P, N = 4, 6, 2, 3
 CLASSES = {
@@ -518,7 +519,7 @@ def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name, mon
     the memory available) or NumPy cannot address (a byte count beyond int64, a dimension
     beyond intp) is a ValueError naming the method called, the memory needed and the fix;
     generate's run of M latents counts."""
-    monkeypatch.setattr(models.base, "available_bytes", lambda: None)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: None)
     m = CLASSES[name]()
     fix = r"; use fewer steps \(or several shorter runs\)\.$"
     with pytest.raises(
@@ -550,7 +551,7 @@ def test_free_runs_beyond_the_memory_available_now_are_refused(name, monkeypatch
     """A run larger than the memory available now (MemAvailable) is refused before it is
     allocated: Linux grants such an array, and filling it gets the process killed. Runs
     under 64 MiB are not checked."""
-    monkeypatch.setattr(models.base, "available_bytes", lambda: 2**30)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 2**30)
     m = CLASSES[name]()
     with pytest.raises(
         ValueError,
@@ -558,7 +559,7 @@ def test_free_runs_beyond_the_memory_available_now_are_refused(name, monkeypatch
         r"needs 2\.98 GiB, more than the 1 GiB of memory available now; use fewer steps",
     ):
         m.generate(np.zeros(N), 10**8)
-    monkeypatch.setattr(models.base, "available_bytes", lambda: 0)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 0)
     assert m.generate(np.zeros(N), 1000).shape == (1000, N)
 
 
@@ -1271,7 +1272,7 @@ def test_inputs_that_are_no_numbers_or_too_large_are_refused_naming_the_method(m
     batch of states too large to allocate is a ValueError naming the method (a raw
     MemoryError; here without a reading of the memory available); a block name that is no
     str says what is available."""
-    monkeypatch.setattr(models.base, "available_bytes", lambda: None)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: None)
     model = ShPLRNN(3, 4)
     for given, shown in ((None, "NoneType None"), ("abc", "str 'abc'"), ({"a": 1}, "dict")):
         with pytest.raises(TypeError, match=rf"^ShPLRNN.step: `z` must be a real numeric array; "

@@ -12,7 +12,7 @@ import models
 from autodiff.optim import Adam
 from autodiff.ssm_gradients import ssm_loss_and_grad
 from models.ssm import LinearSSM, SelectiveSSM
-from parscan import linear_scan
+from parscan import _buffers, linear_scan
 
 N, H, L = 3, 4, 5
 FD_EPS = 1e-6
@@ -130,7 +130,7 @@ def test_free_runs_too_large_to_allocate_are_refused_naming_generate(model, data
     """A run this machine cannot allocate (NumPy's MemoryError; here without a reading of
     the memory available) or NumPy cannot address (a byte count beyond int64, a dimension
     beyond intp) is a ValueError naming the method, the memory needed and the fix."""
-    monkeypatch.setattr(models.base, "available_bytes", lambda: None)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: None)
     name = type(model).__name__
     fix = r"; use fewer steps \(or several shorter runs\)\.$"
     with pytest.raises(
