@@ -62,6 +62,12 @@ MAX_ITER_CAP = {"full": 100, "diag": 500}
 DIVERGE_FACTOR = 10.0
 DIVERGE_STREAK = 3
 
+#: A sequence that reaches ``max_iter`` with its last update within this many ``eps`` of its
+#: largest ``|z|`` has stalled at its dtype's rounding (measured: updates of 4-6 eps |z| in
+#: float32 and float64 once Newton has converged): its tolerance asks for more than the dtype
+#: resolves, and more iterations do not help.
+ROUNDING_EPS = 16
+
 #: below this many positions (B*T) per iteration the kernels run on one thread: starting a
 #: prange region costs 10-30 us (DESIGN.md §2) and, when the cores are shared with other
 #: processes, milliseconds (a barrier waits for a descheduled thread).
@@ -722,6 +728,9 @@ def _remedies(run: "NewtonRun", code: int) -> str:
     elif not np.any(alpha < 1):
         steps.append(f"use {caller.sequential} (alpha is already 1, its maximum)")
     if code == _MAX_ITER:
+        stalled = _stalled_at_rounding(run)
+        if stalled is not None:
+            return either([stalled, *_float64_remedy(run)])
         more = [
             f"allow more iterations (max_iter={run.max_iter} < T={p.T}; T iterations always "
             "suffice)"
@@ -729,9 +738,33 @@ def _remedies(run: "NewtonRun", code: int) -> str:
         if run.jacobian == "diag":
             more.append("switch to jacobian='full' (quadratic convergence, fewer iterations)")
         return either(more + steps)
+    return either(steps + _float64_remedy(run))
+
+
+def _float64_remedy(run: "NewtonRun") -> list:
+    """Running in float64, as a clause for :func:`either`, for a float32 model."""
     if run.model.dtype == np.float32:
-        steps.append("run in float64 (model.astype(np.float64), float64 inputs)")
-    return either(steps)
+        return ["run in float64 (model.astype(np.float64), float64 inputs)"]
+    return []
+
+
+def _stalled_at_rounding(run: "NewtonRun") -> str | None:
+    """For a run some of whose sequences reached ``max_iter``: the remedy "loosen tol" if
+    their last updates are at their dtype's rounding level (at most :data:`ROUNDING_EPS`
+    ``eps`` of their largest ``|z|``: Newton has converged as far as the dtype resolves, the
+    tolerance asks for more), else None."""
+    failed = run.codes == _MAX_ITER
+    last = float(np.max(run.final_updates[failed]))
+    dtype = np.dtype(run.model.dtype)
+    level = ROUNDING_EPS * float(np.finfo(dtype).eps) * float(np.max(np.abs(run.states()[failed])))
+    if not last <= level:
+        return None
+    rtol, atol = DEFAULT_TOL[dtype]
+    return (
+        f"loosen tol (the last update {last:.3g} is at {dtype}'s rounding level, "
+        f"{ROUNDING_EPS} eps x max|z| = {level:.3g}, which no number of iterations goes "
+        f"below; {dtype}'s default is rtol={rtol:g}, atol={atol:g})"
+    )
 
 
 def gtf_remedies(caller: Caller, alpha, n_forced: int, N: int, M: int, estimated: bool) -> list:

@@ -6,6 +6,7 @@ every piecewise-linear model of ``models/``. Sizes are small: JIT compilation do
 
 import itertools
 import pickle
+import re
 
 import numba
 import numpy as np
@@ -333,6 +334,31 @@ def test_auto_alpha_of_an_empty_problem_is_the_margin_as_gtf_alpha_gives():
     assert res.ok and res.alpha == DEFAULT_MARGIN and res.states.shape == (0, 5, 4)
     res = deer_solve(model, np.zeros((2, 4)), forcing=np.zeros((2, 0, 3)), alpha="auto")
     assert res.ok and res.alpha == DEFAULT_MARGIN and res.states.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-7), ("float64", 1e-16)])
+def test_a_tolerance_below_rounding_is_named_as_the_cause_of_max_iter(dtype, tol):
+    """A tol tighter than the dtype resolves: Newton converges in 5 iterations, then its
+    updates sit at 4-6 eps |z| until max_iter. The message says to loosen tol (and, in
+    float32, to run in float64), not to iterate more or raise alpha, which cannot help."""
+    model = make_model("ShPLRNN", dtype)
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal(4).astype(dtype)
+    forcing = rng.standard_normal((1000, 3)).astype(dtype)
+    with pytest.warns(GTFGuaranteeWarning):
+        assert deer_solve(model, z0, forcing=forcing, alpha="auto").n_iter == 5
+    with pytest.warns(GTFGuaranteeWarning), pytest.raises(DeerConvergenceError) as info:
+        deer_solve(model, z0, forcing=forcing, alpha="auto", tol=tol)
+    message = str(info.value)
+    default = "rtol=1e-05, atol=1e-05" if dtype == "float32" else "rtol=1e-09, atol=1e-09"
+    assert re.search(
+        rf"To converge: loosen tol \(the last update \S+ is at {dtype}'s rounding level, 16 "
+        rf"eps x max\|z\| = \S+, which no number of iterations goes below; {dtype}'s default is "
+        rf"{default}\)",
+        message,
+    ), message
+    assert ("run in float64" in message) == (dtype == "float32")
+    assert "allow more iterations" not in message and "raise alpha" not in message
 
 
 def test_max_iter_too_small_raises_documented_error():
