@@ -287,7 +287,7 @@ def not_numeric(x, arr: np.ndarray, where: str, what: str) -> None:
     at all (``None``, a string, a dict: object or text dtype), before a shape check would
     describe it as an array of shape ``()``."""
     if arr.dtype.kind in "OUSV":
-        shown = f" {x!r}" if isinstance(x, str | None) else f" (dtype {arr.dtype})" * arr.ndim
+        shown = f" {x!r}" if isinstance(x, str | None) else f" (dtype {arr.dtype})" * (arr.ndim > 0)
         raise TypeError(
             f"{where}: {what} must be a real numeric array; got {type(x).__name__}{shown}."
         )

@@ -1274,7 +1274,12 @@ def test_inputs_that_are_no_numbers_or_too_large_are_refused_naming_the_method(m
     str says what is available."""
     monkeypatch.setattr(_buffers, "available_bytes", lambda: None)
     model = ShPLRNN(3, 4)
-    for given, shown in ((None, "NoneType None"), ("abc", "str 'abc'"), ({"a": 1}, "dict")):
+    for given, shown in (
+        (None, "NoneType None"),
+        ("abc", "str 'abc'"),
+        ({"a": 1}, "dict"),
+        (np.zeros((2, 2, 3), "U3"), r"ndarray \(dtype <U3\)"),  # the dtype once, not per axis
+    ):
         with pytest.raises(TypeError, match=rf"^ShPLRNN.step: `z` must be a real numeric array; "
                            rf"got {shown}\.$"):  # fmt: skip
             model.step(given)

@@ -350,7 +350,7 @@ def test_input_errors(model, data):
             call(data[:, :1])
         with pytest.raises(
             TypeError,
-            match=rf"^{name}.{method}: x must be a real numeric array; got list \(dtype <U1",
+            match=rf"^{name}.{method}: x must be a real numeric array; got list \(dtype <U1\)\.$",
         ):
             call([["a"] * 3] * 2)
     np.testing.assert_array_equal(model.teacher_forced(data.tolist()), model.teacher_forced(data))
