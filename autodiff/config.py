@@ -396,12 +396,17 @@ class TrainConfig:
                     hint = " alpha_mode='auto' (the default) estimates it; alpha is its start."
                 type_errors.append(f"{name} must be a float; got {type(v).__name__} {v!r}.{hint}")
                 return
-            ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
+            try:
+                ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
+                shown = repr(v)
+            except OverflowError:  # an int beyond float's range (and maybe repr's digit limit)
+                digits = round(abs(v).bit_length() * math.log10(2))
+                ok, shown = False, f"an int of about {digits} digits"
             ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
             if not ok:
                 rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
                 rng += ")" if hi_open or hi is None else "]"
-                value_errors.append(f"{name} must be finite and in {rng}; got {v!r}.")
+                value_errors.append(f"{name} must be finite and in {rng}; got {shown}.")
 
         for name, options in CHOICES.items():
             v = getattr(self, name)

@@ -193,7 +193,7 @@ def resume_from(start: Start, ckpt: dict, config) -> None:
     _check_architecture(ckpt, start.model, config)
     try:
         saved_config, saved_fingerprints, saved_lengths = _load_run(start, ckpt)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, OverflowError, TypeError, ValueError) as exc:
         raise damaged(path, f"{type(exc).__name__}: {exc}", "fit") from None
     _check_config(saved_config, config, path)
     _check_same_data(saved_fingerprints, saved_lengths, start, path)  # names what differs

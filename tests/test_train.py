@@ -794,6 +794,8 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         ({"lr_start": -1e-3}, ValueError, "lr_start must be finite"),
         ({"lr_end": float("nan")}, ValueError, "lr_end must be finite"),
         ({"alpha": 1.5}, ValueError, r"alpha must be finite and in \[0.0, 1.0\]"),
+        ({"lr_start": 10**400}, ValueError, r"lr_start .*; got an int of about 400 digits\.$"),
+        ({"alpha": -(10**5000)}, ValueError, r"alpha .*; got an int of about 5000 digits\.$"),
         ({"alpha": "auto"}, TypeError, r"got str 'auto'\. alpha_mode='auto' \(the default\)"),
         ({"alpha_mode": "fixed"}, ValueError, "alpha_mode must be one of"),
         ({"alpha_method": "max"}, ValueError, "alpha_method must be one of"),
@@ -1219,6 +1221,9 @@ def _train_state(edit):
         (lambda m: m["train_state"]["config"].pop("seed"), None),  # not a field added since
         (lambda m: m["train_state"]["config"].update(colour="blue"), None),
         (lambda m: m["train_state"].update(rng_state={"x": 1}), None),
+        # numbers no uint64 or float holds (OverflowError before)
+        (lambda m: m["train_state"]["rng_state"]["state"].update(state=-1), None),
+        (lambda m: m["train_state"]["config"].update(lr_start=10**400), None),
         (lambda m: m["train_state"].update(data_shape=[3000]), None),
         (lambda m: m["train_state"].update(validation_data_shape=None), None),
         (lambda m: m["train_state"].update(data_lengths=[1000, 1000]), None),  # sum != 3000
