@@ -354,8 +354,10 @@ def _read_config(path: str) -> tuple[dict, dict[str, str]]:
         try:
             raw = parse(text)
             break
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
+        except ValueError as exc:  # TOMLDecodeError, JSONDecodeError, _DuplicateKey, ...
             errors.append((name, str(exc)))
+        except RecursionError:  # arrays or tables nested thousands deep
+            errors.append((name, "nested too deeply to read"))
     else:
         reasons = errors[0][1] if len(errors) == 1 else "; ".join(map(": ".join, errors))
         kinds = " or ".join(name for name, _ in errors)
@@ -381,7 +383,7 @@ def saved_settings(run: Path, what: str) -> dict:
     path = run / "args.json"
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError):  # ValueError: bad UTF-8 or JSON
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # bad UTF-8 or JSON
         raise UserError(f"{what}: {path} is missing or unreadable; is {run} a run?") from None
     if not isinstance(settings, dict):
         raise UserError(f"{what}: {path} has no table of settings; is {run} a run?")
@@ -2805,7 +2807,7 @@ def _recorded_failure(run: Path) -> str | None:
     its ``args.json`` (``failure``), or None (no failure recorded, or no readable record)."""
     try:
         failure = json.loads((run / "args.json").read_text(encoding="utf-8")).get("failure")
-    except (OSError, ValueError, AttributeError):  # ValueError: bad UTF-8 or JSON
+    except (OSError, ValueError, AttributeError, RecursionError):  # bad UTF-8 or JSON
         return None
     return failure if isinstance(failure, str) else None
 

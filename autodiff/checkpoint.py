@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models._checks import check_path
-from models.base import atomic_save_npz, model_from_fields, read_npz_fields
+from models.base import atomic_save_npz, model_from_fields, parse_problem, read_npz_fields
 from models.data import MissingFileError
 
 #: file name of the latest checkpoint inside a checkpoint directory
@@ -128,7 +128,9 @@ def load_checkpoint(path, where: str = "load_checkpoint") -> dict:
         hyper = json.loads(str(fields["hyperparameters"]))
         model_class = str(fields["model_class"])
         params = fields["params"]
-    except (KeyError, TypeError, json.JSONDecodeError):
+    except (ValueError, RecursionError) as exc:  # JSON that json cannot read
+        raise damaged(path, f"its JSON is unreadable: {parse_problem(exc)}", where) from None
+    except (KeyError, TypeError):
         raise ValueError(
             f"{where}: {path} is not a parscan training checkpoint (a model file "
             "written by model.save has no training state; load it with models.load)."

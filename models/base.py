@@ -776,10 +776,10 @@ def _json_dict(fields: dict, key: str, path: Path, where: str) -> dict:
     """The JSON object stored as the string array ``fields[key]``."""
     try:
         value = json.loads(str(fields[key]))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also an int beyond Python's digit limit
         raise ValueError(
-            f"{where}: {path}: the {key!r} entry is not valid JSON ({exc}); the file is corrupt "
-            f"or was not written by model.save."
+            f"{where}: {path}: the {key!r} entry is not valid JSON ({parse_problem(exc)}); the "
+            f"file is corrupt or was not written by model.save."
         ) from None
     if not isinstance(value, dict):
         raise ValueError(
@@ -787,6 +787,17 @@ def _json_dict(fields: dict, key: str, path: Path, where: str) -> dict:
             f"{type(value).__name__}."
         )
     return value
+
+
+def parse_problem(exc: Exception) -> str:
+    """What :func:`json.loads` refused, in words: the message of its ``JSONDecodeError``;
+    arrays or objects nested thousands deep (``RecursionError``); or a number of more digits
+    than Python converts (its other ``ValueError``)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    return "a number too long to read"
 
 
 def _check_format(fields: dict, path: Path, where: str) -> None:

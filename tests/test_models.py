@@ -1192,6 +1192,14 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
             r"mjson\.npz: the 'metadata' entry is not valid JSON",
         ),
         (
+            corrupt_variant(tmp_path, path, "deep", metadata=np.array("[" * 10**5 + "]" * 10**5)),
+            r"deep\.npz: the 'metadata' entry is not valid JSON \(nested too deeply to read\)",
+        ),
+        (
+            corrupt_variant(tmp_path, path, "digits", metadata=np.array("[" + "9" * 5000 + "]")),
+            r"digits\.npz: the 'metadata' entry is not valid JSON \(a number too long to read\);",
+        ),
+        (
             corrupt_variant(tmp_path, path, "mlist", metadata=np.array("[1]")),
             r"mlist\.npz: the 'metadata' entry must be a JSON object .*got list",
         ),

@@ -1262,6 +1262,9 @@ def _train_state(edit):
         (None, lambda f: f.update({"array.data_blocks": f["array.data_blocks"].astype(int)})),
         # bare Python errors before: a list is no mapping; (2,) and (3,) do not broadcast
         (None, lambda f: f.update(hyperparameters=np.array("[3, 16]"))),
+        # JSON that json cannot read: nested 10^5 deep (RecursionError), a 5000-digit number
+        (None, lambda f: f.update(metadata=np.array("[" * 10**5 + "]" * 10**5))),
+        (None, lambda f: f.update(hyperparameters=np.array('{"M": ' + "9" * 5000 + "}"))),
         (None, lambda f: f.update(data_mean=f["data_mean"][:2], data_std=f["data_std"][:2])),
         (None, lambda f: f.update(format_version=np.array(99))),  # models.load refuses it
         (lambda m: m.update(format_version="2"), None),
