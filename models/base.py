@@ -770,6 +770,11 @@ def read_npz_fields(
             f"{where}: {path}: {exc}; check the path (parscan saves models and checkpoints as "
             ".npz archives)."
         ) from None
+    except MemoryError as exc:  # a header that declares a vast array (a damaged file)
+        raise ValueError(
+            f"{where}: {path} declares an array larger than this machine can hold ({exc}). It "
+            f"may be corrupt; {remedy}."
+        ) from None
 
 
 def _json_dict(fields: dict, key: str, path: Path, where: str) -> dict:

@@ -5,9 +5,11 @@ central finite differences for every derivative, and a Python loop for the free 
 """
 
 import errno
+import io
 import json
 import os
 import stat
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -1174,7 +1176,18 @@ def test_load_rejects_corrupt_or_foreign_files_naming_the_path(tmp_path):
     text.write_text("M = 4\n")
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
+    vast = tmp_path / "vast.npz"  # params.npy's header declares 2^57 float64: 1 EiB, beyond
+    # any address space (and so refused even where the kernel overcommits memory)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (2**57,)}
+    )
+    with zipfile.ZipFile(path) as good, zipfile.ZipFile(vast, "w") as bad:
+        for name in good.namelist():
+            body = header.getvalue() + bytes(64) if name == "params.npy" else good.read(name)
+            bad.writestr(name, body)
     cases = [
+        (vast, r"vast\.npz declares an array larger than this machine can hold \(.*\)\. It may "),
         (truncated, r"truncated\.npz is not a readable \.npz file \(BadZipFile"),
         (single, r"single\.npz: it is an \.npy file \(one array\), not an \.npz archive"),
         (text, r"text\.npz: it is not a NumPy file \(it looks like text\); check the path"),
