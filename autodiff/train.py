@@ -924,6 +924,7 @@ def fit(
     # none of whose steps was accepted: its "trained" model would be the initial one
     stop_streak = min(config.max_bad_steps, config.n_steps)
     snap = snapshot()
+    final_check = False  # set while the end-of-run check runs: its state is not written
     t_session = time.perf_counter()
     steps_session = 0
     try:
@@ -1011,6 +1012,7 @@ def fit(
         # on the training data (an accepted step may have blown them up, and the steps
         # rejected since, fewer than max_bad_steps, left them so).
         if validation_data is None:
+            final_check = True
             failure = _final_check(model, data, first_rows, offsets, state.alpha, config)
             if failure:
                 raise diverged(failure, state.step - 1, final=True)
@@ -1020,7 +1022,9 @@ def fit(
         # The last completed step: finite parameters, consistent state -- unless it ended a
         # streak of max_bad_steps rejections (a callback raised at the step fit would have
         # stopped at): the last checkpoint then stays, and a resume diverges there again.
-        if snap.state.bad_streak < stop_streak:
+        # Nor during the end-of-run check (a Ctrl-C then): the state it was judging may fail
+        # it, and a resume from the last checkpoint redoes the steps since, bitwise.
+        if snap.state.bad_streak < stop_streak and not final_check:
             try:
                 write(snap)
             except Exception as failed:  # the original exception matters more

@@ -689,6 +689,28 @@ def test_interrupt_at_the_diverging_step_keeps_the_good_checkpoint(lorenz, tmp_p
         fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_an_interrupted_end_of_run_check_writes_no_checkpoint(lorenz, tmp_path, monkeypatch):
+    """A Ctrl-C during the end-of-run check (no validation data) leaves the last periodic
+    checkpoint: the state being checked may fail the check, which is never checkpointed.
+    The resume redoes the steps since and ends bitwise as the uninterrupted run."""
+    x, _ = lorenz
+    cfg = config(epochs=2, checkpoint_interval=1)
+    whole = fit(small_model(), x, cfg).model.params
+    check = autodiff.train._final_check
+
+    def interrupted(*args):
+        check(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autodiff.train, "_final_check", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_model(), x, cfg, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path)["state"]["train_state"]["step"] == cfg.batches_per_epoch
+    monkeypatch.setattr(autodiff.train, "_final_check", check)
+    resumed = fit(small_model(), x, cfg, checkpoint_dir=tmp_path, resume=True).model.params
+    np.testing.assert_array_equal(resumed, whole)
+
+
 def test_a_failed_checkpoint_write_does_not_hide_the_exception(lorenz, tmp_path, monkeypatch):
     x, _ = lorenz
 
