@@ -190,7 +190,7 @@ def resume_from(start: Start, ckpt: dict, config) -> None:
     """Load a checkpoint's parameters, optimiser, RNG and training state into ``start``,
     refusing a checkpoint of another model, configuration or data, and a damaged one."""
     path = ckpt["path"]
-    _check_architecture(ckpt, start.model, config)
+    _check_architecture(ckpt, start.model, config, start.data)
     try:
         saved_config, saved_fingerprints, saved_lengths = _load_run(start, ckpt)
     except (AttributeError, KeyError, OverflowError, TypeError, ValueError) as exc:
@@ -214,23 +214,30 @@ def resume_from(start: Start, ckpt: dict, config) -> None:
         )
 
 
-def _check_architecture(ckpt, model, config):
+def _check_architecture(ckpt, model, config, data):
     """Refuse a checkpoint of another model class, hyperparameters, dtype or seed, naming
     what differs (``model`` is trained in ``config.dtype``: a dtype that differs is that
-    setting's)."""
+    setting's) -- or, when the training ``data`` have another number of columns than the
+    run's (which the model's follows), naming that."""
     saved, given = ckpt["hyperparameters"], model.hyperparameters()
+    if saved == given and ckpt["model_class"] == type(model).__name__:
+        return
+    shape = ckpt["state"].get("data_shape") if isinstance(ckpt["state"], dict) else None
+    if isinstance(shape, list) and len(shape) == 2 and shape[1] != data.shape[1]:
+        raise ValueError(  # (the command line names "data" by its --data file)
+            f"fit: data has {data.shape[1]} columns, but the run in {ckpt['path']} was "
+            f"trained on {shape[1]}; resume with what it was trained on."
+        )
     if ckpt["model_class"] != type(model).__name__:
         found = (
             f"a model of class {ckpt['model_class']} {saved}, not the {type(model).__name__} "
             f"{given} given"
         )
-    elif saved != given:
+    else:
         differ = [key for key in {**saved, **given} if saved.get(key) != given.get(key)]
         found = f"a {ckpt['model_class']} with " + ", ".join(
             f"{key}={saved.get(key)!r} (the model given: {given.get(key)!r})" for key in differ
         )
-    else:
-        return
     dtype = ""
     if saved.get("dtype") != given.get("dtype") == config.dtype:
         dtype = (

@@ -897,6 +897,14 @@ def test_fit_argument_errors(lorenz, tmp_path):
     with pytest.raises(ValueError, match=r"holds a model of class ShPLRNN \{.*\}, not the "):
         fit(models.ClippedShPLRNN(3, 16, dtype="float64"), x, one_step, checkpoint_dir=tmp_path,
             resume=True)  # fmt: skip
+    # data with another number of columns (and a model built for them): the data are named
+    with pytest.raises(
+        ValueError,
+        match=r"^fit: data has 4 columns, but the run in .* was trained on 3; resume with what "
+        r"it was trained on\.$",
+    ):
+        fit(ShPLRNN(4, 16, dtype="float64"), np.c_[x, x[:, 0]], one_step,
+            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
     other = "float32" if one_step.dtype == "float64" else "float64"
     with pytest.raises(  # the same model: config.dtype changed, and is named
         ValueError,
