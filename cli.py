@@ -1363,7 +1363,7 @@ def out_dir(s: Settings) -> Path:
         stem = Path(_files(s.data)[0]).stem if s.data else s.system
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{stem}-{s.model}-{stamp}"
-    out = Path(s.out)
+    out = Path(s.out).expanduser()  # as the data paths: a config file's "~/runs/x" too
     with _path_errors(f"--out {out}"):
         return _checked_out(out, s.resume)
 

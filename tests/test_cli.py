@@ -530,6 +530,19 @@ def test_config_formats(tmp_path, name, text, encoding):
     assert cli.resolve_settings({}, str(tmp_path / name)).epochs == 7
 
 
+def test_a_config_files_out_expands_the_home_folder(tmp_path, monkeypatch):
+    """out = "~/run" in a config file (no shell expands it) is the run folder in the home
+    folder, as the data paths are; it was a folder named "~" in the working directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('out = "~/run"\n')
+    result = run(*TINY, "--config", tmp_path / "c.toml")
+    assert result.exit_code == 0, result.output
+    assert (home / "run" / "model.npz").exists() and not (tmp_path / "~").exists()
+
+
 def test_config_file_and_flag_precedence(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(
