@@ -679,6 +679,9 @@ def atomic_write(path, write: Callable[[typing.BinaryIO], None], where: str) -> 
             raise OSError(
                 errno.EEXIST, "it is not a regular file (a device, pipe or socket); name a file"
             )
+        folder = next(parent for parent in path.absolute().parents if parent.exists())
+        if not folder.is_dir():  # mkdir would fail with "File exists", as if path existed
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
         with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
             _write_atomically(path, write)
     except OSError as exc:

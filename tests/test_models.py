@@ -1256,6 +1256,11 @@ def test_save_and_load_refuse_devices_pipes_and_impossible_names(tmp_path):
     with pytest.raises(OSError, match=r"^ShPLRNN\.save: cannot write .*it is not a regular "):
         model.save(pipe)  # (not tried on a device: a regression would replace it)
     assert stat.S_ISFIFO(pipe.stat().st_mode)
+    for under in (pipe / "m.npz", pipe / "sub" / "m.npz"):  # it said "File exists"
+        with pytest.raises(
+            NotADirectoryError, match=rf"cannot write {under} \({pipe} is a file, not a folder\)"
+        ):
+            model.save(under)
     for path in (pipe, Path(os.devnull)):
         with pytest.raises(ValueError, match=r"^models\.load: .* is not a regular file \(a dev"):
             models.load(path)
