@@ -58,7 +58,10 @@ MAX_ITER_CAP = {"full": 100, "diag": 500}
 #: parameters are finite (the iteration overflowed), its max update from the second iteration
 #: on (the first is measured from the initial guess) exceeds
 #: ``sqrt(finfo(dtype).max)``, or the update grew by more than ``DIVERGE_FACTOR`` in each of
-#: ``DIVERGE_STREAK`` consecutive iterations. NaN/inf from the inputs is "non_finite".
+#: ``DIVERGE_STREAK`` consecutive iterations. NaN/inf from the inputs is "non_finite". The
+#: streak saves the iterations of a blow-up; rarely, updates that grow like this peak and
+#: still converge (a free run of T = 80 of the Euler-Lorenz map of tests/test_deer.py: 2e63 at
+#: iteration 8, converged at 12), hence "rarely help" in the messages, not "never".
 DIVERGE_FACTOR = 10.0
 DIVERGE_STREAK = 3
 
@@ -103,7 +106,8 @@ class DeerStatus(enum.Enum):
     )
     DIVERGING = (
         _DIVERGING_TEXT
-        + " More iterations do not help. On a forced run raise alpha ("
+        + " More iterations rarely help (the updates grow until they overflow). On a forced run "
+        "raise alpha ("
         + _AUTO_ALPHA
         + "); run a float32 model in float64 (model.astype(np.float64)); for a free run (no "
         "forcing) of such dynamics use sequential_solve or model.simulate."
@@ -1046,12 +1050,12 @@ class NewtonRun:
             fixes = [c for c in failed if c != _NON_FINITE]
         lead = {
             _MAX_ITER: "To converge",
-            _DIVERGING: "More iterations do not help a diverging run",
+            _DIVERGING: "More iterations rarely help a diverging run",
         }
         if len(failed) > 1:
             lead = {
                 _MAX_ITER: "For the max_iter sequences",
-                _DIVERGING: "For the diverging sequences (more iterations do not help)",
+                _DIVERGING: "For the diverging sequences (more iterations rarely help)",
             }
         fixes = [f" {lead[c]}: {_remedies(self, c)}." for c in fixes]
         return (

@@ -643,7 +643,7 @@ def test_failure_message_offers_the_remedies_that_fit_the_run():
     message = _failure(DiagLinear([0.5, 2.0]), np.ones((2, 2)), **kw)
     assert message.startswith("deer_solve: non_finite:") and "Fix the inputs" in message
     assert "1 diverging, 1 non_finite of 2 sequence(s)" in message
-    assert "For the diverging sequences (more iterations do not help): raise alpha" in message
+    assert "For the diverging sequences (more iterations rarely help): raise alpha" in message
     assert "force more latents (n_forced=1 < M=2" in message
     assert "float64" not in message and "allow more iterations" not in message
 
@@ -666,7 +666,7 @@ def test_failure_message_never_offers_to_raise_an_alpha_of_1():
     assert message.startswith("deer_solve: diverging:") and "1 diverging of 2" in message
     assert "raise alpha" not in message and "alpha='auto'" not in message
     assert (
-        "More iterations do not help a diverging run: force more latents (n_forced=1 < M=2: "
+        "More iterations rarely help a diverging run: force more latents (n_forced=1 < M=2: "
         "alpha damps only the forced ones), or use sequential_solve (alpha is already 1, its "
         "maximum). Pass throw=False to inspect the result."
     ) in message

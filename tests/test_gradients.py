@@ -337,7 +337,7 @@ def test_diverging_forward_at_alpha_1_gets_the_remedies_left():
     loss, grad, info = gtf_loss_and_grad(model, x, alpha=1.0, throw=False)
     assert np.isnan(loss) and grad is None and info.status is DeerStatus.DIVERGING
     assert info.message.startswith("diverging:") and info.message.endswith(
-        "More iterations do not help a diverging run: use method='sequential' (alpha is "
+        "More iterations rarely help a diverging run: use method='sequential' (alpha is "
         "already 1, its maximum), or run in float64 (model.astype(np.float64), float64 inputs)."
     )
 
