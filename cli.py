@@ -3041,6 +3041,7 @@ def _model_orbits(model, tests: list[np.ndarray], period: int) -> dict:
         "points": (points if period > 1 else points[:, 0]).tolist(),
         "spectral_radius": found["spectral_radius"].tolist(),
         "stable": found["stable"].tolist(),
+        "on_boundary": found["on_boundary"].tolist(),
         "n_starts": found["n_starts"],
         "n_converged": found["n_converged"],
     }
@@ -3063,15 +3064,16 @@ def _orbit_lines(found: dict, destination: Path | None) -> list[str]:
         return [f"{what}: none found {searched}."]
     stable = sum(found["stable"])
     lines = [f"{what}: {n} found {searched}, {stable} stable (spectral radius < 1):"]
-    for orbit, radius, is_stable in list(
-        zip(found["points"], found["spectral_radius"], found["stable"], strict=True)
-    )[:FIXED_POINT_LINES]:
+    keys = ("points", "spectral_radius", "stable", "on_boundary")
+    listed = zip(*(found[key] for key in keys), strict=True)
+    for orbit, radius, is_stable, on_boundary in list(listed)[:FIXED_POINT_LINES]:
         shown = [orbit] if period == 1 else orbit[:CYCLE_POINTS_SHOWN]
         where = " -> ".join("(" + ", ".join(f"{v:.4g}" for v in point) + ")" for point in shown)
         if period > CYCLE_POINTS_SHOWN:
             where += f" -> ... ({period} points)"
         kind = "stable" if is_stable else "unstable"
-        lines.append(f"  {where}  {kind}, spectral radius {radius:.4g}")
+        rate = "growth rate (on a region boundary)" if on_boundary else "spectral radius"
+        lines.append(f"  {where}  {kind}, {rate} {radius:.4g}")
     if n > FIXED_POINT_LINES:
         kept = f" (all in {destination})" if destination is not None else ""
         lines.append(f"  ... and {n - FIXED_POINT_LINES} more{kept}")

@@ -24,6 +24,22 @@ RESIDUAL_TOLERANCE = 1e-10
 #: Two converged states closer than ``DISTINCT_TOLERANCE * (1 + max|z|)`` (max norm) are the
 #: same fixed point.
 DISTINCT_TOLERANCE = 1e-6
+#: A spectral radius within this of 1 (a neutral centre, a rotation: 1 up to rounding) is not
+#: stable, whichever side of 1 rounding put it.
+MARGINAL_TOLERANCE = 1e-9
+#: The Jacobians around each orbit are also taken at this many copies of it, each point moved
+#: by up to ``BOUNDARY_STEP * (1 + max|z|)`` per coordinate (fixed random directions): an
+#: orbit where some differ from its own lies on (within that step of) a boundary of the
+#: map's linear regions, and its spectral radius is the largest of them all.
+BOUNDARY_SAMPLES = 16
+BOUNDARY_STEP = 1e-7
+#: Jacobian products that differ by more than this times ``1 + max|product|`` come from
+#: different linear regions (a smooth map's change over ``BOUNDARY_STEP`` is far smaller).
+JUMP_TOLERANCE = 1e-4
+#: Periods over which the growth rate of perturbations of an orbit on a boundary is measured,
+#: and the growth or shrinking (by ``GROWTH_LIMIT``) that ends it sooner.
+GROWTH_PERIODS = 200
+GROWTH_LIMIT = 1e3
 
 
 def fixed_points(model, x, *, max_iter=100):
@@ -40,14 +56,21 @@ def fixed_points(model, x, *, max_iter=100):
     fixed points sends Newton there. Converged states within :data:`DISTINCT_TOLERANCE` of
     each other count once.
 
-    At a point on a boundary of a piecewise-linear map's regions (a ReLU's input exactly 0,
-    as ``z = 0`` of a freshly initialised shPLRNN, whose biases are 0) ``dF/dz`` is that of
-    the side where the ReLU is off (slope 0); the other side's can be less stable.
-
     A fixed point is stable (attracting) when every eigenvalue of ``dF/dz`` there has modulus
-    below 1: free runs that come close stay. A stable fixed point where the data never rest
-    is a spurious attractor; whether it matters depends on its basin, which free runs from
-    many starts measure (``models.evaluate(..., n_starts=k)``'s ``at_rest``).
+    below 1 (below ``1 - 1e-9``, :data:`MARGINAL_TOLERANCE`: a neutral centre whose radius
+    rounds to just under 1 is not stable): free runs that come close stay. A stable fixed
+    point where the data never rest is a spurious attractor; whether it matters depends on
+    its basin, which free runs from many starts measure (``models.evaluate(...,
+    n_starts=k)``'s ``at_rest``).
+
+    At a point on a boundary of a piecewise-linear map's linear regions (a ReLU's input 0,
+    as at ``z = 0`` of a freshly initialised shPLRNN, whose biases are 0) ``dF/dz`` jumps,
+    and which side a converged state lies on is rounding. Such points are found by taking
+    ``dF/dz`` also at :data:`BOUNDARY_SAMPLES` points around each, up to
+    ``1e-7 (1 + max|z|)`` away (fixed random directions): where one differs, the point is
+    ``on_boundary`` and its spectral radius is the largest of all of them -- stable only if
+    every sampled side contracts (a linearisation cannot settle stability there: the map
+    switches between the sides).
 
     Parameters
     ----------
@@ -64,8 +87,10 @@ def fixed_points(model, x, *, max_iter=100):
     dict
         ``states`` (P, M) float64: the distinct fixed points, most attracting first;
         ``points`` (P, N): their observed part; ``spectral_radius`` (P,): the largest
-        eigenvalue modulus of ``dF/dz`` at each; ``stable`` (P,) bool: spectral radius < 1;
-        ``n_starts`` (K) and ``n_converged`` (the starts that reached a fixed point).
+        eigenvalue modulus of ``dF/dz`` at each (over the sampled sides for one
+        ``on_boundary``); ``stable`` (P,) bool: spectral radius < ``1 - 1e-9``;
+        ``on_boundary`` (P,) bool; ``n_starts`` (K) and ``n_converged`` (the starts that
+        reached a fixed point).
 
     Raises
     ------
@@ -99,8 +124,10 @@ def cycles(model, x, period, *, max_iter=100):
     smallest state.
 
     A cycle is stable (attracting) when every eigenvalue of the product ``J_{k-1} ... J_0``
-    around it has modulus below 1; a stable cycle the data never follow is a spurious
-    attractor, as a stable fixed point is.
+    around it has modulus below ``1 - 1e-9``; a stable cycle the data never follow is a
+    spurious attractor, as a stable fixed point is. A cycle with a point on a boundary of
+    the map's linear regions is ``on_boundary``, its radius the largest over sampled sides,
+    as for :func:`fixed_points`.
 
     Each Newton step takes ``k`` batched steps of the map and its Jacobian from the starts not
     yet converged, one Python call per step: the cost grows as ``k`` times the Newton steps
@@ -123,8 +150,8 @@ def cycles(model, x, period, *, max_iter=100):
         ``states`` (C, k, M) float64: the distinct ``k``-cycles, most attracting first;
         ``points`` (C, k, N): their observed parts; ``spectral_radius`` (C,): the largest
         eigenvalue modulus of the Jacobian product around each; ``stable`` (C,) bool;
-        ``period`` (k), ``n_starts`` (K) and ``n_converged`` (the starts that reached a
-        fixed point of ``F^k``, of any least period).
+        ``on_boundary`` (C,) bool; ``period`` (k), ``n_starts`` (K) and ``n_converged``
+        (the starts that reached a fixed point of ``F^k``, of any least period).
 
     Raises
     ------
@@ -175,14 +202,15 @@ def _search(model, x, period, max_iter, where):
     )
     converged = _newton(solver, z, period, max_iter)
     orbits = _distinct(_orbits(solver, z[converged], period, buffer))
-    radius = np.max(np.abs(np.linalg.eigvals(_around(solver, orbits))), axis=-1, initial=0.0)
+    radius, on_boundary = _radius(solver, orbits)
     order = np.argsort(radius, kind="stable")
-    orbits, radius = orbits[order], radius[order]
+    orbits, radius, on_boundary = orbits[order], radius[order], on_boundary[order]
     return {
         "states": orbits,
         "points": orbits[..., : model.n_obs].copy(),
         "spectral_radius": radius,
-        "stable": radius < 1.0,
+        "stable": radius < 1.0 - MARGINAL_TOLERANCE,
+        "on_boundary": on_boundary,
         "period": period,
         "n_starts": int(x.shape[0]),
         "n_converged": int(converged.sum()),
@@ -240,6 +268,71 @@ def _orbits(model, z, period, buffer):
     tolerance = DISTINCT_TOLERANCE * (1.0 + np.max(np.abs(z), axis=1, initial=0.0))
     repeats = np.max(np.abs(orbits[:, 1:] - orbits[:, :1]), axis=2) <= tolerance[:, None]
     return orbits[~np.any(repeats, axis=1)]
+
+
+def _radius(model, orbits):
+    """The spectral radius of the Jacobian product around each orbit (C, k, M), and which
+    orbits lie on a boundary of linear regions: those where the product at one of
+    :data:`BOUNDARY_SAMPLES` copies, moved by up to :data:`BOUNDARY_STEP` (relative),
+    differs from the orbit's own by more than :data:`JUMP_TOLERANCE`. For those, whose
+    linearisation is rounding's choice of side, the radius is the growth rate measured on
+    the map itself (:func:`_growth_rate`): (C,), (C,) bool."""
+    exact = _around(model, orbits)
+    on_boundary = np.zeros(len(orbits), dtype=bool)
+    scale = BOUNDARY_STEP * (1.0 + np.max(np.abs(orbits), axis=(1, 2)))[:, None, None]
+    jump = JUMP_TOLERANCE * (1.0 + np.max(np.abs(exact), axis=(1, 2), initial=0.0))
+    directions = np.random.default_rng(0)  # fixed: the same orbit gets the same verdict
+    for _ in range(BOUNDARY_SAMPLES):
+        moved = _around(model, orbits + scale * directions.uniform(-1, 1, orbits.shape))
+        on_boundary |= np.max(np.abs(moved - exact), axis=(1, 2), initial=0.0) > jump
+    radius = _largest_modulus(exact)
+    if on_boundary.any():
+        radius[on_boundary] = _growth_rate(model, orbits[on_boundary], scale[on_boundary, 0])
+    return radius, on_boundary
+
+
+def _growth_rate(model, orbits, scale):
+    """How fast the map moves points near each orbit (C, k, M) away from it (> 1) or onto it
+    (< 1), per period: from :data:`BOUNDARY_SAMPLES` points moved by up to ``scale`` (C, 1)
+    off its first state (fixed random directions), the largest over them of
+    ``(d_n / d_0) ** (1 / n)``, ``d`` their distance (max norm) from that state after ``n``
+    periods: :data:`GROWTH_PERIODS`, or fewer once a point has moved :data:`GROWTH_LIMIT`
+    times farther (it has left the neighbourhood where the map is the orbit's local one;
+    non-finite: inf) or nearer (before the rounding of the orbit's state, some ``eps |z|``,
+    is all that is left of ``d``). Near a boundary of linear regions the map switches
+    between the sides' linearisations, and this rate, not any one side's spectral radius,
+    says whether free runs that come close stay: (C,)."""
+    c, k, _ = orbits.shape
+    first = np.repeat(orbits[:, 0], BOUNDARY_SAMPLES, axis=0)  # (C * S, M)
+    moved = first + np.repeat(scale, BOUNDARY_SAMPLES, axis=0) * np.random.default_rng(1).uniform(
+        -1, 1, first.shape
+    )
+    start = np.max(np.abs(moved - first), axis=1)
+    rate = np.ones(len(first))
+    left = np.zeros(len(first), dtype=bool)
+    z = moved
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for n in range(1, GROWTH_PERIODS + 1):
+            z = model.simulate(z, k)[:, -1]
+            distance = np.max(np.abs(z - first), axis=1)
+            now = ~left & (
+                (distance > GROWTH_LIMIT * start)
+                | (distance < start / GROWTH_LIMIT)
+                | ~np.isfinite(distance)
+                | (n == GROWTH_PERIODS)
+            )
+            rate[now] = np.where(
+                np.isfinite(distance[now]), (distance[now] / start[now]) ** (1.0 / n), np.inf
+            )
+            left |= now
+            if left.all():
+                break
+    return np.max(rate.reshape(c, BOUNDARY_SAMPLES), axis=1)
+
+
+def _largest_modulus(matrices):
+    """The largest eigenvalue modulus of each matrix of ``matrices`` (C, M, M): (C,)."""
+    return np.max(np.abs(np.linalg.eigvals(matrices)), axis=-1, initial=0.0)
 
 
 def _around(model, orbits):

@@ -2617,11 +2617,17 @@ def test_evaluate_lists_the_fixed_points_of_the_model(finished_run, tmp_path):
         f"  ({where})  {kind}, spectral radius {found['spectral_radius'][0]:.4g}"
     )
 
+    assert len(found["on_boundary"]) == len(found["points"])
     many = {"points": [[float(k), 0.0, 1.0] for k in range(12)], "spectral_radius": [0.5] * 12,
-            "stable": [True] * 12, "n_starts": 256, "n_converged": 200}  # fmt: skip
+            "stable": [True] * 12, "on_boundary": [True] + [False] * 11, "n_starts": 256,
+            "n_converged": 200}  # fmt: skip
     lines = cli._orbit_lines(many, tmp_path / "e.json")
     assert len(lines) == 12 and lines[-1] == f"  ... and 2 more (all in {tmp_path / 'e.json'})"
-    none = dict(many, points=[], spectral_radius=[], stable=[], n_converged=0)
+    assert lines[1:3] == [
+        "  (0, 0, 1)  stable, growth rate (on a region boundary) 0.5",
+        "  (1, 0, 1)  stable, spectral radius 0.5",
+    ]
+    none = dict(many, points=[], spectral_radius=[], stable=[], on_boundary=[], n_converged=0)
     assert cli._orbit_lines(none, None) == [
         "fixed points: none found by Newton's method from 256 test points (0 converged)."
     ]
@@ -2661,7 +2667,8 @@ def test_evaluate_lists_the_cycles_of_the_model(tmp_path, monkeypatch):
     assert f"  {shown}  stable, spectral radius 0.75" in result.output.splitlines()
 
     six = {"period": 6, "points": [[[k, 0.5]] * 6 for k in range(2)], "spectral_radius": [0.5, 2],
-           "stable": [True, False], "n_starts": 256, "n_converged": 30}  # fmt: skip
+           "stable": [True, False], "on_boundary": [False, False], "n_starts": 256,
+           "n_converged": 30}  # fmt: skip
     assert cli._orbit_lines(six, None) == [
         "6-cycles: 2 found by Newton's method from 256 test points (30 converged to points "
         "whose period divides 6), 1 stable (spectral radius < 1):",

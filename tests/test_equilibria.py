@@ -40,6 +40,7 @@ def test_fixed_points_of_an_alrnn_are_those_of_its_relu_regions(seed, count):
     np.testing.assert_allclose(np.sort(found["spectral_radius"]), np.sort(radii), rtol=1e-9)
     assert np.all(np.diff(found["spectral_radius"]) >= 0)
     np.testing.assert_array_equal(found["stable"], found["spectral_radius"] < 1)
+    assert not found["on_boundary"].any()  # inside their regions: the radius is exact
     np.testing.assert_array_equal(found["points"], found["states"])  # M = N: all observed
     assert found["n_starts"] == 400 and (found["n_converged"] > 0) == (count > 0)
 
@@ -67,6 +68,40 @@ def test_fixed_points_of_shallow_plrnns_solve_f_of_z_equals_z(cls):
     np.testing.assert_allclose(single["states"], double["states"], atol=1e-4)
     one = models.fixed_points(model, starts[3])  # one start, shape (N,)
     np.testing.assert_array_equal(one["states"], models.fixed_points(model, starts[3:4])["states"])
+
+
+def test_a_fixed_point_on_a_relu_boundary_is_judged_by_the_map_not_by_rounding():
+    """z = 0 of a fresh shPLRNN (biases 0) lies on every hidden unit's boundary; the
+    converged state is 0 up to 1e-15 of either sign, and its own dF/dz was one side's or
+    the other's by rounding: radius 1.0101 (unstable) from one set of starts, 0.7950 from
+    another. It is on_boundary, and its radius is the contraction measured on the map, the
+    same from every set of starts: stable, as free runs from near it show."""
+    model = ShPLRNN(M=3, L=8, seed=0)
+    radii = []
+    for seed in range(4):
+        found = models.fixed_points(model, np.random.default_rng(seed).normal(0, 2, (20, 3)))
+        np.testing.assert_allclose(found["states"], 0.0, atol=1e-12)
+        assert found["on_boundary"].tolist() == found["stable"].tolist() == [True]
+        radii.append(found["spectral_radius"][0])
+    np.testing.assert_allclose(radii, radii[0], rtol=1e-5)
+    near = np.random.default_rng(9).normal(0.0, 1e-6, (30, 3))
+    runs = model.simulate(near, 300)
+    measured = (np.max(np.abs(runs[:, -1])) / np.max(np.abs(runs[:, 99]))) ** (1 / 200)
+    assert radii[0] < 1 and abs(measured - radii[0]) < 0.05
+
+
+@pytest.mark.parametrize("theta", np.linspace(0.1, 3.0, 30))
+def test_a_neutral_centre_is_not_stable(theta):
+    """F(z) = R(theta) z + h, a rotation about its fixed point: spectral radius 1, which
+    rounding put at 0.9999999999999999 for 9 of these 30 angles (stable before)."""
+    model = ALRNN(2, 0)
+    p = model.unflatten()
+    p["A"][...] = 0.0
+    p["W"][...] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    p["h"][...] = [1.0, 0.5]
+    found = models.fixed_points(model, np.zeros((3, 2)))
+    np.testing.assert_allclose(found["spectral_radius"], [1.0], rtol=1e-12)
+    assert found["stable"].tolist() == found["on_boundary"].tolist() == [False]
 
 
 def test_a_map_without_fixed_points_finds_nothing():
