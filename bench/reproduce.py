@@ -86,6 +86,7 @@ def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
         test={key: metrics["test"][key] for key in ("status", "dstsp", "dh", "pe", "message")},
         n_bins=metrics["n_bins"],
         test_at_rest=_at_rest(metrics["test"]),
+        passed_over=_passed_over(metrics.get("selection"), metrics["best_epoch"]),
     )
     scored = subprocess.run(
         _command(["evaluate", str(out), "--n-starts", "4", "--out", str(out / "four.json")]),
@@ -99,6 +100,24 @@ def run_case(name: str, data_dir: Path, seed: int, folder: Path) -> dict:
         "at_rest": _at_rest(four),
     }
     return row
+
+
+def _passed_over(selection, kept):
+    """The better-validated epochs the selection check passed over for the ``kept`` one,
+    each with how many of its free runs came to rest or blew up: ``{"144": {"at_rest": 10,
+    "blown_up": 0}, ...}`` (README's "passed over"); empty when it kept the best-validated
+    one, None without a selection check."""
+    if selection is None:
+        return None
+    passed = {}
+    for candidate in selection["candidates"]:
+        if candidate["epoch"] == kept:
+            break
+        passed[str(candidate["epoch"])] = {
+            "at_rest": candidate["at_rest"],
+            "blown_up": candidate.get("blown_up", 0),
+        }
+    return passed
 
 
 def _at_rest(scores: dict) -> int | None:
