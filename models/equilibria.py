@@ -30,7 +30,7 @@ MARGINAL_TOLERANCE = 1e-9
 #: The Jacobians around each orbit are also taken at this many copies of it, each point moved
 #: by up to ``BOUNDARY_STEP * (1 + max|z|)`` per coordinate (fixed random directions): an
 #: orbit where some differ from its own lies on (within that step of) a boundary of the
-#: map's linear regions, and its spectral radius is the largest of them all.
+#: map's linear regions, and its radius is the growth rate measured from as many points.
 BOUNDARY_SAMPLES = 16
 BOUNDARY_STEP = 1e-7
 #: Jacobian products that differ by more than this times ``1 + max|product|`` come from
@@ -68,9 +68,10 @@ def fixed_points(model, x, *, max_iter=100):
     and which side a converged state lies on is rounding. Such points are found by taking
     ``dF/dz`` also at :data:`BOUNDARY_SAMPLES` points around each, up to
     ``1e-7 (1 + max|z|)`` away (fixed random directions): where one differs, the point is
-    ``on_boundary`` and its spectral radius is the largest of all of them -- stable only if
-    every sampled side contracts (a linearisation cannot settle stability there: the map
-    switches between the sides).
+    ``on_boundary``. No one side's linearisation settles its stability (the map switches
+    between them), so its ``spectral_radius`` is the growth rate of perturbations measured
+    on the map: ``(d_n / d_0) ** (1 / n)`` from 16 points that close, the largest, until
+    their distance ``d`` has grown or shrunk 1000-fold (at most 200 steps).
 
     Parameters
     ----------
@@ -87,7 +88,7 @@ def fixed_points(model, x, *, max_iter=100):
     dict
         ``states`` (P, M) float64: the distinct fixed points, most attracting first;
         ``points`` (P, N): their observed part; ``spectral_radius`` (P,): the largest
-        eigenvalue modulus of ``dF/dz`` at each (over the sampled sides for one
+        eigenvalue modulus of ``dF/dz`` at each (the measured growth rate for one
         ``on_boundary``); ``stable`` (P,) bool: spectral radius < ``1 - 1e-9``;
         ``on_boundary`` (P,) bool; ``n_starts`` (K) and ``n_converged`` (the starts that
         reached a fixed point).
@@ -126,8 +127,8 @@ def cycles(model, x, period, *, max_iter=100):
     A cycle is stable (attracting) when every eigenvalue of the product ``J_{k-1} ... J_0``
     around it has modulus below ``1 - 1e-9``; a stable cycle the data never follow is a
     spurious attractor, as a stable fixed point is. A cycle with a point on a boundary of
-    the map's linear regions is ``on_boundary``, its radius the largest over sampled sides,
-    as for :func:`fixed_points`.
+    the map's linear regions is ``on_boundary``, its radius the growth rate per period
+    measured on the map, as for :func:`fixed_points`.
 
     Each Newton step takes ``k`` batched steps of the map and its Jacobian from the starts not
     yet converged, one Python call per step: the cost grows as ``k`` times the Newton steps
