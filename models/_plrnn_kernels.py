@@ -219,8 +219,10 @@ class PiecewiseLinearRNN(LatentRNN):
                 f"{where}: `{name}` must have the model dtype {self.dtype}; got {z.dtype}. "
                 f"Use np.asarray({name}, dtype=np.{self.dtype}){astype_hint(z.dtype)}."
             )
-        n_bytes = z.size * self.dtype.itemsize
-        flat = allocated(lambda: np.ascontiguousarray(z), n_bytes, where, f"`{name}`'s states")
+        flat = z
+        if not z.flags.c_contiguous:  # a copy: checked (a contiguous z allocates nothing)
+            n_bytes = z.size * self.dtype.itemsize
+            flat = allocated(lambda: np.ascontiguousarray(z), n_bytes, where, f"`{name}`'s states")
         return z, flat.reshape(-1, self.M)
 
     def _check_out(self, arr, shape: tuple, where: str, name: str) -> np.ndarray:

@@ -389,6 +389,16 @@ class Model(ABC):
                 checks.add(f"x0 must have shape (..., N) with N={self.n_obs}; got {x0.shape}.")
             n_steps = checks.integer(n_steps, "n_steps", 0)
         mean, sd = self.standardization or (0.0, 1.0)
+        # the model's run (of its latents, in its dtype) and this float64 copy, together
+        runs, width = math.prod(x0.shape[:-1]) * n_steps, getattr(self, "M", self.n_obs)
+        both = runs * (width * self.dtype.itemsize + self.n_obs * 8)
+        limit = beyond_available(both)
+        if limit is not None:
+            raise ValueError(
+                f"{where}: free runs of {n_steps} steps from {math.prod(x0.shape[:-1])} "
+                f"start(s) need {format_bytes(both)} (the model's run and its float64 copy in "
+                f"data units), {limit}; use fewer steps or starts (or several shorter runs)."
+            )
         out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         with np.errstate(over="ignore", invalid="ignore"):
             units = to_sd_units(x0.astype(np.float64), mean, sd)
@@ -679,8 +689,10 @@ def atomic_write(path, write: Callable[[typing.BinaryIO], None], where: str) -> 
             raise OSError(
                 errno.EEXIST, "it is not a regular file (a device, pipe or socket); name a file"
             )
-        folder = next(parent for parent in path.absolute().parents if parent.exists())
-        if not folder.is_dir():  # mkdir would fail with "File exists", as if path existed
+        folder = next(p for p in path.absolute().parents if os.path.lexists(p))
+        if folder.is_symlink() and not folder.exists():  # mkdir would say "File exists"
+            raise FileNotFoundError(errno.ENOENT, f"{folder} is a broken symbolic link")
+        if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
         with signals_deferred():  # a Ctrl-C or SIGTERM now acts once the file is complete
             _write_atomically(path, write)

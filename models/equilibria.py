@@ -27,8 +27,8 @@ DISTINCT_TOLERANCE = 1e-6
 #: A spectral radius within this of 1 (a neutral centre, a rotation: 1 up to rounding) is not
 #: stable, whichever side of 1 rounding put it.
 MARGINAL_TOLERANCE = 1e-9
-#: The Jacobians around each orbit are also taken at this many copies of it, each point moved
-#: by up to ``BOUNDARY_STEP * (1 + max|z|)`` per coordinate (fixed random directions): an
+#: The Jacobians around each orbit are also taken at this many copies of it, each coordinate
+#: ``z_i`` moved by up to ``BOUNDARY_STEP * (1 + |z_i|)`` (fixed random directions): an
 #: orbit where some differ from its own lies on (within that step of) a boundary of the
 #: map's linear regions, and its radius is the growth rate measured from as many points.
 BOUNDARY_SAMPLES = 16
@@ -66,8 +66,8 @@ def fixed_points(model, x, *, max_iter=100):
     At a point on a boundary of a piecewise-linear map's linear regions (a ReLU's input 0,
     as at ``z = 0`` of a freshly initialised shPLRNN, whose biases are 0) ``dF/dz`` jumps,
     and which side a converged state lies on is rounding. Such points are found by taking
-    ``dF/dz`` also at :data:`BOUNDARY_SAMPLES` points around each, up to
-    ``1e-7 (1 + max|z|)`` away (fixed random directions): where one differs, the point is
+    ``dF/dz`` also at :data:`BOUNDARY_SAMPLES` points around each, each coordinate ``z_i``
+    up to ``1e-7 (1 + |z_i|)`` away (fixed random directions): where one differs, the point is
     ``on_boundary``. No one side's linearisation settles its stability (the map switches
     between them), so its ``spectral_radius`` is the growth rate of perturbations measured
     on the map: ``(d_n / d_0) ** (1 / n)`` from 16 points that close, the largest, until
@@ -274,13 +274,14 @@ def _orbits(model, z, period, buffer):
 def _radius(model, orbits):
     """The spectral radius of the Jacobian product around each orbit (C, k, M), and which
     orbits lie on a boundary of linear regions: those where the product at one of
-    :data:`BOUNDARY_SAMPLES` copies, moved by up to :data:`BOUNDARY_STEP` (relative),
+    :data:`BOUNDARY_SAMPLES` copies, moved by up to :data:`BOUNDARY_STEP` (relative, per
+    coordinate),
     differs from the orbit's own by more than :data:`JUMP_TOLERANCE`. For those, whose
     linearisation is rounding's choice of side, the radius is the growth rate measured on
     the map itself (:func:`_growth_rate`): (C,), (C,) bool."""
     exact = _around(model, orbits)
     on_boundary = np.zeros(len(orbits), dtype=bool)
-    scale = BOUNDARY_STEP * (1.0 + np.max(np.abs(orbits), axis=(1, 2)))[:, None, None]
+    scale = BOUNDARY_STEP * (1.0 + np.abs(orbits))  # each coordinate by its own size
     jump = JUMP_TOLERANCE * (1.0 + np.max(np.abs(exact), axis=(1, 2), initial=0.0))
     directions = np.random.default_rng(0)  # fixed: the same orbit gets the same verdict
     for _ in range(BOUNDARY_SAMPLES):
@@ -294,7 +295,7 @@ def _radius(model, orbits):
 
 def _growth_rate(model, orbits, scale):
     """How fast the map moves points near each orbit (C, k, M) away from it (> 1) or onto it
-    (< 1), per period: from :data:`BOUNDARY_SAMPLES` points moved by up to ``scale`` (C, 1)
+    (< 1), per period: from :data:`BOUNDARY_SAMPLES` points moved by up to ``scale`` (C, M)
     off its first state (fixed random directions), the largest over them of
     ``(d_n / d_0) ** (1 / n)``, ``d`` their distance (max norm) from that state after ``n``
     periods: :data:`GROWTH_PERIODS`, or fewer once a point has moved :data:`GROWTH_LIMIT`
@@ -305,9 +306,8 @@ def _growth_rate(model, orbits, scale):
     says whether free runs that come close stay: (C,)."""
     c, k, _ = orbits.shape
     first = np.repeat(orbits[:, 0], BOUNDARY_SAMPLES, axis=0)  # (C * S, M)
-    moved = first + np.repeat(scale, BOUNDARY_SAMPLES, axis=0) * np.random.default_rng(1).uniform(
-        -1, 1, first.shape
-    )
+    directions = np.random.default_rng(1).uniform(-1, 1, first.shape)  # fixed, as in _radius
+    moved = first + np.repeat(scale, BOUNDARY_SAMPLES, axis=0) * directions
     start = np.max(np.abs(moved - first), axis=1)
     rate = np.ones(len(first))
     left = np.zeros(len(first), dtype=bool)

@@ -65,11 +65,17 @@ MAX_ITER_CAP = {"full": 100, "diag": 500}
 DIVERGE_FACTOR = 10.0
 DIVERGE_STREAK = 3
 
-#: A sequence that reaches ``max_iter`` with its last update within this many ``eps`` of its
+#: Numbers per position and latent a device-resident Newton solve holds on the host: the
+#: initial guess, and the states and predictions it returns.
+HOST_NUMBERS_ON_GPU = 3
+
+#: A sequence that reaches ``max_iter`` with its last updates within this many ``eps`` of its
 #: largest ``|z|`` has stalled at its dtype's rounding (measured: updates of 4-6 eps |z| in
 #: float32 and float64 once Newton has converged): its tolerance asks for more than the dtype
 #: resolves, and more iterations do not help.
 ROUNDING_EPS = 16
+#: ... over this many iterations, in which its updates no longer fall fourfold.
+STALL_ITERATIONS = 3
 
 #: below this many positions (B*T) per iteration the kernels run on one thread: starting a
 #: prange region costs 10-30 us (DESIGN.md §2) and, when the cores are shared with other
@@ -754,14 +760,17 @@ def _float64_remedy(run: "NewtonRun") -> list:
 
 def _stalled_at_rounding(run: "NewtonRun") -> str | None:
     """For a run some of whose sequences reached ``max_iter``: the remedy "loosen tol" if
-    their last updates are at their dtype's rounding level (at most :data:`ROUNDING_EPS`
-    ``eps`` of their largest ``|z|``: Newton has converged as far as the dtype resolves, the
-    tolerance asks for more), else None."""
+    its last :data:`STALL_ITERATIONS` updates are at their dtype's rounding level (at most
+    :data:`ROUNDING_EPS` ``eps`` of their largest ``|z|``) and no longer fall fourfold:
+    Newton has converged as far as the dtype resolves, the tolerance asks for more. Else
+    None (updates still falling fast are a Newton still converging)."""
     failed = run.codes == _MAX_ITER
     last = float(np.max(run.final_updates[failed]))
     dtype = np.dtype(run.model.dtype)
     level = ROUNDING_EPS * float(np.finfo(dtype).eps) * float(np.max(np.abs(run.states()[failed])))
-    if not last <= level:
+    recent = run.history[-STALL_ITERATIONS:]  # the last iterations' largest updates
+    shrinking = recent[-1] < recent[0] / 4  # still falling: Newton is converging, not stuck
+    if len(recent) < STALL_ITERATIONS or np.max(recent) > level or shrinking:
         return None
     rtol, atol = DEFAULT_TOL[dtype]
     return (
@@ -1110,8 +1119,14 @@ def newton_run(
         "the Newton solve",
         diag=jacobian == "full" and M > 1,
     )
-    available = short_of_memory(B * T * _newton_numbers(M, jacobian) * p.z0.dtype.itemsize)
+    # on the GPU the host holds the guess, and the states and predictions returned
+    on_host = HOST_NUMBERS_ON_GPU * M if device_resident(model, backend) else None
+    available = short_of_memory(
+        B * T * (on_host or _newton_numbers(M, jacobian)) * p.z0.dtype.itemsize
+    )
     if available is not None:  # Linux would grant it, and filling it would get us killed
+        if on_host is not None:
+            raise _too_large(caller.name, p, on_host, "the host's copies", available)
         raise too_large(available)
     try:
         guess = _initial_guess(p, M)

@@ -361,6 +361,22 @@ def test_a_tolerance_below_rounding_is_named_as_the_cause_of_max_iter(dtype, tol
     assert "allow more iterations" not in message and "raise alpha" not in message
 
 
+def test_updates_still_falling_are_no_stall_at_rounding():
+    """Updates below the rounding level of a large |z| (~300 here: 16 eps |z| = 5.7e-4) that
+    still fall sevenfold an iteration are a Newton converging (it does at iteration 11):
+    "allow more iterations", not "loosen tol"."""
+    model = make_model("ShPLRNN", "float32")
+    rng = np.random.default_rng(0)
+    z0 = (100 * rng.standard_normal(4)).astype(np.float32)
+    forcing = (100 * rng.standard_normal((200, 3))).astype(np.float32)
+    kw = {"forcing": forcing, "alpha": 0.3, "jacobian": "diag"}
+    with pytest.raises(DeerConvergenceError) as info:
+        deer_solve(model, z0, max_iter=9, **kw)
+    message = str(info.value)
+    assert "allow more iterations (max_iter=9" in message and "loosen tol" not in message
+    assert deer_solve(model, z0, **kw).n_iter == 11
+
+
 def test_max_iter_too_small_raises_documented_error():
     model = EulerLorenz()
     z0, data = lorenz_data(500, seed=2)

@@ -21,7 +21,7 @@ from test_models import random_model
 from autodiff import _deer_adjoint_cuda
 from autodiff.gradients import gtf_loss_and_grad
 from models import _cuda_eval
-from parscan import _cuda, _deer_cuda, deer, deer_solve, sequential_solve
+from parscan import _buffers, _cuda, _deer_cuda, deer, deer_solve, sequential_solve
 from parscan._deer_kernels import update_norms
 
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
@@ -150,6 +150,33 @@ def _check_against_the_sequential_loop(B, T):
     for jacobian in ("full", "diag"):
         res = deer_solve(model, z0, forcing=forcing, alpha=0.3, jacobian=jacobian, backend="cuda")
         np.testing.assert_allclose(res.states, seq, rtol=1e-8, atol=1e-8, err_msg=jacobian)
+
+
+@pytest.mark.cudasim
+def test_sim_memory_check_counts_the_host_arrays_of_a_device_solve(
+    sim_launch, device_only, monkeypatch
+):
+    """On the GPU the host holds only the guess, states and predictions (3 M numbers a
+    step), not the Jacobians (M (5 + M)): memory that refuses the host solve lets the
+    device solve run; less than the host arrays refuses it too, naming them."""
+    model = random_model("ShPLRNN")
+    model["A"][...] *= 0.5
+    z0, forcing = _problem(model, 2, 6)
+    M, positions = model.M, 2 * 6
+    host, whole = positions * 3 * M * 8, positions * M * (5 + M) * 8
+    monkeypatch.setattr(_buffers, "CHECKED_BYTES", 0)
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: (host + whole) // 2)
+    kw = {"forcing": forcing, "alpha": 0.3}
+    with pytest.raises(ValueError, match=r"for the Newton solve, more than .* available now"):
+        deer_solve(model, z0, backend="cpu", **kw)
+    np.testing.assert_allclose(
+        deer_solve(model, z0, backend="cuda", **kw).states,
+        sequential_solve(model, z0, **kw),
+        rtol=1e-8,
+    )
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: host - 1)
+    with pytest.raises(ValueError, match=r"for the host's copies, more than .* available now"):
+        deer_solve(model, z0, backend="cuda", **kw)
 
 
 @pytest.mark.cudasim

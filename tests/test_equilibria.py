@@ -90,6 +90,21 @@ def test_a_fixed_point_on_a_relu_boundary_is_judged_by_the_map_not_by_rounding()
     assert radii[0] < 1 and abs(measured - radii[0]) < 0.05
 
 
+def test_a_large_coordinate_does_not_move_the_small_ones_across_a_boundary():
+    """The boundary probe moves each coordinate by its own size: z* = (1e8, -0.005), whose
+    ReLU input -0.005 is far from 0, is inside its region (radius 0.5, stable). A probe
+    scaled by max|z| (10 in every coordinate) crossed that ReLU's kink and measured 1.5."""
+    model = ALRNN(2, 1)
+    p = model.unflatten()
+    p["A"][...] = [0.5, 0.5]
+    p["W"][...] = [[0.0, 0.0], [0.0, 1.0]]
+    p["h"][...] = [5e7, -0.0025]
+    found = models.fixed_points(model, [[1e8, -0.005]])
+    np.testing.assert_allclose(found["states"], [[1e8, -0.005]], rtol=1e-12)
+    np.testing.assert_allclose(found["spectral_radius"], [0.5], rtol=1e-12)
+    assert found["stable"].tolist() == [True] and found["on_boundary"].tolist() == [False]
+
+
 @pytest.mark.parametrize("theta", np.linspace(0.1, 3.0, 30))
 def test_a_neutral_centre_is_not_stable(theta):
     """F(z) = R(theta) z + h, a rotation about its fixed point: spectral radius 1, which

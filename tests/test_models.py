@@ -548,6 +548,28 @@ def test_free_runs_too_large_to_allocate_are_refused_naming_the_method(name, mon
     assert m.generate(np.zeros((0, N)), 10**16).shape == (0, 10**16, N)  # nothing to allocate
 
 
+def test_memory_checks_count_what_is_allocated_and_only_that(monkeypatch):
+    """generate_in_data_units needs the model's run and its float64 copy at once: checked
+    together (each alone fit, and Linux counts no untouched page); a contiguous batch of
+    states is used as it is, allocating nothing, so no check refuses it."""
+    monkeypatch.setattr(_buffers, "CHECKED_BYTES", 0)
+    model = ShPLRNN(4, 6, n_obs=3)  # a step: 4 latents + 3 float64 observations, 56 bytes
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 40_000)
+    with pytest.raises(
+        ValueError,
+        match=r"^ShPLRNN\.generate_in_data_units: free runs of 1000 steps from 1 start\(s\) "
+        r"need 54\.7 KiB \(the model's run and its float64 copy in data units\), more than "
+        r"the 39\.1 KiB of memory available now; use fewer steps or starts",
+    ):
+        model.generate_in_data_units(np.zeros(3), 1000)
+    states = np.zeros((1000, 4))
+    monkeypatch.setattr(_buffers, "available_bytes", lambda: 0)
+    F, J = np.empty((1000, 4)), np.empty((1000, 4, 4))
+    model.step_and_jacobian(states, out=(F, J))  # only the given arrays: nothing refused
+    with pytest.raises(ValueError, match=r"`z`'s states need 31\.2 KiB, more than the 0 B "):
+        model.step_and_jacobian(np.zeros((1000, 8))[:, ::2], out=(F, J))  # a copy
+
+
 @pytest.mark.parametrize("name", ["ShPLRNN", "ALRNN"])
 def test_free_runs_beyond_the_memory_available_now_are_refused(name, monkeypatch):
     """A run larger than the memory available now (MemAvailable) is refused before it is
