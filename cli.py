@@ -354,8 +354,10 @@ def _read_config(path: str) -> tuple[dict, dict[str, str]]:
         try:
             raw = parse(text)
             break
-        except ValueError as exc:  # TOMLDecodeError, JSONDecodeError, _DuplicateKey, ...
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
             errors.append((name, str(exc)))
+        except ValueError:  # an int beyond Python's digit limit (its advice does not apply)
+            errors.append((name, "a number too long to read"))
         except RecursionError:  # arrays or tables nested thousands deep
             errors.append((name, "nested too deeply to read"))
     else:

@@ -191,6 +191,14 @@ def _python_number(value):
     return value
 
 
+def _shown_int(v) -> str:
+    """An int for a message: as written, or for one of more than 15 digits (beyond
+    ``repr``'s digit limit, from 4300) its size."""
+    if abs(v) < 10**15:
+        return str(v)
+    return f"an int of about {round(abs(int(v)).bit_length() * math.log10(2))} digits"
+
+
 def _dtype_name(value):
     """``"float32"``/``"float64"`` when ``np.dtype(value)`` is float32/float64 (as the models
     take ``dtype``, :meth:`models._checks.Checks.float_dtype`: ``"f8"``, ``float``,
@@ -384,7 +392,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int | np.integer):
                 type_errors.append(f"{name} must be an int; got {type(v).__name__} {v!r}.")
             elif v < minimum:
-                value_errors.append(f"{name} must be >= {minimum}; got {v}.")
+                value_errors.append(f"{name} must be >= {minimum}; got {_shown_int(v)}.")
 
         def real(name, lo, hi, *, lo_open=False, hi_open=False, optional=False):
             v = getattr(self, name)
@@ -400,8 +408,7 @@ class TrainConfig:
                 ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
                 shown = repr(v)
             except OverflowError:  # an int beyond float's range (and maybe repr's digit limit)
-                digits = round(abs(v).bit_length() * math.log10(2))
-                ok, shown = False, f"an int of about {digits} digits"
+                ok, shown = False, _shown_int(v)
             ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
             if not ok:
                 rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"

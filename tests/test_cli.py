@@ -576,6 +576,7 @@ def _bad_files(tmp_path):
     (tmp_path / "bad.cfg").write_text("epochs: 2\n")
     (tmp_path / "twice.json").write_text('{"epochs": 2, "lr-start": 1e-3, "epochs": 3}')
     (tmp_path / "deep.json").write_text('{"epochs": ' + "[" * 10**5 + "]" * 10**5 + "}")
+    (tmp_path / "digits.json").write_text('{"epochs": ' + "9" * 5000 + "}")
     (tmp_path / "ranges.toml").write_text(
         "validation_fraction = 0.9\ntest_fraction = 0.95\nvalidation-steps = 0\nnoise = -1\n"
     )
@@ -744,6 +745,7 @@ def _bad_files(tmp_path):
         (["--config", "{tmp}/bad.cfg"], "is not valid TOML or JSON (TOML: "),
         (["--config", "{tmp}/twice.json"], "is not valid JSON (the key 'epochs' is given twice)."),
         (["--config", "{tmp}/deep.json"], "deep.json is not valid JSON (nested too deeply to "),
+        (["--config", "{tmp}/digits.json"], "is not valid JSON (a number too long to read)."),
         (["-q", "--data", "{tmp}/short.npy", "evaluate", "{tmp}"], "--data, --quiet: training"),
         # a missing file is named first, with the other problems of the settings
         (

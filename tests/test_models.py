@@ -1283,6 +1283,12 @@ def test_save_and_load_refuse_devices_pipes_and_impossible_names(tmp_path):
             NotADirectoryError, match=rf"cannot write {under} \({pipe} is a file, not a folder\)"
         ):
             model.save(under)
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError, match=rf"cannot write {broken}/m\.npz \({broken} is a broken symbolic"
+    ):
+        model.save(broken / "m.npz")
     for path in (pipe, Path(os.devnull)):
         with pytest.raises(ValueError, match=r"^models\.load: .* is not a regular file \(a dev"):
             models.load(path)
