@@ -171,9 +171,26 @@ def check_trajectory(
                 f"{where}: {name} contains {int(bad.sum())} NaN/inf value(s); the first is "
                 f"{arr[row, col]} at {at}. Clean or interpolate the data."
             )
+        check_in_range(arr, np.float64, where, name, "float64 (which parscan computes in)")
     if not constant:
         _check_not_constant(arr, column_mean_sd(arr)[1], where, name, constant_reason)
     return arr
+
+
+def check_in_range(arr: np.ndarray, dtype, where: str, name: str, what: str, fix="") -> None:
+    """Refuse a finite ``arr`` (T, N) with a value beyond the range of ``dtype`` (a longdouble
+    beyond float64, data beyond a float32 model's), which would become inf once converted:
+    ``ValueError`` naming ``where``, the first such value and ``what`` the dtype is."""
+    largest = np.finfo(dtype).max
+    if arr.dtype.kind != "f" or np.finfo(arr.dtype).max <= largest:
+        return
+    beyond = np.abs(arr) > largest
+    if beyond.any():
+        row, col = np.argwhere(beyond)[0]
+        raise ValueError(
+            f"{where}: {name}[{row}, {col}] = {arr[row, col]!s} is beyond the range of {what}; "
+            f"{fix or 'rescale the data'}."
+        )
 
 
 def several_trajectories(x) -> bool:

@@ -28,6 +28,7 @@ from scipy.ndimage import gaussian_filter1d
 from models._checks import Checks, as_array
 from models.base import LatentRNN, Model, allocated
 from models.data import (
+    check_in_range,
     check_trajectory,
     check_trajectory_or_list,
     column_mean_sd,
@@ -181,6 +182,13 @@ def _binned_reference(x_true, n_bins, box, where, name):
     lo, hi = _box(x_true, box)
     idx_true = _bin_index(x_true, lo, hi, n_bins)
     if idx_true.shape[0] == 0:
+        flat = np.flatnonzero(hi <= lo).tolist()  # a constant column: a box of no width
+        if flat:
+            raise ValueError(
+                f"{where}: {name} is constant in column(s) {flat}, where the box={box!r} box "
+                "has no width, so no point lies in it and D_stsp has no occupation to "
+                "compare; drop those columns."
+            )
         raise ValueError(
             f"{where}: no point of {name} lies in the box={box!r} box (within 2 sds of the mean "
             "in every dimension at once), so D_stsp has no occupation to compare; use "
@@ -316,6 +324,7 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
         the caller: 1 (default) the line calling this function, 2 the line calling that
         caller (the public function ``where`` names, when a helper of it calls this), ...
     """
+    x_true = check_trajectory(x_true, where, name="x_true", constant=True).astype(np.float64)
     if x_true.shape[1] < GMM_MIN_DIMS:
         reference = _binned_reference(x_true, n_bins, box, where, "x_true")
         _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=stacklevel + 1)
@@ -667,9 +676,21 @@ def _check_model(checks, model):
 
 
 def _check_obs(model, x, where, min_steps, constant=False, name="x"):
-    return check_trajectory(
+    """``x`` checked as the model's observations: :func:`models.data.check_trajectory` with
+    the model's N, and within the range of the model's dtype, which its runs start in."""
+    x = check_trajectory(
         x, where, name=name, min_steps=min_steps, constant=constant, n_obs=model.n_obs
     )
+    check_in_range(
+        x,
+        model.dtype,
+        where,
+        name,
+        f"the model's {np.dtype(model.dtype)}",
+        "pass data in the model's units (standardised like its training data) or use "
+        "model.astype('float64')",
+    )
+    return x
 
 
 def prediction_error(model, x, n=20):

@@ -1326,3 +1326,41 @@ def test_evaluate_reports_runs_outside_the_box_of_all_test_trajectories_together
         "no generated point lies inside the test data's D_stsp box (of all test trajectories "
         "together)"
     )
+
+
+def test_values_beyond_the_computing_dtype_are_refused_not_scored():
+    """A longdouble beyond float64 became inf once converted: dropped from D_stsp, D_H 1 for
+    its column, PE NaN. Data beyond a float32 model's range started its runs from inf, and
+    evaluate blamed the model (non_finite). Both are refused naming the value."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((500, 3)), rng.standard_normal((500, 3))
+    wide = x.astype(np.longdouble)
+    wide[3, 0] = np.longdouble("1e400")
+    beyond = r"\[3, 0\] = 1e\+400 is beyond the range of float64 \(which parscan computes in\)"
+    with pytest.raises(ValueError, match=rf"^power_spectrum_distance: x_true{beyond}"):
+        power_spectrum_distance(wide, y)
+    with pytest.raises(ValueError, match=rf"^state_space_divergence: x_gen{beyond}"):
+        state_space_divergence(x, wide)
+    model = ShPLRNN(3, 5, dtype="float32")
+    big = y.copy()
+    big[7, 1] = 1e39
+    for call, name in ((prediction_error, "x"), (evaluate, "x_test")):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{call.__name__}: {name}\[7, 1\] = 1e\+39 is beyond the range of the model's "
+            r"float32; pass data in the model's units .* or use model.astype\('float64'\)\.$",
+        ):
+            call(model, big)
+
+
+def test_check_dstsp_resolution_checks_its_reference():
+    """A list is read as an array (it raised AttributeError); a constant column, where the
+    box has no width, is named (the message blamed the sd2 box and advised box='minmax',
+    already in use)."""
+    x = np.random.default_rng(1).standard_normal((2000, 3))
+    metrics.check_dstsp_resolution(1000, x.tolist(), where="mine", fix="do X")
+    x[:, 2] = 1.0
+    with pytest.raises(
+        ValueError, match=r"^mine: x_true is constant in column\(s\) \[2\], where the box='minmax'"
+    ):
+        metrics.check_dstsp_resolution(1000, x, where="mine", fix="do X")
