@@ -1122,8 +1122,9 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
     onsets = np.full(runs.shape[:-2], -1, dtype=np.int64)
     if n < REST_MIN_POINTS:
         return onsets
+    exact = runs if runs.dtype.kind == "f" else runs.astype(np.float64)  # int diffs wrap
     with np.errstate(invalid="ignore", over="ignore"):
-        moving = ~(np.max(np.abs(np.diff(runs, axis=-2)) / scale, axis=-1) <= tolerance)
+        moving = ~(np.max(np.abs(np.diff(exact, axis=-2)) / scale, axis=-1) <= tolerance)
     # the index after each run's last move (0 when it never moves)
     after_last = np.where(moving.any(axis=-1), n - 1 - np.argmax(moving[..., ::-1], axis=-1), 0)
     rests = n - after_last >= max(fraction * n, REST_MIN_POINTS)

@@ -862,6 +862,16 @@ def test_fixed_point_onsets_finds_where_runs_come_to_rest():
     assert fixed_point_onsets(broken, sd) == -1 and fixed_point_onsets(resting.tolist(), sd) == 29
 
 
+def test_fixed_point_onsets_of_integer_runs_do_not_wrap():
+    """Integer runs: the moves 100 -> -100 (int8) and 5 -> 4 (uint8) wrapped around in the
+    dtype's differences (56 and 255), so a move read as rest and a rest as a move."""
+    jump = np.array([[100]] + [[-100]] * 11, np.int8)
+    assert fixed_point_onsets(jump, scale=1e8, tolerance=1e-6) == 1
+    assert fixed_point_onsets(jump.astype(float), scale=1e8, tolerance=1e-6) == 1
+    step = np.array([[5]] + [[4]] * 11, np.uint8)
+    assert fixed_point_onsets(step, scale=1000.0, tolerance=0.01) == 0
+
+
 @pytest.mark.parametrize(
     "args, kwargs, error, match",
     [
