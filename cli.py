@@ -2946,8 +2946,9 @@ def evaluate_command(
         raws = run_test_data(path, "evaluate")
         labels = _test_labels(run_settings(path, "evaluate")) or ["the run's generated test data"]
     _check_dimensions(raws, labels, model.n_obs, "the model")
-    if test_data and (path / "args.json").is_file():
-        _warn_if_run_data(path, list(test_data), test_data_key)
+    run = _run_of(path)  # also for the run's model.npz
+    if test_data and run is not None and (run / "args.json").is_file():
+        _warn_if_run_data(run, list(test_data), test_data_key)
     far = False
     if model.standardization is not None:
         from models.data import to_sd_units
@@ -3277,6 +3278,17 @@ RUN_FILES = {
 }
 
 
+def _run_of(path: Path) -> Path | None:
+    """The run folder of the ``evaluate``/``generate`` target ``path``: the folder itself, or
+    the folder holding a target ``model.npz`` and an ``args.json``; None for a model file
+    elsewhere."""
+    if path.is_dir():
+        return path
+    if path.name == "model.npz" and (path.parent / "args.json").is_file():
+        return path.parent
+    return None
+
+
 def _check_not_an_input(
     destination: Path, path: Path, metadata: dict, given: tuple[str, ...] = ()
 ) -> None:
@@ -3289,15 +3301,17 @@ def _check_not_an_input(
     the target's checkpoint's run too)."""
     if not destination.exists():
         return
-    run = path if path.is_dir() else path.parent
+    run = _run_of(path)
     inputs = {} if path.is_dir() else {path: "the model file"}
-    if path.is_dir() or (path.name == "model.npz" and (run / "args.json").is_file()):
+    if run is not None:
         inputs.update((run / name, what) for name, what in RUN_FILES.items())
+    others = {  # another run's files, and what evaluate/generate wrote in it
+        **RUN_FILES,
+        **{name: f"the run's {command} results" for name, command in DERIVED_RESULTS.items()},
+    }
     for folder in (destination.parent, destination.parent.parent):  # any run's own files
-        if (folder / "args.json").is_file() and not _same_file(folder, run):
-            inputs.update(
-                (folder / name, f"{what} in {folder}") for name, what in RUN_FILES.items()
-            )
+        if (folder / "args.json").is_file() and not (run and _same_file(folder, run)):
+            inputs.update((folder / name, f"{what} in {folder}") for name, what in others.items())
     for name in PATH_SETTINGS:
         recorded = _recorded(metadata, name)
         for file in recorded if isinstance(recorded, list) else [recorded]:

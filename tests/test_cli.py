@@ -286,13 +286,14 @@ def test_test_data_that_is_also_training_data_warn(tmp_path):
         "the model trains and is selected on it, so its test score measures the fit, not how "
         "well the model generalises to data it has not seen."
     ) in result.output.splitlines()
-    # and when evaluate is given the run's training file; a training file gone since (moved
-    # here) leaves nothing to compare with, and no error
-    for target, warned in ((tmp_path / "run", True), (tmp_path / "run" / "model.npz", False)):
+    # and when evaluate is given the run's training file, for the run or its model.npz (the
+    # latter was silent); a training file gone since (moved here) leaves nothing to compare
+    # with, and no error
+    for target in (tmp_path / "run", tmp_path / "run" / "model.npz"):
         result = run("evaluate", target, "--test-data", tmp_path / "train.npy")
         assert result.exit_code == 0, result.output
         message = f"warning: --test-data {tmp_path / 'train.npy'} is the run's --data file: the "
-        assert (message in result.output) == warned, result.output
+        assert message in result.output, result.output
     (tmp_path / "train.npy").rename(tmp_path / "moved.npy")
     result = run("evaluate", tmp_path / "run", "--test-data", tmp_path / "moved.npy")
     assert result.exit_code == 0 and "warning" not in result.output, result.output
@@ -1532,6 +1533,15 @@ def test_evaluate_out_is_a_json_file_that_replaces_nothing_it_reads(
         (out, tmp_path / "scores.npy", "write .json, not '.npy'"),
     ):
         _one_error_line(run("evaluate", target, *test, "--out", destination), message)
+    other = _copy_run(finished_run, tmp_path / "other")  # another run's evaluate/generate
+    for name, command in cli.DERIVED_RESULTS.items():  # results (written over before)
+        (other / name).write_bytes(b"kept")
+        _one_error_line(
+            run(command, out, "--out", other / name),
+            f"--out {other / name} would replace the run's {command} results in {other}; "
+            "choose another file.",
+        )
+        assert (other / name).read_bytes() == b"kept"
     with monkeypatch.context() as patch:  # a folder no file can be written in, found first
         patch.setattr(tempfile, "mkstemp", _read_only)
         patch.setattr(cli, "score_test", _not_called)
