@@ -1,6 +1,7 @@
-"""Lazy package exports (PEP 562): a public name imports its module on first use."""
+"""Lazy package exports (PEP 562): a public name, or a submodule, is imported on first use."""
 
 import importlib
+import importlib.util
 import sys
 
 
@@ -18,6 +19,8 @@ def lazy_exports(package: str, exports: dict[str, str]):
     def __getattr__(name):
         if name in exports:
             return getattr(importlib.import_module(exports[name]), name)
+        if importlib.util.find_spec(f"{package}.{name}") is not None:  # a submodule, e.g.
+            return importlib.import_module(f"{package}.{name}")  # models.data after import models
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__():  # what dir() lists for a module (its attributes), plus the lazy names

@@ -1033,3 +1033,19 @@ def test_dir_lists_the_public_names_and_the_module_attributes(package):
     listed = dir(module)
     assert set(module.__all__) <= set(listed) and "__name__" in listed
     assert all(hasattr(module, name) for name in module.__all__)
+
+
+@pytest.mark.parametrize(
+    "expression", ["models.data.column_names", "autodiff.memory.step_bytes", "models.metrics"]
+)
+def test_a_submodule_is_reachable_from_its_package_alone(expression):
+    """``import models`` then ``models.data.column_names`` (as the README writes it) in a
+    fresh interpreter: the lazy package imports the submodule (AttributeError before); an
+    unknown name is still an AttributeError."""
+    package = expression.split(".")[0]
+    code = (
+        f"import {package}; {expression}\n"
+        f"try:\n    {package}.no_such_name\nexcept AttributeError:\n    print('refused')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "refused\n", done.stderr
