@@ -2958,12 +2958,16 @@ def evaluate_command(
             far = _warn_if_far_files(list(test_data), raws, mean, sd)
         raws = [to_sd_units(raw, mean, sd) for raw in raws]
     try:
-        scored = "the test data's steps after --transient are scored; pass a longer --test-data"
+        # the options that would help: those given, or that can be (a --transient of 0 and
+        # the run's own test data are not "lowered" or "lengthened")
+        longer = "pass a longer --test-data" if test_data else "pass --test-data with more steps"
+        helps = [longer, *["lower --transient"] * bool(transient)]
+        scored = f"the test data's steps{' after --transient' * bool(transient)} are scored; "
         scores = score_test(
             model,
             _one_or_list(raws),
-            dstsp_fix=f"{scored}, lower --transient or lower --n-bins",
-            dh_fix=f"{scored}, lower --transient or lower --smoothing",
+            dstsp_fix=scored + _either([*helps, "lower --n-bins"]),
+            dh_fix=scored + _either([*helps, "lower --smoothing"]),
             n_bins=n_bins,
             smoothing=smoothing,
             pe_steps=pe_steps,

@@ -222,8 +222,8 @@ def test_evaluate_warns_in_one_line_when_the_test_data_are_short_for_dh(finished
     assert len(warned) == 1, result.output
     assert warned[0].startswith("parscan-train: warning: test score: D_H of 299 points")
     assert warned[0].endswith(
-        "Compare at least 398 points: the test data's steps after --transient are scored; "
-        "pass a longer --test-data, lower --transient or lower --smoothing."
+        "Compare at least 398 points: the test data's steps are scored; pass a longer "
+        "--test-data or lower --smoothing."  # not --transient: it is 0
     )
     quiet = run("evaluate", out / "model.npz", "--test-data", tmp_path / "short.npy",
                 "--smoothing", "5")  # fmt: skip
