@@ -324,7 +324,8 @@ def check_dstsp_resolution(n_points, x_true, *, where, fix, n_bins=30, box="minm
         the caller: 1 (default) the line calling this function, 2 the line calling that
         caller (the public function ``where`` names, when a helper of it calls this), ...
     """
-    x_true = check_trajectory(x_true, where, name="x_true", constant=True).astype(np.float64)
+    x_true = check_trajectory(x_true, where, name="x_true", min_steps=1, constant=True)
+    x_true = x_true.astype(np.float64)
     if x_true.shape[1] < GMM_MIN_DIMS:
         reference = _binned_reference(x_true, n_bins, box, where, "x_true")
         _check_occupancy(n_points, reference, n_bins, where, fix, stacklevel=stacklevel + 1)
