@@ -62,7 +62,12 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from autodiff.memory import available_bytes, training_step_bytes
+from autodiff.memory import (
+    available_bytes,
+    selection_bytes,
+    training_step_bytes,
+    validation_bytes,
+)
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
@@ -1287,29 +1292,22 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
       temporaries, and the M x L and L x M weights of a hidden layer of width L (float64);
     - a training step: :func:`autodiff.memory.step_bytes` (which :func:`autodiff.fit`
       checks too);
-    - the validation: ``validation_starts`` free runs of ``validation_steps`` steps from each
-      validation part, each step M latents (not an SSM) and N observations in ``--dtype``
-      and N observations as float64, or, more, the ~6 float64 numbers an observation of
-      their scores (``tracemalloc`` measured 41-46 bytes for N = 3, 42 for N = 12);
-    - the selection (more than one candidate): ``selection_starts`` free runs of
-      ``selection_steps`` (default twice ``validation_steps``), stored alike, in batches of
-      :func:`autodiff.selection.runs_per_batch`.
+    - the validation: :func:`autodiff.memory.validation_bytes`, ``validation_starts`` free
+      runs of ``validation_steps`` steps from each validation part;
+    - the selection (more than one candidate): :func:`autodiff.memory.selection_bytes`,
+      ``selection_starts`` free runs of ``selection_steps`` (default twice
+      ``validation_steps``).
 
     ``origins``: see :func:`_resolve` (the messages name a setting where it was set). Not
     checked for a ``--dtype`` that names no NumPy dtype, which :func:`build_model` refuses.
     """
-    from autodiff.selection import runs_per_batch
-
     try:
         itemsize = np.dtype(s.dtype).itemsize
     except TypeError:  # no dtype at all: refused with the model (build_model)
         return
     M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
     rnn = s.model not in SSM_NAMES
-    # a free run's step: its latents and observations, and the float64 copy scored; the
-    # scores of a validation run hold about 6 float64 numbers an observation (D_stsp, D_H)
-    run_step = ((M if rnn else n_obs) + n_obs) * itemsize + n_obs * 8  # SSM: and a copy
-    scored_step = max(run_step, 48 * n_obs)
+    width = M if rnn else n_obs  # what a free run holds a step besides its observations
     sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
     run_sizes = ["latent_dim"] if rnn else []  # those of a free run
 
@@ -1337,13 +1335,18 @@ def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) 
             lower("batch_size", "sequence_length", *(sizes if not rnn else ["latent_dim"])),
         ),
         (
-            len(data.validation_parts) * s.validation_starts * s.validation_steps * scored_step,
+            validation_bytes(
+                len(data.validation_parts),
+                s.validation_starts,
+                s.validation_steps,
+                width,
+                n_obs,
+                itemsize,
+            ),
             lower("validation_steps", "validation_starts", *run_sizes),
         ),
         (
-            min(s.selection_starts, runs_per_batch(selection_steps, M if rnn else n_obs))
-            * selection_steps
-            * run_step
+            selection_bytes(s.selection_starts, selection_steps, width, n_obs, itemsize)
             * (s.selection_candidates > 1),
             lower(*selection_names, "selection_starts", *run_sizes),
         ),

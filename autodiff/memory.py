@@ -9,11 +9,22 @@ from parscan._buffers import available_bytes, jacobian_chunk, jacobian_position_
 
 __all__ = [
     "available_bytes",
+    "free_run_step_bytes",
     "rnn_step_bytes",
+    "runs_per_batch",
+    "selection_bytes",
     "ssm_step_bytes",
     "step_bytes",
     "training_step_bytes",
+    "validation_bytes",
 ]
+
+#: Elements (runs x steps x latents) of one batch of the selection check's free runs
+#: (:mod:`autodiff.selection`; bounds their memory).
+SELECTION_BATCH_ELEMENTS = 1 << 24
+#: Bytes per observation that scoring a free run's step (D_stsp, D_H) holds: about 6 float64
+#: numbers (``tracemalloc`` measured 41-46 bytes for N = 3, 42 for N = 12).
+SCORED_OBSERVATION_BYTES = 48
 
 
 def training_step_bytes(
@@ -83,3 +94,37 @@ def ssm_step_bytes(kind: str, n_obs: int, H: int, L: int, itemsize: int) -> int:
         D = n_obs * H
         scan, readout = 9 * D + 4 * H + L, 4 * D + 4 * H + 3 * L
     return max(scan * itemsize, readout * itemsize + L) + (8 * n_obs + 16) * itemsize
+
+
+def free_run_step_bytes(width: int, n_obs: int, itemsize: int) -> int:
+    """The bytes of one step of a free run that is scored against data: its ``width``
+    latents (a state-space model: its observations) and ``n_obs`` observations in a dtype of
+    ``itemsize`` bytes, and the float64 copy scored."""
+    return (width + n_obs) * itemsize + n_obs * 8
+
+
+def validation_bytes(
+    n_parts: int, starts: int, steps: int, width: int, n_obs: int, itemsize: int
+) -> int:
+    """An estimate of the bytes one validation (:func:`autodiff.validation.validate`) holds:
+    ``starts`` free runs of ``steps`` steps from each of ``n_parts`` validation trajectories,
+    each step :func:`free_run_step_bytes` or, more, what scoring it holds
+    (:data:`SCORED_OBSERVATION_BYTES` an observation)."""
+    step = max(free_run_step_bytes(width, n_obs, itemsize), SCORED_OBSERVATION_BYTES * n_obs)
+    return n_parts * starts * steps * step
+
+
+def runs_per_batch(steps: int, width: int) -> int:
+    """Selection runs of ``steps`` steps of ``width`` latents (a state-space model: its
+    observations) generated at once: at most :data:`SELECTION_BATCH_ELEMENTS` elements, at
+    least one run."""
+    return max(1, SELECTION_BATCH_ELEMENTS // (steps * width))
+
+
+def selection_bytes(starts: int, steps: int, width: int, n_obs: int, itemsize: int) -> int:
+    """An estimate of the bytes the selection check (:func:`autodiff.selection.select`)
+    holds: ``starts`` free runs of ``steps`` steps, generated :func:`runs_per_batch` at a
+    time (each step :func:`free_run_step_bytes`), and their starting points (an index and
+    ``n_obs`` float64 numbers each)."""
+    batch = min(starts, runs_per_batch(steps, width)) * steps
+    return batch * free_run_step_bytes(width, n_obs, itemsize) + starts * (8 + 8 * n_obs)

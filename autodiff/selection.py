@@ -16,6 +16,7 @@ validation data's mean, :func:`models.metrics.evaluate`'s rule (:func:`models.me
 
 import numpy as np
 
+from autodiff.memory import runs_per_batch
 from models.data import column_mean_sd
 from models.metrics import fixed_point_onsets, run_problem
 
@@ -26,15 +27,6 @@ FAILED_FRACTION_ALLOWED = 1 / 8
 #: from their mean has blown up: the ``diverge_factor`` of :func:`models.metrics.evaluate`,
 #: which scores the validation runs
 DIVERGE_FACTOR = 1e3
-#: elements (runs x steps x latents) of one batch of selection runs (bounds their memory)
-_BATCH_ELEMENTS = 1 << 24
-
-
-def runs_per_batch(steps: int, width: int) -> int:
-    """Selection runs of ``steps`` steps of ``width`` latents (a state-space model: its
-    observations) generated at once: at most :data:`_BATCH_ELEMENTS` elements, at least one
-    run."""
-    return max(1, _BATCH_ELEMENTS // (steps * width))
 
 
 def select(model, candidates, params, validation, starts, steps):
@@ -90,7 +82,7 @@ def _failed_runs(model, points, steps, scale, mean, limit):
     """``(resting, blown_up)``: how many free runs of ``model`` from ``points`` (K, N),
     ``steps`` long, blow up (:func:`models.metrics.run_problem` with ``mean`` and ``limit``)
     and how many of the others rest (:func:`models.metrics.fixed_point_onsets`); run in
-    batches of at most :data:`_BATCH_ELEMENTS` elements."""
+    batches of :func:`autodiff.memory.runs_per_batch` runs."""
     batch = runs_per_batch(steps, getattr(model, "M", model.n_obs))
     resting = blown_up = 0
     for first in range(0, len(points), batch):

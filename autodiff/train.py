@@ -41,7 +41,12 @@ from autodiff.config import (
     new_run_remedies,
 )
 from autodiff.fingerprint import FINGERPRINTED, fingerprint, stored
-from autodiff.memory import available_bytes, training_step_bytes
+from autodiff.memory import (
+    available_bytes,
+    selection_bytes,
+    training_step_bytes,
+    validation_bytes,
+)
 from autodiff.optim import (
     ExponentialDecay,
     NonFiniteStepError,
@@ -499,6 +504,8 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     several = several_trajectories(data)
     data, lengths, validation_data = _check_data(model, data, validation_data, config)
     _check_step_memory(model, config)
+    if validation_data is not None:
+        _check_run_memory(model, config, validation_data)
     ckpt_file = None
     if checkpoint_dir is not None:
         ckpt_file = checkpoint_path(check_checkpoint_dir(checkpoint_dir))
@@ -572,6 +579,51 @@ def _check_step_memory(model, config) -> None:
             f"of memory and {format_bytes(available)} are available now; lower batch_size or "
             "sequence_length."
         )
+
+
+def _check_run_memory(model, config, validation_data) -> None:
+    """Refuse a validation (:func:`autodiff.memory.validation_bytes`) or selection check
+    (:func:`autodiff.memory.selection_bytes`) whose free runs would not fit in the memory
+    available now: found only after training otherwise, with settings a resume keeps."""
+    trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
+    lengths = [len(x) for x in trajectories]
+    width = model.M if isinstance(model, LatentRNN) else model.n_obs
+    itemsize = np.dtype(config.dtype).itemsize
+    jobs = [
+        (
+            validation_bytes(
+                len(trajectories),
+                min(config.validation_starts, *lengths),
+                config.validation_steps or max(lengths) - 1,
+                width,
+                model.n_obs,
+                itemsize,
+            ),
+            "each validation",
+            "validation_steps or validation_starts",
+        )
+    ]
+    if config.selection_candidates > 1:
+        jobs.append(
+            (
+                selection_bytes(
+                    config.selection_starts,
+                    _selection_steps(config, validation_data),
+                    width,
+                    model.n_obs,
+                    itemsize,
+                ),
+                "the selection check",
+                "selection_steps or selection_starts",
+            )
+        )
+    available = available_bytes()
+    for need, what, settings in jobs:
+        if available is not None and need > available:
+            raise ValueError(
+                f"fit: {what}'s free runs need about {format_bytes(need)} of memory and "
+                f"{format_bytes(available)} are available now; lower {settings}."
+            )
 
 
 def _check_params(model, dtype: str) -> None:
@@ -1068,17 +1120,23 @@ def _with_candidate(candidates, params, epoch, scores, current, config):
     return [entries[k] for k in order], rows[order]
 
 
+def _selection_steps(config, validation_data) -> int:
+    """The length of the selection check's free runs: ``config.selection_steps``, or twice
+    the validation runs' (at least :data:`models.metrics.REST_MIN_POINTS`)."""
+    if config.selection_steps is not None:
+        return config.selection_steps
+    trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
+    longest = max(len(x) for x in trajectories) - 1
+    return max(2 * (config.validation_steps or longest), REST_MIN_POINTS)
+
+
 def _select(model, state, params, validation_data, config):
     """The check of the candidates (:func:`autodiff.selection.select`): its report for
     :attr:`TrainResult.selection` (None when not made) and the index of the candidate kept,
     whose epoch and scores become ``state.best_epoch`` and ``state.best_scores``."""
     from autodiff.selection import FAILED_FRACTION_ALLOWED, select
 
-    steps = config.selection_steps
-    if steps is None:
-        trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
-        longest = max(len(x) for x in trajectories) - 1
-        steps = max(2 * (config.validation_steps or longest), REST_MIN_POINTS)
+    steps = _selection_steps(config, validation_data)
     t0 = time.perf_counter()
     checked = select(
         model, state.candidates, params, validation_data, config.selection_starts, steps

@@ -389,7 +389,9 @@ class Model(ABC):
                 checks.add(f"x0 must have shape (..., N) with N={self.n_obs}; got {x0.shape}.")
             n_steps = checks.integer(n_steps, "n_steps", 0)
         mean, sd = self.standardization or (0.0, 1.0)
+        out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         # the model's run (of its latents, in its dtype) and this float64 copy, together
+        # (out's pages are not touched yet: the memory available does not count them)
         runs, width = math.prod(x0.shape[:-1]) * n_steps, getattr(self, "M", self.n_obs)
         both = runs * (width * self.dtype.itemsize + self.n_obs * 8)
         limit = beyond_available(both)
@@ -399,7 +401,6 @@ class Model(ABC):
                 f"start(s) need {format_bytes(both)} (the model's run and its float64 copy in "
                 f"data units), {limit}; use fewer steps or starts (or several shorter runs)."
             )
-        out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
         with np.errstate(over="ignore", invalid="ignore"):
             units = to_sd_units(x0.astype(np.float64), mean, sd)
             z0 = units.astype(self.dtype)

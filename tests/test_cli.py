@@ -857,7 +857,8 @@ def test_the_free_run_estimates_count_the_scores_and_the_selection_batches(monke
     assert 98e6 <= needed[-1] <= 1.5 * 98e6
     s = replace(s, validation_steps=1000, selection_steps=2_000_000, selection_starts=64)
     cli._check_training_memory(s, data, {})
-    assert needed[-1] == 2 * 2_000_000 * (3 * 4 + 3 * 12)  # 2 runs a batch of float32 runs
+    # 2 runs a batch of float32 runs, and the 64 starts' indices and points
+    assert needed[-1] == 2 * 2_000_000 * (3 * 4 + 3 * 12) + 64 * (8 + 3 * 8)
 
 
 def test_data_key_selects_an_array_and_is_saved_with_the_run(tmp_path):

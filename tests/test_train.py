@@ -1244,6 +1244,29 @@ def _train_state(edit):
 
 
 @pytest.mark.parametrize(
+    "settings, what",
+    [
+        ({"validation_steps": 10**7}, "each validation's free runs need about 5.36 GiB"),
+        ({"selection_steps": 2 * 10**7}, "the selection check's free runs need about 1.34 GiB"),
+        ({"selection_starts": 10**8}, "the selection check's free runs need about 3.36 GiB"),
+    ],
+)
+def test_validation_and_selection_runs_beyond_memory_are_refused_before_training(
+    lorenz, tmp_path, monkeypatch, settings, what
+):
+    """They were found only after training (validation_steps, which a resume keeps: the run
+    could never finish), naming generate, or as NumPy's bare MemoryError."""
+    x, xv = lorenz
+    monkeypatch.setattr(autodiff.train, "available_bytes", lambda: 2**30)
+    cfg = config(epochs=1, **settings)
+    names = "validation_steps or validation_starts" if "validation" in what else "selection_"
+    for call in (check_fit, fit):
+        with pytest.raises(ValueError, match=rf"^fit: {what} of memory and 1 GiB are .*{names}"):
+            call(small_model(), x, cfg, checkpoint_dir=tmp_path, validation_data=xv)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
     "edit_meta, edit_fields",
     [
         (lambda m: m["train_state"].pop("config"), None),
