@@ -2663,9 +2663,10 @@ def _diverged_message(config, exc) -> str:
             "No checkpoint was written yet (the first is written after epoch "
             f"{min(config.checkpoint_interval, config.epochs)})."
         )
+    alpha = "" if exc.alpha is None else f"alpha {exc.alpha:.4g} and "  # None: an SSM
     return (
         f"training failed: {rejections(exc.streak)} (last: {exc.reason}) "
-        f"in epoch {exc.epoch} with alpha {exc.alpha:.4g} and learning rate {exc.lr:.3g}. "
+        f"in epoch {exc.epoch} with {alpha}learning rate {exc.lr:.3g}. "
         f"{kept} {_suggestions(exc.remedies)}"
     )
 

@@ -122,7 +122,8 @@ class TrainingDivergedError(RuntimeError):
     epoch, batch : int
         Where (1-based) the last rejected step was (for ``final``: the last step).
     alpha, lr : float
-        The GTF alpha and learning rate of that step.
+        The GTF alpha (None for a state-space model, trained without GTF) and learning rate
+        of that step.
     params : ndarray
         The last good (finite) parameters; for ``final``, the last ones, which failed.
     checkpoint : pathlib.Path or None
@@ -176,7 +177,8 @@ class TrainingDivergedError(RuntimeError):
         tries = [f"{name}={value!r}" for name, value in remedies.items()]
         if not clipped:
             tries.append("a grad_clip (a bound on the gradient norm)")
-        where = f"epoch {epoch}, batch {batch}, alpha={alpha:.4g}, lr={lr:.3g}"
+        gtf = "" if alpha is None else f", alpha={alpha:.4g}"  # None: a state-space model
+        where = f"epoch {epoch}, batch {batch}{gtf}, lr={lr:.3g}"
         if final:
             last = f"ended {streak} rejected steps in a row" if streak else "was accepted"
             what = (
@@ -440,7 +442,10 @@ def _loss_and_grad(model, windows, alpha, config):
     if not isinstance(model, LatentRNN):
         from autodiff.ssm_gradients import ssm_loss_and_grad
 
-        loss, grad, _ = ssm_loss_and_grad(model, windows, backend=config.backend)
+        # parameters a step blew up overflow here: the loss or gradient is then not finite,
+        # and the step is rejected saying so (no RuntimeWarning on the way)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grad, _ = ssm_loss_and_grad(model, windows, backend=config.backend)
         return loss, grad, (0, 0.0), "", False
     from autodiff.gradients import gtf_loss_and_grad
 
@@ -963,7 +968,7 @@ def fit(
             reason=reason,
             epoch=step // bpe + 1,
             batch=step % bpe + 1,
-            alpha=state.alpha,
+            alpha=state.alpha if is_rnn else None,
             lr=schedule(step),
             params=model.params.copy(),
             checkpoint=ckpt_file if ckpt_file is not None and ckpt_file.exists() else None,

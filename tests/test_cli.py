@@ -1723,6 +1723,17 @@ def test_evaluate_exits_1_when_the_free_run_fails(finished_run, tmp_path, monkey
     assert json.loads((out / "evaluation.json").read_text())["status"] == "out_of_box"
 
 
+def test_the_failure_line_of_a_state_space_model_names_no_alpha():
+    """An SSM's TrainingDivergedError has alpha None (no GTF): the line leaves it out."""
+    from autodiff.train import TrainingDivergedError
+
+    exc = TrainingDivergedError(streak=2, reason="the loss is not finite", epoch=1, batch=2,
+                                alpha=None, lr=1e30, params=np.zeros(3), checkpoint=None,
+                                remedies={}, clipped=True)  # fmt: skip
+    line = cli._diverged_message(autodiff.TrainConfig(), exc)
+    assert "in epoch 1 with learning rate 1e+30. No checkpoint" in line and "alpha" not in line
+
+
 def test_summary_says_when_no_validation_run_was_measurable(capsys):
     test = {
         "status": "ok",

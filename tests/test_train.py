@@ -749,6 +749,17 @@ def test_state_space_model_trains(lorenz):
     assert isinstance(result.model, LinearSSM)
 
 
+def test_a_state_space_model_that_diverges_reports_no_alpha(lorenz):
+    """It trains without GTF: its TrainingDivergedError has alpha None and its message none
+    (it said alpha=0.1, the config's unused start)."""
+    x, _ = lorenz
+    model = LinearSSM(3, 4, 8, dtype="float64")
+    cfg = ssm_config(epochs=1, batches_per_epoch=3, max_bad_steps=2, lr_start=1e30, lr_end=1e30)
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 1, batch \d, lr=1e\+30\.") as err:
+        fit(model, x, cfg)
+    assert err.value.alpha is None and "alpha=" not in str(err.value)
+
+
 def test_numpy_scalars_in_the_config_become_python_numbers(lorenz, tmp_path):
     x, _ = lorenz
     cfg = config(epochs=np.int64(2), batches_per_epoch=np.int32(2), alpha=np.float32(0.25),
