@@ -665,10 +665,13 @@ def _beyond(dtype: str) -> str:
 def _in_training_dtype(units, given, names, lengths, config) -> np.ndarray:
     """``units`` -- checked trajectories in the training units (standardised when
     ``config.standardize``), concatenated, of ``lengths``, named ``names``; ``given``: the
-    same as given -- in ``config.dtype``, refused (naming the first value, its trajectory,
-    row and column, and the fixes) when a value would become inf there."""
+    same as given -- in ``config.dtype``, never the caller's array, refused (naming the first
+    value, its trajectory, row and column, and the fixes) when a value would become inf
+    there."""
+    # a copy of data trained on unstandardised (units is given), which could be the
+    # caller's own array: changing it during the run (in a callback) changed the training
     with np.errstate(over="ignore"):
-        cast = np.ascontiguousarray(units, dtype=config.dtype)
+        cast = np.array(units, dtype=config.dtype, order="C", copy=True if units is given else None)
     if np.all(np.isfinite(cast)):
         return cast
     at, col = divmod(int(np.argmin(np.isfinite(cast))), cast.shape[1])

@@ -760,6 +760,22 @@ def test_a_state_space_model_that_diverges_reports_no_alpha(lorenz):
     assert err.value.alpha is None and "alpha=" not in str(err.value)
 
 
+def test_unstandardised_data_are_copied_when_fit_starts(lorenz):
+    """With standardize=False the caller's float64 array was trained on as it is: a callback
+    that zeroed it at step 0 changed the run. The run's data are fixed when fit starts."""
+    x, xv = lorenz
+    cfg = config(epochs=1, standardize=False, dtype="float64")
+    whole = fit(small_model(), x.copy(), cfg, validation_data=xv.copy()).model.params
+    data, validation = x.copy(), xv.copy()
+
+    def zero_the_data(info):
+        data[...] = 0.0
+        validation[...] = 0.0
+
+    changed = fit(small_model(), data, cfg, validation_data=validation, callback=zero_the_data)
+    np.testing.assert_array_equal(changed.model.params, whole)
+
+
 def test_numpy_scalars_in_the_config_become_python_numbers(lorenz, tmp_path):
     x, _ = lorenz
     cfg = config(epochs=np.int64(2), batches_per_epoch=np.int32(2), alpha=np.float32(0.25),
