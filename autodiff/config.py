@@ -155,11 +155,17 @@ def unused_fields(
     :data:`AUTO_ALPHA_SETTINGS` with ``alpha_mode="constant"``; for a state-space model those
     of :data:`GTF_SETTINGS`; for either those of :data:`SELECTION_SETTINGS` with
     ``selection_candidates=1``."""
-    unchecked = SELECTION_SETTINGS if selection_candidates == 1 else ()
+    unchecked = SELECTION_SETTINGS if _is(selection_candidates, 1) else ()
     if not latent_rnn:
         return GTF_SETTINGS + unchecked
-    newton = DEER_SETTINGS if method == "sequential" else ()
-    return newton + (AUTO_ALPHA_SETTINGS if alpha_mode == "constant" else ()) + unchecked
+    newton = DEER_SETTINGS if _is(method, "sequential") else ()
+    return newton + (AUTO_ALPHA_SETTINGS if _is(alpha_mode, "constant") else ()) + unchecked
+
+
+def _is(value, option) -> bool:
+    """``value == option`` (a str or an int) for any value: an array (refused as a setting,
+    but compared before the refusal) has no truth value."""
+    return isinstance(value, type(option)) and not isinstance(value, bool) and value == option
 
 
 def constant_alpha_refusal(given: dict) -> str:

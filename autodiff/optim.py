@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from models._checks import FLOAT_DTYPES, Checks, check_int
+from models.base import allocated
 from parscan._arguments import masked_problem
 
 
@@ -70,15 +71,29 @@ class Adam:
                 setattr(self, name, beta)
             self.eps = checks.real(eps, "eps", positive=True)
             self.dtype = checks.float_dtype(dtype)
-            if checks.ok("eps", "dtype") and self.dtype.type(self.eps) == 0:
-                tiny = np.finfo(self.dtype).smallest_subnormal
-                checks.add(
-                    f"eps={eps!r} is 0 in {self.dtype} (a zero gradient entry would divide 0 "
-                    f"by 0); use eps >= {tiny:.3g}.",
-                    "eps",
-                )
-        self.m = np.zeros(n_params, dtype=self.dtype)
-        self.v = np.zeros(n_params, dtype=self.dtype)
+            if checks.ok("eps", "dtype"):
+                with np.errstate(over="ignore"):
+                    in_dtype = self.dtype.type(self.eps)
+                if in_dtype == 0:
+                    tiny = np.finfo(self.dtype).smallest_subnormal
+                    checks.add(
+                        f"eps={eps!r} is 0 in {self.dtype} (a zero gradient entry would divide "
+                        f"0 by 0); use eps >= {tiny:.3g}.",
+                        "eps",
+                    )
+                elif not np.isfinite(in_dtype):  # every step would be 0: a silent no-op
+                    checks.add(
+                        f"eps={eps!r} is inf in {self.dtype}; use eps <= "
+                        f"{np.finfo(self.dtype).max:.3g} (typically 1e-8).",
+                        "eps",
+                    )
+        self.m, self.v = allocated(
+            lambda: (np.zeros(n_params, dtype=self.dtype), np.zeros(n_params, dtype=self.dtype)),
+            2 * n_params * self.dtype.itemsize,
+            type(self).__name__,
+            f"the moments of {n_params} parameters",
+            "train fewer parameters",
+        )
         self.t = 0
 
     @property

@@ -188,7 +188,7 @@ class Checks:
 
     def choice(self, value, name: str, options: tuple):
         """``value`` if it is one of ``options``."""
-        if value not in options:
+        if not isinstance(value, str) or value not in options:  # (an array: no truth value)
             self.add(f"{name} must be one of {options}; got {value!r}.", name)
         return value
 

@@ -345,7 +345,7 @@ class PiecewiseLinearRNN(LatentRNN):
         """
         where = f"{type(self).__name__}.step_and_jacobian"
         with Checks(where) as checks:
-            if backend not in ("auto", "cpu", "cuda"):
+            if not isinstance(backend, str) or backend not in ("auto", "cpu", "cuda"):
                 checks.add(f"backend must be 'auto', 'cpu' or 'cuda'; got {backend!r}.")
             diag = checks.boolean(diag, "`diag`")
         on_device = is_device_array(z)

@@ -983,7 +983,7 @@ def standardize(x):
         (``model.standardization``) to map predictions back with :func:`destandardize`.
     """
     where = "standardize"
-    arr = check_trajectory(_float64(x), where, constant=True)
+    arr = check_trajectory(_float64(as_array(x, "x", where)), where, constant=True)
     mean, sd = column_mean_sd(arr)
     _check_not_constant(arr, sd, where, "x")
     return to_sd_units(arr, mean, sd), mean, sd

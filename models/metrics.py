@@ -387,7 +387,7 @@ def _kl_gmm(x_true, x_gen, sigma2, n_points, n_samples, seed, where):
     samples, log_p, log_q = allocated(
         draw, n_bytes, where, "the n_samples Monte-Carlo samples", "lower n_samples"
     )
-    root = math.sqrt(0.5 / sigma2)
+    root = math.sqrt(0.5) / math.sqrt(sigma2)  # 0.5 / sigma2 overflows for sigma2 < 2.8e-309
     _gmm_log_sum(samples, centers_p, root, log_p)
     _gmm_log_sum(samples, centers_q, root, log_q)
     log_ratio = log_p - log_q + math.log(centers_q.shape[0] / centers_p.shape[0])
@@ -1092,8 +1092,8 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
     TypeError
         ``runs`` or ``scale`` do not hold real numbers, or ``runs`` is a masked array.
     ValueError
-        ``runs`` has fewer than 2 dimensions, ``scale`` or ``tolerance`` is not finite and
-        positive, or ``fraction`` is outside (0, 1].
+        ``runs`` has fewer than 2 dimensions or N = 0, ``scale`` or ``tolerance`` is not
+        finite and positive, or ``fraction`` is outside (0, 1].
     """
     with Checks("fixed_point_onsets") as checks:
         runs = checks.array(runs, "runs")
@@ -1101,8 +1101,10 @@ def fixed_point_onsets(runs, scale=1.0, *, tolerance=REST_TOLERANCE, fraction=RE
         tolerance = checks.real(tolerance, "tolerance", positive=True)
         fraction = checks.real(fraction, "fraction", positive=True)
         if checks.ok("runs"):
-            if runs.ndim < 2:
-                checks.add(f"runs must have shape (..., n_steps, N); got shape {runs.shape}.")
+            if runs.ndim < 2 or runs.shape[-1] == 0:
+                checks.add(
+                    f"runs must have shape (..., n_steps, N) with N >= 1; got shape {runs.shape}."
+                )
             elif runs.dtype.kind not in "iuf":
                 checks.add(f"runs must hold real numbers; got dtype {runs.dtype}.", wrong_kind=True)
         if checks.ok("scale"):
@@ -1418,7 +1420,7 @@ def evaluate(
             diverge_factor=checks.real(diverge_factor, "diverge_factor", positive=True),
             seed=checks.integer(seed, "seed", 0),
         )
-        if s.dstsp_method == "bins" and checks.ok("n_bins"):
+        if checks.ok("dstsp_method", "n_bins") and s.dstsp_method == "bins":
             with checks.caught():
                 _check_total_bins(s.n_bins, model.n_obs, where)
         if checks.ok("measures", "dstsp_method") and _needs_variation(measures, s.dstsp_method):
@@ -1462,7 +1464,7 @@ def evaluate(
     ranges = joined.max(axis=0) - joined.min(axis=0)
     limit = s.diverge_factor * np.where(ranges > 0, ranges, 1.0)  # 1: as in _at_rest
     scored = [
-        _score_trajectory(model, x, s, reference, mean, limit)
+        _score_trajectory(model, x, s, reference, mean, limit, where)
         for x, reference in zip(tests, references, strict=True)
     ]
     if several:
@@ -1498,15 +1500,19 @@ def _mean_dstsp(true, runs, reference, s):
     return float(np.mean(scores))
 
 
-def _score_trajectory(model, x, s, reference, mean, limit):
+def _score_trajectory(model, x, s, reference, mean, limit, where):
     """:func:`evaluate`'s free runs from one checked test trajectory ``x`` (float64) and its
     measures but ``"lyapunov"`` (left None); ``reference``: the binned D_stsp reference of
     ``x[1:]`` (None otherwise); ``mean``, ``limit``: the divergence bounds of
-    :func:`run_problem`. Returns the result and the measured part of the runs,
-    ``(n_starts, n_steps - transient, N)`` (None when they cannot be measured)."""
+    :func:`run_problem`; ``where`` names :func:`evaluate` in errors. Returns the result and
+    the measured part of the runs, ``(n_starts, n_steps - transient, N)`` (None when they
+    cannot be measured)."""
     n_steps = s.run_length(x)
     starts = np.arange(s.n_starts) * x.shape[0] // s.n_starts
-    gen = model.generate(x[starts].astype(model.dtype), n_steps).astype(np.float64)
+    try:
+        gen = model.generate(x[starts].astype(model.dtype), n_steps).astype(np.float64)
+    except ValueError as exc:  # runs too large for this machine, in generate's words
+        raise ValueError(f"{where}: {exc} Lower n_steps or n_starts.") from None
     gen = gen.reshape(s.n_starts, n_steps, x.shape[1])
     result = {
         "status": "ok",

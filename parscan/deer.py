@@ -25,6 +25,7 @@ Durstewitz, arXiv:2605.12683).
 import contextlib
 import enum
 import functools
+import math
 from dataclasses import dataclass, replace
 
 import numba
@@ -467,7 +468,7 @@ def _check_options(jacobian, tol, max_iter, throw, backend, M) -> dict:
     an int), as ``{"type": [...], "value": [...]}`` (merged into the argument check so that
     every mismatch is reported at once)."""
     errors = {"type": [], "value": []}
-    if jacobian not in ("full", "diag"):
+    if not isinstance(jacobian, str) or jacobian not in ("full", "diag"):
         errors["value"].append(f"`jacobian` must be 'full' or 'diag'; got {jacobian!r}.")
     check_newton_limits(tol, max_iter, errors)
     problem = bool_problem(throw, "`throw`")
@@ -493,9 +494,7 @@ def check_newton_limits(tol, max_iter, errors: dict) -> None:
             errors["type"].append(
                 f"`tol` must be None, a float or a pair (rtol, atol) of floats; got {tol!r}."
             )
-        elif (
-            len(items) != 2 or not all(np.isfinite(x) and x >= 0 for x in items) or max(items) <= 0
-        ):
+        elif len(items) != 2 or not all(_finite(x) and x >= 0 for x in items) or max(items) <= 0:
             errors["value"].append(
                 "`tol` must be None (dtype defaults), a positive float (rtol = atol = tol) or a "
                 f"pair (rtol, atol) of non-negative floats, not both 0; got {tol!r}."
@@ -504,6 +503,14 @@ def check_newton_limits(tol, max_iter, errors: dict) -> None:
         errors["value" if _is_int(max_iter) else "type"].append(
             f"`max_iter` must be a positive int or None; got {max_iter!r}."
         )
+
+
+def _finite(x) -> bool:
+    """Whether the number ``x`` is finite as a float (an int beyond float's range is not)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _cuda_problems(jacobian, M) -> list[str]:

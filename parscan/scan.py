@@ -676,9 +676,8 @@ def combine(pair2, pair1):
         ("pair1", pair1, ("A1", "b1")),
     ):
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
-            got = type(pair).__name__ + (
-                f" of length {len(pair)}" if hasattr(pair, "__len__") else ""
-            )
+            sized = hasattr(pair, "__len__") and getattr(pair, "ndim", 1) > 0  # 0-d: no len
+            got = type(pair).__name__ + (f" of length {len(pair)}" if sized else "")
             raise TypeError(
                 f"combine: {name} must be a pair (A, b) of arrays (tuple or list); got a {got}."
             )

@@ -377,6 +377,16 @@ def test_updates_still_falling_are_no_stall_at_rounding():
     assert deer_solve(model, z0, **kw).n_iter == 11
 
 
+def test_a_jacobian_array_or_a_tol_beyond_float_is_an_argument_error():
+    """NumPy's "truth value is ambiguous" and "ufunc 'isfinite' not supported" before."""
+    model = make_model("ShPLRNN")
+    with pytest.raises(ValueError, match=r"^deer_solve: `jacobian` must be 'full' or 'diag'; "):
+        deer_solve(model, np.zeros(4), 10, jacobian=np.array(["full", "diag"]))
+    with pytest.raises(ValueError, match=r"^deer_solve: `tol` must be None .*; got \(1e-06, 1"):
+        deer_solve(model, np.zeros(4), 10, tol=(1e-6, 10**400))
+    assert deer_solve(model, np.zeros(4), 10, tol=2**64).ok  # finite: converged at once
+
+
 def test_max_iter_too_small_raises_documented_error():
     model = EulerLorenz()
     z0, data = lorenz_data(500, seed=2)

@@ -879,8 +879,9 @@ def test_fixed_point_onsets_of_integer_runs_do_not_wrap():
             (np.zeros(10),),
             {},
             ValueError,
-            r"runs must have shape \(\.\.\., n_steps, N\); got shape",
+            r"runs must have shape \(\.\.\., n_steps, N\) with N >= 1; got shape",
         ),
+        ((np.zeros((50, 0)),), {}, ValueError, r"runs .* with N >= 1; got shape \(50, 0\)\."),
         ((np.zeros((20, 2)), np.array([1.0, 0.0])), {}, ValueError, "scale must be finite and > 0"),
         ((np.zeros((20, 2)), np.nan), {}, ValueError, "scale must be finite and > 0"),
         ((np.zeros((20, 2)),), {"fraction": 1.5}, ValueError, r"fraction must be in \(0, 1\]"),
@@ -1374,3 +1375,28 @@ def test_check_dstsp_resolution_checks_its_reference():
         ValueError, match=r"^mine: x_true is constant in column\(s\) \[2\], where the box='minmax'"
     ):
         metrics.check_dstsp_resolution(1000, x, where="mine", fix="do X")
+
+
+def test_options_given_as_arrays_and_extreme_numbers_are_argument_errors():
+    """An array as a string option (NumPy's "truth value is ambiguous" before); a sigma2
+    whose 0.5 / sigma2 overflows (NaN before: D_stsp is then inf, 0 for equal data); runs
+    of N = 0; a ragged list to standardize; free runs too large, named by evaluate."""
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((300, 3)), rng.standard_normal((300, 3))
+    model = ShPLRNN(3, 4)
+    for call, name in (
+        (lambda: state_space_divergence(xs, ys, box=np.array(["minmax", "sd2"])), "box"),
+        (lambda: evaluate(model, xs, dstsp_method=np.array(["bins", "gmm"])), "dstsp_method"),
+    ):
+        with pytest.raises(ValueError, match=rf": {name} must be one of .*; got array\("):
+            call()
+    assert state_space_divergence(xs, ys, method="gmm", sigma2=1e-320) == math.inf
+    assert state_space_divergence(xs, xs, method="gmm", sigma2=1e-320) == 0.0
+    with pytest.raises(ValueError, match=r"^standardize: x is not an array \(nested sequences"):
+        standardize([[1.0, 2.0], [3.0, 4.0], [5.0]])
+    with pytest.raises(
+        ValueError,
+        match=r"^evaluate: ShPLRNN\.generate: a free run of 9223372036854775808 steps .* Lower "
+        r"n_steps or n_starts\.$",
+    ):
+        evaluate(model, xs, n_steps=2**63, measures=("dh",))

@@ -286,6 +286,13 @@ def test_constructor_validation():
     for dtype, got in ((np.int32, "int32"), ("foo", "'foo'"), (None, "None")):
         with pytest.raises(TypeError, match=f"^Adam: dtype must be float32 or float64 .*got {got}"):
             Adam(3, dtype=dtype)
+    # an eps that is inf in the dtype made every step 0; moments beyond memory were NumPy's
+    # bare errors (array too big, MemoryError)
+    with pytest.raises(ValueError, match=r"^Adam: eps=1e\+39 is inf in float32; use eps <= "):
+        Adam(3, eps=1e39, dtype=np.float32)
+    for n in (2**62, 10**12):
+        with pytest.raises(ValueError, match=rf"^RAdam: the moments of {n} parameters need .*"):
+            RAdam(n)
 
 
 def test_python_argument_errors_name_the_class_called():

@@ -993,6 +993,8 @@ def test_combine_rejects_mixed_kinds():
         TypeError, match=r"^combine: pair2 must be a pair \(A, b\).* tuple of length 3"
     ):
         parscan.combine((np.ones(3),) * 3, (np.ones(3), np.ones(3)))
+    with pytest.raises(TypeError, match=r"^combine: pair2 must be .*; got a ndarray\.$"):
+        parscan.combine(np.array(2.0), (np.ones(3), np.ones(3)))  # a 0-d array has no len
     masked = (np.ma.masked_array(np.ones(3), [0, 1, 0]), np.ones(3))
     with pytest.raises(TypeError, match=r"^combine: `A1` is a masked array"):
         parscan.combine((np.ones(3), np.ones(3)), masked)

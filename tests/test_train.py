@@ -845,6 +845,9 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         ({"alpha": 1.5}, ValueError, r"alpha must be finite and in \[0.0, 1.0\]"),
         ({"lr_start": 10**400}, ValueError, r"lr_start .*; got an int of about 400 digits\.$"),
         ({"epochs": -(10**5000)}, ValueError, r"epochs must be >= 1; got an int of about 5000 "),
+        # an array has no truth value: "ambiguous" from NumPy before the choice was refused
+        ({"method": np.array(["deer", "sequential"])}, ValueError, r"method must be one of"),
+        ({"alpha_mode": np.array(["auto"])}, ValueError, r"alpha_mode must be one of"),
         ({"alpha": -(10**5000)}, ValueError, r"alpha .*; got an int of about 5000 digits\.$"),
         ({"alpha": "auto"}, TypeError, r"got str 'auto'\. alpha_mode='auto' \(the default\)"),
         ({"alpha_mode": "fixed"}, ValueError, "alpha_mode must be one of"),
