@@ -297,8 +297,9 @@ def _growth_rate(model, orbits, scale):
     """How fast the map moves points near each orbit (C, k, M) away from it (> 1) or onto it
     (< 1), per period: from :data:`BOUNDARY_SAMPLES` points moved by up to ``scale`` (C, M)
     off its first state (fixed random directions), the largest over them of
-    ``(d_n / d_0) ** (1 / n)``, ``d`` their distance (max norm) from that state after ``n``
-    periods: :data:`GROWTH_PERIODS`, or fewer once a point has moved :data:`GROWTH_LIMIT`
+    ``(d_n / d_0) ** (1 / n)``, ``d`` their distance from that state (max norm, each
+    coordinate in units of its ``scale``) after ``n`` periods: :data:`GROWTH_PERIODS`, or
+    fewer once a point has moved :data:`GROWTH_LIMIT`
     times farther (it has left the neighbourhood where the map is the orbit's local one;
     non-finite: inf) or nearer (before the rounding of the orbit's state, some ``eps |z|``,
     is all that is left of ``d``). Near a boundary of linear regions the map switches
@@ -307,15 +308,17 @@ def _growth_rate(model, orbits, scale):
     c, k, _ = orbits.shape
     first = np.repeat(orbits[:, 0], BOUNDARY_SAMPLES, axis=0)  # (C * S, M)
     directions = np.random.default_rng(1).uniform(-1, 1, first.shape)  # fixed, as in _radius
-    moved = first + np.repeat(scale, BOUNDARY_SAMPLES, axis=0) * directions
-    start = np.max(np.abs(moved - first), axis=1)
+    # distances in these units: a large coordinate's shrinking must not hide a small one's
+    unit = np.repeat(scale, BOUNDARY_SAMPLES, axis=0)
+    moved = first + unit * directions
+    start = np.max(np.abs(moved - first) / unit, axis=1)
     rate = np.ones(len(first))
     left = np.zeros(len(first), dtype=bool)
     z = moved
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for n in range(1, GROWTH_PERIODS + 1):
             z = model.simulate(z, k)[:, -1]
-            distance = np.max(np.abs(z - first), axis=1)
+            distance = np.max(np.abs(z - first) / unit, axis=1)
             now = ~left & (
                 (distance > GROWTH_LIMIT * start)
                 | (distance < start / GROWTH_LIMIT)

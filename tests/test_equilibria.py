@@ -105,6 +105,20 @@ def test_a_large_coordinate_does_not_move_the_small_ones_across_a_boundary():
     assert found["stable"].tolist() == [True] and found["on_boundary"].tolist() == [False]
 
 
+def test_an_unstable_boundary_point_beside_a_large_coordinate_is_unstable():
+    """z* = (1e8, 0) on the ReLU's boundary, unstable there (slope 1.5 on its side): the
+    growth of the small coordinate is measured in its own units, not hidden by the large
+    one's contraction (0.5, stable, before)."""
+    model = ALRNN(2, 1)
+    p = model.unflatten()
+    p["A"][...] = [0.5, 0.5]
+    p["W"][...] = [[0.0, 0.0], [0.0, 1.0]]
+    p["h"][...] = [5e7, 0.0]
+    found = models.fixed_points(model, [[1e8, 0.0]])
+    assert found["on_boundary"].tolist() == [True] and found["stable"].tolist() == [False]
+    np.testing.assert_allclose(found["spectral_radius"], [1.5], rtol=1e-3)
+
+
 @pytest.mark.parametrize("theta", np.linspace(0.1, 3.0, 30))
 def test_a_neutral_centre_is_not_stable(theta):
     """F(z) = R(theta) z + h, a rotation about its fixed point: spectral radius 1, which
