@@ -421,6 +421,9 @@ def _resolve(
         name: f"{spelled[name]} in --config {config_path}" for name in merged if name not in given
     }
     merged.update(given)
+    if isinstance(merged.get("out"), str) and merged["out"].strip():
+        # as the data paths: a config file's "~/runs/x" too (no shell expands it there)
+        merged["out"] = str(_home_expanded(merged["out"], "--out"))
     this_command = set(merged)
     saved = None
     if merged.get("resume"):
@@ -481,7 +484,19 @@ def _with_origin(name: str, value, origins: dict[str, str]) -> str:
 def _absolute(path: str) -> str:
     """``path`` as an absolute, normalised path (relative to the working directory, ``~``
     expanded, ``a/../b`` as ``b``): one file's spellings compare equal."""
-    return os.path.normpath(Path(path).expanduser().absolute())
+    return os.path.normpath(_home_expanded(path, path).absolute())
+
+
+def _home_expanded(path: str, named: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded (:meth:`pathlib.Path.expanduser`);
+    one whose home folder is unknown is a :class:`UserError` starting with ``named``."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "Could not determine home directory."
+        head = path.split(os.sep)[0]
+        raise UserError(
+            f"{named}: no home folder is known for {head!r}; write the path out in full."
+        ) from None
 
 
 def _absolute_paths(paths: str | list[str]) -> str | list[str]:
@@ -1368,7 +1383,7 @@ def out_dir(s: Settings) -> Path:
         stem = Path(_files(s.data)[0]).stem if s.data else s.system
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{stem}-{s.model}-{stamp}"
-    out = Path(s.out).expanduser()  # as the data paths: a config file's "~/runs/x" too
+    out = Path(s.out)
     with _path_errors(f"--out {out}"):
         return _checked_out(out, s.resume)
 
@@ -2952,7 +2967,11 @@ def evaluate_command(
     _check_dimensions(raws, labels, model.n_obs, "the model")
     run = _run_of(path)  # also for the run's model.npz
     if test_data and run is not None and (run / "args.json").is_file():
-        _warn_if_run_data(run, list(test_data), test_data_key)
+        try:
+            _warn_if_run_data(run, list(test_data), test_data_key)
+        except UserError:  # an unreadable args.json beside a model file: no warning, no error
+            if path.is_dir():
+                raise
     far = False
     if model.standardization is not None:
         from models.data import to_sd_units

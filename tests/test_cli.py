@@ -542,6 +542,12 @@ def test_a_config_files_out_expands_the_home_folder(tmp_path, monkeypatch):
     result = run(*TINY, "--config", tmp_path / "c.toml")
     assert result.exit_code == 0, result.output
     assert (home / "run" / "model.npz").exists() and not (tmp_path / "~").exists()
+    resumed = run("--config", tmp_path / "c.toml", "--resume", "-e", 3, "-q")  # found there
+    assert resumed.exit_code == 0, resumed.output
+    _one_error_line(  # a user without a home folder: one line (a RuntimeError traceback)
+        run(*TINY, "--out", "~no_such_user_here/run"),
+        "--out: no home folder is known for '~no_such_user_here'; write the path out in full.",
+    )
 
 
 def test_config_file_and_flag_precedence(tmp_path):
@@ -1507,6 +1513,18 @@ def test_evaluate_mistakes_exit_2(finished_run, tmp_path):
     )
     (out / "model.npz").unlink()  # an interrupted run: a checkpoint but no model yet
     _one_error_line(run("evaluate", out), "has no model.npz: the run did not finish. Continue")
+
+
+def test_a_model_file_is_scored_when_the_args_json_beside_it_is_damaged(finished_run, tmp_path):
+    """The run's args.json is read beside its model.npz only for the test-data warnings: a
+    damaged one skips them (it refused the model file, exit 2), while the run folder as the
+    target still needs it."""
+    out = _copy_run(finished_run, tmp_path)
+    np.save(tmp_path / "test.npy", cli.run_test_data(out, "evaluate")[0])
+    (out / "args.json").write_text("{")
+    result = run("evaluate", out / "model.npz", "--test-data", tmp_path / "test.npy")
+    assert result.exit_code == 0, result.output
+    _one_error_line(run("evaluate", out, "--test-data", tmp_path / "test.npy"), "unreadable")
 
 
 def test_evaluate_out_is_a_json_file_that_replaces_nothing_it_reads(
