@@ -1051,3 +1051,5 @@ def test_a_submodule_is_reachable_from_its_package_alone(expression):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "refused\n", done.stderr
+    module = importlib.import_module(package)  # and no more than submodules
+    assert getattr(module, "a.b", None) is None and getattr(module, "__pycache__", None) is None
