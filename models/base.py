@@ -390,10 +390,12 @@ class Model(ABC):
             n_steps = checks.integer(n_steps, "n_steps", 0)
         mean, sd = self.standardization or (0.0, 1.0)
         out = new_run((*x0.shape[:-1], n_steps, self.n_obs), np.float64, where)
-        # the model's run (of its latents, in its dtype) and this float64 copy, together
+        # the model's run (of its latents, in its dtype; and their observed part) and this
+        # float64 copy, together
         # (out's pages are not touched yet: the memory available does not count them)
         runs, width = math.prod(x0.shape[:-1]) * n_steps, getattr(self, "M", self.n_obs)
-        both = runs * (width * self.dtype.itemsize + self.n_obs * 8)
+        observed = self.n_obs if width > self.n_obs else 0  # generate's copy of them
+        both = runs * ((width + observed) * self.dtype.itemsize + self.n_obs * 8)
         limit = beyond_available(both)
         if limit is not None:
             raise ValueError(
@@ -1156,8 +1158,13 @@ class LatentRNN(Model):
                 x0 = self._check_obs(x0, where, "x0")
             n_steps = checks.integer(n_steps, "n_steps", 0)
         run = self._free_run(self.initial_state(x0), n_steps, where)
-        # the observed part alone: a view would keep all M latents of every step alive
-        return run if self.n_obs == self.M else np.ascontiguousarray(run[..., : self.n_obs])
+        if self.n_obs == self.M:
+            return run
+        # the observed part alone (a view would keep all M latents of every step alive), in
+        # an array checked against the memory available with the run's pages filled
+        observed = new_run((*run.shape[:-1], self.n_obs), self.dtype, where)
+        observed[...] = run[..., : self.n_obs]
+        return observed
 
     def _free_run(self, z0: np.ndarray, n_steps: int, where: str) -> np.ndarray:
         """:meth:`simulate` of checked states ``z0`` (..., M) of the model dtype and a checked

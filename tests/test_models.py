@@ -553,12 +553,12 @@ def test_memory_checks_count_what_is_allocated_and_only_that(monkeypatch):
     together (each alone fit, and Linux counts no untouched page); a contiguous batch of
     states is used as it is, allocating nothing, so no check refuses it."""
     monkeypatch.setattr(_buffers, "CHECKED_BYTES", 0)
-    model = ShPLRNN(4, 6, n_obs=3)  # a step: 4 latents + 3 float64 observations, 56 bytes
+    model = ShPLRNN(4, 6, n_obs=3)  # a step: 4 latents, their 3 observed, 3 in data units
     monkeypatch.setattr(_buffers, "available_bytes", lambda: 40_000)
     with pytest.raises(
         ValueError,
         match=r"^ShPLRNN\.generate_in_data_units: free runs of 1000 steps from 1 start\(s\) "
-        r"need 54\.7 KiB \(the model's run and its float64 copy in data units\), more than "
+        r"need 78\.1 KiB \(the model's run and its float64 copy in data units\), more than "
         r"the 39\.1 KiB of memory available now; use fewer steps or starts",
     ):
         model.generate_in_data_units(np.zeros(3), 1000)
