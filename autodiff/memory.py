@@ -1,5 +1,6 @@
-"""The memory a training step needs, estimated before a run starts (:func:`autodiff.fit`,
-``parscan-train``), and the memory this machine has available now.
+"""The memory a training step, a validation and the selection check need, estimated before
+a run starts (:func:`autodiff.fit`, ``parscan-train``), and the memory this machine has
+available now.
 
 Imports nothing heavier than the standard library, so that the command line can check its
 settings before NumPy's and Numba's kernels are loaded.
