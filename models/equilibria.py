@@ -36,10 +36,9 @@ BOUNDARY_STEP = 1e-7
 #: Jacobian products that differ by more than this times ``1 + max|product|`` come from
 #: different linear regions (a smooth map's change over ``BOUNDARY_STEP`` is far smaller).
 JUMP_TOLERANCE = 1e-4
-#: Periods over which the growth rate of perturbations of an orbit on a boundary is measured,
-#: and the growth or shrinking (by ``GROWTH_LIMIT``) that ends it sooner.
+#: Periods over which the growth rate of perturbations of an orbit on a boundary is measured
+#: (the last half of them counts).
 GROWTH_PERIODS = 200
-GROWTH_LIMIT = 1e3
 
 
 def fixed_points(model, x, *, max_iter=100):
@@ -70,8 +69,9 @@ def fixed_points(model, x, *, max_iter=100):
     up to ``1e-7 (1 + |z_i|)`` away (fixed random directions): where one differs, the point is
     ``on_boundary``. No one side's linearisation settles its stability (the map switches
     between them), so its ``spectral_radius`` is the growth rate of perturbations measured
-    on the map: ``(d_n / d_0) ** (1 / n)`` from 16 points that close, the largest, until
-    their distance ``d`` has grown or shrunk 1000-fold (at most 200 steps).
+    on the map: the mean growth per step of the distance of 16 points that close, over 100
+    steps after 100 more, each step's perturbation moved back to its first size (as a
+    Lyapunov exponent is measured); the largest of the 16.
 
     Parameters
     ----------
@@ -296,41 +296,32 @@ def _radius(model, orbits):
 def _growth_rate(model, orbits, scale):
     """How fast the map moves points near each orbit (C, k, M) away from it (> 1) or onto it
     (< 1), per period: from :data:`BOUNDARY_SAMPLES` points moved by up to ``scale`` (C, M)
-    off its first state (fixed random directions), the largest over them of
-    ``(d_n / d_0) ** (1 / n)``, ``d`` their distance from that state (max norm, each
-    coordinate in units of its ``scale``) after ``n`` periods: :data:`GROWTH_PERIODS`, or
-    fewer once a point has moved :data:`GROWTH_LIMIT`
-    times farther (it has left the neighbourhood where the map is the orbit's local one;
-    non-finite: inf) or nearer (before the rounding of the orbit's state, some ``eps |z|``,
-    is all that is left of ``d``). Near a boundary of linear regions the map switches
-    between the sides' linearisations, and this rate, not any one side's spectral radius,
-    says whether free runs that come close stay: (C,)."""
+    off its first state (fixed random directions), the largest over them of the geometric
+    mean growth of their distance ``d`` from that state (max norm, each coordinate in units
+    of its ``scale``) per period over the last half of :data:`GROWTH_PERIODS` periods. After
+    each period the point is moved back to its first distance along its direction, as a
+    Lyapunov exponent is measured: it stays in the orbit's neighbourhood and above the
+    rounding of its state, and the first periods' transients (one coordinate driving
+    another) drop out. Near a boundary of linear regions the map switches between the
+    sides' linearisations, and this rate, not any one side's spectral radius, says whether
+    free runs that come close stay (a run that leaves the finite numbers: inf): (C,)."""
     c, k, _ = orbits.shape
     first = np.repeat(orbits[:, 0], BOUNDARY_SAMPLES, axis=0)  # (C * S, M)
     directions = np.random.default_rng(1).uniform(-1, 1, first.shape)  # fixed, as in _radius
-    # distances in these units: a large coordinate's shrinking must not hide a small one's
     unit = np.repeat(scale, BOUNDARY_SAMPLES, axis=0)
-    moved = first + unit * directions
-    start = np.max(np.abs(moved - first) / unit, axis=1)
-    rate = np.ones(len(first))
-    left = np.zeros(len(first), dtype=bool)
-    z = moved
+    z = first + unit * directions
+    start = np.max(np.abs(z - first) / unit, axis=1)
+    logs = np.zeros(len(first))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for n in range(1, GROWTH_PERIODS + 1):
             z = model.simulate(z, k)[:, -1]
             distance = np.max(np.abs(z - first) / unit, axis=1)
-            now = ~left & (
-                (distance > GROWTH_LIMIT * start)
-                | (distance < start / GROWTH_LIMIT)
-                | ~np.isfinite(distance)
-                | (n == GROWTH_PERIODS)
-            )
-            rate[now] = np.where(
-                np.isfinite(distance[now]), (distance[now] / start[now]) ** (1.0 / n), np.inf
-            )
-            left |= now
-            if left.all():
-                break
+            if n > GROWTH_PERIODS // 2:
+                logs += np.log(distance / start)
+            z = first + (z - first) * (start / distance)[:, None]
+            z = np.where(np.isfinite(z), z, first)  # collapsed or blown up: its log says so
+    rate = np.exp(logs / (GROWTH_PERIODS - GROWTH_PERIODS // 2))
+    rate = np.where(np.isnan(rate), np.inf, rate)
     return np.max(rate.reshape(c, BOUNDARY_SAMPLES), axis=1)
 
 

@@ -119,6 +119,22 @@ def test_an_unstable_boundary_point_beside_a_large_coordinate_is_unstable():
     np.testing.assert_allclose(found["spectral_radius"], [1.5], rtol=1e-3)
 
 
+@pytest.mark.parametrize("big", [1e4, 1e8])
+def test_a_stable_boundary_point_driving_a_small_coordinate_is_stable(big):
+    """z* = (big, 0) on the ReLU's boundary, J lower triangular with eigenvalues 0.5 and
+    0.5 or 0.8 on either side: stable. The large coordinate's perturbation drives the small
+    one at first (5e7 times its own size in its units); the rate is measured after such
+    transients (renormalised periods), not at the first period (5e7, unstable, before)."""
+    model = ALRNN(2, 1)
+    p = model.unflatten()
+    p["A"][...] = [0.5, 0.5]
+    p["W"][...] = [[0.0, 0.0], [0.5, 0.3]]
+    p["h"][...] = [big / 2, -0.5 * big]
+    found = models.fixed_points(model, [[big, 0.0]])
+    assert found["on_boundary"].tolist() == [True] and found["stable"].tolist() == [True]
+    assert 0.5 <= found["spectral_radius"][0] <= 0.81
+
+
 @pytest.mark.parametrize("theta", np.linspace(0.1, 3.0, 30))
 def test_a_neutral_centre_is_not_stable(theta):
     """F(z) = R(theta) z + h, a rotation about its fixed point: spectral radius 1, which
