@@ -165,7 +165,8 @@ def unused_fields(
 def _is(value, option) -> bool:
     """``value == option`` (a str or an int) for any value: an array (refused as a setting,
     but compared before the refusal) has no truth value."""
-    return isinstance(value, type(option)) and not isinstance(value, bool) and value == option
+    kinds = str | np.str_ if isinstance(option, str) else int | np.integer
+    return isinstance(value, kinds) and not isinstance(value, bool) and value == option
 
 
 def constant_alpha_refusal(given: dict) -> str:

@@ -164,19 +164,23 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
             f"data must have shape (B, T+1, N) with B >= 1, T >= 1 and N = model.n_obs = "
             f"{model.n_obs}; got {data.shape}."
         )
-    if method not in METHODS:
+    # (an array has no truth value: every option is a str before it is compared)
+    method_ok = isinstance(method, str) and method in METHODS
+    jacobian_ok = isinstance(jacobian, str) and jacobian in JACOBIANS
+    backend_ok = unknown_backend(backend) is None
+    if not method_ok:
         value_errors.append(f"method must be one of {METHODS}; got {method!r}.")
-    if (problem := unknown_backend(backend)) is not None:
-        value_errors.append(problem)
-    if jacobian not in JACOBIANS:
+    if not backend_ok:
+        value_errors.append(unknown_backend(backend))
+    if not jacobian_ok:
         value_errors.append(f"jacobian must be one of {JACOBIANS}; got {jacobian!r}.")
     check_newton_limits(tol, max_iter, {"type": type_errors, "value": value_errors})
     # a jacobian not in JACOBIANS is refused above, as for either method
-    newton = {"jacobian": jacobian} if jacobian in JACOBIANS and jacobian != "full" else {}
-    if unknown_backend(backend) is None and backend != "auto":
+    newton = {"jacobian": jacobian} if jacobian_ok and jacobian != "full" else {}
+    if backend_ok and backend != "auto":
         newton["backend"] = backend
     newton.update((name, v) for name, v in (("tol", tol), ("max_iter", max_iter)) if v is not None)
-    if method == "sequential" and newton:
+    if method_ok and method == "sequential" and newton:
         value_errors.append(sequential_refusal(newton))
     problem = bool_problem(throw, "`throw`")
     if problem is not None:
@@ -199,7 +203,8 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
         arr = alpha_array(alpha, "alpha", batch, "(B,)", errors)
         if arr is not None:
             alpha = float(arr) if arr.ndim == 0 else arr.astype(np.float64)
-    value_errors += cuda_problems(model, method, backend)
+    if method_ok and backend_ok:
+        value_errors += cuda_problems(model, method, backend)
     if type_errors:
         raise TypeError(f"{where}: " + " ".join(type_errors + value_errors))
     if value_errors:

@@ -594,15 +594,12 @@ def _check_run_memory(model, config, validation_data) -> None:
     lengths = [len(x) for x in trajectories]
     width = model.M if isinstance(model, LatentRNN) else model.n_obs
     itemsize = np.dtype(config.dtype).itemsize
+    # steps of each part's runs: validation_steps, or the part's own length - 1 (None)
+    steps = sum(config.validation_steps or n - 1 for n in lengths)
     jobs = [
         (
             validation_bytes(
-                len(trajectories),
-                min(config.validation_starts, *lengths),
-                config.validation_steps or max(lengths) - 1,
-                width,
-                model.n_obs,
-                itemsize,
+                1, min(config.validation_starts, *lengths), steps, width, model.n_obs, itemsize
             ),
             "each validation",
             "validation_steps or validation_starts",

@@ -90,7 +90,8 @@ def check_finite_params(
 
 
 class TooLargeForThisMachine(ValueError):
-    """A model whose dimensions need more memory than this machine can allocate."""
+    """A model, or a run or batch of states, that needs more memory than this machine can
+    allocate (or has available now)."""
 
 
 def beyond_available(n_bytes: int) -> str | None:
@@ -113,7 +114,7 @@ def allocated(make, n_bytes: int, where: str, what: str, fix: str = "pass fewer 
             return make()
         except (MemoryError, ValueError):
             limit = "more than this machine can allocate"
-    raise ValueError(f"{where}: {what} need {format_bytes(n_bytes)}, {limit}; {fix}.")
+    raise TooLargeForThisMachine(f"{where}: {what} need {format_bytes(n_bytes)}, {limit}; {fix}.")
 
 
 def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
@@ -152,7 +153,7 @@ def new_run(shape: tuple[int, ...], dtype, where: str) -> np.ndarray:
     need = format_bytes(per_run) + (" per start" if starts != 1 else "")
     if starts > 1:
         need += f", {format_bytes(starts * per_run)} for the {starts} starts"
-    raise ValueError(
+    raise TooLargeForThisMachine(
         f"{where}: a free run of {n_steps} steps ({width} {np.dtype(dtype)} values a step) "
         f"needs {need}, {limit}; use fewer steps{' or starts' if starts > 1 else ''} (or "
         f"several shorter runs)."
@@ -398,7 +399,7 @@ class Model(ABC):
         both = runs * ((width + observed) * self.dtype.itemsize + self.n_obs * 8)
         limit = beyond_available(both)
         if limit is not None:
-            raise ValueError(
+            raise TooLargeForThisMachine(
                 f"{where}: free runs of {n_steps} steps from {math.prod(x0.shape[:-1])} "
                 f"start(s) need {format_bytes(both)} (the model's run and its float64 copy in "
                 f"data units), {limit}; use fewer steps or starts (or several shorter runs)."

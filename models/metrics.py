@@ -26,7 +26,7 @@ from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
 from models._checks import Checks, as_array
-from models.base import LatentRNN, Model, allocated
+from models.base import LatentRNN, Model, TooLargeForThisMachine, allocated
 from models.data import (
     check_in_range,
     check_trajectory,
@@ -1511,7 +1511,7 @@ def _score_trajectory(model, x, s, reference, mean, limit, where):
     starts = np.arange(s.n_starts) * x.shape[0] // s.n_starts
     try:
         gen = model.generate(x[starts].astype(model.dtype), n_steps).astype(np.float64)
-    except ValueError as exc:  # runs too large for this machine, in generate's words
+    except TooLargeForThisMachine as exc:  # runs beyond memory, in generate's words
         raise ValueError(f"{where}: {exc} Lower n_steps or n_starts.") from None
     gen = gen.reshape(s.n_starts, n_steps, x.shape[1])
     result = {

@@ -532,3 +532,19 @@ def test_overflowing_loss_is_reported_without_a_warning():
     assert np.isnan(loss) and grad is None
     assert info.status is DeerStatus.NON_FINITE
     assert info.message.startswith("non_finite: the forward (the states) overflowed")
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("method", ["deer", "sequential"], "method must be one of"),
+        ("jacobian", ["full", "diag"], "jacobian must be one of"),
+        ("backend", ["cpu", "auto"], "unknown backend array"),
+    ],
+)
+def test_an_array_as_an_option_is_an_argument_error(option, value, match):
+    """NumPy's "truth value is ambiguous" before."""
+    model = ShPLRNN(3, 4, dtype="float64")
+    windows = np.random.default_rng(0).standard_normal((2, 10, 3))
+    with pytest.raises(ValueError, match=rf"^gtf_loss_and_grad: {match}"):
+        gtf_loss_and_grad(model, windows, alpha=0.1, **{option: np.array(value)})

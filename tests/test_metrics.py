@@ -1400,3 +1400,16 @@ def test_options_given_as_arrays_and_extreme_numbers_are_argument_errors():
         r"n_steps or n_starts\.$",
     ):
         evaluate(model, xs, n_steps=2**63, measures=("dh",))
+
+
+def test_evaluate_renames_only_runs_beyond_memory():
+    """A ValueError of a model's own generate is passed on as it is; only a run too large
+    for the machine is told to lower n_steps or n_starts."""
+
+    class Boxed(ShPLRNN):
+        def _free_run(self, z0, n_steps, where):
+            raise ValueError(f"{where}: runs only from states inside [-1, 1]; clip x0.")
+
+    xs = np.random.default_rng(0).standard_normal((300, 3))
+    with pytest.raises(ValueError, match=r"^Boxed\.generate: runs only .*; clip x0\.$"):
+        evaluate(Boxed(3, 4), xs, measures=("dh",))

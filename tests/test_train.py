@@ -848,6 +848,11 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         # an array has no truth value: "ambiguous" from NumPy before the choice was refused
         ({"method": np.array(["deer", "sequential"])}, ValueError, r"method must be one of"),
         ({"alpha_mode": np.array(["auto"])}, ValueError, r"alpha_mode must be one of"),
+        (
+            {"selection_candidates": np.int64(1), "selection_starts": 100},
+            ValueError,
+            r"selection_starts=100 applies to selection_candidates > 1 only",
+        ),
         ({"alpha": -(10**5000)}, ValueError, r"alpha .*; got an int of about 5000 digits\.$"),
         ({"alpha": "auto"}, TypeError, r"got str 'auto'\. alpha_mode='auto' \(the default\)"),
         ({"alpha_mode": "fixed"}, ValueError, "alpha_mode must be one of"),
@@ -1294,6 +1299,21 @@ def test_validation_and_selection_runs_beyond_memory_are_refused_before_training
         with pytest.raises(ValueError, match=rf"^fit: {what} of memory and 1 GiB are .*{names}"):
             call(small_model(), x, cfg, checkpoint_dir=tmp_path, validation_data=xv)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_validation_estimate_sums_the_parts_own_lengths(lorenz, monkeypatch):
+    """validation_steps=None runs each part for its own length: one long and several short
+    parts need the sum of their lengths, not the longest times their number (refused
+    before with 4x the memory the runs need)."""
+    x, xv = lorenz
+    parts = [xv] + [xv[:50]] * 9
+    cfg = config(epochs=1, validation_steps=None, validation_starts=4, selection_candidates=1)
+    need = 4 * sum(len(p) - 1 for p in parts) * 48 * 3  # scores dominate: 48 bytes an obs.
+    monkeypatch.setattr(autodiff.train, "available_bytes", lambda: 2 * need)
+    check_fit(small_model(), x, cfg, validation_data=parts)
+    monkeypatch.setattr(autodiff.train, "available_bytes", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"^fit: each validation's free runs need about "):
+        check_fit(small_model(), x, cfg, validation_data=parts)
 
 
 @pytest.mark.parametrize(
