@@ -810,12 +810,16 @@ def dense_lanes(D: int, dtype, launch: Launch) -> int:
     return min(launch.dense_block, _pow2_floor(fit))
 
 
-def _check_device_layout(arrays) -> None:
-    if not all(x is None or x.is_c_contiguous() for x in arrays):
-        raise ValueError(
-            "linear_scan: device arrays must be C-contiguous for the cuda backend; make a "
-            "contiguous copy first (e.g. cupy.ascontiguousarray(x)) or pass host arrays."
-        )
+def _contiguous(x):
+    """The device array ``x`` itself when C-contiguous (or None), else one C-contiguous copy
+    made on the device (Numba's strided assignment kernel): the scan kernels index ``(B, T,
+    D)`` views of their inputs."""
+    if x is None or x.is_c_contiguous():
+        return x
+    copy = cuda.device_array(x.shape, x.dtype)
+    if x.size:
+        copy[:] = x
+    return copy
 
 
 def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None = None):
@@ -878,8 +882,9 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
 def linear_scan_cuda(a, b, h0, reverse, transpose, dense, out):
     """``backend="cuda"`` of :func:`parscan.linear_scan` (inputs already validated).
 
-    Device inputs give a device result without host round trips; host inputs are copied to the
-    GPU and the result back into a host array (``out`` when given).
+    Device inputs give a device result without host round trips (a non-contiguous one is
+    copied once on the device); host inputs are copied to the GPU and the result back into a
+    host array (``out`` when given).
     """
     D = tuple(b.shape)[-1]
     if dense and D > DMAX:
@@ -897,7 +902,7 @@ def linear_scan_cuda(a, b, h0, reverse, transpose, dense, out):
         return host
     from parscan.scan import _extent  # the module that checked out's overlap with b
 
-    _check_device_layout((a, b, h0, out))
+    a, b, h0 = (_contiguous(x) for x in (a, b, h0))
     if out is None:
         out = cuda.device_array(b.shape, b.dtype)
     elif out.size and _extent(out) == _extent(b):  # in place: the walks below re-read b

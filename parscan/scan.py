@@ -260,9 +260,9 @@ def _gathered(problems: list[tuple[type, str]]) -> Exception:
 
 def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
     """``(a, b, h0, out, dense)`` of :func:`linear_scan`'s array arguments: device arrays
-    (``on_device``) as Numba's, host ones as ``np.asarray`` (a masked one's problem added to
-    ``problems`` and its data checked on); dtypes, shapes and ``out`` checked
-    (:func:`_validate`, :func:`_check_out`). Raises the first error that stops the checks."""
+    (``on_device``) as Numba's, host ones as ``np.asarray``; the problems of their dtypes and
+    shapes (:func:`_shape_and_dtype_problems`) and of ``out`` (:func:`_out_problems`), and a
+    masked input's, added to ``problems``. Raises the first error that stops the checks."""
     if on_device:
         if not all(is_device_array(x) for x in (a, b, h0, out) if x is not None):
             raise TypeError(
@@ -292,17 +292,21 @@ def _checked_arrays(a, b, h0, out, on_device: bool, problems: list):
             if masked is not None:
                 problems.append((TypeError, masked))
         a, b, h0 = arrays.values()
-    dense = _validate(a, b, h0, converted, on_device)
+    dense = _shape_and_dtype_problems(a, b, h0, converted, on_device, problems)
     if out is not None:
         if isinstance(out, np.ma.MaskedArray) or not (
             isinstance(out, np.ndarray) or is_device_array(out)
         ):
             kind = "a masked array" if isinstance(out, np.ma.MaskedArray) else type(out).__name__
-            raise TypeError(
-                f"`out` must be an array like `b` (shape {tuple(b.shape)}, dtype {b.dtype}) or "
-                f"None; got {kind}."
+            problems.append(
+                (
+                    TypeError,
+                    f"`out` must be an array like `b` (shape {tuple(b.shape)}, dtype {b.dtype}) "
+                    f"or None; got {kind}.",
+                )
             )
-        _check_out(out, a, b, h0)
+        else:
+            problems.extend(_out_problems(out, a, b, h0))
     return a, b, h0, out, dense
 
 
@@ -311,41 +315,41 @@ def _swapped(x) -> bool:
     return x is not None and not np.dtype(x.dtype).isnative
 
 
-def _validate(a, b, h0, converted: frozenset, device: bool) -> bool:
-    """Check dtypes and shapes of ``a, b, h0`` (anything with ``.shape``/``.dtype``;
-    ``converted``: the names of those the caller gave as other than arrays, and ``device``:
-    whether they are device arrays, for the fixes).
-
-    Returns True for a dense ``a``. Raises one ``TypeError`` (dtype problems) or ``ValueError``
-    (shape problems only) listing every mismatch found.
-    """
-    dtype_problems = _dtype_problems(a, b, h0, converted, device)
-    shape_problems = []
-    dense = False
+def _shape_and_dtype_problems(
+    a, b, h0, converted: frozenset, device: bool, problems: list[tuple[type, str]]
+) -> bool:
+    """Add every dtype (``TypeError``) and shape (``ValueError``) mismatch of ``a, b, h0``
+    (anything with ``.shape``/``.dtype``; ``converted``: the names of those the caller gave as
+    other than arrays, and ``device``: whether they are device arrays, for the fixes) to
+    ``problems``. Returns True for a dense ``a``."""
+    problems.extend((TypeError, p) for p in _dtype_problems(a, b, h0, converted, device))
     if b.ndim < 2:
-        shape_problems.append(f"`b` must have shape (..., T, D); got b.shape={tuple(b.shape)}.")
-    else:
-        batch, D = tuple(b.shape)[:-2], tuple(b.shape)[-1]
-        diag_shape = tuple(b.shape)
-        dense_shape = (*b.shape, D)
-        dense = a.ndim == b.ndim + 1
-        if tuple(a.shape) not in (diag_shape, dense_shape):
-            shape_problems.append(
+        problems.append(
+            (ValueError, f"`b` must have shape (..., T, D); got b.shape={tuple(b.shape)}.")
+        )
+        return False
+    batch, D = tuple(b.shape)[:-2], tuple(b.shape)[-1]
+    diag_shape = tuple(b.shape)
+    dense_shape = (*b.shape, D)
+    if tuple(a.shape) not in (diag_shape, dense_shape):
+        problems.append(
+            (
+                ValueError,
                 "`a` must have shape (..., T, D) (diagonal) or (..., T, D, D) (dense) to match "
                 f"b.shape={tuple(b.shape)}, i.e. {diag_shape} or {dense_shape}; "
                 f"got a.shape={tuple(a.shape)}. Leading batch dimensions must agree exactly "
-                "(no broadcasting)."
+                "(no broadcasting).",
             )
-        if h0 is not None and tuple(h0.shape) != (*batch, D):
-            shape_problems.append(
+        )
+    if h0 is not None and tuple(h0.shape) != (*batch, D):
+        problems.append(
+            (
+                ValueError,
                 f"`h0` must have shape b.shape[:-2] + (D,) = {(*batch, D)}; "
-                f"got h0.shape={tuple(h0.shape)}."
+                f"got h0.shape={tuple(h0.shape)}.",
             )
-    if dtype_problems:
-        raise TypeError("linear_scan: " + " ".join(dtype_problems + shape_problems))
-    if shape_problems:
-        raise ValueError("linear_scan: " + " ".join(shape_problems))
-    return dense
+        )
+    return a.ndim == b.ndim + 1
 
 
 def _extent(x) -> tuple[int, int]:
@@ -369,8 +373,10 @@ def _overlap(x, y) -> bool:
     return lo1 < hi2 and lo2 < hi1
 
 
-def _check_out(out, a, b, h0) -> None:
-    """``out`` must be a C-contiguous, writeable array like ``b``; it may be ``b`` itself."""
+def _out_problems(out, a, b, h0) -> list[tuple[type, str]]:
+    """Why the array ``out`` cannot take the scan of ``b`` (``(exception class, sentence)``
+    pairs; none when it can): it must be a C-contiguous, writeable array like ``b``, and may
+    be ``b`` itself."""
     if (  # the common case (a NumPy buffer reused in a loop), decided in ~1 us
         isinstance(out, np.ndarray)
         and out.shape == b.shape
@@ -383,24 +389,25 @@ def _check_out(out, a, b, h0) -> None:
         and (h0 is None or not np.may_share_memory(out, h0))
         and (out is b or not np.may_share_memory(out, b))
     ):
-        return
+        return []
     problems = []
     if tuple(out.shape) != tuple(b.shape):
         problems.append(
-            f"`out` must have b's shape {tuple(b.shape)}; got out.shape={tuple(out.shape)}."
+            (
+                ValueError,
+                f"`out` must have b's shape {tuple(b.shape)}; got out.shape={tuple(out.shape)}.",
+            )
         )
+    host = isinstance(out, np.ndarray)
+    like = "np.empty_like(b)" if host else "numba.cuda.device_array_like(b)"
     if np.dtype(out.dtype).newbyteorder("=") != np.dtype(b.dtype).newbyteorder("="):
-        like = "np.empty_like(b)"
-        if not isinstance(b, np.ndarray):
-            like = "numba.cuda.device_array_like(b)"
-        problems.insert(
-            0,
-            f"`out` must have b's dtype {np.dtype(b.dtype)}; got out.dtype={np.dtype(out.dtype)}.",
-        )
-        raise TypeError(
-            "linear_scan: " + " ".join(problems) + f" Allocate it like `b`, e.g. with {like}."
-        )
-    if isinstance(out, np.ndarray):
+        got = np.dtype(out.dtype)
+        return [
+            (TypeError, f"`out` must have b's dtype {np.dtype(b.dtype)}; got out.dtype={got}."),
+            *problems,
+            (TypeError, f"Allocate it like `b`, e.g. with {like}."),
+        ]
+    if host:
         flags = out.flags
         needs = {
             "C-contiguous": flags.c_contiguous,
@@ -408,23 +415,25 @@ def _check_out(out, a, b, h0) -> None:
             "writeable": flags.writeable,
             "native-endian": out.dtype.isnative,
         }
-        like = "np.empty_like(b)"
     else:
         needs = {"C-contiguous": out.is_c_contiguous()}
-        like = "numba.cuda.device_array_like(b)"
     failed = [name for name, ok in needs.items() if not ok]
     if failed:
         problems.append(
-            f"`out` must be {', '.join(needs)}; got one that is not {' and not '.join(failed)}."
-            f" Allocate it with {like}."
+            (
+                ValueError,
+                f"`out` must be {', '.join(needs)}; got one that is not "
+                f"{' and not '.join(failed)}. Allocate it with {like}.",
+            )
         )
-    overlap = np.may_share_memory if isinstance(out, np.ndarray) else _overlap
+    overlap = np.may_share_memory if host else _overlap
     if any(x is not None and overlap(out, x) for x in (a, h0)) or (
         overlap(out, b) and (_extent(out) != _extent(b) or tuple(out.strides) != tuple(b.strides))
     ):
-        problems.append("`out` may be `b` itself but must not overlap `a`, `h0` or part of `b`.")
-    if problems:
-        raise ValueError("linear_scan: " + " ".join(problems))
+        problems.append(
+            (ValueError, "`out` may be `b` itself but must not overlap `a`, `h0` or part of `b`.")
+        )
+    return problems
 
 
 def _host_ready(x: np.ndarray) -> np.ndarray:
@@ -586,7 +595,8 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     Host inputs that are C-contiguous, aligned and native-endian are read where they are, also
     read-only ones (a ``np.broadcast_to`` view of matching shape, a read-only memmap); others
     are copied once. Numba compiles separate kernels for read-only arrays: the first call with
-    one compiles them (seconds per kernel; cached on disk like the others).
+    one compiles them (seconds per kernel; cached on disk like the others). Device inputs
+    that are not C-contiguous are copied once on the device.
     """
     given_out = out
     problems = [
