@@ -22,7 +22,8 @@ borrowed device machine and one hang cannot eat the budget):
    ``gtf_loss_and_grad`` with the model and protocol of the README's CPU table (the shPLRNN,
    M=3, L=50, briefly pre-fitted to Lorenz-63; B=16 windows; alpha from ``gtf_alpha``),
    ``method="deer"`` on the GPU against ``method="sequential"`` on the CPU, first call and
-   min / median of 5 runs each.
+   min / median of 5 runs each; the step fails when a DEER loss or gradient is not the
+   sequential method's (``matches_sequential``).
 
 Everything is written to ``$OUT/gpu_check.json`` (``$OUT`` unset: the current folder), rewritten
 after every step (a step that hangs past its limit loses nothing measured before it), and
@@ -40,7 +41,8 @@ and exits 1.
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --smoke
 
 The package need not be installed there: the script puts the repository root first on
-``sys.path`` and runs the steps with it on ``PYTHONPATH``. Its dependencies must be, in
+``sys.path`` and runs the steps with it on ``PYTHONPATH``. Its dependencies must be (numpy,
+numba, numba-cuda, scipy and click for the package, pytest and hypothesis for the tests), in
 versions that work together: numba-cuda 0.30.4 compiles no kernel with numpy 2.5
 (``pyproject.toml`` caps numpy below 2.5; a failed preflight then names the cause and this
 remedy). On a GPU machine that has numpy 2.5 and no internet, bring wheels of numpy 2.4 and
@@ -262,6 +264,11 @@ def summary_lines(report):
             extra = (
                 f", {row['speedup_vs_sequential']:.3g}x" if "speedup_vs_sequential" in row else ""
             )
+            if row.get("matches_sequential") is False:
+                extra += (
+                    f", WRONG: relative difference from sequential: loss {row['loss_rel_diff']}"
+                    f", gradient {row['grad_rel_diff']}"
+                )
             lines.append(
                 f"  gradient {row['method']} ({row['backend'] or 'cpu'}) T={row['T']}: median "
                 f"{row['median_s']:.4g} s, first call {row['first_call_s']:.3g} s, "

@@ -12,9 +12,11 @@ so both solve the same problem. Every case (dtype, method, T) reports the fields
 ``bench/_timing.py``: its first call (compile or cache load included) raw as
 ``first_call_s``, then min and median over ``--repeat`` (>= 5) runs; the Newton iterations,
 threads and versions, and the DEER rows the speed-up (median over median) over the sequential
-method measured in the same process. ``--backend`` is the DEER backend (``cuda``: Newton
-iterations and adjoint on a GPU, against the sequential method on the CPU; it needs a real
-GPU). JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
+method measured in the same process, and how far their loss and gradient are from its
+(``loss_rel_diff``, ``grad_rel_diff``, ``matches_sequential``: within :data:`AGREEMENT`;
+the script exits 1 when a row does not match). ``--backend`` is the DEER backend (``cuda``:
+Newton iterations and adjoint on a GPU, against the sequential method on the CPU; it needs a
+real GPU). JAX (jitted ``lax.scan`` BPTT) and PyTorch (eager BPTT) rows are added when those
 packages are importable, skipped otherwise (they are not dependencies). Each framework row
 runs in its own subprocess on the same windows, model and alpha (written to a temporary
 folder), so that a framework's thread pool cannot slow the Numba kernels down or the other
@@ -61,6 +63,29 @@ from autodiff.gradients import gtf_loss_and_grad
 from autodiff.train import fit
 from parscan import gtf_alpha
 from parscan._jit import n_threads
+
+#: The largest relative difference of GTF-DEER's loss and gradient (2-norm) from the sequential
+#: method's on the same windows before a row is marked wrong (``matches_sequential``): both
+#: compute the exact gradient of one loss, DEER from its Newton solution (converged to about
+#: the dtype's resolution), with sums in other orders.
+AGREEMENT = {"float32": 1e-3, "float64": 1e-8}
+
+
+def _agreement(result, baseline, dtype) -> dict:
+    """``loss_rel_diff``, ``grad_rel_diff`` of ``(loss, grad)`` from the sequential method's
+    ``baseline`` and ``matches_sequential`` (both within :data:`AGREEMENT`; False for a
+    non-finite result)."""
+    (loss, grad), (loss_s, grad_s) = result, baseline
+    diffs = {
+        "loss_rel_diff": abs(loss - loss_s) / max(abs(loss_s), np.finfo(dtype).tiny),
+        "grad_rel_diff": float(
+            np.linalg.norm(grad - grad_s) / max(np.linalg.norm(grad_s), np.finfo(dtype).tiny)
+        ),
+    }
+    ok = all(np.isfinite(v) and v <= AGREEMENT[dtype] for v in diffs.values())
+    return {k: float(v) if np.isfinite(v) else None for k, v in diffs.items()} | {
+        "matches_sequential": bool(ok)
+    }
 
 
 def _model(args, x):
@@ -243,6 +268,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     common = {"threads": n_threads(), "versions": versions(), "model": repr(model64)}
     print_row({"what": "setup", "pretrain_s": round(pretrain_s, 2), **common})
+    wrong = 0  # DEER rows whose loss or gradient is not the sequential method's
 
     for dtype in args.dtype:
         model = model64.astype(dtype)
@@ -250,7 +276,7 @@ def main(argv=None):
             starts = rng.integers(0, x.shape[0] - T, size=args.B)
             windows = x[starts[:, None] + np.arange(T + 1)].astype(dtype)
             alpha = gtf_alpha(model, windows[:, 1:])
-            medians = {}
+            medians, baseline = {}, None
             for method in sorted(args.method, reverse=True):  # sequential first: the baseline
                 backend = args.backend if method == "deer" else "auto"  # sequential: CPU only
                 call = functools.partial(
@@ -258,7 +284,7 @@ def main(argv=None):
                     backend=backend,
                 )  # fmt: skip
                 timing = timeit(call, args.repeat)
-                loss, _, info = timing.result
+                loss, grad, info = timing.result
                 row = {
                     "what": "gtf_loss_and_grad", "method": method, "dtype": dtype, "B": args.B,
                     "T": T, "M": model.M, "alpha": round(alpha, 4), "loss": loss,
@@ -269,8 +295,12 @@ def main(argv=None):
                     "model": repr(model),  # this dtype's copy of the pretrained model
                 }  # fmt: skip
                 medians[method] = timing.median_s
-                if method != "sequential" and "sequential" in medians:
+                if method == "sequential":
+                    baseline = (loss, grad)
+                elif baseline is not None:
                     row["speedup_vs_sequential"] = medians["sequential"] / timing.median_s
+                    row.update(_agreement((loss, grad), baseline, dtype))
+                    wrong += not row["matches_sequential"]
                 print_row(row)
             if args.no_frameworks or T > args.frameworks_max_T:
                 continue
@@ -283,6 +313,13 @@ def main(argv=None):
                     if "median_s" in row:
                         row["vs_fastest_parscan"] = row["median_s"] / min(medians.values())
                 print_row({**row, "dtype": dtype, "B": args.B, "T": T, **common})
+    if wrong:
+        print(
+            f"bench/train.py: {wrong} GTF-DEER row(s) do not match the sequential method "
+            "(matches_sequential false): their timings are of a wrong result",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
