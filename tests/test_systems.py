@@ -123,7 +123,7 @@ def test_jacobian_matches_central_differences(name):
         np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6 * np.abs(jac).max())
 
 
-@pytest.mark.parametrize("name", ["lorenz63", "rossler", "hindmarsh_rose"])
+@pytest.mark.parametrize("name", list(SYSTEMS))
 def test_tangent_step_is_the_derivative_of_the_rk4_step(name):
     """The integrator behind lyapunov_spectrum: one RK4 step of the variational equation maps
     tangent vectors by the Jacobian of the discrete RK4 step (central differences, whose
