@@ -276,8 +276,7 @@ def gtf_loss_and_grad(
         the batch with :func:`parscan.gtf_alpha` (``method="sup"``), which makes the fully
         forced map a contraction along the data (DESIGN.md section 4); with NaN/inf
         parameters it takes the margin, and the call reports ``non_finite`` as below. The
-        gradient is taken with that estimate held fixed (alpha is a setting of the loss,
-        not a function of the parameters, as in the lab's GTF training).
+        gradient is taken with that estimate held fixed (alpha is not differentiated).
     method : {"deer", "sequential"}
         GTF-DEER (Newton forward, one reverse scan, parallel VJPs) or the fused sequential
         forward + BPTT baseline. Same loss and gradient up to the Newton tolerance.
