@@ -613,11 +613,13 @@ def test_sim_empty_and_errors(sim_launch):
 
 def _strided_device_view(x, reverse_time: bool):
     """``x`` on the device as a view that is not C-contiguous: every other element of the
-    last axis, and with ``reverse_time`` a negative stride over the time axis too."""
+    last axis, and with ``reverse_time`` a negative stride over the time axis too. (Numba's
+    device arrays take no ``...`` in an index: every axis is spelled out.)"""
     wide = np.zeros((*x.shape[:-1], 2 * x.shape[-1]), x.dtype)
     wide[..., ::2] = np.flip(x, -2) if reverse_time else x
-    view = cuda.to_device(wide)[..., ::2]
-    return view[..., ::-1, :] if reverse_time else view
+    whole = (slice(None),) * (x.ndim - 2)
+    view = cuda.to_device(wide)[(*whole, slice(None), slice(None, None, 2))]
+    return view[(*whole, slice(None, None, -1), slice(None))] if reverse_time else view
 
 
 def _check_strided_device_inputs(dense: bool, T: int) -> None:
@@ -626,7 +628,7 @@ def _check_strided_device_inputs(dense: bool, T: int) -> None:
     for reverse_time in (False, True):
         dev_a = _strided_device_view(a, reverse_time and not dense)
         dev_b = _strided_device_view(b, reverse_time)
-        dev_h0 = cuda.to_device(np.stack([h0, h0], -1))[..., 0]
+        dev_h0 = cuda.to_device(np.stack([h0, h0], -1))[:, :, 0]
         assert not (dev_a.is_c_contiguous() or dev_b.is_c_contiguous())
         assert not dev_h0.is_c_contiguous()
         for reverse in (False, True):
@@ -637,7 +639,16 @@ def _check_strided_device_inputs(dense: bool, T: int) -> None:
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("dense", [False, True])
-def test_sim_non_contiguous_device_inputs(sim_launch, dense):
+def test_sim_non_contiguous_device_inputs(sim_launch, monkeypatch, dense):
+    """The kernels get C-contiguous copies (the simulator's reshape would copy silently where
+    a GPU's refuses)."""
+    scan_device = _cuda.scan_device
+
+    def contiguous_only(a, b, h0, *args, **kwargs):
+        assert all(x is None or x.is_c_contiguous() for x in (a, b, h0))
+        return scan_device(a, b, h0, *args, **kwargs)
+
+    monkeypatch.setattr(_cuda, "scan_device", contiguous_only)
     _check_strided_device_inputs(dense, 19)
 
 
