@@ -66,6 +66,16 @@ def _loss(model, data, params, **kw):
         model.params[...] = saved
 
 
+def _assert_directional_derivatives(model, data, grad, kw, directions):
+    """``grad @ v`` equals the central difference of the loss along each ``v``."""
+    p0 = model.params.copy()
+    for v in directions:
+        fd = (
+            _loss(model, data, p0 + FD_STEP * v, **kw) - _loss(model, data, p0 - FD_STEP * v, **kw)
+        ) / (2 * FD_STEP)
+        assert abs(grad @ v - fd) <= FD_RTOL * abs(fd), (grad @ v, fd)
+
+
 @pytest.mark.parametrize("method", ["deer", "sequential"])
 @pytest.mark.parametrize("n_forced", [None, 1, 0])
 def test_gradient_matches_finite_differences(model, data, method, n_forced):
@@ -80,14 +90,10 @@ def test_gradient_matches_finite_differences(model, data, method, n_forced):
     assert grad.shape == model.params.shape and grad.dtype == model.dtype
     assert np.isfinite(loss)
     rng = np.random.default_rng(11)
-    p0 = model.params.copy()
     mask = _tangent_mask(model)
-    for _ in range(3):
-        v = rng.standard_normal(model.n_params) * mask
-        fd = (
-            _loss(model, data, p0 + FD_STEP * v, **kw) - _loss(model, data, p0 - FD_STEP * v, **kw)
-        ) / (2 * FD_STEP)
-        assert abs(grad @ v - fd) <= FD_RTOL * abs(fd), (grad @ v, fd)
+    _assert_directional_derivatives(
+        model, data, grad, kw, [rng.standard_normal(model.n_params) * mask for _ in range(3)]
+    )
     # The initial-state map gets its gradient through initial_state_vjp.
     if "L0" in model.unflatten():
         assert np.any(model.unflatten(grad)["L0"] != 0)
@@ -112,13 +118,7 @@ def test_gradient_matches_finite_differences_at_edge_sizes(make, shape, kw, meth
     kw = {**kw, "method": method}
     _, grad, info = gtf_loss_and_grad(model, data, **kw)
     assert info.converged
-    p0 = model.params.copy()
-    for _ in range(2):
-        v = rng.standard_normal(model.n_params)
-        fd = (
-            _loss(model, data, p0 + FD_STEP * v, **kw) - _loss(model, data, p0 - FD_STEP * v, **kw)
-        ) / (2 * FD_STEP)
-        assert abs(grad @ v - fd) <= FD_RTOL * abs(fd), (grad @ v, fd)
+    _assert_directional_derivatives(model, data, grad, kw, rng.standard_normal((2, model.n_params)))
 
 
 @pytest.mark.parametrize("backend", ["auto", "cpu"])
