@@ -37,7 +37,7 @@ def scan_reference(a, b, h0=None, reverse=False, transpose=False):
 # =============================================================================================
 
 
-def shplrnn_reference_step(p, clipped, z):
+def shplrnn_reference_step(p, z, clipped=False):
     """One step of a (clipped) shPLRNN, ``F(z) = A z + W1 phi + h1`` with
     ``phi = relu(W2 z + h2) - clipped * relu(W2 z)``.
 
@@ -67,13 +67,38 @@ def shplrnn_reference_step(p, clipped, z):
     return F, J, vjp
 
 
-def gtf_bptt_reference(p, clipped, data, alpha, n_forced=None):
-    """GTF loss of a (clipped) shPLRNN and its gradient, one step at a time (float64).
+def alrnn_reference_step(p, z, P, zero_diag=False):
+    """One step of an ALRNN, ``F(z) = A z + W Phi(z) + h``, ``Phi`` the identity on the first
+    ``M - P`` units and relu on the last ``P``; the PLRNN is ``P = M`` with ``zero_diag``
+    (``diag(W)`` held at 0: its gradient is 0).
 
-    ``data`` (B, T+1, N) holds windows ``x_0 .. x_T``; ``z~_0 = [x_0; L0 x_0]`` (``p["L0"]``
-    (M-N, N), absent when M == N); ``z_t = F(z~_{t-1})``, ``z~_t = z_t`` with its first
-    ``n_forced`` entries replaced by ``(1 - alpha) z_t + alpha x_t``; the loss is the mean of
-    ``(z_t[:N] - x_t)^2`` over (B, T, N). ``alpha`` is a float or one per sequence.
+    ``p`` maps block names (``A, W, h``) to float64 arrays. Returns ``F``, ``dF/dz`` and
+    ``vjp`` as :func:`shplrnn_reference_step`. The relu derivative at 0 is 0.
+    """
+    M = z.size
+    relu = np.arange(M) >= M - P
+    d = np.where(relu, (z > 0).astype(np.float64), 1.0)
+    phi = np.where(relu, np.maximum(z, 0.0), z)
+    F = p["A"] * z + p["W"] @ phi + p["h"]
+    J = np.diag(p["A"]) + p["W"] * d[None, :]
+    free = 1.0 - np.eye(M) if zero_diag else np.ones((M, M))
+
+    def vjp(c):
+        return {"A": c * z, "W": np.outer(c, phi) * free, "h": c.copy()}
+
+    return F, J, vjp
+
+
+def gtf_bptt_reference(p, step, data, alpha, n_forced=None):
+    """GTF loss of a latent RNN and its gradient, one step at a time (float64).
+
+    ``step(p, z)`` is one step of the model, returning ``(F, dF/dz, vjp)`` as
+    :func:`shplrnn_reference_step` and :func:`alrnn_reference_step` (bind their
+    hyperparameters with ``functools.partial``). ``data`` (B, T+1, N) holds windows
+    ``x_0 .. x_T``; ``z~_0 = [x_0; L0 x_0]`` (``p["L0"]`` (M-N, N), absent when M == N);
+    ``z_t = F(z~_{t-1})``, ``z~_t = z_t`` with its first ``n_forced`` entries replaced by
+    ``(1 - alpha) z_t + alpha x_t``; the loss is the mean of ``(z_t[:N] - x_t)^2`` over
+    (B, T, N). ``alpha`` is a float or one per sequence.
     Backward, with ``g`` the cotangent of ``z~_t`` and ``mu`` that of ``z_t``::
 
         mu_t = 2 (z_t - x_t) / (B T N) + (I - alpha P) g_t,   g_{t-1} = J(z~_{t-1})^T mu_t.
@@ -93,10 +118,9 @@ def gtf_bptt_reference(p, clipped, data, alpha, n_forced=None):
         z = np.concatenate([x0, p["L0"] @ x0]) if "L0" in p else x0.copy()
         keep = np.ones(z.size)
         keep[:n_forced] = 1.0 - alphas[b]
-        inputs, preds, steps = [], [], []
+        preds, steps = [], []
         for t in range(1, T + 1):
-            F, J, vjp = shplrnn_reference_step(p, clipped, z)
-            inputs.append(z)
+            F, J, vjp = step(p, z)
             preds.append(F)
             steps.append((J, vjp))
             sse += np.sum((F[:N] - data[b, t]) ** 2)

@@ -6,11 +6,12 @@ per process and family; see autodiff/_bptt_kernels).
 """
 
 import contextlib
+from functools import partial
 
 import numba
 import numpy as np
 import pytest
-from reference import gtf_bptt_reference
+from reference import alrnn_reference_step, gtf_bptt_reference, shplrnn_reference_step
 
 from autodiff import _bptt_alrnn, _bptt_shplrnn
 from autodiff.gradients import SEQUENTIAL_DONE, GradInfo, gtf_loss_and_grad
@@ -138,22 +139,43 @@ def test_deer_and_sequential_agree(model, data, backend):
     np.testing.assert_allclose(g_d, g_s, rtol=1e-8, atol=1e-10 * np.abs(g_s).max())
 
 
-@pytest.mark.parametrize("cls, clipped", [(ShPLRNN, 0), (ClippedShPLRNN, 1)])
+def _reference_step(model):
+    """The NumPy oracle's step of ``model`` (tests/reference.py), hyperparameters bound."""
+    if isinstance(model, PLRNN):  # every unit a relu, diag(W) held at 0
+        return partial(alrnn_reference_step, P=model.M, zero_diag=True)
+    if isinstance(model, ALRNN):
+        return partial(alrnn_reference_step, P=model.P)
+    return partial(shplrnn_reference_step, clipped=isinstance(model, ClippedShPLRNN))
+
+
 @pytest.mark.parametrize("method", ["deer", "sequential"])
-def test_matches_numpy_bptt_reference(data, cls, clipped, method):
-    model = cls(3, 6, n_obs=N, seed=7)
-    model.params[...] += 0.1 * np.random.default_rng(1).standard_normal(model.n_params)
+@pytest.mark.parametrize(
+    ("make", "kw"),
+    [
+        (lambda: ShPLRNN(3, 6, n_obs=N, seed=7), {"alpha": ALPHAS, "n_forced": 1}),
+        (lambda: ClippedShPLRNN(3, 6, n_obs=N, seed=7), {"alpha": ALPHAS, "n_forced": 1}),
+        (lambda: ALRNN(4, 2, n_obs=N, seed=7), {"alpha": ALPHAS, "n_forced": 1}),
+        (lambda: ALRNN(3, 0, n_obs=N, seed=7), {"alpha": 0.3, "n_forced": 0}),
+        (lambda: ALRNN(3, 3, n_obs=N, seed=7), {"alpha": 1.0}),
+        (lambda: PLRNN(4, n_obs=N, seed=7), {"alpha": ALPHAS, "n_forced": 1}),
+    ],
+    ids=["shplrnn", "clipped", "alrnn", "alrnn-P=0-free", "alrnn-P=M-alpha=1", "plrnn"],
+)
+def test_matches_numpy_bptt_reference(data, make, kw, method):
+    model = make()
+    rng = np.random.default_rng(1)
+    model.params[...] += 0.1 * rng.standard_normal(model.n_params) * _tangent_mask(model)
     blocks = {k: v.copy() for k, v in model.unflatten().items()}
-    ref_loss, ref_grads = gtf_bptt_reference(blocks, clipped, data, ALPHAS, n_forced=1)
-    loss, grad, _ = gtf_loss_and_grad(model, data, alpha=ALPHAS, method=method, n_forced=1)
+    ref_loss, ref_grads = gtf_bptt_reference(blocks, _reference_step(model), data, **kw)
+    loss, grad, _ = gtf_loss_and_grad(model, data, method=method, **kw)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     for name, g in model.unflatten(grad).items():
         np.testing.assert_allclose(g, ref_grads[name], rtol=1e-8, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("cls, clipped", [(ShPLRNN, 0), (ClippedShPLRNN, 1)])
+@pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_simd_sequential_kernel_on_a_wide_hidden_layer(cls, clipped, dtype, rtol):
+def test_simd_sequential_kernel_on_a_wide_hidden_layer(cls, dtype, rtol):
     # L = 37 fills SIMD vectors and leaves a remainder; the reductions over hidden units are
     # reassociated (fastmath), so float32 agrees to rounding only.
     model = cls(4, 37, n_obs=N, seed=8, dtype=dtype)
@@ -161,7 +183,7 @@ def test_simd_sequential_kernel_on_a_wide_hidden_layer(cls, clipped, dtype, rtol
     model.params[...] += (0.05 * rng.standard_normal(model.n_params)).astype(dtype)
     x = 0.7 * rng.standard_normal((3, 41, N))
     blocks = {k: v.astype(np.float64) for k, v in model.unflatten().items()}
-    ref_loss, ref_grads = gtf_bptt_reference(blocks, clipped, x, ALPHAS, n_forced=1)
+    ref_loss, ref_grads = gtf_bptt_reference(blocks, _reference_step(model), x, ALPHAS, n_forced=1)
     loss, grad, _ = gtf_loss_and_grad(
         model, x.astype(dtype), alpha=ALPHAS, method="sequential", n_forced=1
     )
