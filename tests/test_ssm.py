@@ -44,19 +44,21 @@ def _selective_step(p, h, u):
 
 
 def _reference(model, x, closed_loop_steps=None):
-    """Teacher-forced predictions for ``x (B, T+1, N)``, or with ``closed_loop_steps`` the
-    free run from ``x[:, 0]``."""
+    """Teacher-forced predictions for windows ``x (..., T+1, N)``, or with
+    ``closed_loop_steps`` the free runs from ``x[..., 0, :]``."""
     p = model.unflatten()
-    step = _linear_step if isinstance(model, LinearSSM) else _selective_step
-    h0 = np.zeros(H, complex) if isinstance(model, LinearSSM) else np.zeros((N, H))
-    n = x.shape[1] - 1 if closed_loop_steps is None else closed_loop_steps
-    out = np.empty((x.shape[0], n, N))
-    for i in range(x.shape[0]):
-        h, u = h0, x[i, 0]
+    linear = isinstance(model, LinearSSM)
+    step = _linear_step if linear else _selective_step
+    h0 = np.zeros(model.H, complex) if linear else np.zeros((model.n_obs, model.H))
+    windows = x.reshape(-1, *x.shape[-2:])
+    n = windows.shape[1] - 1 if closed_loop_steps is None else closed_loop_steps
+    out = np.empty((windows.shape[0], n, model.n_obs))
+    for i, w in enumerate(windows):
+        h, u = h0, w[0]
         for t in range(n):
             h, out[i, t] = step(p, h, u)
-            u = x[i, t + 1] if closed_loop_steps is None else out[i, t]
-    return out
+            u = w[t + 1] if closed_loop_steps is None else out[i, t]
+    return out.reshape(*x.shape[:-2], n, model.n_obs)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -295,6 +297,88 @@ def test_adam_reduces_teacher_forced_loss():
         loss, grad, _ = ssm_loss_and_grad(model, x)
         opt.step(model.params, grad, 3e-3)
     assert loss < first / 10
+
+
+#: (kind, N, H, L, K): each size 1 somewhere, N > H and N < H, and K != H for the LRU (every
+#: other test has N, H, L = 3, 4, 5 and K = H)
+_OTHER_SIZES = [
+    ("linear", 1, 1, 1, None),
+    ("linear", 2, 5, 3, 1),
+    ("linear", 4, 2, 3, 6),
+    ("selective", 1, 1, 1, None),
+    ("selective", 2, 5, 3, None),
+    ("selective", 4, 1, 3, None),
+]
+#: the blocks a single-step window (T = 1, h_1 = b_1) cannot reach
+_NOT_AT_T1 = {"linear": "theta", "selective": "log_A"}
+
+
+def _make_off_init(kind, n, h, l, k, seed=0):
+    """A model of these sizes with every parameter moved by 0.3 N(0, 1) off its initialisation
+    (where the selective SSM's log_A rows are all equal, hiding a mixed-up channel index)."""
+    if kind == "linear":
+        model = LinearSSM(n, h, l, K=k, r_min=0.5, r_max=0.95, seed=seed)
+    else:
+        model = SelectiveSSM(n, h, l, dt_min=0.05, dt_max=0.5, seed=seed)
+    model.params[...] += 0.3 * np.random.default_rng(seed).normal(size=model.n_params)
+    return model
+
+
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("sizes", _OTHER_SIZES, ids=lambda s: "{}-N{}H{}L{}K{}".format(*s))
+def test_gradient_off_init_at_other_sizes_and_batch_shapes(sizes, T):
+    """Central differences per block (and of all blocks) with the parameters off their
+    initialisation, windows (2, 2, T+1, N) with two leading batch dimensions, and T = 1 (no
+    recurrence: theta, log_A get an exact 0) or T = 6. Each direction is the unit block
+    gradient plus half a random unit block vector, so that |fd| >= |g_block| / 2 and the
+    relative error is not dominated by the difference's rounding (eps * loss / FD_EPS, allowed
+    4 times as an absolute floor: a block of size 1 drew directional derivatives of 1e-6 of
+    the loss)."""
+    kind = sizes[0]
+    model = _make_off_init(*sizes)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 2, T + 1, model.n_obs))
+    flat = x.reshape(-1, T + 1, model.n_obs)
+    expected = _reference(model, x)
+    np.testing.assert_allclose(model.teacher_forced(x), expected, rtol=1e-12, atol=1e-12)
+    loss, grad, info = ssm_loss_and_grad(model, x)
+    assert info["batch"] == 4 and info["T"] == T
+    assert loss == pytest.approx(np.mean((expected - x[..., 1:, :]) ** 2), rel=1e-12)
+    floor = 4 * np.finfo(np.float64).eps * loss / FD_EPS
+    p0, errors = model.params.copy(), {}  # name: |fd - grad @ v| / tolerance
+    try:
+        for name in ["all", *model.unflatten()]:
+            mask = np.ones(model.n_params, bool)
+            if name != "all":
+                mask[:] = False
+                model.unflatten(mask)[name][...] = True
+            g, r = np.where(mask, grad, 0.0), np.where(mask, rng.normal(size=model.n_params), 0)
+            unreachable = T == 1 and name == _NOT_AT_T1[kind]
+            assert (np.linalg.norm(g) == 0) == unreachable, name  # no vacuous block either
+            v = r / np.linalg.norm(r) + (0 if unreachable else g / np.linalg.norm(g))
+            fd = []
+            for sign in (1, -1):
+                model.params[...] = p0 + sign * FD_EPS * v
+                fd.append(np.mean((model.teacher_forced(flat) - flat[:, 1:]) ** 2))
+            fd = (fd[0] - fd[1]) / (2 * FD_EPS)
+            errors[name] = abs(fd - grad @ v) / (FD_RTOL * abs(fd) + floor)
+    finally:
+        model.params[...] = p0
+    assert max(errors.values()) <= 1.0, errors  # in units of the tolerance
+
+
+@pytest.mark.parametrize("sizes", _OTHER_SIZES, ids=lambda s: "{}-N{}H{}L{}K{}".format(*s))
+def test_gradient_float32_off_init_at_other_sizes(sizes):
+    """The float32 gradient agrees with the float64 one off the initialisation and at other
+    sizes (measured: at most 5e-6 of the largest entry; the existing test covers the
+    initial parameters at N, H, L = 3, 4, 5)."""
+    m64 = _make_off_init(*sizes)
+    m32 = m64.astype("float32")
+    x = np.random.default_rng(2).normal(size=(3, 9, m64.n_obs))
+    l64, g64, _ = ssm_loss_and_grad(m64, x)
+    l32, g32, _ = ssm_loss_and_grad(m32, x.astype(np.float32))
+    assert g32.dtype == np.float32 and l32 == pytest.approx(l64, rel=1e-5)
+    np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4 * np.abs(g64).max())
 
 
 # --- initialisation, persistence ---------------------------------------------------------------
