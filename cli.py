@@ -18,11 +18,14 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 try:
+    #: run as the command (the console script, ``python cli.py``, ``python -m cli``): errors
+    #: below are one line on stderr, as the command's own; imported: the library's exception
+    _AS_COMMAND = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "parscan-train"
     # Before numba: PARSCAN_THREADS sizes Numba's thread pool only if Numba is not imported yet.
     import parscan  # isort: skip
     import numba  # isort: skip
 except ValueError as exc:  # a bad PARSCAN_THREADS, PARSCAN_CACHE or NUMBA_NUM_THREADS
-    if os.path.basename(sys.argv[0]) != "parscan-train":  # imported: the library's error
+    if not _AS_COMMAND:
         raise
     problem = str(exc).removeprefix("parscan: ")
     if "environment variable" not in problem:  # Numba's, which names no variable
@@ -30,7 +33,7 @@ except ValueError as exc:  # a bad PARSCAN_THREADS, PARSCAN_CACHE or NUMBA_NUM_T
     sys.stderr.write(f"parscan-train: error: {problem} Fix or unset it.\n")
     raise SystemExit(2) from None
 except KeyboardInterrupt:  # Ctrl-C while Numba loads (about a second): as at any other time
-    if os.path.basename(sys.argv[0]) != "parscan-train":
+    if not _AS_COMMAND:
         raise
     sys.stderr.write("parscan-train: interrupted.\n")
     raise SystemExit(130) from None
@@ -2303,9 +2306,12 @@ def train(
     except TrainingDivergedError as exc:
         progress.close()
         failure = _diverged_message(config, exc)
-        # recorded for evaluate/generate RUN, which then suggest no --resume: it would fail again
-        _write_json(out / "args.json", {**record, "failure": failure})
         click.echo(f"parscan-train: {failure}", err=True)
+        # recorded for evaluate/generate RUN, which then suggest no --resume: it would fail again
+        try:
+            _write_json(out / "args.json", {**record, "failure": failure})
+        except OSError as write_error:  # a full disk: the failure is reported all the same
+            _warn(f"the failure could not be recorded in {out / 'args.json'}: {write_error}")
         sys.exit(1)
     progress.close()
     try:  # a stop now leaves a finished checkpoint: a resume writes the results
@@ -3443,3 +3449,7 @@ def _write_runs(destination: Path, runs: np.ndarray, delimiter: str | None) -> N
             np.savetxt(fh, runs, fmt="%.17g", delimiter=delimiter)
 
     atomic_write(destination, write, "parscan-train generate")
+
+
+if __name__ == "__main__":
+    main(prog_name="parscan-train")

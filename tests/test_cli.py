@@ -1917,6 +1917,25 @@ def test_a_bad_environment_variable_is_one_line_for_the_command(variable, messag
     assert imported.returncode == 1 and "ValueError" in imported.stderr
 
 
+@pytest.mark.parametrize("started", ["script", "module"])
+def test_python_runs_cli_as_the_command(started):
+    """``python cli.py`` and ``python -m cli`` are the command (they did nothing, exit 0): a
+    bad option and a bad environment variable are one line, exit 2."""
+    start = [str(Path(cli.__file__))] if started == "script" else ["-m", "cli"]
+    cwd = Path(cli.__file__).parent
+    result = subprocess.run(
+        [sys.executable, *start, "--epochs", "0"], cwd=cwd, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr == "parscan-train: error: --epochs must be a positive integer, got 0.\n"
+    env = {**os.environ, "PARSCAN_THREADS": "0"}
+    result = subprocess.run(
+        [sys.executable, *start, "--version"], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("parscan-train: error: environment variable PARSCAN_THREADS")
+
+
 def test_ctrl_c_while_numba_loads_is_one_line_for_the_command():
     """A Ctrl-C during the import of Numba (the first second of every command) ends the
     command as one at any other time does, "interrupted", exit 130, no traceback; an import
@@ -2378,6 +2397,34 @@ def test_a_run_whose_steps_are_all_rejected_exits_1_with_one_line(tmp_path, monk
             f"{out} has no model.npz, and a --resume would fail again (it keeps the run's "
             f"settings): {failure}",
         )
+
+
+def test_a_failure_that_cannot_be_recorded_is_still_reported(tmp_path, monkeypatch):
+    """A full disk when the failure of a diverged run is recorded in args.json: the failure
+    line all the same, a warning that it was not recorded, exit 1, no traceback."""
+    real_gradient, real_write = autodiff.gradients.gtf_loss_and_grad, cli._write_json
+
+    def nan_gradient(*args, **kwargs):
+        loss, grad, info = real_gradient(*args, **kwargs)
+        return loss, np.full_like(grad, np.nan), info
+
+    def disk_full_for_the_failure(path, obj):
+        if isinstance(obj, dict) and "failure" in obj:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, obj)
+
+    monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", nan_gradient)
+    monkeypatch.setattr(cli, "_write_json", disk_full_for_the_failure)
+    out = tmp_path / "run"
+    result = run(*TINY, "--out", out)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "6 consecutive steps were rejected" in lines[0], result.stderr
+    assert lines[1] == (
+        f"parscan-train: warning: the failure could not be recorded in {out / 'args.json'}: "
+        "[Errno 28] No space left on device"
+    )
+    assert "failure" not in json.loads((out / "args.json").read_text())
 
 
 def _data_units_run(model, x0, n_steps):
