@@ -1622,7 +1622,7 @@ def write_plots(
         import matplotlib.pyplot as plt
     except ImportError:
         return "plots skipped: matplotlib is not installed (pip install matplotlib)"
-    from models.metrics import normalized_spectra, spectrum_extent
+    from models.metrics import DH_SMOOTHING, normalized_spectra, spectrum_extent
 
     n_obs = test.shape[1]
     lo = np.minimum(test.min(axis=0), generated.min(axis=0))
@@ -1648,8 +1648,8 @@ def write_plots(
     plt.close(fig)
     length = min(len(test), len(generated))
     spectra = (
-        normalized_spectra(test[:length], 20.0),
-        normalized_spectra(generated[:length], 20.0),
+        normalized_spectra(test[:length], DH_SMOOTHING),
+        normalized_spectra(generated[:length], DH_SMOOTHING),
     )
     fig, axes = plt.subplots(n_obs, 1, figsize=(8, 2.2 * n_obs), squeeze=False)
     extent = spectrum_extent(spectra[0])

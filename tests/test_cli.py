@@ -83,6 +83,18 @@ def test_help_lists_every_option():
     assert ".npy/.npz/.csv/.txt" in result.output  # the suffixes load_data reads
 
 
+def test_evaluate_defaults_are_the_library_defaults():
+    """``parscan-train evaluate``'s defaults restate those of ``models.evaluate`` (the command
+    line imports no kernels to show its help): they must stay the same."""
+    import inspect
+
+    library = inspect.signature(models.evaluate).parameters
+    command = {p.name: p.default for p in cli.evaluate_command.params}
+    for name in ("smoothing", "pe_steps", "transient", "n_starts"):
+        assert command[name] == library[name].default, name
+    assert cli.TEST_PE_STEPS == library["pe_steps"].default
+
+
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and "parscan-train" in result.output
