@@ -190,14 +190,24 @@ def test_gpu_solve_equals_the_sequential_loop(device_only):
 
 
 @pytest.mark.cudasim
-@pytest.mark.parametrize("n_forced", [None, 1])
-@pytest.mark.parametrize(("name", "dtype"), [("ShPLRNN", "float64"), ("ALRNN", "float32")])
+@pytest.mark.parametrize(
+    ("name", "dtype", "n_forced"),
+    [
+        ("ShPLRNN", "float64", None),
+        ("ShPLRNN", "float64", 1),
+        ("ALRNN", "float32", None),
+        ("ALRNN", "float32", 1),
+        ("ClippedShPLRNN", "float32", 1),
+        ("PLRNN", "float64", None),
+    ],
+)
 def test_sim_gradient_on_device_equals_host(
     sim_launch, device_only, monkeypatch, name, dtype, n_forced
 ):
     """gtf_loss_and_grad(method="deer", backend="cuda"): forward, loss, Jacobians, reverse scan
     and parameter VJP on the device, the states never downloaded; the same loss and gradient
-    as the host adjoint."""
+    as the host adjoint. Every model class, each family in both dtypes (one case each for the
+    ClippedShPLRNN and the PLRNN: the simulator is slow)."""
 
     def no_download(self):
         raise AssertionError("the device gradient downloaded the states")
@@ -213,6 +223,8 @@ def test_sim_gradient_on_device_equals_host(
     tol = 1e-10 if dtype == "float64" else 1e-4
     assert grad.dtype == model.dtype and loss == pytest.approx(want_loss, rel=tol)
     np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol * np.abs(want_grad).max())
+    if name == "PLRNN":  # the device VJP keeps the zero diag(W) out of the gradient
+        assert np.all(np.diag(model.unflatten(grad)["W"]) == 0)
 
 
 @pytest.mark.cudasim

@@ -242,15 +242,26 @@ def test_quasi_deer_forward_gives_the_same_gradient(model, data):
     np.testing.assert_allclose(g_diag, g_full, rtol=1e-7, atol=1e-12)
 
 
-def test_float32_agrees_with_float64(data):
-    m64 = MODELS["shplrnn"]()
-    m32 = m64.astype("float32")
-    l64, g64, _ = gtf_loss_and_grad(m64, data, alpha=0.3)
-    for method in ("deer", "sequential"):
-        l32, g32, _ = gtf_loss_and_grad(m32, data.astype(np.float32), alpha=0.3, method=method)
-        assert g32.dtype == np.float32
-        np.testing.assert_allclose(l32, l64, rtol=1e-5)
-        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
+@pytest.mark.parametrize(
+    "kw", [{"alpha": 0.3}, {"alpha": ALPHAS, "n_forced": 1}], ids=["alpha=0.3", "n_forced=1"]
+)
+def test_float32_agrees_with_float64(model, data, kw):
+    """Every model family, the DEER (full and quasi-DEER forward) and the sequential method:
+    the float32 loss and gradient are the float64 ones to float32 rounding."""
+    m32 = model.astype("float32")
+    l64, g64, _ = gtf_loss_and_grad(model, data, **kw)
+    for method, jacobian in (("deer", "full"), ("deer", "diag"), ("sequential", "full")):
+        l32, g32, info = gtf_loss_and_grad(
+            m32, data.astype(np.float32), method=method, jacobian=jacobian, **kw
+        )
+        where = f"{method} {jacobian}"
+        assert info.converged and g32.dtype == np.float32, where
+        np.testing.assert_allclose(l32, l64, rtol=1e-5, err_msg=where)
+        np.testing.assert_allclose(
+            g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max(), err_msg=where
+        )
+        if isinstance(model, PLRNN):  # the zero diag(W) gets no gradient in float32 either
+            assert np.all(np.diag(m32.unflatten(g32)["W"]) == 0), where
 
 
 @pytest.mark.parametrize("cls", [ShPLRNN, ClippedShPLRNN])

@@ -243,8 +243,16 @@ def test_sim_errors(sim_launch):
 
 
 @pytest.mark.cudasim
-@pytest.mark.parametrize("jacobian", ["full", "diag"])
-@pytest.mark.parametrize("name", ["ClippedShPLRNN", "ALRNN"])
+@pytest.mark.parametrize(
+    ("name", "jacobian"),
+    [
+        ("ClippedShPLRNN", "full"),
+        ("ClippedShPLRNN", "diag"),
+        ("ALRNN", "full"),
+        ("ALRNN", "diag"),
+        ("PLRNN", "full"),  # the ShPLRNN: test_deer_cuda.test_sim_solve_equals_the_sequential_loop
+    ],
+)
 def test_sim_deer_backend_cuda_equals_cpu(sim_launch, monkeypatch, name, jacobian):
     model = random_model(name)
     model["A"][...] *= 0.5  # a contracting map: few Newton iterations
