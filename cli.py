@@ -2173,7 +2173,7 @@ def use_threads(n: int, note: str = "") -> int:
     return used
 
 
-def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> None:
+def _stopped(exc: KeyboardInterrupt, out: Path, trained: bool) -> typing.NoReturn:
     """Report a training run stopped by Ctrl-C or SIGTERM -- what was kept and the command
     that continues it -- and exit with 130 (143 for SIGTERM). Further Ctrl-Cs are ignored
     while the report is written, so it is not cut short by a traceback."""
@@ -2212,13 +2212,40 @@ def train(
     :func:`prepare_data`; ``given``: the settings this command gives (see :func:`_resolve`),
     refused where the data make them unused.
     """
-    from autodiff import check_fit, fit
-    from autodiff.config import new_run_remedies
-    from autodiff.train import NoValidationScoreWarning, TrainingDivergedError
-    from models.data import column_mean_sd, to_sd_units
-    from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
-
     started = time.perf_counter()
+    s, data, model, config, out, far = _prepare_run(s, origins or {}, given)
+    out = create_out_dir(out, new=s.out is None)
+    settings, record = _record_run(s, out, config, data)
+    if not s.quiet:
+        click.echo(
+            f"parscan-train: {type(model).__name__} on {data.source}; results in {out}", err=True
+        )
+    result = _fit_or_exit(s, model, data, config, out, record)
+    try:  # a stop now leaves a finished checkpoint: a resume writes the results
+        _write_results(s, out, result, data, config, settings, started, far)
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        stop = _interruption(exc)
+        if stop is None:
+            raise
+        _stopped(stop, out, trained=True)
+    except OSError as exc:  # a full disk, a folder made read-only: the checkpoint is complete
+        raise UserError(
+            f"{_write_failure(exc, out)}; the checkpoint in {out / 'checkpoints'} holds the "
+            "trained run. Once the folder takes files again, write the results with: "
+            f"parscan-train --out {shlex.quote(str(out))} --resume"
+        ) from None
+
+
+def _prepare_run(s: Settings, origins: dict[str, str], given: typing.Collection[str]):
+    """The checks and preparation of :func:`train` before the run folder is touched: threads,
+    data, the model and its ``TrainConfig``; ``fit``'s own checks (``check_fit``, in the
+    command line's terms); for ``--resume``, the test data against the run's. Returns the
+    settings (``threads`` as used), the :class:`Dataset`, the model, the config, the run
+    folder (:func:`out_dir`, not created yet) and whether the test data lie far from the
+    training data (warned)."""
+    from autodiff import check_fit
+    from models.data import column_mean_sd
+
     if s.threads is not None:
         s = replace(s, threads=use_threads(s.threads, ", as args.json records"))
     elif _env.THREADS is None and numba.get_num_threads() > 1:
@@ -2227,11 +2254,11 @@ def train(
             _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
     if "n_bins" in given:
-        _check_bins_apply(data.n_obs, _named("n_bins", origins or {}))
+        _check_bins_apply(data.n_obs, _named("n_bins", origins))
     far = s.test_data is not None and _warn_if_far_files(  # fit standardises the parts together
         _files(s.test_data), data.test_parts, *column_mean_sd(np.concatenate(data.train_parts))
     )
-    _check_training_memory(s, data, origins or {})
+    _check_training_memory(s, data, origins)
     model = build_model(s, data.n_obs)
     if data.n_obs == 1 and s.latent_dim is None and s.model not in SSM_NAMES and not s.resume:
         _warn(
@@ -2242,14 +2269,14 @@ def train(
         )
     config = train_config(s, data.n_obs)
     out = out_dir(s)
-    fit_args = {"resume": s.resume, "validation_data": data.validation}
     try:  # the default folder is a new one (create_out_dir): nothing in it to check
         check_fit(
             model,
             data.train,
             config,
+            resume=s.resume,
+            validation_data=data.validation,
             checkpoint_dir=None if s.out is None else out / "checkpoints",
-            **fit_args,
         )
     except (TypeError, ValueError) as exc:
         message = str(exc).removeprefix("fit: ")  # fit is no name on the command line
@@ -2259,10 +2286,16 @@ def train(
         raise UserError(("--resume: " if s.resume else "") + message) from None
     if s.resume:
         _check_resumed_test_data(s, out, data.test_parts)
-    out = create_out_dir(out, new=s.out is None)
-    fit_args["checkpoint_dir"] = out / "checkpoints"
+    return s, data, model, config, out, far
+
+
+def _record_run(s: Settings, out: Path, config, data: Dataset) -> tuple[dict, dict]:
+    """Write ``args.json`` of a run starting (or resumed) in ``out``: settings, ``TrainConfig``,
+    data source and columns, test data fingerprints, versions and the commands (a resume keeps
+    the one that started the run and lists those that continued it). Returns the recorded
+    settings and the whole record."""
     commands = {"command": sys.argv}
-    if s.resume:  # keep the command that started the run; list those that continued it
+    if s.resume:
         started_by = json.loads((out / "args.json").read_text(encoding="utf-8"))
         commands = {
             "command": started_by.get("command"),
@@ -2282,8 +2315,18 @@ def train(
         _write_json(out / "args.json", record)
     except OSError as exc:
         raise _training_write_failed(exc, out) from None
-    say = (lambda *a: None) if s.quiet else (lambda text: click.echo(text, err=True))
-    say(f"parscan-train: {type(model).__name__} on {data.source}; results in {out}")
+    return settings, record
+
+
+def _fit_or_exit(s: Settings, model, data: Dataset, config, out: Path, record: dict):
+    """``autodiff.fit`` with the progress display, checkpoints in ``out``; its ``FitResult``.
+    A stop (Ctrl-C, SIGTERM) and a failed checkpoint write end the command with the way to
+    resume; a diverged run ends it with exit 1 and its failure, also recorded in ``args.json``
+    (``record``: what is there) for ``evaluate``/``generate RUN``."""
+    from autodiff import fit
+    from autodiff.train import NoValidationScoreWarning, TrainingDivergedError
+    from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
+
     gtf = s.model not in SSM_NAMES
     newton = gtf and s.method == "deer"  # sequential BPTT runs no Newton iterations
     progress = Progress(s.epochs, s.quiet, s.verbose, gtf=gtf, newton=newton)
@@ -2296,7 +2339,15 @@ def train(
             warnings.simplefilter("ignore", SpectrumResolutionWarning)
             # worded after training, in the command line's terms (_reconstruction_failure)
             warnings.simplefilter("ignore", NoValidationScoreWarning)
-            result = fit(model, data.train, config, callback=progress, **fit_args)
+            result = fit(
+                model,
+                data.train,
+                config,
+                callback=progress,
+                resume=s.resume,
+                validation_data=data.validation,
+                checkpoint_dir=out / "checkpoints",
+            )
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): fit checkpointed
         progress.close()
         _stopped(exc, out, trained=False)
@@ -2314,87 +2365,91 @@ def train(
             _warn(f"the failure could not be recorded in {out / 'args.json'}: {write_error}")
         sys.exit(1)
     progress.close()
-    try:  # a stop now leaves a finished checkpoint: a resume writes the results
-        trained = result.model
-        metadata = {
-            "best_epoch": result.best_epoch,
-            "best_scores": result.best_scores,
-            "settings": settings,
-        }
-        replaced = s.resume and _model_replaced(out, trained)
-        trained.save(out / "model.npz", metadata=metadata)
-        if replaced:
-            _forget_results_of_the_replaced_model(out)
-        write_history(out / "history.csv", result.history, newton)
-        mean, sd = trained.standardization
-        tests = [to_sd_units(test, mean, sd).astype(np.float64) for test in data.test_parts]
-        scores = score_test(
-            trained,
-            _one_or_list(tests),
-            dstsp_fix=f"{_test_points(s)}, or lower --n-bins",
-            dh_fix=_test_points(s),
-            pe_steps=TEST_PE_STEPS,
-            n_bins=s.n_bins,
-            labels=_test_labels(s),
+    return result
+
+
+def _write_results(
+    s: Settings, out: Path, result, data: Dataset, config, settings: dict, started: float, far
+) -> None:
+    """The results of a finished run in ``out``: ``model.npz`` (its ``settings`` recorded),
+    ``history.csv``, the test scores in ``metrics.json`` (with the wall time since
+    ``started``), the plots, the summary on the terminal; exit 1 when the trained model does
+    not reconstruct the system (``far``: the test data lie far from the training data, a
+    likely cause then)."""
+    from autodiff.config import new_run_remedies
+    from models.data import to_sd_units
+
+    gtf = s.model not in SSM_NAMES
+    newton = gtf and s.method == "deer"
+    trained = result.model
+    metadata = {
+        "best_epoch": result.best_epoch,
+        "best_scores": result.best_scores,
+        "settings": settings,
+    }
+    replaced = s.resume and _model_replaced(out, trained)
+    trained.save(out / "model.npz", metadata=metadata)
+    if replaced:
+        _forget_results_of_the_replaced_model(out)
+    write_history(out / "history.csv", result.history, newton)
+    mean, sd = trained.standardization
+    tests = [to_sd_units(test, mean, sd).astype(np.float64) for test in data.test_parts]
+    scores = score_test(
+        trained,
+        _one_or_list(tests),
+        dstsp_fix=f"{_test_points(s)}, or lower --n-bins",
+        dh_fix=_test_points(s),
+        pe_steps=TEST_PE_STEPS,
+        n_bins=s.n_bins,
+        labels=_test_labels(s),
+    )
+    last = result.history[-1] if result.history else {}
+    summary = {
+        "test": scores,
+        "n_bins": _bins_used(scores, s.n_bins),
+        "best_epoch": result.best_epoch,
+        "validation": result.best_scores,
+        "selection": result.selection,
+        "final_loss": last.get("loss"),
+        "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
+        "newton_iters_max": last.get("newton_iters_max") if newton else None,
+        "alpha": result.alpha,
+        "bad_steps": result.n_bad_steps,
+        "train_seconds": result.wall_time,
+    }
+    late = _late_validation_failures(result.history, result.best_epoch)
+    summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
+    summary["wall_seconds"] = time.perf_counter() - started
+    _write_json(out / "metrics.json", summary)  # before the plots: a failed plot loses none
+    # the plots show the free run whenever it is finite, also when the evaluation failed
+    # elsewhere (a PE prediction, or a run outside the D_stsp box); of several test
+    # trajectories, the first
+    test = tests[0]
+    generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
+    generated = np.asarray(generated, dtype=np.float64)
+    if np.all(np.isfinite(generated)):
+        title = "test data" if len(tests) == 1 else f"test data (first of {len(tests)})"
+        note = write_plots(out, test[1:], generated, title)
+    else:
+        note = "plots skipped: the free run did not produce finite values"
+    at_rest = _scored_rest_note(scores, _test_labels(s))
+    if at_rest:
+        note += (
+            f"\n{at_rest} Score the model from several test points: parscan-train "
+            f"evaluate {shlex.quote(str(out))} --n-starts 8."
         )
-        last = result.history[-1] if result.history else {}
-        summary = {
-            "test": scores,
-            "n_bins": _bins_used(scores, s.n_bins),
-            "best_epoch": result.best_epoch,
-            "validation": result.best_scores,
-            "selection": result.selection,
-            "final_loss": last.get("loss"),
-            "newton_iters_mean": last.get("newton_iters_mean") if newton else None,
-            "newton_iters_max": last.get("newton_iters_max") if newton else None,
-            "alpha": result.alpha,
-            "bad_steps": result.n_bad_steps,
-            "train_seconds": result.wall_time,
-        }
-        late = _late_validation_failures(result.history, result.best_epoch)
-        summary["validations_after_kept_epoch"], summary["failed_after_kept_epoch"] = late[:2]
-        summary["wall_seconds"] = time.perf_counter() - started
-        _write_json(out / "metrics.json", summary)  # before the plots: a failed plot loses none
-        # the plots show the free run whenever it is finite, also when the evaluation failed
-        # elsewhere (a PE prediction, or a run outside the D_stsp box); of several test
-        # trajectories, the first
-        test = tests[0]
-        generated = trained.generate(test[0].astype(trained.dtype), test.shape[0] - 1)
-        generated = np.asarray(generated, dtype=np.float64)
-        if np.all(np.isfinite(generated)):
-            title = "test data" if len(tests) == 1 else f"test data (first of {len(tests)})"
-            note = write_plots(out, test[1:], generated, title)
-        else:
-            note = "plots skipped: the free run did not produce finite values"
-        at_rest = _scored_rest_note(scores, _test_labels(s))
-        if at_rest:
-            note += (
-                f"\n{at_rest} Score the model from several test points: parscan-train "
-                f"evaluate {shlex.quote(str(out))} --n-starts 8."
-            )
-        summary["wall_seconds"] = time.perf_counter() - started  # the plots included
-        _write_json(out / "metrics.json", summary)
-        _print_summary(out, summary, note)
-        _warn_late_failures(late, result.best_epoch, s)
-        failure = _reconstruction_failure(scores, result.best_scores)
-        if failure:
-            click.echo(
-                f"parscan-train: the trained model does not reconstruct the system; {failure}. "
-                + _failure_advice(far, out, new_run_remedies(config, result.alpha, gtf)),
-                err=True,
-            )
-            sys.exit(1)
-    except (KeyboardInterrupt, RuntimeError) as exc:
-        stop = _interruption(exc)
-        if stop is None:
-            raise
-        _stopped(stop, out, trained=True)
-    except OSError as exc:  # a full disk, a folder made read-only: the checkpoint is complete
-        raise UserError(
-            f"{_write_failure(exc, out)}; the checkpoint in {out / 'checkpoints'} holds the "
-            "trained run. Once the folder takes files again, write the results with: "
-            f"parscan-train --out {shlex.quote(str(out))} --resume"
-        ) from None
+    summary["wall_seconds"] = time.perf_counter() - started  # the plots included
+    _write_json(out / "metrics.json", summary)
+    _print_summary(out, summary, note)
+    _warn_late_failures(late, result.best_epoch, s)
+    failure = _reconstruction_failure(scores, result.best_scores)
+    if failure:
+        click.echo(
+            f"parscan-train: the trained model does not reconstruct the system; {failure}. "
+            + _failure_advice(far, out, new_run_remedies(config, result.alpha, gtf)),
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _write_failure(exc: OSError, out: Path) -> str:
