@@ -2975,23 +2975,7 @@ def evaluate_command(
     by Newton's method from test points, with their stability (models.fixed_points), --cycles
     K its cycles of least period K (models.cycles).
     """
-    key_problem = _array_key_problem(
-        Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
-        "test_data_key",
-        None,
-    )
-    if key_problem:
-        raise UserError(key_problem + ".")
-    if n_starts < 1:
-        raise UserError(f"--n-starts must be >= 1, got {n_starts}.")
-    if cycles is not None and cycles < 2:
-        raise UserError(f"--cycles must be >= 2 (fixed points: --fixed-points), got {cycles}.")
-    if dt is not None and not (lyapunov and math.isfinite(dt) and dt > 0):
-        raise UserError(
-            f"--dt must be finite and > 0, got {dt}."
-            if lyapunov
-            else "--dt converts the exponent of --lyapunov; add --lyapunov or drop --dt."
-        )
+    _check_evaluate_options(test_data, test_data_key, n_starts, cycles, dt, lyapunov)
     path = _target_path(target)
     _command_threads(threads)
     destination = _destination(out_file, path, "evaluation.json", "the JSON file")
@@ -3011,6 +2995,75 @@ def evaluate_command(
         _check_bins_apply(model.n_obs, "--n-bins")
     else:
         n_bins = _recorded_n_bins(metadata)
+    raws, labels, far = _evaluation_data(target, path, model, test_data, test_data_key)
+    try:
+        # the options that would help: those given, or that can be (a --transient of 0 and
+        # the run's own test data are not "lowered" or "lengthened")
+        longer = "pass a longer --test-data" if test_data else "pass --test-data with more steps"
+        helps = [longer, *["lower --transient"] * bool(transient)]
+        scored = f"the test data's steps{' after --transient' * bool(transient)} are scored; "
+        scores = score_test(
+            model,
+            _one_or_list(raws),
+            dstsp_fix=scored + _either([*helps, "lower --n-bins"]),
+            dh_fix=scored + _either([*helps, "lower --smoothing"]),
+            n_bins=n_bins,
+            smoothing=smoothing,
+            pe_steps=pe_steps,
+            transient=transient,
+            n_starts=n_starts,
+            measures=("dstsp", "dh", "pe", "lyapunov")[: 4 if lyapunov else 3],
+            labels=labels,
+            renamed=EVALUATE_OPTIONS,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    scores.update(n_bins=_bins_used(scores, n_bins), pe_steps=pe_steps, smoothing=smoothing)
+    ok = scores["status"] == "ok"
+    if lyapunov and ok:
+        scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
+    if fixed_points:
+        scores["fixed_points"] = _model_orbits(model, raws, 1)
+    if cycles is not None:
+        scores["cycles"] = _model_orbits(model, raws, cycles)
+    if destination is not None:
+        try:
+            _write_json(destination, scores)
+        except OSError as exc:
+            raise UserError(str(exc).removeprefix("parscan-train: ")) from None
+    exponent = _lyapunov_line(scores, system) if lyapunov and ok else None
+    _print_evaluation(scores, labels, far, exponent, destination)
+
+
+def _check_evaluate_options(test_data, test_data_key, n_starts, cycles, dt, lyapunov) -> None:
+    """Refuse ``evaluate`` options that are wrong whatever the model: an array key that does
+    not fit the ``--test-data`` files, ``--n-starts`` < 1, ``--cycles`` < 2, a ``--dt`` that
+    is not finite and > 0 or is given without ``--lyapunov``."""
+    key_problem = _array_key_problem(
+        Settings(test_data=_path_flag(test_data), test_data_key=test_data_key),
+        "test_data_key",
+        None,
+    )
+    if key_problem:
+        raise UserError(key_problem + ".")
+    if n_starts < 1:
+        raise UserError(f"--n-starts must be >= 1, got {n_starts}.")
+    if cycles is not None and cycles < 2:
+        raise UserError(f"--cycles must be >= 2 (fixed points: --fixed-points), got {cycles}.")
+    if dt is not None and not (lyapunov and math.isfinite(dt) and dt > 0):
+        raise UserError(
+            f"--dt must be finite and > 0, got {dt}."
+            if lyapunov
+            else "--dt converts the exponent of --lyapunov; add --lyapunov or drop --dt."
+        )
+
+
+def _evaluation_data(target: str, path: Path, model, test_data, test_data_key):
+    """The test trajectories ``evaluate`` scores ``model`` (read from ``target``, at ``path``)
+    on: the ``--test-data`` files, else those the run folder's ``args.json`` rebuilds. Returns
+    them in the model's standardised units, their labels for messages, and whether a
+    ``--test-data`` file lies far from the training data (warned, as a file that is the run's
+    training data or has other columns)."""
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
         _check_distinct(list(test_data), "--test-data")
@@ -3041,47 +3094,24 @@ def evaluate_command(
         if test_data:  # the run's own test data were checked in training
             far = _warn_if_far_files(list(test_data), raws, mean, sd)
         raws = [to_sd_units(raw, mean, sd) for raw in raws]
-    try:
-        # the options that would help: those given, or that can be (a --transient of 0 and
-        # the run's own test data are not "lowered" or "lengthened")
-        longer = "pass a longer --test-data" if test_data else "pass --test-data with more steps"
-        helps = [longer, *["lower --transient"] * bool(transient)]
-        scored = f"the test data's steps{' after --transient' * bool(transient)} are scored; "
-        scores = score_test(
-            model,
-            _one_or_list(raws),
-            dstsp_fix=scored + _either([*helps, "lower --n-bins"]),
-            dh_fix=scored + _either([*helps, "lower --smoothing"]),
-            n_bins=n_bins,
-            smoothing=smoothing,
-            pe_steps=pe_steps,
-            transient=transient,
-            n_starts=n_starts,
-            measures=("dstsp", "dh", "pe", "lyapunov")[: 4 if lyapunov else 3],
-            labels=labels,
-            renamed=EVALUATE_OPTIONS,
-        )
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    scores.update(n_bins=_bins_used(scores, n_bins), pe_steps=pe_steps, smoothing=smoothing)
-    if lyapunov and scores["status"] == "ok":
-        scores.update(dt=dt, lyapunov_per_time=None if dt is None else scores["lyapunov"] / dt)
-    if fixed_points:
-        scores["fixed_points"] = _model_orbits(model, raws, 1)
-    if cycles is not None:
-        scores["cycles"] = _model_orbits(model, raws, cycles)
-    if destination is not None:
-        try:
-            _write_json(destination, scores)
-        except OSError as exc:
-            raise UserError(str(exc).removeprefix("parscan-train: ")) from None
+    return raws, labels, far
+
+
+def _print_evaluation(
+    scores: dict, labels: list[str], far: bool, exponent: str | None, destination
+) -> None:
+    """Print ``evaluate``'s ``scores`` (test trajectories named by ``labels``): the scores,
+    the Lyapunov ``exponent`` line (None: none), a note on runs that came to rest, the orbits
+    found (their listing points to ``destination``); a failure on stderr, then exit 1
+    (``far``: the test data lie far from the training data, a likely cause)."""
+    pe_steps = scores["pe_steps"]
     if scores["status"] == "ok":
         click.echo(
             f"D_stsp {scores['dstsp']:.3f}   D_H {scores['dh']:.3f}   "
             f"PE({pe_steps}) {scores['pe']:#.3g}   ({_scored_steps(scores)})"
         )
-        if lyapunov:
-            click.echo(_lyapunov_line(scores, system))
+        if exponent is not None:
+            click.echo(exponent)
         at_rest = _scored_rest_note(scores, labels)
         if at_rest:
             click.echo(at_rest)
