@@ -570,9 +570,31 @@ def _check_settings(
     :func:`_resolve`); ``given``: the settings this command sets (flags and config file),
     refused where the run would not use them even at their defaults; ``generator``: the
     problem of data-generating settings given with ``--data``, or None."""
-    from autodiff.config import MIN_SCORED_STEPS
-    from autodiff.optim import lr_ratio_problem
-    from models.metrics import REST_MIN_POINTS
+    problems = [
+        *_source_problems(s, origins, generator),
+        *_applicability_problems(s, origins, given),
+        *_integer_problems(s, origins),
+        *_number_problems(s, origins, given),
+    ]
+    if s.out is not None and not s.out.strip():
+        problems.append(
+            "--out must not be empty (without --out the run goes to runs/<data>-<model>-<time>)"
+        )
+    if s.quiet and s.verbose:
+        problems.append("-q/--quiet and -v/--verbose contradict each other; pick one")
+    if s.backend == "cuda" and "cuda" not in parscan.available_backends():
+        problems.append(
+            f"--backend cuda is not available here ({no_cuda_reason()}); available: "
+            + ", ".join(parscan.available_backends())
+        )
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+
+
+def _source_problems(s: Settings, origins: dict[str, str], generator: str | None) -> list[str]:
+    """:func:`_check_settings`'s problems of files and named choices: a missing file, the
+    data-generating settings given with ``--data`` (``generator``), an unknown system, a
+    config file's value outside a flag's choices."""
     from models.systems import SYSTEMS
 
     problems = [
@@ -592,6 +614,16 @@ def _check_settings(
             if value not in param.type.choices:
                 named = _with_origin(param.name, value, origins)
                 problems.append(f"{named}: choose one of {', '.join(param.type.choices)}")
+    return problems
+
+
+def _applicability_problems(
+    s: Settings, origins: dict[str, str], given: typing.Collection[str]
+) -> list[str]:
+    """:func:`_check_settings`'s problems of settings given where they do not apply (a
+    hidden width or ``n_relu`` to another model, training settings the method does not use)
+    and of array keys that do not fit the files."""
+    problems = []
     if s.hidden_dim is not None and s.model not in DEFAULT_HIDDEN_DIM:
         named = _with_origin("hidden_dim", s.hidden_dim, origins)
         problems.append(f"{named}: it applies to {', '.join(DEFAULT_HIDDEN_DIM)}, not {s.model}")
@@ -605,6 +637,15 @@ def _check_settings(
     inapplicable = _inapplicable_training_settings(s, origins, given)
     if inapplicable:
         problems.append(inapplicable)
+    return problems
+
+
+def _integer_problems(s: Settings, origins: dict[str, str]) -> list[str]:
+    """:func:`_check_settings`'s problems of the counts, sizes, step numbers and the seed."""
+    from autodiff.config import MIN_SCORED_STEPS
+    from models.metrics import REST_MIN_POINTS
+
+    problems = []
     for name in (
         "n_steps",
         "sequence_length",
@@ -643,6 +684,18 @@ def _check_settings(
         )
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
         problems.append(f"{_named('seed', origins)} must be an integer >= 0, got {s.seed!r}")
+    return problems
+
+
+def _number_problems(
+    s: Settings, origins: dict[str, str], given: typing.Collection[str]
+) -> list[str]:
+    """:func:`_check_settings`'s problems of the real-valued settings: learning rates and
+    their ratio, alpha, the held-out fractions (and a ``test_fraction`` given where nothing is
+    held out), the noise level."""
+    from autodiff.optim import lr_ratio_problem
+
+    problems = []
     rates = []
     for name in ("lr_start", "lr_end"):
         value = getattr(s, name)
@@ -673,19 +726,7 @@ def _check_settings(
         )
     if not 0.0 <= s.noise < 10:
         problems.append(f"{_named('noise', origins)} must be in [0, 10), got {s.noise}")
-    if s.out is not None and not s.out.strip():
-        problems.append(
-            "--out must not be empty (without --out the run goes to runs/<data>-<model>-<time>)"
-        )
-    if s.quiet and s.verbose:
-        problems.append("-q/--quiet and -v/--verbose contradict each other; pick one")
-    if s.backend == "cuda" and "cuda" not in parscan.available_backends():
-        problems.append(
-            f"--backend cuda is not available here ({no_cuda_reason()}); available: "
-            + ", ".join(parscan.available_backends())
-        )
-    if problems:
-        raise UserError("; ".join(problems) + ".")
+    return problems
 
 
 def _float_or_nan(text) -> float:
