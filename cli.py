@@ -65,12 +65,7 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from autodiff.memory import (
-    available_bytes,
-    selection_bytes,
-    training_step_bytes,
-    validation_bytes,
-)
+from autodiff.memory import available_bytes
 from models._signals import python_handles
 from parscan import _env
 from parscan._jit import set_threads
@@ -1340,77 +1335,39 @@ def _latent_size(s: Settings, n_obs: int) -> int:
 INIT_TEMPORARIES = 5
 
 
-def _check_training_memory(s: Settings, data: Dataset, origins: dict[str, str]) -> None:
-    """Refuse (:func:`_check_memory`, before anything is written) a run whose largest
-    allocation would not fit in the memory available now, naming the settings to lower.
-
-    A rough estimate of each of these, in bytes; the largest one is checked (they are not
-    held at once):
-
-    - the initialisation: a latent RNN's :data:`INIT_TEMPORARIES` float64 M x M
-      temporaries, and the M x L and L x M weights of a hidden layer of width L (float64);
-    - a training step: :func:`autodiff.memory.step_bytes` (which :func:`autodiff.fit`
-      checks too);
-    - the validation: :func:`autodiff.memory.validation_bytes`, ``validation_starts`` free
-      runs of ``validation_steps`` steps from each validation part;
-    - the selection (more than one candidate): :func:`autodiff.memory.selection_bytes`,
-      ``selection_starts`` free runs of ``selection_steps`` (default twice
-      ``validation_steps``).
-
-    ``origins``: see :func:`_resolve` (the messages name a setting where it was set). Not
-    checked for a ``--dtype`` that names no NumPy dtype, which :func:`build_model` refuses.
-    """
-    try:
-        itemsize = np.dtype(s.dtype).itemsize
-    except TypeError:  # no dtype at all: refused with the model (build_model)
-        return
-    M, n_obs, L = _latent_size(s, data.n_obs), data.n_obs, s.hidden_dim or 0
+def _check_init_memory(s: Settings, n_obs: int, origins: dict[str, str]) -> None:
+    """Refuse (:func:`_check_memory`, before the model is built) an initialisation that would
+    not fit in the memory available now: a latent RNN's :data:`INIT_TEMPORARIES` float64
+    M x M temporaries, and the M x L and L x M weights of a hidden layer of width L (float64),
+    for ``n_obs``-dimensional data. ``origins``: see :func:`_resolve` (the message names a
+    setting where it was set)."""
+    M, L = _latent_size(s, n_obs), s.hidden_dim or 0
     rnn = s.model not in SSM_NAMES
-    width = M if rnn else n_obs  # what a free run holds a step besides its observations
-    sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]  # the model's sizes
-    run_sizes = ["latent_dim"] if rnn else []  # those of a free run
+    sizes = ["latent_dim", "hidden_dim"] if L else ["latent_dim"]
+    need = (INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8
+    _check_memory(need, _either([_named(name, origins) for name in sizes]))
 
-    def lower(*names: str) -> str:
-        return _either([_named(name, origins) for name in names])
 
-    selection_steps = s.selection_steps or 2 * s.validation_steps
-    selection_names = ["selection_steps"]
-    if s.selection_steps is None:  # twice validation_steps
-        selection_names.insert(0, "validation_steps")
-    jobs = [
-        ((INIT_TEMPORARIES * M * M * rnn + 2 * M * L) * 8, lower(*sizes)),
-        (
-            training_step_bytes(
-                "rnn" if rnn else s.model.removesuffix("-ssm"),
-                s.batch_size,
-                s.sequence_length,
-                n_obs,
-                M,
-                L,
-                itemsize,
-                s.method == "deer",
-                rnn and s.alpha == "auto",
-            ),
-            lower("batch_size", "sequence_length", *(sizes if not rnn else ["latent_dim"])),
-        ),
-        (
-            validation_bytes(
-                len(data.validation_parts),
-                s.validation_starts,
-                s.validation_steps,
-                width,
-                n_obs,
-                itemsize,
-            ),
-            lower("validation_steps", "validation_starts", *run_sizes),
-        ),
-        (
-            selection_bytes(s.selection_starts, selection_steps, width, n_obs, itemsize)
-            * (s.selection_candidates > 1),
-            lower(*selection_names, "selection_starts", *run_sizes),
-        ),
-    ]
-    _check_memory(*max(jobs))
+def _check_training_memory(
+    s: Settings, model, config, data: Dataset, origins: dict[str, str]
+) -> None:
+    """Refuse (:func:`_check_memory`, before anything is written) a run whose largest job --
+    a training step, a validation or the selection check, as ``fit`` estimates them
+    (:func:`autodiff.train.memory_jobs`; they are not held at once) -- would not fit in the
+    memory available now, naming the settings that lower it: ``fit``'s, and the sizes of
+    the model (its latents, for an SSM also its hidden width) that the job holds.
+    ``origins``: see :func:`_resolve`."""
+    from autodiff.train import memory_jobs
+
+    rnn = s.model not in SSM_NAMES
+    model_sizes = {
+        "step": ["latent_dim"] if rnn else ["latent_dim", "hidden_dim"],
+        "validation": ["latent_dim"] if rnn else [],  # a free run's width
+        "selection": ["latent_dim"] if rnn else [],
+    }
+    job = max(memory_jobs(model, config, data.validation), key=lambda job: job.need)
+    names = [*job.settings, *model_sizes[job.name]]
+    _check_memory(job.need, _either([_named(name, origins) for name in names]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -2299,7 +2256,7 @@ def _prepare_run(s: Settings, origins: dict[str, str], given: typing.Collection[
     far = s.test_data is not None and _warn_if_far_files(  # fit standardises the parts together
         _files(s.test_data), data.test_parts, *column_mean_sd(np.concatenate(data.train_parts))
     )
-    _check_training_memory(s, data, origins)
+    _check_init_memory(s, data.n_obs, origins)
     model = build_model(s, data.n_obs)
     if data.n_obs == 1 and s.latent_dim is None and s.model not in SSM_NAMES and not s.resume:
         _warn(
@@ -2309,6 +2266,7 @@ def _prepare_run(s: Settings, origins: dict[str, str], given: typing.Collection[
             "5-d embedding), or raise -M."
         )
     config = train_config(s, data.n_obs)
+    _check_training_memory(s, model, config, data, origins)
     out = out_dir(s)
     try:  # the default folder is a new one (create_out_dir): nothing in it to check
         check_fit(

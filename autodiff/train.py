@@ -29,6 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -508,9 +509,7 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
         raise TypeError(f"fit: callback must be callable; got {type(callback).__name__}.")
     several = several_trajectories(data)
     data, lengths, validation_data = _check_data(model, data, validation_data, config)
-    _check_step_memory(model, config)
-    if validation_data is not None:
-        _check_run_memory(model, config, validation_data)
+    _check_memory(model, config, validation_data)
     ckpt_file = None
     if checkpoint_dir is not None:
         ckpt_file = checkpoint_path(check_checkpoint_dir(checkpoint_dir))
@@ -560,70 +559,94 @@ def _prepare(model, data, config, callback, checkpoint_dir, resume, validation_d
     return start
 
 
-def _check_step_memory(model, config) -> None:
-    """Refuse a training step whose arrays (:func:`autodiff.memory.step_bytes`) would not fit
-    in the memory available now (a step would raise ``MemoryError``, or swap, only after the
-    run started)."""
+class MemoryJob(NamedTuple):
+    """A part of a training run whose arrays are held together, and not with those of the
+    other parts (:func:`memory_jobs`)."""
+
+    #: ``"step"``, ``"validation"`` or ``"selection"``
+    name: str
+    #: the bytes it needs (an estimate, :mod:`autodiff.memory`)
+    need: int
+    #: what it is, the subject of a message and its verb ("each validation's free runs need")
+    what: str
+    #: the :class:`TrainConfig` fields that lower it
+    settings: tuple[str, ...]
+
+
+def memory_jobs(model, config, validation_data=None) -> list[MemoryJob]:
+    """The memory :func:`fit` needs: a training step (:func:`autodiff.memory.training_step_bytes`)
+    and, with ``validation_data`` (one ``(T, N)`` trajectory or a list), a validation
+    (:func:`autodiff.memory.validation_bytes`: ``validation_starts`` free runs of
+    ``validation_steps`` steps, at most as many starts as a part has points, each part for
+    its own length when ``validation_steps`` is None) and the selection check
+    (:func:`autodiff.memory.selection_bytes`, more than one candidate). ``fit`` refuses a run
+    one of whose jobs needs more than the memory available; ``parscan-train`` does, naming
+    its flags, before it writes anything."""
     rnn = isinstance(model, LatentRNN)
-    need = training_step_bytes(
+    itemsize = np.dtype(config.dtype).itemsize
+    step = training_step_bytes(
         "rnn" if rnn else "linear" if isinstance(model, LinearSSM) else "selective",
         config.batch_size,
         config.sequence_length,
         model.n_obs,
         model.M if rnn else model.H,
         0 if rnn else model.L,
-        np.dtype(config.dtype).itemsize,
+        itemsize,
         config.method == "deer",
         rnn and config.alpha_mode == "auto",
     )
-    available = available_bytes()
-    if available is not None and need > available:
-        raise ValueError(
-            f"fit: a training step of batch_size={config.batch_size} windows of "
-            f"sequence_length={config.sequence_length} steps needs about {format_bytes(need)} "
-            f"of memory and {format_bytes(available)} are available now; lower batch_size or "
-            "sequence_length."
-        )
-
-
-def _check_run_memory(model, config, validation_data) -> None:
-    """Refuse a validation (:func:`autodiff.memory.validation_bytes`) or selection check
-    (:func:`autodiff.memory.selection_bytes`) whose free runs would not fit in the memory
-    available now: found only after training otherwise, with settings a resume keeps."""
-    trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
-    lengths = [len(x) for x in trajectories]
-    width = model.M if isinstance(model, LatentRNN) else model.n_obs
-    itemsize = np.dtype(config.dtype).itemsize
-    # steps of each part's runs: validation_steps, or the part's own length - 1 (None)
-    steps = sum(config.validation_steps or n - 1 for n in lengths)
     jobs = [
-        (
-            validation_bytes(
-                1, min(config.validation_starts, *lengths), steps, width, model.n_obs, itemsize
-            ),
-            "each validation",
-            "validation_steps or validation_starts",
+        MemoryJob(
+            "step",
+            step,
+            f"a training step of batch_size={config.batch_size} windows of "
+            f"sequence_length={config.sequence_length} steps needs",
+            ("batch_size", "sequence_length"),
         )
     ]
-    if config.selection_candidates > 1:
-        jobs.append(
-            (
-                selection_bytes(
-                    config.selection_starts,
-                    _selection_steps(config, validation_data),
-                    width,
-                    model.n_obs,
-                    itemsize,
-                ),
-                "the selection check",
-                "selection_steps or selection_starts",
-            )
+    if validation_data is None:
+        return jobs
+    trajectories = validation_data if isinstance(validation_data, list) else [validation_data]
+    lengths = [len(x) for x in trajectories]
+    width = model.M if rnn else model.n_obs
+    # steps of each part's runs: validation_steps, or the part's own length - 1 (None)
+    steps = sum(config.validation_steps or n - 1 for n in lengths)
+    starts = min(config.validation_starts, *lengths)
+    jobs.append(
+        MemoryJob(
+            "validation",
+            validation_bytes(1, starts, steps, width, model.n_obs, itemsize),
+            "each validation's free runs need",
+            ("validation_steps", "validation_starts"),
         )
+    )
+    if config.selection_candidates > 1:
+        need = selection_bytes(
+            config.selection_starts,
+            _selection_steps(config, validation_data),
+            width,
+            model.n_obs,
+            itemsize,
+        )
+        lengthened = ("validation_steps",) if config.selection_steps is None else ()
+        settings = (*lengthened, "selection_steps", "selection_starts")
+        jobs.append(MemoryJob("selection", need, "the selection check's free runs need", settings))
+    return jobs
+
+
+def _check_memory(model, config, validation_data) -> None:
+    """Refuse a training step, validation or selection check (:func:`memory_jobs`) that
+    would not fit in the memory available now: a step would raise ``MemoryError``, or swap,
+    only after the run started, and free runs too long for the memory would be found only
+    after training, with settings a resume keeps."""
     available = available_bytes()
-    for need, what, settings in jobs:
-        if available is not None and need > available:
+    if available is None:
+        return
+    for job in memory_jobs(model, config, validation_data):
+        if job.need > available:
+            settings = ", ".join(job.settings[:-1]) + f" or {job.settings[-1]}"
             raise ValueError(
-                f"fit: {what}'s free runs need about {format_bytes(need)} of memory and "
+                f"fit: {job.what} about {format_bytes(job.need)} of memory and "
                 f"{format_bytes(available)} are available now; lower {settings}."
             )
 

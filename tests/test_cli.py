@@ -843,10 +843,17 @@ def test_a_run_too_large_for_the_memory_is_refused_before_its_folder(
     assert not out.exists()
 
 
+def _training_memory(s, parts) -> None:
+    """:func:`cli._check_training_memory` of settings ``s`` for training, validation and test
+    ``parts``, with the model and configuration they give."""
+    n_obs = parts[0].shape[1]
+    model, config = cli.build_model(s, n_obs), cli.train_config(s, n_obs)
+    cli._check_training_memory(s, model, config, cli.Dataset(*([x] for x in parts), "test"), {})
+
+
 def test_the_memory_estimate_of_the_readme_runs_is_small(monkeypatch):
     """The estimate refuses none of the README's runs anywhere: the default run, the ECG
-    recipe (N = M = 5, L = 250, sequential) and windows of 10^4 steps need < 256 MiB; a
-    --dtype that is no dtype is not estimated (the model refuses it)."""
+    recipe (N = M = 5, L = 250, sequential) and windows of 10^4 steps need < 256 MiB."""
     needed = []
     monkeypatch.setattr(cli, "_check_memory", lambda n_bytes, fix: needed.append(n_bytes))
     for s, n_obs in (
@@ -854,12 +861,8 @@ def test_the_memory_estimate_of_the_readme_runs_is_small(monkeypatch):
         (cli.Settings(hidden_dim=250, method="sequential", alpha="0.3", n_bins=8), 5),
         (cli.Settings(hidden_dim=200, sequence_length=10_000), 3),
     ):
-        parts = [np.zeros((k, n_obs)) for k in (64_000, 16_000, 20_000)]
-        cli._check_training_memory(s, cli.Dataset(*([x] for x in parts), "test"), {})
+        _training_memory(s, [np.zeros((k, n_obs)) for k in (64_000, 16_000, 20_000)])
     assert len(needed) == 3 and max(needed) < 2**28
-    # a dtype NumPy does not know is left to build_model, which refuses it in one line
-    cli._check_training_memory(replace(s, dtype="foo"), cli.Dataset(*([x] for x in parts), ""), {})
-    assert len(needed) == 3
 
 
 def test_the_free_run_estimates_count_the_scores_and_the_selection_batches(monkeypatch):
@@ -869,13 +872,11 @@ def test_the_free_run_estimates_count_the_scores_and_the_selection_batches(monke
     needed = []
     monkeypatch.setattr(cli, "_check_memory", lambda n_bytes, fix: needed.append(n_bytes))
     parts = [np.zeros((k, 3)) for k in (64_000, 16_000, 20_000)]
-    data = cli.Dataset(*([x] for x in parts), "test")
     s = cli.Settings(hidden_dim=16, validation_steps=200_000, validation_starts=4)
-    cli._check_training_memory(replace(s, dtype="float32", selection_candidates=1), data, {})
+    _training_memory(replace(s, dtype="float32", selection_candidates=1), parts)
     assert 98e6 <= needed[-1] <= 1.5 * 98e6
     s = replace(s, validation_steps=1000, selection_steps=2_000_000, selection_starts=64)
-    cli._check_training_memory(s, data, {})
-    # 2 runs a batch of float32 runs, and the 64 starts' indices and points
+    _training_memory(s, parts)
     assert needed[-1] == 2 * 2_000_000 * (3 * 4 + 3 * 12) + 64 * (8 + 3 * 8)
 
 
