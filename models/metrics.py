@@ -1288,7 +1288,9 @@ def evaluate(
     farther than ``diverge_factor`` data ranges from the test data's mean, per dimension; a
     constant dimension's range counts as 1) or
     ``"out_of_box"`` (binned D_stsp only: no generated point inside the data's box); all
-    measures are then None. With several starts, one such run decides the status. The
+    measures are then None. With several starts, one such run decides the status. The free
+    runs serve D_stsp and D_H only: with ``measures`` of ``"pe"`` and ``"lyapunov"`` alone, a
+    failed free run leaves ``at_rest`` None and decides nothing. The
     ``pe_steps``-step runs behind PE are judged in the same way (``"non_finite"`` or
     ``"diverged"``, the message naming the test point the failed prediction starts from).
 
@@ -1354,7 +1356,9 @@ def evaluate(
         a run resting outside the data's box explains ``"out_of_box"``). With several test
         trajectories ``n_steps`` and ``n_measured`` are lists (one entry per trajectory),
         ``n_trajectories`` and ``per_trajectory`` (each trajectory's result as if it were the
-        only one, without ``lyapunov``) are added, and the status is that of the first
+        only one, without ``lyapunov``; but runs with no point in their own trajectory's box
+        are scored in the box of all test points, and leave its entry ``"out_of_box"`` with
+        its D_H and PE) are added, and the status is that of the first
         trajectory that cannot be measured, its message prefixed by the trajectory's name
         (``"x_test[2]: the free run ..."``) and counting the trajectories that cannot; each
         ``at_rest`` entry then also names its ``"trajectory"`` (index).
@@ -1464,7 +1468,7 @@ def evaluate(
     ranges = joined.max(axis=0) - joined.min(axis=0)
     limit = s.diverge_factor * np.where(ranges > 0, ranges, 1.0)  # 1: as in _at_rest
     scored = [
-        _score_trajectory(model, x, s, reference, mean, limit, where)
+        _score_trajectory(model, x, s, reference, mean, limit, where, alone=not several)
         for x, reference in zip(tests, references, strict=True)
     ]
     if several:
@@ -1500,13 +1504,15 @@ def _mean_dstsp(true, runs, reference, s):
     return float(np.mean(scores))
 
 
-def _score_trajectory(model, x, s, reference, mean, limit, where):
+def _score_trajectory(model, x, s, reference, mean, limit, where, alone):
     """:func:`evaluate`'s free runs from one checked test trajectory ``x`` (float64) and its
     measures but ``"lyapunov"`` (left None); ``reference``: the binned D_stsp reference of
     ``x[1:]`` (None otherwise); ``mean``, ``limit``: the divergence bounds of
     :func:`run_problem`; ``where`` names :func:`evaluate` in errors. Returns the result and
     the measured part of the runs, ``(n_starts, n_steps - transient, N)`` (None when they
-    cannot be measured)."""
+    cannot be measured). Runs with no point in ``x``'s own box are ``"out_of_box"``; unless
+    ``x`` is the only test trajectory (``alone``) they are still measured (D_H, PE) and
+    returned: the D_stsp of several trajectories pools them against all test points."""
     n_steps = s.run_length(x)
     starts = np.arange(s.n_starts) * x.shape[0] // s.n_starts
     try:
@@ -1532,16 +1538,23 @@ def _score_trajectory(model, x, s, reference, mean, limit, where):
 
     problem = run_problem(gen, mean, limit, f"{s.diverge_factor:g} data ranges", free_run)
     if problem is not None:
-        result.update(status=problem[0], message=problem[1], at_rest=None)
-        return result, None
-    result["at_rest"] = _at_rest(gen, starts, x)
+        result["at_rest"] = None
+        if "dstsp" in s.measures or "dh" in s.measures:  # PE and Lyapunov do not use the runs
+            result.update(status=problem[0], message=problem[1])
+            return result, None
+    else:
+        result["at_rest"] = _at_rest(gen, starts, x)
     gen = gen[:, s.transient :]
     values = {}
     if "dstsp" in s.measures:
-        values["dstsp"] = _mean_dstsp(x[1:], gen, reference, s)
-        if math.isnan(values["dstsp"]):
+        dstsp = _mean_dstsp(x[1:], gen, reference, s)
+        if not math.isnan(dstsp):
+            values["dstsp"] = dstsp
+        elif alone:
             result.update(status="out_of_box", message=_OUT_OF_BOX)
             return result, None
+        else:  # of several: _combined scores these runs with the others' in the pooled box
+            result.update(status="out_of_box", message=_OUT_OF_BOX)
     if "dh" in s.measures:
         length = s.dh_length(x)
         h = _hellinger_per_run(x[1 : 1 + length], gen[:, :length], s.smoothing)
@@ -1587,7 +1600,8 @@ def _combined(scored, tests, names, pooled, s):
         "per_trajectory": [{k: v for k, v in r.items() if k != "lyapunov"} for r in results],
         "at_rest": _combined_at_rest(results),
     }
-    failed = [k for k, r in enumerate(results) if r["status"] != "ok"]
+    # a trajectory's runs out of its own box are scored in the pooled box below
+    failed = [k for k, r in enumerate(results) if r["status"] not in ("ok", "out_of_box")]
     if failed:
         first = results[failed[0]]
         count = f" ({len(failed)} of the {len(results)} test trajectories cannot be measured)"

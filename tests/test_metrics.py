@@ -1339,6 +1339,59 @@ def test_evaluate_reports_runs_outside_the_box_of_all_test_trajectories_together
     )
 
 
+def _contracting_to(point):
+    """An ALRNN without ReLUs whose free runs settle at ``point`` (2-d) from anywhere."""
+    from models import ALRNN
+
+    model = ALRNN(2, 0)
+    model["A"][...] = 0.0
+    model["W"][...] = 0.5 * np.eye(2)
+    model["h"][...] = 0.5 * np.asarray(point)
+    return model
+
+
+def test_evaluate_pools_runs_that_leave_only_their_own_trajectorys_box():
+    """D_stsp of several test trajectories pools all runs against all test points: runs from
+    one trajectory that settle in the other's region were refused (out_of_box, every measure
+    None) although the pooled box holds them. Their trajectory's own entry says out_of_box;
+    D_H and PE are measured."""
+    rng = np.random.default_rng(16)
+    x1 = np.array([3.0, 0.0]) + 0.3 * rng.standard_normal((400, 2))
+    x2 = np.array([-3.0, 0.0]) + 0.3 * rng.standard_normal((400, 2))
+    model = _contracting_to([-3.0, 0.0])
+    res = evaluate(model, [x1, x2], transient=10, smoothing=2.0)
+    runs = np.concatenate([model.generate(x[0], 399)[10:] for x in (x1, x2)])
+    expected = state_space_divergence(np.concatenate([x1[1:], x2[1:]]), runs)
+    assert res["status"] == "ok" and res["dstsp"] == pytest.approx(expected, rel=1e-12)
+    first, second = res["per_trajectory"]
+    assert first["status"] == "out_of_box" and first["dstsp"] is None
+    assert first["dh"] is not None and first["pe"] is not None
+    assert second["status"] == "ok"
+    assert res["pe"] == pytest.approx(
+        np.average([prediction_error(model, x, 20) for x in (x1, x2)]), rel=1e-12
+    )
+    # alone, x1's runs have no point in its box
+    assert evaluate(model, x1, transient=10, measures=("dstsp",))["status"] == "out_of_box"
+
+
+@pytest.mark.parametrize("measures", [("pe",), ("pe", "lyapunov")])
+def test_pe_and_lyapunov_are_not_decided_by_the_free_run_they_do_not_use(measures):
+    """A free run that slowly leaves the data (a rotation growing 2 % a step) made PE and the
+    Lyapunov exponent None (diverged), although neither uses it; D_stsp and D_H still
+    fail on it."""
+    model = _contracting_to([0.0, 0.0])
+    angle = 0.1
+    rotation = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+    model["W"][...] = 1.02 * np.array(rotation)
+    x = np.random.default_rng(17).standard_normal((2000, 2))
+    res = evaluate(model, x, measures=measures)
+    assert res["status"] == "ok" and res["at_rest"] is None
+    assert res["pe"] == pytest.approx(prediction_error(model, x, 20), rel=1e-12)
+    if "lyapunov" in measures:
+        assert res["lyapunov"] == pytest.approx(math.log(1.02), abs=1e-6)
+    assert evaluate(model, x, measures=("pe", "dh"))["status"] == "diverged"
+
+
 def test_values_beyond_the_computing_dtype_are_refused_not_scored():
     """A longdouble beyond float64 became inf once converted: dropped from D_stsp, D_H 1 for
     its column, PE NaN. Data beyond a float32 model's range started its runs from inf, and
