@@ -2319,9 +2319,10 @@ def _record_run(s: Settings, out: Path, config, data: Dataset) -> tuple[dict, di
 
 def _fit_or_exit(s: Settings, model, data: Dataset, config, out: Path, record: dict):
     """``autodiff.fit`` with the progress display, checkpoints in ``out``; its ``FitResult``.
-    A stop (Ctrl-C, SIGTERM) and a failed checkpoint write end the command with the way to
-    resume; a diverged run ends it with exit 1 and its failure, also recorded in ``args.json``
-    (``record``: what is there) for ``evaluate``/``generate RUN``."""
+    A stop (Ctrl-C, SIGTERM) and a failed checkpoint write end the command with how the run
+    continues (``--resume``, or before the first checkpoint a new start); a diverged run ends
+    it with exit 1 and its failure, also recorded in ``args.json`` (``record``: what is there)
+    for ``evaluate``/``generate RUN``."""
     from autodiff import fit
     from autodiff.train import NoValidationScoreWarning, TrainingDivergedError
     from models.metrics import SpectrumResolutionWarning, StateSpaceResolutionWarning
@@ -2361,7 +2362,8 @@ def _fit_or_exit(s: Settings, model, data: Dataset, config, out: Path, record: d
         try:
             _write_json(out / "args.json", {**record, "failure": failure})
         except OSError as write_error:  # a full disk: the failure is reported all the same
-            _warn(f"the failure could not be recorded in {out / 'args.json'}: {write_error}")
+            reason = os.strerror(write_error.errno) if write_error.errno else str(write_error)
+            _warn(f"the failure could not be recorded in {out / 'args.json'} ({reason}).")
         sys.exit(1)
     progress.close()
     return result
@@ -3061,8 +3063,8 @@ def _evaluation_data(target: str, path: Path, model, test_data, test_data_key):
     """The test trajectories ``evaluate`` scores ``model`` (read from ``target``, at ``path``)
     on: the ``--test-data`` files, else those the run folder's ``args.json`` rebuilds. Returns
     them in the model's standardised units, their labels for messages, and whether a
-    ``--test-data`` file lies far from the training data (warned, as a file that is the run's
-    training data or has other columns)."""
+    ``--test-data`` file lies far from the training data (warned; so is a file that is the
+    run's training data or has other columns)."""
     if test_data:
         raws = [_load(file, "--test-data", test_data_key) for file in test_data]
         _check_distinct(list(test_data), "--test-data")

@@ -2413,29 +2413,33 @@ def test_a_run_whose_steps_are_all_rejected_exits_1_with_one_line(tmp_path, monk
 
 
 def test_a_failure_that_cannot_be_recorded_is_still_reported(tmp_path, monkeypatch):
-    """A full disk when the failure of a diverged run is recorded in args.json: the failure
-    line all the same, a warning that it was not recorded, exit 1, no traceback."""
-    real_gradient, real_write = autodiff.gradients.gtf_loss_and_grad, cli._write_json
+    """The disk fills up when the failure of a diverged run is recorded in args.json: the
+    failure line all the same, then one clean warning (the reworded OSError of atomic_write
+    repeated the prefix and the path and advised another path), exit 1, no traceback."""
+    real_gradient, real_write = autodiff.gradients.gtf_loss_and_grad, models.base._write_atomically
+    writes = []
 
     def nan_gradient(*args, **kwargs):
         loss, grad, info = real_gradient(*args, **kwargs)
         return loss, np.full_like(grad, np.nan), info
 
-    def disk_full_for_the_failure(path, obj):
-        if isinstance(obj, dict) and "failure" in obj:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, obj)
+    def disk_full_for_the_second_args_json(path, write):
+        if path.name == "args.json":
+            writes.append(path)
+            if len(writes) == 2:  # the first records the run, the second its failure
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, write)
 
     monkeypatch.setattr(autodiff.gradients, "gtf_loss_and_grad", nan_gradient)
-    monkeypatch.setattr(cli, "_write_json", disk_full_for_the_failure)
+    monkeypatch.setattr(models.base, "_write_atomically", disk_full_for_the_second_args_json)
     out = tmp_path / "run"
     result = run(*TINY, "--out", out)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and "6 consecutive steps were rejected" in lines[0], result.stderr
     assert lines[1] == (
-        f"parscan-train: warning: the failure could not be recorded in {out / 'args.json'}: "
-        "[Errno 28] No space left on device"
+        f"parscan-train: warning: the failure could not be recorded in {out / 'args.json'} "
+        "(No space left on device)."
     )
     assert "failure" not in json.loads((out / "args.json").read_text())
 
