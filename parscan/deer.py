@@ -88,7 +88,7 @@ _DIVERGING_TEXT = (
     "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
     "to inf/NaN from finite inputs), as plain DEER does on chaotic or unstable dynamics."
 )
-_AUTO_ALPHA = "alpha='auto' picks one that makes the forced map a contraction"
+_AUTO_ALPHA = "toward 1; alpha='auto' estimates the least that makes the forced map a contraction"
 
 
 class DeerStatus(enum.Enum):
@@ -414,6 +414,12 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
                 f"`n_forced` must be in [0, N] with N=forcing.shape[-1]={N}; got {n_forced}."
             )
     alpha_arr = _check_alpha(alpha, batch, forcing is not None, allow_auto, errors)
+    forced = N if n_forced is None else n_forced
+    if isinstance(alpha, str) and alpha == "auto" and forcing is not None and forced == 0:
+        errors["value"].append(
+            "alpha='auto' needs forced latents (alpha acts on the n_forced forced ones); got "
+            "n_forced=0. Pass n_forced >= 1, or alpha=0 for a free run."
+        )
     if init is not None:
         init = array(init, "init", "(..., T, M)", 2)
         if T is not None and init.shape != (*batch, T, M):
@@ -729,14 +735,14 @@ def _remedies(run: "NewtonRun", code: int) -> str:
     run, in the words of ``run.caller``, as a clause (``"a; b; or c"``, never empty): more
     iterations only for max_iter, ``jacobian="full"`` only after ``"diag"``, the GTF levers
     left (:func:`gtf_remedies`: a larger alpha only where these sequences ran below 1), the
-    sequential solve for a free run or once their alpha is 1, float64 only for a float32
-    model."""
+    sequential solve for a free run (``n_forced == 0``, or alpha 0 in each of these
+    sequences) or once their alpha is 1, float64 only for a float32 model."""
     p, caller = run.p, run.caller
     alpha = p.alpha[run.codes == code]
     steps = gtf_remedies(
         caller, alpha, p.n_forced, p.forcing.shape[-1], run.model.M, run.auto_alpha
     )
-    if p.n_forced == 0:
+    if p.n_forced == 0 or not np.any(alpha):  # a free run: alpha 0 reads no data
         if code == _MAX_ITER:
             free = "plain DEER needs about T iterations on a chaotic free run"
         else:

@@ -631,6 +631,32 @@ def test_diverging_plain_deer_on_chaotic_free_run():
         assert useless not in message
 
 
+def test_a_forced_run_at_alpha_0_is_offered_the_sequential_solve():
+    """alpha = 0 reads no data: the run is a free run, and its failure offers the sequential
+    solve next to a larger alpha (it offered alpha only, which changes the problem)."""
+    model = EulerLorenz()
+    z0, data = lorenz_data(1000, seed=1)
+    message = _failure(model, z0, forcing=data, alpha=0.0, max_iter=10)
+    assert "use sequential_solve or model.simulate" in message and "raise alpha" in message
+    # per sequence: the remedies of the failed ones (here the one at alpha 0)
+    z0, data = np.stack([z0, z0]), np.stack([data, data])
+    message = _failure(model, z0, forcing=data, alpha=np.array([0.0, 1.0]), max_iter=10)
+    assert "use sequential_solve or model.simulate" in message
+
+
+def test_auto_alpha_without_forced_latents_is_refused():
+    """alpha='auto' with n_forced=0 estimated an alpha that acted on nothing (and warned of
+    partial forcing)."""
+    model = EulerLorenz()
+    z0, data = lorenz_data(50, seed=1)
+    with pytest.raises(
+        ValueError,
+        match=r"^deer_solve: alpha='auto' needs forced latents .*"
+        r"got n_forced=0\. Pass n_forced >= 1, or alpha=0 for a free run\.$",
+    ):
+        deer_solve(model, z0, forcing=data, alpha="auto", n_forced=0)
+
+
 def _failure(*args, **kwargs) -> str:
     with pytest.raises(DeerConvergenceError) as info:
         deer_solve(*args, **kwargs)

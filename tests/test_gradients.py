@@ -350,8 +350,10 @@ def test_unconverged_forward_never_returns_a_gradient(data):
         "update "
     )
     assert info.message.endswith(
-        "To converge: allow more iterations (max_iter=1 < T=12; T iterations always suffice), "
-        "or raise alpha (alpha='auto' picks one that makes the forced map a contraction)."
+        "To converge: allow more iterations (max_iter=1 < T=12; T iterations always suffice); "
+        "use method='sequential' (plain DEER needs about T iterations on a chaotic free run); or "
+        "raise alpha (toward 1; alpha='auto' estimates the least that makes the forced map a "
+        "contraction)."
     )
     assert "throw=False" not in info.message and "\n" not in info.message
     assert info.cause == info.message[: info.message.index(" To converge: ")]
@@ -432,7 +434,7 @@ def test_overflow_from_finite_inputs_is_not_blamed_on_the_inputs(dtype):
         "non_finite: the forward (the states) overflowed to NaN/inf from finite inputs (the "
         "data and the model parameters are finite)"
     )
-    assert "raise alpha (alpha='auto' picks one" in info.message
+    assert "raise alpha (toward 1; alpha='auto' estimates" in info.message
     assert "use a smaller initialisation or a lower learning rate" in info.message
     assert ("float64" in info.message) == (dtype == "float32")
     model.params[0] = np.nan
@@ -468,8 +470,8 @@ def test_non_finite_parameters_with_auto_alpha_are_reported_not_raised(method, v
 
 #: the remedies of an overflowing adjoint, after "To avoid it: ", per alpha passed
 ADJOINT_REMEDIES = {
-    0.0: "raise alpha (alpha='auto' picks one that makes the forced map a contraction); use a "
-    "smaller initialisation or a lower learning rate; or train in float64.",
+    0.0: "raise alpha (toward 1; alpha='auto' estimates the least that makes the forced map a "
+    "contraction); use a smaller initialisation or a lower learning rate; or train in float64.",
     1.0: "use a smaller initialisation or a lower learning rate, or train in float64.",
     "auto": "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
     "parscan.gtf_alpha(model, data[:, 1:], margin=0.1, n_forced=1)); use a smaller "
