@@ -197,6 +197,11 @@ def _check_args(model, data, alpha, method, n_forced, jacobian, backend, throw, 
             value_errors.append(
                 f"alpha must be a float in [0, 1], an array or 'auto'; got {alpha!r}."
             )
+        elif n_forced == 0:
+            value_errors.append(
+                "alpha='auto' needs forced latents (alpha acts on the n_forced forced ones); "
+                "got n_forced=0. Pass n_forced >= 1, or alpha=0 (no teacher forcing)."
+            )
     else:  # array_like, checked as parscan.deer_solve checks it
         batch = data.shape[:1] if data.ndim == 3 else None
         errors = {"type": type_errors, "value": value_errors}
@@ -277,6 +282,7 @@ def gtf_loss_and_grad(
         forced map a contraction along the data (DESIGN.md section 4); with NaN/inf
         parameters it takes the margin, and the call reports ``non_finite`` as below. The
         gradient is taken with that estimate held fixed (alpha is not differentiated).
+        ``"auto"`` with ``n_forced=0`` is refused (alpha acts on forced latents only).
     method : {"deer", "sequential"}
         GTF-DEER (Newton forward, one reverse scan, parallel VJPs) or the fused sequential
         forward + BPTT baseline. Same loss and gradient up to the Newton tolerance.

@@ -502,6 +502,15 @@ def test_overflowing_adjoint_is_reported_not_converged(method, alpha):
     assert info.message.startswith(info.cause) and "To avoid it" not in info.cause
 
 
+def test_auto_alpha_without_forced_latents_is_refused(data):
+    """As deer_solve refuses it: the estimate acted on nothing (and warned of partial
+    forcing)."""
+    model = MODELS["shplrnn"]()
+    for method in ("deer", "sequential"):
+        with pytest.raises(ValueError, match=r"^gtf_loss_and_grad: alpha='auto' needs forced"):
+            gtf_loss_and_grad(model, data, alpha="auto", n_forced=0, method=method)
+
+
 def test_errors(data):
     model = MODELS["shplrnn"]()
     with pytest.raises(TypeError, match=r"gtf_loss_and_grad: .*ssm_loss_and_grad"):
