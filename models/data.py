@@ -559,6 +559,10 @@ def _read_lines(path: Path, delimiter: str | None, header: int) -> np.ndarray:
     raise ValueError(f"cannot parse the numbers: {error}")
 
 
+#: Entries that mark a missing value (R, MATLAB, pandas, spreadsheets), upper case.
+_MISSING_MARKERS = {"NA", "N/A", "NULL", "NONE", "MISSING", "-", "?", "--", "\u2212"}
+
+
 def _locate_bad_line(path: Path, delimiter: str | None, header: int) -> None:
     """Raise ValueError naming the first ragged row or non-numeric entry, if there is one."""
     width = None
@@ -580,6 +584,8 @@ def _locate_bad_line(path: Path, delimiter: str | None, header: int) -> None:
                     hint = f"; {_SEMICOLON}"
                 elif bad == "" and delimiter == ",":
                     hint = "; an empty entry: a missing value, or a trailing or doubled comma"
+                elif bad.upper() in _MISSING_MARKERS:
+                    hint = "; a missing-value marker: fill or interpolate the missing values"
                 elif '"' in bad:
                     hint = (
                         "; quotes count only around a whole entry, right after the separator: "
@@ -622,10 +628,35 @@ def _locate_decode_error(path: Path):
     raise ValueError('the file is not UTF-8 text; save it as UTF-8 (e.g. Excel: "CSV UTF-8")')
 
 
+#: A spreadsheet's error value (Excel, LibreOffice) for a missing or failed cell.
+_SPREADSHEET_ERROR = re.compile(rb"#(?:N/A|DIV/0!|VALUE!|REF!|NUM!|NAME\?|NULL!|SPILL!|CALC!)")
+
+
+def _refuse_spreadsheet_errors(path: Path) -> None:
+    """Raise ValueError naming the first spreadsheet error value (``#N/A``, ``#DIV/0!``, ...)
+    that is an entry of a text file (at the start of its line or after a separator or quote,
+    before any comment): its ``#`` would start a comment, silently dropping that time step
+    (or the rest of the row)."""
+    data = path.read_bytes()
+    found = _SPREADSHEET_ERROR.search(data)
+    while found is not None:
+        start = data.rfind(b"\n", 0, found.start()) + 1
+        before = data[start : found.start()]
+        if b"#" not in before and (not before or before[-1:] in b' \t\r,;"'):
+            line = data.count(b"\n", 0, start) + 1
+            raise ValueError(
+                f"line {line} holds the spreadsheet error value {found[0].decode()!r} (a missing "
+                "or failed cell), which would otherwise start a comment and drop the time step; "
+                "fill or interpolate the missing values, or cut the recording there"
+            )
+        found = _SPREADSHEET_ERROR.search(data, found.end())
+
+
 def _read_text(path: Path):
     """The numbers of a text file, shape (T, N), and a function naming the line of a row."""
     try:
         delimiter, header = _layout(path)
+        _refuse_spreadsheet_errors(path)
         try:
             arr = np.loadtxt(
                 path,
@@ -941,14 +972,35 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
 def _progression_step(column: np.ndarray, eps: float):
     """The step of a finite column that is an arithmetic progression, or None: each
     difference equals the mean step within ``1e-9`` of it plus the rounding of the values
-    (4 ``eps`` of the largest, ``eps`` that of the dtype the values were stored in). A zero
-    step (a constant) is not one."""
+    (4 ``eps`` of the largest, ``eps`` that of the dtype the values were stored in) plus,
+    for steps of at least ten units of the values' typical last decimal, the rounding of
+    their decimals as written (:func:`_decimal_units`: time stamps printed with ``%.4f`` or
+    ``%g``). A zero step (a constant) is not one."""
     with np.errstate(over="ignore", invalid="ignore"):
         step = (column[-1] - column[0]) / (column.size - 1)
+        if step == 0 or not np.isfinite(step):
+            return None
+        deviation = np.abs(np.diff(column) - step)
         tol = 1e-9 * abs(step) + 4 * eps * np.max(np.abs(column))
-        if step != 0 and np.isfinite(step) and np.all(np.abs(np.diff(column) - step) <= tol):
+        if not np.max(deviation) <= abs(step) / 2 + tol:  # far from equal steps (NaN too)
+            return None
+        units = _decimal_units(column, eps)
+        if abs(step) >= 10 * np.median(units):
+            tol = tol + (units[1:] + units[:-1]) / 2  # each value within half its unit
+        if np.all(deviation <= tol):
             return float(step)
     return None
+
+
+def _decimal_units(column: np.ndarray, eps: float) -> np.ndarray:
+    """Per value of ``column``, the unit of its last decimal as written: ``10**-k`` for the
+    fewest decimals ``k`` (0 to 17) that give the value within rounding (4 ``eps`` of it), 0
+    for a value that needs more (written in full precision)."""
+    units = np.zeros(column.shape)
+    for k in range(17, -1, -1):  # the fewest decimals win: they are written last
+        scaled = column * 10.0**k
+        units[np.abs(scaled - np.round(scaled)) <= 4 * eps * np.abs(scaled)] = 10.0**-k
+    return units
 
 
 def _float64(x) -> np.ndarray:

@@ -13,6 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import models
 from models import data
 from models.data import (
     ArrayChoiceError,
@@ -743,6 +744,57 @@ def test_a_first_column_in_equal_steps_is_refused(tmp_path, column, shown):
         load_data(tmp_path / "indexed.npy")
     np.save(tmp_path / "short.npy", data[:2, :2])  # two steps are too few to tell
     assert load_data(tmp_path / "short.npy").shape == (2, 2)
+
+
+@pytest.mark.parametrize(("fmt", "dt"), [("%.4f", 1 / 30), ("%g", 1 / 30), ("%g", 1 / 256)])
+def test_a_time_column_rounded_as_written_is_refused(tmp_path, fmt, dt):
+    """Time stamps printed with a few decimals (MATLAB's fprintf, loggers) are equal steps up
+    to the rounding of the text: they passed as a measured variable, a ramp to train on."""
+    rng = np.random.default_rng(0)
+    rows = [
+        f"{fmt % (k * dt)},{a:.17g},{b:.17g}" for k, (a, b) in enumerate(rng.normal(size=(200, 2)))
+    ]
+    path = tmp_path / "timed.csv"
+    path.write_text("time,x,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"row index or time column, not a measured variable"):
+        load_data(path)
+
+
+@pytest.mark.parametrize("fmt", ["%.1f", "%.2f", "%g"])
+def test_measured_variables_rounded_as_written_are_data(tmp_path, fmt):
+    x = models.generate("lorenz63", 2000, seed=1)
+    path = tmp_path / "rounded.csv"
+    path.write_text("".join(",".join(fmt % v for v in row) + "\n" for row in x))
+    assert load_data(path).shape == (2000, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "token"),
+    [
+        ("x,y\r\n0.5,1.5\r\n#N/A,2.5\r\n1.25,-0.5\r\n", 3, "#N/A"),  # a dropped row before
+        ("x,y\n0.5,1.5\n2.5,#DIV/0!\n1.25,-0.5\n", 3, "#DIV/0!"),
+        ('x y\n0.5 1.5\n2.5 "#VALUE!"\n1.25 -0.5\n', 3, "#VALUE!"),
+    ],
+)
+def test_spreadsheet_error_values_are_refused_not_read_as_comments(tmp_path, text, line, token):
+    """Excel writes a missing or failed cell as #N/A, #DIV/0!, ...: as a line's first entry
+    its '#' started a comment, and the time step was silently dropped."""
+    path = tmp_path / "sheet.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"line {line} holds the spreadsheet error value "
+                       rf"'{re.escape(token)}' \(a missing or failed cell\)"):  # fmt: skip
+        load_data(path)
+    # a comment may mention one
+    path.write_text("x,y # #N/A marks a gap\n0.5,1.5\n# #N/A\n2.5,0.25\n1.25,-0.5\n")
+    assert load_data(path).shape == (3, 2)
+
+
+def test_a_missing_value_marker_gets_its_fix(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("x,y\n0.5,1.5\n2.5,NA\n1.25,-0.5\n")
+    with pytest.raises(ValueError, match=r"non-numeric entry 'NA' in line 3; a missing-value "
+                       r"marker: fill or interpolate the missing values\.$"):  # fmt: skip
+        load_data(path)
 
 
 def test_series_that_are_not_in_equal_steps_are_data(tmp_path):
