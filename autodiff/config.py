@@ -467,8 +467,13 @@ class TrainConfig:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
                 type_errors.append(f"l2 weights must be floats; got {type(v).__name__} {v!r}.")
-            elif not (math.isfinite(v) and v >= 0):
-                value_errors.append(f"l2 weights must be finite and >= 0; got {v!r}.")
+            else:
+                try:
+                    ok, shown = math.isfinite(v) and v >= 0, repr(v)
+                except OverflowError:  # an int beyond float's range
+                    ok, shown = False, _shown_int(v)
+                if not ok:
+                    value_errors.append(f"l2 weights must be finite and >= 0; got {shown}.")
         unused = inapplicable_settings(self, latent_rnn=True)
         newton = [name for name in unused if name in DEER_SETTINGS]
         if newton:

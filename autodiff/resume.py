@@ -481,7 +481,11 @@ def _saved_state(d, batches_per_epoch: int) -> State:
         "epoch_pending": isinstance(s.epoch_pending, bool),
         "best_epoch": s.best_epoch is None or is_count(s.best_epoch, 1),
         "best_scores": (scores is None) == (s.best_epoch is None)
-        and (scores is None or (isinstance(scores, dict) and _is_real(scores.get("score")))),
+        # a score (D_stsp + D_H) may be slightly negative: GMM D_stsp is a Monte-Carlo estimate
+        and (
+            scores is None
+            or (isinstance(scores, dict) and _is_real(scores.get("score"), -_FLOAT_MAX))
+        ),
         "epoch_acc": isinstance(s.epoch_acc, dict)
         and set(s.epoch_acc) == set(new_epoch_acc())
         and all(_is_real(v, 0.0, _FLOAT_MAX) for v in s.epoch_acc.values()),
@@ -493,7 +497,7 @@ def _saved_state(d, batches_per_epoch: int) -> State:
             and set(c) == {"epoch", "scores"}
             and is_count(c["epoch"], 1)
             and isinstance(c["scores"], dict)
-            and _is_real(c["scores"].get("score"), 0.0, _FLOAT_MAX)
+            and _is_real(c["scores"].get("score"), -_FLOAT_MAX, _FLOAT_MAX)
             for c in s.candidates
         ),
     }

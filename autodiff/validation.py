@@ -138,6 +138,8 @@ def validate(model, validation_data, steps, starts, n_bins):
             measures=("dstsp", "dh"),
             n_bins=n_bins,
         )
+    if out["status"] == "ok" and math.isnan(out["dstsp"] + out["dh"]):  # never a best score
+        out = {"status": "non_finite"}
     if out["status"] != "ok":
         return {"dstsp": None, "dh": None, "score": math.inf, "status": out["status"]}
     return {

@@ -865,6 +865,9 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         ({"l2": {"V": 1.0}}, ValueError, "l2 has unknown groups"),
         ({"l2": {1: 0.1, "x": 0.2}}, ValueError, r"l2 has unknown groups \['x', 1\]"),
         ({"l2": -1.0}, ValueError, "l2 weights must be finite and >= 0"),
+        # beyond float (a bare OverflowError before)
+        ({"l2": 10**400}, ValueError, r"l2 weights .*; got an int of about 400 digits\.$"),
+        ({"l2": {"W": 10**400}}, ValueError, r"l2 weights .*; got an int of about 400 digits"),
         ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval must be >= 1"),
         ({"validation_steps": 1}, ValueError, "validation_steps must be >= 2"),
         (
@@ -2478,3 +2481,56 @@ def test_validation_lengths_stored_without_validation_data_are_damage(lorenz, tm
     with pytest.raises(ValueError, match=r"is damaged .*validation_data_lengths are stored for "
                        "a run without validation_data"):  # fmt: skip
         check_fit(small_model(), x, replace(cfg, epochs=2), checkpoint_dir=tmp_path, resume=True)
+
+
+def _planted_scores(monkeypatch, scores):
+    """``fit``'s validations score ``scores`` in turn (status ok, the score as D_stsp)."""
+    it = iter(scores)
+
+    def validate(*args):
+        score = next(it)
+        return {"dstsp": score, "dh": 0.0, "score": score, "status": "ok"}
+
+    monkeypatch.setattr(autodiff.train, "validate", validate)
+
+
+def test_a_run_whose_best_score_is_negative_resumes(lorenz, monkeypatch, tmp_path):
+    """GMM D_stsp (N >= 6) is a Monte-Carlo estimate that can be slightly negative (-1e-5 for
+    near-identical data), so can a score: the checkpoint was refused on resume as damaged."""
+    x, xv = lorenz
+    cfg = config(epochs=2, selection_candidates=2, validation_steps=100)
+    _planted_scores(monkeypatch, [-1e-5])
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            small_model(),
+            x,
+            cfg,
+            validation_data=xv,
+            checkpoint_dir=tmp_path,
+            callback=Interrupt(12),
+        )
+    _planted_scores(monkeypatch, [1.0])
+    result = fit(small_model(), x, cfg, validation_data=xv, checkpoint_dir=tmp_path, resume=True)
+    scores = [(c["epoch"], c["score"]) for c in result.selection["candidates"]]
+    assert scores == [(1, -1e-5), (2, 1.0)]
+
+
+def test_a_validation_whose_score_is_nan_is_a_failure(lorenz, monkeypatch):
+    """A NaN score compares False with every other: taken as the first best, no later score
+    could replace it (and its checkpoint could not be resumed)."""
+    x, xv = lorenz
+    real = models.metrics.evaluate
+    calls = []
+
+    def nan_first(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        return {**out, "dstsp": math.nan} if len(calls) == 1 else out
+
+    monkeypatch.setattr(models.metrics, "evaluate", nan_first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(small_model(), x, config(epochs=2, selection_candidates=1), validation_data=xv)
+    first, second = result.history
+    assert first["val_score"] == math.inf and first["val_status"] == "non_finite"
+    assert result.best_epoch == 2 and math.isfinite(second["val_score"])
