@@ -3288,13 +3288,15 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
         for flag, value in (("--n-steps", n_steps), ("--starts", starts))
         if value is not None and value < 1
     ]
-    if problems:
-        raise UserError("; ".join(problems) + ".")
+    if x0 and n_steps is None:
+        problems.append("--x0 needs --n-steps N, the number of steps each run generates")
     path = _target_path(target)
-    _command_threads(threads)
     destination = _destination(out_file, path, "generated.npy", "the .npy, .csv or .txt file")
     if destination is None:
-        raise UserError(f"{target} is a model file: pass --out FILE (.npy, .csv or .txt).")
+        problems.append(f"{target} is a model file: pass --out FILE (.npy, .csv or .txt)")
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+    _command_threads(threads)
     model, metadata = _target_model(path, target)
     _check_not_an_input(destination, path, metadata)
     suffix = _check_suffix(destination, GENERATE_SUFFIXES)
@@ -3304,9 +3306,7 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
             f"--out {destination}: {n_runs} runs make a K x n x N array; write .npy for them."
         )
     points, origin, n_default = _initial_points(path, target, model, x0, n_runs)
-    n_steps = n_steps or n_default
-    if n_steps is None:  # only --x0 leaves it open
-        raise UserError("--x0 needs --n-steps N, the number of steps each run generates.")
+    n_steps = n_steps or n_default  # None only with --x0, refused above
     # a latent RNN's runs hold their M latents a step (model dtype), then N observations
     # in float64 (the model's units, data units, the written copy); an SSM's only the latter
     latents = getattr(model, "M", 0) * np.dtype(model.dtype).itemsize
@@ -3506,9 +3506,9 @@ def _rest_note(resting: list[tuple], n_runs: int) -> str | None:
 
 
 def _warn_if_far_points(points: np.ndarray, mean: np.ndarray, sd: np.ndarray, label) -> None:
-    """One warning for the first initial observation farther than :data:`FAR_X0` training
-    sds from the training mean (``label(k)`` names its run): in other units, or off the
-    attractor."""
+    """One warning for the initial observations farther than :data:`FAR_X0` training sds
+    from the training mean, naming the first (``label(k)`` names its run) and counting the
+    others: in other units, or off the attractor."""
     from models.data import to_sd_units
 
     with np.errstate(over="ignore"):
@@ -3516,10 +3516,12 @@ def _warn_if_far_points(points: np.ndarray, mean: np.ndarray, sd: np.ndarray, la
     far = np.argwhere(shift > FAR_X0)
     if far.size:
         k, d = far[0]
+        others = len(np.unique(far[:, 0])) - 1
+        also = f" (and {others} other initial observation{'s' * (others > 1)})" * bool(others)
         _warn(
             f"{label(k).replace('the free run from ', '')} lies {shift[k, d]:.3g} training-data "
-            f"sds from the training mean in dimension {d} (mean {mean[d]:.3g}, sd {sd[d]:.3g}); "
-            "is it in the training data's units?"
+            f"sds from the training mean in dimension {d} (mean {mean[d]:.3g}, sd {sd[d]:.3g})"
+            f"{also}; is it in the training data's units?"
         )
 
 

@@ -2541,10 +2541,15 @@ def test_generate_writes_a_failing_run_and_exits_1_naming_it(finished_run, tmp_p
         return runs
 
     monkeypatch.setattr(cls, "generate", diverges)
-    result = run("generate", out, "--x0", "1,1,20", "--x0", "1e4,1,20", "--n-steps", 9)
+    result = run(
+        "generate", out, "--x0", "1,1,20", "--x0", "1e4,1,20", "--x0", "1,1e4,20", "--n-steps", 9
+    )
     assert result.exit_code == 1, result.output
     assert "warning: --x0 1e4,1,20 lies " in result.output
     assert "training-data sds from the training mean in dimension 0" in result.output
+    assert "(and 1 other initial observation); is it in the training data's units?" in (
+        result.output
+    )
     assert "the free run from --x0 1,1,20 leaves 1000 training-data sds at step 5" in result.output
 
 
@@ -2580,10 +2585,11 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
     for args, message in (
         (["--x0", "1,2,3", "--starts", 2], "--x0 and --starts both choose initial observations"),
         (["--n-steps", 0, "--starts", 0], "--n-steps must be >= 1, got 0; --starts must be >= 1"),
-        (["--x0", "1,a,3"], "--x0 1,a,3: expected 3 finite numbers separated by commas"),
-        (["--x0", "1,2"], "--x0 1,2: expected 3 finite numbers"),
-        (["--x0", "1,inf,2"], "--x0 1,inf,2: expected 3 finite numbers"),
-        (["--x0", "1_0,2,3"], "--x0 1_0,2,3: expected 3 finite numbers"),  # not 10
+        (["--x0", "1,a,3", "--n-steps", 5], "--x0 1,a,3: expected 3 finite numbers separated by"),
+        (["--x0", "1,2", "--n-steps", 5], "--x0 1,2: expected 3 finite numbers"),
+        (["--x0", "1,inf,2", "--n-steps", 5], "--x0 1,inf,2: expected 3 finite numbers"),
+        (["--x0", "1_0,2,3", "--n-steps", 5], "--x0 1_0,2,3: expected 3 finite numbers"),  # not 10
+        (["--x0", "1,2,3"], "--x0 needs --n-steps N, the number of steps each run generates."),
         (["--out", tmp_path / "g.json"], "write .npy, .csv or .txt, not '.json'"),
         (["--starts", 2, "--out", tmp_path / "g.csv"], "2 runs make a K x n x N array; write .npy"),
         (["--starts", 301], "--starts 301 exceeds the 300 points of the run's test data"),
@@ -2615,6 +2621,12 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
     np.testing.assert_array_equal(np.load(paths[0]), arrays[0])
     np.testing.assert_array_equal(np.load(paths[1]), arrays[1])
     _one_error_line(run("generate", tmp_path / "nothing"), "no such run folder or model file")
+    # a model file needs --x0, --n-steps and --out: the missing ones in one line
+    _one_error_line(
+        run("generate", tmp_path / "model.npz", "--x0", "1,2,3"),
+        f"--x0 needs --n-steps N, the number of steps each run generates; {tmp_path / 'model.npz'} "
+        "is a model file: pass --out FILE (.npy, .csv or .txt).",
+    )
     with monkeypatch.context() as patch:  # a folder no file can be written in, found first
         patch.setattr(tempfile, "mkstemp", _read_only)
         patch.setattr(cli, "_free_runs", _not_called)
