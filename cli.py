@@ -3290,7 +3290,10 @@ def generate_command(target, n_steps, x0, starts, out_file, threads):
     ]
     if x0 and n_steps is None:
         problems.append("--x0 needs --n-steps N, the number of steps each run generates")
-    path = _target_path(target)
+    try:
+        path = _target_path(target)
+    except UserError as exc:  # reported with the options' problems
+        raise UserError("; ".join([*problems, str(exc).removesuffix(".")]) + ".") from None
     destination = _destination(out_file, path, "generated.npy", "the .npy, .csv or .txt file")
     if destination is None:
         problems.append(f"{target} is a model file: pass --out FILE (.npy, .csv or .txt)")

@@ -628,8 +628,11 @@ def _locate_decode_error(path: Path):
     raise ValueError('the file is not UTF-8 text; save it as UTF-8 (e.g. Excel: "CSV UTF-8")')
 
 
-#: A spreadsheet's error value (Excel, LibreOffice) for a missing or failed cell.
-_SPREADSHEET_ERROR = re.compile(rb"#(?:N/A|DIV/0!|VALUE!|REF!|NUM!|NAME\?|NULL!|SPILL!|CALC!)")
+#: A spreadsheet's error value (Excel, LibreOffice, Google Sheets) for a missing or failed cell.
+_SPREADSHEET_ERROR = re.compile(
+    rb"#(?:N/A|DIV/0!|VALUE!|REF!|NUM!|NAME\?|NULL!|SPILL!|CALC!|ERROR!|FIELD!|BLOCKED!"
+    rb"|CONNECT!|BUSY!|UNKNOWN!|PYTHON!|EXTERNAL!|GETTING_DATA)"
+)
 
 
 def _refuse_spreadsheet_errors(path: Path) -> None:
@@ -642,6 +645,8 @@ def _refuse_spreadsheet_errors(path: Path) -> None:
     while found is not None:
         start = data.rfind(b"\n", 0, found.start()) + 1
         before = data[start : found.start()]
+        if start == 0:
+            before = before.removeprefix(b"\xef\xbb\xbf")  # Excel's "CSV UTF-8"
         if b"#" not in before and (not before or before[-1:] in b' \t\r,;"'):
             line = data.count(b"\n", 0, start) + 1
             raise ValueError(
@@ -973,9 +978,9 @@ def _progression_step(column: np.ndarray, eps: float):
     """The step of a finite column that is an arithmetic progression, or None: each
     difference equals the mean step within ``1e-9`` of it plus the rounding of the values
     (4 ``eps`` of the largest, ``eps`` that of the dtype the values were stored in) plus,
-    for steps of at least ten units of the values' typical last decimal, the rounding of
-    their decimals as written (:func:`_decimal_units`: time stamps printed with ``%.4f`` or
-    ``%g``). A zero step (a constant) is not one."""
+    for a step of at least ten units of the last decimal of the finer-written tenth of the
+    values, the rounding of their decimals as written (:func:`_decimal_units`: time stamps
+    printed with ``%.4f`` or ``%g``). A zero step (a constant) is not one."""
     with np.errstate(over="ignore", invalid="ignore"):
         step = (column[-1] - column[0]) / (column.size - 1)
         if step == 0 or not np.isfinite(step):
@@ -985,7 +990,7 @@ def _progression_step(column: np.ndarray, eps: float):
         if not np.max(deviation) <= abs(step) / 2 + tol:  # far from equal steps (NaN too)
             return None
         units = _decimal_units(column, eps)
-        if abs(step) >= 10 * np.median(units):
+        if abs(step) >= 10 * np.quantile(units, 0.1):
             tol = tol + (units[1:] + units[:-1]) / 2  # each value within half its unit
         if np.all(deviation <= tol):
             return float(step)

@@ -1611,10 +1611,20 @@ def _combined(scored, tests, names, pooled, s):
         return combined
     values = {}
     if "dstsp" in s.measures:
+        for k, (r, gen) in enumerate(scored):  # out of its own box: in the pooled one, each?
+            if r["status"] == "out_of_box" and any(
+                math.isnan(_binned_kl(pooled, run, s.n_bins)) for run in gen
+            ):
+                combined.update(
+                    status="out_of_box",
+                    message=f"{names[k]}: {_OUT_OF_BOX} (nor that of all test trajectories "
+                    "together)",
+                )
+                return combined
         runs = np.concatenate([gen for _, gen in scored], axis=1)
         true = None if pooled is not None else np.concatenate([x[1:] for x in tests])
         values["dstsp"] = _mean_dstsp(true, runs, pooled, s)
-        if math.isnan(values["dstsp"]):  # each run has points in its own trajectory's box
+        if math.isnan(values["dstsp"]):
             combined.update(
                 status="out_of_box", message=f"{_OUT_OF_BOX} (of all test trajectories together)"
             )

@@ -88,7 +88,9 @@ _DIVERGING_TEXT = (
     "diverging: the Newton iterates blew up (the updates grew without bound or overflowed "
     "to inf/NaN from finite inputs), as plain DEER does on chaotic or unstable dynamics."
 )
-_AUTO_ALPHA = "toward 1; alpha='auto' estimates the least that makes the forced map a contraction"
+_AUTO_ALPHA = (
+    "toward 1; alpha='auto' estimates about the least that makes the forced map a contraction"
+)
 
 
 class DeerStatus(enum.Enum):
@@ -414,8 +416,8 @@ def _validate(where, model, z0, T, forcing, alpha, n_forced, init, allow_auto, e
                 f"`n_forced` must be in [0, N] with N=forcing.shape[-1]={N}; got {n_forced}."
             )
     alpha_arr = _check_alpha(alpha, batch, forcing is not None, allow_auto, errors)
-    forced = N if n_forced is None else n_forced
-    if isinstance(alpha, str) and alpha == "auto" and forcing is not None and forced == 0:
+    # (forcing of 0 columns, the default n_forced=0, is refused with its shape above)
+    if isinstance(alpha, str) and alpha == "auto" and forcing is not None and n_forced == 0:
         errors["value"].append(
             "alpha='auto' needs forced latents (alpha acts on the n_forced forced ones); got "
             "n_forced=0. Pass n_forced >= 1, or alpha=0 for a free run."

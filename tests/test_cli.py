@@ -2621,6 +2621,10 @@ def test_generate_mistakes_exit_2_and_leave_files_alone(several_run, tmp_path, m
     np.testing.assert_array_equal(np.load(paths[0]), arrays[0])
     np.testing.assert_array_equal(np.load(paths[1]), arrays[1])
     _one_error_line(run("generate", tmp_path / "nothing"), "no such run folder or model file")
+    _one_error_line(
+        run("generate", tmp_path / "nothing", "--n-steps", 0),
+        f"--n-steps must be >= 1, got 0; {tmp_path / 'nothing'}: no such run folder or model",
+    )
     # a model file needs --x0, --n-steps and --out: the missing ones in one line
     _one_error_line(
         run("generate", tmp_path / "model.npz", "--x0", "1,2,3"),

@@ -13,7 +13,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import models
 from models import data
 from models.data import (
     ArrayChoiceError,
@@ -746,26 +745,42 @@ def test_a_first_column_in_equal_steps_is_refused(tmp_path, column, shown):
     assert load_data(tmp_path / "short.npy").shape == (2, 2)
 
 
-@pytest.mark.parametrize(("fmt", "dt"), [("%.4f", 1 / 30), ("%g", 1 / 30), ("%g", 1 / 256)])
-def test_a_time_column_rounded_as_written_is_refused(tmp_path, fmt, dt):
+def _first_column_written(tmp_path, column, fmt):
+    """A .csv of ``column`` written with ``fmt`` beside two random columns, full precision."""
+    other = np.random.default_rng(0).normal(size=(len(column), 2))
+    rows = [f"{fmt % t},{a:.17g},{b:.17g}" for t, (a, b) in zip(column, other, strict=True)]
+    path = tmp_path / "timed.csv"
+    path.write_text("t,x,y\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dt", "T"),
+    [("%.4f", 1 / 30, 200), ("%g", 1 / 30, 200), ("%g", 1 / 256, 200), ("%.0f", 1000 / 30, 200),
+     ("%g", 1 / 30, 100_000)],  # %g keeps 2 decimals beyond t = 1000: 0.01 against 0.033
+)  # fmt: skip
+def test_a_time_column_rounded_as_written_is_refused(tmp_path, fmt, dt, T):
     """Time stamps printed with a few decimals (MATLAB's fprintf, loggers) are equal steps up
     to the rounding of the text: they passed as a measured variable, a ramp to train on."""
-    rng = np.random.default_rng(0)
-    rows = [
-        f"{fmt % (k * dt)},{a:.17g},{b:.17g}" for k, (a, b) in enumerate(rng.normal(size=(200, 2)))
-    ]
-    path = tmp_path / "timed.csv"
-    path.write_text("time,x,y\n" + "\n".join(rows) + "\n")
+    path = _first_column_written(tmp_path, dt * np.arange(T), fmt)
     with pytest.raises(ValueError, match=r"row index or time column, not a measured variable"):
         load_data(path)
 
 
-@pytest.mark.parametrize("fmt", ["%.1f", "%.2f", "%g"])
-def test_measured_variables_rounded_as_written_are_data(tmp_path, fmt):
-    x = models.generate("lorenz63", 2000, seed=1)
-    path = tmp_path / "rounded.csv"
-    path.write_text("".join(",".join(fmt % v for v in row) + "\n" for row in x))
-    assert load_data(path).shape == (2000, 3)
+@pytest.mark.parametrize(
+    ("column", "fmt"),
+    [
+        (0.1 * np.arange(3000) + np.random.default_rng(1).normal(0, 0.005, 3000), "%.2f"),
+        (20 + np.cumsum(np.random.default_rng(2).normal(0, 0.01, 3000)), "%.1f"),  # slow drift
+        (np.cumsum(np.random.default_rng(3).poisson(5, 3000)), "%d"),  # cumulative counts
+        (0.1 * (np.arange(3000) % 50), "%.1f"),  # a sawtooth
+    ],
+    ids=["noisy-ramp", "slow-drift", "cumulative-counts", "sawtooth"],
+)
+def test_measured_variables_rounded_as_written_are_data(tmp_path, column, fmt):
+    """A ramp whose noise exceeds the rounding of its decimals (a few units of the last one)
+    is data, as are coarsely rounded slow drifts, counts and sawtooths."""
+    assert load_data(_first_column_written(tmp_path, column, fmt)).shape == (3000, 3)
 
 
 @pytest.mark.parametrize(
@@ -787,6 +802,22 @@ def test_spreadsheet_error_values_are_refused_not_read_as_comments(tmp_path, tex
     # a comment may mention one
     path.write_text("x,y # #N/A marks a gap\n0.5,1.5\n# #N/A\n2.5,0.25\n1.25,-0.5\n")
     assert load_data(path).shape == (3, 2)
+
+
+@pytest.mark.parametrize("token", ["#ERROR!", "#FIELD!", "#GETTING_DATA", "#BUSY!"])
+def test_newer_spreadsheet_error_values_are_refused(tmp_path, token):
+    """Google Sheets' #ERROR! and Excel's newer error values start a comment too."""
+    path = tmp_path / "sheet.csv"
+    path.write_text(f"x,y\n0.5,1.5\n{token},0.25\n1.25,-0.5\n3.5,1\n")
+    with pytest.raises(ValueError, match="line 3 holds the spreadsheet error value"):
+        load_data(path)
+
+
+def test_a_spreadsheet_error_after_a_byte_order_mark_is_refused(tmp_path):
+    path = tmp_path / "sheet.csv"
+    path.write_text("\ufeff#N/A,0.25\n0.5,1.5\n2.5,0.75\n1.25,-0.5\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1 holds the spreadsheet error value '#N/A'"):
+        load_data(path)
 
 
 def test_a_missing_value_marker_gets_its_fix(tmp_path):

@@ -352,7 +352,7 @@ def test_unconverged_forward_never_returns_a_gradient(data):
     assert info.message.endswith(
         "To converge: allow more iterations (max_iter=1 < T=12; T iterations always suffice); "
         "use method='sequential' (plain DEER needs about T iterations on a chaotic free run); or "
-        "raise alpha (toward 1; alpha='auto' estimates the least that makes the forced map a "
+        "raise alpha (toward 1; alpha='auto' estimates about the least that makes the forced map a "
         "contraction)."
     )
     assert "throw=False" not in info.message and "\n" not in info.message
@@ -470,8 +470,9 @@ def test_non_finite_parameters_with_auto_alpha_are_reported_not_raised(method, v
 
 #: the remedies of an overflowing adjoint, after "To avoid it: ", per alpha passed
 ADJOINT_REMEDIES = {
-    0.0: "raise alpha (toward 1; alpha='auto' estimates the least that makes the forced map a "
-    "contraction); use a smaller initialisation or a lower learning rate; or train in float64.",
+    0.0: "raise alpha (toward 1; alpha='auto' estimates about the least that makes the forced "
+    "map a contraction); use a smaller initialisation or a lower learning rate; or train in "
+    "float64.",
     1.0: "use a smaller initialisation or a lower learning rate, or train in float64.",
     "auto": "raise alpha (alpha='auto' gave its estimate; pass a larger one, e.g. "
     "parscan.gtf_alpha(model, data[:, 1:], margin=0.1, n_forced=1)); use a smaller "

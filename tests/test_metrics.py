@@ -1374,6 +1374,24 @@ def test_evaluate_pools_runs_that_leave_only_their_own_trajectorys_box():
     assert evaluate(model, x1, transient=10, measures=("dstsp",))["status"] == "out_of_box"
 
 
+def test_evaluate_refuses_runs_outside_the_pooled_box_too():
+    """Runs out of their own trajectory's box and of the box of all test points together had
+    no point to score: the pooled D_stsp dropped them and scored the other runs alone."""
+    rng = np.random.default_rng(0)
+    a = np.array([3.0, 0.0]) + 0.3 * rng.standard_normal((100, 2))
+    b = np.array([-3.0, 0.0]) + 0.3 * rng.standard_normal((100, 2))
+
+    class FarFromA(MapRNN):  # runs from a's points sit far above both boxes
+        def generate(self, x0, n_steps):
+            far, replay = np.full((n_steps, 2), [0.0, 50.0]), np.resize(b[1:], (n_steps, 2))
+            return np.array([far if point[0] > 0 else replay for point in x0])
+
+    res = evaluate(FarFromA(np.eye(2)), [a, b], measures=("dstsp",))
+    assert res["status"] == "out_of_box" and res["dstsp"] is None
+    assert res["message"].startswith("x_test[0]: no generated point lies inside the test data's")
+    assert res["message"].endswith("(nor that of all test trajectories together)")
+
+
 @pytest.mark.parametrize("measures", [("pe",), ("pe", "lyapunov")])
 def test_pe_and_lyapunov_are_not_decided_by_the_free_run_they_do_not_use(measures):
     """A free run that slowly leaves the data (a rotation growing 2 % a step) made PE and the
