@@ -26,7 +26,13 @@ from numba import literally, prange
 from scipy.ndimage import gaussian_filter1d
 
 from models._checks import Checks, as_array
-from models.base import LatentRNN, Model, TooLargeForThisMachine, allocated
+from models.base import (
+    LatentRNN,
+    Model,
+    TooLargeForThisMachine,
+    allocated,
+    check_finite_params,
+)
 from models.data import (
     check_in_range,
     check_trajectory,
@@ -965,6 +971,14 @@ def _lyapunov_spectrum(target, n_exponents, x0, n_steps, transient, dt, params, 
                 wrong_kind=True,
             )
         elif system is None:
+            with checks.caught("model"):
+                check_finite_params(
+                    target.params,
+                    where,
+                    "the model's parameters",
+                    " Its runs have no exponents; use a model with finite parameters (e.g. an "
+                    "earlier checkpoint).",
+                )
             given = [
                 name
                 for name, value in (("dt", dt), ("params", params), ("seed", seed))

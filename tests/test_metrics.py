@@ -649,6 +649,43 @@ def test_exponents_of_a_map_that_keeps_the_axes_invariant():
     assert short[0] >= short[1] >= short[2]  # unaligned vectors, sorted all the same
 
 
+def test_exponents_of_chaotic_piecewise_linear_maps():
+    """The skew tent map (slopes 1/p, -1/(1-p)) as a 1-unit ALRNN: the exponent is the mean
+    of log|F'| along the same orbit, near -p log p - (1-p) log(1-p); the Lozi map
+    (x, y) -> (1 - a|x| + y, b x), |x| = 2 relu(x) - x, as a 3-unit ALRNN (x, y, u = x): the
+    exponents sum to log b (det J = -b), the largest about 0.470."""
+    from models import ALRNN
+
+    p = 0.3
+    tent = ALRNN(1, 1)
+    tent["A"][...], tent["W"][...], tent["h"][...] = 1 / p, -1 / p - 1 / (1 - p), 1 - p
+    z0 = tent.initial_state(np.array([0.123]))
+    run = np.concatenate([z0[None], tent.simulate(z0, 20_999)])
+    direct = np.mean(np.log(np.abs(tent.jacobian(run[1000:])[:, 0, 0])))
+    got = max_lyapunov(tent, x0=np.array([0.123]), n_steps=20_000)
+    assert got == pytest.approx(direct, abs=1e-12)
+    assert direct == pytest.approx(-p * np.log(p) - (1 - p) * np.log(1 - p), abs=0.01)
+    a, b = 1.7, 0.5
+    lozi = ALRNN(3, 1)
+    lozi["A"][...], lozi["h"][...] = 0.0, [1.0, 0.0, 1.0]
+    lozi["W"][...] = [[a, 1, -2 * a], [b, 0, 0], [a, 1, -2 * a]]
+    got = lyapunov_spectrum(lozi, 2, x0=np.array([0.1, 0.1, 0.1]), n_steps=20_000)
+    assert got.sum() == pytest.approx(np.log(b), abs=1e-12)
+    assert got[0] == pytest.approx(0.470, abs=0.005)
+
+
+def test_exponents_of_a_model_with_nan_parameters_are_refused_naming_them():
+    """They blamed the run ("became non-finite at step 1; the run diverges")."""
+    from models import ALRNN
+
+    model = ALRNN(1, 1)
+    model.params[0] = np.nan
+    for function in (max_lyapunov, lyapunov_spectrum):
+        with pytest.raises(ValueError, match=rf"^{function.__name__}: the model's parameters "
+                           r"contain NaN or inf \(first at index 0\)"):  # fmt: skip
+            function(model, x0=np.array([1.0]))
+
+
 def test_lorenz63_largest_exponent_and_spectrum_sum():
     lam = max_lyapunov("lorenz63")
     assert lam == pytest.approx(SYSTEMS["lorenz63"].lyapunov, rel=0.1)
