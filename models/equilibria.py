@@ -188,9 +188,17 @@ def _search(model, x, period, max_iter, where):
         period = checks.integer(period, "period")
         max_iter = checks.integer(max_iter, "max_iter")
     x = as_array(x, "x", where)
+    N = model.n_obs
+    if x.ndim < 2 and x.shape != (N,):  # neither one start (N,) nor several (K, N)
+        fix = (
+            "pass x[:, None] for K starts of this 1-d model"
+            if N == 1 and x.ndim == 1
+            else (f"pass one start of shape ({N},) or K starts of shape (K, {N})")
+        )
+        raise ValueError(f"{where}: x has shape {x.shape}, which holds no start of N={N}; {fix}.")
     if x.ndim == 1:
         x = x[None]
-    x = check_trajectory(x, where, min_steps=1, constant=True, n_obs=model.n_obs)
+    x = check_trajectory(x, where, min_steps=1, constant=True, n_obs=N)
     solver = model if model.dtype == np.float64 else model.astype("float64")
     z = solver.initial_state(x.astype(np.float64))
     k, m = z.shape

@@ -190,8 +190,13 @@ def test_a_search_beyond_memory_is_refused_before_the_newton_work():
         ((ShPLRNN(3, 8), np.zeros((2, 3))), {"max_iter": 2.5}, TypeError, "max_iter must be an"),
         ((ShPLRNN(3, 8), np.ma.zeros((2, 3))), {}, TypeError, "masked"),
         ((ShPLRNN(3, 8), [[0.0, 1.0, 2.0], [1.0]]), {}, ValueError, "unequal lengths"),
+        # starts, not a trajectory: the fix is in their terms (was "Pass one trajectory")
+        ((ShPLRNN(3, 8), np.zeros(())), {}, ValueError, r"x has shape \(\), which holds no "
+         r"start of N=3; pass one start of shape \(3,\) or K starts of shape \(K, 3\)\.$"),
+        ((ALRNN(1, 1), np.zeros(3)), {}, ValueError,  # was "use a model with n_obs=3"
+         r"x has shape \(3,\), .*; pass x\[:, None\] for K starts of this 1-d model\.$"),
     ],
-)
+)  # fmt: skip
 def test_fixed_points_refuses_bad_arguments(args, kwargs, error, match):
     with pytest.raises(error, match="^fixed_points: .*" + match):
         models.fixed_points(*args, **kwargs)
