@@ -379,9 +379,11 @@ def _distinct(orbits):
     """The orbits ``orbits`` (K, k, M), one of any two that share a state within
     :data:`DISTINCT_TOLERANCE` (max norm) dropped, in order of first appearance, each rotated
     to start at its lexicographically smallest state: (C, k, M)."""
-    kept = []
-    for orbit in orbits:
+    kept = np.empty(orbits.shape, dtype=np.float64)
+    n = 0
+    for orbit in orbits:  # compared with all kept orbits at once: K x C work, K Python steps
         tolerance = DISTINCT_TOLERANCE * (1.0 + np.max(np.abs(orbit[0])))
-        if not any(np.min(np.max(np.abs(o - orbit[0]), axis=1)) <= tolerance for o in kept):
-            kept.append(np.roll(orbit, -np.lexsort(orbit.T[::-1])[0], axis=0))
-    return np.array(kept, dtype=np.float64).reshape(len(kept), *orbits.shape[1:])
+        if n == 0 or np.min(np.max(np.abs(kept[:n] - orbit[0]), axis=2)) > tolerance:
+            kept[n] = np.roll(orbit, -np.lexsort(orbit.T[::-1])[0], axis=0)
+            n += 1
+    return kept[:n].copy()
