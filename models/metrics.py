@@ -1564,11 +1564,10 @@ def _score_trajectory(model, x, s, reference, mean, limit, where, alone):
         dstsp = _mean_dstsp(x[1:], gen, reference, s)
         if not math.isnan(dstsp):
             values["dstsp"] = dstsp
-        elif alone:
+        else:
             result.update(status="out_of_box", message=_OUT_OF_BOX)
-            return result, None
-        else:  # of several: _combined scores these runs with the others' in the pooled box
-            result.update(status="out_of_box", message=_OUT_OF_BOX)
+            if alone:  # of several, _combined scores these runs in the pooled box
+                return result, None
     if "dh" in s.measures:
         length = s.dh_length(x)
         h = _hellinger_per_run(x[1 : 1 + length], gen[:, :length], s.smoothing)
