@@ -68,6 +68,7 @@ import numpy as np
 from autodiff.memory import available_bytes
 from models._signals import python_handles
 from parscan import _env
+from parscan._arguments import SEED_LIMIT, shown_int
 from parscan._jit import set_threads
 from parscan.scan import no_cuda_reason
 
@@ -677,8 +678,13 @@ def _integer_problems(s: Settings, origins: dict[str, str]) -> list[str]:
             f"{_named('selection_steps', origins)} must be an integer >= {REST_MIN_POINTS} (a "
             f"run rests for at least {REST_MIN_POINTS} points), got {steps!r}"
         )
-    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
-        problems.append(f"{_named('seed', origins)} must be an integer >= 0, got {s.seed!r}")
+    seed = s.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT - 1:
+        shown = shown_int(seed) if isinstance(seed, int) else repr(seed)
+        problems.append(
+            f"{_named('seed', origins)} must be an integer in [0, 2**128 - 1) (the generated "
+            f"test data take seed + 1), got {shown}"
+        )
     return problems
 
 

@@ -22,7 +22,7 @@ from autodiff.optim import OPTIMIZERS, lr_ratio_problem
 from autodiff.regularization import GROUPS
 from models._checks import Checks, refusal
 from models.metrics import REST_MIN_POINTS
-from parscan._arguments import bool_problem
+from parscan._arguments import bool_problem, seed_problem, shown_int
 from parscan.deer import MAX_ITER_CAP
 
 CHOICES = {
@@ -198,14 +198,6 @@ def _python_number(value):
     return value
 
 
-def _shown_int(v) -> str:
-    """An int for a message: as written, or for one of more than 15 digits (beyond
-    ``repr``'s digit limit, from 4300) its size."""
-    if abs(v) < 10**15:
-        return str(v)
-    return f"an int of about {round(abs(int(v)).bit_length() * math.log10(2))} digits"
-
-
 def _dtype_name(value):
     """``"float32"``/``"float64"`` when ``np.dtype(value)`` is float32/float64 (as the models
     take ``dtype``, :meth:`models._checks.Checks.float_dtype`: ``"f8"``, ``float``,
@@ -284,7 +276,7 @@ class TrainConfig:
         Gaussian noise of this standard deviation, relative to each dimension's sd of the
         training data (with ``standardize=False`` too), added to every training window.
     seed : int
-        Seed of the window sampler and the noise.
+        Seed of the window sampler and the noise, an int in [0, 2**128).
     dtype : {"float32", "float64"}
         Dtype of the training, its data and the returned model (``result.model``), whatever
         the given model's: a float64 model comes back float32 with the default; pass
@@ -399,7 +391,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int | np.integer):
                 type_errors.append(f"{name} must be an int; got {type(v).__name__} {v!r}.")
             elif v < minimum:
-                value_errors.append(f"{name} must be >= {minimum}; got {_shown_int(v)}.")
+                value_errors.append(f"{name} must be >= {minimum}; got {shown_int(v)}.")
 
         def real(name, lo, hi, *, lo_open=False, hi_open=False, optional=False):
             v = getattr(self, name)
@@ -415,7 +407,7 @@ class TrainConfig:
                 ok = math.isfinite(v) and (v > lo if lo_open else v >= lo)
                 shown = repr(v)
             except OverflowError:  # an int beyond float's range (and maybe repr's digit limit)
-                ok, shown = False, _shown_int(v)
+                ok, shown = False, shown_int(v)
             ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
             if not ok:
                 rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
@@ -438,7 +430,10 @@ class TrainConfig:
         integer("selection_starts", 1)
         integer("selection_steps", REST_MIN_POINTS, optional=True)
         integer("newton_max_iter", 1, optional=True)
-        integer("seed", 0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
+            integer("seed", 0)  # refuses the type
+        elif seed_problem(self.seed):
+            value_errors.append(seed_problem(self.seed))
         found = len(type_errors) + len(value_errors)
         real("lr_start", 0.0, None, lo_open=True)
         real("lr_end", 0.0, None, lo_open=True)
@@ -471,7 +466,7 @@ class TrainConfig:
                 try:
                     ok, shown = math.isfinite(v) and v >= 0, repr(v)
                 except OverflowError:  # an int beyond float's range
-                    ok, shown = False, _shown_int(v)
+                    ok, shown = False, shown_int(v)
                 if not ok:
                     value_errors.append(f"l2 weights must be finite and >= 0; got {shown}.")
         unused = inapplicable_settings(self, latent_rnn=True)

@@ -14,12 +14,13 @@ The exception is a ``TypeError`` when any problem is one of kind (a wrong type o
 otherwise a ``ValueError`` (a value out of range, an unknown option, values that contradict
 each other). A check that depends on other arguments runs only when they passed
 (:meth:`Checks.ok`); checks that raise on their own join in through :meth:`Checks.caught`.
-:func:`check_int`, :func:`check_float_dtype`, :func:`check_bool`, :func:`check_path` and
-:func:`as_array` check a single value in the same way. Functions that gather their problems in
-lists of their own take the sentence of a convention from :mod:`parscan._arguments`
-(``bool_problem``: a flag is ``True`` or ``False``, a NumPy bool too, never a truthy value;
-``masked_problem``: a masked array is refused where its mask would be dropped), as
-:class:`Checks` does; :func:`refusal` words a setting given where it does not apply.
+:func:`check_int`, :func:`check_seed`, :func:`check_float_dtype`, :func:`check_bool`,
+:func:`check_path` and :func:`as_array` check a single value in the same way. Functions that
+gather their problems in lists of their own take the sentence of a convention from
+:mod:`parscan._arguments` (``bool_problem``: a flag is ``True`` or ``False``, a NumPy bool
+too, never a truthy value; ``seed_problem``: a seed is in ``[0, 2**128)``; ``masked_problem``:
+a masked array is refused where its mask would be dropped), as :class:`Checks` does;
+:func:`refusal` words a setting given where it does not apply.
 """
 
 import contextlib
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parscan._arguments import as_host_array, bool_problem, in_model_dtype
+from parscan._arguments import as_host_array, bool_problem, in_model_dtype, seed_problem, shown_int
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -126,9 +127,18 @@ class Checks:
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             self.add(f"{name} must be an int; got {type(value).__name__}.", name, wrong_kind=True)
         elif value < minimum:
-            self.add(f"{name} must be >= {minimum}; got {value}.", name)
+            self.add(f"{name} must be >= {minimum}; got {shown_int(value)}.", name)
         else:
             return int(value)
+        return value
+
+    def seed(self, value, name: str = "seed"):
+        """``value`` as an ``int`` in ``[0, 2**128)`` (:func:`parscan._arguments.seed_problem`;
+        NumPy integers accepted, ``bool`` refused)."""
+        value = self.integer(value, name, 0)
+        problem = seed_problem(value, name) if self.ok(name) else None
+        if problem is not None:
+            self.add(problem, name)
         return value
 
     def real(self, value, name: str, *, positive: bool):
@@ -194,9 +204,10 @@ class Checks:
 
     def float_dtype(self, value):
         """The argument ``dtype`` as a NumPy dtype if it is (native) float32/float64. ``None``
-        is refused (NumPy would read it as float64)."""
+        is refused (NumPy would read it as float64), and so is a NumPy scalar such as
+        ``np.float64(0.5)`` (NumPy would read its dtype: a value passed for a type)."""
         try:
-            dtype = None if value is None else np.dtype(value)
+            dtype = None if value is None or isinstance(value, np.generic) else np.dtype(value)
         except (TypeError, ValueError):
             dtype = None
         if dtype is None or dtype not in FLOAT_DTYPES:  # (``None in FLOAT_DTYPES`` is True)
@@ -237,6 +248,13 @@ def check_int(value, name: str, where: str, minimum: int = 1) -> int:
     """``value`` as an ``int`` >= ``minimum``, else raise (see :meth:`Checks.integer`)."""
     with Checks(where) as checks:
         value = checks.integer(value, name, minimum)
+    return value
+
+
+def check_seed(value, where: str, name: str = "seed") -> int:
+    """``value`` as an ``int`` seed, else raise (see :meth:`Checks.seed`)."""
+    with Checks(where) as checks:
+        value = checks.seed(value, name)
     return value
 
 

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from models._checks import Checks, as_array, check_int, not_numeric
+from models._checks import Checks, as_array, check_seed, not_numeric
 from models.base import LatentRNN, allocated, astype_hint, new_run
 from parscan.scan import cuda_unavailable, is_device_array
 
@@ -185,7 +185,7 @@ class PiecewiseLinearRNN(LatentRNN):
         return self._offsets["L0"][0] if "L0" in self._offsets else self.n_params
 
     def _rng(self, seed) -> np.random.Generator:
-        self.seed = check_int(seed, "seed", f"{type(self).__name__}.init", minimum=0)
+        self.seed = check_seed(seed, f"{type(self).__name__}.init")
         return np.random.default_rng(self.seed)
 
     def _init_L0(self, rng: np.random.Generator) -> None:

@@ -323,7 +323,7 @@ class ALRNN(_ALRNNFamily):
     dtype : {"float64", "float32"}
         Parameter and computation dtype; inputs must match it.
     seed : int
-        Seed of :meth:`init`.
+        Seed of :meth:`init`, an int in [0, 2**128).
 
     Notes
     -----
@@ -378,7 +378,7 @@ class PLRNN(_ALRNNFamily):
     dtype : {"float64", "float32"}
         Parameter and computation dtype; inputs must match it.
     seed : int
-        Seed of :meth:`init`.
+        Seed of :meth:`init`, an int in [0, 2**128).
 
     Notes
     -----

@@ -306,7 +306,7 @@ class Model(ABC):
         class): add those of ``dtype`` and ``seed``, raise them all, then lay out ``params``
         (:meth:`_setup`) and :meth:`init` them."""
         dtype = checks.float_dtype(dtype)
-        seed = checks.integer(seed, "seed", 0)
+        seed = checks.seed(seed)
         checks.raise_problems()
         self._setup(dtype)
         try:

@@ -482,7 +482,7 @@ def state_space_divergence(
         sigma2 = checks.real(sigma2, "sigma2", positive=True)
         n_points = checks.integer(n_points, "n_points")
         n_samples = checks.integer(n_samples, "n_samples")
-        seed = checks.integer(seed, "seed", 0)
+        seed = checks.seed(seed)
         if method == "bins" and checks.ok("x", "n_bins"):
             with checks.caught():
                 _check_total_bins(n_bins, x_true.shape[1], where)
@@ -1436,7 +1436,7 @@ def evaluate(
             smoothing=checks.real(smoothing, "smoothing", positive=False),
             pe_steps=checks.integer(pe_steps, "pe_steps"),
             diverge_factor=checks.real(diverge_factor, "diverge_factor", positive=True),
-            seed=checks.integer(seed, "seed", 0),
+            seed=checks.seed(seed),
         )
         if checks.ok("dstsp_method", "n_bins") and s.dstsp_method == "bins":
             with checks.caught():

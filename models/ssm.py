@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from models._checks import Checks, check_int
+from models._checks import Checks, check_seed
 from models.base import Model, new_run
 from parscan._jit import jit, jit_parallel
 from parscan.scan import linear_scan
@@ -584,7 +584,7 @@ class LinearSSM(DiagonalSSM):
     dtype : {"float64", "float32"}
         Parameter dtype; the state is complex128 / complex64 respectively.
     seed : int
-        Seed of :meth:`init`.
+        Seed of :meth:`init`, an int in [0, 2**128).
 
     Parameter blocks (in order): ``nu (H,)``, ``theta (H,)``, ``B_re, B_im (H, N)``,
     ``C_re, C_im (K, H)``, ``W1 (L, K+N)``, ``b1 (L,)``, ``W2 (N, L)``, ``b2 (N,)``.
@@ -643,7 +643,7 @@ class LinearSSM(DiagonalSSM):
         """LRU initialisation: ``|λ|²`` uniform on ``[r_min², r_max²]``, phases uniform on
         ``[0, max_phase]``; ``B ~ N(0, 1/(2N))`` and ``C ~ N(0, 1/(2H))`` per real part; the MLP
         as PyTorch's ``nn.Linear`` (uniform ``±1/sqrt(fan_in)``)."""
-        self.seed = check_int(seed, "seed", "LinearSSM.init", 0)
+        self.seed = check_seed(seed, "LinearSSM.init")
         rng = np.random.default_rng(self.seed)
         H, N, K = self.H, self.n_obs, self.K
         p = self.unflatten()
@@ -849,7 +849,7 @@ class SelectiveSSM(DiagonalSSM):
         """Mamba initialisation: S4D-real ``A[d, n] = -(n+1)``; ``b_Δ = softplus⁻¹(dt)`` with
         ``dt`` log-uniform on ``[dt_min, dt_max]``; ``W_Δ`` uniform ``±1/sqrt(N)``;
         ``W_B, W_C ~ N(0, 1/N)``; the MLP as PyTorch's ``nn.Linear``."""
-        self.seed = check_int(seed, "seed", "SelectiveSSM.init", 0)
+        self.seed = check_seed(seed, "SelectiveSSM.init")
         rng = np.random.default_rng(self.seed)
         N, H = self.n_obs, self.H
         p = self.unflatten()

@@ -695,7 +695,7 @@ class System:
         ``checks``: the problems of ``params``, ``x0`` and ``seed`` are recorded there, and
         the result is None when there are any (``checks`` then raises them)."""
         dim, p = self._resolve(checks, params)
-        seed = checks.integer(seed, "seed", 0)
+        seed = checks.seed(seed)
         if x0 is not None:
             arr = checks.array(x0, "x0")
             if not checks.ok("x0"):

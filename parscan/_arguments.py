@@ -5,14 +5,22 @@ them together.
 
 * a flag is ``True`` or ``False`` (a NumPy bool too), never a truthy value
   (:func:`bool_problem`);
+* a seed is an int in ``[0, SEED_LIMIT)``, which a model file, a checkpoint and a run's
+  ``args.json`` can write (:func:`seed_problem`);
 * a masked array is refused where converting it would drop its mask and read the masked
   entries as data (:func:`masked_problem`), and so are ragged nested sequences, which form
   no array (:func:`array_and_problem`, :func:`as_host_array`).
 """
 
+import math
 import reprlib
 
 import numpy as np
+
+SEED_LIMIT = 2**128
+"""Seeds are below this: 128 bits, the entropy of ``np.random.SeedSequence()``. A larger int
+would be accepted by NumPy but not written: Python refuses to convert an int of more than 4300
+digits to text."""
 
 
 def bool_problem(value, name: str) -> str | None:
@@ -24,6 +32,27 @@ def bool_problem(value, name: str) -> str | None:
     return (
         f"{name} must be a bool; got {type(value).__name__} {reprlib.repr(value)}. "
         "Pass True or False."
+    )
+
+
+def shown_int(v) -> str:
+    """An int for a message: as written, or for one of more than 15 digits (an int of more
+    than 4300 digits cannot be converted to text) its size."""
+    if abs(v) < 10**15:
+        return str(v)
+    sign = "a negative" if v < 0 else "an"
+    return f"{sign} int of about {round(abs(int(v)).bit_length() * math.log10(2))} digits"
+
+
+def seed_problem(value: int, name: str = "seed") -> str | None:
+    """The problem with the seed ``value``, an int (a NumPy integer too; the caller refuses
+    other types): one sentence naming ``name`` as the message writes it, or None when it is in
+    ``[0, SEED_LIMIT)``."""
+    if 0 <= value < SEED_LIMIT:
+        return None
+    return (
+        f"{name} must be in [0, 2**128) (e.g. np.random.SeedSequence().entropy); "
+        f"got {shown_int(value)}."
     )
 
 

@@ -865,6 +865,17 @@ def test_constructor_errors():
             ALRNN(3, 1, dtype=dtype)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         ALRNN(3, 1, seed=-1)
+    # seeds a model file could not write (it failed on save, after training)
+    with pytest.raises(ValueError, match=r"^ALRNN: seed must be in \[0, 2\*\*128\) .* 5000 digits"):
+        ALRNN(3, 1, seed=10**5000)
+    with pytest.raises(ValueError, match=r"^PLRNN: seed must be >= 0; got a negative int of about"):
+        PLRNN(3, seed=-(10**5000))
+    with pytest.raises(ValueError, match=r"^ShPLRNN\.init: seed must be in \[0, 2\*\*128\)"):
+        ShPLRNN(3, 5).init(2**128)
+    assert ALRNN(3, 1, seed=2**128 - 1).seed == 2**128 - 1
+    # a NumPy scalar is a value, not a type (its dtype was read)
+    with pytest.raises(TypeError, match=r"^ALRNN: dtype must be .*; got np\.float64\(0\.5\)"):
+        ALRNN(3, 1, dtype=np.float64(0.5))
     with pytest.raises(ValueError, match=r"^ShPLRNN: these dimensions need 2\d{20} parameters"):
         ShPLRNN(10**10, 10**10)  # more elements than an array can have: no int64 wrap-around
 

@@ -844,7 +844,18 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
         ({"lr_end": float("nan")}, ValueError, "lr_end must be finite"),
         ({"alpha": 1.5}, ValueError, r"alpha must be finite and in \[0.0, 1.0\]"),
         ({"lr_start": 10**400}, ValueError, r"lr_start .*; got an int of about 400 digits\.$"),
-        ({"epochs": -(10**5000)}, ValueError, r"epochs must be >= 1; got an int of about 5000 "),
+        ({"epochs": -(10**5000)}, ValueError, r"epochs must be >= 1; got a negative int of about "),
+        # a seed the checkpoints and args.json could not write (more than 4300 digits)
+        ({"seed": 10**5000}, ValueError, r"seed must be in \[0, 2\*\*128\) \(e\.g\. np\.random\."),
+        ({"seed": 2**128}, ValueError, r"seed must be in .*; got an int of about 39 digits\.$"),
+        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*128\) .*; got -1\.$"),
+        ({"seed": 1.0}, TypeError, r"seed must be an int; got float 1\.0\.$"),
+        # a NumPy scalar's dtype was read: dtype=np.float64(nan) was "float64"
+        (
+            {"dtype": np.float64("nan")},
+            ValueError,
+            r"dtype must be one of .*; got np\.float64\(nan\)",
+        ),
         # an array has no truth value: "ambiguous" from NumPy before the choice was refused
         ({"method": np.array(["deer", "sequential"])}, ValueError, r"method must be one of"),
         ({"alpha_mode": np.array(["auto"])}, ValueError, r"alpha_mode must be one of"),
@@ -853,7 +864,7 @@ def test_config_dtype_given_as_a_dtype_code_resumes_as_its_name(lorenz, tmp_path
             ValueError,
             r"selection_starts=100 applies to selection_candidates > 1 only",
         ),
-        ({"alpha": -(10**5000)}, ValueError, r"alpha .*; got an int of about 5000 digits\.$"),
+        ({"alpha": -(10**5000)}, ValueError, r"alpha .*; got a negative int of about 5000 digits"),
         ({"alpha": "auto"}, TypeError, r"got str 'auto'\. alpha_mode='auto' \(the default\)"),
         ({"alpha_mode": "fixed"}, ValueError, "alpha_mode must be one of"),
         ({"alpha_method": "max"}, ValueError, "alpha_method must be one of"),
