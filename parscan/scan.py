@@ -436,12 +436,37 @@ def _out_problems(out, a, b, h0) -> list[tuple[type, str]]:
     return problems
 
 
+def _host_ready_as_is(x: np.ndarray) -> bool:
+    """Whether ``x`` is C-contiguous, aligned and native-endian (the kernels read it as is)."""
+    flags = x.flags
+    return bool(flags.c_contiguous and flags.aligned and x.dtype.isnative)
+
+
 def _host_ready(x: np.ndarray) -> np.ndarray:
     """``x`` itself when C-contiguous, aligned and native-endian, else one copy that is."""
-    flags = x.flags
-    if flags.c_contiguous and flags.aligned and x.dtype.isnative:
+    if _host_ready_as_is(x):
         return x
     return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
+
+
+def _too_large(a: np.ndarray, b: np.ndarray, h0, out) -> str:
+    """The message of a host scan whose result, or copies of its inputs (those
+    :func:`_host_ready` copies: a broadcast view, a strided slice), this machine cannot
+    allocate."""
+    needed = {} if out is not None else {"the result h": b}
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        if x is not None and not _host_ready_as_is(x):
+            needed[f"a contiguous copy of {name}"] = x
+    if h0 is None:
+        needed["the zero state h0"] = b[..., 0, :]
+    gib = sum(x.size * x.dtype.itemsize for x in needed.values()) / 2**30
+    *others, last = needed
+    what = f"{', '.join(others)} and {last}" if others else last
+    return (
+        f"linear_scan: a of shape {a.shape} and b of shape {b.shape} ({b.dtype}) need "
+        f"{gib:,.1f} GiB for {what}, more than this machine can allocate now; "
+        "scan fewer sequences or steps at a time."
+    )
 
 
 def _auto_host(dense: bool, B: int, T: int, D: int, itemsize: int, a=None, reverse=False):
@@ -548,6 +573,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
     ValueError
         Wrong ndim or shapes, ``h0`` of the wrong shape, ragged nested lists, unknown or
         unavailable backend, an unsuitable ``out``.
+    MemoryError
+        The result, or the contiguous copies of inputs that need one (a broadcast view, a
+        strided slice), cannot be allocated on the host; the message gives the GiB.
 
     Notes
     -----
@@ -627,18 +655,21 @@ def linear_scan(a, b, h0=None, *, reverse=False, transpose=False, backend="auto"
         h = _cuda.linear_scan_cuda(a, b, h0, bool(reverse), bool(transpose), dense, out)
         return h if given_out is None else given_out  # a foreign out, not numba's view of it
 
-    if out is None:
-        out = np.empty(b.shape, dtype=b.dtype.newbyteorder("="))
-    if out.size == 0:
-        return out
-    T, D = b.shape[-2:]
-    B = math.prod(b.shape[:-2])
-    a3 = _host_ready(a).reshape((B, T, D, D) if dense else (B, T, D))
+    try:
+        if out is None:
+            out = np.empty(b.shape, dtype=b.dtype.newbyteorder("="))
+        if out.size == 0:
+            return out
+        T, D = b.shape[-2:]
+        B = math.prod(b.shape[:-2])
+        a3 = _host_ready(a).reshape((B, T, D, D) if dense else (B, T, D))
+        b3 = _host_ready(b).reshape(B, T, D)
+        h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)
+    except MemoryError:
+        raise MemoryError(_too_large(a, b, h0, given_out)) from None
     plan = None
     if backend == "auto":
         backend, plan = _auto_host(dense, B, T, D, b.dtype.itemsize, a3, bool(reverse))
-    b3 = _host_ready(b).reshape(B, T, D)
-    h03 = np.zeros((B, D), out.dtype) if h0 is None else _host_ready(h0).reshape(B, D)
     out3 = out.reshape(B, T, D)
     if dense:
         _HOST_KERNELS[backend].scan_dense(a3, b3, h03, bool(reverse), bool(transpose), out3)

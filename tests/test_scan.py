@@ -1061,3 +1061,18 @@ def test_a_submodule_is_reachable_from_its_package_alone(expression):
     assert done.returncode == 0 and done.stdout == "refused\n", done.stderr
     module = importlib.import_module(package)  # and no more than submodules
     assert getattr(module, "a.b", None) is None and getattr(module, "__pycache__", None) is None
+
+
+def test_a_scan_beyond_memory_names_linear_scan_and_what_it_allocates():
+    """Broadcast views of 2**50 steps (8 PiB in float64, beyond any address space) pass the
+    checks; the result and the inputs' contiguous copies cannot be allocated (NumPy's bare
+    MemoryError before)."""
+    a = np.broadcast_to(0.5, (2**50, 1))
+    b = np.broadcast_to(1.0, (2**50, 1))
+    match = (
+        r"^linear_scan: a of shape \(1125899906842624, 1\) and b of shape \(1125899906842624, "
+        r"1\) \(float64\) need 25,165,824\.0 GiB for the result h, a contiguous copy of a, a "
+        r"contiguous copy of b and the zero state h0, more than this machine can allocate now"
+    )
+    with pytest.raises(MemoryError, match=match):
+        parscan.linear_scan(a, b, backend="sequential")
