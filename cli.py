@@ -2250,12 +2250,9 @@ def _prepare_run(s: Settings, origins: dict[str, str], given: typing.Collection[
     from autodiff import check_fit
     from models.data import column_mean_sd
 
+    threads_chosen = s.threads is not None or _env.THREADS is not None
     if s.threads is not None:
         s = replace(s, threads=use_threads(s.threads, ", as args.json records"))
-    elif _env.THREADS is None and numba.get_num_threads() > 1:
-        load = machine_load()
-        if load is not None:
-            _warn_if_busy(*load, numba.get_num_threads())
     data = prepare_data(s, origins)
     if "n_bins" in given:
         _check_bins_apply(data.n_obs, _named("n_bins", origins))
@@ -2291,6 +2288,10 @@ def _prepare_run(s: Settings, origins: dict[str, str], given: typing.Collection[
         raise UserError(("--resume: " if s.resume else "") + message) from None
     if s.resume:
         _check_resumed_test_data(s, out, data.test_parts)
+    if not threads_chosen and numba.get_num_threads() > 1:  # after the refusals: it is no cause
+        load = machine_load()
+        if load is not None:
+            _warn_if_busy(*load, numba.get_num_threads())
     return s, data, model, config, out, far
 
 

@@ -2054,8 +2054,7 @@ def test_warnings_before_training_also_with_quiet(finished_run, tmp_path, monkey
     (tmp_path / "full" / "notes.txt").write_text("not a run")
     result = run(*TINY[2:], "--data", raw, "--test-data", standardised, "--out", tmp_path / "full")
     assert result.exit_code == 2, result.output
-    busy, far, error = result.output.splitlines()
-    assert busy == BUSY
+    far, error = result.output.splitlines()  # a busy machine is no cause of a refusal
     assert far.startswith(
         f"parscan-train: warning: --test-data {standardised} lies far from the training data "
         "in dimension 0 (mean"
@@ -2064,9 +2063,28 @@ def test_warnings_before_training_also_with_quiet(finished_run, tmp_path, monkey
         f"parscan-train: error: --out {tmp_path / 'full'} is not empty and holds no parscan "
         "run; choose another --out."
     )
+    # once nothing is refused, the busy machine is warned of before the run (a resume here)
+    shutil.copytree(finished_run[0], tmp_path / "copy")
+    result = run("--out", tmp_path / "copy", "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == BUSY, result.output
     # evaluate compares with the model's standardisation
     result = run("evaluate", finished_run[0] / "model.npz", "--test-data", standardised)
     assert f"warning: --test-data {standardised} lies far" in result.output, result.output
+
+
+def test_a_busy_machine_is_not_warned_of_before_a_refusal(tmp_path, monkeypatch):
+    """Data, memory and fit refusals come alone: the busy-machine warning is printed once the
+    run is about to start (it was printed first, above an error it has nothing to do with)."""
+    import numba
+
+    if parscan._env.THREADS is not None or numba.get_num_threads() < 2:
+        pytest.skip("the kernels run one thread or PARSCAN_THREADS chose them")
+    monkeypatch.setattr(cli, "machine_load", lambda: (1.0, 2))
+    x = models.generate("lorenz63", 200, seed=3)
+    x[5, 1] = np.nan
+    np.save(tmp_path / "gap.npy", x)
+    _one_error_line(run(*TINY[2:], "--data", tmp_path / "gap.npy"), "gap.npy")
 
 
 def test_plots_share_the_attractor_axes_and_cut_the_spectrum(tmp_path, monkeypatch):
