@@ -705,8 +705,8 @@ def combine(pair2, pair1):
     Raises
     ------
     TypeError
-        A pair that is not a 2-tuple/list, a masked array, a non-number dtype (bool, object,
-        strings: integer, float and complex are combined as NumPy does).
+        A pair that is not a 2-tuple/list or holds None, a masked array, a non-number dtype
+        (bool, object, strings: integer, float and complex are combined as NumPy does).
     ValueError
         Ragged nested lists, pairs of different kinds (diagonal/dense) or ``D``, leading
         dimensions that do not broadcast.
@@ -721,6 +721,12 @@ def combine(pair2, pair1):
             got = type(pair).__name__ + (f" of length {len(pair)}" if sized else "")
             raise TypeError(
                 f"combine: {name} must be a pair (A, b) of arrays (tuple or list); got a {got}."
+            )
+        missing = [n for n, x in ((a_name, pair[0]), (b_name, pair[1])) if x is None]
+        if missing:
+            raise TypeError(
+                f"combine: {name} must be a pair (A, b) of arrays; got None for "
+                f"{' and '.join(missing)}."
             )
         pairs.append(tuple(_host_arrays("combine", **{a_name: pair[0], b_name: pair[1]})))
     (A2, b2), (A1, b1) = pairs

@@ -175,6 +175,58 @@ def test_matches_reference(backend, case):
     assert_close(out, ref)
 
 
+def _awkward(x):
+    """A copy of ``x`` the kernels cannot read as it is, chosen by its size: strided,
+    misaligned (one byte off), or in the other byte order."""
+    kind = x.size % 3
+    if kind == 0:
+        return np.repeat(x, 2, axis=-1)[..., ::2]
+    if kind == 1:
+        raw = np.zeros(x.nbytes + 1, np.uint8)[1:].view(x.dtype).reshape(x.shape)
+        raw[...] = x
+        return raw
+    return x.astype(x.dtype.newbyteorder())
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(case=scan_cases())
+def test_matches_reference_on_awkward_layouts(backend, case):
+    """Every drawn case (diagonal and dense, all dtypes, reverse, transpose, with and without
+    h0) with inputs that are strided, misaligned or byte-swapped: copied once, same result."""
+    out, ref = run_case(case, backend, convert=_awkward)
+    assert out.shape == ref.shape and out.flags.c_contiguous and out.dtype.isnative
+    assert_close(out, ref)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(DTYPES),
+    dense=st.booleans(),
+    reverse=st.booleans(),
+    T=st.sampled_from([1, 5, 40, 3000]),
+)
+def test_non_finite_values_propagate_as_in_the_loop(seed, dtype, dense, reverse, T):
+    """NaN, +-inf and exact zeros at random places of a, b and h0 (real and complex): each
+    backend gives NaN and +-inf in each part where the loop does, and the loop's finite
+    values elsewhere."""
+    rng = np.random.default_rng(seed)
+    T, D = (min(T, 40), 2) if dense else (T, 2)
+    a = rng.uniform(-0.95, 0.95, (1, T, D, D) if dense else (1, T, D)).astype(dtype)
+    b, h0 = (rng.standard_normal(shape).astype(dtype) for shape in ((1, T, D), (1, D)))
+    for _ in range(3):
+        x = (a, b, h0)[rng.integers(3)]
+        x[tuple(rng.integers(n) for n in x.shape)] = rng.choice([np.nan, np.inf, -np.inf, 0.0])
+    with np.errstate(all="ignore"):
+        ref = scan_reference(a, b, h0, reverse)
+        outs = [parscan.linear_scan(a, b, h0, reverse=reverse, backend=be) for be in HOST_BACKENDS]
+    finite = np.isfinite(ref)
+    for out in outs:
+        for part in (np.real, np.imag):
+            for pick in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(pick(part(out)), pick(part(ref)))
+        np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @given(case=scan_cases())
 def test_dyadic_bit_exact(backend, case):
@@ -991,6 +1043,10 @@ def test_combine_rejects_mixed_kinds():
         TypeError, match=r"^combine: pair2 must be a pair \(A, b\).* tuple of length 3"
     ):
         parscan.combine((np.ones(3),) * 3, (np.ones(3), np.ones(3)))
+    with pytest.raises(TypeError, match=r"^combine: pair2 must be a pair .*; got None for A2\.$"):
+        parscan.combine((None, np.ones(3)), (np.ones(3), np.ones(3)))  # an AttributeError
+    with pytest.raises(TypeError, match=r"^combine: pair1 must .*; got None for A1 and b1\.$"):
+        parscan.combine((np.ones(3), np.ones(3)), [None, None])
     with pytest.raises(TypeError, match=r"^combine: pair2 must be .*; got a ndarray\.$"):
         parscan.combine(np.array(2.0), (np.ones(3), np.ones(3)))  # a 0-d array has no len
     masked = (np.ma.masked_array(np.ones(3), [0, 1, 0]), np.ones(3))
