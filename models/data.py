@@ -448,15 +448,26 @@ def _decimal_commas(text: str) -> str | None:
     return None
 
 
-def _one_column_of_decimal_commas(head: list[tuple[int, str]]) -> tuple[int, str] | None:
+def _one_column_of_decimal_commas(lines) -> tuple[int, str] | None:
     """The first line that shows a one-column file written with decimal commas (``21,5``,
     ``22,05``, which a comma-separated reader takes for two integer columns): every data line
     (after a header, or a first ``0``) is two comma-separated integers and one of them has a
-    second one with a leading zero, which an integer column has not; None otherwise."""
-    lines = head[1:] if head and not _COMMA_NUMBER.fullmatch(head[0][1]) else head
-    if not lines or not all(_COMMA_NUMBER.fullmatch(text) for _, text in lines):
+    second one with a leading zero, which an integer column has not; None otherwise.
+    ``lines`` (an iterable of ``(line number, text)``) is read only as far as that shows:
+    to the first line of another form, or one with such a leading zero (in a series written
+    with two decimals a third of the files have their first one after line 11)."""
+    lines = iter(lines)
+    first = next(lines, None)
+    if first is None:
         return None
-    return next(((n, t) for n, t in lines if _COMMA_DECIMALS.fullmatch(t)), None)
+    if _COMMA_NUMBER.fullmatch(first[1]):  # else a header, or a first 0
+        lines = itertools.chain([first], lines)
+    for number, text in lines:
+        if not _COMMA_NUMBER.fullmatch(text):
+            return None
+        if _COMMA_DECIMALS.fullmatch(text):
+            return number, text
+    return None
 
 
 def _counts_up(tokens: list[str]) -> bool:
@@ -481,8 +492,11 @@ def _layout(path: Path) -> tuple[str | None, int]:
         raise ValueError("the file has no data rows")
     layouts = ((n, t, _decimal_commas(t)) for n, t in head)  # each line's, once
     comma = next((line for line in layouts if line[2] is not None), None)
-    if comma is None and (column := _one_column_of_decimal_commas(head)) is not None:
-        comma = (*column, "one column")
+    if comma is None:
+        with _open_text(path) as fh:  # the lines after the sample, as far as they are needed
+            lines = itertools.chain(head, _data_lines(fh, head[-1][0]))
+            if (column := _one_column_of_decimal_commas(lines)) is not None:
+                comma = (*column, "one column")
     if comma is not None:
         line, text, layout = comma
         first = _split(head[0][1], ";" if layout == ";" else None)  # data, or a header?
@@ -515,6 +529,11 @@ def _layout(path: Path) -> tuple[str | None, int]:
             f"the first column looks like a row index (line {head[0][0]} starts with an "
             f"empty name, as pandas to_csv() and R write.csv() write one); save without it "
             f"({_NO_INDEX}) or drop that column"
+        )
+    if all(v.upper() in _MISSING_MARKERS for v in first):
+        raise ValueError(
+            f"line {head[0][0]} holds only missing-value markers ({_shown(head[0][1])}), not "
+            "column names; fill or interpolate the missing values, or cut the recording there"
         )
     if not _is_header(first, rest):
         return delimiter, 0
@@ -635,12 +654,63 @@ _SPREADSHEET_ERROR = re.compile(
 )
 
 
-def _refuse_spreadsheet_errors(path: Path) -> None:
+def _has_blank_line(data: bytes) -> bool:
+    """Whether the text ``data`` has an empty or whitespace-only line after a line end
+    (``\\n``, ``\\r\\n`` or ``\\r``), by array operations (a regular expression, which
+    tries every line end, takes 0.4 s on a 10**6-line CSV; these 0.1 s). Bytes above the
+    space count as written: a check before :func:`_refuse_gaps` reads the lines."""
+    text = np.frombuffer(data, np.uint8)
+    cr, lf = text == ord("\r"), text == ord("\n")
+    ends = lf.copy()
+    ends[:-1] |= cr[:-1] & ~lf[1:]  # a \r not followed by \n ends a line too
+    ends[-1:] |= cr[-1:]
+    starts = np.flatnonzero(ends)
+    if starts.size < 2:
+        return False
+    written = text > ord(" ")  # (tabs, line ends and other control bytes are below)
+    return not np.all(np.logical_or.reduceat(written, starts)[:-1])
+
+
+def _refuse_gaps(path: Path, data: bytes, header: int, width: int) -> None:
+    """Raise ValueError for empty lines between data lines (after the header ``header``) that
+    are no mere spacing: in a one-column file (``width`` 1) one empty line, as a spreadsheet
+    writes an empty cell of a one-column sheet (a missing value); at any width two or more in
+    a row, as gnuplot separates data blocks (several recordings, which would be joined into
+    one trajectory with a jump). A comment line between them ends a run. ``data`` are the
+    file's bytes, checked for an empty line first."""
+    if not _has_blank_line(data.strip()):  # (empty lines at the end separate nothing)
+        return
+    seen, run = False, []
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if number <= header:
+                continue
+            content = line.split("#", 1)[0].strip()
+            if not line.strip():
+                run += [number] if seen else []
+                continue
+            if content and run and (width == 1 or len(run) >= 2):
+                lines = f"line {run[0]} is" if len(run) == 1 else f"lines {run[0]}-{run[-1]} are"
+                if width == 1:
+                    raise ValueError(
+                        f"{lines} empty between data lines, which in a one-column file marks "
+                        "a missing value (a spreadsheet's empty cell); fill or interpolate "
+                        "it, or delete the line"
+                    )
+                raise ValueError(
+                    f"{lines} empty between data lines, as blocks of several recordings are "
+                    "separated (gnuplot); they would be joined into one trajectory with a "
+                    "jump: save each recording to a file of its own (parscan-train takes "
+                    "several --data files), or delete the empty lines if it is one recording"
+                )
+            seen, run = seen or bool(content), []
+
+
+def _refuse_spreadsheet_errors(path: Path, data: bytes) -> None:
     """Raise ValueError naming the first spreadsheet error value (``#N/A``, ``#DIV/0!``, ...)
     that is an entry of a text file (at the start of its line or after a separator or quote,
     before any comment): its ``#`` would start a comment, silently dropping that time step
-    (or the rest of the row)."""
-    data = path.read_bytes()
+    (or the rest of the row). ``data`` are the file's bytes."""
     found = _SPREADSHEET_ERROR.search(data)
     while found is not None:
         start = data.rfind(b"\n", 0, found.start()) + 1
@@ -661,7 +731,8 @@ def _read_text(path: Path):
     """The numbers of a text file, shape (T, N), and a function naming the line of a row."""
     try:
         delimiter, header = _layout(path)
-        _refuse_spreadsheet_errors(path)
+        data = path.read_bytes()
+        _refuse_spreadsheet_errors(path, data)
         try:
             arr = np.loadtxt(
                 path,
@@ -675,6 +746,7 @@ def _read_text(path: Path):
             raise
         except ValueError:
             arr = _read_lines(path, delimiter, header)
+        _refuse_gaps(path, data, header, arr.shape[1])
     except UnicodeDecodeError:
         _locate_decode_error(path)
 
@@ -868,7 +940,8 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         ``.npy``: one array. ``.npz``: the array named ``key``, or the only array in the file.
         ``.csv`` / ``.txt``: UTF-8 text, one row per time step, comma- or whitespace-separated
         (decided from the first data lines), with an optional header line; ``#`` starts a
-        comment, blank lines are skipped, a UTF-8 byte-order mark is ignored, and an entry
+        comment, single blank lines are skipped (see Raises), a UTF-8 byte-order mark is
+        ignored, and an entry
         may be quoted as a whole (``"1.5"``, as R and ``csv.QUOTE_ALL`` write). The first
         line is a header if none of its entries is a number, or if it is exactly the integers
         ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed
@@ -916,7 +989,11 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
         float64 range count as inf), a constant dimension, or a first column that is an
         arithmetic progression (``T >= 3``, beside other columns: a row index such as ``0..T-1``
         or ``100..``, or a time column such as ``0, 0.01, ...``; equal steps up to ``1e-9`` of
-        the step plus the rounding of the stored values).
+        the step plus the rounding of the stored values), and so is a later one of ``T >= 10``
+        steps (a time column written last, ``x, y, t``). In a text file: a first line of only
+        missing-value markers (``NA,NA``: no column names), an empty line between data lines
+        of a one-column file (a spreadsheet's empty cell), two or more in a row between data
+        lines of any file (blocks of several recordings, as gnuplot writes them).
     TypeError
         ``path``, ``key`` or ``min_steps`` of the wrong kind; non-numeric data (bool,
         complex, strings, objects).
@@ -963,15 +1040,25 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     arr = check_trajectory(arr, where, name=name, min_steps=min_steps, row_label=row_label)
     n_steps, n_dims = arr.shape
     eps = np.finfo(stored if stored.itemsize < 8 and stored.kind == "f" else np.float64).eps
-    step = _progression_step(arr[:, 0], eps) if n_steps >= 3 and n_dims >= 2 else None
-    if step is not None:
-        c = arr[:, 0]
-        raise ValueError(
-            f"{where}: the first column of {name} runs {c[0]:.10g}, {c[1]:.10g}, ..., "
-            f"{c[-1]:.10g} in equal steps of {step:.10g}: a row index or time column, not a "
-            f"measured variable; drop it ({_NO_INDEX})."
-        )
+    for j in range(n_dims if n_dims >= 2 else 0):
+        if n_steps < (3 if j == 0 else _MIN_STEPS_OF_A_LATER_CLOCK):
+            break
+        step = _progression_step(arr[:, j], eps)
+        if step is not None:
+            c = arr[:, j]
+            column, how = ("the first column", f" ({_NO_INDEX})") if j == 0 else (f"column {j}", "")
+            raise ValueError(
+                f"{where}: {column} of {name} runs {c[0]:.10g}, {c[1]:.10g}, ..., "
+                f"{c[-1]:.10g} in equal steps of {step:.10g}: a row index or time column, "
+                f"not a measured variable; drop it{how}."
+            )
     return arr
+
+
+#: The fewest steps at which a column after the first that runs in equal steps is refused as
+#: a clock (a time column written last, ``x, y, t``): fewer make a short table of small
+#: integers (``1, 2, 3``) as likely.
+_MIN_STEPS_OF_A_LATER_CLOCK = 10
 
 
 def _progression_step(column: np.ndarray, eps: float):

@@ -642,6 +642,18 @@ def test_decimal_commas_are_named_with_the_conversion(
         assert load_data(path).shape == shape
 
 
+def test_one_column_of_decimal_commas_is_named_past_the_first_lines(tmp_path):
+    """A series written with two decimals whose first value with a leading-zero decimal
+    (``20,01``) comes after the lines that decide the layout: it was read as two integer
+    columns (a third of such files)."""
+    values = "19,76 19,36 19,29 19,41 19,55 19,62 19,71 19,83 19,94 19,88 19,72 19,65 19,58 20,01"
+    values = values.split()
+    path = tmp_path / "logger.csv"
+    path.write_text("\n".join(values) + "\n")
+    assert all("," in v and not v.split(",")[1].startswith("0") for v in values[:-1])
+    assert "one column of numbers with decimal commas (line 14: '20,01')" in _error(path)
+
+
 def test_comma_separated_integers_are_still_two_columns(tmp_path):
     path = tmp_path / "counts.csv"
     for text in (
@@ -745,6 +757,21 @@ def test_a_first_column_in_equal_steps_is_refused(tmp_path, column, shown):
     assert load_data(tmp_path / "short.npy").shape == (2, 2)
 
 
+@pytest.mark.parametrize("where", [1, 2])
+def test_a_later_column_in_equal_steps_is_refused_from_ten_steps(tmp_path, where):
+    """A time column written last (``x, y, t``) or between: it was trained on as a ramp. Below
+    ten steps a column ``1, 2, 3`` of a small table is data."""
+    rng = np.random.default_rng(0)
+    data = np.insert(rng.standard_normal((50, 2)), where, 0.01 * np.arange(50), axis=1)
+    path = tmp_path / "timed.csv"
+    np.savetxt(path, data, delimiter=",", fmt="%.10g")
+    match = rf"^load_data: column {where} of the data in .* runs 0, 0\.01, \.\.\., 0\.49 in "
+    with pytest.raises(ValueError, match=match + r"equal steps of 0\.01: a row index or time co"):
+        load_data(path)
+    np.save(tmp_path / "short.npy", data[:9])
+    assert load_data(tmp_path / "short.npy").shape == (9, 3)
+
+
 def _first_column_written(tmp_path, column, fmt):
     """A .csv of ``column`` written with ``fmt`` beside two random columns, full precision."""
     other = np.random.default_rng(0).normal(size=(len(column), 2))
@@ -826,6 +853,34 @@ def test_a_missing_value_marker_gets_its_fix(tmp_path):
     with pytest.raises(ValueError, match=r"non-numeric entry 'NA' in line 3; a missing-value "
                        r"marker: fill or interpolate the missing values\.$"):  # fmt: skip
         load_data(path)
+
+
+@pytest.mark.parametrize("text", ["NA,NA\n1.5,2.5\n0.5,1.0\n", "NA\n1.5\n2.5\n", "- -\n1 2\n3 4\n"])
+def test_a_first_line_of_missing_values_is_no_header(tmp_path, text):
+    """R's ``write.table(col.names=FALSE)`` of ``c(NA, diff(x))``: the first row was dropped as
+    a header named 'NA'."""
+    path = tmp_path / "diffs.csv"
+    path.write_text(text)
+    assert "line 1 holds only missing-value markers (" in _error(path)
+
+
+def test_empty_lines_that_are_gaps_or_block_separators_are_refused(tmp_path):
+    """One empty line in a one-column file is a spreadsheet's empty cell; two in a row in any
+    file separate gnuplot's blocks (several recordings). Both were joined silently; single
+    empty lines between rows of several columns, and those around comments, stay spacing."""
+    path = tmp_path / "gaps.csv"
+    path.write_text("x\n1.5\n2.5\n  \n1.0\n3.0\n")
+    assert "line 4 is empty between data lines, which in a one-column file marks a missing " in (
+        _error(path)
+    )
+    path.write_bytes(b"1 2\r3 4\r\r\r5 7\r6 9\r")  # old Mac line ends
+    assert "lines 3-4 are empty between data lines, as blocks of several recordings" in (
+        _error(path)
+    )
+    for text in ("1.5\n2.5\n1.0\n\n\n", "\n\n1.5\n2.5\n3.5\n", "1 2\n4 4\n\n5 7\n",
+                 "1 2\n\n# block\n\n4 4\n5 6\n"):  # fmt: skip
+        path.write_text(text)
+        assert load_data(path).shape[0] == 3, text
 
 
 def test_series_that_are_not_in_equal_steps_are_data(tmp_path):
