@@ -289,7 +289,8 @@ class TrainConfig:
     checkpoint_interval : int
         Write a checkpoint every this many epochs (and always at the end).
     grad_clip : float or None
-        Clip the gradient to this Euclidean norm (None: no clipping).
+        Clip the total gradient (loss plus L2) to this Euclidean norm, one norm over the
+        whole parameter vector (None: no clipping).
     l2 : float or dict
         The lab's L2 regularisation weights (:func:`autodiff.regularization.l2_penalty`): one
         lambda, or ``{"A": .., "W": .., "bias": ..}``. 0 disables it.

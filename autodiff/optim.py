@@ -368,7 +368,9 @@ class ExponentialDecay:
     steps beyond the run (``k >= n_steps``, e.g. a resumed run given more epochs). With
     ``n_steps = 1`` the one step of the run uses ``lr_start`` (the run starts at
     ``lr_start``, with no step left to reach ``lr_end``), and steps beyond it ``lr_end``.
-    ``lr_end > lr_start`` (exponential growth) is allowed. ``k`` counts optimiser steps.
+    ``lr_end > lr_start`` (exponential growth) is allowed. ``k`` counts training steps:
+    :func:`autodiff.fit` indexes it by batch, rejected (non-finite) ones included, where the
+    optimiser's ``t`` counts accepted steps only.
 
     Parameters
     ----------

@@ -236,7 +236,8 @@ class StepInfo:
     newton_iters_max, newton_iters_mean : int, float
         DEER iterations over the batch (0 for the sequential method and SSMs).
     grad_norm : float
-        Gradient norm before clipping.
+        Euclidean norm of the total gradient (loss plus L2) over the whole parameter vector,
+        before clipping.
     accepted : bool
         False when the step was rejected (parameters unchanged); ``reason`` says why.
     reason : str
@@ -653,12 +654,15 @@ def _check_memory(model, config, validation_data) -> None:
 
 def _check_params(model, dtype: str) -> None:
     """Refuse a ``model`` whose parameters are NaN/inf or overflow the training ``dtype``
-    (``config.dtype``) to inf, naming :func:`fit` and the first such index: training could
-    not start from them (``model.astype(dtype)`` would refuse them in its own name)."""
+    (``config.dtype``) to inf, naming :func:`fit` and the first such index, or break its
+    class's limits in that dtype (a LinearSSM phase ``exp(θ)``): training could not start
+    from them (``model.astype(dtype)`` would refuse them in its own name)."""
     params = model.params
     with np.errstate(over="ignore"):
-        bad = ~np.isfinite(params.astype(dtype, copy=False))
+        cast = params.astype(dtype, copy=False)
+    bad = ~np.isfinite(cast)
     if not bad.any():
+        model._check_param_values(cast, "fit")  # the class's own limits, in that dtype
         return
     first = int(np.argmax(bad))
     value = params[first]

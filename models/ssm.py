@@ -554,6 +554,7 @@ class LinearSSM(DiagonalSSM):
     State ``h_t ∈ C^H``, time-invariant diagonal recurrence::
 
         λ   = exp(-exp(ν) + i exp(θ))                   |λ| < 1 for every real ν, θ
+                                                        (exp(θ) finite: a θ beyond is refused)
         γ   = sqrt(1 - |λ|²)                            input normalisation (a function of ν)
         h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_{t-1}),  h_0 = 0,  B = B_re + i B_im  (H, N)
         y_t = Re(C h_t),                                C = C_re + i C_im  (K, H)
@@ -674,6 +675,21 @@ class LinearSSM(DiagonalSSM):
         if "theta" not in bad and not np.isfinite(np.exp(theta)).all():
             bad.append("phases exp(theta)")  # the phase itself overflows
         return bad
+
+    def _check_param_values(self, params: np.ndarray, where: str) -> None:
+        """The phases ``exp(θ)`` must be finite in the model dtype: an overflowed one makes
+        ``λ = exp(i inf)`` NaN (float32 from ``θ ≈ 88.7``, float64 from ``θ ≈ 709.8``)."""
+        theta = self.unflatten(params)["theta"]  # (in params' dtype: fit's, or the model's)
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.exp(theta))
+        if not np.all(finite):
+            first = int(np.argmin(finite))
+            raise ValueError(
+                f"{where}: theta[{first}] = {theta[first]:.6g} gives a phase exp(theta) beyond "
+                f"{params.dtype} (largest finite value {np.finfo(params.dtype).max:.6g}), "
+                "which makes λ NaN. A phase is an angle: set theta to log(exp(theta) mod 2π), "
+                "or keep float64."
+            )
 
     def eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:
         """``(λ, γ)``: the complex diagonal ``(H,)`` and the input normalisation ``(H,)``."""
@@ -876,7 +892,8 @@ class SelectiveSSM(DiagonalSSM):
         pre += p["b_delta"]
         with np.errstate(invalid="ignore"):  # NaN inputs propagate, as in the linear SSM
             delta = np.logaddexp(0.0, pre)
-        A = -np.exp(p["log_A"])
+        with np.errstate(over="ignore"):  # A = -inf: a = 0, its limit (the VJP handles it)
+            A = -np.exp(p["log_A"])
         a = np.exp(delta[..., None] * A)  # (B, T, N, H)
         Bt = _apply(u, p["W_B"].T)
         b = (delta * u)[..., None] * Bt[..., None, :]
@@ -928,10 +945,12 @@ class SelectiveSSM(DiagonalSSM):
     def _generate_kernel(self, x0, out):
         p = self.unflatten()
         c = np.ascontiguousarray
+        with np.errstate(over="ignore"):  # A = -inf, as in recurrence
+            A = -np.exp(p["log_A"])
         _generate_selective(
             c(p["W_delta"]),
             c(p["b_delta"]),
-            c(-np.exp(p["log_A"])),
+            c(A),
             c(p["W_B"]),
             c(p["W_C"]),
             c(p["W1"]),

@@ -600,6 +600,39 @@ def test_long_single_window_on_the_threaded_backend():
             np.testing.assert_allclose(grad_b, grad, rtol=1e-9, atol=1e-12 * np.abs(grad).max())
 
 
+def test_a_phase_beyond_the_dtype_is_refused(data):
+    """exp(theta) = inf makes lambda = exp(i inf) NaN: every free run NaN, and a float32 fit
+    of a float64 model with theta = 89 (finite there) failed as 'diverged' with advice to
+    lower the learning rate. set_params, astype, load and fit refuse it in their names."""
+    from autodiff import TrainConfig, fit
+
+    model = _make("linear")
+    model["theta"][0] = 89.0  # exp(89) is beyond float32's largest, within float64's
+    match = r"theta\[0\] = 89 gives a phase exp\(theta\) beyond float32 \(.*\), which makes λ N"
+    with pytest.raises(ValueError, match=r"^LinearSSM\.astype: " + match):
+        model.astype("float32")
+    with pytest.raises(ValueError, match=r"^LinearSSM\.set_params: " + match):
+        _make("linear", "float32").set_params(model.params)
+    with pytest.raises(ValueError, match=r"^fit: " + match):
+        fit(model, data[0], TrainConfig(sequence_length=4))
+    fresh = _make("linear")
+    params = fresh.params.copy()
+    fresh.unflatten(params)["theta"][1] = 710.0  # beyond float64 too
+    with pytest.raises(ValueError, match=r"theta\[1\] = 710 gives a phase .* beyond float64"):
+        fresh.set_params(params)
+
+
+def test_saturated_decays_run_without_a_numpy_warning(data):
+    """A = -exp(log_A) overflowing to -inf is a decay to 0 (its limit), in free runs and teacher
+    forcing alike, without NumPy's overflow warning."""
+    model = _make("selective")
+    model["log_A"][0, 0] = 800.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.all(np.isfinite(model.generate(data[0, 0], 3)))
+        assert np.all(np.isfinite(model.teacher_forced(data[0])))
+
+
 def test_gradient_limits_where_a_parameter_saturates(data):
     """exp(nu) underflowing (|lambda| -> 1, gamma -> 0) or overflowing (lambda -> 0, gamma -> 1,
     in float32 from nu = 89) and A = -exp(log_A) overflowing (a -> 0) give the gradient's limit
