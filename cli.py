@@ -682,8 +682,8 @@ def _integer_problems(s: Settings, origins: dict[str, str]) -> list[str]:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT - 1:
         shown = shown_int(seed) if isinstance(seed, int) else repr(seed)
         problems.append(
-            f"{_named('seed', origins)} must be an integer in [0, 2**128 - 1) (the generated "
-            f"test data take seed + 1), got {shown}"
+            f"{_named('seed', origins)} must be an integer >= 0 of at most 4300 digits, "
+            f"and not 10**4300 - 1 (generated test data take seed + 1), got {shown}"
         )
     return problems
 

@@ -276,7 +276,7 @@ class TrainConfig:
         Gaussian noise of this standard deviation, relative to each dimension's sd of the
         training data (with ``standardize=False`` too), added to every training window.
     seed : int
-        Seed of the window sampler and the noise, an int in [0, 2**128).
+        Seed of the window sampler and the noise, an int >= 0 of at most 4300 digits.
     dtype : {"float32", "float64"}
         Dtype of the training, its data and the returned model (``result.model``), whatever
         the given model's: a float64 model comes back float32 with the default; pass
@@ -433,8 +433,8 @@ class TrainConfig:
         integer("newton_max_iter", 1, optional=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             integer("seed", 0)  # refuses the type
-        elif seed_problem(self.seed):
-            value_errors.append(seed_problem(self.seed))
+        elif problem := seed_problem(self.seed):
+            value_errors.append(problem)
         found = len(type_errors) + len(value_errors)
         real("lr_start", 0.0, None, lo_open=True)
         real("lr_end", 0.0, None, lo_open=True)

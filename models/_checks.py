@@ -18,7 +18,7 @@ each other). A check that depends on other arguments runs only when they passed
 :func:`check_path` and :func:`as_array` check a single value in the same way. Functions that
 gather their problems in lists of their own take the sentence of a convention from
 :mod:`parscan._arguments` (``bool_problem``: a flag is ``True`` or ``False``, a NumPy bool
-too, never a truthy value; ``seed_problem``: a seed is in ``[0, 2**128)``; ``masked_problem``:
+too, never a truthy value; ``seed_problem``: a seed has at most 4300 digits; ``masked_problem``:
 a masked array is refused where its mask would be dropped), as :class:`Checks` does;
 :func:`refusal` words a setting given where it does not apply.
 """
@@ -133,8 +133,8 @@ class Checks:
         return value
 
     def seed(self, value, name: str = "seed"):
-        """``value`` as an ``int`` in ``[0, 2**128)`` (:func:`parscan._arguments.seed_problem`;
-        NumPy integers accepted, ``bool`` refused)."""
+        """``value`` as an ``int >= 0`` of at most 4300 digits
+        (:func:`parscan._arguments.seed_problem`; NumPy integers accepted, ``bool`` refused)."""
         value = self.integer(value, name, 0)
         problem = seed_problem(value, name) if self.ok(name) else None
         if problem is not None:
@@ -207,7 +207,8 @@ class Checks:
         is refused (NumPy would read it as float64), and so is a NumPy scalar such as
         ``np.float64(0.5)`` (NumPy would read its dtype: a value passed for a type)."""
         try:
-            dtype = None if value is None or isinstance(value, np.generic) else np.dtype(value)
+            scalar = isinstance(value, np.generic) and not isinstance(value, str | bytes)
+            dtype = None if value is None or scalar else np.dtype(value)
         except (TypeError, ValueError):
             dtype = None
         if dtype is None or dtype not in FLOAT_DTYPES:  # (``None in FLOAT_DTYPES`` is True)

@@ -323,7 +323,7 @@ class ALRNN(_ALRNNFamily):
     dtype : {"float64", "float32"}
         Parameter and computation dtype; inputs must match it.
     seed : int
-        Seed of :meth:`init`, an int in [0, 2**128).
+        Seed of :meth:`init`, an int >= 0 of at most 4300 digits.
 
     Notes
     -----
@@ -378,7 +378,7 @@ class PLRNN(_ALRNNFamily):
     dtype : {"float64", "float32"}
         Parameter and computation dtype; inputs must match it.
     seed : int
-        Seed of :meth:`init`, an int in [0, 2**128).
+        Seed of :meth:`init`, an int >= 0 of at most 4300 digits.
 
     Notes
     -----

@@ -448,25 +448,29 @@ def _decimal_commas(text: str) -> str | None:
     return None
 
 
-def _one_column_of_decimal_commas(lines) -> tuple[int, str] | None:
+#: What a line of :data:`_COMMA_DECIMALS` holds, searched for in a file's bytes at once.
+_COMMA_LEADING_ZERO = re.compile(rb",0\d")
+
+
+def _one_column_of_decimal_commas(path: Path, head: list[tuple[int, str]]):
     """The first line that shows a one-column file written with decimal commas (``21,5``,
     ``22,05``, which a comma-separated reader takes for two integer columns): every data line
     (after a header, or a first ``0``) is two comma-separated integers and one of them has a
-    second one with a leading zero, which an integer column has not; None otherwise.
-    ``lines`` (an iterable of ``(line number, text)``) is read only as far as that shows:
-    to the first line of another form, or one with such a leading zero (in a series written
-    with two decimals a third of the files have their first one after line 11)."""
-    lines = iter(lines)
-    first = next(lines, None)
-    if first is None:
+    second one with a leading zero, which an integer column has not; None otherwise. Past the
+    sampled lines ``head`` (in a series written with two decimals a third of the files show
+    it only later) the lines are read only if the file's bytes hold a ``,0`` and a digit."""
+    lines = head[1:] if head and not _COMMA_NUMBER.fullmatch(head[0][1]) else head
+    if not lines or not all(_COMMA_NUMBER.fullmatch(text) for _, text in lines):
         return None
-    if _COMMA_NUMBER.fullmatch(first[1]):  # else a header, or a first 0
-        lines = itertools.chain([first], lines)
-    for number, text in lines:
-        if not _COMMA_NUMBER.fullmatch(text):
-            return None
-        if _COMMA_DECIMALS.fullmatch(text):
-            return number, text
+    found = next(((n, t) for n, t in lines if _COMMA_DECIMALS.fullmatch(t)), None)
+    if found or len(head) <= _SAMPLE or not _COMMA_LEADING_ZERO.search(path.read_bytes()):
+        return found
+    with _open_text(path) as fh:
+        for number, text in _data_lines(fh, head[-1][0]):
+            if not _COMMA_NUMBER.fullmatch(text):
+                return None
+            if _COMMA_DECIMALS.fullmatch(text):
+                return number, text
     return None
 
 
@@ -492,11 +496,8 @@ def _layout(path: Path) -> tuple[str | None, int]:
         raise ValueError("the file has no data rows")
     layouts = ((n, t, _decimal_commas(t)) for n, t in head)  # each line's, once
     comma = next((line for line in layouts if line[2] is not None), None)
-    if comma is None:
-        with _open_text(path) as fh:  # the lines after the sample, as far as they are needed
-            lines = itertools.chain(head, _data_lines(fh, head[-1][0]))
-            if (column := _one_column_of_decimal_commas(lines)) is not None:
-                comma = (*column, "one column")
+    if comma is None and (column := _one_column_of_decimal_commas(path, head)) is not None:
+        comma = (*column, "one column")
     if comma is not None:
         line, text, layout = comma
         first = _split(head[0][1], ";" if layout == ";" else None)  # data, or a header?
@@ -530,7 +531,7 @@ def _layout(path: Path) -> tuple[str | None, int]:
             f"empty name, as pandas to_csv() and R write.csv() write one); save without it "
             f"({_NO_INDEX}) or drop that column"
         )
-    if all(v.upper() in _MISSING_MARKERS for v in first):
+    if all(v in _MISSING_MARKERS for v in first):  # (exact case: a column "Na" is sodium)
         raise ValueError(
             f"line {head[0][0]} holds only missing-value markers ({_shown(head[0][1])}), not "
             "column names; fill or interpolate the missing values, or cut the recording there"
@@ -654,21 +655,26 @@ _SPREADSHEET_ERROR = re.compile(
 )
 
 
-def _has_blank_line(data: bytes) -> bool:
-    """Whether the text ``data`` has an empty or whitespace-only line after a line end
-    (``\\n``, ``\\r\\n`` or ``\\r``), by array operations (a regular expression, which
-    tries every line end, takes 0.4 s on a 10**6-line CSV; these 0.1 s). Bytes above the
-    space count as written: a check before :func:`_refuse_gaps` reads the lines."""
+def _may_have_gap(data: bytes, run: int) -> bool:
+    """Whether the text ``data`` may have ``run`` (1 or 2) empty or whitespace-only lines in a
+    row between two written lines, by array operations over its bytes (0.1 s for a 10**6-line
+    CSV; walking its lines in Python takes 0.5 s): a check before :func:`_refuse_gaps` does.
+    Line ends are ``\\n``, ``\\r\\n`` and a lone ``\\r``; ``\\r\\r\\n`` is one
+    (Windows text mode writing a ``\\r\\n``). Bytes above the space count as written (a
+    comment line too)."""
     text = np.frombuffer(data, np.uint8)
     cr, lf = text == ord("\r"), text == ord("\n")
-    ends = lf.copy()
-    ends[:-1] |= cr[:-1] & ~lf[1:]  # a \r not followed by \n ends a line too
-    ends[-1:] |= cr[-1:]
-    starts = np.flatnonzero(ends)
-    if starts.size < 2:
+    lone_cr = cr.copy()
+    lone_cr[:-1] &= ~lf[1:]
+    lone_cr[:-2] &= ~(cr[1:-1] & lf[2:])
+    starts = np.flatnonzero(lf | lone_cr)
+    # line k >= 1 runs from the end of line k-1 (a byte below the space) to its own end
+    written = np.logical_or.reduceat(text > ord(" "), np.concatenate([[0], starts]))
+    lines = np.flatnonzero(written)
+    if lines.size < 2:
         return False
-    written = text > ord(" ")  # (tabs, line ends and other control bytes are below)
-    return not np.all(np.logical_or.reduceat(written, starts)[:-1])
+    blank = ~written[lines[0] : lines[-1]]
+    return bool(np.any(blank if run == 1 else blank[:-1] & blank[1:]))
 
 
 def _refuse_gaps(path: Path, data: bytes, header: int, width: int) -> None:
@@ -676,14 +682,17 @@ def _refuse_gaps(path: Path, data: bytes, header: int, width: int) -> None:
     are no mere spacing: in a one-column file (``width`` 1) one empty line, as a spreadsheet
     writes an empty cell of a one-column sheet (a missing value); at any width two or more in
     a row, as gnuplot separates data blocks (several recordings, which would be joined into
-    one trajectory with a jump). A comment line between them ends a run. ``data`` are the
-    file's bytes, checked for an empty line first."""
-    if not _has_blank_line(data.strip()):  # (empty lines at the end separate nothing)
+    one trajectory with a jump). A comment line between them ends a run; the ``\\r\\n``
+    of a ``\\r\\r\\n`` line end is none. ``data`` are the file's bytes, checked first
+    (:func:`_may_have_gap`)."""
+    if data == b"" or not _may_have_gap(data, 1 if width == 1 else 2):
         return
-    seen, run = False, []
-    with _open_text(path) as fh:
+    seen, run, previous = False, [], ""
+    with open(path, encoding=_ENCODING, newline="") as fh:  # line ends as written
         for number, line in enumerate(fh, start=1):
-            if number <= header:
+            doubled_end = line == "\r\n" and previous.endswith("\r")
+            previous = line
+            if number <= header or doubled_end:
                 continue
             content = line.split("#", 1)[0].strip()
             if not line.strip():

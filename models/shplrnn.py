@@ -386,7 +386,7 @@ class ShPLRNN(_ShallowPLRNNFamily):
     dtype : {"float64", "float32"}
         Parameter and computation dtype; inputs must match it.
     seed : int
-        Seed of :meth:`init`, an int in [0, 2**128).
+        Seed of :meth:`init`, an int >= 0 of at most 4300 digits.
 
     Notes
     -----

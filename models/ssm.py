@@ -585,7 +585,7 @@ class LinearSSM(DiagonalSSM):
     dtype : {"float64", "float32"}
         Parameter dtype; the state is complex128 / complex64 respectively.
     seed : int
-        Seed of :meth:`init`, an int in [0, 2**128).
+        Seed of :meth:`init`, an int >= 0 of at most 4300 digits.
 
     Parameter blocks (in order): ``nu (H,)``, ``theta (H,)``, ``B_re, B_im (H, N)``,
     ``C_re, C_im (K, H)``, ``W1 (L, K+N)``, ``b1 (L,)``, ``W2 (N, L)``, ``b2 (N,)``.
@@ -688,7 +688,7 @@ class LinearSSM(DiagonalSSM):
                 f"{where}: theta[{first}] = {theta[first]:.6g} gives a phase exp(theta) beyond "
                 f"{params.dtype} (largest finite value {np.finfo(params.dtype).max:.6g}), "
                 "which makes λ NaN. A phase is an angle: set theta to log(exp(theta) mod 2π), "
-                "or keep float64."
+                "or keep float64 (fit: TrainConfig(dtype='float64'))."
             )
 
     def eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:

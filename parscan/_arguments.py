@@ -5,8 +5,8 @@ them together.
 
 * a flag is ``True`` or ``False`` (a NumPy bool too), never a truthy value
   (:func:`bool_problem`);
-* a seed is an int in ``[0, SEED_LIMIT)``, which a model file, a checkpoint and a run's
-  ``args.json`` can write (:func:`seed_problem`);
+* a seed is an int ``>= 0`` of at most 4300 digits, which a model file, a checkpoint and a
+  run's ``args.json`` can write (:func:`seed_problem`);
 * a masked array is refused where converting it would drop its mask and read the masked
   entries as data (:func:`masked_problem`), and so are ragged nested sequences, which form
   no array (:func:`array_and_problem`, :func:`as_host_array`).
@@ -17,10 +17,10 @@ import reprlib
 
 import numpy as np
 
-SEED_LIMIT = 2**128
-"""Seeds are below this: 128 bits, the entropy of ``np.random.SeedSequence()``. A larger int
-would be accepted by NumPy but not written: Python refuses to convert an int of more than 4300
-digits to text."""
+SEED_LIMIT = 10**4300
+"""Seeds are below this, ints of at most 4300 digits: NumPy takes any int >= 0, but Python
+converts no longer one to text (``sys.get_int_max_str_digits()``'s default), so a model file,
+a checkpoint or ``args.json`` could not write it (after the training)."""
 
 
 def bool_problem(value, name: str) -> str | None:
@@ -46,13 +46,13 @@ def shown_int(v) -> str:
 
 def seed_problem(value: int, name: str = "seed") -> str | None:
     """The problem with the seed ``value``, an int (a NumPy integer too; the caller refuses
-    other types): one sentence naming ``name`` as the message writes it, or None when it is in
-    ``[0, SEED_LIMIT)``."""
+    other types): one sentence naming ``name`` as the message writes it, or None when it is
+    ``>= 0`` with at most 4300 digits (below :data:`SEED_LIMIT`)."""
     if 0 <= value < SEED_LIMIT:
         return None
     return (
-        f"{name} must be in [0, 2**128) (e.g. np.random.SeedSequence().entropy); "
-        f"got {shown_int(value)}."
+        f"{name} must be >= 0 with at most 4300 digits (model files, checkpoints and "
+        f"args.json write it as text); got {shown_int(value)}."
     )
 
 

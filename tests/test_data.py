@@ -864,6 +864,25 @@ def test_a_first_line_of_missing_values_is_no_header(tmp_path, text):
     assert "line 1 holds only missing-value markers (" in _error(path)
 
 
+def test_windows_text_mode_line_ends_are_no_empty_lines(tmp_path):
+    """``\\r\\r\\n``, as Python's csv.writer writes on Windows into a file opened without
+    newline='' (and MATLAB's fprintf of '\\r\\n' in 'wt' mode): each is one line end, not
+    a line end and an empty line."""
+    path = tmp_path / "windows.csv"
+    path.write_bytes(b"x\r\r\n1.5\r\r\n2.5\r\r\n3.5\r\r\n")
+    assert load_data(path).shape == (3, 1)
+    path.write_bytes(b"1 2\r\r\n4 4\r\r\n\r\r\n5 7\r\r\n")  # one separating line
+    assert load_data(path).shape == (3, 2)
+    path.write_bytes(b"1.5\r\r\n2.5\r\r\n\r\r\n3.5\r\r\n")
+    assert "line 5 is empty between data lines" in _error(path)  # as NumPy counts the lines
+
+
+def test_a_header_that_reads_like_a_marker_in_another_case_is_a_header(tmp_path):
+    path = tmp_path / "sodium.csv"
+    path.write_text("Na\n1.5\n2.5\n3.1\n")
+    assert load_data(path).shape == (3, 1)
+
+
 def test_empty_lines_that_are_gaps_or_block_separators_are_refused(tmp_path):
     """One empty line in a one-column file is a spreadsheet's empty cell; two in a row in any
     file separate gnuplot's blocks (several recordings). Both were joined silently; single
