@@ -452,7 +452,9 @@ def _decimal_commas(text: str) -> str | None:
 _COMMA_LEADING_ZERO = re.compile(rb",0\d")
 
 
-def _one_column_of_decimal_commas(path: Path, head: list[tuple[int, str]]):
+def _one_column_of_decimal_commas(
+    path: Path, head: list[tuple[int, str]]
+) -> tuple[int, str] | None:
     """The first line that shows a one-column file written with decimal commas (``21,5``,
     ``22,05``, which a comma-separated reader takes for two integer columns): every data line
     (after a header, or a first ``0``) is two comma-separated integers and one of them has a
@@ -658,7 +660,8 @@ _SPREADSHEET_ERROR = re.compile(
 def _may_have_gap(data: bytes, run: int) -> bool:
     """Whether the text ``data`` may have ``run`` (1 or 2) empty or whitespace-only lines in a
     row between two written lines, by array operations over its bytes (0.1 s for a 10**6-line
-    CSV; walking its lines in Python takes 0.5 s): a check before :func:`_refuse_gaps` does.
+    CSV, where walking its lines in Python takes 0.5 s): :func:`_refuse_gaps` walks them only
+    then.
     Line ends are ``\\n``, ``\\r\\n`` and a lone ``\\r``; ``\\r\\r\\n`` is one
     (Windows text mode writing a ``\\r\\n``). Bytes above the space count as written (a
     comment line too)."""
@@ -948,14 +951,13 @@ def load_data(path, *, key: str | None = None, min_steps: int = 2) -> np.ndarray
     path : str or os.PathLike
         ``.npy``: one array. ``.npz``: the array named ``key``, or the only array in the file.
         ``.csv`` / ``.txt``: UTF-8 text, one row per time step, comma- or whitespace-separated
-        (decided from the first data lines), with an optional header line; ``#`` starts a
-        comment, single blank lines are skipped (see Raises), a UTF-8 byte-order mark is
-        ignored, and an entry
-        may be quoted as a whole (``"1.5"``, as R and ``csv.QUOTE_ALL`` write). The first
-        line is a header if none of its entries is a number, or if it is exactly the integers
-        ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed
-        columns) and no entry of the next ten data lines is written as an integer (pandas
-        writes floats with a decimal point or exponent); a header needs one name per column.
+        (decided from the first data lines), with an optional header line; ``#`` starts a comment,
+        single blank lines are skipped (see Raises), a UTF-8 byte-order mark is ignored, and an
+        entry may be quoted as a whole (``"1.5"``, as R and ``csv.QUOTE_ALL`` write). The first line
+        is a header if none of its entries is a number, or if it is exactly the integers
+        ``0,1,...,N-1`` (the names ``pandas.DataFrame.to_csv(index=False)`` gives unnamed columns)
+        and no entry of the next ten data lines is written as an integer (pandas writes floats with
+        a decimal point or exponent); a header needs one name per column.
         The trade-offs of this rule: a first *data* row ``0,1,...,N-1`` whose next ten lines
         have no integer entry is read as a header and dropped, whatever the lines after those
         ten hold -- also the first value of a one-column series written ``0`` (as ``%g``
