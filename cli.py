@@ -679,11 +679,11 @@ def _integer_problems(s: Settings, origins: dict[str, str]) -> list[str]:
             f"run rests for at least {REST_MIN_POINTS} points), got {steps!r}"
         )
     seed = s.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT - 1:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT // 10:
         shown = shown_int(seed) if isinstance(seed, int) else repr(seed)
         problems.append(
-            f"{_named('seed', origins)} must be an integer >= 0 of at most 4300 digits, "
-            f"and not 10**4300 - 1 (generated test data take seed + 1), got {shown}"
+            f"{_named('seed', origins)} must be an integer >= 0 of at most 4299 digits (a "
+            f"seed has at most 4300, and generated test data take seed + 1), got {shown}"
         )
     return problems
 
