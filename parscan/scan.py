@@ -69,6 +69,8 @@ _HOST_KERNELS = {"sequential": _scan_sequential, "cpu": _scan_cpu}
 #   B=8 D=4 float64 0.90 -> 0.98 -> 1.07   B=2 D=4 float64 0.93 -> 1.01 -> 1.18
 #   B=8 D=2 float32 0.98 -> 0.97 -> 1.00   B=8 D=16 float32 0.95 -> 1.09 -> 1.16
 #   B=2 D=16 float64 0.95 -> 1.18 -> 1.57  (B=8 D=64 float64: 1.01 at 128 KiB, 1.10 at 256 KiB)
+# (a rerun on 2026-12-04, bench/results/crossover_2core_20261204.jsonl: B=8 D=1 float64
+# 0.77-0.87 at B*T = 512, 0.96-1.03 at 2048, 1.35-1.37 at 8192.)
 #   dense B=8, D=3  (batch):        float64  36 KiB -> 0.84-0.96x 144 KiB -> 0.94-1.28x
 #   dense B=8, D=16 (batch):        float64 256 KiB -> 0.93-1.18x   1 MiB -> 1.12-1.65x
 # The crossover sits at about the same number of bytes, not elements, across dtypes; complex64
