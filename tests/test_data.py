@@ -874,7 +874,7 @@ def test_windows_text_mode_line_ends_are_no_empty_lines(tmp_path):
     path.write_bytes(b"1 2\r\r\n4 4\r\r\n\r\r\n5 7\r\r\n")  # one separating line
     assert load_data(path).shape == (3, 2)
     path.write_bytes(b"1.5\r\r\n2.5\r\r\n\r\r\n3.5\r\r\n")
-    assert "line 5 is empty between data lines" in _error(path)  # as NumPy counts the lines
+    assert "line 5 is empty between data lines" in _error(path)  # lines as Python counts them
 
 
 def test_a_header_that_reads_like_a_marker_in_another_case_is_a_header(tmp_path):
