@@ -75,7 +75,7 @@ import numba  # noqa: E402
 from _timing import exit_on_sigterm, no_gpu_reason  # noqa: E402
 
 #: Seconds each step may run.
-STEP_LIMITS = {"preflight": 30, "scan_cuda": 150, "pytest_gpu": 230, "gradients": 130}
+STEP_LIMITS = {"preflight": 30, "scan_cuda": 200, "pytest_gpu": 220, "gradients": 90}
 #: The preflight step's program: one JSON line.
 PREFLIGHT = """
 import json
@@ -256,9 +256,14 @@ def summary_lines(report):
             )
         elif row["what"] == "launch_variant":
             result = row.get("error") or f"ratio to copy {row['ratio_copy']}{_mismatch(row)}"
-            shape = f"block {row['block']}, items {row['items']}, look-back {row['lookback']}"
+            shape = (
+                f"block {row['block']}, items {row['items']}, hold {row['hold']}, "
+                f"{row['blocks_per_sm']} blocks per SM, look-back {row['lookback']}"
+            )
             which = "the production launch, " if not row["change"] else ""
-            lines.append(f"  launch {shape} ({which}kernels alone, float32 T={row['T']}): {result}")
+            lines.append(
+                f"  launch {shape} ({which}kernels alone, {row['dtype']} T={row['T']}): {result}"
+            )
     for row in report.get("gradients", {}).get("rows", []):
         if row["what"] == "gtf_loss_and_grad":
             extra = (

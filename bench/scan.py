@@ -25,11 +25,11 @@ bytes, both with CUDA events around batches of back-to-back calls (no host synch
 between them: ``linear_scan``'s host work for a call overlaps the kernels of the one before),
 the target sizes first and right after them a ``cuda_copy_target`` line: issue #2's target,
 the diagonal scan at >= 70 % of the copy's bandwidth (min over min) at T*D >= 1e8, met or
-not; after the other cases, ``launch_variant`` lines: the float32 target case's kernels
-alone (:data:`LAUNCH_VARIANTS`: the production launch, whose ratio against the target row's
-shows the host's share, the 8 steps per thread of earlier versions, look-back windows of 32
-and 256 tiles, blocks of 128 threads), so that one GPU session shows which shape the scan
-wants. It needs a real GPU; ``--smoke`` runs
+not; after the other cases, ``launch_variant`` lines: the target case's kernels alone
+(:data:`LAUNCH_VARIANTS`: the production launch, whose ratio against the target row's shows
+the host's share, the 64 bytes per thread of earlier versions, float32 and float64 each with
+the other's tuned shape, a look-back window of 32 tiles), so that one GPU session shows
+whether the shapes of ``parscan._cuda.DIAG_TUNED`` still win. It needs a real GPU; ``--smoke`` runs
 tiny cases that also run in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a check that the
 code runs, which measures nothing.
 
@@ -274,13 +274,20 @@ def cuda_cases(args):
             yield B, 10_000 if args.quick else 100_000, D, np.float64, True
 
 
-#: Launch shapes timed on the float32 target case after the other cases, as changes to
-#: ``parscan._cuda.LAUNCH``, all called through ``scan_device`` (the kernels without
-#: ``linear_scan``'s host checks): none (the production shape: how much of the target row's
-#: time is the host's), the 8 steps per thread used before the tiles were sized in bytes,
-#: look-back windows of 32 and 256 tiles (default 128), blocks of 128 threads (default 256;
-#: twice as many blocks fit an SM).
-LAUNCH_VARIANTS = ({}, {"items": 8}, {"lookback": 32}, {"lookback": 256}, {"block": 128})
+#: Launch shapes timed on the target case (T*D = 1e8, D = 16) after the other cases, as a
+#: dtype and changes to ``parscan._cuda.LAUNCH``, all called through ``scan_device`` (the
+#: kernels without ``linear_scan``'s host checks): none (the production shape: how much of the
+#: target row's time is the host's), the 64 bytes of ``a`` per thread of earlier versions,
+#: each real dtype with the other's shape from :data:`parscan._cuda.DIAG_TUNED` (float32
+#: holds 128 bytes in registers at two blocks per SM; float64 reads 512 bytes again at four),
+#: and a look-back window of 32 tiles (default 128).
+LAUNCH_VARIANTS = (
+    (np.float32, {}),
+    (np.float32, {"items": 16}),
+    (np.float32, {"items": 128, "hold": False, "blocks_per_sm": 4}),
+    (np.float64, {"items": 16, "hold": True, "blocks_per_sm": 2}),
+    (np.float32, {"lookback": 32}),
+)
 
 
 #: A timed CUDA result must match the ``"cpu"`` backend to this many ulps of its largest state
@@ -395,19 +402,23 @@ def bench_cuda(args):
     if not summarised:
         summarise()
     T = 300 if args.smoke else CUDA_TARGET_TD // DIAG_D  # smoke: 2-3 tiles
-    for change in LAUNCH_VARIANTS:
+    for dtype, change in LAUNCH_VARIANTS:
         launch = dataclasses.replace(_cuda.LAUNCH, **change)
+        items, hold, blocks_per_sm = _cuda.diag_shape(dtype, launch)
         row = {
             "what": "launch_variant",
             "change": change,
+            "dtype": np.dtype(dtype).name,
             "block": launch.block,
-            "items": _cuda.diag_items(np.float32, launch),
+            "items": items,
+            "hold": hold,
+            "blocks_per_sm": blocks_per_sm,
             "lookback": launch.lookback,
             "T": T,
             "D": DIAG_D,
         }
         try:
-            row.update(_cuda_case(1, T, DIAG_D, np.float32, False, args.repeat, rng, launch))
+            row.update(_cuda_case(1, T, DIAG_D, dtype, False, args.repeat, rng, launch))
             failed |= not row["matches_cpu"]
         except Exception as exc:
             row["error"] = "".join(traceback.format_exception_only(exc)).strip()[-500:]

@@ -6,8 +6,9 @@ Algorithm: a single-pass scan with decoupled look-back (Merrill & Garland, "Sing
 Parallel Prefix Scan with Decoupled Look-back", NVIDIA 2016), the shape CUB uses:
 
 1. each block takes the next *tile* from a global counter (so every tile it may wait on is
-   already running); each thread reduces a short run of ``items`` consecutive steps to a pair
-   ``(A, b)`` in registers;
+   already running); each thread reduces a run of ``items`` consecutive steps to a pair
+   ``(A, b)`` in registers (its loads unconditional, so that they go out together), and holds
+   the run there or reads it again in step 4 (:data:`DIAG_TUNED`);
 2. the block runs a Blelloch up-sweep over the per-thread pairs in shared memory, publishing
    the tile aggregate (flag 1), or its inclusive end state when it is the first tile (flag 2);
 3. the block looks back over a *window* of ``lookback`` preceding tiles per round trip (each
@@ -21,7 +22,7 @@ Parallel Prefix Scan with Decoupled Look-back", NVIDIA 2016), the shape CUB uses
    which caps the scan at about a tile per microsecond; a window of W raises that cap
    W-fold. The dense kernel, not bandwidth-bound, keeps the one-at-a-time walk.)
 4. the Blelloch down-sweep gives each thread the exclusive prefix of its run; it applies it to
-   the carry-in and re-walks its steps, writing ``h``.
+   the carry-in and re-walks its steps (held, or read again from L1/L2), writing ``h``.
 
 The pair operator is ``(A2, b2) • (A1, b1) = (A2 A1, A2 b1 + b2)`` (A1 earlier). Every
 diagonal ``(B, T, D)`` problem is ``B*D`` independent scalar scans: a block holds ``cw``
@@ -79,11 +80,20 @@ DMAX = 16
 DENSE_SHARED_BYTES = 32 * 1024
 #: Record stride (elements) of published tile values: 32 elements = at least one 128-byte line.
 RECORD = 32
-#: Bytes of ``a`` (and as many of ``b``) one thread of the diagonal kernel loads per tile when
-#: ``Launch.items`` is None: 16 steps of float32, 8 of float64 or complex64, 4 of complex128.
-#: A tile's life is mostly latency (ticket, loads, fences, look-back), so the bytes a block
-#: moves per tile, not the steps, keep the memory busy (CUB sizes its tiles the same way).
-DIAG_ITEM_BYTES = 64
+#: The diagonal launch per dtype where :class:`Launch` leaves it to the dtype (None): bytes of
+#: ``a`` (and as many of ``b``) one thread loads per tile, whether it holds them in registers
+#: till it writes ``h`` (or reads them again there, from L1/L2 where the tile still is), and
+#: blocks per SM. A tile's life is mostly latency (ticket, loads, fences, look-back), so the
+#: bytes a block moves per tile, not the steps, keep the memory busy, as do more blocks per SM
+#: (CUB sizes its tiles the same way). The fastest measured at T*D = 1e8, D = 16 on one H200
+#: (``bench/results/cuda_launch_sweep_h200_20261204.jsonl``; float32 holds its run: reading
+#: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again).
+DIAG_TUNED = {
+    "float32": (128, True, 2),
+    "float64": (512, False, 4),
+    "complex64": (256, False, 4),
+    "complex128": (256, False, 4),
+}
 #: A diagonal block holds at most one 128-byte line of channels per time step (32 float32, 16
 #: float64 or complex64, 8 complex128): wider blocks add no coalescing, only registers
 #: (float64 at 32 channels spills).
@@ -107,7 +117,8 @@ def check_launch(launch, powers_of_two: tuple[str, ...]) -> None:
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """Compile-time launch shape: threads per block and steps per thread (diag / dense);
-    ``items=None`` sizes the diagonal runs by :data:`DIAG_ITEM_BYTES` (:func:`diag_items`).
+    the diagonal fields left None take :data:`DIAG_TUNED`'s values for the dtype
+    (:func:`diag_shape`).
 
     ``publish_prefix=False`` is for tests only: tiles after the first then publish just their
     aggregates, so every look-back walks back to the first tile. The simulator runs blocks one
@@ -116,12 +127,21 @@ class Launch:
     """
 
     block: int = 256
+    #: steps per thread of the diagonal kernel (None: :data:`DIAG_TUNED`'s bytes of the dtype)
     items: int | None = None
     dense_block: int = 32
     dense_items: int = 4
     #: predecessor tiles the diagonal look-back inspects per round trip (a thread reads one
     #: flag: ``block`` at most; a tile's lanes at least, e.g. 256 for one channel per block)
     lookback: int = 128
+    #: keep each thread's run of ``a`` and ``b`` in registers from the reduction to the writes
+    #: (False: read it again there, from L1/L2 where the tile still is: no registers per step,
+    #: so longer runs fit); None: :data:`DIAG_TUNED`'s choice for the dtype
+    hold: bool | None = None
+    #: diagonal blocks per SM asked of the compiler (``launch_bounds``: registers per thread
+    #: capped at 65536 / (block * blocks_per_sm)); None: :data:`DIAG_TUNED`'s for the dtype.
+    #: Not for complex128 runs held in registers, which need 162 and would spill
+    blocks_per_sm: int | None = None
     publish_prefix: bool = True
 
     def __post_init__(self):
@@ -131,12 +151,22 @@ class Launch:
 LAUNCH = Launch()
 
 
+def diag_shape(dtype, launch: Launch) -> tuple[int, bool, int]:
+    """``(items, hold, blocks_per_sm)`` of the diagonal kernel for ``dtype``: the launch's
+    fields, or :data:`DIAG_TUNED`'s values for the dtype where they are None (items: its bytes
+    of ``a`` per thread in steps)."""
+    nbytes, hold, blocks = DIAG_TUNED[np.dtype(dtype).name]
+    items = max(nbytes // np.dtype(dtype).itemsize, 1) if launch.items is None else launch.items
+    return (
+        items,
+        hold if launch.hold is None else launch.hold,
+        blocks if launch.blocks_per_sm is None else launch.blocks_per_sm,
+    )
+
+
 def diag_items(dtype, launch: Launch) -> int:
-    """Steps per thread of the diagonal kernel for ``dtype``: ``launch.items``, or
-    :data:`DIAG_ITEM_BYTES` worth of ``a`` when that is None."""
-    if launch.items is not None:
-        return launch.items
-    return max(DIAG_ITEM_BYTES // np.dtype(dtype).itemsize, 1)
+    """Steps per thread of the diagonal kernel for ``dtype`` (:func:`diag_shape`)."""
+    return diag_shape(dtype, launch)[0]
 
 
 def diag_channels(n_channels: int, dtype, launch: Launch) -> int:
@@ -254,6 +284,25 @@ def _load_step(a, b, g, t, transpose, D, z):
 
 
 @cuda.jit(device=True)
+def _load_diag(a, b, bi, d, T, reverse, valid, s, one, zero):
+    """``(a, b)`` of channel ``(bi, d)`` at step ``s`` in scan order; the identity ``(1, 0)``
+    for padding (``s >= T``) and for the channels past the last of a block (``T >= 1``).
+
+    The loads are unconditional (padding reads the last step again, a channel past the last
+    reads channel ``(0, 0)``; the identity is selected after): a load under a branch waits for
+    the one before it, unconditional ones go out together, a thread's run at once.
+    """
+    inside = s < T
+    t = s if inside else T - 1
+    if reverse:
+        t = T - 1 - t
+    xa, xb = a[bi, t, d], b[bi, t, d]
+    if valid and inside:
+        return xa, xb
+    return one, zero
+
+
+@cuda.jit(device=True)
 def _read_flag(status, i):
     return cuda.atomic.add(status, i, 0)
 
@@ -348,12 +397,14 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
     """Kernels for ``dtype`` with the launch shape baked in as compile-time constants."""
     dt = numba.from_dtype(np.dtype(dtype))
     NT, LOOKBACK = launch.block, min(launch.lookback, launch.block)
-    ITEMS = diag_items(dtype, launch)
-    # two blocks per SM (at most 128 registers per thread for 256): a block spends much of
-    # its time waiting (look-back, barriers), so a second one keeps loads in flight; not for
-    # complex128, which needs 162 registers and would spill (the simulator has no such option)
-    two_blocks = np.dtype(dtype).itemsize <= 8 and not numba.config.ENABLE_CUDASIM
-    DIAG_OPTIONS = {"launch_bounds": (NT, 2)} if two_blocks else {}
+    ITEMS, HOLD, BLOCKS_PER_SM = diag_shape(dtype, launch)
+    # several blocks per SM (two: at most 128 registers per thread for 256): a block spends
+    # much of its time waiting (look-back, barriers), so another one keeps loads in flight; not
+    # for complex128 runs held in registers, which need 162 and would spill (the simulator has
+    # no such option)
+    small = np.dtype(dtype).itemsize <= 8 or not HOLD
+    bounded = small and not numba.config.ENABLE_CUDASIM
+    DIAG_OPTIONS = {"launch_bounds": (NT, BLOCKS_PER_SM)} if bounded else {}
     PUBLISH = launch.publish_prefix
     SH = DENSE_SHARED_BYTES // np.dtype(dtype).itemsize
     REC = DMAX * DMAX + DMAX
@@ -399,21 +450,17 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             first = j * tile  # the tile's first step
             s0 = first + lane * ITEMS
 
-            # 1. per-thread run reduced in registers
-            ra = cuda.local.array(ITEMS, dt)
-            rb = cuda.local.array(ITEMS, dt)
+            # 1. per-thread run reduced in registers (held there till step 4 when HOLD)
+            ra = cuda.local.array(ITEMS if HOLD else 1, dt)
+            rb = cuda.local.array(ITEMS if HOLD else 1, dt)
             run_a, run_b = one, zero
             for k in range(ITEMS):
-                s = s0 + k
-                if valid and s < T:
-                    t = T - 1 - s if reverse else s
-                    ra[k] = a[bi, t, d]
-                    rb[k] = b[bi, t, d]
-                else:
-                    ra[k] = one
-                    rb[k] = zero
-                run_b = ra[k] * run_b + rb[k]
-                run_a = ra[k] * run_a
+                xa, xb = _load_diag(a, b, bi, d, T, reverse, valid, s0 + k, one, zero)
+                if HOLD:
+                    ra[k] = xa
+                    rb[k] = xb
+                run_b = xa * run_b + xb
+                run_a = xa * run_a
             sh_a[tid] = run_a
             sh_b[tid] = run_b
             cuda.syncthreads()
@@ -566,8 +613,12 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
 
             h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, bi, d, T, reverse, first, s0)
             for k in range(ITEMS):
-                h = ra[k] * h + rb[k]
                 s = s0 + k
+                if HOLD:
+                    h = ra[k] * h + rb[k]
+                else:
+                    xa, xb = _load_diag(a, b, bi, d, T, reverse, valid, s, one, zero)
+                    h = xa * h + xb
                 if valid and s < T:
                     t = T - 1 - s if reverse else s
                     out[bi, t, d] = h

@@ -75,6 +75,7 @@ def test_launch_shapes_that_would_give_wrong_results_are_refused():
         (_cuda.Launch, "block", 24, "a power of 2"),
         (_cuda.Launch, "dense_block", 6, "a power of 2"),
         (_cuda.Launch, "items", 0, "an integer >= 1"),
+        (_cuda.Launch, "blocks_per_sm", 0, "an integer >= 1"),
         (DeerLaunch, "threads", 12, "a power of 2"),
         (EvalLaunch, "threads", 48, "a power of 2"),
         (EvalLaunch, "vjp_blocks", 0, "an integer >= 1"),
@@ -85,37 +86,44 @@ def test_launch_shapes_that_would_give_wrong_results_are_refused():
 
 
 def test_diagonal_tiles_are_sized_in_bytes():
-    """By default a diagonal thread loads 64 bytes of ``a`` and a block spans at most one
-    128-byte line of channels, whatever the dtype; explicit ``items`` win."""
+    """By default a diagonal thread loads DIAG_TUNED's bytes of ``a`` for its dtype, holds
+    them (float32) or reads them again, and asks for its dtype's blocks per SM; a block spans
+    at most one 128-byte line of channels, whatever the dtype. Explicit fields win."""
     launch = _cuda.LAUNCH
     got = {
-        np.dtype(dt).name: (_cuda.diag_items(dt, launch), _cuda.diag_channels(1000, dt, launch))
+        np.dtype(dt).name: (*_cuda.diag_shape(dt, launch), _cuda.diag_channels(1000, dt, launch))
         for dt in DTYPES
     }
     assert got == {
-        "float32": (16, 32),
-        "float64": (8, 16),
-        "complex64": (8, 16),
-        "complex128": (4, 8),
+        "float32": (32, True, 2, 32),
+        "float64": (64, False, 4, 16),
+        "complex64": (32, False, 4, 16),
+        "complex128": (16, False, 4, 8),
     }
-    assert _cuda.diag_items(np.float32, _cuda.Launch(items=3)) == 3
+    explicit = _cuda.Launch(items=3, hold=False, blocks_per_sm=1)
+    assert _cuda.diag_shape(np.float32, explicit) == (3, False, 1)
+    assert _cuda.diag_items(np.float64, explicit) == 3
     assert _cuda.diag_channels(3, np.float32, launch) == 4  # enough to cover B*D, a power of 2
     assert _cuda.diag_channels(1000, np.float32, _cuda.Launch(block=8)) == 2  # >= 4 lanes each
 
 
 @pytest.mark.skipif(CUDASIM, reason="the simulator has no PTX compiler")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel", ["diag-narrowest", "diag-widest", "dense"])
+@pytest.mark.parametrize("kernel", ["diag-narrowest", "diag-widest", "diag-other-hold", "dense"])
 def test_ptx_compiles(no_device_context, dtype, kernel):
     """Each diagonal block width ``cw`` (channels per block, powers of 2 from 1 to a 128-byte
-    line) is a kernel of its own: the two extremes compile."""
-    kernels = _cuda.make_kernels(np.dtype(dtype))
+    line) is a kernel of its own: the two extremes compile, and the widest with the run held in
+    registers or read again, whichever :data:`_cuda.DIAG_TUNED` does not pick for the dtype."""
+    launch = _cuda.LAUNCH
+    if kernel == "diag-other-hold":  # the way of getting a run again that the dtype does not use
+        launch = dataclasses.replace(launch, hold=not _cuda.diag_shape(dtype, launch)[1])
+    kernels = _cuda.make_kernels(np.dtype(dtype), launch)
     signature = getattr(kernels, f"{kernel.split('-')[0]}_signature")
     if kernel == "dense":
         compiled = kernels.dense
     else:  # one channel per block, or the most channels per block
         compiled = kernels.diag(
-            _cuda.diag_channels(1 if "narrowest" in kernel else 10**6, dtype, _cuda.LAUNCH)
+            _cuda.diag_channels(1 if "narrowest" in kernel else 10**6, dtype, launch)
         )
     ptx, _ = cuda.compile_ptx(compiled.py_func, signature, cc=(9, 0))
     assert ".entry" in ptx and "atom.global" in ptx and "bar.sync" in ptx
@@ -184,10 +192,10 @@ def test_sim_lookback_through_aggregates(dense, dtype):
 @pytest.mark.cudasim
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sim_byte_sized_tiles(dtype):
-    """The production tile rule (``items=None``: 64 bytes of ``a`` per thread; channels capped
-    at one 128-byte line) on the smallest blocks where the cap applies (float32: 32 channels
-    need 128 threads): 20 channels (a partial group), three tiles and a partial one; forward
-    with inclusive states published, reverse with aggregates only."""
+    """The production tile rule (``items=None``: DIAG_TUNED's bytes of ``a`` per thread;
+    channels capped at one 128-byte line) on the smallest blocks where the cap applies
+    (float32: 32 channels need 128 threads): 20 channels (a partial group), three tiles and a
+    partial one; forward with inclusive states published, reverse with aggregates only."""
     itemsize = np.dtype(dtype).itemsize
     launch = _cuda.Launch(block=4 * _cuda.LINE_BYTES // itemsize, lookback=4)
     B, D = 2, 10
@@ -200,6 +208,26 @@ def test_sim_byte_sized_tiles(dtype):
         args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False, False)
         _cuda.scan_device(*args, out, dataclasses.replace(launch, publish_prefix=publish))
         assert_close(out.copy_to_host(), scan_reference(a, b, h0, reverse, False))
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_sim_runs_held_or_read_again(dtype):
+    """The way of getting a thread's run back to write ``h`` that :data:`_cuda.DIAG_TUNED` does
+    not pick for the dtype (float32 holds it in registers, complex128 reads it again; the
+    other tests run the picked one) gives the loop's result too: several tiles, a partial
+    group of channels, forward from ``h0`` and reverse, a NaN in ``b`` that reaches the same
+    states."""
+    launch = dataclasses.replace(SIM_LAUNCH, hold=not _cuda.diag_shape(dtype, SIM_LAUNCH)[1])
+    a, b, h0 = make_inputs(7, dtype, False, (2,), 37, 3)
+    b[1, 20, 2] = np.nan
+    for reverse in (False, True):
+        out = cuda.device_array(b.shape, b.dtype)
+        args = (cuda.to_device(a), cuda.to_device(b), cuda.to_device(h0), reverse, False)
+        _cuda.scan_device(*args, False, out, launch)
+        got, want = out.copy_to_host(), scan_reference(a, b, h0, reverse, False)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert_close(np.nan_to_num(got), np.nan_to_num(want))
 
 
 #: Per dtype: ``|a|`` whose product overflows within a simulator tile (8 steps) but not within
