@@ -87,7 +87,9 @@ RECORD = 32
 #: bytes a block moves per tile, not the steps, keep the memory busy, as do more blocks per SM
 #: (CUB sizes its tiles the same way). The fastest measured at T*D = 1e8, D = 16 on one H200
 #: (``bench/results/cuda_launch_sweep_h200_20261204.jsonl``; float32 holds its run: reading
-#: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again).
+#: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again). Each
+#: spills a little at its register cap (ptxas 13.0, sm_90: float32 128 registers, the others
+#: 64; 88-232 bytes of spill stores) and was still the fastest measured.
 DIAG_TUNED = {
     "float32": (128, True, 2),
     "float64": (512, False, 4),
@@ -140,7 +142,7 @@ class Launch:
     hold: bool | None = None
     #: diagonal blocks per SM asked of the compiler (``launch_bounds``: registers per thread
     #: capped at 65536 / (block * blocks_per_sm)); None: :data:`DIAG_TUNED`'s for the dtype.
-    #: Not for complex128 runs held in registers, which need 162 and would spill
+    #: Not for complex128 runs held in registers, which need over 160 (246 at 16 steps)
     blocks_per_sm: int | None = None
     publish_prefix: bool = True
 
@@ -400,8 +402,8 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
     ITEMS, HOLD, BLOCKS_PER_SM = diag_shape(dtype, launch)
     # several blocks per SM (two: at most 128 registers per thread for 256): a block spends
     # much of its time waiting (look-back, barriers), so another one keeps loads in flight; not
-    # for complex128 runs held in registers, which need 162 and would spill (the simulator has
-    # no such option)
+    # for complex128 runs held in registers, which need over 160 and would spill (the
+    # simulator has no such option)
     small = np.dtype(dtype).itemsize <= 8 or not HOLD
     bounded = small and not numba.config.ENABLE_CUDASIM
     DIAG_OPTIONS = {"launch_bounds": (NT, BLOCKS_PER_SM)} if bounded else {}

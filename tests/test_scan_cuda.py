@@ -125,8 +125,11 @@ def test_ptx_compiles(no_device_context, dtype, kernel):
         compiled = kernels.diag(
             _cuda.diag_channels(1 if "narrowest" in kernel else 10**6, dtype, launch)
         )
-    ptx, _ = cuda.compile_ptx(compiled.py_func, signature, cc=(9, 0))
+    bounds = compiled.targetoptions.get("launch_bounds")  # as the kernel runs: blocks per SM
+    ptx, _ = cuda.compile_ptx(compiled.py_func, signature, cc=(9, 0), launch_bounds=bounds)
     assert ".entry" in ptx and "atom.global" in ptx and "bar.sync" in ptx
+    if kernel != "dense" and np.dtype(dtype).itemsize <= 8:
+        assert f".minnctapersm {bounds[1]}" in ptx
     if kernel != "dense":  # the per-thread runs and the look-back's window loads: registers
         assert ".local" not in ptx
 
@@ -219,7 +222,8 @@ def test_sim_runs_held_or_read_again(dtype):
     group of channels, forward from ``h0`` and reverse, a NaN in ``b`` that reaches the same
     states."""
     launch = dataclasses.replace(SIM_LAUNCH, hold=not _cuda.diag_shape(dtype, SIM_LAUNCH)[1])
-    a, b, h0 = make_inputs(7, dtype, False, (2,), 37, 3)
+    a, b, h0 = make_inputs(7, dtype, False, (3,), 37, 3)
+    assert 3 * 3 % _cuda.diag_channels(3 * 3, dtype, launch)  # the last group is partial
     b[1, 20, 2] = np.nan
     for reverse in (False, True):
         out = cuda.device_array(b.shape, b.dtype)
