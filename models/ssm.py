@@ -778,6 +778,13 @@ class LinearSSM(DiagonalSSM):
 # ---------------------------------------------------------------------------------------------
 
 
+def _state_matrix(log_A: np.ndarray) -> np.ndarray:
+    """The selective SSM's ``A = -exp(log_A)``, (N, H): ``-inf`` where ``exp`` overflows, which
+    makes ``a = exp(Δ A) = 0``, its limit (the VJP handles it), without NumPy's warning."""
+    with np.errstate(over="ignore"):
+        return -np.exp(log_A)
+
+
 class SelectiveSSM(DiagonalSSM):
     """Selective diagonal SSM after Mamba's S6 layer (Gu & Dao, 2023), with an MLP readout.
 
@@ -892,8 +899,7 @@ class SelectiveSSM(DiagonalSSM):
         pre += p["b_delta"]
         with np.errstate(invalid="ignore"):  # NaN inputs propagate, as in the linear SSM
             delta = np.logaddexp(0.0, pre)
-        with np.errstate(over="ignore"):  # A = -inf: a = 0, its limit (the VJP handles it)
-            A = -np.exp(p["log_A"])
+        A = _state_matrix(p["log_A"])
         a = np.exp(delta[..., None] * A)  # (B, T, N, H)
         Bt = _apply(u, p["W_B"].T)
         b = (delta * u)[..., None] * Bt[..., None, :]
@@ -945,12 +951,10 @@ class SelectiveSSM(DiagonalSSM):
     def _generate_kernel(self, x0, out):
         p = self.unflatten()
         c = np.ascontiguousarray
-        with np.errstate(over="ignore"):  # A = -inf, as in recurrence
-            A = -np.exp(p["log_A"])
         _generate_selective(
             c(p["W_delta"]),
             c(p["b_delta"]),
-            c(A),
+            c(_state_matrix(p["log_A"])),
             c(p["W_B"]),
             c(p["W_C"]),
             c(p["W1"]),
