@@ -87,9 +87,10 @@ RECORD = 32
 #: bytes a block moves per tile, not the steps, keep the memory busy, as do more blocks per SM
 #: (CUB sizes its tiles the same way). The fastest measured at T*D = 1e8, D = 16 on one H200
 #: (``bench/results/cuda_launch_sweep_h200_20261204.jsonl``; float32 holds its run: reading
-#: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again). Each
-#: spills a little at its register cap (ptxas 13.0, sm_90: float32 128 registers, the others
-#: 64; 88-232 bytes of spill stores) and was still the fastest measured.
+#: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again). At
+#: their register caps (float32 128, the others 64) float32 spills nothing, the others 56-140
+#: bytes (ptxas 13.5, sm_90: ``bench/cuda_code.py``); they were the fastest measured with
+#: 64-232 bytes of spills, before the kernel stepped flat offsets.
 DIAG_TUNED = {
     "float32": (128, True, 2),
     "float64": (512, False, 4),
@@ -286,20 +287,23 @@ def _load_step(a, b, g, t, transpose, D, z):
 
 
 @cuda.jit(device=True)
-def _load_diag(a, b, bi, d, T, reverse, valid, s, one, zero):
-    """``(a, b)`` of channel ``(bi, d)`` at step ``s`` in scan order; the identity ``(1, 0)``
-    for padding (``s >= T``) and for the channels past the last of a block (``T >= 1``).
+def _index(offset):
+    """``offset`` (>= 0) as an unsigned index: Numba adds no negative-index wraparound to the
+    address of an unsigned one (a compare, a shift and an and per access otherwise)."""
+    return numba.uint64(offset)
+
+
+@cuda.jit(device=True)
+def _load_diag(a, b, offset, inside, one, zero):
+    """``(a, b)`` at the flat ``offset`` when ``inside``, else the identity ``(1, 0)`` (for
+    padding and the channels past the last of a block; the offset is then any valid one).
 
     The loads are unconditional (padding reads the last step again, a channel past the last
     reads channel ``(0, 0)``; the identity is selected after): a load under a branch waits for
     the one before it, unconditional ones go out together, a thread's run at once.
     """
-    inside = s < T
-    t = s if inside else T - 1
-    if reverse:
-        t = T - 1 - t
-    xa, xb = a[bi, t, d], b[bi, t, d]
-    if valid and inside:
+    xa, xb = a[_index(offset)], b[_index(offset)]
+    if inside:
         return xa, xb
     return one, zero
 
@@ -310,12 +314,13 @@ def _read_flag(status, i):
 
 
 @cuda.jit(device=True)
-def _walk(a, b, bi, d, T, reverse, lo, hi, h):
-    """State of channel ``(bi, d)`` after the steps ``lo..hi-1`` (scan order; those from ``T``
-    on are padding) entering as ``h``: the sequential loop."""
+def _walk(a, b, row0, stride, T, lo, hi, h):
+    """State of a channel after the steps ``lo..hi-1`` (scan order; those from ``T`` on are
+    padding) entering as ``h``: the sequential loop. The channel's step ``s`` (scan order) is
+    at the flat offset ``row0 + s * stride`` of ``a`` and ``b``."""
     for s in range(lo, min(hi, T)):
-        t = T - 1 - s if reverse else s
-        h = a[bi, t, d] * h + b[bi, t, d]
+        i = _index(row0 + s * stride)
+        h = a[i] * h + b[i]
     return h
 
 
@@ -335,7 +340,7 @@ def _walks(pa, pb, h):
 
 
 @cuda.jit(device=True)
-def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
+def _apply(pa, pb, h, a, b, row0, stride, T, lo, hi):
     """``pa * h + pb``: the pair ``(pa, pb)`` of the steps ``lo..hi-1`` applied to ``h``.
 
     Two products cannot carry ``h`` as the sequential loop does (:func:`_walks`): a ``pa`` of
@@ -349,7 +354,7 @@ def _apply(pa, pb, h, a, b, bi, d, T, reverse, lo, hi):
     ``h`` (:func:`_walk`), which gives what the loop gives.
     """
     if _walks(pa, pb, h):
-        return _walk(a, b, bi, d, T, reverse, lo, hi, h)
+        return _walk(a, b, row0, stride, T, lo, hi, h)
     return pa * h + pb
 
 
@@ -420,10 +425,41 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
         PER = max(1, LOOKBACK // NTL)  # look-back predecessors per lane
         WINDOW = NTL * PER  # predecessors per look-back round, <= NT: one flag per thread
 
+        @cuda.jit(device=True)
+        def reduce_run(a, b, run0, stride, n_in, ra, rb, one, zero):
+            """The pair ``(A, b)`` of a thread's run of ``ITEMS`` steps, ``n_in`` of them
+            inside (the others the identity), the ``k``-th at the flat offset ``run0 + k *
+            stride`` (those past ``n_in``: the last inside, read again); held in ``ra, rb``
+            when ``HOLD``."""
+            run_a, run_b = one, zero
+            for k in range(ITEMS):
+                offset = run0 + min(k, max(n_in - 1, 0)) * stride
+                xa, xb = _load_diag(a, b, offset, k < n_in, one, zero)
+                if HOLD:
+                    ra[k] = xa
+                    rb[k] = xb
+                run_b = xa * run_b + xb
+                run_a = xa * run_a
+            return run_a, run_b
+
+        @cuda.jit(device=True)
+        def write_run(a, b, out, run0, stride, n_in, ra, rb, h, one, zero):
+            """Walk ``h`` through the run of :func:`reduce_run` (held in ``ra, rb`` or read
+            again), writing the states inside to ``out``."""
+            for k in range(ITEMS):
+                offset = run0 + min(k, max(n_in - 1, 0)) * stride
+                if HOLD:
+                    h = ra[k] * h + rb[k]
+                else:
+                    xa, xb = _load_diag(a, b, offset, k < n_in, one, zero)
+                    h = xa * h + xb
+                if k < n_in:
+                    out[_index(offset)] = h
+
         @cuda.jit(**DIAG_OPTIONS)
-        def kernel(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl):
-            """Diagonal scan, ``a, b, out`` (B, T, D)."""
-            B, T, D = b.shape
+        def kernel(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl, B, T, D):
+            """Diagonal scan, ``a, b, out`` (B, T, D) C-contiguous, passed flat (``B*T*D``):
+            a thread's offsets are computed once and stepped, not re-derived per access."""
             n_ch = B * D
             n_groups = (n_ch + cw - 1) // cw
             one, zero = dt(1), dt(0)
@@ -451,18 +487,26 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             tile = NTL * ITEMS  # steps per tile
             first = j * tile  # the tile's first step
             s0 = first + lane * ITEMS
+            # the channel's step s (scan order) is at the flat offset row0 + s * stride; the
+            # run's first n_in steps are inside (a channel past the last: none; its loads read
+            # channel (0, 0)), from the flat offset run0 (no step inside: the last step)
+            stride = -D if reverse else D
+            row0 = (bi * T + (T - 1 if reverse else 0)) * D + d
+            n_in = min(max(T - s0, 0), ITEMS) if valid else 0
+            run0 = row0 + (s0 if n_in > 0 else T - 1) * stride
 
-            # 1. per-thread run reduced in registers (held there till step 4 when HOLD)
+            # 1. per-thread run reduced in registers (held there till step 4 when HOLD). A whole
+            # run inside (all but the last tile's) held takes a copy of the loops without clamps
+            # or selects (ptxas 13.5, sm_90: float32 ~6 instructions per step instead of ~35, no
+            # spills); for runs read again the copy added spills (float64 56 -> 92 bytes)
+            # and saved no instructions per load
             ra = cuda.local.array(ITEMS if HOLD else 1, dt)
             rb = cuda.local.array(ITEMS if HOLD else 1, dt)
-            run_a, run_b = one, zero
-            for k in range(ITEMS):
-                xa, xb = _load_diag(a, b, bi, d, T, reverse, valid, s0 + k, one, zero)
-                if HOLD:
-                    ra[k] = xa
-                    rb[k] = xb
-                run_b = xa * run_b + xb
-                run_a = xa * run_a
+            whole = HOLD and n_in == ITEMS
+            if whole:
+                run_a, run_b = reduce_run(a, b, run0, stride, ITEMS, ra, rb, one, zero)
+            else:
+                run_a, run_b = reduce_run(a, b, run0, stride, n_in, ra, rb, one, zero)
             sh_a[tid] = run_a
             sh_b[tid] = run_b
             cuda.syncthreads()
@@ -474,7 +518,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     left = tid - off * cw
                     x = sh_a[tid]  # the runs of lanes lane-off+1 .. lane
                     lo, hi = s0 - (off - 1) * ITEMS, s0 + ITEMS
-                    sh_b[tid] = _apply(x, sh_b[tid], sh_b[left], a, b, bi, d, T, reverse, lo, hi)
+                    sh_b[tid] = _apply(x, sh_b[tid], sh_b[left], a, b, row0, stride, T, lo, hi)
                     sh_a[tid] = x * sh_a[left]
                 off *= 2
                 cuda.syncthreads()
@@ -487,7 +531,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     carry = h0[bi, d] if has_h0 and valid else zero
                     sh_carry[c] = carry
                     if valid:
-                        incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, 0, tile)
+                        incl[rec] = _apply(tot_a, tot_b, carry, a, b, row0, stride, T, 0, tile)
                 elif valid:
                     agg_a[rec] = tot_a
                     agg_b[rec] = tot_b
@@ -542,7 +586,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                             pa, pb = _slot(agg_a, agg_b, incl, r, w, near, one, zero)
                             k = k0 - lane * PER - q
                             lo, hi = max(k * tile, 0), (k + 1) * tile
-                            part_b = _apply(pa, pb, part_b, a, b, bi, d, T, reverse, lo, hi)
+                            part_b = _apply(pa, pb, part_b, a, b, row0, stride, T, lo, hi)
                             part_a = pa * part_a
                     lb_a[tid] = part_a
                     lb_b[tid] = part_b
@@ -564,7 +608,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                             lo = max((k0 - (lane + off) * PER + 1) * tile, 0)
                             hi = (k0 - lane * PER + 1) * tile
                             lb_b[tid] = _apply(
-                                x, lb_b[tid], lb_b[earlier], a, b, bi, d, T, reverse, lo, hi
+                                x, lb_b[tid], lb_b[earlier], a, b, row0, stride, T, lo, hi
                             )
                             lb_a[tid] = x * lb_a[earlier]
                         off *= 2
@@ -576,7 +620,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                         state = lb_b[tid]
                         acc_walk = acc_walk or _walks(acc_a, acc_b, state)
                         if acc_walk and near < WINDOW:
-                            acc_b = _walk(a, b, bi, d, T, reverse, (k0 + 1) * tile, first, state)
+                            acc_b = _walk(a, b, row0, stride, T, (k0 + 1) * tile, first, state)
                         else:
                             acc_b = acc_a * state + acc_b
                         acc_a = acc_a * lb_a[tid]
@@ -589,7 +633,7 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                 if PUBLISH and last and valid:
                     hi = first + tile
                     carry = sh_carry[c]
-                    incl[rec] = _apply(tot_a, tot_b, carry, a, b, bi, d, T, reverse, first, hi)
+                    incl[rec] = _apply(tot_a, tot_b, carry, a, b, row0, stride, T, first, hi)
                     cuda.threadfence()
             if last:
                 sh_a[tid] = one
@@ -609,21 +653,15 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     sh_b[left] = pb
                     sh_a[tid] = la * pa
                     lo, hi = s0 - (2 * off - 1) * ITEMS, s0 - (off - 1) * ITEMS  # la: left runs
-                    sh_b[tid] = _apply(la, lb, pb, a, b, bi, d, T, reverse, lo, hi)
+                    sh_b[tid] = _apply(la, lb, pb, a, b, row0, stride, T, lo, hi)
                 off //= 2
                 cuda.syncthreads()
 
-            h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, bi, d, T, reverse, first, s0)
-            for k in range(ITEMS):
-                s = s0 + k
-                if HOLD:
-                    h = ra[k] * h + rb[k]
-                else:
-                    xa, xb = _load_diag(a, b, bi, d, T, reverse, valid, s, one, zero)
-                    h = xa * h + xb
-                if valid and s < T:
-                    t = T - 1 - s if reverse else s
-                    out[bi, t, d] = h
+            h = _apply(sh_a[tid], sh_b[tid], sh_carry[c], a, b, row0, stride, T, first, s0)
+            if whole:
+                write_run(a, b, out, run0, stride, ITEMS, ra, rb, h, one, zero)
+            else:
+                write_run(a, b, out, run0, stride, n_in, ra, rb, h, one, zero)
 
         return kernel
 
@@ -762,18 +800,21 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                         out[g, t, i] = hn[i]
 
     arr3, arr2, arr1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
-    flags = numba.int32[::1]
+    flags, size = numba.int32[::1], numba.int64
     diag_signature = (
-        arr3,
-        arr3,
+        arr1,
+        arr1,
         arr2,
         numba.boolean,
         numba.boolean,
-        arr3,
+        arr1,
         flags,
         arr1,
         arr1,
         arr1,
+        size,
+        size,
+        size,
     )
     dense_signature = (
         dt[:, :, :, ::1],
@@ -918,16 +959,19 @@ def scan_device(a, b, h0, reverse, transpose, dense, out, launch: Launch | None 
             records[k * n_tiles * RECORD : (k + 1) * n_tiles * RECORD] for k in range(3)
         )
         kernels.diag(cw)[n_tiles, launch.block](
-            a.reshape(B, T, D),
-            b3,
+            a.reshape(B * T * D),
+            b.reshape(B * T * D),
             h03,
             h0 is not None,
             reverse,
-            out3,
+            out.reshape(B * T * D),
             status,
             agg_a,
             agg_b,
             incl,
+            B,
+            T,
+            D,
         )
     return out
 

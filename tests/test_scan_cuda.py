@@ -315,15 +315,16 @@ def _scan_seeded(rng, a, b, h0, launch, near=None):
     tile = launch.block // cw * _cuda.diag_items(dtype, launch)
     n_done = int(rng.integers(1, -(-b.shape[1] // tile))) if near is None else near + 2
     status, records, ref = _seed_predecessors(rng, a, b, h0, cw, tile, n_done, near)
-    out = cuda.to_device(np.full(b.shape, 12345, dtype))
+    out = cuda.to_device(np.full(b.size, 12345, dtype))  # the kernel takes a, b, out flat
     kernels = _cuda.make_kernels(dtype, launch)
-    args = [cuda.to_device(x) for x in (a, b, h0)]
+    args = [cuda.to_device(x) for x in (a.ravel(), b.ravel(), h0)]
     records = [cuda.to_device(np.ascontiguousarray(r)) for r in records]
     n_left = status.size - 1 - int(status[-1])  # the tiles not seeded
     kernels.diag(cw)[n_left, launch.block](
-        *args, True, False, out, cuda.to_device(status), *records
+        *args, True, False, out, cuda.to_device(status), *records, *b.shape
     )
-    return out.copy_to_host()[:, n_done * tile :], ref[:, n_done * tile :]
+    got = out.copy_to_host().reshape(b.shape)
+    return got[:, n_done * tile :], ref[:, n_done * tile :]
 
 
 @pytest.mark.cudasim
