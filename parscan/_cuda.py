@@ -88,9 +88,9 @@ RECORD = 32
 #: (CUB sizes its tiles the same way). The fastest measured at T*D = 1e8, D = 16 on one H200
 #: (``bench/results/cuda_launch_sweep_h200_20261204.jsonl``; float32 holds its run: reading
 #: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again). At
-#: their register caps (float32 128, the others 64) float32 spills nothing, the others 56-140
+#: their register caps (float32 128, the others 64) float32 spills nothing, the others 28-92
 #: bytes (ptxas 13.5, sm_90: ``bench/cuda_code.py``); they were the fastest measured with
-#: 64-232 bytes of spills, before the kernel stepped flat offsets.
+#: 64-224 bytes of spills, before the kernel stepped flat offsets.
 DIAG_TUNED = {
     "float32": (128, True, 2),
     "float64": (512, False, 4),
@@ -432,22 +432,24 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             stride`` (those past ``n_in``: the last inside, read again); held in ``ra, rb``
             when ``HOLD``."""
             run_a, run_b = one, zero
+            offset = run0
             for k in range(ITEMS):
-                offset = run0 + min(k, max(n_in - 1, 0)) * stride
                 xa, xb = _load_diag(a, b, offset, k < n_in, one, zero)
                 if HOLD:
                     ra[k] = xa
                     rb[k] = xb
                 run_b = xa * run_b + xb
                 run_a = xa * run_a
+                if k + 1 < n_in:
+                    offset += stride
             return run_a, run_b
 
         @cuda.jit(device=True)
         def write_run(a, b, out, run0, stride, n_in, ra, rb, h, one, zero):
             """Walk ``h`` through the run of :func:`reduce_run` (held in ``ra, rb`` or read
             again), writing the states inside to ``out``."""
+            offset = run0
             for k in range(ITEMS):
-                offset = run0 + min(k, max(n_in - 1, 0)) * stride
                 if HOLD:
                     h = ra[k] * h + rb[k]
                 else:
@@ -455,6 +457,8 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
                     h = xa * h + xb
                 if k < n_in:
                     out[_index(offset)] = h
+                if k + 1 < n_in:
+                    offset += stride
 
         @cuda.jit(**DIAG_OPTIONS)
         def kernel(a, b, h0, has_h0, reverse, out, status, agg_a, agg_b, incl, B, T, D):
@@ -498,8 +502,8 @@ def make_kernels(dtype, launch: Launch = LAUNCH) -> Kernels:
             # 1. per-thread run reduced in registers (held there till step 4 when HOLD). A whole
             # run inside (all but the last tile's) held takes a copy of the loops without clamps
             # or selects (ptxas 13.5, sm_90: float32 ~6 instructions per step instead of ~35, no
-            # spills); for runs read again the copy added spills (float64 56 -> 92 bytes)
-            # and saved no instructions per load
+            # spills); for runs read again the copy added spills (float64 28 -> 104 bytes)
+            # and saved about one instruction per load
             ra = cuda.local.array(ITEMS if HOLD else 1, dt)
             rb = cuda.local.array(ITEMS if HOLD else 1, dt)
             whole = HOLD and n_in == ITEMS
