@@ -8,11 +8,13 @@ Each kernel is compiled as it runs (its launch bounds included) with ``numba.cud
 for compute capability 9.0 (no GPU needed), then by ``ptxas -arch=sm_90 -O3 -v``: registers
 per thread, spill stores and loads (bytes), stack frame, static shared memory. With
 ``nvdisasm`` on PATH too, the machine code (SASS) is counted by class: ``instructions``
-(static, the whole kernel), ``int`` (integer and address arithmetic, compares and selects),
+(static, the whole kernel), ``int`` (integer and address arithmetic, compares, selects, moves
+and conversions: :data:`CLASSES`),
 ``float``, ``global_loads``, ``global_stores``, ``local`` (spill traffic), ``control``;
 ``int_per_load`` is int over global loads, a rough view of the address arithmetic around each
 load. Kernels: the diagonal kernel of each dtype at its :data:`parscan._cuda.DIAG_TUNED`
-shape for issue #2's target case (T*D = 1e8, B = 1, D = 16: 16 channels per block),
+shape for issue #2's target case (T*D = 1e8, B = 1, D = 16: 16 channels per block, complex128
+8: a block spans at most one 128-byte line of channels),
 the same with the other way of getting a run again (``--other-hold``) and the dense kernels
 (``--dense``).
 
@@ -127,12 +129,13 @@ def _ptxas(ptx, folder):
         text=True,
     )
     if run.returncode:
-        last = run.stderr.strip().splitlines()[0] if run.stderr.strip() else ""
-        raise RuntimeError(
-            f"ptxas failed ({last}); a ptxas older than the PTX numba-cuda's NVVM writes "
-            "refuses its .version: use a CUDA toolkit as new as numba-cuda's NVVM "
-            "(e.g. pip install nvidia-cuda-nvcc)"
-        )
+        error = " ".join(run.stderr.split())
+        if "Unsupported .version" in error:
+            error += (
+                " (this ptxas is older than the NVVM that wrote the PTX: use a CUDA toolkit as "
+                "new as numba-cuda's NVVM, e.g. pip install nvidia-cuda-nvcc)"
+            )
+        raise RuntimeError(f"ptxas failed: {error}")
     info = run.stderr
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, info)) else 0  # noqa: E731
     return {
@@ -148,7 +151,10 @@ def _sass_counts(cubin):
     """Instruction counts of the cubin's SASS by :data:`CLASSES` (None without nvdisasm)."""
     if shutil.which("nvdisasm") is None:
         return None
-    text = subprocess.run(["nvdisasm", cubin], capture_output=True, text=True, check=True).stdout
+    run = subprocess.run(["nvdisasm", cubin], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"nvdisasm failed: {' '.join(run.stderr.split())}")
+    text = run.stdout
     opcodes = Counter()
     for line in text.splitlines():
         m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
@@ -202,11 +208,12 @@ def main(argv=None):
         for label, dtype, kernel, signature in kernel_cases(args.other_hold, args.dense):
             try:
                 resources, cubin = _ptxas(_compile_ptx(kernel, signature), folder)
+                sass = _sass_counts(cubin)
             except RuntimeError as exc:
                 print(f"cuda_code.py: {exc}", file=sys.stderr)
                 return 2
             row = {"kernel": label, "dtype": dtype, "arch": f"sm_{CC[0]}{CC[1]}", **resources}
-            row["sass"] = _sass_counts(cubin)
+            row["sass"] = sass
             row["versions"] = info
             print_row(row)
 

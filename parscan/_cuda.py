@@ -89,8 +89,8 @@ RECORD = 32
 #: (``bench/results/cuda_launch_sweep_h200_20261204.jsonl``; float32 holds its run: reading
 #: it again was slower; ``bench/scan.py --backend cuda`` times the alternatives again). At
 #: their register caps (float32 128, the others 64) float32 spills nothing, the others 28-92
-#: bytes (ptxas 13.5, sm_90: ``bench/cuda_code.py``); they were the fastest measured with
-#: 64-224 bytes of spills, before the kernel stepped flat offsets.
+#: bytes (ptxas 13.5, sm_90: ``bench/cuda_code.py``); they were the fastest measured before
+#: the kernel stepped flat offsets, when the same ptxas spilled 64-224 bytes of them.
 DIAG_TUNED = {
     "float32": (128, True, 2),
     "float64": (512, False, 4),
@@ -911,7 +911,7 @@ def dense_lanes(D: int, dtype, launch: Launch) -> int:
 def _contiguous(x):
     """The device array ``x`` itself when C-contiguous (or None), else one C-contiguous copy
     made on the device (Numba's strided assignment kernel): the scan kernels index ``(B, T,
-    D)`` views of their inputs."""
+    D)`` views (dense) or flat ones (diagonal) of their inputs."""
     if x is None or x.is_c_contiguous():
         return x
     copy = cuda.device_array(x.shape, x.dtype)
